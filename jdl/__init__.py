@@ -1,0 +1,1 @@
+"""jdl: a JAX functional training framework."""

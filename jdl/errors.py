@@ -1,0 +1,46 @@
+"""User-facing errors.
+
+Every problem caused by bad input (a config value, a file, a dataset) is raised as a
+:class:`JdlError` whose message names the problem and, where possible, the remedy. The
+CLI prints such an error as one line and exits with status 2; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class JdlError(ValueError):
+  """Bad input: a config value, a file or a dataset that jdl cannot use."""
+
+
+def lookup(kind: str, name: str, table: Mapping[str, T]) -> T:
+  """Returns ``table[name]``, or raises a :class:`JdlError` listing the valid names.
+
+  Args:
+    kind: what is looked up, for the message (e.g. ``"optimizer"``).
+    name: the requested name.
+    table: the valid names and their values.
+
+  Raises:
+    JdlError: ``name`` is not in ``table``.
+  """
+  try:
+    return table[name]
+  except (KeyError, TypeError):
+    raise JdlError(
+        f"unknown {kind} {name!r}; valid names: {', '.join(sorted(table))}"
+    ) from None
+
+
+def require(condition: bool, message: str) -> None:
+  """Raises ``JdlError(message)`` unless ``condition`` holds."""
+  if not condition:
+    raise JdlError(message)
+
+
+def names(items: Iterable[str]) -> str:
+  return ", ".join(sorted(items))
