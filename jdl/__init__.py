@@ -1,1 +1,30 @@
-"""jdl: a JAX functional training framework."""
+"""jdl: a JAX functional training framework.
+
+Flax linen models called through ``apply``, optax chains built from config, one
+``TrainState`` PyTree, pure jitted and donated steps, orbax checkpoints with exact
+resume. Start with :func:`jdl.fit` and a config from :func:`jdl.load_config`.
+"""
+
+from jdl import data
+from jdl import losses
+from jdl import metrics
+from jdl import models
+from jdl import optim
+from jdl.checkpoint import Checkpointer
+from jdl.config import base_config
+from jdl.config import load_config
+from jdl.errors import JdlError
+from jdl.summary import count_params
+from jdl.summary import param_table
+from jdl.train.loop import FitResult
+from jdl.train.loop import Trainer
+from jdl.train.loop import evaluate
+from jdl.train.loop import fit
+from jdl.train.loop import predict
+from jdl.train.state import TrainState
+from jdl.train.state import create_train_state
+from jdl.train.steps import SupervisedTask
+from jdl.train.steps import make_eval_step
+from jdl.train.steps import make_train_step
+
+__version__ = "0.1.0"

@@ -1,0 +1,145 @@
+"""Saving and restoring any PyTree plus JSON metadata, through orbax-checkpoint.
+
+This module knows nothing of training: it takes a PyTree of arrays (typed PRNG keys
+allowed) and a JSON-able dict. Steps are kept by orbax's preservation policies:
+the latest ``keep`` steps plus the best one by a monitored metric.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocm
+
+from jdl.errors import JdlError
+
+
+def _is_key(x: Any) -> bool:
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def to_savable(tree: Any) -> Any:
+  """A nested dict of plain arrays: typed keys become their uint32 key data."""
+  tree = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+  return flax.serialization.to_state_dict(tree)
+
+
+def from_savable(target: Any, restored: Any) -> Any:
+  """Inverse of :func:`to_savable`, shaped like ``target``."""
+  plain_target = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, target)
+  tree = flax.serialization.from_state_dict(plain_target, restored)
+  return jax.tree.map(
+      lambda t, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x,
+      target, tree)
+
+
+class Checkpointer:
+  """Keeps the last ``keep`` steps and the best by ``best_metric`` in ``directory``.
+
+  Args:
+    directory: where the step folders go (created).
+    keep: how many of the latest steps to keep.
+    best_metric: the metric name in ``save(..., metrics=)`` that ranks steps;
+      ``None`` keeps only the latest.
+    best_mode: ``'min'`` or ``'max'``.
+    async_save: write in a background thread (the step returns at once).
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, keep: int = 3,
+               best_metric: str | None = None, best_mode: str = "min",
+               async_save: bool = True):
+    if keep < 1:
+      raise JdlError(f"keep_checkpoints must be >= 1, got {keep}")
+    if best_mode not in ("min", "max"):
+      raise JdlError(f"monitor_mode must be 'min' or 'max', got {best_mode!r}")
+    self.directory = Path(directory).resolve()
+    policies: list[Any] = [ocm.LatestN(n=keep)]
+    best_fn = None
+    if best_metric:
+      best_fn = lambda m: float(m[best_metric])  # noqa: E731
+      policies.append(ocm.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
+                                keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        best_fn=best_fn,
+        best_mode=best_mode,
+        preservation_policy=ocm.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save,
+        create=True,
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("tree", "meta"))
+
+  def save(self, step: int, tree: Any, *, meta: dict[str, Any],
+           metrics: dict[str, float] | None = None) -> None:
+    """Saves ``tree`` and ``meta`` as ``step`` (asynchronously if so configured)."""
+    args = ocp.args.Composite(tree=ocp.args.StandardSave(to_savable(tree)),
+                              meta=ocp.args.JsonSave(meta))
+    self._manager.save(int(step), args=args, metrics=metrics, force=True)
+
+  def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores ``step`` into the structure, shapes and dtypes of ``target``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(target))
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(
+        tree=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return from_savable(target, restored["tree"]), dict(restored["meta"])
+
+  def restore_meta(self, step: int) -> dict[str, Any]:
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(restored["meta"])
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._manager.best_step()
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def flatten_params(params: Any) -> dict[str, np.ndarray]:
+  """``{'Dense_0/kernel': array, ...}``: parameters keyed by '/'-joined paths."""
+  flat = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(params), sep="/")
+  return {k: np.asarray(v) for k, v in flat.items()}
+
+
+def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> dict[str, np.ndarray]:
+  """Flat parameters of a checkpoint written by jdl's trainer (no config needed).
+
+  Args:
+    directory: the ``checkpoints/`` folder.
+    step: the step to read; the latest when ``None``.
+
+  Raises:
+    JdlError: no such step.
+  """
+  with ocp.CheckpointManager(Path(directory).resolve(), item_names=("tree", "meta"),
+                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+    steps = sorted(manager.all_steps())
+    if not steps:
+      raise JdlError(f"no checkpoints in {directory}")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise JdlError(f"no checkpoint at step {step} in {directory}; steps: {steps}")
+    tree = manager.restore(step, args=ocp.args.Composite(tree=ocp.args.StandardRestore()))["tree"]
+  return flatten_params(tree["state"]["params"])

@@ -1,0 +1,235 @@
+"""Experiment configs: the base schema, loading ``get_config()`` files, overrides.
+
+An experiment is an ``ml_collections.ConfigDict`` returned by ``get_config()`` in a
+Python file (the Flax-examples convention). Every experiment starts from
+:func:`base_config`, which declares every key jdl understands, and is locked after
+loading so that a misspelt key is an error rather than a silently new setting.
+Durations are given in epochs or steps in the config and converted once, by the
+loop.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jdl import optim
+from jdl.errors import JdlError
+
+# Where named experiments live: <repo>/experiments/configs/NAME.py.
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+DEFAULT_EXPERIMENT = "digits_cnn"
+
+# Keys whose change makes an existing checkpoint meaningless (resume refuses).
+STRUCTURAL_KEYS = ("dataset", "model", "seed", "batch_size", "task", "loss")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the config every experiment starts from, with all keys declared."""
+  c = ml_collections.ConfigDict()
+  c.description = ""
+  c.seed = 0
+
+  # Data.
+  c.dataset = "digits"
+  c.data_dir = ""  # MNIST-family IDX files, or the .npz file for dataset='npz'.
+  c.download = True  # Fetch missing MNIST-family files from the standard mirrors.
+  c.test_split = 0.2  # For sources without their own test split.
+  c.validation_split = 0.1  # Fraction of the train split held out for validation.
+  c.normalize = "featurewise"  # 'featurewise' (train-split mean/std), 'none'.
+  c.n_samples = 0  # Synthetic sources (moons, circles, blobs, xor): 0 = default.
+  c.noise = -1.0  # Synthetic sources: < 0 = default.
+
+  # Model and task.
+  c.model = ml_collections.ConfigDict({"name": "mlp"})
+  c.task = "classification"  # or 'regression'.
+  c.loss = "sparse_categorical_crossentropy"
+  c.label_smoothing = 0.0
+  c.metrics = ("accuracy",)
+
+  # Optimisation: optimizer, schedule, reduce_on_plateau sections.
+  c.update(optim.default_config())
+
+  # Loop.
+  c.batch_size = 128
+  c.eval_batch_size = 0  # 0 = batch_size.
+  c.num_epochs = 10
+  c.epoch_mode = "auto"  # 'auto', 'step' (one jitted call a step), 'scan'.
+  c.scan_chunk = 0  # Steps fused into one compiled call in 'scan' mode; 0 = auto.
+  c.log_every_steps = 0  # Train metrics mid-epoch; 0 = only at epoch ends.
+
+  # Checkpoints.
+  c.checkpoint_every_steps = 0  # 0 = only at epoch ends.
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+
+  # Callbacks.
+  c.monitor = "val_loss"  # The metric that picks the best checkpoint.
+  c.monitor_mode = "min"
+  c.early_stopping = ml_collections.ConfigDict({
+      "enabled": False,
+      "monitor": "val_loss",
+      "mode": "min",
+      "patience": 5,
+      "min_delta": 0.0,
+      "restore_best": True,
+  })
+  c.terminate_on_nan = True
+  c.tensorboard = True
+  c.plots = True
+  return c
+
+
+def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections.ConfigDict:
+  """Loads ``get_config()`` from a file path or a named experiment, and locks it.
+
+  Args:
+    path_or_name: a ``.py`` file path, or an experiment name from
+      ``experiments/configs`` (e.g. ``"mnist_cnn"``); ``None`` gives the default
+      experiment.
+
+  Returns:
+    The locked config.
+
+  Raises:
+    JdlError: the file does not exist or does not define ``get_config()``.
+  """
+  path = resolve_config_path(path_or_name)
+  spec = importlib.util.spec_from_file_location(f"jdl_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except JdlError:
+    raise
+  except Exception as e:  # A config file is user code: report, do not crash.
+    raise JdlError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
+  if not hasattr(module, "get_config"):
+    raise JdlError(f"config file {path} defines no get_config() function")
+  config = module.get_config()
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise JdlError(f"get_config() in {path} must return an ml_collections.ConfigDict")
+  config.lock()
+  return config
+
+
+def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
+  if path_or_name is None or str(path_or_name) == "":
+    path_or_name = DEFAULT_EXPERIMENT
+  path = Path(path_or_name)
+  if path.suffix == ".py" or path.exists():
+    if not path.is_file():
+      raise JdlError(f"config file {str(path)!r} does not exist")
+    return path
+  named = CONFIG_DIR / f"{path_or_name}.py"
+  if not named.is_file():
+    raise JdlError(
+        f"no config file or experiment named {str(path_or_name)!r}; "
+        f"experiments: {', '.join(list_experiments())}")
+  return named
+
+
+def list_experiments() -> list[str]:
+  if not CONFIG_DIR.is_dir():
+    return []
+  return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def experiment_description(name: str) -> str:
+  """The first line of an experiment config's module docstring."""
+  path = CONFIG_DIR / f"{name}.py"
+  doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+  return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]) -> None:
+  """Applies ``--config.a.b=value`` style overrides in place.
+
+  Values are parsed to the type of the existing field (bool, int, float, str,
+  tuple); ``model.*`` keys may add fields the model accepts (checked when the
+  model is built).
+
+  Raises:
+    JdlError: an unknown key, or a value that does not parse to the field's type.
+  """
+  for dotted, raw in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for i, part in enumerate(parents):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise JdlError(f"unknown config key {'.'.join(parents[:i + 1])!r} (in --config.{dotted})")
+      node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict):
+      raise JdlError(f"unknown config key {dotted!r}")
+    if leaf not in node:
+      if parents == ["model"]:
+        with node.unlocked():
+          node[leaf] = _parse_literal(raw)
+        continue
+      valid = ", ".join(sorted(node.keys()))
+      raise JdlError(f"unknown config key {dotted!r}; valid keys here: {valid}")
+    node[leaf] = _parse_as(raw, node[leaf], dotted)
+
+
+def _parse_literal(raw: str) -> Any:
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def _parse_as(raw: str, current: Any, key: str) -> Any:
+  if isinstance(current, bool):
+    low = raw.strip().lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise JdlError(f"--config.{key} expects true or false, got {raw!r}")
+  if isinstance(current, (int, float)) and not isinstance(current, bool):
+    try:
+      value = float(raw) if isinstance(current, float) else int(raw)
+    except ValueError:
+      kind = "a number" if isinstance(current, float) else "an integer"
+      raise JdlError(f"--config.{key} expects {kind}, got {raw!r}") from None
+    return value
+  if isinstance(current, (tuple, list)):
+    value = _parse_literal(raw)
+    if isinstance(value, (int, float, str)):
+      value = (value,)
+    if not isinstance(value, (tuple, list)):
+      raise JdlError(f"--config.{key} expects a tuple such as (32, 64), got {raw!r}")
+    return tuple(value)
+  if isinstance(current, ml_collections.ConfigDict):
+    raise JdlError(f"--config.{key} is a section; set one of its keys: "
+                   f"{', '.join(sorted(current.keys()))}")
+  return raw
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def structural_diff(saved: dict, current: dict) -> list[str]:
+  """Keys among :data:`STRUCTURAL_KEYS` whose values differ (dotted paths)."""
+  diffs = []
+  for key in STRUCTURAL_KEYS:
+    _diff(saved.get(key), current.get(key), key, diffs)
+  return diffs
+
+
+def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in sorted(set(a) | set(b)):
+      _diff(a.get(k), b.get(k), f"{path}.{k}", out)
+  elif _norm(a) != _norm(b):
+    out.append(path)
+
+
+def _norm(v: Any) -> Any:
+  return list(v) if isinstance(v, tuple) else v

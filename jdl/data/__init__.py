@@ -1,0 +1,22 @@
+"""Datasets: sources, the IDX reader, downloads and validation.
+
+Batching and input pipelines live in their own modules of this package.
+"""
+
+from jdl.data.download import default_data_dir
+from jdl.data.download import download_files
+from jdl.data.idx import read_idx
+from jdl.data.sources import DATASETS
+from jdl.data.sources import Dataset
+from jdl.data.sources import load_dataset
+from jdl.data.validate import validate_arrays
+
+__all__ = (
+    "DATASETS",
+    "Dataset",
+    "default_data_dir",
+    "download_files",
+    "load_dataset",
+    "read_idx",
+    "validate_arrays",
+)

@@ -1,0 +1,106 @@
+"""From a loaded dataset to device-resident splits and batch orders.
+
+The whole train split lives on the device; an epoch is a permutation of example
+indices drawn from ``fold_in(shuffle_key, epoch)``, so the data order of any epoch
+is a pure function of the seed and the epoch number, and a run resumed at step
+``s`` sees exactly the batches an uninterrupted run would. Training uses full
+batches only (the remainder of a permutation rotates through epochs); evaluation
+pads the last batch and masks the padding, so metrics are exact and nothing is
+compiled twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdl.errors import JdlError
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split on the device. ``x: [n, ...]``, ``y: [n, ...]``."""
+  x: jax.Array
+  y: jax.Array
+
+  @property
+  def size(self) -> int:
+    return int(self.x.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+  """Featurewise standardisation with statistics of the train split only."""
+  mean: np.ndarray
+  std: np.ndarray
+
+  @classmethod
+  def fit(cls, x: np.ndarray) -> Normalizer:
+    mean = x.mean(axis=0, dtype=np.float64)
+    std = x.std(axis=0, dtype=np.float64)
+    # Constant features (e.g. MNIST's border pixels) are centred, not blown up.
+    std = np.where(std < 1e-6, 1.0, std)
+    return cls(mean.astype(np.float32), std.astype(np.float32))
+
+  @classmethod
+  def identity(cls, shape: tuple[int, ...]) -> Normalizer:
+    return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32))
+
+  def __call__(self, x: np.ndarray) -> np.ndarray:
+    return ((x - self.mean) / self.std).astype(np.float32)
+
+
+def split_validation(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+  """Holds out ``fraction`` of (x, y) for validation, by a seeded permutation.
+
+  Returns:
+    ``(x_train, y_train, x_val, y_val)``; the validation arrays are empty when
+    ``fraction`` is 0.
+  """
+  if not 0.0 <= fraction < 1.0:
+    raise JdlError(f"validation_split must be in [0, 1), got {fraction}")
+  n = len(x)
+  n_val = int(round(n * fraction))
+  if fraction > 0 and (n_val == 0 or n_val == n):
+    raise JdlError(f"validation_split={fraction} of {n} train examples leaves "
+                   f"{n - n_val} for training and {n_val} for validation")
+  order = np.random.default_rng(seed).permutation(n)
+  val, train = order[:n_val], order[n_val:]
+  return x[train], y[train], x[val], y[val]
+
+
+def epoch_permutation(shuffle_key: jax.Array, epoch: int, n: int) -> jax.Array:
+  """The example order of ``epoch``: ``[n]`` int32."""
+  return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n).astype(jnp.int32)
+
+
+def train_batch_indices(perm: jax.Array, batch_size: int) -> jax.Array:
+  """``[steps_per_epoch, batch_size]`` indices: full batches of ``perm``."""
+  steps = perm.shape[0] // batch_size
+  return perm[: steps * batch_size].reshape(steps, batch_size)
+
+
+def eval_batch_indices(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Indices and mask covering ``n`` examples in batches of ``batch_size``.
+
+  Returns:
+    ``(idx, mask)``: ``[num_batches, batch_size]`` int32 and float32; padding
+    rows point at example 0 and have mask 0.
+  """
+  num_batches = max(1, math.ceil(n / batch_size))
+  flat = np.arange(num_batches * batch_size)
+  mask = (flat < n).astype(np.float32)
+  idx = np.where(flat < n, flat, 0).astype(np.int32)
+  return idx.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
+
+
+def check_batch_size(batch_size: int, n_train: int) -> None:
+  if not isinstance(batch_size, int) or batch_size <= 0:
+    raise JdlError(f"batch_size must be a positive integer, got {batch_size!r}")
+  if batch_size > n_train:
+    raise JdlError(f"batch_size ({batch_size}) is larger than the training set "
+                   f"({n_train} examples); lower --config.batch_size")

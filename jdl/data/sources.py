@@ -1,0 +1,400 @@
+"""Dataset sources: scikit-learn sets, synthetic generators, MNIST-family IDX files, npz.
+
+Every source returns a :class:`Dataset` of numpy arrays with a train and a test split;
+:func:`load_dataset` picks the source by name and validates the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import zipfile
+import zlib
+from collections.abc import Callable
+
+import numpy as np
+from sklearn import datasets as skdata
+from sklearn import model_selection
+
+from jdl.data import download as download_lib
+from jdl.data.idx import read_idx
+from jdl.data.validate import validate_arrays
+from jdl.errors import JdlError, lookup
+
+# The four files of an MNIST-family dataset, without the ``.gz`` suffix.
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+_SYNTHETIC = ("moons", "circles", "blobs", "xor", "linear")
+
+# The true coefficients of the ``linear`` regression set.
+_LINEAR_W = np.array([1.5, -2.0, 0.5])
+_LINEAR_B = 0.3
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A dataset with a train and a test split.
+
+  Attributes:
+    x_train: float32 inputs, ``[N, *input_shape]``.
+    y_train: int32 class ids ``[N]`` (classification) or float32 targets (regression).
+    x_test: as ``x_train``.
+    y_test: as ``y_train``.
+    num_classes: the number of classes; 0 for regression.
+    task: ``"classification"`` or ``"regression"``.
+    name: the dataset's name.
+    input_shape: the shape of one example, e.g. ``(28, 28, 1)``.
+  """
+
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  task: str
+  name: str
+  input_shape: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+  name: str
+  data_dir: str
+  test_split: float
+  seed: int
+  n_samples: int | None
+  noise: float | None
+  download: bool
+
+
+def _make(name, x_train, y_train, x_test, y_test, num_classes) -> Dataset:
+  task = "classification" if num_classes else "regression"
+  y_dtype = np.int32 if num_classes else np.float32
+  return Dataset(
+      x_train=np.asarray(x_train, np.float32),
+      y_train=np.asarray(y_train, y_dtype),
+      x_test=np.asarray(x_test, np.float32),
+      y_test=np.asarray(y_test, y_dtype),
+      num_classes=int(num_classes),
+      task=task,
+      name=name,
+      input_shape=tuple(int(d) for d in np.shape(x_train)[1:]),
+  )
+
+
+def _validated(dataset: Dataset, where: str) -> Dataset:
+  """Runs :func:`validate_arrays` on both splits, naming ``where`` in any error."""
+  for split in ("train", "test"):
+    try:
+      validate_arrays(getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}"),
+                      num_classes=dataset.num_classes, task=dataset.task, split=split)
+    except JdlError as e:
+      raise JdlError(f"{where}: {e}") from None
+  return dataset
+
+
+def _split(req: _Request, x, y, num_classes: int, *, where: str = "") -> Dataset:
+  """Splits ``x, y`` into train and test with scikit-learn (stratified if classifying)."""
+  if not 0.0 < req.test_split < 1.0:
+    raise JdlError(
+        f"test_split must be a fraction in (0, 1), got {req.test_split}; "
+        f"{req.name} has no test set of its own"
+    )
+  try:
+    x_train, x_test, y_train, y_test = model_selection.train_test_split(
+        x, y, test_size=req.test_split, random_state=req.seed,
+        stratify=y if num_classes else None)
+  except ValueError as e:
+    raise JdlError(
+        f"cannot split {req.name}{where} with test_split={req.test_split}: {e}") from None
+  return _make(req.name, x_train, y_train, x_test, y_test, num_classes)
+
+
+# scikit-learn's embedded sets.
+
+
+def _load_digits(req: _Request) -> Dataset:
+  bunch = skdata.load_digits()
+  return _split(req, bunch.images[..., None] / 16.0, bunch.target, 10)
+
+
+def _tabular(loader: Callable[..., object], num_classes: int) -> Callable[[_Request], Dataset]:
+  def load(req: _Request) -> Dataset:
+    x, y = loader(return_X_y=True)
+    return _split(req, x, y, num_classes)
+
+  return load
+
+
+# Synthetic generators.
+
+
+def _load_moons(req: _Request) -> Dataset:
+  x, y = skdata.make_moons(
+      n_samples=req.n_samples or 1000,
+      noise=0.1 if req.noise is None else req.noise,
+      random_state=req.seed)
+  return _split(req, x, y, 2)
+
+
+def _load_circles(req: _Request) -> Dataset:
+  x, y = skdata.make_circles(
+      n_samples=req.n_samples or 1000,
+      noise=0.1 if req.noise is None else req.noise,
+      factor=0.5,
+      random_state=req.seed)
+  return _split(req, x, y, 2)
+
+
+def _load_blobs(req: _Request) -> Dataset:
+  # ``noise`` is the clusters' standard deviation here.
+  x, y = skdata.make_blobs(
+      n_samples=req.n_samples or 1000,
+      centers=3,
+      n_features=2,
+      cluster_std=1.0 if req.noise is None else req.noise,
+      random_state=req.seed)
+  return _split(req, x, y, 3)
+
+
+def _load_xor(req: _Request) -> Dataset:
+  points = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
+  labels = np.array([0, 1, 1, 0], np.int32)
+  n = 4 if req.n_samples is None else req.n_samples
+  if n < 4:
+    raise JdlError(f"xor needs n_samples >= 4 (all four points), got {n}")
+  x = np.resize(points, (n, 2))
+  if req.noise:
+    x = x + np.random.default_rng(req.seed).normal(0.0, req.noise, x.shape)
+  # The test set is the four clean points: the function itself.
+  return _make(req.name, x, np.resize(labels, n), points, labels, 2)
+
+
+def _load_linear(req: _Request) -> Dataset:
+  rng = np.random.default_rng(req.seed)
+  n = req.n_samples or 200
+  x = rng.normal(size=(n, len(_LINEAR_W)))
+  noise = 0.1 if req.noise is None else req.noise
+  y = x @ _LINEAR_W + _LINEAR_B + noise * rng.normal(size=n)
+  return _split(req, x, y, 0)
+
+
+# MNIST-family IDX files.
+
+
+def _find_idx(directory: pathlib.Path, base: str) -> pathlib.Path | None:
+  for candidate in (directory / f"{base}.gz", directory / base):
+    if candidate.is_file():
+      return candidate
+  return None
+
+
+def _idx_dir(req: _Request) -> pathlib.Path:
+  """The directory to read: ``data_dir`` (or its ``<name>`` subfolder), else the default."""
+  if not req.data_dir:
+    return download_lib.default_data_dir(req.name)
+  directory = pathlib.Path(req.data_dir).expanduser()
+  nested = directory / req.name
+  if nested.is_dir() and not any(_find_idx(directory, b) for b in IDX_FILES.values()):
+    return nested
+  return directory
+
+
+def _load_idx_family(req: _Request) -> Dataset:
+  directory = _idx_dir(req)
+  paths = {key: _find_idx(directory, base) for key, base in IDX_FILES.items()}
+  missing = [f"{IDX_FILES[k]}.gz" for k, p in paths.items() if p is None]
+  if missing:
+    if not req.download:
+      raise JdlError(
+          f"{req.name} file(s) {', '.join(missing)} not found in {directory} and download "
+          f"is off; put the files (gzip or raw IDX) there, set --config.data_dir to a "
+          "directory that holds them, or enable download"
+      )
+    download_lib.download_files(req.name, missing, directory)
+    paths = {key: _find_idx(directory, base) for key, base in IDX_FILES.items()}
+  arrays = {key: read_idx(path) for key, path in paths.items()}
+  for split in ("train", "test"):
+    images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+    images_path, labels_path = paths[f"x_{split}"], paths[f"y_{split}"]
+    if images.ndim != 3 or labels.ndim != 1:
+      raise JdlError(
+          f"{images_path} must hold images [N, height, width] and {labels_path} labels "
+          f"[N], got shapes {images.shape} and {labels.shape}"
+      )
+    if len(images) != len(labels):
+      raise JdlError(
+          f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} "
+          "labels; one of the files is wrong or from another dataset"
+      )
+  scale = lambda a: a[..., None].astype(np.float32) / 255.0
+  dataset = _make(req.name, scale(arrays["x_train"]), arrays["y_train"],
+                  scale(arrays["x_test"]), arrays["y_test"], 10)
+  return _validated(dataset, f"{req.name} files in {directory}")
+
+
+# npz files.
+
+
+def _npz_path(req: _Request) -> pathlib.Path:
+  if not req.data_dir:
+    raise JdlError(
+        "the npz dataset needs data_dir: the path of a .npz file with arrays x, y (and "
+        "optionally x_test, y_test), or of a directory holding data.npz"
+    )
+  path = pathlib.Path(req.data_dir).expanduser()
+  if path.is_dir():
+    path = path / "data.npz"
+  if not path.is_file():
+    raise JdlError(f"npz file {path} does not exist; set --config.data_dir to a .npz file")
+  return path
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Reads the known arrays of ``path`` without ever unpickling."""
+  try:
+    # Opened here, not by numpy, so that the file is closed even when the zip is corrupt.
+    with open(path, "rb") as f:
+      loaded = np.load(f, allow_pickle=False)
+      if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise JdlError(f"{path} is a single .npy array, not an npz archive of x and y")
+      with loaded as npz:
+        keys = set(npz.files)
+        arrays = {}
+        for key in ("x", "y", "x_test", "y_test"):
+          if key in keys:
+            try:
+              arrays[key] = npz[key]
+            except ValueError as e:
+              raise JdlError(
+                  f"npz file {path}: array {key!r} cannot be loaded ({e}); jdl loads npz "
+                  "files with allow_pickle=False, so save plain numeric arrays"
+              ) from None
+  except JdlError:
+    raise
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    raise JdlError(f"cannot read npz file {path}: it is corrupt or not an npz file ({e})"
+                   ) from None
+  if "x" not in arrays or "y" not in arrays or ("x_test" in arrays) != ("y_test" in arrays):
+    raise JdlError(
+        f"npz file {path} has arrays {sorted(keys)}; it needs 'x' and 'y', and optionally "
+        "both 'x_test' and 'y_test'"
+    )
+  for key, a in arrays.items():
+    if a.dtype.kind not in "biuf":
+      raise JdlError(f"npz file {path}: array {key!r} has non-numeric dtype {a.dtype}")
+    if a.ndim < (2 if key.startswith("x") else 1):
+      raise JdlError(
+          f"npz file {path}: array {key!r} has shape {a.shape}; x needs one row per "
+          "example, [N, ...] (reshape 1-D inputs to [N, 1])"
+      )
+  if "x_test" in arrays and arrays["x_test"].shape[1:] != arrays["x"].shape[1:]:
+    raise JdlError(
+        f"npz file {path}: x_test has examples of shape {arrays['x_test'].shape[1:]} but "
+        f"x has {arrays['x'].shape[1:]}; they must match"
+    )
+  return arrays
+
+
+def _load_npz(req: _Request) -> Dataset:
+  path = _npz_path(req)
+  arrays = _read_npz(path)
+  ys = [arrays["y"]] + ([arrays["y_test"]] if "y_test" in arrays else [])
+  y_all = np.concatenate([y.reshape(len(y), -1) for y in ys])
+  regression = y_all.dtype.kind == "f" and not (
+      np.isfinite(y_all).all() and (y_all == np.round(y_all)).all())
+  if regression:
+    num_classes = 0
+  else:
+    if y_all.size and not 0 <= y_all.max() < 2**31 - 1:
+      raise JdlError(f"npz file {path}: labels must be in [0, 2**31 - 1), max is "
+                     f"{y_all.max()}")
+    num_classes = int(y_all.max()) + 1 if y_all.size else 0
+    num_classes = max(num_classes, 1)
+  if "x_test" not in arrays:
+    dataset = _split(req, arrays["x"], arrays["y"], num_classes, where=f" ({path})")
+  else:
+    dataset = _make(req.name, arrays["x"], arrays["y"], arrays["x_test"],
+                    arrays["y_test"], num_classes)
+  return _validated(dataset, f"npz file {path}")
+
+
+_LOADERS: dict[str, Callable[[_Request], Dataset]] = {
+    "digits": _load_digits,
+    "iris": _tabular(skdata.load_iris, 3),
+    "wine": _tabular(skdata.load_wine, 3),
+    "breast_cancer": _tabular(skdata.load_breast_cancer, 2),
+    "diabetes": _tabular(skdata.load_diabetes, 0),
+    "moons": _load_moons,
+    "circles": _load_circles,
+    "blobs": _load_blobs,
+    "xor": _load_xor,
+    "linear": _load_linear,
+    "mnist": _load_idx_family,
+    "fashion_mnist": _load_idx_family,
+    "npz": _load_npz,
+}
+
+DATASETS: tuple[str, ...] = tuple(sorted(_LOADERS))
+
+
+def load_dataset(
+    name: str,
+    *,
+    data_dir: str | os.PathLike[str] = "",
+    test_split: float = 0.2,
+    seed: int = 0,
+    n_samples: int | None = None,
+    noise: float | None = None,
+    download: bool = True,
+) -> Dataset:
+  """Loads a dataset by name, with a train and a test split, and validates it.
+
+  Args:
+    name: one of :data:`DATASETS`.
+    data_dir: MNIST family: the directory holding the four IDX files (``.gz`` or raw),
+      or a directory with a ``<name>`` subfolder holding them; default
+      ``$JDL_DATA_DIR/<name>``, else ``~/.cache/jdl/<name>``. npz: the ``.npz`` file, or
+      a directory holding ``data.npz``. Ignored by the other sources.
+    test_split: the test fraction for sources without a test set of their own
+      (scikit-learn sets, synthetic sets but ``xor``, npz without ``x_test``).
+    seed: the seed of the split and of the synthetic generators.
+    n_samples: the number of generated examples (synthetic sets only); defaults: moons,
+      circles, blobs 1000; xor 4; linear 200.
+    noise: the noise of a synthetic set: moons, circles: sklearn's ``noise`` (default
+      0.1); blobs: the clusters' std (default 1.0); xor: the std of Gaussian noise on
+      the training points (default none); linear: the std of the target noise (default
+      0.1).
+    download: fetch missing MNIST-family files from the mirrors in
+      :mod:`jdl.data.download`.
+
+  Returns:
+    The :class:`Dataset`. Images are ``[N, height, width, channels]`` scaled to [0, 1];
+    npz inputs are cast to float32 unscaled. An npz ``y`` of floats that are not all
+    integers makes a regression set; otherwise ``num_classes = max(y) + 1``.
+
+  Raises:
+    JdlError: an unknown name, an option the source does not take, a missing or
+      corrupt file, a failed download, or arrays that fail :func:`validate_arrays`.
+  """
+  loader = lookup("dataset", name, _LOADERS)
+  if name not in _SYNTHETIC:
+    for option, value in (("n_samples", n_samples), ("noise", noise)):
+      if value is not None:
+        raise JdlError(
+            f"{option}={value} applies only to the synthetic datasets "
+            f"({', '.join(_SYNTHETIC)}), not to {name!r}; leave it unset"
+        )
+  if n_samples is not None and n_samples < 1:
+    raise JdlError(f"n_samples must be positive, got {n_samples}")
+  if noise is not None and noise < 0:
+    raise JdlError(f"noise must be non-negative, got {noise}")
+  req = _Request(name=name, data_dir=os.fspath(data_dir), test_split=test_split,
+                 seed=seed, n_samples=n_samples, noise=noise, download=download)
+  return _validated(loader(req), f"dataset {name!r}")

@@ -1,0 +1,101 @@
+"""Sanity checks on dataset arrays, run before anything reaches a model."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jdl.errors import JdlError
+
+TASKS = ("classification", "regression")
+
+# Booleans, signed and unsigned integers, floats; complex numbers are not data jdl trains on.
+_NUMERIC_KINDS = "biuf"
+
+
+def _examples(values: np.ndarray, limit: int = 5) -> str:
+  shown = ", ".join(str(v) for v in values[:limit].tolist())
+  return shown + (", ..." if values.size > limit else "")
+
+
+def _require_finite(a: np.ndarray, what: str) -> None:
+  if a.dtype.kind != "f":
+    return
+  finite = np.isfinite(a)
+  if finite.all():
+    return
+  n_nan = int(np.isnan(a).sum())
+  n_inf = a.size - int(finite.sum()) - n_nan
+  bad_rows = int((~finite.reshape(len(a), -1)).any(axis=1).sum())
+  raise JdlError(
+      f"{what} contains {n_nan} NaN and {n_inf} Inf values (in {bad_rows} of {len(a)} "
+      "examples); clean or impute them before training"
+  )
+
+
+def validate_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    num_classes: int,
+    task: str,
+    split: str,
+) -> None:
+  """Checks that ``x`` and ``y`` form a usable dataset split.
+
+  Args:
+    x: inputs, ``[N, ...]``.
+    y: targets, ``[N]`` class ids for classification, ``[N]`` or ``[N, K]`` for regression.
+    num_classes: the number of classes (classification); ignored for regression.
+    task: ``"classification"`` or ``"regression"``.
+    split: the split's name for messages, e.g. ``"train"``.
+
+  Raises:
+    JdlError: the split is empty; ``x`` and ``y`` differ in length; a dtype is not
+      numeric; ``x`` (or a regression ``y``) holds NaN or Inf; classification labels are
+      not integers or not in ``[0, num_classes)``.
+  """
+  if task not in TASKS:
+    raise JdlError(f"unknown task {task!r}; valid names: {', '.join(TASKS)}")
+  x, y = np.asarray(x), np.asarray(y)
+  if x.ndim == 0 or y.ndim == 0:
+    raise JdlError(
+        f"{split} split: x and y must be arrays with one row per example, got shapes "
+        f"{x.shape} and {y.shape}"
+    )
+  if len(x) == 0:
+    raise JdlError(f"the {split} split is empty (0 examples); check the data source")
+  if len(x) != len(y):
+    raise JdlError(
+        f"{split} split: x has {len(x)} examples but y has {len(y)}; they must have one "
+        "target per input"
+    )
+  for key, a in (("x", x), ("y", y)):
+    if a.dtype.kind not in _NUMERIC_KINDS:
+      raise JdlError(
+          f"{key}_{split} has non-numeric dtype {a.dtype}; convert it to numbers (labels "
+          "to integer class ids 0..num_classes-1)"
+      )
+  _require_finite(x, f"x_{split}")
+  if task == "regression":
+    _require_finite(y, f"y_{split}")
+    return
+  if y.ndim != 1:
+    raise JdlError(
+        f"y_{split} has shape {y.shape}; classification labels must be one integer class "
+        "id per example, shape [N] (not one-hot)"
+    )
+  if y.dtype.kind == "f":
+    non_integer = y[~np.isfinite(y) | (y != np.round(y))]
+    if non_integer.size:
+      raise JdlError(
+          f"y_{split} has {non_integer.size} non-integer labels (e.g. "
+          f"{_examples(non_integer)}); classification needs integer class ids"
+      )
+  if num_classes < 1:
+    raise JdlError(f"num_classes must be at least 1 for classification, got {num_classes}")
+  outside = y[(y < 0) | (y >= num_classes)]
+  if outside.size:
+    raise JdlError(
+        f"y_{split} has {outside.size} labels outside [0, {num_classes}) (e.g. "
+        f"{_examples(np.unique(outside))}); remap the labels to 0..{num_classes - 1}"
+    )

@@ -1,0 +1,235 @@
+"""Per-example losses and a registry of them by name.
+
+Every loss maps ``(outputs, targets)`` to a per-example loss of shape ``[batch]``,
+averaging over any trailing non-batch dims, so that the caller can mask padded
+examples before reducing. They are pure, jittable, and thin wrappers over
+``optax.losses`` where optax has the formula.
+
+Examples:
+  >>> import jax.numpy as jnp
+  >>> from jdl import losses
+  >>> loss_fn = losses.get_loss("sparse_categorical_crossentropy",
+  ...                           label_smoothing=0.1)
+  >>> loss_fn(jnp.zeros((4, 3)), jnp.array([0, 1, 2, 0])).shape
+  (4,)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jdl import errors
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _per_example(x: jax.Array) -> jax.Array:
+  """Means ``x: [batch, ...]`` over its non-batch dims; returns ``[batch]``."""
+  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
+def _float(x: jax.Array) -> jax.Array:
+  x = jnp.asarray(x)
+  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
+def _match(outputs: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Casts to float and reshapes ``targets`` like ``outputs`` ([B] vs [B, 1]).
+
+  Reshaping rather than broadcasting avoids the silent ``[B] - [B, 1] -> [B, B]``
+  mistake.
+
+  Raises:
+    JdlError: the two hold different numbers of elements.
+  """
+  outputs = _float(outputs)
+  targets = jnp.asarray(targets)
+  if targets.shape != outputs.shape:
+    errors.require(
+        targets.size == outputs.size,
+        f"targets of shape {targets.shape} do not match outputs of shape"
+        f" {outputs.shape}",
+    )
+    targets = targets.reshape(outputs.shape)
+  return outputs, targets.astype(outputs.dtype)
+
+
+def mse(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean squared error. ``outputs, targets: [B, ...]``; returns ``[B]``."""
+  outputs, targets = _match(outputs, targets)
+  return _per_example(optax.losses.squared_error(outputs, targets))
+
+
+def mae(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """Mean absolute error. ``outputs, targets: [B, ...]``; returns ``[B]``."""
+  outputs, targets = _match(outputs, targets)
+  return _per_example(jnp.abs(outputs - targets))
+
+
+def huber(outputs: jax.Array, targets: jax.Array, delta: float = 1.0) -> jax.Array:
+  """Huber loss: quadratic within ``delta`` of the target, linear beyond.
+
+  Args:
+    outputs: predictions, ``[B, ...]``.
+    targets: ``[B, ...]``, same number of elements as ``outputs``.
+    delta: where the loss turns from quadratic to linear.
+
+  Returns:
+    ``[B]``: ``0.5 e^2`` for ``|e| <= delta`` else ``delta (|e| - delta / 2)``,
+    averaged over trailing dims.
+  """
+  outputs, targets = _match(outputs, targets)
+  return _per_example(optax.losses.huber_loss(outputs, targets, delta=delta))
+
+
+def binary_crossentropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """Sigmoid cross-entropy from logits.
+
+  Args:
+    outputs: logits, ``[B]`` or ``[B, 1]`` (or ``[B, ...]`` multi-label).
+    targets: 0/1 (or probabilities), the shape of ``outputs`` or ``[B]``.
+
+  Returns:
+    ``[B]``.
+  """
+  outputs, targets = _match(outputs, targets)
+  return _per_example(optax.losses.sigmoid_binary_cross_entropy(outputs, targets))
+
+
+def categorical_crossentropy(
+    outputs: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+  """Softmax cross-entropy against probabilities or one-hot targets.
+
+  Args:
+    outputs: logits, ``[B, ..., C]``.
+    targets: probabilities, ``[B, ..., C]``.
+    label_smoothing: ``alpha``; targets become ``(1 - alpha) t + alpha / C``.
+
+  Returns:
+    ``[B]``.
+  """
+  outputs, targets = _match(outputs, targets)
+  # At alpha == 0 smoothing is the identity, so it needs no Python branch and
+  # `label_smoothing` may even be traced.
+  targets = optax.losses.smooth_labels(targets, label_smoothing)
+  return _per_example(optax.losses.softmax_cross_entropy(outputs, targets))
+
+
+def sparse_categorical_crossentropy(
+    outputs: jax.Array, targets: jax.Array, label_smoothing: float = 0.0
+) -> jax.Array:
+  """Softmax cross-entropy against integer labels.
+
+  Args:
+    outputs: logits, ``[B, ..., C]``.
+    targets: int labels in ``[0, C)``, ``[B, ...]`` (a trailing 1 is allowed).
+    label_smoothing: ``alpha``; the one-hot target becomes
+      ``(1 - alpha) onehot + alpha / C``.
+
+  Returns:
+    ``[B]``.
+  """
+  outputs = _float(outputs)
+  targets = jnp.asarray(targets)
+  errors.require(
+      targets.size * outputs.shape[-1] == outputs.size,
+      f"int labels of shape {targets.shape} do not match logits of shape"
+      f" {outputs.shape}",
+  )
+  targets = targets.reshape(outputs.shape[:-1]).astype(jnp.int32)
+  if isinstance(label_smoothing, (int, float)) and label_smoothing == 0:
+    # The integer-label path never materialises a [B, C] one-hot (large C).
+    losses = optax.losses.softmax_cross_entropy_with_integer_labels(
+        outputs, targets
+    )
+    return _per_example(losses)
+  one_hot = jax.nn.one_hot(targets, outputs.shape[-1], dtype=outputs.dtype)
+  return categorical_crossentropy(outputs, one_hot, label_smoothing)
+
+
+def squared_hinge(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """Squared hinge loss ``max(0, 1 - y f)^2``.
+
+  Args:
+    outputs: decision values, ``[B, ...]``.
+    targets: ``{-1, +1}`` or ``{0, 1}`` labels, the shape of ``outputs`` or ``[B]``.
+
+  Returns:
+    ``[B]``.
+  """
+  outputs, targets = _match(outputs, targets)
+  # Map 0 -> -1 element by element rather than by inspecting the whole batch
+  # (as Keras does), so an example's loss never depends on its batch mates.
+  targets = jnp.where(targets == 0, -1.0, targets).astype(outputs.dtype)
+  return _per_example(jnp.square(optax.losses.hinge_loss(outputs, targets)))
+
+
+def kl_divergence(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """``KL(targets || softmax(outputs))``, with ``0 log 0 = 0``.
+
+  Args:
+    outputs: logits, ``[B, ..., C]``.
+    targets: probabilities, ``[B, ..., C]``; zeros are allowed.
+
+  Returns:
+    ``[B]``.
+  """
+  outputs, targets = _match(outputs, targets)
+  log_probs = jax.nn.log_softmax(outputs, axis=-1)
+  return _per_example(optax.losses.kl_divergence(log_probs, targets))
+
+
+LOSSES: dict[str, Callable[..., jax.Array]] = {
+    "mse": mse,
+    "mae": mae,
+    "huber": huber,
+    "binary_crossentropy": binary_crossentropy,
+    "categorical_crossentropy": categorical_crossentropy,
+    "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
+    "squared_hinge": squared_hinge,
+    "kl_divergence": kl_divergence,
+}
+
+
+def _check_kwargs(name: str, fn: Callable[..., jax.Array], kwargs: dict) -> None:
+  """Raises a JdlError for a keyword ``fn`` does not take or a bad value."""
+  valid = list(inspect.signature(fn).parameters)[2:]
+  unknown = sorted(set(kwargs) - set(valid))
+  errors.require(
+      not unknown,
+      f"loss {name!r} got unknown argument(s) {', '.join(unknown)}; it takes:"
+      f" {', '.join(valid) or 'no arguments'}",
+  )
+  if "delta" in kwargs:
+    delta = kwargs["delta"]
+    errors.require(delta > 0, f"huber delta must be > 0, got {delta=}")
+  if "label_smoothing" in kwargs:
+    alpha = kwargs["label_smoothing"]
+    errors.require(
+        0 <= alpha < 1, f"label_smoothing must be in [0, 1), got {alpha=}"
+    )
+
+
+def get_loss(name: str, **kwargs: float) -> LossFn:
+  """Returns the loss called ``name`` with ``kwargs`` bound.
+
+  Args:
+    name: a key of :data:`LOSSES`.
+    **kwargs: the loss's hyper-parameters, e.g. ``delta`` or ``label_smoothing``.
+
+  Returns:
+    ``fn(outputs, targets) -> [batch]``, jittable.
+
+  Raises:
+    JdlError: unknown ``name``, a keyword the loss does not take, or a bad value.
+  """
+  fn = errors.lookup("loss", name, LOSSES)
+  _check_kwargs(name, fn, kwargs)
+  return functools.partial(fn, **kwargs) if kwargs else fn

@@ -1,0 +1,545 @@
+"""Exact metrics over a whole split, as mergeable PyTrees of sums (CLU style).
+
+``from_outputs`` turns one batch into a state, ``merge`` combines two states and
+``compute`` turns the total into python floats on the host. States hold counts
+and sums, never per-batch averages, so an epoch metric equals the metric over the
+whole split whatever the batch sizes, and padded examples (``mask == 0``) count
+nowhere.
+
+A state is ``dict[group, dict[field, Array]]``. Metrics that share sufficient
+statistics share a group: ``precision``/``recall``/``f1`` share ``"binary"``
+(tp, fp, fn), the ``macro_*`` metrics share ``"confusion"`` (a C x C matrix),
+``mse``/``mae`` share ``"errors"``. ``from_outputs(..., loss=...)`` adds a
+``"loss"`` group, reported by ``compute`` as ``loss``.
+
+Examples:
+  >>> import jax.numpy as jnp
+  >>> from jdl import metrics
+  >>> names = ("accuracy", "macro_f1")
+  >>> state = metrics.empty(names, num_classes=2)
+  >>> logits = jnp.array([[2.0, 0.0], [0.0, 1.0], [5.0, 0.0]])
+  >>> labels = jnp.array([0, 0, 1])
+  >>> mask = jnp.array([True, True, False])  # The last example is padding.
+  >>> batch = metrics.from_outputs(names, logits, labels, mask, num_classes=2)
+  >>> metrics.compute(names, metrics.merge(state, batch))["accuracy"]
+  0.5
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdl import errors
+
+Group = dict[str, jax.Array]
+State = dict[str, Group]
+
+CLASSIFICATION = (
+    "accuracy", "precision", "recall", "f1", "macro_precision", "macro_recall",
+    "macro_f1", "roc_auc",
+)
+REGRESSION = ("mse", "mae", "r2")
+_VALID = {
+    "classification": CLASSIFICATION + ("top{k}_accuracy",),
+    "regression": REGRESSION,
+}
+_TOP_K = re.compile(r"top([1-9][0-9]*)_accuracy")
+_BINARY = ("precision", "recall", "f1")
+_MACRO = ("macro_precision", "macro_recall", "macro_f1")
+
+
+# ---------------------------------------------------------------------------
+# Names.
+
+
+def _top_k(name: str) -> int | None:
+  match = _TOP_K.fullmatch(name)
+  return int(match.group(1)) if match else None
+
+
+def _task(name: str) -> str | None:
+  if name in CLASSIFICATION or _top_k(name):
+    return "classification"
+  return "regression" if name in REGRESSION else None
+
+
+def validate_names(names: Sequence[str], task: str) -> None:
+  """Checks that every name is a metric of ``task``.
+
+  Args:
+    names: metric names, e.g. ``("accuracy", "top5_accuracy")``.
+    task: ``"classification"`` or ``"regression"``.
+
+  Raises:
+    JdlError: an unknown task, or a name that is not a metric of ``task``.
+  """
+  valid = errors.lookup("task", task, _VALID)
+  errors.require(
+      not isinstance(names, str), f"metric names must be a sequence, got {names!r}"
+  )
+  for name in names:
+    errors.require(
+        _task(name) == task,
+        f"unknown {task} metric {name!r}; valid names: {', '.join(valid)}",
+    )
+
+
+def _group(name: str) -> str:
+  """The state group holding ``name``'s statistics."""
+  if _task(name) is None:
+    valid = ", ".join(_VALID["classification"] + REGRESSION)
+    raise errors.JdlError(f"unknown metric {name!r}; valid names: {valid}")
+  if name in _BINARY:
+    return "binary"
+  if name in _MACRO:
+    return "confusion"
+  return "errors" if name in ("mse", "mae") else name
+
+
+def _groups(names: Sequence[str]) -> list[str]:
+  errors.require(
+      not isinstance(names, str), f"metric names must be a sequence, got {names!r}"
+  )
+  return list(dict.fromkeys(_group(name) for name in names))
+
+
+# ---------------------------------------------------------------------------
+# Empty states.
+
+
+def _zero(dtype: jnp.dtype = jnp.int32, shape: tuple[int, ...] = ()) -> jax.Array:
+  return jnp.zeros(shape, dtype)
+
+
+def _empty_group(group: str, num_classes: int) -> Group:
+  if group == "binary":
+    return {"tp": _zero(), "fp": _zero(), "fn": _zero()}
+  if group == "confusion":
+    return {"matrix": _zero(jnp.int32, (num_classes, num_classes))}
+  if group == "roc_auc":
+    return {
+        "scores": _zero(jnp.float32, (0,)),
+        "labels": _zero(jnp.int32, (0,)),
+        "mask": _zero(jnp.bool_, (0,)),
+    }
+  if group == "errors":
+    return {"sq": _zero(jnp.float32), "abs": _zero(jnp.float32), "count": _zero()}
+  if group == "r2":
+    # Shape [] broadcasts against the [outputs] moments of any batch in `merge`.
+    f32 = jnp.float32
+    return {"count": _zero(), "mean": _zero(f32), "m2": _zero(f32),
+            "sse": _zero(f32)}
+  return {"correct": _zero(), "count": _zero()}  # accuracy, top{k}_accuracy
+
+
+def _class_count(num_classes: int | None) -> int:
+  """Confusion-matrix size; a single-logit binary model has 2 classes."""
+  errors.require(
+      isinstance(num_classes, int) and num_classes >= 1,
+      f"classification metrics need num_classes >= 1, got {num_classes=}",
+  )
+  return max(num_classes, 2)
+
+
+def empty(names: Sequence[str], *, num_classes: int | None) -> State:
+  """The state of no examples, the identity of :func:`merge`.
+
+  Args:
+    names: metric names.
+    num_classes: number of classes (1 or 2 for a single-logit binary model);
+      unused by regression metrics.
+
+  Returns:
+    A state with zero counts.
+
+  Raises:
+    JdlError: an unknown metric name or a bad ``num_classes``.
+  """
+  groups = _groups(names)
+  classes = 0
+  if any(_task(name) == "classification" for name in names):
+    classes = _class_count(num_classes)
+  return {group: _empty_group(group, classes) for group in groups}
+
+
+# ---------------------------------------------------------------------------
+# Per-batch statistics.
+
+
+class _Classified(NamedTuple):
+  logits: jax.Array  # [B, C]; [B, 2] as (0, logit) for a single logit.
+  preds: jax.Array  # [B] int32.
+  labels: jax.Array  # [B] int32.
+  score: jax.Array | None  # [B] positive-class score, for binary models only.
+
+
+def _labels(targets: jax.Array, batch: int, num_classes: int) -> jax.Array:
+  """Int labels ``[B]`` from int labels ``[B]``/``[B, 1]`` or one-hot ``[B, C]``."""
+  if targets.ndim == 2 and targets.shape[-1] == num_classes:
+    return jnp.argmax(targets, axis=-1).astype(jnp.int32)
+  errors.require(
+      targets.size == batch,
+      f"targets of shape {targets.shape} are neither int labels [{batch}] nor"
+      f" one-hot [{batch}, {num_classes}]",
+  )
+  return targets.reshape(batch).astype(jnp.int32)
+
+
+def _classify(
+    outputs: jax.Array, targets: jax.Array, num_classes: int
+) -> _Classified:
+  """Predictions, labels and scores from logits ``[B, C]``, ``[B]``, ``[B, 1]``."""
+  errors.require(
+      outputs.ndim in (1, 2),
+      "classification outputs must be logits [batch, classes] or [batch];"
+      f" got shape {outputs.shape}",
+  )
+  batch = outputs.shape[0]
+  if outputs.ndim == 1 or outputs.shape[-1] == 1:
+    errors.require(
+        num_classes == 2,
+        f"a single-logit output is binary but {num_classes=}",
+    )
+    logit = outputs.reshape(batch)
+    preds = (logit > 0).astype(jnp.int32)
+    logits = jnp.stack([jnp.zeros_like(logit), logit], axis=-1)
+    return _Classified(logits, preds, _labels(targets, batch, 2), logit)
+  errors.require(
+      outputs.shape[-1] == num_classes,
+      f"outputs have {outputs.shape[-1]} classes but {num_classes=}",
+  )
+  preds = jnp.argmax(outputs, axis=-1).astype(jnp.int32)
+  # The logit margin ranks examples like the softmax probability of class 1,
+  # without the float32 saturation of the probability near 0 and 1.
+  score = outputs[:, 1] - outputs[:, 0] if num_classes == 2 else None
+  return _Classified(outputs, preds, _labels(targets, batch, num_classes), score)
+
+
+def _hits(hit: jax.Array, mask: jax.Array) -> Group:
+  return {"correct": jnp.sum(hit & mask, dtype=jnp.int32),
+          "count": jnp.sum(mask, dtype=jnp.int32)}
+
+
+def _in_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+  """``[B]`` bool: fewer than ``k`` classes score above the label (ties hit)."""
+  label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  return jnp.sum(logits > label_logit, axis=-1) < k
+
+
+def _require_binary(c: _Classified, name: str) -> None:
+  errors.require(
+      c.score is not None,
+      f"{name} is for binary models (positive class 1), but the outputs have"
+      f" {c.logits.shape[-1]} classes; use macro_precision, macro_recall or"
+      " macro_f1 instead",
+  )
+
+
+def _binary_counts(c: _Classified, mask: jax.Array) -> Group:
+  _require_binary(c, "precision/recall/f1")
+  pred, true = c.preds == 1, c.labels == 1
+  count = lambda x: jnp.sum(x & mask, dtype=jnp.int32)
+  return {"tp": count(pred & true), "fp": count(pred & ~true),
+          "fn": count(~pred & true)}
+
+
+def _confusion(c: _Classified, mask: jax.Array, num_classes: int) -> jax.Array:
+  """``[C, C]`` int32 counts of (true, predicted) pairs of real examples."""
+  # Integer segment sums are exact whatever the backend's matmul precision;
+  # labels outside [0, C) fall outside [0, C*C) and are dropped.
+  index = c.labels * num_classes + c.preds
+  counts = jax.ops.segment_sum(
+      mask.astype(jnp.int32), index, num_segments=num_classes * num_classes
+  )
+  return counts.reshape(num_classes, num_classes)
+
+
+def _classification_group(
+    group: str, c: _Classified, mask: jax.Array, num_classes: int
+) -> Group:
+  if group == "accuracy":
+    return _hits(c.preds == c.labels, mask)
+  if group == "binary":
+    return _binary_counts(c, mask)
+  if group == "confusion":
+    return {"matrix": _confusion(c, mask, num_classes)}
+  if group == "roc_auc":
+    _require_binary(c, "roc_auc")
+    return {"scores": c.score.astype(jnp.float32), "labels": c.labels,
+            "mask": mask}
+  return _hits(_in_top_k(c.logits, c.labels, _top_k(group)), mask)
+
+
+def _regression_group(
+    group: str, outputs: jax.Array, targets: jax.Array, mask: jax.Array
+) -> Group:
+  """Sums for ``outputs, targets: [B, D]``."""
+  keep = mask[:, None]
+  sq = jnp.where(keep, jnp.square(outputs - targets), 0.0)
+  n = jnp.sum(mask, dtype=jnp.int32)
+  if group == "errors":
+    absolute = jnp.where(keep, jnp.abs(outputs - targets), 0.0)
+    return {"sq": jnp.sum(sq), "abs": jnp.sum(absolute),
+            "count": n * outputs.shape[1]}
+  denom = jnp.maximum(n, 1).astype(targets.dtype)
+  mean = jnp.sum(jnp.where(keep, targets, 0.0), axis=0) / denom
+  m2 = jnp.sum(jnp.where(keep, jnp.square(targets - mean), 0.0), axis=0)
+  return {"count": n, "mean": mean, "m2": m2, "sse": jnp.sum(sq, axis=0)}
+
+
+def _as_regression(
+    outputs: jax.Array, targets: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """Float ``[B, D]`` views of ``outputs`` and ``targets`` (D = trailing size)."""
+  errors.require(
+      targets.size == outputs.size,
+      f"targets of shape {targets.shape} do not match outputs of shape"
+      f" {outputs.shape}",
+  )
+  dtype = jnp.promote_types(outputs.dtype, jnp.float32)
+  shape = (outputs.shape[0], math.prod(outputs.shape[1:]))
+  return outputs.reshape(shape).astype(dtype), targets.reshape(shape).astype(dtype)
+
+
+def _mask(mask: jax.Array | None, batch: int) -> jax.Array:
+  if mask is None:
+    return jnp.ones((batch,), jnp.bool_)
+  mask = jnp.asarray(mask)
+  errors.require(
+      mask.shape == (batch,), f"mask must have shape [{batch}], got {mask.shape}"
+  )
+  return mask.astype(jnp.bool_)
+
+
+def _loss_group(loss: jax.Array, mask: jax.Array) -> Group:
+  loss = jnp.asarray(loss)
+  errors.require(
+      loss.shape == mask.shape,
+      f"loss must be per-example, shape {mask.shape}, got {loss.shape}",
+  )
+  return {"sum": jnp.sum(jnp.where(mask, loss, 0.0), dtype=jnp.float32),
+          "count": jnp.sum(mask, dtype=jnp.int32)}
+
+
+def from_outputs(
+    names: Sequence[str],
+    outputs: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array | None,
+    *,
+    num_classes: int | None,
+    loss: jax.Array | None = None,
+) -> State:
+  """The state of one batch; jittable with ``names`` and ``num_classes`` static.
+
+  Args:
+    names: metric names, a tuple under jit.
+    outputs: classification logits ``[B, C]`` or single-logit ``[B]``/``[B, 1]``;
+      regression predictions ``[B, ...]``.
+    targets: int labels ``[B]`` or one-hot ``[B, C]``; regression targets with as
+      many elements as ``outputs``.
+    mask: ``[B]`` bool or 0/1: which examples are real (not padding); ``None``
+      means all.
+    num_classes: number of classes (1 or 2 for a single logit); unused by
+      regression metrics.
+    loss: optional per-example loss ``[B]``; adds a ``"loss"`` group.
+
+  Returns:
+    A state holding the batch's sums over real examples.
+
+  Raises:
+    JdlError: an unknown metric name or mismatched shapes.
+  """
+  outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
+  mask = _mask(mask, outputs.shape[0])
+  state = {}
+  classified, regression = None, None
+  for name in names:
+    group = _group(name)
+    if _task(name) == "classification":
+      classes = _class_count(num_classes)
+      if classified is None:
+        classified = _classify(outputs, targets, classes)
+      state[group] = _classification_group(group, classified, mask, classes)
+    else:
+      if regression is None:
+        regression = _as_regression(outputs, targets)
+      state[group] = _regression_group(group, *regression, mask)
+  if loss is not None:
+    state["loss"] = _loss_group(loss, mask)
+  return state
+
+
+# ---------------------------------------------------------------------------
+# Merging.
+
+
+def _add(a: Group, b: Group) -> Group:
+  return jax.tree.map(jnp.add, a, b)
+
+
+def _concat(a: Group, b: Group) -> Group:
+  return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
+
+
+def _merge_moments(a: Group, b: Group) -> Group:
+  """Chan et al.'s parallel update of count, mean and M2 (squared deviations).
+
+  References:
+    Chan, Golub and LeVeque, "Updating formulae and a pairwise algorithm for
+    computing sample variances", 1979.
+  """
+  na, nb = a["count"].astype(jnp.float32), b["count"].astype(jnp.float32)
+  frac = jnp.where(na + nb > 0, nb / jnp.maximum(na + nb, 1.0), 0.0)
+  delta = b["mean"] - a["mean"]
+  return {
+      "count": a["count"] + b["count"],
+      "mean": a["mean"] + delta * frac,
+      "m2": a["m2"] + b["m2"] + jnp.square(delta) * na * frac,
+      "sse": a["sse"] + b["sse"],
+  }
+
+
+_MERGE: dict[str, Callable[[Group, Group], Group]] = {
+    "roc_auc": _concat,
+    "r2": _merge_moments,
+}
+
+
+def merge(a: State, b: State) -> State:
+  """Combines the states of two disjoint sets of examples.
+
+  Counts and sums add, ``r2`` moments merge by Chan's formula and ``roc_auc``
+  scores concatenate (so its state grows: merge it eagerly, outside jit). A group
+  in only one state (e.g. ``loss`` against :func:`empty`) is taken as it is.
+
+  Args:
+    a: a state.
+    b: a state.
+
+  Returns:
+    The state of the union.
+  """
+  merged = {}
+  for group in list(a) + [g for g in b if g not in a]:
+    if group not in b:
+      merged[group] = a[group]
+    elif group not in a:
+      merged[group] = b[group]
+    else:
+      merged[group] = _MERGE.get(group, _add)(a[group], b[group])
+  return merged
+
+
+# ---------------------------------------------------------------------------
+# Computing on the host.
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, *, zero: float = math.nan) -> float:
+  """``num / den``, or ``zero`` when ``den`` is 0."""
+  return float(num) / float(den) if den else zero
+
+
+def _binary(name: str, g: dict[str, np.ndarray]) -> float:
+  tp, fp, fn = (int(g[k]) for k in ("tp", "fp", "fn"))
+  if name == "precision":
+    return _ratio(tp, tp + fp, zero=0.0)
+  if name == "recall":
+    return _ratio(tp, tp + fn, zero=0.0)
+  return _ratio(2 * tp, 2 * tp + fp + fn, zero=0.0)
+
+
+def _macro(name: str, matrix: np.ndarray) -> float:
+  """Macro average over the classes present in the labels or the predictions.
+
+  As scikit-learn's default (``labels=None``, ``zero_division=0``): a present
+  class with no predicted (true) examples has precision (recall) 0.
+  """
+  matrix = matrix.astype(np.float64)
+  tp = np.diag(matrix)
+  predicted, true = matrix.sum(axis=0), matrix.sum(axis=1)
+  den = {"macro_precision": predicted, "macro_recall": true,
+         "macro_f1": (predicted + true) / 2}[name]
+  per_class = np.divide(tp, den, out=np.zeros_like(tp), where=den > 0)
+  present = (predicted + true) > 0
+  return float(per_class[present].mean()) if present.any() else 0.0
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+  """1-based ranks of ``x``, ties sharing their average rank."""
+  _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+  last = np.cumsum(counts)
+  return (last - (counts - 1) / 2.0)[inverse]
+
+
+def _roc_auc(g: dict[str, np.ndarray]) -> float:
+  """Exact ROC AUC as the Mann-Whitney U statistic; nan if a class is missing."""
+  keep = g["mask"].astype(bool)
+  scores = g["scores"][keep].astype(np.float64)
+  positive = g["labels"][keep] == 1
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if not n_pos or not n_neg:
+    return math.nan
+  rank_sum = _average_ranks(scores)[positive].sum()
+  return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _r2(g: dict[str, np.ndarray]) -> float:
+  """Mean over outputs of ``1 - SSE / SST``, finite like scikit-learn's."""
+  if int(g["count"]) < 2:
+    return math.nan
+  sse = np.asarray(g["sse"], np.float64).reshape(-1)
+  sst = np.broadcast_to(np.asarray(g["m2"], np.float64), sse.shape)
+  constant = np.where(sse == 0, 1.0, 0.0)  # Targets with no variance.
+  safe = np.where(sst > 0, sst, 1.0)
+  return float(np.mean(np.where(sst > 0, 1.0 - sse / safe, constant)))
+
+
+def _compute_one(name: str, state: dict[str, dict[str, np.ndarray]]) -> float:
+  group = _group(name)
+  errors.require(
+      group in state,
+      f"metric {name!r} has no state; pass it to empty/from_outputs",
+  )
+  g = state[group]
+  if group == "binary":
+    return _binary(name, g)
+  if group == "confusion":
+    return _macro(name, g["matrix"])
+  if group == "roc_auc":
+    return _roc_auc(g)
+  if group == "errors":
+    return _ratio(g["sq"] if name == "mse" else g["abs"], g["count"])
+  if group == "r2":
+    return _r2(g)
+  return _ratio(g["correct"], g["count"])
+
+
+def compute(names: Sequence[str], state: State) -> dict[str, float]:
+  """The metrics of a state, on the host.
+
+  Args:
+    names: metric names.
+    state: a state from :func:`from_outputs` / :func:`merge`.
+
+  Returns:
+    ``{name: value}`` as python floats, plus ``"loss"`` (the mean per-example
+    loss) when the state has one. Ratios over no examples are nan; precision,
+    recall and f1 with a zero denominator are 0, as scikit-learn's
+    ``zero_division=0``; ``roc_auc`` is nan unless both classes occur.
+
+  Raises:
+    JdlError: an unknown name, or one the state has no statistics for.
+  """
+  host = jax.device_get(state)
+  results = {name: _compute_one(name, host) for name in names}
+  if "loss" in host:
+    results["loss"] = _ratio(host["loss"]["sum"], host["loss"]["count"])
+  return results

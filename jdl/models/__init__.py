@@ -1,0 +1,128 @@
+"""Models: Flax linen modules called as ``model.apply(variables, x, train=...)``.
+
+Every model maps ``[batch, ...]`` inputs to ``[batch, num_outputs]``; dropout uses
+the ``'dropout'`` RNG stream and batch norm the mutable ``'batch_stats'`` collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+
+from jdl import errors
+from jdl.models.activations import ACTIVATIONS
+from jdl.models.activations import get_activation
+from jdl.models.cnn import CNN
+from jdl.models.cnn import InceptionBlock
+from jdl.models.cnn import InceptionNet
+from jdl.models.cnn import LeNet5
+from jdl.models.cnn import VGG
+from jdl.models.initializers import INITIALIZERS
+from jdl.models.initializers import get_initializer
+from jdl.models.mlp import MLP
+from jdl.models.resnet import ResidualBlock
+from jdl.models.resnet import ResNet
+from jdl.models.resnet import ResNet18
+from jdl.models.resnet import ResNet20
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "lenet5": LeNet5,
+    "vgg": VGG,
+    "inception": InceptionNet,
+    "resnet20": ResNet20,
+    "resnet18": ResNet18,
+    "resnet": ResNet,
+}
+
+_NOT_CONFIGURABLE = ("parent", "name")
+
+
+def model_fields(model: type[nn.Module]) -> dict[str, dataclasses.Field]:
+  """The constructor fields of a model class that a config may set."""
+  return {f.name: f for f in dataclasses.fields(model)
+          if f.init and f.name not in _NOT_CONFIGURABLE}
+
+
+def _to_tuples(value: Any) -> Any:
+  # Configs and JSON give lists; module fields are compared and hashed, so freeze.
+  if isinstance(value, (list, tuple)):
+    return tuple(_to_tuples(v) for v in value)
+  return value
+
+
+def create_model(config: Mapping[str, Any], *, num_outputs: int) -> nn.Module:
+  """Builds the model a config describes.
+
+  Args:
+    config: an ``ml_collections.ConfigDict`` or a mapping with ``name`` (a key of
+      :data:`MODELS`) and any constructor fields of that model; lists are turned
+      into tuples.
+    num_outputs: width of the output, set by the data (e.g. number of classes).
+
+  Returns:
+    The unbound module.
+
+  Raises:
+    JdlError: a missing or unknown name, an unknown or missing field, a
+      ``num_outputs`` in the config that disagrees with the data, or a bad value.
+
+  Examples:
+    >>> model = create_model({"name": "mlp", "hidden": [128]}, num_outputs=10)
+    >>> model.hidden
+    (128,)
+  """
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  errors.require(isinstance(config, Mapping),
+                 f"model config must be a mapping, got {type(config).__name__}")
+  fields = dict(config)
+  name = fields.pop("name", None)
+  errors.require(name is not None,
+                 f"model config needs a 'name'; valid names: {errors.names(MODELS)}")
+  model = errors.lookup("model", name, MODELS)
+  valid = model_fields(model)
+  for key in fields:
+    errors.require(
+        key in valid,
+        f"unknown field {key!r} for model {name!r}; valid fields: "
+        f"{errors.names(valid)}",
+    )
+  if "num_outputs" in fields:
+    errors.require(
+        fields["num_outputs"] == num_outputs,
+        f"model config sets num_outputs={fields['num_outputs']!r} but the data "
+        f"needs {num_outputs}; remove num_outputs from the model config",
+    )
+  fields["num_outputs"] = num_outputs
+  missing = [k for k, f in valid.items() if k not in fields
+             and f.default is dataclasses.MISSING
+             and f.default_factory is dataclasses.MISSING]
+  errors.require(not missing,
+                 f"model {name!r} needs field(s): {errors.names(missing)}")
+  return model(**{k: _to_tuples(v) for k, v in fields.items()})
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "CNN",
+    "INITIALIZERS",
+    "InceptionBlock",
+    "InceptionNet",
+    "LeNet5",
+    "MLP",
+    "MODELS",
+    "ResNet",
+    "ResNet18",
+    "ResNet20",
+    "ResidualBlock",
+    "VGG",
+    "create_model",
+    "get_activation",
+    "get_initializer",
+    "model_fields",
+]

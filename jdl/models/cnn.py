@@ -1,0 +1,474 @@
+"""Convolutional networks: a configurable stack, LeNet-5, VGG and a small Inception net.
+
+Images are ``[batch, height, width, channels]`` (NHWC); 1-D signals are
+``[batch, length, channels]``. :class:`CNN` and :class:`InceptionNet` infer the
+convolution rank from the input rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jdl import errors
+from jdl.models.activations import Activation, get_activation
+from jdl.models.initializers import get_initializer
+from jdl.models.mlp import MLP, Dtype, check_common_fields, check_widths
+
+POOLS = ("max", "avg", "none")
+
+
+def spatial_ndim(x: jax.Array) -> int:
+  """Returns 1 for ``[batch, length, channels]``, 2 for ``[batch, height, width, channels]``.
+
+  Raises:
+    JdlError: any other rank.
+  """
+  errors.require(
+      x.ndim in (3, 4),
+      f"a convolutional model needs [batch, length, channels] or "
+      f"[batch, height, width, channels] input, got shape {tuple(x.shape)}; "
+      f"add a trailing channel axis to single-channel data",
+  )
+  return x.ndim - 2
+
+
+def pool(x: jax.Array, kind: str, size: int, strides: int | None = None,
+         padding: str = "VALID") -> jax.Array:
+  """Max or average pooling over the spatial axes of ``x``; ``kind='none'`` is a no-op.
+
+  Raises:
+    JdlError: a spatial axis shorter than the window (with ``VALID`` padding).
+  """
+  if kind == "none":
+    return x
+  spatial = x.shape[1:-1]
+  errors.require(
+      padding != "VALID" or min(spatial) >= size,
+      f"feature map {tuple(spatial)} is smaller than the pooling window {size}; "
+      f"use a larger input, fewer layers, a smaller pool_size or pool='none'",
+  )
+  window = (size,) * len(spatial)
+  stride = (strides or size,) * len(spatial)
+  if kind == "max":
+    return nn.max_pool(x, window, strides=stride, padding=padding)
+  # nn.avg_pool divides by an int, which strict dtype promotion rejects.
+  total = nn.pool(x, jnp.zeros((), x.dtype), jax.lax.add, window, stride, padding)
+  return total / jnp.asarray(math.prod(window), x.dtype)
+
+
+def _check_pool(kind: str, size: int) -> None:
+  errors.lookup("pool", kind, {k: k for k in POOLS})
+  errors.require(isinstance(size, int) and size >= 1,
+                 f"pool_size must be a positive integer, got {size!r}")
+
+
+def _check_padding(padding: str | int) -> None:
+  ok = (padding.upper() in ("SAME", "VALID") if isinstance(padding, str)
+        else isinstance(padding, int) and not isinstance(padding, bool)
+        and padding >= 0)
+  errors.require(ok, f"padding must be 'SAME', 'VALID' or a non-negative integer, "
+                     f"got {padding!r}")
+
+
+class CNN(nn.Module):
+  """A configurable convolution stack followed by a dense head.
+
+  Each conv layer is ``Conv -> [BatchNorm] -> activation -> [pool]``; then the
+  feature map is flattened (or averaged over space with ``global_pool``), dropped
+  out, and fed to an :class:`MLP` head (submodule ``mlp``) with hidden widths
+  ``dense``.
+
+  Attributes:
+    num_outputs: width of the output.
+    features: output channels of each conv layer.
+    kernel_size: window length per spatial axis.
+    strides: conv stride per spatial axis.
+    padding: ``'SAME'``, ``'VALID'`` (any case) or a number of zeros per side.
+    pool: ``'max'``, ``'avg'`` or ``'none'``, after every conv layer.
+    pool_size: pooling window and stride.
+    global_pool: average over the spatial axes instead of flattening.
+    dense: hidden widths of the head.
+    dropout_rate: drop probability on the conv features and after each hidden
+      dense layer.
+    batch_norm: batch normalisation after each conv and hidden dense layer (those
+      layers then have no bias).
+    activation: name for :func:`jdl.models.get_activation`.
+    kernel_init: name for :func:`jdl.models.get_initializer`.
+    init_scale: its ``scale`` argument.
+    dtype: compute dtype; parameters stay float32.
+  """
+
+  num_outputs: int
+  features: Sequence[int] = (32, 64)
+  kernel_size: int = 3
+  strides: int = 1
+  padding: str | int = "SAME"
+  pool: str = "max"
+  pool_size: int = 2
+  global_pool: bool = False
+  dense: Sequence[int] = (256,)
+  dropout_rate: float = 0.0
+  batch_norm: bool = False
+  activation: str | Activation = "relu"
+  kernel_init: str = "he_normal"
+  init_scale: float | None = None
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_common_fields(self)
+    check_widths("features", self.features)
+    check_widths("dense", self.dense)
+    check_widths("kernel_size", (self.kernel_size,))
+    check_widths("strides", (self.strides,))
+    _check_padding(self.padding)
+    _check_pool(self.pool, self.pool_size)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Applies the network.
+
+    Args:
+      x: ``[batch, length, channels]`` or ``[batch, height, width, channels]``.
+      train: dropout on and batch statistics used (and updated) when true.
+
+    Returns:
+      ``[batch, num_outputs]``.
+    """
+    ndim = spatial_ndim(x)
+    act = get_activation(self.activation)
+    init = get_initializer(self.kernel_init, self.init_scale)
+    padding = (self.padding.upper() if isinstance(self.padding, str)
+               else self.padding)
+    x = jnp.asarray(x, self.dtype)
+    for i, width in enumerate(self.features):
+      errors.require(
+          padding != "VALID" or min(x.shape[1:-1]) >= self.kernel_size,
+          f"feature map {tuple(x.shape[1:-1])} before conv_{i} is smaller than "
+          f"kernel_size={self.kernel_size} with 'VALID' padding; use a larger "
+          f"input, fewer layers or padding='SAME'",
+      )
+      x = nn.Conv(
+          width, (self.kernel_size,) * ndim, strides=self.strides,
+          padding=padding, use_bias=not self.batch_norm, kernel_init=init,
+          dtype=self.dtype, name=f"conv_{i}",
+      )(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5,
+            dtype=self.dtype, name=f"bn_{i}",
+        )(x)
+      x = pool(act(x), self.pool, self.pool_size)
+    if self.global_pool:
+      x = jnp.mean(x, axis=tuple(range(1, 1 + ndim)))
+    x = x.reshape((x.shape[0], -1))
+    if self.dropout_rate > 0:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return MLP(
+        self.num_outputs, hidden=tuple(self.dense), activation=self.activation,
+        dropout_rate=self.dropout_rate, batch_norm=self.batch_norm,
+        kernel_init=self.kernel_init, init_scale=self.init_scale,
+        dtype=self.dtype, name="mlp",
+    )(x, train=train)
+
+
+class LeNet5(nn.Module):
+  """LeNet-5: conv 6@5x5, pool, conv 16@5x5, pool, dense 120, 84, ``num_outputs``.
+
+  Inputs smaller than 32x32 (e.g. MNIST's 28x28) are zero-padded to 32x32, as in
+  the original paper, so conv2 always ends on a 5x5x16 map: on one input channel and
+  10 outputs the network has 156 + 2,416 + 48,120 + 10,164 + 850 = 61,706
+  parameters.
+
+  Attributes:
+    num_outputs: width of the output.
+    activation: ``'tanh'`` (classic) or any name for :func:`get_activation`.
+    pool: ``'avg'`` (classic) or ``'max'``; 2x2, stride 2.
+    kernel_init: name for :func:`jdl.models.get_initializer`.
+    dtype: compute dtype; parameters stay float32.
+
+  References:
+    LeCun et al., "Gradient-based learning applied to document recognition", 1998.
+  """
+
+  num_outputs: int = 10
+  activation: str | Activation = "tanh"
+  pool: str = "avg"
+  kernel_init: str = "lecun_normal"
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_common_fields(self)
+    errors.lookup("pool", self.pool, {"avg": "avg", "max": "max"})
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Applies the network.
+
+    Args:
+      x: ``[batch, height, width, channels]``.
+      train: unused (no dropout or batch norm); kept for the common signature.
+
+    Returns:
+      ``[batch, num_outputs]``.
+    """
+    del train  # LeNet-5 behaves the same in training and evaluation.
+    errors.require(spatial_ndim(x) == 2,
+                   f"LeNet5 needs [batch, height, width, channels], got "
+                   f"{tuple(x.shape)}")
+    act = get_activation(self.activation)
+    init = get_initializer(self.kernel_init)
+    x = jnp.asarray(x, self.dtype)
+    pads = [(0, 0)] + [((32 - n) // 2, 32 - n - (32 - n) // 2) if n < 32
+                       else (0, 0) for n in x.shape[1:3]] + [(0, 0)]
+    x = jnp.pad(x, pads)
+    for name, width in (("conv1", 6), ("conv2", 16)):
+      x = nn.Conv(width, (5, 5), padding="VALID", kernel_init=init,
+                  dtype=self.dtype, name=name)(x)
+      x = pool(act(x), self.pool, 2)
+    x = x.reshape((x.shape[0], -1))
+    for name, width in (("fc1", 120), ("fc2", 84)):
+      x = act(nn.Dense(width, kernel_init=init, dtype=self.dtype, name=name)(x))
+    return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype,
+                    name="head")(x)
+
+
+class VGG(nn.Module):
+  """VGG-style network: stages of 3x3 'SAME' convs, each stage ending in 2x2 max pool.
+
+  Attributes:
+    num_outputs: width of the output.
+    stages: output channels of the convs of each stage; ``((64, 64), (128, 128))``
+      is the first half of VGG-11/13.
+    dense: hidden widths of the :class:`MLP` head.
+    batch_norm: batch normalisation after every conv and hidden dense layer.
+    dropout_rate: drop probability on the conv features and after each hidden
+      dense layer.
+    activation: name for :func:`jdl.models.get_activation`.
+    kernel_init: name for :func:`jdl.models.get_initializer`.
+    init_scale: its ``scale`` argument.
+    dtype: compute dtype; parameters stay float32.
+
+  References:
+    Simonyan & Zisserman, "Very deep convolutional networks for large-scale image
+    recognition", 2014.
+  """
+
+  num_outputs: int
+  stages: Sequence[Sequence[int]] = ((64, 64), (128, 128))
+  dense: Sequence[int] = (256,)
+  batch_norm: bool = False
+  dropout_rate: float = 0.0
+  activation: str | Activation = "relu"
+  kernel_init: str = "he_normal"
+  init_scale: float | None = None
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_common_fields(self)
+    errors.require(isinstance(self.stages, Sequence) and len(self.stages) > 0,
+                   f"stages must be a non-empty sequence, got {self.stages!r}")
+    for i, stage in enumerate(self.stages):
+      check_widths(f"stages[{i}]", stage)
+    check_widths("dense", self.dense)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Applies the network.
+
+    Args:
+      x: ``[batch, height, width, channels]`` (or ``[batch, length, channels]``).
+      train: dropout on and batch statistics used (and updated) when true.
+
+    Returns:
+      ``[batch, num_outputs]``.
+    """
+    ndim = spatial_ndim(x)
+    act = get_activation(self.activation)
+    init = get_initializer(self.kernel_init, self.init_scale)
+    x = jnp.asarray(x, self.dtype)
+    for s, stage in enumerate(self.stages, start=1):
+      for c, width in enumerate(stage, start=1):
+        x = nn.Conv(width, (3,) * ndim, padding="SAME",
+                    use_bias=not self.batch_norm, kernel_init=init,
+                    dtype=self.dtype, name=f"conv{s}_{c}")(x)
+        if self.batch_norm:
+          x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                           epsilon=1e-5, dtype=self.dtype, name=f"bn{s}_{c}")(x)
+        x = act(x)
+      x = pool(x, "max", 2)
+    x = x.reshape((x.shape[0], -1))
+    if self.dropout_rate > 0:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return MLP(
+        self.num_outputs, hidden=tuple(self.dense), activation=self.activation,
+        dropout_rate=self.dropout_rate, batch_norm=self.batch_norm,
+        kernel_init=self.kernel_init, init_scale=self.init_scale,
+        dtype=self.dtype, name="mlp",
+    )(x, train=train)
+
+
+class InceptionBlock(nn.Module):
+  """Inception module: four parallel branches concatenated on the channel axis.
+
+  Branches: ``1x1``; ``1x1 -> 3x3``; ``1x1 -> 5x5``; ``3x3 max pool -> 1x1``. Every
+  conv is ``Conv -> [BatchNorm] -> activation`` with 'SAME' padding, so the output
+  keeps the spatial shape and has ``c1 + c3 + c5 + pool_proj`` channels.
+
+  Attributes:
+    c1: channels of the 1x1 branch.
+    c3_reduce: channels of the 1x1 reduction before the 3x3 conv.
+    c3: channels of the 3x3 branch.
+    c5_reduce: channels of the 1x1 reduction before the 5x5 conv.
+    c5: channels of the 5x5 branch.
+    pool_proj: channels of the 1x1 projection after the max pool.
+    batch_norm: batch normalisation after every conv (which then has no bias).
+    activation: name for :func:`jdl.models.get_activation`.
+    kernel_init: name for :func:`jdl.models.get_initializer`.
+    init_scale: its ``scale`` argument.
+    dtype: compute dtype; parameters stay float32.
+
+  References:
+    Szegedy et al., "Going deeper with convolutions", 2015 (figure 2b).
+  """
+
+  c1: int
+  c3_reduce: int
+  c3: int
+  c5_reduce: int
+  c5: int
+  pool_proj: int
+  batch_norm: bool = False
+  activation: str | Activation = "relu"
+  kernel_init: str = "he_normal"
+  init_scale: float | None = None
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_common_fields(self)
+    check_widths("inception block widths", (self.c1, self.c3_reduce, self.c3,
+                                            self.c5_reduce, self.c5, self.pool_proj))
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Applies the block.
+
+    Args:
+      x: ``[batch, *spatial, channels]`` with one or two spatial axes.
+      train: batch statistics used (and updated) when true.
+
+    Returns:
+      ``[batch, *spatial, c1 + c3 + c5 + pool_proj]``.
+    """
+    ndim = spatial_ndim(x)
+    act = get_activation(self.activation)
+    init = get_initializer(self.kernel_init, self.init_scale)
+
+    def conv(y, width, size, name):
+      y = nn.Conv(width, (size,) * ndim, padding="SAME",
+                  use_bias=not self.batch_norm, kernel_init=init,
+                  dtype=self.dtype, name=name)(y)
+      if self.batch_norm:
+        y = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=1e-5, dtype=self.dtype, name=f"{name}_bn")(y)
+      return act(y)
+
+    b1 = conv(x, self.c1, 1, "b1")
+    b3 = conv(conv(x, self.c3_reduce, 1, "b3_reduce"), self.c3, 3, "b3")
+    b5 = conv(conv(x, self.c5_reduce, 1, "b5_reduce"), self.c5, 5, "b5")
+    bp = conv(pool(x, "max", 3, strides=1, padding="SAME"), self.pool_proj, 1,
+              "pool_proj")
+    return jnp.concatenate([b1, b3, b5, bp], axis=-1)
+
+
+class InceptionNet(nn.Module):
+  """A small GoogLeNet-style network.
+
+  Stem ``3x3 conv -> [BatchNorm] -> activation``; then stages of
+  :class:`InceptionBlock`, with a 3x3 stride-2 max pool between stages; then global
+  average pooling, dropout and a ``Dense(num_outputs)`` head.
+
+  Attributes:
+    num_outputs: width of the output.
+    stem_features: channels of the stem conv.
+    stages: per stage, the blocks' widths
+      ``(c1, c3_reduce, c3, c5_reduce, c5, pool_proj)``.
+    batch_norm: batch normalisation after every conv.
+    dropout_rate: drop probability before the head.
+    activation: name for :func:`jdl.models.get_activation`.
+    kernel_init: name for :func:`jdl.models.get_initializer`.
+    init_scale: its ``scale`` argument.
+    dtype: compute dtype; parameters stay float32.
+  """
+
+  num_outputs: int
+  stem_features: int = 64
+  stages: Sequence[Sequence[Sequence[int]]] = (
+      ((32, 32, 48, 8, 16, 16), (48, 32, 64, 8, 24, 24)),
+      ((64, 48, 96, 12, 32, 32),),
+  )
+  batch_norm: bool = False
+  dropout_rate: float = 0.0
+  activation: str | Activation = "relu"
+  kernel_init: str = "he_normal"
+  init_scale: float | None = None
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_common_fields(self)
+    check_widths("stem_features", (self.stem_features,))
+    errors.require(isinstance(self.stages, Sequence) and len(self.stages) > 0,
+                   f"stages must be a non-empty sequence, got {self.stages!r}")
+    for s, stage in enumerate(self.stages):
+      for b, widths in enumerate(stage):
+        check_widths(f"stages[{s}][{b}]", widths)
+        errors.require(
+            len(widths) == 6,
+            f"stages[{s}][{b}] must be (c1, c3_reduce, c3, c5_reduce, c5, "
+            f"pool_proj), got {widths!r}")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Applies the network.
+
+    Args:
+      x: ``[batch, height, width, channels]`` or ``[batch, length, channels]``.
+      train: dropout on and batch statistics used (and updated) when true.
+
+    Returns:
+      ``[batch, num_outputs]``.
+    """
+    ndim = spatial_ndim(x)
+    act = get_activation(self.activation)
+    init = get_initializer(self.kernel_init, self.init_scale)
+    x = jnp.asarray(x, self.dtype)
+    x = nn.Conv(self.stem_features, (3,) * ndim, padding="SAME",
+                use_bias=not self.batch_norm, kernel_init=init,
+                dtype=self.dtype, name="stem")(x)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                       epsilon=1e-5, dtype=self.dtype, name="stem_bn")(x)
+    x = act(x)
+    for s, stage in enumerate(self.stages):
+      if s > 0:
+        x = pool(x, "max", 3, strides=2, padding="SAME")
+      for b, widths in enumerate(stage):
+        x = InceptionBlock(
+            *widths, batch_norm=self.batch_norm, activation=self.activation,
+            kernel_init=self.kernel_init, init_scale=self.init_scale,
+            dtype=self.dtype, name=f"stage{s}_block{b}",
+        )(x, train=train)
+    x = jnp.mean(x, axis=tuple(range(1, 1 + ndim)))
+    if self.dropout_rate > 0:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype,
+                    name="head")(x)

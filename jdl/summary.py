@@ -1,0 +1,83 @@
+"""Parameter counts and a per-layer table, computed from the variables alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+import math
+from typing import Any
+
+import jax
+
+_TRAINABLE = "params"
+
+
+def _size(leaf: Any) -> int:
+  # Arrays, numpy arrays, jax.ShapeDtypeStruct (from jax.eval_shape) and scalars.
+  return math.prod(getattr(leaf, "shape", ()))
+
+
+def count_params(params: Any) -> int:
+  """Total number of scalars in a PyTree of arrays (or of ``jax.ShapeDtypeStruct``).
+
+  Examples:
+    >>> import numpy as np
+    >>> count_params({"dense": {"kernel": np.zeros((3, 4)), "bias": np.zeros(4)}})
+    16
+  """
+  return sum(_size(leaf) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def _layers(tree: Mapping[str, Any], prefix: str = ""
+            ) -> Iterator[tuple[str, list[tuple[str, tuple[int, ...]]]]]:
+  """Yields ``(layer path, [(leaf name, shape), ...])`` in definition order."""
+  leaves = [(k, tuple(getattr(v, "shape", ()))) for k, v in tree.items()
+            if not isinstance(v, Mapping)]
+  if leaves:
+    yield prefix or "(root)", leaves
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      yield from _layers(value, f"{prefix}/{key}" if prefix else key)
+
+
+def param_table(variables: Mapping[str, Any]) -> str:
+  """A plain-text table of the layers, their parameter shapes and counts.
+
+  Args:
+    variables: what ``model.init`` returns, ``{'params': ..., 'batch_stats': ...}``
+      (arrays or ``jax.ShapeDtypeStruct``); a bare ``params`` tree (no top-level
+      ``'params'`` key) is read as trainable parameters. Collections other than
+      ``params`` (batch statistics) are listed as non-trainable.
+
+  Returns:
+    One row per layer and collection, then a line
+    ``Total: N trainable, M non-trainable``. For example::
+
+      layer       collection  shapes                          count
+      hidden_0    params      kernel (784, 512), bias (512,)  401,920
+      ...
+      Total: 669,706 trainable, 0 non-trainable
+  """
+  if hasattr(variables, "unfreeze"):
+    variables = variables.unfreeze()
+  if _TRAINABLE not in variables:
+    variables = {_TRAINABLE: variables}
+  rows = []
+  totals = {True: 0, False: 0}
+  for collection, tree in variables.items():
+    if not isinstance(tree, Mapping):
+      tree = {collection: tree}
+    for layer, leaves in _layers(tree):
+      count = sum(math.prod(shape) for _, shape in leaves)
+      totals[collection == _TRAINABLE] += count
+      shapes = ", ".join(f"{name} {shape}" for name, shape in leaves)
+      rows.append((layer, collection, shapes, f"{count:,}"))
+  header = ("layer", "collection", "shapes", "count")
+  widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+
+  def fmt(row):
+    left = "  ".join(c.ljust(w) for c, w in zip(row[:3], widths))
+    return f"{left}  {row[3].rjust(widths[3])}"
+
+  lines = [fmt(header), *map(fmt, rows)]
+  lines.append(f"Total: {totals[True]:,} trainable, {totals[False]:,} non-trainable")
+  return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""Callbacks: the side effects around the pure steps.
+
+A callback sees the :class:`~jdl.train.loop.Trainer` (its ``state``, ``config``,
+``workdir``, ``stop_training``) at the start of training, after each block of steps,
+at each epoch end with that epoch's flat logs (``loss``, ``accuracy``,
+``val_loss``, ...) and at the end. Anything a callback must remember across a
+resume goes in ``state_dict()``, which is saved in every checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jdl import optim
+from jdl.errors import JdlError
+
+
+class Callback:
+  """Base class: every hook is optional."""
+
+  def on_train_begin(self, trainer) -> None:
+    pass
+
+  def on_steps_end(self, trainer, step: int, num_steps: int) -> None:
+    """After ``num_steps`` more steps have been dispatched; ``step`` is the new count."""
+
+  def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
+    pass
+
+  def on_train_end(self, trainer) -> None:
+    pass
+
+  def state_dict(self) -> dict[str, Any]:
+    return {}
+
+  def load_state_dict(self, state: dict[str, Any]) -> None:
+    del state
+
+
+def _better(mode: str, value: float, best: float | None, min_delta: float) -> bool:
+  if best is None:
+    return not math.isnan(value)
+  if mode == "min":
+    return value < best - min_delta
+  return value > best + min_delta
+
+
+def _monitored(logs: dict[str, float], monitor: str, who: str) -> float:
+  if monitor not in logs:
+    raise JdlError(f"{who} monitors {monitor!r}, which is not logged; "
+                   f"logged: {', '.join(sorted(logs))}")
+  return float(logs[monitor])
+
+
+class EarlyStopping(Callback):
+  """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+  With ``restore_best`` the state of the best epoch is put back at the end.
+  """
+
+  def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 5,
+               min_delta: float = 0.0, restore_best: bool = True):
+    if mode not in ("min", "max"):
+      raise JdlError(f"early_stopping.mode must be 'min' or 'max', got {mode!r}")
+    if patience < 0:
+      raise JdlError(f"early_stopping.patience must be >= 0, got {patience}")
+    self.monitor, self.mode, self.patience = monitor, mode, patience
+    self.min_delta, self.restore_best = abs(min_delta), restore_best
+    self.best: float | None = None
+    self.best_epoch = -1
+    self.best_step = -1
+    self.wait = 0
+    self.stopped_epoch = -1
+    self._best_state = None
+
+  def on_epoch_end(self, trainer, epoch, logs):
+    value = _monitored(logs, self.monitor, "early stopping")
+    if _better(self.mode, value, self.best, self.min_delta):
+      self.best, self.best_epoch, self.wait = value, epoch, 0
+      self.best_step = int(trainer.step)
+      if self.restore_best:
+        self._best_state = jax.tree.map(lambda x: x.copy(), trainer.state)
+      return
+    self.wait += 1
+    if self.wait > self.patience:
+      self.stopped_epoch = epoch
+      trainer.stop_training = True
+      trainer.log(f"early stopping at epoch {epoch + 1}: {self.monitor} has not improved "
+                  f"for {self.wait} epochs (best {self.best:.5g} at epoch {self.best_epoch + 1})")
+
+  def on_train_end(self, trainer):
+    if not self.restore_best or self.best_step < 0 or self.best_step == int(trainer.step):
+      return
+    state = self._best_state
+    if state is None:  # Resumed after the best epoch: reload it from its checkpoint.
+      state = trainer.restore_step(self.best_step)
+    if state is None:
+      trainer.log(f"early stopping: the best epoch's checkpoint (step {self.best_step}) is "
+                  "gone; keeping the last state")
+      return
+    trainer.state = state
+    trainer.log(f"restored the best state (epoch {self.best_epoch + 1}, "
+                f"{self.monitor}={self.best:.5g})")
+
+  def state_dict(self):
+    return {"best": self.best, "best_epoch": self.best_epoch, "best_step": self.best_step,
+            "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+
+  def load_state_dict(self, state):
+    for k, v in state.items():
+      setattr(self, k, v)
+
+
+class ReduceLROnPlateau(Callback):
+  """Drives optax's reduce-on-plateau with a validation metric once per epoch.
+
+  The plateau counters and the scale live in the optimizer state
+  (:func:`jdl.optim.update_plateau`), so they are checkpointed with it.
+  """
+
+  def __init__(self, config):
+    self.monitor = config.reduce_on_plateau.monitor
+    self._update = jax.jit(functools.partial(optim.update_plateau, config))
+
+  def on_epoch_end(self, trainer, epoch, logs):
+    value = _monitored(logs, self.monitor, "reduce_on_plateau")
+    state = trainer.state
+    trainer.state = state.replace(opt_state=self._update(state.opt_state, value))
+
+
+class TerminateOnNaN(Callback):
+  """Stops training, before any checkpoint is written, once the loss is not finite."""
+
+  def on_epoch_end(self, trainer, epoch, logs):
+    bad = [k for k, v in logs.items() if k.endswith("loss") and not math.isfinite(v)]
+    if bad:
+      trainer.stop_training = True
+      trainer.nan_detected = True
+      trainer.log(f"{bad[0]} is {logs[bad[0]]} at epoch {epoch + 1} (step {trainer.step}); "
+                  "stopping. No checkpoint of this state is written.")
+
+
+class MetricsLogger(Callback):
+  """Appends one JSON object a line to ``metrics.jsonl``."""
+
+  def __init__(self, path: str | Path):
+    self.path = Path(path)
+
+  def truncate_after(self, step: int) -> None:
+    """Drops lines past ``step`` (they will be written again by the resumed run)."""
+    if not self.path.exists():
+      return
+    kept = [line for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = self.path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(self.path)
+
+  def write(self, record: dict[str, Any]) -> None:
+    with self.path.open("a") as f:
+      f.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+class TensorBoard(Callback):
+  """Scalars to TensorBoard event files under ``workdir/tb``."""
+
+  def __init__(self, logdir: str | Path):
+    from tensorboardX import SummaryWriter  # Imported lazily: a slow import.
+    self.writer = SummaryWriter(str(logdir))
+
+  def write(self, record: dict[str, Any]) -> None:
+    split, step = record["split"], record["step"]
+    for k, v in record.items():
+      if k not in ("split", "step", "epoch") and isinstance(v, (int, float)):
+        self.writer.add_scalar(f"{split}/{k}", v, step)
+    self.writer.flush()
+
+  def on_train_end(self, trainer):
+    self.writer.close()
+
+
+class ProgressBar(Callback):
+  """A tqdm bar per epoch, on a terminal only."""
+
+  def __init__(self, enabled: bool | None = None):
+    self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    self._bar = None
+
+  def start_epoch(self, epoch: int, num_epochs: int, total: int, initial: int) -> None:
+    if not self.enabled:
+      return
+    from tqdm.auto import tqdm
+    self._bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{num_epochs}",
+                     unit="step", leave=False, dynamic_ncols=True)
+
+  def on_steps_end(self, trainer, step, num_steps):
+    if self._bar is not None:
+      self._bar.update(num_steps)
+
+  def on_epoch_end(self, trainer, epoch, logs):
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+
+def format_logs(logs: dict[str, float]) -> str:
+  parts = []
+  for k, v in logs.items():
+    parts.append(f"{k} {v:.4f}" if isinstance(v, float) and np.isfinite(v) and abs(v) < 1e4
+                 else f"{k} {v:.4g}")
+  return "  ".join(parts)

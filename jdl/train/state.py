@@ -1,0 +1,72 @@
+"""The training state: one PyTree that holds everything a run's future depends on."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+class TrainState(struct.PyTreeNode):
+  """Step, parameters, model state, optimizer state and PRNG key.
+
+  Attributes:
+    step: number of optimizer steps taken (int32 scalar array).
+    params: the trainable parameters.
+    model_state: the other variable collections, e.g. ``{'batch_stats': ...}``.
+    opt_state: the optax state of ``tx``.
+    key: a typed PRNG key; per-step keys are ``fold_in(key, step)``.
+    apply_fn: the model's ``apply`` (static).
+    tx: the optax transformation (static).
+  """
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: optax.OptState
+  key: jax.Array
+  apply_fn: Callable[..., Any] = struct.field(pytree_node=False)
+  tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+  def apply_gradients(self, *, grads: Any, model_state: Any) -> TrainState:
+    """One optimizer update; returns the new state (nothing is mutated)."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(
+        step=self.step + 1,
+        params=optax.apply_updates(self.params, updates),
+        model_state=model_state,
+        opt_state=opt_state,
+    )
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, **self.model_state}
+
+
+def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
+                       example_input: jax.Array, *, key: jax.Array) -> TrainState:
+  """Initialises the model on ``example_input`` (``[batch, ...]``) and the optimizer.
+
+  Args:
+    model: a flax.linen module following jdl's model contract.
+    tx: the optax transformation.
+    example_input: an input batch (only its shape and dtype matter).
+    key: a typed PRNG key; split here into init keys and the state's key.
+  """
+  init_key, dropout_key, state_key = jax.random.split(key, 3)
+  variables = jax.jit(lambda k1, k2, x: model.init({"params": k1, "dropout": k2}, x, train=False))(
+      init_key, dropout_key, example_input)
+  variables = flax.core.unfreeze(variables)
+  params = variables.pop("params")
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=variables,
+      opt_state=tx.init(params),
+      key=state_key,
+      apply_fn=model.apply,
+      tx=tx,
+  )

@@ -1,0 +1,515 @@
+"""Tests for jdl.data: sources, the IDX reader, downloads and validation."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import pathlib
+import socket
+import struct
+import threading
+
+import numpy as np
+import pytest
+from sklearn import datasets as skdata
+from sklearn import model_selection
+
+import jdl.data
+from jdl.data import download
+from jdl.data import load_dataset
+from jdl.data import read_idx
+from jdl.data import validate_arrays
+from jdl.errors import JdlError
+
+_IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
+              np.float32: 0x0D, np.float64: 0x0E}
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx_bytes(a: np.ndarray) -> bytes:
+  """Reference IDX encoder, written from the format description (not jdl's reader)."""
+  header = struct.pack(">BBBB", 0, 0, _IDX_CODES[a.dtype.type], a.ndim)
+  header += struct.pack(f">{a.ndim}i", *a.shape)
+  return header + a.astype(a.dtype.newbyteorder(">")).tobytes()
+
+
+def write_file(path: pathlib.Path, data: bytes, gz: bool) -> pathlib.Path:
+  path = path.with_name(path.name + ".gz") if gz else path
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(gzip.compress(data) if gz else data)
+  return path
+
+
+def write_mnist(directory: pathlib.Path, *, gz: bool = True, n_train: int = 12,
+                n_test: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+  """Writes a tiny MNIST-like set (4x3 images, to catch row/column mix-ups)."""
+  rng = np.random.default_rng(seed)
+  arrays = {
+      "x_train": rng.integers(0, 256, (n_train, 4, 3), dtype=np.uint8),
+      "y_train": rng.integers(0, 10, n_train, dtype=np.uint8),
+      "x_test": rng.integers(0, 256, (n_test, 4, 3), dtype=np.uint8),
+      "y_test": rng.integers(0, 10, n_test, dtype=np.uint8),
+  }
+  for file, a in zip(_MNIST_FILES, arrays.values()):
+    write_file(directory / file, idx_bytes(a), gz)
+  return arrays
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+  """Keeps every default data directory inside tmp_path."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.setenv("JDL_DATA_DIR", str(tmp_path / "jdl_data"))
+
+
+def test_public_names():
+  for name in jdl.data.__all__:
+    assert getattr(jdl.data, name) is not None
+  assert set(jdl.data.DATASETS) >= {"digits", "iris", "wine", "breast_cancer", "diabetes",
+                                    "moons", "circles", "blobs", "xor", "linear", "mnist",
+                                    "fashion_mnist", "npz"}
+
+
+# IDX reader.
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32,
+                                   np.float64])
+def test_read_idx_roundtrip(tmp_path, gz, dtype):
+  a = (np.arange(2 * 3 * 5) - 7).astype(dtype).reshape(2, 3, 5)
+  path = write_file(tmp_path / "a-idx3", idx_bytes(a), gz)
+  got = read_idx(path)
+  assert got.dtype == np.dtype(dtype) and got.dtype.isnative
+  np.testing.assert_array_equal(got, a)
+
+
+_GOOD = idx_bytes(np.arange(12, dtype=np.uint8).reshape(3, 4))
+
+
+@pytest.mark.parametrize("data, gz, match", [
+    (_GOOD[:-2], False, "truncated"),
+    (_GOOD[:-2], True, "truncated"),
+    (_GOOD + b"\x00", False, "longer than its header"),
+    (b"\x01\x00" + _GOOD[2:], False, "bad magic"),
+    (_GOOD[:2] + b"\x07" + _GOOD[3:], False, "bad magic"),
+    (_GOOD[:10], False, "truncated: the header"),
+    (b"\x00\x00", False, "too short"),
+    (b"", False, "too short"),
+    (gzip.compress(_GOOD)[:-12], False, "gzip"),
+], ids=["payload", "payload-gz", "extra", "magic", "dtype", "header", "tiny", "empty",
+        "cut-gzip"])
+def test_read_idx_rejects_bad_files(tmp_path, data, gz, match):
+  path = write_file(tmp_path / "bad-idx1-ubyte", data, gz)
+  with pytest.raises(JdlError, match=match) as e:
+    read_idx(path)
+  assert str(path) in str(e.value)
+
+
+def test_read_idx_missing_file(tmp_path):
+  with pytest.raises(JdlError, match="cannot read IDX file .*nothing"):
+    read_idx(tmp_path / "nothing")
+
+
+# MNIST family from local files.
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_family_from_data_dir(tmp_path, name, gz):
+  arrays = write_mnist(tmp_path / "files", gz=gz)
+  ds = load_dataset(name, data_dir=tmp_path / "files", download=False)
+  assert (ds.name, ds.task, ds.num_classes, ds.input_shape) == (
+      name, "classification", 10, (4, 3, 1))
+  assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+  np.testing.assert_allclose(ds.x_train[..., 0], arrays["x_train"] / 255.0, rtol=1e-6)
+  np.testing.assert_allclose(ds.x_test[..., 0], arrays["x_test"] / 255.0, rtol=1e-6)
+  np.testing.assert_array_equal(ds.y_train, arrays["y_train"])
+  np.testing.assert_array_equal(ds.y_test, arrays["y_test"])
+  assert 0.0 <= ds.x_train.min() and ds.x_train.max() <= 1.0
+
+
+def test_idx_family_directory_lookup(tmp_path, monkeypatch):
+  # data_dir may be the parent of a <name> folder.
+  write_mnist(tmp_path / "root" / "mnist")
+  assert len(load_dataset("mnist", data_dir=tmp_path / "root", download=False).x_test) == 5
+  # Without data_dir: $JDL_DATA_DIR/<name>, else ~/.cache/jdl/<name>.
+  write_mnist(tmp_path / "jdl_data" / "mnist", n_test=6)
+  assert len(load_dataset("mnist", download=False).x_test) == 6
+  monkeypatch.delenv("JDL_DATA_DIR")
+  write_mnist(tmp_path / "home" / ".cache" / "jdl" / "mnist", n_test=7)
+  assert len(load_dataset("mnist", download=False).x_test) == 7
+
+
+def test_idx_family_missing_files_without_download(tmp_path):
+  with pytest.raises(JdlError, match="not found in .*empty.*data_dir"):
+    load_dataset("mnist", data_dir=tmp_path / "empty", download=False)
+
+
+def test_idx_family_count_mismatch(tmp_path):
+  write_mnist(tmp_path)
+  write_file(tmp_path / "t10k-labels-idx1-ubyte", idx_bytes(np.zeros(4, np.uint8)), True)
+  with pytest.raises(JdlError, match="5 images but .*t10k-labels-idx1-ubyte.gz has 4"):
+    load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
+def test_idx_family_label_out_of_range(tmp_path):
+  write_mnist(tmp_path)
+  labels = np.array([0, 1, 12, 3, 4], np.uint8)
+  write_file(tmp_path / "t10k-labels-idx1-ubyte", idx_bytes(labels), True)
+  with pytest.raises(JdlError, match=r"mnist files in .*outside \[0, 10\).*12"):
+    load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
+def test_idx_family_corrupt_file_is_named(tmp_path):
+  write_mnist(tmp_path)
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  path.write_bytes(path.read_bytes()[:-30])
+  with pytest.raises(JdlError, match="train-images-idx3-ubyte.gz"):
+    load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
+# Downloads from a local HTTP server.
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+
+  def log_message(self, *args):
+    del args  # Keep the test output clean.
+
+
+@pytest.fixture
+def mirror(tmp_path):
+  """Serves tmp_path/mirror on 127.0.0.1; yields (root, base_url)."""
+  root = tmp_path / "mirror"
+  root.mkdir()
+  handler = functools.partial(_QuietHandler, directory=str(root))
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+  thread.start()
+  yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+  server.shutdown()
+  server.server_close()
+  thread.join()
+
+
+def dead_url() -> str:
+  """A URL on a port nobody listens on: connections are refused at once."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  return f"http://127.0.0.1:{port}/"
+
+
+def serve_mnist(root: pathlib.Path, monkeypatch, *mirrors: str) -> dict[str, np.ndarray]:
+  arrays = write_mnist(root, gz=True)
+  sums = {f"{f}.gz": hashlib.sha256((root / f"{f}.gz").read_bytes()).hexdigest()
+          for f in _MNIST_FILES}
+  monkeypatch.setitem(download.MIRRORS, "mnist", mirrors)
+  monkeypatch.setitem(download.SHA256, "mnist", sums)
+  return arrays
+
+
+@pytest.mark.parametrize("first", ["none", "dead", "404"])
+def test_download_lands_verified_files(tmp_path, mirror, monkeypatch, first):
+  root, url = mirror
+  mirrors = {"none": (url,), "dead": (dead_url(), url), "404": (url + "nowhere/", url)}
+  arrays = serve_mnist(root, monkeypatch, *mirrors[first])
+  ds = load_dataset("mnist")
+  target = tmp_path / "jdl_data" / "mnist"
+  assert sorted(p.name for p in target.iterdir()) == sorted(f"{f}.gz" for f in _MNIST_FILES)
+  np.testing.assert_array_equal(ds.y_train, arrays["y_train"])
+  # A second load reads the cached files, even with every mirror gone.
+  monkeypatch.setitem(download.MIRRORS, "mnist", (dead_url(),))
+  np.testing.assert_array_equal(load_dataset("mnist").y_test, arrays["y_test"])
+
+
+def test_download_checksum_mismatch_leaves_nothing(tmp_path, mirror, monkeypatch):
+  root, url = mirror
+  serve_mnist(root, monkeypatch, url)
+  monkeypatch.setitem(download.SHA256["mnist"], "train-images-idx3-ubyte.gz", "0" * 64)
+  with pytest.raises(JdlError, match="SHA-256 mismatch") as e:
+    load_dataset("mnist")
+  target = tmp_path / "jdl_data" / "mnist"
+  assert str(target) in str(e.value)
+  assert list(target.iterdir()) == []  # Neither the bad file nor a partial download.
+
+
+def test_download_all_mirrors_dead(tmp_path, monkeypatch):
+  monkeypatch.setitem(download.MIRRORS, "mnist", (dead_url(), dead_url()))
+  target = tmp_path / "jdl_data" / "mnist"
+  with pytest.raises(JdlError) as e:
+    load_dataset("mnist")
+  message = str(e.value)
+  assert f"in {target}" in message and "--config.data_dir" in message
+  assert all(f"{f}.gz" in message for f in _MNIST_FILES)
+
+
+def test_download_only_missing_files_into_data_dir(tmp_path, mirror, monkeypatch):
+  root, url = mirror
+  arrays = serve_mnist(root, monkeypatch, url)
+  local = tmp_path / "local"
+  local.mkdir()
+  for f in _MNIST_FILES[1:]:
+    (local / f"{f}.gz").write_bytes((root / f"{f}.gz").read_bytes())
+  (root / "t10k-labels-idx1-ubyte.gz").unlink()  # Fetching it again would fail.
+  ds = load_dataset("mnist", data_dir=local)
+  np.testing.assert_allclose(ds.x_train[..., 0], arrays["x_train"] / 255.0, rtol=1e-6)
+  assert not (tmp_path / "jdl_data").exists()
+
+
+def test_download_files_arguments_and_progress(tmp_path, mirror, capsys):
+  root, url = mirror
+  (root / "f.gz").write_bytes(b"payload")
+  paths = download.download_files(
+      "custom", ["f.gz"], tmp_path / "out", mirrors=[url],
+      sha256={"f.gz": hashlib.sha256(b"payload").hexdigest()}, progress=True)
+  assert paths == [tmp_path / "out" / "f.gz"] and paths[0].read_bytes() == b"payload"
+  assert "f.gz" in capsys.readouterr().err  # The tqdm bar.
+  with pytest.raises(JdlError, match="no known SHA-256"):
+    download.download_files("custom", ["g.gz"], tmp_path / "out", mirrors=[url], sha256={})
+
+
+def test_mnist_sums_match_shared_sha256sums():
+  sums_file = _shared_data_dir() / "SHA256SUMS" if _shared_data_dir() else None
+  if sums_file is None or not sums_file.is_file():
+    pytest.skip("shared/data/SHA256SUMS not available")
+  listed = {}
+  for line in sums_file.read_text().splitlines():
+    digest, _, path = line.partition("  ")
+    if path.startswith("mnist/"):
+      listed[path.removeprefix("mnist/")] = digest
+  assert listed == download.SHA256["mnist"]
+
+
+# npz files.
+
+
+def write_npz(path: pathlib.Path, **arrays) -> pathlib.Path:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.savez(path, **arrays)
+  return path
+
+
+def test_npz_split_by_test_split(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(50, 3, 2)).astype(np.float64)
+  y = np.repeat(np.arange(5), 10)
+  ds = load_dataset("npz", data_dir=write_npz(tmp_path / "d.npz", x=x, y=y), test_split=0.2)
+  assert (ds.task, ds.num_classes, ds.input_shape) == ("classification", 5, (3, 2))
+  assert (len(ds.x_train), len(ds.x_test)) == (40, 10)
+  assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+  np.testing.assert_array_equal(np.bincount(ds.y_test), [2] * 5)  # Stratified.
+
+
+def test_npz_with_test_arrays_in_directory(tmp_path):
+  write_npz(tmp_path / "data.npz", x=np.ones((6, 2)), y=np.array([0, 1, 2, 0, 1, 2]),
+            x_test=np.zeros((2, 2)), y_test=np.array([3, 0]))
+  ds = load_dataset("npz", data_dir=tmp_path)
+  assert ds.num_classes == 4  # max over both splits + 1.
+  np.testing.assert_array_equal(ds.x_test, np.zeros((2, 2), np.float32))
+  np.testing.assert_array_equal(ds.y_test, [3, 0])
+
+
+@pytest.mark.parametrize("y, task", [
+    (np.array([0.5, 1.25, 2.0, 3.0] * 5), "regression"),
+    (np.array([0.0, 1.0] * 10), "classification"),
+    (np.array([True, False] * 10), "classification"),
+])
+def test_npz_task_inference(tmp_path, y, task):
+  x = np.arange(2 * len(y), dtype=np.float32).reshape(len(y), 2)
+  ds = load_dataset("npz", data_dir=write_npz(tmp_path / "d.npz", x=x, y=y))
+  assert ds.task == task
+  assert ds.num_classes == (2 if task == "classification" else 0)
+  assert ds.y_train.dtype == (np.int32 if task == "classification" else np.float32)
+
+
+def _truncated_npz(path):
+  write_npz(path, x=np.ones((4, 2)), y=np.arange(4))
+  path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: write_npz(p, x=np.ones((4, 2))), "needs 'x' and 'y'"),
+    (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.arange(4), x_test=np.ones((2, 2))),
+     "both 'x_test' and 'y_test'"),
+    (lambda p: p.write_bytes(b"this is not a zip archive" * 10), "corrupt or not an npz"),
+    (_truncated_npz, "corrupt or not an npz"),
+    (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.array([{}, 1, 2, 3], dtype=object)),
+     "allow_pickle=False"),
+    (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.array(["a", "b", "a", "b"])),
+     "non-numeric"),
+    (lambda p: write_npz(p, x=np.ones(4), y=np.arange(4)), r"reshape 1-D inputs"),
+    (lambda p: write_npz(p, x=np.array([[np.nan], [1.0], [np.inf], [2.0]]),
+                         y=np.array([0, 1, 0, 1]), x_test=np.ones((2, 1)),
+                         y_test=np.array([0, 1])),
+     "x_train contains 1 NaN and 1 Inf"),
+    (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.arange(4), x_test=np.ones((2, 3)),
+                         y_test=np.arange(2)), "must match"),
+    (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.array([0, 0, 0, 1])), "cannot split"),
+    (lambda p: np.save(p.with_suffix(".npy"), np.ones(3)) or
+     p.with_suffix(".npy").rename(p), "single .npy array"),
+], ids=["no-y", "half-test", "garbage", "truncated", "object", "strings", "1d-x", "nan",
+        "test-shape", "unsplittable"] + ["npy"])
+def test_npz_rejects_bad_files(tmp_path, make, match):
+  path = tmp_path / "bad.npz"
+  make(path)
+  with pytest.raises(JdlError, match=match) as e:
+    load_dataset("npz", data_dir=path, test_split=0.5)
+  assert str(path) in str(e.value)
+
+
+def test_npz_needs_an_existing_file(tmp_path):
+  with pytest.raises(JdlError, match="needs data_dir"):
+    load_dataset("npz")
+  with pytest.raises(JdlError, match="data.npz does not exist"):
+    load_dataset("npz", data_dir=tmp_path)
+
+
+# scikit-learn and synthetic sets.
+
+
+@pytest.mark.parametrize("name, total, shape, num_classes", [
+    ("digits", 1797, (8, 8, 1), 10),
+    ("iris", 150, (4,), 3),
+    ("wine", 178, (13,), 3),
+    ("breast_cancer", 569, (30,), 2),
+    ("diabetes", 442, (10,), 0),
+])
+def test_sklearn_sets(name, total, shape, num_classes):
+  ds = load_dataset(name, test_split=0.25, seed=1)
+  assert len(ds.x_train) + len(ds.x_test) == total
+  assert len(ds.x_test) == int(np.ceil(0.25 * total))
+  assert (ds.input_shape, ds.num_classes) == (shape, num_classes)
+  assert ds.x_train.shape[1:] == shape and ds.x_train.dtype == np.float32
+  task = "classification" if num_classes else "regression"
+  assert ds.task == task
+  assert ds.y_train.dtype == (np.int32 if num_classes else np.float32)
+
+
+def test_iris_split_matches_sklearn():
+  x, y = skdata.load_iris(return_X_y=True)
+  x_train, x_test, y_train, y_test = model_selection.train_test_split(
+      x, y, test_size=0.4, random_state=0, stratify=y)
+  ds = load_dataset("iris", test_split=0.4, seed=0)
+  np.testing.assert_array_equal(ds.x_train, x_train.astype(np.float32))
+  np.testing.assert_array_equal(ds.x_test, x_test.astype(np.float32))
+  np.testing.assert_array_equal(ds.y_train, y_train)
+  np.testing.assert_array_equal(ds.y_test, y_test)
+  assert (len(ds.y_train), len(ds.y_test)) == (90, 60)
+
+
+def test_digits_are_images_in_unit_range():
+  ds = load_dataset("digits")
+  assert ds.x_train.shape[1:] == (8, 8, 1)
+  assert ds.x_train.min() == 0.0 and ds.x_train.max() == 1.0
+  images = skdata.load_digits().images
+  assert np.isin(ds.x_test * 16, np.unique(images)).all()  # Scaled by exactly 1/16.
+
+
+def test_xor():
+  points = [[0, 0], [0, 1], [1, 0], [1, 1]]
+  ds = load_dataset("xor")
+  np.testing.assert_array_equal(ds.x_train, points)
+  np.testing.assert_array_equal(ds.y_train, [0, 1, 1, 0])
+  noisy = load_dataset("xor", n_samples=10, noise=0.05, seed=3)
+  assert noisy.x_train.shape == (10, 2)
+  np.testing.assert_array_equal(noisy.y_train, [0, 1, 1, 0] * 2 + [0, 1])
+  np.testing.assert_allclose(noisy.x_train, np.resize(points, (10, 2)), atol=0.3)
+  assert not np.array_equal(noisy.x_train, np.resize(points, (10, 2)))
+  np.testing.assert_array_equal(noisy.x_test, points)  # Always the clean points.
+  np.testing.assert_array_equal(noisy.y_test, [0, 1, 1, 0])
+  with pytest.raises(JdlError, match="n_samples >= 4"):
+    load_dataset("xor", n_samples=3)
+
+
+@pytest.mark.parametrize("name, num_classes", [("moons", 2), ("circles", 2), ("blobs", 3),
+                                               ("linear", 0)])
+def test_synthetic_sets(name, num_classes):
+  ds = load_dataset(name, n_samples=100, test_split=0.3, seed=5)
+  assert (len(ds.x_train), len(ds.x_test), ds.num_classes) == (70, 30, num_classes)
+  again = load_dataset(name, n_samples=100, test_split=0.3, seed=5)
+  np.testing.assert_array_equal(ds.x_train, again.x_train)
+  other = load_dataset(name, n_samples=100, test_split=0.3, seed=6)
+  assert not np.array_equal(ds.x_train, other.x_train)
+
+
+def test_synthetic_defaults():
+  assert len(load_dataset("moons").x_train) + len(load_dataset("moons").x_test) == 1000
+  ds = load_dataset("linear")
+  assert len(ds.x_train) + len(ds.x_test) == 200 and ds.input_shape == (3,)
+  # Least squares on the training split recovers the fixed true coefficients.
+  design = np.c_[ds.x_train, np.ones(len(ds.x_train))]
+  coef, *_ = np.linalg.lstsq(design, ds.y_train, rcond=None)
+  np.testing.assert_allclose(coef, [1.5, -2.0, 0.5, 0.3], atol=0.05)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="imagenet"), "unknown dataset 'imagenet'; valid names: .*mnist"),
+    (dict(name="iris", n_samples=10), "n_samples=10 applies only to the synthetic"),
+    (dict(name="mnist", noise=0.1), "noise=0.1 applies only"),
+    (dict(name="iris", test_split=1.5), r"test_split must be a fraction in \(0, 1\)"),
+    (dict(name="moons", n_samples=0), "n_samples must be positive"),
+    (dict(name="moons", noise=-1.0), "noise must be non-negative"),
+])
+def test_bad_options(kwargs, match):
+  with pytest.raises(JdlError, match=match):
+    load_dataset(**kwargs)
+
+
+# validate_arrays.
+
+
+@pytest.mark.parametrize("x, y, kwargs, match", [
+    (np.zeros((0, 2)), np.zeros(0), {}, "train split is empty"),
+    (np.zeros((3, 2)), np.zeros(2), {}, "x has 3 examples but y has 2"),
+    (np.array([["a"], ["b"]]), np.zeros(2), {}, "x_train has non-numeric dtype"),
+    (np.ones((2, 1)), np.array(["a", "b"]), {}, "y_train has non-numeric dtype"),
+    (np.array([[np.nan, 1.0], [np.inf, np.nan], [0.0, 0.0]]), np.zeros(3),
+     dict(split="test"), r"x_test contains 2 NaN and 1 Inf values \(in 2 of 3 examples\)"),
+    (np.ones((3, 1)), np.array([0, 1, 5]), {}, r"1 labels outside \[0, 3\) \(e.g. 5\)"),
+    (np.ones((3, 1)), np.array([0, -1, 1]), {}, r"outside \[0, 3\) \(e.g. -1\)"),
+    (np.ones((3, 1)), np.array([0.0, 0.5, 1.0]), {}, "1 non-integer labels"),
+    (np.ones((3, 1)), np.eye(3), {}, "not one-hot"),
+    (np.ones((2, 1)), np.array([0.0, np.nan]), dict(task="regression", num_classes=0),
+     "y_train contains 1 NaN"),
+    (np.ones((2, 1)), np.zeros(2), dict(task="ranking"), "unknown task 'ranking'"),
+])
+def test_validate_arrays_errors(x, y, kwargs, match):
+  kwargs = dict(dict(num_classes=3, task="classification", split="train"), **kwargs)
+  with pytest.raises(JdlError, match=match):
+    validate_arrays(x, y, **kwargs)
+
+
+def test_validate_arrays_accepts_good_data():
+  validate_arrays(np.ones((3, 2), np.float32), np.array([0, 2, 1]), num_classes=3,
+                  task="classification", split="train")
+  validate_arrays(np.ones((3, 2)), np.array([0.5, 2.0, -1.0]), num_classes=0,
+                  task="regression", split="test")
+
+
+# The real MNIST, when shared/data is present.
+
+
+def _shared_data_dir() -> pathlib.Path | None:
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  for candidate in (pathlib.Path("/work/shared/data"), repo.parent / "shared" / "data"):
+    if candidate.is_dir():
+      return candidate
+  return None
+
+
+def test_real_mnist():
+  shared = _shared_data_dir()
+  if shared is None or not all((shared / "mnist" / f"{f}.gz").is_file()
+                               for f in _MNIST_FILES):
+    pytest.skip("real MNIST files not available")
+  ds = load_dataset("mnist", data_dir=shared / "mnist", download=False)
+  assert (len(ds.x_train), len(ds.x_test)) == (60_000, 10_000)
+  assert ds.input_shape == (28, 28, 1)
+  assert abs(float(ds.x_train.mean()) - 0.1307) < 1e-4
+  np.testing.assert_array_equal(np.bincount(ds.y_test), [980, 1135, 1032, 1010, 982, 892,
+                                                         958, 1028, 974, 1009])

@@ -1,0 +1,214 @@
+"""Tests for jdl.losses against independent numpy formulas."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdl import losses
+from jdl.errors import JdlError
+
+B = 6
+RTOL, ATOL = 1e-5, 1e-6
+
+
+# ---------------------------------------------------------------------------
+# numpy references, written from the textbook formulas.
+
+
+def _mean_trailing(x: np.ndarray) -> np.ndarray:
+  return x.reshape(x.shape[0], -1).mean(axis=1)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+  x = x - x.max(axis=-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def ref_mse(o, t):
+  return _mean_trailing((o - t.reshape(o.shape)) ** 2)
+
+
+def ref_mae(o, t):
+  return _mean_trailing(np.abs(o - t.reshape(o.shape)))
+
+
+def ref_huber(o, t, delta=1.0):
+  e = np.abs(o - t.reshape(o.shape))
+  return _mean_trailing(np.where(e <= delta, 0.5 * e**2, delta * (e - 0.5 * delta)))
+
+
+def ref_bce(o, t):
+  t = t.reshape(o.shape)
+  p = 1.0 / (1.0 + np.exp(-o.astype(np.float64)))
+  return _mean_trailing(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+
+
+def ref_cce(o, t, label_smoothing=0.0):
+  c = o.shape[-1]
+  t = (1 - label_smoothing) * t + label_smoothing / c
+  return _mean_trailing(-(t * _log_softmax(o)).sum(-1))
+
+
+def ref_sparse_cce(o, t, label_smoothing=0.0):
+  one_hot = np.eye(o.shape[-1])[t.reshape(o.shape[:-1])]
+  return ref_cce(o, one_hot, label_smoothing)
+
+
+def ref_squared_hinge(o, t):
+  t = t.reshape(o.shape)
+  y = np.where(t == 0, -1.0, t)
+  return _mean_trailing(np.maximum(0.0, 1.0 - y * o) ** 2)
+
+
+def ref_kl(o, t):
+  logq = _log_softmax(o)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    terms = np.where(t > 0, t * (np.log(t) - logq), 0.0)
+  return _mean_trailing(terms.sum(-1))
+
+
+# ---------------------------------------------------------------------------
+# Inputs.
+
+
+def _rng(seed: int) -> np.random.Generator:
+  return np.random.default_rng(seed)
+
+
+def regression(shape):
+  def make(rng):
+    return (rng.normal(size=shape).astype(np.float32) * 2,
+            rng.normal(size=shape).astype(np.float32))
+  return make
+
+
+def binary(out_shape, target_shape, signed=False):
+  def make(rng):
+    o = rng.normal(size=out_shape).astype(np.float32) * 3
+    t = rng.integers(0, 2, size=target_shape).astype(np.float32)
+    return o, (2 * t - 1 if signed else t)
+  return make
+
+
+def probabilities(shape, zeros=False):
+  def make(rng):
+    o = rng.normal(size=shape).astype(np.float32) * 2
+    t = rng.random(size=shape).astype(np.float32)
+    if zeros:
+      t[..., 0] = 0.0
+    return o, t / t.sum(-1, keepdims=True)
+  return make
+
+
+def one_hot(shape):
+  def make(rng):
+    o = rng.normal(size=shape).astype(np.float32) * 2
+    return o, np.eye(shape[-1], dtype=np.float32)[
+        rng.integers(0, shape[-1], size=shape[:-1])]
+  return make
+
+
+def labels(shape):
+  def make(rng):
+    o = rng.normal(size=shape).astype(np.float32) * 2
+    return o, rng.integers(0, shape[-1], size=shape[:-1]).astype(np.int32)
+  return make
+
+
+CASES = [
+    # (id, name, kwargs, make_inputs, reference)
+    ("mse", "mse", {}, regression((B,)), ref_mse),
+    ("mse_trailing", "mse", {}, regression((B, 3, 2)), ref_mse),
+    ("mae", "mae", {}, regression((B, 4)), ref_mae),
+    ("huber", "huber", {}, regression((B, 4)), ref_huber),
+    ("huber_delta", "huber", {"delta": 0.3}, regression((B, 4)), ref_huber),
+    ("bce_flat", "binary_crossentropy", {}, binary((B,), (B,)), ref_bce),
+    ("bce_col", "binary_crossentropy", {}, binary((B, 1), (B, 1)), ref_bce),
+    ("bce_col_flat_targets", "binary_crossentropy", {}, binary((B, 1), (B,)),
+     ref_bce),
+    ("cce_onehot", "categorical_crossentropy", {}, one_hot((B, 5)), ref_cce),
+    ("cce_probs", "categorical_crossentropy", {}, probabilities((B, 5)), ref_cce),
+    ("cce_smooth", "categorical_crossentropy", {"label_smoothing": 0.1},
+     one_hot((B, 5)), ref_cce),
+    ("cce_sequence", "categorical_crossentropy", {"label_smoothing": 0.2},
+     one_hot((B, 3, 5)), ref_cce),
+    ("sparse", "sparse_categorical_crossentropy", {}, labels((B, 5)),
+     ref_sparse_cce),
+    ("sparse_smooth", "sparse_categorical_crossentropy",
+     {"label_smoothing": 0.1}, labels((B, 5)), ref_sparse_cce),
+    ("hinge_pm1", "squared_hinge", {}, binary((B,), (B,), signed=True),
+     ref_squared_hinge),
+    ("hinge_01", "squared_hinge", {}, binary((B, 1), (B,)), ref_squared_hinge),
+    ("kl", "kl_divergence", {}, probabilities((B, 4)), ref_kl),
+    ("kl_zero_targets", "kl_divergence", {}, probabilities((B, 4), zeros=True),
+     ref_kl),
+    ("kl_onehot", "kl_divergence", {}, one_hot((B, 4)), ref_kl),
+]
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, make, ref", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_loss_matches_numpy(name, kwargs, make, ref):
+  outputs, targets = make(_rng(0))
+  loss_fn = jax.jit(losses.get_loss(name, **kwargs))
+  got = loss_fn(jnp.asarray(outputs), jnp.asarray(targets))
+  chex.assert_shape(got, (B,))
+  want = ref(outputs.astype(np.float64), targets, **kwargs)
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+  assert np.all(np.isfinite(got))
+
+
+@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+def test_registry_returns_the_function(name):
+  assert losses.get_loss(name) is losses.LOSSES[name]
+
+
+def test_losses_are_differentiable():
+  outputs, targets = labels((B, 5))(_rng(1))
+  loss_fn = losses.get_loss("sparse_categorical_crossentropy",
+                            label_smoothing=0.1)
+  grads = jax.grad(lambda o: loss_fn(o, targets).mean())(jnp.asarray(outputs))
+  chex.assert_shape(grads, (B, 5))
+  chex.assert_tree_all_finite(grads)
+
+
+def test_sparse_smoothing_equals_categorical_smoothing():
+  outputs, targets = labels((B, 5))(_rng(2))
+  sparse = losses.sparse_categorical_crossentropy(outputs, targets, 0.2)
+  dense = losses.categorical_crossentropy(
+      outputs, jax.nn.one_hot(targets, 5), 0.2)
+  np.testing.assert_allclose(sparse, dense, rtol=RTOL, atol=ATOL)
+
+
+def test_squared_hinge_01_equals_pm1():
+  outputs, targets = binary((B,), (B,))(_rng(3))
+  np.testing.assert_allclose(
+      losses.squared_hinge(outputs, targets),
+      losses.squared_hinge(outputs, 2 * targets - 1),
+      rtol=RTOL, atol=ATOL,
+  )
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("crossentropy", {}, r"unknown loss 'crossentropy'; valid names: .*mse"),
+        ("mse", {"delta": 1.0}, r"unknown argument\(s\) delta"),
+        ("huber", {"label_smoothing": 0.1}, "label_smoothing; it takes: delta"),
+        ("huber", {"delta": 0.0}, "delta must be > 0"),
+        ("categorical_crossentropy", {"label_smoothing": 1.0}, r"\[0, 1\)"),
+    ],
+)
+def test_get_loss_errors(name, kwargs, match):
+  with pytest.raises(JdlError, match=match):
+    losses.get_loss(name, **kwargs)
+
+
+def test_mismatched_shapes_raise():
+  with pytest.raises(JdlError, match="do not match"):
+    losses.mse(jnp.zeros((B, 2)), jnp.zeros((B, 3)))

@@ -1,0 +1,305 @@
+"""Tests for jdl.metrics: batched, masked, merged states against scikit-learn."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from jdl import metrics
+from jdl.errors import JdlError
+
+N = 53  # Examples in the split; not a multiple of the batch size.
+BATCH = 16
+RTOL, ATOL = 1e-5, 1e-6
+
+
+@pytest.fixture(autouse=True)
+def _strict_promotion():
+  with jax.numpy_dtype_promotion("strict"):
+    yield
+
+
+# ---------------------------------------------------------------------------
+# Whole-split data and its scikit-learn reference.
+
+
+class Split:
+  """A split: model outputs, targets, and plain numpy views for sklearn."""
+
+  def __init__(self, outputs, targets, *, y_true, y_pred=None, y_score=None,
+               logits=None):
+    self.outputs, self.targets = outputs, targets
+    self.y_true, self.y_pred, self.y_score, self.logits = (
+        y_true, y_pred, y_score, logits)
+
+
+def multiclass(c, *, one_hot=False, absent_class=False, seed=0):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(N, c)).astype(np.float32)
+  y = rng.integers(0, c - 1 if absent_class else c, size=N)
+  if absent_class:  # Class c-1 is neither a label nor a prediction.
+    logits[:, -1] = -100.0
+  targets = np.eye(c, dtype=np.float32)[y] if one_hot else y.astype(np.int32)
+  return Split(logits, targets, y_true=y, y_pred=logits.argmax(-1),
+               logits=logits)
+
+
+def two_logits(*, ties=False, seed=1):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(N, 2)).astype(np.float32)
+  if ties:  # Multiples of 0.5: margins tie often and are exact in float32.
+    logits = np.round(logits * 2) / 2
+  y = rng.integers(0, 2, size=N)
+  margin = logits[:, 1].astype(np.float64) - logits[:, 0]
+  prob = 1.0 / (1.0 + np.exp(-margin))  # Softmax probability of class 1.
+  return Split(logits, y.astype(np.int32), y_true=y, y_pred=logits.argmax(-1),
+               y_score=prob, logits=logits)
+
+
+def single_logit(shape, *, ties=False, seed=2):
+  rng = np.random.default_rng(seed)
+  logit = rng.normal(size=N).astype(np.float32) * 2
+  if ties:
+    logit = np.round(logit)
+  y = rng.integers(0, 2, size=N)
+  return Split(logit.reshape(shape), y.astype(np.float32).reshape(shape),
+               y_true=y, y_pred=(logit > 0).astype(int), y_score=logit)
+
+
+def regression(out_shape, target_shape, *, offset=0.0, seed=3):
+  rng = np.random.default_rng(seed)
+  targets = (offset + rng.normal(size=target_shape)).astype(np.float32)
+  noise = 0.5 * rng.normal(size=out_shape).astype(np.float32)
+  outputs = targets.reshape(out_shape) + noise
+  size = math.prod(out_shape[1:])
+  return Split(outputs, targets, y_true=targets.reshape(N, size),
+               y_pred=outputs.reshape(N, size))
+
+
+def reference(name: str, s: Split) -> float:
+  """The metric on the whole split, from scikit-learn."""
+  if name.startswith("top"):
+    k = int(name[3:].split("_")[0])
+    return skm.top_k_accuracy_score(
+        s.y_true, s.logits, k=k, labels=np.arange(s.logits.shape[1]))
+  table = {
+      "accuracy": lambda: skm.accuracy_score(s.y_true, s.y_pred),
+      "precision": lambda: skm.precision_score(s.y_true, s.y_pred,
+                                               zero_division=0),
+      "recall": lambda: skm.recall_score(s.y_true, s.y_pred, zero_division=0),
+      "f1": lambda: skm.f1_score(s.y_true, s.y_pred, zero_division=0),
+      "macro_precision": lambda: skm.precision_score(
+          s.y_true, s.y_pred, average="macro", zero_division=0),
+      "macro_recall": lambda: skm.recall_score(
+          s.y_true, s.y_pred, average="macro", zero_division=0),
+      "macro_f1": lambda: skm.f1_score(
+          s.y_true, s.y_pred, average="macro", zero_division=0),
+      "roc_auc": lambda: skm.roc_auc_score(s.y_true, s.y_score),
+      "mse": lambda: skm.mean_squared_error(s.y_true, s.y_pred),
+      "mae": lambda: skm.mean_absolute_error(s.y_true, s.y_pred),
+      "r2": lambda: skm.r2_score(s.y_true, s.y_pred),
+  }
+  return float(table[name]())
+
+
+BINARY = ("accuracy", "precision", "recall", "f1", "roc_auc")
+MACRO = ("macro_precision", "macro_recall", "macro_f1")
+REGRESSION = ("mse", "mae", "r2")
+CASES = [
+    # (id, names, num_classes, split, rtol)
+    ("multiclass", ("accuracy", "top1_accuracy", "top2_accuracy",
+                    "top3_accuracy") + MACRO, 4, multiclass(4), RTOL),
+    ("multiclass_one_hot_absent_class", ("accuracy",) + MACRO, 5,
+     multiclass(5, one_hot=True, absent_class=True), RTOL),
+    ("two_logits", BINARY + MACRO, 2, two_logits(), RTOL),
+    ("two_logits_tied_scores", ("roc_auc", "f1"), 2, two_logits(ties=True),
+     RTOL),
+    ("single_logit_flat", BINARY + MACRO, 1, single_logit((N,)), RTOL),
+    ("single_logit_column_tied", BINARY, 2, single_logit((N, 1), ties=True),
+     RTOL),
+    ("regression", REGRESSION, None, regression((N,), (N,)), RTOL),
+    ("regression_column", REGRESSION, None, regression((N, 1), (N,)), RTOL),
+    ("regression_multi_output", REGRESSION, None, regression((N, 3), (N, 3)),
+     RTOL),
+    # A large offset breaks sum(y^2) - n mean^2 in float32; Chan's merge holds.
+    ("regression_offset", REGRESSION, None,
+     regression((N,), (N,), offset=1e3), 1e-4),
+]
+
+
+# ---------------------------------------------------------------------------
+# Batching.
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+  """Pads the batch dim with garbage that must not count."""
+  garbage = np.full((size - len(x),) + x.shape[1:], np.nan, np.float32)
+  if not np.issubdtype(x.dtype, np.floating):
+    garbage = np.ones_like(garbage, dtype=x.dtype)
+  return np.concatenate([x, garbage.astype(x.dtype)])
+
+
+def batches(s: Split, loss: np.ndarray, sizes, *, pad_to, float_mask=False):
+  """Yields (outputs, targets, mask, loss) batches of the given sizes."""
+  start = 0
+  for size in sizes:
+    part = slice(start, start + size)
+    start += size
+    width = pad_to
+    mask = np.arange(width) < size
+    yield (_pad(s.outputs[part], width), _pad(s.targets[part], width),
+           mask.astype(np.float32) if float_mask else mask,
+           _pad(loss[part], width))
+  assert start == N
+
+
+LAYOUTS = {
+    # Fixed-size batches, the last one partial, padded and masked.
+    "fixed": dict(sizes=[BATCH, BATCH, BATCH, N - 3 * BATCH], pad_to=BATCH),
+    # Uneven batches, all padded to one shape, with a 0/1 float mask.
+    "uneven": dict(sizes=[7, 20, 26], pad_to=2 * BATCH, float_mask=True),
+}
+
+
+def evaluate(names, num_classes, s, loss, layout):
+  chex.clear_trace_counter()  # The counter is keyed by code, across tests.
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def eval_step(outputs, targets, mask, per_example_loss):
+    return metrics.from_outputs(names, outputs, targets, mask,
+                                num_classes=num_classes, loss=per_example_loss)
+
+  state = metrics.empty(names, num_classes=num_classes)
+  for batch in batches(s, loss, **layout):
+    state = metrics.merge(state, eval_step(*batch))
+  return metrics.compute(names, state)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize(
+    "names, num_classes, split, rtol", [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_merged_batches_equal_sklearn_on_whole_split(
+    names, num_classes, split, rtol, layout
+):
+  loss = np.random.default_rng(9).random(N).astype(np.float32)
+  got = evaluate(names, num_classes, split, loss, LAYOUTS[layout])
+  want = {name: reference(name, split) for name in names}
+  want["loss"] = float(loss.astype(np.float64).mean())
+  assert set(got) == set(want)
+  assert all(isinstance(v, float) for v in got.values())
+  for name in want:
+    np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=ATOL,
+                               err_msg=name)
+
+
+def test_from_outputs_jit_equals_eager():
+  s = two_logits()
+  names = BINARY + MACRO + ("top1_accuracy",)
+  mask = np.arange(N) < N - 5
+  fn = functools.partial(metrics.from_outputs, num_classes=2)
+  eager = fn(names, s.outputs, s.targets, mask)
+  jitted = jax.jit(fn, static_argnums=0)(names, s.outputs, s.targets, mask)
+  chex.assert_trees_all_close(jitted, eager, rtol=0, atol=0)
+
+
+def test_confusion_matrix_counts_real_examples():
+  s = multiclass(3)
+  mask = np.arange(N) < 40
+  state = jax.jit(metrics.from_outputs, static_argnames=("names", "num_classes"))(
+      ("macro_f1",), s.outputs, s.targets, mask, num_classes=3)
+  want = skm.confusion_matrix(s.y_true[:40], s.y_pred[:40], labels=range(3))
+  np.testing.assert_array_equal(state["confusion"]["matrix"], want)
+
+
+def test_merge_is_symmetric_and_empty_is_identity():
+  s = regression((N, 2), (N, 2))
+  names = REGRESSION
+  a = metrics.from_outputs(names, s.outputs[:10], s.targets[:10], None,
+                           num_classes=None)
+  b = metrics.from_outputs(names, s.outputs[10:], s.targets[10:], None,
+                           num_classes=None)
+  empty = metrics.empty(names, num_classes=None)
+  ab = metrics.compute(names, metrics.merge(a, b))
+  for other in (metrics.merge(b, a), metrics.merge(metrics.merge(empty, a), b)):
+    for name, value in metrics.compute(names, other).items():
+      np.testing.assert_allclose(value, ab[name], rtol=RTOL, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "names, num_classes, split, want",
+    [
+        (("roc_auc",), 2, Split(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32),
+                                np.array([1, 1], np.int32), y_true=None),
+         {"roc_auc": math.nan}),
+        (("precision", "recall", "f1"), 2,
+         Split(np.array([-1.0, -2.0], np.float32), np.array([0, 0], np.int32),
+               y_true=None),
+         {"precision": 0.0, "recall": 0.0, "f1": 0.0}),
+        (("accuracy", "r2"), 2,
+         Split(np.zeros((0,), np.float32), np.zeros((0,), np.int32),
+               y_true=None),
+         {"accuracy": math.nan, "r2": math.nan}),
+    ],
+    ids=["roc_auc_one_class", "zero_division", "no_examples"],
+)
+def test_degenerate_splits(names, num_classes, split, want):
+  state = metrics.from_outputs(names, split.outputs, split.targets, None,
+                               num_classes=num_classes)
+  np.testing.assert_equal(metrics.compute(names, state), want)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: metrics.validate_names(("accuracy", "acc"), "classification"),
+         r"unknown classification metric 'acc'; valid names: accuracy, .*"
+         r"top\{k\}_accuracy"),
+        (lambda: metrics.validate_names(("r2",), "classification"),
+         "unknown classification metric 'r2'"),
+        (lambda: metrics.validate_names(("accuracy",), "regression"),
+         r"unknown regression metric 'accuracy'; valid names: mse, mae, r2"),
+        (lambda: metrics.validate_names(("top0_accuracy",), "classification"),
+         "top0_accuracy"),
+        (lambda: metrics.validate_names(("mse",), "ranking"),
+         "unknown task 'ranking'"),
+        (lambda: metrics.empty(("top5_acc",), num_classes=3),
+         "unknown metric 'top5_acc'"),
+        (lambda: metrics.from_outputs(("precision",), jnp.zeros((4, 3)),
+                                      jnp.zeros((4,), jnp.int32), None,
+                                      num_classes=3),
+         "precision/recall/f1 is for binary models"),
+        (lambda: metrics.from_outputs(("accuracy",), jnp.zeros((4, 3)),
+                                      jnp.zeros((4,), jnp.int32), None,
+                                      num_classes=4),
+         "outputs have 3 classes but num_classes=4"),
+        (lambda: metrics.from_outputs(("accuracy",), jnp.zeros((4, 3)),
+                                      jnp.zeros((4,), jnp.int32),
+                                      jnp.ones((5,), bool), num_classes=3),
+         r"mask must have shape \[4\]"),
+        (lambda: metrics.compute(("f1",), metrics.empty(("accuracy",),
+                                                        num_classes=2)),
+         "metric 'f1' has no state"),
+    ],
+    ids=["unknown", "wrong_task_cls", "wrong_task_reg", "top0", "unknown_task",
+         "empty_unknown", "binary_on_multiclass", "num_classes_mismatch",
+         "mask_shape", "compute_missing"],
+)
+def test_errors(call, match):
+  with pytest.raises(JdlError, match=match):
+    call()
+
+
+def test_validate_names_accepts_valid():
+  metrics.validate_names(("accuracy", "top5_accuracy", "macro_f1", "roc_auc"),
+                         "classification")
+  metrics.validate_names(REGRESSION, "regression")

@@ -1,0 +1,418 @@
+"""Tests of jdl.models and jdl.summary: shapes, parameter counts, layers, errors."""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdl import models
+from jdl.errors import JdlError
+from jdl.models import create_model, get_activation, get_initializer
+from jdl.summary import count_params, param_table
+
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(autouse=True)
+def _strict_promotion():
+  with jax.numpy_dtype_promotion("strict"):
+    yield
+
+
+def _init(model, shape):
+  return model.init(KEY, jnp.zeros(shape, jnp.float32))
+
+
+def _abstract_init(model, shape):
+  # Shapes only: parameter counts need no compilation or random numbers.
+  return jax.eval_shape(lambda: _init(model, shape))
+
+
+def test_public_api():
+  for name in models.__all__:
+    assert hasattr(models, name), name
+  assert set(models.MODELS) == {
+      "mlp", "cnn", "lenet5", "vgg", "inception", "resnet20", "resnet18", "resnet"}
+
+
+# name, config fields, input shape, has batch norm.
+SHAPE_CASES = [
+    ("mlp", {"hidden": [16, 8]}, (2, 4, 4, 1), False),
+    ("mlp", {"hidden": [8], "batch_norm": True, "dropout_rate": 0.5}, (2, 5), True),
+    ("cnn", {"features": [4, 8], "dense": [16]}, (2, 8, 8, 3), False),
+    ("cnn", {"features": [4, 4], "dense": [], "padding": "valid", "pool": "avg",
+             "batch_norm": True, "dropout_rate": 0.2}, (2, 10, 10, 1), True),
+    ("cnn", {"features": [4], "padding": 1, "strides": 2, "pool": "none",
+             "global_pool": True, "dense": [8]}, (2, 9, 9, 2), False),
+    ("cnn", {"features": [4, 8], "kernel_size": 5, "dense": [8]}, (2, 16, 2), False),
+    ("lenet5", {}, (2, 28, 28, 1), False),
+    ("lenet5", {"activation": "relu", "pool": "max"}, (2, 32, 32, 3), False),
+    ("vgg", {"stages": [[4], [8, 8]], "dense": [16], "batch_norm": True,
+             "dropout_rate": 0.5}, (2, 8, 8, 3), True),
+    ("inception", {"stem_features": 8, "stages": [[[4, 4, 4, 2, 2, 2]],
+                                                  [[4, 4, 8, 2, 4, 4]]],
+                   "batch_norm": True, "dropout_rate": 0.1}, (2, 8, 8, 3), True),
+    ("inception", {"stem_features": 4, "stages": [[[2, 2, 2, 2, 2, 2]]]},
+     (2, 12, 1), False),
+    ("resnet20", {}, (2, 8, 8, 3), True),
+    ("resnet18", {}, (2, 8, 8, 3), True),
+    ("resnet", {"stage_sizes": [1, 1], "num_filters": 4, "block": "bottleneck",
+                "stem": "imagenet"}, (2, 16, 16, 3), True),
+]
+
+
+@pytest.mark.parametrize(
+    "name,fields,shape,has_bn", SHAPE_CASES,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(SHAPE_CASES)])
+def test_output_shapes(name, fields, shape, has_bn):
+  model = create_model({"name": name, **fields}, num_outputs=3)
+  x = jax.random.normal(KEY, shape)
+  variables = model.init(KEY, x)
+  assert ("batch_stats" in variables) == has_bn
+  chex.assert_trees_all_equal_dtypes(
+      variables["params"],
+      jax.tree.map(lambda p: jnp.zeros((), jnp.float32), variables["params"]))
+
+  y = model.apply(variables, x, train=False)
+  chex.assert_shape(y, (shape[0], 3))
+  chex.assert_tree_all_finite(y)
+
+  y, updates = model.apply(variables, x, train=True,
+                           rngs={"dropout": jax.random.key(1)},
+                           mutable=["batch_stats"])
+  chex.assert_shape(y, (shape[0], 3))
+  chex.assert_tree_all_finite(y)
+  if has_bn:
+    chex.assert_trees_all_equal_structs(updates["batch_stats"],
+                                        variables["batch_stats"])
+
+
+def test_compute_dtype():
+  model = models.MLP(3, hidden=(8,), dtype=jnp.bfloat16)
+  variables = _init(model, (2, 4))
+  assert variables["params"]["hidden_0"]["kernel"].dtype == jnp.float32
+  assert model.apply(variables, jnp.ones((2, 4))).dtype == jnp.bfloat16
+
+
+# Parameter counts against hand-written formulas.
+
+
+def dense_count(fan_in, fan_out):
+  return fan_in * fan_out + fan_out
+
+
+def conv_count(k, c_in, c_out, bias=True):
+  return k * k * c_in * c_out + (c_out if bias else 0)
+
+
+def test_mlp_count():
+  params = _abstract_init(models.MLP(10, hidden=(512, 512)), (1, 28, 28, 1))
+  expected = 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+  assert count_params(params["params"]) == expected
+
+
+@pytest.mark.parametrize("size", [28, 32])
+def test_lenet5_count(size):
+  params = _abstract_init(models.LeNet5(), (1, size, size, 1))["params"]
+  expected = (conv_count(5, 1, 6) + conv_count(5, 6, 16) + dense_count(16 * 5 * 5, 120)
+              + dense_count(120, 84) + dense_count(84, 10))
+  assert expected == 61_706
+  assert count_params(params) == expected
+
+
+def resnet_basic_counts(stage_sizes, filters, in_channels, num_outputs):
+  """(trainable, batch-stats) counts of a CIFAR-stem basic-block ResNet."""
+  trainable, stats = conv_count(3, in_channels, filters, bias=False), 0
+  bn_channels = [filters]
+  c_in = filters
+  for i, blocks in enumerate(stage_sizes):
+    c_out = filters * 2**i
+    for _ in range(blocks):
+      trainable += conv_count(3, c_in, c_out, False) + conv_count(3, c_out, c_out, False)
+      bn_channels += [c_out, c_out]
+      if c_in != c_out:  # 1x1 projection shortcut with batch norm.
+        trainable += conv_count(1, c_in, c_out, False)
+        bn_channels.append(c_out)
+      c_in = c_out
+  trainable += 2 * sum(bn_channels) + dense_count(c_in, num_outputs)
+  stats = 2 * sum(bn_channels)  # Running mean and variance.
+  return trainable, stats
+
+
+@pytest.mark.parametrize("model,stage_sizes,filters", [
+    (models.ResNet20(10), (3, 3, 3), 16),
+    (models.ResNet18(10), (2, 2, 2, 2), 64),
+])
+def test_resnet_count(model, stage_sizes, filters):
+  variables = _abstract_init(model, (1, 32, 32, 3))
+  trainable, stats = resnet_basic_counts(stage_sizes, filters, 3, 10)
+  assert count_params(variables["params"]) == trainable
+  assert count_params(variables["batch_stats"]) == stats
+
+
+def test_resnet20_is_027m():
+  params = _abstract_init(models.ResNet20(10), (1, 32, 32, 3))["params"]
+  assert 0.26e6 < count_params(params) < 0.28e6
+
+
+def test_conv1d_path():
+  model = models.CNN(2, features=(4, 6), kernel_size=5, dense=())
+  variables = _init(model, (3, 20, 2))
+  chex.assert_shape(variables["params"]["conv_0"]["kernel"], (5, 2, 4))
+  chex.assert_shape(variables["params"]["conv_1"]["kernel"], (5, 4, 6))
+  # 20 -> pool 10 -> pool 5, times 6 channels.
+  chex.assert_shape(variables["params"]["mlp"]["head"]["kernel"], (5 * 6, 2))
+  chex.assert_shape(model.apply(variables, jnp.ones((3, 20, 2))), (3, 2))
+
+
+# Errors.
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: create_model({"name": "bogus"}, num_outputs=2),
+     r"unknown model 'bogus'; valid names: cnn, inception, lenet5, mlp, resnet, "),
+    (lambda: create_model({"hidden": [3]}, num_outputs=2), r"needs a 'name'"),
+    (lambda: create_model({"name": "mlp", "hiden": [3]}, num_outputs=2),
+     r"unknown field 'hiden' for model 'mlp'; valid fields: .*hidden"),
+    (lambda: create_model({"name": "resnet"}, num_outputs=2),
+     r"model 'resnet' needs field\(s\): stage_sizes"),
+    (lambda: create_model({"name": "mlp", "num_outputs": 5}, num_outputs=2),
+     r"num_outputs=5 but the data needs 2"),
+    (lambda: create_model({"name": "mlp", "activation": "relux"}, num_outputs=2),
+     r"unknown activation 'relux'; valid names: .*relu"),
+    (lambda: create_model({"name": "cnn", "kernel_init": "he"}, num_outputs=2),
+     r"unknown initializer 'he'; valid names: .*he_normal"),
+    (lambda: create_model({"name": "cnn", "pool": "min"}, num_outputs=2),
+     r"unknown pool 'min'"),
+    (lambda: create_model({"name": "cnn", "padding": "FULL"}, num_outputs=2),
+     r"padding must be"),
+    (lambda: create_model({"name": "resnet18", "block": "wide"}, num_outputs=2),
+     r"unknown block 'wide'"),
+    (lambda: create_model({"name": "mlp", "dropout_rate": 1.0}, num_outputs=2),
+     r"dropout_rate must be in \[0, 1\)"),
+    (lambda: create_model({"name": "vgg", "stages": [[8, 0]]}, num_outputs=2),
+     r"stages\[0\] must be a sequence of positive integers"),
+    (lambda: create_model({"name": "mlp"}, num_outputs=0), r"num_outputs must be"),
+    (lambda: get_activation("nope"), r"unknown activation 'nope'"),
+    (lambda: get_initializer("nope"), r"unknown initializer 'nope'; valid names: "),
+    (lambda: get_initializer("zeros", 0.1), r"takes no scale"),
+    (lambda: get_initializer("normal", -1.0), r"init_scale must be a positive"),
+    (lambda: _init(models.CNN(2), (2, 16)), r"needs \[batch, length, channels\]"),
+    (lambda: _init(models.CNN(2, features=(4, 4, 4)), (1, 4, 4, 1)),
+     r"smaller than the pooling window"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_errors(make, match):
+  with pytest.raises(JdlError, match=match):
+    make()
+
+
+# Dropout.
+
+
+def test_dropout_eval_is_deterministic_and_equals_no_dropout_net():
+  x = jax.random.normal(KEY, (4, 10))
+  with_dropout = models.MLP(3, hidden=(32, 32), dropout_rate=0.5)
+  variables = _init(with_dropout, x.shape)
+  outputs = [with_dropout.apply(variables, x, rngs={"dropout": jax.random.key(k)})
+             for k in range(3)]
+  plain = models.MLP(3, hidden=(32, 32)).apply(variables, x)
+  for y in outputs:
+    chex.assert_trees_all_close(y, plain, rtol=0, atol=0)
+
+
+def test_dropout_train_expectation_is_identity():
+  rate, samples = 0.3, 4000
+  model = models.MLP(2, hidden=(64,), dropout_rate=rate)
+  x = jax.random.normal(KEY, (4, 10))
+  variables = _init(model, x.shape)
+
+  def dropped(key):
+    _, state = model.apply(variables, x, train=True, rngs={"dropout": key},
+                           capture_intermediates=True, mutable=["intermediates"])
+    return state["intermediates"]["Dropout_0"]["__call__"][0]
+
+  keys = jax.random.split(jax.random.key(1), samples)
+  drops = np.asarray(jax.vmap(dropped)(keys))  # [samples, 4, 64]
+  _, state = model.apply(variables, x, capture_intermediates=True,
+                         mutable=["intermediates"])
+  h = np.asarray(jax.nn.relu(state["intermediates"]["hidden_0"]["__call__"][0]))
+  active = h > 0
+  # Zeroed with probability `rate`, survivors scaled by 1 / (1 - rate).
+  zero_fraction = np.mean(drops[:, active] == 0)
+  assert abs(zero_fraction - rate) < 0.01
+  chex.assert_trees_all_close(drops[drops != 0],
+                              np.broadcast_to(h / (1 - rate), drops.shape)[drops != 0],
+                              rtol=1e-5)
+  # Mean over keys is x; tolerance: 5 standard errors of the mean per unit.
+  std_error = h * math.sqrt(rate / (1 - rate) / samples)
+  assert np.all(np.abs(drops.mean(0) - h) <= 5 * std_error + 1e-6)
+
+
+# Batch norm.
+
+
+def _bn_apply(model, variables, x, train):
+  mutable = ["intermediates"] + (["batch_stats"] if train else [])
+  _, state = model.apply(variables, x, train=train, capture_intermediates=True,
+                         mutable=mutable)
+  inter = state["intermediates"]
+  return (np.asarray(inter["hidden_0"]["__call__"][0], np.float64),
+          np.asarray(inter["bn_0"]["__call__"][0], np.float64),
+          state.get("batch_stats"))
+
+
+def test_batch_norm_train_uses_batch_statistics_and_updates_running_averages():
+  model = models.MLP(2, hidden=(16,), batch_norm=True)
+  x = 3.0 + 2.0 * jax.random.normal(KEY, (256, 8))
+  variables = _init(model, x.shape)
+  pre, post, stats = _bn_apply(model, variables, x, train=True)
+
+  chex.assert_trees_all_close(post.mean(0), np.zeros(16), atol=1e-5)
+  chex.assert_trees_all_close(post.var(0), np.ones(16), atol=1e-3)
+  # Flax: running = momentum * running + (1 - momentum) * batch (biased variance).
+  expected = {"mean": 0.9 * 0.0 + 0.1 * pre.mean(0),
+              "var": 0.9 * 1.0 + 0.1 * pre.var(0)}
+  chex.assert_trees_all_close(dict(stats["bn_0"]), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_eval_uses_running_averages():
+  model = models.MLP(2, hidden=(16,), batch_norm=True)
+  x = jax.random.normal(KEY, (5, 8))
+  variables = jax.tree.map(np.asarray, _init(model, x.shape))
+  rng = np.random.default_rng(0)
+  variables["params"]["bn_0"] = {"scale": rng.uniform(0.5, 2, 16).astype(np.float32),
+                                 "bias": rng.normal(size=16).astype(np.float32)}
+  variables["batch_stats"]["bn_0"] = {
+      "mean": rng.normal(size=16).astype(np.float32),
+      "var": rng.uniform(0.5, 3, 16).astype(np.float32)}
+  pre, post, _ = _bn_apply(model, variables, x, train=False)
+
+  p, s = variables["params"]["bn_0"], variables["batch_stats"]["bn_0"]
+  reference = (pre - s["mean"]) / np.sqrt(s["var"] + 1e-5) * p["scale"] + p["bias"]
+  chex.assert_trees_all_close(post, reference, rtol=1e-5, atol=1e-5)
+
+
+# Activations.
+
+
+def _erf(x):
+  return np.vectorize(math.erf)(x)
+
+
+ACTIVATION_REFERENCES = {
+    "relu": lambda x: np.maximum(x, 0),
+    "leaky_relu": lambda x: np.where(x > 0, x, 0.01 * x),
+    "elu": lambda x: np.where(x > 0, x, np.expm1(x)),
+    "gelu": lambda x: 0.5 * x * (1 + _erf(x / math.sqrt(2))),
+    "sigmoid": lambda x: 1 / (1 + np.exp(-x)),
+    "tanh": np.tanh,
+    "linear": lambda x: x,
+    "step": lambda x: (x > 0).astype(x.dtype),
+    "softplus": lambda x: np.log1p(np.exp(x)),
+    "swish": lambda x: x / (1 + np.exp(-x)),
+    "silu": lambda x: x / (1 + np.exp(-x)),
+}
+
+
+def test_activation_table_is_complete():
+  assert set(ACTIVATION_REFERENCES) == set(models.ACTIVATIONS)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATION_REFERENCES))
+def test_activation_values(name):
+  x = np.linspace(-4, 4, 33).astype(np.float32)
+  chex.assert_trees_all_close(get_activation(name)(jnp.asarray(x)),
+                              ACTIVATION_REFERENCES[name](x).astype(np.float32),
+                              rtol=1e-5, atol=1e-6)
+
+
+def test_step_values_and_zero_gradient():
+  step = get_activation("step")
+  x = jnp.array([-2.0, -1e-6, 0.0, 1e-6, 3.0])
+  chex.assert_trees_all_close(step(x), jnp.array([0.0, 0.0, 0.0, 1.0, 1.0]))
+  chex.assert_trees_all_close(jax.grad(lambda v: step(v).sum())(x), jnp.zeros(5))
+
+
+# Initializers.
+
+FAN_IN, FAN_OUT = 400, 300
+
+# name, scale, expected standard deviation of a [FAN_IN, FAN_OUT] kernel.
+INIT_CASES = [
+    ("he_normal", None, math.sqrt(2 / FAN_IN)),
+    ("he_uniform", None, math.sqrt(2 / FAN_IN)),
+    ("he_normal", 2.0, 2 * math.sqrt(2 / FAN_IN)),
+    ("glorot_normal", None, math.sqrt(2 / (FAN_IN + FAN_OUT))),
+    ("glorot_uniform", None, math.sqrt(2 / (FAN_IN + FAN_OUT))),
+    ("lecun_normal", None, math.sqrt(1 / FAN_IN)),
+    ("lecun_uniform", None, math.sqrt(1 / FAN_IN)),
+    ("normal", None, 0.01),
+    ("normal", 0.2, 0.2),
+    ("uniform", None, 0.01 / math.sqrt(3)),
+    ("uniform", 0.5, 0.5 / math.sqrt(3)),
+    # Orthonormal columns: FAN_OUT unit columns over FAN_IN * FAN_OUT entries.
+    ("orthogonal", None, math.sqrt(1 / FAN_IN)),
+]
+
+
+@pytest.mark.parametrize("name,scale,std", INIT_CASES)
+def test_initializer_statistics(name, scale, std):
+  w = np.asarray(get_initializer(name, scale)(KEY, (FAN_IN, FAN_OUT), jnp.float32))
+  assert w.dtype == np.float32
+  assert abs(w.std() / std - 1) < 0.1
+  assert abs(w.mean()) < 0.1 * std
+
+
+def test_initializer_special_cases():
+  conv = np.asarray(get_initializer("he_normal")(KEY, (3, 3, 16, 32)))
+  assert abs(conv.std() / math.sqrt(2 / (3 * 3 * 16)) - 1) < 0.1
+  uniform = np.asarray(get_initializer("uniform", 0.5)(KEY, (100, 100)))
+  assert uniform.min() >= -0.5 and uniform.max() < 0.5
+  ortho = get_initializer("orthogonal")(KEY, (FAN_IN, FAN_OUT))
+  chex.assert_trees_all_close(ortho.T @ ortho, jnp.eye(FAN_OUT), atol=1e-4)
+  assert not np.any(get_initializer("zeros")(KEY, (3, 4)))
+  assert set(models.INITIALIZERS) == {c[0] for c in INIT_CASES} | {"zeros"}
+
+
+def test_kernel_init_reaches_the_layers():
+  model = models.MLP(2, hidden=(4,), kernel_init="zeros")
+  params = _init(model, (1, 3))["params"]
+  assert not np.any(params["hidden_0"]["kernel"])
+
+
+# Summary.
+
+
+def test_param_table():
+  model = models.CNN(10, features=(4,), dense=(8,), batch_norm=True)
+  variables = _init(model, (1, 8, 8, 3))
+  table = param_table(variables)
+  lines = table.splitlines()
+  for layer, shapes, count in [
+      ("conv_0", "kernel (3, 3, 3, 4)", 3 * 3 * 3 * 4),
+      ("bn_0", "scale (4,), bias (4,)", 8),
+      ("mlp/hidden_0", "kernel (64, 8)", 64 * 8),
+      ("mlp/bn_0", "scale (8,), bias (8,)", 16),
+      ("mlp/head", "kernel (8, 10), bias (10,)", 8 * 10 + 10),
+  ]:
+    row = next(line for line in lines if line.split()[:2] == [layer, "params"])
+    assert shapes in row and row.endswith(f"{count:,}"), row
+  assert any(line.split()[:2] == ["bn_0", "batch_stats"] for line in lines)
+  trainable = count_params(variables["params"])
+  assert trainable == 108 + 8 + 512 + 16 + 90
+  assert lines[-1] == f"Total: {trainable:,} trainable, {2 * (4 + 8)} non-trainable"
+  # A bare params tree is read as trainable parameters.
+  assert param_table(variables["params"]).splitlines()[-1] == (
+      f"Total: {trainable:,} trainable, 0 non-trainable")
+
+
+def test_param_table_of_abstract_variables():
+  variables = _abstract_init(models.LeNet5(), (1, 28, 28, 1))
+  table = param_table(variables)
+  assert "conv1  params      kernel (5, 5, 1, 6), bias (6,)" in table
+  assert table.splitlines()[-1] == "Total: 61,706 trainable, 0 non-trainable"

@@ -1,0 +1,585 @@
+"""Tests for jdl.optim against textbook update equations written in numpy."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jdl import optim
+from jdl.errors import JdlError
+
+RTOL, ATOL = 1e-5, 1e-6  # float32 optax vs float64 numpy.
+
+# A tiny quadratic: loss(w) = 0.5 * ||A w - b||^2, grad = A^T (A w - b).
+A = np.array([[1.0, 2.0, 0.0], [0.5, -1.0, 1.5], [0.0, 1.0, -2.0], [2.0, 0.0, 1.0]])
+B = np.array([1.0, -2.0, 0.5, 3.0])
+W0 = np.array([0.3, -0.7, 1.1])
+
+
+def quad_grad(w):
+  return A.T @ (A @ w - B)
+
+
+def make_config(optimizer=None, schedule=None, plateau=None):
+  config = optim.default_config()
+  config.optimizer.update(optimizer or {})
+  config.schedule.update(schedule or {})
+  config.reduce_on_plateau.update(plateau or {})
+  return config
+
+
+# ----------------------------------------------------------- numpy references
+# Each reference takes (grad_fn, w0, lr, hyper-parameters, steps) and returns the
+# parameters after each step. t is the 1-based step number.
+
+
+def ref_sgd(g, w, c, steps):
+  out = []
+  for _ in range(steps):
+    w = w - c.learning_rate * g(w)
+    out.append(w)
+  return out
+
+
+def ref_momentum(g, w, c, steps, nesterov=False):
+  # optax.trace: m_t = g_t + mu * m_{t-1};
+  # u_t = -lr * m_t, or -lr * (g_t + mu * m_t) with Nesterov.
+  m = np.zeros_like(w)
+  out = []
+  for _ in range(steps):
+    gt = g(w)
+    m = gt + c.momentum * m
+    w = w - c.learning_rate * ((gt + c.momentum * m) if nesterov else m)
+    out.append(w)
+  return out
+
+
+def ref_adagrad(g, w, c, steps):
+  # Duchi et al. 2011: G_t = G_0 + sum g^2; u = -lr * g / sqrt(G_t + eps).
+  acc = np.full_like(w, c.initial_accumulator_value)
+  out = []
+  for _ in range(steps):
+    gt = g(w)
+    acc = acc + gt**2
+    w = w - c.learning_rate * gt / np.sqrt(acc + c.eps)
+    out.append(w)
+  return out
+
+
+def ref_adadelta(g, w, c, steps):
+  # Zeiler 2012, alg. 1, times the learning rate.
+  eg, ex = np.zeros_like(w), np.zeros_like(w)
+  out = []
+  for _ in range(steps):
+    gt = g(w)
+    eg = c.rho * eg + (1 - c.rho) * gt**2
+    dx = np.sqrt(ex + c.eps) / np.sqrt(eg + c.eps) * gt
+    ex = c.rho * ex + (1 - c.rho) * dx**2
+    w = w - c.learning_rate * dx
+    out.append(w)
+  return out
+
+
+def ref_rmsprop(g, w, c, steps):
+  # Tieleman & Hinton 2012; optax puts eps inside the square root.
+  v = np.zeros_like(w)
+  out = []
+  for _ in range(steps):
+    gt = g(w)
+    v = c.rho * v + (1 - c.rho) * gt**2
+    w = w - c.learning_rate * gt / np.sqrt(v + c.eps)
+    out.append(w)
+  return out
+
+
+def ref_adam(g, w, c, steps, nadam=False, weight_decay=0.0):
+  # Kingma & Ba 2015, alg. 1; Nadam as optax (Dozat 2016, without the extra
+  # b2); decoupled weight decay as Loshchilov & Hutter 2019, alg. 2.
+  m, v = np.zeros_like(w), np.zeros_like(w)
+  out = []
+  for t in range(1, steps + 1):
+    gt = g(w)
+    m = c.b1 * m + (1 - c.b1) * gt
+    v = c.b2 * v + (1 - c.b2) * gt**2
+    if nadam:
+      m_hat = c.b1 * m / (1 - c.b1**(t + 1)) + (1 - c.b1) * gt / (1 - c.b1**t)
+    else:
+      m_hat = m / (1 - c.b1**t)
+    v_hat = v / (1 - c.b2**t)
+    w = w - c.learning_rate * (m_hat / (np.sqrt(v_hat) + c.eps) + weight_decay * w)
+    out.append(w)
+  return out
+
+
+def ref_adamax(g, w, c, steps):
+  # Kingma & Ba 2015, alg. 2; optax adds eps to |g| inside the max.
+  m, u = np.zeros_like(w), np.zeros_like(w)
+  out = []
+  for t in range(1, steps + 1):
+    gt = g(w)
+    m = c.b1 * m + (1 - c.b1) * gt
+    u = np.maximum(c.b2 * u, np.abs(gt) + c.eps)
+    w = w - c.learning_rate * m / (1 - c.b1**t) / u
+    out.append(w)
+  return out
+
+
+OPTIMIZER_TABLE = [
+    # (name, config overrides, reference)
+    ("sgd", {"learning_rate": 0.05}, ref_sgd),
+    ("momentum", {"learning_rate": 0.05, "momentum": 0.8}, ref_momentum),
+    ("nesterov", {"learning_rate": 0.05, "momentum": 0.8},
+     functools.partial(ref_momentum, nesterov=True)),
+    ("adagrad", {"learning_rate": 0.1, "initial_accumulator_value": 0.1},
+     ref_adagrad),
+    ("adadelta", {"learning_rate": 1.0, "rho": 0.9, "eps": 1e-6}, ref_adadelta),
+    ("rmsprop", {"learning_rate": 0.01, "rho": 0.9}, ref_rmsprop),
+    ("adam", {"learning_rate": 0.01}, ref_adam),
+    ("adamw", {"learning_rate": 0.01, "weight_decay": 0.1},
+     functools.partial(ref_adam, weight_decay=0.1)),
+    ("adamax", {"learning_rate": 0.01}, ref_adamax),
+    ("nadam", {"learning_rate": 0.01}, functools.partial(ref_adam, nadam=True)),
+]
+
+
+@pytest.mark.parametrize(
+    "name, overrides, reference", OPTIMIZER_TABLE, ids=[r[0] for r in OPTIMIZER_TABLE]
+)
+def test_optimizer_matches_numpy_reference(name, overrides, reference):
+  config = make_config({"name": name, **overrides})
+  tx = optim.create_optimizer(config, steps_per_epoch=10, num_epochs=1)
+  params = {"Dense_0": {"kernel": jnp.asarray(W0, jnp.float32)}}
+  state = tx.init(params)
+  expected = reference(quad_grad, W0, config.optimizer, 3)
+  for step in range(3):
+    w = np.asarray(params["Dense_0"]["kernel"], np.float64)
+    grads = {"Dense_0": {"kernel": jnp.asarray(quad_grad(w), jnp.float32)}}
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(
+        params["Dense_0"]["kernel"], expected[step], rtol=RTOL, atol=ATOL,
+        err_msg=f"{name} step {step + 1}",
+    )
+
+
+# ------------------------------------------------------------------ schedules
+
+LR, SPE, EPOCHS = 0.1, 10, 10  # 100 optimizer updates in the run.
+
+
+def _cos(k, total, alpha):
+  k = min(k, total)
+  return alpha + (1 - alpha) * 0.5 * (1 + math.cos(math.pi * k / total))
+
+
+def _linear(k, tau, alpha_final):
+  if k > tau:
+    return alpha_final
+  return (1 - k / tau) + (k / tau) * alpha_final
+
+
+def _warmup_cos(k, warmup, total, alpha):
+  if k < warmup:
+    return k / warmup
+  return _cos(k - warmup, total - warmup, alpha)
+
+
+SCHEDULE_TABLE = [
+    # (id, schedule overrides, accumulate_steps, lr(k) / LR)
+    ("constant", {"name": "constant"}, 1, lambda k: 1.0),
+    ("step", {"name": "step", "decay_every_epochs": 3.0, "factor": 0.1}, 1,
+     lambda k: 0.1 ** (k // 30)),
+    ("step_accumulate2", {"name": "step", "decay_every_epochs": 3.0,
+                          "factor": 0.1}, 2,
+     lambda k: 0.1 ** (k // 15)),  # 5 updates per epoch.
+    ("exponential", {"name": "exponential", "decay_rate": 0.9}, 1,
+     lambda k: 0.9 ** (k / SPE)),
+    ("linear", {"name": "linear", "tau_epochs": 5.0, "alpha_final": 0.01}, 1,
+     lambda k: _linear(k, 50, 0.01)),
+    ("cosine", {"name": "cosine", "alpha": 0.1}, 1,
+     lambda k: _cos(k, 100, 0.1)),
+    ("warmup_cosine", {"name": "warmup_cosine", "warmup_epochs": 2.0,
+                       "alpha": 0.0}, 1,
+     lambda k: _warmup_cos(k, 20, 100, 0.0)),
+    ("warmup_cosine_alpha", {"name": "warmup_cosine", "warmup_epochs": 2.0,
+                             "alpha": 0.1}, 1,
+     lambda k: _warmup_cos(k, 20, 100, 0.1)),
+]
+STEPS = [0, 1, 5, 10, 14, 15, 19, 20, 29, 30, 31, 49, 50, 51, 75, 99, 100, 150]
+
+
+@pytest.mark.parametrize(
+    "overrides, accumulate, formula",
+    [r[1:] for r in SCHEDULE_TABLE], ids=[r[0] for r in SCHEDULE_TABLE],
+)
+def test_schedule_matches_formula(overrides, accumulate, formula):
+  config = make_config({"learning_rate": LR, "accumulate_steps": accumulate},
+                       overrides)
+  schedule = optim.create_learning_rate_fn(
+      config, steps_per_epoch=SPE, num_epochs=EPOCHS
+  )
+  got = np.array([schedule(k) for k in STEPS])
+  want = np.array([LR * formula(k) for k in STEPS])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+
+
+def test_sgd_follows_schedule_per_update():
+  config = make_config({"name": "sgd", "learning_rate": 1.0},
+                       {"name": "step", "decay_every_epochs": 1.0, "factor": 0.5})
+  tx = optim.create_optimizer(config, steps_per_epoch=2, num_epochs=3)
+  params = {"kernel": jnp.zeros(2)}
+  state = tx.init(params)
+  grads = {"kernel": jnp.ones(2)}
+  got = []
+  for _ in range(5):
+    updates, state = tx.update(grads, state, params)
+    got.append(float(updates["kernel"][0]))
+  np.testing.assert_allclose(got, [-1.0, -1.0, -0.5, -0.5, -0.25])
+
+
+# ------------------------------------------------------------------- clipping
+
+
+def test_clip_by_value():
+  config = make_config({"name": "sgd", "learning_rate": 1.0, "clip_value": 1.0})
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  g = np.array([3.0, -0.2, -5.0, 0.9])
+  params = {"kernel": jnp.zeros(4)}
+  updates, _ = tx.update({"kernel": jnp.asarray(g)}, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -np.clip(g, -1.0, 1.0), rtol=RTOL)
+
+
+@pytest.mark.parametrize("max_norm", [2.0, 100.0])
+def test_clip_by_global_norm(max_norm):
+  config = make_config({"name": "sgd", "learning_rate": 1.0, "clip_norm": max_norm})
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  g = {"a": np.array([3.0, -4.0]), "b": np.array([[1.0, 2.0], [-2.0, 0.5]])}
+  norm = np.sqrt(sum(np.sum(x**2) for x in g.values()))
+  params = jax.tree.map(jnp.zeros_like, g)
+  updates, _ = tx.update(jax.tree.map(jnp.asarray, g), tx.init(params), params)
+  scale = min(1.0, max_norm / norm)
+  for key in g:
+    np.testing.assert_allclose(updates[key], -scale * g[key], rtol=RTOL)
+
+
+# ---------------------------------------------------- decoupled weight decay
+
+WD_PARAMS = {
+    "Dense_0": {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]),
+                "bias": jnp.array([1.0, -1.0])},
+    "BatchNorm_0": {"scale": jnp.array([2.0, 0.5]), "bias": jnp.array([0.3, 0.2])},
+    "Embed_0": {"embedding": jnp.array([[0.4, -0.4]])},
+}
+
+
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+def test_decoupled_weight_decay_masked_to_kernels(name):
+  # With zero gradients every optimizer's own step is exactly zero, so only the
+  # decoupled decay moves parameters: w_{t+1} = (1 - lr_t * wd) w_t on kernels,
+  # with lr_t the scheduled rate (halved every update here).
+  lr, wd = 0.5, 0.1
+  config = make_config({"name": name, "learning_rate": lr, "weight_decay": wd},
+                       {"name": "step", "decay_every_epochs": 1.0, "factor": 0.5})
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=3)
+  params = WD_PARAMS
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  want = {k: dict(v) for k, v in WD_PARAMS.items()}
+  for t in range(3):
+    updates, state = tx.update(zeros, state, params)
+    params = optax.apply_updates(params, updates)
+    shrink = 1 - lr * 0.5**t * wd
+    want["Dense_0"]["kernel"] = want["Dense_0"]["kernel"] * shrink
+    want["Embed_0"]["embedding"] = want["Embed_0"]["embedding"] * shrink
+    chex.assert_trees_all_close(params, want, rtol=RTOL, atol=ATOL)
+  assert int(optim.update_count(state)) == 3
+
+
+def test_weight_decay_is_decoupled_from_adaptive_scaling():
+  # adam + decay: w -= lr * (adam direction + wd * w), not adam(g + wd * w).
+  config = make_config({"name": "adam", "learning_rate": 0.01, "weight_decay": 0.1})
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  params = {"Dense_0": {"kernel": jnp.asarray(W0, jnp.float32)}}
+  state = tx.init(params)
+  expected = ref_adam(quad_grad, W0, config.optimizer, 3, weight_decay=0.1)
+  for step in range(3):
+    w = np.asarray(params["Dense_0"]["kernel"], np.float64)
+    grads = {"Dense_0": {"kernel": jnp.asarray(quad_grad(w), jnp.float32)}}
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(params["Dense_0"]["kernel"], expected[step],
+                               rtol=RTOL, atol=ATOL)
+
+
+# ------------------------------------------------------- masks and penalties
+
+
+def test_kernel_mask():
+  assert optim.kernel_mask(WD_PARAMS) == {
+      "Dense_0": {"kernel": True, "bias": False},
+      "BatchNorm_0": {"scale": False, "bias": False},
+      "Embed_0": {"embedding": True},
+  }
+
+
+@pytest.mark.parametrize("l1, l2", [(0.0, 0.0), (0.01, 0.0), (0.0, 0.02),
+                                    (0.01, 0.02)],
+                         ids=["none", "l1", "l2", "elastic_net"])
+def test_penalty_matches_numpy(l1, l2):
+  kernels = [np.asarray(WD_PARAMS["Dense_0"]["kernel"]),
+             np.asarray(WD_PARAMS["Embed_0"]["embedding"])]
+  want = sum(l1 * np.abs(k).sum() + l2 * (k**2).sum() for k in kernels)
+  got = optim.penalty(WD_PARAMS, l1=l1, l2=l2)
+  assert got.shape == () and got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_penalty_accepts_traced_coefficients():
+  got = jax.jit(lambda p, l1, l2: optim.penalty(p, l1=l1, l2=l2))(
+      WD_PARAMS, 0.01, 0.02)
+  np.testing.assert_allclose(got, optim.penalty(WD_PARAMS, l1=0.01, l2=0.02),
+                             rtol=1e-6)
+
+
+def test_penalty_gradient_skips_biases():
+  grads = jax.grad(lambda p: optim.penalty(p, l1=0.0, l2=0.5))(WD_PARAMS)
+  np.testing.assert_allclose(grads["Dense_0"]["kernel"],
+                             WD_PARAMS["Dense_0"]["kernel"])  # d(0.5 w^2) = w
+  np.testing.assert_array_equal(grads["Dense_0"]["bias"], 0.0)
+  np.testing.assert_array_equal(grads["BatchNorm_0"]["scale"], 0.0)
+
+
+# ------------------------------------------------------------------- freezing
+
+FREEZE_PARAMS = {
+    "Conv_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+    "Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+}
+
+
+@pytest.mark.parametrize(
+    "patterns, frozen",
+    [(("Conv_.*",), {"Conv_0/kernel", "Conv_0/bias"}),
+     (("Dense_0",), {"Dense_0/kernel", "Dense_0/bias"}),
+     ((".*/bias",), {"Conv_0/bias", "Dense_0/bias"}),
+     (("Conv_0/kernel", "Dense_0/b.*"), {"Conv_0/kernel", "Dense_0/bias"})],
+)
+def test_freeze(patterns, frozen):
+  config = make_config({"name": "adam", "learning_rate": 0.1, "weight_decay": 0.1,
+                        "freeze": patterns})
+  optim.check_freeze_patterns(config, FREEZE_PARAMS)
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  params = FREEZE_PARAMS
+  state = tx.init(params)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  for module, leaves in params.items():
+    for leaf, value in leaves.items():
+      path = f"{module}/{leaf}"
+      unchanged = bool(jnp.all(value == FREEZE_PARAMS[module][leaf]))
+      assert unchanged == (path in frozen), path
+
+
+def test_frozen_params_are_left_out_of_the_clipping_norm():
+  config = make_config({"name": "sgd", "learning_rate": 1.0, "clip_norm": 1.0,
+                        "freeze": ("Conv_0",)})
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  grads = {"Conv_0": {"kernel": jnp.full((2, 2), 100.0), "bias": jnp.zeros(2)},
+           "Dense_0": {"kernel": jnp.zeros((2, 2)), "bias": jnp.array([0.3, 0.4])}}
+  updates, _ = tx.update(grads, tx.init(FREEZE_PARAMS), FREEZE_PARAMS)
+  np.testing.assert_allclose(updates["Dense_0"]["bias"], [-0.3, -0.4], rtol=RTOL)
+  np.testing.assert_array_equal(updates["Conv_0"]["kernel"], 0.0)
+
+
+def test_freeze_pattern_matching_nothing_is_an_error():
+  config = make_config({"freeze": ("Conv_.*", "params/Dense_0/.*")})
+  with pytest.raises(JdlError, match=r"'params/Dense_0/\.\*'.*match no parameter"):
+    optim.check_freeze_patterns(config, FREEZE_PARAMS)
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  with pytest.raises(JdlError, match="match no parameter"):
+    tx.init(FREEZE_PARAMS)
+
+
+def test_freeze_invalid_regex_is_an_error():
+  config = make_config({"freeze": ("Conv_(",)})
+  with pytest.raises(JdlError, match=r"invalid regex 'Conv_\('"):
+    optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+
+
+# --------------------------------------------------------------- accumulation
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_multisteps_equals_one_step_on_mean_gradient(name):
+  overrides = {"name": name, "learning_rate": 0.1, "weight_decay": 0.01,
+               "clip_norm": 1.0}
+  tx2 = optim.create_optimizer(
+      make_config({**overrides, "accumulate_steps": 2}),
+      steps_per_epoch=2, num_epochs=1)
+  tx1 = optim.create_optimizer(make_config(overrides), steps_per_epoch=1,
+                               num_epochs=1)
+  params = {"Dense_0": {"kernel": jnp.asarray(W0, jnp.float32)}}
+  g1 = {"Dense_0": {"kernel": jnp.array([0.5, -1.0, 2.0])}}
+  g2 = {"Dense_0": {"kernel": jnp.array([1.5, 0.2, -0.4])}}
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+
+  state2 = tx2.init(params)
+  u_first, state2 = tx2.update(g1, state2, params)
+  chex.assert_trees_all_equal(u_first, jax.tree.map(jnp.zeros_like, params))
+  u_acc, state2 = tx2.update(g2, state2, params)
+  u_one, _ = tx1.update(mean, tx1.init(params), params)
+  chex.assert_trees_all_close(u_acc, u_one, rtol=RTOL, atol=ATOL)
+  assert int(optim.update_count(state2)) == 1
+
+
+# ---------------------------------------------------------- reduce on plateau
+
+
+def plateau_config(**plateau):
+  return make_config({"name": "sgd", "learning_rate": 0.1},
+                     plateau={"enabled": True, "patience": 2, "factor": 0.5,
+                              **plateau})
+
+
+def _lr_after_each_epoch(config, values):
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch=1, num_epochs=1)
+  state = tx.init({"kernel": jnp.zeros(2)})
+  advance = jax.jit(functools.partial(optim.update_plateau, config))
+  lrs = []
+  for value in values:
+    state = advance(state, value)
+    lrs.append(float(optim.current_learning_rate(state, lr_fn)))
+  return lrs
+
+
+@pytest.mark.parametrize(
+    "mode, values, scales",
+    [
+        # Flat: improvement at epoch 1 only; two epochs without improvement
+        # (patience 2) reduce the lr at epochs 3 and 5.
+        ("min", [1.0] * 6, [1, 1, 0.5, 0.5, 0.25, 0.25]),
+        ("min", [1.0, 0.9, 0.8, 0.7, 0.6, 0.5], [1] * 6),
+        ("min", [1.0, 1.0, 0.9, 0.9, 0.9, 0.9], [1, 1, 1, 1, 0.5, 0.5]),
+        ("max", [0.5, 0.6, 0.7, 0.8, 0.9, 0.95], [1] * 6),
+        ("max", [0.5] * 6, [1, 1, 0.5, 0.5, 0.25, 0.25]),
+        ("max", [0.5, 0.4, 0.3, 0.2, 0.1, 0.0], [1, 1, 0.5, 0.5, 0.25, 0.25]),
+    ],
+)
+def test_plateau_scales_lr_by_validation_metric(mode, values, scales):
+  lrs = _lr_after_each_epoch(plateau_config(mode=mode), values)
+  np.testing.assert_allclose(lrs, 0.1 * np.array(scales), rtol=1e-6)
+
+
+def test_plateau_cooldown_and_min_scale():
+  config = plateau_config(cooldown=1, min_scale=0.3)
+  lrs = _lr_after_each_epoch(config, [1.0] * 8)
+  # Reduce at epoch 3; epoch 4 is cooldown; count again at 5, 6 -> reduce at 6,
+  # clamped to min_scale.
+  np.testing.assert_allclose(lrs, 0.1 * np.array([1, 1, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3]),
+                             rtol=1e-6)
+
+
+def test_plateau_scales_updates_and_steps_do_not_advance_it():
+  config = plateau_config()
+  tx = optim.create_optimizer(config, steps_per_epoch=4, num_epochs=3)
+  params = {"kernel": jnp.zeros(2)}
+  grads = {"kernel": jnp.ones(2)}
+  state = tx.init(params)
+  assert isinstance(state, optim.PlateauState)
+  initial_plateau = state.plateau_state
+  step = jax.jit(chex.assert_max_traces(tx.update, n=1))
+  for _ in range(10):
+    updates, state = step(grads, state, params)
+  chex.assert_trees_all_equal(state.plateau_state, initial_plateau)
+  np.testing.assert_allclose(updates["kernel"], -0.1)
+
+  for value in [1.0, 1.0, 1.0]:
+    state = optim.update_plateau(config, state, value)
+  updates, state = step(grads, state, params)
+  np.testing.assert_allclose(updates["kernel"], -0.05)
+
+
+def test_update_plateau_is_a_noop_when_disabled():
+  config = make_config({"name": "adam"})
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  state = tx.init({"kernel": jnp.zeros(2)})
+  assert not isinstance(state, optim.PlateauState)
+  assert optim.update_plateau(config, state, 1.0) is state
+
+
+def test_current_learning_rate_with_accumulation():
+  config = make_config({"name": "adam", "learning_rate": 1.0, "accumulate_steps": 2},
+                       {"name": "step", "decay_every_epochs": 1.0, "factor": 0.5})
+  tx = optim.create_optimizer(config, steps_per_epoch=4, num_epochs=3)
+  lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch=4, num_epochs=3)
+  params = {"kernel": jnp.zeros(2)}
+  state = tx.init(params)
+  lrs = []
+  for _ in range(6):  # 6 micro-steps = 3 updates; 2 updates per epoch.
+    _, state = tx.update({"kernel": jnp.ones(2)}, state, params)
+    lrs.append(float(optim.current_learning_rate(state, lr_fn)))
+  np.testing.assert_allclose(lrs, [1.0, 1.0, 1.0, 0.5, 0.5, 0.5])
+
+
+# --------------------------------------------------------------------- errors
+
+
+def test_unknown_optimizer_lists_valid_names():
+  with pytest.raises(JdlError) as e:
+    optim.create_optimizer(make_config({"name": "adamm"}), steps_per_epoch=1,
+                           num_epochs=1)
+  assert str(e.value) == (
+      "unknown optimizer 'adamm'; valid names: adadelta, adagrad, adam, adamax,"
+      " adamw, momentum, nadam, nesterov, rmsprop, sgd")
+
+
+def test_unknown_schedule_lists_valid_names():
+  with pytest.raises(JdlError) as e:
+    optim.create_learning_rate_fn(make_config(schedule={"name": "cosin"}),
+                                  steps_per_epoch=1)
+  assert str(e.value) == (
+      "unknown schedule 'cosin'; valid names: constant, cosine, exponential,"
+      " linear, step, warmup_cosine")
+
+
+@pytest.mark.parametrize(
+    "optimizer, schedule, plateau, message",
+    [
+        ({"learning_rate": 0.0}, {}, {}, "optimizer.learning_rate must be > 0, got 0.0"),
+        ({"learning_rate": -1e-3}, {}, {}, "optimizer.learning_rate must be > 0"),
+        ({"accumulate_steps": 0}, {}, {}, "optimizer.accumulate_steps must be an integer >= 1, got 0"),
+        ({"accumulate_steps": 8}, {}, {}, r"steps_per_epoch \(4\) must be >= optimizer.accumulate_steps \(8\)"),
+        ({"weight_decay": -0.1}, {}, {}, "optimizer.weight_decay must be >= 0, got -0.1"),
+        ({"clip_norm": -1.0}, {}, {}, "optimizer.clip_norm must be >= 0"),
+        ({"momentum": 1.0}, {}, {}, r"optimizer.momentum must be in \[0, 1\), got 1.0"),
+        ({}, {"name": "exponential", "decay_rate": -0.5}, {}, "schedule.decay_rate must be in"),
+        ({}, {"name": "step", "factor": 1.5}, {}, "schedule.factor must be in"),
+        ({}, {"name": "step", "decay_every_epochs": -1.0}, {}, "schedule.decay_every_epochs must be >= 0"),
+        ({}, {"name": "linear", "tau_epochs": 0.0}, {}, "schedule.tau_epochs must be at least"),
+        ({}, {"name": "warmup_cosine", "warmup_epochs": 5.0}, {}, "schedule.warmup_epochs must be shorter"),
+        ({}, {}, {"enabled": True, "mode": "maximum"}, "reduce_on_plateau.mode must be 'min' or 'max'"),
+        ({}, {}, {"enabled": True, "factor": 1.0}, r"reduce_on_plateau.factor must be in \(0, 1\)"),
+        ({}, {}, {"enabled": True, "patience": 0}, "reduce_on_plateau.patience must be"),
+        ({}, {}, {"enabled": True, "mode": "max", "rtol": 1e-3}, "rtol must be 0 with mode='max'"),
+    ],
+)
+def test_invalid_values_name_key_and_value(optimizer, schedule, plateau, message):
+  config = make_config(optimizer, schedule, plateau)
+  with pytest.raises(JdlError, match=message):
+    optim.create_optimizer(config, steps_per_epoch=4, num_epochs=5)
+
+
+def test_cosine_needs_num_epochs():
+  with pytest.raises(JdlError, match="num_epochs"):
+    optim.create_learning_rate_fn(make_config(schedule={"name": "cosine"}),
+                                  steps_per_epoch=4)
