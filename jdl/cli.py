@@ -125,8 +125,20 @@ def _list(args, overrides) -> int:
   return 0
 
 
+def _quiet_library_logs() -> None:
+  """orbax and absl log routine warnings at WARNING level; a CLI user needs none."""
+  import logging
+  try:
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.ERROR)
+  except ImportError:
+    pass
+  logging.getLogger("absl").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
+  _quiet_library_logs()
   parser = _parser()
   try:
     rest, overrides = _split_overrides(argv)

@@ -9,6 +9,7 @@ from typing import Any
 import jax
 
 _TRAINABLE = "params"
+_LEAF_ORDER = {"kernel": 0, "scale": 1, "bias": 2, "mean": 3, "var": 4}
 
 
 def _size(leaf: Any) -> int:
@@ -29,9 +30,17 @@ def count_params(params: Any) -> int:
 
 def _layers(tree: Mapping[str, Any], prefix: str = ""
             ) -> Iterator[tuple[str, list[tuple[str, tuple[int, ...]]]]]:
-  """Yields ``(layer path, [(leaf name, shape), ...])`` in definition order."""
-  leaves = [(k, tuple(getattr(v, "shape", ()))) for k, v in tree.items()
-            if not isinstance(v, Mapping)]
+  """Yields ``(layer path, [(leaf name, shape), ...])``.
+
+  Layers come in the order of ``tree``: definition order from ``model.init``, sorted
+  after a round trip through ``jax.tree`` functions (e.g. ``jax.eval_shape``).
+  Leaves come in a fixed order (kernel, scale, bias, mean, var, then the rest) so
+  that both give the same rows.
+  """
+  leaves = sorted(
+      ((k, tuple(getattr(v, "shape", ()))) for k, v in tree.items()
+       if not isinstance(v, Mapping)),
+      key=lambda leaf: _LEAF_ORDER.get(leaf[0], len(_LEAF_ORDER)))
   if leaves:
     yield prefix or "(root)", leaves
   for key, value in tree.items():

@@ -15,6 +15,12 @@ B = 6
 RTOL, ATOL = 1e-5, 1e-6
 
 
+@pytest.fixture(autouse=True)
+def _strict_promotion():
+  with jax.numpy_dtype_promotion("strict"):
+    yield
+
+
 # ---------------------------------------------------------------------------
 # numpy references, written from the textbook formulas.
 

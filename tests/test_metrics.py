@@ -147,16 +147,15 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def batches(s: Split, loss: np.ndarray, sizes, *, pad_to, float_mask=False):
-  """Yields (outputs, targets, mask, loss) batches of the given sizes."""
+  """Yields (outputs, targets, mask, loss) batches of ``sizes``, padded."""
   start = 0
   for size in sizes:
     part = slice(start, start + size)
     start += size
-    width = pad_to
-    mask = np.arange(width) < size
-    yield (_pad(s.outputs[part], width), _pad(s.targets[part], width),
+    mask = np.arange(pad_to) < size
+    yield (_pad(s.outputs[part], pad_to), _pad(s.targets[part], pad_to),
            mask.astype(np.float32) if float_mask else mask,
-           _pad(loss[part], width))
+           _pad(loss[part], pad_to))
   assert start == N
 
 
@@ -200,6 +199,32 @@ def test_merged_batches_equal_sklearn_on_whole_split(
   for name in want:
     np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=ATOL,
                                err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "names, num_classes, split",
+    [(("accuracy", "top2_accuracy") + MACRO, 4, multiclass(4)),
+     (REGRESSION, None, regression((N, 2), (N, 2), offset=10.0))],
+    ids=["classification", "regression"],
+)
+def test_merge_in_scan_from_zeros_shaped_like_a_batch(names, num_classes, split):
+  """The trainer's pattern: a zero state from eval_shape, merged in lax.scan."""
+  loss = np.random.default_rng(9).random(N).astype(np.float32)
+  xs = [np.stack(parts) for parts in zip(*batches(split, loss, **LAYOUTS["fixed"]))]
+  step = functools.partial(metrics.from_outputs, names, num_classes=num_classes)
+
+  def body(acc, batch):
+    outputs, targets, mask, per_example = batch
+    return metrics.merge(acc, step(outputs, targets, mask, loss=per_example)), None
+
+  shapes = jax.eval_shape(lambda b: step(*b[:3], loss=b[3]), [x[0] for x in xs])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  state = jax.jit(lambda acc, xs: jax.lax.scan(body, acc, xs)[0])(zeros, xs)
+  got = metrics.compute(names, state)
+  for name in names:
+    np.testing.assert_allclose(got[name], reference(name, split), rtol=RTOL,
+                               atol=ATOL, err_msg=name)
+  np.testing.assert_allclose(got["loss"], loss.mean(), rtol=RTOL)
 
 
 def test_from_outputs_jit_equals_eager():

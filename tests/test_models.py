@@ -25,7 +25,8 @@ def _strict_promotion():
 
 
 def _init(model, shape):
-  return model.init(KEY, jnp.zeros(shape, jnp.float32))
+  # Jitted: one compilation is cheaper than running each op eagerly on CPU.
+  return jax.jit(model.init)(KEY, jnp.zeros(shape, jnp.float32))
 
 
 def _abstract_init(model, shape):
@@ -70,33 +71,55 @@ SHAPE_CASES = [
     "name,fields,shape,has_bn", SHAPE_CASES,
     ids=[f"{c[0]}-{i}" for i, c in enumerate(SHAPE_CASES)])
 def test_output_shapes(name, fields, shape, has_bn):
+  # Traced, not run: shape errors surface in tracing, and running every model
+  # eagerly on CPU would take minutes. test_forward_runs executes a few.
+  model = create_model({"name": name, **fields}, num_outputs=3)
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(model.init, KEY, x)
+  assert ("batch_stats" in variables) == has_bn
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+
+  y = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  chex.assert_shape(y, (shape[0], 3))
+
+  y, updates = jax.eval_shape(
+      lambda v, x: model.apply(v, x, train=True, rngs={"dropout": KEY},
+                               mutable=["batch_stats"]), variables, x)
+  chex.assert_shape(y, (shape[0], 3))
+  assert y.dtype == jnp.float32
+  if has_bn:
+    chex.assert_trees_all_equal_shapes_and_dtypes(updates["batch_stats"],
+                                                  variables["batch_stats"])
+
+
+@pytest.mark.parametrize("index", [1, 3, 5, 6, 10])
+def test_forward_runs(index):
+  name, fields, shape, has_bn = SHAPE_CASES[index]
   model = create_model({"name": name, **fields}, num_outputs=3)
   x = jax.random.normal(KEY, shape)
-  variables = model.init(KEY, x)
-  assert ("batch_stats" in variables) == has_bn
-  chex.assert_trees_all_equal_dtypes(
-      variables["params"],
-      jax.tree.map(lambda p: jnp.zeros((), jnp.float32), variables["params"]))
+  variables = jax.jit(model.init)(KEY, x)
 
-  y = model.apply(variables, x, train=False)
-  chex.assert_shape(y, (shape[0], 3))
-  chex.assert_tree_all_finite(y)
+  @jax.jit
+  def forward(variables, x, key):
+    y_eval = model.apply(variables, x, train=False)
+    y_train, updates = model.apply(variables, x, train=True,
+                                   rngs={"dropout": key}, mutable=["batch_stats"])
+    return y_eval, y_train, updates
 
-  y, updates = model.apply(variables, x, train=True,
-                           rngs={"dropout": jax.random.key(1)},
-                           mutable=["batch_stats"])
-  chex.assert_shape(y, (shape[0], 3))
-  chex.assert_tree_all_finite(y)
-  if has_bn:
-    chex.assert_trees_all_equal_structs(updates["batch_stats"],
-                                        variables["batch_stats"])
+  y_eval, y_train, updates = forward(variables, x, jax.random.key(1))
+  chex.assert_shape([y_eval, y_train], (shape[0], 3))
+  chex.assert_tree_all_finite((y_eval, y_train, updates))
+  if has_bn:  # Training moved the running averages off their initial values.
+    assert not np.allclose(updates["batch_stats"]["bn_0"]["mean"], 0)
 
 
 def test_compute_dtype():
   model = models.MLP(3, hidden=(8,), dtype=jnp.bfloat16)
-  variables = _init(model, (2, 4))
+  variables = _abstract_init(model, (2, 4))
   assert variables["params"]["hidden_0"]["kernel"].dtype == jnp.float32
-  assert model.apply(variables, jnp.ones((2, 4))).dtype == jnp.bfloat16
+  y = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((2, 4),
+                                                                  jnp.float32))
+  assert y.dtype == jnp.bfloat16
 
 
 # Parameter counts against hand-written formulas.
@@ -162,12 +185,14 @@ def test_resnet20_is_027m():
 
 def test_conv1d_path():
   model = models.CNN(2, features=(4, 6), kernel_size=5, dense=())
-  variables = _init(model, (3, 20, 2))
+  variables = _abstract_init(model, (3, 20, 2))
   chex.assert_shape(variables["params"]["conv_0"]["kernel"], (5, 2, 4))
   chex.assert_shape(variables["params"]["conv_1"]["kernel"], (5, 4, 6))
   # 20 -> pool 10 -> pool 5, times 6 channels.
   chex.assert_shape(variables["params"]["mlp"]["head"]["kernel"], (5 * 6, 2))
-  chex.assert_shape(model.apply(variables, jnp.ones((3, 20, 2))), (3, 2))
+  y = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((3, 20, 2),
+                                                                   jnp.float32))
+  chex.assert_shape(y, (3, 2))
 
 
 # Errors.
@@ -202,8 +227,9 @@ def test_conv1d_path():
     (lambda: get_initializer("nope"), r"unknown initializer 'nope'; valid names: "),
     (lambda: get_initializer("zeros", 0.1), r"takes no scale"),
     (lambda: get_initializer("normal", -1.0), r"init_scale must be a positive"),
-    (lambda: _init(models.CNN(2), (2, 16)), r"needs \[batch, length, channels\]"),
-    (lambda: _init(models.CNN(2, features=(4, 4, 4)), (1, 4, 4, 1)),
+    (lambda: _abstract_init(models.CNN(2), (2, 16)),
+     r"needs \[batch, length, channels\]"),
+    (lambda: _abstract_init(models.CNN(2, features=(4, 4, 4)), (1, 4, 4, 1)),
      r"smaller than the pooling window"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_errors(make, match):
@@ -237,7 +263,7 @@ def test_dropout_train_expectation_is_identity():
     return state["intermediates"]["Dropout_0"]["__call__"][0]
 
   keys = jax.random.split(jax.random.key(1), samples)
-  drops = np.asarray(jax.vmap(dropped)(keys))  # [samples, 4, 64]
+  drops = np.asarray(jax.jit(jax.vmap(dropped))(keys))  # [samples, 4, 64]
   _, state = model.apply(variables, x, capture_intermediates=True,
                          mutable=["intermediates"])
   h = np.asarray(jax.nn.relu(state["intermediates"]["hidden_0"]["__call__"][0]))
