@@ -42,7 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.download = True  # Fetch missing MNIST-family files from the standard mirrors.
   c.test_split = 0.2  # For sources without their own test split.
   c.validation_split = 0.1  # Fraction of the train split held out for validation.
-  c.normalize = "featurewise"  # 'featurewise' (train-split mean/std), 'none'.
+  # 'featurewise' (per-feature train-split mean/std), 'global' (one mean/std over
+  # all train values: images), 'none'.
+  c.normalize = "featurewise"
   c.n_samples = 0  # Synthetic sources (moons, circles, blobs, xor): 0 = default.
   c.noise = -1.0  # Synthetic sources: < 0 = default.
 

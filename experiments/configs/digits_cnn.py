@@ -13,6 +13,7 @@ def get_config():
   config.dataset = "digits"
   config.test_split = 0.2
   config.validation_split = 0.1
+  config.normalize = "global"
   config.model.name = "cnn"
   config.model.features = (32, 64)
   config.model.kernel_size = 3

@@ -12,6 +12,7 @@ def get_config():
   config.description = "LeNet-5 (61,706 parameters) on MNIST"
   config.dataset = "mnist"
   config.validation_split = 1 / 12
+  config.normalize = "global"
   config.model.name = "lenet5"
   config.model.activation = "relu"
   config.model.pool = "max"

@@ -12,6 +12,7 @@ def get_config():
   config.description = "CNN conv32-pool-conv64-pool-dense128 with dropout on MNIST"
   config.dataset = "mnist"
   config.validation_split = 1 / 12
+  config.normalize = "global"
   config.model.name = "cnn"
   config.model.features = (32, 64)
   config.model.kernel_size = 3

@@ -12,6 +12,7 @@ def get_config():
   config.description = "MLP 784-512-512-10 with dropout on MNIST"
   config.dataset = "mnist"
   config.validation_split = 1 / 12  # 5,000 of 60,000.
+  config.normalize = "global"
   config.model.name = "mlp"
   config.model.hidden = (512, 512)
   config.model.dropout_rate = 0.2

@@ -34,7 +34,7 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
-  """Featurewise standardisation with statistics of the train split only."""
+  """Standardisation with statistics of the train split only."""
   mean: np.ndarray
   std: np.ndarray
 
@@ -45,6 +45,13 @@ class Normalizer:
     # Constant features (e.g. MNIST's border pixels) are centred, not blown up.
     std = np.where(std < 1e-6, 1.0, std)
     return cls(mean.astype(np.float32), std.astype(np.float32))
+
+  @classmethod
+  def fit_global(cls, x: np.ndarray) -> Normalizer:
+    """One mean and std over all train values (the usual choice for images)."""
+    shape = x.shape[1:]
+    mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64)) or 1.0
+    return cls(np.full(shape, mean, np.float32), np.full(shape, std, np.float32))
 
   @classmethod
   def identity(cls, shape: tuple[int, ...]) -> Normalizer:

@@ -23,7 +23,7 @@ POOLS = ("max", "avg", "none")
 
 
 def spatial_ndim(x: jax.Array) -> int:
-  """Returns 1 for ``[batch, length, channels]``, 2 for ``[batch, height, width, channels]``.
+  """The number of spatial axes: 1 for ``[batch, length, channels]``, 2 for NHWC.
 
   Raises:
     JdlError: any other rank.

@@ -40,6 +40,7 @@ from jdl.train import plots
 from jdl.train import steps as steps_lib
 from jdl.train.state import TrainState, create_train_state
 
+_NORMALIZERS = ("featurewise", "global", "none")
 _CE_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 
 
@@ -138,8 +139,9 @@ class Trainer:
       raise JdlError(f"task must be 'classification' or 'regression', got {config.task!r}")
     if config.epoch_mode not in ("auto", "step", "scan"):
       raise JdlError(f"epoch_mode must be 'auto', 'step' or 'scan', got {config.epoch_mode!r}")
-    if config.normalize not in ("featurewise", "none"):
-      raise JdlError(f"normalize must be 'featurewise' or 'none', got {config.normalize!r}")
+    if config.normalize not in _NORMALIZERS:
+      raise JdlError(f"normalize must be one of {', '.join(_NORMALIZERS)}, got "
+                     f"{config.normalize!r}")
     if config.checkpoint_every_steps < 0:
       raise JdlError(f"checkpoint_every_steps must be >= 0, got {config.checkpoint_every_steps}")
 
@@ -165,8 +167,12 @@ class Trainer:
                                     y_test=as_2d(dataset.y_test))
     x_tr, y_tr, x_val, y_val = pipeline.split_validation(
         dataset.x_train, dataset.y_train, float(config.validation_split), int(config.seed))
-    norm = (pipeline.Normalizer.fit(x_tr) if config.normalize == "featurewise"
-            else pipeline.Normalizer.identity(x_tr.shape[1:]))
+    if config.normalize == "featurewise":
+      norm = pipeline.Normalizer.fit(x_tr)
+    elif config.normalize == "global":
+      norm = pipeline.Normalizer.fit_global(x_tr)
+    else:
+      norm = pipeline.Normalizer.identity(x_tr.shape[1:])
     self.normalizer = norm
 
     def put(x, y):
@@ -491,8 +497,11 @@ class Trainer:
 
   def predict(self, x: np.ndarray, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split)."""
+    return self.predict_normalized(jnp.asarray(self.normalizer(np.asarray(x, np.float32))), state)
+
+  def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
+    """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
     state = self.state if state is None else state
-    x = jnp.asarray(self.normalizer(np.asarray(x, np.float32)))
     idx, _ = pipeline.eval_batch_indices(len(x), self.eval_batch_size)
     outs = [np.asarray(self._predict(state, x[i])) for i in idx]
     return np.concatenate(outs)[: len(x)]

@@ -1,0 +1,212 @@
+"""The `jdl` command: smoke runs, evaluate/export/list, and every bad input.
+
+Bad input must give exit status 2, one `jdl: error: ...` line naming the problem,
+no traceback, and leave everything already in the workdir untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jdl import cli
+
+from conftest import REPO
+
+FAST = ["--config.num_epochs=1", "--config.tensorboard=false", "--config.plots=false",
+        "--config.model.features=(8,)", "--config.model.dense=(16,)"]
+
+
+def run_cli(*args, capsys):
+  code = cli.main([str(a) for a in args])
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A finished default-experiment run (digits_cnn, one small epoch)."""
+  workdir = tmp_path_factory.mktemp("run")
+  assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST]) == 0
+  return workdir
+
+
+def test_train_smoke_writes_the_workdir(trained):
+  for name in ("config.json", "metrics.jsonl", "summary.txt", "checkpoints"):
+    assert (trained / name).exists()
+  last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+  assert last["split"] == "test" and 0.0 <= last["accuracy"] <= 1.0
+
+
+def test_evaluate_prints_one_json_line(trained, capsys):
+  code, out, _ = run_cli("evaluate", "--workdir", trained, *FAST, capsys=capsys)
+  assert code == 0
+  lines = out.strip().splitlines()
+  assert len(lines) == 1
+  metrics = json.loads(lines[0])
+  assert {"loss", "accuracy", "macro_f1"} <= set(metrics)
+
+
+def test_export_writes_flat_npz(trained, tmp_path, capsys):
+  out_file = tmp_path / "params.npz"
+  code, _, _ = run_cli("export", "--workdir", trained, "--out", out_file, capsys=capsys)
+  assert code == 0
+  with np.load(out_file, allow_pickle=False) as params:
+    assert "conv_0/kernel" in params.files
+    assert params["conv_0/kernel"].shape == (3, 3, 1, 8)
+
+
+def test_list_names_every_experiment(capsys):
+  code, out, _ = run_cli("list", capsys=capsys)
+  assert code == 0
+  for name in ("xor", "linear_regression", "iris", "digits_mlp", "digits_cnn", "mnist_mlp",
+               "mnist_cnn", "lenet5_mnist"):
+    assert name in out
+  assert "default" in out
+
+
+def test_help_is_complete(capsys):
+  for args in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["export", "--help"],
+               ["list", "--help"]):
+    with pytest.raises(SystemExit) as e:
+      cli.main(args)
+    assert e.value.code == 0
+  out = capsys.readouterr().out
+  for word in ("--workdir", "--config", "--out", "--quiet", "--config.KEY=VALUE"):
+    assert word in out
+
+
+def _npz(path, **arrays):
+  np.savez(path, **arrays)
+  return path
+
+
+def _bad_inputs(tmp: Path):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 4)).astype(np.float32)
+  y = (np.arange(40) % 3).astype(np.int64)
+  nan_x = x.copy()
+  nan_x[3, 1] = np.nan
+  idx_dir = tmp / "idx"
+  idx_dir.mkdir()
+  for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte"):
+    (idx_dir / name).write_bytes(b"\x00\x00\x08\x03 not an idx file")
+  corrupt = tmp / "corrupt.npz"
+  corrupt.write_bytes(b"PK\x03\x04 truncated zip")
+  mlp = ["--config", "iris"]
+  return {
+      # name: (args, words the error must contain)
+      "unknown key": (["--config.learning_rate=0.1"], ["learning_rate"]),
+      "unknown optimizer": (["--config.optimizer.name=adamm"], ["adamm", "adam", "sgd"]),
+      "unknown schedule": (["--config.schedule.name=cosin"], ["cosin", "cosine"]),
+      "unknown activation": (["--config.model.activation=relux"], ["relux", "relu"]),
+      "unknown dataset": (["--config.dataset=mnits"], ["mnits", "mnist"]),
+      "unknown model field": (["--config.model.widht=3"], ["widht"]),
+      "bad value type": (["--config.num_epochs=ten"], ["num_epochs", "ten"]),
+      "batch size zero": (["--config.batch_size=0"], ["batch_size"]),
+      "batch size negative": (["--config.batch_size=-4"], ["batch_size"]),
+      "batch larger than data": (["--config.batch_size=100000"], ["batch_size", "100000"]),
+      "missing config file": (["--config", tmp / "nope.py"], ["nope.py"]),
+      "nan in inputs": ([*mlp, "--config.dataset=npz", f"--config.data_dir={_npz(tmp / 'nan.npz', x=nan_x, y=y)}"],
+                        ["NaN"]),
+      "labels out of range": ([*mlp, "--config.dataset=npz",
+                               f"--config.data_dir={_npz(tmp / 'neg.npz', x=x, y=y - 1)}"], ["label"]),
+      "empty dataset": ([*mlp, "--config.dataset=npz",
+                         f"--config.data_dir={_npz(tmp / 'empty.npz', x=x[:0], y=y[:0])}"], ["empty"]),
+      "wrong dtype": ([*mlp, "--config.dataset=npz",
+                       f"--config.data_dir={_npz(tmp / 'str.npz', x=x.astype(str), y=y)}"], ["str.npz"]),
+      "wrong input shape": (["--config.dataset=npz",
+                             f"--config.data_dir={_npz(tmp / 'flat.npz', x=x, y=y)}"], ["shape"]),
+      "corrupt npz": ([*mlp, "--config.dataset=npz", f"--config.data_dir={corrupt}"], ["corrupt.npz"]),
+      "missing idx files": ([*mlp, "--config.dataset=mnist", f"--config.data_dir={tmp / 'none'}",
+                             "--config.download=false"], ["train-images-idx3-ubyte"]),
+      "corrupt idx files": ([*mlp, "--config.dataset=mnist", f"--config.data_dir={idx_dir}"],
+                            ["ubyte"]),
+  }
+
+
+def test_bad_inputs_give_one_line_and_exit_2_and_keep_the_workdir(trained, tmp_path, capsys):
+  before = _snapshot(trained)
+  failures = []
+  for name, (args, words) in _bad_inputs(tmp_path).items():
+    code, out, err = run_cli("train", "--workdir", trained, "--quiet", *args, capsys=capsys)
+    lines = err.strip().splitlines()
+    ok = (code == 2 and len(lines) == 1 and lines[0].startswith("jdl: error: ")
+          and "Traceback" not in err and all(w.lower() in err.lower() for w in words))
+    if not ok:
+      failures.append(f"{name}: code={code} err={err!r}")
+  assert not failures, "\n".join(failures)
+  assert _snapshot(trained) == before
+
+
+def test_changed_model_refuses_to_resume(trained, capsys):
+  code, _, err = run_cli("train", "--workdir", trained, *FAST[:-1], "--config.model.dense=(32,)",
+                         capsys=capsys)
+  assert code == 2
+  assert "model.dense" in err
+
+
+def _env():
+  env = dict(os.environ)
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def test_cli_process_exit_code_for_bad_input(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(tmp_path),
+                         "--config.optimizer.name=adamm"], capture_output=True, text=True,
+                        env=_env(), timeout=120)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+  assert proc.stderr.startswith("jdl: error: unknown optimizer 'adamm'")
+  assert not any(tmp_path.iterdir())
+
+
+def test_sigkill_mid_epoch_then_rerun_is_bitwise_equal(tmp_path):
+  """A real process killed with SIGKILL between checkpoints resumes exactly."""
+  args = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=8",
+          "--config.checkpoint_every_steps=5", "--config.tensorboard=false",
+          "--config.plots=false"]
+
+  def train(workdir, **kw):
+    return subprocess.Popen([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir),
+                             *args], env=_env(), **kw)
+
+  assert train(tmp_path / "full").wait(timeout=300) == 0
+  proc = train(tmp_path / "killed")
+  ckpts = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = [p for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
+    if len(steps) >= 4:  # Past epoch 1 (40 steps an epoch: 5, 10, ..., 40, 45, ...).
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "training finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert train(tmp_path / "killed").wait(timeout=300) == 0
+
+  def exported(workdir):
+    out = workdir / "params.npz"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    return np.load(out)
+
+  a, b = exported(tmp_path / "full"), exported(tmp_path / "killed")
+  assert sorted(a.files) == sorted(b.files)
+  for k in a.files:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -1,0 +1,179 @@
+"""The training engine: learning, determinism, exact resume, callbacks, workdir."""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jdl
+from jdl.train import callbacks as cb
+from jdl.train import loop
+
+from conftest import make_config
+
+
+def _params(result):
+  return jax.device_get(result.state.params)
+
+
+def test_fit_learns_digits_in_memory():
+  result = jdl.fit(make_config(num_epochs=4, optimizer__learning_rate=3e-3), quiet=True)
+  assert result.workdir is None
+  assert result.test_metrics["accuracy"] > 0.9
+  assert len(result.history["loss"]) == 4
+  assert result.history["loss"][-1] < result.history["loss"][0]
+  # 1,797 digits: 360 test, 144 val, 1,293 train = 20 full batches of 64.
+  assert int(result.state.step) == 4 * (1293 // 64)
+
+
+def test_same_seed_is_bitwise_identical_and_seed_matters():
+  config = make_config(model__dropout_rate=0.3)
+  a = jdl.fit(config, quiet=True)
+  b = jdl.fit(config, quiet=True)
+  chex.assert_trees_all_equal(_params(a), _params(b))
+  c = jdl.fit(make_config(model__dropout_rate=0.3, seed=1), quiet=True)
+  assert not np.array_equal(jax.tree.leaves(_params(a))[0], jax.tree.leaves(_params(c))[0])
+
+
+def test_scan_and_step_modes_agree():
+  step = jdl.fit(make_config(epoch_mode="step"), quiet=True)
+  scan = jdl.fit(make_config(epoch_mode="scan", scan_chunk=5), quiet=True)
+  np.testing.assert_allclose(step.history["loss"], scan.history["loss"], rtol=1e-5)
+  chex.assert_trees_all_close(_params(step), _params(scan), rtol=1e-4, atol=1e-6)
+
+
+class _Crash(cb.Callback):
+  """Simulates a crash (an exception) once training reaches ``at_step``."""
+
+  def __init__(self, at_step):
+    self.at_step = at_step
+
+  def on_steps_end(self, trainer, step, num_steps):
+    if step >= self.at_step:
+      raise KeyboardInterrupt("simulated crash")
+
+
+@pytest.mark.parametrize("mode", ["step", "scan"])
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, mode):
+  # 1,293 train examples / batch 64 = 20 steps an epoch; checkpoints every 6 steps.
+  config = make_config(num_epochs=3, checkpoint_every_steps=6, epoch_mode=mode, scan_chunk=3,
+                       model__dropout_rate=0.2, optimizer__name="momentum",
+                       schedule__name="cosine")
+  full = jdl.fit(config, tmp_path / "full", quiet=True)
+
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(config, tmp_path / "resumed", quiet=True, callbacks=[_Crash(at_step=33)])
+  saved = sorted(int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert saved[-1] == 32  # Mid-epoch 2 (batch 12 of 20): 20 + 2 * 6.
+  resumed = jdl.fit(config, tmp_path / "resumed", quiet=True)
+
+  chex.assert_trees_all_equal(_params(full), _params(resumed))
+  chex.assert_trees_all_equal(jax.device_get(full.state.opt_state),
+                              jax.device_get(resumed.state.opt_state))
+
+  def lines(run):
+    drop = {"epoch_seconds", "samples_per_sec", "compile_seconds"}
+    return [{k: v for k, v in json.loads(line).items() if k not in drop}
+            for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+  assert lines("full") == lines("resumed")
+
+
+def test_rerun_of_finished_workdir_trains_no_more(tmp_path):
+  config = make_config(num_epochs=1)
+  first = jdl.fit(config, tmp_path, quiet=True)
+  again = jdl.fit(config, tmp_path, quiet=True)
+  chex.assert_trees_all_equal(_params(first), _params(again))
+  assert int(again.state.step) == int(first.state.step)
+
+
+def test_workdir_layout_and_metrics_lines(tmp_path):
+  config = make_config(tensorboard=True, plots=True, metrics=("accuracy", "macro_f1"))
+  jdl.fit(config, tmp_path, quiet=True)
+  for name in ("config.json", "metrics.jsonl", "summary.txt", "checkpoints", "tb", "plots"):
+    assert (tmp_path / name).exists(), name
+  assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+  assert (tmp_path / "plots" / "loss.png").stat().st_size > 1000
+  assert (tmp_path / "plots" / "accuracy.png").exists()
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["split"] for r in records] == ["train", "val", "train", "val", "test"]
+  for r in records:
+    assert {"step", "epoch", "split", "loss", "accuracy", "macro_f1"} <= set(r)
+  train = [r for r in records if r["split"] == "train"]
+  assert all(r["samples_per_sec"] > 0 and r["epoch_seconds"] > 0 for r in train)
+  assert json.loads((tmp_path / "config.json").read_text())["dataset"] == "digits"
+  summary = (tmp_path / "summary.txt").read_text()
+  assert "Total" in summary and "digits" in summary
+
+
+def test_eval_metrics_are_exact_with_a_padded_last_batch():
+  trainer = loop.Trainer(make_config(eval_batch_size=7), quiet=True)
+  padded = trainer.evaluate_split(trainer.data.test)  # 360 = 51 * 7 + 3.
+  logits = trainer.predict_normalized(trainer.data.test.x)
+  labels = np.asarray(trainer.data.test.y)
+  assert padded["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels), abs=1e-12)
+  log_probs = jax.nn.log_softmax(jnp.asarray(logits, jnp.float64 if jax.config.x64_enabled
+                                             else jnp.float32))
+  ref_loss = -np.mean(np.take_along_axis(np.asarray(log_probs), labels[:, None], 1))
+  assert padded["loss"] == pytest.approx(ref_loss, rel=1e-5)
+
+
+def test_early_stopping_stops_and_restores_best():
+  # A learning rate this large makes the validation loss worsen quickly.
+  config = make_config(num_epochs=30, optimizer__learning_rate=0.5, optimizer__name="sgd",
+                       early_stopping__enabled=True, early_stopping__patience=1)
+  result = jdl.fit(config, quiet=True)
+  epochs = len(result.history["val_loss"])
+  assert epochs < 30
+  best = int(np.nanargmin(result.history["val_loss"]))
+  assert epochs - 1 - best == 2  # Stopped after patience + 1 epochs without improvement.
+
+
+def test_reduce_on_plateau_lowers_the_learning_rate():
+  config = make_config(num_epochs=6, optimizer__learning_rate=1e-9,
+                       reduce_on_plateau__enabled=True, reduce_on_plateau__patience=1,
+                       reduce_on_plateau__factor=0.5, reduce_on_plateau__atol=1e-3)
+  result = jdl.fit(config, quiet=True)
+  lrs = result.history["learning_rate"]
+  assert lrs[0] == pytest.approx(1e-9)
+  assert lrs[-1] < lrs[0] / 3  # At least two halvings on a flat validation loss.
+
+
+def test_terminate_on_nan_stops_without_a_checkpoint(tmp_path):
+  config = make_config(num_epochs=3, optimizer__name="sgd", optimizer__learning_rate=1e12,
+                       normalize="none")
+  result = jdl.fit(config, tmp_path, quiet=True)
+  assert not np.isfinite(result.history["loss"][0])
+  assert len(result.history["loss"]) == 1
+  assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_evaluate_restores_the_best_checkpoint(tmp_path):
+  config = make_config(num_epochs=2, monitor="val_accuracy", monitor_mode="max")
+  result = jdl.fit(config, tmp_path, quiet=True)
+  metrics = jdl.evaluate(config, tmp_path)
+  assert set(metrics) == {"loss", "accuracy"}
+  best_epoch = int(np.argmax(result.history["val_accuracy"]))
+  if best_epoch == len(result.history["val_accuracy"]) - 1:
+    assert metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+
+
+def test_l2_penalty_shrinks_kernels():
+  plain = jdl.fit(make_config(num_epochs=3), quiet=True)
+  l2 = jdl.fit(make_config(num_epochs=3, optimizer__l2=1e-2), quiet=True)
+  norm = lambda r: sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(r.state.params))  # noqa: E731
+  assert norm(l2) < norm(plain)
+
+
+def test_regression_task_on_linear_data():
+  config = make_config(dataset="linear", task="regression", loss="mse", metrics=("mse", "r2"),
+                       model__hidden=(), batch_size=32, num_epochs=30, normalize="none",
+                       optimizer__learning_rate=0.05, monitor="")
+  result = jdl.fit(config, quiet=True)
+  assert result.test_metrics["r2"] > 0.95
