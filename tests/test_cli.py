@@ -130,7 +130,7 @@ def _bad_inputs(tmp: Path):
                          f"--config.data_dir={_npz(tmp / 'empty.npz', x=x[:0], y=y[:0])}"], ["empty"]),
       "wrong dtype": ([*mlp, "--config.dataset=npz",
                        f"--config.data_dir={_npz(tmp / 'str.npz', x=x.astype(str), y=y)}"], ["str.npz"]),
-      "wrong input shape": (["--config.dataset=npz",
+      "wrong input shape": (["--config.dataset=npz", "--config.batch_size=8",
                              f"--config.data_dir={_npz(tmp / 'flat.npz', x=x, y=y)}"], ["shape"]),
       "corrupt npz": ([*mlp, "--config.dataset=npz", f"--config.data_dir={corrupt}"], ["corrupt.npz"]),
       "missing idx files": ([*mlp, "--config.dataset=mnist", f"--config.data_dir={tmp / 'none'}",

@@ -294,6 +294,9 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
           f"npz file {path}: array {key!r} has shape {a.shape}; x needs one row per "
           "example, [N, ...] (reshape 1-D inputs to [N, 1])"
       )
+  if len(arrays["x"]) == 0 or len(arrays["y"]) == 0:
+    raise JdlError(f"npz file {path}: the dataset is empty (x has {len(arrays['x'])} rows, "
+                   f"y has {len(arrays['y'])})")
   if "x_test" in arrays and arrays["x_test"].shape[1:] != arrays["x"].shape[1:]:
     raise JdlError(
         f"npz file {path}: x_test has examples of shape {arrays['x_test'].shape[1:]} but "
