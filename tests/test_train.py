@@ -91,6 +91,8 @@ def test_rerun_of_finished_workdir_trains_no_more(tmp_path):
   again = jdl.fit(config, tmp_path, quiet=True)
   chex.assert_trees_all_equal(_params(first), _params(again))
   assert int(again.state.step) == int(first.state.step)
+  splits = [json.loads(line)["split"] for line in (tmp_path / "metrics.jsonl").open()]
+  assert splits == ["train", "val", "test"]
 
 
 def test_workdir_layout_and_metrics_lines(tmp_path):

@@ -155,11 +155,12 @@ class MetricsLogger(Callback):
     self.path = Path(path)
 
   def truncate_after(self, step: int) -> None:
-    """Drops lines past ``step`` (they will be written again by the resumed run)."""
+    """Drops lines past ``step`` and test lines: the resumed run writes them again."""
     if not self.path.exists():
       return
-    kept = [line for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    kept = [json.dumps(r, allow_nan=True) for r in records
+            if r.get("step", 0) <= step and r.get("split") != "test"]
     tmp = self.path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(self.path)

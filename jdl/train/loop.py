@@ -53,11 +53,13 @@ class FitResult:
     history: per-epoch logs, e.g. ``history['val_accuracy'][epoch]``.
     test_metrics: metrics on the test split (``{}`` when there is none).
     workdir: where checkpoints, logs and plots went (``None`` if nowhere).
+    trainer: the :class:`Trainer` that produced it (its data, model, steps).
   """
   state: TrainState
   history: dict[str, list[float]]
   test_metrics: dict[str, float]
   workdir: Path | None
+  trainer: Trainer = dataclasses.field(repr=False, default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +127,8 @@ class Trainer:
     self._compile()
 
     self.history: dict[str, list[float]] = {}
+    self.epoch_rates: list[float] = []  # Train samples/s of each epoch run here.
+    self.compile_seconds = 0.0
     self.callbacks = self._make_callbacks(callbacks, progress)
     self.checkpointer: ckpt_lib.Checkpointer | None = None
     self.logger: cb.MetricsLogger | None = None
@@ -310,7 +314,7 @@ class Trainer:
     return "\n".join(lines)
 
   # ---------------------------------------------------------------- workdir
-  def _open_workdir(self, restart: bool = False) -> int:
+  def _open_workdir(self) -> int:
     """Creates or resumes the workdir; returns the step training resumes from."""
     wd = self.workdir
     wd.mkdir(parents=True, exist_ok=True)
@@ -386,19 +390,21 @@ class Trainer:
       self.tb.write(record)
 
   # -------------------------------------------------------------------- fit
-  def fit(self, *, restart: bool = False) -> FitResult:
+  def fit(self) -> FitResult:
+    """Trains to ``num_epochs`` (or an early stop), resuming from the workdir."""
     self._acc = self.empty_acc()
-    start = self._open_workdir(restart) if self.workdir else 0
+    start = self._open_workdir() if self.workdir else 0
     self.log(self.summary())
     for callback in self.callbacks:
       callback.on_train_begin(self)
     x, y = self.data.train.x, self.data.train.y
     spe, ce = self.steps_per_epoch, int(self.config.checkpoint_every_steps)
-    start_epoch = start // spe
-    if start_epoch >= self.num_epochs or self._stopped_before():
+    epoch = start // spe
+    if epoch >= self.num_epochs or self._stopped_before():
       self.log("training already complete in this workdir")
-    compile_seconds = self._warm_up()
-    epoch = start_epoch
+    else:
+      self.compile_seconds = self._warm_up()
+    compile_seconds = self.compile_seconds
     while epoch < self.num_epochs and not self.stop_training and not self._stopped_before():
       pos = self.step - epoch * spe
       idx = pipeline.train_batch_indices(
@@ -426,7 +432,7 @@ class Trainer:
     for callback in self.callbacks:
       callback.on_train_end(self)
     test = self._finish()
-    return FitResult(self.state, self.history, test, self.workdir)
+    return FitResult(self.state, self.history, test, self.workdir, self)
 
   def _stopped_before(self) -> bool:
     return any(getattr(c, "stopped_epoch", -1) >= 0 for c in self.callbacks)
@@ -448,6 +454,7 @@ class Trainer:
     record = {"step": step, "epoch": epoch + 1, "split": "train", **train_logs,
               "learning_rate": lr, "epoch_seconds": round(seconds, 4),
               "samples_per_sec": round(steps_run * self.batch_size / max(seconds, 1e-9), 1)}
+    self.epoch_rates.append(record["samples_per_sec"])
     if compile_seconds is not None:
       record["compile_seconds"] = round(compile_seconds, 3)
     self._record(record)
@@ -554,6 +561,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
   return trainer.evaluate_split(data, tree["state"])
 
 
-def predict(trainer: Trainer, x: np.ndarray) -> np.ndarray:
-  """Model outputs for ``x`` with the trainer's current state."""
-  return trainer.predict(x)
+def predict(run: FitResult | Trainer, x: np.ndarray) -> np.ndarray:
+  """Model outputs (logits or predictions) for raw inputs ``x: [n, ...]``.
+
+  Inputs are normalised with the train split's statistics, as in training.
+
+  Args:
+    run: the result of :func:`fit`, or a :class:`Trainer`.
+    x: inputs shaped like the dataset's examples.
+  """
+  if isinstance(run, FitResult):
+    return run.trainer.predict(x, run.state)
+  return run.predict(x)

@@ -1,0 +1,80 @@
+"""Per-step jitted loop vs fused lax.scan epoch, on MNIST-shaped data.
+
+Measures what `epoch_mode='auto'` chooses between: the training throughput of
+jdl's `fit` in 'step' mode (one compiled call per step) and in 'scan' mode
+(blocks of steps fused into one compiled lax.scan), for the MLP 784-512-512-10
+and the Flax MNIST-example CNN, batch 128, Adam. Random data of MNIST's shape
+(the speed does not depend on the values).
+
+Usage:  python benchmarks/epoch_modes.py [--examples 12800] [--epochs 3] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+
+import jax
+import numpy as np
+
+import jdl
+from jdl.data import Dataset
+
+MODELS = {
+    "mlp": {"name": "mlp", "hidden": (512, 512)},
+    "cnn": {"name": "cnn", "features": (32, 64), "pool": "avg", "dense": (256,)},
+}
+
+
+def measure(model: dict, mode: str, dataset: Dataset, epochs: int) -> dict:
+  config = jdl.base_config()
+  config.model = model
+  config.update(dict(epoch_mode=mode, batch_size=128, num_epochs=epochs, validation_split=0.0,
+                     normalize="none", tensorboard=False, plots=False, monitor=""))
+  trainer = jdl.fit(config, dataset=dataset, quiet=True).trainer
+  rates = trainer.epoch_rates  # The first epoch is a warm-up.
+  return {"samples_per_sec": float(np.median(rates[1:] or rates)),
+          "compile_seconds": trainer.compile_seconds, "mode": trainer.epoch_mode}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--examples", type=int, default=3_200)
+  parser.add_argument("--epochs", type=int, default=3)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  rng = np.random.default_rng(0)
+  n = args.examples
+  dataset = Dataset(x_train=rng.random((n, 28, 28, 1), dtype=np.float32),
+                    y_train=(np.arange(n) % 10).astype(np.int32),
+                    x_test=rng.random((256, 28, 28, 1), dtype=np.float32),
+                    y_test=(np.arange(256) % 10).astype(np.int32), num_classes=10,
+                    task="classification", name="mnist-shaped", input_shape=(28, 28, 1))
+  rows = []
+  for model_name, model in MODELS.items():
+    for mode in ("step", "scan"):
+      r = measure(model, mode, dataset, args.epochs)
+      rows.append({"model": model_name, **r})
+      print(f"{model_name:4s} {mode:5s} {r['samples_per_sec']:10.0f} samples/s  "
+            f"compile {r['compile_seconds']:.2f}s", flush=True)
+  auto = {m: jdl.Trainer(_cfg(model), dataset=dataset, quiet=True).epoch_mode
+          for m, model in MODELS.items()}
+  report = {"backend": jax.default_backend(), "devices": jax.device_count(),
+            "machine": platform.processor() or platform.machine(), "jax": jax.__version__,
+            "rows": rows, "auto_mode": auto}
+  print(json.dumps(report["auto_mode"]))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(report, f, indent=2)
+
+
+def _cfg(model):
+  config = jdl.base_config()
+  config.model = model
+  config.update(dict(batch_size=128, num_epochs=1, tensorboard=False, plots=False))
+  return config
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,46 @@
+"""The public surface: every exported name imports and is what it claims to be."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "jdl": ["fit", "evaluate", "predict", "Trainer", "FitResult", "TrainState",
+            "create_train_state", "make_train_step", "make_eval_step", "SupervisedTask",
+            "Checkpointer", "base_config", "load_config", "count_params", "param_table",
+            "JdlError", "data", "losses", "metrics", "models", "optim"],
+    "jdl.models": ["MLP", "CNN", "LeNet5", "VGG", "InceptionBlock", "InceptionNet", "ResNet",
+                   "ResNet20", "ResNet18", "create_model", "get_activation", "get_initializer"],
+    "jdl.losses": ["mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy",
+                   "sparse_categorical_crossentropy", "squared_hinge", "kl_divergence",
+                   "get_loss"],
+    "jdl.metrics": ["empty", "from_outputs", "merge", "compute", "validate_names"],
+    "jdl.optim": ["create_optimizer", "create_learning_rate_fn", "penalty", "kernel_mask",
+                  "update_plateau", "current_learning_rate", "default_config"],
+    "jdl.data": ["Dataset", "load_dataset", "read_idx", "validate_arrays", "DATASETS"],
+}
+
+
+@pytest.mark.parametrize("module,names", sorted(PUBLIC.items()))
+def test_public_names_import(module, names):
+  mod = importlib.import_module(module)
+  missing = [n for n in names if not hasattr(mod, n)]
+  assert not missing, f"{module} lacks {missing}"
+
+
+def test_jdl_errors_are_value_errors():
+  import jdl
+  assert issubclass(jdl.JdlError, ValueError)
+
+
+def test_readme_example_runs(tmp_path):
+  """The Python example of the README, shortened to one epoch."""
+  import jdl
+  config = jdl.load_config("digits_mlp")
+  config.num_epochs = 1
+  result = jdl.fit(config, workdir=tmp_path, quiet=True)
+  assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
+  probs = jdl.predict(result, jdl.data.load_dataset("digits").x_test[:5])
+  assert probs.shape == (5, 10)
