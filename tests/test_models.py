@@ -461,3 +461,27 @@ def test_param_table_of_abstract_variables():
   table = param_table(variables)
   assert "conv1  params      kernel (5, 5, 1, 6), bias (6,)" in table
   assert table.splitlines()[-1] == "Total: 61,706 trainable, 0 non-trainable"
+
+
+@pytest.mark.parametrize("name,fields,shape", [
+    ("cnn", {"features": (4,), "dense": (8,), "pool": "avg"}, (2, 8, 8, 1)),
+    ("cnn", {"features": (4,), "dense": (8,), "pool": "max", "batch_norm": True}, (2, 8, 8, 1)),
+    ("cnn", {"features": (4,), "dense": (8,), "pool": "avg"}, (2, 16, 3)),
+    ("lenet5", {}, (2, 28, 28, 1)),
+    ("mlp", {"hidden": (8,), "dropout_rate": 0.5}, (2, 5)),
+])
+def test_every_parameter_gets_a_finite_gradient(name, fields, shape):
+  model = create_model({"name": name, **fields}, num_outputs=3)
+  x = jax.random.normal(jax.random.key(0), shape)
+  variables = model.init(jax.random.key(1), x)
+  params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+
+  def loss(p):
+    out, _ = model.apply({"params": p, **state}, x, train=True,
+                         rngs={"dropout": jax.random.key(2)}, mutable=list(state))
+    return jnp.sum(out ** 2)
+
+  grads = jax.jit(jax.grad(loss))(params)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.all(np.isfinite(g)), path
+    assert np.any(g != 0), f"zero gradient at {jax.tree_util.keystr(path)}"

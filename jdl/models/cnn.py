@@ -13,6 +13,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jdl import errors
 from jdl.models.activations import Activation, get_activation
@@ -57,7 +58,8 @@ def pool(x: jax.Array, kind: str, size: int, strides: int | None = None,
   if kind == "max":
     return nn.max_pool(x, window, strides=stride, padding=padding)
   # nn.avg_pool divides by an int, which strict dtype promotion rejects.
-  total = nn.pool(x, jnp.zeros((), x.dtype), jax.lax.add, window, stride, padding)
+  # A concrete (numpy) zero lets JAX recognise the differentiable window sum.
+  total = nn.pool(x, np.zeros((), x.dtype), jax.lax.add, window, stride, padding)
   return total / jnp.asarray(math.prod(window), x.dtype)
 
 
