@@ -64,10 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 10
   c.epoch_mode = "auto"  # 'auto', 'step' (one jitted call a step), 'scan'.
   c.scan_chunk = 0  # Steps fused into one compiled call in 'scan' mode; 0 = auto.
-  c.log_every_steps = 0  # Train metrics mid-epoch; 0 = only at epoch ends.
+  c.print_every_epochs = 1  # Console lines; metrics.jsonl gets every epoch.
 
   # Checkpoints.
-  c.checkpoint_every_steps = 0  # 0 = only at epoch ends.
+  c.checkpoint_every_steps = 0  # Mid-epoch checkpoints; 0 = none.
+  c.checkpoint_every_epochs = 1  # Epoch-end checkpoints (the last epoch always).
   c.keep_checkpoints = 3
   c.async_checkpoints = True
 

@@ -21,6 +21,8 @@ def get_config():
   config.optimizer.name = "sgd"
   config.optimizer.learning_rate = 0.1
   config.batch_size = 160
-  config.num_epochs = 300
+  config.num_epochs = 300  # Full-batch steps.
+  config.print_every_epochs = 50
+  config.checkpoint_every_epochs = 100
   config.monitor = ""
   return config

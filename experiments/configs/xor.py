@@ -11,7 +11,7 @@ def get_config():
   config = base_config()
   config.description = "XOR with an MLP 2-8-1 (tanh), binary cross-entropy"
   config.dataset = "xor"
-  config.n_samples = 4
+  config.n_samples = 64  # 16 copies of each point; the test set is the 4 points.
   config.validation_split = 0.0
   config.normalize = "none"
   config.model.name = "mlp"
@@ -22,8 +22,10 @@ def get_config():
   config.metrics = ("accuracy",)
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 0.05
-  config.batch_size = 4
-  config.num_epochs = 300
+  config.batch_size = 16
+  config.num_epochs = 60
+  config.print_every_epochs = 10
+  config.checkpoint_every_epochs = 20
   config.monitor = ""
   config.plots = True
   return config

@@ -148,6 +148,8 @@ class Trainer:
                      f"{config.normalize!r}")
     if config.checkpoint_every_steps < 0:
       raise JdlError(f"checkpoint_every_steps must be >= 0, got {config.checkpoint_every_steps}")
+    if config.checkpoint_every_epochs < 1:
+      raise JdlError(f"checkpoint_every_epochs must be >= 1, got {config.checkpoint_every_epochs}")
 
   def _load_data(self, config, dataset) -> _Data:
     if dataset is None:
@@ -466,13 +468,16 @@ class Trainer:
     logs["learning_rate"] = lr
     for k, v in logs.items():
       self.history.setdefault(k, []).append(v)
-    self.log(f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "
-             f"({seconds:.2f}s, {record['samples_per_sec']:.0f} samples/s)")
+    last = epoch + 1 == self.num_epochs
+    if last or (epoch + 1) % max(1, int(self.config.print_every_epochs)) == 0:
+      self.log(f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "
+               f"({seconds:.2f}s, {record['samples_per_sec']:.0f} samples/s)")
     for callback in self.callbacks:
       callback.on_epoch_end(self, epoch, logs)
-    monitor = self.config.monitor
-    metrics = {monitor: logs[monitor]} if monitor in logs and math.isfinite(logs[monitor]) else None
-    self._save(metrics)
+    if last or self.stop_training or (epoch + 1) % int(self.config.checkpoint_every_epochs) == 0:
+      monitor = self.config.monitor
+      finite = monitor in logs and math.isfinite(logs[monitor])
+      self._save({monitor: logs[monitor]} if finite else None)
 
   def _finish(self) -> dict[str, float]:
     test = {}
