@@ -65,6 +65,7 @@ def test_linear_regression_matches_the_normal_equations():
   np.testing.assert_allclose(params["bias"], closed[-1], atol=2e-3)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # scikit-learn API transitions.
 def test_iris_mlp_and_logistic_regression_on_the_same_split():
   from sklearn.linear_model import LogisticRegressionCV
   config = _quiet(jdl.load_config("iris"))
