@@ -41,7 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data_dir = ""  # MNIST-family IDX files, or the .npz file for dataset='npz'.
   c.download = True  # Fetch missing MNIST-family files from the standard mirrors.
   c.test_split = 0.2  # For sources without their own test split.
-  c.validation_split = 0.1  # Fraction of the train split held out for validation.
+  # Fraction of the train split held out for validation (unless the dataset has an
+  # explicit validation set, e.g. x_val / y_val in an npz file).
+  c.validation_split = 0.1
   # 'featurewise' (per-feature train-split mean/std), 'global' (one mean/std over
   # all train values: images), 'none'.
   c.normalize = "featurewise"

@@ -179,3 +179,16 @@ def test_regression_task_on_linear_data():
                        optimizer__learning_rate=0.05, monitor="")
   result = jdl.fit(config, quiet=True)
   assert result.test_metrics["r2"] > 0.95
+
+
+def test_explicit_validation_set_from_npz(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(120, 5)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int64)
+  np.savez(tmp_path / "d.npz", x=x[:80], y=y[:80], x_val=x[80:100], y_val=y[80:100],
+           x_test=x[100:], y_test=y[100:])
+  config = make_config(dataset="npz", data_dir=str(tmp_path / "d.npz"), batch_size=16,
+                       validation_split=0.5)
+  trainer = loop.Trainer(config, quiet=True)
+  assert (trainer.data.train.size, trainer.data.val.size, trainer.data.test.size) == (80, 20, 20)
+  np.testing.assert_allclose(trainer.predict_normalized(trainer.data.val.x).shape, (20, 2))

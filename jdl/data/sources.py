@@ -50,6 +50,9 @@ class Dataset:
     task: ``"classification"`` or ``"regression"``.
     name: the dataset's name.
     input_shape: the shape of one example, e.g. ``(28, 28, 1)``.
+    x_val: an explicit validation split (as ``x_train``), or ``None``: the trainer
+      then holds out ``validation_split`` of the train split.
+    y_val: its targets.
   """
 
   x_train: np.ndarray
@@ -60,6 +63,8 @@ class Dataset:
   task: str
   name: str
   input_shape: tuple[int, ...]
+  x_val: np.ndarray | None = None
+  y_val: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +94,10 @@ def _make(name, x_train, y_train, x_test, y_test, num_classes) -> Dataset:
 
 
 def _validated(dataset: Dataset, where: str) -> Dataset:
-  """Runs :func:`validate_arrays` on both splits, naming ``where`` in any error."""
-  for split in ("train", "test"):
+  """Runs :func:`validate_arrays` on every split, naming ``where`` in any error."""
+  for split in ("train", "test", "val"):
+    if split == "val" and dataset.x_val is None:
+      continue
     try:
       validate_arrays(getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}"),
                       num_classes=dataset.num_classes, task=dataset.task, split=split)
@@ -267,7 +274,7 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
       with loaded as npz:
         keys = set(npz.files)
         arrays = {}
-        for key in ("x", "y", "x_test", "y_test"):
+        for key in ("x", "y", "x_test", "y_test", "x_val", "y_val"):
           if key in keys:
             try:
               arrays[key] = npz[key]
@@ -281,10 +288,11 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
   except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
     raise JdlError(f"cannot read npz file {path}: it is corrupt or not an npz file ({e})"
                    ) from None
-  if "x" not in arrays or "y" not in arrays or ("x_test" in arrays) != ("y_test" in arrays):
+  if ("x" not in arrays or "y" not in arrays or ("x_test" in arrays) != ("y_test" in arrays)
+      or ("x_val" in arrays) != ("y_val" in arrays)):
     raise JdlError(
         f"npz file {path} has arrays {sorted(keys)}; it needs 'x' and 'y', and optionally "
-        "both 'x_test' and 'y_test'"
+        "both 'x_test' and 'y_test', and both 'x_val' and 'y_val'"
     )
   for key, a in arrays.items():
     if a.dtype.kind not in "biuf":
@@ -297,18 +305,19 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
   if len(arrays["x"]) == 0 or len(arrays["y"]) == 0:
     raise JdlError(f"npz file {path}: the dataset is empty (x has {len(arrays['x'])} rows, "
                    f"y has {len(arrays['y'])})")
-  if "x_test" in arrays and arrays["x_test"].shape[1:] != arrays["x"].shape[1:]:
-    raise JdlError(
-        f"npz file {path}: x_test has examples of shape {arrays['x_test'].shape[1:]} but "
-        f"x has {arrays['x'].shape[1:]}; they must match"
-    )
+  for key in ("x_test", "x_val"):
+    if key in arrays and arrays[key].shape[1:] != arrays["x"].shape[1:]:
+      raise JdlError(
+          f"npz file {path}: {key} has examples of shape {arrays[key].shape[1:]} but "
+          f"x has {arrays['x'].shape[1:]}; they must match"
+      )
   return arrays
 
 
 def _load_npz(req: _Request) -> Dataset:
   path = _npz_path(req)
   arrays = _read_npz(path)
-  ys = [arrays["y"]] + ([arrays["y_test"]] if "y_test" in arrays else [])
+  ys = [arrays[k] for k in ("y", "y_test", "y_val") if k in arrays]
   y_all = np.concatenate([y.reshape(len(y), -1) for y in ys])
   regression = y_all.dtype.kind == "f" and not (
       np.isfinite(y_all).all() and (y_all == np.round(y_all)).all())
@@ -325,6 +334,10 @@ def _load_npz(req: _Request) -> Dataset:
   else:
     dataset = _make(req.name, arrays["x"], arrays["y"], arrays["x_test"],
                     arrays["y_test"], num_classes)
+  if "x_val" in arrays:
+    y_dtype = dataset.y_train.dtype
+    dataset = dataclasses.replace(dataset, x_val=np.asarray(arrays["x_val"], np.float32),
+                                  y_val=np.asarray(arrays["y_val"]).astype(y_dtype))
   return _validated(dataset, f"npz file {path}")
 
 

@@ -163,16 +163,20 @@ class Trainer:
       raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
                      f"{config.task!r}")
     for split, x, y in (("train", dataset.x_train, dataset.y_train),
-                        ("test", dataset.x_test, dataset.y_test)):
-      if split == "test" and (x is None or len(x) == 0):
+                        ("test", dataset.x_test, dataset.y_test),
+                        ("val", dataset.x_val, dataset.y_val)):
+      if split != "train" and (x is None or len(x) == 0):
         continue
       data_lib.validate_arrays(x, y, num_classes=dataset.num_classes, task=task, split=split)
     if task == "regression":
       as_2d = lambda y: None if y is None else y.reshape(len(y), -1).astype(np.float32)  # noqa: E731
       dataset = dataclasses.replace(dataset, y_train=as_2d(dataset.y_train),
-                                    y_test=as_2d(dataset.y_test))
-    x_tr, y_tr, x_val, y_val = pipeline.split_validation(
-        dataset.x_train, dataset.y_train, float(config.validation_split), int(config.seed))
+                                    y_test=as_2d(dataset.y_test), y_val=as_2d(dataset.y_val))
+    if dataset.x_val is not None:  # An explicit validation set replaces validation_split.
+      x_tr, y_tr, x_val, y_val = dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val
+    else:
+      x_tr, y_tr, x_val, y_val = pipeline.split_validation(
+          dataset.x_train, dataset.y_train, float(config.validation_split), int(config.seed))
     if config.normalize == "featurewise":
       norm = pipeline.Normalizer.fit(x_tr)
     elif config.normalize == "global":
@@ -379,11 +383,22 @@ class Trainer:
         "position": self.step % self.steps_per_epoch,
         "steps_per_epoch": self.steps_per_epoch,
         "history": self.history,
+        "best": self._best(),
         "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks if c.state_dict()},
         "config": json.loads(config_lib.to_json(self.config)),
     }
     self.checkpointer.save(self.step, {"state": self.state, "acc": self._acc}, meta=meta,
                            metrics=metrics)
+
+  def _best(self) -> dict[str, Any] | None:
+    """The best value of ``config.monitor`` so far, and its epoch."""
+    values = self.history.get(self.config.monitor)
+    finite = [(v, i) for i, v in enumerate(values or []) if math.isfinite(v)]
+    if not finite:
+      return None
+    pick = min if self.config.monitor_mode == "min" else max
+    value, index = pick(finite, key=lambda t: t[0])
+    return {"metric": self.config.monitor, "value": value, "epoch": index + 1}
 
   def _record(self, record: dict[str, Any]) -> None:
     if self.logger is not None:
