@@ -16,10 +16,10 @@ from jdl import errors
 from jdl.models.activations import ACTIVATIONS
 from jdl.models.activations import get_activation
 from jdl.models.cnn import CNN
-from jdl.models.cnn import InceptionBlock
-from jdl.models.cnn import InceptionNet
 from jdl.models.cnn import LeNet5
 from jdl.models.cnn import VGG
+from jdl.models.inception import InceptionBlock
+from jdl.models.inception import InceptionNet
 from jdl.models.initializers import INITIALIZERS
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import MLP

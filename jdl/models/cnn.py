@@ -1,7 +1,7 @@
-"""Convolutional networks: a configurable stack, LeNet-5, VGG and a small Inception net.
+"""Convolutional networks: a configurable stack, LeNet-5 and VGG; pooling helpers.
 
 Images are ``[batch, height, width, channels]`` (NHWC); 1-D signals are
-``[batch, length, channels]``. :class:`CNN` and :class:`InceptionNet` infer the
+``[batch, length, channels]``. :class:`CNN` and :class:`VGG` infer the
 convolution rank from the input rank.
 """
 
@@ -75,6 +75,34 @@ def _check_padding(padding: str | int) -> None:
         and padding >= 0)
   errors.require(ok, f"padding must be 'SAME', 'VALID' or a non-negative integer, "
                      f"got {padding!r}")
+
+
+def _dense_head(model: nn.Module, x: jax.Array, *, train: bool) -> jax.Array:
+  """Flattens ``x``, drops it out and applies an :class:`MLP` head named ``mlp``.
+
+  Called from the compact ``__call__`` of :class:`CNN` and :class:`VGG`, so the
+  dropout and the ``mlp`` submodule belong to ``model`` (parameters
+  ``mlp/hidden_0``, ...).
+
+  Args:
+    model: the calling module; reads its ``num_outputs``, ``dense``,
+      ``dropout_rate``, ``batch_norm``, ``activation``, ``kernel_init``,
+      ``init_scale`` and ``dtype``.
+    x: ``[batch, ...]`` features.
+    train: dropout on and batch statistics used (and updated) when true.
+
+  Returns:
+    ``[batch, num_outputs]``.
+  """
+  x = x.reshape((x.shape[0], -1))
+  if model.dropout_rate > 0:
+    x = nn.Dropout(model.dropout_rate, deterministic=not train)(x)
+  return MLP(
+      model.num_outputs, hidden=tuple(model.dense), activation=model.activation,
+      dropout_rate=model.dropout_rate, batch_norm=model.batch_norm,
+      kernel_init=model.kernel_init, init_scale=model.init_scale,
+      dtype=model.dtype, name="mlp",
+  )(x, train=train)
 
 
 class CNN(nn.Module):
@@ -168,15 +196,7 @@ class CNN(nn.Module):
       x = pool(act(x), self.pool, self.pool_size)
     if self.global_pool:
       x = jnp.mean(x, axis=tuple(range(1, 1 + ndim)))
-    x = x.reshape((x.shape[0], -1))
-    if self.dropout_rate > 0:
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return MLP(
-        self.num_outputs, hidden=tuple(self.dense), activation=self.activation,
-        dropout_rate=self.dropout_rate, batch_norm=self.batch_norm,
-        kernel_init=self.kernel_init, init_scale=self.init_scale,
-        dtype=self.dtype, name="mlp",
-    )(x, train=train)
+    return _dense_head(self, x, train=train)
 
 
 class LeNet5(nn.Module):
@@ -306,171 +326,4 @@ class VGG(nn.Module):
                            epsilon=1e-5, dtype=self.dtype, name=f"bn{s}_{c}")(x)
         x = act(x)
       x = pool(x, "max", 2)
-    x = x.reshape((x.shape[0], -1))
-    if self.dropout_rate > 0:
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return MLP(
-        self.num_outputs, hidden=tuple(self.dense), activation=self.activation,
-        dropout_rate=self.dropout_rate, batch_norm=self.batch_norm,
-        kernel_init=self.kernel_init, init_scale=self.init_scale,
-        dtype=self.dtype, name="mlp",
-    )(x, train=train)
-
-
-class InceptionBlock(nn.Module):
-  """Inception module: four parallel branches concatenated on the channel axis.
-
-  Branches: ``1x1``; ``1x1 -> 3x3``; ``1x1 -> 5x5``; ``3x3 max pool -> 1x1``. Every
-  conv is ``Conv -> [BatchNorm] -> activation`` with 'SAME' padding, so the output
-  keeps the spatial shape and has ``c1 + c3 + c5 + pool_proj`` channels.
-
-  Attributes:
-    c1: channels of the 1x1 branch.
-    c3_reduce: channels of the 1x1 reduction before the 3x3 conv.
-    c3: channels of the 3x3 branch.
-    c5_reduce: channels of the 1x1 reduction before the 5x5 conv.
-    c5: channels of the 5x5 branch.
-    pool_proj: channels of the 1x1 projection after the max pool.
-    batch_norm: batch normalisation after every conv (which then has no bias).
-    activation: name for :func:`jdl.models.get_activation`.
-    kernel_init: name for :func:`jdl.models.get_initializer`.
-    init_scale: its ``scale`` argument.
-    dtype: compute dtype; parameters stay float32.
-
-  References:
-    Szegedy et al., "Going deeper with convolutions", 2015 (figure 2b).
-  """
-
-  c1: int
-  c3_reduce: int
-  c3: int
-  c5_reduce: int
-  c5: int
-  pool_proj: int
-  batch_norm: bool = False
-  activation: str | Activation = "relu"
-  kernel_init: str = "he_normal"
-  init_scale: float | None = None
-  dtype: Dtype = jnp.float32
-
-  def __post_init__(self):
-    super().__post_init__()
-    check_common_fields(self)
-    check_widths("inception block widths", (self.c1, self.c3_reduce, self.c3,
-                                            self.c5_reduce, self.c5, self.pool_proj))
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """Applies the block.
-
-    Args:
-      x: ``[batch, *spatial, channels]`` with one or two spatial axes.
-      train: batch statistics used (and updated) when true.
-
-    Returns:
-      ``[batch, *spatial, c1 + c3 + c5 + pool_proj]``.
-    """
-    ndim = spatial_ndim(x)
-    act = get_activation(self.activation)
-    init = get_initializer(self.kernel_init, self.init_scale)
-
-    def conv(y, width, size, name):
-      y = nn.Conv(width, (size,) * ndim, padding="SAME",
-                  use_bias=not self.batch_norm, kernel_init=init,
-                  dtype=self.dtype, name=name)(y)
-      if self.batch_norm:
-        y = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         epsilon=1e-5, dtype=self.dtype, name=f"{name}_bn")(y)
-      return act(y)
-
-    b1 = conv(x, self.c1, 1, "b1")
-    b3 = conv(conv(x, self.c3_reduce, 1, "b3_reduce"), self.c3, 3, "b3")
-    b5 = conv(conv(x, self.c5_reduce, 1, "b5_reduce"), self.c5, 5, "b5")
-    bp = conv(pool(x, "max", 3, strides=1, padding="SAME"), self.pool_proj, 1,
-              "pool_proj")
-    return jnp.concatenate([b1, b3, b5, bp], axis=-1)
-
-
-class InceptionNet(nn.Module):
-  """A small GoogLeNet-style network.
-
-  Stem ``3x3 conv -> [BatchNorm] -> activation``; then stages of
-  :class:`InceptionBlock`, with a 3x3 stride-2 max pool between stages; then global
-  average pooling, dropout and a ``Dense(num_outputs)`` head.
-
-  Attributes:
-    num_outputs: width of the output.
-    stem_features: channels of the stem conv.
-    stages: per stage, the blocks' widths
-      ``(c1, c3_reduce, c3, c5_reduce, c5, pool_proj)``.
-    batch_norm: batch normalisation after every conv.
-    dropout_rate: drop probability before the head.
-    activation: name for :func:`jdl.models.get_activation`.
-    kernel_init: name for :func:`jdl.models.get_initializer`.
-    init_scale: its ``scale`` argument.
-    dtype: compute dtype; parameters stay float32.
-  """
-
-  num_outputs: int
-  stem_features: int = 64
-  stages: Sequence[Sequence[Sequence[int]]] = (
-      ((32, 32, 48, 8, 16, 16), (48, 32, 64, 8, 24, 24)),
-      ((64, 48, 96, 12, 32, 32),),
-  )
-  batch_norm: bool = False
-  dropout_rate: float = 0.0
-  activation: str | Activation = "relu"
-  kernel_init: str = "he_normal"
-  init_scale: float | None = None
-  dtype: Dtype = jnp.float32
-
-  def __post_init__(self):
-    super().__post_init__()
-    check_common_fields(self)
-    check_widths("stem_features", (self.stem_features,))
-    errors.require(isinstance(self.stages, Sequence) and len(self.stages) > 0,
-                   f"stages must be a non-empty sequence, got {self.stages!r}")
-    for s, stage in enumerate(self.stages):
-      for b, widths in enumerate(stage):
-        check_widths(f"stages[{s}][{b}]", widths)
-        errors.require(
-            len(widths) == 6,
-            f"stages[{s}][{b}] must be (c1, c3_reduce, c3, c5_reduce, c5, "
-            f"pool_proj), got {widths!r}")
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """Applies the network.
-
-    Args:
-      x: ``[batch, height, width, channels]`` or ``[batch, length, channels]``.
-      train: dropout on and batch statistics used (and updated) when true.
-
-    Returns:
-      ``[batch, num_outputs]``.
-    """
-    ndim = spatial_ndim(x)
-    act = get_activation(self.activation)
-    init = get_initializer(self.kernel_init, self.init_scale)
-    x = jnp.asarray(x, self.dtype)
-    x = nn.Conv(self.stem_features, (3,) * ndim, padding="SAME",
-                use_bias=not self.batch_norm, kernel_init=init,
-                dtype=self.dtype, name="stem")(x)
-    if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       epsilon=1e-5, dtype=self.dtype, name="stem_bn")(x)
-    x = act(x)
-    for s, stage in enumerate(self.stages):
-      if s > 0:
-        x = pool(x, "max", 3, strides=2, padding="SAME")
-      for b, widths in enumerate(stage):
-        x = InceptionBlock(
-            *widths, batch_norm=self.batch_norm, activation=self.activation,
-            kernel_init=self.kernel_init, init_scale=self.init_scale,
-            dtype=self.dtype, name=f"stage{s}_block{b}",
-        )(x, train=train)
-    x = jnp.mean(x, axis=tuple(range(1, 1 + ndim)))
-    if self.dropout_rate > 0:
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype,
-                    name="head")(x)
+    return _dense_head(self, x, train=train)

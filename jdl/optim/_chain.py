@@ -1,0 +1,180 @@
+"""The optimizer config sections and the optax chain they describe.
+
+The transformation returned by :func:`create_optimizer` is, from outside in::
+
+  [plateau wrapper]        if reduce_on_plateau.enabled: state PlateauState
+    [optax.MultiSteps]     if optimizer.accumulate_steps > 1
+      [multi_transform]    if optimizer.freeze: 'trainable' / 'frozen' labels
+        chain(clip, clip_by_global_norm, <optimizer>, decoupled weight decay)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+import optax
+
+from jdl.errors import lookup
+from jdl.optim._checks import check
+from jdl.optim.masks import (
+    FROZEN, TRAINABLE, compile_patterns, freeze_labels, kernel_mask,
+)
+from jdl.optim.plateau import plateau_transform, scale_by_plateau
+from jdl.optim.schedules import create_learning_rate_fn
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the ``optimizer``, ``schedule`` and ``reduce_on_plateau`` sections."""
+  config = ml_collections.ConfigDict()
+
+  config.optimizer = opt = ml_collections.ConfigDict()
+  opt.name = "adam"  # One of OPTIMIZERS.
+  opt.learning_rate = 1e-3  # Peak / initial learning rate.
+  opt.momentum = 0.9  # momentum, nesterov.
+  opt.b1 = 0.9  # adam, adamw, adamax, nadam.
+  opt.b2 = 0.999
+  opt.eps = 1e-8  # Shared by all adaptive optimizers (optax defaults differ).
+  opt.rho = 0.9  # rmsprop decay, adadelta rho.
+  opt.initial_accumulator_value = 0.1  # adagrad.
+  opt.weight_decay = 0.0  # Decoupled: param -= lr_t * weight_decay * param.
+  opt.clip_value = 0.0  # Element-wise gradient clipping; 0 = off.
+  opt.clip_norm = 0.0  # Global-norm gradient clipping; 0 = off.
+  opt.l1 = 0.0  # Loss penalties on kernels, see `penalty`.
+  opt.l2 = 0.0
+  opt.accumulate_steps = 1  # Micro-batches per update (optax.MultiSteps).
+  opt.freeze = ()  # Regexes over param paths such as 'Conv_0/kernel'.
+
+  config.schedule = sched = ml_collections.ConfigDict()
+  sched.name = "constant"  # One of SCHEDULES.
+  sched.decay_every_epochs = 30.0  # step: lr * factor ** floor(epoch / every).
+  sched.factor = 0.1
+  sched.decay_rate = 0.95  # exponential: lr * decay_rate ** epoch.
+  sched.tau_epochs = 10.0  # linear: anneal to alpha_final * lr over tau.
+  sched.alpha_final = 0.01
+  sched.alpha = 0.0  # cosine, warmup_cosine: final lr = alpha * lr.
+  sched.warmup_epochs = 5.0  # warmup_cosine.
+
+  config.reduce_on_plateau = plateau = ml_collections.ConfigDict()
+  plateau.enabled = False
+  plateau.monitor = "val_loss"  # Metric the training loop feeds update_plateau.
+  plateau.mode = "min"  # 'min' or 'max' (the metric is then negated).
+  plateau.factor = 0.5
+  plateau.patience = 3  # Epochs without improvement before reducing.
+  plateau.cooldown = 0  # Epochs to wait after a reduction.
+  plateau.rtol = 0.0  # Improvement: value < (1 - rtol) * best - atol.
+  plateau.atol = 1e-4
+  plateau.min_scale = 1e-3  # The plateau never scales the lr below this.
+  return config
+
+
+def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
+  check(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "> 0")
+  for key in ("momentum", "b1", "b2", "rho"):
+    check(0 <= opt[key] < 1, f"optimizer.{key}", opt[key], "in [0, 1)")
+  for key in ("eps", "initial_accumulator_value", "weight_decay", "clip_value",
+              "clip_norm", "l1", "l2"):
+    check(opt[key] >= 0, f"optimizer.{key}", opt[key], ">= 0")
+
+
+OPTIMIZERS: dict[str, Callable[[Any, optax.Schedule], optax.GradientTransformation]] = {
+    "sgd": lambda o, lr: optax.sgd(lr),
+    "momentum": lambda o, lr: optax.sgd(lr, momentum=o.momentum),
+    "nesterov": lambda o, lr: optax.sgd(lr, momentum=o.momentum, nesterov=True),
+    "adagrad": lambda o, lr: optax.adagrad(
+        lr, initial_accumulator_value=o.initial_accumulator_value, eps=o.eps),
+    "adadelta": lambda o, lr: optax.adadelta(lr, rho=o.rho, eps=o.eps),
+    "rmsprop": lambda o, lr: optax.rmsprop(lr, decay=o.rho, eps=o.eps),
+    "adam": lambda o, lr: optax.adam(lr, b1=o.b1, b2=o.b2, eps=o.eps),
+    "adamw": lambda o, lr: optax.adamw(
+        lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
+        mask=kernel_mask),
+    "adamax": lambda o, lr: optax.adamax(lr, b1=o.b1, b2=o.b2, eps=o.eps),
+    "nadam": lambda o, lr: optax.nadam(lr, b1=o.b1, b2=o.b2, eps=o.eps),
+}
+
+
+def _decoupled_weight_decay(
+    weight_decay: float, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
+  """Adds ``-lr_t * weight_decay * param`` to the updates of kernels.
+
+  Placed *after* an optimizer whose updates already carry ``-lr_t``; the decay
+  schedule counts updates exactly as the optimizer's own learning-rate scaling,
+  so both see the same ``lr_t``.
+  """
+  return optax.add_decayed_weights(
+      lambda count: -weight_decay * learning_rate_fn(count), mask=kernel_mask
+  )
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict,
+    *,
+    steps_per_epoch: int,
+    num_epochs: int,
+) -> optax.GradientTransformationExtraArgs:
+  """Creates the optax transformation described by the config.
+
+  Per optimizer update: element-wise clipping (``clip_value``), global-norm
+  clipping (``clip_norm``), the optimizer with the schedule as learning rate, then
+  decoupled weight decay on kernels (``adamw`` uses its own ``weight_decay`` and
+  ``mask``; the others add ``-lr_t * weight_decay * param``). Frozen parameters
+  get zero updates and are left out of the clipping norm. With
+  ``accumulate_steps = k > 1`` the gradients of ``k`` train steps are averaged
+  (``optax.MultiSteps``) and the updates of the first ``k - 1`` are zero. With
+  ``reduce_on_plateau.enabled`` all updates are multiplied by the plateau scale,
+  which only :func:`jdl.optim.update_plateau` advances.
+
+  Optimizers (``optimizer.name``): sgd, momentum, nesterov, adagrad, adadelta,
+  rmsprop, adam, adamw, adamax, nadam; the optax aliases of the same names
+  (``momentum``/``nesterov`` are ``optax.sgd`` with ``momentum``).
+
+  Args:
+    config: the experiment config (reads ``optimizer``, ``schedule`` and, if
+      present, ``reduce_on_plateau``).
+    steps_per_epoch: train steps (micro-batches) per epoch.
+    num_epochs: length of the run, in epochs.
+
+  Returns:
+    The transformation; its state is a :class:`jdl.optim.PlateauState` when the
+    plateau is enabled.
+
+  Raises:
+    JdlError: unknown optimizer or schedule name, invalid value or freeze regex.
+
+  References:
+    Loshchilov & Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, 2019.
+  """
+  opt = config.optimizer
+  make = lookup("optimizer", opt.name, OPTIMIZERS)
+  _validate_optimizer(opt)
+  learning_rate_fn = create_learning_rate_fn(
+      config, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs
+  )
+  chain = []
+  if opt.clip_value > 0:
+    chain.append(optax.clip(opt.clip_value))
+  if opt.clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(opt.clip_norm))
+  chain.append(make(opt, learning_rate_fn))
+  if opt.weight_decay > 0 and opt.name != "adamw":
+    chain.append(_decoupled_weight_decay(opt.weight_decay, learning_rate_fn))
+  tx = optax.chain(*chain)
+
+  patterns = compile_patterns(opt.freeze)
+  if patterns:
+    tx = optax.multi_transform(
+        {TRAINABLE: tx, FROZEN: optax.set_to_zero()},
+        functools.partial(freeze_labels, patterns=patterns),
+    )
+  if opt.accumulate_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=opt.accumulate_steps)
+    tx = tx.gradient_transformation()
+  plateau = plateau_transform(config)
+  if plateau is not None:
+    tx = scale_by_plateau(tx, plateau)
+  return optax.with_extra_args_support(tx)

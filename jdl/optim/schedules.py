@@ -1,0 +1,152 @@
+"""Learning-rate schedules, indexed by optimizer update count.
+
+Durations in the ``schedule`` config section are given in epochs and converted to
+optimizer updates once, here. ``steps_per_epoch`` is always the number of *train
+steps* (batches, micro-batches when accumulating) per epoch, as the training loop
+counts them. With ``optimizer.accumulate_steps = k`` the optimizer updates the
+parameters every ``k`` train steps, so schedules see ``steps_per_epoch // k``
+updates per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ml_collections
+import optax
+
+from jdl.errors import lookup, require
+from jdl.optim._checks import check
+
+
+def _epochs_to_steps(key: str, epochs: float, steps_per_epoch: int) -> int:
+  check(epochs >= 0, key, epochs, ">= 0")
+  return int(round(epochs * steps_per_epoch))
+
+
+def _updates_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  k = config.optimizer.accumulate_steps
+  check(
+      isinstance(k, int) and k >= 1, "optimizer.accumulate_steps", k,
+      "an integer >= 1",
+  )
+  require(
+      steps_per_epoch >= k,
+      f"steps_per_epoch ({steps_per_epoch}) must be >= optimizer.accumulate_steps"
+      f" ({k}): an epoch must hold at least one optimizer update",
+  )
+  return steps_per_epoch // k
+
+
+def _constant(sched, lr, per_epoch, num_epochs):
+  del sched, per_epoch, num_epochs
+  return optax.constant_schedule(lr)
+
+
+def _step(sched, lr, per_epoch, num_epochs):
+  del num_epochs
+  every = _epochs_to_steps(
+      "schedule.decay_every_epochs", sched.decay_every_epochs, per_epoch
+  )
+  check(every > 0, "schedule.decay_every_epochs", sched.decay_every_epochs,
+        "at least one optimizer update long")
+  check(0 < sched.factor <= 1, "schedule.factor", sched.factor, "in (0, 1]")
+  return optax.exponential_decay(lr, every, sched.factor, staircase=True)
+
+
+def _exponential(sched, lr, per_epoch, num_epochs):
+  del num_epochs
+  check(0 < sched.decay_rate <= 1, "schedule.decay_rate", sched.decay_rate,
+        "in (0, 1]")
+  return optax.exponential_decay(lr, per_epoch, sched.decay_rate)
+
+
+def _linear(sched, lr, per_epoch, num_epochs):
+  del num_epochs
+  tau = _epochs_to_steps("schedule.tau_epochs", sched.tau_epochs, per_epoch)
+  check(tau > 0, "schedule.tau_epochs", sched.tau_epochs,
+        "at least one optimizer update long")
+  check(sched.alpha_final >= 0, "schedule.alpha_final", sched.alpha_final, ">= 0")
+  return optax.linear_schedule(lr, sched.alpha_final * lr, tau)
+
+
+def _total_steps(per_epoch: int, num_epochs: int | None) -> int:
+  require(num_epochs is not None,
+          "cosine schedules need num_epochs; pass num_epochs=...")
+  check(num_epochs > 0, "num_epochs", num_epochs, "> 0")
+  return per_epoch * num_epochs
+
+
+def _cosine(sched, lr, per_epoch, num_epochs):
+  check(0 <= sched.alpha <= 1, "schedule.alpha", sched.alpha, "in [0, 1]")
+  return optax.cosine_decay_schedule(
+      lr, _total_steps(per_epoch, num_epochs), alpha=sched.alpha
+  )
+
+
+def _warmup_cosine(sched, lr, per_epoch, num_epochs):
+  check(0 <= sched.alpha <= 1, "schedule.alpha", sched.alpha, "in [0, 1]")
+  total = _total_steps(per_epoch, num_epochs)
+  warmup = _epochs_to_steps("schedule.warmup_epochs", sched.warmup_epochs, per_epoch)
+  check(warmup < total, "schedule.warmup_epochs", sched.warmup_epochs,
+        f"shorter than the run ({num_epochs} epochs)")
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total,
+      end_value=sched.alpha * lr,
+  )
+
+
+SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
+    "constant": _constant,
+    "step": _step,
+    "exponential": _exponential,
+    "linear": _linear,
+    "cosine": _cosine,
+    "warmup_cosine": _warmup_cosine,
+}
+
+
+def create_learning_rate_fn(
+    config: ml_collections.ConfigDict,
+    *,
+    steps_per_epoch: int,
+    num_epochs: int | None = None,
+) -> optax.Schedule:
+  """Creates the learning-rate schedule, indexed by optimizer update count.
+
+  Schedules (``schedule.name``), with ``lr = optimizer.learning_rate``, ``k`` the
+  update count and ``E`` updates per epoch:
+
+  * ``constant``: ``lr``.
+  * ``step``: ``lr * factor ** floor(k / (decay_every_epochs * E))``.
+  * ``exponential``: ``lr * decay_rate ** (k / E)`` (smooth, per epoch).
+  * ``linear``: ``(1 - k / tau) * lr + (k / tau) * alpha_final * lr`` for
+    ``k <= tau = tau_epochs * E``, ``alpha_final * lr`` afterwards.
+  * ``cosine``: from ``lr`` to ``alpha * lr`` over ``num_epochs``.
+  * ``warmup_cosine``: linear from 0 to ``lr`` over ``warmup_epochs``, then
+    cosine to ``alpha * lr`` at the end of ``num_epochs``.
+
+  Args:
+    config: the experiment config (reads ``optimizer`` and ``schedule``).
+    steps_per_epoch: train steps (micro-batches) per epoch; divided here by
+      ``optimizer.accumulate_steps`` to get optimizer updates per epoch.
+    num_epochs: length of the run; needed by ``cosine`` and ``warmup_cosine``.
+
+  Returns:
+    A schedule mapping the optimizer update count to the learning rate.
+
+  Raises:
+    JdlError: unknown schedule name or invalid value.
+
+  References:
+    Goodfellow, Bengio & Courville, *Deep Learning*, 2016, sec. 8.3.1 (linear).
+    Loshchilov & Hutter, `SGDR: Stochastic Gradient Descent with Warm Restarts
+    <https://arxiv.org/abs/1608.03983>`_, 2017 (cosine).
+    Goyal et al., `Accurate, Large Minibatch SGD
+    <https://arxiv.org/abs/1706.02677>`_, 2017 (warmup).
+  """
+  make = lookup("schedule", config.schedule.name, SCHEDULES)
+  lr = config.optimizer.learning_rate
+  check(lr > 0, "optimizer.learning_rate", lr, "> 0")
+  per_epoch = _updates_per_epoch(config, steps_per_epoch)
+  return make(config.schedule, lr, per_epoch, num_epochs)
