@@ -19,8 +19,9 @@ def make_config(**overrides):
   from jdl.config import base_config
   config = base_config()
   config.dataset = "digits"
-  config.model.name = "mlp"
-  config.model.hidden = (32,)
+  config.model.name = overrides.pop("model__name", "mlp")
+  if config.model.name == "mlp":
+    config.model.hidden = (32,)
   config.batch_size = 64
   config.num_epochs = 2
   config.tensorboard = False

@@ -17,6 +17,7 @@ import numpy as np
 
 from jdl import errors
 from jdl.models.activations import Activation, get_activation
+from jdl.models.conv import Conv
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import MLP, Dtype, check_common_fields, check_widths
 
@@ -55,6 +56,18 @@ def pool(x: jax.Array, kind: str, size: int, strides: int | None = None,
   )
   window = (size,) * len(spatial)
   stride = (strides or size,) * len(spatial)
+  if stride == window and padding == "VALID":
+    # Non-overlapping windows as a reshape and a reduction: forward and backward are
+    # plain element-wise work, where reduce_window's gradient (select-and-scatter for
+    # max) is a slow generic loop on XLA:CPU.
+    crop = tuple(slice(0, n // size * size) for n in spatial)
+    x = x[(slice(None), *crop, slice(None))]
+    shape = [x.shape[0]]
+    for n in x.shape[1:-1]:
+      shape += [n // size, size]
+    x = x.reshape(*shape, x.shape[-1])
+    axes = tuple(range(2, 2 * len(spatial) + 1, 2))
+    return jnp.max(x, axis=axes) if kind == "max" else jnp.mean(x, axis=axes)
   if kind == "max":
     return nn.max_pool(x, window, strides=stride, padding=padding)
   # nn.avg_pool divides by an int, which strict dtype promotion rejects.
@@ -148,6 +161,7 @@ class CNN(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
 
   def __post_init__(self):
     super().__post_init__()
@@ -183,10 +197,10 @@ class CNN(nn.Module):
           f"kernel_size={self.kernel_size} with 'VALID' padding; use a larger "
           f"input, fewer layers or padding='SAME'",
       )
-      x = nn.Conv(
+      x = Conv(
           width, (self.kernel_size,) * ndim, strides=self.strides,
           padding=padding, use_bias=not self.batch_norm, kernel_init=init,
-          dtype=self.dtype, name=f"conv_{i}",
+          dtype=self.dtype, impl=self.conv_impl, name=f"conv_{i}",
       )(x)
       if self.batch_norm:
         x = nn.BatchNorm(
@@ -223,6 +237,7 @@ class LeNet5(nn.Module):
   pool: str = "avg"
   kernel_init: str = "lecun_normal"
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
 
   def __post_init__(self):
     super().__post_init__()
@@ -251,8 +266,8 @@ class LeNet5(nn.Module):
                        else (0, 0) for n in x.shape[1:3]] + [(0, 0)]
     x = jnp.pad(x, pads)
     for name, width in (("conv1", 6), ("conv2", 16)):
-      x = nn.Conv(width, (5, 5), padding="VALID", kernel_init=init,
-                  dtype=self.dtype, name=name)(x)
+      x = Conv(width, (5, 5), padding="VALID", kernel_init=init,
+                  dtype=self.dtype, impl=self.conv_impl, name=name)(x)
       x = pool(act(x), self.pool, 2)
     x = x.reshape((x.shape[0], -1))
     for name, width in (("fc1", 120), ("fc2", 84)):
@@ -291,6 +306,7 @@ class VGG(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
 
   def __post_init__(self):
     super().__post_init__()
@@ -318,9 +334,9 @@ class VGG(nn.Module):
     x = jnp.asarray(x, self.dtype)
     for s, stage in enumerate(self.stages, start=1):
       for c, width in enumerate(stage, start=1):
-        x = nn.Conv(width, (3,) * ndim, padding="SAME",
+        x = Conv(width, (3,) * ndim, padding="SAME",
                     use_bias=not self.batch_norm, kernel_init=init,
-                    dtype=self.dtype, name=f"conv{s}_{c}")(x)
+                    dtype=self.dtype, impl=self.conv_impl, name=f"conv{s}_{c}")(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                            epsilon=1e-5, dtype=self.dtype, name=f"bn{s}_{c}")(x)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jdl import errors
 from jdl.models.activations import Activation, get_activation
 from jdl.models.cnn import pool, spatial_ndim
+from jdl.models.conv import Conv
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import Dtype, check_common_fields, check_widths
 
@@ -54,6 +55,7 @@ class InceptionBlock(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
 
   def __post_init__(self):
     super().__post_init__()
@@ -77,9 +79,9 @@ class InceptionBlock(nn.Module):
     init = get_initializer(self.kernel_init, self.init_scale)
 
     def conv(y, width, size, name):
-      y = nn.Conv(width, (size,) * ndim, padding="SAME",
+      y = Conv(width, (size,) * ndim, padding="SAME",
                   use_bias=not self.batch_norm, kernel_init=init,
-                  dtype=self.dtype, name=name)(y)
+                  dtype=self.dtype, impl=self.conv_impl, name=name)(y)
       if self.batch_norm:
         y = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          epsilon=1e-5, dtype=self.dtype, name=f"{name}_bn")(y)
@@ -125,6 +127,7 @@ class InceptionNet(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
 
   def __post_init__(self):
     super().__post_init__()
@@ -155,9 +158,9 @@ class InceptionNet(nn.Module):
     act = get_activation(self.activation)
     init = get_initializer(self.kernel_init, self.init_scale)
     x = jnp.asarray(x, self.dtype)
-    x = nn.Conv(self.stem_features, (3,) * ndim, padding="SAME",
+    x = Conv(self.stem_features, (3,) * ndim, padding="SAME",
                 use_bias=not self.batch_norm, kernel_init=init,
-                dtype=self.dtype, name="stem")(x)
+                dtype=self.dtype, impl=self.conv_impl, name="stem")(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        epsilon=1e-5, dtype=self.dtype, name="stem_bn")(x)
@@ -169,7 +172,7 @@ class InceptionNet(nn.Module):
         x = InceptionBlock(
             *widths, batch_norm=self.batch_norm, activation=self.activation,
             kernel_init=self.kernel_init, init_scale=self.init_scale,
-            dtype=self.dtype, name=f"stage{s}_block{b}",
+            dtype=self.dtype, conv_impl=self.conv_impl, name=f"stage{s}_block{b}",
         )(x, train=train)
     x = jnp.mean(x, axis=tuple(range(1, 1 + ndim)))
     if self.dropout_rate > 0:

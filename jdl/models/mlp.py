@@ -23,6 +23,8 @@ def check_common_fields(module: nn.Module) -> None:
     JdlError: a bad ``num_outputs``, ``activation``, ``kernel_init``,
       ``init_scale`` or ``dropout_rate`` (each checked where the module has it).
   """
+  if hasattr(module, "conv_impl"):
+    errors.lookup("conv_impl", module.conv_impl, {k: k for k in ("auto", "xla", "patches")})
   if hasattr(module, "num_outputs"):
     num_outputs = module.num_outputs
     errors.require(

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jdl import errors
 from jdl.models.activations import Activation, get_activation
 from jdl.models.cnn import spatial_ndim
+from jdl.models.conv import Conv
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import Dtype, check_common_fields, check_widths
 
@@ -50,6 +51,7 @@ class ResidualBlock(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -67,8 +69,8 @@ class ResidualBlock(nn.Module):
     init = get_initializer(self.kernel_init, self.init_scale)
 
     def conv(y, width, size, strides, name):
-      return nn.Conv(width, (size,) * ndim, strides=strides, padding="SAME",
-                     use_bias=False, kernel_init=init, dtype=self.dtype,
+      return Conv(width, (size,) * ndim, strides=strides, padding="SAME",
+                     use_bias=False, kernel_init=init, dtype=self.dtype, impl=self.conv_impl,
                      name=name)(y)
 
     if self.bottleneck:
@@ -121,6 +123,7 @@ class ResNet(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
+  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
 
   def __post_init__(self):
     super().__post_init__()
@@ -146,13 +149,13 @@ class ResNet(nn.Module):
     init = get_initializer(self.kernel_init, self.init_scale)
     x = jnp.asarray(x, self.dtype)
     if self.stem == "cifar":
-      x = nn.Conv(self.num_filters, (3,) * ndim, padding="SAME", use_bias=False,
-                  kernel_init=init, dtype=self.dtype, name="stem")(x)
+      x = Conv(self.num_filters, (3,) * ndim, padding="SAME", use_bias=False,
+                  kernel_init=init, dtype=self.dtype, impl=self.conv_impl, name="stem")(x)
       x = act(_batch_norm(train, self.dtype, "stem_bn")(x))
     else:
-      x = nn.Conv(self.num_filters, (7,) * ndim, strides=2,
+      x = Conv(self.num_filters, (7,) * ndim, strides=2,
                   padding=((3, 3),) * ndim, use_bias=False, kernel_init=init,
-                  dtype=self.dtype, name="stem")(x)
+                  dtype=self.dtype, impl=self.conv_impl, name="stem")(x)
       x = act(_batch_norm(train, self.dtype, "stem_bn")(x))
       x = nn.max_pool(x, (3,) * ndim, strides=(2,) * ndim,
                       padding=((1, 1),) * ndim)
@@ -162,7 +165,7 @@ class ResNet(nn.Module):
             self.num_filters * 2**i, strides=2 if i > 0 and j == 0 else 1,
             bottleneck=self.block == "bottleneck", activation=self.activation,
             kernel_init=self.kernel_init, init_scale=self.init_scale,
-            dtype=self.dtype, name=f"stage{i + 1}_block{j + 1}",
+            dtype=self.dtype, conv_impl=self.conv_impl, name=f"stage{i + 1}_block{j + 1}",
         )(x, train=train)
     x = jnp.mean(x, axis=tuple(range(1, 1 + ndim)))
     return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype,

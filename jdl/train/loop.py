@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 import ml_collections
 import numpy as np
 
@@ -122,9 +123,9 @@ class Trainer:
         num_classes=self.data.num_classes, l1=float(config.optimizer.l1),
         l2=float(config.optimizer.l2))
     self.train_names = steps_lib.train_metric_names(names)
+    self._compile()
     self.epoch_mode = self._choose_epoch_mode()
     self.chunk = self._choose_chunk()
-    self._compile()
 
     self.history: dict[str, list[float]] = {}
     self.epoch_rates: list[float] = []  # Train samples/s of each epoch run here.
@@ -222,11 +223,14 @@ class Trainer:
     mode = self.config.epoch_mode
     if mode != "auto":
       return mode
-    # XLA:CPU runs backward convolutions inside a loop on a slow generic path
-    # (about 20x slower for the Flax MNIST CNN), so conv nets step one call at a
-    # time there; everything else runs the epoch as fused lax.scan blocks.
-    has_conv = any(x.ndim >= 3 for x in jax.tree.leaves(self.state.params))
-    return "step" if has_conv and jax.default_backend() == "cpu" else "scan"
+    # XLA:CPU runs the gradient of a convolution inside a loop on a slow generic
+    # path (about 20x slower; jax-ml/jax#12868). jdl's own conv layers lower to
+    # patches and a matmul on CPU and scan safely; a model that still holds XLA
+    # convolutions (conv_impl='xla', or a user's module) steps one call at a time.
+    if jax.default_backend() == "cpu" and _uses_xla_conv(self.train_step, self.state,
+                                                         self._example_batch()):
+      return "step"
+    return "scan"
 
   def _choose_chunk(self) -> int:
     if self.epoch_mode == "step":
@@ -294,11 +298,13 @@ class Trainer:
     if not self.quiet:
       print(message, flush=True)
 
+  def _example_batch(self) -> steps_lib.Batch:
+    return {"x": self.data.train.x[:self.batch_size], "y": self.data.train.y[:self.batch_size],
+            "mask": jnp.ones((self.batch_size,), jnp.float32)}
+
   def empty_acc(self):
     """Zero metric sums shaped like the train step's metrics (merge's identity)."""
-    batch = {"x": self.data.train.x[:self.batch_size], "y": self.data.train.y[:self.batch_size],
-             "mask": jnp.ones((self.batch_size,), jnp.float32)}
-    _, shapes = jax.eval_shape(self.train_step, self.state, batch)
+    _, shapes = jax.eval_shape(self.train_step, self.state, self._example_batch())
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
   def summary(self) -> str:
@@ -532,6 +538,19 @@ class Trainer:
     idx, _ = pipeline.eval_batch_indices(len(x), self.eval_batch_size)
     outs = [np.asarray(self._predict(state, x[i])) for i in idx]
     return np.concatenate(outs)[: len(x)]
+
+
+def _uses_xla_conv(fn, *args) -> bool:
+  """Whether ``fn(*args)`` traces to any ``conv_general_dilated``."""
+  def walk(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        return True
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        if walk(sub):
+          return True
+    return False
+  return walk(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,

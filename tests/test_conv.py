@@ -1,0 +1,76 @@
+"""jdl's Conv: the patches lowering equals XLA's convolution, values and gradients."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdl import models
+from jdl.errors import JdlError
+from jdl.models.conv import Conv
+
+from conftest import make_config
+
+CASES = [  # input shape, window, strides, padding
+    ((2, 9, 9, 3), (3, 3), 1, "SAME"),
+    ((2, 9, 9, 3), (3, 3), 2, "SAME"),
+    ((2, 10, 10, 3), (5, 5), 1, "VALID"),
+    ((2, 8, 8, 3), (1, 1), 2, "SAME"),
+    ((2, 12, 12, 3), (7, 7), 2, "SAME"),
+    ((2, 11, 4), (3,), 1, "SAME"),
+    ((2, 11, 4), (3,), 2, 2),
+    ((2, 6, 6, 1), (3, 3), 1, [(2, 0), (1, 1)]),
+]
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", CASES)
+@pytest.mark.parametrize("impl", ["xla", "patches"])
+def test_conv_matches_flax_conv_and_its_gradients(shape, window, strides, padding, impl):
+  x = jax.random.normal(jax.random.key(0), shape)
+  reference = nn.Conv(5, window, strides=strides, padding=padding)
+  variables = reference.init(jax.random.key(1), x)
+  conv = Conv(5, window, strides=strides, padding=padding, impl=impl)
+  np.testing.assert_allclose(conv.apply(variables, x), reference.apply(variables, x),
+                             rtol=1e-5, atol=1e-5)
+
+  def loss(module):
+    return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
+  g_ref = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
+  g_new = jax.grad(loss(conv), argnums=(0, 1))(variables, x)
+  for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g_new)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_has_flax_conv_parameters():
+  x = jnp.ones((1, 8, 8, 3))
+  ours = jax.eval_shape(Conv(4, (3, 3)).init, jax.random.key(0), x)
+  flax = jax.eval_shape(nn.Conv(4, (3, 3)).init, jax.random.key(0), x)
+  assert jax.tree.map(lambda s: s.shape, ours) == jax.tree.map(lambda s: s.shape, flax)
+
+
+def test_unknown_conv_impl_is_an_error():
+  with pytest.raises(JdlError, match="conv_impl"):
+    models.CNN(num_outputs=2, conv_impl="cudnn")
+
+
+def test_patches_and_xla_train_the_same():
+  import jdl
+  common = dict(model__name="cnn", model__features=(8, 16), model__dense=(32,), model__pool="max",
+                num_epochs=2, epoch_mode="step")
+  xla = jdl.fit(make_config(model__conv_impl="xla", **common), quiet=True)
+  patches = jdl.fit(make_config(model__conv_impl="patches", **common), quiet=True)
+  np.testing.assert_allclose(xla.history["loss"], patches.history["loss"], rtol=1e-4)
+  np.testing.assert_allclose(xla.history["val_loss"], patches.history["val_loss"], rtol=1e-3)
+
+
+def test_auto_epoch_mode_scans_unless_xla_convolutions_are_in_the_step():
+  from jdl.train import loop
+  common = dict(model__name="cnn", model__features=(4,), model__dense=(8,), num_epochs=1)
+  assert loop.Trainer(make_config(**common), quiet=True).epoch_mode == "scan"
+  xla = loop.Trainer(make_config(model__conv_impl="xla", **common), quiet=True).epoch_mode
+  assert xla == ("step" if jax.default_backend() == "cpu" else "scan")
+  assert loop.Trainer(make_config(num_epochs=1), quiet=True).epoch_mode == "scan"
