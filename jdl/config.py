@@ -56,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = "sparse_categorical_crossentropy"
   c.label_smoothing = 0.0
   c.metrics = ("accuracy",)
+  # bfloat16 compute with float32 parameters, optimizer state and loss.
+  c.mixed_precision = False
 
   # Optimisation: optimizer, schedule, reduce_on_plateau sections.
   c.update(optim.default_config())

@@ -192,3 +192,17 @@ def test_explicit_validation_set_from_npz(tmp_path):
   trainer = loop.Trainer(config, quiet=True)
   assert (trainer.data.train.size, trainer.data.val.size, trainer.data.test.size) == (80, 20, 20)
   np.testing.assert_allclose(trainer.predict_normalized(trainer.data.val.x).shape, (20, 2))
+
+
+def test_mixed_precision_computes_in_bfloat16_with_float32_state():
+  config = make_config(num_epochs=3, mixed_precision=True, optimizer__learning_rate=3e-3)
+  result = jdl.fit(config, quiet=True)
+  trainer = result.trainer
+  assert trainer.model.dtype == "bfloat16"
+  for leaf in jax.tree.leaves((result.state.params, result.state.opt_state)):
+    assert leaf.dtype in (jnp.float32, jnp.int32), leaf.dtype
+  x = trainer.data.test.x[:4]
+  assert trainer.model.apply(result.state.variables, x).dtype == jnp.bfloat16
+  full = jdl.fit(make_config(num_epochs=3, optimizer__learning_rate=3e-3), quiet=True)
+  assert result.test_metrics["accuracy"] > 0.85
+  assert abs(result.test_metrics["accuracy"] - full.test_metrics["accuracy"]) < 0.05

@@ -88,7 +88,7 @@ class Trainer:
     self.nan_detected = False
     self._validate_config(config)
     self.data = self._load_data(config, dataset)
-    self.model = model or models_lib.create_model(config.model, num_outputs=self._num_outputs())
+    self.model = model or self._create_model()
     self.loss = self._make_loss()
     names = tuple(config.metrics)
     metrics_lib.validate_names(names, self.data.task)
@@ -194,6 +194,13 @@ class Trainer:
     return _Data(train=put(x_tr, y_tr), val=put(x_val, y_val),
                  test=put(dataset.x_test, dataset.y_test), num_classes=dataset.num_classes,
                  task=task, input_shape=tuple(x_tr.shape[1:]), name=dataset.name)
+
+  def _create_model(self):
+    model_config = self.config.model
+    if self.config.mixed_precision:
+      model_config = ml_collections.ConfigDict(model_config.to_dict())
+      model_config.dtype = "bfloat16"  # Compute dtype; parameters stay float32.
+    return models_lib.create_model(model_config, num_outputs=self._num_outputs())
 
   def _num_outputs(self) -> int:
     if self.data.task == "regression":

@@ -51,6 +51,7 @@ class SupervisedTask:
           mutable=list(model_state.keys()))
     else:
       outputs, new_model_state = self.apply_fn(variables, batch["x"], train=False), model_state
+    outputs = outputs.astype(jnp.float32)  # The loss in float32 under mixed precision too.
     per_example = self.loss(outputs, batch["y"])
     mask = batch["mask"].astype(per_example.dtype)
     loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)

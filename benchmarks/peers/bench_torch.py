@@ -1,0 +1,154 @@
+"""The PyTorch peers: an eager training loop and the same loop on ``torch.compile``.
+
+Two threads (the machine's cores) and denormals flushed to zero, as XLA does, so
+that neither framework is slowed by something the other skips. Images are NCHW,
+PyTorch's default layout, converted once before training.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import bench_common as common
+
+NUM_THREADS = 2
+
+
+def _mlp() -> nn.Module:
+  widths = (int(np.prod(common.INPUT_SHAPES["mlp"])), *common.MLP_HIDDEN)
+  layers = [nn.Flatten()]
+  for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+    layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+  return nn.Sequential(*layers, nn.Linear(widths[-1], common.NUM_CLASSES))
+
+
+def _cnn() -> nn.Module:
+  height, _, channels = common.INPUT_SHAPES["cnn"]
+  layers = []
+  for width in common.CNN_FEATURES:
+    layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2)]
+    channels, height = width, height // 2
+  return nn.Sequential(
+      *layers, nn.Flatten(), nn.Linear(channels * height * height, common.CNN_DENSE),
+      nn.ReLU(), nn.Linear(common.CNN_DENSE, common.NUM_CLASSES))
+
+
+def _conv_bn(fan_in: int, fan_out: int, size: int, stride: int = 1) -> nn.Sequential:
+  # momentum=0.1 here is Flax's and Keras's 0.9 (PyTorch weights the new batch).
+  return nn.Sequential(
+      nn.Conv2d(fan_in, fan_out, size, stride=stride, padding=size // 2, bias=False),
+      nn.BatchNorm2d(fan_out, eps=1e-5, momentum=0.1))
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 conv + BN; a 1x1 conv + BN projection shortcut when the shape changes."""
+
+  def __init__(self, fan_in: int, filters: int, stride: int):
+    super().__init__()
+    self.branch1 = _conv_bn(fan_in, filters, 3, stride)
+    self.branch2 = _conv_bn(filters, filters, 3)
+    self.proj = (_conv_bn(fan_in, filters, 1, stride)
+                 if stride != 1 or fan_in != filters else None)
+
+  def forward(self, x):
+    y = self.branch2(F.relu(self.branch1(x)))
+    return F.relu(y + (x if self.proj is None else self.proj(x)))
+
+
+class ResNet20(nn.Module):
+  """CIFAR ResNet-20: 3x3 stem, 3 stages x 3 basic blocks (16/32/64), pool, dense."""
+
+  def __init__(self):
+    super().__init__()
+    channels = common.INPUT_SHAPES["resnet20"][-1]
+    self.stem = _conv_bn(channels, common.RESNET_FILTERS, 3)
+    blocks, fan_in = [], common.RESNET_FILTERS
+    for i, num_blocks in enumerate(common.RESNET_STAGES):
+      filters = common.RESNET_FILTERS * 2**i
+      for j in range(num_blocks):
+        blocks.append(BasicBlock(fan_in, filters, 2 if i > 0 and j == 0 else 1))
+        fan_in = filters
+    self.blocks = nn.Sequential(*blocks)
+    self.head = nn.Linear(fan_in, common.NUM_CLASSES)
+
+  def forward(self, x):
+    x = self.blocks(F.relu(self.stem(x)))
+    return self.head(x.mean(dim=(2, 3)))
+
+
+_BUILDERS = {"mlp": _mlp, "cnn": _cnn, "resnet20": ResNet20}
+
+
+def _setup(seed: int) -> None:
+  torch.set_num_threads(NUM_THREADS)
+  torch.set_flush_denormal(True)
+  torch.manual_seed(seed)
+
+
+def run_torch(model: str, n: int, epochs: int, seed: int,
+              compile: bool = False) -> dict[str, Any]:  # pylint: disable=redefined-builtin
+  """The usual PyTorch loop over index batches of a per-epoch permutation.
+
+  Args:
+    model: a key of ``common.INPUT_SHAPES``.
+    n: training examples per epoch.
+    epochs: epochs to run; the first includes ``torch.compile``'s compilation.
+    seed: seeds the data, the initialisation and the shuffles.
+    compile: wrap the model in ``torch.compile`` (default inductor backend).
+  """
+  _setup(seed)
+  x, y = common.make_data(model, n, seed)
+  x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # NHWC -> NCHW.
+  y = torch.from_numpy(y).long()
+  module = _BUILDERS[model]()
+  net = torch.compile(module) if compile else module
+  optimizer = torch.optim.Adam(module.parameters(), lr=common.LEARNING_RATE, eps=1e-8)
+  generator = torch.Generator().manual_seed(seed + 1)
+  bs, steps = common.BATCH_SIZE, n // common.BATCH_SIZE
+  module.train()
+  seconds = []
+  for _ in range(epochs):
+    t0 = time.perf_counter()
+    perm = torch.randperm(n, generator=generator)
+    loss_sum = torch.zeros(())
+    correct = torch.zeros((), dtype=torch.long)
+    for i in range(steps):
+      idx = perm[i * bs:(i + 1) * bs]
+      xb, yb = x[idx], y[idx]
+      logits = net(xb)
+      loss = F.cross_entropy(logits, yb)
+      optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      optimizer.step()
+      with torch.no_grad():
+        loss_sum += loss.detach()
+        correct += (logits.argmax(1) == yb).sum()
+    float(loss_sum), int(correct)  # pylint: disable=expression-not-assigned
+    seconds.append(time.perf_counter() - t0)
+  rates = [steps * bs / s for s in seconds]
+  return {"samples_per_s": common.steady_rate(rates), "epoch_rates": rates,
+          "compile_s": None, "first_epoch_s": seconds[0],
+          "params": int(sum(p.numel() for p in module.parameters())),
+          "versions": {"torch": torch.__version__}}
+
+
+def run_matmul(size: int = 2048, repeats: int = 10, **unused) -> dict[str, Any]:
+  """GFLOP/s of a ``[size, size] @ [size, size]`` float32 matmul (median)."""
+  del unused
+  _setup(0)
+  a, b = torch.randn(size, size), torch.randn(size, size)
+  torch.matmul(a, b)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    torch.matmul(a, b)
+    times.append(time.perf_counter() - t0)
+  flop = 2.0 * size**3
+  return {"gflops": flop / float(np.median(times)) / 1e9,
+          "gflops_best": flop / min(times) / 1e9, "versions": {"torch": torch.__version__}}
