@@ -1,0 +1,323 @@
+"""jdl's ``fit`` against hand-written JAX loops, Keras 3 (JAX backend) and PyTorch.
+
+Trains three models (MLP 784-512-512-10, the Flax MNIST-example CNN with average
+pooling, CIFAR ResNet-20) at batch 128 with Adam(1e-3) and softmax cross-entropy
+on random data of MNIST's or CIFAR's shape, with each of these peers:
+
+* ``jdl``: ``jdl.fit`` (public API, in-memory ``jdl.data.Dataset``);
+* ``flax_step``: a hand-written Flax + optax jitted step, donating the state, fed
+  numpy batches of a per-epoch permutation (the Flax examples' loop);
+* ``flax_scan``: a hand-written ``lax.scan`` over a whole epoch of on-device data;
+* ``keras``: Keras 3 ``model.fit`` with ``KERAS_BACKEND=jax``;
+* ``torch``: a PyTorch eager loop (2 threads, denormals flushed, as XLA does);
+* ``torch_compile``: the same loop on ``torch.compile(model)``.
+
+Every measurement runs in its own subprocess (so peak RSS is per run and the
+frameworks cannot interfere), one after another. Reported per run: the median
+samples/s of the epochs after the first, compilation seconds (measured ahead of
+time for the JAX peers; ``~`` marks an estimate, first epoch minus a steady one,
+where compilation happens inside the first epoch), the first epoch's seconds, peak
+RSS, and "other cores": the CPU that other processes on the machine used during
+the run (a machine busy with other work slows every peer). Training FLOPs per
+example come from XLA's cost analysis of the hand-written Flax step; "% peak" is
+the achieved FLOP rate over a jitted 2048x2048 float32 matmul in JAX.
+
+The hand-written ``lax.scan`` epoch is pathologically slow on XLA:CPU for conv
+nets (the convolutions inside a loop take a slow path: about 100 samples/s for the
+CNN, 6 for ResNet-20), so its epochs are capped (see ``SIZES``).
+
+Peers are optional: one whose package is missing is skipped with a line saying so
+(``pip install -e '.[bench]'`` installs Keras and PyTorch).
+
+Usage:
+  python benchmarks/peers.py [--quick] [--out results.json] [--md results.md]
+      [--models mlp,cnn,resnet20] [--peers jdl,flax_step,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+import platform
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any
+
+HELPERS = Path(__file__).resolve().parent / "peers"
+sys.path.insert(0, str(HELPERS))
+
+import bench_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_report as report  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+  """How to run one peer: ``module.function(**kwargs)`` in a child process."""
+  module: str
+  function: str
+  requires: tuple[str, ...]
+  kwargs: tuple[tuple[str, Any], ...] = ()
+  env: tuple[tuple[str, str], ...] = ()
+
+
+PEERS = {
+    "jdl": Peer("bench_jax", "run_jdl", ("jdl",)),
+    "flax_step": Peer("bench_jax", "run_flax_step", ("flax", "optax")),
+    "flax_scan": Peer("bench_jax", "run_flax_scan", ("flax", "optax")),
+    "keras": Peer("bench_keras", "run_keras", ("keras", "jax"),
+                  env=(("KERAS_BACKEND", "jax"),)),
+    "torch": Peer("bench_torch", "run_torch", ("torch",), kwargs=(("compile", False),)),
+    "torch_compile": Peer("bench_torch", "run_torch", ("torch",),
+                          kwargs=(("compile", True),)),
+}
+MATMUL = {"jax": Peer("bench_jax", "run_matmul", ("jax",)),
+          "torch": Peer("bench_torch", "run_matmul", ("torch",))}
+FLOPS = Peer("bench_jax", "run_flops", ("flax", "optax"))
+
+# Examples per epoch and epochs, per model; the peers in `caps` run smaller epochs.
+# On a quiet 2-core machine the default run takes about 11 minutes, --quick 3.
+SIZES = {
+    "default": {
+        "mlp": {"n": 102_400, "epochs": 4},
+        "cnn": {"n": 12_800, "epochs": 4,
+                "caps": {"flax_scan": {"n": 640, "epochs": 3}}},
+        "resnet20": {"n": 1_920, "epochs": 4,
+                     "caps": {"flax_scan": {"n": 256, "epochs": 2}}},
+    },
+    "quick": {
+        "mlp": {"n": 6_400, "epochs": 3},
+        "cnn": {"n": 1_280, "epochs": 3,
+                "caps": {"flax_scan": {"n": 256, "epochs": 2}}},
+        "resnet20": {"n": 256, "epochs": 3, "caps": {"flax_scan": None}},
+    },
+}
+SEED = 0
+
+
+def _missing(peer: Peer) -> list[str]:
+  return [name for name in peer.requires if importlib.util.find_spec(name) is None]
+
+
+def _cpu_busy_seconds() -> tuple[float, float]:
+  """(busy, steal) CPU-seconds of the whole machine since boot, from /proc/stat."""
+  try:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+  except OSError:
+    return 0.0, 0.0
+  user, nice, system, _, _, irq, softirq, steal = fields[:8]
+  hz = os.sysconf("SC_CLK_TCK")
+  return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def _children_cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return usage.ru_utime + usage.ru_stime
+
+
+def run_child(peer: Peer, timeout: float, **kwargs) -> dict[str, Any]:
+  """Runs ``peer`` in a fresh Python process; returns its result and the run's context.
+
+  Returns:
+    The child's result dict with ``status`` ``'ok'``, or ``{'status': 'failed: ...'}``;
+    both carry ``wall_s``, ``load_before``, ``other_cores`` and ``steal_cores``.
+  """
+  spec = {"module": peer.module, "function": peer.function,
+          "kwargs": {**dict(peer.kwargs), **kwargs}}
+  env = {**os.environ, **dict(peer.env), "PYTHONUNBUFFERED": "1"}
+  context = {"load_before": round(os.getloadavg()[0], 2)}
+  busy0, steal0 = _cpu_busy_seconds()
+  child0, t0 = _children_cpu_seconds(), time.perf_counter()
+  try:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                          env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+  except subprocess.TimeoutExpired:
+    result = {"status": f"failed: timed out after {timeout:.0f} s"}
+  else:
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(common.RESULT_MARKER)]
+    if lines:
+      result = json.loads(lines[-1][len(common.RESULT_MARKER):])
+    else:
+      tail = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1:] or ["no output"]
+      result = {"status": f"failed: exit {proc.returncode}: {tail[0][:200]}"}
+    if not result["status"].startswith("ok"):
+      sys.stderr.write(proc.stderr[-3000:])
+  wall = time.perf_counter() - t0
+  busy1, steal1 = _cpu_busy_seconds()
+  own = _children_cpu_seconds() - child0
+  context.update(wall_s=round(wall, 1),
+                 other_cores=max(busy1 - busy0 - own, 0.0) / wall,
+                 steal_cores=(steal1 - steal0) / wall)
+  return {**result, **context}
+
+
+def child_main(spec_json: str) -> None:
+  """Runs one measurement in this process and prints its result for the driver."""
+  spec = json.loads(spec_json)
+  try:
+    function = getattr(importlib.import_module(spec["module"]), spec["function"])
+    result = {"status": "ok", **function(**spec["kwargs"])}
+  except Exception as e:  # pylint: disable=broad-except
+    traceback.print_exc()
+    message = (str(e).strip().splitlines() or [""])[0][:200]
+    result = {"status": f"failed: {type(e).__name__}: {message}"}
+  common.emit(result)
+
+
+def _cpu_name() -> str:
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+  try:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HELPERS,
+                         capture_output=True, text=True, timeout=10, check=False)
+  except OSError:
+    return None
+  return out.stdout.strip() or None
+
+
+def _log(message: str) -> None:
+  print(message, flush=True)
+
+
+def _select(arg: str | None, valid: list[str], what: str) -> list[str]:
+  if not arg:
+    return valid
+  chosen = [s.strip() for s in arg.split(",") if s.strip()]
+  unknown = [c for c in chosen if c not in valid]
+  if unknown:
+    raise SystemExit(f"unknown {what} {', '.join(unknown)}; valid: {', '.join(valid)}")
+  return chosen
+
+
+def _run_matmuls(timeout: float, versions: dict[str, str]) -> dict[str, Any]:
+  out = {}
+  for name, peer in MATMUL.items():
+    missing = _missing(peer)
+    if missing:
+      _log(f"matmul {name}: skipped: {', '.join(missing)} not installed")
+      continue
+    r = run_child(peer, timeout)
+    versions.update(r.pop("versions", {}))
+    out[name] = r
+    if r["status"] == "ok":
+      _log(f"matmul {name}: 2048x2048 float32 {r['gflops']:.1f} GFLOP/s median "
+           f"({r['gflops_best']:.1f} best; other cores {r['other_cores']:.2f})")
+    else:
+      _log(f"matmul {name}: {r['status']}")
+  return out
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+  parser.add_argument("--out", help="write the results as JSON here")
+  parser.add_argument("--md", help="write a Markdown table here")
+  parser.add_argument("--models", help=f"comma-separated subset of {', '.join(common.INPUT_SHAPES)}")
+  parser.add_argument("--peers", help=f"comma-separated subset of {', '.join(PEERS)}")
+  parser.add_argument("--timeout", type=float, default=900.0,
+                      help="seconds one run may take before it is reported failed")
+  parser.add_argument("--child", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.child:
+    child_main(args.child)
+    return 0
+
+  sizes = SIZES["quick" if args.quick else "default"]
+  models = _select(args.models, list(common.INPUT_SHAPES), "models")
+  peers = _select(args.peers, list(PEERS), "peers")
+  started = time.perf_counter()
+  meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+          "jdl_commit": _git_commit(), "mode": "quick" if args.quick else "default",
+          "batch_size": common.BATCH_SIZE, "load_at_start": os.getloadavg()}
+  versions: dict[str, str] = {}
+  _log(f"{meta['cpu']}, {meta['cpu_count']} CPUs; load average "
+       f"{' '.join(f'{v:.2f}' for v in meta['load_at_start'])}")
+  matmul = _run_matmuls(args.timeout, versions)
+  peak = matmul.get("jax", {}).get("gflops")
+
+  rows, flops = [], {}
+  for model in models:
+    size = sizes[model]
+    for name in peers:
+      peer = PEERS[name]
+      row = {"model": model, "peer": name}
+      cap = size.get("caps", {}).get(name, size)
+      missing = _missing(peer)
+      if missing:
+        row["status"] = f"skipped: {', '.join(missing)} not installed"
+      elif cap is None:
+        row["status"] = "skipped: too slow for --quick"
+      else:
+        n, epochs = cap["n"], cap["epochs"]
+        result = run_child(peer, args.timeout, model=model, n=n, epochs=epochs, seed=SEED)
+        versions.update(result.pop("versions", {}))
+        row.update(result, n_train=n, epochs=epochs,
+                   samples_per_epoch=(n // common.BATCH_SIZE) * common.BATCH_SIZE)
+        if cap is not size:
+          row["note"] = (row.get("note", "") + f" capped: {epochs} epochs of {n:,}").strip()
+        if "flops_per_sample" in result:
+          flops[model] = result["flops_per_sample"]
+      rows.append(row)
+      if row["status"] == "ok":
+        _log(f"{model:8s} {name:13s} {row['samples_per_s']:10,.0f} samples/s  "
+             f"epochs {', '.join(f'{r:,.0f}' for r in row['epoch_rates'])}  "
+             f"RSS {row['peak_rss_mib']:,.0f} MiB  wall {row['wall_s']:.0f} s  "
+             f"other cores {row['other_cores']:.2f}")
+      else:
+        _log(f"{model:8s} {name:13s} {row['status']}")
+    if model not in flops and not _missing(FLOPS):
+      r = run_child(FLOPS, args.timeout, model=model, seed=SEED)
+      if r["status"] == "ok":
+        flops[model] = r["flops_per_sample"]
+
+  report.add_derived(rows, flops, peak)
+  param_lines = report.check_params(rows)
+  meta.update(load_at_end=os.getloadavg(), total_wall_s=round(time.perf_counter() - started),
+              versions=versions)
+  header = [
+      f"{meta['cpu']}, {meta['cpu_count']} CPUs; jdl {meta['jdl_commit'] or '?'}; "
+      + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+      f"batch {common.BATCH_SIZE}, Adam(1e-3), random data; median samples/s of epochs "
+      f"after the first; load average {meta['load_at_start'][0]:.2f} at start, "
+      f"{meta['load_at_end'][0]:.2f} at end; {meta['total_wall_s']} s in all",
+  ]
+  if peak:
+    header.append(f"% peak: of a jitted 2048x2048 float32 matmul in JAX, {peak:.1f} GFLOP/s"
+                  + (f" (PyTorch: {matmul['torch']['gflops']:.1f})"
+                     if matmul.get("torch", {}).get("status") == "ok" else ""))
+  header.append("training FLOPs per example (XLA cost analysis of the Flax step): "
+                + ", ".join(f"{m} {f / 1e6:.1f} M" for m, f in flops.items()))
+  _log("\n" + "\n".join(header) + "\n")
+  _log(report.console_table(rows))
+  _log("\n" + "\n".join(param_lines))
+  if args.out:
+    Path(args.out).write_text(json.dumps(
+        {"meta": meta, "matmul": matmul, "flops_per_sample": flops, "rows": rows},
+        indent=2) + "\n")
+  if args.md:
+    Path(args.md).write_text("\n\n".join(
+        ["\n".join(f"- {line}" for line in header), report.markdown_table(rows),
+         "\n".join(f"- {line}" for line in param_lines)]) + "\n")
+  return 1 if any("MISMATCH" in line for line in param_lines) else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
