@@ -58,6 +58,8 @@ class Normalizer:
     return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32))
 
   def __call__(self, x: np.ndarray) -> np.ndarray:
+    if not self.mean.any() and (self.std == 1).all():
+      return np.asarray(x, np.float32)  # Identity: no copy of float32 data.
     return ((x - self.mean) / self.std).astype(np.float32)
 
 
@@ -71,6 +73,8 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
   if not 0.0 <= fraction < 1.0:
     raise JdlError(f"validation_split must be in [0, 1), got {fraction}")
   n = len(x)
+  if fraction == 0:
+    return x, y, x[:0], y[:0]  # No copy of the train split.
   n_val = int(round(n * fraction))
   if fraction > 0 and (n_val == 0 or n_val == n):
     raise JdlError(f"validation_split={fraction} of {n} train examples leaves "
