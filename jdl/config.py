@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,15 +111,21 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
   path = resolve_config_path(path_or_name)
   spec = importlib.util.spec_from_file_location(f"jdl_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
+  # A config may import a sibling config and override it (`from mnist_cnn import
+  # get_config as base_config`), as in the Flax examples: its folder is importable
+  # while it loads.
+  sys.path.insert(0, str(path.parent.resolve()))
   try:
     spec.loader.exec_module(module)
+    config = module.get_config() if hasattr(module, "get_config") else None
   except JdlError:
     raise
   except Exception as e:  # A config file is user code: report, do not crash.
     raise JdlError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
-  if not hasattr(module, "get_config"):
+  finally:
+    sys.path.remove(str(path.parent.resolve()))
+  if config is None:
     raise JdlError(f"config file {path} defines no get_config() function")
-  config = module.get_config()
   if not isinstance(config, ml_collections.ConfigDict):
     raise JdlError(f"get_config() in {path} must return an ml_collections.ConfigDict")
   config.lock()

@@ -1,27 +1,19 @@
-"""MLP 784-512-512-10 with dropout on MNIST (IDX files from data_dir or a download).
+"""MLP 784-512-512-10 with dropout on MNIST: mnist_cnn's data and optimizer, another model.
 
 Command:  jdl train --config mnist_mlp --workdir runs/mnist_mlp --config.data_dir=../shared/data/mnist
-Result:   see experiments/README.md.
+Result:   98.57% test accuracy (experiments/README.md).
 """
 
-from jdl.config import base_config
+import ml_collections
+
+from mnist_cnn import get_config as mnist_cnn_config
 
 
 def get_config():
-  config = base_config()
+  config = mnist_cnn_config()
   config.description = "MLP 784-512-512-10 with dropout on MNIST"
-  config.dataset = "mnist"
-  config.validation_split = 1 / 12  # 5,000 of 60,000.
-  config.normalize = "global"
-  config.model.name = "mlp"
-  config.model.hidden = (512, 512)
-  config.model.dropout_rate = 0.2
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 1e-3
-  config.schedule.name = "cosine"
-  config.batch_size = 128
+  config.model = ml_collections.ConfigDict({"name": "mlp", "hidden": (512, 512),
+                                            "dropout_rate": 0.2})
   config.num_epochs = 15
-  config.monitor = "val_accuracy"
-  config.monitor_mode = "max"
-  config.metrics = ("accuracy", "macro_f1")
+  config.checkpoint_every_steps = 0
   return config
