@@ -7,7 +7,9 @@ the latest ``keep`` steps plus the best one by a monitored metric.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +145,57 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> 
       raise JdlError(f"no checkpoint at step {step} in {directory}; steps: {steps}")
     tree = manager.restore(step, args=ocp.args.Composite(tree=ocp.args.StandardRestore()))["tree"]
   return flatten_params(tree["state"]["params"])
+
+
+_JSON_FILES = ("_CHECKPOINT_METADATA", "metrics/metrics", "meta/metadata", "tree/_METADATA")
+
+
+def find_damaged(directory: str | os.PathLike) -> dict[int, str]:
+  """Steps whose files are visibly damaged (empty files, unparsable JSON metadata).
+
+  A cheap check before orbax reads the directory (orbax's manager reads every
+  step's metrics when it starts, and fails on a truncated one). Damage it cannot
+  see shows up when the step is restored.
+
+  Returns:
+    ``{step: reason}``.
+  """
+  damaged = {}
+  root = Path(directory)
+  if not root.is_dir():
+    return damaged
+  for step_dir in root.iterdir():
+    if not step_dir.name.isdigit() or not step_dir.is_dir():
+      continue
+    reason = None
+    files = [p for p in step_dir.rglob("*") if p.is_file()]
+    if not files:
+      reason = "no files"
+    empty = [p for p in files if p.stat().st_size == 0 and p.name != "commit_success.txt"]
+    if reason is None and empty:
+      reason = f"empty file {empty[0].relative_to(step_dir)}"
+    for name in _JSON_FILES if reason is None else ():
+      path = step_dir / name
+      if not path.exists():
+        if name in ("_CHECKPOINT_METADATA", "meta/metadata", "tree/_METADATA"):
+          reason = f"missing {name}"
+          break
+        continue
+      try:
+        json.loads(path.read_text())
+      except (ValueError, UnicodeDecodeError):
+        reason = f"corrupt {name}"
+        break
+    if reason:
+      damaged[int(step_dir.name)] = reason
+  return damaged
+
+
+def quarantine(directory: str | os.PathLike, step: int) -> Path:
+  """Moves a damaged step out of the checkpoint directory (kept, not deleted)."""
+  root = Path(directory)
+  target_root = root.parent / "damaged-checkpoints"
+  target_root.mkdir(exist_ok=True)
+  target = target_root / f"{step}-{int(time.time())}"
+  (root / str(step)).rename(target)
+  return target

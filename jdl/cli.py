@@ -49,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     return s
 
   t = add("train", "Train an experiment; re-running with the same --workdir resumes it.")
-  t.add_argument("--quiet", action="store_true", help="print nothing but errors")
+  t.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+  t.add_argument("--restart", action="store_true",
+                 help="start over in the workdir; the previous run's files are moved to "
+                      "WORKDIR/previous-<time>/, not deleted")
   add("evaluate", "Print one JSON line of test metrics from the best (else latest) checkpoint.")
   e = add("export", "Write the latest checkpoint's parameters to a flat .npz file.", config=False)
   e.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
@@ -87,8 +90,12 @@ def _load(args, overrides):
 def _train(args, overrides) -> int:
   from jdl.train import loop
   config, workdir = _load(args, overrides)
-  result = loop.fit(config, workdir, quiet=args.quiet)
-  if not args.quiet:
+  result = loop.fit(config, workdir, quiet=args.quiet, restart=args.restart)
+  trainer = result.trainer
+  if trainer.preempted:
+    print(f"jdl: stopped by {trainer.preempted} at step {trainer.step}; checkpoint saved in "
+          f"{result.workdir}/checkpoints; re-run the same command to resume", file=sys.stderr)
+  elif not args.quiet:
     print(f"workdir: {result.workdir}")
   return 0
 

@@ -14,13 +14,22 @@ import zlib
 from collections.abc import Callable
 
 import numpy as np
-from sklearn import datasets as skdata
-from sklearn import model_selection
 
 from jdl.data import download as download_lib
 from jdl.data.idx import read_idx
 from jdl.data.validate import validate_arrays
 from jdl.errors import JdlError, lookup
+
+
+def _sklearn_datasets():
+  """scikit-learn's datasets module, imported on first use (a ~1 s import)."""
+  from sklearn import datasets
+  return datasets
+
+
+def _train_test_split(*args, **kwargs):
+  from sklearn.model_selection import train_test_split
+  return train_test_split(*args, **kwargs)
 
 # The four files of an MNIST-family dataset, without the ``.gz`` suffix.
 IDX_FILES = {
@@ -114,7 +123,7 @@ def _split(req: _Request, x, y, num_classes: int, *, where: str = "") -> Dataset
         f"{req.name} has no test set of its own"
     )
   try:
-    x_train, x_test, y_train, y_test = model_selection.train_test_split(
+    x_train, x_test, y_train, y_test = _train_test_split(
         x, y, test_size=req.test_split, random_state=req.seed,
         stratify=y if num_classes else None)
   except ValueError as e:
@@ -127,13 +136,13 @@ def _split(req: _Request, x, y, num_classes: int, *, where: str = "") -> Dataset
 
 
 def _load_digits(req: _Request) -> Dataset:
-  bunch = skdata.load_digits()
+  bunch = _sklearn_datasets().load_digits()
   return _split(req, bunch.images[..., None] / 16.0, bunch.target, 10)
 
 
-def _tabular(loader: Callable[..., object], num_classes: int) -> Callable[[_Request], Dataset]:
+def _tabular(loader: str, num_classes: int) -> Callable[[_Request], Dataset]:
   def load(req: _Request) -> Dataset:
-    x, y = loader(return_X_y=True)
+    x, y = getattr(_sklearn_datasets(), loader)(return_X_y=True)
     return _split(req, x, y, num_classes)
 
   return load
@@ -143,7 +152,7 @@ def _tabular(loader: Callable[..., object], num_classes: int) -> Callable[[_Requ
 
 
 def _load_moons(req: _Request) -> Dataset:
-  x, y = skdata.make_moons(
+  x, y = _sklearn_datasets().make_moons(
       n_samples=req.n_samples or 1000,
       noise=0.1 if req.noise is None else req.noise,
       random_state=req.seed)
@@ -151,7 +160,7 @@ def _load_moons(req: _Request) -> Dataset:
 
 
 def _load_circles(req: _Request) -> Dataset:
-  x, y = skdata.make_circles(
+  x, y = _sklearn_datasets().make_circles(
       n_samples=req.n_samples or 1000,
       noise=0.1 if req.noise is None else req.noise,
       factor=0.5,
@@ -161,7 +170,7 @@ def _load_circles(req: _Request) -> Dataset:
 
 def _load_blobs(req: _Request) -> Dataset:
   # ``noise`` is the clusters' standard deviation here.
-  x, y = skdata.make_blobs(
+  x, y = _sklearn_datasets().make_blobs(
       n_samples=req.n_samples or 1000,
       centers=3,
       n_features=2,
@@ -343,10 +352,10 @@ def _load_npz(req: _Request) -> Dataset:
 
 _LOADERS: dict[str, Callable[[_Request], Dataset]] = {
     "digits": _load_digits,
-    "iris": _tabular(skdata.load_iris, 3),
-    "wine": _tabular(skdata.load_wine, 3),
-    "breast_cancer": _tabular(skdata.load_breast_cancer, 2),
-    "diabetes": _tabular(skdata.load_diabetes, 0),
+    "iris": _tabular("load_iris", 3),
+    "wine": _tabular("load_wine", 3),
+    "breast_cancer": _tabular("load_breast_cancer", 2),
+    "diabetes": _tabular("load_diabetes", 0),
     "moons": _load_moons,
     "circles": _load_circles,
     "blobs": _load_blobs,

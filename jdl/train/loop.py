@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,6 +40,7 @@ from jdl.errors import JdlError
 from jdl.train import callbacks as cb
 from jdl.train import plots
 from jdl.train import steps as steps_lib
+from jdl.train import workdir as workdir_lib
 from jdl.train.state import TrainState, create_train_state
 
 _NORMALIZERS = ("featurewise", "global", "none")
@@ -80,8 +82,10 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
                dataset: data_lib.Dataset | None = None, model=None,
                callbacks: Sequence[cb.Callback] = (), quiet: bool = False,
-               progress: bool | None = None):
+               progress: bool | None = None, restart: bool = False):
     self.config = config
+    self.restart = restart
+    self.preempted: str | None = None  # The signal that stopped training early.
     self.workdir = Path(workdir) if workdir else None
     self.quiet = quiet
     self.stop_training = False
@@ -347,24 +351,62 @@ class Trainer:
       if diffs and (wd / "checkpoints").exists():
         raise JdlError(
             f"workdir {wd} holds a run with a different config ({', '.join(diffs)} differ); "
-            "use another --workdir, or remove it to start over")
-    c = self.config
-    self.checkpointer = ckpt_lib.Checkpointer(
-        wd / "checkpoints", keep=int(c.keep_checkpoints), best_metric=c.monitor or None,
-        best_mode=c.monitor_mode, async_save=bool(c.async_checkpoints))
+            "use another --workdir, or --restart to start over (the old run is moved aside)")
+    self._damaged_steps = []
+    for step, reason in sorted(ckpt_lib.find_damaged(wd / "checkpoints").items()):
+      self._damaged_steps.append(step)
+      moved = ckpt_lib.quarantine(wd / "checkpoints", step)
+      self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
+                f"moved it to {moved}")
+    self._open_checkpointer()
     self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
-    if c.tensorboard:
+    if self.config.tensorboard:
       self.tb = cb.TensorBoard(wd / "tb")
-    start = 0
-    latest = self.checkpointer.latest_step()
-    if latest is not None:
-      start = self._resume(latest)
+    start = self._resume_latest_readable()
     self.logger.truncate_after(start)
     tmp = config_json.with_suffix(".tmp")
-    tmp.write_text(config_lib.to_json(c) + "\n")
+    tmp.write_text(config_lib.to_json(self.config) + "\n")
     tmp.replace(config_json)
     (wd / "summary.txt").write_text(self.summary() + "\n")
     return start
+
+  def _open_checkpointer(self) -> None:
+    c = self.config
+    self.checkpointer = ckpt_lib.Checkpointer(
+        self.workdir / "checkpoints", keep=int(c.keep_checkpoints),
+        best_metric=c.monitor or None, best_mode=c.monitor_mode,
+        async_save=bool(c.async_checkpoints))
+
+  def _resume_latest_readable(self) -> int:
+    """Resumes from the newest checkpoint that restores; 0 when there is none.
+
+    A damaged checkpoint (truncated, emptied, half written) gets one warning line
+    and the previous one is tried.
+
+    Raises:
+      JdlError: checkpoints exist but none can be read.
+    """
+    steps = self.checkpointer.steps()
+    for step in reversed(steps):
+      try:
+        return self._resume(step)
+      except Exception as e:  # orbax/tensorstore raise many types for damaged files.
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        self.checkpointer.close()
+        moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
+        self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
+                  f"moved it to {moved}")
+        self._open_checkpointer()
+    if steps or self._damaged_steps:
+      steps = sorted(set(steps) | set(self._damaged_steps))
+      raise JdlError(f"no readable checkpoint in {self.checkpointer.directory} "
+                     f"(steps {steps} moved to damaged-checkpoints/); use --restart to start over (the old run is moved "
+                     "aside, not deleted)")
+    return 0
+
+  def warn(self, message: str) -> None:
+    """One line on stderr, even when quiet."""
+    print(message, file=sys.stderr, flush=True)
 
   def _resume(self, step: int) -> int:
     target = {"state": self.state, "acc": self.empty_acc()}
@@ -388,8 +430,9 @@ class Trainer:
     return tree["state"]
 
   def _save(self, metrics: dict[str, float] | None = None) -> None:
-    if self.checkpointer is None or self.nan_detected:
-      return
+    if (self.checkpointer is None or self.nan_detected
+        or self.checkpointer.latest_step() == self.step):  # Already saved (e.g. a stop
+      return                                              # request right after a save).
     meta = {
         "step": self.step,
         "epoch": self.step // self.steps_per_epoch,
@@ -421,7 +464,26 @@ class Trainer:
 
   # -------------------------------------------------------------------- fit
   def fit(self) -> FitResult:
-    """Trains to ``num_epochs`` (or an early stop), resuming from the workdir."""
+    """Trains to ``num_epochs`` (or an early stop), resuming from the workdir.
+
+    SIGTERM / SIGINT stop training after the step (or scan block) in flight, with a
+    checkpoint written; ``result.trainer.preempted`` then names the signal.
+    """
+    with workdir_lib.StopRequests() as stop:
+      if self.workdir is None:
+        return self._fit(stop)
+      try:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+      except OSError as e:
+        raise JdlError(f"cannot create workdir {self.workdir}: {e.strerror}") from None
+      with workdir_lib.locked(self.workdir, self.warn):
+        if self.restart:
+          moved = workdir_lib.move_aside(self.workdir)
+          if moved is not None:
+            self.warn(f"jdl: --restart: moved the previous run to {moved}")
+        return self._fit(stop)
+
+  def _fit(self, stop: workdir_lib.StopRequests) -> FitResult:
     self._acc = self.empty_acc()
     start = self._open_workdir() if self.workdir else 0
     self.log(self.summary())
@@ -451,18 +513,34 @@ class Trainer:
         if ce and pos < spe and epoch * spe + pos - last_save >= ce:
           last_save = epoch * spe + pos
           self._save()
+        if stop.requested and pos < spe:
+          break
+      if stop.requested and pos < spe:
+        self._save()
+        return self._stop_early(stop.signal_name)
       train_logs = metrics_lib.compute(self.train_names, self._acc)  # Syncs the device.
       seconds = time.perf_counter() - t0
       self._acc = self.empty_acc()
       self._end_epoch(epoch, train_logs, seconds, steps_run, compile_seconds)
       compile_seconds = None
       epoch += 1
+      if stop.requested and epoch < self.num_epochs:
+        return self._stop_early(stop.signal_name)
     if self.checkpointer is not None:
       self.checkpointer.wait()
     for callback in self.callbacks:
       callback.on_train_end(self)
     test = self._finish()
     return FitResult(self.state, self.history, test, self.workdir, self)
+
+  def _stop_early(self, signal_name: str) -> FitResult:
+    """After a stop request: the checkpoint is written; flush and return."""
+    self.preempted = signal_name
+    if self.checkpointer is not None:
+      self.checkpointer.close()
+    if self.tb is not None:
+      self.tb.writer.close()
+    return FitResult(self.state, self.history, {}, self.workdir, self)
 
   def _stopped_before(self) -> bool:
     return any(getattr(c, "stopped_epoch", -1) >= 0 for c in self.callbacks)
@@ -562,7 +640,8 @@ def _uses_xla_conv(fn, *args) -> bool:
 
 def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
         dataset: data_lib.Dataset | None = None, model=None,
-        callbacks: Sequence[cb.Callback] = (), quiet: bool = False) -> FitResult:
+        callbacks: Sequence[cb.Callback] = (), quiet: bool = False,
+        restart: bool = False) -> FitResult:
   """Trains ``config``'s experiment; resumes if ``workdir`` holds a checkpoint.
 
   Args:
@@ -572,13 +651,14 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
     dataset: a :class:`jdl.data.Dataset` to use instead of ``config.dataset``.
     model: a flax.linen module to use instead of ``config.model``.
     callbacks: extra :class:`jdl.train.callbacks.Callback` objects.
-    quiet: print nothing.
+    quiet: print nothing but warnings.
+    restart: move a previous run in ``workdir`` aside and start over.
 
   Returns:
     A :class:`FitResult`.
   """
   trainer = Trainer(config, workdir, dataset=dataset, model=model, callbacks=callbacks,
-                    quiet=quiet)
+                    quiet=quiet, restart=restart)
   return trainer.fit()
 
 

@@ -1,0 +1,125 @@
+"""Workdir safety: one run at a time, starting over without losing the old run, signals.
+
+A run holds ``WORKDIR/.jdl.lock`` (pid and host) while it trains; a second run on
+the same workdir refuses, and a lock left by a process that no longer exists is
+recognised as stale and taken over. ``--restart`` moves the previous run's files
+into ``WORKDIR/previous-<time>/`` instead of deleting them. SIGTERM and SIGINT
+ask the loop to stop after the step in flight and write a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from jdl.errors import JdlError
+
+LOCK_NAME = ".jdl.lock"
+RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.txt", "config.json", "tb", "plots")
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Exists, owned by someone else.
+    return True
+  return True
+
+
+@contextlib.contextmanager
+def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
+  """Holds the workdir's lock file for the duration of the block.
+
+  Raises:
+    JdlError: another live process holds the lock.
+  """
+  path = Path(workdir) / LOCK_NAME
+  me = f"{os.getpid()} {socket.gethostname()}\n"
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      try:
+        pid_text, _, host = path.read_text().partition(" ")
+        pid, host = int(pid_text), host.strip()
+      except (OSError, ValueError):
+        pid, host = -1, ""
+      if host == socket.gethostname() and pid > 0 and _alive(pid) and pid != os.getpid():
+        raise JdlError(f"workdir {workdir} is in use by process {pid} (lock file {path}); "
+                       "wait for it to finish or use another --workdir") from None
+      if host and host != socket.gethostname():
+        raise JdlError(f"workdir {workdir} is locked by process {pid} on host {host} "
+                       f"(lock file {path}); remove the file if that run is gone") from None
+      warn(f"jdl: warning: removing the stale lock {path} of process {pid}, which is gone")
+      path.unlink(missing_ok=True)
+      continue
+    except PermissionError:
+      raise JdlError(f"cannot write to workdir {workdir}: permission denied") from None
+    with os.fdopen(fd, "w") as f:
+      f.write(me)
+    break
+  try:
+    yield
+  finally:
+    with contextlib.suppress(OSError):
+      if path.read_text() == me:
+        path.unlink()
+
+
+def move_aside(workdir: Path) -> Path | None:
+  """Moves a previous run's files into ``workdir/previous-<time>/``; returns that path."""
+  present = [Path(workdir) / name for name in RUN_FILES if (Path(workdir) / name).exists()]
+  if not present:
+    return None
+  target = Path(workdir) / time.strftime("previous-%Y%m%d-%H%M%S")
+  suffix = 0
+  while target.exists():
+    suffix += 1
+    target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+  target.mkdir()
+  for path in present:
+    path.rename(target / path.name)
+  return target
+
+
+class StopRequests:
+  """Turns SIGTERM / SIGINT into a flag the loop polls between steps.
+
+  A second SIGINT raises KeyboardInterrupt at once (for an impatient Ctrl-C).
+  Only installed in the main thread (signal handlers cannot be set elsewhere).
+  """
+
+  def __init__(self):
+    self.signal_name: str | None = None
+    self._previous = {}
+
+  def __enter__(self) -> StopRequests:
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.signal_name is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    print(f"jdl: {self.signal_name} received; stopping after the current step and "
+          "saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  @property
+  def requested(self) -> bool:
+    return self.signal_name is not None

@@ -1,0 +1,164 @@
+"""Workdir safety: locks, --restart, damaged checkpoints, SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import jdl
+from jdl import cli
+from jdl.train import workdir as workdir_lib
+from jdl.train.callbacks import Callback
+
+from conftest import REPO, make_config
+
+
+def _env():
+  env = dict(os.environ)
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def test_second_run_on_a_locked_workdir_refuses(tmp_path, capsys):
+  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    (tmp_path / workdir_lib.LOCK_NAME).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
+    code = cli.main(["train", "--workdir", str(tmp_path), "--quiet", "--config", "xor"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"in use by process {sleeper.pid}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [workdir_lib.LOCK_NAME]
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+
+
+def test_a_stale_lock_is_taken_over(tmp_path, capsys):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  (tmp_path / workdir_lib.LOCK_NAME).write_text(f"{dead.pid} {os.uname().nodename}\n")
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  assert "stale lock" in capsys.readouterr().err
+  assert not (tmp_path / workdir_lib.LOCK_NAME).exists()  # Released at the end.
+  assert (tmp_path / "checkpoints").is_dir()
+
+
+def test_restart_moves_the_previous_run_aside(tmp_path):
+  first = jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  jdl.fit(make_config(num_epochs=1, model__hidden=(16,)), tmp_path, quiet=True, restart=True)
+  previous = [p for p in tmp_path.iterdir() if p.name.startswith("previous-")]
+  assert len(previous) == 1
+  old = json.loads((previous[0] / "config.json").read_text())
+  assert old["model"]["hidden"] == [32]
+  assert (previous[0] / "checkpoints").is_dir()
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["hidden"] == [16]
+  assert int(first.state.step) > 0
+
+
+def _steps(workdir):
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "delete_metadata"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, damage):
+  config = make_config(num_epochs=3)
+  reference = jdl.fit(config, tmp_path / "ref", quiet=True)
+  run = tmp_path / "run"
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(config, run, quiet=True, callbacks=[_CrashAfter(epochs=3)])  # Before epoch 3 is saved.
+  steps = _steps(run)
+  assert steps[-1] == 40
+  latest = run / "checkpoints" / "40"
+  files = [p for p in latest.rglob("*") if p.is_file()]
+  if damage == "truncate":
+    for f in files:
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+  elif damage == "empty":
+    for f in files:
+      f.write_bytes(b"")
+  else:
+    for f in files:
+      if "metadata" in f.name or f.suffix == ".json":
+        f.unlink()
+  capsys.readouterr()
+  resumed = jdl.fit(config, run, quiet=True)
+  err = capsys.readouterr().err
+  warnings = [line for line in err.splitlines() if "unreadable" in line]
+  assert len(warnings) == 1 and "step 40" in warnings[0]
+  chex.assert_trees_all_equal(jax.device_get(reference.state.params),
+                              jax.device_get(resumed.state.params))
+
+
+def test_no_readable_checkpoint_is_a_clear_error(tmp_path, capsys):
+  config = make_config(num_epochs=1)
+  jdl.fit(config, tmp_path, quiet=True)
+  for step in _steps(tmp_path):
+    for f in (tmp_path / "checkpoints" / str(step)).rglob("*"):
+      if f.is_file():
+        f.write_bytes(b"")
+  code = cli.main(["train", "--workdir", str(tmp_path), "--quiet", "--config", "xor"])
+  assert code == 2  # Different config: refused before any checkpoint is read.
+  with pytest.raises(jdl.JdlError, match="no readable checkpoint.*--restart"):
+    jdl.fit(config, tmp_path, quiet=True)
+
+
+class _CrashAfter(Callback):
+  def __init__(self, epochs):
+    self.epochs = epochs
+
+  def on_epoch_end(self, trainer, epoch, logs):
+    if epoch + 1 == self.epochs:
+      trainer.checkpointer.wait()
+      raise KeyboardInterrupt
+
+
+def _wait_for_steps(workdir, n, proc, timeout=240):
+  deadline = time.time() + timeout
+  ckpts = workdir / "checkpoints"
+  while time.time() < deadline and proc.poll() is None:
+    if ckpts.exists() and len([p for p in ckpts.iterdir() if p.name.isdigit()]) >= n:
+      return
+    time.sleep(0.05)
+  raise AssertionError("the run finished (or hung) before the signal could be sent")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_exits_0_and_resumes_exactly(tmp_path, sig):
+  args = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=8",
+          "--config.checkpoint_every_steps=5", "--config.tensorboard=false",
+          "--config.plots=false"]
+
+  def train(workdir):
+    return subprocess.Popen([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir),
+                             *args], env=_env(), stderr=subprocess.PIPE, text=True)
+
+  assert train(tmp_path / "full").wait(timeout=300) == 0
+  proc = train(tmp_path / "stopped")
+  _wait_for_steps(tmp_path / "stopped", 3, proc)
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err
+  lines = [line for line in err.splitlines() if line.startswith("jdl: stopped by")]
+  assert len(lines) == 1 and signal.Signals(sig).name in lines[0]
+  stopped_at = int(lines[0].split(" at step ")[1].split(";")[0])
+  assert stopped_at in _steps(tmp_path / "stopped")
+  assert not (tmp_path / "stopped" / workdir_lib.LOCK_NAME).exists()
+  assert train(tmp_path / "stopped").wait(timeout=300) == 0
+
+  def exported(workdir):
+    out = workdir / "params.npz"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    return np.load(out)
+
+  a, b = exported(tmp_path / "full"), exported(tmp_path / "stopped")
+  for k in a.files:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
