@@ -88,7 +88,12 @@ def base_config() -> ml_collections.ConfigDict:
       "min_delta": 0.0,
       "restore_best": True,
   })
-  c.terminate_on_nan = True
+  c.terminate_on_nan = True  # Stop when an epoch's loss is not finite.
+  # A non-finite loss or gradient: 'stop' at once with an error naming the step and
+  # the quantity, or 'skip' the update (optax.apply_if_finite) up to
+  # max_nonfinite_skips consecutive times. No checkpoint with NaN/Inf is written.
+  c.nonfinite = "stop"
+  c.max_nonfinite_skips = 10
   c.tensorboard = True
   c.plots = True
   return c

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,13 +148,42 @@ def test_reduce_on_plateau_lowers_the_learning_rate():
   assert lrs[-1] < lrs[0] / 3  # At least two halvings on a flat validation loss.
 
 
-def test_terminate_on_nan_stops_without_a_checkpoint(tmp_path):
+def test_nonfinite_stop_names_the_step_and_writes_no_checkpoint(tmp_path):
   config = make_config(num_epochs=3, optimizer__name="sgd", optimizer__learning_rate=1e12,
                        normalize="none")
-  result = jdl.fit(config, tmp_path, quiet=True)
-  assert not np.isfinite(result.history["loss"][0])
-  assert len(result.history["loss"]) == 1
+  with pytest.raises(jdl.JdlError, match=r"non-finite value at step \d+ \(epoch 1\): "
+                     r"(the loss|the gradient of '.*') is NaN or Inf"):
+    jdl.fit(config, tmp_path, quiet=True)
   assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+class _PoisonedMLP(flax.linen.Module):
+  """An MLP whose output is NaN for any batch holding an input above 100."""
+
+  @flax.linen.compact
+  def __call__(self, x, *, train=False):
+    x = x.reshape(x.shape[0], -1)
+    y = flax.linen.Dense(2)(flax.linen.relu(flax.linen.Dense(8)(x)))
+    return y + jnp.where(jnp.max(x) > 100.0, jnp.nan, 0.0)
+
+
+def test_nonfinite_skip_skips_the_poisoned_updates(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(256, 4)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+  x[7, 0] = 1000.0  # One poisoned example: its batch gives a NaN loss each epoch.
+  ds = jdl.data.Dataset(x_train=x, y_train=y, x_test=x[8:72], y_test=y[8:72],
+                        num_classes=2, task="classification", name="poisoned",
+                        input_shape=(4,))
+  config = make_config(num_epochs=5, nonfinite="skip", normalize="none", batch_size=32,
+                       validation_split=0.0, monitor="", optimizer__learning_rate=1e-2)
+  result = jdl.fit(config, tmp_path, dataset=ds, model=_PoisonedMLP(), quiet=True)
+  warnings = [l for l in capsys.readouterr().err.splitlines() if "skipped" in l]
+  assert len(warnings) == 5 and "non-finite" in warnings[0]  # One line an epoch.
+  assert all(np.isfinite(v) for v in result.history["loss"])
+  for leaf in jax.tree.leaves(result.state.params):
+    assert np.all(np.isfinite(leaf))
+  assert result.test_metrics["accuracy"] > 0.8
 
 
 def test_evaluate_restores_the_best_checkpoint(tmp_path):

@@ -174,6 +174,8 @@ def create_optimizer(
   if opt.accumulate_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=opt.accumulate_steps)
     tx = tx.gradient_transformation()
+  if config.get("nonfinite", "stop") == "skip":
+    tx = optax.apply_if_finite(tx, int(config.get("max_nonfinite_skips", 10)))
   plateau = plateau_transform(config)
   if plateau is not None:
     tx = scale_by_plateau(tx, plateau)

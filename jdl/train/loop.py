@@ -153,6 +153,10 @@ class Trainer:
                      f"{config.normalize!r}")
     if config.checkpoint_every_steps < 0:
       raise JdlError(f"checkpoint_every_steps must be >= 0, got {config.checkpoint_every_steps}")
+    if config.nonfinite not in ("stop", "skip"):
+      raise JdlError(f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+    if config.max_nonfinite_skips < 1:
+      raise JdlError(f"max_nonfinite_skips must be >= 1, got {config.max_nonfinite_skips}")
     if config.checkpoint_every_epochs < 1:
       raise JdlError(f"checkpoint_every_epochs must be >= 1, got {config.checkpoint_every_epochs}")
 
@@ -256,7 +260,7 @@ class Trainer:
   def _compile(self) -> None:
     train_step = steps_lib.make_train_step(self.task)
     eval_step = steps_lib.make_eval_step(self.task)
-    merge = metrics_lib.merge
+    merge = steps_lib.merge_train_metrics
     bs = self.batch_size
 
     def run_block(state, acc, x, y, idx):
@@ -433,6 +437,7 @@ class Trainer:
     if (self.checkpointer is None or self.nan_detected
         or self.checkpointer.latest_step() == self.step):  # Already saved (e.g. a stop
       return                                              # request right after a save).
+    self._check_finite()  # Never a checkpoint with NaN/Inf in it.
     meta = {
         "step": self.step,
         "epoch": self.step // self.steps_per_epoch,
@@ -485,6 +490,9 @@ class Trainer:
 
   def _fit(self, stop: workdir_lib.StopRequests) -> FitResult:
     self._acc = self.empty_acc()
+    self._nonfinite_reported = 0
+    self._param_names = [jax.tree_util.keystr(path, simple=True, separator="/")
+                         for path, _ in jax.tree_util.tree_leaves_with_path(self.state.params)]
     start = self._open_workdir() if self.workdir else 0
     self.log(self.summary())
     for callback in self.callbacks:
@@ -518,9 +526,11 @@ class Trainer:
       if stop.requested and pos < spe:
         self._save()
         return self._stop_early(stop.signal_name)
+      self._check_finite()
       train_logs = metrics_lib.compute(self.train_names, self._acc)  # Syncs the device.
       seconds = time.perf_counter() - t0
       self._acc = self.empty_acc()
+      self._nonfinite_reported = 0
       self._end_epoch(epoch, train_logs, seconds, steps_run, compile_seconds)
       compile_seconds = None
       epoch += 1
@@ -532,6 +542,40 @@ class Trainer:
       callback.on_train_end(self)
     test = self._finish()
     return FitResult(self.state, self.history, test, self.workdir, self)
+
+  def _check_finite(self) -> None:
+    """Acts on non-finite steps since the epoch began (syncs the device).
+
+    ``nonfinite='stop'``: raises an error naming the first such step and quantity.
+    ``'skip'``: optax.apply_if_finite skipped those updates; one warning line, and an
+    error once it gives up (parameters or optimizer state no longer finite).
+
+    Raises:
+      JdlError: as above; the checkpoints on disk are all from before.
+    """
+    info = jax.device_get(self._acc[steps_lib.NONFINITE])
+    count = int(info["count"])
+    if count == 0 or count == self._nonfinite_reported:
+      return
+    step = int(info["step"]) + 1
+    names = self._param_names
+    what = ("the loss" if not info["loss_finite"] else
+            f"the gradient of {names[int(info['param'])]!r}")
+    epoch = (step - 1) // self.steps_per_epoch + 1
+    where = f"step {step} (epoch {epoch})"
+    healthy = all(bool(jnp.all(jnp.isfinite(x)))
+                  for x in jax.tree.leaves((self.state.params, self.state.opt_state))
+                  if jnp.issubdtype(x.dtype, jnp.floating))
+    last = self.checkpointer.latest_step() if self.checkpointer else None
+    kept = f"; the last checkpoint (step {last}) is intact" if last is not None else ""
+    if self.config.nonfinite == "stop" or not healthy:
+      self.nan_detected = True
+      raise JdlError(f"non-finite value at {where}: {what} is NaN or Inf{kept}. Lower the "
+                     "learning rate, clip gradients (--config.optimizer.clip_norm=1.0), or "
+                     "skip such steps (--config.nonfinite=skip)")
+    self.warn(f"jdl: warning: skipped {count - self._nonfinite_reported} non-finite "
+              f"update(s) this epoch, the first at {where} ({what})")
+    self._nonfinite_reported = count
 
   def _stop_early(self, signal_name: str) -> FitResult:
     """After a stop request: the checkpoint is written; flush and return."""

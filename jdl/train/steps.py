@@ -76,12 +76,54 @@ def make_train_step(task: SupervisedTask):
   def train_step(state: TrainState, batch: Batch):
     key = jax.random.fold_in(state.key, state.step)
     grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
-    (_, (per_example, outputs, model_state)), grads = grad_fn(
+    (loss, (per_example, outputs, model_state)), grads = grad_fn(
         state.params, state.model_state, batch, key, True)
-    state = state.apply_gradients(grads=grads, model_state=model_state)
-    return state, task.metrics(names, outputs, batch, per_example)
+    nonfinite = nonfinite_info(loss, grads, state.step)
+    bad = nonfinite["count"] > 0
+    # A skipped update (optax.apply_if_finite) leaves the model state as it was too.
+    model_state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), model_state,
+                               state.model_state)
+    new_state = state.apply_gradients(grads=grads, model_state=model_state)
+    metrics = task.metrics(names, outputs, batch, per_example)
+    # Non-finite steps do not enter the epoch's metrics (their loss is reported apart).
+    metrics = jax.tree.map(lambda x: jnp.where(bad, jnp.zeros_like(x), x), metrics)
+    return new_state, {**metrics, NONFINITE: nonfinite}
 
   return train_step
+
+
+NONFINITE = "nonfinite"
+
+
+def nonfinite_info(loss: jax.Array, grads, step: jax.Array) -> dict[str, jax.Array]:
+  """Whether this step's loss or gradients are non-finite, and where first.
+
+  Returns:
+    ``count`` (0 or 1), ``step`` (the step's index), ``loss_finite`` (0 or 1) and
+    ``param``: the index in ``jax.tree.leaves(grads)`` of the first non-finite
+    gradient, or -1.
+  """
+  leaf_ok = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+  loss_ok = jnp.isfinite(loss)
+  bad = ~loss_ok | ~jnp.all(leaf_ok)
+  return {"count": bad.astype(jnp.int32), "step": step.astype(jnp.int32),
+          "loss_finite": loss_ok.astype(jnp.int32),
+          "param": jnp.where(jnp.all(leaf_ok), -1, jnp.argmin(leaf_ok)).astype(jnp.int32)}
+
+
+def merge_nonfinite(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Counts add; the first non-finite step's details are kept (``a`` is earlier)."""
+  keep_a = a["count"] > 0
+  merged = {k: jnp.where(keep_a, a[k], b[k]) for k in ("step", "loss_finite", "param")}
+  return {"count": a["count"] + b["count"], **merged}
+
+
+def merge_train_metrics(acc, metrics):
+  """Merges a train step's metrics into the running sums of the epoch."""
+  rest = {k: v for k, v in metrics.items() if k != NONFINITE}
+  old = {k: v for k, v in acc.items() if k != NONFINITE}
+  return {**metrics_lib.merge(old, rest),
+          NONFINITE: merge_nonfinite(acc[NONFINITE], metrics[NONFINITE])}
 
 
 def make_eval_step(task: SupervisedTask):
