@@ -28,7 +28,8 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 DEFAULT_EXPERIMENT = "digits_cnn"
 
 # Keys whose change makes an existing checkpoint meaningless (resume refuses).
-STRUCTURAL_KEYS = ("dataset", "model", "seed", "batch_size", "task", "loss")
+STRUCTURAL_KEYS = ("dataset", "model", "seed", "batch_size", "task", "loss", "classes",
+                   "examples_per_class")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,7 +50,13 @@ def base_config() -> ml_collections.ConfigDict:
   # all train values: images), 'none'.
   c.normalize = "featurewise"
   c.n_samples = 0  # Synthetic sources (moons, circles, blobs, xor): 0 = default.
+  c.classes = ()  # Keep only these classes, relabelled 0..k-1 in this order.
+  c.examples_per_class = 0  # At most this many train examples a class; 0 = all.
   c.noise = -1.0  # Synthetic sources: < 0 = default.
+
+  # Transfer learning: parameters whose '/'-joined path matches `include` and not
+  # `exclude` (regexes) are copied from the latest checkpoint of `workdir`.
+  c.init_from = ml_collections.ConfigDict({"workdir": "", "include": ".*", "exclude": ""})
 
   # Model and task.
   c.model = ml_collections.ConfigDict({"name": "mlp"})

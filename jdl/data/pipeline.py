@@ -115,3 +115,26 @@ def check_batch_size(batch_size: int, n_train: int) -> None:
   if batch_size > n_train:
     raise JdlError(f"batch_size ({batch_size}) is larger than the training set "
                    f"({n_train} examples); lower --config.batch_size")
+
+
+def select_classes(x: np.ndarray, y: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
+  """Keeps the examples of ``classes`` and relabels them 0..len(classes)-1 in that order."""
+  classes = [int(c) for c in classes]
+  keep = np.isin(y, classes)
+  relabel = np.full(int(max(classes)) + 1, -1, np.int64)
+  relabel[classes] = np.arange(len(classes))
+  return x[keep], relabel[y[keep]].astype(y.dtype)
+
+
+def limit_per_class(x: np.ndarray, y: np.ndarray, n: int, seed: int):
+  """At most ``n`` examples of each class, drawn by a seeded permutation."""
+  order = np.random.default_rng(seed).permutation(len(y))
+  taken: dict[int, int] = {}
+  keep = []
+  for i in order:
+    c = int(y[i])
+    if taken.get(c, 0) < n:
+      taken[c] = taken.get(c, 0) + 1
+      keep.append(i)
+  keep = np.sort(np.asarray(keep, np.int64))
+  return x[keep], y[keep]

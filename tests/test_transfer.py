@@ -1,0 +1,58 @@
+"""Transfer learning: class subsets, initialisation from a checkpoint, frozen layers."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import jdl
+from jdl.data import pipeline
+
+from conftest import make_config
+
+CNN = dict(model__name="cnn", model__features=(8, 16), model__dense=(32,))
+
+
+def test_select_classes_and_limit_per_class():
+  x = np.arange(20, dtype=np.float32)[:, None]
+  y = np.arange(20) % 5
+  xs, ys = pipeline.select_classes(x, y, (3, 1))
+  assert sorted(set(ys.tolist())) == [0, 1]
+  np.testing.assert_array_equal(xs[ys == 0, 0] % 5, 3)
+  xl, yl = pipeline.limit_per_class(x, y, 2, seed=0)
+  assert np.bincount(yl).tolist() == [2, 2, 2, 2, 2]
+
+
+def test_fine_tune_from_a_checkpoint_with_frozen_convolutions(tmp_path):
+  pretrain = make_config(classes=(0, 1, 2, 3, 4), num_epochs=2, **CNN)
+  source = jdl.fit(pretrain, tmp_path / "pre", quiet=True)
+  assert source.trainer.data.num_classes == 5
+
+  finetune = make_config(classes=(5, 6, 7, 8, 9), examples_per_class=20, num_epochs=2,
+                         init_from__workdir=str(tmp_path / "pre"),
+                         init_from__exclude=r"mlp/head/.*",
+                         optimizer__freeze=(r"conv_\d+",), **CNN)
+  result = jdl.fit(finetune, tmp_path / "fine", quiet=True)
+  trainer = result.trainer
+  assert np.bincount(np.asarray(trainer.data.train.y)).max() <= 20
+  assert "mlp/head/kernel" not in trainer.init_from_copied
+  assert "conv_0/kernel" in trainer.init_from_copied
+  before, after = jax.device_get(source.state.params), jax.device_get(result.state.params)
+  for name in ("conv_0", "conv_1"):  # Copied, then frozen.
+    np.testing.assert_array_equal(before[name]["kernel"], after[name]["kernel"])
+  assert not np.array_equal(before["mlp"]["hidden_0"]["kernel"],
+                            after["mlp"]["hidden_0"]["kernel"])  # Copied, then trained.
+
+
+def test_init_from_errors(tmp_path):
+  with pytest.raises(jdl.JdlError, match="holds no checkpoints"):
+    jdl.Trainer(make_config(init_from__workdir=str(tmp_path)), quiet=True)
+  jdl.fit(make_config(num_epochs=1), tmp_path / "mlp", quiet=True)
+  with pytest.raises(jdl.JdlError, match="no parameter of this model matches"):
+    jdl.Trainer(make_config(init_from__workdir=str(tmp_path / "mlp"), **CNN), quiet=True)
+  with pytest.raises(jdl.JdlError, match="has shape"):
+    jdl.Trainer(make_config(init_from__workdir=str(tmp_path / "mlp"), model__hidden=(16,)),
+                quiet=True)
+  with pytest.raises(jdl.JdlError, match="classes"):
+    jdl.Trainer(make_config(classes=(3, 3)), quiet=True)
