@@ -136,7 +136,8 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> 
     JdlError: no such step.
   """
   with ocp.CheckpointManager(Path(directory).resolve(), item_names=("tree", "meta"),
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as manager:
+                             options=ocp.CheckpointManagerOptions(
+                                 read_only=True, save_interval_steps=0, create=False)) as manager:
     steps = sorted(manager.all_steps())
     if not steps:
       raise JdlError(f"no checkpoints in {directory}")
@@ -199,3 +200,29 @@ def quarantine(directory: str | os.PathLike, step: int) -> Path:
   target = target_root / f"{step}-{int(time.time())}"
   (root / str(step)).rename(target)
   return target
+
+
+# The JSON metadata jdl's trainer writes with every step: key -> accepted types.
+META_SCHEMA = {"step": int, "epoch": int, "position": int, "steps_per_epoch": int,
+               "history": dict, "callbacks": dict, "config": dict, "best": (dict, type(None))}
+
+
+def validate_meta(meta: Any, step: int) -> None:
+  """Checks checkpoint metadata against :data:`META_SCHEMA` (JSON only, never code).
+
+  Raises:
+    JdlError: a missing key, a value of the wrong type, or a step that disagrees.
+  """
+  if not isinstance(meta, dict):
+    raise JdlError(f"checkpoint {step}: metadata is not a JSON object")
+  for key, kinds in META_SCHEMA.items():
+    if key not in meta:
+      raise JdlError(f"checkpoint {step}: metadata lacks {key!r}")
+    if not isinstance(meta[key], kinds) or isinstance(meta[key], bool):
+      raise JdlError(f"checkpoint {step}: metadata {key!r} has the wrong type "
+                     f"({type(meta[key]).__name__})")
+  if meta["step"] != step:
+    raise JdlError(f"checkpoint {step}: metadata says step {meta['step']}")
+  for name, values in meta["history"].items():
+    if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+      raise JdlError(f"checkpoint {step}: history {name!r} is not a list of numbers")

@@ -162,3 +162,15 @@ def test_signal_saves_a_checkpoint_exits_0_and_resumes_exactly(tmp_path, sig):
   a, b = exported(tmp_path / "full"), exported(tmp_path / "stopped")
   for k in a.files:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_checkpoint_metadata_is_validated_against_its_schema():
+  from jdl.checkpoint import validate_meta
+  good = {"step": 5, "epoch": 0, "position": 5, "steps_per_epoch": 20, "history": {"loss": [1.0]},
+          "callbacks": {}, "config": {}, "best": None}
+  validate_meta(good, 5)
+  for bad, match in [({**good, "step": 6}, "says step 6"), ({**good, "history": {"loss": ["x"]}},
+                     "not a list of numbers"), ({k: v for k, v in good.items() if k != "config"},
+                     "lacks 'config'"), ({**good, "epoch": "0"}, "wrong type"), ([], "JSON object")]:
+    with pytest.raises(jdl.JdlError, match=match):
+      validate_meta(bad, 5)

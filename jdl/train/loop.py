@@ -473,6 +473,7 @@ class Trainer:
   def _resume(self, step: int) -> int:
     target = {"state": self.state, "acc": self.empty_acc()}
     tree, meta = self.checkpointer.restore(step, target)
+    ckpt_lib.validate_meta(meta, step)
     self.state, self._acc = tree["state"], tree["acc"]
     self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
     for callback in self.callbacks:
