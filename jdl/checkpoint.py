@@ -8,6 +8,7 @@ the latest ``keep`` steps plus the best one by a monitored metric.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -135,6 +136,16 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> 
   Raises:
     JdlError: no such step.
   """
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only.
+  try:
+    return _restore_params(directory, step)
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _restore_params(directory, step):
   with ocp.CheckpointManager(Path(directory).resolve(), item_names=("tree", "meta"),
                              options=ocp.CheckpointManagerOptions(
                                  read_only=True, save_interval_steps=0, create=False)) as manager:

@@ -150,10 +150,12 @@ def main(argv: list[str] | None = None) -> int:
   try:
     rest, overrides = _split_overrides(argv)
   except JdlError as e:
-    parser.exit(2, f"jdl: error: {e}\n")
+    print(f"jdl: error: {e}", file=sys.stderr)
+    return 2
   args = parser.parse_args(rest)
   if overrides and args.command == "list":
-    parser.exit(2, "jdl: error: list takes no --config overrides\n")
+    print("jdl: error: list takes no --config overrides", file=sys.stderr)
+    return 2
   command = {"train": _train, "evaluate": _evaluate, "export": _export, "list": _list}
   try:
     return command[args.command](args, overrides)

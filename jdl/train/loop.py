@@ -156,6 +156,13 @@ class Trainer:
                      f"{config.normalize!r}")
     if config.checkpoint_every_steps < 0:
       raise JdlError(f"checkpoint_every_steps must be >= 0, got {config.checkpoint_every_steps}")
+    if config.monitor_mode not in ("min", "max"):
+      raise JdlError(f"monitor_mode must be 'min' or 'max', got {config.monitor_mode!r}")
+    if config.early_stopping.mode not in ("min", "max"):
+      raise JdlError(f"early_stopping.mode must be 'min' or 'max', got "
+                     f"{config.early_stopping.mode!r}")
+    if config.keep_checkpoints < 1:
+      raise JdlError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
     if config.nonfinite not in ("stop", "skip"):
       raise JdlError(f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
     if config.max_nonfinite_skips < 1:

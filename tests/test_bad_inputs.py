@@ -1,0 +1,188 @@
+"""Malformed input, end to end: through the CLI and the Python API.
+
+Every case must give one `jdl: error: ...` line naming the problem, exit status 2,
+no traceback, and leave the workdir of a finished run byte for byte unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jdl
+from jdl import cli
+
+from conftest import make_config
+
+FAST = ["--config.num_epochs=1", "--config.tensorboard=false", "--config.plots=false",
+        "--config.model.features=(4,)", "--config.model.dense=(8,)"]
+IRIS = ["--config", "iris", "--config.num_epochs=1"]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("finished")
+  assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST]) == 0
+  return workdir
+
+
+def _npz(tmp, name, **arrays):
+  path = tmp / name
+  np.savez(path, **arrays)
+  return f"--config.data_dir={path}"
+
+
+def _idx_dir(tmp, name, damage):
+  d = tmp / name
+  d.mkdir()
+  images = np.zeros((10, 28, 28), np.uint8)
+  labels = np.arange(10, dtype=np.uint8)
+  files = {"train-images-idx3-ubyte": struct.pack(">IIII", 2051, 10, 28, 28) + images.tobytes(),
+           "train-labels-idx1-ubyte": struct.pack(">II", 2049, 10) + labels.tobytes(),
+           "t10k-images-idx3-ubyte": struct.pack(">IIII", 2051, 10, 28, 28) + images.tobytes(),
+           "t10k-labels-idx1-ubyte": struct.pack(">II", 2049, 10) + labels.tobytes()}
+  for fname, data in files.items():
+    if fname == "train-images-idx3-ubyte":
+      data = damage(data)
+    (d / (fname + ".gz")).write_bytes(gzip.compress(data))
+  return f"--config.data_dir={d}"
+
+
+def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 4)).astype(np.float32)
+  y = np.arange(40) % 3
+  nan_x = x.copy()
+  nan_x[3] = np.inf
+  bad_cfg = tmp / "syntax.py"
+  bad_cfg.write_text("def get_config(:\n")
+  no_fn = tmp / "nofn.py"
+  no_fn.write_text("x = 1\n")
+  latin = tmp / "latin.py"
+  latin.write_bytes(b"# caf\xe9\ndef get_config():\n  return None\n")
+  wrong_type = tmp / "wrongtype.py"
+  wrong_type.write_text("def get_config():\n  return {'a': 1}\n")
+  trunc_zip = tmp / "trunc.npz"
+  np.savez(trunc_zip, x=x, y=y)
+  trunc_zip.write_bytes(trunc_zip.read_bytes()[:100])
+  npz = "--config.dataset=npz"
+  return {
+      # Config keys and values.
+      "unknown top-level key": (["--config.learning_rate=0.1"], ["learning_rate"]),
+      "unknown nested key": (["--config.optimizer.lr=0.1"], ["optimizer.lr"]),
+      "unknown section": (["--config.optimiser.name=adam"], ["optimiser"]),
+      "value for a section": (["--config.optimizer=adam"], ["section"]),
+      "non-integer epochs": (["--config.num_epochs=ten"], ["num_epochs", "ten"]),
+      "non-number learning rate": (["--config.optimizer.learning_rate=fast"], ["learning_rate"]),
+      "non-bool flag": (["--config.plots=maybe"], ["plots"]),
+      "override without value": (["--config.num_epochs"], ["num_epochs"]),
+      "unknown optimizer": (["--config.optimizer.name=adamm"], ["adamm", "adam"]),
+      "unknown schedule": (["--config.schedule.name=cosin"], ["cosin", "cosine"]),
+      "unknown activation": (["--config.model.activation=relux"], ["relux"]),
+      "unknown model": (["--config.model.name=transformer"], ["transformer", "mlp"]),
+      "unknown model field": (["--config.model.widht=3"], ["widht"]),
+      "unknown dataset": (["--config.dataset=mnits"], ["mnits", "mnist"]),
+      "unknown loss": (["--config.loss=crossentropy"], ["crossentropy"]),
+      "unknown metric": (["--config.metrics=('acc',)"], ["acc"]),
+      "unknown conv_impl": (["--config.model.conv_impl=cudnn"], ["conv_impl"]),
+      "unknown normalize": (["--config.normalize=zscore"], ["normalize", "zscore"]),
+      "unknown epoch_mode": (["--config.epoch_mode=fast"], ["epoch_mode"]),
+      "unknown task": (["--config.task=ranking"], ["task"]),
+      "unknown nonfinite": (["--config.nonfinite=ignore"], ["nonfinite"]),
+      "unknown monitor_mode": (["--config.monitor_mode=up"], ["monitor_mode"]),
+      "batch size zero": (["--config.batch_size=0"], ["batch_size"]),
+      "batch size negative": (["--config.batch_size=-4"], ["batch_size"]),
+      "batch size huge": (["--config.batch_size=1000000000000"], ["batch_size"]),
+      "negative epochs": (["--config.num_epochs=-1"], ["num_epochs"]),
+      "validation split 1.5": (["--config.validation_split=1.5"], ["validation_split"]),
+      "test split 0": (["--config.test_split=0.0"], ["test_split"]),
+      "learning rate negative": (["--config.optimizer.learning_rate=-1.0"], ["learning_rate"]),
+      "accumulate steps zero": (["--config.optimizer.accumulate_steps=0"], ["accumulate_steps"]),
+      "freeze pattern matches nothing": (["--config.optimizer.freeze=('nomatch',)"], ["nomatch"]),
+      "keep zero checkpoints": (["--config.keep_checkpoints=0"], ["keep_checkpoints"]),
+      "checkpoint every 0 epochs": (["--config.checkpoint_every_epochs=0"],
+                                    ["checkpoint_every_epochs"]),
+      "dropout rate 1.5": (["--config.model.dropout_rate=1.5"], ["dropout_rate"]),
+      "zero-width layer": (["--config.model.features=(0,)"], ["features"]),
+      "label smoothing with mse": ([*IRIS, "--config.loss=mse",
+                                    "--config.label_smoothing=0.1"], ["label_smoothing"]),
+      "binary loss on 3 classes": ([*IRIS, "--config.loss=binary_crossentropy"], ["2 classes"]),
+      "class outside the dataset": (["--config.classes=(11,)"], ["classes"]),
+      "negative examples per class": (["--config.examples_per_class=-1"], ["examples_per_class"]),
+      "init_from a missing run": ([f"--config.init_from.workdir={tmp / 'nowhere'}"],
+                                  ["init_from"]),
+      # Config files.
+      "missing config file": (["--config", tmp / "nope.py"], ["nope.py"]),
+      "config with a syntax error": (["--config", bad_cfg], ["syntax.py"]),
+      "config without get_config": (["--config", no_fn], ["get_config"]),
+      "non-UTF-8 config file": (["--config", latin], ["latin.py"]),
+      "config returning a dict": (["--config", wrong_type], ["ConfigDict"]),
+      # Data files.
+      "nan/inf in inputs": ([*IRIS, npz, _npz(tmp, "nan.npz", x=nan_x, y=y)], ["inf"]),
+      "labels out of range": ([*IRIS, npz, _npz(tmp, "neg.npz", x=x, y=y - 1)], ["label"]),
+      "float labels": ([*IRIS, npz, _npz(tmp, "fl.npz", x=x, y=y + 0.5)], ["regression"]),
+      "empty dataset": ([*IRIS, npz, _npz(tmp, "empty.npz", x=x[:0], y=y[:0])], ["empty"]),
+      "one-sample dataset": ([*IRIS, npz, _npz(tmp, "one.npz", x=x[:1], y=y[:1])], ["one.npz"]),
+      "x/y length mismatch": ([*IRIS, npz, _npz(tmp, "mis.npz", x=x, y=y[:-1])], ["mis.npz"]),
+      "string inputs": ([*IRIS, npz, _npz(tmp, "str.npz", x=x.astype(str), y=y)], ["str.npz"]),
+      "object (pickled) array": ([*IRIS, npz, _npz(tmp, "obj.npz", x=np.array([x, 1], dtype=object),
+                                                   y=y)], ["obj.npz"]),
+      "npz without y": ([*IRIS, npz, _npz(tmp, "noy.npz", x=x)], ["'y'"]),
+      "truncated npz": ([*IRIS, npz, f"--config.data_dir={trunc_zip}"], ["trunc.npz"]),
+      "wrong input rank for a CNN": ([npz, "--config.batch_size=8",
+                                      _npz(tmp, "flat.npz", x=x, y=y)], ["shape"]),
+      "missing idx files": ([*IRIS, "--config.dataset=mnist", f"--config.data_dir={tmp / 'none'}",
+                             "--config.download=false"], ["train-images-idx3-ubyte"]),
+      "truncated idx": ([*IRIS, "--config.dataset=mnist",
+                         _idx_dir(tmp, "trunc_idx", lambda b: b[:-100])], ["ubyte"]),
+      "idx with a wrong magic": ([*IRIS, "--config.dataset=mnist",
+                                  _idx_dir(tmp, "magic_idx", lambda b: b"\x00\x00\x09\x99" + b[4:])],
+                                 ["ubyte"]),
+  }
+
+
+def test_at_least_forty_cases(tmp_path):
+  assert len(cases(tmp_path)) >= 40
+
+
+def test_every_bad_input_gets_one_line_exit_2_and_the_workdir_is_kept(finished, tmp_path, capsys):
+  before = _snapshot(finished)
+  failures = []
+  for name, (args, words) in cases(tmp_path).items():
+    code = cli.main(["train", "--workdir", str(finished), "--quiet", *map(str, args)])
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    ok = (code == 2 and len(lines) == 1 and lines[0].startswith("jdl: error: ")
+          and "Traceback" not in err and all(w.lower() in err.lower() for w in words))
+    if not ok:
+      failures.append(f"{name}: code={code} err={err.strip()!r}")
+  assert not failures, "\n".join(failures)
+  assert _snapshot(finished) == before
+
+
+def test_evaluate_and_export_without_checkpoints(tmp_path, capsys):
+  assert cli.main(["evaluate", "--workdir", str(tmp_path), *FAST]) == 2
+  assert cli.main(["export", "--workdir", str(tmp_path), "--out", str(tmp_path / "p.npz")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2 and all(line.startswith("jdl: error: no checkpoints") for line in err)
+
+
+def test_python_api_raises_jdl_errors(tmp_path):
+  with pytest.raises(jdl.JdlError, match="batch_size"):
+    jdl.fit(make_config(batch_size=0), quiet=True)
+  with pytest.raises(jdl.JdlError, match="optimizer 'adamm'"):
+    jdl.fit(make_config(optimizer__name="adamm"), quiet=True)
+  with pytest.raises(jdl.JdlError, match="unknown config key"):
+    jdl.config.apply_overrides(make_config(), {"nope": "1"})
+  with pytest.raises(jdl.JdlError, match="classification"):
+    jdl.fit(make_config(dataset="linear", task="classification"), quiet=True)
