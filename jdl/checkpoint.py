@@ -7,6 +7,7 @@ the latest ``keep`` steps plus the best one by a monitored metric.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -83,7 +84,22 @@ class Checkpointer:
     """Saves ``tree`` and ``meta`` as ``step`` (asynchronously if so configured)."""
     args = ocp.args.Composite(tree=ocp.args.StandardSave(to_savable(tree)),
                               meta=ocp.args.JsonSave(meta))
-    self._manager.save(int(step), args=args, metrics=metrics, force=True)
+    with self._write_errors(step):
+      self._manager.save(int(step), args=args, metrics=metrics, force=True)
+
+  @contextlib.contextmanager
+  def _write_errors(self, step: int | None):
+    """Turns a failed write (disk full, permission denied) into one clear error.
+
+    orbax writes each step into a temporary folder and renames it when complete, so
+    the steps already on disk stay intact whatever happens to this one.
+    """
+    try:
+      yield
+    except OSError as e:
+      what = f"the checkpoint at step {step}" if step is not None else "a checkpoint"
+      raise JdlError(f"cannot write {what} in {self.directory}: "
+                     f"{e.strerror or e}; the earlier checkpoints are intact") from None
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
     """Restores ``step`` into the structure, shapes and dtypes of ``target``."""
@@ -107,10 +123,12 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
-    self._manager.wait_until_finished()
+    with self._write_errors(None):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    with self._write_errors(None):
+      self._manager.wait_until_finished()
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:

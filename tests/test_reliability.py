@@ -174,3 +174,29 @@ def test_checkpoint_metadata_is_validated_against_its_schema():
                      "lacks 'config'"), ({**good, "epoch": "0"}, "wrong type"), ([], "JSON object")]:
     with pytest.raises(jdl.JdlError, match=match):
       validate_meta(bad, 5)
+
+
+def test_a_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(tmp_path, monkeypatch):
+  import errno
+
+  import orbax.checkpoint as ocp
+  config = make_config(num_epochs=3)
+  real_save = ocp.CheckpointManager.save
+  calls = []
+
+  def flaky_save(self, step, *args, **kwargs):
+    calls.append(step)
+    if len(calls) == 2:  # The second save finds the disk full.
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", flaky_save)
+  with pytest.raises(jdl.JdlError, match=r"cannot write the checkpoint at step 40 .*No space "
+                                         r"left on device; the earlier checkpoints are intact"):
+    jdl.fit(config, tmp_path, quiet=True)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+  assert _steps(tmp_path) == [20]
+  resumed = jdl.fit(config, tmp_path, quiet=True)  # The surviving checkpoint restores.
+  reference = jdl.fit(config, quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(reference.state.params),
+                              jax.device_get(resumed.state.params))
