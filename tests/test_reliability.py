@@ -200,3 +200,37 @@ def test_a_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(tmp_p
   reference = jdl.fit(config, quiet=True)
   chex.assert_trees_all_equal(jax.device_get(reference.state.params),
                               jax.device_get(resumed.state.params))
+
+
+def test_sigkill_inside_a_checkpoint_write_then_resume_is_bitwise_equal(tmp_path):
+  args = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=5",
+          "--config.checkpoint_every_steps=2", "--config.scan_chunk=2",
+          "--config.tensorboard=false", "--config.plots=false"]
+
+  def train(workdir):
+    return subprocess.Popen([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir),
+                             *args], env=_env(), stderr=subprocess.DEVNULL)
+
+  assert train(tmp_path / "full").wait(timeout=300) == 0
+  proc = train(tmp_path / "killed")
+  ckpts = tmp_path / "killed" / "checkpoints"
+  deadline, inside = time.time() + 240, False
+  while time.time() < deadline and proc.poll() is None:
+    steps = [p for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else []
+    if len(steps) >= 3 and any("tmp" in p.name for p in ckpts.iterdir()):
+      proc.send_signal(signal.SIGKILL)  # A step folder is being written right now.
+      inside = True
+      break
+    time.sleep(0.002)
+  proc.wait()
+  assert inside, "no checkpoint write was caught in flight"
+  assert train(tmp_path / "killed").wait(timeout=300) == 0
+
+  def exported(workdir):
+    out = workdir / "params.npz"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    return np.load(out)
+
+  a, b = exported(tmp_path / "full"), exported(tmp_path / "killed")
+  for k in a.files:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
