@@ -127,8 +127,10 @@ def _export(args, overrides) -> int:
 
 def _list(args, overrides) -> int:
   from jdl import config as config_lib
-  for name in config_lib.list_experiments():
-    print(f"{name:<20} {config_lib.experiment_description(name)}")
+  names = config_lib.list_experiments()
+  width = max(map(len, names), default=0)
+  for name in names:
+    print(f"{name:<{width}}  {config_lib.experiment_description(name)}")
   return 0
 
 

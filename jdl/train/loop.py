@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jax_core
@@ -41,6 +40,7 @@ from jdl.errors import JdlError
 from jdl.train import callbacks as cb
 from jdl.train import plots
 from jdl.train import steps as steps_lib
+from jdl.train import transfer
 from jdl.train import workdir as workdir_lib
 from jdl.train.state import TrainState, create_train_state
 
@@ -191,7 +191,9 @@ class Trainer:
       as_2d = lambda y: None if y is None else y.reshape(len(y), -1).astype(np.float32)  # noqa: E731
       dataset = dataclasses.replace(dataset, y_train=as_2d(dataset.y_train),
                                     y_test=as_2d(dataset.y_test), y_val=as_2d(dataset.y_val))
-    dataset = self._subset(config, dataset)
+    dataset = transfer.subset(dataset, classes=tuple(config.classes),
+                              examples_per_class=int(config.examples_per_class),
+                              seed=int(config.seed))
     if dataset.x_val is not None:  # An explicit validation set replaces validation_split.
       x_tr, y_tr, x_val, y_val = dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val
     else:
@@ -223,57 +225,9 @@ class Trainer:
 
   def _init_from(self, spec) -> Any:
     """Params with the matching entries copied from another run's latest checkpoint."""
-    import re
-    if not (Path(spec.workdir) / "checkpoints").is_dir():
-      raise JdlError(f"init_from.workdir {spec.workdir!r} holds no checkpoints/")
-    source = ckpt_lib.restore_params(Path(spec.workdir) / "checkpoints")
-    include, exclude = re.compile(spec.include), re.compile(spec.exclude) if spec.exclude else None
-    flat = flax.traverse_util.flatten_dict(self.state.params, sep="/")
-    copied = []
-    for path, value in flat.items():
-      if not include.fullmatch(path) or (exclude and exclude.fullmatch(path)):
-        continue
-      if path not in source:
-        continue
-      if source[path].shape != value.shape:
-        raise JdlError(f"init_from: parameter {path!r} has shape {source[path].shape} in "
-                       f"{spec.workdir} but {value.shape} in this model; exclude it "
-                       "(--config.init_from.exclude=...)")
-      flat[path] = jnp.asarray(source[path], value.dtype)
-      copied.append(path)
-    if not copied:
-      raise JdlError(f"init_from: no parameter of this model matches include={spec.include!r} "
-                     f"/ exclude={spec.exclude!r} in {spec.workdir}; its parameters: "
-                     f"{', '.join(sorted(source)[:8])}")
-    self.init_from_copied = copied
-    return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-  @staticmethod
-  def _subset(config, dataset):
-    """Applies ``classes`` and ``examples_per_class`` (classification only)."""
-    if not config.classes and not config.examples_per_class:
-      return dataset
-    if dataset.task != "classification":
-      raise JdlError("classes / examples_per_class apply to classification datasets only")
-    if config.examples_per_class < 0:
-      raise JdlError(f"examples_per_class must be >= 0, got {config.examples_per_class}")
-    if config.classes:
-      bad = [c for c in config.classes if not 0 <= int(c) < dataset.num_classes]
-      if bad or len(set(config.classes)) != len(config.classes):
-        raise JdlError(f"classes {tuple(config.classes)} must be distinct labels of "
-                       f"{dataset.name!r} (0..{dataset.num_classes - 1})")
-      pick = lambda x, y: (x, y) if x is None else pipeline.select_classes(x, y, config.classes)  # noqa: E731
-      x_tr, y_tr = pick(dataset.x_train, dataset.y_train)
-      x_te, y_te = pick(dataset.x_test, dataset.y_test)
-      x_va, y_va = pick(dataset.x_val, dataset.y_val)
-      dataset = dataclasses.replace(dataset, x_train=x_tr, y_train=y_tr, x_test=x_te,
-                                    y_test=y_te, x_val=x_va, y_val=y_va,
-                                    num_classes=len(config.classes))
-    if config.examples_per_class:
-      x_tr, y_tr = pipeline.limit_per_class(dataset.x_train, dataset.y_train,
-                                            int(config.examples_per_class), int(config.seed))
-      dataset = dataclasses.replace(dataset, x_train=x_tr, y_train=y_tr)
-    return dataset
+    params, self.init_from_copied = transfer.init_params_from(
+        self.state.params, spec.workdir, include=spec.include, exclude=spec.exclude)
+    return params
 
   def _num_outputs(self) -> int:
     if self.data.task == "regression":

@@ -1,0 +1,85 @@
+"""Transfer learning: parameters from another run's checkpoint, and data subsets."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax.numpy as jnp
+
+from jdl import checkpoint as ckpt_lib
+from jdl.data import Dataset
+from jdl.data import pipeline
+from jdl.errors import JdlError
+
+
+def init_params_from(params: Any, workdir: str | Path, *, include: str = ".*",
+                     exclude: str = "") -> tuple[Any, list[str]]:
+  """Copies parameters from ``workdir``'s latest checkpoint by '/'-joined path.
+
+  A parameter of ``params`` whose path fully matches ``include`` and not
+  ``exclude`` (regexes) takes the checkpoint's value; the others keep theirs.
+
+  Returns:
+    ``(params, copied_paths)``.
+
+  Raises:
+    JdlError: no checkpoint, a shape mismatch, or no parameter copied at all.
+  """
+  if not (Path(workdir) / "checkpoints").is_dir():
+    raise JdlError(f"init_from.workdir {str(workdir)!r} holds no checkpoints/")
+  source = ckpt_lib.restore_params(Path(workdir) / "checkpoints")
+  keep, drop = re.compile(include), re.compile(exclude) if exclude else None
+  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  copied = []
+  for path, value in flat.items():
+    if not keep.fullmatch(path) or (drop and drop.fullmatch(path)) or path not in source:
+      continue
+    if source[path].shape != value.shape:
+      raise JdlError(f"init_from: parameter {path!r} has shape {source[path].shape} in "
+                     f"{workdir} but {value.shape} in this model; exclude it "
+                     "(--config.init_from.exclude=...)")
+    flat[path] = jnp.asarray(source[path], value.dtype)
+    copied.append(path)
+  if not copied:
+    raise JdlError(f"init_from: no parameter of this model matches include={include!r} / "
+                   f"exclude={exclude!r} in {workdir}; its parameters: "
+                   f"{', '.join(sorted(source)[:8])}")
+  return flax.traverse_util.unflatten_dict(flat, sep="/"), copied
+
+
+def subset(dataset: Dataset, *, classes: tuple[int, ...] = (), examples_per_class: int = 0,
+           seed: int = 0) -> Dataset:
+  """Keeps ``classes`` (relabelled 0..k-1) and at most ``examples_per_class`` to train on.
+
+  Raises:
+    JdlError: a regression dataset, labels outside the dataset, or a negative count.
+  """
+  if not classes and not examples_per_class:
+    return dataset
+  if dataset.task != "classification":
+    raise JdlError("classes / examples_per_class apply to classification datasets only")
+  if examples_per_class < 0:
+    raise JdlError(f"examples_per_class must be >= 0, got {examples_per_class}")
+  if classes:
+    if (any(not 0 <= int(c) < dataset.num_classes for c in classes)
+        or len(set(classes)) != len(classes)):
+      raise JdlError(f"classes {tuple(classes)} must be distinct labels of {dataset.name!r} "
+                     f"(0..{dataset.num_classes - 1})")
+
+    def pick(x, y):
+      return (x, y) if x is None else pipeline.select_classes(x, y, classes)
+
+    x_tr, y_tr = pick(dataset.x_train, dataset.y_train)
+    x_te, y_te = pick(dataset.x_test, dataset.y_test)
+    x_va, y_va = pick(dataset.x_val, dataset.y_val)
+    dataset = dataclasses.replace(dataset, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te,
+                                  x_val=x_va, y_val=y_va, num_classes=len(classes))
+  if examples_per_class:
+    x_tr, y_tr = pipeline.limit_per_class(dataset.x_train, dataset.y_train, examples_per_class,
+                                          seed)
+    dataset = dataclasses.replace(dataset, x_train=x_tr, y_train=y_tr)
+  return dataset
