@@ -206,10 +206,13 @@ class ProgressBar(Callback):
     if self._bar is not None:
       self._bar.update(num_steps)
 
-  def on_epoch_end(self, trainer, epoch, logs):
+  def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
       self._bar = None
+
+  def on_epoch_end(self, trainer, epoch, logs):
+    self.close()
 
 
 def format_logs(logs: dict[str, float]) -> str:

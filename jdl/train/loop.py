@@ -621,6 +621,7 @@ class Trainer:
     return time.perf_counter() - t0
 
   def _end_epoch(self, epoch, train_logs, seconds, steps_run, compile_seconds) -> None:
+    self.progress.close()  # Before the epoch's line is printed.
     step = self.step
     lr = float(self._current_lr(self.state.opt_state))
     record = {"step": step, "epoch": epoch + 1, "split": "train", **train_logs,
