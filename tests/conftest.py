@@ -44,3 +44,34 @@ def make_config(**overrides):
 @pytest.fixture
 def tiny_config():
   return make_config
+
+
+def cli_env() -> dict[str, str]:
+  """The environment for `python -m jdl.cli` subprocesses: this checkout importable."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def start_training(workdir, args, **popen_kwargs):
+  """Starts `jdl train --workdir WORKDIR ARGS...` in a subprocess."""
+  import subprocess
+  import sys
+  return subprocess.Popen([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir),
+                           *args], env=cli_env(), **popen_kwargs)
+
+
+def assert_exports_equal(workdir_a, workdir_b):
+  """`jdl export` of two workdirs gives bitwise-equal parameters."""
+  import numpy as np
+  from jdl import cli
+
+  def exported(workdir):
+    out = Path(workdir) / "params.npz"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    return np.load(out)
+
+  a, b = exported(workdir_a), exported(workdir_b)
+  assert sorted(a.files) == sorted(b.files)
+  for k in a.files:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 
 from jdl import cli
 
-from conftest import REPO
+from conftest import assert_exports_equal, cli_env, start_training
 
 FAST = ["--config.num_epochs=1", "--config.tensorboard=false", "--config.plots=false",
         "--config.model.features=(8,)", "--config.model.dense=(16,)"]
@@ -161,16 +160,11 @@ def test_changed_model_refuses_to_resume(trained, capsys):
   assert "model.dense" in err
 
 
-def _env():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-  return env
-
 
 def test_cli_process_exit_code_for_bad_input(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(tmp_path),
                          "--config.optimizer.name=adamm"], capture_output=True, text=True,
-                        env=_env(), timeout=120)
+                        env=cli_env(), timeout=120)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
   assert proc.stderr.startswith("jdl: error: unknown optimizer 'adamm'")
@@ -183,9 +177,8 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_equal(tmp_path):
           "--config.checkpoint_every_steps=5", "--config.tensorboard=false",
           "--config.plots=false"]
 
-  def train(workdir, **kw):
-    return subprocess.Popen([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir),
-                             *args], env=_env(), **kw)
+  def train(workdir):
+    return start_training(workdir, args)
 
   assert train(tmp_path / "full").wait(timeout=300) == 0
   proc = train(tmp_path / "killed")
@@ -201,12 +194,4 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_equal(tmp_path):
   proc.wait()
   assert train(tmp_path / "killed").wait(timeout=300) == 0
 
-  def exported(workdir):
-    out = workdir / "params.npz"
-    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
-    return np.load(out)
-
-  a, b = exported(tmp_path / "full"), exported(tmp_path / "killed")
-  assert sorted(a.files) == sorted(b.files)
-  for k in a.files:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert_exports_equal(tmp_path / "full", tmp_path / "killed")

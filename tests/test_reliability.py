@@ -11,7 +11,6 @@ import time
 
 import chex
 import jax
-import numpy as np
 import pytest
 
 import jdl
@@ -19,13 +18,8 @@ from jdl import cli
 from jdl.train import workdir as workdir_lib
 from jdl.train.callbacks import Callback
 
-from conftest import REPO, make_config
+from conftest import assert_exports_equal, make_config, start_training
 
-
-def _env():
-  env = dict(os.environ)
-  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-  return env
 
 
 def test_second_run_on_a_locked_workdir_refuses(tmp_path, capsys):
@@ -138,8 +132,7 @@ def test_signal_saves_a_checkpoint_exits_0_and_resumes_exactly(tmp_path, sig):
           "--config.plots=false"]
 
   def train(workdir):
-    return subprocess.Popen([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir),
-                             *args], env=_env(), stderr=subprocess.PIPE, text=True)
+    return start_training(workdir, args, stderr=subprocess.PIPE, text=True)
 
   assert train(tmp_path / "full").wait(timeout=300) == 0
   proc = train(tmp_path / "stopped")
@@ -154,14 +147,7 @@ def test_signal_saves_a_checkpoint_exits_0_and_resumes_exactly(tmp_path, sig):
   assert not (tmp_path / "stopped" / workdir_lib.LOCK_NAME).exists()
   assert train(tmp_path / "stopped").wait(timeout=300) == 0
 
-  def exported(workdir):
-    out = workdir / "params.npz"
-    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
-    return np.load(out)
-
-  a, b = exported(tmp_path / "full"), exported(tmp_path / "stopped")
-  for k in a.files:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert_exports_equal(tmp_path / "full", tmp_path / "stopped")
 
 
 def test_checkpoint_metadata_is_validated_against_its_schema():
@@ -208,8 +194,7 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_is_bitwise_equal(tmp_path
           "--config.tensorboard=false", "--config.plots=false"]
 
   def train(workdir):
-    return subprocess.Popen([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir),
-                             *args], env=_env(), stderr=subprocess.DEVNULL)
+    return start_training(workdir, args, stderr=subprocess.DEVNULL)
 
   assert train(tmp_path / "full").wait(timeout=300) == 0
   proc = train(tmp_path / "killed")
@@ -226,11 +211,4 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_is_bitwise_equal(tmp_path
   assert inside, "no checkpoint write was caught in flight"
   assert train(tmp_path / "killed").wait(timeout=300) == 0
 
-  def exported(workdir):
-    out = workdir / "params.npz"
-    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
-    return np.load(out)
-
-  a, b = exported(tmp_path / "full"), exported(tmp_path / "killed")
-  for k in a.files:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert_exports_equal(tmp_path / "full", tmp_path / "killed")
