@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
   except JdlError as e:
     print(f"jdl: error: {e}", file=sys.stderr)
     return 2
+  except OSError as e:  # The file system said no (permissions, disk full, a vanished file).
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"jdl: error: {where}{e.strerror or e}", file=sys.stderr)
+    return 2
   except KeyboardInterrupt:
     print("jdl: interrupted", file=sys.stderr)
     return 130

@@ -7,6 +7,7 @@ no traceback, and leave the workdir of a finished run byte for byte unchanged.
 from __future__ import annotations
 
 import gzip
+import json
 import hashlib
 import struct
 from pathlib import Path
@@ -186,3 +187,80 @@ def test_python_api_raises_jdl_errors(tmp_path):
     jdl.config.apply_overrides(make_config(), {"nope": "1"})
   with pytest.raises(jdl.JdlError, match="classification"):
     jdl.fit(make_config(dataset="linear", task="classification"), quiet=True)
+
+
+# Run as root with the capabilities that bypass permission bits dropped, so that
+# mode 000 means "unreadable" for this test as it would for an ordinary user.
+_NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
+           "--inh-caps=-dac_override,-dac_read_search"]
+_UNREADABLE_SCRIPT = r"""
+import contextlib, io, json, os, sys
+from jdl import cli
+cases = json.loads(sys.argv[1])
+for name, workdir, target, args in cases:
+  if name == "workdir itself":
+    try:
+      os.listdir(workdir)
+      print(json.dumps({"skip": "permission bits are not enforced here"}))
+      sys.exit(0)
+    except PermissionError:
+      pass
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    code = cli.main(["train", "--workdir", workdir, "--quiet", *args])
+  print(json.dumps({"name": name, "target": target, "code": code, "err": err.getvalue()}))
+"""
+
+
+def test_unreadable_workdir_files_get_one_line_and_nothing_is_lost(finished, tmp_path):
+  import os
+  import shutil
+  import subprocess
+  import sys
+  from conftest import cli_env
+  prefix = []
+  if os.geteuid() == 0:
+    if shutil.which("setpriv") is None:
+      pytest.skip("root without setpriv: permission bits cannot be enforced")
+    prefix = _NO_DAC
+  cases, originals = [], {}
+  for name, rel in (("workdir itself", "."), ("config.json", "config.json"),
+                    ("metrics.jsonl", "metrics.jsonl"), ("checkpoints", "checkpoints")):
+    workdir = tmp_path / name.replace(" ", "_")
+    shutil.copytree(finished, workdir)
+    originals[name] = _snapshot(workdir)
+    target = workdir / rel
+    cases.append((name, str(workdir), str(target.resolve()), FAST))
+  for _, _, target, _ in cases:
+    os.chmod(target, 0)
+  try:
+    proc = subprocess.run([*prefix, sys.executable, "-c", _UNREADABLE_SCRIPT, json.dumps(cases)],
+                          env=cli_env(), capture_output=True, text=True, timeout=300)
+  finally:
+    for _, workdir, target, _ in cases:
+      os.chmod(target, 0o755 if os.path.isdir(target) else 0o644)
+  results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+  assert results, proc.stderr
+  if "skip" in results[0]:
+    pytest.skip(results[0]["skip"])
+  assert [r["name"] for r in results] == [c[0] for c in cases]
+  for r in results:
+    lines = r["err"].strip().splitlines()
+    assert r["code"] == 2, r
+    assert len(lines) == 1 and lines[0].startswith("jdl: error: "), r
+    assert "Traceback" not in r["err"] and "ermission denied" in lines[0], r
+    assert os.path.basename(r["target"].rstrip("/")) in lines[0], r
+  for name, workdir, _, _ in cases:
+    assert _snapshot(Path(workdir)) == originals[name], name
+
+
+def test_corrupt_config_json_is_one_line_and_kept(finished, tmp_path, capsys):
+  import shutil
+  workdir = tmp_path / "w"
+  shutil.copytree(finished, workdir)
+  (workdir / "config.json").write_text('{"dataset": ')
+  before = _snapshot(workdir)
+  assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "config.json is not valid JSON" in err[0] and "--restart" in err[0]
+  assert _snapshot(workdir) == before

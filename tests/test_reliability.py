@@ -212,3 +212,14 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_is_bitwise_equal(tmp_path
   assert train(tmp_path / "killed").wait(timeout=300) == 0
 
   assert_exports_equal(tmp_path / "full", tmp_path / "killed")
+
+
+def test_a_partial_last_metrics_line_does_not_stop_the_resume(tmp_path):
+  # A run killed while appending to metrics.jsonl leaves half a line behind.
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  with (tmp_path / "metrics.jsonl").open("a") as f:
+    f.write('{"step": 99, "epoch": 2, "split": "tr')
+  result = jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records if r["split"] == "train"] == [1, 2]
+  assert len(result.history["loss"]) == 2

@@ -158,7 +158,20 @@ class MetricsLogger(Callback):
     """Drops lines past ``step`` and test lines: the resumed run writes them again."""
     if not self.path.exists():
       return
-    records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    try:
+      text = self.path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+      raise JdlError(f"cannot read {self.path}: {e.strerror}") from None
+    records = []
+    for line in text.splitlines():
+      # A run killed while appending leaves a partial last line: drop what does not
+      # parse; the resumed run writes those records again.
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if isinstance(record, dict):
+        records.append(record)
     kept = [json.dumps(r, allow_nan=True) for r in records
             if r.get("step", 0) <= step and r.get("split") != "test"]
     tmp = self.path.with_suffix(".tmp")

@@ -369,7 +369,7 @@ class Trainer:
     config_json = wd / "config.json"
     current = json.loads(config_lib.to_json(self.config))
     if config_json.exists():
-      saved = json.loads(config_json.read_text())
+      saved = workdir_lib.read_json(config_json)
       diffs = config_lib.structural_diff(saved, current)
       if diffs and (wd / "checkpoints").exists():
         raise JdlError(

@@ -10,6 +10,7 @@ ask the loop to stop after the step in flight and write a checkpoint.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -73,6 +74,26 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
     with contextlib.suppress(OSError):
       if path.read_text() == me:
         path.unlink()
+
+
+def read_json(path: Path) -> dict:
+  """Reads a JSON object written by an earlier run.
+
+  Raises:
+    JdlError: the file cannot be read or does not hold a JSON object; the message
+      names the file and the remedy.
+  """
+  try:
+    value = json.loads(Path(path).read_text(encoding="utf-8"))
+  except OSError as e:
+    raise JdlError(f"cannot read {path}: {e.strerror}") from None
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise JdlError(f"{path} is not valid JSON ({e}); fix or remove it, or use --restart to "
+                   "start over (the old run is moved aside)") from None
+  if not isinstance(value, dict):
+    raise JdlError(f"{path} holds a JSON {type(value).__name__}, not an object; fix or remove "
+                   "it, or use --restart to start over") from None
+  return value
 
 
 def move_aside(workdir: Path) -> Path | None:
