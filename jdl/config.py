@@ -46,8 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Fraction of the train split held out for validation (unless the dataset has an
   # explicit validation set, e.g. x_val / y_val in an npz file).
   c.validation_split = 0.1
-  # 'featurewise' (per-feature train-split mean/std), 'global' (one mean/std over
-  # all train values: images), 'none'.
+  # 'featurewise' (per-feature train-split mean/std), 'featurewise_center' (mean
+  # only), 'global' (one mean/std over all train values: images), 'none'.
   c.normalize = "featurewise"
   c.n_samples = 0  # Synthetic sources (moons, circles, blobs, xor): 0 = default.
   c.classes = ()  # Keep only these classes, relabelled 0..k-1 in this order.
@@ -64,6 +64,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = "sparse_categorical_crossentropy"
   c.label_smoothing = 0.0
   c.metrics = ("accuracy",)
+
+  # Augmentation of training batches inside the compiled step (jdl/data/augment.py);
+  # all off by default. Image ops need [B, H, W, C] inputs; noise and mixup any.
+  c.augment = ml_collections.ConfigDict({
+      "noise_std": 0.0,  # Gaussian noise, in units of the normalised inputs.
+      "hflip": False,  # Left-right flip, p=0.5 per example.
+      "vflip": False,  # Up-down flip, p=0.5 per example.
+      "width_shift": 0.0,  # Whole-pixel shifts up to round(fraction * size), [0, 1).
+      "height_shift": 0.0,
+      "fill": "zero",  # 'zero' or 'edge': pixels shifted/rotated/padded in.
+      "rotation": 0.0,  # Largest angle in degrees; uniform in [-rotation, rotation].
+      "crop_padding": 0,  # Pad by this many pixels, crop back at a random offset.
+      "mixup_alpha": 0.0,  # lam ~ Beta(alpha, alpha), one per batch; 0 = off.
+  })
   # bfloat16 compute with float32 parameters, optimizer state and loss.
   c.mixed_precision = False
 

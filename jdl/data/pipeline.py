@@ -47,6 +47,12 @@ class Normalizer:
     return cls(mean.astype(np.float32), std.astype(np.float32))
 
   @classmethod
+  def fit_center(cls, x: np.ndarray) -> Normalizer:
+    """Per-feature centering only (Keras' ``featurewise_center``): std 1."""
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return cls(mean, np.ones_like(mean))
+
+  @classmethod
   def fit_global(cls, x: np.ndarray) -> Normalizer:
     """One mean and std over all train values (the usual choice for images)."""
     shape = x.shape[1:]

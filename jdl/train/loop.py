@@ -35,6 +35,7 @@ from jdl import metrics as metrics_lib
 from jdl import models as models_lib
 from jdl import optim
 from jdl import summary as summary_lib
+from jdl.data import augment as augment_lib
 from jdl.data import pipeline
 from jdl.errors import JdlError
 from jdl.train import callbacks as cb
@@ -44,7 +45,7 @@ from jdl.train import transfer
 from jdl.train import workdir as workdir_lib
 from jdl.train.state import TrainState, create_train_state
 
-_NORMALIZERS = ("featurewise", "global", "none")
+_NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
 _CE_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 
 
@@ -201,6 +202,8 @@ class Trainer:
           dataset.x_train, dataset.y_train, float(config.validation_split), int(config.seed))
     if config.normalize == "featurewise":
       norm = pipeline.Normalizer.fit(x_tr)
+    elif config.normalize == "featurewise_center":
+      norm = pipeline.Normalizer.fit_center(x_tr)
     elif config.normalize == "global":
       norm = pipeline.Normalizer.fit_global(x_tr)
     else:
@@ -277,7 +280,9 @@ class Trainer:
     return max(1, min(chunk, 100))
 
   def _compile(self) -> None:
-    train_step = steps_lib.make_train_step(self.task)
+    train_step = steps_lib.make_train_step(
+        self.task, augment=augment_lib.make_train_augment(self.config.augment,
+                                                          self.data.input_shape))
     eval_step = steps_lib.make_eval_step(self.task)
     merge = steps_lib.merge_train_metrics
     bs = self.batch_size

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jdl import metrics as metrics_lib
 from jdl import optim
+from jdl.data import augment as augment_lib
 from jdl.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -69,15 +70,28 @@ def train_metric_names(names: tuple[str, ...]) -> tuple[str, ...]:
   return tuple(n for n in names if n != "roc_auc")
 
 
-def make_train_step(task: SupervisedTask):
-  """``train_step(state, batch) -> (state, metrics)``: one optimizer update."""
+def make_train_step(task: SupervisedTask, augment=None):
+  """``train_step(state, batch) -> (state, metrics)``: one optimizer update.
+
+  Args:
+    task: the task.
+    augment: ``augment(key, batch) -> batch`` applied to the batch before the loss
+      (:func:`jdl.data.augment.make_train_augment`), or ``None``. Its key is
+      ``fold_in(step_key, 1)``; the dropout key stays the step key. Under mixup the
+      loss is ``lam * L(y_a) + (1 - lam) * L(y_b)`` while the other training
+      metrics use the original labels.
+  """
   names = train_metric_names(task.metric_names)
+  loss_task = task
+  if augment is not None:
+    loss_task = dataclasses.replace(task, loss=augment_lib.mixup_loss(task.loss))
 
   def train_step(state: TrainState, batch: Batch):
     key = jax.random.fold_in(state.key, state.step)
-    grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
+    train_batch = batch if augment is None else augment(jax.random.fold_in(key, 1), batch)
+    grad_fn = jax.value_and_grad(loss_task.loss_fn, has_aux=True)
     (loss, (per_example, outputs, model_state)), grads = grad_fn(
-        state.params, state.model_state, batch, key, True)
+        state.params, state.model_state, train_batch, key, True)
     nonfinite = nonfinite_info(loss, grads, state.step)
     bad = nonfinite["count"] > 0
     # A skipped update (optax.apply_if_finite) leaves the model state as it was too.
