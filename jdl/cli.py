@@ -1,4 +1,4 @@
-"""The ``jdl`` command: ``train``, ``evaluate``, ``export``, ``list``.
+"""The ``jdl`` command: ``train``, ``evaluate``, ``export``, ``list``, ``check``, ``lr-find``.
 
 Flax-examples conventions: ``--config FILE_OR_NAME``, ``--config.key=value``
 overrides, ``--workdir DIR``. Bad input prints one ``jdl: error: ...`` line and
@@ -26,6 +26,8 @@ examples:
   jdl train --config mnist_cnn --workdir runs/mnist_cnn --config.data_dir=../shared/data/mnist
   jdl evaluate --config mnist_cnn --workdir runs/mnist_cnn
   jdl export --workdir runs/mnist_cnn --out params.npz
+  jdl check --config digits_cnn                  # sanity checks; exit 1 if any fails
+  jdl lr-find --config digits_cnn --out lr.png   # learning-rate range test
 """
 
 
@@ -58,6 +60,21 @@ def _parser() -> argparse.ArgumentParser:
   e.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
   e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   add("list", "List the experiments with one-line descriptions.", config=False, workdir=False)
+  c = add("check", "Sanity checks (initial loss, overfitting a small subset, gradients, data); "
+          "one PASS/FAIL/SKIP line each, exit 1 if any fails.", workdir=False)
+  c.add_argument("--overfit-examples", type=int, default=32, metavar="N",
+                 help="size of the fixed train subset to overfit (default: 32)")
+  c.add_argument("--overfit-steps", type=int, default=300, metavar="N",
+                 help="Adam steps allowed to reach 100%% training accuracy (default: 300)")
+  c.add_argument("--overfit-lr", type=float, default=1e-3, metavar="LR",
+                 help="Adam learning rate of the overfitting check (default: 1e-3)")
+  f = add("lr-find", "Learning-rate range test: loss against a geometrically growing learning "
+          "rate; prints the suggested rate and saves a plot.", workdir=False)
+  f.add_argument("--out", default=None, metavar="FILE.png",
+                 help="plot file (default: lr_find_<experiment>.png)")
+  f.add_argument("--min-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
+  f.add_argument("--max-lr", type=float, default=10.0, help="last learning rate (default: 10)")
+  f.add_argument("--steps", type=int, default=100, help="most steps to run (default: 100)")
   return p
 
 
@@ -125,6 +142,40 @@ def _export(args, overrides) -> int:
   return 0
 
 
+def _check(args, overrides) -> int:
+  from jdl import config as config_lib
+  from jdl import sanity
+  config = config_lib.load_config(args.config)
+  config_lib.apply_overrides(config, overrides)
+  results = sanity.run_checks(config, overfit_examples=args.overfit_examples,
+                              overfit_steps=args.overfit_steps, overfit_lr=args.overfit_lr)
+  for r in results:
+    print(r.line(), flush=True)
+  failed = [r.name for r in results if r.failed]
+  print(f"{len(failed)} of {len(results)} checks failed: {', '.join(failed)}" if failed
+        else f"all {len(results)} checks passed (or skipped)")
+  return 1 if failed else 0
+
+
+def _lr_find(args, overrides) -> int:
+  from jdl import config as config_lib
+  from jdl import lr_finder
+  config = config_lib.load_config(args.config)
+  config_lib.apply_overrides(config, overrides)
+  out = args.out or f"lr_find_{config_lib.resolve_config_path(args.config).stem}.png"
+  result = lr_finder.find_lr(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
+  path = lr_finder.plot_lr_finder(result, out)
+  end = "loss diverged" if result.diverged else "no divergence"
+  print(f"ran {len(result.learning_rates)} steps, lr {result.learning_rates[0]:.2e} to "
+        f"{result.learning_rates[-1]:.2e} ({end}); min smoothed loss "
+        f"{result.min_loss:.4g} at lr {result.min_loss_lr:.2e}")
+  print(f"suggested learning rate: {result.suggestion:.2e} (the smaller of: steepest descent "
+        f"of the smoothed loss {result.steepest:.2e}, min-loss lr / 10 "
+        f"{result.min_loss_lr / 10:.2e})")
+  print(f"plot: {path}")
+  return 0
+
+
 def _list(args, overrides) -> int:
   from jdl import config as config_lib
   names = config_lib.list_experiments()
@@ -158,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
   if overrides and args.command == "list":
     print("jdl: error: list takes no --config overrides", file=sys.stderr)
     return 2
-  command = {"train": _train, "evaluate": _evaluate, "export": _export, "list": _list}
+  command = {"train": _train, "evaluate": _evaluate, "export": _export, "list": _list,
+             "check": _check, "lr-find": _lr_find}
   try:
     return command[args.command](args, overrides)
   except JdlError as e:

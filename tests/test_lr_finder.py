@@ -1,0 +1,134 @@
+"""`jdl lr-find`: geometric schedule, smoothing, the suggestion on a known quadratic, plot."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from jdl import cli
+from jdl import data as data_lib
+from jdl import lr_finder
+from jdl.errors import JdlError
+from conftest import make_config
+
+
+@pytest.mark.parametrize("min_lr, max_lr, steps", [
+    (1e-7, 10.0, 100), (1e-4, 1e-1, 20), (0.5, 2.0, 2), (3e-3, 3.0, 37)])
+def test_schedule_is_geometric(min_lr, max_lr, steps):
+  schedule = lr_finder.lr_schedule(min_lr, max_lr, steps)
+  got = np.array([float(schedule(t)) for t in range(steps)])
+  np.testing.assert_allclose(got, np.geomspace(min_lr, max_lr, steps), rtol=1e-5)
+
+
+def _reference_smoothing(losses, beta):
+  # Closed form of the bias-corrected average: sum_k beta^(t-k) (1-beta) l_k / (1 - beta^(t+1)).
+  out = []
+  for t in range(len(losses)):
+    w = (1 - beta) * beta ** np.arange(t, -1, -1)
+    out.append(np.dot(w, losses[:t + 1]) / (1 - beta ** (t + 1)))
+  return np.array(out)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.98])
+def test_smoothing_matches_closed_form_and_is_unbiased(beta):
+  losses = np.random.default_rng(0).uniform(1, 3, 30)
+  np.testing.assert_allclose(lr_finder.smooth_losses(losses, beta),
+                             _reference_smoothing(losses, beta), rtol=1e-12)
+  np.testing.assert_allclose(lr_finder.smooth_losses(np.full(10, 2.5), beta), 2.5, rtol=1e-12)
+
+
+def test_suggestion_is_the_steepest_descent_before_the_minimum():
+  lrs = np.geomspace(1e-4, 1.0, 5)
+  smoothed = np.array([4.0, 3.9, 2.0, 1.5, 9.0])  # Steepest fall around lrs[1]..lrs[2].
+  slope = np.gradient(smoothed[:4], np.log10(lrs[:4]))
+  assert lr_finder.suggest_lr(lrs, smoothed) == pytest.approx(lrs[int(np.argmin(slope))])
+
+
+def _linear_problem(n=64, d=3, seed=0):
+  """y = x w + b + noise with feature scales (3, 1, 0.3); full-batch MSE."""
+  rng = np.random.default_rng(seed)
+  x = (rng.standard_normal((n, d)) * np.array([3.0, 1.0, 0.3])).astype(np.float32)
+  y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+  dataset = data_lib.Dataset(x_train=x, y_train=y, x_test=x[:8], y_test=y[:8], num_classes=0,
+                             task="regression", name="toy_linear", input_shape=(d,))
+  config = make_config(task="regression", loss="mse", metrics=("mse",), normalize="none",
+                       validation_split=0.0, batch_size=n, model__hidden=(),
+                       optimizer__name="sgd")
+  # Hessian of mean_i (x_i w + b - y_i)^2 in (w, b): (2/n) [x 1]^T [x 1].
+  xa = np.concatenate([x, np.ones((n, 1), np.float32)], axis=1).astype(np.float64)
+  lam_max = np.linalg.eigvalsh(2.0 / n * xa.T @ xa).max()
+  return config, dataset, lam_max
+
+
+@functools.lru_cache(maxsize=None)
+def _linear_result(min_lr=1e-4, max_lr=10.0, steps=60):
+  config, dataset, lam_max = _linear_problem()
+  return lr_finder.find_lr(config, dataset=dataset, min_lr=min_lr, max_lr=max_lr,
+                           steps=steps), lam_max
+
+
+def test_suggestion_on_linear_regression_is_below_divergence():
+  result, lam_max = _linear_result()
+  assert 1e-4 < 2 / lam_max < 10.0  # The sweep crosses the divergence threshold.
+  assert result.diverged
+  assert 1e-4 <= result.suggestion <= 10.0
+  assert result.suggestion < 2 / lam_max, (result.suggestion, 2 / lam_max)
+  assert result.learning_rates[-1] > 2 / lam_max  # It stopped only after passing it.
+  assert result.suggestion == max(min(result.steepest, result.min_loss_lr / 10),
+                                  float(result.learning_rates[0]))
+
+
+def test_learning_rates_run_are_the_geometric_prefix():
+  result, _ = _linear_result()
+  n = len(result.learning_rates)
+  np.testing.assert_allclose(result.learning_rates, np.geomspace(1e-4, 10.0, 60)[:n],
+                             rtol=1e-5)
+  np.testing.assert_allclose(result.smoothed, lr_finder.smooth_losses(result.losses),
+                             rtol=1e-12)
+
+
+def test_full_sweep_without_divergence_and_png(tmp_path):
+  result, lam_max = _linear_result(min_lr=1e-5, max_lr=1e-3, steps=12)
+  assert not result.diverged and len(result.learning_rates) == 12
+  np.testing.assert_allclose(result.learning_rates, np.geomspace(1e-5, 1e-3, 12), rtol=1e-5)
+  assert 1e-5 <= result.suggestion <= 1e-3
+  path = lr_finder.plot_lr_finder(result, tmp_path / "sub" / "lr.png")
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"min_lr": 1.0, "max_lr": 0.1}, "min_lr < max_lr"),
+    ({"min_lr": 0.0}, "min_lr < max_lr"),
+    ({"steps": 1}, "steps >= 2"),
+    ({"beta": 1.0}, "beta must be in [0, 1)"),
+])
+def test_bad_arguments(kwargs, message):
+  with pytest.raises(JdlError, match=message.replace("[", r"\[").replace("(", r"\(")
+                     .replace(")", r"\)")):
+    lr_finder.find_lr(make_config(), **kwargs)
+
+
+def test_cli_lr_find_writes_png_and_prints_suggestion(tmp_path, capsys):
+  out = tmp_path / "lr.png"
+  code = cli.main(["lr-find", "--config", "digits_mlp", "--out", str(out), "--steps", "15",
+                   "--config.model.hidden=(16,)",
+                   "--min-lr", "1e-5", "--max-lr", "1", "--config.batch_size=32"])
+  assert code == 0
+  text = capsys.readouterr().out
+  assert "suggested learning rate: " in text
+  value = float(text.split("suggested learning rate: ")[1].split()[0])
+  assert 1e-5 <= value <= 1
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lr-find", "--config.nope=1"], "unknown config key 'nope'"),
+    (["lr-find", "--min-lr", "1", "--max-lr", "0.1"], "min_lr < max_lr"),
+])
+def test_cli_lr_find_bad_input_is_one_error_line(argv, message, capsys, tmp_path):
+  assert cli.main([*argv, "--out", str(tmp_path / "x.png")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("jdl: error: ") and message in err[0], err
+  assert not (tmp_path / "x.png").exists()
