@@ -27,7 +27,7 @@ from jdl.train.callbacks import Callback  # noqa: E402
 NAME = "batchnorm"
 EPOCHS = 15
 LEARNING_RATES = {"low": 0.005, "high": 0.2}
-TARGETS = {"mnist": (0.95, 0.97), "digits": (0.5, 0.8)}  # Validation accuracies to reach.
+TARGETS = {"mnist": (0.90, 0.94), "digits": (0.5, 0.8)}  # Validation accuracies to reach.
 VAL_SIZE = {"mnist": 5000, "digits": 300}
 TINY_VARIANTS = (("no BN", "low"), ("BN", "high"))
 
@@ -63,17 +63,19 @@ def run_variant(name: str, bn: bool, lr: float, dataset, args, epochs: int) -> d
   error, test = None, None
   try:
     result = jdl.fit(config, workdir, dataset=dataset, callbacks=[log], quiet=True)
+    history = result.history  # Whole, also when the run resumed from its workdir.
     test = result.test_metrics.get("accuracy")
-    if not all(math.isfinite(l["loss"]) for l in log.logs):
+    if not all(math.isfinite(v) for v in history["loss"]):
       error, test = "loss not finite", None
   except jdl.JdlError as e:  # A non-finite loss or gradient stops the run.
     error = str(e).split(".")[0]
+    history = {k: [l[k] for l in log.logs] for k in ("loss", "val_accuracy")}
   seconds = time.perf_counter() - t0
   record = {"batch_norm": bn, "learning_rate": lr, "test_accuracy": test, "error": error,
-            "loss": [l["loss"] for l in log.logs],
-            "val_accuracy": [l["val_accuracy"] for l in log.logs], "seconds": seconds}
+            "loss": list(history["loss"]), "val_accuracy": list(history["val_accuracy"]),
+            "seconds": seconds}
   status = f"diverged ({error})" if error else f"test {_common.pct(test)}"
-  print(f"{name}: {status} after {len(log.logs)} epochs ({seconds:.0f} s)", flush=True)
+  print(f"{name}: {status} after {len(record['loss'])} epochs ({seconds:.0f} s)", flush=True)
   return record
 
 

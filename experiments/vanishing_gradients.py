@@ -4,8 +4,8 @@ Trains configs/vanishing_gradients.py (10 hidden layers of 128) four ways:
 sigmoid (Glorot init), ReLU (He init), and each with batch norm. The gradient of
 the training loss with respect to every layer's kernel is taken with jax.grad on
 one fixed batch of training images (the model in training mode, as the optimizer
-sees it), from the run's own state: at initialisation, after every block of steps
-and at every epoch end. Writes gradient_norms.png and a table (ratio of the
+sees it), from the run's own states: the initial one, and every checkpoint the run
+writes (every 100 steps and at each epoch end), read back after training. Writes gradient_norms.png and a table (ratio of the
 first to the last layer's gradient norm at init, final test accuracy).
 
 Usage:  python experiments/vanishing_gradients.py --data_dir ../shared/data/mnist [--epochs 3] [--tiny]
@@ -26,11 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
 import jdl  # noqa: E402
-from jdl.train.callbacks import Callback  # noqa: E402
+from jdl.checkpoint import Checkpointer  # noqa: E402
 
 NAME = "vanishing_gradients"
 EPOCHS = 3
 GRAD_BATCH = 512  # Examples in the fixed batch the gradient norms are measured on.
+CHECKPOINT_EVERY = 100  # Steps between the checkpoints the norms are traced on.
+CHECKPOINTS_KEPT = 10_000
 # Variant -> config overrides (on top of configs/vanishing_gradients.py).
 VARIANTS = {
     "sigmoid": {"model.activation": "sigmoid", "model.kernel_init": "glorot_uniform"},
@@ -68,20 +70,17 @@ def make_grad_norms(trainer: jdl.Trainer, x: jax.Array, y: jax.Array):
   return names, grad_norms
 
 
-class GradientNormLog(Callback):
-  """Records per-layer gradient norms after every block of steps and at epoch ends."""
+def norms_from_checkpoints(trainer: jdl.Trainer, grad_norms) -> list[tuple[int, list[float]]]:
+  """``(step, per-layer norms)`` of every checkpoint the run left in its workdir.
 
-  def __init__(self, grad_norms, steps_per_epoch: int):
-    self.grad_norms, self.steps_per_epoch = grad_norms, steps_per_epoch
-    self.trace: list[tuple[float, list[float]]] = []  # (epoch, norms) per block.
-    self.epoch_end: list[list[float]] = []
-
-  def on_steps_end(self, trainer, step, num_steps):
-    self.trace.append((step / self.steps_per_epoch,
-                       np.asarray(self.grad_norms(trainer.state)).tolist()))
-
-  def on_epoch_end(self, trainer, epoch, logs):
-    self.epoch_end.append(np.asarray(self.grad_norms(trainer.state)).tolist())
+  Reads the checkpoints after training, so a resumed or already finished run
+  gives the same curve as an uninterrupted one.
+  """
+  target = {"state": trainer.state, "acc": trainer.empty_acc()}
+  with Checkpointer(trainer.workdir / "checkpoints", keep=CHECKPOINTS_KEPT,
+                    async_save=False) as ckpt:
+    return [(step, np.asarray(grad_norms(ckpt.restore(step, target)[0]["state"])).tolist())
+            for step in ckpt.steps()]
 
 
 def run_variant(name: str, overrides: dict[str, Any], dataset, args, epochs: int) -> dict:
@@ -92,20 +91,25 @@ def run_variant(name: str, overrides: dict[str, Any], dataset, args, epochs: int
   if args.tiny:
     config.model.hidden = (8,) * 3
     config.batch_size = 64
+  # A checkpoint every CHECKPOINT_EVERY steps, all kept: the gradient-norm trace.
+  config.checkpoint_every_steps = CHECKPOINT_EVERY
+  config.keep_checkpoints = CHECKPOINTS_KEPT
   workdir = Path(args.workdir) / name.replace(" + ", "_").lower()
   t0 = time.perf_counter()
   trainer = jdl.Trainer(config, workdir, dataset=dataset, quiet=True)
   n = min(GRAD_BATCH, trainer.data.train.size)
   names, grad_norms = make_grad_norms(trainer, trainer.data.train.x[:n], trainer.data.train.y[:n])
-  init = np.asarray(grad_norms(trainer.state)).tolist()  # Before fit: the initial state.
-  log = GradientNormLog(grad_norms, trainer.steps_per_epoch)
-  trainer.callbacks.append(log)
+  # Before fit (which resumes from the workdir), the state is the seed's initial one.
+  init = np.asarray(grad_norms(trainer.state)).tolist()
   result = trainer.fit()
   final = np.asarray(grad_norms(result.state)).tolist()
+  spe = trainer.steps_per_epoch
+  trace = [(step / spe, norms) for step, norms in norms_from_checkpoints(trainer, grad_norms)]
   seconds = time.perf_counter() - t0
   record = {
-      "layers": names, "init": init, "final": final, "epoch_end": log.epoch_end,
-      "trace": log.trace, "test_accuracy": result.test_metrics.get("accuracy"),
+      "layers": names, "init": init, "final": final,
+      "epoch_end": [norms for epoch, norms in trace if epoch == int(epoch)],
+      "trace": trace, "test_accuracy": result.test_metrics.get("accuracy"),
       "val_accuracy": result.history.get("val_accuracy", []),
       "train_loss": result.history.get("loss", []), "seconds": seconds,
   }

@@ -63,6 +63,14 @@ def test_vanishing_gradients_tiny_run(tmp_path):
   assert ratio["sigmoid"] < 0.1 < ratio["relu + BN"]
   assert {p.name for p in out.iterdir()} == {"gradient_norms.png", "table.md", "results.json"}
   assert "| sigmoid |" in (out / "table.md").read_text()
+  # Again in the same workdir: nothing left to train; the norms come from its checkpoints.
+  again, _ = _tiny(vanishing_gradients, tmp_path)
+  for name, r in records.items():
+    for key in ("init", "final", "test_accuracy"):
+      np.testing.assert_allclose(again[name][key], r[key], rtol=1e-6, err_msg=f"{name} {key}")
+    assert [e for e, _ in again[name]["trace"]] == [e for e, _ in r["trace"]]
+    np.testing.assert_allclose([n for _, n in again[name]["trace"]],
+                               [n for _, n in r["trace"]], rtol=1e-6)
 
 
 def test_overfitting_tiny_run_and_pending_variants(tmp_path):
@@ -126,3 +134,18 @@ def test_set_dotted_names_a_missing_key():
   assert config.optimizer.l2 == 1e-3
   with pytest.raises(jdl.JdlError, match="'optimizer.l3'"):
     _common.set_dotted(config, "optimizer.l3", 1.0)
+
+
+@pytest.mark.parametrize("name", ["vanishing_gradients", "overfitting", "batchnorm"])
+def test_configs_train_alone_on_mnist_shaped_npz(name, tmp_path):
+  # `jdl train --config NAME` without the driver: the config's own data handling.
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "d.npz", x=rng.random((120, 28, 28, 1), dtype=np.float32),
+           y=np.arange(120) % 10)
+  config = jdl.load_config(name)
+  _common.quiet_outputs(config)
+  _common.apply_overrides(config, {"num_epochs": 1, "batch_size": 32, "dataset": "npz",
+                                   "data_dir": str(tmp_path / "d.npz")})
+  result = jdl.fit(config, quiet=True)
+  assert int(result.state.step) == result.trainer.steps_per_epoch >= 1
+  assert 0.0 <= result.test_metrics["accuracy"] <= 1.0

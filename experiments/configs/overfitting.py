@@ -7,7 +7,9 @@ baseline with L2, dropout, early stopping and data augmentation.
 
 Command:  python experiments/overfitting.py --data_dir ../shared/data/mnist
           (this config alone: jdl train --config overfitting --workdir runs/overfitting --config.data_dir=../shared/data/mnist)
-Result:   see the overfitting table in experiments/README.md.
+Result:   every variant reaches 100% train accuracy (99.90% with dropout) and ~91% test:
+          none 91.08%, L2 2e-4 90.47%, dropout 0.5 90.55%, early stopping 90.91% after
+          12 of 50 epochs; train-val gap 8.8-9.4 points (experiments/README.md).
 """
 
 from jdl.config import base_config
