@@ -1,0 +1,151 @@
+"""The issue-5 experiment drivers: their --tiny runs, and their helpers against references.
+
+The drivers live in experiments/ (scripts, not part of the library); each --tiny run
+uses scikit-learn's digits, so no MNIST is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import jdl
+from conftest import REPO, make_config
+
+sys.path.insert(0, str(REPO / "experiments"))
+import _common  # noqa: E402
+import batchnorm  # noqa: E402
+import overfitting  # noqa: E402
+import vanishing_gradients  # noqa: E402
+
+
+def _tiny(driver, tmp_path):
+  records = driver.main(["--tiny", "--workdir", str(tmp_path / "runs"),
+                         "--data_dir", str(tmp_path / "no_mnist")])
+  return records, tmp_path / "runs" / "results"
+
+
+def _softmax(z):
+  e = np.exp(z - z.max(axis=1, keepdims=True))
+  return e / e.sum(axis=1, keepdims=True)
+
+
+def test_grad_norms_match_the_closed_form_gradient_of_the_output_layer():
+  # One hidden ReLU layer: dL/dW_head = h^T (softmax(z) - onehot(y)) / B, in numpy.
+  trainer = jdl.Trainer(make_config(), quiet=True)
+  x, y = np.asarray(trainer.data.train.x[:64]), np.asarray(trainer.data.train.y[:64])
+  names, grad_norms = vanishing_gradients.make_grad_norms(trainer, x, y)
+  assert names == ["hidden_0", "head"]
+  p = {k: {n: np.asarray(v, np.float64) for n, v in d.items()}
+       for k, d in trainer.state.params.items()}
+  x = x.reshape(len(x), -1).astype(np.float64)
+  h = np.maximum(x @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"], 0.0)
+  z = h @ p["head"]["kernel"] + p["head"]["bias"]
+  delta = (_softmax(z) - np.eye(z.shape[1])[y]) / len(y)
+  d_hidden = (delta @ p["head"]["kernel"].T) * (h > 0)
+  expected = [np.linalg.norm(x.T @ d_hidden), np.linalg.norm(h.T @ delta)]
+  np.testing.assert_allclose(np.asarray(grad_norms(trainer.state)), expected, rtol=1e-4)
+
+
+def test_vanishing_gradients_tiny_run(tmp_path):
+  records, out = _tiny(vanishing_gradients, tmp_path)
+  assert tuple(records) == vanishing_gradients.TINY_VARIANTS
+  for r in records.values():
+    assert r["layers"] == ["hidden_0", "hidden_1", "hidden_2", "head"]
+    assert np.all(np.isfinite(r["init"])) and np.all(np.asarray(r["init"]) > 0)
+    assert len(r["epoch_end"]) == 1 and len(r["trace"]) >= 1
+    assert 0.0 <= r["test_accuracy"] <= 1.0
+  # Sigmoid shrinks the gradient on its way down (sigmoid' <= 1/4); batch norm does not.
+  ratio = {k: r["init"][0] / r["init"][-1] for k, r in records.items()}
+  assert ratio["sigmoid"] < 0.1 < ratio["relu + BN"]
+  assert {p.name for p in out.iterdir()} == {"gradient_norms.png", "table.md", "results.json"}
+  assert "| sigmoid |" in (out / "table.md").read_text()
+  # Again in the same workdir: nothing left to train; the norms come from its checkpoints.
+  again, _ = _tiny(vanishing_gradients, tmp_path)
+  for name, r in records.items():
+    for key in ("init", "final", "test_accuracy"):
+      np.testing.assert_allclose(again[name][key], r[key], rtol=1e-6, err_msg=f"{name} {key}")
+    assert [e for e, _ in again[name]["trace"]] == [e for e, _ in r["trace"]]
+    np.testing.assert_allclose([n for _, n in again[name]["trace"]],
+                               [n for _, n in r["trace"]], rtol=1e-6)
+
+
+def test_overfitting_tiny_run_and_pending_variants(tmp_path):
+  records, out = _tiny(overfitting, tmp_path)
+  assert tuple(records) == overfitting.TINY_VARIANTS
+  for r in records.values():
+    assert r["gap"] == pytest.approx(r["train_accuracy"] - r["val_accuracy"])
+    assert 1 <= r["epochs_run"] <= 3 and len(r["history"]["val_accuracy"]) == r["epochs_run"]
+  saved = json.loads((out / "results.json").read_text())
+  config = jdl.load_config("overfitting")
+  assert ("augmentation" in saved["pending"]) == ("augment" not in config)
+  assert (out / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({}, False),
+    ({"optimizer.l2": 1e-4}, False),
+    ({"model.dropout_rate": 0.5, "early_stopping.enabled": True}, False),
+    ({"no_such_section.rate": 1.0}, True),
+])
+def test_pending_means_a_missing_config_section(overrides, expected):
+  assert overfitting.pending(jdl.load_config("overfitting"), overrides) is expected
+
+
+def test_batchnorm_tiny_run(tmp_path):
+  records, out = _tiny(batchnorm, tmp_path)
+  assert [(r["batch_norm"], r["learning_rate"]) for r in records.values()] == [
+      (False, batchnorm.LEARNING_RATES["low"]), (True, batchnorm.LEARNING_RATES["high"])]
+  for r in records.values():
+    assert r["error"] is None and len(r["loss"]) == len(r["val_accuracy"]) == 2
+  assert (out / "curves.png").stat().st_size > 0
+  assert "epochs to" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("values, target, expected", [
+    ([0.1, 0.5, 0.9], 0.5, 2),
+    ([0.1, 0.5, 0.9], 0.05, 1),
+    ([0.1, 0.5, 0.9], 0.95, None),
+    ([], 0.5, None),
+])
+def test_epochs_to(values, target, expected):
+  assert batchnorm.epochs_to(values, target) == expected
+
+
+def test_hold_out_validation_is_disjoint_and_sized():
+  ids = np.arange(100, dtype=np.float32).reshape(100, 1)  # Each row names its example.
+  source = jdl.data.Dataset(x_train=ids, y_train=np.arange(100) % 10, x_test=ids[:10],
+                            y_test=np.arange(10), num_classes=10, task="classification",
+                            name="ids", input_shape=(1,))
+  held = _common.hold_out_validation(source, 30)
+  train, val = set(held.x_train[:, 0]), set(held.x_val[:, 0])
+  assert len(val) == 30 and len(train) == 70 and train | val == set(range(100))
+  np.testing.assert_array_equal(held.y_val, held.x_val[:, 0].astype(int) % 10)
+  with pytest.raises(jdl.JdlError, match="n_val=0"):
+    _common.hold_out_validation(source, 0)
+
+
+def test_set_dotted_names_a_missing_key():
+  config = jdl.load_config("overfitting")
+  _common.set_dotted(config, "optimizer.l2", 1e-3)
+  assert config.optimizer.l2 == 1e-3
+  with pytest.raises(jdl.JdlError, match="'optimizer.l3'"):
+    _common.set_dotted(config, "optimizer.l3", 1.0)
+
+
+@pytest.mark.parametrize("name", ["vanishing_gradients", "overfitting", "batchnorm"])
+def test_configs_train_alone_on_mnist_shaped_npz(name, tmp_path):
+  # `jdl train --config NAME` without the driver: the config's own data handling.
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "d.npz", x=rng.random((120, 28, 28, 1), dtype=np.float32),
+           y=np.arange(120) % 10)
+  config = jdl.load_config(name)
+  _common.quiet_outputs(config)
+  _common.apply_overrides(config, {"num_epochs": 1, "batch_size": 32, "dataset": "npz",
+                                   "data_dir": str(tmp_path / "d.npz")})
+  result = jdl.fit(config, quiet=True)
+  assert int(result.state.step) == result.trainer.steps_per_epoch >= 1
+  assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
