@@ -81,7 +81,7 @@ def hold_out_validation(dataset: data.Dataset, n_val: int, *, seed: int = 0) -> 
 
 
 def set_dotted(config, key: str, value: Any) -> None:
-  """``set_dotted(config, "optimizer.l2", 1e-4)``; a missing key is a JdlError."""
+  """``set_dotted(config, "regularization.l2", 1e-4)``; a missing key is a JdlError."""
   *parents, leaf = key.split(".")
   node = config
   for part in parents:

@@ -10,6 +10,7 @@ from jdl import losses
 from jdl import metrics
 from jdl import models
 from jdl import optim
+from jdl import regularizers
 from jdl.checkpoint import Checkpointer
 from jdl.config import base_config
 from jdl.config import load_config

@@ -21,6 +21,7 @@ from typing import Any
 import ml_collections
 
 from jdl import optim
+from jdl import regularizers
 from jdl.errors import JdlError
 
 # Where named experiments live: <repo>/experiments/configs/NAME.py.
@@ -83,6 +84,26 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Optimisation: optimizer, schedule, reduce_on_plateau sections.
   c.update(optim.default_config())
+
+  # Regularization (jdl.regularizers). Patterns are regexes over '/'-joined paths
+  # (fullmatch): parameters 'mlp/hidden_0/kernel', sown activations 'mlp/act_0'.
+  c.regularization = ml_collections.ConfigDict({
+      # Loss penalty l1 * sum|w| + l2 * sum w^2 (no 1/2, as Keras) on parameters
+      # matching `include` and not `exclude`; both > 0 is the elastic net.
+      "l1": 0.0,
+      "l2": 0.0,
+      "include": regularizers.KERNELS,  # Kernels and embeddings.
+      "exclude": "",
+      # Per-layer (pattern, l1, l2) tuples, checked first; the first match wins.
+      "rules": (),
+      # l1 * sum|a| / batch over the sown activations matching activity_include.
+      "activity_l1": 0.0,
+      "activity_include": ".*",
+      # Each unit's incoming weight vector projected to L2 norm <= max_norm after
+      # every update; 0 = off.
+      "max_norm": 0.0,
+      "max_norm_include": regularizers.MAX_NORM_KERNELS,
+  })
 
   # Loop.
   c.batch_size = 128

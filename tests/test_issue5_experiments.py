@@ -87,7 +87,7 @@ def test_overfitting_tiny_run_and_pending_variants(tmp_path):
 
 @pytest.mark.parametrize("overrides, expected", [
     ({}, False),
-    ({"optimizer.l2": 1e-4}, False),
+    ({"regularization.l2": 1e-4}, False),
     ({"model.dropout_rate": 0.5, "early_stopping.enabled": True}, False),
     ({"no_such_section.rate": 1.0}, True),
 ])
@@ -130,8 +130,8 @@ def test_hold_out_validation_is_disjoint_and_sized():
 
 def test_set_dotted_names_a_missing_key():
   config = jdl.load_config("overfitting")
-  _common.set_dotted(config, "optimizer.l2", 1e-3)
-  assert config.optimizer.l2 == 1e-3
+  _common.set_dotted(config, "regularization.l2", 1e-3)
+  assert config.regularization.l2 == 1e-3
   with pytest.raises(jdl.JdlError, match="'optimizer.l3'"):
     _common.set_dotted(config, "optimizer.l3", 1.0)
 

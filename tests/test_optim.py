@@ -318,7 +318,7 @@ def test_weight_decay_is_decoupled_from_adaptive_scaling():
                                rtol=RTOL, atol=ATOL)
 
 
-# ------------------------------------------------------- masks and penalties
+# ---------------------------------------------------------------------- masks
 
 
 def test_kernel_mask():
@@ -329,31 +329,7 @@ def test_kernel_mask():
   }
 
 
-@pytest.mark.parametrize("l1, l2", [(0.0, 0.0), (0.01, 0.0), (0.0, 0.02),
-                                    (0.01, 0.02)],
-                         ids=["none", "l1", "l2", "elastic_net"])
-def test_penalty_matches_numpy(l1, l2):
-  kernels = [np.asarray(WD_PARAMS["Dense_0"]["kernel"]),
-             np.asarray(WD_PARAMS["Embed_0"]["embedding"])]
-  want = sum(l1 * np.abs(k).sum() + l2 * (k**2).sum() for k in kernels)
-  got = optim.penalty(WD_PARAMS, l1=l1, l2=l2)
-  assert got.shape == () and got.dtype == jnp.float32
-  np.testing.assert_allclose(got, want, rtol=1e-6)
-
-
-def test_penalty_accepts_traced_coefficients():
-  got = jax.jit(lambda p, l1, l2: optim.penalty(p, l1=l1, l2=l2))(
-      WD_PARAMS, 0.01, 0.02)
-  np.testing.assert_allclose(got, optim.penalty(WD_PARAMS, l1=0.01, l2=0.02),
-                             rtol=1e-6)
-
-
-def test_penalty_gradient_skips_biases():
-  grads = jax.grad(lambda p: optim.penalty(p, l1=0.0, l2=0.5))(WD_PARAMS)
-  np.testing.assert_allclose(grads["Dense_0"]["kernel"],
-                             WD_PARAMS["Dense_0"]["kernel"])  # d(0.5 w^2) = w
-  np.testing.assert_array_equal(grads["Dense_0"]["bias"], 0.0)
-  np.testing.assert_array_equal(grads["BatchNorm_0"]["scale"], 0.0)
+# The loss penalties are tested in tests/test_regularizers.py.
 
 
 # ------------------------------------------------------------------- freezing

@@ -198,7 +198,7 @@ def test_evaluate_restores_the_best_checkpoint(tmp_path):
 
 def test_l2_penalty_shrinks_kernels():
   plain = jdl.fit(make_config(num_epochs=3), quiet=True)
-  l2 = jdl.fit(make_config(num_epochs=3, optimizer__l2=1e-2), quiet=True)
+  l2 = jdl.fit(make_config(num_epochs=3, regularization__l2=1e-2), quiet=True)
   norm = lambda r: sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(r.state.params))  # noqa: E731
   assert norm(l2) < norm(plain)
 

@@ -19,7 +19,9 @@ from jdl import errors
 from jdl.models.activations import Activation, get_activation
 from jdl.models.conv import Conv
 from jdl.models.initializers import get_initializer
-from jdl.models.mlp import MLP, Dtype, check_common_fields, check_widths
+from jdl.models.mlp import (
+    MLP, Dtype, check_common_fields, check_widths, layer_bias, norm_act,
+)
 
 POOLS = ("max", "avg", "none")
 
@@ -99,8 +101,8 @@ def _dense_head(model: nn.Module, x: jax.Array, *, train: bool) -> jax.Array:
 
   Args:
     model: the calling module; reads its ``num_outputs``, ``dense``,
-      ``dropout_rate``, ``batch_norm``, ``activation``, ``kernel_init``,
-      ``init_scale`` and ``dtype``.
+      ``dropout_rate``, ``batch_norm``, ``bn_position``, ``activation``,
+      ``kernel_init``, ``init_scale`` and ``dtype``.
     x: ``[batch, ...]`` features.
     train: dropout on and batch statistics used (and updated) when true.
 
@@ -113,7 +115,7 @@ def _dense_head(model: nn.Module, x: jax.Array, *, train: bool) -> jax.Array:
   return MLP(
       model.num_outputs, hidden=tuple(model.dense), activation=model.activation,
       dropout_rate=model.dropout_rate, batch_norm=model.batch_norm,
-      kernel_init=model.kernel_init, init_scale=model.init_scale,
+      bn_position=model.bn_position, kernel_init=model.kernel_init, init_scale=model.init_scale,
       dtype=model.dtype, name="mlp",
   )(x, train=train)
 
@@ -121,10 +123,12 @@ def _dense_head(model: nn.Module, x: jax.Array, *, train: bool) -> jax.Array:
 class CNN(nn.Module):
   """A configurable convolution stack followed by a dense head.
 
-  Each conv layer is ``Conv -> [BatchNorm] -> activation -> [pool]``; then the
+  Each conv layer is ``Conv -> [BatchNorm] -> activation -> [pool] -> [Dropout]``
+  (batch norm ``'after'`` the activation with ``bn_position='after'``); then the
   feature map is flattened (or averaged over space with ``global_pool``), dropped
   out, and fed to an :class:`MLP` head (submodule ``mlp``) with hidden widths
-  ``dense``.
+  ``dense``. Activations are sown as ``intermediates/conv_act_{i}`` and, by the
+  head, ``intermediates/mlp/act_{i}``.
 
   Attributes:
     num_outputs: width of the output.
@@ -138,8 +142,10 @@ class CNN(nn.Module):
     dense: hidden widths of the head.
     dropout_rate: drop probability on the conv features and after each hidden
       dense layer.
-    batch_norm: batch normalisation after each conv and hidden dense layer (those
-      layers then have no bias).
+    conv_dropout_rate: drop probability after each conv layer (after its pool).
+    batch_norm: batch normalisation in each conv and hidden dense layer (those
+      layers then have no bias when it comes before the activation).
+    bn_position: ``'before'`` or ``'after'`` the activation.
     activation: name for :func:`jdl.models.get_activation`.
     kernel_init: name for :func:`jdl.models.get_initializer`.
     init_scale: its ``scale`` argument.
@@ -162,6 +168,8 @@ class CNN(nn.Module):
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  bn_position: str = "before"
+  conv_dropout_rate: float = 0.0
 
   def __post_init__(self):
     super().__post_init__()
@@ -199,15 +207,16 @@ class CNN(nn.Module):
       )
       x = Conv(
           width, (self.kernel_size,) * ndim, strides=self.strides,
-          padding=padding, use_bias=not self.batch_norm, kernel_init=init,
-          dtype=self.dtype, impl=self.conv_impl, name=f"conv_{i}",
+          padding=padding, use_bias=layer_bias(self.batch_norm, self.bn_position),
+          kernel_init=init, dtype=self.dtype, impl=self.conv_impl, name=f"conv_{i}",
       )(x)
-      if self.batch_norm:
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            dtype=self.dtype, name=f"bn_{i}",
-        )(x)
-      x = pool(act(x), self.pool, self.pool_size)
+      x, a = norm_act(x, act=act, batch_norm=self.batch_norm,
+                      bn_position=self.bn_position, train=train, dtype=self.dtype,
+                      bn_name=f"bn_{i}")
+      self.sow("intermediates", f"conv_act_{i}", a)
+      x = pool(x, self.pool, self.pool_size)
+      if self.conv_dropout_rate > 0:
+        x = nn.Dropout(self.conv_dropout_rate, deterministic=not train)(x)
     if self.global_pool:
       x = jnp.mean(x, axis=tuple(range(1, 1 + ndim)))
     return _dense_head(self, x, train=train)
@@ -219,7 +228,8 @@ class LeNet5(nn.Module):
   Inputs smaller than 32x32 (e.g. MNIST's 28x28) are zero-padded to 32x32, as in
   the original paper, so conv2 always ends on a 5x5x16 map: on one input channel and
   10 outputs the network has 156 + 2,416 + 48,120 + 10,164 + 850 = 61,706
-  parameters.
+  parameters. Activations are sown as ``intermediates/conv_act_{0,1}`` and
+  ``intermediates/act_{0,1}`` (fc1, fc2).
 
   Attributes:
     num_outputs: width of the output.
@@ -265,13 +275,15 @@ class LeNet5(nn.Module):
     pads = [(0, 0)] + [((32 - n) // 2, 32 - n - (32 - n) // 2) if n < 32
                        else (0, 0) for n in x.shape[1:3]] + [(0, 0)]
     x = jnp.pad(x, pads)
-    for name, width in (("conv1", 6), ("conv2", 16)):
-      x = Conv(width, (5, 5), padding="VALID", kernel_init=init,
-                  dtype=self.dtype, impl=self.conv_impl, name=name)(x)
-      x = pool(act(x), self.pool, 2)
+    for i, (name, width) in enumerate((("conv1", 6), ("conv2", 16))):
+      x = act(Conv(width, (5, 5), padding="VALID", kernel_init=init,
+                   dtype=self.dtype, impl=self.conv_impl, name=name)(x))
+      self.sow("intermediates", f"conv_act_{i}", x)
+      x = pool(x, self.pool, 2)
     x = x.reshape((x.shape[0], -1))
-    for name, width in (("fc1", 120), ("fc2", 84)):
+    for i, (name, width) in enumerate((("fc1", 120), ("fc2", 84))):
       x = act(nn.Dense(width, kernel_init=init, dtype=self.dtype, name=name)(x))
+      self.sow("intermediates", f"act_{i}", x)
     return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype,
                     name="head")(x)
 
@@ -279,14 +291,20 @@ class LeNet5(nn.Module):
 class VGG(nn.Module):
   """VGG-style network: stages of 3x3 'SAME' convs, each stage ending in 2x2 max pool.
 
+  Conv activations are sown as ``intermediates/conv_act_{s}_{c}`` (stage and conv
+  numbered from 1, as the layers ``conv{s}_{c}``); the head's as
+  ``intermediates/mlp/act_{i}``.
+
   Attributes:
     num_outputs: width of the output.
     stages: output channels of the convs of each stage; ``((64, 64), (128, 128))``
       is the first half of VGG-11/13.
     dense: hidden widths of the :class:`MLP` head.
-    batch_norm: batch normalisation after every conv and hidden dense layer.
+    batch_norm: batch normalisation in every conv and hidden dense layer.
+    bn_position: ``'before'`` or ``'after'`` the activation.
     dropout_rate: drop probability on the conv features and after each hidden
       dense layer.
+    conv_dropout_rate: drop probability after each stage (after its pool).
     activation: name for :func:`jdl.models.get_activation`.
     kernel_init: name for :func:`jdl.models.get_initializer`.
     init_scale: its ``scale`` argument.
@@ -307,6 +325,8 @@ class VGG(nn.Module):
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  bn_position: str = "before"
+  conv_dropout_rate: float = 0.0
 
   def __post_init__(self):
     super().__post_init__()
@@ -335,11 +355,14 @@ class VGG(nn.Module):
     for s, stage in enumerate(self.stages, start=1):
       for c, width in enumerate(stage, start=1):
         x = Conv(width, (3,) * ndim, padding="SAME",
-                    use_bias=not self.batch_norm, kernel_init=init,
-                    dtype=self.dtype, impl=self.conv_impl, name=f"conv{s}_{c}")(x)
-        if self.batch_norm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, dtype=self.dtype, name=f"bn{s}_{c}")(x)
-        x = act(x)
+                 use_bias=layer_bias(self.batch_norm, self.bn_position),
+                 kernel_init=init, dtype=self.dtype, impl=self.conv_impl,
+                 name=f"conv{s}_{c}")(x)
+        x, a = norm_act(x, act=act, batch_norm=self.batch_norm,
+                        bn_position=self.bn_position, train=train, dtype=self.dtype,
+                        bn_name=f"bn{s}_{c}")
+        self.sow("intermediates", f"conv_act_{s}_{c}", a)
       x = pool(x, "max", 2)
+      if self.conv_dropout_rate > 0:
+        x = nn.Dropout(self.conv_dropout_rate, deterministic=not train)(x)
     return _dense_head(self, x, train=train)

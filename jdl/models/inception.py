@@ -17,15 +17,17 @@ from jdl.models.activations import Activation, get_activation
 from jdl.models.cnn import pool, spatial_ndim
 from jdl.models.conv import Conv
 from jdl.models.initializers import get_initializer
-from jdl.models.mlp import Dtype, check_common_fields, check_widths
+from jdl.models.mlp import Dtype, check_common_fields, check_widths, layer_bias, norm_act
 
 
 class InceptionBlock(nn.Module):
   """Inception module: four parallel branches concatenated on the channel axis.
 
   Branches: ``1x1``; ``1x1 -> 3x3``; ``1x1 -> 5x5``; ``3x3 max pool -> 1x1``. Every
-  conv is ``Conv -> [BatchNorm] -> activation`` with 'SAME' padding, so the output
-  keeps the spatial shape and has ``c1 + c3 + c5 + pool_proj`` channels.
+  conv is ``Conv -> [BatchNorm] -> activation`` (``activation -> BatchNorm`` with
+  ``bn_position='after'``) with 'SAME' padding, so the output keeps the spatial
+  shape and has ``c1 + c3 + c5 + pool_proj`` channels. Each conv's activation is
+  sown as ``intermediates/{conv}_act`` (``b1_act``, ``b3_reduce_act``, ...).
 
   Attributes:
     c1: channels of the 1x1 branch.
@@ -34,7 +36,9 @@ class InceptionBlock(nn.Module):
     c5_reduce: channels of the 1x1 reduction before the 5x5 conv.
     c5: channels of the 5x5 branch.
     pool_proj: channels of the 1x1 projection after the max pool.
-    batch_norm: batch normalisation after every conv (which then has no bias).
+    batch_norm: batch normalisation in every conv layer (the conv then has no
+      bias when it comes before the activation).
+    bn_position: ``'before'`` or ``'after'`` the activation.
     activation: name for :func:`jdl.models.get_activation`.
     kernel_init: name for :func:`jdl.models.get_initializer`.
     init_scale: its ``scale`` argument.
@@ -56,6 +60,7 @@ class InceptionBlock(nn.Module):
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  bn_position: str = "before"
 
   def __post_init__(self):
     super().__post_init__()
@@ -80,12 +85,13 @@ class InceptionBlock(nn.Module):
 
     def conv(y, width, size, name):
       y = Conv(width, (size,) * ndim, padding="SAME",
-                  use_bias=not self.batch_norm, kernel_init=init,
-                  dtype=self.dtype, impl=self.conv_impl, name=name)(y)
-      if self.batch_norm:
-        y = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         epsilon=1e-5, dtype=self.dtype, name=f"{name}_bn")(y)
-      return act(y)
+               use_bias=layer_bias(self.batch_norm, self.bn_position),
+               kernel_init=init, dtype=self.dtype, impl=self.conv_impl, name=name)(y)
+      y, a = norm_act(y, act=act, batch_norm=self.batch_norm,
+                      bn_position=self.bn_position, train=train, dtype=self.dtype,
+                      bn_name=f"{name}_bn")
+      self.sow("intermediates", f"{name}_act", a)
+      return y
 
     b1 = conv(x, self.c1, 1, "b1")
     b3 = conv(conv(x, self.c3_reduce, 1, "b3_reduce"), self.c3, 3, "b3")
@@ -100,14 +106,17 @@ class InceptionNet(nn.Module):
 
   Stem ``3x3 conv -> [BatchNorm] -> activation``; then stages of
   :class:`InceptionBlock`, with a 3x3 stride-2 max pool between stages; then global
-  average pooling, dropout and a ``Dense(num_outputs)`` head.
+  average pooling, dropout and a ``Dense(num_outputs)`` head. The stem's
+  activation is sown as ``intermediates/stem_act``, the blocks' as
+  ``intermediates/stage{s}_block{b}/{conv}_act``.
 
   Attributes:
     num_outputs: width of the output.
     stem_features: channels of the stem conv.
     stages: per stage, the blocks' widths
       ``(c1, c3_reduce, c3, c5_reduce, c5, pool_proj)``.
-    batch_norm: batch normalisation after every conv.
+    batch_norm: batch normalisation in every conv layer.
+    bn_position: ``'before'`` or ``'after'`` the activation.
     dropout_rate: drop probability before the head.
     activation: name for :func:`jdl.models.get_activation`.
     kernel_init: name for :func:`jdl.models.get_initializer`.
@@ -128,6 +137,7 @@ class InceptionNet(nn.Module):
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  bn_position: str = "before"
 
   def __post_init__(self):
     super().__post_init__()
@@ -159,18 +169,19 @@ class InceptionNet(nn.Module):
     init = get_initializer(self.kernel_init, self.init_scale)
     x = jnp.asarray(x, self.dtype)
     x = Conv(self.stem_features, (3,) * ndim, padding="SAME",
-                use_bias=not self.batch_norm, kernel_init=init,
-                dtype=self.dtype, impl=self.conv_impl, name="stem")(x)
-    if self.batch_norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       epsilon=1e-5, dtype=self.dtype, name="stem_bn")(x)
-    x = act(x)
+             use_bias=layer_bias(self.batch_norm, self.bn_position),
+             kernel_init=init, dtype=self.dtype, impl=self.conv_impl, name="stem")(x)
+    x, a = norm_act(x, act=act, batch_norm=self.batch_norm,
+                    bn_position=self.bn_position, train=train, dtype=self.dtype,
+                    bn_name="stem_bn")
+    self.sow("intermediates", "stem_act", a)
     for s, stage in enumerate(self.stages):
       if s > 0:
         x = pool(x, "max", 3, strides=2, padding="SAME")
       for b, widths in enumerate(stage):
         x = InceptionBlock(
-            *widths, batch_norm=self.batch_norm, activation=self.activation,
+            *widths, batch_norm=self.batch_norm, bn_position=self.bn_position,
+            activation=self.activation,
             kernel_init=self.kernel_init, init_scale=self.init_scale,
             dtype=self.dtype, conv_impl=self.conv_impl, name=f"stage{s}_block{b}",
         )(x, train=train)

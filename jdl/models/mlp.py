@@ -14,6 +14,44 @@ from jdl.models.activations import Activation, get_activation
 from jdl.models.initializers import get_initializer
 
 Dtype = Any
+# Where batch normalisation sits in a hidden layer: 'before' the activation
+# (Dense/Conv -> BN -> act, Ioffe & Szegedy) or 'after' it (Dense/Conv -> act -> BN).
+BN_POSITIONS = ("before", "after")
+
+
+def norm_act(x: jax.Array, *, act: Activation, batch_norm: bool, bn_position: str,
+             train: bool, dtype: Dtype, bn_name: str) -> tuple[jax.Array, jax.Array]:
+  """Applies ``BN -> act`` or ``act -> BN`` (``act`` alone without batch norm).
+
+  Called from a compact ``__call__``, so the ``BatchNorm`` named ``bn_name``
+  belongs to the caller.
+
+  Returns:
+    ``(out, a)``: the layer's output and the activation's output (the value jdl
+    models sow as ``intermediates``; with ``bn_position='after'`` it is the input
+    of the batch norm).
+  """
+  def bn(y):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        dtype=dtype, name=bn_name)(y)
+
+  if not batch_norm:
+    a = act(x)
+    return a, a
+  if bn_position == "before":
+    a = act(bn(x))
+    return a, a
+  a = act(x)
+  return bn(a), a
+
+
+def layer_bias(batch_norm: bool, bn_position: str) -> bool:
+  """Whether the Dense/Conv before :func:`norm_act` needs a bias.
+
+  A batch norm right after the layer makes its bias redundant (the BN shift
+  replaces it); one after the activation does not.
+  """
+  return not batch_norm or bn_position == "after"
 
 
 def check_common_fields(module: nn.Module) -> None:
@@ -36,12 +74,16 @@ def check_common_fields(module: nn.Module) -> None:
     get_activation(module.activation)
   if hasattr(module, "kernel_init"):
     get_initializer(module.kernel_init, getattr(module, "init_scale", None))
-  if hasattr(module, "dropout_rate"):
-    rate = module.dropout_rate
-    errors.require(
-        isinstance(rate, (int, float)) and 0.0 <= rate < 1.0,
-        f"dropout_rate must be in [0, 1), got {rate!r}",
-    )
+  for field in ("dropout_rate", "conv_dropout_rate"):
+    if hasattr(module, field):
+      rate = getattr(module, field)
+      errors.require(
+          isinstance(rate, (int, float)) and not isinstance(rate, bool)
+          and 0.0 <= rate < 1.0,
+          f"{field} must be in [0, 1), got {rate!r}",
+      )
+  if hasattr(module, "bn_position"):
+    errors.lookup("bn_position", module.bn_position, {p: p for p in BN_POSITIONS})
 
 
 def check_widths(field: str, widths: Sequence[int]) -> None:
@@ -57,16 +99,21 @@ def check_widths(field: str, widths: Sequence[int]) -> None:
 class MLP(nn.Module):
   """Fully connected network; flattens its input.
 
-  Each hidden layer is ``Dense -> [BatchNorm] -> activation -> [Dropout]``; the head
-  is a ``Dense(num_outputs)`` without activation. With ``batch_norm`` the hidden
-  ``Dense`` layers have no bias (the batch-norm shift replaces it).
+  Each hidden layer is ``Dense -> [BatchNorm] -> activation -> [Dropout]``
+  (``bn_position='before'``) or ``Dense -> activation -> [BatchNorm] -> [Dropout]``
+  (``'after'``); the head is a ``Dense(num_outputs)`` without activation. With
+  batch norm before the activation the hidden ``Dense`` layers have no bias (the
+  batch-norm shift replaces it). Each activation's output is sown as
+  ``intermediates/act_{i}`` (kept only when the caller makes ``"intermediates"``
+  mutable).
 
   Attributes:
     num_outputs: width of the output, e.g. the number of classes.
     hidden: widths of the hidden layers; ``()`` gives a linear model.
     activation: name for :func:`jdl.models.get_activation`.
     dropout_rate: drop probability after each hidden activation (0 disables).
-    batch_norm: batch normalisation after each hidden ``Dense``.
+    batch_norm: batch normalisation in each hidden layer.
+    bn_position: ``'before'`` or ``'after'`` the activation.
     kernel_init: name for :func:`jdl.models.get_initializer`.
     init_scale: its ``scale`` argument.
     dtype: compute dtype; parameters stay float32.
@@ -82,6 +129,7 @@ class MLP(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
+  bn_position: str = "before"
 
   def __post_init__(self):
     super().__post_init__()
@@ -104,15 +152,13 @@ class MLP(nn.Module):
     x = jnp.asarray(x, self.dtype).reshape((x.shape[0], -1))
     for i, width in enumerate(self.hidden):
       x = nn.Dense(
-          width, use_bias=not self.batch_norm, kernel_init=init,
-          dtype=self.dtype, name=f"hidden_{i}",
+          width, use_bias=layer_bias(self.batch_norm, self.bn_position),
+          kernel_init=init, dtype=self.dtype, name=f"hidden_{i}",
       )(x)
-      if self.batch_norm:
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5,
-            dtype=self.dtype, name=f"bn_{i}",
-        )(x)
-      x = act(x)
+      x, a = norm_act(x, act=act, batch_norm=self.batch_norm,
+                      bn_position=self.bn_position, train=train, dtype=self.dtype,
+                      bn_name=f"bn_{i}")
+      self.sow("intermediates", f"act_{i}", a)
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(

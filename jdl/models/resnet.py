@@ -42,6 +42,9 @@ class ResidualBlock(nn.Module):
     kernel_init: name for :func:`jdl.models.get_initializer`.
     init_scale: its ``scale`` argument.
     dtype: compute dtype; parameters stay float32.
+
+  Activations are sown as ``intermediates/act_{i}``, numbered in order; the last
+  one is the block's output (``act_1`` basic, ``act_2`` bottleneck).
   """
 
   filters: int
@@ -73,30 +76,42 @@ class ResidualBlock(nn.Module):
                      use_bias=False, kernel_init=init, dtype=self.dtype, impl=self.conv_impl,
                      name=name)(y)
 
+    acts = 0
+
+    def sown_act(y):
+      nonlocal acts
+      y = act(y)
+      self.sow("intermediates", f"act_{acts}", y)
+      acts += 1
+      return y
+
     if self.bottleneck:
       out_channels = 4 * self.filters
-      y = act(_batch_norm(train, self.dtype, "bn1")(
+      y = sown_act(_batch_norm(train, self.dtype, "bn1")(
           conv(x, self.filters, 1, 1, "conv1")))
-      y = act(_batch_norm(train, self.dtype, "bn2")(
+      y = sown_act(_batch_norm(train, self.dtype, "bn2")(
           conv(y, self.filters, 3, self.strides, "conv2")))
       y = _batch_norm(train, self.dtype, "bn3")(conv(y, out_channels, 1, 1, "conv3"))
     else:
       out_channels = self.filters
-      y = act(_batch_norm(train, self.dtype, "bn1")(
+      y = sown_act(_batch_norm(train, self.dtype, "bn1")(
           conv(x, self.filters, 3, self.strides, "conv1")))
       y = _batch_norm(train, self.dtype, "bn2")(conv(y, self.filters, 3, 1, "conv2"))
     shortcut = x
     if self.strides != 1 or x.shape[-1] != out_channels:
       shortcut = _batch_norm(train, self.dtype, "proj_bn")(
           conv(x, out_channels, 1, self.strides, "proj"))
-    return act(y + shortcut)
+    return sown_act(y + shortcut)
 
 
 class ResNet(nn.Module):
   """Residual network: stem, stages of residual blocks, global average pool, dense head.
 
   Stage ``i`` has ``stage_sizes[i]`` blocks of width ``num_filters * 2**i``; every
-  stage but the first starts with a stride-2 block.
+  stage but the first starts with a stride-2 block. The stem's activation is sown
+  as ``intermediates/stem_act``, each block's as
+  ``intermediates/stage{i}_block{j}/act_{k}``. Batch norm always comes before the
+  activation here (the post-activation design of the paper).
 
   Attributes:
     num_outputs: width of the output.
@@ -152,11 +167,13 @@ class ResNet(nn.Module):
       x = Conv(self.num_filters, (3,) * ndim, padding="SAME", use_bias=False,
                   kernel_init=init, dtype=self.dtype, impl=self.conv_impl, name="stem")(x)
       x = act(_batch_norm(train, self.dtype, "stem_bn")(x))
+      self.sow("intermediates", "stem_act", x)
     else:
       x = Conv(self.num_filters, (7,) * ndim, strides=2,
                   padding=((3, 3),) * ndim, use_bias=False, kernel_init=init,
                   dtype=self.dtype, impl=self.conv_impl, name="stem")(x)
       x = act(_batch_norm(train, self.dtype, "stem_bn")(x))
+      self.sow("intermediates", "stem_act", x)
       x = nn.max_pool(x, (3,) * ndim, strides=(2,) * ndim,
                       padding=((1, 1),) * ndim)
     for i, num_blocks in enumerate(self.stage_sizes):

@@ -9,7 +9,8 @@ Modules:
 * :mod:`jdl.optim.schedules`: learning-rate schedules, indexed by optimizer update
   count; what ``steps_per_epoch`` counts under gradient accumulation.
 * :mod:`jdl.optim.masks`: parameter paths (``'Conv_0/kernel'``, no leading
-  collection name), kernel masks, the L1/L2 penalty and freezing.
+  collection name), kernel masks and freezing. Loss penalties and max-norm are in
+  :mod:`jdl.regularizers`.
 * :mod:`jdl.optim.plateau`: reduce on plateau, update count, current learning rate.
 * ``jdl.optim._chain``: the config sections and the optax chain of
   :func:`create_optimizer`.
@@ -25,7 +26,6 @@ from jdl.optim.masks import check_freeze_patterns
 from jdl.optim.masks import freeze_labels
 from jdl.optim.masks import kernel_mask
 from jdl.optim.masks import param_path
-from jdl.optim.masks import penalty
 from jdl.optim.plateau import PlateauState
 from jdl.optim.plateau import current_learning_rate
 from jdl.optim.plateau import scale_by_plateau
@@ -49,7 +49,6 @@ __all__ = [
     "freeze_labels",
     "kernel_mask",
     "param_path",
-    "penalty",
     "scale_by_plateau",
     "update_count",
     "update_plateau",

@@ -5,7 +5,8 @@ The transformation returned by :func:`create_optimizer` is, from outside in::
   [plateau wrapper]        if reduce_on_plateau.enabled: state PlateauState
     [optax.MultiSteps]     if optimizer.accumulate_steps > 1
       [multi_transform]    if optimizer.freeze: 'trainable' / 'frozen' labels
-        chain(clip, clip_by_global_norm, <optimizer>, decoupled weight decay)
+        chain(clip, clip_by_global_norm, <optimizer>, decoupled weight decay,
+              max_norm)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import ml_collections
 import optax
 
+from jdl import regularizers
 from jdl.errors import lookup
 from jdl.optim._checks import check
 from jdl.optim.masks import (
@@ -42,8 +44,6 @@ def default_config() -> ml_collections.ConfigDict:
   opt.weight_decay = 0.0  # Decoupled: param -= lr_t * weight_decay * param.
   opt.clip_value = 0.0  # Element-wise gradient clipping; 0 = off.
   opt.clip_norm = 0.0  # Global-norm gradient clipping; 0 = off.
-  opt.l1 = 0.0  # Loss penalties on kernels, see `penalty`.
-  opt.l2 = 0.0
   opt.accumulate_steps = 1  # Micro-batches per update (optax.MultiSteps).
   opt.freeze = ()  # Regexes over param paths such as 'Conv_0/kernel'.
 
@@ -75,7 +75,7 @@ def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
   for key in ("momentum", "b1", "b2", "rho"):
     check(0 <= opt[key] < 1, f"optimizer.{key}", opt[key], "in [0, 1)")
   for key in ("eps", "initial_accumulator_value", "weight_decay", "clip_value",
-              "clip_norm", "l1", "l2"):
+              "clip_norm"):
     check(opt[key] >= 0, f"optimizer.{key}", opt[key], ">= 0")
 
 
@@ -121,8 +121,12 @@ def create_optimizer(
   Per optimizer update: element-wise clipping (``clip_value``), global-norm
   clipping (``clip_norm``), the optimizer with the schedule as learning rate, then
   decoupled weight decay on kernels (``adamw`` uses its own ``weight_decay`` and
-  ``mask``; the others add ``-lr_t * weight_decay * param``). Frozen parameters
-  get zero updates and are left out of the clipping norm. With
+  ``mask``; the others add ``-lr_t * weight_decay * param``), then, with
+  ``regularization.max_norm > 0``, the max-norm projection
+  (:func:`jdl.regularizers.max_norm`) of the trainable kernels. A plateau scale
+  ``s <= 1`` applied after it moves the parameters a fraction ``s`` of the way to
+  the projected point, which stays inside the (convex) max-norm ball. Frozen
+  parameters get zero updates and are left out of the clipping norm. With
   ``accumulate_steps = k > 1`` the gradients of ``k`` train steps are averaged
   (``optax.MultiSteps``) and the updates of the first ``k - 1`` are zero. With
   ``reduce_on_plateau.enabled`` all updates are multiplied by the plateau scale,
@@ -134,7 +138,7 @@ def create_optimizer(
 
   Args:
     config: the experiment config (reads ``optimizer``, ``schedule`` and, if
-      present, ``reduce_on_plateau``).
+      present, ``reduce_on_plateau`` and ``regularization``).
     steps_per_epoch: train steps (micro-batches) per epoch.
     num_epochs: length of the run, in epochs.
 
@@ -143,7 +147,7 @@ def create_optimizer(
     plateau is enabled.
 
   Raises:
-    JdlError: unknown optimizer or schedule name, invalid value or freeze regex.
+    JdlError: unknown optimizer or schedule name, invalid value or regex.
 
   References:
     Loshchilov & Hutter, `Decoupled Weight Decay Regularization
@@ -163,6 +167,11 @@ def create_optimizer(
   chain.append(make(opt, learning_rate_fn))
   if opt.weight_decay > 0 and opt.name != "adamw":
     chain.append(_decoupled_weight_decay(opt.weight_decay, learning_rate_fn))
+  reg = config.get("regularization")
+  if reg is not None:
+    regularizers.validate_config(reg)
+    if reg.max_norm > 0:  # Last: it projects the final update.
+      chain.append(regularizers.max_norm(float(reg.max_norm), include=reg.max_norm_include))
   tx = optax.chain(*chain)
 
   patterns = compile_patterns(opt.freeze)

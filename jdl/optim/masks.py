@@ -1,4 +1,4 @@
-"""Parameter paths and masks: kernels for weight decay and penalties, freezing.
+"""Parameter paths and masks: kernels for weight decay, freezing.
 
 Parameter paths are the ``'/'``-joined keys of the params tree handed to the
 optimizer, i.e. ``variables['params']`` *without* a leading collection name:
@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from jdl.errors import JdlError, require
@@ -37,48 +36,12 @@ def kernel_mask(params: Any) -> Any:
   """Returns a tree like ``params``: True for leaves named kernel or embedding.
 
   Biases, normalisation scales and offsets, and any other leaf are False. Used to
-  mask weight decay and the loss penalties.
+  mask weight decay (the loss penalties use :data:`jdl.regularizers.KERNELS`, the
+  same selection as a regex).
   """
   return jax.tree_util.tree_map_with_path(
       lambda path, _: bool(path) and _key_name(path[-1]) in KERNEL_NAMES, params
   )
-
-
-def penalty(params: Any, *, l1: float = 0.0, l2: float = 0.0) -> jax.Array:
-  """Returns ``l1 * sum|w| + l2 * sum w**2`` over kernels, to add to the loss.
-
-  There is no 1/2 factor on the l2 term (the Keras convention): its gradient is
-  ``2 * l2 * w``. Only leaves selected by :func:`kernel_mask` count; ``l1`` and
-  ``l2`` together give the elastic net.
-
-  Args:
-    params: the params tree.
-    l1: coefficient of the L1 norm.
-    l2: coefficient of the squared L2 norm.
-
-  Returns:
-    A float32 scalar.
-
-  References:
-    Zou & Hastie, `Regularization and variable selection via the elastic net
-    <https://doi.org/10.1111/j.1467-9868.2005.00503.x>`_, 2005.
-  """
-  kernels = [
-      w for w, is_kernel in zip(jax.tree.leaves(params),
-                                jax.tree.leaves(kernel_mask(params)))
-      if is_kernel
-  ]
-  # Skip a term only for a literal 0 (the common config value); coefficients may
-  # also be traced arrays.
-  use_l1 = not (isinstance(l1, (int, float)) and l1 == 0)
-  use_l2 = not (isinstance(l2, (int, float)) and l2 == 0)
-  total = jnp.zeros([], jnp.float32)
-  for w in kernels:
-    if use_l1:
-      total += l1 * jnp.sum(jnp.abs(w))
-    if use_l2:
-      total += l2 * jnp.sum(jnp.square(w))
-  return total
 
 
 def compile_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:

@@ -34,6 +34,7 @@ from jdl import losses as losses_lib
 from jdl import metrics as metrics_lib
 from jdl import models as models_lib
 from jdl import optim
+from jdl import regularizers
 from jdl import summary as summary_lib
 from jdl.data import augment as augment_lib
 from jdl.data import pipeline
@@ -126,10 +127,15 @@ class Trainer:
       self.state = self.state.replace(params=self._init_from(config.init_from))
     optim.check_freeze_patterns(config, self.state.params)
 
+    reg = config.regularization
     self.task = steps_lib.SupervisedTask(
         apply_fn=self.state.apply_fn, loss=self.loss, metric_names=names,
-        num_classes=self.data.num_classes, l1=float(config.optimizer.l1),
-        l2=float(config.optimizer.l2))
+        num_classes=self.data.num_classes,
+        penalty_rules=regularizers.rules_from_config(reg),
+        activity_l1=float(reg.activity_l1), activity_include=reg.activity_include)
+    if reg.activity_l1 > 0:
+      regularizers.check_activity_include(self.state.apply_fn, self.state.variables,
+                                          self.data.train.x[:1], reg.activity_include)
     self.train_names = steps_lib.train_metric_names(names)
     self._compile()
     self.epoch_mode = self._choose_epoch_mode()

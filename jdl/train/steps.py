@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jdl import metrics as metrics_lib
-from jdl import optim
+from jdl import regularizers
 from jdl.data import augment as augment_lib
 from jdl.train.state import TrainState
 
@@ -31,33 +31,46 @@ class SupervisedTask:
     loss: per-example loss ``(outputs, targets) -> [B]``.
     metric_names: metrics reported besides the loss.
     num_classes: for classification metrics (0 for regression).
-    l1, l2: penalties on kernels added to the training loss.
+    penalty_rules: ``(pattern, l1, l2)`` rules of the weight penalty added to the
+      loss (:func:`jdl.regularizers.penalty`); ``()`` for none.
+    activity_l1: coefficient of the L1 activity penalty on the activations the
+      model sows into ``"intermediates"`` (training only); 0 for none.
+    activity_include: regex over the sown activations' paths.
   """
   apply_fn: Callable[..., Any]
   loss: Callable[[jax.Array, jax.Array], jax.Array]
   metric_names: tuple[str, ...]
   num_classes: int
-  l1: float = 0.0
-  l2: float = 0.0
+  penalty_rules: tuple[regularizers.Rule, ...] = ()
+  activity_l1: float = 0.0
+  activity_include: str = ".*"
 
   def loss_fn(self, params, model_state, batch: Batch, key: jax.Array, train: bool):
     """Returns ``(loss, (per_example_loss, outputs, new_model_state))``.
 
-    ``loss`` is the masked mean of the per-example loss plus the penalties.
+    ``loss`` is the masked mean of the per-example loss plus the penalties (the
+    activity penalty in training only).
     """
     variables = {"params": params, **model_state}
+    activity = train and self.activity_l1 > 0
     if train:
+      mutable = list(model_state.keys()) + (["intermediates"] if activity else [])
       outputs, new_model_state = self.apply_fn(
-          variables, batch["x"], train=True, rngs={"dropout": key},
-          mutable=list(model_state.keys()))
+          variables, batch["x"], train=True, rngs={"dropout": key}, mutable=mutable)
+      # Activations are for the penalty only, never part of the model state.
+      intermediates = new_model_state.get("intermediates", {})
+      new_model_state = {k: v for k, v in new_model_state.items() if k != "intermediates"}
     else:
       outputs, new_model_state = self.apply_fn(variables, batch["x"], train=False), model_state
     outputs = outputs.astype(jnp.float32)  # The loss in float32 under mixed precision too.
     per_example = self.loss(outputs, batch["y"])
     mask = batch["mask"].astype(per_example.dtype)
     loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-    if self.l1 or self.l2:
-      loss = loss + optim.penalty(params, l1=self.l1, l2=self.l2)
+    if self.penalty_rules:
+      loss = loss + regularizers.penalty(params, self.penalty_rules)
+    if activity:
+      loss = loss + regularizers.activity_penalty(intermediates, self.activity_l1,
+                                                  self.activity_include)
     return loss, (per_example, outputs, new_model_state)
 
   def metrics(self, names, outputs, batch: Batch, per_example_loss):
