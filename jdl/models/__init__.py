@@ -21,6 +21,7 @@ from jdl.models.cnn import VGG
 from jdl.models.inception import InceptionBlock
 from jdl.models.inception import InceptionNet
 from jdl.models.initializers import INITIALIZERS
+from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import MLP
 from jdl.models.resnet import ResidualBlock

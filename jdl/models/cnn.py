@@ -18,6 +18,7 @@ import numpy as np
 from jdl import errors
 from jdl.models.activations import Activation, get_activation
 from jdl.models.conv import Conv
+from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import (
     MLP, Dtype, check_common_fields, check_widths, layer_bias, norm_act,
@@ -284,8 +285,8 @@ class LeNet5(nn.Module):
     for i, (name, width) in enumerate((("fc1", 120), ("fc2", 84))):
       x = act(nn.Dense(width, kernel_init=init, dtype=self.dtype, name=name)(x))
       self.sow("intermediates", f"act_{i}", x)
-    return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype,
-                    name="head")(x)
+    return nn.Dense(self.num_outputs, kernel_init=get_head_initializer(self.kernel_init),
+                    dtype=self.dtype, name="head")(x)
 
 
 class VGG(nn.Module):

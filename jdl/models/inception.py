@@ -16,6 +16,7 @@ from jdl import errors
 from jdl.models.activations import Activation, get_activation
 from jdl.models.cnn import pool, spatial_ndim
 from jdl.models.conv import Conv
+from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import Dtype, check_common_fields, check_widths, layer_bias, norm_act
 
@@ -188,5 +189,6 @@ class InceptionNet(nn.Module):
     x = jnp.mean(x, axis=tuple(range(1, 1 + ndim)))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype,
+    head_init = get_head_initializer(self.kernel_init, self.init_scale)
+    return nn.Dense(self.num_outputs, kernel_init=head_init, dtype=self.dtype,
                     name="head")(x)

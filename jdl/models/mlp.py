@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from jdl import errors
 from jdl.models.activations import Activation, get_activation
+from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
 
 Dtype = Any
@@ -114,7 +115,8 @@ class MLP(nn.Module):
     dropout_rate: drop probability after each hidden activation (0 disables).
     batch_norm: batch normalisation in each hidden layer.
     bn_position: ``'before'`` or ``'after'`` the activation.
-    kernel_init: name for :func:`jdl.models.get_initializer`.
+    kernel_init: name for :func:`jdl.models.get_initializer`; the head uses
+      :func:`jdl.models.get_head_initializer` of it (LeCun for the He family).
     init_scale: its ``scale`` argument.
     dtype: compute dtype; parameters stay float32.
 
@@ -161,6 +163,7 @@ class MLP(nn.Module):
       self.sow("intermediates", f"act_{i}", a)
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    head_init = get_head_initializer(self.kernel_init, self.init_scale)
     return nn.Dense(
-        self.num_outputs, kernel_init=init, dtype=self.dtype, name="head"
+        self.num_outputs, kernel_init=head_init, dtype=self.dtype, name="head"
     )(x)

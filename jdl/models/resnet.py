@@ -18,6 +18,7 @@ from jdl import errors
 from jdl.models.activations import Activation, get_activation
 from jdl.models.cnn import spatial_ndim
 from jdl.models.conv import Conv
+from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import Dtype, check_common_fields, check_widths
 
@@ -185,7 +186,8 @@ class ResNet(nn.Module):
             dtype=self.dtype, conv_impl=self.conv_impl, name=f"stage{i + 1}_block{j + 1}",
         )(x, train=train)
     x = jnp.mean(x, axis=tuple(range(1, 1 + ndim)))
-    return nn.Dense(self.num_outputs, kernel_init=init, dtype=self.dtype,
+    head_init = get_head_initializer(self.kernel_init, self.init_scale)
+    return nn.Dense(self.num_outputs, kernel_init=head_init, dtype=self.dtype,
                     name="head")(x)
 
 
