@@ -6,6 +6,7 @@ resume. Start with :func:`jdl.fit` and a config from :func:`jdl.load_config`.
 """
 
 from jdl import data
+from jdl import explain
 from jdl import losses
 from jdl import metrics
 from jdl import models

@@ -1,0 +1,178 @@
+"""Trains a small MNIST CNN (configs/explain_mnist.py) and explains its test predictions.
+
+Trains (or reuses the finished run in --workdir), then for one test digit of each of
+the first --num_digits classes writes overlays.png (rows: digits; columns: input,
+saliency |grad|, gradient x input, integrated gradients, LIME on a grid of cells)
+and prints the integrated-gradients completeness errors. The deletion check sets
+the k most attributed pixels of --deletion_examples test images to black and
+measures the accuracy, against k random pixels and the k brightest pixels; the
+curves go to deletion.png. The explained output is the predicted class's logit
+(probability for LIME); the IG and LIME baseline is the black image.
+
+Usage:  python experiments/explain_mnist.py --data_dir ../shared/data/mnist [--workdir runs/explain_mnist]
+        [--config.KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import jdl
+from jdl import explain
+from jdl.config import apply_overrides
+
+OUT = Path(__file__).resolve().parent / "results" / "explain_mnist"
+KS = (0, 10, 25, 50, 100, 150)  # Pixels removed per image (of 784) in the deletion check.
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--data_dir", default="../shared/data/mnist")
+  p.add_argument("--workdir", default="runs/explain_mnist")
+  p.add_argument("--out", default=str(OUT))
+  p.add_argument("--num_digits", type=int, default=6)
+  p.add_argument("--ig_steps", type=int, default=50)
+  p.add_argument("--lime_samples", type=int, default=1000)
+  p.add_argument("--cell_size", type=int, default=4)
+  p.add_argument("--deletion_examples", type=int, default=500)
+  p.add_argument("--deletion_lime_examples", type=int, default=100)
+  p.add_argument("--seed", type=int, default=0)
+  args, rest = p.parse_known_args(argv)
+  overrides = {}
+  for arg in rest:  # --config.KEY=VALUE, as for `jdl train`.
+    if not (arg.startswith("--config.") and "=" in arg):
+      p.error(f"unrecognized argument {arg!r}")
+    key, value = arg[len("--config."):].split("=", 1)
+    overrides[key] = value
+  return args, overrides
+
+
+def attributions(m, x, black, *, ig_steps, lime_samples, cell_size, key, with_lime=True,
+                 with_gradients=True, chunk=50):
+  """Per-method ``[n, 28, 28, 1]`` attributions for the predicted class; IG errors."""
+  out = {"saliency": [], "gradient_x_input": [], "integrated_gradients": [], "lime": []}
+  rel = []
+  for i in range(0, len(x) if with_gradients else 0, chunk):
+    xb = x[i:i + chunk]
+    out["saliency"].append(explain.saliency(m.apply_fn, m.variables, xb))
+    out["gradient_x_input"].append(
+        explain.saliency(m.apply_fn, m.variables, xb, variant="gradient_x_input"))
+    ig = explain.integrated_gradients(m.apply_fn, m.variables, xb, baseline=black,
+                                      steps=ig_steps, steps_per_batch=10, check="off")
+    out["integrated_gradients"].append(ig.attributions)
+    rel.append(ig.relative_error)
+  if with_lime:
+    for j, image in enumerate(x):
+      res = explain.lime_image(m.probabilities, image, key=jax.random.fold_in(key, j),
+                               cell_size=cell_size, baseline=black[0], num_samples=lime_samples)
+      out["lime"].append(res.attribution[None, :, :, None])
+  return {k: np.concatenate(v) for k, v in out.items() if v}, np.concatenate(rel or [[]])
+
+
+def deletion(m, x, y, scores, black, key):
+  """Accuracy after removing the top-k pixels by each score, for k in KS."""
+  rows = {}
+  for name, s in {"random": np.asarray(jax.random.uniform(key, x.shape)),
+                  "brightest": np.asarray(x), **scores}.items():
+    rows[name] = []
+    for k in KS:
+      pred = np.argmax(m.logits(explain.remove_top_k(x, s, k, black)), axis=1)
+      rows[name].append(round(float(np.mean(pred == y)), 4))
+  return rows
+
+
+def plot_deletion(rows, path):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(5, 3.2))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot(1, 1, 1)
+  for name, acc in rows.items():
+    ax.plot(KS, acc, marker="o", label=name, linestyle="--" if name in ("random", "brightest")
+            else "-")
+  ax.set_xlabel("pixels set to black (of 784)")
+  ax.set_ylabel("test accuracy")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+
+
+def main(argv=None) -> dict:
+  args, overrides = parse_args(argv)
+  config = jdl.load_config("explain_mnist")
+  config.data_dir, config.seed = args.data_dir, args.seed
+  apply_overrides(config, overrides)
+  t0 = time.perf_counter()
+  result = jdl.fit(config, args.workdir, quiet=True)
+  acc = result.test_metrics["accuracy"]
+  print(f"CNN: test accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+  m = explain.from_run(result)
+  test = result.trainer.data.test
+  x_all, y_all = np.asarray(test.x), np.asarray(test.y)
+  black = m.normalize(np.zeros((1, *x_all.shape[1:]), np.float32))
+  key = jax.random.key(args.seed)
+
+  # One digit per class for the pictures.
+  picks = [int(np.flatnonzero(y_all == c)[0]) for c in range(args.num_digits)]
+  t0 = time.perf_counter()
+  attr, rel = attributions(m, x_all[picks], black, ig_steps=args.ig_steps,
+                           lime_samples=args.lime_samples, cell_size=args.cell_size, key=key)
+  pred = np.argmax(m.logits(x_all[picks]), axis=1)
+  print(f"attributions for {len(picks)} digits ({time.perf_counter() - t0:.0f} s); IG relative "
+        f"completeness errors: {', '.join(f'{e:.2e}' for e in rel)}", flush=True)
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  methods = ("saliency", "gradient_x_input", "integrated_gradients", "lime")
+  images, maps, titles = [], [], []
+  for i, (idx, p) in enumerate(zip(picks, pred)):
+    images += [x_all[idx]] * 5
+    maps += [None] + [attr[k][i] for k in methods]
+    titles += [f"label {y_all[idx]}, pred {p}", "saliency |grad|", "grad x input",
+               f"IG (err {rel[i]:.0e})", f"LIME {args.cell_size}x{args.cell_size} cells"]
+  explain.save_overlay_grid(images, maps, out / "overlays.png", titles=titles, ncols=5,
+                            panel_size=1.6, dpi=60)
+
+  # Deletion check on the first test images (LIME on fewer: it needs many model calls).
+  n = min(args.deletion_examples, len(x_all))
+  t0 = time.perf_counter()
+  x, y = x_all[:n], y_all[:n]
+  scores, rel_n = attributions(m, x, black, ig_steps=args.ig_steps, lime_samples=0,
+                               cell_size=args.cell_size, key=key, with_lime=False)
+  rows = deletion(m, x, y, scores, black, jax.random.fold_in(key, 1))
+  n_lime = min(args.deletion_lime_examples, n)
+  lime_scores, _ = attributions(m, x[:n_lime], black, ig_steps=0, lime_samples=args.lime_samples,
+                                cell_size=args.cell_size, key=jax.random.fold_in(key, 2),
+                                with_gradients=False)
+  lime_rows = deletion(m, x[:n_lime], y[:n_lime], {"lime": lime_scores["lime"]}, black,
+                       jax.random.fold_in(key, 1))
+  rows["lime"] = lime_rows["lime"]
+  print(f"deletion check ({time.perf_counter() - t0:.0f} s); IG relative completeness error "
+        f"over {n} images: median {np.median(rel_n):.2e}, 95th percentile "
+        f"{np.percentile(rel_n, 95):.2e}, max {rel_n.max():.2e}")
+  plot_deletion(rows, out / "deletion.png")
+  print(f"\nTest accuracy after setting the top-k pixels to black ({n} test images; "
+        f"LIME and its random reference on the first {n_lime}):\n")
+  print("| pixels removed | " + " | ".join(str(k) for k in KS) + " |")
+  print("|---|" + "---:|" * len(KS))
+  for name, accs in rows.items():
+    print(f"| {name} | " + " | ".join(f"{a:.1%}" for a in accs) + " |")
+  print(f"| random (first {n_lime}) | " + " | ".join(f"{a:.1%}" for a in lime_rows["random"])
+        + " |")
+  summary = {"test_accuracy": acc, "ig_relative_error": [round(float(e), 5) for e in rel],
+             "ig_relative_error_median": round(float(np.median(rel_n)), 5),
+             "deletion_k": list(KS),
+             "deletion": rows}
+  print(json.dumps(summary))
+  return summary
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,291 @@
+"""jdl.explain against closed forms: linear models, a one-cell image, numpy references."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import struct
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jdl
+from jdl import explain
+from jdl.errors import JdlError
+
+from conftest import REPO, make_config
+
+D, K = 6, 3
+RNG = np.random.default_rng(0)
+W = RNG.normal(size=(D, K)).astype(np.float32)
+B = RNG.normal(size=(K,)).astype(np.float32)
+X = RNG.normal(size=(5, D)).astype(np.float32)
+
+
+def linear_apply(variables, x, train=False):
+  del train  # A linear model behaves the same in both modes.
+  return x @ variables["w"] + variables["b"]
+
+
+LINEAR_VARS = {"w": jnp.asarray(W), "b": jnp.asarray(B)}
+
+
+class TinyMLP(nn.Module):
+  """A smooth nonlinear model (tanh) that sows its activation as jdl models do."""
+
+  @nn.compact
+  def __call__(self, x, *, train=False):
+    h = jnp.tanh(nn.Dense(16)(x))
+    self.sow("intermediates", "act_0", h)
+    return nn.Dense(K)(h)
+
+
+def test_public_names():
+  names = ["saliency", "integrated_gradients", "IGResult", "CompletenessWarning",
+           "resolve_targets", "lime", "lime_tabular", "lime_image", "LimeExplanation",
+           "weighted_ridge", "grid_cells", "save_overlay", "save_overlay_grid", "RunModel",
+           "from_run", "remove_top_k"]
+  assert not [n for n in names if not hasattr(jdl.explain, n)]
+
+
+def test_docstring_examples_run():
+  failed, attempted = doctest.testmod(explain, verbose=False)
+  assert attempted >= 2 and failed == 0
+
+
+def test_target_defaults_to_the_predicted_class():
+  t = explain.resolve_targets(linear_apply, LINEAR_VARS, X)
+  np.testing.assert_array_equal(t, np.argmax(X @ W + B, axis=1))
+
+
+@pytest.mark.parametrize("target", [None, 2, np.array([0, 1, 2, 0, 1])])
+@pytest.mark.parametrize("variant", ["gradient", "gradient_x_input"])
+def test_saliency_of_a_linear_model_is_its_weights(target, variant):
+  t = np.argmax(X @ W + B, axis=1) if target is None else np.broadcast_to(target, (5,))
+  expected = np.abs(W[:, t].T) if variant == "gradient" else W[:, t].T * X
+  got = explain.saliency(linear_apply, LINEAR_VARS, X, target, variant=variant)
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rule", ["trapezoid", "midpoint", "left", "right"])
+@pytest.mark.parametrize("baseline", [None, 0.5])
+def test_integrated_gradients_of_a_linear_model_is_exact(rule, baseline):
+  # IG_i = w_i (x_i - b_i) for any number of steps: the gradient is constant.
+  res = explain.integrated_gradients(linear_apply, LINEAR_VARS, X, 1, baseline=baseline,
+                                     steps=3, rule=rule)
+  b = 0.0 if baseline is None else baseline
+  np.testing.assert_allclose(res.attributions, W[:, 1] * (X - b), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(res.output, X @ W[:, 1] + B[1], rtol=1e-5)
+  assert res.relative_error.max() < 1e-5
+
+
+@pytest.mark.parametrize("rule,steps", [("trapezoid", 64), ("midpoint", 64)])
+def test_completeness_on_a_nonlinear_mlp(rule, steps):
+  model = TinyMLP()
+  x = jnp.asarray(RNG.normal(size=(4, D)) * 2, jnp.float32)
+  variables = model.init(jax.random.key(1), x)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    res = explain.integrated_gradients(model.apply, variables, x, steps=steps, rule=rule,
+                                       tolerance=1e-3)
+  print(f"{rule} {steps}: max relative error {res.relative_error.max():.2e}")
+  assert res.relative_error.max() < 1e-3
+  # Batched examples do not interact: one example alone gives the same attributions.
+  one = explain.integrated_gradients(model.apply, variables, x[2:3], int(res.target[2]),
+                                     steps=steps, rule=rule, tolerance=1e-3)
+  np.testing.assert_allclose(one.attributions[0], res.attributions[2], rtol=1e-4, atol=1e-6)
+
+
+def steep_apply(variables, x, train=False):
+  """A sigmoid step at 0.3 along the path from 0 to 1: flat at a = 0, 1/2, 1."""
+  del variables, train
+  return jax.nn.sigmoid(60.0 * (x.mean(axis=1, keepdims=True) - 0.3))
+
+
+def test_completeness_check_fails_with_too_few_steps():
+  x = jnp.ones((1, 4))
+  with pytest.warns(explain.CompletenessWarning, match="increase steps"):
+    res = explain.integrated_gradients(steep_apply, {}, x, steps=2)
+  assert res.relative_error[0] > 0.5
+  with pytest.raises(JdlError, match="completeness"):
+    explain.integrated_gradients(steep_apply, {}, x, steps=2, check="raise")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    good = explain.integrated_gradients(steep_apply, {}, x, steps=400)
+  assert good.relative_error[0] < 1e-3
+
+
+def test_gradient_functions_compile_once_per_shape():
+  from jdl.explain import gradients
+  x = jnp.asarray(X)
+  explain.integrated_gradients(linear_apply, LINEAR_VARS, x, steps=7)
+  before = gradients._integrated_gradients._cache_size()
+  explain.integrated_gradients(linear_apply, LINEAR_VARS, x + 1, steps=7)
+  assert gradients._integrated_gradients._cache_size() == before
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: explain.saliency(linear_apply, LINEAR_VARS, X, 3), "out of range"),
+    (lambda: explain.saliency(linear_apply, LINEAR_VARS, X, 1.5), "integer"),
+    (lambda: explain.saliency(linear_apply, LINEAR_VARS, X, variant="smooth"), "smooth"),
+    (lambda: explain.integrated_gradients(linear_apply, LINEAR_VARS, X, steps=0), "steps"),
+    (lambda: explain.integrated_gradients(linear_apply, LINEAR_VARS, X, rule="simpson"),
+     "simpson"),
+    (lambda: explain.integrated_gradients(linear_apply, LINEAR_VARS, X,
+                                          baseline=np.zeros(4)), "broadcast"),
+    (lambda: explain.lime_tabular(lambda z: z, X[0], key=jax.random.key(0)), "std"),
+    (lambda: explain.lime_tabular(lambda z: z, X[0], key=jax.random.key(0), mode="x"), "mode"),
+    (lambda: explain.lime_image(lambda z: z, X, key=jax.random.key(0), num_samples=1),
+     "num_samples"),
+])
+def test_bad_arguments_raise_jdl_errors(call, match):
+  with pytest.raises(JdlError, match=match):
+    call()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 3.0])
+def test_weighted_ridge_matches_scikit_learn(alpha):
+  from sklearn.linear_model import Ridge
+  z = RNG.normal(size=(50, 4))
+  y = z @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.3 + 0.1 * RNG.normal(size=50)
+  w = RNG.random(50)
+  beta, intercept, r2 = explain.weighted_ridge(z, y, w, alpha)
+  # Our alpha is per unit of total weight: sklearn's with weights of mean one.
+  ref = Ridge(alpha=alpha).fit(z, y, sample_weight=w * len(w) / w.sum())
+  np.testing.assert_allclose(beta, ref.coef_, rtol=1e-8, atol=1e-10)
+  np.testing.assert_allclose(intercept, ref.intercept_, rtol=1e-8, atol=1e-10)
+  resid = y - ref.predict(z)
+  ref_r2 = 1 - np.sum(w * resid**2) / np.sum(w * (y - np.average(y, weights=w))**2)
+  np.testing.assert_allclose(r2, ref_r2, rtol=1e-8)
+
+
+LIME_W = np.array([3.0, -2.0, 1.0, -0.5, 0.25, 0.0], np.float32)
+
+
+def lime_linear(z):
+  return jnp.stack([z @ LIME_W + 1.0, -(z @ LIME_W)], axis=1)  # Column 0 is explained.
+
+
+@pytest.mark.parametrize("mode,num_samples,rtol", [("sample", 200, 0.1), ("sample", 5000, 0.01),
+                                                   ("mask", 200, 0.1), ("mask", 5000, 0.01)])
+def test_lime_tabular_recovers_a_linear_function(mode, num_samples, rtol):
+  x = np.array([1.0, 2.0, -1.0, 0.5, 3.0, 1.5], np.float32)
+  std = np.array([1.0, 0.5, 2.0, 1.0, 1.0, 1.0], np.float32)
+  baseline = 0.5
+  res = explain.lime_tabular(lime_linear, x, key=jax.random.key(0), mode=mode, std=std,
+                             baseline=baseline, num_samples=num_samples, target=0)
+  # 'sample' fits on (z - x) / std: slope w * std; 'mask' on keep/replace: w (x - b).
+  expected = LIME_W * std if mode == "sample" else LIME_W * (x - baseline)
+  nonzero = expected != 0
+  np.testing.assert_array_equal(np.sign(res.weights[nonzero]), np.sign(expected[nonzero]))
+  np.testing.assert_array_equal(np.argsort(-np.abs(res.weights[nonzero])),
+                                np.argsort(-np.abs(expected[nonzero])))
+  np.testing.assert_allclose(res.weights, expected, rtol=rtol, atol=rtol * 0.5)
+  assert res.r2 > 0.999 and res.target == 0
+  np.testing.assert_allclose(res.prediction, x @ LIME_W + 1.0, rtol=1e-5)
+
+
+CELL = (2, 1)  # The one grid cell (row, col) the toy classifier looks at.
+
+
+def one_cell_classifier(images):
+  """Class 1 when cell CELL (2x2 pixels) of an 8x8 image is bright, else class 0."""
+  patch = images[:, 4:6, 2:4].reshape(len(images), -1).mean(axis=1)
+  p = jax.nn.sigmoid(10.0 * (patch - 0.5))
+  return jnp.stack([1 - p, p], axis=1)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 1)])
+def test_lime_image_ranks_the_deciding_cell_first(shape):
+  image = np.ones(shape, np.float32)
+  res = explain.lime_image(one_cell_classifier, image, key=jax.random.key(3), cell_size=2,
+                           num_samples=300)
+  assert res.target == 1 and res.weights.shape == (4, 4) and res.attribution.shape == (8, 8)
+  assert np.unravel_index(np.argmax(np.abs(res.weights)), res.weights.shape) == CELL
+  others = np.delete(res.weights.ravel(), CELL[0] * 4 + CELL[1])
+  assert res.weights[CELL] > 0.5 and np.abs(others).max() < 0.05 * res.weights[CELL]
+  np.testing.assert_array_equal(res.attribution[4:6, 2:4], res.weights[CELL])
+
+
+def test_lime_is_a_function_of_the_key():
+  image = RNG.random((8, 8)).astype(np.float32)
+  def run(seed):
+    return explain.lime(one_cell_classifier, image, key=jax.random.key(seed), cell_size=2,
+                        num_samples=100)
+  a, b, c = run(7), run(7), run(8)
+  np.testing.assert_array_equal(a.weights, b.weights)
+  assert a.intercept == b.intercept and a.r2 == b.r2
+  assert not np.array_equal(a.weights, c.weights)
+
+
+def test_grid_cells_cover_uneven_edges():
+  cells = explain.grid_cells(5, 7, (2, 3))  # 3 x 3 cells, edge cells smaller.
+  ref = np.array([[r // 2 * 3 + c // 3 for c in range(7)] for r in range(5)])
+  np.testing.assert_array_equal(cells, ref)
+
+
+def png_size(path) -> tuple[int, int]:
+  data = path.read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+  return struct.unpack(">II", data[16:24])
+
+
+def test_overlays_write_pngs_of_the_requested_size(tmp_path):
+  image = RNG.random((8, 8, 1))
+  signed = RNG.normal(size=(8, 8))
+  p = explain.save_overlay(image, signed, tmp_path / "a" / "one.png", title="t", figsize=(3, 2),
+                           dpi=50)
+  assert png_size(p) == (150, 100)
+  p = explain.save_overlay_grid([image] * 5, [None, signed, np.abs(signed), signed, signed],
+                                tmp_path / "grid.png", titles=list("abcde"), ncols=3,
+                                panel_size=1.0, dpi=60)
+  assert png_size(p) == (180, 120)
+  with pytest.raises(JdlError, match="attributions"):
+    explain.save_overlay_grid([image], [], tmp_path / "bad.png")
+
+
+def test_remove_top_k_matches_a_numpy_reference():
+  x = RNG.normal(size=(3, 4, 5)).astype(np.float32)
+  scores = RNG.normal(size=x.shape).astype(np.float32)
+  got = explain.remove_top_k(x, scores, 6, baseline=-9.0)
+  ref = x.reshape(3, -1).copy()
+  for i, order in enumerate(np.argsort(-scores.reshape(3, -1), axis=1)):
+    ref[i, order[:6]] = -9.0
+  np.testing.assert_array_equal(got, ref.reshape(x.shape))
+
+
+def test_from_run_explains_a_trained_model():
+  result = jdl.fit(make_config(num_epochs=1), quiet=True)
+  m = explain.from_run(result)
+  raw = jdl.data.load_dataset("digits").x_test[:4]
+  x = m.normalize(raw)
+  np.testing.assert_allclose(m.logits(x), jdl.predict(result, raw), rtol=1e-5, atol=1e-5)
+  res = explain.integrated_gradients(m.apply_fn, m.variables, x, steps=64,
+                                     baseline=m.normalize(np.zeros_like(raw)))
+  assert res.attributions.shape == x.shape and res.relative_error.max() < 0.05
+  np.testing.assert_array_equal(res.target, np.argmax(m.logits(x), axis=1))
+  with pytest.raises(JdlError, match="FitResult"):
+    explain.from_run(object())
+
+
+def test_explain_mnist_driver_on_mnist_shaped_npz(tmp_path):
+  x = RNG.random((96, 28, 28, 1), dtype=np.float32)
+  np.savez(tmp_path / "d.npz", x=x, y=np.arange(96) % 10)
+  spec = importlib.util.spec_from_file_location("explain_mnist",
+                                                REPO / "experiments" / "explain_mnist.py")
+  driver = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(driver)
+  out = tmp_path / "out"
+  summary = driver.main(["--data_dir", str(tmp_path / "d.npz"), "--config.dataset=npz",
+                         "--config.batch_size=32", "--config.num_epochs=1",
+                         "--config.model.features=(4,)", "--config.model.dense=(8,)",
+                         "--workdir", str(tmp_path / "run"), "--out", str(out),
+                         "--num_digits", "2", "--lime_samples", "16", "--deletion_examples", "4",
+                         "--deletion_lime_examples", "1", "--ig_steps", "2"])
+  assert sorted(p.name for p in out.iterdir()) == ["deletion.png", "overlays.png"]
+  assert 0.0 <= summary["test_accuracy"] <= 1.0
+  assert set(summary["deletion"]) >= {"random", "saliency", "integrated_gradients", "lime"}
