@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -53,11 +54,14 @@ class Checkpointer:
       ``None`` keeps only the latest.
     best_mode: ``'min'`` or ``'max'``.
     async_save: write in a background thread (the step returns at once).
+    also_keep_best: more ``(metric, mode)`` pairs whose best step is kept too (e.g.
+      the one early stopping restores); ``best_step`` still ranks by ``best_metric``.
   """
 
   def __init__(self, directory: str | os.PathLike, *, keep: int = 3,
                best_metric: str | None = None, best_mode: str = "min",
-               async_save: bool = True):
+               async_save: bool = True,
+               also_keep_best: tuple[tuple[str, str], ...] = ()):
     if keep < 1:
       raise JdlError(f"keep_checkpoints must be >= 1, got {keep}")
     if best_mode not in ("min", "max"):
@@ -65,9 +69,15 @@ class Checkpointer:
     self.directory = Path(directory).resolve()
     policies: list[Any] = [ocm.LatestN(n=keep)]
     best_fn = None
-    if best_metric:
-      best_fn = lambda m: float(m[best_metric])  # noqa: E731
-      policies.append(ocm.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
+    ranked = ([(best_metric, best_mode)] if best_metric else []) + [
+        (m, mode) for m, mode in also_keep_best if m and m != best_metric]
+    for i, (metric, mode) in enumerate(ranked):
+      if mode not in ("min", "max"):
+        raise JdlError(f"the mode of {metric!r} must be 'min' or 'max', got {mode!r}")
+      worst = math.inf if mode == "min" else -math.inf
+      fn = lambda m, metric=metric, worst=worst: float(m.get(metric, worst))  # noqa: E731
+      best_fn = fn if i == 0 else best_fn
+      policies.append(ocm.BestN(get_metric_fn=fn, reverse=mode == "min", n=1,
                                 keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn,

@@ -223,3 +223,19 @@ def test_a_partial_last_metrics_line_does_not_stop_the_resume(tmp_path):
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["epoch"] for r in records if r["split"] == "train"] == [1, 2]
   assert len(result.history["loss"]) == 2
+
+
+def test_rerunning_a_finished_early_stopped_run_restores_the_same_best_state(tmp_path):
+  # Early stopping ranks by val_loss, the checkpoints by val_accuracy, and only one
+  # recent checkpoint is kept: the restored best epoch must still be on disk.
+  config = make_config(num_epochs=12, keep_checkpoints=1, monitor="val_accuracy",
+                       monitor_mode="max", early_stopping__enabled=True,
+                       early_stopping__monitor="val_loss", early_stopping__patience=1,
+                       optimizer__learning_rate=0.1)
+  first = jdl.fit(config, tmp_path, quiet=True)
+  best = first.trainer.callbacks[0]
+  assert 0 <= best.best_epoch < best.stopped_epoch < 11  # Stopped early, best before.
+  assert int(first.state.step) == best.best_step  # The best state was put back.
+  again = jdl.fit(config, tmp_path, quiet=True)
+  chex.assert_trees_all_equal(first.state.params, again.state.params)
+  assert first.test_metrics == again.test_metrics

@@ -409,7 +409,12 @@ class Trainer:
     self.checkpointer = ckpt_lib.Checkpointer(
         self.workdir / "checkpoints", keep=int(c.keep_checkpoints),
         best_metric=c.monitor or None, best_mode=c.monitor_mode,
-        async_save=bool(c.async_checkpoints))
+        async_save=bool(c.async_checkpoints), also_keep_best=self._restored_metrics())
+
+  def _restored_metrics(self) -> tuple[tuple[str, str], ...]:
+    """The metric whose best state early stopping restores: its step must stay on disk."""
+    es = self.config.early_stopping
+    return ((es.monitor, es.mode),) if es.enabled and es.restore_best else ()
 
   def _resume_latest_readable(self) -> int:
     """Resumes from the newest checkpoint that restores; 0 when there is none.
@@ -657,9 +662,9 @@ class Trainer:
     for callback in self.callbacks:
       callback.on_epoch_end(self, epoch, logs)
     if last or self.stop_training or (epoch + 1) % int(self.config.checkpoint_every_epochs) == 0:
-      monitor = self.config.monitor
-      finite = monitor in logs and math.isfinite(logs[monitor])
-      self._save({monitor: logs[monitor]} if finite else None)
+      ranked = [self.config.monitor] + [m for m, _ in self._restored_metrics()]
+      metrics = {m: logs[m] for m in ranked if m in logs and math.isfinite(logs[m])}
+      self._save(metrics or None)
 
   def _finish(self) -> dict[str, float]:
     test = {}
