@@ -111,6 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
   # layer's update ratio is outside [ratio_low, ratio_high] for warn_after_periods
   # diagnostic periods in a row (0 = never). activation: 'auto' (model.activation),
   # 'relu' (dead units), 'tanh' / 'sigmoid' (saturated units) or 'none'.
+  # histograms=False skips the histograms (the scalars stay).
   c.diagnostics = ml_collections.ConfigDict({
       "every_steps": 0,
       "histogram_bins": 30,

@@ -104,10 +104,19 @@ def histogram(x: jax.Array, bins: int, range: tuple[Any, Any] | None = None  # n
   lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
   same = lo == hi
   lo, hi = jnp.where(same, lo - 0.5, lo), jnp.where(same, hi + 0.5, hi)
-  edges = jnp.linspace(lo, hi, bins + 1)
-  idx = jnp.searchsorted(edges, x, side="right") - 1
-  idx = jnp.where(x == edges[-1], bins - 1, idx)  # The last bin is closed.
-  inside = (x >= edges[0]) & (x <= edges[-1])
+  width = (hi - lo) / bins
+
+  def edge(i):  # Edge i as jnp.linspace computes it; not gathered (slow on CPU).
+    t = i.astype(jnp.float32) / bins
+    return jnp.where(i >= bins, hi, lo * (1 - t) + hi * t)
+
+  edges = edge(jnp.arange(bins + 1))
+  # The bin by arithmetic, then corrected against the edges themselves (as numpy
+  # does), so a value on an edge lands where np.histogram puts it.
+  idx = jnp.clip(jnp.floor((x - lo) / width), 0, bins - 1).astype(jnp.int32)
+  idx = jnp.where((x < edge(idx)) & (idx > 0), idx - 1, idx)
+  idx = jnp.where((x >= edge(idx + 1)) & (idx < bins - 1), idx + 1, idx)  # Last bin closed.
+  inside = (x >= lo) & (x <= hi)
   counts = jnp.zeros((bins,), jnp.float32).at[jnp.where(inside, idx, bins)].add(
       1.0, mode="drop")
   return {"counts": counts, "edges": edges, "min": jnp.min(x), "max": jnp.max(x),

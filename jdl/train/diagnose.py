@@ -9,7 +9,8 @@ per epoch, else on the first block end after each multiple (an epoch end cuts a
 block short). With ``E = 0`` nothing here is built and the loop is unchanged.
 
 Each diagnostic step writes one ``metrics.jsonl`` line with ``split:
-"diagnostics"`` (``grad_norm``, ``learning_rate``, ``update_ratio/<layer>``,
+"diagnostics"`` (``grad_norm``, ``learning_rate`` of that step's update,
+``update_ratio/<layer>``,
 ``dead_relu/<act>`` or ``saturated/<act>``, and ``histograms: {name: {min, max,
 mean, std, counts}}``, edges being ``bins`` equal steps from ``min`` to ``max``),
 the scalars and histograms to TensorBoard, and a ``jdl: warning: ...`` line when a
