@@ -63,8 +63,8 @@ class UpdateRatioMonitor:
         bound = f"> {self.high:g}" if r > self.high or math.isnan(r) else f"< {self.low:g}"
         lines.append(
             f"jdl: warning: update/parameter ratio of layer {layer!r} is {r:.3g} ({bound}; "
-            f"healthy ~{diag_lib.HEALTHY_RATIO:g}) for {self.periods} diagnostic periods in a "
-            f"row, up to step {step}; {cause}")
+            f"healthy ~{diag_lib.HEALTHY_RATIO:g}) for {self.periods} diagnostic "
+            f"period{'s' if self.periods > 1 else ''} in a row, up to step {step}; {cause}")
     return lines
 
 
