@@ -138,6 +138,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_nonfinite_skips = 10
   c.tensorboard = True
   c.plots = True
+
+  # Diagnostics (jdl.diagnostics), on the steps that are multiples of every_steps
+  # (0 = off): gradient norm, per-layer update/parameter ratios, histograms of
+  # activations and gradients, dead-ReLU or saturated-unit shares, learning rate;
+  # to metrics.jsonl (split 'diagnostics') and TensorBoard. A warning line when a
+  # layer's update ratio is outside [ratio_low, ratio_high] for warn_after_periods
+  # diagnostic periods in a row (0 = never). activation: 'auto' (model.activation),
+  # 'relu' (dead units), 'tanh' / 'sigmoid' (saturated units) or 'none'.
+  # histograms=False skips the histograms (the scalars stay).
+  c.diagnostics = ml_collections.ConfigDict({
+      "every_steps": 0,
+      "histogram_bins": 30,
+      "histograms": True,
+      "activation": "auto",
+      "warn_after_periods": 3,
+      "ratio_low": 1e-4,
+      "ratio_high": 1e-2,
+  })
   return c
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from jdl import checkpoint as ckpt_lib
 from jdl import config as config_lib
 from jdl import data as data_lib
+from jdl import diagnostics as diagnostics_lib
 from jdl import losses as losses_lib
 from jdl import metrics as metrics_lib
 from jdl import models as models_lib
@@ -40,6 +41,7 @@ from jdl.data import augment as augment_lib
 from jdl.data import pipeline
 from jdl.errors import JdlError
 from jdl.train import callbacks as cb
+from jdl.train import diagnose
 from jdl.train import plots
 from jdl.train import steps as steps_lib
 from jdl.train import transfer
@@ -139,7 +141,8 @@ class Trainer:
     self.train_names = steps_lib.train_metric_names(names)
     self._compile()
     self.epoch_mode = self._choose_epoch_mode()
-    self.chunk = self._choose_chunk()
+    self.chunk = diagnose.align_chunk(self._choose_chunk(), int(config.diagnostics.every_steps))
+    self._diagnostics = diagnose.DiagnosticsHook(self) if config.diagnostics.every_steps else None
 
     self.history: dict[str, list[float]] = {}
     self.epoch_rates: list[float] = []  # Train samples/s of each epoch run here.
@@ -176,6 +179,7 @@ class Trainer:
       raise JdlError(f"max_nonfinite_skips must be >= 1, got {config.max_nonfinite_skips}")
     if config.checkpoint_every_epochs < 1:
       raise JdlError(f"checkpoint_every_epochs must be >= 1, got {config.checkpoint_every_epochs}")
+    diagnostics_lib.validate_config(config)
 
   def _load_data(self, config, dataset) -> _Data:
     if dataset is None:
@@ -550,7 +554,10 @@ class Trainer:
       steps_run, last_save = 0, self.step
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
-        self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, idx[pos:pos + n])
+        if self._diagnostics and self._diagnostics.due(epoch * spe + pos, epoch * spe + pos + n):
+          self._diagnostics.run(self, x, y, idx[pos:pos + n], epoch)
+        else:
+          self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, idx[pos:pos + n])
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
@@ -634,6 +641,8 @@ class Trainer:
     for n in shapes:
       idx = jax.ShapeDtypeStruct((n, self.batch_size), jnp.int32)
       self._blocks[n] = self._run_block.lower(self.state, self._acc, x, y, idx).compile()
+    if self._diagnostics:
+      self._diagnostics.compile(self, shapes)
     return time.perf_counter() - t0
 
   def _end_epoch(self, epoch, train_logs, seconds, steps_run, compile_seconds) -> None:

@@ -56,4 +56,39 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     fig.savefig(path)
     plt.close(fig)
     written.append(path)
-  return written
+  diagnostics = plot_diagnostics(metrics_path, out_dir)
+  return written + ([diagnostics] if diagnostics else [])
+
+
+def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path) -> Path | None:
+  """Writes ``diagnostics.png``: grad norm and per-layer update ratios against step.
+
+  Returns:
+    Its path, or ``None`` when ``metrics.jsonl`` holds no ``diagnostics`` lines.
+  """
+  records = [r for r in read_metrics(metrics_path) if r.get("split") == "diagnostics"]
+  if not records:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  steps = [r["step"] for r in records]
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), dpi=100, sharex=True)
+  top.plot(steps, [r.get("grad_norm", float("nan")) for r in records], marker="o", markersize=2)
+  top.set_ylabel("gradient norm")
+  layers = sorted({k for r in records for k in r if k.startswith("update_ratio/")})
+  for key in layers:
+    bottom.plot(steps, [r.get(key, float("nan")) for r in records], label=key.split("/", 1)[1])
+  bottom.axhline(1e-3, color="gray", linestyle="--", linewidth=1, label="1e-3")
+  bottom.set_ylabel("||update|| / ||weights||")
+  bottom.set_xlabel("step")
+  for ax in (top, bottom):
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+  bottom.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  path = Path(out_dir) / "diagnostics.png"
+  fig.savefig(path)
+  plt.close(fig)
+  return path

@@ -1,0 +1,109 @@
+"""Throughput cost of training diagnostics (config.diagnostics.every_steps).
+
+Trains an MLP 784-512-512-10 (ReLU, hidden activations sown as jdl models sow
+them, so activation histograms and dead-ReLU shares are included) with Adam,
+batch 128, on random MNIST-shaped data, with diagnostics off and every
+``--every`` steps, alternating, ``--repeats`` times each. The throughput of a run
+is its train samples over its epoch seconds, the first epoch left out (warm-up);
+the best of the repeats is kept, and the overhead is ``1 - on / off``. The
+acceptance target is < 3% at every 100 steps. On a busy machine the epoch rates
+are noisy; the script also times one compiled block of ``--every`` steps with and
+without the diagnostic last step (minimum of ``--block-reps`` calls), whose
+difference bounds the overhead with less noise.
+
+Usage:  python benchmarks/diagnostics_overhead.py [--examples 25600] [--epochs 4]
+          [--every 100] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+import jdl
+from jdl.data import Dataset
+
+
+class SowingMLP(nn.Module):
+  """784-512-512-10 with ReLU; sows ``act_{i}`` like jdl's models."""
+  num_outputs: int = 10
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    for i in range(2):
+      x = nn.relu(nn.Dense(512, name=f"hidden_{i}")(x))
+      self.sow("intermediates", f"act_{i}", x)
+    return nn.Dense(self.num_outputs, name="head")(x)
+
+
+def block_seconds(trainer, reps: int) -> dict[str, float]:
+  """Minimum seconds of one plain and one diagnostic block of ``trainer.chunk`` steps."""
+  x, y = trainer.data.train.x, trainer.data.train.y
+  idx = jax.numpy.arange(trainer.chunk * trainer.batch_size, dtype=jax.numpy.int32).reshape(
+      trainer.chunk, trainer.batch_size) % trainer.data.train.size
+  state, acc = trainer.state, trainer.empty_acc()
+  plain, diag = trainer._blocks[trainer.chunk], trainer._diagnostics._blocks[trainer.chunk]
+  best = {"plain": float("inf"), "diagnostic": float("inf")}
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    state, acc = jax.block_until_ready(plain(state, acc, x, y, idx))
+    best["plain"] = min(best["plain"], time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    state, acc, _ = jax.block_until_ready(diag(state, acc, x, y, idx))
+    best["diagnostic"] = min(best["diagnostic"], time.perf_counter() - t0)
+  return best
+
+
+def throughput(dataset: Dataset, epochs: int, every: int, block_reps: int = 0):
+  config = jdl.base_config()
+  config.update(dict(batch_size=128, num_epochs=epochs, validation_split=0.0, normalize="none",
+                     tensorboard=False, plots=False, monitor=""))
+  config.diagnostics.every_steps = every
+  trainer = jdl.fit(config, dataset=dataset, model=SowingMLP(), quiet=True).trainer
+  rates = trainer.epoch_rates[1:] or trainer.epoch_rates
+  rate = len(rates) / sum(1.0 / r for r in rates)  # Samples over seconds, equal epochs.
+  return rate, (block_seconds(trainer, block_reps) if every and block_reps else None)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--examples", type=int, default=25_600)
+  parser.add_argument("--epochs", type=int, default=4)
+  parser.add_argument("--every", type=int, default=100)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--block-reps", type=int, default=10)
+  args = parser.parse_args()
+  rng = np.random.default_rng(0)
+  n = args.examples
+  dataset = Dataset(x_train=rng.random((n, 28, 28, 1), dtype=np.float32),
+                    y_train=(np.arange(n) % 10).astype(np.int32),
+                    x_test=rng.random((256, 28, 28, 1), dtype=np.float32),
+                    y_test=(np.arange(256) % 10).astype(np.int32), num_classes=10,
+                    task="classification", name="mnist-shaped", input_shape=(28, 28, 1))
+  print(f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}, "
+        f"{n // 128} steps/epoch, {args.epochs} epochs, diagnostics every {args.every} steps",
+        flush=True)
+  best = {"off": 0.0, "on": 0.0}
+  for r in range(args.repeats):
+    for name, every in (("off", 0), ("on", args.every)):
+      rate, blocks = throughput(dataset, args.epochs, every, args.block_reps if r == 0 else 0)
+      best[name] = max(best[name], rate)
+      print(f"repeat {r + 1}: diagnostics {name:3s} {rate:9.0f} samples/s", flush=True)
+      if blocks:
+        extra = 100.0 * (blocks["diagnostic"] / blocks["plain"] - 1.0)
+        print(f"one block of {args.every} steps (min of {args.block_reps}): plain "
+              f"{blocks['plain'] * 1e3:.1f} ms, with diagnostics {blocks['diagnostic'] * 1e3:.1f} "
+              f"ms ({extra:+.2f}%)", flush=True)
+  overhead = 100.0 * (1.0 - best["on"] / best["off"])
+  print(f"best of {args.repeats}: off {best['off']:.0f} samples/s, on {best['on']:.0f} "
+        f"samples/s; overhead {overhead:.2f}% (target < 3%)")
+
+
+if __name__ == "__main__":
+  main()

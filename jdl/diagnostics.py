@@ -1,0 +1,322 @@
+"""Training diagnostics: gradient norm, update ratios, histograms, dead and saturated units.
+
+Pure, jittable functions of parameters, gradients and activations. The loop calls
+:func:`make_diagnostic_step` only on the steps where diagnostics are due (every
+``config.diagnostics.every_steps``), so the other steps cost nothing.
+
+Definitions (thresholds are module constants):
+
+- ``grad_norm``: the global L2 norm of the raw gradients (before clipping),
+  ``sqrt(sum of squares over every leaf)``.
+- ``update_ratio/<layer>``: ``||w_after - w_before|| / ||w_before||`` per *layer*,
+  where a layer is a module: all parameter leaves under the same parent path
+  (``hidden_0/kernel`` and ``hidden_0/bias`` form ``hidden_0``), so a zero-initialised
+  bias does not give a huge ratio on its own. Norms are Frobenius norms over the
+  concatenated leaves; the denominator is floored at :data:`NORM_FLOOR`. A healthy
+  ratio is about 1e-3.
+- ``dead_relu/<act>``: the share of units of a sown activation whose value is 0 for
+  every example (and every spatial position) of the batch. A unit is an entry of
+  the last (feature / channel) axis.
+- ``saturated/<act>``: the share of activation values in the saturated range:
+  ``|a| > 0.99`` for tanh, ``a < 0.01`` or ``a > 0.99`` for sigmoid.
+- Histograms with a fixed number of bins over ``[min, max]`` of the values (static
+  shapes; the range is computed in the step).
+
+Activations are those the model sows with
+``self.sow("intermediates", f"act_{i}", y)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from jdl import errors
+
+TANH_SATURATION = 0.99  # |tanh(x)| above this is saturated.
+SIGMOID_SATURATION = 0.01  # sigmoid(x) below this or above 1 - this is saturated.
+NORM_FLOOR = 1e-12  # Floor of ||w|| in update ratios (a layer of zeros).
+HEALTHY_RATIO = 1e-3
+ACTIVATION_KINDS = ("relu", "tanh", "sigmoid", "none")
+# Model activations whose dead units are exactly zero.
+_RELU_LIKE = ("relu", "step")
+
+
+def grad_norm(grads: Any) -> jax.Array:
+  """Global L2 norm of a gradient PyTree: ``sqrt(sum_i sum(g_i ** 2))``."""
+  leaves = jax.tree.leaves(grads)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
+
+
+def layer_names(params: Any) -> list[str]:
+  """The layer (module path) of each leaf of ``params``, in ``jax.tree.leaves`` order."""
+  names = []
+  for path, _ in jax.tree_util.tree_leaves_with_path(params):
+    parts = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
+    names.append("/".join(parts[:-1]) or parts[-1])
+  return names
+
+
+def update_ratios(old_params: Any, new_params: Any) -> dict[str, jax.Array]:
+  """Per layer ``||new - old|| / max(||old||, NORM_FLOOR)``.
+
+  Args:
+    old_params: parameters before the update.
+    new_params: parameters after it (same structure).
+
+  Returns:
+    ``{layer: ratio}``, a layer being the parent path of the leaves
+    (:func:`layer_names`).
+  """
+  names = layer_names(old_params)
+  old, new = jax.tree.leaves(old_params), jax.tree.leaves(new_params)
+  delta_sq: dict[str, jax.Array] = {}
+  norm_sq: dict[str, jax.Array] = {}
+  for name, a, b in zip(names, old, new):
+    a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+    delta_sq[name] = delta_sq.get(name, 0.0) + jnp.sum(jnp.square(b - a))
+    norm_sq[name] = norm_sq.get(name, 0.0) + jnp.sum(jnp.square(a))
+  return {name: jnp.sqrt(delta_sq[name]) / jnp.maximum(jnp.sqrt(norm_sq[name]), NORM_FLOOR)
+          for name in delta_sq}
+
+
+def histogram(x: jax.Array, bins: int, range: tuple[Any, Any] | None = None  # noqa: A002
+              ) -> dict[str, jax.Array]:
+  """Counts of ``x`` in ``bins`` equal bins, with the summaries TensorBoard needs.
+
+  Same convention as ``np.histogram``: bins are half-open ``[a, b)`` except the
+  last, ``[a, b]``; values outside ``range`` are not counted; with ``range=None``
+  it is ``(min(x), max(x))``, widened by 0.5 both sides when they are equal.
+  The shapes are static (``bins`` is a Python int), the range may be traced.
+
+  Returns:
+    ``counts: [bins]`` (float32), ``edges: [bins + 1]``, and ``min``, ``max``,
+    ``sum``, ``sum_sq``, ``num`` of all of ``x``.
+  """
+  x = jnp.ravel(x).astype(jnp.float32)
+  lo, hi = (jnp.min(x), jnp.max(x)) if range is None else range
+  lo, hi = jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
+  same = lo == hi
+  lo, hi = jnp.where(same, lo - 0.5, lo), jnp.where(same, hi + 0.5, hi)
+  width = (hi - lo) / bins
+
+  def edge(i):  # Edge i as jnp.linspace computes it; not gathered (slow on CPU).
+    t = i.astype(jnp.float32) / bins
+    return jnp.where(i >= bins, hi, lo * (1 - t) + hi * t)
+
+  edges = edge(jnp.arange(bins + 1))
+  # The bin by arithmetic, then corrected against the edges themselves (as numpy
+  # does), so a value on an edge lands where np.histogram puts it.
+  idx = jnp.clip(jnp.floor((x - lo) / width), 0, bins - 1).astype(jnp.int32)
+  idx = jnp.where((x < edge(idx)) & (idx > 0), idx - 1, idx)
+  idx = jnp.where((x >= edge(idx + 1)) & (idx < bins - 1), idx + 1, idx)  # Last bin closed.
+  inside = (x >= lo) & (x <= hi)
+  counts = jnp.zeros((bins,), jnp.float32).at[jnp.where(inside, idx, bins)].add(
+      1.0, mode="drop")
+  return {"counts": counts, "edges": edges, "min": jnp.min(x), "max": jnp.max(x),
+          "sum": jnp.sum(x), "sum_sq": jnp.sum(jnp.square(x)),
+          "num": jnp.asarray(x.size, jnp.float32)}
+
+
+def dead_relu_fraction(acts: jax.Array) -> jax.Array:
+  """Share of units (last axis) that are 0 for every example and position.
+
+  Args:
+    acts: ``[batch, ..., units]`` activations.
+  """
+  acts = acts.reshape((-1, acts.shape[-1]))
+  dead = jnp.all(acts == 0, axis=0)
+  return jnp.mean(dead.astype(jnp.float32))
+
+
+def saturation_fraction(acts: jax.Array, kind: str) -> jax.Array:
+  """Share of activation values in the saturated range of ``kind``.
+
+  Args:
+    acts: activations of any shape.
+    kind: ``'tanh'`` (``|a| > 0.99``) or ``'sigmoid'`` (``a < 0.01`` or ``a > 0.99``).
+
+  Raises:
+    JdlError: another ``kind``.
+  """
+  acts = acts.astype(jnp.float32)
+  if kind == "tanh":
+    saturated = jnp.abs(acts) > TANH_SATURATION
+  elif kind == "sigmoid":
+    saturated = (acts < SIGMOID_SATURATION) | (acts > 1.0 - SIGMOID_SATURATION)
+  else:
+    raise errors.JdlError(f"saturation is defined for 'tanh' and 'sigmoid', got {kind!r}")
+  return jnp.mean(saturated.astype(jnp.float32))
+
+
+def activation_leaves(intermediates: Any) -> dict[str, jax.Array]:
+  """``{name: activation}`` from a sown ``intermediates`` collection.
+
+  Names are the sow paths (``act_0``, ``block_1/act_0``); a value sown more than
+  once gets a ``#k`` suffix from its second occurrence on.
+  """
+  out = {}
+  for path, value in jax.tree_util.tree_leaves_with_path(intermediates):
+    keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
+    index = keys[-1] if isinstance(keys[-1], int) else 0
+    name = "/".join(str(k) for k in keys if not isinstance(k, int))
+    out[name if index == 0 else f"{name}#{index}"] = value
+  return out
+
+
+def compute_diagnostics(state_before, state_after, grads, intermediates, *,
+                        bins: int = 30, activation: str = "relu",
+                        histograms: bool = True) -> dict[str, Any]:
+  """All diagnostics of one step (jittable).
+
+  Args:
+    state_before: the state the step started from (anything with ``.params``).
+    state_after: the state it produced.
+    grads: the step's gradients (same structure as the params).
+    intermediates: the sown ``intermediates`` collection of the step's forward pass.
+    bins: histogram bins.
+    activation: ``'relu'`` (dead-unit shares), ``'tanh'`` or ``'sigmoid'``
+      (saturation shares) or ``'none'``.
+    histograms: include histograms of activations and gradients.
+
+  Returns:
+    ``grad_norm``, ``update_ratio: {layer: r}``, ``dead_relu: {act: f}`` or
+    ``saturated: {act: f}``, and ``histograms: {'act/<name>' | 'grad/<leaf>': ...}``
+    (see :func:`histogram`).
+  """
+  acts = activation_leaves(intermediates)
+  out: dict[str, Any] = {
+      "grad_norm": grad_norm(grads),
+      "update_ratio": update_ratios(state_before.params, state_after.params),
+  }
+  if activation == "relu":
+    out["dead_relu"] = {k: dead_relu_fraction(a) for k, a in acts.items()}
+  elif activation in ("tanh", "sigmoid"):
+    out["saturated"] = {k: saturation_fraction(a, activation) for k, a in acts.items()}
+  if histograms:
+    hists = {f"act/{k}": histogram(a, bins) for k, a in acts.items()}
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+      hists[f"grad/{jax.tree_util.keystr(path, simple=True, separator='/')}"] = histogram(g, bins)
+    out["histograms"] = hists
+  return out
+
+
+# -------------------------------------------------------------------- config
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks ``config.diagnostics``.
+
+  Raises:
+    JdlError: a value out of range, naming it.
+  """
+  d = config.diagnostics
+  errors.require(int(d.every_steps) >= 0,
+                 f"diagnostics.every_steps must be >= 0 (0 = off), got {d.every_steps}")
+  errors.require(int(d.histogram_bins) >= 1,
+                 f"diagnostics.histogram_bins must be >= 1, got {d.histogram_bins}")
+  errors.require(int(d.warn_after_periods) >= 0,
+                 f"diagnostics.warn_after_periods must be >= 0 (0 = never warn), got "
+                 f"{d.warn_after_periods}")
+  errors.require(0 < float(d.ratio_low) < float(d.ratio_high),
+                 f"diagnostics.ratio_low ({d.ratio_low}) and ratio_high ({d.ratio_high}) "
+                 "must satisfy 0 < ratio_low < ratio_high")
+  errors.require(d.activation == "auto" or d.activation in ACTIVATION_KINDS,
+                 f"diagnostics.activation must be 'auto' or one of "
+                 f"{', '.join(ACTIVATION_KINDS)}, got {d.activation!r}")
+
+
+def activation_kind(config: ml_collections.ConfigDict) -> str:
+  """``config.diagnostics.activation``, with ``'auto'`` read from ``model.activation``."""
+  kind = config.diagnostics.activation
+  if kind != "auto":
+    return kind
+  name = config.model.get("activation", "relu")
+  if not isinstance(name, str):
+    return "none"
+  if name in _RELU_LIKE:
+    return "relu"
+  return name if name in ("tanh", "sigmoid") else "none"
+
+
+# ---------------------------------------------------------------------- step
+def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callable | None,
+                         bins: int, activation: str, histograms: bool = True) -> Callable:
+  """``diagnostic_step(state, batch) -> (state, metrics, diagnostics)``.
+
+  The new state and metrics are those of ``train_step`` itself (the same
+  computation, so runs with and without diagnostics agree bitwise); the
+  gradients and the sown activations are recomputed beside it, in one forward
+  and backward pass of ``task.loss_fn`` with the ``intermediates`` collection
+  made mutable, with the same per-step key (so dropout masks match). Should
+  ``loss_fn`` not pass that collection through, one more forward pass gets it.
+
+  Args:
+    task: the :class:`jdl.train.steps.SupervisedTask` of ``train_step``.
+    train_step: :func:`jdl.train.steps.make_train_step`'s step.
+    learning_rate_fn: ``opt_state -> lr`` (e.g. a partial of
+      :func:`jdl.optim.current_learning_rate`), or ``None``.
+    bins, activation, histograms: as in :func:`compute_diagnostics`.
+  """
+
+  def apply_sowing(variables, x, **kwargs):
+    mutable = kwargs.get("mutable")
+    if isinstance(mutable, (list, tuple)) and "intermediates" not in mutable:
+      kwargs["mutable"] = [*mutable, "intermediates"]
+    return task.apply_fn(variables, x, **kwargs)
+
+  sowing_task = dataclasses.replace(task, apply_fn=apply_sowing)
+
+  def diagnostic_step(state, batch):
+    key = jax.random.fold_in(state.key, state.step)
+    grads, (_, _, collections) = jax.grad(sowing_task.loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, key, True)
+    if not isinstance(collections, dict) or "intermediates" not in collections:
+      mutable = [*state.model_state.keys(), "intermediates"]
+      _, collections = task.apply_fn({"params": state.params, **state.model_state}, batch["x"],
+                                     train=True, rngs={"dropout": key}, mutable=mutable)
+    new_state, metrics = train_step(state, batch)
+    diag = compute_diagnostics(state, new_state, grads, collections.get("intermediates", {}),
+                               bins=bins, activation=activation, histograms=histograms)
+    if learning_rate_fn is not None:
+      diag["learning_rate"] = jnp.asarray(learning_rate_fn(state.opt_state), jnp.float32)
+    return new_state, metrics, diag
+
+  return diagnostic_step
+
+
+def make_diagnostic_block(train_step: Callable, diagnostic_step: Callable, merge: Callable,
+                          batch_size: int) -> Callable:
+  """``run(state, acc, x, y, idx) -> (state, acc, diagnostics)``.
+
+  Runs the steps of ``idx: [num_steps, batch]`` as the loop's plain block does
+  (a ``lax.scan`` of ``train_step``) except the last one, which is
+  ``diagnostic_step``.
+  """
+
+  def run(state, acc, x, y, idx):
+    ones = jnp.ones((batch_size,), jnp.float32)
+
+    def body(carry, i):
+      state, acc = carry
+      state, m = train_step(state, {"x": x[i], "y": y[i], "mask": ones})
+      return (state, merge(acc, m)), None
+
+    if idx.shape[0] > 1:
+      state, acc = jax.lax.scan(body, (state, acc), idx[:-1])[0]
+    i = idx[-1]
+    state, m, diag = diagnostic_step(state, {"x": x[i], "y": y[i], "mask": ones})
+    return state, merge(acc, m), diag
+
+  return run
+
+
+__all__ = [
+    "grad_norm", "update_ratios", "histogram", "dead_relu_fraction", "saturation_fraction",
+    "compute_diagnostics", "make_diagnostic_step", "make_diagnostic_block", "validate_config",
+    "activation_kind", "layer_names", "activation_leaves",
+]

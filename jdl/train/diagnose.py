@@ -1,0 +1,146 @@
+"""The loop's side of diagnostics: when they are due, records, histograms, warnings.
+
+With ``config.diagnostics.every_steps = E > 0`` the loop's block size becomes a
+divisor of ``E`` (:func:`align_chunk`), and a block whose end reaches or passes a
+multiple of ``E`` runs the diagnostic variant of the block: the same steps, the
+last one also returning :func:`jdl.diagnostics.compute_diagnostics`. So
+diagnostics land exactly on the multiples of ``E`` when ``E`` divides the steps
+per epoch, else on the first block end after each multiple (an epoch end cuts a
+block short). With ``E = 0`` nothing here is built and the loop is unchanged.
+
+Each diagnostic step writes one ``metrics.jsonl`` line with ``split:
+"diagnostics"`` (``grad_norm``, ``learning_rate`` of that step's update,
+``update_ratio/<layer>``,
+``dead_relu/<act>`` or ``saturated/<act>``, and ``histograms: {name: {min, max,
+mean, std, counts}}``, edges being ``bins`` equal steps from ``min`` to ``max``),
+the scalars and histograms to TensorBoard, and a ``jdl: warning: ...`` line when a
+layer's update ratio stays outside ``[ratio_low, ratio_high]`` for
+``warn_after_periods`` diagnostic periods in a row.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdl import diagnostics as diag_lib
+from jdl import optim
+from jdl.train import steps as steps_lib
+
+
+def align_chunk(chunk: int, every_steps: int) -> int:
+  """The largest divisor of ``every_steps`` that is at most ``chunk`` (``chunk`` if off)."""
+  if every_steps <= 0:
+    return chunk
+  return max(d for d in range(1, min(chunk, every_steps) + 1) if every_steps % d == 0)
+
+
+class UpdateRatioMonitor:
+  """Warns when a layer's update ratio is out of range several periods in a row.
+
+  A layer with a ratio of exactly 0 (frozen, or no gradient) is not warned about.
+  One warning per run of bad periods; the count restarts once the ratio recovers.
+  """
+
+  def __init__(self, low: float, high: float, periods: int):
+    self.low, self.high, self.periods = low, high, periods
+    self._bad: dict[str, int] = {}
+
+  def observe(self, step: int, ratios: dict[str, float]) -> list[str]:
+    """Records one period's ratios; returns the warning lines due now."""
+    lines = []
+    for layer, r in ratios.items():
+      bad = r != 0 and not self.low <= r <= self.high  # NaN counts as bad.
+      self._bad[layer] = self._bad.get(layer, 0) + 1 if bad else 0
+      if self.periods and self._bad[layer] == self.periods:
+        cause = ("too large: lower the learning rate" if r > self.high or math.isnan(r)
+                 else "too small: raise the learning rate or check the gradients")
+        bound = f"> {self.high:g}" if r > self.high or math.isnan(r) else f"< {self.low:g}"
+        lines.append(
+            f"jdl: warning: update/parameter ratio of layer {layer!r} is {r:.3g} ({bound}; "
+            f"healthy ~{diag_lib.HEALTHY_RATIO:g}) for {self.periods} diagnostic "
+            f"period{'s' if self.periods > 1 else ''} in a row, up to step {step}; {cause}")
+    return lines
+
+
+def to_record(diag: dict[str, Any], step: int, epoch: int) -> dict[str, Any]:
+  """A ``metrics.jsonl`` record of a diagnostic step's (host) values."""
+  record: dict[str, Any] = {"step": step, "epoch": epoch, "split": "diagnostics",
+                            "grad_norm": float(diag["grad_norm"])}
+  if "learning_rate" in diag:
+    record["learning_rate"] = float(diag["learning_rate"])
+  for group in ("update_ratio", "dead_relu", "saturated"):
+    for name, value in diag.get(group, {}).items():
+      record[f"{group}/{name}"] = float(value)
+  hists = {}
+  for name, h in diag.get("histograms", {}).items():
+    num = max(float(h["num"]), 1.0)
+    mean = float(h["sum"]) / num
+    var = max(float(h["sum_sq"]) / num - mean * mean, 0.0)
+    hists[name] = {"min": float(h["min"]), "max": float(h["max"]), "mean": mean,
+                   "std": math.sqrt(var), "counts": [int(c) for c in np.asarray(h["counts"])]}
+  if hists:
+    record["histograms"] = hists
+  return record
+
+
+class DiagnosticsHook:
+  """Builds, compiles and runs the diagnostic block variant; logs its output."""
+
+  def __init__(self, trainer):
+    c = trainer.config.diagnostics
+    self.every = int(c.every_steps)
+    self.monitor = UpdateRatioMonitor(float(c.ratio_low), float(c.ratio_high),
+                                      int(c.warn_after_periods))
+    lr_fn = optim.create_learning_rate_fn(trainer.config, steps_per_epoch=trainer.steps_per_epoch,
+                                          num_epochs=trainer.num_epochs)
+    step = diag_lib.make_diagnostic_step(
+        trainer.task, trainer.train_step,
+        learning_rate_fn=functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn),
+        bins=int(c.histogram_bins), activation=diag_lib.activation_kind(trainer.config),
+        histograms=bool(c.histograms))
+    block = diag_lib.make_diagnostic_block(trainer.train_step, step,
+                                           steps_lib.merge_train_metrics, trainer.batch_size)
+    self._run_block = jax.jit(block, donate_argnums=(0, 1))
+    self._blocks: dict[int, Any] = {}
+
+  def compile(self, trainer, sizes) -> None:
+    """Compiles the diagnostic block for each block size, ahead of time."""
+    x, y = trainer.data.train.x, trainer.data.train.y
+    for n in sizes:
+      idx = jax.ShapeDtypeStruct((n, trainer.batch_size), jnp.int32)
+      self._blocks[n] = self._run_block.lower(trainer.state, trainer._acc, x, y, idx).compile()
+
+  def due(self, start: int, end: int) -> bool:
+    """Whether the block of steps ``(start, end]`` reaches a multiple of ``every``."""
+    return end // self.every > start // self.every
+
+  def run(self, trainer, x, y, idx, epoch: int) -> None:
+    """Runs one diagnostic block on ``trainer`` and logs its diagnostics."""
+    trainer.state, trainer._acc, diag = self._blocks[idx.shape[0]](
+        trainer.state, trainer._acc, x, y, idx)
+    step = trainer.step
+    record = to_record(jax.device_get(diag), step, epoch + 1)
+    trainer._record(record)
+    if trainer.tb is not None:
+      self._histograms_to_tensorboard(trainer.tb.writer, diag, step)
+    ratios = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("update_ratio/")}
+    for line in self.monitor.observe(step, ratios):
+      trainer.warn(line)
+
+  @staticmethod
+  def _histograms_to_tensorboard(writer, diag, step: int) -> None:
+    for name, h in jax.device_get(diag.get("histograms", {})).items():
+      counts = np.asarray(h["counts"], np.float64)
+      writer.add_histogram_raw(
+          f"diagnostics/{name}", min=float(h["min"]), max=float(h["max"]),
+          num=int(h["num"]), sum=float(h["sum"]), sum_squares=float(h["sum_sq"]),
+          bucket_limits=np.asarray(h["edges"], np.float64)[1:].tolist(),
+          bucket_counts=counts.tolist(), global_step=step)
+    writer.flush()
+

@@ -1,0 +1,255 @@
+"""Diagnostics: each quantity against numpy, the loop's records, bitwise-neutral runs."""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jdl
+from jdl import diagnostics as diag
+from jdl.errors import JdlError
+from jdl.train import callbacks as cb
+from jdl.train import diagnose
+
+from conftest import make_config
+
+_RNG = np.random.default_rng(0)
+
+
+def _tree(*shapes):
+  return {f"layer_{i}": {"kernel": _RNG.normal(size=s).astype(np.float32),
+                         "bias": _RNG.normal(size=s[-1:]).astype(np.float32)}
+          for i, s in enumerate(shapes)}
+
+
+# ------------------------------------------------------------ pure functions
+@pytest.mark.parametrize("shapes", [[(3, 4)], [(5, 2), (2, 7)], [(1, 1)]])
+def test_grad_norm_is_the_root_of_the_sum_of_squares(shapes):
+  grads = _tree(*shapes)
+  expected = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in jax.tree.leaves(grads)))
+  np.testing.assert_allclose(diag.grad_norm(grads), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0])
+def test_update_ratios_per_module(scale):
+  old = _tree((4, 3), (3, 2))
+  new = jax.tree.map(lambda w: w + scale * _RNG.normal(size=w.shape).astype(np.float32), old)
+  ratios = diag.update_ratios(old, new)
+  assert sorted(ratios) == ["layer_0", "layer_1"]
+  for layer in ratios:
+    d = np.concatenate([(new[layer][k] - old[layer][k]).ravel() for k in ("kernel", "bias")])
+    w = np.concatenate([old[layer][k].ravel() for k in ("kernel", "bias")])
+    np.testing.assert_allclose(ratios[layer], np.linalg.norm(d) / np.linalg.norm(w), rtol=1e-5)
+
+
+def test_update_ratio_of_a_zero_layer_uses_the_floor():
+  ratios = diag.update_ratios({"w": np.zeros(3, np.float32)}, {"w": np.full(3, 1e-3, np.float32)})
+  np.testing.assert_allclose(ratios["w"], np.sqrt(3) * 1e-3 / diag.NORM_FLOOR, rtol=1e-5)
+
+
+@pytest.mark.parametrize("values, bins, value_range", [
+    (_RNG.normal(size=1000), 30, None),
+    (_RNG.normal(size=1000), 10, (-1.0, 1.0)),  # Values outside the range are dropped.
+    (np.array([0.0, 0.25, 0.5, 1.0, 1.0]), 4, (0.0, 1.0)),  # Edge values; last bin closed.
+    (np.full(7, 3.0), 5, None),  # Constant: numpy widens the range by 0.5.
+    (_RNG.uniform(size=(8, 9)), 1, None),
+])
+def test_histogram_counts_match_numpy(values, bins, value_range):
+  values = np.asarray(values, np.float32)
+  h = diag.histogram(values, bins, value_range)
+  counts, edges = np.histogram(values, bins, value_range)
+  np.testing.assert_array_equal(np.asarray(h["counts"]), counts)
+  np.testing.assert_allclose(h["edges"], edges, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(h["sum"], values.sum(), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(h["sum_sq"], np.square(values).sum(), rtol=1e-5)
+  assert float(h["num"]) == values.size
+  assert float(h["min"]) == values.min() and float(h["max"]) == values.max()
+
+
+def test_histogram_shapes_are_static_under_jit():
+  h = jax.jit(lambda x: diag.histogram(x, 12))(jnp.arange(50.0))
+  chex.assert_shape([h["counts"], h["edges"]], [(12,), (13,)])
+  assert float(h["counts"].sum()) == 50
+
+
+@pytest.mark.parametrize("acts, expected", [
+    # Unit 0 is zero for every example, unit 2 only for some: 1 dead of 3.
+    (np.array([[0.0, 1.0, 0.0], [0.0, 2.0, 3.0]]), 1 / 3),
+    (np.zeros((4, 5)), 1.0),
+    (np.ones((4, 5)), 0.0),
+    # Conv maps [batch, h, w, channels]: channel 1 is zero at every position.
+    (np.stack([np.ones((2, 3, 3)), np.zeros((2, 3, 3))], axis=-1), 0.5),
+])
+def test_dead_relu_fraction(acts, expected):
+  np.testing.assert_allclose(diag.dead_relu_fraction(jnp.asarray(acts)), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind, acts, expected", [
+    ("tanh", [0.995, -0.999, 0.5, 0.99, -0.2, 0.0], 2 / 6),  # 0.99 itself is not saturated.
+    ("sigmoid", [0.005, 0.995, 0.5, 0.01, 0.99, 0.3], 2 / 6),
+    ("tanh", [0.0, 0.1], 0.0),
+    ("sigmoid", [0.0, 1.0], 1.0),
+])
+def test_saturation_fraction(kind, acts, expected):
+  got = diag.saturation_fraction(jnp.asarray(acts, jnp.float32), kind)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_saturation_of_an_unknown_kind_is_an_error():
+  with pytest.raises(JdlError, match="'relu'"):
+    diag.saturation_fraction(jnp.ones(3), "relu")
+
+
+class _SowMLP(nn.Module):
+  """A tiny MLP that sows its hidden activations as jdl models do."""
+  num_outputs: int = 10
+  hidden: tuple[int, ...] = (32, 16)
+  activation: str = "relu"
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    act = {"relu": nn.relu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid}[self.activation]
+    x = x.reshape((x.shape[0], -1))
+    for i, width in enumerate(self.hidden):
+      x = act(nn.Dense(width, name=f"hidden_{i}")(x))
+      self.sow("intermediates", f"act_{i}", x)
+    return nn.Dense(self.num_outputs, name="head")(x)
+
+
+@pytest.mark.parametrize("activation, group", [("relu", "dead_relu"), ("tanh", "saturated"),
+                                               ("sigmoid", "saturated")])
+def test_compute_diagnostics_reads_sown_activations(activation, group):
+  model = _SowMLP(activation=activation)
+  x = jnp.asarray(_RNG.normal(size=(6, 5)), jnp.float32)
+  params = model.init(jax.random.key(0), x)["params"]
+  _, cols = model.apply({"params": params}, x, mutable=["intermediates"])
+  grads = jax.tree.map(jnp.ones_like, params)
+  before, after = _Params(params), _Params(jax.tree.map(lambda p: p * 1.001, params))
+  out = jax.jit(lambda b, a, g, i: diag.compute_diagnostics(b, a, g, i, bins=8,
+                                                            activation=activation))(
+      before, after, grads, cols["intermediates"])
+  n = sum(p.size for p in jax.tree.leaves(params))
+  np.testing.assert_allclose(out["grad_norm"], np.sqrt(n), rtol=1e-6)
+  for ratio in out["update_ratio"].values():  # Every weight scaled by 1.001.
+    np.testing.assert_allclose(ratio, 1e-3, rtol=1e-3)
+  assert sorted(out[group]) == ["act_0", "act_1"]
+  acts = np.asarray(cols["intermediates"]["act_0"][0])
+  ref = (np.all(acts == 0, axis=0).mean() if activation == "relu" else
+         (np.abs(acts) > 0.99).mean() if activation == "tanh" else
+         ((acts < 0.01) | (acts > 0.99)).mean())
+  np.testing.assert_allclose(out[group]["act_0"], ref, rtol=1e-6)
+  assert sorted(out["histograms"]) == sorted(
+      ["act/act_0", "act/act_1", "grad/hidden_0/kernel", "grad/hidden_0/bias",
+       "grad/hidden_1/kernel", "grad/hidden_1/bias", "grad/head/kernel", "grad/head/bias"])
+  assert float(out["histograms"]["act/act_0"]["counts"].sum()) == acts.size
+
+
+class _Params:
+  """Stands in for a TrainState: diagnostics only read ``.params``."""
+
+  def __init__(self, params):
+    self.params = params
+
+
+jax.tree_util.register_pytree_node(_Params, lambda s: ((s.params,), None),
+                                   lambda _, c: _Params(*c))
+
+
+@pytest.mark.parametrize("chunk, every, expected", [
+    (100, 0, 100), (100, 100, 100), (20, 5, 5), (20, 30, 15), (7, 7, 7), (1, 50, 1),
+    (100, 97, 97), (50, 97, 1),
+])
+def test_align_chunk_divides_every_steps(chunk, every, expected):
+  assert diagnose.align_chunk(chunk, every) == expected
+
+
+def test_update_ratio_monitor_warns_once_after_n_bad_periods():
+  monitor = diagnose.UpdateRatioMonitor(1e-4, 1e-2, periods=3)
+  assert monitor.observe(1, {"a": 0.5, "b": 1e-3, "frozen": 0.0}) == []
+  assert monitor.observe(2, {"a": 0.5, "b": 1e-3, "frozen": 0.0}) == []
+  lines = monitor.observe(3, {"a": 0.5, "b": 1e-3, "frozen": 0.0})
+  assert len(lines) == 1 and lines[0].startswith("jdl: warning: ") and "'a'" in lines[0]
+  assert "> 0.01" in lines[0]
+  assert monitor.observe(4, {"a": 0.5}) == []  # Still bad: not repeated.
+  monitor.observe(5, {"a": 1e-3})  # Recovered: the count restarts.
+  assert [monitor.observe(s, {"a": 1e-6}) for s in (6, 7)] == [[], []]
+  assert "< 0.0001" in monitor.observe(8, {"a": 1e-6})[0]
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("every_steps", -1, "every_steps"),
+    ("histogram_bins", 0, "histogram_bins"),
+    ("warn_after_periods", -2, "warn_after_periods"),
+    ("ratio_low", 0.5, "ratio_low"),
+    ("activation", "gelu", "activation"),
+])
+def test_bad_diagnostics_config_is_an_error(key, value, match):
+  with pytest.raises(JdlError, match=match):
+    diag.validate_config(make_config(**{f"diagnostics__{key}": value}))
+
+
+def test_resume_keeps_diagnostics_lines_up_to_the_step(tmp_path):
+  logger = cb.MetricsLogger(tmp_path / "metrics.jsonl")
+  for step in (5, 10, 15):
+    logger.write({"step": step, "split": "diagnostics", "grad_norm": 1.0})
+  logger.truncate_after(10)
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line)["step"] for line in lines] == [5, 10]
+
+
+# --------------------------------------------------------------- end to end
+def _fit(workdir, **overrides):
+  config = make_config(num_epochs=1, **overrides)
+  return jdl.fit(config, workdir, model=_SowMLP(), quiet=True)
+
+
+def _tensorboard_tags(logdir) -> set[str]:
+  """Tags of the summaries in TFRecord event files (length, crc, event, crc)."""
+  from tensorboardX.proto import event_pb2
+  tags = set()
+  for path in logdir.iterdir():
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      length = int.from_bytes(data[pos:pos + 8], "little")
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      tags |= {f"{v.tag}:{v.WhichOneof('value')}" for v in event.summary.value}
+      pos += 12 + length + 4
+  return tags
+
+
+def test_fit_writes_diagnostics_and_trains_bitwise_as_without(tmp_path):
+  # 1,293 train examples / 64 = 20 steps: diagnostics at steps 5, 10, 15, 20.
+  on = _fit(tmp_path / "on", diagnostics__every_steps=5, tensorboard=True, plots=True)
+  off = _fit(tmp_path / "off")
+  chex.assert_trees_all_equal(jax.device_get(on.state.params), jax.device_get(off.state.params))
+  records = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text().splitlines()]
+  diags = [r for r in records if r["split"] == "diagnostics"]
+  assert [r["step"] for r in diags] == [5, 10, 15, 20]
+  for r in diags:
+    assert {"grad_norm", "learning_rate", "update_ratio/hidden_0", "update_ratio/head",
+            "dead_relu/act_0", "dead_relu/act_1"} <= set(r)
+    scalars = [v for k, v in r.items() if k not in ("split", "histograms")]
+    assert all(np.isfinite(v) for v in scalars)
+    np.testing.assert_allclose(r["learning_rate"], 1e-3, rtol=1e-6)
+    assert sum(r["histograms"]["act/act_0"]["counts"]) == 64 * 32
+  off_records = (tmp_path / "off" / "metrics.jsonl").read_text()
+  assert "diagnostics" not in off_records
+  assert (tmp_path / "on" / "plots" / "diagnostics.png").is_file()
+  tags = _tensorboard_tags(tmp_path / "on" / "tb")
+  assert {"diagnostics/grad_norm:simple_value", "diagnostics/update_ratio/hidden_0:simple_value",
+          "diagnostics/act/act_1:histo", "diagnostics/grad/head/kernel:histo"} <= tags
+
+
+@pytest.mark.parametrize("learning_rate, warns", [(50.0, True), (1e-3, False)])
+def test_update_ratio_warning_on_an_absurd_learning_rate(tmp_path, capfd, learning_rate, warns):
+  _fit(None, diagnostics__every_steps=2, diagnostics__warn_after_periods=2,
+       diagnostics__histograms=False, optimizer__name="sgd",
+       optimizer__learning_rate=learning_rate, nonfinite="skip", terminate_on_nan=False)
+  err = capfd.readouterr().err
+  assert ("jdl: warning: update/parameter ratio" in err) == warns, err
