@@ -6,12 +6,15 @@ resume. Start with :func:`jdl.fit` and a config from :func:`jdl.load_config`.
 """
 
 from jdl import data
+from jdl import diagnostics
 from jdl import explain
 from jdl import losses
+from jdl import lr_finder
 from jdl import metrics
 from jdl import models
 from jdl import optim
 from jdl import regularizers
+from jdl import sanity
 from jdl.checkpoint import Checkpointer
 from jdl.config import base_config
 from jdl.config import load_config
