@@ -10,6 +10,8 @@ import pytest
 # Tests must not depend on the user's JDL_DATA_DIR or write under $HOME.
 os.environ.pop("JDL_DATA_DIR", None)
 
+from jdl.train import callbacks as cb  # noqa: E402  (after the environment is set)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
@@ -44,6 +46,17 @@ def make_config(**overrides):
 @pytest.fixture
 def tiny_config():
   return make_config
+
+
+class Crash(cb.Callback):
+  """Simulates a crash (an exception) once training reaches ``at_step``."""
+
+  def __init__(self, at_step):
+    self.at_step = at_step
+
+  def on_steps_end(self, trainer, step, num_steps):
+    if step >= self.at_step:
+      raise KeyboardInterrupt("simulated crash")
 
 
 def cli_env() -> dict[str, str]:

@@ -15,9 +15,9 @@ from jdl import losses
 from jdl.config import base_config
 from jdl.data import augment
 from jdl.errors import JdlError
-from jdl.train import callbacks as cb
 from jdl.train import steps as steps_lib
 
+from conftest import Crash as _Crash
 from conftest import make_config
 
 KEY = jax.random.key(0)
@@ -275,16 +275,6 @@ def test_training_with_augmentation_off_is_unchanged_and_on_differs():
   # Evaluation sees clean inputs: the clean trainer scores the same params alike.
   np.testing.assert_allclose(off.trainer.evaluate_split(off.trainer.data.val, on.state)["loss"],
                              on.history["val_loss"][-1], rtol=1e-6)
-
-
-class _Crash(cb.Callback):
-
-  def __init__(self, at_step):
-    self.at_step = at_step
-
-  def on_steps_end(self, trainer, step, num_steps):
-    if step >= self.at_step:
-      raise KeyboardInterrupt("simulated crash")
 
 
 def test_resume_with_augmentation_equals_uninterrupted(tmp_path):

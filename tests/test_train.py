@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import jdl
-from jdl.train import callbacks as cb
 from jdl.train import loop
 
+from conftest import Crash as _Crash
 from conftest import make_config
 
 
@@ -46,17 +46,6 @@ def test_scan_and_step_modes_agree():
   scan = jdl.fit(make_config(epoch_mode="scan", scan_chunk=5), quiet=True)
   np.testing.assert_allclose(step.history["loss"], scan.history["loss"], rtol=1e-5)
   chex.assert_trees_all_close(_params(step), _params(scan), rtol=1e-4, atol=1e-6)
-
-
-class _Crash(cb.Callback):
-  """Simulates a crash (an exception) once training reaches ``at_step``."""
-
-  def __init__(self, at_step):
-    self.at_step = at_step
-
-  def on_steps_end(self, trainer, step, num_steps):
-    if step >= self.at_step:
-      raise KeyboardInterrupt("simulated crash")
 
 
 @pytest.mark.parametrize("mode", ["step", "scan"])
