@@ -1,7 +1,7 @@
 """The loop's side of diagnostics: when they are due, records, histograms, warnings.
 
 With ``config.diagnostics.every_steps = E > 0`` the loop's block size becomes a
-divisor of ``E`` (:func:`align_chunk`), and a block whose end reaches or passes a
+divisor of ``E`` where one is not too small (:func:`align_chunk`), and a block whose end reaches or passes a
 multiple of ``E`` runs the diagnostic variant of the block: the same steps, the
 last one also returning :func:`jdl.diagnostics.compute_diagnostics`. So
 diagnostics land exactly on the multiples of ``E`` when ``E`` divides the steps
@@ -34,10 +34,17 @@ from jdl.train import steps as steps_lib
 
 
 def align_chunk(chunk: int, every_steps: int) -> int:
-  """The largest divisor of ``every_steps`` that is at most ``chunk`` (``chunk`` if off)."""
+  """The block size for diagnostics every ``every_steps`` steps (``chunk`` if off).
+
+  The largest divisor of ``every_steps`` that is at most ``chunk``, so blocks end on
+  the diagnostic steps; but never below ``chunk // 4``: for an awkward
+  ``every_steps`` (a large prime) short blocks would cost more than diagnostics
+  landing on the first block end past each multiple.
+  """
   if every_steps <= 0:
     return chunk
-  return max(d for d in range(1, min(chunk, every_steps) + 1) if every_steps % d == 0)
+  best = max(d for d in range(1, min(chunk, every_steps) + 1) if every_steps % d == 0)
+  return best if best >= chunk // 4 else chunk
 
 
 class UpdateRatioMonitor:
