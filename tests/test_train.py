@@ -23,7 +23,7 @@ def _params(result):
 
 
 def test_fit_learns_digits_in_memory():
-  result = jdl.fit(make_config(num_epochs=4, optimizer__learning_rate=3e-3), quiet=True)
+  result = jdl.fit(make_config(num_epochs=4, optimizer__learning_rate=1e-2), quiet=True)
   assert result.workdir is None
   assert result.test_metrics["accuracy"] > 0.9
   assert len(result.history["loss"]) == 4
