@@ -1,7 +1,7 @@
 """Throughput cost of training diagnostics (config.diagnostics.every_steps).
 
-Trains an MLP 784-512-512-10 (ReLU, hidden activations sown as jdl models sow
-them, so activation histograms and dead-ReLU shares are included) with Adam,
+Trains jdl's MLP 784-512-512-10 (ReLU; its hidden activations are sown, so
+activation histograms and dead-ReLU shares are included) with Adam,
 batch 128, on random MNIST-shaped data, with diagnostics off and every
 ``--every`` steps, alternating, ``--repeats`` times each. The throughput of a run
 is its train samples over its epoch seconds, the first epoch left out (warm-up);
@@ -21,25 +21,11 @@ import argparse
 import platform
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 import jdl
 from jdl.data import Dataset
-
-
-class SowingMLP(nn.Module):
-  """784-512-512-10 with ReLU; sows ``act_{i}`` like jdl's models."""
-  num_outputs: int = 10
-
-  @nn.compact
-  def __call__(self, x, *, train: bool = False):
-    x = x.reshape((x.shape[0], -1))
-    for i in range(2):
-      x = nn.relu(nn.Dense(512, name=f"hidden_{i}")(x))
-      self.sow("intermediates", f"act_{i}", x)
-    return nn.Dense(self.num_outputs, name="head")(x)
 
 
 def block_seconds(trainer, reps: int) -> dict[str, float]:
@@ -65,7 +51,7 @@ def throughput(dataset: Dataset, epochs: int, every: int, block_reps: int = 0):
   config.update(dict(batch_size=128, num_epochs=epochs, validation_split=0.0, normalize="none",
                      tensorboard=False, plots=False, monitor=""))
   config.diagnostics.every_steps = every
-  trainer = jdl.fit(config, dataset=dataset, model=SowingMLP(), quiet=True).trainer
+  trainer = jdl.fit(config, dataset=dataset, model=jdl.models.MLP(num_outputs=10, hidden=(512, 512)), quiet=True).trainer
   rates = trainer.epoch_rates[1:] or trainer.epoch_rates
   rate = len(rates) / sum(1.0 / r for r in rates)  # Samples over seconds, equal epochs.
   return rate, (block_seconds(trainer, block_reps) if every and block_reps else None)
