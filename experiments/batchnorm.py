@@ -118,9 +118,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
       name = f"{bn_name}, lr {lr:g}"
       r = records[name] = run_variant(name, bn, lr, dataset, args, epochs)
       reach = [epochs_to(r["val_accuracy"], t) for t in targets]
-      best = max(r["val_accuracy"], default=float("nan"))
-      rows.append((name, *(str(e) if e else f"> {len(r['val_accuracy'])}" for e in reach),
-                   _common.pct(best), "diverged" if r["error"] else _common.pct(r["test_accuracy"]),
+      missed = "never" if r["error"] else f"> {len(r['val_accuracy'])}"
+      best = _common.pct(max(r["val_accuracy"])) if r["val_accuracy"] else "-"
+      rows.append((name, *(str(e) if e else missed for e in reach),
+                   best, "diverged" if r["error"] else _common.pct(r["test_accuracy"]),
                    f"{r['seconds']:.0f} s"))
   table = _common.markdown_table(
       ("model, learning rate", *(f"epochs to {t:.0%} val." for t in targets), "best val. acc.",

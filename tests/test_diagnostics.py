@@ -163,7 +163,7 @@ jax.tree_util.register_pytree_node(_Params, lambda s: ((s.params,), None),
 
 @pytest.mark.parametrize("chunk, every, expected", [
     (100, 0, 100), (100, 100, 100), (20, 5, 5), (20, 30, 15), (7, 7, 7), (1, 50, 1),
-    (100, 97, 97), (50, 97, 50), (100, 101, 100), (100, 202, 100), (8, 12, 6),
+    (100, 97, 97), (50, 97, 50), (100, 101, 100), (100, 202, 100), (8, 12, 6), (20, 2, 2),
 ])
 def test_align_chunk_divides_every_steps(chunk, every, expected):
   assert diagnose.align_chunk(chunk, every) == expected

@@ -36,14 +36,17 @@ from jdl.train import steps as steps_lib
 def align_chunk(chunk: int, every_steps: int) -> int:
   """The block size for diagnostics every ``every_steps`` steps (``chunk`` if off).
 
-  The largest divisor of ``every_steps`` that is at most ``chunk``, so blocks end on
-  the diagnostic steps; but never below ``chunk // 4``: for an awkward
-  ``every_steps`` (a large prime) short blocks would cost more than diagnostics
-  landing on the first block end past each multiple.
+  The largest divisor of ``every_steps`` that is at most ``chunk`` (``every_steps``
+  itself when it fits), so blocks end on the diagnostic steps. For an
+  ``every_steps`` above ``chunk`` whose divisors are all below ``chunk // 4`` (a large
+  prime) short blocks would cost more than diagnostics landing on the first block
+  end past each multiple, so ``chunk`` is kept.
   """
   if every_steps <= 0:
     return chunk
-  best = max(d for d in range(1, min(chunk, every_steps) + 1) if every_steps % d == 0)
+  if every_steps <= chunk:
+    return every_steps
+  best = max(d for d in range(1, chunk + 1) if every_steps % d == 0)
   return best if best >= chunk // 4 else chunk
 
 
