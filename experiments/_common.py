@@ -119,3 +119,17 @@ def write_results(out: Path, table: str, records: dict[str, Any]) -> None:
 
 def pct(x: float | None) -> str:
   return "n/a" if x is None else f"{x:.2%}"
+
+
+def save_figure(fig, axes, path: Path, title: str, *, legend_axes=None,
+                legend_kwargs=None) -> None:
+  """Grids every axis, adds legends (to ``legend_axes``, default all), saves, closes."""
+  import matplotlib.pyplot as plt
+  for ax in axes:
+    ax.grid(True, which="both", alpha=0.3)
+  for ax in axes if legend_axes is None else legend_axes:
+    ax.legend(**(legend_kwargs or {"fontsize": 8}))
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

@@ -94,13 +94,7 @@ def plot(records: dict[str, dict], path: Path, title: str) -> None:
   axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log",
               title="training loss (running mean over the epoch)")
   axes[1].set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-  for ax in axes:
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  _common.save_figure(fig, axes, path, title)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:

@@ -82,13 +82,8 @@ def plot(records: dict[str, dict], path: Path, title: str) -> None:
               ylim=(0.5, 1.005))
   axes[1].set(xlabel="epoch", ylabel="loss", yscale="log",
               title="loss (train: running mean in training mode)")
-  for ax in axes:
-    ax.grid(True, which="both", alpha=0.3)
-  axes[1].legend(fontsize=7, ncol=2)
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  _common.save_figure(fig, axes, path, title, legend_axes=axes[1:],
+                      legend_kwargs={"fontsize": 7, "ncol": 2})
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:

@@ -136,13 +136,7 @@ def plot(records: dict[str, dict], path: Path, title: str) -> None:
            ylabel="||dL/dW||", title=f"gradient norm per layer, {sub}")
   axes[2].set(yscale="log", xlabel="epoch", ylabel="||dL/dW_1||",
               title="first layer's gradient norm during training")
-  for ax in axes:
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  _common.save_figure(fig, axes, path, title)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
