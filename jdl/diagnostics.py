@@ -289,27 +289,21 @@ def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callab
   return diagnostic_step
 
 
-def make_diagnostic_block(train_step: Callable, diagnostic_step: Callable, merge: Callable,
+def make_diagnostic_block(run_block: Callable, diagnostic_step: Callable, merge: Callable,
                           batch_size: int) -> Callable:
   """``run(state, acc, x, y, idx) -> (state, acc, diagnostics)``.
 
-  Runs the steps of ``idx: [num_steps, batch]`` as the loop's plain block does
-  (a ``lax.scan`` of ``train_step``) except the last one, which is
-  ``diagnostic_step``.
+  Runs the steps of ``idx: [num_steps, batch]`` with the loop's plain block
+  ``run_block(state, acc, x, y, idx) -> (state, acc)``, except the last one, which
+  is ``diagnostic_step``.
   """
 
   def run(state, acc, x, y, idx):
-    ones = jnp.ones((batch_size,), jnp.float32)
-
-    def body(carry, i):
-      state, acc = carry
-      state, m = train_step(state, {"x": x[i], "y": y[i], "mask": ones})
-      return (state, merge(acc, m)), None
-
     if idx.shape[0] > 1:
-      state, acc = jax.lax.scan(body, (state, acc), idx[:-1])[0]
+      state, acc = run_block(state, acc, x, y, idx[:-1])
     i = idx[-1]
-    state, m, diag = diagnostic_step(state, {"x": x[i], "y": y[i], "mask": ones})
+    mask = jnp.ones((batch_size,), jnp.float32)
+    state, m, diag = diagnostic_step(state, {"x": x[i], "y": y[i], "mask": mask})
     return state, merge(acc, m), diag
 
   return run

@@ -314,6 +314,7 @@ class Trainer:
       return eval_step(state, {"x": x[idx], "y": y[idx], "mask": mask})[1]
 
     self.train_step, self.eval_step = train_step, eval_step
+    self.run_block = run_block  # Pure; the diagnostics block reuses it.
     self._run_block = jax.jit(run_block, donate_argnums=(0, 1))
     self._eval_batch = jax.jit(eval_batch)
     self._predict = jax.jit(steps_lib.make_predict_fn(self.state.apply_fn))
