@@ -22,9 +22,9 @@ import platform
 import time
 
 import jax
-import numpy as np
 
 import jdl
+from _data import mnist_shaped
 from jdl.data import Dataset
 
 
@@ -65,13 +65,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--block-reps", type=int, default=10)
   args = parser.parse_args()
-  rng = np.random.default_rng(0)
   n = args.examples
-  dataset = Dataset(x_train=rng.random((n, 28, 28, 1), dtype=np.float32),
-                    y_train=(np.arange(n) % 10).astype(np.int32),
-                    x_test=rng.random((256, 28, 28, 1), dtype=np.float32),
-                    y_test=(np.arange(256) % 10).astype(np.int32), num_classes=10,
-                    task="classification", name="mnist-shaped", input_shape=(28, 28, 1))
+  dataset = mnist_shaped(n)
   print(f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}, "
         f"{n // 128} steps/epoch, {args.epochs} epochs, diagnostics every {args.every} steps",
         flush=True)

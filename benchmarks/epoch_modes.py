@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 import jdl
+from _data import mnist_shaped
 from jdl.data import Dataset
 
 MODELS = {
@@ -44,13 +45,8 @@ def main() -> None:
   parser.add_argument("--epochs", type=int, default=3)
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
-  rng = np.random.default_rng(0)
   n = args.examples
-  dataset = Dataset(x_train=rng.random((n, 28, 28, 1), dtype=np.float32),
-                    y_train=(np.arange(n) % 10).astype(np.int32),
-                    x_test=rng.random((256, 28, 28, 1), dtype=np.float32),
-                    y_test=(np.arange(256) % 10).astype(np.int32), num_classes=10,
-                    task="classification", name="mnist-shaped", input_shape=(28, 28, 1))
+  dataset = mnist_shaped(n)
   rows = []
   for model_name, model in MODELS.items():
     for mode in ("step", "scan"):
