@@ -30,6 +30,12 @@ PUBLIC = {
     "jdl.lr_finder": ["find_lr", "lr_schedule", "smooth_losses", "suggest_lr", "plot_lr_finder"],
     "jdl.explain": ["saliency", "integrated_gradients", "lime", "lime_tabular", "lime_image",
                     "save_overlay", "save_overlay_grid", "from_run"],
+    "jdl.generative": ["bernoulli_nll", "gaussian_kl", "reparameterize",
+                       "gan_discriminator_loss", "gan_generator_loss", "wgan_critic_loss",
+                       "wgan_generator_loss", "gradient_penalty", "inception_score",
+                       "frechet_distance", "frechet_distance_from_stats", "image_grid",
+                       "save_image_grid", "save_reconstructions", "save_interpolation",
+                       "save_latent_scatter", "save_roc_curve", "save_curves"],
     "jdl.data": ["Dataset", "load_dataset", "read_idx", "validate_arrays", "DATASETS"],
 }
 
