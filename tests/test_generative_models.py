@@ -181,7 +181,8 @@ def test_dense_autoencoder_code_activation():
   variables = init(sigmoid, x)
   code = apply(sigmoid, variables, x, static={"method": sigmoid.encode})
   linear = DenseAutoencoder((4, 4, 1), hidden=(8,), latent=5, code_activation="linear")
-  pre = apply(linear, variables, x, static={"method": linear.encode})  # Same parameters, no sigmoid.
+  # The same parameters without the sigmoid.
+  pre = apply(linear, variables, x, static={"method": linear.encode})
   chex.assert_trees_all_close(code, 1 / (1 + np.exp(-np.asarray(pre))), rtol=1e-5, atol=1e-6)
 
 
@@ -258,7 +259,7 @@ BAD_FIELDS = [
 
 @pytest.mark.parametrize("build,message", BAD_FIELDS, ids=[m for _, m in BAD_FIELDS])
 def test_bad_fields_raise_jdl_error(build, message):
-  with pytest.raises(JdlError, match=None) as info:
+  with pytest.raises(JdlError) as info:
     build()
   assert message in str(info.value)
 
