@@ -2,6 +2,9 @@
 
 Every model maps ``[batch, ...]`` inputs to ``[batch, num_outputs]``; dropout uses
 the ``'dropout'`` RNG stream and batch norm the mutable ``'batch_stats'`` collection.
+The generative models (autoencoders, VAE, GAN generators and discriminators) have
+their own interfaces, described in :mod:`jdl.models.autoencoder` and
+:mod:`jdl.models.gan`, and are not in :data:`MODELS`.
 """
 
 from __future__ import annotations
@@ -15,9 +18,16 @@ import flax.linen as nn
 from jdl import errors
 from jdl.models.activations import ACTIVATIONS
 from jdl.models.activations import get_activation
+from jdl.models.autoencoder import ConvAutoencoder
+from jdl.models.autoencoder import DenseAutoencoder
+from jdl.models.autoencoder import VAE
 from jdl.models.cnn import CNN
 from jdl.models.cnn import LeNet5
 from jdl.models.cnn import VGG
+from jdl.models.gan import DCGANDiscriminator
+from jdl.models.gan import DCGANGenerator
+from jdl.models.gan import MLPDiscriminator
+from jdl.models.gan import MLPGenerator
 from jdl.models.inception import InceptionBlock
 from jdl.models.inception import InceptionNet
 from jdl.models.initializers import INITIALIZERS
@@ -111,16 +121,23 @@ def create_model(config: Mapping[str, Any], *, num_outputs: int) -> nn.Module:
 __all__ = [
     "ACTIVATIONS",
     "CNN",
+    "ConvAutoencoder",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "DenseAutoencoder",
     "INITIALIZERS",
     "InceptionBlock",
     "InceptionNet",
     "LeNet5",
     "MLP",
+    "MLPDiscriminator",
+    "MLPGenerator",
     "MODELS",
     "ResNet",
     "ResNet18",
     "ResNet20",
     "ResidualBlock",
+    "VAE",
     "VGG",
     "create_model",
     "get_activation",
