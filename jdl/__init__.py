@@ -8,6 +8,7 @@ resume. Start with :func:`jdl.fit` and a config from :func:`jdl.load_config`.
 from jdl import data
 from jdl import diagnostics
 from jdl import explain
+from jdl import generative
 from jdl import losses
 from jdl import lr_finder
 from jdl import metrics
@@ -25,6 +26,7 @@ from jdl.train.loop import FitResult
 from jdl.train.loop import Trainer
 from jdl.train.loop import evaluate
 from jdl.train.loop import fit
+from jdl.train.loop import load_run
 from jdl.train.loop import predict
 from jdl.train.state import TrainState
 from jdl.train.state import create_train_state

@@ -30,7 +30,7 @@ DEFAULT_EXPERIMENT = "digits_cnn"
 
 # Keys whose change makes an existing checkpoint meaningless (resume refuses).
 STRUCTURAL_KEYS = ("dataset", "model", "seed", "batch_size", "task", "loss", "classes",
-                   "examples_per_class")
+                   "examples_per_class", "generative.latent_dim")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -61,7 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Model and task.
   c.model = ml_collections.ConfigDict({"name": "mlp"})
-  c.task = "classification"  # or 'regression'.
+  # 'classification', 'regression', or a generative task (see `generative` below).
+  c.task = "classification"
   c.loss = "sparse_categorical_crossentropy"
   c.label_smoothing = 0.0
   c.metrics = ("accuracy",)
@@ -103,6 +104,25 @@ def base_config() -> ml_collections.ConfigDict:
       # every update; 0 = off.
       "max_norm": 0.0,
       "max_norm_include": regularizers.MAX_NORM_KERNELS,
+  })
+
+  # Generative tasks (task = 'autoencoder', 'vae', 'gan' or 'wgan_gp'; jdl.generative).
+  # Their inputs are pixels in [0, 1] (normalize='none'); their metrics are fixed
+  # by the task (config.metrics names a subset, () = all).
+  c.generative = ml_collections.ConfigDict({
+      # VAE inputs: 'dynamic' (a fresh Bernoulli draw of each training image every
+      # step, from the step's key; val/test drawn once with a fixed key), 'threshold'
+      # (x > 0.5) or 'none' (grey levels as Bernoulli means).
+      "binarize": "dynamic",
+      "latent_dim": 100,  # GAN noise dimension (AE/VAE: the model's `latent`).
+      "d_steps": 1,  # Discriminator / critic updates per generator update (n_critic).
+      "d_learning_rate": 0.0,  # The discriminator's learning rate; 0 = optimizer's.
+      "gp_weight": 10.0,  # WGAN-GP's lambda.
+      # IS / Frechet distance of generated images in the feature space of a jdl
+      # classifier: the workdir of its run (e.g. runs/mnist_fast); '' = not scored.
+      "classifier_workdir": "",
+      "eval_samples": 10000,  # Generated images scored by IS / FD.
+      "sample_every_epochs": 1,  # plots/samples_epoch_N.png from a fixed noise batch.
   })
 
   # Loop.
@@ -294,12 +314,55 @@ def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
+def from_dict(saved: dict) -> ml_collections.ConfigDict:
+  """A locked config from a saved ``config.json`` (lists back to tuples).
+
+  Keys the base config does not declare (a config written by another jdl version)
+  are an error naming them; ``model`` takes whatever fields were saved.
+
+  Raises:
+    JdlError: an unknown key.
+  """
+  config = base_config()
+
+  def merge(node: ml_collections.ConfigDict, values: dict, path: str) -> None:
+    for key, value in values.items():
+      where = f"{path}{key}"
+      if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+        if key == "model" and not path:
+          node[key] = ml_collections.ConfigDict(_tuples(value))
+        else:
+          merge(node[key], value, f"{where}.")
+      elif key in node:
+        node[key] = _tuples(value)
+      else:
+        raise JdlError(f"saved config has an unknown key {where!r}")
+
+  merge(config, saved, "")
+  config.lock()
+  return config
+
+
+def _tuples(value: Any) -> Any:
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return value
+
+
 def structural_diff(saved: dict, current: dict) -> list[str]:
   """Keys among :data:`STRUCTURAL_KEYS` whose values differ (dotted paths)."""
   diffs = []
   for key in STRUCTURAL_KEYS:
-    _diff(saved.get(key), current.get(key), key, diffs)
+    _diff(_get(saved, key), _get(current, key), key, diffs)
   return diffs
+
+
+def _get(tree: dict, dotted: str) -> Any:
+  for part in dotted.split("."):
+    tree = tree.get(part) if isinstance(tree, dict) else None
+  return tree
 
 
 def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:

@@ -46,7 +46,7 @@ import optax
 from jdl import data as data_lib
 from jdl import optim
 from jdl.data import pipeline
-from jdl.errors import lookup, require
+from jdl.errors import JdlError, lookup, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +136,9 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
     JdlError: a bad config or argument.
   """
   from jdl.train.loop import Trainer
+  if config.task not in ("classification", "regression"):
+    raise JdlError(f"the learning-rate finder supports classification and regression runs, not task "
+                   f"{config.task!r}")
   require(0 <= beta < 1, f"beta must be in [0, 1), got {beta}")
   require(diverge_factor > 1, f"diverge_factor must be > 1, got {diverge_factor}")
   schedule = lr_schedule(min_lr, max_lr, steps)

@@ -49,7 +49,7 @@ import optax
 
 from jdl import data as data_lib
 from jdl import optim
-from jdl.errors import require
+from jdl.errors import JdlError, require
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 INITIAL_LOSS_RTOL = 0.5
@@ -107,6 +107,9 @@ def run_checks(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset |
     JdlError: a bad config, dataset or argument.
   """
   from jdl.train.loop import Trainer
+  if config.task not in ("classification", "regression"):
+    raise JdlError(f"jdl check supports classification and regression runs, not task "
+                   f"{config.task!r}")
   require(overfit_examples >= 1, f"overfit_examples must be >= 1, got {overfit_examples}")
   require(overfit_steps >= 1, f"overfit_steps must be >= 1, got {overfit_steps}")
   require(overfit_lr > 0, f"overfit_lr must be > 0, got {overfit_lr}")

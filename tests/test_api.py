@@ -11,7 +11,7 @@ PUBLIC = {
             "create_train_state", "make_train_step", "make_eval_step", "SupervisedTask",
             "Checkpointer", "base_config", "load_config", "count_params", "param_table",
             "JdlError", "data", "losses", "metrics", "models", "optim", "regularizers",
-            "diagnostics", "sanity", "lr_finder", "explain"],
+            "diagnostics", "sanity", "lr_finder", "explain", "generative", "load_run"],
     "jdl.models": ["MLP", "CNN", "LeNet5", "VGG", "InceptionBlock", "InceptionNet", "ResNet",
                    "ResNet20", "ResNet18", "create_model", "get_activation", "get_initializer",
                    "get_head_initializer", "DenseAutoencoder", "ConvAutoencoder", "VAE",
@@ -36,7 +36,8 @@ PUBLIC = {
                        "wgan_generator_loss", "gradient_penalty", "inception_score",
                        "frechet_distance", "frechet_distance_from_stats", "image_grid",
                        "save_image_grid", "save_reconstructions", "save_interpolation",
-                       "save_latent_scatter", "save_roc_curve", "save_curves"],
+                       "save_latent_scatter", "save_roc_curve", "save_curves", "Judge",
+                       "GANState", "GANTask", "TASKS", "create_gan_state"],
     "jdl.data": ["Dataset", "load_dataset", "read_idx", "validate_arrays", "DATASETS"],
 }
 

@@ -7,6 +7,11 @@
   :func:`gradient_penalty`.
 * :mod:`jdl.generative.evaluation`: :func:`inception_score` and
   :func:`frechet_distance` (host-side numpy on classifier outputs / features).
+* :mod:`jdl.generative.tasks`: the tasks on jdl's loop (``config.task`` =
+  ``autoencoder``, ``vae``, ``gan``, ``wgan_gp``) and the two-player
+  :class:`GANState`.
+* :mod:`jdl.generative.judge`: a trained jdl classifier as the scorer of generated
+  images (IS and Frechet distance in its feature space).
 * :mod:`jdl.generative.images`: :func:`image_grid` and PNG figures: sample grids,
   reconstructions, interpolations, latent scatter plots, ROC curves, loss curves.
 """
@@ -29,3 +34,8 @@ from jdl.generative.objectives import gradient_penalty
 from jdl.generative.objectives import reparameterize
 from jdl.generative.objectives import wgan_critic_loss
 from jdl.generative.objectives import wgan_generator_loss
+from jdl.generative.judge import Judge
+from jdl.generative.tasks import GANState
+from jdl.generative.tasks import GANTask
+from jdl.generative.tasks import TASKS
+from jdl.generative.tasks import create_gan_state

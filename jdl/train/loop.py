@@ -40,6 +40,7 @@ from jdl import summary as summary_lib
 from jdl.data import augment as augment_lib
 from jdl.data import pipeline
 from jdl.errors import JdlError
+from jdl.generative import tasks as gen_tasks
 from jdl.train import callbacks as cb
 from jdl.train import diagnose
 from jdl.train import plots
@@ -96,11 +97,17 @@ class Trainer:
     self.stop_training = False
     self.nan_detected = False
     self._validate_config(config)
+    self.generative = config.task in gen_tasks.TASKS
+    self.gan = config.task in ("gan", "wgan_gp")
     self.data = self._load_data(config, dataset)
     self.model = model or self._create_model()
-    self.loss = self._make_loss()
-    names = tuple(config.metrics)
-    metrics_lib.validate_names(names, self.data.task)
+    if self.generative:
+      self.loss = None
+      names = gen_tasks.metric_names(config.task, tuple(config.metrics))
+    else:
+      self.loss = self._make_loss()
+      names = tuple(config.metrics)
+      metrics_lib.validate_names(names, self.data.task)
     self.metric_names = names
 
     bs = int(config.batch_size)
@@ -117,9 +124,15 @@ class Trainer:
                                 num_epochs=self.num_epochs)
     root = jax.random.key(int(config.seed))
     init_key, self.shuffle_key = jax.random.split(root)
+    self.sample_key = jax.random.fold_in(root, 7)  # The fixed noise of sample grids.
     example = self.data.train.x[:1]
     try:
-      self.state = create_train_state(self.model, tx, example, key=init_key)
+      if self.gan:
+        self.state = self._create_gan_state(example, init_key)
+      else:
+        init_kwargs = {"key": "key"} if config.task == "vae" else None
+        self.state = create_train_state(self.model, tx, example, key=init_key,
+                                        init_kwargs=init_kwargs)
     except (TypeError, ValueError) as e:
       if isinstance(e, JdlError):
         raise
@@ -130,12 +143,18 @@ class Trainer:
     optim.check_freeze_patterns(config, self.state.params)
 
     reg = config.regularization
-    self.task = steps_lib.SupervisedTask(
-        apply_fn=self.state.apply_fn, loss=self.loss, metric_names=names,
-        num_classes=self.data.num_classes,
-        penalty_rules=regularizers.rules_from_config(reg),
-        activity_l1=float(reg.activity_l1), activity_include=reg.activity_include)
-    if reg.activity_l1 > 0:
+    if self.gan:
+      self.task = gen_tasks.make_gan_task(config, names)
+    elif self.generative:
+      self.task = gen_tasks.make_task(config, self.state.apply_fn,
+                                      regularizers.rules_from_config(reg), names)
+    else:
+      self.task = steps_lib.SupervisedTask(
+          apply_fn=self.state.apply_fn, loss=self.loss, metric_names=names,
+          num_classes=self.data.num_classes,
+          penalty_rules=regularizers.rules_from_config(reg),
+          activity_l1=float(reg.activity_l1), activity_include=reg.activity_include)
+    if reg.activity_l1 > 0 and not self.gan:
       regularizers.check_activity_include(self.state.apply_fn, self.state.variables,
                                           self.data.train.x[:1], reg.activity_include)
     self.train_names = steps_lib.train_metric_names(names)
@@ -157,8 +176,11 @@ class Trainer:
   def _validate_config(config) -> None:
     if int(config.num_epochs) < 0:
       raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
-    if config.task not in ("classification", "regression"):
-      raise JdlError(f"task must be 'classification' or 'regression', got {config.task!r}")
+    tasks = ("classification", "regression", *gen_tasks.TASKS)
+    if config.task not in tasks:
+      raise JdlError(f"task must be one of {', '.join(tasks)}, got {config.task!r}")
+    if config.task in gen_tasks.TASKS:
+      gen_tasks.validate_config(config)
     if config.epoch_mode not in ("auto", "step", "scan"):
       raise JdlError(f"epoch_mode must be 'auto', 'step' or 'scan', got {config.epoch_mode!r}")
     if config.normalize not in _NORMALIZERS:
@@ -189,7 +211,7 @@ class Trainer:
           noise=None if config.noise < 0 else float(config.noise),
           download=bool(config.download))
     task = dataset.task
-    if task != config.task:
+    if task != config.task and config.task not in gen_tasks.TASKS:
       raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
                      f"{config.task!r}")
     for split, x, y in (("train", dataset.x_train, dataset.y_train),
@@ -220,21 +242,45 @@ class Trainer:
       norm = pipeline.Normalizer.identity(x_tr.shape[1:])
     self.normalizer = norm
 
-    def put(x, y):
+    def put(x, y, split):
       if x is None or len(x) == 0:
         return None
-      return pipeline.Split(jnp.asarray(norm(x)), jnp.asarray(y))
+      x = norm(x)
+      if config.task == "autoencoder":
+        y = x  # The target is the clean input (augmentation noise touches x only).
+      elif (config.task == "vae" and config.generative.binarize == "dynamic"
+            and split != "train"):
+        x = gen_tasks.binarize_eval_inputs(x)
+      return pipeline.Split(jnp.asarray(x), jnp.asarray(y))
 
-    return _Data(train=put(x_tr, y_tr), val=put(x_val, y_val),
-                 test=put(dataset.x_test, dataset.y_test), num_classes=dataset.num_classes,
-                 task=task, input_shape=tuple(x_tr.shape[1:]), name=dataset.name)
+    return _Data(train=put(x_tr, y_tr, "train"), val=put(x_val, y_val, "val"),
+                 test=put(dataset.x_test, dataset.y_test, "test"),
+                 num_classes=dataset.num_classes, task=task,
+                 input_shape=tuple(x_tr.shape[1:]), name=dataset.name)
 
   def _create_model(self):
+    if self.generative:
+      return gen_tasks.create_models(self.config, self.data.input_shape)
     model_config = self.config.model
     if self.config.mixed_precision:
       model_config = ml_collections.ConfigDict(model_config.to_dict())
       model_config.dtype = "bfloat16"  # Compute dtype; parameters stay float32.
     return models_lib.create_model(model_config, num_outputs=self._num_outputs())
+
+  def _create_gan_state(self, example, key) -> gen_tasks.GANState:
+    """Both players; the generator's schedule counts its own (fewer) updates."""
+    c, d_steps = self.config, int(self.config.generative.d_steps)
+    g_tx = optim.create_optimizer(c, steps_per_epoch=max(1, self.steps_per_epoch // d_steps),
+                                  num_epochs=self.num_epochs)
+    d_config = c
+    if c.generative.d_learning_rate:
+      d_config = ml_collections.ConfigDict(c.to_dict())
+      d_config.optimizer.learning_rate = float(c.generative.d_learning_rate)
+    d_tx = optim.create_optimizer(d_config, steps_per_epoch=self.steps_per_epoch,
+                                  num_epochs=self.num_epochs)
+    generator, discriminator = self.model
+    return gen_tasks.create_gan_state(generator, discriminator, g_tx, d_tx, example,
+                                      int(c.generative.latent_dim), key=key)
 
   def _init_from(self, spec) -> Any:
     """Params with the matching entries copied from another run's latest checkpoint."""
@@ -290,10 +336,13 @@ class Trainer:
     return max(1, min(chunk, 100))
 
   def _compile(self) -> None:
-    train_step = steps_lib.make_train_step(
-        self.task, augment=augment_lib.make_train_augment(self.config.augment,
-                                                          self.data.input_shape))
-    eval_step = steps_lib.make_eval_step(self.task)
+    if self.gan:
+      train_step, eval_step = self.task.train_step, self.task.eval_step
+    else:
+      train_step = steps_lib.make_train_step(
+          self.task, augment=augment_lib.make_train_augment(self.config.augment,
+                                                            self.data.input_shape))
+      eval_step = steps_lib.make_eval_step(self.task)
     merge = steps_lib.merge_train_metrics
     bs = self.batch_size
 
@@ -317,11 +366,21 @@ class Trainer:
     self.run_block = run_block  # Pure; the diagnostics block reuses it.
     self._run_block = jax.jit(run_block, donate_argnums=(0, 1))
     self._eval_batch = jax.jit(eval_batch)
-    self._predict = jax.jit(steps_lib.make_predict_fn(self.state.apply_fn))
-    lr_fn = optim.create_learning_rate_fn(self.config, steps_per_epoch=self.steps_per_epoch,
-                                          num_epochs=self.num_epochs)
-    self._current_lr = jax.jit(functools.partial(optim.current_learning_rate,
-                                                 learning_rate_fn=lr_fn))
+    if not self.gan:
+      self._predict = jax.jit(steps_lib.make_predict_fn(self.state.apply_fn))
+    d_steps = int(self.config.generative.d_steps) if self.gan else 1
+    lr_fn = optim.create_learning_rate_fn(
+        self.config, steps_per_epoch=max(1, self.steps_per_epoch // d_steps),
+        num_epochs=self.num_epochs)
+    lr = functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn)
+    # A GAN logs its generator's learning rate.
+    self._current_lr = jax.jit((lambda o: lr(o["generator"])) if self.gan else lr)
+
+  def compute_metrics(self, names, acc) -> dict[str, float]:
+    """Host values of merged metric sums (the task's own metrics when generative)."""
+    if self.generative:
+      return gen_tasks.compute(names, acc)
+    return metrics_lib.compute(names, acc)
 
   def _make_callbacks(self, extra, progress):
     c = self.config
@@ -571,7 +630,7 @@ class Trainer:
         self._save()
         return self._stop_early(stop.signal_name)
       self._check_finite()
-      train_logs = metrics_lib.compute(self.train_names, self._acc)  # Syncs the device.
+      train_logs = self.compute_metrics(self.train_names, self._acc)  # Syncs the device.
       seconds = time.perf_counter() - t0
       self._acc = self.empty_acc()
       self._nonfinite_reported = 0
@@ -669,6 +728,10 @@ class Trainer:
     if last or (epoch + 1) % max(1, int(self.config.print_every_epochs)) == 0:
       self.log(f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "
                f"({seconds:.2f}s, {record['samples_per_sec']:.0f} samples/s)")
+    if (self.workdir is not None and self.config.plots and self.config.task in ("vae", "gan", "wgan_gp")
+        and (last or (epoch + 1) % int(self.config.generative.sample_every_epochs) == 0)):
+      self.save_samples(self.workdir / "plots" / f"samples_epoch_{epoch + 1:03d}.png",
+                        title=f"epoch {epoch + 1}")
     for callback in self.callbacks:
       callback.on_epoch_end(self, epoch, logs)
     if last or self.stop_training or (epoch + 1) % int(self.config.checkpoint_every_epochs) == 0:
@@ -680,6 +743,10 @@ class Trainer:
     test = {}
     if self.data.test is not None and not self.nan_detected:
       test = self.evaluate_split(self.data.test)
+      try:
+        test.update(self.generative_scores(self.data.test))
+      except JdlError as e:  # A missing judge must not fail a finished run.
+        self.warn(f"jdl: warning: generated images not scored: {e}")
       self._record({"step": self.step, "epoch": self.step // self.steps_per_epoch,
                     "split": "test", **test})
       self.log(f"test: {cb.format_logs(test)}")
@@ -688,6 +755,8 @@ class Trainer:
         self.tb.writer.close()
       if self.config.plots:
         plots.plot_metrics(self.workdir / "metrics.jsonl", self.workdir / "plots")
+        if self.config.task in ("autoencoder", "vae") and not self.nan_detected:
+          self.save_reconstructions(self.workdir / "plots" / "reconstructions.png")
       with (self.workdir / "summary.txt").open("a") as f:
         f.write(f"\nfinal step {self.step}; test: {json.dumps(test)}\n")
       self.checkpointer.close()
@@ -702,7 +771,63 @@ class Trainer:
     for i in range(idx.shape[0]):
       m = self._eval_batch(state, split.x, split.y, idx[i], mask[i])
       acc = m if acc is None else metrics_lib.merge(acc, m)
-    return metrics_lib.compute(self.metric_names, acc)
+    names = gen_tasks.EVAL_METRICS[self.config.task] if self.gan else self.metric_names
+    return self.compute_metrics([n for n in names if n in self.metric_names], acc)
+
+  # ------------------------------------------------------------- generative
+  def sample(self, n: int, *, key: jax.Array | None = None, state=None) -> np.ndarray:
+    """``n`` generated images ``[n, H, W, C]`` in [0, 1] (VAE and GAN runs).
+
+    The default key is the run's fixed sample key, so successive epochs' grids
+    show the same noise.
+    """
+    state = self.state if state is None else state
+    key = self.sample_key if key is None else key
+    if not hasattr(self, "_sample"):
+      self._sample = jax.jit(
+          lambda st, k, n: gen_tasks.sample_images(st, self.task, self.model, n, key=k),
+          static_argnums=2)
+    return np.asarray(self._sample(state, key, int(n)), np.float32)
+
+  def save_samples(self, path: str | Path, *, n: int = 64, key=None, title=None) -> Path:
+    """A grid of ``n`` generated images (VAE and GAN runs)."""
+    from jdl.generative import images
+    return images.save_image_grid(self.sample(n, key=key), path, title=title)
+
+  def save_reconstructions(self, path: str | Path, *, n: int = 10) -> Path | None:
+    """Test (else train) images over their reconstructions (autoencoder and VAE runs)."""
+    from jdl.generative import images
+    split = self.data.test or self.data.train
+    x = split.x[:n]
+    if self.config.task == "vae":  # The decoder's mean at the posterior mean.
+      mean, _ = self.state.apply_fn(self.state.variables, x, method="encode")
+      recon = self.state.apply_fn(self.state.variables, mean, method="generate")
+    else:
+      recon = jax.nn.sigmoid(self.state.apply_fn(self.state.variables, x, train=False))
+    return images.save_reconstructions(np.asarray(x), np.asarray(recon, np.float32), path,
+                                       n=n, title="test images (top), reconstructions (bottom)")
+
+  def judge(self):
+    """The classifier that scores generated images (``generative.classifier_workdir``)."""
+    from jdl.generative import judge as judge_lib
+    if not hasattr(self, "_judge"):
+      workdir = self.config.generative.classifier_workdir
+      self._judge = judge_lib.judge_from_trainer(load_run(workdir)) if workdir else None
+    return self._judge
+
+  def generative_scores(self, split: pipeline.Split, state=None) -> dict[str, float]:
+    """Inception Score and Frechet distance of a GAN's samples against ``split``.
+
+    Empty for other tasks, or without ``generative.classifier_workdir``.
+    """
+    if not self.gan or not self.config.generative.classifier_workdir:
+      return {}
+    from jdl.generative import judge as judge_lib
+    n = int(self.config.generative.eval_samples)
+    key = jax.random.fold_in(self.sample_key, 1)  # Not the grids' noise.
+    fake = np.concatenate([self.sample(min(1000, n - i), key=jax.random.fold_in(key, i),
+                                       state=state) for i in range(0, n, 1000)])
+    return judge_lib.scores(self.judge(), fake, np.asarray(split.x))
 
   def predict(self, x: np.ndarray, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split)."""
@@ -753,29 +878,58 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
   return trainer.fit()
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
-             split: str = "test") -> dict[str, float]:
-  """Metrics of the best (else latest) checkpoint in ``workdir`` on ``split``.
+def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = None, *,
+             best: bool = True) -> Trainer:
+  """A :class:`Trainer` holding a finished (or interrupted) run's state.
+
+  Args:
+    workdir: the run's directory.
+    config: its config; ``None`` reads ``workdir/config.json``.
+    best: restore the best checkpoint by ``config.monitor`` (else the latest).
 
   Raises:
-    JdlError: the workdir holds no checkpoint, or the split is empty.
+    JdlError: no config or no checkpoint in the workdir.
   """
+  workdir = Path(workdir)
+  if config is None:
+    path = workdir / "config.json"
+    if not path.is_file():
+      raise JdlError(f"{workdir} holds no jdl run (no config.json); train first with "
+                     f"`jdl train --workdir {workdir}`")
+    config = config_lib.from_dict(workdir_lib.read_json(path))
   trainer = Trainer(config, None, quiet=True)
-  ckdir = Path(workdir) / "checkpoints"
+  ckdir = workdir / "checkpoints"
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {workdir}; train first with "
                    f"`jdl train --workdir {workdir}`")
   with ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
                              best_mode=config.monitor_mode, async_save=False) as ck:
-    step = ck.best_step() if config.monitor else None
+    step = ck.best_step() if config.monitor and best else None
     step = step if step is not None else ck.latest_step()
     if step is None:
       raise JdlError(f"no checkpoints in {ckdir}")
     tree, _ = ck.restore(step, {"state": trainer.state, "acc": trainer.empty_acc()})
+  trainer.state = tree["state"]
+  return trainer
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
+             split: str = "test") -> dict[str, float]:
+  """Metrics of the best (else latest) checkpoint in ``workdir`` on ``split``.
+
+  Generative runs add their scores: ``neg_elbo`` (nats) for a VAE, and with
+  ``generative.classifier_workdir`` set, ``inception_score`` and
+  ``frechet_distance`` for a VAE or a GAN.
+
+  Raises:
+    JdlError: the workdir holds no checkpoint, or the split is empty.
+  """
+  trainer = load_run(workdir, config)
   data = {"test": trainer.data.test, "val": trainer.data.val, "train": trainer.data.train}[split]
   if data is None:
     raise JdlError(f"the {split} split of {trainer.data.name!r} is empty")
-  return trainer.evaluate_split(data, tree["state"])
+  results = trainer.evaluate_split(data)
+  return {**results, **trainer.generative_scores(data)}
 
 
 def predict(run: FitResult | Trainer, x: np.ndarray) -> np.ndarray:

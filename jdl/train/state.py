@@ -47,7 +47,8 @@ class TrainState(struct.PyTreeNode):
 
 
 def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformation,
-                       example_input: jax.Array, *, key: jax.Array) -> TrainState:
+                       example_input: jax.Array, *, key: jax.Array,
+                       init_kwargs: dict[str, Any] | None = None) -> TrainState:
   """Initialises the model on ``example_input`` (``[batch, ...]``) and the optimizer.
 
   Args:
@@ -55,10 +56,17 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
     tx: the optax transformation.
     example_input: an input batch (only its shape and dtype matter).
     key: a typed PRNG key; split here into init keys and the state's key.
+    init_kwargs: extra keyword arguments of the model's ``__call__`` at init; a
+      value ``"key"`` is replaced by a PRNG key (e.g. a VAE's sampling key).
   """
   init_key, dropout_key, state_key = jax.random.split(key, 3)
-  variables = jax.jit(lambda k1, k2, x: model.init({"params": k1, "dropout": k2}, x, train=False))(
-      init_key, dropout_key, example_input)
+  kwargs = dict(init_kwargs or {})
+
+  def init(k1, k2, x):
+    extra = {k: (k2 if v == "key" else v) for k, v in kwargs.items()}
+    return model.init({"params": k1, "dropout": k2}, x, train=False, **extra)
+
+  variables = jax.jit(init)(init_key, dropout_key, example_input)
   variables = flax.core.unfreeze(variables)
   params = variables.pop("params")
   return TrainState(

@@ -1,0 +1,206 @@
+"""Generative tasks on the one loop: autoencoders, VAE, GAN and WGAN-GP (8x8 digits)."""
+
+from __future__ import annotations
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jdl
+from jdl import cli
+from jdl.data import augment as augment_lib
+from jdl.errors import JdlError
+from jdl.generative import objectives
+from jdl.generative import tasks as gen_tasks
+from jdl.train import loop
+from conftest import Crash, make_config
+
+
+def vae_config(**over):
+  return make_config(task="vae", normalize="none", metrics=(), model__name="vae",
+                     model__hidden=(32,), model__latent=4, **over)
+
+
+def ae_config(**over):
+  return make_config(task="autoencoder", normalize="none", metrics=(),
+                     model__name="dense_autoencoder", model__hidden=(32,), model__latent=8,
+                     regularization__activity_include=".*code", **over)
+
+
+def gan_config(task="gan", **over):
+  return make_config(task=task, normalize="none", metrics=(), model__name="mlp_gan",
+                     model__generator={"hidden": (32,)},
+                     model__discriminator={"hidden": (32,)},
+                     generative__latent_dim=8, monitor="", **over)
+
+
+def test_vae_reports_the_negative_elbo_as_reconstruction_plus_kl():
+  result = jdl.fit(vae_config(num_epochs=3), quiet=True)
+  h = result.history
+  for i in range(3):
+    np.testing.assert_allclose(h["neg_elbo"][i], h["recon"][i] + h["kl"][i], rtol=1e-5)
+  assert h["val_neg_elbo"][-1] < h["val_neg_elbo"][0]
+  # The test value, recomputed by hand from the model and the objectives.
+  trainer, state = result.trainer, result.state
+  x = np.asarray(trainer.data.test.x)
+  assert set(np.unique(x)) <= {0.0, 1.0}  # Binarized once, with a fixed key.
+  per_example = []
+  for start in range(0, len(x), 64):  # Every eval batch (of 64) draws with the state's key.
+    chunk = x[start:start + 64]
+    padded = np.concatenate([chunk, np.zeros((64 - len(chunk), *chunk.shape[1:]), np.float32)])
+    logits, mean, logvar = state.apply_fn(state.variables, padded,
+                                          key=jax.random.fold_in(state.key, 2))
+    nelbo = objectives.bernoulli_nll(logits, padded) + objectives.gaussian_kl(mean, logvar)
+    per_example.append(np.asarray(nelbo)[:len(chunk)])
+  expected = np.mean(np.concatenate(per_example))
+  np.testing.assert_allclose(result.test_metrics["neg_elbo"], expected, rtol=1e-5)
+
+
+def test_denoising_autoencoder_scores_noisy_inputs_against_clean_targets():
+  config = ae_config(augment__noise_std=0.3)
+  trainer = jdl.Trainer(config, None, quiet=True)
+  np.testing.assert_array_equal(trainer.data.train.x, trainer.data.train.y)
+  state = trainer.state
+  idx = np.arange(64)
+  batch = {"x": trainer.data.train.x[idx], "y": trainer.data.train.y[idx],
+           "mask": jnp.ones((64,), jnp.float32)}
+  _, metrics = trainer.train_step(state, batch)
+  augment = augment_lib.make_train_augment(config.augment, trainer.data.input_shape)
+  key = jax.random.fold_in(state.key, state.step)
+  noisy = augment(jax.random.fold_in(key, 1), batch)["x"]
+  assert float(jnp.max(jnp.abs(noisy - batch["x"]))) > 0.1
+  logits = state.apply_fn(state.variables, noisy, train=True)
+  expected = jnp.mean(objectives.bernoulli_nll(logits, batch["x"]))
+  np.testing.assert_allclose(metrics["loss"]["sum"] / metrics["loss"]["count"], expected,
+                             rtol=1e-5)
+
+
+def test_sparse_autoencoder_penalises_the_sown_code():
+  plain = jdl.Trainer(ae_config(), None, quiet=True)
+  sparse = jdl.Trainer(ae_config(regularization__activity_l1=0.01), None, quiet=True)
+  x = plain.data.train.x[:64]
+  batch = {"x": x, "y": x, "mask": jnp.ones((64,), jnp.float32)}
+  state = plain.state
+  key = jax.random.key(0)
+  loss_plain, _ = plain.task.loss_fn(state.params, state.model_state, batch, key, True)
+  loss_sparse, _ = sparse.task.loss_fn(state.params, state.model_state, batch, key, True)
+  code = state.apply_fn(state.variables, x, method="encode")
+  np.testing.assert_allclose(loss_sparse - loss_plain,
+                             0.01 * np.sum(np.abs(code)) / 64, rtol=1e-4)
+
+
+def test_gan_resume_is_bitwise_exact(tmp_path):
+  # WGAN-GP with n_critic 3: both players, both optimizer states, the generator's
+  # batch statistics and the cond-skipped generator steps all resume exactly.
+  config = gan_config("wgan_gp", num_epochs=1, checkpoint_every_steps=8, epoch_mode="scan",
+                      scan_chunk=4, generative__d_steps=3)
+  full = jdl.fit(config, tmp_path / "full", quiet=True)
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(config, tmp_path / "resumed", quiet=True, callbacks=[Crash(at_step=9)])
+  resumed = jdl.fit(config, tmp_path / "resumed", quiet=True)
+  assert int(resumed.state.step) == int(full.state.step) == 20
+  parts = lambda s: jax.device_get((s.params, s.opt_state, s.model_state, s.step,  # noqa: E731
+                                    jax.random.key_data(s.key)))
+  chex.assert_trees_all_equal(parts(full.state), parts(resumed.state))
+  assert resumed.history == full.history
+
+
+def test_generator_updates_once_every_d_steps():
+  result = jdl.fit(gan_config(num_epochs=1, generative__d_steps=3), quiet=True)
+  state = result.state
+  counts = {player: [int(x) for x in jax.tree.leaves(state.opt_state[player])
+                     if jnp.issubdtype(x.dtype, jnp.integer)] for player in state.opt_state}
+  assert set(counts["discriminator"]) == {20}
+  assert set(counts["generator"]) == {20 // 3}
+
+
+def test_wgan_gp_logs_its_critic_quantities():
+  result = jdl.fit(gan_config("wgan_gp", num_epochs=1, generative__d_steps=2), quiet=True)
+  h = result.history
+  for name in ("critic_loss", "wasserstein", "gradient_penalty", "g_loss"):
+    assert np.isfinite(h[name][0]), name
+  assert h["gradient_penalty"][0] >= 0
+
+
+def test_sampling_is_a_function_of_the_key():
+  trainer = jdl.Trainer(gan_config(), None, quiet=True)
+  a = trainer.sample(8, key=jax.random.key(1))
+  b = trainer.sample(8, key=jax.random.key(1))
+  c = trainer.sample(8, key=jax.random.key(2))
+  chex.assert_shape(a, (8, 8, 8, 1))
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+  assert a.min() >= 0 and a.max() <= 1
+
+
+def test_gan_is_scored_by_a_jdl_classifier(tmp_path):
+  clf = jdl.fit(make_config(num_epochs=4, optimizer__learning_rate=1e-2), tmp_path / "clf",
+                quiet=True)
+  assert clf.test_metrics["accuracy"] > 0.9
+  result = jdl.fit(gan_config(num_epochs=1, generative__eval_samples=200,
+                              generative__classifier_workdir=str(tmp_path / "clf")),
+                   tmp_path / "gan", quiet=True)
+  test = result.test_metrics
+  assert 1.0 <= test["inception_score"] <= 10.0
+  assert test["frechet_distance"] > 0
+  judge = result.trainer.judge()
+  real = np.asarray(result.trainer.data.test.x)
+  from jdl.generative import judge as judge_lib
+  same = judge_lib.scores(judge, real, real)
+  assert same["frechet_distance"] < 1e-6 * max(1.0, test["frechet_distance"])
+  one = judge_lib.scores(judge, np.repeat(real[:1], 100, axis=0), real)
+  assert one["inception_score"] == pytest.approx(1.0, abs=1e-6)
+  assert same["inception_score"] > 3 * one["inception_score"]
+
+
+def test_cli_evaluate_sample_and_export_of_generative_runs(tmp_path, capsys):
+  vae = tmp_path / "vae"
+  jdl.fit(vae_config(num_epochs=1), vae, quiet=True)
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(vae)]) == 0
+  line = json.loads(capsys.readouterr().out)
+  assert line["neg_elbo"] > 0 and line["neg_elbo"] == pytest.approx(line["recon"] + line["kl"])
+  out = tmp_path / "grid.png"
+  assert cli.main(["sample", "--workdir", str(vae), "--n", "16", "--out", str(out)]) == 0
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  gan = tmp_path / "gan"
+  jdl.fit(gan_config(num_epochs=1), gan, quiet=True)
+  assert cli.main(["export", "--workdir", str(gan), "--out", str(tmp_path / "p.npz")]) == 0
+  names = np.load(tmp_path / "p.npz").files
+  assert any(n.startswith("generator") for n in names)
+  assert any(n.startswith("discriminator") for n in names)
+  clf = tmp_path / "clf"
+  jdl.fit(make_config(num_epochs=1), clf, quiet=True)
+  capsys.readouterr()
+  assert cli.main(["sample", "--workdir", str(clf), "--out", str(out)]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "only VAE and GAN" in err
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"normalize": "global"}, "normalize='none'"),
+    ({"metrics": ("accuracy",)}, "not a metric of task 'vae'"),
+    ({"model__name": "mlp"}, "needs model.name in vae"),
+    ({"generative__binarize": "coin"}, "generative.binarize"),
+])
+def test_bad_generative_configs_get_one_clear_error(over, message):
+  base = dict(task="vae", normalize="none", metrics=(), model__name="vae",
+              model__hidden=(8,), model__latent=2)
+  base.update(over)
+  with pytest.raises(JdlError, match=message):
+    jdl.Trainer(make_config(**base), None, quiet=True)
+
+
+def test_gan_rejects_what_it_cannot_honour():
+  with pytest.raises(JdlError, match="does not support reduce_on_plateau"):
+    jdl.Trainer(gan_config(reduce_on_plateau__enabled=True), None, quiet=True)
+
+
+def test_metric_groups_are_exact_means():
+  mask = jnp.array([1.0, 1.0, 0.0])
+  g = gen_tasks.mean_group(jnp.array([1.0, 3.0, 100.0]), mask)
+  assert gen_tasks.compute(["m"], {"m": g}) == {"m": 2.0}
