@@ -116,6 +116,7 @@ def test_generator_updates_once_every_d_steps():
                      if jnp.issubdtype(x.dtype, jnp.integer)] for player in state.opt_state}
   assert set(counts["discriminator"]) == {20}
   assert set(counts["generator"]) == {20 // 3}
+  assert result.history["loss"] == result.history["d_loss"]  # The discriminator's objective.
 
 
 def test_wgan_gp_logs_its_critic_quantities():

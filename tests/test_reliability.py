@@ -127,9 +127,9 @@ def _wait_for_steps(workdir, n, proc, timeout=240):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_exits_0_and_resumes_exactly(tmp_path, sig):
-  args = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=8",
-          "--config.checkpoint_every_steps=5", "--config.tensorboard=false",
-          "--config.plots=false"]
+  args = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=4",
+          "--config.batch_size=64", "--config.checkpoint_every_steps=5",
+          "--config.tensorboard=false", "--config.plots=false"]
 
   def train(workdir):
     return start_training(workdir, args, stderr=subprocess.PIPE, text=True)
@@ -189,8 +189,8 @@ def test_a_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(tmp_p
 
 
 def test_sigkill_inside_a_checkpoint_write_then_resume_is_bitwise_equal(tmp_path):
-  args = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=5",
-          "--config.checkpoint_every_steps=2", "--config.scan_chunk=2",
+  args = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=2",
+          "--config.batch_size=64", "--config.checkpoint_every_steps=2", "--config.scan_chunk=2",
           "--config.tensorboard=false", "--config.plots=false"]
 
   def train(workdir):

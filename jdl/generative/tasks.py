@@ -320,7 +320,9 @@ class GANTask:
                if name in parts}
     if "g_loss" in self.metric_names:
       metrics["g_loss"] = mean_group(g_per, mask * g_ran)
-    metrics["loss"] = mean_group(next(iter(parts.values())), mask)
+    # The discriminator's (critic's) objective is the run's "loss" (aux dicts come
+    # back from jax with sorted keys, so name it).
+    metrics["loss"] = mean_group(parts["d_loss" if self.kind == "gan" else "critic_loss"], mask)
     metrics = jax.tree.map(lambda x: jnp.where(bad, jnp.zeros_like(x), x), metrics)
     return new_state, {**metrics, steps_lib.NONFINITE: nonfinite}
 
