@@ -133,3 +133,26 @@ def save_figure(fig, axes, path: Path, title: str, *, legend_axes=None,
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)
+
+
+def generative_config(name: str, args: argparse.Namespace, *,
+                      tiny: dict[str, Any] | None = None):
+  """Config ``name`` for a generative driver: MNIST from ``--data_dir``, else digits.
+
+  With ``--tiny`` (or without the MNIST files) the dataset is scikit-learn's 8x8
+  digits; ``tiny`` overrides (dotted keys: small models, 1-3 epochs) apply with
+  ``--tiny`` only. ``--epochs`` wins over both.
+  """
+  config = jdl.load_config(name)
+  quiet_outputs(config)
+  if args.tiny or not has_mnist(args.data_dir):
+    config.dataset = "digits"
+  else:
+    config.data_dir = str(args.data_dir)
+    config.download = False
+  if args.tiny:
+    apply_overrides(config, tiny or {})
+  if args.epochs:
+    config.num_epochs = args.epochs
+  return config
+
