@@ -199,7 +199,13 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
   # A config may import a sibling config and override it (`from mnist_cnn import
   # get_config as base_config`), as in the Flax examples: its folder is importable
   # while it loads.
-  sys.path.insert(0, str(path.parent.resolve()))
+  folder = str(path.parent.resolve())
+  # Same-named modules (e.g. experiments/gan_mnist.py beside configs/gan_mnist.py)
+  # step aside while the config imports its siblings, and come back after.
+  shadowed = {name: sys.modules.pop(name) for name in
+              {p.stem for p in path.parent.glob("*.py")} & set(sys.modules)}
+  before = set(sys.modules)
+  sys.path.insert(0, folder)
   try:
     spec.loader.exec_module(module)
     config = module.get_config() if hasattr(module, "get_config") else None
@@ -208,7 +214,11 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
   except Exception as e:  # A config file is user code: report, do not crash.
     raise JdlError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
   finally:
-    sys.path.remove(str(path.parent.resolve()))
+    sys.path.remove(folder)
+    for name in set(sys.modules) - before:  # The siblings leave no module behind.
+      if str(Path(getattr(sys.modules[name], "__file__", None) or "").parent) == folder:
+        del sys.modules[name]
+    sys.modules.update(shadowed)
   if config is None:
     raise JdlError(f"config file {path} defines no get_config() function")
   if not isinstance(config, ml_collections.ConfigDict):

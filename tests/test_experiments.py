@@ -108,3 +108,30 @@ def test_mnist_mlp_one_epoch_on_real_mnist():
   config = _quiet(jdl.load_config("mnist_mlp"), num_epochs=1, data_dir=str(SHARED_MNIST))
   result = jdl.fit(config, quiet=True)
   assert result.test_metrics["accuracy"] > 0.95
+
+
+@pytest.mark.parametrize("name, params", [
+    # 784-256-64-256-784 dense autoencoder; 784-500-(20, 20) VAE with 20-500-784 decoder.
+    ("ae_mnist", 2 * (784 * 256 + 256 * 64) + 256 + 64 + 256 + 784),
+    ("vae_mnist", 784 * 500 + 500 + 2 * (500 * 20 + 20) + 20 * 500 + 500 + 500 * 784 + 784),
+])
+def test_generative_configs_build_on_mnist_shaped_npz(name, params, tmp_path):
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "d.npz", x=rng.random((96, 28, 28, 1), dtype=np.float32),
+           y=np.arange(96) % 10)
+  config = _quiet(jdl.load_config(name), batch_size=32, dataset="npz",
+                  data_dir=str(tmp_path / "d.npz"))
+  assert jdl.count_params(jdl.Trainer(config, quiet=True).state.params) == params
+
+
+def test_configs_importing_siblings_do_not_clash_with_same_named_modules(tmp_path, monkeypatch):
+  # experiments/gan_mnist.py (a driver) and experiments/configs/gan_mnist.py (a config
+  # that dcgan_mnist imports) share a name; loading one never breaks the other.
+  import sys
+  (tmp_path / "gan_mnist.py").write_text("DRIVER = True\n")
+  monkeypatch.syspath_prepend(str(tmp_path))
+  monkeypatch.delitem(sys.modules, "gan_mnist", raising=False)
+  import gan_mnist
+  assert jdl.load_config("wgan_gp_mnist").task == "wgan_gp"
+  assert sys.modules["gan_mnist"] is gan_mnist and gan_mnist.DRIVER
+  assert "dcgan_mnist" not in sys.modules

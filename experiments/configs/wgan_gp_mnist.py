@@ -14,7 +14,7 @@ def get_config():
   config = dcgan_config()
   config.description = "WGAN-GP (DCGAN-style, critic without batch norm) on MNIST"
   config.task = "wgan_gp"
-  config.model.discriminator = {"features": (64, 128), "norm": "none"}
+  config.model.discriminator = {"features": (32, 64), "norm": "none"}
   config.generative.d_steps = 5
   config.generative.gp_weight = 10.0
   config.optimizer.learning_rate = 1e-4
