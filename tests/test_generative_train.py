@@ -16,7 +16,6 @@ from jdl.data import augment as augment_lib
 from jdl.errors import JdlError
 from jdl.generative import objectives
 from jdl.generative import tasks as gen_tasks
-from jdl.train import loop
 from conftest import Crash, make_config
 
 

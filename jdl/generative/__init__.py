@@ -8,8 +8,8 @@
 * :mod:`jdl.generative.evaluation`: :func:`inception_score` and
   :func:`frechet_distance` (host-side numpy on classifier outputs / features).
 * :mod:`jdl.generative.tasks`: the tasks on jdl's loop (``config.task`` =
-  ``autoencoder``, ``vae``, ``gan``, ``wgan_gp``) and the two-player
-  :class:`GANState`.
+  ``autoencoder``, ``vae``, ``gan``, ``wgan_gp``), built from a config.
+* :mod:`jdl.generative.gan`: the two-player :class:`GANState` and step.
 * :mod:`jdl.generative.judge`: a trained jdl classifier as the scorer of generated
   images (IS and Frechet distance in its feature space).
 * :mod:`jdl.generative.images`: :func:`image_grid` and PNG figures: sample grids,
@@ -35,7 +35,7 @@ from jdl.generative.objectives import reparameterize
 from jdl.generative.objectives import wgan_critic_loss
 from jdl.generative.objectives import wgan_generator_loss
 from jdl.generative.judge import Judge
-from jdl.generative.tasks import GANState
-from jdl.generative.tasks import GANTask
+from jdl.generative.gan import GANState
+from jdl.generative.gan import GANTask
 from jdl.generative.tasks import TASKS
-from jdl.generative.tasks import create_gan_state
+from jdl.generative.gan import create_gan_state

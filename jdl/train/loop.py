@@ -728,7 +728,8 @@ class Trainer:
     if last or (epoch + 1) % max(1, int(self.config.print_every_epochs)) == 0:
       self.log(f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "
                f"({seconds:.2f}s, {record['samples_per_sec']:.0f} samples/s)")
-    if (self.workdir is not None and self.config.plots and self.config.task in ("vae", "gan", "wgan_gp")
+    generates = self.config.task in ("vae", "gan", "wgan_gp")
+    if (self.workdir is not None and self.config.plots and generates
         and (last or (epoch + 1) % int(self.config.generative.sample_every_epochs) == 0)):
       self.save_samples(self.workdir / "plots" / f"samples_epoch_{epoch + 1:03d}.png",
                         title=f"epoch {epoch + 1}")

@@ -1,0 +1,36 @@
+"""Mergeable means: the metric statistics of the generative tasks.
+
+A group ``{"sum", "count"}`` per quantity, merged by addition
+(:func:`jdl.metrics.merge`), so an epoch value is the exact mean over its
+examples whatever the batch sizes, and padded examples count nowhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jdl.errors import JdlError
+from jdl.train import steps as steps_lib
+
+
+def mean_group(values: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
+  """The mergeable statistics of a mean over the examples where ``mask`` is set."""
+  mask = mask.astype(bool)
+  return {"sum": jnp.sum(jnp.where(mask, values, 0.0), dtype=jnp.float32),
+          "count": jnp.sum(mask, dtype=jnp.int32)}
+
+
+def compute(names, state) -> dict[str, float]:
+  """``{name: mean}`` on the host, plus ``loss`` when the state has it."""
+  host = jax.device_get(state)
+  out = {}
+  for name in (*names, *(("loss",) if "loss" in host and "loss" not in names else ())):
+    g = host.get(name)
+    if g is None:
+      raise JdlError(f"no statistics for metric {name!r}; the task reports "
+                     f"{', '.join(k for k in host if k != steps_lib.NONFINITE)}")
+    out[name] = float(g["sum"]) / float(g["count"]) if g["count"] else math.nan
+  return out
