@@ -90,7 +90,7 @@ def _figure(figsize: tuple[float, float]):
 def _save(fig, path: str | Path) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, format="png")
+  fig.savefig(path, format="png", bbox_inches="tight", pad_inches=0.05)  # Titles stay whole.
   fig.clear()  # Figures outside pyplot are freed with their last reference.
   return path
 
@@ -108,7 +108,8 @@ def _grid_figure(grid: np.ndarray, title: str | None):
   """A figure sized to ``grid`` (about 0.03 inch per pixel, 2 to 12 inches wide)."""
   h, w = grid.shape[:2]
   width = float(np.clip(w * 0.03, 2.0, 12.0))
-  fig = _figure((width, width * h / w + (0.3 if title else 0.0)))
+  lines = title.count("\n") + 1 if title else 0
+  fig = _figure((width, width * h / w + 0.3 * lines))
   ax = fig.add_subplot()
   _show(ax, grid)
   if title:
