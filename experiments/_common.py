@@ -156,3 +156,18 @@ def generative_config(name: str, args: argparse.Namespace, *,
     config.num_epochs = args.epochs
   return config
 
+
+
+def training_seconds(workdir: str | Path) -> float:
+  """Compile plus epoch seconds of a run, from its metrics.jsonl (resumed runs too).
+
+  The wall time of a driver's ``jdl.fit`` call is near zero when the run had already
+  finished in its workdir; the run's own log keeps what training took.
+  """
+  total = 0.0
+  path = Path(workdir) / "metrics.jsonl"
+  for line in path.read_text().splitlines() if path.exists() else []:
+    record = json.loads(line)
+    if record.get("split") == "train":
+      total += record.get("epoch_seconds", 0.0) + record.get("compile_seconds", 0.0)
+  return total

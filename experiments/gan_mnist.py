@@ -24,7 +24,6 @@ Usage:  python experiments/gan_mnist.py --data_dir ../shared/data/mnist [--confi
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -116,9 +115,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     _common.apply_overrides(config, TINY_MODEL[config.model.name])
   config.generative.classifier_workdir = classifier
   out = _common.out_dir(args, args.config)
-  t0 = time.perf_counter()
-  result = jdl.fit(config, Path(args.workdir) / args.config, quiet=True)
-  trainer, seconds = result.trainer, time.perf_counter() - t0
+  workdir = Path(args.workdir) / args.config
+  result = jdl.fit(config, workdir, quiet=True)
+  trainer, seconds = result.trainer, _common.training_seconds(workdir)
   state, judge, n = trainer.state, trainer.judge(), int(config.generative.eval_samples)
   latent = int(config.generative.latent_dim)
 
