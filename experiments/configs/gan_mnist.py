@@ -29,6 +29,6 @@ def get_config():
   config.optimizer.learning_rate = 2e-4
   config.optimizer.b1 = 0.5
   config.batch_size = 64
-  config.num_epochs = 30
+  config.num_epochs = 70  # IS 8.13 after 30 epochs, 8.45 after 50, 8.62 after 70.
   config.monitor = ""  # No "best" GAN by a loss: keep the latest checkpoints.
   return config
