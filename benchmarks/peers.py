@@ -29,9 +29,16 @@ CNN, 6 for ResNet-20), so its epochs are capped (see ``SIZES``).
 Peers are optional: one whose package is missing is skipped with a line saying so
 (``pip install -e '.[bench]'`` installs Keras and PyTorch).
 
+With ``--gpu`` the same peers run on the first CUDA GPU: JAX's default backend and
+PyTorch on ``cuda`` with the data on the GPU, TF32 matmuls in both (JAX's default
+precision there; ``torch.set_float32_matmul_precision('high')``), larger epochs
+(``SIZES['gpu']``), an 8192x8192 matmul for the peak, and by default the peers of
+the GPU comparison (jdl, the hand-written step, PyTorch eager and compiled).
+
 Usage:
-  python benchmarks/peers.py [--quick] [--out results.json] [--md results.md]
-      [--models mlp,cnn,resnet20] [--peers jdl,flax_step,...]
+  python benchmarks/peers.py [--quick | --gpu] [--batch-sizes 128,512]
+      [--out results.json] [--md results.md] [--models mlp,cnn,resnet20]
+      [--peers jdl,flax_step,...]
 """
 
 from __future__ import annotations
@@ -81,6 +88,7 @@ PEERS = {
 }
 MATMUL = {"jax": Peer("bench_jax", "run_matmul", ("jax",)),
           "torch": Peer("bench_torch", "run_matmul", ("torch",))}
+GPU_PEERS = ("jdl", "flax_step", "torch", "torch_compile")
 FLOPS = Peer("bench_jax", "run_flops", ("flax", "optax"))
 
 # Examples per epoch and epochs, per model; the peers in `caps` run smaller epochs.
@@ -98,6 +106,12 @@ SIZES = {
         "cnn": {"n": 1_280, "epochs": 3,
                 "caps": {"flax_scan": {"n": 256, "epochs": 2}}},
         "resnet20": {"n": 256, "epochs": 3, "caps": {"flax_scan": None}},
+    },
+    # One GPU: epochs long enough (~0.5-2 s) that launch gaps and timers do not dominate.
+    "gpu": {
+        "mlp": {"n": 204_800, "epochs": 4},
+        "cnn": {"n": 102_400, "epochs": 4},
+        "resnet20": {"n": 25_600, "epochs": 4},
     },
 }
 SEED = 0
@@ -206,18 +220,20 @@ def _select(arg: str | None, valid: list[str], what: str) -> list[str]:
   return chosen
 
 
-def _run_matmuls(timeout: float, versions: dict[str, str]) -> dict[str, Any]:
+def _run_matmuls(timeout: float, versions: dict[str, str], gpu: bool) -> dict[str, Any]:
   out = {}
+  size = 8192 if gpu else 2048
   for name, peer in MATMUL.items():
     missing = _missing(peer)
     if missing:
       _log(f"matmul {name}: skipped: {', '.join(missing)} not installed")
       continue
-    r = run_child(peer, timeout)
+    kwargs = {"size": size, **({"device": "cuda"} if gpu and name == "torch" else {})}
+    r = run_child(peer, timeout, **kwargs)
     versions.update(r.pop("versions", {}))
     out[name] = r
     if r["status"] == "ok":
-      _log(f"matmul {name}: 2048x2048 float32 {r['gflops']:.1f} GFLOP/s median "
+      _log(f"matmul {name}: {size}x{size} float32 {r['gflops']:.1f} GFLOP/s median "
            f"({r['gflops_best']:.1f} best; other cores {r['other_cores']:.2f})")
     else:
       _log(f"matmul {name}: {r['status']}")
@@ -227,6 +243,10 @@ def _run_matmuls(timeout: float, versions: dict[str, str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+  parser.add_argument("--gpu", action="store_true",
+                      help="run on the first CUDA GPU (JAX default backend, torch on cuda)")
+  parser.add_argument("--batch-sizes", default=str(common.BATCH_SIZE),
+                      help="comma-separated batch sizes (default: %(default)s)")
   parser.add_argument("--out", help="write the results as JSON here")
   parser.add_argument("--md", help="write a Markdown table here")
   parser.add_argument("--models", help=f"comma-separated subset of {', '.join(common.INPUT_SHAPES)}")
@@ -239,26 +259,36 @@ def main(argv: list[str] | None = None) -> int:
     child_main(args.child)
     return 0
 
-  sizes = SIZES["quick" if args.quick else "default"]
+  if args.gpu and args.quick:
+    parser.error("--gpu and --quick exclude each other")
+  mode = "gpu" if args.gpu else "quick" if args.quick else "default"
+  sizes = SIZES[mode]
   models = _select(args.models, list(common.INPUT_SHAPES), "models")
-  peers = _select(args.peers, list(PEERS), "peers")
+  peers = _select(args.peers or (",".join(GPU_PEERS) if args.gpu else None), list(PEERS),
+                  "peers")
+  try:
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+  except ValueError:
+    parser.error(f"--batch-sizes must be integers, got {args.batch_sizes!r}")
+  if not batch_sizes or min(batch_sizes) < 1:
+    parser.error(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
   started = time.perf_counter()
   meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-          "jdl_commit": _git_commit(), "mode": "quick" if args.quick else "default",
-          "batch_size": common.BATCH_SIZE, "load_at_start": os.getloadavg()}
+          "jdl_commit": _git_commit(), "mode": mode,
+          "batch_sizes": batch_sizes, "load_at_start": os.getloadavg()}
   versions: dict[str, str] = {}
   _log(f"{meta['cpu']}, {meta['cpu_count']} CPUs; load average "
        f"{' '.join(f'{v:.2f}' for v in meta['load_at_start'])}")
-  matmul = _run_matmuls(args.timeout, versions)
+  matmul = _run_matmuls(args.timeout, versions, args.gpu)
   peak = matmul.get("jax", {}).get("gflops")
 
   rows, flops = [], {}
   for model in models:
     size = sizes[model]
-    for name in peers:
+    for batch, name in [(b, p) for b in batch_sizes for p in peers]:
       peer = PEERS[name]
-      row = {"model": model, "peer": name}
+      row = {"model": model, "batch": batch, "peer": name}
       cap = size.get("caps", {}).get(name, size)
       missing = _missing(peer)
       if missing:
@@ -267,22 +297,24 @@ def main(argv: list[str] | None = None) -> int:
         row["status"] = "skipped: too slow for --quick"
       else:
         n, epochs = cap["n"], cap["epochs"]
-        result = run_child(peer, args.timeout, model=model, n=n, epochs=epochs, seed=SEED)
+        extra = {"device": "cuda"} if args.gpu and peer.module == "bench_torch" else {}
+        result = run_child(peer, args.timeout, model=model, n=n, epochs=epochs, seed=SEED,
+                           batch_size=batch, **extra)
         versions.update(result.pop("versions", {}))
         row.update(result, n_train=n, epochs=epochs,
-                   samples_per_epoch=(n // common.BATCH_SIZE) * common.BATCH_SIZE)
+                   samples_per_epoch=(n // batch) * batch)
         if cap is not size:
           row["note"] = (row.get("note", "") + f" capped: {epochs} epochs of {n:,}").strip()
         if "flops_per_sample" in result:
           flops[model] = result["flops_per_sample"]
       rows.append(row)
       if row["status"] == "ok":
-        _log(f"{model:8s} {name:13s} {row['samples_per_s']:10,.0f} samples/s  "
+        _log(f"{model:8s} {batch:5d} {name:13s} {row['samples_per_s']:10,.0f} samples/s  "
              f"epochs {', '.join(f'{r:,.0f}' for r in row['epoch_rates'])}  "
              f"RSS {row['peak_rss_mib']:,.0f} MiB  wall {row['wall_s']:.0f} s  "
              f"other cores {row['other_cores']:.2f}")
       else:
-        _log(f"{model:8s} {name:13s} {row['status']}")
+        _log(f"{model:8s} {batch:5d} {name:13s} {row['status']}")
     if model not in flops and not _missing(FLOPS):
       r = run_child(FLOPS, args.timeout, model=model, seed=SEED)
       if r["status"] == "ok":
@@ -295,12 +327,16 @@ def main(argv: list[str] | None = None) -> int:
   header = [
       f"{meta['cpu']}, {meta['cpu_count']} CPUs; jdl {meta['jdl_commit'] or '?'}; "
       + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
-      f"batch {common.BATCH_SIZE}, Adam(1e-3), random data; median samples/s of epochs "
+      f"batch {', '.join(map(str, batch_sizes))}, Adam(1e-3), random data; "
+      f"{'one GPU (' + str(matmul.get('jax', {}).get('device')) + '); ' if args.gpu else ''}"
+      "median samples/s of epochs "
       f"after the first; load average {meta['load_at_start'][0]:.2f} at start, "
       f"{meta['load_at_end'][0]:.2f} at end; {meta['total_wall_s']} s in all",
   ]
   if peak:
-    header.append(f"% peak: of a jitted 2048x2048 float32 matmul in JAX, {peak:.1f} GFLOP/s"
+    msize = matmul["jax"].get("size", 2048)
+    header.append(f"% peak: of a jitted {msize}x{msize} float32 matmul in JAX"
+                  f"{' (TF32)' if args.gpu else ''}, {peak:.1f} GFLOP/s"
                   + (f" (PyTorch: {matmul['torch']['gflops']:.1f})"
                      if matmul.get("torch", {}).get("status") == "ok" else ""))
   header.append("training FLOPs per example (XLA cost analysis of the Flax step): "

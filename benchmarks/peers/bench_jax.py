@@ -137,10 +137,11 @@ def _versions() -> dict[str, str]:
   return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}
 
 
-def run_flax_step(model: str, n: int, epochs: int, seed: int) -> dict[str, Any]:
+def run_flax_step(model: str, n: int, epochs: int, seed: int,
+                  batch_size: int = common.BATCH_SIZE) -> dict[str, Any]:
   """The Flax-examples loop: numpy batches of a per-epoch permutation, one call a step."""
   x, y = common.make_data(model, n, seed)
-  bs = common.BATCH_SIZE
+  bs = batch_size
   state = create_train_state(model, seed)
   t0 = time.perf_counter()
   step = jax.jit(train_step, donate_argnums=(0,)).lower(state, x[:bs], y[:bs]).compile()
@@ -164,10 +165,11 @@ def run_flax_step(model: str, n: int, epochs: int, seed: int) -> dict[str, Any]:
           "versions": _versions()}
 
 
-def run_flax_scan(model: str, n: int, epochs: int, seed: int) -> dict[str, Any]:
+def run_flax_scan(model: str, n: int, epochs: int, seed: int,
+                  batch_size: int = common.BATCH_SIZE) -> dict[str, Any]:
   """A whole epoch in one compiled ``lax.scan`` over data already on the device."""
   x, y = common.make_data(model, n, seed)
-  bs = common.BATCH_SIZE
+  bs = batch_size
   steps = n // bs
   state = create_train_state(model, seed)
 
@@ -196,17 +198,19 @@ def run_flax_scan(model: str, n: int, epochs: int, seed: int) -> dict[str, Any]:
           "params": _count(state.params), "versions": _versions()}
 
 
-def run_flops(model: str, seed: int, **unused) -> dict[str, Any]:
+def run_flops(model: str, seed: int, batch_size: int = common.BATCH_SIZE,
+              **unused) -> dict[str, Any]:
   """Training FLOPs per example of the hand-written step, from XLA's cost analysis."""
   del unused
-  x, y = common.make_data(model, common.BATCH_SIZE, seed)
+  x, y = common.make_data(model, batch_size, seed)
   state = create_train_state(model, seed)
   compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, x, y).compile()
-  return {"flops_per_sample": _flops(compiled) / common.BATCH_SIZE,
+  return {"flops_per_sample": _flops(compiled) / batch_size,
           "params": _count(state.params), "versions": _versions()}
 
 
-def run_jdl(model: str, n: int, epochs: int, seed: int) -> dict[str, Any]:
+def run_jdl(model: str, n: int, epochs: int, seed: int,
+            batch_size: int = common.BATCH_SIZE) -> dict[str, Any]:
   """jdl's public ``fit`` on in-memory random data; jdl measures its own epochs."""
   import jdl  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
@@ -215,7 +219,7 @@ def run_jdl(model: str, n: int, epochs: int, seed: int) -> dict[str, Any]:
   config = jdl.base_config()
   config.model = ml_collections.ConfigDict(common.JDL_MODELS[model])
   config.update(dict(validation_split=0.0, normalize="none", tensorboard=False,
-                     plots=False, monitor="", batch_size=common.BATCH_SIZE,
+                     plots=False, monitor="", batch_size=batch_size,
                      num_epochs=epochs))
   dataset = jdl.data.Dataset(
       x_train=x, y_train=y, x_test=x_test, y_test=y_test,
@@ -224,17 +228,21 @@ def run_jdl(model: str, n: int, epochs: int, seed: int) -> dict[str, Any]:
   result = jdl.fit(config, dataset=dataset, quiet=True)
   trainer = result.trainer
   rates = list(trainer.epoch_rates)
-  steps = n // common.BATCH_SIZE
+  steps = n // batch_size
   return {"samples_per_s": common.steady_rate(rates), "epoch_rates": rates,
           "compile_s": trainer.compile_seconds,
-          "first_epoch_s": steps * common.BATCH_SIZE / rates[0],
+          "first_epoch_s": steps * batch_size / rates[0],
           "params": jdl.count_params(result.state.params),
           "note": f"epoch_mode={trainer.epoch_mode}",
           "versions": {**_versions(), "jdl": jdl.__version__}}
 
 
 def run_matmul(size: int = 2048, repeats: int = 10, **unused) -> dict[str, Any]:
-  """GFLOP/s of a jitted ``[size, size] @ [size, size]`` float32 matmul (median)."""
+  """GFLOP/s of a jitted ``[size, size] @ [size, size]`` float32 matmul (median).
+
+  At JAX's default matmul precision: on an NVIDIA GPU that is TF32 on the tensor
+  cores, the precision the training peers run at too.
+  """
   del unused
   ka, kb = jax.random.split(jax.random.key(0))
   a = jax.random.normal(ka, (size, size), jnp.float32)
@@ -248,4 +256,5 @@ def run_matmul(size: int = 2048, repeats: int = 10, **unused) -> dict[str, Any]:
     times.append(time.perf_counter() - t0)
   flop = 2.0 * size**3
   return {"gflops": flop / float(np.median(times)) / 1e9,
-          "gflops_best": flop / min(times) / 1e9, "versions": _versions()}
+          "gflops_best": flop / min(times) / 1e9, "size": size,
+          "device": jax.devices()[0].device_kind, "versions": _versions()}

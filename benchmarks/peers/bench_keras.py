@@ -78,7 +78,8 @@ class _EpochTimer(keras.callbacks.Callback):
     self.seconds.append(time.perf_counter() - self._t0)
 
 
-def run_keras(model: str, n: int, epochs: int, seed: int) -> dict[str, Any]:
+def run_keras(model: str, n: int, epochs: int, seed: int,
+              batch_size: int = common.BATCH_SIZE) -> dict[str, Any]:
   """``model.fit`` on numpy arrays, shuffled each epoch; epoch 1 includes compilation."""
   backend = keras.backend.backend()
   if backend != "jax":
@@ -91,9 +92,9 @@ def run_keras(model: str, n: int, epochs: int, seed: int) -> dict[str, Any]:
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
               metrics=["accuracy"])
   timer = _EpochTimer()
-  net.fit(x, y, batch_size=common.BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0,
+  net.fit(x, y, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=0,
           callbacks=[timer])
-  samples = (n // common.BATCH_SIZE) * common.BATCH_SIZE
+  samples = (n // batch_size) * batch_size
   rates = [samples / s for s in timer.seconds]
   import jax  # pylint: disable=g-import-not-at-top
   return {"samples_per_s": common.steady_rate(rates), "epoch_rates": rates,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-COLUMNS = ("model", "peer", "samples/s", "vs jdl", "% peak", "compile s",
+COLUMNS = ("model", "batch", "peer", "samples/s", "vs jdl", "% peak", "compile s",
            "1st epoch s", "RSS MiB", "other cores", "note")
 
 
@@ -19,13 +19,14 @@ def add_derived(rows: list[dict[str, Any]], flops: dict[str, float],
     flops: training FLOPs per example, by model.
     peak_gflops: the JAX matmul GFLOP/s that ``pct_matmul_peak`` divides by.
   """
-  jdl = {r["model"]: r["samples_per_s"] for r in rows
+  jdl = {(r["model"], r["batch"]): r["samples_per_s"] for r in rows
          if r["peer"] == "jdl" and r["status"] == "ok"}
   for r in rows:
     if r["status"] != "ok":
       continue
     rate = r["samples_per_s"]
-    r["ratio_to_jdl"] = rate / jdl[r["model"]] if r["model"] in jdl else None
+    key = (r["model"], r["batch"])
+    r["ratio_to_jdl"] = rate / jdl[key] if key in jdl else None
     f = flops.get(r["model"])
     r["pct_matmul_peak"] = (100.0 * rate * f / (peak_gflops * 1e9)
                             if f and peak_gflops else None)
@@ -41,9 +42,9 @@ def _num(value: float | None, fmt: str) -> str:
 
 def cells(row: dict[str, Any]) -> list[str]:
   """The table cells of one row."""
-  head = [row["model"], row["peer"]]
+  head = [row["model"], str(row["batch"]), row["peer"]]
   if row["status"] != "ok":
-    return head + ["-"] * (len(COLUMNS) - 3) + [row["status"]]
+    return head + ["-"] * (len(COLUMNS) - 4) + [row["status"]]
   if row.get("compile_s") is not None:
     compile_s = f"{row['compile_s']:.1f}"
   else:
@@ -70,14 +71,14 @@ def console_table(rows: list[dict[str, Any]]) -> str:
   for line in table:
     out = []
     for i, cell in enumerate(line[:-1]):
-      out.append(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]))
+      out.append(cell.ljust(widths[i]) if i in (0, 2) else cell.rjust(widths[i]))
     lines.append("  ".join(out) + "  " + line[-1])
   return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
   """A GitHub-flavoured Markdown table of the rows."""
-  align = ["---", "---"] + ["---:"] * (len(COLUMNS) - 3) + ["---"]
+  align = ["---", "---:", "---"] + ["---:"] * (len(COLUMNS) - 4) + ["---"]
   lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(align) + "|"]
   for r in rows:
     lines.append("| " + " | ".join(c.replace("|", "/") for c in cells(r)) + " |")

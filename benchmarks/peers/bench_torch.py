@@ -1,8 +1,11 @@
 """The PyTorch peers: an eager training loop and the same loop on ``torch.compile``.
 
-Two threads (the machine's cores) and denormals flushed to zero, as XLA does, so
-that neither framework is slowed by something the other skips. Images are NCHW,
-PyTorch's default layout, converted once before training.
+On the CPU: two threads (the machine's cores) and denormals flushed to zero, as
+XLA does, so that neither framework is slowed by something the other skips. On a
+CUDA GPU (``device='cuda'``): the data lives on the GPU, and float32 matmuls may
+use TF32 (``torch.set_float32_matmul_precision('high')``), as JAX's default
+precision does there (cuDNN convolutions use TF32 in both by default). Images are
+NCHW, PyTorch's default layout, converted once before training.
 """
 
 from __future__ import annotations
@@ -85,14 +88,22 @@ class ResNet20(nn.Module):
 _BUILDERS = {"mlp": _mlp, "cnn": _cnn, "resnet20": ResNet20}
 
 
-def _setup(seed: int) -> None:
-  torch.set_num_threads(NUM_THREADS)
-  torch.set_flush_denormal(True)
+def _setup(seed: int, device: str = "cpu") -> None:
+  if device == "cpu":
+    torch.set_num_threads(NUM_THREADS)
+    torch.set_flush_denormal(True)
+  else:
+    torch.set_float32_matmul_precision("high")
   torch.manual_seed(seed)
 
 
-def run_torch(model: str, n: int, epochs: int, seed: int,
-              compile: bool = False) -> dict[str, Any]:  # pylint: disable=redefined-builtin
+def _sync(device: str) -> None:
+  if device != "cpu":
+    torch.cuda.synchronize()
+
+
+def run_torch(model: str, n: int, epochs: int, seed: int, compile: bool = False,  # pylint: disable=redefined-builtin
+              batch_size: int = common.BATCH_SIZE, device: str = "cpu") -> dict[str, Any]:
   """The usual PyTorch loop over index batches of a per-epoch permutation.
 
   Args:
@@ -101,23 +112,27 @@ def run_torch(model: str, n: int, epochs: int, seed: int,
     epochs: epochs to run; the first includes ``torch.compile``'s compilation.
     seed: seeds the data, the initialisation and the shuffles.
     compile: wrap the model in ``torch.compile`` (default inductor backend).
+    batch_size: examples per step.
+    device: ``'cpu'`` or ``'cuda'``; on a GPU the whole data set lives there.
   """
-  _setup(seed)
+  _setup(seed, device)
   x, y = common.make_data(model, n, seed)
   x = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))  # NHWC -> NCHW.
   y = torch.from_numpy(y).long()
-  module = _BUILDERS[model]()
+  x, y = x.to(device), y.to(device)
+  module = _BUILDERS[model]().to(device)
   net = torch.compile(module) if compile else module
   optimizer = torch.optim.Adam(module.parameters(), lr=common.LEARNING_RATE, eps=1e-8)
   generator = torch.Generator().manual_seed(seed + 1)
-  bs, steps = common.BATCH_SIZE, n // common.BATCH_SIZE
+  bs, steps = batch_size, n // batch_size
   module.train()
   seconds = []
   for _ in range(epochs):
+    _sync(device)
     t0 = time.perf_counter()
-    perm = torch.randperm(n, generator=generator)
-    loss_sum = torch.zeros(())
-    correct = torch.zeros((), dtype=torch.long)
+    perm = torch.randperm(n, generator=generator).to(device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
     for i in range(steps):
       idx = perm[i * bs:(i + 1) * bs]
       xb, yb = x[idx], y[idx]
@@ -129,7 +144,7 @@ def run_torch(model: str, n: int, epochs: int, seed: int,
       with torch.no_grad():
         loss_sum += loss.detach()
         correct += (logits.argmax(1) == yb).sum()
-    float(loss_sum), int(correct)  # pylint: disable=expression-not-assigned
+    float(loss_sum), int(correct)  # pylint: disable=expression-not-assigned  # Syncs.
     seconds.append(time.perf_counter() - t0)
   rates = [steps * bs / s for s in seconds]
   return {"samples_per_s": common.steady_rate(rates), "epoch_rates": rates,
@@ -138,16 +153,20 @@ def run_torch(model: str, n: int, epochs: int, seed: int,
           "versions": {"torch": torch.__version__}}
 
 
-def run_matmul(size: int = 2048, repeats: int = 10, **unused) -> dict[str, Any]:
+def run_matmul(size: int = 2048, repeats: int = 10, device: str = "cpu",
+               **unused) -> dict[str, Any]:
   """GFLOP/s of a ``[size, size] @ [size, size]`` float32 matmul (median)."""
   del unused
-  _setup(0)
-  a, b = torch.randn(size, size), torch.randn(size, size)
+  _setup(0, device)
+  a = torch.randn(size, size, device=device)
+  b = torch.randn(size, size, device=device)
   torch.matmul(a, b)
+  _sync(device)
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
     torch.matmul(a, b)
+    _sync(device)
     times.append(time.perf_counter() - t0)
   flop = 2.0 * size**3
   return {"gflops": flop / float(np.median(times)) / 1e9,

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# One session on a lent GPU, in one call: what the CPU cannot measure.
+#
+#   1. versions and the device;
+#   2. the judge for Inception Score / Frechet distance: mnist_fast trained on the GPU;
+#   3. wgan_gp_mnist (experiments/gan_mnist.py --config wgan_gp_mnist) resumed stage by
+#      stage to more epochs, scored after each stage, while the time budget lasts;
+#   4. benchmarks/peers.py --gpu at batch 128 and 512 (jdl, the hand-written Flax step,
+#      PyTorch eager and torch.compile; MLP, CNN, ResNet-20);
+#   5. mixed precision: mnist_cnn in float32 and with bfloat16 compute;
+#   6. optional extra command (GPU_EXTRA), e.g. a data-parallel run.
+#
+# Usage, from the repository root on the GPU machine:
+#   bash benchmarks/gpu_session.sh OUT_DIR MNIST_DIR [WGAN_SECONDS] [PEERS_SECONDS]
+# Python packages that the machine lacks (ml_collections, tensorboardX) are installed
+# from wheels in .whl/ when that folder exists. The console goes to OUT_DIR/log.txt;
+# logs, results and figures of every stage are packed into OUT_DIR/session.tgz after
+# each stage, so a call cut short still returns what finished. WGAN_STAGES (epoch
+# counts) and PEERS_ARGS override the defaults (for a dry run on a CPU); PHASES picks
+# stages (default all: judge,wgan,mixed,peers,extra), so a session can split them
+# over two calls.
+set -u
+OUT=${1:?OUT_DIR}
+DATA=${2:?MNIST_DIR}
+WGAN_SECONDS=${3:-240}
+PEERS_SECONDS=${4:-280}
+WGAN_STAGES=${WGAN_STAGES:-50 100 150 200 300 400}
+PEERS_ARGS=${PEERS_ARGS:---gpu --batch-sizes 128,512 --timeout 150}
+PHASES=${PHASES:-judge,wgan,mixed,peers,extra}
+want() { [[ ",$PHASES," == *",$1,"* ]]; }
+mkdir -p "$OUT"
+W=$(mktemp -d)
+exec > >(tee -a "$OUT/log.txt") 2>&1
+snapshot() { cp runs/wgan_gp_mnist/*/metrics.jsonl "$W/wgan_metrics.jsonl" 2>/dev/null
+             tar czf "$OUT/session.tgz.part" -C "$W" . && mv "$OUT/session.tgz.part" "$OUT/session.tgz"; }
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start )); }
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+  python3 -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch; \
+print(sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', \
+optax.__version__, 'orbax', o.__version__, 'torch', torch.__version__); print(jax.devices())"
+} 2>&1 | tee "$W/versions.txt"
+
+if want judge; then
+echo "== [$(elapsed) s] judge: mnist_fast on the GPU"
+python3 -m jdl.cli train --config mnist_fast --workdir runs/mnist_fast ${JUDGE_ARGS:-} \
+  --config.data_dir="$DATA" --config.download=false 2>&1 | tail -5 | tee "$W/judge.txt"
+python3 -m jdl.cli evaluate --workdir runs/mnist_fast 2>&1 | tail -1 | tee -a "$W/judge.txt"
+snapshot
+fi
+
+if want wgan; then
+echo "== [$(elapsed) s] wgan_gp_mnist, stages while ${WGAN_SECONDS} s last"
+wgan_start=$(date +%s)
+read -r -a stages <<< "$WGAN_STAGES"
+for i in "${!stages[@]}"; do
+  epochs=${stages[$i]}
+  python3 experiments/gan_mnist.py --config wgan_gp_mnist --data_dir "$DATA" \
+    --classifier runs/mnist_fast --workdir runs/wgan_gp_mnist --epochs "$epochs" \
+    --out "$W/wgan_$epochs" > "$W/wgan_$epochs.log" 2>&1
+  rc=$?
+  tail -12 "$W/wgan_$epochs.log"
+  took=$(( $(date +%s) - wgan_start ))
+  echo "wgan_gp_mnist $epochs epochs: exit $rc, ${took} s since the first stage"
+  snapshot
+  [ "$rc" -ne 0 ] && break
+  # Stop when the next stage, at the pace so far, would overrun the budget.
+  next=${stages[$((i + 1))]:-}
+  [ -z "$next" ] && break
+  python3 -c "import sys; sys.exit(0 if $took * $next / $epochs < $WGAN_SECONDS else 1)" || break
+done
+fi
+
+if want peers; then
+echo "== [$(elapsed) s] peers (timeout ${PEERS_SECONDS} s): $PEERS_ARGS"
+# shellcheck disable=SC2086
+timeout "$PEERS_SECONDS" python3 benchmarks/peers.py $PEERS_ARGS \
+  --out "$W/peers_gpu.json" --md "$W/peers_gpu.md" 2>&1 | tee "$W/peers_gpu.log"
+snapshot
+fi
+
+if want mixed; then
+echo "== [$(elapsed) s] mixed precision: mnist_cnn (6 epochs) in float32, then bfloat16 compute"
+for mp in false true; do
+  python3 -m jdl.cli train --config mnist_cnn --workdir "runs/mnist_cnn_bf16_$mp" \
+    --config.data_dir="$DATA" --config.download=false --config.mixed_precision=$mp \
+    --config.tensorboard=false > "$W/mnist_cnn_bf16_$mp.log" 2>&1
+  echo "mixed_precision=$mp: exit $?"
+  grep -E "^epoch|^test" "$W/mnist_cnn_bf16_$mp.log" | tail -3
+  cp "runs/mnist_cnn_bf16_$mp/metrics.jsonl" "$W/mnist_cnn_bf16_$mp.jsonl" 2>/dev/null
+done
+snapshot
+fi
+
+if want extra && [ -n "${GPU_EXTRA:-}" ]; then
+  echo "== [$(elapsed) s] extra: $GPU_EXTRA"
+  bash -c "$GPU_EXTRA" 2>&1 | tee "$W/extra.log"
+  snapshot
+fi
+echo "== [$(elapsed) s] done"
