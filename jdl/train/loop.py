@@ -774,6 +774,7 @@ class Trainer:
     self.epoch_rates.append(record["samples_per_sec"])
     if compile_seconds is not None:
       record["compile_seconds"] = round(compile_seconds, 3)
+    if epoch == 0:  # The first line says where the run ran (config.json: the latest session).
       record.update({k: v for k, v in self.runtime().items() if k != "platform"})
     self._record(record)
     logs = dict(train_logs)
