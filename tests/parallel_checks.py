@@ -68,7 +68,7 @@ def check_trajectories(root: Path) -> dict:
   """20 steps on 8 devices ('data', 'shard_map') equal 1 device within 1e-5 relative."""
   models = {
       "mlp": dict(model__hidden=(32,)),
-      "cnn_bn": dict(model__name="cnn", model__features=(8, 16), model__dense=(32,),
+      "cnn_bn": dict(model__name="cnn", model__features=(4, 8), model__dense=(16,),
                      model__batch_norm=True),
   }
   runs = {}
