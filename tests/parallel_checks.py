@@ -131,6 +131,17 @@ def check_batch_error(root: Path) -> None:
   assert len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
 
 
+def check_gan() -> None:
+  """The two-player GANState is data-parallel too (its own step, under jit)."""
+  from test_generative_train import gan_config
+  runs = {mode: jdl.fit(gan_config(num_epochs=1, parallel=mode), None, quiet=True)
+          for mode in ("none", "data")}
+  assert devices_of(runs["data"]) == {8}
+  chex.assert_trees_all_close(params(runs["data"]), params(runs["none"]), rtol=RTOL, atol=1e-5)
+  np.testing.assert_allclose(runs["data"].history["g_loss"], runs["none"].history["g_loss"],
+                             rtol=RTOL)
+
+
 def main() -> None:
   cli._quiet_library_logs()
   assert jax.device_count() == 8, jax.devices()
@@ -139,6 +150,7 @@ def main() -> None:
   check_exact_resume(root, runs)
   check_portability(root)
   check_batch_error(root)
+  check_gan()
   print("parallel checks passed")
 
 

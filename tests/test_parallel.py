@@ -51,23 +51,16 @@ def test_unsupported_combinations_are_errors(overrides, message):
     jdl.fit(make_config(**overrides), None, quiet=True)
 
 
-def test_shard_map_on_one_device_matches_the_plain_step():
-  """The explicit-collective step on a one-device mesh (the code path, in-process)."""
-  config = dict(num_epochs=1, model__dropout_rate=0.0, model__batch_norm=True)
-  ref = jdl.fit(make_config(**config), None, quiet=True)
-  sm = jdl.fit(make_config(parallel="shard_map", **config), None, quiet=True)
-  assert sm.trainer.parallel.mode == "shard_map"
-  chex.assert_trees_all_close(jax.device_get(sm.state.variables),
-                              jax.device_get(ref.state.variables), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(sm.history["loss"], ref.history["loss"], rtol=1e-5)
-
-
 def test_eight_simulated_devices(tmp_path):
   """tests/parallel_checks.py: 20-step loss trajectories (MLP, CNN with batch norm) on 8
   devices in both modes equal 1 device within 1e-5 relative; exact resume on 8; 1 -> 8
-  and 8 -> 1 checkpoints; the divisibility error."""
+  and 8 -> 1 checkpoints; the divisibility error; a GAN in 'data' mode."""
   env = cli_env()
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  # 8 device threads on a busy 2-core machine can be slow to meet at a collective:
+  # XLA:CPU would abort after its default rendezvous timeout.
+  env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+                      "--xla_cpu_collective_timeout_seconds=600")
   env["JAX_PLATFORMS"] = "cpu"
   proc = subprocess.run([sys.executable, str(REPO / "tests" / "parallel_checks.py"),
                          str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)

@@ -7,7 +7,9 @@ pure, jitted, donated train step. In ``'scan'`` mode a block of steps is one
 compiled ``lax.scan``; in ``'step'`` mode each step is one compiled call. Either
 way the data order of every epoch is a function of the seed and the epoch, and
 per-step keys are ``fold_in(key, step)``, so a run resumed at any checkpoint ends
-bitwise equal to an uninterrupted one.
+bitwise equal to an uninterrupted one. On several devices or hosts the blocks run
+data-parallel (``config.parallel``; meshes, shardings and the ``shard_map`` step
+live in :mod:`jdl.train.parallel`).
 """
 
 from __future__ import annotations
@@ -477,18 +479,15 @@ class Trainer:
   def _open_workdir(self) -> int:
     """Creates or resumes the workdir; returns the step training resumes from.
 
-    In a multi-process run only process 0 writes files; every process opens the
-    checkpoints (orbax saves and restores with all of them taking part).
+    In a multi-process run only process 0 writes files; every process checks the
+    saved config and opens the checkpoints (orbax saves and restores with all of
+    them taking part).
     """
-    if not self.primary:
-      parallel_lib.sync("jdl_workdir_ready")  # Process 0 has checked and tidied it.
-      self._damaged_steps = []
-      self._open_checkpointer()
-      return self._resume_latest_readable()
     wd = self.workdir
-    wd.mkdir(parents=True, exist_ok=True)
-    for sub in ("plots", "tb"):
-      (wd / sub).mkdir(exist_ok=True)
+    if self.primary:
+      wd.mkdir(parents=True, exist_ok=True)
+      for sub in ("plots", "tb"):
+        (wd / sub).mkdir(exist_ok=True)
     config_json = wd / "config.json"
     current = json.loads(config_lib.to_json(self.config))
     if config_json.exists():
@@ -499,14 +498,16 @@ class Trainer:
             f"workdir {wd} holds a run with a different config ({', '.join(diffs)} differ); "
             "use another --workdir, or --restart to start over (the old run is moved aside)")
     self._damaged_steps = []
-    for step, reason in sorted(ckpt_lib.find_damaged(wd / "checkpoints").items()):
+    for step, reason in (sorted(ckpt_lib.find_damaged(wd / "checkpoints").items())
+                         if self.primary else ()):
       self._damaged_steps.append(step)
       moved = ckpt_lib.quarantine(wd / "checkpoints", step)
       self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
                 f"moved it to {moved}")
-    if jax.process_count() > 1:
-      parallel_lib.sync("jdl_workdir_ready")
+    parallel_lib.sync("jdl_workdir_ready")  # Process 0 has tidied the checkpoints.
     self._open_checkpointer()
+    if not self.primary:
+      return self._resume_latest_readable()
     self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
     if self.config.tensorboard:
       self.tb = cb.TensorBoard(wd / "tb")
@@ -546,9 +547,11 @@ class Trainer:
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         self.checkpointer.close()
-        moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
-        self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
-                  f"moved it to {moved}")
+        if self.primary:
+          moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
+          self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
+                    f"moved it to {moved}")
+        parallel_lib.sync(f"jdl_quarantined_{step}")
         self._open_checkpointer()
     if steps or self._damaged_steps:
       steps = sorted(set(steps) | set(self._damaged_steps))
@@ -638,6 +641,7 @@ class Trainer:
           moved = workdir_lib.move_aside(self.workdir)
           if moved is not None:
             self.warn(f"jdl: --restart: moved the previous run to {moved}")
+        parallel_lib.sync("jdl_restart")  # Every process sees the workdir after the move.
         return self._fit(stop)
 
   def _fit(self, stop: workdir_lib.StopRequests) -> FitResult:
