@@ -131,8 +131,7 @@ def initialize_distributed(spec) -> bool:
   if spec.initialize not in INITIALIZE:
     raise JdlError(f"distributed.initialize must be one of {', '.join(INITIALIZE)}, got "
                    f"{spec.initialize!r}")
-  from jax._src import distributed as jax_distributed  # Whether it already ran.
-  if jax_distributed.global_state.client is not None:
+  if jax.distributed.is_initialized():
     return jax.process_count() > 1
   address = spec.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   if spec.initialize == "never" or (spec.initialize == "auto" and not address):
