@@ -669,7 +669,7 @@ class Trainer:
         idx = np.asarray(idx)
       self.progress.start_epoch(epoch, self.num_epochs, spe, pos)
       t0 = time.perf_counter()
-      steps_run, last_save = 0, self.step
+      steps_run, last_save, stopping = 0, self.step, False
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
         block = parallel_lib.block_indices(self.parallel, idx[pos:pos + n])
@@ -683,11 +683,12 @@ class Trainer:
         if ce and pos < spe and epoch * spe + pos - last_save >= ce:
           last_save = epoch * spe + pos
           self._save()
-        if stop.requested and pos < spe:
+        stopping = parallel_lib.any_process(stop.requested)  # All processes stop together.
+        if stopping and pos < spe:
           break
-      if stop.requested and pos < spe:
+      if stopping and pos < spe:
         self._save()
-        return self._stop_early(stop.signal_name)
+        return self._stop_early(stop.signal_name or "a signal to another process")
       self._check_finite()
       train_logs = self.compute_metrics(self.train_names, self._acc)  # Syncs the device.
       seconds = time.perf_counter() - t0
@@ -696,8 +697,8 @@ class Trainer:
       self._end_epoch(epoch, train_logs, seconds, steps_run, compile_seconds)
       compile_seconds = None
       epoch += 1
-      if stop.requested and epoch < self.num_epochs:
-        return self._stop_early(stop.signal_name)
+      if parallel_lib.any_process(stop.requested) and epoch < self.num_epochs:
+        return self._stop_early(stop.signal_name or "a signal to another process")
     if self.checkpointer is not None:
       self.checkpointer.wait()
     for callback in self.callbacks:

@@ -167,6 +167,18 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process (``flag`` itself on one process).
+
+  The loop asks this after every block, so a stop request (SIGTERM) that reaches
+  the processes at different moments stops them all after the same block.
+  """
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
+
+
 def is_primary() -> bool:
   """Whether this process writes logs, plots and summaries (process 0)."""
   return jax.process_index() == 0
