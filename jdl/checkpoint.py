@@ -175,6 +175,7 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> 
 
 def _restore_params(directory, step):
   with ocp.CheckpointManager(Path(directory).resolve(), item_names=("tree", "meta"),
+                             item_handlers={"tree": ocp.StandardCheckpointHandler()},
                              options=ocp.CheckpointManagerOptions(
                                  read_only=True, save_interval_steps=0, create=False)) as manager:
     steps = sorted(manager.all_steps())
@@ -183,7 +184,13 @@ def _restore_params(directory, step):
     step = steps[-1] if step is None else step
     if step not in steps:
       raise JdlError(f"no checkpoint at step {step} in {directory}; steps: {steps}")
-    tree = manager.restore(step, args=ocp.args.Composite(tree=ocp.args.StandardRestore()))["tree"]
+    # Onto this process's first device, whatever devices wrote it (orbax would
+    # otherwise refuse a checkpoint saved on another device count).
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                            manager.item_metadata(step)["tree"])
+    tree = manager.restore(step, args=ocp.args.Composite(
+        tree=ocp.args.StandardRestore(abstract)))["tree"]
   return flatten_params(tree["state"]["params"])
 
 

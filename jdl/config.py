@@ -133,6 +133,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.scan_chunk = 0  # Steps fused into one compiled call in 'scan' mode; 0 = auto.
   c.print_every_epochs = 1  # Console lines; metrics.jsonl gets every epoch.
 
+  # Devices (jdl/train/parallel.py). 'auto': 'data' on more than one device, else
+  # 'none' (one device); 'data': jit over a 1-D mesh, batches sharded P('data'),
+  # state replicated; 'shard_map': a per-device step with explicit lax.pmean of
+  # gradients and batch-norm statistics. batch_size is the global batch and must
+  # be divisible by the number of devices. A checkpoint restores on any count.
+  c.parallel = "auto"
+  # Multi-host: jax.distributed.initialize. initialize='auto' runs it when
+  # coordinator_address (or $JAX_COORDINATOR_ADDRESS) is set; 'always' also lets
+  # JAX detect SLURM / Open MPI / a Cloud TPU pod; 'never' skips it.
+  # num_processes 0 / process_id -1 = $JAX_NUM_PROCESSES / $JAX_PROCESS_ID or detected.
+  c.distributed = ml_collections.ConfigDict({
+      "initialize": "auto",
+      "coordinator_address": "",
+      "num_processes": 0,
+      "process_id": -1,
+      "timeout_seconds": 300,
+  })
+
   # Checkpoints.
   c.checkpoint_every_steps = 0  # Mid-epoch checkpoints; 0 = none.
   c.checkpoint_every_epochs = 1  # Epoch-end checkpoints (the last epoch always).
@@ -320,8 +338,16 @@ def _parse_as(raw: str, current: Any, key: str) -> Any:
   return raw
 
 
-def to_json(config: ml_collections.ConfigDict) -> str:
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+# config.json's record of where a run ran (not a config key; from_dict skips it).
+RUNTIME_KEY = "runtime"
+
+
+def to_json(config: ml_collections.ConfigDict, runtime: dict[str, Any] | None = None) -> str:
+  """The config as JSON; ``runtime`` (e.g. device counts) is recorded beside it."""
+  tree = config.to_dict()
+  if runtime:
+    tree[RUNTIME_KEY] = runtime
+  return json.dumps(tree, indent=2, sort_keys=True, default=list)
 
 
 def from_dict(saved: dict) -> ml_collections.ConfigDict:
@@ -334,6 +360,7 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
     JdlError: an unknown key.
   """
   config = base_config()
+  saved = {k: v for k, v in saved.items() if k != RUNTIME_KEY}
 
   def merge(node: ml_collections.ConfigDict, values: dict, path: str) -> None:
     for key, value in values.items():

@@ -142,7 +142,8 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
   require(0 <= beta < 1, f"beta must be in [0, 1), got {beta}")
   require(diverge_factor > 1, f"diverge_factor must be > 1, got {diverge_factor}")
   schedule = lr_schedule(min_lr, max_lr, steps)
-  trainer = Trainer(config, None, dataset=dataset, model=model, quiet=True, progress=False)
+  trainer = Trainer(config, None, dataset=dataset, model=model, quiet=True, progress=False,
+                    parallel="none")  # Its own one-device steps.
   opt = config.optimizer
   chain = []
   if opt.clip_value > 0:

@@ -114,7 +114,8 @@ def run_checks(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset |
   require(overfit_steps >= 1, f"overfit_steps must be >= 1, got {overfit_steps}")
   require(overfit_lr > 0, f"overfit_lr must be > 0, got {overfit_lr}")
   require(gradcheck_examples >= 1, f"gradcheck_examples must be >= 1, got {gradcheck_examples}")
-  trainer = Trainer(config, None, dataset=dataset, model=model, quiet=True, progress=False)
+  trainer = Trainer(config, None, dataset=dataset, model=model, quiet=True, progress=False,
+                    parallel="none")  # Its own one-device steps.
   train = trainer.data.train
   n = min(overfit_examples, train.size)
   rng = np.random.default_rng(int(config.seed))

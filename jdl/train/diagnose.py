@@ -123,7 +123,7 @@ class DiagnosticsHook:
     """Compiles the diagnostic block for each block size, ahead of time."""
     x, y = trainer.data.train.x, trainer.data.train.y
     for n in sizes:
-      idx = jax.ShapeDtypeStruct((n, trainer.batch_size), jnp.int32)
+      idx = trainer.block_struct(n)
       self._blocks[n] = self._run_block.lower(trainer.state, trainer._acc, x, y, idx).compile()
 
   def due(self, start: int, end: int) -> bool:

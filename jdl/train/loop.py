@@ -7,11 +7,14 @@ pure, jitted, donated train step. In ``'scan'`` mode a block of steps is one
 compiled ``lax.scan``; in ``'step'`` mode each step is one compiled call. Either
 way the data order of every epoch is a function of the seed and the epoch, and
 per-step keys are ``fold_in(key, step)``, so a run resumed at any checkpoint ends
-bitwise equal to an uninterrupted one.
+bitwise equal to an uninterrupted one. On several devices or hosts the blocks run
+data-parallel (``config.parallel``; meshes, shardings and the ``shard_map`` step
+live in :mod:`jdl.train.parallel`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -43,6 +46,7 @@ from jdl.errors import JdlError
 from jdl.generative import tasks as gen_tasks
 from jdl.train import callbacks as cb
 from jdl.train import diagnose
+from jdl.train import parallel as parallel_lib
 from jdl.train import plots
 from jdl.train import steps as steps_lib
 from jdl.train import transfer
@@ -88,7 +92,8 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
                dataset: data_lib.Dataset | None = None, model=None,
                callbacks: Sequence[cb.Callback] = (), quiet: bool = False,
-               progress: bool | None = None, restart: bool = False):
+               progress: bool | None = None, restart: bool = False,
+               parallel: str | None = None):
     self.config = config
     self.restart = restart
     self.preempted: str | None = None  # The signal that stopped training early.
@@ -99,6 +104,15 @@ class Trainer:
     self._validate_config(config)
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
+    parallel_lib.initialize_distributed(config.distributed)
+    self.parallel = parallel_lib.resolve(parallel or config.parallel)
+    self.primary = parallel_lib.is_primary()
+    if self.parallel.mode == "shard_map" and self.gan:
+      raise JdlError(f"parallel='shard_map' does not support task {config.task!r} (its "
+                     "two-player step has no per-device form); use --config.parallel=data")
+    if self.parallel.mode == "shard_map" and config.diagnostics.every_steps:
+      raise JdlError("diagnostics.every_steps needs parallel='none' or 'data', not "
+                     "'shard_map'; use --config.parallel=data")
     self.data = self._load_data(config, dataset)
     self.model = model or self._create_model()
     if self.generative:
@@ -112,10 +126,12 @@ class Trainer:
 
     bs = int(config.batch_size)
     pipeline.check_batch_size(bs, self.data.train.size)
+    parallel_lib.check_batch_size(bs, self.parallel.num_devices)
     self.batch_size = bs
     self.eval_batch_size = int(config.eval_batch_size) or bs
     if self.eval_batch_size <= 0:
       raise JdlError(f"eval_batch_size must be positive, got {config.eval_batch_size}")
+    self.eval_batch_size = parallel_lib.eval_batch_size(self.parallel, self.eval_batch_size)
     self.steps_per_epoch = self.data.train.size // bs
     self.num_epochs = int(config.num_epochs)
     self.total_steps = self.steps_per_epoch * self.num_epochs
@@ -158,6 +174,12 @@ class Trainer:
       regularizers.check_activity_include(self.state.apply_fn, self.state.variables,
                                           self.data.train.x[:1], reg.activity_include)
     self.train_names = steps_lib.train_metric_names(names)
+    if self.parallel.enabled:  # Splits and state replicated over the mesh.
+      rep = functools.partial(parallel_lib.replicate, self.parallel)
+      self.data = dataclasses.replace(self.data, **{
+          name: pipeline.Split(*rep((split.x, split.y)))
+          for name in ("train", "val", "test") if (split := getattr(self.data, name))})
+      self.state = rep(self.state)
     self._compile()
     self.epoch_mode = self._choose_epoch_mode()
     self.chunk = diagnose.align_chunk(self._choose_chunk(), int(config.diagnostics.every_steps))
@@ -336,23 +358,34 @@ class Trainer:
     return max(1, min(chunk, 100))
 
   def _compile(self) -> None:
+    par = self.parallel
     if self.gan:
       train_step, eval_step = self.task.train_step, self.task.eval_step
+      block_step = train_step
     else:
-      train_step = steps_lib.make_train_step(
-          self.task, augment=augment_lib.make_train_augment(self.config.augment,
-                                                            self.data.input_shape))
+      augment = augment_lib.make_train_augment(self.config.augment, self.data.input_shape)
+      train_step = steps_lib.make_train_step(self.task, augment=augment)
+      block_step = train_step
+      if par.mode == "shard_map":  # The per-device step of the block.
+        block_step = steps_lib.make_train_step(self.task, augment=augment,
+                                               axis_name=parallel_lib.AXIS)
       eval_step = steps_lib.make_eval_step(self.task)
     merge = steps_lib.merge_train_metrics
-    bs = self.batch_size
+    constrain = parallel_lib.constrain_batch(par)
 
     def run_block(state, acc, x, y, idx):
-      """Runs the train steps of ``idx: [num_steps, batch]``; returns (state, acc)."""
-      ones = jnp.ones((bs,), jnp.float32)
+      """Runs the train steps of ``idx: [num_steps, batch]``; returns (state, acc).
+
+      ``batch`` is the device's share of the global batch inside ``shard_map``.
+      """
+      ones = jnp.ones((idx.shape[-1],), jnp.float32)
 
       def body(carry, i):
         state, acc = carry
-        state, m = train_step(state, {"x": x[i], "y": y[i], "mask": ones})
+        batch = {"x": x[i], "y": y[i], "mask": ones}
+        if constrain is not None:
+          batch = constrain(batch)
+        state, m = block_step(state, batch)
         return (state, merge(acc, m)), None
 
       if idx.shape[0] == 1:
@@ -364,8 +397,8 @@ class Trainer:
 
     self.train_step, self.eval_step = train_step, eval_step
     self.run_block = run_block  # Pure; the diagnostics block reuses it.
-    self._run_block = jax.jit(run_block, donate_argnums=(0, 1))
-    self._eval_batch = jax.jit(eval_batch)
+    self._run_block = parallel_lib.compile_block(par, run_block)
+    self._eval_batch = parallel_lib.compile_eval(par, eval_batch)
     if not self.gan:
       self._predict = jax.jit(steps_lib.make_predict_fn(self.state.apply_fn))
     d_steps = int(self.config.generative.d_steps) if self.gan else 1
@@ -393,7 +426,7 @@ class Trainer:
                                         float(es.min_delta), bool(es.restore_best)))
     if c.terminate_on_nan:
       callbacks.append(cb.TerminateOnNaN())
-    self.progress = cb.ProgressBar(enabled=False if self.quiet else progress)
+    self.progress = cb.ProgressBar(enabled=False if self.quiet or not self.primary else progress)
     callbacks.append(self.progress)
     callbacks.extend(extra)
     return callbacks
@@ -404,7 +437,7 @@ class Trainer:
     return int(self.state.step)
 
   def log(self, message: str) -> None:
-    if not self.quiet:
+    if not self.quiet and self.primary:
       print(message, flush=True)
 
   def _example_batch(self) -> steps_lib.Batch:
@@ -414,7 +447,13 @@ class Trainer:
   def empty_acc(self):
     """Zero metric sums shaped like the train step's metrics (merge's identity)."""
     _, shapes = jax.eval_shape(self.train_step, self.state, self._example_batch())
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    acc = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return parallel_lib.replicate(self.parallel, acc)
+
+  def runtime(self) -> dict[str, Any]:
+    """Where this run runs: recorded in config.json and the first metrics line."""
+    return {"num_devices": self.parallel.num_devices, "num_processes": jax.process_count(),
+            "parallel": self.parallel.mode, "platform": jax.devices()[0].platform}
 
   def summary(self) -> str:
     d = self.data
@@ -428,7 +467,9 @@ class Trainer:
         f"batch size {self.batch_size}, {self.steps_per_epoch} steps/epoch, "
         f"{self.num_epochs} epochs, epoch mode {self.epoch_mode}"
         + (f" (blocks of {self.chunk} steps)" if self.epoch_mode == "scan" else ""),
-        f"devices: {jax.device_count()} x {jax.devices()[0].platform}",
+        f"devices: {self.parallel.num_devices} x {jax.devices()[0].platform} "
+        f"(parallel {self.parallel.mode!r}, {jax.process_count()} process"
+        f"{'es' if jax.process_count() > 1 else ''})",
         "",
         summary_lib.param_table(self.state.variables),
     ]
@@ -436,11 +477,17 @@ class Trainer:
 
   # ---------------------------------------------------------------- workdir
   def _open_workdir(self) -> int:
-    """Creates or resumes the workdir; returns the step training resumes from."""
+    """Creates or resumes the workdir; returns the step training resumes from.
+
+    In a multi-process run only process 0 writes files; every process checks the
+    saved config and opens the checkpoints (orbax saves and restores with all of
+    them taking part).
+    """
     wd = self.workdir
-    wd.mkdir(parents=True, exist_ok=True)
-    for sub in ("plots", "tb"):
-      (wd / sub).mkdir(exist_ok=True)
+    if self.primary:
+      wd.mkdir(parents=True, exist_ok=True)
+      for sub in ("plots", "tb"):
+        (wd / sub).mkdir(exist_ok=True)
     config_json = wd / "config.json"
     current = json.loads(config_lib.to_json(self.config))
     if config_json.exists():
@@ -451,19 +498,23 @@ class Trainer:
             f"workdir {wd} holds a run with a different config ({', '.join(diffs)} differ); "
             "use another --workdir, or --restart to start over (the old run is moved aside)")
     self._damaged_steps = []
-    for step, reason in sorted(ckpt_lib.find_damaged(wd / "checkpoints").items()):
+    for step, reason in (sorted(ckpt_lib.find_damaged(wd / "checkpoints").items())
+                         if self.primary else ()):
       self._damaged_steps.append(step)
       moved = ckpt_lib.quarantine(wd / "checkpoints", step)
       self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
                 f"moved it to {moved}")
+    parallel_lib.sync("jdl_workdir_ready")  # Process 0 has tidied the checkpoints.
     self._open_checkpointer()
+    if not self.primary:
+      return self._resume_latest_readable()
     self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
     if self.config.tensorboard:
       self.tb = cb.TensorBoard(wd / "tb")
     start = self._resume_latest_readable()
     self.logger.truncate_after(start)
     tmp = config_json.with_suffix(".tmp")
-    tmp.write_text(config_lib.to_json(self.config) + "\n")
+    tmp.write_text(config_lib.to_json(self.config, self.runtime()) + "\n")
     tmp.replace(config_json)
     (wd / "summary.txt").write_text(self.summary() + "\n")
     return start
@@ -496,9 +547,11 @@ class Trainer:
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         self.checkpointer.close()
-        moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
-        self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
-                  f"moved it to {moved}")
+        if self.primary:
+          moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
+          self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
+                    f"moved it to {moved}")
+        parallel_lib.sync(f"jdl_quarantined_{step}")
         self._open_checkpointer()
     if steps or self._damaged_steps:
       steps = sorted(set(steps) | set(self._damaged_steps))
@@ -581,11 +634,14 @@ class Trainer:
         self.workdir.mkdir(parents=True, exist_ok=True)
       except OSError as e:
         raise JdlError(f"cannot create workdir {self.workdir}: {e.strerror}") from None
-      with workdir_lib.locked(self.workdir, self.warn):
-        if self.restart:
+      lock = (workdir_lib.locked(self.workdir, self.warn) if self.primary
+              else contextlib.nullcontext())
+      with lock:
+        if self.restart and self.primary:
           moved = workdir_lib.move_aside(self.workdir)
           if moved is not None:
             self.warn(f"jdl: --restart: moved the previous run to {moved}")
+        parallel_lib.sync("jdl_restart")  # Every process sees the workdir after the move.
         return self._fit(stop)
 
   def _fit(self, stop: workdir_lib.StopRequests) -> FitResult:
@@ -609,26 +665,30 @@ class Trainer:
       pos = self.step - epoch * spe
       idx = pipeline.train_batch_indices(
           pipeline.epoch_permutation(self.shuffle_key, epoch, self.data.train.size), self.batch_size)
+      if self.parallel.enabled:  # The same order on every process; each feeds its columns.
+        idx = np.asarray(idx)
       self.progress.start_epoch(epoch, self.num_epochs, spe, pos)
       t0 = time.perf_counter()
-      steps_run, last_save = 0, self.step
+      steps_run, last_save, stopping = 0, self.step, False
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
+        block = parallel_lib.block_indices(self.parallel, idx[pos:pos + n])
         if self._diagnostics and self._diagnostics.due(epoch * spe + pos, epoch * spe + pos + n):
-          self._diagnostics.run(self, x, y, idx[pos:pos + n], epoch)
+          self._diagnostics.run(self, x, y, block, epoch)
         else:
-          self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, idx[pos:pos + n])
+          self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, block)
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
         if ce and pos < spe and epoch * spe + pos - last_save >= ce:
           last_save = epoch * spe + pos
           self._save()
-        if stop.requested and pos < spe:
+        stopping = parallel_lib.any_process(stop.requested)  # All processes stop together.
+        if stopping and pos < spe:
           break
-      if stop.requested and pos < spe:
+      if stopping and pos < spe:
         self._save()
-        return self._stop_early(stop.signal_name)
+        return self._stop_early(stop.signal_name or "a signal to another process")
       self._check_finite()
       train_logs = self.compute_metrics(self.train_names, self._acc)  # Syncs the device.
       seconds = time.perf_counter() - t0
@@ -637,8 +697,8 @@ class Trainer:
       self._end_epoch(epoch, train_logs, seconds, steps_run, compile_seconds)
       compile_seconds = None
       epoch += 1
-      if stop.requested and epoch < self.num_epochs:
-        return self._stop_early(stop.signal_name)
+      if parallel_lib.any_process(stop.requested) and epoch < self.num_epochs:
+        return self._stop_early(stop.signal_name or "a signal to another process")
     if self.checkpointer is not None:
       self.checkpointer.wait()
     for callback in self.callbacks:
@@ -699,11 +759,15 @@ class Trainer:
     shapes = {self.chunk, self.steps_per_epoch % self.chunk or self.chunk}
     self._blocks = {}
     for n in shapes:
-      idx = jax.ShapeDtypeStruct((n, self.batch_size), jnp.int32)
+      idx = self.block_struct(n)
       self._blocks[n] = self._run_block.lower(self.state, self._acc, x, y, idx).compile()
     if self._diagnostics:
       self._diagnostics.compile(self, shapes)
     return time.perf_counter() - t0
+
+  def block_struct(self, num_steps: int) -> jax.ShapeDtypeStruct:
+    """The indices of a block of ``num_steps`` steps, for ahead-of-time lowering."""
+    return parallel_lib.shape_struct(self.parallel, (num_steps, self.batch_size), jnp.int32)
 
   def _end_epoch(self, epoch, train_logs, seconds, steps_run, compile_seconds) -> None:
     self.progress.close()  # Before the epoch's line is printed.
@@ -715,6 +779,8 @@ class Trainer:
     self.epoch_rates.append(record["samples_per_sec"])
     if compile_seconds is not None:
       record["compile_seconds"] = round(compile_seconds, 3)
+    if epoch == 0:  # The first line says where the run ran (config.json: the latest session).
+      record.update({k: v for k, v in self.runtime().items() if k != "platform"})
     self._record(record)
     logs = dict(train_logs)
     if self.data.val is not None:
@@ -754,12 +820,13 @@ class Trainer:
     if self.workdir is not None:
       if self.tb is not None:
         self.tb.writer.close()
-      if self.config.plots:
+      if self.config.plots and self.primary:
         plots.plot_metrics(self.workdir / "metrics.jsonl", self.workdir / "plots")
-        if self.config.task in ("autoencoder", "vae") and not self.nan_detected:
-          self.save_reconstructions(self.workdir / "plots" / "reconstructions.png")
-      with (self.workdir / "summary.txt").open("a") as f:
-        f.write(f"\nfinal step {self.step}; test: {json.dumps(test)}\n")
+      if self.config.plots and self.config.task in ("autoencoder", "vae") and not self.nan_detected:
+        self.save_reconstructions(self.workdir / "plots" / "reconstructions.png")
+      if self.primary:
+        with (self.workdir / "summary.txt").open("a") as f:
+          f.write(f"\nfinal step {self.step}; test: {json.dumps(test)}\n")
       self.checkpointer.close()
     return test
 
@@ -768,9 +835,10 @@ class Trainer:
     """Exact metrics of ``state`` (default: the current one) over a whole split."""
     state = self.state if state is None else state
     idx, mask = pipeline.eval_batch_indices(split.size, self.eval_batch_size)
+    rows = functools.partial(parallel_lib.batch_rows, self.parallel)
     acc = None
     for i in range(idx.shape[0]):
-      m = self._eval_batch(state, split.x, split.y, idx[i], mask[i])
+      m = self._eval_batch(state, split.x, split.y, rows(idx[i]), rows(mask[i]))
       acc = m if acc is None else metrics_lib.merge(acc, m)
     names = gen_tasks.EVAL_METRICS[self.config.task] if self.gan else self.metric_names
     return self.compute_metrics([n for n in names if n in self.metric_names], acc)
@@ -793,7 +861,8 @@ class Trainer:
   def save_samples(self, path: str | Path, *, n: int = 64, key=None, title=None) -> Path:
     """A grid of ``n`` generated images (VAE and GAN runs)."""
     from jdl.generative import images
-    return images.save_image_grid(self.sample(n, key=key), path, title=title)
+    grid = self.sample(n, key=key)  # Every process computes; process 0 writes.
+    return images.save_image_grid(grid, path, title=title) if self.primary else Path(path)
 
   def save_reconstructions(self, path: str | Path, *, n: int = 10) -> Path | None:
     """Test (else train) images over their reconstructions (autoencoder and VAE runs)."""
@@ -805,6 +874,8 @@ class Trainer:
       recon = self.state.apply_fn(self.state.variables, mean, method="generate")
     else:
       recon = jax.nn.sigmoid(self.state.apply_fn(self.state.variables, x, train=False))
+    if not self.primary:
+      return None
     return images.save_reconstructions(np.asarray(x), np.asarray(recon, np.float32), path,
                                        n=n, title="test images (top), reconstructions (bottom)")
 

@@ -6,7 +6,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-_SKIP = {"step", "epoch", "split", "epoch_seconds", "samples_per_sec", "compile_seconds"}
+_SKIP = {"step", "epoch", "split", "epoch_seconds", "samples_per_sec", "compile_seconds",
+         "num_devices", "num_processes"}
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jdl import metrics as metrics_lib
 from jdl import regularizers
 from jdl.data import augment as augment_lib
+from jdl.train import parallel as parallel_lib
 from jdl.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -83,7 +84,7 @@ def train_metric_names(names: tuple[str, ...]) -> tuple[str, ...]:
   return tuple(n for n in names if n != "roc_auc")
 
 
-def make_train_step(task: SupervisedTask, augment=None):
+def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None = None):
   """``train_step(state, batch) -> (state, metrics)``: one optimizer update.
 
   Args:
@@ -93,6 +94,13 @@ def make_train_step(task: SupervisedTask, augment=None):
       ``fold_in(step_key, 1)``; the dropout key stays the step key. Under mixup the
       loss is ``lam * L(y_a) + (1 - lam) * L(y_b)`` while the other training
       metrics use the original labels.
+    axis_name: ``None`` for the whole batch on one program (the default). Else the
+      step is a per-device step inside ``jax.shard_map`` over the mapped axis
+      ``axis_name``: the batch is the device's share, gradients and loss are
+      ``lax.pmean``-ed, batch norm uses global-batch statistics
+      (:func:`jdl.train.parallel.batch_norm_axis`), metric sums are merged over
+      the devices, and the dropout / augmentation key is folded with the device
+      index (so those draws differ from the one-device step).
   """
   names = train_metric_names(task.metric_names)
   loss_task = task
@@ -101,10 +109,21 @@ def make_train_step(task: SupervisedTask, augment=None):
 
   def train_step(state: TrainState, batch: Batch):
     key = jax.random.fold_in(state.key, state.step)
+    if axis_name is not None:  # Each device draws its own examples' randomness.
+      key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     train_batch = batch if augment is None else augment(jax.random.fold_in(key, 1), batch)
     grad_fn = jax.value_and_grad(loss_task.loss_fn, has_aux=True)
-    (loss, (per_example, outputs, model_state)), grads = grad_fn(
-        state.params, state.model_state, train_batch, key, True)
+    if axis_name is None:
+      (loss, (per_example, outputs, model_state)), grads = grad_fn(
+          state.params, state.model_state, train_batch, key, True)
+    else:
+      with parallel_lib.batch_norm_axis(axis_name):
+        (loss, (per_example, outputs, model_state)), grads = grad_fn(
+            state.params, state.model_state, train_batch, key, True)
+      # Equal shares: the mean of the devices' mean losses is the global mean.
+      grads, loss = jax.lax.pmean((grads, loss), axis_name)
+      # Batch statistics are already global; other per-device state is averaged.
+      model_state = parallel_lib.pmean_varying(model_state, axis_name)
     nonfinite = nonfinite_info(loss, grads, state.step)
     bad = nonfinite["count"] > 0
     # A skipped update (optax.apply_if_finite) leaves the model state as it was too.
@@ -112,6 +131,8 @@ def make_train_step(task: SupervisedTask, augment=None):
                                state.model_state)
     new_state = state.apply_gradients(grads=grads, model_state=model_state)
     metrics = task.metrics(names, outputs, batch, per_example)
+    if axis_name is not None:
+      metrics = parallel_lib.merge_over_devices(metrics, metrics_lib.merge, axis_name)
     # Non-finite steps do not enter the epoch's metrics (their loss is reported apart).
     metrics = jax.tree.map(lambda x: jnp.where(bad, jnp.zeros_like(x), x), metrics)
     return new_state, {**metrics, NONFINITE: nonfinite}

@@ -1,0 +1,330 @@
+"""Data parallelism with ``jax.sharding``: meshes, placements, the shard_map block.
+
+``config.parallel`` picks how the loop spreads a global batch over devices:
+
+- ``'none'``: one device (the default one); the loop's single-device path.
+- ``'data'``: a 1-D :class:`~jax.sharding.Mesh` over all devices with the axis
+  ``'data'``; each block's batch indices are sharded ``P(None, 'data')``, the
+  state, the metric sums and the (small) data splits are replicated, and ``jit``
+  (GSPMD) inserts the collectives. Batch-norm statistics, the loss and metric sums
+  are those of the global batch, and random draws (dropout, augmentation) are
+  those of the global batch too (``jax_threefry_partitionable``), so a run equals
+  the one-device run within float tolerance.
+- ``'shard_map'``: the same mesh and placements, but each device runs the step on
+  its ``batch_size / num_devices`` examples inside :func:`jax.shard_map`, with
+  explicit ``lax.pmean`` of gradients, loss and batch-norm statistics
+  (:func:`batch_norm_axis`) and an exact all-gather-and-merge of the metric sums.
+  Dropout and augmentation keys are folded with the device index, so their draws
+  differ from the one-device run (everything else agrees within float tolerance).
+- ``'auto'`` (default): ``'data'`` when there is more than one device, else ``'none'``.
+
+Multi-host (:func:`initialize_distributed`): every process loads the whole (small)
+split, computes the same shuffled order of each epoch and feeds its devices only
+its own columns of each global batch (a deterministic per-process split of the
+order); checkpoints are written by orbax with all processes taking part, and only
+process 0 writes logs, plots and the summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jdl.errors import JdlError
+
+AXIS = "data"
+MODES = ("auto", "none", "data", "shard_map")
+INITIALIZE = ("auto", "always", "never")
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+  """The resolved parallel mode and its mesh (``None`` for ``'none'``)."""
+  mode: str
+  mesh: Mesh | None = None
+
+  @property
+  def enabled(self) -> bool:
+    return self.mode != "none"
+
+  @property
+  def num_devices(self) -> int:
+    return 1 if self.mesh is None else int(self.mesh.devices.size)
+
+  @property
+  def num_processes(self) -> int:
+    return jax.process_count()
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    """Leading (batch) axis split over the devices."""
+    return NamedSharding(self.mesh, P(AXIS))
+
+  @property
+  def block_sharding(self) -> NamedSharding:
+    """``[num_steps, batch]`` block indices: the batch axis split over the devices."""
+    return NamedSharding(self.mesh, P(None, AXIS))
+
+
+def resolve(mode: str) -> Parallel:
+  """The :class:`Parallel` of ``config.parallel`` on the devices JAX sees.
+
+  Raises:
+    JdlError: an unknown mode, or ``'none'`` in a multi-process run.
+  """
+  if mode not in MODES:
+    raise JdlError(f"parallel must be one of {', '.join(MODES)}, got {mode!r}")
+  if mode == "auto":
+    mode = "data" if jax.device_count() > 1 else "none"
+  if mode == "none":
+    if jax.process_count() > 1:
+      raise JdlError(f"parallel='none' cannot run on {jax.process_count()} processes (each "
+                     "would train alone); use --config.parallel=data or shard_map")
+    return Parallel("none")
+  return Parallel(mode, Mesh(np.asarray(jax.devices()), (AXIS,)))
+
+
+def check_batch_size(batch_size: int, num_devices: int, what: str = "batch_size") -> None:
+  """A global batch must split evenly over the devices (never silently changed).
+
+  Raises:
+    JdlError: naming both values and the remedy.
+  """
+  if batch_size % num_devices:
+    lower = batch_size // num_devices * num_devices
+    hint = f"{lower} or {lower + num_devices}" if lower else str(num_devices)
+    raise JdlError(f"{what} ({batch_size}) must be divisible by the number of devices "
+                   f"({num_devices}); use e.g. --config.{what}={hint}, or "
+                   "--config.parallel=none to train on one device")
+
+
+# ------------------------------------------------------------------ multi-host
+def initialize_distributed(spec) -> bool:
+  """``jax.distributed.initialize`` from ``config.distributed`` or the environment.
+
+  ``spec.initialize``: ``'never'``; ``'always'`` (``jax.distributed.initialize``
+  with the values below, ``None`` where unset, so JAX detects SLURM, Open MPI or a
+  Cloud TPU pod); ``'auto'`` (default): only when ``spec.coordinator_address`` or
+  ``$JAX_COORDINATOR_ADDRESS`` is set. ``num_processes`` / ``process_id`` come from
+  the config, else ``$JAX_NUM_PROCESSES`` / ``$JAX_PROCESS_ID``. Idempotent: an
+  already initialised runtime is left alone.
+
+  Returns:
+    Whether the runtime is (now) multi-process.
+
+  Raises:
+    JdlError: a bad setting, or JAX refused (e.g. it already ran a computation).
+  """
+  if spec.initialize not in INITIALIZE:
+    raise JdlError(f"distributed.initialize must be one of {', '.join(INITIALIZE)}, got "
+                   f"{spec.initialize!r}")
+  if jax.distributed.is_initialized():
+    return jax.process_count() > 1
+  address = spec.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  if spec.initialize == "never" or (spec.initialize == "auto" and not address):
+    return False
+
+  def env_int(name: str, value: int) -> int | None:
+    if value >= 0:
+      return value
+    raw = os.environ.get(name)
+    try:
+      return int(raw) if raw not in (None, "") else None
+    except ValueError:
+      raise JdlError(f"${name} must be an integer, got {raw!r}") from None
+
+  num_processes = env_int("JAX_NUM_PROCESSES", int(spec.num_processes) or -1)
+  process_id = env_int("JAX_PROCESS_ID", int(spec.process_id))
+  try:
+    jax.distributed.initialize(
+        coordinator_address=address or None, num_processes=num_processes,
+        process_id=process_id, initialization_timeout=int(spec.timeout_seconds))
+  except (RuntimeError, ValueError) as e:
+    raise JdlError(f"jax.distributed.initialize failed: {str(e).splitlines()[0]} "
+                   "(set distributed.coordinator_address, num_processes and process_id, "
+                   "or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, "
+                   "before anything else uses JAX)") from None
+  return jax.process_count() > 1
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (nothing on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is set on any process (``flag`` itself on one process).
+
+  The loop asks this after every block, so a stop request (SIGTERM) that reaches
+  the processes at different moments stops them all after the same block.
+  """
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
+
+
+def is_primary() -> bool:
+  """Whether this process writes logs, plots and summaries (process 0)."""
+  return jax.process_index() == 0
+
+
+# ------------------------------------------------------------------ placement
+def _is_key(x: Any) -> bool:
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _put(x, sharding: NamedSharding):
+  """``x`` (the same value on every process) as a global array of ``sharding``."""
+  if sharding.is_fully_addressable:
+    return jax.device_put(x, sharding)
+  if _is_key(x):
+    impl = jax.random.key_impl(x)
+    return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding), impl=impl)
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def replicate(par: Parallel, tree: Any) -> Any:
+  """Every leaf of ``tree`` replicated over the mesh (unchanged for ``'none'``)."""
+  if not par.enabled:
+    return tree
+  return jax.tree.map(lambda x: _put(x, par.replicated), tree)
+
+
+def block_indices(par: Parallel, idx: Any) -> Any:
+  """A block's ``[num_steps, batch]`` indices, batch axis sharded over the devices.
+
+  ``idx`` is the same on every process (it comes from the seed and the epoch);
+  each process's devices receive only their own columns of it.
+  """
+  if not par.enabled:
+    return idx
+  return _put(np.asarray(idx), par.block_sharding)
+
+
+def batch_rows(par: Parallel, rows: Any) -> Any:
+  """An evaluation batch's ``[batch]`` indices or mask, sharded over the devices."""
+  if not par.enabled:
+    return rows
+  return _put(np.asarray(rows), par.batch_sharding)
+
+
+def eval_batch_size(par: Parallel, batch_size: int) -> int:
+  """Evaluation pads and masks its last batch, so its size rounds up to a device multiple."""
+  n = par.num_devices
+  return -(-batch_size // n) * n
+
+
+# ------------------------------------------------------------------ compiling
+def compile_block(par: Parallel, run_block: Callable) -> Callable:
+  """``jit`` of the loop's ``run_block(state, acc, x, y, idx)`` for ``par``'s mode.
+
+  ``'none'``: plain ``jit``. ``'data'``: ``jit`` with replicated state, sums and
+  data and ``P(None, 'data')`` indices. ``'shard_map'``: ``run_block`` is the
+  per-device block (its step built with ``axis_name=AXIS``), wrapped in
+  :func:`jax.shard_map`; the state and sums it returns are device-invariant.
+  """
+  if not par.enabled:
+    return jax.jit(run_block, donate_argnums=(0, 1))
+  rep = par.replicated
+  if par.mode == "data":
+    return jax.jit(run_block, donate_argnums=(0, 1),
+                   in_shardings=(rep, rep, rep, rep, par.block_sharding),
+                   out_shardings=(rep, rep))
+  local = jax.shard_map(run_block, mesh=par.mesh,
+                        in_specs=(P(), P(), P(), P(), P(None, AXIS)), out_specs=(P(), P()))
+  return jax.jit(local, donate_argnums=(0, 1))
+
+
+def compile_eval(par: Parallel, eval_batch: Callable) -> Callable:
+  """``jit`` of ``eval_batch(state, x, y, idx, mask)``; sharded rows, replicated sums."""
+  if not par.enabled:
+    return jax.jit(eval_batch)
+  rep, rows = par.replicated, par.batch_sharding
+  return jax.jit(eval_batch, in_shardings=(rep, rep, rep, rows, rows), out_shardings=rep)
+
+
+def constrain_batch(par: Parallel) -> Callable | None:
+  """In ``'data'`` mode, pins a gathered batch to ``P('data')`` (``None`` otherwise)."""
+  if par.mode != "data":
+    return None
+  return functools.partial(jax.lax.with_sharding_constraint, shardings=par.batch_sharding)
+
+
+def shape_struct(par: Parallel, shape, dtype, sharding: NamedSharding | None = None):
+  """A ``ShapeDtypeStruct`` for ahead-of-time lowering, with ``sharding`` when enabled."""
+  if not par.enabled:
+    return jax.ShapeDtypeStruct(shape, dtype)
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding or par.block_sharding)
+
+
+# ------------------------------------------------------- explicit collectives
+@contextlib.contextmanager
+def batch_norm_axis(axis_name: str):
+  """Inside, every ``flax.linen.BatchNorm`` without an ``axis_name`` uses ``axis_name``.
+
+  So its training-mode mean and variance are ``lax.pmean``-ed over the devices
+  (global-batch statistics) for any model, jdl's or a user's, without a model
+  field to thread through. Acts at trace time, only in the per-device step.
+  """
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if (context.method_name == "__call__" and isinstance(module, nn.BatchNorm)
+        and module.axis_name is None):
+      object.__setattr__(module, "axis_name", axis_name)  # Modules are frozen dataclasses.
+      try:
+        return next_fun(*args, **kwargs)
+      finally:
+        object.__setattr__(module, "axis_name", None)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(interceptor):
+    yield
+
+
+def gather_invariant(tree: Any, axis_name: str) -> Any:
+  """Each leaf stacked over the devices, ``[num_devices, ...]``, the same on all.
+
+  An all-gather written as a ``psum`` of zero-padded rows (exact: the other rows
+  add zeros), whose result is device-invariant for ``shard_map``'s checks.
+  """
+  n = jax.lax.axis_size(axis_name)
+  i = jax.lax.axis_index(axis_name)
+
+  def gather(x):
+    return jax.lax.psum(jnp.zeros((n, *x.shape), x.dtype).at[i].set(x), axis_name)
+
+  return jax.tree.map(gather, tree)
+
+
+def merge_over_devices(metrics: Any, merge: Callable, axis_name: str) -> Any:
+  """The metric sums of the global batch: each device's, merged in device order."""
+  stacked = gather_invariant(metrics, axis_name)
+  n = jax.lax.axis_size(axis_name)
+  parts = [jax.tree.map(lambda x, k=k: x[k], stacked) for k in range(n)]
+  return functools.reduce(merge, parts)
+
+
+def pmean_varying(tree: Any, axis_name: str) -> Any:
+  """``lax.pmean`` of the leaves that still differ across devices (others as they are)."""
+  def mean(x):
+    if axis_name in getattr(jax.typeof(x), "vma", ()):
+      return jax.lax.pmean(x, axis_name)
+    return x
+  return jax.tree.map(mean, tree)

@@ -1,0 +1,158 @@
+"""Checks on 8 simulated CPU devices, run by tests/test_parallel.py in one subprocess.
+
+Run as ``XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/parallel_checks.py
+WORKDIR`` (the pytest process already holds a one-device JAX). Gathered in one
+process to pay JAX's start-up once. Exits non-zero with the failing assertion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]  # This checkout, and conftest.
+
+import chex  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jdl  # noqa: E402
+from conftest import Crash, make_config  # noqa: E402
+from jdl import cli  # noqa: E402
+from jdl.train import callbacks as cb  # noqa: E402
+
+RTOL = 1e-5
+
+
+class LossTrace(cb.Callback):
+  """Each step's mean training loss (blocks of one step: ``scan_chunk=1``)."""
+
+  def __init__(self):
+    self.sums, self.losses = [], []
+
+  def on_steps_end(self, trainer, step, num_steps):
+    s = np.float64(jax.device_get(trainer._acc["loss"]["sum"]))
+    prev = self.sums[-1] if self.sums and step % trainer.steps_per_epoch != 1 else 0.0
+    self.sums.append(s)
+    self.losses.append((s - prev) / trainer.batch_size)
+
+
+def config(parallel: str, **overrides):
+  # digits: 1293 training examples, batch 64: 20 steps an epoch. Dropout off: shard_map
+  # folds its keys with the device index, so masks would differ from one device.
+  settings = dict(parallel=parallel, num_epochs=1, scan_chunk=1, eval_batch_size=50,
+                  model__dropout_rate=0.0)
+  return make_config(**{**settings, **overrides})
+
+
+def train(parallel, workdir=None, callbacks=(), **overrides):
+  trace = LossTrace()
+  result = jdl.fit(config(parallel, **overrides), workdir, quiet=True,
+                   callbacks=[trace, *callbacks])
+  return result, trace.losses
+
+
+def params(result):
+  return jax.device_get(result.state.variables)
+
+
+def devices_of(result) -> set[int]:
+  return {len(x.sharding.device_set) for x in jax.tree.leaves(result.state.params)}
+
+
+def check_trajectories(root: Path) -> dict:
+  """20 steps on 8 devices ('data', 'shard_map') equal 1 device within 1e-5 relative."""
+  models = {
+      "mlp": dict(model__hidden=(32,)),
+      "cnn_bn": dict(model__name="cnn", model__features=(4, 8), model__dense=(16,),
+                     model__batch_norm=True),
+  }
+  runs = {}
+  for name, kw in models.items():
+    ref, ref_losses = train("none", root / f"{name}_none" if name == "mlp" else None, **kw)
+    assert len(ref_losses) == 20, len(ref_losses)
+    assert devices_of(ref) == {1}
+    for mode in ("data", "shard_map"):
+      wd = root / f"{name}_{mode}" if name == "mlp" else None
+      result, losses = train(mode, wd, **kw)
+      assert result.trainer.parallel.num_devices == 8 and devices_of(result) == {8}
+      np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, err_msg=f"{name} {mode}")
+      chex.assert_trees_all_close(params(result), params(ref), rtol=RTOL, atol=1e-5)
+      for k, v in ref.test_metrics.items():  # Sharded, padded evaluation (50 -> 56).
+        np.testing.assert_allclose(result.test_metrics[k], v, rtol=RTOL, err_msg=k)
+      runs[(name, mode)] = result
+    runs[(name, "none")] = ref
+  return runs
+
+
+def check_exact_resume(root: Path, runs: dict) -> None:
+  """Killed at step 13 and resumed (same 8 devices): bitwise the uninterrupted run."""
+  for mode in ("data", "shard_map"):
+    wd = root / f"crash_{mode}"
+    try:
+      train(mode, wd, callbacks=[Crash(at_step=13)], checkpoint_every_steps=5,
+            model__hidden=(32,))
+      raise AssertionError("the crash callback did not fire")
+    except KeyboardInterrupt:
+      pass
+    resumed, _ = train(mode, wd, checkpoint_every_steps=5, model__hidden=(32,))
+    chex.assert_trees_all_equal(params(resumed), params(runs[("mlp", mode)]))
+
+
+def check_portability(root: Path) -> None:
+  """1 -> 8 and 8 -> 1 devices: the epoch-1 checkpoints continue on the other count."""
+  kw = dict(model__hidden=(32,), num_epochs=2)
+  to8, _ = train("data", root / "mlp_none", **kw)  # Written on 1 device.
+  to1, _ = train("none", root / "mlp_data", **kw)  # Written on 8 devices.
+  assert devices_of(to8) == {8} and devices_of(to1) == {1}
+  assert to8.state.params["head"]["kernel"].sharding.is_fully_replicated
+  assert int(to8.state.step) == int(to1.state.step) == 40
+  chex.assert_trees_all_close(params(to8), params(to1), rtol=RTOL, atol=1e-5)
+  runtime = json.loads((root / "mlp_none" / "config.json").read_text())["runtime"]
+  assert runtime == {"num_devices": 8, "num_processes": 1, "parallel": "data",
+                     "platform": "cpu"}, runtime
+  first = json.loads((root / "mlp_data" / "metrics.jsonl").read_text().splitlines()[0])
+  assert (first["num_devices"], first["num_processes"]) == (8, 1), first
+
+
+def check_batch_error(root: Path) -> None:
+  """A global batch the devices cannot split: one `jdl: error:` line, exit 2."""
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    code = cli.main(["train", "--workdir", str(root / "bad"), "--config", "digits_mlp",
+                     "--config.batch_size=100", "--quiet"])
+  assert code == 2 and not (root / "bad").exists()
+  assert err.getvalue().startswith("jdl: error: batch_size (100) must be divisible by the "
+                                   "number of devices (8)"), err.getvalue()
+  assert len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+
+
+def check_gan() -> None:
+  """The two-player GANState is data-parallel too (its own step, under jit)."""
+  from test_generative_train import gan_config
+  runs = {mode: jdl.fit(gan_config(num_epochs=1, parallel=mode), None, quiet=True)
+          for mode in ("none", "data")}
+  assert devices_of(runs["data"]) == {8}
+  chex.assert_trees_all_close(params(runs["data"]), params(runs["none"]), rtol=RTOL, atol=1e-5)
+  np.testing.assert_allclose(runs["data"].history["g_loss"], runs["none"].history["g_loss"],
+                             rtol=RTOL)
+
+
+def main() -> None:
+  cli._quiet_library_logs()
+  assert jax.device_count() == 8, jax.devices()
+  root = Path(sys.argv[1])
+  runs = check_trajectories(root)
+  check_exact_resume(root, runs)
+  check_portability(root)
+  check_batch_error(root)
+  check_gan()
+  print("parallel checks passed")
+
+
+if __name__ == "__main__":
+  main()
