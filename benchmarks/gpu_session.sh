@@ -8,7 +8,8 @@
 #   4. benchmarks/peers.py --gpu at batch 128 and 512 (jdl, the hand-written Flax step,
 #      PyTorch eager and torch.compile; MLP, CNN, ResNet-20);
 #   5. mixed precision: mnist_cnn in float32 and with bfloat16 compute;
-#   6. optional extra command (GPU_EXTRA), e.g. a data-parallel run.
+#   6. the parallel modes (none, data, shard_map) on the machine's devices: mnist_cnn;
+#   7. optional extra command (GPU_EXTRA).
 #
 # Usage, from the repository root on the GPU machine:
 #   bash benchmarks/gpu_session.sh OUT_DIR MNIST_DIR [WGAN_SECONDS] [PEERS_SECONDS]
@@ -17,7 +18,7 @@
 # logs, results and figures of every stage are packed into OUT_DIR/session.tgz after
 # each stage, so a call cut short still returns what finished. WGAN_STAGES (epoch
 # counts) and PEERS_ARGS override the defaults (for a dry run on a CPU); PHASES picks
-# stages (default all: judge,wgan,mixed,peers,extra), so a session can split them
+# stages (default all: judge,wgan,mixed,peers,parallel,extra), so a session can split them
 # over two calls.
 set -u
 OUT=${1:?OUT_DIR}
@@ -26,7 +27,7 @@ WGAN_SECONDS=${3:-240}
 PEERS_SECONDS=${4:-280}
 WGAN_STAGES=${WGAN_STAGES:-50 100 150 200 300 400}
 PEERS_ARGS=${PEERS_ARGS:---gpu --batch-sizes 128,512 --timeout 150}
-PHASES=${PHASES:-judge,wgan,mixed,peers,extra}
+PHASES=${PHASES:-judge,wgan,mixed,peers,parallel,extra}
 want() { [[ ",$PHASES," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 W=$(mktemp -d)
@@ -96,6 +97,19 @@ for mp in false true; do
   echo "mixed_precision=$mp: exit $?"
   grep -E "^epoch|^test" "$W/mnist_cnn_bf16_$mp.log" | tail -3
   cp "runs/mnist_cnn_bf16_$mp/metrics.jsonl" "$W/mnist_cnn_bf16_$mp.jsonl" 2>/dev/null
+done
+snapshot
+fi
+
+if want parallel; then
+echo "== [$(elapsed) s] parallel modes on this machine's devices: mnist_cnn, 6 epochs each"
+for mode in none data shard_map; do
+  python3 -m jdl.cli train --config mnist_cnn --workdir "runs/mnist_cnn_par_$mode" \
+    --config.data_dir="$DATA" --config.download=false --config.parallel=$mode \
+    --config.tensorboard=false > "$W/mnist_cnn_par_$mode.log" 2>&1
+  echo "parallel=$mode: exit $?"
+  grep -E "^epoch|^test|devices" "$W/mnist_cnn_par_$mode.log" | tail -4
+  cp "runs/mnist_cnn_par_$mode/metrics.jsonl" "$W/mnist_cnn_par_$mode.jsonl" 2>/dev/null
 done
 snapshot
 fi
