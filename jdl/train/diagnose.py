@@ -121,10 +121,9 @@ class DiagnosticsHook:
 
   def compile(self, trainer, sizes) -> None:
     """Compiles the diagnostic block for each block size, ahead of time."""
-    x, y = trainer.data.train.x, trainer.data.train.y
     for n in sizes:
-      idx = jax.ShapeDtypeStruct((n, trainer.batch_size), jnp.int32)
-      self._blocks[n] = self._run_block.lower(trainer.state, trainer._acc, x, y, idx).compile()
+      self._blocks[n] = self._run_block.lower(trainer.state, trainer._acc,
+                                              *trainer.feed.shapes(n)).compile()
 
   def due(self, start: int, end: int) -> bool:
     """Whether the block of steps ``(start, end]`` reaches a multiple of ``every``."""

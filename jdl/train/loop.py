@@ -12,6 +12,7 @@ bitwise equal to an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -38,7 +39,9 @@ from jdl import optim
 from jdl import regularizers
 from jdl import summary as summary_lib
 from jdl.data import augment as augment_lib
+from jdl.data import npy_dir
 from jdl.data import pipeline
+from jdl.data import stream
 from jdl.errors import JdlError
 from jdl.generative import tasks as gen_tasks
 from jdl.train import callbacks as cb
@@ -73,9 +76,9 @@ class FitResult:
 
 @dataclasses.dataclass(frozen=True)
 class _Data:
-  train: pipeline.Split
-  val: pipeline.Split | None
-  test: pipeline.Split | None
+  train: pipeline.Split | stream.StreamSplit
+  val: pipeline.Split | stream.StreamSplit | None
+  test: pipeline.Split | stream.StreamSplit | None
   num_classes: int
   task: str
   input_shape: tuple[int, ...]
@@ -162,6 +165,11 @@ class Trainer:
     self.epoch_mode = self._choose_epoch_mode()
     self.chunk = diagnose.align_chunk(self._choose_chunk(), int(config.diagnostics.every_steps))
     self._diagnostics = diagnose.DiagnosticsHook(self) if config.diagnostics.every_steps else None
+    # Where each block of steps gets its inputs: the device-resident split, or
+    # blocks streamed from disk by a background thread (dataset='npy_dir').
+    self.feed = stream.make_feed(self.data.train, self.shuffle_key, bs, chunk=self.chunk,
+                                 steps_per_epoch=self.steps_per_epoch,
+                                 num_epochs=self.num_epochs, prefetch=int(config.stream.prefetch))
 
     self.history: dict[str, list[float]] = {}
     self.epoch_rates: list[float] = []  # Train samples/s of each epoch run here.
@@ -214,6 +222,10 @@ class Trainer:
     if task != config.task and config.task not in gen_tasks.TASKS:
       raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
                      f"{config.task!r}")
+    if isinstance(dataset, npy_dir.StreamDataset):  # Stays on disk; read block by block.
+      train, val, test, self.normalizer = stream.build_splits(dataset, config)
+      return _Data(train=train, val=val, test=test, num_classes=dataset.num_classes, task=task,
+                   input_shape=dataset.input_shape, name=dataset.name)
     for split, x, y in (("train", dataset.x_train, dataset.y_train),
                         ("test", dataset.x_test, dataset.y_test),
                         ("val", dataset.x_val, dataset.y_val)):
@@ -574,7 +586,7 @@ class Trainer:
     SIGTERM / SIGINT stop training after the step (or scan block) in flight, with a
     checkpoint written; ``result.trainer.preempted`` then names the signal.
     """
-    with workdir_lib.StopRequests() as stop:
+    with workdir_lib.StopRequests() as stop, contextlib.closing(self.feed):
       if self.workdir is None:
         return self._fit(stop)
       try:
@@ -597,7 +609,6 @@ class Trainer:
     self.log(self.summary())
     for callback in self.callbacks:
       callback.on_train_begin(self)
-    x, y = self.data.train.x, self.data.train.y
     spe, ce = self.steps_per_epoch, int(self.config.checkpoint_every_steps)
     epoch = start // spe
     if epoch >= self.num_epochs or self._stopped_before():
@@ -607,17 +618,16 @@ class Trainer:
     compile_seconds = self.compile_seconds
     while epoch < self.num_epochs and not self.stop_training and not self._stopped_before():
       pos = self.step - epoch * spe
-      idx = pipeline.train_batch_indices(
-          pipeline.epoch_permutation(self.shuffle_key, epoch, self.data.train.size), self.batch_size)
       self.progress.start_epoch(epoch, self.num_epochs, spe, pos)
       t0 = time.perf_counter()
       steps_run, last_save = 0, self.step
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
+        x, y, idx = self.feed.block(epoch, pos, n)
         if self._diagnostics and self._diagnostics.due(epoch * spe + pos, epoch * spe + pos + n):
-          self._diagnostics.run(self, x, y, idx[pos:pos + n], epoch)
+          self._diagnostics.run(self, x, y, idx, epoch)
         else:
-          self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, idx[pos:pos + n])
+          self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, idx)
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
@@ -695,12 +705,10 @@ class Trainer:
   def _warm_up(self) -> float:
     """Compiles the train block ahead of time; returns the seconds it took."""
     t0 = time.perf_counter()
-    x, y = self.data.train.x, self.data.train.y
     shapes = {self.chunk, self.steps_per_epoch % self.chunk or self.chunk}
     self._blocks = {}
     for n in shapes:
-      idx = jax.ShapeDtypeStruct((n, self.batch_size), jnp.int32)
-      self._blocks[n] = self._run_block.lower(self.state, self._acc, x, y, idx).compile()
+      self._blocks[n] = self._run_block.lower(self.state, self._acc, *self.feed.shapes(n)).compile()
     if self._diagnostics:
       self._diagnostics.compile(self, shapes)
     return time.perf_counter() - t0
@@ -767,10 +775,10 @@ class Trainer:
   def evaluate_split(self, split: pipeline.Split, state: TrainState | None = None) -> dict[str, float]:
     """Exact metrics of ``state`` (default: the current one) over a whole split."""
     state = self.state if state is None else state
-    idx, mask = pipeline.eval_batch_indices(split.size, self.eval_batch_size)
     acc = None
-    for i in range(idx.shape[0]):
-      m = self._eval_batch(state, split.x, split.y, idx[i], mask[i])
+    for x, y, idx, mask in split.eval_batches(self.eval_batch_size,
+                                              int(self.config.stream.prefetch)):
+      m = self._eval_batch(state, x, y, idx, mask)
       acc = m if acc is None else metrics_lib.merge(acc, m)
     names = gen_tasks.EVAL_METRICS[self.config.task] if self.gan else self.metric_names
     return self.compute_metrics([n for n in names if n in self.metric_names], acc)
