@@ -253,3 +253,10 @@ def test_shards_must_agree_and_the_cli_exits_2_touching_nothing(tmp_path, capsys
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "shards must match" in err[0], err
   assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in workdir.rglob("*")} == before
+
+
+def test_slices_cross_shard_boundaries(digits_dir):
+  x, _ = _digits()
+  rows = npy_dir.open_dir(digits_dir).x_train
+  for lo, hi in [(0, 1500), (350, 1020), (400, 1000), (999, 1001), (5, 5)]:
+    np.testing.assert_array_equal(rows.slice(lo, hi), x[lo:hi])

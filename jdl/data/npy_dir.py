@@ -87,8 +87,15 @@ class NpyRows:
     return out
 
   def slice(self, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` as an in-memory array."""
-    return self.take(np.arange(start, stop))
+    """Rows ``start:stop`` as an in-memory array (sequential reads, no index arrays)."""
+    parts = []
+    for s, a in enumerate(self._arrays):
+      lo, hi = max(start, self._starts[s]), min(stop, self._starts[s + 1])
+      if hi > lo:
+        parts.append(np.array(a[lo - self._starts[s]:hi - self._starts[s]]))
+    if not parts:
+      return np.empty((0, *self.shape[1:]), self.dtype)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
   def release(self) -> None:
     """Drops the mapped pages from this process (the OS page cache keeps them).
@@ -138,10 +145,11 @@ def _chunks(a: NpyRows, rows: np.ndarray | None, size: int):
   n = len(a) if rows is None else len(rows)
   for start in range(0, n, size):
     if rows is None:
-      yield a.slice(start, min(n, start + size))
+      chunk = a.slice(start, min(n, start + size))
     else:
-      yield a.take(np.sort(rows[start:start + size]))
-  a.release()
+      chunk = a.take(np.sort(rows[start:start + size]))
+    a.release()  # Resident memory: one chunk, not the file.
+    yield chunk
 
 
 def open_dir(directory: str | pathlib.Path) -> StreamDataset:
