@@ -260,3 +260,53 @@ def test_slices_cross_shard_boundaries(digits_dir):
   rows = npy_dir.open_dir(digits_dir).x_train
   for lo, hi in [(0, 1500), (350, 1020), (400, 1000), (999, 1001), (5, 5)]:
     np.testing.assert_array_equal(rows.slice(lo, hi), x[lo:hi])
+
+
+def test_streamed_regression_and_lr_finder_match_in_memory(tmp_path):
+  from jdl import lr_finder
+  ds = sources.load_dataset("linear", n_samples=300)
+  d = _write(tmp_path / "lin", x_train=ds.x_train, y_train=ds.y_train.astype(np.float64),
+             x_test=ds.x_test, y_test=ds.y_test.astype(np.float64))
+  kw = dict(task="regression", loss="mse", metrics=("mse", "r2"), batch_size=32, num_epochs=2,
+            epoch_mode="step")
+  mem = jdl.fit(make_config(dataset="linear", n_samples=300, **kw), quiet=True)
+  streamed = jdl.fit(make_config(dataset="npy_dir", data_dir=str(d), **kw), quiet=True)
+  assert streamed.trainer.data.task == "regression"
+  _assert_same_run(mem, streamed)
+  c = make_config(dataset="npy_dir", data_dir=str(d), **kw)
+  a = lr_finder.find_lr(make_config(dataset="linear", n_samples=300, **kw), steps=12)
+  b = lr_finder.find_lr(c, steps=12)
+  np.testing.assert_array_equal(a.losses, b.losses)
+
+
+def test_split_views_read_only_the_rows_asked_for(digits_dir):
+  x, y = _digits()
+  ds = npy_dir.open_dir(digits_dir)
+  norm = pipeline.Normalizer.fit(x[:1500])
+  split = stream.StreamSplit(ds.x_test, ds.y_test, None, norm, regression=False)
+  assert split.x.shape == (297, 8, 8, 1) and split.y.shape == (297,) and len(split.x) == 297
+  np.testing.assert_array_equal(np.asarray(split.x[5:9]), norm(x[1505:1509]))
+  np.testing.assert_array_equal(np.asarray(split.y[[3, -1]]), y[[1503, -1]])
+  np.testing.assert_array_equal(np.asarray(split.x), norm(x[1500:]))  # Whole, on request.
+  batches = list(split.eval_batches(128))
+  assert [int(np.asarray(m).sum()) for *_, m in batches] == [128, 128, 41]
+  np.testing.assert_array_equal(np.asarray(batches[2][1])[41:], y[1500])  # Padding: row 0.
+
+
+def test_a_file_truncated_during_the_run_is_one_clear_error(tmp_path):
+  x, y = _digits()
+  d = _write(tmp_path / "d", x_train=x[:256], y_train=y[:256])
+  ds = npy_dir.open_dir(d)
+  split = stream.StreamSplit(ds.x_train, ds.y_train, None, pipeline.Normalizer.identity((8, 8, 1)),
+                             regression=False)
+  feed = stream.StreamFeed(split, jax.random.key(0), 32, chunk=2, steps_per_epoch=8,
+                           num_epochs=1, prefetch=1)
+  feed.block(0, 0, 2)
+  with open(d / "x_train.npy", "r+b") as f:
+    f.truncate(2000)
+  with pytest.raises(JdlError, match=r"reading the streamed data failed: .*x_train.npy ended "
+                                     r"early: .* was it changed or truncated during the run\?"):
+    for pos in range(2, 8, 2):
+      feed.block(0, pos, 2)
+  feed.close()
+  assert not _prefetch_threads()

@@ -72,10 +72,6 @@ class StreamSplit:
       y = self.source_y.take(rows).astype(np.int32)
     return x, y
 
-  def release(self) -> None:
-    self.source_x.release()
-    self.source_y.release()
-
   @property
   def x(self) -> _RowsView:
     return _RowsView(self, 0, self.x_shape, np.dtype(np.float32))
@@ -95,7 +91,6 @@ class StreamSplit:
 
     def produce(i):
       x, y = self.gather(idx[i])
-      self.release()
       return jax.device_put((x, y, mask[i]))
 
     feeder = Prefetcher(range(len(idx)), produce, prefetch)
@@ -267,9 +262,7 @@ class StreamFeed:
 
   def fetch(self, epoch: int, pos: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Host inputs and targets of a block: ``[n * local_batch, ...]``."""
-    x, y = self.split.gather(self.block_rows(epoch, pos, n).reshape(-1))
-    self.split.release()
-    return x, y
+    return self.split.gather(self.block_rows(epoch, pos, n).reshape(-1))
 
   def shapes(self, n: int):
     """Abstract ``(x, y, idx)`` of an ``n``-step block, to compile it ahead of time."""
