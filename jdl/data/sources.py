@@ -390,7 +390,7 @@ def load_dataset(
 
   Args:
     name: one of :data:`DATASETS`.
-    data_dir: MNIST family: the directory holding the four IDX files (``.gz`` or raw),
+    data_dir: npy_dir: the directory of ``.npy`` files (:mod:`jdl.data.npy_dir`). MNIST family: the directory holding the four IDX files (``.gz`` or raw),
       or a directory with a ``<name>`` subfolder holding them; default
       ``$JDL_DATA_DIR/<name>``, else ``~/.cache/jdl/<name>``. npz: the ``.npz`` file, or
       a directory holding ``data.npz``. Ignored by the other sources.
@@ -408,8 +408,8 @@ def load_dataset(
 
   Returns:
     The :class:`Dataset` (for ``npy_dir``, a :class:`jdl.data.npy_dir.StreamDataset`
-    whose arrays stay on disk; its test split is ``x_test.npy``, or none). Images are ``[N, height, width, channels]`` scaled to [0, 1];
-    npz inputs are cast to float32 unscaled. An npz ``y`` of floats that are not all
+    whose arrays stay on disk; its test split is ``x_test.npy``, or none). Images are
+    ``[N, height, width, channels]`` scaled to [0, 1]; npz inputs are cast to float32 unscaled. An npz ``y`` of floats that are not all
     integers makes a regression set; otherwise ``num_classes = max(y) + 1``.
 
   Raises:

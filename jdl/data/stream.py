@@ -2,17 +2,19 @@
 
 A :class:`StreamSplit` is a split of an ``npy_dir`` dataset (:mod:`jdl.data.npy_dir`)
 that never sits in memory whole. Its training feed (:class:`StreamFeed`) serves the
-loop the same blocks of steps as the in-memory feed (:class:`MemoryFeed`): epoch *e*'s
-order is ``permutation(fold_in(shuffle_key, e))`` over the split, full batches only, so
-a streamed run equals the in-memory run on the same data bit for bit, and its
-position is the global step already in every checkpoint: resume needs nothing new.
+loop the same blocks of steps as the in-memory feed
+(:class:`jdl.data.pipeline.MemoryFeed`): epoch *e* is
+``permutation(fold_in(shuffle_key, e))`` of the split, full batches only. So a streamed
+run equals the in-memory run on the same data bit for bit, and its position is the
+global step already in every checkpoint: resume needs nothing new.
 
 A background thread (:class:`Prefetcher`) walks the block schedule ahead of the loop:
-it gathers each block's rows from the memory maps (sorted, for locality), normalises
-them with the train split's statistics, and ``jax.device_put`` s them into a bounded
-queue (``config.stream.prefetch`` blocks deep). An error in the thread is raised in
-the loop as one :class:`JdlError`; closing the feed (end of ``fit``, an exception, a
-stop request, early stopping) stops and joins the thread.
+it reads each block's rows from the files (sorted, for locality; see
+:class:`jdl.data.npy_dir.NpyRows`), normalises them with the train split's statistics,
+and ``jax.device_put`` s them into a bounded queue (``config.stream.prefetch`` blocks
+deep). An error in the thread is raised in the loop as one :class:`JdlError`; closing
+the feed (end of ``fit``, an exception, a stop request, early stopping) stops and
+joins the thread.
 """
 
 from __future__ import annotations
@@ -252,7 +254,10 @@ class StreamFeed:
     self._feeder: Prefetcher | None = None
 
   def block_rows(self, epoch: int, pos: int, n: int) -> np.ndarray:
-    """``[n, local_batch]`` split indices of steps ``pos..pos+n-1`` of ``epoch`` (this process's slice)."""
+    """Split indices ``[n, local_batch]`` of steps ``pos..pos+n-1`` of ``epoch``.
+
+    This process's contiguous slice of each global batch of the in-memory order.
+    """
     if self._perm is None or self._perm[0] != epoch:
       perm = pipeline.epoch_permutation(self.shuffle_key, epoch, self.split.size)
       self._perm = (epoch, np.asarray(perm))
@@ -298,6 +303,8 @@ class StreamFeed:
 def make_feed(split, shuffle_key, batch_size: int, *, chunk: int, steps_per_epoch: int,
               num_epochs: int, prefetch: int = 2):
   """The loop's training feed: :class:`StreamFeed` for a streamed split, else in-memory."""
+  if prefetch < 1:
+    raise JdlError(f"stream.prefetch must be >= 1, got {prefetch}")
   if isinstance(split, StreamSplit):
     return StreamFeed(split, shuffle_key, batch_size, chunk=chunk,
                       steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, prefetch=prefetch)

@@ -25,7 +25,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jdl import diagnostics as diag_lib
