@@ -90,47 +90,49 @@ class NpyRows:
     return str(self.paths[0]) + (f" (+{len(self.paths) - 1} shards)" if len(self.paths) > 1 else "")
 
   def take(self, rows: np.ndarray) -> np.ndarray:
-    """The rows ``rows`` (any order, repeats allowed), read in sorted order for locality."""
+    """The rows ``rows`` (any order, repeats allowed), read in sorted order for locality.
+
+    Each row is read straight into its place in the result (``preadv`` scatters a run
+    of consecutive file rows into their output slots), so there is one copy only.
+    """
     rows = np.asarray(rows, np.int64).reshape(-1)
     if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
       raise IndexError(f"rows outside [0, {len(self)}) of {self.name}")
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    buf = np.empty((len(rows), *self.shape[1:]), self.dtype)
-    if not len(rows):
-      return buf
-    self._read_sorted(sorted_rows, buf.reshape(len(rows), -1).view(np.uint8))
-    if len(rows) < 2 or (np.diff(order) == 1).all():
-      return buf
-    out = np.empty_like(buf)
-    out[order] = buf
+    out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+    if len(rows) and self._row_bytes:
+      order = np.argsort(rows, kind="stable")
+      self._read_sorted(rows[order], order, out.reshape(len(rows), -1).view(np.uint8))
     return out
 
   def slice(self, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` (one read a shard)."""
     return self.take(np.arange(start, stop))
 
-  def _read_sorted(self, rows: np.ndarray, out: np.ndarray) -> None:
-    """Reads sorted ``rows`` into ``out: [len(rows), row_bytes]`` uint8."""
+  def _read_sorted(self, rows: np.ndarray, dest: np.ndarray, out: np.ndarray) -> None:
+    """Reads sorted ``rows`` into rows ``dest`` of ``out: [m, row_bytes]`` uint8."""
     rb = self._row_bytes
     shard = np.searchsorted(self._starts, rows, side="right") - 1
     bounds = np.searchsorted(shard, np.arange(len(self.paths) + 1))
     for s, path in enumerate(self.paths):
       lo, hi = int(bounds[s]), int(bounds[s + 1])
-      if hi <= lo or rb == 0:
+      if hi <= lo:
         continue
       local = rows[lo:hi] - self._starts[s]
-      breaks = np.flatnonzero(np.diff(local) != 1) + 1
-      run_starts = np.concatenate([[0], breaks]).tolist()
-      run_ends = np.concatenate([breaks, [hi - lo]]).tolist()
+      d = dest[lo:hi]
+      # A run: consecutive rows in the file going to consecutive output rows (one
+      # buffer); else one buffer a row. Sorted input (statistics, evaluation) is one run.
+      breaks = np.flatnonzero((np.diff(local) != 1) | (np.diff(d) != 1)) + 1
+      starts = np.concatenate([[0], breaks]).tolist()
+      ends = np.concatenate([breaks, [hi - lo]]).tolist()
+      local_l, d_l = local.tolist(), d.tolist()
       fd = os.open(path, os.O_RDONLY)
       try:
-        for a, b in zip(run_starts, run_ends):
-          view = out[lo + a:lo + b].reshape(-1)
-          got = os.preadv(fd, [view], self._offsets[s] + int(local[a]) * rb)
+        for a, b in zip(starts, ends):
+          view = out[d_l[a]:d_l[a] + b - a].reshape(-1)
+          got = os.preadv(fd, [view], self._offsets[s] + local_l[a] * rb)
           if got != view.nbytes:
             raise JdlError(f"{path} ended early: {got} of {view.nbytes} bytes at row "
-                           f"{int(local[a])}; was it changed or truncated during the run?")
+                           f"{local_l[a]}; was it changed or truncated during the run?")
       finally:
         os.close(fd)
 
