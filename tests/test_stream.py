@@ -90,10 +90,15 @@ def test_streamed_training_is_bitwise_the_in_memory_training(digits_dir, in_memo
   assert not _prefetch_threads()
 
 
-def test_step_mode_and_global_normalisation_match_too(digits_dir):
-  kw = dict(num_epochs=1, epoch_mode="step", normalize="global")
+def test_step_mode_global_normalisation_and_early_stopping_match_too(digits_dir):
+  kw = dict(num_epochs=6, epoch_mode="step", normalize="global", early_stopping__enabled=True,
+            early_stopping__patience=0, early_stopping__min_delta=10.0,
+            diagnostics__every_steps=7)  # The diagnostic block takes the feed's inputs too.
   mem = jdl.fit(make_config(**kw), dataset=_in_memory(*_digits()), quiet=True)
-  _assert_same_run(mem, jdl.fit(_streamed(digits_dir, **kw), quiet=True))
+  streamed = jdl.fit(_streamed(digits_dir, **kw), quiet=True)
+  _assert_same_run(mem, streamed)
+  assert len(streamed.history["loss"]) == 2  # Stopped early: the thread ends too.
+  assert not _prefetch_threads()
 
 
 class _Signal(cb.Callback):
@@ -109,28 +114,18 @@ class _Signal(cb.Callback):
 
 
 def test_interrupted_streamed_runs_resume_bitwise_exactly(digits_dir, in_memory_run, tmp_path):
-  # A crash (an exception) in epoch 2: resume from the step-32 checkpoint.
-  with pytest.raises(KeyboardInterrupt):
-    jdl.fit(_streamed(digits_dir, **KW), tmp_path / "crash", quiet=True,
-            callbacks=[Crash(at_step=37)])
-  assert not _prefetch_threads()
-  _assert_same_run(in_memory_run, jdl.fit(_streamed(digits_dir, **KW), tmp_path / "crash",
-                                          quiet=True))
   # SIGTERM in epoch 1: the block in flight finishes, a checkpoint, a clean return.
-  stopped = jdl.fit(_streamed(digits_dir, **KW), tmp_path / "term", quiet=True,
+  stopped = jdl.fit(_streamed(digits_dir, **KW), tmp_path, quiet=True,
                     callbacks=[_Signal(at_step=13)])
   assert stopped.trainer.preempted == "SIGTERM" and stopped.trainer.step == 16
   assert not _prefetch_threads()
-  _assert_same_run(in_memory_run, jdl.fit(_streamed(digits_dir, **KW), tmp_path / "term",
-                                          quiet=True))
-
-
-def test_early_stopping_ends_the_prefetch_thread(digits_dir):
-  c = _streamed(digits_dir, num_epochs=20, scan_chunk=21, early_stopping__enabled=True,
-                early_stopping__patience=0, early_stopping__min_delta=10.0)
-  result = jdl.fit(c, quiet=True)
-  assert len(result.history["loss"]) < 20
+  # Then a crash (an exception) at step 37 of epoch 2, past the step-29 checkpoint.
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(_streamed(digits_dir, **KW), tmp_path, quiet=True, callbacks=[Crash(at_step=37)])
   assert not _prefetch_threads()
+  # Resumed from step 29 (epoch 2, batch 8): the uninterrupted run, bit for bit.
+  resumed = jdl.fit(_streamed(digits_dir, **KW), tmp_path, quiet=True)
+  _assert_same_run(in_memory_run, resumed)
 
 
 # ------------------------------------------------------------- the thread
