@@ -305,3 +305,21 @@ def test_a_file_truncated_during_the_run_is_one_clear_error(tmp_path):
       feed.block(0, pos, 2)
   feed.close()
   assert not _prefetch_threads()
+
+
+def test_build_splits_holds_out_the_in_memory_rows_or_uses_x_val(digits_dir, tmp_path):
+  x, y = _digits()
+  ds = npy_dir.open_dir(digits_dir)
+  train, val, test, _ = stream.build_splits(ds, make_config(normalize="none"))
+  x_tr, y_tr, x_val, y_val = pipeline.split_validation(x[:1500], y[:1500], 0.1, 0)
+  np.testing.assert_array_equal(np.asarray(train.x), x_tr)
+  np.testing.assert_array_equal(np.asarray(val.y), y_val)
+  assert test.size == 297
+  d = _write(tmp_path / "v", x_train=x[:100], y_train=y[:100], x_val=x[100:130],
+             y_val=y[100:130])
+  train, val, test, _ = stream.build_splits(npy_dir.open_dir(d), make_config())
+  assert (train.size, val.size, test) == (100, 30, None)
+  with pytest.raises(JdlError, match="classes and examples_per_class need the data in memory"):
+    stream.build_splits(ds, make_config(classes=(0, 1)))
+  with pytest.raises(JdlError, match="binarize='dynamic'"):
+    stream.build_splits(ds, make_config(task="vae"))
