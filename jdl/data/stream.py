@@ -301,13 +301,19 @@ class StreamFeed:
 
 
 def make_feed(split, shuffle_key, batch_size: int, *, chunk: int, steps_per_epoch: int,
-              num_epochs: int, prefetch: int = 2):
-  """The loop's training feed: :class:`StreamFeed` for a streamed split, else in-memory."""
+              num_epochs: int, prefetch: int = 2, process_index: int = 0,
+              process_count: int = 1):
+  """The loop's training feed: :class:`StreamFeed` for a streamed split, else in-memory.
+
+  ``process_index`` / ``process_count``: a streamed feed's slice of each global batch
+  (multi-host input); the in-memory feed always serves whole batches.
+  """
   if prefetch < 1:
     raise JdlError(f"stream.prefetch must be >= 1, got {prefetch}")
   if isinstance(split, StreamSplit):
     return StreamFeed(split, shuffle_key, batch_size, chunk=chunk,
-                      steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, prefetch=prefetch)
+                      steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, prefetch=prefetch,
+                      process_index=process_index, process_count=process_count)
   return pipeline.MemoryFeed(split, shuffle_key, batch_size)
 
 
