@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data.
   c.dataset = "digits"
-  c.data_dir = ""  # MNIST-family IDX files, or the .npz file for dataset='npz'.
+  c.data_dir = ""  # MNIST-family IDX files, the .npz file for 'npz', the folder for 'npy_dir'.
   c.download = True  # Fetch missing MNIST-family files from the standard mirrors.
   c.test_split = 0.2  # For sources without their own test split.
   # Fraction of the train split held out for validation (unless the dataset has an
@@ -54,6 +54,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.classes = ()  # Keep only these classes, relabelled 0..k-1 in this order.
   c.examples_per_class = 0  # At most this many train examples a class; 0 = all.
   c.noise = -1.0  # Synthetic sources: < 0 = default.
+  # dataset='npy_dir' (memory-mapped .npy files in data_dir, streamed from disk;
+  # jdl/data/stream.py): training blocks read this many blocks ahead of the loop
+  # by a background thread.
+  c.stream = ml_collections.ConfigDict({"prefetch": 2})
 
   # Transfer learning: parameters whose '/'-joined path matches `include` and not
   # `exclude` (regexes) are copied from the latest checkpoint of `workdir`.

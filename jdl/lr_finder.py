@@ -46,6 +46,7 @@ import optax
 from jdl import data as data_lib
 from jdl import optim
 from jdl.data import pipeline
+from jdl.data import stream
 from jdl.errors import JdlError, lookup, require
 
 
@@ -173,7 +174,11 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
     if i == 0:
       perm = pipeline.epoch_permutation(trainer.shuffle_key, epoch, train.size)
       epoch_idx = pipeline.train_batch_indices(perm, bs)
-    state, loss, lr = step(state, train.x, train.y, epoch_idx[i])
+    if isinstance(train, stream.StreamSplit):  # dataset='npy_dir': this batch's rows only.
+      xb, yb = train.gather(np.asarray(epoch_idx[i]))
+      state, loss, lr = step(state, xb, yb, np.arange(bs, dtype=np.int32))
+    else:
+      state, loss, lr = step(state, train.x, train.y, epoch_idx[i])
     loss = float(loss)
     lrs.append(float(lr))
     losses.append(loss)

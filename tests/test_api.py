@@ -38,7 +38,8 @@ PUBLIC = {
                        "save_image_grid", "save_reconstructions", "save_interpolation",
                        "save_latent_scatter", "save_roc_curve", "save_curves", "Judge",
                        "GANState", "GANTask", "TASKS", "create_gan_state"],
-    "jdl.data": ["Dataset", "load_dataset", "read_idx", "validate_arrays", "DATASETS"],
+    "jdl.data": ["Dataset", "load_dataset", "read_idx", "validate_arrays", "DATASETS",
+                 "StreamDataset", "NpyRows"],
 }
 
 

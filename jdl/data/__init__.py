@@ -1,11 +1,15 @@
 """Datasets: sources, the IDX reader, downloads and validation.
 
-Batching and input pipelines live in their own modules of this package.
+Batching and input pipelines live in their own modules of this package
+(``pipeline``: device-resident splits; ``stream``: splits streamed from ``npy_dir``
+files).
 """
 
 from jdl.data.download import default_data_dir
 from jdl.data.download import download_files
 from jdl.data.idx import read_idx
+from jdl.data.npy_dir import NpyRows
+from jdl.data.npy_dir import StreamDataset
 from jdl.data.sources import DATASETS
 from jdl.data.sources import Dataset
 from jdl.data.sources import load_dataset
@@ -14,6 +18,8 @@ from jdl.data.validate import validate_arrays
 __all__ = (
     "DATASETS",
     "Dataset",
+    "NpyRows",
+    "StreamDataset",
     "default_data_dir",
     "download_files",
     "load_dataset",

@@ -31,6 +31,41 @@ class Split:
   def size(self) -> int:
     return int(self.x.shape[0])
 
+  def eval_batches(self, batch_size: int, prefetch: int = 2):
+    """``(x, y, idx, mask)`` of each evaluation batch: the whole split and its indices."""
+    del prefetch  # Already on the device.
+    idx, mask = eval_batch_indices(self.size, batch_size)
+    for i in range(idx.shape[0]):
+      yield self.x, self.y, idx[i], mask[i]
+
+
+class MemoryFeed:
+  """The loop's training inputs from a device-resident :class:`Split`.
+
+  ``block(epoch, pos, n)`` returns ``(x, y, idx)``: the whole split and the
+  ``[n, batch_size]`` indices of steps ``pos..pos+n-1`` of ``epoch``
+  (:func:`epoch_permutation`, full batches only). :class:`jdl.data.stream.StreamFeed`
+  serves the same blocks from disk.
+  """
+
+  def __init__(self, split: Split, shuffle_key: jax.Array, batch_size: int):
+    self.split, self.shuffle_key, self.batch_size = split, shuffle_key, batch_size
+    self._epoch, self._idx = None, None
+
+  def shapes(self, n: int):
+    """``(x, y, idx)`` of an ``n``-step block, ``idx`` abstract, to compile it."""
+    return (self.split.x, self.split.y,
+            jax.ShapeDtypeStruct((n, self.batch_size), jnp.int32))
+
+  def block(self, epoch: int, pos: int, n: int):
+    if self._epoch != epoch:
+      perm = epoch_permutation(self.shuffle_key, epoch, self.split.size)
+      self._epoch, self._idx = epoch, train_batch_indices(perm, self.batch_size)
+    return self.split.x, self.split.y, self._idx[pos:pos + n]
+
+  def close(self) -> None:
+    pass
+
 
 @dataclasses.dataclass(frozen=True)
 class Normalizer:

@@ -350,6 +350,12 @@ def _load_npz(req: _Request) -> Dataset:
   return _validated(dataset, f"npz file {path}")
 
 
+def _load_npy_dir(req: _Request):
+  """Memory-mapped ``.npy`` files: a :class:`jdl.data.npy_dir.StreamDataset` (no test_split)."""
+  from jdl.data import npy_dir
+  return npy_dir.open_dir(req.data_dir)
+
+
 _LOADERS: dict[str, Callable[[_Request], Dataset]] = {
     "digits": _load_digits,
     "iris": _tabular("load_iris", 3),
@@ -364,6 +370,7 @@ _LOADERS: dict[str, Callable[[_Request], Dataset]] = {
     "mnist": _load_idx_family,
     "fashion_mnist": _load_idx_family,
     "npz": _load_npz,
+    "npy_dir": _load_npy_dir,
 }
 
 DATASETS: tuple[str, ...] = tuple(sorted(_LOADERS))
@@ -383,7 +390,7 @@ def load_dataset(
 
   Args:
     name: one of :data:`DATASETS`.
-    data_dir: MNIST family: the directory holding the four IDX files (``.gz`` or raw),
+    data_dir: npy_dir: the directory of ``.npy`` files (:mod:`jdl.data.npy_dir`). MNIST family: the directory holding the four IDX files (``.gz`` or raw),
       or a directory with a ``<name>`` subfolder holding them; default
       ``$JDL_DATA_DIR/<name>``, else ``~/.cache/jdl/<name>``. npz: the ``.npz`` file, or
       a directory holding ``data.npz``. Ignored by the other sources.
@@ -400,8 +407,9 @@ def load_dataset(
       :mod:`jdl.data.download`.
 
   Returns:
-    The :class:`Dataset`. Images are ``[N, height, width, channels]`` scaled to [0, 1];
-    npz inputs are cast to float32 unscaled. An npz ``y`` of floats that are not all
+    The :class:`Dataset` (for ``npy_dir``, a :class:`jdl.data.npy_dir.StreamDataset`
+    whose arrays stay on disk; its test split is ``x_test.npy``, or none). Images are
+    ``[N, height, width, channels]`` scaled to [0, 1]; npz inputs are cast to float32 unscaled. An npz ``y`` of floats that are not all
     integers makes a regression set; otherwise ``num_classes = max(y) + 1``.
 
   Raises:
@@ -422,4 +430,7 @@ def load_dataset(
     raise JdlError(f"noise must be non-negative, got {noise}")
   req = _Request(name=name, data_dir=os.fspath(data_dir), test_split=test_split,
                  seed=seed, n_samples=n_samples, noise=noise, download=download)
-  return _validated(loader(req), f"dataset {name!r}")
+  dataset = loader(req)
+  if not isinstance(dataset, Dataset):  # npy_dir: validated by its own chunked pass.
+    return dataset
+  return _validated(dataset, f"dataset {name!r}")

@@ -25,7 +25,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jdl import diagnostics as diag_lib
@@ -121,10 +120,9 @@ class DiagnosticsHook:
 
   def compile(self, trainer, sizes) -> None:
     """Compiles the diagnostic block for each block size, ahead of time."""
-    x, y = trainer.data.train.x, trainer.data.train.y
     for n in sizes:
-      idx = trainer.block_struct(n)
-      self._blocks[n] = self._run_block.lower(trainer.state, trainer._acc, x, y, idx).compile()
+      self._blocks[n] = self._run_block.lower(trainer.state, trainer._acc,
+                                              *trainer.block_shapes(n)).compile()
 
   def due(self, start: int, end: int) -> bool:
     """Whether the block of steps ``(start, end]`` reaches a multiple of ``every``."""

@@ -41,7 +41,9 @@ from jdl import optim
 from jdl import regularizers
 from jdl import summary as summary_lib
 from jdl.data import augment as augment_lib
+from jdl.data import npy_dir
 from jdl.data import pipeline
+from jdl.data import stream
 from jdl.errors import JdlError
 from jdl.generative import tasks as gen_tasks
 from jdl.train import callbacks as cb
@@ -77,9 +79,9 @@ class FitResult:
 
 @dataclasses.dataclass(frozen=True)
 class _Data:
-  train: pipeline.Split
-  val: pipeline.Split | None
-  test: pipeline.Split | None
+  train: pipeline.Split | stream.StreamSplit
+  val: pipeline.Split | stream.StreamSplit | None
+  test: pipeline.Split | stream.StreamSplit | None
   num_classes: int
   task: str
   input_shape: tuple[int, ...]
@@ -174,16 +176,22 @@ class Trainer:
       regularizers.check_activity_include(self.state.apply_fn, self.state.variables,
                                           self.data.train.x[:1], reg.activity_include)
     self.train_names = steps_lib.train_metric_names(names)
-    if self.parallel.enabled:  # Splits and state replicated over the mesh.
+    if self.parallel.enabled:  # In-memory splits and the state replicated over the mesh.
       rep = functools.partial(parallel_lib.replicate, self.parallel)
       self.data = dataclasses.replace(self.data, **{
           name: pipeline.Split(*rep((split.x, split.y)))
-          for name in ("train", "val", "test") if (split := getattr(self.data, name))})
+          for name in ("train", "val", "test")
+          if isinstance(split := getattr(self.data, name), pipeline.Split)})
       self.state = rep(self.state)
     self._compile()
     self.epoch_mode = self._choose_epoch_mode()
     self.chunk = diagnose.align_chunk(self._choose_chunk(), int(config.diagnostics.every_steps))
     self._diagnostics = diagnose.DiagnosticsHook(self) if config.diagnostics.every_steps else None
+    # Where each block of steps gets its inputs: the device-resident split, or
+    # blocks streamed from disk by a background thread (dataset='npy_dir').
+    self.feed = stream.make_feed(self.data.train, self.shuffle_key, bs, chunk=self.chunk,
+                                 steps_per_epoch=self.steps_per_epoch,
+                                 num_epochs=self.num_epochs, prefetch=int(config.stream.prefetch))
 
     self.history: dict[str, list[float]] = {}
     self.epoch_rates: list[float] = []  # Train samples/s of each epoch run here.
@@ -236,6 +244,10 @@ class Trainer:
     if task != config.task and config.task not in gen_tasks.TASKS:
       raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
                      f"{config.task!r}")
+    if isinstance(dataset, npy_dir.StreamDataset):  # Stays on disk; read block by block.
+      train, val, test, self.normalizer = stream.build_splits(dataset, config)
+      return _Data(train=train, val=val, test=test, num_classes=dataset.num_classes, task=task,
+                   input_shape=dataset.input_shape, name=dataset.name)
     for split, x, y in (("train", dataset.x_train, dataset.y_train),
                         ("test", dataset.x_test, dataset.y_test),
                         ("val", dataset.x_val, dataset.y_val)):
@@ -627,7 +639,7 @@ class Trainer:
     SIGTERM / SIGINT stop training after the step (or scan block) in flight, with a
     checkpoint written; ``result.trainer.preempted`` then names the signal.
     """
-    with workdir_lib.StopRequests() as stop:
+    with workdir_lib.StopRequests() as stop, contextlib.closing(self.feed):
       if self.workdir is None:
         return self._fit(stop)
       try:
@@ -653,7 +665,6 @@ class Trainer:
     self.log(self.summary())
     for callback in self.callbacks:
       callback.on_train_begin(self)
-    x, y = self.data.train.x, self.data.train.y
     spe, ce = self.steps_per_epoch, int(self.config.checkpoint_every_steps)
     epoch = start // spe
     if epoch >= self.num_epochs or self._stopped_before():
@@ -663,16 +674,12 @@ class Trainer:
     compile_seconds = self.compile_seconds
     while epoch < self.num_epochs and not self.stop_training and not self._stopped_before():
       pos = self.step - epoch * spe
-      idx = pipeline.train_batch_indices(
-          pipeline.epoch_permutation(self.shuffle_key, epoch, self.data.train.size), self.batch_size)
-      if self.parallel.enabled:  # The same order on every process; each feeds its columns.
-        idx = np.asarray(idx)
       self.progress.start_epoch(epoch, self.num_epochs, spe, pos)
       t0 = time.perf_counter()
       steps_run, last_save, stopping = 0, self.step, False
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
-        block = parallel_lib.block_indices(self.parallel, idx[pos:pos + n])
+        x, y, block = self._place(*self.feed.block(epoch, pos, n))
         if self._diagnostics and self._diagnostics.due(epoch * spe + pos, epoch * spe + pos + n):
           self._diagnostics.run(self, x, y, block, epoch)
         else:
@@ -755,19 +762,39 @@ class Trainer:
   def _warm_up(self) -> float:
     """Compiles the train block ahead of time; returns the seconds it took."""
     t0 = time.perf_counter()
-    x, y = self.data.train.x, self.data.train.y
     shapes = {self.chunk, self.steps_per_epoch % self.chunk or self.chunk}
     self._blocks = {}
     for n in shapes:
-      idx = self.block_struct(n)
-      self._blocks[n] = self._run_block.lower(self.state, self._acc, x, y, idx).compile()
+      self._blocks[n] = self._run_block.lower(self.state, self._acc, *self.block_shapes(n)).compile()
     if self._diagnostics:
       self._diagnostics.compile(self, shapes)
     return time.perf_counter() - t0
 
-  def block_struct(self, num_steps: int) -> jax.ShapeDtypeStruct:
-    """The indices of a block of ``num_steps`` steps, for ahead-of-time lowering."""
-    return parallel_lib.shape_struct(self.parallel, (num_steps, self.batch_size), jnp.int32)
+  def block_shapes(self, num_steps: int) -> tuple[Any, Any, Any]:
+    """``(x, y, idx)`` of a block of ``num_steps`` steps, for ahead-of-time lowering.
+
+    The feed's inputs (the resident split, or a streamed block's rows) with the
+    indices placed as :meth:`_place` places them.
+    """
+    x, y, _ = self.feed.shapes(num_steps)
+    if self.parallel.enabled and not isinstance(self.data.train, pipeline.Split):
+      rep = self.parallel.replicated  # Streamed rows: replicated like the resident split.
+      x, y = (jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep) for a in (x, y))
+    return x, y, parallel_lib.shape_struct(self.parallel, (num_steps, self.batch_size),
+                                           jnp.int32)
+
+  def _place(self, x, y, idx):
+    """A block's inputs placed for the parallel mode (unchanged on one device).
+
+    The indices' batch axis is split over the devices; the rows of a streamed
+    block are replicated like a resident split (each process reads the whole
+    block, so the global batch is the same on every process).
+    """
+    if not self.parallel.enabled:
+      return x, y, idx
+    if not isinstance(self.data.train, pipeline.Split):
+      x, y = parallel_lib.replicate(self.parallel, (x, y))
+    return x, y, parallel_lib.block_indices(self.parallel, idx)
 
   def _end_epoch(self, epoch, train_logs, seconds, steps_run, compile_seconds) -> None:
     self.progress.close()  # Before the epoch's line is printed.
@@ -834,11 +861,15 @@ class Trainer:
   def evaluate_split(self, split: pipeline.Split, state: TrainState | None = None) -> dict[str, float]:
     """Exact metrics of ``state`` (default: the current one) over a whole split."""
     state = self.state if state is None else state
-    idx, mask = pipeline.eval_batch_indices(split.size, self.eval_batch_size)
-    rows = functools.partial(parallel_lib.batch_rows, self.parallel)
     acc = None
-    for i in range(idx.shape[0]):
-      m = self._eval_batch(state, split.x, split.y, rows(idx[i]), rows(mask[i]))
+    streamed = not isinstance(split, pipeline.Split)
+    for x, y, idx, mask in split.eval_batches(self.eval_batch_size,
+                                              int(self.config.stream.prefetch)):
+      if self.parallel.enabled:
+        if streamed:
+          x, y = parallel_lib.replicate(self.parallel, (x, y))
+        idx, mask = (parallel_lib.batch_rows(self.parallel, a) for a in (idx, mask))
+      m = self._eval_batch(state, x, y, idx, mask)
       acc = m if acc is None else metrics_lib.merge(acc, m)
     names = gen_tasks.EVAL_METRICS[self.config.task] if self.gan else self.metric_names
     return self.compute_metrics([n for n in names if n in self.metric_names], acc)

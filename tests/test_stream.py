@@ -1,0 +1,325 @@
+"""dataset='npy_dir': memory-mapped sources, the prefetch thread, exact equality and resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import jdl
+from jdl import cli
+from jdl.data import npy_dir
+from jdl.data import pipeline
+from jdl.data import sources
+from jdl.data import stream
+from jdl.errors import JdlError
+from jdl.train import callbacks as cb
+
+from conftest import Crash, make_config
+
+
+def _digits():
+  from sklearn import datasets
+  b = datasets.load_digits()
+  return (b.images[..., None] / 16.0).astype(np.float32), b.target.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+  """Digits as npy files: x_train in three uneven shards, y_train whole, a test split."""
+  d = tmp_path_factory.mktemp("npy")
+  x, y = _digits()
+  for i, (lo, hi) in enumerate([(0, 400), (400, 1000), (1000, 1500)]):
+    np.save(d / f"x_train.{i}.npy", x[lo:hi])
+  np.save(d / "y_train.npy", y[:1500])
+  np.save(d / "x_test.npy", x[1500:])
+  np.save(d / "y_test.npy", y[1500:])
+  return d
+
+
+def _in_memory(x, y):
+  return sources.Dataset(x_train=x[:1500], y_train=y[:1500].astype(np.int32), x_test=x[1500:],
+                         y_test=y[1500:].astype(np.int32), num_classes=10,
+                         task="classification", name="digits", input_shape=(8, 8, 1))
+
+
+def _leaves_equal(a, b) -> bool:
+  return all(bool((np.asarray(u) == np.asarray(v)).all())
+             for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def _prefetch_threads() -> list[threading.Thread]:
+  return [t for t in threading.enumerate() if t.name == "jdl-prefetch" and t.is_alive()]
+
+
+def _streamed(digits_dir, **kw):
+  return make_config(dataset="npy_dir", data_dir=str(digits_dir), **kw)
+
+
+# ------------------------------------------------------------- equality
+# 1350 train rows (validation_split 0.1 holds out the same 150 in both paths), 21 steps
+# an epoch in blocks of 4: a remainder block of 1, and the permutation's remainder rotating.
+KW = dict(num_epochs=2, scan_chunk=4, checkpoint_every_steps=8)
+
+
+@pytest.fixture(scope="module")
+def in_memory_run():
+  return jdl.fit(make_config(**KW), dataset=_in_memory(*_digits()), quiet=True)
+
+
+def _assert_same_run(a, b):
+  assert _leaves_equal(a.state.params, b.state.params)
+  assert _leaves_equal(a.state.opt_state, b.state.opt_state)
+  assert a.history == b.history  # Train and val metrics of every epoch.
+  assert a.test_metrics == b.test_metrics
+
+
+def test_streamed_training_is_bitwise_the_in_memory_training(digits_dir, in_memory_run):
+  streamed = jdl.fit(_streamed(digits_dir, **KW), quiet=True)
+  _assert_same_run(in_memory_run, streamed)
+  mem_norm, norm = in_memory_run.trainer.normalizer, streamed.trainer.normalizer
+  np.testing.assert_array_equal(mem_norm.mean, norm.mean)
+  np.testing.assert_array_equal(mem_norm.std, norm.std)
+  assert not _prefetch_threads()
+
+
+def test_step_mode_global_normalisation_and_early_stopping_match_too(digits_dir):
+  kw = dict(num_epochs=6, epoch_mode="step", normalize="global", early_stopping__enabled=True,
+            early_stopping__patience=0, early_stopping__min_delta=10.0,
+            diagnostics__every_steps=7)  # The diagnostic block takes the feed's inputs too.
+  mem = jdl.fit(make_config(**kw), dataset=_in_memory(*_digits()), quiet=True)
+  streamed = jdl.fit(_streamed(digits_dir, **kw), quiet=True)
+  _assert_same_run(mem, streamed)
+  assert len(streamed.history["loss"]) == 2  # Stopped early: the thread ends too.
+  assert not _prefetch_threads()
+
+
+class _Signal(cb.Callback):
+  """Sends this process ``sig`` once training reaches ``at_step`` (the loop's stop path)."""
+
+  def __init__(self, at_step, sig=signal.SIGTERM):
+    self.at_step, self.sig, self.sent = at_step, sig, False
+
+  def on_steps_end(self, trainer, step, num_steps):
+    if step >= self.at_step and not self.sent:
+      self.sent = True
+      os.kill(os.getpid(), self.sig)
+
+
+def test_interrupted_streamed_runs_resume_bitwise_exactly(digits_dir, in_memory_run, tmp_path):
+  # SIGTERM in epoch 1: the block in flight finishes, a checkpoint, a clean return.
+  stopped = jdl.fit(_streamed(digits_dir, **KW), tmp_path, quiet=True,
+                    callbacks=[_Signal(at_step=13)])
+  assert stopped.trainer.preempted == "SIGTERM" and stopped.trainer.step == 16
+  assert not _prefetch_threads()
+  # Then a crash (an exception) at step 37 of epoch 2, past the step-29 checkpoint.
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(_streamed(digits_dir, **KW), tmp_path, quiet=True, callbacks=[Crash(at_step=37)])
+  assert not _prefetch_threads()
+  # Resumed from step 29 (epoch 2, batch 8): the uninterrupted run, bit for bit.
+  resumed = jdl.fit(_streamed(digits_dir, **KW), tmp_path, quiet=True)
+  _assert_same_run(in_memory_run, resumed)
+
+
+# ------------------------------------------------------------- the thread
+def test_an_error_in_the_prefetch_thread_is_one_clear_error_in_the_caller():
+  def produce(k):
+    if k == 3:
+      raise OSError("disk on fire")
+    return k
+
+  feeder = stream.Prefetcher(range(10), produce, depth=2)
+  assert [feeder.get()[1] for _ in range(3)] == [0, 1, 2]
+  with pytest.raises(JdlError, match="reading the streamed data failed: OSError: disk on fire"):
+    feeder.get()
+  feeder.close()
+  assert not feeder.alive
+
+
+def test_close_stops_a_producer_blocked_on_a_full_queue():
+  feeder = stream.Prefetcher(iter(int, 1), lambda k: np.zeros(1000), depth=1)  # Endless.
+  feeder.get()
+  time.sleep(0.2)  # The producer now waits on the full queue.
+  t0 = time.perf_counter()
+  feeder.close()
+  assert not feeder.alive and time.perf_counter() - t0 < 2
+
+
+def test_process_slices_partition_every_global_batch(digits_dir):
+  ds = npy_dir.open_dir(digits_dir)
+  split = stream.StreamSplit(ds.x_train, ds.y_train, None, pipeline.Normalizer.identity((8, 8, 1)),
+                             regression=False)
+  key = jax.random.key(3)
+  sched = dict(chunk=4, steps_per_epoch=1500 // 64, num_epochs=2)
+  whole = stream.StreamFeed(split, key, 64, **sched)
+  parts = [stream.StreamFeed(split, key, 64, process_index=p, process_count=4, **sched)
+           for p in range(4)]
+  for epoch, pos, n in [(0, 0, 4), (1, 20, 3)]:
+    rows = whole.block_rows(epoch, pos, n)
+    np.testing.assert_array_equal(
+        np.concatenate([f.block_rows(epoch, pos, n) for f in parts], axis=1), rows)
+    x, y = whole.fetch(epoch, pos, n)
+    xs, ys = zip(*(f.fetch(epoch, pos, n) for f in parts))
+    np.testing.assert_array_equal(
+        np.concatenate([a.reshape(n, 16, 8, 8, 1) for a in xs], axis=1).reshape(x.shape), x)
+    np.testing.assert_array_equal(
+        np.concatenate([a.reshape(n, 16) for a in ys], axis=1).reshape(-1), y)
+  with pytest.raises(JdlError, match=r"batch_size \(64\) must be divisible by the number of "
+                                     r"processes \(3\)"):
+    stream.StreamFeed(split, key, 64, process_count=3, **sched)
+
+
+# ------------------------------------------------------------- sources
+def test_shards_read_as_one_array_in_any_order(digits_dir):
+  x, y = _digits()
+  rows = npy_dir.open_dir(digits_dir).x_train
+  assert rows.shape == (1500, 8, 8, 1) and len(rows.paths) == 3
+  idx = np.random.default_rng(0).integers(0, 1500, 300)  # Unsorted, with repeats.
+  np.testing.assert_array_equal(rows.take(idx), x[idx])
+
+
+@pytest.mark.parametrize("mode", ["featurewise", "featurewise_center", "global"])
+def test_chunked_statistics_equal_numpy(tmp_path, monkeypatch, mode):
+  monkeypatch.setattr(npy_dir, "CHUNK_BYTES", 8 * 50 * 12)  # 12 rows a chunk.
+  x = np.random.default_rng(0).normal(3.0, 2.0, (203, 5, 10)).astype(np.float64)
+  x[:, 0, 0] = 7.0  # A constant feature: std 1, as in memory.
+  np.save(tmp_path / "x.npy", x)
+  src = npy_dir.NpyRows([tmp_path / "x.npy"])
+  rows = np.random.default_rng(1).permutation(203)[:150]
+  ref = {"featurewise": pipeline.Normalizer.fit, "global": pipeline.Normalizer.fit_global,
+         "featurewise_center": pipeline.Normalizer.fit_center}[mode](x.astype(np.float32)[rows])
+  got = npy_dir.fit_normalizer(src, rows, mode)
+  np.testing.assert_allclose(got.mean, ref.mean, rtol=1e-6, atol=0)
+  np.testing.assert_allclose(got.std, ref.std, rtol=1e-6, atol=0)
+
+
+def _write(d: Path, **arrays):
+  d.mkdir()
+  for name, a in arrays.items():
+    if isinstance(a, bytes):
+      (d / f"{name}.npy").write_bytes(a)
+    else:
+      np.save(d / f"{name}.npy", a, allow_pickle=True)
+  return d
+
+
+X, Y = np.zeros((8, 3), np.float32), np.arange(8) % 2
+BAD = {
+    "no x_train": (dict(x_test=X, y_test=Y), "holds no x_train.npy and y_train.npy"),
+    "x without y": (dict(x_train=X), "has x_train but no y_train.npy"),
+    "pickled": (dict(x_train=np.array([{"a": 1}] * 8, object), y_train=Y),
+                "allow_pickle=False"),
+    "corrupt": (dict(x_train=b"\x93NUMPY garbage", y_train=Y), "is corrupt or not a .npy"),
+    "lengths": (dict(x_train=X, y_train=Y[:5]), "x_train.npy has 8 examples but"),
+    "1-D x": (dict(x_train=X[:, 0], y_train=Y), "x needs one row per example"),
+    "test shape": (dict(x_train=X, y_train=Y, x_test=X[:, :2], y_test=Y),
+                   r"has examples of shape \(2,\) but x_train has \(3,\)"),
+    "NaN": (dict(x_train=np.where(np.eye(8, 3) > 0, np.nan, X), y_train=Y),
+            "x_train .* contains NaN or Inf values in 3 of 8 examples"),
+    "negative label": (dict(x_train=X, y_train=Y - 1), r"labels must be in \[0, 2\*\*31 - 1\)"),
+    "one-hot": (dict(x_train=X, y_train=np.eye(8, 2, dtype=np.int64)), "not one-hot"),
+    "strings": (dict(x_train=X, y_train=np.array(["a"] * 8)), "non-numeric dtype"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_files_are_one_clear_error(tmp_path, case):
+  arrays, message = BAD[case]
+  d = _write(tmp_path / "d", **arrays)
+  with pytest.raises(JdlError, match=message):
+    npy_dir.open_dir(d)
+
+
+def test_shards_must_agree_and_the_cli_exits_2_touching_nothing(tmp_path, capsys):
+  d = _write(tmp_path / "d", **{"x_train.0": X, "x_train.1": X[:, :2], "y_train": Y})
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "keep.txt").write_text("x")
+  before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in workdir.rglob("*")}
+  assert cli.main(["train", "--workdir", str(workdir), "--config.dataset=npy_dir",
+                   f"--config.data_dir={d}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "shards must match" in err[0], err
+  assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in workdir.rglob("*")} == before
+
+
+def test_slices_cross_shard_boundaries(digits_dir):
+  x, _ = _digits()
+  rows = npy_dir.open_dir(digits_dir).x_train
+  for lo, hi in [(0, 1500), (350, 1020), (400, 1000), (999, 1001), (5, 5)]:
+    np.testing.assert_array_equal(rows.slice(lo, hi), x[lo:hi])
+
+
+def test_streamed_regression_and_lr_finder_match_in_memory(tmp_path):
+  from jdl import lr_finder
+  ds = sources.load_dataset("linear", n_samples=300)
+  d = _write(tmp_path / "lin", x_train=ds.x_train, y_train=ds.y_train.astype(np.float64),
+             x_test=ds.x_test, y_test=ds.y_test.astype(np.float64))
+  kw = dict(task="regression", loss="mse", metrics=("mse", "r2"), batch_size=32, num_epochs=2,
+            epoch_mode="step")
+  mem = jdl.fit(make_config(dataset="linear", n_samples=300, **kw), quiet=True)
+  streamed = jdl.fit(make_config(dataset="npy_dir", data_dir=str(d), **kw), quiet=True)
+  assert streamed.trainer.data.task == "regression"
+  _assert_same_run(mem, streamed)
+  c = make_config(dataset="npy_dir", data_dir=str(d), **kw)
+  a = lr_finder.find_lr(make_config(dataset="linear", n_samples=300, **kw), steps=12)
+  b = lr_finder.find_lr(c, steps=12)
+  np.testing.assert_array_equal(a.losses, b.losses)
+
+
+def test_split_views_read_only_the_rows_asked_for(digits_dir):
+  x, y = _digits()
+  ds = npy_dir.open_dir(digits_dir)
+  norm = pipeline.Normalizer.fit(x[:1500])
+  split = stream.StreamSplit(ds.x_test, ds.y_test, None, norm, regression=False)
+  assert split.x.shape == (297, 8, 8, 1) and split.y.shape == (297,) and len(split.x) == 297
+  np.testing.assert_array_equal(np.asarray(split.x[5:9]), norm(x[1505:1509]))
+  np.testing.assert_array_equal(np.asarray(split.y[[3, -1]]), y[[1503, -1]])
+  np.testing.assert_array_equal(np.asarray(split.x), norm(x[1500:]))  # Whole, on request.
+  batches = list(split.eval_batches(128))
+  assert [int(np.asarray(m).sum()) for *_, m in batches] == [128, 128, 41]
+  np.testing.assert_array_equal(np.asarray(batches[2][1])[41:], y[1500])  # Padding: row 0.
+
+
+def test_a_file_truncated_during_the_run_is_one_clear_error(tmp_path):
+  x, y = _digits()
+  d = _write(tmp_path / "d", x_train=x[:256], y_train=y[:256])
+  ds = npy_dir.open_dir(d)
+  split = stream.StreamSplit(ds.x_train, ds.y_train, None, pipeline.Normalizer.identity((8, 8, 1)),
+                             regression=False)
+  feed = stream.StreamFeed(split, jax.random.key(0), 32, chunk=2, steps_per_epoch=8,
+                           num_epochs=1, prefetch=1)
+  feed.block(0, 0, 2)
+  with open(d / "x_train.npy", "r+b") as f:
+    f.truncate(2000)
+  with pytest.raises(JdlError, match=r"reading the streamed data failed: .*x_train.npy ended "
+                                     r"early: .* was it changed or truncated during the run\?"):
+    for pos in range(2, 8, 2):
+      feed.block(0, pos, 2)
+  feed.close()
+  assert not _prefetch_threads()
+
+
+def test_build_splits_holds_out_the_in_memory_rows_or_uses_x_val(digits_dir, tmp_path):
+  x, y = _digits()
+  ds = npy_dir.open_dir(digits_dir)
+  train, val, test, _ = stream.build_splits(ds, make_config(normalize="none"))
+  x_tr, y_tr, x_val, y_val = pipeline.split_validation(x[:1500], y[:1500], 0.1, 0)
+  np.testing.assert_array_equal(np.asarray(train.x), x_tr)
+  np.testing.assert_array_equal(np.asarray(val.y), y_val)
+  assert test.size == 297
+  d = _write(tmp_path / "v", x_train=x[:100], y_train=y[:100], x_val=x[100:130],
+             y_val=y[100:130])
+  train, val, test, _ = stream.build_splits(npy_dir.open_dir(d), make_config())
+  assert (train.size, val.size, test) == (100, 30, None)
+  with pytest.raises(JdlError, match="classes and examples_per_class need the data in memory"):
+    stream.build_splits(ds, make_config(classes=(0, 1)))
+  with pytest.raises(JdlError, match="binarize='dynamic'"):
+    stream.build_splits(ds, make_config(task="vae"))
