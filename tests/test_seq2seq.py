@@ -242,3 +242,11 @@ def test_decoding_compiles_once_per_batch_and_max_len():
                            jnp.full((batch, 3), seed, jnp.int32), beam_size=2, **kw)
   # Batch 2 was traced inside `decode` already; batch 4 is new.
   assert traces == {"greedy": 1, "beam": 2}
+
+
+def test_public_api():
+  for name in sequence.__all__:
+    assert hasattr(sequence, name), name
+  from jdl.models import recurrent
+  for name in recurrent.__all__:
+    assert hasattr(recurrent, name), name
