@@ -120,7 +120,8 @@ def test_lstm_forget_bias_init():
 
 @pytest.mark.parametrize("cell_type", ["simple", "lstm", "gru"])
 def test_rnn_matches_python_loop(cell_type):
-  rnn = recurrent.RNN(H, cell_type=cell_type)
+  # unroll changes the loop's schedule, not its result.
+  rnn = recurrent.RNN(H, cell_type=cell_type, unroll=2 if cell_type == "gru" else 1)
   x = jax.random.normal(_key(1), (B, T, F))
   variables = rnn.init(_key(0), x)
   outputs, final_h = jax.jit(rnn.apply)(variables, x)
