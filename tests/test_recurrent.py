@@ -84,26 +84,26 @@ CELL_CASES = {
 }
 
 
-def _random_carry(cell, key):
-  carry = cell.initialize_carry(B)
-  leaves, tree = jax.tree.flatten(carry)
-  keys = jax.random.split(key, len(leaves))
-  return tree.unflatten([jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
+def _random_like(tree, seed, scale=1.0):
+  # numpy draws: eager jax.random calls would each compile on first use.
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda l: jnp.asarray(scale * rng.standard_normal(l.shape), jnp.float32), tree)
 
 
-def _perturbed(params, key):
-  # Random biases too, so the test sees every bias (they start at zeros / forget_bias).
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return tree.unflatten([l + 0.3 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
+def _random_variables(model, *args):
+  # Random parameters of the model's shapes: enough for tests of the computation,
+  # and it skips compiling `init` (the initializers have their own tests).
+  return _random_like(jax.eval_shape(model.init, _key(0), *args), 0, scale=0.5)
 
 
 @pytest.mark.parametrize("cell,ref", CELL_CASES.values(), ids=CELL_CASES.keys())
 def test_cell_step_matches_numpy_equations(cell, ref):
-  x = jax.random.normal(_key(1), (B, F))
-  carry = _random_carry(cell, _key(2))
+  x = _random_like(jnp.zeros((B, F)), 1)
+  carry = _random_like(cell.initialize_carry(B), 2)
   params = jax.jit(cell.init)(_key(0), carry, x)["params"]
-  params = _perturbed(params, _key(3))
+  # Random biases too, so the test sees every bias (they start at zeros / forget_bias).
+  params = jax.tree.map(jnp.add, params, _random_like(params, 3, scale=0.3))
   new_carry, h = jax.jit(cell.apply)({"params": params}, carry, x)
   np_carry = jax.tree.map(np.asarray, carry)
   want_carry, want_h = ref(params, np_carry, np.asarray(x))
@@ -114,7 +114,7 @@ def test_cell_step_matches_numpy_equations(cell, ref):
 def test_lstm_forget_bias_init():
   cell = recurrent.LSTMCell(H, forget_bias=1.5)
   x = jnp.zeros((1, F))
-  b = cell.init(_key(0), cell.initialize_carry(1), x)["params"]["input"]["bias"]
+  b = jax.jit(cell.init)(_key(0), cell.initialize_carry(1), x)["params"]["input"]["bias"]
   np.testing.assert_array_equal(b, np.r_[np.zeros(H), np.full(H, 1.5), np.zeros(2 * H)])
 
 
@@ -122,8 +122,8 @@ def test_lstm_forget_bias_init():
 def test_rnn_matches_python_loop(cell_type):
   # unroll changes the loop's schedule, not its result.
   rnn = recurrent.RNN(H, cell_type=cell_type, unroll=2 if cell_type == "gru" else 1)
-  x = jax.random.normal(_key(1), (B, T, F))
-  variables = rnn.init(_key(0), x)
+  x = _random_like(jnp.zeros((B, T, F)), 1)
+  variables = _random_variables(rnn, x)
   outputs, final_h = jax.jit(rnn.apply)(variables, x)
   chex.assert_shape(outputs, (B, T, H))
   chex.assert_shape(final_h, (B, H))
@@ -152,7 +152,7 @@ LENGTHS = np.array([6, 3, 1])
 
 
 def _padded_inputs():
-  x = np.asarray(jax.random.normal(_key(1), (B, T, F)))
+  x = np.asarray(_random_like(jnp.zeros((B, T, F)), 1))
   mask = np.arange(T)[None, :] < LENGTHS[:, None]
   x_padded = np.where(mask[..., None], x, 7.0)  # Garbage in the padding on purpose.
   return x_padded, mask
@@ -165,7 +165,7 @@ def _padded_inputs():
 ], ids=["lstm", "gru_reverse", "bi_lstm"])
 def test_padding_does_not_change_outputs(layer):
   x, mask = _padded_inputs()
-  variables = layer.init(_key(0), x[:1])
+  variables = _random_variables(layer, x[:1])
   apply = jax.jit(layer.apply)
   outputs, final_h = apply(variables, x, mask)
   np.testing.assert_array_equal(np.asarray(outputs)[~mask], 0.0)
@@ -181,7 +181,7 @@ def test_padding_does_not_change_outputs(layer):
 def test_one_compilation_for_all_lengths_in_a_bucket():
   layer = recurrent.RNN(H, cell_type="gru")
   x, _ = _padded_inputs()
-  variables = layer.init(_key(0), x)
+  variables = _random_variables(layer, x)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
@@ -225,15 +225,15 @@ def test_recurrent_initializers(cell_type, blocks, init, gain):
 def test_gradient_reaches_early_inputs():
   # The vanishing-gradient figure needs |dL/dx_t| for every t.
   model = recurrent.SequenceRegressor(hidden=(H,), cell="simple")
-  x = jax.random.normal(_key(1), (2, 20, 2))
-  variables = model.init(_key(0), x)
+  x = _random_like(jnp.zeros((2, 20, 2)), 1)
+  variables = _random_variables(model, x)
   grads = jax.grad(lambda x: jnp.sum(model.apply(variables, x)))(x)
   per_step = np.abs(np.asarray(grads)).sum(axis=(0, 2))
   assert np.all(np.isfinite(per_step)) and per_step[0] > 0
 
 
 def test_pool_sequence():
-  out = jax.random.normal(_key(1), (2, 4, 3))
+  out = _random_like(jnp.zeros((2, 4, 3)), 1)
   mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool)
   o = np.asarray(out)
   chex.assert_trees_all_close(recurrent.pool_sequence(out, mask, "mean"),
@@ -262,7 +262,7 @@ def test_text_classifier_padding():
   x = np.array([[5, 6, 7, 8, 0, 0], [9, 4, 0, 0, 0, 0]], np.int32)
   model = models.create_model({"name": "text_rnn", "vocab_size": 12, "embed_dim": 4,
                                "hidden": [H], "cell": "gru"}, num_outputs=2)
-  variables = jax.jit(model.init)(_key(0), x)
+  variables = _random_variables(model, x)
   apply = jax.jit(model.apply)
   logits = apply(variables, x)
   chex.assert_shape(logits, (2, 2))
@@ -278,7 +278,7 @@ def test_conv1d_text_padding_exact():
   lengths = np.array([16, 11])
   x = np.where(np.arange(16)[None, :] < lengths[:, None],
                np.arange(16)[None, :] % 9 + 1, 0).astype(np.int32)
-  variables = jax.jit(model.init)(_key(0), x)
+  variables = _random_variables(model, x)
   apply = jax.jit(model.apply)
   logits = apply(variables, x)
   # Row 1 alone and unpadded (length 11: its last pool window is incomplete).
@@ -293,7 +293,7 @@ def test_conv1d_text_padding_exact():
 def test_sequence_regressor_mixed_precision():
   model = models.create_model({"name": "seq_rnn", "hidden": [H], "cell": "lstm",
                                "dtype": "bfloat16"}, num_outputs=1)
-  x = jax.random.normal(_key(1), (2, T, 2))
+  x = _random_like(jnp.zeros((2, T, 2)), 1)
   variables = model.init(_key(0), x)
   out = model.apply(variables, x)
   assert out.dtype == jnp.bfloat16 and out.shape == (2, 1)

@@ -38,8 +38,13 @@ def _model(**fields):
   return Seq2Seq(**fields)
 
 
-def _init(model):
-  return jax.jit(model.init)(_key(0), SRC, TGT_IN)
+def _init(model, seed=0):
+  # Random parameters of the model's shapes: these tests need generic weights, not
+  # the initializers, and skipping `init` skips its compilation (2 s a model).
+  shapes = jax.eval_shape(model.init, _key(0), SRC, TGT_IN)
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape), s.dtype), shapes)
 
 
 VARIANTS = {
