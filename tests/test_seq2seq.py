@@ -216,6 +216,22 @@ def test_length_normalization_and_eos():
   np.testing.assert_array_equal(greedy.lengths, [1, 1])
 
 
+def test_beam_keeps_a_finished_hypothesis_pushed_out_of_the_beam():
+  # alpha=1. Step 0: [<eos>] (0.45: -0.80) and [A] (0.42) fill the beam. Step 1:
+  # [A, B] and [A, C] (-0.78 a token) push [<eos>] out. Then B and C lead to a uniform
+  # distribution: everything after falls to -1.12 a token or lower.
+  c = 1
+  uniform = {tok: 1.0 for tok in range(6)}
+  table = _table({BOS: {EOS: 0.45, A: 0.42, B_: 0.13}, A: {B_: 0.5, c: 0.5},
+                  B_: uniform, c: uniform})
+  src = jnp.zeros((1, 2), jnp.int32)
+  beam = sequence.beam_search(toy_apply, {"table": table}, src, beam_size=2, max_len=4,
+                              bos_id=BOS, eos_id=EOS, length_penalty=1.0)
+  np.testing.assert_array_equal(beam.tokens, [[EOS, PAD, PAD, PAD]])
+  np.testing.assert_array_equal(beam.lengths, [1])
+  np.testing.assert_allclose(beam.scores, [np.log(0.45)], rtol=1e-5)
+
+
 def test_decoding_compiles_once_per_batch_and_max_len():
   traces = {"greedy": 0, "beam": 0}
 
