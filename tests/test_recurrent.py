@@ -318,3 +318,16 @@ def test_bad_model_config():
                         num_outputs=2)
   with pytest.raises(JdlError, match="vocab_size"):
     models.create_model({"name": "text_rnn"}, num_outputs=2)
+
+
+@pytest.mark.parametrize("name,fields", [
+    ("text_rnn", {"vocab_size": 12, "hidden": [4, 4], "pooling": "max"}),
+    ("text_conv1d", {"vocab_size": 12, "filters": [4, 4], "kernel_size": 3, "pool_size": 2}),
+    ("seq_rnn", {"cell": "gru"}),
+])
+def test_mixed_precision_traces(name, fields):
+  model = models.create_model({"name": name, "dtype": "bfloat16", **fields}, num_outputs=2)
+  x = jnp.ones((2, 12, 3)) if name == "seq_rnn" else jnp.ones((2, 12), jnp.int32)
+  variables = jax.eval_shape(model.init, _key(0), x)
+  out = jax.eval_shape(model.apply, variables, x)
+  assert out.dtype == jnp.bfloat16 and out.shape == (2, 2)

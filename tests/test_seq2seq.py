@@ -271,3 +271,18 @@ def test_public_api():
   from jdl.models import recurrent
   for name in recurrent.__all__:
     assert hasattr(recurrent, name), name
+
+
+@pytest.mark.parametrize("attention", ["bahdanau", "luong_dot", "luong_general", "none"])
+def test_mixed_precision_traces(attention):
+  # Tracing (jax.eval_shape, no compilation) under strict promotion finds any
+  # float32/bfloat16 mix-up.
+  model = _model(attention=attention, dtype="bfloat16")
+  variables = jax.eval_shape(model.init, _key(0), SRC, TGT_IN)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  logits = jax.eval_shape(model.apply, variables, SRC, TGT_IN)
+  assert logits.dtype == jnp.float32 and logits.shape == (3, 4, 11)
+  beam = jax.eval_shape(
+      lambda v, s: sequence.beam_search(model.apply, v, s, beam_size=2, max_len=5,
+                                        bos_id=BOS, eos_id=EOS), variables, SRC)
+  assert beam.tokens.shape == (3, 5) and beam.attention.shape == (3, 5, 5)
