@@ -169,6 +169,12 @@ def test_padding_does_not_change_outputs(layer):
   apply = jax.jit(layer.apply)
   outputs, final_h = apply(variables, x, mask)
   np.testing.assert_array_equal(np.asarray(outputs)[~mask], 0.0)
+  # Padding before the sequence ('pre', Keras' default) works the same way.
+  x_pre = np.stack([np.roll(row, T - n, axis=0) for row, n in zip(x, LENGTHS)])
+  out_pre, h_pre = apply(variables, x_pre, mask[:, ::-1])
+  for b, n in enumerate(LENGTHS):
+    chex.assert_trees_all_close(out_pre[b, T - n:], outputs[b, :n], rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(h_pre, final_h, rtol=RTOL, atol=ATOL)
   for b, n in enumerate(LENGTHS):
     if n == T:
       continue  # Nothing to unpad.
