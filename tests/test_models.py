@@ -47,7 +47,8 @@ def test_public_api():
   for name in models.__all__:
     assert hasattr(models, name), name
   assert set(models.MODELS) == {
-      "mlp", "cnn", "lenet5", "vgg", "inception", "resnet20", "resnet18", "resnet"}
+      "mlp", "cnn", "lenet5", "vgg", "inception", "resnet20", "resnet18", "resnet",
+      "text_rnn", "text_conv1d", "seq_rnn", "seq2seq"}
 
 
 # name, config fields, input shape, has batch norm.

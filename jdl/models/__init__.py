@@ -34,10 +34,22 @@ from jdl.models.initializers import INITIALIZERS
 from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import MLP
+from jdl.models.recurrent import Bidirectional
+from jdl.models.recurrent import Conv1DText
+from jdl.models.recurrent import Embedding
+from jdl.models.recurrent import GRUCell
+from jdl.models.recurrent import LSTMCell
+from jdl.models.recurrent import RNN
+from jdl.models.recurrent import SequenceRegressor
+from jdl.models.recurrent import SimpleRNNCell
+from jdl.models.recurrent import StackedRNN
+from jdl.models.recurrent import TextClassifier
 from jdl.models.resnet import ResidualBlock
 from jdl.models.resnet import ResNet
 from jdl.models.resnet import ResNet18
 from jdl.models.resnet import ResNet20
+from jdl.models.seq2seq import EncoderOutput
+from jdl.models.seq2seq import Seq2Seq
 
 MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
@@ -48,6 +60,10 @@ MODELS: dict[str, type[nn.Module]] = {
     "resnet20": ResNet20,
     "resnet18": ResNet18,
     "resnet": ResNet,
+    "text_rnn": TextClassifier,
+    "text_conv1d": Conv1DText,
+    "seq_rnn": SequenceRegressor,
+    "seq2seq": Seq2Seq,
 }
 
 _NOT_CONFIGURABLE = ("parent", "name")
@@ -73,7 +89,9 @@ def create_model(config: Mapping[str, Any], *, num_outputs: int) -> nn.Module:
     config: an ``ml_collections.ConfigDict`` or a mapping with ``name`` (a key of
       :data:`MODELS`) and any constructor fields of that model; lists are turned
       into tuples.
-    num_outputs: width of the output, set by the data (e.g. number of classes).
+    num_outputs: width of the output, set by the data (e.g. number of classes);
+      ignored by a model without a ``num_outputs`` field (``seq2seq``, whose
+      output width is its ``tgt_vocab_size``).
 
   Returns:
     The unbound module.
@@ -103,13 +121,14 @@ def create_model(config: Mapping[str, Any], *, num_outputs: int) -> nn.Module:
         f"unknown field {key!r} for model {name!r}; valid fields: "
         f"{errors.names(valid)}",
     )
-  if "num_outputs" in fields:
+  if "num_outputs" in valid and "num_outputs" in fields:
     errors.require(
         fields["num_outputs"] == num_outputs,
         f"model config sets num_outputs={fields['num_outputs']!r} but the data "
         f"needs {num_outputs}; remove num_outputs from the model config",
     )
-  fields["num_outputs"] = num_outputs
+  if "num_outputs" in valid:
+    fields["num_outputs"] = num_outputs
   missing = [k for k, f in valid.items() if k not in fields
              and f.default is dataclasses.MISSING
              and f.default_factory is dataclasses.MISSING]
@@ -120,23 +139,35 @@ def create_model(config: Mapping[str, Any], *, num_outputs: int) -> nn.Module:
 
 __all__ = [
     "ACTIVATIONS",
+    "Bidirectional",
     "CNN",
+    "Conv1DText",
     "ConvAutoencoder",
     "DCGANDiscriminator",
     "DCGANGenerator",
     "DenseAutoencoder",
+    "Embedding",
+    "EncoderOutput",
+    "GRUCell",
     "INITIALIZERS",
     "InceptionBlock",
     "InceptionNet",
+    "LSTMCell",
     "LeNet5",
     "MLP",
     "MLPDiscriminator",
     "MLPGenerator",
     "MODELS",
+    "RNN",
     "ResNet",
     "ResNet18",
     "ResNet20",
     "ResidualBlock",
+    "Seq2Seq",
+    "SequenceRegressor",
+    "SimpleRNNCell",
+    "StackedRNN",
+    "TextClassifier",
     "VAE",
     "VGG",
     "create_model",

@@ -1,0 +1,378 @@
+"""Recurrent layers and models: a cell scanned over time, stacks, bidirectional.
+
+Sequences are ``[batch, time, features]`` with an optional ``mask: [batch, time]``
+(true on real steps). A padded step leaves the carry unchanged and outputs zeros,
+so the final state is the state at each sequence's last real token and padding
+never changes a sequence's outputs. Masked steps are selected with ``jnp.where``
+inside one ``lax.scan`` (through ``nn.scan``): every length within a padded bucket
+shares one compiled program.
+
+The cells are in :mod:`jdl.models.cells` and re-exported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jdl import errors
+from jdl.models.cells import CELLS, GRUCell, LSTMCell, RECURRENT_INITS
+from jdl.models.cells import SimpleRNNCell, identity_init, make_cell
+from jdl.models.cells import recurrent_initializer
+from jdl.models.initializers import get_head_initializer
+from jdl.models.mlp import check_common_fields, check_widths
+from jdl.models.text_conv import Conv1DText
+
+Dtype = Any
+POOLINGS = ("last", "mean", "max")
+
+# Token embeddings; the padding id is handled by the masks of the layers above.
+Embedding = nn.Embed
+
+
+def _as_mask(mask: jax.Array | None, x: jax.Array) -> jax.Array:
+  if mask is None:
+    return jnp.ones(x.shape[:2], bool)
+  errors.require(tuple(mask.shape) == tuple(x.shape[:2]),
+                 f"mask shape {tuple(mask.shape)} does not match the sequence's "
+                 f"[batch, time] {tuple(x.shape[:2])}")
+  return mask.astype(bool)
+
+
+class RNN(nn.Module):
+  """A recurrent cell scanned over time (``nn.scan``, parameters shared over steps).
+
+  Attributes:
+    features: ``H``, the width of the hidden state.
+    cell_type: ``'lstm'``, ``'gru'`` or ``'simple'``.
+    reverse: scan from the last step to the first (outputs stay in input order).
+      With a mask, trailing padding is skipped, so the backward pass of a padded
+      sequence starts at its last real token, and ``final_h`` is the state after
+      its first token.
+    activation: ``'tanh'`` or ``'relu'`` (simple cell only).
+    recurrent_init: ``'orthogonal'``, ``'identity'``, ``'lecun_normal'`` or
+      ``'glorot_uniform'`` for the recurrent kernel.
+    gain: gain of the recurrent init.
+    forget_bias: initial forget-gate bias (LSTM only).
+    kernel_init: initializer of the input kernel.
+    unroll: steps unrolled per scan iteration (speed only).
+    dtype: compute dtype; parameters and carries stay float32.
+
+  The cell's parameters are under ``cell/`` (see :mod:`jdl.models.cells`).
+  """
+
+  features: int
+  cell_type: str = "lstm"
+  reverse: bool = False
+  activation: str = "tanh"
+  recurrent_init: str = "orthogonal"
+  gain: float = 1.0
+  forget_bias: float = 1.0
+  kernel_init: str = "glorot_uniform"
+  unroll: int = 1
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_widths("unroll", (self.unroll,))
+    # Validates the cell fields at construction, not at the first call.
+    make_cell(self.cell_type, self.features, activation=self.activation,
+              forget_bias=self.forget_bias, recurrent_init=self.recurrent_init,
+              gain=self.gain, kernel_init=self.kernel_init, dtype=self.dtype,
+              parent=None)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    """Runs the cell over ``x``.
+
+    Args:
+      x: ``[batch, time, F]``.
+      mask: ``[batch, time]``, true on real steps; ``None``: all real.
+
+    Returns:
+      ``(outputs, final_h)``: ``outputs [batch, time, H]`` (zeros on padded
+      steps, in ``dtype``) and ``final_h [batch, H]`` (float32), the hidden state
+      after each sequence's last real step (first, with ``reverse``).
+    """
+    errors.require(x.ndim == 3, f"RNN needs [batch, time, features], got {tuple(x.shape)}")
+    mask = _as_mask(mask, x)
+    cell = make_cell(self.cell_type, self.features, activation=self.activation,
+                     forget_bias=self.forget_bias, recurrent_init=self.recurrent_init,
+                     gain=self.gain, kernel_init=self.kernel_init, dtype=self.dtype,
+                     name="cell")
+    x_proj = cell.project_inputs(x)  # One product for all steps, outside the loop.
+
+    def body(cell, carry, inputs):
+      xp_t, m_t = inputs
+      new_carry, h = cell.step(carry, xp_t)
+      new_carry = jax.tree.map(lambda n, o: jnp.where(m_t[:, None], n, o),
+                               new_carry, carry)
+      return new_carry, jnp.where(m_t[:, None], h, jnp.zeros_like(h))
+
+    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=1, out_axes=1, reverse=self.reverse, unroll=self.unroll)
+    carry, outputs = scan(cell, cell.initialize_carry(x.shape[0]), (x_proj, mask))
+    return outputs, cell.hidden(carry)
+
+
+class Bidirectional(nn.Module):
+  """A forward and a backward :class:`RNN` on the same input and mask.
+
+  Attributes:
+    as :class:`RNN` (without ``reverse``); each direction has ``features`` units.
+
+  Returns from ``__call__(x, mask=None)``: ``outputs [batch, time, 2H]``
+  (forward then backward, both aligned with the input; zeros on padding) and
+  ``final_h [batch, 2H]``: the forward state at the last real token and the
+  backward state at the first. Submodules ``forward`` and ``backward``.
+  """
+
+  features: int
+  cell_type: str = "lstm"
+  activation: str = "tanh"
+  recurrent_init: str = "orthogonal"
+  gain: float = 1.0
+  forget_bias: float = 1.0
+  kernel_init: str = "glorot_uniform"
+  unroll: int = 1
+  dtype: Dtype = jnp.float32
+
+  def _rnn(self, reverse: bool, name: str) -> RNN:
+    return RNN(self.features, cell_type=self.cell_type, reverse=reverse,
+               activation=self.activation, recurrent_init=self.recurrent_init,
+               gain=self.gain, forget_bias=self.forget_bias,
+               kernel_init=self.kernel_init, unroll=self.unroll, dtype=self.dtype,
+               name=name)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None
+               ) -> tuple[jax.Array, jax.Array]:
+    fwd_out, fwd_h = self._rnn(False, "forward")(x, mask)
+    bwd_out, bwd_h = self._rnn(True, "backward")(x, mask)
+    return (jnp.concatenate([fwd_out, bwd_out], axis=-1),
+            jnp.concatenate([fwd_h, bwd_h], axis=-1))
+
+
+class StackedRNN(nn.Module):
+  """Recurrent layers on top of each other, optionally bidirectional.
+
+  Attributes:
+    hidden: units of each layer (per direction).
+    bidirectional: :class:`Bidirectional` layers instead of :class:`RNN`.
+    dropout_rate: dropout between layers (not after the last), in training.
+    cell_type, activation, recurrent_init, gain, forget_bias, kernel_init,
+      unroll, dtype: as :class:`RNN`, for every layer.
+
+  ``__call__(x, mask=None, train=False) -> (outputs, final_h)`` of the last layer;
+  each layer's outputs are sown as ``intermediates/layer_{i}``. Submodules
+  ``layer_{i}``.
+  """
+
+  hidden: Sequence[int] = (128,)
+  bidirectional: bool = False
+  dropout_rate: float = 0.0
+  cell_type: str = "lstm"
+  activation: str = "tanh"
+  recurrent_init: str = "orthogonal"
+  gain: float = 1.0
+  forget_bias: float = 1.0
+  kernel_init: str = "glorot_uniform"
+  unroll: int = 1
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_widths("hidden", self.hidden)
+    errors.require(len(self.hidden) >= 1, "hidden needs at least one layer")
+    check_common_fields(self)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    layer_cls = Bidirectional if self.bidirectional else RNN
+    final_h = None
+    for i, width in enumerate(self.hidden):
+      if i > 0 and self.dropout_rate > 0:
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x, final_h = layer_cls(
+          width, cell_type=self.cell_type, activation=self.activation,
+          recurrent_init=self.recurrent_init, gain=self.gain,
+          forget_bias=self.forget_bias, kernel_init=self.kernel_init,
+          unroll=self.unroll, dtype=self.dtype, name=f"layer_{i}")(x, mask)
+      self.sow("intermediates", f"layer_{i}", x)
+    return x, final_h
+
+
+def pool_sequence(outputs: jax.Array, mask: jax.Array, kind: str) -> jax.Array:
+  """Masked mean or max over time: ``[batch, time, H] -> [batch, H]``.
+
+  A sequence without a real step pools to zeros.
+  """
+  m = mask[..., None]
+  count = jnp.sum(mask, axis=1, keepdims=True).astype(outputs.dtype)
+  if kind == "mean":
+    total = jnp.sum(jnp.where(m, outputs, jnp.zeros_like(outputs)), axis=1)
+    return total / jnp.maximum(count, jnp.ones_like(count))
+  low = jnp.full_like(outputs, -jnp.inf)
+  best = jnp.max(jnp.where(m, outputs, low), axis=1)
+  return jnp.where(count > 0, best, jnp.zeros_like(best))
+
+
+class TextClassifier(nn.Module):
+  """Embedding -> (bi)recurrent stack -> pooling -> dense head, on token ids.
+
+  Attributes:
+    vocab_size: number of token ids.
+    num_outputs: width of the output (classes).
+    embed_dim: embedding width.
+    cell: ``'lstm'``, ``'gru'`` or ``'simple'``.
+    hidden: units of each recurrent layer (per direction).
+    bidirectional: bidirectional recurrent layers.
+    dropout_rate: dropout on the embeddings, between layers and before the head.
+    pad_id: the padding token; ``mask = x != pad_id``.
+    pooling: ``'last'`` (the final states: forward at the last real token,
+      backward at the first), ``'mean'`` or ``'max'`` over real steps.
+    activation, recurrent_init, gain, forget_bias, kernel_init, unroll: as
+      :class:`RNN`.
+    dtype: compute dtype; parameters stay float32.
+
+  Submodules ``embed``, ``rnn`` (a :class:`StackedRNN`) and ``head``.
+  """
+
+  vocab_size: int
+  num_outputs: int
+  embed_dim: int = 128
+  cell: str = "lstm"
+  hidden: Sequence[int] = (128,)
+  bidirectional: bool = True
+  dropout_rate: float = 0.0
+  pad_id: int = 0
+  pooling: str = "last"
+  activation: str = "tanh"
+  recurrent_init: str = "orthogonal"
+  gain: float = 1.0
+  forget_bias: float = 1.0
+  kernel_init: str = "glorot_uniform"
+  unroll: int = 1
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_common_fields(self)
+    check_widths("vocab_size", (self.vocab_size,))
+    check_widths("embed_dim", (self.embed_dim,))
+    errors.lookup("pooling", self.pooling, {p: p for p in POOLINGS})
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """Classifies token sequences.
+
+    Args:
+      x: ``[batch, time]`` integer token ids, padded with ``pad_id``.
+      train: dropout on when true.
+
+    Returns:
+      ``[batch, num_outputs]`` logits.
+    """
+    errors.require(x.ndim == 2, f"TextClassifier needs [batch, time] token ids, got "
+                                f"{tuple(x.shape)}")
+    x = jnp.asarray(x, jnp.int32)
+    mask = x != self.pad_id
+    h = Embedding(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(x)
+    if self.dropout_rate > 0:
+      h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+    outputs, final_h = StackedRNN(
+        tuple(self.hidden), bidirectional=self.bidirectional,
+        dropout_rate=self.dropout_rate, cell_type=self.cell,
+        activation=self.activation, recurrent_init=self.recurrent_init,
+        gain=self.gain, forget_bias=self.forget_bias, kernel_init=self.kernel_init,
+        unroll=self.unroll, dtype=self.dtype, name="rnn")(h, mask, train=train)
+    if self.pooling == "last":
+      features = final_h.astype(self.dtype)
+    else:
+      features = pool_sequence(outputs, mask, self.pooling)
+    if self.dropout_rate > 0:
+      features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
+    return nn.Dense(self.num_outputs, kernel_init=get_head_initializer(self.kernel_init),
+                    dtype=self.dtype, name="head")(features)
+
+
+class SequenceRegressor(nn.Module):
+  """A recurrent stack over real-valued sequences, a dense head on the last state.
+
+  The model of the adding problem (Hochreiter & Schmidhuber, 1997): ``x [batch,
+  time, F]`` to ``[batch, num_outputs]`` from the final hidden state.
+
+  Attributes:
+    num_outputs: width of the output.
+    cell: ``'lstm'``, ``'gru'`` or ``'simple'``.
+    hidden: units of each recurrent layer.
+    activation: ``'tanh'`` or ``'relu'`` for the simple cell.
+    recurrent_init: ``'orthogonal'``, ``'identity'``, ``'lecun_normal'``,
+      ``'glorot_uniform'``.
+    gain: gain of the recurrent init.
+    forget_bias, kernel_init, unroll: as :class:`RNN`.
+    dtype: compute dtype; parameters stay float32.
+
+  Submodules ``rnn`` (a :class:`StackedRNN`) and ``head``.
+  """
+
+  num_outputs: int = 1
+  cell: str = "lstm"
+  hidden: Sequence[int] = (128,)
+  activation: str = "tanh"
+  recurrent_init: str = "orthogonal"
+  gain: float = 1.0
+  forget_bias: float = 1.0
+  kernel_init: str = "glorot_uniform"
+  unroll: int = 1
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_common_fields(self)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False,
+               mask: jax.Array | None = None) -> jax.Array:
+    """Args: ``x [batch, time, F]``; ``mask [batch, time]`` optional.
+
+    Returns:
+      ``[batch, num_outputs]``.
+    """
+    del train  # No dropout or batch norm.
+    errors.require(x.ndim == 3, f"SequenceRegressor needs [batch, time, features], "
+                                f"got {tuple(x.shape)}")
+    _, final_h = StackedRNN(
+        tuple(self.hidden), cell_type=self.cell, activation=self.activation,
+        recurrent_init=self.recurrent_init, gain=self.gain,
+        forget_bias=self.forget_bias, kernel_init=self.kernel_init,
+        unroll=self.unroll, dtype=self.dtype, name="rnn")(x, mask)
+    return nn.Dense(self.num_outputs, kernel_init=get_head_initializer(self.kernel_init),
+                    dtype=self.dtype, name="head")(final_h.astype(self.dtype))
+
+
+__all__ = [
+    "Bidirectional",
+    "CELLS",
+    "Conv1DText",
+    "Embedding",
+    "GRUCell",
+    "LSTMCell",
+    "POOLINGS",
+    "RECURRENT_INITS",
+    "RNN",
+    "SequenceRegressor",
+    "SimpleRNNCell",
+    "StackedRNN",
+    "TextClassifier",
+    "identity_init",
+    "make_cell",
+    "pool_sequence",
+    "recurrent_initializer",
+]

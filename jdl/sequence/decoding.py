@@ -1,0 +1,211 @@
+"""Greedy decoding and beam search for encoder-decoder models, scan-based and jitted.
+
+Both functions drive a model through ``apply_fn`` (``model.apply``, e.g.
+``state.apply_fn``) and two methods that the model provides
+(:class:`jdl.models.Seq2Seq` does):
+
+* ``encode(src) -> enc`` (a PyTree whose leaves have a leading batch axis, with
+  the initial decoder carry in ``enc.carry``);
+* ``decode_step(carry, token [batch], enc) -> (carry, logits [batch, V],
+  attention [batch, S])``.
+
+Decoding runs for exactly ``max_len`` steps in one ``lax.scan``; a sequence that
+has emitted ``eos_id`` is padded with ``pad_id`` from then on (attention rows 0).
+``apply_fn``, ``max_len``, ``beam_size``, the ids and ``length_penalty`` are static:
+each function compiles once per (``apply_fn``, batch, source length, ``max_len``,
+...) and is cached by ``jax.jit``. Pass the same ``apply_fn`` object each time
+(``model.apply`` of one model instance compares equal to itself; a fresh lambda
+per call would recompile). Inside an outer ``jax.jit`` they inline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+ApplyFn = Callable[..., Any]
+
+
+class DecodeResult(NamedTuple):
+  """Greedy decoding's output.
+
+  Attributes:
+    tokens: ``[batch, max_len]`` int32, up to and including ``<eos>``, then
+      ``pad_id``.
+    attention: ``[batch, max_len, S]`` attention weights of each output step (0
+      after ``<eos>``).
+    lengths: ``[batch]`` tokens up to and including ``<eos>`` (``max_len`` when no
+      ``<eos>`` was produced).
+  """
+
+  tokens: jax.Array
+  attention: jax.Array
+  lengths: jax.Array
+
+
+class BeamResult(NamedTuple):
+  """Beam search's output: the best hypothesis of each batch element.
+
+  Attributes:
+    tokens: ``[batch, max_len]`` int32, up to and including ``<eos>``, then
+      ``pad_id``.
+    scores: ``[batch]`` the length-normalized score ``log_prob / length**alpha``
+      that ranked the hypotheses.
+    attention: ``[batch, max_len, S]`` attention weights of the best hypothesis.
+    lengths: ``[batch]`` tokens up to and including ``<eos>`` (``max_len`` when
+      the hypothesis never ended).
+    log_probs: ``[batch]`` the hypothesis' total log-probability.
+  """
+
+  tokens: jax.Array
+  scores: jax.Array
+  attention: jax.Array
+  lengths: jax.Array
+  log_probs: jax.Array
+
+
+def _lengths(tokens: jax.Array, eos_id: int) -> jax.Array:
+  is_eos = tokens == eos_id
+  first = jnp.argmax(is_eos, axis=1).astype(jnp.int32)
+  return jnp.where(jnp.any(is_eos, axis=1), first + 1, tokens.shape[1]).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "max_len", "bos_id",
+                                             "eos_id", "pad_id"))
+def greedy_decode(apply_fn: ApplyFn, variables: Any, src: jax.Array, *, max_len: int,
+                  bos_id: int, eos_id: int, pad_id: int = 0) -> DecodeResult:
+  """Decodes by taking the most likely token at every step.
+
+  Args:
+    apply_fn: ``model.apply`` of a model with ``encode`` and ``decode_step``.
+    variables: the model's variables, ``{'params': ...}``.
+    src: ``[batch, S]`` source token ids.
+    max_len: number of output steps (static).
+    bos_id: the first decoder input.
+    eos_id: ends a sequence.
+    pad_id: fills the steps after ``<eos>``.
+
+  Returns:
+    A :class:`DecodeResult`.
+  """
+  enc = apply_fn(variables, src, method="encode")
+  batch = src.shape[0]
+
+  def step(state, _):
+    carry, token, done = state
+    carry, logits, attn = apply_fn(variables, carry, token, enc, method="decode_step")
+    nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    nxt = jnp.where(done, pad_id, nxt)
+    attn = jnp.where(done[:, None], jnp.zeros_like(attn), attn)
+    done = done | (nxt == eos_id)
+    return (carry, nxt, done), (nxt, attn)
+
+  init = (enc.carry, jnp.full((batch,), bos_id, jnp.int32), jnp.zeros((batch,), bool))
+  _, (tokens, attn) = jax.lax.scan(step, init, None, length=max_len)
+  tokens = tokens.T
+  return DecodeResult(tokens, jnp.swapaxes(attn, 0, 1), _lengths(tokens, eos_id))
+
+
+def _gather_beams(x: jax.Array, beams: jax.Array) -> jax.Array:
+  """``x [batch, k, ...]``, ``beams [batch, k]`` -> ``x[b, beams[b, j]]``."""
+  return jax.vmap(lambda xb, ib: xb[ib])(x, beams)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "beam_size", "max_len",
+                                             "bos_id", "eos_id", "pad_id",
+                                             "length_penalty"))
+def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
+                beam_size: int = 5, max_len: int, bos_id: int, eos_id: int,
+                pad_id: int = 0, length_penalty: float = 1.0) -> BeamResult:
+  """Beam search with length normalization and end-of-sequence handling.
+
+  Keeps ``beam_size`` hypotheses per batch element. At each step every live
+  hypothesis is extended by every token, and the ``beam_size`` best candidates by
+  ``log_prob / length**length_penalty`` survive. A hypothesis that has emitted
+  ``<eos>`` stays in the beam with its score frozen (it can only be extended by
+  ``pad_id`` at no cost) until better candidates push it out, so finished and
+  live hypotheses compete on the same normalized score. The answer is the best
+  hypothesis after ``max_len`` steps. With ``beam_size=1`` this is exactly
+  :func:`greedy_decode`.
+
+  Args:
+    apply_fn: ``model.apply`` of a model with ``encode`` and ``decode_step``.
+    variables: the model's variables, ``{'params': ...}``.
+    src: ``[batch, S]`` source token ids.
+    beam_size: ``k``, hypotheses kept per batch element (static).
+    max_len: number of output steps (static).
+    bos_id: the first decoder input.
+    eos_id: ends a hypothesis.
+    pad_id: fills the steps after ``<eos>``.
+    length_penalty: ``alpha``; scores are ``log_prob / length**alpha``, with the
+      length counting ``<eos>``; 0 ranks by raw log-probability.
+
+  Returns:
+    A :class:`BeamResult`.
+
+  References:
+    Wu et al., "Google's neural machine translation system", 2016 (length
+    normalization); Graves, "Sequence transduction with recurrent neural
+    networks", 2012 (beam search for RNN decoders).
+  """
+  k, batch, alpha = beam_size, src.shape[0], float(length_penalty)
+  enc = apply_fn(variables, src, method="encode")
+  enc = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), enc)  # [batch * k, ...]
+  src_len = src.shape[1]
+  neg_inf = jnp.float32(-jnp.inf)
+
+  def normalize(log_prob, length):
+    if alpha == 0.0:
+      return log_prob
+    return log_prob / length.astype(jnp.float32) ** alpha
+
+  def step(state, t):
+    carry, last, log_prob, finished, length, tokens, attn = state
+    carry, logits, weights = apply_fn(variables, carry, last.reshape(batch * k), enc,
+                                      method="decode_step")
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, k, -1)
+    vocab = lp.shape[-1]
+    is_pad = jnp.arange(vocab) == pad_id
+    # A finished hypothesis has one continuation, pad_id, at no cost.
+    cand = jnp.where(finished[..., None],
+                     jnp.where(is_pad, log_prob[..., None], neg_inf),
+                     log_prob[..., None] + lp)
+    cand_len = jnp.where(finished, length, t + 1)[..., None]
+    _, idx = jax.lax.top_k(normalize(cand, cand_len).reshape(batch, k * vocab), k)
+    beams, tok = idx // vocab, (idx % vocab).astype(jnp.int32)
+    log_prob = jnp.take_along_axis(cand.reshape(batch, k * vocab), idx, axis=1)
+    was_finished = _gather_beams(finished, beams)
+    tok = jnp.where(was_finished, pad_id, tok)
+    length = jnp.where(was_finished, _gather_beams(length, beams), t + 1)
+    finished = was_finished | (tok == eos_id)
+    weights = _gather_beams(weights.reshape(batch, k, src_len), beams)
+    weights = jnp.where(was_finished[..., None], jnp.zeros_like(weights), weights)
+    tokens = _gather_beams(tokens, beams).at[:, :, t].set(tok)
+    attn = _gather_beams(attn, beams).at[:, :, t].set(weights)
+    carry = jax.tree.map(
+        lambda x: _gather_beams(x.reshape(batch, k, *x.shape[1:]), beams).reshape(x.shape),
+        carry)
+    return (carry, tok, log_prob, finished, length, tokens, attn), None
+
+  first = jnp.where(jnp.arange(k) == 0, 0.0, neg_inf).astype(jnp.float32)
+  init = (
+      enc.carry,
+      jnp.full((batch, k), bos_id, jnp.int32),
+      jnp.tile(first, (batch, 1)),                        # Beams start identical:
+      jnp.zeros((batch, k), bool),                        # only the first is live.
+      jnp.zeros((batch, k), jnp.int32),
+      jnp.full((batch, k, max_len), pad_id, jnp.int32),
+      jnp.zeros((batch, k, max_len, src_len), jnp.float32),
+  )
+  state, _ = jax.lax.scan(step, init, jnp.arange(max_len, dtype=jnp.int32))
+  _, _, log_prob, _, length, tokens, attn = state
+  scores = normalize(log_prob, length)
+  best = jnp.argmax(scores, axis=1)
+  pick = lambda x: jnp.take_along_axis(  # noqa: E731
+      x, best.reshape((batch,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+  return BeamResult(tokens=pick(tokens), scores=pick(scores), attention=pick(attn),
+                    lengths=pick(length), log_probs=pick(log_prob))
