@@ -254,7 +254,7 @@ def test_text_run_resumes_exactly_with_its_vocabulary(tmp_path):
   config.sequence.maxlen = 6
   config.model.name = "text_rnn"
   with config.model.unlocked():
-    config.model.update({"hidden": 8, "embed_dim": 8, "dropout_rate": 0.2})
+    config.model.update({"hidden": (8,), "embed_dim": 8, "dropout_rate": 0.2})
   config.optimizer.clip_norm = 1.0
   config.lock()
   full = jdl.fit(config, tmp_path / "full", quiet=True)

@@ -28,7 +28,7 @@ def get_config():
   config.validation_split = 0.1
   config.model.name = "seq_rnn"
   config.model.cell = "lstm"
-  config.model.hidden = 64
+  config.model.hidden = (64,)
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 3e-3
   config.optimizer.clip_norm = 1.0

@@ -24,7 +24,7 @@ def get_config():
   config.model.name = "text_rnn"
   config.model.embed_dim = 64
   config.model.cell = "lstm"
-  config.model.hidden = 64
+  config.model.hidden = (64,)
   config.model.bidirectional = True
   config.model.dropout_rate = 0.3
   config.optimizer.name = "adam"

@@ -58,6 +58,10 @@ _NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
 _CE_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 
 
+class VocabularyMismatch(JdlError):
+  """A checkpoint's vocabulary differs from the one the train split gives now."""
+
+
 @dataclasses.dataclass
 class FitResult:
   """What :func:`fit` returns.
@@ -538,6 +542,8 @@ class Trainer:
     for step in reversed(steps):
       try:
         return self._resume(step)
+      except VocabularyMismatch:
+        raise  # A readable checkpoint of other data: refuse, touch nothing.
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         self.checkpointer.close()
@@ -561,7 +567,7 @@ class Trainer:
     tree, meta = self.checkpointer.restore(step, target)
     ckpt_lib.validate_meta(meta, step)
     if self.vocab and meta.get("vocab") != self.vocab_json():
-      raise JdlError(f"the checkpoint at step {step} was trained with another vocabulary than "
+      raise VocabularyMismatch(f"the checkpoint at step {step} was trained with another vocabulary than "
                      "the one built now from the train split (the data changed); use another "
                      "--workdir, or --restart")
     self.state, self._acc = tree["state"], tree["acc"]
