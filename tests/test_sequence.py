@@ -173,6 +173,7 @@ def test_masked_token_loss_ignores_padding():
   task = seq_tasks.Seq2SeqTask(apply_fn=model.apply, loss=None, metric_names=seq_tasks.METRICS,
                                num_classes=0)
 
+  @jax.jit
   def loss(src, tgt, mask):
     batch = {"x": src, "y": tgt, "mask": jnp.asarray(mask, jnp.float32)}
     value, (per_example, outputs, _) = task.loss_fn(params, {}, batch, jax.random.key(1), False)
@@ -206,8 +207,9 @@ def test_strip_ids():
 
 def test_text_classifier_train_evaluate_predict_cli(tmp_path, capsys):
   data, run = _sst2(tmp_path / "data"), tmp_path / "run"
-  common = [f"--config.data_dir={data}", "--config.num_epochs=2", "--config.batch_size=8",
-            "--config.model.hidden=8", "--config.model.embed_dim=8", "--config.plots=false",
+  common = [f"--config.data_dir={data}", "--config.num_epochs=1", "--config.batch_size=8",
+            "--config.model.hidden=8", "--config.model.bidirectional=false",
+            "--config.validation_split=0", "--config.model.embed_dim=8", "--config.plots=false",
             "--config.tensorboard=false", "--config.sequence.min_freq=1"]
   assert cli.main(["train", "--config", "sst2_lstm", "--workdir", str(run), "--quiet",
                    *common]) == 0
@@ -227,7 +229,8 @@ def test_text_classifier_train_evaluate_predict_cli(tmp_path, capsys):
 def test_seq2seq_train_evaluate_predict_cli(tmp_path, capsys):
   run = tmp_path / "run"
   assert cli.main(["train", "--config", "seq2seq_dates", "--workdir", str(run), "--quiet",
-                   "--config.n_samples=256", "--config.num_epochs=1", "--config.batch_size=32",
+                   "--config.n_samples=128", "--config.num_epochs=1", "--config.batch_size=32",
+                   "--config.validation_split=0", "--config.eval_batch_size=16",
                    "--config.model.hidden=16", "--config.model.embed_dim=8",
                    "--config.sequence.beam_size=2", "--config.plots=false",
                    "--config.tensorboard=false"]) == 0
@@ -248,18 +251,22 @@ def test_text_run_resumes_exactly_with_its_vocabulary(tmp_path):
   data = _sst2(tmp_path / "data")
   config = base_config()
   config.update({"dataset": "sst2", "data_dir": str(data), "normalize": "none",
-                 "batch_size": 8, "num_epochs": 2, "checkpoint_every_steps": 2,
+                 "batch_size": 8, "num_epochs": 3, "checkpoint_every_steps": 2,
                  "tensorboard": False, "plots": False, "async_checkpoints": False,
-                 "validation_split": 0.25})
+                 "validation_split": 0.0, "monitor": "loss"})
   config.sequence.maxlen = 6
   config.model.name = "text_rnn"
   with config.model.unlocked():
-    config.model.update({"hidden": (8,), "embed_dim": 8, "dropout_rate": 0.2})
+    config.model.update({"hidden": (8,), "embed_dim": 8, "dropout_rate": 0.2,
+                         "bidirectional": False})
   config.optimizer.clip_norm = 1.0
   config.lock()
   full = jdl.fit(config, tmp_path / "full", quiet=True)
   with pytest.raises(KeyboardInterrupt):
-    jdl.fit(config, tmp_path / "resumed", quiet=True, callbacks=[Crash(at_step=5)])
+    jdl.fit(config, tmp_path / "resumed", quiet=True, callbacks=[Crash(at_step=7)])
+  # 32 examples, 4 steps an epoch: the crash at step 8 leaves step 6, mid-epoch 2.
+  assert max(int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir()
+             if p.name.isdigit()) == 6
   resumed = jdl.fit(config, tmp_path / "resumed", quiet=True)
   chex.assert_trees_all_equal(jax.device_get(full.state.params),
                               jax.device_get(resumed.state.params))

@@ -33,5 +33,5 @@ def get_config():
   config.optimizer.learning_rate = 3e-3
   config.optimizer.clip_norm = 1.0
   config.batch_size = 50
-  config.num_epochs = 20
+  config.num_epochs = 30
   return config

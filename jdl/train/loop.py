@@ -919,21 +919,18 @@ class Trainer:
     seq = self.config.sequence
     max_len = int(seq.decode_max_len) or int(self.data.train.y.shape[1]) - 1
     ids = dict(max_len=max_len, bos_id=text_lib.BOS_ID, eos_id=text_lib.EOS_ID)
-    if not hasattr(self, "_decoders"):
-      self._decoders = {}
-    if beam not in self._decoders:
-      if beam:
-        fn = functools.partial(decoding.beam_search, state.apply_fn,
-                               beam_size=int(seq.beam_size),
-                               length_penalty=float(seq.length_penalty), **ids)
-      else:
-        fn = functools.partial(decoding.greedy_decode, state.apply_fn, **ids)
-      self._decoders[beam] = jax.jit(lambda variables, src: fn(variables, src))
+    # decoding's functions are jitted with apply_fn static: runs of one model share
+    # their compilations (evaluate, then predict, in one process).
+    if beam:
+      fn = functools.partial(decoding.beam_search, state.apply_fn, beam_size=int(seq.beam_size),
+                             length_penalty=float(seq.length_penalty), **ids)
+    else:
+      fn = functools.partial(decoding.greedy_decode, state.apply_fn, **ids)
     idx, _ = pipeline.eval_batch_indices(len(src), self.eval_batch_size)
     src = np.asarray(src, np.int32)
     tokens, attention = [], []
     for i in idx:
-      result = self._decoders[beam](state.variables, jnp.asarray(src[i]))
+      result = fn(state.variables, jnp.asarray(src[i]))
       tokens.append(np.asarray(result.tokens))
       att = getattr(result, "attention", None)
       attention.append(None if att is None else np.asarray(att, np.float32))
