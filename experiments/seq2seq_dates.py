@@ -56,14 +56,15 @@ def save_attention(trainer: loop.Trainer, texts, path: Path) -> None:
   fig, axes = plt.subplots(1, len(texts), figsize=(4.2 * len(texts), 3.8))
   for ax, text, row, src_row, att in zip(np.atleast_1d(axes), texts, tokens, src, attention):
     out = v_tgt.decode(row)
+    out = out + ["<eos>"] if 3 in row.tolist() else out  # 3: <eos>.
     n_in = int((src_row != 0).sum())
-    ax.imshow(att[:len(out) + 1, :n_in], cmap="viridis", aspect="auto", vmin=0, vmax=1)
+    ax.imshow(att[:len(out), :n_in], cmap="viridis", aspect="auto", vmin=0, vmax=1)
     ax.set_xticks(range(n_in))
     ax.set_xticklabels([c if c != " " else "_" for c in v_src.decode(src_row[:n_in])],
                        fontsize=7)
-    ax.set_yticks(range(len(out) + 1))
-    ax.set_yticklabels(out + ["<eos>"], fontsize=7)
-    ax.set_title(f"{text!r} -> {''.join(out)}", fontsize=8)
+    ax.set_yticks(range(len(out)))
+    ax.set_yticklabels(out, fontsize=7)
+    ax.set_title(f"{text!r} -> {v_tgt.decode_text(row)}", fontsize=8)
   fig.suptitle("Bahdanau attention of greedy decoding (rows: output, columns: input)")
   fig.tight_layout()
   fig.savefig(path, dpi=120)

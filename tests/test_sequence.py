@@ -276,3 +276,10 @@ def test_text_run_resumes_exactly_with_its_vocabulary(tmp_path):
   (data / "train.tsv").write_text(TRAIN.replace("charming", "lovely"))
   with pytest.raises(JdlError, match="another vocabulary"):
     jdl.fit(config, tmp_path / "resumed", quiet=True)
+
+
+def test_public_names():
+  import jdl.sequence
+  for name in ("Vocabulary", "pad_sequences", "tokenize", "greedy_decode", "beam_search"):
+    assert hasattr(jdl.sequence, name)
+  assert {"sst2", "adding_problem", "dates"} <= set(sources.DATASETS)

@@ -8,6 +8,8 @@ model's ``src_vocab_size`` / ``tgt_vocab_size`` are filled in here, as
 
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 
 from jdl.errors import JdlError
@@ -60,7 +62,15 @@ def create_seq2seq(config, vocab: dict | None):
     raise JdlError(f"unknown field(s) {', '.join(unknown)} for model 'seq2seq'; valid fields: "
                    f"{', '.join(sorted(valid))}")
   freeze = lambda v: tuple(freeze(x) for x in v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+  return _seq2seq(tuple(sorted((k, freeze(v)) for k, v in spec.items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _seq2seq(fields: tuple):
+  """One module instance per field values: decoding's jit caches (keyed by
+  ``model.apply``, static) are then shared by every run of that model in a process."""
+  from jdl.models import seq2seq as seq2seq_lib
   try:
-    return cls(**{k: freeze(v) for k, v in spec.items()})
+    return seq2seq_lib.Seq2Seq(**dict(fields))
   except (TypeError, ValueError) as e:
     raise JdlError(f"model 'seq2seq': {e}") from None
