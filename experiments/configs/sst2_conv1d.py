@@ -22,4 +22,5 @@ def get_config():
                   "kernel_size": 3, "pool_size": 2, "dropout_rate": 0.3}
   config.optimizer.learning_rate = 1e-3
   config.optimizer.clip_norm = 0.0  # Not recurrent: no clipping needed.
+  config.schedule.name = "constant"
   return config

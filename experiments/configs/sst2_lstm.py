@@ -2,8 +2,10 @@
 
 Words as tokens (SST-2 is tokenized and lower-cased), a vocabulary of the train
 split's words seen at least twice, texts padded / truncated to 50 tokens at the
-end; the LSTM runs over the real tokens only (the padding is masked). Gradient
-clipping by global norm 1.0, as for every recurrent config.
+end; the LSTM runs over the real tokens only (the padding is masked), and its
+outputs are max-pooled over the real steps. Dropout 0.5 on the embeddings and the
+pooled features, Adam 2e-3 with a cosine decay over 3 epochs. Gradient clipping by
+global norm 1.0, as for every recurrent config.
 
 Command:  jdl train --config sst2_lstm --workdir runs/sst2_lstm --config.data_dir=../shared/data/sst2
 Result:   see experiments/README.md (sequence models).
@@ -26,10 +28,12 @@ def get_config():
   config.model.cell = "lstm"
   config.model.hidden = (64,)
   config.model.bidirectional = True
-  config.model.dropout_rate = 0.3
+  config.model.dropout_rate = 0.5
+  config.model.pooling = "max"
   config.optimizer.name = "adam"
   config.optimizer.learning_rate = 2e-3
   config.optimizer.clip_norm = 1.0
+  config.schedule.name = "cosine"
   config.batch_size = 64
   config.num_epochs = 3
   config.monitor = "val_accuracy"
