@@ -16,6 +16,7 @@ from jdl import models
 from jdl import optim
 from jdl import regularizers
 from jdl import sanity
+from jdl import sequence
 from jdl.checkpoint import Checkpointer
 from jdl.config import base_config
 from jdl.config import load_config

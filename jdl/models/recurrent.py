@@ -3,7 +3,8 @@
 Sequences are ``[batch, time, features]`` with an optional ``mask: [batch, time]``
 (true on real steps). A padded step leaves the carry unchanged and outputs zeros,
 so the final state is the state at each sequence's last real token and padding
-never changes a sequence's outputs. Masked steps are selected with ``jnp.where``
+never changes a sequence's outputs, whether it comes after the tokens ('post') or
+before them ('pre'). Masked steps are selected with ``jnp.where``
 inside one ``lax.scan`` (through ``nn.scan``): every length within a padded bucket
 shares one compiled program.
 
@@ -63,6 +64,7 @@ class RNN(nn.Module):
     dtype: compute dtype; parameters and carries stay float32.
 
   The cell's parameters are under ``cell/`` (see :mod:`jdl.models.cells`).
+  ``features`` is the first field, as in the cells: ``RNN(128, cell_type='gru')``.
   """
 
   features: int

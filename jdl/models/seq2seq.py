@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jdl import errors
 from jdl.models.attention import ATTENTIONS, Attention
 from jdl.models.cells import make_cell
+from jdl.models.initializers import get_head_initializer
 from jdl.models.mlp import check_common_fields, check_widths
 from jdl.models.recurrent import RNN, Bidirectional
 
@@ -162,7 +163,9 @@ class Seq2Seq(nn.Module):
     self.bridge = nn.Dense(self.hidden, dtype=self.dtype)
     self.decoder = _Decoder(self.hidden, self.cell, self.attention, self.recurrent_init,
                             self.dtype)
-    self.output = nn.Dense(self.tgt_vocab_size, dtype=self.dtype)
+    # Small output weights, as jdl's other heads: first predictions near uniform.
+    self.output = nn.Dense(self.tgt_vocab_size, kernel_init=get_head_initializer("lecun_normal"),
+                           dtype=self.dtype)
     self.drop = nn.Dropout(self.dropout_rate)
 
   def _dropout(self, x: jax.Array, train: bool) -> jax.Array:

@@ -128,9 +128,10 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
   ``log_prob / length**length_penalty`` survive. A hypothesis that has emitted
   ``<eos>`` stays in the beam with its score frozen (it can only be extended by
   ``pad_id`` at no cost) until better candidates push it out, so finished and
-  live hypotheses compete on the same normalized score. The answer is the best
-  hypothesis after ``max_len`` steps. With ``beam_size=1`` this is exactly
-  :func:`greedy_decode`.
+  live hypotheses compete on the same normalized score. The answer is the best of
+  the hypotheses in the beam after ``max_len`` steps and of those that finished in
+  the beam earlier (one pushed out by live hypotheses that later fell below it is
+  not lost). With ``beam_size=1`` this is exactly :func:`greedy_decode`.
 
   Args:
     apply_fn: ``model.apply`` of a model with ``encode`` and ``decode_step``.
@@ -163,8 +164,22 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
       return log_prob
     return log_prob / length.astype(jnp.float32) ** alpha
 
+  def best_of(scores, log_prob, length, tokens, attn) -> BeamResult:
+    """The highest-scoring of ``k`` hypotheses (``[batch, k, ...]`` fields)."""
+    j = jnp.argmax(scores, axis=1)
+    pick = lambda x: jnp.take_along_axis(  # noqa: E731
+        x, j.reshape((batch,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+    return BeamResult(tokens=pick(tokens), scores=pick(scores), attention=pick(attn),
+                      lengths=pick(length), log_probs=pick(log_prob))
+
+  def better(a: BeamResult, b: BeamResult) -> BeamResult:
+    """Per batch element, ``a`` where it scores higher than ``b``, else ``b``."""
+    take_a = a.scores > b.scores
+    return jax.tree.map(
+        lambda x, y: jnp.where(take_a.reshape((batch,) + (1,) * (x.ndim - 1)), x, y), a, b)
+
   def step(state, t):
-    carry, last, log_prob, finished, length, tokens, attn = state
+    carry, last, log_prob, finished, length, tokens, attn, kept = state
     carry, logits, weights = apply_fn(variables, carry, last.reshape(batch * k), enc,
                                       method="decode_step")
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, k, -1)
@@ -189,9 +204,18 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
     carry = jax.tree.map(
         lambda x: _gather_beams(x.reshape(batch, k, *x.shape[1:]), beams).reshape(x.shape),
         carry)
-    return (carry, tok, log_prob, finished, length, tokens, attn), None
+    # Keep the best hypothesis that has finished in the beam so far: live ones
+    # that later push it out of the beam may end up scoring worse.
+    new = finished & ~was_finished
+    new_scores = jnp.where(new, normalize(log_prob, length), neg_inf)
+    kept = better(best_of(new_scores, log_prob, length, tokens, attn), kept)
+    return (carry, tok, log_prob, finished, length, tokens, attn, kept), None
 
   first = jnp.where(jnp.arange(k) == 0, 0.0, neg_inf).astype(jnp.float32)
+  none_kept = BeamResult(
+      tokens=jnp.full((batch, max_len), pad_id, jnp.int32),
+      scores=jnp.full((batch,), neg_inf), attention=jnp.zeros((batch, max_len, src_len)),
+      lengths=jnp.zeros((batch,), jnp.int32), log_probs=jnp.full((batch,), neg_inf))
   init = (
       enc.carry,
       jnp.full((batch, k), bos_id, jnp.int32),
@@ -200,12 +224,9 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
       jnp.zeros((batch, k), jnp.int32),
       jnp.full((batch, k, max_len), pad_id, jnp.int32),
       jnp.zeros((batch, k, max_len, src_len), jnp.float32),
+      none_kept,
   )
   state, _ = jax.lax.scan(step, init, jnp.arange(max_len, dtype=jnp.int32))
-  _, _, log_prob, _, length, tokens, attn = state
-  scores = normalize(log_prob, length)
-  best = jnp.argmax(scores, axis=1)
-  pick = lambda x: jnp.take_along_axis(  # noqa: E731
-      x, best.reshape((batch,) + (1,) * (x.ndim - 1)), axis=1)[:, 0]
-  return BeamResult(tokens=pick(tokens), scores=pick(scores), attention=pick(attn),
-                    lengths=pick(length), log_probs=pick(log_prob))
+  _, _, log_prob, _, length, tokens, attn, kept = state
+  final = best_of(normalize(log_prob, length), log_prob, length, tokens, attn)
+  return better(kept, final)

@@ -1,0 +1,339 @@
+"""Tests of jdl.models.recurrent and cells: equations, scans, masks, inits, counts."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdl import models
+from jdl.errors import JdlError
+from jdl.models import recurrent
+from jdl.summary import count_params
+
+B, T, F, H = 3, 6, 4, 5
+RTOL = ATOL = 1e-5
+
+
+def _key(seed: int) -> jax.Array:
+  return jax.random.key(seed, impl="rbg")  # Compiles faster than threefry on CPU.
+
+
+@pytest.fixture(autouse=True)
+def _strict_promotion():
+  with jax.numpy_dtype_promotion("strict"):
+    yield
+
+
+def _sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+# numpy references of exactly the textbook equations, one step each. `p` holds the
+# module's own parameters; W_g [h, x] is the stacked matrix [W_h^g; W_x^g].
+def _gate(p, g, h, x, n):
+  wx, wh, b = (np.asarray(p["input"]["kernel"]), np.asarray(p["recurrent"]["kernel"]),
+               np.asarray(p["input"]["bias"]))
+  cols = slice(g * n, (g + 1) * n)
+  w = np.concatenate([wh[:, cols], wx[:, cols]], axis=0)  # [H + F, H]
+  return np.concatenate([h, x], axis=-1) @ w + b[cols]
+
+
+def simple_ref(p, h, x, activation):
+  f = np.tanh if activation == "tanh" else (lambda z: np.maximum(z, 0.0))
+  wxh, whh, b = (np.asarray(p["input"]["kernel"]), np.asarray(p["recurrent"]["kernel"]),
+                 np.asarray(p["input"]["bias"]))
+  h = f(h @ whh + x @ wxh + b)
+  return h, h
+
+
+def lstm_ref(p, carry, x):
+  c_prev, h_prev = carry
+  n = h_prev.shape[-1]
+  i = _sigmoid(_gate(p, 0, h_prev, x, n))
+  f = _sigmoid(_gate(p, 1, h_prev, x, n))
+  c_tilde = np.tanh(_gate(p, 2, h_prev, x, n))
+  c = f * c_prev + i * c_tilde
+  o = _sigmoid(_gate(p, 3, h_prev, x, n))
+  h = o * np.tanh(c)
+  return (c, h), h
+
+
+def gru_ref(p, h_prev, x):
+  n = h_prev.shape[-1]
+  wx, wh = np.asarray(p["input"]["kernel"]), np.asarray(p["recurrent"]["kernel"])
+  bx, bh = np.asarray(p["input"]["bias"]), np.asarray(p["recurrent"]["bias"])
+  blk = lambda a, g: a[..., g * n:(g + 1) * n]  # noqa: E731
+  xp, hp = x @ wx + bx, h_prev @ wh + bh
+  r = _sigmoid(blk(xp, 0) + blk(hp, 0))
+  z = _sigmoid(blk(xp, 1) + blk(hp, 1))
+  cand = np.tanh(blk(xp, 2) + r * blk(hp, 2))
+  h = (1.0 - z) * cand + z * h_prev
+  return h, h
+
+
+CELL_CASES = {
+    "simple_tanh": (recurrent.SimpleRNNCell(H, activation="tanh"),
+                    lambda p, c, x: simple_ref(p, c, x, "tanh")),
+    "simple_relu": (recurrent.SimpleRNNCell(H, activation="relu", recurrent_init="identity"),
+                    lambda p, c, x: simple_ref(p, c, x, "relu")),
+    "lstm": (recurrent.LSTMCell(H, forget_bias=1.0), lstm_ref),
+    "gru": (recurrent.GRUCell(H), gru_ref),
+}
+
+
+def _random_like(tree, seed, scale=1.0):
+  # numpy draws: eager jax.random calls would each compile on first use.
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda l: jnp.asarray(scale * rng.standard_normal(l.shape), jnp.float32), tree)
+
+
+def _random_variables(model, *args):
+  # Random parameters of the model's shapes: enough for tests of the computation,
+  # and it skips compiling `init` (the initializers have their own tests).
+  return _random_like(jax.eval_shape(model.init, _key(0), *args), 0, scale=0.5)
+
+
+@pytest.mark.parametrize("cell,ref", CELL_CASES.values(), ids=CELL_CASES.keys())
+def test_cell_step_matches_numpy_equations(cell, ref):
+  x = _random_like(jnp.zeros((B, F)), 1)
+  carry = _random_like(cell.initialize_carry(B), 2)
+  params = jax.jit(cell.init)(_key(0), carry, x)["params"]
+  # Random biases too, so the test sees every bias (they start at zeros / forget_bias).
+  params = jax.tree.map(jnp.add, params, _random_like(params, 3, scale=0.3))
+  new_carry, h = jax.jit(cell.apply)({"params": params}, carry, x)
+  np_carry = jax.tree.map(np.asarray, carry)
+  want_carry, want_h = ref(params, np_carry, np.asarray(x))
+  chex.assert_trees_all_close(h, want_h, rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(new_carry, want_carry, rtol=RTOL, atol=ATOL)
+
+
+def test_lstm_forget_bias_init():
+  cell = recurrent.LSTMCell(H, forget_bias=1.5)
+  x = jnp.zeros((1, F))
+  b = jax.jit(cell.init)(_key(0), cell.initialize_carry(1), x)["params"]["input"]["bias"]
+  np.testing.assert_array_equal(b, np.r_[np.zeros(H), np.full(H, 1.5), np.zeros(2 * H)])
+
+
+@pytest.mark.parametrize("cell_type", ["simple", "lstm", "gru"])
+def test_rnn_matches_python_loop(cell_type):
+  # unroll changes the loop's schedule, not its result.
+  rnn = recurrent.RNN(H, cell_type=cell_type, unroll=2 if cell_type == "gru" else 1)
+  x = _random_like(jnp.zeros((B, T, F)), 1)
+  variables = _random_variables(rnn, x)
+  outputs, final_h = jax.jit(rnn.apply)(variables, x)
+  chex.assert_shape(outputs, (B, T, H))
+  chex.assert_shape(final_h, (B, H))
+
+  cell = recurrent.make_cell(cell_type, H)
+  cell_vars = {"params": variables["params"]["cell"]}
+  step = jax.jit(cell.apply)
+  carry, hs = cell.initialize_carry(B), []
+  for t in range(T):
+    carry, h = step(cell_vars, carry, x[:, t])
+    hs.append(h)
+  chex.assert_trees_all_close(outputs, jnp.stack(hs, axis=1), rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(final_h, cell.hidden(carry), rtol=RTOL, atol=ATOL)
+
+  if cell_type != "lstm":
+    return  # reverse=True checked once; the masking tests cover it for the GRU.
+  # reverse=True is the forward scan of the time-reversed sequence, re-reversed.
+  back = recurrent.RNN(H, cell_type=cell_type, reverse=True)
+  out_b, h_b = jax.jit(back.apply)(variables, x)
+  out_f, h_f = jax.jit(rnn.apply)(variables, x[:, ::-1])
+  chex.assert_trees_all_close(out_b, out_f[:, ::-1], rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(h_b, h_f, rtol=RTOL, atol=ATOL)
+
+
+LENGTHS = np.array([6, 3, 1])
+
+
+def _padded_inputs():
+  x = np.asarray(_random_like(jnp.zeros((B, T, F)), 1))
+  mask = np.arange(T)[None, :] < LENGTHS[:, None]
+  x_padded = np.where(mask[..., None], x, 7.0)  # Garbage in the padding on purpose.
+  return x_padded, mask
+
+
+@pytest.mark.parametrize("layer", [
+    recurrent.RNN(H, cell_type="lstm"),
+    recurrent.RNN(H, cell_type="gru", reverse=True),
+    recurrent.Bidirectional(H, cell_type="lstm"),
+], ids=["lstm", "gru_reverse", "bi_lstm"])
+def test_padding_does_not_change_outputs(layer):
+  x, mask = _padded_inputs()
+  variables = _random_variables(layer, x[:1])
+  apply = jax.jit(layer.apply)
+  outputs, final_h = apply(variables, x, mask)
+  np.testing.assert_array_equal(np.asarray(outputs)[~mask], 0.0)
+  # Padding before the sequence ('pre', Keras' default) works the same way.
+  x_pre = np.stack([np.roll(row, T - n, axis=0) for row, n in zip(x, LENGTHS)])
+  out_pre, h_pre = apply(variables, x_pre, mask[:, ::-1])
+  for b, n in enumerate(LENGTHS):
+    chex.assert_trees_all_close(out_pre[b, T - n:], outputs[b, :n], rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(h_pre, final_h, rtol=RTOL, atol=ATOL)
+  for b, n in enumerate(LENGTHS):
+    if n == T:
+      continue  # Nothing to unpad.
+    # Each sequence alone, unpadded: a different (shorter) shape.
+    out_b, h_b = layer.apply(variables, x[b:b + 1, :n])
+    chex.assert_trees_all_close(outputs[b:b + 1, :n], out_b, rtol=RTOL, atol=ATOL)
+    chex.assert_trees_all_close(final_h[b:b + 1], h_b, rtol=RTOL, atol=ATOL)
+
+
+def test_one_compilation_for_all_lengths_in_a_bucket():
+  layer = recurrent.RNN(H, cell_type="gru")
+  x, _ = _padded_inputs()
+  variables = _random_variables(layer, x)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def run(variables, x, mask):
+    return layer.apply(variables, x, mask)
+
+  for lengths in ([6, 3, 1], [2, 2, 2], [5, 6, 4]):
+    run(variables, x, np.arange(T)[None, :] < np.array(lengths)[:, None])
+
+
+@pytest.mark.parametrize("cell_type,count", [
+    ("simple", H * F + H * H + H),
+    ("lstm", 4 * (H * (H + F) + H)),
+    ("gru", 3 * (H * F + H * H + 2 * H)),
+])
+def test_parameter_counts(cell_type, count):
+  shapes = jax.eval_shape(recurrent.RNN(H, cell_type=cell_type).init, _key(0),
+                          jnp.zeros((1, T, F)))
+  assert count_params(shapes["params"]) == count
+  bi = jax.eval_shape(recurrent.Bidirectional(H, cell_type=cell_type).init, _key(0),
+                      jnp.zeros((1, T, F)))
+  assert count_params(bi["params"]) == 2 * count
+
+
+@pytest.mark.parametrize("cell_type,blocks", [("simple", 1), ("lstm", 4), ("gru", 3)])
+@pytest.mark.parametrize("init,gain", [("identity", 1.0), ("identity", 0.5),
+                                       ("orthogonal", 1.0), ("orthogonal", 2.0)])
+def test_recurrent_initializers(cell_type, blocks, init, gain):
+  cell = recurrent.make_cell(cell_type, H, recurrent_init=init, gain=gain)
+  params = cell.init(_key(0), cell.initialize_carry(1), jnp.zeros((1, F)))["params"]
+  w = np.asarray(params["recurrent"]["kernel"])
+  assert w.shape == (H, blocks * H)
+  for g in range(blocks):
+    block = w[:, g * H:(g + 1) * H]
+    if init == "identity":
+      np.testing.assert_array_equal(block, gain * np.eye(H))
+    else:
+      np.testing.assert_allclose(block.T @ block, gain**2 * np.eye(H), atol=1e-5)
+
+
+def test_gradient_reaches_early_inputs():
+  # The vanishing-gradient figure needs |dL/dx_t| for every t.
+  model = recurrent.SequenceRegressor(hidden=(H,), cell="simple")
+  x = _random_like(jnp.zeros((2, 20, 2)), 1)
+  variables = _random_variables(model, x)
+  grads = jax.grad(lambda x: jnp.sum(model.apply(variables, x)))(x)
+  per_step = np.abs(np.asarray(grads)).sum(axis=(0, 2))
+  assert np.all(np.isfinite(per_step)) and per_step[0] > 0
+
+
+def test_pool_sequence():
+  out = _random_like(jnp.zeros((2, 4, 3)), 1)
+  mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool)
+  o = np.asarray(out)
+  chex.assert_trees_all_close(recurrent.pool_sequence(out, mask, "mean"),
+                              np.stack([o[0, :2].mean(0), np.zeros(3)]), rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(recurrent.pool_sequence(out, mask, "max"),
+                              np.stack([o[0, :2].max(0), np.zeros(3)]), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("fields,count", [
+    # Closed forms: embedding, recurrent layers, head.
+    ({"hidden": [H, 3]}, 12 * 4 + 2 * 4 * (H * (H + 4) + H) + 2 * 4 * (3 * (3 + 2 * H) + 3)
+     + (2 * 3 * 2 + 2)),
+    ({"hidden": [H], "cell": "gru", "bidirectional": False, "pooling": "max"},
+     12 * 4 + 3 * (H * 4 + H * H + 2 * H) + (H * 2 + 2)),
+    ({"hidden": [H], "cell": "simple", "pooling": "mean"},
+     12 * 4 + 2 * (H * 4 + H * H + H) + (2 * H * 2 + 2)),
+], ids=["bi_lstm_last", "gru_max", "bi_simple_mean"])
+def test_text_classifier_parameter_count(fields, count):
+  model = models.create_model({"name": "text_rnn", "vocab_size": 12, "embed_dim": 4,
+                               **fields}, num_outputs=2)
+  shapes = jax.eval_shape(model.init, _key(0), jnp.zeros((2, 6), jnp.int32))
+  assert count_params(shapes["params"]) == count
+
+
+def test_text_classifier_padding():
+  x = np.array([[5, 6, 7, 8, 0, 0], [9, 4, 0, 0, 0, 0]], np.int32)
+  model = models.create_model({"name": "text_rnn", "vocab_size": 12, "embed_dim": 4,
+                               "hidden": [H], "cell": "gru"}, num_outputs=2)
+  variables = _random_variables(model, x)
+  apply = jax.jit(model.apply)
+  logits = apply(variables, x)
+  chex.assert_shape(logits, (2, 2))
+  # The same sequences with less padding give the same logits.
+  chex.assert_trees_all_close(apply(variables, x[:, :4]), logits, rtol=RTOL, atol=ATOL)
+
+
+def test_conv1d_text_padding_exact():
+  model = models.create_model(
+      {"name": "text_conv1d", "vocab_size": 10, "embed_dim": 3, "filters": [4, 4],
+       "kernel_size": 3, "pool_size": 2, "dense": [5]}, num_outputs=3)
+  assert model.min_length() == 3 * 2 + 3 - 1
+  lengths = np.array([16, 11])
+  x = np.where(np.arange(16)[None, :] < lengths[:, None],
+               np.arange(16)[None, :] % 9 + 1, 0).astype(np.int32)
+  variables = _random_variables(model, x)
+  apply = jax.jit(model.apply)
+  logits = apply(variables, x)
+  # Row 1 alone and unpadded (length 11: its last pool window is incomplete).
+  chex.assert_trees_all_close(apply(variables, x[1:, :11]), logits[1:],
+                              rtol=RTOL, atol=ATOL)
+  assert count_params(variables["params"]) == (10 * 3 + (3 * 3 * 4 + 4) + (3 * 4 * 4 + 4)
+                                               + (4 * 5 + 5) + (5 * 3 + 3))
+  with pytest.raises(JdlError, match="receptive field"):
+    model.apply(variables, x[:, :7])
+
+
+def test_sequence_regressor_mixed_precision():
+  model = models.create_model({"name": "seq_rnn", "hidden": [H], "cell": "lstm",
+                               "dtype": "bfloat16"}, num_outputs=1)
+  x = _random_like(jnp.zeros((2, T, 2)), 1)
+  variables = model.init(_key(0), x)
+  out = model.apply(variables, x)
+  assert out.dtype == jnp.bfloat16 and out.shape == (2, 1)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"cell_type": "rnn"}, "unknown cell"),
+    ({"recurrent_init": "eye"}, "unknown recurrent_init"),
+    ({"gain": 0.0}, "gain"),
+    ({"cell_type": "simple", "activation": "sigmoid"}, "unknown activation"),
+    ({"unroll": 0}, "unroll"),
+])
+def test_bad_fields(kwargs, match):
+  with pytest.raises(JdlError, match=match):
+    recurrent.RNN(H, **kwargs)
+
+
+def test_bad_model_config():
+  with pytest.raises(JdlError, match="pooling"):
+    models.create_model({"name": "text_rnn", "vocab_size": 5, "pooling": "sum"},
+                        num_outputs=2)
+  with pytest.raises(JdlError, match="vocab_size"):
+    models.create_model({"name": "text_rnn"}, num_outputs=2)
+
+
+@pytest.mark.parametrize("name,fields", [
+    ("text_rnn", {"vocab_size": 12, "hidden": [4, 4], "pooling": "max"}),
+    ("text_conv1d", {"vocab_size": 12, "filters": [4, 4], "kernel_size": 3, "pool_size": 2}),
+    ("seq_rnn", {"cell": "gru"}),
+])
+def test_mixed_precision_traces(name, fields):
+  model = models.create_model({"name": name, "dtype": "bfloat16", **fields}, num_outputs=2)
+  x = jnp.ones((2, 12, 3)) if name == "seq_rnn" else jnp.ones((2, 12), jnp.int32)
+  variables = jax.eval_shape(model.init, _key(0), x)
+  out = jax.eval_shape(model.apply, variables, x)
+  assert out.dtype == jnp.bfloat16 and out.shape == (2, 2)
