@@ -205,55 +205,14 @@ def test_strip_ids():
 # ------------------------------------------------- end to end and resume
 
 
-def test_text_classifier_train_evaluate_predict_cli(tmp_path, capsys):
-  data, run = _sst2(tmp_path / "data"), tmp_path / "run"
-  common = [f"--config.data_dir={data}", "--config.num_epochs=1", "--config.batch_size=8",
-            "--config.model.hidden=8", "--config.model.bidirectional=false",
-            "--config.validation_split=0", "--config.model.embed_dim=8", "--config.plots=false",
-            "--config.tensorboard=false", "--config.sequence.min_freq=1"]
-  assert cli.main(["train", "--config", "sst2_lstm", "--workdir", str(run), "--quiet",
-                   *common]) == 0
-  saved = json.loads((run / "vocab.json").read_text())
-  assert saved["text"]["tokens"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
-  capsys.readouterr()
-  assert cli.main(["evaluate", "--workdir", str(run)]) == 0
-  metrics = json.loads(capsys.readouterr().out)
-  assert set(metrics) == {"accuracy", "loss"}
-  assert cli.main(["predict", "--workdir", str(run), "--text", "a charming journey",
-                   "--text", "unseen words only"]) == 0
-  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert [p["text"] for p in lines] == ["a charming journey", "unseen words only"]
-  assert all(p["label"] in (0, 1) and abs(sum(p["probabilities"]) - 1) < 1e-3 for p in lines)
-
-
-def test_seq2seq_train_evaluate_predict_cli(tmp_path, capsys):
-  run = tmp_path / "run"
-  assert cli.main(["train", "--config", "seq2seq_dates", "--workdir", str(run), "--quiet",
-                   "--config.n_samples=128", "--config.num_epochs=1", "--config.batch_size=32",
-                   "--config.validation_split=0", "--config.eval_batch_size=16",
-                   "--config.model.hidden=16", "--config.model.embed_dim=8",
-                   "--config.sequence.beam_size=2", "--config.plots=false",
-                   "--config.tensorboard=false"]) == 0
-  capsys.readouterr()
-  assert cli.main(["evaluate", "--workdir", str(run)]) == 0
-  metrics = json.loads(capsys.readouterr().out)
-  assert {"token_accuracy", "exact_match", "loss", "greedy_exact_match",
-          "beam_exact_match"} <= set(metrics)
-  # Teacher-forced exact match and greedy decoding's agree (see jdl.sequence.tasks).
-  assert metrics["exact_match"] == pytest.approx(metrics["greedy_exact_match"])
-  assert cli.main(["predict", "--workdir", str(run), "--input", "3 march 1998"]) == 0
-  out = json.loads(capsys.readouterr().out)
-  assert out["input"] == "3 march 1998" and isinstance(out["prediction"], str)
-  assert cli.main(["predict", "--workdir", str(run), "--text", "x"]) == 2
-
-
-def test_text_run_resumes_exactly_with_its_vocabulary(tmp_path):
+def test_text_run_resumes_exactly_with_its_vocabulary_then_evaluate_predict_cli(
+    tmp_path, capsys):
   data = _sst2(tmp_path / "data")
   config = base_config()
   config.update({"dataset": "sst2", "data_dir": str(data), "normalize": "none",
                  "batch_size": 8, "num_epochs": 3, "checkpoint_every_steps": 2,
                  "tensorboard": False, "plots": False, "async_checkpoints": False,
-                 "validation_split": 0.0, "monitor": "loss"})
+                 "validation_split": 0.0, "monitor": ""})
   config.sequence.maxlen = 6
   config.model.name = "text_rnn"
   with config.model.unlocked():
@@ -272,6 +231,20 @@ def test_text_run_resumes_exactly_with_its_vocabulary(tmp_path):
                               jax.device_get(resumed.state.params))
   assert (tmp_path / "full" / "vocab.json").read_text() == (
       tmp_path / "resumed" / "vocab.json").read_text()
+  saved = json.loads((tmp_path / "full" / "vocab.json").read_text())
+  assert saved["text"]["tokens"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+  # The CLI on the finished run, with the vocabulary saved in its checkpoint.
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path / "full")]) == 0
+  metrics = json.loads(capsys.readouterr().out)
+  assert set(metrics) == {"accuracy", "loss"}
+  assert metrics["accuracy"] == pytest.approx(full.test_metrics["accuracy"])
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--text",
+                   "a charming journey", "--text", "unseen words only"]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [p["text"] for p in lines] == ["a charming journey", "unseen words only"]
+  assert all(p["label"] in (0, 1) and abs(sum(p["probabilities"]) - 1) < 1e-3 for p in lines)
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--input", "x"]) == 2
   # A checkpoint trained with another vocabulary refuses to resume.
   (data / "train.tsv").write_text(TRAIN.replace("charming", "lovely"))
   with pytest.raises(JdlError, match="another vocabulary"):
@@ -283,3 +256,33 @@ def test_public_names():
   for name in ("Vocabulary", "pad_sequences", "tokenize", "greedy_decode", "beam_search"):
     assert hasattr(jdl.sequence, name)
   assert {"sst2", "adding_problem", "dates"} <= set(sources.DATASETS)
+
+
+def test_seq2seq_resumes_exactly_then_evaluate_predict_cli(tmp_path, capsys):
+  config = jdl.load_config("seq2seq_dates")
+  config.update({"n_samples": 96, "batch_size": 16, "num_epochs": 2, "validation_split": 0.0,
+                 "checkpoint_every_steps": 2, "tensorboard": False, "plots": False,
+                 "async_checkpoints": False, "monitor": ""})
+  with config.model.unlocked():
+    config.model.update({"hidden": 8, "embed_dim": 4, "dropout_rate": 0.1})
+  config.sequence.beam_size = 2
+  full = jdl.fit(config, tmp_path / "full", quiet=True)
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(config, tmp_path / "resumed", quiet=True, callbacks=[Crash(at_step=7)])
+  resumed = jdl.fit(config, tmp_path / "resumed", quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(full.state.params),
+                              jax.device_get(resumed.state.params))
+  assert full.test_metrics == resumed.test_metrics
+  assert {"token_accuracy", "exact_match", "loss", "greedy_exact_match",
+          "beam_exact_match"} <= set(full.test_metrics)
+  # Teacher-forced exact match and greedy decoding's agree (see jdl.sequence.tasks).
+  assert full.test_metrics["exact_match"] == pytest.approx(
+      full.test_metrics["greedy_exact_match"])
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path / "full")]) == 0
+  assert json.loads(capsys.readouterr().out) == pytest.approx(full.test_metrics)
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--input", "3 march 1998",
+                   "--greedy"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["input"] == "3 march 1998" and isinstance(out["prediction"], str)
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--text", "x"]) == 2
