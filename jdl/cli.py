@@ -1,4 +1,4 @@
-"""The ``jdl`` command: ``train``, ``evaluate``, ``export``, ``sample``, ``list``, ``check``, ``lr-find``.
+"""The ``jdl`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``sample``, ``list``, ``check``, ``lr-find``.
 
 Flax-examples conventions: ``--config FILE_OR_NAME``, ``--config.key=value``
 overrides, ``--workdir DIR``. Bad input prints one ``jdl: error: ...`` line and
@@ -26,6 +26,8 @@ examples:
   jdl train --config mnist_cnn --workdir runs/mnist_cnn --config.data_dir=../shared/data/mnist
   jdl evaluate --config mnist_cnn --workdir runs/mnist_cnn
   jdl export --workdir runs/mnist_cnn --out params.npz
+  jdl predict --workdir runs/sst2_lstm --text "a charming , often affecting journey"
+  jdl predict --workdir runs/seq2seq_dates --input "3 march 1998"   # beam search
   jdl sample --workdir runs/gan_mnist --n 64 --out samples.png   # VAE and GAN runs
   jdl check --config digits_cnn                  # sanity checks; exit 1 if any fails
   jdl lr-find --config digits_cnn --out lr.png   # learning-rate range test
@@ -58,6 +60,15 @@ def _parser() -> argparse.ArgumentParser:
                       "WORKDIR/previous-<time>/, not deleted")
   add("evaluate", "Print one JSON line of test metrics from the best (else latest) checkpoint "
       "(the config defaults to the workdir's config.json).")
+  r = add("predict", "Print the predictions of a text run's best (else latest) checkpoint: the "
+          "class of each --text (text classifiers), or the beam-search output of each --input "
+          "(seq2seq).", config=False)
+  r.add_argument("--text", action="append", default=[], metavar="TEXT",
+                 help="a text to classify (repeatable)")
+  r.add_argument("--input", action="append", default=[], metavar="TEXT",
+                 help="a source text to translate (repeatable)")
+  r.add_argument("--greedy", action="store_true",
+                 help="seq2seq: greedy decoding instead of beam search")
   e = add("export", "Write the latest checkpoint's parameters to a flat .npz file.", config=False)
   e.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
   e.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
@@ -136,6 +147,40 @@ def _evaluate(args, overrides) -> int:
   else:
     config, workdir = _load(args, overrides)
   print(json.dumps(loop.evaluate(config, workdir)))
+  return 0
+
+
+def _predict(args, overrides) -> int:
+  import numpy as np
+  from jdl.train import loop
+  if overrides:
+    raise JdlError("predict takes no --config overrides")
+  if not args.workdir:
+    raise JdlError("predict needs --workdir")
+  if not args.text and not args.input:
+    raise JdlError("predict needs --text TEXT (text classifier) or --input TEXT (seq2seq)")
+  trainer = loop.load_run(args.workdir)
+  if trainer.seq2seq:
+    if args.text:
+      raise JdlError(f"{args.workdir} holds a seq2seq run; give its sources with --input")
+    src = trainer.encode_texts(args.input, vocab="src")
+    tokens, _ = trainer.decode(src, beam=not args.greedy)
+    for text, row in zip(args.input, tokens):
+      print(json.dumps({"input": text, "prediction": trainer.vocab["tgt"].decode_text(row)}))
+    return 0
+  if args.input:
+    raise JdlError(f"{args.workdir} holds a {trainer.config.task!r} run; classify texts "
+                   "with --text")
+  logits = trainer.predict(trainer.encode_texts(args.text)).astype(np.float64)
+  if logits.shape[-1] == 1:  # One logit: P(class 1) = sigmoid.
+    p1 = 1 / (1 + np.exp(-logits[:, 0]))
+    probs = np.stack([1 - p1, p1], axis=1)
+  else:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = e / e.sum(axis=1, keepdims=True)
+  for text, p in zip(args.text, probs):
+    print(json.dumps({"text": text, "label": int(np.argmax(p)),
+                      "probabilities": [round(float(v), 4) for v in p]}))
   return 0
 
 
@@ -246,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     print("jdl: error: list takes no --config overrides", file=sys.stderr)
     return 2
   command = {"train": _train, "evaluate": _evaluate, "export": _export, "sample": _sample,
+             "predict": _predict,
              "list": _list,
              "check": _check, "lr-find": _lr_find}
   try:

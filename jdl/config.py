@@ -30,7 +30,10 @@ DEFAULT_EXPERIMENT = "digits_cnn"
 
 # Keys whose change makes an existing checkpoint meaningless (resume refuses).
 STRUCTURAL_KEYS = ("dataset", "model", "seed", "batch_size", "task", "loss", "classes",
-                   "examples_per_class", "generative.latent_dim")
+                   "examples_per_class", "generative.latent_dim", "sequence.maxlen",
+                   "sequence.padding", "sequence.truncating", "sequence.level",
+                   "sequence.lowercase", "sequence.min_freq", "sequence.max_vocab",
+                   "sequence.seq_len")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -65,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Model and task.
   c.model = ml_collections.ConfigDict({"name": "mlp"})
-  # 'classification', 'regression', or a generative task (see `generative` below).
+  # 'classification', 'regression', 'seq2seq' (teacher forcing, masked token
+  # cross-entropy), or a generative task (see `generative` below).
   c.task = "classification"
   c.loss = "sparse_categorical_crossentropy"
   c.label_smoothing = 0.0
@@ -127,6 +131,25 @@ def base_config() -> ml_collections.ConfigDict:
       "classifier_workdir": "",
       "eval_samples": 10000,  # Generated images scored by IS / FD.
       "sample_every_epochs": 1,  # plots/samples_epoch_N.png from a fixed noise batch.
+  })
+
+  # Sequence data and models (jdl.sequence, jdl.data.text): datasets sst2 (text
+  # classification), adding_problem (regression), dates (task 'seq2seq').
+  c.sequence = ml_collections.ConfigDict({
+      "maxlen": 0,  # Pad / truncate token ids to this length; 0 = the longest train text.
+      "padding": "post",  # 'pre' or 'post': where <pad> (id 0) goes.
+      "truncating": "post",  # 'pre' or 'post': which end of a long text is cut.
+      "level": "word",  # Tokens: 'word' (whitespace-separated) or 'char'.
+      "lowercase": True,
+      "min_freq": 1,  # Vocabulary (train split only): least occurrences of a token,
+      "max_vocab": 0,  # and most tokens, <pad> <unk> <bos> <eos> included; 0 = no limit.
+      "seq_len": 100,  # The adding problem's sequence length T.
+      # Seq2seq evaluation: beam search with this width and length penalty
+      # (score / length**length_penalty) gives beam_exact_match in the test line and in
+      # `jdl evaluate`; greedy decoding gives greedy_exact_match. 0 = no beam search.
+      "beam_size": 5,
+      "length_penalty": 0.0,
+      "decode_max_len": 0,  # Longest decoded output; 0 = the target length.
   })
 
   # Loop.

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jdl.data import download as download_lib
+from jdl.data import text as text_data
 from jdl.data.idx import read_idx
 from jdl.data.validate import validate_arrays
 from jdl.errors import JdlError, lookup
@@ -40,6 +41,8 @@ IDX_FILES = {
 }
 
 _SYNTHETIC = ("moons", "circles", "blobs", "xor", "linear")
+# Sources whose size n_samples sets (besides the synthetic ones above).
+_SIZED = ("adding_problem", "dates")
 
 # The true coefficients of the ``linear`` regression set.
 _LINEAR_W = np.array([1.5, -2.0, 0.5])
@@ -62,6 +65,9 @@ class Dataset:
     x_val: an explicit validation split (as ``x_train``), or ``None``: the trainer
       then holds out ``validation_split`` of the train split.
     y_val: its targets.
+    vocab: text datasets: ``{name: Vocabulary}`` (``"text"`` for a classifier's
+      inputs; ``"src"`` and ``"tgt"`` for seq2seq), built on the train split;
+      ``x`` then holds int32 token ids. ``None`` otherwise.
   """
 
   x_train: np.ndarray
@@ -74,6 +80,7 @@ class Dataset:
   input_shape: tuple[int, ...]
   x_val: np.ndarray | None = None
   y_val: np.ndarray | None = None
+  vocab: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +92,8 @@ class _Request:
   n_samples: int | None
   noise: float | None
   download: bool
+  text: text_data.TextOptions = text_data.TextOptions()
+  vocab: dict | None = None
 
 
 def _make(name, x_train, y_train, x_test, y_test, num_classes) -> Dataset:
@@ -356,6 +365,31 @@ def _load_npy_dir(req: _Request):
   return npy_dir.open_dir(req.data_dir)
 
 
+# Sequence sources (jdl.data.text).
+
+
+def _load_sst2(req: _Request) -> Dataset:
+  vocab = (req.vocab or {}).get("text")
+  x_tr, y_tr, x_te, y_te, vocab = text_data.load_sst2(req.data_dir, req.text, vocab)
+  return Dataset(x_tr, y_tr, x_te, y_te, num_classes=2, task="classification", name=req.name,
+                 input_shape=tuple(x_tr.shape[1:]), vocab={"text": vocab})
+
+
+def _load_adding_problem(req: _Request) -> Dataset:
+  n, t = req.n_samples or 10000, int(req.text.seq_len)
+  x_tr, y_tr = text_data.adding_problem(n, t, seed=req.seed)
+  # The test set comes from its own stream: never a copy of a train sequence.
+  x_te, y_te = text_data.adding_problem(max(1, n // 10), t, seed=req.seed + 1_000_003)
+  return _make(req.name, x_tr, y_tr, x_te, y_te, 0)
+
+
+def _load_dates(req: _Request) -> Dataset:
+  x_tr, y_tr, x_te, y_te, vocab = text_data.load_dates(req.n_samples or 20000, req.seed,
+                                                        req.vocab)
+  return Dataset(x_tr, y_tr, x_te, y_te, num_classes=len(vocab["tgt"]), task="seq2seq",
+                 name=req.name, input_shape=tuple(x_tr.shape[1:]), vocab=vocab)
+
+
 _LOADERS: dict[str, Callable[[_Request], Dataset]] = {
     "digits": _load_digits,
     "iris": _tabular("load_iris", 3),
@@ -371,6 +405,9 @@ _LOADERS: dict[str, Callable[[_Request], Dataset]] = {
     "fashion_mnist": _load_idx_family,
     "npz": _load_npz,
     "npy_dir": _load_npy_dir,
+    "sst2": _load_sst2,
+    "adding_problem": _load_adding_problem,
+    "dates": _load_dates,
 }
 
 DATASETS: tuple[str, ...] = tuple(sorted(_LOADERS))
@@ -385,6 +422,8 @@ def load_dataset(
     n_samples: int | None = None,
     noise: float | None = None,
     download: bool = True,
+    text: text_data.TextOptions | None = None,
+    vocab: dict | None = None,
 ) -> Dataset:
   """Loads a dataset by name, with a train and a test split, and validates it.
 
@@ -403,6 +442,10 @@ def load_dataset(
       0.1); blobs: the clusters' std (default 1.0); xor: the std of Gaussian noise on
       the training points (default none); linear: the std of the target noise (default
       0.1).
+    text: sequence sources: padding, truncation, tokenizer and vocabulary options
+      (``config.sequence``); the adding problem's ``seq_len``.
+    vocab: a saved ``{name: Vocabulary}`` that text sources use instead of building
+      one on the train split (evaluation and prediction of a finished run).
     download: fetch missing MNIST-family files from the mirrors in
       :mod:`jdl.data.download`.
 
@@ -418,7 +461,8 @@ def load_dataset(
   """
   loader = lookup("dataset", name, _LOADERS)
   if name not in _SYNTHETIC:
-    for option, value in (("n_samples", n_samples), ("noise", noise)):
+    for option, value in (("n_samples", None if name in _SIZED else n_samples),
+                          ("noise", noise)):
       if value is not None:
         raise JdlError(
             f"{option}={value} applies only to the synthetic datasets "
@@ -429,7 +473,8 @@ def load_dataset(
   if noise is not None and noise < 0:
     raise JdlError(f"noise must be non-negative, got {noise}")
   req = _Request(name=name, data_dir=os.fspath(data_dir), test_split=test_split,
-                 seed=seed, n_samples=n_samples, noise=noise, download=download)
+                 seed=seed, n_samples=n_samples, noise=noise, download=download,
+                 text=text or text_data.TextOptions(), vocab=vocab)
   dataset = loader(req)
   if not isinstance(dataset, Dataset):  # npy_dir: validated by its own chunked pass.
     return dataset

@@ -6,7 +6,7 @@ import numpy as np
 
 from jdl.errors import JdlError
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "seq2seq")
 
 # Booleans, signed and unsigned integers, floats; complex numbers are not data jdl trains on.
 _NUMERIC_KINDS = "biuf"
@@ -78,6 +78,14 @@ def validate_arrays(
   _require_finite(x, f"x_{split}")
   if task == "regression":
     _require_finite(y, f"y_{split}")
+    return
+  if task == "seq2seq":
+    if y.ndim != 2 or y.dtype.kind not in "iu":
+      raise JdlError(f"y_{split} has shape {y.shape} and dtype {y.dtype}; seq2seq targets "
+                     "are int token ids [N, T]")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+      raise JdlError(f"y_{split} has token ids outside [0, {num_classes}) (the target "
+                     "vocabulary)")
     return
   if y.ndim != 1:
     raise JdlError(

@@ -44,8 +44,13 @@ from jdl.data import augment as augment_lib
 from jdl.data import npy_dir
 from jdl.data import pipeline
 from jdl.data import stream
+from jdl.data import text as text_data
 from jdl.errors import JdlError
+from jdl.generative import stats as gen_stats
 from jdl.generative import tasks as gen_tasks
+from jdl.sequence import build as seq_models
+from jdl.sequence import tasks as seq_tasks
+from jdl.sequence import text as text_lib
 from jdl.train import callbacks as cb
 from jdl.train import diagnose
 from jdl.train import parallel as parallel_lib
@@ -57,6 +62,10 @@ from jdl.train.state import TrainState, create_train_state
 
 _NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
 _CE_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+
+
+class VocabularyMismatch(JdlError):
+  """A checkpoint's vocabulary differs from the one the train split gives now."""
 
 
 @dataclasses.dataclass
@@ -86,6 +95,7 @@ class _Data:
   task: str
   input_shape: tuple[int, ...]
   name: str
+  vocab: dict | None = None  # Text datasets: {name: Vocabulary} of the train split.
 
 
 class Trainer:
@@ -95,8 +105,9 @@ class Trainer:
                dataset: data_lib.Dataset | None = None, model=None,
                callbacks: Sequence[cb.Callback] = (), quiet: bool = False,
                progress: bool | None = None, restart: bool = False,
-               parallel: str | None = None):
+               parallel: str | None = None, vocab: dict | None = None):
     self.config = config
+    self._saved_vocab = vocab  # A finished run's vocabulary (load_run), else None.
     self.restart = restart
     self.preempted: str | None = None  # The signal that stopped training early.
     self.workdir = Path(workdir) if workdir else None
@@ -115,11 +126,16 @@ class Trainer:
     if self.parallel.mode == "shard_map" and config.diagnostics.every_steps:
       raise JdlError("diagnostics.every_steps needs parallel='none' or 'data', not "
                      "'shard_map'; use --config.parallel=data")
+    self.seq2seq = config.task == "seq2seq"
     self.data = self._load_data(config, dataset)
+    self.vocab = self.data.vocab
     self.model = model or self._create_model()
     if self.generative:
       self.loss = None
       names = gen_tasks.metric_names(config.task, tuple(config.metrics))
+    elif self.seq2seq:
+      self.loss = None
+      names = seq_tasks.metric_names(tuple(config.metrics))
     else:
       self.loss = self._make_loss()
       names = tuple(config.metrics)
@@ -149,6 +165,8 @@ class Trainer:
         self.state = self._create_gan_state(example, init_key)
       else:
         init_kwargs = {"key": "key"} if config.task == "vae" else None
+        if self.seq2seq:  # The decoder's teacher-forced input, y[:, :-1].
+          init_kwargs = {"tgt_in": self.data.train.y[:1, :-1]}
         self.state = create_train_state(self.model, tx, example, key=init_key,
                                         init_kwargs=init_kwargs)
     except (TypeError, ValueError) as e:
@@ -166,6 +184,10 @@ class Trainer:
     elif self.generative:
       self.task = gen_tasks.make_task(config, self.state.apply_fn,
                                       regularizers.rules_from_config(reg), names)
+    elif self.seq2seq:
+      self.task = seq_tasks.Seq2SeqTask(
+          apply_fn=self.state.apply_fn, loss=None, metric_names=names, num_classes=0,
+          penalty_rules=regularizers.rules_from_config(reg))
     else:
       self.task = steps_lib.SupervisedTask(
           apply_fn=self.state.apply_fn, loss=self.loss, metric_names=names,
@@ -206,7 +228,7 @@ class Trainer:
   def _validate_config(config) -> None:
     if int(config.num_epochs) < 0:
       raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
-    tasks = ("classification", "regression", *gen_tasks.TASKS)
+    tasks = ("classification", "regression", "seq2seq", *gen_tasks.TASKS)
     if config.task not in tasks:
       raise JdlError(f"task must be one of {', '.join(tasks)}, got {config.task!r}")
     if config.task in gen_tasks.TASKS:
@@ -232,6 +254,15 @@ class Trainer:
     if config.checkpoint_every_epochs < 1:
       raise JdlError(f"checkpoint_every_epochs must be >= 1, got {config.checkpoint_every_epochs}")
     diagnostics_lib.validate_config(config)
+    seq = config.sequence
+    for key in ("padding", "truncating"):
+      if seq[key] not in text_lib.PADDING:
+        raise JdlError(f"sequence.{key} must be 'pre' or 'post', got {seq[key]!r}")
+    if seq.level not in text_lib.LEVELS:
+      raise JdlError(f"sequence.level must be 'word' or 'char', got {seq.level!r}")
+    for key in ("maxlen", "max_vocab", "beam_size", "decode_max_len"):
+      if int(seq[key]) < 0:
+        raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
 
   def _load_data(self, config, dataset) -> _Data:
     if dataset is None:
@@ -239,7 +270,8 @@ class Trainer:
           config.dataset, data_dir=config.data_dir, test_split=float(config.test_split),
           seed=int(config.seed), n_samples=int(config.n_samples) or None,
           noise=None if config.noise < 0 else float(config.noise),
-          download=bool(config.download))
+          download=bool(config.download),
+          text=text_data.TextOptions.from_config(config.sequence), vocab=self._saved_vocab)
     task = dataset.task
     if task != config.task and config.task not in gen_tasks.TASKS:
       raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
@@ -266,7 +298,13 @@ class Trainer:
     else:
       x_tr, y_tr, x_val, y_val = pipeline.split_validation(
           dataset.x_train, dataset.y_train, float(config.validation_split), int(config.seed))
-    if config.normalize == "featurewise":
+    tokens = np.issubdtype(np.asarray(x_tr).dtype, np.integer)
+    if tokens and config.normalize != "none":
+      raise JdlError(f"dataset {dataset.name!r} gives token ids; set normalize='none' (got "
+                     f"{config.normalize!r})")
+    if tokens:
+      norm = None
+    elif config.normalize == "featurewise":
       norm = pipeline.Normalizer.fit(x_tr)
     elif config.normalize == "featurewise_center":
       norm = pipeline.Normalizer.fit_center(x_tr)
@@ -279,7 +317,7 @@ class Trainer:
     def put(x, y, split):
       if x is None or len(x) == 0:
         return None
-      x = norm(x)
+      x = np.asarray(x, np.int32) if norm is None else norm(x)
       if config.task == "autoencoder":
         y = x  # The target is the clean input (augmentation noise touches x only).
       elif (config.task == "vae" and config.generative.binarize == "dynamic"
@@ -290,12 +328,16 @@ class Trainer:
     return _Data(train=put(x_tr, y_tr, "train"), val=put(x_val, y_val, "val"),
                  test=put(dataset.x_test, dataset.y_test, "test"),
                  num_classes=dataset.num_classes, task=task,
-                 input_shape=tuple(x_tr.shape[1:]), name=dataset.name)
+                 input_shape=tuple(x_tr.shape[1:]), name=dataset.name, vocab=dataset.vocab)
 
   def _create_model(self):
     if self.generative:
       return gen_tasks.create_models(self.config, self.data.input_shape)
+    if self.seq2seq:
+      return seq_models.create_seq2seq(self.config, self.vocab)
     model_config = self.config.model
+    if self.vocab:
+      model_config = seq_models.with_vocab_size(model_config, self.vocab)
     if self.config.mixed_precision:
       model_config = ml_collections.ConfigDict(model_config.to_dict())
       model_config.dtype = "bfloat16"  # Compute dtype; parameters stay float32.
@@ -421,10 +463,14 @@ class Trainer:
     # A GAN logs its generator's learning rate.
     self._current_lr = jax.jit((lambda o: lr(o["generator"])) if self.gan else lr)
 
+  def vocab_json(self) -> dict | None:
+    """The run's vocabularies as JSON (``{name: {"tokens": [...], ...}}``)."""
+    return {k: v.to_json() for k, v in self.vocab.items()} if self.vocab else None
+
   def compute_metrics(self, names, acc) -> dict[str, float]:
     """Host values of merged metric sums (the task's own metrics when generative)."""
-    if self.generative:
-      return gen_tasks.compute(names, acc)
+    if self.generative or self.seq2seq:
+      return gen_stats.compute(names, acc)
     return metrics_lib.compute(names, acc)
 
   def _make_callbacks(self, extra, progress):
@@ -529,6 +575,8 @@ class Trainer:
     tmp.write_text(config_lib.to_json(self.config, self.runtime()) + "\n")
     tmp.replace(config_json)
     (wd / "summary.txt").write_text(self.summary() + "\n")
+    if self.vocab:
+      (wd / "vocab.json").write_text(json.dumps(self.vocab_json()) + "\n")
     return start
 
   def _open_checkpointer(self) -> None:
@@ -556,6 +604,8 @@ class Trainer:
     for step in reversed(steps):
       try:
         return self._resume(step)
+      except VocabularyMismatch:
+        raise  # A readable checkpoint of other data: refuse, touch nothing.
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         self.checkpointer.close()
@@ -580,6 +630,10 @@ class Trainer:
     target = {"state": self.state, "acc": self.empty_acc()}
     tree, meta = self.checkpointer.restore(step, target)
     ckpt_lib.validate_meta(meta, step)
+    if self.vocab and meta.get("vocab") != self.vocab_json():
+      raise VocabularyMismatch(f"the checkpoint at step {step} was trained with another vocabulary than "
+                     "the one built now from the train split (the data changed); use another "
+                     "--workdir, or --restart")
     self.state, self._acc = tree["state"], tree["acc"]
     self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
     for callback in self.callbacks:
@@ -613,6 +667,8 @@ class Trainer:
         "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks if c.state_dict()},
         "config": json.loads(config_lib.to_json(self.config)),
     }
+    if self.vocab:  # Evaluation, prediction and resume encode text with these ids.
+      meta["vocab"] = self.vocab_json()
     self.checkpointer.save(self.step, {"state": self.state, "acc": self._acc}, meta=meta,
                            metrics=metrics)
 
@@ -837,6 +893,7 @@ class Trainer:
     test = {}
     if self.data.test is not None and not self.nan_detected:
       test = self.evaluate_split(self.data.test)
+      test.update(self.sequence_scores(self.data.test))
       try:
         test.update(self.generative_scores(self.data.test))
       except JdlError as e:  # A missing judge must not fail a finished run.
@@ -934,7 +991,72 @@ class Trainer:
 
   def predict(self, x: np.ndarray, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split)."""
+    if self.normalizer is None:  # Token ids.
+      return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
     return self.predict_normalized(jnp.asarray(self.normalizer(np.asarray(x, np.float32))), state)
+
+  # ------------------------------------------------------------- sequences
+  def encode_texts(self, texts: Sequence[str], vocab: str = "text") -> np.ndarray:
+    """Token ids ``[n, maxlen]`` of ``texts``, padded as the run's train split."""
+    if not self.vocab or vocab not in self.vocab:
+      raise JdlError(f"this run ({self.data.name!r}) has no {vocab!r} vocabulary; text "
+                     "input needs a text dataset such as sst2 or dates")
+    v, seq = self.vocab[vocab], self.config.sequence
+    width = int(self.data.train.x.shape[1])
+    padding = seq.padding if vocab == "text" else "post"
+    truncating = seq.truncating if vocab == "text" else "post"
+    return text_lib.pad_sequences([v.encode_text(t) for t in texts], width,
+                                  padding=padding, truncating=truncating)
+
+  def decode(self, src: np.ndarray, *, beam: bool, state: TrainState | None = None):
+    """Greedy or beam-search decoding of source ids ``[n, S]`` (seq2seq runs).
+
+    Returns:
+      ``(tokens, attention)``: ``[n, L]`` output ids and ``[n, L, S]`` attention
+      weights (the best beam's), as numpy arrays.
+    """
+    from jdl.sequence import decoding
+    state = self.state if state is None else state
+    seq = self.config.sequence
+    max_len = int(seq.decode_max_len) or int(self.data.train.y.shape[1]) - 1
+    ids = dict(max_len=max_len, bos_id=text_lib.BOS_ID, eos_id=text_lib.EOS_ID)
+    # decoding's functions are jitted with apply_fn static: runs of one model share
+    # their compilations (evaluate, then predict, in one process).
+    if beam:
+      fn = functools.partial(decoding.beam_search, state.apply_fn, beam_size=int(seq.beam_size),
+                             length_penalty=float(seq.length_penalty), **ids)
+    else:
+      fn = functools.partial(decoding.greedy_decode, state.apply_fn, **ids)
+    idx, _ = pipeline.eval_batch_indices(len(src), self.eval_batch_size)
+    src = np.asarray(src, np.int32)
+    tokens, attention = [], []
+    for i in idx:
+      result = fn(state.variables, jnp.asarray(src[i]))
+      tokens.append(np.asarray(result.tokens))
+      att = getattr(result, "attention", None)
+      attention.append(None if att is None else np.asarray(att, np.float32))
+    tokens = np.concatenate(tokens)[: len(src)]
+    attention = None if attention[0] is None else np.concatenate(attention)[: len(src)]
+    return tokens, attention
+
+  def sequence_scores(self, split: pipeline.Split, state=None) -> dict[str, float]:
+    """Seq2seq: exact match of greedy decoding and of beam search (``sequence.beam_size``).
+
+    Empty for the other tasks.
+    """
+    if not self.seq2seq:
+      return {}
+    strip = functools.partial(seq_tasks.strip_ids, bos_id=text_lib.BOS_ID,
+                              eos_id=text_lib.EOS_ID)
+    targets = [strip(row) for row in np.asarray(split.y)]
+    out = {}
+    for name, beam in (("greedy", False), ("beam", True)):
+      if beam and int(self.config.sequence.beam_size) < 1:
+        continue
+      tokens, _ = self.decode(np.asarray(split.x), beam=beam, state=state)
+      hits = sum(strip(row) == t for row, t in zip(tokens, targets))
+      out[f"{name}_exact_match"] = hits / len(targets)
+    return out
 
   def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
@@ -1000,7 +1122,6 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
       raise JdlError(f"{workdir} holds no jdl run (no config.json); train first with "
                      f"`jdl train --workdir {workdir}`")
     config = config_lib.from_dict(workdir_lib.read_json(path))
-  trainer = Trainer(config, None, quiet=True)
   ckdir = workdir / "checkpoints"
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {workdir}; train first with "
@@ -1011,6 +1132,14 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
     step = step if step is not None else ck.latest_step()
     if step is None:
       raise JdlError(f"no checkpoints in {ckdir}")
+    meta = ck.restore_meta(step)
+    vocab = None
+    if isinstance(meta, dict) and meta.get("vocab"):  # Text: the run's own token ids.
+      try:
+        vocab = {k: text_lib.Vocabulary.from_json(v) for k, v in meta["vocab"].items()}
+      except (AttributeError, JdlError) as e:
+        raise JdlError(f"checkpoint {step} in {ckdir}: bad vocabulary ({e})") from None
+    trainer = Trainer(config, None, quiet=True, vocab=vocab)
     tree, _ = ck.restore(step, {"state": trainer.state, "acc": trainer.empty_acc()})
   trainer.state = tree["state"]
   return trainer
@@ -1032,7 +1161,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
   if data is None:
     raise JdlError(f"the {split} split of {trainer.data.name!r} is empty")
   results = trainer.evaluate_split(data)
-  return {**results, **trainer.generative_scores(data)}
+  return {**results, **trainer.sequence_scores(data), **trainer.generative_scores(data)}
 
 
 def predict(run: FitResult | Trainer, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,220 @@
+"""Sequence datasets: SST-2 TSV files, the adding problem, date normalisation.
+
+* ``sst2``: GLUE's SST-2 TSV files (``sentence<TAB>label`` with a header line) in
+  ``data_dir``: ``train.tsv`` for training, ``dev.tsv`` as the test split (GLUE's
+  ``test.tsv`` has no labels). Text is tokenized (:mod:`jdl.sequence.text`), the
+  vocabulary built on ``train.tsv`` alone, and every split padded / truncated to
+  ``maxlen`` token ids (int32).
+* ``adding_problem`` (Hochreiter & Schmidhuber 1997; Le et al. 2015's version):
+  ``x: [N, T, 2]``, a uniform value and a marker channel with exactly two 1s, one
+  in each half; the target is the sum of the two marked values. Predicting the
+  mean (1) scores MSE 1/6.
+* ``dates``: dates written in many formats (``3 march 1998``, ``03/03/98``,
+  ``tuesday, march 3, 1998``, ...) to translate into ISO ``1998-03-03``,
+  character level on both sides. Test dates are held out: no calendar day of the
+  test split occurs in the train split, in any format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import pathlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from jdl.errors import JdlError
+from jdl.sequence import text as text_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TextOptions:
+  """How text becomes padded token ids (``config.sequence``)."""
+  maxlen: int = 0
+  padding: str = "post"
+  truncating: str = "post"
+  level: str = "word"
+  lowercase: bool = True
+  min_freq: int = 1
+  max_vocab: int = 0
+  seq_len: int = 100
+  target_maxlen: int = 0
+
+  @classmethod
+  def from_config(cls, seq) -> TextOptions:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: seq[k] for k in names if k in seq})
+
+
+# ------------------------------------------------------------------- SST-2
+def read_tsv(path: pathlib.Path, columns: Sequence[str]) -> dict[str, list[str]]:
+  """The named columns of a TSV file with a header line (no quoting, as GLUE's).
+
+  Raises:
+    JdlError: a missing or unreadable file, a missing column, a row with the
+      wrong number of fields, or no rows; the message names the file and line.
+  """
+  if not path.is_file():
+    raise JdlError(f"TSV file {path} does not exist; set --config.data_dir to the folder "
+                   "holding train.tsv and dev.tsv")
+  try:
+    lines = path.read_text(encoding="utf-8").split("\n")
+  except UnicodeDecodeError as e:
+    raise JdlError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+  if lines and lines[-1] == "":
+    lines.pop()
+  if not lines:
+    raise JdlError(f"{path} is empty; expected a header line with columns "
+                   f"{', '.join(columns)}")
+  header = lines[0].rstrip("\r").split("\t")
+  missing = [c for c in columns if c not in header]
+  if missing:
+    raise JdlError(f"{path} has columns {header} in its header line; it needs "
+                   f"{', '.join(columns)}")
+  where = [header.index(c) for c in columns]
+  out: dict[str, list[str]] = {c: [] for c in columns}
+  for n, line in enumerate(lines[1:], start=2):
+    fields = line.rstrip("\r").split("\t")
+    if len(fields) != len(header):
+      raise JdlError(f"{path}, line {n}: {len(fields)} tab-separated fields, the header "
+                     f"has {len(header)}")
+    for c, i in zip(columns, where):
+      out[c].append(fields[i])
+  if not out[columns[0]]:
+    raise JdlError(f"{path} has a header but no rows")
+  return out
+
+
+def _labels(values: list[str], path: pathlib.Path) -> np.ndarray:
+  try:
+    labels = np.array([int(v) for v in values], np.int32)
+  except ValueError:
+    bad = next(i for i, v in enumerate(values) if not v.strip().lstrip("-").isdigit())
+    raise JdlError(f"{path}, line {bad + 2}: label {values[bad]!r} is not an integer class "
+                   "id") from None
+  return labels
+
+
+def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | None = None):
+  """``(x_train, y_train, x_test, y_test, vocab)``: padded int32 ids and labels.
+
+  ``vocab`` (e.g. a run's saved one) replaces the vocabulary built on train.tsv.
+  """
+  if not data_dir:
+    raise JdlError("dataset sst2 needs --config.data_dir: the folder holding GLUE's "
+                   "train.tsv and dev.tsv (e.g. ../shared/data/sst2)")
+  folder = pathlib.Path(data_dir).expanduser()
+  train = read_tsv(folder / "train.tsv", ("sentence", "label"))
+  test = read_tsv(folder / "dev.tsv", ("sentence", "label"))
+  tok = lambda s: text_lib.tokenize(s, level=options.level, lowercase=options.lowercase)  # noqa: E731
+  train_tokens = [tok(s) for s in train["sentence"]]
+  if vocab is None:
+    vocab = text_lib.Vocabulary.build(train_tokens, min_freq=options.min_freq,
+                                      max_size=options.max_vocab, level=options.level,
+                                      lowercase=options.lowercase)
+  pad = lambda seqs: text_lib.pad_sequences(  # noqa: E731
+      seqs, options.maxlen or None, padding=options.padding, truncating=options.truncating)
+  x_train = pad([vocab.encode(t) for t in train_tokens])
+  x_test = text_lib.pad_sequences([vocab.encode(tok(s)) for s in test["sentence"]],
+                                  x_train.shape[1], padding=options.padding,
+                                  truncating=options.truncating)
+  return (x_train, _labels(train["label"], folder / "train.tsv"), x_test,
+          _labels(test["label"], folder / "dev.tsv"), vocab)
+
+
+# ---------------------------------------------------------- adding problem
+def adding_problem(n: int, seq_len: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """``x: [n, seq_len, 2]`` float32 (values, markers) and ``y: [n, 1]`` float32."""
+  if seq_len < 2:
+    raise JdlError(f"the adding problem needs sequence.seq_len >= 2, got {seq_len}")
+  rng = np.random.default_rng(seed)
+  values = rng.uniform(0.0, 1.0, (n, seq_len)).astype(np.float32)
+  half = seq_len // 2
+  first = rng.integers(0, half, n)
+  second = rng.integers(half, seq_len, n)
+  markers = np.zeros((n, seq_len), np.float32)
+  markers[np.arange(n), first] = 1.0
+  markers[np.arange(n), second] = 1.0
+  y = (values[np.arange(n), first] + values[np.arange(n), second])[:, None]
+  return np.stack([values, markers], axis=-1), y.astype(np.float32)
+
+
+# ------------------------------------------------------------------- dates
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august",
+          "september", "october", "november", "december")
+DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+FIRST_DAY, LAST_DAY = datetime.date(1950, 1, 1), datetime.date(2049, 12, 31)
+
+
+def _ordinal(d: int) -> str:
+  suffix = "th" if 11 <= d % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(d % 10, "th")
+  return f"{d}{suffix}"
+
+
+# Day-first numeric formats throughout; two-digit years are 1950-2049.
+_FORMATS = (
+    lambda t: f"{t.day} {MONTHS[t.month - 1]} {t.year}",
+    lambda t: f"{t.day} {MONTHS[t.month - 1][:3]} {t.year}",
+    lambda t: f"{MONTHS[t.month - 1]} {t.day}, {t.year}",
+    lambda t: f"{MONTHS[t.month - 1][:3]} {t.day} {t.year}",
+    lambda t: f"{_ordinal(t.day)} of {MONTHS[t.month - 1]} {t.year}",
+    lambda t: f"{DAYS[t.weekday()]}, {MONTHS[t.month - 1]} {t.day}, {t.year}",
+    lambda t: f"{DAYS[t.weekday()][:3]} {t.day} {MONTHS[t.month - 1][:3]} {t.year}",
+    lambda t: f"{t.day:02d}/{t.month:02d}/{t.year}",
+    lambda t: f"{t.day}/{t.month}/{t.year % 100:02d}",
+    lambda t: f"{t.day:02d}.{t.month:02d}.{t.year}",
+    lambda t: f"{t.day} {MONTHS[t.month - 1]} {t.year % 100:02d}",
+    lambda t: f"{t.year}/{t.month:02d}/{t.day:02d}",
+)
+
+
+def format_date(date: datetime.date, style: int) -> str:
+  """``date`` written in format ``style`` (0..len(_FORMATS)-1)."""
+  return _FORMATS[style](date)
+
+
+def dates_pairs(n_train: int, n_test: int, *, seed: int, test_fraction: float = 0.1):
+  """``(train_pairs, test_pairs)`` of ``(source text, ISO date)``; test days held out."""
+  rng = np.random.default_rng(seed)
+  days = (LAST_DAY - FIRST_DAY).days + 1
+  order = rng.permutation(days)
+  n_test_days = int(days * test_fraction)
+  test_days, train_days = order[:n_test_days], order[n_test_days:]
+
+  def draw(pool, n):
+    picks = rng.choice(pool, n)
+    styles = rng.integers(0, len(_FORMATS), n)
+    out = []
+    for d, s in zip(picks, styles):
+      date = FIRST_DAY + datetime.timedelta(days=int(d))
+      out.append((format_date(date, int(s)), date.isoformat()))
+    return out
+
+  return draw(train_days, n_train), draw(test_days, n_test)
+
+
+def encode_pairs(pairs, src_vocab, tgt_vocab, src_len: int, tgt_len: int):
+  """Source ids ``[N, src_len]`` and targets ``[N, tgt_len]`` = <bos> ... <eos> <pad>..."""
+  src = text_lib.pad_sequences([src_vocab.encode_text(s) for s, _ in pairs], src_len,
+                               padding="post", truncating="post")
+  tgt = text_lib.pad_sequences([tgt_vocab.encode_text(t, bos=True, eos=True) for _, t in pairs],
+                               tgt_len, padding="post", truncating="post")
+  return src, tgt
+
+
+def load_dates(n_train: int, seed: int, vocabs: dict | None = None):
+  """``(x_train, y_train, x_test, y_test, {"src": vocab, "tgt": vocab})``."""
+  train, test = dates_pairs(n_train, max(1, n_train // 10), seed=seed)
+  if vocabs is None:
+    vocabs = {
+        "src": text_lib.Vocabulary.build([text_lib.tokenize(s, level="char") for s, _ in train],
+                                         level="char"),
+        "tgt": text_lib.Vocabulary.build([text_lib.tokenize(t, level="char") for _, t in train],
+                                         level="char"),
+    }
+  src_len = max(len(s) for s, _ in train + test)
+  tgt_len = 10 + 2  # yyyy-mm-dd, <bos>, <eos>.
+  x_train, y_train = encode_pairs(train, vocabs["src"], vocabs["tgt"], src_len, tgt_len)
+  x_test, y_test = encode_pairs(test, vocabs["src"], vocabs["tgt"], src_len, tgt_len)
+  return x_train, y_train, x_test, y_test, vocabs

@@ -1,0 +1,179 @@
+"""Text to token ids: a word- or character-level tokenizer, a vocabulary, padding.
+
+A :class:`Vocabulary` is built on the train split only (``min_freq``, ``max_size``)
+and reserves four ids: ``<pad>`` = 0, ``<unk>`` = 1, ``<bos>`` = 2, ``<eos>`` = 3
+(the ids jdl's recurrent and seq2seq models assume). It round-trips through JSON,
+so a run stores it in its checkpoint metadata and ``vocab.json``, and evaluation,
+prediction and resume encode text with the very same ids.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Sequence
+import dataclasses
+import re
+
+import numpy as np
+
+from jdl.errors import JdlError
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
+SPECIALS = (PAD, UNK, BOS, EOS)
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+LEVELS = ("word", "char")
+PADDING = ("pre", "post")
+
+_WS = re.compile(r"\s+")
+
+
+def tokenize(text: str, *, level: str = "word", lowercase: bool = True) -> list[str]:
+  """Splits ``text`` into tokens.
+
+  ``word``: whitespace-separated tokens (SST-2 is already tokenized: ``it 's``,
+  ``n't``); ``char``: every character, runs of whitespace collapsed to one space.
+
+  Examples:
+    >>> tokenize("It 's  a charming journey .")
+    ['it', "'s", 'a', 'charming', 'journey', '.']
+    >>> tokenize("3 May", level="char")
+    ['3', ' ', 'm', 'a', 'y']
+  """
+  if level not in LEVELS:
+    raise JdlError(f"token level must be one of {', '.join(LEVELS)}, got {level!r}")
+  if lowercase:
+    text = text.lower()
+  if level == "word":
+    return text.split()
+  return list(_WS.sub(" ", text.strip()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+  """Tokens by id; ids 0-3 are ``<pad>``, ``<unk>``, ``<bos>``, ``<eos>``.
+
+  Attributes:
+    tokens: every token, in id order (the specials first).
+    level: the tokenizer level the vocabulary was built with.
+    lowercase: whether text is lower-cased before tokenizing.
+  """
+  tokens: tuple[str, ...]
+  level: str = "word"
+  lowercase: bool = True
+
+  def __post_init__(self):
+    if tuple(self.tokens[:4]) != SPECIALS:
+      raise JdlError(f"a vocabulary must start with {', '.join(SPECIALS)}; got "
+                     f"{list(self.tokens[:4])}")
+    if len(set(self.tokens)) != len(self.tokens):
+      raise JdlError("a vocabulary holds a token twice")
+    object.__setattr__(self, "_ids", {t: i for i, t in enumerate(self.tokens)})
+
+  @classmethod
+  def build(cls, texts: Iterable[Sequence[str]], *, min_freq: int = 1, max_size: int = 0,
+            level: str = "word", lowercase: bool = True) -> Vocabulary:
+    """A vocabulary of the tokens in ``texts`` (already tokenized).
+
+    Args:
+      texts: token lists (the train split's).
+      min_freq: a token needs at least this many occurrences.
+      max_size: at most this many tokens, the four specials included (the most
+        frequent win; ties in alphabetical order); 0 = no limit.
+      level: recorded for :meth:`encode_text`.
+      lowercase: recorded for :meth:`encode_text`.
+    """
+    if min_freq < 1:
+      raise JdlError(f"min_freq must be >= 1, got {min_freq}")
+    if max_size and max_size <= len(SPECIALS):
+      raise JdlError(f"max_vocab must be 0 (no limit) or > {len(SPECIALS)} (the special "
+                     f"tokens), got {max_size}")
+    counts = collections.Counter(t for text in texts for t in text)
+    for s in SPECIALS:
+      counts.pop(s, None)
+    kept = sorted((t for t, c in counts.items() if c >= min_freq),
+                  key=lambda t: (-counts[t], t))
+    if max_size:
+      kept = kept[: max_size - len(SPECIALS)]
+    return cls(SPECIALS + tuple(kept), level=level, lowercase=lowercase)
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def id(self, token: str) -> int:
+    return self._ids.get(token, UNK_ID)
+
+  def encode(self, tokens: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[int]:
+    """Token ids; unknown tokens map to ``<unk>``."""
+    ids = [self._ids.get(t, UNK_ID) for t in tokens]
+    return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
+
+  def encode_text(self, text: str, **kwargs) -> list[int]:
+    return self.encode(tokenize(text, level=self.level, lowercase=self.lowercase), **kwargs)
+
+  def decode(self, ids: Iterable[int], *, strip: bool = True) -> list[str]:
+    """Tokens of ``ids``; with ``strip``, up to the first ``<eos>``, specials dropped."""
+    out = []
+    for i in ids:
+      i = int(i)
+      if strip and i == EOS_ID:
+        break
+      if strip and i in (PAD_ID, BOS_ID):
+        continue
+      out.append(self.tokens[i] if 0 <= i < len(self.tokens) else UNK)
+    return out
+
+  def decode_text(self, ids: Iterable[int]) -> str:
+    sep = "" if self.level == "char" else " "
+    return sep.join(self.decode(ids))
+
+  def to_json(self) -> dict:
+    return {"tokens": list(self.tokens), "level": self.level, "lowercase": self.lowercase}
+
+  @classmethod
+  def from_json(cls, data: dict) -> Vocabulary:
+    """Inverse of :meth:`to_json`.
+
+    Raises:
+      JdlError: not a vocabulary's JSON.
+    """
+    if (not isinstance(data, dict) or not isinstance(data.get("tokens"), list)
+        or not all(isinstance(t, str) for t in data["tokens"])):
+      raise JdlError("not a vocabulary: expected a JSON object with a list of string 'tokens'")
+    return cls(tuple(data["tokens"]), level=str(data.get("level", "word")),
+               lowercase=bool(data.get("lowercase", True)))
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int | None = None, *,
+                  padding: str = "pre", truncating: str = "pre", value: int = PAD_ID,
+                  dtype=np.int32) -> np.ndarray:
+  """Pads or truncates ``sequences`` to ``[N, maxlen]`` (Keras' ``pad_sequences``).
+
+  Args:
+    sequences: lists of ids.
+    maxlen: the length; ``None`` or 0 = the longest sequence.
+    padding: ``'pre'`` fills at the start, ``'post'`` at the end.
+    truncating: ``'pre'`` drops tokens from the start of longer sequences,
+      ``'post'`` from the end.
+    value: the fill id.
+
+  Examples:
+    >>> pad_sequences([[1, 2, 3], [4]], 2, padding="post", truncating="pre").tolist()
+    [[2, 3], [4, 0]]
+  """
+  for name, v in (("padding", padding), ("truncating", truncating)):
+    if v not in PADDING:
+      raise JdlError(f"{name} must be 'pre' or 'post', got {v!r}")
+  if not maxlen:
+    maxlen = max((len(s) for s in sequences), default=0)
+  if maxlen < 1:
+    raise JdlError(f"maxlen must be >= 1, got {maxlen}")
+  out = np.full((len(sequences), maxlen), value, dtype)
+  for i, s in enumerate(sequences):
+    s = list(s)
+    s = s[-maxlen:] if truncating == "pre" else s[:maxlen]
+    if s:
+      if padding == "post":
+        out[i, :len(s)] = s
+      else:
+        out[i, maxlen - len(s):] = s
+  return out

@@ -1,0 +1,288 @@
+"""Sequence data and training: tokenizer, vocabulary, padding, TSV loader, generators,
+the seq2seq task's masked loss, end to end through the CLI, exact resume with the
+vocabulary. Tiny data only (SST-2 rows are written to tmp_path)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jdl
+from jdl import cli
+from jdl.config import base_config
+from jdl.data import sources
+from jdl.data import text as text_data
+from jdl.errors import JdlError
+from jdl.sequence import tasks as seq_tasks
+from jdl.sequence import text as text_lib
+
+from conftest import Crash
+
+# ------------------------------------------------------------------ vocabulary
+
+
+def test_vocabulary_min_freq_max_size_unk_and_specials():
+  texts = [["b", "a", "a", "c"], ["a", "b", "d"], ["<pad>", "c"]]
+  v = text_lib.Vocabulary.build(texts)
+  # Specials first, then by count (a: 3, b: 2, c: 2, d: 1), ties alphabetical;
+  # a literal "<pad>" in the text is not counted as a word.
+  assert v.tokens == ("<pad>", "<unk>", "<bos>", "<eos>", "a", "b", "c", "d")
+  assert text_lib.Vocabulary.build(texts, min_freq=2).tokens[4:] == ("a", "b", "c")
+  assert text_lib.Vocabulary.build(texts, max_size=6).tokens[4:] == ("a", "b")
+  small = text_lib.Vocabulary.build(texts, min_freq=2)
+  assert small.encode(["a", "d", "zzz"], bos=True, eos=True) == [2, 4, 1, 1, 3]
+  assert small.decode([2, 4, 5, 3, 6, 0]) == ["a", "b"]  # <bos> dropped, cut at <eos>.
+  with pytest.raises(JdlError, match="max_vocab"):
+    text_lib.Vocabulary.build(texts, max_size=4)
+  with pytest.raises(JdlError, match="min_freq"):
+    text_lib.Vocabulary.build(texts, min_freq=0)
+
+
+def test_vocabulary_json_round_trip():
+  v = text_lib.Vocabulary.build([list("3 march 1998")], level="char")
+  back = text_lib.Vocabulary.from_json(json.loads(json.dumps(v.to_json())))
+  assert back == v and back.level == "char"
+  assert back.decode_text(back.encode_text("3 March", eos=True)) == "3 march"
+  for bad in ({}, {"tokens": "abc"}, {"tokens": ["a", "b", "c", "d"]}, [1]):
+    with pytest.raises(JdlError):
+      text_lib.Vocabulary.from_json(bad)
+
+
+def test_tokenize_word_and_char():
+  assert text_lib.tokenize("It 's  GOOD .") == ["it", "'s", "good", "."]
+  assert text_lib.tokenize(" 3  May ", level="char") == list("3 may")
+  assert text_lib.tokenize("A b", lowercase=False) == ["A", "b"]
+
+
+@pytest.mark.parametrize("padding,truncating,expected", [
+    ("pre", "pre", [[0, 0, 1, 2], [4, 5, 6, 7], [0, 0, 0, 9]]),
+    ("post", "pre", [[1, 2, 0, 0], [4, 5, 6, 7], [9, 0, 0, 0]]),
+    ("pre", "post", [[0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 9]]),
+    ("post", "post", [[1, 2, 0, 0], [3, 4, 5, 6], [9, 0, 0, 0]]),
+])
+def test_pad_sequences_against_hand_written(padding, truncating, expected):
+  seqs = [[1, 2], [3, 4, 5, 6, 7], [9]]
+  out = text_lib.pad_sequences(seqs, 4, padding=padding, truncating=truncating)
+  assert out.dtype == np.int32 and out.tolist() == expected
+
+
+def test_pad_sequences_defaults_and_errors():
+  assert text_lib.pad_sequences([[1], [2, 3]]).tolist() == [[0, 1], [2, 3]]  # Keras: 'pre'.
+  with pytest.raises(JdlError, match="padding"):
+    text_lib.pad_sequences([[1]], 2, padding="middle")
+
+
+# ---------------------------------------------------------------- TSV loader
+
+TRAIN = "sentence\tlabel\n" + ("a charming and affecting journey \t1\n" "bleak and desperate \t0\n"
+                               "a charming film \t1\n" "desperate and dull \t0\n") * 8
+DEV = "sentence\tlabel\na charming journey \t1\ndull and bleak \t0\n"
+
+
+def _sst2(tmp_path, train=TRAIN, dev=DEV):
+  tmp_path.mkdir(parents=True, exist_ok=True)
+  (tmp_path / "train.tsv").write_text(train)
+  (tmp_path / "dev.tsv").write_text(dev)
+  return tmp_path
+
+
+def test_sst2_loader_builds_vocab_on_train_and_pads(tmp_path):
+  opts = text_data.TextOptions(maxlen=4, min_freq=2, padding="post", truncating="post")
+  d = sources.load_dataset("sst2", data_dir=_sst2(tmp_path), text=opts)
+  v = d.vocab["text"]
+  assert d.x_train.shape == (32, 4) and d.x_train.dtype == np.int32
+  assert d.y_train.tolist()[:4] == [1, 0, 1, 0] and d.y_test.tolist() == [1, 0]
+  assert d.x_train[2].tolist() == v.encode(["a", "charming", "film"]) + [0]
+  assert "journey" in v.tokens and d.x_test[1].tolist() == v.encode(["dull", "and", "bleak"]) + [0]
+  # A saved vocabulary replaces the one built on train.tsv.
+  other = text_lib.Vocabulary.build([["dull"]])
+  d2 = sources.load_dataset("sst2", data_dir=tmp_path, text=opts, vocab={"text": other})
+  assert d2.vocab["text"] is other and d2.x_test[1].tolist() == [4, 1, 1, 0]
+
+
+@pytest.mark.parametrize("train,message", [
+    (None, "does not exist"),
+    ("", "is empty"),
+    ("text\tlabel\nfoo\t1\n", "needs sentence, label"),
+    ("sentence\tlabel\nfoo\t1\nbar\n", "line 3: 1 tab-separated fields"),
+    ("sentence\tlabel\nfoo\tpositive\n", "line 2: label 'positive' is not an integer"),
+    ("sentence\tlabel\n", "no rows"),
+])
+def test_sst2_bad_files_are_one_line_errors_exit_2(tmp_path, capsys, train, message):
+  if train is not None:
+    _sst2(tmp_path, train=train)
+  code = cli.main(["train", "--config", "sst2_lstm", "--workdir", str(tmp_path / "run"),
+                   f"--config.data_dir={tmp_path}"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+  assert err.startswith("jdl: error: ") and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- generators
+
+
+def test_dates_are_deterministic_correct_and_test_days_held_out():
+  a_train, a_test = text_data.dates_pairs(500, 100, seed=3)
+  b_train, b_test = text_data.dates_pairs(500, 100, seed=3)
+  assert a_train == b_train and a_test == b_test
+  assert text_data.dates_pairs(500, 100, seed=4)[0] != a_train
+  assert {t for _, t in a_train}.isdisjoint({t for _, t in a_test})
+  date = datetime.date(1998, 3, 3)
+  written = [text_data.format_date(date, s) for s in range(len(text_data._FORMATS))]
+  assert "3 march 1998" in written and "tuesday, march 3, 1998" in written
+  assert "3/3/98" in written and "3rd of march 1998" in written
+  for _, iso in a_train:
+    datetime.date.fromisoformat(iso)
+
+
+def test_adding_problem_markers_and_targets():
+  x, y = text_data.adding_problem(64, 20, seed=0)
+  assert x.shape == (64, 20, 2) and y.shape == (64, 1)
+  marks = x[..., 1]
+  assert (marks.sum(1) == 2).all() and (marks[:, :10].sum(1) == 1).all()
+  np.testing.assert_allclose(y[:, 0], (x[..., 0] * marks).sum(1), rtol=1e-6)
+  np.testing.assert_array_equal(text_data.adding_problem(64, 20, seed=0)[0], x)
+
+
+# ------------------------------------------------------- masked seq2seq loss
+
+
+class _Causal(nn.Module):
+  """Logits at t from tgt_in[:t+1] and the source's bag of tokens: causal, as a decoder."""
+
+  @nn.compact
+  def __call__(self, src, tgt_in, train=False):
+    mask = (src != 0)[..., None]
+    bag = jnp.sum(nn.Embed(9, 8)(src) * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1)
+    h = jnp.cumsum(nn.Embed(9, 8)(tgt_in), axis=1) + bag[:, None]
+    return nn.Dense(9)(jnp.tanh(h))
+
+
+def test_masked_token_loss_ignores_padding():
+  src = jnp.array([[5, 6, 0], [7, 0, 0]])
+  tgt = jnp.array([[2, 4, 5, 3], [2, 6, 3, 0]])  # <bos> ... <eos> <pad>.
+  model = _Causal()
+  params = model.init(jax.random.key(0), src, tgt[:, :-1])["params"]
+  task = seq_tasks.Seq2SeqTask(apply_fn=model.apply, loss=None, metric_names=seq_tasks.METRICS,
+                               num_classes=0)
+
+  @jax.jit
+  def loss(src, tgt, mask):
+    batch = {"x": src, "y": tgt, "mask": jnp.asarray(mask, jnp.float32)}
+    value, (per_example, outputs, _) = task.loss_fn(params, {}, batch, jax.random.key(1), False)
+    return value, task.metrics(task.metric_names, outputs, batch, per_example)
+
+  base, m = loss(src, tgt, [1, 1])
+  padded = jnp.pad(tgt, ((0, 0), (0, 5)))  # Five more <pad> columns.
+  more_src = jnp.pad(src, ((0, 0), (0, 4)))
+  np.testing.assert_allclose(loss(more_src, padded, [1, 1])[0], base, rtol=1e-6)
+  # A padded example (mask 0) counts nowhere.
+  with_pad_row = loss(jnp.concatenate([src, src[:1]]), jnp.concatenate([tgt, tgt[:1] * 0 + 5]),
+                      [1, 1, 0])
+  np.testing.assert_allclose(with_pad_row[0], base, rtol=1e-6)
+  assert int(m["loss"]["count"]) == 5 and int(m["exact_match"]["count"]) == 2
+  assert int(with_pad_row[1]["token_accuracy"]["count"]) == 5
+  # By hand: mean CE over the 5 real target tokens.
+  logits = model.apply({"params": params}, src, tgt[:, :-1])
+  logp, tgt = np.asarray(jax.nn.log_softmax(logits)), np.asarray(tgt)
+  real = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+  expected = -np.mean([logp[b, t, tgt[b, t + 1]] for b, t in real])
+  np.testing.assert_allclose(base, expected, rtol=1e-5)
+
+
+def test_strip_ids():
+  assert seq_tasks.strip_ids([2, 5, 6, 3, 7], bos_id=2, eos_id=3) == (5, 6)
+  assert seq_tasks.strip_ids([5, 6, 0, 0], bos_id=2, eos_id=3) == (5, 6)
+
+
+# ------------------------------------------------- end to end and resume
+
+
+def test_text_run_resumes_exactly_with_its_vocabulary_then_evaluate_predict_cli(
+    tmp_path, capsys):
+  data = _sst2(tmp_path / "data")
+  config = base_config()
+  config.update({"dataset": "sst2", "data_dir": str(data), "normalize": "none",
+                 "batch_size": 8, "num_epochs": 3, "checkpoint_every_steps": 2,
+                 "tensorboard": False, "plots": False, "async_checkpoints": False,
+                 "validation_split": 0.0, "monitor": ""})
+  config.sequence.maxlen = 6
+  config.model.name = "text_rnn"
+  with config.model.unlocked():
+    config.model.update({"hidden": (8,), "embed_dim": 8, "dropout_rate": 0.2,
+                         "bidirectional": False})
+  config.optimizer.clip_norm = 1.0
+  config.lock()
+  full = jdl.fit(config, tmp_path / "full", quiet=True)
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(config, tmp_path / "resumed", quiet=True, callbacks=[Crash(at_step=7)])
+  # 32 examples, 4 steps an epoch: the crash at step 8 leaves step 6, mid-epoch 2.
+  assert max(int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir()
+             if p.name.isdigit()) == 6
+  resumed = jdl.fit(config, tmp_path / "resumed", quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(full.state.params),
+                              jax.device_get(resumed.state.params))
+  assert (tmp_path / "full" / "vocab.json").read_text() == (
+      tmp_path / "resumed" / "vocab.json").read_text()
+  saved = json.loads((tmp_path / "full" / "vocab.json").read_text())
+  assert saved["text"]["tokens"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
+  # The CLI on the finished run, with the vocabulary saved in its checkpoint.
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path / "full")]) == 0
+  metrics = json.loads(capsys.readouterr().out)
+  assert set(metrics) == {"accuracy", "loss"}
+  assert metrics["accuracy"] == pytest.approx(full.test_metrics["accuracy"])
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--text",
+                   "a charming journey", "--text", "unseen words only"]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [p["text"] for p in lines] == ["a charming journey", "unseen words only"]
+  assert all(p["label"] in (0, 1) and abs(sum(p["probabilities"]) - 1) < 1e-3 for p in lines)
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--input", "x"]) == 2
+  # A checkpoint trained with another vocabulary refuses to resume.
+  (data / "train.tsv").write_text(TRAIN.replace("charming", "lovely"))
+  with pytest.raises(JdlError, match="another vocabulary"):
+    jdl.fit(config, tmp_path / "resumed", quiet=True)
+
+
+def test_public_names():
+  import jdl.sequence
+  for name in ("Vocabulary", "pad_sequences", "tokenize", "greedy_decode", "beam_search"):
+    assert hasattr(jdl.sequence, name)
+  assert {"sst2", "adding_problem", "dates"} <= set(sources.DATASETS)
+
+
+def test_seq2seq_resumes_exactly_then_evaluate_predict_cli(tmp_path, capsys):
+  config = jdl.load_config("seq2seq_dates")
+  config.update({"n_samples": 96, "batch_size": 16, "num_epochs": 2, "validation_split": 0.0,
+                 "checkpoint_every_steps": 2, "tensorboard": False, "plots": False,
+                 "async_checkpoints": False, "monitor": ""})
+  with config.model.unlocked():
+    config.model.update({"hidden": 8, "embed_dim": 4, "dropout_rate": 0.1})
+  config.sequence.beam_size = 2
+  full = jdl.fit(config, tmp_path / "full", quiet=True)
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(config, tmp_path / "resumed", quiet=True, callbacks=[Crash(at_step=7)])
+  resumed = jdl.fit(config, tmp_path / "resumed", quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(full.state.params),
+                              jax.device_get(resumed.state.params))
+  assert full.test_metrics == resumed.test_metrics
+  assert {"token_accuracy", "exact_match", "loss", "greedy_exact_match",
+          "beam_exact_match"} <= set(full.test_metrics)
+  # Teacher-forced exact match and greedy decoding's agree (see jdl.sequence.tasks).
+  assert full.test_metrics["exact_match"] == pytest.approx(
+      full.test_metrics["greedy_exact_match"])
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path / "full")]) == 0
+  assert json.loads(capsys.readouterr().out) == pytest.approx(full.test_metrics)
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--input", "3 march 1998",
+                   "--greedy"]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out["input"] == "3 march 1998" and isinstance(out["prediction"], str)
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--text", "x"]) == 2
