@@ -238,6 +238,141 @@ def test_gradient_reaches_early_inputs():
   assert np.all(np.isfinite(per_step)) and per_step[0] > 0
 
 
+# ------------------------------------------------------------ truncated BPTT
+
+K = 2  # tbptt window; with T = 6 and LENGTHS (6, 3, 1): 2, 1 and 0 cuts per row.
+
+
+def truncated_bptt_ref(cell, cell_vars, x, k, reverse):
+  """A plain Python loop of the cell over ``x [1, n, F]`` (no padding), the carry
+  passed through ``stop_gradient`` before scan step ``s`` when ``s % k == 0``."""
+  carry, hs = cell.initialize_carry(x.shape[0]), {}
+  order = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
+  for s, t in enumerate(order):
+    if k and s > 0 and s % k == 0:
+      carry = jax.lax.stop_gradient(carry)
+    carry, hs[t] = cell.apply(cell_vars, carry, x[:, t])
+  return jnp.stack([hs[t] for t in range(x.shape[1])], axis=1), cell.hidden(carry)
+
+
+def _loss(outputs, final_h, w_out, w_h):
+  return jnp.sum(w_out * outputs) + jnp.sum(w_h * jnp.tanh(final_h))
+
+
+@pytest.mark.parametrize("cell_type,reverse", [
+    ("simple", False), ("lstm", False), ("gru", True),
+], ids=["simple", "lstm", "gru_reverse"])
+def test_tbptt_matches_truncated_python_loop(cell_type, reverse):
+  x, mask = _padded_inputs()
+  w_out = _random_like(jnp.zeros((B, T, H)), 4)
+  w_h = _random_like(jnp.zeros((B, H)), 5)
+  full = recurrent.RNN(H, cell_type=cell_type, reverse=reverse)
+  trunc = recurrent.RNN(H, cell_type=cell_type, reverse=reverse, tbptt=K)
+  variables = _random_variables(full, x)
+
+  @jax.jit
+  def run(variables, x):
+    def loss(layer, variables, x):
+      outputs, final_h = layer.apply(variables, x, mask)
+      return _loss(outputs, final_h, w_out, w_h), (outputs, final_h)
+    grad = jax.grad(loss, argnums=(1, 2), has_aux=True)
+    return grad(full, variables, x), grad(trunc, variables, x)
+
+  (g_full, fwd_full), (g_trunc, fwd_trunc) = run(variables, x)
+  # 1. tbptt changes gradients only: the forward values are bitwise equal.
+  chex.assert_trees_all_equal(fwd_trunc, fwd_full)
+
+  # 2. Against the loop, one unpadded row at a time; padded steps get no gradient.
+  cell = recurrent.make_cell(cell_type, H)
+
+  @jax.jit
+  def ref_grad(cell_vars, x_b, w_out_b, w_h_b):
+    def loss(cell_vars, x_b):
+      outputs, final_h = truncated_bptt_ref(cell, cell_vars, x_b, K, reverse)
+      return _loss(outputs, final_h, w_out_b, w_h_b)
+    return jax.grad(loss, argnums=(0, 1))(cell_vars, x_b)
+
+  cell_vars = {"params": variables["params"]["cell"]}
+  want_params = jax.tree.map(jnp.zeros_like, cell_vars)
+  want_x = np.zeros_like(x)
+  for b, n in enumerate(LENGTHS):
+    gp, gx = ref_grad(cell_vars, x[b:b + 1, :n], w_out[b:b + 1, :n], w_h[b:b + 1])
+    want_params = jax.tree.map(jnp.add, want_params, gp)
+    want_x[b, :n] = gx[0]
+  chex.assert_trees_all_close(g_trunc[0]["params"]["cell"], want_params["params"],
+                              rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(g_trunc[1], want_x, rtol=1e-4, atol=1e-5)
+  # The truncation is visible: row 0 (two cuts) differs from full BPTT.
+  assert not np.allclose(g_trunc[1][0], g_full[1][0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_tbptt_final_state_gradient_window(reverse):
+  # A loss on the final state only: inputs before the last cut get exactly zero
+  # gradient; those in the last window get full BPTT's gradient.
+  t_len, k = 11, 4  # Cuts before scan steps 4 and 8: the last window is 3 steps.
+  x = _random_like(jnp.zeros((2, t_len, F)), 1)
+  w_h = _random_like(jnp.zeros((2, H)), 5)
+  layers = [recurrent.RNN(H, cell_type="lstm", reverse=reverse, tbptt=tb)
+            for tb in (0, k)]
+  variables = _random_variables(layers[0], x)
+
+  @jax.jit
+  def grads(variables, x):
+    return [jax.grad(lambda x, l=l: jnp.sum(w_h * l.apply(variables, x)[1]))(x)
+            for l in layers]
+
+  g_full, g_trunc = (np.asarray(g) for g in grads(variables, x))
+  if reverse:  # Scan order is time reversed.
+    g_full, g_trunc = g_full[:, ::-1], g_trunc[:, ::-1]
+  np.testing.assert_array_equal(g_trunc[:, :8], 0.0)
+  np.testing.assert_allclose(g_trunc[:, 8:], g_full[:, 8:], rtol=1e-5, atol=1e-6)
+  assert np.all(np.abs(g_full[:, :8]).sum(axis=-1) > 0)  # Cut, not vanished.
+
+
+def test_tbptt_zero_is_full_bptt():
+  # tbptt=0 is the full gradient (the loop without cuts); a window longer than the
+  # sequence cuts nothing and gives the same gradients bit for bit.
+  x = _random_like(jnp.zeros((B, T, F)), 1)
+  layers = [recurrent.RNN(H, cell_type="gru", tbptt=tb) for tb in (0, T)]
+  variables = _random_variables(layers[0], x)
+  cell = recurrent.make_cell("gru", H)
+
+  @jax.jit
+  def grads(variables, x):
+    def loss(outputs, final_h):
+      return jnp.sum(jnp.sin(outputs)) + jnp.sum(final_h ** 2)
+    got = [jax.grad(lambda v, x, l=l: loss(*l.apply(v, x)), argnums=(0, 1))(variables, x)
+           for l in layers]
+    ref = jax.grad(lambda cv, x: loss(*truncated_bptt_ref(cell, cv, x, 0, False)),
+                   argnums=(0, 1))({"params": variables["params"]["cell"]}, x)
+    return got, ref
+
+  (g0, g_long), (ref_p, ref_x) = grads(variables, x)
+  chex.assert_trees_all_equal(g_long, g0)
+  chex.assert_trees_all_close(g0[0]["params"]["cell"], ref_p["params"], rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(g0[1], ref_x, rtol=1e-4, atol=1e-5)
+
+
+def test_tbptt_reaches_the_models():
+  # Through create_model (as --config.model.tbptt=5 does) down to the scans of a
+  # two-layer stack: the regressor reads the final state, so only the last window
+  # of the 20 steps gets gradients.
+  model = models.create_model({"name": "seq_rnn", "hidden": [H, 3], "cell": "simple",
+                               "tbptt": 5}, num_outputs=1)
+  assert model.tbptt == 5
+  x = _random_like(jnp.zeros((2, 20, 2)), 1)
+  variables = _random_variables(model, x)
+  grads = jax.jit(jax.grad(lambda x: jnp.sum(model.apply(variables, x))))(x)
+  per_step = np.abs(np.asarray(grads)).sum(axis=(0, 2))
+  np.testing.assert_array_equal(per_step[:15], 0.0)
+  assert np.all(per_step[15:] > 0)
+  for name, fields in [("text_rnn", {"vocab_size": 5}),
+                       ("seq2seq", {"src_vocab_size": 5, "tgt_vocab_size": 5})]:
+    assert models.create_model({"name": name, "tbptt": 3, **fields},
+                               num_outputs=2).tbptt == 3
+
+
 def test_pool_sequence():
   out = _random_like(jnp.zeros((2, 4, 3)), 1)
   mask = np.array([[1, 1, 0, 0], [0, 0, 0, 0]], bool)
@@ -312,10 +447,27 @@ def test_sequence_regressor_mixed_precision():
     ({"gain": 0.0}, "gain"),
     ({"cell_type": "simple", "activation": "sigmoid"}, "unknown activation"),
     ({"unroll": 0}, "unroll"),
+    ({"tbptt": -1}, "tbptt must be a non-negative integer"),
+    ({"tbptt": 2.5}, "tbptt must be a non-negative integer"),
+    ({"tbptt": True}, "tbptt must be a non-negative integer"),
 ])
 def test_bad_fields(kwargs, match):
   with pytest.raises(JdlError, match=match):
     recurrent.RNN(H, **kwargs)
+
+
+@pytest.mark.parametrize("name,fields", [
+    ("seq_rnn", {}), ("text_rnn", {"vocab_size": 5}),
+    ("seq2seq", {"src_vocab_size": 5, "tgt_vocab_size": 5}),
+])
+def test_bad_tbptt_in_model_config(name, fields):
+  # Refused when the model is built, not at its first call.
+  with pytest.raises(JdlError, match=r"tbptt must be a non-negative integer.*got -3"):
+    models.create_model({"name": name, "tbptt": -3, **fields}, num_outputs=2)
+  with pytest.raises(JdlError, match="tbptt"):
+    recurrent.Bidirectional(H, tbptt=-1)
+  with pytest.raises(JdlError, match="tbptt"):
+    recurrent.StackedRNN((H,), tbptt=-1)
 
 
 def test_bad_model_config():

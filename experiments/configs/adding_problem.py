@@ -7,6 +7,9 @@ steps. LSTM and GRU learn it; a simple (tanh) RNN's gradient w.r.t. the early
 inputs vanishes (experiments/adding_problem.py plots it). Cell and length:
 --config.model.cell=lstm|gru|simple, --config.sequence.seq_len=50|100|200.
 Gradient clipping by global norm 1.0, as for every recurrent config.
+--config.model.tbptt=k: truncated BPTT, the loss's gradient reaches the last k
+inputs only; the GRU at T = 200 with k = 50 still learns, more slowly (one seed,
+8 epochs: test MSE 0.0151, full BPTT 0.0006).
 
 Command:  jdl train --config adding_problem --workdir runs/adding_lstm_T100 --config.model.cell=lstm --config.sequence.seq_len=100
 Result:   test MSE at T = 50 / 100 / 200: LSTM 0.00021 / 0.00020 / 0.00041, GRU 0.00006 / 0.00011 /

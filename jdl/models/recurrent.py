@@ -8,6 +8,10 @@ before them ('pre'). Masked steps are selected with ``jnp.where``
 inside one ``lax.scan`` (through ``nn.scan``): every length within a padded bucket
 shares one compiled program.
 
+Gradients flow back through the whole scan (backpropagation through time); with
+``tbptt=k`` they stop at the carry every ``k`` real steps (truncated BPTT, see
+:class:`RNN`), the forward values unchanged.
+
 The cells are in :mod:`jdl.models.cells` and re-exported here.
 """
 
@@ -44,6 +48,27 @@ def _as_mask(mask: jax.Array | None, x: jax.Array) -> jax.Array:
   return mask.astype(bool)
 
 
+def check_tbptt(tbptt: Any) -> None:
+  """Raises ``JdlError`` unless ``tbptt`` is a non-negative integer."""
+  errors.require(
+      isinstance(tbptt, int) and not isinstance(tbptt, bool) and tbptt >= 0,
+      f"tbptt must be a non-negative integer (0 = full BPTT, k = cut the gradient "
+      f"every k steps), got {tbptt!r}")
+
+
+def _cut_points(mask: jax.Array, k: int, reverse: bool) -> jax.Array:
+  """``[batch, time]``: true where truncated BPTT stops the gradient of the carry.
+
+  A cut is at a real step that has ``s > 0`` real steps before it in the scan
+  order (from the end with ``reverse``) and ``s % k == 0``: padding, before or
+  after the tokens, moves no cut.
+  """
+  m = mask.astype(jnp.int32)
+  before = (jnp.flip(jnp.cumsum(jnp.flip(m, 1), axis=1), 1) if reverse
+            else jnp.cumsum(m, axis=1)) - m
+  return mask & (before > 0) & (before % k == 0)
+
+
 class RNN(nn.Module):
   """A recurrent cell scanned over time (``nn.scan``, parameters shared over steps).
 
@@ -61,10 +86,33 @@ class RNN(nn.Module):
     forget_bias: initial forget-gate bias (LSTM only).
     kernel_init: initializer of the input kernel.
     unroll: steps unrolled per scan iteration (speed only).
+    tbptt: ``0`` (default): full backpropagation through time. ``k > 0``:
+      truncated BPTT; the gradient through the carry is cut (``stop_gradient``)
+      before every ``k``-th real step, so a step's output or the final state
+      gets gradients from the inputs of its own window of ``k`` steps only.
+      Windows are counted in real (unmasked) steps along the layer's own scan
+      order: from the first real token forwards, or with ``reverse`` from the
+      last real token backwards, so 'pre' and 'post' padding give the same
+      gradients. The forward values are unchanged, and so are time and memory
+      (the whole sequence is still one scan, every step kept for the backward
+      pass): it limits how far back gradients reach, for long sequences whose
+      gradient through the full scan is noisy or explodes.
     dtype: compute dtype; parameters and carries stay float32.
+
+  Truncated BPTT (Williams & Peng, 1990) here is the variant Sutskever (2013)
+  writes TBPTT(k1, k2) with ``k1 = k2 = k``, within one forward pass: the
+  sequence's windows of ``k`` steps each backpropagate their losses to the start
+  of their window, and the summed gradient makes one update per batch (not one
+  update per window as in the on-line algorithm; the carry still passes forward
+  from window to window).
 
   The cell's parameters are under ``cell/`` (see :mod:`jdl.models.cells`).
   ``features`` is the first field, as in the cells: ``RNN(128, cell_type='gru')``.
+
+  References:
+    Williams & Peng, "An efficient gradient-based algorithm for on-line training of
+    recurrent network trajectories", Neural Computation 2(4), 1990; Sutskever,
+    "Training recurrent neural networks", PhD thesis, University of Toronto, 2013.
   """
 
   features: int
@@ -76,11 +124,13 @@ class RNN(nn.Module):
   forget_bias: float = 1.0
   kernel_init: str = "glorot_uniform"
   unroll: int = 1
+  tbptt: int = 0
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     super().__post_init__()
     check_widths("unroll", (self.unroll,))
+    check_tbptt(self.tbptt)
     # Validates the cell fields at construction, not at the first call.
     make_cell(self.cell_type, self.features, activation=self.activation,
               forget_bias=self.forget_bias, recurrent_init=self.recurrent_init,
@@ -108,9 +158,15 @@ class RNN(nn.Module):
                      gain=self.gain, kernel_init=self.kernel_init, dtype=self.dtype,
                      name="cell")
     x_proj = cell.project_inputs(x)  # One product for all steps, outside the loop.
+    inputs = (x_proj, mask)
+    if self.tbptt:
+      inputs += (_cut_points(mask, self.tbptt, self.reverse),)
 
     def body(cell, carry, inputs):
-      xp_t, m_t = inputs
+      xp_t, m_t, *cut_t = inputs
+      if cut_t:  # Same values; the gradient stops on the rows cut at this step.
+        carry = jax.tree.map(
+            lambda c: jnp.where(cut_t[0][:, None], jax.lax.stop_gradient(c), c), carry)
       new_carry, h = cell.step(carry, xp_t)
       new_carry = jax.tree.map(lambda n, o: jnp.where(m_t[:, None], n, o),
                                new_carry, carry)
@@ -118,7 +174,7 @@ class RNN(nn.Module):
 
     scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=1, out_axes=1, reverse=self.reverse, unroll=self.unroll)
-    carry, outputs = scan(cell, cell.initialize_carry(x.shape[0]), (x_proj, mask))
+    carry, outputs = scan(cell, cell.initialize_carry(x.shape[0]), inputs)
     return outputs, cell.hidden(carry)
 
 
@@ -127,6 +183,8 @@ class Bidirectional(nn.Module):
 
   Attributes:
     as :class:`RNN` (without ``reverse``); each direction has ``features`` units.
+    With ``tbptt``, each direction counts its windows in its own scan order (the
+    backward one from the last real token).
 
   Returns from ``__call__(x, mask=None)``: ``outputs [batch, time, 2H]``
   (forward then backward, both aligned with the input; zeros on padding) and
@@ -142,14 +200,19 @@ class Bidirectional(nn.Module):
   forget_bias: float = 1.0
   kernel_init: str = "glorot_uniform"
   unroll: int = 1
+  tbptt: int = 0
   dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_tbptt(self.tbptt)
 
   def _rnn(self, reverse: bool, name: str) -> RNN:
     return RNN(self.features, cell_type=self.cell_type, reverse=reverse,
                activation=self.activation, recurrent_init=self.recurrent_init,
                gain=self.gain, forget_bias=self.forget_bias,
-               kernel_init=self.kernel_init, unroll=self.unroll, dtype=self.dtype,
-               name=name)
+               kernel_init=self.kernel_init, unroll=self.unroll, tbptt=self.tbptt,
+               dtype=self.dtype, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None
@@ -168,7 +231,7 @@ class StackedRNN(nn.Module):
     bidirectional: :class:`Bidirectional` layers instead of :class:`RNN`.
     dropout_rate: dropout between layers (not after the last), in training.
     cell_type, activation, recurrent_init, gain, forget_bias, kernel_init,
-      unroll, dtype: as :class:`RNN`, for every layer.
+      unroll, tbptt, dtype: as :class:`RNN`, for every layer.
 
   ``__call__(x, mask=None, train=False) -> (outputs, final_h)`` of the last layer;
   each layer's outputs are sown as ``intermediates/layer_{i}``. Submodules
@@ -185,6 +248,7 @@ class StackedRNN(nn.Module):
   forget_bias: float = 1.0
   kernel_init: str = "glorot_uniform"
   unroll: int = 1
+  tbptt: int = 0
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
@@ -192,6 +256,7 @@ class StackedRNN(nn.Module):
     check_widths("hidden", self.hidden)
     errors.require(len(self.hidden) >= 1, "hidden needs at least one layer")
     check_common_fields(self)
+    check_tbptt(self.tbptt)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -205,7 +270,8 @@ class StackedRNN(nn.Module):
           width, cell_type=self.cell_type, activation=self.activation,
           recurrent_init=self.recurrent_init, gain=self.gain,
           forget_bias=self.forget_bias, kernel_init=self.kernel_init,
-          unroll=self.unroll, dtype=self.dtype, name=f"layer_{i}")(x, mask)
+          unroll=self.unroll, tbptt=self.tbptt, dtype=self.dtype,
+          name=f"layer_{i}")(x, mask)
       self.sow("intermediates", f"layer_{i}", x)
     return x, final_h
 
@@ -239,8 +305,8 @@ class TextClassifier(nn.Module):
     pad_id: the padding token; ``mask = x != pad_id``.
     pooling: ``'last'`` (the final states: forward at the last real token,
       backward at the first), ``'mean'`` or ``'max'`` over real steps.
-    activation, recurrent_init, gain, forget_bias, kernel_init, unroll: as
-      :class:`RNN`.
+    activation, recurrent_init, gain, forget_bias, kernel_init, unroll, tbptt:
+      as :class:`RNN`.
     dtype: compute dtype; parameters stay float32.
 
   Submodules ``embed``, ``rnn`` (a :class:`StackedRNN`) and ``head``.
@@ -261,11 +327,13 @@ class TextClassifier(nn.Module):
   forget_bias: float = 1.0
   kernel_init: str = "glorot_uniform"
   unroll: int = 1
+  tbptt: int = 0
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
+    check_tbptt(self.tbptt)
     check_widths("vocab_size", (self.vocab_size,))
     check_widths("embed_dim", (self.embed_dim,))
     errors.lookup("pooling", self.pooling, {p: p for p in POOLINGS})
@@ -293,7 +361,8 @@ class TextClassifier(nn.Module):
         dropout_rate=self.dropout_rate, cell_type=self.cell,
         activation=self.activation, recurrent_init=self.recurrent_init,
         gain=self.gain, forget_bias=self.forget_bias, kernel_init=self.kernel_init,
-        unroll=self.unroll, dtype=self.dtype, name="rnn")(h, mask, train=train)
+        unroll=self.unroll, tbptt=self.tbptt, dtype=self.dtype,
+        name="rnn")(h, mask, train=train)
     if self.pooling == "last":
       features = final_h.astype(self.dtype)
     else:
@@ -318,7 +387,8 @@ class SequenceRegressor(nn.Module):
     recurrent_init: ``'orthogonal'``, ``'identity'``, ``'lecun_normal'``,
       ``'glorot_uniform'``.
     gain: gain of the recurrent init.
-    forget_bias, kernel_init, unroll: as :class:`RNN`.
+    forget_bias, kernel_init, unroll, tbptt: as :class:`RNN`
+      (``tbptt=50`` at ``T = 200``: gradients reach 50 steps back).
     dtype: compute dtype; parameters stay float32.
 
   Submodules ``rnn`` (a :class:`StackedRNN`) and ``head``.
@@ -333,11 +403,13 @@ class SequenceRegressor(nn.Module):
   forget_bias: float = 1.0
   kernel_init: str = "glorot_uniform"
   unroll: int = 1
+  tbptt: int = 0
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
+    check_tbptt(self.tbptt)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False,
@@ -354,7 +426,7 @@ class SequenceRegressor(nn.Module):
         tuple(self.hidden), cell_type=self.cell, activation=self.activation,
         recurrent_init=self.recurrent_init, gain=self.gain,
         forget_bias=self.forget_bias, kernel_init=self.kernel_init,
-        unroll=self.unroll, dtype=self.dtype, name="rnn")(x, mask)
+        unroll=self.unroll, tbptt=self.tbptt, dtype=self.dtype, name="rnn")(x, mask)
     return nn.Dense(self.num_outputs, kernel_init=get_head_initializer(self.kernel_init),
                     dtype=self.dtype, name="head")(final_h.astype(self.dtype))
 
@@ -373,6 +445,7 @@ __all__ = [
     "SimpleRNNCell",
     "StackedRNN",
     "TextClassifier",
+    "check_tbptt",
     "identity_init",
     "make_cell",
     "pool_sequence",

@@ -32,7 +32,7 @@ from jdl.models.attention import ATTENTIONS, Attention
 from jdl.models.cells import make_cell
 from jdl.models.initializers import get_head_initializer
 from jdl.models.mlp import check_common_fields, check_widths
-from jdl.models.recurrent import RNN, Bidirectional
+from jdl.models.recurrent import RNN, Bidirectional, check_tbptt
 
 Dtype = Any
 DECODER_CELLS = ("lstm", "gru")
@@ -115,6 +115,8 @@ class Seq2Seq(nn.Module):
     dropout_rate: dropout on both embeddings and on the output feature.
     recurrent_init: recurrent initializer of encoder and decoder cells.
     unroll: encoder scan unroll (speed only).
+    tbptt: truncated BPTT in the encoder (see :class:`jdl.models.RNN`); 0, the
+      default, is full BPTT. The decoder always backpropagates through all steps.
     dtype: compute dtype; parameters and carries stay float32.
 
   Submodules ``src_embed``, ``tgt_embed``, ``encoder``, ``bridge``, ``decoder``
@@ -134,11 +136,13 @@ class Seq2Seq(nn.Module):
   dropout_rate: float = 0.0
   recurrent_init: str = "orthogonal"
   unroll: int = 1
+  tbptt: int = 0
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
+    check_tbptt(self.tbptt)
     check_widths("src_vocab_size", (self.src_vocab_size,))
     check_widths("tgt_vocab_size", (self.tgt_vocab_size,))
     check_widths("embed_dim", (self.embed_dim,))
@@ -155,11 +159,12 @@ class Seq2Seq(nn.Module):
     if self.bidirectional_encoder:
       self.encoder = Bidirectional(self.hidden // 2, cell_type=self.cell,
                                    recurrent_init=self.recurrent_init,
-                                   unroll=self.unroll, dtype=self.dtype)
+                                   unroll=self.unroll, tbptt=self.tbptt,
+                                   dtype=self.dtype)
     else:
       self.encoder = RNN(self.hidden, cell_type=self.cell,
                          recurrent_init=self.recurrent_init, unroll=self.unroll,
-                         dtype=self.dtype)
+                         tbptt=self.tbptt, dtype=self.dtype)
     self.bridge = nn.Dense(self.hidden, dtype=self.dtype)
     self.decoder = _Decoder(self.hidden, self.cell, self.attention, self.recurrent_init,
                             self.dtype)
