@@ -5,7 +5,8 @@
 - ``'none'``: one device (the default one); the loop's single-device path.
 - ``'data'``: a 1-D :class:`~jax.sharding.Mesh` over all devices with the axis
   ``'data'``; each block's batch indices are sharded ``P(None, 'data')``, the
-  state, the metric sums and the (small) data splits are replicated, and ``jit``
+  state, the metric sums and the (small) in-memory data splits are replicated (a
+  streamed split's blocks arrive sharded instead: see below), and ``jit``
   (GSPMD) inserts the collectives. Batch-norm statistics, the loss and metric sums
   are those of the global batch, and random draws (dropout, augmentation) are
   those of the global batch too (``jax_threefry_partitionable``), so a run equals
