@@ -154,9 +154,17 @@ def check_streamed(root: Path) -> None:
     np.save(d / f"{name}.npy", a)
   kw = dict(dataset="npy_dir", data_dir=str(d), validation_split=0.0)
   ref, ref_losses = train("none", **kw)
-  for mode in ("data", "shard_map"):
-    result, losses = train(mode, **kw)
+  assert not ref.trainer.gathered
+  for mode, extra in (("data", {}), ("shard_map", {}), ("data", dict(diagnostics__every_steps=10))):
+    result, losses = train(mode, **kw, **extra)
     assert devices_of(result) == {8}, mode
+    # Pre-gathered blocks [steps, 64, ...] sharded P(None, 'data'), built from this
+    # process's columns (all 64 on one process): each row read once, none replicated.
+    t = result.trainer
+    assert t.gathered and t.feed.columns == (0, 64), (mode, t.feed.columns)
+    assert t.feed.rows_read == t.total_steps * 64, (mode, t.feed.rows_read)
+    assert t.data.test.eval_rows_read == 336, t.data.test.eval_rows_read  # 297 padded to 6 x 56.
+    assert t.block_shapes(1)[0].shape == (1, 64, 8, 8, 1)
     np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, err_msg=f"streamed {mode}")
     # Adam divides by sqrt(v): a weight whose gradients are ~0 moves by a float-rounding
     # amount, seen up to 3e-5 here (one weight in 2,048); the losses agree to 1e-5.

@@ -134,3 +134,50 @@ def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
   assert (workdir / "plots" / "loss.png").is_file()
   assert not any(workdir.glob("*.tmp"))
   assert os.path.getsize(workdir / "summary.txt") > 0
+
+
+def test_two_processes_streamed_each_read_only_their_half(tmp_path):
+  """dataset='npy_dir' on two processes (gloo): each reads only its 32 columns of every
+  batch of 64 (and its half of every padded evaluation batch); the run equals the
+  one-process streamed run (rtol 1e-5), and a crashed and resumed two-process run equals
+  the uninterrupted one bit for bit (tests/stream_process.py)."""
+  from sklearn import datasets
+  import stream_process
+  digits = datasets.load_digits()
+  x, y = (digits.images[..., None] / 16.0).astype(np.float32), digits.target.astype(np.int64)
+  d = tmp_path / "npy"
+  d.mkdir()
+  for name, a in (("x_train", x[:1500]), ("y_train", y[:1500]), ("x_test", x[1500:]),
+                  ("y_test", y[1500:])):
+    np.save(d / f"{name}.npy", a)
+  env = cli_env()
+  env.pop("XLA_FLAGS", None)
+  env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "stream_process.py"),
+                             str(tmp_path), str(d), address, str(i)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
+
+  one = jdl.fit(stream_process.config(str(d)), tmp_path / "one", quiet=True)
+  assert one.trainer.feed.columns == (0, 64)
+  steps = one.trainer.total_steps  # 42
+  for i in range(2):
+    r = json.loads((tmp_path / f"process_{i}.json").read_text())
+    assert (r["process_index"], r["process_count"], r["gathered"]) == (i, 2, True)
+    assert r["columns"] == [32 * i, 32 * (i + 1)]
+    assert r["total_steps"] == steps and r["rows_read"] == steps * 32  # Half of each batch.
+    assert r["eval_batch_size"] == 50
+    assert r["val_rows_read"] == 2 * 75 and r["test_rows_read"] == 150  # Half of 150, 300.
+    assert r["resumed_rows_read"] == (steps - 10) * 32  # From the step-10 checkpoint.
+    assert r["resumed_bitwise"] is True
+    for k, v in one.test_metrics.items():
+      np.testing.assert_allclose(r["test_metrics"][k], v, rtol=1e-5, err_msg=k)
+  two = ckpt_lib.restore_params(tmp_path / "full" / "checkpoints")
+  ref = ckpt_lib.restore_params(tmp_path / "one" / "checkpoints")
+  assert sorted(two) == sorted(ref)
+  for k in ref:
+    np.testing.assert_allclose(two[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  assert one.trainer.data.val.size == 150 and one.trainer.data.test.size == 297

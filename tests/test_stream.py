@@ -176,6 +176,42 @@ def test_process_slices_partition_every_global_batch(digits_dir):
     stream.StreamFeed(split, key, 64, process_count=3, **sched)
 
 
+def test_column_feeds_and_eval_batches_cover_each_batch_once(digits_dir):
+  """``columns`` (what a process's devices hold) and ``place`` (the thread's placement):
+  two halves read every row of every block and padded evaluation batch exactly once."""
+  ds = npy_dir.open_dir(digits_dir)
+  split = stream.StreamSplit(ds.x_test, ds.y_test, None, pipeline.Normalizer.identity((8, 8, 1)),
+                             regression=False)
+  key, sched = jax.random.key(3), dict(chunk=2, steps_per_epoch=297 // 32, num_epochs=1)
+  placed = []
+  halves = [stream.StreamFeed(split, key, 32, columns=c, place=lambda n, x, y: placed.append(n)
+                              or (x.reshape(n, 16, -1), y.reshape(n, 16)), **sched)
+            for c in ((0, 16), (16, 32))]
+  assert [f.local_batch for f in halves] == [16, 16]
+  whole = stream.StreamFeed(split, key, 32, **sched)
+  try:
+    x, y, _ = whole.block(0, 2, 2)
+    parts = [f.block(0, 2, 2)[:2] for f in halves]
+  finally:
+    for f in (whole, *halves):
+      f.close()
+  assert placed[:1] == [2] and [f.rows_read > 0 for f in halves] == [True, True]
+  np.testing.assert_array_equal(np.concatenate([p[0] for p in parts], 1).reshape(x.shape), x)
+  np.testing.assert_array_equal(np.concatenate([p[1] for p in parts], 1).reshape(-1), y)
+  with pytest.raises(JdlError, match=r"columns \(16, 40\) are not a slice of a batch of 32"):
+    stream.StreamFeed(split, key, 32, columns=(16, 40), **sched)
+
+  ref = [(np.asarray(x), np.asarray(y), np.asarray(m)) for x, y, _, m in split.eval_batches(128)]
+  before = split.eval_rows_read
+  halves = [list(split.eval_batches(128, columns=c, place=lambda *a: a))
+            for c in ((0, 64), (64, 128))]
+  assert split.eval_rows_read - before == 384  # 297 padded to 3 x 128, each row once.
+  for b, (x, y, m) in enumerate(ref):
+    assert halves[0][b][2] is None  # No indices: the rows come pre-gathered.
+    for k, whole_part in ((0, x), (1, y), (3, m)):
+      np.testing.assert_array_equal(np.concatenate([h[b][k] for h in halves]), whole_part)
+
+
 # ------------------------------------------------------------- sources
 def test_shards_read_as_one_array_in_any_order(digits_dir):
   x, y = _digits()

@@ -52,6 +52,7 @@ class StreamSplit:
     self.normalizer = normalizer
     self.regression, self.target_is_input = regression, target_is_input
     self.size = len(x) if rows is None else len(rows)
+    self.eval_rows_read = 0  # Rows read by eval_batches (padding included).
     self.x_shape = (self.size, *x.shape[1:])
     if target_is_input:
       self.y_shape, self.y_dtype = self.x_shape, np.dtype(np.float32)
@@ -82,17 +83,28 @@ class StreamSplit:
   def y(self) -> _RowsView:
     return _RowsView(self, 1, self.y_shape, self.y_dtype)
 
-  def eval_batches(self, batch_size: int, prefetch: int = 2) -> Iterator[tuple]:
+  def eval_batches(self, batch_size: int, prefetch: int = 2, *,
+                   columns: tuple[int, int] | None = None,
+                   place: Callable | None = None) -> Iterator[tuple]:
     """``(x, y, idx, mask)`` device batches covering the split, the last padded.
 
     As :meth:`jdl.data.pipeline.Split.eval_batches` (padding rows repeat example 0 and
     have mask 0), but each batch holds only its own rows, read in the background.
+
+    ``columns=(lo, hi)``: read only those rows of each (padded) batch, and hand the
+    host ``(x, y, mask)`` of them to ``place`` (which returns the batch to yield,
+    e.g. global arrays of the whole batch); ``idx`` is then ``None``.
     """
     idx, mask = pipeline.eval_batch_indices(self.size, batch_size)
-    local = jnp.arange(batch_size, dtype=jnp.int32)
+    local = None if columns else jnp.arange(batch_size, dtype=jnp.int32)
+    lo, hi = columns or (0, batch_size)
 
     def produce(i):
-      x, y = self.gather(idx[i])
+      rows = idx[i][lo:hi]
+      x, y = self.gather(rows)
+      self.eval_rows_read += len(rows)
+      if columns:
+        return place(x, y, mask[i][lo:hi])
       return jax.device_put((x, y, mask[i]))
 
     feeder = Prefetcher(range(len(idx)), produce, prefetch)
@@ -234,11 +246,16 @@ class StreamFeed:
     prefetch: blocks buffered ahead of the loop.
     process_index, process_count: this process's contiguous slice of every batch
       (multi-host input: each process reads only ``batch_size / process_count`` rows).
+    columns: ``(lo, hi)``, this process's columns of every batch, given directly
+      (instead of ``process_index`` / ``process_count``).
+    place: ``place(n, x, y)`` of a block's host rows ``[n * local_batch, ...]``, run
+      in the background thread (default: ``jax.device_put((x, y))``).
   """
 
   def __init__(self, split: StreamSplit, shuffle_key: jax.Array, batch_size: int, *,
                chunk: int, steps_per_epoch: int, num_epochs: int, prefetch: int = 2,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1,
+               columns: tuple[int, int] | None = None, place: Callable | None = None):
     if batch_size % process_count:
       raise JdlError(f"batch_size ({batch_size}) must be divisible by the number of "
                      f"processes ({process_count})")
@@ -247,8 +264,17 @@ class StreamFeed:
     self.split, self.shuffle_key, self.batch_size = split, shuffle_key, batch_size
     self.schedule = dict(chunk=chunk, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
     self.prefetch = prefetch
-    self.local_batch = batch_size // process_count
-    self._lo = process_index * self.local_batch
+    if columns is None:
+      local = batch_size // process_count
+      columns = (process_index * local, (process_index + 1) * local)
+    lo, hi = columns
+    if not 0 <= lo < hi <= batch_size:
+      raise JdlError(f"columns {columns} are not a slice of a batch of {batch_size}")
+    self.columns = (lo, hi)
+    self.local_batch = hi - lo
+    self._lo = lo
+    self._place = place or (lambda n, x, y: jax.device_put((x, y)))
+    self.rows_read = 0  # Rows of training blocks read (by the background thread).
     self._perm: tuple[int, np.ndarray] | None = None
     self._local_idx: dict[int, jax.Array] = {}
     self._feeder: Prefetcher | None = None
@@ -267,7 +293,9 @@ class StreamFeed:
 
   def fetch(self, epoch: int, pos: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Host inputs and targets of a block: ``[n * local_batch, ...]``."""
-    return self.split.gather(self.block_rows(epoch, pos, n).reshape(-1))
+    rows = self.block_rows(epoch, pos, n).reshape(-1)
+    self.rows_read += len(rows)
+    return self.split.gather(rows)
 
   def shapes(self, n: int):
     """Abstract ``(x, y, idx)`` of an ``n``-step block, to compile it ahead of time."""
@@ -280,7 +308,7 @@ class StreamFeed:
     self.close()
     spe = self.schedule["steps_per_epoch"]
     keys = block_schedule(epoch * spe + pos, **self.schedule)
-    self._feeder = Prefetcher(keys, lambda k: jax.device_put(self.fetch(*k)), self.prefetch)
+    self._feeder = Prefetcher(keys, lambda k: self._place(k[2], *self.fetch(*k)), self.prefetch)
 
   def block(self, epoch: int, pos: int, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(x, y, idx)`` for ``run_block``: the block's rows and ``idx`` into them."""
@@ -302,18 +330,21 @@ class StreamFeed:
 
 def make_feed(split, shuffle_key, batch_size: int, *, chunk: int, steps_per_epoch: int,
               num_epochs: int, prefetch: int = 2, process_index: int = 0,
-              process_count: int = 1):
+              process_count: int = 1, columns: tuple[int, int] | None = None,
+              place: Callable | None = None):
   """The loop's training feed: :class:`StreamFeed` for a streamed split, else in-memory.
 
-  ``process_index`` / ``process_count``: a streamed feed's slice of each global batch
-  (multi-host input); the in-memory feed always serves whole batches.
+  ``process_index`` / ``process_count`` or ``columns``, and ``place``: a streamed
+  feed's slice of each global batch (multi-host input) and how its rows are placed
+  (see :class:`StreamFeed`); the in-memory feed always serves whole batches.
   """
   if prefetch < 1:
     raise JdlError(f"stream.prefetch must be >= 1, got {prefetch}")
   if isinstance(split, StreamSplit):
     return StreamFeed(split, shuffle_key, batch_size, chunk=chunk,
                       steps_per_epoch=steps_per_epoch, num_epochs=num_epochs, prefetch=prefetch,
-                      process_index=process_index, process_count=process_count)
+                      process_index=process_index, process_count=process_count,
+                      columns=columns, place=place)
   return pipeline.MemoryFeed(split, shuffle_key, batch_size)
 
 

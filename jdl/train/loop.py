@@ -198,6 +198,9 @@ class Trainer:
       regularizers.check_activity_include(self.state.apply_fn, self.state.variables,
                                           self.data.train.x[:1], reg.activity_include)
     self.train_names = steps_lib.train_metric_names(names)
+    # A streamed split on a mesh: each process reads only its columns of every batch,
+    # and blocks arrive pre-gathered, [num_steps, batch, ...] sharded P(None, 'data').
+    self.gathered = self.parallel.enabled and isinstance(self.data.train, stream.StreamSplit)
     if self.parallel.enabled:  # In-memory splits and the state replicated over the mesh.
       rep = functools.partial(parallel_lib.replicate, self.parallel)
       self.data = dataclasses.replace(self.data, **{
@@ -211,9 +214,15 @@ class Trainer:
     self._diagnostics = diagnose.DiagnosticsHook(self) if config.diagnostics.every_steps else None
     # Where each block of steps gets its inputs: the device-resident split, or
     # blocks streamed from disk by a background thread (dataset='npy_dir').
+    feed_kw = {}
+    if self.gathered:
+      feed_kw = dict(columns=parallel_lib.process_columns(self.parallel, bs),
+                     place=self._global_block)
     self.feed = stream.make_feed(self.data.train, self.shuffle_key, bs, chunk=self.chunk,
                                  steps_per_epoch=self.steps_per_epoch,
-                                 num_epochs=self.num_epochs, prefetch=int(config.stream.prefetch))
+                                 num_epochs=self.num_epochs, prefetch=int(config.stream.prefetch),
+                                 **feed_kw)
+    self._step_numbers: dict[int, jax.Array] = {}
 
     self.history: dict[str, list[float]] = {}
     self.epoch_rates: list[float] = []  # Train samples/s of each epoch run here.
@@ -431,8 +440,10 @@ class Trainer:
       """Runs the train steps of ``idx: [num_steps, batch]``; returns (state, acc).
 
       ``batch`` is the device's share of the global batch inside ``shard_map``.
+      A pre-gathered block (:attr:`gathered`) has ``x, y: [num_steps, batch, ...]``
+      and ``idx: [num_steps]``, the step numbers: step ``i`` takes ``x[i]``.
       """
-      ones = jnp.ones((idx.shape[-1],), jnp.float32)
+      ones = jnp.ones((x.shape[1] if idx.ndim == 1 else idx.shape[-1],), jnp.float32)
 
       def body(carry, i):
         state, acc = carry
@@ -449,10 +460,14 @@ class Trainer:
     def eval_batch(state, x, y, idx, mask):
       return eval_step(state, {"x": x[idx], "y": y[idx], "mask": mask})[1]
 
+    def eval_rows(state, x, y, mask):  # A pre-gathered (streamed, sharded) batch.
+      return eval_step(state, {"x": x, "y": y, "mask": mask})[1]
+
     self.train_step, self.eval_step = train_step, eval_step
     self.run_block = run_block  # Pure; the diagnostics block reuses it.
-    self._run_block = parallel_lib.compile_block(par, run_block)
+    self._run_block = parallel_lib.compile_block(par, run_block, gathered=self.gathered)
     self._eval_batch = parallel_lib.compile_eval(par, eval_batch)
+    self._eval_rows = parallel_lib.compile_eval_rows(par, eval_rows)
     if not self.gan:
       self._predict = jax.jit(steps_lib.make_predict_fn(self.state.apply_fn))
     d_steps = int(self.config.generative.d_steps) if self.gan else 1
@@ -832,25 +847,42 @@ class Trainer:
     The feed's inputs (the resident split, or a streamed block's rows) with the
     indices placed as :meth:`_place` places them.
     """
+    if self.gathered:  # [num_steps, batch, ...] sharded rows; the step numbers.
+      s, par = self.data.train, self.parallel
+      x, y = (jax.ShapeDtypeStruct((num_steps, self.batch_size, *shape[1:]), dtype,
+                                   sharding=par.block_sharding)
+              for shape, dtype in ((s.x_shape, np.float32), (s.y_shape, s.y_dtype)))
+      return x, y, jax.ShapeDtypeStruct((num_steps,), jnp.int32, sharding=par.replicated)
     x, y, _ = self.feed.shapes(num_steps)
-    if self.parallel.enabled and not isinstance(self.data.train, pipeline.Split):
-      rep = self.parallel.replicated  # Streamed rows: replicated like the resident split.
-      x, y = (jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep) for a in (x, y))
     return x, y, parallel_lib.shape_struct(self.parallel, (num_steps, self.batch_size),
                                            jnp.int32)
 
   def _place(self, x, y, idx):
     """A block's inputs placed for the parallel mode (unchanged on one device).
 
-    The indices' batch axis is split over the devices; the rows of a streamed
-    block are replicated like a resident split (each process reads the whole
-    block, so the global batch is the same on every process).
+    The indices' batch axis is split over the devices. A streamed block
+    (:attr:`gathered`) is already a global array (:meth:`_global_block`, built by
+    the feed's thread from this process's rows); it runs with its step numbers.
     """
     if not self.parallel.enabled:
       return x, y, idx
-    if not isinstance(self.data.train, pipeline.Split):
-      x, y = parallel_lib.replicate(self.parallel, (x, y))
+    if self.gathered:
+      n = x.shape[0]
+      if n not in self._step_numbers:
+        self._step_numbers[n] = parallel_lib.replicate(self.parallel,
+                                                       np.arange(n, dtype=np.int32))
+      return x, y, self._step_numbers[n]
     return x, y, parallel_lib.block_indices(self.parallel, idx)
+
+  def _global_block(self, n: int, x: np.ndarray, y: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """A streamed block's rows of this process, ``[n * cols, ...]``, as the global
+    ``[n, batch_size, ...]`` arrays sharded ``P(None, 'data')`` (no other rows read)."""
+    sharding = self.parallel.block_sharding
+    out = []
+    for a in (x, y):
+      a = a.reshape(n, -1, *a.shape[1:])
+      out.append(parallel_lib.global_rows(a, (n, self.batch_size, *a.shape[2:]), sharding))
+    return tuple(out)
 
   def _end_epoch(self, epoch, train_logs, seconds, steps_run, compile_seconds) -> None:
     self.progress.close()  # Before the epoch's line is printed.
@@ -919,15 +951,24 @@ class Trainer:
     """Exact metrics of ``state`` (default: the current one) over a whole split."""
     state = self.state if state is None else state
     acc = None
-    streamed = not isinstance(split, pipeline.Split)
-    for x, y, idx, mask in split.eval_batches(self.eval_batch_size,
-                                              int(self.config.stream.prefetch)):
-      if self.parallel.enabled:
-        if streamed:
-          x, y = parallel_lib.replicate(self.parallel, (x, y))
-        idx, mask = (parallel_lib.batch_rows(self.parallel, a) for a in (idx, mask))
-      m = self._eval_batch(state, x, y, idx, mask)
-      acc = m if acc is None else metrics_lib.merge(acc, m)
+    bs, prefetch = self.eval_batch_size, int(self.config.stream.prefetch)
+    if self.parallel.enabled and not isinstance(split, pipeline.Split):
+      # Streamed: each process reads only its columns of each padded batch.
+      rows = self.parallel.batch_sharding
+
+      def place(x, y, mask):
+        return tuple(parallel_lib.global_rows(a, (bs, *a.shape[1:]), rows) for a in (x, y, mask))
+
+      columns = parallel_lib.process_columns(self.parallel, bs)
+      for x, y, _, mask in split.eval_batches(bs, prefetch, columns=columns, place=place):
+        m = self._eval_rows(state, x, y, mask)
+        acc = m if acc is None else metrics_lib.merge(acc, m)
+    else:
+      for x, y, idx, mask in split.eval_batches(bs, prefetch):
+        if self.parallel.enabled:
+          idx, mask = (parallel_lib.batch_rows(self.parallel, a) for a in (idx, mask))
+        m = self._eval_batch(state, x, y, idx, mask)
+        acc = m if acc is None else metrics_lib.merge(acc, m)
     names = gen_tasks.EVAL_METRICS[self.config.task] if self.gan else self.metric_names
     return self.compute_metrics([n for n in names if n in self.metric_names], acc)
 

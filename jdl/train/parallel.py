@@ -5,7 +5,8 @@
 - ``'none'``: one device (the default one); the loop's single-device path.
 - ``'data'``: a 1-D :class:`~jax.sharding.Mesh` over all devices with the axis
   ``'data'``; each block's batch indices are sharded ``P(None, 'data')``, the
-  state, the metric sums and the (small) data splits are replicated, and ``jit``
+  state, the metric sums and the (small) in-memory data splits are replicated (a
+  streamed split's blocks arrive sharded instead: see below), and ``jit``
   (GSPMD) inserts the collectives. Batch-norm statistics, the loss and metric sums
   are those of the global batch, and random draws (dropout, augmentation) are
   those of the global batch too (``jax_threefry_partitionable``), so a run equals
@@ -18,11 +19,16 @@
   differ from the one-device run (everything else agrees within float tolerance).
 - ``'auto'`` (default): ``'data'`` when there is more than one device, else ``'none'``.
 
-Multi-host (:func:`initialize_distributed`): every process loads the whole (small)
-split, computes the same shuffled order of each epoch and feeds its devices only
-its own columns of each global batch (a deterministic per-process split of the
-order); checkpoints are written by orbax with all processes taking part, and only
-process 0 writes logs, plots and the summary.
+Multi-host (:func:`initialize_distributed`): every process computes the same
+shuffled order of each epoch and feeds its devices only its own columns of each
+global batch (a deterministic per-process split of the order). An in-memory split
+is loaded whole on every process (replicated; the block's indices are sharded). A
+streamed split (``dataset='npy_dir'``) is read only in this process's columns
+(:func:`process_columns`): its blocks arrive pre-gathered, ``[num_steps, batch, ...]``
+sharded ``P(None, 'data')`` (:func:`global_rows`), and the compiled block takes
+step ``i``'s batch as ``x[i]`` (:func:`compile_block` with ``gathered=True``).
+Checkpoints are written by orbax with all processes taking part, and only process 0
+writes logs, plots and the summary.
 """
 
 from __future__ import annotations
@@ -225,6 +231,37 @@ def batch_rows(par: Parallel, rows: Any) -> Any:
   return _put(np.asarray(rows), par.batch_sharding)
 
 
+def process_columns(par: Parallel, size: int) -> tuple[int, int]:
+  """``(lo, hi)``: the columns of a ``[size]`` batch axis sharded ``P('data')`` that
+  this process's devices hold (``(0, size)`` on one process or for ``'none'``).
+
+  With the usual device order (each process's devices next to each other in the
+  mesh) it is ``[p * size / P, (p + 1) * size / P)`` for process ``p`` of ``P``.
+
+  Raises:
+    JdlError: this process's devices do not hold one contiguous range of columns.
+  """
+  if not par.enabled:
+    return 0, size
+  index_map = par.batch_sharding.addressable_devices_indices_map((size,))
+  spans = sorted({s[0].indices(size)[:2] for s in index_map.values()})
+  if any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+    raise JdlError(f"process {jax.process_index()}'s devices hold non-contiguous columns "
+                   f"{spans} of the batch; streamed input needs each process's devices "
+                   "next to each other in the mesh")
+  return spans[0][0], spans[-1][1]
+
+
+def global_rows(local: Any, global_shape, sharding: NamedSharding) -> jax.Array:
+  """A global array of ``global_shape`` and ``sharding`` from this process's rows.
+
+  ``local`` is this process's part (its :func:`process_columns` of the batch axis
+  of ``sharding``); no process holds, reads or sends the others' rows.
+  """
+  return jax.make_array_from_process_local_data(sharding, np.asarray(local),
+                                                tuple(global_shape))
+
+
 def eval_batch_size(par: Parallel, batch_size: int) -> int:
   """Evaluation pads and masks its last batch, so its size rounds up to a device multiple."""
   n = par.num_devices
@@ -232,23 +269,30 @@ def eval_batch_size(par: Parallel, batch_size: int) -> int:
 
 
 # ------------------------------------------------------------------ compiling
-def compile_block(par: Parallel, run_block: Callable) -> Callable:
+def compile_block(par: Parallel, run_block: Callable, gathered: bool = False) -> Callable:
   """``jit`` of the loop's ``run_block(state, acc, x, y, idx)`` for ``par``'s mode.
 
   ``'none'``: plain ``jit``. ``'data'``: ``jit`` with replicated state, sums and
   data and ``P(None, 'data')`` indices. ``'shard_map'``: ``run_block`` is the
   per-device block (its step built with ``axis_name=AXIS``), wrapped in
   :func:`jax.shard_map`; the state and sums it returns are device-invariant.
+
+  ``gathered``: the block's rows come pre-gathered (a streamed split), ``x, y:
+  [num_steps, batch, ...]`` sharded ``P(None, 'data')``, and ``idx: [num_steps]``
+  (the step numbers) replicated.
   """
   if not par.enabled:
     return jax.jit(run_block, donate_argnums=(0, 1))
   rep = par.replicated
   if par.mode == "data":
+    data = (par.block_sharding,) * 2 if gathered else (rep, rep)
+    idx = rep if gathered else par.block_sharding
     return jax.jit(run_block, donate_argnums=(0, 1),
-                   in_shardings=(rep, rep, rep, rep, par.block_sharding),
-                   out_shardings=(rep, rep))
-  local = jax.shard_map(run_block, mesh=par.mesh,
-                        in_specs=(P(), P(), P(), P(), P(None, AXIS)), out_specs=(P(), P()))
+                   in_shardings=(rep, rep, *data, idx), out_shardings=(rep, rep))
+  specs = ((P(None, AXIS), P(None, AXIS), P()) if gathered
+           else (P(), P(), P(None, AXIS)))
+  local = jax.shard_map(run_block, mesh=par.mesh, in_specs=(P(), P(), *specs),
+                        out_specs=(P(), P()))
   return jax.jit(local, donate_argnums=(0, 1))
 
 
@@ -258,6 +302,15 @@ def compile_eval(par: Parallel, eval_batch: Callable) -> Callable:
     return jax.jit(eval_batch)
   rep, rows = par.replicated, par.batch_sharding
   return jax.jit(eval_batch, in_shardings=(rep, rep, rep, rows, rows), out_shardings=rep)
+
+
+def compile_eval_rows(par: Parallel, eval_rows: Callable) -> Callable:
+  """``jit`` of ``eval_rows(state, x, y, mask)``: a pre-gathered (streamed) batch, its
+  rows sharded like the mask, replicated sums."""
+  if not par.enabled:
+    return jax.jit(eval_rows)
+  rep, rows = par.replicated, par.batch_sharding
+  return jax.jit(eval_rows, in_shardings=(rep, rows, rows, rows), out_shardings=rep)
 
 
 def constrain_batch(par: Parallel) -> Callable | None:
