@@ -88,29 +88,25 @@ timeout "$PEERS_SECONDS" python3 benchmarks/peers.py $PEERS_ARGS \
 snapshot
 fi
 
+# mnist_cnn for its 6 epochs under one setting: run NAME KEY VALUE.
+train_cnn() {
+  python3 -m jdl.cli train --config mnist_cnn --workdir "runs/mnist_cnn_$1" \
+    --config.data_dir="$DATA" --config.download=false "--config.$2=$3" \
+    --config.tensorboard=false > "$W/mnist_cnn_$1.log" 2>&1
+  echo "$2=$3: exit $?"
+  grep -E "^epoch|^test|devices" "$W/mnist_cnn_$1.log" | tail -4
+  cp "runs/mnist_cnn_$1/metrics.jsonl" "$W/mnist_cnn_$1.jsonl" 2>/dev/null
+}
+
 if want mixed; then
 echo "== [$(elapsed) s] mixed precision: mnist_cnn (6 epochs) in float32, then bfloat16 compute"
-for mp in false true; do
-  python3 -m jdl.cli train --config mnist_cnn --workdir "runs/mnist_cnn_bf16_$mp" \
-    --config.data_dir="$DATA" --config.download=false --config.mixed_precision=$mp \
-    --config.tensorboard=false > "$W/mnist_cnn_bf16_$mp.log" 2>&1
-  echo "mixed_precision=$mp: exit $?"
-  grep -E "^epoch|^test" "$W/mnist_cnn_bf16_$mp.log" | tail -3
-  cp "runs/mnist_cnn_bf16_$mp/metrics.jsonl" "$W/mnist_cnn_bf16_$mp.jsonl" 2>/dev/null
-done
+for mp in false true; do train_cnn "bf16_$mp" mixed_precision "$mp"; done
 snapshot
 fi
 
 if want parallel; then
 echo "== [$(elapsed) s] parallel modes on this machine's devices: mnist_cnn, 6 epochs each"
-for mode in none data shard_map; do
-  python3 -m jdl.cli train --config mnist_cnn --workdir "runs/mnist_cnn_par_$mode" \
-    --config.data_dir="$DATA" --config.download=false --config.parallel=$mode \
-    --config.tensorboard=false > "$W/mnist_cnn_par_$mode.log" 2>&1
-  echo "parallel=$mode: exit $?"
-  grep -E "^epoch|^test|devices" "$W/mnist_cnn_par_$mode.log" | tail -4
-  cp "runs/mnist_cnn_par_$mode/metrics.jsonl" "$W/mnist_cnn_par_$mode.jsonl" 2>/dev/null
-done
+for mode in none data shard_map; do train_cnn "par_$mode" parallel "$mode"; done
 snapshot
 fi
 
