@@ -55,12 +55,21 @@ def layer_bias(batch_norm: bool, bn_position: str) -> bool:
   return not batch_norm or bn_position == "after"
 
 
+def check_tbptt(tbptt: Any) -> None:
+  """Raises ``JdlError`` unless ``tbptt`` (recurrent models) is a non-negative integer."""
+  errors.require(
+      isinstance(tbptt, int) and not isinstance(tbptt, bool) and tbptt >= 0,
+      f"tbptt must be a non-negative integer (0 = full BPTT, k = cut the gradient "
+      f"every k steps), got {tbptt!r}")
+
+
 def check_common_fields(module: nn.Module) -> None:
   """Validates the fields the jdl models share, so a bad config fails at construction.
 
   Raises:
     JdlError: a bad ``num_outputs``, ``activation``, ``kernel_init``,
-      ``init_scale`` or ``dropout_rate`` (each checked where the module has it).
+      ``init_scale``, ``tbptt`` or ``dropout_rate`` (each checked where the module
+      has it).
   """
   if hasattr(module, "conv_impl"):
     errors.lookup("conv_impl", module.conv_impl, {k: k for k in ("auto", "xla", "patches")})
@@ -75,6 +84,8 @@ def check_common_fields(module: nn.Module) -> None:
     get_activation(module.activation)
   if hasattr(module, "kernel_init"):
     get_initializer(module.kernel_init, getattr(module, "init_scale", None))
+  if hasattr(module, "tbptt"):
+    check_tbptt(module.tbptt)
   for field in ("dropout_rate", "conv_dropout_rate"):
     if hasattr(module, field):
       rate = getattr(module, field)

@@ -29,7 +29,7 @@ from jdl.models.cells import CELLS, GRUCell, LSTMCell, RECURRENT_INITS
 from jdl.models.cells import SimpleRNNCell, identity_init, make_cell
 from jdl.models.cells import recurrent_initializer
 from jdl.models.initializers import get_head_initializer
-from jdl.models.mlp import check_common_fields, check_widths
+from jdl.models.mlp import check_common_fields, check_tbptt, check_widths
 from jdl.models.text_conv import Conv1DText
 
 Dtype = Any
@@ -46,14 +46,6 @@ def _as_mask(mask: jax.Array | None, x: jax.Array) -> jax.Array:
                  f"mask shape {tuple(mask.shape)} does not match the sequence's "
                  f"[batch, time] {tuple(x.shape[:2])}")
   return mask.astype(bool)
-
-
-def check_tbptt(tbptt: Any) -> None:
-  """Raises ``JdlError`` unless ``tbptt`` is a non-negative integer."""
-  errors.require(
-      isinstance(tbptt, int) and not isinstance(tbptt, bool) and tbptt >= 0,
-      f"tbptt must be a non-negative integer (0 = full BPTT, k = cut the gradient "
-      f"every k steps), got {tbptt!r}")
 
 
 def _cut_points(mask: jax.Array, k: int, reverse: bool) -> jax.Array:
@@ -256,7 +248,6 @@ class StackedRNN(nn.Module):
     check_widths("hidden", self.hidden)
     errors.require(len(self.hidden) >= 1, "hidden needs at least one layer")
     check_common_fields(self)
-    check_tbptt(self.tbptt)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
@@ -333,7 +324,6 @@ class TextClassifier(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
-    check_tbptt(self.tbptt)
     check_widths("vocab_size", (self.vocab_size,))
     check_widths("embed_dim", (self.embed_dim,))
     errors.lookup("pooling", self.pooling, {p: p for p in POOLINGS})
@@ -409,7 +399,6 @@ class SequenceRegressor(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
-    check_tbptt(self.tbptt)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False,

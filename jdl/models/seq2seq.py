@@ -32,7 +32,7 @@ from jdl.models.attention import ATTENTIONS, Attention
 from jdl.models.cells import make_cell
 from jdl.models.initializers import get_head_initializer
 from jdl.models.mlp import check_common_fields, check_widths
-from jdl.models.recurrent import RNN, Bidirectional, check_tbptt
+from jdl.models.recurrent import RNN, Bidirectional
 
 Dtype = Any
 DECODER_CELLS = ("lstm", "gru")
@@ -142,7 +142,6 @@ class Seq2Seq(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
-    check_tbptt(self.tbptt)
     check_widths("src_vocab_size", (self.src_vocab_size,))
     check_widths("tgt_vocab_size", (self.tgt_vocab_size,))
     check_widths("embed_dim", (self.embed_dim,))
