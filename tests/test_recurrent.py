@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jdl import models
+from conftest import rbg_key
 from jdl.errors import JdlError
 from jdl.models import recurrent
 from jdl.summary import count_params
@@ -17,14 +18,8 @@ B, T, F, H = 3, 6, 4, 5
 RTOL = ATOL = 1e-5
 
 
-def _key(seed: int) -> jax.Array:
-  return jax.random.key(seed, impl="rbg")  # Compiles faster than threefry on CPU.
-
-
-@pytest.fixture(autouse=True)
-def _strict_promotion():
-  with jax.numpy_dtype_promotion("strict"):
-    yield
+_key = rbg_key
+pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 
 def _sigmoid(z):

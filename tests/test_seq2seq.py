@@ -12,6 +12,7 @@ import pytest
 
 from jdl import models
 from jdl import sequence
+from conftest import rbg_key
 from jdl.errors import JdlError
 from jdl.models import Seq2Seq
 from jdl.summary import count_params
@@ -22,14 +23,8 @@ TGT_IN = np.array([[BOS, 5, 6, 7], [BOS, 8, 3, 0], [BOS, 4, 4, 9]], np.int32)
 RTOL = ATOL = 1e-5
 
 
-def _key(seed: int) -> jax.Array:
-  return jax.random.key(seed, impl="rbg")  # Compiles faster than threefry on CPU.
-
-
-@pytest.fixture(autouse=True)
-def _strict_promotion():
-  with jax.numpy_dtype_promotion("strict"):
-    yield
+_key = rbg_key
+pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 
 def _model(**fields):
