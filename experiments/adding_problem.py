@@ -145,16 +145,17 @@ def main(argv=None) -> int:
           if r["cell"] == cell and r["T"] == args.grad_T:
             r[f"grad_first_over_last_{which}"] = ratio
 
-  (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-  lines = ["| cell | T | test MSE | learned (< 0.01) | grad ratio x_1 / x_T (init, trained) | train s |",
-           "|---|---:|---:|---|---|---:|"]
+  rows = []
   for r in results:
     ratio = (f"{r['grad_first_over_last_initial']:.1e}, {r['grad_first_over_last_trained']:.1e}"
              if "grad_first_over_last_initial" in r else "")
-    lines.append(f"| {r['cell']} | {r['T']} | {r['test_mse']:.4f} | "
-                 f"{'yes' if r['learned'] else 'no'} | {ratio} | {r['train_seconds']} |")
-  (out / "results.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+    rows.append([r["cell"], r["T"], f"{r['test_mse']:.4f}", "yes" if r["learned"] else "no",
+                 ratio, r["train_seconds"]])
+  table = _common.markdown_table(["cell", "T", "test MSE", "learned (< 0.01)",
+                                  "grad ratio x_1 / x_T (init, trained)", "train s"], rows)
+  (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+  (out / "results.md").write_text(table + "\n")
+  print(table)
   return 0
 
 

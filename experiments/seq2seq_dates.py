@@ -100,15 +100,14 @@ def main(argv=None) -> int:
       beam, _ = trainer.decode(src, beam=True)
       results[-1]["examples"] = {t: trainer.vocab["tgt"].decode_text(r)
                                  for t, r in zip(EXAMPLES, beam)}
+  table = _common.markdown_table(
+      ["attention", "token accuracy", "greedy exact match", "beam (k = 5) exact match",
+       "train s"],
+      [[r["attention"], f"{100 * r['token_accuracy']:.2f}%", f"{100 * r['greedy_exact_match']:.2f}%",
+        f"{100 * r['beam_exact_match']:.2f}%", r["train_seconds"]] for r in results])
   (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-  lines = ["| attention | token accuracy | greedy exact match | beam (k = 5) exact match | train s |",
-           "|---|---:|---:|---:|---:|"]
-  for r in results:
-    lines.append(f"| {r['attention']} | {100 * r['token_accuracy']:.2f}% | "
-                 f"{100 * r['greedy_exact_match']:.2f}% | {100 * r['beam_exact_match']:.2f}% | "
-                 f"{r['train_seconds']} |")
-  (out / "results.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  (out / "results.md").write_text(table + "\n")
+  print(table)
   return 0
 
 
