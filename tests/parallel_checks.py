@@ -174,6 +174,11 @@ def check_streamed(root: Path) -> None:
 
 
 def main() -> None:
+  # Simulated CPU devices run each program's per-device parts on a shared thread pool;
+  # with asynchronous dispatch, two programs with collectives (an evaluation batch and
+  # the merge after it) can interleave across devices and deadlock in a rendezvous
+  # (seen once in CI, in check_gan's evaluation). Dispatching synchronously orders them.
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
   cli._quiet_library_logs()
   assert jax.device_count() == 8, jax.devices()
   root = Path(sys.argv[1])
