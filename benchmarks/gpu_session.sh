@@ -9,7 +9,9 @@
 #      PyTorch eager and torch.compile; MLP, CNN, ResNet-20);
 #   5. mixed precision: mnist_cnn in float32 and with bfloat16 compute;
 #   6. the parallel modes (none, data, shard_map) on the machine's devices: mnist_cnn;
-#   7. optional extra command (GPU_EXTRA).
+#   7. bitwise reproducibility: benchmarks/gpu_determinism.sh (mnist_cnn, 3 epochs, four
+#      runs: --config.deterministic=false twice, =true twice);
+#   8. optional extra command (GPU_EXTRA).
 #
 # Usage, from the repository root on the GPU machine:
 #   bash benchmarks/gpu_session.sh OUT_DIR MNIST_DIR [WGAN_SECONDS] [PEERS_SECONDS]
@@ -18,8 +20,8 @@
 # logs, results and figures of every stage are packed into OUT_DIR/session.tgz after
 # each stage, so a call cut short still returns what finished. WGAN_STAGES (epoch
 # counts) and PEERS_ARGS override the defaults (for a dry run on a CPU); PHASES picks
-# stages (default all: judge,wgan,mixed,peers,parallel,extra), so a session can split them
-# over two calls.
+# stages (default all: judge,wgan,mixed,peers,parallel,determinism,extra), so a
+# session can split them over two calls.
 set -u
 OUT=${1:?OUT_DIR}
 DATA=${2:?MNIST_DIR}
@@ -27,7 +29,7 @@ WGAN_SECONDS=${3:-240}
 PEERS_SECONDS=${4:-280}
 WGAN_STAGES=${WGAN_STAGES:-50 100 150 200 300 400}
 PEERS_ARGS=${PEERS_ARGS:---gpu --batch-sizes 128,512 --timeout 150}
-PHASES=${PHASES:-judge,wgan,mixed,peers,parallel,extra}
+PHASES=${PHASES:-judge,wgan,mixed,peers,parallel,determinism,extra}
 want() { [[ ",$PHASES," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 W=$(mktemp -d)
@@ -107,6 +109,12 @@ fi
 if want parallel; then
 echo "== [$(elapsed) s] parallel modes on this machine's devices: mnist_cnn, 6 epochs each"
 for mode in none data shard_map; do train_cnn "par_$mode" parallel "$mode"; done
+snapshot
+fi
+
+if want determinism; then
+echo "== [$(elapsed) s] determinism: mnist_cnn, 3 epochs, deterministic=false x2, true x2"
+bash benchmarks/gpu_determinism.sh "$W/determinism" "$DATA" 3 2>&1 | tee "$W/determinism.log"
 snapshot
 fi
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def check_portability(root: Path) -> None:
   chex.assert_trees_all_close(params(to8), params(to1), rtol=RTOL, atol=1e-5)
   runtime = json.loads((root / "mlp_none" / "config.json").read_text())["runtime"]
   assert runtime == {"num_devices": 8, "num_processes": 1, "parallel": "data",
-                     "platform": "cpu"}, runtime
+                     "platform": "cpu", "xla_flags": os.environ["XLA_FLAGS"]}, runtime
   first = json.loads((root / "mlp_data" / "metrics.jsonl").read_text().splitlines()[0])
   assert (first["num_devices"], first["num_processes"]) == (8, 1), first
 

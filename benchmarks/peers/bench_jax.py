@@ -146,7 +146,6 @@ def run_flax_step(model: str, n: int, epochs: int, seed: int,
   t0 = time.perf_counter()
   step = jax.jit(train_step, donate_argnums=(0,)).lower(state, x[:bs], y[:bs]).compile()
   compile_s = time.perf_counter() - t0
-  flops = _flops(step)
   rng = np.random.default_rng(seed + 1)
   steps, rates = n // bs, []
   for _ in range(epochs):
@@ -161,8 +160,7 @@ def run_flax_step(model: str, n: int, epochs: int, seed: int,
     rates.append(steps * bs / (time.perf_counter() - t0))
   return {"samples_per_s": common.steady_rate(rates), "epoch_rates": rates,
           "compile_s": compile_s, "first_epoch_s": steps * bs / rates[0],
-          "params": _count(state.params), "flops_per_sample": flops / bs,
-          "versions": _versions()}
+          "params": _count(state.params), "versions": _versions()}
 
 
 def run_flax_scan(model: str, n: int, epochs: int, seed: int,

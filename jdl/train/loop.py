@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,7 @@ from jdl.train import callbacks as cb
 from jdl.train import diagnose
 from jdl.train import parallel as parallel_lib
 from jdl.train import plots
+from jdl.train import runtime as runtime_lib
 from jdl.train import steps as steps_lib
 from jdl.train import transfer
 from jdl.train import workdir as workdir_lib
@@ -117,6 +119,7 @@ class Trainer:
     self._validate_config(config)
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
+    runtime_lib.request_deterministic_ops(config.deterministic)
     parallel_lib.initialize_distributed(config.distributed)
     self.parallel = parallel_lib.resolve(parallel or config.parallel)
     self.primary = parallel_lib.is_primary()
@@ -526,7 +529,8 @@ class Trainer:
   def runtime(self) -> dict[str, Any]:
     """Where this run runs: recorded in config.json and the first metrics line."""
     return {"num_devices": self.parallel.num_devices, "num_processes": jax.process_count(),
-            "parallel": self.parallel.mode, "platform": jax.devices()[0].platform}
+            "parallel": self.parallel.mode, "platform": jax.devices()[0].platform,
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
   def summary(self) -> str:
     d = self.data
@@ -895,7 +899,8 @@ class Trainer:
     if compile_seconds is not None:
       record["compile_seconds"] = round(compile_seconds, 3)
     if epoch == 0:  # The first line says where the run ran (config.json: the latest session).
-      record.update({k: v for k, v in self.runtime().items() if k != "platform"})
+      record.update({k: v for k, v in self.runtime().items()
+                     if k not in ("platform", "xla_flags")})
     self._record(record)
     logs = dict(train_logs)
     if self.data.val is not None:

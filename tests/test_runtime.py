@@ -1,0 +1,67 @@
+"""config.deterministic: --xla_gpu_deterministic_ops reaches XLA_FLAGS before JAX starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import jax
+import pytest
+
+from jdl.train import runtime
+
+from conftest import REPO
+
+
+def test_flag_set_before_backends_start_and_accepted_by_xla():
+  # A fresh interpreter: jdl sets the flag, then XLA parses it when the CPU backend
+  # starts (an unknown flag would abort the process) and computes.
+  code = ("import os; from jdl.train import runtime; "
+          "assert runtime.request_deterministic_ops(True); "
+          "import jax, jax.numpy as jnp; "
+          "assert float(jnp.ones(3).sum()) == 3.0; print(os.environ['XLA_FLAGS'])")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["XLA_FLAGS"] = "--xla_cpu_enable_fast_math=false"
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120, check=True).stdout.split()
+  assert out == ["--xla_cpu_enable_fast_math=false", "--xla_gpu_deterministic_ops=true"]
+
+
+def test_xla_reads_its_flags_after_jdl_is_imported():
+  # What makes the in-process setting work: XLA parses XLA_FLAGS when the first
+  # backend starts, not when jax or jdl is imported. A flag set after the imports
+  # still reaches XLA (here an unknown one, which XLA rejects).
+  code = ("import os, jdl.cli, jdl.train.loop; "
+          "os.environ['XLA_FLAGS'] = '--xla_no_such_flag_jdl=1'; "
+          "import jax.numpy as jnp; jnp.ones(1).block_until_ready()")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert proc.returncode != 0
+  assert "xla_no_such_flag_jdl" in proc.stderr
+
+
+def test_disabled_leaves_environment_alone(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  assert not runtime.request_deterministic_ops(False)
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+
+
+def test_users_own_setting_wins(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")
+  assert runtime.request_deterministic_ops(True)
+  assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"
+
+
+def test_started_backend_cpu_is_silent_gpu_warns(monkeypatch):
+  jax.numpy.zeros(1).block_until_ready()  # The backends have started in this process.
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert not runtime.request_deterministic_ops(True)  # CPU: deterministic anyway.
+  assert "XLA_FLAGS" not in os.environ
+  monkeypatch.setattr(runtime.jax, "default_backend", lambda: "gpu")
+  with pytest.warns(UserWarning, match="deterministic=True cannot take effect"):
+    assert not runtime.request_deterministic_ops(True)
