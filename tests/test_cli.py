@@ -196,3 +196,6 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_equal(tmp_path):
   assert train(tmp_path / "killed").wait(timeout=300) == 0
 
   assert_exports_equal(tmp_path / "full", tmp_path / "killed")
+  # config.deterministic (default): the CLI process put XLA's flag into XLA_FLAGS.
+  runtime = json.loads((tmp_path / "full" / "config.json").read_text())["runtime"]
+  assert "--xla_gpu_deterministic_ops" in runtime["xla_flags"], runtime
