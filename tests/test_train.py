@@ -225,3 +225,22 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_state():
   full = jdl.fit(make_config(num_epochs=3, optimizer__learning_rate=3e-3), quiet=True)
   assert result.test_metrics["accuracy"] > 0.85
   assert abs(result.test_metrics["accuracy"] - full.test_metrics["accuracy"]) < 0.05
+
+
+@pytest.mark.parametrize("bad, where", [(np.inf, 1), (-np.inf, 2), (np.nan, 1), (None, -1)])
+def test_nonfinite_info_flags_inf_and_nan_but_not_huge_finite(bad, where):
+  # Leaves of float32 values near the maximum: their plain sum overflows to inf, yet
+  # they are finite and must not be flagged; one inf/-inf/NaN element must be, with
+  # the index of its leaf (jax.tree.leaves order: a, b, c).
+  from jdl.train import steps as steps_lib
+  big = np.full((4, 3), 3e38, np.float32)
+  grads = {"a": jnp.asarray(big), "b": jnp.asarray(big), "c": jnp.asarray(-big)}
+  if bad is not None:
+    leaf = "abc"[where]
+    grads[leaf] = grads[leaf].at[2, 1].set(bad)
+  info = jax.jit(steps_lib.nonfinite_info)(jnp.float32(0.5), grads, jnp.int32(7))
+  assert int(info["count"]) == (bad is not None)
+  assert int(info["param"]) == where
+  assert int(info["loss_finite"]) == 1 and int(info["step"]) == 7
+  info = steps_lib.nonfinite_info(jnp.float32(np.nan), {"a": jnp.ones(3)}, jnp.int32(0))
+  assert (int(info["count"]), int(info["loss_finite"]), int(info["param"])) == (1, 0, -1)

@@ -151,7 +151,10 @@ def nonfinite_info(loss: jax.Array, grads, step: jax.Array) -> dict[str, jax.Arr
     ``param``: the index in ``jax.tree.leaves(grads)`` of the first non-finite
     gradient, or -1.
   """
-  leaf_ok = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+  # sum(g * 0) is 0 when every element is finite and NaN otherwise (inf * 0 = NaN):
+  # one fused, vectorised reduction per leaf on XLA:CPU, where all(isfinite(g))
+  # materialised a boolean array and reduced it in two more passes.
+  leaf_ok = jnp.stack([jnp.isfinite(jnp.sum(g * 0)) for g in jax.tree.leaves(grads)])
   loss_ok = jnp.isfinite(loss)
   bad = ~loss_ok | ~jnp.all(leaf_ok)
   return {"count": bad.astype(jnp.int32), "step": step.astype(jnp.int32),
