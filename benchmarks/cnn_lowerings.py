@@ -17,6 +17,12 @@ do), timed as the median of 5 calls after a warm-up; the figures are ms per step
    of N = 192, then three width-shifted sums).
 3. ``conv1``: the first convolution (one input channel -> 32), kernel gradient only,
    as ``patches``, as nine shifted multiply-adds, and as XLA's convolution.
+4. ``lowering``: jdl's ``patches`` against its ``hybrid`` lowering
+   (:func:`jdl.models.conv.conv_hybrid`), forward and backward, on ResNet-20's three
+   3x3 shapes (32x32x16 -> 16, 16x16x32 -> 32, 8x8x64 -> 64) and on this CNN's
+   conv2 and conv1: the measurements behind ``conv_impl='auto'``'s choice on CPU.
+
+``--parts`` picks a subset (default: all).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdl.models.conv import Conv, conv_patches
+from jdl.models.conv import Conv, conv_hybrid, conv_patches
 
 B, STEPS = 128, 20
 
@@ -174,13 +180,37 @@ def conv1_rows(rng) -> list[dict]:
   return rows
 
 
+def lowering_rows(rng) -> list[dict]:
+  rows = []
+  for h, c, f in ((32, 16, 16), (16, 32, 32), (8, 64, 64), (14, 32, 64), (28, 1, 32)):
+    x = jnp.asarray(rng.random((STEPS, B, h, h, c), dtype=np.float32))
+    k = jnp.asarray(rng.normal(size=(3, 3, c, f)).astype(np.float32) * 0.1)
+    for name, conv in (("patches", lambda x, k: conv_patches(x, k, (1, 1), "SAME")),
+                       ("hybrid", lambda x, k: conv_hybrid(x, k, ((1, 1), (1, 1))))):
+      def both(k, x, conv=conv):
+        def body(carry, xb):
+          k, total = carry
+          loss = lambda k, xb: jnp.mean(jax.nn.relu(conv(xb, k)) ** 2)  # noqa: E731
+          value, (gk, gx) = jax.value_and_grad(loss, argnums=(0, 1))(k, xb)
+          return (k - 1e-3 * gk, total + value + jnp.sum(gx)), None
+        return jax.lax.scan(body, (k, 0.0), x)[0]
+      rows.append({"part": "lowering", "variant": name, "shape": f"{h}x{h}x{c}->{f}",
+                   "forward_backward_ms": round(time_per_step(jax.jit(both), k, x), 2)})
+  return rows
+
+
+PARTS = {"step": step_rows, "conv2": conv2_rows, "conv1": conv1_rows,
+         "lowering": lowering_rows}
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default=None)
+  parser.add_argument("--parts", default=",".join(PARTS))
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   rows = []
-  for part in (step_rows, conv2_rows, conv1_rows):
+  for part in (PARTS[p] for p in args.parts.split(",")):
     for row in part(rng):
       rows.append(row)
       print(json.dumps(row), flush=True)

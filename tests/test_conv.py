@@ -1,4 +1,4 @@
-"""jdl's Conv: the patches lowering equals XLA's convolution, values and gradients."""
+"""jdl's Conv: the patches and hybrid lowerings equal XLA's convolution, values and gradients."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ CASES = [  # input shape, window, strides, padding
 
 
 @pytest.mark.parametrize("shape,window,strides,padding", CASES)
-@pytest.mark.parametrize("impl", ["xla", "patches"])
+@pytest.mark.parametrize("impl", ["xla", "patches", "hybrid"])
 def test_conv_matches_flax_conv_and_its_gradients(shape, window, strides, padding, impl):
   x = jax.random.normal(jax.random.key(0), shape)
   reference = nn.Conv(5, window, strides=strides, padding=padding)
@@ -57,20 +57,37 @@ def test_unknown_conv_impl_is_an_error():
     models.CNN(num_outputs=2, conv_impl="cudnn")
 
 
-def test_patches_and_xla_train_the_same():
+def test_patches_hybrid_and_xla_train_the_same():
   import jdl
   common = dict(model__name="cnn", model__features=(8, 16), model__dense=(32,), model__pool="max",
                 num_epochs=2, epoch_mode="step")
   xla = jdl.fit(make_config(model__conv_impl="xla", **common), quiet=True)
-  patches = jdl.fit(make_config(model__conv_impl="patches", **common), quiet=True)
-  np.testing.assert_allclose(xla.history["loss"], patches.history["loss"], rtol=1e-4)
-  np.testing.assert_allclose(xla.history["val_loss"], patches.history["val_loss"], rtol=1e-3)
+  for impl in ("patches", "hybrid"):
+    run = jdl.fit(make_config(model__conv_impl=impl, **common), quiet=True)
+    np.testing.assert_allclose(xla.history["loss"], run.history["loss"], rtol=1e-4)
+    np.testing.assert_allclose(xla.history["val_loss"], run.history["val_loss"], rtol=1e-3)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU choice")
+def test_auto_picks_hybrid_for_stride_one_narrow_convolutions_on_cpu():
+  from jdl.models.conv import resolve_impl
+  # Measured faster than the patches: ResNet-20's 16- and 32-channel 3x3 convolutions.
+  assert resolve_impl("auto", strides=(1, 1), in_features=16, features=16) == "hybrid"
+  assert resolve_impl("auto", strides=(1, 1), in_features=32, features=32) == "hybrid"
+  # Measured slower: 64 output channels, one input channel; strided: not supported.
+  assert resolve_impl("auto", strides=(1, 1), in_features=32, features=64) == "patches"
+  assert resolve_impl("auto", strides=(1, 1), in_features=1, features=32) == "patches"
+  assert resolve_impl("auto", strides=(2, 2), in_features=16, features=32) == "patches"
+  assert resolve_impl("hybrid", strides=(2, 2), in_features=16, features=16) == "patches"
+  assert resolve_impl("auto") == "patches"
 
 
 def test_auto_epoch_mode_scans_unless_xla_convolutions_are_in_the_step():
   from jdl.train import loop
   common = dict(model__name="cnn", model__features=(4,), model__dense=(8,), num_epochs=1)
   assert loop.Trainer(make_config(**common), quiet=True).epoch_mode == "scan"
+  hybrid = dict(common, model__features=(8, 16), model__conv_impl="hybrid")
+  assert loop.Trainer(make_config(**hybrid), quiet=True).epoch_mode == "scan"
   xla = loop.Trainer(make_config(model__conv_impl="xla", **common), quiet=True).epoch_mode
   assert xla == ("step" if jax.default_backend() == "cpu" else "scan")
   assert loop.Trainer(make_config(num_epochs=1), quiet=True).epoch_mode == "scan"

@@ -168,7 +168,7 @@ class CNN(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  conv_impl: str = "auto"  # 'auto', 'xla', 'patches' or 'hybrid'; see jdl.models.conv.
   bn_position: str = "before"
   conv_dropout_rate: float = 0.0
 
@@ -248,7 +248,7 @@ class LeNet5(nn.Module):
   pool: str = "avg"
   kernel_init: str = "lecun_normal"
   dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  conv_impl: str = "auto"  # 'auto', 'xla', 'patches' or 'hybrid'; see jdl.models.conv.
 
   def __post_init__(self):
     super().__post_init__()
@@ -325,7 +325,7 @@ class VGG(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  conv_impl: str = "auto"  # 'auto', 'xla', 'patches' or 'hybrid'; see jdl.models.conv.
   bn_position: str = "before"
   conv_dropout_rate: float = 0.0
 

@@ -60,7 +60,7 @@ class InceptionBlock(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  conv_impl: str = "auto"  # 'auto', 'xla', 'patches' or 'hybrid'; see jdl.models.conv.
   bn_position: str = "before"
 
   def __post_init__(self):
@@ -137,7 +137,7 @@ class InceptionNet(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  conv_impl: str = "auto"  # 'auto', 'xla', 'patches' or 'hybrid'; see jdl.models.conv.
   bn_position: str = "before"
 
   def __post_init__(self):

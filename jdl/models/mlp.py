@@ -72,7 +72,8 @@ def check_common_fields(module: nn.Module) -> None:
       has it).
   """
   if hasattr(module, "conv_impl"):
-    errors.lookup("conv_impl", module.conv_impl, {k: k for k in ("auto", "xla", "patches")})
+    errors.lookup("conv_impl", module.conv_impl,
+                  {k: k for k in ("auto", "xla", "patches", "hybrid")})
   if hasattr(module, "num_outputs"):
     num_outputs = module.num_outputs
     errors.require(

@@ -55,7 +55,7 @@ class ResidualBlock(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  conv_impl: str = "auto"  # 'auto', 'xla', 'patches' or 'hybrid'; see jdl.models.conv.
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -139,7 +139,7 @@ class ResNet(nn.Module):
   kernel_init: str = "he_normal"
   init_scale: float | None = None
   dtype: Dtype = jnp.float32
-  conv_impl: str = "auto"  # 'auto' (patches on CPU), 'xla' or 'patches'; see jdl.models.conv.
+  conv_impl: str = "auto"  # 'auto', 'xla', 'patches' or 'hybrid'; see jdl.models.conv.
 
   def __post_init__(self):
     super().__post_init__()

@@ -51,7 +51,7 @@ class Conv1DText(nn.Module):
     dropout_rate: dropout on the pooled features and in the head.
     pad_id: the padding token.
     kernel_init: initializer of the convs and hidden dense layers.
-    conv_impl: ``'auto'``, ``'xla'`` or ``'patches'`` (see :mod:`jdl.models.conv`).
+    conv_impl: ``'auto'``, ``'xla'``, ``'patches'`` or ``'hybrid'`` (see :mod:`jdl.models.conv`).
     dtype: compute dtype; parameters stay float32.
 
   Submodules ``embed``, ``conv_{i}`` and ``mlp``.

@@ -406,10 +406,11 @@ class Trainer:
       return mode
     # XLA:CPU runs the gradient of a convolution inside a loop on a slow generic
     # path (about 20x slower; jax-ml/jax#12868). jdl's own conv layers lower to
-    # patches and a matmul on CPU and scan safely; a model that still holds XLA
-    # convolutions (conv_impl='xla', or a user's module) steps one call at a time.
-    if jax.default_backend() == "cpu" and _uses_xla_conv(self.train_step, self.state,
-                                                         self._example_batch()):
+    # patches and matmuls on CPU, or to XLA forward convolutions only ('hybrid'),
+    # and scan safely; a step that holds autodiff's convolutions (conv_impl='xla',
+    # or a user's module) steps one call at a time.
+    if jax.default_backend() == "cpu" and _has_loop_slow_conv(self.train_step, self.state,
+                                                              self._example_batch()):
       return "step"
     return "scan"
 
@@ -1112,11 +1113,26 @@ class Trainer:
     return np.concatenate(outs)[: len(x)]
 
 
-def _uses_xla_conv(fn, *args) -> bool:
-  """Whether ``fn(*args)`` traces to any ``conv_general_dilated``."""
+def _has_loop_slow_conv(fn, *args) -> bool:
+  """Whether ``fn(*args)`` traces to a convolution XLA:CPU runs slowly inside a loop.
+
+  Forward-style convolutions (channel-last specs, no input dilation, no groups), as
+  in :func:`jdl.models.conv.conv_hybrid`, run fast in a scan; the transposed ones
+  that autodiff makes of a convolution (a kernel gradient: batch and feature axes
+  swapped; a strided input gradient: input dilation) and any other layout do not.
+  """
+  def slow(params) -> bool:
+    dn = params["dimension_numbers"]
+    n = len(dn.lhs_spec)
+    channel_last = (0, n - 1, *range(1, n - 1))
+    return (dn.lhs_spec != channel_last or dn.out_spec != channel_last
+            or dn.rhs_spec != (n - 1, n - 2, *range(n - 2))
+            or any(d != 1 for d in params["lhs_dilation"])
+            or params["feature_group_count"] != 1 or params["batch_group_count"] != 1)
+
   def walk(jaxpr) -> bool:
     for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "conv_general_dilated":
+      if eqn.primitive.name == "conv_general_dilated" and slow(eqn.params):
         return True
       for sub in jax_core.jaxprs_in_params(eqn.params):
         if walk(sub):
