@@ -100,6 +100,18 @@ def step_rows(rng) -> list[dict]:
   return rows
 
 
+def scan_forward_backward(conv):
+  """A jitted scan of SGD steps on ``mean(relu(conv(x, k))^2)``: forward, both gradients."""
+  def run(k, x):
+    def body(carry, xb):
+      k, total = carry
+      loss = lambda k, xb: jnp.mean(jax.nn.relu(conv(xb, k)) ** 2)  # noqa: E731
+      value, (gk, gx) = jax.value_and_grad(loss, argnums=(0, 1))(k, xb)
+      return (k - 1e-3 * gk, total + value + jnp.sum(gx)), None
+    return jax.lax.scan(body, (k, 0.0), x)[0]
+  return jax.jit(run)
+
+
 H, C, F = 14, 32, 64
 
 
@@ -144,17 +156,10 @@ def conv2_rows(rng) -> list[dict]:
       return jax.lax.scan(lambda t, xb: (t + jnp.sum(jax.nn.relu(conv(xb, k))), None),
                           0.0, x)[0]
 
-    def both(k, x, conv=conv):
-      def body(carry, xb):
-        k, total = carry
-        loss = lambda k, xb: jnp.mean(jax.nn.relu(conv(xb, k)) ** 2)  # noqa: E731
-        value, (gk, gx) = jax.value_and_grad(loss, argnums=(0, 1))(k, xb)
-        return (k - 1e-3 * gk, total + value + jnp.sum(gx)), None
-      return jax.lax.scan(body, (k, 0.0), x)[0]
-
     rows.append({"part": "conv2", "variant": name,
                  "forward_ms": round(time_per_step(jax.jit(forward), k, x), 2),
-                 "forward_backward_ms": round(time_per_step(jax.jit(both), k, x), 2)})
+                 "forward_backward_ms": round(time_per_step(scan_forward_backward(conv), k, x),
+                                              2)})
   return rows
 
 
@@ -187,15 +192,9 @@ def lowering_rows(rng) -> list[dict]:
     k = jnp.asarray(rng.normal(size=(3, 3, c, f)).astype(np.float32) * 0.1)
     for name, conv in (("patches", lambda x, k: conv_patches(x, k, (1, 1), "SAME")),
                        ("hybrid", lambda x, k: conv_hybrid(x, k, ((1, 1), (1, 1))))):
-      def both(k, x, conv=conv):
-        def body(carry, xb):
-          k, total = carry
-          loss = lambda k, xb: jnp.mean(jax.nn.relu(conv(xb, k)) ** 2)  # noqa: E731
-          value, (gk, gx) = jax.value_and_grad(loss, argnums=(0, 1))(k, xb)
-          return (k - 1e-3 * gk, total + value + jnp.sum(gx)), None
-        return jax.lax.scan(body, (k, 0.0), x)[0]
       rows.append({"part": "lowering", "variant": name, "shape": f"{h}x{h}x{c}->{f}",
-                   "forward_backward_ms": round(time_per_step(jax.jit(both), k, x), 2)})
+                   "forward_backward_ms": round(time_per_step(scan_forward_backward(conv), k,
+                                                              x), 2)})
   return rows
 
 
