@@ -151,8 +151,10 @@ def _conv_hybrid_bwd(pads, residuals, dy):
                       [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
   out = dy.shape[1:-1]
   dy_rows = dy.reshape(-1, dy.shape[-1])
-  taps = [x_pad[(slice(None), *(slice(o, o + m) for o, m in zip(offset, out)), slice(None))]
-          .reshape(-1, x.shape[-1]).T @ dy_rows
+  # Each tap sums over batch x positions: accumulate in float32 under bfloat16 compute.
+  taps = [jax.lax.dot(x_pad[(slice(None), *(slice(o, o + m) for o, m in zip(offset, out)),
+                              slice(None))].reshape(-1, x.shape[-1]).T, dy_rows,
+                      preferred_element_type=jnp.float32)
           for offset in itertools.product(*(range(k) for k in window))]
   dkernel = jnp.stack(taps).reshape(kernel.shape)
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
