@@ -34,6 +34,16 @@ from jdl.models.text_conv import Conv1DText
 
 Dtype = Any
 POOLINGS = ("last", "mean", "max")
+# Fields every recurrent module here declares and hands down unchanged to the cell
+# (make_cell's keyword arguments) and to the time loop.
+CELL_OPTIONS = ("activation", "recurrent_init", "gain", "forget_bias", "kernel_init", "dtype")
+LOOP_OPTIONS = ("unroll", "tbptt")
+
+
+def _options(module: nn.Module, names: Sequence[str] = CELL_OPTIONS + LOOP_OPTIONS
+             ) -> dict[str, Any]:
+  """``{name: module.name}`` for ``names``: the keyword arguments passed down."""
+  return {name: getattr(module, name) for name in names}
 
 # Token embeddings; the padding id is handled by the masks of the layers above.
 Embedding = nn.Embed
@@ -124,10 +134,7 @@ class RNN(nn.Module):
     check_widths("unroll", (self.unroll,))
     check_tbptt(self.tbptt)
     # Validates the cell fields at construction, not at the first call.
-    make_cell(self.cell_type, self.features, activation=self.activation,
-              forget_bias=self.forget_bias, recurrent_init=self.recurrent_init,
-              gain=self.gain, kernel_init=self.kernel_init, dtype=self.dtype,
-              parent=None)
+    make_cell(self.cell_type, self.features, **_options(self, CELL_OPTIONS), parent=None)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None
@@ -145,9 +152,7 @@ class RNN(nn.Module):
     """
     errors.require(x.ndim == 3, f"RNN needs [batch, time, features], got {tuple(x.shape)}")
     mask = _as_mask(mask, x)
-    cell = make_cell(self.cell_type, self.features, activation=self.activation,
-                     forget_bias=self.forget_bias, recurrent_init=self.recurrent_init,
-                     gain=self.gain, kernel_init=self.kernel_init, dtype=self.dtype,
+    cell = make_cell(self.cell_type, self.features, **_options(self, CELL_OPTIONS),
                      name="cell")
     x_proj = cell.project_inputs(x)  # One product for all steps, outside the loop.
     inputs = (x_proj, mask)
@@ -200,11 +205,8 @@ class Bidirectional(nn.Module):
     check_tbptt(self.tbptt)
 
   def _rnn(self, reverse: bool, name: str) -> RNN:
-    return RNN(self.features, cell_type=self.cell_type, reverse=reverse,
-               activation=self.activation, recurrent_init=self.recurrent_init,
-               gain=self.gain, forget_bias=self.forget_bias,
-               kernel_init=self.kernel_init, unroll=self.unroll, tbptt=self.tbptt,
-               dtype=self.dtype, name=name)
+    return RNN(self.features, cell_type=self.cell_type, reverse=reverse, **_options(self),
+               name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None
@@ -257,12 +259,8 @@ class StackedRNN(nn.Module):
     for i, width in enumerate(self.hidden):
       if i > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x, final_h = layer_cls(
-          width, cell_type=self.cell_type, activation=self.activation,
-          recurrent_init=self.recurrent_init, gain=self.gain,
-          forget_bias=self.forget_bias, kernel_init=self.kernel_init,
-          unroll=self.unroll, tbptt=self.tbptt, dtype=self.dtype,
-          name=f"layer_{i}")(x, mask)
+      x, final_h = layer_cls(width, cell_type=self.cell_type, **_options(self),
+                             name=f"layer_{i}")(x, mask)
       self.sow("intermediates", f"layer_{i}", x)
     return x, final_h
 
@@ -348,10 +346,7 @@ class TextClassifier(nn.Module):
       h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     outputs, final_h = StackedRNN(
         tuple(self.hidden), bidirectional=self.bidirectional,
-        dropout_rate=self.dropout_rate, cell_type=self.cell,
-        activation=self.activation, recurrent_init=self.recurrent_init,
-        gain=self.gain, forget_bias=self.forget_bias, kernel_init=self.kernel_init,
-        unroll=self.unroll, tbptt=self.tbptt, dtype=self.dtype,
+        dropout_rate=self.dropout_rate, cell_type=self.cell, **_options(self),
         name="rnn")(h, mask, train=train)
     if self.pooling == "last":
       features = final_h.astype(self.dtype)
@@ -411,11 +406,8 @@ class SequenceRegressor(nn.Module):
     del train  # No dropout or batch norm.
     errors.require(x.ndim == 3, f"SequenceRegressor needs [batch, time, features], "
                                 f"got {tuple(x.shape)}")
-    _, final_h = StackedRNN(
-        tuple(self.hidden), cell_type=self.cell, activation=self.activation,
-        recurrent_init=self.recurrent_init, gain=self.gain,
-        forget_bias=self.forget_bias, kernel_init=self.kernel_init,
-        unroll=self.unroll, tbptt=self.tbptt, dtype=self.dtype, name="rnn")(x, mask)
+    _, final_h = StackedRNN(tuple(self.hidden), cell_type=self.cell, **_options(self),
+                            name="rnn")(x, mask)
     return nn.Dense(self.num_outputs, kernel_init=get_head_initializer(self.kernel_init),
                     dtype=self.dtype, name="head")(final_h.astype(self.dtype))
 
