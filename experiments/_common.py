@@ -111,8 +111,9 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(lines)
 
 
-def write_results(out: Path, table: str, records: dict[str, Any]) -> None:
-  """Writes ``table.md`` and ``results.json`` (the numbers behind table and plots)."""
+def write_results(out: Path, table: str, records: Any) -> None:
+  """Writes ``table.md`` and ``results.json`` (the numbers behind table and plots: a
+  dict, or a list of per-run records)."""
   (out / "table.md").write_text(table + "\n")
   (out / "results.json").write_text(json.dumps(records, indent=1, default=float) + "\n")
 

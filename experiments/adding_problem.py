@@ -12,7 +12,7 @@ Trains configs/adding_problem.py for every (cell, T) into WORKDIR/adding_{cell}_
   steps is orders of magnitude below that from the last steps, so it cannot learn
   to carry the first marked value; the gated cells' is not.
 
-Writes ``results.json`` and ``results.md`` (the table) beside the figures.
+Writes ``results.json`` and ``table.md`` beside the figures.
 
 Usage:  python experiments/adding_problem.py [--lengths 50,100,200] [--cells lstm,gru,simple] [--tiny]
 """
@@ -153,8 +153,7 @@ def main(argv=None) -> int:
                  ratio, r["train_seconds"]])
   table = _common.markdown_table(["cell", "T", "test MSE", "learned (< 0.01)",
                                   "grad ratio x_1 / x_T (init, trained)", "train s"], rows)
-  (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-  (out / "results.md").write_text(table + "\n")
+  _common.write_results(out, table, results)
   print(table)
   return 0
 

@@ -7,7 +7,7 @@ resumed), and reports on the held-out test dates (calendar days never seen in
 training) the exact match of greedy decoding and of beam search (k = 5, from the
 runs' test lines). Draws ``attention.png``: the attention weights of greedy
 decoding on a few test inputs (rows: output characters; columns: input
-characters). Writes ``results.json`` and ``results.md``.
+characters). Writes ``results.json`` and ``table.md``.
 
 Usage:  python experiments/seq2seq_dates.py [--workdir runs] [--tiny]
 """
@@ -105,8 +105,7 @@ def main(argv=None) -> int:
        "train s"],
       [[r["attention"], f"{100 * r['token_accuracy']:.2f}%", f"{100 * r['greedy_exact_match']:.2f}%",
         f"{100 * r['beam_exact_match']:.2f}%", r["train_seconds"]] for r in results])
-  (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-  (out / "results.md").write_text(table + "\n")
+  _common.write_results(out, table, results)
   print(table)
   return 0
 
