@@ -8,13 +8,22 @@ block, and the train throughput with no mid-epoch checkpoints, with an async orb
 save every 200 and every 50 steps, and with a synchronous save every 50 steps. The
 cost of checkpointing is the relative drop in samples/s; ``ms_per_save`` is the
 epoch time it adds divided by the saves in an epoch.
+
+``--parts orbax`` (also in the default) measures what one save costs the machine,
+apart from training: the process CPU time (all threads) of a save through jdl's
+``Checkpointer`` and the wait for it, median over 20 saves, for trees of 1, 20 and
+60 four-element leaves (orbax's fixed and per-leaf costs) and for the MLP's and the
+CNN's parameters with two Adam moments (a TrainState's bulk), the latter also
+through orbax's ``PyTreeCheckpointHandler`` with and without compression.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
+import time
 
 import numpy as np
 
@@ -46,10 +55,74 @@ def run(model: dict, n: int, every: int, async_save: bool) -> tuple[float, float
   return float(np.median(trainer.epoch_rates[1:])), trainer.compile_seconds
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=None)
-  args = parser.parse_args()
+LEAF_SHAPES = {
+    "mlp": [(784, 512), (512,), (512, 512), (512,), (512, 10), (10,)],
+    "cnn": [(3, 3, 1, 32), (32,), (3, 3, 32, 64), (64,), (3136, 256), (256,), (256, 10), (10,)],
+}
+
+
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def save_cost(tree, *, compression: bool | None = None, saves: int = 20) -> dict:
+  """CPU ms (all threads) and wall ms of one async save plus its wait, medians.
+
+  ``compression=None`` saves through jdl's Checkpointer; True/False through a bare
+  orbax manager with ``PyTreeCheckpointHandler(use_compression=...)``.
+  """
+  import orbax.checkpoint as ocp
+
+  from jdl.checkpoint import Checkpointer
+  with tempfile.TemporaryDirectory() as directory:
+    if compression is None:
+      manager = Checkpointer(directory, keep=2)
+      save = lambda step: manager.save(step, tree, meta={"step": step})  # noqa: E731
+      wait, close = manager.wait, manager.close
+    else:
+      orbax_manager = ocp.CheckpointManager(
+          directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+          item_names=("tree",),
+          item_handlers={"tree": ocp.PyTreeCheckpointHandler(use_compression=compression)})
+      save = lambda step: orbax_manager.save(  # noqa: E731
+          step, args=ocp.args.Composite(tree=ocp.args.PyTreeSave(tree)), force=True)
+      wait, close = orbax_manager.wait_until_finished, orbax_manager.close
+    save(0)
+    wait()
+    cpu, wall = [], []
+    for step in range(1, saves + 1):
+      c0, t0 = _cpu_seconds(), time.perf_counter()
+      save(step)
+      wait()
+      cpu.append(_cpu_seconds() - c0)
+      wall.append(time.perf_counter() - t0)
+    close()
+  return {"cpu_ms": round(1e3 * float(np.median(cpu)), 1),
+          "wall_ms": round(1e3 * float(np.median(wall)), 1)}
+
+
+def orbax_rows() -> list[dict]:
+  rng = np.random.default_rng(0)
+  rows = []
+  for leaves in (1, 20, 60):
+    tree = {f"leaf{i}": np.full((4,), i, np.float32) for i in range(leaves)}
+    rows.append({"tree": f"{leaves} leaves of 4 floats", "leaves": leaves, "MB": 0.0,
+                 "via": "jdl Checkpointer", **save_cost(tree)})
+    print(json.dumps(rows[-1]), flush=True)
+  for name, shapes in LEAF_SHAPES.items():
+    tree = {f"{part}{i}": rng.normal(size=shape).astype(np.float32)
+            for part in ("params", "mu", "nu") for i, shape in enumerate(shapes)}
+    size = round(sum(x.nbytes for x in tree.values()) / 1e6, 2)
+    for via, compression in (("jdl Checkpointer", None), ("orbax, compressed", True),
+                             ("orbax, uncompressed", False)):
+      rows.append({"tree": f"{name} params + Adam moments", "leaves": len(tree), "MB": size,
+                   "via": via, **save_cost(tree, compression=compression)})
+      print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def fit_rows() -> list[dict]:
   rows = []
   for name, model in MODELS.items():
     base, compile_s = run(model, SIZES[name], 0, True)
@@ -63,6 +136,19 @@ def main() -> None:
       row[label + "_ms_per_save"] = round(1e3 * SIZES[name] * (1 / rate - 1 / base) / saves, 1)
     rows.append(row)
     print(json.dumps(row), flush=True)
+  return rows
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", default=None)
+  parser.add_argument("--parts", default="fit,orbax",
+                      help="comma-separated: fit (throughput with saves), orbax (cost of a save)")
+  args = parser.parse_args()
+  parts = set(args.parts.split(","))
+  if parts - {"fit", "orbax"}:
+    parser.error(f"unknown parts: {sorted(parts - {'fit', 'orbax'})}")
+  rows = (fit_rows() if "fit" in parts else []) + (orbax_rows() if "orbax" in parts else [])
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rows, f, indent=2)

@@ -54,13 +54,17 @@ class Checkpointer:
       ``None`` keeps only the latest.
     best_mode: ``'min'`` or ``'max'``.
     async_save: write in a background thread (the step returns at once).
+    compression: compress the arrays (orbax's zstd). Off by default: float weights
+      shrink by only ~8%, while compressing is about a quarter of an async save's
+      CPU time, which on a small machine is taken from training
+      (``benchmarks/overheads.py --parts orbax``). Either kind restores.
     also_keep_best: more ``(metric, mode)`` pairs whose best step is kept too (e.g.
       the one early stopping restores); ``best_step`` still ranks by ``best_metric``.
   """
 
   def __init__(self, directory: str | os.PathLike, *, keep: int = 3,
                best_metric: str | None = None, best_mode: str = "min",
-               async_save: bool = True,
+               async_save: bool = True, compression: bool = False,
                also_keep_best: tuple[tuple[str, str], ...] = ()):
     if keep < 1:
       raise JdlError(f"keep_checkpoints must be >= 1, got {keep}")
@@ -86,13 +90,14 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         create=True,
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("tree", "meta"))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("tree", "meta"),
+        item_handlers={"tree": ocp.PyTreeCheckpointHandler(use_compression=compression)})
 
   def save(self, step: int, tree: Any, *, meta: dict[str, Any],
            metrics: dict[str, float] | None = None) -> None:
     """Saves ``tree`` and ``meta`` as ``step`` (asynchronously if so configured)."""
-    args = ocp.args.Composite(tree=ocp.args.StandardSave(to_savable(tree)),
+    args = ocp.args.Composite(tree=ocp.args.PyTreeSave(to_savable(tree)),
                               meta=ocp.args.JsonSave(meta))
     with self._write_errors(step):
       self._manager.save(int(step), args=args, metrics=metrics, force=True)
@@ -115,7 +120,9 @@ class Checkpointer:
     """Restores ``step`` into the structure, shapes and dtypes of ``target``."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(target))
     restored = self._manager.restore(int(step), args=ocp.args.Composite(
-        tree=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        tree=ocp.args.PyTreeRestore(
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
+        meta=ocp.args.JsonRestore()))
     return from_savable(target, restored["tree"]), dict(restored["meta"])
 
   def restore_meta(self, step: int) -> dict[str, Any]:

@@ -186,6 +186,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_epochs = 1  # Epoch-end checkpoints (the last epoch always).
   c.keep_checkpoints = 3
   c.async_checkpoints = True
+  c.checkpoint_compression = False  # zstd: ~8% smaller float weights, ~25% more save CPU.
 
   # Callbacks.
   c.monitor = "val_loss"  # The metric that picks the best checkpoint.

@@ -11,6 +11,7 @@ import time
 
 import chex
 import jax
+import jax.numpy as jnp
 import pytest
 
 import jdl
@@ -160,6 +161,36 @@ def test_checkpoint_metadata_is_validated_against_its_schema():
                      "lacks 'config'"), ({**good, "epoch": "0"}, "wrong type"), ([], "JSON object")]:
     with pytest.raises(jdl.JdlError, match=match):
       validate_meta(bad, 5)
+
+
+def _tree_bytes(step_dir):
+  return sum(p.stat().st_size for p in (step_dir / "tree").rglob("*") if p.is_file())
+
+
+def test_checkpoint_compression_switch_and_either_kind_restores(tmp_path):
+  import numpy as np
+  from jdl.checkpoint import Checkpointer, restore_params
+  # Zeros compress to almost nothing; the uncompressed 4 MB must be stored in full.
+  tree = {"params": {"w": jnp.zeros((1024, 1024)), "b": jnp.arange(7.0)},
+          "key": jax.random.key(3)}
+  for compression in (True, False):
+    with Checkpointer(tmp_path / str(compression), compression=compression, async_save=False) as c:
+      c.save(1, tree, meta={"m": compression})
+  packed, plain = _tree_bytes(tmp_path / "True" / "1"), _tree_bytes(tmp_path / "False" / "1")
+  assert packed < 200_000 < 4 * 1024 * 1024 <= plain
+  # A compressed step (orbax's default, and jdl's before) restores through the default.
+  with Checkpointer(tmp_path / "True") as c:
+    restored, meta = c.restore(1, tree)
+  chex.assert_trees_all_equal(jax.random.key_data(restored["key"]), jax.random.key_data(tree["key"]))
+  chex.assert_trees_all_equal(restored["params"], tree["params"])
+  assert meta == {"m": True}
+  # The ``state/params`` reader (jdl export, transfer) reads both kinds.
+  for compression in (True, False):
+    d = tmp_path / f"state_{compression}"
+    with Checkpointer(d, compression=compression, async_save=False) as c:
+      c.save(2, {"state": {"params": tree["params"]}}, meta={})
+    flat = restore_params(d)
+    np.testing.assert_array_equal(flat["b"], np.arange(7.0))
 
 
 def test_a_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(tmp_path, monkeypatch):

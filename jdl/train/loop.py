@@ -60,14 +60,12 @@ from jdl.train import runtime as runtime_lib
 from jdl.train import steps as steps_lib
 from jdl.train import transfer
 from jdl.train import workdir as workdir_lib
+from jdl.train.outputs import GenerativeOutputs, SequenceOutputs
+from jdl.train.resume import ResumableRun
 from jdl.train.state import TrainState, create_train_state
 
 _NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
 _CE_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
-
-
-class VocabularyMismatch(JdlError):
-  """A checkpoint's vocabulary differs from the one the train split gives now."""
 
 
 @dataclasses.dataclass
@@ -100,8 +98,12 @@ class _Data:
   vocab: dict | None = None  # Text datasets: {name: Vocabulary} of the train split.
 
 
-class Trainer:
-  """Owns one run: config, data, state, workdir. See :func:`fit`."""
+class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
+  """Owns one run: config, data, state, workdir. See :func:`fit`.
+
+  The workdir and checkpoint methods are in :class:`jdl.train.resume.ResumableRun`,
+  samples and decoding in :mod:`jdl.train.outputs`.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
                dataset: data_lib.Dataset | None = None, model=None,
@@ -553,154 +555,9 @@ class Trainer:
     ]
     return "\n".join(lines)
 
-  # ---------------------------------------------------------------- workdir
-  def _open_workdir(self) -> int:
-    """Creates or resumes the workdir; returns the step training resumes from.
-
-    In a multi-process run only process 0 writes files; every process checks the
-    saved config and opens the checkpoints (orbax saves and restores with all of
-    them taking part).
-    """
-    wd = self.workdir
-    if self.primary:
-      wd.mkdir(parents=True, exist_ok=True)
-      for sub in ("plots", "tb"):
-        (wd / sub).mkdir(exist_ok=True)
-    config_json = wd / "config.json"
-    current = json.loads(config_lib.to_json(self.config))
-    if config_json.exists():
-      saved = workdir_lib.read_json(config_json)
-      diffs = config_lib.structural_diff(saved, current)
-      if diffs and (wd / "checkpoints").exists():
-        raise JdlError(
-            f"workdir {wd} holds a run with a different config ({', '.join(diffs)} differ); "
-            "use another --workdir, or --restart to start over (the old run is moved aside)")
-    self._damaged_steps = []
-    for step, reason in (sorted(ckpt_lib.find_damaged(wd / "checkpoints").items())
-                         if self.primary else ()):
-      self._damaged_steps.append(step)
-      moved = ckpt_lib.quarantine(wd / "checkpoints", step)
-      self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
-                f"moved it to {moved}")
-    parallel_lib.sync("jdl_workdir_ready")  # Process 0 has tidied the checkpoints.
-    self._open_checkpointer()
-    if not self.primary:
-      return self._resume_latest_readable()
-    self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
-    if self.config.tensorboard:
-      self.tb = cb.TensorBoard(wd / "tb")
-    start = self._resume_latest_readable()
-    self.logger.truncate_after(start)
-    tmp = config_json.with_suffix(".tmp")
-    tmp.write_text(config_lib.to_json(self.config, self.runtime()) + "\n")
-    tmp.replace(config_json)
-    (wd / "summary.txt").write_text(self.summary() + "\n")
-    if self.vocab:
-      (wd / "vocab.json").write_text(json.dumps(self.vocab_json()) + "\n")
-    return start
-
-  def _open_checkpointer(self) -> None:
-    c = self.config
-    self.checkpointer = ckpt_lib.Checkpointer(
-        self.workdir / "checkpoints", keep=int(c.keep_checkpoints),
-        best_metric=c.monitor or None, best_mode=c.monitor_mode,
-        async_save=bool(c.async_checkpoints), also_keep_best=self._restored_metrics())
-
-  def _restored_metrics(self) -> tuple[tuple[str, str], ...]:
-    """The metric whose best state early stopping restores: its step must stay on disk."""
-    es = self.config.early_stopping
-    return ((es.monitor, es.mode),) if es.enabled and es.restore_best else ()
-
-  def _resume_latest_readable(self) -> int:
-    """Resumes from the newest checkpoint that restores; 0 when there is none.
-
-    A damaged checkpoint (truncated, emptied, half written) gets one warning line
-    and the previous one is tried.
-
-    Raises:
-      JdlError: checkpoints exist but none can be read.
-    """
-    steps = self.checkpointer.steps()
-    for step in reversed(steps):
-      try:
-        return self._resume(step)
-      except VocabularyMismatch:
-        raise  # A readable checkpoint of other data: refuse, touch nothing.
-      except Exception as e:  # orbax/tensorstore raise many types for damaged files.
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        self.checkpointer.close()
-        if self.primary:
-          moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
-          self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
-                    f"moved it to {moved}")
-        parallel_lib.sync(f"jdl_quarantined_{step}")
-        self._open_checkpointer()
-    if steps or self._damaged_steps:
-      steps = sorted(set(steps) | set(self._damaged_steps))
-      raise JdlError(f"no readable checkpoint in {self.checkpointer.directory} "
-                     f"(steps {steps} moved to damaged-checkpoints/); use --restart to start over (the old run is moved "
-                     "aside, not deleted)")
-    return 0
-
   def warn(self, message: str) -> None:
     """One line on stderr, even when quiet."""
     print(message, file=sys.stderr, flush=True)
-
-  def _resume(self, step: int) -> int:
-    target = {"state": self.state, "acc": self.empty_acc()}
-    tree, meta = self.checkpointer.restore(step, target)
-    ckpt_lib.validate_meta(meta, step)
-    if self.vocab and meta.get("vocab") != self.vocab_json():
-      raise VocabularyMismatch(f"the checkpoint at step {step} was trained with another vocabulary than "
-                     "the one built now from the train split (the data changed); use another "
-                     "--workdir, or --restart")
-    self.state, self._acc = tree["state"], tree["acc"]
-    self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
-    for callback in self.callbacks:
-      saved = meta.get("callbacks", {}).get(type(callback).__name__)
-      if saved:
-        callback.load_state_dict(saved)
-    epoch, pos = divmod(step, self.steps_per_epoch)
-    self.log(f"resuming from the checkpoint at step {step} (epoch {epoch + 1}, "
-             f"batch {pos}/{self.steps_per_epoch})")
-    return step
-
-  def restore_step(self, step: int) -> TrainState | None:
-    """The state saved at ``step``, or ``None`` when that checkpoint is gone."""
-    if self.checkpointer is None or step not in self.checkpointer.steps():
-      return None
-    tree, _ = self.checkpointer.restore(step, {"state": self.state, "acc": self.empty_acc()})
-    return tree["state"]
-
-  def _save(self, metrics: dict[str, float] | None = None) -> None:
-    if (self.checkpointer is None or self.nan_detected
-        or self.checkpointer.latest_step() == self.step):  # Already saved (e.g. a stop
-      return                                              # request right after a save).
-    self._check_finite()  # Never a checkpoint with NaN/Inf in it.
-    meta = {
-        "step": self.step,
-        "epoch": self.step // self.steps_per_epoch,
-        "position": self.step % self.steps_per_epoch,
-        "steps_per_epoch": self.steps_per_epoch,
-        "history": self.history,
-        "best": self._best(),
-        "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks if c.state_dict()},
-        "config": json.loads(config_lib.to_json(self.config)),
-    }
-    if self.vocab:  # Evaluation, prediction and resume encode text with these ids.
-      meta["vocab"] = self.vocab_json()
-    self.checkpointer.save(self.step, {"state": self.state, "acc": self._acc}, meta=meta,
-                           metrics=metrics)
-
-  def _best(self) -> dict[str, Any] | None:
-    """The best value of ``config.monitor`` so far, and its epoch."""
-    values = self.history.get(self.config.monitor)
-    finite = [(v, i) for i, v in enumerate(values or []) if math.isfinite(v)]
-    if not finite:
-      return None
-    pick = min if self.config.monitor_mode == "min" else max
-    value, index = pick(finite, key=lambda t: t[0])
-    return {"metric": self.config.monitor, "value": value, "epoch": index + 1}
 
   def _record(self, record: dict[str, Any]) -> None:
     if self.logger is not None:
@@ -978,132 +835,11 @@ class Trainer:
     names = gen_tasks.EVAL_METRICS[self.config.task] if self.gan else self.metric_names
     return self.compute_metrics([n for n in names if n in self.metric_names], acc)
 
-  # ------------------------------------------------------------- generative
-  def sample(self, n: int, *, key: jax.Array | None = None, state=None) -> np.ndarray:
-    """``n`` generated images ``[n, H, W, C]`` in [0, 1] (VAE and GAN runs).
-
-    The default key is the run's fixed sample key, so successive epochs' grids
-    show the same noise.
-    """
-    state = self.state if state is None else state
-    key = self.sample_key if key is None else key
-    if not hasattr(self, "_sample"):
-      self._sample = jax.jit(
-          lambda st, k, n: gen_tasks.sample_images(st, self.task, self.model, n, key=k),
-          static_argnums=2)
-    return np.asarray(self._sample(state, key, int(n)), np.float32)
-
-  def save_samples(self, path: str | Path, *, n: int = 64, key=None, title=None) -> Path:
-    """A grid of ``n`` generated images (VAE and GAN runs)."""
-    from jdl.generative import images
-    grid = self.sample(n, key=key)  # Every process computes; process 0 writes.
-    return images.save_image_grid(grid, path, title=title) if self.primary else Path(path)
-
-  def save_reconstructions(self, path: str | Path, *, n: int = 10) -> Path | None:
-    """Test (else train) images over their reconstructions (autoencoder and VAE runs)."""
-    from jdl.generative import images
-    split = self.data.test or self.data.train
-    x = split.x[:n]
-    if self.config.task == "vae":  # The decoder's mean at the posterior mean.
-      mean, _ = self.state.apply_fn(self.state.variables, x, method="encode")
-      recon = self.state.apply_fn(self.state.variables, mean, method="generate")
-    else:
-      recon = jax.nn.sigmoid(self.state.apply_fn(self.state.variables, x, train=False))
-    if not self.primary:
-      return None
-    return images.save_reconstructions(np.asarray(x), np.asarray(recon, np.float32), path,
-                                       n=n, title="test images (top), reconstructions (bottom)")
-
-  def judge(self):
-    """The classifier that scores generated images (``generative.classifier_workdir``)."""
-    from jdl.generative import judge as judge_lib
-    if not hasattr(self, "_judge"):
-      workdir = self.config.generative.classifier_workdir
-      self._judge = judge_lib.judge_from_trainer(load_run(workdir)) if workdir else None
-    return self._judge
-
-  def generative_scores(self, split: pipeline.Split, state=None) -> dict[str, float]:
-    """Inception Score and Frechet distance of a GAN's samples against ``split``.
-
-    Empty for other tasks, or without ``generative.classifier_workdir``.
-    """
-    if not self.gan or not self.config.generative.classifier_workdir:
-      return {}
-    from jdl.generative import judge as judge_lib
-    n = int(self.config.generative.eval_samples)
-    key = jax.random.fold_in(self.sample_key, 1)  # Not the grids' noise.
-    fake = np.concatenate([self.sample(min(1000, n - i), key=jax.random.fold_in(key, i),
-                                       state=state) for i in range(0, n, 1000)])
-    return judge_lib.scores(self.judge(), fake, np.asarray(split.x))
-
   def predict(self, x: np.ndarray, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split)."""
     if self.normalizer is None:  # Token ids.
       return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
     return self.predict_normalized(jnp.asarray(self.normalizer(np.asarray(x, np.float32))), state)
-
-  # ------------------------------------------------------------- sequences
-  def encode_texts(self, texts: Sequence[str], vocab: str = "text") -> np.ndarray:
-    """Token ids ``[n, maxlen]`` of ``texts``, padded as the run's train split."""
-    if not self.vocab or vocab not in self.vocab:
-      raise JdlError(f"this run ({self.data.name!r}) has no {vocab!r} vocabulary; text "
-                     "input needs a text dataset such as sst2 or dates")
-    v, seq = self.vocab[vocab], self.config.sequence
-    width = int(self.data.train.x.shape[1])
-    padding = seq.padding if vocab == "text" else "post"
-    truncating = seq.truncating if vocab == "text" else "post"
-    return text_lib.pad_sequences([v.encode_text(t) for t in texts], width,
-                                  padding=padding, truncating=truncating)
-
-  def decode(self, src: np.ndarray, *, beam: bool, state: TrainState | None = None):
-    """Greedy or beam-search decoding of source ids ``[n, S]`` (seq2seq runs).
-
-    Returns:
-      ``(tokens, attention)``: ``[n, L]`` output ids and ``[n, L, S]`` attention
-      weights (the best beam's), as numpy arrays.
-    """
-    from jdl.sequence import decoding
-    state = self.state if state is None else state
-    seq = self.config.sequence
-    max_len = int(seq.decode_max_len) or int(self.data.train.y.shape[1]) - 1
-    ids = dict(max_len=max_len, bos_id=text_lib.BOS_ID, eos_id=text_lib.EOS_ID)
-    # decoding's functions are jitted with apply_fn static: runs of one model share
-    # their compilations (evaluate, then predict, in one process).
-    if beam:
-      fn = functools.partial(decoding.beam_search, state.apply_fn, beam_size=int(seq.beam_size),
-                             length_penalty=float(seq.length_penalty), **ids)
-    else:
-      fn = functools.partial(decoding.greedy_decode, state.apply_fn, **ids)
-    idx, _ = pipeline.eval_batch_indices(len(src), self.eval_batch_size)
-    src = np.asarray(src, np.int32)
-    tokens, attention = [], []
-    for i in idx:
-      result = fn(state.variables, jnp.asarray(src[i]))
-      tokens.append(np.asarray(result.tokens))
-      att = getattr(result, "attention", None)
-      attention.append(None if att is None else np.asarray(att, np.float32))
-    tokens = np.concatenate(tokens)[: len(src)]
-    attention = None if attention[0] is None else np.concatenate(attention)[: len(src)]
-    return tokens, attention
-
-  def sequence_scores(self, split: pipeline.Split, state=None) -> dict[str, float]:
-    """Seq2seq: exact match of greedy decoding and of beam search (``sequence.beam_size``).
-
-    Empty for the other tasks.
-    """
-    if not self.seq2seq:
-      return {}
-    strip = functools.partial(seq_tasks.strip_ids, bos_id=text_lib.BOS_ID,
-                              eos_id=text_lib.EOS_ID)
-    targets = [strip(row) for row in np.asarray(split.y)]
-    out = {}
-    for name, beam in (("greedy", False), ("beam", True)):
-      if beam and int(self.config.sequence.beam_size) < 1:
-        continue
-      tokens, _ = self.decode(np.asarray(split.x), beam=beam, state=state)
-      hits = sum(strip(row) == t for row, t in zip(tokens, targets))
-      out[f"{name}_exact_match"] = hits / len(targets)
-    return out
 
   def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""

@@ -1,0 +1,177 @@
+"""The workdir side of a run: config check, checkpoints, exact resume.
+
+:class:`jdl.train.loop.Trainer` mixes this in. A run's workdir holds
+``config.json`` (checked against the current config before anything is written),
+``checkpoints/`` (orbax, through :class:`jdl.checkpoint.Checkpointer`: the state,
+the epoch's running metric sums, and JSON metadata with the history and the
+callbacks' state), ``metrics.jsonl``, ``summary.txt``, ``plots/`` and ``tb/``.
+Damaged checkpoints are moved aside with a warning and the previous one is used;
+a checkpoint is never written with a non-finite value in it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from jdl import checkpoint as ckpt_lib
+from jdl import config as config_lib
+from jdl.errors import JdlError
+from jdl.train import callbacks as cb
+from jdl.train import parallel as parallel_lib
+from jdl.train import workdir as workdir_lib
+from jdl.train.state import TrainState
+
+
+class VocabularyMismatch(JdlError):
+  """A checkpoint's vocabulary differs from the one the train split gives now."""
+
+
+class ResumableRun:
+  """Opens, resumes and checkpoints a trainer's workdir."""
+
+  def _open_workdir(self) -> int:
+    """Creates or resumes the workdir; returns the step training resumes from.
+
+    In a multi-process run only process 0 writes files; every process checks the
+    saved config and opens the checkpoints (orbax saves and restores with all of
+    them taking part).
+    """
+    wd = self.workdir
+    if self.primary:
+      wd.mkdir(parents=True, exist_ok=True)
+      for sub in ("plots", "tb"):
+        (wd / sub).mkdir(exist_ok=True)
+    config_json = wd / "config.json"
+    current = json.loads(config_lib.to_json(self.config))
+    if config_json.exists():
+      saved = workdir_lib.read_json(config_json)
+      diffs = config_lib.structural_diff(saved, current)
+      if diffs and (wd / "checkpoints").exists():
+        raise JdlError(
+            f"workdir {wd} holds a run with a different config ({', '.join(diffs)} differ); "
+            "use another --workdir, or --restart to start over (the old run is moved aside)")
+    self._damaged_steps = []
+    for step, reason in (sorted(ckpt_lib.find_damaged(wd / "checkpoints").items())
+                         if self.primary else ()):
+      self._damaged_steps.append(step)
+      moved = ckpt_lib.quarantine(wd / "checkpoints", step)
+      self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
+                f"moved it to {moved}")
+    parallel_lib.sync("jdl_workdir_ready")  # Process 0 has tidied the checkpoints.
+    self._open_checkpointer()
+    if not self.primary:
+      return self._resume_latest_readable()
+    self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
+    if self.config.tensorboard:
+      self.tb = cb.TensorBoard(wd / "tb")
+    start = self._resume_latest_readable()
+    self.logger.truncate_after(start)
+    tmp = config_json.with_suffix(".tmp")
+    tmp.write_text(config_lib.to_json(self.config, self.runtime()) + "\n")
+    tmp.replace(config_json)
+    (wd / "summary.txt").write_text(self.summary() + "\n")
+    if self.vocab:
+      (wd / "vocab.json").write_text(json.dumps(self.vocab_json()) + "\n")
+    return start
+
+  def _open_checkpointer(self) -> None:
+    c = self.config
+    self.checkpointer = ckpt_lib.Checkpointer(
+        self.workdir / "checkpoints", keep=int(c.keep_checkpoints),
+        best_metric=c.monitor or None, best_mode=c.monitor_mode,
+        async_save=bool(c.async_checkpoints), compression=bool(c.checkpoint_compression),
+        also_keep_best=self._restored_metrics())
+
+  def _restored_metrics(self) -> tuple[tuple[str, str], ...]:
+    """The metric whose best state early stopping restores: its step must stay on disk."""
+    es = self.config.early_stopping
+    return ((es.monitor, es.mode),) if es.enabled and es.restore_best else ()
+
+  def _resume_latest_readable(self) -> int:
+    """Resumes from the newest checkpoint that restores; 0 when there is none.
+
+    A damaged checkpoint (truncated, emptied, half written) gets one warning line
+    and the previous one is tried.
+
+    Raises:
+      JdlError: checkpoints exist but none can be read.
+    """
+    steps = self.checkpointer.steps()
+    for step in reversed(steps):
+      try:
+        return self._resume(step)
+      except VocabularyMismatch:
+        raise  # A readable checkpoint of other data: refuse, touch nothing.
+      except Exception as e:  # orbax/tensorstore raise many types for damaged files.
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        self.checkpointer.close()
+        if self.primary:
+          moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
+          self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
+                    f"moved it to {moved}")
+        parallel_lib.sync(f"jdl_quarantined_{step}")
+        self._open_checkpointer()
+    if steps or self._damaged_steps:
+      steps = sorted(set(steps) | set(self._damaged_steps))
+      raise JdlError(f"no readable checkpoint in {self.checkpointer.directory} "
+                     f"(steps {steps} moved to damaged-checkpoints/); use --restart to start over (the old run is moved "
+                     "aside, not deleted)")
+    return 0
+
+  def _resume(self, step: int) -> int:
+    target = {"state": self.state, "acc": self.empty_acc()}
+    tree, meta = self.checkpointer.restore(step, target)
+    ckpt_lib.validate_meta(meta, step)
+    if self.vocab and meta.get("vocab") != self.vocab_json():
+      raise VocabularyMismatch(f"the checkpoint at step {step} was trained with another vocabulary than "
+                     "the one built now from the train split (the data changed); use another "
+                     "--workdir, or --restart")
+    self.state, self._acc = tree["state"], tree["acc"]
+    self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
+    for callback in self.callbacks:
+      saved = meta.get("callbacks", {}).get(type(callback).__name__)
+      if saved:
+        callback.load_state_dict(saved)
+    epoch, pos = divmod(step, self.steps_per_epoch)
+    self.log(f"resuming from the checkpoint at step {step} (epoch {epoch + 1}, "
+             f"batch {pos}/{self.steps_per_epoch})")
+    return step
+
+  def restore_step(self, step: int) -> TrainState | None:
+    """The state saved at ``step``, or ``None`` when that checkpoint is gone."""
+    if self.checkpointer is None or step not in self.checkpointer.steps():
+      return None
+    tree, _ = self.checkpointer.restore(step, {"state": self.state, "acc": self.empty_acc()})
+    return tree["state"]
+
+  def _save(self, metrics: dict[str, float] | None = None) -> None:
+    if (self.checkpointer is None or self.nan_detected
+        or self.checkpointer.latest_step() == self.step):  # Already saved (e.g. a stop
+      return                                              # request right after a save).
+    self._check_finite()  # Never a checkpoint with NaN/Inf in it.
+    meta = {
+        "step": self.step,
+        "epoch": self.step // self.steps_per_epoch,
+        "position": self.step % self.steps_per_epoch,
+        "steps_per_epoch": self.steps_per_epoch,
+        "history": self.history,
+        "best": self._best(),
+        "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks if c.state_dict()},
+        "config": json.loads(config_lib.to_json(self.config)),
+    }
+    if self.vocab:  # Evaluation, prediction and resume encode text with these ids.
+      meta["vocab"] = self.vocab_json()
+    self.checkpointer.save(self.step, {"state": self.state, "acc": self._acc}, meta=meta,
+                           metrics=metrics)
+
+  def _best(self) -> dict[str, Any] | None:
+    """The best value of ``config.monitor`` so far, and its epoch."""
+    values = self.history.get(self.config.monitor)
+    finite = [(v, i) for i, v in enumerate(values or []) if math.isfinite(v)]
+    if not finite:
+      return None
+    pick = min if self.config.monitor_mode == "min" else max
+    value, index = pick(finite, key=lambda t: t[0])
+    return {"metric": self.config.monitor, "value": value, "epoch": index + 1}
