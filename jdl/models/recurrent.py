@@ -34,10 +34,26 @@ from jdl.models.text_conv import Conv1DText
 
 Dtype = Any
 POOLINGS = ("last", "mean", "max")
-# Fields every recurrent module here declares and hands down unchanged to the cell
-# (make_cell's keyword arguments) and to the time loop.
+# The fields of RecurrentOptions that go to the cell (make_cell's keyword arguments)
+# and those that go to the time loop.
 CELL_OPTIONS = ("activation", "recurrent_init", "gain", "forget_bias", "kernel_init", "dtype")
 LOOP_OPTIONS = ("unroll", "tbptt")
+
+
+class RecurrentOptions(nn.Module, kw_only=True):
+  """The cell and loop options (keyword-only) of every recurrent module here.
+
+  Each module hands them down unchanged to its layers, cells and time loop; see
+  :class:`RNN` for what they mean.
+  """
+  activation: str = "tanh"
+  recurrent_init: str = "orthogonal"
+  gain: float = 1.0
+  forget_bias: float = 1.0
+  kernel_init: str = "glorot_uniform"
+  unroll: int = 1
+  tbptt: int = 0
+  dtype: Dtype = jnp.float32
 
 
 def _options(module: nn.Module, names: Sequence[str] = CELL_OPTIONS + LOOP_OPTIONS
@@ -71,7 +87,7 @@ def _cut_points(mask: jax.Array, k: int, reverse: bool) -> jax.Array:
   return mask & (before > 0) & (before % k == 0)
 
 
-class RNN(nn.Module):
+class RNN(RecurrentOptions):
   """A recurrent cell scanned over time (``nn.scan``, parameters shared over steps).
 
   Attributes:
@@ -120,14 +136,6 @@ class RNN(nn.Module):
   features: int
   cell_type: str = "lstm"
   reverse: bool = False
-  activation: str = "tanh"
-  recurrent_init: str = "orthogonal"
-  gain: float = 1.0
-  forget_bias: float = 1.0
-  kernel_init: str = "glorot_uniform"
-  unroll: int = 1
-  tbptt: int = 0
-  dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     super().__post_init__()
@@ -175,7 +183,7 @@ class RNN(nn.Module):
     return outputs, cell.hidden(carry)
 
 
-class Bidirectional(nn.Module):
+class Bidirectional(RecurrentOptions):
   """A forward and a backward :class:`RNN` on the same input and mask.
 
   Attributes:
@@ -191,14 +199,6 @@ class Bidirectional(nn.Module):
 
   features: int
   cell_type: str = "lstm"
-  activation: str = "tanh"
-  recurrent_init: str = "orthogonal"
-  gain: float = 1.0
-  forget_bias: float = 1.0
-  kernel_init: str = "glorot_uniform"
-  unroll: int = 1
-  tbptt: int = 0
-  dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     super().__post_init__()
@@ -217,7 +217,7 @@ class Bidirectional(nn.Module):
             jnp.concatenate([fwd_h, bwd_h], axis=-1))
 
 
-class StackedRNN(nn.Module):
+class StackedRNN(RecurrentOptions):
   """Recurrent layers on top of each other, optionally bidirectional.
 
   Attributes:
@@ -236,14 +236,6 @@ class StackedRNN(nn.Module):
   bidirectional: bool = False
   dropout_rate: float = 0.0
   cell_type: str = "lstm"
-  activation: str = "tanh"
-  recurrent_init: str = "orthogonal"
-  gain: float = 1.0
-  forget_bias: float = 1.0
-  kernel_init: str = "glorot_uniform"
-  unroll: int = 1
-  tbptt: int = 0
-  dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     super().__post_init__()
@@ -280,7 +272,7 @@ def pool_sequence(outputs: jax.Array, mask: jax.Array, kind: str) -> jax.Array:
   return jnp.where(count > 0, best, jnp.zeros_like(best))
 
 
-class TextClassifier(nn.Module):
+class TextClassifier(RecurrentOptions):
   """Embedding -> (bi)recurrent stack -> pooling -> dense head, on token ids.
 
   Attributes:
@@ -310,14 +302,6 @@ class TextClassifier(nn.Module):
   dropout_rate: float = 0.0
   pad_id: int = 0
   pooling: str = "last"
-  activation: str = "tanh"
-  recurrent_init: str = "orthogonal"
-  gain: float = 1.0
-  forget_bias: float = 1.0
-  kernel_init: str = "glorot_uniform"
-  unroll: int = 1
-  tbptt: int = 0
-  dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     super().__post_init__()
@@ -358,7 +342,7 @@ class TextClassifier(nn.Module):
                     dtype=self.dtype, name="head")(features)
 
 
-class SequenceRegressor(nn.Module):
+class SequenceRegressor(RecurrentOptions):
   """A recurrent stack over real-valued sequences, a dense head on the last state.
 
   The model of the adding problem (Hochreiter & Schmidhuber, 1997): ``x [batch,
@@ -382,14 +366,6 @@ class SequenceRegressor(nn.Module):
   num_outputs: int = 1
   cell: str = "lstm"
   hidden: Sequence[int] = (128,)
-  activation: str = "tanh"
-  recurrent_init: str = "orthogonal"
-  gain: float = 1.0
-  forget_bias: float = 1.0
-  kernel_init: str = "glorot_uniform"
-  unroll: int = 1
-  tbptt: int = 0
-  dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     super().__post_init__()
