@@ -113,6 +113,8 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
       "keep zero checkpoints": (["--config.keep_checkpoints=0"], ["keep_checkpoints"]),
       "checkpoint every 0 epochs": (["--config.checkpoint_every_epochs=0"],
                                     ["checkpoint_every_epochs"]),
+      "checkpoint every -1 seconds": (["--config.checkpoint_every_seconds=-1.0"],
+                                      ["checkpoint_every_seconds"]),
       "dropout rate 1.5": (["--config.model.dropout_rate=1.5"], ["dropout_rate"]),
       "zero-width layer": (["--config.model.features=(0,)"], ["features"]),
       "label smoothing with mse": ([*IRIS, "--config.loss=mse",

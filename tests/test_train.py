@@ -175,6 +175,23 @@ def test_nonfinite_skip_skips_the_poisoned_updates(tmp_path, capsys):
   assert result.test_metrics["accuracy"] > 0.8
 
 
+def test_checkpoint_every_seconds_saves_mid_epoch_by_the_clock(tmp_path):
+  def steps(seconds):
+    config = make_config(checkpoint_every_seconds=seconds, scan_chunk=5, epoch_mode="scan",
+                         keep_checkpoints=100, monitor="")
+    result = jdl.fit(config, tmp_path / str(seconds), quiet=True)
+    with jdl.checkpoint.Checkpointer(tmp_path / str(seconds) / "checkpoints") as c:
+      return c.steps(), result.trainer.steps_per_epoch
+
+  # Always due: a save after every block of 5 steps; the epoch ends save as ever.
+  saved, spe = steps(1e-9)
+  ends = [spe, 2 * spe]
+  blocks = [e * spe + p for e in range(2) for p in range(5, spe, 5)]
+  assert saved == sorted(blocks + ends)
+  # Never due within this run: the epoch ends only.
+  assert steps(1e9)[0] == ends
+
+
 def test_evaluate_restores_the_best_checkpoint(tmp_path):
   config = make_config(num_epochs=2, monitor="val_accuracy", monitor_mode="max")
   result = jdl.fit(config, tmp_path, quiet=True)

@@ -254,6 +254,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                      f"{config.normalize!r}")
     if config.checkpoint_every_steps < 0:
       raise JdlError(f"checkpoint_every_steps must be >= 0, got {config.checkpoint_every_steps}")
+    if not config.checkpoint_every_seconds >= 0:  # NaN too.
+      raise JdlError("checkpoint_every_seconds must be >= 0, got "
+                     f"{config.checkpoint_every_seconds}")
     if config.monitor_mode not in ("min", "max"):
       raise JdlError(f"monitor_mode must be 'min' or 'max', got {config.monitor_mode!r}")
     if config.early_stopping.mode not in ("min", "max"):
@@ -599,6 +602,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     for callback in self.callbacks:
       callback.on_train_begin(self)
     spe, ce = self.steps_per_epoch, int(self.config.checkpoint_every_steps)
+    every_seconds = float(self.config.checkpoint_every_seconds)
+    self.saved_at = time.monotonic()  # When the last checkpoint was written (_save).
     epoch = start // spe
     if epoch >= self.num_epochs or self._stopped_before():
       self.log("training already complete in this workdir")
@@ -620,7 +625,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
-        if ce and pos < spe and epoch * spe + pos - last_save >= ce:
+        due = bool(ce) and epoch * spe + pos - last_save >= ce
+        if every_seconds and pos < spe:  # The processes agree, whatever their clocks say.
+          due = parallel_lib.any_process(
+              due or time.monotonic() - self.saved_at >= every_seconds)
+        if due and pos < spe:
           last_save = epoch * spe + pos
           self._save()
         stopping = parallel_lib.any_process(stop.requested)  # All processes stop together.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Any
 
 from jdl import checkpoint as ckpt_lib
@@ -165,6 +166,7 @@ class ResumableRun:
       meta["vocab"] = self.vocab_json()
     self.checkpointer.save(self.step, {"state": self.state, "acc": self._acc}, meta=meta,
                            metrics=metrics)
+    self.saved_at = time.monotonic()
 
   def _best(self) -> dict[str, Any] | None:
     """The best value of ``config.monitor`` so far, and its epoch."""
