@@ -2,7 +2,8 @@
 
 :class:`jdl.train.loop.Trainer` mixes these in. They read the trainer's ``state``,
 ``task``, ``model``, ``data``, ``config``, ``vocab``, ``sample_key``,
-``eval_batch_size`` and ``primary``, and change nothing of the run.
+``eval_batch_size`` and ``primary``; none of them changes the training state (the
+``save_*`` methods write image files, from process 0 only).
 """
 
 from __future__ import annotations
