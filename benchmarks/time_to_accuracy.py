@@ -87,7 +87,11 @@ def main() -> None:
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   if args.recipe:
-    print(json.dumps(run_one(args.recipe, args.data_dir, args.target)))
+    result = run_one(args.recipe, args.data_dir, args.target)
+    print(json.dumps(result))
+    if args.out:
+      with open(args.out, "w") as f:
+        json.dump([result], f, indent=2)
     return
   results = []
   for recipe in ("mnist_fast", "flax_example"):
