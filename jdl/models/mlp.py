@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jdl import errors
+from jdl.models import conv
 from jdl.models.activations import Activation, get_activation
 from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
@@ -72,8 +73,7 @@ def check_common_fields(module: nn.Module) -> None:
       has it).
   """
   if hasattr(module, "conv_impl"):
-    errors.lookup("conv_impl", module.conv_impl,
-                  {k: k for k in ("auto", "xla", "patches", "hybrid")})
+    errors.lookup("conv_impl", module.conv_impl, {k: k for k in conv.IMPLS})
   if hasattr(module, "num_outputs"):
     num_outputs = module.num_outputs
     errors.require(

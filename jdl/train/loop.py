@@ -625,13 +625,14 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
-        due = bool(ce) and epoch * spe + pos - last_save >= ce
-        if every_seconds and pos < spe:  # The processes agree, whatever their clocks say.
-          due = parallel_lib.any_process(
-              due or time.monotonic() - self.saved_at >= every_seconds)
-        if due and pos < spe:
-          last_save = epoch * spe + pos
-          self._save()
+        if pos < spe:  # Mid-epoch checkpoints (the epoch's end saves in _end_epoch).
+          due = bool(ce) and epoch * spe + pos - last_save >= ce
+          if every_seconds:  # The processes agree, whatever their clocks say.
+            due = parallel_lib.any_process(
+                due or time.monotonic() - self.saved_at >= every_seconds)
+          if due:
+            last_save = epoch * spe + pos
+            self._save()
         stopping = parallel_lib.any_process(stop.requested)  # All processes stop together.
         if stopping and pos < spe:
           break
