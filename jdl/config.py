@@ -208,6 +208,14 @@ def base_config() -> ml_collections.ConfigDict:
   # max_nonfinite_skips consecutive times. No checkpoint with NaN/Inf is written.
   c.nonfinite = "stop"
   c.max_nonfinite_skips = 10
+  # Where 'stop' looks for them: 'step' tests every gradient at every step; 'block'
+  # tests the loss at every step and the parameters and optimizer state once per
+  # block of steps, and re-runs a failing block with every gradient tested, so the
+  # error names the same first step and quantity. 'block' saves a reduction over
+  # all gradients per step (~10% of a small MLP's step on XLA:CPU) and keeps the
+  # block's input state alive (one more copy of it). 'auto': 'block' on CPU with
+  # nonfinite='stop' on one device, else 'step'.
+  c.nonfinite_check = "auto"
   c.tensorboard = True
   c.plots = True
 

@@ -156,6 +156,101 @@ class _PoisonedMLP(flax.linen.Module):
     return y + jnp.where(jnp.max(x) > 100.0, jnp.nan, 0.0)
 
 
+@jax.custom_vjp
+def _nan_gradient_if(p, poisoned):
+  """``p``, whose gradient is NaN where ``poisoned`` (a float flag) is 1."""
+  return p
+
+
+def _nan_gradient_if_fwd(p, poisoned):
+  return p, poisoned
+
+
+def _nan_gradient_if_bwd(poisoned, g):
+  return jnp.where(poisoned > 0, jnp.nan, g), jnp.zeros_like(poisoned)
+
+
+_nan_gradient_if.defvjp(_nan_gradient_if_fwd, _nan_gradient_if_bwd)
+
+
+class _PoisonedGradientMLP(flax.linen.Module):
+  """An MLP whose outputs stay finite, but the gradient of its scale ``p`` is NaN for
+  any batch holding an input above 100."""
+
+  @flax.linen.compact
+  def __call__(self, x, *, train=False):
+    x = x.reshape(x.shape[0], -1)
+    y = flax.linen.Dense(2)(flax.linen.relu(flax.linen.Dense(8)(x)))
+    p = self.param("p", flax.linen.initializers.ones, ())
+    return y * _nan_gradient_if(p, (jnp.max(x) > 100.0).astype(jnp.float32))
+
+
+def _poisoned_dataset():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(256, 4)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+  x[7, 0] = 1000.0  # One poisoned example: one step of the first epoch is poisoned.
+  return jdl.data.Dataset(x_train=x, y_train=y, x_test=x[8:72], y_test=y[8:72],
+                          num_classes=2, task="classification", name="poisoned",
+                          input_shape=(4,))
+
+
+@pytest.mark.parametrize("model,what", [(_PoisonedMLP, "the loss"),
+                                        (_PoisonedGradientMLP, "the gradient of 'p'")])
+def test_nonfinite_check_per_block_names_the_same_first_step_as_per_step(tmp_path, model, what):
+  # Blocks of 4 steps and a checkpoint every 2 steps: the block check finds the
+  # non-finite state after the poisoned block and re-runs it with every gradient
+  # tested, so its error is the per-step check's, word for word.
+  errors, trainers = {}, {}
+  for mode in ("step", "block"):
+    config = make_config(nonfinite_check=mode, normalize="none", batch_size=16,
+                         validation_split=0.0, monitor="", epoch_mode="scan", scan_chunk=4,
+                         checkpoint_every_steps=2, keep_checkpoints=100)
+    trainer = trainers[mode] = loop.Trainer(config, tmp_path / mode, dataset=_poisoned_dataset(),
+                                            model=model(), quiet=True)
+    assert trainer.nonfinite_check == mode
+    with pytest.raises(jdl.JdlError, match=rf"non-finite value at step \d+ \(epoch 1\): "
+                       rf"{what} is NaN or Inf; the last checkpoint \(step \d+\) is intact") as e:
+      trainer.fit()
+    errors[mode] = str(e.value)
+  assert errors["step"] == errors["block"]
+  step = int(errors["step"].split("at step ")[1].split()[0])
+  assert (step - 1) % 4 < 3  # Steps followed it in its block, the state went on as NaN.
+  assert trainers["block"]._replay_blocks  # The failing block ran again, checked.
+  assert not trainers["step"]._replay_blocks
+  for mode in ("step", "block"):  # Every checkpoint written is finite.
+    with jdl.checkpoint.Checkpointer(tmp_path / mode / "checkpoints") as c:
+      for step in c.steps():
+        params = jdl.checkpoint.restore_params(tmp_path / mode / "checkpoints", step=step)
+        assert all(np.all(np.isfinite(v)) for v in params.values()), (mode, step)
+  step_saves = _steps(tmp_path / "step")
+  assert step_saves == _steps(tmp_path / "block") and step_saves
+
+
+def _steps(workdir):
+  with jdl.checkpoint.Checkpointer(workdir / "checkpoints") as c:
+    return c.steps()
+
+
+@pytest.mark.parametrize("model", [{}, {"model__name": "cnn", "model__features": (8,),
+                                        "model__dense": (16,)}])
+def test_nonfinite_check_per_block_trains_bitwise_as_per_step(model):
+  runs = {}
+  for mode in ("step", "block"):
+    result = jdl.fit(make_config(nonfinite_check=mode, scan_chunk=5, **model), quiet=True)
+    assert result.trainer.nonfinite_check == mode
+    runs[mode] = result
+  chex.assert_trees_all_equal(runs["step"].state.params, runs["block"].state.params)
+  chex.assert_trees_all_equal(runs["step"].state.opt_state, runs["block"].state.opt_state)
+  assert runs["step"].history == runs["block"].history
+
+
+def test_nonfinite_check_auto_is_per_block_for_stop_on_one_cpu_device():
+  auto = loop.Trainer(make_config(), quiet=True).nonfinite_check
+  assert auto == ("block" if jax.default_backend() == "cpu" else "step")
+  assert loop.Trainer(make_config(nonfinite="skip"), quiet=True).nonfinite_check == "step"
+
+
 def test_nonfinite_skip_skips_the_poisoned_updates(tmp_path, capsys):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(256, 4)).astype(np.float32)

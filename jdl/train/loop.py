@@ -213,6 +213,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
           for name in ("train", "val", "test")
           if isinstance(split := getattr(self.data, name), pipeline.Split)})
       self.state = rep(self.state)
+    self.nonfinite_check = self._choose_nonfinite_check()
     self._compile()
     self.epoch_mode = self._choose_epoch_mode()
     self.chunk = diagnose.align_chunk(self._choose_chunk(), int(config.diagnostics.every_steps))
@@ -266,6 +267,12 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       raise JdlError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
     if config.nonfinite not in ("stop", "skip"):
       raise JdlError(f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+    if config.nonfinite_check not in ("auto", "step", "block"):
+      raise JdlError("nonfinite_check must be 'auto', 'step' or 'block', got "
+                     f"{config.nonfinite_check!r}")
+    if config.nonfinite_check == "block" and config.nonfinite != "stop":
+      raise JdlError("nonfinite_check='block' needs nonfinite='stop' (a skipped update is "
+                     "decided at its step); use --config.nonfinite_check=step")
     if config.max_nonfinite_skips < 1:
       raise JdlError(f"max_nonfinite_skips must be >= 1, got {config.max_nonfinite_skips}")
     if config.checkpoint_every_epochs < 1:
@@ -405,6 +412,18 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       return lambda out, y: loss(out, jax.nn.one_hot(y, n, dtype=out.dtype))
     return loss
 
+  def _choose_nonfinite_check(self) -> str:
+    """``'step'`` or ``'block'``: see ``config.nonfinite_check``."""
+    mode = self.config.nonfinite_check
+    if mode == "auto":
+      block = (jax.default_backend() == "cpu" and self.config.nonfinite == "stop"
+               and not self.parallel.enabled and not self.gan)
+      return "block" if block else "step"
+    if mode == "block" and (self.parallel.enabled or self.gan):
+      raise JdlError("nonfinite_check='block' needs one device and a one-model task; use "
+                     "--config.nonfinite_check=step")
+    return mode
+
   def _choose_epoch_mode(self) -> str:
     mode = self.config.epoch_mode
     if mode != "auto":
@@ -445,26 +464,44 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     merge = steps_lib.merge_train_metrics
     constrain = parallel_lib.constrain_batch(par)
 
-    def run_block(state, acc, x, y, idx):
-      """Runs the train steps of ``idx: [num_steps, batch]``; returns (state, acc).
+    def block_of(step_fn):
+      def run_block(state, acc, x, y, idx):
+        """Runs the train steps of ``idx: [num_steps, batch]``; returns (state, acc).
 
-      ``batch`` is the device's share of the global batch inside ``shard_map``.
-      A pre-gathered block (:attr:`gathered`) has ``x, y: [num_steps, batch, ...]``
-      and ``idx: [num_steps]``, the step numbers: step ``i`` takes ``x[i]``.
-      """
-      ones = jnp.ones((x.shape[1] if idx.ndim == 1 else idx.shape[-1],), jnp.float32)
+        ``batch`` is the device's share of the global batch inside ``shard_map``.
+        A pre-gathered block (:attr:`gathered`) has ``x, y: [num_steps, batch, ...]``
+        and ``idx: [num_steps]``, the step numbers: step ``i`` takes ``x[i]``.
+        """
+        ones = jnp.ones((x.shape[1] if idx.ndim == 1 else idx.shape[-1],), jnp.float32)
 
-      def body(carry, i):
-        state, acc = carry
-        batch = {"x": x[i], "y": y[i], "mask": ones}
-        if constrain is not None:
-          batch = constrain(batch)
-        state, m = block_step(state, batch)
-        return (state, merge(acc, m)), None
+        def body(carry, i):
+          state, acc = carry
+          batch = {"x": x[i], "y": y[i], "mask": ones}
+          if constrain is not None:
+            batch = constrain(batch)
+          state, m = step_fn(state, batch)
+          return (state, merge(acc, m)), None
 
-      if idx.shape[0] == 1:
-        return body((state, acc), idx[0])[0]
-      return jax.lax.scan(body, (state, acc), idx)[0]
+        if idx.shape[0] == 1:
+          return body((state, acc), idx[0])[0]
+        return jax.lax.scan(body, (state, acc), idx)[0]
+      return run_block
+
+    run_block = block_of(block_step)
+    if self.nonfinite_check == "block":
+      fast_block = block_of(steps_lib.make_train_step(self.task, augment=augment,
+                                                      check_gradients=False))
+
+      def run_checked_block(state, acc, x, y, idx):
+        """The block with the loss tested at each step; ``ok``: nothing non-finite
+        in the losses, the parameters, the optimizer state or the model state."""
+        state, acc = fast_block(state, acc, x, y, idx)
+        ok = (acc[steps_lib.NONFINITE]["count"] == 0) & steps_lib.all_finite(
+            (state.params, state.opt_state, state.model_state))
+        return state, acc, ok
+
+      # Not donated: a failing block re-runs from its inputs.
+      self._run_checked_block = jax.jit(run_checked_block)
 
     def eval_batch(state, x, y, idx, mask):
       return eval_step(state, {"x": x[idx], "y": y[idx], "mask": mask})[1]
@@ -549,7 +586,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         f"schedule: {self.config.schedule.name}",
         f"batch size {self.batch_size}, {self.steps_per_epoch} steps/epoch, "
         f"{self.num_epochs} epochs, epoch mode {self.epoch_mode}"
-        + (f" (blocks of {self.chunk} steps)" if self.epoch_mode == "scan" else ""),
+        + (f" (blocks of {self.chunk} steps)" if self.epoch_mode == "scan" else "")
+        + f", NaN/Inf checked per {self.nonfinite_check}",
         f"devices: {self.parallel.num_devices} x {jax.devices()[0].platform} "
         f"(parallel {self.parallel.mode!r}, {jax.process_count()} process"
         f"{'es' if jax.process_count() > 1 else ''})",
@@ -621,7 +659,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         if self._diagnostics and self._diagnostics.due(epoch * spe + pos, epoch * spe + pos + n):
           self._diagnostics.run(self, x, y, block, epoch)
         else:
-          self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, block)
+          self._train_block(n, x, y, block)
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
@@ -655,6 +693,24 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       callback.on_train_end(self)
     test = self._finish()
     return FitResult(self.state, self.history, test, self.workdir, self)
+
+  def _train_block(self, n: int, x, y, idx) -> None:
+    """Advances :attr:`state` and the epoch's sums by the block of ``n`` steps."""
+    if self.nonfinite_check == "step":
+      self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, idx)
+      return
+    state, acc, ok = self._blocks[n](self.state, self._acc, x, y, idx)
+    if bool(ok):  # Waits for the block; its inputs were kept until now.
+      self.state, self._acc = state, acc
+      return
+    # A non-finite loss, parameter or optimizer state: the block again from its
+    # inputs, every gradient tested, to name the first non-finite step.
+    del state, acc
+    if n not in self._replay_blocks:
+      self._replay_blocks[n] = self._run_block.lower(
+          self.state, self._acc, *self.block_shapes(n)).compile()
+    self.state, self._acc = self._replay_blocks[n](self.state, self._acc, x, y, idx)
+    self._check_finite()  # Raises; or the re-run found nothing and training goes on.
 
   def _check_finite(self) -> None:
     """Acts on non-finite steps since the epoch began (syncs the device).
@@ -706,9 +762,10 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     """Compiles the train block ahead of time; returns the seconds it took."""
     t0 = time.perf_counter()
     shapes = {self.chunk, self.steps_per_epoch % self.chunk or self.chunk}
-    self._blocks = {}
+    block = self._run_checked_block if self.nonfinite_check == "block" else self._run_block
+    self._blocks, self._replay_blocks = {}, {}
     for n in shapes:
-      self._blocks[n] = self._run_block.lower(self.state, self._acc, *self.block_shapes(n)).compile()
+      self._blocks[n] = block.lower(self.state, self._acc, *self.block_shapes(n)).compile()
     if self._diagnostics:
       self._diagnostics.compile(self, shapes)
     return time.perf_counter() - t0

@@ -84,7 +84,8 @@ def train_metric_names(names: tuple[str, ...]) -> tuple[str, ...]:
   return tuple(n for n in names if n != "roc_auc")
 
 
-def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None = None):
+def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None = None,
+                    check_gradients: bool = True):
   """``train_step(state, batch) -> (state, metrics)``: one optimizer update.
 
   Args:
@@ -101,6 +102,12 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       (:func:`jdl.train.parallel.batch_norm_axis`), metric sums are merged over
       the devices, and the dropout / augmentation key is folded with the device
       index (so those draws differ from the one-device step).
+    check_gradients: test every gradient for NaN/Inf (:func:`nonfinite_info`); a
+      non-finite step leaves the model state as it was and enters no metric. With
+      ``False`` only the loss is tested and every update is applied: the loop's
+      per-block check (``nonfinite_check='block'``) then tests the state once per
+      block, and re-runs a failing block with the gradients checked to name the
+      first non-finite step.
   """
   names = train_metric_names(task.metric_names)
   loss_task = task
@@ -124,6 +131,12 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       grads, loss = jax.lax.pmean((grads, loss), axis_name)
       # Batch statistics are already global; other per-device state is averaged.
       model_state = parallel_lib.pmean_varying(model_state, axis_name)
+    if not check_gradients:
+      new_state = state.apply_gradients(grads=grads, model_state=model_state)
+      metrics = task.metrics(names, outputs, batch, per_example)
+      if axis_name is not None:
+        metrics = parallel_lib.merge_over_devices(metrics, metrics_lib.merge, axis_name)
+      return new_state, {**metrics, NONFINITE: nonfinite_info(loss, {}, state.step)}
     nonfinite = nonfinite_info(loss, grads, state.step)
     bad = nonfinite["count"] > 0
     # A skipped update (optax.apply_if_finite) leaves the model state as it was too.
@@ -149,17 +162,25 @@ def nonfinite_info(loss: jax.Array, grads, step: jax.Array) -> dict[str, jax.Arr
   Returns:
     ``count`` (0 or 1), ``step`` (the step's index), ``loss_finite`` (0 or 1) and
     ``param``: the index in ``jax.tree.leaves(grads)`` of the first non-finite
-    gradient, or -1.
+    gradient, or -1 (always with ``grads={}``: the loss alone is tested).
   """
   # sum(g * 0) is 0 when every element is finite and NaN otherwise (inf * 0 = NaN):
   # one fused, vectorised reduction per leaf on XLA:CPU, where all(isfinite(g))
   # materialised a boolean array and reduced it in two more passes.
-  leaf_ok = jnp.stack([jnp.isfinite(jnp.sum(g * 0)) for g in jax.tree.leaves(grads)])
+  leaf_ok = jnp.stack([jnp.isfinite(jnp.sum(g * 0)) for g in jax.tree.leaves(grads)]
+                      or [jnp.array(True)])
   loss_ok = jnp.isfinite(loss)
   bad = ~loss_ok | ~jnp.all(leaf_ok)
   return {"count": bad.astype(jnp.int32), "step": step.astype(jnp.int32),
           "loss_finite": loss_ok.astype(jnp.int32),
           "param": jnp.where(jnp.all(leaf_ok), -1, jnp.argmin(leaf_ok)).astype(jnp.int32)}
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point element of ``tree`` is finite (a bool scalar)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.isfinite(jnp.sum(x * 0)) for x in leaves]
+                           or [jnp.array(True)]))
 
 
 def merge_nonfinite(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
