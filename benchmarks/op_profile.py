@@ -116,7 +116,10 @@ def profile_block(trainer: loop.Trainer, steps: int, calls: int = 2) -> dict:
   with contextlib.closing(trainer.feed):
     x, y, idx = trainer._place(*trainer.feed.block(0, 0, steps))  # pylint: disable=protected-access
   state, acc = trainer.state, trainer.empty_acc()
-  block = jax.jit(trainer.run_block)  # Not donated: the same inputs run several times.
+  # What fit runs (with nonfinite_check='block', the block that tests the state once);
+  # not donated: the same inputs run several times.
+  block = jax.jit(trainer.run_checked_block if trainer.nonfinite_check == "block"
+                  else trainer.run_block)
   t0 = time.perf_counter()
   compiled = block.lower(state, acc, x, y, idx).compile()
   compile_s = time.perf_counter() - t0
@@ -156,13 +159,15 @@ def profile_block(trainer: loop.Trainer, steps: int, calls: int = 2) -> dict:
                  "layer": layer_of(op_name), "ms_per_step": ns / 1e6 / per_step,
                  "runs_per_step": count[name] / per_step})
   return {"wall_ms_per_step": wall_ms, "compile_s": compile_s, "steps": steps,
+          "nonfinite_check": trainer.nonfinite_check,
           "ops_ms_per_step": sum(r["ms_per_step"] for r in rows), "ops": rows}
 
 
 def print_report(result: dict, top: int) -> None:
   total = result["ops_ms_per_step"]
   print(f"wall {result['wall_ms_per_step']:.3f} ms/step (blocks of {result['steps']} steps, "
-        f"no profiler); operations {total:.3f} ms/step under the profiler")
+        f"NaN/Inf checked per {result['nonfinite_check']}, no profiler); operations "
+        f"{total:.3f} ms/step under the profiler")
   print(f"\n{'ms/step':>8} {'share':>6}  {'operation':30} {'output':34} source")
   for row in result["ops"][:top]:
     source = row["op_name"].split("closed_call/", 1)[-1][-60:] or "-"

@@ -500,6 +500,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
             (state.params, state.opt_state, state.model_state))
         return state, acc, ok
 
+      self.run_checked_block = run_checked_block  # Pure, as run_block.
       # Not donated: a failing block re-runs from its inputs.
       self._run_checked_block = jax.jit(run_checked_block)
 
