@@ -213,7 +213,9 @@ def base_config() -> ml_collections.ConfigDict:
   # block of steps, and re-runs a failing block with every gradient tested, so the
   # error names the same first step and quantity. 'block' saves a reduction over
   # all gradients per step (~10% of a small MLP's step on XLA:CPU) and keeps the
-  # block's input state alive (one more copy of it). 'auto': 'block' on CPU with
+  # block's input state alive (one more copy of it). A non-finite gradient that
+  # never reaches the state (a frozen parameter's; an Inf cut by clip_value) stops
+  # a 'step' run but not a 'block' one. 'auto': 'block' on CPU with
   # nonfinite='stop' on one device, else 'step'.
   c.nonfinite_check = "auto"
   c.tensorboard = True
