@@ -488,6 +488,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       return run_block
 
     run_block = block_of(block_step)
+    self.run_checked_block = None  # With nonfinite_check='block': (state, acc, ok).
     if self.nonfinite_check == "block":
       fast_block = block_of(steps_lib.make_train_step(self.task, augment=augment,
                                                       check_gradients=False))
