@@ -1,4 +1,4 @@
-"""The ``jdl`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``sample``, ``list``, ``check``, ``lr-find``.
+"""The ``jdl`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``sample``, ``list``, ``check``, ``lr-find``, ``profile``.
 
 Flax-examples conventions: ``--config FILE_OR_NAME``, ``--config.key=value``
 overrides, ``--workdir DIR``. Bad input prints one ``jdl: error: ...`` line and
@@ -31,6 +31,7 @@ examples:
   jdl sample --workdir runs/gan_mnist --n 64 --out samples.png   # VAE and GAN runs
   jdl check --config digits_cnn                  # sanity checks; exit 1 if any fails
   jdl lr-find --config digits_cnn --out lr.png   # learning-rate range test
+  jdl profile --config digits_cnn                # time per XLA operation of a step (CPU)
 """
 
 
@@ -93,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
   f.add_argument("--min-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
   f.add_argument("--max-lr", type=float, default=10.0, help="last learning rate (default: 10)")
   f.add_argument("--steps", type=int, default=100, help="most steps to run (default: 100)")
+  pr = add("profile", "Time one block of training steps per XLA:CPU operation and per layer "
+           "and pass (forward / backward), from the initial state; trains and writes nothing.",
+           workdir=False)
+  pr.add_argument("--steps", type=int, default=10, help="steps in the block (default: 10)")
+  pr.add_argument("--top", type=int, default=25, help="operations listed (default: 25)")
+  pr.add_argument("--out", default=None, metavar="FILE.json",
+                  help="also write every operation's figures as JSON")
   return p
 
 
@@ -257,6 +265,25 @@ def _lr_find(args, overrides) -> int:
   return 0
 
 
+def _profile(args, overrides) -> int:
+  from jdl import config as config_lib
+  from jdl.train import loop
+  from jdl.train import profile
+  if args.steps < 1 or args.top < 1:
+    raise JdlError(f"--steps and --top must be >= 1, got {args.steps} and {args.top}")
+  if args.out and not Path(args.out).resolve().parent.is_dir():
+    raise JdlError(f"cannot write {args.out}: no such directory")
+  config = config_lib.load_config(args.config)
+  config_lib.apply_overrides(config, overrides)
+  with config.unlocked():
+    config.tensorboard, config.plots = False, False
+  result = profile.profile_block(loop.Trainer(config, quiet=True), args.steps)
+  print(profile.format_report(result, args.top))
+  if args.out:
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+  return 0
+
+
 def _list(args, overrides) -> int:
   from jdl import config as config_lib
   names = config_lib.list_experiments()
@@ -293,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
   command = {"train": _train, "evaluate": _evaluate, "export": _export, "sample": _sample,
              "predict": _predict,
              "list": _list,
-             "check": _check, "lr-find": _lr_find}
+             "check": _check, "lr-find": _lr_find, "profile": _profile}
   try:
     return command[args.command](args, overrides)
   except JdlError as e:

@@ -1,0 +1,162 @@
+"""Where a training step's time goes, XLA operation by operation (``jdl profile``).
+
+The trainer's compiled block of steps (the ``lax.scan`` that ``fit`` runs) is
+called a few times under ``jax.profiler``. XLA:CPU records one event per executed
+operation (a fusion, a matmul, a copy) on its worker threads, and
+``jax.profiler.ProfileData`` reads them back without TensorBoard. The events are
+summed per operation and shown in milliseconds per training step, each with its
+output shape and the JAX operation it came from (its ``op_name``). The same time
+is then grouped by layer and pass: ``jvp(...)`` marks the forward pass and
+``transpose(jvp(...))`` the backward.
+
+The per-operation times add up to a little more than the wall time. The profiler
+costs something, and small operations run side by side on the two threads. Only the
+CPU backend's events are read; on a GPU, use ``jax.profiler.trace`` with
+TensorBoard or XProf.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import glob
+import re
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import jax
+
+from jdl.errors import JdlError
+
+_HLO_LINE = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][\w\-]*)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_ops(compiled_text: str) -> dict[str, tuple[str, str, str]]:
+  """``{instruction: (output shape, opcode, op_name)}`` of an optimized HLO module."""
+  ops = {}
+  for line in compiled_text.splitlines():
+    m = _HLO_LINE.match(line)
+    if m:
+      op_name = _OP_NAME.search(line)
+      ops[m.group(1)] = (m.group(2), m.group(3), op_name.group(1) if op_name else "")
+  return ops
+
+
+def layer_of(op_name: str) -> str:
+  """``'conv_1 (backward)'`` from ``'jit(run_block)/.../transpose(jvp(CNN))/conv_1/dot_general'``.
+
+  The pass is ``backward`` under ``transpose(...)``, ``forward`` under ``jvp(...)``.
+  Operations of the model outside its submodules (e.g. pooling written inline) are
+  the model's own (``'CNN (forward)'``), those of the loss function ``'loss'``, and
+  the rest of the step (the optimizer update, metrics) ``'update and metrics'``.
+  """
+  if not op_name:
+    return "(no op_name: made by XLA)"
+  path = op_name.split("closed_call/", 1)[-1].split("/")
+  passes = [p for p in path if p.startswith(("transpose(", "jvp("))]
+  if not passes:
+    return "update and metrics"
+  kind = "backward" if passes[0].startswith("transpose(") else "forward"
+  model = re.search(r"jvp\((\w*)\)", passes[0])  # jvp(CNN): a module; jvp(): a function.
+  model = model.group(1) if model else ""
+  rest = path[path.index(passes[0]) + 1:-1]
+  modules = [p for p in rest if not p.startswith(("jit(", "jvp(", "transpose("))]
+  return f"{modules[0] if modules else (model or 'loss')} ({kind})"
+
+
+def profile_block(trainer, steps: int, calls: int = 2) -> dict[str, Any]:
+  """Per-operation times of ``trainer``'s compiled block of ``steps`` training steps.
+
+  The block is the one ``fit`` runs (with ``nonfinite_check='block'``, the block
+  that tests the state once), on the first ``steps`` steps of epoch 1, from the
+  trainer's initial state; nothing is trained or written.
+
+  Returns:
+    ``wall_ms_per_step`` (no profiler), ``compile_s``, ``steps``,
+    ``nonfinite_check``, ``ops_ms_per_step`` and ``ops``: one dict per operation
+    (``op``, ``opcode``, ``shape``, ``op_name``, ``layer``, ``ms_per_step``,
+    ``runs_per_step``), the slowest first.
+
+  Raises:
+    JdlError: not the CPU backend, or the trace holds no operation events.
+  """
+  if jax.default_backend() != "cpu":
+    raise JdlError(f"profile reads XLA:CPU's events; the backend is {jax.default_backend()}. "
+                   "Use jax.profiler.trace with TensorBoard or XProf there")
+  if steps < 1 or calls < 1:
+    raise JdlError(f"steps and calls must be >= 1, got {steps} and {calls}")
+  steps = min(steps, trainer.steps_per_epoch)
+  with contextlib.closing(trainer.feed):
+    x, y, idx = trainer._place(*trainer.feed.block(0, 0, steps))  # pylint: disable=protected-access
+  state, acc = trainer.state, trainer.empty_acc()
+  # Not donated: the same inputs run several times.
+  block = jax.jit(trainer.run_checked_block if trainer.nonfinite_check == "block"
+                  else trainer.run_block)
+  t0 = time.perf_counter()
+  compiled = block.lower(state, acc, x, y, idx).compile()
+  compile_s = time.perf_counter() - t0
+  jax.block_until_ready(compiled(state, acc, x, y, idx))
+  t0 = time.perf_counter()
+  for _ in range(calls):
+    jax.block_until_ready(compiled(state, acc, x, y, idx))
+  wall_ms = 1e3 * (time.perf_counter() - t0) / (calls * steps)
+  trace_dir = tempfile.mkdtemp(prefix="jdl-profile-")
+  try:
+    jax.profiler.start_trace(trace_dir)
+    try:
+      for _ in range(calls):
+        jax.block_until_ready(compiled(state, acc, x, y, idx))
+    finally:
+      jax.profiler.stop_trace()
+    traces = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
+    data = jax.profiler.ProfileData.from_file(traces[0]) if traces else None
+  finally:
+    shutil.rmtree(trace_dir, ignore_errors=True)
+  ops = hlo_ops(compiled.as_text())
+  total_ns, count = collections.Counter(), collections.Counter()
+  for plane in data.planes if data else ():
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLAEigen"):  # XLA:CPU's worker threads.
+        continue
+      for event in line.events:
+        if event.name in ops:  # Not the executor's or the thread pool's own spans.
+          total_ns[event.name] += event.duration_ns
+          count[event.name] += 1
+  if not total_ns:
+    raise JdlError("the trace holds no events of the block's operations on XLA:CPU's "
+                   "threads (tf_XLAEigen*); this jax version records them differently")
+  per_step = calls * steps
+  rows = []
+  for name, ns in total_ns.most_common():
+    shape, opcode, op_name = ops[name]
+    rows.append({"op": name, "opcode": opcode, "shape": shape, "op_name": op_name,
+                 "layer": layer_of(op_name), "ms_per_step": ns / 1e6 / per_step,
+                 "runs_per_step": count[name] / per_step})
+  return {"wall_ms_per_step": wall_ms, "compile_s": compile_s, "steps": steps,
+          "nonfinite_check": trainer.nonfinite_check,
+          "ops_ms_per_step": sum(r["ms_per_step"] for r in rows), "ops": rows}
+
+
+def format_report(result: dict[str, Any], top: int = 25) -> str:
+  """The slowest ``top`` operations, then the time by layer and pass, as text."""
+  total = result["ops_ms_per_step"]
+  lines = [f"wall {result['wall_ms_per_step']:.3f} ms/step (blocks of {result['steps']} "
+           f"steps, NaN/Inf checked per {result['nonfinite_check']}, no profiler); "
+           f"operations {total:.3f} ms/step under the profiler", "",
+           f"{'ms/step':>8} {'share':>6}  {'operation':30} {'output':34} source"]
+  for row in result["ops"][:top]:
+    source = row["op_name"].split("closed_call/", 1)[-1][-60:] or "-"
+    lines.append(f"{row['ms_per_step']:8.3f} {100 * row['ms_per_step'] / total:5.1f}%  "
+                 f"{row['op'][:30]:30} {row['shape'][:34]:34} {source}")
+  if len(result["ops"]) > top:
+    rest = sum(r["ms_per_step"] for r in result["ops"][top:])
+    lines.append(f"{rest:8.3f} {100 * rest / total:5.1f}%  ({len(result['ops']) - top} more)")
+  layers = collections.Counter()
+  for row in result["ops"]:
+    layers[row["layer"]] += row["ms_per_step"]
+  lines += ["", f"{'ms/step':>8} {'share':>6}  layer (pass)"]
+  lines += [f"{ms:8.3f} {100 * ms / total:5.1f}%  {layer}" for layer, ms in layers.most_common()]
+  return "\n".join(lines)

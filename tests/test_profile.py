@@ -1,0 +1,74 @@
+"""jdl profile: XLA:CPU's time per operation of a training block, by layer and pass."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import pytest
+
+from jdl import cli
+from jdl.train import loop
+from jdl.train import profile
+
+from conftest import make_config
+
+PREFIX = "jit(run_block)/while/body/closed_call/"
+CPU_ONLY = pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:CPU's events")
+
+
+@pytest.mark.parametrize("op_name,layer", [
+    (PREFIX + "transpose(jvp(CNN))/conv_1/dot_general", "conv_1 (backward)"),
+    (PREFIX + "jvp(CNN)/mlp/hidden_0/dot_general", "mlp (forward)"),
+    (PREFIX + "jvp(CNN)/reduce_sum", "CNN (forward)"),
+    (PREFIX + "jvp()/exp", "loss (forward)"),
+    (PREFIX + "transpose(jvp(jit(take_along_axis)))/scatter-add", "loss (backward)"),
+    (PREFIX + "add", "update and metrics"),
+    ("", "(no op_name: made by XLA)"),
+])
+def test_layer_of_reads_the_pass_and_the_module(op_name, layer):
+  assert profile.layer_of(op_name) == layer
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("check", ["step", "block"])
+def test_profile_of_an_mlp_block_names_its_matmuls_by_layer_and_pass(check):
+  trainer = loop.Trainer(make_config(model__hidden=(48, 40), batch_size=16,
+                                     nonfinite_check=check), quiet=True)
+  result = profile.profile_block(trainer, 3)
+  rows = result["ops"]
+  assert result["steps"] == 3 and result["nonfinite_check"] == check
+  assert result["ops_ms_per_step"] > 0 and result["wall_ms_per_step"] > 0
+  assert rows == sorted(rows, key=lambda r: -r["ms_per_step"])
+  assert {"dot", "fusion"} <= {r["opcode"] for r in rows}
+  layers = {r["layer"] for r in rows}
+  for layer in ("hidden_0", "hidden_1", "head"):
+    assert f"{layer} (forward)" in layers and f"{layer} (backward)" in layers
+  # The first hidden layer's forward matmul, [16, 64] @ [64, 48], is one of them.
+  assert any("f32[16,48]" in r["shape"] for r in rows if r["layer"] == "hidden_0 (forward)")
+  report = profile.format_report(result, top=4)
+  assert f"NaN/Inf checked per {check}" in report and "layer (pass)" in report
+
+
+@CPU_ONLY
+def test_cli_profile_prints_the_table_and_writes_json(tmp_path, capsys):
+  out = tmp_path / "ops.json"
+  assert cli.main(["profile", "--config", "digits_mlp", "--steps", "2", "--top", "5",
+                   "--out", str(out)]) == 0
+  text = capsys.readouterr().out
+  assert "layer (pass)" in text and "(backward)" in text
+  data = json.loads(out.read_text())
+  assert data["steps"] == 2 and data["ops"]
+  assert len([l for l in text.splitlines() if "%  " in l]) >= 5
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--steps", "0"], ["--steps"]),
+    (["--out", "/no/such/dir/ops.json"], ["/no/such/dir"]),
+    (["--config", "no_such_experiment"], ["no_such_experiment"]),
+])
+def test_cli_profile_bad_input_is_one_line_and_exit_2(args, words, capsys):
+  assert cli.main(["profile", *args]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("jdl: error:")
+  assert all(w in err[0] for w in words)
