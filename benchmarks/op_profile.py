@@ -31,7 +31,8 @@ from jdl.train import loop  # noqa: E402  pylint: disable=g-import-not-at-top
 from jdl.train import profile  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
-def build_trainer(model: str, batch_size: int, steps: int) -> loop.Trainer:
+def build_trainer(model: str, batch_size: int, steps: int,
+                  nonfinite_check: str = "auto") -> loop.Trainer:
   """The trainer of a peers model on ``batch_size * steps`` random examples."""
   n = batch_size * steps
   x, y = common.make_data(model, n, 0)
@@ -39,7 +40,8 @@ def build_trainer(model: str, batch_size: int, steps: int) -> loop.Trainer:
   config = jdl.base_config()
   config.model = ml_collections.ConfigDict(common.JDL_MODELS[model])
   config.update(dict(validation_split=0.0, normalize="none", tensorboard=False, plots=False,
-                     monitor="", batch_size=batch_size, num_epochs=1, scan_chunk=steps))
+                     monitor="", batch_size=batch_size, num_epochs=1, scan_chunk=steps,
+                     nonfinite_check=nonfinite_check))
   dataset = jdl.data.Dataset(
       x_train=x, y_train=y, x_test=x_test, y_test=y_test, num_classes=common.NUM_CLASSES,
       task="classification", name="random", input_shape=common.INPUT_SHAPES[model])
@@ -52,11 +54,13 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=10, help="training steps per block")
   parser.add_argument("--batch-size", type=int, default=common.BATCH_SIZE)
   parser.add_argument("--top", type=int, default=25, help="operations listed")
+  parser.add_argument("--nonfinite-check", choices=("auto", "step", "block"), default="auto",
+                      help="config.nonfinite_check of the profiled block")
   parser.add_argument("--out", help="also write the result as JSON")
   args = parser.parse_args()
   if min(args.steps, args.top, args.batch_size) < 1:
     parser.error("--steps, --top and --batch-size must be >= 1")
-  trainer = build_trainer(args.model, args.batch_size, args.steps)
+  trainer = build_trainer(args.model, args.batch_size, args.steps, args.nonfinite_check)
   result = profile.profile_block(trainer, args.steps)
   result.update(model=args.model, batch_size=trainer.batch_size, jax=jax.__version__,
                 jdl=jdl.__version__, device=jax.devices()[0].device_kind)

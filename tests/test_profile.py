@@ -40,7 +40,7 @@ def test_profile_of_an_mlp_block_names_its_matmuls_by_layer_and_pass(check):
   assert result["steps"] == 3 and result["nonfinite_check"] == check
   assert result["ops_ms_per_step"] > 0 and result["wall_ms_per_step"] > 0
   assert rows == sorted(rows, key=lambda r: -r["ms_per_step"])
-  assert {"dot", "fusion"} <= {r["opcode"] for r in rows}
+  assert all(r["opcode"] and r["shape"] for r in rows)
   layers = {r["layer"] for r in rows}
   for layer in ("hidden_0", "hidden_1", "head"):
     assert f"{layer} (forward)" in layers and f"{layer} (backward)" in layers

@@ -32,6 +32,7 @@ from jdl.errors import JdlError
 
 _HLO_LINE = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][\w\-]*)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CONTAINERS = ("while", "conditional", "call")
 
 
 def hlo_ops(compiled_text: str) -> dict[str, tuple[str, str, str]]:
@@ -118,16 +119,18 @@ def profile_block(trainer, steps: int, calls: int = 2) -> dict[str, Any]:
   ops = hlo_ops(compiled.as_text())
   total_ns, count = collections.Counter(), collections.Counter()
   for plane in data.planes if data else ():
-    for line in plane.lines:
-      if not line.name.startswith("tf_XLAEigen"):  # XLA:CPU's worker threads.
-        continue
+    # XLA:CPU runs an operation on one of its worker threads or, when they are
+    # busy, on the calling thread: every host thread counts.
+    for line in plane.lines if plane.name.startswith("/host:") else ():
       for event in line.events:
-        if event.name in ops:  # Not the executor's or the thread pool's own spans.
+        # Not the executor's or the thread pool's own spans, nor loops and calls,
+        # whose spans hold the operations of their bodies.
+        if event.name in ops and ops[event.name][1] not in _CONTAINERS:
           total_ns[event.name] += event.duration_ns
           count[event.name] += 1
   if not total_ns:
-    raise JdlError("the trace holds no events of the block's operations on XLA:CPU's "
-                   "threads (tf_XLAEigen*); this jax version records them differently")
+    raise JdlError("the trace holds no events of the block's operations on the host "
+                   "threads; this jax version records them differently")
   per_step = calls * steps
   rows = []
   for name, ns in total_ns.most_common():
