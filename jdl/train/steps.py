@@ -131,23 +131,19 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       grads, loss = jax.lax.pmean((grads, loss), axis_name)
       # Batch statistics are already global; other per-device state is averaged.
       model_state = parallel_lib.pmean_varying(model_state, axis_name)
-    if not check_gradients:
-      new_state = state.apply_gradients(grads=grads, model_state=model_state)
-      metrics = task.metrics(names, outputs, batch, per_example)
-      if axis_name is not None:
-        metrics = parallel_lib.merge_over_devices(metrics, metrics_lib.merge, axis_name)
-      return new_state, {**metrics, NONFINITE: nonfinite_info(loss, {}, state.step)}
-    nonfinite = nonfinite_info(loss, grads, state.step)
+    nonfinite = nonfinite_info(loss, grads if check_gradients else {}, state.step)
     bad = nonfinite["count"] > 0
-    # A skipped update (optax.apply_if_finite) leaves the model state as it was too.
-    model_state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), model_state,
-                               state.model_state)
+    if check_gradients:
+      # A skipped update (optax.apply_if_finite) leaves the model state as it was too.
+      model_state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), model_state,
+                                 state.model_state)
     new_state = state.apply_gradients(grads=grads, model_state=model_state)
     metrics = task.metrics(names, outputs, batch, per_example)
     if axis_name is not None:
       metrics = parallel_lib.merge_over_devices(metrics, metrics_lib.merge, axis_name)
-    # Non-finite steps do not enter the epoch's metrics (their loss is reported apart).
-    metrics = jax.tree.map(lambda x: jnp.where(bad, jnp.zeros_like(x), x), metrics)
+    if check_gradients:
+      # Non-finite steps do not enter the epoch's metrics (their loss is reported apart).
+      metrics = jax.tree.map(lambda x: jnp.where(bad, jnp.zeros_like(x), x), metrics)
     return new_state, {**metrics, NONFINITE: nonfinite}
 
   return train_step
@@ -164,11 +160,7 @@ def nonfinite_info(loss: jax.Array, grads, step: jax.Array) -> dict[str, jax.Arr
     ``param``: the index in ``jax.tree.leaves(grads)`` of the first non-finite
     gradient, or -1 (always with ``grads={}``: the loss alone is tested).
   """
-  # sum(g * 0) is 0 when every element is finite and NaN otherwise (inf * 0 = NaN):
-  # one fused, vectorised reduction per leaf on XLA:CPU, where all(isfinite(g))
-  # materialised a boolean array and reduced it in two more passes.
-  leaf_ok = jnp.stack([jnp.isfinite(jnp.sum(g * 0)) for g in jax.tree.leaves(grads)]
-                      or [jnp.array(True)])
+  leaf_ok = _leaves_finite(jax.tree.leaves(grads))
   loss_ok = jnp.isfinite(loss)
   bad = ~loss_ok | ~jnp.all(leaf_ok)
   return {"count": bad.astype(jnp.int32), "step": step.astype(jnp.int32),
@@ -179,8 +171,17 @@ def nonfinite_info(loss: jax.Array, grads, step: jax.Array) -> dict[str, jax.Arr
 def all_finite(tree) -> jax.Array:
   """Whether every floating-point element of ``tree`` is finite (a bool scalar)."""
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack([jnp.isfinite(jnp.sum(x * 0)) for x in leaves]
-                           or [jnp.array(True)]))
+  return jnp.all(_leaves_finite(leaves))
+
+
+def _leaves_finite(leaves) -> jax.Array:
+  """``[len(leaves)]`` bools (``[True]`` for none): each leaf finite throughout.
+
+  ``sum(x * 0)`` is 0 when every element is finite and NaN otherwise (inf * 0 =
+  NaN): one fused, vectorised reduction per leaf on XLA:CPU, where
+  ``all(isfinite(x))`` materialised a boolean array and reduced it in two passes.
+  """
+  return jnp.stack([jnp.isfinite(jnp.sum(x * 0)) for x in leaves] or [jnp.array(True)])
 
 
 def merge_nonfinite(a: dict[str, jax.Array], b: dict[str, jax.Array]) -> dict[str, jax.Array]:
