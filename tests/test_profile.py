@@ -51,6 +51,18 @@ def test_profile_of_an_mlp_block_names_its_matmuls_by_layer_and_pass(check):
 
 
 @CPU_ONLY
+def test_profile_in_step_mode_times_one_step_blocks():
+  trainer = loop.Trainer(make_config(model__hidden=(16,), batch_size=16, epoch_mode="step"),
+                         quiet=True)
+  result = profile.profile_block(trainer, 4)
+  assert result["steps"] == 1 and trainer.epoch_mode == "step"
+  assert {"hidden_0 (forward)", "hidden_0 (backward)"} <= {r["layer"] for r in result["ops"]}
+  # Each operation runs about once per step (the first call's compile aside).
+  dense = [r for r in result["ops"] if r["layer"] == "hidden_0 (forward)"]
+  assert all(r["runs_per_step"] == pytest.approx(1.0) for r in dense)
+
+
+@CPU_ONLY
 def test_cli_profile_prints_the_table_and_writes_json(tmp_path, capsys):
   out = tmp_path / "ops.json"
   assert cli.main(["profile", "--config", "digits_mlp", "--steps", "2", "--top", "5",

@@ -73,7 +73,9 @@ def profile_block(trainer, steps: int, calls: int = 2) -> dict[str, Any]:
 
   The block is the one ``fit`` runs (with ``nonfinite_check='block'``, the block
   that tests the state once), on the first ``steps`` steps of epoch 1, from the
-  trainer's initial state; nothing is trained or written.
+  trainer's initial state; nothing is trained or written. With
+  ``epoch_mode='step'`` (one call a step, as ``fit`` then runs) the block is one
+  step, called ``steps`` times.
 
   Returns:
     ``wall_ms_per_step`` (no profiler), ``compile_s``, ``steps``,
@@ -89,7 +91,10 @@ def profile_block(trainer, steps: int, calls: int = 2) -> dict[str, Any]:
                    "Use jax.profiler.trace with TensorBoard or XProf there")
   if steps < 1 or calls < 1:
     raise JdlError(f"steps and calls must be >= 1, got {steps} and {calls}")
-  steps = min(steps, trainer.steps_per_epoch)
+  if trainer.epoch_mode == "step":  # One step a call: more calls instead.
+    steps, calls = 1, calls * min(steps, trainer.steps_per_epoch)
+  else:
+    steps = min(steps, trainer.steps_per_epoch)
   with contextlib.closing(trainer.feed):
     x, y, idx = trainer._place(*trainer.feed.block(0, 0, steps))  # pylint: disable=protected-access
   state, acc = trainer.state, trainer.empty_acc()
