@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 
 import jax
-import ml_collections
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
 import bench_common as common  # noqa: E402  pylint: disable=g-import-not-at-top
+import bench_jax  # noqa: E402  pylint: disable=g-import-not-at-top
 
 import jdl  # noqa: E402  pylint: disable=g-import-not-at-top
 from jdl.train import loop  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -34,17 +34,8 @@ from jdl.train import profile  # noqa: E402  pylint: disable=g-import-not-at-top
 def build_trainer(model: str, batch_size: int, steps: int,
                   nonfinite_check: str = "auto") -> loop.Trainer:
   """The trainer of a peers model on ``batch_size * steps`` random examples."""
-  n = batch_size * steps
-  x, y = common.make_data(model, n, 0)
-  x_test, y_test = common.make_data(model, batch_size, 1)
-  config = jdl.base_config()
-  config.model = ml_collections.ConfigDict(common.JDL_MODELS[model])
-  config.update(dict(validation_split=0.0, normalize="none", tensorboard=False, plots=False,
-                     monitor="", batch_size=batch_size, num_epochs=1, scan_chunk=steps,
-                     nonfinite_check=nonfinite_check))
-  dataset = jdl.data.Dataset(
-      x_train=x, y_train=y, x_test=x_test, y_test=y_test, num_classes=common.NUM_CLASSES,
-      task="classification", name="random", input_shape=common.INPUT_SHAPES[model])
+  config, dataset = bench_jax.jdl_inputs(model, batch_size * steps, 1, 0, batch_size,
+                                         scan_chunk=steps, nonfinite_check=nonfinite_check)
   return loop.Trainer(config, dataset=dataset, quiet=True)
 
 

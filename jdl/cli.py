@@ -121,10 +121,17 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   return rest, overrides
 
 
-def _load(args, overrides):
+def _config(args, overrides):
+  """The ``--config`` experiment with its ``--config.key=value`` overrides."""
   from jdl import config as config_lib
   config = config_lib.load_config(args.config)
   config_lib.apply_overrides(config, overrides)
+  return config
+
+
+def _load(args, overrides):
+  from jdl import config as config_lib
+  config = _config(args, overrides)
   name = config_lib.resolve_config_path(args.config).stem
   workdir = args.workdir or os.path.join("runs", name)
   return config, workdir
@@ -232,10 +239,8 @@ def _export(args, overrides) -> int:
 
 
 def _check(args, overrides) -> int:
-  from jdl import config as config_lib
   from jdl import sanity
-  config = config_lib.load_config(args.config)
-  config_lib.apply_overrides(config, overrides)
+  config = _config(args, overrides)
   results = sanity.run_checks(config, overfit_examples=args.overfit_examples,
                               overfit_steps=args.overfit_steps, overfit_lr=args.overfit_lr)
   for r in results:
@@ -249,8 +254,7 @@ def _check(args, overrides) -> int:
 def _lr_find(args, overrides) -> int:
   from jdl import config as config_lib
   from jdl import lr_finder
-  config = config_lib.load_config(args.config)
-  config_lib.apply_overrides(config, overrides)
+  config = _config(args, overrides)
   out = args.out or f"lr_find_{config_lib.resolve_config_path(args.config).stem}.png"
   result = lr_finder.find_lr(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
   path = lr_finder.plot_lr_finder(result, out)
@@ -266,15 +270,13 @@ def _lr_find(args, overrides) -> int:
 
 
 def _profile(args, overrides) -> int:
-  from jdl import config as config_lib
   from jdl.train import loop
   from jdl.train import profile
   if args.steps < 1 or args.top < 1:
     raise JdlError(f"--steps and --top must be >= 1, got {args.steps} and {args.top}")
   if args.out and not Path(args.out).resolve().parent.is_dir():
     raise JdlError(f"cannot write {args.out}: no such directory")
-  config = config_lib.load_config(args.config)
-  config_lib.apply_overrides(config, overrides)
+  config = _config(args, overrides)
   with config.unlocked():
     config.tensorboard, config.plots = False, False
   result = profile.profile_block(loop.Trainer(config, quiet=True), args.steps)

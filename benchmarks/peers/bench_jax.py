@@ -207,9 +207,12 @@ def run_flops(model: str, seed: int, batch_size: int = common.BATCH_SIZE,
           "params": _count(state.params), "versions": _versions()}
 
 
-def run_jdl(model: str, n: int, epochs: int, seed: int,
-            batch_size: int = common.BATCH_SIZE) -> dict[str, Any]:
-  """jdl's public ``fit`` on in-memory random data; jdl measures its own epochs."""
+def jdl_inputs(model: str, n: int, epochs: int, seed: int,
+               batch_size: int = common.BATCH_SIZE, **settings):
+  """``(config, dataset)`` of jdl's run of ``model`` on ``n`` random examples.
+
+  ``settings`` are more top-level config values (e.g. ``scan_chunk``).
+  """
   import jdl  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   x, y = common.make_data(model, n, seed)
@@ -218,11 +221,19 @@ def run_jdl(model: str, n: int, epochs: int, seed: int,
   config.model = ml_collections.ConfigDict(common.JDL_MODELS[model])
   config.update(dict(validation_split=0.0, normalize="none", tensorboard=False,
                      plots=False, monitor="", batch_size=batch_size,
-                     num_epochs=epochs))
+                     num_epochs=epochs, **settings))
   dataset = jdl.data.Dataset(
       x_train=x, y_train=y, x_test=x_test, y_test=y_test,
       num_classes=common.NUM_CLASSES, task="classification", name="bench",
       input_shape=common.INPUT_SHAPES[model])
+  return config, dataset
+
+
+def run_jdl(model: str, n: int, epochs: int, seed: int,
+            batch_size: int = common.BATCH_SIZE) -> dict[str, Any]:
+  """jdl's public ``fit`` on in-memory random data; jdl measures its own epochs."""
+  import jdl  # pylint: disable=g-import-not-at-top
+  config, dataset = jdl_inputs(model, n, epochs, seed, batch_size)
   result = jdl.fit(config, dataset=dataset, quiet=True)
   trainer = result.trainer
   rates = list(trainer.epoch_rates)

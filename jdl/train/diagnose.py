@@ -121,8 +121,7 @@ class DiagnosticsHook:
   def compile(self, trainer, sizes) -> None:
     """Compiles the diagnostic block for each block size, ahead of time."""
     for n in sizes:
-      self._blocks[n] = self._run_block.lower(trainer.state, trainer._acc,
-                                              *trainer.block_shapes(n)).compile()
+      self._blocks[n] = trainer.compile_block(self._run_block, n)
 
   def due(self, start: int, end: int) -> bool:
     """Whether the block of steps ``(start, end]`` reaches a multiple of ``every``."""

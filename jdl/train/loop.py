@@ -709,8 +709,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     # inputs, every gradient tested, to name the first non-finite step.
     del state, acc
     if n not in self._replay_blocks:
-      self._replay_blocks[n] = self._run_block.lower(
-          self.state, self._acc, *self.block_shapes(n)).compile()
+      self._replay_blocks[n] = self.compile_block(self._run_block, n)
     self.state, self._acc = self._replay_blocks[n](self.state, self._acc, x, y, idx)
     self._check_finite()  # Raises; or the re-run found nothing and training goes on.
 
@@ -734,9 +733,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
             f"the gradient of {names[int(info['param'])]!r}")
     epoch = (step - 1) // self.steps_per_epoch + 1
     where = f"step {step} (epoch {epoch})"
-    healthy = all(bool(jnp.all(jnp.isfinite(x)))
-                  for x in jax.tree.leaves((self.state.params, self.state.opt_state))
-                  if jnp.issubdtype(x.dtype, jnp.floating))
+    healthy = bool(steps_lib.all_finite((self.state.params, self.state.opt_state)))
     last = self.checkpointer.latest_step() if self.checkpointer else None
     kept = f"; the last checkpoint (step {last}) is intact" if last is not None else ""
     if self.config.nonfinite == "stop" or not healthy:
@@ -767,10 +764,15 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     block = self._run_checked_block if self.nonfinite_check == "block" else self._run_block
     self._blocks, self._replay_blocks = {}, {}
     for n in shapes:
-      self._blocks[n] = block.lower(self.state, self._acc, *self.block_shapes(n)).compile()
+      self._blocks[n] = self.compile_block(block, n)
     if self._diagnostics:
       self._diagnostics.compile(self, shapes)
     return time.perf_counter() - t0
+
+  def compile_block(self, block, num_steps: int):
+    """``block`` (a jitted ``(state, acc, x, y, idx)`` function) compiled ahead of time
+    for blocks of ``num_steps`` steps."""
+    return block.lower(self.state, self._acc, *self.block_shapes(num_steps)).compile()
 
   def block_shapes(self, num_steps: int) -> tuple[Any, Any, Any]:
     """``(x, y, idx)`` of a block of ``num_steps`` steps, for ahead-of-time lowering.
