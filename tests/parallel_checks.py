@@ -8,6 +8,7 @@ process to pay JAX's start-up once. Exits non-zero with the failing assertion.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import json
 import os
@@ -180,6 +181,8 @@ def main() -> None:
   # the merge after it) can interleave across devices and deadlock in a rendezvous
   # (seen once in CI, in check_gan's evaluation). Dispatching synchronously orders them.
   jax.config.update("jax_cpu_enable_async_dispatch", False)
+  if os.environ.get("JDL_HANG_SECONDS"):  # A hang prints every thread's stack and exits.
+    faulthandler.dump_traceback_later(float(os.environ["JDL_HANG_SECONDS"]), exit=True)
   cli._quiet_library_logs()
   assert jax.device_count() == 8, jax.devices()
   root = Path(sys.argv[1])
