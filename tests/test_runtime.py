@@ -8,6 +8,7 @@ import sys
 import warnings
 
 import jax
+import numpy as np
 import pytest
 
 from jdl.train import runtime
@@ -65,3 +66,54 @@ def test_started_backend_cpu_is_silent_gpu_warns(monkeypatch):
   monkeypatch.setattr(runtime.jax, "default_backend", lambda: "gpu")
   with pytest.warns(UserWarning, match="deterministic=True cannot take effect"):
     assert not runtime.request_deterministic_ops(True)
+
+
+# ------------------------------------------------- config.xla_cpu_region_analysis
+
+
+def test_region_analysis_flag_added_unless_disabled_or_set(monkeypatch):
+  monkeypatch.setattr(runtime.xla_bridge, "backends_are_initialized", lambda: False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false")
+  assert not runtime.request_cpu_region_analysis(False)
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false"
+  assert runtime.request_cpu_region_analysis(True)
+  assert os.environ["XLA_FLAGS"] == ("--xla_cpu_enable_fast_math=false "
+                                     "--xla_cpu_copy_insertion_use_region_analysis=true")
+  # A user's explicit value is kept, and reported as it is.
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_copy_insertion_use_region_analysis=false")
+  assert not runtime.request_cpu_region_analysis(True)
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_copy_insertion_use_region_analysis=false"
+
+
+def test_region_analysis_not_set_once_backends_started(monkeypatch):
+  jax.numpy.zeros(1).block_until_ready()
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert not runtime.request_cpu_region_analysis(True)
+  assert "XLA_FLAGS" not in os.environ
+
+
+def test_region_analysis_removes_loop_copies_and_trains_bitwise_alike(tmp_path):
+  # Two fresh processes (XLA reads its flags once): jdl's default, which sets the
+  # flag, and config.xla_cpu_region_analysis=False. A dropout MLP and a batch-norm
+  # CNN must train to the same bits, and the flag must remove weight copies from
+  # the MLP's fused block (what it is for).
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  procs = {on: subprocess.Popen(
+      [sys.executable, str(REPO / "tests" / "region_analysis_run.py"), on,
+       str(tmp_path / f"{on}.npz")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for on in ("1", "0")}
+  for on, proc in procs.items():
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+  with np.load(tmp_path / "1.npz") as a, np.load(tmp_path / "0.npz") as b:
+    on, off = dict(a), dict(b)
+  assert "--xla_cpu_copy_insertion_use_region_analysis=true" in str(on.pop("xla_flags"))
+  assert "region_analysis" not in str(off.pop("xla_flags"))
+  copies_on, copies_off = int(on.pop("mlp_loop_copies")), int(off.pop("mlp_loop_copies"))
+  assert copies_on < copies_off, (copies_on, copies_off)
+  assert sorted(on) == sorted(off) and len(on) > 20
+  assert any(k.startswith("cnn") and "batch_stats" in k for k in on)
+  for k in on:
+    np.testing.assert_array_equal(on[k], off[k], err_msg=k)

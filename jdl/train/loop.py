@@ -122,6 +122,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
     runtime_lib.request_deterministic_ops(config.deterministic)
+    runtime_lib.request_cpu_region_analysis(config.xla_cpu_region_analysis)
     parallel_lib.initialize_distributed(config.distributed)
     self.parallel = parallel_lib.resolve(parallel or config.parallel)
     self.primary = parallel_lib.is_primary()
