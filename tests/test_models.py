@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -486,3 +487,66 @@ def test_every_parameter_gets_a_finite_gradient(name, fields, shape):
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.all(np.isfinite(g)), path
     assert np.any(g != 0), f"zero gradient at {jax.tree_util.keystr(path)}"
+
+
+# ----------------------------------------------------- pooling over windows
+
+
+def _numpy_pool(x, kind, size):
+  """Non-overlapping pooling in numpy (trailing rows/columns that fill no window dropped)."""
+  x = np.asarray(x, np.float64)
+  spatial = x.shape[1:-1]
+  x = x[(slice(None), *[slice(0, n // size * size) for n in spatial], slice(None))]
+  shape = [x.shape[0]] + [d for n in x.shape[1:-1] for d in (n // size, size)] + [x.shape[-1]]
+  axes = tuple(range(2, 2 * len(spatial) + 1, 2))
+  r = x.reshape(shape)
+  return r.max(axis=axes) if kind == "max" else r.mean(axis=axes)
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+@pytest.mark.parametrize("shape,size", [((2, 8, 8, 3), 2), ((3, 7, 9, 2), 3), ((2, 11, 4), 2),
+                                        ((1, 6, 4, 5), 2)])
+def test_window_pooling_matches_numpy_and_reduce_window_gradients(kind, shape, size):
+  from jdl.models.cnn import pool
+  x = jax.random.normal(jax.random.key(0), shape)  # No ties (almost surely).
+  np.testing.assert_allclose(pool(x, kind, size), _numpy_pool(x, kind, size), rtol=1e-6,
+                             atol=1e-6)
+  # Gradients against flax's reduce_window pooling, an independent lowering.
+  window = (size,) * (len(shape) - 2)
+  if kind == "max":
+    ref = lambda x: nn.max_pool(x, window, strides=window)  # noqa: E731
+  else:  # nn.avg_pool divides by an int, which strict promotion rejects.
+    ref = lambda x: (nn.pool(x, np.float32(0), jax.lax.add, window, window, "VALID")  # noqa: E731
+                     / np.float32(math.prod(window)))
+  w = jax.random.normal(jax.random.key(1), pool(x, kind, size).shape)
+  ours = jax.grad(lambda x: jnp.sum(pool(x, kind, size) * w))(x)
+  theirs = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_gradient_splits_ties_like_jax_max():
+  from jdl.models.cnn import pool
+  # Integer-valued inputs tie often; JAX's reduce-max gradient splits g equally among
+  # a window's maxima (a window of four equal values passes g/4 to each).
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 3, (2, 6, 6, 2)), jnp.float32)
+  x = x.at[0, :2, :2, 0].set(5.0)
+  w = jax.random.normal(jax.random.key(1), (2, 3, 3, 2))
+  ours = jax.grad(lambda x: jnp.sum(pool(x, "max", 2) * w))(x)
+  reshaped = lambda x: jnp.max(x.reshape(2, 3, 2, 3, 2, 2), axis=(2, 4))
+  theirs = jax.grad(lambda x: jnp.sum(reshaped(x) * w))(x)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6)
+  np.testing.assert_allclose(ours[0, :2, :2, 0], np.full((2, 2), w[0, 0, 0, 0] / 4), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_window_pooling_in_bfloat16(kind):
+  from jdl.models.cnn import pool
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4)).astype(jnp.bfloat16)
+  y = pool(x, kind, 2)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y, np.float32), _numpy_pool(x, kind, 2), rtol=1e-2,
+                             atol=1e-2)
+  g = jax.grad(lambda x: jnp.sum(pool(x, kind, 2).astype(jnp.float32)))(x)
+  assert g.dtype == jnp.bfloat16
+  if kind == "avg":
+    np.testing.assert_array_equal(np.asarray(g, np.float32), 0.25)

@@ -8,6 +8,8 @@ convolution rank from the input rank.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
+import itertools
 import math
 
 import flax.linen as nn
@@ -60,23 +62,105 @@ def pool(x: jax.Array, kind: str, size: int, strides: int | None = None,
   window = (size,) * len(spatial)
   stride = (strides or size,) * len(spatial)
   if stride == window and padding == "VALID":
-    # Non-overlapping windows as a reshape and a reduction: forward and backward are
-    # plain element-wise work, where reduce_window's gradient (select-and-scatter for
-    # max) is a slow generic loop on XLA:CPU.
+    # Non-overlapping windows as element-wise work over strided views (_windows), with
+    # hand-written gradients: reduce_window's gradient (select-and-scatter for max) is
+    # a slow generic loop on XLA:CPU, and a reduction over a reshape writes out its
+    # broadcast operands every step (benchmarks/README.md, "Pooling").
     crop = tuple(slice(0, n // size * size) for n in spatial)
     x = x[(slice(None), *crop, slice(None))]
-    shape = [x.shape[0]]
-    for n in x.shape[1:-1]:
-      shape += [n // size, size]
-    x = x.reshape(*shape, x.shape[-1])
-    axes = tuple(range(2, 2 * len(spatial) + 1, 2))
-    return jnp.max(x, axis=axes) if kind == "max" else jnp.mean(x, axis=axes)
+    return (_window_max if kind == "max" else _window_mean)(x, size)
   if kind == "max":
     return nn.max_pool(x, window, strides=stride, padding=padding)
   # nn.avg_pool divides by an int, which strict dtype promotion rejects.
   # A concrete (numpy) zero lets JAX recognise the differentiable window sum.
   total = nn.pool(x, np.zeros((), x.dtype), jax.lax.add, window, stride, padding)
   return total / jnp.asarray(math.prod(window), x.dtype)
+
+
+def _windows(x: jax.Array, size: int) -> list[jax.Array]:
+  """The ``size ** d`` strided views of ``x``'s non-overlapping windows, one per offset.
+
+  ``x`` is ``[batch, *spatial, channels]`` with every spatial axis a multiple of
+  ``size``; each view is ``[batch, *(n // size for n in spatial), channels]``.
+  """
+  spatial = x.shape[1:-1]
+  shape = [x.shape[0]]
+  for n in spatial:
+    shape += [n // size, size]
+  r = x.reshape(*shape, x.shape[-1])
+  views = []
+  for offsets in itertools.product(range(size), repeat=len(spatial)):
+    index = [slice(None)]
+    for o in offsets:
+      index += [slice(None), o]
+    views.append(r[(*index, slice(None))])
+  return views
+
+
+def _spread(y: jax.Array, size: int) -> jax.Array:
+  """Each element of ``y`` repeated over its ``size``-wide window (the inverse layout)."""
+  spatial = y.shape[1:-1]
+  expanded = y.reshape(y.shape[0], *[d for n in spatial for d in (n, 1)], y.shape[-1])
+  tiled = jnp.broadcast_to(
+      expanded, (y.shape[0], *[d for n in spatial for d in (n, size)], y.shape[-1]))
+  return tiled.reshape(y.shape[0], *[n * size for n in spatial], y.shape[-1])
+
+
+def _accumulate(x: jax.Array) -> jax.Array:
+  """``x`` in the dtype its window sums are taken in: float32 for 16-bit floats."""
+  return x.astype(jnp.float32) if x.dtype in (jnp.bfloat16, jnp.float16) else x
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_mean(x: jax.Array, size: int) -> jax.Array:
+  """Average pooling over non-overlapping ``size``-wide windows, as element-wise work.
+
+  The windows' views are added one by one, so XLA fuses the sum (and the activation
+  before it) into one loop; a reduction over a reshape becomes a YNNPACK reduction
+  on XLA:CPU, whose broadcast operands (the ReLU's zero, the 1/4) are written out in
+  full every step. The gradient spreads ``g / size**d`` over each window, the
+  derivative of a mean, written as a broadcast that fuses into the next operation.
+  """
+  views = _windows(x, size)
+  total = functools.reduce(jnp.add, map(_accumulate, views))
+  return (total / np.asarray(len(views), total.dtype)).astype(x.dtype)
+
+
+def _window_mean_fwd(x, size):
+  return _window_mean(x, size), None
+
+
+def _window_mean_bwd(size, _, g):
+  nd = g.ndim - 2
+  return (_spread(g / np.asarray(size ** nd, g.dtype), size),)
+
+
+_window_mean.defvjp(_window_mean_fwd, _window_mean_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _window_max(x: jax.Array, size: int) -> jax.Array:
+  """Max pooling over non-overlapping ``size``-wide windows, as element-wise work.
+
+  The gradient is JAX's for a max reduction: split equally between the elements
+  that tie for a window's maximum.
+  """
+  return functools.reduce(jnp.maximum, _windows(x, size))
+
+
+def _window_max_fwd(x, size):
+  y = _window_max(x, size)
+  return y, (x, y)
+
+
+def _window_max_bwd(size, res, g):
+  x, y = res
+  hits = (x == _spread(y, size)).astype(g.dtype)
+  ties = functools.reduce(jnp.add, _windows(hits, size))
+  return (hits * _spread(g / ties, size),)
+
+
+_window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 
 def _check_pool(kind: str, size: int) -> None:
