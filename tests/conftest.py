@@ -13,20 +13,19 @@ os.environ.pop("JDL_DATA_DIR", None)
 from jdl.train import callbacks as cb  # noqa: E402  (after the environment is set)
 from jdl.train import runtime  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
 def pytest_configure(config):
-  """Before collection starts JAX: the XLA:CPU flag a jdl process sets first thing.
+  """Sets, before collection starts JAX, the XLA:CPU flag a jdl process sets first.
 
-  (``config.xla_cpu_region_analysis``), so that the suite's in-process runs compile
-  as the CLI's runs do. Not at import: scripts that import this module (e.g.
+  ``config.xla_cpu_region_analysis``: the suite's in-process runs then compile as
+  the CLI's do. Not at import: scripts that import this module (e.g.
   tests/region_analysis_run.py) choose for themselves.
   """
   del config
   runtime.request_cpu_region_analysis(True)
-
-REPO = Path(__file__).resolve().parent.parent
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
 def rbg_key(seed: int):

@@ -550,3 +550,27 @@ def test_window_pooling_in_bfloat16(kind):
   assert g.dtype == jnp.bfloat16
   if kind == "avg":
     np.testing.assert_array_equal(np.asarray(g, np.float32), 0.25)
+
+
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_window_pooling_second_order_gradient(kind):
+  # A gradient penalty (WGAN-GP) differentiates the gradient again: through the
+  # hand-written backward rules. Reference: the reduction over a reshape, which
+  # JAX differentiates itself.
+  from jdl.models.cnn import pool
+  x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+  w = jax.random.normal(jax.random.key(1), (2, 3, 3, 3))
+
+  def reduction(x):
+    r = x.reshape(2, 3, 2, 3, 2, 3)
+    return jnp.max(r, axis=(2, 4)) if kind == "max" else jnp.mean(r, axis=(2, 4))
+
+  def penalty_gradient(f):
+    def penalty(x):
+      g = jax.grad(lambda x: jnp.sum(jnp.tanh(f(x)) * w))(x)
+      return jnp.sum(g ** 2)
+    return jax.grad(penalty)(x)
+
+  ours = penalty_gradient(lambda x: pool(x, kind, 2))
+  np.testing.assert_allclose(ours, penalty_gradient(reduction), rtol=1e-5, atol=1e-6)
+  assert np.any(np.asarray(ours) != 0)

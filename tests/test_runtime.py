@@ -83,6 +83,9 @@ def test_region_analysis_flag_added_unless_disabled_or_set(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_copy_insertion_use_region_analysis=false")
   assert not runtime.request_cpu_region_analysis(True)
   assert os.environ["XLA_FLAGS"] == "--xla_cpu_copy_insertion_use_region_analysis=false"
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_copy_insertion_use_region_analysis=1")
+  assert runtime.request_cpu_region_analysis(False)
+  assert os.environ["XLA_FLAGS"] == "--xla_cpu_copy_insertion_use_region_analysis=1"
 
 
 def test_region_analysis_not_set_once_backends_started(monkeypatch):

@@ -79,7 +79,8 @@ def request_cpu_region_analysis(enabled: bool) -> bool:
     is left as it is; once JAX's backends have started the flag cannot be set, and
     the run simply goes without it.
   """
-  flags = os.environ.get("XLA_FLAGS", "")
-  if REGION_ANALYSIS_FLAG in flags:
-    return f"{REGION_ANALYSIS_FLAG}=true" in flags.split()
+  for flag in os.environ.get("XLA_FLAGS", "").split():
+    name, _, value = flag.partition("=")
+    if name == REGION_ANALYSIS_FLAG:
+      return value.lower() not in ("false", "0")
   return enabled and _add_flag(REGION_ANALYSIS_FLAG)
