@@ -9,7 +9,6 @@ steps makes in its loop body.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import sys
@@ -33,12 +32,9 @@ MODELS = {
 
 def loop_weight_copies(trainer: loop.Trainer) -> int:
   """Copies of rank-2 float arrays inside the while bodies of the compiled block."""
-  steps = 4
-  with contextlib.closing(trainer.feed):
-    x, y, idx = trainer._place(*trainer.feed.block(0, 0, steps))  # pylint: disable=protected-access
-  fn = (trainer.run_checked_block if trainer.nonfinite_check == "block"
-        else trainer.run_block)
-  text = jax.jit(fn).lower(trainer.state, trainer.empty_acc(), x, y, idx).compile().as_text()
+  shapes = trainer.block_shapes(4)
+  text = jax.jit(trainer.fit_block).lower(trainer.state, trainer.empty_acc(), *shapes)
+  text = text.compile().as_text()
   bodies = set(re.findall(r"body=(%[\w.\-]+)", text))
   count = 0
   for comp in re.split(r"\n(?=%|ENTRY)", text):

@@ -770,6 +770,12 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       self._diagnostics.compile(self, shapes)
     return time.perf_counter() - t0
 
+  @property
+  def fit_block(self):
+    """The pure ``(state, acc, x, y, idx)`` block function that :meth:`fit` runs:
+    ``run_checked_block`` under ``nonfinite_check='block'``, else ``run_block``."""
+    return self.run_checked_block if self.nonfinite_check == "block" else self.run_block
+
   def compile_block(self, block, num_steps: int):
     """``block`` (a jitted ``(state, acc, x, y, idx)`` function) compiled ahead of time
     for blocks of ``num_steps`` steps."""

@@ -99,8 +99,7 @@ def profile_block(trainer, steps: int, calls: int = 2) -> dict[str, Any]:
     x, y, idx = trainer._place(*trainer.feed.block(0, 0, steps))  # pylint: disable=protected-access
   state, acc = trainer.state, trainer.empty_acc()
   # Not donated: the same inputs run several times.
-  block = jax.jit(trainer.run_checked_block if trainer.nonfinite_check == "block"
-                  else trainer.run_block)
+  block = jax.jit(trainer.fit_block)
   t0 = time.perf_counter()
   compiled = block.lower(state, acc, x, y, idx).compile()
   compile_s = time.perf_counter() - t0
