@@ -9,6 +9,14 @@ save every 200 and every 50 steps, and with a synchronous save every 50 steps. T
 cost of checkpointing is the relative drop in samples/s; ``ms_per_save`` is the
 epoch time it adds divided by the saves in an epoch.
 
+``--parts cadence`` measures the cost of checkpointing at the cadences a user would
+pick rather than at a fixed step count: on MNIST-sized epochs (469 steps of 128),
+the whole training time (``fit``'s wall time less its compile seconds, the final
+save's wait included) with no checkpoints, with jdl's default (an async save at each
+epoch's end), and with ``checkpoint_every_seconds=1`` (plus the epoch ends); after
+a warm-up fit the three alternate (five rounds for the MLP, three for the CNN), and
+the cost is the median of the rounds' relative time added.
+
 ``--parts orbax`` (also in the default) measures what one save costs the machine,
 apart from training: the process CPU time (all threads) of a save through jdl's
 ``Checkpointer`` and the wait for it, median over 20 saves, for trees of 1, 20 and
@@ -24,6 +32,7 @@ import json
 import resource
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -38,13 +47,17 @@ SIZES = {"mlp": 128 * 800, "cnn": 128 * 400}
 RUNS = (("async_every_200", 200, True), ("async_every_50", 50, True), ("sync_every_50", 50, False))
 
 
-def run(model: dict, n: int, every: int, async_save: bool) -> tuple[float, float]:
+def _dataset(n: int) -> Dataset:
   rng = np.random.default_rng(0)
-  ds = Dataset(x_train=rng.random((n, 28, 28, 1), dtype=np.float32),
-               y_train=(np.arange(n) % 10).astype(np.int32),
-               x_test=rng.random((128, 28, 28, 1), dtype=np.float32),
-               y_test=(np.arange(128) % 10).astype(np.int32), num_classes=10,
-               task="classification", name="bench", input_shape=(28, 28, 1))
+  return Dataset(x_train=rng.random((n, 28, 28, 1), dtype=np.float32),
+                 y_train=(np.arange(n) % 10).astype(np.int32),
+                 x_test=rng.random((128, 28, 28, 1), dtype=np.float32),
+                 y_test=(np.arange(128) % 10).astype(np.int32), num_classes=10,
+                 task="classification", name="bench", input_shape=(28, 28, 1))
+
+
+def run(model: dict, n: int, every: int, async_save: bool) -> tuple[float, float]:
+  ds = _dataset(n)
   config = jdl.base_config()
   config.model = model
   config.update(dict(batch_size=128, num_epochs=3, validation_split=0.0, normalize="none",
@@ -139,16 +152,78 @@ def fit_rows() -> list[dict]:
   return rows
 
 
+CADENCE_EPOCHS = {"mlp": 5, "cnn": 2}
+CADENCE_REPEATS = {"mlp": 5, "cnn": 3}
+CADENCES = (("none", None), ("epoch_ends", 0.0), ("every_second", 1.0))
+
+
+def train_seconds(model: dict, epochs: int, every_seconds: float | None) -> tuple[float, int]:
+  """Wall seconds of ``fit`` less compilation, and the checkpoints it wrote.
+
+  ``every_seconds=None``: no workdir at all; ``0``: jdl's default cadence.
+  """
+  from jdl import checkpoint
+  config = jdl.base_config()
+  config.model = model
+  config.update(dict(batch_size=128, num_epochs=epochs, validation_split=0.0,
+                     normalize="none", tensorboard=False, plots=False, monitor="",
+                     checkpoint_every_seconds=every_seconds or 0.0))
+  dataset = _dataset(128 * 469)
+  saves = []
+  save = checkpoint.Checkpointer.save
+
+  def counted(self, step, *args, **kwargs):
+    saves.append(step)
+    return save(self, step, *args, **kwargs)
+
+  checkpoint.Checkpointer.save = counted
+  try:
+    with tempfile.TemporaryDirectory() as workdir:
+      t0 = time.perf_counter()
+      result = jdl.fit(config, None if every_seconds is None else workdir, dataset=dataset,
+                       quiet=True)
+      seconds = time.perf_counter() - t0
+  finally:
+    checkpoint.Checkpointer.save = save
+  return seconds - result.trainer.compile_seconds, len(saves)
+
+
+def cadence_rows() -> list[dict]:
+  rows = []
+  for name, model in MODELS.items():
+    epochs = CADENCE_EPOCHS[name]
+    train_seconds(model, 1, None)  # Warm-up: the first fit in a process runs slower.
+    times = {label: [] for label, _ in CADENCES}
+    saves = {label: 0 for label, _ in CADENCES}
+    for _ in range(CADENCE_REPEATS[name]):
+      for label, every in CADENCES:
+        seconds, saves[label] = train_seconds(model, epochs, every)
+        times[label].append(seconds)
+    row = {"model": name, "epochs": epochs, "steps_per_epoch": 469,
+           **{f"{label}_seconds": [round(t, 2) for t in ts] for label, ts in times.items()}}
+    for label, _ in CADENCES[1:]:
+      costs = [100 * (t / base - 1) for t, base in zip(times[label], times["none"])]
+      row[f"{label}_saves"] = saves[label]
+      row[f"{label}_cost_pct"] = round(float(np.median(costs)), 1)
+      row[f"{label}_cost_pct_runs"] = [round(c, 1) for c in costs]
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+  return rows
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default=None)
   parser.add_argument("--parts", default="fit,orbax",
-                      help="comma-separated: fit (throughput with saves), orbax (cost of a save)")
+                      help="comma-separated: fit (throughput with saves), cadence (training "
+                      "time with saves at epoch ends or every second), orbax (cost of a save)")
   args = parser.parse_args()
   parts = set(args.parts.split(","))
-  if parts - {"fit", "orbax"}:
-    parser.error(f"unknown parts: {sorted(parts - {'fit', 'orbax'})}")
-  rows = (fit_rows() if "fit" in parts else []) + (orbax_rows() if "orbax" in parts else [])
+  known = {"fit", "cadence", "orbax"}
+  if parts - known:
+    parser.error(f"unknown parts: {sorted(parts - known)}")
+  rows = ((fit_rows() if "fit" in parts else []) + (cadence_rows() if "cadence" in parts else [])
+          + (orbax_rows() if "orbax" in parts else []))
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rows, f, indent=2)
