@@ -188,7 +188,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Checkpoints.
   c.checkpoint_every_steps = 0  # Mid-epoch checkpoints; 0 = none.
   # Mid-epoch checkpoints by the clock: after the first block of steps that ends at
-  # least this long after the last save (preemptible machines); 0 = none.
+  # least this long after the last save, or after training (not compiling) began
+  # (preemptible machines); 0 = none.
   c.checkpoint_every_seconds = 0.0
   c.checkpoint_every_epochs = 1  # Epoch-end checkpoints (the last epoch always).
   c.keep_checkpoints = 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import chex
 import flax
@@ -285,6 +286,24 @@ def test_checkpoint_every_seconds_saves_mid_epoch_by_the_clock(tmp_path):
   assert saved == sorted(blocks + ends)
   # Never due within this run: the epoch ends only.
   assert steps(1e9)[0] == ends
+
+
+def test_checkpoint_clock_starts_after_compilation(tmp_path, monkeypatch):
+  # A compilation longer than the interval is no training to protect: the first
+  # block after it is not saved (before the fix, step 5 was).
+  warm_up = loop.Trainer._warm_up
+
+  def slow_warm_up(self):
+    seconds = warm_up(self)
+    time.sleep(2.5)
+    return seconds
+
+  monkeypatch.setattr(loop.Trainer, "_warm_up", slow_warm_up)
+  config = make_config(checkpoint_every_seconds=2.0, scan_chunk=5, epoch_mode="scan",
+                       keep_checkpoints=100, monitor="", num_epochs=1)
+  result = jdl.fit(config, tmp_path, quiet=True)
+  with jdl.checkpoint.Checkpointer(tmp_path / "checkpoints") as c:
+    assert c.steps() == [result.trainer.steps_per_epoch]
 
 
 def test_evaluate_restores_the_best_checkpoint(tmp_path):

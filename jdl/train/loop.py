@@ -644,13 +644,15 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       callback.on_train_begin(self)
     spe, ce = self.steps_per_epoch, int(self.config.checkpoint_every_steps)
     every_seconds = float(self.config.checkpoint_every_seconds)
-    self.saved_at = time.monotonic()  # When the last checkpoint was written (_save).
     epoch = start // spe
     if epoch >= self.num_epochs or self._stopped_before():
       self.log("training already complete in this workdir")
     else:
       self.compile_seconds = self._warm_up()
     compile_seconds = self.compile_seconds
+    # When the last checkpoint was written (_save); the clock of checkpoint_every_seconds
+    # starts with training, so compiling is not work a save would protect.
+    self.saved_at = time.monotonic()
     while epoch < self.num_epochs and not self.stop_training and not self._stopped_before():
       pos = self.step - epoch * spe
       self.progress.start_epoch(epoch, self.num_epochs, spe, pos)
