@@ -32,7 +32,6 @@ import json
 import resource
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
