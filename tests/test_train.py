@@ -290,16 +290,28 @@ def test_checkpoint_every_seconds_saves_mid_epoch_by_the_clock(tmp_path):
 
 def test_checkpoint_clock_starts_after_compilation(tmp_path, monkeypatch):
   # A compilation longer than the interval is no training to protect: the first
-  # block after it is not saved (before the fix, step 5 was).
+  # block after it is not saved (before the fix, step 5 was). The loop's clock is
+  # made to jump 1000 s during the warm-up, against an interval of 100 s.
+  class Clock:
+    offset = 0.0
+
+    def __getattr__(self, name):
+      return getattr(time, name)
+
+    def monotonic(self):
+      return time.monotonic() + self.offset
+
+  clock = Clock()
   warm_up = loop.Trainer._warm_up
 
   def slow_warm_up(self):
     seconds = warm_up(self)
-    time.sleep(2.5)
+    clock.offset += 1000.0
     return seconds
 
+  monkeypatch.setattr(loop, "time", clock)
   monkeypatch.setattr(loop.Trainer, "_warm_up", slow_warm_up)
-  config = make_config(checkpoint_every_seconds=2.0, scan_chunk=5, epoch_mode="scan",
+  config = make_config(checkpoint_every_seconds=100.0, scan_chunk=5, epoch_mode="scan",
                        keep_checkpoints=100, monitor="", num_epochs=1)
   result = jdl.fit(config, tmp_path, quiet=True)
   with jdl.checkpoint.Checkpointer(tmp_path / "checkpoints") as c:
