@@ -14,6 +14,7 @@ import pytest
 
 import jdl
 from jdl.train import loop
+from jdl.train import resume
 
 from conftest import Crash as _Crash
 from conftest import make_config
@@ -310,6 +311,7 @@ def test_checkpoint_clock_starts_after_compilation(tmp_path, monkeypatch):
     return seconds
 
   monkeypatch.setattr(loop, "time", clock)
+  monkeypatch.setattr(resume, "time", clock)  # Where _save reads the clock.
   monkeypatch.setattr(loop.Trainer, "_warm_up", slow_warm_up)
   config = make_config(checkpoint_every_seconds=100.0, scan_chunk=5, epoch_mode="scan",
                        keep_checkpoints=100, monitor="", num_epochs=1)
