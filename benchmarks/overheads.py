@@ -55,13 +55,19 @@ def _dataset(n: int) -> Dataset:
                  task="classification", name="bench", input_shape=(28, 28, 1))
 
 
-def run(model: dict, n: int, every: int, async_save: bool) -> tuple[float, float]:
-  ds = _dataset(n)
+def _config(model: dict, **overrides):
+  """jdl's config for ``model`` at batch 128: no validation split, plots or TensorBoard."""
   config = jdl.base_config()
   config.model = model
-  config.update(dict(batch_size=128, num_epochs=3, validation_split=0.0, normalize="none",
-                     tensorboard=False, plots=False, monitor="", checkpoint_every_steps=every,
-                     async_checkpoints=async_save, scan_chunk=50))
+  config.update(dict(batch_size=128, validation_split=0.0, normalize="none",
+                     tensorboard=False, plots=False, monitor="", **overrides))
+  return config
+
+
+def run(model: dict, n: int, every: int, async_save: bool) -> tuple[float, float]:
+  ds = _dataset(n)
+  config = _config(model, num_epochs=3, checkpoint_every_steps=every,
+                   async_checkpoints=async_save, scan_chunk=50)
   with tempfile.TemporaryDirectory() as workdir:
     trainer = jdl.fit(config, workdir if every else None, dataset=ds, quiet=True).trainer
   return float(np.median(trainer.epoch_rates[1:])), trainer.compile_seconds
@@ -162,11 +168,7 @@ def train_seconds(model: dict, epochs: int, every_seconds: float | None) -> tupl
   ``every_seconds=None``: no workdir at all; ``0``: jdl's default cadence.
   """
   from jdl import checkpoint
-  config = jdl.base_config()
-  config.model = model
-  config.update(dict(batch_size=128, num_epochs=epochs, validation_split=0.0,
-                     normalize="none", tensorboard=False, plots=False, monitor="",
-                     checkpoint_every_seconds=every_seconds or 0.0))
+  config = _config(model, num_epochs=epochs, checkpoint_every_seconds=every_seconds or 0.0)
   dataset = _dataset(128 * 469)
   saves = []
   save = checkpoint.Checkpointer.save

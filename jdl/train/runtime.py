@@ -17,6 +17,15 @@ DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
 REGION_ANALYSIS_FLAG = "--xla_cpu_copy_insertion_use_region_analysis"
 
 
+def _user_value(flag: str) -> str | None:
+  """The value ``XLA_FLAGS`` gives ``flag`` (``''`` if it names it bare), else ``None``."""
+  for item in os.environ.get("XLA_FLAGS", "").split():
+    name, _, value = item.partition("=")
+    if name == flag:
+      return value
+  return None
+
+
 def _add_flag(flag: str) -> bool:
   """Appends ``flag=true`` to ``XLA_FLAGS`` if XLA has not read it yet."""
   if xla_bridge.backends_are_initialized():
@@ -42,8 +51,7 @@ def request_deterministic_ops(enabled: bool) -> bool:
     Whether the flag is in ``XLA_FLAGS`` (set here or by the user); an explicit
     ``--xla_gpu_deterministic_ops=...`` in the environment is always left as it is.
   """
-  flags = os.environ.get("XLA_FLAGS", "")
-  if DETERMINISTIC_FLAG in flags:
+  if _user_value(DETERMINISTIC_FLAG) is not None:
     return True
   if not enabled:
     return False
@@ -79,8 +87,7 @@ def request_cpu_region_analysis(enabled: bool) -> bool:
     is left as it is; once JAX's backends have started the flag cannot be set, and
     the run simply goes without it.
   """
-  for flag in os.environ.get("XLA_FLAGS", "").split():
-    name, _, value = flag.partition("=")
-    if name == REGION_ANALYSIS_FLAG:
-      return value.lower() not in ("false", "0")
+  value = _user_value(REGION_ANALYSIS_FLAG)
+  if value is not None:
+    return value.lower() not in ("false", "0")
   return enabled and _add_flag(REGION_ANALYSIS_FLAG)
