@@ -33,12 +33,15 @@ With ``--gpu`` the same peers run on the first CUDA GPU: JAX's default backend a
 PyTorch on ``cuda`` with the data on the GPU, TF32 matmuls in both (JAX's default
 precision there; ``torch.set_float32_matmul_precision('high')``), larger epochs
 (``SIZES['gpu']``), an 8192x8192 matmul for the peak, and by default the peers of
-the GPU comparison (jdl, the hand-written step, PyTorch eager and compiled).
+the GPU comparison (jdl, the hand-written step, PyTorch eager and compiled). jdl
+runs with its default ``config.deterministic=True`` (XLA's deterministic GPU kernels,
+bitwise-reproducible runs); the other peers use their frameworks' default kernels,
+which are not. ``--jdl-deterministic=false`` compares like with like.
 
 Usage:
   python benchmarks/peers.py [--quick | --gpu] [--batch-sizes 128,512]
       [--out results.json] [--md results.md] [--models mlp,cnn,resnet20]
-      [--peers jdl,flax_step,...]
+      [--peers jdl,flax_step,...] [--jdl-deterministic true|false]
 """
 
 from __future__ import annotations
@@ -253,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--md", help="write a Markdown table here")
   parser.add_argument("--models", help=f"comma-separated subset of {', '.join(common.INPUT_SHAPES)}")
   parser.add_argument("--peers", help=f"comma-separated subset of {', '.join(PEERS)}")
+  parser.add_argument("--jdl-deterministic", choices=("true", "false"), default="true",
+                      help="jdl's config.deterministic (default true, jdl's default): "
+                           "on a GPU, false gives jdl XLA's default kernels, as the "
+                           "other peers have")
   parser.add_argument("--timeout", type=float, default=900.0,
                       help="seconds one run may take before it is reported failed")
   parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -300,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
       else:
         n, epochs = cap["n"], cap["epochs"]
         extra = {"device": "cuda"} if args.gpu and peer.module == "bench_torch" else {}
+        if name == "jdl":
+          extra["deterministic"] = args.jdl_deterministic == "true"
         result = run_child(peer, args.timeout, model=model, n=n, epochs=epochs, seed=SEED,
                            batch_size=batch, **extra)
         versions.update(result.pop("versions", {}))

@@ -503,11 +503,23 @@ def _numpy_pool(x, kind, size):
   return r.max(axis=axes) if kind == "max" else r.mean(axis=axes)
 
 
+def _pooling(elementwise):
+  """Non-overlapping pooling through one lowering: strided views (the CPU default) or
+  the reduction over a reshape (the default elsewhere)."""
+  from jdl.models.cnn import _nonoverlapping_pool
+  return lambda x, kind, size: _nonoverlapping_pool(x, kind, size, elementwise=elementwise)
+
+
+LOWERINGS = pytest.mark.parametrize("elementwise", [True, False], ids=["views", "reshape"])
+
+
+@LOWERINGS
 @pytest.mark.parametrize("kind", ["avg", "max"])
 @pytest.mark.parametrize("shape,size", [((2, 8, 8, 3), 2), ((3, 7, 9, 2), 3), ((2, 11, 4), 2),
                                         ((1, 6, 4, 5), 2)])
-def test_window_pooling_matches_numpy_and_reduce_window_gradients(kind, shape, size):
-  from jdl.models.cnn import pool
+def test_window_pooling_matches_numpy_and_reduce_window_gradients(kind, shape, size,
+                                                                  elementwise):
+  pool = _pooling(elementwise)
   x = jax.random.normal(jax.random.key(0), shape)  # No ties (almost surely).
   np.testing.assert_allclose(pool(x, kind, size), _numpy_pool(x, kind, size), rtol=1e-6,
                              atol=1e-6)
@@ -524,8 +536,23 @@ def test_window_pooling_matches_numpy_and_reduce_window_gradients(kind, shape, s
   np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
 
 
-def test_max_pool_gradient_splits_ties_like_jax_max():
-  from jdl.models.cnn import pool
+@pytest.mark.parametrize("backend, elementwise", [("cpu", True), ("gpu", False),
+                                                  ("tpu", False)])
+def test_pool_picks_the_lowering_of_its_backend(monkeypatch, backend, elementwise):
+  # The strided views (a custom VJP) on CPU, where they measured fastest; the
+  # reduction over a reshape elsewhere (benchmarks/README.md, "Pooling").
+  from jdl.models import cnn
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  x = jnp.ones((2, 8, 8, 3))
+  for kind in ("avg", "max"):
+    jaxpr = str(jax.make_jaxpr(lambda x: cnn.pool(x, kind, 2))(x))
+    assert ("custom_vjp_call" in jaxpr) == elementwise, jaxpr
+    assert ("reduce_max" in jaxpr or "reduce_sum" in jaxpr) == (not elementwise), jaxpr
+
+
+@LOWERINGS
+def test_max_pool_gradient_splits_ties_like_jax_max(elementwise):
+  pool = _pooling(elementwise)
   # Integer-valued inputs tie often; JAX's reduce-max gradient splits g equally among
   # a window's maxima (a window of four equal values passes g/4 to each).
   x = jnp.asarray(np.random.default_rng(0).integers(0, 3, (2, 6, 6, 2)), jnp.float32)
@@ -538,9 +565,10 @@ def test_max_pool_gradient_splits_ties_like_jax_max():
   np.testing.assert_allclose(ours[0, :2, :2, 0], np.full((2, 2), w[0, 0, 0, 0] / 4), rtol=1e-6)
 
 
+@LOWERINGS
 @pytest.mark.parametrize("kind", ["avg", "max"])
-def test_window_pooling_in_bfloat16(kind):
-  from jdl.models.cnn import pool
+def test_window_pooling_in_bfloat16(kind, elementwise):
+  pool = _pooling(elementwise)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4)).astype(jnp.bfloat16)
   y = pool(x, kind, 2)
   assert y.dtype == jnp.bfloat16
@@ -557,7 +585,7 @@ def test_window_pooling_second_order_gradient(kind):
   # A gradient penalty (WGAN-GP) differentiates the gradient again: through the
   # hand-written backward rules. Reference: the reduction over a reshape, which
   # JAX differentiates itself.
-  from jdl.models.cnn import pool
+  pool = _pooling(elementwise=True)
   x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
   w = jax.random.normal(jax.random.key(1), (2, 3, 3, 3))
 

@@ -230,10 +230,12 @@ def jdl_inputs(model: str, n: int, epochs: int, seed: int,
 
 
 def run_jdl(model: str, n: int, epochs: int, seed: int,
-            batch_size: int = common.BATCH_SIZE) -> dict[str, Any]:
+            batch_size: int = common.BATCH_SIZE, deterministic: bool = True
+            ) -> dict[str, Any]:
   """jdl's public ``fit`` on in-memory random data; jdl measures its own epochs."""
   import jdl  # pylint: disable=g-import-not-at-top
-  config, dataset = jdl_inputs(model, n, epochs, seed, batch_size)
+  config, dataset = jdl_inputs(model, n, epochs, seed, batch_size,
+                               deterministic=deterministic)
   result = jdl.fit(config, dataset=dataset, quiet=True)
   trainer = result.trainer
   rates = list(trainer.epoch_rates)
@@ -242,7 +244,8 @@ def run_jdl(model: str, n: int, epochs: int, seed: int,
           "compile_s": trainer.compile_seconds,
           "first_epoch_s": steps * batch_size / rates[0],
           "params": jdl.count_params(result.state.params),
-          "note": f"epoch_mode={trainer.epoch_mode}",
+          "note": f"epoch_mode={trainer.epoch_mode}"
+                  + ("" if deterministic else ", deterministic=false"),
           "versions": {**_versions(), "jdl": jdl.__version__}}
 
 
