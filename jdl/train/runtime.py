@@ -40,8 +40,9 @@ def request_deterministic_ops(enabled: bool) -> bool:
 
   On a GPU, XLA's default kernels (atomics in scatter-add and reductions, autotuned
   cuDNN algorithms) let two runs from the same seed drift apart in the last bits
-  within the first epoch. ``--xla_gpu_deterministic_ops=true`` removes that; it cost
-  about 3% of throughput on ``mnist_cnn`` on an H200 (``benchmarks/gpu_determinism.sh``).
+  within the first epoch. ``--xla_gpu_deterministic_ops=true`` removes that, at a
+  price measured on an H200: 8% of throughput on ``mnist_cnn``, 12-15% on the peers'
+  CNN and 24-29% on their MLP (``benchmarks/README.md``, seventh session).
   CPU and TPU runs are deterministic without it (the CPU backend ignores the flag).
 
   Args:
