@@ -215,6 +215,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
           if isinstance(split := getattr(self.data, name), pipeline.Split)})
       self.state = rep(self.state)
     self.nonfinite_check = self._choose_nonfinite_check()
+    self.microbatch_size = self._choose_microbatch_size()
     self._compile()
     self.epoch_mode = self._choose_epoch_mode()
     self.chunk = diagnose.align_chunk(self._choose_chunk(), int(config.diagnostics.every_steps))
@@ -425,6 +426,31 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                      "--config.nonfinite_check=step")
     return mode
 
+  def _choose_microbatch_size(self) -> int:
+    """0 (the whole batch at once) or the microbatch size: see ``config.microbatch_size``."""
+    size, bs = int(self.config.microbatch_size), self.batch_size
+    if size < 0:
+      raise JdlError(f"microbatch_size must be >= 0 (0 = auto), got {size}")
+    supervised = type(self.task) is steps_lib.SupervisedTask
+    if size >= bs:
+      return 0
+    if size:
+      where = ("classification and regression tasks" if not supervised
+               else "parallel='none'" if self.parallel.enabled
+               else "a model without mutable state" if self.state.model_state else None)
+      if where:
+        raise JdlError(f"microbatch_size={size} needs {where}; set it to 0 (auto) or to "
+                       f"the batch size ({bs}) for whole batches")
+      if bs % size:
+        raise JdlError(f"microbatch_size={size} must divide batch_size={bs}")
+      return size
+    if (jax.default_backend() != "cpu" or not supervised or self.parallel.enabled
+        or self.state.model_state or bs < 4 * AUTO_MICROBATCH or bs % AUTO_MICROBATCH):
+      return 0
+    per_example = steps_lib.activation_bytes(self.task, self.state.params,
+                                             self.data.train.x, self.data.train.y)
+    return AUTO_MICROBATCH if per_example >= AUTO_MICROBATCH_MIN_BYTES else 0
+
   def _choose_epoch_mode(self) -> str:
     mode = self.config.epoch_mode
     if mode != "auto":
@@ -456,7 +482,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       block_step = train_step
     else:
       augment = augment_lib.make_train_augment(self.config.augment, self.data.input_shape)
-      train_step = steps_lib.make_train_step(self.task, augment=augment)
+      train_step = steps_lib.make_train_step(self.task, augment=augment,
+                                             microbatch_size=self.microbatch_size)
       block_step = train_step
       if par.mode == "shard_map":  # The per-device step of the block.
         block_step = steps_lib.make_train_step(self.task, augment=augment,
@@ -491,8 +518,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     run_block = block_of(block_step)
     self.run_checked_block = None  # With nonfinite_check='block': (state, acc, ok).
     if self.nonfinite_check == "block":
-      fast_block = block_of(steps_lib.make_train_step(self.task, augment=augment,
-                                                      check_gradients=False))
+      fast_block = block_of(steps_lib.make_train_step(
+          self.task, augment=augment, check_gradients=False,
+          microbatch_size=self.microbatch_size))
 
       def run_checked_block(state, acc, x, y, idx):
         """The block with the loss tested at each step; ``ok``: nothing non-finite
@@ -587,7 +615,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         f"input shape {d.input_shape}" + (f"; {d.num_classes} classes" if d.num_classes else ""),
         f"model: {self.config.model.get('name')}  optimizer: {self.config.optimizer.name}  "
         f"schedule: {self.config.schedule.name}",
-        f"batch size {self.batch_size}, {self.steps_per_epoch} steps/epoch, "
+        f"batch size {self.batch_size}"
+        + (f" (microbatches of {self.microbatch_size})" if self.microbatch_size else "")
+        + f", {self.steps_per_epoch} steps/epoch, "
         f"{self.num_epochs} epochs, epoch mode {self.epoch_mode}"
         + (f" (blocks of {self.chunk} steps)" if self.epoch_mode == "scan" else "")
         + f", NaN/Inf checked per {self.nonfinite_check}",
@@ -927,6 +957,15 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     idx, _ = pipeline.eval_batch_indices(len(x), self.eval_batch_size)
     outs = [np.asarray(self._predict(state, x[i])) for i in idx]
     return np.concatenate(outs)[: len(x)]
+
+
+# config.microbatch_size=0 on one CPU device, batches of 128 or more: microbatches of
+# 32 examples when the loss's gradient holds at least 2 MiB of intermediates per
+# example (steps_lib.activation_bytes; the MNIST CNNs
+# hold 3.9-5.3 MiB and train 9-22% faster in microbatches of 32; LeNet-5 holds
+# 1.2 MiB and trains 7-13% slower in them: benchmarks/README.md, "Microbatches").
+AUTO_MICROBATCH = 32
+AUTO_MICROBATCH_MIN_BYTES = 2 * 2**20
 
 
 def _has_loop_slow_conv(fn, *args) -> bool:

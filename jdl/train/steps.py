@@ -9,11 +9,15 @@ metric state (:mod:`jdl.metrics`). The loop jit-compiles and fuses them.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any, Callable
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 
+from jdl import errors
 from jdl import metrics as metrics_lib
 from jdl import regularizers
 from jdl.data import augment as augment_lib
@@ -46,11 +50,11 @@ class SupervisedTask:
   activity_l1: float = 0.0
   activity_include: str = ".*"
 
-  def loss_fn(self, params, model_state, batch: Batch, key: jax.Array, train: bool):
-    """Returns ``(loss, (per_example_loss, outputs, new_model_state))``.
+  def forward(self, params, model_state, batch: Batch, key: jax.Array, train: bool):
+    """Returns ``(per_example_loss, outputs, new_model_state, activity_penalty)``.
 
-    ``loss`` is the masked mean of the per-example loss plus the penalties (the
-    activity penalty in training only).
+    ``activity_penalty`` is that of this batch's activations (0 when off or not
+    training): ``l1 * sum|a| / batch``.
     """
     variables = {"params": params, **model_state}
     activity = train and self.activity_l1 > 0
@@ -65,13 +69,24 @@ class SupervisedTask:
       outputs, new_model_state = self.apply_fn(variables, batch["x"], train=False), model_state
     outputs = outputs.astype(jnp.float32)  # The loss in float32 under mixed precision too.
     per_example = self.loss(outputs, batch["y"])
+    penalty = jnp.zeros((), jnp.float32)
+    if activity:
+      penalty = regularizers.activity_penalty(intermediates, self.activity_l1,
+                                              self.activity_include)
+    return per_example, outputs, new_model_state, penalty
+
+  def loss_fn(self, params, model_state, batch: Batch, key: jax.Array, train: bool):
+    """Returns ``(loss, (per_example_loss, outputs, new_model_state))``.
+
+    ``loss`` is the masked mean of the per-example loss plus the penalties (the
+    activity penalty in training only).
+    """
+    per_example, outputs, new_model_state, activity = self.forward(
+        params, model_state, batch, key, train)
     mask = batch["mask"].astype(per_example.dtype)
-    loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0) + activity
     if self.penalty_rules:
       loss = loss + regularizers.penalty(params, self.penalty_rules)
-    if activity:
-      loss = loss + regularizers.activity_penalty(intermediates, self.activity_l1,
-                                                  self.activity_include)
     return loss, (per_example, outputs, new_model_state)
 
   def metrics(self, names, outputs, batch: Batch, per_example_loss):
@@ -85,7 +100,7 @@ def train_metric_names(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None = None,
-                    check_gradients: bool = True):
+                    check_gradients: bool = True, microbatch_size: int = 0):
   """``train_step(state, batch) -> (state, metrics)``: one optimizer update.
 
   Args:
@@ -108,6 +123,13 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       per-block check (``nonfinite_check='block'``) then tests the state once per
       block, and re-runs a failing block with the gradients checked to name the
       first non-finite step.
+    microbatch_size: ``0`` (or the batch size or more): the loss and gradients of
+      the whole batch at once. Else the batch, after augmentation, is split into
+      microbatches of this many examples (it must divide the batch), and a
+      ``lax.scan`` adds up their gradients: the same update within float rounding,
+      with less memory in flight (:func:`microbatched_loss`). Dropout draws from
+      ``fold_in(key, i)`` in microbatch ``i``. Needs a :class:`SupervisedTask` and a
+      model without mutable state (batch norm would see microbatch statistics).
   """
   names = train_metric_names(task.metric_names)
   loss_task = task
@@ -120,6 +142,8 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     train_batch = batch if augment is None else augment(jax.random.fold_in(key, 1), batch)
     grad_fn = jax.value_and_grad(loss_task.loss_fn, has_aux=True)
+    if 0 < microbatch_size < batch["mask"].shape[0]:
+      grad_fn = functools.partial(microbatched_loss, loss_task, microbatch_size)
     if axis_name is None:
       (loss, (per_example, outputs, model_state)), grads = grad_fn(
           state.params, state.model_state, train_batch, key, True)
@@ -147,6 +171,89 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
     return new_state, {**metrics, NONFINITE: nonfinite}
 
   return train_step
+
+
+def microbatched_loss(task: SupervisedTask, size: int, params, model_state, batch: Batch,
+                      key: jax.Array, train: bool = True):
+  """``value_and_grad(task.loss_fn)``, one microbatch of ``size`` examples at a time.
+
+  Returns ``((loss, (per_example_loss, outputs, model_state)), grads)`` as
+  ``jax.value_and_grad(task.loss_fn, has_aux=True)`` does: the masked mean over the
+  whole batch is the sum of each microbatch's masked sum divided by the whole
+  batch's mask count, and each microbatch's activity penalty counts ``size / batch``
+  of it. The weight penalty is added once. A ``lax.scan`` runs the microbatches,
+  so only one microbatch's activations are alive at a time: on XLA:CPU a
+  convolutional step then works in cache more (benchmarks/README.md,
+  "Microbatches"). Dropout in microbatch ``i`` draws from ``fold_in(key, i)``.
+
+  Raises:
+    JdlError: ``size`` does not divide the batch, or the model has mutable state.
+  """
+  n = batch["mask"].shape[0]
+  errors.require(n % size == 0, f"microbatch_size {size} must divide the batch of {n}")
+  errors.require(not model_state, "microbatch_size needs a model without mutable state; "
+                 f"this one has {sorted(model_state)} (batch norm would see each "
+                 "microbatch's statistics): use --config.microbatch_size=0")
+  leaves, treedef = jax.tree.flatten(batch)
+  split = [leaf.ndim > 0 and leaf.shape[0] == n for leaf in leaves]
+  chunks = [leaf.reshape(n // size, size, *leaf.shape[1:])
+            for leaf, s in zip(leaves, split) if s]
+  whole = [leaf for leaf, s in zip(leaves, split) if not s]  # E.g. mixup's one lam.
+
+  def rebuild(chunk_leaves):
+    it_chunk, it_whole = iter(chunk_leaves), iter(whole)
+    return jax.tree.unflatten(treedef, [next(it_chunk) if s else next(it_whole)
+                                        for s in split])
+
+  count = jnp.maximum(jnp.sum(batch["mask"].astype(jnp.float32)), 1.0)
+
+  def chunk_loss(p, chunk, chunk_key):
+    per_example, outputs, _, activity = task.forward(p, model_state, chunk, chunk_key, train)
+    masked = jnp.sum(per_example * chunk["mask"].astype(per_example.dtype))
+    return masked / count + activity * (size / n), (per_example, outputs)
+
+  grad_fn = jax.value_and_grad(chunk_loss, has_aux=True)
+
+  def body(total, xs):
+    chunk_leaves, i = xs
+    (loss, aux), grads = grad_fn(params, rebuild(chunk_leaves), jax.random.fold_in(key, i))
+    return jax.tree.map(jnp.add, total, (loss, grads)), aux
+
+  zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), (per_example, outputs) = jax.lax.scan(
+      body, zero, (chunks, jnp.arange(n // size)))
+  unsplit = lambda a: a.reshape(n, *a.shape[2:])  # noqa: E731
+  if task.penalty_rules:
+    weight, weight_grads = jax.value_and_grad(regularizers.penalty)(params, task.penalty_rules)
+    loss, grads = loss + weight, jax.tree.map(jnp.add, grads, weight_grads)
+  return (loss, (unsplit(per_example), jax.tree.map(unsplit, outputs), model_state)), grads
+
+
+def activation_bytes(task: SupervisedTask, params, x, y, probe: int = 17) -> float:
+  """Bytes of the intermediates of the loss's gradient, per example.
+
+  The sum over the traced (not compiled) gradient's operations whose leading axis
+  is the batch: a measure of the memory a step moves, before XLA's fusion. Traced
+  at a batch of ``probe`` examples, a size no parameter axis is likely to share.
+  """
+  batch = {"x": jax.ShapeDtypeStruct((probe, *x.shape[1:]), x.dtype),
+           "y": jax.ShapeDtypeStruct((probe, *y.shape[1:]), y.dtype),
+           "mask": jax.ShapeDtypeStruct((probe,), jnp.float32)}
+  grad_fn = jax.grad(lambda p, b: task.loss_fn(p, {}, b, jax.random.key(0), True)[0])
+  total = 0
+
+  def walk(jaxpr):
+    nonlocal total
+    for eqn in jaxpr.eqns:
+      for var in eqn.outvars:
+        shape = getattr(var.aval, "shape", ())
+        if shape and shape[0] == probe:
+          total += math.prod(shape) * var.aval.dtype.itemsize
+      for sub in jax_core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(grad_fn)(params, batch).jaxpr)
+  return total / probe
 
 
 NONFINITE = "nonfinite"
