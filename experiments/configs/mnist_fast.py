@@ -6,9 +6,9 @@ split). On CPU, jdl's convolutions lower to patches @ kernel and the epoch runs 
 fused lax.scan blocks.
 
 Command:  jdl train --config mnist_fast --workdir runs/mnist_fast --config.data_dir=../shared/data/mnist
-Result:   99.09% test accuracy after 2 epochs, 40.2 s (repeat 39.1 s) from process start on
-          2026-11-28's 2-core Intel Xeon VM (96.8 s on 2026-11-25's slower AMD VM); 99.23%
-          after 3; see benchmarks/README.md (time_to_accuracy.py).
+Result:   99.10% test accuracy after 2 epochs, 36.7 s from process start on 2026-11-28's
+          2-core Intel Xeon VM (microbatches of 32, config.microbatch_size's automatic
+          choice there); 99.19% after 3; see benchmarks/README.md (time_to_accuracy.py).
 """
 
 from mnist_cnn import get_config as mnist_cnn_config

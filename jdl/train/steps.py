@@ -84,9 +84,11 @@ class SupervisedTask:
     per_example, outputs, new_model_state, activity = self.forward(
         params, model_state, batch, key, train)
     mask = batch["mask"].astype(per_example.dtype)
-    loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0) + activity
+    loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     if self.penalty_rules:
       loss = loss + regularizers.penalty(params, self.penalty_rules)
+    if train and self.activity_l1 > 0:
+      loss = loss + activity
     return loss, (per_example, outputs, new_model_state)
 
   def metrics(self, names, outputs, batch: Batch, per_example_loss):
