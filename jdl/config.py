@@ -171,7 +171,7 @@ def base_config() -> ml_collections.ConfigDict:
   # per microbatch). Needs a classification or regression task, one device and no
   # batch norm. 0 = auto: 32 on one CPU device, for batches of 128 or more, for
   # models whose gradient holds >= 2 MiB of intermediates per example (MNIST CNNs:
-  # 9-22% faster steps), else whole batches. The batch size (or more) = whole batches.
+  # 10-16% faster steps), else whole batches. The batch size (or more) = whole batches.
   c.microbatch_size = 0
   c.print_every_epochs = 1  # Console lines; metrics.jsonl gets every epoch.
 

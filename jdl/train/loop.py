@@ -961,9 +961,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
 
 # config.microbatch_size=0 on one CPU device, batches of 128 or more: microbatches of
 # 32 examples when the loss's gradient holds at least 2 MiB of intermediates per
-# example (steps_lib.activation_bytes; the MNIST CNNs
-# hold 3.9-5.3 MiB and train 9-22% faster in microbatches of 32; LeNet-5 holds
-# 1.2 MiB and trains 7-13% slower in them: benchmarks/README.md, "Microbatches").
+# example (steps_lib.activation_bytes). The CNNs measured hold 3.8-12.9 MiB and train
+# 10-16% faster in microbatches of 32 at batch 128; LeNet-5 holds 1.2 MiB and trains
+# 9% slower in them (benchmarks/microbatch.py; benchmarks/README.md, "Microbatches").
 AUTO_MICROBATCH = 32
 AUTO_MICROBATCH_MIN_BYTES = 2 * 2**20
 
