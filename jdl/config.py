@@ -169,9 +169,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Each step's loss and gradients one microbatch of this many examples at a time (a
   # lax.scan inside the step; the same update within float rounding; dropout draws
   # per microbatch). Needs a classification or regression task, one device and no
-  # batch norm. 0 = auto: 32 on one CPU device, for batches of 128 or more, for
-  # models whose gradient holds >= 2 MiB of intermediates per example (MNIST CNNs:
-  # 10-16% faster steps), else whole batches. The batch size (or more) = whole batches.
+  # batch norm. 0 = auto: on one CPU device, microbatches when the gradient's
+  # intermediates over the whole batch exceed 256 MiB, sized (>= 32) to hold <= 160
+  # MiB (MNIST CNNs at batch 128: 32, 10-16% faster steps; LeNet-5 at 256: 128, 19%),
+  # else whole batches (jdl/train/loop.py). The batch size (or more) = whole batches.
   c.microbatch_size = 0
   c.print_every_epochs = 1  # Console lines; metrics.jsonl gets every epoch.
 

@@ -445,11 +445,17 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         raise JdlError(f"microbatch_size={size} must divide batch_size={bs}")
       return size
     if (jax.default_backend() != "cpu" or not supervised or self.parallel.enabled
-        or self.state.model_state or bs < 4 * AUTO_MICROBATCH or bs % AUTO_MICROBATCH):
+        or self.state.model_state or bs < 2 * AUTO_MICROBATCH):
       return 0
     per_example = steps_lib.activation_bytes(self.task, self.state.params,
                                              self.data.train.x, self.data.train.y)
-    return AUTO_MICROBATCH if per_example >= AUTO_MICROBATCH_MIN_BYTES else 0
+    if bs * per_example <= AUTO_WHOLE_BATCH_BYTES:
+      return 0
+    size = bs  # Halved while even, >= AUTO_MICROBATCH and over AUTO_MICROBATCH_BYTES.
+    while (size % 2 == 0 and size // 2 >= AUTO_MICROBATCH
+           and size * per_example > AUTO_MICROBATCH_BYTES):
+      size //= 2
+    return 0 if size == bs else size
 
   def _choose_epoch_mode(self) -> str:
     mode = self.config.epoch_mode
@@ -959,13 +965,18 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     return np.concatenate(outs)[: len(x)]
 
 
-# config.microbatch_size=0 on one CPU device, batches of 128 or more: microbatches of
-# 32 examples when the loss's gradient holds at least 2 MiB of intermediates per
-# example (steps_lib.activation_bytes). The CNNs measured hold 3.8-12.9 MiB and train
-# 10-16% faster in microbatches of 32 at batch 128; LeNet-5 holds 1.2 MiB and trains
-# 9% slower in them (benchmarks/microbatch.py; benchmarks/README.md, "Microbatches").
+# config.microbatch_size=0 on one CPU device. steps_lib.activation_bytes measures the
+# intermediates of the loss's gradient per example; over the whole batch, up to
+# AUTO_WHOLE_BATCH_BYTES trains in whole batches, and more in microbatches: the batch
+# halved while the microbatch's intermediates exceed AUTO_MICROBATCH_BYTES, down to
+# AUTO_MICROBATCH examples. Fitted on this Xeon VM (benchmarks/microbatch.py;
+# benchmarks/README.md, "Microbatches"): at batch 128 the MNIST CNNs (3.8-5.1 MiB an
+# example) train 10-16% faster in microbatches of 32, LeNet-5 (1.2 MiB) trains
+# fastest whole, and at batch 256-512 LeNet-5 trains 19-31% faster in microbatches
+# of 128.
 AUTO_MICROBATCH = 32
-AUTO_MICROBATCH_MIN_BYTES = 2 * 2**20
+AUTO_WHOLE_BATCH_BYTES = 256 * 2**20
+AUTO_MICROBATCH_BYTES = 160 * 2**20
 
 
 def _has_loop_slow_conv(fn, *args) -> bool:
