@@ -17,6 +17,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -65,7 +66,8 @@ def build(model: str, batch_size: int, steps: int, microbatch_size: int) -> loop
 
 def compiled_block(trainer: loop.Trainer, steps: int):
   """The block ``fit`` runs and its inputs: ``(call, ms_per_step)``."""
-  x, y, idx = trainer._place(*trainer.feed.block(0, 0, steps))  # pylint: disable=protected-access
+  with contextlib.closing(trainer.feed):
+    x, y, idx = trainer._place(*trainer.feed.block(0, 0, steps))  # pylint: disable=protected-access
   fn = trainer.fit_block
   acc = trainer.empty_acc()
   compiled = jax.jit(fn).lower(trainer.state, acc, x, y, idx).compile()

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 import jdl
@@ -20,8 +21,7 @@ from conftest import make_config
 
 
 def _task(model, loss=None, **kwargs):
-  def cross_entropy(logits, y):
-    return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)[:, 0]
+  cross_entropy = optax.softmax_cross_entropy_with_integer_labels
   return steps.SupervisedTask(apply_fn=model.apply, loss=loss or cross_entropy,
                               metric_names=("accuracy",), num_classes=5, **kwargs)
 

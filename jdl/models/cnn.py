@@ -89,12 +89,17 @@ def _nonoverlapping_pool(x: jax.Array, kind: str, size: int, *,
   x = x[(slice(None), *(slice(0, n // size * size) for n in x.shape[1:-1]), slice(None))]
   if elementwise:
     return (_window_max if kind == "max" else _window_mean)(x, size)
-  nd = x.ndim - 2
-  r = x.reshape(x.shape[0], *[d for n in x.shape[1:-1] for d in (n // size, size)],
-                x.shape[-1])
-  axes = tuple(range(2, 2 * nd + 1, 2))
+  r = _blocked(x, size)
+  axes = tuple(range(2, r.ndim - 1, 2))  # The within-window axes.
   # jnp.mean sums 16-bit floats in float32 and returns the input's dtype.
   return r.max(axis=axes) if kind == "max" else r.mean(axis=axes)
+
+
+def _blocked(x: jax.Array, size: int) -> jax.Array:
+  """``x`` ``[batch, *spatial, channels]`` as ``[batch, n0 // size, size, n1 // size,
+  size, ..., channels]`` (every spatial axis a multiple of ``size``)."""
+  return x.reshape(x.shape[0], *[d for n in x.shape[1:-1] for d in (n // size, size)],
+                   x.shape[-1])
 
 
 def _windows(x: jax.Array, size: int) -> list[jax.Array]:
@@ -103,13 +108,9 @@ def _windows(x: jax.Array, size: int) -> list[jax.Array]:
   ``x`` is ``[batch, *spatial, channels]`` with every spatial axis a multiple of
   ``size``; each view is ``[batch, *(n // size for n in spatial), channels]``.
   """
-  spatial = x.shape[1:-1]
-  shape = [x.shape[0]]
-  for n in spatial:
-    shape += [n // size, size]
-  r = x.reshape(*shape, x.shape[-1])
+  r = _blocked(x, size)
   views = []
-  for offsets in itertools.product(range(size), repeat=len(spatial)):
+  for offsets in itertools.product(range(size), repeat=x.ndim - 2):
     index = [slice(None)]
     for o in offsets:
       index += [slice(None), o]

@@ -27,7 +27,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jax_core
 import ml_collections
 import numpy as np
 
@@ -996,15 +995,8 @@ def _has_loop_slow_conv(fn, *args) -> bool:
             or any(d != 1 for d in params["lhs_dilation"])
             or params["feature_group_count"] != 1 or params["batch_group_count"] != 1)
 
-  def walk(jaxpr) -> bool:
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "conv_general_dilated" and slow(eqn.params):
-        return True
-      for sub in jax_core.jaxprs_in_params(eqn.params):
-        if walk(sub):
-          return True
-    return False
-  return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return any(eqn.primitive.name == "conv_general_dilated" and slow(eqn.params)
+             for eqn in steps_lib.jaxpr_equations(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,

@@ -196,16 +196,11 @@ def microbatched_loss(task: SupervisedTask, size: int, params, model_state, batc
   errors.require(not model_state, "microbatch_size needs a model without mutable state; "
                  f"this one has {sorted(model_state)} (batch norm would see each "
                  "microbatch's statistics): use --config.microbatch_size=0")
-  leaves, treedef = jax.tree.flatten(batch)
-  split = [leaf.ndim > 0 and leaf.shape[0] == n for leaf in leaves]
-  chunks = [leaf.reshape(n // size, size, *leaf.shape[1:])
-            for leaf, s in zip(leaves, split) if s]
-  whole = [leaf for leaf, s in zip(leaves, split) if not s]  # E.g. mixup's one lam.
-
-  def rebuild(chunk_leaves):
-    it_chunk, it_whole = iter(chunk_leaves), iter(whole)
-    return jax.tree.unflatten(treedef, [next(it_chunk) if s else next(it_whole)
-                                        for s in split])
+  # Arrays over the batch are scanned in microbatches; others (e.g. mixup's one
+  # weight) are None in ``chunks`` and taken whole from ``batch``.
+  chunks = jax.tree.map(lambda a: a.reshape(n // size, size, *a.shape[1:])
+                        if a.ndim and a.shape[0] == n else None, batch)
+  whole_where_none = lambda c, a: a if c is None else c  # noqa: E731
 
   count = jnp.maximum(jnp.sum(batch["mask"].astype(jnp.float32)), 1.0)
 
@@ -217,8 +212,9 @@ def microbatched_loss(task: SupervisedTask, size: int, params, model_state, batc
   grad_fn = jax.value_and_grad(chunk_loss, has_aux=True)
 
   def body(total, xs):
-    chunk_leaves, i = xs
-    (loss, aux), grads = grad_fn(params, rebuild(chunk_leaves), jax.random.fold_in(key, i))
+    chunk, i = xs
+    chunk = jax.tree.map(whole_where_none, chunk, batch, is_leaf=lambda c: c is None)
+    (loss, aux), grads = grad_fn(params, chunk, jax.random.fold_in(key, i))
     return jax.tree.map(jnp.add, total, (loss, grads)), aux
 
   zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
@@ -242,20 +238,19 @@ def activation_bytes(task: SupervisedTask, params, x, y, probe: int = 17) -> flo
            "y": jax.ShapeDtypeStruct((probe, *y.shape[1:]), y.dtype),
            "mask": jax.ShapeDtypeStruct((probe,), jnp.float32)}
   grad_fn = jax.grad(lambda p, b: task.loss_fn(p, {}, b, jax.random.key(0), True)[0])
-  total = 0
+  shapes = [(var.aval.shape, var.aval.dtype)
+            for eqn in jaxpr_equations(jax.make_jaxpr(grad_fn)(params, batch).jaxpr)
+            for var in eqn.outvars if getattr(var.aval, "shape", ())]
+  return sum(math.prod(shape) * dtype.itemsize
+             for shape, dtype in shapes if shape[0] == probe) / probe
 
-  def walk(jaxpr):
-    nonlocal total
-    for eqn in jaxpr.eqns:
-      for var in eqn.outvars:
-        shape = getattr(var.aval, "shape", ())
-        if shape and shape[0] == probe:
-          total += math.prod(shape) * var.aval.dtype.itemsize
-      for sub in jax_core.jaxprs_in_params(eqn.params):
-        walk(sub)
 
-  walk(jax.make_jaxpr(grad_fn)(params, batch).jaxpr)
-  return total / probe
+def jaxpr_equations(jaxpr):
+  """Every equation of ``jaxpr``, those of the jaxprs inside it (loops, calls) too."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      yield from jaxpr_equations(sub)
 
 
 NONFINITE = "nonfinite"
