@@ -55,7 +55,8 @@ def test_eight_simulated_devices(tmp_path):
   """tests/parallel_checks.py: 20-step loss trajectories (MLP, CNN with batch norm) on 8
   devices in both modes equal 1 device within 1e-5 relative; exact resume on 8; 1 -> 8
   and 8 -> 1 checkpoints; the divisibility error; a GAN in 'data' mode."""
-  env = cli_env()
+  # No compilation cache: the rendezvous hang below was seen once in a run with it.
+  env = cli_env(cache=None)
   # 8 device threads on a busy 2-core machine can be slow to meet at a collective:
   # XLA:CPU would abort after its default rendezvous timeout.
   env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 "
@@ -97,15 +98,21 @@ _ARGS = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=3", "--config
 
 def _launch_two(workdir: Path) -> list[subprocess.Popen]:
   """`jdl train` as processes 0 and 1 of one run, one CPU device each, gloo collectives."""
-  env = cli_env()
-  env.pop("XLA_FLAGS", None)
-  env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   address = f"127.0.0.1:{_free_port()}"
   return [subprocess.Popen(
       [sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir), *_ARGS,
        f"--config.distributed.coordinator_address={address}",
        "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+      env=_gloo_env(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+
+
+def _gloo_env(process_id: int) -> dict[str, str]:
+  """One CPU device, gloo collectives; a compilation cache of the process's own."""
+  env = cli_env(cache=f"process{process_id}")
+  env.pop("XLA_FLAGS", None)
+  env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+  return env
 
 
 def _steps(ckpts: Path) -> list[int]:
@@ -166,12 +173,9 @@ def test_two_processes_streamed_each_read_only_their_half(tmp_path):
   for name, a in (("x_train", x[:1500]), ("y_train", y[:1500]), ("x_test", x[1500:]),
                   ("y_test", y[1500:])):
     np.save(d / f"{name}.npy", a)
-  env = cli_env()
-  env.pop("XLA_FLAGS", None)
-  env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   address = f"127.0.0.1:{_free_port()}"
   procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "stream_process.py"),
-                             str(tmp_path), str(d), address, str(i)], env=env,
+                             str(tmp_path), str(d), address, str(i)], env=_gloo_env(i),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in range(2)]
   outs = [p.communicate(timeout=400) for p in procs]

@@ -13,7 +13,7 @@ import pytest
 
 from jdl.train import runtime
 
-from conftest import REPO
+from conftest import REPO, cli_env
 
 
 def test_flag_set_before_backends_start_and_accepted_by_xla():
@@ -102,10 +102,12 @@ def test_region_analysis_removes_loop_copies_and_trains_bitwise_alike(tmp_path):
   # flag, and config.xla_cpu_region_analysis=False. A dropout MLP and a batch-norm
   # CNN must train to the same bits, and the flag must remove weight copies from
   # the MLP's fused block (what it is for).
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  def env(on):  # Side by side: each its own compilation cache.
+    return {k: v for k, v in cli_env(cache=f"region{on}").items() if k != "XLA_FLAGS"}
+
   procs = {on: subprocess.Popen(
       [sys.executable, str(REPO / "tests" / "region_analysis_run.py"), on,
-       str(tmp_path / f"{on}.npz")], cwd=REPO, env=env, stdout=subprocess.PIPE,
+       str(tmp_path / f"{on}.npz")], cwd=REPO, env=env(on), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for on in ("1", "0")}
   for on, proc in procs.items():
     _, err = proc.communicate(timeout=300)
