@@ -17,7 +17,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jdl  # noqa: E402
 from jdl.train import loop  # noqa: E402
+from jdl.train import profile  # noqa: E402
 from jdl.train import steps as steps_lib  # noqa: E402
 
 MNIST = (28, 28, 1)
@@ -65,18 +65,14 @@ def build(model: str, batch_size: int, steps: int, microbatch_size: int) -> loop
 
 
 def compiled_block(trainer: loop.Trainer, steps: int):
-  """The block ``fit`` runs and its inputs: ``(call, ms_per_step)``."""
-  with contextlib.closing(trainer.feed):
-    x, y, idx = trainer._place(*trainer.feed.block(0, 0, steps))  # pylint: disable=protected-access
-  fn = trainer.fit_block
-  acc = trainer.empty_acc()
-  compiled = jax.jit(fn).lower(trainer.state, acc, x, y, idx).compile()
+  """``ms_per_step()``: the median of 3 calls of the block ``fit`` runs."""
+  compiled, args, _ = profile.compiled_first_block(trainer, steps)
 
   def ms_per_step() -> float:
     times = []
     for _ in range(3):
       t0 = time.perf_counter()
-      jax.block_until_ready(compiled(trainer.state, acc, x, y, idx))
+      jax.block_until_ready(compiled(*args))
       times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times) / steps
 
