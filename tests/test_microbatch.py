@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -85,7 +87,7 @@ def test_microbatches_split_mixup_targets(per_example):
                                  per_example=per_example)
   assert targets.lam.shape == ((12,) if per_example else ())
   task = _task(model)
-  task = steps.SupervisedTask(**{**task.__dict__, "loss": augment_lib.mixup_loss(task.loss)})
+  task = dataclasses.replace(task, loss=augment_lib.mixup_loss(task.loss))
   _assert_same_as_whole_batch(task, params, {**batch, "x": x, "y": targets}, 4)
 
 
