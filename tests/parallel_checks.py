@@ -67,9 +67,16 @@ def devices_of(result) -> set[int]:
 
 
 def check_trajectories(root: Path) -> dict:
-  """20 steps on 8 devices ('data', 'shard_map') equal 1 device within 1e-5 relative."""
+  """20 steps on 8 devices ('data', 'shard_map') equal 1 device within 1e-5 relative
+  (Adam, and SGD with clipping and an L2 penalty, which a gradient scale would show)."""
   models = {
       "mlp": dict(model__hidden=(32,)),
+      # Plain SGD with an L2 penalty and global-norm clipping: unlike Adam, whose update
+      # barely moves when every gradient is scaled, this run differs at once if the
+      # devices' gradients were summed instead of averaged.
+      "mlp_sgd": dict(model__hidden=(32,), optimizer__name="sgd",
+                      optimizer__learning_rate=0.3, optimizer__clip_norm=1.0,
+                      regularization__l2=1e-3),
       "cnn_bn": dict(model__name="cnn", model__features=(4, 8), model__dense=(16,),
                      model__batch_norm=True),
   }
@@ -89,6 +96,30 @@ def check_trajectories(root: Path) -> dict:
       runs[(name, mode)] = result
     runs[(name, "none")] = ref
   return runs
+
+
+def check_collective_helpers() -> None:
+  """Inside shard_map: a varying copy's gradient is the device's own; pmean_varying
+  averages what differs across devices and leaves the rest as it is."""
+  from jax.sharding import Mesh, PartitionSpec as P
+  from jdl.train import parallel
+
+  mesh = Mesh(jax.devices(), (parallel.AXIS,))
+  x = jax.numpy.arange(16.0)  # Two examples a device.
+  w = jax.numpy.float32(1.5)
+  loss = lambda w, x: jax.numpy.mean((w * x) ** 2)  # noqa: E731
+
+  def per_device(w, x):
+    own = jax.grad(loss)(parallel.device_varying(w, parallel.AXIS), x)
+    state = {"mean": jax.numpy.mean(x, keepdims=True), "w": w}
+    return jax.lax.pmean(own, parallel.AXIS), parallel.pmean_varying(state, parallel.AXIS)
+
+  grad, state = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
+                                      out_specs=P()))(w, x)
+  # d/dw mean((w x)^2) = 2 w mean(x^2) over the global batch: the mean of the devices'.
+  np.testing.assert_allclose(grad, 2 * 1.5 * np.mean(np.arange(16.0) ** 2), rtol=1e-6)
+  np.testing.assert_allclose(state["mean"], [7.5], rtol=1e-6)
+  assert float(state["w"]) == 1.5
 
 
 def check_exact_resume(root: Path, runs: dict) -> None:
@@ -186,6 +217,7 @@ def main() -> None:
   cli._quiet_library_logs()
   assert jax.device_count() == 8, jax.devices()
   root = Path(sys.argv[1])
+  check_collective_helpers()
   runs = check_trajectories(root)
   check_exact_resume(root, runs)
   check_portability(root)

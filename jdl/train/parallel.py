@@ -374,10 +374,37 @@ def merge_over_devices(metrics: Any, merge: Callable, axis_name: str) -> Any:
   return functools.reduce(merge, parts)
 
 
+def varying_axes(x: Any) -> frozenset:
+  """The mesh axes over which ``x`` may differ inside ``shard_map`` (its type's "vma")."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10: ManualAxisType.varying.
+  if manual is not None:
+    return frozenset(manual.varying)
+  return frozenset(getattr(aval, "vma", ()))
+
+
+def device_varying(tree: Any, axis_name: str) -> Any:
+  """``tree``'s device-invariant leaves as values that vary over ``axis_name``.
+
+  Inside ``shard_map`` (with its type checks on, the default) autodiff sums over the
+  devices the gradient of an input that is the same on every device: differentiating
+  a per-device loss with respect to the replicated parameters would return
+  ``num_devices`` times the mean gradient, and a ``lax.pmean`` of that sum leaves it
+  as it is. Differentiating with respect to a varying copy instead gives each device
+  its own gradient, which ``lax.pmean`` then averages.
+  """
+  cast = getattr(jax.lax, "pcast", None)
+  def vary(x):
+    if axis_name in varying_axes(x):
+      return x
+    return cast(x, axis_name, to="varying") if cast else jax.lax.pvary(x, axis_name)
+  return jax.tree.map(vary, tree)
+
+
 def pmean_varying(tree: Any, axis_name: str) -> Any:
   """``lax.pmean`` of the leaves that still differ across devices (others as they are)."""
   def mean(x):
-    if axis_name in getattr(jax.typeof(x), "vma", ()):
+    if axis_name in varying_axes(x):
       return jax.lax.pmean(x, axis_name)
     return x
   return jax.tree.map(mean, tree)

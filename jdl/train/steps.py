@@ -150,9 +150,11 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       (loss, (per_example, outputs, model_state)), grads = grad_fn(
           state.params, state.model_state, train_batch, key, True)
     else:
+      # Each device's own gradient (not autodiff's sum over the devices), then the mean.
+      params = parallel_lib.device_varying(state.params, axis_name)
       with parallel_lib.batch_norm_axis(axis_name):
         (loss, (per_example, outputs, model_state)), grads = grad_fn(
-            state.params, state.model_state, train_batch, key, True)
+            params, state.model_state, train_batch, key, True)
       # Equal shares: the mean of the devices' mean losses is the global mean.
       grads, loss = jax.lax.pmean((grads, loss), axis_name)
       # Batch statistics are already global; other per-device state is averaged.
