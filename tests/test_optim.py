@@ -199,8 +199,17 @@ SCHEDULE_TABLE = [
     ("step_accumulate2", {"name": "step", "decay_every_epochs": 3.0,
                           "factor": 0.1}, 2,
      lambda k: 0.1 ** (k // 15)),  # 5 updates per epoch.
+    # 10 train steps an epoch, 3 to an update: optax.MultiSteps counts across epoch
+    # ends, so an epoch holds 10/3 updates on average and the run floor(100/3) = 33.
+    ("step_accumulate3", {"name": "step", "decay_every_epochs": 3.0,
+                          "factor": 0.1}, 3,
+     lambda k: 0.1 ** (k // 10)),  # round(3 * 10/3) = 10 updates.
     ("exponential", {"name": "exponential", "decay_rate": 0.9}, 1,
      lambda k: 0.9 ** (k / SPE)),
+    ("exponential_accumulate3", {"name": "exponential", "decay_rate": 0.9}, 3,
+     lambda k: 0.9 ** (k / (SPE / 3))),
+    ("cosine_accumulate3", {"name": "cosine", "alpha": 0.1}, 3,
+     lambda k: _cos(k, 33, 0.1)),
     ("linear", {"name": "linear", "tau_epochs": 5.0, "alpha_final": 0.01}, 1,
      lambda k: _linear(k, 50, 0.01)),
     ("cosine", {"name": "cosine", "alpha": 0.1}, 1,

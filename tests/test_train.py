@@ -139,6 +139,34 @@ def test_reduce_on_plateau_lowers_the_learning_rate():
   assert lrs[-1] < lrs[0] / 3  # At least two halvings on a flat validation loss.
 
 
+def _cosine(count, total, lr):
+  return lr * 0.5 * (1 + np.cos(np.pi * min(count, total) / total))
+
+
+def test_cosine_spans_the_run_when_accumulation_does_not_divide_the_epoch():
+  # 20 train steps an epoch, an update every 3 (optax.MultiSteps counts across epoch
+  # ends): floor(3 * 20 / 3) = 20 updates in 3 epochs, 6, 13 and 20 by each epoch's end.
+  config = make_config(num_epochs=3, optimizer__accumulate_steps=3, schedule__name="cosine",
+                       optimizer__name="sgd", optimizer__learning_rate=0.01)
+  result = jdl.fit(config, quiet=True)
+  assert result.trainer.steps_per_epoch == 20
+  assert int(jdl.optim.update_count(result.state.opt_state)) == 20
+  # The learning rate of the next update, logged at each epoch's end.
+  np.testing.assert_allclose(result.history["learning_rate"],
+                             [_cosine(c, 20, 0.01) for c in (6, 13, 20)], rtol=1e-5, atol=1e-9)
+
+
+def test_gan_generator_schedule_counts_its_updates_across_epochs():
+  from test_generative_train import gan_config
+  # The generator updates at every third train step of 20 an epoch: 6, 13, 20 updates.
+  config = gan_config(num_epochs=3, generative__d_steps=3, schedule__name="cosine",
+                      optimizer__learning_rate=0.01)
+  result = jdl.fit(config, quiet=True)
+  assert int(jdl.optim.update_count(result.state.opt_state["generator"])) == 20
+  np.testing.assert_allclose(result.history["learning_rate"],
+                             [_cosine(c, 20, 0.01) for c in (6, 13, 20)], rtol=1e-5, atol=1e-9)
+
+
 def test_nonfinite_stop_names_the_step_and_writes_no_checkpoint(tmp_path):
   config = make_config(num_epochs=3, optimizer__name="sgd", optimizer__learning_rate=1e12,
                        normalize="none")

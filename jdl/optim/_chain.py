@@ -113,7 +113,7 @@ def _decoupled_weight_decay(
 def create_optimizer(
     config: ml_collections.ConfigDict,
     *,
-    steps_per_epoch: int,
+    steps_per_epoch: float,
     num_epochs: int,
 ) -> optax.GradientTransformationExtraArgs:
   """Creates the optax transformation described by the config.
@@ -139,7 +139,8 @@ def create_optimizer(
   Args:
     config: the experiment config (reads ``optimizer``, ``schedule`` and, if
       present, ``reduce_on_plateau`` and ``regularization``).
-    steps_per_epoch: train steps (micro-batches) per epoch.
+    steps_per_epoch: train steps (micro-batches) per epoch; a fraction is an
+      average over epochs (see :func:`jdl.optim.create_learning_rate_fn`).
     num_epochs: length of the run, in epochs.
 
   Returns:

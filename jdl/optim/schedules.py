@@ -4,12 +4,15 @@ Durations in the ``schedule`` config section are given in epochs and converted t
 optimizer updates once, here. ``steps_per_epoch`` is always the number of *train
 steps* (batches, micro-batches when accumulating) per epoch, as the training loop
 counts them. With ``optimizer.accumulate_steps = k`` the optimizer updates the
-parameters every ``k`` train steps, so schedules see ``steps_per_epoch // k``
-updates per epoch.
+parameters every ``k`` train steps. ``optax.MultiSteps`` counts train steps across
+epoch ends, so an epoch holds ``steps_per_epoch / k`` updates on average (not
+necessarily a whole number), and a run of ``n`` epochs ``floor(n * steps_per_epoch
+/ k)``: the schedules are sized on those counts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import ml_collections
@@ -19,23 +22,24 @@ from jdl.errors import lookup, require
 from jdl.optim._checks import check
 
 
-def _epochs_to_steps(key: str, epochs: float, steps_per_epoch: int) -> int:
+def _epochs_to_steps(key: str, epochs: float, steps_per_epoch: float) -> int:
   check(epochs >= 0, key, epochs, ">= 0")
   return int(round(epochs * steps_per_epoch))
 
 
-def _updates_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+def _updates_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch: float) -> float:
   k = config.optimizer.accumulate_steps
   check(
       isinstance(k, int) and k >= 1, "optimizer.accumulate_steps", k,
       "an integer >= 1",
   )
+  check(steps_per_epoch > 0, "steps_per_epoch", steps_per_epoch, "> 0")
   require(
-      steps_per_epoch >= k,
+      k == 1 or steps_per_epoch >= k,
       f"steps_per_epoch ({steps_per_epoch}) must be >= optimizer.accumulate_steps"
       f" ({k}): an epoch must hold at least one optimizer update",
   )
-  return steps_per_epoch // k
+  return steps_per_epoch / k
 
 
 def _constant(sched, lr, per_epoch, num_epochs):
@@ -70,11 +74,12 @@ def _linear(sched, lr, per_epoch, num_epochs):
   return optax.linear_schedule(lr, sched.alpha_final * lr, tau)
 
 
-def _total_steps(per_epoch: int, num_epochs: int | None) -> int:
+def _total_steps(per_epoch: float, num_epochs: int | None) -> int:
+  """The updates a run of ``num_epochs`` makes: the last incomplete accumulation makes none."""
   require(num_epochs is not None,
           "cosine schedules need num_epochs; pass num_epochs=...")
   check(num_epochs > 0, "num_epochs", num_epochs, "> 0")
-  return per_epoch * num_epochs
+  return math.floor(per_epoch * num_epochs + 1e-9)
 
 
 def _cosine(sched, lr, per_epoch, num_epochs):
@@ -109,13 +114,14 @@ SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
 def create_learning_rate_fn(
     config: ml_collections.ConfigDict,
     *,
-    steps_per_epoch: int,
+    steps_per_epoch: float,
     num_epochs: int | None = None,
 ) -> optax.Schedule:
   """Creates the learning-rate schedule, indexed by optimizer update count.
 
   Schedules (``schedule.name``), with ``lr = optimizer.learning_rate``, ``k`` the
-  update count and ``E`` updates per epoch:
+  update count and ``E`` updates per epoch (``steps_per_epoch / accumulate_steps``,
+  a fraction when the two do not divide; durations round to whole updates):
 
   * ``constant``: ``lr``.
   * ``step``: ``lr * factor ** floor(k / (decay_every_epochs * E))``.
@@ -129,7 +135,9 @@ def create_learning_rate_fn(
   Args:
     config: the experiment config (reads ``optimizer`` and ``schedule``).
     steps_per_epoch: train steps (micro-batches) per epoch; divided here by
-      ``optimizer.accumulate_steps`` to get optimizer updates per epoch.
+      ``optimizer.accumulate_steps`` to get optimizer updates per epoch. A
+      fraction is an average over epochs (a GAN's generator, updated every
+      ``d_steps`` train steps, counts ``steps_per_epoch / d_steps``).
     num_epochs: length of the run; needed by ``cosine`` and ``warmup_cosine``.
 
   Returns:

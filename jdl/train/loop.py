@@ -371,7 +371,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
   def _create_gan_state(self, example, key) -> gen_tasks.GANState:
     """Both players; the generator's schedule counts its own (fewer) updates."""
     c, d_steps = self.config, int(self.config.generative.d_steps)
-    g_tx = optim.create_optimizer(c, steps_per_epoch=max(1, self.steps_per_epoch // d_steps),
+    # The generator updates every d_steps-th train step, counted across epoch ends.
+    g_tx = optim.create_optimizer(c, steps_per_epoch=self.steps_per_epoch / d_steps,
                                   num_epochs=self.num_epochs)
     d_config = c
     if c.generative.d_learning_rate:
@@ -554,7 +555,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       self._predict = jax.jit(steps_lib.make_predict_fn(self.state.apply_fn))
     d_steps = int(self.config.generative.d_steps) if self.gan else 1
     lr_fn = optim.create_learning_rate_fn(
-        self.config, steps_per_epoch=max(1, self.steps_per_epoch // d_steps),
+        self.config, steps_per_epoch=self.steps_per_epoch / d_steps,
         num_epochs=self.num_epochs)
     lr = functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn)
     # A GAN logs its generator's learning rate.
