@@ -212,6 +212,25 @@ def test_mixup_mixes_with_a_permutation_and_loss_matches_numpy(per_example, alph
                              -logp[rows, y], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("per_example", [False, True])
+def test_mixup_loss_of_float_targets_is_the_loss_of_the_mixed_target(per_example):
+  # Regression: the paper's target lam * y_a + (1 - lam) * y_b. Mixing the losses
+  # instead would put the absolute error's minimum at y_a or y_b, not between them.
+  b = 8
+  rng = np.random.default_rng(3)
+  y = rng.normal(size=(b, 2)).astype(np.float32)
+  mix = jax.jit(functools.partial(augment.mixup, alpha=0.4, per_example=per_example))
+  _, t = mix(KEY, jnp.zeros((b, 3)), jnp.asarray(y))
+  lam = np.asarray(t.lam).reshape(-1, 1) if per_example else np.asarray(t.lam)
+  target = lam * y + (1 - lam) * np.asarray(t.y_b)
+  out = rng.normal(size=(b, 2)).astype(np.float32)
+  mae = augment.mixup_loss(losses.get_loss("mae"))
+  np.testing.assert_allclose(np.asarray(mae(jnp.asarray(out), t)),
+                             np.abs(out - target).mean(axis=-1), rtol=1e-5, atol=1e-6)
+  # At the mixed target the loss is zero (mixing MAE losses would leave it positive).
+  np.testing.assert_allclose(np.asarray(mae(jnp.asarray(target), t)), 0.0, atol=1e-6)
+
+
 def test_mixup_lambda_is_beta_distributed():
   mix = jax.jit(functools.partial(augment.mixup, alpha=0.4, per_example=True))
   _, t = mix(KEY, jnp.zeros((4000, 1)), jnp.zeros(4000))

@@ -128,6 +128,13 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
       "binary loss on 3 classes": ([*IRIS, "--config.loss=binary_crossentropy"], ["2 classes"]),
       "class outside the dataset": (["--config.classes=(11,)"], ["classes"]),
       "negative examples per class": (["--config.examples_per_class=-1"], ["examples_per_class"]),
+      "augmenting a VAE": (["--config.task=vae", "--config.normalize=none",
+                            "--config.augment.noise_std=0.1"], ["task 'vae'", "augment"]),
+      "moving an autoencoder's inputs": (["--config.task=autoencoder", "--config.normalize=none",
+                                          "--config.augment.hflip=true"],
+                                         ["autoencoder", "augment.hflip"]),
+      "mixup on token ids": (["--config", "seq2seq_dates", "--config.augment.mixup_alpha=0.2"],
+                             ["token ids", "augment.mixup_alpha"]),
       "init_from a missing run": ([f"--config.init_from.workdir={tmp / 'nowhere'}"],
                                   ["init_from"]),
       # Config files.

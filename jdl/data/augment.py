@@ -46,7 +46,7 @@ FILLS = ("zero", "edge")
 # A fixed stream per op: fold_in(key, index). Never renumber (runs would change).
 _OP_INDEX = {"hflip": 0, "vflip": 1, "crop": 2, "shift": 3, "rotation": 4, "noise": 5,
              "mixup": 6}
-_IMAGE_KEYS = ("hflip", "vflip", "width_shift", "height_shift", "rotation", "crop_padding")
+IMAGE_KEYS = ("hflip", "vflip", "width_shift", "height_shift", "rotation", "crop_padding")
 
 
 # ---------------------------------------------------------------- deterministic
@@ -241,15 +241,23 @@ def mixup(key: Key, x: jax.Array, y: jax.Array, alpha: float, *,
 def mixup_loss(loss: Callable[[jax.Array, Any], jax.Array]) -> Callable[[jax.Array, Any], jax.Array]:
   """Wraps a per-example loss to take :class:`MixupTargets` too.
 
-  On ``MixupTargets`` it returns ``lam * loss(out, y_a) + (1 - lam) * loss(out, y_b)``
-  per example; on plain targets it is ``loss`` itself.
+  On ``MixupTargets`` with float targets (regression values, one-hot or soft labels)
+  it returns ``loss(out, lam * y_a + (1 - lam) * y_b)``, the paper's mixed target.
+  Class indices cannot be mixed, so with integer targets it returns ``lam *
+  loss(out, y_a) + (1 - lam) * loss(out, y_b)`` per example, which equals the loss
+  of the mixed one-hot target for cross-entropy (linear in its target). (For a loss
+  such as the absolute error, mixing the losses would pull the output to ``y_a`` or
+  ``y_b``, not to the mixed target.) On plain targets it is ``loss`` itself.
   """
 
   def mixed(outputs, targets):
     if not isinstance(targets, MixupTargets):
       return loss(outputs, targets)
-    la, lb = loss(outputs, targets.y_a), loss(outputs, targets.y_b)
-    return targets.lam * la + (1.0 - targets.lam) * lb
+    lam, y_a, y_b = targets.lam, targets.y_a, targets.y_b
+    if jnp.issubdtype(y_a.dtype, jnp.floating):
+      lam_y = lam.reshape((-1,) + (1,) * (y_a.ndim - 1)) if lam.ndim else lam
+      return loss(outputs, (lam_y * y_a + (1.0 - lam_y) * y_b).astype(y_a.dtype))
+    return lam * loss(outputs, y_a) + (1.0 - lam) * loss(outputs, y_b)
 
   return mixed
 
@@ -276,7 +284,7 @@ def validate(cfg, input_shape: tuple[int, ...]) -> None:
   if cfg.rotation > 180:
     raise JdlError(f"augment.rotation is the largest angle in degrees, at most 180; got "
                    f"{cfg.rotation!r}")
-  for name in _IMAGE_KEYS:
+  for name in IMAGE_KEYS:
     if cfg[name] and len(shape) != 3:
       raise JdlError(
           f"augment.{name} needs image inputs [B, H, W, C]; these inputs are "
@@ -351,7 +359,7 @@ def make_train_augment(cfg, input_shape: tuple[int, ...]) -> Callable[[Key, Batc
   """
   augment_x = make_augment_fn(cfg, input_shape)
   alpha = float(cfg.mixup_alpha)
-  if not alpha and not any(cfg[k] for k in (*_IMAGE_KEYS, "noise_std")):
+  if not alpha and not any(cfg[k] for k in (*IMAGE_KEYS, "noise_std")):
     return None
 
   def augment(key: Key, batch: Batch) -> Batch:

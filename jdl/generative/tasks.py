@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl import regularizers
+from jdl.data import augment as augment_lib
 from jdl.errors import JdlError
 from jdl.generative import objectives
 from jdl.generative.gan import GANState
@@ -142,8 +143,21 @@ def validate_config(config) -> None:
       raise JdlError(f"generative.{key} must be >= 1, got {g[key]}")
   if float(g.gp_weight) < 0 or float(g.d_learning_rate) < 0:
     raise JdlError("generative.gp_weight and generative.d_learning_rate must be >= 0")
+  aug = config.augment
+  if task == "vae" and any(aug[k] for k in aug if k != "fill"):
+    raise JdlError("task 'vae' does not support augment: its likelihood is of the input "
+                   "it encodes, so a noisy or moved image would be its own target (noise "
+                   "can leave [0, 1], where the Bernoulli likelihood has no bound); turn "
+                   "augment off")
+  if task == "autoencoder":
+    moved = [k for k in augment_lib.IMAGE_KEYS if aug[k]]
+    if moved:
+      raise JdlError(f"task 'autoencoder' reconstructs the clean input, so augment."
+                     f"{', augment.'.join(moved)} would train it to undo the transform; "
+                     "only augment.noise_std (a denoising autoencoder) and "
+                     "augment.mixup_alpha are supported")
   if task in ("gan", "wgan_gp"):
-    reg, aug = config.regularization, config.augment
+    reg = config.regularization
     unsupported = [name for name, on in (
         ("regularization.l1/l2/rules/activity_l1",
          reg.l1 or reg.l2 or reg.rules or reg.activity_l1),

@@ -327,6 +327,12 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     if tokens and config.normalize != "none":
       raise JdlError(f"dataset {dataset.name!r} gives token ids; set normalize='none' (got "
                      f"{config.normalize!r})")
+    continuous = [k for k in ("noise_std", "mixup_alpha") if config.augment[k]]
+    if tokens and continuous:
+      raise JdlError(f"dataset {dataset.name!r} gives token ids, which augment."
+                     f"{', augment.'.join(continuous)} cannot act on (noise and mixup turn "
+                     f"ids into other ids); set {'it' if len(continuous) == 1 else 'them'} "
+                     "to 0")
     if tokens:
       norm = None
     elif config.normalize == "featurewise":
