@@ -154,7 +154,7 @@ def test_weighted_ridge_matches_scikit_learn(alpha):
   y = z @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.3 + 0.1 * RNG.normal(size=50)
   w = RNG.random(50)
   beta, intercept, r2 = explain.weighted_ridge(z, y, w, alpha)
-  # Our alpha is per unit of total weight: sklearn's with weights of mean one.
+  # Our alpha is per unit of average weight: sklearn's with weights of mean one.
   ref = Ridge(alpha=alpha).fit(z, y, sample_weight=w * len(w) / w.sum())
   np.testing.assert_allclose(beta, ref.coef_, rtol=1e-8, atol=1e-10)
   np.testing.assert_allclose(intercept, ref.intercept_, rtol=1e-8, atol=1e-10)

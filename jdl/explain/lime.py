@@ -11,6 +11,11 @@ References:
   Ribeiro, Singh, Guestrin (2016), "'Why Should I Trust You?': Explaining the
   Predictions of Any Classifier", KDD, arXiv:1602.04938: eq. 1-2 (the weighted
   local fit, kernel ``exp(-D(x, z)^2 / sigma^2)``), sec. 3.3 (sampling).
+
+The kernel is the paper's. The ``lime`` package's explainers take its square root,
+``exp(-D^2 / (2 sigma^2))``, so at the same width their weights fall off more slowly
+(at ``D = sigma``: 0.61 there, 0.37 here); a width ``sqrt(2)`` times larger gives
+the package's weights.
 """
 
 from __future__ import annotations
@@ -52,9 +57,12 @@ def weighted_ridge(features: np.ndarray, y: np.ndarray, sample_weight: np.ndarra
                    alpha: float = 1.0) -> tuple[np.ndarray, float, float]:
   """Weighted ridge regression in closed form; the intercept is not penalised.
 
-  Minimises ``sum_i w_i (y_i - b - z_i . beta)^2 + alpha |beta|^2``: with the
-  weighted means ``z_bar``, ``y_bar`` and centred ``Z``, ``y``,
-  ``beta = (Z^T W Z + alpha I)^-1 Z^T W y`` and ``b = y_bar - z_bar . beta``.
+  Minimises ``sum_i w_i (y_i - b - z_i . beta)^2 + alpha mean(w) |beta|^2``: the
+  penalty is per unit of average weight, so scaling every weight changes nothing
+  (scikit-learn's ``Ridge(alpha=alpha * mean(w))`` with the same weights gives the
+  same fit). With the weights normalised to sum to one, ``p = w / sum(w)``, the
+  weighted means ``z_bar``, ``y_bar`` and centred ``Z``, ``y``:
+  ``beta = (Z^T P Z + (alpha / m) I)^-1 Z^T P y`` and ``b = y_bar - z_bar . beta``.
 
   Args:
     features: ``[m, d]``.
@@ -72,7 +80,7 @@ def weighted_ridge(features: np.ndarray, y: np.ndarray, sample_weight: np.ndarra
   z_bar, y_bar = w @ z, w @ y
   zc, yc = z - z_bar, y - y_bar
   gram = zc.T @ (w[:, None] * zc)
-  # alpha is per unit of total weight, as if the weights summed to one per sample.
+  # With p summing to one, alpha / m is alpha per unit of average weight.
   beta = np.linalg.solve(gram + alpha / len(y) * np.eye(z.shape[1]), zc.T @ (w * yc))
   residual = yc - zc @ beta
   total = w @ yc**2
@@ -160,7 +168,8 @@ def lime_tabular(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array,
     baseline: the value of masked features (``mode='mask'`` only).
     num_samples: perturbations, the input included.
     kernel_width: sigma of the proximity kernel (default per mode, above).
-    ridge: the ridge penalty (per unit of total sample weight).
+    ridge: the ridge penalty, per unit of average sample weight
+      (:func:`weighted_ridge`).
     target: the output column to explain; default: the predicted one.
     batch_size: the largest batch passed to ``predict_fn``.
 
@@ -223,7 +232,8 @@ def lime_image(predict_fn: PredictFn, image: np.ndarray, *, key: jax.Array,
   Each perturbation keeps a random half of the cells (``Bernoulli(0.5)`` each)
   and sets the others to ``baseline``; the surrogate is fit on the binary masks,
   weighted by ``exp(-D^2 / kernel_width^2)`` with ``D`` the cosine distance of
-  the mask from the all-ones mask (the LIME package's image defaults).
+  the mask from the all-ones mask (the distance and width 0.25 of the LIME
+  package's image explainer, with the paper's kernel: see the module's note).
 
   Args:
     predict_fn: ``[m, height, width(, channels)] -> [m, k]`` model scores, e.g.
@@ -236,7 +246,8 @@ def lime_image(predict_fn: PredictFn, image: np.ndarray, *, key: jax.Array,
       a normalised image, the normalised black value).
     num_samples: perturbations, the image itself included.
     kernel_width: sigma of the proximity kernel.
-    ridge: the ridge penalty (per unit of total sample weight).
+    ridge: the ridge penalty, per unit of average sample weight
+      (:func:`weighted_ridge`).
     target: the output column to explain; default: the predicted one.
     batch_size: the largest batch passed to ``predict_fn``.
 
