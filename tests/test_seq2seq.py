@@ -211,6 +211,23 @@ def test_length_normalization_and_eos():
   np.testing.assert_array_equal(greedy.lengths, [1, 1])
 
 
+def test_pad_and_bos_are_never_emitted_before_eos():
+  # The model's most likely next token is pad, then bos; <eos> only at the third step.
+  table = _table({BOS: {PAD: 0.5, BOS: 0.3, A: 0.2}, A: {PAD: 0.5, BOS: 0.3, B_: 0.2},
+                  B_: {PAD: 0.5, BOS: 0.3, EOS: 0.2}})
+  src = jnp.zeros((1, 2), jnp.int32)
+  kw = dict(max_len=4, bos_id=BOS, eos_id=EOS)
+  greedy = sequence.greedy_decode(toy_apply, {"table": table}, src, **kw)
+  np.testing.assert_array_equal(greedy.tokens, [[A, B_, EOS, PAD]])
+  np.testing.assert_array_equal(greedy.lengths, [3])
+  for k in (1, 3):
+    beam = sequence.beam_search(toy_apply, {"table": table}, src, beam_size=k,
+                                length_penalty=0.0, **kw)
+    np.testing.assert_array_equal(beam.tokens, [[A, B_, EOS, PAD]])
+    # The model's own log-probabilities, not renormalised without pad and bos.
+    np.testing.assert_allclose(beam.log_probs, [3 * np.log(0.2)], rtol=1e-5)
+
+
 def test_beam_keeps_a_finished_hypothesis_pushed_out_of_the_beam():
   # alpha=1. Step 0: [<eos>] (0.45: -0.80) and [A] (0.42) fill the beam. Step 1:
   # [A, B] and [A, C] (-0.78 a token) push [<eos>] out. Then B and C lead to a uniform

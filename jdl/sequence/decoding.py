@@ -11,6 +11,9 @@ Both functions drive a model through ``apply_fn`` (``model.apply``, e.g.
 
 Decoding runs for exactly ``max_len`` steps in one ``lax.scan``; a sequence that
 has emitted ``eos_id`` is padded with ``pad_id`` from then on (attention rows 0).
+``pad_id`` and ``bos_id`` are never emitted before ``<eos>``: their log-probabilities
+are set to ``-inf`` for a sequence still running (the others are not renormalised,
+so scores stay the model's log-probabilities).
 ``apply_fn``, ``max_len``, ``beam_size``, the ids and ``length_penalty`` are static:
 each function compiles once per (``apply_fn``, batch, source length, ``max_len``,
 ...) and is cached by ``jax.jit``. Pass the same ``apply_fn`` object each time
@@ -28,6 +31,12 @@ import jax
 import jax.numpy as jnp
 
 ApplyFn = Callable[..., Any]
+
+
+def _never_emitted(vocab: int, *, bos_id: int, eos_id: int, pad_id: int) -> jax.Array:
+  """``[vocab]`` bool: the ids a running sequence cannot produce (pad and bos, not eos)."""
+  ids = jnp.arange(vocab)
+  return ((ids == pad_id) | (ids == bos_id)) & (ids != eos_id)
 
 
 class DecodeResult(NamedTuple):
@@ -98,6 +107,8 @@ def greedy_decode(apply_fn: ApplyFn, variables: Any, src: jax.Array, *, max_len:
   def step(state, _):
     carry, token, done = state
     carry, logits, attn = apply_fn(variables, carry, token, enc, method="decode_step")
+    never = _never_emitted(logits.shape[-1], bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+    logits = jnp.where(never, jnp.asarray(-jnp.inf, logits.dtype), logits)
     nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     nxt = jnp.where(done, pad_id, nxt)
     attn = jnp.where(done[:, None], jnp.zeros_like(attn), attn)
@@ -185,10 +196,12 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, k, -1)
     vocab = lp.shape[-1]
     is_pad = jnp.arange(vocab) == pad_id
-    # A finished hypothesis has one continuation, pad_id, at no cost.
+    never = _never_emitted(vocab, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+    # A finished hypothesis has one continuation, pad_id, at no cost; a live one
+    # any token but pad_id and bos_id.
     cand = jnp.where(finished[..., None],
                      jnp.where(is_pad, log_prob[..., None], neg_inf),
-                     log_prob[..., None] + lp)
+                     jnp.where(never, neg_inf, log_prob[..., None] + lp))
     cand_len = jnp.where(finished, length, t + 1)[..., None]
     _, idx = jax.lax.top_k(normalize(cand, cand_len).reshape(batch, k * vocab), k)
     beams, tok = idx // vocab, (idx % vocab).astype(jnp.int32)
