@@ -424,6 +424,10 @@ def test_conv1d_text_padding_exact():
                                                + (4 * 5 + 5) + (5 * 3 + 3))
   with pytest.raises(JdlError, match="receptive field"):
     model.apply(variables, x[:, :7])
+  # 'pre' padding, by any number of pads (odd counts shift the pool windows).
+  for pads in range(1, 6):
+    pre = np.concatenate([np.zeros((2, pads), np.int32), x[:, :11]], axis=1)
+    chex.assert_trees_all_close(apply(variables, pre)[1:], logits[1:], rtol=RTOL, atol=ATOL)
 
 
 def test_sequence_regressor_mixed_precision():

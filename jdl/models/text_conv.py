@@ -34,7 +34,9 @@ class Conv1DText(nn.Module):
       -> GlobalAveragePooling1D -> Dense
 
   with 'VALID' convolutions and pools. A max pool follows every conv but the last.
-  Padding does not change a sequence's output: a conv or pool output counts as real
+  Padding, 'pre' or 'post', does not change a sequence's output. Each row's leading
+  pads are first moved to its end (so the pool windows start at its first token,
+  as they would without padding); then a conv or pool output counts as real
   only when its whole window is real (as it would exist for the unpadded
   sequence), padded pool inputs are zeroed (ReLU outputs are non-negative, so a
   zero never wins a max over real values), and the global average runs over real
@@ -107,6 +109,10 @@ class Conv1DText(nn.Module):
         f"({self.min_length()}) of filters={tuple(self.filters)}, kernel_size="
         f"{self.kernel_size}, pool_size={self.pool_size}; pad them longer")
     x = jnp.asarray(x, jnp.int32)
+    # 'pre' padding: rotate each row left past its leading pads (no-op for 'post').
+    leading = jnp.argmax(x != self.pad_id, axis=1)  # 0 for a row of pads only.
+    positions = (jnp.arange(x.shape[1])[None, :] + leading[:, None]) % x.shape[1]
+    x = jnp.take_along_axis(x, positions, axis=1)
     mask = x != self.pad_id
     h = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(x)
     init = get_initializer(self.kernel_init)
