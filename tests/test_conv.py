@@ -45,6 +45,30 @@ def test_conv_matches_flax_conv_and_its_gradients(shape, window, strides, paddin
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("pads", [(4, 0), (0, 5), (4, 4)])
+@pytest.mark.parametrize("impl", ["patches", "hybrid"])
+def test_padding_wider_than_the_window_against_numpy(impl, pads):
+  # Padding beyond k - 1 makes the input gradient's convolution pad negatively, which
+  # XLA:CPU computes wrongly for some shapes (flax.linen.Conv's gradient here too), so
+  # the reference is numpy's: y[p] = sum_j x_pad[p + j] W[j], dx = the adjoint, cropped.
+  k, n, (lo, hi) = 3, 7, pads
+  rng = np.random.default_rng(0)
+  x, w = rng.normal(size=(2, n, 3)), rng.normal(size=(k, 3, 4))
+  xp = np.pad(x, [(0, 0), (lo, hi), (0, 0)])
+  m = n + lo + hi - k + 1
+  y = np.stack([np.einsum("bjc,jco->bo", xp[:, p:p + k], w) for p in range(m)], 1)
+  g = rng.normal(size=y.shape)
+  dxp = np.zeros_like(xp)
+  for p in range(m):
+    dxp[:, p:p + k] += np.einsum("bo,jco->bjc", g[:, p], w)
+  conv = Conv(4, (k,), padding=[pads], impl=impl, use_bias=False)
+  v = {"params": {"kernel": jnp.asarray(w, jnp.float32)}}
+  xj = jnp.asarray(x, jnp.float32)
+  np.testing.assert_allclose(conv.apply(v, xj), y, rtol=1e-5, atol=1e-5)
+  dx = jax.grad(lambda a: jnp.sum(conv.apply(v, a) * jnp.asarray(g, jnp.float32)))(xj)
+  np.testing.assert_allclose(dx, dxp[:, lo:lo + n], rtol=1e-5, atol=1e-5)
+
+
 def test_conv_has_flax_conv_parameters():
   x = jnp.ones((1, 8, 8, 3))
   ours = jax.eval_shape(Conv(4, (3, 3)).init, jax.random.key(0), x)

@@ -143,9 +143,14 @@ def _conv_hybrid_bwd(pads, residuals, dy):
   spatial = tuple(range(len(window)))
   # d/dx of a stride-1 correlation: the output gradient correlated with the flipped,
   # transposed kernel, padded by (k - 1 - low, k - 1 - high).
+  # A padding wider than k - 1 makes that negative: pad by 0 there and crop instead
+  # (XLA:CPU computes some convolutions with negative padding wrongly).
   flipped = jnp.swapaxes(jnp.flip(kernel, spatial), -1, -2)
-  dx = _conv_xla(dy, flipped, tuple((k - 1 - lo, k - 1 - hi)
-                                    for k, (lo, hi) in zip(window, pads)))
+  grad_pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(window, pads)]
+  dx = _conv_xla(dy, flipped, tuple((max(lo, 0), max(hi, 0)) for lo, hi in grad_pads))
+  if any(lo < 0 or hi < 0 for lo, hi in grad_pads):
+    dx = dx[(slice(None), *(slice(max(-lo, 0), n - max(-hi, 0))
+                            for (lo, hi), n in zip(grad_pads, dx.shape[1:-1])), slice(None))]
   # d/dkernel[offset] = sum over batch and positions of x_pad[p + offset] * dy[p].
   x_pad = jax.lax.pad(x, jnp.zeros((), x.dtype),
                       [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
