@@ -362,6 +362,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 
 
 def _parse_literal(raw: str) -> Any:
+  """A Python literal; ``true``/``false``/``none`` in any case as on the other keys; else the text."""
+  low = raw.strip().lower()
+  if low in ("true", "false"):
+    return low == "true"  # Not the string "false", which is truthy.
+  if low in ("none", "null"):
+    return None
   try:
     return ast.literal_eval(raw)
   except (ValueError, SyntaxError):

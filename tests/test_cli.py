@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import jdl
 from jdl import cli
 
 from conftest import assert_exports_equal, cli_env, start_training
@@ -151,6 +152,16 @@ def test_bad_inputs_give_one_line_and_exit_2_and_keep_the_workdir(trained, tmp_p
       failures.append(f"{name}: code={code} err={err!r}")
   assert not failures, "\n".join(failures)
   assert _snapshot(trained) == before
+
+
+@pytest.mark.parametrize("raw, value", [("false", False), ("False", False), ("TRUE", True),
+                                        ("none", None), ("(32, 16)", (32, 16)), ("0.5", 0.5),
+                                        ("relu", "relu")])
+def test_a_new_model_field_parses_like_the_other_keys(raw, value):
+  # A model field the config does not list yet: 'false' must not stay the (truthy) text.
+  config = jdl.load_config("digits_mlp")
+  jdl.config.apply_overrides(config, {"model.batch_norm": raw})
+  assert config.model.batch_norm == value and type(config.model.batch_norm) is type(value)
 
 
 def test_changed_model_refuses_to_resume(trained, capsys):
