@@ -90,6 +90,8 @@ class Checkpointer:
         enable_async_checkpointing=async_save,
         create=True,
     )
+    self._async = bool(async_save)
+    self._unconfirmed: list[int] = []  # Saved steps not yet known to be on disk.
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("tree", "meta"),
         item_handlers={"tree": ocp.PyTreeCheckpointHandler(use_compression=compression)})
@@ -99,11 +101,15 @@ class Checkpointer:
     """Saves ``tree`` and ``meta`` as ``step`` (asynchronously if so configured)."""
     args = ocp.args.Composite(tree=ocp.args.PyTreeSave(to_savable(tree)),
                               meta=ocp.args.JsonSave(meta))
-    with self._write_errors(step):
+    # orbax first waits for the previous asynchronous save: its failure surfaces here.
+    self._unconfirmed.append(int(step))
+    with self._write_errors():
       self._manager.save(int(step), args=args, metrics=metrics, force=True)
+    if not self._async:
+      self._unconfirmed.clear()
 
   @contextlib.contextmanager
-  def _write_errors(self, step: int | None):
+  def _write_errors(self):
     """Turns a failed write (disk full, permission denied) into one clear error.
 
     orbax writes each step into a temporary folder and renames it when complete, so
@@ -111,10 +117,14 @@ class Checkpointer:
     """
     try:
       yield
-    except OSError as e:
-      what = f"the checkpoint at step {step}" if step is not None else "a checkpoint"
-      raise JdlError(f"cannot write {what} in {self.directory}: "
-                     f"{e.strerror or e}; the earlier checkpoints are intact") from None
+    except (OSError, ValueError) as e:
+      if isinstance(e, ValueError) and not _is_write_failure(e):
+        raise
+      steps = " or ".join(map(str, self._unconfirmed[-2:]))
+      what = f"the checkpoint at step {steps}" if steps else "a checkpoint"
+      reason = getattr(e, "strerror", None) or _write_failure_reason(e)
+      raise JdlError(f"cannot write {what} in {self.directory}: {reason}; the steps "
+                     "saved before are intact") from None
 
   def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
     """Restores ``step`` into the structure, shapes and dtypes of ``target``."""
@@ -124,6 +134,27 @@ class Checkpointer:
             abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
         meta=ocp.args.JsonRestore()))
     return from_savable(target, restored["tree"]), dict(restored["meta"])
+
+  def layout_mismatch(self, step: int, target: Any) -> list[str] | None:
+    """How ``step``'s stored arrays differ from ``target``'s (paths, shapes, dtypes).
+
+    Read from the step's metadata, without restoring. ``[]`` when they match;
+    ``None`` when the metadata cannot be read (a damaged step: restoring it will
+    tell). A mismatch is not damage: the step holds another model or optimizer.
+    """
+    try:
+      stored = self._manager.item_metadata(int(step))["tree"]
+      have = _layout(stored)
+    except Exception:  # noqa: BLE001 (orbax/tensorstore raise many types)
+      return None
+    want = _layout(jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(target)))
+    diffs = [(path, f"{path} is not in the checkpoint") for path in want if path not in have]
+    diffs += [(path, f"{path} is in the checkpoint only") for path in have if path not in want]
+    diffs += [(path, f"{path} is {have[path][0]} {have[path][1]} in the checkpoint, "
+               f"{want[path][0]} {want[path][1]} here") for path in want
+              if path in have and have[path] != want[path]]
+    # Parameters first: the most telling difference.
+    return [d for _, d in sorted(diffs, key=lambda d: ("/params/" not in d[0], d[0]))]
 
   def restore_meta(self, step: int) -> dict[str, Any]:
     restored = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -140,12 +171,14 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
-    with self._write_errors(None):
+    with self._write_errors():
       self._manager.wait_until_finished()
+    self._unconfirmed.clear()
 
   def close(self) -> None:
-    with self._write_errors(None):
+    with self._write_errors():
       self._manager.wait_until_finished()
+    self._unconfirmed.clear()
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:
@@ -153,6 +186,30 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+# tensorstore reports a failed write as a ValueError with a status and the OS error.
+_WRITE_FAILURES = ("Error writing", "os_error_code", "RESOURCE_EXHAUSTED", "PERMISSION_DENIED")
+
+
+def _is_write_failure(e: ValueError) -> bool:
+  return any(mark in str(e) for mark in _WRITE_FAILURES)
+
+
+def _write_failure_reason(e: BaseException) -> str:
+  """The OS's words for a tensorstore write error ('No space left on device'), else its first line."""
+  text = str(e)
+  marker = text.rfind(": ", 0, text.rfind(" [os_error_code"))
+  if "[os_error_code" in text and marker >= 0:
+    return text[marker + 2:text.rfind(" [os_error_code")]
+  return text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+
+
+def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+  """``{'state/params/Dense_0/kernel': (shape, dtype name), ...}`` of a tree of arrays."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
+          (tuple(leaf.shape), np.dtype(leaf.dtype).name) for path, leaf in leaves}
 
 
 def flatten_params(params: Any) -> dict[str, np.ndarray]:
@@ -174,10 +231,38 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> 
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only.
+  require_undamaged(directory)
   try:
-    return _restore_params(directory, step)
+    with unreadable_as_error(directory, step):
+      return _restore_params(directory, step)
   finally:
     absl_logger.setLevel(level)
+
+
+def require_undamaged(directory: str | os.PathLike) -> None:
+  """For the commands that only read a run: one error naming its damaged steps.
+
+  Raises:
+    JdlError: some step's files are visibly damaged (:func:`find_damaged`).
+  """
+  damaged = find_damaged(directory)
+  if damaged:
+    listed = "; ".join(f"step {s}: {r}" for s, r in sorted(damaged.items()))
+    raise JdlError(f"damaged checkpoints in {directory} ({listed}); `jdl train` with this "
+                   "workdir moves them aside and resumes from the last good one")
+
+
+@contextlib.contextmanager
+def unreadable_as_error(directory: str | os.PathLike, step: int | None):
+  """Turns a failed read of a step (orbax, tensorstore, JSON) into one clear error."""
+  try:
+    yield
+  except JdlError:
+    raise
+  except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types for damage)
+    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    which = f"the checkpoint at step {step}" if step is not None else "the latest checkpoint"
+    raise JdlError(f"{which} in {directory} is unreadable ({reason})") from None
 
 
 def _restore_params(directory, step):

@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     if workdir:
       s.add_argument("--workdir", default=None, metavar="DIR",
                      help="run directory: config.json, metrics.jsonl, summary.txt, "
-                          "checkpoints/, tb/, plots/ (default: runs/<experiment>)")
+                          "checkpoints/, tb/, plots/ "
+                          + ("(default: runs/<experiment>)" if config else "(required)"))
     return s
 
   t = add("train", "Train an experiment; re-running with the same --workdir resumes it.")
@@ -296,14 +297,49 @@ def _list(args, overrides) -> int:
 
 
 def _quiet_library_logs() -> None:
-  """orbax and absl log routine warnings at WARNING level; a CLI user needs none."""
+  """orbax and absl log routine warnings at WARNING level; a CLI user needs none.
+
+  orbax also logs a failed background write at ERROR level, with a traceback, from
+  each of its threads; jdl reports that failure as one ``jdl: error:`` line (see
+  :meth:`jdl.checkpoint.Checkpointer.save`), so only CRITICAL messages pass.
+  """
   import logging
   try:
     from absl import logging as absl_logging
-    absl_logging.set_verbosity(absl_logging.ERROR)
+    absl_logging.set_verbosity(absl_logging.FATAL)
   except ImportError:
     pass
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  logging.getLogger("absl").setLevel(logging.CRITICAL)
+  _ignore_closed_loop_callbacks()
+
+
+def _closed_loop(exc: BaseException | None) -> bool:
+  return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+def _ignore_closed_loop_callbacks() -> None:
+  """Silences tensorstore's callbacks into an event loop orbax already closed.
+
+  After a failed read of a damaged checkpoint (reported as one ``jdl: error:`` or
+  warning line), tensorstore still completes the read's other futures, and each
+  completion calls ``call_soon_threadsafe`` on orbax's closed loop: a "RuntimeError:
+  Event loop is closed" traceback apiece, from threads jdl does not own, with
+  nothing left to do. Every other exception is printed as before.
+  """
+  if getattr(sys.excepthook, "_jdl_closed_loop", False):
+    return
+  previous_hook, previous_unraisable = sys.excepthook, sys.unraisablehook
+
+  def excepthook(kind, value, tb):
+    if not _closed_loop(value):
+      previous_hook(kind, value, tb)
+
+  def unraisablehook(unraisable):
+    if not _closed_loop(unraisable.exc_value):
+      previous_unraisable(unraisable)
+
+  excepthook._jdl_closed_loop = True  # type: ignore[attr-defined]
+  sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -299,8 +299,32 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
     raise JdlError(f"config file {path} defines no get_config() function")
   if not isinstance(config, ml_collections.ConfigDict):
     raise JdlError(f"get_config() in {path} must return an ml_collections.ConfigDict")
+  unknown = unknown_keys(config)
+  if unknown:
+    raise JdlError(f"get_config() in {path} sets {', '.join(repr(k) for k in unknown)}, "
+                   "which the base config does not declare (a misspelt key would otherwise "
+                   "be a silently ignored setting); see jdl.config.base_config()")
   config.lock()
   return config
+
+
+def unknown_keys(config: ml_collections.ConfigDict) -> list[str]:
+  """Dotted keys of ``config`` that :func:`base_config` does not declare (``model.*`` is free)."""
+  found: list[str] = []
+
+  def walk(node: Any, base: Any, path: str) -> None:
+    for key in node.keys():
+      where = f"{path}{key}"
+      if where == "model":
+        continue
+      if key not in base:
+        found.append(where)
+      elif isinstance(node[key], ml_collections.ConfigDict) and isinstance(
+          base[key], ml_collections.ConfigDict):
+        walk(node[key], base[key], f"{where}.")
+
+  walk(config, base_config(), "")
+  return found
 
 
 def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
@@ -458,6 +482,18 @@ def structural_diff(saved: dict, current: dict) -> list[str]:
   for key in STRUCTURAL_KEYS:
     _diff(_get(saved, key), _get(current, key), key, diffs)
   return diffs
+
+
+def value_diff(saved: dict, current: dict, *, limit: int = 6) -> list[str]:
+  """``"key (saved -> current)"`` for the config keys whose values differ, first ``limit``.
+
+  ``runtime`` (the machine a run was on) is left out.
+  """
+  diffs: list[str] = []
+  for key in sorted((set(saved) | set(current)) - {"runtime"}):
+    _diff(saved.get(key), current.get(key), key, diffs)
+  shown = [f"{k} ({_get(saved, k)!r} -> {_get(current, k)!r})" for k in diffs[:limit]]
+  return shown + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])
 
 
 def _get(tree: dict, dotted: str) -> Any:

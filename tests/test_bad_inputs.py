@@ -76,8 +76,17 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
   trunc_zip = tmp / "trunc.npz"
   np.savez(trunc_zip, x=x, y=y)
   trunc_zip.write_bytes(trunc_zip.read_bytes()[:100])
+  typo = tmp / "typo.py"
+  typo.write_text("from jdl.config import base_config\n\ndef get_config():\n"
+                  "  c = base_config()\n  c.batchsize = 32\n  return c\n")
   npz = "--config.dataset=npz"
   return {
+      # The finished run's model with another optimizer state: a mismatch, not damage.
+      "another optimizer than the run's": ([*FAST, "--config.optimizer.name=sgd"],
+                                           ["another model or optimizer", "optimizer.name"]),
+      "clipping added to the run's chain": ([*FAST, "--config.optimizer.clip_norm=1.0"],
+                                            ["optimizer.clip_norm"]),
+      "a misspelt key in a config file": (["--config", typo], ["'batchsize'", "typo.py"]),
       # Config keys and values.
       "unknown top-level key": (["--config.learning_rate=0.1"], ["learning_rate"]),
       "unknown nested key": (["--config.optimizer.lr=0.1"], ["optimizer.lr"]),
@@ -182,6 +191,31 @@ def test_every_bad_input_gets_one_line_exit_2_and_the_workdir_is_kept(finished, 
           and "Traceback" not in err and all(w.lower() in err.lower() for w in words))
     if not ok:
       failures.append(f"{name}: code={code} err={err.strip()!r}")
+  assert not failures, "\n".join(failures)
+  assert _snapshot(finished) == before
+
+
+def test_read_commands_on_a_mismatched_or_damaged_run(finished, tmp_path, capsys):
+  import shutil
+  cases = {"evaluate with another model": ["evaluate", "--workdir", finished, "--config",
+                                           "digits_mlp"],
+           "evaluate with another optimizer": ["evaluate", "--workdir", finished,
+                                               "--config.optimizer.name=sgd", *FAST]}
+  damaged = {"emptied metrics": lambda step: (step / "metrics" / "metrics").write_text(""),
+             "missing manifest": lambda step: (step / "tree" / "manifest.ocdbt").unlink()}
+  for name, damage in damaged.items():
+    copy = tmp_path / name.replace(" ", "_")
+    shutil.copytree(finished, copy)
+    damage(max((copy / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name)))
+    cases[f"evaluate, {name}"] = ["evaluate", "--workdir", copy]
+    cases[f"export, {name}"] = ["export", "--workdir", copy, "--out", tmp_path / "p.npz"]
+  before = _snapshot(finished)
+  failures = []
+  for name, args in cases.items():
+    code = cli.main([str(a) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    if not (code == 2 and len(err) == 1 and err[0].startswith("jdl: error: ")):
+      failures.append(f"{name}: code={code} err={err[:3]!r}")
   assert not failures, "\n".join(failures)
   assert _snapshot(finished) == before
 

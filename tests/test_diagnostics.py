@@ -203,6 +203,21 @@ def test_resume_keeps_diagnostics_lines_up_to_the_step(tmp_path):
   assert [json.loads(line)["step"] for line in lines] == [5, 10]
 
 
+def test_a_damaged_line_is_dropped_but_the_file_kept_a_partial_last_line_just_dropped(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 5, "split": "train"}\n{"step": 10, "spl\n'
+                  '{"step": 10, "split": "val"}\n{"step": 15, "sp')
+  original = path.read_text()
+  backup = cb.MetricsLogger(path).truncate_after(15)
+  assert [json.loads(line) for line in path.read_text().splitlines()] == [
+      {"step": 5, "split": "train"}, {"step": 10, "split": "val"}]
+  assert backup is not None and backup.read_text() == original
+  # Only a partial last line (a kill mid-append): nothing to keep.
+  path.write_text('{"step": 5, "split": "train"}\n{"step": 10, "sp')
+  assert cb.MetricsLogger(path).truncate_after(15) is None
+  assert path.read_text() == '{"step": 5, "split": "train"}\n'
+
+
 # --------------------------------------------------------------- end to end
 def _fit(workdir, **overrides):
   config = make_config(num_epochs=1, **overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from jdl import cli
 from jdl.train import workdir as workdir_lib
 from jdl.train.callbacks import Callback
 
-from conftest import assert_exports_equal, make_config, start_training
+from conftest import assert_exports_equal, cli_env, make_config, start_training
 
 
 
@@ -104,6 +105,33 @@ def test_no_readable_checkpoint_is_a_clear_error(tmp_path, capsys):
   assert code == 2  # Different config: refused before any checkpoint is read.
   with pytest.raises(jdl.JdlError, match="no readable checkpoint.*--restart"):
     jdl.fit(config, tmp_path, quiet=True)
+  history = (tmp_path / "metrics.jsonl").read_bytes()
+  # The same command again: checkpoints/ is now empty, but the moved-aside steps say
+  # this is not a fresh workdir. Starting over would overwrite the run's history.
+  with pytest.raises(jdl.JdlError, match=r"no readable checkpoint .*moved earlier.*--restart"):
+    jdl.fit(config, tmp_path, quiet=True)
+  assert (tmp_path / "metrics.jsonl").read_bytes() == history
+  # --restart moves the whole old run aside, the moved-aside steps with it.
+  assert cli.main(["train", "--workdir", str(tmp_path), "--quiet", "--config", "digits_mlp",
+                   "--config.num_epochs=1", "--restart"]) == 0
+  previous = list(tmp_path.glob("previous-*"))
+  assert len(previous) == 1 and (previous[0] / "damaged-checkpoints").is_dir()
+  assert not (tmp_path / "damaged-checkpoints").exists()
+
+
+def test_a_file_where_the_checkpoints_folder_goes_is_refused_before_any_write(tmp_path, capsys):
+  (tmp_path / "checkpoints").write_text("not a folder\n")
+  assert cli.main(["train", "--workdir", str(tmp_path), "--quiet", "--config", "digits_mlp",
+                   "--config.num_epochs=1"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"jdl: error: {tmp_path / 'checkpoints'} is a file, where a run keeps its "
+                 "checkpoints folder; move it away or use another --workdir"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+  # The workdir itself a file.
+  assert cli.main(["train", "--workdir", str(tmp_path / "checkpoints"), "--quiet"]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"jdl: error: workdir {tmp_path / 'checkpoints'} is a file, not a folder; use another "
+      "--workdir"]
 
 
 class _CrashAfter(Callback):
@@ -209,7 +237,7 @@ def test_a_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(tmp_p
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", flaky_save)
   with pytest.raises(jdl.JdlError, match=r"cannot write the checkpoint at step 40 .*No space "
-                                         r"left on device; the earlier checkpoints are intact"):
+                                         r"left on device; the steps saved before are intact"):
     jdl.fit(config, tmp_path, quiet=True)
   monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
   assert _steps(tmp_path) == [20]
@@ -217,6 +245,25 @@ def test_a_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(tmp_p
   reference = jdl.fit(config, quiet=True)
   chex.assert_trees_all_equal(jax.device_get(reference.state.params),
                               jax.device_get(resumed.state.params))
+
+
+def test_a_real_failed_write_is_one_line_through_the_cli(tmp_path):
+  # Not a mocked OSError: the OS refuses the write (files limited to 59 kB, larger than
+  # the config and logs, smaller than a checkpoint's data file), and tensorstore reports
+  # it from orbax's background threads as a ValueError after the save call returned.
+  import shlex
+
+  command = shlex.join([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(tmp_path),
+                        "--config", "digits_mlp", "--quiet", "--config.num_epochs=2",
+                        "--config.tensorboard=false", "--config.plots=false"])
+  # SIGXFSZ ignored (across exec): write() then fails with EFBIG. 59 blocks of 1 kB.
+  proc = subprocess.run(["bash", "-c", f"ulimit -f 59 && trap '' XFSZ && exec {command}"],
+                        env=cli_env(cache=None), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and re.match(r"jdl: error: cannot write the checkpoint at step "
+                                      r"[\d or]+ in .*: File too large; ", lines[0]), lines[:5]
+  assert (tmp_path / "config.json").is_file() and (tmp_path / "metrics.jsonl").is_file()
 
 
 def test_sigkill_inside_a_checkpoint_write_then_resume_is_bitwise_equal(tmp_path):

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,29 +155,39 @@ class MetricsLogger(Callback):
   def __init__(self, path: str | Path):
     self.path = Path(path)
 
-  def truncate_after(self, step: int) -> None:
-    """Drops lines past ``step`` and test lines: the resumed run writes them again."""
+  def truncate_after(self, step: int) -> Path | None:
+    """Drops lines past ``step`` and test lines: the resumed run writes them again.
+
+    A partial last line (a run killed while appending) is dropped too. An unreadable
+    line before it is damage, not a kill: the file as it was is then kept beside it,
+    and its path returned (else ``None``).
+    """
     if not self.path.exists():
-      return
+      return None
     try:
       text = self.path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
       raise JdlError(f"cannot read {self.path}: {e.strerror}") from None
-    records = []
-    for line in text.splitlines():
-      # A run killed while appending leaves a partial last line: drop what does not
-      # parse; the resumed run writes those records again.
+    records, damaged = [], False
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
       try:
         record = json.loads(line)
       except json.JSONDecodeError:
+        damaged = damaged or i < len(lines) - 1
         continue
       if isinstance(record, dict):
         records.append(record)
     kept = [json.dumps(r, allow_nan=True) for r in records
             if r.get("step", 0) <= step and r.get("split") != "test"]
+    backup = None
+    if damaged:
+      backup = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+      backup.write_text(text, encoding="utf-8")
     tmp = self.path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     tmp.replace(self.path)
+    return backup
 
   def write(self, record: dict[str, Any]) -> None:
     with self.path.open("a") as f:

@@ -60,6 +60,7 @@ from jdl.train import steps as steps_lib
 from jdl.train import transfer
 from jdl.train import workdir as workdir_lib
 from jdl.train.outputs import GenerativeOutputs, SequenceOutputs
+from jdl.train import resume
 from jdl.train.resume import ResumableRun
 from jdl.train.state import TrainState, create_train_state
 
@@ -661,6 +662,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     with workdir_lib.StopRequests() as stop, contextlib.closing(self.feed):
       if self.workdir is None:
         return self._fit(stop)
+      if self.workdir.exists() and not self.workdir.is_dir():
+        raise JdlError(f"workdir {self.workdir} is a file, not a folder; use another "
+                       "--workdir")
       try:
         self.workdir.mkdir(parents=True, exist_ok=True)
       except OSError as e:
@@ -1053,13 +1057,17 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {workdir}; train first with "
                    f"`jdl train --workdir {workdir}`")
-  with ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
-                             best_mode=config.monitor_mode, async_save=False) as ck:
+  ckpt_lib.require_undamaged(ckdir)
+  with ckpt_lib.unreadable_as_error(ckdir, None):
+    ck = ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
+                               best_mode=config.monitor_mode, async_save=False)
+  with ck:
     step = ck.best_step() if config.monitor and best else None
     step = step if step is not None else ck.latest_step()
     if step is None:
       raise JdlError(f"no checkpoints in {ckdir}")
-    meta = ck.restore_meta(step)
+    with ckpt_lib.unreadable_as_error(ckdir, step):
+      meta = ck.restore_meta(step)
     vocab = None
     if isinstance(meta, dict) and meta.get("vocab"):  # Text: the run's own token ids.
       try:
@@ -1067,7 +1075,15 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
       except (AttributeError, JdlError) as e:
         raise JdlError(f"checkpoint {step} in {ckdir}: bad vocabulary ({e})") from None
     trainer = Trainer(config, None, quiet=True, vocab=vocab)
-    tree, _ = ck.restore(step, {"state": trainer.state, "acc": trainer.empty_acc()})
+    target = {"state": trainer.state, "acc": trainer.empty_acc()}
+    diffs = ck.layout_mismatch(step, target)
+    if diffs:
+      saved = resume.saved_config(workdir, ck, step)
+      raise JdlError(resume.mismatch_message(
+          workdir, step, diffs, saved, config,
+          remedy="Leave out --config and the overrides: the run's config.json is used"))
+    with ckpt_lib.unreadable_as_error(ckdir, step):
+      tree, _ = ck.restore(step, target)
   trainer.state = tree["state"]
   return trainer
 

@@ -25,6 +25,34 @@ from jdl.train import workdir as workdir_lib
 from jdl.train.state import TrainState
 
 
+def saved_config(workdir, checkpointer, step: int) -> dict | None:
+  """The run's config: ``config.json``, else the one in the step's metadata."""
+  try:
+    return json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError):
+    pass
+  try:
+    config = checkpointer.restore_meta(step).get("config")
+  except Exception:  # noqa: BLE001 (a damaged step: no config to compare)
+    return None
+  return config if isinstance(config, dict) else None
+
+
+RESUME_REMEDY = ("Use the run's own config, another --workdir, or --restart to start over "
+                 "(the old run is moved aside)")
+
+
+def mismatch_message(workdir, step: int, diffs: list[str], saved: dict | None,
+                     config, remedy: str = RESUME_REMEDY) -> str:
+  """One line: a checkpoint's arrays differ from the config's; which keys changed."""
+  current = json.loads(config_lib.to_json(config))
+  changed = config_lib.value_diff(saved, current) if isinstance(saved, dict) else []
+  keys = f"; the config differs from the run's in {', '.join(changed)}" if changed else ""
+  more = f" and {len(diffs) - 2} more" if len(diffs) > 2 else ""
+  return (f"the checkpoint at step {step} in {workdir} holds another model or optimizer "
+          f"state than this config builds ({'; '.join(diffs[:2])}{more}){keys}. {remedy}")
+
+
 class VocabularyMismatch(JdlError):
   """A checkpoint's vocabulary differs from the one the train split gives now."""
 
@@ -40,6 +68,12 @@ class ResumableRun:
     them taking part).
     """
     wd = self.workdir
+    for name in workdir_lib.RUN_FILES:  # Before anything is written.
+      path, folder = wd / name, "." not in name
+      if path.exists() and path.is_dir() != folder:
+        raise JdlError(f"{path} is a {'file' if folder else 'folder'}, where a run keeps "
+                       f"its {name} {'folder' if folder else 'file'}; move it away or use "
+                       "another --workdir")
     if self.primary:
       wd.mkdir(parents=True, exist_ok=True)
       for sub in ("plots", "tb"):
@@ -68,7 +102,10 @@ class ResumableRun:
     if self.config.tensorboard:
       self.tb = cb.TensorBoard(wd / "tb")
     start = self._resume_latest_readable()
-    self.logger.truncate_after(start)
+    backup = self.logger.truncate_after(start)
+    if backup:
+      self.warn(f"jdl: warning: {self.logger.path} had unreadable lines, which were "
+                f"dropped; the file as it was is kept as {backup}")
     tmp = config_json.with_suffix(".tmp")
     tmp.write_text(config_lib.to_json(self.config, self.runtime()) + "\n")
     tmp.replace(config_json)
@@ -101,6 +138,7 @@ class ResumableRun:
     """
     steps = self.checkpointer.steps()
     for step in reversed(steps):
+      self._check_layout(step)
       try:
         return self._resume(step)
       except VocabularyMismatch:
@@ -114,12 +152,31 @@ class ResumableRun:
                     f"moved it to {moved}")
         parallel_lib.sync(f"jdl_quarantined_{step}")
         self._open_checkpointer()
-    if steps or self._damaged_steps:
-      steps = sorted(set(steps) | set(self._damaged_steps))
-      raise JdlError(f"no readable checkpoint in {self.checkpointer.directory} "
-                     f"(steps {steps} moved to damaged-checkpoints/); use --restart to start over (the old run is moved "
+    damaged_dir = self.workdir / "damaged-checkpoints"
+    earlier = sorted(p.name for p in damaged_dir.iterdir()) if damaged_dir.is_dir() else []
+    if steps or self._damaged_steps or earlier:
+      # Also on a later run: an empty checkpoints/ beside moved-aside steps is not a
+      # fresh workdir, and starting over would overwrite the old run's history.
+      moved = (f"steps {sorted(set(steps) | set(self._damaged_steps))} moved"
+               if steps or self._damaged_steps else f"{', '.join(earlier)} moved earlier")
+      raise JdlError(f"no readable checkpoint in {self.checkpointer.directory} ({moved} to "
+                     f"{damaged_dir}); use --restart to start over (the old run is moved "
                      "aside, not deleted)")
     return 0
+
+  def _check_layout(self, step: int) -> None:
+    """Refuses, touching nothing, a readable step that holds another state's arrays.
+
+    A config change outside :data:`jdl.config.STRUCTURAL_KEYS` can still change the
+    state (another optimizer, clipping, accumulation): that is a mismatch to name,
+    not damage to move aside.
+    """
+    target = {"state": self.state, "acc": self.empty_acc()}
+    diffs = self.checkpointer.layout_mismatch(step, target)
+    if not diffs:  # [] matches; None: unreadable metadata, the restore will tell.
+      return
+    saved = saved_config(self.workdir, self.checkpointer, step)
+    raise JdlError(mismatch_message(self.workdir, step, diffs, saved, self.config))
 
   def _resume(self, step: int) -> int:
     target = {"state": self.state, "acc": self.empty_acc()}

@@ -23,7 +23,8 @@ from typing import Callable, Iterator
 from jdl.errors import JdlError
 
 LOCK_NAME = ".jdl.lock"
-RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.txt", "config.json", "tb", "plots")
+RUN_FILES = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "summary.txt",
+             "config.json", "vocab.json", "tb", "plots")
 
 
 def _alive(pid: int) -> bool:
