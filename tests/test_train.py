@@ -129,6 +129,45 @@ def test_early_stopping_stops_and_restores_best():
   assert epochs - 1 - best == 2  # Stopped after patience + 1 epochs without improvement.
 
 
+def test_the_best_epoch_is_saved_whatever_the_checkpoint_cadence(tmp_path):
+  # digits_mlp at a high learning rate: val_loss is lowest at epoch 1, which a save
+  # every 2 epochs skipped. Re-running the finished run must give the same state.
+  config = jdl.load_config("digits_mlp")
+  config.unlock()
+  config.update(dict(num_epochs=30, checkpoint_every_epochs=2, tensorboard=False,
+                     plots=False))
+  config.optimizer.learning_rate = 3e-2
+  config.early_stopping.update(dict(enabled=True, patience=2))
+  config.lock()
+  first = jdl.fit(config, tmp_path, quiet=True)
+  assert int(np.argmin(first.history["val_loss"])) % 2 == 0  # An odd epoch (1, 3, ...).
+  again = jdl.fit(config, tmp_path, quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(first.state.params),
+                              jax.device_get(again.state.params))
+  assert again.test_metrics == first.test_metrics
+
+
+def test_a_second_fit_without_a_workdir_continues_from_the_trainer_state():
+  trainer = jdl.Trainer(make_config(num_epochs=2), quiet=True)
+  first = trainer.fit()
+  history = {k: list(v) for k, v in first.history.items()}
+  again = trainer.fit()  # Already at num_epochs: nothing to train, no empty epoch.
+  assert again.history == history and not trainer.nan_detected
+  assert int(again.state.step) == 2 * trainer.steps_per_epoch
+
+
+@pytest.mark.parametrize("mode", ["step", "scan"])
+def test_a_callback_stops_training_after_the_block_in_flight(mode):
+  class StopAtTen(jdl.train.callbacks.Callback):
+    def on_steps_end(self, trainer, step, num_steps):
+      if step >= 10:
+        trainer.stop_training = True
+
+  result = jdl.fit(make_config(num_epochs=3, epoch_mode=mode, scan_chunk=5), quiet=True,
+                   callbacks=[StopAtTen()])
+  assert int(result.state.step) == 10 and len(result.history["loss"]) == 1
+
+
 def test_reduce_on_plateau_lowers_the_learning_rate():
   config = make_config(num_epochs=6, optimizer__learning_rate=1e-9,
                        reduce_on_plateau__enabled=True, reduce_on_plateau__patience=1,

@@ -684,7 +684,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self._nonfinite_reported = 0
     self._param_names = [jax.tree_util.keystr(path, simple=True, separator="/")
                          for path, _ in jax.tree_util.tree_leaves_with_path(self.state.params)]
-    start = self._open_workdir() if self.workdir else 0
+    # Without a workdir a second fit() of the same trainer continues from its state.
+    start = self._open_workdir() if self.workdir else self.step
     self.log(self.summary())
     for callback in self.callbacks:
       callback.on_train_begin(self)
@@ -692,7 +693,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     every_seconds = float(self.config.checkpoint_every_seconds)
     epoch = start // spe
     if epoch >= self.num_epochs or self._stopped_before():
-      self.log("training already complete in this workdir")
+      self.log("training already complete" + (" in this workdir" if self.workdir else ""))
     else:
       self.compile_seconds = self._warm_up()
     compile_seconds = self.compile_seconds
@@ -714,6 +715,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
+        if self.stop_training:  # A callback stopped the run: the epoch ends here.
+          break
         if pos < spe:  # Mid-epoch checkpoints (the epoch's end saves in _end_epoch).
           due = bool(ce) and epoch * spe + pos - last_save >= ce
           if every_seconds:  # The processes agree, whatever their clocks say.
@@ -905,10 +908,22 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                         title=f"epoch {epoch + 1}")
     for callback in self.callbacks:
       callback.on_epoch_end(self, epoch, logs)
-    if last or self.stop_training or (epoch + 1) % int(self.config.checkpoint_every_epochs) == 0:
-      ranked = [self.config.monitor] + [m for m, _ in self._restored_metrics()]
-      metrics = {m: logs[m] for m in ranked if m in logs and math.isfinite(logs[m])}
+    ranked = [(self.config.monitor, self.config.monitor_mode), *self._restored_metrics()]
+    metrics = {m: logs[m] for m, _ in ranked if m and m in logs and math.isfinite(logs[m])}
+    # A new best epoch is saved whatever the cadence: it is the state that the best
+    # checkpoint (and early stopping's restore_best) must find on disk later.
+    new_best = any(m in metrics and self._is_new_best(m, mode) for m, mode in ranked)
+    if (last or self.stop_training or new_best
+        or (epoch + 1) % int(self.config.checkpoint_every_epochs) == 0):
       self._save(metrics or None)
+
+  def _is_new_best(self, metric: str, mode: str) -> bool:
+    """Whether this epoch's ``metric`` beats every earlier epoch's (history, so resumes too)."""
+    *earlier, now = self.history[metric]
+    earlier = [v for v in earlier if math.isfinite(v)]
+    if not earlier:
+      return True
+    return now < min(earlier) if mode == "min" else now > max(earlier)
 
   def _finish(self) -> dict[str, float]:
     test = {}
