@@ -87,6 +87,14 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
       "clipping added to the run's chain": ([*FAST, "--config.optimizer.clip_norm=1.0"],
                                             ["optimizer.clip_norm"]),
       "a misspelt key in a config file": (["--config", typo], ["'batchsize'", "typo.py"]),
+      # Monitored names are checked when the run is built, not after an epoch.
+      "misspelt early-stopping monitor": ([*FAST, "--config.early_stopping.enabled=true",
+                                           "--config.early_stopping.monitor=val_acc"],
+                                          ["early_stopping.monitor='val_acc'", "val_accuracy"]),
+      "early stopping without validation": ([*FAST, "--config.validation_split=0.0",
+                                             "--config.early_stopping.enabled=true"],
+                                            ["no validation split"]),
+      "misspelt checkpoint monitor": ([*FAST, "--config.monitor=val_acc"], ["monitor='val_acc'"]),
       # Config keys and values.
       "unknown top-level key": (["--config.learning_rate=0.1"], ["learning_rate"]),
       "unknown nested key": (["--config.optimizer.lr=0.1"], ["optimizer.lr"]),

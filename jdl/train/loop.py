@@ -204,6 +204,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       regularizers.check_activity_include(self.state.apply_fn, self.state.variables,
                                           self.data.train.x[:1], reg.activity_include)
     self.train_names = steps_lib.train_metric_names(names)
+    self._check_monitors()
     # A streamed split on a mesh: each process reads only its columns of every batch,
     # and blocks arrive pre-gathered, [num_steps, batch, ...] sharded P(None, 'data').
     self.gathered = self.parallel.enabled and isinstance(self.data.train, stream.StreamSplit)
@@ -577,6 +578,37 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     if self.generative or self.seq2seq:
       return gen_stats.compute(names, acc)
     return metrics_lib.compute(names, acc)
+
+  def _check_monitors(self) -> None:
+    """Monitored names this run will not log are errors now, not after an epoch.
+
+    Classification, regression and seq2seq runs log ``loss``, the train metrics,
+    ``learning_rate`` and, with a validation split, ``val_`` and every metric's
+    name. (Generative tasks' own names are checked at the first epoch's end.) A
+    ``val_`` ``config.monitor`` without a validation split is allowed: it ranks no
+    checkpoint, and the latest is used.
+    """
+    if self.generative:
+      return
+    logged = {"loss", "learning_rate", *self.train_names}
+    if self.data.val is not None:
+      logged |= {"val_loss", *(f"val_{n}" for n in self.metric_names)}
+    c = self.config
+    # config.monitor only ranks checkpoints: without a validation split a val_ name
+    # just ranks none (the latest is used), as the default val_loss does.
+    ranks = c.monitor and not (c.monitor.startswith("val_") and self.data.val is None)
+    monitors = [("monitor", c.monitor)] if ranks else []
+    if c.early_stopping.enabled:
+      monitors.append(("early_stopping.monitor", c.early_stopping.monitor))
+    if c.reduce_on_plateau.enabled:
+      monitors.append(("reduce_on_plateau.monitor", c.reduce_on_plateau.monitor))
+    for key, name in monitors:
+      if name in logged:
+        continue
+      hint = (" (there is no validation split: set validation_split > 0)"
+              if name.startswith("val_") and self.data.val is None else "")
+      raise JdlError(f"{key}={name!r} is not logged by this run{hint}; it logs "
+                     f"{', '.join(sorted(logged))}")
 
   def _make_callbacks(self, extra, progress):
     c = self.config
