@@ -24,7 +24,7 @@ _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
-def make_parser(doc: str, *, name: str, epochs: int) -> argparse.ArgumentParser:
+def make_parser(doc: str, *, name: str, epochs: int | str) -> argparse.ArgumentParser:
   """The arguments every driver takes; ``doc`` is the driver's module docstring."""
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument("--workdir", default=f"runs/{name}",

@@ -104,7 +104,9 @@ def arithmetic(state, judge, latent: int, out: Path) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = _common.make_parser(__doc__, name=NAME, epochs=30)
+  parser = _common.make_parser(
+      __doc__, name=NAME,
+      epochs="the config's num_epochs: gan_mnist 70, wgan_gp_mnist 200, dcgan_mnist 10")
   parser.add_argument("--config", default="gan_mnist", choices=CONFIGS)
   parser.add_argument("--classifier", default="",
                       help="the judge's run; default runs/mnist_fast (--tiny: WORKDIR/classifier)")

@@ -213,7 +213,7 @@ def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def flatten_params(params: Any) -> dict[str, np.ndarray]:
-  """``{'Dense_0/kernel': array, ...}``: parameters keyed by '/'-joined paths."""
+  """``{'hidden_0/kernel': array, ...}``: parameters keyed by '/'-joined paths."""
   flat = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(params), sep="/")
   return {k: np.asarray(v) for k, v in flat.items()}
 

@@ -2,8 +2,16 @@
 
 Variants by override: denoising (--config.augment.noise_std=0.3: noise on the inputs
 only, from the step's key; the target stays clean), sparse
-(--config.regularization.activity_l1=1e-4: L1 on the sown code), convolutional
-(--config.model.name=conv_autoencoder --config.model.latent=32).
+(--config.regularization.activity_l1=1e-4: L1 on the sown code). The convolutional
+autoencoder has other model fields (no `hidden`), so it takes a config file of its own:
+
+    import ml_collections
+    from ae_mnist import get_config as ae_config
+
+    def get_config():
+      config = ae_config()
+      config.model = ml_collections.ConfigDict({"name": "conv_autoencoder", "latent": 32})
+      return config
 
 Command:  jdl train --config ae_mnist --workdir runs/ae_mnist --config.data_dir=../shared/data/mnist
 Result:   see experiments/README.md (generative models).

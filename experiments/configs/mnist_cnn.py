@@ -1,7 +1,7 @@
-"""CNN (conv32-conv64-pool, dense 128, dropout) on MNIST.
+"""CNN (conv32-pool-conv64-pool, dense 128, dropout) on MNIST.
 
 Command:  jdl train --config mnist_cnn --workdir runs/mnist_cnn --config.data_dir=../shared/data/mnist
-Result:   99.18% test accuracy in 2.7 min on 2 CPU cores (experiments/README.md).
+Result:   99.24% test accuracy in 1.5 min on 2 CPU cores (2026-11-28's Xeon VM; experiments/README.md).
 """
 
 from jdl.config import base_config
