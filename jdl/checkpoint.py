@@ -143,7 +143,8 @@ class Checkpointer:
     tell). A mismatch is not damage: the step holds another model or optimizer.
     """
     try:
-      stored = self._manager.item_metadata(int(step))["tree"]
+      with _absl_quiet():  # orbax warns that it cannot read "meta" without its handler.
+        stored = self._manager.item_metadata(int(step))["tree"]
       have = _layout(stored)
     except Exception:  # noqa: BLE001 (orbax/tensorstore raise many types)
       return None
@@ -228,13 +229,19 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> 
   Raises:
     JdlError: no such step.
   """
+  require_undamaged(directory)
+  with _absl_quiet(), unreadable_as_error(directory, step):  # orbax warns that a read-only
+    return _restore_params(directory, step)                  # manager is read-only.
+
+
+@contextlib.contextmanager
+def _absl_quiet():
+  """orbax's routine absl warnings off for the block (errors still pass)."""
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only.
-  require_undamaged(directory)
+  absl_logger.setLevel(max(level, logging.ERROR))
   try:
-    with unreadable_as_error(directory, step):
-      return _restore_params(directory, step)
+    yield
   finally:
     absl_logger.setLevel(level)
 

@@ -147,6 +147,12 @@ def test_the_best_epoch_is_saved_whatever_the_checkpoint_cadence(tmp_path):
   assert again.test_metrics == first.test_metrics
 
 
+def test_predict_on_no_examples_gives_no_outputs():
+  result = jdl.fit(make_config(num_epochs=1), quiet=True)
+  out = jdl.predict(result, np.zeros((0, 8, 8, 1), np.float32))
+  assert out.shape == (0, 10) and out.dtype == np.float32
+
+
 def test_a_second_fit_without_a_workdir_continues_from_the_trainer_state():
   trainer = jdl.Trainer(make_config(num_epochs=2), quiet=True)
   first = trainer.fit()

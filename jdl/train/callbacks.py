@@ -62,9 +62,13 @@ def _monitored(logs: dict[str, float], monitor: str, who: str) -> float:
 
 
 class EarlyStopping(Callback):
-  """Stops when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+  """Stops when ``monitor`` has not improved by ``min_delta`` for more than ``patience`` epochs.
 
-  With ``restore_best`` the state of the best epoch is put back at the end.
+  ``patience`` epochs without improvement are tolerated; the next one stops the run
+  (with ``patience=2`` and the best epoch 1, training stops after epoch 4). Note that
+  ``reduce_on_plateau.patience`` counts as optax does: it reduces after ``patience``
+  epochs without improvement. With ``restore_best`` the state of the best epoch is
+  put back at the end.
   """
 
   def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 5,

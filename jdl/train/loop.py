@@ -1017,6 +1017,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
   def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
     state = self.state if state is None else state
+    if len(x) == 0:  # No examples: no outputs, of the outputs' shape.
+      return self.predict_normalized(jnp.zeros((1, *x.shape[1:]), x.dtype), state)[:0]
     idx, _ = pipeline.eval_batch_indices(len(x), self.eval_batch_size)
     outs = [np.asarray(self._predict(state, x[i])) for i in idx]
     return np.concatenate(outs)[: len(x)]
