@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                  help="size of the fixed train subset to overfit (default: 32)")
   c.add_argument("--overfit-steps", type=int, default=300, metavar="N",
                  help="Adam steps allowed to reach 100%% training accuracy (default: 300)")
-  c.add_argument("--overfit-lr", type=float, default=1e-3, metavar="LR",
-                 help="Adam learning rate of the overfitting check (default: 1e-3)")
+  c.add_argument("--overfit-lr", type=float, default=None, metavar="LR",
+                 help="Adam learning rate of the overfitting check (default: the "
+                      "config's when its optimizer is Adam-like, else 1e-3)")
   f = add("lr-find", "Learning-rate range test: loss against a geometrically growing learning "
           "rate; prints the suggested rate and saves a plot.", workdir=False)
   f.add_argument("--out", default=None, metavar="FILE.png",

@@ -127,6 +127,18 @@ def test_regression_skips_initial_loss_and_class_balance():
   assert results["gradcheck"].status == sanity.PASS
 
 
+def test_overfit_uses_the_configs_adam_rate_by_default(capsys):
+  # xor trains at Adam 0.05; at the fixed 1e-3 the 2-8-1 MLP did not fit its subset
+  # in 300 steps, and `jdl check` failed on a shipped experiment.
+  assert cli.main(["check", "--config", "xor"]) == 0
+  overfit = [line for line in capsys.readouterr().out.splitlines() if " overfit " in line]
+  assert len(overfit) == 1 and overfit[0].startswith("PASS") and "(lr 0.05)" in overfit[0]
+  # SGD-like optimizers keep Adam at 1e-3 (their rates mean something else).
+  results = sanity.run_checks(make_config(optimizer__name="sgd", optimizer__learning_rate=0.5),
+                              overfit_steps=1)
+  assert "(lr 0.001)" in {r.name: r for r in results}["overfit"].message
+
+
 def test_cli_check_on_the_default_experiment(capsys):
   # Small settings: a narrow CNN, a short overfitting budget. lecun_normal: with the
   # default he_normal the first logits are too large for initial_loss (see sanity.py).
