@@ -147,6 +147,16 @@ def test_the_best_epoch_is_saved_whatever_the_checkpoint_cadence(tmp_path):
   assert again.test_metrics == first.test_metrics
 
 
+def test_a_longer_run_on_resume_warns_that_the_cosine_schedule_changes(tmp_path, capsys):
+  jdl.fit(make_config(num_epochs=2, schedule__name="cosine"), tmp_path, quiet=True)
+  capsys.readouterr()
+  jdl.fit(make_config(num_epochs=3, schedule__name="cosine"), tmp_path, quiet=True)
+  warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+  assert len(warnings) == 1 and "num_epochs is 3, the run had 2" in warnings[0]
+  jdl.fit(make_config(num_epochs=3, schedule__name="cosine"), tmp_path, quiet=True)
+  assert "warning" not in capsys.readouterr().err  # Same length: nothing to say.
+
+
 def test_predict_on_no_examples_gives_no_outputs():
   result = jdl.fit(make_config(num_epochs=1), quiet=True)
   out = jdl.predict(result, np.zeros((0, 8, 8, 1), np.float32))

@@ -87,6 +87,13 @@ class ResumableRun:
         raise JdlError(
             f"workdir {wd} holds a run with a different config ({', '.join(diffs)} differ); "
             "use another --workdir, or --restart to start over (the old run is moved aside)")
+      schedule = current.get("schedule", {}).get("name")
+      old_epochs, new_epochs = saved.get("num_epochs"), current.get("num_epochs")
+      if (old_epochs != new_epochs and schedule in ("cosine", "warmup_cosine")
+          and (wd / "checkpoints").exists()):
+        self.warn(f"jdl: warning: num_epochs is {new_epochs}, the run had {old_epochs}: its "
+                  f"{schedule} schedule now spans {new_epochs} epochs, so the learning rate "
+                  "continues on the new curve (not the one the run started on)")
     self._damaged_steps = []
     for step, reason in (sorted(ckpt_lib.find_damaged(wd / "checkpoints").items())
                          if self.primary else ()):
