@@ -197,20 +197,26 @@ def _is_write_failure(e: ValueError) -> bool:
   return any(mark in str(e) for mark in _WRITE_FAILURES)
 
 
+def error_summary(e: BaseException) -> str:
+  """The first line of an exception's message (orbax's run to pages), else its type."""
+  text = str(e).strip()
+  return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 def _write_failure_reason(e: BaseException) -> str:
   """The OS's words for a tensorstore write error ('No space left on device'), else its first line."""
   text = str(e)
   marker = text.rfind(": ", 0, text.rfind(" [os_error_code"))
   if "[os_error_code" in text and marker >= 0:
     return text[marker + 2:text.rfind(" [os_error_code")]
-  return text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+  return error_summary(e)
 
 
 def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
   """``{'state/params/Dense_0/kernel': (shape, dtype name), ...}`` of a tree of arrays."""
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
-          (tuple(leaf.shape), np.dtype(leaf.dtype).name) for path, leaf in leaves}
+  return {jax.tree_util.keystr(path, simple=True, separator="/"):
+          (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def flatten_params(params: Any) -> dict[str, np.ndarray]:
@@ -267,9 +273,8 @@ def unreadable_as_error(directory: str | os.PathLike, step: int | None):
   except JdlError:
     raise
   except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types for damage)
-    reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     which = f"the checkpoint at step {step}" if step is not None else "the latest checkpoint"
-    raise JdlError(f"{which} in {directory} is unreadable ({reason})") from None
+    raise JdlError(f"{which} in {directory} is unreadable ({error_summary(e)})") from None
 
 
 def _restore_params(directory, step):

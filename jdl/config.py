@@ -490,7 +490,7 @@ def value_diff(saved: dict, current: dict, *, limit: int = 6) -> list[str]:
   ``runtime`` (the machine a run was on) is left out.
   """
   diffs: list[str] = []
-  for key in sorted((set(saved) | set(current)) - {"runtime"}):
+  for key in sorted((set(saved) | set(current)) - {RUNTIME_KEY}):
     _diff(saved.get(key), current.get(key), key, diffs)
   shown = [f"{k} ({_get(saved, k)!r} -> {_get(current, k)!r})" for k in diffs[:limit]]
   return shown + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])

@@ -151,7 +151,7 @@ class ResumableRun:
       except VocabularyMismatch:
         raise  # A readable checkpoint of other data: refuse, touch nothing.
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        reason = ckpt_lib.error_summary(e)
         self.checkpointer.close()
         if self.primary:
           moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
