@@ -2,7 +2,8 @@
 
 This module knows nothing of training: it takes a PyTree of arrays (typed PRNG keys
 allowed) and a JSON-able dict. Steps are kept by orbax's preservation policies:
-the latest ``keep`` steps plus the best one by a monitored metric.
+the latest ``keep`` steps, the best one by a monitored metric, and any steps the
+caller still needs (early stopping's best epoch).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import flax
 import jax
@@ -44,8 +45,20 @@ def from_savable(target: Any, restored: Any) -> Any:
       target, tree)
 
 
+class _KeepSteps:
+  """orbax preservation policy: keeps the steps a callable names at each pruning."""
+
+  def __init__(self, steps: Callable[[], Iterable[int]]):
+    self._steps = steps
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    keep = {int(s) for s in self._steps()}
+    return [int(c.step) in keep for c in checkpoints]
+
+
 class Checkpointer:
-  """Keeps the last ``keep`` steps and the best by ``best_metric`` in ``directory``.
+  """Keeps the last ``keep`` steps, the best by ``best_metric`` and ``keep_steps()``.
 
   Args:
     directory: where the step folders go (created).
@@ -58,14 +71,15 @@ class Checkpointer:
       shrink by only ~8%, while compressing is about a quarter of an async save's
       CPU time, which on a small machine is taken from training
       (``benchmarks/overheads.py --parts orbax``). Either kind restores.
-    also_keep_best: more ``(metric, mode)`` pairs whose best step is kept too (e.g.
-      the one early stopping restores); ``best_step`` still ranks by ``best_metric``.
+    keep_steps: called at each pruning; the steps it returns are never deleted
+      (e.g. the one early stopping restores, which is ranked with its own
+      ``min_delta`` and so need not be the best by any metric).
   """
 
   def __init__(self, directory: str | os.PathLike, *, keep: int = 3,
                best_metric: str | None = None, best_mode: str = "min",
                async_save: bool = True, compression: bool = False,
-               also_keep_best: tuple[tuple[str, str], ...] = ()):
+               keep_steps: Callable[[], Iterable[int]] | None = None):
     if keep < 1:
       raise JdlError(f"keep_checkpoints must be >= 1, got {keep}")
     if best_mode not in ("min", "max"):
@@ -73,16 +87,13 @@ class Checkpointer:
     self.directory = Path(directory).resolve()
     policies: list[Any] = [ocm.LatestN(n=keep)]
     best_fn = None
-    ranked = ([(best_metric, best_mode)] if best_metric else []) + [
-        (m, mode) for m, mode in also_keep_best if m and m != best_metric]
-    for i, (metric, mode) in enumerate(ranked):
-      if mode not in ("min", "max"):
-        raise JdlError(f"the mode of {metric!r} must be 'min' or 'max', got {mode!r}")
-      worst = math.inf if mode == "min" else -math.inf
-      fn = lambda m, metric=metric, worst=worst: float(m.get(metric, worst))  # noqa: E731
-      best_fn = fn if i == 0 else best_fn
-      policies.append(ocm.BestN(get_metric_fn=fn, reverse=mode == "min", n=1,
+    if best_metric:
+      worst = math.inf if best_mode == "min" else -math.inf
+      best_fn = lambda m: float(m.get(best_metric, worst))  # noqa: E731
+      policies.append(ocm.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
                                 keep_checkpoints_without_metrics=False))
+    if keep_steps is not None:
+      policies.append(_KeepSteps(keep_steps))
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn,
         best_mode=best_mode,

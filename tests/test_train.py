@@ -163,6 +163,46 @@ def test_predict_on_no_examples_gives_no_outputs():
   assert out.shape == (0, 10) and out.dtype == np.float32
 
 
+def test_early_stoppings_best_epoch_survives_pruning_with_min_delta(tmp_path):
+  # With min_delta, early stopping's best epoch (here 7) is not the lowest val_loss
+  # (epochs 8-10 improve by less than 0.02), so neither "latest 1" nor "best by
+  # val_loss" keeps it. Re-running the finished run must still restore it.
+  config = jdl.load_config("digits_mlp")
+  config.unlock()
+  config.update(dict(num_epochs=30, keep_checkpoints=1, tensorboard=False, plots=False))
+  config.early_stopping.update(dict(enabled=True, patience=2, min_delta=0.02))
+  config.lock()
+  first = jdl.fit(config, tmp_path, quiet=True)
+  losses, es_best = first.history["val_loss"], 0
+  for i, loss in enumerate(losses):
+    es_best = i if loss < losses[es_best] - 0.02 else es_best
+  assert es_best != int(np.argmin(losses))  # The case in point.
+  again = jdl.fit(config, tmp_path, quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(first.state.params),
+                              jax.device_get(again.state.params))
+  assert again.test_metrics == first.test_metrics
+
+
+def test_two_callbacks_of_one_class_resume_their_own_state(tmp_path):
+  class Counter(jdl.train.callbacks.Callback):
+    def __init__(self, by):
+      self.by, self.total = by, 0
+
+    def on_epoch_end(self, trainer, epoch, logs):
+      self.total += self.by
+
+    def state_dict(self):
+      return {"total": self.total}
+
+    def load_state_dict(self, state):
+      self.total = state["total"]
+
+  jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True, callbacks=[Counter(1), Counter(10)])
+  again = [Counter(1), Counter(10)]
+  jdl.fit(make_config(num_epochs=3), tmp_path, quiet=True, callbacks=again)
+  assert [c.total for c in again] == [3, 30]
+
+
 def test_a_second_fit_without_a_workdir_continues_from_the_trainer_state():
   trainer = jdl.Trainer(make_config(num_epochs=2), quiet=True)
   first = trainer.fit()

@@ -39,11 +39,27 @@ class Callback:
   def on_train_end(self, trainer) -> None:
     pass
 
+  def kept_steps(self) -> tuple[int, ...]:
+    """Steps whose checkpoints this callback reads back later: saved, never pruned."""
+    return ()
+
   def state_dict(self) -> dict[str, Any]:
     return {}
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
     del state
+
+
+def state_keys(callbacks: list[Callback]) -> list[str]:
+  """The names under which the callbacks' states are saved: the class name, then
+  ``Name#2``, ``Name#3``... for more callbacks of one class, in their order."""
+  seen: dict[str, int] = {}
+  keys = []
+  for c in callbacks:
+    name = type(c).__name__
+    seen[name] = seen.get(name, 0) + 1
+    keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+  return keys
 
 
 def _better(mode: str, value: float, best: float | None, min_delta: float) -> bool:
@@ -114,6 +130,10 @@ class EarlyStopping(Callback):
     trainer.state = state
     trainer.log(f"restored the best state (epoch {self.best_epoch + 1}, "
                 f"{self.monitor}={self.best:.5g})")
+
+  def kept_steps(self):
+    # Its best epoch is ranked with min_delta, so it need not be the best checkpoint.
+    return (self.best_step,) if self.restore_best and self.best_step >= 0 else ()
 
   def state_dict(self):
     return {"best": self.best, "best_epoch": self.best_epoch, "best_step": self.best_step,

@@ -940,12 +940,14 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                         title=f"epoch {epoch + 1}")
     for callback in self.callbacks:
       callback.on_epoch_end(self, epoch, logs)
-    ranked = [(self.config.monitor, self.config.monitor_mode), *self._restored_metrics()]
-    metrics = {m: logs[m] for m, _ in ranked if m and m in logs and math.isfinite(logs[m])}
+    monitor, mode = self.config.monitor, self.config.monitor_mode
+    metrics = ({monitor: logs[monitor]} if monitor and monitor in logs
+               and math.isfinite(logs[monitor]) else {})
     # A new best epoch is saved whatever the cadence: it is the state that the best
-    # checkpoint (and early stopping's restore_best) must find on disk later.
-    new_best = any(m in metrics and self._is_new_best(m, mode) for m, mode in ranked)
-    if (last or self.stop_training or new_best
+    # checkpoint must find on disk later; so is a step a callback will read back
+    # (early stopping's best epoch, for restore_best).
+    new_best = bool(metrics) and self._is_new_best(monitor, mode)
+    if (last or self.stop_training or new_best or self.step in self.kept_steps()
         or (epoch + 1) % int(self.config.checkpoint_every_epochs) == 0):
       self._save(metrics or None)
 

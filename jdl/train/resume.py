@@ -127,12 +127,11 @@ class ResumableRun:
         self.workdir / "checkpoints", keep=int(c.keep_checkpoints),
         best_metric=c.monitor or None, best_mode=c.monitor_mode,
         async_save=bool(c.async_checkpoints), compression=bool(c.checkpoint_compression),
-        also_keep_best=self._restored_metrics())
+        keep_steps=self.kept_steps)
 
-  def _restored_metrics(self) -> tuple[tuple[str, str], ...]:
-    """The metric whose best state early stopping restores: its step must stay on disk."""
-    es = self.config.early_stopping
-    return ((es.monitor, es.mode),) if es.enabled and es.restore_best else ()
+  def kept_steps(self) -> set[int]:
+    """The steps the callbacks will read back (early stopping's best epoch)."""
+    return {int(s) for c in self.callbacks for s in c.kept_steps()}
 
   def _resume_latest_readable(self) -> int:
     """Resumes from the newest checkpoint that restores; 0 when there is none.
@@ -195,10 +194,10 @@ class ResumableRun:
                      "--workdir, or --restart")
     self.state, self._acc = tree["state"], tree["acc"]
     self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
-    for callback in self.callbacks:
-      saved = meta.get("callbacks", {}).get(type(callback).__name__)
-      if saved:
-        callback.load_state_dict(saved)
+    saved = meta.get("callbacks", {})
+    for key, callback in zip(cb.state_keys(self.callbacks), self.callbacks):
+      if saved.get(key):
+        callback.load_state_dict(saved[key])
     epoch, pos = divmod(step, self.steps_per_epoch)
     self.log(f"resuming from the checkpoint at step {step} (epoch {epoch + 1}, "
              f"batch {pos}/{self.steps_per_epoch})")
@@ -223,7 +222,8 @@ class ResumableRun:
         "steps_per_epoch": self.steps_per_epoch,
         "history": self.history,
         "best": self._best(),
-        "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks if c.state_dict()},
+        "callbacks": {k: c.state_dict() for k, c in zip(cb.state_keys(self.callbacks),
+                                                          self.callbacks) if c.state_dict()},
         "config": json.loads(config_lib.to_json(self.config)),
     }
     if self.vocab:  # Evaluation, prediction and resume encode text with these ids.
