@@ -3,7 +3,8 @@
 Flax-examples conventions: ``--config FILE_OR_NAME``, ``--config.key=value``
 overrides, ``--workdir DIR``. Bad input prints one ``jdl: error: ...`` line and
 exits with status 2; nothing already in the workdir is touched before the whole
-setup has been validated.
+setup has been validated. A ``train`` stopped by SIGTERM / SIGINT saves a checkpoint
+and exits with 128 + the signal's number (143, 130): not finished, resumable.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -145,9 +147,14 @@ def _train(args, overrides) -> int:
   result = loop.fit(config, workdir, quiet=args.quiet, restart=args.restart)
   trainer = result.trainer
   if trainer.preempted:
+    # 128 + the signal's number, as a shell reports a process the signal ended: a
+    # wrapper (a retry loop, a scheduler's requeue) sees that the run is not finished.
+    # Another process's signal (multi-host) counts as SIGTERM, a preemption.
+    signum = getattr(signal.Signals, trainer.preempted, signal.SIGTERM)
     print(f"jdl: stopped by {trainer.preempted} at step {trainer.step}; checkpoint saved in "
           f"{result.workdir}/checkpoints; re-run the same command to resume", file=sys.stderr)
-  elif not args.quiet:
+    return 128 + int(signum)
+  if not args.quiet:
     print(f"workdir: {result.workdir}")
   return 0
 

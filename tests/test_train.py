@@ -183,6 +183,17 @@ def test_early_stoppings_best_epoch_survives_pruning_with_min_delta(tmp_path):
   assert again.test_metrics == first.test_metrics
 
 
+def test_zero_epochs_saves_the_initial_state_and_later_training_continues_it(tmp_path):
+  zero = jdl.fit(make_config(num_epochs=0), tmp_path / "a", quiet=True)
+  assert jdl.checkpoint.Checkpointer(tmp_path / "a" / "checkpoints").steps() == [0]
+  assert set(zero.test_metrics) >= {"accuracy", "loss"}
+  resumed = jdl.fit(make_config(num_epochs=2), tmp_path / "a", quiet=True)
+  fresh = jdl.fit(make_config(num_epochs=2), tmp_path / "b", quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(resumed.state.params),
+                              jax.device_get(fresh.state.params))
+  assert resumed.history == fresh.history
+
+
 def test_two_callbacks_of_one_class_resume_their_own_state(tmp_path):
   class Counter(jdl.train.callbacks.Callback):
     def __init__(self, by):

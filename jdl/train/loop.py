@@ -724,7 +724,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     spe, ce = self.steps_per_epoch, int(self.config.checkpoint_every_steps)
     every_seconds = float(self.config.checkpoint_every_seconds)
     epoch = start // spe
-    if epoch >= self.num_epochs or self._stopped_before():
+    if self.num_epochs == 0 and start == 0:
+      self.log("num_epochs is 0: nothing to train; the initial state is evaluated"
+               + (" and saved as step 0" if self.workdir else ""))
+      self._save()  # So that evaluate, export and init_from can read it.
+    elif epoch >= self.num_epochs or self._stopped_before():
       self.log("training already complete" + (" in this workdir" if self.workdir else ""))
     else:
       self.compile_seconds = self._warm_up()
