@@ -198,6 +198,29 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
 }
 
 
+# The task each loss trains: classification takes integer class labels (one-hot
+# encoded for the losses that compare probabilities), regression float targets.
+TASKS: dict[str, str] = {
+    "mse": "regression",
+    "mae": "regression",
+    "huber": "regression",
+    "binary_crossentropy": "classification",
+    "categorical_crossentropy": "classification",
+    "sparse_categorical_crossentropy": "classification",
+    "squared_hinge": "classification",
+    "kl_divergence": "classification",
+}
+
+
+def check_task(name: str, task: str, dataset: str = "the dataset") -> None:
+  """Raises a JdlError when loss ``name`` cannot train a ``task`` dataset."""
+  errors.lookup("loss", name, LOSSES)
+  if TASKS[name] != task:
+    fits = ", ".join(n for n, t in TASKS.items() if t == task)
+    raise errors.JdlError(f"loss {name!r} is a {TASKS[name]} loss, but {dataset!r} is a "
+                          f"{task} dataset; use {fits}")
+
+
 def _check_kwargs(name: str, fn: Callable[..., jax.Array], kwargs: dict) -> None:
   """Raises a JdlError for a keyword ``fn`` does not take or a bad value."""
   valid = list(inspect.signature(fn).parameters)[2:]

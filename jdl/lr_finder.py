@@ -47,7 +47,7 @@ from jdl import data as data_lib
 from jdl import optim
 from jdl.data import pipeline
 from jdl.data import stream
-from jdl.errors import JdlError, lookup, require
+from jdl.errors import JdlError, require
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +100,18 @@ def suggest_lr(learning_rates: np.ndarray, smoothed: np.ndarray) -> float:
   """The learning rate where ``smoothed`` falls fastest against ``log10(lr)`` ("steepest").
 
   Only the steps up to the smallest smoothed loss are searched (the descent).
+  Steps that share a rate (the ``k`` steps of one accumulated update) count as one
+  point, at their mean loss.
   """
   lrs = np.asarray(learning_rates, np.float64)
   end = int(np.nanargmin(smoothed)) + 1
-  if end < 2:
+  rates, group = np.unique(lrs[:end], return_inverse=True)
+  if len(rates) < 2:
     return float(lrs[0])
-  slope = np.gradient(np.asarray(smoothed[:end], np.float64), np.log10(lrs[:end]))
-  return float(lrs[int(np.argmin(slope))])
+  mean = (np.bincount(group, weights=np.asarray(smoothed[:end], np.float64))
+          / np.bincount(group))
+  slope = np.gradient(mean, np.log10(rates))
+  return float(rates[int(np.argmin(slope))])
 
 
 def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | None = None,
@@ -115,10 +120,15 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
             diverge_factor: float = 4.0) -> LRFinderResult:
   """Runs the learning-rate range test on ``config``'s experiment.
 
-  The experiment's optimizer (``optimizer.name`` and its clipping) is used with the
-  geometric schedule in place of ``optimizer.learning_rate`` and ``schedule``; the
-  batches are those of a normal run (``config.batch_size``, the seeded epoch order)
-  and per-step keys are ``fold_in(key, step)`` inside the one jitted step.
+  The experiment's whole optimizer chain (the optimizer, clipping, weight decay,
+  ``freeze``, ``accumulate_steps``, ``max_norm``, ``nonfinite``) is used with the
+  geometric schedule in place of ``optimizer.learning_rate`` and ``schedule``
+  (``reduce_on_plateau`` is left out: it would act per epoch). The schedule runs
+  over optimizer updates: with ``accumulate_steps = k`` the ``steps`` train steps
+  make ``steps / k`` updates, and each step records the rate of the update it
+  contributes to. The batches are those of a normal run (``config.batch_size``,
+  the seeded epoch order) and per-step keys are ``fold_in(key, step)`` inside the
+  one jitted step.
 
   Args:
     config: an experiment config.
@@ -142,17 +152,14 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
                    f"{config.task!r}")
   require(0 <= beta < 1, f"beta must be in [0, 1), got {beta}")
   require(diverge_factor > 1, f"diverge_factor must be > 1, got {diverge_factor}")
-  schedule = lr_schedule(min_lr, max_lr, steps)
+  require(steps >= 2, f"lr-find needs steps >= 2, got {steps}")
+  k = max(1, int(config.optimizer.accumulate_steps))
+  schedule = lr_schedule(min_lr, max_lr, max(2, -(-steps // k)))
   trainer = Trainer(config, None, dataset=dataset, model=model, quiet=True, progress=False,
                     parallel="none")  # Its own one-device steps.
-  opt = config.optimizer
-  chain = []
-  if opt.clip_value > 0:
-    chain.append(optax.clip(opt.clip_value))
-  if opt.clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(opt.clip_norm))
-  chain.append(lookup("optimizer", opt.name, optim.OPTIMIZERS)(opt, schedule))
-  tx = optax.chain(*chain)
+  tx = optim.create_optimizer(config, steps_per_epoch=trainer.steps_per_epoch,
+                              num_epochs=trainer.num_epochs, learning_rate_fn=schedule,
+                              with_plateau=False)
   state = trainer.state.replace(tx=tx, opt_state=tx.init(trainer.state.params))
   task, train, bs = trainer.task, trainer.data.train, trainer.batch_size
 
@@ -163,7 +170,7 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
     grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
     (loss, (_, _, model_state)), grads = grad_fn(state.params, state.model_state, batch, key,
                                                  True)
-    lr = schedule(state.step)  # The rate this update uses (optax counts from 0).
+    lr = schedule(state.step // k)  # The rate of the update this step is part of.
     return state.apply_gradients(grads=grads, model_state=model_state), loss, lr
 
   steps_per_epoch = train.size // bs

@@ -70,12 +70,17 @@ def _task(name: str) -> str | None:
   return "regression" if name in REGRESSION else None
 
 
-def validate_names(names: Sequence[str], task: str) -> None:
-  """Checks that every name is a metric of ``task``.
+def validate_names(
+    names: Sequence[str], task: str, num_classes: int | None = None
+) -> None:
+  """Checks that every name is a metric of ``task`` (and of ``num_classes``).
 
   Args:
     names: metric names, e.g. ``("accuracy", "top5_accuracy")``.
     task: ``"classification"`` or ``"regression"``.
+    num_classes: when known, binary metrics (precision, recall, f1, roc_auc)
+      need 2 classes, and ``top{k}_accuracy`` needs ``k`` below it (else it is
+      always 1).
 
   Raises:
     JdlError: an unknown task, or a name that is not a metric of ``task``.
@@ -89,6 +94,27 @@ def validate_names(names: Sequence[str], task: str) -> None:
         _task(name) == task,
         f"unknown {task} metric {name!r}; valid names: {', '.join(valid)}",
     )
+    if task != "classification" or num_classes is None:
+      continue
+    if name == "roc_auc":
+      errors.require(
+          num_classes == 2,
+          f"roc_auc is for binary models (2 classes, positive class 1), but there"
+          f" are {num_classes} classes; jdl has no multi-class AUC (accuracy and"
+          " macro_f1 rank several classes)",
+      )
+    elif name in _BINARY:
+      errors.require(
+          num_classes == 2,
+          f"{name} is for binary models (2 classes, positive class 1), but there"
+          f" are {num_classes} classes; use macro_{name} instead",
+      )
+    elif (k := _top_k(name)) is not None:
+      errors.require(
+          k < num_classes,
+          f"{name} is always 1 with {num_classes} classes; k must be below"
+          f" {num_classes}",
+      )
 
 
 def _group(name: str) -> str:

@@ -333,6 +333,30 @@ def rules_from_config(reg: Any) -> tuple[Rule, ...]:
   return tuple(rules)
 
 
+def check_patterns(reg: Any, params: Any) -> None:
+  """Raises a JdlError when a pattern that would act matches no parameter.
+
+  Checked: each rule of ``rules``, ``exclude``,
+  ``include`` when ``l1`` or ``l2`` is set, ``max_norm_include`` when
+  ``max_norm`` is. A misspelt pattern would otherwise leave the run silently
+  unregularized.
+  """
+  paths = [tree_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  active = [(f"regularization.rules[{i}]", rule[0])
+            for i, rule in enumerate(check_rules(reg.rules))]  # (p, 0, 0) exempts: acts too.
+  if reg.exclude and (reg.l1 or reg.l2):
+    active.append(("regularization.exclude", reg.exclude))
+  if reg.l1 or reg.l2:
+    active.append(("regularization.include", reg.include))
+  if reg.max_norm:
+    active.append(("regularization.max_norm_include", reg.max_norm_include))
+  for key, pattern in active:
+    regex = compile_regex(pattern, key)
+    require(any(regex.fullmatch(p) for p in paths),
+            f"{key}={pattern!r} matches no parameter; parameter paths look like "
+            f"{paths[:4]} (no leading 'params/')")
+
+
 def validate_config(reg: Any) -> None:
   """Checks a ``regularization`` config section.
 

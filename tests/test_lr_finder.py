@@ -98,6 +98,29 @@ def test_full_sweep_without_divergence_and_png(tmp_path):
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_range_test_uses_the_experiments_whole_optimizer_chain():
+  def run(**overrides):
+    config = make_config(optimizer__name="sgd", **overrides)
+    return lr_finder.find_lr(config, min_lr=1e-3, max_lr=overrides.pop("max_lr", 1.0),
+                             steps=8, diverge_factor=1e9)
+
+  # Decoupled weight decay changes the updates, so the losses.
+  plain, decayed = run(), run(optimizer__weight_decay=5.0)
+  assert not np.allclose(plain.losses[1:], decayed.losses[1:])
+  # Everything frozen: every step sees the initial parameters, whatever the rates.
+  frozen = [lr_finder.find_lr(make_config(optimizer__name="sgd",
+                                          optimizer__freeze=("hidden_0", "head")),
+                              min_lr=1e-3, max_lr=top, steps=8, diverge_factor=1e9)
+            for top in (1.0, 100.0)]
+  np.testing.assert_array_equal(frozen[0].losses, frozen[1].losses)
+  assert not np.allclose(plain.losses[1:], frozen[0].losses[1:])
+  # Accumulating 2 steps an update: 8 steps are 4 updates over the whole range.
+  acc = run(optimizer__accumulate_steps=2)
+  np.testing.assert_allclose(acc.learning_rates,
+                             np.repeat(np.geomspace(1e-3, 1.0, 4), 2), rtol=1e-5)
+  assert 1e-3 <= acc.steepest <= 1.0  # Steps of one update are one point of the curve.
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"min_lr": 1.0, "max_lr": 0.1}, "min_lr < max_lr"),
     ({"min_lr": 0.0}, "min_lr < max_lr"),

@@ -197,6 +197,39 @@ def test_masked_token_loss_ignores_padding():
   np.testing.assert_allclose(base, expected, rtol=1e-5)
 
 
+def test_label_smoothing_of_the_token_loss_against_the_smoothed_one_hot_formula():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 4, 9)).astype(np.float32) * 3
+  targets = rng.integers(0, 9, size=(2, 4))
+  mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], np.float32)
+  alpha = 0.2
+  per_token, total, count = seq_tasks.masked_token_loss(jnp.asarray(logits),
+                                                        jnp.asarray(targets),
+                                                        jnp.asarray(mask), alpha)
+  logp = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+  smoothed = (1 - alpha) * np.eye(9)[targets] + alpha / 9
+  expected = -np.sum(smoothed * logp, axis=-1) * mask
+  np.testing.assert_allclose(per_token, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(total, expected.sum(), rtol=1e-5)
+  assert float(count) == 5
+
+
+def test_seq2seq_config_label_smoothing_reaches_the_loss():
+  import dataclasses
+  config = jdl.load_config("seq2seq_dates")
+  config.update({"n_samples": 96, "batch_size": 16, "label_smoothing": 0.3,
+                 "tensorboard": False, "plots": False})
+  with config.model.unlocked():
+    config.model.update({"hidden": 8, "embed_dim": 4})
+  trainer = jdl.Trainer(config, quiet=True)
+  task, state = trainer.task, trainer.state
+  batch = {"x": trainer.data.train.x[:16], "y": trainer.data.train.y[:16],
+           "mask": jnp.ones((16,), jnp.float32)}
+  losses = [t.loss_fn(state.params, state.model_state, batch, jax.random.key(0), False)[0]
+            for t in (task, dataclasses.replace(task, label_smoothing=0.0))]
+  assert task.label_smoothing == 0.3 and abs(float(losses[0] - losses[1])) > 1e-4
+
+
 def test_strip_ids():
   assert seq_tasks.strip_ids([2, 5, 6, 3, 7], bos_id=2, eos_id=3) == (5, 6)
   assert seq_tasks.strip_ids([5, 6, 0, 0], bos_id=2, eos_id=3) == (5, 6)

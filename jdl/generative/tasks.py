@@ -143,6 +143,9 @@ def validate_config(config) -> None:
       raise JdlError(f"generative.{key} must be >= 1, got {g[key]}")
   if float(g.gp_weight) < 0 or float(g.d_learning_rate) < 0:
     raise JdlError("generative.gp_weight and generative.d_learning_rate must be >= 0")
+  if config.loss != "sparse_categorical_crossentropy" or config.label_smoothing:
+    raise JdlError(f"task {task!r} has its own objective, so loss and label_smoothing do "
+                   "not apply; leave them at their defaults")
   aug = config.augment
   if task == "vae" and any(aug[k] for k in aug if k != "fill"):
     raise JdlError("task 'vae' does not support augment: its likelihood is of the input "

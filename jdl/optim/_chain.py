@@ -115,6 +115,8 @@ def create_optimizer(
     *,
     steps_per_epoch: float,
     num_epochs: int,
+    learning_rate_fn: optax.Schedule | None = None,
+    with_plateau: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
   """Creates the optax transformation described by the config.
 
@@ -142,6 +144,9 @@ def create_optimizer(
     steps_per_epoch: train steps (micro-batches) per epoch; a fraction is an
       average over epochs (see :func:`jdl.optim.create_learning_rate_fn`).
     num_epochs: length of the run, in epochs.
+    learning_rate_fn: a schedule over optimizer updates to use instead of the
+      config's ``learning_rate`` and ``schedule`` (the learning-rate range test).
+    with_plateau: ``False`` leaves out the plateau wrapper.
 
   Returns:
     The transformation; its state is a :class:`jdl.optim.PlateauState` when the
@@ -157,9 +162,10 @@ def create_optimizer(
   opt = config.optimizer
   make = lookup("optimizer", opt.name, OPTIMIZERS)
   _validate_optimizer(opt)
-  learning_rate_fn = create_learning_rate_fn(
-      config, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs
-  )
+  if learning_rate_fn is None:
+    learning_rate_fn = create_learning_rate_fn(
+        config, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs
+    )
   chain = []
   if opt.clip_value > 0:
     chain.append(optax.clip(opt.clip_value))
@@ -186,7 +192,7 @@ def create_optimizer(
     tx = tx.gradient_transformation()
   if config.get("nonfinite", "stop") == "skip":
     tx = optax.apply_if_finite(tx, int(config.get("max_nonfinite_skips", 10)))
-  plateau = plateau_transform(config)
+  plateau = plateau_transform(config) if with_plateau else None
   if plateau is not None:
     tx = scale_by_plateau(tx, plateau)
   return optax.with_extra_args_support(tx)

@@ -7,7 +7,8 @@ the metrics), so a batch padded to any length has the loss of the unpadded one.
 
 Metrics are mergeable ``{"sum", "count"}`` groups (:mod:`jdl.generative.stats`):
 
-* ``loss``: mean cross-entropy per real target token (``<eos>`` included);
+* ``loss``: mean cross-entropy per real target token (``<eos>`` included),
+  against label-smoothed targets when ``config.label_smoothing`` is set;
 * ``token_accuracy``: the share of real target tokens whose argmax is right
   under teacher forcing;
 * ``exact_match``: the share of sequences with every token right under teacher
@@ -43,18 +44,25 @@ def metric_names(requested) -> tuple[str, ...]:
   return tuple(requested) or METRICS
 
 
-def masked_token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array):
+def masked_token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array,
+                      label_smoothing: float = 0.0):
   """Cross-entropy summed over the real tokens, and their count.
 
   Args:
     logits: ``[B, T, V]``.
     targets: ``[B, T]`` int ids.
     mask: ``[B, T]``, 1 for real tokens.
+    label_smoothing: ``alpha``: each token's one-hot target becomes
+      ``(1 - alpha) t + alpha / V``, as for classification.
 
   Returns:
     ``(per_token [B, T], sum, count)``, the per-token losses zero where masked.
   """
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  logits = logits.astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  if label_smoothing:  # -mean_v log p_v = logsumexp - mean of the logits.
+    uniform = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)
+    ce = (1.0 - label_smoothing) * ce + label_smoothing * uniform
   ce = jnp.where(mask > 0, ce, 0.0)
   return ce, jnp.sum(ce), jnp.sum(mask)
 
@@ -63,6 +71,7 @@ def masked_token_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array):
 class Seq2SeqTask(steps_lib.SupervisedTask):
   """An encoder-decoder trained with teacher forcing (see the module docstring)."""
   pad_id: int = PAD_ID
+  label_smoothing: float = 0.0
 
   def loss_fn(self, params, model_state, batch, key, train):
     src, tgt = batch["x"], batch["y"]
@@ -74,7 +83,7 @@ class Seq2SeqTask(steps_lib.SupervisedTask):
                                         rngs={"dropout": key}, mutable=list(model_state))
     else:
       logits, new_state = self.apply_fn(variables, src, tgt_in, train=False), model_state
-    ce, total, count = masked_token_loss(logits, tgt_out, token_mask)
+    ce, total, count = masked_token_loss(logits, tgt_out, token_mask, self.label_smoothing)
     loss = total / jnp.maximum(count, 1.0)
     if self.penalty_rules:
       loss = loss + regularizers.penalty(params, self.penalty_rules)

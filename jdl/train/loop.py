@@ -145,7 +145,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     else:
       self.loss = self._make_loss()
       names = tuple(config.metrics)
-      metrics_lib.validate_names(names, self.data.task)
+      metrics_lib.validate_names(names, self.data.task, self.data.num_classes
+                                 if self.data.task == "classification" else None)
     self.metric_names = names
 
     bs = int(config.batch_size)
@@ -183,6 +184,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     if config.init_from.workdir:
       self.state = self.state.replace(params=self._init_from(config.init_from))
     optim.check_freeze_patterns(config, self.state.params)
+    regularizers.check_patterns(config.regularization, self.state.params)
 
     reg = config.regularization
     if self.gan:
@@ -193,14 +195,15 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     elif self.seq2seq:
       self.task = seq_tasks.Seq2SeqTask(
           apply_fn=self.state.apply_fn, loss=None, metric_names=names, num_classes=0,
-          penalty_rules=regularizers.rules_from_config(reg))
+          penalty_rules=regularizers.rules_from_config(reg),
+          label_smoothing=float(config.label_smoothing))
     else:
       self.task = steps_lib.SupervisedTask(
           apply_fn=self.state.apply_fn, loss=self.loss, metric_names=names,
           num_classes=self.data.num_classes,
           penalty_rules=regularizers.rules_from_config(reg),
           activity_l1=float(reg.activity_l1), activity_include=reg.activity_include)
-    if reg.activity_l1 > 0 and not self.gan:
+    if reg.activity_l1 > 0 and not (self.gan or self.seq2seq):
       regularizers.check_activity_include(self.state.apply_fn, self.state.variables,
                                           self.data.train.x[:1], reg.activity_include)
     self.train_names = steps_lib.train_metric_names(names)
@@ -251,6 +254,17 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       raise JdlError(f"task must be one of {', '.join(tasks)}, got {config.task!r}")
     if config.task in gen_tasks.TASKS:
       gen_tasks.validate_config(config)
+    if config.task == "seq2seq":
+      # Its loss is the masked token cross-entropy, and its model takes two inputs.
+      unsupported = [k for k, on in (
+          ("loss", config.loss != "sparse_categorical_crossentropy"),
+          ("regularization.activity_l1", config.regularization.activity_l1)) if on]
+      if unsupported:
+        raise JdlError(f"task 'seq2seq' does not support {' or '.join(unsupported)} (its "
+                       "loss is the token cross-entropy, with label_smoothing if set); "
+                       f"leave {'it' if len(unsupported) == 1 else 'them'} at the default")
+    if not 0.0 <= float(config.label_smoothing) < 1.0:
+      raise JdlError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.epoch_mode not in ("auto", "step", "scan"):
       raise JdlError(f"epoch_mode must be 'auto', 'step' or 'scan', got {config.epoch_mode!r}")
     if config.normalize not in _NORMALIZERS:
@@ -409,6 +423,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     return self.data.num_classes
 
   def _make_loss(self):
+    losses_lib.check_task(self.config.loss, self.data.task, self.data.name)
     kwargs = {}
     if self.config.label_smoothing:
       if self.config.loss not in _CE_LOSSES:
@@ -416,8 +431,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                        f"{self.config.loss!r}")
       kwargs["label_smoothing"] = float(self.config.label_smoothing)
     loss = losses_lib.get_loss(self.config.loss, **kwargs)
-    if self.config.loss == "categorical_crossentropy":
-      # Labels are stored as integers; this loss takes one-hot targets.
+    if self.data.task == "classification" and self.config.loss in (
+        "categorical_crossentropy", "kl_divergence"):
+      # Labels are stored as integers; these losses take probabilities.
       n = self.data.num_classes
       return lambda out, y: loss(out, jax.nn.one_hot(y, n, dtype=out.dtype))
     return loss
