@@ -162,6 +162,7 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
                               with_plateau=False)
   state = trainer.state.replace(tx=tx, opt_state=tx.init(trainer.state.params))
   task, train, bs = trainer.task, trainer.data.train, trainer.batch_size
+  freeze = tuple(config.optimizer.freeze)
 
   @jax.jit
   def step(state, x, y, idx):
@@ -170,6 +171,7 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
     grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
     (loss, (_, _, model_state)), grads = grad_fn(state.params, state.model_state, batch, key,
                                                  True)
+    model_state = optim.keep_frozen_state(model_state, state.model_state, freeze)
     lr = schedule(state.step // k)  # The rate of the update this step is part of.
     return state.apply_gradients(grads=grads, model_state=model_state), loss, lr
 

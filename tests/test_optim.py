@@ -540,18 +540,21 @@ def test_unknown_schedule_lists_valid_names():
 @pytest.mark.parametrize(
     "optimizer, schedule, plateau, message",
     [
-        ({"learning_rate": 0.0}, {}, {}, "optimizer.learning_rate must be > 0, got 0.0"),
+        ({"learning_rate": 0.0}, {}, {}, "optimizer.learning_rate must be > 0 and finite, got 0.0"),
         ({"learning_rate": -1e-3}, {}, {}, "optimizer.learning_rate must be > 0"),
+        ({"learning_rate": math.inf}, {}, {}, "optimizer.learning_rate must be > 0 and finite"),
+        ({"clip_norm": math.nan}, {}, {}, "optimizer.clip_norm must be >= 0 and finite"),
         ({"accumulate_steps": 0}, {}, {}, "optimizer.accumulate_steps must be an integer >= 1, got 0"),
         ({"accumulate_steps": 8}, {}, {}, r"steps_per_epoch \(4\) must be >= optimizer.accumulate_steps \(8\)"),
-        ({"weight_decay": -0.1}, {}, {}, "optimizer.weight_decay must be >= 0, got -0.1"),
+        ({"weight_decay": -0.1}, {}, {}, "optimizer.weight_decay must be >= 0 and finite, got -0.1"),
         ({"clip_norm": -1.0}, {}, {}, "optimizer.clip_norm must be >= 0"),
         ({"momentum": 1.0}, {}, {}, r"optimizer.momentum must be in \[0, 1\), got 1.0"),
         ({}, {"name": "exponential", "decay_rate": -0.5}, {}, "schedule.decay_rate must be in"),
         ({}, {"name": "step", "factor": 1.5}, {}, "schedule.factor must be in"),
         ({}, {"name": "step", "decay_every_epochs": -1.0}, {}, "schedule.decay_every_epochs must be >= 0"),
         ({}, {"name": "linear", "tau_epochs": 0.0}, {}, "schedule.tau_epochs must be at least"),
-        ({}, {"name": "warmup_cosine", "warmup_epochs": 5.0}, {}, "schedule.warmup_epochs must be shorter"),
+        ({}, {"name": "warmup_cosine", "warmup_epochs": 5.0}, {}, r"schedule.warmup_epochs=5.0 is 20 optimizer updates, which leaves none of the run's 20"),
+        ({}, {"name": "warmup_cosine", "warmup_epochs": 4.99}, {}, "at least one update shorter"),
         ({}, {}, {"enabled": True, "mode": "maximum"}, "reduce_on_plateau.mode must be 'min' or 'max'"),
         ({}, {}, {"enabled": True, "factor": 1.0}, r"reduce_on_plateau.factor must be in \(0, 1\)"),
         ({}, {}, {"enabled": True, "patience": 0}, "reduce_on_plateau.patience must be"),
@@ -564,7 +567,33 @@ def test_invalid_values_name_key_and_value(optimizer, schedule, plateau, message
     optim.create_optimizer(config, steps_per_epoch=4, num_epochs=5)
 
 
+def test_a_warmup_shorter_than_one_update_still_warms_up():
+  config = make_config(schedule={"name": "warmup_cosine", "warmup_epochs": 0.01})
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=4, num_epochs=5)
+  assert float(lr(0)) == 0.0 and float(lr(1)) == pytest.approx(1e-3)  # One warmup update.
+
+
 def test_cosine_needs_num_epochs():
   with pytest.raises(JdlError, match="num_epochs"):
     optim.create_learning_rate_fn(make_config(schedule={"name": "cosine"}),
                                   steps_per_epoch=4)
+
+
+def test_a_frozen_batch_norm_layer_keeps_its_running_statistics():
+  import jdl
+  config = jdl.load_config("digits_mlp")
+  config.unlock()
+  config.update(dict(num_epochs=1, plots=False, tensorboard=False))
+  config.model.batch_norm = True
+  config.optimizer.freeze = ("hidden_0", "bn_0")
+  config.lock()
+  trainer = jdl.Trainer(config, quiet=True)
+  before = jax.device_get((trainer.state.params, trainer.state.model_state))
+  result = trainer.fit()
+  params, stats = jax.device_get((result.state.params, result.state.model_state))
+  chex.assert_trees_all_equal(stats["batch_stats"]["bn_0"], before[1]["batch_stats"]["bn_0"])
+  chex.assert_trees_all_equal(params["bn_0"], before[0]["bn_0"])
+  chex.assert_trees_all_equal(params["hidden_0"], before[0]["hidden_0"])
+  # The trainable layer's statistics move.
+  assert not np.allclose(stats["batch_stats"]["bn_1"]["mean"],
+                         before[1]["batch_stats"]["bn_1"]["mean"])

@@ -24,6 +24,7 @@ from jdl.optim.masks import KERNEL_NAMES
 from jdl.optim.masks import TRAINABLE
 from jdl.optim.masks import check_freeze_patterns
 from jdl.optim.masks import freeze_labels
+from jdl.optim.masks import keep_frozen_state
 from jdl.optim.masks import kernel_mask
 from jdl.optim.masks import param_path
 from jdl.optim.plateau import PlateauState
@@ -47,6 +48,7 @@ __all__ = [
     "current_learning_rate",
     "default_config",
     "freeze_labels",
+    "keep_frozen_state",
     "kernel_mask",
     "param_path",
     "scale_by_plateau",

@@ -12,6 +12,7 @@ The transformation returned by :func:`create_optimizer` is, from outside in::
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -71,12 +72,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
-  check(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "> 0")
+  check(0 < opt.learning_rate < math.inf, "optimizer.learning_rate", opt.learning_rate,
+        "> 0 and finite")
   for key in ("momentum", "b1", "b2", "rho"):
     check(0 <= opt[key] < 1, f"optimizer.{key}", opt[key], "in [0, 1)")
   for key in ("eps", "initial_accumulator_value", "weight_decay", "clip_value",
               "clip_norm"):
-    check(opt[key] >= 0, f"optimizer.{key}", opt[key], ">= 0")
+    check(0 <= opt[key] < math.inf, f"optimizer.{key}", opt[key], ">= 0 and finite")
 
 
 OPTIMIZERS: dict[str, Callable[[Any, optax.Schedule], optax.GradientTransformation]] = {

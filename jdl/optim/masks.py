@@ -94,6 +94,25 @@ def freeze_labels(params: Any, patterns: Sequence[str | re.Pattern[str]]) -> Any
   )
 
 
+def keep_frozen_state(new_state: Any, old_state: Any,
+                      patterns: Sequence[str | re.Pattern[str]]) -> Any:
+  """``new_state`` with the frozen layers' entries put back to ``old_state``'s.
+
+  The model state (``{'batch_stats': {'bn_0': {'mean': ...}}}``) is matched as
+  the parameters are, without the collection name: ``optimizer.freeze=('bn_0',)``
+  keeps ``bn_0``'s running statistics as well as its scale and offset.
+  """
+  patterns = tuple(re.compile(p) for p in patterns)
+  if not patterns:
+    return new_state
+
+  def pick(path, new, old):
+    name = param_path(path[1:])  # Without the collection ('batch_stats').
+    return old if any(_matches(p, name) for p in patterns) else new
+
+  return jax.tree_util.tree_map_with_path(pick, new_state, old_state)
+
+
 def check_freeze_patterns(config: ml_collections.ConfigDict, params: Any) -> None:
   """Raises a :class:`JdlError` if a ``optimizer.freeze`` pattern is invalid or
   matches no parameter. ``tx.init(params)`` checks the same; this is for failing

@@ -93,8 +93,12 @@ def _warmup_cosine(sched, lr, per_epoch, num_epochs):
   check(0 <= sched.alpha <= 1, "schedule.alpha", sched.alpha, "in [0, 1]")
   total = _total_steps(per_epoch, num_epochs)
   warmup = _epochs_to_steps("schedule.warmup_epochs", sched.warmup_epochs, per_epoch)
-  check(warmup < total, "schedule.warmup_epochs", sched.warmup_epochs,
-        f"shorter than the run ({num_epochs} epochs)")
+  if sched.warmup_epochs > 0:  # A warmup asked for is at least one update long.
+    warmup = max(warmup, 1)
+  require(warmup < total,
+          f"schedule.warmup_epochs={sched.warmup_epochs} is {warmup} optimizer updates, "
+          f"which leaves none of the run's {total} ({num_epochs} epochs) to decay; "
+          "it must be at least one update shorter")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total,
       end_value=sched.alpha * lr,

@@ -512,12 +512,14 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       block_step = train_step
     else:
       augment = augment_lib.make_train_augment(self.config.augment, self.data.input_shape)
+      freeze = tuple(self.config.optimizer.freeze)
       train_step = steps_lib.make_train_step(self.task, augment=augment,
-                                             microbatch_size=self.microbatch_size)
+                                             microbatch_size=self.microbatch_size,
+                                             freeze=freeze)
       block_step = train_step
       if par.mode == "shard_map":  # The per-device step of the block.
         block_step = steps_lib.make_train_step(self.task, augment=augment,
-                                               axis_name=parallel_lib.AXIS)
+                                               axis_name=parallel_lib.AXIS, freeze=freeze)
       eval_step = steps_lib.make_eval_step(self.task)
     merge = steps_lib.merge_train_metrics
     constrain = parallel_lib.constrain_batch(par)
@@ -550,7 +552,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     if self.nonfinite_check == "block":
       fast_block = block_of(steps_lib.make_train_step(
           self.task, augment=augment, check_gradients=False,
-          microbatch_size=self.microbatch_size))
+          microbatch_size=self.microbatch_size, freeze=freeze))
 
       def run_checked_block(state, acc, x, y, idx):
         """The block with the loss tested at each step; ``ok``: nothing non-finite

@@ -21,6 +21,7 @@ from jdl import errors
 from jdl import metrics as metrics_lib
 from jdl import regularizers
 from jdl.data import augment as augment_lib
+from jdl.optim.masks import keep_frozen_state
 from jdl.train import parallel as parallel_lib
 from jdl.train.state import TrainState
 
@@ -102,7 +103,8 @@ def train_metric_names(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None = None,
-                    check_gradients: bool = True, microbatch_size: int = 0):
+                    check_gradients: bool = True, microbatch_size: int = 0,
+                    freeze: tuple[str, ...] = ()):
   """``train_step(state, batch) -> (state, metrics)``: one optimizer update.
 
   Args:
@@ -132,6 +134,10 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       with less memory in flight (:func:`microbatched_loss`). Dropout draws from
       ``fold_in(key, i)`` in microbatch ``i``. Needs a :class:`SupervisedTask` and a
       model without mutable state (batch norm would see microbatch statistics).
+    freeze: ``optimizer.freeze``'s patterns: the model state of the layers they
+      match (batch norm's running statistics) is not updated either
+      (:func:`jdl.optim.masks.keep_frozen_state`); their parameters are frozen by
+      the optimizer.
   """
   names = train_metric_names(task.metric_names)
   loss_task = task
@@ -159,6 +165,7 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       grads, loss = jax.lax.pmean((grads, loss), axis_name)
       # Batch statistics are already global; other per-device state is averaged.
       model_state = parallel_lib.pmean_varying(model_state, axis_name)
+    model_state = keep_frozen_state(model_state, state.model_state, freeze)
     nonfinite = nonfinite_info(loss, grads if check_gradients else {}, state.step)
     bad = nonfinite["count"] > 0
     if check_gradients:
