@@ -31,6 +31,21 @@ def test_auto_is_one_device_here_and_modes_are_checked():
     parallel.resolve("pmap")
 
 
+def test_a_multi_host_runs_workdir_is_read_in_one_process(tmp_path, monkeypatch, capsys):
+  # The run's config.json names a coordinator and a process id; evaluate and
+  # load_run read the run here, in a process whose JAX is already running.
+  result = jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  path = tmp_path / "config.json"
+  saved = json.loads(path.read_text())
+  saved["distributed"].update(coordinator_address="127.0.0.1:1", num_processes=2,
+                              process_id=1)
+  path.write_text(json.dumps(saved))
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:2")
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 0
+  assert json.loads(capsys.readouterr().out) == pytest.approx(result.test_metrics)
+
+
 def test_batch_not_divisible_names_values_and_remedy():
   with pytest.raises(JdlError) as e:
     parallel.check_batch_size(100, 8)

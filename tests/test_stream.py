@@ -262,6 +262,10 @@ BAD = {
     "negative label": (dict(x_train=X, y_train=Y - 1), r"labels must be in \[0, 2\*\*31 - 1\)"),
     "one-hot": (dict(x_train=X, y_train=np.eye(8, 2, dtype=np.int64)), "not one-hot"),
     "strings": (dict(x_train=X, y_train=np.array(["a"] * 8)), "non-numeric dtype"),
+    "regression widths": (dict(x_train=X, y_train=X[:, :1] + 0.5, x_test=X, y_test=X + 0.5),
+                          r"y_test.npy has targets of shape \(3,\) but y_train has \(1,\)"),
+    "unnumbered shard": ({"x_train.0": X, "x_train.1": X, "x_train.old": X, "y_train.0": Y,
+                          "y_train.1": Y}, "x_train.old.npy look like shards of x_train"),
 }
 
 

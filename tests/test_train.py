@@ -214,6 +214,56 @@ def test_two_callbacks_of_one_class_resume_their_own_state(tmp_path):
   assert [c.total for c in again] == [3, 30]
 
 
+def test_a_stop_request_at_an_epochs_end_saves_between_checkpoint_epochs(tmp_path):
+  import os
+  import signal
+
+  class TermAt(jdl.train.callbacks.Callback):
+    def on_steps_end(self, trainer, step, num_steps):
+      if step == 2 * trainer.steps_per_epoch:  # The last block of epoch 2.
+        os.kill(os.getpid(), signal.SIGTERM)
+
+  config = make_config(num_epochs=6, checkpoint_every_epochs=3, validation_split=0.0)
+  stopped = jdl.fit(config, tmp_path / "a", quiet=True, callbacks=[TermAt()])
+  spe = stopped.trainer.steps_per_epoch
+  assert stopped.trainer.preempted == "SIGTERM" and stopped.trainer.step == 2 * spe
+  assert jdl.checkpoint.Checkpointer(tmp_path / "a" / "checkpoints").steps() == [2 * spe]
+  resumed = jdl.fit(config, tmp_path / "a", quiet=True)
+  full = jdl.fit(config, tmp_path / "b", quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(resumed.state.params),
+                              jax.device_get(full.state.params))
+
+
+def test_resume_with_another_block_size_compiles_the_block_it_needs(tmp_path):
+  # Saved at step 7 with blocks of 7; resumed with blocks of 10, so the first block
+  # is 3 steps, a size the new run's warm-up did not compile.
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=7), tmp_path / "a", quiet=True,
+            callbacks=[_Crash(at_step=8)])
+  resumed = jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=10), tmp_path / "a",
+                    quiet=True)
+  full = jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=10), tmp_path / "b",
+                 quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(resumed.state.params),
+                              jax.device_get(full.state.params))
+
+
+def test_resume_refuses_a_run_whose_epochs_changed_length(tmp_path):
+  # A larger validation split leaves fewer train batches an epoch: step 6 of the old
+  # epochs is another position of other epochs, so there is no exact resume.
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=3), tmp_path, quiet=True,
+            callbacks=[_Crash(at_step=7)])
+  def files():
+    return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+  before = files()
+  with pytest.raises(jdl.JdlError, match=r"written with \d+ steps per epoch, but this run has"):
+    jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=3, validation_split=0.5),
+            tmp_path, quiet=True)
+  assert files() == before  # Nothing moved aside as damaged, nothing rewritten.
+
+
 def test_a_second_fit_without_a_workdir_continues_from_the_trainer_state():
   trainer = jdl.Trainer(make_config(num_epochs=2), quiet=True)
   first = trainer.fit()

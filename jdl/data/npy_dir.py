@@ -139,7 +139,12 @@ class NpyRows:
 
 def _find(directory: pathlib.Path, key: str) -> list[pathlib.Path]:
   single = directory / f"{key}.npy"
-  shards = sorted(directory.glob(f"{key}.*.npy"), key=_natural_key)
+  candidates = sorted(directory.glob(f"{key}.*.npy"), key=_natural_key)
+  shards = [p for p in candidates if re.fullmatch(rf"{re.escape(key)}\.\d+\.npy", p.name)]
+  stray = [p.name for p in candidates if p not in shards]
+  if stray:
+    raise JdlError(f"{directory}: {', '.join(stray)} look like shards of {key} but are not "
+                   f"numbered ({key}.0.npy, {key}.1.npy, ...); rename or move them")
   if single.is_file() and shards:
     raise JdlError(f"{directory} holds both {single.name} and shards {shards[0].name}, ...; "
                    "keep one of them")
@@ -247,7 +252,11 @@ def _scan_labels(arrays: dict[str, NpyRows]) -> tuple[int, str]:
       if chunk.size:
         top, low = max(top, float(chunk.max())), min(low, float(chunk.min()))
   if not integral:
+    width = {split: int(np.prod(y.shape[1:], dtype=np.int64)) for split, y in ys}
     for split, y in ys:
+      if width[split] != width["train"]:
+        raise JdlError(f"{y.name} has targets of shape {y.shape[1:]} but y_train has "
+                       f"{arrays['y_train'].shape[1:]}; every split needs the same targets")
       _check_finite(y, f"y_{split}")
     return 0, "regression"
   for split, y in ys:

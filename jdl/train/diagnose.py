@@ -129,8 +129,10 @@ class DiagnosticsHook:
 
   def run(self, trainer, x, y, idx, epoch: int) -> None:
     """Runs one diagnostic block on ``trainer`` and logs its diagnostics."""
-    trainer.state, trainer._acc, diag = self._blocks[idx.shape[0]](
-        trainer.state, trainer._acc, x, y, idx)
+    n = idx.shape[0]
+    if n not in self._blocks:  # A resume from a checkpoint off the block grid.
+      self._blocks[n] = trainer.compile_block(self._run_block, n)
+    trainer.state, trainer._acc, diag = self._blocks[n](trainer.state, trainer._acc, x, y, idx)
     step = trainer.step
     record = to_record(jax.device_get(diag), step, epoch + 1)
     trainer._record(record)

@@ -15,6 +15,7 @@ live in :mod:`jdl.train.parallel`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import json
@@ -783,7 +784,6 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         if stopping and pos < spe:
           break
       if stopping and pos < spe:
-        self._save()
         return self._stop_early(stop.signal_name or "a signal to another process")
       self._check_finite()
       train_logs = self.compute_metrics(self.train_names, self._acc)  # Syncs the device.
@@ -804,6 +804,10 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
 
   def _train_block(self, n: int, x, y, idx) -> None:
     """Advances :attr:`state` and the epoch's sums by the block of ``n`` steps."""
+    if n not in self._blocks:
+      # A block size _warm_up did not compile: a resume from a checkpoint written
+      # with another block size (scan_chunk, checkpoint_every_steps, epoch_mode...).
+      self._blocks[n] = self.compile_block(self._block_fn(), n)
     if self.nonfinite_check == "step":
       self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, idx)
       return
@@ -852,9 +856,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self._nonfinite_reported = count
 
   def _stop_early(self, signal_name: str) -> FitResult:
-    """After a stop request: the checkpoint is written; flush and return."""
+    """After a stop request: write the checkpoint (unless this step has one), flush
+    and return."""
     self.preempted = signal_name
     if self.checkpointer is not None:
+      self._save()
       self.checkpointer.close()
     if self.tb is not None:
       self.tb.writer.close()
@@ -867,13 +873,16 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     """Compiles the train block ahead of time; returns the seconds it took."""
     t0 = time.perf_counter()
     shapes = {self.chunk, self.steps_per_epoch % self.chunk or self.chunk}
-    block = self._run_checked_block if self.nonfinite_check == "block" else self._run_block
+    block = self._block_fn()
     self._blocks, self._replay_blocks = {}, {}
     for n in shapes:
       self._blocks[n] = self.compile_block(block, n)
     if self._diagnostics:
       self._diagnostics.compile(self, shapes)
     return time.perf_counter() - t0
+
+  def _block_fn(self):
+    return self._run_checked_block if self.nonfinite_check == "block" else self._run_block
 
   @property
   def fit_block(self):
@@ -1111,6 +1120,9 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
              best: bool = True) -> Trainer:
   """A :class:`Trainer` holding a finished (or interrupted) run's state.
 
+  It runs in this process alone: a multi-host run's ``distributed`` settings are
+  not applied (unless JAX is already initialised for several processes).
+
   Args:
     workdir: the run's directory.
     config: its config; ``None`` reads ``workdir/config.json``.
@@ -1126,6 +1138,12 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
       raise JdlError(f"{workdir} holds no jdl run (no config.json); train first with "
                      f"`jdl train --workdir {workdir}`")
     config = config_lib.from_dict(workdir_lib.read_json(path))
+  if "distributed" in config and config.distributed.initialize != "never":
+    # Reading a run is one process's work: a multi-host run's coordinator and process
+    # id (or $JAX_COORDINATOR_ADDRESS in a job script) do not describe this process,
+    # and orbax below starts JAX before a Trainer could initialise it.
+    config = copy.deepcopy(config)
+    config.distributed.initialize = "never"
   ckdir = workdir / "checkpoints"
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {workdir}; train first with "

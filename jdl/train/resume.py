@@ -53,7 +53,11 @@ def mismatch_message(workdir, step: int, diffs: list[str], saved: dict | None,
           f"state than this config builds ({'; '.join(diffs[:2])}{more}){keys}. {remedy}")
 
 
-class VocabularyMismatch(JdlError):
+class ResumeRefused(JdlError):
+  """A readable checkpoint this run must not resume from: refuse, touch nothing."""
+
+
+class VocabularyMismatch(ResumeRefused):
   """A checkpoint's vocabulary differs from the one the train split gives now."""
 
 
@@ -147,7 +151,7 @@ class ResumableRun:
       self._check_layout(step)
       try:
         return self._resume(step)
-      except VocabularyMismatch:
+      except ResumeRefused:
         raise  # A readable checkpoint of other data: refuse, touch nothing.
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
         reason = ckpt_lib.error_summary(e)
@@ -192,6 +196,14 @@ class ResumableRun:
       raise VocabularyMismatch(f"the checkpoint at step {step} was trained with another vocabulary than "
                      "the one built now from the train split (the data changed); use another "
                      "--workdir, or --restart")
+    saved_spe = int(meta["steps_per_epoch"])
+    if saved_spe != self.steps_per_epoch:
+      raise ResumeRefused(
+          f"the checkpoint at step {step} was written with {saved_spe} steps per epoch, "
+          f"but this run has {self.steps_per_epoch} ({self.data.train.size} train examples, "
+          f"batch {self.batch_size}): the train split or the batch size changed, so the "
+          "run cannot resume where it stopped. Train with the data and config of that "
+          "run, or use --restart (or another --workdir) to start over")
     self.state, self._acc = tree["state"], tree["acc"]
     self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
     saved = meta.get("callbacks", {})
