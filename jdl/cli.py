@@ -164,12 +164,23 @@ def _evaluate(args, overrides) -> int:
   from jdl.train import loop
   from jdl.train import workdir as workdir_lib
   saved = Path(args.workdir or "") / "config.json"
-  if args.config is None and args.workdir and saved.is_file():
+  if args.config is None and args.workdir:
+    if not saved.is_file():
+      raise JdlError(f"{args.workdir} holds no jdl run (no config.json); give the run's "
+                     "--workdir, or its --config as well")
     config = config_lib.from_dict(workdir_lib.read_json(saved))
     config_lib.apply_overrides(config, overrides)
     workdir = args.workdir
   else:
     config, workdir = _load(args, overrides)
+  if saved.is_file():
+    changed = config_lib.structural_diff(workdir_lib.read_json(saved),
+                                         json.loads(config_lib.to_json(config)))
+    if changed:  # Another split or scaling: the "test" rows could be training rows.
+      raise JdlError(f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} "
+                     "from the run's config.json: the test "
+                     "split, the inputs or the model would not be the ones it was trained "
+                     "with; leave them as the run had them")
   print(json.dumps(loop.evaluate(config, workdir)))
   return 0
 

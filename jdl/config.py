@@ -28,9 +28,11 @@ from jdl.errors import JdlError
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 DEFAULT_EXPERIMENT = "digits_cnn"
 
-# Keys whose change makes an existing checkpoint meaningless (resume refuses).
+# Keys whose change makes an existing checkpoint meaningless (resume refuses), or
+# changes which examples are test examples, or how inputs are scaled (evaluate refuses).
 STRUCTURAL_KEYS = ("dataset", "model", "seed", "batch_size", "task", "loss", "classes",
-                   "examples_per_class", "generative.latent_dim", "sequence.maxlen",
+                   "examples_per_class", "test_split", "validation_split", "normalize",
+                   "n_samples", "noise", "generative.latent_dim", "sequence.maxlen",
                    "sequence.padding", "sequence.truncating", "sequence.level",
                    "sequence.lowercase", "sequence.min_freq", "sequence.max_vocab",
                    "sequence.seq_len")

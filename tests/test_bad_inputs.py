@@ -254,11 +254,23 @@ def test_read_commands_on_a_mismatched_or_damaged_run(finished, tmp_path, capsys
   assert _snapshot(finished) == before
 
 
+def test_evaluate_refuses_overrides_that_change_the_test_split(finished, capsys):
+  before = _snapshot(finished)
+  for override in ("--config.seed=5", "--config.test_split=0.5", "--config.normalize=none"):
+    assert cli.main(["evaluate", "--workdir", str(finished), override]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    key = override.split(".")[1].split("=")[0]
+    assert len(err) == 1 and err[0].startswith(f"jdl: error: {key} differs"), err
+  assert cli.main(["evaluate", "--workdir", str(finished), "--config.eval_batch_size=7"]) == 0
+  assert _snapshot(finished) == before
+
+
 def test_evaluate_and_export_without_checkpoints(tmp_path, capsys):
   assert cli.main(["evaluate", "--workdir", str(tmp_path), *FAST]) == 2
   assert cli.main(["export", "--workdir", str(tmp_path), "--out", str(tmp_path / "p.npz")]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 2 and all(line.startswith("jdl: error: no checkpoints") for line in err)
+  assert len(err) == 2 and "holds no jdl run (no config.json)" in err[0]
+  assert err[1].startswith("jdl: error: no checkpoints")
 
 
 def test_python_api_raises_jdl_errors(tmp_path):

@@ -249,18 +249,22 @@ def test_resume_with_another_block_size_compiles_the_block_it_needs(tmp_path):
 
 
 def test_resume_refuses_a_run_whose_epochs_changed_length(tmp_path):
-  # A larger validation split leaves fewer train batches an epoch: step 6 of the old
-  # epochs is another position of other epochs, so there is no exact resume.
+  # More training data (a grown npy_dir, say) makes more batches an epoch: step 6 of
+  # the old epochs is another position of other epochs, so there is no exact resume.
+  import dataclasses
+  digits = jdl.data.load_dataset("digits", test_split=0.2, seed=0)
+  small = dataclasses.replace(digits, x_train=digits.x_train[:800],
+                              y_train=digits.y_train[:800])
   with pytest.raises(KeyboardInterrupt):
     jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=3), tmp_path, quiet=True,
-            callbacks=[_Crash(at_step=7)])
+            dataset=small, callbacks=[_Crash(at_step=7)])
   def files():
     return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
 
   before = files()
   with pytest.raises(jdl.JdlError, match=r"written with \d+ steps per epoch, but this run has"):
-    jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=3, validation_split=0.5),
-            tmp_path, quiet=True)
+    jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=3), tmp_path, quiet=True,
+            dataset=digits)
   assert files() == before  # Nothing moved aside as damaged, nothing rewritten.
 
 
