@@ -261,9 +261,9 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
   """Loads ``get_config()`` from a file path or a named experiment, and locks it.
 
   Args:
-    path_or_name: a ``.py`` file path, or an experiment name from
-      ``experiments/configs`` (e.g. ``"mnist_cnn"``); ``None`` gives the default
-      experiment.
+    path_or_name: a ``.py`` file path, a run's saved ``config.json`` (read as
+      data), or an experiment name from ``experiments/configs`` (e.g.
+      ``"mnist_cnn"``); ``None`` gives the default experiment.
 
   Returns:
     The locked config.
@@ -272,6 +272,15 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
     JdlError: the file does not exist or does not define ``get_config()``.
   """
   path = resolve_config_path(path_or_name)
+  if path.suffix == ".json":  # A run's saved config: data, never executed.
+    import json
+    try:
+      saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+      raise JdlError(f"config file {path} is not readable JSON ({e})") from None
+    if not isinstance(saved, dict):
+      raise JdlError(f"config file {path} does not hold a config (a JSON object)")
+    return from_dict(saved)
   spec = importlib.util.spec_from_file_location(f"jdl_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   # A config may import a sibling config and override it (`from mnist_cnn import
@@ -333,9 +342,15 @@ def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
   if path_or_name is None or str(path_or_name) == "":
     path_or_name = DEFAULT_EXPERIMENT
   path = Path(path_or_name)
-  if path.suffix == ".py" or path.exists():
+  if path.suffix in (".py", ".json") or path.exists():
+    if path.is_dir():
+      raise JdlError(f"--config {str(path)!r} is a folder; give a config file (a .py "
+                     "file with get_config(), or a run's config.json) or an experiment name")
     if not path.is_file():
       raise JdlError(f"config file {str(path)!r} does not exist")
+    if path.suffix not in (".py", ".json"):
+      raise JdlError(f"config file {str(path)!r} is neither a .py file with get_config() "
+                     "nor a run's config.json")
     return path
   named = CONFIG_DIR / f"{path_or_name}.py"
   if not named.is_file():

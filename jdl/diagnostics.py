@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jdl import errors
+from jdl.data import augment as augment_lib
 
 TANH_SATURATION = 0.99  # |tanh(x)| above this is saturated.
 SIGMOID_SATURATION = 0.01  # sigmoid(x) below this or above 1 - this is saturated.
@@ -245,15 +246,17 @@ def activation_kind(config: ml_collections.ConfigDict) -> str:
 
 # ---------------------------------------------------------------------- step
 def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callable | None,
-                         bins: int, activation: str, histograms: bool = True) -> Callable:
+                         bins: int, activation: str, histograms: bool = True,
+                         augment: Callable | None = None) -> Callable:
   """``diagnostic_step(state, batch) -> (state, metrics, diagnostics)``.
 
   The new state and metrics are those of ``train_step`` itself (the same
   computation, so runs with and without diagnostics agree bitwise); the
   gradients and the sown activations are recomputed beside it, in one forward
   and backward pass of ``task.loss_fn`` with the ``intermediates`` collection
-  made mutable, with the same per-step key (so dropout masks match). Should
-  ``loss_fn`` not pass that collection through, one more forward pass gets it.
+  made mutable, with the same per-step key (so dropout masks match) and the same
+  augmented batch and (mixup) loss as the step's. Should ``loss_fn`` not pass
+  that collection through, one more forward pass gets it.
 
   Args:
     task: the :class:`jdl.train.steps.SupervisedTask` of ``train_step``.
@@ -261,6 +264,7 @@ def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callab
     learning_rate_fn: ``opt_state -> lr`` (e.g. a partial of
       :func:`jdl.optim.current_learning_rate`), or ``None``.
     bins, activation, histograms: as in :func:`compute_diagnostics`.
+    augment: the ``augment`` given to ``make_train_step``, or ``None``.
   """
 
   def apply_sowing(variables, x, **kwargs):
@@ -270,14 +274,17 @@ def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callab
     return task.apply_fn(variables, x, **kwargs)
 
   sowing_task = dataclasses.replace(task, apply_fn=apply_sowing)
+  if augment is not None:  # The step's own loss on the step's own batch.
+    sowing_task = dataclasses.replace(sowing_task, loss=augment_lib.mixup_loss(task.loss))
 
   def diagnostic_step(state, batch):
     key = jax.random.fold_in(state.key, state.step)
+    seen = batch if augment is None else augment(jax.random.fold_in(key, 1), batch)
     grads, (_, _, collections) = jax.grad(sowing_task.loss_fn, has_aux=True)(
-        state.params, state.model_state, batch, key, True)
+        state.params, state.model_state, seen, key, True)
     if not isinstance(collections, dict) or "intermediates" not in collections:
       mutable = [*state.model_state.keys(), "intermediates"]
-      _, collections = task.apply_fn({"params": state.params, **state.model_state}, batch["x"],
+      _, collections = task.apply_fn({"params": state.params, **state.model_state}, seen["x"],
                                      train=True, rngs={"dropout": key}, mutable=mutable)
     new_state, metrics = train_step(state, batch)
     diag = compute_diagnostics(state, new_state, grads, collections.get("intermediates", {}),

@@ -76,6 +76,10 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
   trunc_zip = tmp / "trunc.npz"
   np.savez(trunc_zip, x=x, y=y)
   trunc_zip.write_bytes(trunc_zip.read_bytes()[:100])
+  txt = tmp / "config.txt"
+  txt.write_text("seed = 1\n")
+  json_list = tmp / "list.json"
+  json_list.write_text("[1, 2]\n")
   typo = tmp / "typo.py"
   typo.write_text("from jdl.config import base_config\n\ndef get_config():\n"
                   "  c = base_config()\n  c.batchsize = 32\n  return c\n")
@@ -186,6 +190,9 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
       "config without get_config": (["--config", no_fn], ["get_config"]),
       "non-UTF-8 config file": (["--config", latin], ["latin.py"]),
       "config returning a dict": (["--config", wrong_type], ["ConfigDict"]),
+      "a folder as --config": (["--config", tmp], ["is a folder"]),
+      "a text file as --config": (["--config", txt], ["neither a .py file"]),
+      "a JSON list as --config": (["--config", json_list], ["does not hold a config"]),
       # Data files.
       "nan/inf in inputs": ([*IRIS, npz, _npz(tmp, "nan.npz", x=nan_x, y=y)], ["inf"]),
       "labels out of range": ([*IRIS, npz, _npz(tmp, "neg.npz", x=x, y=y - 1)], ["label"]),

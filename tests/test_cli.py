@@ -61,6 +61,18 @@ def test_evaluate_prints_one_json_line(trained, capsys):
   assert {"loss", "accuracy", "macro_f1"} <= set(metrics)
 
 
+def test_a_runs_config_json_is_a_config(trained, capsys):
+  saved = json.loads((trained / "config.json").read_text())
+  config = jdl.load_config(trained / "config.json")
+  assert json.loads(jdl.config.to_json(config)) == {
+      k: v for k, v in saved.items() if k != jdl.config.RUNTIME_KEY}
+  # evaluate with the run's own config file: the same metrics as without.
+  code, out, _ = run_cli("evaluate", "--workdir", trained, capsys=capsys)
+  code2, out2, _ = run_cli("evaluate", "--workdir", trained, "--config",
+                           trained / "config.json", capsys=capsys)
+  assert code == code2 == 0 and json.loads(out) == json.loads(out2)
+
+
 def test_export_writes_flat_npz(trained, tmp_path, capsys):
   out_file = tmp_path / "params.npz"
   code, _, _ = run_cli("export", "--workdir", trained, "--out", out_file, capsys=capsys)

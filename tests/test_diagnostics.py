@@ -261,6 +261,30 @@ def test_fit_writes_diagnostics_and_trains_bitwise_as_without(tmp_path):
           "diagnostics/act/act_1:histo", "diagnostics/grad/head/kernel:histo"} <= tags
 
 
+@pytest.mark.parametrize("augment", [{}, {"augment__noise_std": 0.5},
+                                     {"augment__mixup_alpha": 0.4}])
+def test_the_logged_gradient_is_the_one_the_update_applied(tmp_path, augment):
+  # Plain SGD: the gradient applied at step 10 is (w_9 - w_10) / lr, whatever the
+  # augmentation did to the batch the step trained on.
+  params = {}
+
+  class Keep(cb.Callback):
+    def on_steps_end(self, trainer, step, num_steps):
+      if step in (9, 10):
+        params[step] = jax.device_get(trainer.state.params)
+
+  lr = 0.1
+  config = make_config(num_epochs=1, epoch_mode="step", optimizer__name="sgd",
+                       optimizer__learning_rate=lr, diagnostics__every_steps=10, **augment)
+  jdl.fit(config, tmp_path, model=_SowMLP(), quiet=True, callbacks=[Keep()])
+  record = next(json.loads(line) for line in (tmp_path / "metrics.jsonl").open()
+                if '"diagnostics"' in line)
+  assert record["step"] == 10
+  applied = jax.tree.map(lambda a, b: (np.float64(a) - b) / lr, params[9], params[10])
+  norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(applied)))
+  np.testing.assert_allclose(record["grad_norm"], norm, rtol=2e-3)
+
+
 @pytest.mark.parametrize("learning_rate, warns", [(50.0, True), (1e-3, False)])
 def test_update_ratio_warning_on_an_absurd_learning_rate(tmp_path, capfd, learning_rate, warns):
   _fit(None, diagnostics__every_steps=2, diagnostics__warn_after_periods=2,

@@ -112,7 +112,7 @@ class DiagnosticsHook:
         trainer.task, trainer.train_step,
         learning_rate_fn=functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn),
         bins=int(c.histogram_bins), activation=diag_lib.activation_kind(trainer.config),
-        histograms=bool(c.histograms))
+        histograms=bool(c.histograms), augment=trainer.augment)
     block = diag_lib.make_diagnostic_block(trainer.run_block, step,
                                            steps_lib.merge_train_metrics, trainer.batch_size)
     self._run_block = jax.jit(block, donate_argnums=(0, 1))

@@ -510,9 +510,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     par = self.parallel
     if self.gan:
       train_step, eval_step = self.task.train_step, self.task.eval_step
+      self.augment = None
       block_step = train_step
     else:
       augment = augment_lib.make_train_augment(self.config.augment, self.data.input_shape)
+      self.augment = augment  # The diagnostics' gradient is of the same batch.
       freeze = tuple(self.config.optimizer.freeze)
       train_step = steps_lib.make_train_step(self.task, augment=augment,
                                              microbatch_size=self.microbatch_size,
