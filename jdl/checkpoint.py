@@ -246,7 +246,7 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> 
   Raises:
     JdlError: no such step.
   """
-  require_undamaged(directory)
+  require_undamaged(directory, step)
   with _absl_quiet(), unreadable_as_error(directory, step):  # orbax warns that a read-only
     return _restore_params(directory, step)                  # manager is read-only.
 
@@ -263,13 +263,20 @@ def _absl_quiet():
     absl_logger.setLevel(level)
 
 
-def require_undamaged(directory: str | os.PathLike) -> None:
+def require_undamaged(directory: str | os.PathLike, step: int | None = None) -> None:
   """For the commands that only read a run: one error naming its damaged steps.
+
+  Args:
+    directory: the ``checkpoints/`` folder.
+    step: only this step must be undamaged; ``None``: every step (the latest or
+      the best one is picked among them).
 
   Raises:
     JdlError: some step's files are visibly damaged (:func:`find_damaged`).
   """
   damaged = find_damaged(directory)
+  if step is not None:
+    damaged = {s: r for s, r in damaged.items() if s == step}
   if damaged:
     listed = "; ".join(f"step {s}: {r}" for s, r in sorted(damaged.items()))
     raise JdlError(f"damaged checkpoints in {directory} ({listed}); `jdl train` with this "

@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                  help="Adam steps allowed to reach 100%% training accuracy (default: 300)")
   c.add_argument("--overfit-lr", type=float, default=None, metavar="LR",
                  help="Adam learning rate of the overfitting check (default: the "
-                      "config's when its optimizer is Adam-like, else 1e-3)")
+                      "config's when its optimizer is Adam-like, else 1e-3, 1e-2, 1e-1 "
+                      "until one fits)")
   f = add("lr-find", "Learning-rate range test: loss against a geometrically growing learning "
           "rate; prints the suggested rate and saves a plot.", workdir=False)
   f.add_argument("--out", default=None, metavar="FILE.png",
@@ -199,7 +200,9 @@ def _predict(args, overrides) -> int:
     if args.text:
       raise JdlError(f"{args.workdir} holds a seq2seq run; give its sources with --input")
     src = trainer.encode_texts(args.input, vocab="src")
-    tokens, _ = trainer.decode(src, beam=not args.greedy)
+    # A run trained with sequence.beam_size=0 has no beam: it decodes greedily.
+    beam = not args.greedy and int(trainer.config.sequence.beam_size) >= 1
+    tokens, _ = trainer.decode(src, beam=beam)
     for text, row in zip(args.input, tokens):
       print(json.dumps({"input": text, "prediction": trainer.vocab["tgt"].decode_text(row)}))
     return 0
@@ -250,8 +253,12 @@ def _export(args, overrides) -> int:
   ckdir = Path(args.workdir) / "checkpoints"
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {args.workdir}")
-  params = checkpoint.restore_params(ckdir, step=args.step)
   out = Path(args.out)
+  if out.suffix.lower() != ".npz":  # numpy would add .npz to any other name.
+    raise JdlError(f"--out must name a .npz file, got {args.out!r}")
+  if out.is_dir():
+    raise JdlError(f"--out {args.out!r} is a folder; name a .npz file")
+  params = checkpoint.restore_params(ckdir, step=args.step)
   out.parent.mkdir(parents=True, exist_ok=True)
   np.savez(out, **params)
   print(f"wrote {len(params)} arrays to {out}")
@@ -276,9 +283,12 @@ def _lr_find(args, overrides) -> int:
   from jdl import lr_finder
   config = _config(args, overrides)
   out = args.out or f"lr_find_{config_lib.resolve_config_path(args.config).stem}.png"
+  if not str(out).lower().endswith(".png") or Path(out).is_dir():
+    raise JdlError(f"--out must name a .png file, got {out!r}")
   result = lr_finder.find_lr(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
   path = lr_finder.plot_lr_finder(result, out)
-  end = "loss diverged" if result.diverged else "no divergence"
+  end = ("the smoothed loss diverged" if result.diverged
+         else "the smoothed loss stayed below 4x its best")
   print(f"ran {len(result.learning_rates)} steps, lr {result.learning_rates[0]:.2e} to "
         f"{result.learning_rates[-1]:.2e} ({end}); min smoothed loss "
         f"{result.min_loss:.4g} at lr {result.min_loss_lr:.2e}")

@@ -107,9 +107,9 @@ def histogram(x: jax.Array, bins: int, range: tuple[Any, Any] | None = None  # n
   lo, hi = jnp.where(same, lo - 0.5, lo), jnp.where(same, hi + 0.5, hi)
   width = (hi - lo) / bins
 
-  def edge(i):  # Edge i as jnp.linspace computes it; not gathered (slow on CPU).
-    t = i.astype(jnp.float32) / bins
-    return jnp.where(i >= bins, hi, lo * (1 - t) + hi * t)
+  def edge(i):  # Edge i as np.linspace computes it (lo + i * step; hi last), in
+    # float32; computed, not gathered (a gather is slow on CPU).
+    return jnp.where(i >= bins, hi, lo + i.astype(jnp.float32) * width)
 
   edges = edge(jnp.arange(bins + 1))
   # The bin by arithmetic, then corrected against the edges themselves (as numpy

@@ -250,6 +250,13 @@ def test_read_commands_on_a_mismatched_or_damaged_run(finished, tmp_path, capsys
     damage(max((copy / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name)))
     cases[f"evaluate, {name}"] = ["evaluate", "--workdir", copy]
     cases[f"export, {name}"] = ["export", "--workdir", copy, "--out", tmp_path / "p.npz"]
+  cases["export to a name numpy would change"] = ["export", "--workdir", finished, "--out",
+                                                  tmp_path / "p.txt"]
+  cases["export into a folder"] = ["export", "--workdir", finished, "--out", tmp_path]
+  cases["lr-find plot of another format"] = ["lr-find", "--config", "xor", "--steps", "3",
+                                             "--out", tmp_path / "lr.txt"]
+  cases["lr-find to an infinite rate"] = ["lr-find", "--config", "xor", "--steps", "3",
+                                          "--max-lr", "inf", "--out", tmp_path / "lr.png"]
   before = _snapshot(finished)
   failures = []
   for name, args in cases.items():
@@ -259,6 +266,22 @@ def test_read_commands_on_a_mismatched_or_damaged_run(finished, tmp_path, capsys
       failures.append(f"{name}: code={code} err={err[:3]!r}")
   assert not failures, "\n".join(failures)
   assert _snapshot(finished) == before
+
+
+def test_export_of_a_step_needs_only_that_step_undamaged(tmp_path, capsys):
+  assert cli.main(["train", "--workdir", str(tmp_path / "run"), "--quiet", *FAST,
+                   "--config.num_epochs=2"]) == 0
+  steps = sorted((tmp_path / "run" / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
+  assert len(steps) == 2
+  data = next(p for p in (steps[1] / "tree").rglob("*") if p.is_file() and p.parent.name == "d")
+  data.write_bytes(b"")  # The latest step's arrays are damaged.
+  assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--out",
+                   str(tmp_path / "first.npz"), "--step", steps[0].name]) == 0
+  assert cli.main(["export", "--workdir", str(tmp_path / "run"), "--out",
+                   str(tmp_path / "last.npz")]) == 2
+  assert not (tmp_path / "last.npz").exists()
+  with np.load(tmp_path / "first.npz") as params:
+    assert "conv_0/kernel" in params.files
 
 
 def test_evaluate_refuses_overrides_that_change_the_test_split(finished, capsys):

@@ -59,6 +59,9 @@ def test_update_ratio_of_a_zero_layer_uses_the_floor():
     (np.array([0.0, 0.25, 0.5, 1.0, 1.0]), 4, (0.0, 1.0)),  # Edge values; last bin closed.
     (np.full(7, 3.0), 5, None),  # Constant: numpy widens the range by 0.5.
     (_RNG.uniform(size=(8, 9)), 1, None),
+    # Quantised values on the edges of 0.25-wide bins (numpy's edges lo + i * step).
+    (np.arange(-10, 12) * 0.25, 21, (-2.5, 2.75)),
+    (_RNG.integers(-10, 12, size=500) * 0.25, 21, None),
 ])
 def test_histogram_counts_match_numpy(values, bins, value_range):
   values = np.asarray(values, np.float32)

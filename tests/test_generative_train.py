@@ -157,6 +157,12 @@ def test_gan_is_scored_by_a_jdl_classifier(tmp_path, capsys):
   one = judge_lib.scores(judge, np.repeat(real[:1], 100, axis=0), real)
   assert one["inception_score"] == pytest.approx(1.0, abs=1e-6)
   assert same["inception_score"] > 3 * one["inception_score"]
+  # A VAE's samples are scored by the same judge.
+  vae = jdl.fit(vae_config(num_epochs=1, generative__eval_samples=200,
+                           generative__classifier_workdir=str(tmp_path / "clf")),
+                tmp_path / "vae", quiet=True)
+  assert 1.0 <= vae.test_metrics["inception_score"] <= 10.0
+  assert vae.test_metrics["frechet_distance"] > 0
   capsys.readouterr()  # A classifier's run does not sample: one clear line, exit 2.
   assert cli.main(["sample", "--workdir", str(tmp_path / "clf"), "--out",
                    str(tmp_path / "x.png")]) == 2

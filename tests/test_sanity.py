@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jdl
 from jdl import cli
 from jdl import sanity
 from jdl.data import pipeline
@@ -133,10 +134,26 @@ def test_overfit_uses_the_configs_adam_rate_by_default(capsys):
   assert cli.main(["check", "--config", "xor"]) == 0
   overfit = [line for line in capsys.readouterr().out.splitlines() if " overfit " in line]
   assert len(overfit) == 1 and overfit[0].startswith("PASS") and "(lr 0.05)" in overfit[0]
-  # SGD-like optimizers keep Adam at 1e-3 (their rates mean something else).
+  # SGD-like optimizers get Adam at 1e-3, 1e-2, 1e-1 (their rates mean something else).
   results = sanity.run_checks(make_config(optimizer__name="sgd", optimizer__learning_rate=0.5),
                               overfit_steps=1)
-  assert "(lr 0.001)" in {r.name: r for r in results}["overfit"].message
+  message = {r.name: r for r in results}["overfit"].message
+  assert "(lr 0.1)" in message and message.endswith("(lr 0.001, 0.01 failed too)")
+
+
+def test_check_passes_on_the_linear_regression_experiment(capsys):
+  # SGD at 0.1 in its config; Adam at 1e-3 or 1e-2 cannot move its weights far
+  # enough in 300 steps, 1e-1 can.
+  assert cli.main(["check", "--config", "linear_regression"]) == 0
+  overfit = [line for line in capsys.readouterr().out.splitlines() if " overfit " in line]
+  assert overfit[0].startswith("PASS") and "(lr 0.1)" in overfit[0]
+
+
+def test_the_overfit_check_turns_convolutional_dropout_off_too():
+  model = sanity._without_dropout(jdl.models.create_model(
+      {"name": "cnn", "features": (4,), "dense": (8,), "dropout_rate": 0.5,
+       "conv_dropout_rate": 0.9}, num_outputs=10))
+  assert model.dropout_rate == 0.0 and model.conv_dropout_rate == 0.0
 
 
 def test_cli_check_on_the_default_experiment(capsys):

@@ -319,3 +319,12 @@ def test_seq2seq_resumes_exactly_then_evaluate_predict_cli(tmp_path, capsys):
   out = json.loads(capsys.readouterr().out)
   assert out["input"] == "3 march 1998" and isinstance(out["prediction"], str)
   assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--text", "x"]) == 2
+  # A run trained without beam search (beam_size=0) predicts greedily.
+  saved = tmp_path / "full" / "config.json"
+  run = json.loads(saved.read_text())
+  run["sequence"]["beam_size"] = 0
+  saved.write_text(json.dumps(run))
+  capsys.readouterr()
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--input",
+                   "3 march 1998"]) == 0
+  assert json.loads(capsys.readouterr().out) == out

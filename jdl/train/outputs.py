@@ -72,11 +72,12 @@ class GenerativeOutputs:
     return self._judge
 
   def generative_scores(self, split: pipeline.Split, state=None) -> dict[str, float]:
-    """Inception Score and Frechet distance of a GAN's samples against ``split``.
+    """Inception Score and Frechet distance of a VAE's or GAN's samples against ``split``.
 
     Empty for other tasks, or without ``generative.classifier_workdir``.
     """
-    if not self.gan or not self.config.generative.classifier_workdir:
+    generates = self.gan or self.config.task == "vae"
+    if not generates or not self.config.generative.classifier_workdir:
       return {}
     from jdl.generative import judge as judge_lib
     n = int(self.config.generative.eval_samples)
@@ -115,6 +116,9 @@ class SequenceOutputs:
     ids = dict(max_len=max_len, bos_id=text_lib.BOS_ID, eos_id=text_lib.EOS_ID)
     # decoding's functions are jitted with apply_fn static: runs of one model share
     # their compilations (evaluate, then predict, in one process).
+    if beam and int(seq.beam_size) < 1:
+      raise JdlError(f"beam search needs sequence.beam_size >= 1, this run has "
+                     f"{seq.beam_size}; decode greedily (beam=False)")
     if beam:
       fn = functools.partial(decoding.beam_search, state.apply_fn, beam_size=int(seq.beam_size),
                              length_penalty=float(seq.length_penalty), **ids)

@@ -9,8 +9,10 @@ output shape and the JAX operation it came from (its ``op_name``). The same time
 is then grouped by layer and pass: ``jvp(...)`` marks the forward pass and
 ``transpose(jvp(...))`` the backward.
 
-The per-operation times add up to a little more than the wall time. The profiler
-costs something, and small operations run side by side on the two threads. Only the
+The per-operation times need not add up to the wall time, which is printed too:
+operations run side by side on the worker threads (the sum can exceed it), and the
+loop's own work between them (dispatch, the scan's bookkeeping, idle threads) is in
+no operation (the sum can fall short: a third of a tiny MLP's step). Only the
 CPU backend's events are read; on a GPU, use ``jax.profiler.trace`` with
 TensorBoard or XProf.
 """
