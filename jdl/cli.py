@@ -134,11 +134,23 @@ def _config(args, overrides):
   return config
 
 
+def _experiment_name(config_arg) -> str:
+  """A config's name: its file's stem, or for a run's config.json its run folder's."""
+  from jdl import config as config_lib
+  path = config_lib.resolve_config_path(config_arg)
+  return path.resolve().parent.name if path.suffix == ".json" else path.stem
+
+
 def _load(args, overrides):
   from jdl import config as config_lib
   config = _config(args, overrides)
-  name = config_lib.resolve_config_path(args.config).stem
-  workdir = args.workdir or os.path.join("runs", name)
+  path = config_lib.resolve_config_path(args.config)
+  if args.workdir:
+    workdir = args.workdir
+  elif path.suffix == ".json":  # A run's config.json: that run's folder.
+    workdir = str(path.parent)
+  else:
+    workdir = os.path.join("runs", path.stem)
   return config, workdir
 
 
@@ -164,8 +176,8 @@ def _evaluate(args, overrides) -> int:
   from jdl import config as config_lib
   from jdl.train import loop
   from jdl.train import workdir as workdir_lib
-  saved = Path(args.workdir or "") / "config.json"
   if args.config is None and args.workdir:
+    saved = Path(args.workdir) / "config.json"
     if not saved.is_file():
       raise JdlError(f"{args.workdir} holds no jdl run (no config.json); give the run's "
                      "--workdir, or its --config as well")
@@ -174,14 +186,16 @@ def _evaluate(args, overrides) -> int:
     workdir = args.workdir
   else:
     config, workdir = _load(args, overrides)
+  saved = Path(workdir) / "config.json"  # The run evaluated, wherever it was named.
   if saved.is_file():
     changed = config_lib.structural_diff(workdir_lib.read_json(saved),
-                                         json.loads(config_lib.to_json(config)))
+                                         json.loads(config_lib.to_json(config)),
+                                         keys=config_lib.EVALUATION_KEYS)
     if changed:  # Another split or scaling: the "test" rows could be training rows.
       raise JdlError(f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} "
-                     "from the run's config.json: the test "
-                     "split, the inputs or the model would not be the ones it was trained "
-                     "with; leave them as the run had them")
+                     "from the run's config.json: the test split, the inputs or the model "
+                     "would not be the ones it was trained with; leave them as the run "
+                     "had them")
   print(json.dumps(loop.evaluate(config, workdir)))
   return 0
 
@@ -254,7 +268,7 @@ def _export(args, overrides) -> int:
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {args.workdir}")
   out = Path(args.out)
-  if out.suffix.lower() != ".npz":  # numpy would add .npz to any other name.
+  if out.suffix != ".npz":  # numpy would add .npz to any other name (.NPZ too).
     raise JdlError(f"--out must name a .npz file, got {args.out!r}")
   if out.is_dir():
     raise JdlError(f"--out {args.out!r} is a folder; name a .npz file")
@@ -282,7 +296,7 @@ def _lr_find(args, overrides) -> int:
   from jdl import config as config_lib
   from jdl import lr_finder
   config = _config(args, overrides)
-  out = args.out or f"lr_find_{config_lib.resolve_config_path(args.config).stem}.png"
+  out = args.out or f"lr_find_{_experiment_name(args.config)}.png"
   if not str(out).lower().endswith(".png") or Path(out).is_dir():
     raise JdlError(f"--out must name a .png file, got {out!r}")
   result = lr_finder.find_lr(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)

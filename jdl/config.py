@@ -36,6 +36,10 @@ STRUCTURAL_KEYS = ("dataset", "model", "seed", "batch_size", "task", "loss", "cl
                    "sequence.padding", "sequence.truncating", "sequence.level",
                    "sequence.lowercase", "sequence.min_freq", "sequence.max_vocab",
                    "sequence.seq_len")
+# Those that decide a finished run's test examples, their scaling (the normalizer
+# is fitted on the train rows) and the model; evaluate refuses a change. Not
+# batch_size (training only) or loss (the reported loss only).
+EVALUATION_KEYS = tuple(k for k in STRUCTURAL_KEYS if k not in ("batch_size", "loss"))
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -493,10 +497,11 @@ def _tuples(value: Any) -> Any:
   return value
 
 
-def structural_diff(saved: dict, current: dict) -> list[str]:
-  """Keys among :data:`STRUCTURAL_KEYS` whose values differ (dotted paths)."""
+def structural_diff(saved: dict, current: dict,
+                    keys: tuple[str, ...] = STRUCTURAL_KEYS) -> list[str]:
+  """Keys among ``keys`` (:data:`STRUCTURAL_KEYS`) whose values differ (dotted paths)."""
   diffs = []
-  for key in STRUCTURAL_KEYS:
+  for key in keys:
     _diff(_get(saved, key), _get(current, key), key, diffs)
   return diffs
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jdl import errors
@@ -198,27 +200,52 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-# The task each loss trains: classification takes integer class labels (one-hot
-# encoded for the losses that compare probabilities), regression float targets.
-TASKS: dict[str, str] = {
-    "mse": "regression",
-    "mae": "regression",
-    "huber": "regression",
-    "binary_crossentropy": "classification",
-    "categorical_crossentropy": "classification",
-    "sparse_categorical_crossentropy": "classification",
-    "squared_hinge": "classification",
-    "kl_divergence": "classification",
+# The tasks each loss trains. Classification takes integer class labels (one-hot
+# encoded for the losses that compare distributions); regression float targets.
+# The probability losses also take float targets that are probabilities: soft
+# labels (distillation) for kl_divergence and categorical_crossentropy, a
+# probability of class 1 for binary_crossentropy.
+TASKS: dict[str, tuple[str, ...]] = {
+    "mse": ("regression",),
+    "mae": ("regression",),
+    "huber": ("regression",),
+    "binary_crossentropy": ("classification", "regression"),
+    "categorical_crossentropy": ("classification", "regression"),
+    "sparse_categorical_crossentropy": ("classification",),
+    "squared_hinge": ("classification",),
+    "kl_divergence": ("classification", "regression"),
 }
 
 
-def check_task(name: str, task: str, dataset: str = "the dataset") -> None:
-  """Raises a JdlError when loss ``name`` cannot train a ``task`` dataset."""
+def check_task(name: str, task: str, dataset: str = "the dataset",
+               targets: Any = None) -> None:
+  """Raises a JdlError when loss ``name`` cannot train a ``task`` dataset.
+
+  Args:
+    name: a key of :data:`LOSSES`.
+    task: ``'classification'`` or ``'regression'``.
+    dataset: its name, for the message.
+    targets: the train targets when in memory (``[N, D]``): float targets for a
+      probability loss must lie in [0, 1] (``kl_divergence`` and
+      ``categorical_crossentropy``: rows of at least 2 probabilities).
+  """
   errors.lookup("loss", name, LOSSES)
-  if TASKS[name] != task:
-    fits = ", ".join(n for n, t in TASKS.items() if t == task)
-    raise errors.JdlError(f"loss {name!r} is a {TASKS[name]} loss, but {dataset!r} is a "
-                          f"{task} dataset; use {fits}")
+  if task not in TASKS[name]:
+    fits = ", ".join(n for n, t in TASKS.items() if task in t)
+    raise errors.JdlError(f"loss {name!r} is a {' or '.join(TASKS[name])} loss, but "
+                          f"{dataset!r} is a {task} dataset; use {fits}")
+  if task != "regression" or "classification" not in TASKS[name] or targets is None:
+    return
+  y = np.asarray(targets)
+  if y.size and not (y.min() >= 0 and y.max() <= 1):
+    raise errors.JdlError(
+        f"loss {name!r} takes probabilities as float targets, but {dataset!r} has targets "
+        f"from {y.min():g} to {y.max():g}; use mse, mae or huber for other values")
+  width = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
+  if name != "binary_crossentropy" and width < 2:
+    raise errors.JdlError(
+        f"loss {name!r} compares distributions over classes, but {dataset!r} has one target "
+        "value per example; use binary_crossentropy for a probability of class 1")
 
 
 def _check_kwargs(name: str, fn: Callable[..., jax.Array], kwargs: dict) -> None:

@@ -159,7 +159,7 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
   trainer = Trainer(config, None, dataset=dataset, model=model, quiet=True, progress=False,
                     parallel="none")  # Its own one-device steps.
   tx = optim.create_optimizer(config, steps_per_epoch=trainer.steps_per_epoch,
-                              num_epochs=trainer.num_epochs, learning_rate_fn=schedule,
+                              num_epochs=trainer.schedule_epochs, learning_rate_fn=schedule,
                               with_plateau=False)
   state = trainer.state.replace(tx=tx, opt_state=tx.init(trainer.state.params))
   task, train, bs = trainer.task, trainer.data.train, trainer.batch_size

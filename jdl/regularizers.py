@@ -333,15 +333,17 @@ def rules_from_config(reg: Any) -> tuple[Rule, ...]:
   return tuple(rules)
 
 
-def check_patterns(reg: Any, params: Any) -> None:
+def check_patterns(reg: Any, *params: Any) -> None:
   """Raises a JdlError when a pattern that would act matches no parameter.
 
   Checked: each rule of ``rules``, ``exclude``,
   ``include`` when ``l1`` or ``l2`` is set, ``max_norm_include`` when
   ``max_norm`` is. A misspelt pattern would otherwise leave the run silently
-  unregularized.
+  unregularized. ``params``: one tree per optimizer (a GAN's two players each
+  match the patterns against their own paths).
   """
-  paths = [tree_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  paths = [tree_path(p) for tree in params
+           for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
   active = [(f"regularization.rules[{i}]", rule[0])
             for i, rule in enumerate(check_rules(reg.rules))]  # (p, 0, 0) exempts: acts too.
   if reg.exclude and (reg.l1 or reg.l2):

@@ -160,6 +160,9 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
       "a classification loss on regression data": (
           ["--config", "linear_regression", "--config.loss=sparse_categorical_crossentropy"],
           ["sparse_categorical_crossentropy", "regression", "mse"]),
+      "a probability loss on other values": (
+          ["--config", "linear_regression", "--config.loss=binary_crossentropy"],
+          ["binary_crossentropy", "probabilities"]),
       "roc_auc on 10 classes": (["--config.metrics=('accuracy','roc_auc')"],
                                 ["roc_auc", "10 classes"]),
       "f1 on 10 classes": (["--config.metrics=('f1',)"], ["macro_f1"]),
@@ -253,6 +256,7 @@ def test_read_commands_on_a_mismatched_or_damaged_run(finished, tmp_path, capsys
   cases["export to a name numpy would change"] = ["export", "--workdir", finished, "--out",
                                                   tmp_path / "p.txt"]
   cases["export into a folder"] = ["export", "--workdir", finished, "--out", tmp_path]
+  cases["export to .NPZ"] = ["export", "--workdir", finished, "--out", tmp_path / "p.NPZ"]
   cases["lr-find plot of another format"] = ["lr-find", "--config", "xor", "--steps", "3",
                                              "--out", tmp_path / "lr.txt"]
   cases["lr-find to an infinite rate"] = ["lr-find", "--config", "xor", "--steps", "3",
@@ -291,7 +295,8 @@ def test_evaluate_refuses_overrides_that_change_the_test_split(finished, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     key = override.split(".")[1].split("=")[0]
     assert len(err) == 1 and err[0].startswith(f"jdl: error: {key} differs"), err
-  assert cli.main(["evaluate", "--workdir", str(finished), "--config.eval_batch_size=7"]) == 0
+  for fine in ("--config.eval_batch_size=7", "--config.batch_size=64"):  # Evaluation only.
+    assert cli.main(["evaluate", "--workdir", str(finished), fine]) == 0
   assert _snapshot(finished) == before
 
 

@@ -73,6 +73,24 @@ def test_a_runs_config_json_is_a_config(trained, capsys):
   assert code == code2 == 0 and json.loads(out) == json.loads(out2)
 
 
+def test_the_default_workdir_of_evaluate_and_of_a_runs_config_json(tmp_path, monkeypatch,
+                                                                   capsys):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["train", "--config", "xor", "--quiet"]) == 0  # runs/xor
+  capsys.readouterr()
+  # The run's own config.json is compared, not one in the current directory.
+  (tmp_path / "config.json").write_text(json.dumps({"seed": 3}))
+  code, out, _ = run_cli("evaluate", "--config", "xor", capsys=capsys)
+  assert code == 0
+  code, _, err = run_cli("evaluate", "--config", "xor", "--config.test_split=0.5",
+                         capsys=capsys)
+  assert code == 2 and "test_split differs" in err
+  # A run's config.json names its run: evaluate reads that run.
+  code, out2, _ = run_cli("evaluate", "--config", "runs/xor/config.json", capsys=capsys)
+  assert code == 0 and json.loads(out2) == json.loads(out)
+  assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["xor"]
+
+
 def test_export_writes_flat_npz(trained, tmp_path, capsys):
   out_file = tmp_path / "params.npz"
   code, _, _ = run_cli("export", "--workdir", trained, "--out", out_file, capsys=capsys)

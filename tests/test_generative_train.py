@@ -205,3 +205,19 @@ def test_metric_groups_are_exact_means():
   mask = jnp.array([1.0, 1.0, 0.0])
   g = gen_tasks.mean_group(jnp.array([1.0, 3.0, 100.0]), mask)
   assert gen_tasks.compute(["m"], {"m": g}) == {"m": 2.0}
+
+
+def test_a_gans_max_norm_pattern_is_matched_per_player():
+  # Each player's optimizer projects its own 'hidden_0/kernel'; a pattern with the
+  # player's name in it matches no path an optimizer sees, so it is an error.
+  trainer = jdl.Trainer(gan_config(num_epochs=1, regularization__max_norm=0.05,
+                                   regularization__max_norm_include="hidden_0/kernel"),
+                        quiet=True)
+  result = trainer.fit()
+  for player in ("generator", "discriminator"):
+    kernel = np.asarray(result.state.params[player]["hidden_0"]["kernel"], np.float64)
+    assert np.linalg.norm(kernel, axis=0).max() <= 0.05 * (1 + 1e-5)
+  with pytest.raises(jdl.JdlError, match="max_norm_include='generator/hidden_0/kernel'"):
+    jdl.Trainer(gan_config(regularization__max_norm=0.05,
+                           regularization__max_norm_include="generator/hidden_0/kernel"),
+                quiet=True)

@@ -218,3 +218,20 @@ def test_get_loss_errors(name, kwargs, match):
 def test_mismatched_shapes_raise():
   with pytest.raises(JdlError, match="do not match"):
     losses.mse(jnp.zeros((B, 2)), jnp.zeros((B, 3)))
+
+
+def test_probability_losses_take_soft_targets_and_refuse_other_values():
+  soft = np.array([[0.2, 0.8], [1.0, 0.0]], np.float32)
+  for name in ("kl_divergence", "categorical_crossentropy", "binary_crossentropy"):
+    losses.check_task(name, "regression", "soft", targets=soft)
+    losses.check_task(name, "classification", "labels")
+  losses.check_task("binary_crossentropy", "regression", "p1", targets=soft[:, :1])
+  with pytest.raises(JdlError, match="one target value per example"):
+    losses.check_task("kl_divergence", "regression", "p1", targets=soft[:, :1])
+  with pytest.raises(JdlError, match="targets from -1 to 2"):
+    losses.check_task("binary_crossentropy", "regression", "values",
+                      targets=np.array([[-1.0], [2.0]]))
+  with pytest.raises(JdlError, match="'mse' is a regression loss"):
+    losses.check_task("mse", "classification", "digits")
+  with pytest.raises(JdlError, match="'squared_hinge' is a classification loss"):
+    losses.check_task("squared_hinge", "regression", "linear")

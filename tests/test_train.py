@@ -192,6 +192,10 @@ def test_zero_epochs_saves_the_initial_state_and_later_training_continues_it(tmp
   chex.assert_trees_all_equal(jax.device_get(resumed.state.params),
                               jax.device_get(fresh.state.params))
   assert resumed.history == fresh.history
+  # A cosine schedule needs a length: zero epochs still build one.
+  cosine = jdl.fit(make_config(num_epochs=0, schedule__name="warmup_cosine",
+                               schedule__warmup_epochs=0.5), tmp_path / "c", quiet=True)
+  assert int(cosine.state.step) == 0
 
 
 def test_two_callbacks_of_one_class_resume_their_own_state(tmp_path):
@@ -577,3 +581,17 @@ def test_nonfinite_info_flags_inf_and_nan_but_not_huge_finite(bad, where):
   assert int(info["loss_finite"]) == 1 and int(info["step"]) == 7
   info = steps_lib.nonfinite_info(jnp.float32(np.nan), {"a": jnp.ones(3)}, jnp.int32(0))
   assert (int(info["count"]), int(info["loss_finite"]), int(info["param"])) == (1, 0, -1)
+
+
+def test_an_early_stopping_state_of_another_metric_is_not_loaded():
+  es = jdl.train.callbacks.EarlyStopping("val_accuracy", "max")
+  other = jdl.train.callbacks.EarlyStopping("val_loss", "min")
+  other.best, other.best_step = 0.36, 80
+  es.load_state_dict(other.state_dict())
+  assert es.best is None and es.best_step == -1
+  same = jdl.train.callbacks.EarlyStopping("val_loss", "min")
+  same.load_state_dict(other.state_dict())
+  assert (same.best, same.best_step) == (0.36, 80)
+  same.load_state_dict({"best": 0.5, "best_epoch": 2, "best_step": 40, "wait": 1,
+                        "stopped_epoch": -1})  # Saved before monitor was part of it.
+  assert (same.best, same.best_step) == (0.5, 40)

@@ -137,9 +137,16 @@ class EarlyStopping(Callback):
 
   def state_dict(self):
     return {"best": self.best, "best_epoch": self.best_epoch, "best_step": self.best_step,
-            "wait": self.wait, "stopped_epoch": self.stopped_epoch}
+            "wait": self.wait, "stopped_epoch": self.stopped_epoch,
+            "monitor": self.monitor, "mode": self.mode}
 
   def load_state_dict(self, state):
+    state = dict(state)
+    # The state of an early stopping that watched another metric (the callbacks
+    # changed between runs) is not this one's: it starts afresh.
+    if (state.pop("monitor", self.monitor), state.pop("mode", self.mode)) != (
+        self.monitor, self.mode):
+      return
     for k, v in state.items():
       setattr(self, k, v)
 

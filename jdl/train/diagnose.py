@@ -107,7 +107,7 @@ class DiagnosticsHook:
     self.monitor = UpdateRatioMonitor(float(c.ratio_low), float(c.ratio_high),
                                       int(c.warn_after_periods))
     lr_fn = optim.create_learning_rate_fn(trainer.config, steps_per_epoch=trainer.steps_per_epoch,
-                                          num_epochs=trainer.num_epochs)
+                                          num_epochs=trainer.schedule_epochs)
     step = diag_lib.make_diagnostic_step(
         trainer.task, trainer.train_step,
         learning_rate_fn=functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn),

@@ -160,10 +160,13 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self.eval_batch_size = parallel_lib.eval_batch_size(self.parallel, self.eval_batch_size)
     self.steps_per_epoch = self.data.train.size // bs
     self.num_epochs = int(config.num_epochs)
+    # What the learning-rate schedules span: num_epochs=0 takes no update, but a
+    # cosine schedule still needs a length.
+    self.schedule_epochs = max(1, self.num_epochs)
     self.total_steps = self.steps_per_epoch * self.num_epochs
 
     tx = optim.create_optimizer(config, steps_per_epoch=self.steps_per_epoch,
-                                num_epochs=self.num_epochs)
+                                num_epochs=self.schedule_epochs)
     root = jax.random.key(int(config.seed))
     init_key, self.shuffle_key = jax.random.split(root)
     self.sample_key = jax.random.fold_in(root, 7)  # The fixed noise of sample grids.
@@ -185,7 +188,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     if config.init_from.workdir:
       self.state = self.state.replace(params=self._init_from(config.init_from))
     optim.check_freeze_patterns(config, self.state.params)
-    regularizers.check_patterns(config.regularization, self.state.params)
+    # A GAN's players have an optimizer each, which sees its own parameter paths.
+    regularizers.check_patterns(config.regularization, *(
+        self.state.params.values() if self.gan else [self.state.params]))
 
     reg = config.regularization
     if self.gan:
@@ -396,13 +401,13 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     c, d_steps = self.config, int(self.config.generative.d_steps)
     # The generator updates every d_steps-th train step, counted across epoch ends.
     g_tx = optim.create_optimizer(c, steps_per_epoch=self.steps_per_epoch / d_steps,
-                                  num_epochs=self.num_epochs)
+                                  num_epochs=self.schedule_epochs)
     d_config = c
     if c.generative.d_learning_rate:
       d_config = ml_collections.ConfigDict(c.to_dict())
       d_config.optimizer.learning_rate = float(c.generative.d_learning_rate)
     d_tx = optim.create_optimizer(d_config, steps_per_epoch=self.steps_per_epoch,
-                                  num_epochs=self.num_epochs)
+                                  num_epochs=self.schedule_epochs)
     generator, discriminator = self.model
     return gen_tasks.create_gan_state(generator, discriminator, g_tx, d_tx, example,
                                       int(c.generative.latent_dim), key=key)
@@ -424,7 +429,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     return self.data.num_classes
 
   def _make_loss(self):
-    losses_lib.check_task(self.config.loss, self.data.task, self.data.name)
+    streamed = isinstance(self.data.train, stream.StreamSplit)  # Not read just for this.
+    losses_lib.check_task(self.config.loss, self.data.task, self.data.name,
+                          targets=None if streamed else self.data.train.y)
     kwargs = {}
     if self.config.label_smoothing:
       if self.config.loss not in _CE_LOSSES:
@@ -585,7 +592,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     d_steps = int(self.config.generative.d_steps) if self.gan else 1
     lr_fn = optim.create_learning_rate_fn(
         self.config, steps_per_epoch=self.steps_per_epoch / d_steps,
-        num_epochs=self.num_epochs)
+        num_epochs=self.schedule_epochs)
     lr = functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn)
     # A GAN logs its generator's learning rate.
     self._current_lr = jax.jit((lambda o: lr(o["generator"])) if self.gan else lr)
