@@ -6,7 +6,7 @@ jdl's `fit` in 'step' mode (one compiled call per step) and in 'scan' mode
 and the Flax MNIST-example CNN, batch 128, Adam. Random data of MNIST's shape
 (the speed does not depend on the values).
 
-Usage:  python benchmarks/epoch_modes.py [--examples 12800] [--epochs 3] [--out FILE.json]
+Usage:  python benchmarks/epoch_modes.py [--examples 3200] [--epochs 3] [--out FILE.json]
 """
 
 from __future__ import annotations

@@ -48,8 +48,11 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="digits_cnn")
   parser.add_argument("--batch", type=int, default=256)
-  parser.add_argument("--epochs", type=int, default=4)
+  parser.add_argument("--epochs", type=int, default=4,
+                      help="epochs per setting, >= 2 (the first, with compilation, is dropped)")
   args = parser.parse_args()
+  if args.epochs < 2:
+    parser.error(f"--epochs must be >= 2 (the first is dropped), got {args.epochs}")
   print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"{args.config}, global batch {args.batch}")
   for devices, mode in ((1, "none"), (8, "data"), (8, "shard_map")):

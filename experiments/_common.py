@@ -1,9 +1,11 @@
 """What the experiment drivers share: arguments, data, dotted overrides, tables, output.
 
 A driver is ``python experiments/NAME.py [--workdir DIR] [--data_dir DIR]
-[--epochs N] [--tiny]``. MNIST is used when ``--data_dir`` holds its IDX files;
-otherwise (and always with ``--tiny``) scikit-learn's 8x8 digits, so the drivers
-run anywhere and a ``--tiny`` run takes seconds.
+[--epochs N] [--tiny]``. A full run reads MNIST from ``--data_dir`` (without
+the IDX files it is an error, not a quiet run on other data whose figures would
+replace the published ones); ``--tiny`` uses scikit-learn's 8x8 digits, so a
+smoke run works anywhere and takes seconds. Bad arguments and jdl's errors are
+one ``NAME.py: error: ...`` line and exit status 2 (:func:`run`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Sequence
+import sys
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -24,14 +28,47 @@ _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+def epochs_arg(raw: str) -> int:
+  """``--epochs``: an integer >= 1 (0, the default, keeps the driver's own)."""
+  try:
+    value = int(raw)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"must be >= 1 (0: the default), got {value}")
+  return value
+
+
+def run(main: Callable[[], Any], prog: str) -> None:
+  """Runs a driver's ``main()`` as a command: a jdl error or a refused file write is
+  one ``PROG: error: ...`` line and exit status 2, as for ``jdl`` itself."""
+  try:
+    main()
+  except jdl.JdlError as e:
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:
+    where = f"{e.filename}: " if e.filename else ""
+    print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def require_mnist(args: argparse.Namespace) -> None:
+  """A full run is an MNIST run: without the files, one error (not a quiet digits run
+  whose figures would replace the published ones)."""
+  if not args.tiny and not has_mnist(args.data_dir):
+    raise jdl.JdlError(f"--data_dir {args.data_dir} holds no MNIST IDX files; give the "
+                       "folder that has them, or --tiny for a smoke run on the 8x8 digits")
+
+
 def make_parser(doc: str, *, name: str, epochs: int | str) -> argparse.ArgumentParser:
   """The arguments every driver takes; ``doc`` is the driver's module docstring."""
   parser = argparse.ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument("--workdir", default=f"runs/{name}",
                       help="one sub-directory per variant (jdl.fit resumes in it)")
   parser.add_argument("--data_dir", default="../shared/data/mnist",
-                      help="MNIST IDX files; without them the 8x8 digits are used")
-  parser.add_argument("--epochs", type=int, default=0, help=f"default {epochs}")
+                      help="the MNIST IDX files (not read with --tiny)")
+  parser.add_argument("--epochs", type=epochs_arg, default=0, help=f"default {epochs}")
   parser.add_argument("--tiny", action="store_true",
                       help="digits, tiny models, 1-2 epochs: a smoke run of seconds")
   parser.add_argument("--out", default="",
@@ -47,7 +84,7 @@ def out_dir(args: argparse.Namespace, name: str) -> Path:
     path = Path(args.workdir) / "results"
   else:
     path = RESULTS / name
-  path.mkdir(parents=True, exist_ok=True)
+  path.mkdir(parents=True, exist_ok=True)  # Checked before any training (OSError: run()).
   return path
 
 
@@ -57,7 +94,12 @@ def has_mnist(data_dir: str | Path) -> bool:
 
 
 def load_source(args: argparse.Namespace) -> data.Dataset:
-  """MNIST from ``args.data_dir`` when present and not ``--tiny``, else digits (no download)."""
+  """MNIST from ``args.data_dir``, or digits with ``--tiny`` (no download).
+
+  Raises:
+    JdlError: a full run without the MNIST files.
+  """
+  require_mnist(args)
   if not args.tiny and has_mnist(args.data_dir):
     return data.load_dataset("mnist", data_dir=args.data_dir, download=False)
   return data.load_dataset("digits", test_split=0.2, seed=0)
@@ -138,15 +180,16 @@ def save_figure(fig, axes, path: Path, title: str, *, legend_axes=None,
 
 def generative_config(name: str, args: argparse.Namespace, *,
                       tiny: dict[str, Any] | None = None):
-  """Config ``name`` for a generative driver: MNIST from ``--data_dir``, else digits.
+  """Config ``name`` for a generative driver: MNIST from ``--data_dir``, or digits.
 
-  With ``--tiny`` (or without the MNIST files) the dataset is scikit-learn's 8x8
-  digits; ``tiny`` overrides (dotted keys: small models, 1-3 epochs) apply with
-  ``--tiny`` only. ``--epochs`` wins over both.
+  With ``--tiny`` the dataset is scikit-learn's 8x8 digits and the ``tiny``
+  overrides (dotted keys: small models, 1-3 epochs) apply. ``--epochs`` wins over
+  both. A full run without the MNIST files is an error.
   """
+  require_mnist(args)
   config = jdl.load_config(name)
   quiet_outputs(config)
-  if args.tiny or not has_mnist(args.data_dir):
+  if args.tiny:
     config.dataset = "digits"
   else:
     config.data_dir = str(args.data_dir)
@@ -157,6 +200,12 @@ def generative_config(name: str, args: argparse.Namespace, *,
     config.num_epochs = args.epochs
   return config
 
+
+
+def variant_seconds(workdir: str | Path, fitted: float) -> float:
+  """A variant's time: its training (from its log, so a re-run over a finished run
+  does not report the reload) plus the analysis since ``fitted`` (perf_counter)."""
+  return training_seconds(workdir) + time.perf_counter() - fitted
 
 
 def training_seconds(workdir: str | Path) -> float:

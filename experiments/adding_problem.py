@@ -43,10 +43,10 @@ def make_config(cell: str, seq_len: int, args) -> jdl.config.ml_collections.Conf
   config = jdl.load_config(NAME)
   config.model.cell = cell
   config.sequence.seq_len = seq_len
-  if args.epochs:
-    config.num_epochs = args.epochs
   if args.tiny:
     config.n_samples, config.num_epochs, config.model.hidden = 500, 2, (8,)
+  if args.epochs:  # --epochs wins over --tiny's.
+    config.num_epochs = args.epochs
   return config
 
 
@@ -75,7 +75,8 @@ def main(argv=None) -> int:
   parser.add_argument("--lengths", default="50,100,200")
   parser.add_argument("--cells", default="lstm,gru,simple")
   parser.add_argument("--grad_T", type=int, default=100, help="T of the gradient figure")
-  parser.add_argument("--epochs", type=int, default=0, help="default: the config's")
+  parser.add_argument("--epochs", type=_common.epochs_arg, default=0,
+                      help="default: the config's")
   parser.add_argument("--tiny", action="store_true", help="500 sequences, 2 epochs")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
@@ -159,4 +160,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  _common.run(main, "adding_problem.py")

@@ -103,8 +103,9 @@ def plot_histogram(scores: np.ndarray, anomaly: np.ndarray, digit: int, path: Pa
 def run_digit(digit: int, args, out: Path) -> dict:
   config = _common.generative_config(NAME, args, tiny=TINY)
   config.classes = tuple(c for c in range(10) if c != digit)
-  t0 = time.perf_counter()
-  result = jdl.fit(config, Path(args.workdir) / f"holdout_{digit}", quiet=True)
+  workdir = Path(args.workdir) / f"holdout_{digit}"
+  result = jdl.fit(config, workdir, quiet=True)
+  fitted = time.perf_counter()
   state, k = result.trainer.state, int(config.model.latent)
   x_train = np.asarray(result.trainer.data.train.x)  # Normal digits, validation held out.
   full = jdl.data.load_dataset(config.dataset, data_dir=config.data_dir,
@@ -141,7 +142,8 @@ def run_digit(digit: int, args, out: Path) -> dict:
       "mse_test_normal": {"autoencoder": mse(x_test[normal], flat(recon_test[normal])),
                           "linear_from_code": mse(x_test[normal], linear(codes_test[normal])),
                           "pca": mse(x_test[normal], pca(flat(x_test[normal])))},
-      "test_metrics": result.test_metrics, "seconds": time.perf_counter() - t0,
+      "test_metrics": result.test_metrics,
+      "seconds": _common.variant_seconds(workdir, fitted),
   }
   tr = record["mse_train"]
   record["pca_le_linear_on_train"] = tr["pca"] <= tr["linear_from_code"] * (1 + 1e-9)
@@ -184,4 +186,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main, "ae_anomaly.py")

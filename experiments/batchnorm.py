@@ -63,14 +63,16 @@ def run_variant(name: str, bn: bool, lr: float, dataset, args, epochs: int) -> d
   error, test = None, None
   try:
     result = jdl.fit(config, workdir, dataset=dataset, callbacks=[log], quiet=True)
+    fitted = time.perf_counter()
     history = result.history  # Whole, also when the run resumed from its workdir.
     test = result.test_metrics.get("accuracy")
     if not all(math.isfinite(v) for v in history["loss"]):
       error, test = "loss not finite", None
-  except jdl.JdlError as e:  # A non-finite loss or gradient stops the run.
-    error = str(e).split(".")[0]
+  except jdl.NonFiniteError as e:  # A non-finite loss or gradient stopped the run.
+    error = str(e).split(". ")[0]
     history = {k: [l[k] for l in log.logs] for k in ("loss", "val_accuracy")}
-  seconds = time.perf_counter() - t0
+  # A diverged run stopped in this call (its wall time); else the run's logged time.
+  seconds = time.perf_counter() - t0 if error else _common.variant_seconds(workdir, fitted)
   record = {"batch_norm": bn, "learning_rate": lr, "test_accuracy": test, "error": error,
             "loss": list(history["loss"]), "val_accuracy": list(history["val_accuracy"]),
             "seconds": seconds}
@@ -129,4 +131,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main, "batchnorm.py")

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-import jdl
-from jdl import explain
-from jdl.config import apply_overrides
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+import jdl  # noqa: E402
+from jdl import explain  # noqa: E402
+from jdl.config import apply_overrides  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "explain_mnist"
 KS = (0, 10, 25, 50, 100, 150)  # Pixels removed per image (of 784) in the deletion check.
@@ -106,6 +110,8 @@ def plot_deletion(rows, path):
 
 def main(argv=None) -> dict:
   args, overrides = parse_args(argv)
+  out = Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)  # Before training: a bad --out fails at once.
   config = jdl.load_config("explain_mnist")
   config.data_dir, config.seed = args.data_dir, args.seed
   apply_overrides(config, overrides)
@@ -128,8 +134,6 @@ def main(argv=None) -> dict:
   pred = np.argmax(m.logits(x_all[picks]), axis=1)
   print(f"attributions for {len(picks)} digits ({time.perf_counter() - t0:.0f} s); IG relative "
         f"completeness errors: {', '.join(f'{e:.2e}' for e in rel)}", flush=True)
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
   methods = ("saliency", "gradient_x_input", "integrated_gradients", "lime")
   images, maps, titles = [], [], []
   for i, (idx, p) in enumerate(zip(picks, pred)):
@@ -175,4 +179,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main, "explain_mnist.py")

@@ -176,4 +176,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main, "gan_mnist.py")

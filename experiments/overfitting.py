@@ -48,12 +48,12 @@ def pending(config, overrides: dict[str, Any]) -> bool:
 
 def run_variant(name: str, config, dataset, args) -> dict:
   workdir = Path(args.workdir) / name.split()[0].lower()
-  t0 = time.perf_counter()
   result = jdl.fit(config, workdir, dataset=dataset, quiet=True)
+  fitted = time.perf_counter()
   trainer = result.trainer
   train = trainer.evaluate_split(trainer.data.train)["accuracy"]
   val = trainer.evaluate_split(trainer.data.val)["accuracy"]
-  seconds = time.perf_counter() - t0
+  seconds = _common.variant_seconds(workdir, fitted)
   h = result.history
   record = {
       "train_accuracy": train, "val_accuracy": val, "gap": train - val,
@@ -123,4 +123,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main, "overfitting.py")

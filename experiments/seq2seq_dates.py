@@ -34,10 +34,10 @@ EXAMPLES = ("3 march 1998", "tuesday, march 3, 1998", "21st of october 2026", "0
 def make_config(attention: str, args):
   config = jdl.load_config(NAME)
   config.model.attention = attention
-  if args.epochs:
-    config.num_epochs = args.epochs
   if args.tiny:
     config.n_samples, config.num_epochs, config.model.hidden = 256, 1, 16
+  if args.epochs:  # --epochs wins over --tiny's.
+    config.num_epochs = args.epochs
   return config
 
 
@@ -74,7 +74,8 @@ def save_attention(trainer: loop.Trainer, texts, path: Path) -> None:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="runs")
-  parser.add_argument("--epochs", type=int, default=0, help="default: the config's")
+  parser.add_argument("--epochs", type=_common.epochs_arg, default=0,
+                      help="default: the config's")
   parser.add_argument("--tiny", action="store_true", help="256 examples, 1 epoch")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
@@ -111,4 +112,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  _common.run(main, "seq2seq_dates.py")

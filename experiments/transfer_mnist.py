@@ -11,10 +11,14 @@ Usage:  python experiments/transfer_mnist.py --data_dir ../shared/data/mnist [--
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-import jdl
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+import jdl  # noqa: E402
 
 # Epochs per regime, so that the small-data runs take a reasonable number of steps.
 REGIMES = {100: 40, 1000: 8, 0: 3}
@@ -63,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main, "transfer_mnist.py")

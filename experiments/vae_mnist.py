@@ -44,13 +44,14 @@ def train(latent: int | None, args) -> tuple[jdl.FitResult, dict]:
   if latent is not None:
     config.model.latent = latent
   latent = int(config.model.latent)
-  t0 = time.perf_counter()
-  result = jdl.fit(config, Path(args.workdir) / f"latent{latent}", quiet=True)
+  workdir = Path(args.workdir) / f"latent{latent}"
+  result = jdl.fit(config, workdir, quiet=True)
+  fitted = time.perf_counter()
   test = result.test_metrics
   record = {"latent": latent, "epochs": int(config.num_epochs), "dataset": config.dataset,
             **{k: test.get(k) for k in ("neg_elbo", "recon", "kl")},
             "history": {k: result.history.get(k, []) for k in ("neg_elbo", "val_neg_elbo")},
-            "seconds": time.perf_counter() - t0}
+            "seconds": _common.variant_seconds(workdir, fitted)}
   print(f"latent {latent}: test -ELBO {record['neg_elbo']:.2f} nats (recon "
         f"{record['recon']:.2f} + KL {record['kl']:.2f}) ({record['seconds']:.0f} s)", flush=True)
   return result, record
@@ -113,4 +114,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main, "vae_mnist.py")

@@ -95,17 +95,17 @@ def run_variant(name: str, overrides: dict[str, Any], dataset, args, epochs: int
   config.checkpoint_every_steps = CHECKPOINT_EVERY
   config.keep_checkpoints = CHECKPOINTS_KEPT
   workdir = Path(args.workdir) / name.replace(" + ", "_").lower()
-  t0 = time.perf_counter()
   trainer = jdl.Trainer(config, workdir, dataset=dataset, quiet=True)
   n = min(GRAD_BATCH, trainer.data.train.size)
   names, grad_norms = make_grad_norms(trainer, trainer.data.train.x[:n], trainer.data.train.y[:n])
   # Before fit (which resumes from the workdir), the state is the seed's initial one.
   init = np.asarray(grad_norms(trainer.state)).tolist()
   result = trainer.fit()
+  fitted = time.perf_counter()
   final = np.asarray(grad_norms(result.state)).tolist()
   spe = trainer.steps_per_epoch
   trace = [(step / spe, norms) for step, norms in norms_from_checkpoints(trainer, grad_norms)]
-  seconds = time.perf_counter() - t0
+  seconds = _common.variant_seconds(workdir, fitted)
   record = {
       "layers": names, "init": init, "final": final,
       "epoch_end": [norms for epoch, norms in trace if epoch == int(epoch)],
@@ -163,4 +163,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
 
 
 if __name__ == "__main__":
-  main()
+  _common.run(main, "vanishing_gradients.py")

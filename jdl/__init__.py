@@ -21,6 +21,7 @@ from jdl.checkpoint import Checkpointer
 from jdl.config import base_config
 from jdl.config import load_config
 from jdl.errors import JdlError
+from jdl.errors import NonFiniteError
 from jdl.summary import count_params
 from jdl.summary import param_table
 from jdl.train.loop import FitResult

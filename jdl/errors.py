@@ -17,6 +17,14 @@ class JdlError(ValueError):
   """Bad input: a config value, a file or a dataset that jdl cannot use."""
 
 
+class NonFiniteError(JdlError):
+  """Training stopped at a NaN/Inf loss or gradient (``nonfinite='stop'``).
+
+  A :class:`JdlError` (the CLI reports it in one line), apart so that a study of
+  divergence (a learning rate too large) can catch it and go on.
+  """
+
+
 def lookup(kind: str, name: str, table: Mapping[str, T]) -> T:
   """Returns ``table[name]``, or raises a :class:`JdlError` listing the valid names.
 

@@ -149,3 +149,25 @@ def test_configs_train_alone_on_mnist_shaped_npz(name, tmp_path):
   result = jdl.fit(config, quiet=True)
   assert int(result.state.step) == result.trainer.steps_per_epoch >= 1
   assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
+
+
+def test_a_full_run_without_mnist_is_one_error_not_a_digits_run(tmp_path):
+  import subprocess
+  from conftest import cli_env
+  args = ["--data_dir", str(tmp_path / "no_mnist"), "--epochs", "1", "--workdir",
+          str(tmp_path / "runs")]
+  with pytest.raises(jdl.JdlError, match="holds no MNIST IDX files"):
+    overfitting.main(args)
+  proc = subprocess.run([sys.executable, str(REPO / "experiments" / "batchnorm.py"), *args],
+                        capture_output=True, text=True, env=cli_env(), timeout=300)
+  assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stderr.startswith("batchnorm.py: error: --data_dir")
+  assert not (tmp_path / "runs").exists()
+
+
+def test_batchnorm_reports_only_a_non_finite_stop_as_divergence(tmp_path):
+  # Any other error (here a workdir holding another run) stops the driver.
+  (tmp_path / "runs").mkdir()
+  jdl.fit(make_config(num_epochs=1), tmp_path / "runs" / "nobn_lr0.005", quiet=True)
+  with pytest.raises(jdl.JdlError, match="holds a run with a different config"):
+    _tiny(batchnorm, tmp_path)

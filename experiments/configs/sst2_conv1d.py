@@ -4,7 +4,7 @@ Embedding -> Conv1D(128, k, relu) -> MaxPool1D(p) -> Conv1D(128, k, relu) ->
 GlobalAveragePooling1D -> dense head (jdl.models.Conv1DText). The notes use k = p = 5;
 here k = p = 2: Conv1DText counts an output as real only when its whole window is
 real text (padding never changes a prediction), so a text shorter than the receptive
-field gives all-zero features. With k = p = 5 that field is 25 tokens, longer than
+field gives all-zero features. With k = p = 5 that field is 29 tokens, longer than
 most dev sentences (median 19); with k = 3, p = 2 it is 8 (54% of the train rows are
 shorter: dev accuracy 73.28%); with k = p = 2 it is 5 (36% shorter). Same vocabulary
 and padding as sst2_lstm.

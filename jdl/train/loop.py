@@ -46,7 +46,7 @@ from jdl.data import npy_dir
 from jdl.data import pipeline
 from jdl.data import stream
 from jdl.data import text as text_data
-from jdl.errors import JdlError
+from jdl.errors import JdlError, NonFiniteError
 from jdl.generative import stats as gen_stats
 from jdl.generative import tasks as gen_tasks
 from jdl.sequence import build as seq_models
@@ -857,9 +857,10 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     kept = f"; the last checkpoint (step {last}) is intact" if last is not None else ""
     if self.config.nonfinite == "stop" or not healthy:
       self.nan_detected = True
-      raise JdlError(f"non-finite value at {where}: {what} is NaN or Inf{kept}. Lower the "
-                     "learning rate, clip gradients (--config.optimizer.clip_norm=1.0), or "
-                     "skip such steps (--config.nonfinite=skip)")
+      raise NonFiniteError(
+          f"non-finite value at {where}: {what} is NaN or Inf{kept}. Lower the learning "
+          "rate, clip gradients (--config.optimizer.clip_norm=1.0), or skip such steps "
+          "(--config.nonfinite=skip)")
     self.warn(f"jdl: warning: skipped {count - self._nonfinite_reported} non-finite "
               f"update(s) this epoch, the first at {where} ({what})")
     self._nonfinite_reported = count
