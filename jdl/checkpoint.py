@@ -131,6 +131,9 @@ class Checkpointer:
     except (OSError, ValueError) as e:
       if isinstance(e, ValueError) and not _is_write_failure(e):
         raise
+      # orbax's abandoned write tasks hold the same error; asyncio would log each one
+      # with a traceback when collected. This error reports the failure once.
+      logging.getLogger("asyncio").setLevel(logging.CRITICAL)
       steps = " or ".join(map(str, self._unconfirmed[-2:]))
       what = f"the checkpoint at step {steps}" if steps else "a checkpoint"
       reason = getattr(e, "strerror", None) or _write_failure_reason(e)

@@ -385,6 +385,20 @@ def _ignore_closed_loop_callbacks() -> None:
   sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
+def _fail(message: str) -> int:
+  """Prints the one error line; returns the exit status 2.
+
+  After a failed checkpoint write, orbax's abandoned asyncio tasks still hold the
+  same error, and asyncio logs each one ("Task exception was never retrieved", with
+  a traceback) when they are collected, at exit: the failure is reported here once,
+  so those reports are silenced (jdl itself runs no asyncio code).
+  """
+  import logging
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  print(f"jdl: error: {message}", file=sys.stderr)
+  return 2
+
+
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   _quiet_library_logs()
@@ -405,12 +419,10 @@ def main(argv: list[str] | None = None) -> int:
   try:
     return command[args.command](args, overrides)
   except JdlError as e:
-    print(f"jdl: error: {e}", file=sys.stderr)
-    return 2
+    return _fail(str(e))
   except OSError as e:  # The file system said no (permissions, disk full, a vanished file).
     where = f"{e.filename}: " if e.filename else ""
-    print(f"jdl: error: {where}{e.strerror or e}", file=sys.stderr)
-    return 2
+    return _fail(f"{where}{e.strerror or e}")
   except KeyboardInterrupt:
     print("jdl: interrupted", file=sys.stderr)
     return 130
