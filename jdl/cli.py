@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -134,24 +133,16 @@ def _config(args, overrides):
   return config
 
 
-def _experiment_name(config_arg) -> str:
-  """A config's name: its file's stem, or for a run's config.json its run folder's."""
+def _default_workdir(config_arg) -> Path:
+  """``runs/<config name>``; for a run's config.json, that run's folder."""
   from jdl import config as config_lib
   path = config_lib.resolve_config_path(config_arg)
-  return path.resolve().parent.name if path.suffix == ".json" else path.stem
+  return path.parent if path.suffix == ".json" else Path("runs") / path.stem
 
 
 def _load(args, overrides):
-  from jdl import config as config_lib
   config = _config(args, overrides)
-  path = config_lib.resolve_config_path(args.config)
-  if args.workdir:
-    workdir = args.workdir
-  elif path.suffix == ".json":  # A run's config.json: that run's folder.
-    workdir = str(path.parent)
-  else:
-    workdir = os.path.join("runs", path.stem)
-  return config, workdir
+  return config, args.workdir or str(_default_workdir(args.config))
 
 
 def _train(args, overrides) -> int:
@@ -177,19 +168,19 @@ def _evaluate(args, overrides) -> int:
   from jdl.train import loop
   from jdl.train import workdir as workdir_lib
   if args.config is None and args.workdir:
-    saved = Path(args.workdir) / "config.json"
-    if not saved.is_file():
+    if not (Path(args.workdir) / "config.json").is_file():
       raise JdlError(f"{args.workdir} holds no jdl run (no config.json); give the run's "
                      "--workdir, or its --config as well")
-    config = config_lib.from_dict(workdir_lib.read_json(saved))
-    config_lib.apply_overrides(config, overrides)
     workdir = args.workdir
+    run = workdir_lib.read_json(Path(workdir) / "config.json")
+    config = config_lib.from_dict(run)
+    config_lib.apply_overrides(config, overrides)
   else:
     config, workdir = _load(args, overrides)
-  saved = Path(workdir) / "config.json"  # The run evaluated, wherever it was named.
-  if saved.is_file():
-    changed = config_lib.structural_diff(workdir_lib.read_json(saved),
-                                         json.loads(config_lib.to_json(config)),
+    saved = Path(workdir) / "config.json"  # The run evaluated, wherever it was named.
+    run = workdir_lib.read_json(saved) if saved.is_file() else None
+  if run is not None:
+    changed = config_lib.structural_diff(run, json.loads(config_lib.to_json(config)),
                                          keys=config_lib.EVALUATION_KEYS)
     if changed:  # Another split or scaling: the "test" rows could be training rows.
       raise JdlError(f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} "
@@ -296,7 +287,7 @@ def _lr_find(args, overrides) -> int:
   from jdl import config as config_lib
   from jdl import lr_finder
   config = _config(args, overrides)
-  out = args.out or f"lr_find_{_experiment_name(args.config)}.png"
+  out = args.out or f"lr_find_{_default_workdir(args.config).resolve().name}.png"
   if not str(out).lower().endswith(".png") or Path(out).is_dir():
     raise JdlError(f"--out must name a .png file, got {out!r}")
   result = lr_finder.find_lr(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
@@ -386,15 +377,7 @@ def _ignore_closed_loop_callbacks() -> None:
 
 
 def _fail(message: str) -> int:
-  """Prints the one error line; returns the exit status 2.
-
-  After a failed checkpoint write, orbax's abandoned asyncio tasks still hold the
-  same error, and asyncio logs each one ("Task exception was never retrieved", with
-  a traceback) when they are collected, at exit: the failure is reported here once,
-  so those reports are silenced (jdl itself runs no asyncio code).
-  """
-  import logging
-  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  """Prints the one error line; returns the exit status 2."""
   print(f"jdl: error: {message}", file=sys.stderr)
   return 2
 

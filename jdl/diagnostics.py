@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jdl import errors
-from jdl.data import augment as augment_lib
+from jdl.train import steps as steps_lib
 
 TANH_SATURATION = 0.99  # |tanh(x)| above this is saturated.
 SIGMOID_SATURATION = 0.01  # sigmoid(x) below this or above 1 - this is saturated.
@@ -274,13 +274,12 @@ def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callab
     return task.apply_fn(variables, x, **kwargs)
 
   sowing_task = dataclasses.replace(task, apply_fn=apply_sowing)
-  if augment is not None:  # The step's own loss on the step's own batch.
-    sowing_task = dataclasses.replace(sowing_task, loss=augment_lib.mixup_loss(task.loss))
 
   def diagnostic_step(state, batch):
     key = jax.random.fold_in(state.key, state.step)
-    seen = batch if augment is None else augment(jax.random.fold_in(key, 1), batch)
-    grads, (_, _, collections) = jax.grad(sowing_task.loss_fn, has_aux=True)(
+    # The step's own (mixup) loss on the step's own augmented batch.
+    loss_task, seen = steps_lib.augmented(sowing_task, augment, key, batch)
+    grads, (_, _, collections) = jax.grad(loss_task.loss_fn, has_aux=True)(
         state.params, state.model_state, seen, key, True)
     if not isinstance(collections, dict) or "intermediates" not in collections:
       mutable = [*state.model_state.keys(), "intermediates"]

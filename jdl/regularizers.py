@@ -336,10 +336,9 @@ def rules_from_config(reg: Any) -> tuple[Rule, ...]:
 def check_patterns(reg: Any, *params: Any) -> None:
   """Raises a JdlError when a pattern that would act matches no parameter.
 
-  Checked: each rule of ``rules``, ``exclude``,
-  ``include`` when ``l1`` or ``l2`` is set, ``max_norm_include`` when
-  ``max_norm`` is. A misspelt pattern would otherwise leave the run silently
-  unregularized. ``params``: one tree per optimizer (a GAN's two players each
+  Checked: each rule of ``rules``; ``include`` and ``exclude`` when ``l1`` or
+  ``l2`` is set; ``max_norm_include`` when ``max_norm`` is. A misspelt pattern
+  would otherwise leave the run silently unregularized. ``params``: one tree per optimizer (a GAN's two players each
   match the patterns against their own paths).
   """
   paths = [tree_path(p) for tree in params

@@ -146,8 +146,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     else:
       self.loss = self._make_loss()
       names = tuple(config.metrics)
-      metrics_lib.validate_names(names, self.data.task, self.data.num_classes
-                                 if self.data.task == "classification" else None)
+      metrics_lib.validate_names(names, self.data.task, self.data.num_classes)
     self.metric_names = names
 
     bs = int(config.batch_size)

@@ -234,8 +234,8 @@ class ResumableRun:
         "steps_per_epoch": self.steps_per_epoch,
         "history": self.history,
         "best": self._best(),
-        "callbacks": {k: c.state_dict() for k, c in zip(cb.state_keys(self.callbacks),
-                                                          self.callbacks) if c.state_dict()},
+        "callbacks": {k: state for k, c in zip(cb.state_keys(self.callbacks), self.callbacks)
+                      if (state := c.state_dict())},
         "config": json.loads(config_lib.to_json(self.config)),
     }
     if self.vocab:  # Evaluation, prediction and resume encode text with these ids.

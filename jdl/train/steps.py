@@ -102,6 +102,16 @@ def train_metric_names(names: tuple[str, ...]) -> tuple[str, ...]:
   return tuple(n for n in names if n != "roc_auc")
 
 
+def augmented(task: SupervisedTask, augment, key: jax.Array, batch: Batch
+              ) -> tuple[SupervisedTask, Batch]:
+  """The task and batch a train step differentiates: ``augment``'s batch (its key
+  ``fold_in(key, 1)``) and, since mixup's targets are pairs, the mixup-aware loss."""
+  if augment is None:
+    return task, batch
+  return (dataclasses.replace(task, loss=augment_lib.mixup_loss(task.loss)),
+          augment(jax.random.fold_in(key, 1), batch))
+
+
 def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None = None,
                     check_gradients: bool = True, microbatch_size: int = 0,
                     freeze: tuple[str, ...] = ()):
@@ -140,15 +150,12 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       the optimizer.
   """
   names = train_metric_names(task.metric_names)
-  loss_task = task
-  if augment is not None:
-    loss_task = dataclasses.replace(task, loss=augment_lib.mixup_loss(task.loss))
 
   def train_step(state: TrainState, batch: Batch):
     key = jax.random.fold_in(state.key, state.step)
     if axis_name is not None:  # Each device draws its own examples' randomness.
       key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-    train_batch = batch if augment is None else augment(jax.random.fold_in(key, 1), batch)
+    loss_task, train_batch = augmented(task, augment, key, batch)
     grad_fn = jax.value_and_grad(loss_task.loss_fn, has_aux=True)
     if 0 < microbatch_size < batch["mask"].shape[0]:
       grad_fn = functools.partial(microbatched_loss, loss_task, microbatch_size)
