@@ -22,6 +22,7 @@ import numpy as np
 
 import jdl
 from jdl import data
+from jdl.cli import ArgumentParser  # One-line argument errors, exit 2.
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -63,7 +64,7 @@ def require_mnist(args: argparse.Namespace) -> None:
 
 def make_parser(doc: str, *, name: str, epochs: int | str) -> argparse.ArgumentParser:
   """The arguments every driver takes; ``doc`` is the driver's module docstring."""
-  parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+  parser = ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument("--workdir", default=f"runs/{name}",
                       help="one sub-directory per variant (jdl.fit resumes in it)")
   parser.add_argument("--data_dir", default="../shared/data/mnist",

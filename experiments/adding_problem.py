@@ -19,7 +19,6 @@ Usage:  python experiments/adding_problem.py [--lengths 50,100,200] [--cells lst
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -70,7 +69,7 @@ def train_seconds(workdir: Path) -> float:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = _common.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="runs", help="runs go to WORKDIR/adding_{cell}_T{T}")
   parser.add_argument("--lengths", default="50,100,200")
   parser.add_argument("--cells", default="lstm,gru,simple")

@@ -15,7 +15,6 @@ Usage:  python experiments/explain_mnist.py --data_dir ../shared/data/mnist [--w
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -36,7 +35,7 @@ KS = (0, 10, 25, 50, 100, 150)  # Pixels removed per image (of 784) in the delet
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = _common.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--data_dir", default="../shared/data/mnist")
   p.add_argument("--workdir", default="runs/explain_mnist")
   p.add_argument("--out", default=str(OUT))

@@ -14,7 +14,6 @@ Usage:  python experiments/seq2seq_dates.py [--workdir runs] [--tiny]
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -72,7 +71,7 @@ def save_attention(trainer: loop.Trainer, texts, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = _common.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="runs")
   parser.add_argument("--epochs", type=_common.epochs_arg, default=0,
                       help="default: the config's")

@@ -10,7 +10,6 @@ Usage:  python experiments/transfer_mnist.py --data_dir ../shared/data/mnist [--
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ REGIMES = {100: 40, 1000: 8, 0: 3}
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = _common.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default="../shared/data/mnist")
   parser.add_argument("--workdir", default="runs/transfer")
   args = parser.parse_args()

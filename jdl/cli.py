@@ -36,8 +36,16 @@ examples:
 """
 
 
+class ArgumentParser(argparse.ArgumentParser):
+  """``argparse.ArgumentParser`` whose errors are one ``PROG: error: ...`` line (no
+  usage block) and exit status 2, like every other error of jdl's commands."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = ArgumentParser(
       prog="jdl", description="jdl: a JAX functional training framework.",
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
   sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -240,3 +240,20 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_equal(tmp_path):
   # config.deterministic (default): the CLI process put XLA's flag into XLA_FLAGS.
   runtime = json.loads((tmp_path / "full" / "config.json").read_text())["runtime"]
   assert "--xla_gpu_deterministic_ops" in runtime["xla_flags"], runtime
+
+
+@pytest.mark.parametrize("args, words", [
+    ([], ["required: COMMAND"]),
+    (["train", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["export", "--workdir", "x"], ["required: --out"]),
+    (["check", "--overfit-steps", "many"], ["--overfit-steps", "invalid int value: 'many'"]),
+    (["frob"], ["invalid choice: 'frob'"]),
+])
+def test_argument_errors_are_one_line_without_the_usage_block(args, words, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(args)
+  out, err = capsys.readouterr()
+  assert exit_.value.code == 2 and out == ""
+  assert len(err.strip().splitlines()) == 1, err
+  assert err.startswith("jdl") and ": error: " in err and "usage:" not in err
+  assert all(w in err for w in words), err
