@@ -199,6 +199,11 @@ def test_bad_generative_configs_get_one_clear_error(over, message):
 def test_gan_rejects_what_it_cannot_honour():
   with pytest.raises(JdlError, match="does not support reduce_on_plateau"):
     jdl.Trainer(gan_config(reduce_on_plateau__enabled=True), None, quiet=True)
+  # 20 steps an epoch: with d_steps=21 some epochs would have no generator update
+  # (their g_loss 0/0), so it is refused before anything is written.
+  with pytest.raises(JdlError, match=r"d_steps=21 exceeds the 20 train steps of an epoch"):
+    jdl.Trainer(gan_config("wgan_gp", generative__d_steps=21), None, quiet=True)
+  jdl.Trainer(gan_config("wgan_gp", generative__d_steps=20), None, quiet=True)
 
 
 def test_metric_groups_are_exact_means():

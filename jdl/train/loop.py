@@ -158,6 +158,12 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       raise JdlError(f"eval_batch_size must be positive, got {config.eval_batch_size}")
     self.eval_batch_size = parallel_lib.eval_batch_size(self.parallel, self.eval_batch_size)
     self.steps_per_epoch = self.data.train.size // bs
+    if self.gan and self.steps_per_epoch < int(config.generative.d_steps):
+      raise JdlError(
+          f"generative.d_steps={config.generative.d_steps} exceeds the {self.steps_per_epoch} "
+          f"train steps of an epoch ({self.data.train.size} examples, batch_size {bs}), so "
+          "some epochs would have no generator update; use a smaller batch_size, more "
+          "data or fewer d_steps")
     self.num_epochs = int(config.num_epochs)
     # What the learning-rate schedules span: num_epochs=0 takes no update, but a
     # cosine schedule still needs a length.
