@@ -89,6 +89,16 @@ def out_dir(args: argparse.Namespace, name: str) -> Path:
   return path
 
 
+def tiny_digits(config) -> None:
+  """Turns an MNIST CNN config into ``--tiny``'s: the 8x8 digits (embedded, no
+  download), a narrow network, a few epochs."""
+  config.dataset, config.data_dir, config.test_split = "digits", "", 0.2
+  config.model.features, config.model.dense = (8, 16), (32,)
+  config.batch_size, config.num_epochs = 32, 4
+  config.optimizer.learning_rate = 3e-3
+  config.tensorboard = False
+
+
 def has_mnist(data_dir: str | Path) -> bool:
   d = Path(data_dir)
   return all((d / f).is_file() or (d / f"{f}.gz").is_file() for f in _MNIST_FILES)

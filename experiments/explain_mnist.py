@@ -11,6 +11,7 @@ curves go to deletion.png. The explained output is the predicted class's logit
 
 Usage:  python experiments/explain_mnist.py --data_dir ../shared/data/mnist [--workdir runs/explain_mnist]
         [--config.KEY=VALUE ...]
+        python experiments/explain_mnist.py --tiny --workdir /tmp/explain   # 8x8 digits, seconds
 """
 
 from __future__ import annotations
@@ -32,21 +33,30 @@ from jdl.config import apply_overrides  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "explain_mnist"
 KS = (0, 10, 25, 50, 100, 150)  # Pixels removed per image (of 784) in the deletion check.
+# --tiny (8x8 digits): smaller defaults for what the flags leave unset.
+FULL = {"ig_steps": 50, "lime_samples": 1000, "cell_size": 4, "deletion_examples": 500,
+        "deletion_lime_examples": 100}
+TINY = {"ig_steps": 16, "lime_samples": 64, "cell_size": 2, "deletion_examples": 100,
+        "deletion_lime_examples": 10}
 
 
 def parse_args(argv):
   p = _common.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--data_dir", default="../shared/data/mnist")
   p.add_argument("--workdir", default="runs/explain_mnist")
-  p.add_argument("--out", default=str(OUT))
+  p.add_argument("--out", default="",
+                 help=f"default {OUT} (WORKDIR/results with --tiny)")
+  p.add_argument("--tiny", action="store_true",
+                 help="the 8x8 digits, a narrow CNN, fewer samples: a smoke run of seconds")
   p.add_argument("--num_digits", type=int, default=6)
-  p.add_argument("--ig_steps", type=int, default=50)
-  p.add_argument("--lime_samples", type=int, default=1000)
-  p.add_argument("--cell_size", type=int, default=4)
-  p.add_argument("--deletion_examples", type=int, default=500)
-  p.add_argument("--deletion_lime_examples", type=int, default=100)
+  for name, value in FULL.items():
+    p.add_argument(f"--{name}", type=int, default=None,
+                   help=f"default {value} ({TINY[name]} with --tiny)")
   p.add_argument("--seed", type=int, default=0)
   args, rest = p.parse_known_args(argv)
+  for name in FULL:
+    if getattr(args, name) is None:
+      setattr(args, name, (TINY if args.tiny else FULL)[name])
   overrides = {}
   for arg in rest:  # --config.KEY=VALUE, as for `jdl train`.
     if not (arg.startswith("--config.") and "=" in arg):
@@ -78,28 +88,33 @@ def attributions(m, x, black, *, ig_steps, lime_samples, cell_size, key, with_li
   return {k: np.concatenate(v) for k, v in out.items() if v}, np.concatenate(rel or [[]])
 
 
+def deletion_ks(num_pixels: int) -> list[int]:
+  """KS for an image of ``num_pixels`` pixels: the same fractions as of MNIST's 784."""
+  return sorted({round(k * num_pixels / 784) for k in KS})
+
+
 def deletion(m, x, y, scores, black, key):
-  """Accuracy after removing the top-k pixels by each score, for k in KS."""
+  """Accuracy after removing the top-k pixels by each score, for each k of deletion_ks."""
   rows = {}
   for name, s in {"random": np.asarray(jax.random.uniform(key, x.shape)),
                   "brightest": np.asarray(x), **scores}.items():
     rows[name] = []
-    for k in KS:
+    for k in deletion_ks(int(np.prod(x.shape[1:3]))):
       pred = np.argmax(m.logits(explain.remove_top_k(x, s, k, black)), axis=1)
       rows[name].append(round(float(np.mean(pred == y)), 4))
   return rows
 
 
-def plot_deletion(rows, path):
+def plot_deletion(rows, ks, num_pixels, path):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   fig = Figure(figsize=(5, 3.2))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
   for name, acc in rows.items():
-    ax.plot(KS, acc, marker="o", label=name, linestyle="--" if name in ("random", "brightest")
+    ax.plot(ks, acc, marker="o", label=name, linestyle="--" if name in ("random", "brightest")
             else "-")
-  ax.set_xlabel("pixels set to black (of 784)")
+  ax.set_xlabel(f"pixels set to black (of {num_pixels})")
   ax.set_ylabel("test accuracy")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
@@ -109,10 +124,12 @@ def plot_deletion(rows, path):
 
 def main(argv=None) -> dict:
   args, overrides = parse_args(argv)
-  out = Path(args.out)
+  out = Path(args.out or (Path(args.workdir) / "results" if args.tiny else OUT))
   out.mkdir(parents=True, exist_ok=True)  # Before training: a bad --out fails at once.
   config = jdl.load_config("explain_mnist")
   config.data_dir, config.seed = args.data_dir, args.seed
+  if args.tiny:
+    _common.tiny_digits(config)
   apply_overrides(config, overrides)
   t0 = time.perf_counter()
   result = jdl.fit(config, args.workdir, quiet=True)
@@ -160,18 +177,20 @@ def main(argv=None) -> dict:
   print(f"deletion check ({time.perf_counter() - t0:.0f} s); IG relative completeness error "
         f"over {n} images: median {np.median(rel_n):.2e}, 95th percentile "
         f"{np.percentile(rel_n, 95):.2e}, max {rel_n.max():.2e}")
-  plot_deletion(rows, out / "deletion.png")
+  num_pixels = int(np.prod(x_all.shape[1:3]))
+  ks = deletion_ks(num_pixels)
+  plot_deletion(rows, ks, num_pixels, out / "deletion.png")
   print(f"\nTest accuracy after setting the top-k pixels to black ({n} test images; "
         f"LIME and its random reference on the first {n_lime}):\n")
-  print("| pixels removed | " + " | ".join(str(k) for k in KS) + " |")
-  print("|---|" + "---:|" * len(KS))
+  print("| pixels removed | " + " | ".join(str(k) for k in ks) + " |")
+  print("|---|" + "---:|" * len(ks))
   for name, accs in rows.items():
     print(f"| {name} | " + " | ".join(f"{a:.1%}" for a in accs) + " |")
   print(f"| random (first {n_lime}) | " + " | ".join(f"{a:.1%}" for a in lime_rows["random"])
         + " |")
   summary = {"test_accuracy": acc, "ig_relative_error": [round(float(e), 5) for e in rel],
              "ig_relative_error_median": round(float(np.median(rel_n)), 5),
-             "deletion_k": list(KS),
+             "deletion_k": ks,
              "deletion": rows}
   print(json.dumps(summary))
   return summary

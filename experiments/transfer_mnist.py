@@ -6,6 +6,7 @@ pretrained network with frozen convolutions (configs/transfer_mnist.py) and once
 from scratch, with the same number of optimizer steps per regime.
 
 Usage:  python experiments/transfer_mnist.py --data_dir ../shared/data/mnist [--workdir runs/transfer]
+        python experiments/transfer_mnist.py --tiny --workdir /tmp/transfer   # 8x8 digits, seconds
 """
 
 from __future__ import annotations
@@ -21,28 +22,37 @@ import jdl  # noqa: E402
 
 # Epochs per regime, so that the small-data runs take a reasonable number of steps.
 REGIMES = {100: 40, 1000: 8, 0: 3}
+TINY_REGIMES = {20: 4}  # The 8x8 digits have ~180 images a class.
 
 
-def main() -> None:
+def main(argv=None) -> list[dict]:
   parser = _common.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default="../shared/data/mnist")
   parser.add_argument("--workdir", default="runs/transfer")
-  args = parser.parse_args()
+  parser.add_argument("--tiny", action="store_true",
+                      help="the 8x8 digits, a narrow CNN, few epochs: a smoke run of seconds")
+  args = parser.parse_args(argv)
   root = Path(args.workdir)
+  regimes = TINY_REGIMES if args.tiny else REGIMES
 
-  pre = jdl.load_config("transfer_mnist_pretrain")
-  pre.data_dir = args.data_dir
+  def configure(config):
+    if args.tiny:
+      _common.tiny_digits(config)
+    else:
+      config.data_dir = args.data_dir
+    return config
+
+  pre = configure(jdl.load_config("transfer_mnist_pretrain"))
   t0 = time.perf_counter()
   pretrained = jdl.fit(pre, root / "pretrain", quiet=True)
   print(f"pretrain on 0-4: test accuracy {pretrained.test_metrics['accuracy']:.4f} "
         f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
   rows = []
-  for per_class, epochs in REGIMES.items():
+  for per_class, epochs in regimes.items():
     row = {"examples per class": per_class or "all"}
     for mode in ("fine-tune (frozen convs)", "from scratch"):
-      config = jdl.load_config("transfer_mnist")
-      config.data_dir = args.data_dir
+      config = configure(jdl.load_config("transfer_mnist"))
       config.examples_per_class = per_class
       config.num_epochs = epochs
       if mode == "from scratch":
@@ -60,9 +70,10 @@ def main() -> None:
 
   print("\n| examples per class (5-9) | epochs | fine-tuned, frozen convs | from scratch |")
   print("|---|---:|---:|---:|")
-  for row, epochs in zip(rows, REGIMES.values()):
+  for row, epochs in zip(rows, regimes.values()):
     print(f"| {row['examples per class']} | {epochs} | "
           f"{row['fine-tune (frozen convs)']:.2%} | {row['from scratch']:.2%} |")
+  return rows
 
 
 if __name__ == "__main__":

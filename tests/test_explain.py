@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import json
 import importlib.util
 import struct
 import warnings
@@ -272,20 +273,22 @@ def test_from_run_explains_a_trained_model():
     explain.from_run(object())
 
 
-def test_explain_mnist_driver_on_mnist_shaped_npz(tmp_path):
-  x = RNG.random((96, 28, 28, 1), dtype=np.float32)
-  np.savez(tmp_path / "d.npz", x=x, y=np.arange(96) % 10)
+def test_explain_mnist_driver_tiny_run(tmp_path):
+  """--tiny: the 8x8 digits, its outputs under WORKDIR/results, the deletion ks scaled
+  to 64 pixels; a --config override reaches the run."""
   spec = importlib.util.spec_from_file_location("explain_mnist",
                                                 REPO / "experiments" / "explain_mnist.py")
   driver = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(driver)
-  out = tmp_path / "out"
-  summary = driver.main(["--data_dir", str(tmp_path / "d.npz"), "--config.dataset=npz",
-                         "--config.batch_size=32", "--config.num_epochs=1",
-                         "--config.model.features=(4,)", "--config.model.dense=(8,)",
-                         "--workdir", str(tmp_path / "run"), "--out", str(out),
-                         "--num_digits", "2", "--lime_samples", "16", "--deletion_examples", "4",
-                         "--deletion_lime_examples", "1", "--ig_steps", "2"])
+  summary = driver.main(["--tiny", "--workdir", str(tmp_path / "run"),
+                         "--config.num_epochs=1", "--num_digits", "2", "--lime_samples", "16",
+                         "--deletion_examples", "4", "--deletion_lime_examples", "1",
+                         "--ig_steps", "2"])
+  out = tmp_path / "run" / "results"
   assert sorted(p.name for p in out.iterdir()) == ["deletion.png", "overlays.png"]
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["num_epochs"] == 1
+  assert summary["deletion_k"] == [0, 1, 2, 4, 8, 12]  # 10 ... 150 of 784, of 64.
+  assert driver.deletion_ks(784) == list(driver.KS)
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   assert set(summary["deletion"]) >= {"random", "saliency", "integrated_gradients", "lime"}
+  assert all(len(v) == 6 for v in summary["deletion"].values())

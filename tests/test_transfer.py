@@ -56,3 +56,24 @@ def test_init_from_errors(tmp_path):
                 quiet=True)
   with pytest.raises(jdl.JdlError, match="classes"):
     jdl.Trainer(make_config(classes=(3, 3)), quiet=True)
+
+
+def test_transfer_mnist_driver_tiny_run(tmp_path, capsys):
+  """experiments/transfer_mnist.py --tiny: pretrain on digits 0-4, then fine-tune (convs
+  frozen at the pretrained values) and train from scratch on 5-9."""
+  import importlib.util
+  from pathlib import Path
+  path = Path(__file__).resolve().parents[1] / "experiments" / "transfer_mnist.py"
+  spec = importlib.util.spec_from_file_location("transfer_mnist", path)
+  driver = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(driver)
+  rows = driver.main(["--tiny", "--workdir", str(tmp_path)])
+  assert [row["examples per class"] for row in rows] == list(driver.TINY_REGIMES)
+  assert "| examples per class (5-9) |" in capsys.readouterr().out
+  pre = jdl.load_run(tmp_path / "pretrain").state.params
+  fine = jdl.load_run(tmp_path / "20-finetune").state.params
+  scratch = jdl.load_run(tmp_path / "20-scratch").state.params
+  for conv in ("conv_0", "conv_1"):
+    np.testing.assert_array_equal(fine[conv]["kernel"], pre[conv]["kernel"])
+    assert not np.array_equal(scratch[conv]["kernel"], pre[conv]["kernel"])
+  assert fine["mlp"]["head"]["kernel"].shape == (32, 5)
