@@ -217,6 +217,17 @@ def test_two_callbacks_of_one_class_resume_their_own_state(tmp_path):
   jdl.fit(make_config(num_epochs=3), tmp_path, quiet=True, callbacks=again)
   assert [c.total for c in again] == [3, 30]
 
+  class KeyedCounter(Counter):  # Its key names its setting, so its place may change.
+    @property
+    def state_key(self):
+      return f"KeyedCounter(by={self.by})"
+
+  jdl.fit(make_config(num_epochs=2), tmp_path / "keyed", quiet=True,
+          callbacks=[KeyedCounter(1), KeyedCounter(10)])
+  swapped = [KeyedCounter(10), KeyedCounter(1)]
+  jdl.fit(make_config(num_epochs=3), tmp_path / "keyed", quiet=True, callbacks=swapped)
+  assert [c.total for c in swapped] == [30, 3]
+
 
 def test_a_stop_request_at_an_epochs_end_saves_between_checkpoint_epochs(tmp_path):
   import os

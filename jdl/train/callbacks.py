@@ -43,6 +43,14 @@ class Callback:
     """Steps whose checkpoints this callback reads back later: saved, never pruned."""
     return ()
 
+  @property
+  def state_key(self) -> str:
+    """The name this callback's ``state_dict()`` is saved under: its class name. A
+    callback class used several times in a run whose order may change between
+    runs should return a key made of its settings; equal keys are told apart by
+    order (``Key``, ``Key#2``, ...)."""
+    return type(self).__name__
+
   def state_dict(self) -> dict[str, Any]:
     return {}
 
@@ -51,12 +59,12 @@ class Callback:
 
 
 def state_keys(callbacks: list[Callback]) -> list[str]:
-  """The names under which the callbacks' states are saved: the class name, then
-  ``Name#2``, ``Name#3``... for more callbacks of one class, in their order."""
+  """The names under which the callbacks' states are saved: each one's ``state_key``,
+  then ``Key#2``, ``Key#3``... for more callbacks of one key, in their order."""
   seen: dict[str, int] = {}
   keys = []
   for c in callbacks:
-    name = type(c).__name__
+    name = c.state_key
     seen[name] = seen.get(name, 0) + 1
     keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
   return keys
