@@ -107,9 +107,17 @@ class Checkpointer:
         self.directory, options=options, item_names=("tree", "meta"),
         item_handlers={"tree": ocp.PyTreeCheckpointHandler(use_compression=compression)})
 
-  def save(self, step: int, tree: Any, *, meta: dict[str, Any],
+  def save(self, step: int, tree: Any, *, meta: dict[str, Any] | None = None,
            metrics: dict[str, float] | None = None) -> None:
-    """Saves ``tree`` and ``meta`` as ``step`` (asynchronously if so configured)."""
+    """Saves ``tree`` and ``meta`` as ``step`` (asynchronously if so configured).
+
+    ``meta`` holds JSON values only (dicts with string keys, lists, str, int, float,
+    bool, None): anything else is a :class:`JdlError` naming where it is, before
+    anything is written. ``metrics`` rank the step for ``best_metric`` (a step
+    without that metric ranks last).
+    """
+    meta = {} if meta is None else meta
+    check_json(meta, "meta")
     args = ocp.args.Composite(tree=ocp.args.PyTreeSave(to_savable(tree)),
                               meta=ocp.args.JsonSave(meta))
     # orbax first waits for the previous asynchronous save: its failure surfaces here.
@@ -376,6 +384,27 @@ def quarantine(directory: str | os.PathLike, step: int) -> Path:
 # The JSON metadata jdl's trainer writes with every step: key -> accepted types.
 META_SCHEMA = {"step": int, "epoch": int, "position": int, "steps_per_epoch": int,
                "history": dict, "callbacks": dict, "config": dict, "best": (dict, type(None))}
+
+
+def check_json(value: Any, where: str) -> None:
+  """Raises a JdlError naming the first value in ``value`` that is not plain JSON
+  (e.g. a numpy scalar: convert it with ``float()`` / ``int()`` / ``.tolist()``)."""
+  if value is None or isinstance(value, (str, bool, int, float)):
+    return
+  if isinstance(value, dict):
+    for k, v in value.items():
+      if not isinstance(k, str):
+        raise JdlError(f"{where} has the key {k!r} of type {type(k).__name__}; checkpoint "
+                       "metadata is JSON, whose keys are strings")
+      check_json(v, f"{where}[{k!r}]")
+    return
+  if isinstance(value, (list, tuple)):
+    for i, v in enumerate(value):
+      check_json(v, f"{where}[{i}]")
+    return
+  raise JdlError(f"{where} is a {type(value).__module__}.{type(value).__name__} ({value!r:.60}); "
+                 "checkpoint metadata is JSON: use plain int, float, str, bool, None, lists "
+                 "and dicts (e.g. float(x) for a numpy scalar)")
 
 
 def validate_meta(meta: Any, step: int) -> None:

@@ -277,10 +277,22 @@ def test_resume_refuses_a_run_whose_epochs_changed_length(tmp_path):
     return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
 
   before = files()
-  with pytest.raises(jdl.JdlError, match=r"written with \d+ steps per epoch, but this run has"):
+  with pytest.raises(jdl.JdlError, match=r"trained on other data: its arrays"):
     jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=3), tmp_path, quiet=True,
             dataset=digits)
   assert files() == before  # Nothing moved aside as damaged, nothing rewritten.
+  # A checkpoint without the data's fingerprint (an older jdl's) is still refused: its
+  # epochs had another length.
+  import json
+  for path in tmp_path.glob("checkpoints/*/meta/metadata"):
+    meta = json.loads(path.read_text())
+    del meta["data"]
+    path.write_text(json.dumps(meta))
+  before = files()
+  with pytest.raises(jdl.JdlError, match=r"written with \d+ steps per epoch, but this run has"):
+    jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=3), tmp_path, quiet=True,
+            dataset=digits)
+  assert files() == before
 
 
 def test_a_second_fit_without_a_workdir_continues_from_the_trainer_state():

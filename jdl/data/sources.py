@@ -7,6 +7,7 @@ Every source returns a :class:`Dataset` of numpy arrays with a train and a test 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pathlib
 import zipfile
@@ -81,6 +82,33 @@ class Dataset:
   x_val: np.ndarray | None = None
   y_val: np.ndarray | None = None
   vocab: dict | None = None
+
+
+_SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+FINGERPRINT_ROWS = 256
+
+
+def fingerprint(dataset) -> str:
+  """A short hash of a dataset's arrays: each one's shape and dtype, and up to
+  :data:`FINGERPRINT_ROWS` evenly spaced rows of it (so it is cheap for any size).
+
+  A run's checkpoints record it, so that resuming or reloading the run with other
+  data is refused instead of silently scoring or training on it. Works for
+  :class:`Dataset` and for the on-disk :class:`jdl.data.npy_dir.StreamDataset`.
+  """
+  h = hashlib.sha256()
+  for name in _SPLIT_ARRAYS:
+    a = getattr(dataset, name, None)
+    if a is None:
+      h.update(f"{name}:none;".encode())
+      continue
+    n = len(a)
+    rows = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).astype(np.int64))
+    sample = a.take(rows) if hasattr(a, "paths") else np.asarray(a)[rows]
+    sample = np.ascontiguousarray(sample)
+    h.update(f"{name}:{tuple(getattr(a, 'shape', np.shape(a)))}:{sample.dtype.str};".encode())
+    h.update(sample.tobytes())
+  return h.hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -119,6 +119,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self.quiet = quiet
     self.stop_training = False
     self.nan_detected = False
+    # False until fit() or load_run() has put the run's state in place: a Trainer
+    # of a workdir with checkpoints holds initial parameters before then.
+    self.holds_run_state = False
     self._validate_config(config)
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
@@ -137,6 +140,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self.data = self._load_data(config, dataset)
     self.vocab = self.data.vocab
     self.model = model or self._create_model()
+    # What the checkpoints record of where the data and the model came from, so that
+    # a resume or a reload with other ones is refused (resume.check_provenance).
+    self.model_source = {"given": model is not None,
+                         "class": ", ".join(type(m).__name__ for m in (
+                             self.model if isinstance(self.model, tuple) else (self.model,)))}
     if self.generative:
       self.loss = None
       names = gen_tasks.metric_names(config.task, tuple(config.metrics))
@@ -317,6 +325,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
 
   def _load_data(self, config, dataset) -> _Data:
+    given = dataset is not None
     if dataset is None:
       dataset = data_lib.load_dataset(
           config.dataset, data_dir=config.data_dir, test_split=float(config.test_split),
@@ -324,6 +333,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
           noise=None if config.noise < 0 else float(config.noise),
           download=bool(config.download),
           text=text_data.TextOptions.from_config(config.sequence), vocab=self._saved_vocab)
+    self.data_source = {"name": dataset.name, "given": given,
+                        "fingerprint": data_lib.fingerprint(dataset)}
     task = dataset.task
     if task != config.task and config.task not in gen_tasks.TASKS:
       raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
@@ -724,6 +735,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     SIGTERM / SIGINT stop training after the step (or scan block) in flight, with a
     checkpoint written; ``result.trainer.preempted`` then names the signal.
     """
+    self.holds_run_state = True  # Resumed from the workdir, or trained here.
     with workdir_lib.StopRequests() as stop, contextlib.closing(self.feed):
       if self.workdir is None:
         return self._fit(stop)
@@ -1057,10 +1069,41 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     return self.compute_metrics([n for n in names if n in self.metric_names], acc)
 
   def predict(self, x: np.ndarray, state: TrainState | None = None) -> np.ndarray:
-    """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split)."""
+    """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split).
+
+    Raises:
+      JdlError: a generative or seq2seq run (they sample or decode instead), inputs
+        of the wrong shape, or a Trainer of a trained workdir that has not loaded
+        its state (use :func:`load_run`, or ``fit()``, which resumes).
+    """
+    self._check_predict(x, state)
     if self.normalizer is None:  # Token ids.
       return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
     return self.predict_normalized(jnp.asarray(self.normalizer(np.asarray(x, np.float32))), state)
+
+  def _check_predict(self, x, state) -> None:
+    task = self.config.task
+    if self.gan or task == "vae":
+      raise JdlError(f"predict maps inputs to outputs, but a {task} run generates images: "
+                     "use trainer.sample(n) (or `jdl sample`)")
+    if self.seq2seq:
+      raise JdlError("predict maps inputs to outputs, but a seq2seq run decodes: use "
+                     "trainer.decode(trainer.encode_texts(texts, vocab='src'), beam=True) "
+                     "(or `jdl predict --input`)")
+    shape, want = tuple(np.shape(x)), tuple(self.data.train.x.shape)
+    # Token ids may be of any length (masks make padding inert); other inputs are
+    # shaped as the dataset's examples.
+    if (len(shape) != len(want) if self.normalizer is None else shape[1:] != want[1:]):
+      raise JdlError(f"predict needs inputs [n, {', '.join(map(str, self.data.input_shape))}] "
+                     f"(one example a row, as the dataset's); got shape {tuple(np.shape(x))}")
+    if state is None and not self.holds_run_state and int(self.state.step) == 0 and (
+        self.workdir is not None and any(
+            p.name.isdigit() and int(p.name) > 0
+            for p in (self.workdir / "checkpoints").glob("*"))):
+      raise JdlError(f"this Trainer holds its initial parameters, not those of the run in "
+                     f"{self.workdir}; use jdl.load_run({str(self.workdir)!r}) (with the "
+                     "dataset= and model= that fit() was given, if any), or trainer.fit(), "
+                     "which resumes")
 
   def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
@@ -1132,7 +1175,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
 
 
 def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = None, *,
-             best: bool = True) -> Trainer:
+             best: bool = True, dataset: data_lib.Dataset | None = None,
+             model=None) -> Trainer:
   """A :class:`Trainer` holding a finished (or interrupted) run's state.
 
   It runs in this process alone: a multi-host run's ``distributed`` settings are
@@ -1142,9 +1186,14 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
     workdir: the run's directory.
     config: its config; ``None`` reads ``workdir/config.json``.
     best: restore the best checkpoint by ``config.monitor`` (else the latest).
+    dataset: the run's dataset, when it was trained with ``fit(dataset=...)``
+      (its normalisation and splits come from it).
+    model: the run's module, when it was trained with ``fit(model=...)``.
 
   Raises:
-    JdlError: no config or no checkpoint in the workdir.
+    JdlError: no config or no checkpoint in the workdir; the run was trained on
+      another dataset or model than these arguments give (checked against the
+      fingerprint its checkpoints record).
   """
   workdir = Path(workdir)
   if config is None:
@@ -1180,32 +1229,43 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
         vocab = {k: text_lib.Vocabulary.from_json(v) for k, v in meta["vocab"].items()}
       except (AttributeError, JdlError) as e:
         raise JdlError(f"checkpoint {step} in {ckdir}: bad vocabulary ({e})") from None
-    trainer = Trainer(config, None, quiet=True, vocab=vocab)
+    trainer = Trainer(config, None, quiet=True, vocab=vocab, dataset=dataset, model=model)
+    resume.check_provenance(meta, step, workdir, trainer.data_source, trainer.model_source,
+                            call="jdl.load_run")
     target = {"state": trainer.state, "acc": trainer.empty_acc()}
     diffs = ck.layout_mismatch(step, target)
     if diffs:
       saved = resume.saved_config(workdir, ck, step)
+      if isinstance(saved, dict) and isinstance(saved.get("distributed"), dict):
+        # Set to 'never' above, not by the caller: no difference to report.
+        saved["distributed"]["initialize"] = config.distributed.initialize
       raise JdlError(resume.mismatch_message(
           workdir, step, diffs, saved, config,
-          remedy="Leave out --config and the overrides: the run's config.json is used"))
+          remedy="Use the run's own config: leave out --config and the overrides (jdl "
+                 "evaluate), or config=None (jdl.load_run), and config.json is used"))
     with ckpt_lib.unreadable_as_error(ckdir, step):
       tree, _ = ck.restore(step, target)
   trainer.state = tree["state"]
+  trainer.holds_run_state = True
   return trainer
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
-             split: str = "test") -> dict[str, float]:
+def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
+             split: str = "test", dataset: data_lib.Dataset | None = None,
+             model=None) -> dict[str, float]:
   """Metrics of the best (else latest) checkpoint in ``workdir`` on ``split``.
 
   Generative runs add their scores: ``neg_elbo`` (nats) for a VAE, and with
   ``generative.classifier_workdir`` set, ``inception_score`` and
-  ``frechet_distance`` for a VAE or a GAN.
+  ``frechet_distance`` for a VAE or a GAN. ``config=None`` reads the run's
+  ``config.json``; ``dataset`` and ``model`` are as for :func:`load_run`.
 
   Raises:
     JdlError: the workdir holds no checkpoint, or the split is empty.
   """
-  trainer = load_run(workdir, config)
+  if split not in ("test", "val", "train"):
+    raise JdlError(f"split must be 'test', 'val' or 'train', got {split!r}")
+  trainer = load_run(workdir, config, dataset=dataset, model=model)
   data = {"test": trainer.data.test, "val": trainer.data.val, "train": trainer.data.train}[split]
   if data is None:
     raise JdlError(f"the {split} split of {trainer.data.name!r} is empty")

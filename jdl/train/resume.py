@@ -57,6 +57,41 @@ class ResumeRefused(JdlError):
   """A readable checkpoint this run must not resume from: refuse, touch nothing."""
 
 
+def check_provenance(meta: dict, step: int, workdir, data_source: dict, model_source: dict,
+                     *, call: str) -> None:
+  """Refuses a checkpoint trained on other data, or on data or a model given to
+  ``fit(dataset=..., model=...)`` that this run was not given.
+
+  ``meta`` is the step's metadata (older checkpoints, without the record, pass);
+  ``call`` names what to call again with the argument (``fit``, ``load_run``).
+
+  Raises:
+    ResumeRefused: naming what differs and what to pass.
+  """
+  where = f"the checkpoint at step {step} in {workdir}"
+  saved_model = meta.get("model") if isinstance(meta, dict) else None
+  if isinstance(saved_model, dict) and saved_model.get("given") and not model_source["given"]:
+    raise ResumeRefused(
+        f"{where} was trained with a model passed to fit(model=...) "
+        f"({saved_model.get('class')}), which the config cannot rebuild; pass the same "
+        f"module: {call}(..., model=...)")
+  saved = meta.get("data") if isinstance(meta, dict) else None
+  if not isinstance(saved, dict):
+    return
+  if saved.get("given") and not data_source["given"]:
+    raise ResumeRefused(
+        f"{where} was trained on a dataset passed to fit(dataset=...) "
+        f"({saved.get('name')!r}); this call loads {data_source['name']!r} from the config "
+        f"instead. Pass the same dataset: {call}(..., dataset=...)")
+  if saved.get("fingerprint") not in (None, data_source["fingerprint"]):
+    raise ResumeRefused(
+        f"{where} was trained on other data: its arrays ({saved.get('name')!r}, "
+        f"fingerprint {saved.get('fingerprint')}) differ from this call's "
+        f"({data_source['name']!r}, {data_source['fingerprint']}). "
+        + ("Use the run's data, another workdir, or start over (restart=True, --restart)"
+           if call == "fit" else f"Pass the run's own data: {call}(..., dataset=...)"))
+
+
 class VocabularyMismatch(ResumeRefused):
   """A checkpoint's vocabulary differs from the one the train split gives now."""
 
@@ -148,6 +183,13 @@ class ResumableRun:
     """
     steps = self.checkpointer.steps()
     for step in reversed(steps):
+      try:
+        meta = self.checkpointer.restore_meta(step)
+      except Exception:  # noqa: BLE001 (a damaged step: the restore below tells)
+        meta = None
+      if meta is not None:
+        check_provenance(meta, step, self.workdir, self.data_source, self.model_source,
+                         call="fit")
       self._check_layout(step)
       try:
         return self._resume(step)
@@ -234,8 +276,9 @@ class ResumableRun:
         "steps_per_epoch": self.steps_per_epoch,
         "history": self.history,
         "best": self._best(),
-        "callbacks": {k: state for k, c in zip(cb.state_keys(self.callbacks), self.callbacks)
-                      if (state := c.state_dict())},
+        "callbacks": self._callback_states(),
+        "data": self.data_source,
+        "model": self.model_source,
         "config": json.loads(config_lib.to_json(self.config)),
     }
     if self.vocab:  # Evaluation, prediction and resume encode text with these ids.
@@ -243,6 +286,16 @@ class ResumableRun:
     self.checkpointer.save(self.step, {"state": self.state, "acc": self._acc}, meta=meta,
                            metrics=metrics)
     self.saved_at = time.monotonic()
+
+  def _callback_states(self) -> dict[str, Any]:
+    """Each stateful callback's ``state_dict()`` by its key; JSON, checked here so that
+    a bad value names its callback (before anything is written)."""
+    states = {}
+    for key, callback in zip(cb.state_keys(self.callbacks), self.callbacks):
+      if state := callback.state_dict():
+        ckpt_lib.check_json(state, f"the state_dict() of callback {key!r}")
+        states[key] = state
+    return states
 
   def _best(self) -> dict[str, Any] | None:
     """The best value of ``config.monitor`` so far, and its epoch."""

@@ -1,0 +1,138 @@
+"""Runs on the user's own dataset and module (``fit(dataset=..., model=...)``).
+
+Checkpoints record where the data and the model came from (a fingerprint of the
+arrays, whether they were passed in), so that reopening or resuming the run with
+other ones is refused instead of silently normalising, scoring or training on them.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import numpy as np
+import pytest
+
+import jdl
+from jdl.train import callbacks as cb
+
+from conftest import make_config
+
+RNG = np.random.default_rng(1)
+X = (RNG.normal(size=(600, 8, 8, 1)) * 5 + 3).astype(np.float32)
+Y = X.reshape(600, 64)[:, :10].argmax(-1).astype(np.int32)
+MINE = jdl.data.Dataset(x_train=X[:500], y_train=Y[:500], x_test=X[500:], y_test=Y[500:],
+                        num_classes=10, task="classification", name="mine",
+                        input_shape=(8, 8, 1))
+
+
+class Tiny(nn.Module):
+  """A module of the user's (not one jdl's config can build)."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(10)(nn.relu(nn.Dense(16)(x.reshape(len(x), -1))))
+
+
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("own")
+  result = jdl.fit(make_config(num_epochs=1), workdir, dataset=MINE, quiet=True)
+  return workdir, result
+
+
+def test_fingerprint_tells_datasets_apart_and_is_stable():
+  digits = jdl.data.load_dataset("digits")
+  assert jdl.data.fingerprint(MINE) == jdl.data.fingerprint(MINE)
+  assert jdl.data.fingerprint(digits) == jdl.data.fingerprint(jdl.data.load_dataset("digits"))
+  assert jdl.data.fingerprint(MINE) != jdl.data.fingerprint(digits)
+  changed = X[:500].copy()
+  changed[-1, 0, 0, 0] += 1  # The last row is always among the sampled rows.
+  other = jdl.data.Dataset(**{**MINE.__dict__, "x_train": changed})
+  assert jdl.data.fingerprint(other) != jdl.data.fingerprint(MINE)
+
+
+def test_a_run_on_own_data_reopens_only_with_that_data(own_run):
+  workdir, result = own_run
+  with pytest.raises(jdl.JdlError, match=r"passed to fit\(dataset=\.\.\.\) \('mine'\).*"
+                                         r"jdl\.load_run\(\.\.\., dataset=\.\.\.\)"):
+    jdl.load_run(workdir)  # Would rebuild config.dataset (digits) and normalise with it.
+  with pytest.raises(jdl.JdlError, match="trained on other data"):
+    jdl.load_run(workdir, dataset=jdl.data.load_dataset("digits"))
+  with pytest.raises(jdl.JdlError, match="passed to fit"):
+    jdl.evaluate(None, workdir)
+  reopened = jdl.load_run(workdir, dataset=MINE, best=False)
+  np.testing.assert_array_equal(jdl.predict(reopened, X[500:]), jdl.predict(result, X[500:]))
+  best = jdl.load_run(workdir, dataset=MINE)
+  assert jdl.evaluate(None, workdir, dataset=MINE) == best.evaluate_split(best.data.test)
+
+
+def test_a_run_on_own_data_resumes_only_with_that_data(own_run, tmp_path):
+  import shutil
+  workdir = tmp_path / "run"
+  shutil.copytree(own_run[0], workdir)
+  before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  with pytest.raises(jdl.JdlError, match=r"fit\(\.\.\., dataset=\.\.\.\)"):
+    jdl.fit(make_config(num_epochs=2), workdir, quiet=True)  # Would train on digits.
+  shuffled = jdl.data.Dataset(**{**MINE.__dict__, "x_train": X[:500][::-1].copy()})
+  with pytest.raises(jdl.JdlError, match="trained on other data"):
+    jdl.fit(make_config(num_epochs=2), workdir, dataset=shuffled, quiet=True)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+  resumed = jdl.fit(make_config(num_epochs=2), workdir, dataset=MINE, quiet=True)
+  assert resumed.trainer.step == 2 * resumed.trainer.steps_per_epoch
+
+
+def test_a_run_of_own_model_reopens_only_with_that_model(tmp_path):
+  result = jdl.fit(make_config(num_epochs=1), tmp_path, model=Tiny(), quiet=True)
+  with pytest.raises(jdl.JdlError, match=r"passed to fit\(model=\.\.\.\) \(Tiny\)"):
+    jdl.load_run(tmp_path)
+  reopened = jdl.load_run(tmp_path, model=Tiny(), best=False)
+  x = jdl.data.load_dataset("digits").x_test[:8]
+  np.testing.assert_array_equal(jdl.predict(reopened, x), jdl.predict(result, x))
+
+
+def test_a_layout_mismatch_names_only_the_callers_changes(own_run):
+  workdir, _ = own_run
+  config = jdl.load_config(str(workdir / "config.json"))
+  config.model.hidden = (8,)
+  with pytest.raises(jdl.JdlError) as error:
+    jdl.load_run(workdir, config, dataset=MINE)
+  message = str(error.value)
+  assert "model.hidden" in message and "distributed" not in message, message
+
+
+def test_predict_refuses_what_it_cannot_answer(own_run, tmp_path):
+  workdir, result = own_run
+  with pytest.raises(jdl.JdlError, match=r"predict needs inputs \[n, 8, 8, 1\]"):
+    jdl.predict(result, X[500:].reshape(100, 64))
+  with pytest.raises(jdl.JdlError, match=r"got shape \(8, 8, 1\)"):
+    jdl.predict(result, X[500])  # One example without its batch axis.
+  # A Trainer of a trained workdir holds initial parameters until fit() or load_run().
+  fresh = jdl.Trainer(make_config(num_epochs=1), workdir, dataset=MINE, quiet=True)
+  with pytest.raises(jdl.JdlError, match="holds its initial parameters"):
+    jdl.predict(fresh, X[500:])
+  jdl.predict(jdl.Trainer(make_config(num_epochs=1), tmp_path / "new", dataset=MINE,
+                          quiet=True), X[500:])  # No run there: initial parameters asked for.
+  vae = jdl.Trainer(make_config(task="vae", normalize="none", metrics=(), model__name="vae",
+                                model__hidden=(8,), model__latent=2), quiet=True)
+  with pytest.raises(jdl.JdlError, match=r"generates images: use trainer.sample"):
+    vae.predict(np.zeros((2, 8, 8, 1), np.float32))
+
+
+def test_callback_state_must_be_json_and_nothing_is_written(tmp_path):
+  class NumpyBest(cb.Callback):
+    best = None
+
+    def on_epoch_end(self, trainer, epoch, logs):
+      self.best = np.float32(logs["loss"])
+
+    def state_dict(self):
+      return {"best": self.best}
+
+  with pytest.raises(jdl.JdlError, match=r"callback 'NumpyBest'\['best'\] is a numpy.float32"):
+    jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True, callbacks=[NumpyBest()])
+  assert list((tmp_path / "checkpoints").iterdir()) == []  # No half-written step.
+  ck = jdl.Checkpointer(tmp_path / "direct", async_save=False)
+  with pytest.raises(jdl.JdlError, match=r"meta\['lr'\]\[1\] is a numpy.int64"):
+    ck.save(1, {"w": np.ones(2)}, meta={"lr": [0.1, np.int64(2)]})
+  ck.save(2, {"w": np.ones(2)})  # meta defaults to {}.
+  assert ck.steps() == [2]
+  ck.close()
