@@ -57,6 +57,24 @@ class _KeepSteps:
     return [int(c.step) in keep for c in checkpoints]
 
 
+GLOB_CHARACTERS = "[]*?"
+
+
+def check_directory_name(directory: str | os.PathLike) -> None:
+  """Refuses a checkpoint folder whose absolute path holds a glob character.
+
+  orbax finds the parts of a step it must merge with ``directory.glob(...)``, which
+  reads ``[x]`` in the path as a pattern: the step is committed incomplete, exit 0,
+  and never restores (``*`` and ``?`` could match another run's folders).
+  """
+  path = str(Path(directory).absolute())
+  bad = sorted({c for c in path if c in GLOB_CHARACTERS})
+  if bad:
+    raise JdlError(f"{path}: a run's path cannot contain {' or '.join(map(repr, bad))} "
+                   "(orbax-checkpoint reads it as a glob pattern and would write steps "
+                   "that never restore); rename the folder")
+
+
 class Checkpointer:
   """Keeps the last ``keep`` steps, the best by ``best_metric`` and ``keep_steps()``.
 
@@ -85,6 +103,7 @@ class Checkpointer:
     if best_mode not in ("min", "max"):
       raise JdlError(f"monitor_mode must be 'min' or 'max', got {best_mode!r}")
     self.directory = Path(directory).resolve()
+    check_directory_name(self.directory)
     policies: list[Any] = [ocm.LatestN(n=keep)]
     best_fn = None
     if best_metric:

@@ -126,7 +126,7 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
         if i + 1 >= len(argv):
           raise JdlError(f"{arg} needs a value (--config.{key}=VALUE)")
         value, i = argv[i + 1], i + 1
-      overrides[key] = value
+      overrides[key] = value  # Given twice, the last wins (as for argparse and absl flags).
     else:
       rest.append(arg)
     i += 1
@@ -139,6 +139,22 @@ def _config(args, overrides):
   config = config_lib.load_config(args.config)
   config_lib.apply_overrides(config, overrides)
   return config
+
+
+def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
+  """``--out``, checked before any work: its suffix, not a folder, no file where a
+  folder of its path would be (missing folders are created when it is written)."""
+  out = Path(raw)
+  if (out.suffix if exact else out.suffix.lower()) != suffix:
+    raise JdlError(f"--out must name a {suffix} file, got {raw!r}")
+  if out.is_dir():
+    raise JdlError(f"--out {raw!r} is a folder; name a {suffix} file")
+  for parent in out.absolute().parents:
+    if parent.exists():
+      if not parent.is_dir():
+        raise JdlError(f"--out {raw!r}: {parent} is a file, not a folder")
+      break
+  return out
 
 
 def _default_workdir(config_arg) -> Path:
@@ -244,8 +260,9 @@ def _sample(args, overrides) -> int:
     raise JdlError("sample needs --workdir")
   if args.n < 1:
     raise JdlError(f"--n must be >= 1, got {args.n}")
-  if not args.out.lower().endswith(".png"):
-    raise JdlError(f"--out must name a .png file, got {args.out!r}")
+  if not -2**63 <= args.seed < 2**63:
+    raise JdlError(f"--seed must be in [-2**63, 2**63), got {args.seed}")
+  _out_path(args.out, ".png")
   trainer = loop.load_run(args.workdir)
   if trainer.config.task not in ("vae", "gan", "wgan_gp"):
     raise JdlError(f"{args.workdir} holds a {trainer.config.task!r} run; only VAE and GAN "
@@ -266,11 +283,7 @@ def _export(args, overrides) -> int:
   ckdir = Path(args.workdir) / "checkpoints"
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {args.workdir}")
-  out = Path(args.out)
-  if out.suffix != ".npz":  # numpy would add .npz to any other name (.NPZ too).
-    raise JdlError(f"--out must name a .npz file, got {args.out!r}")
-  if out.is_dir():
-    raise JdlError(f"--out {args.out!r} is a folder; name a .npz file")
+  out = _out_path(args.out, ".npz", exact=True)  # numpy adds .npz to other names (.NPZ).
   params = checkpoint.restore_params(ckdir, step=args.step)
   out.parent.mkdir(parents=True, exist_ok=True)
   np.savez(out, **params)
@@ -295,9 +308,8 @@ def _lr_find(args, overrides) -> int:
   from jdl import config as config_lib
   from jdl import lr_finder
   config = _config(args, overrides)
-  out = args.out or f"lr_find_{_default_workdir(args.config).resolve().name}.png"
-  if not str(out).lower().endswith(".png") or Path(out).is_dir():
-    raise JdlError(f"--out must name a .png file, got {out!r}")
+  out = _out_path(args.out or f"lr_find_{_default_workdir(args.config).resolve().name}.png",
+                  ".png")
   result = lr_finder.find_lr(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
   path = lr_finder.plot_lr_finder(result, out)
   end = ("the smoothed loss diverged" if result.diverged
@@ -317,14 +329,15 @@ def _profile(args, overrides) -> int:
   from jdl.train import profile
   if args.steps < 1 or args.top < 1:
     raise JdlError(f"--steps and --top must be >= 1, got {args.steps} and {args.top}")
-  if args.out and not Path(args.out).resolve().parent.is_dir():
-    raise JdlError(f"cannot write {args.out}: no such directory")
+  if args.out:
+    _out_path(args.out, ".json")
   config = _config(args, overrides)
   with config.unlocked():
     config.tensorboard, config.plots = False, False
   result = profile.profile_block(loop.Trainer(config, quiet=True), args.steps)
   print(profile.format_report(result, args.top))
   if args.out:
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
   return 0
 
@@ -400,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jdl: error: {e}", file=sys.stderr)
     return 2
   args = parser.parse_args(rest)
+  for name in ("workdir", "config"):
+    if getattr(args, name, None) == "":
+      print(f"jdl: error: --{name} is empty", file=sys.stderr)
+      return 2
   if overrides and args.command == "list":
     print("jdl: error: list takes no --config overrides", file=sys.stderr)
     return 2
@@ -411,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     return command[args.command](args, overrides)
   except JdlError as e:
     return _fail(str(e))
+  except BrokenPipeError:  # The reader of stdout went away (`jdl list | head`).
+    import os
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # No error at exit.
+    return 141  # 128 + SIGPIPE, as the shell reports a process killed by it.
   except OSError as e:  # The file system said no (permissions, disk full, a vanished file).
     where = f"{e.filename}: " if e.filename else ""
     return _fail(f"{where}{e.strerror or e}")

@@ -436,6 +436,9 @@ def _parse_as(raw: str, current: Any, key: str) -> Any:
     return value
   if isinstance(current, (tuple, list)):
     value = _parse_literal(raw)
+    if isinstance(value, str) and raw.strip()[:1] in "([":
+      raise JdlError(f"--config.{key} expects a tuple such as (32, 64), got {raw!r} "
+                     "(not a Python literal)")
     if isinstance(value, (int, float, str)):
       value = (value,)
     if not isinstance(value, (tuple, list)):
@@ -480,7 +483,17 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
         else:
           merge(node[key], value, f"{where}.")
       elif key in node:
-        node[key] = _tuples(value)
+        current, value = node[key], _tuples(value)
+        if isinstance(current, ml_collections.ConfigDict):
+          raise JdlError(f"saved config key {where!r} is a section of keys, got {value!r}")
+        if value is None and current is not None:
+          raise JdlError(f"saved config key {where!r} is null; it needs a "
+                         f"{type(current).__name__} such as {current!r}")
+        try:
+          node[key] = value
+        except (TypeError, ValueError):
+          raise JdlError(f"saved config key {where!r} needs a {type(current).__name__} "
+                         f"such as {current!r}, got {value!r}") from None
       else:
         raise JdlError(f"saved config has an unknown key {where!r}")
 

@@ -187,6 +187,37 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                              ["token ids", "augment.mixup_alpha"]),
       "init_from a missing run": ([f"--config.init_from.workdir={tmp / 'nowhere'}"],
                                   ["init_from"]),
+      "init_from with a bad regex": ([f"--config.init_from.workdir={tmp / 'nowhere'}",
+                                      "--config.init_from.include=("],
+                                     ["init_from.include", "invalid regex"]),
+      "seed beyond int64": (["--config.seed=99999999999999999999999"], ["seed", "2**63"]),
+      "negative seed": (["--config.seed=-1"], ["seed"]),
+      "an unparsable tuple": (["--config.classes=(1,"], ["--config.classes", "'(1,'"]),
+      "text classes": (["--config.classes=('a',)"], ["integer labels"]),
+      "fractional classes": (["--config.classes=(1.5,2.5)"], ["integer labels"]),
+      "one class": (["--config.classes=(3,)"], ["at least 2 classes", "(3,)"]),
+      "freezing every parameter": (["--config.optimizer.freeze=('.*',)"],
+                                   ["freezes every parameter"]),
+      "min_delta nan": (["--config.early_stopping.min_delta=nan"], ["min_delta"]),
+      "min_delta negative": (["--config.early_stopping.min_delta=-0.1"], ["min_delta"]),
+      "alpha_final inf": (["--config.schedule.name=linear", "--config.schedule.alpha_final=inf"],
+                          ["alpha_final", "finite"]),
+      "negative scan_chunk": (["--config.scan_chunk=-5"], ["scan_chunk"]),
+      "printing every 0 epochs": (["--config.print_every_epochs=0"], ["print_every_epochs"]),
+      "a metric twice": (["--config.metrics=('accuracy','accuracy')"], ["twice"]),
+      "negative distributed timeout": (["--config.distributed.timeout_seconds=-1"],
+                                       ["timeout_seconds"]),
+      "a beam wider than the vocabulary": (["--config", "seq2seq_dates", "--config.n_samples=300",
+                                            "--config.sequence.beam_size=100000"],
+                                           ["beam_size", "target vocabulary"]),
+      "decoding 1e7 tokens": (["--config", "seq2seq_dates", "--config.n_samples=300",
+                               "--config.sequence.decode_max_len=10000000"],
+                              ["decode_max_len", "longest target"]),
+      "length_penalty nan": (["--config", "seq2seq_dates", "--config.n_samples=300",
+                              "--config.sequence.length_penalty=nan"], ["length_penalty"]),
+      "a judge that is no run": (["--config", "vae_mnist", "--config.dataset=digits",
+                                  f"--config.generative.classifier_workdir={tmp / 'nowhere'}"],
+                                 ["classifier_workdir", "nowhere"]),
       # Config files.
       "missing config file": (["--config", tmp / "nope.py"], ["nope.py"]),
       "config with a syntax error": (["--config", bad_cfg], ["syntax.py"]),
@@ -394,3 +425,101 @@ def test_corrupt_config_json_is_one_line_and_kept(finished, tmp_path, capsys):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "config.json is not valid JSON" in err[0] and "--restart" in err[0]
   assert _snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("seed", None, ["'seed' is null"]),
+    ("num_epochs", "abc", ["'num_epochs' needs a int", "'abc'"]),
+    ("metrics", "accuracy", ["'metrics' needs a tuple"]),
+    ("optimizer", 5, ["'optimizer' is a section"]),
+])
+def test_a_damaged_config_json_is_one_line_for_every_reader(finished, tmp_path, capsys, field,
+                                                            value, words):
+  import shutil
+  workdir = tmp_path / "w"
+  shutil.copytree(finished, workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  saved[field] = value
+  (workdir / "config.json").write_text(json.dumps(saved))
+  before = _snapshot(workdir)
+  for args in (["evaluate", "--workdir", workdir],
+               ["train", "--config", workdir / "config.json", "--workdir", tmp_path / "new"]):
+    assert cli.main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jdl: error: saved config key"), err
+    assert all(w in err[0] for w in words), err
+  assert _snapshot(workdir) == before
+
+
+def test_damaged_metrics_lines_are_backed_up_and_the_run_resumes(finished, tmp_path, capsys):
+  import shutil
+  workdir = tmp_path / "w"
+  shutil.copytree(finished, workdir)
+  path = workdir / "metrics.jsonl"
+  good = path.read_bytes()
+  damaged = (good + b'{"step": "abc", "split": "train"}\n' + b"[1, 2]\n" + b'{"step": null}\n'
+             + b'\xff\xfe not utf-8\n' + b'{"step": 1, "split": "train", "loss": 1.0}\n')
+  path.write_bytes(damaged)
+  assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST,
+                   "--config.num_epochs=2"]) == 0
+  err = capsys.readouterr().err
+  assert "had unreadable lines" in err
+  backups = list(workdir.glob("metrics.jsonl.damaged-*"))
+  assert len(backups) == 1 and backups[0].read_bytes() == damaged
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  assert all(isinstance(r["step"], int) for r in records)
+
+
+def test_a_failed_resume_keeps_the_runs_files(finished, tmp_path):
+  """A resume that cannot write (a file-size limit) or is refused keeps metrics.jsonl
+  (test line included), config.json and tb/ as they were, and leaves no temporary file."""
+  import shutil
+  import subprocess
+  import sys
+  from conftest import cli_env
+  workdir = tmp_path / "w"
+  shutil.copytree(finished, workdir)
+  with (workdir / "config.json").open("a") as f:  # Rewriting it exceeds the limit.
+    f.write(" " * 2500)
+  before = _snapshot(workdir)
+  assert '"split": "test"' in (workdir / "metrics.jsonl").read_text()
+  import shlex
+  command = shlex.join([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir),
+                        "--quiet", *FAST, "--config.num_epochs=2", "--config.tensorboard=true"])
+  proc = subprocess.run(["bash", "-c", f"ulimit -f 2 && trap '' XFSZ && exec {command}"],
+                        env=cli_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]  # After the cosine schedule's warning.
+  assert last.startswith(f"jdl: error: cannot write {workdir / 'config.json'}: File too large")
+  assert _snapshot(workdir) == before
+  # A refused resume (another optimizer state) writes no TensorBoard file either.
+  assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST,
+                   "--config.tensorboard=true", "--config.optimizer.name=sgd"]) == 2
+  assert _snapshot(workdir) == before
+
+
+def test_paths_orbax_cannot_use_and_empty_arguments(tmp_path, capsys):
+  for workdir in (tmp_path / "a[1]" / "run", tmp_path / "b*"):
+    assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "glob pattern" in err[0], err
+    assert not workdir.exists()
+  with pytest.raises(jdl.JdlError, match="glob pattern"):
+    jdl.Checkpointer(tmp_path / "c?")
+  for args in (["train", "--workdir", ""], ["check", "--config", ""]):
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err.strip() == f"jdl: error: {args[1]} is empty"
+
+
+def test_out_paths_are_checked_before_the_work(finished, tmp_path, capsys):
+  a_file = tmp_path / "file"
+  a_file.write_text("x")
+  for args in (["export", "--workdir", finished, "--out", a_file / "p.npz"],
+               ["lr-find", "--config", "xor", "--out", a_file / "l.png"],
+               ["sample", "--workdir", tmp_path / "none", "--out", a_file / "s.png"],
+               ["sample", "--workdir", tmp_path / "none", "--out", "s.png",
+                "--seed", str(2**64)]):
+    assert cli.main([str(a) for a in args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert (f"{a_file} is a file, not a folder" in err[0] or "--seed" in err[0]), err

@@ -226,3 +226,15 @@ def test_a_gans_max_norm_pattern_is_matched_per_player():
     jdl.Trainer(gan_config(regularization__max_norm=0.05,
                            regularization__max_norm_include="generator/hidden_0/kernel"),
                 quiet=True)
+
+
+def test_a_judge_that_cannot_score_the_run_is_refused_before_training(tmp_path):
+  jdl.fit(make_config(dataset="iris", num_epochs=1, batch_size=16), tmp_path / "iris",
+          quiet=True)
+  for workdir, message in ((tmp_path / "iris", r"classifier of inputs \(4,\), but this run "
+                                               r"generates \(8, 8, 1\)"),
+                           (tmp_path / "none", "holds no jdl run")):
+    with pytest.raises(JdlError, match=message):
+      jdl.fit(gan_config(num_epochs=1, generative__classifier_workdir=str(workdir)),
+              tmp_path / "gan", quiet=True)
+    assert not (tmp_path / "gan").exists()

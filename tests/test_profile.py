@@ -76,7 +76,8 @@ def test_cli_profile_prints_the_table_and_writes_json(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,words", [
     (["--steps", "0"], ["--steps"]),
-    (["--out", "/no/such/dir/ops.json"], ["/no/such/dir"]),
+    (["--out", f"{__file__}/ops.json"], ["test_profile.py is a file, not a folder"]),
+    (["--out", "ops.txt"], ["--out must name a .json file"]),
     (["--config", "no_such_experiment"], ["no_such_experiment"]),
 ])
 def test_cli_profile_bad_input_is_one_line_and_exit_2(args, words, capsys):

@@ -70,7 +70,8 @@ def _linear(sched, lr, per_epoch, num_epochs):
   tau = _epochs_to_steps("schedule.tau_epochs", sched.tau_epochs, per_epoch)
   check(tau > 0, "schedule.tau_epochs", sched.tau_epochs,
         "at least one optimizer update long")
-  check(sched.alpha_final >= 0, "schedule.alpha_final", sched.alpha_final, ">= 0")
+  check(0 <= sched.alpha_final < float("inf"), "schedule.alpha_final", sched.alpha_final,
+        ">= 0 and finite")
   return optax.linear_schedule(lr, sched.alpha_final * lr, tau)
 
 

@@ -101,8 +101,10 @@ class EarlyStopping(Callback):
       raise JdlError(f"early_stopping.mode must be 'min' or 'max', got {mode!r}")
     if patience < 0:
       raise JdlError(f"early_stopping.patience must be >= 0, got {patience}")
+    if not 0 <= min_delta < math.inf:  # NaN too: no value would count as better.
+      raise JdlError(f"early_stopping.min_delta must be >= 0 and finite, got {min_delta}")
     self.monitor, self.mode, self.patience = monitor, mode, patience
-    self.min_delta, self.restore_best = abs(min_delta), restore_best
+    self.min_delta, self.restore_best = float(min_delta), restore_best
     self.best: float | None = None
     self.best_epoch = -1
     self.best_step = -1
@@ -204,28 +206,34 @@ class MetricsLogger(Callback):
     if not self.path.exists():
       return None
     try:
-      text = self.path.read_text(encoding="utf-8", errors="replace")
+      raw = self.path.read_bytes()
     except OSError as e:
       raise JdlError(f"cannot read {self.path}: {e.strerror}") from None
     records, damaged = [], False
-    lines = text.splitlines()
+    lines = raw.splitlines()
     for i, line in enumerate(lines):
       try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
+        record = json.loads(line.decode("utf-8"))
+      except (UnicodeDecodeError, json.JSONDecodeError):
         damaged = damaged or i < len(lines) - 1
         continue
-      if isinstance(record, dict):
+      if (isinstance(record, dict) and isinstance(record.get("step", 0), int)
+          and not isinstance(record.get("step", 0), bool)):
         records.append(record)
+      else:  # Valid JSON, but not a record of this logger's: damage too.
+        damaged = True
     kept = [json.dumps(r, allow_nan=True) for r in records
             if r.get("step", 0) <= step and r.get("split") != "test"]
     backup = None
     if damaged:
       backup = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
-      backup.write_text(text, encoding="utf-8")
+      backup.write_bytes(raw)
     tmp = self.path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(self.path)
+    try:
+      tmp.write_text("".join(line + "\n" for line in kept))
+      tmp.replace(self.path)
+    finally:
+      tmp.unlink(missing_ok=True)
     return backup
 
   def write(self, record: dict[str, Any]) -> None:

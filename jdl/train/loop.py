@@ -116,6 +116,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self.restart = restart
     self.preempted: str | None = None  # The signal that stopped training early.
     self.workdir = Path(workdir) if workdir else None
+    if self.workdir is not None:
+      ckpt_lib.check_directory_name(self.workdir)
     self.quiet = quiet
     self.stop_training = False
     self.nan_detected = False
@@ -139,6 +141,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self.seq2seq = config.task == "seq2seq"
     self.data = self._load_data(config, dataset)
     self.vocab = self.data.vocab
+    if self.seq2seq:
+      self._check_decoding(config.sequence)
     self.model = model or self._create_model()
     # What the checkpoints record of where the data and the model came from, so that
     # a resume or a reload with other ones is refused (resume.check_provenance).
@@ -164,6 +168,10 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self.eval_batch_size = int(config.eval_batch_size) or bs
     if self.eval_batch_size <= 0:
       raise JdlError(f"eval_batch_size must be positive, got {config.eval_batch_size}")
+    # No larger than the largest split: the one batch would be mostly padding.
+    largest = max(s.size for s in (self.data.train, self.data.val, self.data.test)
+                  if s is not None)
+    self.eval_batch_size = min(self.eval_batch_size, max(bs, largest))
     self.eval_batch_size = parallel_lib.eval_batch_size(self.parallel, self.eval_batch_size)
     self.steps_per_epoch = self.data.train.size // bs
     if self.gan and self.steps_per_epoch < int(config.generative.d_steps):
@@ -266,8 +274,25 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
   # ----------------------------------------------------------------- building
   @staticmethod
   def _validate_config(config) -> None:
+    for key in ("num_epochs", "batch_size", "eval_batch_size", "seed"):
+      if isinstance(config[key], bool):  # bool is an int to Python and ml_collections.
+        raise JdlError(f"{key} must be an integer, got {config[key]}")
     if int(config.num_epochs) < 0:
       raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
+    if not 0 <= int(config.seed) < 2**63:  # What jax.random.key takes, everywhere.
+      raise JdlError(f"seed must be in [0, 2**63), got {config.seed}")
+    for key in ("scan_chunk", "print_every_epochs"):
+      if key in config and int(config[key]) < (1 if key == "print_every_epochs" else 0):
+        raise JdlError(f"{key} must be >= {1 if key == 'print_every_epochs' else 0}, got "
+                       f"{config[key]}")
+    if len(set(config.metrics)) != len(tuple(config.metrics)):
+      raise JdlError(f"metrics lists a name twice: {tuple(config.metrics)}")
+    if not float(config.distributed.timeout_seconds) > 0:
+      raise JdlError("distributed.timeout_seconds must be > 0, got "
+                     f"{config.distributed.timeout_seconds}")
+    es = config.early_stopping
+    if not 0 <= float(es.min_delta) < float("inf"):
+      raise JdlError(f"early_stopping.min_delta must be >= 0 and finite, got {es.min_delta}")
     tasks = ("classification", "regression", "seq2seq", *gen_tasks.TASKS)
     if config.task not in tasks:
       raise JdlError(f"task must be one of {', '.join(tasks)}, got {config.task!r}")
@@ -324,6 +349,20 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       if int(seq[key]) < 0:
         raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
 
+  def _check_decoding(self, seq) -> None:
+    """Decoding settings a seq2seq run can honour, checked before it trains."""
+    if not math.isfinite(float(seq.length_penalty)):
+      raise JdlError(f"sequence.length_penalty must be finite, got {seq.length_penalty}")
+    tgt = self.vocab.get("tgt") if self.vocab else None
+    if tgt is not None and int(seq.beam_size) > len(tgt):
+      raise JdlError(f"sequence.beam_size={seq.beam_size} exceeds the {len(tgt)} tokens of "
+                     "the target vocabulary (each beam is a distinct token sequence)")
+    longest = int(self.data.train.y.shape[1]) - 1  # Without <bos>.
+    if int(seq.decode_max_len) > MAX_DECODE_FACTOR * longest:
+      raise JdlError(f"sequence.decode_max_len={seq.decode_max_len} is more than "
+                     f"{MAX_DECODE_FACTOR}x the longest target ({longest} tokens); 0 decodes "
+                     "up to that length")
+
   def _load_data(self, config, dataset) -> _Data:
     given = dataset is not None
     if dataset is None:
@@ -356,6 +395,10 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     dataset = transfer.subset(dataset, classes=tuple(config.classes),
                               examples_per_class=int(config.examples_per_class),
                               seed=int(config.seed))
+    if config.task == "classification" and dataset.num_classes < 2:
+      kept = f" (classes={tuple(config.classes)} keeps one)" if config.classes else ""
+      raise JdlError(f"classification needs at least 2 classes; {dataset.name!r} has "
+                     f"{dataset.num_classes}{kept}")
     if dataset.x_val is not None:  # An explicit validation set replaces validation_split.
       x_tr, y_tr, x_val, y_val = dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val
     else:
@@ -736,6 +779,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     checkpoint written; ``result.trainer.preempted`` then names the signal.
     """
     self.holds_run_state = True  # Resumed from the workdir, or trained here.
+    if self.config.generative.classifier_workdir and (self.gan or self.config.task == "vae"):
+      try:  # Before anything is trained or written: it scores the finished run.
+        self.judge()
+      except JdlError as e:
+        raise JdlError(f"generative.classifier_workdir: {e}") from None
     with workdir_lib.StopRequests() as stop, contextlib.closing(self.feed):
       if self.workdir is None:
         return self._fit(stop)
@@ -1125,6 +1173,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
 # fastest whole, and at batch 256-512 LeNet-5 trains 19-31% faster in microbatches
 # of 128.
 AUTO_MICROBATCH = 32
+# sequence.decode_max_len beyond this multiple of the longest target is refused: a
+# typo (1e7) would decode for hours after training.
+MAX_DECODE_FACTOR = 8
 AUTO_WHOLE_BATCH_BYTES = 256 * 2**20
 AUTO_MICROBATCH_BYTES = 160 * 2**20
 

@@ -68,7 +68,15 @@ class GenerativeOutputs:
     from jdl.train.loop import load_run  # The judge is another run (a classifier).
     if not hasattr(self, "_judge"):
       workdir = self.config.generative.classifier_workdir
-      self._judge = judge_lib.judge_from_trainer(load_run(workdir)) if workdir else None
+      judge = None
+      if workdir:
+        classifier = load_run(workdir)
+        if tuple(classifier.data.input_shape) != tuple(self.data.input_shape):
+          raise JdlError(f"generative.classifier_workdir {workdir!r} holds a classifier of "
+                         f"inputs {tuple(classifier.data.input_shape)}, but this run "
+                         f"generates {tuple(self.data.input_shape)}")
+        judge = judge_lib.judge_from_trainer(classifier)
+      self._judge = judge
     return self._judge
 
   def generative_scores(self, split: pipeline.Split, state=None) -> dict[str, float]:

@@ -144,20 +144,21 @@ class ResumableRun:
     self._open_checkpointer()
     if not self.primary:
       return self._resume_latest_readable()
-    self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
-    if self.config.tensorboard:
-      self.tb = cb.TensorBoard(wd / "tb")
     start = self._resume_latest_readable()
+    # The run's files are rewritten only now that it resumes (or starts), and
+    # metrics.jsonl last: a write that fails (disk full) leaves the old run's
+    # results, test line included, as they were.
+    workdir_lib.write_text(config_json, config_lib.to_json(self.config, self.runtime()) + "\n")
+    workdir_lib.write_text(wd / "summary.txt", self.summary() + "\n")
+    if self.vocab:
+      workdir_lib.write_text(wd / "vocab.json", json.dumps(self.vocab_json()) + "\n")
+    self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
     backup = self.logger.truncate_after(start)
     if backup:
       self.warn(f"jdl: warning: {self.logger.path} had unreadable lines, which were "
                 f"dropped; the file as it was is kept as {backup}")
-    tmp = config_json.with_suffix(".tmp")
-    tmp.write_text(config_lib.to_json(self.config, self.runtime()) + "\n")
-    tmp.replace(config_json)
-    (wd / "summary.txt").write_text(self.summary() + "\n")
-    if self.vocab:
-      (wd / "vocab.json").write_text(json.dumps(self.vocab_json()) + "\n")
+    if self.config.tensorboard:
+      self.tb = cb.TensorBoard(wd / "tb")
     return start
 
   def _open_checkpointer(self) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any
 
 import flax
 import jax.numpy as jnp
+import numpy as np
 
 from jdl import checkpoint as ckpt_lib
+from jdl import regularizers
 from jdl.data import Dataset
 from jdl.data import pipeline
 from jdl.errors import JdlError
@@ -29,10 +30,11 @@ def init_params_from(params: Any, workdir: str | Path, *, include: str = ".*",
   Raises:
     JdlError: no checkpoint, a shape mismatch, or no parameter copied at all.
   """
+  keep = regularizers.compile_regex(include, "init_from.include")
+  drop = regularizers.compile_regex(exclude, "init_from.exclude") if exclude else None
   if not (Path(workdir) / "checkpoints").is_dir():
     raise JdlError(f"init_from.workdir {str(workdir)!r} holds no checkpoints/")
   source = ckpt_lib.restore_params(Path(workdir) / "checkpoints")
-  keep, drop = re.compile(include), re.compile(exclude) if exclude else None
   flat = flax.traverse_util.flatten_dict(params, sep="/")
   copied = []
   for path, value in flat.items():
@@ -65,6 +67,8 @@ def subset(dataset: Dataset, *, classes: tuple[int, ...] = (), examples_per_clas
   if examples_per_class < 0:
     raise JdlError(f"examples_per_class must be >= 0, got {examples_per_class}")
   if classes:
+    if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in classes):
+      raise JdlError(f"classes must be integer labels such as (0, 1), got {tuple(classes)}")
     if (any(not 0 <= int(c) < dataset.num_classes for c in classes)
         or len(set(classes)) != len(classes)):
       raise JdlError(f"classes {tuple(classes)} must be distinct labels of {dataset.name!r} "

@@ -77,6 +77,23 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
         path.unlink()
 
 
+def write_text(path: Path, text: str) -> None:
+  """Replaces ``path`` by ``text`` atomically (a temporary file, then a rename).
+
+  Raises:
+    JdlError: the write failed (disk full, a file-size limit, permissions); the
+      message names the file, and ``path`` is as it was.
+  """
+  tmp = Path(path).with_name(Path(path).name + ".tmp")
+  try:
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+  except OSError as e:
+    raise JdlError(f"cannot write {path}: {e.strerror or e}; it is kept as it was") from None
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
 def read_json(path: Path) -> dict:
   """Reads a JSON object written by an earlier run.
 
