@@ -259,11 +259,17 @@ def test_remove_top_k_matches_a_numpy_reference():
   np.testing.assert_array_equal(got, ref.reshape(x.shape))
 
 
-def test_from_run_explains_a_trained_model():
+@pytest.fixture(scope="module")
+def trained():
+  """A digits MLP trained one epoch, its RunModel, 4 raw and normalised test inputs."""
   result = jdl.fit(make_config(num_epochs=1), quiet=True)
   m = explain.from_run(result)
   raw = jdl.data.load_dataset("digits").x_test[:4]
-  x = m.normalize(raw)
+  return result, m, raw, m.normalize(raw)
+
+
+def test_from_run_explains_a_trained_model(trained):
+  result, m, raw, x = trained
   np.testing.assert_allclose(m.logits(x), jdl.predict(result, raw), rtol=1e-5, atol=1e-5)
   res = explain.integrated_gradients(m.apply_fn, m.variables, x, steps=64,
                                      baseline=m.normalize(np.zeros_like(raw)))
@@ -271,6 +277,86 @@ def test_from_run_explains_a_trained_model():
   np.testing.assert_array_equal(res.target, np.argmax(m.logits(x), axis=1))
   with pytest.raises(JdlError, match="FitResult"):
     explain.from_run(object())
+
+
+def _file_parent(tmp):
+  (tmp / "file").write_text("not a folder")
+  return tmp / "file" / "x.png"
+
+
+def _dir_path(tmp):
+  (tmp / "dir.png").mkdir()
+  return tmp / "dir.png"
+
+
+KEY = jax.random.key(0)
+X4 = np.array([1.0, 2.0, -1.0, 0.5], np.float32)
+
+
+def sum_scores(z):
+  return jnp.stack([z.sum(axis=1), -z.sum(axis=1)], axis=1)
+
+
+# (call(m, xn, tmp_path), match): m a trained RunModel, xn [4, 8, 8, 1] inputs.
+BAD_INPUTS = {
+    "normalize_shape": (lambda m, xn, tmp: m.normalize(np.zeros((2, 3))), r"\[n, 8, 8, 1\]"),
+    "logits_shape": (lambda m, xn, tmp: m.logits(np.zeros((2, 3))), r"\[n, 8, 8, 1\]"),
+    "ig_shape": (lambda m, xn, tmp: explain.integrated_gradients(
+        m.apply_fn, m.variables, xn[:, :4]), "does not fit"),
+    "ig_no_batch_axis": (lambda m, xn, tmp: explain.integrated_gradients(
+        m.apply_fn, m.variables, xn[0]), "does not fit"),
+    "saliency_shape": (lambda m, xn, tmp: explain.saliency(
+        m.apply_fn, m.variables, np.zeros((2, 3))), "does not fit"),
+    "saliency_no_batch_axis": (lambda m, xn, tmp: explain.saliency(
+        linear_apply, LINEAR_VARS, X[0]), "batch"),
+    "ig_empty_batch": (lambda m, xn, tmp: explain.integrated_gradients(
+        m.apply_fn, m.variables, xn[:0]), "empty"),
+    "ig_tolerance": (lambda m, xn, tmp: explain.integrated_gradients(
+        linear_apply, LINEAR_VARS, X, tolerance=-1), "tolerance"),
+    "lime_image_int_key": (lambda m, xn, tmp: explain.lime_image(
+        m.probabilities, xn[0], key=0), "PRNG key"),
+    "lime_tabular_int_key": (lambda m, xn, tmp: explain.lime_tabular(
+        sum_scores, X4, key=0, std=1.0), "PRNG key"),
+    "lime_image_baseline": (lambda m, xn, tmp: explain.lime_image(
+        one_cell_classifier, np.ones((8, 8)), key=KEY, baseline=np.zeros(3)), "baseline"),
+    "lime_tabular_std": (lambda m, xn, tmp: explain.lime_tabular(
+        sum_scores, X4, key=KEY, std=np.ones(3)), "std"),
+    "lime_tabular_baseline": (lambda m, xn, tmp: explain.lime_tabular(
+        sum_scores, X4, key=KEY, mode="mask", baseline=np.zeros(3)), "baseline"),
+    "lime_predict_rows": (lambda m, xn, tmp: explain.lime_tabular(
+        lambda z: np.zeros((3, 2)), X4, key=KEY, std=1.0), "one row per input"),
+    "lime_nan_input": (lambda m, xn, tmp: explain.lime_tabular(
+        sum_scores, np.array([1.0, np.nan, 0.0, 0.0]), key=KEY, std=1.0), "finite"),
+    "lime_nan_predict": (lambda m, xn, tmp: explain.lime_tabular(
+        lambda z: jnp.full((len(z), 2), jnp.nan), X4, key=KEY, std=1.0), "finite"),
+    "overlay_file_parent": (lambda m, xn, tmp: explain.save_overlay(
+        np.ones((8, 8)), None, _file_parent(tmp)), "not a folder"),
+    "overlay_directory": (lambda m, xn, tmp: explain.save_overlay(
+        np.ones((8, 8)), None, _dir_path(tmp)), "directory"),
+    "overlay_jpg": (lambda m, xn, tmp: explain.save_overlay(
+        np.ones((8, 8)), None, tmp / "x.jpg"), r"\.png"),
+    "overlay_grid_jpg": (lambda m, xn, tmp: explain.save_overlay_grid(
+        [np.ones((8, 8))], [None], tmp / "x.jpg"), r"\.png"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_inputs_raise_one_line_jdl_errors(case, trained, tmp_path):
+  call, match = BAD_INPUTS[case]
+  _, m, _, xn = trained
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # E.g. no CompletenessWarning instead of an error.
+    with pytest.raises(JdlError, match=match) as info:
+      call(m, xn, tmp_path)
+  assert "\n" not in str(info.value)
+  assert not (tmp_path / "x.jpg").exists()
+
+
+def test_lime_takes_typed_and_raw_keys():
+  typed = explain.lime_tabular(sum_scores, X4, key=jax.random.key(5), std=1.0, num_samples=50)
+  raw = explain.lime_tabular(sum_scores, X4, key=jax.random.PRNGKey(5), std=1.0,
+                             num_samples=50)
+  np.testing.assert_array_equal(typed.weights, raw.weights)
 
 
 def test_explain_mnist_driver_tiny_run(tmp_path):

@@ -23,6 +23,7 @@ import numpy as np
 
 from jdl import errors
 from jdl.errors import JdlError
+from jdl.explain import _checks
 
 ApplyFn = Callable[..., jax.Array]
 
@@ -84,13 +85,15 @@ def resolve_targets(apply_fn: ApplyFn, variables: Any, x: jax.Array,
     ``[n]`` int32 indices.
 
   Raises:
-    JdlError: a target that is not an integer in ``[0, num_outputs)``, or whose
+    JdlError: inputs without a batch axis, an empty batch or inputs the model
+      cannot take; a target that is not an integer in ``[0, num_outputs)``, or whose
       shape does not match the batch.
   """
+  _checks.check_batch(x)
   n = x.shape[0]
+  shape = _checks.output_shape(functools.partial(_outputs, apply_fn, variables), x)
   if target is None:
     return np.asarray(jnp.argmax(_outputs(apply_fn, variables, x), axis=1), np.int32)
-  shape = jax.eval_shape(functools.partial(_outputs, apply_fn), variables, x).shape
   t = np.asarray(target)
   errors.require(np.issubdtype(t.dtype, np.integer),
                  f"target must be an integer class index, got {target!r}")
@@ -128,7 +131,8 @@ def saliency(apply_fn: ApplyFn, variables: Any, x: jax.Array,
     ``[n, ...]`` attributions shaped like ``x``.
 
   Raises:
-    JdlError: an unknown ``variant`` or a bad ``target``.
+    JdlError: an unknown ``variant``, bad inputs (see :func:`resolve_targets`) or a
+      bad ``target``.
 
   References:
     Simonyan, Vedaldi, Zisserman (2013), "Deep Inside Convolutional Networks:
@@ -223,13 +227,13 @@ def integrated_gradients(apply_fn: ApplyFn, variables: Any, x: jax.Array,
                  f"check must be 'warn', 'raise' or 'off', got {check!r}")
   errors.require(steps_per_batch is None or steps_per_batch >= 1,
                  f"steps_per_batch must be None or >= 1, got {steps_per_batch!r}")
+  errors.require(isinstance(tolerance, (int, float, np.integer, np.floating))
+                 and not isinstance(tolerance, bool) and tolerance >= 0,
+                 f"tolerance must be a number >= 0, got {tolerance!r}")
   x = jnp.asarray(x, jnp.float32)
-  b = jnp.zeros_like(x) if baseline is None else jnp.asarray(baseline, jnp.float32)
-  try:
-    b = jnp.broadcast_to(b, x.shape)
-  except ValueError:
-    raise JdlError(f"baseline of shape {b.shape} does not broadcast to the inputs' shape "
-                   f"{x.shape}") from None
+  _checks.check_batch(x)
+  b = jnp.asarray(_checks.broadcast(0.0 if baseline is None else baseline, x.shape,
+                                    "baseline", "the inputs'"))
   t = resolve_targets(apply_fn, variables, x, target)
   attr, fx, fb = jax.device_get(_integrated_gradients(
       apply_fn, variables, x, b, jnp.asarray(t), steps=int(steps), rule=rule,

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl import errors
+from jdl.explain import _checks
 
 PredictFn = Callable[[jax.Array], jax.Array]
 
@@ -92,12 +93,27 @@ def _kernel(distance: np.ndarray, width: float) -> np.ndarray:
   return np.exp(-(distance**2) / width**2)
 
 
+def _predict_chunk(predict_fn: PredictFn, chunk: jax.Array) -> np.ndarray:
+  """``[m, k]`` outputs of ``predict_fn`` for ``chunk: [m, ...]``, one row per input."""
+  out = np.asarray(predict_fn(chunk), np.float64)
+  errors.require(out.ndim >= 1 and out.shape[0] == len(chunk) and out.size > 0,
+                 f"predict_fn must return [m] or [m, k] scores, one row per input: for "
+                 f"m = {len(chunk)} inputs it returned shape {out.shape}")
+  return out.reshape(len(chunk), -1)
+
+
 def _predict(predict_fn: PredictFn, batch: jax.Array, batch_size: int) -> np.ndarray:
   """``[m, k]`` outputs of ``predict_fn`` over ``batch`` in chunks of ``batch_size``."""
-  outs = [np.asarray(predict_fn(batch[i:i + batch_size]), np.float64)
+  outs = [_predict_chunk(predict_fn, batch[i:i + batch_size])
           for i in range(0, len(batch), batch_size)]
+  widths = sorted({o.shape[1] for o in outs})
+  errors.require(len(widths) == 1, f"predict_fn must return the same number of scores per "
+                 f"input for every batch, got {widths}")
   out = np.concatenate(outs)
-  return out.reshape(len(batch), -1)
+  errors.require(np.isfinite(out).all(), f"predict_fn must return finite scores, got NaN or "
+                 f"Inf for {int(np.sum(~np.isfinite(out).all(axis=1)))} of {len(out)} "
+                 "perturbed inputs")
+  return out
 
 
 def _check_common(num_samples, kernel_width, ridge, batch_size) -> None:
@@ -177,12 +193,16 @@ def lime_tabular(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array,
     A :class:`LimeExplanation` with ``weights: [d]``.
 
   Raises:
-    JdlError: bad arguments (a missing ``std``, an unknown ``mode``, ...).
+    JdlError: bad arguments (a missing ``std``, an unknown ``mode``, a key that is
+      not a PRNG key, a ``std``, ``mean`` or ``baseline`` not of shape ``[d]``, NaN
+      inputs), or a ``predict_fn`` that does not return one finite row per input.
   """
   _check_common(num_samples, kernel_width, ridge, batch_size)
+  _checks.require_key(key)
   x = np.asarray(x, np.float32)
   errors.require(x.ndim == 1, f"lime_tabular explains one input of shape [d], got shape "
                  f"{x.shape}; use lime_image for images")
+  _checks.require_finite(x, "x")
   d = x.shape[0]
   if mode == "sample":
     errors.require(std is not None, "mode='sample' needs the train split's std (std=...), "
@@ -191,9 +211,9 @@ def lime_tabular(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array,
                    f"center must be 'instance' or 'mean', got {center!r}")
     errors.require(center == "instance" or mean is not None,
                    "center='mean' needs the train split's mean (mean=...)")
-    scale = np.broadcast_to(np.asarray(std, np.float32), (d,))
+    scale = _checks.broadcast(std, (d,), "std", "the input's")
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    c = x if center == "instance" else np.broadcast_to(np.asarray(mean, np.float32), (d,))
+    c = x if center == "instance" else _checks.broadcast(mean, (d,), "mean", "the input's")
     e = np.asarray(jax.random.normal(key, (num_samples - 1, d), jnp.float32))
     inputs = np.concatenate([x[None], c + scale * e]).astype(np.float32)
     features = (inputs - x) / scale
@@ -202,7 +222,7 @@ def lime_tabular(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array,
   elif mode == "mask":
     masks = np.asarray(jax.random.bernoulli(key, 0.5, (num_samples - 1, d)))
     masks = np.concatenate([np.ones((1, d), bool), masks])
-    base = np.broadcast_to(np.asarray(baseline, np.float32), (d,))
+    base = _checks.broadcast(baseline, (d,), "baseline", "the input's")
     inputs = np.where(masks, x, base).astype(np.float32)
     features = masks.astype(np.float64)
     distance = _mask_distance(features)
@@ -256,18 +276,22 @@ def lime_image(predict_fn: PredictFn, image: np.ndarray, *, key: jax.Array,
     ``attribution: [height, width]``.
 
   Raises:
-    JdlError: bad arguments.
+    JdlError: bad arguments (a key that is not a PRNG key, a ``baseline`` that does
+      not broadcast to the image, a NaN pixel), or a ``predict_fn`` that does not
+      return one finite row per input.
   """
   _check_common(num_samples, kernel_width, ridge, batch_size)
+  _checks.require_key(key)
   image = np.asarray(image, np.float32)
   errors.require(image.ndim in (2, 3), f"lime_image explains one image [height, width] or "
                  f"[height, width, channels], got shape {image.shape}")
+  _checks.require_finite(image, "image")
+  base = jnp.asarray(_checks.broadcast(baseline, image.shape, "baseline", "the image's"))
   h, w = image.shape[:2]
   cells = grid_cells(h, w, cell_size)
   num_cells = int(cells.max()) + 1
   masks = np.asarray(jax.random.bernoulli(key, 0.5, (num_samples - 1, num_cells)))
   masks = np.concatenate([np.ones((1, num_cells), bool), masks])
-  base = jnp.broadcast_to(jnp.asarray(baseline, jnp.float32), image.shape)
   pixel_masks = jnp.asarray(masks)[:, cells]  # [m, h, w]
   if image.ndim == 3:
     pixel_masks = pixel_masks[..., None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -65,6 +66,36 @@ def _figure(figsize):
   return fig
 
 
+def _png_path(path: str | Path) -> Path:
+  """``path`` as a :class:`Path`, checked before drawing: a ``.png`` file to write.
+
+  Raises:
+    JdlError: not a ``.png`` path, a directory, or under a file.
+  """
+  errors.require(isinstance(path, (str, os.PathLike)),
+                 f"path must be a str or a Path, got {type(path).__name__}")
+  path = Path(path)
+  errors.require(path.suffix.lower() == ".png",
+                 f"path must name a .png file (overlays are PNG images), got {str(path)!r}")
+  errors.require(not path.is_dir(), f"path {str(path)!r} is a directory, not a .png file")
+  blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+  errors.require(blocker is None,
+                 f"path {str(path)!r}: {str(blocker)!r} is a file, not a folder")
+  return path
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+  """Writes ``fig`` to ``path`` as a PNG, parent folders created; OS errors are JdlErrors."""
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    errors.require(os.access(path.parent, os.W_OK),
+                   f"path {str(path)!r}: its folder is not writable")
+    fig.savefig(path, dpi=dpi, format="png")
+  except OSError as e:
+    raise errors.JdlError(f"path {str(path)!r}: cannot write it ({e.strerror or e})") from None
+  return path
+
+
 def save_overlay(image: np.ndarray, attribution: np.ndarray | None, path: str | Path, *,
                  title: str | None = None, alpha: float = 0.9,
                  figsize: tuple[float, float] = (3.0, 3.0), dpi: int = 100) -> Path:
@@ -79,7 +110,7 @@ def save_overlay(image: np.ndarray, attribution: np.ndarray | None, path: str | 
       channel mean, in grey).
     attribution: shaped like ``image`` (channels are summed) or ``None`` (the
       image alone).
-    path: the PNG file to write (parent folders are created).
+    path: the ``.png`` file to write (parent folders are created).
     title: a title over the panel.
     alpha: the heat map's opacity where ``|attribution|`` is largest (it fades as
       ``sqrt(|attribution| / peak)``, so small attributions let the image through).
@@ -88,13 +119,14 @@ def save_overlay(image: np.ndarray, attribution: np.ndarray | None, path: str | 
 
   Returns:
     The path written.
+
+  Raises:
+    JdlError: bad shapes, or a ``path`` that is not a writable ``.png`` file.
   """
+  path = _png_path(path)
   fig = _figure(figsize)
   _draw(fig, fig.add_subplot(1, 1, 1), image, attribution, title, alpha)
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=dpi, format="png")
-  return path
+  return _save(fig, path, dpi)
 
 
 def save_overlay_grid(images: Sequence[np.ndarray], attributions: Sequence[np.ndarray | None],
@@ -106,7 +138,7 @@ def save_overlay_grid(images: Sequence[np.ndarray], attributions: Sequence[np.nd
   Args:
     images: the panels' images (see :func:`save_overlay`).
     attributions: one per image, or ``None`` for the image alone.
-    path: the PNG file to write.
+    path: the ``.png`` file to write (parent folders are created).
     titles: one per panel.
     ncols: panels per row (default: all in one row).
     alpha: the heat maps' opacity.
@@ -118,8 +150,10 @@ def save_overlay_grid(images: Sequence[np.ndarray], attributions: Sequence[np.nd
     The path written.
 
   Raises:
-    JdlError: the lists differ in length, or are empty.
+    JdlError: the lists differ in length, or are empty; a ``path`` that is not a
+      writable ``.png`` file.
   """
+  path = _png_path(path)
   n = len(images)
   errors.require(n > 0 and len(attributions) == n and (titles is None or len(titles) == n),
                  f"save_overlay_grid needs as many attributions and titles as images (>= 1); "
@@ -132,7 +166,4 @@ def save_overlay_grid(images: Sequence[np.ndarray], attributions: Sequence[np.nd
     _draw(fig, fig.add_subplot(nrows, ncols, i + 1), images[i], attributions[i],
           titles[i] if titles else None, alpha)
   fig.tight_layout(pad=0.3)
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=dpi, format="png")
-  return path
+  return _save(fig, path, dpi)

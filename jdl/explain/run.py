@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl.errors import JdlError
+from jdl.explain import _checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +23,7 @@ class RunModel:
     variables: ``{'params': ..., **model_state}`` of the run's state.
     normalize: raw inputs ``[n, ...]`` -> the normalised inputs the model was
       trained on (the train split's statistics, as :class:`jdl.Trainer` does).
+    input_shape: the shape of one example (``None``: unknown, not checked).
 
   Examples:
     >>> m = from_run(result)                                     # doctest: +SKIP
@@ -32,9 +34,15 @@ class RunModel:
   apply_fn: Callable[..., jax.Array]
   variables: Any
   normalize: Callable[[np.ndarray], np.ndarray]
+  input_shape: tuple[int, ...] | None = None
 
   def logits(self, x: jax.Array) -> jax.Array:
-    """Model outputs for normalised inputs ``x: [n, ...]``."""
+    """Model outputs for normalised inputs ``x: [n, ...]``.
+
+    Raises:
+      JdlError: ``x`` is not a non-empty batch of the run's examples.
+    """
+    _checks.check_batch(x, "x", self.input_shape)
     return _apply(self.apply_fn, self.variables, jnp.asarray(x, jnp.float32))
 
   def probabilities(self, x: jax.Array) -> jax.Array:
@@ -62,5 +70,18 @@ def from_run(run) -> RunModel:
   state = getattr(run, "state", None)
   if state is None or not hasattr(trainer, "normalizer"):
     raise JdlError(f"from_run takes a jdl.FitResult or jdl.Trainer, got {type(run).__name__}")
+  input_shape = getattr(getattr(trainer, "data", None), "input_shape", None)
   return RunModel(state.apply_fn, state.variables,
-                  lambda x: trainer.normalizer(np.asarray(x, np.float32)))
+                  functools.partial(_normalize, trainer, input_shape),
+                  None if input_shape is None else tuple(input_shape))
+
+
+def _normalize(trainer, input_shape, x) -> np.ndarray:
+  """``trainer.normalizer(x)`` for raw inputs ``x: [n, *input_shape]``.
+
+  Raises:
+    JdlError: ``x`` is not a non-empty batch shaped as the run's examples.
+  """
+  x = np.asarray(x, np.float32)
+  _checks.check_batch(x, "x", input_shape)
+  return trainer.normalizer(x)
