@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -18,10 +19,13 @@ from sklearn import model_selection
 
 import jdl.data
 from jdl.data import download
+from jdl.data import sources
 from jdl.data import load_dataset
 from jdl.data import read_idx
 from jdl.data import validate_arrays
+from jdl.data.text import TextOptions
 from jdl.errors import JdlError
+from jdl.sequence.text import Vocabulary
 
 _IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
               np.float32: 0x0D, np.float64: 0x0E}
@@ -162,6 +166,35 @@ def test_idx_family_label_out_of_range(tmp_path):
   write_file(tmp_path / "t10k-labels-idx1-ubyte", idx_bytes(labels), True)
   with pytest.raises(JdlError, match=r"mnist files in .*outside \[0, 10\).*12"):
     load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
+def test_idx_family_test_images_of_another_size(tmp_path):
+  write_mnist(tmp_path)
+  write_file(tmp_path / "t10k-images-idx3-ubyte", idx_bytes(np.zeros((5, 2, 2), np.uint8)),
+             True)
+  with pytest.raises(JdlError, match=r"t10k-images-idx3-ubyte.gz has images of size 2x2 but "
+                     r".*train-images-idx3-ubyte.gz has 4x3"):
+    load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_validated_checks_every_split_has_the_train_input_shape(split):
+  # The shared check that every source's Dataset goes through.
+  ds = sources._make("custom", np.ones((4, 2)), np.arange(4) % 2, np.ones((2, 2)),
+                     np.array([0, 1]), 2)
+  bad = {f"x_{split}": np.ones((2, 3)), f"y_{split}": np.array([0, 1])}
+  with pytest.raises(JdlError, match=rf"^somewhere: x_{split} has examples of shape \(3,\) "
+                     r"but x_train has \(2,\); they must match$"):
+    sources._validated(dataclasses.replace(ds, **bad), "somewhere")
+
+
+@pytest.mark.parametrize("download_on", [False, True])
+def test_idx_family_data_dir_is_a_file(tmp_path, download_on):
+  write_mnist(tmp_path)
+  path = tmp_path / "train-images-idx3-ubyte.gz"
+  with pytest.raises(JdlError, match=r"data_dir .*train-images-idx3-ubyte.gz is a file, not "
+                     "a directory"):
+    load_dataset("mnist", data_dir=path, download=download_on)
 
 
 def test_idx_family_corrupt_file_is_named(tmp_path):
@@ -362,6 +395,55 @@ def test_npz_rejects_bad_files(tmp_path, make, match):
   assert str(path) in str(e.value)
 
 
+@pytest.mark.parametrize("extra, match", [
+    (dict(x_test=np.zeros((0, 2)), y_test=np.zeros(0, np.int64)),
+     r"the test split is empty \(x_test has 0 rows, y_test has 0\); leave both arrays out "
+     "of the file to split x by test_split"),
+    (dict(x_test=np.zeros((0, 2)), y_test=np.array([0, 1])),
+     r"the test split is empty \(x_test has 0 rows, y_test has 2\)"),
+    (dict(x_val=np.zeros((0, 2)), y_val=np.zeros(0)),
+     r"the validation split is empty \(x_val has 0 rows, y_val has 0\)"),
+], ids=["test", "test-x-only", "val"])
+def test_npz_empty_test_or_val_split_is_refused(tmp_path, extra, match):
+  path = write_npz(tmp_path / "d.npz", x=np.ones((6, 2)), y=np.array([0, 1] * 3), **extra)
+  with pytest.raises(JdlError, match=match) as e:
+    load_dataset("npz", data_dir=path)
+  assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["x", "y"])
+def test_npz_examples_with_no_values(tmp_path, key):
+  arrays = dict(x=np.ones((6, 2)), y=np.array([0, 1] * 3))
+  arrays[key] = np.ones((6, 0))
+  path = write_npz(tmp_path / "d.npz", **arrays)
+  with pytest.raises(JdlError, match=rf"array '{key}' has shape \(6, 0\); each example"):
+    load_dataset("npz", data_dir=path)
+
+
+def test_npz_unequal_lengths_named(tmp_path):
+  path = write_npz(tmp_path / "d.npz", x=np.ones((6, 2)), y=np.array([0, 1] * 2))
+  with pytest.raises(JdlError, match="x has 6 examples but y has 4"):
+    load_dataset("npz", data_dir=path)
+
+
+@pytest.mark.parametrize("arrays, match", [
+    (dict(y=np.array([0, 1, 2, -1] * 5)),
+     r"labels must be in \[0, 2\*\*31 - 1\), got values from -1 to 2 in y; remap them"),
+    (dict(y=np.array([0, 1] * 10), x_test=np.ones((2, 2)), y_test=np.array([-3, 1])),
+     r"got values from -3 to 1 in y, y_test; remap"),
+    (dict(y=np.array([0, 1] * 9 + [2**31, 0])),
+     r"got values from 0 to 2\.14748e\+09 in y; remap"),
+    (dict(y=np.array([0, 1] * 9 + [100_000, 0])),
+     r"1 label\(s\) \(100000\) occur only once.*stray labels"),
+], ids=["negative", "negative-test", "huge", "stray"])
+def test_npz_bad_labels_before_splitting(tmp_path, arrays, match):
+  x = np.arange(40, dtype=np.float32).reshape(20, 2)
+  path = write_npz(tmp_path / "d.npz", x=x, **arrays)
+  with pytest.raises(JdlError, match=match) as e:
+    load_dataset("npz", data_dir=path)
+  assert str(path) in str(e.value)
+
+
 def test_npz_needs_an_existing_file(tmp_path):
   with pytest.raises(JdlError, match="needs data_dir"):
     load_dataset("npz")
@@ -458,6 +540,51 @@ def test_synthetic_defaults():
 def test_bad_options(kwargs, match):
   with pytest.raises(JdlError, match=match):
     load_dataset(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["xor", "moons", "blobs", "linear"])
+@pytest.mark.parametrize("noise", [float("nan"), float("inf")])
+def test_noise_must_be_finite(name, noise):
+  with pytest.raises(JdlError, match=f"noise must be non-negative and finite, got {noise}"):
+    load_dataset(name, noise=noise)
+
+
+# SST-2 TSV files.
+
+
+def write_sst2(directory: pathlib.Path, train: str, dev: str = "sentence\tlabel\nok\t1\n",
+               encoding: str = "utf-8") -> pathlib.Path:
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "train.tsv").write_bytes(train.encode(encoding))
+  (directory / "dev.tsv").write_bytes(dev.encode(encoding))
+  return directory
+
+
+def test_sst2_byte_order_mark_and_blank_lines(tmp_path):
+  train = "sentence\tlabel\r\ngood film\t1\r\n\r\nbad film\t0\r\n  \ngood\t1\r\n\r\n\n"
+  folder = write_sst2(tmp_path, train, "sentence\tlabel\ngood\t1\n\n", encoding="utf-8-sig")
+  ds = load_dataset("sst2", data_dir=folder, text=TextOptions(maxlen=3))
+  assert ds.y_train.tolist() == [1, 0, 1] and ds.y_test.tolist() == [1]
+  vocab = ds.vocab["text"]
+  assert "\ufeffsentence" not in vocab.tokens
+  assert ds.x_train[1].tolist() == vocab.encode(["bad", "film"]) + [0]
+
+
+def test_sst2_line_numbers_count_skipped_blank_lines(tmp_path):
+  write_sst2(tmp_path, "sentence\tlabel\na\t1\n\n\nb\tpositive\n")
+  with pytest.raises(JdlError, match="train.tsv, line 5: label 'positive' is not an integer"):
+    load_dataset("sst2", data_dir=tmp_path)
+
+
+def test_sst2_min_freq_that_keeps_no_token_is_refused(tmp_path):
+  write_sst2(tmp_path, "sentence\tlabel\ngood film\t1\nbad film\t0\n")
+  with pytest.raises(JdlError, match=r"sequence.min_freq=100000 keeps no token of the train "
+                     r"texts \(the most frequent of their 3 distinct tokens occurs 2 times\)"):
+    load_dataset("sst2", data_dir=tmp_path, text=TextOptions(min_freq=100_000))
+  assert len(load_dataset("sst2", data_dir=tmp_path, text=TextOptions(min_freq=2))
+             .vocab["text"]) == 5  # <pad> <unk> <bos> <eos> film.
+  with pytest.raises(JdlError, match="hold no tokens besides the specials"):
+    Vocabulary.build([[], ["<unk>"]])
 
 
 # validate_arrays.

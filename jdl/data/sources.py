@@ -140,7 +140,19 @@ def _make(name, x_train, y_train, x_test, y_test, num_classes) -> Dataset:
 
 
 def _validated(dataset: Dataset, where: str) -> Dataset:
-  """Runs :func:`validate_arrays` on every split, naming ``where`` in any error."""
+  """Runs :func:`validate_arrays` on every split, naming ``where`` in any error.
+
+  Also checks that the test and validation examples have the train examples' shape
+  (what a model built for ``input_shape`` can take), for every source.
+  """
+  train_shape = tuple(np.shape(dataset.x_train)[1:])
+  for split in ("test", "val"):
+    x = getattr(dataset, f"x_{split}")
+    if x is not None and np.ndim(x) >= 1 and tuple(np.shape(x)[1:]) != train_shape:
+      raise JdlError(
+          f"{where}: x_{split} has examples of shape {tuple(np.shape(x)[1:])} but x_train "
+          f"has {train_shape}; they must match"
+      )
   for split in ("train", "test", "val"):
     if split == "val" and dataset.x_val is None:
       continue
@@ -159,6 +171,16 @@ def _split(req: _Request, x, y, num_classes: int, *, where: str = "") -> Dataset
         f"test_split must be a fraction in (0, 1), got {req.test_split}; "
         f"{req.name} has no test set of its own"
     )
+  if num_classes:
+    labels, counts = np.unique(np.asarray(y), return_counts=True)
+    rare = labels[counts < 2]
+    if rare.size:
+      shown = ", ".join(str(v) for v in rare[:5].tolist()) + (", ..." if rare.size > 5 else "")
+      raise JdlError(
+          f"cannot split {req.name}{where} with test_split={req.test_split}: {rare.size} "
+          f"label(s) ({shown}) occur only once, and a stratified split needs at least 2 "
+          "examples of each class; fix the stray labels or provide a test split of your own"
+      )
   try:
     x_train, x_test, y_train, y_test = _train_test_split(
         x, y, test_size=req.test_split, random_state=req.seed,
@@ -253,6 +275,11 @@ def _idx_dir(req: _Request) -> pathlib.Path:
   if not req.data_dir:
     return download_lib.default_data_dir(req.name)
   directory = pathlib.Path(req.data_dir).expanduser()
+  if directory.exists() and not directory.is_dir():
+    raise JdlError(
+        f"{req.name} data_dir {directory} is a file, not a directory; set "
+        "--config.data_dir to the directory holding the four IDX files (gzip or raw)"
+    )
   nested = directory / req.name
   if nested.is_dir() and not any(_find_idx(directory, b) for b in IDX_FILES.values()):
     return nested
@@ -286,6 +313,13 @@ def _load_idx_family(req: _Request) -> Dataset:
           f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} "
           "labels; one of the files is wrong or from another dataset"
       )
+  train_size, test_size = arrays["x_train"].shape[1:], arrays["x_test"].shape[1:]
+  if test_size != train_size:
+    raise JdlError(
+        f"{paths['x_test']} has images of size {test_size[0]}x{test_size[1]} but "
+        f"{paths['x_train']} has {train_size[0]}x{train_size[1]}; the test images must have "
+        "the training images' size (one of the files is from another dataset)"
+    )
   scale = lambda a: a[..., None].astype(np.float32) / 255.0
   dataset = _make(req.name, scale(arrays["x_train"]), arrays["y_train"],
                   scale(arrays["x_test"]), arrays["y_test"], 10)
@@ -348,9 +382,28 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
           f"npz file {path}: array {key!r} has shape {a.shape}; x needs one row per "
           "example, [N, ...] (reshape 1-D inputs to [N, 1])"
       )
+    if 0 in a.shape[1:]:
+      raise JdlError(f"npz file {path}: array {key!r} has shape {a.shape}; each example of it "
+                     "is empty (0 values)")
   if len(arrays["x"]) == 0 or len(arrays["y"]) == 0:
     raise JdlError(f"npz file {path}: the dataset is empty (x has {len(arrays['x'])} rows, "
                    f"y has {len(arrays['y'])})")
+  for split, x_key, y_key in (("train", "x", "y"), ("test", "x_test", "y_test"),
+                              ("validation", "x_val", "y_val")):
+    if x_key not in arrays:
+      continue
+    n_x, n_y = len(arrays[x_key]), len(arrays[y_key])
+    if split != "train" and (n_x == 0 or n_y == 0):
+      raise JdlError(
+          f"npz file {path}: the {split} split is empty ({x_key} has {n_x} rows, {y_key} "
+          f"has {n_y}); leave both arrays out of the file"
+          + (" to split x by test_split" if split == "test" else "") + ", or fill them"
+      )
+    if n_x != n_y:
+      raise JdlError(
+          f"npz file {path}: {x_key} has {n_x} examples but {y_key} has {n_y}; they must "
+          "have one target per input"
+      )
   for key in ("x_test", "x_val"):
     if key in arrays and arrays[key].shape[1:] != arrays["x"].shape[1:]:
       raise JdlError(
@@ -370,9 +423,13 @@ def _load_npz(req: _Request) -> Dataset:
   if regression:
     num_classes = 0
   else:
-    if y_all.size and not 0 <= y_all.max() < 2**31 - 1:
-      raise JdlError(f"npz file {path}: labels must be in [0, 2**31 - 1), max is "
-                     f"{y_all.max()}")
+    low, top = float(y_all.min()), float(y_all.max())
+    if low < 0 or not top < 2**31 - 1:
+      keys = ", ".join(k for k in ("y", "y_test", "y_val") if k in arrays)
+      raise JdlError(
+          f"npz file {path}: labels must be in [0, 2**31 - 1), got values from {low:g} to "
+          f"{top:g} in {keys}; remap them to 0..num_classes-1"
+      )
     num_classes = int(y_all.max()) + 1 if y_all.size else 0
     num_classes = max(num_classes, 1)
   if "x_test" not in arrays:
@@ -498,8 +555,8 @@ def load_dataset(
         )
   if n_samples is not None and n_samples < 1:
     raise JdlError(f"n_samples must be positive, got {n_samples}")
-  if noise is not None and noise < 0:
-    raise JdlError(f"noise must be non-negative, got {noise}")
+  if noise is not None and not (np.isfinite(noise) and noise >= 0):
+    raise JdlError(f"noise must be non-negative and finite, got {noise}")
   req = _Request(name=name, data_dir=os.fspath(data_dir), test_split=test_split,
                  seed=seed, n_samples=n_samples, noise=noise, download=download,
                  text=text or text_data.TextOptions(), vocab=vocab)

@@ -48,8 +48,17 @@ class TextOptions:
 
 
 # ------------------------------------------------------------------- SST-2
-def read_tsv(path: pathlib.Path, columns: Sequence[str]) -> dict[str, list[str]]:
+def read_tsv(path: pathlib.Path, columns: Sequence[str], *,
+             line_numbers: list[int] | None = None) -> dict[str, list[str]]:
   """The named columns of a TSV file with a header line (no quoting, as GLUE's).
+
+  The file is UTF-8, optionally with a byte-order mark; blank lines (only
+  whitespace, no tab), such as a trailing one, are skipped.
+
+  Args:
+    path: the file.
+    columns: the header names of the columns to return.
+    line_numbers: if given, receives the file's line number (1-based) of each row.
 
   Raises:
     JdlError: a missing or unreadable file, a missing column, a row with the
@@ -59,39 +68,43 @@ def read_tsv(path: pathlib.Path, columns: Sequence[str]) -> dict[str, list[str]]
     raise JdlError(f"TSV file {path} does not exist; set --config.data_dir to the folder "
                    "holding train.tsv and dev.tsv")
   try:
-    lines = path.read_text(encoding="utf-8").split("\n")
+    # utf-8-sig: spreadsheet tools often start the file with a byte-order mark.
+    text = path.read_text(encoding="utf-8-sig")
   except UnicodeDecodeError as e:
     raise JdlError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-  if lines and lines[-1] == "":
-    lines.pop()
-  if not lines:
+  # Blank lines (no tab, only whitespace), e.g. trailing ones, hold no row: skipped.
+  numbered = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1)
+              if "\t" in line or line.strip()]
+  if not numbered:
     raise JdlError(f"{path} is empty; expected a header line with columns "
                    f"{', '.join(columns)}")
-  header = lines[0].rstrip("\r").split("\t")
+  header = numbered[0][1].split("\t")
   missing = [c for c in columns if c not in header]
   if missing:
     raise JdlError(f"{path} has columns {header} in its header line; it needs "
                    f"{', '.join(columns)}")
   where = [header.index(c) for c in columns]
   out: dict[str, list[str]] = {c: [] for c in columns}
-  for n, line in enumerate(lines[1:], start=2):
-    fields = line.rstrip("\r").split("\t")
+  for n, line in numbered[1:]:
+    fields = line.split("\t")
     if len(fields) != len(header):
       raise JdlError(f"{path}, line {n}: {len(fields)} tab-separated fields, the header "
                      f"has {len(header)}")
     for c, i in zip(columns, where):
       out[c].append(fields[i])
+    if line_numbers is not None:
+      line_numbers.append(n)
   if not out[columns[0]]:
     raise JdlError(f"{path} has a header but no rows")
   return out
 
 
-def _labels(values: list[str], path: pathlib.Path) -> np.ndarray:
+def _labels(values: list[str], path: pathlib.Path, lines: Sequence[int]) -> np.ndarray:
   try:
     labels = np.array([int(v) for v in values], np.int32)
   except ValueError:
     bad = next(i for i, v in enumerate(values) if not v.strip().lstrip("-").isdigit())
-    raise JdlError(f"{path}, line {bad + 2}: label {values[bad]!r} is not an integer class "
+    raise JdlError(f"{path}, line {lines[bad]}: label {values[bad]!r} is not an integer class "
                    "id") from None
   return labels
 
@@ -105,8 +118,12 @@ def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | 
     raise JdlError("dataset sst2 needs --config.data_dir: the folder holding GLUE's "
                    "train.tsv and dev.tsv (e.g. ../shared/data/sst2)")
   folder = pathlib.Path(data_dir).expanduser()
-  train = read_tsv(folder / "train.tsv", ("sentence", "label"))
-  test = read_tsv(folder / "dev.tsv", ("sentence", "label"))
+  train_lines, test_lines = [], []
+  train = read_tsv(folder / "train.tsv", ("sentence", "label"), line_numbers=train_lines)
+  test = read_tsv(folder / "dev.tsv", ("sentence", "label"), line_numbers=test_lines)
+  # The files' own errors (bad labels) come before those of the vocabulary settings.
+  y_train = _labels(train["label"], folder / "train.tsv", train_lines)
+  y_test = _labels(test["label"], folder / "dev.tsv", test_lines)
   tok = lambda s: text_lib.tokenize(s, level=options.level, lowercase=options.lowercase)  # noqa: E731
   train_tokens = [tok(s) for s in train["sentence"]]
   if vocab is None:
@@ -119,8 +136,7 @@ def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | 
   x_test = text_lib.pad_sequences([vocab.encode(tok(s)) for s in test["sentence"]],
                                   x_train.shape[1], padding=options.padding,
                                   truncating=options.truncating)
-  return (x_train, _labels(train["label"], folder / "train.tsv"), x_test,
-          _labels(test["label"], folder / "dev.tsv"), vocab)
+  return x_train, y_train, x_test, y_test, vocab
 
 
 # ---------------------------------------------------------- adding problem

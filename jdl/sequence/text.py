@@ -81,6 +81,10 @@ class Vocabulary:
         frequent win; ties in alphabetical order); 0 = no limit.
       level: recorded for :meth:`encode_text`.
       lowercase: recorded for :meth:`encode_text`.
+
+    Raises:
+      JdlError: a bad ``min_freq`` or ``max_size``, or no token (besides the
+        specials) left to keep.
     """
     if min_freq < 1:
       raise JdlError(f"min_freq must be >= 1, got {min_freq}")
@@ -92,6 +96,15 @@ class Vocabulary:
       counts.pop(s, None)
     kept = sorted((t for t, c in counts.items() if c >= min_freq),
                   key=lambda t: (-counts[t], t))
+    if not kept:
+      if not counts:
+        raise JdlError("cannot build a vocabulary: the train texts hold no tokens besides "
+                       f"the specials {', '.join(SPECIALS)} (are they all empty?)")
+      raise JdlError(
+          f"sequence.min_freq={min_freq} keeps no token of the train texts (the most "
+          f"frequent of their {len(counts)} distinct tokens occurs {max(counts.values())} "
+          "times); every input would be <unk>, so lower min_freq"
+      )
     if max_size:
       kept = kept[: max_size - len(SPECIALS)]
     return cls(SPECIALS + tuple(kept), level=level, lowercase=lowercase)
