@@ -203,6 +203,15 @@ class MetricsLogger(Callback):
     line before it is damage, not a kill: the file as it was is then kept beside it,
     and its path returned (else ``None``).
     """
+    return self.commit_truncation(self.plan_truncation(step))
+
+  def plan_truncation(self, step: int) -> tuple[bytes, list[str], bool] | None:
+    """Reads the file for :meth:`truncate_after` and writes nothing: ``(the file,
+    the lines to keep, whether it is damaged)``, or ``None`` without a file.
+
+    Raises:
+      JdlError: the file cannot be read.
+    """
     if not self.path.exists():
       return None
     try:
@@ -224,6 +233,13 @@ class MetricsLogger(Callback):
         damaged = True
     kept = [json.dumps(r, allow_nan=True) for r in records
             if r.get("step", 0) <= step and r.get("split") != "test"]
+    return raw, kept, damaged
+
+  def commit_truncation(self, plan: tuple[bytes, list[str], bool] | None) -> Path | None:
+    """Writes what :meth:`plan_truncation` planned; returns the backup's path, if any."""
+    if plan is None:
+      return None
+    raw, kept, damaged = plan
     backup = None
     if damaged:
       backup = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")

@@ -146,14 +146,16 @@ class ResumableRun:
       return self._resume_latest_readable()
     start = self._resume_latest_readable()
     # The run's files are rewritten only now that it resumes (or starts), and
-    # metrics.jsonl last: a write that fails (disk full) leaves the old run's
-    # results, test line included, as they were.
+    # metrics.jsonl last (read first: an unreadable one is an error before any
+    # write): a write that fails (disk full) leaves the old run's results, test line
+    # included, as they were.
+    self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
+    truncation = self.logger.plan_truncation(start)
     workdir_lib.write_text(config_json, config_lib.to_json(self.config, self.runtime()) + "\n")
     workdir_lib.write_text(wd / "summary.txt", self.summary() + "\n")
     if self.vocab:
       workdir_lib.write_text(wd / "vocab.json", json.dumps(self.vocab_json()) + "\n")
-    self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
-    backup = self.logger.truncate_after(start)
+    backup = self.logger.commit_truncation(truncation)
     if backup:
       self.warn(f"jdl: warning: {self.logger.path} had unreadable lines, which were "
                 f"dropped; the file as it was is kept as {backup}")
