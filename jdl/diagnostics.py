@@ -245,26 +245,16 @@ def activation_kind(config: ml_collections.ConfigDict) -> str:
 
 
 # ---------------------------------------------------------------------- step
-def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callable | None,
-                         bins: int, activation: str, histograms: bool = True,
-                         augment: Callable | None = None) -> Callable:
-  """``diagnostic_step(state, batch) -> (state, metrics, diagnostics)``.
+def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activation: str,
+                  histograms: bool = True, augment: Callable | None = None) -> Callable:
+  """``diagnose(state, new_state, batch) -> diagnostics`` of the step ``state -> new_state``.
 
-  The new state and metrics are those of ``train_step`` itself (the same
-  computation, so runs with and without diagnostics agree bitwise); the
-  gradients and the sown activations are recomputed beside it, in one forward
-  and backward pass of ``task.loss_fn`` with the ``intermediates`` collection
-  made mutable, with the same per-step key (so dropout masks match) and the same
-  augmented batch and (mixup) loss as the step's. Should ``loss_fn`` not pass
-  that collection through, one more forward pass gets it.
-
-  Args:
-    task: the :class:`jdl.train.steps.SupervisedTask` of ``train_step``.
-    train_step: :func:`jdl.train.steps.make_train_step`'s step.
-    learning_rate_fn: ``opt_state -> lr`` (e.g. a partial of
-      :func:`jdl.optim.current_learning_rate`), or ``None``.
-    bins, activation, histograms: as in :func:`compute_diagnostics`.
-    augment: the ``augment`` given to ``make_train_step``, or ``None``.
+  The gradients and the sown activations are recomputed in one forward and
+  backward pass of ``task.loss_fn`` with the ``intermediates`` collection made
+  mutable, with the step's key (so dropout masks match) and the same augmented
+  batch and (mixup) loss as the step's; the updates are ``new_state - state``.
+  Should ``loss_fn`` not pass that collection through, one more forward pass gets
+  it. Arguments as for :func:`make_diagnostic_step`.
   """
 
   def apply_sowing(variables, x, **kwargs):
@@ -275,7 +265,7 @@ def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callab
 
   sowing_task = dataclasses.replace(task, apply_fn=apply_sowing)
 
-  def diagnostic_step(state, batch):
+  def diagnose(state, new_state, batch):
     key = jax.random.fold_in(state.key, state.step)
     # The step's own (mixup) loss on the step's own augmented batch.
     loss_task, seen = steps_lib.augmented(sowing_task, augment, key, batch)
@@ -285,38 +275,71 @@ def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callab
       mutable = [*state.model_state.keys(), "intermediates"]
       _, collections = task.apply_fn({"params": state.params, **state.model_state}, seen["x"],
                                      train=True, rngs={"dropout": key}, mutable=mutable)
-    new_state, metrics = train_step(state, batch)
     diag = compute_diagnostics(state, new_state, grads, collections.get("intermediates", {}),
                                bins=bins, activation=activation, histograms=histograms)
     if learning_rate_fn is not None:
       diag["learning_rate"] = jnp.asarray(learning_rate_fn(state.opt_state), jnp.float32)
-    return new_state, metrics, diag
+    return diag
+
+  return diagnose
+
+
+def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callable | None,
+                         bins: int, activation: str, histograms: bool = True,
+                         augment: Callable | None = None) -> Callable:
+  """``diagnostic_step(state, batch) -> (state, metrics, diagnostics)``.
+
+  The new state and metrics are those of ``train_step``; the diagnostics are
+  :func:`make_diagnose`'s. For training, :func:`make_diagnostic_block` keeps the
+  step and the diagnostics in separate computations, so that the training stays
+  bitwise that of a run without diagnostics.
+
+  Args:
+    task: the :class:`jdl.train.steps.SupervisedTask` of ``train_step``.
+    train_step: :func:`jdl.train.steps.make_train_step`'s step.
+    learning_rate_fn: ``opt_state -> lr`` (e.g. a partial of
+      :func:`jdl.optim.current_learning_rate`), or ``None``.
+    bins, activation, histograms: as in :func:`compute_diagnostics`.
+    augment: the ``augment`` given to ``make_train_step``, or ``None``.
+  """
+  diagnose = make_diagnose(task, learning_rate_fn=learning_rate_fn, bins=bins,
+                           activation=activation, histograms=histograms, augment=augment)
+
+  def diagnostic_step(state, batch):
+    new_state, metrics = train_step(state, batch)
+    return new_state, metrics, diagnose(state, new_state, batch)
 
   return diagnostic_step
 
 
-def make_diagnostic_block(run_block: Callable, diagnostic_step: Callable, merge: Callable,
+def make_diagnostic_block(run_block: Callable, diagnose: Callable,
                           batch_size: int) -> Callable:
   """``run(state, acc, x, y, idx) -> (state, acc, diagnostics)``.
 
   Runs the steps of ``idx: [num_steps, batch]`` with the loop's plain block
-  ``run_block(state, acc, x, y, idx) -> (state, acc)``, except the last one, which
-  is ``diagnostic_step``.
+  ``run_block(state, acc, x, y, idx) -> (state, acc)`` (the last one in a block of
+  its own), then ``diagnose(state, new_state, batch)`` (:func:`make_diagnose`) of
+  the last step. The diagnostics see the states through an optimization barrier,
+  so XLA cannot merge their recomputed gradients into the step's: the training
+  stays bitwise that of a run without diagnostics.
   """
 
   def run(state, acc, x, y, idx):
     if idx.shape[0] > 1:
       state, acc = run_block(state, acc, x, y, idx[:-1])
+    before = state
+    state, acc = run_block(state, acc, x, y, idx[-1:])
     i = idx[-1]
-    mask = jnp.ones((batch_size,), jnp.float32)
-    state, m, diag = diagnostic_step(state, {"x": x[i], "y": y[i], "mask": mask})
-    return state, merge(acc, m), diag
+    batch = {"x": x[i], "y": y[i], "mask": jnp.ones((batch_size,), jnp.float32)}
+    diag = diagnose(*jax.lax.optimization_barrier((before, state, batch)))
+    return state, acc, diag
 
   return run
 
 
 __all__ = [
     "grad_norm", "update_ratios", "histogram", "dead_relu_fraction", "saturation_fraction",
-    "compute_diagnostics", "make_diagnostic_step", "make_diagnostic_block", "validate_config",
+    "compute_diagnostics", "make_diagnose", "make_diagnostic_step", "make_diagnostic_block",
+    "validate_config",
     "activation_kind", "layer_names", "activation_leaves",
 ]

@@ -106,6 +106,22 @@ def make_config(**overrides):
   return config
 
 
+def small_digits_cnn(**overrides):
+  """The digits_cnn experiment (dropout, max pooling), narrowed to train in seconds."""
+  import jdl
+  config = jdl.load_config("digits_cnn")
+  config.model.features, config.model.dense = (4, 8), (16,)
+  config.batch_size, config.num_epochs = 64, 1
+  config.plots = config.tensorboard = config.async_checkpoints = False
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split("__")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
 @pytest.fixture
 def tiny_config():
   return make_config

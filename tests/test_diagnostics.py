@@ -264,6 +264,18 @@ def test_fit_writes_diagnostics_and_trains_bitwise_as_without(tmp_path):
           "diagnostics/act/act_1:histo", "diagnostics/grad/head/kernel:histo"} <= tags
 
 
+def test_diagnostics_leave_a_cnns_training_bitwise_unchanged(tmp_path):
+  # The diagnostics recompute the gradients beside the step; XLA must not merge the
+  # two (it fused the conv gradients differently, 1e-9 apart, when it could).
+  from conftest import small_digits_cnn
+  off = jdl.fit(small_digits_cnn(), tmp_path / "off", quiet=True)
+  on = jdl.fit(small_digits_cnn(diagnostics__every_steps=5), tmp_path / "on", quiet=True)
+  assert on.trainer.epoch_mode == "scan"
+  chex.assert_trees_all_equal(jax.device_get((on.state.params, on.state.opt_state)),
+                              jax.device_get((off.state.params, off.state.opt_state)))
+  assert on.history == off.history
+
+
 @pytest.mark.parametrize("augment", [{}, {"augment__noise_std": 0.5},
                                      {"augment__mixup_alpha": 0.4}])
 def test_the_logged_gradient_is_the_one_the_update_applied(tmp_path, augment):

@@ -108,13 +108,12 @@ class DiagnosticsHook:
                                       int(c.warn_after_periods))
     lr_fn = optim.create_learning_rate_fn(trainer.config, steps_per_epoch=trainer.steps_per_epoch,
                                           num_epochs=trainer.schedule_epochs)
-    step = diag_lib.make_diagnostic_step(
-        trainer.task, trainer.train_step,
+    diagnose = diag_lib.make_diagnose(
+        trainer.task,
         learning_rate_fn=functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn),
         bins=int(c.histogram_bins), activation=diag_lib.activation_kind(trainer.config),
         histograms=bool(c.histograms), augment=trainer.augment)
-    block = diag_lib.make_diagnostic_block(trainer.run_block, step,
-                                           steps_lib.merge_train_metrics, trainer.batch_size)
+    block = diag_lib.make_diagnostic_block(trainer.run_block, diagnose, trainer.batch_size)
     self._run_block = jax.jit(block, donate_argnums=(0, 1))
     self._blocks: dict[int, Any] = {}
 

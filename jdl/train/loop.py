@@ -611,9 +611,12 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
           state, m = step_fn(state, batch)
           return (state, merge(acc, m)), None
 
-        if idx.shape[0] == 1:
+        # Read when traced: the mode is chosen after the step is built.
+        if idx.shape[0] == 1 and self.epoch_mode == "step":  # One step, compiled alone.
           return body((state, acc), idx[0])[0]
-        return jax.lax.scan(body, (state, acc), idx)[0]
+        # In scan mode a block of one step is a loop too (steps_lib.scan_steps), so a
+        # resume with another block size gives the uninterrupted run's bits.
+        return steps_lib.scan_steps(body, (state, acc), idx)[0]
       return run_block
 
     run_block = block_of(block_step)
