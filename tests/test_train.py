@@ -623,3 +623,82 @@ def test_an_early_stopping_state_of_another_metric_is_not_loaded():
   same.load_state_dict({"best": 0.5, "best_epoch": 2, "best_step": 40, "wait": 1,
                         "stopped_epoch": -1})  # Saved before monitor was part of it.
   assert (same.best, same.best_step) == (0.5, 40)
+
+
+class _TermAt(jdl.train.callbacks.Callback):
+  """SIGTERM to this process once training has reached ``at`` (a graceful stop)."""
+
+  def __init__(self, at):
+    self.at, self.sent = at, False
+
+  def on_steps_end(self, trainer, step, num_steps):
+    if step >= self.at and not self.sent:
+      import os
+      import signal
+      self.sent = True
+      os.kill(os.getpid(), signal.SIGTERM)
+
+
+_RESUME_CASES = {
+    # Accumulation stopped mid-cycle, the plateau scale and early stopping's state in
+    # the checkpoint, batch norm and dropout, asynchronous checkpoints.
+    "accumulation, plateau, early stopping, batch norm": dict(
+        num_epochs=4, async_checkpoints=True, optimizer__accumulate_steps=3,
+        optimizer__learning_rate=0.05, reduce_on_plateau__enabled=True,
+        reduce_on_plateau__patience=1, early_stopping__enabled=True,
+        early_stopping__monitor="val_accuracy", early_stopping__mode="max",
+        early_stopping__patience=1, keep_checkpoints=1, model__batch_norm=True,
+        model__dropout_rate=0.2),
+    "microbatches, mixed precision, augmentation": dict(
+        num_epochs=2, microbatch_size=16, mixed_precision=True, augment__noise_std=0.1,
+        augment__mixup_alpha=0.4, label_smoothing=0.1),
+    "VAE": dict(num_epochs=2, task="vae", normalize="none", metrics=(), model__name="vae",
+                model__hidden=(16,), model__latent=2),
+    "denoising autoencoder": dict(num_epochs=2, task="autoencoder", normalize="none",
+                                  metrics=(), model__name="dense_autoencoder",
+                                  model__hidden=(16,), model__latent=4,
+                                  augment__noise_std=0.2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_RESUME_CASES))
+def test_stopped_twice_mid_epoch_then_resumed_is_bitwise_the_uninterrupted_run(tmp_path, case):
+  over = _RESUME_CASES[case]
+  config = make_config(checkpoint_every_steps=7, **over)
+  full = jdl.fit(config, tmp_path / "full", quiet=True)
+  first = jdl.fit(config, tmp_path / "run", quiet=True, callbacks=[_TermAt(9)])
+  assert first.trainer.preempted == "SIGTERM" and first.trainer.step % 20 != 0
+  with pytest.raises(KeyboardInterrupt):  # A kill after the next checkpoint.
+    jdl.fit(config, tmp_path / "run", quiet=True, callbacks=[_Crash(at_step=31)])
+  resumed = jdl.fit(config, tmp_path / "run", quiet=True)
+  assert resumed.trainer.step == full.trainer.step
+  chex.assert_trees_all_equal(
+      jax.device_get((resumed.state.params, resumed.state.model_state,
+                      resumed.state.opt_state, jax.random.key_data(resumed.state.key))),
+      jax.device_get((full.state.params, full.state.model_state, full.state.opt_state,
+                      jax.random.key_data(full.state.key))))
+  assert resumed.history == full.history and resumed.test_metrics == full.test_metrics
+
+
+def test_a_resume_on_another_core_count_and_an_extension_after_early_stopping_say_so(
+    tmp_path, capfd):
+  import json
+  config = make_config(num_epochs=1)
+  jdl.fit(config, tmp_path / "a", quiet=True)
+  path = tmp_path / "a" / "config.json"
+  saved = json.loads(path.read_text())
+  assert saved["runtime"]["cpu_cores"] >= 1
+  saved["runtime"]["cpu_cores"] += 7
+  path.write_text(json.dumps(saved))
+  capfd.readouterr()
+  jdl.fit(make_config(num_epochs=2), tmp_path / "a", quiet=True)
+  assert f"the run was on {saved['runtime']['cpu_cores']} CPU cores" in capfd.readouterr().err
+  stopped = jdl.fit(make_config(num_epochs=6, early_stopping__enabled=True,
+                                early_stopping__patience=0, optimizer__learning_rate=1.0),
+                    tmp_path / "b")
+  epochs = len(stopped.history["loss"])
+  assert epochs < 6
+  capfd.readouterr()
+  jdl.fit(make_config(num_epochs=9, early_stopping__enabled=True, early_stopping__patience=0,
+                      optimizer__learning_rate=1.0), tmp_path / "b")
+  assert f"early stopping ended it at epoch {epochs}" in capfd.readouterr().out

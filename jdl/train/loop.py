@@ -739,6 +739,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     """Where this run runs: recorded in config.json and the first metrics line."""
     return {"num_devices": self.parallel.num_devices, "num_processes": jax.process_count(),
             "parallel": self.parallel.mode, "platform": jax.devices()[0].platform,
+            "cpu_cores": runtime_lib.usable_cpu_cores(),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
   def summary(self) -> str:
@@ -825,7 +826,14 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                + (" and saved as step 0" if self.workdir else ""))
       self._save()  # So that evaluate, export and init_from can read it.
     elif epoch >= self.num_epochs or self._stopped_before():
-      self.log("training already complete" + (" in this workdir" if self.workdir else ""))
+      why = ""
+      if epoch < self.num_epochs:
+        why = (f" (early stopping ended it at epoch {epoch}; num_epochs={self.num_epochs} does "
+               "not restart it: use --restart, or another workdir, to train longer)")
+      elif epoch > self.num_epochs:
+        why = f" ({epoch} epochs, more than num_epochs={self.num_epochs}: nothing is undone)"
+      self.log("training already complete" + (" in this workdir" if self.workdir else "")
+               + why)
     else:
       self.compile_seconds = self._warm_up()
     compile_seconds = self.compile_seconds

@@ -126,6 +126,13 @@ class ResumableRun:
         raise JdlError(
             f"workdir {wd} holds a run with a different config ({', '.join(diffs)} differ); "
             "use another --workdir, or --restart to start over (the old run is moved aside)")
+      before = saved.get(config_lib.RUNTIME_KEY, {}).get("cpu_cores")
+      now = self.runtime()["cpu_cores"]
+      if (before and before != now and self.runtime()["platform"] == "cpu"
+          and (wd / "checkpoints").exists()):
+        self.warn(f"jdl: warning: the run was on {before} CPU cores, this process may use "
+                  f"{now}: XLA:CPU sums convolutions in another order, so the run continues "
+                  "within float tolerance rather than bitwise (same core count: bitwise)")
       schedule = current.get("schedule", {}).get("name")
       old_epochs, new_epochs = saved.get("num_epochs"), current.get("num_epochs")
       if (old_epochs != new_epochs and schedule in ("cosine", "warmup_cosine")

@@ -35,6 +35,16 @@ def _add_flag(flag: str) -> bool:
   return True
 
 
+def usable_cpu_cores() -> int:
+  """The CPU cores this process may run on (its affinity), which XLA:CPU's thread
+  pool follows. A convolution's summation order depends on it, so a CNN resumed on
+  another number of cores continues within float tolerance, not bitwise."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):  # Not Linux.
+    return os.cpu_count() or 1
+
+
 def request_deterministic_ops(enabled: bool) -> bool:
   """Makes GPU reductions, scatters and cuDNN algorithm choices deterministic.
 
