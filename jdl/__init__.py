@@ -37,3 +37,10 @@ from jdl.train.steps import make_eval_step
 from jdl.train.steps import make_train_step
 
 __version__ = "0.1.0"
+
+__all__ = ["fit", "evaluate", "predict", "load_run", "Trainer", "FitResult",
+    "TrainState", "create_train_state", "make_train_step", "make_eval_step",
+    "SupervisedTask", "Checkpointer", "base_config", "load_config", "count_params",
+    "param_table", "JdlError", "NonFiniteError", "data", "diagnostics", "explain",
+    "generative", "losses", "lr_finder", "metrics", "models", "optim", "regularizers",
+    "sanity", "sequence"]

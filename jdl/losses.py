@@ -283,3 +283,7 @@ def get_loss(name: str, **kwargs: float) -> LossFn:
   fn = errors.lookup("loss", name, LOSSES)
   _check_kwargs(name, fn, kwargs)
   return functools.partial(fn, **kwargs) if kwargs else fn
+
+__all__ = ["mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy",
+    "sparse_categorical_crossentropy", "squared_hinge", "kl_divergence", "LOSSES",
+    "TASKS", "check_task", "get_loss"]

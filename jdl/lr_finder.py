@@ -250,3 +250,6 @@ def plot_lr_finder(result: LRFinderResult, path: str | Path) -> Path:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
+
+__all__ = ["LRFinderResult", "lr_schedule", "smooth_losses", "suggest_lr", "find_lr",
+    "plot_lr_finder"]

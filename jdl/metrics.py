@@ -569,3 +569,6 @@ def compute(names: Sequence[str], state: State) -> dict[str, float]:
   if "loss" in host:
     results["loss"] = _ratio(host["loss"]["sum"], host["loss"]["count"])
   return results
+
+__all__ = ["CLASSIFICATION", "REGRESSION", "validate_names", "empty", "from_outputs",
+    "merge", "compute"]

@@ -372,3 +372,7 @@ def validate_config(reg: Any) -> None:
   for key in ("include", "exclude", "activity_include", "max_norm_include"):
     compile_regex(reg[key], f"regularization.{key}")
   check_rules(reg.rules)
+
+__all__ = ["KERNELS", "MAX_NORM_KERNELS", "compile_regex", "check_rules", "penalty",
+    "activity_penalty", "sown_paths", "check_activity_include", "project_max_norm",
+    "max_norm", "rules_from_config", "check_patterns", "validate_config"]

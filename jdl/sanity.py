@@ -379,3 +379,6 @@ def check_data(trainer) -> list[CheckResult]:
           s for s in ("train", "val", "test") if getattr(data, s) is not None),
       {"nonfinite": bad}))
   return results
+
+__all__ = ["PASS", "FAIL", "SKIP", "CheckResult", "run_checks", "check_initial_loss",
+    "check_overfit", "check_gradients", "check_nonzero_gradients", "check_data"]

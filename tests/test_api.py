@@ -68,3 +68,12 @@ def test_readme_example_runs(tmp_path):
   assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
   probs = jdl.predict(result, jdl.data.load_dataset("digits").x_test[:5])
   assert probs.shape == (5, 10)
+
+
+@pytest.mark.parametrize("module", sorted({*PUBLIC, "jdl.lr_finder", "jdl.regularizers",
+                                           "jdl.sanity"}))
+def test_every_public_module_declares_its_surface(module):
+  mod = importlib.import_module(module)
+  assert hasattr(mod, "__all__"), module
+  assert [n for n in mod.__all__ if not hasattr(mod, n)] == []
+  assert set(PUBLIC.get(module, ())) <= set(mod.__all__)

@@ -136,3 +136,26 @@ def test_callback_state_must_be_json_and_nothing_is_written(tmp_path):
   ck.save(2, {"w": np.ones(2)})  # meta defaults to {}.
   assert ck.steps() == [2]
   ck.close()
+
+
+def test_a_given_module_is_named_and_the_step_checks_its_batch(own_run):
+  config = make_config(num_epochs=1)
+  trainer = jdl.Trainer(config, None, model=Tiny(), quiet=True)
+  assert "model: Tiny (given to fit)" in trainer.summary()
+
+  class NoTrainArgument(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(10)(x.reshape(len(x), -1))
+
+  with pytest.raises(jdl.JdlError, match=r"model NoTrainArgument failed to initialise.*'train'"):
+    jdl.Trainer(config, None, model=NoTrainArgument(), quiet=True)
+  step = jdl.make_train_step(trainer.task)
+  with pytest.raises(jdl.JdlError, match=r"a batch is a dict with 'x', 'y' and 'mask'"):
+    step(trainer.state, {"x": X[:4], "y": Y[:4]})
+  _, result = own_run
+  for bad, message in (([["a"] * 64] * 2, "numeric inputs"), ([[1.0], [1.0, 2.0]], "numeric")):
+    with pytest.raises(jdl.JdlError, match=message):
+      jdl.predict(result, bad)
+  with pytest.raises(jdl.JdlError, match="result of jdl.fit or a Trainer"):
+    jdl.predict("runs/x", X[:2])

@@ -40,3 +40,8 @@ from jdl.explain.overlay import save_overlay
 from jdl.explain.overlay import save_overlay_grid
 from jdl.explain.run import RunModel
 from jdl.explain.run import from_run
+
+__all__ = ["saliency", "integrated_gradients", "IGResult", "CompletenessWarning",
+    "resolve_targets", "lime", "lime_tabular", "lime_image", "LimeExplanation",
+    "grid_cells", "weighted_ridge", "remove_top_k", "save_overlay",
+    "save_overlay_grid", "RunModel", "from_run"]

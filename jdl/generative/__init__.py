@@ -39,3 +39,11 @@ from jdl.generative.gan import GANState
 from jdl.generative.gan import GANTask
 from jdl.generative.tasks import TASKS
 from jdl.generative.gan import create_gan_state
+
+__all__ = ["bernoulli_nll", "gaussian_kl", "reparameterize", "gan_discriminator_loss",
+    "gan_generator_loss", "wgan_critic_loss", "wgan_generator_loss",
+    "gradient_penalty", "inception_score", "frechet_distance",
+    "frechet_distance_from_stats", "image_grid", "save_image_grid",
+    "save_reconstructions", "save_interpolation", "save_latent_scatter",
+    "save_roc_curve", "save_curves", "Judge", "GANState", "GANTask", "TASKS",
+    "create_gan_state"]

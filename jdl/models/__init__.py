@@ -149,6 +149,7 @@ __all__ = [
     "Embedding",
     "EncoderOutput",
     "GRUCell",
+    "get_head_initializer",
     "INITIALIZERS",
     "InceptionBlock",
     "InceptionNet",

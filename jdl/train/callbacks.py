@@ -34,7 +34,8 @@ class Callback:
     """After ``num_steps`` more steps have been dispatched; ``step`` is the new count."""
 
   def on_epoch_end(self, trainer, epoch: int, logs: dict[str, float]) -> None:
-    pass
+    """After epoch ``epoch`` (counted from 0; the console and ``metrics.jsonl`` count
+    from 1) with its flat logs (``loss``, ``accuracy``, ``val_loss``, ...)."""
 
   def on_train_end(self, trainer) -> None:
     pass

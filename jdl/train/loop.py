@@ -204,7 +204,12 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     except (TypeError, ValueError) as e:
       if isinstance(e, JdlError):
         raise
-      raise JdlError(f"model {config.model.get('name')!r} cannot take inputs of shape "
+      what = (f"model {self.model_source['class']}" if self.model_source["given"]
+              else f"model {config.model.get('name')!r}")
+      if "shape" in str(e).lower():
+        raise JdlError(f"{what} cannot take inputs of shape {tuple(example.shape[1:])}: "
+                       f"{e}") from None
+      raise JdlError(f"{what} failed to initialise on inputs of shape "
                      f"{tuple(example.shape[1:])}: {e}") from None
     if config.init_from.workdir:
       self.state = self.state.replace(params=self._init_from(config.init_from))
@@ -744,12 +749,14 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
 
   def summary(self) -> str:
     d = self.data
+    model = (f"{self.model_source['class']} (given to fit)" if self.model_source["given"]
+             else self.config.model.get("name"))
     lines = [
         f"experiment: {self.config.description or '(no description)'}",
         f"dataset: {d.name} ({d.task}); train {d.train.size}, "
         f"val {d.val.size if d.val else 0}, test {d.test.size if d.test else 0}; "
         f"input shape {d.input_shape}" + (f"; {d.num_classes} classes" if d.num_classes else ""),
-        f"model: {self.config.model.get('name')}  optimizer: {self.config.optimizer.name}  "
+        f"model: {model}  optimizer: {self.config.optimizer.name}  "
         f"schedule: {self.config.schedule.name}",
         f"batch size {self.batch_size}"
         + (f" (microbatches of {self.microbatch_size})" if self.microbatch_size else "")
@@ -1149,6 +1156,12 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       raise JdlError("predict maps inputs to outputs, but a seq2seq run decodes: use "
                      "trainer.decode(trainer.encode_texts(texts, vocab='src'), beam=True) "
                      "(or `jdl predict --input`)")
+    try:
+      x = np.asarray(x)
+    except (TypeError, ValueError) as e:  # Ragged lists.
+      raise JdlError(f"predict needs a numeric array of inputs: {e}") from None
+    if x.dtype.kind not in "biuf":
+      raise JdlError(f"predict needs numeric inputs, got an array of dtype {x.dtype}")
     shape, want = tuple(np.shape(x)), tuple(self.data.train.x.shape)
     # Token ids may be of any length (masks make padding inert); other inputs are
     # shaped as the dataset's examples.
@@ -1346,4 +1359,7 @@ def predict(run: FitResult | Trainer, x: np.ndarray) -> np.ndarray:
   """
   if isinstance(run, FitResult):
     return run.trainer.predict(x, run.state)
+  if not isinstance(run, Trainer):
+    raise JdlError(f"predict takes the result of jdl.fit or a Trainer (jdl.load_run(workdir)), "
+                   f"got {type(run).__name__}")
   return run.predict(x)

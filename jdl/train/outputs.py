@@ -101,8 +101,9 @@ class SequenceOutputs:
   def encode_texts(self, texts: Sequence[str], vocab: str = "text") -> np.ndarray:
     """Token ids ``[n, maxlen]`` of ``texts``, padded as the run's train split."""
     if not self.vocab or vocab not in self.vocab:
-      raise JdlError(f"this run ({self.data.name!r}) has no {vocab!r} vocabulary; text "
-                     "input needs a text dataset such as sst2 or dates")
+      has = (f"its vocabularies are {', '.join(map(repr, sorted(self.vocab)))}" if self.vocab
+             else "text input needs a text dataset such as sst2 or dates")
+      raise JdlError(f"this run ({self.data.name!r}) has no {vocab!r} vocabulary; {has}")
     v, seq = self.vocab[vocab], self.config.sequence
     width = int(self.data.train.x.shape[1])
     padding = seq.padding if vocab == "text" else "post"

@@ -112,10 +112,24 @@ def augmented(task: SupervisedTask, augment, key: jax.Array, batch: Batch
           augment(jax.random.fold_in(key, 1), batch))
 
 
+def check_batch(batch: Any) -> None:
+  """Raises a JdlError unless ``batch`` is ``{"x": ..., "y": ..., "mask": ...}`` (at
+  trace time: no cost in the compiled step)."""
+  if not isinstance(batch, dict) or not {"x", "y", "mask"} <= set(batch):
+    got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
+    raise errors.JdlError(f"a batch is a dict with 'x', 'y' and 'mask' (1.0 for each real "
+                          f"example, e.g. jnp.ones(len(x))); got {got}")
+
+
 def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None = None,
                     check_gradients: bool = True, microbatch_size: int = 0,
                     freeze: tuple[str, ...] = ()):
   """``train_step(state, batch) -> (state, metrics)``: one optimizer update.
+
+  ``batch`` is a dict: ``"x"`` the inputs ``[B, ...]``, ``"y"`` the targets ``[B, ...]``
+  and ``"mask"`` ``[B]`` float weights (1 for a real example, 0 for padding, so a
+  last partial batch keeps the compiled shape); ``metrics`` are sums to merge with
+  :func:`jdl.metrics.merge` and finish with :func:`jdl.metrics.compute`.
 
   Args:
     task: the task.
@@ -152,6 +166,7 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
   names = train_metric_names(task.metric_names)
 
   def train_step(state: TrainState, batch: Batch):
+    check_batch(batch)
     key = jax.random.fold_in(state.key, state.step)
     if axis_name is not None:  # Each device draws its own examples' randomness.
       key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
@@ -322,10 +337,12 @@ def merge_train_metrics(acc, metrics):
 def make_eval_step(task: SupervisedTask):
   """``eval_step(state, batch) -> (state, metrics)``: the model in inference mode.
 
-  The state is returned unchanged, so train and eval steps share one signature.
+  The state is returned unchanged, so train and eval steps share one signature;
+  ``batch`` is as for :func:`make_train_step`.
   """
 
   def eval_step(state: TrainState, batch: Batch):
+    check_batch(batch)
     _, (per_example, outputs, _) = task.loss_fn(
         state.params, state.model_state, batch, state.key, False)
     return state, task.metrics(task.metric_names, outputs, batch, per_example)
