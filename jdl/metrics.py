@@ -51,6 +51,16 @@ _VALID = {
     "regression": REGRESSION,
 }
 _TOP_K = re.compile(r"top([1-9][0-9]*)_accuracy")
+
+
+def better_direction(name: str) -> str | None:
+  """``'max'`` for a metric that is better higher (accuracy, f1, r2, ...), ``'min'``
+  for one better lower (a loss, mse, mae), ``None`` for a name it does not know."""
+  if name in CLASSIFICATION or name == "r2" or _TOP_K.fullmatch(name):
+    return "max"
+  if name in ("loss", "mse", "mae") or name.endswith("_loss"):
+    return "min"
+  return None
 _BINARY = ("precision", "recall", "f1")
 _MACRO = ("macro_precision", "macro_recall", "macro_f1")
 
@@ -571,4 +581,4 @@ def compute(names: Sequence[str], state: State) -> dict[str, float]:
   return results
 
 __all__ = ["CLASSIFICATION", "REGRESSION", "validate_names", "empty", "from_outputs",
-    "merge", "compute"]
+    "merge", "compute", "better_direction"]

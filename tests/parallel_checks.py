@@ -147,7 +147,8 @@ def check_portability(root: Path) -> None:
   chex.assert_trees_all_close(params(to8), params(to1), rtol=RTOL, atol=1e-5)
   runtime = json.loads((root / "mlp_none" / "config.json").read_text())["runtime"]
   assert runtime == {"num_devices": 8, "num_processes": 1, "parallel": "data",
-                     "platform": "cpu", "xla_flags": os.environ["XLA_FLAGS"]}, runtime
+                     "platform": "cpu", "cpu_cores": len(os.sched_getaffinity(0)),
+                     "xla_flags": os.environ["XLA_FLAGS"]}, runtime
   first = json.loads((root / "mlp_data" / "metrics.jsonl").read_text().splitlines()[0])
   assert (first["num_devices"], first["num_processes"]) == (8, 1), first
 

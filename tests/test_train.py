@@ -702,3 +702,14 @@ def test_a_resume_on_another_core_count_and_an_extension_after_early_stopping_sa
   jdl.fit(make_config(num_epochs=9, early_stopping__enabled=True, early_stopping__patience=0,
                       optimizer__learning_rate=1.0), tmp_path / "b")
   assert f"early stopping ended it at epoch {epochs}" in capfd.readouterr().out
+
+
+def test_a_monitor_mode_against_its_metric_warns(capfd):
+  jdl.Trainer(make_config(monitor="val_accuracy", monitor_mode="min",
+                          early_stopping__enabled=True, early_stopping__monitor="val_loss",
+                          early_stopping__mode="max"), quiet=True)
+  err = capfd.readouterr().err
+  assert "monitor='val_accuracy' is better higher, but monitor_mode='min'" in err
+  assert "early_stopping.monitor='val_loss' is better lower, but early_stopping.mode='max'" in err
+  jdl.Trainer(make_config(monitor="val_accuracy", monitor_mode="max"), quiet=True)
+  assert "warning" not in capfd.readouterr().err

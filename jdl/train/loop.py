@@ -697,13 +697,21 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       monitors.append(("early_stopping.monitor", c.early_stopping.monitor))
     if c.reduce_on_plateau.enabled:
       monitors.append(("reduce_on_plateau.monitor", c.reduce_on_plateau.monitor))
+    modes = {"monitor": c.monitor_mode, "early_stopping.monitor": c.early_stopping.mode,
+             "reduce_on_plateau.monitor": c.reduce_on_plateau.mode}
     for key, name in monitors:
-      if name in logged:
-        continue
-      hint = (" (there is no validation split: set validation_split > 0)"
-              if name.startswith("val_") and self.data.val is None else "")
-      raise JdlError(f"{key}={name!r} is not logged by this run{hint}; it logs "
-                     f"{', '.join(sorted(logged))}")
+      if name not in logged:
+        hint = (" (there is no validation split: set validation_split > 0)"
+                if name.startswith("val_") and self.data.val is None else "")
+        raise JdlError(f"{key}={name!r} is not logged by this run{hint}; it logs "
+                       f"{', '.join(sorted(logged))}")
+      better = metrics_lib.better_direction(name.removeprefix("val_"))
+      if better is not None and better != modes[key]:
+        mode_key = "monitor_mode" if key == "monitor" else key.replace("monitor", "mode")
+        higher = better == "max"
+        self.warn(f"jdl: warning: {key}={name!r} is better {'higher' if higher else 'lower'}, "
+                  f"but {mode_key}={modes[key]!r} takes its {'lowest' if higher else 'highest'} "
+                  f"value as the best; set {mode_key}={better!r}")
 
   def _make_callbacks(self, extra, progress):
     c = self.config
