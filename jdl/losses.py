@@ -217,6 +217,10 @@ TASKS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Losses of probabilities: as regression losses their float targets lie in [0, 1].
+_PROBABILITY_LOSSES = ("binary_crossentropy", "categorical_crossentropy", "kl_divergence")
+
+
 def check_task(name: str, task: str, dataset: str = "the dataset",
                targets: Any = None) -> None:
   """Raises a JdlError when loss ``name`` cannot train a ``task`` dataset.
@@ -234,7 +238,7 @@ def check_task(name: str, task: str, dataset: str = "the dataset",
     fits = ", ".join(n for n, t in TASKS.items() if task in t)
     raise errors.JdlError(f"loss {name!r} is a {' or '.join(TASKS[name])} loss, but "
                           f"{dataset!r} is a {task} dataset; use {fits}")
-  if task != "regression" or "classification" not in TASKS[name] or targets is None:
+  if task != "regression" or name not in _PROBABILITY_LOSSES or targets is None:
     return
   y = np.asarray(targets)
   if y.size and not (y.min() >= 0 and y.max() <= 1):
@@ -267,6 +271,37 @@ def _check_kwargs(name: str, fn: Callable[..., jax.Array], kwargs: dict) -> None
     )
 
 
+def register_loss(name: str, fn: LossFn, *, tasks: tuple[str, ...] = ("classification",),
+                  replace: bool = False) -> None:
+  """Makes ``config.loss = name`` train with ``fn`` (your own loss, for :func:`jdl.fit`).
+
+  ``fn(outputs, targets) -> [batch]`` gives each example's loss, jittable. For a
+  classification task the outputs are the ``[B, num_classes]`` logits and the
+  targets the ``[B]`` integer labels; for regression, ``[B, D]`` predictions and
+  float targets. A run that uses it resumes in a process that registered it again.
+
+  Args:
+    name: the name for ``config.loss``.
+    fn: the per-example loss.
+    tasks: the tasks it trains, of ``'classification'`` and ``'regression'``.
+    replace: allow replacing an existing loss of that name.
+
+  Raises:
+    JdlError: a taken name (without ``replace``), a non-callable or an unknown task.
+  """
+  errors.require(isinstance(name, str) and name.isidentifier(),
+                 f"a loss name is an identifier such as 'focal', got {name!r}")
+  errors.require(callable(fn), f"loss {name!r} must be callable, got {type(fn).__name__}")
+  tasks = tuple(tasks)
+  errors.require(bool(tasks) and set(tasks) <= {"classification", "regression"},
+                 f"loss {name!r}: tasks must be of 'classification' and 'regression', "
+                 f"got {tasks}")
+  errors.require(replace or name not in LOSSES,
+                 f"loss {name!r} exists already; pass replace=True to replace it")
+  LOSSES[name] = fn
+  TASKS[name] = tasks
+
+
 def get_loss(name: str, **kwargs: float) -> LossFn:
   """Returns the loss called ``name`` with ``kwargs`` bound.
 
@@ -286,4 +321,4 @@ def get_loss(name: str, **kwargs: float) -> LossFn:
 
 __all__ = ["mse", "mae", "huber", "binary_crossentropy", "categorical_crossentropy",
     "sparse_categorical_crossentropy", "squared_hinge", "kl_divergence", "LOSSES",
-    "TASKS", "check_task", "get_loss"]
+    "TASKS", "check_task", "get_loss", "register_loss"]

@@ -8,6 +8,7 @@ other ones is refused instead of silently normalising, scoring or training on th
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
@@ -159,3 +160,34 @@ def test_a_given_module_is_named_and_the_step_checks_its_batch(own_run):
       jdl.predict(result, bad)
   with pytest.raises(jdl.JdlError, match="result of jdl.fit or a Trainer"):
     jdl.predict("runs/x", X[:2])
+
+
+def test_a_registered_loss_trains_through_fit(tmp_path):
+  import jax.numpy as jnp
+
+  def focal(logits, labels, gamma=2.0):
+    logp = jax.nn.log_softmax(logits)
+    p_true = jnp.take_along_axis(jnp.exp(logp), labels[:, None], axis=1)[:, 0]
+    return -((1 - p_true) ** gamma) * jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
+
+  jdl.losses.register_loss("focal_test", focal)
+  try:
+    with pytest.raises(jdl.JdlError, match="exists already"):
+      jdl.losses.register_loss("focal_test", focal)
+    with pytest.raises(jdl.JdlError, match="tasks must be"):
+      jdl.losses.register_loss("other_test", focal, tasks=("ranking",))
+    result = jdl.fit(make_config(num_epochs=2, loss="focal_test"), tmp_path, quiet=True)
+    history = result.history["loss"]
+    assert history[1] < history[0]
+    # The test loss is the focal loss of the run's own outputs.
+    test = result.trainer.data.test
+    logits = jnp.asarray(result.trainer.predict_normalized(test.x))
+    np.testing.assert_allclose(result.test_metrics["loss"],
+                               float(np.mean(np.asarray(focal(logits, jnp.asarray(test.y)),
+                                                        np.float64))), rtol=1e-5)
+    with pytest.raises(jdl.JdlError, match="'focal_test' is a classification loss"):
+      jdl.fit(make_config(dataset="linear", task="regression", loss="focal_test"), None,
+              quiet=True)
+  finally:
+    jdl.losses.LOSSES.pop("focal_test", None)
+    jdl.losses.TASKS.pop("focal_test", None)
