@@ -235,9 +235,13 @@ def _predict(args, overrides) -> int:
     for text, row in zip(args.input, tokens):
       print(json.dumps({"input": text, "prediction": trainer.vocab["tgt"].decode_text(row)}))
     return 0
+  if not (trainer.vocab and "text" in trainer.vocab):
+    raise JdlError(f"{args.workdir} holds a {trainer.config.task!r} run of "
+                   f"{trainer.data.name!r}, not of texts: `jdl predict` serves text "
+                   "classifiers (--text) and seq2seq runs (--input); use jdl.predict in "
+                   "Python for other inputs")
   if args.input:
-    raise JdlError(f"{args.workdir} holds a {trainer.config.task!r} run; classify texts "
-                   "with --text")
+    raise JdlError(f"{args.workdir} holds a text classifier; classify texts with --text")
   logits = trainer.predict(trainer.encode_texts(args.text)).astype(np.float64)
   if logits.shape[-1] == 1:  # One logit: P(class 1) = sigmoid.
     p1 = 1 / (1 + np.exp(-logits[:, 0]))

@@ -292,6 +292,7 @@ def test_read_commands_on_a_mismatched_or_damaged_run(finished, tmp_path, capsys
                                              "--out", tmp_path / "lr.txt"]
   cases["lr-find to an infinite rate"] = ["lr-find", "--config", "xor", "--steps", "3",
                                           "--max-lr", "inf", "--out", tmp_path / "lr.png"]
+  cases["predict texts with an image run"] = ["predict", "--workdir", finished, "--text", "hi"]
   before = _snapshot(finished)
   failures = []
   for name, args in cases.items():
