@@ -436,9 +436,10 @@ def _parse_as(raw: str, current: Any, key: str) -> Any:
     return value
   if isinstance(current, (tuple, list)):
     value = _parse_literal(raw)
-    if isinstance(value, str) and raw.strip()[:1] in "([":
-      raise JdlError(f"--config.{key} expects a tuple such as (32, 64), got {raw!r} "
-                     "(not a Python literal)")
+    if isinstance(value, str) and raw.strip()[:1] in "([" and "," in raw:
+      # A tuple literal that does not parse, e.g. '(1,' ('(a|b)' is one regex).
+      raise JdlError(f"--config.{key} expects a tuple such as (32, 64) or ('conv_0',), "
+                     f"got {raw!r} (not a Python literal)")
     if isinstance(value, (int, float, str)):
       value = (value,)
     if not isinstance(value, (tuple, list)):

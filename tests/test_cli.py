@@ -257,3 +257,13 @@ def test_argument_errors_are_one_line_without_the_usage_block(args, words, capsy
   assert len(err.strip().splitlines()) == 1, err
   assert err.startswith("jdl") and ": error: " in err and "usage:" not in err
   assert all(w in err for w in words), err
+
+
+def test_a_regex_in_parentheses_is_one_pattern_and_a_broken_tuple_an_error():
+  from jdl import config as config_lib
+  config = config_lib.base_config()
+  config_lib.apply_overrides(config, {"optimizer.freeze": "(conv_0|conv_1)",
+                                      "regularization.include": "[c]onv_0"})
+  assert config.optimizer.freeze == ("(conv_0|conv_1)",)
+  with pytest.raises(jdl.JdlError, match=r"--config.classes expects a tuple"):
+    config_lib.apply_overrides(config, {"classes": "(1,"})

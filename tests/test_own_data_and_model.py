@@ -191,3 +191,18 @@ def test_a_registered_loss_trains_through_fit(tmp_path):
   finally:
     jdl.losses.LOSSES.pop("focal_test", None)
     jdl.losses.TASKS.pop("focal_test", None)
+
+
+def test_predict_and_explain_take_sequences_of_another_length():
+  config = make_config(dataset="adding_problem", task="regression", loss="mse",
+                       metrics=("mse",), normalize="none", n_samples=256, num_epochs=1,
+                       model__name="seq_rnn", model__cell="gru", model__hidden=(8,),
+                       sequence__seq_len=20)
+  result = jdl.fit(config, None, quiet=True)
+  short = np.asarray(result.trainer.data.test.x)[:4, :10]  # 10 steps, trained on 20.
+  assert jdl.predict(result, short).shape == (4, 1)
+  m = jdl.explain.from_run(result)
+  np.testing.assert_allclose(m.logits(m.normalize(short)), jdl.predict(result, short),
+                             rtol=1e-6)
+  with pytest.raises(jdl.JdlError, match=r"inputs of shape \(4, 10, 7\) do not fit"):
+    jdl.predict(result, np.zeros((4, 10, 7), np.float32))

@@ -104,7 +104,10 @@ def fingerprint(dataset) -> str:
       continue
     n = len(a)
     rows = np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_ROWS)).astype(np.int64))
-    sample = a.take(rows) if hasattr(a, "paths") else np.asarray(a)[rows]
+    if hasattr(a, "paths"):  # On disk: read only these rows.
+      sample = a.take(rows)
+    else:  # An array (numpy or jax: gather the rows before copying to the host).
+      sample = np.asarray(a[rows]) if hasattr(a, "shape") else np.asarray(a)[rows]
     sample = np.ascontiguousarray(sample)
     h.update(f"{name}:{tuple(getattr(a, 'shape', np.shape(a)))}:{sample.dtype.str};".encode())
     h.update(sample.tobytes())

@@ -22,9 +22,9 @@ def check_batch(x: Any, name: str = "x",
     JdlError: ``x`` has no batch axis, no example, or examples of another shape.
   """
   shape = tuple(np.shape(x))
-  if example_shape is not None:
+  if example_shape is not None:  # Sizes may differ where the model allows (sequences).
     want = tuple(example_shape)
-    errors.require(shape[1:] == want and len(shape) == len(want) + 1,
+    errors.require(len(shape) == len(want) + 1,
                    f"{name} must have shape [n, {', '.join(map(str, want))}] (a batch of "
                    f"the run's examples), got shape {shape}")
   errors.require(len(shape) >= 2, f"{name} must be a batch [n, ...] with at least 2 axes, "

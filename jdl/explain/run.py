@@ -43,7 +43,11 @@ class RunModel:
       JdlError: ``x`` is not a non-empty batch of the run's examples.
     """
     _checks.check_batch(x, "x", self.input_shape)
-    return _apply(self.apply_fn, self.variables, jnp.asarray(x, jnp.float32))
+    x = jnp.asarray(x, jnp.float32)
+    if self.input_shape is not None and tuple(x.shape[1:]) != tuple(self.input_shape):
+      # Another size (a sequence's length): one clear error if the model cannot.
+      _checks.output_shape(functools.partial(self.apply_fn, self.variables, train=False), x)
+    return _apply(self.apply_fn, self.variables, x)
 
   def probabilities(self, x: jax.Array) -> jax.Array:
     """Softmax of :meth:`logits` (for LIME, which explains class probabilities)."""
@@ -84,4 +88,8 @@ def _normalize(trainer, input_shape, x) -> np.ndarray:
   """
   x = np.asarray(x, np.float32)
   _checks.check_batch(x, "x", input_shape)
-  return trainer.normalizer(x)
+  try:
+    return trainer.normalizer(x)
+  except ValueError:  # The train split's statistics are of another example shape.
+    raise JdlError(f"x of shape {x.shape} cannot be normalised like the run's examples "
+                   f"{tuple(input_shape)}") from None

@@ -102,10 +102,10 @@ class EarlyStopping(Callback):
       raise JdlError(f"early_stopping.mode must be 'min' or 'max', got {mode!r}")
     if patience < 0:
       raise JdlError(f"early_stopping.patience must be >= 0, got {patience}")
-    if not 0 <= min_delta < math.inf:  # NaN too: no value would count as better.
-      raise JdlError(f"early_stopping.min_delta must be >= 0 and finite, got {min_delta}")
+    if not math.isfinite(min_delta):  # NaN: no value would count as better.
+      raise JdlError(f"early_stopping.min_delta must be finite, got {min_delta}")
     self.monitor, self.mode, self.patience = monitor, mode, patience
-    self.min_delta, self.restore_best = float(min_delta), restore_best
+    self.min_delta, self.restore_best = abs(float(min_delta)), restore_best  # As Keras.
     self.best: float | None = None
     self.best_epoch = -1
     self.best_step = -1

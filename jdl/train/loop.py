@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import flax.errors
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -284,20 +285,19 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         raise JdlError(f"{key} must be an integer, got {config[key]}")
     if int(config.num_epochs) < 0:
       raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
-    if not 0 <= int(config.seed) < 2**63:  # What jax.random.key takes, everywhere.
+    # jax.random.key takes int64 seeds, numpy's generators (the splits) no negative one.
+    if not 0 <= int(config.seed) < 2**63:
       raise JdlError(f"seed must be in [0, 2**63), got {config.seed}")
-    for key in ("scan_chunk", "print_every_epochs"):
-      if key in config and int(config[key]) < (1 if key == "print_every_epochs" else 0):
-        raise JdlError(f"{key} must be >= {1 if key == 'print_every_epochs' else 0}, got "
-                       f"{config[key]}")
+    if int(config.scan_chunk) < 0:
+      raise JdlError(f"scan_chunk must be >= 0 (0: automatic), got {config.scan_chunk}")
     if len(set(config.metrics)) != len(tuple(config.metrics)):
       raise JdlError(f"metrics lists a name twice: {tuple(config.metrics)}")
     if not float(config.distributed.timeout_seconds) > 0:
       raise JdlError("distributed.timeout_seconds must be > 0, got "
                      f"{config.distributed.timeout_seconds}")
     es = config.early_stopping
-    if not 0 <= float(es.min_delta) < float("inf"):
-      raise JdlError(f"early_stopping.min_delta must be >= 0 and finite, got {es.min_delta}")
+    if not math.isfinite(float(es.min_delta)):
+      raise JdlError(f"early_stopping.min_delta must be finite, got {es.min_delta}")
     tasks = ("classification", "regression", "seq2seq", *gen_tasks.TASKS)
     if config.task not in tasks:
       raise JdlError(f"task must be one of {', '.join(tasks)}, got {config.task!r}")
@@ -799,10 +799,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     """
     self.holds_run_state = True  # Resumed from the workdir, or trained here.
     if self.config.generative.classifier_workdir and (self.gan or self.config.task == "vae"):
-      try:  # Before anything is trained or written: it scores the finished run.
+      try:  # Said now, not after training: it scores the finished run.
         self.judge()
-      except JdlError as e:
-        raise JdlError(f"generative.classifier_workdir: {e}") from None
+      except JdlError as e:  # A missing judge must not stop a run (nor its resume).
+        self.warn(f"jdl: warning: generated images will not be scored "
+                  f"(generative.classifier_workdir): {e}")
     with workdir_lib.StopRequests() as stop, contextlib.closing(self.feed):
       if self.workdir is None:
         return self._fit(stop)
@@ -1150,10 +1151,18 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         of the wrong shape, or a Trainer of a trained workdir that has not loaded
         its state (use :func:`load_run`, or ``fit()``, which resumes).
     """
-    self._check_predict(x, state)
-    if self.normalizer is None:  # Token ids.
-      return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
-    return self.predict_normalized(jnp.asarray(self.normalizer(np.asarray(x, np.float32))), state)
+    x = self._check_predict(x, state)
+    try:
+      if self.normalizer is None:  # Token ids.
+        return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
+      return self.predict_normalized(jnp.asarray(self.normalizer(np.asarray(x, np.float32))),
+                                     state)
+    except (TypeError, ValueError, flax.errors.ScopeParamShapeError) as e:
+      if isinstance(e, JdlError) or x.shape[1:] == self.data.train.x.shape[1:]:
+        raise
+      raise JdlError(f"predict: inputs of shape {x.shape} do not fit this run, whose "
+                     f"examples are {tuple(self.data.train.x.shape[1:])} "
+                     f"({str(e).splitlines()[0][:200]})") from None
 
   def _check_predict(self, x, state) -> None:
     task = self.config.task
@@ -1171,11 +1180,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     if x.dtype.kind not in "biuf":
       raise JdlError(f"predict needs numeric inputs, got an array of dtype {x.dtype}")
     shape, want = tuple(np.shape(x)), tuple(self.data.train.x.shape)
-    # Token ids may be of any length (masks make padding inert); other inputs are
-    # shaped as the dataset's examples.
-    if (len(shape) != len(want) if self.normalizer is None else shape[1:] != want[1:]):
+    # As many axes as the dataset's batches; the sizes may differ where the model
+    # allows (a sequence of another length), which predict() finds out.
+    if len(shape) != len(want):
       raise JdlError(f"predict needs inputs [n, {', '.join(map(str, self.data.input_shape))}] "
-                     f"(one example a row, as the dataset's); got shape {tuple(np.shape(x))}")
+                     f"(one example a row, as the dataset's); got shape {shape}")
     if state is None and not self.holds_run_state and int(self.state.step) == 0 and (
         self.workdir is not None and any(
             p.name.isdigit() and int(p.name) > 0
@@ -1184,6 +1193,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                      f"{self.workdir}; use jdl.load_run({str(self.workdir)!r}) (with the "
                      "dataset= and model= that fit() was given, if any), or trainer.fit(), "
                      "which resumes")
+    return x
 
   def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
