@@ -285,9 +285,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         raise JdlError(f"{key} must be an integer, got {config[key]}")
     if int(config.num_epochs) < 0:
       raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
-    # jax.random.key takes int64 seeds, numpy's generators (the splits) no negative one.
-    if not 0 <= int(config.seed) < 2**63:
-      raise JdlError(f"seed must be in [0, 2**63), got {config.seed}")
+    # The splits' generators (numpy's, scikit-learn's) take seeds in [0, 2**32).
+    if not 0 <= int(config.seed) < 2**32:
+      raise JdlError(f"seed must be in [0, 2**32), got {config.seed}")
     if int(config.scan_chunk) < 0:
       raise JdlError(f"scan_chunk must be >= 0 (0: automatic), got {config.scan_chunk}")
     if len(set(config.metrics)) != len(tuple(config.metrics)):
