@@ -197,7 +197,8 @@ class ResumableRun:
         meta = self.checkpointer.restore_meta(step)
       except Exception:  # noqa: BLE001 (a damaged step: the restore below tells)
         meta = None
-      if meta is not None:
+      if meta is not None:  # The vocabulary first: the more specific message.
+        self._check_vocabulary(meta, step)
         check_provenance(meta, step, self.workdir, self.data_source, self.model_source,
                          call="fit")
       self._check_layout(step)
@@ -240,14 +241,18 @@ class ResumableRun:
     saved = saved_config(self.workdir, self.checkpointer, step)
     raise JdlError(mismatch_message(self.workdir, step, diffs, saved, self.config))
 
+  def _check_vocabulary(self, meta: dict, step: int) -> None:
+    if self.vocab and meta.get("vocab") != self.vocab_json():
+      raise VocabularyMismatch(
+          f"the checkpoint at step {step} was trained with another vocabulary than the one "
+          "built now from the train split (the text data changed); use another --workdir, "
+          "or --restart")
+
   def _resume(self, step: int) -> int:
     target = {"state": self.state, "acc": self.empty_acc()}
     tree, meta = self.checkpointer.restore(step, target)
     ckpt_lib.validate_meta(meta, step)
-    if self.vocab and meta.get("vocab") != self.vocab_json():
-      raise VocabularyMismatch(f"the checkpoint at step {step} was trained with another vocabulary than "
-                     "the one built now from the train split (the data changed); use another "
-                     "--workdir, or --restart")
+    self._check_vocabulary(meta, step)
     saved_spe = int(meta["steps_per_epoch"])
     if saved_spe != self.steps_per_epoch:
       raise ResumeRefused(
