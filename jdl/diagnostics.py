@@ -1,7 +1,7 @@
 """Training diagnostics: gradient norm, update ratios, histograms, dead and saturated units.
 
 Pure, jittable functions of parameters, gradients and activations. The loop calls
-:func:`make_diagnostic_step` only on the steps where diagnostics are due (every
+:func:`make_diagnose` only after the steps where diagnostics are due (every
 ``config.diagnostics.every_steps``), so the other steps cost nothing.
 
 Definitions (thresholds are module constants):
@@ -254,7 +254,14 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
   mutable, with the step's key (so dropout masks match) and the same augmented
   batch and (mixup) loss as the step's; the updates are ``new_state - state``.
   Should ``loss_fn`` not pass that collection through, one more forward pass gets
-  it. Arguments as for :func:`make_diagnostic_step`.
+  it. :func:`make_diagnostic_block` runs it beside the loop's own steps.
+
+  Args:
+    task: the :class:`jdl.train.steps.SupervisedTask` of the train step.
+    learning_rate_fn: ``opt_state -> lr`` (e.g. a partial of
+      :func:`jdl.optim.current_learning_rate`), or ``None``.
+    bins, activation, histograms: as in :func:`compute_diagnostics`.
+    augment: the ``augment`` given to ``make_train_step``, or ``None``.
   """
 
   def apply_sowing(variables, x, **kwargs):
@@ -284,34 +291,6 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
   return diagnose
 
 
-def make_diagnostic_step(task, train_step: Callable, *, learning_rate_fn: Callable | None,
-                         bins: int, activation: str, histograms: bool = True,
-                         augment: Callable | None = None) -> Callable:
-  """``diagnostic_step(state, batch) -> (state, metrics, diagnostics)``.
-
-  The new state and metrics are those of ``train_step``; the diagnostics are
-  :func:`make_diagnose`'s. For training, :func:`make_diagnostic_block` keeps the
-  step and the diagnostics in separate computations, so that the training stays
-  bitwise that of a run without diagnostics.
-
-  Args:
-    task: the :class:`jdl.train.steps.SupervisedTask` of ``train_step``.
-    train_step: :func:`jdl.train.steps.make_train_step`'s step.
-    learning_rate_fn: ``opt_state -> lr`` (e.g. a partial of
-      :func:`jdl.optim.current_learning_rate`), or ``None``.
-    bins, activation, histograms: as in :func:`compute_diagnostics`.
-    augment: the ``augment`` given to ``make_train_step``, or ``None``.
-  """
-  diagnose = make_diagnose(task, learning_rate_fn=learning_rate_fn, bins=bins,
-                           activation=activation, histograms=histograms, augment=augment)
-
-  def diagnostic_step(state, batch):
-    new_state, metrics = train_step(state, batch)
-    return new_state, metrics, diagnose(state, new_state, batch)
-
-  return diagnostic_step
-
-
 def make_diagnostic_block(run_block: Callable, diagnose: Callable,
                           batch_size: int) -> Callable:
   """``run(state, acc, x, y, idx) -> (state, acc, diagnostics)``.
@@ -339,7 +318,7 @@ def make_diagnostic_block(run_block: Callable, diagnose: Callable,
 
 __all__ = [
     "grad_norm", "update_ratios", "histogram", "dead_relu_fraction", "saturation_fraction",
-    "compute_diagnostics", "make_diagnose", "make_diagnostic_step", "make_diagnostic_block",
+    "compute_diagnostics", "make_diagnose", "make_diagnostic_block",
     "validate_config",
     "activation_kind", "layer_names", "activation_leaves",
 ]

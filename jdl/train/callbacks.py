@@ -22,6 +22,7 @@ import numpy as np
 
 from jdl import optim
 from jdl.errors import JdlError
+from jdl.train import workdir as workdir_lib
 
 
 class Callback:
@@ -245,12 +246,7 @@ class MetricsLogger(Callback):
     if damaged:
       backup = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
       backup.write_bytes(raw)
-    tmp = self.path.with_suffix(".tmp")
-    try:
-      tmp.write_text("".join(line + "\n" for line in kept))
-      tmp.replace(self.path)
-    finally:
-      tmp.unlink(missing_ok=True)
+    workdir_lib.write_text(self.path, "".join(line + "\n" for line in kept))
     return backup
 
   def write(self, record: dict[str, Any]) -> None:

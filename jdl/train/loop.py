@@ -621,7 +621,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
           return body((state, acc), idx[0])[0]
         # In scan mode a block of one step is a loop too (steps_lib.scan_steps), so a
         # resume with another block size gives the uninterrupted run's bits.
-        return steps_lib.scan_steps(body, (state, acc), idx)[0]
+        return steps_lib.scan_steps(body, (state, acc), idx)
       return run_block
 
     run_block = block_of(block_step)
