@@ -1164,7 +1164,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                      f"examples are {tuple(self.data.train.x.shape[1:])} "
                      f"({str(e).splitlines()[0][:200]})") from None
 
-  def _check_predict(self, x, state) -> None:
+  def _check_predict(self, x, state) -> np.ndarray:
+    """``x`` as a numeric array, or one JdlError for what predict cannot answer."""
     task = self.config.task
     if self.gan or task == "vae":
       raise JdlError(f"predict maps inputs to outputs, but a {task} run generates images: "
