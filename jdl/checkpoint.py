@@ -9,10 +9,12 @@ caller still needs (early stopping's best epoch).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -245,12 +247,25 @@ def error_summary(e: BaseException) -> str:
 
 
 def _write_failure_reason(e: BaseException) -> str:
-  """The OS's words for a tensorstore write error ('No space left on device'), else its first line."""
+  """The OS's words for a tensorstore write error ('No space left on device'), else its first line.
+
+  tensorstore appends ``[os_error_code='28']`` (quoted, escaped or bare, after a space,
+  a newline or inside a list of errors): the code is mapped back through
+  ``os.strerror`` rather than cutting the text around it.
+  """
   text = str(e)
-  marker = text.rfind(": ", 0, text.rfind(" [os_error_code"))
-  if "[os_error_code" in text and marker >= 0:
-    return text[marker + 2:text.rfind(" [os_error_code")]
+  found = _OS_ERROR_CODE.search(text)
+  if found:
+    return os.strerror(int(found.group(1)))
+  for words in _WRITE_ERRNO_WORDS:  # The OS's words without a code.
+    if words in text:
+      return words
   return error_summary(e)
+
+
+_OS_ERROR_CODE = re.compile(r"os_error_code=[\\'\"]*(\d+)")
+_WRITE_ERRNO_WORDS = tuple(os.strerror(code) for code in (
+    errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO))
 
 
 def _layout(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
