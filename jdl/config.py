@@ -87,6 +87,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.task = "classification"
   c.loss = "sparse_categorical_crossentropy"
   c.label_smoothing = 0.0
+  # jdl.metrics' names (accuracy, macro_f1, top5_accuracy, mse, r2, ...) and your
+  # own, registered with jdl.metrics.register_metric.
   c.metrics = ("accuracy",)
 
   # Augmentation of training batches inside the compiled step (jdl/data/augment.py);

@@ -10,7 +10,8 @@ A state is ``dict[group, dict[field, Array]]``. Metrics that share sufficient
 statistics share a group: ``precision``/``recall``/``f1`` share ``"binary"``
 (tp, fp, fn), the ``macro_*`` metrics share ``"confusion"`` (a C x C matrix),
 ``mse``/``mae`` share ``"errors"``. ``from_outputs(..., loss=...)`` adds a
-``"loss"`` group, reported by ``compute`` as ``loss``.
+``"loss"`` group, reported by ``compute`` as ``loss``. :func:`register_metric` adds
+your own metrics, in the same form (a group of sums per metric).
 
 Examples:
   >>> import jax.numpy as jnp
@@ -60,9 +61,145 @@ def better_direction(name: str) -> str | None:
     return "max"
   if name in ("loss", "mse", "mae") or name.endswith("_loss"):
     return "min"
-  return None
+  return CUSTOM[name].better if name in CUSTOM else None
 _BINARY = ("precision", "recall", "f1")
 _MACRO = ("macro_precision", "macro_recall", "macro_f1")
+# State groups of the built-in metrics, and other keys a state or a log uses.
+_RESERVED = frozenset(("binary", "confusion", "errors", "loss", "learning_rate",
+                       "nonfinite"))
+
+
+class _Custom(NamedTuple):
+  """A metric registered with :func:`register_metric`, in its sums form."""
+  statistics: Callable[[jax.Array, jax.Array, jax.Array], Group]
+  compute: Callable[[dict[str, np.ndarray]], float]
+  tasks: tuple[str, ...]
+  better: str | None
+
+
+CUSTOM: dict[str, _Custom] = {}
+
+
+def register_metric(
+    name: str,
+    fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    *,
+    statistics: Callable[[jax.Array, jax.Array, jax.Array], Group] | None = None,
+    compute: Callable[[dict[str, np.ndarray]], float] | None = None,
+    tasks: Sequence[str] = ("classification",),
+    better: str | None = None,
+    replace: bool = False,
+) -> None:
+  """Makes ``name`` a metric for ``config.metrics``, exact over whole splits.
+
+  Two forms:
+
+  * ``fn(outputs, targets) -> [B]``: a value per example; the metric is its mean
+    over a split's real examples (padding excluded), e.g. the Brier score.
+  * ``statistics(outputs, targets, mask) -> {field: array}``, sums over a batch's
+    real examples (``mask`` is ``[B]`` bool) of fixed shapes, added across batches
+    and devices, and ``compute(totals) -> float`` on the host with numpy arrays,
+    e.g. balanced accuracy from per-class counts.
+
+  Both are traced under jit. They receive what the loss receives: for
+  classification the ``[B, num_classes]`` logits (``[B]`` or ``[B, 1]`` for a single
+  logit) and ``[B]`` integer labels; for regression ``[B, ...]`` predictions and
+  float targets. A run that logs the metric resumes, and :func:`jdl.load_run` /
+  :func:`jdl.evaluate` reopen it, in a process that registered it again.
+
+  Args:
+    name: the name in ``config.metrics`` (logged as ``name``, ``val_name``, ...).
+    fn: the per-example form.
+    statistics: the sums form, with ``compute``.
+    compute: the sums form's host function.
+    tasks: the tasks it measures, of ``'classification'`` and ``'regression'``.
+    better: ``'max'`` or ``'min'`` when known: a monitor whose mode contradicts it
+      gets a warning, as the built-in metrics do.
+    replace: allow replacing a metric registered before under that name.
+
+  Raises:
+    JdlError: a name that is taken or not an identifier, a missing or doubled
+      form, an unknown task or direction.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from jdl import metrics
+    >>> def brier(logits, labels):
+    ...   p = jax.nn.softmax(logits)
+    ...   return jnp.sum((p - jax.nn.one_hot(labels, p.shape[-1])) ** 2, axis=-1)
+    >>> metrics.register_metric("brier_doc", brier, better="min")
+    >>> state = metrics.from_outputs(("brier_doc",), jnp.zeros((2, 2)), jnp.array([0, 1]),
+    ...                              None, num_classes=2)
+    >>> metrics.compute(("brier_doc",), state)["brier_doc"]
+    0.5
+    >>> _ = metrics.CUSTOM.pop("brier_doc")
+  """
+  errors.require(isinstance(name, str) and name.isidentifier(),
+                 f"a metric name is an identifier such as 'brier', got {name!r}")
+  errors.require(
+      name not in CLASSIFICATION + REGRESSION and not _TOP_K.fullmatch(name)
+      and name not in _RESERVED and not name.startswith(("val_", "test_"))
+      and not name.endswith("_loss"),
+      f"metric name {name!r} is taken by jdl (a built-in metric, a state group, a "
+      "split prefix or a loss); choose another")
+  errors.require(replace or name not in CUSTOM,
+                 f"metric {name!r} exists already; pass replace=True to replace it")
+  per_example = fn is not None
+  errors.require(per_example != (statistics is not None or compute is not None),
+                 f"metric {name!r}: give either fn (a value per example) or statistics "
+                 "and compute (sums and the host function), not both or neither")
+  for what, f in (("fn", fn),) if per_example else (("statistics", statistics),
+                                                     ("compute", compute)):
+    errors.require(callable(f), f"metric {name!r}: {what} must be callable, got "
+                   f"{type(f).__name__}")
+  tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+  errors.require(bool(tasks) and set(tasks) <= {"classification", "regression"},
+                 f"metric {name!r}: tasks must be of 'classification' and 'regression', "
+                 f"got {tasks}")
+  errors.require(better in (None, "max", "min"),
+                 f"metric {name!r}: better must be 'max', 'min' or None, got {better!r}")
+  if per_example:
+    statistics, compute = _mean_of(name, fn), _mean_value
+  CUSTOM[name] = _Custom(statistics, compute, tasks, better)
+
+
+def _mean_of(name: str, fn: Callable) -> Callable[[jax.Array, jax.Array, jax.Array], Group]:
+  def statistics(outputs, targets, mask):
+    values = jnp.asarray(fn(outputs, targets))
+    errors.require(values.shape == mask.shape,
+                   f"metric {name!r}: fn must give one value per example, shape "
+                   f"{mask.shape}, got {values.shape}")
+    return {"sum": jnp.sum(jnp.where(mask, values, 0.0), dtype=jnp.float32),
+            "count": jnp.sum(mask, dtype=jnp.int32)}
+  return statistics
+
+
+def _mean_value(totals: dict[str, np.ndarray]) -> float:
+  return _ratio(totals["sum"], totals["count"])
+
+
+def _custom_statistics(name: str, outputs: jax.Array, targets: jax.Array,
+                       mask: jax.Array) -> Group:
+  try:
+    sums = CUSTOM[name].statistics(outputs, targets, mask)
+  except errors.JdlError:
+    raise
+  except Exception as e:
+    e.add_note(f"(in metric {name!r}, registered with jdl.metrics.register_metric)")
+    raise
+  errors.require(isinstance(sums, dict) and sums and all(isinstance(k, str) for k in sums),
+                 f"metric {name!r}: statistics must return a non-empty dict of arrays "
+                 f"with string keys, got {type(sums).__name__}")
+  return {k: jnp.asarray(v) for k, v in sums.items()}
+
+
+def _custom_value(name: str, totals: dict[str, np.ndarray]) -> float:
+  try:
+    value = CUSTOM[name].compute({k: np.asarray(v) for k, v in totals.items()})
+    return float(value)
+  except Exception as e:
+    e.add_note(f"(in metric {name!r}, registered with jdl.metrics.register_metric)")
+    raise
 
 
 # ---------------------------------------------------------------------------
@@ -100,10 +237,17 @@ def validate_names(
       not isinstance(names, str), f"metric names must be a sequence, got {names!r}"
   )
   for name in names:
-    errors.require(
-        _task(name) == task,
-        f"unknown {task} metric {name!r}; valid names: {', '.join(valid)}",
-    )
+    if name in CUSTOM:
+      errors.require(task in CUSTOM[name].tasks,
+                     f"metric {name!r} is registered for {' and '.join(CUSTOM[name].tasks)}, "
+                     f"not {task}")
+      continue
+    if _task(name) != task:
+      mine = [n for n, m in CUSTOM.items() if task in m.tasks]
+      raise errors.JdlError(
+          f"unknown {task} metric {name!r}; valid names: {', '.join(valid + tuple(mine))}"
+          " (your own: jdl.metrics.register_metric, in each process that trains, "
+          "resumes or evaluates the run)")
     if task != "classification" or num_classes is None:
       continue
     if name == "roc_auc":
@@ -129,9 +273,12 @@ def validate_names(
 
 def _group(name: str) -> str:
   """The state group holding ``name``'s statistics."""
+  if name in CUSTOM:
+    return name
   if _task(name) is None:
-    valid = ", ".join(_VALID["classification"] + REGRESSION)
-    raise errors.JdlError(f"unknown metric {name!r}; valid names: {valid}")
+    valid = ", ".join(_VALID["classification"] + REGRESSION + tuple(CUSTOM))
+    raise errors.JdlError(f"unknown metric {name!r}; valid names: {valid} (your own: "
+                          "jdl.metrics.register_metric)")
   if name in _BINARY:
     return "binary"
   if name in _MACRO:
@@ -193,7 +340,8 @@ def empty(names: Sequence[str], *, num_classes: int | None) -> State:
       unused by regression metrics.
 
   Returns:
-    A state with zero counts.
+    A state with zero counts (without the groups of registered metrics: see
+    :func:`register_metric`; :func:`merge` takes them from the first batch).
 
   Raises:
     JdlError: an unknown metric name or a bad ``num_classes``.
@@ -202,7 +350,9 @@ def empty(names: Sequence[str], *, num_classes: int | None) -> State:
   classes = 0
   if any(_task(name) == "classification" for name in names):
     classes = _class_count(num_classes)
-  return {group: _empty_group(group, classes) for group in groups}
+  # A registered metric's sums take their shapes from its first batch: its group
+  # is absent here, and merge takes it as the first state that has it.
+  return {group: _empty_group(group, classes) for group in groups if group not in CUSTOM}
 
 
 # ---------------------------------------------------------------------------
@@ -399,7 +549,9 @@ def from_outputs(
   classified, regression = None, None
   for name in names:
     group = _group(name)
-    if _task(name) == "classification":
+    if name in CUSTOM:
+      state[group] = _custom_statistics(name, outputs, targets, mask)
+    elif _task(name) == "classification":
       classes = _class_count(num_classes)
       if classified is None:
         classified = _classify(outputs, targets, classes)
@@ -545,6 +697,8 @@ def _compute_one(name: str, state: dict[str, dict[str, np.ndarray]]) -> float:
       f"metric {name!r} has no state; pass it to empty/from_outputs",
   )
   g = state[group]
+  if name in CUSTOM:
+    return _custom_value(name, g)
   if group == "binary":
     return _binary(name, g)
   if group == "confusion":
@@ -580,5 +734,5 @@ def compute(names: Sequence[str], state: State) -> dict[str, float]:
     results["loss"] = _ratio(host["loss"]["sum"], host["loss"]["count"])
   return results
 
-__all__ = ["CLASSIFICATION", "REGRESSION", "validate_names", "empty", "from_outputs",
-    "merge", "compute", "better_direction"]
+__all__ = ["CLASSIFICATION", "REGRESSION", "CUSTOM", "register_metric", "validate_names",
+    "empty", "from_outputs", "merge", "compute", "better_direction"]

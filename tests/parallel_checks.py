@@ -30,6 +30,19 @@ from jdl.train import callbacks as cb  # noqa: E402
 RTOL = 1e-5
 
 
+def _class_hits(logits, labels, mask):
+  """Per class: its real examples and those predicted right (balanced accuracy's sums)."""
+  real = jax.nn.one_hot(labels, logits.shape[-1], dtype=np.int32) * mask[:, None]
+  hit = (logits.argmax(-1) == labels).astype(np.int32)
+  return {"hits": (real * hit[:, None]).sum(0), "count": real.sum(0)}
+
+
+# Registered metrics: their sums cross the devices as the built-in ones do.
+jdl.metrics.register_metric("balanced_pc", statistics=_class_hits, compute=lambda t: np.mean(
+    t["hits"][t["count"] > 0] / t["count"][t["count"] > 0]))
+jdl.metrics.register_metric("max_logit_pc", lambda logits, labels: logits.max(-1))
+
+
 class LossTrace(cb.Callback):
   """Each step's mean training loss (blocks of one step: ``scan_chunk=1``)."""
 
@@ -76,7 +89,8 @@ def check_trajectories(root: Path) -> dict:
       # devices' gradients were summed instead of averaged.
       "mlp_sgd": dict(model__hidden=(32,), optimizer__name="sgd",
                       optimizer__learning_rate=0.3, optimizer__clip_norm=1.0,
-                      regularization__l2=1e-3),
+                      regularization__l2=1e-3,
+                      metrics=("accuracy", "balanced_pc", "max_logit_pc")),
       "cnn_bn": dict(model__name="cnn", model__features=(4, 8), model__dense=(16,),
                      model__batch_norm=True),
   }
@@ -91,6 +105,7 @@ def check_trajectories(root: Path) -> dict:
       assert result.trainer.parallel.num_devices == 8 and devices_of(result) == {8}
       np.testing.assert_allclose(losses, ref_losses, rtol=RTOL, err_msg=f"{name} {mode}")
       chex.assert_trees_all_close(params(result), params(ref), rtol=RTOL, atol=1e-5)
+      assert set(ref.test_metrics) >= set(config("none", **kw).metrics), ref.test_metrics
       for k, v in ref.test_metrics.items():  # Sharded, padded evaluation (50 -> 56).
         np.testing.assert_allclose(result.test_metrics[k], v, rtol=RTOL, err_msg=k)
       runs[(name, mode)] = result

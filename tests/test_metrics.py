@@ -328,3 +328,152 @@ def test_validate_names_accepts_valid():
   metrics.validate_names(("accuracy", "top5_accuracy", "macro_f1", "roc_auc"),
                          "classification")
   metrics.validate_names(REGRESSION, "regression")
+
+
+# ---------------------------------------------------------------------------
+# Registered metrics.
+
+
+@pytest.fixture
+def register():
+  """``register(name, ...)``: jdl.metrics.register_metric, undone after the test."""
+  names = []
+
+  def register(name, *args, **kwargs):
+    metrics.register_metric(name, *args, **kwargs)
+    names.append(name)
+
+  yield register
+  for name in names:
+    metrics.CUSTOM.pop(name, None)
+
+
+def _brier(logits, labels):
+  p = jax.nn.softmax(logits)
+  return jnp.sum(jnp.square(p - jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)), axis=-1)
+
+
+def _class_hits(logits, labels, mask):
+  """Balanced accuracy's sums: per class, its real examples and those predicted right."""
+  real = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.int32) * mask.astype(jnp.int32)[:, None]
+  hit = (jnp.argmax(logits, -1) == labels).astype(jnp.int32)
+  return {"hits": jnp.sum(real * hit[:, None], axis=0), "count": jnp.sum(real, axis=0)}
+
+
+def _balanced(totals):
+  present = totals["count"] > 0
+  return np.mean(totals["hits"][present] / totals["count"][present])
+
+
+def _brier_numpy(s):
+  z = s.logits.astype(np.float64)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return float(np.mean(np.sum((p - np.eye(z.shape[1])[s.y_true]) ** 2, axis=-1)))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_registered_metrics_are_exact_over_padded_batches(register, layout):
+  register("brier_t", _brier, better="min")
+  register("balanced_t", statistics=_class_hits, compute=_balanced, better="max")
+  names = ("accuracy", "brier_t", "balanced_t", "macro_recall")
+  s = multiclass(4)
+  loss = np.random.default_rng(9).random(N).astype(np.float32)
+  # The padding holds NaN logits: they must count nowhere.
+  got = evaluate(names, 4, s, loss, LAYOUTS[layout])
+  np.testing.assert_allclose(got["brier_t"], _brier_numpy(s), rtol=RTOL)
+  np.testing.assert_allclose(got["balanced_t"], skm.balanced_accuracy_score(s.y_true, s.y_pred),
+                             rtol=RTOL)
+  np.testing.assert_allclose(got["accuracy"], reference("accuracy", s), rtol=RTOL)
+  assert isinstance(got["balanced_t"], float)
+  assert metrics.better_direction("brier_t") == "min"
+  assert metrics.better_direction("balanced_t") == "max"
+
+
+def test_registered_metrics_merge_in_scan_from_zeros(register):
+  register("brier_t", _brier)
+  register("balanced_t", statistics=_class_hits, compute=_balanced)
+  names = ("brier_t", "balanced_t")
+  s = multiclass(3, seed=4)
+  loss = np.zeros(N, np.float32)
+  xs = [np.stack(parts) for parts in zip(*batches(s, loss, **LAYOUTS["fixed"]))]
+  step = functools.partial(metrics.from_outputs, names, num_classes=3)
+  shapes = jax.eval_shape(lambda b: step(*b[:3]), [x[0] for x in xs])
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+
+  def body(acc, batch):
+    return metrics.merge(acc, step(*batch[:3])), None
+
+  state = jax.jit(lambda acc, xs: jax.lax.scan(body, acc, xs)[0])(zeros, xs)
+  got = metrics.compute(names, state)
+  np.testing.assert_allclose(got["brier_t"], _brier_numpy(s), rtol=RTOL)
+  np.testing.assert_allclose(got["balanced_t"], skm.balanced_accuracy_score(s.y_true, s.y_pred),
+                             rtol=RTOL)
+  # empty() leaves registered groups out; merge takes them from the first batch.
+  empty = metrics.empty(names, num_classes=3)
+  assert empty == {}
+  first = step(*[x[0] for x in xs][:3])
+  chex.assert_trees_all_equal(metrics.merge(empty, first), first)
+
+
+def test_a_registered_regression_metric(register):
+  register("max_err_t", statistics=lambda o, t, m: {
+      "max": jnp.max(jnp.where(m[:, None], jnp.abs(o.reshape(len(o), -1) - t.reshape(len(t), -1)),
+                               0.0))}, compute=lambda g: g["max"], tasks="regression")
+  metrics.validate_names(("mse", "max_err_t"), "regression")
+  with pytest.raises(JdlError, match="metric 'max_err_t' is registered for regression, "
+                                     "not classification"):
+    metrics.validate_names(("max_err_t",), "classification")
+  s = regression((N, 2), (N, 2))
+  mask = np.arange(N) < 40
+  state = metrics.from_outputs(("max_err_t",), s.outputs, s.targets, mask, num_classes=None)
+  np.testing.assert_allclose(metrics.compute(("max_err_t",), state)["max_err_t"],
+                             np.abs(s.y_pred[:40] - s.y_true[:40]).max(), rtol=RTOL)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, match",
+    [
+        (("accuracy", _brier), {}, "metric name 'accuracy' is taken by jdl"),
+        (("top3_accuracy", _brier), {}, "is taken by jdl"),
+        (("val_brier", _brier), {}, "is taken by jdl"),
+        (("confusion", _brier), {}, "is taken by jdl"),
+        (("my metric", _brier), {}, "a metric name is an identifier"),
+        (("brier_t",), {}, "give either fn .* or statistics and compute"),
+        (("brier_t", _brier), {"compute": _balanced}, "not both or neither"),
+        (("brier_t",), {"statistics": _class_hits}, "compute must be callable"),
+        (("brier_t", "softmax"), {}, "fn must be callable, got str"),
+        (("brier_t", _brier), {"tasks": ("ranking",)}, "tasks must be of"),
+        (("brier_t", _brier), {"better": "higher"}, "better must be 'max', 'min' or None"),
+    ],
+    ids=["builtin", "top_k", "split_prefix", "group", "identifier", "no_form", "both_forms",
+         "no_compute", "not_callable", "task", "better"],
+)
+def test_register_metric_errors(args, kwargs, match):
+  with pytest.raises(JdlError, match=match):
+    metrics.register_metric(*args, **kwargs)
+  assert "brier_t" not in metrics.CUSTOM
+
+
+def test_registered_metric_errors_name_the_metric(register):
+  register("brier_t", _brier)
+  with pytest.raises(JdlError, match="exists already; pass replace=True"):
+    metrics.register_metric("brier_t", _brier)
+  metrics.register_metric("brier_t", lambda o, t: jnp.sum(o, axis=-1, keepdims=True),
+                          replace=True)
+  outputs, labels = jnp.zeros((4, 3)), jnp.zeros((4,), jnp.int32)
+  with pytest.raises(JdlError, match=r"metric 'brier_t': fn must give one value per "
+                                     r"example, shape \(4,\), got \(4, 1\)"):
+    metrics.from_outputs(("brier_t",), outputs, labels, None, num_classes=3)
+  register("broken_t", lambda o, t: o.no_such_attribute)
+  with pytest.raises(AttributeError) as info:
+    metrics.from_outputs(("broken_t",), outputs, labels, None, num_classes=3)
+  assert "in metric 'broken_t'" in "".join(info.value.__notes__)
+  register("listy_t", statistics=lambda o, t, m: [jnp.sum(m)], compute=float)
+  with pytest.raises(JdlError, match="metric 'listy_t': statistics must return a non-empty "
+                                     "dict of arrays with string keys, got list"):
+    metrics.from_outputs(("listy_t",), outputs, labels, None, num_classes=3)
+  # A name the process has not registered (a resume elsewhere) says how to register it.
+  with pytest.raises(JdlError, match=r"unknown classification metric 'kappa'.*brier_t.*"
+                                     r"jdl.metrics.register_metric"):
+    metrics.validate_names(("kappa",), "classification")

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
 import jdl
 from jdl.train import callbacks as cb
@@ -191,6 +192,66 @@ def test_a_registered_loss_trains_through_fit(tmp_path):
   finally:
     jdl.losses.LOSSES.pop("focal_test", None)
     jdl.losses.TASKS.pop("focal_test", None)
+
+
+def test_registered_metrics_log_monitor_resume_and_reopen(tmp_path, capsys):
+  import jax.numpy as jnp
+
+  def brier(logits, labels):
+    p = jax.nn.softmax(logits)
+    return jnp.sum(jnp.square(p - jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)), axis=-1)
+
+  def class_hits(logits, labels, mask):
+    real = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.int32) * mask[:, None]
+    hit = (jnp.argmax(logits, -1) == labels).astype(jnp.int32)
+    return {"hits": jnp.sum(real * hit[:, None], axis=0), "count": jnp.sum(real, axis=0)}
+
+  def balanced(totals):
+    present = totals["count"] > 0
+    return np.mean(totals["hits"][present] / totals["count"][present])
+
+  def register():
+    jdl.metrics.register_metric("brier_fit", brier, better="min", replace=True)
+    jdl.metrics.register_metric("balanced_fit", statistics=class_hits, compute=balanced,
+                                better="max", replace=True)
+
+  register()
+  try:
+    config = make_config(metrics=("accuracy", "brier_fit", "balanced_fit"), num_epochs=3,
+                         validation_split=0.2)
+    jdl.Trainer(make_config(metrics=("brier_fit",), validation_split=0.2,
+                            early_stopping__enabled=True, early_stopping__monitor="val_brier_fit",
+                            early_stopping__mode="max"), None, quiet=True)
+    assert "early_stopping.monitor='val_brier_fit' is better lower" in capsys.readouterr().err
+    whole = jdl.fit(config, None, quiet=True)
+    assert {"brier_fit", "val_brier_fit", "balanced_fit", "val_balanced_fit"} <= set(whole.history)
+    # The test values are the formulas' on the run's own outputs.
+    test = whole.trainer.data.test
+    logits = np.asarray(whole.trainer.predict_normalized(test.x), np.float64)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(whole.test_metrics["brier_fit"],
+                               np.mean(np.sum((p - np.eye(10)[test.y]) ** 2, -1)), rtol=1e-5)
+    np.testing.assert_allclose(whole.test_metrics["balanced_fit"],
+                               skm.balanced_accuracy_score(test.y, logits.argmax(-1)), rtol=1e-6)
+    # Stopped after an epoch, resumed: the same logs as the uninterrupted run.
+    first = config.copy_and_resolve_references()
+    first.num_epochs = 1
+    jdl.fit(first, tmp_path, quiet=True)
+    resumed = jdl.fit(config, tmp_path, quiet=True)
+    for name in ("brier_fit", "val_brier_fit", "val_balanced_fit"):
+      assert resumed.history[name] == whole.history[name], name
+    # A process that has not registered them is told how; registered, the run reopens.
+    for name in ("brier_fit", "balanced_fit"):
+      jdl.metrics.CUSTOM.pop(name)
+    with pytest.raises(jdl.JdlError, match=r"unknown classification metric 'brier_fit'.*"
+                                           r"jdl.metrics.register_metric"):
+      jdl.load_run(tmp_path)
+    register()
+    assert jdl.evaluate(None, tmp_path) == pytest.approx(resumed.test_metrics, rel=1e-12)
+  finally:
+    for name in ("brier_fit", "balanced_fit"):
+      jdl.metrics.CUSTOM.pop(name, None)
 
 
 def test_predict_and_explain_take_sequences_of_another_length():
