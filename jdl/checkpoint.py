@@ -284,16 +284,47 @@ def flatten_params(params: Any) -> dict[str, np.ndarray]:
 def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> dict[str, np.ndarray]:
   """Flat parameters of a checkpoint written by jdl's trainer (no config needed).
 
+  Only the step read must be intact: it is read on its own, not through orbax's
+  manager (which parses every step's metrics and fails on any damaged one).
+
   Args:
     directory: the ``checkpoints/`` folder.
     step: the step to read; the latest when ``None``.
 
   Raises:
-    JdlError: no such step.
+    JdlError: no such step, or the step is damaged.
   """
+  root = Path(directory).resolve()
+  steps = step_numbers(root)
+  if not steps:
+    raise JdlError(f"no checkpoints in {directory}")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise JdlError(f"no checkpoint at step {step} in {directory}; steps: {steps}")
   require_undamaged(directory, step)
-  with _absl_quiet(), unreadable_as_error(directory, step):  # orbax warns that a read-only
-    return _restore_params(directory, step)                  # manager is read-only.
+  with _absl_quiet(), unreadable_as_error(directory, step):  # orbax warns of the step's
+    return _restore_params(root / str(step) / "tree")        # metadata, read elsewhere.
+
+
+def step_numbers(directory: str | os.PathLike) -> list[int]:
+  """The steps in a ``checkpoints/`` folder, sorted (orbax's unfinished writes have
+  other names: ``40.orbax-checkpoint-tmp``)."""
+  root = Path(directory)
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _restore_params(item: Path) -> dict[str, np.ndarray]:
+  with ocp.StandardCheckpointer() as reader:
+    stored = reader.metadata(item).item_metadata
+    # Onto this process's first device, whatever devices wrote it (orbax would
+    # otherwise refuse a checkpoint saved on another device count).
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                            stored)
+    tree = reader.restore(item, abstract)
+  return flatten_params(tree["state"]["params"])
 
 
 @contextlib.contextmanager
@@ -338,27 +369,6 @@ def unreadable_as_error(directory: str | os.PathLike, step: int | None):
   except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types for damage)
     which = f"the checkpoint at step {step}" if step is not None else "the latest checkpoint"
     raise JdlError(f"{which} in {directory} is unreadable ({error_summary(e)})") from None
-
-
-def _restore_params(directory, step):
-  with ocp.CheckpointManager(Path(directory).resolve(), item_names=("tree", "meta"),
-                             item_handlers={"tree": ocp.StandardCheckpointHandler()},
-                             options=ocp.CheckpointManagerOptions(
-                                 read_only=True, save_interval_steps=0, create=False)) as manager:
-    steps = sorted(manager.all_steps())
-    if not steps:
-      raise JdlError(f"no checkpoints in {directory}")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise JdlError(f"no checkpoint at step {step} in {directory}; steps: {steps}")
-    # Onto this process's first device, whatever devices wrote it (orbax would
-    # otherwise refuse a checkpoint saved on another device count).
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
-                            manager.item_metadata(step)["tree"])
-    tree = manager.restore(step, args=ocp.args.Composite(
-        tree=ocp.args.StandardRestore(abstract)))["tree"]
-  return flatten_params(tree["state"]["params"])
 
 
 _JSON_FILES = ("_CHECKPOINT_METADATA", "metrics/metrics", "meta/metadata", "tree/_METADATA")
