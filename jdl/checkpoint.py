@@ -470,3 +470,17 @@ def validate_meta(meta: Any, step: int) -> None:
   for name, values in meta["history"].items():
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
       raise JdlError(f"checkpoint {step}: history {name!r} is not a list of numbers")
+  _validate_warning_counts(meta.get("warnings", {}), step)
+
+
+def _validate_warning_counts(warnings: Any, step: int) -> None:
+  """The optional ``warnings`` entry: ``{"nonfinite_reported": int, "update_ratio":
+  {layer: int}}`` (checkpoints written before it lack it)."""
+  def count(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+  ratios = warnings.get("update_ratio", {}) if isinstance(warnings, dict) else None
+  if not (isinstance(ratios, dict) and count(warnings.get("nonfinite_reported", 0))
+          and all(count(n) for n in ratios.values())):
+    raise JdlError(f"checkpoint {step}: metadata 'warnings' is not a record of warning "
+                   f"counts ({str(warnings)[:80]})")

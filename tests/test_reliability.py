@@ -184,7 +184,11 @@ def test_checkpoint_metadata_is_validated_against_its_schema():
   good = {"step": 5, "epoch": 0, "position": 5, "steps_per_epoch": 20, "history": {"loss": [1.0]},
           "callbacks": {}, "config": {}, "best": None}
   validate_meta(good, 5)
-  for bad, match in [({**good, "step": 6}, "says step 6"), ({**good, "history": {"loss": ["x"]}},
+  validate_meta({**good, "warnings": {"nonfinite_reported": 2, "update_ratio": {"Dense_0": 3}}}, 5)
+  for bad, match in [({**good, "warnings": {"nonfinite_reported": -1}}, "not a record of warning"),
+                     ({**good, "warnings": {"update_ratio": {"Dense_0": "3"}}}, "warning counts"),
+                     ({**good, "warnings": []}, "'warnings' is not a record"),
+                     ({**good, "step": 6}, "says step 6"), ({**good, "history": {"loss": ["x"]}},
                      "not a list of numbers"), ({k: v for k, v in good.items() if k != "config"},
                      "lacks 'config'"), ({**good, "epoch": "0"}, "wrong type"), ([], "JSON object")]:
     with pytest.raises(jdl.JdlError, match=match):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import chex
@@ -490,6 +491,46 @@ def test_nonfinite_skip_skips_the_poisoned_updates(tmp_path, capsys):
   for leaf in jax.tree.leaves(result.state.params):
     assert np.all(np.isfinite(leaf))
   assert result.test_metrics["accuracy"] > 0.8
+
+
+def test_a_resumed_run_does_not_repeat_its_warnings(tmp_path, capsys):
+  # The counts behind two warnings (non-finite updates skipped this epoch; a layer's
+  # update ratio bad for N periods in a row) are saved with each checkpoint: a run
+  # crashed after a warning and resumed warns as the uninterrupted run does.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(256, 4)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+  x[7, 0] = 1000.0  # Its batch gives a NaN loss each epoch.
+  ds = jdl.data.Dataset(x_train=x, y_train=y, x_test=x[8:72], y_test=y[8:72],
+                        num_classes=2, task="classification", name="poisoned",
+                        input_shape=(4,))
+  config = make_config(num_epochs=3, nonfinite="skip", normalize="none", batch_size=32,
+                       validation_split=0.0, monitor="", optimizer__name="sgd",
+                       optimizer__learning_rate=50.0, scan_chunk=1, checkpoint_every_steps=1,
+                       diagnostics__every_steps=2, diagnostics__warn_after_periods=2,
+                       diagnostics__histograms=False)
+
+  def warnings():
+    return [l for l in capsys.readouterr().err.splitlines() if l.startswith("jdl: warning")]
+
+  def run(workdir, crash=None):
+    return jdl.fit(config, workdir, dataset=ds, model=_PoisonedMLP(), quiet=True,
+                   callbacks=[_Crash(crash)] if crash else [])
+
+  run(tmp_path / "whole")
+  whole = warnings()
+  skipped = [l for l in whole if "skipped" in l]
+  ratios = [l for l in whole if "update/parameter ratio" in l]
+  assert len(skipped) == 3 and ratios, whole  # One a run of bad periods, not one a period.
+  # Crash two steps after the second epoch's skipped update, once its warning is out.
+  first = int(re.search(r"the first at step (\d+)", skipped[1]).group(1))
+  assert first % 8, first  # Mid-epoch: the epoch's warning comes at a checkpoint.
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path / "crashed", crash=first + 2)
+  before = warnings()
+  run(tmp_path / "crashed")
+  after = [l for l in warnings() if "is unreadable" not in l]
+  assert before + after == whole
 
 
 def test_checkpoint_every_seconds_saves_mid_epoch_by_the_clock(tmp_path):

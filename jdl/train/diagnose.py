@@ -76,6 +76,14 @@ class UpdateRatioMonitor:
             f"period{'s' if self.periods > 1 else ''} in a row, up to step {step}; {cause}")
     return lines
 
+  def state_dict(self) -> dict[str, int]:
+    """Each layer's count of bad periods in a row (saved with checkpoints, so a resumed
+    run warns where the uninterrupted one would, not again for the same run)."""
+    return {layer: n for layer, n in self._bad.items() if n}
+
+  def load_state_dict(self, state: dict[str, int]) -> None:
+    self._bad = {str(layer): int(n) for layer, n in state.items()}
+
 
 def to_record(diag: dict[str, Any], step: int, epoch: int) -> dict[str, Any]:
   """A ``metrics.jsonl`` record of a diagnostic step's (host) values."""

@@ -263,6 +263,7 @@ class ResumableRun:
           "run, or use --restart (or another --workdir) to start over")
     self.state, self._acc = tree["state"], tree["acc"]
     self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
+    self._load_warning_state(meta, step)
     saved = meta.get("callbacks", {})
     for key, callback in zip(cb.state_keys(self.callbacks), self.callbacks):
       if saved.get(key):
@@ -292,6 +293,7 @@ class ResumableRun:
         "history": self.history,
         "best": self._best(),
         "callbacks": self._callback_states(),
+        "warnings": self._warning_state(),
         "data": self.data_source,
         "model": self.model_source,
         "config": json.loads(config_lib.to_json(self.config)),
@@ -301,6 +303,19 @@ class ResumableRun:
     self.checkpointer.save(self.step, {"state": self.state, "acc": self._acc}, meta=meta,
                            metrics=metrics)
     self.saved_at = time.monotonic()
+
+  def _warning_state(self) -> dict[str, Any]:
+    """What the warnings already given count, so that a resumed run gives the same."""
+    ratios = self._diagnostics.monitor.state_dict() if self._diagnostics else {}
+    return {"nonfinite_reported": int(self._nonfinite_reported), "update_ratio": ratios}
+
+  def _load_warning_state(self, meta: dict, step: int) -> None:
+    """Sets the counts of :meth:`_warning_state` (absent from older checkpoints)."""
+    saved = meta.get("warnings", {})
+    ratios = saved.get("update_ratio", {})
+    self._nonfinite_reported = saved.get("nonfinite_reported", 0)
+    if self._diagnostics is not None:
+      self._diagnostics.monitor.load_state_dict(ratios)
 
   def _callback_states(self) -> dict[str, Any]:
     """Each stateful callback's ``state_dict()`` by its key; JSON, checked here so that
