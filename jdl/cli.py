@@ -64,13 +64,16 @@ def _parser() -> argparse.ArgumentParser:
                           + ("(default: runs/<experiment>)" if config else "(required)"))
     return s
 
-  t = add("train", "Train an experiment; re-running with the same --workdir resumes it.")
+  t = add("train", "Train an experiment; re-running with the same --workdir resumes it (the "
+          "config defaults to the workdir's config.json, if it has one).")
   t.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
   t.add_argument("--restart", action="store_true",
                  help="start over in the workdir; the previous run's files are moved to "
                       "WORKDIR/previous-<time>/, not deleted")
-  add("evaluate", "Print one JSON line of test metrics from the best (else latest) checkpoint "
-      "(the config defaults to the workdir's config.json).")
+  ev = add("evaluate", "Print one JSON line of test metrics from the best (else latest) "
+           "checkpoint (the config defaults to the workdir's config.json).")
+  ev.add_argument("--split", choices=("test", "val", "train"), default="test",
+                  help="the split evaluated (default: test)")
   r = add("predict", "Print the predictions of a text run's best (else latest) checkpoint: the "
           "class of each --text (text classifiers), or the beam-search output of each --input "
           "(seq2seq).", config=False)
@@ -171,6 +174,12 @@ def _load(args, overrides):
 
 def _train(args, overrides) -> int:
   from jdl.train import loop
+  saved = Path(args.workdir or ".") / "config.json"
+  if args.config is None and args.workdir and saved.is_file() and _is_json_object(saved):
+    # `jdl train --workdir DIR` resumes (or extends: --config.num_epochs=N) DIR's run,
+    # rather than refusing it as another config than the default experiment. (A
+    # damaged config.json is reported by the resume, with its remedies.)
+    args.config = str(saved)
   config, workdir = _load(args, overrides)
   result = loop.fit(config, workdir, quiet=args.quiet, restart=args.restart)
   trainer = result.trainer
@@ -185,6 +194,13 @@ def _train(args, overrides) -> int:
   if not args.quiet:
     print(f"workdir: {result.workdir}")
   return 0
+
+
+def _is_json_object(path: Path) -> bool:
+  try:
+    return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+  except (OSError, UnicodeDecodeError, ValueError):
+    return False
 
 
 def _evaluate(args, overrides) -> int:
@@ -211,7 +227,7 @@ def _evaluate(args, overrides) -> int:
                      "from the run's config.json: the test split, the inputs or the model "
                      "would not be the ones it was trained with; leave them as the run "
                      "had them")
-  print(json.dumps(loop.evaluate(config, workdir)))
+  print(json.dumps(loop.evaluate(config, workdir, split=args.split)))
   return 0
 
 

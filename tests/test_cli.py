@@ -61,6 +61,22 @@ def test_evaluate_prints_one_json_line(trained, capsys):
   assert {"loss", "accuracy", "macro_f1"} <= set(metrics)
 
 
+def test_evaluate_a_split(trained, capsys):
+  code, out, _ = run_cli("evaluate", "--workdir", trained, "--split", "val", capsys=capsys)
+  assert code == 0
+  records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+  logged = next(r for r in records if r["split"] == "val")  # One epoch: the checkpoint's.
+  got = json.loads(out)
+  assert set(got) == {"loss", "accuracy", "macro_f1"}
+  for name, value in got.items():
+    assert value == pytest.approx(logged[name], rel=1e-6), name
+  with pytest.raises(SystemExit) as exit_:
+    cli.main(["evaluate", "--workdir", str(trained), "--split", "dev"])
+  err = capsys.readouterr().err
+  assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
+  assert "invalid choice: 'dev'" in err
+
+
 def test_a_runs_config_json_is_a_config(trained, capsys):
   saved = json.loads((trained / "config.json").read_text())
   config = jdl.load_config(trained / "config.json")
@@ -89,6 +105,20 @@ def test_the_default_workdir_of_evaluate_and_of_a_runs_config_json(tmp_path, mon
   code, out2, _ = run_cli("evaluate", "--config", "runs/xor/config.json", capsys=capsys)
   assert code == 0 and json.loads(out2) == json.loads(out)
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["xor"]
+
+
+def test_train_without_config_continues_the_workdirs_own_run(tmp_path, capsys):
+  # Not the default experiment (digits_cnn), which would be refused as another config.
+  workdir = tmp_path / "xor"
+  assert cli.main(["train", "--config", "xor", "--workdir", str(workdir), "--quiet",
+                   "--config.num_epochs=2"]) == 0
+  code, _, err = run_cli("train", "--workdir", workdir, "--quiet", "--config.num_epochs=3",
+                         capsys=capsys)
+  assert code == 0, err
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["epoch"] for r in records if r["split"] == "train"] == [1, 2, 3]
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["dataset"] == "xor" and saved["num_epochs"] == 3
 
 
 def test_export_writes_flat_npz(trained, tmp_path, capsys):
