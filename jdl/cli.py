@@ -174,12 +174,13 @@ def _load(args, overrides):
 
 def _train(args, overrides) -> int:
   from jdl.train import loop
-  saved = Path(args.workdir or ".") / "config.json"
-  if args.config is None and args.workdir and saved.is_file() and _is_json_object(saved):
-    # `jdl train --workdir DIR` resumes (or extends: --config.num_epochs=N) DIR's run,
-    # rather than refusing it as another config than the default experiment. (A
-    # damaged config.json is reported by the resume, with its remedies.)
-    args.config = str(saved)
+  if args.config is None and args.workdir:
+    saved = Path(args.workdir) / "config.json"
+    if saved.is_file() and _is_json_object(saved):
+      # `jdl train --workdir DIR` resumes (or extends: --config.num_epochs=N) DIR's run,
+      # rather than refusing it as another config than the default experiment. (A
+      # damaged config.json is reported by the resume, with its remedies.)
+      args.config = str(saved)
   config, workdir = _load(args, overrides)
   result = loop.fit(config, workdir, quiet=args.quiet, restart=args.restart)
   trainer = result.trainer

@@ -263,7 +263,7 @@ class ResumableRun:
           "run, or use --restart (or another --workdir) to start over")
     self.state, self._acc = tree["state"], tree["acc"]
     self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
-    self._load_warning_state(meta, step)
+    self._load_warning_state(meta)
     saved = meta.get("callbacks", {})
     for key, callback in zip(cb.state_keys(self.callbacks), self.callbacks):
       if saved.get(key):
@@ -309,13 +309,12 @@ class ResumableRun:
     ratios = self._diagnostics.monitor.state_dict() if self._diagnostics else {}
     return {"nonfinite_reported": int(self._nonfinite_reported), "update_ratio": ratios}
 
-  def _load_warning_state(self, meta: dict, step: int) -> None:
+  def _load_warning_state(self, meta: dict) -> None:
     """Sets the counts of :meth:`_warning_state` (absent from older checkpoints)."""
-    saved = meta.get("warnings", {})
-    ratios = saved.get("update_ratio", {})
+    saved = meta.get("warnings", {})  # Checked by checkpoint.validate_meta.
     self._nonfinite_reported = saved.get("nonfinite_reported", 0)
     if self._diagnostics is not None:
-      self._diagnostics.monitor.load_state_dict(ratios)
+      self._diagnostics.monitor.load_state_dict(saved.get("update_ratio", {}))
 
   def _callback_states(self) -> dict[str, Any]:
     """Each stateful callback's ``state_dict()`` by its key; JSON, checked here so that
