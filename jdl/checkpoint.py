@@ -178,6 +178,16 @@ class Checkpointer:
         meta=ocp.args.JsonRestore()))
     return from_savable(target, restored["tree"]), dict(restored["meta"])
 
+  def stored_like(self, step: int, key: str) -> Any:
+    """``step``'s tree ``key`` as stored: shapes and dtypes on this process's first
+    device, a restore target that takes whatever the step holds there (e.g. the
+    metric sums of a run reopened with other ``config.metrics``)."""
+    with _absl_quiet():
+      stored = self._manager.item_metadata(int(step))["tree"][key]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        stored)
+
   def layout_mismatch(self, step: int, target: Any) -> list[str] | None:
     """How ``step``'s stored arrays differ from ``target``'s (paths, shapes, dtypes).
 
@@ -255,8 +265,9 @@ def _write_failure_reason(e: BaseException) -> str:
   """
   text = str(e)
   found = _OS_ERROR_CODE.search(text)
-  if found:
-    return os.strerror(int(found.group(1)))
+  words = os.strerror(int(found.group(1))) if found else ""
+  if words and not words.startswith("Unknown error"):
+    return words
   for words in _WRITE_ERRNO_WORDS:  # The OS's words without a code.
     if words in text:
       return words

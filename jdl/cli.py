@@ -173,7 +173,6 @@ def _load(args, overrides):
 
 
 def _train(args, overrides) -> int:
-  from jdl.train import loop
   if args.config is None and args.workdir:
     saved = Path(args.workdir) / "config.json"
     if saved.is_file() and _is_json_object(saved):
@@ -181,7 +180,18 @@ def _train(args, overrides) -> int:
       # rather than refusing it as another config than the default experiment. (A
       # damaged config.json is reported by the resume, with its remedies.)
       args.config = str(saved)
+      try:
+        config, workdir = _load(args, overrides)
+      except JdlError as e:  # E.g. a key this version of jdl does not know.
+        raise JdlError(f"{e} (the config was read from {saved}, as no --config was given: "
+                       "give --config FILE_OR_NAME to train with another)") from None
+      return _run_training(args, config, workdir)
   config, workdir = _load(args, overrides)
+  return _run_training(args, config, workdir)
+
+
+def _run_training(args, config, workdir) -> int:
+  from jdl.train import loop
   result = loop.fit(config, workdir, quiet=args.quiet, restart=args.restart)
   trainer = result.trainer
   if trainer.preempted:

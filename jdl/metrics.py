@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,9 +64,13 @@ def better_direction(name: str) -> str | None:
   return CUSTOM[name].better if name in CUSTOM else None
 _BINARY = ("precision", "recall", "f1")
 _MACRO = ("macro_precision", "macro_recall", "macro_f1")
-# State groups of the built-in metrics, and other keys a state or a log uses.
-_RESERVED = frozenset(("binary", "confusion", "errors", "loss", "learning_rate",
-                       "nonfinite"))
+# State groups of the built-in metrics, and the other keys of a state or of a
+# metrics.jsonl line (jdl/train/loop.py writes them beside the metrics).
+_RESERVED = frozenset((
+    "binary", "confusion", "errors", "loss", "nonfinite", "learning_rate", "step", "epoch",
+    "split", "epoch_seconds", "samples_per_sec", "compile_seconds", "num_devices",
+    "num_processes", "parallel", "platform", "cpu_cores", "xla_flags", "grad_norm",
+    "histograms"))
 
 
 class _Custom(NamedTuple):
@@ -75,6 +79,7 @@ class _Custom(NamedTuple):
   compute: Callable[[dict[str, np.ndarray]], float]
   tasks: tuple[str, ...]
   better: str | None
+  source: tuple[Any, Any, Any]  # (fn, statistics, compute) as registered.
 
 
 CUSTOM: dict[str, _Custom] = {}
@@ -115,7 +120,8 @@ def register_metric(
     tasks: the tasks it measures, of ``'classification'`` and ``'regression'``.
     better: ``'max'`` or ``'min'`` when known: a monitor whose mode contradicts it
       gets a warning, as the built-in metrics do.
-    replace: allow replacing a metric registered before under that name.
+    replace: allow replacing a metric registered before under that name (the same
+      code registered again, as a config file loaded twice does, needs no ``replace``).
 
   Raises:
     JdlError: a name that is taken or not an identifier, a missing or doubled
@@ -140,10 +146,13 @@ def register_metric(
       name not in CLASSIFICATION + REGRESSION and not _TOP_K.fullmatch(name)
       and name not in _RESERVED and not name.startswith(("val_", "test_"))
       and not name.endswith("_loss"),
-      f"metric name {name!r} is taken by jdl (a built-in metric, a state group, a "
-      "split prefix or a loss); choose another")
-  errors.require(replace or name not in CUSTOM,
-                 f"metric {name!r} exists already; pass replace=True to replace it")
+      f"metric name {name!r} is taken by jdl (a built-in metric, a key of the logs or "
+      "of the metric state, a split prefix or a loss); choose another")
+  known = CUSTOM.get(name)
+  errors.require(
+      replace or known is None or _same_definition(
+          (known.source, known.tasks, known.better), ((fn, statistics, compute), tasks, better)),
+      f"metric {name!r} exists already; pass replace=True to replace it")
   per_example = fn is not None
   errors.require(per_example != (statistics is not None or compute is not None),
                  f"metric {name!r}: give either fn (a value per example) or statistics "
@@ -158,9 +167,23 @@ def register_metric(
                  f"got {tasks}")
   errors.require(better in (None, "max", "min"),
                  f"metric {name!r}: better must be 'max', 'min' or None, got {better!r}")
+  source = (fn, statistics, compute)
   if per_example:
     statistics, compute = _mean_of(name, fn), _mean_value
-  CUSTOM[name] = _Custom(statistics, compute, tasks, better)
+  CUSTOM[name] = _Custom(statistics, compute, tasks, better, source)
+
+
+def _same_definition(a: Any, b: Any) -> bool:
+  """Whether two registrations are the same code: a config file that registers its
+  metric is executed again by each ``load_config``, making new function objects."""
+  if isinstance(a, tuple) and isinstance(b, tuple):
+    return len(a) == len(b) and all(_same_definition(x, y) for x, y in zip(a, b))
+  code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+  if code_a is None or code_b is None:
+    return a is b or a == b
+  return (getattr(a, "__module__", None) == getattr(b, "__module__", None)
+          and a.__qualname__ == b.__qualname__ and code_a.co_code == code_b.co_code
+          and code_a.co_consts == code_b.co_consts)
 
 
 def _mean_of(name: str, fn: Callable) -> Callable[[jax.Array, jax.Array, jax.Array], Group]:
@@ -247,7 +270,8 @@ def validate_names(
       raise errors.JdlError(
           f"unknown {task} metric {name!r}; valid names: {', '.join(valid + tuple(mine))}"
           " (your own: jdl.metrics.register_metric, in each process that trains, "
-          "resumes or evaluates the run)")
+          "resumes or evaluates the run; on the command line, in the get_config() file "
+          "given to --config)")
     if task != "classification" or num_classes is None:
       continue
     if name == "roc_auc":
@@ -340,8 +364,9 @@ def empty(names: Sequence[str], *, num_classes: int | None) -> State:
       unused by regression metrics.
 
   Returns:
-    A state with zero counts (without the groups of registered metrics: see
-    :func:`register_metric`; :func:`merge` takes them from the first batch).
+    A state with zero counts (without the groups of metrics registered in the
+    statistics form, whose shapes come with the first batch: :func:`merge` takes
+    them from it).
 
   Raises:
     JdlError: an unknown metric name or a bad ``num_classes``.
@@ -350,9 +375,16 @@ def empty(names: Sequence[str], *, num_classes: int | None) -> State:
   classes = 0
   if any(_task(name) == "classification" for name in names):
     classes = _class_count(num_classes)
-  # A registered metric's sums take their shapes from its first batch: its group
-  # is absent here, and merge takes it as the first state that has it.
-  return {group: _empty_group(group, classes) for group in groups if group not in CUSTOM}
+  state = {}
+  for group in groups:
+    if group not in CUSTOM:
+      state[group] = _empty_group(group, classes)
+    elif CUSTOM[group].compute is _mean_value:  # A value per example: shapes known.
+      state[group] = {"sum": _zero(jnp.float32), "count": _zero()}
+    # A registered statistics form takes its shapes from its first batch: its group
+    # is absent here, merge takes it from the first state that has it, and compute
+    # gives nan while no batch has.
+  return state
 
 
 # ---------------------------------------------------------------------------
@@ -692,6 +724,8 @@ def _r2(g: dict[str, np.ndarray]) -> float:
 
 def _compute_one(name: str, state: dict[str, dict[str, np.ndarray]]) -> float:
   group = _group(name)
+  if name in CUSTOM and group not in state:
+    return math.nan  # No batch yet (see empty); a ratio over no examples.
   errors.require(
       group in state,
       f"metric {name!r} has no state; pass it to empty/from_outputs",

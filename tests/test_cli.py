@@ -70,6 +70,13 @@ def test_evaluate_a_split(trained, capsys):
   assert set(got) == {"loss", "accuracy", "macro_f1"}
   for name, value in got.items():
     assert value == pytest.approx(logged[name], rel=1e-6), name
+  # Other metrics than the run logged: the checkpoint's metric sums are not needed.
+  code, out, err = run_cli("evaluate", "--workdir", trained, "--split", "val",
+                           "--config.metrics=('accuracy','top2_accuracy')", capsys=capsys)
+  assert code == 0, err
+  other = json.loads(out)
+  assert set(other) == {"loss", "accuracy", "top2_accuracy"}
+  assert other["accuracy"] == got["accuracy"] <= other["top2_accuracy"]
   with pytest.raises(SystemExit) as exit_:
     cli.main(["evaluate", "--workdir", str(trained), "--split", "dev"])
   err = capsys.readouterr().err
@@ -119,6 +126,12 @@ def test_train_without_config_continues_the_workdirs_own_run(tmp_path, capsys):
   assert [r["epoch"] for r in records if r["split"] == "train"] == [1, 2, 3]
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["dataset"] == "xor" and saved["num_epochs"] == 3
+  # A config.json this version cannot read says where it was read from, and the way out.
+  saved["optimizer"]["old_option"] = 1
+  (workdir / "config.json").write_text(json.dumps(saved))
+  code, _, err = run_cli("train", "--workdir", workdir, "--quiet", capsys=capsys)
+  assert code == 2 and len(err.strip().splitlines()) == 1, err
+  assert "old_option" in err and "read from" in err and "give --config" in err
 
 
 def test_export_writes_flat_npz(trained, tmp_path, capsys):

@@ -409,9 +409,11 @@ def test_registered_metrics_merge_in_scan_from_zeros(register):
   np.testing.assert_allclose(got["brier_t"], _brier_numpy(s), rtol=RTOL)
   np.testing.assert_allclose(got["balanced_t"], skm.balanced_accuracy_score(s.y_true, s.y_pred),
                              rtol=RTOL)
-  # empty() leaves registered groups out; merge takes them from the first batch.
+  # empty() holds the per-example form's sums; the statistics form's shapes come with
+  # the first batch, which merge takes as it is. Before any batch both are nan.
   empty = metrics.empty(names, num_classes=3)
-  assert empty == {}
+  chex.assert_trees_all_equal(empty, {"brier_t": {"sum": jnp.float32(0), "count": jnp.int32(0)}})
+  assert all(math.isnan(v) for v in metrics.compute(names, empty).values())
   first = step(*[x[0] for x in xs][:3])
   chex.assert_trees_all_equal(metrics.merge(empty, first), first)
 
@@ -438,6 +440,8 @@ def test_a_registered_regression_metric(register):
         (("top3_accuracy", _brier), {}, "is taken by jdl"),
         (("val_brier", _brier), {}, "is taken by jdl"),
         (("confusion", _brier), {}, "is taken by jdl"),
+        (("epoch", _brier), {}, "a key of the logs"),
+        (("samples_per_sec", _brier), {}, "is taken by jdl"),
         (("my metric", _brier), {}, "a metric name is an identifier"),
         (("brier_t",), {}, "give either fn .* or statistics and compute"),
         (("brier_t", _brier), {"compute": _balanced}, "not both or neither"),
@@ -446,7 +450,8 @@ def test_a_registered_regression_metric(register):
         (("brier_t", _brier), {"tasks": ("ranking",)}, "tasks must be of"),
         (("brier_t", _brier), {"better": "higher"}, "better must be 'max', 'min' or None"),
     ],
-    ids=["builtin", "top_k", "split_prefix", "group", "identifier", "no_form", "both_forms",
+    ids=["builtin", "top_k", "split_prefix", "group", "log_key", "log_key_2", "identifier",
+         "no_form", "both_forms",
          "no_compute", "not_callable", "task", "better"],
 )
 def test_register_metric_errors(args, kwargs, match):
@@ -457,8 +462,11 @@ def test_register_metric_errors(args, kwargs, match):
 
 def test_registered_metric_errors_name_the_metric(register):
   register("brier_t", _brier)
+  metrics.register_metric("brier_t", _brier)  # The same code again (a config file reloaded).
   with pytest.raises(JdlError, match="exists already; pass replace=True"):
-    metrics.register_metric("brier_t", _brier)
+    metrics.register_metric("brier_t", lambda o, t: jnp.sum(o, axis=-1))
+  with pytest.raises(JdlError, match="exists already"):
+    metrics.register_metric("brier_t", _brier, better="max")
   metrics.register_metric("brier_t", lambda o, t: jnp.sum(o, axis=-1, keepdims=True),
                           replace=True)
   outputs, labels = jnp.zeros((4, 3)), jnp.zeros((4,), jnp.int32)

@@ -7,6 +7,8 @@ other ones is refused instead of silently normalising, scoring or training on th
 
 from __future__ import annotations
 
+import json
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -217,7 +219,7 @@ def test_registered_metrics_log_monitor_resume_and_reopen(tmp_path, capsys):
 
   register()
   try:
-    config = make_config(metrics=("accuracy", "brier_fit", "balanced_fit"), num_epochs=3,
+    config = make_config(metrics=("accuracy", "brier_fit", "balanced_fit"), num_epochs=2,
                          validation_split=0.2)
     jdl.Trainer(make_config(metrics=("brier_fit",), validation_split=0.2,
                             early_stopping__enabled=True, early_stopping__monitor="val_brier_fit",
@@ -249,9 +251,71 @@ def test_registered_metrics_log_monitor_resume_and_reopen(tmp_path, capsys):
       jdl.load_run(tmp_path)
     register()
     assert jdl.evaluate(None, tmp_path) == pytest.approx(resumed.test_metrics, rel=1e-12)
+    # A metric registered after training scores the run too; resuming with other
+    # metrics is refused in words about metrics, not about the model.
+    jdl.metrics.register_metric("top_logit_fit", lambda logits, labels: logits.max(-1))
+    other = config.copy_and_resolve_references()
+    other.metrics = ("accuracy", "top_logit_fit")
+    assert jdl.evaluate(other, tmp_path)["accuracy"] == resumed.test_metrics["accuracy"]
+    other.num_epochs = 4
+    with pytest.raises(jdl.JdlError, match=r"holds other metric sums than this run keeps .*"
+                                           r"config.metrics, or the statistics of a metric"):
+      jdl.fit(other, tmp_path, quiet=True)
   finally:
-    for name in ("brier_fit", "balanced_fit"):
+    for name in ("brier_fit", "balanced_fit", "top_logit_fit"):
       jdl.metrics.CUSTOM.pop(name, None)
+
+
+_METRIC_CONFIG = """
+import jax
+import jax.numpy as jnp
+
+import jdl
+from jdl.config import base_config
+
+
+def brier(logits, labels):
+  p = jax.nn.softmax(logits)
+  return jnp.sum(jnp.square(p - jax.nn.one_hot(labels, p.shape[-1], dtype=p.dtype)), axis=-1)
+
+
+jdl.metrics.register_metric("brier_cfg", brier, better="min")
+
+
+def get_config():
+  config = base_config()
+  config.dataset = "digits"
+  config.model.name = "mlp"
+  config.model.hidden = (16,)
+  config.num_epochs = 1
+  config.tensorboard = False
+  config.plots = False
+  config.metrics = ("accuracy", "brier_cfg")
+  return config
+"""
+
+
+def test_a_config_file_registers_its_metric_for_the_command_line(tmp_path, capsys):
+  from jdl import cli
+
+  path = tmp_path / "with_metric.py"
+  path.write_text(_METRIC_CONFIG)
+  try:
+    jdl.load_config(path)
+    jdl.load_config(path)  # Executed again: the same code registers without replace=True.
+    workdir = tmp_path / "run"
+    assert cli.main(["train", "--config", str(path), "--workdir", str(workdir), "--quiet"]) == 0
+    assert cli.main(["evaluate", "--config", str(path), "--workdir", str(workdir)]) == 0
+    scores = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    test = next(r for r in logged if r["split"] == "test")
+    assert 0 < scores["brier_cfg"] == pytest.approx(test["brier_cfg"], rel=1e-9)
+    # Without the file the metric is unknown, and the error says where to register it.
+    jdl.metrics.CUSTOM.pop("brier_cfg")
+    assert cli.main(["evaluate", "--workdir", str(workdir)]) == 2
+    assert "in the get_config() file given to --config" in capsys.readouterr().err
+  finally:
+    jdl.metrics.CUSTOM.pop("brier_cfg", None)
 
 
 def test_predict_and_explain_take_sequences_of_another_length():

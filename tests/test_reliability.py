@@ -264,6 +264,9 @@ def test_a_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(tmp_p
     ("2 errors: ['Error writing: x [os_error_code=\\'13\\']', 'y']", "Permission denied"),
     ("RESOURCE_EXHAUSTED: Error writing: [os_error_code=30]", "Read-only file system"),
     ("DATA_LOSS: Error writing \"w/0\": Disk quota exceeded\nagain", "Disk quota exceeded"),
+    # A code the OS has no words for: the message's own first line.
+    ("Error writing \"w/0\": odd [os_error_code=99999]\nmore", "Error writing \"w/0\": odd "
+     "[os_error_code=99999]"),
     ("Error writing \"w/0\": no code given\nsecond line", "Error writing \"w/0\": no code given"),
 ])
 def test_the_reason_of_a_failed_write_is_the_os_words(text, reason):

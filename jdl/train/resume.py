@@ -49,6 +49,11 @@ def mismatch_message(workdir, step: int, diffs: list[str], saved: dict | None,
   changed = config_lib.value_diff(saved, current) if isinstance(saved, dict) else []
   keys = f"; the config differs from the run's in {', '.join(changed)}" if changed else ""
   more = f" and {len(diffs) - 2} more" if len(diffs) > 2 else ""
+  if all(d.startswith("acc/") for d in diffs):  # Only the epoch's metric sums differ.
+    return (f"the checkpoint at step {step} in {workdir} holds other metric sums than this "
+            f"run keeps ({'; '.join(diffs[:2])}{more}){keys}: config.metrics, or the "
+            "statistics of a metric registered with jdl.metrics.register_metric, changed. "
+            "Keep the run's metrics, or use --restart (or another workdir) to start over")
   return (f"the checkpoint at step {step} in {workdir} holds another model or optimizer "
           f"state than this config builds ({'; '.join(diffs[:2])}{more}){keys}. {remedy}")
 
