@@ -284,7 +284,8 @@ def register_loss(name: str, fn: LossFn, *, tasks: tuple[str, ...] = ("classific
     name: the name for ``config.loss``.
     fn: the per-example loss.
     tasks: the tasks it trains, of ``'classification'`` and ``'regression'``.
-    replace: allow replacing an existing loss of that name.
+    replace: allow replacing an existing loss of that name (the same code registered
+      again, as a config file loaded twice does, needs no ``replace``).
 
   Raises:
     JdlError: a taken name (without ``replace``), a non-callable or an unknown task.
@@ -296,7 +297,9 @@ def register_loss(name: str, fn: LossFn, *, tasks: tuple[str, ...] = ("classific
   errors.require(bool(tasks) and set(tasks) <= {"classification", "regression"},
                  f"loss {name!r}: tasks must be of 'classification' and 'regression', "
                  f"got {tasks}")
-  errors.require(replace or name not in LOSSES,
+  from jdl.metrics import _same_definition  # The same code again: a config file reloaded.
+  errors.require(replace or name not in LOSSES or (
+      _same_definition(LOSSES[name], fn) and TASKS[name] == tasks),
                  f"loss {name!r} exists already; pass replace=True to replace it")
   LOSSES[name] = fn
   TASKS[name] = tasks
