@@ -183,10 +183,7 @@ class Checkpointer:
     device, a restore target that takes whatever the step holds there (e.g. the
     metric sums of a run reopened with other ``config.metrics``)."""
     with _absl_quiet():
-      stored = self._manager.item_metadata(int(step))["tree"][key]
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        stored)
+      return _on_first_device(self._manager.item_metadata(int(step))["tree"][key])
 
   def layout_mismatch(self, step: int, target: Any) -> list[str] | None:
     """How ``step``'s stored arrays differ from ``target``'s (paths, shapes, dtypes).
@@ -328,14 +325,17 @@ def step_numbers(directory: str | os.PathLike) -> list[int]:
 
 def _restore_params(item: Path) -> dict[str, np.ndarray]:
   with ocp.StandardCheckpointer() as reader:
-    stored = reader.metadata(item).item_metadata
-    # Onto this process's first device, whatever devices wrote it (orbax would
-    # otherwise refuse a checkpoint saved on another device count).
-    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
-                            stored)
-    tree = reader.restore(item, abstract)
+    tree = reader.restore(item, _on_first_device(reader.metadata(item).item_metadata))
   return flatten_params(tree["state"]["params"])
+
+
+def _on_first_device(stored: Any) -> Any:
+  """Restore targets for stored arrays' metadata: their shapes and dtypes on this
+  process's first device, whatever devices wrote them (orbax would otherwise refuse
+  a checkpoint saved on another device count)."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                      stored)
 
 
 @contextlib.contextmanager

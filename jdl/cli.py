@@ -208,10 +208,12 @@ def _run_training(args, config, workdir) -> int:
 
 
 def _is_json_object(path: Path) -> bool:
+  from jdl.train import workdir as workdir_lib
   try:
-    return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
-  except (OSError, UnicodeDecodeError, ValueError):
+    workdir_lib.read_json(path)
+  except JdlError:
     return False
+  return True
 
 
 def _evaluate(args, overrides) -> int:

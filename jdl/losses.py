@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jdl import errors
+from jdl import _registry, errors
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -290,17 +290,11 @@ def register_loss(name: str, fn: LossFn, *, tasks: tuple[str, ...] = ("classific
   Raises:
     JdlError: a taken name (without ``replace``), a non-callable or an unknown task.
   """
-  errors.require(isinstance(name, str) and name.isidentifier(),
-                 f"a loss name is an identifier such as 'focal', got {name!r}")
+  _registry.check_name("loss", name)
   errors.require(callable(fn), f"loss {name!r} must be callable, got {type(fn).__name__}")
-  tasks = tuple(tasks)
-  errors.require(bool(tasks) and set(tasks) <= {"classification", "regression"},
-                 f"loss {name!r}: tasks must be of 'classification' and 'regression', "
-                 f"got {tasks}")
-  from jdl.metrics import _same_definition  # The same code again: a config file reloaded.
-  errors.require(replace or name not in LOSSES or (
-      _same_definition(LOSSES[name], fn) and TASKS[name] == tasks),
-                 f"loss {name!r} exists already; pass replace=True to replace it")
+  tasks = _registry.check_tasks("loss", name, tasks)
+  _registry.check_new("loss", name, name in LOSSES, replace=replace, same=(
+      name in LOSSES and _registry.same_code((LOSSES[name], TASKS[name]), (fn, tasks))))
   LOSSES[name] = fn
   TASKS[name] = tasks
 

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdl import errors
+from jdl import _registry, errors
 
 Group = dict[str, jax.Array]
 State = dict[str, Group]
@@ -53,15 +53,6 @@ _VALID = {
 }
 _TOP_K = re.compile(r"top([1-9][0-9]*)_accuracy")
 
-
-def better_direction(name: str) -> str | None:
-  """``'max'`` for a metric that is better higher (accuracy, f1, r2, ...), ``'min'``
-  for one better lower (a loss, mse, mae), ``None`` for a name it does not know."""
-  if name in CLASSIFICATION or name == "r2" or _TOP_K.fullmatch(name):
-    return "max"
-  if name in ("loss", "mse", "mae") or name.endswith("_loss"):
-    return "min"
-  return CUSTOM[name].better if name in CUSTOM else None
 _BINARY = ("precision", "recall", "f1")
 _MACRO = ("macro_precision", "macro_recall", "macro_f1")
 # State groups of the built-in metrics, and the other keys of a state or of a
@@ -71,6 +62,16 @@ _RESERVED = frozenset((
     "split", "epoch_seconds", "samples_per_sec", "compile_seconds", "num_devices",
     "num_processes", "parallel", "platform", "cpu_cores", "xla_flags", "grad_norm",
     "histograms"))
+
+
+def better_direction(name: str) -> str | None:
+  """``'max'`` for a metric that is better higher (accuracy, f1, r2, ...), ``'min'``
+  for one better lower (a loss, mse, mae), ``None`` for a name it does not know."""
+  if name in CLASSIFICATION or name == "r2" or _TOP_K.fullmatch(name):
+    return "max"
+  if name in ("loss", "mse", "mae") or name.endswith("_loss"):
+    return "min"
+  return CUSTOM[name].better if name in CUSTOM else None
 
 
 class _Custom(NamedTuple):
@@ -140,19 +141,18 @@ def register_metric(
     0.5
     >>> _ = metrics.CUSTOM.pop("brier_doc")
   """
-  errors.require(isinstance(name, str) and name.isidentifier(),
-                 f"a metric name is an identifier such as 'brier', got {name!r}")
+  _registry.check_name("metric", name)
   errors.require(
       name not in CLASSIFICATION + REGRESSION and not _TOP_K.fullmatch(name)
       and name not in _RESERVED and not name.startswith(("val_", "test_"))
       and not name.endswith("_loss"),
       f"metric name {name!r} is taken by jdl (a built-in metric, a key of the logs or "
       "of the metric state, a split prefix or a loss); choose another")
+  tasks = _registry.check_tasks("metric", name, tasks)
   known = CUSTOM.get(name)
-  errors.require(
-      replace or known is None or _same_definition(
-          (known.source, known.tasks, known.better), ((fn, statistics, compute), tasks, better)),
-      f"metric {name!r} exists already; pass replace=True to replace it")
+  _registry.check_new("metric", name, known is not None, replace=replace, same=(
+      known is not None and _registry.same_code((known.source, known.tasks, known.better),
+                                                ((fn, statistics, compute), tasks, better))))
   per_example = fn is not None
   errors.require(per_example != (statistics is not None or compute is not None),
                  f"metric {name!r}: give either fn (a value per example) or statistics "
@@ -161,10 +161,6 @@ def register_metric(
                                                      ("compute", compute)):
     errors.require(callable(f), f"metric {name!r}: {what} must be callable, got "
                    f"{type(f).__name__}")
-  tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-  errors.require(bool(tasks) and set(tasks) <= {"classification", "regression"},
-                 f"metric {name!r}: tasks must be of 'classification' and 'regression', "
-                 f"got {tasks}")
   errors.require(better in (None, "max", "min"),
                  f"metric {name!r}: better must be 'max', 'min' or None, got {better!r}")
   source = (fn, statistics, compute)
@@ -173,28 +169,20 @@ def register_metric(
   CUSTOM[name] = _Custom(statistics, compute, tasks, better, source)
 
 
-def _same_definition(a: Any, b: Any) -> bool:
-  """Whether two registrations are the same code: a config file that registers its
-  metric is executed again by each ``load_config``, making new function objects."""
-  if isinstance(a, tuple) and isinstance(b, tuple):
-    return len(a) == len(b) and all(_same_definition(x, y) for x, y in zip(a, b))
-  code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
-  if code_a is None or code_b is None:
-    return a is b or a == b
-  return (getattr(a, "__module__", None) == getattr(b, "__module__", None)
-          and a.__qualname__ == b.__qualname__ and code_a.co_code == code_b.co_code
-          and code_a.co_consts == code_b.co_consts)
-
-
 def _mean_of(name: str, fn: Callable) -> Callable[[jax.Array, jax.Array, jax.Array], Group]:
   def statistics(outputs, targets, mask):
     values = jnp.asarray(fn(outputs, targets))
     errors.require(values.shape == mask.shape,
                    f"metric {name!r}: fn must give one value per example, shape "
                    f"{mask.shape}, got {values.shape}")
-    return {"sum": jnp.sum(jnp.where(mask, values, 0.0), dtype=jnp.float32),
-            "count": jnp.sum(mask, dtype=jnp.int32)}
+    return _mean_sums(values, mask)
   return statistics
+
+
+def _mean_sums(values: jax.Array, mask: jax.Array) -> Group:
+  """The sums of a mean over real examples (the loss, a per-example metric)."""
+  return {"sum": jnp.sum(jnp.where(mask, values, 0.0), dtype=jnp.float32),
+          "count": jnp.sum(mask, dtype=jnp.int32)}
 
 
 def _mean_value(totals: dict[str, np.ndarray]) -> float:
@@ -380,7 +368,7 @@ def empty(names: Sequence[str], *, num_classes: int | None) -> State:
     if group not in CUSTOM:
       state[group] = _empty_group(group, classes)
     elif CUSTOM[group].compute is _mean_value:  # A value per example: shapes known.
-      state[group] = {"sum": _zero(jnp.float32), "count": _zero()}
+      state[group] = _mean_sums(jnp.zeros((0,)), jnp.zeros((0,), jnp.bool_))
     # A registered statistics form takes its shapes from its first batch: its group
     # is absent here, merge takes it from the first state that has it, and compute
     # gives nan while no batch has.
@@ -542,8 +530,7 @@ def _loss_group(loss: jax.Array, mask: jax.Array) -> Group:
       loss.shape == mask.shape,
       f"loss must be per-example, shape {mask.shape}, got {loss.shape}",
   )
-  return {"sum": jnp.sum(jnp.where(mask, loss, 0.0), dtype=jnp.float32),
-          "count": jnp.sum(mask, dtype=jnp.int32)}
+  return _mean_sums(loss, mask)
 
 
 def from_outputs(
@@ -765,7 +752,7 @@ def compute(names: Sequence[str], state: State) -> dict[str, float]:
   host = jax.device_get(state)
   results = {name: _compute_one(name, host) for name in names}
   if "loss" in host:
-    results["loss"] = _ratio(host["loss"]["sum"], host["loss"]["count"])
+    results["loss"] = _mean_value(host["loss"])
   return results
 
 __all__ = ["CLASSIFICATION", "REGRESSION", "CUSTOM", "register_metric", "validate_names",

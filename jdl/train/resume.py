@@ -132,8 +132,9 @@ class ResumableRun:
             f"workdir {wd} holds a run with a different config ({', '.join(diffs)} differ); "
             "use another --workdir, or --restart to start over (the old run is moved aside)")
       before = saved.get(config_lib.RUNTIME_KEY, {}).get("cpu_cores")
-      now = self.runtime()["cpu_cores"]
-      if (before and before != now and self.runtime()["platform"] == "cpu"
+      runtime = self.runtime()
+      now = runtime["cpu_cores"]
+      if (before and before != now and runtime["platform"] == "cpu"
           and (wd / "checkpoints").exists()):
         self.warn(f"jdl: warning: the run was on {before} CPU cores, this process may use "
                   f"{now}: XLA:CPU sums convolutions in another order, so the run continues "

@@ -1,0 +1,46 @@
+"""What :func:`jdl.losses.register_loss` and :func:`jdl.metrics.register_metric` share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from jdl import errors
+
+TASKS = ("classification", "regression")
+
+
+def check_name(kind: str, name: Any) -> None:
+  errors.require(isinstance(name, str) and name.isidentifier(),
+                 f"a {kind} name is an identifier such as 'my_{kind}', got {name!r}")
+
+
+def check_tasks(kind: str, name: str, tasks: str | Sequence[str]) -> tuple[str, ...]:
+  """``tasks`` as a tuple of :data:`TASKS` (a single name is taken as one task)."""
+  tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+  errors.require(bool(tasks) and set(tasks) <= set(TASKS),
+                 f"{kind} {name!r}: tasks must be of 'classification' and 'regression', "
+                 f"got {tasks}")
+  return tasks
+
+
+def check_new(kind: str, name: str, registered: bool, same: bool, replace: bool) -> None:
+  """A taken name needs ``replace``, unless it is ``same`` registration again."""
+  errors.require(replace or not registered or same,
+                 f"{kind} {name!r} exists already; pass replace=True to replace it")
+
+
+def same_code(a: Any, b: Any) -> bool:
+  """Whether two registrations are the same code (tuples compared item by item).
+
+  A config file that registers its loss or metric is executed again by each
+  ``load_config``: new function objects of the same module, name and code.
+  """
+  if isinstance(a, tuple) and isinstance(b, tuple):
+    return len(a) == len(b) and all(same_code(x, y) for x, y in zip(a, b))
+  code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+  if code_a is None or code_b is None:
+    return a is b or a == b
+  return (getattr(a, "__module__", None) == getattr(b, "__module__", None)
+          and a.__qualname__ == b.__qualname__ and code_a.co_code == code_b.co_code
+          and code_a.co_consts == code_b.co_consts)
