@@ -251,22 +251,45 @@ def test_a_stop_request_at_an_epochs_end_saves_between_checkpoint_epochs(tmp_pat
                               jax.device_get(full.state.params))
 
 
+def test_loop_steps_runs_the_rows_before_the_padding_and_no_more():
+  from jdl.train import steps as steps_lib
+  idx = jnp.array([[3, 1], [2, 2], [5, 0], [-1, -1], [-1, -1]], jnp.int32)
+  body = lambda c, row: ((c[0] + row.sum(), c[1] + 1), None)  # noqa: E731
+  total, count = jax.jit(lambda i: steps_lib.loop_steps(body, (0, 0), i))(idx)
+  assert (int(total), int(count)) == (13, 3)
+  tree = {"i": idx[:, 0], "w": jnp.arange(5.0)}  # A tree: the first leaf decides.
+  total, count = steps_lib.loop_steps(lambda c, r: ((c[0] + r["w"], c[1] + 1), None),
+                                      (0.0, 0), tree)
+  assert (float(total), int(count)) == (3.0, 3)
+
+
 @pytest.mark.parametrize("make, every", [
     (make_config, 7),
     # A CNN resumed with a first block of one step: XLA:CPU fuses a step compiled
-    # alone differently from one in a loop body (1e-9 apart before scan_steps).
+    # alone differently from one in a loop body (1e-9 apart before loop_steps).
     (small_digits_cnn, 9)])
-def test_resume_with_another_block_size_compiles_the_block_it_needs(tmp_path, make, every):
+def test_resume_with_another_block_size_runs_in_the_one_compiled_block(tmp_path, make, every):
   # Saved at step `every` with blocks of `every`; resumed with blocks of 10, so the
-  # first block is 10 - every steps, a size the new run's warm-up did not compile.
+  # first block is 10 - every steps: it runs in the block of 10, padded.
   with pytest.raises(KeyboardInterrupt):
     jdl.fit(make(num_epochs=2, checkpoint_every_steps=every), tmp_path / "a",
             quiet=True, callbacks=[_Crash(at_step=every + 1)])
   resumed = jdl.fit(make(num_epochs=2, checkpoint_every_steps=10), tmp_path / "a", quiet=True)
   full = jdl.fit(make(num_epochs=2, checkpoint_every_steps=10), tmp_path / "b", quiet=True)
-  assert resumed.trainer.epoch_mode == "scan"
+  assert resumed.trainer.epoch_mode == "scan" and list(resumed.trainer._blocks) == [10]
   chex.assert_trees_all_equal(jax.device_get((resumed.state.params, resumed.state.opt_state)),
                               jax.device_get((full.state.params, full.state.opt_state)))
+
+
+def test_blocks_of_every_length_share_one_compiled_block_and_its_bits():
+  # 20 steps an epoch in blocks of 7: 7, 7 and a last block of 6, padded to 7.
+  sevens = jdl.fit(make_config(checkpoint_every_steps=7), quiet=True)
+  assert sevens.trainer.padded_blocks and list(sevens.trainer._blocks) == [7]
+  assert int(sevens.state.step) == 40
+  whole = jdl.fit(make_config(), quiet=True)  # Blocks of 20.
+  assert list(whole.trainer._blocks) == [20]
+  chex.assert_trees_all_equal(_params(sevens), _params(whole))
+  assert sevens.history == whole.history
 
 
 def test_resume_refuses_a_run_whose_epochs_changed_length(tmp_path):

@@ -12,6 +12,7 @@ compiled twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -50,18 +51,26 @@ class MemoryFeed:
 
   def __init__(self, split: Split, shuffle_key: jax.Array, batch_size: int):
     self.split, self.shuffle_key, self.batch_size = split, shuffle_key, batch_size
-    self._epoch, self._idx = None, None
+    self._epoch, self._idx, self._padded = None, None, None
 
   def shapes(self, n: int):
     """``(x, y, idx)`` of an ``n``-step block, ``idx`` abstract, to compile it."""
     return (self.split.x, self.split.y,
             jax.ShapeDtypeStruct((n, self.batch_size), jnp.int32))
 
-  def block(self, epoch: int, pos: int, n: int):
+  def block(self, epoch: int, pos: int, n: int, size: int | None = None):
+    """``size``: the indices are ``[size, batch_size]``, the rows after the block's
+    ``n`` steps ``-1`` (padding: no step; :func:`jdl.train.steps.loop_steps`)."""
     if self._epoch != epoch:
       perm = epoch_permutation(self.shuffle_key, epoch, self.split.size)
       self._epoch, self._idx = epoch, train_batch_indices(perm, self.batch_size)
-    return self.split.x, self.split.y, self._idx[pos:pos + n]
+      self._padded = None
+    if size is None or size == n:
+      return self.split.x, self.split.y, self._idx[pos:pos + n]
+    if self._padded is None or self._padded.shape[0] < self._idx.shape[0] + size:
+      self._padded = jnp.concatenate(
+          [self._idx, jnp.full((size, self.batch_size), -1, self._idx.dtype)])
+    return self.split.x, self.split.y, _padded_rows(self._padded, pos, n, size)
 
   def close(self) -> None:
     pass
@@ -128,6 +137,13 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
 def epoch_permutation(shuffle_key: jax.Array, epoch: int, n: int) -> jax.Array:
   """The example order of ``epoch``: ``[n]`` int32."""
   return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _padded_rows(padded: jax.Array, pos, n, size: int) -> jax.Array:
+  """Rows ``pos..pos+size-1`` of ``padded``, those from ``n`` on set to ``-1``."""
+  rows = jax.lax.dynamic_slice_in_dim(padded, pos, size)
+  return jnp.where((jnp.arange(size) < n)[:, None], rows, -1)
 
 
 def train_batch_indices(perm: jax.Array, batch_size: int) -> jax.Array:

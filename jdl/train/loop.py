@@ -268,6 +268,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                                  num_epochs=self.num_epochs, prefetch=int(config.stream.prefetch),
                                  **feed_kw)
     self._step_numbers: dict[int, jax.Array] = {}
+    # Blocks shorter than the chunk run in the chunk's compiled block, their indices
+    # padded with rows of -1 (steps_lib.loop_steps): one compile whatever the block
+    # lengths. Not for streamed blocks, whose rows are the block's own.
+    self.padded_blocks = (self.epoch_mode == "scan"
+                          and isinstance(self.feed, pipeline.MemoryFeed))
 
     self.history: dict[str, list[float]] = {}
     self.epoch_rates: list[float] = []  # Train samples/s of each epoch run here.
@@ -619,9 +624,10 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         # Read when traced: the mode is chosen after the step is built.
         if idx.shape[0] == 1 and self.epoch_mode == "step":  # One step, compiled alone.
           return body((state, acc), idx[0])[0]
-        # In scan mode a block of one step is a loop too (steps_lib.scan_steps), so a
-        # resume with another block size gives the uninterrupted run's bits.
-        return steps_lib.scan_steps(body, (state, acc), idx)
+        # A loop whose length XLA cannot see (steps_lib.loop_steps): rows of -1 after
+        # the steps are padding, so one compiled block runs every shorter block, and
+        # a resume with another block size gives the uninterrupted run's bits.
+        return steps_lib.loop_steps(body, (state, acc), idx)
       return run_block
 
     run_block = block_of(block_step)
@@ -863,11 +869,13 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       steps_run, last_save, stopping = 0, self.step, False
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
-        x, y, block = self._place(*self.feed.block(epoch, pos, n))
         if self._diagnostics and self._diagnostics.due(epoch * spe + pos, epoch * spe + pos + n):
+          x, y, block = self._place(*self.feed.block(epoch, pos, n))
           self._diagnostics.run(self, x, y, block, epoch)
         else:
-          self._train_block(n, x, y, block)
+          size, pad = (self.chunk, (self.chunk,)) if self.padded_blocks else (n, ())
+          x, y, block = self._place(*self.feed.block(epoch, pos, n, *pad))
+          self._train_block(size, x, y, block)
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
@@ -904,10 +912,12 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     return FitResult(self.state, self.history, test, self.workdir, self)
 
   def _train_block(self, n: int, x, y, idx) -> None:
-    """Advances :attr:`state` and the epoch's sums by the block of ``n`` steps."""
+    """Advances :attr:`state` and the epoch's sums by a block of ``n`` rows of
+    indices (its steps, then padding: :attr:`padded_blocks`)."""
     if n not in self._blocks:
-      # A block size _warm_up did not compile: a resume from a checkpoint written
-      # with another block size (scan_chunk, checkpoint_every_steps, epoch_mode...).
+      # A block size _warm_up did not compile: without padded blocks, a resume from
+      # a checkpoint written with another block size (scan_chunk,
+      # checkpoint_every_steps, epoch_mode...).
       self._blocks[n] = self.compile_block(self._block_fn(), n)
     if self.nonfinite_check == "step":
       self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, idx)
@@ -977,7 +987,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     shapes = {self.chunk, self.steps_per_epoch % self.chunk or self.chunk}
     block = self._block_fn()
     self._blocks, self._replay_blocks = {}, {}
-    for n in shapes:
+    for n in ({self.chunk} if self.padded_blocks else shapes):
       self._blocks[n] = self.compile_block(block, n)
     if self._diagnostics:
       self._diagnostics.compile(self, shapes)

@@ -356,18 +356,28 @@ def make_predict_fn(apply_fn):
   return predict
 
 
-def scan_steps(body: Callable, carry: Any, xs: Any) -> Any:
-  """The carry of ``jax.lax.scan(body, carry, xs)``, also compiled as a loop for one step.
+def loop_steps(body: Callable, carry: Any, xs: Any) -> Any:
+  """The carry after ``body`` has run over the leading rows of ``xs`` that are steps.
 
-  XLA removes a loop of one iteration and compiles its body as straight-line code,
-  which XLA:CPU may fuse differently (seen with convolutions: results 1e-9 apart).
-  The steps of a block must give the same bits however the steps are grouped into
-  blocks (a resume with another block size), so a single step runs in a
-  ``while_loop`` whose trip count XLA cannot see. ``body``'s outputs are dropped.
+  ``xs`` (one array, or a tree whose first leaf is the block's step index) holds
+  a block's steps along axis 0; trailing rows whose first index is negative are
+  padding and run no step. So one compiled block serves every block length up to
+  its size (a last block of an epoch, a block cut by a checkpoint, a resume off the
+  block grid): no compile per length.
+
+  The loop is a ``while_loop`` whose trip count is computed from the data, so XLA
+  cannot see it: it neither removes a loop of one step nor specializes a loop's
+  length, and a step gives the same bits however the steps are grouped into blocks
+  (a resume with another block size). ``body(carry, x) -> (carry, _)``: as for
+  ``jax.lax.scan``; its second output is dropped.
   """
-  if jax.tree.leaves(xs)[0].shape[0] != 1:
-    return jax.lax.scan(body, carry, xs)[0]
-  one = jax.lax.optimization_barrier(jnp.ones((), jnp.int32))
-  x0 = jax.tree.map(lambda a: a[0], xs)
-  return jax.lax.while_loop(lambda s: s[0] < one, lambda s: (s[0] + 1, body(s[1], x0)[0]),
-                            (jnp.zeros((), jnp.int32), carry))[1]
+  first = jax.tree.leaves(xs)[0]
+  rows = first.reshape(first.shape[0], -1)[:, 0]
+  count = jnp.sum(rows >= 0, dtype=jnp.int32)  # Padding only trails the steps.
+
+  def step(state):
+    i, carry = state
+    x = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), xs)
+    return i + 1, body(carry, x)[0]
+
+  return jax.lax.while_loop(lambda s: s[0] < count, step, (jnp.zeros((), jnp.int32), carry))[1]
