@@ -171,3 +171,27 @@ def test_batchnorm_reports_only_a_non_finite_stop_as_divergence(tmp_path):
   jdl.fit(make_config(num_epochs=1), tmp_path / "runs" / "nobn_lr0.005", quiet=True)
   with pytest.raises(jdl.JdlError, match="holds a run with a different config"):
     _tiny(batchnorm, tmp_path)
+
+
+def test_architectures_tiny_run_and_its_variants_argument(tmp_path, capsys):
+  import architectures
+  records = architectures.main(["--tiny", "--variants", "lenet5,resnet20", "--workdir",
+                                str(tmp_path / "runs"), "--data_dir", str(tmp_path / "none")])
+  assert list(records) == ["lenet5", "resnet20"]
+  assert records["lenet5"]["parameters"] == 61_706  # LeNet-5 pads the 8x8 digits to 32x32.
+  resnet = records["resnet20"]
+  assert tuple(resnet["model"]["stage_sizes"]) == (1, 1)
+  for r in records.values():
+    assert len(r["val_accuracy"]) == 2 and 0.0 <= r["test_accuracy"] <= 1.0
+    assert r["train_examples"] == 1437 - 300 and r["epoch_seconds"] > 0
+  out = tmp_path / "runs" / "results"
+  assert (out / "accuracy.png").stat().st_size > 0
+  assert "| LeNet-5 | 61,706 |" in (out / "table.md").read_text()
+  with pytest.raises(SystemExit) as e:
+    architectures.main(["--tiny", "--variants", "lenet5,alexnet"])
+  assert e.value.code == 2 and "unknown alexnet" in capsys.readouterr().err
+  # The full run's ResNet-20: 272,474 parameters on 3 channels, 288 fewer on one.
+  import jax
+  model = jdl.models.create_model(jdl.load_config("resnet20_mnist").model, num_outputs=10)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 28, 28, 1))))
+  assert jdl.count_params(shapes["params"]) == 272_474 - 2 * 9 * 16

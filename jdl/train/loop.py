@@ -607,7 +607,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       def run_block(state, acc, x, y, idx):
         """Runs the train steps of ``idx: [num_steps, batch]``; returns (state, acc).
 
-        ``batch`` is the device's share of the global batch inside ``shard_map``.
+        Rows of ``-1`` after the steps are padding and run no step (a block shorter
+        than the compiled one). ``batch`` is the device's share of the global batch
+        inside ``shard_map``.
         A pre-gathered block (:attr:`gathered`) has ``x, y: [num_steps, batch, ...]``
         and ``idx: [num_steps]``, the step numbers: step ``i`` takes ``x[i]``.
         """
