@@ -106,15 +106,12 @@ def plot(records: dict[str, dict], path: Path, title: str) -> None:
     name = r["name"]
     epochs = range(1, len(r["val_accuracy"]) + 1)
     axes[0].plot(epochs, r["val_accuracy"], marker=".", label=name)
-    axes[1].scatter(r["parameters"], r["test_accuracy"], label=name)
-    axes[1].annotate(name, (r["parameters"], r["test_accuracy"]), fontsize=8,
-                     textcoords="offset points", xytext=(4, 4))
-    if r["epoch_seconds"]:
-      axes[2].scatter(r["epoch_seconds"] * len(r["val_accuracy"]), r["test_accuracy"],
-                      label=name)
-      axes[2].annotate(name, (r["epoch_seconds"] * len(r["val_accuracy"]),
-                              r["test_accuracy"]), fontsize=8, textcoords="offset points",
-                       xytext=(4, 4))
+    seconds = r["epoch_seconds"] and r["epoch_seconds"] * len(r["val_accuracy"])
+    for ax, x in ((axes[1], r["parameters"]), (axes[2], seconds)):
+      if x:  # A point, labelled with the network's name.
+        ax.scatter(x, r["test_accuracy"], label=name)
+        ax.annotate(name, (x, r["test_accuracy"]), fontsize=8, textcoords="offset points",
+                    xytext=(4, 4))
   axes[0].set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
   axes[1].set(xlabel="parameters", ylabel="test accuracy", xscale="log",
               title="test accuracy against size")
