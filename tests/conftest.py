@@ -18,15 +18,84 @@ SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 
 
 def pytest_configure(config):
-  """Sets, before collection starts JAX, the XLA:CPU flag a jdl process sets first.
+  """Sets, before collection starts JAX, the XLA:CPU flags of the suite's processes.
 
+  LLVM's optimisations off (see ``_compile_fast``), then
   ``config.xla_cpu_region_analysis``: the suite's in-process runs then compile as
   the CLI's do. Not at import: scripts that import this module (e.g.
   tests/region_analysis_run.py) choose for themselves. Then starts the session's
   compilation cache.
   """
+  config.addinivalue_line(
+      "markers", "full_opt: compares the bits of differently compiled programs; runs at "
+      "XLA's full optimisation (tests/test_full_optimisation.py)")
+  _compile_fast()
   runtime.request_cpu_region_analysis(True)
   _start_compilation_cache(config)
+
+
+# Most of the suite's time is XLA compiling small programs, and most of that is LLVM
+# optimising the CPU code: with `--xla_backend_optimization_level=0` the suite takes
+# about 30% less time. The HLO programs are the same; only the machine code differs,
+# and so do the last bits of some results (FMA contraction, vectorised loops). A
+# claim about one program (a resumed run against its uninterrupted twin, one model
+# against a numpy formula) holds at any level. A claim that two *differently*
+# compiled programs give the same bits (streamed against in-memory blocks, a
+# diagnostics block against a plain one) can depend on that machine code: such
+# tests are marked `full_opt`, and tests/test_full_optimisation.py runs them in a
+# process compiling as users do. `JDL_TEST_FULL_OPT=1` runs the whole suite so; an
+# XLA_FLAGS that names an optimisation level is left as it is.
+FULL_OPT = "JDL_TEST_FULL_OPT"
+_O0 = "--xla_backend_optimization_level=0"
+_ADDED_O0 = "JDL_TEST_ADDED_O0"  # Set when this suite added _O0 to XLA_FLAGS.
+
+
+def _compile_fast() -> None:
+  flags = os.environ.get("XLA_FLAGS", "")
+  if (os.environ.get(FULL_OPT) == "1"
+      or ("xla_backend_optimization_level" in flags and _ADDED_O0 not in os.environ)):
+    return
+  if _O0 not in flags.split():
+    os.environ["XLA_FLAGS"] = f"{flags} {_O0}".strip()
+  os.environ[_ADDED_O0] = "1"
+
+
+def compiles_fast() -> bool:
+  """Whether this suite compiles with LLVM's optimisations off."""
+  return _ADDED_O0 in os.environ
+
+
+def suite_xla_flags() -> str:
+  """The flags a subprocess that sets its own XLA_FLAGS adds, to compile as the suite does."""
+  return _O0 if compiles_fast() else ""
+
+
+def full_optimisation_env() -> dict[str, str]:
+  """This process's environment, with the suite's optimisation level taken out."""
+  env = dict(os.environ)
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if f != _O0]
+  env["XLA_FLAGS"] = " ".join(flags)
+  env.pop(_ADDED_O0, None)
+  env[FULL_OPT] = "1"
+  return env
+
+
+FULL_OPT_TESTS: list[str] = []  # The `full_opt` tests that this session's run left out.
+_FULL_OPT_RUNNER = "test_full_optimisation.py::"
+
+
+def pytest_collection_modifyitems(config, items):
+  """With LLVM's optimisations off: the `full_opt` tests run in the full-optimisation
+  test instead (when it was collected too), not here."""
+  if not compiles_fast() or not any(_FULL_OPT_RUNNER in item.nodeid for item in items):
+    return
+  kept, left = [], []
+  for item in items:
+    (left if item.get_closest_marker("full_opt") else kept).append(item)
+  if left:
+    FULL_OPT_TESTS[:] = [item.nodeid for item in left]
+    config.hook.pytest_deselected(items=left)
+    items[:] = kept
 
 
 # The suite compiles the same small programs over and over: a resumed run and its

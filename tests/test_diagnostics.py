@@ -241,6 +241,7 @@ def _tensorboard_tags(logdir) -> set[str]:
   return tags
 
 
+@pytest.mark.full_opt
 def test_fit_writes_diagnostics_and_trains_bitwise_as_without(tmp_path):
   # 1,293 train examples / 64 = 20 steps: diagnostics at steps 5, 10, 15, 20.
   on = _fit(tmp_path / "on", diagnostics__every_steps=5, tensorboard=True, plots=True)
@@ -264,6 +265,7 @@ def test_fit_writes_diagnostics_and_trains_bitwise_as_without(tmp_path):
           "diagnostics/act/act_1:histo", "diagnostics/grad/head/kernel:histo"} <= tags
 
 
+@pytest.mark.full_opt
 def test_diagnostics_leave_a_cnns_training_bitwise_unchanged(tmp_path):
   # The diagnostics recompute the gradients beside the step; XLA must not merge the
   # two (it fused the conv gradients differently, 1e-9 apart, when it could).

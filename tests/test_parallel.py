@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import jdl
-from conftest import REPO, cli_env, make_config
+from conftest import REPO, cli_env, make_config, suite_xla_flags
 from jdl import checkpoint as ckpt_lib
 from jdl import cli
 from jdl.errors import JdlError
@@ -76,7 +76,7 @@ def test_eight_simulated_devices(tmp_path):
   # XLA:CPU would abort after its default rendezvous timeout.
   env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
-                      "--xla_cpu_collective_timeout_seconds=600")
+                      f"--xla_cpu_collective_timeout_seconds=600 {suite_xla_flags()}").strip()
   env["JAX_PLATFORMS"] = "cpu"
   # XLA:CPU's simulated devices share one thread pool, and a collective can deadlock
   # in its rendezvous (seen twice in ~20 CI runs, each time with another test running
@@ -125,7 +125,7 @@ def _launch_two(workdir: Path) -> list[subprocess.Popen]:
 def _gloo_env(process_id: int) -> dict[str, str]:
   """One CPU device, gloo collectives; a compilation cache of the process's own."""
   env = cli_env(cache=f"process{process_id}")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = suite_xla_flags()  # Not this process's: no simulated devices.
   env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
   return env
 

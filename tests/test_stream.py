@@ -81,6 +81,7 @@ def _assert_same_run(a, b):
   assert a.test_metrics == b.test_metrics
 
 
+@pytest.mark.full_opt
 def test_streamed_training_is_bitwise_the_in_memory_training(digits_dir, in_memory_run):
   streamed = jdl.fit(_streamed(digits_dir, **KW), quiet=True)
   _assert_same_run(in_memory_run, streamed)
@@ -90,6 +91,7 @@ def test_streamed_training_is_bitwise_the_in_memory_training(digits_dir, in_memo
   assert not _prefetch_threads()
 
 
+@pytest.mark.full_opt
 def test_step_mode_global_normalisation_and_early_stopping_match_too(digits_dir):
   kw = dict(num_epochs=6, epoch_mode="step", normalize="global", early_stopping__enabled=True,
             early_stopping__patience=0, early_stopping__min_delta=10.0,
@@ -113,6 +115,7 @@ class _Signal(cb.Callback):
       os.kill(os.getpid(), self.sig)
 
 
+@pytest.mark.full_opt
 def test_interrupted_streamed_runs_resume_bitwise_exactly(digits_dir, in_memory_run, tmp_path):
   # SIGTERM in epoch 1: the block in flight finishes, a checkpoint, a clean return.
   stopped = jdl.fit(_streamed(digits_dir, **KW), tmp_path, quiet=True,
@@ -297,6 +300,7 @@ def test_slices_cross_shard_boundaries(digits_dir):
     np.testing.assert_array_equal(rows.slice(lo, hi), x[lo:hi])
 
 
+@pytest.mark.full_opt
 def test_streamed_regression_and_lr_finder_match_in_memory(tmp_path):
   from jdl import lr_finder
   ds = sources.load_dataset("linear", n_samples=300)

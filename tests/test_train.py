@@ -281,6 +281,7 @@ def test_resume_with_another_block_size_runs_in_the_one_compiled_block(tmp_path,
                               jax.device_get((full.state.params, full.state.opt_state)))
 
 
+@pytest.mark.full_opt
 def test_blocks_of_every_length_share_one_compiled_block_and_its_bits():
   # 20 steps an epoch in blocks of 7: 7, 7 and a last block of 6, padded to 7.
   sevens = jdl.fit(make_config(checkpoint_every_steps=7), quiet=True)
@@ -478,6 +479,7 @@ def _steps(workdir):
     return c.steps()
 
 
+@pytest.mark.full_opt
 @pytest.mark.parametrize("model", [{}, {"model__name": "cnn", "model__features": (8,),
                                         "model__dense": (16,)}])
 def test_nonfinite_check_per_block_trains_bitwise_as_per_step(model):
