@@ -113,10 +113,14 @@ def plot(records: dict[str, dict], path: Path, title: str) -> None:
         ax.annotate(name, (x, r["test_accuracy"]), fontsize=8, textcoords="offset points",
                     xytext=(4, 4))
   axes[0].set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+  axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
   axes[1].set(xlabel="parameters", ylabel="test accuracy", xscale="log",
               title="test accuracy against size")
   axes[2].set(xlabel="training seconds (steady epochs x epochs)", ylabel="test accuracy",
               xscale="log", title="test accuracy against training time")
+  for ax in axes[1:]:  # Decades only (minor labels overlap); room for the names.
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.margins(x=0.25, y=0.08)
   _common.save_figure(fig, axes, path, title, legend_axes=[axes[0]])
 
 
