@@ -96,7 +96,9 @@ def test_workdir_layout_and_metrics_lines(tmp_path):
     assert (tmp_path / name).exists(), name
   assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
   assert (tmp_path / "plots" / "loss.png").stat().st_size > 1000
-  assert (tmp_path / "plots" / "accuracy.png").exists()
+  # One plot a quantity that was learned or scheduled; none of where the run ran.
+  assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+      "accuracy.png", "learning_rate.png", "loss.png", "macro_f1.png"]
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["split"] for r in records] == ["train", "val", "train", "val", "test"]
   for r in records:

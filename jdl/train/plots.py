@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 _SKIP = {"step", "epoch", "split", "epoch_seconds", "samples_per_sec", "compile_seconds",
-         "num_devices", "num_processes"}
+         "num_devices", "num_processes", "cpu_cores"}
 
 
 def read_metrics(path: str | Path) -> list[dict]:
