@@ -252,16 +252,17 @@ def test_registered_metrics_log_monitor_resume_and_reopen(tmp_path, capsys):
       jdl.load_run(tmp_path)
     register()
     assert jdl.evaluate(None, tmp_path) == pytest.approx(resumed.test_metrics, rel=1e-12)
-    # A metric registered after training scores the run too; resuming with other
-    # metrics is refused in words about metrics, not about the model.
+    # A metric registered after training scores the run too, and a run resumed from
+    # an epoch's end logs it from there on (its history NaN for the epochs before).
     jdl.metrics.register_metric("top_logit_fit", lambda logits, labels: logits.max(-1))
     other = config.copy_and_resolve_references()
     other.metrics = ("accuracy", "top_logit_fit")
     assert jdl.evaluate(other, tmp_path)["accuracy"] == resumed.test_metrics["accuracy"]
-    other.num_epochs = 4
-    with pytest.raises(jdl.JdlError, match=r"holds other metric sums than this run keeps .*"
-                                           r"config.metrics, or the statistics of a metric"):
-      jdl.fit(other, tmp_path, quiet=True)
+    other.num_epochs = 3
+    more = jdl.fit(other, tmp_path, quiet=True)
+    assert np.isnan(more.history["top_logit_fit"][:2]).all()
+    assert np.isfinite(more.history["top_logit_fit"][2]) and "top_logit_fit" in more.test_metrics
+    assert more.history["brier_fit"] == whole.history["brier_fit"]  # Dropped: ends at 2.
   finally:
     for name in ("brier_fit", "balanced_fit", "top_logit_fit"):
       jdl.metrics.CUSTOM.pop(name, None)

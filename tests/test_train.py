@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 
@@ -781,3 +782,39 @@ def test_a_monitor_mode_against_its_metric_warns(capfd):
   assert "early_stopping.monitor='val_loss' is better lower, but early_stopping.mode='max'" in err
   jdl.Trainer(make_config(monitor="val_accuracy", monitor_mode="max"), quiet=True)
   assert "warning" not in capfd.readouterr().err
+
+
+@pytest.mark.full_opt
+def test_metrics_may_change_where_an_epoch_ends_but_not_within_one(tmp_path):
+  # 20 steps an epoch. A run that logged accuracy resumes at an epoch's end logging
+  # macro F1 as well; its training is the uninterrupted run's, bit for bit.
+  first = jdl.fit(make_config(num_epochs=1, metrics=("accuracy",)), tmp_path / "run",
+                  quiet=True)
+  more = make_config(num_epochs=3, metrics=("accuracy", "macro_f1"))
+  resumed = jdl.fit(more, tmp_path / "run", quiet=True)
+  whole = jdl.fit(more, tmp_path / "whole", quiet=True)
+  chex.assert_trees_all_equal(_params(resumed), _params(whole))
+  for key in ("macro_f1", "val_macro_f1"):
+    assert math.isnan(resumed.history[key][0]) and len(resumed.history[key]) == 3, key
+    assert resumed.history[key][1:] == whole.history[key][1:], key
+  assert resumed.history["val_accuracy"] == whole.history["val_accuracy"]
+  assert resumed.test_metrics == whole.test_metrics and "macro_f1" in resumed.test_metrics
+  lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+  assert [("macro_f1" in r) for r in lines if r["split"] == "train"] == [False, True, True]
+  # The epoch-1 checkpoint holds the old metric sums; a callback can still read it back.
+  trainer = resumed.trainer
+  chex.assert_trees_all_equal(jax.device_get(trainer.restore_step(20).params),
+                              _params(first))
+
+  # Within an epoch the sums of its first steps are for other metrics: refused, and
+  # nothing in the workdir is touched.
+  mid = tmp_path / "mid"
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=7), mid, quiet=True,
+            callbacks=[_Crash(at_step=10)])
+  files = {p: p.read_bytes() for p in mid.rglob("*") if p.is_file()}
+  with pytest.raises(jdl.JdlError, match=r"at step 7 .*, at batch 7/20 of epoch 1, holds "
+                     r"other metric sums .*change its metrics where an epoch ends"):
+    jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=7,
+                        metrics=("accuracy", "top5_accuracy")), mid, quiet=True)
+  assert {p: p.read_bytes() for p in mid.rglob("*") if p.is_file()} == files

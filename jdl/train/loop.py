@@ -1073,7 +1073,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       logs.update({f"val_{k}": v for k, v in val.items()})
     logs["learning_rate"] = lr
     for k, v in logs.items():
-      self.history.setdefault(k, []).append(v)
+      values = self.history.setdefault(k, [])
+      values.extend([math.nan] * (epoch - len(values)))  # A metric added on a resume.
+      values.append(v)
     last = epoch + 1 == self.num_epochs
     if last or (epoch + 1) % max(1, int(self.config.print_every_epochs)) == 0:
       self.log(f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "

@@ -43,17 +43,24 @@ RESUME_REMEDY = ("Use the run's own config, another --workdir, or --restart to s
 
 
 def mismatch_message(workdir, step: int, diffs: list[str], saved: dict | None,
-                     config, remedy: str = RESUME_REMEDY) -> str:
+                     config, remedy: str = RESUME_REMEDY,
+                     steps_per_epoch: int | None = None) -> str:
   """One line: a checkpoint's arrays differ from the config's; which keys changed."""
   current = json.loads(config_lib.to_json(config))
   changed = config_lib.value_diff(saved, current) if isinstance(saved, dict) else []
   keys = f"; the config differs from the run's in {', '.join(changed)}" if changed else ""
   more = f" and {len(diffs) - 2} more" if len(diffs) > 2 else ""
   if all(d.startswith("acc/") for d in diffs):  # Only the epoch's metric sums differ.
-    return (f"the checkpoint at step {step} in {workdir} holds other metric sums than this "
-            f"run keeps ({'; '.join(diffs[:2])}{more}){keys}: config.metrics, or the "
-            "statistics of a metric registered with jdl.metrics.register_metric, changed. "
-            "Keep the run's metrics, or use --restart (or another workdir) to start over")
+    where = ""
+    if steps_per_epoch:  # Mid-epoch (at an epoch's end the metrics may change).
+      epoch, pos = divmod(step, steps_per_epoch)
+      where = f", at batch {pos}/{steps_per_epoch} of epoch {epoch + 1},"
+    return (f"the checkpoint at step {step} in {workdir}{where} holds other metric sums "
+            f"than this run keeps ({'; '.join(diffs[:2])}{more}){keys}: config.metrics, or "
+            "the statistics of a metric registered with jdl.metrics.register_metric, "
+            "changed. A run can change its metrics where an epoch ends, not within one: "
+            "keep the run's metrics until its next epoch-end checkpoint, or use --restart "
+            "(or another workdir) to start over")
   return (f"the checkpoint at step {step} in {workdir} holds another model or optimizer "
           f"state than this config builds ({'; '.join(diffs[:2])}{more}){keys}. {remedy}")
 
@@ -207,9 +214,9 @@ class ResumableRun:
         self._check_vocabulary(meta, step)
         check_provenance(meta, step, self.workdir, self.data_source, self.model_source,
                          call="fit")
-      self._check_layout(step)
+      metrics_changed = self._check_layout(step)
       try:
-        return self._resume(step)
+        return self._resume(step, metrics_changed)
       except ResumeRefused:
         raise  # A readable checkpoint of other data: refuse, touch nothing.
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
@@ -233,19 +240,27 @@ class ResumableRun:
                      "aside, not deleted)")
     return 0
 
-  def _check_layout(self, step: int) -> None:
+  def _check_layout(self, step: int) -> bool:
     """Refuses, touching nothing, a readable step that holds another state's arrays.
 
     A config change outside :data:`jdl.config.STRUCTURAL_KEYS` can still change the
     state (another optimizer, clipping, accumulation): that is a mismatch to name,
-    not damage to move aside.
+    not damage to move aside. Other metric sums are no mismatch at an epoch's end,
+    where the sums are empty: the run continues with the config's metrics.
+
+    Returns:
+      Whether the step holds other metric sums than this run keeps.
     """
     target = {"state": self.state, "acc": self.empty_acc()}
     diffs = self.checkpointer.layout_mismatch(step, target)
     if not diffs:  # [] matches; None: unreadable metadata, the restore will tell.
-      return
+      return False
+    acc_only = all(d.startswith("acc/") for d in diffs)
+    if acc_only and step % self.steps_per_epoch == 0:
+      return True
     saved = saved_config(self.workdir, self.checkpointer, step)
-    raise JdlError(mismatch_message(self.workdir, step, diffs, saved, self.config))
+    raise JdlError(mismatch_message(self.workdir, step, diffs, saved, self.config,
+                                    steps_per_epoch=self.steps_per_epoch if acc_only else None))
 
   def _check_vocabulary(self, meta: dict, step: int) -> None:
     if self.vocab and meta.get("vocab") != self.vocab_json():
@@ -254,9 +269,11 @@ class ResumableRun:
           "built now from the train split (the text data changed); use another --workdir, "
           "or --restart")
 
-  def _resume(self, step: int) -> int:
-    target = {"state": self.state, "acc": self.empty_acc()}
-    tree, meta = self.checkpointer.restore(step, target)
+  def _resume(self, step: int, metrics_changed: bool = False) -> int:
+    # Other metrics (at an epoch's end, see _check_layout): the stored sums, all
+    # empty there, are read as they are and replaced by this run's.
+    acc = self.checkpointer.stored_like(step, "acc") if metrics_changed else self.empty_acc()
+    tree, meta = self.checkpointer.restore(step, {"state": self.state, "acc": acc})
     ckpt_lib.validate_meta(meta, step)
     self._check_vocabulary(meta, step)
     saved_spe = int(meta["steps_per_epoch"])
@@ -267,8 +284,14 @@ class ResumableRun:
           f"batch {self.batch_size}): the train split or the batch size changed, so the "
           "run cannot resume where it stopped. Train with the data and config of that "
           "run, or use --restart (or another --workdir) to start over")
-    self.state, self._acc = tree["state"], tree["acc"]
+    self.state, self._acc = tree["state"], self.empty_acc() if metrics_changed else tree["acc"]
     self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
+    if metrics_changed:
+      before, now = (meta.get("config") or {}).get("metrics"), list(self.config.metrics)
+      what = (f"the metrics changed ({before} -> {now})" if before != now
+              else "a registered metric's statistics changed")
+      self.log(f"{what}: from epoch {step // self.steps_per_epoch + 1} on the run logs its "
+               "config's metrics; a new metric's history holds NaN for the epochs before")
     self._load_warning_state(meta)
     saved = meta.get("callbacks", {})
     for key, callback in zip(cb.state_keys(self.callbacks), self.callbacks):
@@ -283,7 +306,9 @@ class ResumableRun:
     """The state saved at ``step``, or ``None`` when that checkpoint is gone."""
     if self.checkpointer is None or step not in self.checkpointer.steps():
       return None
-    tree, _ = self.checkpointer.restore(step, {"state": self.state, "acc": self.empty_acc()})
+    # The step's metric sums as stored: an earlier step may hold other metrics.
+    tree, _ = self.checkpointer.restore(
+        step, {"state": self.state, "acc": self.checkpointer.stored_like(step, "acc")})
     return tree["state"]
 
   def _save(self, metrics: dict[str, float] | None = None) -> None:
