@@ -173,12 +173,20 @@ def _load(args, overrides):
 
 
 def _train(args, overrides) -> int:
+  from jdl import config as config_lib
+  from jdl.train import workdir as workdir_lib
   if args.config is None and args.workdir:
     saved = Path(args.workdir) / "config.json"
     if saved.is_file() and _is_json_object(saved):
       # `jdl train --workdir DIR` resumes (or extends: --config.num_epochs=N) DIR's run,
       # rather than refusing it as another config than the default experiment. (A
       # damaged config.json is reported by the resume, with its remedies.)
+      given = config_lib.given_sources(workdir_lib.read_json(saved))
+      if given:  # Its config would train on config.dataset, or build config.model.
+        raise JdlError(f"{args.workdir} holds a run trained on {given}, which the CLI cannot "
+                       f"load; {'start it over' if args.restart else 'resume it'} from "
+                       "Python, giving fit the same arguments, or give --config "
+                       "FILE_OR_NAME to train another experiment")
       args.config = str(saved)
       try:
         config, workdir = _load(args, overrides)
@@ -226,6 +234,11 @@ def _evaluate(args, overrides) -> int:
                      "--workdir, or its --config as well")
     workdir = args.workdir
     run = workdir_lib.read_json(Path(workdir) / "config.json")
+    given = config_lib.given_sources(run)
+    if given:
+      raise JdlError(f"{workdir} holds a run trained on {given}, which the CLI cannot load; "
+                     "evaluate it from Python: jdl.evaluate(None, workdir, dataset=..., "
+                     "model=...) with the same arguments")
     config = config_lib.from_dict(run)
     config_lib.apply_overrides(config, overrides)
   else:

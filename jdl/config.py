@@ -453,16 +453,37 @@ def _parse_as(raw: str, current: Any, key: str) -> Any:
   return raw
 
 
-# config.json's record of where a run ran (not a config key; from_dict skips it).
+# config.json's records of where a run ran and where its data and model came from
+# (not config keys; from_dict skips them).
 RUNTIME_KEY = "runtime"
+SOURCES_KEY = "sources"
+_RECORDS = (RUNTIME_KEY, SOURCES_KEY)
 
 
-def to_json(config: ml_collections.ConfigDict, runtime: dict[str, Any] | None = None) -> str:
-  """The config as JSON; ``runtime`` (e.g. device counts) is recorded beside it."""
+def to_json(config: ml_collections.ConfigDict, runtime: dict[str, Any] | None = None,
+            sources: dict[str, Any] | None = None) -> str:
+  """The config as JSON; ``runtime`` (e.g. device counts) and ``sources`` (whether
+  ``fit`` was given the dataset or the model) are recorded beside it."""
   tree = config.to_dict()
-  if runtime:
-    tree[RUNTIME_KEY] = runtime
+  for key, record in ((RUNTIME_KEY, runtime), (SOURCES_KEY, sources)):
+    if record:
+      tree[key] = record
   return json.dumps(tree, indent=2, sort_keys=True, default=list)
+
+
+def given_sources(saved: dict) -> str | None:
+  """What a saved config.json says ``fit`` was given (``"a dataset passed to
+  fit(dataset=...) ('x')"``), which its config cannot rebuild; ``None`` if nothing."""
+  sources = saved.get(SOURCES_KEY)
+  if not isinstance(sources, dict):
+    return None
+  data, model = sources.get("data"), sources.get("model")
+  given = []
+  if isinstance(data, dict) and data.get("given"):
+    given.append(f"a dataset passed to fit(dataset=...) ({data.get('name')!r})")
+  if isinstance(model, dict) and model.get("given"):
+    given.append(f"a model passed to fit(model=...) ({model.get('class')})")
+  return " and ".join(given) or None
 
 
 def from_dict(saved: dict) -> ml_collections.ConfigDict:
@@ -475,7 +496,7 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
     JdlError: an unknown key.
   """
   config = base_config()
-  saved = {k: v for k, v in saved.items() if k != RUNTIME_KEY}
+  saved = {k: v for k, v in saved.items() if k not in _RECORDS}
 
   def merge(node: ml_collections.ConfigDict, values: dict, path: str) -> None:
     for key, value in values.items():
@@ -525,10 +546,10 @@ def structural_diff(saved: dict, current: dict,
 def value_diff(saved: dict, current: dict, *, limit: int = 6) -> list[str]:
   """``"key (saved -> current)"`` for the config keys whose values differ, first ``limit``.
 
-  ``runtime`` (the machine a run was on) is left out.
+  ``runtime`` (the machine a run was on) and ``sources`` are left out.
   """
   diffs: list[str] = []
-  for key in sorted((set(saved) | set(current)) - {RUNTIME_KEY}):
+  for key in sorted((set(saved) | set(current)) - set(_RECORDS)):
     _diff(saved.get(key), current.get(key), key, diffs)
   shown = [f"{k} ({_get(saved, k)!r} -> {_get(current, k)!r})" for k in diffs[:limit]]
   return shown + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])

@@ -88,7 +88,11 @@ def test_a_runs_config_json_is_a_config(trained, capsys):
   saved = json.loads((trained / "config.json").read_text())
   config = jdl.load_config(trained / "config.json")
   assert json.loads(jdl.config.to_json(config)) == {
-      k: v for k, v in saved.items() if k != jdl.config.RUNTIME_KEY}
+      k: v for k, v in saved.items()
+      if k not in (jdl.config.RUNTIME_KEY, jdl.config.SOURCES_KEY)}
+  assert saved[jdl.config.SOURCES_KEY]["data"] == {
+      "name": "digits", "given": False, "fingerprint": jdl.data.fingerprint(
+          jdl.data.load_dataset("digits"))}
   # evaluate with the run's own config file: the same metrics as without.
   code, out, _ = run_cli("evaluate", "--workdir", trained, capsys=capsys)
   code2, out2, _ = run_cli("evaluate", "--workdir", trained, "--config",

@@ -8,6 +8,7 @@ other ones is refused instead of silently normalising, scoring or training on th
 from __future__ import annotations
 
 import json
+import re
 
 import flax.linen as nn
 import jax
@@ -91,6 +92,34 @@ def test_a_run_of_own_model_reopens_only_with_that_model(tmp_path):
   reopened = jdl.load_run(tmp_path, model=Tiny(), best=False)
   x = jdl.data.load_dataset("digits").x_test[:8]
   np.testing.assert_array_equal(jdl.predict(reopened, x), jdl.predict(result, x))
+
+
+def test_the_cli_refuses_a_run_it_cannot_rebuild_and_touches_nothing(own_run, tmp_path,
+                                                                       capsys):
+  # config.json records what fit was given: the CLI, which has only the config,
+  # would resume, restart or evaluate with config.dataset or config.model instead.
+  import shutil
+  from jdl import cli
+  own, module = tmp_path / "own", tmp_path / "module"
+  shutil.copytree(own_run[0], own)
+  jdl.fit(make_config(num_epochs=1), module, model=Tiny(), quiet=True)
+  for workdir, what in ((own, r"a dataset passed to fit\(dataset=\.\.\.\) \('mine'\)"),
+                        (module, r"a model passed to fit\(model=\.\.\.\) \(Tiny\)")):
+    sources = json.loads((workdir / "config.json").read_text())["sources"]
+    assert (sources["data"]["given"], sources["model"]["given"]) == (workdir == own,
+                                                                      workdir == module)
+    files = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    for argv, then in ((["train", "--quiet"], "resume it from Python"),
+                       (["train", "--restart", "--quiet"], "start it over from Python"),
+                       (["evaluate"], r"evaluate it from Python: jdl\.evaluate")):
+      capsys.readouterr()
+      assert cli.main([*argv, "--workdir", str(workdir)]) == 2, argv
+      err = capsys.readouterr().err
+      assert len(err.strip().splitlines()) == 1, err
+      assert re.match(rf"jdl: error: {re.escape(str(workdir))} holds a run trained on "
+                      rf"{what}, which the CLI cannot load; {then}", err), (argv, err)
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == files
+    assert not list(workdir.glob("previous-*"))  # --restart moved nothing aside.
 
 
 def test_a_layout_mismatch_names_only_the_callers_changes(own_run):

@@ -171,7 +171,9 @@ class ResumableRun:
     # included, as they were.
     self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
     truncation = self.logger.plan_truncation(start)
-    workdir_lib.write_text(config_json, config_lib.to_json(self.config, self.runtime()) + "\n")
+    sources = {"data": self.data_source, "model": self.model_source}
+    workdir_lib.write_text(config_json,
+                           config_lib.to_json(self.config, self.runtime(), sources) + "\n")
     workdir_lib.write_text(wd / "summary.txt", self.summary() + "\n")
     if self.vocab:
       workdir_lib.write_text(wd / "vocab.json", json.dumps(self.vocab_json()) + "\n")
