@@ -185,8 +185,9 @@ def _train(args, overrides) -> int:
       if given:  # Its config would train on config.dataset, or build config.model.
         raise JdlError(f"{args.workdir} holds a run trained on {given}, which the CLI cannot "
                        f"load; {'start it over' if args.restart else 'resume it'} from "
-                       "Python, giving fit the same arguments, or give --config "
-                       "FILE_OR_NAME to train another experiment")
+                       "Python, giving fit the same arguments, or train another "
+                       "experiment with --config FILE_OR_NAME and another --workdir (or "
+                       "--restart)")
       args.config = str(saved)
       try:
         config, workdir = _load(args, overrides)

@@ -76,6 +76,7 @@ def full_optimisation_env() -> dict[str, str]:
   flags = [f for f in env.get("XLA_FLAGS", "").split() if f != _O0]
   env["XLA_FLAGS"] = " ".join(flags)
   env.pop(_ADDED_O0, None)
+  env.pop("PYTEST_ADDOPTS", None)  # The runner chooses its own options.
   env[FULL_OPT] = "1"
   return env
 
@@ -84,14 +85,17 @@ FULL_OPT_TESTS: list[str] = []  # The `full_opt` tests that this session's run l
 _FULL_OPT_RUNNER = "test_full_optimisation.py::"
 
 
+@pytest.hookimpl(trylast=True)  # After -k, -m and --deselect: the final selection.
 def pytest_collection_modifyitems(config, items):
-  """With LLVM's optimisations off: the `full_opt` tests run in the full-optimisation
-  test instead (when it was collected too), not here."""
+  """With LLVM's optimisations off: the selected `full_opt` tests run in the
+  full-optimisation test instead, when it is selected too (it is marked `full_opt`
+  itself, so `-m full_opt` selects it); else here, as selected."""
   if not compiles_fast() or not any(_FULL_OPT_RUNNER in item.nodeid for item in items):
     return
   kept, left = [], []
   for item in items:
-    (left if item.get_closest_marker("full_opt") else kept).append(item)
+    runs_here = _FULL_OPT_RUNNER in item.nodeid or not item.get_closest_marker("full_opt")
+    (kept if runs_here else left).append(item)
   if left:
     FULL_OPT_TESTS[:] = [item.nodeid for item in left]
     config.hook.pytest_deselected(items=left)

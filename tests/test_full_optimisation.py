@@ -12,11 +12,14 @@ import conftest
 from conftest import REPO
 
 
+@pytest.mark.full_opt
 def test_bits_of_differently_compiled_programs_agree_at_full_optimisation(tmp_path):
   if not conftest.compiles_fast():
     pytest.skip("this suite compiles at full optimisation: the full_opt tests run in it")
-  # The full_opt tests this run left out, else (this file run alone) all of them.
-  selection = conftest.FULL_OPT_TESTS or ["-m", "full_opt", "tests"]
+  # The full_opt tests this run selected and left to it, else (this test selected
+  # alone) all of them.
+  selection = conftest.FULL_OPT_TESTS or ["-m", "full_opt", "tests",
+                                           "--ignore", "tests/test_full_optimisation.py"]
   proc = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
        "--basetemp", str(tmp_path / "inner"), *selection],

@@ -166,6 +166,7 @@ def test_vae_output_shapes():
     DenseAutoencoder((8, 8, 1), hidden=(16, 8), latent=4),
     ConvAutoencoder((8, 8, 1), features=(4, 8), latent=4),
 ], ids=["dense", "conv"])
+@pytest.mark.full_opt
 def test_autoencoder_methods_compose_and_sow_the_code(model):
   x = images((8, 8, 1))
   variables = init(model, x)
@@ -191,6 +192,7 @@ def test_dense_autoencoder_code_activation():
   chex.assert_trees_all_close(code, 1 / (1 + np.exp(-np.asarray(pre))), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.full_opt
 def test_vae_reparameterization_by_hand():
   model = VAE((4, 4, 1), hidden=(8,), latent=3)
   x = images((4, 4, 1))

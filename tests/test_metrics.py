@@ -227,6 +227,7 @@ def test_merge_in_scan_from_zeros_shaped_like_a_batch(names, num_classes, split)
   np.testing.assert_allclose(got["loss"], loss.mean(), rtol=RTOL)
 
 
+@pytest.mark.full_opt
 def test_from_outputs_jit_equals_eager():
   s = two_logits()
   names = BINARY + MACRO + ("top1_accuracy",)

@@ -291,7 +291,10 @@ def test_registered_metrics_log_monitor_resume_and_reopen(tmp_path, capsys):
     more = jdl.fit(other, tmp_path, quiet=True)
     assert np.isnan(more.history["top_logit_fit"][:2]).all()
     assert np.isfinite(more.history["top_logit_fit"][2]) and "top_logit_fit" in more.test_metrics
-    assert more.history["brier_fit"] == whole.history["brier_fit"]  # Dropped: ends at 2.
+    # A dropped metric: NaN from then on, so that every list has a value an epoch.
+    assert more.history["brier_fit"][:2] == whole.history["brier_fit"]
+    assert np.isnan(more.history["brier_fit"][2])
+    assert {len(v) for v in more.history.values()} == {3}
   finally:
     for name in ("brier_fit", "balanced_fit", "top_logit_fit"):
       jdl.metrics.CUSTOM.pop(name, None)

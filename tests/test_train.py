@@ -266,6 +266,7 @@ def test_loop_steps_runs_the_rows_before_the_padding_and_no_more():
   assert (float(total), int(count)) == (3.0, 3)
 
 
+@pytest.mark.full_opt
 @pytest.mark.parametrize("make, every", [
     (make_config, 7),
     # A CNN resumed with a first block of one step: XLA:CPU fuses a step compiled
@@ -798,6 +799,7 @@ def test_metrics_may_change_where_an_epoch_ends_but_not_within_one(tmp_path):
     assert math.isnan(resumed.history[key][0]) and len(resumed.history[key]) == 3, key
     assert resumed.history[key][1:] == whole.history[key][1:], key
   assert resumed.history["val_accuracy"] == whole.history["val_accuracy"]
+  assert {len(v) for v in resumed.history.values()} == {3}
   assert resumed.test_metrics == whole.test_metrics and "macro_f1" in resumed.test_metrics
   lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert [("macro_f1" in r) for r in lines if r["split"] == "train"] == [False, True, True]
@@ -805,6 +807,11 @@ def test_metrics_may_change_where_an_epoch_ends_but_not_within_one(tmp_path):
   trainer = resumed.trainer
   chex.assert_trees_all_equal(jax.device_get(trainer.restore_step(20).params),
                               _params(first))
+
+  # From the step-0 checkpoint of a zero-epoch run: the new metrics from the start.
+  jdl.fit(make_config(num_epochs=0, metrics=("accuracy",)), tmp_path / "zero", quiet=True)
+  from_zero = jdl.fit(more, tmp_path / "zero", quiet=True)
+  assert from_zero.history == whole.history
 
   # Within an epoch the sums of its first steps are for other metrics: refused, and
   # nothing in the workdir is touched.

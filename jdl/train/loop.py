@@ -1072,10 +1072,12 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       self._record({"step": step, "epoch": epoch + 1, "split": "val", **val})
       logs.update({f"val_{k}": v for k, v in val.items()})
     logs["learning_rate"] = lr
-    for k, v in logs.items():
+    # One value an epoch in every list: NaN for the epochs before a metric was added
+    # on a resume, and after one was dropped (see ResumableRun._check_layout).
+    for k in [*logs, *(k for k in self.history if k not in logs)]:
       values = self.history.setdefault(k, [])
-      values.extend([math.nan] * (epoch - len(values)))  # A metric added on a resume.
-      values.append(v)
+      values.extend([math.nan] * (epoch - len(values)))
+      values.append(logs.get(k, math.nan))
     last = epoch + 1 == self.num_epochs
     if last or (epoch + 1) % max(1, int(self.config.print_every_epochs)) == 0:
       self.log(f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "

@@ -216,7 +216,7 @@ class ResumableRun:
         self._check_vocabulary(meta, step)
         check_provenance(meta, step, self.workdir, self.data_source, self.model_source,
                          call="fit")
-      metrics_changed = self._check_layout(step)
+      metrics_changed = self._check_layout(step, meta)
       try:
         return self._resume(step, metrics_changed)
       except ResumeRefused:
@@ -242,7 +242,7 @@ class ResumableRun:
                      "aside, not deleted)")
     return 0
 
-  def _check_layout(self, step: int) -> bool:
+  def _check_layout(self, step: int, meta: dict | None = None) -> bool:
     """Refuses, touching nothing, a readable step that holds another state's arrays.
 
     A config change outside :data:`jdl.config.STRUCTURAL_KEYS` can still change the
@@ -258,11 +258,17 @@ class ResumableRun:
     if not diffs:  # [] matches; None: unreadable metadata, the restore will tell.
       return False
     acc_only = all(d.startswith("acc/") for d in diffs)
-    if acc_only and step % self.steps_per_epoch == 0:
+    # Where the step is in its epoch, by the epochs it was written in (the resume
+    # refuses another epoch length itself).
+    try:
+      spe = int(meta["steps_per_epoch"])
+    except (KeyError, TypeError, ValueError):  # No readable metadata: this run's.
+      spe = self.steps_per_epoch
+    if acc_only and spe > 0 and step % spe == 0:
       return True
     saved = saved_config(self.workdir, self.checkpointer, step)
     raise JdlError(mismatch_message(self.workdir, step, diffs, saved, self.config,
-                                    steps_per_epoch=self.steps_per_epoch if acc_only else None))
+                                    steps_per_epoch=spe if acc_only else None))
 
   def _check_vocabulary(self, meta: dict, step: int) -> None:
     if self.vocab and meta.get("vocab") != self.vocab_json():
@@ -291,9 +297,10 @@ class ResumableRun:
     if metrics_changed:
       before, now = (meta.get("config") or {}).get("metrics"), list(self.config.metrics)
       what = (f"the metrics changed ({before} -> {now})" if before != now
-              else "a registered metric's statistics changed")
+              else "the metric sums' layout changed (a registered metric's statistics)")
       self.log(f"{what}: from epoch {step // self.steps_per_epoch + 1} on the run logs its "
-               "config's metrics; a new metric's history holds NaN for the epochs before")
+               "config's metrics; a metric's history holds NaN for the epochs it was not "
+               "logged in")
     self._load_warning_state(meta)
     saved = meta.get("callbacks", {})
     for key, callback in zip(cb.state_keys(self.callbacks), self.callbacks):
