@@ -169,21 +169,21 @@ class Checkpointer:
       raise JdlError(f"cannot write {what} in {self.directory}: {reason}; the steps "
                      "saved before are intact") from None
 
-  def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores ``step`` into the structure, shapes and dtypes of ``target``."""
+  def restore(self, step: int, target: Any, *,
+              partial: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Restores ``step`` into the structure, shapes and dtypes of ``target``.
+
+    ``partial``: ``target`` names only some of the step's top-level entries (e.g.
+    the state without the metric sums of a run reopened with other
+    ``config.metrics``); the others are not read.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(target))
     restored = self._manager.restore(int(step), args=ocp.args.Composite(
         tree=ocp.args.PyTreeRestore(
-            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract)),
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=partial),
         meta=ocp.args.JsonRestore()))
     return from_savable(target, restored["tree"]), dict(restored["meta"])
-
-  def stored_like(self, step: int, key: str) -> Any:
-    """``step``'s tree ``key`` as stored: shapes and dtypes on this process's first
-    device, a restore target that takes whatever the step holds there (e.g. the
-    metric sums of a run reopened with other ``config.metrics``)."""
-    with _absl_quiet():
-      return _on_first_device(self._manager.item_metadata(int(step))["tree"][key])
 
   def layout_mismatch(self, step: int, target: Any) -> list[str] | None:
     """How ``step``'s stored arrays differ from ``target``'s (paths, shapes, dtypes).

@@ -1356,7 +1356,7 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
           remedy="Use the run's own config: leave out --config and the overrides (jdl "
                  "evaluate), or config=None (jdl.load_run), and config.json is used"))
     with ckpt_lib.unreadable_as_error(ckdir, step):
-      tree, _ = ck.restore(step, {"state": trainer.state, "acc": ck.stored_like(step, "acc")})
+      tree, _ = ck.restore(step, {"state": trainer.state}, partial=True)
   trainer.state = tree["state"]
   trainer.holds_run_state = True
   return trainer

@@ -279,9 +279,10 @@ class ResumableRun:
 
   def _resume(self, step: int, metrics_changed: bool = False) -> int:
     # Other metrics (at an epoch's end, see _check_layout): the stored sums, all
-    # empty there, are read as they are and replaced by this run's.
-    acc = self.checkpointer.stored_like(step, "acc") if metrics_changed else self.empty_acc()
-    tree, meta = self.checkpointer.restore(step, {"state": self.state, "acc": acc})
+    # empty there, are not read; this run's start empty.
+    target = {"state": self.state} if metrics_changed else {"state": self.state,
+                                                              "acc": self.empty_acc()}
+    tree, meta = self.checkpointer.restore(step, target, partial=metrics_changed)
     ckpt_lib.validate_meta(meta, step)
     self._check_vocabulary(meta, step)
     saved_spe = int(meta["steps_per_epoch"])
@@ -315,9 +316,8 @@ class ResumableRun:
     """The state saved at ``step``, or ``None`` when that checkpoint is gone."""
     if self.checkpointer is None or step not in self.checkpointer.steps():
       return None
-    # The step's metric sums as stored: an earlier step may hold other metrics.
-    tree, _ = self.checkpointer.restore(
-        step, {"state": self.state, "acc": self.checkpointer.stored_like(step, "acc")})
+    # Not the step's metric sums: an earlier step may hold other metrics.
+    tree, _ = self.checkpointer.restore(step, {"state": self.state}, partial=True)
     return tree["state"]
 
   def _save(self, metrics: dict[str, float] | None = None) -> None:
