@@ -143,7 +143,10 @@ class Checkpointer:
                               meta=ocp.args.JsonSave(meta))
     # orbax first waits for the previous asynchronous save: its failure surfaces here.
     self._unconfirmed.append(int(step))
-    with self._write_errors():
+    # A step without metrics (mid-epoch) ranks last, as documented; orbax would warn
+    # of it on every such save.
+    quiet = _absl_quiet() if metrics is None else contextlib.nullcontext()
+    with self._write_errors(), quiet:
       self._manager.save(int(step), args=args, metrics=metrics, force=True)
     if not self._async:
       self._unconfirmed.clear()

@@ -233,7 +233,11 @@ def check_task(name: str, task: str, dataset: str = "the dataset",
       probability loss must lie in [0, 1] (``kl_divergence`` and
       ``categorical_crossentropy``: rows of at least 2 probabilities).
   """
-  errors.lookup("loss", name, LOSSES)
+  if name not in LOSSES:
+    raise errors.JdlError(
+        f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))} (your own: "
+        "jdl.losses.register_loss, in each process that trains, resumes or evaluates the "
+        "run; on the command line, in the get_config() file given to --config)")
   if task not in TASKS[name]:
     fits = ", ".join(n for n, t in TASKS.items() if task in t)
     raise errors.JdlError(f"loss {name!r} is a {' or '.join(TASKS[name])} loss, but "

@@ -7,16 +7,19 @@ other ones is refused instead of silently normalising, scoring or training on th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 import jdl
+from jdl import config as config_lib
 from jdl.train import callbacks as cb
 
 from conftest import make_config
@@ -365,3 +368,87 @@ def test_predict_and_explain_take_sequences_of_another_length():
                              rtol=1e-6)
   with pytest.raises(jdl.JdlError, match=r"inputs of shape \(4, 10, 7\) do not fit"):
     jdl.predict(result, np.zeros((4, 10, 7), np.float32))
+
+
+def test_every_split_must_have_the_train_examples_shape(own_run):
+  # (1, 8, 1) broadcasts against the train split's (8, 8, 1) statistics: without the
+  # check it scored garbage with no error.
+  narrow = X[500:, :1]
+  for bad, split in (({"x_test": narrow}, "test"),
+                     ({"x_val": narrow, "y_val": Y[500:]}, "val")):
+    with pytest.raises(jdl.JdlError, match=rf"^dataset 'mine': x_{split} has examples of "
+                       r"shape \(1, 8, 1\) but x_train has \(8, 8, 1\); they must match$"):
+      jdl.fit(make_config(num_epochs=1), None, dataset=dataclasses.replace(MINE, **bad),
+              quiet=True)
+  with pytest.raises(jdl.JdlError, match=r"^dataset 'mine': input_shape is \(64,\) but "
+                     r"x_train has examples of shape \(8, 8, 1\); they must match$"):
+    jdl.fit(make_config(num_epochs=1), None,
+            dataset=dataclasses.replace(MINE, input_shape=(64,)), quiet=True)
+  _, result = own_run
+  with pytest.raises(jdl.JdlError, match=r"predict needs inputs \[n, 8, 8, 1\].*"
+                     r"got shape \(100, 1, 8, 1\)"):
+    jdl.predict(result, narrow)
+
+
+class _Embedder(nn.Module):
+  """Takes integer ids."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(10)(nn.Embed(256, 2)(x).reshape(len(x), -1))
+
+
+def test_integer_inputs_are_numbers_unless_fed_as_they_are():
+  u8 = {k: np.clip(getattr(MINE, k) * 10 + 100, 0, 255).astype(np.uint8)
+        for k in ("x_train", "x_test")}
+  images = dataclasses.replace(MINE, **u8)
+  floats = dataclasses.replace(MINE, **{k: v.astype(np.float32) for k, v in u8.items()})
+  config = make_config(num_epochs=1)
+  as_numbers = jdl.Trainer(config, None, dataset=images, quiet=True)
+  reference = jdl.Trainer(config, None, dataset=floats, quiet=True)
+  assert as_numbers.data.train.x.dtype == jnp.float32
+  for split in ("train", "test"):  # Normalised as the same values in float32 are.
+    np.testing.assert_array_equal(np.asarray(getattr(as_numbers.data, split).x),
+                                  np.asarray(getattr(reference.data, split).x))
+  np.testing.assert_array_equal(jdl.predict(as_numbers, u8["x_test"]),
+                                jdl.predict(reference, u8["x_test"].astype(np.float32)))
+  # Fed as they are (normalize='none'), they are ids, e.g. for an embedding.
+  ids = jdl.Trainer(make_config(num_epochs=1, normalize="none"), None, dataset=images,
+                    model=_Embedder(), quiet=True)
+  assert ids.data.train.x.dtype == jnp.int32 and ids.normalizer is None
+  with pytest.raises(jdl.JdlError, match=r"model _Embedder failed to initialise.*cast to "
+                     r"float32 and normalised as numbers.*set normalize='none'"):
+    jdl.Trainer(config, None, dataset=images, model=_Embedder(), quiet=True)
+
+
+def test_a_loss_of_the_wrong_shape_and_a_binary_loss_on_ten_classes_are_named():
+  jdl.losses.register_loss("squared_outputs_test", lambda outputs, labels: outputs ** 2)
+  try:
+    with pytest.raises(jdl.JdlError, match=r"^loss must be per-example, shape \((\d+),\), "
+                       r"got \(\1, 10\)"):
+      jdl.fit(make_config(num_epochs=1, loss="squared_outputs_test"), None, quiet=True)
+  finally:
+    jdl.losses.LOSSES.pop("squared_outputs_test", None)
+    jdl.losses.TASKS.pop("squared_outputs_test", None)
+  # A given model's 10 outputs would otherwise be blamed on the targets' shape.
+  with pytest.raises(jdl.JdlError, match=r"^loss 'binary_crossentropy' needs 2 classes \(one "
+                     r"logit an example\); dataset 'mine' has 10$"):
+    jdl.Trainer(make_config(num_epochs=1, loss="binary_crossentropy"), None, dataset=MINE,
+                model=Tiny(), quiet=True)
+  with pytest.raises(jdl.JdlError, match=r"unknown loss 'my_loss'; valid names: .*mse.* "
+                     r"\(your own: jdl\.losses\.register_loss, in each process that trains, "
+                     r"resumes or evaluates the run"):
+    jdl.losses.check_task("my_loss", "classification")
+
+
+def test_fit_refuses_keys_the_base_config_does_not_declare():
+  config = jdl.base_config()  # Unlocked, as get_config() files build it.
+  config.num_epoch = 7
+  config.optimizer.lerning_rate = 0.5
+  with pytest.raises(jdl.JdlError, match=r"^config sets .*, which jdl\.base_config\(\) does "
+                     r"not declare \(a misspelt key\?\)") as e:
+    jdl.fit(config, None, quiet=True)
+  assert "'num_epoch'" in str(e.value) and "'optimizer.lerning_rate'" in str(e.value)
+  config = jdl.base_config()
+  config.model.my_width = 3  # model.* is the model's own.
+  assert config_lib.unknown_keys(config) == []

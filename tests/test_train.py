@@ -360,6 +360,17 @@ def test_reduce_on_plateau_lowers_the_learning_rate():
   assert lrs[-1] < lrs[0] / 3  # At least two halvings on a flat validation loss.
 
 
+def test_the_logged_learning_rate_is_the_rate_each_epoch_trained_with():
+  # A step schedule halving at each epoch's end: epoch e's updates all take
+  # 0.01 * 0.5 ** (e - 1); the next epoch's rate is not logged against this one.
+  config = make_config(num_epochs=3, optimizer__name="sgd", optimizer__learning_rate=0.01,
+                       schedule__name="step", schedule__decay_every_epochs=1.0,
+                       schedule__factor=0.5)
+  result = jdl.fit(config, quiet=True)
+  np.testing.assert_allclose(result.history["learning_rate"], [0.01, 0.005, 0.0025],
+                             rtol=1e-6)
+
+
 def _cosine(count, total, lr):
   return lr * 0.5 * (1 + np.cos(np.pi * min(count, total) / total))
 
@@ -372,9 +383,10 @@ def test_cosine_spans_the_run_when_accumulation_does_not_divide_the_epoch():
   result = jdl.fit(config, quiet=True)
   assert result.trainer.steps_per_epoch == 20
   assert int(jdl.optim.update_count(result.state.opt_state)) == 20
-  # The learning rate of the next update, logged at each epoch's end.
+  # The learning rate of each epoch's last update (update c - 1 of c), logged at its end.
   np.testing.assert_allclose(result.history["learning_rate"],
-                             [_cosine(c, 20, 0.01) for c in (6, 13, 20)], rtol=1e-5, atol=1e-9)
+                             [_cosine(c - 1, 20, 0.01) for c in (6, 13, 20)], rtol=1e-5,
+                             atol=1e-9)
 
 
 def test_gan_generator_schedule_counts_its_updates_across_epochs():
@@ -385,7 +397,8 @@ def test_gan_generator_schedule_counts_its_updates_across_epochs():
   result = jdl.fit(config, quiet=True)
   assert int(jdl.optim.update_count(result.state.opt_state["generator"])) == 20
   np.testing.assert_allclose(result.history["learning_rate"],
-                             [_cosine(c, 20, 0.01) for c in (6, 13, 20)], rtol=1e-5, atol=1e-9)
+                             [_cosine(c - 1, 20, 0.01) for c in (6, 13, 20)], rtol=1e-5,
+                             atol=1e-9)
 
 
 def test_nonfinite_stop_names_the_step_and_writes_no_checkpoint(tmp_path):
@@ -520,6 +533,17 @@ def test_nonfinite_skip_skips_the_poisoned_updates(tmp_path, capsys):
   for leaf in jax.tree.leaves(result.state.params):
     assert np.all(np.isfinite(leaf))
   assert result.test_metrics["accuracy"] > 0.8
+
+
+def test_skip_stops_with_its_own_message_when_the_parameters_overflow():
+  # Finite gradients at a huge learning rate overflow the parameters: skipping
+  # non-finite updates cannot undo that, and the error must not advise skipping.
+  config = make_config(num_epochs=2, nonfinite="skip", optimizer__name="sgd",
+                       optimizer__learning_rate=1e38)
+  with pytest.raises(jdl.NonFiniteError, match=r"^the parameters or optimizer state are NaN "
+                     r"or Inf by step \d+ \(epoch 1\).*Skipping updates cannot undo that") as e:
+    jdl.fit(config, quiet=True)
+  assert "nonfinite=skip" not in str(e.value)
 
 
 def test_a_resumed_run_does_not_repeat_its_warnings(tmp_path, capsys):

@@ -14,10 +14,12 @@ from jdl.data.sources import DATASETS
 from jdl.data.sources import Dataset
 from jdl.data.sources import fingerprint
 from jdl.data.sources import load_dataset
+from jdl.data.validate import check_example_shapes
 from jdl.data.validate import validate_arrays
 
 __all__ = (
     "DATASETS",
+    "check_example_shapes",
     "Dataset",
     "NpyRows",
     "StreamDataset",

@@ -107,9 +107,14 @@ class Normalizer:
   def identity(cls, shape: tuple[int, ...]) -> Normalizer:
     return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32))
 
+  @property
+  def is_identity(self) -> bool:
+    """Whether it leaves inputs as they are (then they may have any shape)."""
+    return not self.mean.any() and bool((self.std == 1).all())
+
   def __call__(self, x: np.ndarray) -> np.ndarray:
-    if not self.mean.any() and (self.std == 1).all():
-      return np.asarray(x, np.float32)  # Identity: no copy of float32 data.
+    if self.is_identity:
+      return np.asarray(x, np.float32)  # No copy of float32 data.
     return ((x - self.mean) / self.std).astype(np.float32)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from jdl.data import download as download_lib
 from jdl.data import text as text_data
 from jdl.data.idx import read_idx
+from jdl.data.validate import check_example_shapes
 from jdl.data.validate import validate_arrays
 from jdl.errors import JdlError, lookup
 
@@ -148,14 +149,7 @@ def _validated(dataset: Dataset, where: str) -> Dataset:
   Also checks that the test and validation examples have the train examples' shape
   (what a model built for ``input_shape`` can take), for every source.
   """
-  train_shape = tuple(np.shape(dataset.x_train)[1:])
-  for split in ("test", "val"):
-    x = getattr(dataset, f"x_{split}")
-    if x is not None and np.ndim(x) >= 1 and tuple(np.shape(x)[1:]) != train_shape:
-      raise JdlError(
-          f"{where}: x_{split} has examples of shape {tuple(np.shape(x)[1:])} but x_train "
-          f"has {train_shape}; they must match"
-      )
+  check_example_shapes(dataset, where)
   for split in ("train", "test", "val"):
     if split == "val" and dataset.x_val is None:
       continue

@@ -32,6 +32,36 @@ def _require_finite(a: np.ndarray, what: str) -> None:
   )
 
 
+def check_example_shapes(dataset, where: str) -> None:
+  """Checks that the validation and test examples have the train examples' shape,
+  and that ``dataset.input_shape`` is that shape.
+
+  A model built for ``input_shape`` takes only such examples, and the train split's
+  per-feature normalisation statistics would otherwise broadcast over other shapes
+  and score garbage without an error.
+
+  Args:
+    dataset: a :class:`jdl.data.Dataset` or :class:`jdl.data.StreamDataset`.
+    where: what the data is, for messages (e.g. ``"dataset 'mine'"``).
+
+  Raises:
+    JdlError: naming the split and both shapes.
+  """
+  train_shape = tuple(int(d) for d in np.shape(dataset.x_train)[1:])
+  for split in ("val", "test"):
+    x = getattr(dataset, f"x_{split}", None)
+    if x is None or (np.ndim(x) >= 1 and len(x) == 0):
+      continue
+    shape = tuple(int(d) for d in np.shape(x)[1:])
+    if shape != train_shape:
+      raise JdlError(f"{where}: x_{split} has examples of shape {shape} but x_train has "
+                     f"{train_shape}; they must match")
+  given = getattr(dataset, "input_shape", None)
+  if given is not None and tuple(int(d) for d in given) != train_shape:
+    raise JdlError(f"{where}: input_shape is {tuple(given)} but x_train has examples of "
+                   f"shape {train_shape}; they must match")
+
+
 def validate_arrays(
     x: np.ndarray,
     y: np.ndarray,

@@ -145,9 +145,10 @@ def update_count(opt_state: optax.OptState) -> jax.Array:
 
 
 def current_learning_rate(
-    opt_state: optax.OptState, learning_rate_fn: optax.Schedule
+    opt_state: optax.OptState, learning_rate_fn: optax.Schedule, *,
+    last_update: bool = False,
 ) -> jax.Array:
-  """Returns the learning rate of the next update, for logging.
+  """Returns the learning rate of the next update, or of the last one, for logging.
 
   ``learning_rate_fn(update_count) * plateau scale``; jittable.
 
@@ -156,8 +157,15 @@ def current_learning_rate(
     learning_rate_fn: :func:`jdl.optim.create_learning_rate_fn` called with the
       same config, ``steps_per_epoch`` and ``num_epochs`` as
       :func:`jdl.optim.create_optimizer`.
+    last_update: the rate of the last update taken,
+      ``learning_rate_fn(update_count - 1)`` (the first update's before any), with
+      the plateau scale it was taken at. What ``fit`` logs at an epoch's end: the
+      rate the epoch ended with, before reduce-on-plateau acts on it.
   """
-  lr = jnp.asarray(learning_rate_fn(update_count(opt_state)))
+  count = update_count(opt_state)
+  if last_update:
+    count = jnp.maximum(count - 1, 0)
+  lr = jnp.asarray(learning_rate_fn(count))
   if isinstance(opt_state, PlateauState):
     lr = lr * opt_state.plateau_state.scale
   return lr

@@ -210,8 +210,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       if "shape" in str(e).lower():
         raise JdlError(f"{what} cannot take inputs of shape {tuple(example.shape[1:])}: "
                        f"{e}") from None
+      hint = ("; the dataset's integer inputs were cast to float32 and normalised as "
+              "numbers (no vocabulary): to feed them as token ids, set normalize='none'"
+              if getattr(self, "_integers_as_numbers", False) else "")
       raise JdlError(f"{what} failed to initialise on inputs of shape "
-                     f"{tuple(example.shape[1:])}: {e}") from None
+                     f"{tuple(example.shape[1:])}: {e}{hint}") from None
     if config.init_from.workdir:
       self.state = self.state.replace(params=self._init_from(config.init_from))
     optim.check_freeze_patterns(config, self.state.params)
@@ -285,6 +288,13 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
   # ----------------------------------------------------------------- building
   @staticmethod
   def _validate_config(config) -> None:
+    # load_config locks a config; one built in Python from base_config() is not, and
+    # a misspelt key there would be a silently ignored setting.
+    unknown = config_lib.unknown_keys(config)
+    if unknown:
+      raise JdlError(f"config sets {', '.join(repr(k) for k in unknown)}, which "
+                     "jdl.base_config() does not declare (a misspelt key?); see "
+                     "jdl.config.base_config() for the keys jdl reads")
     for key in ("num_epochs", "batch_size", "eval_batch_size", "seed"):
       if isinstance(config[key], bool):  # bool is an int to Python and ml_collections.
         raise JdlError(f"{key} must be an integer, got {config[key]}")
@@ -384,6 +394,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
           text=text_data.TextOptions.from_config(config.sequence), vocab=self._saved_vocab)
     self.data_source = {"name": dataset.name, "given": given,
                         "fingerprint": data_lib.fingerprint(dataset)}
+    data_lib.check_example_shapes(dataset, f"dataset {dataset.name!r}")
     task = dataset.task
     if task != config.task and config.task not in gen_tasks.TASKS:
       raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
@@ -414,7 +425,13 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     else:
       x_tr, y_tr, x_val, y_val = pipeline.split_validation(
           dataset.x_train, dataset.y_train, float(config.validation_split), int(config.seed))
-    tokens = np.issubdtype(np.asarray(x_tr).dtype, np.integer)
+    # Integer inputs are token ids in a text dataset (it has a vocabulary) and when
+    # they are to be fed as they are (normalize='none': a user's own ids for an
+    # embedding). Otherwise (uint8 images, counts) they are numbers: float32,
+    # normalised, as npy_dir's are.
+    integer = np.issubdtype(np.asarray(x_tr).dtype, np.integer)
+    tokens = integer and (dataset.vocab is not None or config.normalize == "none")
+    self._integers_as_numbers = integer and not tokens
     if tokens and config.normalize != "none":
       raise JdlError(f"dataset {dataset.name!r} gives token ids; set normalize='none' (got "
                      f"{config.normalize!r})")
@@ -490,17 +507,24 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
   def _num_outputs(self) -> int:
     if self.data.task == "regression":
       return int(self.data.train.y.shape[1])
-    if self.config.loss in ("binary_crossentropy", "squared_hinge"):
-      if self.data.num_classes != 2:
-        raise JdlError(f"loss {self.config.loss!r} needs 2 classes; dataset "
-                       f"{self.data.name!r} has {self.data.num_classes}")
+    if self.config.loss in _BINARY_LOSSES:
+      self._check_binary_loss()
       return 1
     return self.data.num_classes
+
+  def _check_binary_loss(self) -> None:
+    """A loss of one logit a example needs 2 classes (checked before a given model's
+    outputs are, so that the message names the cause)."""
+    if self.data.task == "classification" and self.data.num_classes != 2:
+      raise JdlError(f"loss {self.config.loss!r} needs 2 classes (one logit an example); "
+                     f"dataset {self.data.name!r} has {self.data.num_classes}")
 
   def _make_loss(self):
     streamed = isinstance(self.data.train, stream.StreamSplit)  # Not read just for this.
     losses_lib.check_task(self.config.loss, self.data.task, self.data.name,
                           targets=None if streamed else self.data.train.y)
+    if self.config.loss in _BINARY_LOSSES:
+      self._check_binary_loss()
     kwargs = {}
     if self.config.label_smoothing:
       if self.config.loss not in _CE_LOSSES:
@@ -668,7 +692,10 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     lr_fn = optim.create_learning_rate_fn(
         self.config, steps_per_epoch=self.steps_per_epoch / d_steps,
         num_epochs=self.schedule_epochs)
-    lr = functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn)
+    # The rate of the epoch's last update (its plateau scale too): the rate the
+    # logged epoch trained with, not the next one's.
+    lr = functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn,
+                           last_update=True)
     # A GAN logs its generator's learning rate.
     self._current_lr = jax.jit((lambda o: lr(o["generator"])) if self.gan else lr)
 
@@ -959,6 +986,16 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     healthy = bool(steps_lib.all_finite((self.state.params, self.state.opt_state)))
     last = self.checkpointer.latest_step() if self.checkpointer else None
     kept = f"; the last checkpoint (step {last}) is intact" if last is not None else ""
+    if not healthy and self.config.nonfinite == "skip":
+      self.nan_detected = True
+      limit = int(self.config.get("max_nonfinite_skips", 10))
+      raise NonFiniteError(
+          f"the parameters or optimizer state are NaN or Inf by {where} (the first "
+          f"skipped update: {what} was non-finite){kept}. Skipping updates cannot undo "
+          "that: an update with finite gradients overflowed them, or "
+          f"{limit} non-finite steps in a row (max_nonfinite_skips) made "
+          "optax.apply_if_finite apply one. Lower the learning rate or clip gradients "
+          "(--config.optimizer.clip_norm=1.0)")
     if self.config.nonfinite == "stop" or not healthy:
       self.nan_detected = True
       raise NonFiniteError(
@@ -1199,7 +1236,11 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     shape, want = tuple(np.shape(x)), tuple(self.data.train.x.shape)
     # As many axes as the dataset's batches; the sizes may differ where the model
     # allows (a sequence of another length), which predict() finds out.
-    if len(shape) != len(want):
+    # Numbers normalised with the train split's statistics need the train examples'
+    # shape (other shapes would broadcast against them).
+    if len(shape) != len(want) or (self.normalizer is not None
+                                   and not self.normalizer.is_identity
+                                   and shape[1:] != tuple(self.data.input_shape)):
       raise JdlError(f"predict needs inputs [n, {', '.join(map(str, self.data.input_shape))}] "
                      f"(one example a row, as the dataset's); got shape {shape}")
     if state is None and not self.holds_run_state and int(self.state.step) == 0 and (
@@ -1232,6 +1273,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
 # fastest whole, and at batch 256-512 LeNet-5 trains 19-31% faster in microbatches
 # of 128.
 AUTO_MICROBATCH = 32
+# Losses of one logit an example (the probability of class 1).
+_BINARY_LOSSES = ("binary_crossentropy", "squared_hinge")
 # sequence.decode_max_len beyond this multiple of the longest target is refused: a
 # typo (1e7) would decode for hours after training.
 MAX_DECODE_FACTOR = 8

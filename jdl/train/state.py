@@ -15,7 +15,10 @@ class TrainState(struct.PyTreeNode):
   """Step, parameters, model state, optimizer state and PRNG key.
 
   Attributes:
-    step: number of optimizer steps taken (int32 scalar array).
+    step: number of train steps taken (int32 scalar array). With gradient
+      accumulation the optimizer updates once every ``accumulate_steps`` of them
+      (:func:`jdl.optim.update_count` counts the updates); a step skipped as
+      non-finite counts too.
     params: the trainable parameters.
     model_state: the other variable collections, e.g. ``{'batch_stats': ...}``.
     opt_state: the optax state of ``tx``.

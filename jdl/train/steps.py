@@ -84,6 +84,9 @@ class SupervisedTask:
     """
     per_example, outputs, new_model_state, activity = self.forward(
         params, model_state, batch, key, train)
+    if per_example.shape != batch["mask"].shape:  # At trace time, before it broadcasts.
+      raise errors.JdlError(f"loss must be per-example, shape {batch['mask'].shape}, got "
+                            f"{per_example.shape}")
     mask = batch["mask"].astype(per_example.dtype)
     loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     if self.penalty_rules:
