@@ -5,36 +5,82 @@ Flax linen models called through ``apply``, optax chains built from config, one
 resume. Start with :func:`jdl.fit` and a config from :func:`jdl.load_config`.
 """
 
-from jdl import data
-from jdl import diagnostics
-from jdl import explain
-from jdl import generative
-from jdl import losses
-from jdl import lr_finder
-from jdl import metrics
-from jdl import models
-from jdl import optim
-from jdl import regularizers
-from jdl import sanity
-from jdl import sequence
-from jdl.checkpoint import Checkpointer
-from jdl.config import base_config
-from jdl.config import load_config
-from jdl.errors import JdlError
-from jdl.errors import NonFiniteError
-from jdl.summary import count_params
-from jdl.summary import param_table
-from jdl.train.loop import FitResult
-from jdl.train.loop import Trainer
-from jdl.train.loop import evaluate
-from jdl.train.loop import fit
-from jdl.train.loop import load_run
-from jdl.train.loop import predict
-from jdl.train.state import TrainState
-from jdl.train.state import create_train_state
-from jdl.train.steps import SupervisedTask
-from jdl.train.steps import make_eval_step
-from jdl.train.steps import make_train_step
+import importlib
+from typing import TYPE_CHECKING
+
+# The package imports its modules (and JAX) when a name is first used (PEP 562), so
+# that `jdl --help`, `jdl list` and a Ctrl-C while the command starts need no JAX.
+_SUBMODULES = frozenset({
+    "data", "diagnostics", "explain", "generative", "losses", "lr_finder", "metrics",
+    "models", "optim", "regularizers", "sanity", "sequence",
+})
+_ATTRIBUTES = {
+    "Checkpointer": "jdl.checkpoint",
+    "base_config": "jdl.config",
+    "load_config": "jdl.config",
+    "JdlError": "jdl.errors",
+    "NonFiniteError": "jdl.errors",
+    "count_params": "jdl.summary",
+    "param_table": "jdl.summary",
+    "FitResult": "jdl.train.loop",
+    "Trainer": "jdl.train.loop",
+    "evaluate": "jdl.train.loop",
+    "fit": "jdl.train.loop",
+    "load_run": "jdl.train.loop",
+    "predict": "jdl.train.loop",
+    "TrainState": "jdl.train.state",
+    "create_train_state": "jdl.train.state",
+    "SupervisedTask": "jdl.train.steps",
+    "make_eval_step": "jdl.train.steps",
+    "make_train_step": "jdl.train.steps",
+}
+
+
+def __getattr__(name: str):
+  if name in _SUBMODULES:
+    return importlib.import_module(f"jdl.{name}")
+  if name in _ATTRIBUTES:
+    value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+    globals()[name] = value  # Looked up once.
+    return value
+  raise AttributeError(f"module 'jdl' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted({*globals(), *_SUBMODULES, *_ATTRIBUTES})
+
+
+if TYPE_CHECKING:  # What the names are, for type checkers and IDEs.
+  from jdl import data
+  from jdl import diagnostics
+  from jdl import explain
+  from jdl import generative
+  from jdl import losses
+  from jdl import lr_finder
+  from jdl import metrics
+  from jdl import models
+  from jdl import optim
+  from jdl import regularizers
+  from jdl import sanity
+  from jdl import sequence
+  from jdl.checkpoint import Checkpointer
+  from jdl.config import base_config
+  from jdl.config import load_config
+  from jdl.errors import JdlError
+  from jdl.errors import NonFiniteError
+  from jdl.summary import count_params
+  from jdl.summary import param_table
+  from jdl.train.loop import FitResult
+  from jdl.train.loop import Trainer
+  from jdl.train.loop import evaluate
+  from jdl.train.loop import fit
+  from jdl.train.loop import load_run
+  from jdl.train.loop import predict
+  from jdl.train.state import TrainState
+  from jdl.train.state import create_train_state
+  from jdl.train.steps import SupervisedTask
+  from jdl.train.steps import make_eval_step
+  from jdl.train.steps import make_train_step
 
 __version__ = "0.1.0"
 

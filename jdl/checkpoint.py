@@ -388,6 +388,14 @@ def unreadable_as_error(directory: str | os.PathLike, step: int | None):
 _JSON_FILES = ("_CHECKPOINT_METADATA", "metrics/metrics", "meta/metadata", "tree/_METADATA")
 
 
+def step_numbers(directory: str | os.PathLike) -> list[int]:
+  """The steps with a folder in a checkpoint directory, damaged or not, ascending."""
+  root = Path(directory)
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
+
+
 def find_damaged(directory: str | os.PathLike) -> dict[int, str]:
   """Steps whose files are visibly damaged (empty files, unparsable JSON metadata).
 

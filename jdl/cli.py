@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -156,8 +157,20 @@ def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
     if parent.exists():
       if not parent.is_dir():
         raise JdlError(f"--out {raw!r}: {parent} is a file, not a folder")
+      _check_writable(parent, raw)
       break
   return out
+
+
+def _check_writable(folder: Path, raw: str) -> None:
+  """Creates and removes a file in ``folder``: a place nothing can be written to
+  (read-only, /proc, no permission) is an error before the work, not after it."""
+  import tempfile
+  try:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".jdl-probe-"):
+      pass
+  except OSError as e:
+    raise JdlError(f"--out {raw!r}: cannot write in {folder} ({e.strerror or e})") from None
 
 
 def _default_workdir(config_arg) -> Path:
@@ -298,6 +311,10 @@ def _predict(args, overrides) -> int:
   return 0
 
 
+# `jdl sample --n`: at most a 64x64 grid in one PNG.
+MAX_SAMPLES = 4096
+
+
 def _sample(args, overrides) -> int:
   import jax
   from jdl.train import loop
@@ -305,8 +322,10 @@ def _sample(args, overrides) -> int:
     raise JdlError("sample takes no --config overrides")
   if not args.workdir:
     raise JdlError("sample needs --workdir")
-  if args.n < 1:
-    raise JdlError(f"--n must be >= 1, got {args.n}")
+  if not 1 <= args.n <= MAX_SAMPLES:
+    raise JdlError(f"--n must be in [1, {MAX_SAMPLES}] (a {math.isqrt(MAX_SAMPLES)}x"
+                   f"{math.isqrt(MAX_SAMPLES)} grid: one image of more is not legible), "
+                   f"got {args.n}")
   if not -2**63 <= args.seed < 2**63:
     raise JdlError(f"--seed must be in [-2**63, 2**63), got {args.seed}")
   _out_path(args.out, ".png")
@@ -451,6 +470,17 @@ def _fail(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from jdl.train import workdir as workdir_lib  # No JAX: the package imports lazily.
+  command = (sys.argv[1:] if argv is None else argv)[:1]
+  with workdir_lib.early_interrupts(defer=command == ["train"]):
+    try:
+      return _main(argv)
+    except KeyboardInterrupt:  # Before training (which stops and saves on its own).
+      print("jdl: interrupted", file=sys.stderr)
+      return 130
+
+
+def _main(argv: list[str] | None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   _quiet_library_logs()
   parser = _parser()

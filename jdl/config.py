@@ -543,15 +543,24 @@ def structural_diff(saved: dict, current: dict,
   return diffs
 
 
-def value_diff(saved: dict, current: dict, *, limit: int = 6) -> list[str]:
-  """``"key (saved -> current)"`` for the config keys whose values differ, first ``limit``.
+def changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+  """``{dotted key: (saved value, current value)}`` for the config keys that differ.
 
   ``runtime`` (the machine a run was on) and ``sources`` are left out.
   """
   diffs: list[str] = []
   for key in sorted((set(saved) | set(current)) - set(_RECORDS)):
     _diff(saved.get(key), current.get(key), key, diffs)
-  shown = [f"{k} ({_get(saved, k)!r} -> {_get(current, k)!r})" for k in diffs[:limit]]
+  return {k: (_get(saved, k), _get(current, k)) for k in diffs}
+
+
+def value_diff(saved: dict, current: dict, *, limit: int = 6) -> list[str]:
+  """``"key (saved -> current)"`` for the config keys whose values differ, first ``limit``.
+
+  ``runtime`` (the machine a run was on) and ``sources`` are left out.
+  """
+  diffs = changes(saved, current)
+  shown = [f"{k} ({old!r} -> {new!r})" for k, (old, new) in list(diffs.items())[:limit]]
   return shown + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])
 
 

@@ -314,3 +314,53 @@ def test_a_regex_in_parentheses_is_one_pattern_and_a_broken_tuple_an_error():
   assert config.optimizer.freeze == ("(conv_0|conv_1)",)
   with pytest.raises(jdl.JdlError, match=r"--config.classes expects a tuple"):
     config_lib.apply_overrides(config, {"classes": "(1,"})
+
+
+def test_a_resume_with_changed_settings_is_said_and_recorded(tmp_path, capsys):
+  import jdl.train.workdir  # noqa: F401 (RUN_FILES lists the record)
+  from conftest import make_config
+  run = tmp_path / "run"
+  first = jdl.fit(make_config(num_epochs=2), run, quiet=True)
+  spe = first.trainer.steps_per_epoch
+  capsys.readouterr()
+  jdl.fit(make_config(num_epochs=3, optimizer__learning_rate=0.01), run)
+  out = capsys.readouterr().out
+  assert f"resuming from the checkpoint at step {2 * spe} (the end of epoch 2)" in out
+  assert (f"resuming at step {2 * spe} with a changed config: num_epochs (2 -> 3), "
+          "optimizer.learning_rate (0.001 -> 0.01) (recorded in config_changes.jsonl)") in out
+  [record] = [json.loads(line) for line in (run / "config_changes.jsonl").read_text().splitlines()]
+  assert record["step"] == 2 * spe and record["epoch"] == 2
+  assert record["changes"] == {"num_epochs": [2, 3], "optimizer.learning_rate": [0.001, 0.01]}
+  assert json.loads((run / "config.json").read_text())["optimizer"]["learning_rate"] == 0.01
+  # A finished run keeps the record of the config it was trained with.
+  before = {p: (run / p).read_bytes() for p in ("config.json", "config_changes.jsonl")}
+  jdl.fit(make_config(num_epochs=3, optimizer__learning_rate=0.01, print_every_epochs=7), run)
+  assert "training already complete" in capsys.readouterr().out
+  assert {p: (run / p).read_bytes() for p in before} == before
+  assert "config_changes.jsonl" in jdl.train.workdir.RUN_FILES  # --restart moves it aside.
+
+
+def test_outputs_that_cannot_be_written_or_read_are_refused_before_the_work(tmp_path, capsys):
+  # /proc takes no new files, even for root: refused before compiling and profiling.
+  assert cli.main(["profile", "--config", "xor", "--out", "/proc/jdl_profile.json"]) == 2
+  out, err = capsys.readouterr()
+  assert out == "" and "cannot write in /proc" in err and len(err.splitlines()) == 1, err
+  assert cli.main(["sample", "--workdir", str(tmp_path), "--out", str(tmp_path / "s.png"),
+                   "--n", "5000"]) == 2
+  assert "--n must be in [1, 4096]" in capsys.readouterr().err
+  # The grid's figure keeps at least one output pixel per grid pixel (100 dpi).
+  from jdl.generative import images
+  fig, _ = images._grid_figure(np.zeros((3000, 2000, 1)), None)
+  assert fig.get_size_inches()[0] >= 20.0
+  fig, _ = images._grid_figure(np.zeros((100, 100, 1)), None)
+  assert fig.get_size_inches()[0] == pytest.approx(3.0)
+
+
+def test_a_monitor_no_validation_split_could_log_is_an_error():
+  from conftest import make_config
+  with pytest.raises(jdl.JdlError, match=r"^monitor='val_nope' is not a name this run would "
+                     r"log with a validation split; it would log val_loss, val_accuracy$"):
+    jdl.Trainer(make_config(validation_split=0.0, monitor="val_nope"), quiet=True)
+  # A real val_ name without a validation split only ranks no checkpoint, as before.
+  jdl.Trainer(make_config(validation_split=0.0, monitor="val_accuracy", monitor_mode="max"),
+              quiet=True)

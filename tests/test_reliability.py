@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +95,28 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
                               jax.device_get(resumed.state.params))
 
 
+def test_a_step_half_deleted_by_orbax_is_removed_without_an_alarm(tmp_path, capsys):
+  # SIGKILL while orbax deletes a step beyond keep_checkpoints leaves a folder with
+  # some of its files. It is not damage to keep: its deletion is finished quietly.
+  # A damaged step among the kept ones is still moved aside with a warning.
+  config = make_config(num_epochs=3, checkpoint_every_steps=5)
+  reference = jdl.fit(config, tmp_path / "ref", quiet=True)
+  run = tmp_path / "run"
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(config, run, quiet=True, callbacks=[_CrashAfter(epochs=3)])
+  steps = _steps(run)
+  assert len(steps) >= 3 and steps[0] - 5 > 0, steps  # keep_checkpoints, and the best
+  half = run / "checkpoints" / str(steps[0] - 5)
+  shutil.copytree(run / "checkpoints" / str(steps[0]), half)
+  (half / "_CHECKPOINT_METADATA").unlink()
+  capsys.readouterr()
+  resumed = jdl.fit(config, run, quiet=True)
+  assert "unreadable" not in capsys.readouterr().err
+  assert not half.exists() and not (run / "damaged-checkpoints").exists()
+  chex.assert_trees_all_equal(jax.device_get(reference.state.params),
+                              jax.device_get(resumed.state.params))
+
+
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path, capsys):
   config = make_config(num_epochs=1)
   jdl.fit(config, tmp_path, quiet=True)
@@ -177,6 +200,33 @@ def test_signal_saves_a_checkpoint_exits_128_plus_signum_and_resumes_exactly(tmp
   assert train(tmp_path / "stopped").wait(timeout=300) == 0
 
   assert_exports_equal(tmp_path / "full", tmp_path / "stopped")
+
+
+@pytest.mark.parametrize("delay", [0.6, 1.5])
+def test_ctrl_c_while_train_starts_exits_130_without_a_traceback(tmp_path, delay):
+  # The command is importing JAX or building the run (about 1-3 s): Ctrl-C there is
+  # a line or two and exit status 130, never a traceback, never ignored (raised at
+  # once, the KeyboardInterrupt could land in JAX's gc callback and be dropped).
+  proc = start_training(tmp_path / "run", ["--config", "xor", "--config.num_epochs=100000"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  time.sleep(delay)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err
+  assert "Traceback" not in err and ("SIGINT" in err or "interrupted" in err), err
+
+
+def test_an_interrupt_while_starting_stops_before_training_and_writes_nothing(tmp_path):
+  with workdir_lib.early_interrupts():
+    os.kill(os.getpid(), signal.SIGINT)  # Recorded, not raised.
+    trainer = jdl.Trainer(make_config(num_epochs=50), tmp_path / "run", quiet=True)
+    with pytest.raises(KeyboardInterrupt):
+      trainer.fit()
+  assert not (tmp_path / "run").exists()
+  # Without the CLI's handler (Python callers) SIGINT raises at once, as by default.
+  with workdir_lib.early_interrupts(defer=False), pytest.raises(KeyboardInterrupt):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
 
 
 def test_checkpoint_metadata_is_validated_against_its_schema():

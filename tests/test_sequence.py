@@ -335,3 +335,16 @@ def test_seq2seq_resumes_exactly_then_evaluate_predict_cli(tmp_path, capsys):
   assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--input",
                    "3 march 1998"]) == 0
   assert json.loads(capsys.readouterr().out) == out
+
+
+def test_sst2_without_data_dir_reads_the_default_folder(tmp_path, monkeypatch):
+  monkeypatch.setenv("JDL_DATA_DIR", str(tmp_path))
+  with pytest.raises(JdlError, match=r"found no train.tsv in .*sst2 \(the default folder: "
+                     r"\$JDL_DATA_DIR/sst2.*set --config.data_dir"):
+    sources.load_dataset("sst2", data_dir="")
+  _sst2(tmp_path / "sst2")
+  default = sources.load_dataset("sst2", data_dir="", text=text_data.TextOptions(maxlen=4))
+  given = sources.load_dataset("sst2", data_dir=tmp_path / "sst2",
+                               text=text_data.TextOptions(maxlen=4))
+  np.testing.assert_array_equal(default.x_train, given.x_train)
+  assert jdl.load_config("sst2_lstm").data_dir == ""  # Not a path relative to the cwd.

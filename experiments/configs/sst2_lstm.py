@@ -18,7 +18,7 @@ def get_config():
   config = base_config()
   config.description = "SST-2 sentiment: embedding + biLSTM, dev accuracy"
   config.dataset = "sst2"
-  config.data_dir = "../shared/data/sst2"
+  config.data_dir = ""  # $JDL_DATA_DIR/sst2, else ~/.cache/jdl/sst2; or --config.data_dir.
   config.normalize = "none"
   config.validation_split = 0.05
   config.sequence.maxlen = 50

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jdl.data import download as download_lib
 from jdl.errors import JdlError
 from jdl.sequence import text as text_lib
 
@@ -114,10 +115,15 @@ def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | 
 
   ``vocab`` (e.g. a run's saved one) replaces the vocabulary built on train.tsv.
   """
-  if not data_dir:
-    raise JdlError("dataset sst2 needs --config.data_dir: the folder holding GLUE's "
-                   "train.tsv and dev.tsv (e.g. ../shared/data/sst2)")
-  folder = pathlib.Path(data_dir).expanduser()
+  if not data_dir:  # $JDL_DATA_DIR/sst2, else ~/.cache/jdl/sst2, as for MNIST.
+    folder = download_lib.default_data_dir("sst2")
+    if not (folder / "train.tsv").is_file():
+      raise JdlError(f"dataset sst2 found no train.tsv in {folder} (the default folder: "
+                     "$JDL_DATA_DIR/sst2, else ~/.cache/jdl/sst2); set --config.data_dir to "
+                     "the folder holding GLUE's train.tsv and dev.tsv (e.g. "
+                     "../shared/data/sst2)")
+  else:
+    folder = pathlib.Path(data_dir).expanduser()
   train_lines, test_lines = [], []
   train = read_tsv(folder / "train.tsv", ("sentence", "label"), line_numbers=train_lines)
   test = read_tsv(folder / "dev.tsv", ("sentence", "label"), line_numbers=test_lines)

@@ -105,9 +105,10 @@ def _show(ax, grid: np.ndarray) -> None:
 
 
 def _grid_figure(grid: np.ndarray, title: str | None):
-  """A figure sized to ``grid`` (about 0.03 inch per pixel, 2 to 12 inches wide)."""
+  """A figure sized to ``grid``: about 0.03 inch per pixel, 2 to 12 inches wide, but
+  never under one output pixel (at 100 dpi) per grid pixel, so big grids stay legible."""
   h, w = grid.shape[:2]
-  width = float(np.clip(w * 0.03, 2.0, 12.0))
+  width = max(float(np.clip(w * 0.03, 2.0, 12.0)), w / 100)
   lines = title.count("\n") + 1 if title else 0
   fig = _figure((width, width * h / w + 0.3 * lines))
   ax = fig.add_subplot()

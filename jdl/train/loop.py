@@ -725,8 +725,14 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       logged |= {"val_loss", *(f"val_{n}" for n in self.metric_names)}
     c = self.config
     # config.monitor only ranks checkpoints: without a validation split a val_ name
-    # just ranks none (the latest is used), as the default val_loss does.
-    ranks = c.monitor and not (c.monitor.startswith("val_") and self.data.val is None)
+    # just ranks none (the latest is used), as the default val_loss does. It must
+    # still be a name a validation split would log (not a misspelt one).
+    no_val = c.monitor.startswith("val_") and self.data.val is None
+    if no_val and c.monitor not in {"val_loss", *(f"val_{n}" for n in self.metric_names)}:
+      raise JdlError(f"monitor={c.monitor!r} is not a name this run would log with a "
+                     f"validation split; it would log val_loss"
+                     f"{''.join(f', val_{n}' for n in self.metric_names)}")
+    ranks = c.monitor and not no_val
     monitors = [("monitor", c.monitor)] if ranks else []
     if c.early_stopping.enabled:
       monitors.append(("early_stopping.monitor", c.early_stopping.monitor))
@@ -839,6 +845,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       except JdlError as e:  # A missing judge must not stop a run (nor its resume).
         self.warn(f"jdl: warning: generated images will not be scored "
                   f"(generative.classifier_workdir): {e}")
+        self._judge = None  # Said once: the final scoring does not try again.
     with workdir_lib.StopRequests() as stop, contextlib.closing(self.feed):
       if self.workdir is None:
         return self._fit(stop)

@@ -88,11 +88,14 @@ class GenerativeOutputs:
     if not generates or not self.config.generative.classifier_workdir:
       return {}
     from jdl.generative import judge as judge_lib
+    judge = self.judge()
+    if judge is None:  # It could not be loaded; fit() said so once.
+      return {}
     n = int(self.config.generative.eval_samples)
     key = jax.random.fold_in(self.sample_key, 1)  # Not the grids' noise.
     fake = np.concatenate([self.sample(min(1000, n - i), key=jax.random.fold_in(key, i),
                                        state=state) for i in range(0, n, 1000)])
-    return judge_lib.scores(self.judge(), fake, np.asarray(split.x))
+    return judge_lib.scores(judge, fake, np.asarray(split.x))
 
 
 class SequenceOutputs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from typing import Any
 
@@ -131,6 +132,7 @@ class ResumableRun:
         (wd / sub).mkdir(exist_ok=True)
     config_json = wd / "config.json"
     current = json.loads(config_lib.to_json(self.config))
+    saved = None
     if config_json.exists():
       saved = workdir_lib.read_json(config_json)
       diffs = config_lib.structural_diff(saved, current)
@@ -154,8 +156,14 @@ class ResumableRun:
                   f"{schedule} schedule now spans {new_epochs} epochs, so the learning rate "
                   "continues on the new curve (not the one the run started on)")
     self._damaged_steps = []
-    for step, reason in (sorted(ckpt_lib.find_damaged(wd / "checkpoints").items())
-                         if self.primary else ()):
+    damaged = ckpt_lib.find_damaged(wd / "checkpoints") if self.primary else {}
+    intact = [s for s in ckpt_lib.step_numbers(wd / "checkpoints") if s not in damaged]
+    for step, reason in sorted(damaged.items()):
+      if sum(s > step for s in intact) >= int(self.config.keep_checkpoints):
+        # Older than the newest keep_checkpoints intact steps: orbax was deleting it
+        # when the last run was killed. Its deletion is finished, with no alarm.
+        shutil.rmtree(wd / "checkpoints" / str(step), ignore_errors=True)
+        continue
       self._damaged_steps.append(step)
       moved = ckpt_lib.quarantine(wd / "checkpoints", step)
       self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
@@ -172,8 +180,13 @@ class ResumableRun:
     self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
     truncation = self.logger.plan_truncation(start)
     sources = {"data": self.data_source, "model": self.model_source}
-    workdir_lib.write_text(config_json,
-                           config_lib.to_json(self.config, self.runtime(), sources) + "\n")
+    complete = start > 0 and (start // self.steps_per_epoch >= self.num_epochs
+                              or self._stopped_before())
+    if saved is None or not complete:  # A finished run's record stays as it was trained.
+      if saved is not None and start > 0:
+        self._record_config_changes(saved, current, start)
+      workdir_lib.write_text(config_json,
+                             config_lib.to_json(self.config, self.runtime(), sources) + "\n")
     workdir_lib.write_text(wd / "summary.txt", self.summary() + "\n")
     if self.vocab:
       workdir_lib.write_text(wd / "vocab.json", json.dumps(self.vocab_json()) + "\n")
@@ -184,6 +197,22 @@ class ResumableRun:
     if self.config.tensorboard:
       self.tb = cb.TensorBoard(wd / "tb")
     return start
+
+  def _record_config_changes(self, saved: dict, current: dict, step: int) -> None:
+    """A resume with other settings than the run's (a learning rate, more epochs):
+    one line, and the old and new values appended to ``config_changes.jsonl``, since
+    config.json then holds only the new ones."""
+    changed = config_lib.changes(saved, current)
+    if not changed:
+      return
+    record = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "changes": {k: list(v) for k, v in changed.items()}}
+    path = self.workdir / "config_changes.jsonl"
+    with open(path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(record, default=list) + "\n")
+    self.log(f"resuming at step {step} with a changed config: "
+             f"{', '.join(config_lib.value_diff(saved, current))} (recorded in {path.name})")
 
   def _open_checkpointer(self) -> None:
     c = self.config
@@ -308,8 +337,9 @@ class ResumableRun:
       if saved.get(key):
         callback.load_state_dict(saved[key])
     epoch, pos = divmod(step, self.steps_per_epoch)
-    self.log(f"resuming from the checkpoint at step {step} (epoch {epoch + 1}, "
-             f"batch {pos}/{self.steps_per_epoch})")
+    where = (f"the end of epoch {epoch}" if pos == 0 and epoch > 0
+             else f"epoch {epoch + 1}, batch {pos}/{self.steps_per_epoch}")
+    self.log(f"resuming from the checkpoint at step {step} ({where})")
     return step
 
   def restore_step(self, step: int) -> TrainState | None:

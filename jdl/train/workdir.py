@@ -24,7 +24,7 @@ from jdl.errors import JdlError
 
 LOCK_NAME = ".jdl.lock"
 RUN_FILES = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "summary.txt",
-             "config.json", "vocab.json", "tb", "plots")
+             "config.json", "config_changes.jsonl", "vocab.json", "tb", "plots")
 
 
 def _alive(pid: int) -> bool:
@@ -130,6 +130,40 @@ def move_aside(workdir: Path) -> Path | None:
   return target
 
 
+# `jdl train`: a SIGINT that comes while the command starts (imports, data, the
+# model) is remembered by early_interrupts() and acted on when training begins
+# (StopRequests: nothing written, KeyboardInterrupt, exit 130). Raising at once
+# could land the KeyboardInterrupt in a gc callback (JAX has one), where Python
+# prints a traceback and drops it: the run would go on.
+_EARLY_SIGNALS: list[str] = []
+
+
+@contextlib.contextmanager
+def early_interrupts(defer: bool = True) -> Iterator[None]:
+  """While the block runs, the first SIGINT is recorded (``defer``) and a second one
+  raises KeyboardInterrupt; without ``defer`` every SIGINT raises at once, as by
+  default. Main thread only; the old handler comes back after."""
+  if not defer or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+
+  def handle(signum, frame):
+    del frame
+    if _EARLY_SIGNALS:
+      raise KeyboardInterrupt
+    _EARLY_SIGNALS.append(signal.Signals(signum).name)
+    print(f"jdl: {_EARLY_SIGNALS[0]} received while starting; stopping before training "
+          "(Ctrl-C again to abort now)", file=sys.stderr, flush=True)
+
+  _EARLY_SIGNALS.clear()
+  previous = signal.signal(signal.SIGINT, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+    _EARLY_SIGNALS.clear()
+
+
 class StopRequests:
   """Turns SIGTERM / SIGINT into a flag the loop polls between steps.
 
@@ -142,6 +176,9 @@ class StopRequests:
     self._previous = {}
 
   def __enter__(self) -> StopRequests:
+    if _EARLY_SIGNALS:  # Ctrl-C while the command started: stop before anything is written.
+      _EARLY_SIGNALS.clear()
+      raise KeyboardInterrupt
     if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM, signal.SIGINT):
         self._previous[sig] = signal.signal(sig, self._handle)
