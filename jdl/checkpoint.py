@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
@@ -45,6 +46,53 @@ def from_savable(target: Any, restored: Any) -> Any:
   return jax.tree.map(
       lambda t, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(t)) if _is_key(t) else x,
       target, tree)
+
+
+# The meta entry where save() records each array's checksum: {path: [sum, dtype]}.
+CHECKSUMS_KEY = "_checksums"
+
+
+def _leaf_checksum(x: jax.Array) -> jax.Array:
+  """An array's bits as unsigned words ``w_i`` (1, 2 or 4 bytes each), summed as
+  ``sum_i w_i * (2 i + 1) mod 2**32``. Every weight is odd, so one flipped bit always
+  changes the sum; computed where the array is (no copy to the host)."""
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16}.get(x.dtype.itemsize, jnp.uint32)
+  words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+  weights = 2 * jnp.arange(words.size, dtype=jnp.uint32).reshape(words.shape) + 1
+  return jnp.sum(words * weights, dtype=jnp.uint32)
+
+
+_checksums_jit = jax.jit(lambda leaves: [_leaf_checksum(x) for x in leaves])
+
+
+def checksums(tree: Any) -> dict[str, list]:
+  """``{path: [checksum, dtype name]}`` of a savable tree's JAX arrays."""
+  flat = [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+          if isinstance(leaf, jax.Array)]
+  if not flat:
+    return {}
+  sums = jax.device_get(_checksums_jit([leaf for _, leaf in flat]))
+  return {path: [int(value), np.dtype(leaf.dtype).name]
+          for (path, leaf), value in zip(flat, sums)}
+
+
+def verify_checksums(tree: Any, meta: dict, where: str) -> None:
+  """Raises :class:`CorruptCheckpoint` when an array of a restored savable ``tree``
+  differs from what was saved (steps written before the record pass)."""
+  saved = meta.get(CHECKSUMS_KEY)
+  if not isinstance(saved, dict):
+    return
+  for path, (value, dtype) in checksums(tree).items():
+    if path in saved and saved[path] != [value, dtype] and saved[path][1] == dtype:
+      raise CorruptCheckpoint(f"{where} is corrupt: {path!r} does not match the checksum "
+                              "written with it (a changed byte on disk)")
+
+
+class CorruptCheckpoint(JdlError):
+  """A restored array's bits differ from the checksum saved with them."""
 
 
 class _KeepSteps:
@@ -139,7 +187,11 @@ class Checkpointer:
     """
     meta = {} if meta is None else meta
     check_json(meta, "meta")
-    args = ocp.args.Composite(tree=ocp.args.PyTreeSave(to_savable(tree)),
+    savable = to_savable(tree)
+    # Each array's checksum, so that a restore can tell a changed byte on disk
+    # (tensorstore's files carry none) from the saved state.
+    meta = {**meta, CHECKSUMS_KEY: checksums(savable)}
+    args = ocp.args.Composite(tree=ocp.args.PyTreeSave(savable),
                               meta=ocp.args.JsonSave(meta))
     # orbax first waits for the previous asynchronous save: its failure surfaces here.
     self._unconfirmed.append(int(step))
@@ -186,7 +238,11 @@ class Checkpointer:
             abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
             partial_restore=partial),
         meta=ocp.args.JsonRestore()))
-    return from_savable(target, restored["tree"]), dict(restored["meta"])
+    meta = dict(restored["meta"])
+    verify_checksums(restored["tree"], meta, f"the checkpoint at step {step} in "
+                     f"{self.directory}")
+    meta.pop(CHECKSUMS_KEY, None)  # The caller's meta, as it was saved.
+    return from_savable(target, restored["tree"]), meta
 
   def layout_mismatch(self, step: int, target: Any) -> list[str] | None:
     """How ``step``'s stored arrays differ from ``target``'s (paths, shapes, dtypes).
@@ -212,7 +268,9 @@ class Checkpointer:
 
   def restore_meta(self, step: int) -> dict[str, Any]:
     restored = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return dict(restored["meta"])
+    meta = dict(restored["meta"])
+    meta.pop(CHECKSUMS_KEY, None)
+    return meta
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -329,6 +387,10 @@ def step_numbers(directory: str | os.PathLike) -> list[int]:
 def _restore_params(item: Path) -> dict[str, np.ndarray]:
   with ocp.StandardCheckpointer() as reader:
     tree = reader.restore(item, _on_first_device(reader.metadata(item).item_metadata))
+  meta_file = item.parent / "meta" / "metadata"  # orbax's JsonSave of the step's meta.
+  meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+  verify_checksums(tree, meta if isinstance(meta, dict) else {},
+                   f"the checkpoint at step {item.parent.name} in {item.parent.parent}")
   return flatten_params(tree["state"]["params"])
 
 
@@ -386,14 +448,6 @@ def unreadable_as_error(directory: str | os.PathLike, step: int | None):
 
 
 _JSON_FILES = ("_CHECKPOINT_METADATA", "metrics/metrics", "meta/metadata", "tree/_METADATA")
-
-
-def step_numbers(directory: str | os.PathLike) -> list[int]:
-  """The steps with a folder in a checkpoint directory, damaged or not, ascending."""
-  root = Path(directory)
-  if not root.is_dir():
-    return []
-  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def find_damaged(directory: str | os.PathLike) -> dict[int, str]:

@@ -95,6 +95,32 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
                               jax.device_get(resumed.state.params))
 
 
+def test_a_flipped_byte_in_a_checkpoint_is_detected_and_the_previous_step_used(tmp_path,
+                                                                              capsys):
+  # tensorstore's uncompressed files carry no checksum: the one saved in the step's
+  # metadata tells the changed bytes, as the truncated and emptied files are told.
+  config = make_config(num_epochs=3)
+  reference = jdl.fit(config, tmp_path / "ref", quiet=True)
+  run = tmp_path / "run"
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(config, run, quiet=True, callbacks=[_CrashAfter(epochs=3)])
+  latest = run / "checkpoints" / str(_steps(run)[-1])
+  data = max((p for p in (latest / "tree").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  middle = len(raw) // 2
+  raw[middle:middle + 64] = bytes(b ^ 0x5A for b in raw[middle:middle + 64])
+  data.write_bytes(bytes(raw))
+  out = tmp_path / "params.npz"
+  assert cli.main(["export", "--workdir", str(run), "--out", str(out)]) == 2
+  assert "does not match the checksum" in capsys.readouterr().err and not out.exists()
+  resumed = jdl.fit(config, run, quiet=True)
+  warnings = [line for line in capsys.readouterr().err.splitlines() if "unreadable" in line]
+  assert len(warnings) == 1 and "does not match the checksum" in warnings[0], warnings
+  chex.assert_trees_all_equal(jax.device_get(reference.state.params),
+                              jax.device_get(resumed.state.params))
+
+
 def test_a_step_half_deleted_by_orbax_is_removed_without_an_alarm(tmp_path, capsys):
   # SIGKILL while orbax deletes a step beyond keep_checkpoints leaves a folder with
   # some of its files. It is not damage to keep: its deletion is finished quietly.

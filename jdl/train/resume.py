@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from typing import Any
@@ -183,10 +184,15 @@ class ResumableRun:
     complete = start > 0 and (start // self.steps_per_epoch >= self.num_epochs
                               or self._stopped_before())
     if saved is None or not complete:  # A finished run's record stays as it was trained.
-      if saved is not None and start > 0:
-        self._record_config_changes(saved, current, start)
-      workdir_lib.write_text(config_json,
-                             config_lib.to_json(self.config, self.runtime(), sources) + "\n")
+      undo = (self._record_config_changes(saved, current, start)
+              if saved is not None and start > 0 else None)
+      try:
+        workdir_lib.write_text(config_json,
+                               config_lib.to_json(self.config, self.runtime(), sources) + "\n")
+      except BaseException:
+        if undo is not None:  # config.json still holds the old values: no change to record.
+          undo()
+        raise
     workdir_lib.write_text(wd / "summary.txt", self.summary() + "\n")
     if self.vocab:
       workdir_lib.write_text(wd / "vocab.json", json.dumps(self.vocab_json()) + "\n")
@@ -198,21 +204,39 @@ class ResumableRun:
       self.tb = cb.TensorBoard(wd / "tb")
     return start
 
-  def _record_config_changes(self, saved: dict, current: dict, step: int) -> None:
+  def _record_config_changes(self, saved: dict, current: dict, step: int):
     """A resume with other settings than the run's (a learning rate, more epochs):
     one line, and the old and new values appended to ``config_changes.jsonl``, since
-    config.json then holds only the new ones."""
+    config.json then holds only the new ones.
+
+    Returns:
+      ``None`` when nothing changed, else a function that takes the record back
+      (if config.json cannot be rewritten).
+    """
     changed = config_lib.changes(saved, current)
     if not changed:
-      return
+      return None
     record = {"step": step, "epoch": round(step / self.steps_per_epoch, 4),
               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "changes": {k: list(v) for k, v in changed.items()}}
     path = self.workdir / "config_changes.jsonl"
-    with open(path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(record, default=list) + "\n")
+    size = path.stat().st_size if path.exists() else None
+
+    def undo() -> None:
+      if size is None:
+        path.unlink(missing_ok=True)
+      else:
+        os.truncate(path, size)
+
+    try:
+      with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=list) + "\n")
+    except BaseException:
+      undo()
+      raise
     self.log(f"resuming at step {step} with a changed config: "
              f"{', '.join(config_lib.value_diff(saved, current))} (recorded in {path.name})")
+    return undo
 
   def _open_checkpointer(self) -> None:
     c = self.config
