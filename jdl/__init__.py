@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 # The package imports its modules (and JAX) when a name is first used (PEP 562), so
 # that `jdl --help`, `jdl list` and a Ctrl-C while the command starts need no JAX.
 _SUBMODULES = frozenset({
-    "data", "diagnostics", "explain", "generative", "losses", "lr_finder", "metrics",
-    "models", "optim", "regularizers", "sanity", "sequence",
+    "checkpoint", "cli", "config", "data", "diagnostics", "errors", "explain", "generative",
+    "losses", "lr_finder", "metrics", "models", "optim", "regularizers", "sanity",
+    "sequence", "summary", "train",
 })
 _ATTRIBUTES = {
     "Checkpointer": "jdl.checkpoint",

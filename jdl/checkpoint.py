@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -48,6 +49,10 @@ def from_savable(target: Any, restored: Any) -> Any:
       target, tree)
 
 
+# Where orbax moves the steps it deletes (inside the checkpoint folder); emptied by
+# the Checkpointer when it opens, before each save and when it waits or closes.
+TRASH = ".deleted-steps"
+
 # The meta entry where save() records each array's checksum: {path: [sum, dtype]}.
 CHECKSUMS_KEY = "_checksums"
 
@@ -68,10 +73,12 @@ _checksums_jit = jax.jit(lambda leaves: [_leaf_checksum(x) for x in leaves])
 
 
 def checksums(tree: Any) -> dict[str, list]:
-  """``{path: [checksum, dtype name]}`` of a savable tree's JAX arrays."""
+  """``{path: [checksum, dtype name]}`` of a savable tree's JAX arrays (of 8 bits an
+  element or more: packed 4-bit types are left out, as are numpy leaves)."""
   flat = [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-          if isinstance(leaf, jax.Array)]
+          if isinstance(leaf, jax.Array) and (leaf.dtype == jnp.bool_ or
+                                              jax.dtypes.itemsize_bits(leaf.dtype) >= 8)]
   if not flat:
     return {}
   sums = jax.device_get(_checksums_jit([leaf for _, leaf in flat]))
@@ -169,12 +176,25 @@ class Checkpointer:
         preservation_policy=ocm.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
         create=True,
+        # A step orbax deletes is first renamed out of the way, in one atomic
+        # rename, and removed by _purge_trash: a run killed while a step is removed
+        # leaves no half-deleted step among the real ones.
+        todelete_subdir=TRASH,
     )
     self._async = bool(async_save)
     self._unconfirmed: list[int] = []  # Saved steps not yet known to be on disk.
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("tree", "meta"),
         item_handlers={"tree": ocp.PyTreeCheckpointHandler(use_compression=compression)})
+    self._purge_trash()
+
+  def _purge_trash(self) -> None:
+    """Removes the steps orbax has moved to :data:`TRASH` (whole renamed folders;
+    one being moved in meanwhile is left for the next time)."""
+    trash = self.directory / TRASH
+    if trash.is_dir():
+      for entry in list(trash.iterdir()):
+        shutil.rmtree(entry, ignore_errors=True)
 
   def save(self, step: int, tree: Any, *, meta: dict[str, Any] | None = None,
            metrics: dict[str, float] | None = None) -> None:
@@ -193,6 +213,7 @@ class Checkpointer:
     meta = {**meta, CHECKSUMS_KEY: checksums(savable)}
     args = ocp.args.Composite(tree=ocp.args.PyTreeSave(savable),
                               meta=ocp.args.JsonSave(meta))
+    self._purge_trash()
     # orbax first waits for the previous asynchronous save: its failure surfaces here.
     self._unconfirmed.append(int(step))
     # A step without metrics (mid-epoch) ranks last, as documented; orbax would warn
@@ -286,12 +307,14 @@ class Checkpointer:
     with self._write_errors():
       self._manager.wait_until_finished()
     self._unconfirmed.clear()
+    self._purge_trash()
 
   def close(self) -> None:
     with self._write_errors():
       self._manager.wait_until_finished()
     self._unconfirmed.clear()
     self._manager.close()
+    self._purge_trash()
 
   def __enter__(self) -> Checkpointer:
     return self

@@ -471,7 +471,10 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
   from jdl.train import workdir as workdir_lib  # No JAX: the package imports lazily.
-  command = (sys.argv[1:] if argv is None else argv)[:1]
+  try:  # The command, wherever the --config.key=value overrides are.
+    command = _split_overrides(list(sys.argv[1:] if argv is None else argv))[0][:1]
+  except JdlError:
+    command = []
   with workdir_lib.early_interrupts(defer=command == ["train"]):
     try:
       return _main(argv)

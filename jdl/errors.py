@@ -44,6 +44,21 @@ def lookup(kind: str, name: str, table: Mapping[str, T]) -> T:
     ) from None
 
 
+def token_ids(x, model: str):
+  """``x`` as int32 token ids; floating-point inputs are refused, not truncated (a
+  dataset of ids normalised as numbers would otherwise train on ids -1, 0 and 1).
+
+  Raises:
+    JdlError: ``x`` holds floats.
+  """
+  import jax.numpy as jnp  # The error classes import nothing heavy.
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    raise JdlError(f"{model} takes integer token ids, got {x.dtype} inputs; feed the ids "
+                   "as they are (a dataset without a vocabulary needs normalize='none', "
+                   "else its integers are normalised as numbers)")
+  return jnp.asarray(x, jnp.int32)
+
+
 def require(condition: bool, message: str) -> None:
   """Raises ``JdlError(message)`` unless ``condition`` holds."""
   if not condition:

@@ -333,11 +333,34 @@ def test_a_resume_with_changed_settings_is_said_and_recorded(tmp_path, capsys):
   assert record["changes"] == {"num_epochs": [2, 3], "optimizer.learning_rate": [0.001, 0.01]}
   assert json.loads((run / "config.json").read_text())["optimizer"]["learning_rate"] == 0.01
   # A finished run keeps the record of the config it was trained with.
-  before = {p: (run / p).read_bytes() for p in ("config.json", "config_changes.jsonl")}
+  before = {p: (run / p).read_bytes()
+            for p in ("config.json", "config_changes.jsonl", "summary.txt")}
   jdl.fit(make_config(num_epochs=3, optimizer__learning_rate=0.01, print_every_epochs=7), run)
   assert "training already complete" in capsys.readouterr().out
   assert {p: (run / p).read_bytes() for p in before} == before
   assert "config_changes.jsonl" in jdl.train.workdir.RUN_FILES  # --restart moves it aside.
+
+
+def test_a_change_record_is_taken_back_when_config_json_cannot_be_rewritten(tmp_path,
+                                                                          monkeypatch):
+  from conftest import make_config
+  from jdl.train import workdir as workdir_lib
+  run = tmp_path / "run"
+  jdl.fit(make_config(num_epochs=1), run, quiet=True)
+  jdl.fit(make_config(num_epochs=2), run, quiet=True)  # A first record.
+  record = (run / "config_changes.jsonl").read_bytes()
+  write_text = workdir_lib.write_text
+
+  def full_disk(path, text):
+    if path.name == "config.json":
+      raise OSError(28, "No space left on device", str(path))
+    write_text(path, text)
+
+  monkeypatch.setattr(workdir_lib, "write_text", full_disk)
+  with pytest.raises(OSError):
+    jdl.fit(make_config(num_epochs=3), run, quiet=True)
+  assert (run / "config_changes.jsonl").read_bytes() == record  # No change happened.
+  assert json.loads((run / "config.json").read_text())["num_epochs"] == 2
 
 
 def test_outputs_that_cannot_be_written_or_read_are_refused_before_the_work(tmp_path, capsys):

@@ -419,6 +419,21 @@ def test_integer_inputs_are_numbers_unless_fed_as_they_are():
   with pytest.raises(jdl.JdlError, match=r"model _Embedder failed to initialise.*cast to "
                      r"float32 and normalised as numbers.*set normalize='none'"):
     jdl.Trainer(config, None, dataset=images, model=_Embedder(), quiet=True)
+  # jdl's text models refuse float inputs rather than truncate normalised ids to
+  # -1, 0 and 1 (which would train on noise without an error).
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, 50, size=(120, 10))
+  ids = jdl.data.Dataset(x_train=tokens[:100], y_train=tokens[:100, 0] % 2,
+                         x_test=tokens[100:], y_test=tokens[100:, 0] % 2, num_classes=2,
+                         task="classification", name="ids", input_shape=(10,))
+  text = dict(model__name="text_rnn", model__vocab_size=50, model__embed_dim=4,
+              model__hidden=(4,), batch_size=20, num_epochs=1)
+  with pytest.raises(jdl.JdlError, match=r"TextClassifier takes integer token ids, got "
+                     r"float32 inputs.*normalize='none'"):
+    jdl.Trainer(make_config(**text), None, dataset=ids, quiet=True)
+  as_ids = jdl.Trainer(make_config(normalize="none", **text), None, dataset=ids, quiet=True)
+  assert as_ids.data.test.x.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(as_ids.data.test.x), tokens[100:])
 
 
 def test_a_loss_of_the_wrong_shape_and_a_binary_loss_on_ten_classes_are_named():

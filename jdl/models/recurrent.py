@@ -323,7 +323,7 @@ class TextClassifier(RecurrentOptions):
     """
     errors.require(x.ndim == 2, f"TextClassifier needs [batch, time] token ids, got "
                                 f"{tuple(x.shape)}")
-    x = jnp.asarray(x, jnp.int32)
+    x = errors.token_ids(x, "TextClassifier")
     mask = x != self.pad_id
     h = Embedding(self.vocab_size, self.embed_dim, dtype=self.dtype, name="embed")(x)
     if self.dropout_rate > 0:

@@ -180,7 +180,7 @@ class Seq2Seq(nn.Module):
   def encode(self, src: jax.Array, *, train: bool = False) -> EncoderOutput:
     """Encodes ``src: [batch, S]`` token ids padded with ``pad_id``."""
     errors.require(src.ndim == 2, f"src must be [batch, S] token ids, got {tuple(src.shape)}")
-    src = jnp.asarray(src, jnp.int32)
+    src = errors.token_ids(src, "Seq2Seq")
     mask = src != self.pad_id
     emb = self._dropout(self.src_embed(src), train)
     memory, final_h = self.encoder(emb, mask)

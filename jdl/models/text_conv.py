@@ -108,7 +108,7 @@ class Conv1DText(nn.Module):
         f"sequences of length {x.shape[1]} are shorter than the receptive field "
         f"({self.min_length()}) of filters={tuple(self.filters)}, kernel_size="
         f"{self.kernel_size}, pool_size={self.pool_size}; pad them longer")
-    x = jnp.asarray(x, jnp.int32)
+    x = errors.token_ids(x, "Conv1DText")
     # 'pre' padding: rotate each row left past its leading pads (no-op for 'post').
     leading = jnp.argmax(x != self.pad_id, axis=1)  # 0 for a row of pads only.
     positions = (jnp.arange(x.shape[1])[None, :] + leading[:, None]) % x.shape[1]

@@ -428,7 +428,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     # Integer inputs are token ids in a text dataset (it has a vocabulary) and when
     # they are to be fed as they are (normalize='none': a user's own ids for an
     # embedding). Otherwise (uint8 images, counts) they are numbers: float32,
-    # normalised, as npy_dir's are.
+    # normalised. (A streamed npy_dir dataset always reads float32.)
     integer = np.issubdtype(np.asarray(x_tr).dtype, np.integer)
     tokens = integer and (dataset.vocab is not None or config.normalize == "none")
     self._integers_as_numbers = integer and not tokens
@@ -1171,7 +1171,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         plots.plot_metrics(self.workdir / "metrics.jsonl", self.workdir / "plots")
       if self.config.plots and self.config.task in ("autoencoder", "vae") and not self.nan_detected:
         self.save_reconstructions(self.workdir / "plots" / "reconstructions.png")
-      if self.primary:
+      if self.primary and not getattr(self, "record_kept", False):
         with (self.workdir / "summary.txt").open("a") as f:
           f.write(f"\nfinal step {self.step}; test: {json.dumps(test)}\n")
       self.checkpointer.close()

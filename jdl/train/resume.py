@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from typing import Any
 
@@ -157,14 +156,8 @@ class ResumableRun:
                   f"{schedule} schedule now spans {new_epochs} epochs, so the learning rate "
                   "continues on the new curve (not the one the run started on)")
     self._damaged_steps = []
-    damaged = ckpt_lib.find_damaged(wd / "checkpoints") if self.primary else {}
-    intact = [s for s in ckpt_lib.step_numbers(wd / "checkpoints") if s not in damaged]
-    for step, reason in sorted(damaged.items()):
-      if sum(s > step for s in intact) >= int(self.config.keep_checkpoints):
-        # Older than the newest keep_checkpoints intact steps: orbax was deleting it
-        # when the last run was killed. Its deletion is finished, with no alarm.
-        shutil.rmtree(wd / "checkpoints" / str(step), ignore_errors=True)
-        continue
+    for step, reason in (sorted(ckpt_lib.find_damaged(wd / "checkpoints").items())
+                         if self.primary else ()):
       self._damaged_steps.append(step)
       moved = ckpt_lib.quarantine(wd / "checkpoints", step)
       self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
@@ -183,7 +176,9 @@ class ResumableRun:
     sources = {"data": self.data_source, "model": self.model_source}
     complete = start > 0 and (start // self.steps_per_epoch >= self.num_epochs
                               or self._stopped_before())
-    if saved is None or not complete:  # A finished run's record stays as it was trained.
+    # A finished run's record (config.json, summary.txt) stays as it was trained.
+    self.record_kept = saved is not None and complete
+    if not self.record_kept:
       undo = (self._record_config_changes(saved, current, start)
               if saved is not None and start > 0 else None)
       try:
@@ -193,7 +188,7 @@ class ResumableRun:
         if undo is not None:  # config.json still holds the old values: no change to record.
           undo()
         raise
-    workdir_lib.write_text(wd / "summary.txt", self.summary() + "\n")
+      workdir_lib.write_text(wd / "summary.txt", self.summary() + "\n")
     if self.vocab:
       workdir_lib.write_text(wd / "vocab.json", json.dumps(self.vocab_json()) + "\n")
     backup = self.logger.commit_truncation(truncation)

@@ -132,36 +132,36 @@ def move_aside(workdir: Path) -> Path | None:
 
 # `jdl train`: a SIGINT that comes while the command starts (imports, data, the
 # model) is remembered by early_interrupts() and acted on when training begins
-# (StopRequests: nothing written, KeyboardInterrupt, exit 130). Raising at once
-# could land the KeyboardInterrupt in a gc callback (JAX has one), where Python
-# prints a traceback and drops it: the run would go on.
-_EARLY_SIGNALS: list[str] = []
+# (StopRequests: nothing written in the workdir, KeyboardInterrupt, exit 130).
+# Raising at once could land the KeyboardInterrupt in a gc callback (JAX has one),
+# where Python prints a traceback and drops it: the run would go on.
+_EARLY = {"starting": False, "signals": []}
 
 
 @contextlib.contextmanager
 def early_interrupts(defer: bool = True) -> Iterator[None]:
-  """While the block runs, the first SIGINT is recorded (``defer``) and a second one
-  raises KeyboardInterrupt; without ``defer`` every SIGINT raises at once, as by
-  default. Main thread only; the old handler comes back after."""
+  """Until training begins, the first SIGINT is recorded (``defer``) and a second one
+  raises KeyboardInterrupt; after it (or without ``defer``) SIGINT raises at once,
+  as by default. Main thread only; the old handler comes back after the block."""
   if not defer or threading.current_thread() is not threading.main_thread():
     yield
     return
 
   def handle(signum, frame):
     del frame
-    if _EARLY_SIGNALS:
+    if not _EARLY["starting"] or _EARLY["signals"]:
       raise KeyboardInterrupt
-    _EARLY_SIGNALS.append(signal.Signals(signum).name)
-    print(f"jdl: {_EARLY_SIGNALS[0]} received while starting; stopping before training "
+    _EARLY["signals"].append(signal.Signals(signum).name)
+    print(f"jdl: {_EARLY['signals'][0]} received while starting; stopping before training "
           "(Ctrl-C again to abort now)", file=sys.stderr, flush=True)
 
-  _EARLY_SIGNALS.clear()
+  _EARLY.update(starting=True, signals=[])
   previous = signal.signal(signal.SIGINT, handle)
   try:
     yield
   finally:
     signal.signal(signal.SIGINT, previous)
-    _EARLY_SIGNALS.clear()
+    _EARLY.update(starting=False, signals=[])
 
 
 class StopRequests:
@@ -169,6 +169,8 @@ class StopRequests:
 
   A second SIGINT raises KeyboardInterrupt at once (for an impatient Ctrl-C).
   Only installed in the main thread (signal handlers cannot be set elsewhere).
+  Entering raises KeyboardInterrupt when :func:`early_interrupts` recorded a SIGINT
+  while the command started (before anything is written in the workdir).
   """
 
   def __init__(self):
@@ -176,8 +178,9 @@ class StopRequests:
     self._previous = {}
 
   def __enter__(self) -> StopRequests:
-    if _EARLY_SIGNALS:  # Ctrl-C while the command started: stop before anything is written.
-      _EARLY_SIGNALS.clear()
+    interrupted = bool(_EARLY["signals"])
+    _EARLY.update(starting=False, signals=[])  # From here a SIGINT is the loop's.
+    if interrupted:  # Ctrl-C while the command started: stop before anything is written.
       raise KeyboardInterrupt
     if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGTERM, signal.SIGINT):
