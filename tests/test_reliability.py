@@ -204,16 +204,26 @@ def _wait_for_steps(workdir, n, proc, timeout=240):
   raise AssertionError("the run finished (or hung) before the signal could be sent")
 
 
+_SIGNAL_RUN = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=4",
+               "--config.batch_size=64", "--config.checkpoint_every_steps=5",
+               "--config.tensorboard=false", "--config.plots=false"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_signal_run(tmp_path_factory):
+  """The run the signalled ones must equal, trained once for both signals."""
+  workdir = tmp_path_factory.mktemp("signal") / "full"
+  assert start_training(workdir, _SIGNAL_RUN).wait(timeout=300) == 0
+  return workdir
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_a_checkpoint_exits_128_plus_signum_and_resumes_exactly(tmp_path, sig):
-  args = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=4",
-          "--config.batch_size=64", "--config.checkpoint_every_steps=5",
-          "--config.tensorboard=false", "--config.plots=false"]
+def test_signal_saves_a_checkpoint_exits_128_plus_signum_and_resumes_exactly(
+    tmp_path, sig, uninterrupted_signal_run):
 
   def train(workdir):
-    return start_training(workdir, args, stderr=subprocess.PIPE, text=True)
+    return start_training(workdir, _SIGNAL_RUN, stderr=subprocess.PIPE, text=True)
 
-  assert train(tmp_path / "full").wait(timeout=300) == 0
   proc = train(tmp_path / "stopped")
   _wait_for_steps(tmp_path / "stopped", 3, proc)
   proc.send_signal(sig)
@@ -226,7 +236,7 @@ def test_signal_saves_a_checkpoint_exits_128_plus_signum_and_resumes_exactly(tmp
   assert not (tmp_path / "stopped" / workdir_lib.LOCK_NAME).exists()
   assert train(tmp_path / "stopped").wait(timeout=300) == 0
 
-  assert_exports_equal(tmp_path / "full", tmp_path / "stopped")
+  assert_exports_equal(uninterrupted_signal_run, tmp_path / "stopped")
 
 
 def test_ctrl_c_while_train_starts_exits_130_without_a_traceback(tmp_path):
