@@ -373,7 +373,8 @@ def flatten_params(params: Any) -> dict[str, np.ndarray]:
   return {k: np.asarray(v) for k, v in flat.items()}
 
 
-def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> dict[str, np.ndarray]:
+def restore_params(directory: str | os.PathLike, *, step: int | None = None,
+                   model_state: bool = False) -> dict[str, np.ndarray]:
   """Flat parameters of a checkpoint written by jdl's trainer (no config needed).
 
   Only the step read must be intact: it is read on its own, not through orbax's
@@ -382,6 +383,8 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> 
   Args:
     directory: the ``checkpoints/`` folder.
     step: the step to read; the latest when ``None``.
+    model_state: also the model's other variables, keyed by their collection
+      (``'batch_stats/bn_0/mean'``): what evaluation needs besides the parameters.
 
   Raises:
     JdlError: no such step, or the step is damaged.
@@ -395,7 +398,7 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None) -> 
     raise JdlError(f"no checkpoint at step {step} in {directory}; steps: {steps}")
   require_undamaged(directory, step)
   with _absl_quiet(), unreadable_as_error(directory, step):  # orbax warns of the step's
-    return _restore_params(root / str(step) / "tree")        # metadata, read elsewhere.
+    return _restore_params(root / str(step) / "tree", model_state)  # metadata, read elsewhere.
 
 
 def step_numbers(directory: str | os.PathLike) -> list[int]:
@@ -407,14 +410,17 @@ def step_numbers(directory: str | os.PathLike) -> list[int]:
   return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir())
 
 
-def _restore_params(item: Path) -> dict[str, np.ndarray]:
+def _restore_params(item: Path, model_state: bool = False) -> dict[str, np.ndarray]:
   with ocp.StandardCheckpointer() as reader:
     tree = reader.restore(item, _on_first_device(reader.metadata(item).item_metadata))
   meta_file = item.parent / "meta" / "metadata"  # orbax's JsonSave of the step's meta.
   meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
   verify_checksums(tree, meta if isinstance(meta, dict) else {},
                    f"the checkpoint at step {item.parent.name} in {item.parent.parent}")
-  return flatten_params(tree["state"]["params"])
+  flat = flatten_params(tree["state"]["params"])
+  if model_state:
+    flat.update(flatten_params(tree["state"].get("model_state", {})))
+  return flat
 
 
 def _on_first_device(stored: Any) -> Any:

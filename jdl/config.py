@@ -146,7 +146,7 @@ def base_config() -> ml_collections.ConfigDict:
       # classifier: the workdir of its run (e.g. runs/mnist_fast); '' = not scored.
       "classifier_workdir": "",
       "eval_samples": 10000,  # Generated images scored by IS / FD.
-      "sample_every_epochs": 1,  # plots/samples_epoch_N.png from a fixed noise batch.
+      "sample_every_epochs": 1,  # plots/samples_epoch_NNN.png from a fixed noise batch.
   })
 
   # Sequence data and models (jdl.sequence, jdl.data.text): datasets sst2 (text

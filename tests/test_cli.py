@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -387,3 +388,26 @@ def test_a_monitor_no_validation_split_could_log_is_an_error():
   # A real val_ name without a validation split only ranks no checkpoint, as before.
   jdl.Trainer(make_config(validation_split=0.0, monitor="val_accuracy", monitor_mode="max"),
               quiet=True)
+
+
+def test_export_holds_what_evaluation_needs_batch_norm_statistics_too(tmp_path, capsys):
+  import flax
+  from conftest import make_config
+  result = jdl.fit(make_config(num_epochs=1, model__batch_norm=True), tmp_path / "bn",
+                   quiet=True)
+  out = tmp_path / "bn.npz"
+  assert cli.main(["export", "--workdir", str(tmp_path / "bn"), "--out", str(out)]) == 0
+  with np.load(out, allow_pickle=False) as f:
+    flat = {k: f[k] for k in f.files}
+  assert any(k.startswith("batch_stats/") and k.endswith("/mean") for k in flat), sorted(flat)
+  variables = flax.traverse_util.unflatten_dict(flat, sep="/")
+  params = {k: v for k, v in variables.items() if k != "batch_stats"}
+  assert jax.tree.all(jax.tree.map(np.array_equal, variables["batch_stats"],
+                                   jax.device_get(result.state.model_state["batch_stats"])))
+  # The exported arrays alone give the run's evaluation outputs (eager against the
+  # jitted predict: equal within float rounding).
+  x = result.trainer.data.test.x[:16]
+  outputs = result.state.apply_fn({"params": params, "batch_stats": variables["batch_stats"]},
+                                  x, train=False)
+  np.testing.assert_allclose(np.asarray(outputs), result.trainer.predict_normalized(x),
+                             rtol=1e-4, atol=1e-6)
