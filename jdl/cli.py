@@ -285,6 +285,7 @@ def _predict(args, overrides) -> int:
   if trainer.seq2seq:
     if args.text:
       raise JdlError(f"{args.workdir} holds a seq2seq run; give its sources with --input")
+    _warn_text_problems(trainer, args.input, "src", "--input")
     src = trainer.encode_texts(args.input, vocab="src")
     # A run trained with sequence.beam_size=0 has no beam: it decodes greedily.
     beam = not args.greedy and int(trainer.config.sequence.beam_size) >= 1
@@ -293,12 +294,15 @@ def _predict(args, overrides) -> int:
       print(json.dumps({"input": text, "prediction": trainer.vocab["tgt"].decode_text(row)}))
     return 0
   if not (trainer.vocab and "text" in trainer.vocab):
-    raise JdlError(f"{args.workdir} holds a {trainer.config.task!r} run of "
+    raise JdlError(f"{args.workdir} holds a run of task {trainer.config.task!r} on "
                    f"{trainer.data.name!r}, not of texts: `jdl predict` serves text "
                    "classifiers (--text) and seq2seq runs (--input); use jdl.predict in "
                    "Python for other inputs")
   if args.input:
     raise JdlError(f"{args.workdir} holds a text classifier; classify texts with --text")
+  if args.greedy:
+    raise JdlError("--greedy is for seq2seq runs (--input); a text classifier has no decoding")
+  _warn_text_problems(trainer, args.text, "text", "--text")
   logits = trainer.predict(trainer.encode_texts(args.text)).astype(np.float64)
   if logits.shape[-1] == 1:  # One logit: P(class 1) = sigmoid.
     p1 = 1 / (1 + np.exp(-logits[:, 0]))
@@ -310,6 +314,14 @@ def _predict(args, overrides) -> int:
     print(json.dumps({"text": text, "label": int(np.argmax(p)),
                       "probabilities": [round(float(v), 4) for v in p]}))
   return 0
+
+
+def _warn_text_problems(trainer, texts, vocab: str, flag: str) -> None:
+  """One warning line for each text the run can only answer poorly (still answered)."""
+  for i, (text, problem) in enumerate(zip(texts, trainer.text_problems(texts, vocab))):
+    if problem:
+      shown = text if len(text) <= 40 else text[:37] + "..."
+      print(f"jdl: warning: {flag} {i + 1} ({shown!r}): {problem}", file=sys.stderr)
 
 
 # `jdl sample --n`: at most a 64x64 grid in one PNG.
@@ -332,11 +344,11 @@ def _sample(args, overrides) -> int:
   _out_path(args.out, ".png")
   trainer = loop.load_run(args.workdir)
   if trainer.config.task not in ("vae", "gan", "wgan_gp"):
-    raise JdlError(f"{args.workdir} holds a {trainer.config.task!r} run; only VAE and GAN "
+    raise JdlError(f"{args.workdir} holds a run of task {trainer.config.task!r}; only VAE and GAN "
                    "runs generate images")
   path = trainer.save_samples(args.out, n=args.n, key=jax.random.key(args.seed),
                              title=f"{trainer.config.task}: {args.n} samples, seed {args.seed}")
-  print(f"wrote {args.n} samples to {path}")
+  print(f"wrote {args.n} sample{'' if args.n == 1 else 's'} to {path}")
   return 0
 
 

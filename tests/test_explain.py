@@ -329,6 +329,13 @@ BAD_INPUTS = {
         sum_scores, np.array([1.0, np.nan, 0.0, 0.0]), key=KEY, std=1.0), "finite"),
     "lime_nan_predict": (lambda m, xn, tmp: explain.lime_tabular(
         lambda z: jnp.full((len(z), 2), jnp.nan), X4, key=KEY, std=1.0), "finite"),
+    "ig_nan_input": (lambda m, xn, tmp: explain.integrated_gradients(
+        m.apply_fn, m.variables, np.where(np.arange(4)[:, None, None, None] == 1, np.nan, xn),
+        check="raise"), r"NaN or Inf values \(in 1 of 4 examples\)"),
+    "saliency_inf_input": (lambda m, xn, tmp: explain.saliency(
+        m.apply_fn, m.variables, np.full((2, 8, 8, 1), np.inf, np.float32)), "NaN or Inf"),
+    "normalize_integer_pixels": (lambda m, xn, tmp: m.normalize(
+        np.zeros((2, 8, 8, 1), np.uint8)), "gives float inputs"),
     "overlay_file_parent": (lambda m, xn, tmp: explain.save_overlay(
         np.ones((8, 8)), None, _file_parent(tmp)), "not a folder"),
     "overlay_directory": (lambda m, xn, tmp: explain.save_overlay(
@@ -378,3 +385,30 @@ def test_explain_mnist_driver_tiny_run(tmp_path):
   assert 0.0 <= summary["test_accuracy"] <= 1.0
   assert set(summary["deletion"]) >= {"random", "saliency", "integrated_gradients", "lime"}
   assert all(len(v) == 6 for v in summary["deletion"].values())
+
+
+def test_predict_refuses_non_finite_and_integer_inputs_to_a_float_run(trained):
+  result, _, raw, _ = trained
+  bad = np.array(raw, np.float32)
+  bad[2, 0, 0, 0] = np.nan
+  with pytest.raises(JdlError, match=r"^predict got NaN or Inf inputs \(in 1 of 4 examples\)$"):
+    jdl.predict(result, bad)
+  # digits' loader gives floats: integer pixels would be taken 1:1 and silently misread.
+  with pytest.raises(JdlError, match=r"predict got int64 inputs, but dataset 'digits' gives "
+                     r"float inputs"):
+    jdl.predict(result, raw.astype(np.int64))
+
+
+def test_explain_refuses_a_run_on_token_ids():
+  from conftest import make_config
+  ids = np.random.default_rng(0).integers(1, 30, size=(60, 6))
+  data = jdl.data.Dataset(x_train=ids[:40], y_train=ids[:40, 0] % 2, x_test=ids[40:],
+                          y_test=ids[40:, 0] % 2, num_classes=2, task="classification",
+                          name="ids", input_shape=(6,))
+  trainer = jdl.Trainer(make_config(normalize="none", model__name="text_rnn",
+                                    model__vocab_size=30, model__embed_dim=4,
+                                    model__hidden=(4,), batch_size=20), None, dataset=data,
+                        quiet=True)
+  with pytest.raises(JdlError, match=r"jdl.explain attributes numeric inputs; this run takes "
+                     r"token ids"):
+    explain.from_run(trainer)

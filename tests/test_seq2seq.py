@@ -298,3 +298,11 @@ def test_mixed_precision_traces(attention):
       lambda v, s: sequence.beam_search(model.apply, v, s, beam_size=2, max_len=5,
                                         bos_id=BOS, eos_id=EOS), variables, SRC)
   assert beam.tokens.shape == (3, 5) and beam.attention.shape == (3, 5, 5)
+
+
+def test_beam_search_refuses_a_beam_of_zero():
+  table = _table({BOS: {A: 0.6, B_: 0.4}, A: {EOS: 1.0}, B_: {EOS: 1.0}})
+  for size in (0, -1, 1.5, True):
+    with pytest.raises(JdlError, match=r"beam_size must be an integer >= 1"):
+      sequence.beam_search(toy_apply, {"table": table}, jnp.zeros((1, 3), jnp.int32),
+                           beam_size=size, max_len=3, bos_id=BOS, eos_id=EOS)

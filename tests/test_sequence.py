@@ -273,11 +273,19 @@ def test_text_run_resumes_exactly_with_its_vocabulary_then_evaluate_predict_cli(
   assert set(metrics) == {"accuracy", "loss"}
   assert metrics["accuracy"] == pytest.approx(full.test_metrics["accuracy"])
   assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--text",
-                   "a charming journey", "--text", "unseen words only"]) == 0
-  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-  assert [p["text"] for p in lines] == ["a charming journey", "unseen words only"]
+                   "a charming journey", "--text", "unseen words only", "--text", ""]) == 0
+  out, err = capsys.readouterr()
+  lines = [json.loads(line) for line in out.splitlines()]
+  assert [p["text"] for p in lines] == ["a charming journey", "unseen words only", ""]
   assert all(p["label"] in (0, 1) and abs(sum(p["probabilities"]) - 1) < 1e-3 for p in lines)
+  # Answered, and said: a text of unknown words only, and one of no words.
+  assert err.splitlines() == [
+      "jdl: warning: --text 2 ('unseen words only'): none of its tokens is in the run's "
+      "vocabulary", "jdl: warning: --text 3 (''): it has no tokens"], err
   assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--input", "x"]) == 2
+  assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--text", "x",
+                   "--greedy"]) == 2
+  assert "--greedy is for seq2seq runs" in capsys.readouterr().err
   # A checkpoint trained on other text (so another vocabulary) refuses to resume, with
   # or without the data's fingerprint in its metadata.
   (data / "train.tsv").write_text(TRAIN.replace("charming", "lovely"))

@@ -31,6 +31,11 @@ def check_batch(x: Any, name: str = "x",
                  f"got shape {shape}; add a batch axis (x[None]) for one example")
   errors.require(shape[0] >= 1, f"{name} must hold at least one example, got an empty batch "
                  f"of shape {shape}")
+  values = np.asarray(x)
+  if values.dtype.kind == "f" and not np.isfinite(values).all():
+    bad = int((~np.isfinite(values.reshape(shape[0], -1))).any(axis=1).sum())
+    raise JdlError(f"{name} holds NaN or Inf values (in {bad} of {shape[0]} examples): "
+                   "the model's outputs, and so any attribution, would be NaN")
 
 
 def _shape_reason(e: Exception) -> str:

@@ -68,12 +68,16 @@ def from_run(run) -> RunModel:
   """The :class:`RunModel` of a :class:`jdl.FitResult` or :class:`jdl.Trainer`.
 
   Raises:
-    JdlError: ``run`` is neither.
+    JdlError: ``run`` is neither, or a run on token ids (text).
   """
   trainer = getattr(run, "trainer", run)
   state = getattr(run, "state", None)
   if state is None or not hasattr(trainer, "normalizer"):
     raise JdlError(f"from_run takes a jdl.FitResult or jdl.Trainer, got {type(run).__name__}")
+  if trainer.normalizer is None:  # Token ids: integers, no gradient or perturbation.
+    raise JdlError("jdl.explain attributes numeric inputs; this run takes token ids "
+                   "(text), which have no gradient and no baseline (use jdl.predict, or "
+                   "attribute a model over embeddings of your own)")
   input_shape = getattr(getattr(trainer, "data", None), "input_shape", None)
   return RunModel(state.apply_fn, state.variables,
                   functools.partial(_normalize, trainer, input_shape),
@@ -86,6 +90,10 @@ def _normalize(trainer, input_shape, x) -> np.ndarray:
   Raises:
     JdlError: ``x`` is not a non-empty batch shaped as the run's examples.
   """
+  if np.asarray(x).dtype.kind in "iub" and getattr(trainer, "_float_inputs", False):
+    raise JdlError(f"x is {np.asarray(x).dtype}, but the run's dataset gives float inputs "
+                   "(MNIST-family loaders give pixels / 255, in [0, 1]); give them as its "
+                   "loader does")
   x = np.asarray(x, np.float32)
   _checks.check_batch(x, "x", input_shape)
   try:

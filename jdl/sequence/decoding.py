@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jdl import errors
+
 ApplyFn = Callable[..., Any]
 
 
@@ -164,6 +166,8 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
     normalization); Graves, "Sequence transduction with recurrent neural
     networks", 2012 (beam search for RNN decoders).
   """
+  errors.require(isinstance(beam_size, int) and not isinstance(beam_size, bool)
+                 and beam_size >= 1, f"beam_size must be an integer >= 1, got {beam_size!r}")
   k, batch, alpha = beam_size, src.shape[0], float(length_penalty)
   enc = apply_fn(variables, src, method="encode")
   enc = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), enc)  # [batch * k, ...]

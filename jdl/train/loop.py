@@ -430,6 +430,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     # embedding). Otherwise (uint8 images, counts) they are numbers: float32,
     # normalised. (A streamed npy_dir dataset always reads float32.)
     integer = np.issubdtype(np.asarray(x_tr).dtype, np.integer)
+    self._float_inputs = np.asarray(x_tr).dtype.kind == "f"  # predict takes the same.
     tokens = integer and (dataset.vocab is not None or config.normalize == "none")
     self._integers_as_numbers = integer and not tokens
     if tokens and config.normalize != "none":
@@ -802,7 +803,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
              else self.config.model.get("name"))
     lines = [
         f"experiment: {self.config.description or '(no description)'}",
-        f"dataset: {d.name} ({d.task}); train {d.train.size}, "
+        f"dataset: {d.name} ({d.task}"
+        + (f" data, task {self.config.task}" if self.config.task != d.task else "")
+        + f"); train {d.train.size}, "
         f"val {d.val.size if d.val else 0}, test {d.test.size if d.test else 0}; "
         f"input shape {d.input_shape}" + (f"; {d.num_classes} classes" if d.num_classes else ""),
         f"model: {model}  optimizer: {self.config.optimizer.name}  "
@@ -1208,8 +1211,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
 
     Raises:
       JdlError: a generative or seq2seq run (they sample or decode instead), inputs
-        of the wrong shape, or a Trainer of a trained workdir that has not loaded
-        its state (use :func:`load_run`, or ``fit()``, which resumes).
+        of the wrong shape, NaN or Inf, integers where the dataset gives floats, or a
+        Trainer of a trained workdir that has not loaded its state (use
+        :func:`load_run`, or ``fit()``, which resumes).
     """
     x = self._check_predict(x, state)
     try:
@@ -1250,6 +1254,14 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                                    and shape[1:] != tuple(self.data.input_shape)):
       raise JdlError(f"predict needs inputs [n, {', '.join(map(str, self.data.input_shape))}] "
                      f"(one example a row, as the dataset's); got shape {shape}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+      bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum()) if len(x) else 0
+      raise JdlError(f"predict got NaN or Inf inputs (in {bad} of {len(x)} examples)")
+    if (x.dtype.kind in "iub" and self.normalizer is not None
+        and getattr(self, "_float_inputs", False)):
+      raise JdlError(f"predict got {x.dtype} inputs, but dataset {self.data.name!r} gives "
+                     "float inputs (MNIST-family loaders give pixels / 255, in [0, 1]); give "
+                     "them as the dataset's loader does")
     if state is None and not self.holds_run_state and int(self.state.step) == 0 and (
         self.workdir is not None and any(
             p.name.isdigit() and int(p.name) > 0

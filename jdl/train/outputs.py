@@ -114,6 +114,24 @@ class SequenceOutputs:
     return text_lib.pad_sequences([v.encode_text(t) for t in texts], width,
                                   padding=padding, truncating=truncating)
 
+  def text_problems(self, texts: Sequence[str], vocab: str = "text") -> list[str | None]:
+    """Why each text may be answered poorly (``None`` if not): no tokens, only tokens
+    outside the run's vocabulary, or more tokens than its sequences hold (cut)."""
+    v, width = self.vocab[vocab], int(self.data.train.x.shape[1])
+    problems = []
+    for text in texts:
+      ids = v.encode_text(text)
+      if not ids:
+        problems.append("it has no tokens")
+      elif all(i == text_lib.UNK_ID for i in ids):
+        problems.append("none of its tokens is in the run's vocabulary")
+      elif len(ids) > width:
+        problems.append(f"it has {len(ids)} tokens and the run's sequences hold {width}: "
+                        "the rest is cut")
+      else:
+        problems.append(None)
+    return problems
+
   def decode(self, src: np.ndarray, *, beam: bool, state: TrainState | None = None):
     """Greedy or beam-search decoding of source ids ``[n, S]`` (seq2seq runs).
 
