@@ -413,8 +413,10 @@ def step_numbers(directory: str | os.PathLike) -> list[int]:
 def _restore_params(item: Path, model_state: bool = False) -> dict[str, np.ndarray]:
   with ocp.StandardCheckpointer() as reader:
     tree = reader.restore(item, _on_first_device(reader.metadata(item).item_metadata))
-  meta_file = item.parent / "meta" / "metadata"  # orbax's JsonSave of the step's meta.
-  meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+  meta = {}
+  if (item.parent / "meta").is_dir():  # The step's JsonSave item (older steps may lack it).
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as reader:
+      meta = reader.restore(item.parent / "meta")
   verify_checksums(tree, meta if isinstance(meta, dict) else {},
                    f"the checkpoint at step {item.parent.name} in {item.parent.parent}")
   flat = flatten_params(tree["state"]["params"])

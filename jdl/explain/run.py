@@ -90,10 +90,7 @@ def _normalize(trainer, input_shape, x) -> np.ndarray:
   Raises:
     JdlError: ``x`` is not a non-empty batch shaped as the run's examples.
   """
-  if np.asarray(x).dtype.kind in "iub" and getattr(trainer, "_float_inputs", False):
-    raise JdlError(f"x is {np.asarray(x).dtype}, but the run's dataset gives float inputs "
-                   "(MNIST-family loaders give pixels / 255, in [0, 1]); give them as its "
-                   "loader does")
+  trainer.check_input_kind(np.asarray(x), "x holds")
   x = np.asarray(x, np.float32)
   _checks.check_batch(x, "x", input_shape)
   try:

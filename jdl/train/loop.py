@@ -125,6 +125,10 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     # False until fit() or load_run() has put the run's state in place: a Trainer
     # of a workdir with checkpoints holds initial parameters before then.
     self.holds_run_state = False
+    self.record_kept = False  # A re-run of a finished run keeps its config.json, summary.
+    # Set by _load_data: the dataset's inputs are floats (predict takes the same);
+    # its integers were cast and normalised as numbers.
+    self._float_inputs = self._integers_as_numbers = False
     self._validate_config(config)
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
@@ -141,6 +145,8 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                      "'shard_map'; use --config.parallel=data")
     self.seq2seq = config.task == "seq2seq"
     self.data = self._load_data(config, dataset)
+    if config.loss in _BINARY_LOSSES and not (self.generative or self.seq2seq):
+      self._check_binary_loss()  # Before a model is built or given outputs are read.
     self.vocab = self.data.vocab
     if self.seq2seq:
       self._check_decoding(config.sequence)
@@ -212,7 +218,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                        f"{e}") from None
       hint = ("; the dataset's integer inputs were cast to float32 and normalised as "
               "numbers (no vocabulary): to feed them as token ids, set normalize='none'"
-              if getattr(self, "_integers_as_numbers", False) else "")
+              if self._integers_as_numbers else "")
       raise JdlError(f"{what} failed to initialise on inputs of shape "
                      f"{tuple(example.shape[1:])}: {e}{hint}") from None
     if config.init_from.workdir:
@@ -509,7 +515,6 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     if self.data.task == "regression":
       return int(self.data.train.y.shape[1])
     if self.config.loss in _BINARY_LOSSES:
-      self._check_binary_loss()
       return 1
     return self.data.num_classes
 
@@ -524,8 +529,6 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     streamed = isinstance(self.data.train, stream.StreamSplit)  # Not read just for this.
     losses_lib.check_task(self.config.loss, self.data.task, self.data.name,
                           targets=None if streamed else self.data.train.y)
-    if self.config.loss in _BINARY_LOSSES:
-      self._check_binary_loss()
     kwargs = {}
     if self.config.label_smoothing:
       if self.config.loss not in _CE_LOSSES:
@@ -1174,7 +1177,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
         plots.plot_metrics(self.workdir / "metrics.jsonl", self.workdir / "plots")
       if self.config.plots and self.config.task in ("autoencoder", "vae") and not self.nan_detected:
         self.save_reconstructions(self.workdir / "plots" / "reconstructions.png")
-      if self.primary and not getattr(self, "record_kept", False):
+      if self.primary and not self.record_kept:
         with (self.workdir / "summary.txt").open("a") as f:
           f.write(f"\nfinal step {self.step}; test: {json.dumps(test)}\n")
       self.checkpointer.close()
@@ -1257,11 +1260,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     if x.dtype.kind == "f" and not np.isfinite(x).all():
       bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum()) if len(x) else 0
       raise JdlError(f"predict got NaN or Inf inputs (in {bad} of {len(x)} examples)")
-    if (x.dtype.kind in "iub" and self.normalizer is not None
-        and getattr(self, "_float_inputs", False)):
-      raise JdlError(f"predict got {x.dtype} inputs, but dataset {self.data.name!r} gives "
-                     "float inputs (MNIST-family loaders give pixels / 255, in [0, 1]); give "
-                     "them as the dataset's loader does")
+    self.check_input_kind(x, "predict got")
     if state is None and not self.holds_run_state and int(self.state.step) == 0 and (
         self.workdir is not None and any(
             p.name.isdigit() and int(p.name) > 0
@@ -1271,6 +1270,14 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                      "dataset= and model= that fit() was given, if any), or trainer.fit(), "
                      "which resumes")
     return x
+
+  def check_input_kind(self, x: np.ndarray, what: str) -> None:
+    """Integer inputs to a run whose dataset gives floats are an error: taken 1:1
+    they would be misread (MNIST-family loaders give pixels / 255)."""
+    if x.dtype.kind in "iub" and self.normalizer is not None and self._float_inputs:
+      raise JdlError(f"{what} {x.dtype} inputs, but dataset {self.data.name!r} gives float "
+                     "inputs (MNIST-family loaders give pixels / 255, in [0, 1]); give them "
+                     "as the dataset's loader does")
 
   def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
