@@ -25,6 +25,7 @@ import _common  # noqa: E402
 
 import jdl  # noqa: E402
 from jdl.train import loop  # noqa: E402
+from jdl.train import reopen  # noqa: E402
 
 NAME = "seq2seq_dates"
 EXAMPLES = ("3 march 1998", "tuesday, march 3, 1998", "21st of october 2026", "03/03/98")
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
                     "train_seconds": round(seconds, 1), "steps": int(result.state.step)})
     print(json.dumps(results[-1]), flush=True)
     if attention != "none":
-      trainer = loop.load_run(workdir)
+      trainer = reopen.load_run(workdir)
       save_attention(trainer, EXAMPLES, out / "attention.png")
       src = trainer.encode_texts(EXAMPLES, vocab="src")
       beam, _ = trainer.decode(src, beam=True)

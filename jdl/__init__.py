@@ -25,10 +25,10 @@ _ATTRIBUTES = {
     "param_table": "jdl.summary",
     "FitResult": "jdl.train.loop",
     "Trainer": "jdl.train.loop",
-    "evaluate": "jdl.train.loop",
+    "evaluate": "jdl.train.reopen",
     "fit": "jdl.train.loop",
-    "load_run": "jdl.train.loop",
-    "predict": "jdl.train.loop",
+    "load_run": "jdl.train.reopen",
+    "predict": "jdl.train.reopen",
     "TrainState": "jdl.train.state",
     "create_train_state": "jdl.train.state",
     "SupervisedTask": "jdl.train.steps",
@@ -73,10 +73,10 @@ if TYPE_CHECKING:  # What the names are, for type checkers and IDEs.
   from jdl.summary import param_table
   from jdl.train.loop import FitResult
   from jdl.train.loop import Trainer
-  from jdl.train.loop import evaluate
   from jdl.train.loop import fit
-  from jdl.train.loop import load_run
-  from jdl.train.loop import predict
+  from jdl.train.reopen import evaluate
+  from jdl.train.reopen import load_run
+  from jdl.train.reopen import predict
   from jdl.train.state import TrainState
   from jdl.train.state import create_train_state
   from jdl.train.steps import SupervisedTask

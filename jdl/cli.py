@@ -241,7 +241,7 @@ def _is_json_object(path: Path) -> bool:
 
 def _evaluate(args, overrides) -> int:
   from jdl import config as config_lib
-  from jdl.train import loop
+  from jdl.train import reopen
   from jdl.train import workdir as workdir_lib
   if args.config is None and args.workdir:
     if not (Path(args.workdir) / "config.json").is_file():
@@ -268,20 +268,20 @@ def _evaluate(args, overrides) -> int:
                      "from the run's config.json: the test split, the inputs or the model "
                      "would not be the ones it was trained with; leave them as the run "
                      "had them")
-  print(json.dumps(loop.evaluate(config, workdir, split=args.split)))
+  print(json.dumps(reopen.evaluate(config, workdir, split=args.split)))
   return 0
 
 
 def _predict(args, overrides) -> int:
   import numpy as np
-  from jdl.train import loop
+  from jdl.train import reopen
   if overrides:
     raise JdlError("predict takes no --config overrides")
   if not args.workdir:
     raise JdlError("predict needs --workdir")
   if not args.text and not args.input:
     raise JdlError("predict needs --text TEXT (text classifier) or --input TEXT (seq2seq)")
-  trainer = loop.load_run(args.workdir)
+  trainer = reopen.load_run(args.workdir)
   if trainer.seq2seq:
     if args.text:
       raise JdlError(f"{args.workdir} holds a seq2seq run; give its sources with --input")
@@ -330,7 +330,7 @@ MAX_SAMPLES = 4096
 
 def _sample(args, overrides) -> int:
   import jax
-  from jdl.train import loop
+  from jdl.train import reopen
   if overrides:
     raise JdlError("sample takes no --config overrides")
   if not args.workdir:
@@ -342,7 +342,7 @@ def _sample(args, overrides) -> int:
   if not -2**63 <= args.seed < 2**63:
     raise JdlError(f"--seed must be in [-2**63, 2**63), got {args.seed}")
   _out_path(args.out, ".png")
-  trainer = loop.load_run(args.workdir)
+  trainer = reopen.load_run(args.workdir)
   if trainer.config.task not in ("vae", "gan", "wgan_gp"):
     raise JdlError(f"{args.workdir} holds a run of task {trainer.config.task!r}; only VAE and GAN "
                    "runs generate images")
@@ -384,7 +384,6 @@ def _check(args, overrides) -> int:
 
 
 def _lr_find(args, overrides) -> int:
-  from jdl import config as config_lib
   from jdl import lr_finder
   config = _config(args, overrides)
   out = _out_path(args.out or f"lr_find_{_default_workdir(args.config).resolve().name}.png",

@@ -18,6 +18,7 @@ from jdl.data import augment as augment_lib
 from jdl.models import create_model
 from jdl.train import loop
 from jdl.train import steps
+from jdl.train import strategy
 
 from conftest import make_config
 
@@ -156,6 +157,6 @@ def test_activation_bytes_orders_the_models():
   cnn = measure(CNN | {"features": (32, 64), "dense": (256,)})
   lenet = measure({"name": "lenet5", "activation": "relu", "pool": "max"})
   mlp = measure({"name": "mlp", "hidden": (512, 512)})
-  assert 128 * cnn > loop.AUTO_WHOLE_BATCH_BYTES > 128 * lenet > 20 * 128 * mlp
-  assert 64 * cnn > loop.AUTO_MICROBATCH_BYTES >= 32 * cnn
-  assert 256 * lenet > loop.AUTO_WHOLE_BATCH_BYTES
+  assert 128 * cnn > strategy.AUTO_WHOLE_BATCH_BYTES > 128 * lenet > 20 * 128 * mlp
+  assert 64 * cnn > strategy.AUTO_MICROBATCH_BYTES >= 32 * cnn
+  assert 256 * lenet > strategy.AUTO_WHOLE_BATCH_BYTES

@@ -25,6 +25,7 @@ __all__ = (
     "StreamDataset",
     "default_data_dir",
     "download_files",
+    "fingerprint",
     "load_dataset",
     "read_idx",
     "validate_arrays",

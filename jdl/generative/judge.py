@@ -82,7 +82,7 @@ def _features(intermediates) -> jax.Array:
 
 
 def judge_from_trainer(trainer) -> Judge:
-  """The :class:`Judge` of a loaded classification run (:func:`jdl.train.loop.load_run`)."""
+  """The :class:`Judge` of a loaded classification run (:func:`jdl.train.reopen.load_run`)."""
   if trainer.config.task != "classification":
     raise JdlError(f"the judge of generated images must be a classifier; that run's task "
                    f"is {trainer.config.task!r}")

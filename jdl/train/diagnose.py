@@ -29,7 +29,6 @@ import numpy as np
 
 from jdl import diagnostics as diag_lib
 from jdl import optim
-from jdl.train import steps as steps_lib
 
 
 def align_chunk(chunk: int, every_steps: int) -> int:

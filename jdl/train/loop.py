@@ -1,4 +1,4 @@
-"""The training loop: ``fit``, ``evaluate``, ``predict``.
+"""The training loop: :class:`Trainer` and ``fit``.
 
 :class:`Trainer` builds everything from a config (data on the device, the model,
 the optax chain, the :class:`TrainState`), validates it all *before* it touches
@@ -15,7 +15,6 @@ live in :mod:`jdl.train.parallel`).
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import json
@@ -26,16 +25,13 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import flax.errors
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from jdl import checkpoint as ckpt_lib
-from jdl import config as config_lib
 from jdl import data as data_lib
-from jdl import diagnostics as diagnostics_lib
 from jdl import losses as losses_lib
 from jdl import metrics as metrics_lib
 from jdl import models as models_lib
@@ -43,31 +39,31 @@ from jdl import optim
 from jdl import regularizers
 from jdl import summary as summary_lib
 from jdl.data import augment as augment_lib
-from jdl.data import npy_dir
 from jdl.data import pipeline
 from jdl.data import stream
-from jdl.data import text as text_data
 from jdl.errors import JdlError, NonFiniteError
 from jdl.generative import stats as gen_stats
 from jdl.generative import tasks as gen_tasks
 from jdl.sequence import build as seq_models
 from jdl.sequence import tasks as seq_tasks
-from jdl.sequence import text as text_lib
 from jdl.train import callbacks as cb
+from jdl.train import checks
 from jdl.train import diagnose
 from jdl.train import parallel as parallel_lib
 from jdl.train import plots
+from jdl.train import run_data
 from jdl.train import runtime as runtime_lib
 from jdl.train import steps as steps_lib
+from jdl.train import strategy
 from jdl.train import transfer
 from jdl.train import workdir as workdir_lib
-from jdl.train.outputs import GenerativeOutputs, SequenceOutputs
-from jdl.train import resume
+from jdl.train.outputs import GenerativeOutputs, Predictions, SequenceOutputs
 from jdl.train.resume import ResumableRun
 from jdl.train.state import TrainState, create_train_state
 
-_NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
 _CE_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+# Losses of one logit an example (the probability of class 1).
+_BINARY_LOSSES = ("binary_crossentropy", "squared_hinge")
 
 
 @dataclasses.dataclass
@@ -88,23 +84,14 @@ class FitResult:
   trainer: Trainer = dataclasses.field(repr=False, default=None)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Data:
-  train: pipeline.Split | stream.StreamSplit
-  val: pipeline.Split | stream.StreamSplit | None
-  test: pipeline.Split | stream.StreamSplit | None
-  num_classes: int
-  task: str
-  input_shape: tuple[int, ...]
-  name: str
-  vocab: dict | None = None  # Text datasets: {name: Vocabulary} of the train split.
-
-
-class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
+class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
   """Owns one run: config, data, state, workdir. See :func:`fit`.
 
-  The workdir and checkpoint methods are in :class:`jdl.train.resume.ResumableRun`,
-  samples and decoding in :mod:`jdl.train.outputs`.
+  The workdir and checkpoint methods are in :class:`jdl.train.resume.ResumableRun`;
+  predictions, samples and decoding in :mod:`jdl.train.outputs`. The checks of the
+  settings are in :mod:`jdl.train.checks`, the data's loading in
+  :mod:`jdl.train.run_data`, the choices behind ``'auto'`` settings in
+  :mod:`jdl.train.strategy`.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
@@ -113,7 +100,6 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                progress: bool | None = None, restart: bool = False,
                parallel: str | None = None, vocab: dict | None = None):
     self.config = config
-    self._saved_vocab = vocab  # A finished run's vocabulary (load_run), else None.
     self.restart = restart
     self.preempted: str | None = None  # The signal that stopped training early.
     self.workdir = Path(workdir) if workdir else None
@@ -126,10 +112,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     # of a workdir with checkpoints holds initial parameters before then.
     self.holds_run_state = False
     self.record_kept = False  # A re-run of a finished run keeps its config.json, summary.
-    # Set by _load_data: the dataset's inputs are floats (predict takes the same);
-    # its integers were cast and normalised as numbers.
-    self._float_inputs = self._integers_as_numbers = False
-    self._validate_config(config)
+    checks.validate_config(config)
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
     runtime_lib.request_deterministic_ops(config.deterministic)
@@ -144,12 +127,13 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       raise JdlError("diagnostics.every_steps needs parallel='none' or 'data', not "
                      "'shard_map'; use --config.parallel=data")
     self.seq2seq = config.task == "seq2seq"
-    self.data = self._load_data(config, dataset)
+    # vocab: a finished run's vocabulary (load_run), else None.
+    self.data = run_data.load_data(config, dataset, vocab=vocab)
     if config.loss in _BINARY_LOSSES and not (self.generative or self.seq2seq):
       self._check_binary_loss()  # Before a model is built or given outputs are read.
     self.vocab = self.data.vocab
     if self.seq2seq:
-      self._check_decoding(config.sequence)
+      checks.check_decoding(config.sequence, self.vocab, self.data.train.y)
     self.model = model or self._create_model()
     # What the checkpoints record of where the data and the model came from, so that
     # a resume or a reload with other ones is refused (resume.check_provenance).
@@ -218,7 +202,7 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
                        f"{e}") from None
       hint = ("; the dataset's integer inputs were cast to float32 and normalised as "
               "numbers (no vocabulary): to feed them as token ids, set normalize='none'"
-              if self._integers_as_numbers else "")
+              if self.data.integers_as_numbers else "")
       raise JdlError(f"{what} failed to initialise on inputs of shape "
                      f"{tuple(example.shape[1:])}: {e}{hint}") from None
     if config.init_from.workdir:
@@ -249,7 +233,9 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       regularizers.check_activity_include(self.state.apply_fn, self.state.variables,
                                           self.data.train.x[:1], reg.activity_include)
     self.train_names = steps_lib.train_metric_names(names)
-    self._check_monitors()
+    if not self.generative:
+      checks.check_monitors(config, train_names=self.train_names, metric_names=names,
+                            has_val=self.data.val is not None, warn=self.warn)
     # A streamed split on a mesh: each process reads only its columns of every batch,
     # and blocks arrive pre-gathered, [num_steps, batch, ...] sharded P(None, 'data').
     self.gathered = self.parallel.enabled and isinstance(self.data.train, stream.StreamSplit)
@@ -260,11 +246,17 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
           for name in ("train", "val", "test")
           if isinstance(split := getattr(self.data, name), pipeline.Split)})
       self.state = rep(self.state)
-    self.nonfinite_check = self._choose_nonfinite_check()
-    self.microbatch_size = self._choose_microbatch_size()
+    self.nonfinite_check = strategy.choose_nonfinite_check(config, self.parallel, self.gan)
+    self.microbatch_size = strategy.choose_microbatch_size(
+        config, batch_size=bs, task=self.task, parallel=self.parallel,
+        params=self.state.params, model_state=self.state.model_state,
+        x=self.data.train.x, y=self.data.train.y)
     self._compile()
-    self.epoch_mode = self._choose_epoch_mode()
-    self.chunk = diagnose.align_chunk(self._choose_chunk(), int(config.diagnostics.every_steps))
+    self.epoch_mode = strategy.choose_epoch_mode(config, self.train_step, self.state,
+                                                 self._example_batch())
+    self.chunk = diagnose.align_chunk(
+        strategy.choose_chunk(config, self.epoch_mode, self.steps_per_epoch),
+        int(config.diagnostics.every_steps))
     self._diagnostics = diagnose.DiagnosticsHook(self) if config.diagnostics.every_steps else None
     # Where each block of steps gets its inputs: the device-resident split, or
     # blocks streamed from disk by a background thread (dataset='npy_dir').
@@ -292,190 +284,6 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     self.tb: cb.TensorBoard | None = None
 
   # ----------------------------------------------------------------- building
-  @staticmethod
-  def _validate_config(config) -> None:
-    # load_config locks a config; one built in Python from base_config() is not, and
-    # a misspelt key there would be a silently ignored setting.
-    unknown = config_lib.unknown_keys(config)
-    if unknown:
-      raise JdlError(f"config sets {', '.join(repr(k) for k in unknown)}, which "
-                     "jdl.base_config() does not declare (a misspelt key?); see "
-                     "jdl.config.base_config() for the keys jdl reads")
-    for key in ("num_epochs", "batch_size", "eval_batch_size", "seed"):
-      if isinstance(config[key], bool):  # bool is an int to Python and ml_collections.
-        raise JdlError(f"{key} must be an integer, got {config[key]}")
-    if int(config.num_epochs) < 0:
-      raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
-    # The splits' generators (numpy's, scikit-learn's) take seeds in [0, 2**32).
-    if not 0 <= int(config.seed) < 2**32:
-      raise JdlError(f"seed must be in [0, 2**32), got {config.seed}")
-    if int(config.scan_chunk) < 0:
-      raise JdlError(f"scan_chunk must be >= 0 (0: automatic), got {config.scan_chunk}")
-    if len(set(config.metrics)) != len(tuple(config.metrics)):
-      raise JdlError(f"metrics lists a name twice: {tuple(config.metrics)}")
-    if not float(config.distributed.timeout_seconds) > 0:
-      raise JdlError("distributed.timeout_seconds must be > 0, got "
-                     f"{config.distributed.timeout_seconds}")
-    es = config.early_stopping
-    if not math.isfinite(float(es.min_delta)):
-      raise JdlError(f"early_stopping.min_delta must be finite, got {es.min_delta}")
-    tasks = ("classification", "regression", "seq2seq", *gen_tasks.TASKS)
-    if config.task not in tasks:
-      raise JdlError(f"task must be one of {', '.join(tasks)}, got {config.task!r}")
-    if config.task in gen_tasks.TASKS:
-      gen_tasks.validate_config(config)
-    if config.task == "seq2seq":
-      # Its loss is the masked token cross-entropy, and its model takes two inputs.
-      unsupported = [k for k, on in (
-          ("loss", config.loss != "sparse_categorical_crossentropy"),
-          ("regularization.activity_l1", config.regularization.activity_l1)) if on]
-      if unsupported:
-        raise JdlError(f"task 'seq2seq' does not support {' or '.join(unsupported)} (its "
-                       "loss is the token cross-entropy, with label_smoothing if set); "
-                       f"leave {'it' if len(unsupported) == 1 else 'them'} at the default")
-    if not 0.0 <= float(config.label_smoothing) < 1.0:
-      raise JdlError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
-    if config.epoch_mode not in ("auto", "step", "scan"):
-      raise JdlError(f"epoch_mode must be 'auto', 'step' or 'scan', got {config.epoch_mode!r}")
-    if config.normalize not in _NORMALIZERS:
-      raise JdlError(f"normalize must be one of {', '.join(_NORMALIZERS)}, got "
-                     f"{config.normalize!r}")
-    if config.checkpoint_every_steps < 0:
-      raise JdlError(f"checkpoint_every_steps must be >= 0, got {config.checkpoint_every_steps}")
-    if not config.checkpoint_every_seconds >= 0:  # NaN too.
-      raise JdlError("checkpoint_every_seconds must be >= 0, got "
-                     f"{config.checkpoint_every_seconds}")
-    if config.monitor_mode not in ("min", "max"):
-      raise JdlError(f"monitor_mode must be 'min' or 'max', got {config.monitor_mode!r}")
-    if config.early_stopping.mode not in ("min", "max"):
-      raise JdlError(f"early_stopping.mode must be 'min' or 'max', got "
-                     f"{config.early_stopping.mode!r}")
-    if config.keep_checkpoints < 1:
-      raise JdlError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
-    if config.nonfinite not in ("stop", "skip"):
-      raise JdlError(f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
-    if config.nonfinite_check not in ("auto", "step", "block"):
-      raise JdlError("nonfinite_check must be 'auto', 'step' or 'block', got "
-                     f"{config.nonfinite_check!r}")
-    if config.nonfinite_check == "block" and config.nonfinite != "stop":
-      raise JdlError("nonfinite_check='block' needs nonfinite='stop' (a skipped update is "
-                     "decided at its step); use --config.nonfinite_check=step")
-    if config.max_nonfinite_skips < 1:
-      raise JdlError(f"max_nonfinite_skips must be >= 1, got {config.max_nonfinite_skips}")
-    if config.checkpoint_every_epochs < 1:
-      raise JdlError(f"checkpoint_every_epochs must be >= 1, got {config.checkpoint_every_epochs}")
-    diagnostics_lib.validate_config(config)
-    seq = config.sequence
-    for key in ("padding", "truncating"):
-      if seq[key] not in text_lib.PADDING:
-        raise JdlError(f"sequence.{key} must be 'pre' or 'post', got {seq[key]!r}")
-    if seq.level not in text_lib.LEVELS:
-      raise JdlError(f"sequence.level must be 'word' or 'char', got {seq.level!r}")
-    for key in ("maxlen", "max_vocab", "beam_size", "decode_max_len"):
-      if int(seq[key]) < 0:
-        raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
-
-  def _check_decoding(self, seq) -> None:
-    """Decoding settings a seq2seq run can honour, checked before it trains."""
-    if not math.isfinite(float(seq.length_penalty)):
-      raise JdlError(f"sequence.length_penalty must be finite, got {seq.length_penalty}")
-    tgt = self.vocab.get("tgt") if self.vocab else None
-    if tgt is not None and int(seq.beam_size) > len(tgt):
-      raise JdlError(f"sequence.beam_size={seq.beam_size} exceeds the {len(tgt)} tokens of "
-                     "the target vocabulary (each beam is a distinct token sequence)")
-    longest = int(self.data.train.y.shape[1]) - 1  # Without <bos>.
-    if int(seq.decode_max_len) > MAX_DECODE_FACTOR * longest:
-      raise JdlError(f"sequence.decode_max_len={seq.decode_max_len} is more than "
-                     f"{MAX_DECODE_FACTOR}x the longest target ({longest} tokens); 0 decodes "
-                     "up to that length")
-
-  def _load_data(self, config, dataset) -> _Data:
-    given = dataset is not None
-    if dataset is None:
-      dataset = data_lib.load_dataset(
-          config.dataset, data_dir=config.data_dir, test_split=float(config.test_split),
-          seed=int(config.seed), n_samples=int(config.n_samples) or None,
-          noise=None if config.noise < 0 else float(config.noise),
-          download=bool(config.download),
-          text=text_data.TextOptions.from_config(config.sequence), vocab=self._saved_vocab)
-    self.data_source = {"name": dataset.name, "given": given,
-                        "fingerprint": data_lib.fingerprint(dataset)}
-    data_lib.check_example_shapes(dataset, f"dataset {dataset.name!r}")
-    task = dataset.task
-    if task != config.task and config.task not in gen_tasks.TASKS:
-      raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
-                     f"{config.task!r}")
-    if isinstance(dataset, npy_dir.StreamDataset):  # Stays on disk; read block by block.
-      train, val, test, self.normalizer = stream.build_splits(dataset, config)
-      return _Data(train=train, val=val, test=test, num_classes=dataset.num_classes, task=task,
-                   input_shape=dataset.input_shape, name=dataset.name)
-    for split, x, y in (("train", dataset.x_train, dataset.y_train),
-                        ("test", dataset.x_test, dataset.y_test),
-                        ("val", dataset.x_val, dataset.y_val)):
-      if split != "train" and (x is None or len(x) == 0):
-        continue
-      data_lib.validate_arrays(x, y, num_classes=dataset.num_classes, task=task, split=split)
-    if task == "regression":
-      as_2d = lambda y: None if y is None else y.reshape(len(y), -1).astype(np.float32)  # noqa: E731
-      dataset = dataclasses.replace(dataset, y_train=as_2d(dataset.y_train),
-                                    y_test=as_2d(dataset.y_test), y_val=as_2d(dataset.y_val))
-    dataset = transfer.subset(dataset, classes=tuple(config.classes),
-                              examples_per_class=int(config.examples_per_class),
-                              seed=int(config.seed))
-    if config.task == "classification" and dataset.num_classes < 2:
-      kept = f" (classes={tuple(config.classes)} keeps one)" if config.classes else ""
-      raise JdlError(f"classification needs at least 2 classes; {dataset.name!r} has "
-                     f"{dataset.num_classes}{kept}")
-    if dataset.x_val is not None:  # An explicit validation set replaces validation_split.
-      x_tr, y_tr, x_val, y_val = dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val
-    else:
-      x_tr, y_tr, x_val, y_val = pipeline.split_validation(
-          dataset.x_train, dataset.y_train, float(config.validation_split), int(config.seed))
-    # Integer inputs are token ids in a text dataset (it has a vocabulary) and when
-    # they are to be fed as they are (normalize='none': a user's own ids for an
-    # embedding). Otherwise (uint8 images, counts) they are numbers: float32,
-    # normalised. (A streamed npy_dir dataset always reads float32.)
-    integer = np.issubdtype(np.asarray(x_tr).dtype, np.integer)
-    self._float_inputs = np.asarray(x_tr).dtype.kind == "f"  # predict takes the same.
-    tokens = integer and (dataset.vocab is not None or config.normalize == "none")
-    self._integers_as_numbers = integer and not tokens
-    if tokens and config.normalize != "none":
-      raise JdlError(f"dataset {dataset.name!r} gives token ids; set normalize='none' (got "
-                     f"{config.normalize!r})")
-    continuous = [k for k in ("noise_std", "mixup_alpha") if config.augment[k]]
-    if tokens and continuous:
-      raise JdlError(f"dataset {dataset.name!r} gives token ids, which augment."
-                     f"{', augment.'.join(continuous)} cannot act on (noise and mixup turn "
-                     f"ids into other ids); set {'it' if len(continuous) == 1 else 'them'} "
-                     "to 0")
-    if tokens:
-      norm = None
-    elif config.normalize == "featurewise":
-      norm = pipeline.Normalizer.fit(x_tr)
-    elif config.normalize == "featurewise_center":
-      norm = pipeline.Normalizer.fit_center(x_tr)
-    elif config.normalize == "global":
-      norm = pipeline.Normalizer.fit_global(x_tr)
-    else:
-      norm = pipeline.Normalizer.identity(x_tr.shape[1:])
-    self.normalizer = norm
-
-    def put(x, y, split):
-      if x is None or len(x) == 0:
-        return None
-      x = np.asarray(x, np.int32) if norm is None else norm(x)
-      if config.task == "autoencoder":
-        y = x  # The target is the clean input (augmentation noise touches x only).
-      elif (config.task == "vae" and config.generative.binarize == "dynamic"
-            and split != "train"):
-        x = gen_tasks.binarize_eval_inputs(x)
-      return pipeline.Split(jnp.asarray(x), jnp.asarray(y))
-
-    return _Data(train=put(x_tr, y_tr, "train"), val=put(x_val, y_val, "val"),
-                 test=put(dataset.x_test, dataset.y_test, "test"),
-                 num_classes=dataset.num_classes, task=task,
-                 input_shape=tuple(x_tr.shape[1:]), name=dataset.name, vocab=dataset.vocab)
-
   def _create_model(self):
     if self.generative:
       return gen_tasks.create_models(self.config, self.data.input_shape)
@@ -542,73 +350,6 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       n = self.data.num_classes
       return lambda out, y: loss(out, jax.nn.one_hot(y, n, dtype=out.dtype))
     return loss
-
-  def _choose_nonfinite_check(self) -> str:
-    """``'step'`` or ``'block'``: see ``config.nonfinite_check``."""
-    mode = self.config.nonfinite_check
-    if mode == "auto":
-      block = (jax.default_backend() == "cpu" and self.config.nonfinite == "stop"
-               and not self.parallel.enabled and not self.gan)
-      return "block" if block else "step"
-    if mode == "block" and (self.parallel.enabled or self.gan):
-      raise JdlError("nonfinite_check='block' needs one device and a one-model task; use "
-                     "--config.nonfinite_check=step")
-    return mode
-
-  def _choose_microbatch_size(self) -> int:
-    """0 (the whole batch at once) or the microbatch size: see ``config.microbatch_size``."""
-    size, bs = int(self.config.microbatch_size), self.batch_size
-    if size < 0:
-      raise JdlError(f"microbatch_size must be >= 0 (0 = auto), got {size}")
-    supervised = type(self.task) is steps_lib.SupervisedTask
-    if size >= bs:
-      return 0
-    if size:
-      where = ("classification and regression tasks" if not supervised
-               else "parallel='none'" if self.parallel.enabled
-               else "a model without mutable state" if self.state.model_state else None)
-      if where:
-        raise JdlError(f"microbatch_size={size} needs {where}; set it to 0 (auto) or to "
-                       f"the batch size ({bs}) for whole batches")
-      if bs % size:
-        raise JdlError(f"microbatch_size={size} must divide batch_size={bs}")
-      return size
-    if (jax.default_backend() != "cpu" or not supervised or self.parallel.enabled
-        or self.state.model_state or bs < 2 * AUTO_MICROBATCH):
-      return 0
-    per_example = steps_lib.activation_bytes(self.task, self.state.params,
-                                             self.data.train.x, self.data.train.y)
-    if bs * per_example <= AUTO_WHOLE_BATCH_BYTES:
-      return 0
-    size = bs  # Halved while even, >= AUTO_MICROBATCH and over AUTO_MICROBATCH_BYTES.
-    while (size % 2 == 0 and size // 2 >= AUTO_MICROBATCH
-           and size * per_example > AUTO_MICROBATCH_BYTES):
-      size //= 2
-    return 0 if size == bs else size
-
-  def _choose_epoch_mode(self) -> str:
-    mode = self.config.epoch_mode
-    if mode != "auto":
-      return mode
-    # XLA:CPU runs the gradient of a convolution inside a loop on a slow generic
-    # path (about 20x slower; jax-ml/jax#12868). jdl's own conv layers lower to
-    # patches and matmuls on CPU, or to XLA forward convolutions only ('hybrid'),
-    # and scan safely; a step that holds autodiff's convolutions (conv_impl='xla',
-    # or a user's module) steps one call at a time.
-    if jax.default_backend() == "cpu" and _has_loop_slow_conv(self.train_step, self.state,
-                                                              self._example_batch()):
-      return "step"
-    return "scan"
-
-  def _choose_chunk(self) -> int:
-    if self.epoch_mode == "step":
-      return 1
-    if self.config.scan_chunk:
-      return max(1, min(int(self.config.scan_chunk), self.steps_per_epoch))
-    chunk = self.steps_per_epoch
-    if self.config.checkpoint_every_steps:
-      chunk = min(chunk, int(self.config.checkpoint_every_steps))
-    return max(1, min(chunk, 100))
 
   def _compile(self) -> None:
     par = self.parallel
@@ -713,51 +454,6 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
       return gen_stats.compute(names, acc)
     return metrics_lib.compute(names, acc)
 
-  def _check_monitors(self) -> None:
-    """Monitored names this run will not log are errors now, not after an epoch.
-
-    Classification, regression and seq2seq runs log ``loss``, the train metrics,
-    ``learning_rate`` and, with a validation split, ``val_`` and every metric's
-    name. (Generative tasks' own names are checked at the first epoch's end.) A
-    ``val_`` ``config.monitor`` without a validation split is allowed: it ranks no
-    checkpoint, and the latest is used.
-    """
-    if self.generative:
-      return
-    logged = {"loss", "learning_rate", *self.train_names}
-    if self.data.val is not None:
-      logged |= {"val_loss", *(f"val_{n}" for n in self.metric_names)}
-    c = self.config
-    # config.monitor only ranks checkpoints: without a validation split a val_ name
-    # just ranks none (the latest is used), as the default val_loss does. It must
-    # still be a name a validation split would log (not a misspelt one).
-    no_val = c.monitor.startswith("val_") and self.data.val is None
-    if no_val and c.monitor not in {"val_loss", *(f"val_{n}" for n in self.metric_names)}:
-      raise JdlError(f"monitor={c.monitor!r} is not a name this run would log with a "
-                     f"validation split; it would log val_loss"
-                     f"{''.join(f', val_{n}' for n in self.metric_names)}")
-    ranks = c.monitor and not no_val
-    monitors = [("monitor", c.monitor)] if ranks else []
-    if c.early_stopping.enabled:
-      monitors.append(("early_stopping.monitor", c.early_stopping.monitor))
-    if c.reduce_on_plateau.enabled:
-      monitors.append(("reduce_on_plateau.monitor", c.reduce_on_plateau.monitor))
-    modes = {"monitor": c.monitor_mode, "early_stopping.monitor": c.early_stopping.mode,
-             "reduce_on_plateau.monitor": c.reduce_on_plateau.mode}
-    for key, name in monitors:
-      if name not in logged:
-        hint = (" (there is no validation split: set validation_split > 0)"
-                if name.startswith("val_") and self.data.val is None else "")
-        raise JdlError(f"{key}={name!r} is not logged by this run{hint}; it logs "
-                       f"{', '.join(sorted(logged))}")
-      better = metrics_lib.better_direction(name.removeprefix("val_"))
-      if better is not None and better != modes[key]:
-        mode_key = "monitor_mode" if key == "monitor" else key.replace("monitor", "mode")
-        higher = better == "max"
-        self.warn(f"jdl: warning: {key}={name!r} is better {'higher' if higher else 'lower'}, "
-                  f"but {mode_key}={modes[key]!r} takes its {'lowest' if higher else 'highest'} "
-                  f"value as the best; set {mode_key}={better!r}")
-
   def _make_callbacks(self, extra, progress):
     c = self.config
     callbacks: list[cb.Callback] = []
@@ -778,6 +474,16 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
   @property
   def step(self) -> int:
     return int(self.state.step)
+
+  @property
+  def normalizer(self):
+    """Maps raw inputs as the train split's were mapped (``None``: token ids)."""
+    return self.data.normalizer
+
+  @property
+  def data_source(self) -> dict:
+    """What the checkpoints record of the data: name, given to fit, fingerprint."""
+    return self.data.source
 
   def log(self, message: str) -> None:
     if not self.quiet and self.primary:
@@ -1209,126 +915,6 @@ class Trainer(ResumableRun, GenerativeOutputs, SequenceOutputs):
     names = gen_tasks.EVAL_METRICS[self.config.task] if self.gan else self.metric_names
     return self.compute_metrics([n for n in names if n in self.metric_names], acc)
 
-  def predict(self, x: np.ndarray, state: TrainState | None = None) -> np.ndarray:
-    """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split).
-
-    Raises:
-      JdlError: a generative or seq2seq run (they sample or decode instead), inputs
-        of the wrong shape, NaN or Inf, integers where the dataset gives floats, or a
-        Trainer of a trained workdir that has not loaded its state (use
-        :func:`load_run`, or ``fit()``, which resumes).
-    """
-    x = self._check_predict(x, state)
-    try:
-      if self.normalizer is None:  # Token ids.
-        return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
-      return self.predict_normalized(jnp.asarray(self.normalizer(np.asarray(x, np.float32))),
-                                     state)
-    except (TypeError, ValueError, flax.errors.ScopeParamShapeError) as e:
-      if isinstance(e, JdlError) or x.shape[1:] == self.data.train.x.shape[1:]:
-        raise
-      raise JdlError(f"predict: inputs of shape {x.shape} do not fit this run, whose "
-                     f"examples are {tuple(self.data.train.x.shape[1:])} "
-                     f"({str(e).splitlines()[0][:200]})") from None
-
-  def _check_predict(self, x, state) -> np.ndarray:
-    """``x`` as a numeric array, or one JdlError for what predict cannot answer."""
-    task = self.config.task
-    if self.gan or task == "vae":
-      raise JdlError(f"predict maps inputs to outputs, but a {task} run generates images: "
-                     "use trainer.sample(n) (or `jdl sample`)")
-    if self.seq2seq:
-      raise JdlError("predict maps inputs to outputs, but a seq2seq run decodes: use "
-                     "trainer.decode(trainer.encode_texts(texts, vocab='src'), beam=True) "
-                     "(or `jdl predict --input`)")
-    try:
-      x = np.asarray(x)
-    except (TypeError, ValueError) as e:  # Ragged lists.
-      raise JdlError(f"predict needs a numeric array of inputs: {e}") from None
-    if x.dtype.kind not in "biuf":
-      raise JdlError(f"predict needs numeric inputs, got an array of dtype {x.dtype}")
-    shape, want = tuple(np.shape(x)), tuple(self.data.train.x.shape)
-    # As many axes as the dataset's batches; the sizes may differ where the model
-    # allows (a sequence of another length), which predict() finds out.
-    # Numbers normalised with the train split's statistics need the train examples'
-    # shape (other shapes would broadcast against them).
-    if len(shape) != len(want) or (self.normalizer is not None
-                                   and not self.normalizer.is_identity
-                                   and shape[1:] != tuple(self.data.input_shape)):
-      raise JdlError(f"predict needs inputs [n, {', '.join(map(str, self.data.input_shape))}] "
-                     f"(one example a row, as the dataset's); got shape {shape}")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-      bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum()) if len(x) else 0
-      raise JdlError(f"predict got NaN or Inf inputs (in {bad} of {len(x)} examples)")
-    self.check_input_kind(x, "predict got")
-    if state is None and not self.holds_run_state and int(self.state.step) == 0 and (
-        self.workdir is not None and any(
-            p.name.isdigit() and int(p.name) > 0
-            for p in (self.workdir / "checkpoints").glob("*"))):
-      raise JdlError(f"this Trainer holds its initial parameters, not those of the run in "
-                     f"{self.workdir}; use jdl.load_run({str(self.workdir)!r}) (with the "
-                     "dataset= and model= that fit() was given, if any), or trainer.fit(), "
-                     "which resumes")
-    return x
-
-  def check_input_kind(self, x: np.ndarray, what: str) -> None:
-    """Integer inputs to a run whose dataset gives floats are an error: taken 1:1
-    they would be misread (MNIST-family loaders give pixels / 255)."""
-    if x.dtype.kind in "iub" and self.normalizer is not None and self._float_inputs:
-      raise JdlError(f"{what} {x.dtype} inputs, but dataset {self.data.name!r} gives float "
-                     "inputs (MNIST-family loaders give pixels / 255, in [0, 1]); give them "
-                     "as the dataset's loader does")
-
-  def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
-    """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
-    state = self.state if state is None else state
-    if len(x) == 0:  # No examples: no outputs, of the outputs' shape.
-      return self.predict_normalized(jnp.zeros((1, *x.shape[1:]), x.dtype), state)[:0]
-    idx, _ = pipeline.eval_batch_indices(len(x), self.eval_batch_size)
-    outs = [np.asarray(self._predict(state, x[i])) for i in idx]
-    return np.concatenate(outs)[: len(x)]
-
-
-# config.microbatch_size=0 on one CPU device. steps_lib.activation_bytes measures the
-# intermediates of the loss's gradient per example; over the whole batch, up to
-# AUTO_WHOLE_BATCH_BYTES trains in whole batches, and more in microbatches: the batch
-# halved while the microbatch's intermediates exceed AUTO_MICROBATCH_BYTES, down to
-# AUTO_MICROBATCH examples. Fitted on this Xeon VM (benchmarks/microbatch.py;
-# benchmarks/README.md, "Microbatches"): at batch 128 the MNIST CNNs (3.8-5.1 MiB an
-# example) train 10-16% faster in microbatches of 32, LeNet-5 (1.2 MiB) trains
-# fastest whole, and at batch 256-512 LeNet-5 trains 19-31% faster in microbatches
-# of 128.
-AUTO_MICROBATCH = 32
-# Losses of one logit an example (the probability of class 1).
-_BINARY_LOSSES = ("binary_crossentropy", "squared_hinge")
-# sequence.decode_max_len beyond this multiple of the longest target is refused: a
-# typo (1e7) would decode for hours after training.
-MAX_DECODE_FACTOR = 8
-AUTO_WHOLE_BATCH_BYTES = 256 * 2**20
-AUTO_MICROBATCH_BYTES = 160 * 2**20
-
-
-def _has_loop_slow_conv(fn, *args) -> bool:
-  """Whether ``fn(*args)`` traces to a convolution XLA:CPU runs slowly inside a loop.
-
-  Forward-style convolutions (channel-last specs, no input dilation, no groups), as
-  in :func:`jdl.models.conv.conv_hybrid`, run fast in a scan; the transposed ones
-  that autodiff makes of a convolution (a kernel gradient: batch and feature axes
-  swapped; a strided input gradient: input dilation) and any other layout do not.
-  """
-  def slow(params) -> bool:
-    dn = params["dimension_numbers"]
-    n = len(dn.lhs_spec)
-    channel_last = (0, n - 1, *range(1, n - 1))
-    return (dn.lhs_spec != channel_last or dn.out_spec != channel_last
-            or dn.rhs_spec != (n - 1, n - 2, *range(n - 2))
-            or any(d != 1 for d in params["lhs_dilation"])
-            or params["feature_group_count"] != 1 or params["batch_group_count"] != 1)
-
-  return any(eqn.primitive.name == "conv_general_dilated" and slow(eqn.params)
-             for eqn in steps_lib.jaxpr_equations(jax.make_jaxpr(fn)(*args).jaxpr))
-
-
 def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
         dataset: data_lib.Dataset | None = None, model=None,
         callbacks: Sequence[cb.Callback] = (), quiet: bool = False,
@@ -1353,119 +939,3 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
   return trainer.fit()
 
 
-def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = None, *,
-             best: bool = True, dataset: data_lib.Dataset | None = None,
-             model=None) -> Trainer:
-  """A :class:`Trainer` holding a finished (or interrupted) run's state.
-
-  It runs in this process alone: a multi-host run's ``distributed`` settings are
-  not applied (unless JAX is already initialised for several processes).
-
-  Args:
-    workdir: the run's directory.
-    config: its config; ``None`` reads ``workdir/config.json``.
-    best: restore the best checkpoint by ``config.monitor`` (else the latest).
-    dataset: the run's dataset, when it was trained with ``fit(dataset=...)``
-      (its normalisation and splits come from it).
-    model: the run's module, when it was trained with ``fit(model=...)``.
-
-  Raises:
-    JdlError: no config or no checkpoint in the workdir; the run was trained on
-      another dataset or model than these arguments give (checked against the
-      fingerprint its checkpoints record).
-  """
-  workdir = Path(workdir)
-  if config is None:
-    path = workdir / "config.json"
-    if not path.is_file():
-      raise JdlError(f"{workdir} holds no jdl run (no config.json); train first with "
-                     f"`jdl train --workdir {workdir}`")
-    config = config_lib.from_dict(workdir_lib.read_json(path))
-  if "distributed" in config and config.distributed.initialize != "never":
-    # Reading a run is one process's work: a multi-host run's coordinator and process
-    # id (or $JAX_COORDINATOR_ADDRESS in a job script) do not describe this process,
-    # and orbax below starts JAX before a Trainer could initialise it.
-    config = copy.deepcopy(config)
-    config.distributed.initialize = "never"
-  ckdir = workdir / "checkpoints"
-  if not ckdir.is_dir():
-    raise JdlError(f"no checkpoints in {workdir}; train first with "
-                   f"`jdl train --workdir {workdir}`")
-  ckpt_lib.require_undamaged(ckdir)
-  with ckpt_lib.unreadable_as_error(ckdir, None):
-    ck = ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
-                               best_mode=config.monitor_mode, async_save=False)
-  with ck:
-    step = ck.best_step() if config.monitor and best else None
-    step = step if step is not None else ck.latest_step()
-    if step is None:
-      raise JdlError(f"no checkpoints in {ckdir}")
-    with ckpt_lib.unreadable_as_error(ckdir, step):
-      meta = ck.restore_meta(step)
-    vocab = None
-    if isinstance(meta, dict) and meta.get("vocab"):  # Text: the run's own token ids.
-      try:
-        vocab = {k: text_lib.Vocabulary.from_json(v) for k, v in meta["vocab"].items()}
-      except (AttributeError, JdlError) as e:
-        raise JdlError(f"checkpoint {step} in {ckdir}: bad vocabulary ({e})") from None
-    trainer = Trainer(config, None, quiet=True, vocab=vocab, dataset=dataset, model=model)
-    resume.check_provenance(meta, step, workdir, trainer.data_source, trainer.model_source,
-                            call="jdl.load_run")
-    target = {"state": trainer.state, "acc": trainer.empty_acc()}
-    # The epoch's metric sums are not read: the run reopens with other config.metrics
-    # (more metrics, a newly registered one) as well.
-    diffs = [d for d in ck.layout_mismatch(step, target) or [] if not d.startswith("acc/")]
-    if diffs:
-      saved = resume.saved_config(workdir, ck, step)
-      if isinstance(saved, dict) and isinstance(saved.get("distributed"), dict):
-        # Set to 'never' above, not by the caller: no difference to report.
-        saved["distributed"]["initialize"] = config.distributed.initialize
-      raise JdlError(resume.mismatch_message(
-          workdir, step, diffs, saved, config,
-          remedy="Use the run's own config: leave out --config and the overrides (jdl "
-                 "evaluate), or config=None (jdl.load_run), and config.json is used"))
-    with ckpt_lib.unreadable_as_error(ckdir, step):
-      tree, _ = ck.restore(step, {"state": trainer.state}, partial=True)
-  trainer.state = tree["state"]
-  trainer.holds_run_state = True
-  return trainer
-
-
-def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
-             split: str = "test", dataset: data_lib.Dataset | None = None,
-             model=None) -> dict[str, float]:
-  """Metrics of the best (else latest) checkpoint in ``workdir`` on ``split``.
-
-  Generative runs add their scores: ``neg_elbo`` (nats) for a VAE, and with
-  ``generative.classifier_workdir`` set, ``inception_score`` and
-  ``frechet_distance`` for a VAE or a GAN. ``config=None`` reads the run's
-  ``config.json``; ``dataset`` and ``model`` are as for :func:`load_run`.
-
-  Raises:
-    JdlError: the workdir holds no checkpoint, or the split is empty.
-  """
-  if split not in ("test", "val", "train"):
-    raise JdlError(f"split must be 'test', 'val' or 'train', got {split!r}")
-  trainer = load_run(workdir, config, dataset=dataset, model=model)
-  data = {"test": trainer.data.test, "val": trainer.data.val, "train": trainer.data.train}[split]
-  if data is None:
-    raise JdlError(f"the {split} split of {trainer.data.name!r} is empty")
-  results = trainer.evaluate_split(data)
-  return {**results, **trainer.sequence_scores(data), **trainer.generative_scores(data)}
-
-
-def predict(run: FitResult | Trainer, x: np.ndarray) -> np.ndarray:
-  """Model outputs (logits or predictions) for raw inputs ``x: [n, ...]``.
-
-  Inputs are normalised with the train split's statistics, as in training.
-
-  Args:
-    run: the result of :func:`fit`, or a :class:`Trainer`.
-    x: inputs shaped like the dataset's examples.
-  """
-  if isinstance(run, FitResult):
-    return run.trainer.predict(x, run.state)
-  if not isinstance(run, Trainer):
-    raise JdlError(f"predict takes the result of jdl.fit or a Trainer (jdl.load_run(workdir)), "
-                   f"got {type(run).__name__}")
-  return run.predict(x)

@@ -1,4 +1,5 @@
-"""What a trained run produces beyond metrics: generated images and decoded sequences.
+"""What a trained run produces beyond metrics: predictions for new inputs,
+generated images and decoded sequences.
 
 :class:`jdl.train.loop.Trainer` mixes these in. They read the trainer's ``state``,
 ``task``, ``model``, ``data``, ``config``, ``vocab``, ``sample_key``,
@@ -12,6 +13,7 @@ import functools
 from pathlib import Path
 from typing import Sequence
 
+import flax.errors
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,7 +67,7 @@ class GenerativeOutputs:
   def judge(self):
     """The classifier that scores generated images (``generative.classifier_workdir``)."""
     from jdl.generative import judge as judge_lib
-    from jdl.train.loop import load_run  # The judge is another run (a classifier).
+    from jdl.train.reopen import load_run  # The judge is another run (a classifier).
     if not hasattr(self, "_judge"):
       workdir = self.config.generative.classifier_workdir
       judge = None
@@ -184,3 +186,90 @@ class SequenceOutputs:
       hits = sum(strip(row) == t for row, t in zip(tokens, targets))
       out[f"{name}_exact_match"] = hits / len(targets)
     return out
+
+
+class Predictions:
+  """Model outputs for new inputs (classification and regression runs).
+
+  Reads the trainer's ``state``, ``data``, ``normalizer``, ``eval_batch_size``,
+  ``config``, ``workdir``, ``holds_run_state`` and its compiled ``_predict``.
+  """
+
+  def predict(self, x: np.ndarray, state: TrainState | None = None) -> np.ndarray:
+    """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split).
+
+    Raises:
+      JdlError: a generative or seq2seq run (they sample or decode instead), inputs
+        of the wrong shape, NaN or Inf, integers where the dataset gives floats, or a
+        Trainer of a trained workdir that has not loaded its state (use
+        :func:`load_run`, or ``fit()``, which resumes).
+    """
+    x = self._check_predict(x, state)
+    try:
+      if self.normalizer is None:  # Token ids.
+        return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
+      return self.predict_normalized(jnp.asarray(self.normalizer(np.asarray(x, np.float32))),
+                                     state)
+    except (TypeError, ValueError, flax.errors.ScopeParamShapeError) as e:
+      if isinstance(e, JdlError) or x.shape[1:] == self.data.train.x.shape[1:]:
+        raise
+      raise JdlError(f"predict: inputs of shape {x.shape} do not fit this run, whose "
+                     f"examples are {tuple(self.data.train.x.shape[1:])} "
+                     f"({str(e).splitlines()[0][:200]})") from None
+
+  def _check_predict(self, x, state) -> np.ndarray:
+    """``x`` as a numeric array, or one JdlError for what predict cannot answer."""
+    task = self.config.task
+    if self.gan or task == "vae":
+      raise JdlError(f"predict maps inputs to outputs, but a {task} run generates images: "
+                     "use trainer.sample(n) (or `jdl sample`)")
+    if self.seq2seq:
+      raise JdlError("predict maps inputs to outputs, but a seq2seq run decodes: use "
+                     "trainer.decode(trainer.encode_texts(texts, vocab='src'), beam=True) "
+                     "(or `jdl predict --input`)")
+    try:
+      x = np.asarray(x)
+    except (TypeError, ValueError) as e:  # Ragged lists.
+      raise JdlError(f"predict needs a numeric array of inputs: {e}") from None
+    if x.dtype.kind not in "biuf":
+      raise JdlError(f"predict needs numeric inputs, got an array of dtype {x.dtype}")
+    shape, want = tuple(np.shape(x)), tuple(self.data.train.x.shape)
+    # As many axes as the dataset's batches; the sizes may differ where the model
+    # allows (a sequence of another length), which predict() finds out.
+    # Numbers normalised with the train split's statistics need the train examples'
+    # shape (other shapes would broadcast against them).
+    if len(shape) != len(want) or (self.normalizer is not None
+                                   and not self.normalizer.is_identity
+                                   and shape[1:] != tuple(self.data.input_shape)):
+      raise JdlError(f"predict needs inputs [n, {', '.join(map(str, self.data.input_shape))}] "
+                     f"(one example a row, as the dataset's); got shape {shape}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+      bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum()) if len(x) else 0
+      raise JdlError(f"predict got NaN or Inf inputs (in {bad} of {len(x)} examples)")
+    self.check_input_kind(x, "predict got")
+    if state is None and not self.holds_run_state and int(self.state.step) == 0 and (
+        self.workdir is not None and any(
+            p.name.isdigit() and int(p.name) > 0
+            for p in (self.workdir / "checkpoints").glob("*"))):
+      raise JdlError(f"this Trainer holds its initial parameters, not those of the run in "
+                     f"{self.workdir}; use jdl.load_run({str(self.workdir)!r}) (with the "
+                     "dataset= and model= that fit() was given, if any), or trainer.fit(), "
+                     "which resumes")
+    return x
+
+  def check_input_kind(self, x: np.ndarray, what: str) -> None:
+    """Integer inputs to a run whose dataset gives floats are an error: taken 1:1
+    they would be misread (MNIST-family loaders give pixels / 255)."""
+    if x.dtype.kind in "iub" and self.normalizer is not None and self.data.float_inputs:
+      raise JdlError(f"{what} {x.dtype} inputs, but dataset {self.data.name!r} gives float "
+                     "inputs (MNIST-family loaders give pixels / 255, in [0, 1]); give them "
+                     "as the dataset's loader does")
+
+  def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
+    """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
+    state = self.state if state is None else state
+    if len(x) == 0:  # No examples: no outputs, of the outputs' shape.
+      return self.predict_normalized(jnp.zeros((1, *x.shape[1:]), x.dtype), state)[:0]
+    idx, _ = pipeline.eval_batch_indices(len(x), self.eval_batch_size)
+    outs = [np.asarray(self._predict(state, x[i])) for i in idx]
+    return np.concatenate(outs)[: len(x)]

@@ -1,0 +1,175 @@
+"""Checks of a run's settings, made before it trains: one clear error apiece.
+
+:func:`validate_config` needs only the config; :func:`check_decoding` and
+:func:`check_monitors` also what the run loaded (its vocabulary and targets, the
+names it will log). :class:`jdl.train.loop.Trainer` calls them as it builds a run,
+before it touches the workdir.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import ml_collections
+
+from jdl import config as config_lib
+from jdl import diagnostics as diagnostics_lib
+from jdl import metrics as metrics_lib
+from jdl.errors import JdlError
+from jdl.generative import tasks as gen_tasks
+from jdl.sequence import text as text_lib
+
+NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
+# sequence.decode_max_len beyond this multiple of the longest target is refused: a
+# typo (1e7) would decode for hours after training.
+MAX_DECODE_FACTOR = 8
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises one JdlError for the first setting of ``config`` that no run can honour.
+
+  Checked before any data is read or the workdir is touched. Settings that
+  depend on the data or the model are checked as the run is built.
+  """
+  # load_config locks a config; one built in Python from base_config() is not, and
+  # a misspelt key there would be a silently ignored setting.
+  unknown = config_lib.unknown_keys(config)
+  if unknown:
+    raise JdlError(f"config sets {', '.join(repr(k) for k in unknown)}, which "
+                   "jdl.base_config() does not declare (a misspelt key?); see "
+                   "jdl.config.base_config() for the keys jdl reads")
+  for key in ("num_epochs", "batch_size", "eval_batch_size", "seed"):
+    if isinstance(config[key], bool):  # bool is an int to Python and ml_collections.
+      raise JdlError(f"{key} must be an integer, got {config[key]}")
+  if int(config.num_epochs) < 0:
+    raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
+  # The splits' generators (numpy's, scikit-learn's) take seeds in [0, 2**32).
+  if not 0 <= int(config.seed) < 2**32:
+    raise JdlError(f"seed must be in [0, 2**32), got {config.seed}")
+  if int(config.scan_chunk) < 0:
+    raise JdlError(f"scan_chunk must be >= 0 (0: automatic), got {config.scan_chunk}")
+  if len(set(config.metrics)) != len(tuple(config.metrics)):
+    raise JdlError(f"metrics lists a name twice: {tuple(config.metrics)}")
+  if not float(config.distributed.timeout_seconds) > 0:
+    raise JdlError("distributed.timeout_seconds must be > 0, got "
+                   f"{config.distributed.timeout_seconds}")
+  es = config.early_stopping
+  if not math.isfinite(float(es.min_delta)):
+    raise JdlError(f"early_stopping.min_delta must be finite, got {es.min_delta}")
+  tasks = ("classification", "regression", "seq2seq", *gen_tasks.TASKS)
+  if config.task not in tasks:
+    raise JdlError(f"task must be one of {', '.join(tasks)}, got {config.task!r}")
+  if config.task in gen_tasks.TASKS:
+    gen_tasks.validate_config(config)
+  if config.task == "seq2seq":
+    # Its loss is the masked token cross-entropy, and its model takes two inputs.
+    unsupported = [k for k, on in (
+        ("loss", config.loss != "sparse_categorical_crossentropy"),
+        ("regularization.activity_l1", config.regularization.activity_l1)) if on]
+    if unsupported:
+      raise JdlError(f"task 'seq2seq' does not support {' or '.join(unsupported)} (its "
+                     "loss is the token cross-entropy, with label_smoothing if set); "
+                     f"leave {'it' if len(unsupported) == 1 else 'them'} at the default")
+  if not 0.0 <= float(config.label_smoothing) < 1.0:
+    raise JdlError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+  if config.epoch_mode not in ("auto", "step", "scan"):
+    raise JdlError(f"epoch_mode must be 'auto', 'step' or 'scan', got {config.epoch_mode!r}")
+  if config.normalize not in NORMALIZERS:
+    raise JdlError(f"normalize must be one of {', '.join(NORMALIZERS)}, got "
+                   f"{config.normalize!r}")
+  if config.checkpoint_every_steps < 0:
+    raise JdlError(f"checkpoint_every_steps must be >= 0, got {config.checkpoint_every_steps}")
+  if not config.checkpoint_every_seconds >= 0:  # NaN too.
+    raise JdlError("checkpoint_every_seconds must be >= 0, got "
+                   f"{config.checkpoint_every_seconds}")
+  if config.monitor_mode not in ("min", "max"):
+    raise JdlError(f"monitor_mode must be 'min' or 'max', got {config.monitor_mode!r}")
+  if config.early_stopping.mode not in ("min", "max"):
+    raise JdlError(f"early_stopping.mode must be 'min' or 'max', got "
+                   f"{config.early_stopping.mode!r}")
+  if config.keep_checkpoints < 1:
+    raise JdlError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+  if config.nonfinite not in ("stop", "skip"):
+    raise JdlError(f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
+  if config.nonfinite_check not in ("auto", "step", "block"):
+    raise JdlError("nonfinite_check must be 'auto', 'step' or 'block', got "
+                   f"{config.nonfinite_check!r}")
+  if config.nonfinite_check == "block" and config.nonfinite != "stop":
+    raise JdlError("nonfinite_check='block' needs nonfinite='stop' (a skipped update is "
+                   "decided at its step); use --config.nonfinite_check=step")
+  if config.max_nonfinite_skips < 1:
+    raise JdlError(f"max_nonfinite_skips must be >= 1, got {config.max_nonfinite_skips}")
+  if config.checkpoint_every_epochs < 1:
+    raise JdlError(f"checkpoint_every_epochs must be >= 1, got {config.checkpoint_every_epochs}")
+  diagnostics_lib.validate_config(config)
+  seq = config.sequence
+  for key in ("padding", "truncating"):
+    if seq[key] not in text_lib.PADDING:
+      raise JdlError(f"sequence.{key} must be 'pre' or 'post', got {seq[key]!r}")
+  if seq.level not in text_lib.LEVELS:
+    raise JdlError(f"sequence.level must be 'word' or 'char', got {seq.level!r}")
+  for key in ("maxlen", "max_vocab", "beam_size", "decode_max_len"):
+    if int(seq[key]) < 0:
+      raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
+
+
+def check_decoding(seq: ml_collections.ConfigDict, vocab: dict | None, targets) -> None:
+  """Decoding settings (``config.sequence``) a seq2seq run can honour, checked
+  before it trains; ``targets``: the train split's ``[n, length]`` token ids."""
+  if not math.isfinite(float(seq.length_penalty)):
+    raise JdlError(f"sequence.length_penalty must be finite, got {seq.length_penalty}")
+  tgt = vocab.get("tgt") if vocab else None
+  if tgt is not None and int(seq.beam_size) > len(tgt):
+    raise JdlError(f"sequence.beam_size={seq.beam_size} exceeds the {len(tgt)} tokens of "
+                   "the target vocabulary (each beam is a distinct token sequence)")
+  longest = int(targets.shape[1]) - 1  # Without <bos>.
+  if int(seq.decode_max_len) > MAX_DECODE_FACTOR * longest:
+    raise JdlError(f"sequence.decode_max_len={seq.decode_max_len} is more than "
+                   f"{MAX_DECODE_FACTOR}x the longest target ({longest} tokens); 0 decodes "
+                   "up to that length")
+
+
+def check_monitors(config: ml_collections.ConfigDict, *, train_names: Sequence[str],
+                   metric_names: Sequence[str], has_val: bool, warn) -> None:
+  """Monitored names a run will not log are errors now, not after an epoch.
+
+  Classification, regression and seq2seq runs log ``loss``, the train metrics,
+  ``learning_rate`` and, with a validation split, ``val_`` and every metric's
+  name. (Generative tasks' own names are checked at the first epoch's end, not
+  here.) A ``val_`` ``config.monitor`` without a validation split is allowed: it
+  ranks no checkpoint, and the latest is used.
+  """
+  logged = {"loss", "learning_rate", *train_names}
+  if has_val:
+    logged |= {"val_loss", *(f"val_{n}" for n in metric_names)}
+  c = config
+  # config.monitor only ranks checkpoints: without a validation split a val_ name
+  # just ranks none (the latest is used), as the default val_loss does. It must
+  # still be a name a validation split would log (not a misspelt one).
+  no_val = c.monitor.startswith("val_") and not has_val
+  if no_val and c.monitor not in {"val_loss", *(f"val_{n}" for n in metric_names)}:
+    raise JdlError(f"monitor={c.monitor!r} is not a name this run would log with a "
+                   f"validation split; it would log val_loss"
+                   f"{''.join(f', val_{n}' for n in metric_names)}")
+  ranks = c.monitor and not no_val
+  monitors = [("monitor", c.monitor)] if ranks else []
+  if c.early_stopping.enabled:
+    monitors.append(("early_stopping.monitor", c.early_stopping.monitor))
+  if c.reduce_on_plateau.enabled:
+    monitors.append(("reduce_on_plateau.monitor", c.reduce_on_plateau.monitor))
+  modes = {"monitor": c.monitor_mode, "early_stopping.monitor": c.early_stopping.mode,
+           "reduce_on_plateau.monitor": c.reduce_on_plateau.mode}
+  for key, name in monitors:
+    if name not in logged:
+      hint = (" (there is no validation split: set validation_split > 0)"
+              if name.startswith("val_") and not has_val else "")
+      raise JdlError(f"{key}={name!r} is not logged by this run{hint}; it logs "
+                     f"{', '.join(sorted(logged))}")
+    better = metrics_lib.better_direction(name.removeprefix("val_"))
+    if better is not None and better != modes[key]:
+      mode_key = "monitor_mode" if key == "monitor" else key.replace("monitor", "mode")
+      higher = better == "max"
+      warn(f"jdl: warning: {key}={name!r} is better {'higher' if higher else 'lower'}, "
+           f"but {mode_key}={modes[key]!r} takes its {'lowest' if higher else 'highest'} "
+           f"value as the best; set {mode_key}={better!r}")

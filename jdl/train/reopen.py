@@ -1,0 +1,142 @@
+"""A finished (or interrupted) run reopened from its workdir: ``load_run``,
+``evaluate``, ``predict``.
+
+Reopening reads the run's ``config.json`` (or a given config), rebuilds its
+:class:`jdl.train.loop.Trainer` without a workdir, checks that the data and model
+are the ones the checkpoints record, and restores the best (else latest) state.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from jdl import checkpoint as ckpt_lib
+from jdl import config as config_lib
+from jdl import data as data_lib
+from jdl.errors import JdlError
+from jdl.sequence import text as text_lib
+from jdl.train import resume
+from jdl.train import workdir as workdir_lib
+from jdl.train.loop import FitResult, Trainer
+
+
+def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = None, *,
+             best: bool = True, dataset: data_lib.Dataset | None = None,
+             model=None) -> Trainer:
+  """A :class:`Trainer` holding a finished (or interrupted) run's state.
+
+  It runs in this process alone: a multi-host run's ``distributed`` settings are
+  not applied (unless JAX is already initialised for several processes).
+
+  Args:
+    workdir: the run's directory.
+    config: its config; ``None`` reads ``workdir/config.json``.
+    best: restore the best checkpoint by ``config.monitor`` (else the latest).
+    dataset: the run's dataset, when it was trained with ``fit(dataset=...)``
+      (its normalisation and splits come from it).
+    model: the run's module, when it was trained with ``fit(model=...)``.
+
+  Raises:
+    JdlError: no config or no checkpoint in the workdir; the run was trained on
+      another dataset or model than these arguments give (checked against the
+      fingerprint its checkpoints record).
+  """
+  workdir = Path(workdir)
+  if config is None:
+    path = workdir / "config.json"
+    if not path.is_file():
+      raise JdlError(f"{workdir} holds no jdl run (no config.json); train first with "
+                     f"`jdl train --workdir {workdir}`")
+    config = config_lib.from_dict(workdir_lib.read_json(path))
+  if "distributed" in config and config.distributed.initialize != "never":
+    # Reading a run is one process's work: a multi-host run's coordinator and process
+    # id (or $JAX_COORDINATOR_ADDRESS in a job script) do not describe this process,
+    # and orbax below starts JAX before a Trainer could initialise it.
+    config = copy.deepcopy(config)
+    config.distributed.initialize = "never"
+  ckdir = workdir / "checkpoints"
+  if not ckdir.is_dir():
+    raise JdlError(f"no checkpoints in {workdir}; train first with "
+                   f"`jdl train --workdir {workdir}`")
+  ckpt_lib.require_undamaged(ckdir)
+  with ckpt_lib.unreadable_as_error(ckdir, None):
+    ck = ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
+                               best_mode=config.monitor_mode, async_save=False)
+  with ck:
+    step = ck.best_step() if config.monitor and best else None
+    step = step if step is not None else ck.latest_step()
+    if step is None:
+      raise JdlError(f"no checkpoints in {ckdir}")
+    with ckpt_lib.unreadable_as_error(ckdir, step):
+      meta = ck.restore_meta(step)
+    vocab = None
+    if isinstance(meta, dict) and meta.get("vocab"):  # Text: the run's own token ids.
+      try:
+        vocab = {k: text_lib.Vocabulary.from_json(v) for k, v in meta["vocab"].items()}
+      except (AttributeError, JdlError) as e:
+        raise JdlError(f"checkpoint {step} in {ckdir}: bad vocabulary ({e})") from None
+    trainer = Trainer(config, None, quiet=True, vocab=vocab, dataset=dataset, model=model)
+    resume.check_provenance(meta, step, workdir, trainer.data_source, trainer.model_source,
+                            call="jdl.load_run")
+    target = {"state": trainer.state, "acc": trainer.empty_acc()}
+    # The epoch's metric sums are not read: the run reopens with other config.metrics
+    # (more metrics, a newly registered one) as well.
+    diffs = [d for d in ck.layout_mismatch(step, target) or [] if not d.startswith("acc/")]
+    if diffs:
+      saved = resume.saved_config(workdir, ck, step)
+      if isinstance(saved, dict) and isinstance(saved.get("distributed"), dict):
+        # Set to 'never' above, not by the caller: no difference to report.
+        saved["distributed"]["initialize"] = config.distributed.initialize
+      raise JdlError(resume.mismatch_message(
+          workdir, step, diffs, saved, config,
+          remedy="Use the run's own config: leave out --config and the overrides (jdl "
+                 "evaluate), or config=None (jdl.load_run), and config.json is used"))
+    with ckpt_lib.unreadable_as_error(ckdir, step):
+      tree, _ = ck.restore(step, {"state": trainer.state}, partial=True)
+  trainer.state = tree["state"]
+  trainer.holds_run_state = True
+  return trainer
+
+
+def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
+             split: str = "test", dataset: data_lib.Dataset | None = None,
+             model=None) -> dict[str, float]:
+  """Metrics of the best (else latest) checkpoint in ``workdir`` on ``split``.
+
+  Generative runs add their scores: ``neg_elbo`` (nats) for a VAE, and with
+  ``generative.classifier_workdir`` set, ``inception_score`` and
+  ``frechet_distance`` for a VAE or a GAN. ``config=None`` reads the run's
+  ``config.json``; ``dataset`` and ``model`` are as for :func:`load_run`.
+
+  Raises:
+    JdlError: the workdir holds no checkpoint, or the split is empty.
+  """
+  if split not in ("test", "val", "train"):
+    raise JdlError(f"split must be 'test', 'val' or 'train', got {split!r}")
+  trainer = load_run(workdir, config, dataset=dataset, model=model)
+  data = {"test": trainer.data.test, "val": trainer.data.val, "train": trainer.data.train}[split]
+  if data is None:
+    raise JdlError(f"the {split} split of {trainer.data.name!r} is empty")
+  results = trainer.evaluate_split(data)
+  return {**results, **trainer.sequence_scores(data), **trainer.generative_scores(data)}
+
+
+def predict(run: FitResult | Trainer, x: np.ndarray) -> np.ndarray:
+  """Model outputs (logits or predictions) for raw inputs ``x: [n, ...]``.
+
+  Inputs are normalised with the train split's statistics, as in training.
+
+  Args:
+    run: the result of :func:`jdl.train.loop.fit`, or a :class:`Trainer`.
+    x: inputs shaped like the dataset's examples.
+  """
+  if isinstance(run, FitResult):
+    return run.trainer.predict(x, run.state)
+  if not isinstance(run, Trainer):
+    raise JdlError(f"predict takes the result of jdl.fit or a Trainer (jdl.load_run(workdir)), "
+                   f"got {type(run).__name__}")
+  return run.predict(x)
