@@ -71,11 +71,13 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--restart", action="store_true",
                  help="start over in the workdir; the previous run's files are moved to "
                       "WORKDIR/previous-<time>/, not deleted")
-  ev = add("evaluate", "Print one JSON line of test metrics from the best (else latest) "
-           "checkpoint (the config defaults to the workdir's config.json).")
+  ev = add("evaluate", "Print one JSON line of test metrics of the run's final state: the "
+           "epoch early stopping restored (restore_best), else the best checkpoint by "
+           "config.monitor, else the latest (the config defaults to the workdir's "
+           "config.json).")
   ev.add_argument("--split", choices=("test", "val", "train"), default="test",
                   help="the split evaluated (default: test)")
-  r = add("predict", "Print the predictions of a text run's best (else latest) checkpoint: the "
+  r = add("predict", "Print the predictions of a text run's final state (as evaluate's): the "
           "class of each --text (text classifiers), or the beam-search output of each --input "
           "(seq2seq).", config=False)
   r.add_argument("--text", action="append", default=[], metavar="TEXT",

@@ -220,7 +220,7 @@ def base_config() -> ml_collections.ConfigDict:
       "enabled": False,
       "monitor": "val_loss",
       "mode": "min",
-      "patience": 5,
+      "patience": 5,  # Epochs without improvement that stop the run (as Keras).
       "min_delta": 0.0,
       "restore_best": True,
   })

@@ -204,6 +204,11 @@ SCHEDULE_TABLE = [
     ("step_accumulate3", {"name": "step", "decay_every_epochs": 3.0,
                           "factor": 0.1}, 3,
      lambda k: 0.1 ** (k // 10)),  # round(3 * 10/3) = 10 updates.
+    # A period of 10/3 updates: decays at updates 4, 7, 10, 14, ... (the first at or
+    # past each epoch's end), never drifting from the epochs (a rounded 3 would).
+    ("step_accumulate3_every_epoch", {"name": "step", "decay_every_epochs": 1.0,
+                                      "factor": 0.5}, 3,
+     lambda k: 0.5 ** ((3 * k) // 10)),
     ("exponential", {"name": "exponential", "decay_rate": 0.9}, 1,
      lambda k: 0.9 ** (k / SPE)),
     ("exponential_accumulate3", {"name": "exponential", "decay_rate": 0.9}, 3,
@@ -474,6 +479,17 @@ def test_plateau_cooldown_and_min_scale():
                              rtol=1e-6)
 
 
+def test_a_relative_plateau_tolerance_refuses_a_metric_below_zero():
+  # optax's test `value < (1 - rtol) * best - atol` takes a worsening -1.0, -0.995,
+  # ... for improvements: the rate would never be cut.
+  from jdl.train import callbacks
+  config = plateau_config(rtol=0.01, atol=0.0)
+  callback = callbacks.ReduceLROnPlateau(config)
+  with pytest.raises(JdlError, match=r"reduce_on_plateau.rtol=0.01 needs a positive metric, "
+                                     r"but val_loss is -1 at epoch 1; use"):
+    callback.on_epoch_end(None, 0, {"val_loss": -1.0})
+
+
 def test_plateau_scales_updates_and_steps_do_not_advance_it():
   config = plateau_config()
   tx = optim.create_optimizer(config, steps_per_epoch=4, num_epochs=3)
@@ -549,6 +565,8 @@ def test_unknown_schedule_lists_valid_names():
         ({"weight_decay": -0.1}, {}, {}, "optimizer.weight_decay must be >= 0 and finite, got -0.1"),
         ({"clip_norm": -1.0}, {}, {}, "optimizer.clip_norm must be >= 0"),
         ({"momentum": 1.0}, {}, {}, r"optimizer.momentum must be in \[0, 1\), got 1.0"),
+        ({"eps": 0.0}, {}, {}, r"optimizer.eps must be > 0 for adam \(its update divides"),
+        ({"name": "rmsprop", "eps": 0.0}, {}, {}, "optimizer.eps must be > 0 for rmsprop"),
         ({}, {"name": "exponential", "decay_rate": -0.5}, {}, "schedule.decay_rate must be in"),
         ({}, {"name": "step", "factor": 1.5}, {}, "schedule.factor must be in"),
         ({}, {"name": "step", "decay_every_epochs": -1.0}, {}, "schedule.decay_every_epochs must be >= 0"),
@@ -565,6 +583,35 @@ def test_invalid_values_name_key_and_value(optimizer, schedule, plateau, message
   config = make_config(optimizer, schedule, plateau)
   with pytest.raises(JdlError, match=message):
     optim.create_optimizer(config, steps_per_epoch=4, num_epochs=5)
+
+
+def test_eps_may_be_0_where_nothing_divides_by_it():
+  config = make_config({"name": "momentum", "eps": 0.0})
+  optim.create_optimizer(config, steps_per_epoch=4, num_epochs=5)
+
+
+def test_adadelta_at_the_shared_learning_rate_is_advised_zeilers():
+  assert optim.advice(make_config({"name": "adam"}).optimizer) == []
+  assert optim.advice(make_config({"name": "adadelta", "learning_rate": 1.0}).optimizer) == []
+  (line,) = optim.advice(make_config({"name": "adadelta", "learning_rate": 1e-3}).optimizer)
+  assert "1000x smaller" in line and "--config.optimizer.learning_rate=1.0" in line
+
+
+def test_frozen_parameters_get_no_accumulation_buffer():
+  config = make_config({"name": "adam", "accumulate_steps": 2, "freeze": ("Conv_0",)})
+  tx = optim.create_optimizer(config, steps_per_epoch=4, num_epochs=5)
+  state = tx.init(FREEZE_PARAMS)
+  names = lambda path: [getattr(k, "name", None) for k in path]  # noqa: E731
+  buffered = {optim.param_path(path[names(path).index("acc_grads") + 1:])
+              for path, _ in jax.tree_util.tree_leaves_with_path(state)
+              if "acc_grads" in names(path)}
+  assert buffered == {"Dense_0/kernel", "Dense_0/bias"}
+  params, grads = FREEZE_PARAMS, jax.tree.map(lambda p: jnp.full_like(p, 0.5), FREEZE_PARAMS)
+  for _ in range(4):  # Two updates: the frozen leaves are untouched, the others move.
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  chex.assert_trees_all_equal(params["Conv_0"], FREEZE_PARAMS["Conv_0"])
+  assert not np.allclose(params["Dense_0"]["kernel"], FREEZE_PARAMS["Dense_0"]["kernel"])
 
 
 def test_a_warmup_shorter_than_one_update_still_warms_up():

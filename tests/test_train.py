@@ -131,7 +131,7 @@ def test_early_stopping_stops_and_restores_best():
   epochs = len(result.history["val_loss"])
   assert epochs < 30
   best = int(np.nanargmin(result.history["val_loss"]))
-  assert epochs - 1 - best == 2  # Stopped after patience + 1 epochs without improvement.
+  assert epochs - 1 - best == 1  # Stopped after `patience` epochs without improvement.
 
 
 def test_the_best_epoch_is_saved_whatever_the_checkpoint_cadence(tmp_path):
@@ -186,6 +186,10 @@ def test_early_stoppings_best_epoch_survives_pruning_with_min_delta(tmp_path):
   chex.assert_trees_all_equal(jax.device_get(first.state.params),
                               jax.device_get(again.state.params))
   assert again.test_metrics == first.test_metrics
+  # evaluate and load_run read the state the run ended with, not the lowest val_loss.
+  assert jdl.evaluate(None, tmp_path) == pytest.approx(first.test_metrics)
+  chex.assert_trees_all_equal(jax.device_get(jdl.load_run(tmp_path).state.params),
+                              jax.device_get(first.state.params))
 
 
 def test_zero_epochs_saves_the_initial_state_and_later_training_continues_it(tmp_path):

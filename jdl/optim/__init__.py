@@ -17,6 +17,7 @@ Modules:
 """
 
 from jdl.optim._chain import OPTIMIZERS
+from jdl.optim._chain import advice
 from jdl.optim._chain import create_optimizer
 from jdl.optim._chain import default_config
 from jdl.optim.masks import FROZEN
@@ -42,6 +43,7 @@ __all__ = [
     "PlateauState",
     "SCHEDULES",
     "TRAINABLE",
+    "advice",
     "check_freeze_patterns",
     "create_learning_rate_fn",
     "create_optimizer",

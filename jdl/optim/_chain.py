@@ -3,8 +3,8 @@
 The transformation returned by :func:`create_optimizer` is, from outside in::
 
   [plateau wrapper]        if reduce_on_plateau.enabled: state PlateauState
-    [optax.MultiSteps]     if optimizer.accumulate_steps > 1
-      [multi_transform]    if optimizer.freeze: 'trainable' / 'frozen' labels
+    [multi_transform]      if optimizer.freeze: 'trainable' / 'frozen' labels
+      [optax.MultiSteps]   if optimizer.accumulate_steps > 1 (trainable leaves only)
         chain(clip, clip_by_global_norm, <optimizer>, decoupled weight decay,
               max_norm)
 """
@@ -79,6 +79,27 @@ def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
   for key in ("eps", "initial_accumulator_value", "weight_decay", "clip_value",
               "clip_norm"):
     check(0 <= opt[key] < math.inf, f"optimizer.{key}", opt[key], ">= 0 and finite")
+  if opt.name in _DIVIDES_BY_EPS:
+    # Its update divides by sqrt(v) + eps: a gradient entry that is always 0 gives 0/0.
+    check(opt.eps > 0, "optimizer.eps", opt.eps, f"> 0 for {opt.name} (its update divides "
+          "by sqrt(v) + eps; 0 makes a NaN wherever a gradient is 0)")
+
+
+# The optimizers whose update divides by a root of squared gradients plus eps.
+_DIVIDES_BY_EPS = ("adagrad", "adadelta", "rmsprop", "adam", "adamw", "adamax", "nadam")
+# Zeiler's Adadelta takes no learning rate (1.0) and eps 1e-6 (PyTorch's and optax's
+# defaults); the shared defaults (1e-3, 1e-8) make its steps ~3e-7 and it barely moves.
+ADADELTA_MIN_LR = 0.1
+
+
+def advice(opt: ml_collections.ConfigDict) -> list[str]:
+  """Warnings for optimizer settings that are valid but will hardly train."""
+  if opt.name == "adadelta" and opt.learning_rate < ADADELTA_MIN_LR:
+    return [f"optimizer 'adadelta' with learning_rate={opt.learning_rate:g} takes steps "
+            f"about {1 / opt.learning_rate:.0f}x smaller than Zeiler's method, which uses "
+            "1.0 (Adadelta adapts its own step size); set "
+            "--config.optimizer.learning_rate=1.0 (and eps=1e-6, as PyTorch and optax do)"]
+  return []
 
 
 OPTIMIZERS: dict[str, Callable[[Any, optax.Schedule], optax.GradientTransformation]] = {
@@ -183,15 +204,15 @@ def create_optimizer(
       chain.append(regularizers.max_norm(float(reg.max_norm), include=reg.max_norm_include))
   tx = optax.chain(*chain)
 
+  if opt.accumulate_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=opt.accumulate_steps)
+    tx = tx.gradient_transformation()
   patterns = compile_patterns(opt.freeze)
-  if patterns:
+  if patterns:  # Outside the accumulation: frozen leaves get no gradient buffer.
     tx = optax.multi_transform(
         {TRAINABLE: tx, FROZEN: optax.set_to_zero()},
         functools.partial(freeze_labels, patterns=patterns),
     )
-  if opt.accumulate_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=opt.accumulate_steps)
-    tx = tx.gradient_transformation()
   if config.get("nonfinite", "stop") == "skip":
     tx = optax.apply_if_finite(tx, int(config.get("max_nonfinite_skips", 10)))
   plateau = plateau_transform(config) if with_plateau else None

@@ -12,6 +12,7 @@ necessarily a whole number), and a run of ``n`` epochs ``floor(n * steps_per_epo
 
 from __future__ import annotations
 
+import fractions
 import math
 from collections.abc import Callable
 
@@ -55,7 +56,14 @@ def _step(sched, lr, per_epoch, num_epochs):
   check(every > 0, "schedule.decay_every_epochs", sched.decay_every_epochs,
         "at least one optimizer update long")
   check(0 < sched.factor <= 1, "schedule.factor", sched.factor, "in (0, 1]")
-  return optax.exponential_decay(lr, every, sched.factor, staircase=True)
+  # floor(k / period) with the period an exact fraction num / den (E is one when
+  # accumulate_steps does not divide steps_per_epoch): floor(k * den / num), a ratio
+  # of integers that float division gets exact at every boundary, so the decays
+  # stay on the epochs' boundaries however many there are (a rounded period drifts).
+  period = (fractions.Fraction(sched.decay_every_epochs).limit_denominator(10**4)
+            * fractions.Fraction(per_epoch).limit_denominator(10**4))
+  decay = optax.exponential_decay(lr, period.numerator, sched.factor, staircase=True)
+  return lambda count: decay(count * period.denominator)
 
 
 def _exponential(sched, lr, per_epoch, num_epochs):
@@ -126,7 +134,8 @@ def create_learning_rate_fn(
 
   Schedules (``schedule.name``), with ``lr = optimizer.learning_rate``, ``k`` the
   update count and ``E`` updates per epoch (``steps_per_epoch / accumulate_steps``,
-  a fraction when the two do not divide; durations round to whole updates):
+  a fraction when the two do not divide; ``tau`` and warm-ups round to whole
+  updates; ``step`` decays at the first update at or past each boundary):
 
   * ``constant``: ``lr``.
   * ``step``: ``lr * factor ** floor(k / (decay_every_epochs * E))``.

@@ -88,13 +88,12 @@ def _monitored(logs: dict[str, float], monitor: str, who: str) -> float:
 
 
 class EarlyStopping(Callback):
-  """Stops when ``monitor`` has not improved by ``min_delta`` for more than ``patience`` epochs.
+  """Stops once ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
 
-  ``patience`` epochs without improvement are tolerated; the next one stops the run
-  (with ``patience=2`` and the best epoch 1, training stops after epoch 4). Note that
-  ``reduce_on_plateau.patience`` counts as optax does: it reduces after ``patience``
-  epochs without improvement. With ``restore_best`` the state of the best epoch is
-  put back at the end.
+  As Keras' and Lightning's: with ``patience=2`` and the best epoch 1, training
+  stops after epoch 3 (``patience=0`` stops at the first epoch without improvement,
+  as 1 does); ``reduce_on_plateau.patience`` counts the same way. With
+  ``restore_best`` the state of the best epoch is put back at the end.
   """
 
   def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 5,
@@ -123,7 +122,7 @@ class EarlyStopping(Callback):
         self._best_state = jax.tree.map(lambda x: x.copy(), trainer.state)
       return
     self.wait += 1
-    if self.wait > self.patience:
+    if self.wait >= self.patience:
       self.stopped_epoch = epoch
       trainer.stop_training = True
       trainer.log(f"early stopping at epoch {epoch + 1}: {self.monitor} has not improved "
@@ -172,10 +171,17 @@ class ReduceLROnPlateau(Callback):
 
   def __init__(self, config):
     self.monitor = config.reduce_on_plateau.monitor
+    self.rtol = float(config.reduce_on_plateau.rtol)
     self._update = jax.jit(functools.partial(optim.update_plateau, config))
 
   def on_epoch_end(self, trainer, epoch, logs):
     value = _monitored(logs, self.monitor, "reduce_on_plateau")
+    if self.rtol > 0 and value <= 0:
+      # optax's test `value < (1 - rtol) * best - atol` is relative to a positive best:
+      # below 0 it takes worse values for improvements, and the rate is never cut.
+      raise JdlError(f"reduce_on_plateau.rtol={self.rtol:g} needs a positive metric, but "
+                     f"{self.monitor} is {value:.6g} at epoch {epoch + 1}; use "
+                     "--config.reduce_on_plateau.rtol=0 and atol")
     state = trainer.state
     trainer.state = state.replace(opt_state=self._update(state.opt_state, value))
 

@@ -35,7 +35,9 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
   Args:
     workdir: the run's directory.
     config: its config; ``None`` reads ``workdir/config.json``.
-    best: restore the best checkpoint by ``config.monitor`` (else the latest).
+    best: restore the state the run ends with: with early stopping's
+      ``restore_best``, its best epoch (as ``fit`` returned it); else the best
+      checkpoint by ``config.monitor``. ``False``, or neither: the latest.
     dataset: the run's dataset, when it was trained with ``fit(dataset=...)``
       (its normalisation and splits come from it).
     model: the run's module, when it was trained with ``fit(model=...)``.
@@ -67,10 +69,15 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
     ck = ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
                                best_mode=config.monitor_mode, async_save=False)
   with ck:
-    step = ck.best_step() if config.monitor and best else None
-    step = step if step is not None else ck.latest_step()
-    if step is None:
+    latest = ck.latest_step()
+    if latest is None:
       raise JdlError(f"no checkpoints in {ckdir}")
+    step = None
+    if best:
+      step = _early_stopping_best(config, ck, latest)
+    if step is None and best and config.monitor:
+      step = ck.best_step()
+    step = latest if step is None else step
     with ckpt_lib.unreadable_as_error(ckdir, step):
       meta = ck.restore_meta(step)
     vocab = None
@@ -102,10 +109,34 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
   return trainer
 
 
+def _early_stopping_best(config: ml_collections.ConfigDict, ck: ckpt_lib.Checkpointer,
+                         latest: int) -> int | None:
+  """The step early stopping restores at the end of the run (``restore_best``), as
+  the latest checkpoint's callback state records it; ``None`` without one.
+
+  It ranks epochs by its own monitor and ``min_delta``, so it need not be the best
+  checkpoint by ``config.monitor``: the run's test line scores this state, and so
+  must ``evaluate``.
+  """
+  es = config.early_stopping
+  if not (es.enabled and es.restore_best):
+    return None
+  with ckpt_lib.unreadable_as_error(ck.directory, latest):
+    meta = ck.restore_meta(latest)
+  state = meta.get("callbacks", {}).get("EarlyStopping") if isinstance(meta, dict) else None
+  if not isinstance(state, dict) or (state.get("monitor"), state.get("mode")) != (
+      es.monitor, es.mode):  # Another early stopping's state (cf. its load_state_dict).
+    return None
+  step = state.get("best_step")
+  return step if isinstance(step, int) and step in ck.steps() else None
+
+
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
              split: str = "test", dataset: data_lib.Dataset | None = None,
              model=None) -> dict[str, float]:
-  """Metrics of the best (else latest) checkpoint in ``workdir`` on ``split``.
+  """Metrics of a run's final state on ``split``: the checkpoint :func:`load_run`
+  restores (early stopping's restored epoch, else the best by ``config.monitor``,
+  else the latest).
 
   Generative runs add their scores: ``neg_elbo`` (nats) for a VAE, and with
   ``generative.classifier_workdir`` set, ``inception_score`` and
