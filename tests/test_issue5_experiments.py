@@ -18,6 +18,7 @@ from conftest import REPO, make_config
 sys.path.insert(0, str(REPO / "experiments"))
 import _common  # noqa: E402
 import batchnorm  # noqa: E402
+import optimizers  # noqa: E402
 import overfitting  # noqa: E402
 import vanishing_gradients  # noqa: E402
 
@@ -105,6 +106,18 @@ def test_batchnorm_tiny_run(tmp_path):
   assert "epochs to" in (out / "table.md").read_text()
 
 
+def test_optimizers_tiny_run(tmp_path):
+  records, out = _tiny(optimizers, tmp_path)
+  assert list(records) == list(optimizers.TINY)
+  for r in records.values():
+    assert r["error"] is None and len(r["loss"]) == len(r["val_accuracy"]) == 2
+    # Each at its usual rate trains (Adadelta too: at the shared 1e-3 it barely moves).
+    assert r["loss"][1] < r["loss"][0] < np.log(10), r
+  assert records["adadelta"]["learning_rate"] == 1.0
+  assert (out / "curves.png").stat().st_size > 0
+  assert "| adadelta | lr 1, rho 0.95, eps 1e-06 | Zeiler 2012 |" in (out / "table.md").read_text()
+
+
 @pytest.mark.parametrize("values, target, expected", [
     ([0.1, 0.5, 0.9], 0.5, 2),
     ([0.1, 0.5, 0.9], 0.05, 1),
@@ -136,7 +149,7 @@ def test_set_dotted_names_a_missing_key():
     _common.set_dotted(config, "optimizer.l3", 1.0)
 
 
-@pytest.mark.parametrize("name", ["vanishing_gradients", "overfitting", "batchnorm"])
+@pytest.mark.parametrize("name", ["vanishing_gradients", "overfitting", "batchnorm", "optimizers"])
 def test_configs_train_alone_on_mnist_shaped_npz(name, tmp_path):
   # `jdl train --config NAME` without the driver: the config's own data handling.
   rng = np.random.default_rng(0)
