@@ -207,9 +207,13 @@ def main() -> None:
   parser.add_argument("--out", default=None)
   parser.add_argument("--parts", default=",".join(PARTS))
   args = parser.parse_args()
+  names = args.parts.split(",")
+  unknown = [p for p in names if p not in PARTS]
+  if unknown:
+    parser.error(f"unknown --parts {', '.join(unknown)}; valid: {', '.join(PARTS)}")
   rng = np.random.default_rng(0)
   rows = []
-  for part in (PARTS[p] for p in args.parts.split(",")):
+  for part in (PARTS[p] for p in names):
     for row in part(rng):
       rows.append(row)
       print(json.dumps(row), flush=True)

@@ -66,6 +66,8 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--block-reps", type=int, default=10)
   args = parser.parse_args()
+  if args.epochs < 2:  # The first epoch is a warm-up, not measured.
+    parser.error(f"--epochs must be >= 2 (the first is not measured), got {args.epochs}")
   n = args.examples
   dataset = mnist_shaped(n)
   print(f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}, "

@@ -220,8 +220,10 @@ def _select(arg: str | None, valid: list[str], what: str) -> list[str]:
     return valid
   chosen = [s.strip() for s in arg.split(",") if s.strip()]
   unknown = [c for c in chosen if c not in valid]
-  if unknown:
-    raise SystemExit(f"unknown {what} {', '.join(unknown)}; valid: {', '.join(valid)}")
+  if unknown:  # As argparse's errors: one line, exit status 2.
+    print(f"peers.py: error: unknown {what} {', '.join(unknown)}; valid: {', '.join(valid)}",
+          file=sys.stderr)
+    raise SystemExit(2)
   return chosen
 
 

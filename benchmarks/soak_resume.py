@@ -39,10 +39,10 @@ def main() -> None:
            "--config.plots=false"]
 
   def train(workdir: Path, kill_after: float | None = None) -> int | None:
-    proc = subprocess.Popen([sys.executable, "-m", "jdl.cli", "train", "--workdir",
-                             str(workdir), *flags], env=env, stderr=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir), *flags]
     if kill_after is None:
-      return proc.wait()
+      return subprocess.run(command, env=env).returncode  # Its errors are shown.
+    proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
     try:
       return proc.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
@@ -60,7 +60,9 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     t0 = time.perf_counter()
-    assert train(tmp / "reference") == 0
+    if (code := train(tmp / "reference")) != 0:
+      parser.exit(2, f"soak_resume.py: error: the reference run failed (exit status {code}; "
+                     "its error is above)\n")
     full = time.perf_counter() - t0
     reference = export(tmp / "reference")
     print(f"reference run: {full:.1f} s", flush=True)

@@ -22,6 +22,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -179,7 +180,9 @@ def main() -> None:
   p.add_argument("--speed-rows", type=int, default=60_000)
   p.add_argument("--epochs", type=int, default=3)
   p.add_argument("--steps", type=int, default=300)
-  p.add_argument("--dir", default="/tmp/jdl-streaming-bench")
+  p.add_argument("--dir", default="/tmp/jdl-streaming-bench",
+                 help="where the data sets are written, in DIR/speed and DIR/big (which must "
+                      "not exist); only those are deleted at the end")
   p.add_argument("--keep", action="store_true", help="keep the generated files")
   p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -192,8 +195,13 @@ def main() -> None:
     print(json.dumps(res))
     return
 
-  import jax
   root = Path(args.dir)
+  ours = [root / "speed", root / "big"]
+  taken = [str(d) for d in ours if d.exists()]
+  if taken:
+    p.error(f"{' and '.join(taken)} already exist{'s' if len(taken) == 1 else ''}; the benchmark writes its data sets there "
+            "and deletes them at the end: give another --dir")
+  import jax
   gb = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
   mb = lambda b: f"{b / 2**20:.0f} MiB"  # noqa: E731
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
@@ -233,8 +241,11 @@ def main() -> None:
           f"above the import baseline: {mb(pk['VmRSS'] - b['VmRSS'])} = "
           f"{(pk['VmRSS'] - b['VmRSS']) / size:.1%}")
   finally:
-    if not args.keep:
-      shutil.rmtree(root, ignore_errors=True)
+    if not args.keep:  # Only what this run wrote, then DIR itself if nothing else is left.
+      for d in ours:
+        shutil.rmtree(d, ignore_errors=True)
+      with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 if __name__ == "__main__":

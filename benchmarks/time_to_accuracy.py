@@ -79,25 +79,37 @@ def run_one(recipe: str, data_dir: str, target: float) -> dict:
           "compile_seconds": round(trainer.compile_seconds, 2), "curve": stopper.curve}
 
 
+RECIPES = ("mnist_fast", "flax_example")
+PROG = "time_to_accuracy.py"
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default="../shared/data/mnist")
   parser.add_argument("--target", type=float, default=0.99)
-  parser.add_argument("--recipe", default=None, help="run one recipe in this process")
+  parser.add_argument("--recipe", default=None, choices=RECIPES,
+                      help="run one recipe in this process")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   if args.recipe:
-    result = run_one(args.recipe, args.data_dir, args.target)
+    from jdl.errors import JdlError  # Light: the package imports its parts lazily.
+    try:
+      result = run_one(args.recipe, args.data_dir, args.target)
+    except JdlError as e:
+      parser.exit(2, f"{PROG}: error: {e}\n")
     print(json.dumps(result))
     if args.out:
       with open(args.out, "w") as f:
         json.dump([result], f, indent=2)
     return
   results = []
-  for recipe in ("mnist_fast", "flax_example"):
+  for recipe in RECIPES:
     proc = subprocess.run([sys.executable, __file__, "--recipe", recipe, "--data_dir",
                            args.data_dir, "--target", str(args.target)],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True)
+    if proc.returncode != 0:  # The recipe's own error, not a CalledProcessError.
+      why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+      parser.exit(2, f"{PROG}: error: recipe {recipe}: {why.removeprefix(f'{PROG}: error: ')}\n")
     print(proc.stdout.strip().rsplit("\n", 1)[0])
     results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
   print(f"\n| recipe | reached {args.target:.1%} | wall seconds (compile included) | epochs |")

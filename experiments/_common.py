@@ -40,6 +40,32 @@ def epochs_arg(raw: str) -> int:
   return value
 
 
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+  """An argparse ``type``: an integer in ``[low, high]`` (no upper bound: ``high=None``)."""
+  def parse(raw: str) -> int:
+    try:
+      value = int(raw)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
+    if value < low or (high is not None and value > high):
+      span = f">= {low}" if high is None else f"in {low}..{high}"
+      raise argparse.ArgumentTypeError(f"must be {span}, got {value}")
+    return value
+  return parse
+
+
+def int_list(low: int, high: int | None = None) -> Callable[[str], list[int]]:
+  """An argparse ``type``: a comma list of distinct integers in ``[low, high]``."""
+  one = int_in(low, high)
+
+  def parse(raw: str) -> list[int]:
+    values = [one(part.strip()) for part in raw.split(",")]
+    if len(set(values)) != len(values):
+      raise argparse.ArgumentTypeError(f"lists a value twice: {raw!r}")
+    return values
+  return parse
+
+
 def run(main: Callable[[], Any], prog: str) -> None:
   """Runs a driver's ``main()`` as a command: a jdl error or a refused file write is
   one ``PROG: error: ...`` line and exit status 2, as for ``jdl`` itself."""
@@ -62,7 +88,8 @@ def require_mnist(args: argparse.Namespace) -> None:
                        "folder that has them, or --tiny for a smoke run on the 8x8 digits")
 
 
-def make_parser(doc: str, *, name: str, epochs: int | str) -> argparse.ArgumentParser:
+def make_parser(doc: str, *, name: str, epochs: int | str,
+                out_help: str | None = None) -> argparse.ArgumentParser:
   """The arguments every driver takes; ``doc`` is the driver's module docstring."""
   parser = ArgumentParser(description=doc.splitlines()[0])
   parser.add_argument("--workdir", default=f"runs/{name}",
@@ -71,10 +98,10 @@ def make_parser(doc: str, *, name: str, epochs: int | str) -> argparse.ArgumentP
                       help="the MNIST IDX files (not read with --tiny)")
   parser.add_argument("--epochs", type=epochs_arg, default=0, help=f"default {epochs}")
   parser.add_argument("--tiny", action="store_true",
-                      help="digits, tiny models, 1-2 epochs: a smoke run of seconds")
+                      help="digits, tiny models, a few epochs: a smoke run of seconds")
   parser.add_argument("--out", default="",
-                      help=f"plots and tables; default experiments/results/{name} "
-                           "(WORKDIR/results with --tiny)")
+                      help=out_help or f"plots and tables; default experiments/results/{name} "
+                                       "(WORKDIR/results with --tiny)")
   return parser
 
 

@@ -19,6 +19,7 @@ Usage:  python experiments/adding_problem.py [--lengths 50,100,200] [--cells lst
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -68,22 +69,39 @@ def train_seconds(workdir: Path) -> float:
   return sum(r.get("epoch_seconds", 0.0) for r in rows if r.get("split") == "train")
 
 
+CELLS = ("lstm", "gru", "simple")
+
+
+def _cells(raw: str) -> list[str]:
+  cells = [c.strip() for c in raw.split(",")]
+  unknown = [c for c in cells if c not in CELLS]
+  if unknown or len(set(cells)) != len(cells):
+    raise argparse.ArgumentTypeError(f"must list distinct cells of {', '.join(CELLS)}, got "
+                                     f"{raw!r}")
+  return cells
+
+
 def main(argv=None) -> int:
   parser = _common.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default="runs", help="runs go to WORKDIR/adding_{cell}_T{T}")
-  parser.add_argument("--lengths", default="50,100,200")
-  parser.add_argument("--cells", default="lstm,gru,simple")
-  parser.add_argument("--grad_T", type=int, default=100, help="T of the gradient figure")
+  parser.add_argument("--lengths", type=_common.int_list(2), default=[50, 100, 200],
+                      help="comma list of sequence lengths T (default 50,100,200)")
+  parser.add_argument("--cells", type=_cells, default=list(CELLS),
+                      help=f"comma list of {', '.join(CELLS)} (default all)")
+  parser.add_argument("--grad_T", type=_common.int_in(2), default=100,
+                      help="T of the gradient figure, one of --lengths")
   parser.add_argument("--epochs", type=_common.epochs_arg, default=0,
                       help="default: the config's")
   parser.add_argument("--tiny", action="store_true", help="500 sequences, 2 epochs")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
+  if args.grad_T not in args.lengths:
+    parser.error(f"--grad_T {args.grad_T} is not one of --lengths "
+                 f"{','.join(map(str, args.lengths))}: input_gradients.png would not be drawn")
   out = Path(args.out) if args.out else (
       Path(args.workdir) / "results" if args.tiny else _common.RESULTS / NAME)
   out.mkdir(parents=True, exist_ok=True)
-  lengths = [int(t) for t in args.lengths.split(",")]
-  cells = args.cells.split(",")
+  lengths, cells = args.lengths, args.cells
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

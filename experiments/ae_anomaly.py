@@ -22,6 +22,7 @@ Usage:  python experiments/ae_anomaly.py --data_dir ../shared/data/mnist [--hold
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -156,22 +157,34 @@ def run_digit(digit: int, args, out: Path) -> dict:
   return record
 
 
+def _bold(text: str, best: bool) -> str:
+  return f"**{text}**" if best else text
+
+
+def _digits(raw: str) -> list[int]:
+  if raw == "all":
+    return list(range(10))
+  try:
+    return _common.int_list(0, 9)(raw)
+  except argparse.ArgumentTypeError as e:
+    raise argparse.ArgumentTypeError(f"'all' or a comma list of digits 0-9: {e}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
   parser = _common.make_parser(__doc__, name=NAME, epochs=10)
-  parser.add_argument("--holdout", type=int, default=9, help="the anomalous digit")
-  parser.add_argument("--digits", default="",
-                      help="'all' or a comma list: one training per held-out digit")
+  parser.add_argument("--holdout", type=_common.int_in(0, 9), default=9,
+                      help="the anomalous digit, 0-9")
+  parser.add_argument("--digits", type=_digits, default=None,
+                      help="'all' or a comma list of digits: one training per held-out digit")
   args = parser.parse_args(argv)
-  if args.digits:
-    digits = list(range(10)) if args.digits == "all" else [int(d) for d in args.digits.split(",")]
-  else:
-    digits = [args.holdout]
+  digits = args.digits or [args.holdout]
   out = _common.out_dir(args, NAME)
   records = {str(d): run_digit(d, args, out) for d in digits}
   rows = []
   for r in records.values():
     tr, te = r["mse_train"], r["mse_test_normal"]
-    rows.append((r["holdout"], f"**{r['auc_autoencoder']:.4f}**", f"{r['auc_pca']:.4f}",
+    ae, pca = r["auc_autoencoder"], r["auc_pca"]
+    rows.append((r["holdout"], _bold(f"{ae:.4f}", ae >= pca), _bold(f"{pca:.4f}", pca > ae),
                  f"{te['autoencoder']:.5f}",
                  f"{te['linear_from_code']:.5f} ({tr['linear_from_code']:.5f})",
                  f"{te['pca']:.5f} ({tr['pca']:.5f})"))

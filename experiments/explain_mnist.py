@@ -41,14 +41,17 @@ TINY = {"ig_steps": 16, "lime_samples": 64, "cell_size": 2, "deletion_examples":
 
 
 def parse_args(argv):
-  p = _common.ArgumentParser(description=__doc__.splitlines()[0])
+  p = _common.ArgumentParser(description=__doc__.splitlines()[0],
+                             epilog="Also --config.KEY=VALUE overrides of the CNN's config "
+                                    "(explain_mnist), as for `jdl train`.")
   p.add_argument("--data_dir", default="../shared/data/mnist")
   p.add_argument("--workdir", default="runs/explain_mnist")
   p.add_argument("--out", default="",
                  help=f"default {OUT} (WORKDIR/results with --tiny)")
   p.add_argument("--tiny", action="store_true",
                  help="the 8x8 digits, a narrow CNN, fewer samples: a smoke run of seconds")
-  p.add_argument("--num_digits", type=int, default=6)
+  p.add_argument("--num_digits", type=_common.int_in(1, 10), default=6,
+                 help="digits shown in the overlay grids, 1-10 (default 6)")
   for name, value in FULL.items():
     p.add_argument(f"--{name}", type=int, default=None,
                    help=f"default {value} ({TINY[name]} with --tiny)")

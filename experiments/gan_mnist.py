@@ -106,7 +106,9 @@ def arithmetic(state, judge, latent: int, out: Path) -> list[dict]:
 def main(argv: Sequence[str] | None = None) -> dict:
   parser = _common.make_parser(
       __doc__, name=NAME,
-      epochs="the config's num_epochs: gan_mnist 70, wgan_gp_mnist 200, dcgan_mnist 10")
+      epochs="the config's num_epochs: gan_mnist 70, wgan_gp_mnist 200, dcgan_mnist 10",
+      out_help="plots and tables; default experiments/results/CONFIG "
+               "(WORKDIR/results/CONFIG with --tiny)")
   parser.add_argument("--config", default="gan_mnist", choices=CONFIGS)
   parser.add_argument("--classifier", default="",
                       help="the judge's run; default runs/mnist_fast (--tiny: WORKDIR/classifier)")
@@ -116,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
   if args.tiny:
     _common.apply_overrides(config, TINY_MODEL[config.model.name])
   config.generative.classifier_workdir = classifier
+  if args.tiny and not args.out:  # One folder per config, as experiments/results/CONFIG.
+    args.out = str(Path(args.workdir) / "results" / args.config)
   out = _common.out_dir(args, args.config)
   workdir = Path(args.workdir) / args.config
   result = jdl.fit(config, workdir, quiet=True)

@@ -234,7 +234,8 @@ def test_a_judge_that_cannot_score_the_run_is_said_before_training(tmp_path, cap
           quiet=True)
   for workdir, message in ((tmp_path / "iris", "classifier of inputs (4,), but this run "
                                                "generates (8, 8, 1)"),
-                           (tmp_path / "none", "holds no jdl run")):
+                           (tmp_path / "none", "holds no jdl run (no config.json); train one "
+                                               "there first: `jdl train --config NAME")):
     capfd.readouterr()
     result = jdl.fit(gan_config(num_epochs=1, generative__classifier_workdir=str(workdir)),
                      tmp_path / f"gan_{workdir.name}", quiet=True)

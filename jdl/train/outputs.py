@@ -72,7 +72,12 @@ class GenerativeOutputs:
       workdir = self.config.generative.classifier_workdir
       judge = None
       if workdir:
-        classifier = load_run(workdir)
+        try:
+          classifier = load_run(workdir)
+        except JdlError as e:  # Say what the run is for, and which run to train there.
+          raise JdlError(f"{e}. The judge is a classifier of the generated images' kind, "
+                         f"e.g. `jdl train --config mnist_fast --workdir {workdir}` for "
+                         "MNIST") from None
         if tuple(classifier.data.input_shape) != tuple(self.data.input_shape):
           raise JdlError(f"generative.classifier_workdir {workdir!r} holds a classifier of "
                          f"inputs {tuple(classifier.data.input_shape)}, but this run "

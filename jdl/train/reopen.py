@@ -51,8 +51,8 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
   if config is None:
     path = workdir / "config.json"
     if not path.is_file():
-      raise JdlError(f"{workdir} holds no jdl run (no config.json); train first with "
-                     f"`jdl train --workdir {workdir}`")
+      raise JdlError(f"{workdir} holds no jdl run (no config.json); train one there first: "
+                     f"`jdl train --config NAME --workdir {workdir}`")
     config = config_lib.from_dict(workdir_lib.read_json(path))
   if "distributed" in config and config.distributed.initialize != "never":
     # Reading a run is one process's work: a multi-host run's coordinator and process
@@ -62,8 +62,8 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
     config.distributed.initialize = "never"
   ckdir = workdir / "checkpoints"
   if not ckdir.is_dir():
-    raise JdlError(f"no checkpoints in {workdir}; train first with "
-                   f"`jdl train --workdir {workdir}`")
+    raise JdlError(f"no checkpoints in {workdir}; train first: `jdl train --workdir {workdir}` "
+                   "continues its run")
   ckpt_lib.require_undamaged(ckdir)
   with ckpt_lib.unreadable_as_error(ckdir, None):
     ck = ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
