@@ -191,6 +191,23 @@ def check_gan() -> None:
                              rtol=RTOL)
 
 
+def check_recurrent() -> None:
+  """A recurrent model (LSTM: a tuple carry) in 'shard_map': its scan's zero initial
+  carry is typed per-device as its body's output (was a TypeError), and the run
+  equals the 1-device one."""
+  kw = dict(dataset="adding_problem", task="regression", loss="mse", metrics=("mse",),
+            normalize="none", n_samples=320, batch_size=32, validation_split=0.0,
+            model__name="seq_rnn", model__cell="lstm", model__hidden=(8,),
+            sequence__seq_len=10)
+  runs = {mode: jdl.fit(make_config(parallel=mode, num_epochs=1, **kw), None, quiet=True)
+          for mode in ("none", "shard_map")}
+  assert devices_of(runs["shard_map"]) == {8}
+  np.testing.assert_allclose(runs["shard_map"].history["loss"], runs["none"].history["loss"],
+                             rtol=RTOL)
+  chex.assert_trees_all_close(params(runs["shard_map"]), params(runs["none"]), rtol=RTOL,
+                              atol=1e-5)
+
+
 def check_streamed(root: Path) -> None:
   """dataset='npy_dir' on 8 devices ('data', 'shard_map') equals the 1-device streamed run."""
   from sklearn import datasets
@@ -239,6 +256,7 @@ def main() -> None:
   check_portability(root)
   check_batch_error(root)
   check_gan()
+  check_recurrent()
   check_streamed(root)
   print("parallel checks passed")
 

@@ -69,7 +69,8 @@ def test_unsupported_combinations_are_errors(overrides, message):
 def test_eight_simulated_devices(tmp_path):
   """tests/parallel_checks.py: 20-step loss trajectories (MLP, CNN with batch norm) on 8
   devices in both modes equal 1 device within 1e-5 relative; exact resume on 8; 1 -> 8
-  and 8 -> 1 checkpoints; the divisibility error; a GAN in 'data' mode."""
+  and 8 -> 1 checkpoints; the divisibility error; a GAN in 'data' mode; an LSTM in
+  'shard_map'."""
   # No compilation cache: the rendezvous hang below was seen once in a run with it.
   env = cli_env(cache=None)
   # 8 device threads on a busy 2-core machine can be slow to meet at a collective:

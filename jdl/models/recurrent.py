@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jdl import errors
+from jdl.models import manual_axes
 from jdl.models.cells import CELLS, GRUCell, LSTMCell, RECURRENT_INITS
 from jdl.models.cells import SimpleRNNCell, identity_init, make_cell
 from jdl.models.cells import recurrent_initializer
@@ -179,7 +180,9 @@ class RNN(RecurrentOptions):
 
     scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=1, out_axes=1, reverse=self.reverse, unroll=self.unroll)
-    carry, outputs = scan(cell, cell.initialize_carry(x.shape[0]), inputs)
+    # Typed as per-device as the inputs are (under jax.shard_map; else unchanged).
+    init = manual_axes.vary_like(cell.initialize_carry(x.shape[0]), x_proj)
+    carry, outputs = scan(cell, init, inputs)
     return outputs, cell.hidden(carry)
 
 

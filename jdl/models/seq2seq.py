@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jdl import errors
+from jdl.models import manual_axes
 from jdl.models.attention import ATTENTIONS, Attention
 from jdl.models.cells import make_cell
 from jdl.models.initializers import get_head_initializer
@@ -231,7 +232,8 @@ class Seq2Seq(nn.Module):
 
     scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=(1, nn.broadcast), out_axes=1)
-    _, (features, weights) = scan(self.decoder, enc.carry, emb, enc)
+    carry = manual_axes.vary_like(enc.carry, emb)  # Per-device, as the body's (shard_map).
+    _, (features, weights) = scan(self.decoder, carry, emb, enc)
     self.sow("intermediates", "attention", weights)
     logits = self.output(self._dropout(features, train))
     return logits.astype(jnp.float32)

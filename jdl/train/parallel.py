@@ -46,6 +46,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jdl.errors import JdlError
+from jdl.models.manual_axes import varying_axes, vary_over
 
 AXIS = "data"
 MODES = ("auto", "none", "data", "shard_map")
@@ -374,15 +375,6 @@ def merge_over_devices(metrics: Any, merge: Callable, axis_name: str) -> Any:
   return functools.reduce(merge, parts)
 
 
-def varying_axes(x: Any) -> frozenset:
-  """The mesh axes over which ``x`` may differ inside ``shard_map`` (its type's "vma")."""
-  aval = jax.typeof(x)
-  manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10: ManualAxisType.varying.
-  if manual is not None:
-    return frozenset(manual.varying)
-  return frozenset(getattr(aval, "vma", ()))
-
-
 def device_varying(tree: Any, axis_name: str) -> Any:
   """``tree``'s device-invariant leaves as values that vary over ``axis_name``.
 
@@ -393,12 +385,7 @@ def device_varying(tree: Any, axis_name: str) -> Any:
   as it is. Differentiating with respect to a varying copy instead gives each device
   its own gradient, which ``lax.pmean`` then averages.
   """
-  cast = getattr(jax.lax, "pcast", None)
-  def vary(x):
-    if axis_name in varying_axes(x):
-      return x
-    return cast(x, axis_name, to="varying") if cast else jax.lax.pvary(x, axis_name)
-  return jax.tree.map(vary, tree)
+  return jax.tree.map(lambda x: vary_over(x, (axis_name,)), tree)
 
 
 def pmean_varying(tree: Any, axis_name: str) -> Any:
