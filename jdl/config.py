@@ -286,7 +286,7 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
       raise JdlError(f"config file {path} is not readable JSON ({e})") from None
     if not isinstance(saved, dict):
       raise JdlError(f"config file {path} does not hold a config (a JSON object)")
-    return from_dict(saved)
+    return without_launch(from_dict(saved))
   spec = importlib.util.spec_from_file_location(f"jdl_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   # A config may import a sibling config and override it (`from mnist_cnn import
@@ -543,21 +543,52 @@ def structural_diff(saved: dict, current: dict,
   return diffs
 
 
+# The settings of one launch of a multi-host run, not of the run: the coordinator's
+# address and this process's place in that job. A run's saved config.json does not
+# bring them back (a resume in one process would wait for the old job's peers).
+LAUNCH_KEYS = ("distributed.coordinator_address", "distributed.num_processes",
+               "distributed.process_id")
+
+
+def without_launch(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with :data:`LAUNCH_KEYS` at their defaults (``$JAX_*`` or detection)."""
+  defaults = base_config()
+  with config.unlocked():
+    for key in LAUNCH_KEYS:
+      section, name = key.split(".")
+      if section in config and name in config[section]:
+        config[section][name] = defaults[section][name]
+  return config
+
+
+def launch_neutral_json(config: ml_collections.ConfigDict) -> str:
+  """``config`` as sorted JSON without :data:`LAUNCH_KEYS`: equal on every process of
+  one run."""
+  tree = json.loads(config.to_json_best_effort(sort_keys=True))
+  for key in LAUNCH_KEYS:
+    section, name = key.split(".")
+    if isinstance(tree.get(section), dict):
+      tree[section].pop(name, None)
+  return json.dumps(tree, sort_keys=True)
+
+
 def changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
   """``{dotted key: (saved value, current value)}`` for the config keys that differ.
 
-  ``runtime`` (the machine a run was on) and ``sources`` are left out.
+  ``runtime`` (the machine a run was on), ``sources`` and :data:`LAUNCH_KEYS` are
+  left out.
   """
   diffs: list[str] = []
   for key in sorted((set(saved) | set(current)) - set(_RECORDS)):
     _diff(saved.get(key), current.get(key), key, diffs)
-  return {k: (_get(saved, k), _get(current, k)) for k in diffs}
+  return {k: (_get(saved, k), _get(current, k)) for k in diffs if k not in LAUNCH_KEYS}
 
 
 def value_diff(saved: dict, current: dict, *, limit: int = 6) -> list[str]:
   """``"key (saved -> current)"`` for the config keys whose values differ, first ``limit``.
 
-  ``runtime`` (the machine a run was on) and ``sources`` are left out.
+  ``runtime`` (the machine a run was on), ``sources`` and :data:`LAUNCH_KEYS` are
+  left out.
   """
   diffs = changes(saved, current)
   shown = [f"{k} ({old!r} -> {new!r})" for k, (old, new) in list(diffs.items())[:limit]]

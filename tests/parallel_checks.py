@@ -178,6 +178,14 @@ def check_batch_error(root: Path) -> None:
   assert err.getvalue().startswith("jdl: error: batch_size (100) must be divisible by the "
                                    "number of devices (8)"), err.getvalue()
   assert len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+  # A run of that batch size trained on one device is still read here (evaluation
+  # trains nothing; it runs on one device).
+  run = jdl.fit(make_config(batch_size=100, parallel="none", num_epochs=1), root / "one100",
+                quiet=True)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert cli.main(["evaluate", "--workdir", str(root / "one100")]) == 0
+  assert json.loads(out.getvalue()) == run.test_metrics
 
 
 def check_gan() -> None:

@@ -46,12 +46,47 @@ def test_a_multi_host_runs_workdir_is_read_in_one_process(tmp_path, monkeypatch,
   assert json.loads(capsys.readouterr().out) == pytest.approx(result.test_metrics)
 
 
+def test_a_multi_host_runs_workdir_resumes_in_one_process(tmp_path, monkeypatch):
+  # config.json keeps the launch's coordinator and process id; `jdl train --workdir`
+  # continues the run from it without them (it would wait for the old job's peers).
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  path = tmp_path / "config.json"
+  saved = json.loads(path.read_text())
+  saved["distributed"].update(coordinator_address="127.0.0.1:1", num_processes=2,
+                              process_id=1)
+  path.write_text(json.dumps(saved))
+  monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+  assert cli.main(["train", "--workdir", str(tmp_path), "--config.num_epochs=2",
+                   "--quiet"]) == 0
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert max(l["epoch"] for l in lines if l["split"] == "train") == 2
+  changes = [json.loads(l) for l in (tmp_path / "config_changes.jsonl").read_text().splitlines()]
+  assert [sorted(c["changes"]) for c in changes] == [["num_epochs"]], changes  # Not the launch.
+
+
+@pytest.mark.parametrize("address, ok", [
+    ("127.0.0.1:1234", True), ("[::1]:80", True), ("node-3:65535", True),
+    ("127.0.0.1", False), ("127.0.0.1:abc", False), ("127.0.0.1:99999", False),
+    ("127.0.0.1:0", False), (":1234", False), ("[]:1234", False)])
+def test_the_coordinator_address_is_checked_before_jax_sees_it(address, ok):
+  # JAX's own failures: an IndexError (no port), a segmentation fault (a port that is
+  # not a number), a wait until the timeout (a port out of range).
+  if ok:
+    parallel.check_address(address, "x")
+    return
+  spec = make_config(distributed__coordinator_address=address).distributed
+  with pytest.raises(JdlError, match=r"distributed.coordinator_address must be HOST:PORT "
+                                     r"with a port in 1\.\.65535"):
+    parallel.initialize_distributed(spec)
+
+
 def test_batch_not_divisible_names_values_and_remedy():
   with pytest.raises(JdlError) as e:
     parallel.check_batch_size(100, 8)
   assert str(e.value) == ("batch_size (100) must be divisible by the number of devices (8); "
                           "use e.g. --config.batch_size=96 or 104, or --config.parallel=none "
-                          "to train on one device")
+                          "to train on one device (a resumed run keeps its batch_size: use "
+                          "parallel=none, or devices that divide it)")
   parallel.check_batch_size(96, 8)
   assert parallel.eval_batch_size(parallel.resolve("none"), 50) == 50
 
@@ -112,13 +147,15 @@ _ARGS = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=3", "--config
          "--config.tensorboard=false"]
 
 
-def _launch_two(workdir: Path) -> list[subprocess.Popen]:
-  """`jdl train` as processes 0 and 1 of one run, one CPU device each, gloo collectives."""
+def _launch_two(workdir: Path, extra=((), ())) -> list[subprocess.Popen]:
+  """`jdl train` as processes 0 and 1 of one run, one CPU device each, gloo collectives;
+  ``extra[i]``: more arguments of process ``i``."""
   address = f"127.0.0.1:{_free_port()}"
   return [subprocess.Popen(
       [sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir), *_ARGS,
        f"--config.distributed.coordinator_address={address}",
-       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+       "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}",
+       *extra[i]],
       env=_gloo_env(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
 
@@ -163,6 +200,29 @@ def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
   assert sorted(two) == sorted(one)
   for k in one:
     np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+  # A workdir in use: process 0's lock error, and process 1 leaves at once with one
+  # line instead of waiting at the barrier until the timeout kills it.
+  lock = workdir / ".jdl.lock"
+  lock.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+  procs = _launch_two(workdir)
+  outs = [p.communicate(timeout=120) for p in procs]
+  lock.unlink()
+  assert [p.returncode for p in procs] == [2, 2], outs
+  assert f"is in use by process {os.getpid()}" in outs[0][1], outs[0][1]
+  assert outs[1][1].strip().splitlines() == [
+      f"jdl: error: process 0 could not start the run in {workdir}; its error is on its "
+      "output"], outs[1][1]
+
+  # Another learning rate on process 1: both refuse (they would train apart).
+  procs = _launch_two(tmp_path / "mismatch", extra=((), ("--config.optimizer.learning_rate=0.5",)))
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [2, 2], outs
+  for _, err in outs:
+    assert err.strip().splitlines() == [
+        "jdl: error: process 1 got another config or other data than process 0; give every "
+        "process the same --config and overrides (only distributed.process_id differs) and "
+        "the same data"], err
 
   # Process 0 alone wrote the logs: one line per epoch, the resumed ones once.
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

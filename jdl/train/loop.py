@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from jdl import checkpoint as ckpt_lib
+from jdl import config as config_lib
 from jdl import data as data_lib
 from jdl import losses as losses_lib
 from jdl import metrics as metrics_lib
@@ -129,6 +130,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.seq2seq = config.task == "seq2seq"
     # vocab: a finished run's vocabulary (load_run), else None.
     self.data = run_data.load_data(config, dataset, vocab=vocab)
+    self._check_processes_agree()
     if config.loss in _BINARY_LOSSES and not (self.generative or self.seq2seq):
       self._check_binary_loss()  # Before a model is built or given outputs are read.
     self.vocab = self.data.vocab
@@ -284,6 +286,21 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.tb: cb.TensorBoard | None = None
 
   # ----------------------------------------------------------------- building
+  def _check_processes_agree(self) -> None:
+    """Every process must train the same run on the same data: other settings on one
+    process would drift its "replicated" parameters from the others' with no error.
+    (``data_dir`` may differ from host to host; the data's fingerprint may not.)"""
+    tree = json.loads(config_lib.launch_neutral_json(self.config))
+    tree.pop("data_dir", None)
+    text = json.dumps({"config": tree, "data": self.data_source["fingerprint"]},
+                      sort_keys=True)
+    differ = parallel_lib.processes_differing(text)
+    if differ:
+      raise JdlError(f"process{'es' if len(differ) > 1 else ''} "
+                     f"{', '.join(map(str, differ))} got another config or other data than "
+                     "process 0; give every process the same --config and overrides (only "
+                     "distributed.process_id differs) and the same data")
+
   def _create_model(self):
     if self.generative:
       return gen_tasks.create_models(self.config, self.data.input_shape)
@@ -570,13 +587,22 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         self.workdir.mkdir(parents=True, exist_ok=True)
       except OSError as e:
         raise JdlError(f"cannot create workdir {self.workdir}: {e.strerror}") from None
-      lock = (workdir_lib.locked(self.workdir, self.warn) if self.primary
-              else contextlib.nullcontext())
-      with lock:
-        if self.restart and self.primary:
-          moved = workdir_lib.move_aside(self.workdir)
-          if moved is not None:
-            self.warn(f"jdl: --restart: moved the previous run to {moved}")
+      with contextlib.ExitStack() as held:
+        error = None
+        if self.primary:  # Process 0 alone locks the workdir and moves a run aside.
+          try:
+            held.enter_context(workdir_lib.locked(self.workdir, self.warn))
+            if self.restart:
+              moved = workdir_lib.move_aside(self.workdir)
+              if moved is not None:
+                self.warn(f"jdl: --restart: moved the previous run to {moved}")
+          except JdlError as e:
+            error = e
+        # The others learn of its failure here, not by waiting at the barrier until
+        # the timeout kills them.
+        if parallel_lib.any_process(error is not None):
+          raise error or JdlError(f"process 0 could not start the run in {self.workdir}; "
+                                  "its error is on its output")
         parallel_lib.sync("jdl_restart")  # Every process sees the workdir after the move.
         return self._fit(stop)
 

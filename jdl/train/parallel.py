@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import os
 from typing import Any, Callable
 
@@ -115,10 +116,20 @@ def check_batch_size(batch_size: int, num_devices: int, what: str = "batch_size"
     hint = f"{lower} or {lower + num_devices}" if lower else str(num_devices)
     raise JdlError(f"{what} ({batch_size}) must be divisible by the number of devices "
                    f"({num_devices}); use e.g. --config.{what}={hint}, or "
-                   "--config.parallel=none to train on one device")
+                   "--config.parallel=none to train on one device (a resumed run keeps its "
+                   f"{what}: use parallel=none, or devices that divide it)")
 
 
 # ------------------------------------------------------------------ multi-host
+def check_address(address: str, what: str) -> None:
+  """``host:port`` (``[ipv6]:port``) with a port in 1..65535, else one JdlError (JAX
+  would fail with an IndexError, a crash, or a wait until its timeout)."""
+  host, sep, port = address.rpartition(":")
+  if not (sep and host.strip("[]") and port.isdigit() and 1 <= int(port) <= 65535):
+    raise JdlError(f"{what} must be HOST:PORT with a port in 1..65535 (e.g. "
+                   f"10.0.0.1:1234, process 0's machine), got {address!r}")
+
+
 def initialize_distributed(spec) -> bool:
   """``jax.distributed.initialize`` from ``config.distributed`` or the environment.
 
@@ -143,6 +154,9 @@ def initialize_distributed(spec) -> bool:
   address = spec.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   if spec.initialize == "never" or (spec.initialize == "auto" and not address):
     return False
+  if address:
+    check_address(address, "distributed.coordinator_address" if spec.coordinator_address
+                  else "$JAX_COORDINATOR_ADDRESS")
 
   def env_int(name: str, value: int) -> int | None:
     if value >= 0:
@@ -184,6 +198,19 @@ def any_process(flag: bool) -> bool:
     return bool(flag)
   from jax.experimental import multihost_utils
   return bool(np.any(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
+
+
+def processes_differing(text: str) -> list[int]:
+  """The processes whose ``text`` differs from process 0's (none on one process).
+
+  Compares a SHA-256 digest of ``text`` across the processes (one all-gather).
+  """
+  if jax.process_count() == 1:
+    return []
+  from jax.experimental import multihost_utils
+  digest = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+  digests = np.asarray(multihost_utils.process_allgather(digest))
+  return [i for i in range(len(digests)) if not np.array_equal(digests[i], digests[0])]
 
 
 def is_primary() -> bool:

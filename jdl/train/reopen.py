@@ -19,6 +19,7 @@ from jdl import config as config_lib
 from jdl import data as data_lib
 from jdl.errors import JdlError
 from jdl.sequence import text as text_lib
+from jdl.train import parallel as parallel_lib
 from jdl.train import resume
 from jdl.train import workdir as workdir_lib
 from jdl.train.loop import FitResult, Trainer
@@ -86,7 +87,11 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
         vocab = {k: text_lib.Vocabulary.from_json(v) for k, v in meta["vocab"].items()}
       except (AttributeError, JdlError) as e:
         raise JdlError(f"checkpoint {step} in {ckdir}: bad vocabulary ({e})") from None
-    trainer = Trainer(config, None, quiet=True, vocab=vocab, dataset=dataset, model=model)
+    # Reading trains nothing: a batch_size the devices do not divide (a run trained
+    # elsewhere) reads on one device instead of being refused.
+    fits = int(config.batch_size) % parallel_lib.resolve(config.parallel).num_devices == 0
+    trainer = Trainer(config, None, quiet=True, vocab=vocab, dataset=dataset, model=model,
+                      parallel=None if fits else "none")
     resume.check_provenance(meta, step, workdir, trainer.data_source, trainer.model_source,
                             call="jdl.load_run")
     target = {"state": trainer.state, "acc": trainer.empty_acc()}
