@@ -39,7 +39,7 @@ RATES: dict[str, tuple[dict[str, Any], str]] = {
     "adamax": ({"learning_rate": 2e-3}, "Kingma & Ba 2015"),
     "nadam": ({"learning_rate": 2e-3}, "Dozat 2016"),
 }
-TARGETS = {"mnist": (0.95, 0.97), "digits": (0.5, 0.8)}  # Validation accuracies to reach.
+TARGETS = {"mnist": (0.94, 0.96), "digits": (0.5, 0.8)}  # Validation accuracies to reach.
 VAL_SIZE = {"mnist": 5000, "digits": 300}
 TINY = ("sgd", "adadelta", "adam")
 

@@ -180,7 +180,7 @@ def base_config() -> ml_collections.ConfigDict:
   # batch norm. 0 = auto: on one CPU device, microbatches when the gradient's
   # intermediates over the whole batch exceed 256 MiB, sized (>= 32) to hold <= 160
   # MiB (MNIST CNNs at batch 128: 32, 10-16% faster steps; LeNet-5 at 256: 128, 19%),
-  # else whole batches (jdl/train/loop.py). The batch size (or more) = whole batches.
+  # else whole batches (jdl/train/strategy.py). The batch size (or more) = whole batches.
   c.microbatch_size = 0
   c.print_every_epochs = 1  # Console lines; metrics.jsonl gets every epoch.
 
