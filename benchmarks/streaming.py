@@ -196,6 +196,7 @@ def main() -> None:
     return
 
   root = Path(args.dir)
+  made_root = not root.exists()
   ours = [root / "speed", root / "big"]
   taken = [str(d) for d in ours if d.exists()]
   if taken:
@@ -241,11 +242,12 @@ def main() -> None:
           f"above the import baseline: {mb(pk['VmRSS'] - b['VmRSS'])} = "
           f"{(pk['VmRSS'] - b['VmRSS']) / size:.1%}")
   finally:
-    if not args.keep:  # Only what this run wrote, then DIR itself if nothing else is left.
+    if not args.keep:  # Only what this run wrote (DIR too if it made it and it is empty).
       for d in ours:
         shutil.rmtree(d, ignore_errors=True)
-      with contextlib.suppress(OSError):
-        root.rmdir()
+      if made_root:
+        with contextlib.suppress(OSError):
+          root.rmdir()
 
 
 if __name__ == "__main__":

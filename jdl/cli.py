@@ -71,13 +71,12 @@ def _parser() -> argparse.ArgumentParser:
   t.add_argument("--restart", action="store_true",
                  help="start over in the workdir; the previous run's files are moved to "
                       "WORKDIR/previous-<time>/, not deleted")
-  ev = add("evaluate", "Print one JSON line of test metrics of the run's final state: the "
-           "epoch early stopping restored (restore_best), else the best checkpoint by "
-           "config.monitor, else the latest (the config defaults to the workdir's "
-           "config.json).")
+  ev = add("evaluate", "Print one JSON line of test metrics of the epoch early stopping "
+           "restored (restore_best), else of the best checkpoint by config.monitor, else of "
+           "the latest (the config defaults to the workdir's config.json).")
   ev.add_argument("--split", choices=("test", "val", "train"), default="test",
                   help="the split evaluated (default: test)")
-  r = add("predict", "Print the predictions of a text run's final state (as evaluate's): the "
+  r = add("predict", "Print the predictions of a text run's checkpoint (evaluate's): the "
           "class of each --text (text classifiers), or the beam-search output of each --input "
           "(seq2seq).", config=False)
   r.add_argument("--text", action="append", default=[], metavar="TEXT",
@@ -140,10 +139,17 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   return rest, overrides
 
 
-def _config(args, overrides):
-  """The ``--config`` experiment with its ``--config.key=value`` overrides."""
+def _config(args, overrides, *, workdir_run: bool = False):
+  """The ``--config`` experiment with its ``--config.key=value`` overrides.
+
+  ``workdir_run``: ``--config`` is the config.json of the run being continued; the
+  launch's coordinator and process id it recorded are left out (they described that
+  launch; a resume in one process would wait for its peers).
+  """
   from jdl import config as config_lib
   config = config_lib.load_config(args.config)
+  if workdir_run:
+    config = config_lib.without_launch(config)
   config_lib.apply_overrides(config, overrides)
   return config
 
@@ -183,8 +189,8 @@ def _default_workdir(config_arg) -> Path:
   return path.parent if path.suffix == ".json" else Path("runs") / path.stem
 
 
-def _load(args, overrides):
-  config = _config(args, overrides)
+def _load(args, overrides, *, workdir_run: bool = False):
+  config = _config(args, overrides, workdir_run=workdir_run)
   return config, args.workdir or str(_default_workdir(args.config))
 
 
@@ -206,7 +212,7 @@ def _train(args, overrides) -> int:
                        "--restart)")
       args.config = str(saved)
       try:
-        config, workdir = _load(args, overrides)
+        config, workdir = _load(args, overrides, workdir_run=True)
       except JdlError as e:  # E.g. a key this version of jdl does not know.
         raise JdlError(f"{e} (the config was read from {saved}, as no --config was given: "
                        "give --config FILE_OR_NAME to train with another)") from None

@@ -64,8 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Fraction of the train split held out for validation (unless the dataset has an
   # explicit validation set, e.g. x_val / y_val in an npz file).
   c.validation_split = 0.1
-  # 'featurewise' (per-feature train-split mean/std), 'featurewise_center' (mean
-  # only), 'global' (one mean/std over all train values: images), 'none'.
+  # 'featurewise' (per-feature train-split mean/std: per pixel for images, as
+  # scikit-learn's StandardScaler, not Keras' per channel), 'featurewise_center'
+  # (mean only), 'global' (one mean/std over all train values: images), 'none'.
   c.normalize = "featurewise"
   c.n_samples = 0  # Synthetic sources (moons, circles, blobs, xor): 0 = default.
   c.classes = ()  # Keep only these classes, relabelled 0..k-1 in this order.
@@ -286,7 +287,7 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
       raise JdlError(f"config file {path} is not readable JSON ({e})") from None
     if not isinstance(saved, dict):
       raise JdlError(f"config file {path} does not hold a config (a JSON object)")
-    return without_launch(from_dict(saved))
+    return from_dict(saved)
   spec = importlib.util.spec_from_file_location(f"jdl_config_{path.stem}", path)
   module = importlib.util.module_from_spec(spec)
   # A config may import a sibling config and override it (`from mnist_cnn import
@@ -544,8 +545,9 @@ def structural_diff(saved: dict, current: dict,
 
 
 # The settings of one launch of a multi-host run, not of the run: the coordinator's
-# address and this process's place in that job. A run's saved config.json does not
-# bring them back (a resume in one process would wait for the old job's peers).
+# address and this process's place in that job. `jdl train --workdir DIR`, which
+# continues DIR's run from its config.json, does not bring them back (a resume in
+# one process would wait for the old job's peers); an explicit --config keeps them.
 LAUNCH_KEYS = ("distributed.coordinator_address", "distributed.num_processes",
                "distributed.process_id")
 

@@ -246,7 +246,8 @@ def activation_kind(config: ml_collections.ConfigDict) -> str:
 
 # ---------------------------------------------------------------------- step
 def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activation: str,
-                  histograms: bool = True, augment: Callable | None = None) -> Callable:
+                  histograms: bool = True, augment: Callable | None = None,
+                  microbatch_size: int = 0) -> Callable:
   """``diagnose(state, new_state, batch) -> diagnostics`` of the step ``state -> new_state``.
 
   The gradients and the sown activations are recomputed in one forward and
@@ -254,7 +255,9 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
   mutable, with the step's key (so dropout masks match) and the same augmented
   batch and (mixup) loss as the step's; the updates are ``new_state - state``.
   Should ``loss_fn`` not pass that collection through, one more forward pass gets
-  it. :func:`make_diagnostic_block` runs it beside the loop's own steps.
+  it. :func:`make_diagnostic_block` runs it beside the loop's own steps. A step
+  taken in microbatches has its gradient recomputed in the same microbatches (with
+  their dropout keys); its activations then come from one whole-batch forward pass.
 
   Args:
     task: the :class:`jdl.train.steps.SupervisedTask` of the train step.
@@ -262,6 +265,7 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
       :func:`jdl.optim.current_learning_rate`), or ``None``.
     bins, activation, histograms: as in :func:`compute_diagnostics`.
     augment: the ``augment`` given to ``make_train_step``, or ``None``.
+    microbatch_size: the ``microbatch_size`` given to ``make_train_step`` (0: none).
   """
 
   def apply_sowing(variables, x, **kwargs):
@@ -276,8 +280,13 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
     key = jax.random.fold_in(state.key, state.step)
     # The step's own (mixup) loss on the step's own augmented batch.
     loss_task, seen = steps_lib.augmented(sowing_task, augment, key, batch)
-    grads, (_, _, collections) = jax.grad(loss_task.loss_fn, has_aux=True)(
-        state.params, state.model_state, seen, key, True)
+    if microbatch_size:  # The step's gradient, microbatch by microbatch.
+      _, grads = steps_lib.microbatched_loss(loss_task, microbatch_size, state.params,
+                                             state.model_state, seen, key, True)
+      collections = None
+    else:
+      grads, (_, _, collections) = jax.grad(loss_task.loss_fn, has_aux=True)(
+          state.params, state.model_state, seen, key, True)
     if not isinstance(collections, dict) or "intermediates" not in collections:
       mutable = [*state.model_state.keys(), "intermediates"]
       _, collections = task.apply_fn({"params": state.params, **state.model_state}, seen["x"],

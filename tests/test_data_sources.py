@@ -383,10 +383,13 @@ def _truncated_npz(path):
     (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.arange(4), x_test=np.ones((2, 3)),
                          y_test=np.arange(2)), "must match"),
     (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.array([0, 0, 0, 1])), "cannot split"),
+    (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.full((4, 2), 0.5), x_test=np.ones((2, 2)),
+                         y_test=np.full((2, 3), 0.5)),
+     r"y_test has targets of shape \(3,\) but y has \(2,\); they must match"),
     (lambda p: np.save(p.with_suffix(".npy"), np.ones(3)) or
      p.with_suffix(".npy").rename(p), "single .npy array"),
 ], ids=["no-y", "half-test", "garbage", "truncated", "object", "strings", "1d-x", "nan",
-        "test-shape", "unsplittable"] + ["npy"])
+        "test-shape", "unsplittable", "target-width"] + ["npy"])
 def test_npz_rejects_bad_files(tmp_path, make, match):
   path = tmp_path / "bad.npz"
   make(path)

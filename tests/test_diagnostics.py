@@ -114,6 +114,7 @@ class _SowMLP(nn.Module):
   num_outputs: int = 10
   hidden: tuple[int, ...] = (32, 16)
   activation: str = "relu"
+  dropout_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x, *, train: bool = False):
@@ -122,6 +123,7 @@ class _SowMLP(nn.Module):
     for i, width in enumerate(self.hidden):
       x = act(nn.Dense(width, name=f"hidden_{i}")(x))
       self.sow("intermediates", f"act_{i}", x)
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_outputs, name="head")(x)
 
 
@@ -279,7 +281,9 @@ def test_diagnostics_leave_a_cnns_training_bitwise_unchanged(tmp_path):
 
 
 @pytest.mark.parametrize("augment", [{}, {"augment__noise_std": 0.5},
-                                     {"augment__mixup_alpha": 0.4}])
+                                     {"augment__mixup_alpha": 0.4},
+                                     # Each microbatch draws its own dropout masks.
+                                     {"microbatch_size": 16, "dropout": 0.5}])
 def test_the_logged_gradient_is_the_one_the_update_applied(tmp_path, augment):
   # Plain SGD: the gradient applied at step 10 is (w_9 - w_10) / lr, whatever the
   # augmentation did to the batch the step trained on.
@@ -291,9 +295,11 @@ def test_the_logged_gradient_is_the_one_the_update_applied(tmp_path, augment):
         params[step] = jax.device_get(trainer.state.params)
 
   lr = 0.1
+  augment = dict(augment)
+  model = _SowMLP(dropout_rate=augment.pop("dropout", 0.0))
   config = make_config(num_epochs=1, epoch_mode="step", optimizer__name="sgd",
                        optimizer__learning_rate=lr, diagnostics__every_steps=10, **augment)
-  jdl.fit(config, tmp_path, model=_SowMLP(), quiet=True, callbacks=[Keep()])
+  jdl.fit(config, tmp_path, model=model, quiet=True, callbacks=[Keep()])
   record = next(json.loads(line) for line in (tmp_path / "metrics.jsonl").open()
                 if '"diagnostics"' in line)
   assert record["step"] == 10

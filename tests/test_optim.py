@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import functools
 import math
 
@@ -485,7 +486,7 @@ def test_a_relative_plateau_tolerance_refuses_a_metric_below_zero():
   from jdl.train import callbacks
   config = plateau_config(rtol=0.01, atol=0.0)
   callback = callbacks.ReduceLROnPlateau(config)
-  with pytest.raises(JdlError, match=r"reduce_on_plateau.rtol=0.01 needs a positive metric, "
+  with pytest.raises(JdlError, match=r"reduce_on_plateau.rtol=0.01 needs a metric >= 0, "
                                      r"but val_loss is -1 at epoch 1; use"):
     callback.on_epoch_end(None, 0, {"val_loss": -1.0})
 
@@ -586,8 +587,12 @@ def test_invalid_values_name_key_and_value(optimizer, schedule, plateau, message
 
 
 def test_eps_may_be_0_where_nothing_divides_by_it():
-  config = make_config({"name": "momentum", "eps": 0.0})
-  optim.create_optimizer(config, steps_per_epoch=4, num_epochs=5)
+  for name in ("momentum", "adagrad"):  # optax's adagrad guards its own division.
+    config = make_config({"name": name, "eps": 0.0})
+    tx = optim.create_optimizer(config, steps_per_epoch=4, num_epochs=5)
+    grads = {"w": jnp.array([0.0, 1.0])}
+    updates, _ = tx.update(grads, tx.init(grads), grads)
+    assert np.isfinite(np.asarray(updates["w"])).all(), name
 
 
 def test_adadelta_at_the_shared_learning_rate_is_advised_zeilers():
@@ -597,21 +602,39 @@ def test_adadelta_at_the_shared_learning_rate_is_advised_zeilers():
   assert "1000x smaller" in line and "--config.optimizer.learning_rate=1.0" in line
 
 
-def test_frozen_parameters_get_no_accumulation_buffer():
+def test_frozen_parameters_stay_under_gradient_accumulation():
   config = make_config({"name": "adam", "accumulate_steps": 2, "freeze": ("Conv_0",)})
   tx = optim.create_optimizer(config, steps_per_epoch=4, num_epochs=5)
   state = tx.init(FREEZE_PARAMS)
-  names = lambda path: [getattr(k, "name", None) for k in path]  # noqa: E731
-  buffered = {optim.param_path(path[names(path).index("acc_grads") + 1:])
-              for path, _ in jax.tree_util.tree_leaves_with_path(state)
-              if "acc_grads" in names(path)}
-  assert buffered == {"Dense_0/kernel", "Dense_0/bias"}
   params, grads = FREEZE_PARAMS, jax.tree.map(lambda p: jnp.full_like(p, 0.5), FREEZE_PARAMS)
   for _ in range(4):  # Two updates: the frozen leaves are untouched, the others move.
     updates, state = tx.update(grads, state, params)
     params = optax.apply_updates(params, updates)
   chex.assert_trees_all_equal(params["Conv_0"], FREEZE_PARAMS["Conv_0"])
   assert not np.allclose(params["Dense_0"]["kernel"], FREEZE_PARAMS["Dense_0"]["kernel"])
+
+
+@pytest.mark.parametrize("every, spe, accumulate, counts", [
+    (0.5, 469, 1, [233, 234, 235, 468, 469, 470]),  # Periods of 234.5: decays at 235, 469.
+    (1.0, 40, 3, [3, 13, 14, 26, 27, 40, 41]),  # Periods of 40/3: decays at 14, 27, 40.
+    # Large counts: integers do not overflow (lr jumped back to 1.0 at 1.8M updates).
+    (1.0, 40, 3, [187_431, 2_000_000, 2**31 - 1]),
+    (0.1234, 468, 1, [1_700_000, 1_800_000, 2_000_000]),
+])
+def test_the_step_schedule_decays_at_exact_periods(every, spe, accumulate, counts):
+  config = make_config({"learning_rate": 1.0, "accumulate_steps": accumulate},
+                       {"name": "step", "decay_every_epochs": every, "factor": 0.5})
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=spe, num_epochs=1)
+  period = fractions.Fraction(every).limit_denominator(10**4) * fractions.Fraction(spe, accumulate)
+  for k in counts:
+    assert float(lr(k)) == 0.5 ** math.floor(k / period), k
+
+
+def test_a_step_period_without_a_small_exact_form_is_rounded():
+  config = make_config({"learning_rate": 1.0},
+                       {"name": "step", "decay_every_epochs": 1e-5, "factor": 0.5})
+  lr = optim.create_learning_rate_fn(config, steps_per_epoch=200_000, num_epochs=1)
+  assert [float(lr(k)) for k in (0, 1, 2, 4)] == [1.0, 1.0, 0.5, 0.25]  # Every 2 updates.
 
 
 def test_a_warmup_shorter_than_one_update_still_warms_up():

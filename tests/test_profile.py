@@ -24,6 +24,11 @@ CPU_ONLY = pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:
     (PREFIX + "jvp()/exp", "loss (forward)"),
     (PREFIX + "transpose(jvp(jit(take_along_axis)))/scatter-add", "loss (backward)"),
     (PREFIX + "add", "update and metrics"),
+    # Dropout's random bits, inside calls of their own: still the layer's.
+    ("jit(run_checked_block)/while/body/jvp(CNN)/Dropout_0/jit(_bernoulli)/jit(_uniform)/"
+     "while/body/closed_call/add", "Dropout_0 (forward)"),
+    (PREFIX + "jvp(CNN)/mlp/Dropout_0/jit(_bernoulli)/jit(_uniform)/while/body/closed_call/"
+     "shift_right_logical", "mlp (forward)"),
     ("", "(no op_name: made by XLA)"),
 ])
 def test_layer_of_reads_the_pass_and_the_module(op_name, layer):

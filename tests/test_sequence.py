@@ -38,6 +38,8 @@ def test_vocabulary_min_freq_max_size_unk_and_specials():
   assert text_lib.Vocabulary.build(texts, max_size=6).tokens[4:] == ("a", "b")
   small = text_lib.Vocabulary.build(texts, min_freq=2)
   assert small.encode(["a", "d", "zzz"], bos=True, eos=True) == [2, 4, 1, 1, 3]
+  # Words of text that read like specials are words: never padding, <bos> or <eos>.
+  assert small.encode(["<pad>", "<bos>", "<eos>", "<unk>", "a"]) == [1, 1, 1, 1, 4]
   assert small.decode([2, 4, 5, 3, 6, 0]) == ["a", "b"]  # <bos> dropped, cut at <eos>.
   with pytest.raises(JdlError, match="max_vocab"):
     text_lib.Vocabulary.build(texts, max_size=4)

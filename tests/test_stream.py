@@ -261,7 +261,10 @@ BAD = {
     "test shape": (dict(x_train=X, y_train=Y, x_test=X[:, :2], y_test=Y),
                    r"has examples of shape \(2,\) but x_train has \(3,\)"),
     "NaN": (dict(x_train=np.where(np.eye(8, 3) > 0, np.nan, X), y_train=Y),
-            "x_train .* contains NaN or Inf values in 3 of 8 examples"),
+            r"x_train .* contains NaN or Inf values \(as float32, as jdl reads them\) in 3 of "
+            "8 examples"),
+    "beyond float32": (dict(x_train=np.where(np.eye(8, 3) > 0, 1e39, X.astype(np.float64)),
+                            y_train=Y), "in 3 of 8 examples"),
     "negative label": (dict(x_train=X, y_train=Y - 1), r"labels must be in \[0, 2\*\*31 - 1\)"),
     "one-hot": (dict(x_train=X, y_train=np.eye(8, 2, dtype=np.int64)), "not one-hot"),
     "strings": (dict(x_train=X, y_train=np.array(["a"] * 8)), "non-numeric dtype"),

@@ -274,10 +274,14 @@ def _check_finite(a: NpyRows, what: str) -> None:
     return
   bad_rows = 0
   for chunk in _chunks(a, None, chunk_rows(a)):
+    # As read for training: float32 (a float64 value beyond its range becomes Inf).
+    with np.errstate(over="ignore"):
+      chunk = chunk.astype(np.float32, copy=False)
     bad_rows += int((~np.isfinite(chunk.reshape(len(chunk), -1))).any(axis=1).sum())
   if bad_rows:
-    raise JdlError(f"{what} ({a.name}) contains NaN or Inf values in {bad_rows} of {len(a)} "
-                   "examples; clean or impute them before training")
+    raise JdlError(f"{what} ({a.name}) contains NaN or Inf values (as float32, as jdl reads "
+                   f"them) in {bad_rows} of {len(a)} examples; clean or impute them before "
+                   "training")
 
 
 def fit_normalizer(x: NpyRows, rows: np.ndarray | None, mode: str):

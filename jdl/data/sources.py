@@ -407,6 +407,13 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
           f"npz file {path}: {key} has examples of shape {arrays[key].shape[1:]} but "
           f"x has {arrays['x'].shape[1:]}; they must match"
       )
+  width = lambda y: int(np.prod(y.shape[1:], dtype=np.int64))  # noqa: E731
+  for key in ("y_test", "y_val"):
+    if key in arrays and width(arrays[key]) != width(arrays["y"]):
+      raise JdlError(
+          f"npz file {path}: {key} has targets of shape {arrays[key].shape[1:]} but y has "
+          f"{arrays['y'].shape[1:]}; they must match"
+      )
   return arrays
 
 

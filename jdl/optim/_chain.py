@@ -3,10 +3,14 @@
 The transformation returned by :func:`create_optimizer` is, from outside in::
 
   [plateau wrapper]        if reduce_on_plateau.enabled: state PlateauState
-    [multi_transform]      if optimizer.freeze: 'trainable' / 'frozen' labels
-      [optax.MultiSteps]   if optimizer.accumulate_steps > 1 (trainable leaves only)
+    [optax.MultiSteps]     if optimizer.accumulate_steps > 1
+      [multi_transform]    if optimizer.freeze: 'trainable' / 'frozen' labels
         chain(clip, clip_by_global_norm, <optimizer>, decoupled weight decay,
               max_norm)
+
+(optax.MultiSteps outside the freezing keeps a gradient buffer for frozen leaves
+too: one parameter-sized copy of them. The order is the checkpoints' layout, so it
+stays: swapping it would leave earlier runs unreadable.)
 """
 
 from __future__ import annotations
@@ -85,8 +89,9 @@ def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
           "by sqrt(v) + eps; 0 makes a NaN wherever a gradient is 0)")
 
 
-# The optimizers whose update divides by a root of squared gradients plus eps.
-_DIVIDES_BY_EPS = ("adagrad", "adadelta", "rmsprop", "adam", "adamw", "adamax", "nadam")
+# The optimizers whose update divides by a root of squared gradients plus eps
+# (optax's adagrad guards its division itself).
+_DIVIDES_BY_EPS = ("adadelta", "rmsprop", "adam", "adamw", "adamax", "nadam")
 # Zeiler's Adadelta takes no learning rate (1.0) and eps 1e-6 (PyTorch's and optax's
 # defaults); the shared defaults (1e-3, 1e-8) make its steps ~3e-7 and it barely moves.
 ADADELTA_MIN_LR = 0.1
@@ -204,15 +209,15 @@ def create_optimizer(
       chain.append(regularizers.max_norm(float(reg.max_norm), include=reg.max_norm_include))
   tx = optax.chain(*chain)
 
-  if opt.accumulate_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=opt.accumulate_steps)
-    tx = tx.gradient_transformation()
   patterns = compile_patterns(opt.freeze)
-  if patterns:  # Outside the accumulation: frozen leaves get no gradient buffer.
+  if patterns:
     tx = optax.multi_transform(
         {TRAINABLE: tx, FROZEN: optax.set_to_zero()},
         functools.partial(freeze_labels, patterns=patterns),
     )
+  if opt.accumulate_steps > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=opt.accumulate_steps)
+    tx = tx.gradient_transformation()
   if config.get("nonfinite", "stop") == "skip":
     tx = optax.apply_if_finite(tx, int(config.get("max_nonfinite_skips", 10)))
   plateau = plateau_transform(config) if with_plateau else None

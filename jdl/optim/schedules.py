@@ -16,6 +16,7 @@ import fractions
 import math
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -57,13 +58,22 @@ def _step(sched, lr, per_epoch, num_epochs):
         "at least one optimizer update long")
   check(0 < sched.factor <= 1, "schedule.factor", sched.factor, "in (0, 1]")
   # floor(k / period) with the period an exact fraction num / den (E is one when
-  # accumulate_steps does not divide steps_per_epoch): floor(k * den / num), a ratio
-  # of integers that float division gets exact at every boundary, so the decays
-  # stay on the epochs' boundaries however many there are (a rounded period drifts).
+  # accumulate_steps does not divide steps_per_epoch), in integers: the decays stay
+  # on the epochs' boundaries however many there are (a rounded period drifts). A
+  # period with no small exact form (num * den >= 2**31) is rounded, as other
+  # durations are.
   period = (fractions.Fraction(sched.decay_every_epochs).limit_denominator(10**4)
             * fractions.Fraction(per_epoch).limit_denominator(10**4))
-  decay = optax.exponential_decay(lr, period.numerator, sched.factor, staircase=True)
-  return lambda count: decay(count * period.denominator)
+  decay = optax.exponential_decay(lr, 1, sched.factor, staircase=True)  # lr * factor**n.
+  if period <= 0 or period.numerator * period.denominator >= 2**31:
+    return optax.exponential_decay(lr, every, sched.factor, staircase=True)
+  num, den = period.numerator, period.denominator
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.int32)
+    return decay((count // num) * den + (count % num) * den // num)  # floor(count / period)
+
+  return schedule
 
 
 def _exponential(sched, lr, per_epoch, num_epochs):

@@ -113,11 +113,14 @@ class Vocabulary:
     return len(self.tokens)
 
   def id(self, token: str) -> int:
-    return self._ids.get(token, UNK_ID)
+    """The id of a token of text: ``<unk>`` when unknown, and for a text token that
+    reads like a special (a literal ``<pad>`` in a sentence is a word, not padding)."""
+    i = self._ids.get(token, UNK_ID)
+    return UNK_ID if i < len(SPECIALS) else i
 
   def encode(self, tokens: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[int]:
-    """Token ids; unknown tokens map to ``<unk>``."""
-    ids = [self._ids.get(t, UNK_ID) for t in tokens]
+    """Token ids of text tokens (:meth:`id`); ``bos``/``eos`` add those specials."""
+    ids = [self.id(t) for t in tokens]
     return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
 
   def encode_text(self, text: str, **kwargs) -> list[int]:

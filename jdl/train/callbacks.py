@@ -176,10 +176,10 @@ class ReduceLROnPlateau(Callback):
 
   def on_epoch_end(self, trainer, epoch, logs):
     value = _monitored(logs, self.monitor, "reduce_on_plateau")
-    if self.rtol > 0 and value <= 0:
+    if self.rtol > 0 and value < 0:
       # optax's test `value < (1 - rtol) * best - atol` is relative to a positive best:
       # below 0 it takes worse values for improvements, and the rate is never cut.
-      raise JdlError(f"reduce_on_plateau.rtol={self.rtol:g} needs a positive metric, but "
+      raise JdlError(f"reduce_on_plateau.rtol={self.rtol:g} needs a metric >= 0, but "
                      f"{self.monitor} is {value:.6g} at epoch {epoch + 1}; use "
                      "--config.reduce_on_plateau.rtol=0 and atol")
     state = trainer.state

@@ -119,7 +119,8 @@ class DiagnosticsHook:
         trainer.task,
         learning_rate_fn=functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn),
         bins=int(c.histogram_bins), activation=diag_lib.activation_kind(trainer.config),
-        histograms=bool(c.histograms), augment=trainer.augment)
+        histograms=bool(c.histograms), augment=trainer.augment,
+        microbatch_size=trainer.microbatch_size)
     block = diag_lib.make_diagnostic_block(trainer.run_block, diagnose, trainer.batch_size)
     self._run_block = jax.jit(block, donate_argnums=(0, 1))
     self._blocks: dict[int, Any] = {}

@@ -65,6 +65,10 @@ from jdl.train.state import TrainState, create_train_state
 _CE_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 # Losses of one logit an example (the probability of class 1).
 _BINARY_LOSSES = ("binary_crossentropy", "squared_hinge")
+# (section, key) of the settings that may differ between the processes of one run:
+# where each host finds its files, and how it reads them.
+_HOST_LOCAL = ((None, "data_dir"), (None, "download"), ("init_from", "workdir"),
+               ("generative", "classifier_workdir"), ("stream", "prefetch"))
 
 
 @dataclasses.dataclass
@@ -289,9 +293,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
   def _check_processes_agree(self) -> None:
     """Every process must train the same run on the same data: other settings on one
     process would drift its "replicated" parameters from the others' with no error.
-    (``data_dir`` may differ from host to host; the data's fingerprint may not.)"""
+    (Host-local paths and settings, ``_HOST_LOCAL``, may differ from host to host; the
+    data's fingerprint may not.)"""
     tree = json.loads(config_lib.launch_neutral_json(self.config))
-    tree.pop("data_dir", None)
+    for section, key in _HOST_LOCAL:
+      (tree.get(section) if section else tree).pop(key, None)
     text = json.dumps({"config": tree, "data": self.data_source["fingerprint"]},
                       sort_keys=True)
     differ = parallel_lib.processes_differing(text)
@@ -596,7 +602,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
               moved = workdir_lib.move_aside(self.workdir)
               if moved is not None:
                 self.warn(f"jdl: --restart: moved the previous run to {moved}")
-          except JdlError as e:
+          except Exception as e:  # noqa: BLE001  (an OSError of the move too)
             error = e
         # The others learn of its failure here, not by waiting at the barrier until
         # the timeout kills them.

@@ -58,7 +58,11 @@ def layer_of(op_name: str) -> str:
   """
   if not op_name:
     return "(no op_name: made by XLA)"
-  path = op_name.split("closed_call/", 1)[-1].split("/")
+  # The block's loop body is a closed_call; so are calls inside a layer (dropout's
+  # random bits: .../jvp(CNN)/Dropout_0/jit(_bernoulli)/.../closed_call/add), which
+  # stay the layer's.
+  head, sep, tail = op_name.partition("closed_call/")
+  path = (tail if sep and not re.search(r"(transpose|jvp)\(", head) else op_name).split("/")
   passes = [p for p in path if p.startswith(("transpose(", "jvp("))]
   if not passes:
     return "update and metrics"

@@ -133,7 +133,10 @@ def _early_stopping_best(config: ml_collections.ConfigDict, ck: ckpt_lib.Checkpo
       es.monitor, es.mode):  # Another early stopping's state (cf. its load_state_dict).
     return None
   step = state.get("best_step")
-  return step if isinstance(step, int) and step in ck.steps() else None
+  if not isinstance(step, int) or step < 0:
+    return None
+  # Its step gone (removed by hand: early stopping keeps it), fit kept the last state.
+  return step if step in ck.steps() else latest
 
 
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
