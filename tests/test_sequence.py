@@ -115,6 +115,7 @@ def test_sst2_loader_builds_vocab_on_train_and_pads(tmp_path):
     ("text\tlabel\nfoo\t1\n", "needs sentence, label"),
     ("sentence\tlabel\nfoo\t1\nbar\n", "line 3: 1 tab-separated fields"),
     ("sentence\tlabel\nfoo\tpositive\n", "line 2: label 'positive' is not an integer"),
+    ("sentence\tlabel\nfoo\t1\nbar\t2\n", "train.tsv, line 3: label '2' is not a class id in 0..1"),
     ("sentence\tlabel\n", "no rows"),
 ])
 def test_sst2_bad_files_are_one_line_errors_exit_2(tmp_path, capsys, train, message):

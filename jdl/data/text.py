@@ -100,13 +100,20 @@ def read_tsv(path: pathlib.Path, columns: Sequence[str], *,
   return out
 
 
-def _labels(values: list[str], path: pathlib.Path, lines: Sequence[int]) -> np.ndarray:
+def _labels(values: list[str], path: pathlib.Path, lines: Sequence[int], *,
+            num_classes: int = 2) -> np.ndarray:
   try:
     labels = np.array([int(v) for v in values], np.int32)
   except ValueError:
     bad = next(i for i, v in enumerate(values) if not v.strip().lstrip("-").isdigit())
     raise JdlError(f"{path}, line {lines[bad]}: label {values[bad]!r} is not an integer class "
                    "id") from None
+  outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if outside.size:
+    bad = int(outside[0])
+    raise JdlError(f"{path}, line {lines[bad]}: label {values[bad]!r} is not a class id in "
+                   f"0..{num_classes - 1} ({outside.size} such line"
+                   f"{'s' if outside.size > 1 else ''})")
   return labels
 
 
