@@ -379,7 +379,7 @@ def _truncated_npz(path):
     (lambda p: write_npz(p, x=np.array([[np.nan], [1.0], [np.inf], [2.0]]),
                          y=np.array([0, 1, 0, 1]), x_test=np.ones((2, 1)),
                          y_test=np.array([0, 1])),
-     "x_train contains 1 NaN and 1 Inf"),
+     r": x contains 1 NaN and 1 Inf"),
     (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.arange(4), x_test=np.ones((2, 3)),
                          y_test=np.arange(2)), "must match"),
     (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.array([0, 0, 0, 1])), "cannot split"),
@@ -388,8 +388,11 @@ def _truncated_npz(path):
      r"y_test has targets of shape \(3,\) but y has \(2,\); they must match"),
     (lambda p: np.save(p.with_suffix(".npy"), np.ones(3)) or
      p.with_suffix(".npy").rename(p), "single .npy array"),
+    (lambda p: write_npz(p, x=np.where(np.arange(8)[:, None] == 7, np.nan, np.ones((8, 1))),
+                         y=np.arange(8) % 2),  # No x_test: the file's key, not a split's.
+     r": x contains 1 NaN and 0 Inf values \(in 1 of 8 examples\)"),
 ], ids=["no-y", "half-test", "garbage", "truncated", "object", "strings", "1d-x", "nan",
-        "test-shape", "unsplittable", "target-width"] + ["npy"])
+        "test-shape", "unsplittable", "target-width"] + ["npy", "nan-no-test"])
 def test_npz_rejects_bad_files(tmp_path, make, match):
   path = tmp_path / "bad.npz"
   make(path)

@@ -20,6 +20,7 @@ from jdl.data import download as download_lib
 from jdl.data import text as text_data
 from jdl.data.idx import read_idx
 from jdl.data.validate import check_example_shapes
+from jdl.data.validate import require_finite
 from jdl.data.validate import validate_arrays
 from jdl.errors import JdlError, lookup
 
@@ -436,6 +437,9 @@ def _load_npz(req: _Request) -> Dataset:
       )
     num_classes = int(y_all.max()) + 1 if y_all.size else 0
     num_classes = max(num_classes, 1)
+  for key in ("x", "x_test", "x_val"):  # Named as in the file, before any split.
+    if key in arrays:
+      require_finite(arrays[key], f"npz file {path}: {key}")
   if "x_test" not in arrays:
     dataset = _split(req, arrays["x"], arrays["y"], num_classes, where=f" ({path})")
   else:

@@ -17,7 +17,8 @@ def _examples(values: np.ndarray, limit: int = 5) -> str:
   return shown + (", ..." if values.size > limit else "")
 
 
-def _require_finite(a: np.ndarray, what: str) -> None:
+def require_finite(a: np.ndarray, what: str) -> None:
+  """One JdlError naming ``what`` when a float array holds NaN or Inf."""
   if a.dtype.kind != "f":
     return
   finite = np.isfinite(a)
@@ -105,9 +106,9 @@ def validate_arrays(
           f"{key}_{split} has non-numeric dtype {a.dtype}; convert it to numbers (labels "
           "to integer class ids 0..num_classes-1)"
       )
-  _require_finite(x, f"x_{split}")
+  require_finite(x, f"x_{split}")
   if task == "regression":
-    _require_finite(y, f"y_{split}")
+    require_finite(y, f"y_{split}")
     return
   if task == "seq2seq":
     if y.ndim != 2 or y.dtype.kind not in "iu":
