@@ -297,7 +297,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     data's fingerprint may not.)"""
     tree = json.loads(config_lib.launch_neutral_json(self.config))
     for section, key in _HOST_LOCAL:
-      (tree.get(section) if section else tree).pop(key, None)
+      (tree.get(section) or {} if section else tree).pop(key, None)
     text = json.dumps({"config": tree, "data": self.data_source["fingerprint"]},
                       sort_keys=True)
     differ = parallel_lib.processes_differing(text)
