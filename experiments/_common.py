@@ -202,6 +202,32 @@ def pct(x: float | None) -> str:
   return "n/a" if x is None else f"{x:.2%}"
 
 
+def epochs_to(values: list[float], target: float) -> int | None:
+  """The first epoch (1-based) whose value is at least ``target``; None if none."""
+  return next((i + 1 for i, v in enumerate(values) if v >= target), None)
+
+
+def plot_loss_and_val_accuracy(curves: Sequence[tuple[str, dict, str, Any]], path: Path,
+                               title: str, *, figsize=(13, 4.5)) -> None:
+  """Training loss (log scale) and validation accuracy per epoch, side by side.
+
+  ``curves``: ``(label, record, line style, colour)``, the record with per-epoch
+  ``loss`` and ``val_accuracy`` lists (a diverged run's up to where it stopped).
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=figsize)
+  for label, r, style, color in curves:
+    epochs = range(1, len(r["loss"]) + 1)
+    axes[0].plot(epochs, r["loss"], style, marker=".", color=color, label=label)
+    axes[1].plot(epochs, r["val_accuracy"], style, marker=".", color=color, label=label)
+  axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log",
+              title="training loss (running mean over the epoch)")
+  axes[1].set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
+  save_figure(fig, axes, path, title)
+
+
 def save_figure(fig, axes, path: Path, title: str, *, legend_axes=None,
                 legend_kwargs=None) -> None:
   """Grids every axis, adds legends (to ``legend_axes``, default all), saves, closes."""

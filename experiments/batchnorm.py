@@ -42,9 +42,7 @@ class EpochLog(Callback):
     self.logs.append(dict(logs))
 
 
-def epochs_to(values: list[float], target: float) -> int | None:
-  """The first epoch (1-based) whose value is at least ``target``; None if none."""
-  return next((i + 1 for i, v in enumerate(values) if v >= target), None)
+epochs_to = _common.epochs_to
 
 
 def run_variant(name: str, bn: bool, lr: float, dataset, args, epochs: int) -> dict:
@@ -82,21 +80,11 @@ def run_variant(name: str, bn: bool, lr: float, dataset, args, epochs: int) -> d
 
 
 def plot(records: dict[str, dict], path: Path, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-  colors = {"no BN": "tab:red", "BN": "tab:blue"}
-  for name, r in records.items():
-    style = "-" if r["learning_rate"] == max(LEARNING_RATES.values()) else ":"
-    color = colors["BN" if r["batch_norm"] else "no BN"]
-    epochs = range(1, len(r["loss"]) + 1)
-    axes[0].plot(epochs, r["loss"], style, marker=".", color=color, label=name)
-    axes[1].plot(epochs, r["val_accuracy"], style, marker=".", color=color, label=name)
-  axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log",
-              title="training loss (running mean over the epoch)")
-  axes[1].set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-  _common.save_figure(fig, axes, path, title)
+  high = max(LEARNING_RATES.values())
+  _common.plot_loss_and_val_accuracy(
+      [(name, r, "-" if r["learning_rate"] == high else ":",
+        "tab:blue" if r["batch_norm"] else "tab:red") for name, r in records.items()],
+      path, title)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:

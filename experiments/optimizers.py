@@ -44,11 +44,6 @@ VAL_SIZE = {"mnist": 5000, "digits": 300}
 TINY = ("sgd", "adadelta", "adam")
 
 
-def epochs_to(values: list[float], target: float) -> int | None:
-  """The first epoch (1-based) whose value is at least ``target``; None if none."""
-  return next((i + 1 for i, v in enumerate(values) if v >= target), None)
-
-
 def settings(name: str) -> str:
   """``lr 0.01, momentum 0.9``: the run's optimizer settings, for the table."""
   values = RATES[name][0]
@@ -87,21 +82,9 @@ def run_variant(name: str, dataset, args, epochs: int) -> dict:
 
 
 def plot(records: dict[str, dict], path: Path, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
-  colors = plt.get_cmap("tab10")
-  for i, (name, r) in enumerate(records.items()):
-    epochs = range(1, len(r["loss"]) + 1)
-    style = "--" if i >= 5 else "-"
-    label = f"{name} ({settings(name)})"
-    axes[0].plot(epochs, r["loss"], style, marker=".", color=colors(i), label=label)
-    axes[1].plot(epochs, r["val_accuracy"], style, marker=".", color=colors(i), label=label)
-  axes[0].set(xlabel="epoch", ylabel="training loss", yscale="log",
-              title="training loss (running mean over the epoch)")
-  axes[1].set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy")
-  _common.save_figure(fig, axes, path, title)
+  _common.plot_loss_and_val_accuracy(  # Ten curves: tab10's colours, dashed after five.
+      [(f"{name} ({settings(name)})", r, "--" if i >= 5 else "-", f"C{i}")
+       for i, (name, r) in enumerate(records.items())], path, title, figsize=(13, 4.8))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
@@ -116,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     if args.tiny and name not in TINY:
       continue
     r = records[name] = run_variant(name, dataset, args, epochs)
-    reach = [epochs_to(r["val_accuracy"], t) for t in targets]
+    reach = [_common.epochs_to(r["val_accuracy"], t) for t in targets]
     missed = "never" if r["error"] else f"> {len(r['val_accuracy'])}"
     final_loss = r["loss"][-1] if r["loss"] else math.nan
     rows.append((name, settings(name), RATES[name][1],

@@ -563,15 +563,15 @@ def without_launch(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   return config
 
 
-def launch_neutral_json(config: ml_collections.ConfigDict) -> str:
-  """``config`` as sorted JSON without :data:`LAUNCH_KEYS`: equal on every process of
+def launch_neutral(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``config`` as a JSON tree without :data:`LAUNCH_KEYS`: equal on every process of
   one run."""
   tree = json.loads(config.to_json_best_effort(sort_keys=True))
   for key in LAUNCH_KEYS:
     section, name = key.split(".")
     if isinstance(tree.get(section), dict):
       tree[section].pop(name, None)
-  return json.dumps(tree, sort_keys=True)
+  return tree
 
 
 def changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:

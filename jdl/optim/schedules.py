@@ -64,10 +64,10 @@ def _step(sched, lr, per_epoch, num_epochs):
   # durations are.
   period = (fractions.Fraction(sched.decay_every_epochs).limit_denominator(10**4)
             * fractions.Fraction(per_epoch).limit_denominator(10**4))
-  decay = optax.exponential_decay(lr, 1, sched.factor, staircase=True)  # lr * factor**n.
   if period <= 0 or period.numerator * period.denominator >= 2**31:
     return optax.exponential_decay(lr, every, sched.factor, staircase=True)
   num, den = period.numerator, period.denominator
+  decay = optax.exponential_decay(lr, 1, sched.factor, staircase=True)  # lr * factor**n.
 
   def schedule(count):
     count = jnp.asarray(count, jnp.int32)

@@ -295,7 +295,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     process would drift its "replicated" parameters from the others' with no error.
     (Host-local paths and settings, ``_HOST_LOCAL``, may differ from host to host; the
     data's fingerprint may not.)"""
-    tree = json.loads(config_lib.launch_neutral_json(self.config))
+    tree = config_lib.launch_neutral(self.config)
     for section, key in _HOST_LOCAL:
       (tree.get(section) or {} if section else tree).pop(key, None)
     text = json.dumps({"config": tree, "data": self.data_source["fingerprint"]},
