@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import types
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,6 +206,44 @@ def test_gan_rejects_what_it_cannot_honour():
   with pytest.raises(JdlError, match=r"d_steps=21 exceeds the 20 train steps of an epoch"):
     jdl.Trainer(gan_config("wgan_gp", generative__d_steps=21), None, quiet=True)
   jdl.Trainer(gan_config("wgan_gp", generative__d_steps=20), None, quiet=True)
+
+
+def test_a_wgan_gp_critic_with_batch_norm_is_refused_before_anything_is_written(tmp_path):
+  config = make_config(task="wgan_gp", normalize="none", metrics=(), model__name="dcgan",
+                       model__generator={"features": (8,), "kernel_size": 3},
+                       model__discriminator={"features": (8, 8), "kernel_size": 3,
+                                             "norm": "batch"},  # Not after the first.
+                       generative__latent_dim=4, monitor="")
+  with pytest.raises(JdlError, match="WGAN-GP critic must not keep batch statistics"):
+    jdl.Trainer(config, tmp_path / "run", quiet=True)
+  assert not (tmp_path / "run").exists()
+  with pytest.raises(JdlError, match="batch statistics"):  # The library's own guard.
+    gen_tasks.check_critic({"batch_stats": {}})
+
+
+class _ModeScaledCritic(flax.linen.Module):
+  """``f(x) = <w, x>``, doubled in training mode: its input gradient is ``w`` or ``2w``."""
+
+  @flax.linen.compact
+  def __call__(self, x, train: bool = False):
+    w = self.param("w", lambda _, shape: jnp.full(shape, 0.1), (x[0].size,))
+    return x.reshape(x.shape[0], -1) @ w * (2.0 if train else 1.0)
+
+
+def test_the_gradient_penalty_is_that_of_the_critic_in_training_mode():
+  # The critic loss trains f in training mode (dropout on), so the penalty must
+  # constrain that f: (||2w|| - 1)^2 here, not the inference critic's (||w|| - 1)^2.
+  critic = _ModeScaledCritic()
+  x = jnp.ones((3, 4, 4, 1))
+  params = critic.init(jax.random.key(0), x)["params"]
+  task = gen_tasks.GANTask(kind="wgan_gp", latent_dim=2, d_steps=1, gp_weight=10.0,
+                           metric_names=())
+  state = types.SimpleNamespace(discriminator=critic)
+  fake = jax.random.uniform(jax.random.key(1), x.shape)
+  _, (parts, _) = task._d_loss(state, params, {}, x, fake, jax.random.key(2))
+  norm = 2 * 0.1 * np.sqrt(16)
+  np.testing.assert_allclose(parts["gradient_penalty"], (norm - 1) ** 2 * np.ones(3),
+                             rtol=1e-6)
 
 
 def test_metric_groups_are_exact_means():

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from jdl.errors import JdlError
 from jdl.generative import objectives
 from jdl.generative.stats import mean_group
 from jdl.train import steps as steps_lib
@@ -81,6 +82,21 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
       key=state_key, generator=generator, discriminator=discriminator, g_tx=g_tx, d_tx=d_tx)
 
 
+def check_critic(critic_state: dict) -> None:
+  """Refuses a WGAN-GP critic with batch statistics (batch norm).
+
+  The gradient penalty asks each example's critic value to have a unit gradient
+  with respect to that example's input; batch norm makes every output depend on the
+  whole batch, so that per-example gradient is not the critic's (Gulrajani et al.,
+  2017, section 4: use layer normalisation instead).
+  """
+  if critic_state:
+    raise JdlError(f"a WGAN-GP critic must not keep batch statistics (it has "
+                   f"{', '.join(sorted(critic_state))}): batch norm couples the examples "
+                   "that the gradient penalty treats one by one; use "
+                   "model.discriminator.norm='layer' or 'none'")
+
+
 @dataclasses.dataclass(frozen=True)
 class GANTask:
   """A GAN (non-saturating loss) or a WGAN-GP, trained one batch per loop step.
@@ -135,7 +151,11 @@ class GANTask:
       parts = {"d_loss": per, "d_real": jax.nn.sigmoid(real_out),
                "d_fake": jax.nn.sigmoid(fake_out)}
     else:
-      critic = lambda x: self._discriminate(state, d_params, d_state, x, False, k_gp)[0]  # noqa: E731
+      check_critic(d_state)
+      # The penalty is on the critic the loss trains: in training mode, its own
+      # dropout mask (as the real and the fake batch each have theirs).
+      k_drop = jax.random.fold_in(k_gp, 1)
+      critic = lambda x: self._discriminate(state, d_params, d_state, x, True, k_drop)[0]  # noqa: E731
       gp = objectives.gradient_penalty(critic, real, fake, key=k_gp)
       per = objectives.wgan_critic_loss(real_out, fake_out) + self.gp_weight * gp
       parts = {"critic_loss": per, "wasserstein": real_out - fake_out, "gradient_penalty": gp}

@@ -29,6 +29,7 @@ from jdl.errors import JdlError
 from jdl.generative import objectives
 from jdl.generative.gan import GANState
 from jdl.generative.gan import GANTask
+from jdl.generative.gan import check_critic
 from jdl.generative.gan import create_gan_state
 from jdl.generative.stats import compute
 from jdl.generative.stats import mean_group
@@ -47,7 +48,7 @@ METRICS = {
 EVAL_METRICS = {**METRICS, "wgan_gp": ("wasserstein", "g_loss")}
 
 __all__ = ["TASKS", "METRICS", "EVAL_METRICS", "GANState", "GANTask", "ReconstructionTask",
-           "VAETask", "compute", "create_gan_state", "create_models", "make_gan_task",
+           "VAETask", "check_critic", "compute", "create_gan_state", "create_models", "make_gan_task",
            "make_task", "mean_group", "metric_names", "sample_images", "validate_config"]
 
 

@@ -333,8 +333,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     d_tx = optim.create_optimizer(d_config, steps_per_epoch=self.steps_per_epoch,
                                   num_epochs=self.schedule_epochs)
     generator, discriminator = self.model
-    return gen_tasks.create_gan_state(generator, discriminator, g_tx, d_tx, example,
-                                      int(c.generative.latent_dim), key=key)
+    state = gen_tasks.create_gan_state(generator, discriminator, g_tx, d_tx, example,
+                                       int(c.generative.latent_dim), key=key)
+    if c.task == "wgan_gp":  # Before anything is written.
+      gen_tasks.check_critic(state.model_state["discriminator"])
+    return state
 
   def _init_from(self, spec) -> Any:
     """Params with the matching entries copied from another run's latest checkpoint."""
