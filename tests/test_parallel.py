@@ -22,6 +22,7 @@ from jdl import checkpoint as ckpt_lib
 from jdl import cli
 from jdl.errors import JdlError
 from jdl.train import parallel
+from jdl.train import workdir as workdir_lib
 
 
 def test_auto_is_one_device_here_and_modes_are_checked():
@@ -203,11 +204,9 @@ def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
 
   # A workdir in use: process 0's lock error, and process 1 leaves at once with one
   # line instead of waiting at the barrier until the timeout kills it.
-  lock = workdir / ".jdl.lock"
-  lock.write_text(f"{os.getpid()} {socket.gethostname()}\n")
-  procs = _launch_two(workdir)
-  outs = [p.communicate(timeout=120) for p in procs]
-  lock.unlink()
+  with workdir_lib.locked(workdir, print):  # This process holds it.
+    procs = _launch_two(workdir)
+    outs = [p.communicate(timeout=120) for p in procs]
   assert [p.returncode for p in procs] == [2, 2], outs
   assert f"is in use by process {os.getpid()}" in outs[0][1], outs[0][1]
   assert outs[1][1].strip().splitlines() == [

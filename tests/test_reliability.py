@@ -25,10 +25,21 @@ from conftest import assert_exports_equal, cli_env, make_config, start_training
 
 
 
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from jdl.train import workdir
+with workdir.locked(Path(sys.argv[1]), print):
+  print("held", flush=True)
+  time.sleep(float(sys.argv[2]))
+"""
+
+
 def test_second_run_on_a_locked_workdir_refuses(tmp_path, capsys):
-  sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  sleeper = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), "60"],
+                             stdout=subprocess.PIPE, text=True)
   try:
-    (tmp_path / workdir_lib.LOCK_NAME).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
+    assert sleeper.stdout.readline() == "held\n"
     code = cli.main(["train", "--workdir", str(tmp_path), "--quiet", "--config", "xor"])
     err = capsys.readouterr().err
     assert code == 2
@@ -37,6 +48,45 @@ def test_second_run_on_a_locked_workdir_refuses(tmp_path, capsys):
   finally:
     sleeper.kill()
     sleeper.wait()
+
+
+_CONTENDER = """
+import sys, time
+from pathlib import Path
+from jdl.errors import JdlError
+from jdl.train import workdir
+start = float(sys.argv[2])
+while time.time() < start:
+  pass
+try:
+  with workdir.locked(Path(sys.argv[1]), lambda message: None):
+    t0 = time.time()
+    time.sleep(0.3)
+    print("acquired", t0, time.time(), flush=True)
+except JdlError as e:
+  print("refused", e, flush=True)
+"""
+
+
+def test_runs_started_at_the_same_instant_never_share_the_workdir(tmp_path):
+  # With a pid file alone, a contender read the other's just-created, still empty
+  # lock file as stale and took it over: both trained (4 trials in 20).
+  host = os.uname().nodename
+  for trial in range(8):
+    workdir = tmp_path / str(trial)
+    workdir.mkdir()
+    if trial % 2:  # A killed run's lock file: taken over by exactly one.
+      (workdir / workdir_lib.LOCK_NAME).write_text(f"999999999 {host}\n")
+    start = str(time.time() + 0.5)
+    procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, str(workdir), start],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+    held = sorted((float(o.split()[1]), float(o.split()[2])) for o in outs
+                  if o.startswith("acquired"))
+    assert held and all(o.startswith(("acquired", "refused")) for o in outs), outs
+    # One holder at a time (a contender scheduled late may take it after a release).
+    assert all(b[0] > a[1] for a, b in zip(held, held[1:])), outs
+    assert not (workdir / workdir_lib.LOCK_NAME).exists()  # Released by the winner.
 
 
 def test_a_stale_lock_is_taken_over(tmp_path, capsys):

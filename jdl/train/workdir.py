@@ -1,8 +1,8 @@
 """Workdir safety: one run at a time, starting over without losing the old run, signals.
 
-A run holds ``WORKDIR/.jdl.lock`` (pid and host) while it trains; a second run on
-the same workdir refuses, and a lock left by a process that no longer exists is
-recognised as stale and taken over. ``--restart`` moves the previous run's files
+A run holds an exclusive lock on ``WORKDIR/.jdl.lock`` (which names its pid and
+host) while it trains; a second run on the same workdir refuses, and a killed run
+leaves no lock (the kernel releases it). ``--restart`` moves the previous run's files
 into ``WORKDIR/previous-<time>/`` instead of deleting them. SIGTERM and SIGINT
 ask the loop to stop after the step in flight and write a checkpoint.
 """
@@ -10,6 +10,7 @@ ask the loop to stop after the step in flight and write a checkpoint.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -37,44 +38,81 @@ def _alive(pid: int) -> bool:
   return True
 
 
+def _holder(path: Path) -> tuple[int, str]:
+  """The ``(pid, host)`` a lock file names; ``(-1, "")`` if it names none."""
+  try:
+    pid_text, _, host = path.read_text().partition(" ")
+    return int(pid_text), host.strip()
+  except (OSError, ValueError):
+    return -1, ""
+
+
+def _in_use(workdir: Path, path: Path, pid: int, host: str) -> JdlError:
+  if host and host != socket.gethostname():
+    return JdlError(f"workdir {workdir} is locked by process {pid} on host {host} "
+                    f"(lock file {path}); wait for that run to finish or use another "
+                    "--workdir")
+  who = f"process {pid}" if pid > 0 else "another process"
+  return JdlError(f"workdir {workdir} is in use by {who} (lock file {path}); wait for it "
+                  "to finish or use another --workdir")
+
+
 @contextlib.contextmanager
 def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
-  """Holds the workdir's lock file for the duration of the block.
+  """Holds the workdir's lock for the duration of the block.
+
+  The lock is an exclusive ``flock`` on ``WORKDIR/.jdl.lock``, held for the whole
+  run: the kernel grants it to one process only and releases it when the process
+  ends, however it ends, so a killed run leaves no lock behind. The file names the
+  holder (pid and host) for the error message of the next contender. On a file
+  system without locks the file alone guards the workdir (a live holder on this
+  host refuses), with a warning.
 
   Raises:
-    JdlError: another live process holds the lock.
+    JdlError: another process holds the lock, or the workdir is not writable.
   """
-  path = Path(workdir) / LOCK_NAME
+  workdir = Path(workdir)
+  path = workdir / LOCK_NAME
   me = f"{os.getpid()} {socket.gethostname()}\n"
-  for _ in range(2):
+  for _ in range(100):  # Another process may release (unlink) the file between our steps.
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      try:
-        pid_text, _, host = path.read_text().partition(" ")
-        pid, host = int(pid_text), host.strip()
-      except (OSError, ValueError):
-        pid, host = -1, ""
-      if host == socket.gethostname() and pid > 0 and _alive(pid) and pid != os.getpid():
-        raise JdlError(f"workdir {workdir} is in use by process {pid} (lock file {path}); "
-                       "wait for it to finish or use another --workdir") from None
-      if host and host != socket.gethostname():
-        raise JdlError(f"workdir {workdir} is locked by process {pid} on host {host} "
-                       f"(lock file {path}); remove the file if that run is gone") from None
-      warn(f"jdl: warning: removing the stale lock {path} of process {pid}, which is gone")
-      path.unlink(missing_ok=True)
-      continue
+      fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except PermissionError:
       raise JdlError(f"cannot write to workdir {workdir}: permission denied") from None
-    with os.fdopen(fd, "w") as f:
-      f.write(me)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      raise _in_use(workdir, path, *_holder(path)) from None
+    except OSError as e:  # No locks on this file system (some network or FUSE mounts).
+      pid, host = _holder(path)
+      if pid > 0 and pid != os.getpid() and (host != socket.gethostname() or _alive(pid)):
+        os.close(fd)
+        raise _in_use(workdir, path, pid, host) from None
+      warn(f"jdl: warning: cannot lock {path} ({e.strerror or e}): make sure no other run "
+           "uses this workdir")
+    else:
+      try:
+        same = os.stat(path).st_ino == os.fstat(fd).st_ino
+      except FileNotFoundError:
+        same = False
+      if not same:  # Its holder released (removed) it after we opened it: try again.
+        os.close(fd)
+        continue
+    pid, _ = _holder(path)
+    if pid > 0 and pid != os.getpid():
+      warn(f"jdl: warning: taking over the stale lock {path} of process {pid}, which is gone")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, me.encode(), 0)
     break
+  else:
+    raise JdlError(f"could not lock {path}: other processes kept replacing it")
   try:
     yield
   finally:
     with contextlib.suppress(OSError):
-      if path.read_text() == me:
-        path.unlink()
+      path.unlink()  # Still ours: we hold the lock; then the kernel's lock goes with the fd.
+    os.close(fd)
 
 
 def write_text(path: Path, text: str) -> None:
