@@ -18,6 +18,7 @@ import pytest
 
 import jdl
 from jdl import cli
+from jdl.errors import NonFiniteError
 from jdl.train import workdir as workdir_lib
 from jdl.train.callbacks import Callback
 
@@ -87,6 +88,20 @@ def test_runs_started_at_the_same_instant_never_share_the_workdir(tmp_path):
     # One holder at a time (a contender scheduled late may take it after a release).
     assert all(b[0] > a[1] for a, b in zip(held, held[1:])), outs
     assert not (workdir / workdir_lib.LOCK_NAME).exists()  # Released by the winner.
+
+
+@pytest.mark.parametrize("check", ["block", "step"])
+def test_an_update_that_overflows_the_state_is_never_checkpointed(tmp_path, check):
+  # Step 1's loss and gradients are finite, but lr * gradient overflows float32: the
+  # step-1 checkpoint held Inf and the error called it intact.
+  config = jdl.load_config("linear_regression")
+  config.batch_size, config.optimizer.learning_rate = 16, 3e38
+  config.checkpoint_every_steps, config.scan_chunk = 1, 1
+  config.nonfinite_check, config.async_checkpoints = check, False
+  config.tensorboard = config.plots = False
+  with pytest.raises(NonFiniteError, match="by step 1 .* an update overflowed them"):
+    jdl.fit(config, tmp_path, quiet=True)
+  assert not any((tmp_path / "checkpoints").iterdir())
 
 
 def test_a_stale_lock_is_taken_over(tmp_path, capsys):

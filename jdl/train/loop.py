@@ -613,7 +613,14 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           raise error or JdlError(f"process 0 could not start the run in {self.workdir}; "
                                   "its error is on its output")
         parallel_lib.sync("jdl_restart")  # Every process sees the workdir after the move.
-        return self._fit(stop)
+        try:
+          return self._fit(stop)
+        except BaseException:
+          # The checkpoint an error message calls intact is on disk, not in flight.
+          if self.checkpointer is not None:
+            with contextlib.suppress(Exception):
+              self.checkpointer.wait()
+          raise
 
   def _fit(self, stop: workdir_lib.StopRequests) -> FitResult:
     self._acc = self.empty_acc()
@@ -717,7 +724,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     if n not in self._replay_blocks:
       self._replay_blocks[n] = self.compile_block(self._run_block, n)
     self.state, self._acc = self._replay_blocks[n](self.state, self._acc, x, y, idx)
-    self._check_finite()  # Raises; or the re-run found nothing and training goes on.
+    self._check_finite()  # Raises, naming the first non-finite loss or gradient;
+    self.check_state_finite()  # else an update overflowed the state: raises too.
 
   def _check_finite(self) -> None:
     """Acts on non-finite steps since the epoch began (syncs the device).
@@ -761,6 +769,28 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.warn(f"jdl: warning: skipped {count - self._nonfinite_reported} non-finite "
               f"update(s) this epoch, the first at {where} ({what})")
     self._nonfinite_reported = count
+
+  def check_state_finite(self) -> None:
+    """Raises if the parameters, optimizer state or model state hold NaN or Inf.
+
+    A step whose loss and gradients are finite can still overflow the state (a huge
+    learning rate); the checks of :meth:`_check_finite` look at losses and gradients.
+
+    Raises:
+      NonFiniteError: naming the step; the checkpoints on disk are all from before.
+    """
+    if bool(steps_lib.all_finite((self.state.params, self.state.opt_state,
+                                  self.state.model_state))):
+      return
+    self.nan_detected = True
+    last = self.checkpointer.latest_step() if self.checkpointer else None
+    kept = f"; the last checkpoint (step {last}) is intact" if last is not None else ""
+    epoch = max(self.step - 1, 0) // self.steps_per_epoch + 1
+    raise NonFiniteError(
+        f"the parameters or optimizer state are NaN or Inf by step {self.step} (epoch "
+        f"{epoch}) although every loss and gradient was finite: an update overflowed "
+        f"them{kept}. Lower the learning rate or clip gradients "
+        "(--config.optimizer.clip_norm=1.0)")
 
   def _stop_early(self, signal_name: str) -> FitResult:
     """After a stop request: write the checkpoint (unless this step has one), flush

@@ -373,7 +373,8 @@ class ResumableRun:
     if (self.checkpointer is None or self.nan_detected
         or self.checkpointer.latest_step() == self.step):  # Already saved (e.g. a stop
       return                                              # request right after a save).
-    self._check_finite()  # Never a checkpoint with NaN/Inf in it.
+    self._check_finite()  # Never a checkpoint with NaN/Inf in it: not from a loss or
+    self.check_state_finite()  # gradient, nor from an update that overflowed.
     meta = {
         "step": self.step,
         "epoch": self.step // self.steps_per_epoch,
