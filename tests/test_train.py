@@ -238,6 +238,35 @@ def test_two_callbacks_of_one_class_resume_their_own_state(tmp_path):
   assert [c.total for c in swapped] == [30, 3]
 
 
+def test_a_callback_that_cannot_load_its_state_moves_no_checkpoint_aside(tmp_path):
+  # Its error was taken for a damaged checkpoint: every step was moved aside, and
+  # the run could not resume even with the callback fixed.
+  class Counter(jdl.train.callbacks.Callback):
+    def __init__(self, fail=False):
+      self.fail, self.n = fail, 0
+
+    def on_epoch_end(self, trainer, epoch, logs):
+      self.n += 1
+
+    def state_dict(self):
+      return {"n": self.n}
+
+    def load_state_dict(self, state):
+      if self.fail:
+        raise KeyError("count")
+      self.n = state["n"]
+
+  jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True, callbacks=[Counter()])
+  files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+  with pytest.raises(jdl.JdlError, match=r"callback Counter could not load its state from "
+                     r"the checkpoint at step \d+ \(KeyError: 'count'\)"):
+    jdl.fit(make_config(num_epochs=3), tmp_path, quiet=True, callbacks=[Counter(fail=True)])
+  assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == files
+  fixed = Counter()
+  jdl.fit(make_config(num_epochs=3), tmp_path, quiet=True, callbacks=[fixed])
+  assert fixed.n == 3
+
+
 def test_a_stop_request_at_an_epochs_end_saves_between_checkpoint_epochs(tmp_path):
   import os
   import signal

@@ -354,7 +354,14 @@ class ResumableRun:
     saved = meta.get("callbacks", {})
     for key, callback in zip(cb.state_keys(self.callbacks), self.callbacks):
       if saved.get(key):
-        callback.load_state_dict(saved[key])
+        try:
+          callback.load_state_dict(saved[key])
+        except Exception as e:  # noqa: BLE001  (user code: its error, not damage)
+          raise ResumeRefused(
+              f"callback {type(callback).__name__} could not load its state from the "
+              f"checkpoint at step {step} ({type(e).__name__}: {e}); the checkpoint is "
+              "kept as it is: fix the callback's load_state_dict (or resume without "
+              "it)") from e
     epoch, pos = divmod(step, self.steps_per_epoch)
     where = (f"the end of epoch {epoch}" if pos == 0 and epoch > 0
              else f"epoch {epoch + 1}, batch {pos}/{self.steps_per_epoch}")
