@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import re
 import time
@@ -86,6 +87,32 @@ def test_rerun_of_finished_workdir_trains_no_more(tmp_path):
   again = jdl.fit(config, tmp_path, quiet=True)
   chex.assert_trees_all_equal(_params(first), _params(again))
   assert int(again.state.step) == int(first.state.step)
+  splits = [json.loads(line)["split"] for line in (tmp_path / "metrics.jsonl").open()]
+  assert splits == ["train", "val", "test"]
+
+
+def test_a_finished_run_trained_further_keeps_its_test_result(tmp_path):
+  first = jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  longer = jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+  assert [(r["split"], r["epoch"]) for r in records] == [
+      ("train", 1), ("val", 1), ("test", 1), ("train", 2), ("val", 2), ("test", 2)]
+  assert records[2]["accuracy"] == first.test_metrics["accuracy"]
+  assert records[5]["accuracy"] == longer.test_metrics["accuracy"]
+
+
+def test_a_workdir_without_its_checkpoints_starts_over_and_keeps_the_old_records(
+    tmp_path, capsys):
+  jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
+  old = (tmp_path / "metrics.jsonl").read_text()
+  shutil.rmtree(tmp_path / "checkpoints")
+  capsys.readouterr()
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  err = capsys.readouterr().err
+  assert "holds no checkpoint to resume, but its metrics.jsonl records a run to step" in err
+  (previous,) = tmp_path.glob("previous-*")
+  assert (previous / "metrics.jsonl").read_text() == old
+  assert {p.name for p in previous.iterdir()} >= {"config.json", "summary.txt"}
   splits = [json.loads(line)["split"] for line in (tmp_path / "metrics.jsonl").open()]
   assert splits == ["train", "val", "test"]
 
@@ -391,6 +418,10 @@ def test_reduce_on_plateau_lowers_the_learning_rate():
   lrs = result.history["learning_rate"]
   assert lrs[0] == pytest.approx(1e-9)
   assert lrs[-1] < lrs[0] / 3  # At least two halvings on a flat validation loss.
+  # The plateau's best value starts at +inf: no reason to re-run the first epoch's
+  # blocks in search of a NaN (they were, each of them).
+  assert result.trainer.nonfinite_check == "block"
+  assert not result.trainer._replay_blocks
 
 
 def test_the_logged_learning_rate_is_the_rate_each_epoch_trained_with():

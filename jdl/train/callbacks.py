@@ -204,16 +204,20 @@ class MetricsLogger(Callback):
   def __init__(self, path: str | Path):
     self.path = Path(path)
 
-  def truncate_after(self, step: int) -> Path | None:
-    """Drops lines past ``step`` and test lines: the resumed run writes them again.
+  def truncate_after(self, step: int, *, keep_test: bool = False) -> Path | None:
+    """Drops lines past ``step``: the resumed run writes them again. Test lines at
+    ``step`` are dropped too unless ``keep_test`` (a finished run that is extended
+    keeps the test result it had; one that is re-run writes it again); earlier test
+    lines are kept.
 
     A partial last line (a run killed while appending) is dropped too. An unreadable
     line before it is damage, not a kill: the file as it was is then kept beside it,
     and its path returned (else ``None``).
     """
-    return self.commit_truncation(self.plan_truncation(step))
+    return self.commit_truncation(self.plan_truncation(step, keep_test=keep_test))
 
-  def plan_truncation(self, step: int) -> tuple[bytes, list[str], bool] | None:
+  def plan_truncation(self, step: int, *,
+                      keep_test: bool = False) -> tuple[bytes, list[str], bool] | None:
     """Reads the file for :meth:`truncate_after` and writes nothing: ``(the file,
     the lines to keep, whether it is damaged)``, or ``None`` without a file.
 
@@ -239,9 +243,15 @@ class MetricsLogger(Callback):
         records.append(record)
       else:  # Valid JSON, but not a record of this logger's: damage too.
         damaged = True
+    last_test = step if keep_test else step - 1
     kept = [json.dumps(r, allow_nan=True) for r in records
-            if r.get("step", 0) <= step and r.get("split") != "test"]
+            if r.get("step", 0) <= (last_test if r.get("split") == "test" else step)]
     return raw, kept, damaged
+
+  def last_step(self) -> int:
+    """The largest step of the file's readable records (0 without any)."""
+    plan = self.plan_truncation(2**62, keep_test=True)
+    return max((json.loads(line)["step"] for line in plan[1]), default=0) if plan else 0
 
   def commit_truncation(self, plan: tuple[bytes, list[str], bool] | None) -> Path | None:
     """Writes what :meth:`plan_truncation` planned; returns the backup's path, if any."""

@@ -438,8 +438,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         """The block with the loss tested at each step; ``ok``: nothing non-finite
         in the losses, the parameters, the optimizer state or the model state."""
         state, acc = fast_block(state, acc, x, y, idx)
-        ok = (acc[steps_lib.NONFINITE]["count"] == 0) & steps_lib.all_finite(
-            (state.params, state.opt_state, state.model_state))
+        ok = (acc[steps_lib.NONFINITE]["count"] == 0) & steps_lib.state_finite(state)
         return state, acc, ok
 
       self.run_checked_block = run_checked_block  # Pure, as run_block.
@@ -747,7 +746,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
             f"the gradient of {names[int(info['param'])]!r}")
     epoch = (step - 1) // self.steps_per_epoch + 1
     where = f"step {step} (epoch {epoch})"
-    healthy = bool(steps_lib.all_finite((self.state.params, self.state.opt_state)))
+    healthy = bool(steps_lib.state_finite(self.state))
     last = self.checkpointer.latest_step() if self.checkpointer else None
     kept = f"; the last checkpoint (step {last}) is intact" if last is not None else ""
     if not healthy and self.config.nonfinite == "skip":
@@ -779,8 +778,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     Raises:
       NonFiniteError: naming the step; the checkpoints on disk are all from before.
     """
-    if bool(steps_lib.all_finite((self.state.params, self.state.opt_state,
-                                  self.state.model_state))):
+    if bool(steps_lib.state_finite(self.state)):
       return
     self.nan_detected = True
     last = self.checkpointer.latest_step() if self.checkpointer else None

@@ -172,10 +172,22 @@ class ResumableRun:
     # write): a write that fails (disk full) leaves the old run's results, test line
     # included, as they were.
     self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
-    truncation = self.logger.plan_truncation(start)
+    last = self.logger.last_step() if start == 0 else 0
+    if last > 0:  # Its checkpoints/ were removed, or it died before its first save.
+      moved = workdir_lib.move_aside(wd, workdir_lib.RECORD_FILES)
+      self.warn(f"jdl: warning: {wd} holds no checkpoint to resume, but its metrics.jsonl "
+                f"records a run to step {last}: starting over; that run's records were "
+                f"moved to {moved}")
+      for sub in ("plots", "tb"):
+        (wd / sub).mkdir(exist_ok=True)
+      saved = None
     sources = {"data": self.data_source, "model": self.model_source}
     complete = start > 0 and (start // self.steps_per_epoch >= self.num_epochs
                               or self._stopped_before())
+    # A finished run that trains further keeps its test line; one re-run (nothing
+    # left to train) writes it again.
+    extends = (start < self.num_epochs * self.steps_per_epoch and not complete)
+    truncation = self.logger.plan_truncation(start, keep_test=extends)
     # A finished run's record (config.json, summary.txt) stays as it was trained.
     self.record_kept = saved is not None and complete
     if not self.record_kept:

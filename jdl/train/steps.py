@@ -22,6 +22,7 @@ from jdl import metrics as metrics_lib
 from jdl import regularizers
 from jdl.data import augment as augment_lib
 from jdl.optim.masks import keep_frozen_state
+from jdl.optim.plateau import PlateauState
 from jdl.train import parallel as parallel_lib
 from jdl.train.state import TrainState
 
@@ -310,6 +311,22 @@ def all_finite(tree) -> jax.Array:
   """Whether every floating-point element of ``tree`` is finite (a bool scalar)."""
   leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(_leaves_finite(leaves))
+
+
+def state_finite(state) -> jax.Array:
+  """Whether a state's parameters, optimizer state and model state are all finite.
+
+  Not the plateau's best value so far: optax starts it at +inf (no epoch yet).
+  """
+  def best_cleared(s):
+    if not isinstance(s, PlateauState):
+      return s
+    best = s.plateau_state.best_value
+    return s._replace(plateau_state=s.plateau_state._replace(best_value=jnp.zeros_like(best)))
+
+  opt_state = jax.tree.map(best_cleared, state.opt_state,
+                           is_leaf=lambda s: isinstance(s, PlateauState))
+  return all_finite((state.params, opt_state, state.model_state))
 
 
 def _leaves_finite(leaves) -> jax.Array:

@@ -26,6 +26,8 @@ from jdl.errors import JdlError
 LOCK_NAME = ".jdl.lock"
 RUN_FILES = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "summary.txt",
              "config.json", "config_changes.jsonl", "vocab.json", "tb", "plots")
+# A run's records, apart from its checkpoints.
+RECORD_FILES = tuple(n for n in RUN_FILES if n not in ("checkpoints", "damaged-checkpoints"))
 
 
 def _alive(pid: int) -> bool:
@@ -152,9 +154,10 @@ def read_json(path: Path) -> dict:
   return value
 
 
-def move_aside(workdir: Path) -> Path | None:
-  """Moves a previous run's files into ``workdir/previous-<time>/``; returns that path."""
-  present = [Path(workdir) / name for name in RUN_FILES if (Path(workdir) / name).exists()]
+def move_aside(workdir: Path, names: tuple[str, ...] = RUN_FILES) -> Path | None:
+  """Moves a previous run's files (``names`` of them, if present) into
+  ``workdir/previous-<time>/``; returns that path (``None``: nothing to move)."""
+  present = [Path(workdir) / name for name in names if (Path(workdir) / name).exists()]
   if not present:
     return None
   target = Path(workdir) / time.strftime("previous-%Y%m%d-%H%M%S")
