@@ -468,14 +468,27 @@ def require_undamaged(directory: str | os.PathLike, step: int | None = None) -> 
 
 @contextlib.contextmanager
 def unreadable_as_error(directory: str | os.PathLike, step: int | None):
-  """Turns a failed read of a step (orbax, tensorstore, JSON) into one clear error."""
+  """Turns a failed read of a step (orbax, tensorstore, JSON) into one clear error.
+
+  Raises:
+    StepRemoved: the step's folder is gone (a run in progress pruned it).
+    JdlError: any other failure.
+  """
   try:
     yield
   except JdlError:
     raise
   except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types for damage)
+    if step is not None and not (Path(directory) / str(step)).exists():
+      raise StepRemoved(f"the checkpoint at step {step} in {directory} was removed while it "
+                        "was read (a run in progress there keeps only its last "
+                        "keep_checkpoints steps); run the command again") from None
     which = f"the checkpoint at step {step}" if step is not None else "the latest checkpoint"
     raise JdlError(f"{which} in {directory} is unreadable ({error_summary(e)})") from None
+
+
+class StepRemoved(JdlError):
+  """A checkpoint step disappeared while it was read (pruned by a running job)."""
 
 
 _JSON_FILES = ("_CHECKPOINT_METADATA", "metrics/metrics", "meta/metadata", "tree/_METADATA")

@@ -708,6 +708,26 @@ def test_evaluate_restores_the_best_checkpoint(tmp_path):
     assert metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
 
 
+def test_reading_a_run_whose_step_is_pruned_meanwhile_reads_the_next(tmp_path, monkeypatch):
+  # `jdl evaluate` beside a training run: keep_checkpoints removed the step it had
+  # picked, and it said the healthy checkpoint was "unreadable".
+  config = make_config(num_epochs=3, monitor="")
+  jdl.fit(config, tmp_path, quiet=True)
+  steps = jdl.checkpoint.Checkpointer(tmp_path / "checkpoints").steps()
+  real, pruned = jdl.checkpoint.Checkpointer.restore_meta, []
+
+  def pruning(self, step):
+    if not pruned:  # The run prunes the latest step as it is read (as a later save would).
+      pruned.append(step)
+      shutil.rmtree(tmp_path / "checkpoints" / str(step))
+    return real(self, step)
+
+  monkeypatch.setattr(jdl.checkpoint.Checkpointer, "restore_meta", pruning)
+  trainer = jdl.load_run(tmp_path)
+  assert pruned == [steps[-1]]
+  assert int(trainer.state.step) == steps[-2]
+
+
 def test_l2_penalty_shrinks_kernels():
   plain = jdl.fit(make_config(num_epochs=3), quiet=True)
   l2 = jdl.fit(make_config(num_epochs=3, regularization__l2=1e-2), quiet=True)

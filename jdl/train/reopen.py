@@ -48,6 +48,16 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
       another dataset or model than these arguments give (checked against the
       fingerprint its checkpoints record).
   """
+  for attempt in range(3):  # A run training there may prune the step chosen.
+    try:
+      return _load_run(workdir, config, best=best, dataset=dataset, model=model)
+    except ckpt_lib.StepRemoved:
+      if attempt == 2:
+        raise
+  raise AssertionError("unreachable")
+
+
+def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
   workdir = Path(workdir)
   if config is None:
     path = workdir / "config.json"
