@@ -401,6 +401,19 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None,
     return _restore_params(root / str(step) / "tree", model_state)  # metadata, read elsewhere.
 
 
+def remove_unfinished(directory: str | os.PathLike) -> list[str]:
+  """Removes the folders of saves that never finished (``40.orbax-checkpoint-tmp...``:
+  a run killed while writing); returns their names. Only the process that holds the
+  workdir's lock may call it: no save of another process can be in flight."""
+  root = Path(directory)
+  gone = []
+  for path in sorted(root.glob("*.orbax-checkpoint-tmp*")) if root.is_dir() else ():
+    if path.is_dir():
+      shutil.rmtree(path, ignore_errors=True)
+      gone.append(path.name)
+  return gone
+
+
 def step_numbers(directory: str | os.PathLike) -> list[int]:
   """The steps in a ``checkpoints/`` folder, sorted (orbax's unfinished writes have
   other names: ``40.orbax-checkpoint-tmp``)."""

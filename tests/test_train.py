@@ -728,6 +728,28 @@ def test_reading_a_run_whose_step_is_pruned_meanwhile_reads_the_next(tmp_path, m
   assert int(trainer.state.step) == steps[-2]
 
 
+def test_the_recorded_best_epoch_is_the_checkpoint_kept_for_it(tmp_path):
+  # Tied epochs: orbax keeps the later one's checkpoint; the record named the first.
+  values = [0.5, 0.9, 0.9, 0.7]
+  ck = jdl.checkpoint.Checkpointer(tmp_path, keep=1, best_metric="val_accuracy",
+                                   best_mode="max", async_save=False)
+  for epoch, v in enumerate(values, 1):
+    ck.save(epoch, {"x": jnp.ones(2)}, meta={}, metrics={"val_accuracy": v})
+  trainer = loop.Trainer(make_config(monitor="val_accuracy", monitor_mode="max"), quiet=True)
+  trainer.history = {"val_accuracy": values}
+  assert ck.best_step() == 3  # Steps are epochs here.
+  assert trainer._best() == {"metric": "val_accuracy", "value": 0.9, "epoch": 3}
+  ck.close()
+
+
+def test_a_killed_saves_unfinished_folder_is_removed_by_the_next_run(tmp_path):
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  unfinished = tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1795980000123"
+  (unfinished / "tree").mkdir(parents=True)
+  jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
+  assert not unfinished.exists()
+
+
 def test_l2_penalty_shrinks_kernels():
   plain = jdl.fit(make_config(num_epochs=3), quiet=True)
   l2 = jdl.fit(make_config(num_epochs=3, regularization__l2=1e-2), quiet=True)

@@ -156,6 +156,8 @@ class ResumableRun:
                   f"{schedule} schedule now spans {new_epochs} epochs, so the learning rate "
                   "continues on the new curve (not the one the run started on)")
     self._damaged_steps = []
+    if self.primary:  # It holds the lock: a save in flight there died with its run.
+      ckpt_lib.remove_unfinished(wd / "checkpoints")
     for step, reason in (sorted(ckpt_lib.find_damaged(wd / "checkpoints").items())
                          if self.primary else ()):
       self._damaged_steps.append(step)
@@ -442,5 +444,6 @@ class ResumableRun:
     if not finite:
       return None
     pick = min if self.config.monitor_mode == "min" else max
-    value, index = pick(finite, key=lambda t: t[0])
+    # Of tied epochs the latest, as the checkpoints kept by best_metric (orbax).
+    value, index = pick(reversed(finite), key=lambda t: t[0])
     return {"metric": self.config.monitor, "value": value, "epoch": index + 1}
