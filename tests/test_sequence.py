@@ -128,6 +128,25 @@ def test_sst2_bad_files_are_one_line_errors_exit_2(tmp_path, capsys, train, mess
   assert err.startswith("jdl: error: ") and not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("config,override", [
+    ("sst2_lstm", "--config.model.pad_id=1"),
+    ("sst2_conv1d", "--config.model.pad_id=3"),
+    ("seq2seq_dates", "--config.model.eos_id=7"),
+    ("seq2seq_dates", "--config.model.bos_id=0"),
+])
+def test_special_token_ids_other_than_the_vocabularies_are_refused(tmp_path, capsys, config,
+                                                                    override):
+  # The data is padded with 0 and the loss and decoding use 0/2/3 whatever the model
+  # was told: pad_id=1 masked <unk> tokens and attended to the padding.
+  key = override.split("=")[0].rsplit(".", 1)[1]
+  code = cli.main(["train", "--config", config, "--workdir", str(tmp_path / "run"),
+                   f"--config.data_dir={_sst2(tmp_path / 'data')}", override])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1, err
+  assert f"model.{key}=" in err and f"remove model.{key}" in err, err
+  assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------- generators
 
 

@@ -19,10 +19,11 @@ TEXT_MODELS = ("text_rnn", "text_conv1d")
 
 
 def with_vocab_size(model_config, vocab: dict) -> ml_collections.ConfigDict:
-  """A copy of ``model_config`` with ``vocab_size`` (and ``pad_id``) from ``vocab['text']``.
+  """A copy of ``model_config`` with ``vocab_size`` from ``vocab['text']``.
 
   Raises:
-    JdlError: the config sets a different ``vocab_size``.
+    JdlError: the config sets a different ``vocab_size``, or a ``pad_id`` other
+      than the vocabularies' (the data is padded with it).
   """
   spec = model_config.to_dict()
   if "text" not in vocab:
@@ -32,7 +33,22 @@ def with_vocab_size(model_config, vocab: dict) -> ml_collections.ConfigDict:
     raise JdlError(f"model.vocab_size={spec['vocab_size']} but the vocabulary built on the "
                    f"train split has {size} tokens; remove model.vocab_size from the config")
   spec["vocab_size"] = size
+  _check_special_ids(spec, {"pad_id": text_lib.PAD_ID})  # The models' default.
   return ml_collections.ConfigDict(spec)
+
+
+def _check_special_ids(spec: dict, ids: dict[str, int]) -> None:
+  """Refuses special token ids other than those the data pipeline, the loss and
+  decoding use.
+
+  Raises:
+    JdlError: the config sets another id (padding would count as tokens).
+  """
+  for key, value in ids.items():
+    if spec.get(key) not in (None, value):
+      raise JdlError(f"model.{key}={spec[key]!r}, but jdl's vocabularies give that token id "
+                     f"{value} (the data is padded, and decoded, with it); remove "
+                     f"model.{key} from the config")
 
 
 def create_seq2seq(config, vocab: dict | None):
@@ -52,9 +68,9 @@ def create_seq2seq(config, vocab: dict | None):
       raise JdlError(f"model.{key}={spec[key]} but the data's vocabulary has {size} tokens; "
                      f"remove model.{key} from the config")
   spec.update(sizes)
-  spec.setdefault("pad_id", text_lib.PAD_ID)
-  spec.setdefault("bos_id", text_lib.BOS_ID)
-  spec.setdefault("eos_id", text_lib.EOS_ID)
+  special = {"pad_id": text_lib.PAD_ID, "bos_id": text_lib.BOS_ID, "eos_id": text_lib.EOS_ID}
+  _check_special_ids(spec, special)
+  spec.update(special)
   cls = seq2seq_lib.Seq2Seq
   valid = models_lib.model_fields(cls)
   unknown = sorted(set(spec) - set(valid))
