@@ -321,6 +321,45 @@ def test_text_run_resumes_exactly_with_its_vocabulary_then_evaluate_predict_cli(
     jdl.fit(config, tmp_path / "resumed", quiet=True)
 
 
+def test_a_text_shorter_than_the_convolutions_window_is_said(tmp_path):
+  # No feature survives the convolutions: "good" was answered as "" without a word.
+  config = jdl.load_config("sst2_conv1d")
+  config.data_dir, config.batch_size = str(_sst2(tmp_path)), 8
+  trainer = jdl.Trainer(config, None, quiet=True)
+  shortest = trainer.model.min_length()
+  assert shortest > 2
+  words = ["charming"] * (shortest - 1), ["charming"] * shortest
+  assert trainer.text_problems([" ".join(w) for w in words]) == [
+      f"it has {shortest - 1} tokens, fewer than the {shortest} the model's convolutions "
+      "need for one feature: it is answered as an empty text", None]
+  empty, short = trainer.predict(trainer.encode_texts(["", " ".join(words[0])]))
+  np.testing.assert_array_equal(empty, short)  # As the warning says.
+
+
+def test_teacher_forced_metrics_choose_among_the_tokens_decoding_can_emit():
+  # Decoding never emits <pad> or <bos>; the metrics' argmax took them, so a model
+  # whose largest logit was <pad> scored below its greedy decoding.
+  from jdl.sequence.tasks import Seq2SeqTask
+  pad, bos, eos = text_lib.PAD_ID, text_lib.BOS_ID, text_lib.EOS_ID
+  y = np.array([[bos, 5, 6, eos], [bos, 7, eos, pad]], np.int32)
+  logits = np.zeros((2, 3, 9), np.float32)
+  for b, t, tok in [(0, 0, 5), (0, 1, 6), (0, 2, eos), (1, 0, 8), (1, 1, eos)]:
+    logits[b, t, tok] = 1.0
+  logits[0, 0, pad] = logits[0, 1, bos] = 2.0  # Larger, but never emitted.
+  logits[1, 1, pad] = 2.0
+  task = Seq2SeqTask(apply_fn=None, loss=None, metric_names=("token_accuracy", "exact_match"),
+                     num_classes=0)
+  batch = {"x": np.zeros((2, 2), np.int32), "y": y, "mask": np.ones(2, np.float32)}
+  token_mask = (y[:, 1:] != pad).astype(np.float32)
+  m = task.metrics(task.metric_names, (jnp.asarray(logits), jnp.asarray(token_mask)), batch,
+                   jnp.zeros(2))
+  # Reference: numpy argmax over the ids a sequence can emit.
+  allowed = np.where(np.isin(np.arange(9), [pad, bos]), -np.inf, logits).argmax(-1)
+  right = (allowed == y[:, 1:]) & (token_mask > 0)
+  assert float(m["token_accuracy"]["sum"]) == right.sum() == 4
+  assert float(m["exact_match"]["sum"]) == 1  # Row 1 chose 8 for 7.
+
+
 def test_public_names():
   import jdl.sequence
   for name in ("Vocabulary", "pad_sequences", "tokenize", "greedy_decode", "beam_search"):

@@ -15,7 +15,8 @@ Metrics are mergeable ``{"sum", "count"}`` groups (:mod:`jdl.generative.stats`):
   forcing. This equals greedy decoding's exact match: greedy decoding feeds
   back its own argmax, which is the teacher's token as long as every earlier
   argmax was right, so greedy reproduces the target exactly iff every
-  teacher-forced argmax is right (within the target length). Greedy and beam
+  teacher-forced argmax is right (within the target length; both argmaxes skip
+  ``<pad>`` and ``<bos>``, which a sequence never emits). Greedy and beam
   search are run for real at the end of training and by ``jdl evaluate``
   (``greedy_exact_match``, ``beam_exact_match``).
 """
@@ -30,7 +31,7 @@ import optax
 
 from jdl import regularizers
 from jdl.errors import JdlError
-from jdl.sequence.text import PAD_ID
+from jdl.sequence.text import BOS_ID, PAD_ID
 from jdl.train import steps as steps_lib
 
 METRICS = ("token_accuracy", "exact_match")
@@ -92,7 +93,10 @@ class Seq2SeqTask(steps_lib.SupervisedTask):
   def metrics(self, names, outputs, batch, per_example_loss):
     logits, token_mask = outputs
     tgt_out = batch["y"][:, 1:]
-    right = (jnp.argmax(logits, -1) == tgt_out).astype(jnp.float32) * token_mask
+    # As decoding: a running sequence never emits <pad> or <bos>.
+    ids = jnp.arange(logits.shape[-1])
+    emitted = jnp.where((ids == self.pad_id) | (ids == BOS_ID), -jnp.inf, logits)
+    right = (jnp.argmax(emitted, -1) == tgt_out).astype(jnp.float32) * token_mask
     n_tokens = jnp.sum(token_mask)
     example = batch["mask"] > 0
     out = {"loss": {"sum": jnp.sum(per_example_loss, dtype=jnp.float32),

@@ -123,8 +123,12 @@ class SequenceOutputs:
 
   def text_problems(self, texts: Sequence[str], vocab: str = "text") -> list[str | None]:
     """Why each text may be answered poorly (``None`` if not): no tokens, only tokens
-    outside the run's vocabulary, or more tokens than its sequences hold (cut)."""
+    outside the run's vocabulary, fewer tokens than a convolutional model's window
+    (no feature: answered as an empty text), or more tokens than its sequences hold
+    (cut)."""
     v, width = self.vocab[vocab], int(self.data.train.x.shape[1])
+    min_length = getattr(self.model, "min_length", None)
+    shortest = min_length() if callable(min_length) else 1
     problems = []
     for text in texts:
       ids = v.encode_text(text)
@@ -132,6 +136,10 @@ class SequenceOutputs:
         problems.append("it has no tokens")
       elif all(i == text_lib.UNK_ID for i in ids):
         problems.append("none of its tokens is in the run's vocabulary")
+      elif len(ids) < shortest:
+        problems.append(f"it has {len(ids)} token{'s' if len(ids) > 1 else ''}, fewer than "
+                        f"the {shortest} the model's convolutions need for one feature: it "
+                        "is answered as an empty text")
       elif len(ids) > width:
         problems.append(f"it has {len(ids)} tokens and the run's sequences hold {width}: "
                         "the rest is cut")
