@@ -1,6 +1,6 @@
 """Text to token ids: a word- or character-level tokenizer, a vocabulary, padding.
 
-A :class:`Vocabulary` is built on the train split only (``min_freq``, ``max_size``)
+A :class:`Vocabulary` is built on training text only (``min_freq``, ``max_size``)
 and reserves four ids: ``<pad>`` = 0, ``<unk>`` = 1, ``<bos>`` = 2, ``<eos>`` = 3
 (the ids jdl's recurrent and seq2seq models assume). It round-trips through JSON,
 so a run stores it in its checkpoint metadata and ``vocab.json``, and evaluation,
