@@ -88,8 +88,10 @@ class VAETask(steps_lib.SupervisedTask):
 
   ``binarize='dynamic'`` draws each training image's pixels from Bernoulli(x)
   with ``fold_in(step_key, 3)``; the reparameterized sample uses
-  ``fold_in(step_key, 2)``. In evaluation the sample's key is the state's key,
-  so a test ELBO is a deterministic single-sample estimate.
+  ``fold_in(step_key, 2)``. In evaluation each example draws its own sample, keyed
+  by the state's key and the example's own bits (:func:`example_keys`): a test
+  ELBO is a deterministic single-sample estimate whose noise is independent across
+  examples and does not depend on the batch size, the order or the devices.
   """
   binarize: str = "dynamic"
 
@@ -100,8 +102,10 @@ class VAETask(steps_lib.SupervisedTask):
     elif self.binarize == "dynamic" and train:  # Eval splits are binarized once, at load.
       x = jax.random.bernoulli(jax.random.fold_in(key, 3), x).astype(jnp.float32)
     variables = {"params": params, **model_state}
-    logits, mean, logvar = self.apply_fn(variables, x, key=jax.random.fold_in(key, 2),
-                                         train=train)
+    sample_key = jax.random.fold_in(key, 2)
+    if not train:  # Not one noise draw shared by every evaluation batch.
+      sample_key = example_keys(sample_key, x)
+    logits, mean, logvar = self.apply_fn(variables, x, key=sample_key, train=train)
     recon = objectives.bernoulli_nll(logits.astype(jnp.float32), x)
     kl = objectives.gaussian_kl(mean.astype(jnp.float32), logvar.astype(jnp.float32))
     per_example = recon + kl
@@ -117,6 +121,29 @@ class VAETask(steps_lib.SupervisedTask):
     values = {"neg_elbo": per_example_loss, "recon": recon, "kl": kl}
     return {"loss": mean_group(per_example_loss, mask),
             **{n: mean_group(values[n], mask) for n in names}}
+
+
+def _mix32(h: jax.Array) -> jax.Array:
+  """MurmurHash3's 32-bit finaliser: a bijection of uint32 that mixes every bit."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def example_keys(key: jax.Array, x: jax.Array) -> jax.Array:
+  """``[batch]`` keys: ``key`` folded with a 32-bit hash of each example's float32 bits.
+
+  Equal examples get equal keys wherever they sit; the hash is a wrapping uint32 sum
+  of mixed (bits, position) words, exact in any summation order, so the same on
+  every backend and sharding.
+  """
+  words = jax.lax.bitcast_convert_type(x.reshape(x.shape[0], -1).astype(jnp.float32),
+                                       jnp.uint32)
+  position = jnp.arange(words.shape[1], dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
+  h = _mix32(jnp.sum(_mix32(words ^ position), axis=1, dtype=jnp.uint32))
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, h)
 
 
 def binarize_eval_inputs(x: np.ndarray, *, seed: int = 0) -> np.ndarray:

@@ -283,14 +283,18 @@ class VAE(nn.Module):
 
     Args:
       x: ``[batch, ...]``.
-      key: PRNG key of ``eps ~ N(0, I)``.
+      key: PRNG key of ``eps ~ N(0, I)``, or ``[batch]`` keys, one per example.
       train: unused (no dropout or batch norm); kept for a uniform interface.
 
     Returns:
       ``(logits [batch, *output_shape], mean [batch, latent], logvar [batch, latent])``.
     """
     mean, logvar = self.encode(x, train=train)
-    eps = jax.random.normal(key, mean.shape, mean.dtype)
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    if key.ndim == (1 if typed else 2):  # One key per example.
+      eps = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:], mean.dtype))(key)
+    else:
+      eps = jax.random.normal(key, mean.shape, mean.dtype)
     z = mean + jnp.exp(0.5 * logvar) * eps
     return self.decode(z, train=train), mean, logvar
 
