@@ -24,9 +24,15 @@ from jdl.errors import JdlError
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split on the device. ``x: [n, ...]``, ``y: [n, ...]``."""
+  """One split on the device. ``x: [n, ...]``, ``y: [n, ...]``.
+
+  ``images``: the split's images as the data gave them, when ``x`` is a transform of
+  them the model is scored on (a VAE's once-binarized test images); generated
+  images are compared with these. ``None``: ``x`` itself.
+  """
   x: jax.Array
   y: jax.Array
+  images: np.ndarray | None = None
 
   @property
   def size(self) -> int:

@@ -248,7 +248,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     if self.parallel.enabled:  # In-memory splits and the state replicated over the mesh.
       rep = functools.partial(parallel_lib.replicate, self.parallel)
       self.data = dataclasses.replace(self.data, **{
-          name: pipeline.Split(*rep((split.x, split.y)))
+          name: pipeline.Split(*rep((split.x, split.y)), images=split.images)
           for name in ("train", "val", "test")
           if isinstance(split := getattr(self.data, name), pipeline.Split)})
       self.state = rep(self.state)

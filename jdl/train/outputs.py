@@ -102,7 +102,8 @@ class GenerativeOutputs:
     key = jax.random.fold_in(self.sample_key, 1)  # Not the grids' noise.
     fake = np.concatenate([self.sample(min(1000, n - i), key=jax.random.fold_in(key, i),
                                        state=state) for i in range(0, n, 1000)])
-    return judge_lib.scores(judge, fake, np.asarray(split.x))
+    real = split.images if getattr(split, "images", None) is not None else split.x
+    return judge_lib.scores(judge, fake, np.asarray(real))
 
 
 class SequenceOutputs:
