@@ -347,8 +347,8 @@ def _sample(args, overrides) -> int:
     raise JdlError(f"--n must be in [1, {MAX_SAMPLES}] (a {math.isqrt(MAX_SAMPLES)}x"
                    f"{math.isqrt(MAX_SAMPLES)} grid: one image of more is not legible), "
                    f"got {args.n}")
-  if not -2**63 <= args.seed < 2**63:
-    raise JdlError(f"--seed must be in [-2**63, 2**63), got {args.seed}")
+  if not 0 <= args.seed < 2**32:  # jax.random.key keeps 32 bits: 2**32 drew as 0.
+    raise JdlError(f"--seed must be in [0, 2**32), as config.seed, got {args.seed}")
   _out_path(args.out, ".png")
   trainer = reopen.load_run(args.workdir)
   if trainer.config.task not in ("vae", "gan", "wgan_gp"):

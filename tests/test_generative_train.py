@@ -207,6 +207,12 @@ def test_cli_evaluate_and_sample_a_vae_run(tmp_path, capsys):
   out = tmp_path / "grid.png"
   assert cli.main(["sample", "--workdir", str(vae), "--n", "16", "--out", str(out)]) == 0
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # A key keeps 32 bits of its seed: 2**32 drew seed 0's images. Refused, as -1.
+  capsys.readouterr()
+  for seed in (2**32, -1):
+    assert cli.main(["sample", "--workdir", str(vae), "--out", str(out), "--seed",
+                     str(seed)]) == 2
+    assert f"--seed must be in [0, 2**32), as config.seed, got {seed}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("over, message", [

@@ -1,8 +1,10 @@
 """WGAN-GP on MNIST (Gulrajani et al. 2017): MLP generator and critic, lambda 10, n_critic 5.
 
 The critic has no batch norm (the gradient penalty is per example); Adam(1e-4,
-b1=0.5, b2=0.9) for both players, as in the paper. The critic loss (with the
-penalty), the Wasserstein estimate and the penalty are logged per epoch. MLP nets:
+b1=0.5, b2=0.9) for both players, as in the authors' MNIST script (the paper's
+Algorithm 1 lists b1=0). The critic loss (with the penalty; the test "loss" is
+f(fake) - f(real), without it), the Wasserstein estimate and the penalty are logged
+per epoch. MLP nets:
 on a 2-core CPU a conv critic's double backward costs ~0.5 s a step.
 
 Command:  jdl train --config wgan_gp_mnist --workdir runs/wgan_gp_mnist --config.data_dir=../shared/data/mnist
