@@ -280,16 +280,40 @@ def _evaluate(args, overrides) -> int:
   return 0
 
 
+# What `jdl predict` and `jdl sample` let a command change: where this host finds the
+# run's data (the run read it from another folder, or on another machine).
+_READ_OVERRIDES = ("data_dir", "download")
+
+
+def _run_config(command: str, workdir: str, overrides):
+  """The config of the run in ``workdir`` with ``overrides`` of :data:`_READ_OVERRIDES`;
+  ``None`` (the run's config.json as it is) without overrides."""
+  if not overrides:
+    return None
+  other = sorted(set(overrides) - set(_READ_OVERRIDES))
+  if other:
+    raise JdlError(f"{command} reads the run as it was trained: of the --config overrides "
+                   f"it takes only {', '.join(_READ_OVERRIDES)} (where this host finds the "
+                   f"data), not {', '.join(other)}")
+  from jdl import config as config_lib
+  from jdl.train import workdir as workdir_lib
+  path = Path(workdir) / "config.json"
+  if not path.is_file():
+    return None  # load_run says what is missing.
+  config = config_lib.from_dict(workdir_lib.read_json(path))
+  config_lib.apply_overrides(config, overrides)
+  return config
+
+
 def _predict(args, overrides) -> int:
   import numpy as np
   from jdl.train import reopen
-  if overrides:
-    raise JdlError("predict takes no --config overrides")
   if not args.workdir:
     raise JdlError("predict needs --workdir")
+  config = _run_config("predict", args.workdir, overrides)
   if not args.text and not args.input:
     raise JdlError("predict needs --text TEXT (text classifier) or --input TEXT (seq2seq)")
-  trainer = reopen.load_run(args.workdir)
+  trainer = reopen.load_run(args.workdir, config)
   if trainer.seq2seq:
     if args.text:
       raise JdlError(f"{args.workdir} holds a seq2seq run; give its sources with --input")
@@ -339,10 +363,9 @@ MAX_SAMPLES = 4096
 def _sample(args, overrides) -> int:
   import jax
   from jdl.train import reopen
-  if overrides:
-    raise JdlError("sample takes no --config overrides")
   if not args.workdir:
     raise JdlError("sample needs --workdir")
+  config = _run_config("sample", args.workdir, overrides)
   if not 1 <= args.n <= MAX_SAMPLES:
     raise JdlError(f"--n must be in [1, {MAX_SAMPLES}] (a {math.isqrt(MAX_SAMPLES)}x"
                    f"{math.isqrt(MAX_SAMPLES)} grid: one image of more is not legible), "
@@ -350,7 +373,7 @@ def _sample(args, overrides) -> int:
   if not 0 <= args.seed < 2**32:  # jax.random.key keeps 32 bits: 2**32 drew as 0.
     raise JdlError(f"--seed must be in [0, 2**32), as config.seed, got {args.seed}")
   _out_path(args.out, ".png")
-  trainer = reopen.load_run(args.workdir)
+  trainer = reopen.load_run(args.workdir, config)
   if trainer.config.task not in ("vae", "gan", "wgan_gp"):
     raise JdlError(f"{args.workdir} holds a run of task {trainer.config.task!r}; only VAE and GAN "
                    "runs generate images")

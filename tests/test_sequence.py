@@ -308,6 +308,16 @@ def test_text_run_resumes_exactly_with_its_vocabulary_then_evaluate_predict_cli(
   assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--text", "x",
                    "--greedy"]) == 2
   assert "--greedy is for seq2seq runs" in capsys.readouterr().err
+  # The data moved (another host): its error's advice, --config.data_dir, is taken.
+  moved = data.rename(tmp_path / "moved")
+  predict = ["predict", "--workdir", str(tmp_path / "full"), "--text", "a charming journey"]
+  assert cli.main(predict) == 2
+  assert "set --config.data_dir" in capsys.readouterr().err
+  assert cli.main(predict + [f"--config.data_dir={moved}"]) == 0
+  assert json.loads(capsys.readouterr().out) == lines[0]
+  assert cli.main(predict + ["--config.batch_size=4"]) == 2
+  assert "takes only data_dir, download" in capsys.readouterr().err
+  moved.rename(data)
   # A checkpoint trained on other text (so another vocabulary) refuses to resume, with
   # or without the data's fingerprint in its metadata.
   (data / "train.tsv").write_text(TRAIN.replace("charming", "lovely"))
