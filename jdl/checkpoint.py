@@ -524,28 +524,35 @@ def find_damaged(directory: str | os.PathLike) -> dict[int, str]:
   for step_dir in root.iterdir():
     if not step_dir.name.isdigit() or not step_dir.is_dir():
       continue
-    reason = None
-    files = [p for p in step_dir.rglob("*") if p.is_file()]
-    if not files:
-      reason = "no files"
-    empty = [p for p in files if p.stat().st_size == 0 and p.name != "commit_success.txt"]
-    if reason is None and empty:
-      reason = f"empty file {empty[0].relative_to(step_dir)}"
-    for name in _JSON_FILES if reason is None else ():
-      path = step_dir / name
-      if not path.exists():
-        if name in ("_CHECKPOINT_METADATA", "meta/metadata", "tree/_METADATA"):
-          reason = f"missing {name}"
-          break
-        continue
-      try:
-        json.loads(path.read_text())
-      except (ValueError, UnicodeDecodeError):
-        reason = f"corrupt {name}"
-        break
-    if reason:
+    try:
+      reason = _damage(step_dir)
+    except FileNotFoundError:
+      reason = None
+    # A run in progress may prune a step while it is looked at: gone is not damaged.
+    if reason and step_dir.is_dir():
       damaged[int(step_dir.name)] = reason
   return damaged
+
+
+def _damage(step_dir: Path) -> str | None:
+  """Why one step's folder is visibly damaged; ``None`` if it is not."""
+  files = [p for p in step_dir.rglob("*") if p.is_file()]
+  if not files:
+    return "no files"
+  empty = [p for p in files if p.stat().st_size == 0 and p.name != "commit_success.txt"]
+  if empty:
+    return f"empty file {empty[0].relative_to(step_dir)}"
+  for name in _JSON_FILES:
+    path = step_dir / name
+    if not path.exists():
+      if name in ("_CHECKPOINT_METADATA", "meta/metadata", "tree/_METADATA"):
+        return f"missing {name}"
+      continue
+    try:
+      json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+      return f"corrupt {name}"
+  return None
 
 
 def quarantine(directory: str | os.PathLike, step: int) -> Path:

@@ -104,6 +104,15 @@ def test_an_update_that_overflows_the_state_is_never_checkpointed(tmp_path, chec
   assert not any((tmp_path / "checkpoints").iterdir())
 
 
+def test_a_lock_file_of_another_hosts_process_refuses(tmp_path, capsys):
+  # The kernel's lock may not reach other hosts (FUSE, NFS with local locks): such a
+  # file was taken over as stale, and two hosts trained in one workdir.
+  (tmp_path / workdir_lib.LOCK_NAME).write_text("4242 another-host\n")
+  assert cli.main(["train", "--workdir", str(tmp_path), "--quiet", "--config", "xor"]) == 2
+  assert ("locked by process 4242 on host another-host" in capsys.readouterr().err)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [workdir_lib.LOCK_NAME]
+
+
 def test_a_stale_lock_is_taken_over(tmp_path, capsys):
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()

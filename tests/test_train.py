@@ -91,6 +91,40 @@ def test_rerun_of_finished_workdir_trains_no_more(tmp_path):
   assert splits == ["train", "val", "test"]
 
 
+def test_rerun_of_an_early_stopped_run_restoring_its_best_writes_one_test_line(tmp_path):
+  # Its test line carries the restored (earlier) step: it survived the re-run's cut.
+  config = make_config(num_epochs=5, optimizer__learning_rate=1e-12,
+                       early_stopping__enabled=True, early_stopping__patience=1,
+                       early_stopping__min_delta=1.0)
+  for _ in range(2):
+    jdl.fit(config, tmp_path, quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+    assert [r["split"] for r in records] == ["train", "val", "train", "val", "test"]
+    assert records[-1]["step"] == records[0]["step"]  # Epoch 1's state, restored.
+
+
+def test_metrics_records_without_a_step_count_as_step_0(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"note": "x"}\n{"step": 7, "split": "train"}\n')
+  assert jdl.train.callbacks.MetricsLogger(path).last_step() == 7
+  path.write_text('{"note": "x"}\n')
+  assert jdl.train.callbacks.MetricsLogger(path).last_step() == 0
+
+
+def test_records_past_the_only_checkpoint_are_cut_not_moved_aside(tmp_path, capsys):
+  # A zero-epoch run (its step-0 checkpoint) extended and killed before its first save.
+  jdl.fit(make_config(num_epochs=0), tmp_path, quiet=True)
+  with (tmp_path / "metrics.jsonl").open("a") as f:
+    f.write(json.dumps({"step": 20, "epoch": 1, "split": "train", "loss": 1.0}) + "\n")
+  capsys.readouterr()
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  assert "holds no checkpoint" not in capsys.readouterr().err
+  assert not list(tmp_path.glob("previous-*"))
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").open()]
+  assert [(r["split"], r["step"]) for r in records] == [
+      ("test", 0), ("train", 20), ("val", 20), ("test", 20)]
+
+
 def test_a_finished_run_trained_further_keeps_its_test_result(tmp_path):
   first = jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
   longer = jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
@@ -739,6 +773,11 @@ def test_the_recorded_best_epoch_is_the_checkpoint_kept_for_it(tmp_path):
   trainer.history = {"val_accuracy": values}
   assert ck.best_step() == 3  # Steps are epochs here.
   assert trainer._best() == {"metric": "val_accuracy", "value": 0.9, "epoch": 3}
+  # So a tied epoch is saved whatever the cadence (checkpoint_every_epochs > 1).
+  trainer.history = {"val_accuracy": values[:3]}
+  assert trainer._is_new_best("val_accuracy", "max")
+  trainer.history = {"val_loss": [0.5, 0.4, 0.4, 0.41]}
+  assert not trainer._is_new_best("val_loss", "min")
   ck.close()
 
 

@@ -205,10 +205,10 @@ class MetricsLogger(Callback):
     self.path = Path(path)
 
   def truncate_after(self, step: int, *, keep_test: bool = False) -> Path | None:
-    """Drops lines past ``step``: the resumed run writes them again. Test lines at
-    ``step`` are dropped too unless ``keep_test`` (a finished run that is extended
-    keeps the test result it had; one that is re-run writes it again); earlier test
-    lines are kept.
+    """Drops lines past ``step``: the resumed run writes them again. The test lines
+    that end the file go too unless ``keep_test`` (a finished run that is trained
+    further keeps the test result it had; one that is re-run writes it again);
+    earlier test lines (of earlier stages) are kept.
 
     A partial last line (a run killed while appending) is dropped too. An unreadable
     line before it is damage, not a kill: the file as it was is then kept beside it,
@@ -243,15 +243,17 @@ class MetricsLogger(Callback):
         records.append(record)
       else:  # Valid JSON, but not a record of this logger's: damage too.
         damaged = True
-    last_test = step if keep_test else step - 1
-    kept = [json.dumps(r, allow_nan=True) for r in records
-            if r.get("step", 0) <= (last_test if r.get("split") == "test" else step)]
+    records = [r for r in records if r.get("step", 0) <= step]
+    if not keep_test:  # The finished run's own test lines: those after its last epoch.
+      while records and records[-1].get("split") == "test":
+        records.pop()
+    kept = [json.dumps(r, allow_nan=True) for r in records]
     return raw, kept, damaged
 
   def last_step(self) -> int:
     """The largest step of the file's readable records (0 without any)."""
     plan = self.plan_truncation(2**62, keep_test=True)
-    return max((json.loads(line)["step"] for line in plan[1]), default=0) if plan else 0
+    return max((json.loads(line).get("step", 0) for line in plan[1]), default=0) if plan else 0
 
   def commit_truncation(self, plan: tuple[bytes, list[str], bool] | None) -> Path | None:
     """Writes what :meth:`plan_truncation` planned; returns the backup's path, if any."""

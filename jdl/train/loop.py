@@ -616,7 +616,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           return self._fit(stop)
         except BaseException:
           # The checkpoint an error message calls intact is on disk, not in flight.
-          if self.checkpointer is not None:
+          # (One process alone: several may wait on each other to finish a save.)
+          if self.checkpointer is not None and jax.process_count() == 1:
             with contextlib.suppress(Exception):
               self.checkpointer.wait()
           raise
@@ -922,12 +923,14 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self._save(metrics or None)
 
   def _is_new_best(self, metric: str, mode: str) -> bool:
-    """Whether this epoch's ``metric`` beats every earlier epoch's (history, so resumes too)."""
+    """Whether this epoch's ``metric`` equals or beats every earlier epoch's (history,
+    so resumes too). A tie counts: of tied epochs the best checkpoint (orbax) and the
+    recorded best are the latest, which must then be on disk."""
     *earlier, now = self.history[metric]
     earlier = [v for v in earlier if math.isfinite(v)]
     if not earlier:
       return True
-    return now < min(earlier) if mode == "min" else now > max(earlier)
+    return now <= min(earlier) if mode == "min" else now >= max(earlier)
 
   def _finish(self) -> dict[str, float]:
     test = {}

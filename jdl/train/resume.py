@@ -174,7 +174,7 @@ class ResumableRun:
     # write): a write that fails (disk full) leaves the old run's results, test line
     # included, as they were.
     self.logger = cb.MetricsLogger(wd / "metrics.jsonl")
-    last = self.logger.last_step() if start == 0 else 0
+    last = self.logger.last_step() if self.checkpointer.latest_step() is None else 0
     if last > 0:  # Its checkpoints/ were removed, or it died before its first save.
       moved = workdir_lib.move_aside(wd, workdir_lib.RECORD_FILES)
       self.warn(f"jdl: warning: {wd} holds no checkpoint to resume, but its metrics.jsonl "

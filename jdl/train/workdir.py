@@ -53,7 +53,7 @@ def _in_use(workdir: Path, path: Path, pid: int, host: str) -> JdlError:
   if host and host != socket.gethostname():
     return JdlError(f"workdir {workdir} is locked by process {pid} on host {host} "
                     f"(lock file {path}); wait for that run to finish or use another "
-                    "--workdir")
+                    "--workdir (if that run is gone, remove the file)")
   who = f"process {pid}" if pid > 0 else "another process"
   return JdlError(f"workdir {workdir} is in use by {who} (lock file {path}); wait for it "
                   "to finish or use another --workdir")
@@ -65,10 +65,13 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
 
   The lock is an exclusive ``flock`` on ``WORKDIR/.jdl.lock``, held for the whole
   run: the kernel grants it to one process only and releases it when the process
-  ends, however it ends, so a killed run leaves no lock behind. The file names the
-  holder (pid and host) for the error message of the next contender. On a file
-  system without locks the file alone guards the workdir (a live holder on this
-  host refuses), with a warning.
+  ends, however it ends, so a killed run of this host leaves no lock behind. The
+  file names the holder (pid and host) for the error message of the next
+  contender. A file that names another host's process refuses even when the lock
+  is free (a FUSE mount or an NFS mount with local locks does not share locks
+  between hosts): remove it once that run is gone. On a file system without locks
+  the file alone guards the workdir (a live holder of this host refuses), with a
+  warning.
 
   Raises:
     JdlError: another process holds the lock, or the workdir is not writable.
@@ -82,39 +85,56 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
     except PermissionError:
       raise JdlError(f"cannot write to workdir {workdir}: permission denied") from None
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(fd)
-      raise _in_use(workdir, path, *_holder(path)) from None
-    except OSError as e:  # No locks on this file system (some network or FUSE mounts).
-      pid, host = _holder(path)
-      if pid > 0 and pid != os.getpid() and (host != socket.gethostname() or _alive(pid)):
-        os.close(fd)
-        raise _in_use(workdir, path, pid, host) from None
-      warn(f"jdl: warning: cannot lock {path} ({e.strerror or e}): make sure no other run "
-           "uses this workdir")
-    else:
-      try:
-        same = os.stat(path).st_ino == os.fstat(fd).st_ino
-      except FileNotFoundError:
-        same = False
-      if not same:  # Its holder released (removed) it after we opened it: try again.
-        os.close(fd)
-        continue
-    pid, _ = _holder(path)
-    if pid > 0 and pid != os.getpid():
-      warn(f"jdl: warning: taking over the stale lock {path} of process {pid}, which is gone")
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, me.encode(), 0)
-    break
+      taken = _take(fd, workdir, path, warn)
+      if taken:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, me.encode(), 0)
+    except BaseException:
+      os.close(fd)  # Not held past an error (a notebook would keep it for good).
+      raise
+    if taken:
+      break
+    os.close(fd)
   else:
     raise JdlError(f"could not lock {path}: other processes kept replacing it")
   try:
     yield
   finally:
     with contextlib.suppress(OSError):
-      path.unlink()  # Still ours: we hold the lock; then the kernel's lock goes with the fd.
+      if path.read_text() == me:  # Then the kernel's lock goes with the descriptor.
+        path.unlink()
     os.close(fd)
+
+
+def _take(fd: int, workdir: Path, path: Path, warn: Callable[[str], None]) -> bool:
+  """Locks the open lock file ``fd``; ``False``: it was replaced meanwhile (try again).
+
+  Raises:
+    JdlError: another process holds it.
+  """
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    raise _in_use(workdir, path, *_holder(path)) from None
+  except OSError as e:  # No locks on this file system (some network or FUSE mounts).
+    pid, host = _holder(path)
+    if pid > 0 and pid != os.getpid() and (host != socket.gethostname() or _alive(pid)):
+      raise _in_use(workdir, path, pid, host) from None
+    warn(f"jdl: warning: cannot lock {path} ({e.strerror or e}): make sure no other run "
+         "uses this workdir")
+  else:
+    try:
+      if os.stat(path).st_ino != os.fstat(fd).st_ino:
+        return False  # Its holder released (removed) it after we opened it.
+    except FileNotFoundError:
+      return False
+    pid, host = _holder(path)
+    if pid > 0 and host and host != socket.gethostname():
+      raise _in_use(workdir, path, pid, host)
+  pid, _ = _holder(path)
+  if pid > 0 and pid != os.getpid():
+    warn(f"jdl: warning: taking over the stale lock {path} of process {pid}, which is gone")
+  return True
 
 
 def write_text(path: Path, text: str) -> None:
