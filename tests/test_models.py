@@ -244,6 +244,11 @@ def test_conv1d_path():
     (lambda: create_model({"name": "vgg", "stages": [[8, 0]]}, num_outputs=2),
      r"stages\[0\] must be a sequence of positive integers"),
     (lambda: create_model({"name": "mlp"}, num_outputs=0), r"num_outputs must be"),
+    # A single number is named as one (it read "a sequence ..., got (0,)").
+    (lambda: create_model({"name": "resnet20", "num_filters": 0}, num_outputs=2),
+     r"^num_filters must be a positive integer, got 0$"),
+    (lambda: create_model({"name": "cnn", "kernel_size": -3}, num_outputs=2),
+     r"^kernel_size must be a positive integer, got -3$"),
     (lambda: get_activation("nope"), r"unknown activation 'nope'"),
     (lambda: get_initializer("nope"), r"unknown initializer 'nope'; valid names: "),
     (lambda: get_initializer("zeros", 0.1), r"takes no scale"),

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jdl import errors
 from jdl.models.activations import Activation, get_activation
 from jdl.models.conv import Conv
-from jdl.models.mlp import Dtype, check_common_fields, check_widths
+from jdl.models.mlp import Dtype, check_common_fields, check_positive, check_widths
 
 
 def check_output_shape(output_shape: Sequence[int], *, image: bool = False) -> None:
@@ -40,14 +40,6 @@ def check_output_shape(output_shape: Sequence[int], *, image: bool = False) -> N
       not image or len(output_shape) == 3,
       f"output_shape must be (height, width, channels) for a convolutional model, "
       f"got {tuple(output_shape)!r}; add a trailing channel axis to grey images",
-  )
-
-
-def check_positive(field: str, value: int) -> None:
-  """Raises ``JdlError`` unless ``value`` is a positive integer."""
-  errors.require(
-      isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-      f"{field} must be a positive integer, got {value!r}",
   )
 
 

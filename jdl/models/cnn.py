@@ -23,7 +23,7 @@ from jdl.models.conv import Conv
 from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
 from jdl.models.mlp import (
-    MLP, Dtype, check_common_fields, check_widths, layer_bias, norm_act,
+    MLP, Dtype, check_common_fields, check_positive, check_widths, layer_bias, norm_act,
 )
 
 POOLS = ("max", "avg", "none")
@@ -282,8 +282,8 @@ class CNN(nn.Module):
     check_common_fields(self)
     check_widths("features", self.features)
     check_widths("dense", self.dense)
-    check_widths("kernel_size", (self.kernel_size,))
-    check_widths("strides", (self.strides,))
+    check_positive("kernel_size", self.kernel_size)
+    check_positive("strides", self.strides)
     _check_padding(self.padding)
     _check_pool(self.pool, self.pool_size)
 
@@ -332,7 +332,8 @@ class LeNet5(nn.Module):
   """LeNet-5: conv 6@5x5, pool, conv 16@5x5, pool, dense 120, 84, ``num_outputs``.
 
   Inputs smaller than 32x32 (e.g. MNIST's 28x28) are zero-padded to 32x32, as in
-  the original paper, so conv2 always ends on a 5x5x16 map: on one input channel and
+  the original paper, so conv2 ends on a 5x5x16 map for any input up to 32x32
+  (a larger one is not cropped: more parameters in the first dense layer): on one input channel and
   10 outputs the network has 156 + 2,416 + 48,120 + 10,164 + 850 = 61,706
   parameters. Activations are sown as ``intermediates/conv_act_{0,1}`` and
   ``intermediates/act_{0,1}`` (fc1, fc2).

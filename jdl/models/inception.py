@@ -18,7 +18,9 @@ from jdl.models.cnn import pool, spatial_ndim
 from jdl.models.conv import Conv
 from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
-from jdl.models.mlp import Dtype, check_common_fields, check_widths, layer_bias, norm_act
+from jdl.models.mlp import (
+    Dtype, check_common_fields, check_positive, check_widths, layer_bias, norm_act,
+)
 
 
 class InceptionBlock(nn.Module):
@@ -143,7 +145,7 @@ class InceptionNet(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
-    check_widths("stem_features", (self.stem_features,))
+    check_positive("stem_features", self.stem_features)
     errors.require(isinstance(self.stages, Sequence) and len(self.stages) > 0,
                    f"stages must be a non-empty sequence, got {self.stages!r}")
     for s, stage in enumerate(self.stages):

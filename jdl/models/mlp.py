@@ -99,6 +99,14 @@ def check_common_fields(module: nn.Module) -> None:
     errors.lookup("bn_position", module.bn_position, {p: p for p in BN_POSITIONS})
 
 
+def check_positive(field: str, value: int) -> None:
+  """Raises ``JdlError`` unless ``value`` is a positive integer."""
+  errors.require(
+      isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+      f"{field} must be a positive integer, got {value!r}",
+  )
+
+
 def check_widths(field: str, widths: Sequence[int]) -> None:
   """Raises ``JdlError`` unless ``widths`` is a sequence of positive integers."""
   errors.require(

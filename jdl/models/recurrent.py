@@ -30,7 +30,7 @@ from jdl.models.cells import CELLS, GRUCell, LSTMCell, RECURRENT_INITS
 from jdl.models.cells import SimpleRNNCell, identity_init, make_cell
 from jdl.models.cells import recurrent_initializer
 from jdl.models.initializers import get_head_initializer
-from jdl.models.mlp import check_common_fields, check_tbptt, check_widths
+from jdl.models.mlp import check_common_fields, check_positive, check_tbptt, check_widths
 from jdl.models.text_conv import Conv1DText
 
 Dtype = Any
@@ -140,7 +140,7 @@ class RNN(RecurrentOptions):
 
   def __post_init__(self):
     super().__post_init__()
-    check_widths("unroll", (self.unroll,))
+    check_positive("unroll", self.unroll)
     check_tbptt(self.tbptt)
     # Validates the cell fields at construction, not at the first call.
     make_cell(self.cell_type, self.features, **_options(self, CELL_OPTIONS), parent=None)
@@ -309,8 +309,8 @@ class TextClassifier(RecurrentOptions):
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
-    check_widths("vocab_size", (self.vocab_size,))
-    check_widths("embed_dim", (self.embed_dim,))
+    check_positive("vocab_size", self.vocab_size)
+    check_positive("embed_dim", self.embed_dim)
     errors.lookup("pooling", self.pooling, {p: p for p in POOLINGS})
 
   @nn.compact

@@ -20,7 +20,7 @@ from jdl.models.cnn import spatial_ndim
 from jdl.models.conv import Conv
 from jdl.models.initializers import get_head_initializer
 from jdl.models.initializers import get_initializer
-from jdl.models.mlp import Dtype, check_common_fields, check_widths
+from jdl.models.mlp import Dtype, check_common_fields, check_positive, check_widths
 
 BLOCKS = ("basic", "bottleneck")
 STEMS = ("cifar", "imagenet")
@@ -145,7 +145,7 @@ class ResNet(nn.Module):
     super().__post_init__()
     check_common_fields(self)
     check_widths("stage_sizes", self.stage_sizes)
-    check_widths("num_filters", (self.num_filters,))
+    check_positive("num_filters", self.num_filters)
     errors.lookup("block", self.block, {b: b for b in BLOCKS})
     errors.lookup("stem", self.stem, {s: s for s in STEMS})
 

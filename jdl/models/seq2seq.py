@@ -32,7 +32,7 @@ from jdl.models import manual_axes
 from jdl.models.attention import ATTENTIONS, Attention
 from jdl.models.cells import make_cell
 from jdl.models.initializers import get_head_initializer
-from jdl.models.mlp import check_common_fields, check_widths
+from jdl.models.mlp import check_common_fields, check_positive
 from jdl.models.recurrent import RNN, Bidirectional
 
 Dtype = Any
@@ -143,10 +143,10 @@ class Seq2Seq(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
-    check_widths("src_vocab_size", (self.src_vocab_size,))
-    check_widths("tgt_vocab_size", (self.tgt_vocab_size,))
-    check_widths("embed_dim", (self.embed_dim,))
-    check_widths("hidden", (self.hidden,))
+    check_positive("src_vocab_size", self.src_vocab_size)
+    check_positive("tgt_vocab_size", self.tgt_vocab_size)
+    check_positive("embed_dim", self.embed_dim)
+    check_positive("hidden", self.hidden)
     errors.lookup("cell", self.cell, {c: c for c in DECODER_CELLS})
     errors.lookup("attention", self.attention, {a: a for a in ATTENTIONS})
     errors.require(not self.bidirectional_encoder or self.hidden % 2 == 0,

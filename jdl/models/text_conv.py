@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jdl import errors
 from jdl.models.conv import Conv
 from jdl.models.initializers import get_initializer
-from jdl.models.mlp import MLP, check_common_fields, check_widths
+from jdl.models.mlp import MLP, check_common_fields, check_positive, check_widths
 
 Dtype = Any
 
@@ -75,12 +75,12 @@ class Conv1DText(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
-    check_widths("vocab_size", (self.vocab_size,))
-    check_widths("embed_dim", (self.embed_dim,))
+    check_positive("vocab_size", self.vocab_size)
+    check_positive("embed_dim", self.embed_dim)
     check_widths("filters", self.filters)
     errors.require(len(self.filters) >= 1, "filters needs at least one conv layer")
-    check_widths("kernel_size", (self.kernel_size,))
-    check_widths("pool_size", (self.pool_size,))
+    check_positive("kernel_size", self.kernel_size)
+    check_positive("pool_size", self.pool_size)
     check_widths("dense", self.dense)
 
   def min_length(self) -> int:

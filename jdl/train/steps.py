@@ -133,7 +133,11 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
   ``batch`` is a dict: ``"x"`` the inputs ``[B, ...]``, ``"y"`` the targets ``[B, ...]``
   and ``"mask"`` ``[B]`` float weights (1 for a real example, 0 for padding, so a
   last partial batch keeps the compiled shape); ``metrics`` are sums to merge with
-  :func:`jdl.metrics.merge` and finish with :func:`jdl.metrics.compute`.
+  :func:`jdl.metrics.merge` and finish with :func:`jdl.metrics.compute`. Padding
+  rows must be valid examples (e.g. copies of a real row, as :func:`fit`'s
+  evaluation pads; training batches in :func:`fit` are never padded): their loss is
+  weighted by 0, but a NaN there stays NaN, batch norm's batch statistics include
+  them, and the activity penalty averages over all ``B`` rows.
 
   Args:
     task: the task.
