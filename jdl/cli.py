@@ -162,6 +162,19 @@ def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
     raise JdlError(f"--out must name a {suffix} file, got {raw!r}")
   if out.is_dir():
     raise JdlError(f"--out {raw!r} is a folder; name a {suffix} file")
+  from jdl.train import workdir as workdir_lib
+
+  def holds_run(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / "checkpoints").is_dir()
+
+  parents = out.absolute().parents
+  if out.name in workdir_lib.RUN_FILES and holds_run(parents[0]):
+    raise JdlError(f"--out {raw!r} would overwrite the {out.name} of the run in "
+                   f"{parents[0]}; name another file")
+  for p in parents:  # Nothing a run wrote is lost to an --out.
+    if p.name == "checkpoints" and holds_run(p.parent):
+      raise JdlError(f"--out {raw!r} would write into the checkpoints of the run in "
+                     f"{p.parent}; name a file outside them")
   for parent in out.absolute().parents:
     if parent.exists():
       if not parent.is_dir():
@@ -183,10 +196,13 @@ def _check_writable(folder: Path, raw: str) -> None:
 
 
 def _default_workdir(config_arg) -> Path:
-  """``runs/<config name>``; for a run's config.json, that run's folder."""
+  """``runs/<config name>``; for a run's config.json (beside its checkpoints/ or
+  metrics.jsonl), that run's folder."""
   from jdl import config as config_lib
   path = config_lib.resolve_config_path(config_arg)
-  return path.parent if path.suffix == ".json" else Path("runs") / path.stem
+  a_run = (path.name == "config.json" and ((path.parent / "checkpoints").is_dir()
+                                          or (path.parent / "metrics.jsonl").is_file()))
+  return path.parent if a_run else Path("runs") / path.stem
 
 
 def _load(args, overrides, *, workdir_run: bool = False):
@@ -199,7 +215,16 @@ def _train(args, overrides) -> int:
   from jdl.train import workdir as workdir_lib
   if args.config is None and args.workdir:
     saved = Path(args.workdir) / "config.json"
-    if saved.is_file() and _is_json_object(saved):
+    if saved.is_file() and not _is_json_object(saved):
+      # Its remedy (--restart) alone would train the default experiment there.
+      try:
+        workdir_lib.read_json(saved)
+        reason = f"{saved} does not hold a run's config"
+      except JdlError as e:
+        reason = str(e)
+      raise JdlError(f"{reason}; as no --config was given, also name the run's experiment "
+                     "with --config FILE_OR_NAME")
+    if saved.is_file():
       # `jdl train --workdir DIR` resumes (or extends: --config.num_epochs=N) DIR's run,
       # rather than refusing it as another config than the default experiment. (A
       # damaged config.json is reported by the resume, with its remedies.)
@@ -506,6 +531,24 @@ def _ignore_closed_loop_callbacks() -> None:
   sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
 
+def _backend_failed(e: BaseException) -> bool:
+  """Whether ``e`` came from JAX starting its backend (jax._src.xla_bridge)."""
+  import traceback
+  return any(frame.filename.endswith("xla_bridge.py")
+             for frame in traceback.extract_tb(e.__traceback__))
+
+
+def _backend_message(e: BaseException) -> str:
+  """One line for a backend JAX could not start (e.g. JAX_PLATFORMS naming a platform
+  this machine or this jaxlib lacks), instead of a traceback from deep inside."""
+  import os
+  wanted = os.environ.get("JAX_PLATFORMS")
+  hint = (f" JAX_PLATFORMS={wanted!r} asks for a platform it could not start: unset it "
+          "or name one this machine has (cpu, cuda, tpu)" if wanted else "")
+  detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return f"JAX could not start a backend ({detail}).{hint}"
+
+
 def _fail(message: str) -> int:
   """Prints the one error line; returns the exit status 2."""
   print(f"jdl: error: {message}", file=sys.stderr)
@@ -551,6 +594,10 @@ def _main(argv: list[str] | None) -> int:
     return command[args.command](args, overrides)
   except JdlError as e:
     return _fail(str(e))
+  except (RuntimeError, AssertionError) as e:
+    if not _backend_failed(e):
+      raise
+    return _fail(_backend_message(e))
   except BrokenPipeError:  # The reader of stdout went away (`jdl list | head`).
     import os
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # No error at exit.

@@ -345,10 +345,17 @@ def unknown_keys(config: ml_collections.ConfigDict) -> list[str]:
   return found
 
 
+def _article(word: str) -> str:
+  return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
   if path_or_name is None or str(path_or_name) == "":
     path_or_name = DEFAULT_EXPERIMENT
   path = Path(path_or_name)
+  named = CONFIG_DIR / f"{path_or_name}.py"
+  if path.is_dir() and not path.suffix and named.is_file():
+    return named  # `--config xor` beside a folder xor/ (e.g. the run's own workdir).
   if path.suffix in (".py", ".json") or path.exists():
     if path.is_dir():
       raise JdlError(f"--config {str(path)!r} is a folder; give a config file (a .py "
@@ -359,7 +366,6 @@ def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
       raise JdlError(f"config file {str(path)!r} is neither a .py file with get_config() "
                      "nor a run's config.json")
     return path
-  named = CONFIG_DIR / f"{path_or_name}.py"
   if not named.is_file():
     raise JdlError(
         f"no config file or experiment named {str(path_or_name)!r}; "
@@ -512,12 +518,12 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
         if isinstance(current, ml_collections.ConfigDict):
           raise JdlError(f"saved config key {where!r} is a section of keys, got {value!r}")
         if value is None and current is not None:
-          raise JdlError(f"saved config key {where!r} is null; it needs a "
-                         f"{type(current).__name__} such as {current!r}")
+          raise JdlError(f"saved config key {where!r} is null; it needs "
+                         f"{_article(type(current).__name__)} such as {current!r}")
         try:
           node[key] = value
         except (TypeError, ValueError):
-          raise JdlError(f"saved config key {where!r} needs a {type(current).__name__} "
+          raise JdlError(f"saved config key {where!r} needs {_article(type(current).__name__)} "
                          f"such as {current!r}, got {value!r}") from None
       else:
         raise JdlError(f"saved config has an unknown key {where!r}")

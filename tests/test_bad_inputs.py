@@ -441,7 +441,7 @@ def test_corrupt_config_json_is_one_line_and_kept(finished, tmp_path, capsys):
 
 @pytest.mark.parametrize("field, value, words", [
     ("seed", None, ["'seed' is null"]),
-    ("num_epochs", "abc", ["'num_epochs' needs a int", "'abc'"]),
+    ("num_epochs", "abc", ["'num_epochs' needs an int", "'abc'"]),
     ("metrics", "accuracy", ["'metrics' needs a tuple"]),
     ("optimizer", 5, ["'optimizer' is a section"]),
 ])

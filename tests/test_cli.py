@@ -119,6 +119,52 @@ def test_the_default_workdir_of_evaluate_and_of_a_runs_config_json(tmp_path, mon
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["xor"]
 
 
+def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["train", "--config", "xor", "--workdir", "xor", "--quiet",
+                   "--config.num_epochs=2"]) == 0
+  before = _snapshot(tmp_path / "xor")
+  # A folder named like the experiment does not hide it.
+  code, out, _ = run_cli("evaluate", "--config", "xor", "--workdir", "xor", capsys=capsys)
+  assert code == 0 and "accuracy" in json.loads(out)
+  # No --out overwrites what a run wrote (profile's JSON replaced config.json).
+  for args, words in [(["profile", "--config", "xor", "--steps", "2", "--out",
+                        "xor/config.json"], "would overwrite the config.json of the run"),
+                      (["export", "--workdir", "xor", "--out", "xor/checkpoints/p.npz"],
+                       "would write into the checkpoints of the run")]:
+    code, _, err = run_cli(*args, capsys=capsys)
+    assert code == 2 and words in err, err
+  assert _snapshot(tmp_path / "xor") == before
+  # A damaged config.json and no --config: the remedy (--restart) trained digits_cnn.
+  (tmp_path / "xor" / "config.json").write_text("{oops")
+  for extra in ([], ["--restart"]):
+    code, _, err = run_cli("train", "--workdir", "xor", *extra, capsys=capsys)
+    assert code == 2 and "also name the run's experiment with --config" in err, err
+  assert not list((tmp_path / "xor").glob("previous-*"))
+  # Evaluating where nothing was trained names the experiment to train.
+  code, _, err = run_cli("evaluate", "--config", "iris", "--workdir", "none", capsys=capsys)
+  assert code == 2 and "`jdl train --config FILE_OR_NAME --workdir none`" in err, err
+  # A JSON config that is not a run's trains in runs/<name>, not beside the file.
+  (tmp_path / "cfgs").mkdir()
+  (tmp_path / "cfgs" / "mine.json").write_text(json.dumps(
+      {**json.loads(jdl.config.to_json(jdl.load_config("xor"))), "num_epochs": 1}))
+  assert cli.main(["train", "--config", "cfgs/mine.json", "--quiet"]) == 0
+  assert sorted(p.name for p in (tmp_path / "cfgs").iterdir()) == ["mine.json"]
+  assert (tmp_path / "runs" / "mine" / "checkpoints").is_dir()
+
+
+def test_a_platform_jax_cannot_start_is_one_line(tmp_path):
+  env = {**cli_env(), "JAX_PLATFORMS": "nosuchplatform"}
+  proc = subprocess.run([sys.executable, "-m", "jdl.cli", "train", "--config", "xor",
+                         "--workdir", str(tmp_path / "run")], capture_output=True, text=True,
+                        env=env, timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.startswith("jdl: error: JAX could not start a backend")
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+  assert "JAX_PLATFORMS='nosuchplatform'" in proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
 def test_train_without_config_continues_the_workdirs_own_run(tmp_path, capsys):
   # Not the default experiment (digits_cnn), which would be refused as another config.
   workdir = tmp_path / "xor"

@@ -73,8 +73,11 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
     config.distributed.initialize = "never"
   ckdir = workdir / "checkpoints"
   if not ckdir.is_dir():
-    raise JdlError(f"no checkpoints in {workdir}; train first: `jdl train --workdir {workdir}` "
-                   "continues its run")
+    if (workdir / "config.json").is_file():
+      raise JdlError(f"no checkpoints in {workdir}; train first: `jdl train --workdir "
+                     f"{workdir}` continues its run")
+    raise JdlError(f"no checkpoints in {workdir}; train first: `jdl train --config "
+                   f"FILE_OR_NAME --workdir {workdir}` with the experiment to evaluate")
   ckpt_lib.require_undamaged(ckdir)
   with ckpt_lib.unreadable_as_error(ckdir, None):
     ck = ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,

@@ -102,7 +102,9 @@ def check_provenance(meta: dict, step: int, workdir, data_source: dict, model_so
         f"fingerprint {saved.get('fingerprint')}) differ from this call's "
         f"({data_source['name']!r}, {data_source['fingerprint']}). "
         + ("Use the run's data, another workdir, or start over (restart=True, --restart)"
-           if call == "fit" else f"Pass the run's own data: {call}(..., dataset=...)"))
+           if call == "fit" else "Read the run's own data: from the command line "
+           "--config.data_dir=DIR (jdl evaluate, predict, sample), from Python "
+           f"{call}(..., dataset=...)"))
 
 
 class VocabularyMismatch(ResumeRefused):
@@ -138,7 +140,8 @@ class ResumableRun:
       diffs = config_lib.structural_diff(saved, current)
       if diffs and (wd / "checkpoints").exists():
         raise JdlError(
-            f"workdir {wd} holds a run with a different config ({', '.join(diffs)} differ); "
+            f"workdir {wd} holds a run with a different config ({', '.join(diffs)} "
+            f"{'differs' if len(diffs) == 1 else 'differ'}); "
             "use another --workdir, or --restart to start over (the old run is moved aside)")
       before = saved.get(config_lib.RUNTIME_KEY, {}).get("cpu_cores")
       runtime = self.runtime()
