@@ -22,7 +22,7 @@ import ml_collections
 
 from jdl import optim
 from jdl import regularizers
-from jdl.errors import JdlError
+from jdl.errors import JdlError, did_you_mean
 
 # Where named experiments live: <repo>/experiments/configs/NAME.py.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
@@ -368,8 +368,9 @@ def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
     return path
   if not named.is_file():
     raise JdlError(
-        f"no config file or experiment named {str(path_or_name)!r}; "
-        f"experiments: {', '.join(list_experiments())}")
+        f"no config file or experiment named {str(path_or_name)!r}"
+        f"{did_you_mean(str(path_or_name), list_experiments()) or ';'} experiments: "
+        f"{', '.join(list_experiments())}")
   return named
 
 
@@ -397,11 +398,17 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     JdlError: an unknown key, or a value that does not parse to the field's type.
   """
   for dotted, raw in overrides.items():
+    if not dotted or "" in dotted.split("."):
+      raise JdlError(f"--config.{dotted}={raw} names no key (write --config.KEY=VALUE, "
+                     "e.g. --config.num_epochs=5)")
     *parents, leaf = dotted.split(".")
     node = config
     for i, part in enumerate(parents):
       if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-        raise JdlError(f"unknown config key {'.'.join(parents[:i + 1])!r} (in --config.{dotted})")
+        where = ".".join(parents[:i + 1])
+        keys = node.keys() if isinstance(node, ml_collections.ConfigDict) else ()
+        close = did_you_mean(part, keys)
+        raise JdlError(f"unknown config key {where!r} (in --config.{dotted}){close}")
       node = node[part]
     if not isinstance(node, ml_collections.ConfigDict):
       raise JdlError(f"unknown config key {dotted!r}")
@@ -411,8 +418,10 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
           node[leaf] = _parse_literal(raw)
         continue
       valid = ", ".join(sorted(node.keys()))
-      raise JdlError(f"unknown config key {dotted!r}; valid keys here: {valid}")
+      close = did_you_mean(leaf, node.keys())
+      raise JdlError(f"unknown config key {dotted!r}{close or ';'} valid keys here: {valid}")
     node[leaf] = _parse_as(raw, node[leaf], dotted)
+
 
 
 def _parse_literal(raw: str) -> Any:

@@ -40,8 +40,17 @@ def lookup(kind: str, name: str, table: Mapping[str, T]) -> T:
     return table[name]
   except (KeyError, TypeError):
     raise JdlError(
-        f"unknown {kind} {name!r}; valid names: {', '.join(sorted(table))}"
+        f"unknown {kind} {name!r}{did_you_mean(name, table) or ';'} valid names: "
+        f"{', '.join(sorted(table))}"
     ) from None
+
+
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+  """``": did you mean 'x'?"`` for the closest of ``choices`` to a mistyped ``word``
+  (``""`` if none is close)."""
+  import difflib
+  close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.8)
+  return f": did you mean {close[0]!r}?" if close else ""
 
 
 def token_ids(x, model: str):

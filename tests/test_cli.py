@@ -153,6 +153,20 @@ def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
   assert (tmp_path / "runs" / "mine" / "checkpoints").is_dir()
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--config", "xorr"], "no config file or experiment named 'xorr': did you mean 'xor'?"),
+    (["--config", "xor", "--config.num_epoch=3"],
+     "unknown config key 'num_epoch': did you mean 'num_epochs'? valid keys here: "),
+    (["--config", "xor", "--config.optimzer.learning_rate=1"],
+     "unknown config key 'optimzer' (in --config.optimzer.learning_rate): did you mean "
+     "'optimizer'?"),
+    (["--config", "xor", "--config.=3"], "--config.=3 names no key"),
+])
+def test_a_mistyped_name_gets_the_nearest_one(args, words, capsys):
+  code, _, err = run_cli("check", *args, capsys=capsys)
+  assert code == 2 and len(err.strip().splitlines()) == 1 and words in err, err
+
+
 def test_a_platform_jax_cannot_start_is_one_line(tmp_path):
   env = {**cli_env(), "JAX_PLATFORMS": "nosuchplatform"}
   proc = subprocess.run([sys.executable, "-m", "jdl.cli", "train", "--config", "xor",

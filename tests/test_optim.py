@@ -541,7 +541,7 @@ def test_unknown_optimizer_lists_valid_names():
     optim.create_optimizer(make_config({"name": "adamm"}), steps_per_epoch=1,
                            num_epochs=1)
   assert str(e.value) == (
-      "unknown optimizer 'adamm'; valid names: adadelta, adagrad, adam, adamax,"
+      "unknown optimizer 'adamm': did you mean 'adam'? valid names: adadelta, adagrad, adam, adamax,"
       " adamw, momentum, nadam, nesterov, rmsprop, sgd")
 
 
@@ -550,7 +550,7 @@ def test_unknown_schedule_lists_valid_names():
     optim.create_learning_rate_fn(make_config(schedule={"name": "cosin"}),
                                   steps_per_epoch=1)
   assert str(e.value) == (
-      "unknown schedule 'cosin'; valid names: constant, cosine, exponential,"
+      "unknown schedule 'cosin': did you mean 'cosine'? valid names: constant, cosine, exponential,"
       " linear, step, warmup_cosine")
 
 

@@ -118,8 +118,8 @@ def create_model(config: Mapping[str, Any], *, num_outputs: int) -> nn.Module:
   for key in fields:
     errors.require(
         key in valid,
-        f"unknown field {key!r} for model {name!r}; valid fields: "
-        f"{errors.names(valid)}",
+        f"unknown field {key!r} for model {name!r}{errors.did_you_mean(key, valid) or ';'} "
+        f"valid fields: {errors.names(valid)}",
     )
   if "num_outputs" in valid and "num_outputs" in fields:
     errors.require(
