@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--out", required=True, metavar="FILE.png", help="output PNG file")
   s.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
   add("list", "List the experiments with one-line descriptions.", config=False, workdir=False)
+  add("config", "Print the experiment's whole config, overrides applied, as JSON: every key "
+      "that --config.KEY=VALUE can set, with the value training would use.", workdir=False)
   c = add("check", "Sanity checks (initial loss, overfitting a small subset, gradients, data); "
           "one PASS/FAIL/SKIP line each, exit 1 if any fails.", workdir=False)
   c.add_argument("--overfit-examples", type=int, default=32, metavar="N",
@@ -476,6 +478,12 @@ def _profile(args, overrides) -> int:
   return 0
 
 
+def _show_config(args, overrides) -> int:
+  from jdl import config as config_lib
+  print(json.dumps(json.loads(config_lib.to_json(_config(args, overrides))), indent=2))
+  return 0
+
+
 def _list(args, overrides) -> int:
   from jdl import config as config_lib
   names = config_lib.list_experiments()
@@ -588,7 +596,7 @@ def _main(argv: list[str] | None) -> int:
     return 2
   command = {"train": _train, "evaluate": _evaluate, "export": _export, "sample": _sample,
              "predict": _predict,
-             "list": _list,
+             "list": _list, "config": _show_config,
              "check": _check, "lr-find": _lr_find, "profile": _profile}
   try:
     return command[args.command](args, overrides)

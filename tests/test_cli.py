@@ -228,6 +228,18 @@ def test_help_is_complete(capsys):
     assert word in out
 
 
+def test_config_prints_every_key_that_training_would_use(capsys):
+  code, out, _ = run_cli("config", "--config", "xor", "--config.optimizer.learning_rate=0.3",
+                         capsys=capsys)
+  printed = json.loads(out)
+  expected = jdl.load_config("xor")
+  expected.optimizer.learning_rate = 0.3
+  assert code == 0 and printed == json.loads(jdl.config.to_json(expected))
+  assert printed["optimizer"]["learning_rate"] == 0.3 and "augment" in printed
+  # The printed JSON is itself a config: training from it is training the experiment.
+  assert jdl.config.from_dict(printed).to_dict() == expected.to_dict()
+
+
 def _npz(path, **arrays):
   np.savez(path, **arrays)
   return path
