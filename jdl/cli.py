@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
       prog="jdl", description="jdl: a JAX functional training framework.",
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_EPILOG)
   sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+  commands = p.commands = {}  # Each command's parser, for its own errors.
 
   def add(name, help_, config=True, workdir=True):
     s = sub.add_parser(name, help=help_, description=help_, epilog=_EPILOG if config else None,
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="run directory: config.json, metrics.jsonl, summary.txt, "
                           "checkpoints/, tb/, plots/ "
                           + ("(default: runs/<experiment>)" if config else "(required)"))
+    commands[name] = s
     return s
 
   t = add("train", "Train an experiment; re-running with the same --workdir resumes it (the "
@@ -586,7 +588,9 @@ def _main(argv: list[str] | None) -> int:
   except JdlError as e:
     print(f"jdl: error: {e}", file=sys.stderr)
     return 2
-  args = parser.parse_args(rest)
+  args, unknown = parser.parse_known_args(rest)
+  if unknown:  # Named by the command's parser: `jdl train: error: ... (see jdl train --help)`.
+    parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
   for name in ("workdir", "config"):
     if getattr(args, name, None) == "":
       print(f"jdl: error: --{name} is empty", file=sys.stderr)

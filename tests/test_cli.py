@@ -364,7 +364,8 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_equal(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     ([], ["required: COMMAND"]),
-    (["train", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["train", "--bogus"], ["jdl train: error: unrecognized arguments: --bogus",
+                            "(see jdl train --help)"]),
     (["export", "--workdir", "x"], ["required: --out"]),
     (["check", "--overfit-steps", "many"], ["--overfit-steps", "invalid int value: 'many'"]),
     (["frob"], ["invalid choice: 'frob'"]),
