@@ -423,7 +423,6 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     node[leaf] = _parse_as(raw, node[leaf], dotted)
 
 
-
 def _parse_literal(raw: str) -> Any:
   """A Python literal; ``true``/``false``/``none`` in any case as on the other keys; else the text."""
   low = raw.strip().lower()
