@@ -42,7 +42,31 @@ class ArgumentParser(argparse.ArgumentParser):
   usage block) and exit status 2, like every other error of jdl's commands."""
 
   def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+    self.exit(2, f"jdl: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(minimum: int):
+  """An argparse type: an integer >= ``minimum``, its error naming the flag."""
+  def parse(raw: str) -> int:
+    try:
+      value = int(raw)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expects an integer, got {raw!r}") from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+  return parse
+
+
+def _positive_float(raw: str) -> float:
+  """An argparse type: a finite number > 0, its error naming the flag."""
+  try:
+    value = float(raw)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expects a number, got {raw!r}") from None
+  if not 0 < value < math.inf:
+    raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {raw}")
+  return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,11 +125,11 @@ def _parser() -> argparse.ArgumentParser:
       "that --config.KEY=VALUE can set, with the value training would use.", workdir=False)
   c = add("check", "Sanity checks (initial loss, overfitting a small subset, gradients, data); "
           "one PASS/FAIL/SKIP line each, exit 1 if any fails.", workdir=False)
-  c.add_argument("--overfit-examples", type=int, default=32, metavar="N",
+  c.add_argument("--overfit-examples", type=_int_at_least(1), default=32, metavar="N",
                  help="size of the fixed train subset to overfit (default: 32)")
-  c.add_argument("--overfit-steps", type=int, default=300, metavar="N",
+  c.add_argument("--overfit-steps", type=_int_at_least(1), default=300, metavar="N",
                  help="Adam steps allowed to reach 100%% training accuracy (default: 300)")
-  c.add_argument("--overfit-lr", type=float, default=None, metavar="LR",
+  c.add_argument("--overfit-lr", type=_positive_float, default=None, metavar="LR",
                  help="Adam learning rate of the overfitting check (default: the "
                       "config's when its optimizer is Adam-like, else 1e-3, 1e-2, 1e-1 "
                       "until one fits)")
@@ -113,14 +137,19 @@ def _parser() -> argparse.ArgumentParser:
           "rate; prints the suggested rate and saves a plot.", workdir=False)
   f.add_argument("--out", default=None, metavar="FILE.png",
                  help="plot file (default: lr_find_<experiment>.png)")
-  f.add_argument("--min-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
-  f.add_argument("--max-lr", type=float, default=10.0, help="last learning rate (default: 10)")
-  f.add_argument("--steps", type=int, default=100, help="most steps to run (default: 100)")
+  f.add_argument("--min-lr", type=_positive_float, default=1e-7,
+                 help="first learning rate (default: 1e-7)")
+  f.add_argument("--max-lr", type=_positive_float, default=10.0,
+                 help="last learning rate (default: 10)")
+  f.add_argument("--steps", type=_int_at_least(2), default=100,
+                 help="most steps to run (default: 100)")
   pr = add("profile", "Time one block of training steps per XLA:CPU operation and per layer "
            "and pass (forward / backward), from the initial state; trains and writes nothing.",
            workdir=False)
-  pr.add_argument("--steps", type=int, default=10, help="steps in the block (default: 10)")
-  pr.add_argument("--top", type=int, default=25, help="operations listed (default: 25)")
+  pr.add_argument("--steps", type=_int_at_least(1), default=10,
+                  help="steps in the block (default: 10)")
+  pr.add_argument("--top", type=_int_at_least(1), default=25,
+                  help="operations listed (default: 25)")
   pr.add_argument("--out", default=None, metavar="FILE.json",
                   help="also write every operation's figures as JSON")
   return p
@@ -448,6 +477,8 @@ def _lr_find(args, overrides) -> int:
   config = _config(args, overrides)
   out = _out_path(args.out or f"lr_find_{_default_workdir(args.config).resolve().name}.png",
                   ".png")
+  if not args.min_lr < args.max_lr:
+    raise JdlError(f"--min-lr ({args.min_lr:g}) must be below --max-lr ({args.max_lr:g})")
   result = lr_finder.find_lr(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
   path = lr_finder.plot_lr_finder(result, out)
   end = ("the smoothed loss diverged" if result.diverged

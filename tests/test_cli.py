@@ -364,10 +364,15 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_equal(tmp_path):
 
 @pytest.mark.parametrize("args, words", [
     ([], ["required: COMMAND"]),
-    (["train", "--bogus"], ["jdl train: error: unrecognized arguments: --bogus",
+    (["train", "--bogus"], ["jdl: error: unrecognized arguments: --bogus",
                             "(see jdl train --help)"]),
     (["export", "--workdir", "x"], ["required: --out"]),
-    (["check", "--overfit-steps", "many"], ["--overfit-steps", "invalid int value: 'many'"]),
+    (["check", "--overfit-steps", "many"], ["--overfit-steps", "expects an integer, got 'many'"]),
+    # Bad values are named by their flags, not by the functions' parameters.
+    (["check", "--overfit-steps", "0"], ["argument --overfit-steps: must be >= 1, got 0"]),
+    (["lr-find", "--steps", "1"], ["argument --steps: must be >= 2, got 1"]),
+    (["lr-find", "--overfit-lr", "1"], ["unrecognized arguments: --overfit-lr 1"]),
+    (["check", "--overfit-lr", "nan"], ["argument --overfit-lr: must be a finite number > 0"]),
     (["frob"], ["invalid choice: 'frob'"]),
 ])
 def test_argument_errors_are_one_line_without_the_usage_block(args, words, capsys):

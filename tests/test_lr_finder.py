@@ -147,7 +147,7 @@ def test_cli_lr_find_writes_png_and_prints_suggestion(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["lr-find", "--config.nope=1"], "unknown config key 'nope'"),
-    (["lr-find", "--min-lr", "1", "--max-lr", "0.1"], "min_lr < max_lr"),
+    (["lr-find", "--min-lr", "1", "--max-lr", "0.1"], "--min-lr (1) must be below --max-lr (0.1)"),
 ])
 def test_cli_lr_find_bad_input_is_one_error_line(argv, message, capsys, tmp_path):
   assert cli.main([*argv, "--out", str(tmp_path / "x.png")]) == 2

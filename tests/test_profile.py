@@ -86,7 +86,11 @@ def test_cli_profile_prints_the_table_and_writes_json(tmp_path, capsys):
     (["--config", "no_such_experiment"], ["no_such_experiment"]),
 ])
 def test_cli_profile_bad_input_is_one_line_and_exit_2(args, words, capsys):
-  assert cli.main(["profile", *args]) == 2
+  try:
+    code = cli.main(["profile", *args])
+  except SystemExit as e:  # An argument argparse refuses.
+    code = e.code
+  assert code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("jdl: error:")
   assert all(w in err[0] for w in words)
