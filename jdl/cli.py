@@ -248,20 +248,15 @@ def _train(args, overrides) -> int:
   from jdl.train import workdir as workdir_lib
   if args.config is None and args.workdir:
     saved = Path(args.workdir) / "config.json"
-    if saved.is_file() and not _is_json_object(saved):
-      # Its remedy (--restart) alone would train the default experiment there.
-      try:
-        workdir_lib.read_json(saved)
-        reason = f"{saved} does not hold a run's config"
-      except JdlError as e:
-        reason = str(e)
-      raise JdlError(f"{reason}; as no --config was given, also name the run's experiment "
-                     "with --config FILE_OR_NAME")
     if saved.is_file():
       # `jdl train --workdir DIR` resumes (or extends: --config.num_epochs=N) DIR's run,
-      # rather than refusing it as another config than the default experiment. (A
-      # damaged config.json is reported by the resume, with its remedies.)
-      given = config_lib.given_sources(workdir_lib.read_json(saved))
+      # rather than refusing it as another config than the default experiment.
+      try:
+        run = workdir_lib.read_json(saved)
+      except JdlError as e:  # Its remedy (--restart) alone would train the default there.
+        raise JdlError(f"{e}; as no --config was given, also name the run's experiment "
+                       "with --config FILE_OR_NAME") from None
+      given = config_lib.given_sources(run)
       if given:  # Its config would train on config.dataset, or build config.model.
         raise JdlError(f"{args.workdir} holds a run trained on {given}, which the CLI cannot "
                        f"load; {'start it over' if args.restart else 'resume it'} from "
@@ -294,15 +289,6 @@ def _run_training(args, config, workdir) -> int:
   if not args.quiet:
     print(f"workdir: {result.workdir}")
   return 0
-
-
-def _is_json_object(path: Path) -> bool:
-  from jdl.train import workdir as workdir_lib
-  try:
-    workdir_lib.read_json(path)
-  except JdlError:
-    return False
-  return True
 
 
 def _evaluate(args, overrides) -> int:

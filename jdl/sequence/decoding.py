@@ -35,7 +35,7 @@ from jdl import errors
 ApplyFn = Callable[..., Any]
 
 
-def _never_emitted(vocab: int, *, bos_id: int, eos_id: int, pad_id: int) -> jax.Array:
+def never_emitted(vocab: int, *, bos_id: int, eos_id: int, pad_id: int) -> jax.Array:
   """``[vocab]`` bool: the ids a running sequence cannot produce (pad and bos, not eos)."""
   ids = jnp.arange(vocab)
   return ((ids == pad_id) | (ids == bos_id)) & (ids != eos_id)
@@ -109,7 +109,7 @@ def greedy_decode(apply_fn: ApplyFn, variables: Any, src: jax.Array, *, max_len:
   def step(state, _):
     carry, token, done = state
     carry, logits, attn = apply_fn(variables, carry, token, enc, method="decode_step")
-    never = _never_emitted(logits.shape[-1], bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+    never = never_emitted(logits.shape[-1], bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
     logits = jnp.where(never, jnp.asarray(-jnp.inf, logits.dtype), logits)
     nxt = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     nxt = jnp.where(done, pad_id, nxt)
@@ -200,7 +200,7 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1).reshape(batch, k, -1)
     vocab = lp.shape[-1]
     is_pad = jnp.arange(vocab) == pad_id
-    never = _never_emitted(vocab, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
+    never = never_emitted(vocab, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
     # A finished hypothesis has one continuation, pad_id, at no cost; a live one
     # any token but pad_id and bos_id.
     cand = jnp.where(finished[..., None],

@@ -31,7 +31,8 @@ import optax
 
 from jdl import regularizers
 from jdl.errors import JdlError
-from jdl.sequence.text import BOS_ID, PAD_ID
+from jdl.sequence import decoding
+from jdl.sequence.text import BOS_ID, EOS_ID, PAD_ID
 from jdl.train import steps as steps_lib
 
 METRICS = ("token_accuracy", "exact_match")
@@ -94,8 +95,9 @@ class Seq2SeqTask(steps_lib.SupervisedTask):
     logits, token_mask = outputs
     tgt_out = batch["y"][:, 1:]
     # As decoding: a running sequence never emits <pad> or <bos>.
-    ids = jnp.arange(logits.shape[-1])
-    emitted = jnp.where((ids == self.pad_id) | (ids == BOS_ID), -jnp.inf, logits)
+    never = decoding.never_emitted(logits.shape[-1], bos_id=BOS_ID, eos_id=EOS_ID,
+                                   pad_id=self.pad_id)
+    emitted = jnp.where(never, -jnp.inf, logits)
     right = (jnp.argmax(emitted, -1) == tgt_out).astype(jnp.float32) * token_mask
     n_tokens = jnp.sum(token_mask)
     example = batch["mask"] > 0

@@ -216,10 +216,9 @@ class MetricsLogger(Callback):
     """
     return self.commit_truncation(self.plan_truncation(step, keep_test=keep_test))
 
-  def plan_truncation(self, step: int, *,
-                      keep_test: bool = False) -> tuple[bytes, list[str], bool] | None:
-    """Reads the file for :meth:`truncate_after` and writes nothing: ``(the file,
-    the lines to keep, whether it is damaged)``, or ``None`` without a file.
+  def _read(self) -> tuple[bytes, list[dict], bool] | None:
+    """``(the file, its readable records, whether it is damaged)``; ``None`` without
+    a file.
 
     Raises:
       JdlError: the file cannot be read.
@@ -243,17 +242,30 @@ class MetricsLogger(Callback):
         records.append(record)
       else:  # Valid JSON, but not a record of this logger's: damage too.
         damaged = True
+    return raw, records, damaged
+
+  def plan_truncation(self, step: int, *,
+                      keep_test: bool = False) -> tuple[bytes, list[str], bool] | None:
+    """Reads the file for :meth:`truncate_after` and writes nothing: ``(the file,
+    the lines to keep, whether it is damaged)``, or ``None`` without a file.
+
+    Raises:
+      JdlError: the file cannot be read.
+    """
+    read = self._read()
+    if read is None:
+      return None
+    raw, records, damaged = read
     records = [r for r in records if r.get("step", 0) <= step]
     if not keep_test:  # The finished run's own test lines: those after its last epoch.
       while records and records[-1].get("split") == "test":
         records.pop()
-    kept = [json.dumps(r, allow_nan=True) for r in records]
-    return raw, kept, damaged
+    return raw, [json.dumps(r, allow_nan=True) for r in records], damaged
 
   def last_step(self) -> int:
     """The largest step of the file's readable records (0 without any)."""
-    plan = self.plan_truncation(2**62, keep_test=True)
-    return max((json.loads(line).get("step", 0) for line in plan[1]), default=0) if plan else 0
+    read = self._read()
+    return max((r.get("step", 0) for r in read[1]), default=0) if read else 0
 
   def commit_truncation(self, plan: tuple[bytes, list[str], bool] | None) -> Path | None:
     """Writes what :meth:`plan_truncation` planned; returns the backup's path, if any."""
