@@ -307,6 +307,8 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
     raise
   except Exception as e:  # A config file is user code: report, do not crash.
     raise JdlError(f"config file {path} failed to load: {type(e).__name__}: {e}") from None
+  except SystemExit as e:  # Not an Exception: it would end jdl with its code, unsaid.
+    raise JdlError(f"config file {path} called sys.exit({e.code!r}) while loading") from None
   finally:
     sys.path.remove(folder)
     for name in set(sys.modules) - before:  # The siblings leave no module behind.

@@ -71,6 +71,8 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
   no_fn.write_text("x = 1\n")
   latin = tmp / "latin.py"
   latin.write_bytes(b"# caf\xe9\ndef get_config():\n  return None\n")
+  exits = tmp / "exits.py"
+  exits.write_text("import sys\n\ndef get_config():\n  sys.exit(3)\n")
   wrong_type = tmp / "wrongtype.py"
   wrong_type.write_text("def get_config():\n  return {'a': 1}\n")
   trunc_zip = tmp / "trunc.npz"
@@ -218,6 +220,7 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
       # Config files.
       "missing config file": (["--config", tmp / "nope.py"], ["nope.py"]),
       "config with a syntax error": (["--config", bad_cfg], ["syntax.py"]),
+      "config whose get_config() exits": (["--config", exits], ["exits.py", "sys.exit(3)"]),
       "config without get_config": (["--config", no_fn], ["get_config"]),
       "non-UTF-8 config file": (["--config", latin], ["latin.py"]),
       "config returning a dict": (["--config", wrong_type], ["ConfigDict"]),
