@@ -22,6 +22,7 @@ from jdl.data import text as text_data
 from jdl.errors import JdlError
 from jdl.sequence import tasks as seq_tasks
 from jdl.sequence import text as text_lib
+from jdl.train import run_data
 
 from conftest import Crash
 
@@ -107,6 +108,30 @@ def test_sst2_loader_builds_vocab_on_train_and_pads(tmp_path):
   other = text_lib.Vocabulary.build([["dull"]])
   d2 = sources.load_dataset("sst2", data_dir=tmp_path, text=opts, vocab={"text": other})
   assert d2.vocab["text"] is other and d2.x_test[1].tolist() == [4, 1, 1, 0]
+
+
+def test_a_runs_vocabulary_holds_no_word_seen_only_in_its_validation_rows(tmp_path):
+  # Each of 20 train rows has a word of its own; validation_split holds out 5 rows,
+  # whose own words must be <unk> (1) as a test word unseen in training is.
+  rows = "".join(f"common w{i:02d}\t{i % 2}\n" for i in range(20))
+  config = jdl.load_config("sst2_lstm")
+  config.data_dir = str(_sst2(tmp_path, train="sentence\tlabel\n" + rows))
+  config.validation_split, config.sequence.min_freq, config.sequence.maxlen = 0.25, 1, 0
+  data = run_data.load_data(config)
+  own_word = lambda split: np.asarray(split.x)[:, 1]  # noqa: E731
+  assert data.train.x.shape == (15, 2) and data.val.x.shape == (5, 2)
+  assert (own_word(data.train) > 3).all() and len(set(own_word(data.train).tolist())) == 15
+  assert own_word(data.val).tolist() == [text_lib.UNK_ID] * 5
+  assert len(data.vocab["text"]) == 4 + 1 + 15
+  # The dataset alone (no run, so no held-out rows) has every train word.
+  assert len(sources.load_dataset("sst2", data_dir=config.data_dir).vocab["text"]) == 4 + 1 + 20
+  # With the rows given by classes= and examples_per_class=, the same: only trained rows.
+  config.classes, config.examples_per_class, config.validation_split = (1, 0), 6, 0.5
+  data = run_data.load_data(config)
+  assert data.train.x.shape == (6, 2) and data.val.x.shape == (6, 2)
+  assert (own_word(data.train) > 3).all()
+  assert own_word(data.val).tolist() == [text_lib.UNK_ID] * 6
+  assert len(data.vocab["text"]) == 4 + 1 + 6
 
 
 @pytest.mark.parametrize("train,message", [

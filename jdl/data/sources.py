@@ -71,6 +71,10 @@ class Dataset:
     vocab: text datasets: ``{name: Vocabulary}`` (``"text"`` for a classifier's
       inputs; ``"src"`` and ``"tgt"`` for seq2seq), built on the train split;
       ``x`` then holds int32 token ids. ``None`` otherwise.
+    rebuild_vocab: text datasets whose vocabulary was built here: ``rebuild(rows)``
+      is this dataset with the vocabulary built on the train rows ``rows`` only
+      and every split encoded with it. A run calls it with the rows it trains on,
+      so no word seen only in its validation rows gets an id. ``None`` otherwise.
   """
 
   x_train: np.ndarray
@@ -84,6 +88,8 @@ class Dataset:
   x_val: np.ndarray | None = None
   y_val: np.ndarray | None = None
   vocab: dict | None = None
+  rebuild_vocab: Callable[[np.ndarray], Dataset] | None = dataclasses.field(default=None,
+                                                                              repr=False)
 
 
 _SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
@@ -463,9 +469,16 @@ def _load_npy_dir(req: _Request):
 
 def _load_sst2(req: _Request) -> Dataset:
   vocab = (req.vocab or {}).get("text")
-  x_tr, y_tr, x_te, y_te, vocab = text_data.load_sst2(req.data_dir, req.text, vocab)
-  return Dataset(x_tr, y_tr, x_te, y_te, num_classes=2, task="classification", name=req.name,
-                 input_shape=tuple(x_tr.shape[1:]), vocab={"text": vocab})
+  x_tr, y_tr, x_te, y_te, vocab, rebuild = text_data.load_sst2(req.data_dir, req.text, vocab)
+  dataset = Dataset(x_tr, y_tr, x_te, y_te, num_classes=2, task="classification",
+                    name=req.name, input_shape=tuple(x_tr.shape[1:]), vocab={"text": vocab})
+
+  def rebuild_vocab(rows):
+    x_tr, x_te, vocab = rebuild(rows)
+    return dataclasses.replace(dataset, x_train=x_tr, x_test=x_te, vocab={"text": vocab})
+
+  return dataset if rebuild is None else dataclasses.replace(dataset,
+                                                             rebuild_vocab=rebuild_vocab)
 
 
 def _load_adding_problem(req: _Request) -> Dataset:
@@ -477,10 +490,14 @@ def _load_adding_problem(req: _Request) -> Dataset:
 
 
 def _load_dates(req: _Request) -> Dataset:
-  x_tr, y_tr, x_te, y_te, vocab = text_data.load_dates(req.n_samples or 20000, req.seed,
-                                                        req.vocab)
-  return Dataset(x_tr, y_tr, x_te, y_te, num_classes=len(vocab["tgt"]), task="seq2seq",
-                 name=req.name, input_shape=tuple(x_tr.shape[1:]), vocab=vocab)
+  *splits, rebuild = text_data.load_dates(req.n_samples or 20000, req.seed, req.vocab)
+
+  def dataset(x_tr, y_tr, x_te, y_te, vocab, rebuild_vocab=None):
+    return Dataset(x_tr, y_tr, x_te, y_te, num_classes=len(vocab["tgt"]), task="seq2seq",
+                   name=req.name, input_shape=tuple(x_tr.shape[1:]), vocab=vocab,
+                   rebuild_vocab=rebuild_vocab)
+
+  return dataset(*splits, None if rebuild is None else lambda rows: dataset(*rebuild(rows)))
 
 
 _LOADERS: dict[str, Callable[[_Request], Dataset]] = {

@@ -3,8 +3,9 @@
 * ``sst2``: GLUE's SST-2 TSV files (``sentence<TAB>label`` with a header line) in
   ``data_dir``: ``train.tsv`` for training, ``dev.tsv`` as the test split (GLUE's
   ``test.tsv`` has no labels). Text is tokenized (:mod:`jdl.sequence.text`), the
-  vocabulary built on ``train.tsv`` alone, and every split padded / truncated to
-  ``maxlen`` token ids (int32).
+  vocabulary built on ``train.tsv`` alone (a run builds it again on the rows it
+  trains on, without those ``validation_split`` holds out), and every split padded /
+  truncated to ``maxlen`` token ids (int32).
 * ``adding_problem`` (Hochreiter & Schmidhuber 1997; Le et al. 2015's version):
   ``x: [N, T, 2]``, a uniform value and a marker channel with exactly two 1s, one
   in each half; the target is the sum of the two marked values. Predicting the
@@ -118,9 +119,13 @@ def _labels(values: list[str], path: pathlib.Path, lines: Sequence[int], *,
 
 
 def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | None = None):
-  """``(x_train, y_train, x_test, y_test, vocab)``: padded int32 ids and labels.
+  """``(x_train, y_train, x_test, y_test, vocab, rebuild)``: padded int32 ids and labels.
 
-  ``vocab`` (e.g. a run's saved one) replaces the vocabulary built on train.tsv.
+  The vocabulary is built on every row of train.tsv; ``rebuild(rows)`` gives
+  ``(x_train, x_test, vocab)`` again with it built on the train rows ``rows``
+  only (the rows a run trains on, once ``validation_split`` has held out its
+  own). ``vocab`` (e.g. a run's saved one) replaces the built vocabulary, and
+  ``rebuild`` is then ``None``.
   """
   if not data_dir:  # $JDL_DATA_DIR/sst2, else ~/.cache/jdl/sst2, as for MNIST.
     folder = download_lib.default_data_dir("sst2")
@@ -139,17 +144,23 @@ def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | 
   y_test = _labels(test["label"], folder / "dev.tsv", test_lines)
   tok = lambda s: text_lib.tokenize(s, level=options.level, lowercase=options.lowercase)  # noqa: E731
   train_tokens = [tok(s) for s in train["sentence"]]
-  if vocab is None:
-    vocab = text_lib.Vocabulary.build(train_tokens, min_freq=options.min_freq,
-                                      max_size=options.max_vocab, level=options.level,
-                                      lowercase=options.lowercase)
-  pad = lambda seqs: text_lib.pad_sequences(  # noqa: E731
-      seqs, options.maxlen or None, padding=options.padding, truncating=options.truncating)
-  x_train = pad([vocab.encode(t) for t in train_tokens])
-  x_test = text_lib.pad_sequences([vocab.encode(tok(s)) for s in test["sentence"]],
-                                  x_train.shape[1], padding=options.padding,
-                                  truncating=options.truncating)
-  return x_train, y_train, x_test, y_test, vocab
+  test_tokens = [tok(s) for s in test["sentence"]]
+
+  def encode(vocab, rows=None):
+    if vocab is None:
+      kept = train_tokens if rows is None else [train_tokens[int(i)] for i in rows]
+      vocab = text_lib.Vocabulary.build(kept, min_freq=options.min_freq,
+                                        max_size=options.max_vocab, level=options.level,
+                                        lowercase=options.lowercase)
+    pad = lambda seqs, maxlen: text_lib.pad_sequences(  # noqa: E731
+        seqs, maxlen, padding=options.padding, truncating=options.truncating)
+    x_train = pad([vocab.encode(t) for t in train_tokens], options.maxlen or None)
+    x_test = pad([vocab.encode(t) for t in test_tokens], x_train.shape[1])
+    return x_train, x_test, vocab
+
+  rebuild = None if vocab is not None else (lambda rows: encode(None, rows))
+  x_train, x_test, vocab = encode(vocab)
+  return x_train, y_train, x_test, y_test, vocab, rebuild
 
 
 # ---------------------------------------------------------- adding problem
@@ -233,17 +244,25 @@ def encode_pairs(pairs, src_vocab, tgt_vocab, src_len: int, tgt_len: int):
 
 
 def load_dates(n_train: int, seed: int, vocabs: dict | None = None):
-  """``(x_train, y_train, x_test, y_test, {"src": vocab, "tgt": vocab})``."""
+  """``(x_train, y_train, x_test, y_test, {"src": vocab, "tgt": vocab}, rebuild)``.
+
+  As :func:`load_sst2`: the vocabularies are built on every train pair, and
+  ``rebuild(rows)`` gives ``(x_train, y_train, x_test, y_test, vocabs)`` with
+  them built on the train pairs ``rows`` only; ``None`` when ``vocabs`` is given.
+  """
   train, test = dates_pairs(n_train, max(1, n_train // 10), seed=seed)
-  if vocabs is None:
-    vocabs = {
-        "src": text_lib.Vocabulary.build([text_lib.tokenize(s, level="char") for s, _ in train],
-                                         level="char"),
-        "tgt": text_lib.Vocabulary.build([text_lib.tokenize(t, level="char") for _, t in train],
-                                         level="char"),
-    }
   src_len = max(len(s) for s, _ in train + test)
   tgt_len = 10 + 2  # yyyy-mm-dd, <bos>, <eos>.
-  x_train, y_train = encode_pairs(train, vocabs["src"], vocabs["tgt"], src_len, tgt_len)
-  x_test, y_test = encode_pairs(test, vocabs["src"], vocabs["tgt"], src_len, tgt_len)
-  return x_train, y_train, x_test, y_test, vocabs
+
+  def encode(vocabs, rows=None):
+    if vocabs is None:
+      kept = train if rows is None else [train[int(i)] for i in rows]
+      chars = lambda k: [text_lib.tokenize(pair[k], level="char") for pair in kept]  # noqa: E731
+      vocabs = {"src": text_lib.Vocabulary.build(chars(0), level="char"),
+                "tgt": text_lib.Vocabulary.build(chars(1), level="char")}
+    x_train, y_train = encode_pairs(train, vocabs["src"], vocabs["tgt"], src_len, tgt_len)
+    x_test, y_test = encode_pairs(test, vocabs["src"], vocabs["tgt"], src_len, tgt_len)
+    return x_train, y_train, x_test, y_test, vocabs
+
+  rebuild = None if vocabs is not None else (lambda rows: encode(None, rows))
+  return (*encode(vocabs), rebuild)

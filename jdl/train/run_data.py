@@ -56,6 +56,24 @@ class RunData:
   integers_as_numbers: bool = False
 
 
+def _training_rows(dataset: data_lib.Dataset, config: ml_collections.ConfigDict) -> np.ndarray:
+  """The indices into ``dataset.x_train`` of the rows the run trains on.
+
+  The same selections as :func:`load_data`'s (``classes``, ``examples_per_class``,
+  then ``validation_split`` unless the dataset has its own validation split),
+  made on the row numbers.
+  """
+  rows = np.arange(len(dataset.y_train))
+  picked = transfer.subset(dataclasses.replace(dataset, x_train=rows),
+                           classes=tuple(config.classes),
+                           examples_per_class=int(config.examples_per_class),
+                           seed=int(config.seed))
+  if dataset.x_val is not None:
+    return picked.x_train
+  return pipeline.split_validation(picked.x_train, picked.y_train,
+                                   float(config.validation_split), int(config.seed))[0]
+
+
 def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | None = None,
               vocab: dict | None = None) -> RunData:
   """The run's splits, from ``dataset`` or else ``config.dataset``.
@@ -77,6 +95,8 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
         noise=None if config.noise < 0 else float(config.noise),
         download=bool(config.download),
         text=text_data.TextOptions.from_config(config.sequence), vocab=vocab)
+  if getattr(dataset, "rebuild_vocab", None):  # Text: a vocabulary of the rows it trains on.
+    dataset = dataset.rebuild_vocab(_training_rows(dataset, config))
   source = {"name": dataset.name, "given": given, "fingerprint": data_lib.fingerprint(dataset)}
   data_lib.check_example_shapes(dataset, f"dataset {dataset.name!r}")
   task = dataset.task
