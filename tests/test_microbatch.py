@@ -107,6 +107,36 @@ def test_training_in_microbatches_matches_whole_batches():
                                 jax.device_get(whole.state.params), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("size", [0, 4])
+def test_no_key_serves_two_purposes_in_an_augmented_step(size):
+  # The keys the step hands out: augmentation's, and the forward passes' (dropout):
+  # the whole batch's, or each microbatch's. Microbatch 1's fold_in(step_key, 1) was
+  # augmentation's key.
+  seen = []
+  record = lambda what, key: jax.debug.callback(  # noqa: E731
+      lambda k: seen.append((what, tuple(np.asarray(k).tolist()))), jax.random.key_data(key))
+
+  class Recording(steps.SupervisedTask):
+    def forward(self, params, model_state, batch, key, train):
+      record("forward", key)
+      return super().forward(params, model_state, batch, key, train)
+
+  def augment(key, batch):
+    record("augment", key)
+    return batch
+
+  model = create_model({"name": "mlp", "hidden": (8,), "dropout_rate": 0.5}, num_outputs=5)
+  batch = _batch(padded=0, shape=(6,))
+  task = Recording(apply_fn=model.apply, loss=optax.softmax_cross_entropy_with_integer_labels,
+                   metric_names=("accuracy",), num_classes=5)
+  state = jdl.create_train_state(model, optax.sgd(0.1), batch["x"], key=jax.random.key(0))
+  step = jax.jit(steps.make_train_step(task, augment, microbatch_size=size))
+  jax.block_until_ready(step(state, batch))
+  kinds = [what for what, _ in seen]
+  assert kinds.count("augment") == 1 and kinds.count("forward") == (3 if size else 1)
+  assert len({key for _, key in seen}) == len(seen), seen
+
+
 def test_microbatch_size_errors():
   with pytest.raises(jdl.JdlError, match="microbatch_size=24 must divide batch_size=64"):
     loop.Trainer(make_config(microbatch_size=24), quiet=True)

@@ -143,7 +143,8 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
     task: the task.
     augment: ``augment(key, batch) -> batch`` applied to the batch before the loss
       (:func:`jdl.data.augment.make_train_augment`), or ``None``. Its key is
-      ``fold_in(step_key, 1)``; the dropout key stays the step key. Under mixup the
+      ``fold_in(step_key, 1)``; the dropout key stays the step key (in microbatches,
+      see ``microbatch_size``). Under mixup the
       loss is ``lam * L(y_a) + (1 - lam) * L(y_b)`` while the other training
       metrics use the original labels.
     axis_name: ``None`` for the whole batch on one program (the default). Else the
@@ -164,7 +165,9 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       microbatches of this many examples (it must divide the batch), and a
       ``lax.scan`` adds up their gradients: the same update within float rounding,
       with less memory in flight (:func:`microbatched_loss`). Dropout draws from
-      ``fold_in(key, i)`` in microbatch ``i``. Needs a :class:`SupervisedTask` and a
+      ``fold_in(key, i)`` in microbatch ``i``, where ``key`` is the step key, or
+      ``fold_in(step_key, 2)`` when ``augment`` takes ``fold_in(step_key, 1)``
+      (so no key serves two purposes). Needs a :class:`SupervisedTask` and a
       model without mutable state (batch norm would see microbatch statistics).
     freeze: ``optimizer.freeze``'s patterns: the model state of the layers they
       match (batch norm's running statistics) is not updated either
@@ -180,17 +183,20 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     loss_task, train_batch = augmented(task, augment, key, batch)
     grad_fn = jax.value_and_grad(loss_task.loss_fn, has_aux=True)
+    dropout_key = key
     if 0 < microbatch_size < batch["mask"].shape[0]:
       grad_fn = functools.partial(microbatched_loss, loss_task, microbatch_size)
+      if augment is not None:  # Microbatch 1's fold_in(key, 1) is augmentation's key.
+        dropout_key = jax.random.fold_in(key, 2)
     if axis_name is None:
       (loss, (per_example, outputs, model_state)), grads = grad_fn(
-          state.params, state.model_state, train_batch, key, True)
+          state.params, state.model_state, train_batch, dropout_key, True)
     else:
       # Each device's own gradient (not autodiff's sum over the devices), then the mean.
       params = parallel_lib.device_varying(state.params, axis_name)
       with parallel_lib.batch_norm_axis(axis_name):
         (loss, (per_example, outputs, model_state)), grads = grad_fn(
-            params, state.model_state, train_batch, key, True)
+            params, state.model_state, train_batch, dropout_key, True)
       # Equal shares: the mean of the devices' mean losses is the global mean.
       grads, loss = jax.lax.pmean((grads, loss), axis_name)
       # Batch statistics are already global; other per-device state is averaged.
