@@ -149,6 +149,31 @@ def check_exact_resume(root: Path, runs: dict) -> None:
       pass
     resumed, _ = train(mode, wd, checkpoint_every_steps=5, model__hidden=(32,))
     chex.assert_trees_all_equal(params(resumed), params(runs[("mlp", mode)]))
+  # Mid-epoch (step 10's checkpoint, its metric sums not empty), 8 devices -> 1.
+  wd = root / "crash_to_one"
+  try:
+    train("shard_map", wd, callbacks=[Crash(at_step=13)], checkpoint_every_steps=5,
+          model__hidden=(32,))
+    raise AssertionError("the crash callback did not fire")
+  except KeyboardInterrupt:
+    pass
+  resumed, _ = train("none", wd, checkpoint_every_steps=5, model__hidden=(32,))
+  assert devices_of(resumed) == {1}
+  chex.assert_trees_all_close(params(resumed), params(runs[("mlp", "none")]), rtol=RTOL,
+                              atol=1e-5)
+  np.testing.assert_allclose(resumed.history["loss"], runs[("mlp", "none")].history["loss"],
+                             rtol=RTOL)
+
+
+def check_data_mode_draws() -> None:
+  """'data' mode draws dropout and augmentation for the global batch, as one device
+  does (jax_threefry_partitionable): the same run within float rounding."""
+  kw = dict(model__hidden=(32,), model__dropout_rate=0.3, augment__noise_std=0.1)
+  ref, ref_losses = train("none", **kw)
+  result, losses = train("data", **kw)
+  assert devices_of(result) == {8}
+  np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
+  chex.assert_trees_all_close(params(result), params(ref), rtol=RTOL, atol=1e-5)
 
 
 def check_portability(root: Path) -> None:
@@ -216,6 +241,30 @@ def check_recurrent() -> None:
                               atol=1e-5)
 
 
+def check_seq2seq_of_varying_lengths() -> None:
+  """A seq2seq loss is a mean over target tokens: in 'shard_map' the devices' shares
+  hold different counts, and their mean losses are weighted by them (an unweighted
+  mean trained on other gradients: 3e-2 apart after an epoch)."""
+  import dataclasses
+  from jdl.data import sources
+  ds = sources.load_dataset("dates", n_samples=256, seed=0)
+  y = ds.y_train.copy()
+  cut = np.arange(len(y)) % 3 == 0  # A third of the targets end after 3 characters.
+  y[cut, 4], y[cut, 5:] = 3, 0  # <eos>, then <pad>.
+  ds = dataclasses.replace(ds, y_train=y)
+  runs = {}
+  for mode in ("none", "shard_map"):
+    c = jdl.load_config("seq2seq_dates")
+    c.parallel, c.num_epochs, c.batch_size, c.scan_chunk = mode, 1, 64, 1
+    c.model.hidden, c.model.embed_dim = 16, 8
+    runs[mode] = jdl.fit(c, None, dataset=ds, quiet=True)
+  assert devices_of(runs["shard_map"]) == {8}
+  np.testing.assert_allclose(runs["shard_map"].history["loss"], runs["none"].history["loss"],
+                             rtol=RTOL)
+  chex.assert_trees_all_close(params(runs["shard_map"]), params(runs["none"]), rtol=RTOL,
+                              atol=1e-5)
+
+
 def check_streamed(root: Path) -> None:
   """dataset='npy_dir' on 8 devices ('data', 'shard_map') equals the 1-device streamed run."""
   from sklearn import datasets
@@ -266,6 +315,8 @@ def main() -> None:
   check_gan()
   check_recurrent()
   check_streamed(root)
+  check_data_mode_draws()
+  check_seq2seq_of_varying_lengths()
   print("parallel checks passed")
 
 

@@ -91,6 +91,11 @@ class Seq2SeqTask(steps_lib.SupervisedTask):
       loss = loss + regularizers.penalty(params, self.penalty_rules)
     return loss, (jnp.sum(ce, axis=1), (logits, token_mask), new_state)
 
+  def loss_count(self, batch):
+    """The real target tokens: :meth:`loss_fn`'s loss is a mean over them."""
+    tgt_out = batch["y"][:, 1:]
+    return jnp.sum((tgt_out != self.pad_id) & (batch["mask"][:, None] > 0), dtype=jnp.float32)
+
   def metrics(self, names, outputs, batch, per_example_loss):
     logits, token_mask = outputs
     tgt_out = batch["y"][:, 1:]

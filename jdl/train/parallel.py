@@ -13,10 +13,13 @@
   the one-device run within float tolerance.
 - ``'shard_map'``: the same mesh and placements, but each device runs the step on
   its ``batch_size / num_devices`` examples inside :func:`jax.shard_map`, with
-  explicit ``lax.pmean`` of gradients, loss and batch-norm statistics
-  (:func:`batch_norm_axis`) and an exact all-gather-and-merge of the metric sums.
-  Dropout and augmentation keys are folded with the device index, so their draws
-  differ from the one-device run (everything else agrees within float tolerance).
+  explicit ``lax.pmean`` of gradients and loss (each device weighted by what its
+  loss is a mean over: its examples, or a seq2seq share's target tokens) and of
+  batch-norm statistics (:func:`batch_norm_axis`), and an exact all-gather-and-merge
+  of the metric sums. The step's key is folded with the device index, so its
+  random draws (dropout, augmentation, a VAE's sampling noise and dynamic
+  binarisation) differ from the one-device run; everything else agrees within
+  float tolerance.
 - ``'auto'`` (default): ``'data'`` when there is more than one device, else ``'none'``.
 
 Multi-host (:func:`initialize_distributed`): every process computes the same

@@ -96,6 +96,10 @@ class SupervisedTask:
       loss = loss + activity
     return loss, (per_example, outputs, new_model_state)
 
+  def loss_count(self, batch: Batch) -> jax.Array:
+    """What :meth:`loss_fn`'s data loss is a mean over: here the real examples."""
+    return jnp.sum(batch["mask"].astype(jnp.float32))
+
   def metrics(self, names, outputs, batch: Batch, per_example_loss):
     return metrics_lib.from_outputs(names, outputs, batch["y"], batch["mask"],
                                     num_classes=self.num_classes, loss=per_example_loss)
@@ -150,10 +154,12 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
     axis_name: ``None`` for the whole batch on one program (the default). Else the
       step is a per-device step inside ``jax.shard_map`` over the mapped axis
       ``axis_name``: the batch is the device's share, gradients and loss are
-      ``lax.pmean``-ed, batch norm uses global-batch statistics
+      ``lax.pmean``-ed, each device weighted by its share of the loss's count
+      (:meth:`SupervisedTask.loss_count`: real examples, or a seq2seq task's
+      target tokens), batch norm uses global-batch statistics
       (:func:`jdl.train.parallel.batch_norm_axis`), metric sums are merged over
-      the devices, and the dropout / augmentation key is folded with the device
-      index (so those draws differ from the one-device step).
+      the devices, and the step's key is folded with the device index (so its
+      draws: dropout, augmentation, a VAE's noise, differ from the one-device step).
     check_gradients: test every gradient for NaN/Inf (:func:`nonfinite_info`); a
       non-finite step leaves the model state as it was and enters no metric. With
       ``False`` only the loss is tested and every update is applied: the loop's
@@ -197,8 +203,14 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       with parallel_lib.batch_norm_axis(axis_name):
         (loss, (per_example, outputs, model_state)), grads = grad_fn(
             params, state.model_state, train_batch, dropout_key, True)
-      # Equal shares: the mean of the devices' mean losses is the global mean.
-      grads, loss = jax.lax.pmean((grads, loss), axis_name)
+      # Each device's loss is a mean over its own count (examples, or target tokens);
+      # weighted by its share of the mean count, the devices' mean is the global mean
+      # (with equal counts the weights are exactly 1).
+      count = loss_task.loss_count(batch)
+      mean_count = jax.lax.pmean(count, axis_name)
+      weight = jnp.where(mean_count > 0, count / jnp.maximum(mean_count, 1e-30), 1.0)
+      grads, loss = jax.lax.pmean(
+          jax.tree.map(lambda a: a * weight.astype(a.dtype), (grads, loss)), axis_name)
       # Batch statistics are already global; other per-device state is averaged.
       model_state = parallel_lib.pmean_varying(model_state, axis_name)
     model_state = keep_frozen_state(model_state, state.model_state, freeze)
