@@ -247,6 +247,11 @@ def test_train_augment_mixes_x_and_y_on_any_input():
   out = fn(KEY, batch)
   assert isinstance(out["y"], augment.MixupTargets)
   assert out["x"].shape == (8, 4) and out["mask"] is batch["mask"]
+  # y is arange(8), so y_b is the permutation: x mixed as lam x + (1 - lam) x[perm].
+  x, perm, lam = np.asarray(batch["x"]), np.asarray(out["y"].y_b), float(out["y"].lam)
+  assert sorted(perm.tolist()) == list(range(8)) and 0 < lam < 1
+  np.testing.assert_allclose(np.asarray(out["x"]), lam * x + (1 - lam) * x[perm], rtol=1e-6)
+  assert not np.allclose(np.asarray(out["x"]), x)
 
 
 # ---------------------------------------------------------------------- config

@@ -168,6 +168,18 @@ def test_idx_family_label_out_of_range(tmp_path):
     load_dataset("mnist", data_dir=tmp_path, download=False)
 
 
+@pytest.mark.parametrize("name,array", [
+    ("train-images-idx3-ubyte", np.full((12, 4, 3), 1000, np.int16)),  # Scaled to 3.9.
+    ("t10k-labels-idx1-ubyte", np.array([0, 1, 2.7, 1, 0], np.float32)),  # Cut to 2.
+])
+def test_idx_family_files_of_other_than_bytes(tmp_path, name, array):
+  write_mnist(tmp_path)
+  write_file(tmp_path / name, idx_bytes(array), True)
+  with pytest.raises(JdlError, match=rf"{name}.gz holds {array.dtype} values; MNIST-family "
+                     r"IDX files hold unsigned bytes \(dtype code 0x08\)"):
+    load_dataset("mnist", data_dir=tmp_path, download=False)
+
+
 def test_idx_family_test_images_of_another_size(tmp_path):
   write_mnist(tmp_path)
   write_file(tmp_path / "t10k-images-idx3-ubyte", idx_bytes(np.zeros((5, 2, 2), np.uint8)),
@@ -391,8 +403,10 @@ def _truncated_npz(path):
     (lambda p: write_npz(p, x=np.where(np.arange(8)[:, None] == 7, np.nan, np.ones((8, 1))),
                          y=np.arange(8) % 2),  # No x_test: the file's key, not a split's.
      r": x contains 1 NaN and 0 Inf values \(in 1 of 8 examples\)"),
+    (lambda p: write_npz(p, x=np.ones((6, 1)), y=np.array([0, 1, 0, 1, 0, np.nan])),
+     r"bad.npz: y contains 1 NaN and 0 Inf"),  # Was named y_test, a split of the file's y.
 ], ids=["no-y", "half-test", "garbage", "truncated", "object", "strings", "1d-x", "nan",
-        "test-shape", "unsplittable", "target-width"] + ["npy", "nan-no-test"])
+        "test-shape", "unsplittable", "target-width"] + ["npy", "nan-no-test", "nan-y"])
 def test_npz_rejects_bad_files(tmp_path, make, match):
   path = tmp_path / "bad.npz"
   make(path)
@@ -574,6 +588,14 @@ def test_sst2_byte_order_mark_and_blank_lines(tmp_path):
   vocab = ds.vocab["text"]
   assert "\ufeffsentence" not in vocab.tokens
   assert ds.x_train[1].tolist() == vocab.encode(["bad", "film"]) + [0]
+
+
+@pytest.mark.parametrize("label", ["\u00b2", "1.0", "99999999999999999999"])
+def test_sst2_a_label_int_cannot_read_or_no_class_is_one_error(tmp_path, label):
+  # '\u00b2' (superscript two) passes str.isdigit() but not int(): it escaped as StopIteration.
+  write_sst2(tmp_path, f"sentence\tlabel\na\t1\nb\t{label}\n")
+  with pytest.raises(JdlError, match=f"train.tsv, line 3: label '{label}' is not a"):
+    load_dataset("sst2", data_dir=tmp_path)
 
 
 def test_sst2_line_numbers_count_skipped_blank_lines(tmp_path):

@@ -4,6 +4,7 @@ vocabulary. Tiny data only (SST-2 rows are written to tmp_path)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 
@@ -124,7 +125,13 @@ def test_a_runs_vocabulary_holds_no_word_seen_only_in_its_validation_rows(tmp_pa
   assert own_word(data.val).tolist() == [text_lib.UNK_ID] * 5
   assert len(data.vocab["text"]) == 4 + 1 + 15
   # The dataset alone (no run, so no held-out rows) has every train word.
-  assert len(sources.load_dataset("sst2", data_dir=config.data_dir).vocab["text"]) == 4 + 1 + 20
+  dataset = sources.load_dataset("sst2", data_dir=config.data_dir)
+  assert len(dataset.vocab["text"]) == 4 + 1 + 20
+  # A dataset given to a run is used as it is (with its own changes, its vocabulary).
+  ones = np.ones_like(dataset.y_train)
+  given = run_data.load_data(config, dataclasses.replace(dataset, y_train=ones))
+  assert len(given.vocab["text"]) == 4 + 1 + 20
+  assert np.concatenate([given.train.y, given.val.y]).tolist() == [1] * 20
   # With the rows given by classes= and examples_per_class=, the same: only trained rows.
   config.classes, config.examples_per_class, config.validation_split = (1, 0), 6, 0.5
   data = run_data.load_data(config)

@@ -21,6 +21,7 @@ from jdl.data import sources
 from jdl.data import stream
 from jdl.errors import JdlError
 from jdl.train import callbacks as cb
+from jdl.train import run_data
 
 from conftest import Crash, make_config
 
@@ -89,6 +90,27 @@ def test_streamed_training_is_bitwise_the_in_memory_training(digits_dir, in_memo
   np.testing.assert_array_equal(mem_norm.mean, norm.mean)
   np.testing.assert_array_equal(mem_norm.std, norm.std)
   assert not _prefetch_threads()
+
+
+@pytest.mark.parametrize("normalize", ["featurewise", "global"])
+def test_float64_inputs_are_normalised_as_the_float32_values_a_stream_reads(tmp_path, normalize):
+  # Digits scaled by 1/7 (not exact in float32) saved as float64: the in-memory path
+  # normalised the float64 values and differed from the streamed one in ~40% of them.
+  x, y = _digits()
+  x64 = x.astype(np.float64) * 16.0 / 7.0
+  d = _write(tmp_path / "d", x_train=x64[:1500], y_train=y[:1500], x_test=x64[1500:],
+             y_test=y[1500:])
+  config = make_config(normalize=normalize)
+  memory = run_data.load_data(config, _in_memory(x64, y))
+  streamed = run_data.load_data(make_config(normalize=normalize, dataset="npy_dir",
+                                            data_dir=str(d)))
+  for field in ("mean", "std"):
+    np.testing.assert_array_equal(getattr(memory.normalizer, field),
+                                  getattr(streamed.normalizer, field))
+  as_f32 = run_data.load_data(config, _in_memory(x64.astype(np.float32), y))
+  assert memory.train.x.dtype == np.float32
+  np.testing.assert_array_equal(np.asarray(memory.train.x), np.asarray(as_f32.train.x))
+  np.testing.assert_array_equal(np.asarray(memory.test.x), np.asarray(as_f32.test.x))
 
 
 @pytest.mark.full_opt
@@ -272,6 +294,14 @@ BAD = {
                           r"y_test.npy has targets of shape \(3,\) but y_train has \(1,\)"),
     "unnumbered shard": ({"x_train.0": X, "x_train.1": X, "x_train.old": X, "y_train.0": Y,
                           "y_train.1": Y}, "x_train.old.npy look like shards of x_train"),
+    # A gap, and a leading zero (x_train.01 read beside x_train.1: rows twice).
+    "shard gap": ({"x_train.0": X, "x_train.2": X, "y_train.0": Y, "y_train.2": Y},
+                  "shards of x_train must be numbered from x_train.0.npy on without gaps or "
+                  "leading zeros; found x_train.0.npy, x_train.2.npy"),
+    "shard leading zero": ({"x_train.0": X, "x_train.1": X, "x_train.01": X, "y_train": Y},
+                           "found x_train.0.npy, x_train.01.npy, x_train.1.npy"),
+    "empty examples": (dict(x_train=np.zeros((8, 0), np.float32), y_train=Y),
+                       r"x_train.npy has shape \(8, 0\): each example of it is empty"),
 }
 
 
@@ -321,14 +351,18 @@ def test_streamed_regression_and_lr_finder_match_in_memory(tmp_path):
   np.testing.assert_array_equal(a.losses, b.losses)
 
 
-def test_split_views_read_only_the_rows_asked_for(digits_dir):
+def test_split_views_read_only_the_rows_asked_for(digits_dir, monkeypatch):
   x, y = _digits()
   ds = npy_dir.open_dir(digits_dir)
   norm = pipeline.Normalizer.fit(x[:1500])
   split = stream.StreamSplit(ds.x_test, ds.y_test, None, norm, regression=False)
   assert split.x.shape == (297, 8, 8, 1) and split.y.shape == (297,) and len(split.x) == 297
+  read, take = [], npy_dir.NpyRows.take
+  monkeypatch.setattr(npy_dir.NpyRows, "take",
+                      lambda self, rows: read.append(len(rows)) or take(self, rows))
   np.testing.assert_array_equal(np.asarray(split.x[5:9]), norm(x[1505:1509]))
   np.testing.assert_array_equal(np.asarray(split.y[[3, -1]]), y[[1503, -1]])
+  assert max(read) <= 4, read  # Never the whole split (297 rows) for a few of them.
   np.testing.assert_array_equal(np.asarray(split.x), norm(x[1500:]))  # Whole, on request.
   batches = list(split.eval_batches(128))
   assert [int(np.asarray(m).sum()) for *_, m in batches] == [128, 128, 41]

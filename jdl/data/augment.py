@@ -14,7 +14,9 @@ and crops need such inputs; noise and mixup work on any ``[B, ...]`` input.
 Augmentation is applied to training batches only, never to evaluation. It acts
 on inputs *after* normalisation (the splits live on the device normalised), so
 ``augment.noise_std`` is in standard-deviation units of the normalised data and
-a zero fill is the train-split mean. Centering and std normalisation of each
+a zero fill is the train-split mean where the inputs are centred
+(``normalize='featurewise'``, ``'featurewise_center'``, ``'global'``: grey, not
+black, on MNIST), the raw value 0 with ``normalize='none'``. Centering and std normalisation of each
 input feature (each pixel; Keras' ``featurewise_*`` use one value per channel)
 with train-split statistics are ``config.normalize='featurewise'``; centering
 alone is ``'featurewise_center'`` (:mod:`jdl.data.pipeline`).

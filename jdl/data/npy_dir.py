@@ -148,6 +148,12 @@ def _find(directory: pathlib.Path, key: str) -> list[pathlib.Path]:
   if single.is_file() and shards:
     raise JdlError(f"{directory} holds both {single.name} and shards {shards[0].name}, ...; "
                    "keep one of them")
+  # The shards are read in their numbers' order: exactly 0..k-1, each once.
+  names = [p.name for p in shards]
+  expected = [f"{key}.{i}.npy" for i in range(len(shards))]
+  if sorted(names) != sorted(expected):
+    raise JdlError(f"{directory}: the shards of {key} must be numbered from {key}.0.npy "
+                   f"on without gaps or leading zeros; found {', '.join(names)}")
   return [single] if single.is_file() else shards
 
 
@@ -219,6 +225,8 @@ def open_dir(directory: str | pathlib.Path) -> StreamDataset:
     if len(x.shape) < 2:
       raise JdlError(f"{x.name} has shape {x.shape}; x needs one row per example, [N, ...] "
                      "(reshape 1-D inputs to [N, 1])")
+    if 0 in x.shape[1:]:
+      raise JdlError(f"{x.name} has shape {x.shape}: each example of it is empty")
     if x.shape[1:] != x_shape:
       raise JdlError(f"{x.name} has examples of shape {x.shape[1:]} but x_train has "
                      f"{x_shape}; they must match")

@@ -72,9 +72,11 @@ class Dataset:
       inputs; ``"src"`` and ``"tgt"`` for seq2seq), built on the train split;
       ``x`` then holds int32 token ids. ``None`` otherwise.
     rebuild_vocab: text datasets whose vocabulary was built here: ``rebuild(rows)``
-      is this dataset with the vocabulary built on the train rows ``rows`` only
-      and every split encoded with it. A run calls it with the rows it trains on,
-      so no word seen only in its validation rows gets an id. ``None`` otherwise.
+      is the dataset as loaded, with the vocabulary built on the train rows ``rows``
+      only and every split encoded with it (changes made to the arrays since are
+      not kept). A run that loads its dataset from the config calls it with the
+      rows it trains on, so no word seen only in its validation rows gets an id; a
+      dataset given to ``fit`` is used as it is. ``None`` otherwise.
   """
 
   x_train: np.ndarray
@@ -317,6 +319,11 @@ def _load_idx_family(req: _Request) -> Dataset:
           f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} "
           "labels; one of the files is wrong or from another dataset"
       )
+    # MNIST-family files hold bytes: pixels 0..255 (scaled by 1/255 below), labels 0..9.
+    for path, a in ((images_path, images), (labels_path, labels)):
+      if a.dtype != np.uint8:
+        raise JdlError(f"{path} holds {a.dtype} values; MNIST-family IDX files hold unsigned "
+                       "bytes (dtype code 0x08)")
   train_size, test_size = arrays["x_train"].shape[1:], arrays["x_test"].shape[1:]
   if test_size != train_size:
     raise JdlError(
@@ -427,6 +434,9 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
 def _load_npz(req: _Request) -> Dataset:
   path = _npz_path(req)
   arrays = _read_npz(path)
+  for key in ("y", "y_test", "y_val"):  # Named as in the file, before any split.
+    if key in arrays and arrays[key].dtype.kind == "f":
+      require_finite(arrays[key], f"npz file {path}: {key}")
   ys = [arrays[k] for k in ("y", "y_test", "y_val") if k in arrays]
   y_all = np.concatenate([y.reshape(len(y), -1) for y in ys])
   regression = y_all.dtype.kind == "f" and not (
@@ -546,8 +556,9 @@ def load_dataset(
     test_split: the test fraction for sources without a test set of their own
       (scikit-learn sets, synthetic sets but ``xor``, npz without ``x_test``).
     seed: the seed of the split and of the synthetic generators.
-    n_samples: the number of generated examples (synthetic sets only); defaults: moons,
-      circles, blobs 1000; xor 4; linear 200.
+    n_samples: the number of generated examples (synthetic sets, ``adding_problem``
+      and ``dates`` only); defaults: moons, circles, blobs 1000; xor 4; linear 200;
+      adding_problem 10000; dates 20000.
     noise: the noise of a synthetic set: moons, circles: sklearn's ``noise`` (default
       0.1); blobs: the clusters' std (default 1.0); xor: the std of Gaussian noise on
       the training points (default none); linear: the std of the target noise (default

@@ -103,19 +103,20 @@ def read_tsv(path: pathlib.Path, columns: Sequence[str], *,
 
 def _labels(values: list[str], path: pathlib.Path, lines: Sequence[int], *,
             num_classes: int = 2) -> np.ndarray:
-  try:
-    labels = np.array([int(v) for v in values], np.int32)
-  except ValueError:
-    bad = next(i for i, v in enumerate(values) if not v.strip().lstrip("-").isdigit())
-    raise JdlError(f"{path}, line {lines[bad]}: label {values[bad]!r} is not an integer class "
-                   "id") from None
-  outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
-  if outside.size:
-    bad = int(outside[0])
+  ids = []
+  for i, v in enumerate(values):
+    try:
+      ids.append(int(v))
+    except ValueError:
+      raise JdlError(f"{path}, line {lines[i]}: label {v!r} is not an integer class id"
+                     ) from None
+  outside = [i for i, label in enumerate(ids) if not 0 <= label < num_classes]
+  if outside:
+    bad = outside[0]
     raise JdlError(f"{path}, line {lines[bad]}: label {values[bad]!r} is not a class id in "
-                   f"0..{num_classes - 1} ({outside.size} such line"
-                   f"{'s' if outside.size > 1 else ''})")
-  return labels
+                   f"0..{num_classes - 1} ({len(outside)} such line"
+                   f"{'s' if len(outside) > 1 else ''})")
+  return np.array(ids, np.int32)
 
 
 def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | None = None):

@@ -75,9 +75,11 @@ def validate_arrays(
 
   Args:
     x: inputs, ``[N, ...]``.
-    y: targets, ``[N]`` class ids for classification, ``[N]`` or ``[N, K]`` for regression.
-    num_classes: the number of classes (classification); ignored for regression.
-    task: ``"classification"`` or ``"regression"``.
+    y: targets, ``[N]`` class ids for classification, ``[N]`` or ``[N, K]`` for
+      regression, ``[N, T]`` token ids for seq2seq.
+    num_classes: the number of classes (classification) or target tokens (seq2seq);
+      ignored for regression.
+    task: one of :data:`TASKS`.
     split: the split's name for messages, e.g. ``"train"``.
 
   Raises:
