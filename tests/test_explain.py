@@ -142,6 +142,23 @@ def test_gradient_functions_compile_once_per_shape():
     (lambda: explain.lime_tabular(lambda z: z, X[0], key=jax.random.key(0), mode="x"), "mode"),
     (lambda: explain.lime_image(lambda z: z, X, key=jax.random.key(0), num_samples=1),
      "num_samples"),
+    # Each was a TypeError, ValueError or LinAlgError, or (a bool) taken as 1.
+    (lambda: explain.lime_tabular(sum_scores, X4, key=KEY, std=1.0, ridge=0.0, num_samples=3,
+                                  mode="mask"), "singular .* ridge > 0"),
+    (lambda: explain.lime_tabular(sum_scores, X4, key=KEY, std=1.0, batch_size=2.5),
+     "batch_size must be an integer >= 1, got 2.5"),
+    (lambda: explain.lime_tabular(sum_scores, X4, key=KEY, std=1.0, kernel_width="a"),
+     "kernel_width must be a finite number > 0"),
+    (lambda: explain.lime_tabular(sum_scores, X4, key=KEY, std=1.0, ridge=-1.0), "ridge"),
+    (lambda: explain.integrated_gradients(linear_apply, LINEAR_VARS, X, steps=True),
+     "steps must be an integer >= 1, got True"),
+    (lambda: explain.integrated_gradients(linear_apply, LINEAR_VARS, X, steps_per_batch=2.5),
+     "steps_per_batch must be an integer >= 1 or None"),
+    (lambda: explain.lime_image(one_cell_classifier, np.ones((8, 8)), key=KEY, cell_size=(2,)),
+     r"cell_size must be a positive integer or a pair"),
+    (lambda: explain.lime(one_cell_classifier, np.ones((8, 8)), key=KEY, std=1.0),
+     "lime_image .* takes no std"),
+    (lambda: explain.remove_top_k(X, X, 1, baseline=np.zeros(3)), "baseline of shape"),
 ])
 def test_bad_arguments_raise_jdl_errors(call, match):
   with pytest.raises(JdlError, match=match):
@@ -344,6 +361,10 @@ BAD_INPUTS = {
         np.ones((8, 8)), None, tmp / "x.jpg"), r"\.png"),
     "overlay_grid_jpg": (lambda m, xn, tmp: explain.save_overlay_grid(
         [np.ones((8, 8))], [None], tmp / "x.jpg"), r"\.png"),
+    "overlay_grid_ncols": (lambda m, xn, tmp: explain.save_overlay_grid(
+        [np.ones((8, 8))], [None], tmp / "x.png", ncols=-1), "ncols"),
+    "overlay_dpi": (lambda m, xn, tmp: explain.save_overlay(
+        np.ones((8, 8)), None, tmp / "x.png", dpi=0), "dpi"),
 }
 
 
@@ -357,6 +378,27 @@ def test_bad_inputs_raise_one_line_jdl_errors(case, trained, tmp_path):
       call(m, xn, tmp_path)
   assert "\n" not in str(info.value)
   assert not (tmp_path / "x.jpg").exists()
+
+
+def test_probabilities_of_a_single_logit_are_the_sigmoid_pair():
+  # A binary classifier with one logit (binary_crossentropy): its softmax was a
+  # constant 1.0, and LIME explained that constant.
+  w = np.array([[0.5], [-1.0], [2.0], [0.25]], np.float32)
+  m = explain.RunModel(lambda v, x, train=False: x @ v["w"], {"w": jnp.asarray(w)},
+                       lambda x: x, (4,))
+  z = (X[:, :4] @ w)[:, 0].astype(np.float64)
+  p1 = 1 / (1 + np.exp(-z))
+  np.testing.assert_allclose(np.asarray(m.probabilities(X[:, :4])),
+                             np.stack([1 - p1, p1], axis=1), rtol=1e-5, atol=1e-7)
+  e = explain.lime_tabular(m.probabilities, X[0, :4], key=KEY, std=1.0, target=1,
+                           num_samples=500)
+  assert e.r2 > 0.5 and np.abs(e.weights).max() > 1e-3, e
+
+
+def test_weighted_ridge_of_a_constant_target_explains_it_all():
+  z = RNG.normal(size=(50, 3))
+  _, intercept, r2 = explain.weighted_ridge(z, np.full(50, 0.3), np.linspace(0.1, 1, 50))
+  assert r2 == 1.0 and intercept == pytest.approx(0.3)
 
 
 def test_lime_takes_typed_and_raw_keys():

@@ -11,7 +11,11 @@
   :func:`remove_top_k`: the deletion check.
 
 Attributions are computed in the space the model sees (normalised inputs), and the
-explained output is, by default, each example's predicted class.
+explained output is, by default, each example's predicted class. A model with one
+output (a binary classifier's logit: the log-odds of class 1) has one output to
+explain, whatever the prediction: the evidence for class 0 is the negated
+attribution. LIME explains class probabilities (``RunModel.probabilities``: the
+sigmoid pair ``[1 - p, p]`` of one logit).
 
 Examples:
   >>> import jax, jax.numpy as jnp, flax.linen as nn

@@ -90,6 +90,28 @@ def require_key(key: Any, name: str = "key") -> None:
   errors.require(ok, f"{name} must be one PRNG key, e.g. jax.random.key(seed), got {given}")
 
 
+def require_int(value: Any, name: str, *, at_least: int = 1, allow_none: bool = False) -> None:
+  """Requires an integer (not a bool) ``>= at_least``, or ``None`` if allowed."""
+  if allow_none and value is None:
+    return
+  ok = (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        and value >= at_least)
+  errors.require(ok, f"{name} must be an integer >= {at_least}"
+                 f"{' or None' if allow_none else ''}, got {value!r}")
+
+
+def require_number(value: Any, name: str, *, positive: bool = False,
+                   allow_none: bool = False) -> None:
+  """Requires a finite real number (not a bool), ``> 0`` with ``positive`` else ``>= 0``."""
+  if allow_none and value is None:
+    return
+  ok = (isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, (bool, np.bool_)) and np.isfinite(value)
+        and (value > 0 if positive else value >= 0))
+  errors.require(ok, f"{name} must be a finite number {'> 0' if positive else '>= 0'}"
+                 f"{' or None' if allow_none else ''}, got {value!r}")
+
+
 def require_finite(a: np.ndarray, name: str) -> None:
   """Raises a JdlError if ``a`` holds a NaN or an infinity."""
   bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))

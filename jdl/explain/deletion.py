@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl import errors
+from jdl.explain import _checks
 
 
 @jax.jit
@@ -53,5 +54,5 @@ def remove_top_k(x: jax.Array, scores: jax.Array, k: int,
                  f"scores of shape {scores.shape} must have the inputs' shape {x.shape}")
   errors.require(isinstance(k, (int, np.integer)) and 0 <= k <= size,
                  f"k must be an integer in [0, {size}], got {k!r}")
-  base = jnp.broadcast_to(jnp.asarray(baseline, jnp.float32), x.shape)
+  base = jnp.asarray(_checks.broadcast(baseline, x.shape, "baseline", "the inputs'"))
   return np.asarray(_remove_top_k(x, scores, base, jnp.int32(k)))

@@ -220,13 +220,11 @@ def integrated_gradients(apply_fn: ApplyFn, variables: Any, x: jax.Array,
     ICML, arXiv:1703.01365: eq. 1 (definition), Prop. 1 (completeness), sec. 3
     (Riemann approximation; "check that the attributions add up to within 5%").
   """
-  errors.require(isinstance(steps, (int, np.integer)) and steps >= 1,
-                 f"steps must be a positive integer, got {steps!r}")
+  _checks.require_int(steps, "steps")
   errors.require(rule in _RULES, f"unknown rule {rule!r}; valid rules: {', '.join(_RULES)}")
   errors.require(check in ("warn", "raise", "off"),
                  f"check must be 'warn', 'raise' or 'off', got {check!r}")
-  errors.require(steps_per_batch is None or steps_per_batch >= 1,
-                 f"steps_per_batch must be None or >= 1, got {steps_per_batch!r}")
+  _checks.require_int(steps_per_batch, "steps_per_batch", allow_none=True)
   errors.require(isinstance(tolerance, (int, float, np.integer, np.floating))
                  and not isinstance(tolerance, bool) and tolerance >= 0,
                  f"tolerance must be a number >= 0, got {tolerance!r}")

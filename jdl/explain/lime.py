@@ -20,6 +20,8 @@ the package's weights.
 
 from __future__ import annotations
 
+import inspect
+
 import math
 from typing import Callable, NamedTuple
 
@@ -82,10 +84,17 @@ def weighted_ridge(features: np.ndarray, y: np.ndarray, sample_weight: np.ndarra
   zc, yc = z - z_bar, y - y_bar
   gram = zc.T @ (w[:, None] * zc)
   # With p summing to one, alpha / m is alpha per unit of average weight.
-  beta = np.linalg.solve(gram + alpha / len(y) * np.eye(z.shape[1]), zc.T @ (w * yc))
+  try:
+    beta = np.linalg.solve(gram + alpha / len(y) * np.eye(z.shape[1]), zc.T @ (w * yc))
+  except np.linalg.LinAlgError:
+    raise errors.JdlError(f"the weighted least-squares fit of {len(y)} samples on {z.shape[1]} "
+                   "features is singular (too few distinct samples for ridge=0): use "
+                   "ridge > 0 or more num_samples") from None
   residual = yc - zc @ beta
   total = w @ yc**2
-  r2 = 1.0 - (w @ residual**2) / total if total > 0 else 1.0
+  # A constant target is fitted exactly by the intercept (its centred values are
+  # rounding noise, not variance to explain).
+  r2 = 1.0 if np.ptp(y) == 0 or total <= 0 else 1.0 - (w @ residual**2) / total
   return beta, float(y_bar - z_bar @ beta), float(r2)
 
 
@@ -117,12 +126,10 @@ def _predict(predict_fn: PredictFn, batch: jax.Array, batch_size: int) -> np.nda
 
 
 def _check_common(num_samples, kernel_width, ridge, batch_size) -> None:
-  errors.require(isinstance(num_samples, (int, np.integer)) and num_samples >= 2,
-                 f"num_samples must be an integer >= 2, got {num_samples!r}")
-  errors.require(kernel_width is None or kernel_width > 0,
-                 f"kernel_width must be positive, got {kernel_width!r}")
-  errors.require(ridge >= 0, f"ridge must be >= 0, got {ridge!r}")
-  errors.require(batch_size >= 1, f"batch_size must be >= 1, got {batch_size!r}")
+  _checks.require_int(num_samples, "num_samples", at_least=2)
+  _checks.require_number(kernel_width, "kernel_width", positive=True, allow_none=True)
+  _checks.require_number(ridge, "ridge")
+  _checks.require_int(batch_size, "batch_size")
 
 
 def _pick_target(outputs: np.ndarray, target: int | None) -> int:
@@ -236,8 +243,13 @@ def lime_tabular(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array,
 
 def grid_cells(height: int, width: int, cell_size: int | tuple[int, int]) -> np.ndarray:
   """``[height, width]`` the grid-cell index of each pixel (row-major cells)."""
-  ch, cw = (cell_size, cell_size) if isinstance(cell_size, (int, np.integer)) else cell_size
-  errors.require(ch >= 1 and cw >= 1, f"cell_size must be positive, got {cell_size!r}")
+  sizes = (cell_size, cell_size) if isinstance(cell_size, (int, np.integer)) else cell_size
+  ok = (isinstance(sizes, (tuple, list)) and len(sizes) == 2
+        and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) and c >= 1
+                for c in sizes))
+  errors.require(ok, f"cell_size must be a positive integer or a pair (height, width) of "
+                 f"them, got {cell_size!r}")
+  ch, cw = sizes
   gw = -(-width // cw)
   rows, cols = np.arange(height) // ch, np.arange(width) // cw
   return rows[:, None] * gw + cols[None, :]
@@ -313,4 +325,8 @@ def lime(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array, **kwargs) -> L
     **kwargs: passed on (see the two functions).
   """
   fn = lime_tabular if np.ndim(x) == 1 else lime_image
+  takes = set(inspect.signature(fn).parameters) - {"predict_fn", "x", "image", "key"}
+  extra = sorted(set(kwargs) - takes)
+  errors.require(not extra, f"{fn.__name__} (for an input of shape {np.shape(x)}) takes no "
+                 f"{', '.join(extra)}; its options: {', '.join(sorted(takes))}")
   return fn(predict_fn, x, key=key, **kwargs)

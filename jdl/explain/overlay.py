@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from jdl import errors
+from jdl.explain import _checks
 
 
 def _to_2d(a: np.ndarray, what: str) -> np.ndarray:
@@ -86,6 +87,7 @@ def _png_path(path: str | Path) -> Path:
 
 def _save(fig, path: Path, dpi: int) -> Path:
   """Writes ``fig`` to ``path`` as a PNG, parent folders created; OS errors are JdlErrors."""
+  _checks.require_number(dpi, "dpi", positive=True)
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     errors.require(os.access(path.parent, os.W_OK),
@@ -159,7 +161,8 @@ def save_overlay_grid(images: Sequence[np.ndarray], attributions: Sequence[np.nd
                  f"save_overlay_grid needs as many attributions and titles as images (>= 1); "
                  f"got {n} images, {len(attributions)} attributions, "
                  f"{None if titles is None else len(titles)} titles")
-  ncols = ncols or n
+  _checks.require_int(ncols, "ncols", allow_none=True)
+  ncols = min(ncols or n, n)
   nrows = math.ceil(n / ncols)
   fig = _figure((ncols * panel_size, nrows * panel_size))
   for i in range(n):

@@ -50,8 +50,13 @@ class RunModel:
     return _apply(self.apply_fn, self.variables, x)
 
   def probabilities(self, x: jax.Array) -> jax.Array:
-    """Softmax of :meth:`logits` (for LIME, which explains class probabilities)."""
-    return jax.nn.softmax(self.logits(x).astype(jnp.float32), axis=-1)
+    """Class probabilities ``[n, classes]`` (for LIME, which explains them): the
+    softmax of :meth:`logits`; for one logit ``z`` an example (a binary classifier
+    trained with ``binary_crossentropy``), ``[1 - sigmoid(z), sigmoid(z)]``."""
+    z = self.logits(x).astype(jnp.float32)
+    if z.shape[-1] == 1:  # softmax((0, z)) = (1 - sigmoid(z), sigmoid(z)).
+      z = jnp.concatenate([jnp.zeros_like(z), z], axis=-1)
+    return jax.nn.softmax(z, axis=-1)
 
 
 def _apply(apply_fn, variables, x):
