@@ -204,10 +204,10 @@ def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
   if out.name in workdir_lib.RUN_FILES and holds_run(parents[0]):
     raise JdlError(f"--out {raw!r} would overwrite the {out.name} of the run in "
                    f"{parents[0]}; name another file")
-  for p in parents:  # Nothing a run wrote is lost to an --out.
-    if p.name == "checkpoints" and holds_run(p.parent):
-      raise JdlError(f"--out {raw!r} would write into the checkpoints of the run in "
-                     f"{p.parent}; name a file outside them")
+  for p in parents:  # Nothing a run wrote is lost to an --out: not in its folders either.
+    if p.name in workdir_lib.RUN_FILES and holds_run(p.parent):
+      raise JdlError(f"--out {raw!r} would write into the {p.name}/ of the run in "
+                     f"{p.parent}; name a file outside it")
   for parent in out.absolute().parents:
     if parent.exists():
       if not parent.is_dir():

@@ -128,7 +128,11 @@ def run_checks(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset |
     rates = (float(config.optimizer.learning_rate),)
   else:
     rates = DEFAULT_OVERFIT_LRS
-  require(all(0 < r < math.inf for r in rates), f"overfit_lr must be > 0, got {overfit_lr}")
+  if overfit_lr is not None:
+    require(0 < rates[0] < math.inf, f"overfit_lr must be > 0 and finite, got {overfit_lr}")
+  else:  # The config's rate: named as the config's key.
+    require(all(0 < r < math.inf for r in rates), "optimizer.learning_rate must be > 0 and "
+            f"finite, got {config.optimizer.learning_rate}")
   require(gradcheck_examples >= 1, f"gradcheck_examples must be >= 1, got {gradcheck_examples}")
   trainer = Trainer(config, None, dataset=dataset, model=model, quiet=True, progress=False,
                     parallel="none")  # Its own one-device steps.
@@ -330,7 +334,12 @@ def check_nonzero_gradients(trainer, x: jax.Array, y: jax.Array) -> CheckResult:
 
 
 def check_data(trainer) -> list[CheckResult]:
-  """``data_balance``, ``data_inputs`` and ``data_finite`` on the arrays trained on."""
+  """``data_balance``, ``data_inputs`` and ``data_finite`` on the arrays trained on.
+
+  The loaders refuse NaN and Inf in a dataset's files before a run is built, so
+  ``data_finite`` catches what they cannot: values that normalisation made
+  non-finite, or splits a caller's ``trainer`` holds that no loader checked.
+  """
   data = trainer.data
   x = np.asarray(data.train.x)
   results = []
@@ -354,9 +363,11 @@ def check_data(trainer) -> list[CheckResult]:
   else:
     finite = np.isfinite(x)
     xf = x[finite] if not finite.all() else x
+    if xf.size == 0:
+      xf = np.full(1, np.nan)  # No finite input: every statistic NaN, and FAIL below.
     stats = {"min": float(xf.min()), "max": float(xf.max()),
              "mean": float(xf.mean(dtype=np.float64)), "std": float(xf.std(dtype=np.float64))}
-    ok = stats["std"] > 1e-6 and max(abs(stats["min"]), abs(stats["max"])) <= 100
+    ok = bool(stats["std"] > 1e-6 and max(abs(stats["min"]), abs(stats["max"])) <= 100)
     results.append(CheckResult(
         "data_inputs", PASS if ok else FAIL,
         f"train inputs {tuple(x.shape[1:])}: min {stats['min']:.3f} max {stats['max']:.3f} "

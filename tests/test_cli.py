@@ -131,7 +131,12 @@ def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
   for args, words in [(["profile", "--config", "xor", "--steps", "2", "--out",
                         "xor/config.json"], "would overwrite the config.json of the run"),
                       (["export", "--workdir", "xor", "--out", "xor/checkpoints/p.npz"],
-                       "would write into the checkpoints of the run")]:
+                       "would write into the checkpoints/ of the run"),
+                      # A run's plots replaced by lr-find's (exit 0).
+                      (["lr-find", "--config", "xor", "--steps", "5", "--out",
+                        "xor/plots/loss.png"], "would write into the plots/ of the run"),
+                      (["lr-find", "--config", "xor", "--steps", "5", "--out",
+                        "xor/tb/x.png"], "would write into the tb/ of the run")]:
     code, _, err = run_cli(*args, capsys=capsys)
     assert code == 2 and words in err, err
   assert _snapshot(tmp_path / "xor") == before

@@ -174,6 +174,9 @@ def test_cli_check_on_the_default_experiment(capsys):
     (["check", "--config.nope=1"], "unknown config key 'nope'"),
     (["check", "--overfit-steps", "0"], "argument --overfit-steps: must be >= 1, got 0"),
     (["check", "--config", "no_such_experiment"], "no config file or experiment"),
+    # The config's rate, named by its key (was "overfit_lr must be > 0, got None").
+    (["check", "--config", "xor", "--config.optimizer.learning_rate=-1"],
+     "optimizer.learning_rate must be > 0 and finite, got -1.0"),
 ])
 def test_cli_check_bad_input_is_one_error_line(argv, message, capsys):
   try:
@@ -204,6 +207,7 @@ _Y = np.repeat(np.arange(3), 20).astype(np.int32)
     (_X * 1000, _Y, ("data_inputs",)),  # Unscaled inputs.
     (np.zeros_like(_X), _Y, ("data_inputs",)),  # Constant inputs.
     (np.where(_X > 2.5, np.nan, _X), _Y, ("data_finite",)),
+    (np.full_like(_X, np.nan), _Y, ("data_inputs", "data_finite")),  # Was a ValueError.
 ])
 def test_data_checks_against_numpy(x, y, failing):
   results = {r.name: r for r in sanity.check_data(_fake_trainer(x, y))}
@@ -212,6 +216,7 @@ def test_data_checks_against_numpy(x, y, failing):
   assert results["data_balance"].values["min_share"] == pytest.approx(share.min(), rel=1e-12)
   assert results["data_balance"].values["max_share"] == pytest.approx(share.max(), rel=1e-12)
   finite = x[np.isfinite(x)]
-  assert results["data_inputs"].values["std"] == pytest.approx(finite.std(dtype=np.float64),
-                                                               rel=1e-6, abs=1e-12)
+  if finite.size:
+    assert results["data_inputs"].values["std"] == pytest.approx(
+        finite.std(dtype=np.float64), rel=1e-6, abs=1e-12)
   assert got == failing, [r.line() for r in results.values()]
