@@ -49,7 +49,9 @@ def did_you_mean(word: object, choices: Iterable[object]) -> str:
   """``": did you mean 'x'?"`` for the closest of ``choices`` to a mistyped ``word``
   (``""`` if none is close)."""
   import difflib
-  close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.8)
+  names = [str(c) for c in choices]
+  same_letters = [c for c in names if c.lower() == str(word).lower()]  # 'SGD' for 'sgd'.
+  close = same_letters or difflib.get_close_matches(str(word), names, n=1, cutoff=0.8)
   return f": did you mean {close[0]!r}?" if close else ""
 
 

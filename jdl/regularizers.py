@@ -143,10 +143,19 @@ def penalty(params: Any, rules: Sequence[Rule]) -> jax.Array:
     w = jnp.asarray(w, jnp.float32)
     # Skip a term only for a literal 0; coefficients may also be traced arrays.
     if not (isinstance(l1, (int, float)) and l1 == 0):
-      total += l1 * jnp.sum(jnp.abs(w))
+      total += l1 * abs_sum(w)
     if not (isinstance(l2, (int, float)) and l2 == 0):
       total += l2 * jnp.sum(jnp.square(w))
   return total
+
+
+def abs_sum(a: jax.Array) -> jax.Array:
+  """``sum |a|`` whose gradient is ``sign(a)``: 0 at 0, as Keras' and PyTorch's L1.
+
+  ``jnp.abs``'s gradient at 0 is 1, which would push an exact zero to ``-lr * l1``
+  and back, step after step, instead of leaving it at the penalty's minimum.
+  """
+  return jnp.sum(jnp.sign(jax.lax.stop_gradient(a)) * a)
 
 
 def activity_penalty(intermediates: Any, l1: float, pattern: str = ".*") -> jax.Array:
@@ -185,7 +194,7 @@ def activity_penalty(intermediates: Any, l1: float, pattern: str = ".*") -> jax.
   for path, a in jax.tree_util.tree_leaves_with_path(intermediates):
     if regex.fullmatch(tree_path(path)):
       a = jnp.asarray(a, jnp.float32)
-      total += jnp.sum(jnp.abs(a)) / a.shape[0]
+      total += abs_sum(a) / a.shape[0]
   return l1 * total
 
 

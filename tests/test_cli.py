@@ -166,6 +166,8 @@ def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
      "unknown config key 'optimzer' (in --config.optimzer.learning_rate): did you mean "
      "'optimizer'?"),
     (["--config", "xor", "--config.=3"], "--config.=3 names no key"),
+    # Another case is the nearest name (difflib's ratio of 'SGD' to 'sgd' is 0).
+    (["--config", "xor", "--config.optimizer.name=SGD"], "did you mean 'sgd'?"),
 ])
 def test_a_mistyped_name_gets_the_nearest_one(args, words, capsys):
   code, _, err = run_cli("check", *args, capsys=capsys)

@@ -562,7 +562,7 @@ def test_unknown_schedule_lists_valid_names():
         ({"learning_rate": math.inf}, {}, {}, "optimizer.learning_rate must be > 0 and finite"),
         ({"clip_norm": math.nan}, {}, {}, "optimizer.clip_norm must be >= 0 and finite"),
         ({"accumulate_steps": 0}, {}, {}, "optimizer.accumulate_steps must be an integer >= 1, got 0"),
-        ({"accumulate_steps": 8}, {}, {}, r"steps_per_epoch \(4\) must be >= optimizer.accumulate_steps \(8\)"),
+        ({"accumulate_steps": 8}, {}, {}, r"an epoch of 4 steps \(train examples // batch_size\) must hold at least optimizer.accumulate_steps \(8\)"),
         ({"weight_decay": -0.1}, {}, {}, "optimizer.weight_decay must be >= 0 and finite, got -0.1"),
         ({"clip_norm": -1.0}, {}, {}, "optimizer.clip_norm must be >= 0"),
         ({"momentum": 1.0}, {}, {}, r"optimizer.momentum must be in \[0, 1\), got 1.0"),
@@ -587,7 +587,7 @@ def test_invalid_values_name_key_and_value(optimizer, schedule, plateau, message
 
 
 def test_eps_may_be_0_where_nothing_divides_by_it():
-  for name in ("momentum", "adagrad"):  # optax's adagrad guards its own division.
+  for name in ("adagrad",):  # optax's adagrad guards its own division.
     config = make_config({"name": name, "eps": 0.0})
     tx = optim.create_optimizer(config, steps_per_epoch=4, num_epochs=5)
     grads = {"w": jnp.array([0.0, 1.0])}
@@ -600,6 +600,19 @@ def test_adadelta_at_the_shared_learning_rate_is_advised_zeilers():
   assert optim.advice(make_config({"name": "adadelta", "learning_rate": 1.0}).optimizer) == []
   (line,) = optim.advice(make_config({"name": "adadelta", "learning_rate": 1e-3}).optimizer)
   assert "1000x smaller" in line and "--config.optimizer.learning_rate=1.0" in line
+
+
+def test_settings_that_do_nothing_are_advised():
+  # AdamW without weight decay is Adam, bit for bit.
+  (line,) = optim.advice(make_config({"name": "adamw"}).optimizer)
+  assert "weight_decay=0 is Adam" in line
+  assert optim.advice(make_config({"name": "adamw", "weight_decay": 1e-4}).optimizer) == []
+  # A step schedule whose first decay falls after the run (the default every 30 epochs).
+  config = make_config(schedule={"name": "step"})
+  (line,) = optim.advice(config.optimizer, config.schedule, 10)
+  assert "decays every 30 epochs but the run has 10" in line
+  assert optim.advice(config.optimizer, config.schedule, 31) == []
+  assert optim.advice(config.optimizer, make_config().schedule, 10) == []
 
 
 def test_frozen_parameters_stay_under_gradient_accumulation():

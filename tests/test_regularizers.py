@@ -113,6 +113,20 @@ def test_l2_penalty_gradient_is_2_l2_w_on_matched_leaves_only():
     np.testing.assert_array_equal(_leaf(grads, path), 0.0)
 
 
+def test_l1_gradients_are_l1_sign_w_and_0_at_exact_zeros():
+  # Keras' and PyTorch's convention: sign(0) = 0. jnp.abs's gradient at 0 is 1, which
+  # moved a zero weight to -lr * l1 and back every other step.
+  w = jnp.array([-2.0, -0.0, 0.0, 0.5, 3.0])
+  l1 = 0.1
+  grads = jax.grad(regularizers.penalty)({"w": w}, (("w", l1, 0.0),))
+  np.testing.assert_array_equal(np.asarray(grads["w"]), l1 * np.sign(np.asarray(w)))
+  acts = {"act_0": (jnp.array([[0.0, 1.5], [-2.0, 0.0]]),)}
+  g = jax.grad(lambda a: regularizers.activity_penalty(a, l1))(acts)["act_0"][0]
+  np.testing.assert_allclose(np.asarray(g), l1 / 2 * np.array([[0.0, 1.0], [-1.0, 0.0]]),
+                             rtol=1e-6, atol=0)  # Exact zeros where a = 0.
+  assert float(regularizers.penalty({"w": w}, (("w", l1, 0.0),))) == pytest.approx(0.55)
+
+
 def test_rules_from_config_order_rules_then_exclude_then_include():
   reg = base_config().regularization
   reg.l2 = 0.1

@@ -84,27 +84,47 @@ def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
               "clip_norm"):
     check(0 <= opt[key] < math.inf, f"optimizer.{key}", opt[key], ">= 0 and finite")
   if opt.name in _DIVIDES_BY_EPS:
-    # Its update divides by sqrt(v) + eps: a gradient entry that is always 0 gives 0/0.
+    # Its update divides by sqrt(v) + eps (the adam family) or sqrt(v + eps) (rmsprop,
+    # adadelta): a gradient entry that is always 0 gives 0/0 with eps = 0.
     check(opt.eps > 0, "optimizer.eps", opt.eps, f"> 0 for {opt.name} (its update divides "
-          "by sqrt(v) + eps; 0 makes a NaN wherever a gradient is 0)")
+          "by a root of the squared gradients' average with eps; 0 makes a NaN wherever a "
+          "gradient is 0)")
 
 
-# The optimizers whose update divides by a root of squared gradients plus eps
-# (optax's adagrad guards its division itself).
+# The optimizers whose update divides by a root of squared gradients and eps: adam,
+# adamw, adamax, nadam by sqrt(v) + eps; optax's rmsprop and adadelta by sqrt(v + eps),
+# eps inside the root (Keras and PyTorch put rmsprop's outside). optax's adagrad
+# guards its division itself.
 _DIVIDES_BY_EPS = ("adadelta", "rmsprop", "adam", "adamw", "adamax", "nadam")
 # Zeiler's Adadelta takes no learning rate (1.0) and eps 1e-6 (PyTorch's and optax's
 # defaults); the shared defaults (1e-3, 1e-8) make its steps ~3e-7 and it barely moves.
 ADADELTA_MIN_LR = 0.1
 
 
-def advice(opt: ml_collections.ConfigDict) -> list[str]:
-  """Warnings for optimizer settings that are valid but will hardly train."""
+def advice(opt: ml_collections.ConfigDict, schedule: ml_collections.ConfigDict | None = None,
+           num_epochs: int | None = None) -> list[str]:
+  """Warnings for settings that are valid but will hardly train, or do nothing.
+
+  Args:
+    opt: ``config.optimizer``.
+    schedule: ``config.schedule`` (optional).
+    num_epochs: the run's epochs, for the schedule's (optional).
+  """
+  lines = []
   if opt.name == "adadelta" and opt.learning_rate < ADADELTA_MIN_LR:
-    return [f"optimizer 'adadelta' with learning_rate={opt.learning_rate:g} takes steps "
-            f"about {1 / opt.learning_rate:.0f}x smaller than Zeiler's method, which uses "
-            "1.0 (Adadelta adapts its own step size); set "
-            "--config.optimizer.learning_rate=1.0 (and eps=1e-6, as PyTorch and optax do)"]
-  return []
+    lines.append(f"optimizer 'adadelta' with learning_rate={opt.learning_rate:g} takes steps "
+                 f"about {1 / opt.learning_rate:.0f}x smaller than Zeiler's method, which "
+                 "uses 1.0 (Adadelta adapts its own step size); set "
+                 "--config.optimizer.learning_rate=1.0 (and eps=1e-6, as PyTorch and optax do)")
+  if opt.name == "adamw" and opt.weight_decay == 0:
+    lines.append("optimizer 'adamw' with weight_decay=0 is Adam (its decoupled weight decay "
+                 "is off); set --config.optimizer.weight_decay (PyTorch's AdamW uses 1e-2)")
+  if (schedule is not None and num_epochs and schedule.name == "step"
+      and schedule.decay_every_epochs >= num_epochs):
+    lines.append(f"schedule 'step' decays every {schedule.decay_every_epochs:g} epochs but the "
+                 f"run has {num_epochs}: the learning rate stays {opt.learning_rate:g} "
+                 "throughout; set --config.schedule.decay_every_epochs below num_epochs")
+  return lines
 
 
 OPTIMIZERS: dict[str, Callable[[Any, optax.Schedule], optax.GradientTransformation]] = {

@@ -115,8 +115,11 @@ def keep_frozen_state(new_state: Any, old_state: Any,
 
 def check_freeze_patterns(config: ml_collections.ConfigDict, params: Any) -> None:
   """Raises a :class:`JdlError` if a ``optimizer.freeze`` pattern is invalid or
-  matches no parameter, or if the patterns freeze every parameter. ``tx.init(params)`` checks the same; this is for failing
-  before anything is compiled."""
+  matches no parameter, or if the patterns freeze every parameter.
+
+  ``tx.init(params)`` of the optimizer checks only that every pattern matches; the
+  trainer calls this before anything is compiled.
+  """
   patterns = compile_patterns(config.optimizer.freeze)
   if patterns:
     labels = jax.tree.leaves(freeze_labels(params, patterns))

@@ -38,8 +38,8 @@ def _updates_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch: float
   check(steps_per_epoch > 0, "steps_per_epoch", steps_per_epoch, "> 0")
   require(
       k == 1 or steps_per_epoch >= k,
-      f"steps_per_epoch ({steps_per_epoch}) must be >= optimizer.accumulate_steps"
-      f" ({k}): an epoch must hold at least one optimizer update",
+      f"an epoch of {steps_per_epoch} steps (train examples // batch_size) must hold at "
+      f"least optimizer.accumulate_steps ({k}) of them: one optimizer update",
   )
   return steps_per_epoch / k
 

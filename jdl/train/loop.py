@@ -576,7 +576,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     checkpoint written; ``result.trainer.preempted`` then names the signal.
     """
     self.holds_run_state = True  # Resumed from the workdir, or trained here.
-    for line in optim.advice(self.config.optimizer):
+    for line in optim.advice(self.config.optimizer, self.config.schedule,
+                             int(self.config.num_epochs)):
       self.warn(f"jdl: warning: {line}")
     if self.config.generative.classifier_workdir and (self.gan or self.config.task == "vae"):
       try:  # Said now, not after training: it scores the finished run.
