@@ -286,6 +286,8 @@ def _run_training(args, config, workdir) -> int:
     print(f"jdl: stopped by {trainer.preempted} at step {trainer.step}; checkpoint saved in "
           f"{result.workdir}/checkpoints; re-run the same command to resume", file=sys.stderr)
     return 128 + int(signum)
+  if trainer.nan_detected:  # Said (terminate_on_nan's line): the run did not finish.
+    return 2
   if not args.quiet:
     print(f"workdir: {result.workdir}")
   return 0

@@ -432,6 +432,23 @@ def test_multisteps_equals_one_step_on_mean_gradient(name):
   assert int(optim.update_count(state2)) == 1
 
 
+def test_training_with_accumulation_equals_the_k_times_batch():
+  # Through the whole loop: batches of 32 accumulated 2 at a time are the run of
+  # batches of 64 (the same epoch order: two consecutive 32-rows blocks are one 64-rows
+  # batch), with an L2 penalty, clipping and decoupled weight decay; no dropout.
+  import jdl
+  from conftest import make_config as run_config
+  common = dict(model__dropout_rate=0.0, regularization__l2=1e-3, optimizer__name="adamw",
+                optimizer__weight_decay=1e-2, optimizer__clip_norm=1.0, num_epochs=2)
+  big = jdl.fit(run_config(batch_size=64, **common), quiet=True)
+  acc = jdl.fit(run_config(batch_size=32, optimizer__accumulate_steps=2, **common),
+                quiet=True)
+  assert int(optim.update_count(acc.state.opt_state)) == int(big.state.step) == 40
+  chex.assert_trees_all_close(jax.device_get(acc.state.params),
+                              jax.device_get(big.state.params), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(acc.history["loss"], big.history["loss"], rtol=1e-5)
+
+
 # ---------------------------------------------------------- reduce on plateau
 
 

@@ -172,6 +172,65 @@ def test_workdir_layout_and_metrics_lines(tmp_path):
   assert "Total" in summary and "digits" in summary
 
 
+def test_nothing_compiles_inside_the_first_epochs_time(tmp_path):
+  # epoch_seconds and samples/s must not hold compilation (compile_seconds does): the
+  # epoch order's permutation, and a mid-epoch save's finiteness check and checksums,
+  # compiled on first use inside epoch 1 (its samples/s ~100x under epoch 2's).
+  compiles, armed = [], [False]
+
+  def listener(event, seconds, **kwargs):
+    if armed[0] and "backend_compile" in event:
+      compiles.append(event)
+
+  class Disarm(jdl.train.callbacks.Callback):
+    def on_steps_end(self, trainer, step, num_steps):
+      if step >= trainer.steps_per_epoch:
+        armed[0] = False
+
+  trainer = loop.Trainer(make_config(num_epochs=1, checkpoint_every_steps=10), tmp_path,
+                         quiet=True, callbacks=[Disarm()])
+  warm_up = trainer._warm_up
+
+  def warm_up_then_arm():
+    seconds = warm_up()
+    armed[0] = True
+    return seconds
+
+  trainer._warm_up = warm_up_then_arm
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    trainer.fit()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert 10 in jdl.checkpoint.step_numbers(tmp_path / "checkpoints")
+  assert compiles == []
+
+
+def test_a_nan_validation_loss_stops_the_run_and_says_so_even_when_quiet(tmp_path, capsys):
+  # One validation input makes this model's outputs NaN: terminate_on_nan stops at
+  # epoch 1's end. It was said only without quiet, and `jdl train` exited 0.
+  import flax.linen as nn
+
+  class NanOnLarge(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      out = nn.Dense(2)(x)
+      return out * jnp.where(x[:, :1] > 100, jnp.nan, 1.0)
+
+  rng = np.random.default_rng(0)
+  x, xv = rng.normal(size=(40, 4)).astype(np.float32), rng.normal(size=(8, 4)).astype(np.float32)
+  xv[3, 0] = 1000.0
+  label = lambda a: (a[:, 1] > 0).astype(np.int32)  # noqa: E731
+  ds = jdl.data.Dataset(x, label(x), x[:8], label(x[:8]), 2, "classification", "toy", (4,),
+                        x_val=xv, y_val=label(xv))
+  config = make_config(normalize="none", batch_size=10, num_epochs=3)
+  result = jdl.fit(config, tmp_path, dataset=ds, model=NanOnLarge(), quiet=True)
+  err = capsys.readouterr().err
+  assert result.trainer.nan_detected and result.test_metrics == {} and int(result.state.step) == 4
+  assert "jdl: error: val_loss is nan at epoch 1 (step 4): training stopped" in err, err
+  assert jdl.checkpoint.step_numbers(tmp_path / "checkpoints") == []
+
+
 def test_eval_metrics_are_exact_with_a_padded_last_batch():
   trainer = loop.Trainer(make_config(eval_batch_size=7), quiet=True)
   padded = trainer.evaluate_split(trainer.data.test)  # 360 = 51 * 7 + 3.
@@ -184,15 +243,27 @@ def test_eval_metrics_are_exact_with_a_padded_last_batch():
   assert padded["loss"] == pytest.approx(ref_loss, rel=1e-5)
 
 
-def test_early_stopping_stops_and_restores_best():
+def test_early_stopping_stops_and_restores_best(tmp_path, capsys):
   # A learning rate this large makes the validation loss worsen quickly.
   config = make_config(num_epochs=30, optimizer__learning_rate=0.5, optimizer__name="sgd",
-                       early_stopping__enabled=True, early_stopping__patience=1)
-  result = jdl.fit(config, quiet=True)
+                       early_stopping__enabled=True, early_stopping__patience=1,
+                       early_stopping__restore_best=True, print_every_epochs=100)
+  result = jdl.fit(config, tmp_path)
   epochs = len(result.history["val_loss"])
   assert epochs < 30
   best = int(np.nanargmin(result.history["val_loss"]))
   assert epochs - 1 - best == 1  # Stopped after `patience` epochs without improvement.
+  # The state is the best epoch's: its validation loss, evaluated again, is the logged one.
+  trainer = result.trainer
+  assert int(result.state.step) == (best + 1) * trainer.steps_per_epoch
+  assert trainer.evaluate_split(trainer.data.val)["loss"] == pytest.approx(
+      result.history["val_loss"][best], rel=1e-6)
+  # The last epoch's line is shown off the print cadence, and the summary tells the
+  # restored step from the last one trained.
+  out = capsys.readouterr().out
+  assert f"epoch {epochs}/30  step {epochs * trainer.steps_per_epoch}" in out, out
+  assert (f"final step {int(result.state.step)} (restored; trained to step "
+          f"{epochs * trainer.steps_per_epoch})") in (tmp_path / "summary.txt").read_text()
 
 
 def test_the_best_epoch_is_saved_whatever_the_checkpoint_cadence(tmp_path):
@@ -441,7 +512,71 @@ def test_a_callback_stops_training_after_the_block_in_flight(mode):
 
   result = jdl.fit(make_config(num_epochs=3, epoch_mode=mode, scan_chunk=5), quiet=True,
                    callbacks=[StopAtTen()])
-  assert int(result.state.step) == 10 and len(result.history["loss"]) == 1
+  # Step 10 of a 20-step epoch: a partial epoch is no epoch of the history.
+  assert int(result.state.step) == 10 and result.history == {} and result.test_metrics == {}
+
+
+class _StopAt(jdl.train.callbacks.Callback):
+  def __init__(self, step):
+    self.step = step
+
+  def on_steps_end(self, trainer, step, num_steps):
+    if step >= self.step:
+      trainer.stop_training = True
+
+
+def test_a_callback_stopping_mid_epoch_leaves_a_run_that_resumes_exactly(tmp_path):
+  # It was logged as a whole epoch, its checkpoint held emptied sums, and the re-run
+  # logged that epoch twice with the sums of its second part only.
+  config = make_config(num_epochs=3, scan_chunk=5, checkpoint_every_epochs=1)
+  full = jdl.fit(config, tmp_path / "full", quiet=True)
+  stopped = jdl.fit(config, tmp_path / "run", quiet=True, callbacks=[_StopAt(30)])
+  assert int(stopped.state.step) == 30 and stopped.history["loss"] == full.history["loss"][:1]
+  assert 30 in jdl.checkpoint.step_numbers(tmp_path / "run" / "checkpoints")
+  resumed = jdl.fit(config, tmp_path / "run", quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(resumed.state.params),
+                              jax.device_get(full.state.params))
+  assert resumed.history == full.history and resumed.test_metrics == full.test_metrics
+  lines = lambda d: [(r["split"], r["epoch"]) for r in map(  # noqa: E731
+      json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
+  assert lines("run") == lines("full")
+
+
+def test_blocks_end_on_the_mid_epoch_checkpoint_steps(tmp_path):
+  # An explicit scan_chunk of 7 (or the epoch, 20) saved at steps 14, 28, 40, ... (or
+  # only at epoch ends) instead of every 10 steps.
+  for chunk in (7, 20):
+    config = make_config(num_epochs=2, scan_chunk=chunk, checkpoint_every_steps=10,
+                         keep_checkpoints=10)
+    result = jdl.fit(config, tmp_path / str(chunk), quiet=True)
+    assert 10 % result.trainer.chunk == 0
+    assert jdl.checkpoint.step_numbers(tmp_path / str(chunk) / "checkpoints") == [10, 20, 30, 40]
+
+
+def test_a_resumed_run_hides_the_tensorboard_points_it_writes_again(tmp_path):
+  import struct
+  from tensorboardX.proto import event_pb2
+  config = make_config(num_epochs=3, tensorboard=True, checkpoint_every_epochs=2)
+  with pytest.raises(KeyboardInterrupt):  # Killed in epoch 3, after epoch 2's save (40).
+    jdl.fit(config, tmp_path, quiet=True, callbacks=[_Crash(at_step=45)])
+  jdl.fit(config, tmp_path, quiet=True)
+  files = sorted((tmp_path / "tb").glob("events.out.tfevents.*"))
+  assert len(files) == 2
+
+  def events(path):
+    data, out = path.read_bytes(), []
+    while data:
+      (n,) = struct.unpack("<Q", data[:8])
+      event = event_pb2.Event()
+      event.ParseFromString(data[12:12 + n])
+      out.append(event)
+      data = data[16 + n:]
+    return out
+
+  # TensorBoard drops earlier points from the step of a START session log on.
+  starts = [e.step for e in events(files[1]) if e.HasField("session_log")
+            and e.session_log.status == event_pb2.SessionLog.START]
+  assert starts == [41]
 
 
 def test_reduce_on_plateau_lowers_the_learning_rate():

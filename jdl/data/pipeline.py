@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +58,7 @@ class MemoryFeed:
 
   def __init__(self, split: Split, shuffle_key: jax.Array, batch_size: int):
     self.split, self.shuffle_key, self.batch_size = split, shuffle_key, batch_size
-    self._epoch, self._idx, self._padded = None, None, None
+    self._epoch, self._idx = None, None
 
   def shapes(self, n: int):
     """``(x, y, idx)`` of an ``n``-step block, ``idx`` abstract, to compile it."""
@@ -68,15 +69,17 @@ class MemoryFeed:
     """``size``: the indices are ``[size, batch_size]``, the rows after the block's
     ``n`` steps ``-1`` (padding: no step; :func:`jdl.train.steps.loop_steps`)."""
     if self._epoch != epoch:
-      perm = epoch_permutation(self.shuffle_key, epoch, self.split.size)
-      self._epoch, self._idx = epoch, train_batch_indices(perm, self.batch_size)
-      self._padded = None
+      self._epoch = epoch
+      self._idx = _epoch_batches(self.shuffle_key, epoch, self.split.size, self.batch_size)
     if size is None or size == n:
-      return self.split.x, self.split.y, self._idx[pos:pos + n]
-    if self._padded is None or self._padded.shape[0] < self._idx.shape[0] + size:
-      self._padded = jnp.concatenate(
-          [self._idx, jnp.full((size, self.batch_size), -1, self._idx.dtype)])
-    return self.split.x, self.split.y, _padded_rows(self._padded, pos, n, size)
+      return self.split.x, self.split.y, _rows(self._idx, pos, n)
+    return self.split.x, self.split.y, _padded_rows(self._idx, pos, n, size)
+
+  def warm_up(self, sizes: Iterable[tuple[int, int | None]]) -> None:
+    """Compiles what :meth:`block` runs for blocks of ``(n, size)`` (its arguments),
+    so that no compilation falls inside an epoch's time."""
+    for n, size in sizes:
+      jax.block_until_ready(self.block(0, 0, n, size)[2])
 
   def close(self) -> None:
     pass
@@ -145,14 +148,29 @@ def split_validation(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):
   return x[train], y[train], x[val], y[val]
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def epoch_permutation(shuffle_key: jax.Array, epoch: int, n: int) -> jax.Array:
-  """The example order of ``epoch``: ``[n]`` int32."""
+  """The example order of ``epoch``: ``[n]`` int32 (one compiled program for every
+  epoch: op by op, its first call compiled inside epoch 1's time)."""
   return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n).astype(jnp.int32)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _epoch_batches(shuffle_key: jax.Array, epoch, n: int, batch_size: int) -> jax.Array:
+  """``[n // batch_size, batch_size]``: the full batches of ``epoch``'s order."""
+  return train_batch_indices(epoch_permutation(shuffle_key, epoch, n), batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _rows(idx: jax.Array, pos, n: int) -> jax.Array:
+  """Rows ``pos..pos+n-1`` of ``idx`` (one program for every ``pos``)."""
+  return jax.lax.dynamic_slice_in_dim(idx, pos, n)
+
+
 @functools.partial(jax.jit, static_argnums=3)
-def _padded_rows(padded: jax.Array, pos, n, size: int) -> jax.Array:
-  """Rows ``pos..pos+size-1`` of ``padded``, those from ``n`` on set to ``-1``."""
+def _padded_rows(idx: jax.Array, pos, n, size: int) -> jax.Array:
+  """Rows ``pos..pos+size-1`` of ``idx``, those from ``n`` on set to ``-1``."""
+  padded = jnp.concatenate([idx, jnp.full((size, idx.shape[1]), -1, idx.dtype)])
   rows = jax.lax.dynamic_slice_in_dim(padded, pos, size)
   return jnp.where((jnp.arange(size) < n)[:, None], rows, -1)
 

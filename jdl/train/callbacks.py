@@ -39,7 +39,9 @@ class Callback:
     from 1) with its flat logs (``loss``, ``accuracy``, ``val_loss``, ...)."""
 
   def on_train_end(self, trainer) -> None:
-    pass
+    """When training ends and ``fit`` returns: at ``num_epochs``, on early stopping or
+    on a callback's stop. Not after a signal's stop (a preemption: the run resumes)
+    nor an error."""
 
   def kept_steps(self) -> tuple[int, ...]:
     """Steps whose checkpoints this callback reads back later: saved, never pruned."""
@@ -187,15 +189,22 @@ class ReduceLROnPlateau(Callback):
 
 
 class TerminateOnNaN(Callback):
-  """Stops training, before any checkpoint is written, once the loss is not finite."""
+  """Stops training, before any checkpoint is written, once the loss is not finite.
+
+  Said on stderr even when quiet; the run is not finished (``trainer.nan_detected``;
+  ``jdl train`` exits 2), and its checkpoints are all from before.
+  """
 
   def on_epoch_end(self, trainer, epoch, logs):
     bad = [k for k, v in logs.items() if k.endswith("loss") and not math.isfinite(v)]
     if bad:
       trainer.stop_training = True
       trainer.nan_detected = True
-      trainer.log(f"{bad[0]} is {logs[bad[0]]} at epoch {epoch + 1} (step {trainer.step}); "
-                  "stopping. No checkpoint of this state is written.")
+      last = trainer.checkpointer.latest_step() if trainer.checkpointer is not None else None
+      kept = (f"; the last checkpoint (step {last}) is intact" if last is not None else "")
+      trainer.warn(f"jdl: error: {bad[0]} is {logs[bad[0]]} at epoch {epoch + 1} (step "
+                   f"{trainer.step}): training stopped (terminate_on_nan), no checkpoint "
+                   f"of this state is written{kept}")
 
 
 class MetricsLogger(Callback):
@@ -285,11 +294,17 @@ class MetricsLogger(Callback):
 
 
 class TensorBoard(Callback):
-  """Scalars to TensorBoard event files under ``workdir/tb``."""
+  """Scalars to TensorBoard event files under ``workdir/tb``.
 
-  def __init__(self, logdir: str | Path):
+  A resumed run passes ``purge_step``, the first step it will write again:
+  TensorBoard then hides the points of earlier event files from that step on
+  (those a killed run wrote past its last checkpoint), as ``metrics.jsonl`` drops
+  its lines past it.
+  """
+
+  def __init__(self, logdir: str | Path, purge_step: int | None = None):
     from tensorboardX import SummaryWriter  # Imported lazily: a slow import.
-    self.writer = SummaryWriter(str(logdir))
+    self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
 
   def write(self, record: dict[str, Any]) -> None:
     split, step = record["split"], record["step"]

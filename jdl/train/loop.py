@@ -107,6 +107,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.config = config
     self.restart = restart
     self.preempted: str | None = None  # The signal that stopped training early.
+    self.trained_to: int | None = None  # The last step trained (before a restore_best).
     self.workdir = Path(workdir) if workdir else None
     if self.workdir is not None:
       ckpt_lib.check_directory_name(self.workdir)
@@ -260,9 +261,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self._compile()
     self.epoch_mode = strategy.choose_epoch_mode(config, self.train_step, self.state,
                                                  self._example_batch())
-    self.chunk = diagnose.align_chunk(
+    # Blocks end on the mid-epoch checkpoints' steps, then on the diagnostics' (those
+    # win when both are set): an explicit scan_chunk is lowered to a divisor of them.
+    self.chunk = diagnose.align_chunk(diagnose.align_chunk(
         strategy.choose_chunk(config, self.epoch_mode, self.steps_per_epoch),
-        int(config.diagnostics.every_steps))
+        int(config.checkpoint_every_steps)), int(config.diagnostics.every_steps))
     self._diagnostics = diagnose.DiagnosticsHook(self) if config.diagnostics.every_steps else None
     # Where each block of steps gets its inputs: the device-resident split, or
     # blocks streamed from disk by a background thread (dataset='npy_dir').
@@ -687,6 +690,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           break
       if stopping and pos < spe:
         return self._stop_early(stop.signal_name or "a signal to another process")
+      if self.stop_training and pos < spe:
+        return self._stop_mid_epoch()
       self._check_finite()
       train_logs = self.compute_metrics(self.train_names, self._acc)  # Syncs the device.
       seconds = time.perf_counter() - t0
@@ -699,8 +704,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         return self._stop_early(stop.signal_name or "a signal to another process")
     if self.checkpointer is not None:
       self.checkpointer.wait()
+    trained_to = self.step
     for callback in self.callbacks:
-      callback.on_train_end(self)
+      callback.on_train_end(self)  # Early stopping may restore an earlier state.
+    self.trained_to = trained_to
     test = self._finish()
     return FitResult(self.state, self.history, test, self.workdir, self)
 
@@ -803,6 +810,25 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self.tb.writer.close()
     return FitResult(self.state, self.history, {}, self.workdir, self)
 
+  def _stop_mid_epoch(self) -> FitResult:
+    """A callback stopped training inside an epoch: that partial epoch is no epoch of
+    the history. Its state and running sums are checkpointed (as a preemption's), so
+    re-running resumes the epoch exactly; the test split is not evaluated."""
+    self.progress.close()
+    self._check_finite()
+    if self.checkpointer is not None:
+      self._save()
+      self.checkpointer.wait()
+    self.log(f"a callback stopped training at step {self.step}, inside epoch "
+             f"{self.step // self.steps_per_epoch + 1}: "
+             + ("its checkpoint holds the partial epoch, which a re-run continues"
+                if self.checkpointer is not None else "the partial epoch is not recorded"))
+    for callback in self.callbacks:
+      callback.on_train_end(self)
+    if self.tb is not None:
+      self.tb.writer.close()
+    return FitResult(self.state, self.history, {}, self.workdir, self)
+
   def _stopped_before(self) -> bool:
     return any(getattr(c, "stopped_epoch", -1) >= 0 for c in self.callbacks)
 
@@ -816,6 +842,14 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self._blocks[n] = self.compile_block(block, n)
     if self._diagnostics:
       self._diagnostics.compile(self, shapes)
+    # What else compiles on first use, here rather than inside epoch 1's time: the
+    # blocks' indices (the epochs' order), and a save's finiteness check and checksums.
+    if hasattr(self.feed, "warm_up"):
+      self.feed.warm_up([(self.chunk, self.chunk)] if self.padded_blocks
+                        else [(n, None) for n in shapes])
+    if self.checkpointer is not None:
+      jax.block_until_ready(steps_lib.state_finite(self.state))
+      ckpt_lib.checksums(ckpt_lib.to_savable({"state": self.state, "acc": self._acc}))
     return time.perf_counter() - t0
 
   def _block_fn(self):
@@ -902,9 +936,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       values.extend([math.nan] * (epoch - len(values)))
       values.append(logs.get(k, math.nan))
     last = epoch + 1 == self.num_epochs
-    if last or (epoch + 1) % max(1, int(self.config.print_every_epochs)) == 0:
-      self.log(f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "
-               f"({seconds:.2f}s, {record['samples_per_sec']:.0f} samples/s)")
+    line = (f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "
+            f"({seconds:.2f}s, {record['samples_per_sec']:.0f} samples/s)")
+    printed = last or (epoch + 1) % max(1, int(self.config.print_every_epochs)) == 0
+    if printed:
+      self.log(line)
     generates = self.config.task in ("vae", "gan", "wgan_gp")
     if (self.workdir is not None and self.config.plots and generates
         and (last or (epoch + 1) % int(self.config.generative.sample_every_epochs) == 0)):
@@ -912,6 +948,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
                         title=f"epoch {epoch + 1}")
     for callback in self.callbacks:
       callback.on_epoch_end(self, epoch, logs)
+    if self.stop_training and not printed:  # The run's last epoch is always shown.
+      self.log(line)
     monitor, mode = self.config.monitor, self.config.monitor_mode
     metrics = ({monitor: logs[monitor]} if monitor and monitor in logs
                and math.isfinite(logs[monitor]) else {})
@@ -954,7 +992,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         self.save_reconstructions(self.workdir / "plots" / "reconstructions.png")
       if self.primary and not self.record_kept:
         with (self.workdir / "summary.txt").open("a") as f:
-          f.write(f"\nfinal step {self.step}; test: {json.dumps(test)}\n")
+          restored = (f" (restored; trained to step {self.trained_to})"
+                      if self.trained_to not in (None, self.step) else "")
+          f.write(f"\nfinal step {self.step}{restored}; test: {json.dumps(test)}\n")
       self.checkpointer.close()
     return test
 

@@ -212,8 +212,8 @@ class ResumableRun:
     if backup:
       self.warn(f"jdl: warning: {self.logger.path} had unreadable lines, which were "
                 f"dropped; the file as it was is kept as {backup}")
-    if self.config.tensorboard:
-      self.tb = cb.TensorBoard(wd / "tb")
+    if self.config.tensorboard:  # Points past the checkpoint are written again.
+      self.tb = cb.TensorBoard(wd / "tb", purge_step=start + 1 if start else None)
     return start
 
   def _record_config_changes(self, saved: dict, current: dict, step: int):

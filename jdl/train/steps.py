@@ -335,6 +335,7 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(_leaves_finite(leaves))
 
 
+@jax.jit
 def state_finite(state) -> jax.Array:
   """Whether a state's parameters, optimizer state and model state are all finite.
 
