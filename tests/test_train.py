@@ -231,6 +231,11 @@ def test_a_nan_validation_loss_stops_the_run_and_says_so_even_when_quiet(tmp_pat
   assert jdl.checkpoint.step_numbers(tmp_path / "checkpoints") == []
 
 
+def test_tensorboard_off_leaves_no_tb_folder(tmp_path):
+  jdl.fit(make_config(num_epochs=1, tensorboard=False), tmp_path, quiet=True)
+  assert not (tmp_path / "tb").exists() and (tmp_path / "plots").is_dir()
+
+
 def test_eval_metrics_are_exact_with_a_padded_last_batch():
   trainer = loop.Trainer(make_config(eval_batch_size=7), quiet=True)
   padded = trainer.evaluate_split(trainer.data.test)  # 360 = 51 * 7 + 3.

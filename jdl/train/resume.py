@@ -130,7 +130,7 @@ class ResumableRun:
                        "another --workdir")
     if self.primary:
       wd.mkdir(parents=True, exist_ok=True)
-      for sub in ("plots", "tb"):
+      for sub in ("plots", "tb") if self.config.tensorboard else ("plots",):
         (wd / sub).mkdir(exist_ok=True)
     config_json = wd / "config.json"
     current = json.loads(config_lib.to_json(self.config))
@@ -183,7 +183,7 @@ class ResumableRun:
       self.warn(f"jdl: warning: {wd} holds no checkpoint to resume, but its metrics.jsonl "
                 f"records a run to step {last}: starting over; that run's records were "
                 f"moved to {moved}")
-      for sub in ("plots", "tb"):
+      for sub in ("plots", "tb") if self.config.tensorboard else ("plots",):
         (wd / sub).mkdir(exist_ok=True)
       saved = None
     sources = {"data": self.data_source, "model": self.model_source}
