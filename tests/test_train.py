@@ -187,8 +187,9 @@ def test_nothing_compiles_inside_the_first_epochs_time(tmp_path):
       if step >= trainer.steps_per_epoch:
         armed[0] = False
 
-  trainer = loop.Trainer(make_config(num_epochs=1, checkpoint_every_steps=10), tmp_path,
-                         quiet=True, callbacks=[Disarm()])
+  # 21 steps an epoch in blocks of 10: the last block is 1 step (padded, in scan mode).
+  trainer = loop.Trainer(make_config(num_epochs=1, batch_size=60, checkpoint_every_steps=10),
+                         tmp_path, quiet=True, callbacks=[Disarm()])
   warm_up = trainer._warm_up
 
   def warm_up_then_arm():
@@ -202,7 +203,8 @@ def test_nothing_compiles_inside_the_first_epochs_time(tmp_path):
     trainer.fit()
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
-  assert 10 in jdl.checkpoint.step_numbers(tmp_path / "checkpoints")
+  assert trainer.steps_per_epoch == 21 and trainer.chunk == 10
+  assert {10, 20} <= set(jdl.checkpoint.step_numbers(tmp_path / "checkpoints"))
   assert compiles == []
 
 
@@ -545,6 +547,15 @@ def test_a_callback_stopping_mid_epoch_leaves_a_run_that_resumes_exactly(tmp_pat
   lines = lambda d: [(r["split"], r["epoch"]) for r in map(  # noqa: E731
       json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
   assert lines("run") == lines("full")
+  # Without a workdir, a second fit() of the trainer continues the epoch, its sums too.
+  class Once(_StopAt):
+    def on_steps_end(self, trainer, step, num_steps):
+      if self.step and step >= self.step:
+        trainer.stop_training, self.step = True, 0
+
+  trainer = loop.Trainer(config, None, quiet=True, callbacks=[Once(30)])
+  assert trainer.fit().history["loss"] == full.history["loss"][:1]
+  assert trainer.fit().history == full.history
 
 
 def test_blocks_end_on_the_mid_epoch_checkpoint_steps(tmp_path):
@@ -556,6 +567,8 @@ def test_blocks_end_on_the_mid_epoch_checkpoint_steps(tmp_path):
     result = jdl.fit(config, tmp_path / str(chunk), quiet=True)
     assert 10 % result.trainer.chunk == 0
     assert jdl.checkpoint.step_numbers(tmp_path / str(chunk) / "checkpoints") == [10, 20, 30, 40]
+  # A cadence of an epoch or more saves at epoch ends only: no block is shortened for it.
+  assert loop.Trainer(make_config(scan_chunk=20, checkpoint_every_steps=30), quiet=True).chunk == 20
 
 
 def test_a_resumed_run_hides_the_tensorboard_points_it_writes_again(tmp_path):

@@ -310,7 +310,8 @@ def fit_normalizer(x: NpyRows, rows: np.ndarray | None, mode: str):
   n = len(x) if rows is None else len(rows)
   size = chunk_rows(x)
   total = np.zeros(shape, np.float64)
-  # float32 first: the in-memory path casts the inputs to float32 before its statistics.
+  # float32 first, as the loop reads the files: the same statistics as the in-memory
+  # path's on float32 data (every built-in source's).
   for chunk in _chunks(x, rows, size):
     total += chunk.astype(np.float32).sum(axis=0, dtype=np.float64)
   if mode == "global":

@@ -113,6 +113,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       ckpt_lib.check_directory_name(self.workdir)
     self.quiet = quiet
     self.stop_training = False
+    self._acc = None  # The running epoch's metric sums (set by fit).
     self.nan_detected = False
     # False until fit() or load_run() has put the run's state in place: a Trainer
     # of a workdir with checkpoints holds initial parameters before then.
@@ -261,11 +262,13 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self._compile()
     self.epoch_mode = strategy.choose_epoch_mode(config, self.train_step, self.state,
                                                  self._example_batch())
-    # Blocks end on the mid-epoch checkpoints' steps, then on the diagnostics' (those
-    # win when both are set): an explicit scan_chunk is lowered to a divisor of them.
+    # Blocks end on the mid-epoch checkpoints' steps (when an epoch holds one: they
+    # count from its start), then on the diagnostics' (those win when both are set):
+    # an explicit scan_chunk is lowered to a divisor of them.
+    ce = int(config.checkpoint_every_steps)
     self.chunk = diagnose.align_chunk(diagnose.align_chunk(
         strategy.choose_chunk(config, self.epoch_mode, self.steps_per_epoch),
-        int(config.checkpoint_every_steps)), int(config.diagnostics.every_steps))
+        ce if ce < self.steps_per_epoch else 0), int(config.diagnostics.every_steps))
     self._diagnostics = diagnose.DiagnosticsHook(self) if config.diagnostics.every_steps else None
     # Where each block of steps gets its inputs: the device-resident split, or
     # blocks streamed from disk by a background thread (dataset='npy_dir').
@@ -627,7 +630,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           raise
 
   def _fit(self, stop: workdir_lib.StopRequests) -> FitResult:
-    self._acc = self.empty_acc()
+    # Without a workdir a second fit() continues a stopped one: inside an epoch, with
+    # that epoch's running sums (a workdir's checkpoint restores them).
+    if self.workdir or self.step % self.steps_per_epoch == 0 or self._acc is None:
+      self._acc = self.empty_acc()
+    self.stop_training = False  # A callback's stop ended the previous fit() only.
     self._nonfinite_reported = 0
     self._param_names = [jax.tree_util.keystr(path, simple=True, separator="/")
                          for path, _ in jax.tree_util.tree_leaves_with_path(self.state.params)]
@@ -675,7 +682,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
-        if self.stop_training:  # A callback stopped the run: the epoch ends here.
+        # A callback stopped the run (on any process: all stop after the same block).
+        self.stop_training = parallel_lib.any_process(self.stop_training)
+        if self.stop_training:
           break
         if pos < spe:  # Mid-epoch checkpoints (the epoch's end saves in _end_epoch).
           due = bool(ce) and epoch * spe + pos - last_save >= ce
@@ -844,9 +853,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self._diagnostics.compile(self, shapes)
     # What else compiles on first use, here rather than inside epoch 1's time: the
     # blocks' indices (the epochs' order), and a save's finiteness check and checksums.
-    if hasattr(self.feed, "warm_up"):
-      self.feed.warm_up([(self.chunk, self.chunk)] if self.padded_blocks
-                        else [(n, None) for n in shapes])
+    if hasattr(self.feed, "warm_up"):  # Blocks of n steps, of `size` rows when padded.
+      sizes = {(n, None) for n in shapes}  # Unpadded (diagnostics' blocks are too).
+      if self.padded_blocks:
+        sizes = {(n, self.chunk) for n in shapes} | (sizes if self._diagnostics else set())
+      self.feed.warm_up(sorted(sizes, key=str))
     if self.checkpointer is not None:
       jax.block_until_ready(steps_lib.state_finite(self.state))
       ckpt_lib.checksums(ckpt_lib.to_savable({"state": self.state, "acc": self._acc}))

@@ -339,8 +339,10 @@ class ResumableRun:
     if self.vocab and meta.get("vocab") != self.vocab_json():
       raise VocabularyMismatch(
           f"the checkpoint at step {step} was trained with another vocabulary than the one "
-          "built now from the train split (the text data changed); use another --workdir, "
-          "or --restart")
+          "built now from the train split: the text data changed, or the run is older than "
+          "jdl's vocabulary of the rows a run trains on (2026-11-29; before, train.tsv's "
+          "held-out validation rows were in it too); use another --workdir, or --restart "
+          "(jdl evaluate, predict and export still read it)")
 
   def _resume(self, step: int, metrics_changed: bool = False) -> int:
     # Other metrics (at an epoch's end, see _check_layout): the stored sums, all

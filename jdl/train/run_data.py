@@ -125,12 +125,6 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
     kept = f" (classes={tuple(config.classes)} keeps one)" if config.classes else ""
     raise JdlError(f"classification needs at least 2 classes; {dataset.name!r} has "
                    f"{dataset.num_classes}{kept}")
-  # Float inputs go to the device as float32: the statistics and the normalisation
-  # are computed on those values too (as a streamed npy_dir dataset reads them).
-  narrow = lambda x: (np.asarray(x, np.float32)  # noqa: E731
-                      if getattr(x, "dtype", np.float32) in (np.float64, np.float16) else x)
-  dataset = dataclasses.replace(dataset, x_train=narrow(dataset.x_train),
-                                x_val=narrow(dataset.x_val), x_test=narrow(dataset.x_test))
   if dataset.x_val is not None:  # An explicit validation set replaces validation_split.
     x_tr, y_tr, x_val, y_val = dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val
   else:
