@@ -529,6 +529,11 @@ def _quiet_library_logs() -> None:
     pass
   logging.getLogger("absl").setLevel(logging.CRITICAL)
   _ignore_closed_loop_callbacks()
+  # A failed background write (reported as one line) can leave orbax's serialization
+  # coroutines unawaited; Python then warns of each when it collects them, at exit.
+  import warnings
+  warnings.filterwarnings("ignore", category=RuntimeWarning,
+                          message=r"coroutine '.*' was never awaited")
 
 
 def _closed_loop(exc: BaseException | None) -> bool:

@@ -579,7 +579,8 @@ def test_a_resumed_run_hides_the_tensorboard_points_it_writes_again(tmp_path):
     jdl.fit(config, tmp_path, quiet=True, callbacks=[_Crash(at_step=45)])
   jdl.fit(config, tmp_path, quiet=True)
   files = sorted((tmp_path / "tb").glob("events.out.tfevents.*"))
-  assert len(files) == 2
+  # Two files (the resumed one named by its step), even within the same second.
+  assert len(files) == 2 and files[1].name.endswith(".from_step_40"), files
 
   def events(path):
     data, out = path.read_bytes(), []

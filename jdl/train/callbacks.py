@@ -304,7 +304,10 @@ class TensorBoard(Callback):
 
   def __init__(self, logdir: str | Path, purge_step: int | None = None):
     from tensorboardX import SummaryWriter  # Imported lazily: a slow import.
-    self.writer = SummaryWriter(str(logdir), purge_step=purge_step)
+    # Event files are named by the second they open in: a resume within the same
+    # second would reopen (and truncate) the earlier one, but for the suffix.
+    suffix = f".from_step_{purge_step - 1}" if purge_step else ""
+    self.writer = SummaryWriter(str(logdir), purge_step=purge_step, filename_suffix=suffix)
 
   def write(self, record: dict[str, Any]) -> None:
     split, step = record["split"], record["step"]
