@@ -75,10 +75,15 @@ class Seq2SeqTask(steps_lib.SupervisedTask):
   pad_id: int = PAD_ID
   label_smoothing: float = 0.0
 
+  def token_mask(self, batch) -> jax.Array:
+    """``[B, T-1]`` float32: 1 for each real target token (not padding, of a real row)."""
+    tgt_out = batch["y"][:, 1:]
+    return ((tgt_out != self.pad_id) & (batch["mask"][:, None] > 0)).astype(jnp.float32)
+
   def loss_fn(self, params, model_state, batch, key, train):
     src, tgt = batch["x"], batch["y"]
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
-    token_mask = ((tgt_out != self.pad_id) & (batch["mask"][:, None] > 0)).astype(jnp.float32)
+    token_mask = self.token_mask(batch)
     variables = {"params": params, **model_state}
     if train:
       logits, new_state = self.apply_fn(variables, src, tgt_in, train=True,
@@ -93,8 +98,7 @@ class Seq2SeqTask(steps_lib.SupervisedTask):
 
   def loss_count(self, batch):
     """The real target tokens: :meth:`loss_fn`'s loss is a mean over them."""
-    tgt_out = batch["y"][:, 1:]
-    return jnp.sum((tgt_out != self.pad_id) & (batch["mask"][:, None] > 0), dtype=jnp.float32)
+    return jnp.sum(self.token_mask(batch))
 
   def metrics(self, names, outputs, batch, per_example_loss):
     logits, token_mask = outputs

@@ -682,10 +682,6 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         pos, steps_run = pos + n, steps_run + n
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
-        # A callback stopped the run (on any process: all stop after the same block).
-        self.stop_training = parallel_lib.any_process(self.stop_training)
-        if self.stop_training:
-          break
         if pos < spe:  # Mid-epoch checkpoints (the epoch's end saves in _end_epoch).
           due = bool(ce) and epoch * spe + pos - last_save >= ce
           if every_seconds:  # The processes agree, whatever their clocks say.
@@ -694,8 +690,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           if due:
             last_save = epoch * spe + pos
             self._save()
-        stopping = parallel_lib.any_process(stop.requested)  # All processes stop together.
-        if stopping and pos < spe:
+        # A signal, or a callback's stop: all processes stop after the same block.
+        stopping, self.stop_training = parallel_lib.any_process_each(stop.requested,
+                                                                    self.stop_training)
+        if stopping or self.stop_training:
           break
       if stopping and pos < spe:
         return self._stop_early(stop.signal_name or "a signal to another process")
@@ -812,12 +810,16 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     """After a stop request: write the checkpoint (unless this step has one), flush
     and return."""
     self.preempted = signal_name
+    self._save()
+    self._close_writers()
+    return FitResult(self.state, self.history, {}, self.workdir, self)
+
+  def _close_writers(self) -> None:
+    """Closes the checkpointer (after its save in flight) and TensorBoard's writer."""
     if self.checkpointer is not None:
-      self._save()
       self.checkpointer.close()
     if self.tb is not None:
       self.tb.writer.close()
-    return FitResult(self.state, self.history, {}, self.workdir, self)
 
   def _stop_mid_epoch(self) -> FitResult:
     """A callback stopped training inside an epoch: that partial epoch is no epoch of
@@ -825,17 +827,14 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     re-running resumes the epoch exactly; the test split is not evaluated."""
     self.progress.close()
     self._check_finite()
-    if self.checkpointer is not None:
-      self._save()
-      self.checkpointer.wait()
+    self._save()
     self.log(f"a callback stopped training at step {self.step}, inside epoch "
              f"{self.step // self.steps_per_epoch + 1}: "
              + ("its checkpoint holds the partial epoch, which a re-run continues"
                 if self.checkpointer is not None else "the partial epoch is not recorded"))
     for callback in self.callbacks:
-      callback.on_train_end(self)
-    if self.tb is not None:
-      self.tb.writer.close()
+      callback.on_train_end(self)  # Before the close: restore_best may read a checkpoint.
+    self._close_writers()
     return FitResult(self.state, self.history, {}, self.workdir, self)
 
   def _stopped_before(self) -> bool:
@@ -860,7 +859,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self.feed.warm_up(sorted(sizes, key=str))
     if self.checkpointer is not None:
       jax.block_until_ready(steps_lib.state_finite(self.state))
-      ckpt_lib.checksums(ckpt_lib.to_savable({"state": self.state, "acc": self._acc}))
+      ckpt_lib.checksums(ckpt_lib.to_savable(self.checkpoint_tree()))
     return time.perf_counter() - t0
 
   def _block_fn(self):

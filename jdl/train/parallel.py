@@ -192,15 +192,22 @@ def sync(name: str) -> None:
 
 
 def any_process(flag: bool) -> bool:
-  """Whether ``flag`` is set on any process (``flag`` itself on one process).
+  """Whether ``flag`` is set on any process (``flag`` itself on one process)."""
+  return any_process_each(flag)[0]
 
-  The loop asks this after every block, so a stop request (SIGTERM) that reaches
-  the processes at different moments stops them all after the same block.
+
+def any_process_each(*flags: bool) -> tuple[bool, ...]:
+  """For each of ``flags``, whether it is set on any process, in one gather.
+
+  The loop asks this after every block, so a stop request (SIGTERM, a callback's)
+  that reaches the processes at different moments stops them all after the same
+  block.
   """
   if jax.process_count() == 1:
-    return bool(flag)
+    return tuple(bool(f) for f in flags)
   from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))))
+  gathered = multihost_utils.process_allgather(np.asarray([int(f) for f in flags], np.int32))
+  return tuple(bool(v) for v in np.any(np.reshape(gathered, (-1, len(flags))), axis=0))
 
 
 def processes_differing(text: str) -> list[int]:

@@ -416,9 +416,13 @@ class ResumableRun:
     }
     if self.vocab:  # Evaluation, prediction and resume encode text with these ids.
       meta["vocab"] = self.vocab_json()
-    self.checkpointer.save(self.step, {"state": self.state, "acc": self._acc}, meta=meta,
+    self.checkpointer.save(self.step, self.checkpoint_tree(), meta=meta,
                            metrics=metrics)
     self.saved_at = time.monotonic()
+
+  def checkpoint_tree(self) -> dict[str, Any]:
+    """What a checkpoint holds: the state and the running epoch's metric sums."""
+    return {"state": self.state, "acc": self._acc}
 
   def _warning_state(self) -> dict[str, Any]:
     """What the warnings already given count, so that a resumed run gives the same."""
