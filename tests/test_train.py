@@ -340,10 +340,13 @@ def test_zero_epochs_saves_the_initial_state_and_later_training_continues_it(tmp
   chex.assert_trees_all_equal(jax.device_get(resumed.state.params),
                               jax.device_get(fresh.state.params))
   assert resumed.history == fresh.history
-  # A cosine schedule needs a length: zero epochs still build one.
-  cosine = jdl.fit(make_config(num_epochs=0, schedule__name="warmup_cosine",
-                               schedule__warmup_epochs=0.5), tmp_path / "c", quiet=True)
-  assert int(cosine.state.step) == 0
+  # A cosine schedule needs a length: zero epochs still build one, also when the
+  # warm-up is longer than an epoch (it was refused as "leaving none of the run").
+  for warmup in (0.5, 3):
+    cosine = jdl.fit(make_config(num_epochs=0, schedule__name="warmup_cosine",
+                                 schedule__warmup_epochs=warmup),
+                     tmp_path / f"c{warmup}", quiet=True)
+    assert int(cosine.state.step) == 0
 
 
 def test_two_callbacks_of_one_class_resume_their_own_state(tmp_path):

@@ -116,7 +116,8 @@ def _warmup_cosine(sched, lr, per_epoch, num_epochs):
     warmup = max(warmup, 1)
   require(warmup < total,
           f"schedule.warmup_epochs={sched.warmup_epochs} is {warmup} optimizer updates, "
-          f"which leaves none of the run's {total} ({num_epochs} epochs) to decay; "
+          f"which leaves none of the run's {total} ({num_epochs} epoch"
+          f"{'s' if num_epochs != 1 else ''}) to decay; "
           "it must be at least one update shorter")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total,
