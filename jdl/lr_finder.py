@@ -131,8 +131,8 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
   geometric schedule in place of ``optimizer.learning_rate`` and ``schedule``
   (``reduce_on_plateau`` is left out: it would act per epoch). The schedule runs
   over optimizer updates: with ``accumulate_steps = k`` the ``steps`` train steps
-  make ``steps / k`` updates, and each step records the rate of the update it
-  contributes to. The batches are those of a normal run (``config.batch_size``,
+  make ``steps / k`` updates (``steps >= 2k``), and each step records the rate of
+  the update it contributes to. The batches are those of a normal run (``config.batch_size``,
   the seeded epoch order) and per-step keys are ``fold_in(key, step)`` inside the
   one jitted step.
 
@@ -160,6 +160,9 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
   require(diverge_factor > 1, f"diverge_factor must be > 1, got {diverge_factor}")
   require(steps >= 2, f"lr-find needs steps >= 2, got {steps}")
   k = max(1, int(config.optimizer.accumulate_steps))
+  require(steps >= 2 * k,
+          f"lr-find needs at least two optimizer updates: with optimizer.accumulate_steps={k} "
+          f"that is steps >= {2 * k}, got {steps}")
   schedule = lr_schedule(min_lr, max_lr, max(2, -(-steps // k)))
   trainer = Trainer(config, None, dataset=dataset, model=model, quiet=True, progress=False,
                     parallel="none")  # Its own one-device steps.

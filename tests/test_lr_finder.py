@@ -121,6 +121,9 @@ def test_the_range_test_uses_the_experiments_whole_optimizer_chain():
   np.testing.assert_allclose(acc.learning_rates,
                              np.repeat(np.geomspace(1e-3, 1.0, 4), 2), rtol=1e-5)
   assert 1e-3 <= acc.steepest <= 1.0  # Steps of one update are one point of the curve.
+  # 8 steps of 5 make one update, at min_lr: refused (max_lr was never reached).
+  with pytest.raises(JdlError, match=r"accumulate_steps=5 that is steps >= 10, got 8"):
+    run(optimizer__accumulate_steps=5)
 
 
 @pytest.mark.parametrize("kwargs, message", [
