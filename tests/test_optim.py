@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+from jdl import config as config_lib
 from jdl import optim
 from jdl.errors import JdlError
 
@@ -362,9 +363,17 @@ FREEZE_PARAMS = {
      ((".*/bias",), {"Conv_0/bias", "Dense_0/bias"}),
      (("Conv_0/kernel", "Dense_0/b.*"), {"Conv_0/kernel", "Dense_0/bias"})],
 )
-def test_freeze(patterns, frozen):
-  config = make_config({"name": "adam", "learning_rate": 0.1, "weight_decay": 0.1,
-                        "freeze": patterns})
+@pytest.mark.parametrize("chain", [
+    {"name": "adam", "weight_decay": 0.1},
+    {"name": "adamw", "weight_decay": 0.1},  # optax.adamw's own decay and mask.
+    {"name": "sgd", "max_norm": 0.5},  # The kernels' columns (norm sqrt 2) are projected.
+])
+def test_freeze(patterns, frozen, chain):
+  chain = dict(chain)
+  max_norm = chain.pop("max_norm", 0.0)
+  config = make_config({"learning_rate": 0.1, "freeze": patterns, **chain})
+  config.regularization = config_lib.base_config().regularization
+  config.regularization.max_norm = max_norm
   optim.check_freeze_patterns(config, FREEZE_PARAMS)
   tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
   params = FREEZE_PARAMS
@@ -495,6 +504,20 @@ def test_plateau_cooldown_and_min_scale():
   # clamped to min_scale.
   np.testing.assert_allclose(lrs, 0.1 * np.array([1, 1, 0.5, 0.5, 0.5, 0.3, 0.3, 0.3]),
                              rtol=1e-6)
+
+
+@pytest.mark.parametrize("tolerance, values, scales", [
+    # An improvement must be below 0.9 * best: 0.95 and 0.92 are not (a cut at epoch
+    # 3), 0.85 < 0.9 is; then 0.80 and 0.78 are not below 0.765.
+    ({"rtol": 0.1, "atol": 0.0}, [1.0, 0.95, 0.92, 0.85, 0.80, 0.78],
+     [1, 1, 0.5, 0.5, 0.5, 0.25]),
+    # ... or below best - 0.05: 0.94 < 0.95 is, then 0.90 and 0.895 are not (> 0.89).
+    ({"rtol": 0.0, "atol": 0.05}, [1.0, 0.96, 0.94, 0.90, 0.895, 0.80],
+     [1, 1, 1, 1, 0.5, 0.5]),
+])
+def test_plateau_tolerances_decide_what_counts_as_an_improvement(tolerance, values, scales):
+  lrs = _lr_after_each_epoch(plateau_config(**tolerance), values)
+  np.testing.assert_allclose(lrs, 0.1 * np.array(scales), rtol=1e-6)
 
 
 def test_a_relative_plateau_tolerance_refuses_a_metric_below_zero():
