@@ -376,6 +376,16 @@ def test_a_text_shorter_than_the_convolutions_window_is_said(tmp_path):
       "need for one feature: it is answered as an empty text", None]
   empty, short = trainer.predict(trainer.encode_texts(["", " ".join(words[0])]))
   np.testing.assert_array_equal(empty, short)  # As the warning says.
+  # Ids outside the vocabulary were read silently (NaN or clamped embeddings).
+  ids = trainer.encode_texts(["a charming film"] * 3)
+  n = len(trainer.vocab["text"])
+  for bad in (n, -1):
+    wrong = ids.copy()
+    wrong[1, 0] = bad
+    with pytest.raises(JdlError, match=rf"predict needs token ids in \[0, {n}\) \(the run's "
+                                       rf"'text' vocabulary has {n} tokens\); 1 of 3 examples "
+                                       rf"hold others, e.g. {bad} in example 1"):
+      trainer.predict(wrong)
 
 
 def test_teacher_forced_metrics_choose_among_the_tokens_decoding_can_emit():
@@ -437,6 +447,12 @@ def test_seq2seq_resumes_exactly_then_evaluate_predict_cli(tmp_path, capsys):
   out = json.loads(capsys.readouterr().out)
   assert out["input"] == "3 march 1998" and isinstance(out["prediction"], str)
   assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--text", "x"]) == 2
+  run = jdl.load_run(tmp_path / "full")
+  src = run.encode_texts(["3 march 1998", "4 may 2001"], vocab="src")
+  src[1, 2] = len(run.vocab["src"])
+  with pytest.raises(JdlError, match=r"decode needs token ids in \[0, \d+\).* 1 of 2 "
+                                     r"examples hold others"):
+    run.decode(src, beam=False)
   # A run trained without beam search (beam_size=0) predicts greedily.
   saved = tmp_path / "full" / "config.json"
   run = json.loads(saved.read_text())

@@ -26,6 +26,19 @@ from jdl.sequence import text as text_lib
 from jdl.train.state import TrainState
 
 
+def check_token_ids(x: np.ndarray, vocab, name: str, what: str) -> None:
+  """Token ids outside ``[0, len(vocab))`` are an error (an embedding would read
+  them as NaN or clamp them, and answer for another text without a word)."""
+  n = len(vocab)
+  x = np.asarray(x)
+  bad = (x < 0) | (x >= n) | (x != np.floor(x)) if x.dtype.kind == "f" else (x < 0) | (x >= n)
+  if x.size and bad.any():
+    rows = bad.reshape(len(x), -1).any(axis=1)
+    raise JdlError(f"{what} token ids in [0, {n}) (the run's {name!r} vocabulary has {n} "
+                   f"tokens); {int(rows.sum())} of {len(x)} examples hold others, e.g. "
+                   f"{x[bad].flat[0].item()!r} in example {int(np.argmax(rows))}")
+
+
 class GenerativeOutputs:
   """Samples, reconstructions and sample scores of the VAE and GAN tasks."""
 
@@ -170,6 +183,12 @@ class SequenceOutputs:
                              length_penalty=float(seq.length_penalty), **ids)
     else:
       fn = functools.partial(decoding.greedy_decode, state.apply_fn, **ids)
+    src = np.asarray(src)
+    if src.dtype.kind not in "biuf" or src.ndim != 2:
+      raise JdlError(f"decode needs source token ids [n, S], got an array of shape "
+                     f"{src.shape} and dtype {src.dtype}")
+    if self.vocab and "src" in self.vocab:
+      check_token_ids(src, self.vocab["src"], "src", "decode needs")
     idx, _ = pipeline.eval_batch_indices(len(src), self.eval_batch_size)
     src = np.asarray(src, np.int32)
     tokens, attention = [], []
@@ -261,6 +280,8 @@ class Predictions:
       bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum()) if len(x) else 0
       raise JdlError(f"predict got NaN or Inf inputs (in {bad} of {len(x)} examples)")
     self.check_input_kind(x, "predict got")
+    if self.normalizer is None and self.vocab and "text" in self.vocab:
+      check_token_ids(x, self.vocab["text"], "text", "predict needs")
     if state is None and not self.holds_run_state and int(self.state.step) == 0 and (
         self.workdir is not None and any(
             p.name.isdigit() and int(p.name) > 0
