@@ -67,7 +67,9 @@ class Vocabulary:
                      f"{list(self.tokens[:4])}")
     if len(set(self.tokens)) != len(self.tokens):
       raise JdlError("a vocabulary holds a token twice")
-    object.__setattr__(self, "_ids", {t: i for i, t in enumerate(self.tokens)})
+    # A text token reading like a special is unknown (see id()).
+    object.__setattr__(self, "_ids", {t: i for i, t in enumerate(self.tokens)
+                                      if i >= len(SPECIALS)})
 
   @classmethod
   def build(cls, texts: Iterable[Sequence[str]], *, min_freq: int = 1, max_size: int = 0,
@@ -115,12 +117,12 @@ class Vocabulary:
   def id(self, token: str) -> int:
     """The id of a token of text: ``<unk>`` when unknown, and for a text token that
     reads like a special (a literal ``<pad>`` in a sentence is a word, not padding)."""
-    i = self._ids.get(token, UNK_ID)
-    return UNK_ID if i < len(SPECIALS) else i
+    return self._ids.get(token, UNK_ID)
 
   def encode(self, tokens: Sequence[str], *, bos: bool = False, eos: bool = False) -> list[int]:
     """Token ids of text tokens (:meth:`id`); ``bos``/``eos`` add those specials."""
-    ids = [self.id(t) for t in tokens]
+    get = self._ids.get
+    ids = [get(t, UNK_ID) for t in tokens]
     return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
 
   def encode_text(self, text: str, **kwargs) -> list[int]:
