@@ -277,10 +277,48 @@ def test_the_gradient_penalty_is_that_of_the_critic_in_training_mode():
                              rtol=1e-6)
 
 
+@pytest.mark.parametrize("fields, message", [
+    ({"kind": "wgan"}, "kind must be 'gan' or 'wgan_gp', got 'wgan'"),
+    ({"d_steps": 0}, "d_steps must be an integer >= 1, got 0"),
+    ({"latent_dim": 2.0}, "latent_dim must be an integer >= 1, got 2.0"),
+    ({"gp_weight": -1.0}, "gp_weight must be >= 0 and finite, got -1.0"),
+])
+def test_a_gan_task_of_the_python_api_refuses_bad_fields(fields, message):
+  kwargs = {"kind": "wgan_gp", "latent_dim": 2, **fields}
+  with pytest.raises(JdlError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    gen_tasks.GANTask(**kwargs)
+
+
 def test_metric_groups_are_exact_means():
   mask = jnp.array([1.0, 1.0, 0.0])
   g = gen_tasks.mean_group(jnp.array([1.0, 3.0, 100.0]), mask)
   assert gen_tasks.compute(["m"], {"m": g}) == {"m": 2.0}
+
+
+def test_scores_of_shape_batch_by_one_are_one_value_an_example():
+  # Broadcast against the [batch] mask, [batch, 1] scores were summed batch times.
+  mask = jnp.array([1.0, 1.0, 0.0])
+  g = gen_tasks.mean_group(jnp.array([[1.0], [3.0], [100.0]]), mask)
+  assert gen_tasks.compute(["m"], {"m": g}) == {"m": 2.0}
+  g = gen_tasks.mean_group(jnp.array([[1.0, 3.0], [5.0, 7.0], [9.0, 9.0]]), mask)
+  assert gen_tasks.compute(["m"], {"m": g}) == {"m": 4.0}  # Means (2, 6) of the two.
+
+
+class _ColumnCritic(flax.linen.Module):
+  """A discriminator of [batch, 1] logits, as a user would write one."""
+
+  @flax.linen.compact
+  def __call__(self, x, train=False):
+    h = flax.linen.Dense(16)(x.reshape(x.shape[0], -1))
+    return flax.linen.Dense(1)(flax.linen.leaky_relu(h, 0.2))
+
+
+def test_a_discriminator_of_column_logits_gets_probabilities_in_its_metrics():
+  from jdl.models.gan import MLPGenerator
+  model = (MLPGenerator(output_shape=(8, 8, 1), hidden=(16,)), _ColumnCritic())
+  result = jdl.fit(gan_config(num_epochs=1), None, quiet=True, model=model)
+  for name in ("d_real", "d_fake", "val_d_real", "val_d_fake"):
+    assert 0 <= result.history[name][0] <= 1, (name, result.history[name])
 
 
 def test_a_gans_max_norm_pattern_is_matched_per_player():

@@ -306,3 +306,44 @@ def test_beam_search_refuses_a_beam_of_zero():
     with pytest.raises(JdlError, match=r"beam_size must be an integer >= 1"):
       sequence.beam_search(toy_apply, {"table": table}, jnp.zeros((1, 3), jnp.int32),
                            beam_size=size, max_len=3, bos_id=BOS, eos_id=EOS)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_len": 0}, r"max_len must be an integer >= 1, got 0"),
+    ({"max_len": 2.5}, r"max_len must be an integer >= 1, got 2.5"),
+    # An <eos> beyond the 6 ids never ended a sequence; a <bos> beyond them gave NaN.
+    ({"eos_id": 99}, r"eos_id must be a token id in \[0, 6\) \(the decoder's vocabulary\), "
+                     r"got 99"),
+    ({"bos_id": 6}, r"bos_id must be a token id in \[0, 6\)"),
+    ({"pad_id": -1}, r"pad_id must be a token id in \[0, 6\)"),
+])
+def test_decoders_refuse_a_bad_length_or_special_id(kwargs, message):
+  table = _table({BOS: {A: 0.6, B_: 0.4}, A: {EOS: 1.0}, B_: {EOS: 1.0}})
+  args = {"max_len": 3, "bos_id": BOS, "eos_id": EOS, **kwargs}
+  src = jnp.zeros((1, 3), jnp.int32)
+  with pytest.raises(JdlError, match=message):
+    sequence.greedy_decode(toy_apply, {"table": table}, src, **args)
+  with pytest.raises(JdlError, match=message):
+    sequence.beam_search(toy_apply, {"table": table}, src, beam_size=2, **args)
+
+
+def test_beam_search_refuses_a_length_penalty_that_is_not_a_number():
+  table = _table({BOS: {A: 0.6, B_: 0.4}, A: {EOS: 1.0}, B_: {EOS: 1.0}})
+  with pytest.raises(JdlError, match=r"length_penalty must be a finite number, got nan"):
+    sequence.beam_search(toy_apply, {"table": table}, jnp.zeros((1, 3), jnp.int32),
+                         beam_size=2, max_len=3, bos_id=BOS, eos_id=EOS,
+                         length_penalty=float("nan"))
+
+
+def test_float_target_ids_are_refused_like_float_source_ids():
+  # tgt_in [[2.9, 4.9]] gave the logits of [[2, 4]].
+  model, variables = _variant("none")
+  src = jnp.asarray(SRC)
+  for call in (lambda: model.apply(variables, src.astype(jnp.float32), TGT_IN),
+               lambda: model.apply(variables, src, jnp.asarray(TGT_IN, jnp.float32) + 0.9)):
+    with pytest.raises(JdlError, match="Seq2Seq takes integer token ids, got float32"):
+      call()
+  enc = model.apply(variables, src, method="encode")
+  with pytest.raises(JdlError, match="Seq2Seq.decode_step takes integer token ids"):
+    model.apply(variables, enc.carry, jnp.full((src.shape[0],), 2.0), enc,
+                method="decode_step")

@@ -119,6 +119,18 @@ class GANTask:
   gp_weight: float = 10.0
   metric_names: tuple[str, ...] = ()
 
+  def __post_init__(self):
+    # The config path validates these; the Python API's callers get the same refusals
+    # (a kind of 'wgan' trained a WGAN-GP, d_steps=0 a generator update every step).
+    if self.kind not in ("gan", "wgan_gp"):
+      raise JdlError(f"GANTask kind must be 'gan' or 'wgan_gp', got {self.kind!r}")
+    for name in ("latent_dim", "d_steps"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise JdlError(f"GANTask {name} must be an integer >= 1, got {value!r}")
+    if not (isinstance(self.gp_weight, (int, float)) and 0 <= self.gp_weight < float("inf")):
+      raise JdlError(f"GANTask gp_weight must be >= 0 and finite, got {self.gp_weight!r}")
+
   def noise(self, key: jax.Array, n: int) -> jax.Array:
     return jax.random.normal(key, (n, self.latent_dim), jnp.float32)
 

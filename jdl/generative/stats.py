@@ -17,8 +17,14 @@ from jdl.train import steps as steps_lib
 
 
 def mean_group(values: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-  """The mergeable statistics of a mean over the examples where ``mask`` is set."""
+  """The mergeable statistics of a mean over the examples where ``mask`` is set.
+
+  ``values`` are ``[batch]`` or ``[batch, ...]`` (a critic's ``[batch, 1]`` scores, a
+  patch discriminator's map): an example's value is the mean of its entries.
+  """
   mask = mask.astype(bool)
+  if values.ndim > 1:  # Broadcast against [batch], they were summed batch times over.
+    values = jnp.mean(values, axis=tuple(range(1, values.ndim)))
   return {"sum": jnp.sum(jnp.where(mask, values, 0.0), dtype=jnp.float32),
           "count": jnp.sum(mask, dtype=jnp.int32)}
 

@@ -203,7 +203,7 @@ class Seq2Seq(nn.Module):
     Returns:
       ``(carry, logits [batch, tgt_vocab] float32, attention [batch, S])``.
     """
-    emb = self._dropout(self.tgt_embed(jnp.asarray(token, jnp.int32)), train)
+    emb = self._dropout(self.tgt_embed(errors.token_ids(token, "Seq2Seq.decode_step")), train)
     carry, (feature, weights) = self.decoder(carry, emb, enc)
     logits = self.output(self._dropout(feature, train))
     return carry, logits.astype(jnp.float32), weights
@@ -225,7 +225,7 @@ class Seq2Seq(nn.Module):
     errors.require(tgt_in.ndim == 2,
                    f"tgt_in must be [batch, T] token ids, got {tuple(tgt_in.shape)}")
     enc = self.encode(src, train=train)
-    emb = self._dropout(self.tgt_embed(jnp.asarray(tgt_in, jnp.int32)), train)
+    emb = self._dropout(self.tgt_embed(errors.token_ids(tgt_in, "Seq2Seq")), train)
 
     def body(decoder, carry, emb_t, enc):
       return decoder(carry, emb_t, enc)

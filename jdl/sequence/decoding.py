@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import functools
+import math
+import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -36,7 +38,17 @@ ApplyFn = Callable[..., Any]
 
 
 def never_emitted(vocab: int, *, bos_id: int, eos_id: int, pad_id: int) -> jax.Array:
-  """``[vocab]`` bool: the ids a running sequence cannot produce (pad and bos, not eos)."""
+  """``[vocab]`` bool: the ids a running sequence cannot produce (pad and bos, not eos).
+
+  Raises:
+    JdlError: a special id outside the ``vocab`` ids (no sequence could end, or
+      none start).
+  """
+  for name, value in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
+    errors.require(isinstance(value, numbers.Integral) and not isinstance(value, bool)
+                   and 0 <= value < vocab,
+                   f"{name} must be a token id in [0, {vocab}) (the decoder's vocabulary), "
+                   f"got {value!r}")
   ids = jnp.arange(vocab)
   return ((ids == pad_id) | (ids == bos_id)) & (ids != eos_id)
 
@@ -79,6 +91,12 @@ class BeamResult(NamedTuple):
   log_probs: jax.Array
 
 
+def _check_max_len(max_len: int) -> None:
+  errors.require(isinstance(max_len, numbers.Integral) and not isinstance(max_len, bool)
+                 and max_len >= 1,
+                 f"max_len must be an integer >= 1, got {max_len!r}")
+
+
 def _lengths(tokens: jax.Array, eos_id: int) -> jax.Array:
   is_eos = tokens == eos_id
   first = jnp.argmax(is_eos, axis=1).astype(jnp.int32)
@@ -103,6 +121,7 @@ def greedy_decode(apply_fn: ApplyFn, variables: Any, src: jax.Array, *, max_len:
   Returns:
     A :class:`DecodeResult`.
   """
+  _check_max_len(max_len)
   enc = apply_fn(variables, src, method="encode")
   batch = src.shape[0]
 
@@ -168,6 +187,9 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
   """
   errors.require(isinstance(beam_size, int) and not isinstance(beam_size, bool)
                  and beam_size >= 1, f"beam_size must be an integer >= 1, got {beam_size!r}")
+  _check_max_len(max_len)
+  errors.require(isinstance(length_penalty, numbers.Real) and math.isfinite(length_penalty),
+                 f"length_penalty must be a finite number, got {length_penalty!r}")
   k, batch, alpha = beam_size, src.shape[0], float(length_penalty)
   enc = apply_fn(variables, src, method="encode")
   enc = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), enc)  # [batch * k, ...]

@@ -89,9 +89,10 @@ class Vocabulary:
         specials) left to keep.
     """
     if min_freq < 1:
-      raise JdlError(f"min_freq must be >= 1, got {min_freq}")
+      raise JdlError(f"min_freq (sequence.min_freq) must be >= 1, got {min_freq}")
     if max_size and max_size <= len(SPECIALS):
-      raise JdlError(f"max_vocab must be 0 (no limit) or > {len(SPECIALS)} (the special "
+      raise JdlError(f"max_size (sequence.max_vocab) must be 0 (no limit) or > "
+                     f"{len(SPECIALS)} (the special "
                      f"tokens), got {max_size}")
     counts = collections.Counter(t for text in texts for t in text)
     for s in SPECIALS:
