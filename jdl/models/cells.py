@@ -18,8 +18,8 @@ Parameters (``H = features``, ``F`` = input width, ``G`` gates, gate blocks of w
 ``W_f [h_{t-1}, x_t]`` of the textbook equations is ``W_h^f h_{t-1} + W_x^f x_t``
 with ``W_f = [W_h^f; W_x^f]`` stacked on the input axis.
 
-Carries are float32 whatever ``dtype`` is (a bfloat16 cell state would accumulate
-rounding error over time); the matrix products run in ``dtype`` and ``h_t`` is
+Carries are float32 whatever narrower ``dtype`` is (a bfloat16 cell state would
+accumulate rounding error over time; a float64 cell carries float64); the matrix products run in ``dtype`` and ``h_t`` is
 returned in ``dtype``.
 """
 
@@ -134,12 +134,17 @@ class _Cell(nn.Module):
         kernel_init=recurrent_initializer(self.recurrent_init, self.gain, self.num_gates),
         dtype=self.dtype)
 
+  @property
+  def carry_dtype(self):
+    """float32, or ``dtype`` when wider (float64: a gradient check's whole model)."""
+    return jnp.promote_types(self.dtype, jnp.float32)
+
   def project_inputs(self, x: jax.Array) -> jax.Array:
-    """``W_x x + b`` for every gate: ``[..., F] -> [..., gates * H]`` (float32)."""
-    return self.input(jnp.asarray(x, self.dtype)).astype(jnp.float32)
+    """``W_x x + b`` for every gate: ``[..., F] -> [..., gates * H]`` (the carry's dtype)."""
+    return self.input(jnp.asarray(x, self.dtype)).astype(self.carry_dtype)
 
   def _recur(self, h: jax.Array) -> jax.Array:
-    return self.recurrent(h.astype(self.dtype)).astype(jnp.float32)
+    return self.recurrent(h.astype(self.dtype)).astype(self.carry_dtype)
 
   def __call__(self, carry: Carry, x: jax.Array) -> tuple[Carry, jax.Array]:
     """One step on a raw input ``x: [batch, F]``; returns ``(new_carry, h_t)``."""
@@ -150,7 +155,7 @@ class _Cell(nn.Module):
 
   def initialize_carry(self, batch_size: int) -> Carry:
     """The zero carry for ``batch_size`` sequences."""
-    return jnp.zeros((batch_size, self.features), jnp.float32)
+    return jnp.zeros((batch_size, self.features), self.carry_dtype)
 
   @staticmethod
   def hidden(carry: Carry) -> jax.Array:
@@ -229,7 +234,7 @@ class LSTMCell(_Cell):
     return (c, h), h.astype(self.dtype)
 
   def initialize_carry(self, batch_size):
-    zeros = jnp.zeros((batch_size, self.features), jnp.float32)
+    zeros = jnp.zeros((batch_size, self.features), self.carry_dtype)
     return zeros, zeros
 
   @staticmethod
