@@ -254,7 +254,8 @@ def check_overfit(trainer, x: jax.Array, y: jax.Array, *, steps: int, learning_r
                f"{n} examples after {i} Adam steps (lr {learning_rate:g}); loss {value:.4g}")
   else:
     message = (f"not fitted after {steps} Adam steps (lr {learning_rate:g}) on {n} examples: "
-               f"{what}; loss {value:.4g}")
+               f"{what}; loss {value:.4g}; a slow learner (a long-range sequence task) may "
+               "need more steps (jdl check --overfit-steps)")
   return CheckResult("overfit", PASS if done else FAIL, message,
                      {"steps": i if done else None, "loss": value,
                       "accuracy": correct / n if classification else None})
