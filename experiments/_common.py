@@ -4,8 +4,11 @@ A driver is ``python experiments/NAME.py [--workdir DIR] [--data_dir DIR]
 [--epochs N] [--tiny]``. A full run reads MNIST from ``--data_dir`` (without
 the IDX files it is an error, not a quiet run on other data whose figures would
 replace the published ones); ``--tiny`` uses scikit-learn's 8x8 digits, so a
-smoke run works anywhere and takes seconds. Bad arguments and jdl's errors are
-one ``NAME.py: error: ...`` line and exit status 2 (:func:`run`).
+smoke run works anywhere and takes seconds. Only a driver's full run (no
+``--tiny``, ``--epochs`` or subset) writes ``experiments/results/NAME`` unless
+``--out`` says otherwise (:func:`out_dir`), and a workdir holding a longer run is
+refused (:func:`check_epochs`). Bad arguments and jdl's errors are one
+``NAME.py: error: ...`` line and exit status 2 (:func:`run`).
 """
 
 from __future__ import annotations
@@ -101,19 +104,51 @@ def make_parser(doc: str, *, name: str, epochs: int | str,
                       help="digits, tiny models, a few epochs: a smoke run of seconds")
   parser.add_argument("--out", default="",
                       help=out_help or f"plots and tables; default experiments/results/{name} "
-                                       "(WORKDIR/results with --tiny)")
+                                       "(WORKDIR/results with --tiny, --epochs or a subset)")
   return parser
 
 
-def out_dir(args: argparse.Namespace, name: str) -> Path:
+def out_dir(args: argparse.Namespace, name: str, *, partial: bool = False) -> Path:
+  """Where a run's figures and tables go: ``--out``; else, for the driver's full run,
+  ``experiments/results/NAME`` (the published figures); else ``WORKDIR/results``.
+
+  A run is partial with ``--tiny``, ``--epochs`` or ``partial`` (a subset of the
+  variants): it must not replace the published table with a shorter one.
+  """
   if args.out:
     path = Path(args.out)
-  elif args.tiny:
+  elif args.tiny or partial or getattr(args, "epochs", 0):
     path = Path(args.workdir) / "results"
+    if not args.tiny:
+      print(f"a partial run (--epochs or a subset): figures and tables go to {path}, not "
+            f"experiments/results/{name} (--out to choose)", file=sys.stderr)
   else:
     path = RESULTS / name
   path.mkdir(parents=True, exist_ok=True)  # Checked before any training (OSError: run()).
   return path
+
+
+def fit(config, workdir, **kwargs) -> jdl.FitResult:
+  """``jdl.fit``, refusing a finished run of more epochs than ``config.num_epochs``
+  (:func:`check_epochs`)."""
+  return check_epochs(jdl.fit(config, workdir, **kwargs), config, workdir)
+
+
+def check_epochs(result: jdl.FitResult, config, workdir) -> jdl.FitResult:
+  """``result``, unless its run trained more epochs than ``config.num_epochs``.
+
+  jdl reuses such a run as it is ("nothing is undone"); a driver would then label
+  the longer run's figures with the shorter count.
+
+  Raises:
+    JdlError: the workdir's run trained more epochs than asked.
+  """
+  trained = len(result.history.get("loss", ()))
+  if trained > int(config.num_epochs):
+    raise jdl.JdlError(f"{workdir} holds a run of {trained} epochs, more than the "
+                       f"{config.num_epochs} asked for; its figures would be labelled "
+                       f"{config.num_epochs}: give another --workdir, or --epochs {trained}")
+  return result
 
 
 def tiny_digits(config) -> None:
@@ -272,16 +307,24 @@ def variant_seconds(workdir: str | Path, fitted: float) -> float:
   return training_seconds(workdir) + time.perf_counter() - fitted
 
 
-def training_seconds(workdir: str | Path) -> float:
-  """Compile plus epoch seconds of a run, from its metrics.jsonl (resumed runs too).
+def train_records(workdir: str | Path) -> list[dict]:
+  """A run's per-epoch train lines of metrics.jsonl, in epoch order (resumed runs too).
 
   The wall time of a driver's ``jdl.fit`` call is near zero when the run had already
   finished in its workdir; the run's own log keeps what training took.
   """
-  total = 0.0
   path = Path(workdir) / "metrics.jsonl"
-  for line in path.read_text().splitlines() if path.exists() else []:
-    record = json.loads(line)
-    if record.get("split") == "train":
-      total += record.get("epoch_seconds", 0.0) + record.get("compile_seconds", 0.0)
-  return total
+  records = [json.loads(line) for line in
+             (path.read_text().splitlines() if path.exists() else [])]
+  return [r for r in records if r.get("split") == "train"]
+
+
+def epoch_seconds(workdir: str | Path) -> float:
+  """The seconds of a run's epochs (compilation left out), from its log."""
+  return sum(r.get("epoch_seconds", 0.0) for r in train_records(workdir))
+
+
+def training_seconds(workdir: str | Path) -> float:
+  """Compile plus epoch seconds of a run, from its log (:func:`train_records`)."""
+  return sum(r.get("epoch_seconds", 0.0) + r.get("compile_seconds", 0.0)
+             for r in train_records(workdir))

@@ -64,11 +64,6 @@ def history(workdir: Path) -> list[float]:
   return [r["mse"] for r in rows if r.get("split") == "val"]
 
 
-def train_seconds(workdir: Path) -> float:
-  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return sum(r.get("epoch_seconds", 0.0) for r in rows if r.get("split") == "train")
-
-
 CELLS = ("lstm", "gru", "simple")
 
 
@@ -98,9 +93,8 @@ def main(argv=None) -> int:
   if args.grad_T not in args.lengths:
     parser.error(f"--grad_T {args.grad_T} is not one of --lengths "
                  f"{','.join(map(str, args.lengths))}: input_gradients.png would not be drawn")
-  out = Path(args.out) if args.out else (
-      Path(args.workdir) / "results" if args.tiny else _common.RESULTS / NAME)
-  out.mkdir(parents=True, exist_ok=True)
+  out = _common.out_dir(args, NAME, partial=(sorted(args.lengths) != [50, 100, 200]
+                                              or sorted(args.cells) != sorted(CELLS)))
   lengths, cells = args.lengths, args.cells
   import matplotlib
   matplotlib.use("Agg")
@@ -111,10 +105,10 @@ def main(argv=None) -> int:
     for cell in cells:
       workdir = Path(args.workdir) / f"adding_{cell}_T{seq_len}"
       t0 = time.perf_counter()
-      result = jdl.fit(make_config(cell, seq_len, args), workdir, quiet=True)
+      result = _common.fit(make_config(cell, seq_len, args), workdir, quiet=True)
       mse = result.test_metrics["mse"]
       results.append({"cell": cell, "T": seq_len, "test_mse": mse,
-                      "learned": mse < 0.01, "train_seconds": round(train_seconds(workdir), 1),
+                      "learned": mse < 0.01, "train_seconds": round(_common.epoch_seconds(workdir), 1),
                       "steps": int(result.state.step)})
       curves[(cell, seq_len)] = history(workdir)
       print(f"{cell:>6} T={seq_len:<4} test MSE {mse:.4f} ({time.perf_counter() - t0:.0f} s)",

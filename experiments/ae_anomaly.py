@@ -105,7 +105,7 @@ def run_digit(digit: int, args, out: Path) -> dict:
   config = _common.generative_config(NAME, args, tiny=TINY)
   config.classes = tuple(c for c in range(10) if c != digit)
   workdir = Path(args.workdir) / f"holdout_{digit}"
-  result = jdl.fit(config, workdir, quiet=True)
+  result = _common.fit(config, workdir, quiet=True)
   fitted = time.perf_counter()
   state, k = result.trainer.state, int(config.model.latent)
   x_train = np.asarray(result.trainer.data.train.x)  # Normal digits, validation held out.
@@ -172,13 +172,15 @@ def _digits(raw: str) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> dict:
   parser = _common.make_parser(__doc__, name=NAME, epochs=10)
-  parser.add_argument("--holdout", type=_common.int_in(0, 9), default=9,
-                      help="the anomalous digit, 0-9")
+  parser.add_argument("--holdout", type=_common.int_in(0, 9), default=None,
+                      help="the anomalous digit, 0-9 (default 9)")
   parser.add_argument("--digits", type=_digits, default=None,
                       help="'all' or a comma list of digits: one training per held-out digit")
   args = parser.parse_args(argv)
-  digits = args.digits or [args.holdout]
-  out = _common.out_dir(args, NAME)
+  if args.digits and args.holdout is not None:
+    parser.error("give --holdout or --digits, not both (--digits trains one run per digit)")
+  digits = args.digits or [9 if args.holdout is None else args.holdout]
+  out = _common.out_dir(args, NAME, partial=sorted(digits) != list(range(10)))
   records = {str(d): run_digit(d, args, out) for d in digits}
   rows = []
   for r in records.values():

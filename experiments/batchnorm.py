@@ -60,7 +60,7 @@ def run_variant(name: str, bn: bool, lr: float, dataset, args, epochs: int) -> d
   t0 = time.perf_counter()
   error, test = None, None
   try:
-    result = jdl.fit(config, workdir, dataset=dataset, callbacks=[log], quiet=True)
+    result = _common.fit(config, workdir, dataset=dataset, callbacks=[log], quiet=True)
     fitted = time.perf_counter()
     history = result.history  # Whole, also when the run resumed from its workdir.
     test = result.test_metrics.get("accuracy")

@@ -53,9 +53,10 @@ def parse_args(argv):
   p.add_argument("--num_digits", type=_common.int_in(1, 10), default=6,
                  help="digits shown in the overlay grids, 1-10 (default 6)")
   for name, value in FULL.items():
-    p.add_argument(f"--{name}", type=int, default=None,
+    p.add_argument(f"--{name}", type=_common.int_in(1), default=None,
                    help=f"default {value} ({TINY[name]} with --tiny)")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0,
+                 help="the CNN's seed and the explanations' (--config.seed sets both too)")
   args, rest = p.parse_known_args(argv)
   for name in FULL:
     if getattr(args, name) is None:
@@ -127,6 +128,7 @@ def plot_deletion(rows, ks, num_pixels, path):
 
 def main(argv=None) -> dict:
   args, overrides = parse_args(argv)
+  _common.require_mnist(args)
   out = Path(args.out or (Path(args.workdir) / "results" if args.tiny else OUT))
   out.mkdir(parents=True, exist_ok=True)  # Before training: a bad --out fails at once.
   config = jdl.load_config("explain_mnist")
@@ -135,7 +137,7 @@ def main(argv=None) -> dict:
     _common.tiny_digits(config)
   apply_overrides(config, overrides)
   t0 = time.perf_counter()
-  result = jdl.fit(config, args.workdir, quiet=True)
+  result = _common.fit(config, args.workdir, quiet=True)
   acc = result.test_metrics["accuracy"]
   print(f"CNN: test accuracy {acc:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
@@ -143,7 +145,7 @@ def main(argv=None) -> dict:
   test = result.trainer.data.test
   x_all, y_all = np.asarray(test.x), np.asarray(test.y)
   black = m.normalize(np.zeros((1, *x_all.shape[1:]), np.float32))
-  key = jax.random.key(args.seed)
+  key = jax.random.key(int(config.seed))  # --seed, or a --config.seed override of it.
 
   # One digit per class for the pictures.
   picks = [int(np.flatnonzero(y_all == c)[0]) for c in range(args.num_digits)]

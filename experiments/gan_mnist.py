@@ -61,7 +61,7 @@ def classifier_run(args) -> str:
   config = jdl.load_config("digits_mlp")
   _common.quiet_outputs(config)
   config.num_epochs = 10
-  result = jdl.fit(config, path, quiet=True)
+  result = _common.fit(config, path, quiet=True)
   print(f"digits classifier for the judge: test accuracy "
         f"{result.test_metrics['accuracy']:.2%}", flush=True)
   return str(path)
@@ -113,16 +113,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--classifier", default="",
                       help="the judge's run; default runs/mnist_fast (--tiny: WORKDIR/classifier)")
   args = parser.parse_args(argv)
+  _common.require_mnist(args)  # The data first: the judge's run is trained on it.
   classifier = classifier_run(args)
   config = _common.generative_config(args.config, args, tiny=TINY)
   if args.tiny:
     _common.apply_overrides(config, TINY_MODEL[config.model.name])
   config.generative.classifier_workdir = classifier
-  if args.tiny and not args.out:  # One folder per config, as experiments/results/CONFIG.
-    args.out = str(Path(args.workdir) / "results" / args.config)
+  if (args.tiny or args.epochs) and not args.out:  # One folder per config, as
+    args.out = str(Path(args.workdir) / "results" / args.config)  # experiments/results.
+    if args.epochs:
+      print(f"a run given --epochs: figures and tables go to {args.out}, not "
+            f"experiments/results/{args.config} (--out to choose)", file=sys.stderr)
   out = _common.out_dir(args, args.config)
   workdir = Path(args.workdir) / args.config
-  result = jdl.fit(config, workdir, quiet=True)
+  result = _common.fit(config, workdir, quiet=True)
   trainer, seconds = result.trainer, _common.training_seconds(workdir)
   state, judge, n = trainer.state, trainer.judge(), int(config.generative.eval_samples)
   latent = int(config.generative.latent_dim)

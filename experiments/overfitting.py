@@ -48,7 +48,7 @@ def pending(config, overrides: dict[str, Any]) -> bool:
 
 def run_variant(name: str, config, dataset, args) -> dict:
   workdir = Path(args.workdir) / name.split()[0].lower()
-  result = jdl.fit(config, workdir, dataset=dataset, quiet=True)
+  result = _common.fit(config, workdir, dataset=dataset, quiet=True)
   fitted = time.perf_counter()
   trainer = result.trainer
   train = trainer.evaluate_split(trainer.data.train)["accuracy"]

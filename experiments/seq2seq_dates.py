@@ -79,16 +79,13 @@ def main(argv=None) -> int:
   parser.add_argument("--tiny", action="store_true", help="256 examples, 1 epoch")
   parser.add_argument("--out", default="")
   args = parser.parse_args(argv)
-  out = Path(args.out) if args.out else (
-      Path(args.workdir) / "results" if args.tiny else _common.RESULTS / NAME)
-  out.mkdir(parents=True, exist_ok=True)
+  out = _common.out_dir(args, NAME)
   results = []
   for attention, suffix in (("bahdanau", ""), ("none", "_noattn")):
     workdir = Path(args.workdir) / f"{NAME}{suffix}"
-    result = jdl.fit(make_config(attention, args), workdir, quiet=True)
+    result = _common.fit(make_config(attention, args), workdir, quiet=True)
     line = test_line(workdir)
-    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    seconds = sum(r.get("epoch_seconds", 0.0) for r in rows if r.get("split") == "train")
+    seconds = _common.epoch_seconds(workdir)  # Compilation left out.
     results.append({"attention": attention, "token_accuracy": line["token_accuracy"],
                     "greedy_exact_match": line["greedy_exact_match"],
                     "beam_exact_match": line.get("beam_exact_match"),

@@ -32,6 +32,7 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--tiny", action="store_true",
                       help="the 8x8 digits, a narrow CNN, few epochs: a smoke run of seconds")
   args = parser.parse_args(argv)
+  _common.require_mnist(args)
   root = Path(args.workdir)
   regimes = TINY_REGIMES if args.tiny else REGIMES
 
@@ -44,7 +45,7 @@ def main(argv=None) -> list[dict]:
 
   pre = configure(jdl.load_config("transfer_mnist_pretrain"))
   t0 = time.perf_counter()
-  pretrained = jdl.fit(pre, root / "pretrain", quiet=True)
+  pretrained = _common.fit(pre, root / "pretrain", quiet=True)
   print(f"pretrain on 0-4: test accuracy {pretrained.test_metrics['accuracy']:.4f} "
         f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
@@ -62,7 +63,7 @@ def main(argv=None) -> list[dict]:
         config.init_from.workdir = str(root / "pretrain")
       name = f"{per_class or 'all'}-{'scratch' if mode == 'from scratch' else 'finetune'}"
       t0 = time.perf_counter()
-      result = jdl.fit(config, root / name, quiet=True)
+      result = _common.fit(config, root / name, quiet=True)
       row[mode] = result.test_metrics["accuracy"]
       row[f"{mode} s"] = time.perf_counter() - t0
       print(f"{name}: test accuracy {row[mode]:.4f} ({row[f'{mode} s']:.0f} s)", flush=True)

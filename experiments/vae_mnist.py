@@ -45,7 +45,7 @@ def train(latent: int | None, args) -> tuple[jdl.FitResult, dict]:
     config.model.latent = latent
   latent = int(config.model.latent)
   workdir = Path(args.workdir) / f"latent{latent}"
-  result = jdl.fit(config, workdir, quiet=True)
+  result = _common.fit(config, workdir, quiet=True)
   fitted = time.perf_counter()
   test = result.test_metrics
   record = {"latent": latent, "epochs": int(config.num_epochs), "dataset": config.dataset,

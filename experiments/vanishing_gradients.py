@@ -100,7 +100,7 @@ def run_variant(name: str, overrides: dict[str, Any], dataset, args, epochs: int
   names, grad_norms = make_grad_norms(trainer, trainer.data.train.x[:n], trainer.data.train.y[:n])
   # Before fit (which resumes from the workdir), the state is the seed's initial one.
   init = np.asarray(grad_norms(trainer.state)).tolist()
-  result = trainer.fit()
+  result = _common.check_epochs(trainer.fit(), config, workdir)
   fitted = time.perf_counter()
   final = np.asarray(grad_norms(result.state)).tolist()
   spe = trainer.steps_per_epoch

@@ -42,7 +42,7 @@ class ArgumentParser(argparse.ArgumentParser):
   usage block) and exit status 2, like every other error of jdl's commands."""
 
   def error(self, message):
-    self.exit(2, f"jdl: error: {message} (see {self.prog} --help)\n")
+    self.exit(2, f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)\n")
 
 
 def _int_at_least(minimum: int):

@@ -164,6 +164,21 @@ def test_configs_train_alone_on_mnist_shaped_npz(name, tmp_path):
   assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
 
 
+def test_only_a_drivers_full_run_writes_the_published_results(tmp_path, capsys):
+  import argparse
+  def args(**over):
+    return argparse.Namespace(**{"out": "", "tiny": False, "epochs": 0,
+                                 "workdir": str(tmp_path / "w"), **over})
+  assert _common.out_dir(args(), "overfitting") == _common.RESULTS / "overfitting"
+  capsys.readouterr()
+  for partial_args, partial in ((args(epochs=3), False), (args(), True)):
+    assert _common.out_dir(partial_args, "overfitting", partial=partial) == (
+        tmp_path / "w" / "results")
+    assert "a partial run" in capsys.readouterr().err
+  assert _common.out_dir(args(tiny=True), "x") == tmp_path / "w" / "results"
+  assert _common.out_dir(args(epochs=3, out=str(tmp_path / "o")), "x") == tmp_path / "o"
+
+
 def test_a_full_run_without_mnist_is_one_error_not_a_digits_run(tmp_path):
   import subprocess
   from conftest import cli_env
@@ -199,7 +214,19 @@ def test_architectures_tiny_run_and_its_variants_argument(tmp_path, capsys):
     assert r["train_examples"] == 1437 - 300 and r["epoch_seconds"] > 0
   out = tmp_path / "runs" / "results"
   assert (out / "accuracy.png").stat().st_size > 0
-  assert "| LeNet-5 | 61,706 |" in (out / "table.md").read_text()
+  table = (out / "table.md").read_text()
+  assert "| LeNet-5 | 61,706 |" in table and "| ResNet-20 (narrow, --tiny) |" in table
+  # A re-run over the finished runs reports their logged times (it reported none).
+  again = architectures.main(["--tiny", "--variants", "lenet5,resnet20", "--workdir",
+                              str(tmp_path / "runs"), "--data_dir", str(tmp_path / "none")])
+  for key, r in again.items():
+    assert r["samples_per_sec"] == records[key]["samples_per_sec"]
+    assert r["epoch_seconds"] == records[key]["epoch_seconds"] > 0
+  # Fewer epochs over them: refused (the longer runs were labelled with the shorter count).
+  with pytest.raises(jdl.JdlError, match=r"holds a run of 2 epochs, more than the 1 asked "
+                                         r"for; .* --epochs 2"):
+    architectures.main(["--tiny", "--variants", "lenet5", "--epochs", "1", "--workdir",
+                        str(tmp_path / "runs"), "--data_dir", str(tmp_path / "none")])
   with pytest.raises(SystemExit) as e:
     architectures.main(["--tiny", "--variants", "lenet5,alexnet"])
   assert e.value.code == 2 and "unknown alexnet" in capsys.readouterr().err
@@ -208,3 +235,20 @@ def test_architectures_tiny_run_and_its_variants_argument(tmp_path, capsys):
   model = jdl.models.create_model(jdl.load_config("resnet20_mnist").model, num_outputs=10)
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 28, 28, 1))))
   assert jdl.count_params(shapes["params"]) == 272_474 - 2 * 9 * 16
+
+
+@pytest.mark.parametrize("driver, argv, message", [
+    # Accepted, then a ZeroDivisionError / KeyError traceback after training.
+    ("explain_mnist", ["--deletion_examples", "0"], "--deletion_examples: must be >= 1, got 0"),
+    ("explain_mnist", ["--deletion_lime_examples", "0"], "must be >= 1, got 0"),
+    # --holdout was ignored when --digits was given.
+    ("ae_anomaly", ["--holdout", "3", "--digits", "1,2"], "give --holdout or --digits, not both"),
+])
+def test_driver_arguments_are_refused_before_training(driver, argv, message, tmp_path, capsys):
+  import importlib
+  module = importlib.import_module(driver)
+  with pytest.raises(SystemExit) as e:
+    module.main([*argv, "--workdir", str(tmp_path / "runs")])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and message in err and err.count("\n") == 1, err
+  assert not (tmp_path / "runs").exists()
