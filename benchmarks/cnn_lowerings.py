@@ -40,6 +40,8 @@ import optax
 
 from jdl.models.conv import Conv, conv_hybrid, conv_patches
 
+from _provenance import provenance
+
 B, STEPS = 128, 20
 
 
@@ -219,7 +221,7 @@ def main() -> None:
       print(json.dumps(row), flush=True)
   if args.out:
     with open(args.out, "w") as f:
-      json.dump(rows, f, indent=2)
+      json.dump({"provenance": provenance(), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

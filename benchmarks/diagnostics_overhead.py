@@ -25,6 +25,7 @@ import jax
 
 import jdl
 from _data import mnist_shaped
+from _cli import at_least, guarded
 from jdl.data import Dataset
 
 
@@ -60,11 +61,11 @@ def throughput(dataset: Dataset, epochs: int, every: int, block_reps: int = 0):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--examples", type=int, default=25_600)
-  parser.add_argument("--epochs", type=int, default=4)
-  parser.add_argument("--every", type=int, default=100)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--block-reps", type=int, default=10)
+  parser.add_argument("--examples", type=at_least(1), default=25_600)
+  parser.add_argument("--epochs", type=at_least(1), default=4)
+  parser.add_argument("--every", type=at_least(1), default=100)
+  parser.add_argument("--repeats", type=at_least(1), default=3)
+  parser.add_argument("--block-reps", type=at_least(1), default=10)
   args = parser.parse_args()
   if args.epochs < 2:  # The first epoch is a warm-up, not measured.
     parser.error(f"--epochs must be >= 2 (the first is not measured), got {args.epochs}")
@@ -90,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  guarded(main)()

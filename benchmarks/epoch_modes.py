@@ -20,6 +20,8 @@ import numpy as np
 
 import jdl
 from _data import mnist_shaped
+from _provenance import provenance
+from _cli import at_least, guarded
 from jdl.data import Dataset
 
 MODELS = {
@@ -41,8 +43,9 @@ def measure(model: dict, mode: str, dataset: Dataset, epochs: int) -> dict:
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--examples", type=int, default=3_200)
-  parser.add_argument("--epochs", type=int, default=3)
+  parser.add_argument("--examples", type=at_least(1), default=3_200)
+  parser.add_argument("--epochs", type=at_least(2), default=3,
+                      help="the first, with compilation, is dropped")
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   n = args.examples
@@ -58,7 +61,7 @@ def main() -> None:
           for m, model in MODELS.items()}
   report = {"backend": jax.default_backend(), "devices": jax.device_count(),
             "machine": platform.processor() or platform.machine(), "jax": jax.__version__,
-            "rows": rows, "auto_mode": auto}
+            "rows": rows, "auto_mode": auto, "provenance": provenance()}
   print(json.dumps(report["auto_mode"]))
   if args.out:
     with open(args.out, "w") as f:
@@ -73,4 +76,4 @@ def _cfg(model):
 
 
 if __name__ == "__main__":
-  main()
+  guarded(main)()

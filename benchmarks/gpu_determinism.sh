@@ -18,6 +18,7 @@ mkdir -p "$OUT"
 for run in default_a default_b det_a det_b; do
   det=false
   [[ $run == det_* ]] && det=true
+  rm -rf "runs/det_$run"  # A fresh run: a finished one would be reused, training nothing.
   env -u XLA_FLAGS python3 -m jdl.cli train --config mnist_cnn --workdir "runs/det_$run" \
     --config.data_dir="$DATA" --config.download=false --config.num_epochs="$EPOCHS" \
     --config.tensorboard=false --config.deterministic=$det > "$OUT/det_$run.log" 2>&1

@@ -99,6 +99,7 @@ fi
 
 # mnist_cnn for its 6 epochs under one setting: run NAME KEY VALUE.
 train_cnn() {
+  rm -rf "runs/mnist_cnn_$1"  # A fresh run: a finished one would be reused, training nothing.
   python3 -m jdl.cli train --config mnist_cnn --workdir "runs/mnist_cnn_$1" \
     --config.data_dir="$DATA" --config.download=false "--config.$2=$3" \
     --config.tensorboard=false > "$W/mnist_cnn_$1.log" 2>&1

@@ -32,6 +32,8 @@ import jdl  # noqa: E402
 from jdl.train import loop  # noqa: E402
 from jdl.train import profile  # noqa: E402
 from jdl.train import steps as steps_lib  # noqa: E402
+from _provenance import provenance  # noqa: E402
+from _cli import at_least, guarded, int_list  # noqa: E402
 
 MNIST = (28, 28, 1)
 MODELS = {
@@ -83,18 +85,18 @@ def compiled_block(trainer: loop.Trainer, steps: int):
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default=",".join(MODELS))
-  parser.add_argument("--sizes", default="128,64,32,16",
+  parser.add_argument("--sizes", type=int_list(1), default=[128, 64, 32, 16],
                       help="microbatch sizes; the batch size = whole batches")
-  parser.add_argument("--batch-size", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--batch-size", type=at_least(1), default=128)
+  parser.add_argument("--steps", type=at_least(1), default=10)
+  parser.add_argument("--rounds", type=at_least(1), default=3)
   parser.add_argument("--out")
   args = parser.parse_args()
   models = [m for m in args.models.split(",") if m]
   unknown = sorted(set(models) - set(MODELS))
   if unknown:
     parser.error(f"unknown models {unknown}; choose from {', '.join(MODELS)}")
-  sizes = [int(s) for s in args.sizes.split(",") if s]
+  sizes = list(args.sizes)
   if args.batch_size not in sizes:
     sizes.insert(0, args.batch_size)
   bad = [s for s in sizes if s < 1 or args.batch_size % s]
@@ -124,11 +126,11 @@ def main() -> int:
           flush=True)
   meta = {"batch_size": args.batch_size, "steps": args.steps, "rounds": args.rounds,
           "jax": jax.__version__, "device": jax.devices()[0].device_kind,
-          "backend": jax.default_backend()}
+          "backend": jax.default_backend(), **provenance()}
   if args.out:
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(guarded(main)())

@@ -41,6 +41,8 @@ from jdl import optim
 from jdl.data import Dataset
 from jdl.train import steps as steps_lib
 
+from _provenance import provenance
+
 BATCH, STEPS, N = 128, 100, 128 * 800
 
 
@@ -168,7 +170,8 @@ def main() -> None:
         f"  {100 * rate * flops / (peak * 1e9):5.1f}% of peak")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"matmul_gflops": peak, "flops_per_example": flops, "rows": rows}, f, indent=2)
+      json.dump({"matmul_gflops": peak, "flops_per_example": flops, "rows": rows,
+                 "provenance": provenance()}, f, indent=2)
 
 
 if __name__ == "__main__":

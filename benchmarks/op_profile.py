@@ -29,6 +29,7 @@ import bench_jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import jdl  # noqa: E402  pylint: disable=g-import-not-at-top
 from jdl.train import loop  # noqa: E402  pylint: disable=g-import-not-at-top
 from jdl.train import profile  # noqa: E402  pylint: disable=g-import-not-at-top
+from _provenance import provenance  # noqa: E402
 
 
 def build_trainer(model: str, batch_size: int, steps: int,
@@ -54,7 +55,8 @@ def main() -> None:
   trainer = build_trainer(args.model, args.batch_size, args.steps, args.nonfinite_check)
   result = profile.profile_block(trainer, args.steps)
   result.update(model=args.model, batch_size=trainer.batch_size, jax=jax.__version__,
-                jdl=jdl.__version__, device=jax.devices()[0].device_kind)
+                jdl=jdl.__version__, device=jax.devices()[0].device_kind,
+                provenance=provenance())
   print(profile.format_report(result, args.top))
   if args.out:
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

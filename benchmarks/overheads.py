@@ -38,6 +38,8 @@ import numpy as np
 import jdl
 from jdl.data import Dataset
 
+from _provenance import provenance
+
 MODELS = {
     "mlp": {"name": "mlp", "hidden": (512, 512)},
     "cnn": {"name": "cnn", "features": (32, 64), "pool": "avg", "dense": (256,)},
@@ -227,7 +229,7 @@ def main() -> None:
           + (orbax_rows() if "orbax" in parts else []))
   if args.out:
     with open(args.out, "w") as f:
-      json.dump(rows, f, indent=2)
+      json.dump({"provenance": provenance(), "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

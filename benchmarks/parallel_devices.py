@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _cli import at_least, guarded
+
 REPO = Path(__file__).resolve().parent.parent
 
 _CHILD = """
@@ -47,12 +49,14 @@ def measure(config: str, batch: int, epochs: int, devices: int, mode: str) -> di
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="digits_cnn")
-  parser.add_argument("--batch", type=int, default=256)
+  parser.add_argument("--batch", type=at_least(1), default=256)
   parser.add_argument("--epochs", type=int, default=4,
                       help="epochs per setting, >= 2 (the first, with compilation, is dropped)")
   args = parser.parse_args()
   if args.epochs < 2:
     parser.error(f"--epochs must be >= 2 (the first is dropped), got {args.epochs}")
+  import jdl  # pylint: disable=g-import-not-at-top
+  jdl.load_config(args.config)  # An unknown config: one error here, not a child's traceback.
   print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"{args.config}, global batch {args.batch}")
   for devices, mode in ((1, "none"), (8, "data"), (8, "shard_map")):
@@ -63,4 +67,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  guarded(main)()

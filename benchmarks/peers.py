@@ -33,7 +33,7 @@ With ``--gpu`` the same peers run on the first CUDA GPU: JAX's default backend a
 PyTorch on ``cuda`` with the data on the GPU, TF32 matmuls in both (JAX's default
 precision there; ``torch.set_float32_matmul_precision('high')``), larger epochs
 (``SIZES['gpu']``), an 8192x8192 matmul for the peak, and by default the peers of
-the GPU comparison (jdl, the hand-written step, PyTorch eager and compiled). jdl
+the GPU comparison (jdl, the hand-written step and scan, PyTorch eager and compiled). jdl
 runs with its default ``config.deterministic=True`` (XLA's deterministic GPU kernels,
 bitwise-reproducible runs); the other peers use their frameworks' default kernels,
 which are not. ``--jdl-deterministic=false`` compares like with like.
@@ -91,7 +91,10 @@ PEERS = {
 }
 MATMUL = {"jax": Peer("bench_jax", "run_matmul", ("jax",)),
           "torch": Peer("bench_torch", "run_matmul", ("torch",))}
-GPU_PEERS = ("jdl", "flax_step", "torch", "torch_compile")
+# flax_scan is the like-for-like peer of jdl's on-device epochs (the step loop feeds
+# numpy batches from the host; PyTorch keeps its data on the GPU). It was missing
+# from the seventh session's GPU runs.
+GPU_PEERS = ("jdl", "flax_step", "flax_scan", "torch", "torch_compile")
 # Counted on the CPU backend even for --gpu runs: XLA's GPU cost analysis gives no FLOPs
 # for the convolutions it hands to cuDNN (it put ResNet-20 at 4.6 M instead of 230 M).
 FLOPS = Peer("bench_jax", "run_flops", ("flax", "optax"), env=(("JAX_PLATFORMS", "cpu"),))
@@ -112,7 +115,8 @@ SIZES = {
                 "caps": {"flax_scan": {"n": 256, "epochs": 2}}},
         "resnet20": {"n": 256, "epochs": 3, "caps": {"flax_scan": None}},
     },
-    # One GPU: epochs long enough (~0.5-2 s) that launch gaps and timers do not dominate.
+    # One GPU: epochs of many steps, so that launch gaps and timers do not dominate (jdl's
+    # MLP epochs took 0.04-0.1 s on an H200; the others' up to ~2 s).
     "gpu": {
         "mlp": {"n": 204_800, "epochs": 4},
         "cnn": {"n": 102_400, "epochs": 4},
@@ -203,12 +207,9 @@ def _cpu_name() -> str:
 
 
 def _git_commit() -> str | None:
-  try:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HELPERS,
-                         capture_output=True, text=True, timeout=10, check=False)
-  except OSError:
-    return None
-  return out.stdout.strip() or None
+  """The short commit, ``+dirty`` when tracked files differ (see _provenance)."""
+  from _provenance import git_commit  # pylint: disable=g-import-not-at-top
+  return git_commit()
 
 
 def _log(message: str) -> None:
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 
   if args.gpu and args.quick:
     parser.error("--gpu and --quick exclude each other")
+  if not args.timeout > 0:
+    parser.error(f"--timeout must be > 0 seconds, got {args.timeout:g}")
   mode = "gpu" if args.gpu else "quick" if args.quick else "default"
   sizes = SIZES[mode]
   models = _select(args.models, list(common.INPUT_SHAPES), "models")
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
   matmul = _run_matmuls(args.timeout, versions, args.gpu)
   peak = matmul.get("jax", {}).get("gflops")
 
-  rows, flops = [], {}
+  rows, flops, flops_3x = [], {}, {}
   for model in models:
     size = sizes[model]
     for batch, name in [(b, p) for b in batch_sizes for p in peers]:
@@ -330,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
       r = run_child(FLOPS, args.timeout, model=model, seed=SEED)
       if r["status"] == "ok":
         flops[model] = r["flops_per_sample"]
+        flops_3x[model] = 3 * r["forward_flops_per_sample"]
 
-  report.add_derived(rows, flops, peak)
+  report.add_derived(rows, flops, peak, flops_3x)
   param_lines = report.check_params(rows)
   meta.update(load_at_end=os.getloadavg(), total_wall_s=round(time.perf_counter() - started),
               versions=versions)
@@ -351,19 +355,28 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" (PyTorch: {matmul['torch']['gflops']:.1f})"
                      if matmul.get("torch", {}).get("status") == "ok" else ""))
   header.append("training FLOPs per example (XLA CPU cost analysis of the Flax step): "
-                + ", ".join(f"{m} {f / 1e6:.1f} M" for m, f in flops.items()))
+                + ", ".join(f"{m} {f / 1e6:.1f} M" for m, f in flops.items())
+                + "; \"% peak 3xfwd\" counts 3x the forward pass's instead (the issue's "
+                "convention): " + ", ".join(f"{m} {f / 1e6:.1f} M" for m, f in flops_3x.items()))
   _log("\n" + "\n".join(header) + "\n")
   _log(report.console_table(rows))
   _log("\n" + "\n".join(param_lines))
   if args.out:
     Path(args.out).write_text(json.dumps(
-        {"meta": meta, "matmul": matmul, "flops_per_sample": flops, "rows": rows},
+        {"meta": meta, "matmul": matmul, "flops_per_sample": flops,
+         "flops_per_sample_3x_forward": flops_3x, "rows": rows},
         indent=2) + "\n")
   if args.md:
     Path(args.md).write_text("\n\n".join(
         ["\n".join(f"- {line}" for line in header), report.markdown_table(rows),
          "\n".join(f"- {line}" for line in param_lines)]) + "\n")
-  return 1 if any("MISMATCH" in line for line in param_lines) else 0
+  failed = [f"{r['model']}/{r['batch']}/{r['peer']}" for r in rows
+            if r["status"].startswith("failed")]
+  failed += [f"matmul {name}" for name, m in matmul.items()
+             if str(m.get("status", "ok")).startswith("failed")]
+  if failed:
+    _log(f"\n{len(failed)} run(s) failed: {', '.join(failed)}")
+  return 1 if failed or any("MISMATCH" in line for line in param_lines) else 0
 
 
 if __name__ == "__main__":

@@ -22,15 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from _cli import at_least, guarded
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--kills", type=int, default=20)
+  parser.add_argument("--kills", type=at_least(1), default=20)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--config", default="digits_mlp")
-  parser.add_argument("--epochs", type=int, default=12)
+  parser.add_argument("--epochs", type=at_least(1), default=12)
   args = parser.parse_args()
   rng = random.Random(args.seed)
   env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -81,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  guarded(main)()

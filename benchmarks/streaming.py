@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _cli import at_least, guarded
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -176,10 +178,10 @@ def _run_worker(args: list[str]) -> dict:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--rows", type=int, default=1_000_000, help="memory part; 0 skips it")
-  p.add_argument("--speed-rows", type=int, default=60_000)
-  p.add_argument("--epochs", type=int, default=3)
-  p.add_argument("--steps", type=int, default=300)
+  p.add_argument("--rows", type=at_least(0), default=1_000_000, help="memory part; 0 skips it")
+  p.add_argument("--speed-rows", type=at_least(1), default=60_000)
+  p.add_argument("--epochs", type=at_least(1), default=3)
+  p.add_argument("--steps", type=at_least(1), default=300)
   p.add_argument("--dir", default="/tmp/jdl-streaming-bench",
                  help="where the data sets are written, in DIR/speed and DIR/big (which must "
                       "not exist); only those are deleted at the end")
@@ -251,4 +253,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  guarded(main)()

@@ -22,6 +22,8 @@ import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+from _provenance import provenance  # noqa: E402  (imports jax only when called)
+
 
 def flax_example_config(data_dir: str):
   import jdl
@@ -100,7 +102,7 @@ def main() -> None:
     print(json.dumps(result))
     if args.out:
       with open(args.out, "w") as f:
-        json.dump([result], f, indent=2)
+        json.dump({"provenance": provenance(), "results": [result]}, f, indent=2)
     return
   results = []
   for recipe in RECIPES:
@@ -119,7 +121,7 @@ def main() -> None:
           f"{r['epochs_to_target']} |")
   if args.out:
     with open(args.out, "w") as f:
-      json.dump(results, f, indent=2)
+      json.dump({"provenance": provenance(), "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,14 @@ def run_flops(model: str, seed: int, batch_size: int = common.BATCH_SIZE,
   x, y = common.make_data(model, batch_size, seed)
   state = create_train_state(model, seed)
   compiled = jax.jit(train_step, donate_argnums=(0,)).lower(state, x, y).compile()
+
+  def forward(params, x):
+    return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, x,
+                          train=False)
+
+  forward_flops = _flops(jax.jit(forward).lower(state.params, x).compile())
   return {"flops_per_sample": _flops(compiled) / batch_size,
+          "forward_flops_per_sample": forward_flops / batch_size,
           "params": _count(state.params), "versions": _versions()}
 
 
