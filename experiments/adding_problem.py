@@ -164,7 +164,8 @@ def main(argv=None) -> int:
     rows.append([r["cell"], r["T"], f"{r['test_mse']:.4f}", "yes" if r["learned"] else "no",
                  ratio, r["train_seconds"]])
   table = _common.markdown_table(["cell", "T", "test MSE", "learned (< 0.01)",
-                                  "grad ratio x_1 / x_T (init, trained)", "train s"], rows)
+                                  "grad ratio x_1 / x_T (init, trained)",
+                                  "epochs s (no compile)"], rows)
   _common.write_results(out, table, results)
   print(table)
   return 0

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
                                  for t, r in zip(EXAMPLES, beam)}
   table = _common.markdown_table(
       ["attention", "token accuracy", "greedy exact match", "beam (k = 5) exact match",
-       "train s"],
+       "epochs s (no compile)"],
       [[r["attention"], f"{100 * r['token_accuracy']:.2f}%", f"{100 * r['greedy_exact_match']:.2f}%",
         f"{100 * r['beam_exact_match']:.2f}%", r["train_seconds"]] for r in results])
   _common.write_results(out, table, results)

@@ -70,6 +70,9 @@ def test_transfer_mnist_driver_tiny_run(tmp_path, capsys):
   rows = driver.main(["--tiny", "--workdir", str(tmp_path)])
   assert [row["examples per class"] for row in rows] == list(driver.TINY_REGIMES)
   assert "| examples per class (5-9) |" in capsys.readouterr().out
+  table = (tmp_path / "results" / "table.md").read_text()
+  assert table.startswith("| examples per class (5-9) |") and "| 20 | 4 |" in table
+  assert all(row["from scratch s"] > 0 for row in rows)  # Training time, from the log.
   pre = jdl.load_run(tmp_path / "pretrain").state.params
   fine = jdl.load_run(tmp_path / "20-finetune").state.params
   scratch = jdl.load_run(tmp_path / "20-scratch").state.params
