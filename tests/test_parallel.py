@@ -234,6 +234,24 @@ def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
   assert os.path.getsize(workdir / "summary.txt") > 0
 
 
+def test_two_processes_in_shard_map_mode_equal_one_process(tmp_path):
+  """parallel='shard_map' across two processes (gloo): its explicit collectives span the
+  hosts, and the run equals one process's of the same global batch (rtol 1e-5)."""
+  mode = ("--config.parallel=shard_map", "--config.num_epochs=1")
+  procs = _launch_two(tmp_path / "two", extra=(mode, mode))
+  outs = [p.communicate(timeout=300) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
+  assert cli.main(["train", "--workdir", str(tmp_path / "one"), *_ARGS, *mode]) == 0
+  two = ckpt_lib.restore_params(tmp_path / "two" / "checkpoints")
+  one = ckpt_lib.restore_params(tmp_path / "one" / "checkpoints")
+  assert sorted(two) == sorted(one)
+  for k in one:
+    np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  runtime = json.loads((tmp_path / "two" / "config.json").read_text())["runtime"]
+  assert (runtime["num_devices"], runtime["num_processes"]) == (2, 2)
+  assert json.loads((tmp_path / "two" / "config.json").read_text())["parallel"] == "shard_map"
+
+
 def test_two_processes_streamed_each_read_only_their_half(tmp_path):
   """dataset='npy_dir' on two processes (gloo): each reads only its 32 columns of every
   batch of 64 (and its half of every padded evaluation batch); the run equals the
