@@ -129,11 +129,12 @@ def test_gradcheck_passes_on_recurrent_models(cell):
   results = {r.name: r for r in sanity.run_checks(config, overfit_steps=1)}
   assert results["gradcheck"].status == sanity.PASS, results["gradcheck"].message
   assert results["gradcheck"].values["max_rel_error"] < 1e-7
-  cells = jdl.models.cells.make_cell(cell, 3, dtype=jnp.float64)
-  leaves = jax.tree.leaves(cells.initialize_carry(2))
-  assert all(c.dtype == jnp.float64 for c in leaves) or not jax.config.jax_enable_x64
-  bf16 = jdl.models.cells.make_cell(cell, 3, dtype=jnp.bfloat16)
-  assert all(c.dtype == jnp.float32 for c in jax.tree.leaves(bf16.initialize_carry(2)))
+  with jax.enable_x64(True):
+    wide = jdl.models.cells.make_cell(cell, 3, dtype=jnp.float64)
+    assert all(c.dtype == jnp.float64 for c in jax.tree.leaves(wide.initialize_carry(2)))
+  for narrow in (jnp.bfloat16, jnp.float16, jnp.float32, None):
+    cells = jdl.models.cells.make_cell(cell, 3, dtype=narrow)
+    assert all(c.dtype == jnp.float32 for c in jax.tree.leaves(cells.initialize_carry(2)))
 
 
 def test_regression_skips_initial_loss_and_class_balance():

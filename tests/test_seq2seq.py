@@ -335,6 +335,18 @@ def test_beam_search_refuses_a_length_penalty_that_is_not_a_number():
                          length_penalty=float("nan"))
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_a_float64_model_carries_float64(name):
+  # The cells carry float64 for a float64 model (jdl check's gradient check); the
+  # encoder's bridge and the decoder's feed must too, or the scans do not trace.
+  with jax.enable_x64(True):
+    model = _model(**VARIANTS[name], dtype=jnp.float64)
+    variables = model.init(_key(0), SRC, TGT_IN)
+    assert model.apply(variables, SRC, TGT_IN).dtype == jnp.float32  # Logits.
+    enc = model.apply(variables, jnp.asarray(SRC), method="encode")
+    assert all(c.dtype == jnp.float64 for c in jax.tree.leaves(enc.carry))
+
+
 def test_float_target_ids_are_refused_like_float_source_ids():
   # tgt_in [[2.9, 4.9]] gave the logits of [[2, 4]].
   model, variables = _variant("none")

@@ -19,7 +19,8 @@ Parameters (``H = features``, ``F`` = input width, ``G`` gates, gate blocks of w
 with ``W_f = [W_h^f; W_x^f]`` stacked on the input axis.
 
 Carries are float32 whatever narrower ``dtype`` is (a bfloat16 cell state would
-accumulate rounding error over time; a float64 cell carries float64); the matrix products run in ``dtype`` and ``h_t`` is
+accumulate rounding error over time; a float64 cell carries float64,
+:func:`carry_dtype`); the matrix products run in ``dtype`` and ``h_t`` is
 returned in ``dtype``.
 """
 
@@ -105,6 +106,14 @@ def _check_cell_fields(cell: nn.Module) -> None:
   get_initializer(cell.kernel_init)
 
 
+
+def carry_dtype(dtype: Dtype | None) -> jnp.dtype:
+  """The dtype a recurrent carry keeps for compute ``dtype``: float32, or ``dtype``
+  when it is wider (float64, as in ``jdl check``'s gradient check)."""
+  # By width, not jnp.promote_types: strict dtype promotion refuses bfloat16 + float32.
+  wide = dtype is not None and jnp.dtype(dtype).itemsize > 4
+  return jnp.dtype(dtype) if wide else jnp.dtype(jnp.float32)
+
 class _Cell(nn.Module):
   """Shared fields and plumbing of the cells; see the module docstring."""
 
@@ -137,7 +146,7 @@ class _Cell(nn.Module):
   @property
   def carry_dtype(self):
     """float32, or ``dtype`` when wider (float64: a gradient check's whole model)."""
-    return jnp.promote_types(self.dtype, jnp.float32)
+    return carry_dtype(self.dtype)
 
   def project_inputs(self, x: jax.Array) -> jax.Array:
     """``W_x x + b`` for every gate: ``[..., F] -> [..., gates * H]`` (the carry's dtype)."""

@@ -116,7 +116,8 @@ class RNN(RecurrentOptions):
       (the whole sequence is still one scan, every step kept for the backward
       pass): it limits how far back gradients reach, for long sequences whose
       gradient through the full scan is noisy or explodes.
-    dtype: compute dtype; parameters and carries stay float32.
+    dtype: compute dtype; parameters stay float32, carries float32 or wider
+      (:func:`jdl.models.cells.carry_dtype`).
 
   Truncated BPTT (Williams & Peng, 1990) here is the variant Sutskever (2013)
   writes TBPTT(k1, k2) with ``k1 = k2 = k``, within one forward pass: the
@@ -156,7 +157,7 @@ class RNN(RecurrentOptions):
 
     Returns:
       ``(outputs, final_h)``: ``outputs [batch, time, H]`` (zeros on padded
-      steps, in ``dtype``) and ``final_h [batch, H]`` (float32), the hidden state
+      steps, in ``dtype``) and ``final_h [batch, H]`` (the carry's dtype), the hidden state
       after each sequence's last real step (first, with ``reverse``).
     """
     errors.require(x.ndim == 3, f"RNN needs [batch, time, features], got {tuple(x.shape)}")

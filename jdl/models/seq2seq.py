@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jdl import errors
 from jdl.models import manual_axes
 from jdl.models.attention import ATTENTIONS, Attention
-from jdl.models.cells import make_cell
+from jdl.models.cells import carry_dtype, make_cell
 from jdl.models.initializers import get_head_initializer
 from jdl.models.mlp import check_common_fields, check_positive
 from jdl.models.recurrent import RNN, Bidirectional
@@ -97,7 +97,7 @@ class _Decoder(nn.Module):
           cell_carry, jnp.concatenate([emb, feed.astype(self.dtype)], axis=-1))
       context, weights = self.attend(s, enc.keys, enc.memory, enc.src_mask)
       feature = jnp.tanh(self.combine(jnp.concatenate([context, s], axis=-1)))
-    return (cell_carry, feature.astype(jnp.float32)), (feature, weights)
+    return (cell_carry, feature.astype(carry_dtype(self.dtype))), (feature, weights)
 
 
 class Seq2Seq(nn.Module):
@@ -118,7 +118,8 @@ class Seq2Seq(nn.Module):
     unroll: encoder scan unroll (speed only).
     tbptt: truncated BPTT in the encoder (see :class:`jdl.models.RNN`); 0, the
       default, is full BPTT. The decoder always backpropagates through all steps.
-    dtype: compute dtype; parameters and carries stay float32.
+    dtype: compute dtype; parameters stay float32, carries float32 or wider
+      (:func:`jdl.models.cells.carry_dtype`).
 
   Submodules ``src_embed``, ``tgt_embed``, ``encoder``, ``bridge``, ``decoder``
   (``decoder/cell``, ``decoder/attend``, ``decoder/combine``) and ``output``.
@@ -185,7 +186,7 @@ class Seq2Seq(nn.Module):
     mask = src != self.pad_id
     emb = self._dropout(self.src_embed(src), train)
     memory, final_h = self.encoder(emb, mask)
-    h0 = jnp.tanh(self.bridge(final_h.astype(self.dtype))).astype(jnp.float32)
+    h0 = jnp.tanh(self.bridge(final_h.astype(self.dtype))).astype(carry_dtype(self.dtype))
     cell_carry = (jnp.zeros_like(h0), h0) if self.cell == "lstm" else h0
     carry = (cell_carry, jnp.zeros_like(h0))
     return EncoderOutput(memory, self.decoder.keys(memory), mask, carry)
