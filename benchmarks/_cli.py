@@ -10,6 +10,14 @@ import sys
 from typing import Any, Callable
 
 
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse's parser whose errors are one ``PROG: error: ...`` line, exit status 2
+  (no usage block), as jdl's own commands."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def at_least(low: int) -> Callable[[str], int]:
   """An argparse ``type``: an integer >= ``low``."""
   def parse(raw: str) -> int:

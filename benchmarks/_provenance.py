@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import os
 from pathlib import Path
 import platform
@@ -37,9 +38,18 @@ def cpu_name() -> str:
 
 
 def provenance() -> dict:
-  """``{date, jdl_commit, cpu, cpu_count, python, jax, load_average}`` of this run."""
+  """``{date, jdl_commit, cpu, cpu_count, python, versions, backend, load_average}``,
+  as they are when called (the scripts call it when they write their results file:
+  the date, load and ``+dirty`` of the run's end)."""
   import jax  # The scripts import it anyway.
+  versions = {}
+  for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch",
+                  "keras"):
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      pass
   return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "jdl_commit": git_commit(), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-          "python": platform.python_version(), "jax": jax.__version__,
+          "python": platform.python_version(), "versions": versions,
           "backend": jax.default_backend(), "load_average": os.getloadavg()}

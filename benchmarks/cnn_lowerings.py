@@ -27,7 +27,6 @@ do), timed as the median of 5 calls after a warm-up; the figures are ms per step
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -40,6 +39,7 @@ import optax
 
 from jdl.models.conv import Conv, conv_hybrid, conv_patches
 
+from _cli import ArgumentParser
 from _provenance import provenance
 
 B, STEPS = 128, 20
@@ -205,7 +205,7 @@ PARTS = {"step": step_rows, "conv2": conv2_rows, "conv1": conv1_rows,
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default=None)
   parser.add_argument("--parts", default=",".join(PARTS))
   args = parser.parse_args()

@@ -17,7 +17,6 @@ Usage:  python benchmarks/diagnostics_overhead.py [--examples 25600] [--epochs 4
 
 from __future__ import annotations
 
-import argparse
 import platform
 import time
 
@@ -25,7 +24,7 @@ import jax
 
 import jdl
 from _data import mnist_shaped
-from _cli import at_least, guarded
+from _cli import ArgumentParser, at_least, guarded
 from jdl.data import Dataset
 
 
@@ -60,7 +59,7 @@ def throughput(dataset: Dataset, epochs: int, every: int, block_reps: int = 0):
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--examples", type=at_least(1), default=25_600)
   parser.add_argument("--epochs", type=at_least(1), default=4)
   parser.add_argument("--every", type=at_least(1), default=100)

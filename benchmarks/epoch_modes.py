@@ -11,7 +11,6 @@ Usage:  python benchmarks/epoch_modes.py [--examples 3200] [--epochs 3] [--out F
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 
@@ -21,7 +20,7 @@ import numpy as np
 import jdl
 from _data import mnist_shaped
 from _provenance import provenance
-from _cli import at_least, guarded
+from _cli import ArgumentParser, at_least, guarded
 from jdl.data import Dataset
 
 MODELS = {
@@ -42,7 +41,7 @@ def measure(model: dict, mode: str, dataset: Dataset, epochs: int) -> dict:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--examples", type=at_least(1), default=3_200)
   parser.add_argument("--epochs", type=at_least(2), default=3,
                       help="the first, with compilation, is dropped")

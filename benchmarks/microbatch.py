@@ -16,7 +16,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -33,7 +32,7 @@ from jdl.train import loop  # noqa: E402
 from jdl.train import profile  # noqa: E402
 from jdl.train import steps as steps_lib  # noqa: E402
 from _provenance import provenance  # noqa: E402
-from _cli import at_least, guarded, int_list  # noqa: E402
+from _cli import ArgumentParser, at_least, guarded, int_list  # noqa: E402
 
 MNIST = (28, 28, 1)
 MODELS = {
@@ -83,7 +82,7 @@ def compiled_block(trainer: loop.Trainer, steps: int):
 
 
 def main() -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default=",".join(MODELS))
   parser.add_argument("--sizes", type=int_list(1), default=[128, 64, 32, 16],
                       help="microbatch sizes; the batch size = whole batches")

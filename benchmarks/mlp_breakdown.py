@@ -26,7 +26,6 @@ Training FLOPs come from XLA's cost analysis of the ``adam`` step.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -41,6 +40,7 @@ from jdl import optim
 from jdl.data import Dataset
 from jdl.train import steps as steps_lib
 
+from _cli import ArgumentParser
 from _provenance import provenance
 
 BATCH, STEPS, N = 128, 100, 128 * 800
@@ -143,7 +143,7 @@ def jdl_fit_rate(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
   rng = np.random.default_rng(0)

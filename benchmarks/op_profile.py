@@ -14,7 +14,6 @@ grouped by layer and pass.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ import bench_jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import jdl  # noqa: E402  pylint: disable=g-import-not-at-top
 from jdl.train import loop  # noqa: E402  pylint: disable=g-import-not-at-top
 from jdl.train import profile  # noqa: E402  pylint: disable=g-import-not-at-top
+from _cli import ArgumentParser  # noqa: E402
 from _provenance import provenance  # noqa: E402
 
 
@@ -41,7 +41,7 @@ def build_trainer(model: str, batch_size: int, steps: int,
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser = ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--model", choices=sorted(common.JDL_MODELS), default="cnn")
   parser.add_argument("--steps", type=int, default=10, help="training steps per block")
   parser.add_argument("--batch-size", type=int, default=common.BATCH_SIZE)

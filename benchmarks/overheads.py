@@ -27,7 +27,6 @@ through orbax's ``PyTreeCheckpointHandler`` with and without compression.
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import tempfile
@@ -38,6 +37,7 @@ import numpy as np
 import jdl
 from jdl.data import Dataset
 
+from _cli import ArgumentParser
 from _provenance import provenance
 
 MODELS = {
@@ -215,7 +215,7 @@ def cadence_rows() -> list[dict]:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", default=None)
   parser.add_argument("--parts", default="fit,orbax",
                       help="comma-separated: fit (throughput with saves), cadence (training "

@@ -12,7 +12,6 @@ Usage:  python benchmarks/parallel_devices.py [--config digits_cnn] [--batch 256
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -20,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _cli import at_least, guarded
+from _cli import ArgumentParser, at_least, guarded
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,7 +46,7 @@ def measure(config: str, batch: int, epochs: int, devices: int, mode: str) -> di
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="digits_cnn")
   parser.add_argument("--batch", type=at_least(1), default=256)
   parser.add_argument("--epochs", type=int, default=4,

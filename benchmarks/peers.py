@@ -67,6 +67,9 @@ sys.path.insert(0, str(HELPERS))
 
 import bench_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import bench_report as report  # pylint: disable=g-import-not-at-top,wrong-import-position
+from _cli import ArgumentParser  # pylint: disable=wrong-import-position
+from _provenance import cpu_name as _cpu_name  # pylint: disable=wrong-import-position
+from _provenance import git_commit as _git_commit  # pylint: disable=wrong-import-position
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,22 +199,6 @@ def child_main(spec_json: str) -> None:
   common.emit(result)
 
 
-def _cpu_name() -> str:
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-  """The short commit, ``+dirty`` when tracked files differ (see _provenance)."""
-  from _provenance import git_commit  # pylint: disable=g-import-not-at-top
-  return git_commit()
-
-
 def _log(message: str) -> None:
   print(message, flush=True)
 
@@ -249,7 +236,7 @@ def _run_matmuls(timeout: float, versions: dict[str, str], gpu: bool) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
   parser.add_argument("--gpu", action="store_true",
                       help="run on the first CUDA GPU (JAX default backend, torch on cuda)")
@@ -331,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{model:8s} {batch:5d} {name:13s} {row['status']}")
     if model not in flops and not _missing(FLOPS):
       r = run_child(FLOPS, args.timeout, model=model, seed=SEED)
-      if r["status"] == "ok":
+      if r["status"] != "ok":
+        rows.append({"model": model, "batch": batch_sizes[0], "peer": "(FLOP count)",
+                     "status": r["status"]})
+        _log(f"{model:8s} FLOP count: {r['status']}")
+      else:
         flops[model] = r["flops_per_sample"]
         flops_3x[model] = 3 * r["forward_flops_per_sample"]
 

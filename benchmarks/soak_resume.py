@@ -11,7 +11,6 @@ Usage:  python benchmarks/soak_resume.py [--kills 20] [--seed 0] [--config digit
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import subprocess
@@ -22,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from _cli import at_least, guarded
+from _cli import ArgumentParser, at_least, guarded
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--kills", type=at_least(1), default=20)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--config", default="digits_mlp")

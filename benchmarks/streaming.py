@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _cli import at_least, guarded
+from _cli import ArgumentParser, at_least, guarded
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,7 +177,7 @@ def _run_worker(args: list[str]) -> dict:
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--rows", type=at_least(0), default=1_000_000, help="memory part; 0 skips it")
   p.add_argument("--speed-rows", type=at_least(1), default=60_000)
   p.add_argument("--epochs", type=at_least(1), default=3)

@@ -17,11 +17,11 @@ import time
 
 T0 = time.perf_counter()  # Before jax is imported: start-up is part of the time.
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
+from _cli import ArgumentParser  # noqa: E402
 from _provenance import provenance  # noqa: E402  (imports jax only when called)
 
 
@@ -86,7 +86,7 @@ PROG = "time_to_accuracy.py"
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default="../shared/data/mnist")
   parser.add_argument("--target", type=float, default=0.99)
   parser.add_argument("--recipe", default=None, choices=RECIPES,

@@ -147,7 +147,8 @@ def check_epochs(result: jdl.FitResult, config, workdir) -> jdl.FitResult:
   if trained > int(config.num_epochs):
     raise jdl.JdlError(f"{workdir} holds a run of {trained} epochs, more than the "
                        f"{config.num_epochs} asked for; its figures would be labelled "
-                       f"{config.num_epochs}: give another --workdir, or --epochs {trained}")
+                       f"{config.num_epochs}: give another --workdir, or ask for {trained} "
+                       "epochs")
   return result
 
 

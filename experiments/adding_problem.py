@@ -108,7 +108,8 @@ def main(argv=None) -> int:
       result = _common.fit(make_config(cell, seq_len, args), workdir, quiet=True)
       mse = result.test_metrics["mse"]
       results.append({"cell": cell, "T": seq_len, "test_mse": mse,
-                      "learned": mse < 0.01, "train_seconds": round(_common.epoch_seconds(workdir), 1),
+                      "learned": mse < 0.01,
+                      "train_seconds": round(_common.epoch_seconds(workdir), 1),
                       "steps": int(result.state.step)})
       curves[(cell, seq_len)] = history(workdir)
       print(f"{cell:>6} T={seq_len:<4} test MSE {mse:.4f} ({time.perf_counter() - t0:.0f} s)",

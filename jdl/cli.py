@@ -42,7 +42,8 @@ class ArgumentParser(argparse.ArgumentParser):
   usage block) and exit status 2, like every other error of jdl's commands."""
 
   def error(self, message):
-    self.exit(2, f"{self.prog.split()[0]}: error: {message} (see {self.prog} --help)\n")
+    name = (self.prog.split() or ["jdl"])[0]
+    self.exit(2, f"{name}: error: {message} (see {self.prog} --help)\n")
 
 
 def _int_at_least(minimum: int):

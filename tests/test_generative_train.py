@@ -220,6 +220,9 @@ def test_cli_evaluate_and_sample_a_vae_run(tmp_path, capsys):
     ({"metrics": ("accuracy",)}, "not a metric of task 'vae'"),
     ({"model__name": "mlp"}, "needs model.name in vae"),
     ({"generative__binarize": "coin"}, "generative.binarize"),
+    # inf passed the config's check and failed in GANTask, not naming the key.
+    ({"task": "wgan_gp", "model__name": "mlp_gan", "generative__gp_weight": float("inf")},
+     r"generative.gp_weight must be >= 0 and finite, got inf"),
 ])
 def test_bad_generative_configs_get_one_clear_error(over, message):
   base = dict(task="vae", normalize="none", metrics=(), model__name="vae",
@@ -287,6 +290,11 @@ def test_a_gan_task_of_the_python_api_refuses_bad_fields(fields, message):
   kwargs = {"kind": "wgan_gp", "latent_dim": 2, **fields}
   with pytest.raises(JdlError, match=message.replace("(", r"\(").replace(")", r"\)")):
     gen_tasks.GANTask(**kwargs)
+  # numpy scalars are numbers; a bool is not a weight.
+  gen_tasks.GANTask(kind="gan", latent_dim=np.int64(8), d_steps=np.int32(2),
+                    gp_weight=np.float32(10))
+  with pytest.raises(JdlError, match="gp_weight must be >= 0 and finite, got True"):
+    gen_tasks.GANTask(kind="gan", latent_dim=2, gp_weight=True)
 
 
 def test_metric_groups_are_exact_means():

@@ -224,7 +224,7 @@ def test_architectures_tiny_run_and_its_variants_argument(tmp_path, capsys):
     assert r["epoch_seconds"] == records[key]["epoch_seconds"] > 0
   # Fewer epochs over them: refused (the longer runs were labelled with the shorter count).
   with pytest.raises(jdl.JdlError, match=r"holds a run of 2 epochs, more than the 1 asked "
-                                         r"for; .* --epochs 2"):
+                                         r"for; .* or ask for 2 epochs"):
     architectures.main(["--tiny", "--variants", "lenet5", "--epochs", "1", "--workdir",
                         str(tmp_path / "runs"), "--data_dir", str(tmp_path / "none")])
   with pytest.raises(SystemExit) as e:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fractions
 import functools
+import itertools
 import math
 
 import chex
@@ -720,3 +721,25 @@ def test_a_frozen_batch_norm_layer_keeps_its_running_statistics():
   # The trainable layer's statistics move.
   assert not np.allclose(stats["batch_stats"]["bn_1"]["mean"],
                          before[1]["batch_stats"]["bn_1"]["mean"])
+
+
+def test_shortest_run_is_the_fewest_epochs_a_warmup_cosine_schedule_accepts():
+  # What a num_epochs=0 run builds its unused schedule over: with fractional updates an
+  # epoch (accumulate_steps not dividing the steps), 1 + ceil(warmup_epochs) was not
+  # always enough (steps 5, k 4, warm-up 6 epochs: 8 updates, all of a 7-epoch run).
+  for steps, k, warmup in itertools.product(range(1, 25), range(1, 6),
+                                           (0.0, 0.5, 1.0, 2.3, 6.0)):
+    if steps < k:
+      continue
+    config = make_config({"accumulate_steps": k},
+                         {"name": "warmup_cosine", "warmup_epochs": warmup})
+    n = optim.shortest_run(config, steps_per_epoch=steps)
+    optim.create_learning_rate_fn(config, steps_per_epoch=steps, num_epochs=n)
+    if n > 1:
+      with pytest.raises(JdlError, match="leaves none of the run"):
+        optim.create_learning_rate_fn(config, steps_per_epoch=steps, num_epochs=n - 1)
+  assert optim.shortest_run(make_config(), steps_per_epoch=3) == 1  # No warm-up to fit.
+  with pytest.raises(JdlError, match="schedule.warmup_epochs must be finite, got nan"):
+    optim.shortest_run(make_config(schedule={"name": "warmup_cosine",
+                                             "warmup_epochs": float("nan")}),
+                       steps_per_epoch=3)

@@ -10,6 +10,8 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Any
 
 import flax
@@ -126,10 +128,11 @@ class GANTask:
       raise JdlError(f"GANTask kind must be 'gan' or 'wgan_gp', got {self.kind!r}")
     for name in ("latent_dim", "d_steps"):
       value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise JdlError(f"GANTask {name} must be an integer >= 1, got {value!r}")
-    if not (isinstance(self.gp_weight, (int, float)) and 0 <= self.gp_weight < float("inf")):
-      raise JdlError(f"GANTask gp_weight must be >= 0 and finite, got {self.gp_weight!r}")
+    w = self.gp_weight
+    if isinstance(w, bool) or not (isinstance(w, numbers.Real) and 0 <= w < math.inf):
+      raise JdlError(f"GANTask gp_weight must be >= 0 and finite, got {w!r}")
 
   def noise(self, key: jax.Array, n: int) -> jax.Array:
     return jax.random.normal(key, (n, self.latent_dim), jnp.float32)

@@ -16,6 +16,7 @@ so epoch values are exact means over examples, as for the supervised metrics.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -169,8 +170,9 @@ def validate_config(config) -> None:
   for key in ("latent_dim", "d_steps", "eval_samples", "sample_every_epochs"):
     if int(g[key]) < 1:
       raise JdlError(f"generative.{key} must be >= 1, got {g[key]}")
-  if float(g.gp_weight) < 0 or float(g.d_learning_rate) < 0:
-    raise JdlError("generative.gp_weight and generative.d_learning_rate must be >= 0")
+  for key in ("gp_weight", "d_learning_rate"):
+    if not 0 <= float(g[key]) < math.inf:
+      raise JdlError(f"generative.{key} must be >= 0 and finite, got {g[key]}")
   if config.loss != "sparse_categorical_crossentropy" or config.label_smoothing:
     raise JdlError(f"task {task!r} has its own objective, so loss and label_smoothing do "
                    "not apply; leave them at their defaults")

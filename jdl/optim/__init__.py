@@ -35,6 +35,7 @@ from jdl.optim.plateau import update_count
 from jdl.optim.plateau import update_plateau
 from jdl.optim.schedules import SCHEDULES
 from jdl.optim.schedules import create_learning_rate_fn
+from jdl.optim.schedules import shortest_run
 
 __all__ = [
     "FROZEN",
@@ -46,6 +47,7 @@ __all__ = [
     "advice",
     "check_freeze_patterns",
     "create_learning_rate_fn",
+    "shortest_run",
     "create_optimizer",
     "current_learning_rate",
     "default_config",

@@ -125,6 +125,29 @@ def _warmup_cosine(sched, lr, per_epoch, num_epochs):
   )
 
 
+def shortest_run(config: ml_collections.ConfigDict, *, steps_per_epoch: float) -> int:
+  """The fewest epochs a run of ``config``'s schedule can span (1, or for
+  ``warmup_cosine`` one update more than its warm-up).
+
+  What a run of ``num_epochs=0`` builds its (never used) schedule over.
+
+  Raises:
+    JdlError: as :func:`create_learning_rate_fn`.
+  """
+  per_epoch = _updates_per_epoch(config, steps_per_epoch)
+  sched = config.schedule
+  if sched.name != "warmup_cosine":
+    return 1
+  check(math.isfinite(sched.warmup_epochs), "schedule.warmup_epochs", sched.warmup_epochs,
+        "finite")
+  warmup = max(_epochs_to_steps("schedule.warmup_epochs", sched.warmup_epochs, per_epoch),
+               1 if sched.warmup_epochs > 0 else 0)
+  epochs = max(1, math.ceil((warmup + 1) / per_epoch))
+  while math.floor(per_epoch * epochs + 1e-9) <= warmup:  # _total_steps' rounding.
+    epochs += 1
+  return epochs
+
+
 SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
     "constant": _constant,
     "step": _step,

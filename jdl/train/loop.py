@@ -182,9 +182,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.num_epochs = int(config.num_epochs)
     # What the learning-rate schedules span: num_epochs=0 takes no update, but a
     # cosine schedule still needs a length, and a warm-up one longer than its warm-up
-    # (never used: a later run with more epochs builds its own).
-    self.schedule_epochs = self.num_epochs or max(1, 1 + math.ceil(
-        float(config.schedule.get("warmup_epochs", 0) or 0)))
+    # (never used: a later run with more epochs builds its own). A GAN's generator
+    # makes the fewest updates an epoch.
+    self.schedule_epochs = self.num_epochs or optim.shortest_run(
+        config, steps_per_epoch=self.steps_per_epoch / (
+            int(config.generative.d_steps) if self.gan else 1))
     self.total_steps = self.steps_per_epoch * self.num_epochs
 
     tx = optim.create_optimizer(config, steps_per_epoch=self.steps_per_epoch,
