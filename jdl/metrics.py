@@ -298,10 +298,15 @@ def _group(name: str) -> str:
   return "errors" if name in ("mse", "mae") else name
 
 
-def _groups(names: Sequence[str]) -> list[str]:
+def _require_sequence(names: Sequence[str]) -> None:
+  """A bare string would be read as its characters ('accuracy' as 'a', 'c', ...)."""
   errors.require(
       not isinstance(names, str), f"metric names must be a sequence, got {names!r}"
   )
+
+
+def _groups(names: Sequence[str]) -> list[str]:
+  _require_sequence(names)
   return list(dict.fromkeys(_group(name) for name in names))
 
 
@@ -434,9 +439,12 @@ def _hits(hit: jax.Array, mask: jax.Array) -> Group:
 
 
 def _in_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-  """``[B]`` bool: fewer than ``k`` classes score above the label (ties hit)."""
+  """``[B]`` bool: fewer than ``k`` classes score above the label (ties hit, as
+  TensorFlow's ``in_top_k``); a row with a NaN or Inf is a miss (every comparison
+  with NaN is false, so it counted as a hit)."""
   label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-  return jnp.sum(logits > label_logit, axis=-1) < k
+  finite = jnp.all(jnp.isfinite(logits), axis=-1)
+  return (jnp.sum(logits > label_logit, axis=-1) < k) & finite
 
 
 def _require_binary(c: _Classified, name: str) -> None:
@@ -562,6 +570,7 @@ def from_outputs(
   Raises:
     JdlError: an unknown metric name or mismatched shapes.
   """
+  _require_sequence(names)
   outputs, targets = jnp.asarray(outputs), jnp.asarray(targets)
   mask = _mask(mask, outputs.shape[0])
   state = {}
@@ -692,7 +701,7 @@ def _roc_auc(g: dict[str, np.ndarray]) -> float:
   scores = g["scores"][keep].astype(np.float64)
   positive = g["labels"][keep] == 1
   n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-  if not n_pos or not n_neg:
+  if not n_pos or not n_neg or np.isnan(scores).any():  # NaNs would share one rank.
     return math.nan
   rank_sum = _average_ranks(scores)[positive].sum()
   return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
@@ -704,9 +713,14 @@ def _r2(g: dict[str, np.ndarray]) -> float:
     return math.nan
   sse = np.asarray(g["sse"], np.float64).reshape(-1)
   sst = np.broadcast_to(np.asarray(g["m2"], np.float64), sse.shape)
-  constant = np.where(sse == 0, 1.0, 0.0)  # Targets with no variance.
-  safe = np.where(sst > 0, sst, 1.0)
-  return float(np.mean(np.where(sst > 0, 1.0 - sse / safe, constant)))
+  # Targets with no variance, to float32 rounding: their sum of squares, summed in
+  # float32, is rounding noise (~1e-16 for seven 0.1s), and 1 - SSE / SST was -1.8e12.
+  mean = np.broadcast_to(np.abs(np.asarray(g["mean"], np.float64)), sse.shape)
+  noise = float(g["count"]) * (8 * np.finfo(np.float32).eps * mean) ** 2
+  varies = sst > noise
+  constant = np.where(sse == 0, 1.0, 0.0)
+  safe = np.where(varies, sst, 1.0)
+  return float(np.mean(np.where(varies, 1.0 - sse / safe, constant)))
 
 
 def _compute_one(name: str, state: dict[str, dict[str, np.ndarray]]) -> float:
@@ -742,13 +756,17 @@ def compute(names: Sequence[str], state: State) -> dict[str, float]:
 
   Returns:
     ``{name: value}`` as python floats, plus ``"loss"`` (the mean per-example
-    loss) when the state has one. Ratios over no examples are nan; precision,
-    recall and f1 with a zero denominator are 0, as scikit-learn's
-    ``zero_division=0``; ``roc_auc`` is nan unless both classes occur.
+    loss) when the state has one. Ratios over no examples are nan (the macro
+    averages over no examples are 0); precision, recall and f1 with a
+    zero denominator are 0, as scikit-learn's ``zero_division=0``, and a macro
+    average is over the classes present in the labels or the predictions;
+    ``roc_auc`` is nan unless both classes occur, or with NaN scores; a top-k hit
+    counts ties (TensorFlow's ``in_top_k``), and a row with NaN or Inf is a miss.
 
   Raises:
     JdlError: an unknown name, or one the state has no statistics for.
   """
+  _require_sequence(names)
   host = jax.device_get(state)
   results = {name: _compute_one(name, host) for name in names}
   if "loss" in host:

@@ -22,6 +22,7 @@ This module is independent of :mod:`jdl.optim` (which imports it).
 from __future__ import annotations
 
 from collections.abc import Sequence
+import math
 import re
 from typing import Any
 
@@ -73,8 +74,8 @@ def compile_regex(pattern: str, key: str) -> re.Pattern[str]:
 
 def _check_coefficient(value: Any, key: str) -> float:
   require(isinstance(value, (int, float)) and not isinstance(value, bool)
-          and value >= 0 and value == value,
-          f"{key} must be a number >= 0, got {value!r}")
+          and 0 <= value < math.inf,
+          f"{key} must be a finite number >= 0, got {value!r}")
   return float(value)
 
 

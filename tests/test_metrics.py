@@ -284,6 +284,50 @@ def test_degenerate_splits(names, num_classes, split, want):
   np.testing.assert_equal(metrics.compute(names, state), want)
 
 
+def test_non_finite_outputs_are_misses_and_nan_scores_no_auc():
+  # Every comparison with NaN is false: a NaN row counted as a top-k hit (a monitor on
+  # val_top3_accuracy would have kept a diverged checkpoint), NaN scores shared a rank.
+  names = ("accuracy", "top1_accuracy", "top3_accuracy")
+  out = np.full((6, 5), np.nan, np.float32)
+  out[:2] = np.eye(5, dtype=np.float32)[[0, 1]]  # Two finite rows, both right.
+  out[2, 0] = np.inf
+  got = metrics.compute(names, metrics.from_outputs(names, out, np.array([0, 1, 2, 3, 4, 2]),
+                                                    None, num_classes=5))
+  assert got["top1_accuracy"] == got["top3_accuracy"] == 2 / 6
+  # Ties hit, as TensorFlow's in_top_k: all-equal logits put every class in the top 1.
+  got = metrics.compute(names[1:], metrics.from_outputs(
+      names[1:], np.zeros((4, 5), np.float32), np.arange(4), None, num_classes=5))
+  assert got == {"top1_accuracy": 1.0, "top3_accuracy": 1.0}
+  auc = metrics.compute(("roc_auc",), metrics.from_outputs(
+      ("roc_auc",), np.array([0.1, np.nan, 0.3, np.nan, -1.0], np.float32),
+      np.array([0, 1, 1, 0, 0]), None, num_classes=2))
+  assert math.isnan(auc["roc_auc"])
+
+
+def test_r2_of_targets_constant_to_float32_rounding_is_sklearns_constant_case():
+  # Seven float32 0.1s: their sum of squares about the mean is ~1e-16, not 0, and
+  # 1 - SSE / SST was -1.8e12; scikit-learn on the exact values gives 0 (1 if exact).
+  y = np.full((7, 1), 0.1, np.float32)
+  for batches, want in (((7,), 0.0), ((3, 4), 0.0)):
+    state, start = metrics.empty(("r2",), num_classes=None), 0
+    for size in batches:
+      part = slice(start, start + size)
+      state = metrics.merge(state, metrics.from_outputs(("r2",), y[part] + 0.01, y[part],
+                                                        None, num_classes=None))
+      start += size
+    assert metrics.compute(("r2",), state)["r2"] == want
+  assert skm.r2_score(y.astype(np.float64), y.astype(np.float64) + 0.01) == 0.0
+  exact = metrics.from_outputs(("r2",), y, y, None, num_classes=None)
+  assert metrics.compute(("r2",), exact)["r2"] == 1.0
+  # A spread above rounding is still scored: 1e-4 of the mean.
+  varied = y * (1 + 1e-4 * np.arange(7, dtype=np.float32)[:, None])
+  guess = varied + 0.1 * (varied - varied.mean())
+  state = metrics.from_outputs(("r2",), guess, varied, None, num_classes=None)
+  np.testing.assert_allclose(metrics.compute(("r2",), state)["r2"],
+                             skm.r2_score(varied.astype(np.float64), guess.astype(np.float64)),
+                             rtol=1e-3)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
@@ -486,3 +530,12 @@ def test_registered_metric_errors_name_the_metric(register):
   with pytest.raises(JdlError, match=r"unknown classification metric 'kappa'.*brier_t.*"
                                      r"jdl.metrics.register_metric"):
     metrics.validate_names(("kappa",), "classification")
+
+
+def test_a_bare_string_of_names_is_one_error():
+  # It was read as its characters: "unknown metric 'a'".
+  for call in (lambda: metrics.from_outputs("accuracy", np.zeros((2, 3), np.float32),
+                                            np.zeros(2, np.int32), None, num_classes=3),
+               lambda: metrics.compute("accuracy", {})):
+    with pytest.raises(JdlError, match="metric names must be a sequence, got 'accuracy'"):
+      call()

@@ -404,8 +404,11 @@ def test_bad_model_fields(make, match):
 
 
 BAD_CONFIG = {
-    "l1": ("l1", -0.1, r"regularization\.l1 must be a number >= 0, got -0\.1"),
+    "l1": ("l1", -0.1, r"regularization\.l1 must be a finite number >= 0, got -0\.1"),
     "l2": ("l2", -1.0, r"regularization\.l2 must be"),
+    # inf was accepted: every step non-finite (l1, l2), or no constraint (max_norm).
+    "l2_inf": ("l2", float("inf"), r"regularization\.l2 must be a finite number >= 0, got inf"),
+    "max_norm_inf": ("max_norm", float("inf"), r"regularization\.max_norm must be a finite"),
     "activity_l1": ("activity_l1", -1.0, r"regularization\.activity_l1"),
     "max_norm": ("max_norm", -2.0, r"regularization\.max_norm"),
     "include": ("include", "(", r"regularization\.include: invalid regex"),

@@ -78,7 +78,11 @@ class FitResult:
   Attributes:
     state: the final (or, with early stopping's ``restore_best``, best) state.
     history: per-epoch logs, e.g. ``history['val_accuracy'][epoch]``.
-    test_metrics: metrics on the test split (``{}`` when there is none).
+    test_metrics: metrics on the test split of ``state`` (``{}`` when there is
+      none): the final state, or the best epoch's when early stopping restored
+      it. ``jdl.evaluate`` (``jdl evaluate``) scores the checkpoint
+      :func:`jdl.load_run` restores: without early stopping's restore, the best by
+      ``config.monitor``, which can differ from the final state.
     workdir: where checkpoints, logs and plots went (``None`` if nowhere).
     trainer: the :class:`Trainer` that produced it (its data, model, steps).
   """
