@@ -561,7 +561,12 @@ def quarantine(directory: str | os.PathLike, step: int) -> Path:
   target_root = root.parent / "damaged-checkpoints"
   target_root.mkdir(exist_ok=True)
   target = target_root / f"{step}-{int(time.time())}"
-  (root / str(step)).rename(target)
+  # The step's folder by its number: a copied-in '0300' is step 300 to a listing.
+  names = [p for p in root.iterdir() if p.name.isdigit() and int(p.name) == step]
+  if not names:
+    raise FileNotFoundError(f"no folder of step {step} in {root}")
+  for i, folder in enumerate(sorted(names, key=lambda p: p.name != str(step))):
+    folder.rename(target if i == 0 else target.with_name(f"{target.name}-{folder.name}"))
   return target
 
 

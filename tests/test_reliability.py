@@ -195,6 +195,78 @@ def test_a_flipped_byte_in_a_checkpoint_is_detected_and_the_previous_step_used(t
                               jax.device_get(resumed.state.params))
 
 
+def _flip_bytes(step_dir):
+  data = max((p for p in (step_dir / "tree").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  middle = len(raw) // 2
+  raw[middle:middle + 64] = bytes(b ^ 0x5A for b in raw[middle:middle + 64])
+  data.write_bytes(bytes(raw))
+
+
+def test_a_damaged_best_step_is_moved_aside_and_the_test_line_kept_until_replaced(
+    tmp_path, capsys):
+  # Early stopping's best epoch is not the latest step, and only the latest was checked:
+  # a damaged best step failed every later run, and the first of them had already
+  # dropped the finished run's test line.
+  config = make_config(num_epochs=30, optimizer__learning_rate=0.5, optimizer__name="sgd",
+                       early_stopping__enabled=True, early_stopping__patience=1,
+                       early_stopping__restore_best=True)
+  first = jdl.fit(config, tmp_path, quiet=True)
+  best_step = int(first.state.step)
+  assert best_step < _steps(tmp_path)[-1]  # Restored: an earlier step than the last.
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert json.loads(lines[-1])["split"] == "test"
+  _flip_bytes(tmp_path / "checkpoints" / str(best_step))
+  capsys.readouterr()
+  again = jdl.fit(config, tmp_path, quiet=True)
+  err = capsys.readouterr().err
+  assert f"the checkpoint at step {best_step} is unreadable" in err, err
+  assert best_step not in _steps(tmp_path)
+  assert any(p.name.startswith(f"{best_step}-")
+             for p in (tmp_path / "damaged-checkpoints").iterdir())
+  assert int(again.state.step) == _steps(tmp_path)[-1]  # The last state, said so.
+  records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["split"] for r in records].count("test") == 1  # Replaced, not doubled.
+  assert records[:-1] == [json.loads(x) for x in lines[:-1]]
+  assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 0  # No longer blocked.
+
+
+def test_a_failed_rerun_keeps_the_finished_runs_test_line(tmp_path, monkeypatch):
+  jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
+  before = (tmp_path / "metrics.jsonl").read_text()
+  assert json.loads(before.splitlines()[-1])["split"] == "test"
+  from jdl.train import loop
+  def fail(self, *args, **kwargs):
+    raise jdl.JdlError("evaluation failed")
+  monkeypatch.setattr(loop.Trainer, "evaluate_split", fail)
+  with pytest.raises(jdl.JdlError, match="evaluation failed"):
+    jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
+  assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_a_step_folder_with_a_leading_zero_is_moved_aside(tmp_path, capsys):
+  # A copied-in "0300" is step 300 to a listing; moving "300" aside failed, on every run.
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  (tmp_path / "checkpoints" / "0300").mkdir()
+  jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
+  assert not (tmp_path / "checkpoints" / "0300").exists()
+  assert "step 300" in capsys.readouterr().err
+  assert any(p.name.startswith("300-") for p in (tmp_path / "damaged-checkpoints").iterdir())
+
+
+def test_an_edited_config_json_does_not_resume_another_seed(tmp_path):
+  # The structural check compared the config with config.json alone: a seed edited
+  # there resumed silently, on another shuffle. The checkpoint's own record tells.
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  saved["seed"] = 5
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(jdl.JdlError, match=r"trained with another config \(seed differs from "
+                                         r"the one it recorded; config.json may have been"):
+    jdl.fit(make_config(num_epochs=2, seed=5), tmp_path, quiet=True)
+
+
 def test_a_step_half_deleted_by_orbax_is_removed_without_an_alarm(tmp_path, capsys):
   # orbax first renames a step it deletes into checkpoints/.deleted-steps (one atomic
   # rename), so a run killed while the files go leaves nothing half deleted among the

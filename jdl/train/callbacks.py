@@ -138,7 +138,7 @@ class EarlyStopping(Callback):
       state = trainer.restore_step(self.best_step)
     if state is None:
       trainer.log(f"early stopping: the best epoch's checkpoint (step {self.best_step}) is "
-                  "gone; keeping the last state")
+                  "gone or unreadable; keeping the last state")
       return
     trainer.state = state
     trainer.log(f"restored the best state (epoch {self.best_epoch + 1}, "
@@ -212,6 +212,9 @@ class MetricsLogger(Callback):
 
   def __init__(self, path: str | Path):
     self.path = Path(path)
+    # The next test line replaces the test lines that end the file (a finished run
+    # re-run), rather than following them.
+    self.replace_test = False
 
   def truncate_after(self, step: int, *, keep_test: bool = False) -> Path | None:
     """Drops lines past ``step``: the resumed run writes them again. The test lines
@@ -289,8 +292,14 @@ class MetricsLogger(Callback):
     return backup
 
   def write(self, record: dict[str, Any]) -> None:
-    with self.path.open("a") as f:
-      f.write(json.dumps(record, allow_nan=True) + "\n")
+    if self.replace_test and record.get("split") == "test":
+      self.replace_test = False
+      self.commit_truncation(self.plan_truncation(math.inf, keep_test=False))
+    try:
+      with self.path.open("a") as f:
+        f.write(json.dumps(record, allow_nan=True) + "\n")
+    except OSError as e:  # A full disk: one line that names the file.
+      raise JdlError(f"cannot append to {self.path}: {e.strerror or e}") from None
 
 
 class TensorBoard(Callback):
@@ -311,13 +320,28 @@ class TensorBoard(Callback):
 
   def write(self, record: dict[str, Any]) -> None:
     split, step = record["split"], record["step"]
-    for k, v in record.items():
-      if k not in ("split", "step", "epoch") and isinstance(v, (int, float)):
-        self.writer.add_scalar(f"{split}/{k}", v, step)
-    self.writer.flush()
+    try:
+      for k, v in record.items():
+        if k not in ("split", "step", "epoch") and isinstance(v, (int, float)):
+          self.writer.add_scalar(f"{split}/{k}", v, step)
+      self.writer.flush()
+    except OSError as e:  # A full disk: one line that names the folder.
+      raise JdlError(f"cannot write TensorBoard's events in {self.writer.logdir}: "
+                     f"{e.strerror or e}") from None
 
   def on_train_end(self, trainer):
     self.writer.close()
+
+  def abandon(self) -> None:
+    """Closes the writer after an error, saying nothing. When its last flush fails
+    too (a full disk) the file writer is marked closed: tensorboardX would try the
+    flush again at exit and print a traceback after jdl's one-line error."""
+    try:
+      self.writer.close()
+    except Exception:  # noqa: BLE001
+      events = getattr(getattr(self.writer, "file_writer", None), "event_writer", None)
+      if events is not None and hasattr(events, "_closed"):
+        events._closed = True  # pylint: disable=protected-access
 
 
 class ProgressBar(Callback):

@@ -635,6 +635,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           if self.checkpointer is not None and jax.process_count() == 1:
             with contextlib.suppress(Exception):
               self.checkpointer.wait()
+          if self.tb is not None:
+            self.tb.abandon()
           raise
 
   def _fit(self, stop: workdir_lib.StopRequests) -> FitResult:

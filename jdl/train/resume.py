@@ -190,9 +190,11 @@ class ResumableRun:
     complete = start > 0 and (start // self.steps_per_epoch >= self.num_epochs
                               or self._stopped_before())
     # A finished run that trains further keeps its test line; one re-run (nothing
-    # left to train) writes it again.
+    # left to train) writes it again, replacing the old one only then (an error
+    # before, e.g. a damaged best checkpoint, leaves it).
     extends = (start < self.num_epochs * self.steps_per_epoch and not complete)
-    truncation = self.logger.plan_truncation(start, keep_test=extends)
+    truncation = self.logger.plan_truncation(start, keep_test=True)
+    self.logger.replace_test = not extends
     # A finished run's record (config.json, summary.txt) stays as it was trained.
     self.record_kept = saved is not None and complete
     if not self.record_kept:
@@ -278,6 +280,7 @@ class ResumableRun:
       except Exception:  # noqa: BLE001 (a damaged step: the restore below tells)
         meta = None
       if meta is not None:  # The vocabulary first: the more specific message.
+        self._check_saved_config(meta, step)
         self._check_vocabulary(meta, step)
         check_provenance(meta, step, self.workdir, self.data_source, self.model_source,
                          call="fit")
@@ -306,6 +309,20 @@ class ResumableRun:
                      f"{damaged_dir}); use --restart to start over (the old run is moved "
                      "aside, not deleted)")
     return 0
+
+  def _check_saved_config(self, meta: dict, step: int) -> None:
+    """Refuses a structural change against the config the checkpoint recorded:
+    config.json is compared first, but it is a file a hand can edit (a seed changed
+    there resumed silently, on another shuffle)."""
+    saved = meta.get("config")
+    if not isinstance(saved, dict):
+      return
+    diffs = config_lib.structural_diff(saved, json.loads(config_lib.to_json(self.config)))
+    if diffs:
+      raise ResumeRefused(
+          f"the checkpoint at step {step} in {self.workdir} was trained with another "
+          f"config ({', '.join(diffs)} {'differs' if len(diffs) == 1 else 'differ'} from "
+          "the one it recorded; config.json may have been edited). " + RESUME_REMEDY)
 
   def _check_layout(self, step: int, meta: dict | None = None) -> bool:
     """Refuses, touching nothing, a readable step that holds another state's arrays.
@@ -388,11 +405,24 @@ class ResumableRun:
     return step
 
   def restore_step(self, step: int) -> TrainState | None:
-    """The state saved at ``step``, or ``None`` when that checkpoint is gone."""
+    """The state saved at ``step``, or ``None`` when that checkpoint is gone or
+    damaged (then moved to ``damaged-checkpoints/`` with one warning, as a damaged
+    latest step is on resume: left in place, it failed every later run)."""
     if self.checkpointer is None or step not in self.checkpointer.steps():
       return None
-    # Not the step's metric sums: an earlier step may hold other metrics.
-    tree, _ = self.checkpointer.restore(step, {"state": self.state}, partial=True)
+    try:
+      # Not the step's metric sums: an earlier step may hold other metrics.
+      tree, _ = self.checkpointer.restore(step, {"state": self.state}, partial=True)
+    except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
+      reason = ckpt_lib.error_summary(e)
+      self.checkpointer.close()
+      if self.primary:
+        moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
+        self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
+                  f"moved it to {moved}")
+      parallel_lib.sync(f"jdl_quarantined_{step}")
+      self._open_checkpointer()
+      return None
     return tree["state"]
 
   def _save(self, metrics: dict[str, float] | None = None) -> None:
