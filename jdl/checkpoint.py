@@ -517,6 +517,12 @@ def find_damaged(directory: str | os.PathLike) -> dict[int, str]:
   Returns:
     ``{step: reason}``.
   """
+  return {int(name): reason for name, reason in find_damaged_folders(directory).items()}
+
+
+def find_damaged_folders(directory: str | os.PathLike) -> dict[str, str]:
+  """:func:`find_damaged` by folder name (``'0300'`` and ``'300'`` are both step 300
+  to a listing, and only one of them may be damaged)."""
   damaged = {}
   root = Path(directory)
   if not root.is_dir():
@@ -530,7 +536,7 @@ def find_damaged(directory: str | os.PathLike) -> dict[int, str]:
       reason = None
     # A run in progress may prune a step while it is looked at: gone is not damaged.
     if reason and step_dir.is_dir():
-      damaged[int(step_dir.name)] = reason
+      damaged[step_dir.name] = reason
   return damaged
 
 
@@ -555,18 +561,22 @@ def _damage(step_dir: Path) -> str | None:
   return None
 
 
-def quarantine(directory: str | os.PathLike, step: int) -> Path:
-  """Moves a damaged step out of the checkpoint directory (kept, not deleted)."""
+def quarantine(directory: str | os.PathLike, step: int, name: str | None = None) -> Path:
+  """Moves a damaged step out of the checkpoint directory (kept, not deleted).
+
+  ``name``: the folder, when it is not ``str(step)`` (a copied-in ``'0300'``);
+  without it, ``str(step)`` (the folder orbax reads for ``step``), else the one
+  folder whose number is ``step``.
+  """
   root = Path(directory)
+  if name is None and not (root / str(step)).is_dir():
+    names = [p.name for p in root.iterdir() if p.name.isdigit() and int(p.name) == step]
+    name = names[0] if len(names) == 1 else None
+  folder = root / (name or str(step))
   target_root = root.parent / "damaged-checkpoints"
   target_root.mkdir(exist_ok=True)
-  target = target_root / f"{step}-{int(time.time())}"
-  # The step's folder by its number: a copied-in '0300' is step 300 to a listing.
-  names = [p for p in root.iterdir() if p.name.isdigit() and int(p.name) == step]
-  if not names:
-    raise FileNotFoundError(f"no folder of step {step} in {root}")
-  for i, folder in enumerate(sorted(names, key=lambda p: p.name != str(step))):
-    folder.rename(target if i == 0 else target.with_name(f"{target.name}-{folder.name}"))
+  target = target_root / f"{folder.name}-{int(time.time())}"
+  folder.rename(target)
   return target
 
 

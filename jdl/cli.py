@@ -565,13 +565,14 @@ def _ignore_closed_loop_callbacks() -> None:
   excepthook._jdl_closed_loop = True  # type: ignore[attr-defined]
   sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
 
+  import errno
   import threading
   previous_thread_hook = threading.excepthook
 
   def thread_hook(args):
     # tensorboardX's writer thread failing on a full disk: the main thread reports
     # the same write's failure as one line.
-    if not (isinstance(args.exc_value, OSError)
+    if not (isinstance(args.exc_value, OSError) and args.exc_value.errno == errno.ENOSPC
             and type(args.thread).__module__.startswith("tensorboardX")):
       previous_thread_hook(args)
 

@@ -440,11 +440,12 @@ def _hits(hit: jax.Array, mask: jax.Array) -> Group:
 
 def _in_top_k(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   """``[B]`` bool: fewer than ``k`` classes score above the label (ties hit, as
-  TensorFlow's ``in_top_k``); a row with a NaN or Inf is a miss (every comparison
-  with NaN is false, so it counted as a hit)."""
+  TensorFlow's ``in_top_k``); a row with a NaN, or whose label's logit is not
+  finite, is a miss (every comparison with NaN is false, so it counted as a hit).
+  Other classes masked with ``-inf`` rank last, as they should."""
   label_logit = jnp.take_along_axis(logits, labels[:, None], axis=-1)
-  finite = jnp.all(jnp.isfinite(logits), axis=-1)
-  return (jnp.sum(logits > label_logit, axis=-1) < k) & finite
+  valid = ~jnp.any(jnp.isnan(logits), axis=-1) & jnp.isfinite(label_logit[:, 0])
+  return (jnp.sum(logits > label_logit, axis=-1) < k) & valid
 
 
 def _require_binary(c: _Classified, name: str) -> None:
@@ -503,9 +504,13 @@ def _regression_group(
     return {"sq": jnp.sum(sq), "abs": jnp.sum(absolute),
             "count": n * outputs.shape[1]}
   denom = jnp.maximum(n, 1).astype(targets.dtype)
-  mean = jnp.sum(jnp.where(keep, targets, 0.0), axis=0) / denom
-  m2 = jnp.sum(jnp.where(keep, jnp.square(targets - mean), 0.0), axis=0)
-  return {"count": n, "mean": mean, "m2": m2, "sse": jnp.sum(sq, axis=0)}
+  # About the batch's first real target: constant targets give m2 exactly 0 (about
+  # their float32 mean, rounding left ~1e-16 for seven 0.1s, and r2 read -1.8e12).
+  shift = (targets[jnp.argmax(mask)] if targets.shape[0]
+           else jnp.zeros(targets.shape[1:], targets.dtype))
+  offset = jnp.sum(jnp.where(keep, targets - shift, 0.0), axis=0) / denom
+  m2 = jnp.sum(jnp.where(keep, jnp.square(targets - shift - offset), 0.0), axis=0)
+  return {"count": n, "mean": shift + offset, "m2": m2, "sse": jnp.sum(sq, axis=0)}
 
 
 def _as_regression(
@@ -713,14 +718,9 @@ def _r2(g: dict[str, np.ndarray]) -> float:
     return math.nan
   sse = np.asarray(g["sse"], np.float64).reshape(-1)
   sst = np.broadcast_to(np.asarray(g["m2"], np.float64), sse.shape)
-  # Targets with no variance, to float32 rounding: their sum of squares, summed in
-  # float32, is rounding noise (~1e-16 for seven 0.1s), and 1 - SSE / SST was -1.8e12.
-  mean = np.broadcast_to(np.abs(np.asarray(g["mean"], np.float64)), sse.shape)
-  noise = float(g["count"]) * (8 * np.finfo(np.float32).eps * mean) ** 2
-  varies = sst > noise
-  constant = np.where(sse == 0, 1.0, 0.0)
-  safe = np.where(varies, sst, 1.0)
-  return float(np.mean(np.where(varies, 1.0 - sse / safe, constant)))
+  constant = np.where(sse == 0, 1.0, 0.0)  # Targets with no variance.
+  safe = np.where(sst > 0, sst, 1.0)
+  return float(np.mean(np.where(sst > 0, 1.0 - sse / safe, constant)))
 
 
 def _compute_one(name: str, state: dict[str, dict[str, np.ndarray]]) -> float:
@@ -761,7 +761,8 @@ def compute(names: Sequence[str], state: State) -> dict[str, float]:
     zero denominator are 0, as scikit-learn's ``zero_division=0``, and a macro
     average is over the classes present in the labels or the predictions;
     ``roc_auc`` is nan unless both classes occur, or with NaN scores; a top-k hit
-    counts ties (TensorFlow's ``in_top_k``), and a row with NaN or Inf is a miss.
+    counts ties (TensorFlow's ``in_top_k``), and a row with a NaN, or a label logit
+    that is not finite, is a miss.
 
   Raises:
     JdlError: an unknown name, or one the state has no statistics for.

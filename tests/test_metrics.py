@@ -294,6 +294,11 @@ def test_non_finite_outputs_are_misses_and_nan_scores_no_auc():
   got = metrics.compute(names, metrics.from_outputs(names, out, np.array([0, 1, 2, 3, 4, 2]),
                                                     None, num_classes=5))
   assert got["top1_accuracy"] == got["top3_accuracy"] == 2 / 6
+  # Classes masked with -inf rank last: the row is still scored.
+  masked = np.array([[0.0, 1.0, -np.inf, -np.inf, -np.inf]], np.float32)
+  got = metrics.compute(names, metrics.from_outputs(names, masked, np.array([0]), None,
+                                                    num_classes=5))
+  assert got == {"accuracy": 0.0, "top1_accuracy": 0.0, "top3_accuracy": 1.0}
   # Ties hit, as TensorFlow's in_top_k: all-equal logits put every class in the top 1.
   got = metrics.compute(names[1:], metrics.from_outputs(
       names[1:], np.zeros((4, 5), np.float32), np.arange(4), None, num_classes=5))
@@ -319,13 +324,23 @@ def test_r2_of_targets_constant_to_float32_rounding_is_sklearns_constant_case():
   assert skm.r2_score(y.astype(np.float64), y.astype(np.float64) + 0.01) == 0.0
   exact = metrics.from_outputs(("r2",), y, y, None, num_classes=None)
   assert metrics.compute(("r2",), exact)["r2"] == 1.0
-  # A spread above rounding is still scored: 1e-4 of the mean.
-  varied = y * (1 + 1e-4 * np.arange(7, dtype=np.float32)[:, None])
-  guess = varied + 0.1 * (varied - varied.mean())
-  state = metrics.from_outputs(("r2",), guess, varied, None, num_classes=None)
-  np.testing.assert_allclose(metrics.compute(("r2",), state)["r2"],
-                             skm.r2_score(varied.astype(np.float64), guess.astype(np.float64)),
-                             rtol=1e-3)
+  # A small spread far from zero is still scored (a tolerance on the sum of squares
+  # zeroed "1e6 +- 1", 15 float32 steps apart), in one batch or several.
+  rng = np.random.default_rng(0)
+  for mean, std in ((1e6, 1.0), (1e5, 0.05), (1.0, 1e-6), (100.0, 5e-5)):
+    varied = (mean + std * rng.standard_normal((64, 1))).astype(np.float32)
+    guess = (varied + 0.3 * std * rng.standard_normal((64, 1))).astype(np.float32)
+    want = skm.r2_score(varied.astype(np.float64), guess.astype(np.float64))
+    for parts in ((64,), (20, 44)):
+      state, start = metrics.empty(("r2",), num_classes=None), 0
+      for size in parts:
+        part = slice(start, start + size)
+        state = metrics.merge(state, metrics.from_outputs(("r2",), guess[part],
+                                                          varied[part], None,
+                                                          num_classes=None))
+        start += size
+      np.testing.assert_allclose(metrics.compute(("r2",), state)["r2"], want, atol=2e-3,
+                                 err_msg=f"{mean} +- {std}, batches {parts}")
 
 
 @pytest.mark.parametrize(

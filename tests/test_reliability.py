@@ -245,14 +245,21 @@ def test_a_failed_rerun_keeps_the_finished_runs_test_line(tmp_path, monkeypatch)
   assert (tmp_path / "metrics.jsonl").read_text() == before
 
 
-def test_a_step_folder_with_a_leading_zero_is_moved_aside(tmp_path, capsys):
-  # A copied-in "0300" is step 300 to a listing; moving "300" aside failed, on every run.
-  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
-  (tmp_path / "checkpoints" / "0300").mkdir()
-  jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
-  assert not (tmp_path / "checkpoints" / "0300").exists()
-  assert "step 300" in capsys.readouterr().err
-  assert any(p.name.startswith("300-") for p in (tmp_path / "damaged-checkpoints").iterdir())
+@pytest.mark.parametrize("stray", ["0300", "020"])
+def test_a_step_folder_with_a_leading_zero_is_moved_aside_alone(tmp_path, capsys, stray):
+  # A copied-in "0300" is step 300 to a listing; moving "300" aside failed, on every
+  # run. An empty "020" beside the healthy step 20 must not take step 20 with it.
+  reference = jdl.fit(make_config(num_epochs=2), tmp_path / "ref", quiet=True)
+  run = tmp_path / "run"
+  jdl.fit(make_config(num_epochs=1), run, quiet=True)
+  assert _steps(run) == [20]
+  (run / "checkpoints" / stray).mkdir()
+  resumed = jdl.fit(make_config(num_epochs=2), run, quiet=True)
+  assert not (run / "checkpoints" / stray).exists()
+  assert f"step {int(stray)} is unreadable" in capsys.readouterr().err
+  assert [p.name.split("-")[0] for p in (run / "damaged-checkpoints").iterdir()] == [stray]
+  chex.assert_trees_all_equal(jax.device_get(reference.state.params),
+                              jax.device_get(resumed.state.params))
 
 
 def test_an_edited_config_json_does_not_resume_another_seed(tmp_path):

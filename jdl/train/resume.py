@@ -161,10 +161,11 @@ class ResumableRun:
     self._damaged_steps = []
     if self.primary:  # It holds the lock: a save in flight there died with its run.
       ckpt_lib.remove_unfinished(wd / "checkpoints")
-    for step, reason in (sorted(ckpt_lib.find_damaged(wd / "checkpoints").items())
-                         if self.primary else ()):
+    damaged = ckpt_lib.find_damaged_folders(wd / "checkpoints") if self.primary else {}
+    for name, reason in sorted(damaged.items(), key=lambda item: int(item[0])):
+      step = int(name)
       self._damaged_steps.append(step)
-      moved = ckpt_lib.quarantine(wd / "checkpoints", step)
+      moved = ckpt_lib.quarantine(wd / "checkpoints", step, name)
       self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
                 f"moved it to {moved}")
     parallel_lib.sync("jdl_workdir_ready")  # Process 0 has tidied the checkpoints.
@@ -279,8 +280,8 @@ class ResumableRun:
         meta = self.checkpointer.restore_meta(step)
       except Exception:  # noqa: BLE001 (a damaged step: the restore below tells)
         meta = None
-      if meta is not None:  # The vocabulary first: the more specific message.
-        self._check_saved_config(meta, step)
+      if meta is not None:  # The config first (an edited config.json), then the
+        self._check_saved_config(meta, step)  # vocabulary: the more specific message.
         self._check_vocabulary(meta, step)
         check_provenance(meta, step, self.workdir, self.data_source, self.model_source,
                          call="fit")
