@@ -1,5 +1,6 @@
 """Argument types and error handling shared by the benchmark scripts: a bad argument
-or a jdl error is one ``PROG: error: ...`` line and exit status 2."""
+or a jdl error is one ``PROG: error: ...`` line and exit status 2 (jdl.cli's parser
+and integer type, re-exported)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,9 @@ import os
 import sys
 from typing import Any, Callable
 
-
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse's parser whose errors are one ``PROG: error: ...`` line, exit status 2
-  (no usage block), as jdl's own commands."""
-
-  def error(self, message):
-    self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def at_least(low: int) -> Callable[[str], int]:
-  """An argparse ``type``: an integer >= ``low``."""
-  def parse(raw: str) -> int:
-    try:
-      value = int(raw)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f"not an integer: {raw!r}") from None
-    if value < low:
-      raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-    return value
-  return parse
+# jdl's own: one-line errors naming the script, and its integer type.
+from jdl.cli import ArgumentParser
+from jdl.cli import int_at_least as at_least
 
 
 def int_list(low: int) -> Callable[[str], list[int]]:
@@ -54,3 +38,6 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
       print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
       sys.exit(2)
   return run
+
+
+__all__ = ["ArgumentParser", "at_least", "int_list", "guarded"]

@@ -46,7 +46,7 @@ class ArgumentParser(argparse.ArgumentParser):
     self.exit(2, f"{name}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_at_least(minimum: int):
+def int_at_least(minimum: int):
   """An argparse type: an integer >= ``minimum``, its error naming the flag."""
   def parse(raw: str) -> int:
     try:
@@ -126,9 +126,9 @@ def _parser() -> argparse.ArgumentParser:
       "that --config.KEY=VALUE can set, with the value training would use.", workdir=False)
   c = add("check", "Sanity checks (initial loss, overfitting a small subset, gradients, data); "
           "one PASS/FAIL/SKIP line each, exit 1 if any fails.", workdir=False)
-  c.add_argument("--overfit-examples", type=_int_at_least(1), default=32, metavar="N",
+  c.add_argument("--overfit-examples", type=int_at_least(1), default=32, metavar="N",
                  help="size of the fixed train subset to overfit (default: 32)")
-  c.add_argument("--overfit-steps", type=_int_at_least(1), default=300, metavar="N",
+  c.add_argument("--overfit-steps", type=int_at_least(1), default=300, metavar="N",
                  help="Adam steps allowed to reach 100%% training accuracy (default: 300)")
   c.add_argument("--overfit-lr", type=_positive_float, default=None, metavar="LR",
                  help="Adam learning rate of the overfitting check (default: the "
@@ -142,14 +142,14 @@ def _parser() -> argparse.ArgumentParser:
                  help="first learning rate (default: 1e-7)")
   f.add_argument("--max-lr", type=_positive_float, default=10.0,
                  help="last learning rate (default: 10)")
-  f.add_argument("--steps", type=_int_at_least(2), default=100,
+  f.add_argument("--steps", type=int_at_least(2), default=100,
                  help="most steps to run (default: 100)")
   pr = add("profile", "Time one block of training steps per XLA:CPU operation and per layer "
            "and pass (forward / backward), from the initial state; trains and writes nothing.",
            workdir=False)
-  pr.add_argument("--steps", type=_int_at_least(1), default=10,
+  pr.add_argument("--steps", type=int_at_least(1), default=10,
                   help="steps in the block (default: 10)")
-  pr.add_argument("--top", type=_int_at_least(1), default=25,
+  pr.add_argument("--top", type=int_at_least(1), default=25,
                   help="operations listed (default: 25)")
   pr.add_argument("--out", default=None, metavar="FILE.json",
                   help="also write every operation's figures as JSON")

@@ -169,6 +169,16 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
                               jax.device_get(resumed.state.params))
 
 
+def _flip_bytes(step_dir):
+  """XORs 64 bytes in the middle of a step's largest data file."""
+  data = max((p for p in (step_dir / "tree").rglob("*") if p.is_file()),
+             key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  middle = len(raw) // 2
+  raw[middle:middle + 64] = bytes(b ^ 0x5A for b in raw[middle:middle + 64])
+  data.write_bytes(bytes(raw))
+
+
 def test_a_flipped_byte_in_a_checkpoint_is_detected_and_the_previous_step_used(tmp_path,
                                                                               capsys):
   # tensorstore's uncompressed files carry no checksum: the one saved in the step's
@@ -178,13 +188,7 @@ def test_a_flipped_byte_in_a_checkpoint_is_detected_and_the_previous_step_used(t
   run = tmp_path / "run"
   with pytest.raises(KeyboardInterrupt):
     jdl.fit(config, run, quiet=True, callbacks=[_CrashAfter(epochs=3)])
-  latest = run / "checkpoints" / str(_steps(run)[-1])
-  data = max((p for p in (latest / "tree").rglob("*") if p.is_file()),
-             key=lambda p: p.stat().st_size)
-  raw = bytearray(data.read_bytes())
-  middle = len(raw) // 2
-  raw[middle:middle + 64] = bytes(b ^ 0x5A for b in raw[middle:middle + 64])
-  data.write_bytes(bytes(raw))
+  _flip_bytes(run / "checkpoints" / str(_steps(run)[-1]))
   out = tmp_path / "params.npz"
   assert cli.main(["export", "--workdir", str(run), "--out", str(out)]) == 2
   assert "does not match the checksum" in capsys.readouterr().err and not out.exists()
@@ -193,15 +197,6 @@ def test_a_flipped_byte_in_a_checkpoint_is_detected_and_the_previous_step_used(t
   assert len(warnings) == 1 and "does not match the checksum" in warnings[0], warnings
   chex.assert_trees_all_equal(jax.device_get(reference.state.params),
                               jax.device_get(resumed.state.params))
-
-
-def _flip_bytes(step_dir):
-  data = max((p for p in (step_dir / "tree").rglob("*") if p.is_file()),
-             key=lambda p: p.stat().st_size)
-  raw = bytearray(data.read_bytes())
-  middle = len(raw) // 2
-  raw[middle:middle + 64] = bytes(b ^ 0x5A for b in raw[middle:middle + 64])
-  data.write_bytes(bytes(raw))
 
 
 def test_a_damaged_best_step_is_moved_aside_and_the_test_line_kept_until_replaced(

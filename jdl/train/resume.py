@@ -165,9 +165,7 @@ class ResumableRun:
     for name, reason in sorted(damaged.items(), key=lambda item: int(item[0])):
       step = int(name)
       self._damaged_steps.append(step)
-      moved = ckpt_lib.quarantine(wd / "checkpoints", step, name)
-      self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
-                f"moved it to {moved}")
+      self._move_aside(step, reason, name)
     parallel_lib.sync("jdl_workdir_ready")  # Process 0 has tidied the checkpoints.
     self._open_checkpointer()
     if not self.primary:
@@ -291,14 +289,7 @@ class ResumableRun:
       except ResumeRefused:
         raise  # A readable checkpoint of other data: refuse, touch nothing.
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
-        reason = ckpt_lib.error_summary(e)
-        self.checkpointer.close()
-        if self.primary:
-          moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
-          self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
-                    f"moved it to {moved}")
-        parallel_lib.sync(f"jdl_quarantined_{step}")
-        self._open_checkpointer()
+        self._set_aside_unrestorable(step, e)
     damaged_dir = self.workdir / "damaged-checkpoints"
     earlier = sorted(p.name for p in damaged_dir.iterdir()) if damaged_dir.is_dir() else []
     if steps or self._damaged_steps or earlier:
@@ -415,16 +406,24 @@ class ResumableRun:
       # Not the step's metric sums: an earlier step may hold other metrics.
       tree, _ = self.checkpointer.restore(step, {"state": self.state}, partial=True)
     except Exception as e:  # noqa: BLE001 (orbax/tensorstore raise many types)
-      reason = ckpt_lib.error_summary(e)
-      self.checkpointer.close()
-      if self.primary:
-        moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step)
-        self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
-                  f"moved it to {moved}")
-      parallel_lib.sync(f"jdl_quarantined_{step}")
-      self._open_checkpointer()
+      self._set_aside_unrestorable(step, e)
       return None
     return tree["state"]
+
+  def _move_aside(self, step: int, reason: str, name: str | None = None) -> None:
+    """Moves a damaged step to ``damaged-checkpoints/`` (kept), with one warning."""
+    moved = ckpt_lib.quarantine(self.workdir / "checkpoints", step, name)
+    self.warn(f"jdl: warning: the checkpoint at step {step} is unreadable ({reason}); "
+              f"moved it to {moved}")
+
+  def _set_aside_unrestorable(self, step: int, error: Exception) -> None:
+    """A step whose restore failed: process 0 moves it aside, every process then
+    reopens the checkpoints without it."""
+    self.checkpointer.close()
+    if self.primary:
+      self._move_aside(step, ckpt_lib.error_summary(error))
+    parallel_lib.sync(f"jdl_quarantined_{step}")
+    self._open_checkpointer()
 
   def _save(self, metrics: dict[str, float] | None = None) -> None:
     if (self.checkpointer is None or self.nan_detected
