@@ -337,6 +337,34 @@ def error_summary(e: BaseException) -> str:
   return text.splitlines()[0][:200] if text else type(e).__name__
 
 
+def environment_failure(e: BaseException) -> str | None:
+  """Why a restore failed when the machine, not the checkpoint, is at fault; else None.
+
+  Out of memory (host or device), too many open files, or no permission to read:
+  the same checkpoint restores once that is mended, so it must not be moved aside
+  as damaged. Looks through the exception's causes (orbax re-raises from its
+  threads) and tensorstore's ``os_error_code=N``.
+  """
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, MemoryError):
+      return "out of memory"
+    code = e.errno if isinstance(e, OSError) else None
+    if code is None:
+      found = _OS_ERROR_CODE.search(str(e))
+      code = int(found.group(1)) if found else None
+    if code in _ENVIRONMENT_ERRNOS:
+      return os.strerror(code)
+    if "RESOURCE_EXHAUSTED" in str(e):
+      return "the device is out of memory"
+    e = e.__cause__ or e.__context__
+  return None
+
+
+_ENVIRONMENT_ERRNOS = (errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM)
+
+
 def _write_failure_reason(e: BaseException) -> str:
   """The OS's words for a tensorstore write error ('No space left on device'), else its first line.
 

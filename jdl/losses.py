@@ -37,8 +37,16 @@ def _per_example(x: jax.Array) -> jax.Array:
 
 
 def _float(x: jax.Array) -> jax.Array:
+  """``x`` as a float array of at least float32.
+
+  Half-precision outputs (a bfloat16 or float16 model) are widened: a softmax's
+  log-sum-exp or a squared error summed in 8 or 11 bits of mantissa loses the
+  small differences that the gradient is made of, and float16 overflows at 65504.
+  """
   x = jnp.asarray(x)
-  return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    return x.astype(jnp.float32)
+  return x.astype(jnp.float32) if x.dtype.itemsize < 4 else x
 
 
 def _match(outputs: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -132,6 +140,9 @@ def sparse_categorical_crossentropy(
   Args:
     outputs: logits, ``[B, ..., C]``.
     targets: int labels in ``[0, C)``, ``[B, ...]`` (a trailing 1 is allowed).
+      Labels outside that range are not checked here, inside a traced function
+      (a :class:`jdl.data.Dataset` checks its labels when it is made); their loss is meaningless (NaN, the last class's, or the
+      smoothing term alone, depending on the value and the smoothing).
     label_smoothing: ``alpha``; the one-hot target becomes
       ``(1 - alpha) onehot + alpha / C``.
 

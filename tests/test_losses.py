@@ -169,6 +169,23 @@ def test_loss_matches_numpy(name, kwargs, make, ref):
   assert np.all(np.isfinite(got))
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize(
+    "name, kwargs, make, ref", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_half_precision_outputs_are_reduced_in_float32(name, kwargs, make, ref, dtype):
+  # A bfloat16 / float16 model's outputs: the loss is the float32 loss of the
+  # rounded outputs (the reference sees the same rounding), never a sum in 8 or
+  # 11 bits of mantissa; large errors that overflow float16 (65504) stay finite.
+  outputs, targets = make(_rng(4))
+  outputs = outputs * 200 if ref in (ref_mse, ref_mae, ref_huber) else outputs
+  half = jnp.asarray(outputs, dtype)
+  got = jax.jit(losses.get_loss(name, **kwargs))(half, jnp.asarray(targets))
+  assert got.dtype == jnp.float32
+  want = ref(np.asarray(half.astype(jnp.float32), np.float64), targets, **kwargs)
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
 def test_registry_returns_the_function(name):
   assert losses.get_loss(name) is losses.LOSSES[name]

@@ -227,6 +227,41 @@ def test_a_damaged_best_step_is_moved_aside_and_the_test_line_kept_until_replace
   assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 0  # No longer blocked.
 
 
+_MACHINE_FAILURES = [
+    # What a restore raised for real under a low RLIMIT_NOFILE:
+    (OSError(24, "Too many open files", "/run/checkpoints/40/tree/_METADATA"),
+     "Too many open files"),
+    (MemoryError(), "out of memory"),
+    # tensorstore's form of an unreadable file (its os_error_code, as in write errors):
+    (ValueError("PERMISSION_DENIED: Error opening file: [os_error_code=13]"),
+     "Permission denied"),
+]
+
+
+def test_a_restore_the_machine_fails_moves_no_checkpoint_aside(tmp_path, monkeypatch):
+  # Not damage: every step would have been moved to damaged-checkpoints/ in turn, and
+  # the run refused as having no readable checkpoint.
+  config = make_config(num_epochs=3)
+  reference = jdl.fit(config, tmp_path / "ref", quiet=True)
+  run = tmp_path / "run"
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(config, run, quiet=True, callbacks=[_CrashAfter(epochs=2)])
+  before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+  from jdl import checkpoint as ckpt_lib
+  for failure, words in _MACHINE_FAILURES:
+    def fail(self, *args, failure=failure, **kwargs):
+      raise failure
+    with monkeypatch.context() as patch:
+      patch.setattr(ckpt_lib.Checkpointer, "restore", fail)
+      with pytest.raises(jdl.JdlError, match=f"step {_steps(run)[-1]}.*{words}.*nothing "
+                         "was moved or deleted"):
+        jdl.fit(config, run, quiet=True)
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before, words
+  resumed = jdl.fit(config, run, quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(reference.state.params),
+                              jax.device_get(resumed.state.params))
+
+
 def test_a_failed_rerun_keeps_the_finished_runs_test_line(tmp_path, monkeypatch):
   jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
   before = (tmp_path / "metrics.jsonl").read_text()

@@ -418,7 +418,18 @@ class ResumableRun:
 
   def _set_aside_unrestorable(self, step: int, error: Exception) -> None:
     """A step whose restore failed: process 0 moves it aside, every process then
-    reopens the checkpoints without it."""
+    reopens the checkpoints without it.
+
+    Raises:
+      JdlError: the machine failed the read (out of memory, too many open files, no
+        permission), not the checkpoint: it stays where it is.
+    """
+    reason = ckpt_lib.environment_failure(error)
+    if reason is not None:
+      raise JdlError(
+          f"could not read the checkpoint at step {step} in {self.checkpointer.directory}: "
+          f"{reason} ({ckpt_lib.error_summary(error)}); nothing was moved or deleted: "
+          "mend that and run again")
     self.checkpointer.close()
     if self.primary:
       self._move_aside(step, ckpt_lib.error_summary(error))
