@@ -100,6 +100,8 @@ def make_parser(doc: str, *, name: str, epochs: int | str,
   parser.add_argument("--data_dir", default="../shared/data/mnist",
                       help="the MNIST IDX files (not read with --tiny)")
   parser.add_argument("--epochs", type=epochs_arg, default=0, help=f"default {epochs}")
+  # An --epochs equal to the full run's (one count for all variants) is the full run.
+  parser.set_defaults(full_epochs=epochs if isinstance(epochs, int) else None)
   parser.add_argument("--tiny", action="store_true",
                       help="digits, tiny models, a few epochs: a smoke run of seconds")
   parser.add_argument("--out", default="",
@@ -112,12 +114,14 @@ def out_dir(args: argparse.Namespace, name: str, *, partial: bool = False) -> Pa
   """Where a run's figures and tables go: ``--out``; else, for the driver's full run,
   ``experiments/results/NAME`` (the published figures); else ``WORKDIR/results``.
 
-  A run is partial with ``--tiny``, ``--epochs`` or ``partial`` (a subset of the
-  variants): it must not replace the published table with a shorter one.
+  A run is partial with ``--tiny``, an ``--epochs`` other than the full run's, or
+  ``partial`` (a subset of the variants): it must not replace the published table
+  with a shorter one.
   """
+  epochs = getattr(args, "epochs", 0)
   if args.out:
     path = Path(args.out)
-  elif args.tiny or partial or getattr(args, "epochs", 0):
+  elif args.tiny or partial or (epochs and epochs != getattr(args, "full_epochs", None)):
     path = Path(args.workdir) / "results"
     if not args.tiny:
       print(f"a partial run (--epochs or a subset): figures and tables go to {path}, not "

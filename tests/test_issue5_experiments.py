@@ -177,6 +177,15 @@ def test_only_a_drivers_full_run_writes_the_published_results(tmp_path, capsys):
     assert "a partial run" in capsys.readouterr().err
   assert _common.out_dir(args(tiny=True), "x") == tmp_path / "w" / "results"
   assert _common.out_dir(args(epochs=3, out=str(tmp_path / "o")), "x") == tmp_path / "o"
+  # Through a driver's parser: --epochs equal to the full run's is the full run; with
+  # per-variant epochs (a text default) any --epochs is partial.
+  workdir = ["--workdir", str(tmp_path / "w")]
+  for default, given, want in ((20, "20", _common.RESULTS / "overfitting"),
+                               (20, "5", tmp_path / "w" / "results"),
+                               ("20 (10 for the CNN)", "20", tmp_path / "w" / "results")):
+    parser = _common.make_parser("doc", name="overfitting", epochs=default)
+    assert _common.out_dir(parser.parse_args(["--epochs", given, *workdir]),
+                           "overfitting") == want, (default, given)
 
 
 def test_a_full_run_without_mnist_is_one_error_not_a_digits_run(tmp_path):
