@@ -14,6 +14,7 @@ import pytest
 
 from jdl import models
 from jdl.errors import JdlError
+from jdl.models import attention
 from jdl.models import create_model, get_activation, get_initializer
 from jdl.summary import count_params, param_table
 
@@ -257,6 +258,24 @@ def test_conv1d_path():
      r"needs \[batch, length, channels\]"),
     (lambda: _abstract_init(models.CNN(2, features=(4, 4, 4)), (1, 4, 4, 1)),
      r"smaller than the pooling window"),
+    # VGG has no pool_size or pool field to suggest.
+    (lambda: _abstract_init(models.VGG(2), (1, 3, 3, 1)),
+     r"smaller than the pooling window 2; use a larger input or fewer stages\n"),
+    # A string is true: batch_norm='no' built batch norm.
+    (lambda: create_model({"name": "mlp", "batch_norm": "no"}, num_outputs=2),
+     r"^batch_norm must be true or false, got 'no'$"),
+    (lambda: create_model({"name": "cnn", "global_pool": 1}, num_outputs=2),
+     r"^global_pool must be true or false, got 1$"),
+    # Public building blocks: ZeroDivisionError, IndexError or nothing before.
+    (lambda: models.ResidualBlock(0), r"^filters must be a positive integer, got 0$"),
+    (lambda: models.ResidualBlock(4, strides=0), r"^strides must be a positive integer"),
+    (lambda: models.ConvAutoencoder((8, 8, 1), features=()),
+     r"^features must be a sequence of one or more positive integers, got \(\)$"),
+    (lambda: models.DCGANGenerator((8, 8, 1), features=()),
+     r"^features must be a sequence of one or more positive integers"),
+    (lambda: attention.Attention("bahdanau", 0),
+     r"^bahdanau attention's features must be a positive integer, got 0$"),
+    (lambda: models.Bidirectional(0), r"^features must be a positive integer, got 0$"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_errors(make, match):
   with pytest.raises(JdlError, match=match):
@@ -539,19 +558,31 @@ def test_window_pooling_matches_numpy_and_reduce_window_gradients(kind, shape, s
   ours = jax.grad(lambda x: jnp.sum(pool(x, kind, size) * w))(x)
   theirs = jax.grad(lambda x: jnp.sum(ref(x) * w))(x)
   np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+  # Forward mode too (jax.jvp, and the Hessian jax.hessian builds forward over
+  # reverse): a custom VJP refused both. CPU's max pooling stays one (cnn.py says why).
+  if kind == "max" and elementwise:
+    return
+  v = jax.random.normal(jax.random.key(2), shape)
+  ours = jax.jvp(lambda x: pool(x, kind, size), (x,), (v,))[1]
+  theirs = jax.jvp(ref, (x,), (v,))[1]
+  np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+  square = lambda f: lambda x: jnp.sum(f(x) ** 2 * w)  # noqa: E731
+  np.testing.assert_allclose(jax.hessian(square(lambda x: pool(x, kind, size)))(x),
+                             jax.hessian(square(ref))(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend, elementwise", [("cpu", True), ("gpu", False),
                                                   ("tpu", False)])
 def test_pool_picks_the_lowering_of_its_backend(monkeypatch, backend, elementwise):
-  # The strided views (a custom VJP) on CPU, where they measured fastest; the
+  # The strided views (custom JVP / VJP) on CPU, where they measured fastest; the
   # reduction over a reshape elsewhere (benchmarks/README.md, "Pooling").
   from jdl.models import cnn
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   x = jnp.ones((2, 8, 8, 3))
   for kind in ("avg", "max"):
     jaxpr = str(jax.make_jaxpr(lambda x: cnn.pool(x, kind, 2))(x))
-    assert ("custom_vjp_call" in jaxpr) == elementwise, jaxpr
+    custom = "custom_jvp_call" if kind == "avg" else "custom_vjp_call"
+    assert (custom in jaxpr) == elementwise, jaxpr
     assert ("reduce_max" in jaxpr or "reduce_sum" in jaxpr) == (not elementwise), jaxpr
 
 
@@ -607,3 +638,17 @@ def test_window_pooling_second_order_gradient(kind):
   ours = penalty_gradient(lambda x: pool(x, kind, 2))
   np.testing.assert_allclose(ours, penalty_gradient(reduction), rtol=1e-5, atol=1e-6)
   assert np.any(np.asarray(ours) != 0)
+
+
+def test_forward_over_reverse_hessian_vector_product_through_lenet5():
+  # jax.jvp of jax.grad (the usual Hessian-vector product) through LeNet-5's average
+  # pooling and the patches convolutions on CPU, against reverse over reverse.
+  model = models.LeNet5(10, conv_impl="patches")
+  x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+  params = model.init(jax.random.key(1), x)["params"]
+  loss = lambda p: jnp.sum(jax.nn.log_softmax(model.apply({"params": p}, x))[:, 3])  # noqa: E731
+  v = jax.tree.map(lambda a: jax.random.normal(jax.random.key(2), a.shape), params)
+  forward = jax.jvp(jax.grad(loss), (params,), (v,))[1]
+  reverse = jax.grad(lambda p: sum(jnp.vdot(g, t) for g, t in zip(
+      jax.tree.leaves(jax.grad(loss)(p)), jax.tree.leaves(v))))(params)
+  chex.assert_trees_all_close(forward, reverse, rtol=1e-4, atol=1e-5)

@@ -8,7 +8,8 @@ inputs vanishes (experiments/adding_problem.py plots it). Cell and length:
 --config.model.cell=lstm|gru|simple, --config.sequence.seq_len=50|100|200.
 Gradient clipping by global norm 1.0, as for every recurrent config.
 --config.model.tbptt=k: truncated BPTT, the loss's gradient reaches the last k
-inputs only; the GRU at T = 200 with k = 50 still learns, more slowly (one seed,
+inputs only (windows of k start at the first step: with k not dividing T, the last
+T mod k inputs); the GRU at T = 200 with k = 50 still learns, more slowly (one seed,
 8 epochs: test MSE 0.0151, full BPTT 0.0006).
 
 `jdl check --config adding_problem` needs --overfit-steps 1000: the LSTM takes ~500

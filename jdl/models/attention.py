@@ -57,6 +57,10 @@ class Attention(nn.Module):
     super().__post_init__()
     errors.lookup("attention", self.kind,
                   {k: k for k in ATTENTIONS if k != "none"})
+    if self.kind != "luong_dot":  # The dot product has no width of its own.
+      errors.require(isinstance(self.features, int) and not isinstance(self.features, bool)
+                     and self.features >= 1, f"{self.kind} attention's features must be "
+                     f"a positive integer, got {self.features!r}")
 
   def setup(self):
     if self.kind == "bahdanau":

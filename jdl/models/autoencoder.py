@@ -169,7 +169,7 @@ class ConvAutoencoder(nn.Module):
     super().__post_init__()
     check_common_fields(self)
     check_output_shape(self.output_shape, image=True)
-    check_widths("features", self.features)
+    check_widths("features", self.features, nonempty=True)
     check_positive("latent", self.latent)
     get_activation(self.code_activation)
     check_divisible(self.output_shape, len(self.features), "features")

@@ -156,10 +156,12 @@ def _conv_hybrid_bwd(pads, residuals, dy):
                       [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads), (0, 0, 0)])
   out = dy.shape[1:-1]
   dy_rows = dy.reshape(-1, dy.shape[-1])
-  # Each tap sums over batch x positions: accumulate in float32 under bfloat16 compute.
+  # Each tap sums over batch x positions: accumulate in float32 under bfloat16 compute
+  # (and in float64 under float64: jdl check's gradient check).
+  wide = x.dtype if x.dtype.itemsize >= 4 else jnp.float32
   taps = [jax.lax.dot(x_pad[(slice(None), *(slice(o, o + m) for o, m in zip(offset, out)),
                               slice(None))].reshape(-1, x.shape[-1]).T, dy_rows,
-                      preferred_element_type=jnp.float32)
+                      preferred_element_type=wide)
           for offset in itertools.product(*(range(k) for k in window))]
   dkernel = jnp.stack(taps).reshape(kernel.shape)
   return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
@@ -181,7 +183,10 @@ class Conv(nn.Module):
     dtype: computation dtype (parameters stay float32).
     impl: ``'auto'`` (on CPU ``'hybrid'`` or ``'patches'`` by shape, see
       :func:`resolve_impl`; XLA's convolution elsewhere), ``'xla'``, ``'patches'``
-      or ``'hybrid'``.
+      or ``'hybrid'``. ``'hybrid'`` has a custom VJP, so it takes reverse-mode
+      autodiff only (``jax.grad``, not ``jax.jvp`` / ``jax.hessian``): for forward
+      mode on CPU choose ``'patches'`` or ``'xla'`` (and average pooling: CPU's
+      max pooling is a custom VJP too, :mod:`jdl.models.cnn`).
   """
   features: int
   kernel_size: Sequence[int]
@@ -198,6 +203,7 @@ class Conv(nn.Module):
     window = tuple(self.kernel_size)
     strides = ((self.strides,) * len(window) if isinstance(self.strides, int)
                else tuple(self.strides))
+    _check_geometry(self.features, window, strides, self.padding, x.shape)
     kernel = self.param("kernel", self.kernel_init, (*window, x.shape[-1], self.features),
                         jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
@@ -216,6 +222,40 @@ class Conv(nn.Module):
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y
+
+
+def _positive_ints(values: Sequence[Any]) -> bool:
+  return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+
+
+def _check_geometry(features: Any, window: tuple, strides: tuple, padding: PaddingLike,
+                    shape: tuple[int, ...]) -> None:
+  """Raises ``JdlError`` for sizes no convolution has, before any lowering sees them
+  (the patches would otherwise zip a longer window with fewer axes, silently)."""
+  errors.require(_positive_ints([features]),
+                 f"Conv features must be a positive integer, got {features!r}")
+  errors.require(window and _positive_ints(window),
+                 f"Conv kernel_size must be positive integers, got {window!r}")
+  errors.require(len(shape) == len(window) + 2,
+                 f"Conv kernel_size {window} has {len(window)} spatial axes, so it takes "
+                 f"inputs [batch, {', '.join(['size'] * len(window))}, channels]; got "
+                 f"shape {tuple(shape)}")
+  errors.require(len(strides) == len(window) and _positive_ints(strides),
+                 f"Conv strides must be a positive integer or one per spatial axis "
+                 f"({len(window)}), got {strides!r}")
+  if isinstance(padding, str):
+    return
+  if isinstance(padding, int) and not isinstance(padding, bool):
+    errors.require(padding >= 0, f"Conv padding must be >= 0, got {padding}")
+    return
+  pairs = list(padding) if isinstance(padding, Sequence) else []
+  errors.require(
+      len(pairs) == len(window) and all(
+          isinstance(p, Sequence) and len(p) == 2 and all(
+              isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p)
+          for p in pairs),
+      f"Conv padding must be 'SAME', 'VALID', an int or one (low, high) pair of "
+      f"non-negative ints per spatial axis ({len(window)}), got {padding!r}")
 
 
 def _dimension_numbers(ndim: int) -> tuple[str, str, str]:

@@ -173,7 +173,7 @@ class DCGANGenerator(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     check_output_shape(self.output_shape, image=True)
-    check_widths("features", self.features)
+    check_widths("features", self.features, nonempty=True)
     errors.require(isinstance(self.kernel_size, int) and self.kernel_size >= 1,
                    f"kernel_size must be a positive int, got {self.kernel_size!r}")
     check_divisible(self.output_shape, len(self.features), "features")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jdl import errors
 from jdl.models import conv
@@ -70,7 +72,7 @@ def check_common_fields(module: nn.Module) -> None:
   Raises:
     JdlError: a bad ``num_outputs``, ``activation``, ``kernel_init``,
       ``init_scale``, ``tbptt`` or ``dropout_rate`` (each checked where the module
-      has it).
+      has it), or a field annotated ``bool`` that is not one.
   """
   if hasattr(module, "conv_impl"):
     errors.lookup("conv_impl", module.conv_impl, {k: k for k in conv.IMPLS})
@@ -97,6 +99,11 @@ def check_common_fields(module: nn.Module) -> None:
       )
   if hasattr(module, "bn_position"):
     errors.lookup("bn_position", module.bn_position, {p: p for p in BN_POSITIONS})
+  for field in dataclasses.fields(module):  # batch_norm='no' built batch norm.
+    value = getattr(module, field.name, None)
+    if field.type in ("bool", bool):
+      errors.require(isinstance(value, (bool, np.bool_)),
+                     f"{field.name} must be true or false, got {value!r}")
 
 
 def check_positive(field: str, value: int) -> None:
@@ -107,13 +114,15 @@ def check_positive(field: str, value: int) -> None:
   )
 
 
-def check_widths(field: str, widths: Sequence[int]) -> None:
-  """Raises ``JdlError`` unless ``widths`` is a sequence of positive integers."""
+def check_widths(field: str, widths: Sequence[int], *, nonempty: bool = False) -> None:
+  """Raises ``JdlError`` unless ``widths`` is a sequence of positive integers (at
+  least one with ``nonempty``)."""
   errors.require(
       isinstance(widths, Sequence) and not isinstance(widths, str)
       and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
-              for w in widths),
-      f"{field} must be a sequence of positive integers, got {widths!r}",
+              for w in widths) and (len(widths) >= 1 or not nonempty),
+      f"{field} must be a sequence of {'one or more ' if nonempty else ''}positive "
+      f"integers, got {widths!r}",
   )
 
 

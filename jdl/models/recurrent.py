@@ -112,7 +112,10 @@ class RNN(RecurrentOptions):
       Windows are counted in real (unmasked) steps along the layer's own scan
       order: from the first real token forwards, or with ``reverse`` from the
       last real token backwards, so 'pre' and 'post' padding give the same
-      gradients. The forward values are unchanged, and so are time and memory
+      gradients. The last window holds ``length mod k`` steps when ``k`` does
+      not divide the sequence's real length: the final state then gets gradients
+      from fewer than ``k`` inputs (as a sequence cut into chunks of ``k`` from
+      its start). The forward values are unchanged, and so are time and memory
       (the whole sequence is still one scan, every step kept for the backward
       pass): it limits how far back gradients reach, for long sequences whose
       gradient through the full scan is noisy or explodes.
@@ -206,6 +209,7 @@ class Bidirectional(RecurrentOptions):
 
   def __post_init__(self):
     super().__post_init__()
+    check_positive("features", self.features)
     check_tbptt(self.tbptt)
 
   def _rnn(self, reverse: bool, name: str) -> RNN:
@@ -361,7 +365,9 @@ class SequenceRegressor(RecurrentOptions):
       ``'glorot_uniform'``.
     gain: gain of the recurrent init.
     forget_bias, kernel_init, unroll, tbptt: as :class:`RNN`
-      (``tbptt=50`` at ``T = 200``: gradients reach 50 steps back).
+      (``tbptt=50`` at ``T = 200``: the final state's gradient reaches 50 steps
+      back; at ``T = 210`` only 10, the last window being ``T mod k`` steps long,
+      as windows start at the first real step).
     dtype: compute dtype; parameters stay float32.
 
   Submodules ``rnn`` (a :class:`StackedRNN`) and ``head``.

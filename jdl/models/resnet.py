@@ -57,6 +57,12 @@ class ResidualBlock(nn.Module):
   dtype: Dtype = jnp.float32
   conv_impl: str = "auto"  # 'auto', 'xla', 'patches' or 'hybrid'; see jdl.models.conv.
 
+  def __post_init__(self):
+    super().__post_init__()
+    check_common_fields(self)
+    check_positive("filters", self.filters)
+    check_positive("strides", self.strides)
+
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """Applies the block.
