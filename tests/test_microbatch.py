@@ -64,6 +64,29 @@ def test_microbatches_give_the_whole_batch_loss_and_gradients(size):
   _assert_same_as_whole_batch(_task(model), params, batch, size)
 
 
+@pytest.mark.parametrize("size", [0, 3])
+def test_a_padded_batch_loss_is_the_mean_over_its_real_examples(size):
+  # Independently of the library's loss: numpy's cross-entropy of the model's logits,
+  # summed over the 9 real examples and divided by 9 (not by the batch's 12); the
+  # padding's gradient is zero.
+  model = create_model(CNN, num_outputs=5)
+  batch = _batch()
+  params = model.init(jax.random.key(0), batch["x"][:1], train=False)["params"]
+  task, key = _task(model), jax.random.key(3)
+  if size:
+    (loss, _), grads = steps.microbatched_loss(task, size, params, {}, batch, key, True)
+  else:
+    (loss, _), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(
+        params, {}, batch, key, True)
+  logits = np.asarray(model.apply({"params": params}, batch["x"]), np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ce = -log_probs[np.arange(12), np.asarray(batch["y"])]
+  np.testing.assert_allclose(loss, ce[:9].sum() / 9, rtol=1e-5)
+  real = dict(batch, x=batch["x"].at[9:].set(1e3))  # Padding rows may hold anything.
+  _, other = jax.value_and_grad(task.loss_fn, has_aux=True)(params, {}, real, key, True)
+  chex.assert_trees_all_close(other, grads, rtol=1e-5, atol=1e-7)
+
+
 def test_microbatches_with_weight_and_activity_penalties():
   # The weight penalty counts once, not once per microbatch; the activity penalty
   # (l1 * sum|a| / batch) is each microbatch's share of the whole batch's.

@@ -250,6 +250,43 @@ def test_eval_metrics_are_exact_with_a_padded_last_batch():
   assert padded["loss"] == pytest.approx(ref_loss, rel=1e-5)
 
 
+def test_each_epoch_has_its_own_order_and_the_leftover_examples_rotate():
+  # The indices the loop trains on: within an epoch each example at most once, a new
+  # order each epoch (seeded: the same for a new trainer), and the examples that do
+  # not fill a last batch differ between epochs, so every one is trained on.
+  trainer = loop.Trainer(make_config(batch_size=64), quiet=True)
+  n, spe = trainer.data.train.size, trainer.steps_per_epoch
+  assert n % 64 and spe == n // 64
+  epochs = [np.asarray(trainer.feed.block(e, 0, spe)[2]).ravel() for e in range(8)]
+  for idx in epochs:
+    assert len(set(idx.tolist())) == len(idx) == spe * 64 and idx.min() >= 0 and idx.max() < n
+  assert len({tuple(idx.tolist()) for idx in epochs}) == 8
+  assert len({frozenset(range(n)) - frozenset(idx.tolist()) for idx in epochs}) == 8
+  assert set(np.concatenate(epochs).tolist()) == set(range(n))
+  again = loop.Trainer(make_config(batch_size=64), quiet=True)
+  np.testing.assert_array_equal(np.asarray(again.feed.block(3, 0, spe)[2]).ravel(), epochs[3])
+
+
+def test_evaluation_runs_the_model_in_inference_mode():
+  # Dropout and batch norm: in training mode the eval step would drop units and use
+  # the batch's statistics. The reference is the model applied with train=False to
+  # the whole split at once (running statistics, no dropout), after an epoch that
+  # moved the running statistics away from their initial values.
+  config = small_digits_cnn(eval_batch_size=7)
+  with config.unlocked():
+    config.model.batch_norm = True
+  trainer = loop.Trainer(config, quiet=True)
+  trainer.fit()
+  x, labels = trainer.data.test.x, np.asarray(trainer.data.test.y)
+  logits = np.asarray(trainer.state.apply_fn(trainer.state.variables, jnp.asarray(x),
+                                             train=False))
+  got = trainer.evaluate_split(trainer.data.test)
+  assert got["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels), abs=1e-12)
+  log_probs = np.asarray(jax.nn.log_softmax(jnp.asarray(logits)))
+  ref_loss = -np.mean(np.take_along_axis(log_probs, labels[:, None], 1))
+  assert got["loss"] == pytest.approx(ref_loss, rel=1e-5)
+
+
 def test_early_stopping_stops_and_restores_best(tmp_path, capsys):
   # A learning rate this large makes the validation loss worsen quickly.
   config = make_config(num_epochs=30, optimizer__learning_rate=0.5, optimizer__name="sgd",
@@ -615,6 +652,21 @@ def test_reduce_on_plateau_lowers_the_learning_rate():
   assert not result.trainer._replay_blocks
 
 
+@pytest.mark.parametrize("mode, reduced", [("min", False), ("max", True)])
+def test_reduce_on_plateau_follows_the_monitored_metric(mode, reduced):
+  # The validation loss falls every epoch here: watched as a loss ("min") it never
+  # plateaus and the rate stays; watched for a rise ("max") every epoch is a plateau.
+  config = make_config(num_epochs=4, optimizer__name="sgd", optimizer__learning_rate=0.5,
+                       reduce_on_plateau__enabled=True, reduce_on_plateau__patience=1,
+                       reduce_on_plateau__monitor="val_loss", reduce_on_plateau__mode=mode)
+  result = jdl.fit(config, quiet=True)
+  assert np.all(np.diff(result.history["val_loss"]) < 0), result.history["val_loss"]
+  lrs = result.history["learning_rate"]
+  assert (lrs[-1] < lrs[0] / 3) == reduced, lrs
+  if not reduced:
+    np.testing.assert_allclose(lrs, 0.5, rtol=1e-6)
+
+
 def test_the_logged_learning_rate_is_the_rate_each_epoch_trained_with():
   # A step schedule halving at each epoch's end: epoch e's updates all take
   # 0.01 * 0.5 ** (e - 1); the next epoch's rate is not logged against this one.
@@ -890,13 +942,19 @@ def test_checkpoint_clock_starts_after_compilation(tmp_path, monkeypatch):
 
 
 def test_evaluate_restores_the_best_checkpoint(tmp_path):
-  config = make_config(num_epochs=2, monitor="val_accuracy", monitor_mode="max")
+  # The "best" by the lowest validation accuracy: an early epoch's, so the best
+  # checkpoint is not the latest (with the two equal, any step would pass).
+  config = make_config(num_epochs=3, monitor="val_accuracy", monitor_mode="min")
   result = jdl.fit(config, tmp_path, quiet=True)
+  trainer = result.trainer
+  best = int(np.argmin(result.history["val_accuracy"]))
+  assert best < 2, result.history["val_accuracy"]
   metrics = jdl.evaluate(config, tmp_path)
   assert set(metrics) == {"loss", "accuracy"}
-  best_epoch = int(np.argmax(result.history["val_accuracy"]))
-  if best_epoch == len(result.history["val_accuracy"]) - 1:
-    assert metrics["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+  trainer.state = trainer.restore_step((best + 1) * trainer.steps_per_epoch)
+  assert metrics["loss"] == pytest.approx(trainer.evaluate_split(trainer.data.test)["loss"],
+                                          rel=1e-6)
+  assert metrics["loss"] != pytest.approx(result.test_metrics["loss"], rel=1e-3)
 
 
 def test_reading_a_run_whose_step_is_pruned_meanwhile_reads_the_next(tmp_path, monkeypatch):
