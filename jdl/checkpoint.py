@@ -254,11 +254,12 @@ class Checkpointer:
     ``config.metrics``); the others are not read.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(target))
-    restored = self._manager.restore(int(step), args=ocp.args.Composite(
-        tree=ocp.args.PyTreeRestore(
-            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-            partial_restore=partial),
-        meta=ocp.args.JsonRestore()))
+    with _abandoned_reads_quiet():
+      restored = self._manager.restore(int(step), args=ocp.args.Composite(
+          tree=ocp.args.PyTreeRestore(
+              abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+              partial_restore=partial),
+          meta=ocp.args.JsonRestore()))
     meta = dict(restored["meta"])
     verify_checksums(restored["tree"], meta, f"the checkpoint at step {step} in "
                      f"{self.directory}")
@@ -332,9 +333,26 @@ def _is_write_failure(e: ValueError) -> bool:
 
 
 def error_summary(e: BaseException) -> str:
-  """The first line of an exception's message (orbax's run to pages), else its type."""
+  """The first line of an exception's message (orbax's run to pages), else its type.
+
+  TensorStore's chain of contexts ("Error opening "cast" driver: Error opening "zarr"
+  driver: ... : <cause>") and its JSON specs are cut to the cause and the file it
+  names, which would otherwise fall beyond the 200 characters kept.
+  """
   text = str(e).strip()
-  return text.splitlines()[0][:200] if text else type(e).__name__
+  if not text:
+    return type(e).__name__
+  line = text.splitlines()[0]
+  for junk in (" [tensorstore_spec", " See full TensorStore details"):
+    line = line.split(junk)[0]
+  if len(line) > 200 and ": " in line:
+    cause = line.rsplit(": ", 1)[1]
+    files = _TS_FILE.findall(line)
+    line = f"{cause} (file {files[-1]})" if files else cause
+  return line[:200]
+
+
+_TS_FILE = re.compile(r'local file "([^"]+)"')
 
 
 def environment_failure(e: BaseException) -> str | None:
@@ -487,6 +505,36 @@ def _absl_quiet():
     absl_logger.setLevel(level)
 
 
+class _AbandonedReads(logging.Filter):
+  """Drops asyncio's "Task/Future exception was never retrieved" records of TensorStore
+  errors ("OUT_OF_RANGE: Error opening ...").
+
+  A damaged step fails several of orbax's concurrent array reads: orbax raises the
+  first, which jdl reports in one line (and acts on); asyncio logged the others'
+  tracebacks whenever they were collected, often after that line. Other records,
+  and other exceptions never retrieved, pass.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
+      return True
+    return not _TS_STATUS.match(str(record.exc_info[1]))
+
+
+_TS_STATUS = re.compile(r"[A-Z][A-Z_]{2,}: ")
+_ABANDONED_READS = _AbandonedReads()
+
+
+@contextlib.contextmanager
+def _abandoned_reads_quiet():
+  """Installs :class:`_AbandonedReads` on asyncio's logger (once, for good: the
+  records come when the failed reads are collected, after the restore returns)."""
+  asyncio_logger = logging.getLogger("asyncio")
+  if _ABANDONED_READS not in asyncio_logger.filters:
+    asyncio_logger.addFilter(_ABANDONED_READS)
+  yield
+
+
 def require_undamaged(directory: str | os.PathLike, step: int | None = None) -> None:
   """For the commands that only read a run: one error naming its damaged steps.
 
@@ -525,7 +573,13 @@ def unreadable_as_error(directory: str | os.PathLike, step: int | None):
                         "was read (a run in progress there keeps only its last "
                         "keep_checkpoints steps); run the command again") from None
     which = f"the checkpoint at step {step}" if step is not None else "the latest checkpoint"
-    raise JdlError(f"{which} in {directory} is unreadable ({error_summary(e)})") from None
+    reason = environment_failure(e)
+    if reason is not None:  # The machine, not the files: nothing to set aside.
+      raise JdlError(f"could not read {which} in {directory}: {reason} "
+                     f"({error_summary(e)})") from None
+    raise JdlError(f"{which} in {directory} is unreadable ({error_summary(e)}); `jdl train` "
+                   "in its workdir moves it to damaged-checkpoints/ and continues from the "
+                   "checkpoint before") from None
 
 
 class StepRemoved(JdlError):

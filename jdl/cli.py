@@ -303,7 +303,7 @@ def _evaluate(args, overrides) -> int:
       raise JdlError(f"{args.workdir} holds no jdl run (no config.json); give the run's "
                      "--workdir, or its --config as well")
     workdir = args.workdir
-    run = workdir_lib.read_json(Path(workdir) / "config.json")
+    run = workdir_lib.read_json(Path(workdir) / "config.json", workdir_lib.READ_REMEDY)
     given = config_lib.given_sources(run)
     if given:
       raise JdlError(f"{workdir} holds a run trained on {given}, which the CLI cannot load; "
@@ -314,7 +314,7 @@ def _evaluate(args, overrides) -> int:
   else:
     config, workdir = _load(args, overrides)
     saved = Path(workdir) / "config.json"  # The run evaluated, wherever it was named.
-    run = workdir_lib.read_json(saved) if saved.is_file() else None
+    run = workdir_lib.read_json(saved, workdir_lib.READ_REMEDY) if saved.is_file() else None
   if run is not None:
     changed = config_lib.structural_diff(run, json.loads(config_lib.to_json(config)),
                                          keys=config_lib.EVALUATION_KEYS)
@@ -347,7 +347,7 @@ def _run_config(command: str, workdir: str, overrides):
   path = Path(workdir) / "config.json"
   if not path.is_file():
     return None  # load_run says what is missing.
-  config = config_lib.from_dict(workdir_lib.read_json(path))
+  config = config_lib.from_dict(workdir_lib.read_json(path, workdir_lib.READ_REMEDY))
   config_lib.apply_overrides(config, overrides)
   return config
 

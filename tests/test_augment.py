@@ -268,6 +268,9 @@ def test_train_augment_mixes_x_and_y_on_any_input():
     (dict(hflip=True), (64,), r"augment.hflip needs image inputs .*\(64,\)"),
     (dict(rotation=10.0), (8, 8), r"augment.rotation needs image inputs .*\(8, 8\)"),
     (dict(crop_padding=2), (4,), "augment.crop_padding needs image"),
+    # A crop of only padding (and an int overflow in the jitted crop, a traceback):
+    (dict(crop_padding=8), (8, 12, 1), r"crop_padding=8 pixels on images of 8x12.*less than 8"),
+    (dict(crop_padding=3_000_000_000), (28, 28, 1), "crop could then hold no pixel"),
 ])
 def test_bad_augment_configs_raise(overrides, shape, match):
   with pytest.raises(JdlError, match=match):

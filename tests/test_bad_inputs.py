@@ -148,6 +148,11 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                                             "--config.regularization.max_norm_include=x"],
                                            ["max_norm_include"]),
       "keep zero checkpoints": (["--config.keep_checkpoints=0"], ["keep_checkpoints"]),
+      "print every 0 epochs": (["--config.print_every_epochs=0"], ["print_every_epochs"]),
+      "crop padding beyond the image": (["--config.augment.crop_padding=3000000000"],
+                                        ["crop_padding", "no pixel"]),
+      "a layer wider than an array can be": (["--config.model.features=(100000000000000000000,)"],
+                                              ["features", "2**31"]),
       "checkpoint every 0 epochs": (["--config.checkpoint_every_epochs=0"],
                                     ["checkpoint_every_epochs"]),
       "checkpoint every -1 seconds": (["--config.checkpoint_every_seconds=-1.0"],
@@ -442,7 +447,17 @@ def test_corrupt_config_json_is_one_line_and_kept(finished, tmp_path, capsys):
   assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "config.json is not valid JSON" in err[0] and "--restart" in err[0]
+  # evaluate, which reads the run's settings, has no --restart to suggest.
+  assert cli.main(["evaluate", "--workdir", str(workdir)]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "not valid JSON" in err[0] and "--restart" not in err[0], err
   assert _snapshot(workdir) == before
+  # Nor does a refused run leave folders behind (an empty tb/ was made first).
+  fresh = tmp_path / "fresh"
+  fresh.mkdir()
+  (fresh / "config.json").write_text("[]")
+  assert cli.main(["train", "--workdir", str(fresh), "--config", "digits_mlp", "--quiet"]) == 2
+  assert sorted(p.name for p in fresh.iterdir()) == ["config.json"]
 
 
 @pytest.mark.parametrize("field, value, words", [

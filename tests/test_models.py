@@ -276,6 +276,9 @@ def test_conv1d_path():
     (lambda: attention.Attention("bahdanau", 0),
      r"^bahdanau attention's features must be a positive integer, got 0$"),
     (lambda: models.Bidirectional(0), r"^features must be a positive integer, got 0$"),
+    # Not "cannot take inputs of shape ..." and four lines of MLIR signatures:
+    (lambda: create_model({"name": "mlp", "hidden": (10**20,)}, num_outputs=2),
+     r"^hidden must be at most 2\*\*31 - 1 each"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_errors(make, match):
   with pytest.raises(JdlError, match=match):

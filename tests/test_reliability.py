@@ -169,6 +169,40 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
                               jax.device_get(resumed.state.params))
 
 
+def test_a_truncated_checkpoint_is_told_by_its_cause_and_file(tmp_path, capsys):
+  # TensorStore's message is a chain of contexts and JSON specs: its first 200
+  # characters ended mid-chain ("... in OCDBT database at local file ...: Erro").
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  step = _steps(tmp_path)[-1]
+  for f in (tmp_path / "checkpoints" / str(step) / "tree" / "d").iterdir():
+    f.write_bytes(f.read_bytes()[:100])
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert re.search(r"Requested byte range \[0, \d+\) is not valid for value of size 100 "
+                   rf"\(file {tmp_path}/checkpoints/{step}/tree/d/\w+\)\); `jdl train` in "
+                   "its workdir moves it to damaged-checkpoints/", err), err
+  assert len(err.splitlines()) == 1 and "tensorstore_spec" not in err
+
+
+def test_asyncio_reports_of_the_other_failed_reads_are_dropped():
+  # orbax raises the first failed array read; asyncio logged the others' tracebacks
+  # when collected ("Task exception was never retrieved"), after jdl's one line.
+  import logging
+  from jdl import checkpoint as ckpt_lib
+
+  def record(msg, error):
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None,
+                             (type(error), error, None))
+
+  ts = ValueError('OUT_OF_RANGE: Error opening "cast" driver: Error reading ...')
+  keep = ckpt_lib._ABANDONED_READS.filter
+  assert not keep(record("Task exception was never retrieved", ts))
+  assert not keep(record("Future exception was never retrieved", ts))
+  assert keep(record("Task exception was never retrieved", ValueError("a bug of yours")))
+  assert keep(record("Unclosed client session", ts))
+
+
 def _flip_bytes(step_dir):
   """XORs 64 bytes in the middle of a step's largest data file."""
   data = max((p for p in (step_dir / "tree").rglob("*") if p.is_file()),
@@ -260,6 +294,22 @@ def test_a_restore_the_machine_fails_moves_no_checkpoint_aside(tmp_path, monkeyp
   resumed = jdl.fit(config, run, quiet=True)
   chex.assert_trees_all_equal(jax.device_get(reference.state.params),
                               jax.device_get(resumed.state.params))
+
+
+def test_a_workdir_inside_another_runs_folders_is_refused(tmp_path):
+  # A run trained into another run's checkpoints/80 was deleted with that step when
+  # the other run pruned it.
+  jdl.fit(make_config(num_epochs=1), tmp_path / "a", quiet=True)
+  before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  step = _steps(tmp_path / "a")[-1]
+  for inside in (f"checkpoints/{step}", "checkpoints", "tb/x"):
+    with pytest.raises(jdl.JdlError, match=f"inside the {inside.split('/')[0]}/ of the run"):
+      jdl.fit(make_config(num_epochs=1), tmp_path / "a" / inside, quiet=True)
+  assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+  # A workdir that is itself named checkpoints (beside no run) trains and resumes.
+  own = tmp_path / "b" / "checkpoints"
+  jdl.fit(make_config(num_epochs=1), own, quiet=True)
+  assert int(jdl.fit(make_config(num_epochs=2), own, quiet=True).state.step) == 2 * step
 
 
 def test_a_failed_rerun_keeps_the_finished_runs_test_line(tmp_path, monkeypatch):

@@ -269,8 +269,9 @@ def validate(cfg, input_shape: tuple[int, ...]) -> None:
   """Checks a ``config.augment`` section against the per-example input shape.
 
   Raises:
-    JdlError: a negative value, a shift fraction >= 1 or under half a pixel, an
-      unknown fill, or an image op on inputs that are not ``[H, W, C]`` images.
+    JdlError: a negative value, a shift fraction >= 1 or under half a pixel, a
+      crop padding as large as the image, an unknown fill, or an image op on
+      inputs that are not ``[H, W, C]`` images.
   """
   shape = tuple(int(d) for d in input_shape)
   for name in ("noise_std", "width_shift", "height_shift", "rotation", "crop_padding",
@@ -293,6 +294,10 @@ def validate(cfg, input_shape: tuple[int, ...]) -> None:
           f"[B, {', '.join(map(str, shape))}] (input shape {shape}). Turn it off "
           f"(--config.augment.{name}={'false' if isinstance(cfg[name], bool) else 0}); "
           f"noise_std and mixup_alpha work on any input")
+  if cfg.crop_padding and cfg.crop_padding >= min(shape[:2]):
+    raise JdlError(f"augment.crop_padding={cfg.crop_padding!r} pixels on images of "
+                   f"{shape[0]}x{shape[1]}: a crop could then hold no pixel of the image; "
+                   f"use less than {min(shape[:2])} (4 is usual for 32x32)")
   for name, axis in (("height_shift", 0), ("width_shift", 1)):
     fraction = cfg[name]
     if fraction >= 1:

@@ -106,12 +106,17 @@ def check_common_fields(module: nn.Module) -> None:
                      f"{field.name} must be true or false, got {value!r}")
 
 
+_LARGEST_SIZE = 2**31 - 1  # XLA's dimensions are int32 on most paths.
+
+
 def check_positive(field: str, value: int) -> None:
-  """Raises ``JdlError`` unless ``value`` is a positive integer."""
+  """Raises ``JdlError`` unless ``value`` is a positive integer (and an array size)."""
   errors.require(
       isinstance(value, int) and not isinstance(value, bool) and value >= 1,
       f"{field} must be a positive integer, got {value!r}",
   )
+  errors.require(value <= _LARGEST_SIZE,
+                 f"{field} must be at most 2**31 - 1 (an array size), got {value!r}")
 
 
 def check_widths(field: str, widths: Sequence[int], *, nonempty: bool = False) -> None:
@@ -124,6 +129,8 @@ def check_widths(field: str, widths: Sequence[int], *, nonempty: bool = False) -
       f"{field} must be a sequence of {'one or more ' if nonempty else ''}positive "
       f"integers, got {widths!r}",
   )
+  errors.require(all(w <= _LARGEST_SIZE for w in widths),
+                 f"{field} must be at most 2**31 - 1 each (array sizes), got {widths!r}")
 
 
 class MLP(nn.Module):

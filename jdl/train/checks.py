@@ -90,6 +90,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                    f"{config.early_stopping.mode!r}")
   if config.keep_checkpoints < 1:
     raise JdlError(f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}")
+  if config.get("print_every_epochs", 1) < 1:  # 0 printed every epoch, silently.
+    raise JdlError(f"print_every_epochs must be >= 1, got {config.print_every_epochs}")
   if config.nonfinite not in ("stop", "skip"):
     raise JdlError(f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}")
   if config.nonfinite_check not in ("auto", "step", "block"):

@@ -606,6 +606,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       if self.workdir.exists() and not self.workdir.is_dir():
         raise JdlError(f"workdir {self.workdir} is a file, not a folder; use another "
                        "--workdir")
+      workdir_lib.check_outside_runs(self.workdir)
       try:
         self.workdir.mkdir(parents=True, exist_ok=True)
       except OSError as e:

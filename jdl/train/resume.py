@@ -130,8 +130,6 @@ class ResumableRun:
                        "another --workdir")
     if self.primary:
       wd.mkdir(parents=True, exist_ok=True)
-      for sub in ("plots", "tb") if self.config.tensorboard else ("plots",):
-        (wd / sub).mkdir(exist_ok=True)
     config_json = wd / "config.json"
     current = json.loads(config_lib.to_json(self.config))
     saved = None
@@ -158,6 +156,9 @@ class ResumableRun:
         self.warn(f"jdl: warning: num_epochs is {new_epochs}, the run had {old_epochs}: its "
                   f"{schedule} schedule now spans {new_epochs} epochs, so the learning rate "
                   "continues on the new curve (not the one the run started on)")
+    if self.primary:  # After the saved config is read: a refused run leaves no folder.
+      for sub in ("plots", "tb") if self.config.tensorboard else ("plots",):
+        (wd / sub).mkdir(exist_ok=True)
     self._damaged_steps = []
     if self.primary:  # It holds the lock: a save in flight there died with its run.
       ckpt_lib.remove_unfinished(wd / "checkpoints")

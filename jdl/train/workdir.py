@@ -154,8 +154,15 @@ def write_text(path: Path, text: str) -> None:
     tmp.unlink(missing_ok=True)
 
 
-def read_json(path: Path) -> dict:
+TRAIN_REMEDY = "fix or remove it, or use --restart to start over (the old run is moved aside)"
+READ_REMEDY = "fix or restore it: the run's settings are read from it"
+
+
+def read_json(path: Path, remedy: str = TRAIN_REMEDY) -> dict:
   """Reads a JSON object written by an earlier run.
+
+  ``remedy``: what the error tells to do (``READ_REMEDY`` for the commands that read
+  a run, which have no ``--restart``).
 
   Raises:
     JdlError: the file cannot be read or does not hold a JSON object; the message
@@ -166,12 +173,27 @@ def read_json(path: Path) -> dict:
   except OSError as e:
     raise JdlError(f"cannot read {path}: {e.strerror}") from None
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise JdlError(f"{path} is not valid JSON ({e}); fix or remove it, or use --restart to "
-                   "start over (the old run is moved aside)") from None
+    raise JdlError(f"{path} is not valid JSON ({e}); {remedy}") from None
   if not isinstance(value, dict):
-    raise JdlError(f"{path} holds a JSON {type(value).__name__}, not an object; fix or remove "
-                   "it, or use --restart to start over") from None
+    raise JdlError(f"{path} holds a JSON {type(value).__name__}, not an object; "
+                   f"{remedy}") from None
   return value
+
+
+def check_outside_runs(workdir: Path) -> None:
+  """Raises ``JdlError`` when ``workdir`` is, or lies inside, a folder another run
+  manages (its ``checkpoints/``, ``tb/``, ``plots/``...): that run prunes, moves or
+  rewrites those folders and would take this run with them.
+
+  The other run is told by its ``config.json`` (not by a ``checkpoints/`` folder,
+  which a workdir named ``checkpoints`` is itself).
+  """
+  path = Path(workdir).absolute()
+  for folder in (path, *path.parents):
+    if folder.name in RUN_FILES and (folder.parent / "config.json").is_file():
+      raise JdlError(f"workdir {workdir} is inside the {folder.name}/ of the run in "
+                     f"{folder.parent}, which deletes or rewrites what is there; use a "
+                     "folder outside it")
 
 
 def move_aside(workdir: Path, names: tuple[str, ...] = RUN_FILES) -> Path | None:
