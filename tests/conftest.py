@@ -82,6 +82,11 @@ def full_optimisation_env() -> dict[str, str]:
 
 
 FULL_OPT_TESTS: list[str] = []  # The `full_opt` tests that this session's run left out.
+_SLOW_FIRST = (  # Measured with --durations on 2 cores (2026-11-30), slowest first.
+    "test_full_optimisation.py::", "test_eight_simulated_devices",
+    "test_two_processes_killed_and_resumed", "test_seq2seq_resumes_exactly",
+    "test_region_analysis_removes_loop_copies", "test_two_processes_streamed",
+    "test_sigkill_mid_epoch_then_rerun", "test_sigkill_inside_a_checkpoint_write")
 _FULL_OPT_RUNNER = "test_full_optimisation.py::"
 
 
@@ -89,7 +94,13 @@ _FULL_OPT_RUNNER = "test_full_optimisation.py::"
 def pytest_collection_modifyitems(config, items):
   """With LLVM's optimisations off: the selected `full_opt` tests run in the
   full-optimisation test instead, when it is selected too (it is marked `full_opt`
-  itself, so `-m full_opt` selects it); else here, as selected."""
+  itself, so `-m full_opt` selects it); else here, as selected.
+
+  The slowest tests (`_SLOW_FIRST`, each 20-130 s) go first: pytest-xdist hands out
+  tests in this order, and one of them drawn last would keep its worker busy alone
+  at the end of the run."""
+  slow = [i for i in items if any(name in i.nodeid for name in _SLOW_FIRST)]
+  items[:] = slow + [i for i in items if i not in slow]
   if not compiles_fast() or not any(_FULL_OPT_RUNNER in item.nodeid for item in items):
     return
   kept, left = [], []

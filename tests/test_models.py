@@ -647,11 +647,11 @@ def test_forward_over_reverse_hessian_vector_product_through_lenet5():
   # jax.jvp of jax.grad (the usual Hessian-vector product) through LeNet-5's average
   # pooling and the patches convolutions on CPU, against reverse over reverse.
   model = models.LeNet5(10, conv_impl="patches")
-  x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+  x = jax.random.normal(jax.random.key(0), (2, 12, 12, 1))
   params = model.init(jax.random.key(1), x)["params"]
   loss = lambda p: jnp.sum(jax.nn.log_softmax(model.apply({"params": p}, x))[:, 3])  # noqa: E731
   v = jax.tree.map(lambda a: jax.random.normal(jax.random.key(2), a.shape), params)
-  forward = jax.jvp(jax.grad(loss), (params,), (v,))[1]
-  reverse = jax.grad(lambda p: sum(jnp.vdot(g, t) for g, t in zip(
-      jax.tree.leaves(jax.grad(loss)(p)), jax.tree.leaves(v))))(params)
+  forward = jax.jit(lambda p, v: jax.jvp(jax.grad(loss), (p,), (v,))[1])(params, v)
+  reverse = jax.jit(jax.grad(lambda p, v: sum(jnp.vdot(g, t) for g, t in zip(
+      jax.tree.leaves(jax.grad(loss)(p)), jax.tree.leaves(v)))))(params, v)
   chex.assert_trees_all_close(forward, reverse, rtol=1e-4, atol=1e-5)
