@@ -123,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
   add("list", "List the experiments with one-line descriptions.", config=False, workdir=False)
   add("config", "Print the experiment's whole config, overrides applied, as JSON: every key "
-      "that --config.KEY=VALUE can set, with the value training would use.", workdir=False)
+      "that --config.KEY=VALUE can set, with the value training would use (the values "
+      "training checks before reading data are checked here too).", workdir=False)
   c = add("check", "Sanity checks (initial loss, overfitting a small subset, gradients, data); "
           "one PASS/FAIL/SKIP line each, exit 1 if any fails.", workdir=False)
   c.add_argument("--overfit-examples", type=int_at_least(1), default=32, metavar="N",
@@ -502,7 +503,10 @@ def _profile(args, overrides) -> int:
 
 def _show_config(args, overrides) -> int:
   from jdl import config as config_lib
-  print(json.dumps(json.loads(config_lib.to_json(_config(args, overrides))), indent=2))
+  from jdl.train import checks
+  config = _config(args, overrides)
+  checks.validate_config(config)  # A value training would refuse is not printed as used.
+  print(json.dumps(json.loads(config_lib.to_json(config)), indent=2))
   return 0
 
 

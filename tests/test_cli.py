@@ -245,6 +245,11 @@ def test_config_prints_every_key_that_training_would_use(capsys):
   assert printed["optimizer"]["learning_rate"] == 0.3 and "augment" in printed
   # The printed JSON is itself a config: training from it is training the experiment.
   assert jdl.config.from_dict(printed).to_dict() == expected.to_dict()
+  # Values training refuses are refused here too, not printed (exit 0) as if used.
+  for bad, words in (("--config.batch_size=-3", "batch_size"),
+                     ("--config.optimizer.learning_rate=nan", "learning_rate")):
+    code, out, err = run_cli("config", "--config", "xor", bad, capsys=capsys)
+    assert code == 2 and not out and words in err and len(err.strip().splitlines()) == 1, err
 
 
 def _npz(path, **arrays):

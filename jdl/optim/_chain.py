@@ -75,7 +75,8 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _validate_optimizer(opt: ml_collections.ConfigDict) -> None:
+def validate_optimizer(opt: ml_collections.ConfigDict) -> None:
+  """Raises ``JdlError`` for an ``optimizer`` section value out of its range."""
   check(0 < opt.learning_rate < math.inf, "optimizer.learning_rate", opt.learning_rate,
         "> 0 and finite")
   for key in ("momentum", "b1", "b2", "rho"):
@@ -209,7 +210,7 @@ def create_optimizer(
   """
   opt = config.optimizer
   make = lookup("optimizer", opt.name, OPTIMIZERS)
-  _validate_optimizer(opt)
+  validate_optimizer(opt)
   if learning_rate_fn is None:
     learning_rate_fn = create_learning_rate_fn(
         config, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs

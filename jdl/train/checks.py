@@ -18,6 +18,7 @@ from jdl import diagnostics as diagnostics_lib
 from jdl import metrics as metrics_lib
 from jdl.errors import JdlError
 from jdl.generative import tasks as gen_tasks
+from jdl.optim._chain import validate_optimizer
 from jdl.sequence import text as text_lib
 
 NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
@@ -44,6 +45,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise JdlError(f"{key} must be an integer, got {config[key]}")
   if int(config.num_epochs) < 0:
     raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
+  if int(config.batch_size) < 1:
+    raise JdlError(f"batch_size must be a positive integer, got {config.batch_size!r}")
+  validate_optimizer(config.optimizer)  # Before the data is read (`jdl config` too).
   # The splits' generators (numpy's, scikit-learn's) take seeds in [0, 2**32).
   if not 0 <= int(config.seed) < 2**32:
     raise JdlError(f"seed must be in [0, 2**32), got {config.seed}")
