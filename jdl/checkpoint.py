@@ -335,9 +335,10 @@ def _is_write_failure(e: ValueError) -> bool:
 def error_summary(e: BaseException) -> str:
   """The first line of an exception's message (orbax's run to pages), else its type.
 
-  TensorStore's chain of contexts ("Error opening "cast" driver: Error opening "zarr"
-  driver: ... : <cause>") and its JSON specs are cut to the cause and the file it
-  names, which would otherwise fall beyond the 200 characters kept.
+  TensorStore's messages are a chain of contexts ("Error opening "cast" driver: Error
+  opening "zarr" driver: ...: <what failed>: <why>") followed by JSON specs: the
+  specs are dropped, and a chain longer than 200 characters keeps its last links
+  (up to 150 characters) and the last file it names.
   """
   text = str(e).strip()
   if not text:
@@ -345,14 +346,22 @@ def error_summary(e: BaseException) -> str:
   line = text.splitlines()[0]
   for junk in (" [tensorstore_spec", " See full TensorStore details"):
     line = line.split(junk)[0]
-  if len(line) > 200 and ": " in line:
-    cause = line.rsplit(": ", 1)[1]
+  if len(line) > 200 and _TS_STATUS.match(line):
+    links, kept = line.split(": "), []
+    while links and len(": ".join([links[-1], *kept])) <= 150:
+      kept.insert(0, links.pop())
+    kept = kept or [links[-1][-150:]]
     files = _TS_FILE.findall(line)
-    line = f"{cause} (file {files[-1]})" if files else cause
-  return line[:200]
+    line = ": ".join(kept) + (f" (file {files[-1]})" if files else "")
+  return line[:300]
 
 
 _TS_FILE = re.compile(r'local file "([^"]+)"')
+# TensorStore's (absl's) status codes, which start its error messages.
+_TS_STATUS = re.compile(r"(CANCELLED|UNKNOWN|INVALID_ARGUMENT|DEADLINE_EXCEEDED|NOT_FOUND|"
+                        r"ALREADY_EXISTS|PERMISSION_DENIED|RESOURCE_EXHAUSTED|"
+                        r"FAILED_PRECONDITION|ABORTED|OUT_OF_RANGE|UNIMPLEMENTED|INTERNAL|"
+                        r"UNAVAILABLE|DATA_LOSS|UNAUTHENTICATED): ")
 
 
 def environment_failure(e: BaseException) -> str | None:
@@ -518,10 +527,11 @@ class _AbandonedReads(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
       return True
-    return not _TS_STATUS.match(str(record.exc_info[1]))
+    text = str(record.exc_info[1])
+    return not (_TS_STATUS.match(text) and ("tensorstore" in text or "OCDBT" in text
+                                            or 'driver: ' in text))
 
 
-_TS_STATUS = re.compile(r"[A-Z][A-Z_]{2,}: ")
 _ABANDONED_READS = _AbandonedReads()
 
 

@@ -168,3 +168,15 @@ def test_hybrid_kernel_gradient_keeps_float64():
     want, got = kernel_grad("xla"), kernel_grad("hybrid")
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["xla", "patches", "hybrid"])
+def test_numpy_integers_are_taken_as_flax_takes_them(impl):
+  # A drop-in for flax.linen.Conv: sizes from numpy arrays work there.
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  kwargs = dict(features=np.int64(4), kernel_size=tuple(np.array([3, 3])),
+                strides=(np.int64(1), 1), padding=((np.int64(1), 1), (1, 1)))
+  reference = nn.Conv(**kwargs)
+  variables = reference.init(jax.random.key(1), x)
+  np.testing.assert_allclose(Conv(**kwargs, impl=impl).apply(variables, x),
+                             reference.apply(variables, x), rtol=1e-5, atol=1e-5)

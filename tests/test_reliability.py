@@ -183,6 +183,21 @@ def test_a_truncated_checkpoint_is_told_by_its_cause_and_file(tmp_path, capsys):
                    rf"\(file {tmp_path}/checkpoints/{step}/tree/d/\w+\)\); `jdl train` in "
                    "its workdir moves it to damaged-checkpoints/", err), err
   assert len(err.splitlines()) == 1 and "tensorstore_spec" not in err
+  # The filter of asyncio's reports of the other failed reads is in place.
+  import logging
+  from jdl import checkpoint as ckpt_lib
+  assert ckpt_lib._ABANDONED_READS in logging.getLogger("asyncio").filters
+  # A flipped byte in TensorStore's index: its words, not only the numbers after them.
+  crc = ('DATA_LOSS: Error opening "zarr" driver: Error reading "state.params.kernel/.zarray" '
+         'in OCDBT database at local file "/r/checkpoints/20/tree/": Error reading '
+         '"/r/checkpoints/20/tree/d/68a0": Error decoding b-tree node: CRC-32C checksum '
+         'verification failed: expected=3714152547, actual=57955260 [tensorstore_spec=...]')
+  assert ckpt_lib.error_summary(ValueError(crc)) == (
+      'Error reading "/r/checkpoints/20/tree/d/68a0": Error decoding b-tree node: CRC-32C '
+      'checksum verification failed: expected=3714152547, actual=57955260 (file '
+      '/r/checkpoints/20/tree/)')
+  other = "Encountered error " + "x" * 190 + ": detail"  # Not TensorStore's: as it is.
+  assert ckpt_lib.error_summary(ValueError(other)) == other
 
 
 def test_asyncio_reports_of_the_other_failed_reads_are_dropped():
@@ -200,6 +215,8 @@ def test_asyncio_reports_of_the_other_failed_reads_are_dropped():
   assert not keep(record("Task exception was never retrieved", ts))
   assert not keep(record("Future exception was never retrieved", ts))
   assert keep(record("Task exception was never retrieved", ValueError("a bug of yours")))
+  assert keep(record("Task exception was never retrieved",
+                     ConnectionError("HTTP: 503 from the server")))
   assert keep(record("Unclosed client session", ts))
 
 
@@ -306,10 +323,16 @@ def test_a_workdir_inside_another_runs_folders_is_refused(tmp_path):
     with pytest.raises(jdl.JdlError, match=f"inside the {inside.split('/')[0]}/ of the run"):
       jdl.fit(make_config(num_epochs=1), tmp_path / "a" / inside, quiet=True)
   assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
-  # A workdir that is itself named checkpoints (beside no run) trains and resumes.
+  # A workdir that is itself named checkpoints (beside no run) trains and resumes, and
+  # so does one beside another tool's config.json, or named through "..".
   own = tmp_path / "b" / "checkpoints"
   jdl.fit(make_config(num_epochs=1), own, quiet=True)
   assert int(jdl.fit(make_config(num_epochs=2), own, quiet=True).state.step) == 2 * step
+  (tmp_path / "c").mkdir()
+  (tmp_path / "c" / "config.json").write_text('{"name": "another tool"}')
+  jdl.fit(make_config(num_epochs=1), tmp_path / "c" / "tb", quiet=True)
+  jdl.fit(make_config(num_epochs=1), tmp_path / "a" / "checkpoints" / ".." / "d", quiet=True)
+  assert (tmp_path / "a" / "d" / "config.json").is_file()
 
 
 def test_a_failed_rerun_keeps_the_finished_runs_test_line(tmp_path, monkeypatch):

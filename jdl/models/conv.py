@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import functools
 import itertools
+import numbers
 from collections.abc import Sequence
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jdl import errors
 
@@ -78,8 +80,8 @@ def _pads(padding: PaddingLike, sizes: Sequence[int], window: Sequence[int],
       total = max((out - 1) * s + k - n, 0)
       pads.append((total // 2, total - total // 2))
     return pads
-  if isinstance(padding, int):
-    return [(padding, padding)] * len(sizes)
+  if _int(padding):
+    return [(int(padding), int(padding))] * len(sizes)
   return [tuple(p) for p in padding]
 
 
@@ -201,7 +203,7 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     window = tuple(self.kernel_size)
-    strides = ((self.strides,) * len(window) if isinstance(self.strides, int)
+    strides = ((self.strides,) * len(window) if _int(self.strides)
                else tuple(self.strides))
     _check_geometry(self.features, window, strides, self.padding, x.shape)
     kernel = self.param("kernel", self.kernel_init, (*window, x.shape[-1], self.features),
@@ -224,8 +226,13 @@ class Conv(nn.Module):
     return y
 
 
+def _int(v: Any) -> bool:
+  """An integer as flax.linen.Conv takes it: Python's or numpy's, not a bool."""
+  return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
 def _positive_ints(values: Sequence[Any]) -> bool:
-  return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
+  return all(_int(v) and v >= 1 for v in values)
 
 
 def _check_geometry(features: Any, window: tuple, strides: tuple, padding: PaddingLike,
@@ -245,14 +252,13 @@ def _check_geometry(features: Any, window: tuple, strides: tuple, padding: Paddi
                  f"({len(window)}), got {strides!r}")
   if isinstance(padding, str):
     return
-  if isinstance(padding, int) and not isinstance(padding, bool):
+  if _int(padding):
     errors.require(padding >= 0, f"Conv padding must be >= 0, got {padding}")
     return
   pairs = list(padding) if isinstance(padding, Sequence) else []
   errors.require(
       len(pairs) == len(window) and all(
-          isinstance(p, Sequence) and len(p) == 2 and all(
-              isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p)
+          isinstance(p, Sequence) and len(p) == 2 and all(_int(v) and v >= 0 for v in p)
           for p in pairs),
       f"Conv padding must be 'SAME', 'VALID', an int or one (low, high) pair of "
       f"non-negative ints per spatial axis ({len(window)}), got {padding!r}")

@@ -180,17 +180,27 @@ def read_json(path: Path, remedy: str = TRAIN_REMEDY) -> dict:
   return value
 
 
+def _is_jdl_config(path: Path) -> bool:
+  """Whether ``path`` is a config.json a jdl run wrote (a JSON object with jdl's keys)."""
+  try:
+    value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    return False
+  return isinstance(value, dict) and {"num_epochs", "optimizer", "model"} <= set(value)
+
+
 def check_outside_runs(workdir: Path) -> None:
   """Raises ``JdlError`` when ``workdir`` is, or lies inside, a folder another run
   manages (its ``checkpoints/``, ``tb/``, ``plots/``...): that run prunes, moves or
   rewrites those folders and would take this run with them.
 
-  The other run is told by its ``config.json`` (not by a ``checkpoints/`` folder,
-  which a workdir named ``checkpoints`` is itself).
+  The other run is told by a ``config.json`` that is a jdl config (not another
+  tool's, nor a ``checkpoints/`` folder, which a workdir named ``checkpoints`` is
+  itself). Symbolic links and ``..`` are resolved first.
   """
-  path = Path(workdir).absolute()
+  path = Path(workdir).resolve()
   for folder in (path, *path.parents):
-    if folder.name in RUN_FILES and (folder.parent / "config.json").is_file():
+    if folder.name in RUN_FILES and _is_jdl_config(folder.parent / "config.json"):
       raise JdlError(f"workdir {workdir} is inside the {folder.name}/ of the run in "
                      f"{folder.parent}, which deletes or rewrites what is there; use a "
                      "folder outside it")
