@@ -141,8 +141,9 @@ def sparse_categorical_crossentropy(
     outputs: logits, ``[B, ..., C]``.
     targets: int labels in ``[0, C)``, ``[B, ...]`` (a trailing 1 is allowed).
       Labels outside that range are not checked here, inside a traced function
-      (a :class:`jdl.data.Dataset` checks its labels when it is made); their loss is meaningless (NaN, the last class's, or the
-      smoothing term alone, depending on the value and the smoothing).
+      (a :class:`jdl.data.Dataset` checks its labels when it is made); their loss
+      is meaningless (NaN, the last class's, or the smoothing term alone,
+      depending on the value and the smoothing).
     label_smoothing: ``alpha``; the one-hot target becomes
       ``(1 - alpha) onehot + alpha / C``.
 
