@@ -432,6 +432,24 @@ def test_a_resume_with_changed_settings_is_said_and_recorded(tmp_path, capsys):
   assert "config_changes.jsonl" in jdl.train.workdir.RUN_FILES  # --restart moves it aside.
 
 
+def test_a_setting_edited_in_config_json_is_recorded_as_a_change(tmp_path, capsys):
+  # The checkpoint recorded the config it was trained with: a learning rate edited in
+  # config.json by hand resumed with no line and no record.
+  from conftest import make_config
+  run = tmp_path / "run"
+  first = jdl.fit(make_config(num_epochs=1), run, quiet=True)
+  spe = first.trainer.steps_per_epoch
+  saved = json.loads((run / "config.json").read_text())
+  saved["optimizer"]["learning_rate"] = 0.02
+  saved["num_epochs"] = 2
+  (run / "config.json").write_text(json.dumps(saved))
+  capsys.readouterr()
+  assert cli.main(["train", "--workdir", str(run), "--quiet"]) == 0
+  [record] = [json.loads(line) for line in (run / "config_changes.jsonl").read_text().splitlines()]
+  assert record["step"] == spe
+  assert record["changes"] == {"num_epochs": [1, 2], "optimizer.learning_rate": [0.001, 0.02]}
+
+
 def test_a_change_record_is_taken_back_when_config_json_cannot_be_rewritten(tmp_path,
                                                                           monkeypatch):
   from conftest import make_config

@@ -160,6 +160,7 @@ class ResumableRun:
       for sub in ("plots", "tb") if self.config.tensorboard else ("plots",):
         (wd / sub).mkdir(exist_ok=True)
     self._damaged_steps = []
+    self._trained_with = None  # The config the resumed checkpoint recorded, if any.
     if self.primary:  # It holds the lock: a save in flight there died with its run.
       ckpt_lib.remove_unfinished(wd / "checkpoints")
     damaged = ckpt_lib.find_damaged_folders(wd / "checkpoints") if self.primary else {}
@@ -198,7 +199,10 @@ class ResumableRun:
     # A finished run's record (config.json, summary.txt) stays as it was trained.
     self.record_kept = saved is not None and complete
     if not self.record_kept:
-      undo = (self._record_config_changes(saved, current, start)
+      # Against the config the resumed checkpoint recorded, when it did: a setting
+      # edited by hand in config.json is a change too (config.json's own values else).
+      base = self._trained_with or saved
+      undo = (self._record_config_changes(base, current, start)
               if saved is not None and start > 0 else None)
       try:
         workdir_lib.write_text(config_json,
@@ -308,6 +312,7 @@ class ResumableRun:
     config.json is compared first, but it is a file a hand can edit (a seed changed
     there resumed silently, on another shuffle)."""
     saved = meta.get("config")
+    self._trained_with = saved if isinstance(saved, dict) else None
     if not isinstance(saved, dict):
       return
     diffs = config_lib.structural_diff(saved, json.loads(config_lib.to_json(self.config)))
