@@ -254,12 +254,12 @@ class Checkpointer:
     ``config.metrics``); the others are not read.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(target))
-    with _abandoned_reads_quiet():
-      restored = self._manager.restore(int(step), args=ocp.args.Composite(
-          tree=ocp.args.PyTreeRestore(
-              abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-              partial_restore=partial),
-          meta=ocp.args.JsonRestore()))
+    _quiet_abandoned_reads()
+    restored = self._manager.restore(int(step), args=ocp.args.Composite(
+        tree=ocp.args.PyTreeRestore(
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=partial),
+        meta=ocp.args.JsonRestore()))
     meta = dict(restored["meta"])
     verify_checksums(restored["tree"], meta, f"the checkpoint at step {step} in "
                      f"{self.directory}")
@@ -390,6 +390,17 @@ def environment_failure(e: BaseException) -> str | None:
 
 
 _ENVIRONMENT_ERRNOS = (errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EACCES, errno.EPERM)
+
+
+def machine_failure(which: str, directory: str | os.PathLike,
+                    e: BaseException) -> JdlError | None:
+  """The error for a read of ``which`` (e.g. "the checkpoint at step 40") that the
+  machine failed (:func:`environment_failure`), else ``None`` (damage)."""
+  reason = environment_failure(e)
+  if reason is None:
+    return None
+  return JdlError(f"could not read {which} in {directory}: {reason} ({error_summary(e)}); "
+                  "nothing was moved or deleted: mend that and run again")
 
 
 def _write_failure_reason(e: BaseException) -> str:
@@ -535,14 +546,12 @@ class _AbandonedReads(logging.Filter):
 _ABANDONED_READS = _AbandonedReads()
 
 
-@contextlib.contextmanager
-def _abandoned_reads_quiet():
+def _quiet_abandoned_reads() -> None:
   """Installs :class:`_AbandonedReads` on asyncio's logger (once, for good: the
   records come when the failed reads are collected, after the restore returns)."""
   asyncio_logger = logging.getLogger("asyncio")
   if _ABANDONED_READS not in asyncio_logger.filters:
     asyncio_logger.addFilter(_ABANDONED_READS)
-  yield
 
 
 def require_undamaged(directory: str | os.PathLike, step: int | None = None) -> None:
@@ -583,10 +592,9 @@ def unreadable_as_error(directory: str | os.PathLike, step: int | None):
                         "was read (a run in progress there keeps only its last "
                         "keep_checkpoints steps); run the command again") from None
     which = f"the checkpoint at step {step}" if step is not None else "the latest checkpoint"
-    reason = environment_failure(e)
-    if reason is not None:  # The machine, not the files: nothing to set aside.
-      raise JdlError(f"could not read {which} in {directory}: {reason} "
-                     f"({error_summary(e)})") from None
+    failure = machine_failure(which, directory, e)
+    if failure is not None:  # The machine, not the files: nothing to set aside.
+      raise failure from None
     raise JdlError(f"{which} in {directory} is unreadable ({error_summary(e)}); `jdl train` "
                    "in its workdir moves it to damaged-checkpoints/ and continues from the "
                    "checkpoint before") from None

@@ -106,13 +106,13 @@ def _check_cell_fields(cell: nn.Module) -> None:
   get_initializer(cell.kernel_init)
 
 
-
 def carry_dtype(dtype: Dtype | None) -> jnp.dtype:
   """The dtype a recurrent carry keeps for compute ``dtype``: float32, or ``dtype``
   when it is wider (float64, as in ``jdl check``'s gradient check)."""
   # By width, not jnp.promote_types: strict dtype promotion refuses bfloat16 + float32.
   wide = dtype is not None and jnp.dtype(dtype).itemsize > 4
   return jnp.dtype(dtype) if wide else jnp.dtype(jnp.float32)
+
 
 class _Cell(nn.Module):
   """Shared fields and plumbing of the cells; see the module docstring."""

@@ -108,12 +108,16 @@ def _cosine(sched, lr, per_epoch, num_epochs):
   )
 
 
+def _warmup_steps(sched, per_epoch: float) -> int:
+  """The warm-up's optimizer updates: a warm-up asked for is at least one long."""
+  warmup = _epochs_to_steps("schedule.warmup_epochs", sched.warmup_epochs, per_epoch)
+  return max(warmup, 1) if sched.warmup_epochs > 0 else warmup
+
+
 def _warmup_cosine(sched, lr, per_epoch, num_epochs):
   check(0 <= sched.alpha <= 1, "schedule.alpha", sched.alpha, "in [0, 1]")
   total = _total_steps(per_epoch, num_epochs)
-  warmup = _epochs_to_steps("schedule.warmup_epochs", sched.warmup_epochs, per_epoch)
-  if sched.warmup_epochs > 0:  # A warmup asked for is at least one update long.
-    warmup = max(warmup, 1)
+  warmup = _warmup_steps(sched, per_epoch)
   require(warmup < total,
           f"schedule.warmup_epochs={sched.warmup_epochs} is {warmup} optimizer updates, "
           f"which leaves none of the run's {total} ({num_epochs} epoch"
@@ -140,10 +144,9 @@ def shortest_run(config: ml_collections.ConfigDict, *, steps_per_epoch: float) -
     return 1
   check(math.isfinite(sched.warmup_epochs), "schedule.warmup_epochs", sched.warmup_epochs,
         "finite")
-  warmup = max(_epochs_to_steps("schedule.warmup_epochs", sched.warmup_epochs, per_epoch),
-               1 if sched.warmup_epochs > 0 else 0)
+  warmup = _warmup_steps(sched, per_epoch)
   epochs = max(1, math.ceil((warmup + 1) / per_epoch))
-  while math.floor(per_epoch * epochs + 1e-9) <= warmup:  # _total_steps' rounding.
+  while _total_steps(per_epoch, epochs) <= warmup:  # Its rounding, not ceil's.
     epochs += 1
   return epochs
 

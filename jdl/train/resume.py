@@ -430,12 +430,10 @@ class ResumableRun:
       JdlError: the machine failed the read (out of memory, too many open files, no
         permission), not the checkpoint: it stays where it is.
     """
-    reason = ckpt_lib.environment_failure(error)
-    if reason is not None:
-      raise JdlError(
-          f"could not read the checkpoint at step {step} in {self.checkpointer.directory}: "
-          f"{reason} ({ckpt_lib.error_summary(error)}); nothing was moved or deleted: "
-          "mend that and run again")
+    failure = ckpt_lib.machine_failure(f"the checkpoint at step {step}",
+                                       self.checkpointer.directory, error)
+    if failure is not None:
+      raise failure
     self.checkpointer.close()
     if self.primary:
       self._move_aside(step, ckpt_lib.error_summary(error))

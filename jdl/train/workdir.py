@@ -183,10 +183,10 @@ def read_json(path: Path, remedy: str = TRAIN_REMEDY) -> dict:
 def _is_jdl_config(path: Path) -> bool:
   """Whether ``path`` is a config.json a jdl run wrote (a JSON object with jdl's keys)."""
   try:
-    value = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    value = read_json(path) if path.is_file() else {}
+  except JdlError:
     return False
-  return isinstance(value, dict) and {"num_epochs", "optimizer", "model"} <= set(value)
+  return {"num_epochs", "optimizer", "model"} <= set(value)
 
 
 def check_outside_runs(workdir: Path) -> None:
