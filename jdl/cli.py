@@ -506,6 +506,7 @@ def _show_config(args, overrides) -> int:
   from jdl.train import checks
   config = _config(args, overrides)
   checks.validate_config(config)  # A value training would refuse is not printed as used.
+  checks.check_model(config)
   print(json.dumps(json.loads(config_lib.to_json(config)), indent=2))
   return 0
 

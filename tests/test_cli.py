@@ -247,9 +247,15 @@ def test_config_prints_every_key_that_training_would_use(capsys):
   assert jdl.config.from_dict(printed).to_dict() == expected.to_dict()
   # Values training refuses are refused here too, not printed (exit 0) as if used.
   for bad, words in (("--config.batch_size=-3", "batch_size"),
-                     ("--config.optimizer.learning_rate=nan", "learning_rate")):
+                     ("--config.optimizer.learning_rate=nan", "learning_rate"),
+                     ("--config.checkpoint_every_seconds=inf", "finite"),
+                     ("--config.model.dropout_rate=2.0", "dropout_rate"),
+                     ("--config.model.hiden=(8,)", "unknown field 'hiden'")):
     code, out, err = run_cli("config", "--config", "xor", bad, capsys=capsys)
     assert code == 2 and not out and words in err and len(err.strip().splitlines()) == 1, err
+  # The data sets a text model's vocab_size and every output width: not required here.
+  for name in ("sst2_lstm", "seq2seq_dates", "gan_mnist", "lenet5_mnist"):
+    assert run_cli("config", "--config", name, capsys=capsys)[0] == 0
 
 
 def _npz(path, **arrays):

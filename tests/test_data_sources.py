@@ -346,8 +346,23 @@ def test_npz_split_by_test_split(tmp_path):
   ds = load_dataset("npz", data_dir=write_npz(tmp_path / "d.npz", x=x, y=y), test_split=0.2)
   assert (ds.task, ds.num_classes, ds.input_shape) == ("classification", 5, (3, 2))
   assert (len(ds.x_train), len(ds.x_test)) == (40, 10)
-  assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
+  # float64 inputs are kept, to be normalised in float64 (test_stream.py).
+  assert ds.x_train.dtype == np.float64 and ds.y_train.dtype == np.int32
   np.testing.assert_array_equal(np.bincount(ds.y_test), [2] * 5)  # Stratified.
+
+
+@pytest.mark.parametrize("labels, stray", [([0, 1, 65535], True), ([0, 1, 2**31 - 2], True),
+                                           ([0, 500, 1500], False), ([0, 1, 999], False)])
+def test_npz_refuses_a_stray_label_far_above_the_others(tmp_path, labels, stray):
+  # max(y) + 1 classes: one stray 65535 (a "missing" code) gave a 65,536-way model.
+  y = np.array(labels * 4)
+  path = write_npz(tmp_path / "data.npz", x=np.ones((12, 2)), y=y, x_test=np.ones((3, 2)),
+                   y_test=np.array(labels))
+  if stray:
+    with pytest.raises(JdlError, match=f"run to 1 and then jump to {labels[-1]}"):
+      load_dataset("npz", data_dir=path)
+  else:
+    assert load_dataset("npz", data_dir=path).num_classes == labels[-1] + 1
 
 
 def test_npz_with_test_arrays_in_directory(tmp_path):
@@ -454,8 +469,10 @@ def test_npz_unequal_lengths_named(tmp_path):
     (dict(y=np.array([0, 1] * 9 + [2**31, 0])),
      r"got values from 0 to 2\.14748e\+09 in y; remap"),
     (dict(y=np.array([0, 1] * 9 + [100_000, 0])),
-     r"1 label\(s\) \(100000\) occur only once.*stray labels"),
-], ids=["negative", "negative-test", "huge", "stray"])
+     r"the labels run to 1 and then jump to 100000.*drop the examples labelled 100000"),
+    (dict(y=np.array([0, 1] * 9 + [2, 0])),
+     r"1 label\(s\) \(2\) occur only once.*stray labels"),
+], ids=["negative", "negative-test", "huge", "stray", "single"])
 def test_npz_bad_labels_before_splitting(tmp_path, arrays, match):
   x = np.arange(40, dtype=np.float32).reshape(20, 2)
   path = write_npz(tmp_path / "d.npz", x=x, **arrays)

@@ -87,23 +87,53 @@ def test_streamed_training_is_bitwise_the_in_memory_training(digits_dir, in_memo
   streamed = jdl.fit(_streamed(digits_dir, **KW), quiet=True)
   _assert_same_run(in_memory_run, streamed)
   mem_norm, norm = in_memory_run.trainer.normalizer, streamed.trainer.normalizer
-  np.testing.assert_array_equal(mem_norm.mean, norm.mean)
-  np.testing.assert_array_equal(mem_norm.std, norm.std)
+  for a, b in zip(mem_norm.stats(np.float32), norm.stats(np.float32)):  # Those applied.
+    np.testing.assert_array_equal(a, b)
   assert not _prefetch_threads()
 
 
-def test_float64_inputs_given_to_fit_keep_their_precision_through_normalisation():
-  # A feature with a large offset and a small spread (a Unix time in seconds): cast
-  # to float32 before normalising, 270 distinct times became 6 distinct values.
+def _unix_times():
+  """A feature with a large offset and a small spread (a Unix time in seconds): cast
+  to float32 before normalising, 270 distinct times became 5 or 6 distinct values,
+  and a float32 mean left the train split's mean 0.2-0.3 std off 0."""
   rng = np.random.default_rng(0)
   t = 1.7e9 + np.sort(rng.uniform(0, 600, 300))
   x = np.stack([t, rng.normal(size=300)], axis=1)
-  y = (x[:, 1] > 0).astype(np.int32)
+  return x, (x[:, 1] > 0).astype(np.int32)
+
+
+def test_float64_inputs_keep_their_precision_on_every_path(tmp_path):
+  x, y = _unix_times()
+  ref_mean, ref_std = x[:270].mean(0), x[:270].std(0)  # numpy, in float64.
+  ref = ((x - ref_mean) / ref_std).astype(np.float32)
+  np.savez(tmp_path / "data.npz", x=x[:270], y=y[:270], x_test=x[270:], y_test=y[270:])
+  npy = tmp_path / "npy"
+  npy.mkdir()
+  for name, a in dict(x_train=x[:270], y_train=y[:270], x_test=x[270:], y_test=y[270:]).items():
+    np.save(npy / f"{name}.npy", a)
+  kw = dict(normalize="featurewise", validation_split=0.0)
   ds = sources.Dataset(x[:270], y[:270], x[270:], y[270:], 2, "classification", "t", (2,))
-  data = run_data.load_data(make_config(normalize="featurewise", validation_split=0.0), ds)
-  first = np.asarray(data.train.x)[:, 0]
-  assert data.train.x.dtype == np.float32
-  assert len(np.unique(first)) == 270 and np.all(np.diff(first) > 0)
+  for data in (run_data.load_data(make_config(**kw), ds),
+               run_data.load_data(make_config(dataset="npz", data_dir=str(tmp_path), **kw)),
+               run_data.load_data(make_config(dataset="npy_dir", data_dir=str(npy), **kw))):
+    train, test = data.train, data.test
+    got = np.asarray(train.x[np.arange(270)])
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref[:270], atol=2e-6)
+    np.testing.assert_allclose(np.asarray(test.x[np.arange(30)]), ref[270:], atol=2e-6)
+
+
+def test_predict_and_explain_normalise_float64_inputs_as_the_splits_were():
+  x, y = _unix_times()
+  ds = sources.Dataset(x[:270], y[:270], x[270:], y[270:], 2, "classification", "t", (2,))
+  run = jdl.fit(make_config(normalize="featurewise", validation_split=0.0, num_epochs=1,
+                            model__hidden=(8,)), dataset=ds, quiet=True)
+  trainer = run.trainer
+  want = trainer.predict_normalized(trainer.data.test.x)
+  np.testing.assert_array_equal(trainer.predict(x[270:]), want)
+  from jdl import explain
+  np.testing.assert_array_equal(explain.from_run(run).normalize(x[270:]),
+                                np.asarray(trainer.data.test.x))
 
 
 @pytest.mark.full_opt
@@ -239,19 +269,42 @@ def test_shards_read_as_one_array_in_any_order(digits_dir):
   np.testing.assert_array_equal(rows.take(idx), x[idx])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mode", ["featurewise", "featurewise_center", "global"])
-def test_chunked_statistics_equal_numpy(tmp_path, monkeypatch, mode):
+def test_chunked_statistics_equal_numpy(tmp_path, monkeypatch, mode, dtype):
   monkeypatch.setattr(npy_dir, "CHUNK_BYTES", 8 * 50 * 12)  # 12 rows a chunk.
-  x = np.random.default_rng(0).normal(3.0, 2.0, (203, 5, 10)).astype(np.float64)
+  x = np.random.default_rng(0).normal(3.0, 2.0, (203, 5, 10)).astype(dtype)
   x[:, 0, 0] = 7.0  # A constant feature: std 1, as in memory.
+  if dtype == np.float64:  # A large offset and a small scale: float32 would lose both.
+    x[:, 1, 0] += 1.7e9
+    x[:, 1, 1] *= 1e-7
   np.save(tmp_path / "x.npy", x)
   src = npy_dir.NpyRows([tmp_path / "x.npy"])
   rows = np.random.default_rng(1).permutation(203)[:150]
-  ref = {"featurewise": pipeline.Normalizer.fit, "global": pipeline.Normalizer.fit_global,
-         "featurewise_center": pipeline.Normalizer.fit_center}[mode](x.astype(np.float32)[rows])
-  got = npy_dir.fit_normalizer(src, rows, mode)
-  np.testing.assert_allclose(got.mean, ref.mean, rtol=1e-6, atol=0)
-  np.testing.assert_allclose(got.std, ref.std, rtol=1e-6, atol=0)
+  ref = x[rows].astype(np.float64)  # numpy's statistics of the values as stored.
+  if mode == "global":
+    mean, std = np.full(x.shape[1:], ref.mean()), np.full(x.shape[1:], ref.std())
+  else:
+    mean, std = ref.mean(0), ref.std(0)
+    std[0, 0] = 1.0
+    if mode == "featurewise_center":
+      std = np.ones_like(std)
+  for got in (npy_dir.fit_normalizer(src, rows, mode),
+              {"featurewise": pipeline.Normalizer.fit, "global": pipeline.Normalizer.fit_global,
+               "featurewise_center": pipeline.Normalizer.fit_center}[mode](x[rows])):
+    np.testing.assert_allclose(got.mean, mean, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got.std, std, rtol=1e-9, atol=0)
+
+
+def test_small_scale_features_are_scaled_and_constant_ones_centred():
+  # scikit-learn's StandardScaler scales a feature of std 1e-7 to unit variance; an
+  # absolute threshold (std < 1e-6: "constant") left it 1e7 times too small.
+  rng = np.random.default_rng(0)
+  x = np.stack([rng.normal(size=500), 1e-7 * rng.normal(size=500),
+                np.full(500, 0.3)], axis=1).astype(np.float32)
+  out = pipeline.Normalizer.fit(x)(x).astype(np.float64)
+  np.testing.assert_allclose(out[:, :2].std(0), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(out[:, 2], 0.0, atol=1e-7)  # Centred, not blown up.
 
 
 def _write(d: Path, **arrays):
@@ -282,6 +335,8 @@ BAD = {
                             y_train=Y), "in 3 of 8 examples"),
     "negative label": (dict(x_train=X, y_train=Y - 1), r"labels must be in \[0, 2\*\*31 - 1\)"),
     "one-hot": (dict(x_train=X, y_train=np.eye(8, 2, dtype=np.int64)), "not one-hot"),
+    "a stray label": (dict(x_train=X, y_train=np.where(np.arange(8) == 3, 65535, Y)),
+                      "the labels run to 1 and then jump to 65535"),
     "strings": (dict(x_train=X, y_train=np.array(["a"] * 8)), "non-numeric dtype"),
     "regression widths": (dict(x_train=X, y_train=X[:, :1] + 0.5, x_test=X, y_test=X + 0.5),
                           r"y_test.npy has targets of shape \(3,\) but y_train has \(1,\)"),

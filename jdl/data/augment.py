@@ -16,10 +16,15 @@ on inputs *after* normalisation (the splits live on the device normalised), so
 ``augment.noise_std`` is in standard-deviation units of the normalised data and
 a zero fill is the train-split mean where the inputs are centred
 (``normalize='featurewise'``, ``'featurewise_center'``, ``'global'``: grey, not
-black, on MNIST), the raw value 0 with ``normalize='none'``. Centering and std normalisation of each
-input feature (each pixel; Keras' ``featurewise_*`` use one value per channel)
-with train-split statistics are ``config.normalize='featurewise'``; centering
-alone is ``'featurewise_center'`` (:mod:`jdl.data.pipeline`).
+black, on MNIST), the raw value 0 with ``normalize='none'``. Centering and std
+normalisation of each input feature (each pixel; Keras' ``featurewise_*`` use one
+value per channel) with train-split statistics are ``config.normalize='featurewise'``;
+centering alone is ``'featurewise_center'`` (:mod:`jdl.data.pipeline`). With these
+per-pixel statistics, flipping, shifting, rotating or cropping a normalised image
+differs from normalising the transformed raw image: each pixel keeps the mean and
+std of the place it came from (on the digits a flip shifts values by 0.5 std on
+average). ``normalize='global'`` (one mean and std for every pixel) commutes with
+these transforms; prefer it with geometric augmentation.
 
 Examples:
   >>> import jax, jax.numpy as jnp

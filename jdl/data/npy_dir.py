@@ -21,6 +21,7 @@ import re
 import numpy as np
 
 from jdl.errors import JdlError
+from jdl.data.validate import check_stray_label
 
 SPLITS = ("train", "test", "val")
 # Rows a chunked pass reads at once: about this many bytes of float64.
@@ -250,6 +251,7 @@ def _scan_labels(arrays: dict[str, NpyRows]) -> tuple[int, str]:
   """The task (npz's rule: float targets that are not all integers = regression) and classes."""
   ys = [(s, arrays[f"y_{s}"]) for s in SPLITS if f"y_{s}" in arrays]
   integral, top, low = True, -np.inf, np.inf
+  top_two = np.zeros(0)  # The two largest distinct labels.
   for _, y in ys:
     for chunk in _chunks(y, None, chunk_rows(y)):
       if y.dtype.kind == "f":
@@ -259,6 +261,7 @@ def _scan_labels(arrays: dict[str, NpyRows]) -> tuple[int, str]:
           break
       if chunk.size:
         top, low = max(top, float(chunk.max())), min(low, float(chunk.min()))
+        top_two = np.union1d(top_two, np.unique(chunk)[-2:])[-2:]
   if not integral:
     width = {split: int(np.prod(y.shape[1:], dtype=np.int64)) for split, y in ys}
     for split, y in ys:
@@ -274,6 +277,7 @@ def _scan_labels(arrays: dict[str, NpyRows]) -> tuple[int, str]:
   if low < 0 or not top < 2**31 - 1:
     raise JdlError(f"labels must be in [0, 2**31 - 1), got values from {low:g} to {top:g} in "
                    f"{', '.join(y.name for _, y in ys)}; remap them to 0..num_classes-1")
+  check_stray_label(top_two, ", ".join(y.name for _, y in ys))
   return max(int(top) + 1, 1), "classification"
 
 
@@ -303,30 +307,29 @@ def fit_normalizer(x: NpyRows, rows: np.ndarray | None, mode: str):
     rows: the train split's rows of ``x`` (``None``: all of them).
     mode: ``config.normalize``.
   """
-  from jdl.data.pipeline import Normalizer
+  from jdl.data.pipeline import Normalizer, unit_where_constant
   shape = x.shape[1:]
   if mode == "none":
     return Normalizer.identity(shape)
   n = len(x) if rows is None else len(rows)
   size = chunk_rows(x)
+  # As the loop reads the files: float64 files as they are, others as float32 (the
+  # statistics the in-memory path takes of the same values).
+  read = np.float64 if x.dtype == np.float64 else np.float32
   total = np.zeros(shape, np.float64)
-  # float32 first, as the loop reads the files: the same statistics as the in-memory
-  # path's on float32 data (every built-in source's).
   for chunk in _chunks(x, rows, size):
-    total += chunk.astype(np.float32).sum(axis=0, dtype=np.float64)
+    total += chunk.astype(read).sum(axis=0, dtype=np.float64)
   if mode == "global":
     mean = total.sum() / (n * max(1, int(np.prod(shape))))
   else:
     mean = total / n
   if mode == "featurewise_center":
-    return Normalizer(mean.astype(np.float32), np.ones(shape, np.float32))
+    return Normalizer(mean, np.ones(shape))
   squares = np.zeros(shape, np.float64)
   for chunk in _chunks(x, rows, size):
-    d = chunk.astype(np.float32).astype(np.float64) - mean
+    d = chunk.astype(read).astype(np.float64) - mean
     squares += (d * d).sum(axis=0)
   if mode == "global":
     std = float(np.sqrt(squares.sum() / (n * max(1, int(np.prod(shape)))))) or 1.0
-    return Normalizer(np.full(shape, mean, np.float32), np.full(shape, std, np.float32))
-  std = np.sqrt(squares / n)
-  std = np.where(std < 1e-6, 1.0, std)
-  return Normalizer(mean.astype(np.float32), std.astype(np.float32))
+    return Normalizer(np.full(shape, mean), np.full(shape, std))
+  return Normalizer(mean, unit_where_constant(np.sqrt(squares / n), mean, n))

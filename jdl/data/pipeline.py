@@ -87,22 +87,29 @@ class MemoryFeed:
 
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
-  """Standardisation with statistics of the train split only."""
+  """Standardisation with statistics of the train split only.
+
+  ``mean`` and ``std`` are float64 (a float32 mean does not centre a feature with a
+  large offset, such as a Unix time: float32's spacing there is 128). Inputs are
+  normalised in float64 when they are float64, in float32 otherwise, and returned
+  as float32.
+  """
   mean: np.ndarray
   std: np.ndarray
+
+  def __post_init__(self):
+    object.__setattr__(self, "mean", np.asarray(self.mean, np.float64))
+    object.__setattr__(self, "std", np.asarray(self.std, np.float64))
 
   @classmethod
   def fit(cls, x: np.ndarray) -> Normalizer:
     mean = x.mean(axis=0, dtype=np.float64)
-    std = x.std(axis=0, dtype=np.float64)
-    # Constant features (e.g. MNIST's border pixels) are centred, not blown up.
-    std = np.where(std < 1e-6, 1.0, std)
-    return cls(mean.astype(np.float32), std.astype(np.float32))
+    return cls(mean, unit_where_constant(x.std(axis=0, dtype=np.float64), mean, len(x)))
 
   @classmethod
   def fit_center(cls, x: np.ndarray) -> Normalizer:
     """Per-feature centering only (Keras' ``featurewise_center``): std 1."""
-    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    mean = x.mean(axis=0, dtype=np.float64)
     return cls(mean, np.ones_like(mean))
 
   @classmethod
@@ -110,21 +117,38 @@ class Normalizer:
     """One mean and std over all train values (the usual choice for images)."""
     shape = x.shape[1:]
     mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64)) or 1.0
-    return cls(np.full(shape, mean, np.float32), np.full(shape, std, np.float32))
+    return cls(np.full(shape, mean), np.full(shape, std))
 
   @classmethod
   def identity(cls, shape: tuple[int, ...]) -> Normalizer:
-    return cls(np.zeros(shape, np.float32), np.ones(shape, np.float32))
+    return cls(np.zeros(shape), np.ones(shape))
 
   @property
   def is_identity(self) -> bool:
     """Whether it leaves inputs as they are (then they may have any shape)."""
     return not self.mean.any() and bool((self.std == 1).all())
 
+  def stats(self, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, std)`` in ``dtype``: those the inputs of that dtype are normalised with."""
+    return self.mean.astype(dtype), self.std.astype(dtype)
+
   def __call__(self, x: np.ndarray) -> np.ndarray:
     if self.is_identity:
       return np.asarray(x, np.float32)  # No copy of float32 data.
-    return ((x - self.mean) / self.std).astype(np.float32)
+    x = np.asarray(x)
+    mean, std = self.stats(np.float64 if x.dtype == np.float64 else np.float32)
+    return ((x - mean) / std).astype(np.float32)
+
+
+def unit_where_constant(std: np.ndarray, mean: np.ndarray, n: int) -> np.ndarray:
+  """``std`` with 1 for the features that are constant up to the float64 rounding of
+  their statistics over ``n`` examples (scikit-learn's bound in ``StandardScaler``):
+  those (e.g. MNIST's border pixels) are centred, not blown up, while a feature of
+  small scale (a std of 1e-7) is still scaled to unit variance."""
+  eps = np.finfo(np.float64).eps
+  var = np.square(std)
+  constant = var <= n * eps * var + np.square(n * mean * eps)
+  return np.where(constant, 1.0, std)
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, fraction: float, seed: int):

@@ -20,6 +20,7 @@ from jdl.data import download as download_lib
 from jdl.data import text as text_data
 from jdl.data.idx import read_idx
 from jdl.data.validate import check_example_shapes
+from jdl.data.validate import check_stray_label
 from jdl.data.validate import require_finite
 from jdl.data.validate import validate_arrays
 from jdl.errors import JdlError, lookup
@@ -137,13 +138,22 @@ class _Request:
   vocab: dict | None = None
 
 
-def _make(name, x_train, y_train, x_test, y_test, num_classes) -> Dataset:
+def _inputs(x, keep_float64: bool) -> np.ndarray:
+  """float32 inputs; float64 ones kept as they are when ``keep_float64`` (a user's
+  file: normalised in float64, so that a feature with a large offset keeps its
+  precision)."""
+  x = np.asarray(x)
+  return x if keep_float64 and x.dtype == np.float64 else x.astype(np.float32, copy=False)
+
+
+def _make(name, x_train, y_train, x_test, y_test, num_classes, *,
+          keep_float64: bool = False) -> Dataset:
   task = "classification" if num_classes else "regression"
   y_dtype = np.int32 if num_classes else np.float32
   return Dataset(
-      x_train=np.asarray(x_train, np.float32),
+      x_train=_inputs(x_train, keep_float64),
       y_train=np.asarray(y_train, y_dtype),
-      x_test=np.asarray(x_test, np.float32),
+      x_test=_inputs(x_test, keep_float64),
       y_test=np.asarray(y_test, y_dtype),
       num_classes=int(num_classes),
       task=task,
@@ -170,7 +180,8 @@ def _validated(dataset: Dataset, where: str) -> Dataset:
   return dataset
 
 
-def _split(req: _Request, x, y, num_classes: int, *, where: str = "") -> Dataset:
+def _split(req: _Request, x, y, num_classes: int, *, where: str = "",
+           keep_float64: bool = False) -> Dataset:
   """Splits ``x, y`` into train and test with scikit-learn (stratified if classifying)."""
   if not 0.0 < req.test_split < 1.0:
     raise JdlError(
@@ -194,7 +205,8 @@ def _split(req: _Request, x, y, num_classes: int, *, where: str = "") -> Dataset
   except ValueError as e:
     raise JdlError(
         f"cannot split {req.name}{where} with test_split={req.test_split}: {e}") from None
-  return _make(req.name, x_train, y_train, x_test, y_test, num_classes)
+  return _make(req.name, x_train, y_train, x_test, y_test, num_classes,
+               keep_float64=keep_float64)
 
 
 # scikit-learn's embedded sets.
@@ -451,19 +463,21 @@ def _load_npz(req: _Request) -> Dataset:
           f"npz file {path}: labels must be in [0, 2**31 - 1), got values from {low:g} to "
           f"{top:g} in {keys}; remap them to 0..num_classes-1"
       )
+    check_stray_label(np.unique(y_all)[-2:], f"npz file {path}")
     num_classes = int(y_all.max()) + 1 if y_all.size else 0
     num_classes = max(num_classes, 1)
   for key in ("x", "x_test", "x_val"):  # Named as in the file, before any split.
     if key in arrays:
       require_finite(arrays[key], f"npz file {path}: {key}")
   if "x_test" not in arrays:
-    dataset = _split(req, arrays["x"], arrays["y"], num_classes, where=f" ({path})")
+    dataset = _split(req, arrays["x"], arrays["y"], num_classes, where=f" ({path})",
+                     keep_float64=True)
   else:
     dataset = _make(req.name, arrays["x"], arrays["y"], arrays["x_test"],
-                    arrays["y_test"], num_classes)
+                    arrays["y_test"], num_classes, keep_float64=True)
   if "x_val" in arrays:
     y_dtype = dataset.y_train.dtype
-    dataset = dataclasses.replace(dataset, x_val=np.asarray(arrays["x_val"], np.float32),
+    dataset = dataclasses.replace(dataset, x_val=_inputs(arrays["x_val"], True),
                                   y_val=np.asarray(arrays["y_val"]).astype(y_dtype))
   return _validated(dataset, f"npz file {path}")
 
@@ -573,8 +587,10 @@ def load_dataset(
   Returns:
     The :class:`Dataset` (for ``npy_dir``, a :class:`jdl.data.npy_dir.StreamDataset`
     whose arrays stay on disk; its test split is ``x_test.npy``, or none). Images are
-    ``[N, height, width, channels]`` scaled to [0, 1]; npz inputs are cast to float32 unscaled. An npz ``y`` of floats that are not all
-    integers makes a regression set; otherwise ``num_classes = max(y) + 1``.
+    ``[N, height, width, channels]`` scaled to [0, 1]; npz inputs are unscaled: float64
+    ones kept (normalised in float64), others cast to float32. An npz ``y`` of floats
+    that are not all integers makes a regression set; otherwise ``num_classes =
+    max(y) + 1``.
 
   Raises:
     JdlError: an unknown name, an option the source does not take, a missing or

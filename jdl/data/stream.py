@@ -66,7 +66,11 @@ class StreamSplit:
     """Inputs and targets of the split's examples ``idx: [m]`` (host arrays, in order)."""
     idx = np.asarray(idx, np.int64)
     rows = idx if self.rows is None else self.rows[idx]
-    x = _normalize(self.normalizer, np.asarray(self.source_x.take(rows), np.float32))
+    raw = self.source_x.take(rows)
+    if raw.dtype == np.float64:  # Normalised in float64, as in memory.
+      x = self.normalizer(raw)
+    else:
+      x = _normalize(self.normalizer, np.asarray(raw, np.float32))
     if self.target_is_input:
       y = x
     elif self.regression:
@@ -119,10 +123,11 @@ class StreamSplit:
 def _normalize(norm: pipeline.Normalizer, x: np.ndarray) -> np.ndarray:
   """``norm(x)`` in place on a fresh float32 ``x``: the same float32 operations as the
   in-memory path (so bitwise equal), without its two temporaries."""
-  if norm.mean.any():
-    np.subtract(x, norm.mean, out=x)
-  if not (norm.std == 1).all():
-    np.divide(x, norm.std, out=x)
+  mean, std = norm.stats(np.float32)
+  if mean.any():
+    np.subtract(x, mean, out=x)
+  if not (std == 1).all():
+    np.divide(x, std, out=x)
   return x
 
 

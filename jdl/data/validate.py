@@ -33,6 +33,29 @@ def require_finite(a: np.ndarray, what: str) -> None:
   )
 
 
+# A largest label of at least this, over ten times the next largest, is refused as
+# a stray code (65535 for "missing"): the model would get that many outputs.
+_STRAY_LABEL = 1000
+
+
+def check_stray_label(top_two: np.ndarray, where: str) -> None:
+  """Refuses a largest class id far above all the others.
+
+  ``top_two``: the two largest distinct labels of every split, ascending (one
+  value if only one occurs).
+
+  Raises:
+    JdlError: the largest is at least 1000 and over ten times the next one plus 1.
+  """
+  if len(top_two) < 2:
+    return
+  second, top = (int(v) for v in top_two[-2:])
+  if top >= _STRAY_LABEL and top + 1 > 10 * (second + 1):
+    raise JdlError(f"{where}: the labels run to {second} and then jump to {top}, which "
+                   f"would give the model {top + 1} outputs; remap the labels to "
+                   f"0..num_classes-1 or drop the examples labelled {top} (a stray code?)")
+
+
 def check_example_shapes(dataset, where: str) -> None:
   """Checks that the validation and test examples have the train examples' shape,
   and that ``dataset.input_shape`` is that shape.

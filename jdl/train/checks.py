@@ -16,6 +16,7 @@ import ml_collections
 from jdl import config as config_lib
 from jdl import diagnostics as diagnostics_lib
 from jdl import metrics as metrics_lib
+from jdl import models as models_lib
 from jdl.errors import JdlError
 from jdl.generative import tasks as gen_tasks
 from jdl.optim._chain import validate_optimizer
@@ -118,6 +119,36 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("maxlen", "max_vocab", "beam_size", "decode_max_len"):
     if int(seq[key]) < 0:
       raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
+  _check_finite(config.to_dict())
+
+
+def _check_finite(tree, prefix: str = "") -> None:
+  """Refuses a NaN or infinite number anywhere in the config: no setting means one
+  (``checkpoint_every_seconds=inf`` is 0, off), and config.json is strict JSON."""
+  items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+  for key, value in items:
+    name = f"{prefix}.{key}" if isinstance(tree, dict) and prefix else (
+        str(key) if isinstance(tree, dict) else f"{prefix}[{key}]")
+    if isinstance(value, (dict, list, tuple)):
+      _check_finite(value, name)
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise JdlError(f"{name} must be a finite number, got {value}")
+
+
+def check_model(config: ml_collections.ConfigDict) -> None:
+  """Builds ``config.model`` as far as the config alone allows, for ``jdl config``:
+  one JdlError for a field no model can take. The data sets ``num_outputs`` and a
+  text model's ``vocab_size`` (placeholders stand in for them here), and a model's
+  fit to its input's shape is checked when the run builds it. A generative or seq2seq
+  task's models are built from the data's shapes and vocabularies: not checked here.
+  """
+  if config.task in gen_tasks.TASKS or config.task == "seq2seq":
+    return
+  spec = config.model.to_dict()
+  model = models_lib.MODELS.get(spec.get("name"))
+  if model is not None and "vocab_size" in models_lib.model_fields(model):
+    spec.setdefault("vocab_size", 2)
+  models_lib.create_model(spec, num_outputs=spec.get("num_outputs", 2))
 
 
 def check_decoding(seq: ml_collections.ConfigDict, vocab: dict | None, targets) -> None:

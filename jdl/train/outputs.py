@@ -241,8 +241,8 @@ class Predictions:
     try:
       if self.normalizer is None:  # Token ids.
         return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
-      return self.predict_normalized(jnp.asarray(self.normalizer(np.asarray(x, np.float32))),
-                                     state)
+      # Not cast first: float64 inputs are normalised in float64, as the splits were.
+      return self.predict_normalized(jnp.asarray(self.normalizer(x)), state)
     except (TypeError, ValueError, flax.errors.ScopeParamShapeError) as e:
       if isinstance(e, JdlError) or x.shape[1:] == self.data.train.x.shape[1:]:
         raise

@@ -133,7 +133,7 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
   # Integer inputs are token ids in a text dataset (it has a vocabulary) and when
   # they are to be fed as they are (normalize='none': a user's own ids for an
   # embedding). Otherwise (uint8 images, counts) they are numbers: float32,
-  # normalised. (A streamed npy_dir dataset always reads float32.)
+  # normalised (float64 ones in float64, then float32, as a streamed npy_dir dataset too).
   integer = np.issubdtype(np.asarray(x_tr).dtype, np.integer)
   tokens = integer and (dataset.vocab is not None or config.normalize == "none")
   if tokens and config.normalize != "none":
