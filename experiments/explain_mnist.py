@@ -150,8 +150,12 @@ def main(argv=None) -> dict:
   # One digit per class for the pictures.
   picks = [int(np.flatnonzero(y_all == c)[0]) for c in range(args.num_digits)]
   t0 = time.perf_counter()
+  # Three streams of randomness: the pictures' LIME (0), the deletion check's random
+  # scores (1) and its LIME (2). (The pictures' LIME drew from fold_in(key, j) for
+  # digit j, so digit 1's masks were the random scores' bits.)
   attr, rel = attributions(m, x_all[picks], black, ig_steps=args.ig_steps,
-                           lime_samples=args.lime_samples, cell_size=args.cell_size, key=key)
+                           lime_samples=args.lime_samples, cell_size=args.cell_size,
+                           key=jax.random.fold_in(key, 0))
   pred = np.argmax(m.logits(x_all[picks]), axis=1)
   print(f"attributions for {len(picks)} digits ({time.perf_counter() - t0:.0f} s); IG relative "
         f"completeness errors: {', '.join(f'{e:.2e}' for e in rel)}", flush=True)

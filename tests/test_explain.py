@@ -160,6 +160,9 @@ def test_gradient_functions_compile_once_per_shape():
     (lambda: explain.lime(one_cell_classifier, np.ones((8, 8)), key=KEY, std=1.0),
      "lime_image .* takes no std"),
     (lambda: explain.remove_top_k(X, X, 1, baseline=np.zeros(3)), "baseline of shape"),
+    # A NaN score ranked last, so its element was never removed.
+    (lambda: explain.remove_top_k(X, np.where(X > 0, np.nan, X), 1), "scores must be finite"),
+    (lambda: explain.remove_top_k(np.where(X > 0, np.inf, X), X, 1), "x must be finite"),
 ])
 def test_bad_arguments_raise_jdl_errors(call, match):
   with pytest.raises(JdlError, match=match):
@@ -455,3 +458,30 @@ def test_explain_refuses_a_run_on_token_ids():
   with pytest.raises(JdlError, match=r"jdl.explain attributes numeric inputs; this run takes "
                      r"token ids"):
     explain.from_run(trainer)
+
+
+def test_weighted_ridge_refuses_a_rank_deficient_fit_without_a_penalty():
+  # 12 binary samples on 16 features: np.linalg.solve returned weights off by up to
+  # 70% of the true ones with R^2 = 1 (its pivots were small, not zero).
+  rng = np.random.default_rng(0)
+  z = rng.integers(0, 2, (12, 16)).astype(float)
+  y = z @ np.linspace(0.1, 1.6, 16) + 0.5
+  with pytest.raises(JdlError, match="singular .* use ridge > 0"):
+    explain.weighted_ridge(z, y, np.ones(12), 0.0)
+  beta, _, _ = explain.weighted_ridge(z, y, np.ones(12), 1e-3)  # A penalty makes it unique.
+  assert np.isfinite(beta).all()
+  full = rng.integers(0, 2, (200, 16)).astype(float)  # Full rank: the exact weights.
+  beta, intercept, r2 = explain.weighted_ridge(full, full @ np.linspace(0.1, 1.6, 16) + 0.5,
+                                               np.ones(200), 0.0)
+  np.testing.assert_allclose(beta, np.linspace(0.1, 1.6, 16), rtol=1e-9)
+  assert intercept == pytest.approx(0.5) and r2 == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("image, attribution, name", [
+    (np.full((4, 4), np.nan), None, "image"),
+    (np.ones((4, 4)), np.where(np.eye(4) > 0, np.inf, 0.0), "attribution"),
+])
+def test_overlays_refuse_nan_and_inf_and_write_nothing(tmp_path, image, attribution, name):
+  with pytest.raises(JdlError, match=f"{name} must be finite"):
+    explain.save_overlay(image, attribution, tmp_path / "o.png")
+  assert not (tmp_path / "o.png").exists()

@@ -7,9 +7,11 @@ import types
 
 import chex
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jdl
@@ -361,3 +363,152 @@ def test_a_judge_that_cannot_score_the_run_is_said_before_training(tmp_path, cap
     assert len(said) == 1 and "will not be scored" in said[0], err  # Once, before training.
     assert message in said[0]
     assert "inception_score" not in result.test_metrics
+
+
+def _digits(scale, dtype):
+  from sklearn import datasets
+  b = datasets.load_digits()
+  x = (b.images[..., None] * scale).astype(dtype)
+  return jdl.data.Dataset(x_train=x[:1500], y_train=b.target[:1500].astype(np.int32),
+                          x_test=x[1500:], y_test=b.target[1500:].astype(np.int32),
+                          num_classes=10, task="classification", name="digits16",
+                          input_shape=(8, 8, 1))
+
+
+@pytest.mark.parametrize("config", [ae_config, vae_config, gan_config], ids=["ae", "vae", "gan"])
+def test_generative_tasks_refuse_pixels_outside_the_unit_interval(tmp_path, config):
+  # Digits in [0, 16] gave an autoencoder a test loss of -14.9 (a Bernoulli
+  # likelihood has no bound there); uint8 images were read as token ids.
+  for scale, dtype, words in ((1.0, np.float32, r"values from 0 to 16; scale them to \[0, 1\]"),
+                              (15.9, np.uint8, "holds uint8 values; scale them")):
+    with pytest.raises(JdlError, match=words):
+      jdl.fit(config(), tmp_path / "run", dataset=_digits(scale, dtype), quiet=True)
+    assert not (tmp_path / "run").exists()
+  jdl.Trainer(config(), None, dataset=_digits(1 / 16, np.float32), quiet=True)
+
+
+def test_streamed_generative_data_is_checked_too(tmp_path):
+  x = np.zeros((40, 4, 4, 1), np.float32)
+  x[3, 1, 1, 0] = 1.5
+  for name, a in dict(x_train=x, y_train=np.arange(40) % 2).items():
+    np.save(tmp_path / f"{name}.npy", a)
+  with pytest.raises(JdlError, match="x_train holds values from 0 to 1.5"):
+    jdl.Trainer(ae_config(dataset="npy_dir", data_dir=str(tmp_path)), None, quiet=True)
+
+
+def test_gan_test_scores_do_not_depend_on_the_eval_batch_size():
+  # One fake batch of eval_batch_size rows was scored against every test batch: the
+  # split's g_loss was an estimate over 8 fakes with batches of 8, 360 with 360.
+  scores = [jdl.fit(gan_config(num_epochs=1, eval_batch_size=ebs), None, quiet=True).test_metrics
+            for ebs in (8, 360)]
+  assert scores[0].keys() == scores[1].keys()
+  for name in scores[0]:
+    assert scores[0][name] == pytest.approx(scores[1][name], rel=1e-5), name
+
+
+class _NaNGradientGenerator(nn.Module):
+  """Finite images, a NaN gradient for its parameter ``p`` (0 * d sqrt(p)/dp at 0)."""
+
+  @nn.compact
+  def __call__(self, z, train=False):
+    p = self.param("p", nn.initializers.zeros, (1,))
+    return (nn.sigmoid(nn.Dense(16)(z)) + 0.0 * jnp.sqrt(p)).reshape(z.shape[0], 4, 4, 1)
+
+
+def test_a_skipped_gan_step_leaves_both_players_as_they_were():
+  from jdl.generative.gan import GANTask, create_gan_state
+  from jdl.models.gan import DCGANDiscriminator
+  x = jax.random.uniform(jax.random.key(5), (6, 4, 4, 1))
+  tx = lambda: optax.apply_if_finite(optax.adam(0.1), 10)  # noqa: E731
+  disc = DCGANDiscriminator(features=(4, 8), kernel_size=3, norm="batch")
+  state = create_gan_state(_NaNGradientGenerator(), disc, tx(), tx(), x, 3, key=jax.random.key(0))
+  new, metrics = jax.jit(GANTask(kind="gan", latent_dim=3).train_step)(
+      state, {"x": x, "mask": jnp.ones(6)})
+  assert int(metrics["nonfinite"]["count"]) == 1
+  # The discriminator's gradients were finite: its update (parameters, Adam's
+  # moments, batch statistics) is undone, not only its batch statistics.
+  for part in ("params", "opt_state", "model_state"):
+    chex.assert_trees_all_equal(getattr(new, part)["discriminator"],
+                                getattr(state, part)["discriminator"])
+  chex.assert_trees_all_equal(new.params["generator"], state.params["generator"])
+  # The generator's own optimizer skipped it and counted the skip.
+  assert int(new.opt_state["generator"].notfinite_count) == 1
+
+
+def test_padding_rows_do_not_move_a_gan_step():
+  from jdl.generative.gan import GANTask, create_gan_state
+  from jdl.models.gan import MLPDiscriminator, MLPGenerator
+  x = jax.random.uniform(jax.random.key(5), (6, 4, 4, 1))
+  gen = MLPGenerator(output_shape=(4, 4, 1), hidden=(8,), batch_norm=False)
+  state = create_gan_state(gen, MLPDiscriminator(hidden=(8,)), optax.sgd(0.1),
+                           optax.sgd(0.1), x, 3, key=jax.random.key(0))
+  task, mask = GANTask(kind="gan", latent_dim=3, d_steps=1), jnp.array([1, 1, 1, 0, 0, 0.0])
+  a, _ = task.train_step(state, {"x": x.at[3:].set(x[0]), "mask": mask})
+  b, _ = task.train_step(state, {"x": x.at[3:].set(0.0), "mask": mask})
+  chex.assert_trees_all_close(a.params, b.params, atol=0)
+
+
+class _OwnVAE(nn.Module):
+  """A user's VAE; ``per_example_keys=False`` draws eps from one key only."""
+  latent: int = 3
+  per_example_keys: bool = True
+
+  def setup(self):
+    self.enc, self.mu, self.lv = nn.Dense(16), nn.Dense(self.latent), nn.Dense(self.latent)
+    self.dec = nn.Dense(64)
+
+  def decode(self, z):
+    return self.dec(z).reshape(z.shape[0], 8, 8, 1)
+
+  def generate(self, z):
+    return nn.sigmoid(self.decode(z))
+
+  def __call__(self, x, *, key, train=False):
+    h = nn.relu(self.enc(x.reshape(x.shape[0], -1)))
+    mean, logvar = self.mu(h), self.lv(h)
+    if self.per_example_keys and key.ndim == 1:
+      eps = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:]))(key)
+    else:
+      eps = jax.random.normal(key, mean.shape)
+    return self.decode(mean + jnp.exp(logvar / 2) * eps), mean, logvar
+
+
+def test_a_users_vae_module_is_checked_against_the_tasks_contract(tmp_path):
+  # It failed after its first epoch with "normal accepts a single key, but was given
+  # a key array of shape (64,)", then with AttributeError 'latent' when sampling.
+  config = vae_config(num_epochs=1)
+  with pytest.raises(JdlError, match=r"_OwnVAE: a VAE module .* \[batch\] keys.*failed with"):
+    jdl.fit(config, tmp_path / "a", model=_OwnVAE(per_example_keys=False), quiet=True)
+  assert not (tmp_path / "a").exists()
+
+  class NoGenerate(_OwnVAE):
+    generate = None
+
+  with pytest.raises(JdlError, match="needs a 'latent' field .* a generate"):
+    jdl.Trainer(config, None, model=NoGenerate(), quiet=True)
+  result = jdl.fit(config, tmp_path / "b", model=_OwnVAE(), quiet=True)
+  assert np.isfinite(result.test_metrics["loss"])
+
+
+class _OneLogit(nn.Module):
+  """A binary classifier of one logit: z = 4 * (mean pixel - 0.5)."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    self.sow("intermediates", "act_0", x.reshape(x.shape[0], -1))
+    return 4.0 * (x.reshape(x.shape[0], -1).mean(axis=1, keepdims=True) - 0.5)
+
+
+def test_a_one_logit_judge_scores_the_two_classes():
+  # softmax over one column made every probability 1: an Inception Score of 1 always.
+  from jdl.generative import judge as judge_lib
+  judge = judge_lib.Judge(_OneLogit().apply, {}, lambda x: x, batch_size=8)
+  images = np.zeros((40, 2, 2, 1), np.float32)
+  images[1::2] = 1.0  # Dark and bright in turn: each of IS's 10 splits holds 2 of each.
+  probs, _ = judge(images)
+  p = 1 / (1 + np.exp(-2.0))  # sigmoid(4 * 0.5).
+  np.testing.assert_allclose(probs, [[p, 1 - p], [1 - p, p]] * 20, rtol=1e-6)
+  # Two equally likely classes: IS = exp(mean KL(p(y|x) || p(y))), p(y) = (1/2, 1/2).
+  kl = p * np.log(2 * p) + (1 - p) * np.log(2 * (1 - p))
+  got = judge_lib.scores(judge, images, images)["inception_score"]
+  assert got == pytest.approx(np.exp(kl), rel=1e-5)

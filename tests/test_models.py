@@ -266,6 +266,8 @@ def test_conv1d_path():
      r"^batch_norm must be true or false, got 'no'$"),
     (lambda: create_model({"name": "cnn", "global_pool": 1}, num_outputs=2),
      r"^global_pool must be true or false, got 1$"),
+    (lambda: models.DCGANGenerator((8, 8, 1), batch_norm="no"),
+     r"^batch_norm must be true or false, got 'no'$"),
     # Public building blocks: ZeroDivisionError, IndexError or nothing before.
     (lambda: models.ResidualBlock(0), r"^filters must be a positive integer, got 0$"),
     (lambda: models.ResidualBlock(4, strides=0), r"^strides must be a positive integer"),

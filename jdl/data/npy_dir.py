@@ -191,6 +191,15 @@ def _chunks(a: NpyRows, rows: np.ndarray | None, size: int):
     yield chunk
 
 
+def value_range(a: NpyRows) -> tuple[float, float]:
+  """The smallest and largest value of ``a`` (one chunked pass; ``(inf, -inf)`` if empty)."""
+  low, high = np.inf, -np.inf
+  for chunk in _chunks(a, None, chunk_rows(a)):
+    if chunk.size:
+      low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+  return low, high
+
+
 def open_dir(directory: str | pathlib.Path) -> StreamDataset:
   """Opens and validates an ``npy_dir`` directory (one chunked pass over the files).
 

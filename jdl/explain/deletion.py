@@ -45,13 +45,16 @@ def remove_top_k(x: jax.Array, scores: jax.Array, k: int,
     ``[n, ...]`` the inputs with those elements replaced.
 
   Raises:
-    JdlError: ``k`` out of range or ``scores`` shaped unlike ``x``.
+    JdlError: ``k`` out of range, ``scores`` shaped unlike ``x``, or NaN or Inf in
+      either.
   """
   x = jnp.asarray(x, jnp.float32)
   scores = jnp.asarray(scores, jnp.float32)
   size = int(np.prod(x.shape[1:]))
   errors.require(scores.shape == x.shape,
                  f"scores of shape {scores.shape} must have the inputs' shape {x.shape}")
+  _checks.require_finite(x, "x")  # A NaN score ranks last: never removed.
+  _checks.require_finite(scores, "scores")
   errors.require(isinstance(k, (int, np.integer)) and 0 <= k <= size,
                  f"k must be an integer in [0, {size}], got {k!r}")
   base = jnp.asarray(_checks.broadcast(baseline, x.shape, "baseline", "the inputs'"))

@@ -83,13 +83,18 @@ def weighted_ridge(features: np.ndarray, y: np.ndarray, sample_weight: np.ndarra
   z_bar, y_bar = w @ z, w @ y
   zc, yc = z - z_bar, y - y_bar
   gram = zc.T @ (w[:, None] * zc)
+  singular = errors.JdlError(
+      f"the weighted least-squares fit of {len(y)} samples on {z.shape[1]} features is "
+      "singular (too few distinct samples for ridge=0): use ridge > 0 or more num_samples")
+  # np.linalg.solve raises only on an exactly zero pivot: a rank-deficient fit
+  # (fewer distinct samples than features) returned arbitrary weights with R^2 = 1.
+  if alpha == 0 and np.linalg.matrix_rank(np.sqrt(w)[:, None] * zc) < z.shape[1]:
+    raise singular
   # With p summing to one, alpha / m is alpha per unit of average weight.
   try:
     beta = np.linalg.solve(gram + alpha / len(y) * np.eye(z.shape[1]), zc.T @ (w * yc))
   except np.linalg.LinAlgError:
-    raise errors.JdlError(f"the weighted least-squares fit of {len(y)} samples on {z.shape[1]} "
-                   "features is singular (too few distinct samples for ridge=0): use "
-                   "ridge > 0 or more num_samples") from None
+    raise singular from None
   residual = yc - zc @ beta
   total = w @ yc**2
   # A constant target is fitted exactly by the intercept (its centred values are

@@ -32,6 +32,7 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 def _draw(fig, ax, image, attribution, title, alpha) -> None:
   grey = _grey(image)
+  _checks.require_finite(grey, "image")  # Else a blank or misleading picture.
   lo, hi = float(grey.min()), float(grey.max())
   # Under a heat map, the image is dimmed to the lower half of the grey range.
   top = hi if attribution is None else hi + (hi - lo or 1.0)
@@ -41,6 +42,7 @@ def _draw(fig, ax, image, attribution, title, alpha) -> None:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     a = _to_2d(attribution, "attribution")
+    _checks.require_finite(a, "attribution")
     errors.require(a.shape == grey.shape, f"attribution of shape {a.shape} does not match "
                    f"the image's {grey.shape}")
     # The colour scale ends at the 99th percentile of |a| (larger values saturate), so
@@ -123,7 +125,8 @@ def save_overlay(image: np.ndarray, attribution: np.ndarray | None, path: str | 
     The path written.
 
   Raises:
-    JdlError: bad shapes, or a ``path`` that is not a writable ``.png`` file.
+    JdlError: bad shapes, NaN or Inf values, or a ``path`` that is not a writable
+      ``.png`` file.
   """
   path = _png_path(path)
   fig = _figure(figsize)

@@ -23,6 +23,7 @@ from flax import struct
 
 from jdl.errors import JdlError
 from jdl.generative import objectives
+from jdl.generative.stats import example_keys
 from jdl.generative.stats import mean_group
 from jdl.train import steps as steps_lib
 
@@ -176,14 +177,14 @@ class GANTask:
       parts = {"critic_loss": per, "wasserstein": real_out - fake_out, "gradient_penalty": gp}
     return per, (parts, d_state)
 
-  def _g_loss(self, state, g_params, g_state, d_params, d_state, z, key):
+  def _g_loss(self, state, g_params, g_state, d_params, d_state, z, key, mask):
     fake, g_state = self._generate(state, g_params, g_state, z, True)
     out, _ = self._discriminate(state, d_params, d_state, fake, True, key)
     if self.kind == "gan":
       per = objectives.gan_generator_loss(out)
     else:
       per = objectives.wgan_generator_loss(out)
-    return jnp.mean(per), (per, g_state)
+    return _masked_mean(per, mask), (per, g_state)
 
   def train_step(self, state: GANState, batch):
     """One discriminator update and, every ``d_steps`` steps, one generator update."""
@@ -200,7 +201,7 @@ class GANTask:
 
     def d_objective(d_params):
       per, aux = self._d_loss(state, d_params, ms["discriminator"], real, fake, k_d)
-      return jnp.mean(per), aux
+      return _masked_mean(per, mask), aux  # Padding rows (a public caller's) count nowhere.
 
     (d_loss, (parts, d_state)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
         p["discriminator"])
@@ -210,7 +211,8 @@ class GANTask:
     def g_update(_):
       grad_fn = jax.value_and_grad(self._g_loss, argnums=1, has_aux=True)
       (g_loss, (per, g_state)), g_grads = grad_fn(state, p["generator"], ms["generator"],
-                                                  d_params, d_state, self.noise(k_z2, n), k_g)
+                                                  d_params, d_state, self.noise(k_z2, n), k_g,
+                                                  mask)
       updates, g_opt = state.g_tx.update(g_grads, opt["generator"], p["generator"])
       return (optax.apply_updates(p["generator"], updates), g_opt, g_state, g_grads, g_loss,
               per, jnp.ones((), bool))
@@ -227,11 +229,19 @@ class GANTask:
     grads = {"discriminator": d_grads, "generator": g_grads}  # The order of params' leaves.
     nonfinite = steps_lib.nonfinite_info(d_loss + g_loss, grads, state.step)
     bad = nonfinite["count"] > 0
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(bad, b, a), new, old)  # noqa: E731
+
+    def keep(new, old, when=bad):
+      return jax.tree.map(lambda a, b: jnp.where(when, b, a), new, old)
+
+    # A skipped step leaves the whole state as it was. A player whose own gradients
+    # were non-finite was skipped by its optimizer (optax.apply_if_finite, which
+    # counts it in its state: kept); the other player's update is undone.
+    opt_kept = {name: keep(new, opt[name], bad & _finite(grads[name]))
+                for name, new in (("generator", g_opt), ("discriminator", d_opt))}
     new_state = state.replace(
         step=state.step + 1,
-        params={"generator": g_params, "discriminator": d_params},
-        opt_state={"generator": g_opt, "discriminator": d_opt},
+        params=keep({"generator": g_params, "discriminator": d_params}, p),
+        opt_state=opt_kept,
         model_state=keep({"generator": g_state, "discriminator": d_state}, ms))
     metrics = {name: mean_group(parts[name], mask) for name in self.metric_names
                if name in parts}
@@ -244,9 +254,13 @@ class GANTask:
     return new_state, {**metrics, steps_lib.NONFINITE: nonfinite}
 
   def eval_step(self, state: GANState, batch):
-    """Losses on a real split against a fixed fake batch (inference mode)."""
+    """Losses on a real split against fakes of fixed noise (inference mode): each real
+    example is paired with the fake of its own key (its bits hashed,
+    :func:`jdl.generative.stats.example_keys`), so a split's scores do not depend on
+    how it is batched and as many fakes are scored as real examples."""
     real, mask = batch["x"], batch["mask"]
-    z = self.noise(jax.random.fold_in(state.key, _EVAL_NOISE), real.shape[0])
+    keys = example_keys(jax.random.fold_in(state.key, _EVAL_NOISE), real)
+    z = jax.vmap(lambda k: self.noise(k, 1)[0])(keys)
     p, ms = state.params, state.model_state
     fake, _ = self._generate(state, p["generator"], ms["generator"], z, False)
     key = state.key
@@ -266,3 +280,13 @@ class GANTask:
     names = [n for n in self.metric_names if n in values]
     return state, {"loss": mean_group(loss, mask), **{n: mean_group(values[n], mask)
                                                       for n in names}}
+
+
+def _masked_mean(per: jax.Array, mask: jax.Array) -> jax.Array:
+  """The mean of ``per`` over the examples ``mask`` sets (an example's entries averaged)."""
+  group = mean_group(per, mask)
+  return group["sum"] / jnp.maximum(group["count"], 1).astype(jnp.float32)
+
+
+def _finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))

@@ -42,7 +42,10 @@ class Judge:
   def __post_init__(self):
     def run(variables, x):
       logits, inter = self.apply_fn(variables, x, train=False, mutable=["intermediates"])
-      return jax.nn.softmax(logits.astype(jnp.float32), axis=-1), _features(inter)
+      logits = logits.astype(jnp.float32)
+      if logits.shape[-1] == 1:  # A binary classifier's one logit z: (1 - sigmoid z, sigmoid z).
+        logits = jnp.concatenate([jnp.zeros_like(logits), logits], axis=-1)
+      return jax.nn.softmax(logits, axis=-1), _features(inter)
     object.__setattr__(self, "_run", jax.jit(run))
 
   def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ from jdl.generative.gan import check_critic
 from jdl.generative.gan import create_gan_state
 from jdl.generative.stats import compute
 from jdl.generative.stats import mean_group
+from jdl.generative.stats import example_keys
 from jdl.train import steps as steps_lib
 
 TASKS = ("autoencoder", "vae", "gan", "wgan_gp")
@@ -122,29 +123,6 @@ class VAETask(steps_lib.SupervisedTask):
     values = {"neg_elbo": per_example_loss, "recon": recon, "kl": kl}
     return {"loss": mean_group(per_example_loss, mask),
             **{n: mean_group(values[n], mask) for n in names}}
-
-
-def _mix32(h: jax.Array) -> jax.Array:
-  """MurmurHash3's 32-bit finaliser: a bijection of uint32 that mixes every bit."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
-def example_keys(key: jax.Array, x: jax.Array) -> jax.Array:
-  """``[batch]`` keys: ``key`` folded with a 32-bit hash of each example's float32 bits.
-
-  Equal examples get equal keys wherever they sit; the hash is a wrapping uint32 sum
-  of mixed (bits, position) words, exact in any summation order, so the same on
-  every backend and sharding.
-  """
-  words = jax.lax.bitcast_convert_type(x.reshape(x.shape[0], -1).astype(jnp.float32),
-                                       jnp.uint32)
-  position = jnp.arange(words.shape[1], dtype=jnp.uint32) * jnp.uint32(0x9E3779B9)
-  h = _mix32(jnp.sum(_mix32(words ^ position), axis=1, dtype=jnp.uint32))
-  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, h)
 
 
 def binarize_eval_inputs(x: np.ndarray, *, seed: int = 0) -> np.ndarray:
@@ -240,6 +218,34 @@ def sample_images(state, task, model, n: int, *, key: jax.Array) -> jax.Array:
     return state.apply_fn(state.variables, z, method="generate")
   raise JdlError("only VAE and GAN runs generate images (an autoencoder reconstructs "
                  "its inputs)")
+
+
+_VAE_CONTRACT = ("a VAE module for task 'vae' needs a 'latent' field (the size of z), a "
+                 "generate(z) method giving pixel probabilities, and __call__(x, *, key, "
+                 "train) returning (logits, mean, logvar), where key is one key in "
+                 "training and [batch] keys, one per example, in evaluation (see "
+                 "jdl.models.VAE)")
+
+
+def check_vae_model(model, variables, example) -> None:
+  """Refuses a VAE module given to ``fit`` that the task cannot drive, before training.
+
+  Raises:
+    JdlError: a missing ``latent`` or ``generate``, or a ``__call__`` that does not
+      take a batch of per-example keys; the message states the contract.
+  """
+  latent = getattr(model, "latent", None)
+  if not (isinstance(latent, int) and latent >= 1 and callable(getattr(model, "generate", None))):
+    raise JdlError(f"{type(model).__name__}: {_VAE_CONTRACT}")
+  x = jnp.concatenate([example, example]).astype(jnp.float32)
+  keys = jax.random.split(jax.random.key(0), 2)
+  try:
+    jax.eval_shape(lambda v, x, k: model.apply(v, x, key=k, train=False), variables, x, keys)
+    jax.eval_shape(lambda v, z: model.apply(v, z, method="generate"), variables,
+                   jnp.zeros((2, latent), jnp.float32))
+  except Exception as e:  # noqa: BLE001 - any failure of the user's module is reported.
+    raise JdlError(f"{type(model).__name__}: {_VAE_CONTRACT}; it failed with "
+                   f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
 
 
 AUTOENCODERS = ("dense_autoencoder", "conv_autoencoder")

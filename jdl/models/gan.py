@@ -172,6 +172,7 @@ class DCGANGenerator(nn.Module):
 
   def __post_init__(self):
     super().__post_init__()
+    check_common_fields(self)
     check_output_shape(self.output_shape, image=True)
     check_widths("features", self.features, nonempty=True)
     errors.require(isinstance(self.kernel_size, int) and self.kernel_size >= 1,

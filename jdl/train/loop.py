@@ -221,6 +221,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
               if self.data.integers_as_numbers else "")
       raise JdlError(f"{what} failed to initialise on inputs of shape "
                      f"{tuple(example.shape[1:])}: {e}{hint}") from None
+    if config.task == "vae" and self.model_source["given"]:
+      gen_tasks.check_vae_model(self.model, self.state.variables, example)
     if config.init_from.workdir:
       self.state = self.state.replace(params=self._init_from(config.init_from))
     optim.check_freeze_patterns(config, self.state.params)

@@ -74,6 +74,28 @@ def _training_rows(dataset: data_lib.Dataset, config: ml_collections.ConfigDict)
                                    float(config.validation_split), int(config.seed))[0]
 
 
+def _check_pixels(dataset, task: str) -> None:
+  """The generative tasks model pixels in [0, 1] (a Bernoulli likelihood, a sigmoid
+  generator): other inputs trained to a negative "likelihood" or to nothing.
+
+  Raises:
+    JdlError: integer inputs (uint8 images: divide by 255), or values outside [0, 1].
+  """
+  for split in ("train", "val", "test"):
+    x = getattr(dataset, f"x_{split}", None)
+    if x is None or len(x) == 0:
+      continue
+    name = f"dataset {dataset.name!r}: x_{split}"
+    if np.dtype(x.dtype).kind in "iu":
+      raise JdlError(f"task {task!r} models pixels in [0, 1], but {name} holds {x.dtype} "
+                     "values; scale them to floats in [0, 1] (uint8 images: x / 255)")
+    low, high = (npy_dir.value_range(x) if isinstance(x, npy_dir.NpyRows)
+                 else (float(np.min(x)), float(np.max(x))))
+    if np.isfinite([low, high]).all() and not (0.0 <= low and high <= 1.0):  # NaN: later.
+      raise JdlError(f"task {task!r} models pixels in [0, 1], but {name} holds values from "
+                     f"{low:g} to {high:g}; scale them to [0, 1]")
+
+
 def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | None = None,
               vocab: dict | None = None) -> RunData:
   """The run's splits, from ``dataset`` or else ``config.dataset``.
@@ -103,6 +125,8 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
   if task != config.task and config.task not in gen_tasks.TASKS:
     raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
                    f"{config.task!r}")
+  if config.task in gen_tasks.TASKS:
+    _check_pixels(dataset, config.task)
   if isinstance(dataset, npy_dir.StreamDataset):  # Stays on disk; read block by block.
     train, val, test, norm = stream.build_splits(dataset, config)
     return RunData(train=train, val=val, test=test, num_classes=dataset.num_classes, task=task,
