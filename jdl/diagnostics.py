@@ -272,11 +272,11 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
     microbatch_size: the ``microbatch_size`` given to ``make_train_step`` (0: none).
   """
 
-  def apply_sowing(variables, x, **kwargs):
+  def apply_sowing(variables, *inputs, **kwargs):  # A seq2seq model takes two inputs.
     mutable = kwargs.get("mutable")
     if isinstance(mutable, (list, tuple)) and "intermediates" not in mutable:
       kwargs["mutable"] = [*mutable, "intermediates"]
-    return task.apply_fn(variables, x, **kwargs)
+    return task.apply_fn(variables, *inputs, **kwargs)
 
   sowing_task = dataclasses.replace(task, apply_fn=apply_sowing)
 

@@ -330,3 +330,33 @@ def test_update_ratio_warning_on_an_absurd_learning_rate(tmp_path, capfd, learni
        optimizer__learning_rate=learning_rate, nonfinite="skip", terminate_on_nan=False)
   err = capfd.readouterr().err
   assert ("jdl: warning: update/parameter ratio" in err) == warns, err
+
+
+@pytest.mark.parametrize("name, over", [
+    ("adding_problem", {"n_samples": 128, "sequence.seq_len": 6, "model.hidden": (4, 3)}),
+    ("seq2seq_dates", {"n_samples": 96, "model.hidden": 8, "model.embed_dim": 4}),
+], ids=["recurrent", "seq2seq"])
+def test_diagnostics_and_activity_l1_run_on_sequence_models(tmp_path, name, over):
+  # A recurrent stack's sows clashed with its layers' names (ValueError: Duplicate
+  # use of scope name) and a seq2seq model's two inputs reached a one-input
+  # wrapper (TypeError): both were tracebacks after the workdir was made.
+  config = jdl.load_config(name)
+  over = {"num_epochs": 1, "batch_size": 32, "tensorboard": False, "plots": False,
+          "validation_split": 0.0, "monitor": "", "diagnostics.every_steps": 1, **over}
+  with config.unlocked():
+    for key, value in over.items():
+      *parents, leaf = key.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+  result = jdl.fit(config, tmp_path / "run", quiet=True)
+  lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+  diags = [json.loads(line) for line in lines if '"diagnostics"' in line]
+  assert len(diags) == result.trainer.steps_per_epoch and all(
+      np.isfinite(d["grad_norm"]) for d in diags)
+  if name == "adding_problem":  # Each layer's sown outputs are activations to penalise.
+    assert {"dead_relu/rnn/outputs_0", "dead_relu/rnn/outputs_1"} <= set(diags[0])
+    config.diagnostics.every_steps = 0
+    config.regularization.activity_l1 = 0.01
+    jdl.fit(config, tmp_path / "l1", quiet=True)

@@ -444,7 +444,11 @@ def test_sequence_regressor_mixed_precision():
     ({"cell_type": "rnn"}, "unknown cell"),
     ({"recurrent_init": "eye"}, "unknown recurrent_init"),
     ({"gain": 0.0}, "gain"),
-    ({"cell_type": "simple", "activation": "sigmoid"}, "unknown activation"),
+    # The simple cell's own list, not every activation jdl knows (gelu was offered).
+    ({"cell_type": "simple", "activation": "sigmoid"},
+     r"^unknown activation 'sigmoid'; valid names: relu, tanh$"),
+    ({"forget_bias": "nan"}, r"^forget_bias must be a finite number, got 'nan'$"),
+    ({"gain": float("inf")}, r"^gain must be a finite number, got inf$"),
     ({"unroll": 0}, "unroll"),
     ({"tbptt": -1}, "tbptt must be a non-negative integer"),
     ({"tbptt": 2.5}, "tbptt must be a non-negative integer"),
@@ -488,3 +492,21 @@ def test_mixed_precision_traces(name, fields):
   variables = jax.eval_shape(model.init, _key(0), x)
   out = jax.eval_shape(model.apply, variables, x)
   assert out.dtype == jnp.bfloat16 and out.shape == (2, 2)
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "text_rnn", "vocab_size": 12, "embed_dim": 4, "hidden": [H, 3],
+     "bidirectional": False},
+    {"name": "seq_rnn", "hidden": [H, 3]},
+], ids=["text_rnn", "seq_rnn"])
+def test_each_layers_outputs_are_sown(spec):
+  # Sown under the submodule's own name (layer_i), they were a scope clash: any
+  # apply with the intermediates collection mutable (diagnostics, activity_l1) failed.
+  model = models.create_model(spec, num_outputs=2)
+  x = (np.array([[5, 6, 7, 0], [9, 4, 0, 0]], np.int32) if spec["name"] == "text_rnn"
+       else np.ones((2, 4, 2), np.float32))
+  variables = _random_variables(model, x)
+  _, sown = model.apply(variables, x, mutable=["intermediates"])
+  outputs = sown["intermediates"]["rnn"]
+  chex.assert_shape(outputs["outputs_0"][0], (2, 4, H))  # Each layer's [batch, time, width].
+  chex.assert_shape(outputs["outputs_1"][0], (2, 4, 3))

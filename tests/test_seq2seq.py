@@ -306,6 +306,12 @@ def test_beam_search_refuses_a_beam_of_zero():
     with pytest.raises(JdlError, match=r"beam_size must be an integer >= 1"):
       sequence.beam_search(toy_apply, {"table": table}, jnp.zeros((1, 3), jnp.int32),
                            beam_size=size, max_len=3, bos_id=BOS, eos_id=EOS)
+  # numpy integers are integers, as they are for max_len.
+  two = sequence.beam_search(toy_apply, {"table": table}, jnp.zeros((1, 3), jnp.int32),
+                             beam_size=np.int64(2), max_len=np.int64(3), bos_id=BOS, eos_id=EOS)
+  chex.assert_trees_all_equal(two, sequence.beam_search(
+      toy_apply, {"table": table}, jnp.zeros((1, 3), jnp.int32), beam_size=2, max_len=3,
+      bos_id=BOS, eos_id=EOS))
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -359,3 +365,27 @@ def test_float_target_ids_are_refused_like_float_source_ids():
   with pytest.raises(JdlError, match="Seq2Seq.decode_step takes integer token ids"):
     model.apply(variables, enc.carry, jnp.full((src.shape[0],), 2.0), enc,
                 method="decode_step")
+
+
+@pytest.mark.parametrize("name", ["bahdanau_lstm", "none"])
+def test_teacher_forced_exact_match_of_greedy_outputs_is_one(name):
+  # Teacher-forced exact match (every argmax right given the true prefix) and greedy
+  # decoding's agree example by example: the greedy outputs as targets all match,
+  # and a target with one token changed does not.
+  from jdl.sequence.tasks import Seq2SeqTask
+  model, variables = _variant(name)
+  greedy = np.asarray(sequence.greedy_decode(model.apply, variables, SRC, max_len=5,
+                                             bos_id=BOS, eos_id=EOS, pad_id=PAD).tokens)
+  targets = np.concatenate([np.full((3, 1), BOS), greedy], axis=1).astype(np.int32)
+  task = Seq2SeqTask(apply_fn=model.apply, loss=None, metric_names=("exact_match",),
+                     num_classes=0)
+
+  def matched(y):
+    batch = {"x": jnp.asarray(SRC), "y": jnp.asarray(y), "mask": jnp.ones(3)}
+    _, (per, outputs, _) = task.loss_fn(variables["params"], {}, batch, _key(0), False)
+    return int(task.metrics(("exact_match",), outputs, batch, per)["exact_match"]["sum"])
+
+  assert matched(targets) == 3
+  wrong = targets.copy()
+  wrong[0, 1] = 4 if wrong[0, 1] != 4 else 5  # Its first token: another word.
+  assert matched(wrong) == 2

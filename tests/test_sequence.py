@@ -374,6 +374,11 @@ def test_a_text_shorter_than_the_convolutions_window_is_said(tmp_path):
   assert trainer.text_problems([" ".join(w) for w in words]) == [
       f"it has {shortest - 1} tokens, fewer than the {shortest} the model's convolutions "
       "need for one feature: it is answered as an empty text", None]
+  # Some words unknown: "isn't" and "good!" are <unk> where SST-2 writes "is n't".
+  assert trainer.text_problems(["a charming film isn't good!"]) == [
+      "2 of its 5 tokens are not in the run's vocabulary (\"isn't\", 'good!'): read as "
+      "<unk>; words are split at spaces only, as the training text was (SST-2 writes "
+      "\"is n't\", \"good !\")"]
   empty, short = trainer.predict(trainer.encode_texts(["", " ".join(words[0])]))
   np.testing.assert_array_equal(empty, short)  # As the warning says.
   # Ids outside the vocabulary were read silently (NaN or clamped embeddings).
@@ -436,9 +441,8 @@ def test_seq2seq_resumes_exactly_then_evaluate_predict_cli(tmp_path, capsys):
   assert full.test_metrics == resumed.test_metrics
   assert {"token_accuracy", "exact_match", "loss", "greedy_exact_match",
           "beam_exact_match"} <= set(full.test_metrics)
-  # Teacher-forced exact match and greedy decoding's agree (see jdl.sequence.tasks).
-  assert full.test_metrics["exact_match"] == pytest.approx(
-      full.test_metrics["greedy_exact_match"])
+  # (Teacher-forced and greedy exact match agree: test_seq2seq.py checks it on models
+  # that match; this run's tiny model matches no sequence, so 0 == 0 told nothing.)
   capsys.readouterr()
   assert cli.main(["evaluate", "--workdir", str(tmp_path / "full")]) == 0
   assert json.loads(capsys.readouterr().out) == pytest.approx(full.test_metrics)

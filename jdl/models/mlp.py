@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,7 +86,11 @@ def check_common_fields(module: nn.Module) -> None:
         f"num_outputs must be a positive integer, got {num_outputs!r}",
     )
   if hasattr(module, "activation"):
-    get_activation(module.activation)
+    own = getattr(type(module), "ACTIVATIONS", None)  # A recurrent cell's shorter list.
+    if own is None:
+      get_activation(module.activation)
+    else:
+      errors.lookup("activation", module.activation, own)
   if hasattr(module, "kernel_init"):
     get_initializer(module.kernel_init, getattr(module, "init_scale", None))
   if hasattr(module, "tbptt"):
@@ -104,6 +110,10 @@ def check_common_fields(module: nn.Module) -> None:
     if field.type in ("bool", bool):
       errors.require(isinstance(value, (bool, np.bool_)),
                      f"{field.name} must be true or false, got {value!r}")
+    elif field.type in ("float", float):  # forget_bias='nan' reached JAX as a string.
+      errors.require(isinstance(value, numbers.Real) and not isinstance(value, bool)
+                     and math.isfinite(value),
+                     f"{field.name} must be a finite number, got {value!r}")
 
 
 _LARGEST_SIZE = 2**31 - 1  # XLA's dimensions are int32 on most paths.

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jdl import errors
 from jdl.models import manual_axes
 from jdl.models.cells import CELLS, GRUCell, LSTMCell, RECURRENT_INITS
-from jdl.models.cells import SimpleRNNCell, identity_init, make_cell
+from jdl.models.cells import SIMPLE_ACTIVATIONS, SimpleRNNCell, identity_init, make_cell
 from jdl.models.cells import recurrent_initializer
 from jdl.models.initializers import get_head_initializer
 from jdl.models.mlp import check_common_fields, check_positive, check_tbptt, check_widths
@@ -55,6 +55,8 @@ class RecurrentOptions(nn.Module, kw_only=True):
   unroll: int = 1
   tbptt: int = 0
   dtype: Dtype = jnp.float32
+
+  ACTIVATIONS = SIMPLE_ACTIVATIONS  # The simple cell's (the only one with an activation).
 
 
 def _options(module: nn.Module, names: Sequence[str] = CELL_OPTIONS + LOOP_OPTIONS
@@ -144,8 +146,8 @@ class RNN(RecurrentOptions):
 
   def __post_init__(self):
     super().__post_init__()
+    check_common_fields(self)
     check_positive("unroll", self.unroll)
-    check_tbptt(self.tbptt)
     # Validates the cell fields at construction, not at the first call.
     make_cell(self.cell_type, self.features, **_options(self, CELL_OPTIONS), parent=None)
 
@@ -236,8 +238,8 @@ class StackedRNN(RecurrentOptions):
       unroll, tbptt, dtype: as :class:`RNN`, for every layer.
 
   ``__call__(x, mask=None, train=False) -> (outputs, final_h)`` of the last layer;
-  each layer's outputs are sown as ``intermediates/layer_{i}``. Submodules
-  ``layer_{i}``.
+  each layer's outputs are sown as ``intermediates/outputs_{i}`` (a sow under a
+  submodule's name is a scope clash). Submodules ``layer_{i}``.
   """
 
   hidden: Sequence[int] = (128,)
@@ -261,7 +263,7 @@ class StackedRNN(RecurrentOptions):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       x, final_h = layer_cls(width, cell_type=self.cell_type, **_options(self),
                              name=f"layer_{i}")(x, mask)
-      self.sow("intermediates", f"layer_{i}", x)
+      self.sow("intermediates", f"outputs_{i}", x)
     return x, final_h
 
 

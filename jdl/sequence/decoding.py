@@ -185,12 +185,12 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
     normalization); Graves, "Sequence transduction with recurrent neural
     networks", 2012 (beam search for RNN decoders).
   """
-  errors.require(isinstance(beam_size, int) and not isinstance(beam_size, bool)
+  errors.require(isinstance(beam_size, numbers.Integral) and not isinstance(beam_size, bool)
                  and beam_size >= 1, f"beam_size must be an integer >= 1, got {beam_size!r}")
   _check_max_len(max_len)
   errors.require(isinstance(length_penalty, numbers.Real) and math.isfinite(length_penalty),
                  f"length_penalty must be a finite number, got {length_penalty!r}")
-  k, batch, alpha = beam_size, src.shape[0], float(length_penalty)
+  k, batch, alpha = int(beam_size), src.shape[0], float(length_penalty)
   enc = apply_fn(variables, src, method="encode")
   enc = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), enc)  # [batch * k, ...]
   src_len = src.shape[1]

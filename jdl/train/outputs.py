@@ -136,10 +136,10 @@ class SequenceOutputs:
                                   padding=padding, truncating=truncating)
 
   def text_problems(self, texts: Sequence[str], vocab: str = "text") -> list[str | None]:
-    """Why each text may be answered poorly (``None`` if not): no tokens, only tokens
-    outside the run's vocabulary, fewer tokens than a convolutional model's window
-    (no feature: answered as an empty text), or more tokens than its sequences hold
-    (cut)."""
+    """Why each text may be answered poorly (``None`` if not): no tokens, tokens
+    outside the run's vocabulary (all or some: read as ``<unk>``), fewer tokens than a
+    convolutional model's window (no feature: answered as an empty text), or more
+    tokens than its sequences hold (cut)."""
     v, width = self.vocab[vocab], int(self.data.train.x.shape[1])
     min_length = getattr(self.model, "min_length", None)
     shortest = min_length() if callable(min_length) else 1
@@ -150,6 +150,14 @@ class SequenceOutputs:
         problems.append("it has no tokens")
       elif all(i == text_lib.UNK_ID for i in ids):
         problems.append("none of its tokens is in the run's vocabulary")
+      elif text_lib.UNK_ID in ids:  # "isn't" or "good!" where SST-2 has "is n't", "good !".
+        tokens = text_lib.tokenize(text, level=v.level, lowercase=v.lowercase)
+        unknown = list(dict.fromkeys(t for t, i in zip(tokens, ids) if i == text_lib.UNK_ID))
+        shown = ", ".join(repr(t) for t in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        hint = ("; words are split at spaces only, as the training text was (SST-2 writes "
+                "\"is n't\", \"good !\")" if v.level == "word" else "")
+        problems.append(f"{sum(i == text_lib.UNK_ID for i in ids)} of its {len(ids)} tokens "
+                        f"are not in the run's vocabulary ({shown}): read as <unk>{hint}")
       elif len(ids) < shortest:
         problems.append(f"it has {len(ids)} token{'s' if len(ids) > 1 else ''}, fewer than "
                         f"the {shortest} the model's convolutions need for one feature: it "
