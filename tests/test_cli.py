@@ -256,6 +256,8 @@ def test_config_prints_every_key_that_training_would_use(capsys):
   # The data sets a text model's vocab_size and every output width: not required here.
   for name in ("sst2_lstm", "seq2seq_dates", "gan_mnist", "lenet5_mnist"):
     assert run_cli("config", "--config", name, capsys=capsys)[0] == 0
+  assert run_cli("config", "--config", "sst2_lstm", "--config.model.vocab_size=0",
+                 capsys=capsys)[0] == 0  # 0: the data's, as training takes it.
 
 
 def _npz(path, **arrays):

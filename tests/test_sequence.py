@@ -379,6 +379,9 @@ def test_a_text_shorter_than_the_convolutions_window_is_said(tmp_path):
       "2 of its 5 tokens are not in the run's vocabulary (\"isn't\", 'good!'): read as "
       "<unk>; words are split at spaces only, as the training text was (SST-2 writes "
       "\"is n't\", \"good !\")"]
+  # Too short matters more than an unknown word: it is answered as an empty text.
+  assert trainer.text_problems(["zzz " * (shortest - 2) + "charming"])[0].startswith(
+      f"it has {shortest - 1} tokens, fewer than")
   empty, short = trainer.predict(trainer.encode_texts(["", " ".join(words[0])]))
   np.testing.assert_array_equal(empty, short)  # As the warning says.
   # Ids outside the vocabulary were read silently (NaN or clamped embeddings).

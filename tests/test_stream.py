@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -296,6 +297,21 @@ def test_chunked_statistics_equal_numpy(tmp_path, monkeypatch, mode, dtype):
     np.testing.assert_allclose(got.std, std, rtol=1e-9, atol=0)
 
 
+def test_inputs_are_normalised_in_the_precision_of_the_train_split():
+  # A run trained on float32 data normalises float64 inputs (images / 16.0 from
+  # predict) in float32, as its splits were: bitwise the test split's values.
+  x32 = _digits()[0].reshape(-1, 64)
+  norm = pipeline.Normalizer.fit(x32)
+  assert not norm.float64
+  np.testing.assert_array_equal(norm(x32.astype(np.float64)), norm(x32))
+  # One trained on float64 (or int64) data normalises in float64, whatever is given.
+  t = 1.7e9 + np.arange(100.0)[:, None]
+  for train in (t, t.astype(np.int64)):
+    wide = pipeline.Normalizer.fit(train)
+    assert wide.float64
+    np.testing.assert_allclose(wide(t), (t - t.mean()) / t.std(), atol=1e-6)
+
+
 def test_small_scale_features_are_scaled_and_constant_ones_centred():
   # scikit-learn's StandardScaler scales a feature of std 1e-7 to unit variance; an
   # absolute threshold (std < 1e-6: "constant") left it 1e7 times too small.
@@ -452,3 +468,24 @@ def test_build_splits_holds_out_the_in_memory_rows_or_uses_x_val(digits_dir, tmp
     stream.build_splits(ds, make_config(classes=(0, 1)))
   with pytest.raises(JdlError, match="binarize='dynamic'"):
     stream.build_splits(ds, make_config(task="vae"))
+
+
+def test_runs_of_a_float64_npz_from_before_it_was_kept_float64_still_resume(tmp_path):
+  # Until 2026-11-30 an npz source cast float64 inputs to float32, and its runs'
+  # checkpoints recorded that fingerprint: resuming them must not say "other data".
+  from jdl.train import resume
+  x, y = _unix_times()
+  np.savez(tmp_path / "data.npz", x=x[:270], y=y[:270], x_test=x[270:], y_test=y[270:])
+  config = make_config(dataset="npz", data_dir=str(tmp_path), validation_split=0.0)
+  source = run_data.load_data(config).source
+  then = sources.load_dataset("npz", data_dir=tmp_path)
+  then = dataclasses.replace(then, x_train=then.x_train.astype(np.float32),
+                             x_test=then.x_test.astype(np.float32))
+  assert source["float32_fingerprint"] == sources.fingerprint(then) != source["fingerprint"]
+  model = {"given": False, "class": "MLP"}
+  for recorded in (source["fingerprint"], source["float32_fingerprint"]):
+    resume.check_provenance({"data": {"fingerprint": recorded, "given": False}}, 1, tmp_path,
+                            source, model, call="fit")
+  with pytest.raises(resume.ResumeRefused, match="trained on other data"):
+    resume.check_provenance({"data": {"fingerprint": "0" * 16, "given": False}}, 1, tmp_path,
+                            source, model, call="fit")

@@ -316,15 +316,16 @@ def fit_normalizer(x: NpyRows, rows: np.ndarray | None, mode: str):
     rows: the train split's rows of ``x`` (``None``: all of them).
     mode: ``config.normalize``.
   """
-  from jdl.data.pipeline import Normalizer, unit_where_constant
+  from jdl.data.pipeline import Normalizer, needs_float64, unit_where_constant
   shape = x.shape[1:]
   if mode == "none":
     return Normalizer.identity(shape)
   n = len(x) if rows is None else len(rows)
   size = chunk_rows(x)
-  # As the loop reads the files: float64 files as they are, others as float32 (the
-  # statistics the in-memory path takes of the same values).
-  read = np.float64 if x.dtype == np.float64 else np.float32
+  # As the loop reads the files: float64 and wide integer files in float64, others as
+  # float32 (the statistics the in-memory path takes of the same values).
+  wide = needs_float64(x.dtype)
+  read = np.float64 if wide else np.float32
   total = np.zeros(shape, np.float64)
   for chunk in _chunks(x, rows, size):
     total += chunk.astype(read).sum(axis=0, dtype=np.float64)
@@ -333,12 +334,12 @@ def fit_normalizer(x: NpyRows, rows: np.ndarray | None, mode: str):
   else:
     mean = total / n
   if mode == "featurewise_center":
-    return Normalizer(mean, np.ones(shape))
+    return Normalizer(mean, np.ones(shape), wide)
   squares = np.zeros(shape, np.float64)
   for chunk in _chunks(x, rows, size):
     d = chunk.astype(read).astype(np.float64) - mean
     squares += (d * d).sum(axis=0)
   if mode == "global":
     std = float(np.sqrt(squares.sum() / (n * max(1, int(np.prod(shape)))))) or 1.0
-    return Normalizer(np.full(shape, mean), np.full(shape, std))
-  return Normalizer(mean, unit_where_constant(np.sqrt(squares / n), mean, n))
+    return Normalizer(np.full(shape, mean), np.full(shape, std), wide)
+  return Normalizer(mean, unit_where_constant(np.sqrt(squares / n), mean, n), wide)

@@ -90,34 +90,41 @@ class Normalizer:
   """Standardisation with statistics of the train split only.
 
   ``mean`` and ``std`` are float64 (a float32 mean does not centre a feature with a
-  large offset, such as a Unix time: float32's spacing there is 128). Inputs are
-  normalised in float64 when they are float64, in float32 otherwise, and returned
-  as float32.
+  large offset, such as a Unix time: float32's spacing there is 128). ``float64``:
+  the train split was float64 (or 32- or 64-bit integers, :func:`needs_float64`);
+  inputs are then normalised in float64, else cast to float32 and normalised in
+  float32 (as the splits were, so that ``predict`` of the raw test inputs sees the
+  test split's values); either way the result is float32.
   """
   mean: np.ndarray
   std: np.ndarray
+  float64: bool = False
 
   def __post_init__(self):
     object.__setattr__(self, "mean", np.asarray(self.mean, np.float64))
     object.__setattr__(self, "std", np.asarray(self.std, np.float64))
+    # Those applied to float32 inputs, once (the streamed path uses them per batch).
+    object.__setattr__(self, "_stats32", (self.mean.astype(np.float32),
+                                          self.std.astype(np.float32)))
 
   @classmethod
   def fit(cls, x: np.ndarray) -> Normalizer:
     mean = x.mean(axis=0, dtype=np.float64)
-    return cls(mean, unit_where_constant(x.std(axis=0, dtype=np.float64), mean, len(x)))
+    return cls(mean, unit_where_constant(x.std(axis=0, dtype=np.float64), mean, len(x)),
+               _is_float64(x))
 
   @classmethod
   def fit_center(cls, x: np.ndarray) -> Normalizer:
     """Per-feature centering only (Keras' ``featurewise_center``): std 1."""
     mean = x.mean(axis=0, dtype=np.float64)
-    return cls(mean, np.ones_like(mean))
+    return cls(mean, np.ones_like(mean), _is_float64(x))
 
   @classmethod
   def fit_global(cls, x: np.ndarray) -> Normalizer:
     """One mean and std over all train values (the usual choice for images)."""
     shape = x.shape[1:]
     mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64)) or 1.0
-    return cls(np.full(shape, mean), np.full(shape, std))
+    return cls(np.full(shape, mean), np.full(shape, std), _is_float64(x))
 
   @classmethod
   def identity(cls, shape: tuple[int, ...]) -> Normalizer:
@@ -130,14 +137,29 @@ class Normalizer:
 
   def stats(self, dtype) -> tuple[np.ndarray, np.ndarray]:
     """``(mean, std)`` in ``dtype``: those the inputs of that dtype are normalised with."""
+    if np.dtype(dtype) == np.float32:
+      return self._stats32
     return self.mean.astype(dtype), self.std.astype(dtype)
 
   def __call__(self, x: np.ndarray) -> np.ndarray:
     if self.is_identity:
       return np.asarray(x, np.float32)  # No copy of float32 data.
-    x = np.asarray(x)
-    mean, std = self.stats(np.float64 if x.dtype == np.float64 else np.float32)
-    return ((x - mean) / std).astype(np.float32)
+    if self.float64:
+      return ((np.asarray(x, np.float64) - self.mean) / self.std).astype(np.float32)
+    mean, std = self._stats32
+    return ((np.asarray(x, np.float32) - mean) / std).astype(np.float32)
+
+
+def _is_float64(x) -> bool:
+  return needs_float64(np.asarray(x[:0]).dtype)
+
+
+def needs_float64(dtype) -> bool:
+  """Whether inputs of ``dtype`` are normalised in float64: float64, and integers of
+  32 bits or more (a Unix time in int64 seconds; float32 holds integers exactly
+  only up to 2**24)."""
+  dtype = np.dtype(dtype)
+  return dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize >= 4)
 
 
 def unit_where_constant(std: np.ndarray, mean: np.ndarray, n: int) -> np.ndarray:

@@ -99,13 +99,16 @@ _SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 FINGERPRINT_ROWS = 256
 
 
-def fingerprint(dataset) -> str:
+def fingerprint(dataset, *, float64_as_float32: bool = False) -> str:
   """A short hash of a dataset's arrays: each one's shape and dtype, and up to
   :data:`FINGERPRINT_ROWS` evenly spaced rows of it (so it is cheap for any size).
 
   A run's checkpoints record it, so that resuming or reloading the run with other
   data is refused instead of silently scoring or training on it. Works for
   :class:`Dataset` and for the on-disk :class:`jdl.data.npy_dir.StreamDataset`.
+
+  ``float64_as_float32``: hash float64 arrays as their float32 cast: the fingerprint
+  that runs recorded before npz and npy_dir sources kept float64 inputs (2026-11-30).
   """
   h = hashlib.sha256()
   for name in _SPLIT_ARRAYS:
@@ -120,6 +123,8 @@ def fingerprint(dataset) -> str:
     else:  # An array (numpy or jax: gather the rows before copying to the host).
       sample = np.asarray(a[rows]) if hasattr(a, "shape") else np.asarray(a)[rows]
     sample = np.ascontiguousarray(sample)
+    if float64_as_float32 and sample.dtype == np.float64:
+      sample = sample.astype(np.float32)
     h.update(f"{name}:{tuple(getattr(a, 'shape', np.shape(a)))}:{sample.dtype.str};".encode())
     h.update(sample.tobytes())
   return h.hexdigest()[:16]

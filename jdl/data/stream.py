@@ -67,7 +67,7 @@ class StreamSplit:
     idx = np.asarray(idx, np.int64)
     rows = idx if self.rows is None else self.rows[idx]
     raw = self.source_x.take(rows)
-    if raw.dtype == np.float64:  # Normalised in float64, as in memory.
+    if self.normalizer.float64:  # float64 (or wide integer) files, as in memory.
       x = self.normalizer(raw)
     else:
       x = _normalize(self.normalizer, np.asarray(raw, np.float32))

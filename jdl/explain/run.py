@@ -96,9 +96,7 @@ def _normalize(trainer, input_shape, x) -> np.ndarray:
     JdlError: ``x`` is not a non-empty batch shaped as the run's examples.
   """
   trainer.check_input_kind(np.asarray(x), "x holds")
-  x = np.asarray(x)
-  if x.dtype != np.float64:  # float64 is normalised in float64, as the splits were.
-    x = x.astype(np.float32)
+  x = np.asarray(x)  # The normaliser casts as it did for the splits.
   _checks.check_batch(x, "x", input_shape)
   try:
     return trainer.normalizer(x)

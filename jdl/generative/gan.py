@@ -233,11 +233,13 @@ class GANTask:
     def keep(new, old, when=bad):
       return jax.tree.map(lambda a, b: jnp.where(when, b, a), new, old)
 
-    # A skipped step leaves the whole state as it was. A player whose own gradients
-    # were non-finite was skipped by its optimizer (optax.apply_if_finite, which
-    # counts it in its state: kept); the other player's update is undone.
-    opt_kept = {name: keep(new, opt[name], bad & _finite(grads[name]))
-                for name, new in (("generator", g_opt), ("discriminator", d_opt))}
+    # A skipped step leaves the whole state as it was, except the count of skips of a
+    # player whose optimizer skips non-finite gradients itself (optax.apply_if_finite,
+    # with nonfinite='skip') and whose own gradients were the non-finite ones.
+    opt_kept = {}
+    for name, new in (("generator", g_opt), ("discriminator", d_opt)):
+      counted = _skips_itself(new) & ~steps_lib.all_finite(grads[name])
+      opt_kept[name] = keep(new, opt[name], bad & ~counted)
     new_state = state.replace(
         step=state.step + 1,
         params=keep({"generator": g_params, "discriminator": d_params}, p),
@@ -288,5 +290,8 @@ def _masked_mean(per: jax.Array, mask: jax.Array) -> jax.Array:
   return group["sum"] / jnp.maximum(group["count"], 1).astype(jnp.float32)
 
 
-def _finite(tree) -> jax.Array:
-  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+def _skips_itself(opt_state) -> bool:
+  """Whether an optimizer state is (or holds) optax.apply_if_finite's: known when
+  tracing, from the state's structure."""
+  is_skip = lambda s: isinstance(s, optax.ApplyIfFiniteState)  # noqa: E731
+  return any(map(is_skip, jax.tree.leaves(opt_state, is_leaf=is_skip)))

@@ -146,8 +146,9 @@ def check_model(config: ml_collections.ConfigDict) -> None:
     return
   spec = config.model.to_dict()
   model = models_lib.MODELS.get(spec.get("name"))
-  if model is not None and "vocab_size" in models_lib.model_fields(model):
-    spec.setdefault("vocab_size", 2)
+  if model is not None and "vocab_size" in models_lib.model_fields(model) and not spec.get(
+      "vocab_size"):  # Unset, None or 0: the data's (jdl.sequence.build.with_vocab_size).
+    spec["vocab_size"] = 2
   models_lib.create_model(spec, num_outputs=spec.get("num_outputs", 2))
 
 

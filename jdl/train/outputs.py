@@ -145,19 +145,13 @@ class SequenceOutputs:
     shortest = min_length() if callable(min_length) else 1
     problems = []
     for text in texts:
-      ids = v.encode_text(text)
+      tokens = text_lib.tokenize(text, level=v.level, lowercase=v.lowercase)
+      ids = v.encode(tokens)
+      unknown = [t for t, i in zip(tokens, ids) if i == text_lib.UNK_ID]
       if not ids:
         problems.append("it has no tokens")
-      elif all(i == text_lib.UNK_ID for i in ids):
+      elif len(unknown) == len(ids):
         problems.append("none of its tokens is in the run's vocabulary")
-      elif text_lib.UNK_ID in ids:  # "isn't" or "good!" where SST-2 has "is n't", "good !".
-        tokens = text_lib.tokenize(text, level=v.level, lowercase=v.lowercase)
-        unknown = list(dict.fromkeys(t for t, i in zip(tokens, ids) if i == text_lib.UNK_ID))
-        shown = ", ".join(repr(t) for t in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        hint = ("; words are split at spaces only, as the training text was (SST-2 writes "
-                "\"is n't\", \"good !\")" if v.level == "word" else "")
-        problems.append(f"{sum(i == text_lib.UNK_ID for i in ids)} of its {len(ids)} tokens "
-                        f"are not in the run's vocabulary ({shown}): read as <unk>{hint}")
       elif len(ids) < shortest:
         problems.append(f"it has {len(ids)} token{'s' if len(ids) > 1 else ''}, fewer than "
                         f"the {shortest} the model's convolutions need for one feature: it "
@@ -165,6 +159,13 @@ class SequenceOutputs:
       elif len(ids) > width:
         problems.append(f"it has {len(ids)} tokens and the run's sequences hold {width}: "
                         "the rest is cut")
+      elif unknown:  # "isn't" or "good!" where SST-2 has "is n't", "good !".
+        distinct = list(dict.fromkeys(unknown))
+        shown = ", ".join(repr(t) for t in distinct[:5]) + (", ..." if len(distinct) > 5 else "")
+        hint = ("; words are split at spaces only, as the training text was (SST-2 writes "
+                "\"is n't\", \"good !\")" if self.data.name == "sst2" else "")
+        problems.append(f"{len(unknown)} of its {len(ids)} tokens are not in the run's "
+                        f"vocabulary ({shown}): read as <unk>{hint}")
       else:
         problems.append(None)
     return problems
@@ -249,7 +250,8 @@ class Predictions:
     try:
       if self.normalizer is None:  # Token ids.
         return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
-      # Not cast first: float64 inputs are normalised in float64, as the splits were.
+      # Not cast here: the normaliser computes as it did for the splits (in float64
+      # when the train split was float64).
       return self.predict_normalized(jnp.asarray(self.normalizer(x)), state)
     except (TypeError, ValueError, flax.errors.ScopeParamShapeError) as e:
       if isinstance(e, JdlError) or x.shape[1:] == self.data.train.x.shape[1:]:

@@ -96,7 +96,8 @@ def check_provenance(meta: dict, step: int, workdir, data_source: dict, model_so
         f"{where} was trained on a dataset passed to fit(dataset=...) "
         f"({saved.get('name')!r}); this call loads {data_source['name']!r} from the config "
         f"instead. Pass the same dataset: {call}(..., dataset=...)")
-  if saved.get("fingerprint") not in (None, data_source["fingerprint"]):
+  if saved.get("fingerprint") not in (None, data_source["fingerprint"],
+                                      data_source.get("float32_fingerprint")):
     raise ResumeRefused(
         f"{where} was trained on other data: its arrays ({saved.get('name')!r}, "
         f"fingerprint {saved.get('fingerprint')}) differ from this call's "

@@ -120,6 +120,9 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
     if getattr(dataset, "rebuild_vocab", None):  # Text: a vocabulary of the rows it trains on.
       dataset = dataset.rebuild_vocab(_training_rows(dataset, config))
   source = {"name": dataset.name, "given": given, "fingerprint": data_lib.fingerprint(dataset)}
+  earlier = data_lib.fingerprint(dataset, float64_as_float32=True)
+  if earlier != source["fingerprint"] and not given:  # A float64 npz or npy_dir source.
+    source["float32_fingerprint"] = earlier  # What runs of it recorded before 2026-11-30.
   data_lib.check_example_shapes(dataset, f"dataset {dataset.name!r}")
   task = dataset.task
   if task != config.task and config.task not in gen_tasks.TASKS:
