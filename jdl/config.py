@@ -70,7 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.normalize = "featurewise"
   c.n_samples = 0  # Synthetic sources (moons, circles, blobs, xor): 0 = default.
   c.classes = ()  # Keep only these classes, relabelled 0..k-1 in this order.
-  c.examples_per_class = 0  # At most this many train examples a class; 0 = all.
+  # At most this many examples a class, taken before validation_split holds out its
+  # share (so training sees about (1 - validation_split) times as many); 0 = all.
+  c.examples_per_class = 0
   c.noise = -1.0  # Synthetic sources: < 0 = default.
   # dataset='npy_dir' (memory-mapped .npy files in data_dir, streamed from disk;
   # jdl/data/stream.py): training blocks read this many blocks ahead of the loop

@@ -157,6 +157,9 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                                     ["checkpoint_every_epochs"]),
       "checkpoint every -1 seconds": (["--config.checkpoint_every_seconds=-1.0"],
                                       ["checkpoint_every_seconds"]),
+      "a decay beyond optax's int32 update count": (
+          ["--config.schedule.name=linear", "--config.schedule.tau_epochs=1e9"],
+          ["schedule.tau_epochs", "2**31 - 1 updates"]),
       "checkpoint every inf seconds": (["--config.checkpoint_every_seconds=inf"],
                                        ["checkpoint_every_seconds", "finite"]),
       "an infinite augmentation shift": (["--config.augment.width_shift=inf"],

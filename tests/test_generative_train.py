@@ -237,6 +237,9 @@ def test_bad_generative_configs_get_one_clear_error(over, message):
 def test_gan_rejects_what_it_cannot_honour():
   with pytest.raises(JdlError, match="does not support reduce_on_plateau"):
     jdl.Trainer(gan_config(reduce_on_plateau__enabled=True), None, quiet=True)
+  # No pattern could pass both the players' optimizers and the run's check.
+  with pytest.raises(JdlError, match="does not support optimizer.freeze"):
+    jdl.Trainer(gan_config(optimizer__freeze=("generator/hidden_0",)), None, quiet=True)
   # 20 steps an epoch: with d_steps=21 some epochs would have no generator update
   # (their g_loss 0/0), so it is refused before anything is written.
   with pytest.raises(JdlError, match=r"d_steps=21 exceeds the 20 train steps of an epoch"):

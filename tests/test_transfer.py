@@ -37,7 +37,7 @@ def test_fine_tune_from_a_checkpoint_with_frozen_convolutions(tmp_path):
   trainer = result.trainer
   assert np.bincount(np.asarray(trainer.data.train.y)).max() <= 20
   assert "mlp/head/kernel" not in trainer.init_from_copied
-  assert "conv_0/kernel" in trainer.init_from_copied
+  assert {"conv_0/kernel", "mlp/hidden_0/kernel"} <= set(trainer.init_from_copied)
   before, after = jax.device_get(source.state.params), jax.device_get(result.state.params)
   for name in ("conv_0", "conv_1"):  # Copied, then frozen.
     np.testing.assert_array_equal(before[name]["kernel"], after[name]["kernel"])
@@ -80,3 +80,31 @@ def test_transfer_mnist_driver_tiny_run(tmp_path, capsys):
     np.testing.assert_array_equal(fine[conv]["kernel"], pre[conv]["kernel"])
     assert not np.array_equal(scratch[conv]["kernel"], pre[conv]["kernel"])
   assert fine["mlp"]["head"]["kernel"].shape == (32, 5)
+
+
+def test_init_from_brings_batch_norm_statistics_and_refuses_uncopied_frozen_layers(
+    tmp_path, capsys):
+  # Only the parameters were copied: a frozen pretrained batch-norm layer kept its
+  # initial running statistics (mean 0, var 1) and evaluated with them for good.
+  bn = dict(CNN, model__batch_norm=True)
+  source = jdl.fit(make_config(classes=(0, 1, 2, 3, 4), num_epochs=1, **bn), tmp_path / "pre",
+                   quiet=True)
+  finetune = make_config(classes=(5, 6, 7, 8, 9), num_epochs=1, init_from__workdir=str(
+      tmp_path / "pre"), init_from__exclude=r"mlp/head/.*", optimizer__freeze=("conv_0", "bn_0"),
+                         **bn)
+  trainer = jdl.Trainer(finetune, None)
+  stats, pre = jax.device_get(trainer.state.model_state), jax.device_get(
+      source.state.model_state)
+  for name in ("mean", "var"):
+    np.testing.assert_array_equal(stats["batch_stats"]["bn_0"][name],
+                                  pre["batch_stats"]["bn_0"][name])
+  assert not np.allclose(pre["batch_stats"]["bn_0"]["var"], 1.0)
+  assert "batch_stats/bn_0/mean" in trainer.init_from_copied
+  out = capsys.readouterr().out
+  assert "kept their initial values: mlp/head/bias, mlp/head/kernel" in out
+  # A frozen layer the source lacks would stay at its random initial value.
+  wider = make_config(num_epochs=1, init_from__workdir=str(tmp_path / "pre"),
+                      init_from__exclude=r"mlp/.*", optimizer__freeze=(r"conv_\d+",),
+                      **dict(CNN, model__features=(8, 16, 8)))
+  with pytest.raises(jdl.JdlError, match=r"conv_2/bias, conv_2/kernel are frozen .* not in"):
+    jdl.Trainer(wider, None, quiet=True)

@@ -176,7 +176,10 @@ def validate_config(config) -> None:
         ("diagnostics", config.diagnostics.every_steps),
         ("augment", any(aug[k] for k in aug if k != "fill")),
         ("mixed_precision", config.mixed_precision),
-        ("init_from", config.init_from.workdir)) if on]
+        ("init_from", config.init_from.workdir),
+        # Each player's optimizer would match the patterns against its own paths,
+        # the run's checks against both players' ('generator/...'): no pattern fits.
+        ("optimizer.freeze", tuple(config.optimizer.freeze))) if on]
     if unsupported:
       raise JdlError(f"task {task!r} does not support {', '.join(unsupported)}; turn "
                      "them off in the config")

@@ -25,6 +25,7 @@ from jdl.optim.masks import KERNEL_NAMES
 from jdl.optim.masks import TRAINABLE
 from jdl.optim.masks import check_freeze_patterns
 from jdl.optim.masks import freeze_labels
+from jdl.optim.masks import frozen_paths
 from jdl.optim.masks import keep_frozen_state
 from jdl.optim.masks import kernel_mask
 from jdl.optim.masks import param_path
@@ -52,6 +53,7 @@ __all__ = [
     "current_learning_rate",
     "default_config",
     "freeze_labels",
+    "frozen_paths",
     "keep_frozen_state",
     "kernel_mask",
     "param_path",

@@ -113,6 +113,16 @@ def keep_frozen_state(new_state: Any, old_state: Any,
   return jax.tree_util.tree_map_with_path(pick, new_state, old_state)
 
 
+def frozen_paths(config: ml_collections.ConfigDict, params: Any) -> list[str]:
+  """The '/'-joined paths of the parameters ``optimizer.freeze`` freezes."""
+  patterns = compile_patterns(config.optimizer.freeze)
+  if not patterns:
+    return []
+  labels = freeze_labels(params, patterns)
+  return [param_path(path) for path, label in jax.tree_util.tree_leaves_with_path(labels)
+          if label == FROZEN]
+
+
 def check_freeze_patterns(config: ml_collections.ConfigDict, params: Any) -> None:
   """Raises a :class:`JdlError` if a ``optimizer.freeze`` pattern is invalid or
   matches no parameter, or if the patterns freeze every parameter.

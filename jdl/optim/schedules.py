@@ -26,7 +26,11 @@ from jdl.optim._checks import check
 
 def _epochs_to_steps(key: str, epochs: float, steps_per_epoch: float) -> int:
   check(epochs >= 0, key, epochs, ">= 0")
-  return int(round(epochs * steps_per_epoch))
+  steps = epochs * steps_per_epoch
+  # optax counts updates in int32 (tau_epochs=1e9 overflowed inside optax).
+  check(steps < 2**31 - 1, key, epochs,
+        f"at most {(2**31 - 2) / steps_per_epoch:.4g} epochs (2**31 - 1 updates)")
+  return int(round(steps))
 
 
 def _updates_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch: float) -> float:

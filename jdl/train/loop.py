@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -224,7 +225,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     if config.task == "vae" and self.model_source["given"]:
       gen_tasks.check_vae_model(self.model, self.state.variables, example)
     if config.init_from.workdir:
-      self.state = self.state.replace(params=self._init_from(config.init_from))
+      self._init_from(config.init_from)
     optim.check_freeze_patterns(config, self.state.params)
     # A GAN's players have an optimizer each, which sees its own parameter paths.
     regularizers.check_patterns(config.regularization, *(
@@ -355,11 +356,30 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       gen_tasks.check_critic(state.model_state["discriminator"])
     return state
 
-  def _init_from(self, spec) -> Any:
-    """Params with the matching entries copied from another run's latest checkpoint."""
-    params, self.init_from_copied = transfer.init_params_from(
-        self.state.params, spec.workdir, include=spec.include, exclude=spec.exclude)
-    return params
+  def _init_from(self, spec) -> None:
+    """Copies the matching parameters (and batch statistics) of another run's latest
+    checkpoint into the state; says what it copied.
+
+    Raises:
+      JdlError: also a frozen parameter that was not copied (it would stay at its
+        random initial value).
+    """
+    params, model_state, self.init_from_copied = transfer.init_params_from(
+        self.state.params, spec.workdir, include=spec.include, exclude=spec.exclude,
+        model_state=self.state.model_state)
+    names = sorted(flax.traverse_util.flatten_dict(params, sep="/"))
+    left = [p for p in names if p not in self.init_from_copied]
+    frozen = optim.frozen_paths(self.config, params)
+    stuck = [p for p in left if p in frozen]
+    if stuck:
+      raise JdlError(f"init_from: {', '.join(stuck[:5])}{', ...' if len(stuck) > 5 else ''} "
+                     f"{'is' if len(stuck) == 1 else 'are'} frozen (optimizer.freeze) but not "
+                     f"in {spec.workdir} (or not included): {'it' if len(stuck) == 1 else 'they'}"
+                     " would stay at the random initial value; copy or unfreeze them")
+    self.state = self.state.replace(params=params, model_state=model_state)
+    self.log(f"init_from {spec.workdir}: copied {len(self.init_from_copied)} arrays "
+             f"({len(names) - len(left)} of {len(names)} parameters); kept their initial "
+             f"values: {', '.join(left[:6]) + (', ...' if len(left) > 6 else '') or 'none'}")
 
   def _num_outputs(self) -> int:
     if self.data.task == "regression":

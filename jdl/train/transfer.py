@@ -18,14 +18,19 @@ from jdl.errors import JdlError
 
 
 def init_params_from(params: Any, workdir: str | Path, *, include: str = ".*",
-                     exclude: str = "") -> tuple[Any, list[str]]:
-  """Copies parameters from ``workdir``'s latest checkpoint by '/'-joined path.
+                     exclude: str = "", model_state: Any = None
+                     ) -> tuple[Any, Any, list[str]]:
+  """Copies parameters and model state from ``workdir``'s latest checkpoint by path.
 
-  A parameter of ``params`` whose path fully matches ``include`` and not
-  ``exclude`` (regexes) takes the checkpoint's value; the others keep theirs.
+  A parameter of ``params`` whose '/'-joined path fully matches ``include`` and not
+  ``exclude`` (regexes) takes the checkpoint's value; the others keep theirs. The
+  entries of ``model_state`` (batch norm's running statistics, ``batch_stats/bn_0/
+  mean``) are matched by their path without the collection (``bn_0/mean``), so a
+  copied batch-norm layer brings the statistics its scale and bias were trained
+  with (as Keras' ``set_weights`` and PyTorch's ``load_state_dict`` do).
 
   Returns:
-    ``(params, copied_paths)``.
+    ``(params, model_state, copied_paths)``; model-state paths keep their collection.
 
   Raises:
     JdlError: no checkpoint, a shape mismatch, or no parameter copied at all.
@@ -34,23 +39,31 @@ def init_params_from(params: Any, workdir: str | Path, *, include: str = ".*",
   drop = regularizers.compile_regex(exclude, "init_from.exclude") if exclude else None
   if not (Path(workdir) / "checkpoints").is_dir():
     raise JdlError(f"init_from.workdir {str(workdir)!r} holds no checkpoints/")
-  source = ckpt_lib.restore_params(Path(workdir) / "checkpoints")
-  flat = flax.traverse_util.flatten_dict(params, sep="/")
+  source = ckpt_lib.restore_params(Path(workdir) / "checkpoints", model_state=True)
   copied = []
-  for path, value in flat.items():
-    if not keep.fullmatch(path) or (drop and drop.fullmatch(path)) or path not in source:
-      continue
-    if source[path].shape != value.shape:
-      raise JdlError(f"init_from: parameter {path!r} has shape {source[path].shape} in "
-                     f"{workdir} but {value.shape} in this model; exclude it "
-                     "(--config.init_from.exclude=...)")
-    flat[path] = jnp.asarray(source[path], value.dtype)
-    copied.append(path)
+
+  def copy(tree, strip: bool):
+    flat = flax.traverse_util.flatten_dict(tree, sep="/")
+    for path, value in flat.items():
+      name = path.split("/", 1)[1] if strip and "/" in path else path
+      if not keep.fullmatch(name) or (drop and drop.fullmatch(name)) or path not in source:
+        continue
+      if source[path].shape != value.shape:
+        raise JdlError(f"init_from: {path!r} has shape {source[path].shape} in {workdir} "
+                       f"but {value.shape} in this model; exclude it "
+                       "(--config.init_from.exclude=...)")
+      flat[path] = jnp.asarray(source[path], value.dtype)
+      copied.append(path)
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+  params = copy(params, strip=False)
   if not copied:
     raise JdlError(f"init_from: no parameter of this model matches include={include!r} / "
                    f"exclude={exclude!r} in {workdir}; its parameters: "
                    f"{', '.join(sorted(source)[:8])}")
-  return flax.traverse_util.unflatten_dict(flat, sep="/"), copied
+  if model_state:
+    model_state = copy(flax.core.unfreeze(model_state), strip=True)
+  return params, model_state, copied
 
 
 def subset(dataset: Dataset, *, classes: tuple[int, ...] = (), examples_per_class: int = 0,
