@@ -324,7 +324,9 @@ def _evaluate(args, overrides) -> int:
                      "from the run's config.json: the test split, the inputs or the model "
                      "would not be the ones it was trained with; leave them as the run "
                      "had them")
-  print(json.dumps(reopen.evaluate(config, workdir, split=args.split)))
+  scores = reopen.evaluate(config, workdir, split=args.split)
+  # Strict JSON: a metric without a value (r2 of one row, roc_auc of one class) is null.
+  print(json.dumps({k: v if math.isfinite(v) else None for k, v in scores.items()}))
   return 0
 
 
@@ -442,10 +444,16 @@ def _export(args, overrides) -> int:
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {args.workdir}")
   out = _out_path(args.out, ".npz", exact=True)  # numpy adds .npz to other names (.NPZ).
-  params = checkpoint.restore_params(ckdir, step=args.step, model_state=True)
+  step = args.step if args.step is not None else (checkpoint.step_numbers(ckdir) or [None])[-1]
+  params = checkpoint.restore_params(ckdir, step=step, model_state=True)
   out.parent.mkdir(parents=True, exist_ok=True)
   np.savez(out, **params)
-  print(f"wrote {len(params)} arrays to {out}")
+  # Not necessarily the state `jdl evaluate` scores (early stopping's restored epoch,
+  # or the best by config.monitor): say which one this is.
+  which = "" if args.step is not None else (
+      " (the latest; jdl evaluate scores early stopping's restored epoch or the best "
+      "checkpoint by config.monitor, which may be another: --step N exports that step)")
+  print(f"wrote {len(params)} arrays of step {step}{which} to {out}")
   return 0
 
 

@@ -8,7 +8,7 @@ nowhere.
 
 A state is ``dict[group, dict[field, Array]]``. Metrics that share sufficient
 statistics share a group: ``precision``/``recall``/``f1`` share ``"binary"``
-(tp, fp, fn), the ``macro_*`` metrics share ``"confusion"`` (a C x C matrix),
+(tp, fp, fn), the ``macro_*`` metrics share ``"confusion"`` (a C x (C + 1) matrix),
 ``mse``/``mae`` share ``"errors"``. ``from_outputs(..., loss=...)`` adds a
 ``"loss"`` group, reported by ``compute`` as ``loss``. :func:`register_metric` adds
 your own metrics, in the same form (a group of sums per metric).
@@ -322,7 +322,7 @@ def _empty_group(group: str, num_classes: int) -> Group:
   if group == "binary":
     return {"tp": _zero(), "fp": _zero(), "fn": _zero()}
   if group == "confusion":
-    return {"matrix": _zero(jnp.int32, (num_classes, num_classes))}
+    return {"matrix": _zero(jnp.int32, (num_classes, num_classes + 1))}
   if group == "roc_auc":
     return {
         "scores": _zero(jnp.float32, (0,)),
@@ -419,14 +419,17 @@ def _classify(
         f"a single-logit output is binary but {num_classes=}",
     )
     logit = outputs.reshape(batch)
-    preds = (logit > 0).astype(jnp.int32)
+    preds = jnp.where(jnp.isnan(logit), 2, (logit > 0).astype(jnp.int32))  # 2: none.
     logits = jnp.stack([jnp.zeros_like(logit), logit], axis=-1)
     return _Classified(logits, preds, _labels(targets, batch, 2), logit)
   errors.require(
       outputs.shape[-1] == num_classes,
       f"outputs have {outputs.shape[-1]} classes but {num_classes=}",
   )
-  preds = jnp.argmax(outputs, axis=-1).astype(jnp.int32)
+  # A row with a NaN predicts no class (the index num_classes): a miss for accuracy
+  # and the macro metrics, as for top-k (argmax returned the NaN's index: a hit).
+  preds = jnp.where(jnp.any(jnp.isnan(outputs), axis=-1), num_classes,
+                    jnp.argmax(outputs, axis=-1)).astype(jnp.int32)
   # The logit margin ranks examples like the softmax probability of class 1,
   # without the float32 saturation of the probability near 0 and 1.
   score = outputs[:, 1] - outputs[:, 0] if num_classes == 2 else None
@@ -466,14 +469,15 @@ def _binary_counts(c: _Classified, mask: jax.Array) -> Group:
 
 
 def _confusion(c: _Classified, mask: jax.Array, num_classes: int) -> jax.Array:
-  """``[C, C]`` int32 counts of (true, predicted) pairs of real examples."""
+  """``[C, C + 1]`` int32 counts of (true, predicted) pairs of real examples; the last
+  column counts the rows that predicted no class (a NaN output)."""
   # Integer segment sums are exact whatever the backend's matmul precision;
-  # labels outside [0, C) fall outside [0, C*C) and are dropped.
-  index = c.labels * num_classes + c.preds
+  # labels outside [0, C) fall outside [0, C*(C+1)) and are dropped.
+  index = c.labels * (num_classes + 1) + c.preds
   counts = jax.ops.segment_sum(
-      mask.astype(jnp.int32), index, num_segments=num_classes * num_classes
+      mask.astype(jnp.int32), index, num_segments=num_classes * (num_classes + 1)
   )
-  return counts.reshape(num_classes, num_classes)
+  return counts.reshape(num_classes, num_classes + 1)
 
 
 def _classification_group(
@@ -684,8 +688,8 @@ def _macro(name: str, matrix: np.ndarray) -> float:
   class with no predicted (true) examples has precision (recall) 0.
   """
   matrix = matrix.astype(np.float64)
-  tp = np.diag(matrix)
-  predicted, true = matrix.sum(axis=0), matrix.sum(axis=1)
+  tp = np.diag(matrix)  # [C, C + 1]: its last column (no class predicted) is a miss.
+  predicted, true = matrix[:, :-1].sum(axis=0), matrix.sum(axis=1)
   den = {"macro_precision": predicted, "macro_recall": true,
          "macro_f1": (predicted + true) / 2}[name]
   per_class = np.divide(tp, den, out=np.zeros_like(tp), where=den > 0)

@@ -78,6 +78,16 @@ def test_evaluate_a_split(trained, capsys):
   other = json.loads(out)
   assert set(other) == {"loss", "accuracy", "top2_accuracy"}
   assert other["accuracy"] == got["accuracy"] <= other["top2_accuracy"]
+  # A metric without a value is null: the line is strict JSON (NaN is not).
+  from jdl.train import reopen
+  real = reopen.evaluate
+  monkey = pytest.MonkeyPatch()
+  monkey.setattr(reopen, "evaluate", lambda *a, **k: {**real(*a, **k), "loss": float("nan")})
+  try:
+    code, out, _ = run_cli("evaluate", "--workdir", trained, "--split", "val", capsys=capsys)
+  finally:
+    monkey.undo()
+  assert code == 0 and json.loads(out, parse_constant=pytest.fail)["loss"] is None
   with pytest.raises(SystemExit) as exit_:
     cli.main(["evaluate", "--workdir", str(trained), "--split", "dev"])
   err = capsys.readouterr().err

@@ -244,7 +244,9 @@ def test_confusion_matrix_counts_real_examples():
   state = jax.jit(metrics.from_outputs, static_argnames=("names", "num_classes"))(
       ("macro_f1",), s.outputs, s.targets, mask, num_classes=3)
   want = skm.confusion_matrix(s.y_true[:40], s.y_pred[:40], labels=range(3))
-  np.testing.assert_array_equal(state["confusion"]["matrix"], want)
+  matrix = np.asarray(state["confusion"]["matrix"])
+  np.testing.assert_array_equal(matrix[:, :3], want)
+  np.testing.assert_array_equal(matrix[:, 3], 0)  # No NaN row: none predicted no class.
 
 
 def test_merge_is_symmetric_and_empty_is_identity():
@@ -293,7 +295,26 @@ def test_non_finite_outputs_are_misses_and_nan_scores_no_auc():
   out[2, 0] = np.inf
   got = metrics.compute(names, metrics.from_outputs(names, out, np.array([0, 1, 2, 3, 4, 2]),
                                                     None, num_classes=5))
-  assert got["top1_accuracy"] == got["top3_accuracy"] == 2 / 6
+  assert got["top1_accuracy"] == got["top3_accuracy"] == got["accuracy"] == 2 / 6
+  # argmax returns a NaN's index: a NaN in the label's column was a hit for accuracy
+  # and the macro metrics. A NaN row predicts no class: scikit-learn's scores with a
+  # label outside the classes for it, averaged over the classes present.
+  out = np.array([[np.nan, 0, 0], [np.nan, 1, 0], [0, 2, 1], [0, 0, 3], [5, 0, 0]], np.float32)
+  y = np.array([0, 0, 1, 1, 0])
+  macro = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
+  got = metrics.compute(macro, metrics.from_outputs(macro, out, y, None, num_classes=3))
+  pred = np.array([-1, -1, 1, 2, 0])
+  labels = [0, 1, 2]  # Present in the labels or the real predictions.
+  want = {"accuracy": 2 / 5,
+          **{f"macro_{k}": f(y, pred, labels=labels, average="macro", zero_division=0)
+             for k, f in (("f1", skm.f1_score), ("precision", skm.precision_score),
+                          ("recall", skm.recall_score))}}
+  assert got == pytest.approx(want)
+  one = metrics.compute(("accuracy", "f1"), metrics.from_outputs(
+      ("accuracy", "f1"), np.array([np.nan, 2.0, -1.0], np.float32), np.array([1, 1, 0]),
+      None, num_classes=2))
+  # For class 1's F1, predicting no class is predicting "not 1": a false negative.
+  assert one == pytest.approx({"accuracy": 2 / 3, "f1": skm.f1_score([1, 1, 0], [0, 1, 0])})
   # Classes masked with -inf rank last: the row is still scored.
   masked = np.array([[0.0, 1.0, -np.inf, -np.inf, -np.inf]], np.float32)
   got = metrics.compute(names, metrics.from_outputs(names, masked, np.array([0]), None,

@@ -61,8 +61,11 @@ class _Net(nn.Module):
       x = jax.lax.stop_gradient(x)
     bias_init = (nn.initializers.normal(20.0) if self.fault == "big_bias"
                  else nn.initializers.zeros_init())
-    return nn.Dense(self.num_outputs, kernel_init=nn.initializers.lecun_normal(),
-                    bias_init=bias_init, name="head")(x)
+    out = nn.Dense(self.num_outputs, kernel_init=nn.initializers.lecun_normal(),
+                   bias_init=bias_init, name="head")(x)
+    # Probabilities where the loss wants logits: every example can come out right,
+    # but the cross-entropy cannot fall below -log(e / (e + 9)) = 1.46.
+    return jax.nn.softmax(out) if self.fault == "double_softmax" else out
 
 
 @functools.lru_cache(maxsize=None)  # Each fault's checks run once per session.
@@ -79,6 +82,7 @@ def _run(fault: str):
     ("stop_gradient", ("overfit", "gradcheck", "grad_nonzero"), FROZEN),
     ("double_grad", ("gradcheck",), ("hidden_0/bias", "hidden_0/kernel")),
     ("big_bias", ("initial_loss",), ()),
+    ("double_softmax", ("overfit",), ()),
 ])
 def test_checks_fail_exactly_on_the_fault(fault, failing, leaves):
   results = _run(fault)
@@ -238,3 +242,27 @@ def test_data_checks_against_numpy(x, y, failing):
     assert results["data_inputs"].values["std"] == pytest.approx(
         finite.std(dtype=np.float64), rel=1e-6, abs=1e-12)
   assert got == failing, [r.line() for r in results.values()]
+
+
+class _FirstFeatureOnly(nn.Module):
+  """A regression model that reads one of the five features the targets need."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return nn.Dense(1)(x[:, :1])
+
+
+def test_the_overfit_check_of_regression_is_against_the_mean_target():
+  # The targets are 20 + a signal of all five features: 1% of the initial loss (~400)
+  # was reached by fitting the offset alone, 13 times worse than the mean predictor.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(200, 5)).astype(np.float32)
+  y = (20.0 + x @ rng.normal(size=(5, 1)) * 0.3).astype(np.float32)
+  ds = jdl.data.Dataset(x, y, x[:40], y[:40], 0, "regression", "toy", (5,))
+  config = make_config(task="regression", loss="mse", metrics=("mse",), monitor="",
+                       validation_split=0.0, normalize="none")
+  config.optimizer.learning_rate = 0.5
+  results = {r.name: r for r in sanity.run_checks(config, dataset=ds, model=_FirstFeatureOnly(),
+                                                  overfit_steps=300)}
+  assert results["overfit"].failed, results["overfit"].line()
+  assert "predicting the mean target" in results["overfit"].message

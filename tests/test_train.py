@@ -225,12 +225,18 @@ def test_a_nan_validation_loss_stops_the_run_and_says_so_even_when_quiet(tmp_pat
   label = lambda a: (a[:, 1] > 0).astype(np.int32)  # noqa: E731
   ds = jdl.data.Dataset(x, label(x), x[:8], label(x[:8]), 2, "classification", "toy", (4,),
                         x_val=xv, y_val=label(xv))
-  config = make_config(normalize="none", batch_size=10, num_epochs=3)
-  result = jdl.fit(config, tmp_path, dataset=ds, model=NanOnLarge(), quiet=True)
-  err = capsys.readouterr().err
-  assert result.trainer.nan_detected and result.test_metrics == {} and int(result.state.step) == 4
-  assert "jdl: error: val_loss is nan at epoch 1 (step 4): training stopped" in err, err
-  assert jdl.checkpoint.step_numbers(tmp_path / "checkpoints") == []
+  # Early stopping (it runs first) with patience 1 formatted its best, None, and raised.
+  for patience in (None, 1):
+    over = {} if patience is None else dict(early_stopping__enabled=True,
+                                            early_stopping__patience=patience)
+    config = make_config(normalize="none", batch_size=10, num_epochs=3, **over)
+    workdir = tmp_path / str(patience)
+    result = jdl.fit(config, workdir, dataset=ds, model=NanOnLarge(), quiet=True)
+    err = capsys.readouterr().err
+    assert result.trainer.nan_detected and result.test_metrics == {}
+    assert int(result.state.step) == 4
+    assert "jdl: error: val_loss is nan at epoch 1 (step 4): training stopped" in err, err
+    assert jdl.checkpoint.step_numbers(workdir / "checkpoints") == []
 
 
 def test_tensorboard_off_leaves_no_tb_folder(tmp_path):

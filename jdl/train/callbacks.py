@@ -127,8 +127,10 @@ class EarlyStopping(Callback):
     if self.wait >= self.patience:
       self.stopped_epoch = epoch
       trainer.stop_training = True
+      best = ("no finite value yet" if self.best is None  # NaN from the first epoch on.
+              else f"best {self.best:.5g} at epoch {self.best_epoch + 1}")
       trainer.log(f"early stopping at epoch {epoch + 1}: {self.monitor} has not improved "
-                  f"for {self.wait} epochs (best {self.best:.5g} at epoch {self.best_epoch + 1})")
+                  f"for {self.wait} epochs ({best})")
 
   def on_train_end(self, trainer):
     if not self.restore_best or self.best_step < 0 or self.best_step == int(trainer.step):
