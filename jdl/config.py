@@ -80,7 +80,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.stream = ml_collections.ConfigDict({"prefetch": 2})
 
   # Transfer learning: parameters whose '/'-joined path matches `include` and not
-  # `exclude` (regexes) are copied from the latest checkpoint of `workdir`.
+  # `exclude` (regexes) are copied from the latest checkpoint of `workdir`, with the
+  # batch-norm statistics of their layers; when the run starts, not when it resumes.
   c.init_from = ml_collections.ConfigDict({"workdir": "", "include": ".*", "exclude": ""})
 
   # Model and task.

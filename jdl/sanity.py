@@ -15,8 +15,9 @@ Karpathy's "recipe for training neural networks" that need no training run:
   reaches 100% training accuracy (measured on each step's train-mode outputs) and
   a loss below 10% of its initial value (for label smoothing: within 10% of the way
   from it to the smoothed targets' entropy) within ``overfit_steps`` updates. For
-  regression: the subset's loss falls below 1% of the loss of predicting its mean
-  target (an R^2 above 0.99 for mse).
+  regression with mse, mae or huber: the subset's loss falls below 1% of the loss of
+  predicting its mean target (an R^2 above 0.99 for mse); with other losses (or
+  constant targets) below 1% of its initial value.
 * ``gradcheck``: autodiff gradients against central finite differences of a
   float64 copy of the model (eval mode), along one random unit direction inside
   each parameter leaf: ``rel = |fd - ad| / max(|fd|, |ad|, 1e-6)``; pass when the
@@ -243,10 +244,16 @@ def check_overfit(trainer, x: jax.Array, y: jax.Array, *, steps: int, learning_r
     # start to its floor (label smoothing's entropy): argmax accuracy alone passed
     # a model whose outputs went through softmax twice (its loss cannot go below 1.46).
     floor = _smoothed_floor(float(trainer.config.label_smoothing), trainer.data.num_classes)
-  else:
+  elif trainer.config.loss in _DISTANCE_LOSSES:
     # Fitted: the loss below 1% of that of predicting the subset's mean target (an
     # R^2 above 0.99 for mse); a share of the initial loss depended on the targets' offset.
-    floor = float(jnp.mean(loss(jnp.broadcast_to(jnp.mean(y, axis=0), y.shape), y)))
+    y64 = np.asarray(y, np.float64)
+    floor = float(np.mean(loss(jnp.asarray(np.broadcast_to(y64.mean(axis=0), y64.shape),
+                                           jnp.float32), y)))
+    # Constant targets: the mean's loss is float32 rounding (~1e-16), not a scale.
+    floor = floor if floor > 1e-6 * float(np.mean(np.square(y64))) else 0.0
+  else:  # A probability loss or one of the user's: no constant to compare with.
+    floor = 0.0
   first = None
   for i in range(steps + 1):
     # The step's loss and accuracy are those of the parameters *before* its update,
@@ -286,6 +293,11 @@ def check_overfit(trainer, x: jax.Array, y: jax.Array, *, steps: int, learning_r
   return CheckResult("overfit", PASS if done else FAIL, message,
                      {"steps": i if done else None, "loss": value,
                       "accuracy": correct / n if classification else None})
+
+
+# Regression losses that are a distance to the target (0 at the target): compared
+# with the loss of predicting the mean target.
+_DISTANCE_LOSSES = ("mse", "mae", "huber")
 
 
 def _smoothed_floor(alpha: float, num_classes: int) -> float:

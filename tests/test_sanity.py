@@ -266,3 +266,17 @@ def test_the_overfit_check_of_regression_is_against_the_mean_target():
                                                   overfit_steps=300)}
   assert results["overfit"].failed, results["overfit"].line()
   assert "predicting the mean target" in results["overfit"].message
+
+
+def test_regression_to_constant_targets_is_fitted_against_its_initial_loss():
+  # The mean target's loss is float32 rounding there (2e-16): no scale to compare with.
+  x = np.eye(40, dtype=np.float32)
+  y = np.full((40, 1), 0.1, np.float32)
+  ds = jdl.data.Dataset(x, y, x[:8], y[:8], 0, "regression", "toy", (40,))
+  config = make_config(task="regression", loss="mse", metrics=(), monitor="",
+                       validation_split=0.0, normalize="none", batch_size=8)
+  config.optimizer.learning_rate = 0.1
+  results = {r.name: r for r in sanity.run_checks(config, dataset=ds, model=_FirstFeatureOnly(),
+                                                  overfit_steps=300, overfit_examples=20)}
+  assert not results["overfit"].failed, results["overfit"].line()
+  assert "1% of its initial" in results["overfit"].message

@@ -1215,3 +1215,30 @@ def test_metrics_may_change_where_an_epoch_ends_but_not_within_one(tmp_path):
     jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=7,
                         metrics=("accuracy", "top5_accuracy")), mid, quiet=True)
   assert {p: p.read_bytes() for p in mid.rglob("*") if p.is_file()} == files
+
+
+def test_a_mid_epoch_checkpoint_with_the_older_confusion_matrix_resumes_exactly(
+    tmp_path, monkeypatch):
+  # Checkpoints written before 2026-11-30 hold a C x C confusion matrix (C x (C + 1)
+  # since, for NaN rows): such a step, mid-epoch, was refused as "other metric sums".
+  from jdl import metrics as metrics_lib
+  config = make_config(num_epochs=2, checkpoint_every_steps=6, metrics=("accuracy", "macro_f1"))
+  full = jdl.fit(config, tmp_path / "full", quiet=True)
+  with monkeypatch.context() as old:  # The earlier layout, for the interrupted run.
+    def confusion(c, mask, num_classes):
+      index = c.labels * num_classes + jnp.minimum(c.preds, num_classes - 1)
+      counts = jax.ops.segment_sum(mask.astype(jnp.int32), index,
+                                   num_segments=num_classes * num_classes)
+      return counts.reshape(num_classes, num_classes)
+
+    empty, macro = metrics_lib._empty_group, metrics_lib._macro
+    old.setattr(metrics_lib, "_confusion", confusion)
+    old.setattr(metrics_lib, "_macro", lambda name, m: macro(name, np.pad(m, ((0, 0), (0, 1)))))
+    old.setattr(metrics_lib, "_empty_group", lambda group, n: (
+        {"matrix": jnp.zeros((n, n), jnp.int32)} if group == "confusion" else empty(group, n)))
+    with pytest.raises(KeyboardInterrupt):
+      jdl.fit(config, tmp_path / "resumed", quiet=True, callbacks=[_Crash(at_step=33)])
+  assert jdl.checkpoint.step_numbers(tmp_path / "resumed" / "checkpoints")[-1] == 32
+  resumed = jdl.fit(config, tmp_path / "resumed", quiet=True)
+  chex.assert_trees_all_equal(_params(full), _params(resumed))
+  assert full.history == resumed.history  # Epoch 2's macro_f1 counts its first 12 steps.

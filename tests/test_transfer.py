@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -89,9 +91,10 @@ def test_init_from_brings_batch_norm_statistics_and_refuses_uncopied_frozen_laye
   bn = dict(CNN, model__batch_norm=True)
   source = jdl.fit(make_config(classes=(0, 1, 2, 3, 4), num_epochs=1, **bn), tmp_path / "pre",
                    quiet=True)
+  # Statistics go with their layer: here its scale and bias are named, not them.
   finetune = make_config(classes=(5, 6, 7, 8, 9), num_epochs=1, init_from__workdir=str(
-      tmp_path / "pre"), init_from__exclude=r"mlp/head/.*", optimizer__freeze=("conv_0", "bn_0"),
-                         **bn)
+      tmp_path / "pre"), init_from__include=r"conv_\d+/.*|bn_\d+/(scale|bias)|mlp/(hidden|bn)_.*",
+                         optimizer__freeze=("conv_0", "bn_0"), **bn)
   trainer = jdl.Trainer(finetune, None)
   stats, pre = jax.device_get(trainer.state.model_state), jax.device_get(
       source.state.model_state)
@@ -102,6 +105,14 @@ def test_init_from_brings_batch_norm_statistics_and_refuses_uncopied_frozen_laye
   assert "batch_stats/bn_0/mean" in trainer.init_from_copied
   out = capsys.readouterr().out
   assert "kept their initial values: mlp/head/bias, mlp/head/kernel" in out
+  # The fine-tuned run reads its own checkpoint, without the source run.
+  jdl.fit(finetune, tmp_path / "fine", quiet=True)
+  shutil.move(tmp_path / "pre", tmp_path / "gone")
+  assert "accuracy" in jdl.evaluate(None, tmp_path / "fine")
+  finetune.num_epochs = 2  # And resumes without it (nothing copied, nothing said).
+  jdl.fit(finetune, tmp_path / "fine")
+  assert "init_from" not in capsys.readouterr().out
+  shutil.move(tmp_path / "gone", tmp_path / "pre")
   # A frozen layer the source lacks would stay at its random initial value.
   wider = make_config(num_epochs=1, init_from__workdir=str(tmp_path / "pre"),
                       init_from__exclude=r"mlp/.*", optimizer__freeze=(r"conv_\d+",),

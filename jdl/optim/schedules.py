@@ -28,8 +28,8 @@ def _epochs_to_steps(key: str, epochs: float, steps_per_epoch: float) -> int:
   check(epochs >= 0, key, epochs, ">= 0")
   steps = epochs * steps_per_epoch
   # optax counts updates in int32 (tau_epochs=1e9 overflowed inside optax).
-  check(steps < 2**31 - 1, key, epochs,
-        f"at most {(2**31 - 2) / steps_per_epoch:.4g} epochs (2**31 - 1 updates)")
+  most = math.floor((2**31 - 2) / steps_per_epoch * 1e3) / 1e3  # Rounded down: allowed.
+  check(steps < 2**31 - 1, key, epochs, f"at most {most} epochs (2**31 - 1 updates)")
   return int(round(steps))
 
 

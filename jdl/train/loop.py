@@ -224,7 +224,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
                      f"{tuple(example.shape[1:])}: {e}{hint}") from None
     if config.task == "vae" and self.model_source["given"]:
       gen_tasks.check_vae_model(self.model, self.state.variables, example)
-    if config.init_from.workdir:
+    if config.init_from.workdir and not self._resumes():  # Else the checkpoint's state.
       self._init_from(config.init_from)
     optim.check_freeze_patterns(config, self.state.params)
     # A GAN's players have an optimizer each, which sees its own parameter paths.
@@ -355,6 +355,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     if c.task == "wgan_gp":  # Before anything is written.
       gen_tasks.check_critic(state.model_state["discriminator"])
     return state
+
+  def _resumes(self) -> bool:
+    """Whether ``fit`` will resume a run (its workdir holds checkpoints, no restart)."""
+    return (self.workdir is not None and not self.restart
+            and bool(ckpt_lib.step_numbers(self.workdir / "checkpoints")))
 
   def _init_from(self, spec) -> None:
     """Copies the matching parameters (and batch statistics) of another run's latest

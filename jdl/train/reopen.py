@@ -65,6 +65,9 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
       raise JdlError(f"{workdir} holds no jdl run (no config.json); train one there first: "
                      f"`jdl train --config NAME --workdir {workdir}`")
     config = config_lib.from_dict(workdir_lib.read_json(path, workdir_lib.READ_REMEDY))
+  if config.init_from.workdir:  # The run's own checkpoint holds its parameters: the
+    config = copy.deepcopy(config)  # source run need not exist any more.
+    config.init_from.workdir = ""
   if "distributed" in config and config.distributed.initialize != "never":
     # Reading a run is one process's work: a multi-host run's coordinator and process
     # id (or $JAX_COORDINATOR_ADDRESS in a job script) do not describe this process,

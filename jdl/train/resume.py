@@ -17,6 +17,8 @@ import os
 import time
 from typing import Any
 
+import jax.numpy as jnp
+
 from jdl import checkpoint as ckpt_lib
 from jdl import config as config_lib
 from jdl.errors import JdlError
@@ -106,6 +108,16 @@ def check_provenance(meta: dict, step: int, workdir, data_source: dict, model_so
            if call == "fit" else "Read the run's own data: from the command line "
            "--config.data_dir=DIR (jdl evaluate, predict, sample), from Python "
            f"{call}(..., dataset=...)"))
+
+
+def _square_confusion(acc: dict) -> dict | None:
+  """``acc`` with the C x C confusion matrix that checkpoints written before
+  2026-11-30 hold (since then C x (C + 1): a column for NaN rows, which predict no
+  class); ``None`` without a confusion matrix."""
+  if "confusion" not in acc:
+    return None
+  matrix = acc["confusion"]["matrix"]
+  return {**acc, "confusion": {**acc["confusion"], "matrix": matrix[:, :-1]}}
 
 
 class VocabularyMismatch(ResumeRefused):
@@ -334,9 +346,15 @@ class ResumableRun:
     Returns:
       Whether the step holds other metric sums than this run keeps.
     """
+    self._square_confusion = False
     target = {"state": self.state, "acc": self.empty_acc()}
     diffs = self.checkpointer.layout_mismatch(step, target)
     if not diffs:  # [] matches; None: unreadable metadata, the restore will tell.
+      return False
+    old = _square_confusion(target["acc"])
+    if old is not None and self.checkpointer.layout_mismatch(
+        step, {"state": self.state, "acc": old}) == []:
+      self._square_confusion = True  # Written before the no-class column: padded.
       return False
     acc_only = all(d.startswith("acc/") for d in diffs)
     # Where the step is in its epoch, by the epochs it was written in (the resume
@@ -363,9 +381,13 @@ class ResumableRun:
   def _resume(self, step: int, metrics_changed: bool = False) -> int:
     # Other metrics (at an epoch's end, see _check_layout): the stored sums, all
     # empty there, are not read; this run's start empty.
-    target = {"state": self.state} if metrics_changed else {"state": self.state,
-                                                              "acc": self.empty_acc()}
+    square = getattr(self, "_square_confusion", False) and not metrics_changed
+    acc = _square_confusion(self.empty_acc()) if square else self.empty_acc()
+    target = {"state": self.state} if metrics_changed else {"state": self.state, "acc": acc}
     tree, meta = self.checkpointer.restore(step, target, partial=metrics_changed)
+    if square:  # No example of that run predicted "no class": a zero column.
+      matrix = tree["acc"]["confusion"]["matrix"]
+      tree["acc"]["confusion"]["matrix"] = jnp.pad(matrix, ((0, 0), (0, 1)))
     ckpt_lib.validate_meta(meta, step)
     self._check_vocabulary(meta, step)
     saved_spe = int(meta["steps_per_epoch"])

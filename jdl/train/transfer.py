@@ -23,11 +23,11 @@ def init_params_from(params: Any, workdir: str | Path, *, include: str = ".*",
   """Copies parameters and model state from ``workdir``'s latest checkpoint by path.
 
   A parameter of ``params`` whose '/'-joined path fully matches ``include`` and not
-  ``exclude`` (regexes) takes the checkpoint's value; the others keep theirs. The
-  entries of ``model_state`` (batch norm's running statistics, ``batch_stats/bn_0/
-  mean``) are matched by their path without the collection (``bn_0/mean``), so a
-  copied batch-norm layer brings the statistics its scale and bias were trained
-  with (as Keras' ``set_weights`` and PyTorch's ``load_state_dict`` do).
+  ``exclude`` (regexes) takes the checkpoint's value; the others keep theirs. An
+  entry of ``model_state`` (batch norm's running statistics, ``batch_stats/bn_0/
+  mean``) is copied with its layer: when a parameter of ``bn_0`` is, so that a copied
+  batch-norm layer brings the statistics its scale and bias were trained with (as
+  Keras' ``set_weights`` and PyTorch's ``load_state_dict`` do).
 
   Returns:
     ``(params, model_state, copied_paths)``; model-state paths keep their collection.
@@ -42,27 +42,28 @@ def init_params_from(params: Any, workdir: str | Path, *, include: str = ".*",
   source = ckpt_lib.restore_params(Path(workdir) / "checkpoints", model_state=True)
   copied = []
 
-  def copy(tree, strip: bool):
+  def copy(tree, wanted):
     flat = flax.traverse_util.flatten_dict(tree, sep="/")
     for path, value in flat.items():
-      name = path.split("/", 1)[1] if strip and "/" in path else path
-      if not keep.fullmatch(name) or (drop and drop.fullmatch(name)) or path not in source:
+      if not wanted(path) or path not in source:
         continue
       if source[path].shape != value.shape:
         raise JdlError(f"init_from: {path!r} has shape {source[path].shape} in {workdir} "
-                       f"but {value.shape} in this model; exclude it "
+                       f"but {value.shape} in this model; exclude its layer "
                        "(--config.init_from.exclude=...)")
       flat[path] = jnp.asarray(source[path], value.dtype)
       copied.append(path)
     return flax.traverse_util.unflatten_dict(flat, sep="/")
 
-  params = copy(params, strip=False)
+  params = copy(params, lambda p: keep.fullmatch(p) and not (drop and drop.fullmatch(p)))
   if not copied:
     raise JdlError(f"init_from: no parameter of this model matches include={include!r} / "
                    f"exclude={exclude!r} in {workdir}; its parameters: "
                    f"{', '.join(sorted(source)[:8])}")
-  if model_state:
-    model_state = copy(flax.core.unfreeze(model_state), strip=True)
+  layers = {p.rsplit("/", 1)[0] for p in copied}
+  if model_state:  # 'batch_stats/bn_0/mean' goes with the layer 'bn_0'.
+    model_state = copy(flax.core.unfreeze(model_state),
+                       lambda p: p.split("/", 1)[-1].rsplit("/", 1)[0] in layers)
   return params, model_state, copied
 
 
