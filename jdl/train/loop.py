@@ -224,8 +224,13 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
                      f"{tuple(example.shape[1:])}: {e}{hint}") from None
     if config.task == "vae" and self.model_source["given"]:
       gen_tasks.check_vae_model(self.model, self.state.variables, example)
-    if config.init_from.workdir and not self._resumes():  # Else the checkpoint's state.
-      self._init_from(config.init_from)
+    self.init_from_copied: list[str] = []  # What init_from copied (when the run started).
+    if config.init_from.workdir:
+      for key in ("include", "exclude"):  # Checked on a resume too (the copy is not).
+        if config.init_from[key]:
+          regularizers.compile_regex(config.init_from[key], f"init_from.{key}")
+      if not self._resumes():  # Else the checkpoint's state.
+        self._init_from(config.init_from)
     optim.check_freeze_patterns(config, self.state.params)
     # A GAN's players have an optimizer each, which sees its own parameter paths.
     regularizers.check_patterns(config.regularization, *(
