@@ -403,6 +403,12 @@ def _labels(targets: jax.Array, batch: int, num_classes: int) -> jax.Array:
   return targets.reshape(batch).astype(jnp.int32)
 
 
+def two_class_logits(z: jax.Array) -> jax.Array:
+  """A binary model's one logit ``z [..., 1]`` as two class logits ``[..., 2]``:
+  ``(0, z)``, whose softmax is ``(1 - sigmoid(z), sigmoid(z))``."""
+  return jnp.concatenate([jnp.zeros_like(z), z], axis=-1)
+
+
 def _classify(
     outputs: jax.Array, targets: jax.Array, num_classes: int
 ) -> _Classified:
@@ -420,7 +426,7 @@ def _classify(
     )
     logit = outputs.reshape(batch)
     preds = jnp.where(jnp.isnan(logit), 2, (logit > 0).astype(jnp.int32))  # 2: none.
-    logits = jnp.stack([jnp.zeros_like(logit), logit], axis=-1)
+    logits = two_class_logits(logit[:, None])
     return _Classified(logits, preds, _labels(targets, batch, 2), logit)
   errors.require(
       outputs.shape[-1] == num_classes,
@@ -779,4 +785,4 @@ def compute(names: Sequence[str], state: State) -> dict[str, float]:
   return results
 
 __all__ = ["CLASSIFICATION", "REGRESSION", "CUSTOM", "register_metric", "validate_names",
-    "empty", "from_outputs", "merge", "compute", "better_direction"]
+    "empty", "from_outputs", "merge", "compute", "better_direction", "two_class_logits"]

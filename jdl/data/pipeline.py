@@ -111,20 +111,20 @@ class Normalizer:
   def fit(cls, x: np.ndarray) -> Normalizer:
     mean = x.mean(axis=0, dtype=np.float64)
     return cls(mean, unit_where_constant(x.std(axis=0, dtype=np.float64), mean, len(x)),
-               _is_float64(x))
+               needs_float64(x.dtype))
 
   @classmethod
   def fit_center(cls, x: np.ndarray) -> Normalizer:
     """Per-feature centering only (Keras' ``featurewise_center``): std 1."""
     mean = x.mean(axis=0, dtype=np.float64)
-    return cls(mean, np.ones_like(mean), _is_float64(x))
+    return cls(mean, np.ones_like(mean), needs_float64(x.dtype))
 
   @classmethod
   def fit_global(cls, x: np.ndarray) -> Normalizer:
     """One mean and std over all train values (the usual choice for images)."""
     shape = x.shape[1:]
     mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64)) or 1.0
-    return cls(np.full(shape, mean), np.full(shape, std), _is_float64(x))
+    return cls(np.full(shape, mean), np.full(shape, std), needs_float64(x.dtype))
 
   @classmethod
   def identity(cls, shape: tuple[int, ...]) -> Normalizer:
@@ -148,10 +148,6 @@ class Normalizer:
       return ((np.asarray(x, np.float64) - self.mean) / self.std).astype(np.float32)
     mean, std = self._stats32
     return ((np.asarray(x, np.float32) - mean) / std).astype(np.float32)
-
-
-def _is_float64(x) -> bool:
-  return needs_float64(np.asarray(x[:0]).dtype)
 
 
 def needs_float64(dtype) -> bool:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdl import metrics as metrics_lib
 from jdl.errors import JdlError
 from jdl.explain import _checks
 
@@ -55,7 +56,7 @@ class RunModel:
     trained with ``binary_crossentropy``), ``[1 - sigmoid(z), sigmoid(z)]``."""
     z = self.logits(x).astype(jnp.float32)
     if z.shape[-1] == 1:  # softmax((0, z)) = (1 - sigmoid(z), sigmoid(z)).
-      z = jnp.concatenate([jnp.zeros_like(z), z], axis=-1)
+      z = metrics_lib.two_class_logits(z)
     return jax.nn.softmax(z, axis=-1)
 
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdl import metrics as metrics_lib
 from jdl.errors import JdlError
 from jdl.generative import evaluation
 
@@ -43,8 +44,8 @@ class Judge:
     def run(variables, x):
       logits, inter = self.apply_fn(variables, x, train=False, mutable=["intermediates"])
       logits = logits.astype(jnp.float32)
-      if logits.shape[-1] == 1:  # A binary classifier's one logit z: (1 - sigmoid z, sigmoid z).
-        logits = jnp.concatenate([jnp.zeros_like(logits), logits], axis=-1)
+      if logits.shape[-1] == 1:  # A binary classifier's one logit.
+        logits = metrics_lib.two_class_logits(logits)
       return jax.nn.softmax(logits, axis=-1), _features(inter)
     object.__setattr__(self, "_run", jax.jit(run))
 
