@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import math
@@ -165,7 +166,7 @@ class Checkpointer:
     best_fn = None
     if best_metric:
       worst = math.inf if best_mode == "min" else -math.inf
-      best_fn = lambda m: float(m.get(best_metric, worst))  # noqa: E731
+      best_fn = functools.partial(_rank, metric=best_metric, worst=worst)
       policies.append(ocm.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
                                 keep_checkpoints_without_metrics=False))
     if keep_steps is not None:
@@ -183,9 +184,16 @@ class Checkpointer:
     )
     self._async = bool(async_save)
     self._unconfirmed: list[int] = []  # Saved steps not yet known to be on disk.
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("tree", "meta"),
-        item_handlers={"tree": ocp.PyTreeCheckpointHandler(use_compression=compression)})
+    try:  # orbax reads every step's metadata here.
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_names=("tree", "meta"),
+          item_handlers={"tree": ocp.PyTreeCheckpointHandler(use_compression=compression)})
+    except Exception as e:  # noqa: BLE001 (what find_damaged cannot see: many types)
+      failure = machine_failure("the checkpoints", self.directory, e)
+      raise failure or JdlError(
+          f"the checkpoints in {self.directory} could not be opened ({error_summary(e)}); "
+          "a step's metadata files are damaged: move that step's folder out of it (or "
+          "start over with --restart: the old run is moved aside, not deleted)") from None
     self._purge_trash()
 
   def _purge_trash(self) -> None:
@@ -655,10 +663,46 @@ def _damage(step_dir: Path) -> str | None:
         return f"missing {name}"
       continue
     try:
-      json.loads(path.read_text())
+      value = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError):
       return f"corrupt {name}"
+    problem = _json_layout_problem(name, value)
+    if problem:  # Valid JSON of the wrong shape: orbax would fail on it when it opens
+      return f"corrupt {name} ({problem})"  # the checkpoints, on every later run.
   return None
+
+
+# The fields of orbax's _CHECKPOINT_METADATA, with the JSON types its reader accepts.
+_STEP_METADATA_TYPES = {"item_handlers": (dict, str), "metrics": (dict,),
+                        "performance_metrics": (dict,), "init_timestamp_nsecs": (int,),
+                        "commit_timestamp_nsecs": (int,), "custom_metadata": (dict,)}
+
+
+def _json_layout_problem(name: str, value: Any) -> str | None:
+  """What makes a parsed metadata file unusable, or ``None``: each is a JSON object;
+  ``metrics/metrics`` maps names to numbers (ranked by ``best_metric``), and
+  ``_CHECKPOINT_METADATA`` holds its fields' types."""
+  if not isinstance(value, dict):
+    return f"a JSON {type(value).__name__}, not an object"
+  if name == "metrics/metrics":
+    for key, v in value.items():
+      if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return f"the metric {key!r} is {v!r}, not a number"
+  elif name == "_CHECKPOINT_METADATA":
+    for key, types in _STEP_METADATA_TYPES.items():
+      v = value.get(key)
+      if v is not None and (not isinstance(v, types) or isinstance(v, bool)):
+        return f"{key} is {v!r}"
+  return None
+
+
+def _rank(metrics: Any, *, metric: str, worst: float) -> float:
+  """A step's rank for ``best_metric``: its value, or ``worst`` when the step has no
+  such number (a mid-epoch step, or a value that is not a finite number)."""
+  value = metrics.get(metric, worst) if isinstance(metrics, dict) else worst
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    return worst
+  return float(value)
 
 
 def quarantine(directory: str | os.PathLike, step: int, name: str | None = None) -> Path:

@@ -274,6 +274,15 @@ def _train(args, overrides) -> int:
         raise JdlError(f"{e} (the config was read from {saved}, as no --config was given: "
                        "give --config FILE_OR_NAME to train with another)") from None
       return _run_training(args, config, workdir)
+    checkpoints = Path(args.workdir) / "checkpoints"
+    steps = sorted((int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()),
+                   reverse=True) if checkpoints.is_dir() else []
+    if steps and not args.restart:  # Not the default experiment over another run.
+      raise JdlError(
+          f"{args.workdir} holds a run's checkpoints but no config.json, and no --config was "
+          f"given: name the run's experiment with --config FILE_OR_NAME (each checkpoint "
+          f"records the config it was trained with, under \"config\" in "
+          f"{checkpoints / str(steps[0]) / 'meta' / 'metadata'})")
   config, workdir = _load(args, overrides)
   return _run_training(args, config, workdir)
 

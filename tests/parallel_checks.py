@@ -211,6 +211,12 @@ def check_batch_error(root: Path) -> None:
   with contextlib.redirect_stdout(out):
     assert cli.main(["evaluate", "--workdir", str(root / "one100")]) == 0
   assert json.loads(out.getvalue()) == run.test_metrics
+  # So is one trained in microbatches, its NaN check per block: settings training on
+  # several devices refuses (reading refused them too, naming the microbatches).
+  kw = dict(microbatch_size=16, nonfinite_check="block", num_epochs=1)
+  run = jdl.fit(make_config(parallel="none", **kw), root / "one_mb", quiet=True)
+  # As a run trained with parallel='auto' on a one-device machine reads here.
+  assert jdl.evaluate(make_config(**kw), root / "one_mb") == run.test_metrics
 
 
 def check_gan() -> None:

@@ -36,10 +36,12 @@ def test_layer_of_reads_the_pass_and_the_module(op_name, layer):
 
 
 @CPU_ONLY
-@pytest.mark.parametrize("check", ["step", "block"])
-def test_profile_of_an_mlp_block_names_its_matmuls_by_layer_and_pass(check):
+@pytest.mark.parametrize("check, parallel", [("step", "none"), ("block", "none"),
+                                             ("step", "shard_map")])
+def test_profile_of_an_mlp_block_names_its_matmuls_by_layer_and_pass(check, parallel):
+  # shard_map: the per-device block, jitted outside shard_map, failed on its axis name.
   trainer = loop.Trainer(make_config(model__hidden=(48, 40), batch_size=16,
-                                     nonfinite_check=check), quiet=True)
+                                     nonfinite_check=check, parallel=parallel), quiet=True)
   result = profile.profile_block(trainer, 3)
   rows = result["ops"]
   assert result["steps"] == 3 and result["nonfinite_check"] == check

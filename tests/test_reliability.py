@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -14,6 +16,7 @@ import time
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jdl
@@ -276,6 +279,101 @@ def test_a_damaged_best_step_is_moved_aside_and_the_test_line_kept_until_replace
   assert [r["split"] for r in records].count("test") == 1  # Replaced, not doubled.
   assert records[:-1] == [json.loads(x) for x in lines[:-1]]
   assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 0  # No longer blocked.
+
+
+def test_a_damaged_best_by_monitor_step_is_moved_aside_by_the_next_train(tmp_path, capsys):
+  # evaluate / predict / sample read the best step by config.monitor, which orbax keeps
+  # for good; train checked only the latest: its advice ("jdl train moves it aside")
+  # did nothing, and every read of the run failed for good.
+  config = make_config(num_epochs=3, keep_checkpoints=1, monitor_mode="max")
+  jdl.fit(config, tmp_path, quiet=True)
+  records = map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+  history = [r["loss"] for r in records if r["split"] == "val"]  # Its highest is the best.
+  steps = _steps(tmp_path)
+  best = steps[0]
+  assert len(steps) == 2 and best == (1 + int(np.argmax(history))) * steps[-1] // 3
+  _flip_bytes(tmp_path / "checkpoints" / str(best))
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 2
+  assert "does not match the checksum" in capsys.readouterr().err
+  jdl.fit(config, tmp_path, quiet=True)  # Nothing left to train: only the check.
+  warnings = [x for x in capsys.readouterr().err.splitlines() if "unreadable" in x]
+  assert len(warnings) == 1 and f"step {best} " in warnings[0], warnings
+  assert _steps(tmp_path) == steps[1:]
+  assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("name, text, reason", [
+    ("metrics/metrics", '{"val_loss": "abc"}', "the metric 'val_loss' is 'abc', not a number"),
+    ("metrics/metrics", '{"val_loss": null}', "the metric 'val_loss' is None, not a number"),
+    ("metrics/metrics", '"abc"', "a JSON str, not an object"),
+    ("_CHECKPOINT_METADATA", "[1]", "a JSON list, not an object"),
+    ("_CHECKPOINT_METADATA", '{"commit_timestamp_nsecs": "x"}', "commit_timestamp_nsecs is 'x'"),
+    ("_CHECKPOINT_METADATA", '{"metrics": "x"}', "metrics is 'x'"),
+])
+def test_metadata_of_the_wrong_shape_is_damage_not_a_traceback(tmp_path, capsys, name, text,
+                                                                reason):
+  # Valid JSON of the wrong shape passed the damage check: orbax then failed on it with
+  # a traceback, when it opened the checkpoints or ranked them at the next save (whose
+  # epoch was lost), on every later run.
+  from jdl import checkpoint as ckpt_lib
+  config = make_config(num_epochs=2)
+  jdl.fit(config, tmp_path, quiet=True)
+  first, latest = _steps(tmp_path)
+  (tmp_path / "checkpoints" / str(latest) / name).write_text(text)
+  assert ckpt_lib.find_damaged(tmp_path / "checkpoints") == {latest: f"corrupt {name} ({reason})"}
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1 and f"step {latest}: corrupt {name}" in err, err
+  if name != "metrics/metrics" or "abc" not in text:
+    return  # The rest once: the run resumes from the step before and trains on.
+  config.unlock()
+  config.num_epochs = 3
+  jdl.fit(config, tmp_path, quiet=True)
+  warnings = [x for x in capsys.readouterr().err.splitlines() if "unreadable" in x]
+  assert len(warnings) == 1 and f"step {latest} " in warnings[0], warnings
+  assert _steps(tmp_path) == [first, latest, latest + first]
+
+
+def test_checkpoints_orbax_cannot_open_are_one_clear_error(tmp_path, monkeypatch):
+  # Damage the folder check does not see fails in orbax's manager, which reads every
+  # step's metadata when it opens: a traceback before.
+  from jdl import checkpoint as ckpt_lib
+
+  def refuse(*args, **kwargs):
+    raise ValueError("Metadata dict must be a dictionary, but got list")
+
+  monkeypatch.setattr(ckpt_lib.ocp, "CheckpointManager", refuse)
+  with pytest.raises(jdl.JdlError, match=r"checkpoints in .* could not be opened \(Metadata "
+                     r"dict must be a dictionary, but got list\); a step's metadata"):
+    ckpt_lib.Checkpointer(tmp_path / "checkpoints")
+
+
+def test_best_metric_ranks_a_step_without_a_number_last(tmp_path):
+  from jdl import checkpoint as ckpt_lib
+  rank = functools.partial(ckpt_lib._rank, metric="val_loss", worst=math.inf)
+  assert rank({"val_loss": 0.5}) == 0.5 and rank({"val_loss": 2}) == 2.0
+  for bad in ({}, {"val_loss": "0.5"}, {"val_loss": None}, {"val_loss": True},
+              {"val_loss": math.nan}, [0.5], None):
+    assert rank(bad) == math.inf
+
+
+def test_a_workdir_without_config_json_is_not_trained_as_the_default_experiment(tmp_path,
+                                                                                 capsys):
+  # The CLI fell back to its default experiment (digits_cnn), built it, and refused it
+  # as "another config; config.json may have been edited", after making plots/ and tb/.
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  (tmp_path / "config.json").unlink()
+  before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  step = _steps(tmp_path)[-1]
+  capsys.readouterr()
+  assert cli.main(["train", "--workdir", str(tmp_path), "--config.num_epochs=2"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert len(err.splitlines()) == 1, err
+  assert "holds a run's checkpoints but no config.json" in err, err
+  assert f"checkpoints/{step}/meta/metadata" in err, err
+  assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
 
 
 _MACHINE_FAILURES = [

@@ -910,9 +910,12 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
 
   @property
   def fit_block(self):
-    """The pure ``(state, acc, x, y, idx)`` block function that :meth:`fit` runs:
-    ``run_checked_block`` under ``nonfinite_check='block'``, else ``run_block``."""
-    return self.run_checked_block if self.nonfinite_check == "block" else self.run_block
+    """The pure ``(state, acc, x, y, idx)`` block function that :meth:`fit` runs, on
+    the global arrays: ``run_checked_block`` under ``nonfinite_check='block'``, else
+    ``run_block`` (in ``shard_map`` under ``parallel='shard_map'``)."""
+    if self.nonfinite_check == "block":
+      return self.run_checked_block
+    return parallel_lib.global_block(self.parallel, self.run_block, gathered=self.gathered)
 
   def compile_block(self, block, num_steps: int):
     """``block`` (a jitted ``(state, acc, x, y, idx)`` function) compiled ahead of time

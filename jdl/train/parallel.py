@@ -327,11 +327,19 @@ def compile_block(par: Parallel, run_block: Callable, gathered: bool = False) ->
     idx = rep if gathered else par.block_sharding
     return jax.jit(run_block, donate_argnums=(0, 1),
                    in_shardings=(rep, rep, *data, idx), out_shardings=(rep, rep))
+  return jax.jit(global_block(par, run_block, gathered), donate_argnums=(0, 1))
+
+
+def global_block(par: Parallel, run_block: Callable, gathered: bool = False) -> Callable:
+  """``run_block`` as a function of the global arrays: under ``'shard_map'`` the
+  per-device block wrapped in :func:`jax.shard_map` (see :func:`compile_block`),
+  else ``run_block`` itself."""
+  if par.mode != "shard_map" or not par.enabled:
+    return run_block
   specs = ((P(None, AXIS), P(None, AXIS), P()) if gathered
            else (P(), P(), P(None, AXIS)))
-  local = jax.shard_map(run_block, mesh=par.mesh, in_specs=(P(), P(), *specs),
-                        out_specs=(P(), P()))
-  return jax.jit(local, donate_argnums=(0, 1))
+  return jax.shard_map(run_block, mesh=par.mesh, in_specs=(P(), P(), *specs),
+                       out_specs=(P(), P()))
 
 
 def compile_eval(par: Parallel, eval_batch: Callable) -> Callable:

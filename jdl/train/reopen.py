@@ -103,9 +103,13 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
         vocab = {k: text_lib.Vocabulary.from_json(v) for k, v in meta["vocab"].items()}
       except (AttributeError, JdlError) as e:
         raise JdlError(f"checkpoint {step} in {ckdir}: bad vocabulary ({e})") from None
-    # Reading trains nothing: a batch_size the devices do not divide (a run trained
-    # elsewhere) reads on one device instead of being refused.
-    fits = int(config.batch_size) % parallel_lib.resolve(config.parallel).num_devices == 0
+    # Reading trains nothing: what only training on several devices refuses (a
+    # batch_size they do not divide, explicit microbatches, the per-block NaN check:
+    # a run trained elsewhere) reads on one device instead of being refused.
+    devices, bs = parallel_lib.resolve(config.parallel), int(config.batch_size)
+    fits = not devices.enabled or (bs % devices.num_devices == 0
+                                   and not 0 < int(config.get("microbatch_size", 0)) < bs
+                                   and config.get("nonfinite_check") != "block")
     trainer = Trainer(config, None, quiet=True, vocab=vocab, dataset=dataset, model=model,
                       parallel=None if fits else "none")
     resume.check_provenance(meta, step, workdir, trainer.data_source, trainer.model_source,

@@ -169,9 +169,6 @@ class ResumableRun:
         self.warn(f"jdl: warning: num_epochs is {new_epochs}, the run had {old_epochs}: its "
                   f"{schedule} schedule now spans {new_epochs} epochs, so the learning rate "
                   "continues on the new curve (not the one the run started on)")
-    if self.primary:  # After the saved config is read: a refused run leaves no folder.
-      for sub in ("plots", "tb") if self.config.tensorboard else ("plots",):
-        (wd / sub).mkdir(exist_ok=True)
     self._damaged_steps = []
     self._trained_with = None  # The config the resumed checkpoint recorded, if any.
     if self.primary:  # It holds the lock: a save in flight there died with its run.
@@ -186,6 +183,9 @@ class ResumableRun:
     if not self.primary:
       return self._resume_latest_readable()
     start = self._resume_latest_readable()
+    # After the checkpoint's config is checked: a refused run leaves no folder.
+    for sub in ("plots", "tb") if self.config.tensorboard else ("plots",):
+      (wd / sub).mkdir(exist_ok=True)
     # The run's files are rewritten only now that it resumes (or starts), and
     # metrics.jsonl last (read first: an unreadable one is an error before any
     # write): a write that fails (disk full) leaves the old run's results, test line
@@ -303,11 +303,14 @@ class ResumableRun:
                          call="fit")
       metrics_changed = self._check_layout(step, meta)
       try:
-        return self._resume(step, metrics_changed)
+        start = self._resume(step, metrics_changed)
       except ResumeRefused:
         raise  # A readable checkpoint of other data: refuse, touch nothing.
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
         self._set_aside_unrestorable(step, e)
+        continue
+      self._check_best_readable(start)
+      return start
     damaged_dir = self.workdir / "damaged-checkpoints"
     earlier = sorted(p.name for p in damaged_dir.iterdir()) if damaged_dir.is_dir() else []
     if steps or self._damaged_steps or earlier:
@@ -319,6 +322,19 @@ class ResumableRun:
                      f"{damaged_dir}); use --restart to start over (the old run is moved "
                      "aside, not deleted)")
     return 0
+
+  def _check_best_readable(self, resumed: int) -> None:
+    """Restores the best step by ``config.monitor`` once, when it is not the resumed
+    one: evaluate, predict and sample read it, and a damaged one is moved aside now
+    (:meth:`restore_step`), as a damaged latest step is, instead of failing each of
+    them on every call (orbax keeps the best step for good)."""
+    if not self.config.monitor:
+      return
+    tried = {resumed}
+    while (best := self.checkpointer.best_step()) is not None and best not in tried:
+      tried.add(best)
+      if self.restore_step(best) is not None:
+        return
 
   def _check_saved_config(self, meta: dict, step: int) -> None:
     """Refuses a structural change against the config the checkpoint recorded:
