@@ -185,6 +185,14 @@ def _config(args, overrides, *, workdir_run: bool = False):
   """
   from jdl import config as config_lib
   config = config_lib.load_config(args.config)
+  path = config_lib.resolve_config_path(args.config)
+  if path.suffix == ".json" and not workdir_run:  # A run's config.json, read again here.
+    from jdl.train import workdir as workdir_lib
+    given = config_lib.given_sources(workdir_lib.read_json(path))
+    if given:  # Its config.dataset / config.model are not what that run trained on.
+      raise JdlError(f"{args.config} is the config of a run trained on {given}, which the "
+                     "CLI cannot rebuild (it would use the config's own dataset or model "
+                     "instead); run it from Python with the same arguments")
   if workdir_run:
     config = config_lib.without_launch(config)
   config_lib.apply_overrides(config, overrides)
@@ -204,14 +212,16 @@ def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
   def holds_run(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "checkpoints").is_dir()
 
-  parents = out.absolute().parents
-  if out.name in workdir_lib.RUN_FILES and holds_run(parents[0]):
-    raise JdlError(f"--out {raw!r} would overwrite the {out.name} of the run in "
-                   f"{parents[0]}; name another file")
-  for p in parents:  # Nothing a run wrote is lost to an --out: not in its folders either.
-    if p.name in workdir_lib.RUN_FILES and holds_run(p.parent):
-      raise JdlError(f"--out {raw!r} would write into the {p.name}/ of the run in "
-                     f"{p.parent}; name a file outside it")
+  # As named, and where its links lead (a link to a run's file or folder).
+  for path in dict.fromkeys((out.absolute(), out.resolve())):
+    parents = path.parents
+    if path.name in workdir_lib.RUN_FILES and holds_run(parents[0]):
+      raise JdlError(f"--out {raw!r} would overwrite the {path.name} of the run in "
+                     f"{parents[0]}; name another file")
+    for p in parents:  # Nothing a run wrote is lost to an --out: not in its folders either.
+      if p.name in workdir_lib.RUN_FILES and holds_run(p.parent):
+        raise JdlError(f"--out {raw!r} would write into the {p.name}/ of the run in "
+                       f"{p.parent}; name a file outside it")
   for parent in out.absolute().parents:
     if parent.exists():
       if not parent.is_dir():
@@ -219,6 +229,11 @@ def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
       _check_writable(parent, raw)
       break
   return out
+
+
+def _replacing(out: str | Path) -> str:
+  """What the line saying ``out`` was written adds when a file was there before."""
+  return " (it replaced the file there)" if Path(out).is_file() else ""
 
 
 def _check_writable(folder: Path, raw: str) -> None:
@@ -433,14 +448,14 @@ def _sample(args, overrides) -> int:
                    f"got {args.n}")
   if not 0 <= args.seed < 2**32:  # jax.random.key keeps 32 bits: 2**32 drew as 0.
     raise JdlError(f"--seed must be in [0, 2**32), as config.seed, got {args.seed}")
-  _out_path(args.out, ".png")
+  replacing = _replacing(_out_path(args.out, ".png"))
   trainer = reopen.load_run(args.workdir, config)
   if trainer.config.task not in ("vae", "gan", "wgan_gp"):
     raise JdlError(f"{args.workdir} holds a run of task {trainer.config.task!r}; only VAE and GAN "
                    "runs generate images")
   path = trainer.save_samples(args.out, n=args.n, key=jax.random.key(args.seed),
                              title=f"{trainer.config.task}: {args.n} samples, seed {args.seed}")
-  print(f"wrote {args.n} sample{'' if args.n == 1 else 's'} to {path}")
+  print(f"wrote {args.n} sample{'' if args.n == 1 else 's'} to {path}{replacing}")
   return 0
 
 
@@ -457,6 +472,7 @@ def _export(args, overrides) -> int:
   out = _out_path(args.out, ".npz", exact=True)  # numpy adds .npz to other names (.NPZ).
   step = args.step if args.step is not None else (checkpoint.step_numbers(ckdir) or [None])[-1]
   params = checkpoint.restore_params(ckdir, step=step, model_state=True)
+  replacing = _replacing(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   np.savez(out, **params)
   # Not necessarily the state `jdl evaluate` scores (early stopping's restored epoch,
@@ -464,7 +480,7 @@ def _export(args, overrides) -> int:
   which = "" if args.step is not None else (
       " (the latest; jdl evaluate scores early stopping's restored epoch or the best "
       "checkpoint by config.monitor, which may be another: --step N exports that step)")
-  print(f"wrote {len(params)} arrays of step {step}{which} to {out}")
+  print(f"wrote {len(params)} arrays of step {step}{which} to {out}{replacing}")
   return 0
 
 
@@ -489,6 +505,7 @@ def _lr_find(args, overrides) -> int:
   if not args.min_lr < args.max_lr:
     raise JdlError(f"--min-lr ({args.min_lr:g}) must be below --max-lr ({args.max_lr:g})")
   result = lr_finder.find_lr(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
+  replacing = _replacing(out)
   path = lr_finder.plot_lr_finder(result, out)
   end = ("the smoothed loss diverged" if result.diverged
          else "the smoothed loss stayed below 4x its best")
@@ -498,7 +515,11 @@ def _lr_find(args, overrides) -> int:
   print(f"suggested learning rate: {result.suggestion:.2e} (the smaller of: steepest descent "
         f"of the smoothed loss {result.steepest:.2e}, min-loss lr / 10 "
         f"{result.min_loss_lr / 10:.2e})")
-  print(f"plot: {path}")
+  if result.suggestion <= float(result.learning_rates[0]) * (1 + 1e-6):
+    print("jdl: warning: the suggestion is the lowest rate tried (--min-lr): the loss fell "
+          "little or not at all over this range, or a good rate lies below it; look at the "
+          "plot, and try more --steps or a lower --min-lr", file=sys.stderr)
+  print(f"plot: {path}{replacing}")
   return 0
 
 
@@ -515,8 +536,10 @@ def _profile(args, overrides) -> int:
   result = profile.profile_block(loop.Trainer(config, quiet=True), args.steps)
   print(profile.format_report(result, args.top))
   if args.out:
+    replacing = _replacing(args.out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote the profile to {args.out}{replacing}")
   return 0
 
 

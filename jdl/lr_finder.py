@@ -11,8 +11,8 @@ The suggestion is the **smaller** of two rules of thumb, both printed:
 
 * ``steepest``: the learning rate at the steepest descent of the smoothed loss
   against ``log10(lr)``: the left end of the most negative forward difference,
-  searched over the steps up to the smoothed minimum (fastai's "steep"), so never
-  the minimum itself;
+  searched over the steps up to the smoothed minimum after the first 10% (fastai's
+  "steep"), so never the minimum itself;
 * ``min_loss_lr / 10``: a tenth of the learning rate at the smallest smoothed loss
   (fastai's "minimum").
 
@@ -99,7 +99,7 @@ def smooth_losses(losses: np.ndarray, beta: float = 0.98) -> np.ndarray:
   return out
 
 
-def suggest_lr(learning_rates: np.ndarray, smoothed: np.ndarray) -> float:
+def suggest_lr(learning_rates: np.ndarray, smoothed: np.ndarray, skip: int = 0) -> float:
   """The learning rate where ``smoothed`` falls fastest against ``log10(lr)`` ("steepest").
 
   Only the steps up to the smallest smoothed loss are searched (the descent): the
@@ -107,14 +107,18 @@ def suggest_lr(learning_rates: np.ndarray, smoothed: np.ndarray) -> float:
   ``(s[i+1] - s[i]) / (log10 lr[i+1] - log10 lr[i])``, so the minimum's own rate
   is never the answer (a one-sided difference there would credit it with the last
   stretch of the descent). Steps that share a rate (the ``k`` steps of one
-  accumulated update) count as one point, at their mean loss.
+  accumulated update) count as one point, at their mean loss. The first ``skip``
+  steps are left out when at least two rates remain before the minimum (the
+  average of a few steps is mostly their noise: a flat curve's steepest "descent"
+  was then its first step, the range's lowest rate).
   """
   lrs = np.asarray(learning_rates, np.float64)
   end = int(np.nanargmin(smoothed)) + 1
-  rates, group = np.unique(lrs[:end], return_inverse=True)
+  start = skip if len(np.unique(lrs[skip:end])) >= 2 else 0
+  rates, group = np.unique(lrs[start:end], return_inverse=True)
   if len(rates) < 2:
     return float(lrs[0])
-  mean = (np.bincount(group, weights=np.asarray(smoothed[:end], np.float64))
+  mean = (np.bincount(group, weights=np.asarray(smoothed[start:end], np.float64))
           / np.bincount(group))
   slope = np.diff(mean) / np.diff(np.log10(rates))
   return float(rates[int(np.argmin(slope))])
@@ -132,9 +136,9 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
   (``reduce_on_plateau`` is left out: it would act per epoch). The schedule runs
   over optimizer updates: with ``accumulate_steps = k`` the ``steps`` train steps
   make ``steps / k`` updates (``steps >= 2k``), and each step records the rate of
-  the update it contributes to. The batches are those of a normal run (``config.batch_size``,
-  the seeded epoch order) and per-step keys are ``fold_in(key, step)`` inside the
-  one jitted step.
+  the update it contributes to. The batches are those of a normal run
+  (``config.batch_size``, the seeded epoch order, the experiment's augmentation) and
+  per-step keys are ``fold_in(key, step)`` inside the one jitted step.
 
   Args:
     config: an experiment config.
@@ -152,6 +156,7 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
   Raises:
     JdlError: a bad config or argument.
   """
+  from jdl.train import steps as steps_lib
   from jdl.train.loop import Trainer
   if config.task not in ("classification", "regression"):
     raise JdlError(f"the learning-rate finder supports classification and regression runs, not task "
@@ -177,7 +182,9 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
   def step(state, x, y, idx):
     batch = {"x": x[idx], "y": y[idx], "mask": jnp.ones((bs,), jnp.float32)}
     key = jax.random.fold_in(state.key, state.step)
-    grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
+    # The experiment's augmentation (and mixup's loss), with the train step's keys.
+    loss_task, batch = steps_lib.augmented(task, trainer.augment, key, batch)
+    grad_fn = jax.value_and_grad(loss_task.loss_fn, has_aux=True)
     (loss, (_, _, model_state)), grads = grad_fn(state.params, state.model_state, batch, key,
                                                  True)
     model_state = optim.keep_frozen_state(model_state, state.model_state, freeze)
@@ -212,7 +219,7 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
   # The diverged step is recorded but not searched: its smoothed loss is the worst.
   search = len(smoothed) - 1 if diverged and len(smoothed) > 1 else len(smoothed)
   finite = np.where(np.isfinite(smoothed_np[:search]), smoothed_np[:search], np.inf)
-  steepest = suggest_lr(lrs_np[:search], finite)
+  steepest = suggest_lr(lrs_np[:search], finite, skip=search // 10)  # fastai's start.
   k_min = int(np.argmin(finite))
   min_loss_lr = float(lrs_np[k_min])
   return LRFinderResult(

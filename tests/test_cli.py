@@ -149,7 +149,20 @@ def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
                         "xor/tb/x.png"], "would write into the tb/ of the run")]:
     code, _, err = run_cli(*args, capsys=capsys)
     assert code == 2 and words in err, err
+  # Nor through a link to a run's file or folder (profile's JSON replaced config.json).
+  (tmp_path / "cfg.json").symlink_to(tmp_path / "xor" / "config.json")
+  (tmp_path / "plotlink").symlink_to(tmp_path / "xor" / "plots")
+  for args, words in [(["profile", "--config", "xor", "--steps", "2", "--out", "cfg.json"],
+                       "would overwrite the config.json of the run"),
+                      (["lr-find", "--config", "xor", "--steps", "5", "--out",
+                        "plotlink/loss.png"], "would write into the plots/ of the run")]:
+    code, _, err = run_cli(*args, capsys=capsys)
+    assert code == 2 and words in err, err
   assert _snapshot(tmp_path / "xor") == before
+  # An --out that replaces a file says so (and one that does not, does not).
+  for round_ in ("first", "second"):
+    code, out, _ = run_cli("export", "--workdir", "xor", "--out", "p.npz", capsys=capsys)
+    assert code == 0 and ("(it replaced the file there)" in out) == (round_ == "second"), out
   # A damaged config.json and no --config: the remedy (--restart) trained digits_cnn.
   (tmp_path / "xor" / "config.json").write_text("{oops")
   for extra in ([], ["--restart"]):

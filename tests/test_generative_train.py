@@ -366,6 +366,14 @@ def test_a_judge_that_cannot_score_the_run_is_said_before_training(tmp_path, cap
     assert len(said) == 1 and "will not be scored" in said[0], err  # Once, before training.
     assert message in said[0]
     assert "inception_score" not in result.test_metrics
+  # Nor its evaluation (it failed, with no metrics at all): the same line, and a way out.
+  capfd.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(tmp_path / "gan_none")]) == 0
+  out, err = capfd.readouterr()
+  said = [line for line in err.splitlines() if "scored" in line]
+  assert len(said) == 1 and "--config.generative.classifier_workdir= leaves the scores out" \
+      in said[0], err
+  assert json.loads(out) == result.test_metrics
 
 
 def _digits(scale, dtype):

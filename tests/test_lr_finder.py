@@ -49,6 +49,20 @@ def test_suggestion_is_the_steepest_descent_before_the_minimum():
   assert lr_finder.suggest_lr(lrs, np.array([4.0, 3.9, 3.8, 1.0, 9.0])) == pytest.approx(lrs[2])
 
 
+def test_the_first_steps_noise_is_not_the_steepest_descent():
+  # A flat curve whose first difference is its largest fall (the average of one or
+  # two steps is their noise): the suggestion was the range's first rate, --min-lr.
+  lrs = np.geomspace(1e-7, 10.0, 20)
+  flat = 0.693 + 0.001 * np.sin(np.arange(20.0))
+  flat[0], flat[12] = 0.75, 0.69
+  assert lr_finder.suggest_lr(lrs, flat) == pytest.approx(lrs[0])
+  assert lr_finder.suggest_lr(lrs, flat, skip=2) > lrs[1]
+  # A minimum inside the skipped steps: searched from the start, as before.
+  early = np.linspace(1.0, 2.0, 20)
+  early[:2] = 0.9, 0.5
+  assert lr_finder.suggest_lr(lrs, early, skip=2) == pytest.approx(lrs[0])
+
+
 def _linear_problem(n=64, d=3, seed=0):
   """y = x w + b + noise with feature scales (3, 1, 0.3); full-batch MSE."""
   rng = np.random.default_rng(seed)
@@ -116,6 +130,9 @@ def test_the_range_test_uses_the_experiments_whole_optimizer_chain():
   assert not np.allclose(plain.losses[1:], frozen.losses[1:])
   with pytest.raises(JdlError, match="freezes every parameter"):
     run(optimizer__freeze=("hidden_0", "head"))
+  # The experiment's augmentation reaches the range test's batches (it was left out).
+  noisy = run(augment__noise_std=3.0)
+  assert not np.allclose(plain.losses[1:], noisy.losses[1:])
   # Accumulating 2 steps an update: 8 steps are 4 updates over the whole range.
   acc = run(optimizer__accumulate_steps=2)
   np.testing.assert_allclose(acc.learning_rates,
@@ -164,3 +181,19 @@ def test_cli_lr_find_bad_input_is_one_error_line(argv, message, capsys, tmp_path
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("jdl: error: ") and message in err[0], err
   assert not (tmp_path / "x.png").exists()
+
+
+def test_cli_lr_find_says_when_the_suggestion_is_the_lowest_rate(tmp_path, capsys,
+                                                                 monkeypatch):
+  lrs = np.geomspace(1e-7, 10.0, 20, dtype=np.float32)
+  flat = np.full(20, 0.693)
+  result = lr_finder.LRFinderResult(
+      learning_rates=lrs, losses=flat, smoothed=flat, suggestion=float(lrs[0]),
+      steepest=float(lrs[0]), min_loss_lr=float(lrs[0]), min_loss=0.693, diverged=False)
+  monkeypatch.setattr(lr_finder, "find_lr", lambda *args, **kwargs: result)
+  out = tmp_path / "lr.png"
+  for time in ("first", "second"):
+    assert cli.main(["lr-find", "--config", "xor", "--out", str(out)]) == 0
+    text, err = capsys.readouterr()
+    assert "jdl: warning: the suggestion is the lowest rate tried (--min-lr)" in err, err
+    assert ("(it replaced the file there)" in text) == (time == "second"), text

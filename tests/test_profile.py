@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import pytest
@@ -33,6 +34,34 @@ CPU_ONLY = pytest.mark.skipif(jax.default_backend() != "cpu", reason="reads XLA:
 ])
 def test_layer_of_reads_the_pass_and_the_module(op_name, layer):
   assert profile.layer_of(op_name) == layer
+
+
+GAN = frozenset({"MLPGenerator", "MLPDiscriminator"})
+
+
+@pytest.mark.parametrize("op_name,models,layer", [
+    # A loop inside the model (a decoder's scan) and flax's method scopes are structure:
+    # these were 'while (forward)' and 'Seq2Seq.encode (backward)'.
+    ("jit(run_block)/while/body/jvp(Seq2Seq)/while/body/closed_call/decoder.body/decoder/"
+     "attend/tanh", {"Seq2Seq"}, "decoder (forward)"),
+    ("jit(run_block)/while/body/transpose(jvp(Seq2Seq))/Seq2Seq.encode/encoder/backward/"
+     "while/body/dot_general", {"Seq2Seq"}, "encoder (backward)"),
+    ("jit(run_block)/while/body/jvp(Seq2Seq)/while/body/jit(dynamic_update_index_in_dim)/"
+     "dynamic_update_slice", {"Seq2Seq"}, "Seq2Seq (forward)"),
+    # Two models: each layer named with its model (their hidden_0 were summed), and
+    # the generator making the discriminator's fakes was 'update and metrics'.
+    ("jit(run_block)/while/body/jvp(MLPDiscriminator)/hidden_0/dot_general", GAN,
+     "MLPDiscriminator/hidden_0 (forward)"),
+    ("jit(run_block)/while/body/cond/branch_1_fun/transpose(jvp(MLPGenerator))/output/"
+     "dot_general", GAN, "MLPGenerator/output (backward)"),
+    ("jit(run_block)/while/body/MLPGenerator/output/dot_general", GAN,
+     "MLPGenerator/output (forward, no gradient)"),
+    ("jit(run_block)/while/body/cond/branch_1_fun/add", GAN, "update and metrics"),
+])
+def test_layer_of_skips_loops_and_method_scopes_and_names_each_model(op_name, models, layer):
+  assert profile.model_names([op_name, "x/jvp(MLPGenerator)/y"]) >= (
+      {"MLPGenerator"} | set(re.findall(r"jvp\((\w+)\)", op_name)))
+  assert profile.layer_of(op_name, models) == layer
 
 
 @CPU_ONLY

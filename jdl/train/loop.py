@@ -625,13 +625,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     for line in optim.advice(self.config.optimizer, self.config.schedule,
                              int(self.config.num_epochs)):
       self.warn(f"jdl: warning: {line}")
-    if self.config.generative.classifier_workdir and (self.gan or self.config.task == "vae"):
-      try:  # Said now, not after training: it scores the finished run.
-        self.judge()
-      except JdlError as e:  # A missing judge must not stop a run (nor its resume).
-        self.warn(f"jdl: warning: generated images will not be scored "
-                  f"(generative.classifier_workdir): {e}")
-        self._judge = None  # Said once: the final scoring does not try again.
+    self.load_judge_or_warn()  # Said now, not after training: it scores the finished run.
     with workdir_lib.StopRequests() as stop, contextlib.closing(self.feed):
       if self.workdir is None:
         return self._fit(stop)

@@ -99,6 +99,21 @@ class GenerativeOutputs:
       self._judge = judge
     return self._judge
 
+  def load_judge_or_warn(self) -> None:
+    """Loads the judge now, if the run has one; one that cannot be loaded is a
+    warning, not an error (a missing judge stops neither a run nor its evaluation:
+    the scores are left out), and is not tried again."""
+    if not (self.config.generative.classifier_workdir
+            and (self.gan or self.config.task == "vae")):
+      return
+    try:
+      self.judge()
+    except JdlError as e:
+      self.warn(f"jdl: warning: generated images will not be scored "
+                f"(generative.classifier_workdir): {e}; "
+                "--config.generative.classifier_workdir= leaves the scores out")
+      self._judge = None
+
   def generative_scores(self, split: pipeline.Split, state=None) -> dict[str, float]:
     """Inception Score and Frechet distance of a VAE's or GAN's samples against ``split``.
 

@@ -48,13 +48,30 @@ def hlo_ops(compiled_text: str) -> dict[str, tuple[str, str, str]]:
   return ops
 
 
-def layer_of(op_name: str) -> str:
+# Segments of an op_name that are the program's structure, not a layer: loops,
+# branches, calls, transformations, and flax's method scopes ('Seq2Seq.encode',
+# 'decoder.body': the module's own segment follows them).
+_STRUCTURE = re.compile(r"(while|body|cond|branch_\d+_fun|closed_call|checkpoint|remat\d*|scan"
+                        r"|\w+\(.*\)|.*\..*)")
+
+
+def model_names(op_names) -> set[str]:
+  """The models whose passes ``op_names`` hold: the ``CNN`` of ``jvp(CNN)``."""
+  return {m for name in op_names for m in re.findall(r"jvp\((\w+)\)", name)}
+
+
+def layer_of(op_name: str, models: frozenset[str] | set[str] = frozenset()) -> str:
   """``'conv_1 (backward)'`` from ``'jit(run_block)/.../transpose(jvp(CNN))/conv_1/dot_general'``.
 
   The pass is ``backward`` under ``transpose(...)``, ``forward`` under ``jvp(...)``.
   Operations of the model outside its submodules (e.g. pooling written inline) are
   the model's own (``'CNN (forward)'``), those of the loss function ``'loss'``, and
   the rest of the step (the optimizer update, metrics) ``'update and metrics'``.
+  ``models``: the step's models (:func:`model_names`). With two or more (a GAN's
+  generator and discriminator) a layer is named with its model
+  (``'MLPGenerator/hidden_0 (forward)'``), and a model's operations outside any
+  gradient (the generator making the discriminator's fakes) are its
+  ``(forward, no gradient)``.
   """
   if not op_name:
     return "(no op_name: made by XLA)"
@@ -64,14 +81,21 @@ def layer_of(op_name: str) -> str:
   head, sep, tail = op_name.partition("closed_call/")
   path = (tail if sep and not re.search(r"(transpose|jvp)\(", head) else op_name).split("/")
   passes = [p for p in path if p.startswith(("transpose(", "jvp("))]
-  if not passes:
-    return "update and metrics"
-  kind = "backward" if passes[0].startswith("transpose(") else "forward"
-  model = re.search(r"jvp\((\w*)\)", passes[0])  # jvp(CNN): a module; jvp(): a function.
-  model = model.group(1) if model else ""
-  rest = path[path.index(passes[0]) + 1:-1]
-  modules = [p for p in rest if not p.startswith(("jit(", "jvp(", "transpose("))]
-  return f"{modules[0] if modules else (model or 'loss')} ({kind})"
+  if passes:
+    kind = "backward" if passes[0].startswith("transpose(") else "forward"
+    model = re.search(r"jvp\((\w*)\)", passes[0])  # jvp(CNN): a module; jvp(): a function.
+    model = model.group(1) if model else ""
+    start = path.index(passes[0]) + 1
+  else:  # A model called outside any gradient, else the update.
+    called = [p for p in path[:-1] if p in models] if len(models) > 1 else []
+    if not called:
+      return "update and metrics"
+    kind, model, start = "forward, no gradient", called[0], path.index(called[0]) + 1
+  modules = [p for p in path[start:-1] if not _STRUCTURE.fullmatch(p)]
+  layer = modules[0] if modules else (model or "loss")
+  if len(models) > 1 and model and modules:
+    layer = f"{model}/{layer}"
+  return f"{layer} ({kind})"
 
 
 def compiled_first_block(trainer, steps: int):
@@ -150,11 +174,12 @@ def profile_block(trainer, steps: int, calls: int = 2) -> dict[str, Any]:
     raise JdlError("the trace holds no events of the block's operations on the host "
                    "threads; this jax version records them differently")
   per_step = calls * steps
+  models = model_names(op_name for _, _, op_name in ops.values())
   rows = []
   for name, ns in total_ns.most_common():
     shape, opcode, op_name = ops[name]
     rows.append({"op": name, "opcode": opcode, "shape": shape, "op_name": op_name,
-                 "layer": layer_of(op_name), "ms_per_step": ns / 1e6 / per_step,
+                 "layer": layer_of(op_name, models), "ms_per_step": ns / 1e6 / per_step,
                  "runs_per_step": count[name] / per_step})
   return {"wall_ms_per_step": wall_ms, "compile_s": compile_s, "steps": steps,
           "nonfinite_check": trainer.nonfinite_check,

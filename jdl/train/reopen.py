@@ -181,6 +181,7 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
   if data is None:
     raise JdlError(f"the {split} split of {trainer.data.name!r} is empty")
   results = trainer.evaluate_split(data)
+  trainer.load_judge_or_warn()
   return {**results, **trainer.sequence_scores(data), **trainer.generative_scores(data)}
 
 
