@@ -192,7 +192,7 @@ class Checkpointer:
       failure = machine_failure("the checkpoints", self.directory, e)
       raise failure or JdlError(
           f"the checkpoints in {self.directory} could not be opened ({error_summary(e)}); "
-          "a step's metadata files are damaged: move that step's folder out of it (or "
+          "if a step's metadata files there are damaged, move that step's folder out (or "
           "start over with --restart: the old run is moved aside, not deleted)") from None
     self._purge_trash()
 

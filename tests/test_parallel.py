@@ -294,3 +294,19 @@ def test_two_processes_streamed_each_read_only_their_half(tmp_path):
   for k in ref:
     np.testing.assert_allclose(two[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
   assert one.trainer.data.val.size == 150 and one.trainer.data.test.size == 297
+
+
+def test_a_run_for_one_device_read_in_a_job_of_several_processes_says_why(tmp_path,
+                                                                         monkeypatch):
+  # The one-device fallback of a read is refused across processes ('none' there is a
+  # process training alone): the error named training ("each would train alone") and
+  # --config.parallel=data, which the run's settings refuse.
+  jdl.fit(make_config(num_epochs=1, microbatch_size=16, parallel="none"), tmp_path,
+          quiet=True)
+  config = make_config(num_epochs=1, microbatch_size=16, parallel="data")
+  from types import SimpleNamespace
+  from jdl.train import reopen  # Two processes as the read sees them (orbax: one).
+  monkeypatch.setattr(reopen, "jax", SimpleNamespace(process_count=lambda: 2))
+  with pytest.raises(jdl.JdlError, match=r"microbatch_size 16.*cannot be read across the 1 "
+                     r"devices of this job's 2 processes.*Read it in a single process"):
+    jdl.load_run(tmp_path, config)

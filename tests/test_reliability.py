@@ -346,7 +346,7 @@ def test_checkpoints_orbax_cannot_open_are_one_clear_error(tmp_path, monkeypatch
 
   monkeypatch.setattr(ckpt_lib.ocp, "CheckpointManager", refuse)
   with pytest.raises(jdl.JdlError, match=r"checkpoints in .* could not be opened \(Metadata "
-                     r"dict must be a dictionary, but got list\); a step's metadata"):
+                     r"dict must be a dictionary, but got list\); if a step's metadata"):
     ckpt_lib.Checkpointer(tmp_path / "checkpoints")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -110,6 +111,14 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
     fits = not devices.enabled or (bs % devices.num_devices == 0
                                    and not 0 < int(config.get("microbatch_size", 0)) < bs
                                    and config.get("nonfinite_check") != "block")
+    if not fits and jax.process_count() > 1:  # No one-device fallback there.
+      raise JdlError(
+          f"the run in {workdir} (batch_size {bs}, microbatch_size "
+          f"{config.get('microbatch_size', 0)}, nonfinite_check "
+          f"{config.get('nonfinite_check')!r}) cannot be read across the "
+          f"{devices.num_devices} devices of this job's {jax.process_count()} "
+          "processes: its batch or settings are for one device. Read it in a single "
+          f"process (e.g. `jdl evaluate --workdir {workdir}`)")
     trainer = Trainer(config, None, quiet=True, vocab=vocab, dataset=dataset, model=model,
                       parallel=None if fits else "none")
     resume.check_provenance(meta, step, workdir, trainer.data_source, trainer.model_source,
