@@ -700,7 +700,7 @@ def _rank(metrics: Any, *, metric: str, worst: float) -> float:
   """A step's rank for ``best_metric``: its value, or ``worst`` when the step has no
   such number (a mid-epoch step, or a value that is not a finite number)."""
   value = metrics.get(metric, worst) if isinstance(metrics, dict) else worst
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
     return worst
   return float(value)
 

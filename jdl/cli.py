@@ -176,17 +176,19 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
   return rest, overrides
 
 
-def _config(args, overrides, *, workdir_run: bool = False):
+def _config(args, overrides, *, workdir_run: bool = False, rebuilds: bool = True):
   """The ``--config`` experiment with its ``--config.key=value`` overrides.
 
   ``workdir_run``: ``--config`` is the config.json of the run being continued; the
   launch's coordinator and process id it recorded are left out (they described that
-  launch; a resume in one process would wait for its peers).
+  launch; a resume in one process would wait for its peers). ``rebuilds``: the
+  command builds the config's dataset and model (all but ``jdl config``), so a run's
+  config.json that records a dataset or module given to ``fit`` is refused.
   """
   from jdl import config as config_lib
   config = config_lib.load_config(args.config)
   path = config_lib.resolve_config_path(args.config)
-  if path.suffix == ".json" and not workdir_run:  # A run's config.json, read again here.
+  if path.suffix == ".json" and rebuilds and not workdir_run:  # A run's config.json.
     from jdl.train import workdir as workdir_lib
     given = config_lib.given_sources(workdir_lib.read_json(path))
     if given:  # Its config.dataset / config.model are not what that run trained on.
@@ -212,8 +214,12 @@ def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
   def holds_run(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "checkpoints").is_dir()
 
+  try:
+    target = out.resolve()
+  except (OSError, RuntimeError) as e:  # A loop of links (RuntimeError on Python 3.11).
+    raise JdlError(f"--out {raw!r}: cannot follow its links ({e})") from None
   # As named, and where its links lead (a link to a run's file or folder).
-  for path in dict.fromkeys((out.absolute(), out.resolve())):
+  for path in dict.fromkeys((out.absolute(), target)):
     parents = path.parents
     if path.name in workdir_lib.RUN_FILES and holds_run(parents[0]):
       raise JdlError(f"--out {raw!r} would overwrite the {path.name} of the run in "
@@ -290,14 +296,14 @@ def _train(args, overrides) -> int:
                        "give --config FILE_OR_NAME to train with another)") from None
       return _run_training(args, config, workdir)
     checkpoints = Path(args.workdir) / "checkpoints"
-    steps = sorted((int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()),
-                   reverse=True) if checkpoints.is_dir() else []
+    steps = sorted((p.name for p in checkpoints.iterdir() if p.name.isdigit()),
+                   key=int, reverse=True) if checkpoints.is_dir() else []
     if steps and not args.restart:  # Not the default experiment over another run.
       raise JdlError(
           f"{args.workdir} holds a run's checkpoints but no config.json, and no --config was "
           f"given: name the run's experiment with --config FILE_OR_NAME (each checkpoint "
           f"records the config it was trained with, under \"config\" in "
-          f"{checkpoints / str(steps[0]) / 'meta' / 'metadata'})")
+          f"{checkpoints / steps[0] / 'meta' / 'metadata'})")
   config, workdir = _load(args, overrides)
   return _run_training(args, config, workdir)
 
@@ -546,7 +552,7 @@ def _profile(args, overrides) -> int:
 def _show_config(args, overrides) -> int:
   from jdl import config as config_lib
   from jdl.train import checks
-  config = _config(args, overrides)
+  config = _config(args, overrides, rebuilds=False)
   checks.validate_config(config)  # A value training would refuse is not printed as used.
   checks.check_model(config)
   print(json.dumps(json.loads(config_lib.to_json(config)), indent=2))

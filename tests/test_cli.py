@@ -152,7 +152,10 @@ def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
   # Nor through a link to a run's file or folder (profile's JSON replaced config.json).
   (tmp_path / "cfg.json").symlink_to(tmp_path / "xor" / "config.json")
   (tmp_path / "plotlink").symlink_to(tmp_path / "xor" / "plots")
-  for args, words in [(["profile", "--config", "xor", "--steps", "2", "--out", "cfg.json"],
+  (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")  # A traceback before.
+  for args, words in [(["profile", "--config", "xor", "--out", "loop.json"],
+                       "cannot follow its links"),
+                      (["profile", "--config", "xor", "--steps", "2", "--out", "cfg.json"],
                        "would overwrite the config.json of the run"),
                       (["lr-find", "--config", "xor", "--steps", "5", "--out",
                         "plotlink/loss.png"], "would write into the plots/ of the run")]:

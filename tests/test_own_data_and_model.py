@@ -124,7 +124,7 @@ def test_the_cli_refuses_a_run_it_cannot_rebuild_and_touches_nothing(own_run, tm
     # Its config.json given as --config: check, lr-find, profile and train elsewhere
     # ran on config.dataset / config.model, with no word of it.
     for argv in (["check"], ["lr-find", "--out", str(tmp_path / "lr.png")], ["profile"],
-                 ["config"], ["train", "--workdir", str(tmp_path / "elsewhere")]):
+                 ["train", "--workdir", str(tmp_path / "elsewhere")]):
       capsys.readouterr()
       assert cli.main([*argv, "--config", str(workdir / "config.json")]) == 2, argv
       err = capsys.readouterr().err
@@ -132,6 +132,7 @@ def test_the_cli_refuses_a_run_it_cannot_rebuild_and_touches_nothing(own_run, tm
       assert re.match(rf"jdl: error: {re.escape(str(workdir / 'config.json'))} is the config "
                       rf"of a run trained on {what}, which the CLI cannot rebuild", err), err
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "lr.png").exists()
+    assert cli.main(["config", "--config", str(workdir / "config.json")]) == 0  # Only shown.
     assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == files
     assert not list(workdir.glob("previous-*"))  # --restart moved nothing aside.
 

@@ -57,6 +57,13 @@ GAN = frozenset({"MLPGenerator", "MLPDiscriminator"})
     ("jit(run_block)/while/body/MLPGenerator/output/dot_general", GAN,
      "MLPGenerator/output (forward, no gradient)"),
     ("jit(run_block)/while/body/cond/branch_1_fun/add", GAN, "update and metrics"),
+    # Modules named like the structure: 'body' and 'cond' are layers outside a loop
+    # or a branch.
+    ("jit(run_block)/while/body/jvp(Net)/body/layers_0/dot_general", {"Net"},
+     "body (forward)"),
+    ("jit(run_block)/while/body/transpose(jvp(Net))/cond/Dense_0/dot_general", {"Net"},
+     "cond (backward)"),
+    ("jit(run_block)/while/body/jvp(Net)/while/cond/lt", {"Net"}, "Net (forward)"),
 ])
 def test_layer_of_skips_loops_and_method_scopes_and_names_each_model(op_name, models, layer):
   assert profile.model_names([op_name, "x/jvp(MLPGenerator)/y"]) >= (

@@ -355,7 +355,7 @@ def test_best_metric_ranks_a_step_without_a_number_last(tmp_path):
   rank = functools.partial(ckpt_lib._rank, metric="val_loss", worst=math.inf)
   assert rank({"val_loss": 0.5}) == 0.5 and rank({"val_loss": 2}) == 2.0
   for bad in ({}, {"val_loss": "0.5"}, {"val_loss": None}, {"val_loss": True},
-              {"val_loss": math.nan}, [0.5], None):
+              {"val_loss": math.nan}, {"val_loss": -math.inf}, [0.5], None):
     assert rank(bad) == math.inf
 
 

@@ -50,9 +50,25 @@ def hlo_ops(compiled_text: str) -> dict[str, tuple[str, str, str]]:
 
 # Segments of an op_name that are the program's structure, not a layer: loops,
 # branches, calls, transformations, and flax's method scopes ('Seq2Seq.encode',
-# 'decoder.body': the module's own segment follows them).
-_STRUCTURE = re.compile(r"(while|body|cond|branch_\d+_fun|closed_call|checkpoint|remat\d*|scan"
-                        r"|\w+\(.*\)|.*\..*)")
+# 'decoder.body': the module's own segment follows them). A loop's 'body' and
+# 'cond' only after its 'while', and a branch's 'cond' only before its
+# 'branch_N_fun': a module may be named 'body' or 'cond'.
+_STRUCTURE = re.compile(r"while|branch_\d+_fun|closed_call|checkpoint|remat\d*"
+                        r"|rematted_computation|\w+\(.*\)|.*\..*")
+_BRANCH = re.compile(r"branch_\d+_fun")
+
+
+def _modules(segments: list[str], start: int) -> list[str]:
+  """The module names among an op_name's ``segments[start:]``, outermost first."""
+  names = []
+  for i, segment in enumerate(segments[start:], start):
+    before = segments[i - 1] if i else ""
+    after = segments[i + 1] if i + 1 < len(segments) else ""
+    loop = segment in ("body", "cond") and before == "while"
+    branch = segment == "cond" and _BRANCH.fullmatch(after)
+    if not (_STRUCTURE.fullmatch(segment) or loop or branch):
+      names.append(segment)
+  return names
 
 
 def model_names(op_names) -> set[str]:
@@ -91,7 +107,7 @@ def layer_of(op_name: str, models: frozenset[str] | set[str] = frozenset()) -> s
     if not called:
       return "update and metrics"
     kind, model, start = "forward, no gradient", called[0], path.index(called[0]) + 1
-  modules = [p for p in path[start:-1] if not _STRUCTURE.fullmatch(p)]
+  modules = _modules(path[:-1], start)
   layer = modules[0] if modules else (model or "loss")
   if len(models) > 1 and model and modules:
     layer = f"{model}/{layer}"

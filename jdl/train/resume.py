@@ -181,8 +181,8 @@ class ResumableRun:
     parallel_lib.sync("jdl_workdir_ready")  # Process 0 has tidied the checkpoints.
     self._open_checkpointer()
     if not self.primary:
-      return self._resume_latest_readable()
-    start = self._resume_latest_readable()
+      return self._check_best_readable(self._resume_latest_readable())
+    start = self._check_best_readable(self._resume_latest_readable())
     # After the checkpoint's config is checked: a refused run leaves no folder.
     for sub in ("plots", "tb") if self.config.tensorboard else ("plots",):
       (wd / sub).mkdir(exist_ok=True)
@@ -309,7 +309,6 @@ class ResumableRun:
       except Exception as e:  # orbax/tensorstore raise many types for damaged files.
         self._set_aside_unrestorable(step, e)
         continue
-      self._check_best_readable(start)
       return start
     damaged_dir = self.workdir / "damaged-checkpoints"
     earlier = sorted(p.name for p in damaged_dir.iterdir()) if damaged_dir.is_dir() else []
@@ -323,18 +322,28 @@ class ResumableRun:
                      "aside, not deleted)")
     return 0
 
-  def _check_best_readable(self, resumed: int) -> None:
-    """Restores the best step by ``config.monitor`` once, when it is not the resumed
-    one: evaluate, predict and sample read it, and a damaged one is moved aside now
-    (:meth:`restore_step`), as a damaged latest step is, instead of failing each of
-    them on every call (orbax keeps the best step for good)."""
-    if not self.config.monitor:
-      return
+  def _check_best_readable(self, resumed: int) -> int:
+    """On a re-run of a finished run (nothing left to train: what a damaged step's
+    error advises), restores the best step by ``config.monitor`` once when it is not
+    the resumed one. evaluate, predict and sample read it, and orbax keeps it for
+    good: a damaged one is moved aside now (:meth:`restore_step`), as a damaged
+    latest step is, instead of failing each of them on every call. Early stopping's
+    restored step (a kept step) is checked by its own restore at the run's end.
+    Not on other resumes: a second state on the device costs time and memory.
+
+    Returns:
+      ``resumed``.
+    """
+    complete = resumed > 0 and (resumed // self.steps_per_epoch >= self.num_epochs
+                                or self._stopped_before())
+    if not (complete and self.config.monitor) or self.kept_steps():
+      return resumed
     tried = {resumed}
     while (best := self.checkpointer.best_step()) is not None and best not in tried:
       tried.add(best)
       if self.restore_step(best) is not None:
-        return
+        break
+    return resumed
 
   def _check_saved_config(self, meta: dict, step: int) -> None:
     """Refuses a structural change against the config the checkpoint recorded:
