@@ -54,11 +54,21 @@ def test_second_run_on_a_locked_workdir_refuses(tmp_path, capsys):
     sleeper.wait()
 
 
+# A file system without locks (some NFS and FUSE mounts): flock fails with ENOLCK.
+_NO_FLOCK = """
+import errno, fcntl
+def _no_flock(fd, op):
+  raise OSError(errno.ENOLCK, "No locks available")
+fcntl.flock = _no_flock
+"""
+
 _CONTENDER = """
 import sys, time
 from pathlib import Path
 from jdl.errors import JdlError
 from jdl.train import workdir
+if sys.argv[3:] == ["noflock"]:
+  exec(NO_FLOCK)
 start = float(sys.argv[2])
 while time.time() < start:
   pass
@@ -72,17 +82,21 @@ except JdlError as e:
 """
 
 
-def test_runs_started_at_the_same_instant_never_share_the_workdir(tmp_path):
+@pytest.mark.parametrize("locks", ["flock", "noflock"])
+def test_runs_started_at_the_same_instant_never_share_the_workdir(tmp_path, locks):
   # With a pid file alone, a contender read the other's just-created, still empty
-  # lock file as stale and took it over: both trained (4 trials in 20).
+  # lock file as stale and took it over: both trained (4 trials in 20). Without
+  # kernel locks that pid file was all there was (an exclusive claim file now).
   host = os.uname().nodename
+  contender = _CONTENDER.replace("exec(NO_FLOCK)", f"exec({_NO_FLOCK!r})")
   for trial in range(8):
     workdir = tmp_path / str(trial)
     workdir.mkdir()
     if trial % 2:  # A killed run's lock file: taken over by exactly one.
-      (workdir / workdir_lib.LOCK_NAME).write_text(f"999999999 {host}\n")
+      name = workdir_lib.LOCK_NAME + (".claim" if locks == "noflock" else "")
+      (workdir / name).write_text(f"999999999 {host}\n")
     start = str(time.time() + 0.5)
-    procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, str(workdir), start],
+    procs = [subprocess.Popen([sys.executable, "-c", contender, str(workdir), start, locks],
                               stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=60)[0] for p in procs]
     held = sorted((float(o.split()[1]), float(o.split()[2])) for o in outs
@@ -91,6 +105,34 @@ def test_runs_started_at_the_same_instant_never_share_the_workdir(tmp_path):
     # One holder at a time (a contender scheduled late may take it after a release).
     assert all(b[0] > a[1] for a, b in zip(held, held[1:])), outs
     assert not (workdir / workdir_lib.LOCK_NAME).exists()  # Released by the winner.
+    assert not (workdir / (workdir_lib.LOCK_NAME + ".claim")).exists()
+
+
+def test_without_kernel_locks_a_live_holders_claim_refuses(tmp_path, capsys, monkeypatch):
+  holder = _HOLDER.replace("from jdl.train import workdir",
+                           "from jdl.train import workdir\n" + _NO_FLOCK)
+  sleeper = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path), "60"],
+                             stdout=subprocess.PIPE, text=True)
+  patched = {}
+  exec(_NO_FLOCK.replace("fcntl.flock = _no_flock", ""), patched)
+  import fcntl
+  monkeypatch.setattr(fcntl, "flock", patched["_no_flock"])  # This process too.
+  try:
+    said = sleeper.stdout.readline()  # Its warning (print is its warn), then "held".
+    assert "the exclusive claim file" in said and sleeper.stdout.readline() == "held\n"
+    code = cli.main(["train", "--workdir", str(tmp_path), "--quiet", "--config", "xor"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"in use by process {sleeper.pid}" in err, err
+    assert ".jdl.lock.claim" in err, err
+  finally:
+    sleeper.kill()
+    sleeper.wait()
+  # Its holder killed: the claim is stale, taken over with a warning, and released.
+  assert cli.main(["train", "--workdir", str(tmp_path), "--quiet", "--config", "xor",
+                   "--config.num_epochs=1"]) == 0
+  err = capsys.readouterr().err
+  assert "the exclusive claim file" in err and "taking over the stale lock" in err, err
+  assert not (tmp_path / ".jdl.lock.claim").exists()
 
 
 @pytest.mark.parametrize("check", ["block", "step"])

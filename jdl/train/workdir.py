@@ -70,8 +70,11 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
   contender. A file that names another host's process refuses even when the lock
   is free (a FUSE mount or an NFS mount with local locks does not share locks
   between hosts): remove it once that run is gone. On a file system without locks
-  the file alone guards the workdir (a live holder of this host refuses), with a
-  warning.
+  (a warning says so) an exclusive create of ``WORKDIR/.jdl.lock.claim`` decides
+  between contenders instead (atomic on local disks and NFS v3+); the claim names
+  its holder and goes at release. A claim of a dead process of this host is taken
+  over, which two runs started at the same instant after a crash could still both
+  do; one of another host refuses until removed by hand.
 
   Raises:
     JdlError: another process holds the lock, or the workdir is not writable.
@@ -79,13 +82,14 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
   workdir = Path(workdir)
   path = workdir / LOCK_NAME
   me = f"{os.getpid()} {socket.gethostname()}\n"
+  claim = path.with_name(LOCK_NAME + ".claim")
   for _ in range(100):  # Another process may release (unlink) the file between our steps.
     try:
       fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except PermissionError:
       raise JdlError(f"cannot write to workdir {workdir}: permission denied") from None
     try:
-      taken = _take(fd, workdir, path, warn)
+      taken = _take(fd, workdir, path, warn, claim, me)
       if taken:
         os.ftruncate(fd, 0)
         os.pwrite(fd, me.encode(), 0)
@@ -103,11 +107,16 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
     with contextlib.suppress(OSError):
       if path.read_text() == me:  # Then the kernel's lock goes with the descriptor.
         path.unlink()
+    with contextlib.suppress(OSError):
+      if claim.read_text() == me:  # Only without kernel locks.
+        claim.unlink()
     os.close(fd)
 
 
-def _take(fd: int, workdir: Path, path: Path, warn: Callable[[str], None]) -> bool:
-  """Locks the open lock file ``fd``; ``False``: it was replaced meanwhile (try again).
+def _take(fd: int, workdir: Path, path: Path, warn: Callable[[str], None], claim: Path,
+          me: str) -> bool:
+  """Locks the open lock file ``fd``; ``False``: it was replaced meanwhile, or a stale
+  claim was moved away (try again).
 
   Raises:
     JdlError: another process holds it.
@@ -117,11 +126,10 @@ def _take(fd: int, workdir: Path, path: Path, warn: Callable[[str], None]) -> bo
   except BlockingIOError:
     raise _in_use(workdir, path, *_holder(path)) from None
   except OSError as e:  # No locks on this file system (some network or FUSE mounts).
-    pid, host = _holder(path)
-    if pid > 0 and pid != os.getpid() and (host != socket.gethostname() or _alive(pid)):
-      raise _in_use(workdir, path, pid, host) from None
-    warn(f"jdl: warning: cannot lock {path} ({e.strerror or e}): make sure no other run "
-         "uses this workdir")
+    if not _claim(workdir, claim, me):
+      return False
+    warn(f"jdl: warning: cannot lock {path} ({e.strerror or e}): the exclusive claim "
+         f"file {claim} guards the workdir instead")
   else:
     try:
       if os.stat(path).st_ino != os.fstat(fd).st_ino:
@@ -134,6 +142,39 @@ def _take(fd: int, workdir: Path, path: Path, warn: Callable[[str], None]) -> bo
   pid, _ = _holder(path)
   if pid > 0 and pid != os.getpid():
     warn(f"jdl: warning: taking over the stale lock {path} of process {pid}, which is gone")
+  return True
+
+
+# A claim younger than this that names no holder is being written by its creator.
+_CLAIM_WRITE_SECONDS = 10.0
+
+
+def _claim(workdir: Path, claim: Path, me: str) -> bool:
+  """Creates ``claim`` exclusively and writes ``me`` into it; ``False``: a stale claim
+  was moved away (try again).
+
+  Raises:
+    JdlError: a live process (or another host's) holds the claim.
+  """
+  try:
+    cfd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+  except FileExistsError:
+    pid, host = _holder(claim)
+    try:
+      age = time.time() - claim.stat().st_mtime
+    except FileNotFoundError:
+      return False  # Released meanwhile.
+    if (pid > 0 and (host != socket.gethostname() or _alive(pid))) or (
+        pid <= 0 and age < _CLAIM_WRITE_SECONDS):
+      raise _in_use(workdir, claim, pid, host) from None
+    # A dead process's claim (or one never written): out of the way, then claim again.
+    with contextlib.suppress(FileNotFoundError):
+      stale = claim.with_name(f"{claim.name}.stale-{os.getpid()}")
+      os.rename(claim, stale)
+      stale.unlink()
+    return False
+  with os.fdopen(cfd, "w") as f:
+    f.write(me)
   return True
 
 
