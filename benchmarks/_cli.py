@@ -40,4 +40,15 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
   return run
 
 
-__all__ = ["ArgumentParser", "at_least", "int_list", "guarded"]
+def child_failure(what: str, stderr: str):
+  """A JdlError for a failed child run: its own error line (or its last line), so that
+  :func:`guarded` prints one line, not the child's traceback or a CalledProcessError."""
+  from jdl.errors import JdlError  # pylint: disable=g-import-not-at-top
+  lines = [line for line in stderr.strip().splitlines() if line.strip()]
+  said = [line for line in lines if "error:" in line or "Error:" in line]
+  reason = (said or lines or ["no output"])[-1].strip()
+  reason = reason.split("error: ", 1)[-1]  # Its own "NAME: error: " prefix.
+  return JdlError(f"{what} failed: {reason}")
+
+
+__all__ = ["ArgumentParser", "at_least", "child_failure", "int_list", "guarded"]

@@ -5,8 +5,8 @@
 #   2. the judge for Inception Score / Frechet distance: mnist_fast trained on the GPU;
 #   3. wgan_gp_mnist (experiments/gan_mnist.py --config wgan_gp_mnist) resumed stage by
 #      stage to more epochs, scored after each stage, while the time budget lasts;
-#   4. benchmarks/peers.py --gpu at batch 128 and 512 (jdl, the hand-written Flax step,
-#      PyTorch eager and torch.compile; MLP, CNN, ResNet-20), then jdl alone with
+#   4. benchmarks/peers.py --gpu at batch 128 and 512 (jdl, the hand-written Flax step
+#      and scan epoch, PyTorch eager and torch.compile; MLP, CNN, ResNet-20), then jdl alone with
 #      --jdl-deterministic false (XLA's default kernels, as the other peers have);
 #   5. mixed precision: mnist_cnn in float32 and with bfloat16 compute;
 #   6. the parallel modes (none, data, shard_map) on the machine's devices: mnist_cnn;

@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _cli import ArgumentParser, at_least, guarded
+from _cli import ArgumentParser, at_least, child_failure, guarded
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -40,9 +40,11 @@ print(json.dumps({"step_ms": [round(1000 * t.batch_size / s, 3) for s in t.epoch
 def measure(config: str, batch: int, epochs: int, devices: int, mode: str) -> dict:
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  out = subprocess.run([sys.executable, "-c", _CHILD, config, str(batch), str(epochs), mode],
-                       env=env, capture_output=True, text=True, check=True).stdout
-  return json.loads(out.strip().splitlines()[-1])
+  proc = subprocess.run([sys.executable, "-c", _CHILD, config, str(batch), str(epochs), mode],
+                        env=env, capture_output=True, text=True)
+  if proc.returncode:
+    raise child_failure(f"the run on {devices} device(s), {mode}", proc.stderr)
+  return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -54,6 +56,8 @@ def main() -> None:
   args = parser.parse_args()
   if args.epochs < 2:
     parser.error(f"--epochs must be >= 2 (the first is dropped), got {args.epochs}")
+  if args.batch % 8:  # Split over the 8 simulated devices.
+    parser.error(f"--batch must be divisible by 8 (the devices), got {args.batch}")
   import jdl  # pylint: disable=g-import-not-at-top
   jdl.load_config(args.config)  # An unknown config: one error here, not a child's traceback.
   print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; "

@@ -273,6 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"--batch-sizes must be integers, got {args.batch_sizes!r}")
   if not batch_sizes or min(batch_sizes) < 1:
     parser.error(f"--batch-sizes must be positive integers, got {args.batch_sizes!r}")
+  for model in models:  # A batch no epoch holds fails every peer, each its own way.
+    caps = sizes[model].get("caps", {})
+    n = min(c["n"] for c in [sizes[model], *(caps.get(p, sizes[model]) for p in peers)] if c)
+    if max(batch_sizes) > n:
+      parser.error(f"--batch-sizes: {max(batch_sizes)} is larger than the {n} examples of a "
+                   f"{model} epoch in this mode")
+  if args.gpu:  # A CPU run labelled a GPU run otherwise (in a child: JAX would hold the GPU).
+    probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                           capture_output=True, text=True)
+    backend = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else "none"
+    if backend != "gpu":
+      parser.error(f"--gpu: JAX's default backend here is {backend!r}, not a CUDA GPU")
   started = time.perf_counter()
   meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _cli import ArgumentParser, at_least, guarded
+from _cli import ArgumentParser, at_least, child_failure, guarded
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -172,7 +172,7 @@ def _run_worker(args: list[str]) -> dict:
   out = subprocess.run([sys.executable, __file__, "--worker", *args], env=env,
                        capture_output=True, text=True)
   if out.returncode:
-    raise SystemExit(f"worker {args} failed:\n{out.stderr[-3000:]}")
+    raise child_failure(f"the worker {args[0]!r}", out.stderr)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 

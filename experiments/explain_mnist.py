@@ -47,7 +47,7 @@ def parse_args(argv):
   p.add_argument("--data_dir", default="../shared/data/mnist")
   p.add_argument("--workdir", default="runs/explain_mnist")
   p.add_argument("--out", default="",
-                 help=f"default {OUT} (WORKDIR/results with --tiny)")
+                 help=f"default {OUT} for the full run; WORKDIR/results for --tiny or any other")
   p.add_argument("--tiny", action="store_true",
                  help="the 8x8 digits, a narrow CNN, fewer samples: a smoke run of seconds")
   p.add_argument("--num_digits", type=_common.int_in(1, 10), default=6,
@@ -129,8 +129,11 @@ def plot_deletion(rows, ks, num_pixels, path):
 def main(argv=None) -> dict:
   args, overrides = parse_args(argv)
   _common.require_mnist(args)
-  out = Path(args.out or (Path(args.workdir) / "results" if args.tiny else OUT))
-  out.mkdir(parents=True, exist_ok=True)  # Before training: a bad --out fails at once.
+  # Only the full run (FULL's samples, 6 digits, seed 0, the config as it is) writes
+  # the published figures; any other goes to WORKDIR/results, said (--out chooses).
+  partial = bool(overrides) or args.seed != 0 or args.num_digits != 6 or any(
+      getattr(args, name) != value for name, value in FULL.items())
+  out = _common.out_dir(args, "explain_mnist", partial=partial)  # Before training.
   config = jdl.load_config("explain_mnist")
   config.data_dir, config.seed = args.data_dir, args.seed
   if args.tiny:
