@@ -73,8 +73,9 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
   (a warning says so) an exclusive create of ``WORKDIR/.jdl.lock.claim`` decides
   between contenders instead (atomic on local disks and NFS v3+); the claim names
   its holder and goes at release. A claim of a dead process of this host is taken
-  over, which two runs started at the same instant after a crash could still both
-  do; one of another host refuses until removed by hand.
+  over (removed under a second exclusive file, ``.jdl.lock.claim.takeover``, if it
+  is still the one judged stale, then claimed like a free one); one of another host
+  refuses until removed by hand.
 
   Raises:
     JdlError: another process holds the lock, or the workdir is not writable.
@@ -161,17 +162,34 @@ def _claim(workdir: Path, claim: Path, me: str) -> bool:
   except FileExistsError:
     pid, host = _holder(claim)
     try:
-      age = time.time() - claim.stat().st_mtime
+      judged = claim.stat()
     except FileNotFoundError:
       return False  # Released meanwhile.
+    age = time.time() - judged.st_mtime
     if (pid > 0 and (host != socket.gethostname() or _alive(pid))) or (
         pid <= 0 and age < _CLAIM_WRITE_SECONDS):
       raise _in_use(workdir, claim, pid, host) from None
-    # A dead process's claim (or one never written): out of the way, then claim again.
-    with contextlib.suppress(FileNotFoundError):
-      stale = claim.with_name(f"{claim.name}.stale-{os.getpid()}")
-      os.rename(claim, stale)
-      stale.unlink()
+    # A dead process's claim (or one never written) is removed under a second
+    # exclusive file, and only if it is still the one judged stale: a contender that
+    # judged it too would otherwise remove the claim just made by another taker.
+    mutex = claim.with_name(claim.name + ".takeover")
+    try:
+      mfd = os.open(mutex, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:  # Another contender is taking it over: claim again after it.
+      with contextlib.suppress(FileNotFoundError):
+        if time.time() - mutex.stat().st_mtime > _CLAIM_WRITE_SECONDS:
+          mutex.unlink()  # Left by a taker that died in these few lines.
+      time.sleep(0.02)
+      return False
+    try:
+      with contextlib.suppress(FileNotFoundError):
+        now = claim.stat()
+        if ((now.st_ino, now.st_mtime_ns) == (judged.st_ino, judged.st_mtime_ns)
+            and _holder(claim) == (pid, host)):
+          claim.unlink()
+    finally:
+      os.close(mfd)
+      mutex.unlink()
     return False
   with os.fdopen(cfd, "w") as f:
     f.write(me)
