@@ -180,9 +180,10 @@ class ResumableRun:
       self._move_aside(step, reason, name)
     parallel_lib.sync("jdl_workdir_ready")  # Process 0 has tidied the checkpoints.
     self._open_checkpointer()
+    start = self._resume_latest_readable()
+    self._check_best_readable(start)
     if not self.primary:
-      return self._check_best_readable(self._resume_latest_readable())
-    start = self._check_best_readable(self._resume_latest_readable())
+      return start
     # After the checkpoint's config is checked: a refused run leaves no folder.
     for sub in ("plots", "tb") if self.config.tensorboard else ("plots",):
       (wd / sub).mkdir(exist_ok=True)
@@ -201,8 +202,7 @@ class ResumableRun:
         (wd / sub).mkdir(exist_ok=True)
       saved = None
     sources = {"data": self.data_source, "model": self.model_source}
-    complete = start > 0 and (start // self.steps_per_epoch >= self.num_epochs
-                              or self._stopped_before())
+    complete = self._finished(start)
     # A finished run that trains further keeps its test line; one re-run (nothing
     # left to train) writes it again, replacing the old one only then (an error
     # before, e.g. a damaged best checkpoint, leaves it).
@@ -322,7 +322,12 @@ class ResumableRun:
                      "aside, not deleted)")
     return 0
 
-  def _check_best_readable(self, resumed: int) -> int:
+  def _finished(self, step: int) -> bool:
+    """Whether a run resumed at ``step`` has nothing left to train."""
+    return step > 0 and (step // self.steps_per_epoch >= self.num_epochs
+                         or self._stopped_before())
+
+  def _check_best_readable(self, resumed: int) -> None:
     """On a re-run of a finished run (nothing left to train: what a damaged step's
     error advises), restores the best step by ``config.monitor`` once when it is not
     the resumed one. evaluate, predict and sample read it, and orbax keeps it for
@@ -330,20 +335,14 @@ class ResumableRun:
     latest step is, instead of failing each of them on every call. Early stopping's
     restored step (a kept step) is checked by its own restore at the run's end.
     Not on other resumes: a second state on the device costs time and memory.
-
-    Returns:
-      ``resumed``.
     """
-    complete = resumed > 0 and (resumed // self.steps_per_epoch >= self.num_epochs
-                                or self._stopped_before())
-    if not (complete and self.config.monitor) or self.kept_steps():
-      return resumed
+    if not (self._finished(resumed) and self.config.monitor) or self.kept_steps():
+      return
     tried = {resumed}
     while (best := self.checkpointer.best_step()) is not None and best not in tried:
       tried.add(best)
       if self.restore_step(best) is not None:
-        break
-    return resumed
+        return
 
   def _check_saved_config(self, meta: dict, step: int) -> None:
     """Refuses a structural change against the config the checkpoint recorded:
