@@ -180,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   if args.digits and args.holdout is not None:
     parser.error("give --holdout or --digits, not both (--digits trains one run per digit)")
   digits = args.digits or [9 if args.holdout is None else args.holdout]
+  _common.require_mnist(args)  # Before out_dir makes a folder.
   out = _common.out_dir(args, NAME, partial=sorted(digits) != list(range(10)))
   records = {str(d): run_digit(d, args, out) for d in digits}
   rows = []

@@ -76,6 +76,7 @@ def interpolations(trainer, x: np.ndarray) -> np.ndarray:
 
 def main(argv: Sequence[str] | None = None) -> dict:
   args = _common.make_parser(__doc__, name=NAME, epochs=10).parse_args(argv)
+  _common.require_mnist(args)  # Before out_dir makes a folder.
   out = _common.out_dir(args, NAME)
   main_run, record = train(None, args)
   flat_run, flat_record = train(2, args) if record["latent"] != 2 else (main_run, record)

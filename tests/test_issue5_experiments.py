@@ -195,6 +195,17 @@ def test_a_full_run_without_mnist_is_one_error_not_a_digits_run(tmp_path):
           str(tmp_path / "runs")]
   with pytest.raises(jdl.JdlError, match="holds no MNIST IDX files"):
     overfitting.main(args)
+  # Every MNIST driver refuses before it writes anything (ae_anomaly and vae_mnist made
+  # WORKDIR/results first).
+  import importlib
+  for name in ("ae_anomaly", "architectures", "explain_mnist", "gan_mnist", "optimizers",
+               "transfer_mnist", "vae_mnist", "vanishing_gradients"):
+    driver = importlib.import_module(name)
+    given = args if name not in ("explain_mnist", "transfer_mnist") else (
+        args[:2] + args[4:])  # These two take no --epochs.
+    with pytest.raises(jdl.JdlError, match="holds no MNIST IDX files"):
+      driver.main(given)
+    assert not (tmp_path / "runs").exists(), name
   proc = subprocess.run([sys.executable, str(REPO / "experiments" / "batchnorm.py"), *args],
                         capture_output=True, text=True, env=cli_env(), timeout=300)
   assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
