@@ -258,6 +258,19 @@ def test_conv1d_path():
      r"needs \[batch, length, channels\]"),
     (lambda: _abstract_init(models.CNN(2, features=(4, 4, 4)), (1, 4, 4, 1)),
      r"smaller than the pooling window"),
+    # An integer padding too small for the kernel: a ZeroDivisionError traceback from
+    # the head's initialiser (pool='none'), or an error blaming the pool.
+    (lambda: _abstract_init(models.CNN(2, features=(4, 4), kernel_size=5, padding=0,
+                                       pool="none"), (1, 8, 8, 1)),
+     r"^feature map \(4, 4\) before conv_1 is smaller than kernel_size=5 with padding=0;"),
+    (lambda: _abstract_init(models.CNN(2, features=(4, 4), kernel_size=5, padding=1,
+                                       pool="none"), (1, 4, 4, 1)),
+     r"^feature map \(2, 2\) before conv_1 is smaller than kernel_size=5 with padding=1;"),
+    # The building block itself: flax's lowering returned an empty map.
+    (lambda: _abstract_init(models.conv.Conv(2, (5, 5), padding=((0, 0), (1, 0))), (1, 4, 4, 1)),
+     r"^Conv input \(4, 4\) is smaller than kernel_size \(5, 5\) with padding "),
+    (lambda: _abstract_init(models.conv.Conv(2, (3,), padding="valid"), (1, 2, 1)),
+     r"^Conv input \(2,\) is smaller than kernel_size \(3,\) with padding 'valid'"),
     # VGG has no pool_size or pool field to suggest.
     (lambda: _abstract_init(models.VGG(2), (1, 3, 3, 1)),
      r"smaller than the pooling window 2; use a larger input or fewer stages\n"),

@@ -479,3 +479,30 @@ def test_fit_refuses_keys_the_base_config_does_not_declare():
   config = jdl.base_config()
   config.model.my_width = 3  # model.* is the model's own.
   assert config_lib.unknown_keys(config) == []
+
+
+def test_token_ids_beyond_a_text_models_vocabulary_are_named_before_training():
+  # An id >= vocab_size embedded as NaN and was reported as a divergence at step 1;
+  # a negative one read another row silently.
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(1, 50, size=(120, 10))
+  text = dict(model__name="text_rnn", model__embed_dim=4, model__hidden=(4,),
+              batch_size=20, num_epochs=1, normalize="none")
+
+  def trainer(train, test, vocab_size):
+    ids = jdl.data.Dataset(x_train=train, y_train=train[:, 0] % 2, x_test=test,
+                           y_test=test[:, 0] % 2, num_classes=2, task="classification",
+                           name="ids", input_shape=(10,))
+    return jdl.Trainer(make_config(model__vocab_size=vocab_size, **text), None,
+                       dataset=ids, quiet=True)
+
+  with pytest.raises(jdl.JdlError, match=r"^model.vocab_size=10, but the train inputs hold "
+                     r"token ids in \[1, 49\] \(e.g. 49 in example \d+\); model.vocab_size "
+                     r"must be at least 50$"):
+    trainer(tokens[:100], tokens[100:], 10)
+  negative = tokens[100:].copy()
+  negative[3, 2] = -2
+  with pytest.raises(jdl.JdlError, match=r"the test inputs hold token ids in \[-2, \d+\] "
+                     r"\(e.g. -2 in example 3\); token ids are >= 0 \(0 is padding\)$"):
+    trainer(tokens[:100], negative, 50)
+  assert trainer(tokens[:100], tokens[100:], 50).model.vocab_size == 50

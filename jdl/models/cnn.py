@@ -50,13 +50,17 @@ def pool(x: jax.Array, kind: str, size: int, strides: int | None = None,
          ) -> jax.Array:
   """Max or average pooling over the spatial axes of ``x``; ``kind='none'`` is a no-op.
 
-  ``remedy``: what the error below suggests (in the calling model's fields).
+  Average pooling with ``'SAME'`` padding divides every window by its full size, the
+  zero padding counted (PyTorch's ``count_include_pad=True``; Keras' ``'same'`` counts
+  only the input). ``remedy``: what the error below suggests (in the calling model's
+  fields).
 
   Raises:
     JdlError: a spatial axis shorter than the window (with ``VALID`` padding).
   """
   if kind == "none":
     return x
+  padding = padding.upper() if isinstance(padding, str) else padding
   spatial = x.shape[1:-1]
   errors.require(
       padding != "VALID" or min(spatial) >= size,
@@ -324,10 +328,11 @@ class CNN(nn.Module):
                else self.padding)
     x = jnp.asarray(x, self.dtype)
     for i, width in enumerate(self.features):
+      pad = 0 if padding in ("VALID", "SAME") else 2 * padding  # Both sides of an axis.
       errors.require(
-          padding != "VALID" or min(x.shape[1:-1]) >= self.kernel_size,
+          padding == "SAME" or min(x.shape[1:-1]) + pad >= self.kernel_size,
           f"feature map {tuple(x.shape[1:-1])} before conv_{i} is smaller than "
-          f"kernel_size={self.kernel_size} with 'VALID' padding; use a larger "
+          f"kernel_size={self.kernel_size} with padding={self.padding!r}; use a larger "
           f"input, fewer layers or padding='SAME'",
       )
       x = Conv(
@@ -424,7 +429,7 @@ class VGG(nn.Module):
   Attributes:
     num_outputs: width of the output.
     stages: output channels of the convs of each stage; ``((64, 64), (128, 128))``
-      is the first half of VGG-11/13.
+      are the first two of the five stages of VGG-13/16/19 (VGG-11's have one conv).
     dense: hidden widths of the :class:`MLP` head.
     batch_norm: batch normalisation in every conv and hidden dense layer.
     bn_position: ``'before'`` or ``'after'`` the activation.

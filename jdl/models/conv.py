@@ -251,17 +251,26 @@ def _check_geometry(features: Any, window: tuple, strides: tuple, padding: Paddi
                  f"Conv strides must be a positive integer or one per spatial axis "
                  f"({len(window)}), got {strides!r}")
   if isinstance(padding, str):
-    return
-  if _int(padding):
+    if padding.upper() != "VALID":
+      return  # 'SAME' (or a name flax refuses) pads any input to a window.
+    pads = [0] * len(window)
+  elif _int(padding):
     errors.require(padding >= 0, f"Conv padding must be >= 0, got {padding}")
-    return
-  pairs = list(padding) if isinstance(padding, Sequence) else []
-  errors.require(
-      len(pairs) == len(window) and all(
-          isinstance(p, Sequence) and len(p) == 2 and all(_int(v) and v >= 0 for v in p)
-          for p in pairs),
-      f"Conv padding must be 'SAME', 'VALID', an int or one (low, high) pair of "
-      f"non-negative ints per spatial axis ({len(window)}), got {padding!r}")
+    pads = [2 * padding] * len(window)
+  else:
+    pairs = list(padding) if isinstance(padding, Sequence) else []
+    errors.require(
+        len(pairs) == len(window) and all(
+            isinstance(p, Sequence) and len(p) == 2 and all(_int(v) and v >= 0 for v in p)
+            for p in pairs),
+        f"Conv padding must be 'SAME', 'VALID', an int or one (low, high) pair of "
+        f"non-negative ints per spatial axis ({len(window)}), got {padding!r}")
+    pads = [lo + hi for lo, hi in pairs]
+  # An empty output (XLA's lowering returns one silently) would reach the next layer
+  # as a zero-size map: a head with no inputs, or NaN from a global average.
+  errors.require(all(n + p >= k for n, p, k in zip(shape[1:-1], pads, window)),
+                 f"Conv input {tuple(shape[1:-1])} is smaller than kernel_size "
+                 f"{window} with padding {padding!r}: the output would be empty")
 
 
 def _dimension_numbers(ndim: int) -> tuple[str, str, str]:

@@ -152,6 +152,35 @@ def check_model(config: ml_collections.ConfigDict) -> None:
   models_lib.create_model(spec, num_outputs=spec.get("num_outputs", 2))
 
 
+def check_token_ids(model, splits) -> None:
+  """A text model's integer inputs are ids of its embedding: each in ``[0,
+  model.vocab_size)``. An embedding reads a larger id as NaN (reported as a
+  divergence at the first step) and a negative one as a row counted from the end.
+
+  ``splits``: ``(name, x)`` pairs, arrays in memory. Models without ``vocab_size``
+  and floating-point inputs (refused by the model, naming the dtype) are skipped.
+
+  Raises:
+    JdlError: an id out of range, naming the split, an example and the size needed.
+  """
+  import numpy as np
+  n = getattr(model, "vocab_size", None)
+  if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+    return
+  for name, x in splits:
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu" or not x.size:
+      continue
+    low, high = x.min(), x.max()
+    if low < 0 or high >= n:
+      bad = int(high) if high >= n else int(low)
+      row = int(np.argmax((x.reshape(len(x), -1) == bad).any(axis=1)))
+      need = (f"model.vocab_size must be at least {int(high) + 1}" if low >= 0 else
+              "token ids are >= 0 (0 is padding)")
+      raise JdlError(f"model.vocab_size={n}, but the {name} inputs hold token ids in "
+                     f"[{int(low)}, {int(high)}] (e.g. {bad} in example {row}); {need}")
+
+
 def check_decoding(seq: ml_collections.ConfigDict, vocab: dict | None, targets) -> None:
   """Decoding settings (``config.sequence``) a seq2seq run can honour, checked
   before it trains; ``targets``: the train split's ``[n, length]`` token ids."""

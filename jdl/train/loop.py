@@ -148,6 +148,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     if self.seq2seq:
       checks.check_decoding(config.sequence, self.vocab, self.data.train.y)
     self.model = model or self._create_model()
+    if not (self.vocab or self.generative or self.seq2seq
+            or isinstance(self.data.train, stream.StreamSplit)):  # A vocabulary's ids fit.
+      checks.check_token_ids(self.model, [(name, split.x) for name, split in (
+          ("train", self.data.train), ("validation", self.data.val),
+          ("test", self.data.test)) if split is not None])
     # What the checkpoints record of where the data and the model came from, so that
     # a resume or a reload with other ones is refused (resume.check_provenance).
     self.model_source = {"given": model is not None,
