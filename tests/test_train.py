@@ -604,6 +604,32 @@ def test_a_callback_stopping_mid_epoch_leaves_a_run_that_resumes_exactly(tmp_pat
   assert trainer.fit().history == full.history
 
 
+def test_a_second_fit_without_a_workdir_continues_from_the_state_reached_not_the_best():
+  # restore_best put the best epoch's state back, and a second fit() of the trainer
+  # trained again from it: epochs 2-3 twice in the history, or a stopped epoch lost.
+  config = make_config(num_epochs=3, scan_chunk=5, early_stopping__enabled=True,
+                       early_stopping__mode="max", early_stopping__patience=10)
+  full = loop.Trainer(config, None, quiet=True)  # Best by the highest val_loss: epoch 1
+  result = full.fit()  # (asserted below), so a later state is always put back.
+  assert full.step == full.steps_per_epoch and full.trained_to == 3 * full.steps_per_epoch
+  again = full.fit()
+  assert again.history == result.history and full.step == full.steps_per_epoch
+  chex.assert_trees_all_equal(jax.device_get(again.state.params),
+                              jax.device_get(result.state.params))
+
+  class Once(_StopAt):
+    def on_steps_end(self, trainer, step, num_steps):
+      if self.step and step >= self.step:
+        trainer.stop_training, self.step = True, 0
+
+  stopped = loop.Trainer(config, None, quiet=True, callbacks=[Once(30)])
+  assert stopped.fit().history["loss"] == result.history["loss"][:1]
+  assert stopped.step == stopped.steps_per_epoch  # The best epoch, put back at the stop.
+  assert stopped.fit().history == result.history and stopped.trained_to == full.trained_to
+  chex.assert_trees_all_equal(jax.device_get(stopped.state.params),
+                              jax.device_get(result.state.params))
+
+
 def test_blocks_end_on_the_mid_epoch_checkpoint_steps(tmp_path):
   # An explicit scan_chunk of 7 (or the epoch, 20) saved at steps 14, 28, 40, ... (or
   # only at epoch ends) instead of every 10 steps.

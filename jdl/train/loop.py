@@ -119,6 +119,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.quiet = quiet
     self.stop_training = False
     self._acc = None  # The running epoch's metric sums (set by fit).
+    # (restored state, state training reached) after a callback put an earlier state
+    # back: a second fit() without a workdir continues from the one reached.
+    self._reached = None
     self.nan_detected = False
     # False until fit() or load_run() has put the run's state in place: a Trainer
     # of a workdir with checkpoints holds initial parameters before then.
@@ -672,6 +675,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           raise
 
   def _fit(self, stop: workdir_lib.StopRequests) -> FitResult:
+    if self._reached is not None and self.state is self._reached[0]:
+      self.state = self._reached[1]  # Not the best epoch restore_best put back.
+    self._reached = None
     # Without a workdir a second fit() continues a stopped one: inside an epoch, with
     # that epoch's running sums (a workdir's checkpoint restores them).
     if self.workdir or self.step % self.steps_per_epoch == 0 or self._acc is None:
@@ -754,8 +760,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     if self.checkpointer is not None:
       self.checkpointer.wait()
     trained_to = self.step
-    for callback in self.callbacks:
-      callback.on_train_end(self)  # Early stopping may restore an earlier state.
+    self._end_callbacks()
     self.trained_to = trained_to
     test = self._finish()
     return FitResult(self.state, self.history, test, self.workdir, self)
@@ -874,10 +879,19 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
              f"{self.step // self.steps_per_epoch + 1}: "
              + ("its checkpoint holds the partial epoch, which a re-run continues"
                 if self.checkpointer is not None else "the partial epoch is not recorded"))
-    for callback in self.callbacks:
-      callback.on_train_end(self)  # Before the close: restore_best may read a checkpoint.
+    self._end_callbacks()  # Before the close: restore_best may read a checkpoint.
     self._close_writers()
     return FitResult(self.state, self.history, {}, self.workdir, self)
+
+  def _end_callbacks(self) -> None:
+    """Every callback's ``on_train_end``. Early stopping may put an earlier state back;
+    without a workdir (whose checkpoints hold it) the state training reached is kept
+    for a second fit(), which would otherwise train again from the best epoch."""
+    reached = self.state
+    for callback in self.callbacks:
+      callback.on_train_end(self)
+    if self.state is not reached and not self.workdir:
+      self._reached = (self.state, reached)
 
   def _stopped_before(self) -> bool:
     return any(getattr(c, "stopped_epoch", -1) >= 0 for c in self.callbacks)
