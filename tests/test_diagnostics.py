@@ -208,10 +208,14 @@ def test_update_ratio_monitor_warns_once_after_n_bad_periods():
     ("warn_after_periods", -2, "warn_after_periods"),
     ("ratio_low", 0.5, "ratio_low"),
     ("activation", "gelu", "activation"),
+    # Steps that only accumulate a gradient logged an update ratio of 0.
+    ("every_steps", 10, r"^diagnostics.every_steps=10 is not a multiple of "
+     r"optimizer.accumulate_steps=4: .* use a multiple \(e.g. 12\)$"),
 ])
 def test_bad_diagnostics_config_is_an_error(key, value, match):
   with pytest.raises(JdlError, match=match):
-    diag.validate_config(make_config(**{f"diagnostics__{key}": value}))
+    diag.validate_config(make_config(**{f"diagnostics__{key}": value,
+                                        "optimizer__accumulate_steps": 4}))
 
 
 def test_resume_keeps_diagnostics_lines_up_to_the_step(tmp_path):
@@ -240,7 +244,7 @@ def test_a_damaged_line_is_dropped_but_the_file_kept_a_partial_last_line_just_dr
 
 # --------------------------------------------------------------- end to end
 def _fit(workdir, **overrides):
-  config = make_config(num_epochs=1, **overrides)
+  config = make_config(**{"num_epochs": 1, **overrides})
   return jdl.fit(config, workdir, model=_SowMLP(), quiet=True)
 
 
@@ -256,6 +260,20 @@ def _tensorboard_tags(logdir) -> set[str]:
       tags |= {f"{v.tag}:{v.WhichOneof('value')}" for v in event.summary.value}
       pos += 12 + length + 4
   return tags
+
+
+def test_a_step_that_only_accumulates_logs_no_update_ratio(tmp_path):
+  # With accumulate_steps=3 and 20 steps an epoch, the second epoch's diagnostic
+  # block ends (26, 32, 38) fall between updates: their ratios read 0 and each 0
+  # restarted the count of bad periods, so a too-large ratio was never warned about.
+  _fit(tmp_path, num_epochs=2, diagnostics__every_steps=6, optimizer__accumulate_steps=3)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  diagnostics = {r["step"]: r for r in records if r["split"] == "diagnostics"}
+  assert sorted(diagnostics) == [6, 12, 18, 26, 32, 38]
+  for step, record in diagnostics.items():
+    ratios = [v for k, v in record.items() if k.startswith("update_ratio/")]
+    assert len(ratios) == (3 if step % 3 == 0 else 0), (step, record)  # 3 layers.
+    assert all(r > 0 for r in ratios) and record["grad_norm"] > 0
 
 
 @pytest.mark.full_opt

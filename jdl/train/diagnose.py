@@ -111,6 +111,7 @@ class DiagnosticsHook:
   def __init__(self, trainer):
     c = trainer.config.diagnostics
     self.every = int(c.every_steps)
+    self.accumulate = int(trainer.config.optimizer.accumulate_steps)
     self.monitor = UpdateRatioMonitor(float(c.ratio_low), float(c.ratio_high),
                                       int(c.warn_after_periods))
     lr_fn = optim.create_learning_rate_fn(trainer.config, steps_per_epoch=trainer.steps_per_epoch,
@@ -142,11 +143,17 @@ class DiagnosticsHook:
     trainer.state, trainer._acc, diag = self._blocks[n](trainer.state, trainer._acc, x, y, idx)
     step = trainer.step
     record = to_record(jax.device_get(diag), step, epoch + 1)
+    # With gradient accumulation a step that only accumulates (a block end off the
+    # every_steps grid, e.g. an epoch's end) changes no parameter: no ratio to log or
+    # to warn about (a 0 would also restart the monitor's count of bad periods).
+    updated = self.accumulate <= 1 or step % self.accumulate == 0
+    ratios = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("update_ratio/")}
+    if not updated:
+      record = {k: v for k, v in record.items() if not k.startswith("update_ratio/")}
     trainer._record(record)
     if trainer.tb is not None:
       self._histograms_to_tensorboard(trainer.tb.writer, diag, step)
-    ratios = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("update_ratio/")}
-    for line in self.monitor.observe(step, ratios):
+    for line in self.monitor.observe(step, ratios) if updated else ():
       trainer.warn(line)
 
   @staticmethod
