@@ -254,6 +254,9 @@ def check_overfit(trainer, x: jax.Array, y: jax.Array, *, steps: int, learning_r
     floor = floor if floor > 1e-6 * float(np.mean(np.square(y64))) else 0.0
   else:  # A probability loss or one of the user's: no constant to compare with.
     floor = 0.0
+  # Soft targets: a cross-entropy cannot go below their entropy (0 for hard ones).
+  least = (_target_entropy(trainer.config.loss, np.asarray(y, np.float64))
+           if not classification and trainer.config.loss in _ENTROPY_LOSSES else 0.0)
   first = None
   for i in range(steps + 1):
     # The step's loss and accuracy are those of the parameters *before* its update,
@@ -264,6 +267,8 @@ def check_overfit(trainer, x: jax.Array, y: jax.Array, *, steps: int, learning_r
       first = value
     if classification:
       done = correct == n and value - floor <= 0.1 * (first - floor)
+    elif least > 0:
+      done = value - least <= 0.01 * (first - least)
     else:
       done = value < 0.01 * (floor if floor > 0 else first)
     if done or i == steps:
@@ -275,6 +280,9 @@ def check_overfit(trainer, x: jax.Array, y: jax.Array, *, steps: int, learning_r
         f"within 10% of the way from its start ({first:.3g}) to label smoothing's "
         f"floor ({floor:.3g})")
     what = f"{correct}/{n} correct"
+  elif least > 0:
+    goal = (f"loss within 1% of the way from its start ({first:.3g}) to the soft targets' "
+            f"entropy ({least:.3g}), the least it can be")
   else:
     goal = (f"loss < 1% of that of predicting the mean target ({floor:.3g})" if floor > 0
             else f"loss < 1% of its initial {first:.3g}")
@@ -298,6 +306,21 @@ def check_overfit(trainer, x: jax.Array, y: jax.Array, *, steps: int, learning_r
 # Regression losses that are a distance to the target (0 at the target): compared
 # with the loss of predicting the mean target.
 _DISTANCE_LOSSES = ("mse", "mae", "huber")
+
+
+# Cross-entropies whose least value on probability targets is the targets' entropy.
+_ENTROPY_LOSSES = ("binary_crossentropy", "categorical_crossentropy")
+
+
+def _target_entropy(loss: str, y: np.ndarray) -> float:
+  """The least mean ``loss`` any outputs reach on targets ``y`` (probabilities):
+  their entropy, per row over classes (``categorical_crossentropy``) or per element
+  as Bernoulli probabilities (``binary_crossentropy``)."""
+  def plogp(p):
+    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+  if loss == "binary_crossentropy":
+    return float(np.mean(-(plogp(y) + plogp(1 - y))))
+  return float(np.mean(-plogp(y).sum(axis=-1)))
 
 
 def _smoothed_floor(alpha: float, num_classes: int) -> float:

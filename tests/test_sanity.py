@@ -280,3 +280,26 @@ def test_regression_to_constant_targets_is_fitted_against_its_initial_loss():
                                                   overfit_steps=300, overfit_examples=20)}
   assert not results["overfit"].failed, results["overfit"].line()
   assert "1% of its initial" in results["overfit"].message
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "binary_crossentropy"])
+def test_soft_targets_are_fitted_down_to_their_entropy(loss):
+  # Their cross-entropy cannot go below the targets' entropy, yet the check asked for
+  # 1% of the initial loss: every soft-label run failed it, perfectly fitted.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(200, 5)).astype(np.float32)
+  labels = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)
+  y = (np.eye(3)[labels] * 0.8 + 0.2 / 3).astype(np.float32)
+  ds = jdl.data.Dataset(x[:160], y[:160], x[160:], y[160:], 0, "regression", "soft", (5,))
+  config = make_config(task="regression", loss=loss, metrics=("mse",), monitor="",
+                       validation_split=0.0, model__hidden=(64,))
+  results = {r.name: r for r in sanity.run_checks(config, dataset=ds, overfit_steps=1000,
+                                                  overfit_lr=1e-2)}
+  overfit = results["overfit"]
+  assert not overfit.failed, overfit.line()
+  subset = y[:32].astype(np.float64)  # The examples the check fits (its default 32).
+  terms = [subset] if loss == "categorical_crossentropy" else [subset, 1 - subset]
+  entropy = np.mean(-sum((t * np.log(t)).sum(-1) for t in terms)) / (
+      1 if loss == "categorical_crossentropy" else 3)
+  assert f"the soft targets' entropy ({entropy:.3g})" in overfit.message
+  assert entropy - 1e-6 <= overfit.values["loss"] <= entropy + 0.01
