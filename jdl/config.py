@@ -396,8 +396,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
   """Applies ``--config.a.b=value`` style overrides in place.
 
   Values are parsed to the type of the existing field (bool, int, float, str,
-  tuple); ``model.*`` keys may add fields the model accepts (checked when the
-  model is built).
+  tuple); ``model.*`` keys (``model.generator.*`` too) may add fields the model
+  accepts (checked when the model is built).
 
   Raises:
     JdlError: an unknown key, or a value that does not parse to the field's type.
@@ -418,7 +418,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
     if not isinstance(node, ml_collections.ConfigDict):
       raise JdlError(f"unknown config key {dotted!r}")
     if leaf not in node:
-      if parents == ["model"]:
+      if parents[:1] == ["model"]:  # A model's field, or a GAN player's.
         with node.unlocked():
           node[leaf] = _parse_literal(raw)
         continue

@@ -360,6 +360,19 @@ def test_a_new_model_field_parses_like_the_other_keys(raw, value):
   assert config.model.batch_norm == value and type(config.model.batch_norm) is type(value)
 
 
+def test_a_gan_players_new_field_is_set_from_the_command_line(capsys):
+  # Refused as "unknown config key ... valid keys here: hidden", though a config file
+  # may set it and the README says model.* takes any module field.
+  config = jdl.load_config("gan_mnist")
+  jdl.config.apply_overrides(config, {"model.generator.batch_norm": "false"})
+  assert config.model.generator.batch_norm is False
+  with pytest.raises(jdl.JdlError, match=r"unknown config key 'model.nope' \(in "):
+    jdl.config.apply_overrides(config, {"model.nope.x": "1"})  # A sub-model not there.
+  code, out, _ = run_cli("config", "--config", "gan_mnist",
+                         "--config.model.discriminator.dropout_rate=0.25", capsys=capsys)
+  assert code == 0 and json.loads(out)["model"]["discriminator"]["dropout_rate"] == 0.25
+
+
 def test_changed_model_refuses_to_resume(trained, capsys):
   code, _, err = run_cli("train", "--workdir", trained, *FAST[:-1], "--config.model.dense=(32,)",
                          capsys=capsys)
