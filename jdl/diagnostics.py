@@ -227,13 +227,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   errors.require(int(d.warn_after_periods) >= 0,
                  f"diagnostics.warn_after_periods must be >= 0 (0 = never warn), got "
                  f"{d.warn_after_periods}")
-  k = int(config.optimizer.get("accumulate_steps", 1))
-  errors.require(int(d.every_steps) <= 0 or k <= 1 or int(d.every_steps) % k == 0,
-                 f"diagnostics.every_steps={d.every_steps} is not a multiple of "
-                 f"optimizer.accumulate_steps={k}: the parameters change only once every {k} "
-                 f"steps, so the update ratios of the steps between would read 0; use a "
-                 f"multiple "
-                 f"(e.g. {-(-int(d.every_steps) // k) * k})")
+  k, every = int(config.optimizer.get("accumulate_steps", 1)), int(d.every_steps)
+  if every > 0 and k > 1 and every % k:
+    raise errors.JdlError(
+        f"diagnostics.every_steps={every} is not a multiple of optimizer.accumulate_steps="
+        f"{k}: the parameters change only once every {k} steps, so the update ratios of "
+        f"the steps between would read 0; use a multiple (e.g. {-(-every // k) * k})")
   errors.require(0 < float(d.ratio_low) < float(d.ratio_high),
                  f"diagnostics.ratio_low ({d.ratio_low}) and ratio_high ({d.ratio_high}) "
                  "must satisfy 0 < ratio_low < ratio_high")

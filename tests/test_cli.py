@@ -276,8 +276,18 @@ def test_config_prints_every_key_that_training_would_use(capsys):
                      ("--config.optimizer.learning_rate=nan", "learning_rate"),
                      ("--config.checkpoint_every_seconds=inf", "finite"),
                      ("--config.model.dropout_rate=2.0", "dropout_rate"),
-                     ("--config.model.hiden=(8,)", "unknown field 'hiden'")):
-    code, out, err = run_cli("config", "--config", "xor", bad, capsys=capsys)
+                     ("--config.model.hiden=(8,)", "unknown field 'hiden'"),
+                     # Checked only as the run was built, after the data was read:
+                     ("--config.schedule.name=cosin", "did you mean 'cosine'"),
+                     ("--config.early_stopping.patience=-1", "early_stopping.patience"),
+                     ("--config.optimizer.accumulate_steps=0", "accumulate_steps"),
+                     ("--config.augment.fill=mirror", "augment.fill"),
+                     ("--config.eval_batch_size=-1", "eval_batch_size"),
+                     ("--config.schedule.name=step --config.schedule.factor=2",
+                      "schedule.factor"),
+                     ("--config.reduce_on_plateau.enabled=true "
+                      "--config.reduce_on_plateau.factor=1.5", "reduce_on_plateau.factor")):
+    code, out, err = run_cli("config", "--config", "xor", *bad.split(), capsys=capsys)
     assert code == 2 and not out and words in err and len(err.strip().splitlines()) == 1, err
   # The data sets a text model's vocab_size and every output width: not required here.
   for name in ("sst2_lstm", "seq2seq_dates", "gan_mnist", "lenet5_mnist"):

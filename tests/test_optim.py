@@ -611,8 +611,10 @@ def test_unknown_schedule_lists_valid_names():
         ({"name": "rmsprop", "eps": 0.0}, {}, {}, "optimizer.eps must be > 0 for rmsprop"),
         ({}, {"name": "exponential", "decay_rate": -0.5}, {}, "schedule.decay_rate must be in"),
         ({}, {"name": "step", "factor": 1.5}, {}, "schedule.factor must be in"),
-        ({}, {"name": "step", "decay_every_epochs": -1.0}, {}, "schedule.decay_every_epochs must be >= 0"),
-        ({}, {"name": "linear", "tau_epochs": 0.0}, {}, "schedule.tau_epochs must be at least"),
+        ({}, {"name": "step", "decay_every_epochs": -1.0}, {}, "schedule.decay_every_epochs must be > 0, got -1.0"),
+        ({}, {"name": "linear", "tau_epochs": 0.0}, {}, "schedule.tau_epochs must be > 0, got 0.0"),
+        ({}, {"name": "linear", "tau_epochs": 1e-6}, {},
+         "schedule.tau_epochs must be at least one optimizer update long"),
         ({}, {"name": "warmup_cosine", "warmup_epochs": 5.0}, {}, r"schedule.warmup_epochs=5.0 is 20 optimizer updates, which leaves none of the run's 20"),
         ({}, {"name": "warmup_cosine", "warmup_epochs": 4.99}, {}, "at least one update shorter"),
         ({}, {}, {"enabled": True, "mode": "maximum"}, "reduce_on_plateau.mode must be 'min' or 'max'"),
@@ -739,7 +741,7 @@ def test_shortest_run_is_the_fewest_epochs_a_warmup_cosine_schedule_accepts():
       with pytest.raises(JdlError, match="leaves none of the run"):
         optim.create_learning_rate_fn(config, steps_per_epoch=steps, num_epochs=n - 1)
   assert optim.shortest_run(make_config(), steps_per_epoch=3) == 1  # No warm-up to fit.
-  with pytest.raises(JdlError, match="schedule.warmup_epochs must be finite, got nan"):
+  with pytest.raises(JdlError, match="schedule.warmup_epochs must be >= 0 and finite, got nan"):
     optim.shortest_run(make_config(schedule={"name": "warmup_cosine",
                                              "warmup_epochs": float("nan")}),
                        steps_per_epoch=3)

@@ -270,20 +270,18 @@ def mixup_loss(loss: Callable[[jax.Array, Any], jax.Array]) -> Callable[[jax.Arr
 
 
 # --------------------------------------------------------------------- configs
-def validate(cfg, input_shape: tuple[int, ...]) -> None:
-  """Checks a ``config.augment`` section against the per-example input shape.
+def check_values(cfg) -> None:
+  """Checks a ``config.augment`` section's values alone (before the data is read).
 
   Raises:
-    JdlError: a negative value, a shift fraction >= 1 or under half a pixel, a
-      crop padding as large as the image, an unknown fill, or an image op on
-      inputs that are not ``[H, W, C]`` images.
+    JdlError: a negative value, an unknown fill, a fractional crop padding, a
+      rotation over 180 degrees or a shift fraction >= 1.
   """
-  shape = tuple(int(d) for d in input_shape)
   for name in ("noise_std", "width_shift", "height_shift", "rotation", "crop_padding",
                "mixup_alpha"):
     value = cfg[name]
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-      raise JdlError(f"augment.{name} must be a number >= 0, got {value!r}")
+      raise JdlError(f"augment.{name} must be a finite number >= 0, got {value!r}")
   if cfg.fill not in FILLS:
     raise JdlError(f"augment.fill must be one of {', '.join(FILLS)}, got {cfg.fill!r}")
   if int(cfg.crop_padding) != cfg.crop_padding:
@@ -292,6 +290,23 @@ def validate(cfg, input_shape: tuple[int, ...]) -> None:
   if cfg.rotation > 180:
     raise JdlError(f"augment.rotation is the largest angle in degrees, at most 180; got "
                    f"{cfg.rotation!r}")
+  for name in ("height_shift", "width_shift"):
+    if cfg[name] >= 1:
+      raise JdlError(f"augment.{name} is a fraction of the image size in [0, 1), got "
+                     f"{cfg[name]!r}")
+
+
+def validate(cfg, input_shape: tuple[int, ...]) -> None:
+  """Checks a ``config.augment`` section (:func:`check_values`) against the
+  per-example input shape.
+
+  Raises:
+    JdlError: as :func:`check_values`; a shift under half a pixel, a crop padding
+      as large as the image, or an image op on inputs that are not ``[H, W, C]``
+      images.
+  """
+  check_values(cfg)
+  shape = tuple(int(d) for d in input_shape)
   for name in IMAGE_KEYS:
     if cfg[name] and len(shape) != 3:
       raise JdlError(
@@ -305,9 +320,6 @@ def validate(cfg, input_shape: tuple[int, ...]) -> None:
                    f"use less than {min(shape[:2])} (4 is usual for 32x32)")
   for name, axis in (("height_shift", 0), ("width_shift", 1)):
     fraction = cfg[name]
-    if fraction >= 1:
-      raise JdlError(f"augment.{name} is a fraction of the image size in [0, 1), got "
-                     f"{fraction!r}")
     if fraction and round(fraction * shape[axis]) == 0:
       raise JdlError(f"augment.{name}={fraction!r} of {shape[axis]} pixels rounds to a "
                      f"shift of 0 pixels; use at least {0.5 / shape[axis] + 1e-6:.4g}")

@@ -70,6 +70,23 @@ def plateau_transform(
   plateau = config.get("reduce_on_plateau")
   if plateau is None or not plateau.enabled:
     return None
+  validate_plateau(config)
+  return optax_contrib.reduce_on_plateau(
+      factor=plateau.factor, patience=plateau.patience, rtol=plateau.rtol,
+      atol=plateau.atol, cooldown=plateau.cooldown, accumulation_size=1,
+      min_scale=plateau.min_scale,
+  )
+
+
+def validate_plateau(config: ml_collections.ConfigDict) -> None:
+  """Checks an enabled ``reduce_on_plateau`` section.
+
+  Raises:
+    JdlError: the first value out of its range.
+  """
+  plateau = config.get("reduce_on_plateau")
+  if plateau is None or not plateau.enabled:
+    return
   check(plateau.mode in ("min", "max"), "reduce_on_plateau.mode", plateau.mode,
         "'min' or 'max'")
   check(0 < plateau.factor < 1, "reduce_on_plateau.factor", plateau.factor,
@@ -89,11 +106,6 @@ def plateau_transform(
           "reduce_on_plateau.rtol must be 0 with mode='max'; use atol")
   check(0 <= plateau.min_scale <= 1, "reduce_on_plateau.min_scale",
         plateau.min_scale, "in [0, 1]")
-  return optax_contrib.reduce_on_plateau(
-      factor=plateau.factor, patience=plateau.patience, rtol=plateau.rtol,
-      atol=plateau.atol, cooldown=plateau.cooldown, accumulation_size=1,
-      min_scale=plateau.min_scale,
-  )
 
 
 def update_plateau(

@@ -33,12 +33,40 @@ def _epochs_to_steps(key: str, epochs: float, steps_per_epoch: float) -> int:
   return int(round(steps))
 
 
-def _updates_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch: float) -> float:
+def validate_schedule(config: ml_collections.ConfigDict) -> None:
+  """Checks ``schedule`` and ``optimizer.accumulate_steps`` as far as the config
+  alone allows (``jdl config`` and a run before it reads data); what needs the
+  steps per epoch (a duration shorter than one update) is checked as the schedule
+  is built.
+
+  Raises:
+    JdlError: an unknown schedule name, or the first value out of its range.
+  """
+  sched = config.schedule
+  lookup("schedule", sched.name, SCHEDULES)
   k = config.optimizer.accumulate_steps
-  check(
-      isinstance(k, int) and k >= 1, "optimizer.accumulate_steps", k,
-      "an integer >= 1",
-  )
+  check(isinstance(k, int) and not isinstance(k, bool) and k >= 1,
+        "optimizer.accumulate_steps", k, "an integer >= 1")
+  if sched.name == "step":
+    check(sched.decay_every_epochs > 0, "schedule.decay_every_epochs",
+          sched.decay_every_epochs, "> 0")
+    check(0 < sched.factor <= 1, "schedule.factor", sched.factor, "in (0, 1]")
+  elif sched.name == "exponential":
+    check(0 < sched.decay_rate <= 1, "schedule.decay_rate", sched.decay_rate, "in (0, 1]")
+  elif sched.name == "linear":
+    check(sched.tau_epochs > 0, "schedule.tau_epochs", sched.tau_epochs, "> 0")
+    check(0 <= sched.alpha_final < float("inf"), "schedule.alpha_final", sched.alpha_final,
+          ">= 0 and finite")
+  elif sched.name in ("cosine", "warmup_cosine"):
+    check(0 <= sched.alpha <= 1, "schedule.alpha", sched.alpha, "in [0, 1]")
+  if sched.name == "warmup_cosine":
+    check(0 <= sched.warmup_epochs < float("inf"), "schedule.warmup_epochs",
+          sched.warmup_epochs, ">= 0 and finite")
+
+
+def _updates_per_epoch(config: ml_collections.ConfigDict, steps_per_epoch: float) -> float:
+  validate_schedule(config)
+  k = config.optimizer.accumulate_steps
   check(steps_per_epoch > 0, "steps_per_epoch", steps_per_epoch, "> 0")
   require(
       k == 1 or steps_per_epoch >= k,
@@ -60,7 +88,6 @@ def _step(sched, lr, per_epoch, num_epochs):
   )
   check(every > 0, "schedule.decay_every_epochs", sched.decay_every_epochs,
         "at least one optimizer update long")
-  check(0 < sched.factor <= 1, "schedule.factor", sched.factor, "in (0, 1]")
   # floor(k / period) with the period an exact fraction num / den (E is one when
   # accumulate_steps does not divide steps_per_epoch), in integers: the decays stay
   # on the epochs' boundaries however many there are (a rounded period drifts). A
@@ -82,8 +109,6 @@ def _step(sched, lr, per_epoch, num_epochs):
 
 def _exponential(sched, lr, per_epoch, num_epochs):
   del num_epochs
-  check(0 < sched.decay_rate <= 1, "schedule.decay_rate", sched.decay_rate,
-        "in (0, 1]")
   return optax.exponential_decay(lr, per_epoch, sched.decay_rate)
 
 
@@ -92,8 +117,6 @@ def _linear(sched, lr, per_epoch, num_epochs):
   tau = _epochs_to_steps("schedule.tau_epochs", sched.tau_epochs, per_epoch)
   check(tau > 0, "schedule.tau_epochs", sched.tau_epochs,
         "at least one optimizer update long")
-  check(0 <= sched.alpha_final < float("inf"), "schedule.alpha_final", sched.alpha_final,
-        ">= 0 and finite")
   return optax.linear_schedule(lr, sched.alpha_final * lr, tau)
 
 
@@ -106,7 +129,6 @@ def _total_steps(per_epoch: float, num_epochs: int | None) -> int:
 
 
 def _cosine(sched, lr, per_epoch, num_epochs):
-  check(0 <= sched.alpha <= 1, "schedule.alpha", sched.alpha, "in [0, 1]")
   return optax.cosine_decay_schedule(
       lr, _total_steps(per_epoch, num_epochs), alpha=sched.alpha
   )
@@ -119,7 +141,6 @@ def _warmup_steps(sched, per_epoch: float) -> int:
 
 
 def _warmup_cosine(sched, lr, per_epoch, num_epochs):
-  check(0 <= sched.alpha <= 1, "schedule.alpha", sched.alpha, "in [0, 1]")
   total = _total_steps(per_epoch, num_epochs)
   warmup = _warmup_steps(sched, per_epoch)
   require(warmup < total,
@@ -146,8 +167,6 @@ def shortest_run(config: ml_collections.ConfigDict, *, steps_per_epoch: float) -
   sched = config.schedule
   if sched.name != "warmup_cosine":
     return 1
-  check(math.isfinite(sched.warmup_epochs), "schedule.warmup_epochs", sched.warmup_epochs,
-        "finite")
   warmup = _warmup_steps(sched, per_epoch)
   epochs = max(1, math.ceil((warmup + 1) / per_epoch))
   while _total_steps(per_epoch, epochs) <= warmup:  # Its rounding, not ceil's.
@@ -208,8 +227,8 @@ def create_learning_rate_fn(
     Goyal et al., `Accurate, Large Minibatch SGD
     <https://arxiv.org/abs/1706.02677>`_, 2017 (warmup).
   """
-  make = lookup("schedule", config.schedule.name, SCHEDULES)
+  per_epoch = _updates_per_epoch(config, steps_per_epoch)  # Validates the section.
+  make = SCHEDULES[config.schedule.name]
   lr = config.optimizer.learning_rate
   check(lr > 0, "optimizer.learning_rate", lr, "> 0")
-  per_epoch = _updates_per_epoch(config, steps_per_epoch)
   return make(config.schedule, lr, per_epoch, num_epochs)

@@ -19,6 +19,9 @@ from jdl import metrics as metrics_lib
 from jdl import models as models_lib
 from jdl.errors import JdlError
 from jdl.generative import tasks as gen_tasks
+from jdl.data import augment as augment_lib
+from jdl.optim import plateau
+from jdl.optim import schedules
 from jdl.optim._chain import validate_optimizer
 from jdl.sequence import text as text_lib
 
@@ -48,7 +51,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
   if int(config.batch_size) < 1:
     raise JdlError(f"batch_size must be a positive integer, got {config.batch_size!r}")
-  validate_optimizer(config.optimizer)  # Before the data is read (`jdl config` too).
+  # The sections training builds only once it has the data: refused before it is
+  # read (and by `jdl config`), so far as the config alone allows.
+  validate_optimizer(config.optimizer)
+  schedules.validate_schedule(config)
+  plateau.validate_plateau(config)
+  augment_lib.check_values(config.augment)
+  if int(config.eval_batch_size) < 0:
+    raise JdlError(f"eval_batch_size must be >= 0 (0: batch_size), got {config.eval_batch_size}")
   # The splits' generators (numpy's, scikit-learn's) take seeds in [0, 2**32).
   if not 0 <= int(config.seed) < 2**32:
     raise JdlError(f"seed must be in [0, 2**32), got {config.seed}")
@@ -62,6 +72,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   es = config.early_stopping
   if not math.isfinite(float(es.min_delta)):
     raise JdlError(f"early_stopping.min_delta must be finite, got {es.min_delta}")
+  if int(es.patience) < 0:
+    raise JdlError(f"early_stopping.patience must be >= 0, got {es.patience}")
   tasks = ("classification", "regression", "seq2seq", *gen_tasks.TASKS)
   if config.task not in tasks:
     raise JdlError(f"task must be one of {', '.join(tasks)}, got {config.task!r}")
