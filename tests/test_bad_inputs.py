@@ -325,10 +325,11 @@ def test_export_of_a_step_needs_only_that_step_undamaged(tmp_path, capsys):
   run = tmp_path / "run"
   assert cli.main(["train", "--workdir", str(run), "--quiet", *FAST,
                    "--config.num_epochs=2"]) == 0
-  assert cli.main(["export", "--workdir", str(run), "--out", str(tmp_path / "last.npz")]) == 0
-  shutil.copytree(run, tmp_path / "copy")
   steps = sorted((run / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
   assert len(steps) == 2
+  assert cli.main(["export", "--workdir", str(run), "--out", str(tmp_path / "last.npz"),
+                   "--step", steps[1].name]) == 0
+  shutil.copytree(run, tmp_path / "copy")
   data = next(p for p in (steps[1] / "tree").rglob("*") if p.is_file() and p.parent.name == "d")
   data.write_bytes(b"")  # The latest step's arrays are damaged.
   assert cli.main(["export", "--workdir", str(run), "--out",
@@ -341,12 +342,35 @@ def test_export_of_a_step_needs_only_that_step_undamaged(tmp_path, capsys):
   # The first step's emptied metrics (a file orbax's manager parses for every step)
   # block neither the latest step nor the step named.
   (tmp_path / "copy" / "checkpoints" / steps[0].name / "metrics" / "metrics").write_text("")
+  capsys.readouterr()
   for extra in ([], ["--step", steps[1].name]):
     assert cli.main(["export", "--workdir", str(tmp_path / "copy"), "--out",
                      str(tmp_path / "again.npz"), *extra]) == 0, capsys.readouterr().err
+    if not extra:  # The step evaluate scores cannot be ranked: the latest, and why.
+      assert "(the latest: the step jdl evaluate scores cannot be chosen: " in (
+          capsys.readouterr().out)
     with np.load(tmp_path / "again.npz") as again, np.load(tmp_path / "last.npz") as last:
       assert sorted(again.files) == sorted(last.files)
       assert all(np.array_equal(again[k], last[k]) for k in last.files)
+
+
+def test_export_writes_the_state_evaluate_scores_by_default(tmp_path, capsys):
+  # It wrote the latest step, while evaluate, predict and sample read the best one.
+  run = tmp_path / "run"
+  assert cli.main(["train", "--workdir", str(run), "--quiet", *FAST, "--config.num_epochs=3",
+                   "--config.monitor=val_loss", "--config.monitor_mode=max"]) == 0
+  records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  val = {r["step"]: r["loss"] for r in records if r["split"] == "val"}
+  worst = max(val, key=val.get)  # The "best" by this run's monitor_mode.
+  assert worst != max(val), "the test needs a best step other than the latest"
+  assert jdl.load_run(run).step == worst
+  capsys.readouterr()
+  assert cli.main(["export", "--workdir", str(run), "--out", str(tmp_path / "p.npz")]) == 0
+  assert f"arrays of step {worst} (the step jdl evaluate scores" in capsys.readouterr().out
+  expected = jdl.checkpoint.restore_params(run / "checkpoints", step=worst, model_state=True)
+  with np.load(tmp_path / "p.npz") as exported:
+    assert sorted(exported.files) == sorted(expected)
+    assert all(np.array_equal(exported[k], expected[k]) for k in expected)
 
 
 def test_evaluate_refuses_overrides_that_change_the_test_split(finished, capsys):

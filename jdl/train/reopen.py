@@ -90,12 +90,7 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
     latest = ck.latest_step()
     if latest is None:
       raise JdlError(f"no checkpoints in {ckdir}")
-    step = None
-    if best:
-      step = _early_stopping_best(config, ck, latest)
-    if step is None and best and config.monitor:
-      step = ck.best_step()
-    step = latest if step is None else step
+    step = _final_step(config, ck, latest) if best else latest
     with ckpt_lib.unreadable_as_error(ckdir, step):
       meta = ck.restore_meta(step)
     vocab = None
@@ -141,6 +136,42 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
   trainer.state = tree["state"]
   trainer.holds_run_state = True
   return trainer
+
+
+def scored_step(workdir: str | Path) -> int:
+  """The step :func:`evaluate` scores (and ``predict``, ``sample`` read) in a run's
+  workdir, chosen from its ``config.json`` and its checkpoints' metadata alone:
+  early stopping's restored epoch, else the best by ``config.monitor``, else the
+  latest.
+
+  Raises:
+    JdlError: no config.json or no checkpoint, or a step's metadata is unreadable.
+  """
+  workdir = Path(workdir)
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise JdlError(f"{workdir} holds no config.json, which names the metric to rank by")
+  config = config_lib.from_dict(workdir_lib.read_json(path, workdir_lib.READ_REMEDY))
+  ckdir = workdir / "checkpoints"
+  ckpt_lib.require_undamaged(ckdir)
+  with ckpt_lib.unreadable_as_error(ckdir, None):
+    ck = ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
+                               best_mode=config.monitor_mode, async_save=False)
+  with ck:
+    latest = ck.latest_step()
+    if latest is None:
+      raise JdlError(f"no checkpoints in {ckdir}")
+    return _final_step(config, ck, latest)
+
+
+def _final_step(config: ml_collections.ConfigDict, ck: ckpt_lib.Checkpointer,
+                latest: int) -> int:
+  """The state a run ends with: early stopping's restored epoch, else the best
+  checkpoint by ``config.monitor``, else ``latest``."""
+  step = _early_stopping_best(config, ck, latest)
+  if step is None and config.monitor:
+    step = ck.best_step()
+  return latest if step is None else step
 
 
 def _early_stopping_best(config: ml_collections.ConfigDict, ck: ckpt_lib.Checkpointer,
