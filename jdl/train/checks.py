@@ -12,14 +12,15 @@ import math
 from typing import Sequence
 
 import ml_collections
+import numpy as np
 
 from jdl import config as config_lib
 from jdl import diagnostics as diagnostics_lib
 from jdl import metrics as metrics_lib
 from jdl import models as models_lib
+from jdl.data import augment as augment_lib
 from jdl.errors import JdlError
 from jdl.generative import tasks as gen_tasks
-from jdl.data import augment as augment_lib
 from jdl.optim import plateau
 from jdl.optim import schedules
 from jdl.optim._chain import validate_optimizer
@@ -175,7 +176,6 @@ def check_token_ids(model, splits) -> None:
   Raises:
     JdlError: an id out of range, naming the split, an example and the size needed.
   """
-  import numpy as np
   n = getattr(model, "vocab_size", None)
   if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
     return
