@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 import math
+import re
 from typing import Any
 
 import jax
@@ -32,10 +33,11 @@ def _layers(tree: Mapping[str, Any], prefix: str = ""
             ) -> Iterator[tuple[str, list[tuple[str, tuple[int, ...]]]]]:
   """Yields ``(layer path, [(leaf name, shape), ...])``.
 
-  Layers come in the order of ``tree``: definition order from ``model.init``, sorted
-  after a round trip through ``jax.tree`` functions (e.g. ``jax.eval_shape``).
-  Leaves come in a fixed order (kernel, scale, bias, mean, var, then the rest) so
-  that both give the same rows.
+  Layers come in the order of ``tree``: definition order from ``model.init``. A
+  round trip through ``jax.tree`` functions (``jax.jit``, ``jax.eval_shape``) sorts
+  the names as text, ``hidden_10`` before ``hidden_2``: such names are put in their
+  numbers' order. Leaves come in a fixed order (kernel, scale, bias, mean, var, then
+  the rest) so that both give the same rows.
   """
   leaves = sorted(
       ((k, tuple(getattr(v, "shape", ()))) for k, v in tree.items()
@@ -43,9 +45,18 @@ def _layers(tree: Mapping[str, Any], prefix: str = ""
       key=lambda leaf: _LEAF_ORDER.get(leaf[0], len(_LEAF_ORDER)))
   if leaves:
     yield prefix or "(root)", leaves
-  for key, value in tree.items():
+  items = list(tree.items())
+  if [k for k, _ in items] == sorted(k for k, _ in items):  # As jax.tree sorts them.
+    items.sort(key=lambda item: _natural(item[0]))
+  for key, value in items:
     if isinstance(value, Mapping):
       yield from _layers(value, f"{prefix}/{key}" if prefix else key)
+
+
+def _natural(name: str) -> tuple:
+  """A sort key that orders the numbers in ``name`` as numbers (``conv_2`` < ``conv_10``)."""
+  return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
+               for part in re.split(r"(\d+)", name) if part)
 
 
 def param_table(variables: Mapping[str, Any]) -> str:

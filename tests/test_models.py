@@ -500,6 +500,19 @@ def test_param_table():
       f"Total: {trainable:,} trainable, 0 non-trainable")
 
 
+def test_param_table_lists_numbered_layers_in_their_numbers_order():
+  # After jax.jit (the trainer's state) the names come sorted as text: hidden_10
+  # was listed before hidden_2.
+  model = models.MLP(2, hidden=(3,) * 12)
+  variables = jax.jit(lambda: model.init(KEY, jnp.zeros((1, 4))))()
+  layers = [line.split()[0] for line in param_table(variables).splitlines()[1:-1]]
+  assert layers == ["head", *(f"hidden_{i}" for i in range(12))]
+  # model.init's own (definition) order is kept.
+  direct = model.init(KEY, jnp.zeros((1, 4)))
+  assert [line.split()[0] for line in param_table(direct).splitlines()[1:-1]] == list(
+      direct["params"])
+
+
 def test_param_table_of_abstract_variables():
   variables = _abstract_init(models.LeNet5(), (1, 28, 28, 1))
   table = param_table(variables)

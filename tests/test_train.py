@@ -1268,3 +1268,11 @@ def test_a_mid_epoch_checkpoint_with_the_older_confusion_matrix_resumes_exactly(
   resumed = jdl.fit(config, tmp_path / "resumed", quiet=True)
   chex.assert_trees_all_equal(_params(full), _params(resumed))
   assert full.history == resumed.history  # Epoch 2's macro_f1 counts its first 12 steps.
+
+
+def test_the_console_shows_small_values_in_significant_digits():
+  # A learning rate of 3e-5 (and a cosine schedule's last one) printed as 0.0000.
+  from jdl.train.callbacks import format_logs
+  assert format_logs({"loss": 0.93331, "learning_rate": 3e-5, "val_mse": 4.2e-5,
+                      "zero": 0.0, "big": 12345.6, "steps": 3}) == (
+      "loss 0.9333  learning_rate 3e-05  val_mse 4.2e-05  zero 0.0000  big 1.235e+04  steps 3")

@@ -374,8 +374,11 @@ class ProgressBar(Callback):
 
 
 def format_logs(logs: dict[str, float]) -> str:
+  """``name value`` pairs: four decimals, or four significant digits for values
+  that decimals would hide (a learning rate of 1e-5 is not ``0.0000``) or that are
+  large."""
   parts = []
   for k, v in logs.items():
-    parts.append(f"{k} {v:.4f}" if isinstance(v, float) and np.isfinite(v) and abs(v) < 1e4
-                 else f"{k} {v:.4g}")
+    fixed = isinstance(v, float) and np.isfinite(v) and (v == 0 or 1e-3 <= abs(v) < 1e4)
+    parts.append(f"{k} {v:.4f}" if fixed else f"{k} {v:.4g}")
   return "  ".join(parts)
