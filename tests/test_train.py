@@ -1276,3 +1276,46 @@ def test_the_console_shows_small_values_in_significant_digits():
   assert format_logs({"loss": 0.93331, "learning_rate": 3e-5, "val_mse": 4.2e-5,
                       "zero": 0.0, "big": 12345.6, "steps": 3}) == (
       "loss 0.9333  learning_rate 3e-05  val_mse 4.2e-05  zero 0.0000  big 1.235e+04  steps 3")
+
+
+def test_epoch_seconds_leave_out_mid_epoch_checkpoint_saves(tmp_path, monkeypatch):
+  # A save's time was counted as training: samples_per_sec fell 3x with
+  # checkpoint_every_steps while the training was bitwise the same.
+  save = loop.Trainer._save
+
+  def slow_save(self, *args, **kwargs):
+    time.sleep(1.5)
+    return save(self, *args, **kwargs)
+
+  monkeypatch.setattr(loop.Trainer, "_save", slow_save)
+  config = make_config(num_epochs=1, scan_chunk=5, checkpoint_every_steps=5)
+  result = jdl.fit(config, tmp_path, quiet=True)  # 20 steps: saves at 5, 10, 15 and 20.
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  train = next(r for r in records if r["split"] == "train")
+  assert train["epoch_seconds"] < 1.5, train  # Three mid-epoch saves took 4.5 s.
+  assert train["samples_per_sec"] == pytest.approx(
+      20 * config.batch_size / train["epoch_seconds"], rel=0.01)
+  assert result.trainer.step == 20
+
+
+def test_metrics_jsonl_is_strict_json_and_tensorboard_holds_only_curves(tmp_path, capfd):
+  # The r2 of a one-example validation split was written as a bare NaN token (no
+  # JSON; most readers refuse the line), tensorboardX warned of it on stderr every
+  # epoch, and the run's device and core counts were TensorBoard curves.
+  from test_diagnostics import _tensorboard_tags
+  config = jdl.load_config("linear_regression")
+  config.num_epochs, config.validation_split, config.batch_size = 2, 0.005, 100
+  config.tensorboard, config.plots = True, True
+  jdl.fit(config, tmp_path, quiet=True)
+  def refuse(token):
+    raise AssertionError(f"{token} in metrics.jsonl")
+  records = [json.loads(line, parse_constant=refuse)
+             for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  val = [r for r in records if r["split"] == "val"]
+  assert len(val) == 2 and all(r["r2"] is None and r["mse"] > 0 for r in val), val
+  assert "NaN or Inf" not in capfd.readouterr().err
+  tags = _tensorboard_tags(tmp_path / "tb")
+  assert "val/mse:simple_value" in tags and "train/samples_per_sec:simple_value" in tags
+  assert not {t for t in tags if t.split(":")[0] in (
+      "train/num_devices", "train/num_processes", "train/cpu_cores")}, tags
+  assert (tmp_path / "plots" / "r2.png").is_file()  # Plotted, its null points as gaps.

@@ -274,7 +274,7 @@ class MetricsLogger(Callback):
     if not keep_test:  # The finished run's own test lines: those after its last epoch.
       while records and records[-1].get("split") == "test":
         records.pop()
-    return raw, [json.dumps(r, allow_nan=True) for r in records], damaged
+    return raw, [_strict_json(r) for r in records], damaged
 
   def last_step(self) -> int:
     """The largest step of the file's readable records (0 without any)."""
@@ -299,7 +299,7 @@ class MetricsLogger(Callback):
       self.commit_truncation(self.plan_truncation(math.inf, keep_test=False))
     try:
       with self.path.open("a") as f:
-        f.write(json.dumps(record, allow_nan=True) + "\n")
+        f.write(_strict_json(record) + "\n")
     except OSError as e:  # A full disk: one line that names the file.
       raise JdlError(f"cannot append to {self.path}: {e.strerror or e}") from None
 
@@ -313,8 +313,15 @@ class TensorBoard(Callback):
   its lines past it.
   """
 
+  # Facts of the run, not curves (metrics.jsonl keeps them).
+  SKIP = ("split", "step", "epoch", "num_devices", "num_processes", "cpu_cores")
+
   def __init__(self, logdir: str | Path, purge_step: int | None = None):
+    import logging
     from tensorboardX import SummaryWriter  # Imported lazily: a slow import.
+    # A NaN metric (an undefined r2, a diverged loss) is written as NaN, as in
+    # metrics.jsonl; tensorboardX would also warn of it on stderr at every epoch.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
     # Event files are named by the second they open in: a resume within the same
     # second would reopen (and truncate) the earlier one, but for the suffix.
     suffix = f".from_step_{purge_step - 1}" if purge_step else ""
@@ -324,7 +331,7 @@ class TensorBoard(Callback):
     split, step = record["split"], record["step"]
     try:
       for k, v in record.items():
-        if k not in ("split", "step", "epoch") and isinstance(v, (int, float)):
+        if k not in self.SKIP and isinstance(v, (int, float)):
           self.writer.add_scalar(f"{split}/{k}", v, step)
       self.writer.flush()
     except OSError as e:  # A full disk: one line that names the folder.
@@ -371,6 +378,14 @@ class ProgressBar(Callback):
 
   def on_epoch_end(self, trainer, epoch, logs):
     self.close()
+
+
+def _strict_json(record: dict[str, Any]) -> str:
+  """One line of strict JSON: a value that is not a finite number (a diverged loss,
+  the r2 of one example) is ``null``, as ``jdl evaluate`` prints it (``NaN`` is no
+  JSON token; Python reads it, most other readers refuse the line)."""
+  return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
+                     for k, v in record.items()}, allow_nan=False)
 
 
 def format_logs(logs: dict[str, float]) -> str:

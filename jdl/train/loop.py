@@ -737,7 +737,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
                 due or time.monotonic() - self.saved_at >= every_seconds)
           if due:
             last_save = epoch * spe + pos
+            jax.block_until_ready(self.state)  # The block in flight is training time;
+            saved = time.perf_counter()  # the save's own work is not.
             self._save()
+            t0 += time.perf_counter() - saved  # Not training time: out of epoch_seconds.
         # A signal, or a callback's stop: all processes stop after the same block.
         stopping, self.stop_training = parallel_lib.any_process_each(stop.requested,
                                                                     self.stop_training)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,10 +12,12 @@ _SKIP = {"step", "epoch", "split", "epoch_seconds", "samples_per_sec", "compile_
 
 
 def read_metrics(path: str | Path) -> list[dict]:
+  """The records of ``metrics.jsonl``; a ``null`` value (no finite number) reads as NaN."""
   path = Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [{k: math.nan if v is None else v for k, v in json.loads(line).items()}
+          for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
