@@ -358,9 +358,12 @@ def _evaluate(args, overrides) -> int:
                      "from the run's config.json: the test split, the inputs or the model "
                      "would not be the ones it was trained with; leave them as the run "
                      "had them")
-  scores = reopen.evaluate(config, workdir, split=args.split)
+  scores, trainer = reopen.evaluate_run(config, workdir, split=args.split)
   # Strict JSON: a metric without a value (r2 of one row, roc_auc of one class) is null.
   print(json.dumps({k: v if math.isfinite(v) else None for k, v in scores.items()}))
+  # Which state: the run's own test line may score another (fit's final state).
+  print(f"jdl evaluate: the {args.split} split, scored at step {trainer.step} (epoch "
+        f"{trainer.step / trainer.steps_per_epoch:g}): {trainer.loaded_as}", file=sys.stderr)
   return 0
 
 

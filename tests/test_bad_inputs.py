@@ -363,8 +363,20 @@ def test_export_writes_the_state_evaluate_scores_by_default(tmp_path, capsys):
   val = {r["step"]: r["loss"] for r in records if r["split"] == "val"}
   worst = max(val, key=val.get)  # The "best" by this run's monitor_mode.
   assert worst != max(val), "the test needs a best step other than the latest"
-  assert jdl.load_run(run).step == worst
-  capsys.readouterr()
+  reopened = jdl.load_run(run)
+  assert reopened.step == worst and reopened.loaded_as == "the best by val_loss (max)"
+  # fit's test line scored its final state and evaluate the best step, and neither
+  # said so: two test figures for one run, with nothing to tell them apart.
+  assert cli.main(["train", "--workdir", str(run)]) == 0  # Finished: the test line again.
+  test_line = next(line for line in capsys.readouterr().out.splitlines()
+                   if line.startswith("test: "))
+  assert test_line.endswith(f" (the state at step {max(val)}; jdl evaluate scores step "
+                            f"{worst}: the best by val_loss (max))"), test_line
+  assert cli.main(["evaluate", "--workdir", str(run)]) == 0
+  assert capsys.readouterr().err.splitlines()[-1] == (
+      f"jdl evaluate: the test split, scored at step {worst} (epoch "
+      f"{worst / reopened.steps_per_epoch:g}): the best "
+      "by val_loss (max)")  # After the warning that monitor_mode='max' is odd for a loss.
   assert cli.main(["export", "--workdir", str(run), "--out", str(tmp_path / "p.npz")]) == 0
   assert f"arrays of step {worst} (the step jdl evaluate scores" in capsys.readouterr().out
   expected = jdl.checkpoint.restore_params(run / "checkpoints", step=worst, model_state=True)

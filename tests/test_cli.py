@@ -80,9 +80,14 @@ def test_evaluate_a_split(trained, capsys):
   assert other["accuracy"] == got["accuracy"] <= other["top2_accuracy"]
   # A metric without a value is null: the line is strict JSON (NaN is not).
   from jdl.train import reopen
-  real = reopen.evaluate
+  real = reopen.evaluate_run
+
+  def with_nan(*args, **kwargs):
+    scores, trainer = real(*args, **kwargs)
+    return {**scores, "loss": float("nan")}, trainer
+
   monkey = pytest.MonkeyPatch()
-  monkey.setattr(reopen, "evaluate", lambda *a, **k: {**real(*a, **k), "loss": float("nan")})
+  monkey.setattr(reopen, "evaluate_run", with_nan)
   try:
     code, out, _ = run_cli("evaluate", "--workdir", trained, "--split", "val", capsys=capsys)
   finally:

@@ -370,7 +370,7 @@ def test_a_judge_that_cannot_score_the_run_is_said_before_training(tmp_path, cap
   capfd.readouterr()
   assert cli.main(["evaluate", "--workdir", str(tmp_path / "gan_none")]) == 0
   out, err = capfd.readouterr()
-  said = [line for line in err.splitlines() if "scored" in line]
+  said = [line for line in err.splitlines() if "will not be scored" in line]
   assert len(said) == 1 and "--config.generative.classifier_workdir= leaves the scores out" \
       in said[0], err
   assert json.loads(out) == result.test_metrics

@@ -1319,3 +1319,22 @@ def test_metrics_jsonl_is_strict_json_and_tensorboard_holds_only_curves(tmp_path
   assert not {t for t in tags if t.split(":")[0] in (
       "train/num_devices", "train/num_processes", "train/cpu_cores")}, tags
   assert (tmp_path / "plots" / "r2.png").is_file()  # Plotted, its null points as gaps.
+
+
+def test_rerunning_a_finished_run_writes_its_test_points_to_tensorboard_once(tmp_path):
+  # Each re-run added another copy of test/* at the same step (metrics.jsonl's test
+  # line is replaced).
+  import struct
+  from tensorboardX.proto import event_pb2
+  config = make_config(num_epochs=1, tensorboard=True)
+  for _ in range(3):
+    jdl.fit(config, tmp_path, quiet=True)
+  points = []
+  for path in sorted((tmp_path / "tb").glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    while data:
+      (n,) = struct.unpack("<Q", data[:8])
+      event = event_pb2.Event.FromString(data[12:12 + n])
+      points += [(v.tag, event.step) for v in event.summary.value if v.tag.startswith("test/")]
+      data = data[16 + n:]
+  assert sorted(points) == [("test/accuracy", 20), ("test/loss", 20)]

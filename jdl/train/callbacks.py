@@ -326,9 +326,12 @@ class TensorBoard(Callback):
     # second would reopen (and truncate) the earlier one, but for the suffix.
     suffix = f".from_step_{purge_step - 1}" if purge_step else ""
     self.writer = SummaryWriter(str(logdir), purge_step=purge_step, filename_suffix=suffix)
+    self.test_written = False  # True: a test record is not written again.
 
   def write(self, record: dict[str, Any]) -> None:
     split, step = record["split"], record["step"]
+    if split == "test" and self.test_written:
+      return
     try:
       for k, v in record.items():
         if k not in self.SKIP and isinstance(v, (int, float)):

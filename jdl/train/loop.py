@@ -53,6 +53,7 @@ from jdl.train import checks
 from jdl.train import diagnose
 from jdl.train import parallel as parallel_lib
 from jdl.train import plots
+from jdl.train import resume
 from jdl.train import run_data
 from jdl.train import runtime as runtime_lib
 from jdl.train import steps as steps_lib
@@ -122,6 +123,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     # (restored state, state training reached) after a callback put an earlier state
     # back: a second fit() without a workdir continues from the one reached.
     self._reached = None
+    self.loaded_as: str | None = None  # Why jdl.load_run restored this state's step.
     self.nan_detected = False
     # False until fit() or load_run() has put the run's state in place: a Trainer
     # of a workdir with checkpoints holds initial parameters before then.
@@ -860,6 +862,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     """After a stop request: write the checkpoint (unless this step has one), flush
     and return."""
     self.preempted = signal_name
+    self.progress.close()
     self._save()
     self._close_writers()
     return FitResult(self.state, self.history, {}, self.workdir, self)
@@ -885,6 +888,17 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self._end_callbacks()  # Before the close: restore_best may read a checkpoint.
     self._close_writers()
     return FitResult(self.state, self.history, {}, self.workdir, self)
+
+  def _scored_elsewhere(self) -> str:
+    """`` (...)`` naming the step ``jdl evaluate`` scores when it is not this state's
+    (fit scores its final state; evaluate the best checkpoint by ``monitor``)."""
+    ck = self.checkpointer
+    latest = ck.latest_step() if ck is not None and self.primary else None
+    if latest is None:
+      return ""
+    step, why = resume.final_step(self.config, ck, latest)
+    return "" if step == self.step else (
+        f" (the state at step {self.step}; jdl evaluate scores step {step}: {why})")
 
   def _end_callbacks(self) -> None:
     """Every callback's ``on_train_end``. Early stopping may put an earlier state back;
@@ -1054,7 +1068,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         self.warn(f"jdl: warning: generated images not scored: {e}")
       self._record({"step": self.step, "epoch": self.step // self.steps_per_epoch,
                     "split": "test", **test})
-      self.log(f"test: {cb.format_logs(test)}")
+      self.log(f"test: {cb.format_logs(test)}{self._scored_elsewhere()}")
     if self.workdir is not None:
       if self.tb is not None:
         self.tb.writer.close()

@@ -90,7 +90,7 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
     latest = ck.latest_step()
     if latest is None:
       raise JdlError(f"no checkpoints in {ckdir}")
-    step = _final_step(config, ck, latest) if best else latest
+    step, why = resume.final_step(config, ck, latest) if best else (latest, "the latest")
     with ckpt_lib.unreadable_as_error(ckdir, step):
       meta = ck.restore_meta(step)
     vocab = None
@@ -135,6 +135,7 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
       tree, _ = ck.restore(step, {"state": trainer.state}, partial=True)
   trainer.state = tree["state"]
   trainer.holds_run_state = True
+  trainer.loaded_as = why
   return trainer
 
 
@@ -161,42 +162,7 @@ def scored_step(workdir: str | Path) -> int:
     latest = ck.latest_step()
     if latest is None:
       raise JdlError(f"no checkpoints in {ckdir}")
-    return _final_step(config, ck, latest)
-
-
-def _final_step(config: ml_collections.ConfigDict, ck: ckpt_lib.Checkpointer,
-                latest: int) -> int:
-  """The state a run ends with: early stopping's restored epoch, else the best
-  checkpoint by ``config.monitor``, else ``latest``."""
-  step = _early_stopping_best(config, ck, latest)
-  if step is None and config.monitor:
-    step = ck.best_step()
-  return latest if step is None else step
-
-
-def _early_stopping_best(config: ml_collections.ConfigDict, ck: ckpt_lib.Checkpointer,
-                         latest: int) -> int | None:
-  """The step early stopping restores at the end of the run (``restore_best``), as
-  the latest checkpoint's callback state records it; ``None`` without one.
-
-  It ranks epochs by its own monitor and ``min_delta``, so it need not be the best
-  checkpoint by ``config.monitor``: the run's test line scores this state, and so
-  must ``evaluate``.
-  """
-  es = config.early_stopping
-  if not (es.enabled and es.restore_best):
-    return None
-  with ckpt_lib.unreadable_as_error(ck.directory, latest):
-    meta = ck.restore_meta(latest)
-  state = meta.get("callbacks", {}).get("EarlyStopping") if isinstance(meta, dict) else None
-  if not isinstance(state, dict) or (state.get("monitor"), state.get("mode")) != (
-      es.monitor, es.mode):  # Another early stopping's state (cf. its load_state_dict).
-    return None
-  step = state.get("best_step")
-  if not isinstance(step, int) or step < 0:
-    return None
-  # Its step gone (removed by hand: early stopping keeps it), fit kept the last state.
-  return step if step in ck.steps() else latest
+    return resume.final_step(config, ck, latest)[0]
 
 
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
@@ -214,6 +180,14 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
   Raises:
     JdlError: the workdir holds no checkpoint, or the split is empty.
   """
+  return evaluate_run(config, workdir, split=split, dataset=dataset, model=model)[0]
+
+
+def evaluate_run(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
+                 split: str = "test", dataset: data_lib.Dataset | None = None,
+                 model=None) -> tuple[dict[str, float], Trainer]:
+  """:func:`evaluate`'s metrics, and the :class:`Trainer` of the state it scored
+  (its ``step``, and ``loaded_as``: why that step)."""
   if split not in ("test", "val", "train"):
     raise JdlError(f"split must be 'test', 'val' or 'train', got {split!r}")
   trainer = load_run(workdir, config, dataset=dataset, model=model)
@@ -222,7 +196,8 @@ def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
     raise JdlError(f"the {split} split of {trainer.data.name!r} is empty")
   results = trainer.evaluate_split(data)
   trainer.load_judge_or_warn()
-  return {**results, **trainer.sequence_scores(data), **trainer.generative_scores(data)}
+  return ({**results, **trainer.sequence_scores(data), **trainer.generative_scores(data)},
+          trainer)
 
 
 def predict(run: FitResult | Trainer, x: np.ndarray) -> np.ndarray:

@@ -68,6 +68,44 @@ def mismatch_message(workdir, step: int, diffs: list[str], saved: dict | None,
           f"state than this config builds ({'; '.join(diffs[:2])}{more}){keys}. {remedy}")
 
 
+def final_step(config, ck: ckpt_lib.Checkpointer, latest: int) -> tuple[int, str]:
+  """The state a run ends with, as ``jdl evaluate``, ``predict`` and ``sample`` read
+  it, and why: early stopping's restored epoch, else the best checkpoint by
+  ``config.monitor``, else ``latest``."""
+  step = _early_stopping_best(config, ck, latest)
+  if step is not None:
+    return step, "early stopping's restored epoch"
+  if config.monitor:
+    step = ck.best_step()
+    if step is not None:
+      return step, f"the best by {config.monitor} ({config.monitor_mode})"
+  return latest, "the latest"
+
+
+def _early_stopping_best(config, ck: ckpt_lib.Checkpointer, latest: int) -> int | None:
+  """The step early stopping restores at the end of the run (``restore_best``), as
+  the latest checkpoint's callback state records it; ``None`` without one.
+
+  It ranks epochs by its own monitor and ``min_delta``, so it need not be the best
+  checkpoint by ``config.monitor``: the run's test line scores this state, and so
+  must ``evaluate``.
+  """
+  es = config.early_stopping
+  if not (es.enabled and es.restore_best):
+    return None
+  with ckpt_lib.unreadable_as_error(ck.directory, latest):
+    meta = ck.restore_meta(latest)
+  state = meta.get("callbacks", {}).get("EarlyStopping") if isinstance(meta, dict) else None
+  if not isinstance(state, dict) or (state.get("monitor"), state.get("mode")) != (
+      es.monitor, es.mode):  # Another early stopping's state (cf. its load_state_dict).
+    return None
+  step = state.get("best_step")
+  if not isinstance(step, int) or step < 0:
+    return None
+  # Its step gone (removed by hand: early stopping keeps it), fit kept the last state.
+  return step if step in ck.steps() else latest
+
+
 class ResumeRefused(JdlError):
   """A readable checkpoint this run must not resume from: refuse, touch nothing."""
 
@@ -233,6 +271,10 @@ class ResumableRun:
                 f"dropped; the file as it was is kept as {backup}")
     if self.config.tensorboard:  # Points past the checkpoint are written again.
       self.tb = cb.TensorBoard(wd / "tb", purge_step=start + 1 if start else None)
+      # A re-run with nothing to train scores the same state again: its test points
+      # are in the event files already (they are at or before the purge step).
+      self.tb.test_written = complete and truncation is not None and any(
+          json.loads(line).get("split") == "test" for line in truncation[1])
     return start
 
   def _record_config_changes(self, saved: dict, current: dict, step: int):

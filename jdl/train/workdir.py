@@ -344,7 +344,9 @@ class StopRequests:
     if self.signal_name is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signal_name = signal.Signals(signum).name
-    print(f"jdl: {self.signal_name} received; stopping after the current step and "
+    # On a terminal the progress bar's line is cleared first (the bar redraws below).
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""
+    print(f"{clear}jdl: {self.signal_name} received; stopping after the current step and "
           "saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True)
 
   def __exit__(self, *exc) -> None:
