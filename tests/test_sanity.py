@@ -303,3 +303,28 @@ def test_soft_targets_are_fitted_down_to_their_entropy(loss):
       1 if loss == "categorical_crossentropy" else 3)
   assert f"the soft targets' entropy ({entropy:.3g})" in overfit.message
   assert entropy - 1e-6 <= overfit.values["loss"] <= entropy + 0.01
+
+
+class _ScaledBatchNormNet(nn.Module):
+  """Inputs scaled by 50 before batch norm: on the batch's statistics the logits are
+  small; on a fresh model's running ones (mean 0, variance 1) they are 50x larger."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = nn.BatchNorm(use_running_average=not train)(50.0 * x.reshape(len(x), -1))
+    return nn.Dense(10, kernel_init=nn.initializers.normal(0.1))(x)
+
+
+def test_batch_norm_models_are_checked_as_their_first_train_step_runs_them():
+  # initial_loss, gradcheck and grad_nonzero ran the model in eval mode, where a fresh
+  # model's batch-norm statistics normalise nothing: resnet20_mnist failed jdl check
+  # (loss 7.0 against ln 10; 28 leaves "wrong" by finite differences).
+  results = {r.name: r for r in sanity.run_checks(make_config(), model=_ScaledBatchNormNet(),
+                                                  overfit_steps=50)}
+  assert not results["initial_loss"].failed, results["initial_loss"].line()
+  assert not results["gradcheck"].failed, results["gradcheck"].line()
+  trainer = jdl.Trainer(make_config(), None, model=_ScaledBatchNormNet(), quiet=True)
+  state = trainer.state
+  x, y = trainer.data.train.x[:512], trainer.data.train.y[:512]
+  eval_loss = float(jnp.mean(trainer.loss(state.apply_fn(state.variables, x), y)))
+  assert eval_loss > 2 * math.log(10) > results["initial_loss"].values["loss"]
