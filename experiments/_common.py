@@ -103,7 +103,7 @@ def make_parser(doc: str, *, name: str, epochs: int | str,
   # An --epochs equal to the full run's (one count for all variants) is the full run.
   parser.set_defaults(full_epochs=epochs if isinstance(epochs, int) else None)
   parser.add_argument("--tiny", action="store_true",
-                      help="digits, tiny models, a few epochs: a smoke run of seconds")
+                      help="digits, tiny models, a few epochs: a smoke run of about a minute or less")
   parser.add_argument("--out", default="",
                       help=out_help or f"plots and tables; default experiments/results/{name} "
                                        "(WORKDIR/results with --tiny, --epochs or a subset)")

@@ -49,7 +49,7 @@ def parse_args(argv):
   p.add_argument("--out", default="",
                  help=f"default {OUT} for the full run; WORKDIR/results for --tiny or any other")
   p.add_argument("--tiny", action="store_true",
-                 help="the 8x8 digits, a narrow CNN, fewer samples: a smoke run of seconds")
+                 help="the 8x8 digits, a narrow CNN, fewer samples: a smoke run of about a minute or less")
   p.add_argument("--num_digits", type=_common.int_in(1, 10), default=6,
                  help="digits shown in the overlay grids, 1-10 (default 6)")
   for name, value in FULL.items():

@@ -1,7 +1,9 @@
 """The adding problem (Hochreiter & Schmidhuber 1997): sum the two marked values of a long sequence.
 
-Each input is T steps of (value ~ U[0, 1], marker), with one marker in each half;
-the target is the sum of the two marked values. Predicting the mean (1) gives MSE
+In the form of Le et al. (2015) and Arjovsky et al. (2016): each input is T steps of
+(value ~ U[0, 1], marker), with one marker in each half; the target is the sum of
+the two marked values (Hochreiter & Schmidhuber's values lie in [-1, 1] and their
+target is 0.5 + (X1 + X2) / 4). Predicting the mean (1) gives MSE
 1/6 = 0.167, the trivial baseline: a model must carry one value across up to T
 steps. LSTM and GRU learn it; a simple (tanh) RNN's gradient w.r.t. the early
 inputs vanishes (experiments/adding_problem.py plots it). Cell and length:

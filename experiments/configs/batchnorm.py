@@ -3,7 +3,8 @@
 MLP 784-(256 x 6)-10, SGD with momentum 0.9, batch 128, constant learning rate.
 The driver experiments/batchnorm.py trains it with and without batch norm
 (model.batch_norm) at a low (0.005) and a high (0.2) learning rate, with 5,000
-other training images for validation and the full test set.
+other training images for validation (held out by the driver: this config alone
+holds out 10% of the 10,000, training on 9,000) and the full test set.
 
 Command:  python experiments/batchnorm.py --data_dir ../shared/data/mnist
           (this config alone: jdl train --config batchnorm --workdir runs/batchnorm --config.data_dir=../shared/data/mnist)

@@ -1,7 +1,9 @@
 """ResNet-20 (CIFAR-style: 3 stages of 3 basic residual blocks, 16-32-64 filters) on MNIST.
 
-Batch norm, identity and projection shortcuts, global average pooling; 272,474
-parameters on 3-channel inputs, 272,186 on MNIST's one channel. Adam + cosine
+Batch norm, identity and projection shortcuts (a 1x1 convolution and batch norm
+where the shape changes: the paper's option B; its CIFAR networks use option A,
+zero-padded identities, which makes 269,722 parameters), global average pooling;
+272,474 parameters on 3-channel inputs, 272,186 on MNIST's one channel. Adam + cosine
 as mnist_cnn. The driver experiments/architectures.py compares it with the
 course's other architectures.
 
