@@ -245,6 +245,11 @@ def test_conv1d_path():
     (lambda: create_model({"name": "vgg", "stages": [[8, 0]]}, num_outputs=2),
      r"stages\[0\] must be a sequence of positive integers"),
     (lambda: create_model({"name": "mlp"}, num_outputs=0), r"num_outputs must be"),
+    # numpy's TypeError, or an integer network, before.
+    (lambda: create_model({"name": "mlp", "dtype": "foo"}, num_outputs=2),
+     r"^dtype must be a floating-point type \(float32, bfloat16, float16, float64\), got 'foo'$"),
+    (lambda: create_model({"name": "cnn", "dtype": "int32"}, num_outputs=2),
+     r"^dtype must be a floating-point type .* got 'int32'$"),
     # A single number is named as one (it read "a sequence ..., got (0,)").
     (lambda: create_model({"name": "resnet20", "num_filters": 0}, num_outputs=2),
      r"^num_filters must be a positive integer, got 0$"),

@@ -105,6 +105,14 @@ def check_common_fields(module: nn.Module) -> None:
       )
   if hasattr(module, "bn_position"):
     errors.lookup("bn_position", module.bn_position, {p: p for p in BN_POSITIONS})
+  if getattr(module, "dtype", None) is not None:  # 'foo' or 'int32': numpy's error, later.
+    try:
+      kind = jnp.dtype(module.dtype)
+    except TypeError:
+      kind = None
+    errors.require(kind is not None and jnp.issubdtype(kind, jnp.floating),
+                   f"dtype must be a floating-point type (float32, bfloat16, float16, "
+                   f"float64), got {module.dtype!r}")
   for field in dataclasses.fields(module):  # batch_norm='no' built batch norm.
     value = getattr(module, field.name, None)
     if field.type in ("bool", bool):
