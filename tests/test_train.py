@@ -578,6 +578,14 @@ class _StopAt(jdl.train.callbacks.Callback):
       trainer.stop_training = True
 
 
+class _StopOnceAt(_StopAt):
+  """Stops the first fit() at ``step``; a second fit() of the trainer runs on."""
+
+  def on_steps_end(self, trainer, step, num_steps):
+    if self.step and step >= self.step:
+      trainer.stop_training, self.step = True, 0
+
+
 def test_a_callback_stopping_mid_epoch_leaves_a_run_that_resumes_exactly(tmp_path):
   # It was logged as a whole epoch, its checkpoint held emptied sums, and the re-run
   # logged that epoch twice with the sums of its second part only.
@@ -594,12 +602,7 @@ def test_a_callback_stopping_mid_epoch_leaves_a_run_that_resumes_exactly(tmp_pat
       json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
   assert lines("run") == lines("full")
   # Without a workdir, a second fit() of the trainer continues the epoch, its sums too.
-  class Once(_StopAt):
-    def on_steps_end(self, trainer, step, num_steps):
-      if self.step and step >= self.step:
-        trainer.stop_training, self.step = True, 0
-
-  trainer = loop.Trainer(config, None, quiet=True, callbacks=[Once(30)])
+  trainer = loop.Trainer(config, None, quiet=True, callbacks=[_StopOnceAt(30)])
   assert trainer.fit().history["loss"] == full.history["loss"][:1]
   assert trainer.fit().history == full.history
 
@@ -617,12 +620,7 @@ def test_a_second_fit_without_a_workdir_continues_from_the_state_reached_not_the
   chex.assert_trees_all_equal(jax.device_get(again.state.params),
                               jax.device_get(result.state.params))
 
-  class Once(_StopAt):
-    def on_steps_end(self, trainer, step, num_steps):
-      if self.step and step >= self.step:
-        trainer.stop_training, self.step = True, 0
-
-  stopped = loop.Trainer(config, None, quiet=True, callbacks=[Once(30)])
+  stopped = loop.Trainer(config, None, quiet=True, callbacks=[_StopOnceAt(30)])
   assert stopped.fit().history["loss"] == result.history["loss"][:1]
   assert stopped.step == stopped.steps_per_epoch  # The best epoch, put back at the stop.
   assert stopped.fit().history == result.history and stopped.trained_to == full.trained_to

@@ -8,6 +8,7 @@ are the ones the checkpoints record, and restores the best (else latest) state.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 
@@ -82,14 +83,7 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
                      f"{workdir}` continues its run")
     raise JdlError(f"no checkpoints in {workdir}; train first: `jdl train --config "
                    f"FILE_OR_NAME --workdir {workdir}` with the experiment to evaluate")
-  ckpt_lib.require_undamaged(ckdir)
-  with ckpt_lib.unreadable_as_error(ckdir, None):
-    ck = ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
-                               best_mode=config.monitor_mode, async_save=False)
-  with ck:
-    latest = ck.latest_step()
-    if latest is None:
-      raise JdlError(f"no checkpoints in {ckdir}")
+  with _checkpoints(ckdir, config) as (ck, latest):
     step, why = resume.final_step(config, ck, latest) if best else (latest, "the latest")
     with ckpt_lib.unreadable_as_error(ckdir, step):
       meta = ck.restore_meta(step)
@@ -153,7 +147,18 @@ def scored_step(workdir: str | Path) -> int:
   if not path.is_file():
     raise JdlError(f"{workdir} holds no config.json, which names the metric to rank by")
   config = config_lib.from_dict(workdir_lib.read_json(path, workdir_lib.READ_REMEDY))
-  ckdir = workdir / "checkpoints"
+  with _checkpoints(workdir / "checkpoints", config) as (ck, latest):
+    return resume.final_step(config, ck, latest)[0]
+
+
+@contextlib.contextmanager
+def _checkpoints(ckdir: Path, config: ml_collections.ConfigDict):
+  """``(checkpointer, latest step)`` of a run's undamaged ``checkpoints/``, ranked by
+  ``config.monitor``; closed on exit.
+
+  Raises:
+    JdlError: a damaged or unreadable step, or no checkpoint.
+  """
   ckpt_lib.require_undamaged(ckdir)
   with ckpt_lib.unreadable_as_error(ckdir, None):
     ck = ckpt_lib.Checkpointer(ckdir, best_metric=config.monitor or None,
@@ -162,7 +167,7 @@ def scored_step(workdir: str | Path) -> int:
     latest = ck.latest_step()
     if latest is None:
       raise JdlError(f"no checkpoints in {ckdir}")
-    return resume.final_step(config, ck, latest)[0]
+    yield ck, latest
 
 
 def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
