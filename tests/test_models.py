@@ -296,6 +296,21 @@ def test_conv1d_path():
     (lambda: attention.Attention("bahdanau", 0),
      r"^bahdanau attention's features must be a positive integer, got 0$"),
     (lambda: models.Bidirectional(0), r"^features must be a positive integer, got 0$"),
+    # A ResNet of no stages (a stem and a head), and special token ids outside the
+    # vocabulary (pad_id='a' masked nothing; 12 of 10 masked nothing): accepted before.
+    (lambda: create_model({"name": "resnet", "stage_sizes": ()}, num_outputs=2),
+     r"^stage_sizes must be a sequence of one or more positive integers, got \(\)$"),
+    (lambda: create_model({"name": "text_rnn", "vocab_size": 10, "pad_id": 10}, num_outputs=2),
+     r"^pad_id must be a token id in \[0, vocab_size=10\), got 10$"),
+    (lambda: create_model({"name": "text_conv1d", "vocab_size": 10, "pad_id": "a"},
+                          num_outputs=2),
+     r"^pad_id must be a token id in \[0, vocab_size=10\), got 'a'$"),
+    (lambda: create_model({"name": "seq2seq", "src_vocab_size": 9, "tgt_vocab_size": 3},
+                          num_outputs=2),
+     r"^eos_id must be a token id in \[0, tgt_vocab_size=3\), got 3$"),
+    (lambda: create_model({"name": "seq2seq", "src_vocab_size": 4, "tgt_vocab_size": 9,
+                           "pad_id": 5}, num_outputs=2),
+     r"^pad_id must be a token id in \[0, src_vocab_size=4\), got 5$"),
     # Not "cannot take inputs of shape ..." and four lines of MLIR signatures:
     (lambda: create_model({"name": "mlp", "hidden": (10**20,)}, num_outputs=2),
      r"^hidden must be at most 2\*\*31 - 1 each"),

@@ -137,6 +137,14 @@ def check_positive(field: str, value: int) -> None:
                  f"{field} must be at most 2**31 - 1 (an array size), got {value!r}")
 
 
+def check_token_id(field: str, value: int, vocab_size: int, vocab_field: str) -> None:
+  """Raises ``JdlError`` unless ``value`` is a token id of a ``vocab_size`` vocabulary."""
+  errors.require(
+      isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size,
+      f"{field} must be a token id in [0, {vocab_field}={vocab_size}), got {value!r}",
+  )
+
+
 def check_widths(field: str, widths: Sequence[int], *, nonempty: bool = False) -> None:
   """Raises ``JdlError`` unless ``widths`` is a sequence of positive integers (at
   least one with ``nonempty``)."""

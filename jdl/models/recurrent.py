@@ -30,7 +30,8 @@ from jdl.models.cells import CELLS, GRUCell, LSTMCell, RECURRENT_INITS
 from jdl.models.cells import SIMPLE_ACTIVATIONS, SimpleRNNCell, identity_init, make_cell
 from jdl.models.cells import recurrent_initializer
 from jdl.models.initializers import get_head_initializer
-from jdl.models.mlp import check_common_fields, check_positive, check_tbptt, check_widths
+from jdl.models.mlp import check_common_fields, check_positive, check_tbptt, check_token_id
+from jdl.models.mlp import check_widths
 from jdl.models.text_conv import Conv1DText
 
 Dtype = Any
@@ -318,6 +319,7 @@ class TextClassifier(RecurrentOptions):
     check_common_fields(self)
     check_positive("vocab_size", self.vocab_size)
     check_positive("embed_dim", self.embed_dim)
+    check_token_id("pad_id", self.pad_id, self.vocab_size, "vocab_size")
     errors.lookup("pooling", self.pooling, {p: p for p in POOLINGS})
 
   @nn.compact

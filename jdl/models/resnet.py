@@ -150,7 +150,7 @@ class ResNet(nn.Module):
   def __post_init__(self):
     super().__post_init__()
     check_common_fields(self)
-    check_widths("stage_sizes", self.stage_sizes)
+    check_widths("stage_sizes", self.stage_sizes, nonempty=True)
     check_positive("num_filters", self.num_filters)
     errors.lookup("block", self.block, {b: b for b in BLOCKS})
     errors.lookup("stem", self.stem, {s: s for s in STEMS})

@@ -32,7 +32,7 @@ from jdl.models import manual_axes
 from jdl.models.attention import ATTENTIONS, Attention
 from jdl.models.cells import carry_dtype, make_cell
 from jdl.models.initializers import get_head_initializer
-from jdl.models.mlp import check_common_fields, check_positive
+from jdl.models.mlp import check_common_fields, check_positive, check_token_id
 from jdl.models.recurrent import RNN, Bidirectional
 
 Dtype = Any
@@ -148,6 +148,12 @@ class Seq2Seq(nn.Module):
     check_positive("tgt_vocab_size", self.tgt_vocab_size)
     check_positive("embed_dim", self.embed_dim)
     check_positive("hidden", self.hidden)
+    # pad_id pads both the source and the target; bos_id and eos_id are targets.
+    check_token_id("pad_id", self.pad_id, min(self.src_vocab_size, self.tgt_vocab_size),
+                   "src_vocab_size" if self.src_vocab_size <= self.tgt_vocab_size
+                   else "tgt_vocab_size")
+    for field in ("bos_id", "eos_id"):
+      check_token_id(field, getattr(self, field), self.tgt_vocab_size, "tgt_vocab_size")
     errors.lookup("cell", self.cell, {c: c for c in DECODER_CELLS})
     errors.lookup("attention", self.attention, {a: a for a in ATTENTIONS})
     errors.require(not self.bidirectional_encoder or self.hidden % 2 == 0,

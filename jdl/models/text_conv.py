@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jdl import errors
 from jdl.models.conv import Conv
 from jdl.models.initializers import get_initializer
-from jdl.models.mlp import MLP, check_common_fields, check_positive, check_widths
+from jdl.models.mlp import MLP, check_common_fields, check_positive, check_token_id, check_widths
 
 Dtype = Any
 
@@ -77,6 +77,7 @@ class Conv1DText(nn.Module):
     check_common_fields(self)
     check_positive("vocab_size", self.vocab_size)
     check_positive("embed_dim", self.embed_dim)
+    check_token_id("pad_id", self.pad_id, self.vocab_size, "vocab_size")
     check_widths("filters", self.filters)
     errors.require(len(self.filters) >= 1, "filters needs at least one conv layer")
     check_positive("kernel_size", self.kernel_size)
