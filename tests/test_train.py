@@ -1109,6 +1109,38 @@ def test_an_early_stopping_state_of_another_metric_is_not_loaded():
   assert (same.best, same.best_step) == (0.5, 40)
 
 
+@pytest.mark.parametrize("patience", [0, 1, 2])
+def test_early_stopping_counts_a_nan_first_epoch_as_keras_does(patience):
+  # Keras' EarlyStopping starts from an infinite best, so a NaN first epoch is no
+  # improvement, and never stops after the first epoch. This one stopped there
+  # (patience 0 or 1) before.
+  class Trainer:
+    step, stop_training, log = 0, False, staticmethod(lambda message: None)
+
+  es = jdl.train.callbacks.EarlyStopping("val_loss", "min", patience=patience,
+                                         restore_best=False)
+  trainer, stopped = Trainer(), None
+  for epoch, value in enumerate([np.nan, np.nan, 0.5, 0.6, 0.7, 0.8]):
+    trainer.step = 10 * (epoch + 1)
+    es.on_epoch_end(trainer, epoch, {"val_loss": value})
+    if trainer.stop_training:
+      stopped = epoch
+      break
+  # Keras 3's rule on the same values: wait counts every epoch without improvement
+  # (NaN < best is false) and stops once wait >= patience at an epoch after the first.
+  best, wait, expected = np.inf, 0, None
+  for epoch, value in enumerate([np.nan, np.nan, 0.5, 0.6, 0.7, 0.8]):
+    wait += 1
+    if value < best:
+      best, wait = value, 0
+      continue
+    if wait >= patience and epoch > 0:
+      expected = epoch
+      break
+  assert stopped == expected == {0: 1, 1: 1, 2: 1}[patience]
+  assert es.stopped_epoch == stopped
+
+
 class _TermAt(jdl.train.callbacks.Callback):
   """SIGTERM to this process once training has reached ``at`` (a graceful stop)."""
 

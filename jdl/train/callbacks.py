@@ -94,8 +94,9 @@ class EarlyStopping(Callback):
 
   As Keras' and Lightning's: with ``patience=2`` and the best epoch 1, training
   stops after epoch 3 (``patience=0`` stops at the first epoch without improvement,
-  as 1 does); ``reduce_on_plateau.patience`` counts the same way. With
-  ``restore_best`` the state of the best epoch is put back at the end.
+  as 1 does); ``reduce_on_plateau.patience`` counts the same way. As Keras', it
+  never stops after the first epoch (whose value, unless NaN, is the first best).
+  With ``restore_best`` the state of the best epoch is put back at the end.
   """
 
   def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 5,
@@ -124,7 +125,7 @@ class EarlyStopping(Callback):
         self._best_state = jax.tree.map(lambda x: x.copy(), trainer.state)
       return
     self.wait += 1
-    if self.wait >= self.patience:
+    if self.wait >= self.patience and epoch > 0:
       self.stopped_epoch = epoch
       trainer.stop_training = True
       best = ("no finite value yet" if self.best is None  # NaN from the first epoch on.
