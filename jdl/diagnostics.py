@@ -7,7 +7,8 @@ Pure, jittable functions of parameters, gradients and activations. The loop call
 Definitions (thresholds are module constants):
 
 - ``grad_norm``: the global L2 norm of the raw gradients (before clipping),
-  ``sqrt(sum of squares over every leaf)``.
+  ``sqrt(sum of squares over every leaf)``. Under gradient accumulation it is the
+  gradient the update applied: the mean of the ``k`` accumulated steps' gradients.
 - ``update_ratio/<layer>``: ``||w_after - w_before|| / ||w_before||`` per *layer*,
   where a layer is a module: all parameter leaves under the same parent path
   (``hidden_0/kernel`` and ``hidden_0/bias`` form ``hidden_0``), so a zero-initialised
@@ -32,6 +33,7 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import optax
 import jax.numpy as jnp
 import ml_collections
 
@@ -102,7 +104,9 @@ def histogram(x: jax.Array, bins: int, range: tuple[Any, Any] | None = None  # n
 
   Returns:
     ``counts: [bins]`` (float32), ``edges: [bins + 1]``, and ``min``, ``max``,
-    ``sum``, ``sum_sq``, ``num`` of all of ``x``.
+    ``sum``, ``num`` and ``sum_sq_dev`` (the squared deviations from the mean,
+    summed: the variance without the cancellation of ``sum(x**2) - n * mean**2``,
+    nor its overflow for values above ~1.8e19) of all of ``x``.
   """
   x = jnp.ravel(x).astype(jnp.float32)
   lo, hi = (jnp.min(x), jnp.max(x)) if range is None else range
@@ -110,22 +114,30 @@ def histogram(x: jax.Array, bins: int, range: tuple[Any, Any] | None = None  # n
   same = lo == hi
   lo, hi = jnp.where(same, lo - 0.5, lo), jnp.where(same, hi + 0.5, hi)
   width = (hi - lo) / bins
+  # A range wider than float32's largest number (values beyond +-1.7e38): halves,
+  # whose differences do not overflow.
+  wide = ~jnp.isfinite(hi - lo)
+  half = (hi * 0.5 - lo * 0.5) / bins
 
   def edge(i):  # Edge i as np.linspace computes it (lo + i * step; hi last), in
     # float32; computed, not gathered (a gather is slow on CPU).
-    return jnp.where(i >= bins, hi, lo + i.astype(jnp.float32) * width)
+    i = i.astype(jnp.float32)
+    return jnp.where(i >= bins, hi,
+                     jnp.where(wide, lo + i * half + i * half, lo + i * width))
 
   edges = edge(jnp.arange(bins + 1))
   # The bin by arithmetic, then corrected against the edges themselves (as numpy
   # does), so a value on an edge lands where np.histogram with these edges puts it.
-  idx = jnp.clip(jnp.floor((x - lo) / width), 0, bins - 1).astype(jnp.int32)
+  position = jnp.where(wide, (x * 0.5 - lo * 0.5) / half, (x - lo) / width)
+  idx = jnp.clip(jnp.floor(position), 0, bins - 1).astype(jnp.int32)
   idx = jnp.where((x < edge(idx)) & (idx > 0), idx - 1, idx)
   idx = jnp.where((x >= edge(idx + 1)) & (idx < bins - 1), idx + 1, idx)  # Last bin closed.
   inside = (x >= lo) & (x <= hi)
   counts = jnp.zeros((bins,), jnp.float32).at[jnp.where(inside, idx, bins)].add(
       1.0, mode="drop")
+  total = jnp.sum(x)
   return {"counts": counts, "edges": edges, "min": jnp.min(x), "max": jnp.max(x),
-          "sum": jnp.sum(x), "sum_sq": jnp.sum(jnp.square(x)),
+          "sum": total, "sum_sq_dev": jnp.sum(jnp.square(x - total / x.size)),
           "num": jnp.asarray(x.size, jnp.float32)}
 
 
@@ -220,6 +232,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     JdlError: a value out of range, naming it.
   """
   d = config.diagnostics
+  for field in ("every_steps", "histogram_bins", "warn_after_periods"):
+    value = d[field]  # A config.json's true would read as 1.
+    errors.require(isinstance(value, int) and not isinstance(value, bool),
+                   f"diagnostics.{field} must be an integer, got {value!r}")
   errors.require(int(d.every_steps) >= 0,
                  f"diagnostics.every_steps must be >= 0 (0 = off), got {d.every_steps}")
   errors.require(int(d.histogram_bins) >= 1,
@@ -241,12 +257,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                  f"{', '.join(ACTIVATION_KINDS)}, got {d.activation!r}")
 
 
-def activation_kind(config: ml_collections.ConfigDict) -> str:
-  """``config.diagnostics.activation``, with ``'auto'`` read from ``model.activation``."""
+def activation_kind(config: ml_collections.ConfigDict, model: Any = None) -> str:
+  """``config.diagnostics.activation``, with ``'auto'`` read from ``model.activation``:
+  the built ``model``'s field when it has one (a field the config leaves out has the
+  model's default: LeNet-5's and the recurrent models' are tanh), else the config's
+  (ReLU when absent)."""
   kind = config.diagnostics.activation
   if kind != "auto":
     return kind
-  name = config.model.get("activation", "relu")
+  name = getattr(model, "activation", None)
+  if name is None:
+    name = config.model.get("activation", "relu")
   if not isinstance(name, str):
     return "none"
   if name in _RELU_LIKE:
@@ -265,8 +286,8 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
   mutable, with the step's key (so dropout masks match) and the same augmented
   batch and (mixup) loss as the step's; the updates are ``new_state - state``.
   Should ``loss_fn`` not pass that collection through, one more forward pass gets
-  it. :func:`make_diagnostic_block` runs it beside the loop's own steps. A step
-  taken in microbatches has its gradient recomputed in the same microbatches (with
+  it (the task's ``sown``). :func:`make_diagnostic_block` runs it beside the
+  loop's own steps. A step taken in microbatches has its gradient recomputed in the same microbatches (with
   their dropout keys); its activations then come from one whole-batch forward pass.
 
   Args:
@@ -297,12 +318,13 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
     else:
       grads, (_, _, collections) = jax.grad(loss_task.loss_fn, has_aux=True)(
           state.params, state.model_state, seen, key, True)
-    if not isinstance(collections, dict) or "intermediates" not in collections:
-      mutable = [*state.model_state.keys(), "intermediates"]
-      _, collections = task.apply_fn({"params": state.params, **state.model_state}, seen["x"],
-                                     train=True, rngs={"dropout": key}, mutable=mutable)
-    diag = compute_diagnostics(state, new_state, grads, collections.get("intermediates", {}),
-                               bins=bins, activation=activation, histograms=histograms)
+    if isinstance(collections, dict) and "intermediates" in collections:
+      sown = collections["intermediates"]
+    else:
+      sown = task.sown(state.params, state.model_state, seen, key)
+    grads = applied_gradient(state.opt_state, grads)
+    diag = compute_diagnostics(state, new_state, grads, sown, bins=bins, activation=activation,
+                               histograms=histograms)
     if learning_rate_fn is not None:
       diag["learning_rate"] = jnp.asarray(learning_rate_fn(state.opt_state), jnp.float32)
     return diag
@@ -310,26 +332,55 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
   return diagnose
 
 
-def make_diagnostic_block(run_block: Callable, diagnose: Callable,
-                          batch_size: int) -> Callable:
+def applied_gradient(opt_state: Any, grads: Any) -> Any:
+  """The gradient an update applies: ``grads`` itself, or under gradient
+  accumulation (an ``optax.MultiSteps`` state in ``opt_state``, the state before the
+  step) the mean of the steps accumulated so far and this one, as MultiSteps
+  computes it. (At a step that only accumulates, the mean so far.)"""
+  found = [s for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda s: isinstance(s, optax.MultiStepsState))
+           if isinstance(s, optax.MultiStepsState)]
+  if not found:
+    return grads
+  acc = found[0]
+  return jax.tree.map(lambda g, a: (a + (g - a) / (acc.mini_step + 1)).astype(g.dtype),
+                      grads, acc.acc_grads)
+
+
+def make_diagnostic_block(run_block: Callable, diagnose: Callable, batch_size: int,
+                          every: int) -> Callable:
   """``run(state, acc, x, y, idx) -> (state, acc, diagnostics)``.
 
-  Runs the steps of ``idx: [num_steps, batch]`` with the loop's plain block
-  ``run_block(state, acc, x, y, idx) -> (state, acc)`` (the last one in a block of
-  its own), then ``diagnose(state, new_state, batch)`` (:func:`make_diagnose`) of
-  the last step. The diagnostics see the states through an optimization barrier,
-  so XLA cannot merge their recomputed gradients into the step's: the training
-  stays bitwise that of a run without diagnostics.
+  Runs the steps of ``idx: [size, batch]`` (its leading rows; trailing rows of -1
+  are padding, as for the loop's blocks) with the loop's plain block
+  ``run_block(state, acc, x, y, idx) -> (state, acc)``, and ``diagnose(state,
+  new_state, batch)`` (:func:`make_diagnose`) of the last step whose number is a
+  multiple of ``every``, run in a block of its own (the steps before it, it, the
+  steps after it). So the diagnostics land on those multiples wherever blocks
+  begin and end (an epoch's start need not be on their grid), in one compiled
+  block for every block length. The block must hold such a step. The diagnostics
+  see the states through an optimization barrier, so XLA cannot merge their
+  recomputed gradients into the step's: the training stays bitwise that of a run
+  without diagnostics.
   """
 
   def run(state, acc, x, y, idx):
+    rows = idx.reshape(idx.shape[0], -1)[:, 0]
+    n = jnp.sum(rows >= 0, dtype=jnp.int32)
+    # Steps state.step + 1 .. state.step + n; the last multiple of `every` among them.
+    first = jnp.asarray(state.step, jnp.int32)
+    at = jnp.clip((first + n) // every * every - first - 1, 0, n - 1)
+    position = jnp.arange(idx.shape[0]).reshape((-1,) + (1,) * (idx.ndim - 1))
     if idx.shape[0] > 1:
-      state, acc = run_block(state, acc, x, y, idx[:-1])
+      state, acc = run_block(state, acc, x, y, jnp.where(position < at, idx, -1))
     before = state
-    state, acc = run_block(state, acc, x, y, idx[-1:])
-    i = idx[-1]
-    batch = {"x": x[i], "y": y[i], "mask": jnp.ones((batch_size,), jnp.float32)}
+    row = jax.lax.dynamic_slice_in_dim(idx, at, 1)
+    state, acc = run_block(state, acc, x, y, row)
+    batch = {"x": x[row[0]], "y": y[row[0]], "mask": jnp.ones((batch_size,), jnp.float32)}
     diag = diagnose(*jax.lax.optimization_barrier((before, state, batch)))
+    if idx.shape[0] > 1:  # The steps after it, moved to the front.
+      after = jnp.roll(idx, -(at + 1), axis=0)
+      state, acc = run_block(state, acc, x, y, jnp.where(position < n - at - 1, after, -1))
     return state, acc, diag
 
   return run
@@ -337,7 +388,7 @@ def make_diagnostic_block(run_block: Callable, diagnose: Callable,
 
 __all__ = [
     "grad_norm", "update_ratios", "histogram", "dead_relu_fraction", "saturation_fraction",
-    "compute_diagnostics", "make_diagnose", "make_diagnostic_block",
+    "compute_diagnostics", "make_diagnose", "make_diagnostic_block", "applied_gradient",
     "validate_config",
     "activation_kind", "layer_names", "activation_leaves",
 ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 import math
 import re
 from typing import Any
 
 import jax
+
+from jdl.optim import masks
 
 _TRAINABLE = "params"
 _LEAF_ORDER = {"kernel": 0, "scale": 1, "bias": 2, "mean": 3, "var": 4}
@@ -59,7 +61,7 @@ def _natural(name: str) -> tuple:
                for part in re.split(r"(\d+)", name) if part)
 
 
-def param_table(variables: Mapping[str, Any]) -> str:
+def param_table(variables: Mapping[str, Any], *, frozen: Sequence[str] = ()) -> str:
   """A plain-text table of the layers, their parameter shapes and counts.
 
   Args:
@@ -67,10 +69,14 @@ def param_table(variables: Mapping[str, Any]) -> str:
       (arrays or ``jax.ShapeDtypeStruct``); a bare ``params`` tree (no top-level
       ``'params'`` key) is read as trainable parameters. Collections other than
       ``params`` (batch statistics) are listed as non-trainable.
+    frozen: ``optimizer.freeze`` patterns (:func:`jdl.optim.freeze_labels`): the
+      parameters they match are listed as ``params (frozen)`` and counted apart.
 
   Returns:
     One row per layer and collection, then a line
-    ``Total: N trainable, M non-trainable``. For example::
+    ``Total: N trainable, M non-trainable`` (``N trainable, F frozen, M
+    non-trainable`` with ``frozen`` patterns; as Keras, frozen parameters are not
+    trainable). For example::
 
       layer       collection  shapes                          count
       hidden_0    params      kernel (784, 512), bias (512,)  401,920
@@ -81,16 +87,26 @@ def param_table(variables: Mapping[str, Any]) -> str:
     variables = variables.unfreeze()
   if _TRAINABLE not in variables:
     variables = {_TRAINABLE: variables}
+  patterns = tuple(re.compile(p) for p in frozen)
   rows = []
-  totals = {True: 0, False: 0}
+  totals = {"trainable": 0, "frozen": 0, "non-trainable": 0}
   for collection, tree in variables.items():
     if not isinstance(tree, Mapping):
       tree = {collection: tree}
     for layer, leaves in _layers(tree):
-      count = sum(math.prod(shape) for _, shape in leaves)
-      totals[collection == _TRAINABLE] += count
-      shapes = ", ".join(f"{name} {shape}" for name, shape in leaves)
-      rows.append((layer, collection, shapes, f"{count:,}"))
+      groups = {}  # kind -> leaves, in the leaves' order.
+      for name, shape in leaves:
+        kind = "non-trainable"
+        if collection == _TRAINABLE:
+          path = name if layer == "(root)" else f"{layer}/{name}"
+          kind = "frozen" if any(masks.matches(p, path) for p in patterns) else "trainable"
+        groups.setdefault(kind, []).append((name, shape))
+      for kind, group in groups.items():
+        count = sum(math.prod(shape) for _, shape in group)
+        totals[kind] += count
+        shapes = ", ".join(f"{name} {shape}" for name, shape in group)
+        label = f"{collection} (frozen)" if kind == "frozen" else collection
+        rows.append((layer, label, shapes, f"{count:,}"))
   header = ("layer", "collection", "shapes", "count")
   widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
 
@@ -99,5 +115,7 @@ def param_table(variables: Mapping[str, Any]) -> str:
     return f"{left}  {row[3].rjust(widths[3])}"
 
   lines = [fmt(header), *map(fmt, rows)]
-  lines.append(f"Total: {totals[True]:,} trainable, {totals[False]:,} non-trainable")
+  frozen_total = f"{totals['frozen']:,} frozen, " if patterns else ""
+  lines.append(f"Total: {totals['trainable']:,} trainable, {frozen_total}"
+               f"{totals['non-trainable']:,} non-trainable")
   return "\n".join(lines)

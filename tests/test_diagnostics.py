@@ -70,7 +70,9 @@ def test_histogram_counts_match_numpy(values, bins, value_range):
   np.testing.assert_array_equal(np.asarray(h["counts"]), counts)
   np.testing.assert_allclose(h["edges"], edges, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(h["sum"], values.sum(), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(h["sum_sq"], np.square(values).sum(), rtol=1e-5)
+  deviations = values.astype(np.float64) - values.mean(dtype=np.float64)
+  np.testing.assert_allclose(h["sum_sq_dev"], np.square(deviations).sum(), rtol=1e-5,
+                             atol=1e-6)
   assert float(h["num"]) == values.size
   assert float(h["min"]) == values.min() and float(h["max"]) == values.max()
 
@@ -88,6 +90,27 @@ def test_histogram_under_jit_counts_by_its_own_edges():
     np.testing.assert_allclose(edges, np.histogram_bin_edges(values, bins), rtol=0,
                                atol=1e-6 * np.ptp(values))  # float32 rounding of the range.
     np.testing.assert_array_equal(np.asarray(h["counts"]), np.histogram(values, edges)[0])
+
+
+def test_histogram_std_of_nearly_constant_and_of_huge_values():
+  # The std came from float32 sum(x**2) - n * mean**2: 0 for values 0.999 +- 1e-4
+  # (cancellation), inf for finite values of 4.6e10 (overflow), and a range near
+  # float32's largest number gave edges [nan inf inf ...] and all counts in bin 0.
+  rng = np.random.default_rng(1)
+  for values in (0.999 + 1e-4 * rng.standard_normal(100_000),
+                 1 / (1 + np.exp(-rng.normal(7, 0.5, (32, 128)))),
+                 4.6e10 * rng.standard_normal(1000)):
+    values = values.astype(np.float32)
+    h = jax.device_get(jax.jit(lambda x: diag.histogram(x, 30))(values))
+    record = diagnose.to_record({"grad_norm": 0.0, "histograms": {"v": h}}, 1, 1)
+    np.testing.assert_allclose(record["histograms"]["v"]["std"], values.astype(np.float64).std(),
+                               rtol=1e-3)
+  huge = np.array([-2e38, 0.5e38, 1.5e38, 2e38], np.float32)
+  h = diag.histogram(huge, 4)
+  edges = np.linspace(-2e38, 2e38, 5)
+  np.testing.assert_allclose(h["edges"], edges, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(h["counts"]), np.histogram(huge, edges)[0])
+  assert np.asarray(h["counts"]).tolist() == [1, 0, 1, 2]
 
 
 def test_histogram_shapes_are_static_under_jit():
@@ -262,18 +285,23 @@ def _tensorboard_tags(logdir) -> set[str]:
   return tags
 
 
-def test_a_step_that_only_accumulates_logs_no_update_ratio(tmp_path):
-  # With accumulate_steps=3 and 20 steps an epoch, the second epoch's diagnostic
-  # block ends (26, 32, 38) fall between updates: their ratios read 0 and each 0
-  # restarted the count of bad periods, so a too-large ratio was never warned about.
-  _fit(tmp_path, num_epochs=2, diagnostics__every_steps=6, optimizer__accumulate_steps=3)
+@pytest.mark.parametrize("mode", ["scan", "step"])
+def test_diagnostics_land_on_the_multiples_across_epochs_under_accumulation(tmp_path, mode):
+  # With accumulate_steps=3 and 20 steps an epoch, the second epoch's blocks (of 6,
+  # from its start) end on 26, 32, 38, between updates: the diagnostics landed there
+  # (first without ratios, which read 0 and restarted the count of bad periods;
+  # then with no ratio at all, so a whole epoch went unwatched). They land on the
+  # multiples of 6, which are updates.
+  _fit(tmp_path, num_epochs=2, epoch_mode=mode, diagnostics__every_steps=6,
+       optimizer__accumulate_steps=3)
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   diagnostics = {r["step"]: r for r in records if r["split"] == "diagnostics"}
-  assert sorted(diagnostics) == [6, 12, 18, 26, 32, 38]
+  assert sorted(diagnostics) == [6, 12, 18, 24, 30, 36]
   for step, record in diagnostics.items():
     ratios = [v for k, v in record.items() if k.startswith("update_ratio/")]
-    assert len(ratios) == (3 if step % 3 == 0 else 0), (step, record)  # 3 layers.
+    assert len(ratios) == 3, (step, record)  # 3 layers.
     assert all(r > 0 for r in ratios) and record["grad_norm"] > 0
+    assert record["epoch"] == (1 if step <= 20 else 2)
 
 
 @pytest.mark.full_opt
@@ -316,7 +344,10 @@ def test_diagnostics_leave_a_cnns_training_bitwise_unchanged(tmp_path):
 @pytest.mark.parametrize("augment", [{}, {"augment__noise_std": 0.5},
                                      {"augment__mixup_alpha": 0.4},
                                      # Each microbatch draws its own dropout masks.
-                                     {"microbatch_size": 16, "dropout": 0.5}])
+                                     {"microbatch_size": 16, "dropout": 0.5},
+                                     # The mean of steps 9 and 10's gradients (the
+                                     # norm of step 10's alone was logged).
+                                     {"optimizer__accumulate_steps": 2}])
 def test_the_logged_gradient_is_the_one_the_update_applied(tmp_path, augment):
   # Plain SGD: the gradient applied at step 10 is (w_9 - w_10) / lr, whatever the
   # augmentation did to the batch the step trained on.
@@ -339,6 +370,41 @@ def test_the_logged_gradient_is_the_one_the_update_applied(tmp_path, augment):
   applied = jax.tree.map(lambda a, b: (np.float64(a) - b) / lr, params[9], params[10])
   norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(applied)))
   np.testing.assert_allclose(record["grad_norm"], norm, rtol=2e-3)
+
+
+def test_a_diverged_diagnostic_step_gets_the_non_finite_error_not_a_traceback(tmp_path):
+  # A histogram's NaN min (a NaN gradient) or inf std (squares of finite activations
+  # overflowing float32) reached the JSON writer inside "histograms": a ValueError
+  # traceback instead of the loop's non-finite error.
+  with pytest.raises(jdl.NonFiniteError, match="non-finite"):
+    _fit(tmp_path, epoch_mode="step", diagnostics__every_steps=1, optimizer__name="sgd",
+         optimizer__learning_rate=1e6)
+  line = json.dumps({"histograms": {"grad/w": {"min": float("nan"), "counts": [1, 2]}},
+                     "loss": float("inf")})
+  written = json.loads(cb._strict_json(json.loads(line)))
+  assert written == {"histograms": {"grad/w": {"min": None, "counts": [1, 2]}}, "loss": None}
+
+
+def test_auto_activation_reads_the_models_own_default():
+  # LeNet-5's default is tanh; a config without model.activation read as ReLU.
+  config = make_config(model__name="lenet5")
+  model = jdl.models.create_model(config.model, num_outputs=10)
+  assert diag.activation_kind(config, model) == "tanh"
+  assert diag.activation_kind(config) == "relu"  # The config alone: no field, ReLU.
+  config = make_config(model__name="mlp", model__activation="sigmoid")
+  assert diag.activation_kind(config, jdl.models.create_model(config.model, num_outputs=2)) == (
+      "sigmoid")
+  assert diag.activation_kind(make_config(), _SowMLP()) == "relu"  # A module without the field.
+
+
+@pytest.mark.parametrize("field", ["every_steps", "histogram_bins", "warn_after_periods"])
+def test_a_boolean_diagnostics_count_is_refused(field):
+  # A config.json's true passed int() as 1: diagnostics every step.
+  config = make_config(**{f"diagnostics__{field}": 1})
+  with config.unlocked():
+    config.diagnostics[field] = True
+  with pytest.raises(JdlError, match=rf"^diagnostics.{field} must be an integer, got True$"):
+    diag.validate_config(config)
 
 
 @pytest.mark.parametrize("learning_rate, warns", [(50.0, True), (1e-3, False)])
@@ -374,7 +440,9 @@ def test_diagnostics_and_activity_l1_run_on_sequence_models(tmp_path, name, over
   assert len(diags) == result.trainer.steps_per_epoch and all(
       np.isfinite(d["grad_norm"]) for d in diags)
   if name == "adding_problem":  # Each layer's sown outputs are activations to penalise.
-    assert {"dead_relu/rnn/outputs_0", "dead_relu/rnn/outputs_1"} <= set(diags[0])
+    # The model's tanh (its default; dead ReLUs were reported before).
+    assert {"saturated/rnn/outputs_0", "saturated/rnn/outputs_1"} <= set(diags[0])
+    assert not any(k.startswith("dead_relu/") for k in diags[0])
     config.diagnostics.every_steps = 0
     config.regularization.activity_l1 = 0.01
     jdl.fit(config, tmp_path / "l1", quiet=True)

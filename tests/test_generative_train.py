@@ -41,6 +41,18 @@ def gan_config(task="gan", **over):
                      generative__latent_dim=8, monitor="", **over)
 
 
+def test_diagnostics_of_a_vae_run_and_train_it_bitwise_as_without(tmp_path):
+  # The diagnostics' forward pass called the VAE without its sampling key: a
+  # TypeError traceback at compile time.
+  on = jdl.fit(vae_config(num_epochs=1, diagnostics__every_steps=5), tmp_path, quiet=True)
+  off = jdl.fit(vae_config(num_epochs=1), quiet=True)
+  chex.assert_trees_all_equal(jax.device_get(on.state.params), jax.device_get(off.state.params))
+  lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  diags = [r for r in lines if r["split"] == "diagnostics"]
+  assert [r["step"] for r in diags] == [5, 10, 15, 20]
+  assert all(np.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in diags)
+
+
 def test_vae_reports_the_negative_elbo_as_reconstruction_plus_kl():
   result = jdl.fit(vae_config(num_epochs=2), quiet=True)
   h = result.history

@@ -533,6 +533,22 @@ def test_param_table_lists_numbered_layers_in_their_numbers_order():
       direct["params"])
 
 
+def test_param_table_counts_frozen_parameters_apart():
+  # As Keras, frozen parameters are not trainable: summary.txt counted them as such.
+  variables = _abstract_init(models.LeNet5(), (1, 28, 28, 1))
+  table = param_table(variables, frozen=(r"conv\d", "fc2/kernel"))
+  conv = (5 * 5 * 1 * 6 + 6) + (5 * 5 * 6 * 16 + 16)  # 2,572 (LeCun et al. 1998's C1, C3).
+  fc2 = 120 * 84
+  assert table.splitlines()[-1] == (
+      f"Total: {61_706 - conv - fc2:,} trainable, {conv + fc2:,} frozen, 0 non-trainable")
+  lines = table.splitlines()
+  assert "conv1  params (frozen)  kernel (5, 5, 1, 6), bias (6,)" in table
+  assert any(line.split()[:3] == ["fc2", "params", "(frozen)"] and "kernel (120, 84)" in line
+             and line.endswith("10,080") for line in lines), table
+  assert any(line.split()[:3] == ["fc2", "params", "bias"] and line.endswith(" 84")
+             for line in lines), table
+
+
 def test_param_table_of_abstract_variables():
   variables = _abstract_init(models.LeNet5(), (1, 28, 28, 1))
   table = param_table(variables)

@@ -97,12 +97,23 @@ class VAETask(steps_lib.SupervisedTask):
   """
   binarize: str = "dynamic"
 
-  def loss_fn(self, params, model_state, batch, key, train):
+  def _inputs(self, batch, key, train):
     x = batch["x"].astype(jnp.float32)
     if self.binarize == "threshold":
       x = (x > 0.5).astype(jnp.float32)
     elif self.binarize == "dynamic" and train:  # Eval splits are binarized once, at load.
       x = jax.random.bernoulli(jax.random.fold_in(key, 3), x).astype(jnp.float32)
+    return x
+
+  def sown(self, params, model_state, batch, key):
+    """As :meth:`SupervisedTask.sown`, with the step's binarized inputs and noise."""
+    _, collections = self.apply_fn(
+        {"params": params, **model_state}, self._inputs(batch, key, True),
+        key=jax.random.fold_in(key, 2), train=True, mutable=[*model_state, "intermediates"])
+    return collections.get("intermediates", {})
+
+  def loss_fn(self, params, model_state, batch, key, train):
+    x = self._inputs(batch, key, train)
     variables = {"params": params, **model_state}
     sample_key = jax.random.fold_in(key, 2)
     if not train:  # Not one noise draw shared by every evaluation batch.

@@ -63,7 +63,7 @@ def compile_patterns(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
   return tuple(compiled)
 
 
-def _matches(pattern: re.Pattern[str], path: str) -> bool:
+def matches(pattern: re.Pattern[str], path: str) -> bool:
   # A pattern matches a parameter or any enclosing module: 'Dense_0' freezes
   # 'Dense_0/kernel' and 'Dense_0/bias', as 'Dense_0/.*' does.
   parts = path.split("/")
@@ -81,14 +81,14 @@ def freeze_labels(params: Any, patterns: Sequence[str | re.Pattern[str]]) -> Any
   """
   patterns = tuple(re.compile(p) for p in patterns)
   paths = [param_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-  unused = [p.pattern for p in patterns if not any(_matches(p, s) for s in paths)]
+  unused = [p.pattern for p in patterns if not any(matches(p, s) for s in paths)]
   require(
       not unused,
       f"optimizer.freeze patterns {unused} match no parameter; parameter paths"
       f" look like {paths[:4]} (no leading 'params/')",
   )
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: FROZEN if any(_matches(p, param_path(path)) for p in patterns)
+      lambda path, _: FROZEN if any(matches(p, param_path(path)) for p in patterns)
       else TRAINABLE,
       params,
   )
@@ -108,7 +108,7 @@ def keep_frozen_state(new_state: Any, old_state: Any,
 
   def pick(path, new, old):
     name = param_path(path[1:])  # Without the collection ('batch_stats').
-    return old if any(_matches(p, name) for p in patterns) else new
+    return old if any(matches(p, name) for p in patterns) else new
 
   return jax.tree_util.tree_map_with_path(pick, new_state, old_state)
 

@@ -388,8 +388,19 @@ def _strict_json(record: dict[str, Any]) -> str:
   """One line of strict JSON: a value that is not a finite number (a diverged loss,
   the r2 of one example) is ``null``, as ``jdl evaluate`` prints it (``NaN`` is no
   JSON token; Python reads it, most other readers refuse the line)."""
-  return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                     for k, v in record.items()}, allow_nan=False)
+  return json.dumps(_finite_or_none(record), allow_nan=False)
+
+
+def _finite_or_none(value: Any) -> Any:
+  """``value`` with each non-finite float, at any depth (a diagnostics line's
+  histograms), made ``None``."""
+  if isinstance(value, float):
+    return value if math.isfinite(value) else None
+  if isinstance(value, dict):
+    return {k: _finite_or_none(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_finite_or_none(v) for v in value]
+  return value
 
 
 def format_logs(logs: dict[str, float]) -> str:

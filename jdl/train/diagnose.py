@@ -1,18 +1,19 @@
 """The loop's side of diagnostics: when they are due, records, histograms, warnings.
 
 With ``config.diagnostics.every_steps = E > 0`` the loop's block size becomes a
-divisor of ``E`` where one is not too small (:func:`align_chunk`), and a block whose end reaches or passes a
-multiple of ``E`` runs the diagnostic variant of the block: the same steps, the
-last one also returning :func:`jdl.diagnostics.compute_diagnostics`. So
-diagnostics land exactly on the multiples of ``E`` when ``E`` divides the steps
-per epoch, else on the first block end after each multiple (an epoch end cuts a
-block short). With ``E = 0`` nothing here is built and the loop is unchanged.
+divisor of ``E`` where one is not too small (:func:`align_chunk`), and a block that
+holds a multiple of ``E`` runs the diagnostic variant of the block: the same steps,
+the one numbered that multiple also returning
+:func:`jdl.diagnostics.compute_diagnostics`. So diagnostics land exactly on the
+multiples of ``E`` (counted from the run's first step, across epochs). With ``E =
+0`` nothing here is built and the loop is unchanged.
 
 Each diagnostic step writes one ``metrics.jsonl`` line with ``split:
 "diagnostics"`` (``grad_norm``, ``learning_rate`` of that step's update,
 ``update_ratio/<layer>``,
 ``dead_relu/<act>`` or ``saturated/<act>``, and ``histograms: {name: {min, max,
-mean, std, counts}}``, edges being ``bins`` equal steps from ``min`` to ``max``),
+mean, std, counts}}``, edges being ``bins`` equal steps from ``min`` to ``max``,
+or from ``min - 0.5`` to ``max + 0.5`` when all values are equal),
 the scalars and histograms to TensorBoard, and a ``jdl: warning: ...`` line when a
 layer's update ratio stays outside ``[ratio_low, ratio_high]`` for
 ``warn_after_periods`` diagnostic periods in a row.
@@ -35,10 +36,10 @@ def align_chunk(chunk: int, every_steps: int) -> int:
   """The block size for diagnostics every ``every_steps`` steps (``chunk`` if off).
 
   The largest divisor of ``every_steps`` that is at most ``chunk`` (``every_steps``
-  itself when it fits), so blocks end on the diagnostic steps. For an
-  ``every_steps`` above ``chunk`` whose divisors are all below ``chunk // 4`` (a large
-  prime) short blocks would cost more than diagnostics landing on the first block
-  end past each multiple, so ``chunk`` is kept.
+  itself when it fits), so blocks end on the diagnostic steps where the epochs
+  allow. For an ``every_steps`` above ``chunk`` whose divisors are all below ``chunk
+  // 4`` (a large prime) short blocks would cost more than a diagnostic step inside
+  a block (which the diagnostic block also runs), so ``chunk`` is kept.
   """
   if every_steps <= 0:
     return chunk
@@ -97,7 +98,7 @@ def to_record(diag: dict[str, Any], step: int, epoch: int) -> dict[str, Any]:
   for name, h in diag.get("histograms", {}).items():
     num = max(float(h["num"]), 1.0)
     mean = float(h["sum"]) / num
-    var = max(float(h["sum_sq"]) / num - mean * mean, 0.0)
+    var = float(h["sum_sq_dev"]) / num
     hists[name] = {"min": float(h["min"]), "max": float(h["max"]), "mean": mean,
                    "std": math.sqrt(var), "counts": [int(c) for c in np.asarray(h["counts"])]}
   if hists:
@@ -119,10 +120,12 @@ class DiagnosticsHook:
     diagnose = diag_lib.make_diagnose(
         trainer.task,
         learning_rate_fn=functools.partial(optim.current_learning_rate, learning_rate_fn=lr_fn),
-        bins=int(c.histogram_bins), activation=diag_lib.activation_kind(trainer.config),
+        bins=int(c.histogram_bins),
+        activation=diag_lib.activation_kind(trainer.config, trainer.model),
         histograms=bool(c.histograms), augment=trainer.augment,
         microbatch_size=trainer.microbatch_size)
-    block = diag_lib.make_diagnostic_block(trainer.run_block, diagnose, trainer.batch_size)
+    block = diag_lib.make_diagnostic_block(trainer.run_block, diagnose, trainer.batch_size,
+                                           self.every)
     self._run_block = jax.jit(block, donate_argnums=(0, 1))
     self._blocks: dict[int, Any] = {}
 
@@ -141,11 +144,12 @@ class DiagnosticsHook:
     if n not in self._blocks:  # A resume from a checkpoint off the block grid.
       self._blocks[n] = trainer.compile_block(self._run_block, n)
     trainer.state, trainer._acc, diag = self._blocks[n](trainer.state, trainer._acc, x, y, idx)
-    step = trainer.step
+    step = trainer.step // self.every * self.every  # The step diagnosed in the block.
     record = to_record(jax.device_get(diag), step, epoch + 1)
-    # With gradient accumulation a step that only accumulates (a block end off the
-    # every_steps grid, e.g. an epoch's end) changes no parameter: no ratio to log or
-    # to warn about (a 0 would also restart the monitor's count of bad periods).
+    # With gradient accumulation a step that only accumulates changes no parameter:
+    # no ratio to log or to warn about (a 0 would also restart the monitor's count of
+    # bad periods). Multiples of every_steps are updates, unless optax skipped a
+    # non-finite step (nonfinite='skip'), which MultiSteps does not count.
     updated = self.accumulate <= 1 or step % self.accumulate == 0
     ratios = {k.split("/", 1)[1]: v for k, v in record.items() if k.startswith("update_ratio/")}
     if not updated:
@@ -162,7 +166,8 @@ class DiagnosticsHook:
       counts = np.asarray(h["counts"], np.float64)
       writer.add_histogram_raw(
           f"diagnostics/{name}", min=float(h["min"]), max=float(h["max"]),
-          num=int(h["num"]), sum=float(h["sum"]), sum_squares=float(h["sum_sq"]),
+          num=int(h["num"]), sum=float(h["sum"]),
+          sum_squares=float(h["sum_sq_dev"]) + float(h["sum"]) ** 2 / max(float(h["num"]), 1.0),
           bucket_limits=np.asarray(h["edges"], np.float64)[1:].tolist(),
           bucket_counts=counts.tolist(), global_step=step)
     writer.flush()

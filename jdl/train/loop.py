@@ -610,7 +610,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         f"(parallel {self.parallel.mode!r}, {jax.process_count()} process"
         f"{'es' if jax.process_count() > 1 else ''})",
         "",
-        summary_lib.param_table(self.state.variables),
+        summary_lib.param_table(self.state.variables,
+                                frozen=tuple(self.config.optimizer.freeze)),
     ]
     return "\n".join(lines)
 
@@ -723,7 +724,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
         if self._diagnostics and self._diagnostics.due(epoch * spe + pos, epoch * spe + pos + n):
-          x, y, block = self._place(*self.feed.block(epoch, pos, n))
+          pad = (self.chunk,) if self.padded_blocks else ()
+          x, y, block = self._place(*self.feed.block(epoch, pos, n, *pad))
           self._diagnostics.run(self, x, y, block, epoch)
         else:
           size, pad = (self.chunk, (self.chunk,)) if self.padded_blocks else (n, ())
@@ -922,13 +924,12 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     for n in ({self.chunk} if self.padded_blocks else shapes):
       self._blocks[n] = self.compile_block(block, n)
     if self._diagnostics:
-      self._diagnostics.compile(self, shapes)
+      self._diagnostics.compile(self, {self.chunk} if self.padded_blocks else shapes)
     # What else compiles on first use, here rather than inside epoch 1's time: the
     # blocks' indices (the epochs' order), and a save's finiteness check and checksums.
     if hasattr(self.feed, "warm_up"):  # Blocks of n steps, of `size` rows when padded.
-      sizes = {(n, None) for n in shapes}  # Unpadded (diagnostics' blocks are too).
-      if self.padded_blocks:
-        sizes = {(n, self.chunk) for n in shapes} | (sizes if self._diagnostics else set())
+      sizes = ({(n, self.chunk) for n in shapes} if self.padded_blocks
+               else {(n, None) for n in shapes})
       self.feed.warm_up(sorted(sizes, key=str))
     if self.checkpointer is not None:
       jax.block_until_ready(steps_lib.state_finite(self.state))

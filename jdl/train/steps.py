@@ -96,6 +96,14 @@ class SupervisedTask:
       loss = loss + activity
     return loss, (per_example, outputs, new_model_state)
 
+  def sown(self, params, model_state, batch: Batch, key: jax.Array) -> Any:
+    """The ``"intermediates"`` the model sows in the training forward pass of
+    ``batch`` with ``key`` (diagnostics: when :meth:`loss_fn` does not pass them on)."""
+    _, collections = self.apply_fn(
+        {"params": params, **model_state}, batch["x"], train=True, rngs={"dropout": key},
+        mutable=[*model_state, "intermediates"])
+    return collections.get("intermediates", {})
+
   def loss_count(self, batch: Batch) -> jax.Array:
     """What :meth:`loss_fn`'s data loss is a mean over: here the real examples."""
     return jnp.sum(batch["mask"].astype(jnp.float32))
