@@ -33,9 +33,9 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import optax
 import jax.numpy as jnp
 import ml_collections
+import optax
 
 from jdl import errors
 from jdl.train import steps as steps_lib
@@ -287,8 +287,9 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
   batch and (mixup) loss as the step's; the updates are ``new_state - state``.
   Should ``loss_fn`` not pass that collection through, one more forward pass gets
   it (the task's ``sown``). :func:`make_diagnostic_block` runs it beside the
-  loop's own steps. A step taken in microbatches has its gradient recomputed in the same microbatches (with
-  their dropout keys); its activations then come from one whole-batch forward pass.
+  loop's own steps. A step taken in microbatches has its gradient recomputed in the
+  same microbatches (with their dropout keys); its activations then come from one
+  whole-batch forward pass.
 
   Args:
     task: the :class:`jdl.train.steps.SupervisedTask` of the train step.
