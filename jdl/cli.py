@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -650,7 +651,6 @@ def _backend_failed(e: BaseException) -> bool:
 def _backend_message(e: BaseException) -> str:
   """One line for a backend JAX could not start (e.g. JAX_PLATFORMS naming a platform
   this machine or this jaxlib lacks), instead of a traceback from deep inside."""
-  import os
   wanted = os.environ.get("JAX_PLATFORMS")
   hint = (f" JAX_PLATFORMS={wanted!r} asks for a platform it could not start: unset it "
           "or name one this machine has (cpu, cuda, tpu)" if wanted else "")
@@ -675,6 +675,13 @@ def main(argv: list[str] | None = None) -> int:
       return _main(argv)
     except KeyboardInterrupt:  # Before training (which stops and saves on its own).
       print("jdl: interrupted", file=sys.stderr)
+      if argv is None:  # The command's own process (not a caller's: tests, scripts).
+        # An interrupt that cut into an XLA compile can leave its threads running:
+        # the interpreter's shutdown then crashed (SIGSEGV) now and then. Nothing
+        # is left to write (training saves on its own signal handler).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
       return 130
 
 
@@ -710,15 +717,11 @@ def _main(argv: list[str] | None) -> int:
       raise
     return _fail(_backend_message(e))
   except BrokenPipeError:  # The reader of stdout went away (`jdl list | head`).
-    import os
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # No error at exit.
     return 141  # 128 + SIGPIPE, as the shell reports a process killed by it.
   except OSError as e:  # The file system said no (permissions, disk full, a vanished file).
     where = f"{e.filename}: " if e.filename else ""
     return _fail(f"{where}{e.strerror or e}")
-  except KeyboardInterrupt:
-    print("jdl: interrupted", file=sys.stderr)
-    return 130
 
 
 if __name__ == "__main__":

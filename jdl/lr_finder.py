@@ -81,10 +81,17 @@ def lr_schedule(min_lr: float, max_lr: float, steps: int) -> optax.Schedule:
   """``lr(t) = min_lr * (max_lr / min_lr) ** (t / (steps - 1))``, ``t = 0..steps-1``.
 
   Raises:
-    JdlError: ``0 < min_lr < max_lr`` or ``steps >= 2`` does not hold.
+    JdlError: ``0 < min_lr < max_lr`` or ``steps >= 2`` does not hold, or the rates
+      or their ratio are beyond float32, the optimizer's (a rate below ~1.2e-38 read
+      as 0, a ratio above ~3.4e38 as inf: the sweep jumped from min_lr to max_lr).
   """
   require(0 < min_lr < max_lr < math.inf, f"need 0 < min_lr < max_lr < inf, got "
                                           f"min_lr={min_lr}, max_lr={max_lr}")
+  tiny, largest = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+  require(min_lr >= tiny and max_lr / min_lr <= largest,
+          f"min_lr and max_lr must be float32 learning rates (the optimizer's): min_lr >= "
+          f"{tiny:.3g} and max_lr / min_lr <= {largest:.3g}, got min_lr={min_lr:g}, "
+          f"max_lr={max_lr:g}")
   require(steps >= 2, f"lr-find needs steps >= 2, got {steps}")
   return optax.exponential_decay(min_lr, transition_steps=steps - 1,
                                  decay_rate=max_lr / min_lr, end_value=max_lr)
@@ -219,6 +226,9 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
   # The diverged step is recorded but not searched: its smoothed loss is the worst.
   search = len(smoothed) - 1 if diverged and len(smoothed) > 1 else len(smoothed)
   finite = np.where(np.isfinite(smoothed_np[:search]), smoothed_np[:search], np.inf)
+  require(np.isfinite(finite).any(),
+          f"the loss of the first step is {losses[0]}, before any learning rate acted: the "
+          "data or the model give no finite loss (see `jdl check`)")
   steepest = suggest_lr(lrs_np[:search], finite, skip=search // 10)  # fastai's start.
   k_min = int(np.argmin(finite))
   min_loss_lr = float(lrs_np[k_min])

@@ -175,12 +175,30 @@ def test_cli_lr_find_writes_png_and_prints_suggestion(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["lr-find", "--config.nope=1"], "unknown config key 'nope'"),
     (["lr-find", "--min-lr", "1", "--max-lr", "0.1"], "--min-lr (1) must be below --max-lr (0.1)"),
+    # Beyond float32 the rates read 0 (a math domain error traceback, no plot) or the
+    # sweep jumped from min_lr to max_lr at its second step.
+    (["lr-find", "--min-lr", "1e-50", "--max-lr", "1"],
+     "min_lr and max_lr must be float32 learning rates (the optimizer's): min_lr >= 1.18e-38 "
+     "and max_lr / min_lr <= 3.4e+38, got min_lr=1e-50, max_lr=1"),
+    (["lr-find", "--min-lr", "1e-20", "--max-lr", "1e25"], "max_lr / min_lr <= 3.4e+38"),
 ])
 def test_cli_lr_find_bad_input_is_one_error_line(argv, message, capsys, tmp_path):
   assert cli.main([*argv, "--out", str(tmp_path / "x.png")]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("jdl: error: ") and message in err[0], err
   assert not (tmp_path / "x.png").exists()
+
+
+def test_a_first_loss_that_is_not_finite_is_an_error_not_a_suggestion(tmp_path):
+  # Inputs of +-3e38 (finite float32) overflow the first layer: the loss was inf
+  # before any learning rate acted, and lr-find suggested --min-lr and exited 0.
+  x = np.full((64, 4), 3e38, np.float32) * np.where(np.arange(64) % 2, 1, -1)[:, None]
+  ds = jdl.data.Dataset(x_train=x, y_train=np.arange(64) % 2, x_test=x[:8],
+                        y_test=np.arange(8) % 2, num_classes=2, task="classification",
+                        name="huge", input_shape=(4,))
+  with pytest.raises(JdlError, match=r"^the loss of the first step is (inf|nan), before any "
+                                     r"learning rate acted"):
+    lr_finder.find_lr(make_config(normalize="none", batch_size=16), dataset=ds, steps=10)
 
 
 def test_cli_lr_find_says_when_the_suggestion_is_the_lowest_rate(tmp_path, capsys,

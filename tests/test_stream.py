@@ -124,6 +124,35 @@ def test_float64_inputs_keep_their_precision_on_every_path(tmp_path):
     np.testing.assert_allclose(np.asarray(test.x[np.arange(30)]), ref[270:], atol=2e-6)
 
 
+def test_int64_inputs_are_normalised_in_float64_in_memory_as_streamed(tmp_path):
+  # An npz file's int64 Unix times were cast to float32 before normalising (2 distinct
+  # values of 100 left), while the same file streamed from npy_dir kept them.
+  rng = np.random.default_rng(0)
+  x = np.stack([1_700_000_000 + rng.integers(0, 100, 300), rng.integers(-9, 9, 300)], axis=1)
+  y = (x[:, 1] > 0).astype(np.int32)
+  assert x.dtype == np.int64
+  ref = ((x - x[:270].mean(0)) / x[:270].std(0)).astype(np.float32)  # numpy, float64.
+  np.savez(tmp_path / "data.npz", x=x[:270], y=y[:270], x_test=x[270:], y_test=y[270:])
+  npy = tmp_path / "npy"
+  npy.mkdir()
+  for name, a in dict(x_train=x[:270], y_train=y[:270], x_test=x[270:], y_test=y[270:]).items():
+    np.save(npy / f"{name}.npy", a)
+  kw = dict(normalize="featurewise", validation_split=0.0)
+  runs = [run_data.load_data(make_config(dataset=name, data_dir=str(path), **kw))
+          for name, path in (("npz", tmp_path), ("npy_dir", npy))]
+  for data in runs:
+    got = np.asarray(data.train.x[np.arange(270)])
+    np.testing.assert_allclose(got, ref[:270], atol=2e-6)
+    assert len(np.unique(got[:, 0])) == len(np.unique(x[:270, 0]))
+  np.testing.assert_array_equal(np.asarray(runs[0].train.x[np.arange(270)]),
+                                np.asarray(runs[1].train.x[np.arange(270)]))
+  # Runs of such a file recorded the fingerprint of its float32 cast: they still resume.
+  then = sources.load_dataset("npz", data_dir=tmp_path)
+  then = dataclasses.replace(then, x_train=x[:270].astype(np.float32),
+                             x_test=x[270:].astype(np.float32))
+  assert runs[0].source["float32_fingerprint"] == sources.fingerprint(then)
+
+
 def test_predict_and_explain_normalise_float64_inputs_as_the_splits_were():
   x, y = _unix_times()
   ds = sources.Dataset(x[:270], y[:270], x[270:], y[270:], 2, "classification", "t", (2,))
@@ -262,6 +291,25 @@ def test_column_feeds_and_eval_batches_cover_each_batch_once(digits_dir):
 
 
 # ------------------------------------------------------------- sources
+def test_a_block_of_a_length_off_the_schedule_holds_that_many_steps(digits_dir):
+  # jdl profile's block(0, 0, steps): the restarted schedule's block of `chunk` steps
+  # came back instead (40 steps run and timed as 2 on several devices).
+  ds = npy_dir.open_dir(digits_dir)
+  split = stream.StreamSplit(ds.x_train, ds.y_train, None, pipeline.Normalizer.identity((8, 8, 1)),
+                             regression=False)
+  key = jax.random.key(3)
+  feed = stream.StreamFeed(split, key, 32, chunk=8, steps_per_epoch=1500 // 32, num_epochs=1)
+  try:
+    for pos, n in ((0, 2), (3, 5), (0, 8)):
+      x, y, idx = feed.block(0, pos, n)
+      assert x.shape[0] == n * 32 and idx.shape == (n, 32)
+      want_x, want_y = feed.fetch(0, pos, n)
+      np.testing.assert_array_equal(np.asarray(x)[np.asarray(idx).reshape(-1)], want_x)
+      np.testing.assert_array_equal(np.asarray(y)[np.asarray(idx).reshape(-1)], want_y)
+  finally:
+    feed.close()
+
+
 def test_shards_read_as_one_array_in_any_order(digits_dir):
   x, y = _digits()
   rows = npy_dir.open_dir(digits_dir).x_train

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from jdl.data import download as download_lib
+from jdl.data import pipeline
 from jdl.data import text as text_data
 from jdl.data.idx import read_idx
 from jdl.data.validate import check_example_shapes
@@ -144,11 +145,14 @@ class _Request:
 
 
 def _inputs(x, keep_float64: bool) -> np.ndarray:
-  """float32 inputs; float64 ones kept as they are when ``keep_float64`` (a user's
-  file: normalised in float64, so that a feature with a large offset keeps its
-  precision)."""
+  """float32 inputs; with ``keep_float64`` (a user's file) float64 ones as they are,
+  and integers of 32 bits or more as float64 (:func:`pipeline.needs_float64`:
+  normalised in float64, as a streamed npy_dir file is, so that a feature with a
+  large offset, a Unix time, keeps its precision)."""
   x = np.asarray(x)
-  return x if keep_float64 and x.dtype == np.float64 else x.astype(np.float32, copy=False)
+  if keep_float64 and pipeline.needs_float64(x.dtype):
+    return x.astype(np.float64, copy=False)
+  return x.astype(np.float32, copy=False)
 
 
 def _make(name, x_train, y_train, x_test, y_test, num_classes, *,

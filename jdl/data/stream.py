@@ -323,6 +323,9 @@ class StreamFeed:
     if key != (epoch, pos, n):  # Off the schedule (not the loop's): restart from here.
       self._start(epoch, pos)
       key, (x, y) = self._feeder.get()
+      if key != (epoch, pos, n):  # A length the schedule has no block of (a profile's).
+        self.close()
+        x, y = self._place(n, *self.fetch(epoch, pos, n))
     if n not in self._local_idx:
       self._local_idx[n] = jnp.arange(n * self.local_batch, dtype=jnp.int32).reshape(n, -1)
     return x, y, self._local_idx[n]
