@@ -533,6 +533,10 @@ def from_dict(saved: dict) -> ml_collections.ConfigDict:
         if value is None and current is not None:
           raise JdlError(f"saved config key {where!r} is null; it needs "
                          f"{_article(type(current).__name__)} such as {current!r}")
+        if (isinstance(value, bool) and isinstance(current, (int, float))
+            and not isinstance(current, bool)):  # ml_collections would take true as 1.
+          raise JdlError(f"saved config key {where!r} needs a number such as {current!r}, "
+                         f"got {str(value).lower()}")
         try:
           node[key] = value
         except (TypeError, ValueError):

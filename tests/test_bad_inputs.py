@@ -82,6 +82,10 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
   txt.write_text("seed = 1\n")
   json_list = tmp / "list.json"
   json_list.write_text("[1, 2]\n")
+  json_true = tmp / "true.json"  # ml_collections took JSON's true as 1.0: trained at lr 1.
+  json_true.write_text('{"optimizer": {"learning_rate": true}}\n')
+  json_false = tmp / "false.json"  # An int field kept false, read as 0: "no limit".
+  json_false.write_text('{"examples_per_class": false}\n')
   typo = tmp / "typo.py"
   typo.write_text("from jdl.config import base_config\n\ndef get_config():\n"
                   "  c = base_config()\n  c.batchsize = 32\n  return c\n")
@@ -149,8 +153,10 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
                                            ["max_norm_include"]),
       "keep zero checkpoints": (["--config.keep_checkpoints=0"], ["keep_checkpoints"]),
       "print every 0 epochs": (["--config.print_every_epochs=0"], ["print_every_epochs"]),
-      "crop padding beyond the image": (["--config.augment.crop_padding=3000000000"],
+      "crop padding beyond the image": (["--config.augment.crop_padding=30000"],
                                         ["crop_padding", "no pixel"]),
+      "crop padding beyond int32": (["--config.augment.crop_padding=3000000000"],
+                                    ["crop_padding", "2**31 - 1"]),
       "a layer wider than an array can be": (["--config.model.features=(100000000000000000000,)"],
                                               ["features", "2**31"]),
       "checkpoint every 0 epochs": (["--config.checkpoint_every_epochs=0"],
@@ -217,6 +223,31 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
       "alpha_final inf": (["--config.schedule.name=linear", "--config.schedule.alpha_final=inf"],
                           ["alpha_final", "finite"]),
       "negative scan_chunk": (["--config.scan_chunk=-5"], ["scan_chunk"]),
+      # Until 2026-11-30: JSON's true trained as 1 (the CLI refused it); counts beyond
+      # int32 were OverflowError tracebacks from compiled code, one after the first
+      # epoch had been saved; floats beyond float32 became inf (a divergence, or
+      # clipping silently off) or 0; and an extension of the finished run wrote them
+      # into its config.json before failing.
+      "JSON's true as a learning rate": (["--config", json_true],
+                                         ["optimizer.learning_rate", "needs a number", "true"]),
+      "JSON's false as a count": (["--config", json_false], ["examples_per_class", "false"]),
+      "diagnostics every 10**12 steps": (["--config.diagnostics.every_steps=1000000000000"],
+                                         ["diagnostics.every_steps", "2**31 - 1"]),
+      "plateau patience of 10**12 epochs": (
+          ["--config.num_epochs=2", "--config.reduce_on_plateau.enabled=true",
+           "--config.reduce_on_plateau.patience=1000000000000"],
+          ["reduce_on_plateau.patience", "2**31 - 1"]),
+      "a learning rate beyond float32": (["--config.num_epochs=2",
+                                          "--config.optimizer.learning_rate=1e308"],
+                                         ["optimizer.learning_rate=1e+308", "float32"]),
+      "a learning rate that float32 rounds to 0": (["--config.optimizer.learning_rate=1e-50"],
+                                                   ["optimizer.learning_rate=1e-50", "float32"]),
+      "noise beyond float32": (["--config.num_epochs=2", "--config.augment.noise_std=1e308"],
+                               ["augment.noise_std", "float32"]),
+      "clipping beyond float32": (["--config.optimizer.clip_norm=1e300"],
+                                  ["optimizer.clip_norm", "float32"]),
+      "a metric that is no name": (["--config.metrics=(1,)"], ["metrics must be names", "1"]),
+      "no prefetch": (["--config.stream.prefetch=0"], ["stream.prefetch"]),
       "a metric twice": (["--config.metrics=('accuracy','accuracy')"], ["twice"]),
       "negative distributed timeout": (["--config.distributed.timeout_seconds=-1"],
                                        ["timeout_seconds"]),

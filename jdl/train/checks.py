@@ -45,9 +45,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise JdlError(f"config sets {', '.join(repr(k) for k in unknown)}, which "
                    "jdl.base_config() does not declare (a misspelt key?); see "
                    "jdl.config.base_config() for the keys jdl reads")
-  for key in ("num_epochs", "batch_size", "eval_batch_size", "seed"):
-    if isinstance(config[key], bool):  # bool is an int to Python and ml_collections.
-      raise JdlError(f"{key} must be an integer, got {config[key]}")
+  _check_numbers(config, config_lib.base_config())
   if int(config.num_epochs) < 0:
     raise JdlError(f"num_epochs must be >= 0, got {config.num_epochs}")
   if int(config.batch_size) < 1:
@@ -63,8 +61,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   # The splits' generators (numpy's, scikit-learn's) take seeds in [0, 2**32).
   if not 0 <= int(config.seed) < 2**32:
     raise JdlError(f"seed must be in [0, 2**32), got {config.seed}")
+  if int(config.stream.prefetch) < 1:
+    raise JdlError(f"stream.prefetch must be >= 1, got {config.stream.prefetch}")
   if int(config.scan_chunk) < 0:
     raise JdlError(f"scan_chunk must be >= 0 (0: automatic), got {config.scan_chunk}")
+  bad = [m for m in tuple(config.metrics) if not isinstance(m, str)]
+  if bad:
+    raise JdlError(f"metrics must be names (strings), got {bad[0]!r} in {tuple(config.metrics)}")
   if len(set(config.metrics)) != len(tuple(config.metrics)):
     raise JdlError(f"metrics lists a name twice: {tuple(config.metrics)}")
   if not float(config.distributed.timeout_seconds) > 0:
@@ -133,6 +136,38 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if int(seq[key]) < 0:
       raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
   _check_finite(config.to_dict())
+
+
+_INT32_MAX = 2**31 - 1
+_FLOAT32 = np.finfo(np.float32)
+
+
+def _check_numbers(config, defaults, prefix: str = "") -> None:
+  """The numbers of the keys ``jdl.base_config()`` declares (``model`` is the
+  model's to check): numbers (true is an int to Python, and JSON's true was trained
+  as 1), integers in int32 (counts and sizes reach compiled code as int32: an
+  OverflowError traceback there), floats representable in float32 (the precision
+  of training: 1e308 was inf, 1e-50 was 0)."""
+  for key, default in defaults.items():
+    name = f"{prefix}{key}"
+    if name == "model" or key not in config:
+      continue
+    value = config[key]
+    if isinstance(default, ml_collections.ConfigDict):
+      if isinstance(value, ml_collections.ConfigDict):
+        _check_numbers(value, default, f"{name}.")
+      continue
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+      continue
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise JdlError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, int) and name != "seed" and abs(value) > _INT32_MAX:
+      raise JdlError(f"{name} must be at most 2**31 - 1 in size (jdl counts in int32), "
+                     f"got {value}")
+    if (isinstance(value, float) and math.isfinite(value) and value != 0
+        and not float(_FLOAT32.tiny) <= abs(value) <= float(_FLOAT32.max)):
+      raise JdlError(f"{name}={value:g} is beyond float32, in which jdl trains: use a value "
+                     f"between {float(_FLOAT32.tiny):.3g} and {float(_FLOAT32.max):.3g} in size")
 
 
 def _check_finite(tree, prefix: str = "") -> None:
