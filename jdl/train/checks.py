@@ -160,7 +160,8 @@ def _check_numbers(config, defaults, prefix: str = "") -> None:
     if isinstance(default, bool) or not isinstance(default, (int, float)):
       continue
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-      raise JdlError(f"{name} must be a number, got {value!r}")
+      kind = "an integer" if isinstance(default, int) else "a number"
+      raise JdlError(f"{name} must be {kind}, got {value!r}")
     if isinstance(value, int) and name != "seed" and abs(value) > _INT32_MAX:
       raise JdlError(f"{name} must be at most 2**31 - 1 in size (jdl counts in int32), "
                      f"got {value}")
