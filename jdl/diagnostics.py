@@ -349,8 +349,14 @@ def applied_gradient(opt_state: Any, grads: Any) -> Any:
 
 
 def make_diagnostic_block(run_block: Callable, diagnose: Callable, batch_size: int,
-                          every: int) -> Callable:
+                          every: int, checked_block: Callable | None = None) -> Callable:
   """``run(state, acc, x, y, idx) -> (state, acc, diagnostics)``.
+
+  With ``checked_block`` (the loop's ``run_checked_block`` of
+  ``nonfinite_check='block'``: ``(state, acc, ok)``, its steps not testing each
+  gradient) the steps other than the diagnosed one run through it, as the loop's
+  plain blocks do, and ``run`` returns ``(state, acc, diagnostics, ok)``: ``ok``
+  false asks for the block again from its inputs, without ``checked_block``.
 
   Runs the steps of ``idx: [size, batch]`` (its leading rows; trailing rows of -1
   are padding, as for the loop's blocks) with the loop's plain block
@@ -365,6 +371,8 @@ def make_diagnostic_block(run_block: Callable, diagnose: Callable, batch_size: i
   without diagnostics.
   """
 
+  others = run_block if checked_block is None else (lambda *a: checked_block(*a)[:2])
+
   def run(state, acc, x, y, idx):
     rows = idx.reshape(idx.shape[0], -1)[:, 0]
     n = jnp.sum(rows >= 0, dtype=jnp.int32)
@@ -373,7 +381,7 @@ def make_diagnostic_block(run_block: Callable, diagnose: Callable, batch_size: i
     at = jnp.clip((first + n) // every * every - first - 1, 0, n - 1)
     position = jnp.arange(idx.shape[0]).reshape((-1,) + (1,) * (idx.ndim - 1))
     if idx.shape[0] > 1:
-      state, acc = run_block(state, acc, x, y, jnp.where(position < at, idx, -1))
+      state, acc = others(state, acc, x, y, jnp.where(position < at, idx, -1))
     before = state
     row = jax.lax.dynamic_slice_in_dim(idx, at, 1)
     state, acc = run_block(state, acc, x, y, row)
@@ -381,8 +389,11 @@ def make_diagnostic_block(run_block: Callable, diagnose: Callable, batch_size: i
     diag = diagnose(*jax.lax.optimization_barrier((before, state, batch)))
     if idx.shape[0] > 1:  # The steps after it, moved to the front.
       after = jnp.roll(idx, -(at + 1), axis=0)
-      state, acc = run_block(state, acc, x, y, jnp.where(position < n - at - 1, after, -1))
-    return state, acc, diag
+      state, acc = others(state, acc, x, y, jnp.where(position < n - at - 1, after, -1))
+    if checked_block is None:
+      return state, acc, diag
+    ok = (acc[steps_lib.NONFINITE]["count"] == 0) & steps_lib.state_finite(state)
+    return state, acc, diag, ok
 
   return run
 

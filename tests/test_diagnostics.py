@@ -385,6 +385,25 @@ def test_a_diverged_diagnostic_step_gets_the_non_finite_error_not_a_traceback(tm
   assert written == {"histograms": {"grad/w": {"min": None, "counts": [1, 2]}}, "loss": None}
 
 
+def test_diagnostic_blocks_under_the_per_block_check_train_and_stop_as_the_plain_ones(
+    tmp_path):
+  # nonfinite_check='block': the diagnostic block's other steps skip the per-step
+  # gradient test (as the plain blocks do); a non-finite block runs again with it, to
+  # name the first non-finite step, as a plain block does.
+  on = _fit(tmp_path / "on", epoch_mode="scan", nonfinite_check="block",
+            diagnostics__every_steps=5)
+  assert on.trainer.run_checked_block is not None and on.trainer._diagnostics._checked
+  off = _fit(tmp_path / "off", epoch_mode="scan", nonfinite_check="block")
+  chex.assert_trees_all_equal(jax.device_get(on.state.params), jax.device_get(off.state.params))
+  messages = []
+  for run, every in (("diverged_on", 5), ("diverged_off", 0)):
+    with pytest.raises(jdl.NonFiniteError) as error:
+      _fit(tmp_path / run, epoch_mode="scan", nonfinite_check="block", scan_chunk=5,
+           diagnostics__every_steps=every, optimizer__name="sgd", optimizer__learning_rate=1e6)
+    messages.append(str(error.value))
+  assert messages[0] == messages[1] and "non-finite value at step" in messages[0], messages
+
+
 def test_auto_activation_reads_the_models_own_default():
   # LeNet-5's default is tanh; a config without model.activation read as ReLU.
   config = make_config(model__name="lenet5")

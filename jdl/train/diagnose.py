@@ -127,12 +127,20 @@ class DiagnosticsHook:
     block = diag_lib.make_diagnostic_block(trainer.run_block, diagnose, trainer.batch_size,
                                            self.every)
     self._run_block = jax.jit(block, donate_argnums=(0, 1))
+    self._checked = trainer.run_checked_block is not None  # nonfinite_check='block'.
+    if self._checked:  # The other steps as the loop's blocks run them: not donated, so
+      # that a non-finite block runs again from its inputs, every gradient tested.
+      self._run_fast = jax.jit(diag_lib.make_diagnostic_block(
+          trainer.run_block, diagnose, trainer.batch_size, self.every,
+          checked_block=trainer.run_checked_block))
     self._blocks: dict[int, Any] = {}
+    self._replays: dict[int, Any] = {}
 
   def compile(self, trainer, sizes) -> None:
     """Compiles the diagnostic block for each block size, ahead of time."""
     for n in sizes:
-      self._blocks[n] = trainer.compile_block(self._run_block, n)
+      self._blocks[n] = trainer.compile_block(
+          self._run_fast if self._checked else self._run_block, n)
 
   def due(self, start: int, end: int) -> bool:
     """Whether the block of steps ``(start, end]`` reaches a multiple of ``every``."""
@@ -142,8 +150,22 @@ class DiagnosticsHook:
     """Runs one diagnostic block on ``trainer`` and logs its diagnostics."""
     n = idx.shape[0]
     if n not in self._blocks:  # A resume from a checkpoint off the block grid.
-      self._blocks[n] = trainer.compile_block(self._run_block, n)
-    trainer.state, trainer._acc, diag = self._blocks[n](trainer.state, trainer._acc, x, y, idx)
+      self.compile(trainer, (n,))
+    if not self._checked:
+      trainer.state, trainer._acc, diag = self._blocks[n](trainer.state, trainer._acc, x, y, idx)
+    else:
+      state, acc, diag, ok = self._blocks[n](trainer.state, trainer._acc, x, y, idx)
+      if bool(ok):
+        trainer.state, trainer._acc = state, acc
+      else:  # As the loop's blocks: again, every gradient tested, to name the first
+        # non-finite step (the errors below raise).
+        del state, acc
+        if n not in self._replays:
+          self._replays[n] = trainer.compile_block(self._run_block, n)
+        trainer.state, trainer._acc, diag = self._replays[n](
+            trainer.state, trainer._acc, x, y, idx)
+        trainer._check_finite()
+        trainer.check_state_finite()
     step = trainer.step // self.every * self.every  # The step diagnosed in the block.
     record = to_record(jax.device_get(diag), step, epoch + 1)
     # With gradient accumulation a step that only accumulates changes no parameter:
