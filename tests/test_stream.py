@@ -103,15 +103,23 @@ def _unix_times():
   return x, (x[:, 1] > 0).astype(np.int32)
 
 
+def _save_splits(root, x, y, n_train: int = 270):
+  """``root/data.npz`` and the same splits as ``.npy`` files in ``root/npy``, returned."""
+  splits = dict(x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
+  np.savez(root / "data.npz", x=splits["x_train"], y=splits["y_train"], x_test=splits["x_test"],
+           y_test=splits["y_test"])
+  npy = root / "npy"
+  npy.mkdir()
+  for name, a in splits.items():
+    np.save(npy / f"{name}.npy", a)
+  return npy
+
+
 def test_float64_inputs_keep_their_precision_on_every_path(tmp_path):
   x, y = _unix_times()
   ref_mean, ref_std = x[:270].mean(0), x[:270].std(0)  # numpy, in float64.
   ref = ((x - ref_mean) / ref_std).astype(np.float32)
-  np.savez(tmp_path / "data.npz", x=x[:270], y=y[:270], x_test=x[270:], y_test=y[270:])
-  npy = tmp_path / "npy"
-  npy.mkdir()
-  for name, a in dict(x_train=x[:270], y_train=y[:270], x_test=x[270:], y_test=y[270:]).items():
-    np.save(npy / f"{name}.npy", a)
+  npy = _save_splits(tmp_path, x, y)
   kw = dict(normalize="featurewise", validation_split=0.0)
   ds = sources.Dataset(x[:270], y[:270], x[270:], y[270:], 2, "classification", "t", (2,))
   for data in (run_data.load_data(make_config(**kw), ds),
@@ -132,11 +140,7 @@ def test_int64_inputs_are_normalised_in_float64_in_memory_as_streamed(tmp_path):
   y = (x[:, 1] > 0).astype(np.int32)
   assert x.dtype == np.int64
   ref = ((x - x[:270].mean(0)) / x[:270].std(0)).astype(np.float32)  # numpy, float64.
-  np.savez(tmp_path / "data.npz", x=x[:270], y=y[:270], x_test=x[270:], y_test=y[270:])
-  npy = tmp_path / "npy"
-  npy.mkdir()
-  for name, a in dict(x_train=x[:270], y_train=y[:270], x_test=x[270:], y_test=y[270:]).items():
-    np.save(npy / f"{name}.npy", a)
+  npy = _save_splits(tmp_path, x, y)
   kw = dict(normalize="featurewise", validation_split=0.0)
   runs = [run_data.load_data(make_config(dataset=name, data_dir=str(path), **kw))
           for name, path in (("npz", tmp_path), ("npy_dir", npy))]
