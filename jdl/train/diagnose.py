@@ -142,6 +142,12 @@ class DiagnosticsHook:
       self._blocks[n] = trainer.compile_block(
           self._run_fast if self._checked else self._run_block, n)
 
+  def _replay(self, trainer, n: int):
+    """The diagnostic block of ``n`` steps with every gradient tested (compiled once)."""
+    if n not in self._replays:
+      self._replays[n] = trainer.compile_block(self._run_block, n)
+    return self._replays[n]
+
   def due(self, start: int, end: int) -> bool:
     """Whether the block of steps ``(start, end]`` reaches a multiple of ``every``."""
     return end // self.every > start // self.every
@@ -153,19 +159,9 @@ class DiagnosticsHook:
       self.compile(trainer, (n,))
     if not self._checked:
       trainer.state, trainer._acc, diag = self._blocks[n](trainer.state, trainer._acc, x, y, idx)
-    else:
-      state, acc, diag, ok = self._blocks[n](trainer.state, trainer._acc, x, y, idx)
-      if bool(ok):
-        trainer.state, trainer._acc = state, acc
-      else:  # As the loop's blocks: again, every gradient tested, to name the first
-        # non-finite step (the errors below raise).
-        del state, acc
-        if n not in self._replays:
-          self._replays[n] = trainer.compile_block(self._run_block, n)
-        trainer.state, trainer._acc, diag = self._replays[n](
-            trainer.state, trainer._acc, x, y, idx)
-        trainer._check_finite()
-        trainer.check_state_finite()
+    else:  # As the loop's blocks.
+      diag, = trainer.keep_or_replay(self._blocks[n](trainer.state, trainer._acc, x, y, idx),
+                                     functools.partial(self._replay, trainer, n), x, y, idx)
     step = trainer.step // self.every * self.every  # The step diagnosed in the block.
     record = to_record(jax.device_get(diag), step, epoch + 1)
     # With gradient accumulation a step that only accumulates changes no parameter:

@@ -783,18 +783,30 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     if self.nonfinite_check == "step":
       self.state, self._acc = self._blocks[n](self.state, self._acc, x, y, idx)
       return
-    state, acc, ok = self._blocks[n](self.state, self._acc, x, y, idx)
-    if bool(ok):  # Waits for the block; its inputs were kept until now.
-      self.state, self._acc = state, acc
-      return
-    # A non-finite loss, parameter or optimizer state: the block again from its
-    # inputs, every gradient tested, to name the first non-finite step.
-    del state, acc
+    self.keep_or_replay(self._blocks[n](self.state, self._acc, x, y, idx),
+                        functools.partial(self._replay_block, n), x, y, idx)
+
+  def _replay_block(self, n: int):
     if n not in self._replay_blocks:
       self._replay_blocks[n] = self.compile_block(self._run_block, n)
-    self.state, self._acc = self._replay_blocks[n](self.state, self._acc, x, y, idx)
+    return self._replay_blocks[n]
+
+  def keep_or_replay(self, outputs, replay, x, y, idx) -> tuple:
+    """Takes a block run without testing each gradient (``nonfinite_check='block'``):
+    ``outputs = (state, acc, *rest, ok)``. Keeps them when ``ok``; else runs the block
+    again from its inputs with ``replay()(state, acc, x, y, idx)`` (every gradient
+    tested; compiled on first use) and raises the error naming the first non-finite
+    step. Returns ``rest``."""
+    *outputs, ok = outputs
+    if bool(ok):  # Waits for the block; its inputs were kept until now.
+      self.state, self._acc, *rest = outputs
+      return tuple(rest)
+    # A non-finite loss, parameter or optimizer state.
+    del outputs
+    self.state, self._acc, *rest = replay()(self.state, self._acc, x, y, idx)
     self._check_finite()  # Raises, naming the first non-finite loss or gradient;
     self.check_state_finite()  # else an update overflowed the state: raises too.
+    return tuple(rest)
 
   def _check_finite(self) -> None:
     """Acts on non-finite steps since the epoch began (syncs the device).
