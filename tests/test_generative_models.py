@@ -320,3 +320,21 @@ def test_real_init():
   chex.assert_trees_all_equal_shapes_and_dtypes(variables, init(model, x, key=KEY))
   logits, _, _ = model.apply(variables, x, key=jax.random.key(2))
   chex.assert_tree_all_finite(logits)
+
+
+@pytest.mark.parametrize("task,model,message", [
+    ("gan", {"name": "mlp_gan", "generator": {"hidden": [0]}},
+     r"^model\.generator\.hidden must be a sequence of positive integers, got \(0,\)$"),
+    ("wgan_gp", {"name": "dcgan", "discriminator": {"norm": "group"}},
+     r"^model\.discriminator\.norm: unknown norm 'group'"),
+    ("vae", {"name": "vae", "latent": 0}, r"^model\.latent must be a positive integer, got 0$"),
+])
+def test_bad_config_fields_name_their_config_key(task, model, message):
+  # Built from a config, an error names the key the user set (it read
+  # "model 'mlp_gan.generator': hidden must be ..." before).
+  import ml_collections
+
+  from jdl.generative.tasks import create_models
+  config = ml_collections.ConfigDict({"task": task, "model": model, "mixed_precision": False})
+  with pytest.raises(JdlError, match=message):
+    create_models(config, MNIST)

@@ -240,21 +240,24 @@ def test_conv1d_path():
      r"padding must be"),
     (lambda: create_model({"name": "resnet18", "block": "wide"}, num_outputs=2),
      r"unknown block 'wide'"),
+    # The config key, as the CLI user typed it: "dropout_rate must be ..." before.
     (lambda: create_model({"name": "mlp", "dropout_rate": 1.0}, num_outputs=2),
-     r"dropout_rate must be in \[0, 1\)"),
+     r"^model\.dropout_rate must be in \[0, 1\), got 1.0$"),
+    (lambda: create_model({"name": "mlp", "activation": "nope"}, num_outputs=2),
+     r"^model\.activation: unknown activation 'nope'; valid names: "),
     (lambda: create_model({"name": "vgg", "stages": [[8, 0]]}, num_outputs=2),
      r"stages\[0\] must be a sequence of positive integers"),
     (lambda: create_model({"name": "mlp"}, num_outputs=0), r"num_outputs must be"),
     # numpy's TypeError, or an integer network, before.
     (lambda: create_model({"name": "mlp", "dtype": "foo"}, num_outputs=2),
-     r"^dtype must be a floating-point type \(float32, bfloat16, float16, float64\), got 'foo'$"),
+     r"^model\.dtype must be a floating-point type \(float32, bfloat16, float16, float64\), got 'foo'$"),
     (lambda: create_model({"name": "cnn", "dtype": "int32"}, num_outputs=2),
-     r"^dtype must be a floating-point type .* got 'int32'$"),
+     r"^model\.dtype must be a floating-point type .* got 'int32'$"),
     # A single number is named as one (it read "a sequence ..., got (0,)").
     (lambda: create_model({"name": "resnet20", "num_filters": 0}, num_outputs=2),
-     r"^num_filters must be a positive integer, got 0$"),
+     r"^model\.num_filters must be a positive integer, got 0$"),
     (lambda: create_model({"name": "cnn", "kernel_size": -3}, num_outputs=2),
-     r"^kernel_size must be a positive integer, got -3$"),
+     r"^model\.kernel_size must be a positive integer, got -3$"),
     (lambda: get_activation("nope"), r"unknown activation 'nope'"),
     (lambda: get_initializer("nope"), r"unknown initializer 'nope'; valid names: "),
     (lambda: get_initializer("zeros", 0.1), r"takes no scale"),
@@ -281,9 +284,9 @@ def test_conv1d_path():
      r"smaller than the pooling window 2; use a larger input or fewer stages\n"),
     # A string is true: batch_norm='no' built batch norm.
     (lambda: create_model({"name": "mlp", "batch_norm": "no"}, num_outputs=2),
-     r"^batch_norm must be true or false, got 'no'$"),
+     r"^model\.batch_norm must be true or false, got 'no'$"),
     (lambda: create_model({"name": "cnn", "global_pool": 1}, num_outputs=2),
-     r"^global_pool must be true or false, got 1$"),
+     r"^model\.global_pool must be true or false, got 1$"),
     (lambda: models.DCGANGenerator((8, 8, 1), batch_norm="no"),
      r"^batch_norm must be true or false, got 'no'$"),
     # Public building blocks: ZeroDivisionError, IndexError or nothing before.
@@ -299,21 +302,21 @@ def test_conv1d_path():
     # A ResNet of no stages (a stem and a head), and special token ids outside the
     # vocabulary (pad_id='a' masked nothing; 12 of 10 masked nothing): accepted before.
     (lambda: create_model({"name": "resnet", "stage_sizes": ()}, num_outputs=2),
-     r"^stage_sizes must be a sequence of one or more positive integers, got \(\)$"),
+     r"^model\.stage_sizes must be a sequence of one or more positive integers, got \(\)$"),
     (lambda: create_model({"name": "text_rnn", "vocab_size": 10, "pad_id": 10}, num_outputs=2),
-     r"^pad_id must be a token id in \[0, vocab_size=10\), got 10$"),
+     r"^model\.pad_id must be a token id in \[0, vocab_size=10\), got 10$"),
     (lambda: create_model({"name": "text_conv1d", "vocab_size": 10, "pad_id": "a"},
                           num_outputs=2),
-     r"^pad_id must be a token id in \[0, vocab_size=10\), got 'a'$"),
+     r"^model\.pad_id must be a token id in \[0, vocab_size=10\), got 'a'$"),
     (lambda: create_model({"name": "seq2seq", "src_vocab_size": 9, "tgt_vocab_size": 3},
                           num_outputs=2),
-     r"^eos_id must be a token id in \[0, tgt_vocab_size=3\), got 3$"),
+     r"^model\.eos_id must be a token id in \[0, tgt_vocab_size=3\), got 3$"),
     (lambda: create_model({"name": "seq2seq", "src_vocab_size": 4, "tgt_vocab_size": 9,
                            "pad_id": 5}, num_outputs=2),
-     r"^pad_id must be a token id in \[0, src_vocab_size=4\), got 5$"),
+     r"^model\.pad_id must be a token id in \[0, src_vocab_size=4\), got 5$"),
     # Not "cannot take inputs of shape ..." and four lines of MLIR signatures:
     (lambda: create_model({"name": "mlp", "hidden": (10**20,)}, num_outputs=2),
-     r"^hidden must be at most 2\*\*31 - 1 each"),
+     r"^model\.hidden must be at most 2\*\*31 - 1 each"),
 ], ids=lambda v: v if isinstance(v, str) else "")
 def test_errors(make, match):
   with pytest.raises(JdlError, match=match):

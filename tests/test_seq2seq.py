@@ -389,3 +389,17 @@ def test_teacher_forced_exact_match_of_greedy_outputs_is_one(name):
   wrong = targets.copy()
   wrong[0, 1] = 4 if wrong[0, 1] != 4 else 5  # Its first token: another word.
   assert matched(wrong) == 2
+
+
+def test_a_bad_config_field_names_its_config_key():
+  # It read "model 'seq2seq': hidden must be ..." before.
+  import ml_collections
+
+  from jdl.sequence.build import create_seq2seq
+  vocab = {"src": [str(i) for i in range(12)], "tgt": [str(i) for i in range(9)]}
+  config = ml_collections.ConfigDict({"dataset": "dates", "model": {"name": "seq2seq", "hidden": 0}})
+  with pytest.raises(JdlError, match=r"^model\.hidden must be a positive integer, got 0$"):
+    create_seq2seq(config, vocab)
+  config.model.hidden, config.model.cell = 8, "foo"
+  with pytest.raises(JdlError, match=r"^model\.cell: unknown cell 'foo'; valid names: gru, lstm$"):
+    create_seq2seq(config, vocab)

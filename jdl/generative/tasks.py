@@ -290,25 +290,21 @@ def create_models(config, input_shape: tuple[int, ...]) -> Any:
       raise JdlError(f"model {name!r} takes 'generator' and 'discriminator' sections; "
                      f"unknown field(s): {', '.join(extra)}")
     g_cls, d_cls = classes
-    return (_build(g_cls, spec.get("generator") or {}, f"{name}.generator",
+    return (_build(g_cls, spec.get("generator") or {}, name, "model.generator",
                    output_shape=output_shape),
-            _build(d_cls, spec.get("discriminator") or {}, f"{name}.discriminator"))
+            _build(d_cls, spec.get("discriminator") or {}, name, "model.discriminator"))
   dtype = {"dtype": jnp.bfloat16} if config.mixed_precision else {}
-  return _build(classes, spec, name, output_shape=output_shape, **dtype)
+  return _build(classes, spec, name, "model", output_shape=output_shape, **dtype)
 
 
-def _build(cls, fields: dict, what: str, **fixed) -> nn.Module:
+def _build(cls, fields: dict, name: str, section: str, **fixed) -> nn.Module:
   from jdl import models as models_lib
   valid = models_lib.model_fields(cls)
   fields = dict(fields)
   for key in fields:
     if key not in valid or key in fixed:
-      raise JdlError(f"unknown field {key!r} for model {what!r}; valid fields: "
+      raise JdlError(f"unknown field {key!r} for model {name!r} ({section}); valid fields: "
                      f"{', '.join(k for k in valid if k not in fixed)}")
   fields.update({k: v for k, v in fixed.items() if k in valid})
-  freeze = lambda v: tuple(freeze(x) for x in v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-  try:
-    return cls(**{k: freeze(v) for k, v in fields.items()})
-  except (TypeError, ValueError) as e:
-    raise JdlError(f"model {what!r}: {e}") from None
+  return models_lib.build(cls, fields, section)
 

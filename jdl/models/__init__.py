@@ -82,6 +82,35 @@ def _to_tuples(value: Any) -> Any:
   return value
 
 
+def build(model: type[nn.Module], fields: Mapping[str, Any], section: str = "model") -> nn.Module:
+  """``model(**fields)``, lists frozen to tuples, with a bad value's error naming its
+  config key: ``model.dropout_rate must be in [0, 1), got 1.5``.
+
+  Args:
+    model: the module class.
+    fields: its constructor fields (already checked to be fields of ``model``).
+    section: the config section the fields come from (``model``,
+      ``model.generator``), to prefix the message with.
+
+  Raises:
+    JdlError: the module refused a value (its own check, or a ``TypeError``/
+      ``ValueError`` from the constructor).
+  """
+  try:
+    return model(**{k: _to_tuples(v) for k, v in fields.items()})
+  except (TypeError, ValueError) as e:
+    message = str(e)
+    words = message.split(" ", 2)
+    fields = model_fields(model)  # Also a default that the others make wrong (eos_id).
+    if words[0] in fields:  # "dropout_rate must be ..."
+      message = f"{section}.{message}"
+    elif words[0] == "unknown" and len(words) > 1 and words[1] in fields:  # errors.lookup's.
+      message = f"{section}.{words[1]}: {message}"
+    else:
+      message = f"{section}: {message}"
+    raise errors.JdlError(message) from None
+
+
 def create_model(config: Mapping[str, Any], *, num_outputs: int) -> nn.Module:
   """Builds the model a config describes.
 
@@ -134,7 +163,7 @@ def create_model(config: Mapping[str, Any], *, num_outputs: int) -> nn.Module:
              and f.default_factory is dataclasses.MISSING]
   errors.require(not missing,
                  f"model {name!r} needs field(s): {errors.names(missing)}")
-  return model(**{k: _to_tuples(v) for k, v in fields.items()})
+  return build(model, fields)
 
 
 __all__ = [
@@ -171,6 +200,7 @@ __all__ = [
     "TextClassifier",
     "VAE",
     "VGG",
+    "build",
     "create_model",
     "get_activation",
     "get_initializer",

@@ -85,8 +85,6 @@ def create_seq2seq(config, vocab: dict | None):
 def _seq2seq(fields: tuple):
   """One module instance per field values: decoding's jit caches (keyed by
   ``model.apply``, static) are then shared by every run of that model in a process."""
+  from jdl import models as models_lib
   from jdl.models import seq2seq as seq2seq_lib
-  try:
-    return seq2seq_lib.Seq2Seq(**dict(fields))
-  except (TypeError, ValueError) as e:
-    raise JdlError(f"model 'seq2seq': {e}") from None
+  return models_lib.build(seq2seq_lib.Seq2Seq, dict(fields))
