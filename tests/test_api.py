@@ -77,3 +77,33 @@ def test_every_public_module_declares_its_surface(module):
   assert hasattr(mod, "__all__"), module
   assert [n for n in mod.__all__ if not hasattr(mod, n)] == []
   assert set(PUBLIC.get(module, ())) <= set(mod.__all__)
+
+
+def _modules_with_examples() -> list[str]:
+  import pkgutil
+
+  import jdl
+  names = []
+  for info in pkgutil.walk_packages(jdl.__path__, "jdl."):
+    spec = importlib.util.find_spec(info.name)
+    lines = open(spec.origin, encoding="utf-8").read().splitlines() if spec and spec.origin else []
+    if any(">>>" in line and "+SKIP" not in line for line in lines):  # Not only skipped ones.
+      names.append(info.name)
+  return names
+
+
+EXAMPLES = _modules_with_examples()
+
+
+def test_docstring_examples_are_found():
+  # The walk itself: a package renamed away would otherwise test nothing.
+  assert {"jdl.losses", "jdl.metrics", "jdl.models", "jdl.sequence.text"} <= set(EXAMPLES)
+
+
+@pytest.mark.parametrize("module", EXAMPLES)
+def test_docstring_examples_run(module):
+  # The examples of the documentation are the code's: pytest runs only tests/.
+  import doctest
+  failed, attempted = doctest.testmod(importlib.import_module(module),
+                                      optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+  assert attempted >= 1 and failed == 0
