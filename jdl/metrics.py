@@ -109,8 +109,11 @@ def register_metric(
 
   Both are traced under jit. They receive what the loss receives: for
   classification the ``[B, num_classes]`` logits (``[B]`` or ``[B, 1]`` for a single
-  logit) and ``[B]`` integer labels; for regression ``[B, ...]`` predictions and
-  float targets. A run that logs the metric resumes, and :func:`jdl.load_run` /
+  logit) and ``[B]`` integer labels; for regression the model's ``[B, ...]``
+  predictions and float32 targets ``[B, k]`` (a dataset's targets of shape ``[N]``
+  become ``[N, 1]``, of ``[N, ...]`` ``[N, k]``). ``mask`` is ``[B]``: weigh each
+  example by its own entry (``mask[:, None] * err`` for ``err`` of shape ``[B, k]``).
+  A run checks, before it trains, that a sums form leaves masked examples out. A run that logs the metric resumes, and :func:`jdl.load_run` /
   :func:`jdl.evaluate` reopen it, in a process that registered it again.
 
   Args:
@@ -202,6 +205,47 @@ def _custom_statistics(name: str, outputs: jax.Array, targets: jax.Array,
                  f"metric {name!r}: statistics must return a non-empty dict of arrays "
                  f"with string keys, got {type(sums).__name__}")
   return {k: jnp.asarray(v) for k, v in sums.items()}
+
+
+def check_padding_ignored(names: Sequence[str], outputs: Any, targets: Any) -> None:
+  """Checks that each metric of ``names`` registered in its sums form leaves out the
+  examples its ``mask`` marks as padding, as every split's last batch has them.
+
+  Its statistics of ``outputs``/``targets`` (three or more examples, run eagerly)
+  with the last example masked must equal those of the others alone. A sum
+  broadcast against the ``[B]`` mask fails: ``mask * (p - t) ** 2`` with ``p`` and
+  ``t`` of shape ``[B, 1]`` (a regression target is ``[B, k]``) is ``[B, B]``, and
+  counts every example ``sum(mask)`` times. So do statistics whose shapes change
+  with the batch size (they could not be added across batches).
+
+  Raises:
+    JdlError: naming the metric and the fields that differ.
+  """
+  n = len(outputs)
+  for name in names:
+    custom = CUSTOM.get(name)
+    if custom is None or custom.source[0] is not None or n < 2:  # fn: masked by jdl.
+      continue
+    real = jnp.arange(n) < n - 1
+    padded = jax.device_get(_custom_statistics(name, outputs, targets, real))
+    alone = jax.device_get(_custom_statistics(name, outputs[:-1], targets[:-1], real[:-1]))
+    shapes = {k: np.shape(v) for k, v in padded.items()}
+    errors.require(shapes == {k: np.shape(v) for k, v in alone.items()},
+                   f"metric {name!r}: the statistics' shapes change with the batch size "
+                   f"(of {n} examples: {shapes}; of {n - 1}: "
+                   f"{ {k: np.shape(v) for k, v in alone.items()} }); they are added "
+                   "across batches, so each must have one shape")
+    differ = [k for k in padded if not np.allclose(
+        np.asarray(padded[k], np.float64), np.asarray(alone[k], np.float64),
+        rtol=1e-5, atol=1e-6, equal_nan=True)]
+    target = "[B" + "".join(f", {d}" for d in np.shape(targets)[1:]) + "]"
+    errors.require(
+        not differ,
+        f"metric {name!r}: its statistics {', '.join(map(repr, differ))} count examples "
+        f"that mask marks as padding ({n} examples with the last masked give other sums "
+        f"than the first {n - 1} alone). mask is [B] bool and the targets {target}: weigh "
+        "each example by its own mask entry (e.g. jnp.sum(mask[:, None] * err) for err "
+        f"of shape [B, k]), not by the [B] mask broadcast against {target}")
 
 
 def _custom_value(name: str, totals: dict[str, np.ndarray]) -> float:
@@ -785,4 +829,5 @@ def compute(names: Sequence[str], state: State) -> dict[str, float]:
   return results
 
 __all__ = ["CLASSIFICATION", "REGRESSION", "CUSTOM", "register_metric", "validate_names",
+    "check_padding_ignored",
     "empty", "from_outputs", "merge", "compute", "better_direction", "two_class_logits"]

@@ -575,3 +575,32 @@ def test_a_bare_string_of_names_is_one_error():
                lambda: metrics.compute("accuracy", {})):
     with pytest.raises(JdlError, match="metric names must be a sequence, got 'accuracy'"):
       call()
+
+
+def test_a_sums_form_that_counts_padding_is_refused(register):
+  # A regression target is [B, 1]: `mask * err` broadcasts [B] against [B, 1] to
+  # [B, B] and counts every example sum(mask) times, padding included (an RMSE
+  # sqrt(B) times too large, silently, before).
+  def broadcast(o, t, m):
+    return {"sq": jnp.sum(m.astype(o.dtype) * (o - t) ** 2), "n": jnp.sum(m)}
+
+  def per_example(o, t, m):
+    return {"sq": jnp.sum(m[:, None].astype(o.dtype) * (o - t) ** 2), "n": jnp.sum(m)}
+
+  def shaped_by_batch(o, t, m):  # Could not be added across batches of other sizes.
+    return {"err": jnp.where(m[:, None], o - t, 0.0)}
+
+  rmse = lambda g: float(np.sqrt(g["sq"] / g["n"]))  # noqa: E731
+  register("rmse_bad_t", statistics=broadcast, compute=rmse, tasks="regression")
+  register("rmse_t", statistics=per_example, compute=rmse, tasks="regression")
+  register("err_t", statistics=shaped_by_batch, compute=lambda g: 0.0, tasks="regression")
+  register("brier_mean_t", _brier)  # The per-example form: jdl masks it itself.
+  outputs = jnp.asarray(np.random.default_rng(0).normal(size=(3, 1)), jnp.float32)
+  targets = jnp.asarray([[0.5], [1.0], [-2.0]], jnp.float32)
+  metrics.check_padding_ignored(("mse", "rmse_t", "brier_mean_t"), outputs, targets)
+  with pytest.raises(JdlError, match=r"^metric 'rmse_bad_t': its statistics 'sq' count examples "
+                                     r"that mask marks as padding .* the targets \[B, 1\]"):
+    metrics.check_padding_ignored(("mse", "rmse_bad_t"), outputs, targets)
+  with pytest.raises(JdlError, match=r"metric 'err_t': the statistics' shapes change with the "
+                                     r"batch size \(of 3 examples: \{'err': \(3, 1\)\}; of 2: "):
+    metrics.check_padding_ignored(("err_t",), outputs, targets)

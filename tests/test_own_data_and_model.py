@@ -506,3 +506,49 @@ def test_token_ids_beyond_a_text_models_vocabulary_are_named_before_training():
                      r"\(e.g. -2 in example 3\); token ids are >= 0 \(0 is padding\)$"):
     trainer(tokens[:100], negative, 50)
   assert trainer(tokens[:100], tokens[100:], 50).model.vocab_size == 50
+
+
+class Linear(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(1)(x)
+
+
+def test_a_metric_that_counts_padding_is_refused_before_training(tmp_path):
+  # Regression targets given as [N] are [B, 1] in a batch, and mask is [B]: the
+  # natural `mask * (p - t) ** 2` broadcasts to [B, B]. The run logged an RMSE
+  # sqrt(batch_size) times too large, and monitored it, before.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 3)).astype(np.float32)
+  y = (x @ np.array([1.0, -2.0, 0.5], np.float32)).astype(np.float32)
+  data = jdl.data.Dataset(x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:],
+                          num_classes=0, task="regression", name="lin", input_shape=(3,))
+
+  def rmse(totals):
+    return float(np.sqrt(totals["sq"] / totals["n"]))
+
+  def per_example(p, t, mask):
+    return {"sq": jnp.sum(mask[:, None].astype(p.dtype) * (p - t) ** 2), "n": jnp.sum(mask)}
+
+  def broadcast(p, t, mask):
+    return {"sq": jnp.sum(mask.astype(p.dtype) * (p - t) ** 2), "n": jnp.sum(mask)}
+
+  config = make_config(task="regression", loss="mse", metrics=("mse", "rmse_own"),
+                       num_epochs=1, batch_size=8, validation_split=0.0)
+  model = Linear()
+  try:
+    jdl.metrics.register_metric("rmse_own", statistics=per_example, compute=rmse,
+                                tasks=("regression",))
+    result = jdl.fit(config, tmp_path / "good", dataset=data, model=model, quiet=True)
+    pred = np.asarray(jdl.predict(result, x[48:]), np.float64)
+    assert pred.shape == (12, 1)  # [N] targets are [N, 1] (documented in register_metric).
+    np.testing.assert_allclose(result.test_metrics["rmse_own"],
+                               np.sqrt(np.mean((pred[:, 0] - y[48:]) ** 2)), rtol=1e-5)
+    jdl.metrics.register_metric("rmse_own", statistics=broadcast, compute=rmse,
+                                tasks=("regression",), replace=True)
+    with pytest.raises(jdl.JdlError, match=r"metric 'rmse_own': its statistics 'sq' count "
+                                           r"examples that mask marks as padding"):
+      jdl.fit(config, tmp_path / "bad", dataset=data, model=model, quiet=True)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+  finally:
+    jdl.metrics.CUSTOM.pop("rmse_own", None)

@@ -263,6 +263,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           num_classes=self.data.num_classes,
           penalty_rules=regularizers.rules_from_config(reg),
           activity_l1=float(reg.activity_l1), activity_include=reg.activity_include)
+      self._check_metric_masks(names)
     if reg.activity_l1 > 0 and not (self.gan or self.seq2seq):
       regularizers.check_activity_include(self.state.apply_fn, self.state.variables,
                                           self.data.train.x[:1], reg.activity_include)
@@ -569,6 +570,18 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
   def log(self, message: str) -> None:
     if not self.quiet and self.primary:
       print(message, flush=True)
+
+  def _check_metric_masks(self, names) -> None:
+    """Registered metrics in their sums form leave padding out
+    (:func:`jdl.metrics.check_padding_ignored`), checked on three train examples and
+    random outputs of the model's output shape."""
+    if not any(n in metrics_lib.CUSTOM for n in names) or self.data.train.size < 3:
+      return
+    x, y = self.data.train.x[:3], jnp.asarray(self.data.train.y[:3])
+    shape = jax.eval_shape(lambda v, x: self.state.apply_fn(v, x, train=False),
+                           self.state.variables, x)
+    outputs = jax.random.normal(jax.random.key(0), shape.shape, jnp.float32)
+    metrics_lib.check_padding_ignored(names, outputs, y)
 
   def _example_batch(self) -> steps_lib.Batch:
     return {"x": self.data.train.x[:self.batch_size], "y": self.data.train.y[:self.batch_size],
