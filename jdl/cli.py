@@ -114,8 +114,9 @@ def _parser() -> argparse.ArgumentParser:
   r.add_argument("--greedy", action="store_true",
                  help="seq2seq: greedy decoding instead of beam search")
   e = add("export", "Write a checkpoint's parameters (and batch-norm statistics, keyed "
-          "'batch_stats/...') to a flat .npz file: by default the one jdl evaluate scores.",
-          config=False)
+          "'batch_stats/...') to a flat .npz file: by default the one jdl evaluate scores. "
+          "A run whose inputs are normalised adds their scaling: the model takes (x - "
+          "input_scaling/mean) / input_scaling/std.", config=False)
   e.add_argument("--out", required=True, metavar="FILE.npz", help="output file")
   e.add_argument("--step", type=int, default=None,
                  help="checkpoint step (default: the one jdl evaluate scores)")
@@ -492,11 +493,43 @@ def _export(args, overrides) -> int:
       step = (checkpoint.step_numbers(ckdir) or [None])[-1]
       which = f" (the latest: the step jdl evaluate scores cannot be chosen: {e})"
   params = checkpoint.restore_params(ckdir, step=step, model_state=True)
+  scaling = _input_scaling(Path(args.workdir))
+  clash = sorted(set(scaling) & set(params))
+  if clash:
+    raise JdlError(f"the checkpoint has parameters named {', '.join(clash)}, the keys "
+                   "export gives the inputs' scaling; rename that module")
   replacing = _replacing(out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  np.savez(out, **params)
+  np.savez(out, **params, **scaling)
   print(f"wrote {len(params)} arrays of step {step}{which} to {out}{replacing}")
+  if scaling:
+    kind = "float64" if scaling[_SCALING_FLOAT64] else "float32"
+    print(f"and {len(scaling)} arrays input_scaling/*: the model takes inputs scaled as in "
+          f"training, (x - {_SCALING_MEAN}) / {_SCALING_STD} in {kind} (statistics of the "
+          "train rows)")
   return 0
+
+
+_SCALING_MEAN, _SCALING_STD, _SCALING_FLOAT64 = (
+    "input_scaling/mean", "input_scaling/std", "input_scaling/float64")
+
+
+def _input_scaling(workdir: Path) -> dict:
+  """The run's input scaling (its normalizer.npz) under export's keys; ``{}`` when its
+  inputs go to the model as they are (or a run of before 2026-11-30 did not record it:
+  ``jdl.explain.from_run(run).normalize`` recomputes it from the data)."""
+  import numpy as np
+  from jdl.train import workdir as workdir_lib
+  path = workdir / workdir_lib.NORMALIZER_FILE
+  if not path.is_file():
+    return {}
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {_SCALING_MEAN: f["mean"], _SCALING_STD: f["std"],
+              _SCALING_FLOAT64: np.asarray(bool(f["float64"]))}
+  except (OSError, ValueError, KeyError) as e:
+    raise JdlError(f"cannot read {path}: {e}; it holds the inputs' scaling, which the run "
+                   "writes again when it resumes (jdl train with the same --workdir)") from None
 
 
 def _check(args, overrides) -> int:

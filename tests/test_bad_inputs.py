@@ -412,7 +412,8 @@ def test_export_writes_the_state_evaluate_scores_by_default(tmp_path, capsys):
   assert f"arrays of step {worst} (the step jdl evaluate scores" in capsys.readouterr().out
   expected = jdl.checkpoint.restore_params(run / "checkpoints", step=worst, model_state=True)
   with np.load(tmp_path / "p.npz") as exported:
-    assert sorted(exported.files) == sorted(expected)
+    scaling = ["input_scaling/float64", "input_scaling/mean", "input_scaling/std"]
+    assert sorted(exported.files) == sorted([*expected, *scaling])
     assert all(np.array_equal(exported[k], expected[k]) for k in expected)
 
 

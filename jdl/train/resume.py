@@ -11,6 +11,7 @@ a checkpoint is never written with a non-finite value in it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import time
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 from jdl import checkpoint as ckpt_lib
 from jdl import config as config_lib
@@ -265,6 +267,7 @@ class ResumableRun:
       workdir_lib.write_text(wd / "summary.txt", self.summary() + "\n")
     if self.vocab:
       workdir_lib.write_text(wd / "vocab.json", json.dumps(self.vocab_json()) + "\n")
+    self._write_normalizer()
     backup = self.logger.commit_truncation(truncation)
     if backup:
       self.warn(f"jdl: warning: {self.logger.path} had unreadable lines, which were "
@@ -276,6 +279,22 @@ class ResumableRun:
       self.tb.test_written = complete and truncation is not None and any(
           json.loads(line).get("split") == "test" for line in truncation[1])
     return start
+
+  def _write_normalizer(self) -> None:
+    """``normalizer.npz``: the mean and std the inputs are scaled with before the
+    model (statistics of the train rows; ``jdl export`` copies them beside the
+    parameters). ``float64``: whether inputs are scaled in float64, else in float32
+    with ``mean``/``std`` as stored. None for token ids or ``normalize='none'``."""
+    path = self.workdir / workdir_lib.NORMALIZER_FILE
+    norm = self.normalizer
+    if norm is None or norm.is_identity:
+      path.unlink(missing_ok=True)  # Of a run moved aside or restarted: not this one's.
+      return
+    dtype = np.float64 if norm.float64 else np.float32
+    mean, std = norm.stats(dtype)
+    buffer = io.BytesIO()
+    np.savez(buffer, mean=mean, std=std, float64=np.asarray(norm.float64))
+    workdir_lib.write_bytes(path, buffer.getvalue())
 
   def _record_config_changes(self, saved: dict, current: dict, step: int):
     """A resume with other settings than the run's (a learning rate, more epochs):

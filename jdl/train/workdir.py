@@ -24,8 +24,10 @@ from typing import Callable, Iterator
 from jdl.errors import JdlError
 
 LOCK_NAME = ".jdl.lock"
+NORMALIZER_FILE = "normalizer.npz"  # The inputs' scaling: mean, std (jdl export reads it).
 RUN_FILES = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "summary.txt",
-             "config.json", "config_changes.jsonl", "vocab.json", "tb", "plots")
+             "config.json", "config_changes.jsonl", "vocab.json", NORMALIZER_FILE, "tb",
+             "plots")
 # A run's records, apart from its checkpoints.
 RECORD_FILES = tuple(n for n in RUN_FILES if n not in ("checkpoints", "damaged-checkpoints"))
 
@@ -203,9 +205,14 @@ def write_text(path: Path, text: str) -> None:
     JdlError: the write failed (disk full, a file-size limit, permissions); the
       message names the file, and ``path`` is as it was.
   """
+  write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+  """:func:`write_text` of bytes."""
   tmp = Path(path).with_name(Path(path).name + ".tmp")
   try:
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     tmp.replace(path)
   except OSError as e:
     raise JdlError(f"cannot write {path}: {e.strerror or e}; it is kept as it was") from None
