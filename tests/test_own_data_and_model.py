@@ -552,3 +552,34 @@ def test_a_metric_that_counts_padding_is_refused_before_training(tmp_path):
     assert not (tmp_path / "bad" / "checkpoints").exists()
   finally:
     jdl.metrics.CUSTOM.pop("rmse_own", None)
+
+
+class Dense3(nn.Module):
+  """Three logits of each input vector: on the digits' [N, 8, 8, 1] it gives [N, 8, 8, 3]."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(3)(x)
+
+
+def test_a_call_without_the_runs_dataset_is_refused_before_the_configs_is_built(tmp_path):
+  # The module alone: jdl built config.dataset (digits) and fed it to the module,
+  # and said "int labels of shape (32,) do not match logits of shape (32, 8, 8, 3)".
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(90, 5)).astype(np.float32)
+  y = (x[:, :3].argmax(-1)).astype(np.int32)
+  data = jdl.data.Dataset(x_train=x[:72], y_train=y[:72], x_test=x[72:], y_test=y[72:],
+                          num_classes=3, task="classification", name="three", input_shape=(5,))
+  jdl.fit(make_config(num_epochs=1), tmp_path, dataset=data, model=Dense3(), quiet=True)
+  files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  refused = r"trained on a dataset passed to fit\(dataset=\.\.\.\) \('three'\); this call loads "
+  for call, name in ((lambda: jdl.load_run(tmp_path, model=Dense3()), "jdl.load_run"),
+                     (lambda: jdl.evaluate(None, tmp_path, model=Dense3()), "jdl.load_run"),
+                     (lambda: jdl.fit(make_config(num_epochs=2), tmp_path, model=Dense3(),
+                                      quiet=True), "fit")):
+    with pytest.raises(jdl.JdlError, match=rf"{refused}'digits' from the config instead\. "
+                                           rf"Pass the same dataset: {re.escape(name)}\(\.\.\., "
+                                           r"dataset=\.\.\.\)$"):
+      call()
+  assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == files
+  assert jdl.load_run(tmp_path, dataset=data, model=Dense3()).step == 1

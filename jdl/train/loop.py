@@ -144,6 +144,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       raise JdlError("diagnostics.every_steps needs parallel='none' or 'data', not "
                      "'shard_map'; use --config.parallel=data")
     self.seq2seq = config.task == "seq2seq"
+    if self.workdir is not None and not restart:  # Before the config's data and model.
+      resume.check_given_in_config_json(self.workdir, data_given=dataset is not None,
+                                        model_given=model is not None, loads=config.dataset)
     # vocab: a finished run's vocabulary (load_run), else None.
     self.data = run_data.load_data(config, dataset, vocab=vocab)
     self._check_processes_agree()

@@ -108,6 +108,10 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
           f"{devices.num_devices} devices of this job's {jax.process_count()} "
           "processes: its batch or settings are for one device. Read it in a single "
           f"process (e.g. `jdl evaluate --workdir {workdir}`)")
+    # Before the config's own data and model are built: their shapes need not fit.
+    resume.check_given(meta, f"the checkpoint at step {step} in {workdir}",
+                       data_given=dataset is not None, model_given=model is not None,
+                       loads=config.dataset, call="jdl.load_run")
     trainer = Trainer(config, None, quiet=True, vocab=vocab, dataset=dataset, model=model,
                       parallel=None if fits else "none")
     resume.check_provenance(meta, step, workdir, trainer.data_source, trainer.model_source,

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
@@ -124,20 +125,11 @@ def check_provenance(meta: dict, step: int, workdir, data_source: dict, model_so
     ResumeRefused: naming what differs and what to pass.
   """
   where = f"the checkpoint at step {step} in {workdir}"
-  saved_model = meta.get("model") if isinstance(meta, dict) else None
-  if isinstance(saved_model, dict) and saved_model.get("given") and not model_source["given"]:
-    raise ResumeRefused(
-        f"{where} was trained with a model passed to fit(model=...) "
-        f"({saved_model.get('class')}), which the config cannot rebuild; pass the same "
-        f"module: {call}(..., model=...)")
+  check_given(meta, where, data_given=data_source["given"], model_given=model_source["given"],
+              loads=data_source["name"], call=call)
   saved = meta.get("data") if isinstance(meta, dict) else None
   if not isinstance(saved, dict):
     return
-  if saved.get("given") and not data_source["given"]:
-    raise ResumeRefused(
-        f"{where} was trained on a dataset passed to fit(dataset=...) "
-        f"({saved.get('name')!r}); this call loads {data_source['name']!r} from the config "
-        f"instead. Pass the same dataset: {call}(..., dataset=...)")
   if saved.get("fingerprint") not in (None, data_source["fingerprint"],
                                       data_source.get("float32_fingerprint")):
     raise ResumeRefused(
@@ -148,6 +140,46 @@ def check_provenance(meta: dict, step: int, workdir, data_source: dict, model_so
            if call == "fit" else "Read the run's own data: from the command line "
            "--config.data_dir=DIR (jdl evaluate, predict, sample), from Python "
            f"{call}(..., dataset=...)"))
+
+
+def check_given(record: dict | None, where: str, *, data_given: bool, model_given: bool,
+                loads: str, call: str) -> None:
+  """Refuses a call without the dataset or the module that a run was given
+  (``record``: a checkpoint's metadata or config.json's sources, ``{"data": {"given":
+  ..., "name": ...}, "model": {"given": ..., "class": ...}}``), before this call
+  builds the config's own (whose shapes may not even fit the run's).
+
+  Raises:
+    ResumeRefused: naming what was given and what to pass.
+  """
+  record = record if isinstance(record, dict) else {}
+  saved_model, saved = record.get("model"), record.get("data")
+  if isinstance(saved_model, dict) and saved_model.get("given") and not model_given:
+    raise ResumeRefused(
+        f"{where} was trained with a model passed to fit(model=...) "
+        f"({saved_model.get('class')}), which the config cannot rebuild; pass the same "
+        f"module: {call}(..., model=...)")
+  if isinstance(saved, dict) and saved.get("given") and not data_given:
+    raise ResumeRefused(
+        f"{where} was trained on a dataset passed to fit(dataset=...) "
+        f"({saved.get('name')!r}); this call loads {loads!r} from the config "
+        f"instead. Pass the same dataset: {call}(..., dataset=...)")
+
+
+def check_given_in_config_json(workdir: Path, *, data_given: bool, model_given: bool,
+                               loads: str) -> None:
+  """:func:`check_given` of ``fit`` against the sources a workdir's config.json
+  records, when the workdir holds checkpoints to resume (an unreadable config.json
+  is left to the workdir's own checks)."""
+  path = Path(workdir) / "config.json"
+  if (data_given and model_given) or not (Path(workdir) / "checkpoints").is_dir():
+    return
+  try:
+    sources = json.loads(path.read_text(encoding="utf-8")).get(config_lib.SOURCES_KEY)
+  except (OSError, ValueError, AttributeError):
+    return
+  check_given(sources, f"the run in {workdir}", data_given=data_given,
+              model_given=model_given, loads=loads, call="fit")
 
 
 def _square_confusion(acc: dict) -> dict | None:
