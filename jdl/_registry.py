@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jdl import errors
@@ -22,6 +23,23 @@ def check_tasks(kind: str, name: str, tasks: str | Sequence[str]) -> tuple[str, 
                  f"{kind} {name!r}: tasks must be of 'classification' and 'regression', "
                  f"got {tasks}")
   return tasks
+
+
+def check_arity(kind: str, name: str, what: str, fn: Callable, arguments: str) -> None:
+  """Refuses a function that cannot be called with the ``arguments`` jdl passes
+  (``"outputs, targets"``): a raw TypeError from inside a traced step before."""
+  errors.require(callable(fn), f"{kind} {name!r}: {what} must be callable, got "
+                 f"{type(fn).__name__}")
+  try:
+    signature = inspect.signature(fn)
+  except (TypeError, ValueError):  # A builtin or a C function: not introspectable.
+    return
+  try:
+    signature.bind(*arguments.split(", "))
+  except TypeError:
+    raise errors.JdlError(f"{kind} {name!r}: {what} is called as {what}({arguments}), but "
+                          f"its signature is {getattr(fn, '__name__', what)}{signature}"
+                          ) from None
 
 
 def check_new(kind: str, name: str, registered: bool, same: bool, replace: bool) -> None:

@@ -160,10 +160,9 @@ def register_metric(
   errors.require(per_example != (statistics is not None or compute is not None),
                  f"metric {name!r}: give either fn (a value per example) or statistics "
                  "and compute (sums and the host function), not both or neither")
-  for what, f in (("fn", fn),) if per_example else (("statistics", statistics),
-                                                     ("compute", compute)):
-    errors.require(callable(f), f"metric {name!r}: {what} must be callable, got "
-                   f"{type(f).__name__}")
+  for what, f, arguments in (("fn", fn, "outputs, targets"),) if per_example else (
+      ("statistics", statistics, "outputs, targets, mask"), ("compute", compute, "totals")):
+    _registry.check_arity("metric", name, what, f, arguments)
   errors.require(better in (None, "max", "min"),
                  f"metric {name!r}: better must be 'max', 'min' or None, got {better!r}")
   source = (fn, statistics, compute)

@@ -583,3 +583,66 @@ def test_a_call_without_the_runs_dataset_is_refused_before_the_configs_is_built(
       call()
   assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == files
   assert jdl.load_run(tmp_path, dataset=data, model=Dense3()).step == 1
+
+
+def _dataset(**changes):
+  x, y = np.zeros((10, 3), np.float32), np.zeros(10, np.int32)
+  fields = dict(x_train=x, y_train=y, x_test=x, y_test=y, num_classes=2,
+                task="classification", name="m", input_shape=(3,))
+  return jdl.data.Dataset(**{**fields, **changes})
+
+
+class StopNow(cb.Callback):
+  pass
+
+
+@pytest.mark.parametrize("make, message", [
+    # Each was a traceback from deep inside, or an error about something else.
+    (lambda: _dataset(task="classfication"),
+     r"^unknown task 'classfication': did you mean 'classification'\? valid names: "),
+    (lambda: _dataset(task="regression", num_classes=3),
+     r"^a regression dataset has num_classes=0, got 3"),
+    (lambda: _dataset(x_train=[[0.0, 1.0, 2.0]] * 10),
+     r"^x_train must be an array \(numpy, one row per example\), got list; convert it "),
+    (lambda: _dataset(x_val=np.zeros((4, 3), np.float32)),
+     r"^x_val is given without y_val: a split needs its inputs and targets$"),
+    (lambda: jdl.fit(make_config(), dataset=(X, Y), quiet=True),
+     r"^dataset must be a jdl\.data\.Dataset, got tuple: wrap the arrays as "),
+    (lambda: jdl.fit(make_config(), model=Tiny, quiet=True),
+     r"^model must be a module instance, got the class Tiny: pass Tiny\(\.\.\.\)$"),
+    (lambda: jdl.fit(make_config(), callbacks=[StopNow], quiet=True),
+     r"^callbacks hold a class, StopNow: pass an instance, StopNow\(\.\.\.\)$"),
+    (lambda: jdl.fit(make_config(), callbacks=StopNow(), quiet=True),
+     r"^callbacks must be a list of callbacks, got StopNow: pass \[callback\]$"),
+    (lambda: jdl.fit(make_config(), callbacks=[print], quiet=True),
+     r"^callbacks must be instances of jdl\.train\.callbacks\.Callback"),
+    (lambda: jdl.losses.register_loss("one_arg_t", lambda p: p),
+     r"^loss 'one_arg_t': fn is called as fn\(outputs, targets\), but its signature is "
+     r"<lambda>\(p\)$"),
+    (lambda: jdl.metrics.register_metric("two_args_t", statistics=lambda p, t: {},
+                                         compute=lambda totals: 0.0),
+     r"^metric 'two_args_t': statistics is called as statistics\(outputs, targets, mask\)"),
+    (lambda: jdl.fit(make_config(num_epochs=1), dataset=_dataset(
+        y_train=np.arange(10, dtype=np.int32) % 3), quiet=True),
+     r"labels outside \[0, 2\) \(e\.g\. 2\); remap the labels to 0\.\.1 or, if there are 3 "
+     r"classes, set num_classes=3$"),
+])
+def test_a_users_mistake_is_one_error_naming_it(make, message):
+  with pytest.raises(jdl.JdlError, match=message):
+    make()
+  assert "one_arg_t" not in jdl.losses.LOSSES and "two_args_t" not in jdl.metrics.CUSTOM
+
+
+def test_a_refused_resume_warns_about_nothing_else(tmp_path, capfd):
+  # It printed "num_epochs is 3, the run had 1: its cosine schedule ..." first.
+  jdl.fit(make_config(num_epochs=1, schedule__name="cosine"), tmp_path, dataset=MINE,
+          quiet=True)
+  shuffled = jdl.data.Dataset(**{**MINE.__dict__, "x_train": X[:500][::-1].copy()})
+  capfd.readouterr()
+  with pytest.raises(jdl.JdlError, match="trained on other data"):
+    jdl.fit(make_config(num_epochs=3, schedule__name="cosine"), tmp_path, dataset=shuffled,
+            quiet=True)
+  assert capfd.readouterr().err == ""
+  jdl.fit(make_config(num_epochs=2, schedule__name="cosine"), tmp_path, dataset=MINE,
+          quiet=True)  # The same change, resumed: warned.
+  assert "its cosine schedule now spans 2 epochs" in capfd.readouterr().err

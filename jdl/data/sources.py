@@ -95,6 +95,31 @@ class Dataset:
   rebuild_vocab: Callable[[np.ndarray], Dataset] | None = dataclasses.field(default=None,
                                                                               repr=False)
 
+  def __post_init__(self):
+    """Checks what a mistake in the constructor's arguments would otherwise make a
+    traceback (or a misleading error) later: the task, ``num_classes``, that the
+    splits are arrays, and that a validation split has both its halves. The values
+    are checked when a run reads them (:func:`jdl.data.validate_arrays`)."""
+    from jdl.data.validate import TASKS
+    lookup("task", self.task, {t: t for t in TASKS})
+    classes = self.num_classes
+    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 0:
+      raise JdlError(f"num_classes must be a non-negative integer, got {classes!r}")
+    if self.task == "regression" and classes:
+      raise JdlError(f"a regression dataset has num_classes=0, got {classes} (classes are "
+                     "for task='classification')")
+    for name in ("x_train", "y_train", "x_test", "y_test", "x_val", "y_val"):
+      value = getattr(self, name)
+      optional = name not in ("x_train", "y_train")
+      if (value is None and optional) or hasattr(value, "shape") and hasattr(value, "dtype"):
+        continue
+      raise JdlError(f"{name} must be an array (numpy, one row per example), got "
+                     f"{type(value).__name__}; convert it with np.asarray")
+    for a, b in (("x_val", "y_val"), ("y_val", "x_val"), ("x_test", "y_test"),
+                 ("y_test", "x_test")):
+      if getattr(self, a) is not None and getattr(self, b) is None:
+        raise JdlError(f"{a} is given without {b}: a split needs its inputs and targets")
+
 
 _SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 FINGERPRINT_ROWS = 256

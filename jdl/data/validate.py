@@ -159,7 +159,10 @@ def validate_arrays(
     raise JdlError(f"num_classes must be at least 1 for classification, got {num_classes}")
   outside = y[(y < 0) | (y >= num_classes)]
   if outside.size:
+    top = int(outside.max())
+    more = (f" or, if there are {top + 1} classes, set num_classes={top + 1}"
+            if outside.min() >= 0 else "")
     raise JdlError(
         f"y_{split} has {outside.size} labels outside [0, {num_classes}) (e.g. "
-        f"{_examples(np.unique(outside))}); remap the labels to 0..{num_classes - 1}"
+        f"{_examples(np.unique(outside))}); remap the labels to 0..{num_classes - 1}{more}"
     )

@@ -184,6 +184,44 @@ def _check_finite(tree, prefix: str = "") -> None:
       raise JdlError(f"{name} must be a finite number, got {value}")
 
 
+def check_fit_arguments(dataset, model, callbacks) -> None:
+  """What ``fit`` (and ``load_run``) are given: a dataset, module instances and
+  callback instances, each named when it is something else (a class instead of an
+  instance, a tuple of arrays, a function); a traceback from deep inside before.
+
+  Raises:
+    JdlError: naming the argument and what it takes.
+  """
+  import flax.linen as nn
+
+  from jdl.data import npy_dir
+  from jdl.data.sources import Dataset
+  from jdl.train import callbacks as cb
+  if dataset is not None and not isinstance(dataset, (Dataset, npy_dir.StreamDataset)):
+    raise JdlError(f"dataset must be a jdl.data.Dataset, got {type(dataset).__name__}: wrap "
+                   "the arrays as jdl.data.Dataset(x_train=..., y_train=..., x_test=..., "
+                   "y_test=..., num_classes=..., task=..., name=..., input_shape=...)")
+  for m in model if isinstance(model, tuple) else (model,):  # A GAN's: (generator, critic).
+    if m is None or isinstance(m, nn.Module):
+      continue
+    if isinstance(m, type) and issubclass(m, nn.Module):
+      raise JdlError(f"model must be a module instance, got the class {m.__name__}: pass "
+                     f"{m.__name__}(...)")
+    raise JdlError(f"model must be a flax.linen Module instance, got {type(m).__name__}")
+  if isinstance(callbacks, cb.Callback) or not isinstance(callbacks, (list, tuple)):
+    raise JdlError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}"
+                   + (": pass [callback]" if isinstance(callbacks, cb.Callback) else ""))
+  for c in callbacks:
+    if isinstance(c, cb.Callback):
+      continue
+    if isinstance(c, type) and issubclass(c, cb.Callback):
+      raise JdlError(f"callbacks hold a class, {c.__name__}: pass an instance, "
+                     f"{c.__name__}(...)")
+    raise JdlError(f"callbacks must be instances of jdl.train.callbacks.Callback (subclass "
+                   "it and override the hooks you need: on_epoch_end, on_steps_end, ...), "
+                   f"got {type(c).__name__}")
+
+
 def check_model(config: ml_collections.ConfigDict) -> None:
   """Builds ``config.model`` as far as the config alone allows, for ``jdl config``:
   one JdlError for a field no model can take. The data sets ``num_outputs`` and a

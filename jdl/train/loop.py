@@ -130,6 +130,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.holds_run_state = False
     self.record_kept = False  # A re-run of a finished run keeps its config.json, summary.
     checks.validate_config(config)
+    checks.check_fit_arguments(dataset, model, callbacks)
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
     runtime_lib.request_deterministic_ops(config.deterministic)

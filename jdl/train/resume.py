@@ -218,6 +218,7 @@ class ResumableRun:
     config_json = wd / "config.json"
     current = json.loads(config_lib.to_json(self.config))
     saved = None
+    notes = []  # Warnings about the resume: once it is not refused.
     if config_json.exists():
       saved = workdir_lib.read_json(config_json)
       diffs = config_lib.structural_diff(saved, current)
@@ -231,14 +232,14 @@ class ResumableRun:
       now = runtime["cpu_cores"]
       if (before and before != now and runtime["platform"] == "cpu"
           and (wd / "checkpoints").exists()):
-        self.warn(f"jdl: warning: the run was on {before} CPU cores, this process may use "
+        notes.append(f"jdl: warning: the run was on {before} CPU cores, this process may use "
                   f"{now}: XLA:CPU sums convolutions in another order, so the run continues "
                   "within float tolerance rather than bitwise (same core count: bitwise)")
       schedule = current.get("schedule", {}).get("name")
       old_epochs, new_epochs = saved.get("num_epochs"), current.get("num_epochs")
       if (old_epochs != new_epochs and schedule in ("cosine", "warmup_cosine")
           and (wd / "checkpoints").exists()):
-        self.warn(f"jdl: warning: num_epochs is {new_epochs}, the run had {old_epochs}: its "
+        notes.append(f"jdl: warning: num_epochs is {new_epochs}, the run had {old_epochs}: its "
                   f"{schedule} schedule now spans {new_epochs} epochs, so the learning rate "
                   "continues on the new curve (not the one the run started on)")
     self._damaged_steps = []
@@ -254,6 +255,8 @@ class ResumableRun:
     self._open_checkpointer()
     start = self._resume_latest_readable()
     self._check_best_readable(start)
+    for line in notes:
+      self.warn(line)
     if not self.primary:
       return start
     # After the checkpoint's config is checked: a refused run leaves no folder.
