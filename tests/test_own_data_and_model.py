@@ -596,6 +596,17 @@ class StopNow(cb.Callback):
   pass
 
 
+class Noisy(nn.Module):
+  """Draws noise from a stream of its own: flax's InvalidRngError from inside a step."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape(len(x), -1)
+    if train:
+      x = x + jax.random.normal(self.make_rng("noise"), x.shape)
+    return nn.Dense(10)(x)
+
+
 @pytest.mark.parametrize("make, message", [
     # Each was a traceback from deep inside, or an error about something else.
     (lambda: _dataset(task="classfication"),
@@ -616,6 +627,9 @@ class StopNow(cb.Callback):
      r"^callbacks must be a list of callbacks, got StopNow: pass \[callback\]$"),
     (lambda: jdl.fit(make_config(), callbacks=[print], quiet=True),
      r"^callbacks must be instances of jdl\.train\.callbacks\.Callback"),
+    (lambda: jdl.fit(make_config(num_epochs=1), model=Noisy(), quiet=True),
+     r"^the model draws random numbers from the stream 'noise', which jdl does not give: .*"
+     r"draw with self\.make_rng\('dropout'\)$"),
     (lambda: jdl.losses.register_loss("one_arg_t", lambda p: p),
      r"^loss 'one_arg_t': fn is called as fn\(outputs, targets\), but its signature is "
      r"<lambda>\(p\)$"),

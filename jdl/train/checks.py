@@ -8,7 +8,9 @@ before it touches the workdir.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 from typing import Sequence
 
 import ml_collections
@@ -182,6 +184,27 @@ def _check_finite(tree, prefix: str = "") -> None:
       _check_finite(value, name)
     elif isinstance(value, float) and not math.isfinite(value):
       raise JdlError(f"{name} must be a finite number, got {value}")
+
+
+@contextlib.contextmanager
+def named_rng_streams():
+  """Turns flax's error for a random stream the steps do not give (a module's
+  ``self.make_rng('noise')``) into one naming the stream jdl gives.
+
+  Raises:
+    JdlError: naming the stream; other errors pass through.
+  """
+  from flax import errors as flax_errors
+  try:
+    yield
+  except flax_errors.InvalidRngError as e:
+    match = re.search(r'needs PRNG for "([^"]+)"', str(e))
+    if match is None:
+      raise
+    raise JdlError(f"the model draws random numbers from the stream {match.group(1)!r}, "
+                   "which jdl does not give: its steps give a module the 'dropout' stream "
+                   "(a new key each training step, the one nn.Dropout uses); draw with "
+                   "self.make_rng('dropout')") from None
 
 
 def check_fit_arguments(dataset, model, callbacks) -> None:

@@ -105,6 +105,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
   :mod:`jdl.train.strategy`.
   """
 
+  @checks.named_rng_streams()  # Where the steps are first traced: a stream they lack.
   def __init__(self, config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
                dataset: data_lib.Dataset | None = None, model=None,
                callbacks: Sequence[cb.Callback] = (), quiet: bool = False,
@@ -643,6 +644,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self.tb.write(record)
 
   # -------------------------------------------------------------------- fit
+  @checks.named_rng_streams()
   def fit(self) -> FitResult:
     """Trains to ``num_epochs`` (or an early stop), resuming from the workdir.
 
