@@ -26,7 +26,14 @@ from jdl.train import workdir as workdir_lib
 
 
 class Callback:
-  """Base class: every hook is optional."""
+  """Base class: every hook is optional.
+
+  A hook may set ``trainer.stop_training = True``: training stops after the block of
+  steps in flight (``on_steps_end``) or at the epoch's end (``on_epoch_end``), as early
+  stopping does, and ``on_train_end`` runs. ``state_dict()`` and
+  ``load_state_dict(state)`` carry what the callback must remember across a resume (JSON
+  values, saved in each checkpoint).
+  """
 
   def on_train_begin(self, trainer) -> None:
     pass
