@@ -472,6 +472,37 @@ def test_a_stop_request_at_an_epochs_end_saves_between_checkpoint_epochs(tmp_pat
                               jax.device_get(full.state.params))
 
 
+@pytest.mark.parametrize("when", ["last step", "test evaluation"])
+def test_a_stop_request_after_the_last_step_lets_the_run_finish(tmp_path, capfd, when):
+  # It printed "stopping after the current step and saving a checkpoint" and nothing
+  # more, then finished and exited 0 (found by a reproducibility audit): a signal with
+  # or after the last step now says that the run finishes, as a re-run would.
+  import os
+  import signal
+
+  class Term(jdl.train.callbacks.Callback):
+    def on_steps_end(self, trainer, step, num_steps):
+      if when == "last step" and step == trainer.num_epochs * trainer.steps_per_epoch:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_end(self, trainer):  # Before the test split is evaluated.
+      if when == "test evaluation":
+        os.kill(os.getpid(), signal.SIGTERM)
+
+  result = jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True, callbacks=[Term()])
+  err = capfd.readouterr().err
+  assert result.trainer.preempted is None and "accuracy" in result.test_metrics
+  if when == "last step":  # The handler cannot know that the step was the last.
+    assert err.index("stopping after the current step") < err.index(
+        "jdl: SIGTERM came with the last step: finishing the run"), err
+  else:
+    assert "stopping after the current step" not in err, err
+    assert ("jdl: SIGTERM received; training is over: finishing the run (its last "
+            "checkpoint, the test evaluation) (Ctrl-C again to abort)") in err, err
+  records = (tmp_path / "metrics.jsonl").read_text()
+  assert '"split": "test"' in records
+
+
 def test_loop_steps_runs_the_rows_before_the_padding_and_no_more():
   from jdl.train import steps as steps_lib
   idx = jnp.array([[3, 1], [2, 2], [5, 0], [-1, -1], [-1, -1]], jnp.int32)

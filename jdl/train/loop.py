@@ -783,6 +783,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       epoch += 1
       if parallel_lib.any_process(stop.requested) and epoch < self.num_epochs:
         return self._stop_early(stop.signal_name or "a signal to another process")
+    stop.finishing = True  # A signal now (or in the last block) lets the run finish.
+    if stop.requested:
+      self.warn(f"jdl: {stop.signal_name} came with the last step: finishing the run")
     if self.checkpointer is not None:
       self.checkpointer.wait()
     trained_to = self.step

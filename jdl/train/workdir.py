@@ -334,6 +334,9 @@ class StopRequests:
 
   def __init__(self):
     self.signal_name: str | None = None
+    # Set once the last step has run: a signal then lets the run finish (its last
+    # checkpoint, the test evaluation), which is what a re-run would do.
+    self.finishing = False
     self._previous = {}
 
   def __enter__(self) -> StopRequests:
@@ -353,8 +356,11 @@ class StopRequests:
     self.signal_name = signal.Signals(signum).name
     # On a terminal the progress bar's line is cleared first (the bar redraws below).
     clear = "\r\x1b[K" if sys.stderr.isatty() else ""
-    print(f"{clear}jdl: {self.signal_name} received; stopping after the current step and "
-          "saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+    what = ("training is over: finishing the run (its last checkpoint, the test evaluation)"
+            if self.finishing else
+            "stopping after the current step and saving a checkpoint")
+    print(f"{clear}jdl: {self.signal_name} received; {what} (Ctrl-C again to abort)",
+          file=sys.stderr, flush=True)
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
