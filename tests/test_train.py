@@ -503,6 +503,27 @@ def test_a_stop_request_after_the_last_step_lets_the_run_finish(tmp_path, capfd,
   assert '"split": "test"' in records
 
 
+def test_the_loop_runs_at_most_one_block_ahead_of_the_device(tmp_path):
+  # Without a sync (nonfinite_check='step') the loop dispatched blocks as fast as
+  # Python went: an epoch ahead, and a stop request then waited for all of them (a
+  # preemption's grace period could end first). When block k's on_steps_end runs,
+  # block k - 1 is now done.
+  class Watch(jdl.train.callbacks.Callback):
+    def __init__(self):
+      self.token, self.checked = None, 0
+
+    def on_steps_end(self, trainer, step, num_steps):
+      if self.token is not None and step % trainer.steps_per_epoch != num_steps:
+        assert self.token.is_ready(), step  # The previous block's end.
+        self.checked += 1
+      self.token = trainer._in_flight  # Its step count, once this block is done.
+
+  watch = Watch()
+  result = jdl.fit(make_config(num_epochs=2, scan_chunk=2, nonfinite_check="step",
+                               epoch_mode="scan"), quiet=True, callbacks=[watch])
+  assert watch.checked >= result.trainer.num_epochs * (result.trainer.steps_per_epoch // 2 - 2)
+
+
 def test_loop_steps_runs_the_rows_before_the_padding_and_no_more():
   from jdl.train import steps as steps_lib
   idx = jnp.array([[3, 1], [2, 2], [5, 0], [-1, -1], [-1, -1]], jnp.int32)

@@ -740,6 +740,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self.progress.start_epoch(epoch, self.num_epochs, spe, pos)
       t0 = time.perf_counter()
       steps_run, last_save, stopping = 0, self.step, False
+      # The loop dispatches block k, then waits for block k - 1: the device always has
+      # a block queued, and a stop request is acted on within two blocks (without the
+      # wait the loop could run an epoch ahead, and a preemption's grace period end
+      # before the checkpoint: the save waits for every block dispatched).
+      self._in_flight = previous = None
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
         if self._diagnostics and self._diagnostics.due(epoch * spe + pos, epoch * spe + pos + n):
@@ -751,6 +756,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           x, y, block = self._place(*self.feed.block(epoch, pos, n, *pad))
           self._train_block(size, x, y, block)
         pos, steps_run = pos + n, steps_run + n
+        if previous is not None:
+          previous.block_until_ready()
+        # Not donated: ready when this block is done.
+        previous = self._in_flight = self.state.step + 0
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
         if pos < spe:  # Mid-epoch checkpoints (the epoch's end saves in _end_epoch).
