@@ -113,8 +113,10 @@ def register_metric(
   predictions and float32 targets ``[B, k]`` (a dataset's targets of shape ``[N]``
   become ``[N, 1]``, of ``[N, ...]`` ``[N, k]``). ``mask`` is ``[B]``: weigh each
   example by its own entry (``mask[:, None] * err`` for ``err`` of shape ``[B, k]``).
-  A run checks, before it trains, that a sums form leaves masked examples out. A run that logs the metric resumes, and :func:`jdl.load_run` /
-  :func:`jdl.evaluate` reopen it, in a process that registered it again.
+  A run checks, before it trains, that a sums form leaves masked examples out
+  (:func:`check_padding_ignored`). A run that logs the metric resumes, and
+  :func:`jdl.load_run` / :func:`jdl.evaluate` reopen it, in a process that
+  registered it again.
 
   Args:
     name: the name in ``config.metrics`` (logged as ``name``, ``val_name``, ...).

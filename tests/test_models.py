@@ -250,7 +250,8 @@ def test_conv1d_path():
     (lambda: create_model({"name": "mlp"}, num_outputs=0), r"num_outputs must be"),
     # numpy's TypeError, or an integer network, before.
     (lambda: create_model({"name": "mlp", "dtype": "foo"}, num_outputs=2),
-     r"^model\.dtype must be a floating-point type \(float32, bfloat16, float16, float64\), got 'foo'$"),
+     r"^model\.dtype must be a floating-point type \(float32, bfloat16, float16, float64\), "
+     r"got 'foo'$"),
     (lambda: create_model({"name": "cnn", "dtype": "int32"}, num_outputs=2),
      r"^model\.dtype must be a floating-point type .* got 'int32'$"),
     # A single number is named as one (it read "a sequence ..., got (0,)").

@@ -397,7 +397,8 @@ def test_a_bad_config_field_names_its_config_key():
 
   from jdl.sequence.build import create_seq2seq
   vocab = {"src": [str(i) for i in range(12)], "tgt": [str(i) for i in range(9)]}
-  config = ml_collections.ConfigDict({"dataset": "dates", "model": {"name": "seq2seq", "hidden": 0}})
+  config = ml_collections.ConfigDict({"dataset": "dates",
+                                      "model": {"name": "seq2seq", "hidden": 0}})
   with pytest.raises(JdlError, match=r"^model\.hidden must be a positive integer, got 0$"):
     create_seq2seq(config, vocab)
   config.model.hidden, config.model.cell = 8, "foo"

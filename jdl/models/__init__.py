@@ -101,10 +101,10 @@ def build(model: type[nn.Module], fields: Mapping[str, Any], section: str = "mod
   except (TypeError, ValueError) as e:
     message = str(e)
     words = message.split(" ", 2)
-    fields = model_fields(model)  # Also a default that the others make wrong (eos_id).
-    if words[0] in fields:  # "dropout_rate must be ..."
+    valid = model_fields(model)  # Also a default that the others make wrong (eos_id).
+    if words[0] in valid:  # "dropout_rate must be ..."
       message = f"{section}.{message}"
-    elif words[0] == "unknown" and len(words) > 1 and words[1] in fields:  # errors.lookup's.
+    elif words[0] == "unknown" and len(words) > 1 and words[1] in valid:  # errors.lookup's.
       message = f"{section}.{words[1]}: {message}"
     else:
       message = f"{section}: {message}"
