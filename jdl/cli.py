@@ -344,7 +344,7 @@ def _evaluate(args, overrides) -> int:
     given = config_lib.given_sources(run)
     if given:
       raise JdlError(f"{workdir} holds a run trained on {given}, which the CLI cannot load; "
-                     "evaluate it from Python: jdl.evaluate(None, workdir, dataset=..., "
+                     "evaluate it from Python: jdl.evaluate(workdir, dataset=..., "
                      "model=...) with the same arguments")
     config = config_lib.from_dict(run)
     config_lib.apply_overrides(config, overrides)

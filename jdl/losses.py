@@ -141,7 +141,7 @@ def sparse_categorical_crossentropy(
     outputs: logits, ``[B, ..., C]``.
     targets: int labels in ``[0, C)``, ``[B, ...]`` (a trailing 1 is allowed).
       Labels outside that range are not checked here, inside a traced function
-      (a :class:`jdl.data.Dataset` checks its labels when it is made); their loss
+      (a run checks its dataset's labels when it reads them); their loss
       is meaningless (NaN, the last class's, or the smoothing term alone,
       depending on the value and the smoothing).
     label_smoothing: ``alpha``; the one-hot target becomes

@@ -71,6 +71,14 @@ def test_a_run_on_own_data_reopens_only_with_that_data(own_run):
   np.testing.assert_array_equal(jdl.predict(reopened, X[500:]), jdl.predict(result, X[500:]))
   best = jdl.load_run(workdir, dataset=MINE)
   assert jdl.evaluate(None, workdir, dataset=MINE) == best.evaluate_split(best.data.test)
+  # The workdir alone, as load_run takes it (a TypeError before), and best=False.
+  assert jdl.evaluate(workdir, dataset=MINE) == best.evaluate_split(best.data.test)
+  assert jdl.evaluate(str(workdir), dataset=MINE, best=False) == reopened.evaluate_split(
+      reopened.data.test)
+  with pytest.raises(jdl.JdlError, match=r"evaluate's config must be a config .* got str"):
+    jdl.evaluate(str(workdir), str(workdir))
+  with pytest.raises(jdl.JdlError, match=r"^evaluate needs the run's workdir"):
+    jdl.evaluate()
 
 
 def test_a_run_on_own_data_resumes_only_with_that_data(own_run, tmp_path):

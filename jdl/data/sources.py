@@ -56,13 +56,16 @@ _LINEAR_B = 0.3
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-  """A dataset with a train and a test split.
+  """A dataset: a train split, and optionally a test and a validation split.
 
   Attributes:
-    x_train: float32 inputs, ``[N, *input_shape]``.
-    y_train: int32 class ids ``[N]`` (classification) or float32 targets (regression).
-    x_test: as ``x_train``.
-    y_test: as ``y_train``.
+    x_train: inputs, ``[N, *input_shape]``: float32, or any numeric dtype (integers
+      and float64 are normalised in float64, then fed as float32; token ids of a
+      text model are fed as they are with ``normalize='none'``).
+    y_train: integer class ids ``[N]`` (classification) or float targets ``[N]`` or
+      ``[N, ...]`` (regression; a run reads them as ``[N, k]``).
+    x_test: as ``x_train``, or ``None``: no test split.
+    y_test: as ``y_train``, or ``None`` with ``x_test``.
     num_classes: the number of classes; 0 for regression.
     task: ``"classification"`` or ``"regression"``.
     name: the dataset's name.

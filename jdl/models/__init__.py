@@ -1,10 +1,14 @@
 """Models: Flax linen modules called as ``model.apply(variables, x, train=...)``.
 
-Every model maps ``[batch, ...]`` inputs to ``[batch, num_outputs]``; dropout uses
-the ``'dropout'`` RNG stream and batch norm the mutable ``'batch_stats'`` collection.
-The generative models (autoencoders, VAE, GAN generators and discriminators) have
-their own interfaces, described in :mod:`jdl.models.autoencoder` and
-:mod:`jdl.models.gan`, and are not in :data:`MODELS`.
+The classifiers and regressors of :data:`MODELS` map ``[batch, ...]`` inputs to
+``[batch, num_outputs]``; ``seq2seq`` takes ``(src, tgt_in)`` and gives ``[batch,
+length, tgt_vocab_size]`` logits. Dropout uses the ``'dropout'`` RNG stream and batch
+norm the mutable ``'batch_stats'`` collection. The building blocks (``RNN``,
+``Bidirectional``, ``StackedRNN``, the cells) give sequences and carries, as their
+docstrings say. The generative models (autoencoders, VAE, GAN generators and
+discriminators) have their own interfaces, described in
+:mod:`jdl.models.autoencoder` and :mod:`jdl.models.gan`, and are not in
+:data:`MODELS`.
 """
 
 from __future__ import annotations

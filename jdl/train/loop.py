@@ -1165,13 +1165,20 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
     workdir: where checkpoints, ``metrics.jsonl``, TensorBoard events, plots and
       the summary go; ``None`` keeps everything in memory.
     dataset: a :class:`jdl.data.Dataset` to use instead of ``config.dataset``.
-    model: a flax.linen module to use instead of ``config.model``.
-    callbacks: extra :class:`jdl.train.callbacks.Callback` objects.
+    model: a flax.linen module instance to use instead of ``config.model`` (for
+      ``task='gan'``/``'wgan_gp'``: a ``(generator, discriminator)`` pair).
+    callbacks: a list of extra :class:`jdl.train.callbacks.Callback` instances.
     quiet: print nothing but warnings.
     restart: move a previous run in ``workdir`` aside and start over.
 
   Returns:
     A :class:`FitResult`.
+
+  Raises:
+    JdlError: a bad config value, dataset, model or callback, or a workdir whose run
+      cannot be resumed with these (each named in one line; nothing written is lost).
+    NonFiniteError: (a ``JdlError``) a NaN or Inf loss, gradient or state with
+      ``nonfinite='stop'``, naming the step; the checkpoints on disk are from before.
   """
   trainer = Trainer(config, workdir, dataset=dataset, model=model, callbacks=callbacks,
                     quiet=quiet, restart=restart)

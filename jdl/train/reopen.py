@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from pathlib import Path
 
 import jax
@@ -38,9 +39,11 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
   Args:
     workdir: the run's directory.
     config: its config; ``None`` reads ``workdir/config.json``.
-    best: restore the state the run ends with: with early stopping's
-      ``restore_best``, its best epoch (as ``fit`` returned it); else the best
-      checkpoint by ``config.monitor``. ``False``, or neither: the latest.
+    best: restore early stopping's restored epoch (``config.early_stopping`` with
+      ``restore_best``: the state ``fit`` returned), else the best checkpoint by
+      ``config.monitor``, which need not be the final state; ``False``, or no
+      monitor: the latest. (An ``EarlyStopping`` given to ``fit(callbacks=...)``
+      instead of the config is not recorded in the run: the best by ``monitor``.)
     dataset: the run's dataset, when it was trained with ``fit(dataset=...)``
       (its normalisation and splits come from it).
     model: the run's module, when it was trained with ``fit(model=...)``.
@@ -174,32 +177,55 @@ def _checkpoints(ckdir: Path, config: ml_collections.ConfigDict):
     yield ck, latest
 
 
-def evaluate(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
-             split: str = "test", dataset: data_lib.Dataset | None = None,
-             model=None) -> dict[str, float]:
-  """Metrics of a run's final state on ``split``: the checkpoint :func:`load_run`
-  restores (early stopping's restored epoch, else the best by ``config.monitor``,
-  else the latest).
+def evaluate(config: ml_collections.ConfigDict | str | Path | None = None,
+             workdir: str | Path | None = None, *, split: str = "test",
+             dataset: data_lib.Dataset | None = None, model=None,
+             best: bool = True) -> dict[str, float]:
+  """Metrics on ``split`` of the state :func:`load_run` restores: early stopping's
+  restored epoch, else the best checkpoint by ``config.monitor``, else the latest
+  (``best=False``: the latest). The best by ``monitor`` need not be the final state,
+  which ``fit``'s own test line scores.
 
   Generative runs add their scores: ``neg_elbo`` (nats) for a VAE, and with
   ``generative.classifier_workdir`` set, ``inception_score`` and
-  ``frechet_distance`` for a VAE or a GAN. ``config=None`` reads the run's
-  ``config.json``; ``dataset`` and ``model`` are as for :func:`load_run`.
+  ``frechet_distance`` for a VAE or a GAN.
+
+  Args:
+    config: the run's config; ``None`` reads its ``config.json``. A path alone,
+      ``evaluate("runs/x")``, is the workdir.
+    workdir: the run's directory.
+    split: ``'test'``, ``'val'`` or ``'train'``.
+    dataset, model, best: as for :func:`load_run`.
+
+  Returns:
+    ``{metric: value}``, as ``fit``'s test line.
 
   Raises:
-    JdlError: the workdir holds no checkpoint, or the split is empty.
+    JdlError: no workdir, no checkpoint in it, an empty split, or data or a model
+      other than the run's.
   """
-  return evaluate_run(config, workdir, split=split, dataset=dataset, model=model)[0]
+  return evaluate_run(config, workdir, split=split, dataset=dataset, model=model,
+                      best=best)[0]
 
 
-def evaluate_run(config: ml_collections.ConfigDict | None, workdir: str | Path, *,
-                 split: str = "test", dataset: data_lib.Dataset | None = None,
-                 model=None) -> tuple[dict[str, float], Trainer]:
+def evaluate_run(config: ml_collections.ConfigDict | str | Path | None,
+                 workdir: str | Path | None = None, *, split: str = "test",
+                 dataset: data_lib.Dataset | None = None, model=None,
+                 best: bool = True) -> tuple[dict[str, float], Trainer]:
   """:func:`evaluate`'s metrics, and the :class:`Trainer` of the state it scored
   (its ``step``, and ``loaded_as``: why that step)."""
+  if workdir is None and isinstance(config, (str, os.PathLike)):
+    config, workdir = None, config  # evaluate("runs/x"), as load_run("runs/x").
+  if workdir is None:
+    raise JdlError("evaluate needs the run's workdir: jdl.evaluate(workdir) or "
+                   "jdl.evaluate(config, workdir)")
+  if config is not None and not isinstance(config, ml_collections.ConfigDict):
+    raise JdlError(f"evaluate's config must be a config (ml_collections.ConfigDict) or None, "
+                   f"got {type(config).__name__} {config!r}; the workdir is the second "
+                   "argument, or the only one")
   if split not in ("test", "val", "train"):
     raise JdlError(f"split must be 'test', 'val' or 'train', got {split!r}")
-  trainer = load_run(workdir, config, dataset=dataset, model=model)
+  trainer = load_run(workdir, config, best=best, dataset=dataset, model=model)
   data = {"test": trainer.data.test, "val": trainer.data.val, "train": trainer.data.train}[split]
   if data is None:
     raise JdlError(f"the {split} split of {trainer.data.name!r} is empty")
