@@ -297,18 +297,23 @@ class Checkpointer:
     return [d for _, d in sorted(diffs, key=lambda d: ("/params/" not in d[0], d[0]))]
 
   def restore_meta(self, step: int) -> dict[str, Any]:
+    """The JSON metadata saved with ``step`` (config, sources, callbacks' states)."""
     restored = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     meta = dict(restored["meta"])
     meta.pop(CHECKSUMS_KEY, None)
     return meta
 
   def steps(self) -> list[int]:
+    """The steps on disk, ascending."""
     return sorted(self._manager.all_steps())
 
   def latest_step(self) -> int | None:
+    """The last step saved, or ``None``."""
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
+    """The step saved with the best ``best_metric`` (``best_mode``): orbax's
+    ``best_step``, the latest without a metric; ``None`` when none is saved."""
     return self._manager.best_step()
 
   def wait(self) -> None:
@@ -319,6 +324,7 @@ class Checkpointer:
     self._purge_trash()
 
   def close(self) -> None:
+    """Waits for a save in flight, then releases orbax's manager."""
     with self._write_errors():
       self._manager.wait_until_finished()
     self._unconfirmed.clear()

@@ -165,6 +165,9 @@ def test_predict_refuses_what_it_cannot_answer(own_run, tmp_path):
   fresh = jdl.Trainer(make_config(num_epochs=1), workdir, dataset=MINE, quiet=True)
   with pytest.raises(jdl.JdlError, match="holds its initial parameters"):
     jdl.predict(fresh, X[500:])
+  with pytest.raises(jdl.JdlError, match="holds its initial parameters"):
+    jdl.explain.from_run(fresh)  # It explained the initial weights, silently.
+  jdl.explain.from_run(result)
   jdl.predict(jdl.Trainer(make_config(num_epochs=1), tmp_path / "new", dataset=MINE,
                           quiet=True), X[500:])  # No run there: initial parameters asked for.
   vae = jdl.Trainer(make_config(task="vae", normalize="none", metrics=(), model__name="vae",

@@ -74,12 +74,15 @@ def from_run(run) -> RunModel:
   """The :class:`RunModel` of a :class:`jdl.FitResult` or :class:`jdl.Trainer`.
 
   Raises:
-    JdlError: ``run`` is neither, or a run on token ids (text).
+    JdlError: ``run`` is neither, a run on token ids (text), or a Trainer of a
+      trained workdir that holds its initial parameters (neither fitted nor loaded).
   """
   trainer = getattr(run, "trainer", run)
   state = getattr(run, "state", None)
   if state is None or not hasattr(trainer, "normalizer"):
     raise JdlError(f"from_run takes a jdl.FitResult or jdl.Trainer, got {type(run).__name__}")
+  if run is trainer:  # A FitResult holds the run's state; a bare Trainer may not yet.
+    trainer.check_holds_run_state()
   if trainer.normalizer is None:  # Token ids: integers, no gradient or perturbation.
     raise JdlError("jdl.explain attributes numeric inputs; this run takes token ids "
                    "(text), which have no gradient and no baseline (use jdl.predict, or "

@@ -36,7 +36,8 @@ class Callback:
   """
 
   def on_train_begin(self, trainer) -> None:
-    pass
+    """Before the first step of this ``fit`` (after a resume has restored the state
+    and this callback's ``state_dict``)."""
 
   def on_steps_end(self, trainer, step: int, num_steps: int) -> None:
     """After ``num_steps`` more steps have been dispatched; ``step`` is the new count."""
@@ -63,9 +64,11 @@ class Callback:
     return type(self).__name__
 
   def state_dict(self) -> dict[str, Any]:
+    """What to remember across a resume: JSON values, saved in each checkpoint."""
     return {}
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
+    """Takes back what :meth:`state_dict` returned, when a run resumes."""
     del state
 
 

@@ -307,7 +307,18 @@ class Predictions:
     self.check_input_kind(x, "predict got")
     if self.normalizer is None and self.vocab and "text" in self.vocab:
       check_token_ids(x, self.vocab["text"], "text", "predict needs")
-    if state is None and not self.holds_run_state and int(self.state.step) == 0 and (
+    if state is None:
+      self.check_holds_run_state()
+    return x
+
+  def check_holds_run_state(self) -> None:
+    """Refuses a Trainer of a trained workdir that holds its initial parameters
+    (made, but neither fitted nor loaded): its outputs are not the run's.
+
+    Raises:
+      JdlError: naming the run and how to load it.
+    """
+    if not self.holds_run_state and int(self.state.step) == 0 and (
         self.workdir is not None and any(
             p.name.isdigit() and int(p.name) > 0
             for p in (self.workdir / "checkpoints").glob("*"))):
@@ -315,7 +326,6 @@ class Predictions:
                      f"{self.workdir}; use jdl.load_run({str(self.workdir)!r}) (with the "
                      "dataset= and model= that fit() was given, if any), or trainer.fit(), "
                      "which resumes")
-    return x
 
   def check_input_kind(self, x: np.ndarray, what: str) -> None:
     """Integer inputs to a run whose dataset gives floats are an error: taken 1:1

@@ -143,8 +143,9 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
   """``train_step(state, batch) -> (state, metrics)``: one optimizer update.
 
   ``batch`` is a dict: ``"x"`` the inputs ``[B, ...]``, ``"y"`` the targets ``[B, ...]``
-  and ``"mask"`` ``[B]`` float weights (1 for a real example, 0 for padding, so a
-  last partial batch keeps the compiled shape); ``metrics`` are sums to merge with
+  and ``"mask"`` ``[B]``: 1 for a real example, 0 for padding (so a last partial
+  batch keeps the compiled shape); the loss weighs examples by it, the metrics count
+  an example whose mask is not 0. ``metrics`` are sums to merge with
   :func:`jdl.metrics.merge` and finish with :func:`jdl.metrics.compute`. Padding
   rows must be valid examples (e.g. copies of a real row, as :func:`fit`'s
   evaluation pads; training batches in :func:`fit` are never padded): their loss is
