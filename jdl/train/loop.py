@@ -98,6 +98,12 @@ class FitResult:
 class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
   """Owns one run: config, data, state, workdir. See :func:`fit`.
 
+  ``Trainer(config, workdir, dataset=, model=, callbacks=, quiet=, restart=)`` takes
+  :func:`fit`'s arguments, and ``trainer.fit()`` trains; also ``progress`` (the
+  progress bar: ``None`` draws it on a terminal only, unless ``quiet``),
+  ``parallel`` (overrides ``config.parallel``) and ``vocab`` (a finished run's
+  vocabularies, which :func:`jdl.load_run` passes).
+
   The workdir and checkpoint methods are in :class:`jdl.train.resume.ResumableRun`;
   predictions, samples and decoding in :mod:`jdl.train.outputs`. The checks of the
   settings are in :mod:`jdl.train.checks`, the data's loading in
