@@ -307,8 +307,7 @@ def register_loss(name: str, fn: LossFn, *, tasks: tuple[str, ...] = ("classific
     JdlError: a taken name (without ``replace``), a non-callable or an unknown task.
   """
   _registry.check_name("loss", name)
-  errors.require(callable(fn), f"loss {name!r} must be callable, got {type(fn).__name__}")
-  _registry.check_arity("loss", name, "fn", fn, "outputs, targets")
+  _registry.check_arity("loss", name, "fn", fn, "outputs, targets")  # Callable, too.
   tasks = _registry.check_tasks("loss", name, tasks)
   _registry.check_new("loss", name, name in LOSSES, replace=replace, same=(
       name in LOSSES and _registry.same_code((LOSSES[name], TASKS[name]), (fn, tasks))))

@@ -519,10 +519,14 @@ def test_token_ids_beyond_a_text_models_vocabulary_are_named_before_training():
   assert trainer(tokens[:100], tokens[100:], 50).model.vocab_size == 50
 
 
-class Linear(nn.Module):
+class Dense(nn.Module):
+  """``features`` outputs of each input vector (on the digits' [N, 8, 8, 1], of each
+  pixel: [N, 8, 8, features])."""
+  features: int
+
   @nn.compact
   def __call__(self, x, train: bool = False):
-    return nn.Dense(1)(x)
+    return nn.Dense(self.features)(x)
 
 
 def test_a_metric_that_counts_padding_is_refused_before_training(tmp_path):
@@ -546,7 +550,7 @@ def test_a_metric_that_counts_padding_is_refused_before_training(tmp_path):
 
   config = make_config(task="regression", loss="mse", metrics=("mse", "rmse_own"),
                        num_epochs=1, batch_size=8, validation_split=0.0)
-  model = Linear()
+  model = Dense(1)
   try:
     jdl.metrics.register_metric("rmse_own", statistics=per_example, compute=rmse,
                                 tasks=("regression",))
@@ -565,14 +569,6 @@ def test_a_metric_that_counts_padding_is_refused_before_training(tmp_path):
     jdl.metrics.CUSTOM.pop("rmse_own", None)
 
 
-class Dense3(nn.Module):
-  """Three logits of each input vector: on the digits' [N, 8, 8, 1] it gives [N, 8, 8, 3]."""
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    return nn.Dense(3)(x)
-
-
 def test_a_call_without_the_runs_dataset_is_refused_before_the_configs_is_built(tmp_path):
   # The module alone: jdl built config.dataset (digits) and fed it to the module,
   # and said "int labels of shape (32,) do not match logits of shape (32, 8, 8, 3)".
@@ -581,19 +577,19 @@ def test_a_call_without_the_runs_dataset_is_refused_before_the_configs_is_built(
   y = (x[:, :3].argmax(-1)).astype(np.int32)
   data = jdl.data.Dataset(x_train=x[:72], y_train=y[:72], x_test=x[72:], y_test=y[72:],
                           num_classes=3, task="classification", name="three", input_shape=(5,))
-  jdl.fit(make_config(num_epochs=1), tmp_path, dataset=data, model=Dense3(), quiet=True)
+  jdl.fit(make_config(num_epochs=1), tmp_path, dataset=data, model=Dense(3), quiet=True)
   files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
   refused = r"trained on a dataset passed to fit\(dataset=\.\.\.\) \('three'\); this call loads "
-  for call, name in ((lambda: jdl.load_run(tmp_path, model=Dense3()), "jdl.load_run"),
-                     (lambda: jdl.evaluate(None, tmp_path, model=Dense3()), "jdl.load_run"),
-                     (lambda: jdl.fit(make_config(num_epochs=2), tmp_path, model=Dense3(),
+  for call, name in ((lambda: jdl.load_run(tmp_path, model=Dense(3)), "jdl.load_run"),
+                     (lambda: jdl.evaluate(None, tmp_path, model=Dense(3)), "jdl.load_run"),
+                     (lambda: jdl.fit(make_config(num_epochs=2), tmp_path, model=Dense(3),
                                       quiet=True), "fit")):
     with pytest.raises(jdl.JdlError, match=rf"{refused}'digits' from the config instead\. "
                                            rf"Pass the same dataset: {re.escape(name)}\(\.\.\., "
                                            r"dataset=\.\.\.\)$"):
       call()
   assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == files
-  assert jdl.load_run(tmp_path, dataset=data, model=Dense3()).step == 1
+  assert jdl.load_run(tmp_path, dataset=data, model=Dense(3)).step == 1
 
 
 def _dataset(**changes):
