@@ -753,13 +753,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self._in_flight = previous = None
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
+        size, pad = (self.chunk, (self.chunk,)) if self.padded_blocks else (n, ())
+        x, y, block = self._place(*self.feed.block(epoch, pos, n, *pad))
         if self._diagnostics and self._diagnostics.due(epoch * spe + pos, epoch * spe + pos + n):
-          pad = (self.chunk,) if self.padded_blocks else ()
-          x, y, block = self._place(*self.feed.block(epoch, pos, n, *pad))
           self._diagnostics.run(self, x, y, block, epoch)
         else:
-          size, pad = (self.chunk, (self.chunk,)) if self.padded_blocks else (n, ())
-          x, y, block = self._place(*self.feed.block(epoch, pos, n, *pad))
           self._train_block(size, x, y, block)
         pos, steps_run = pos + n, steps_run + n
         if previous is not None:
