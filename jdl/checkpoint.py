@@ -156,10 +156,10 @@ class Checkpointer:
                best_metric: str | None = None, best_mode: str = "min",
                async_save: bool = True, compression: bool = False,
                keep_steps: Callable[[], Iterable[int]] | None = None):
-    if keep < 1:
-      raise JdlError(f"keep_checkpoints must be >= 1, got {keep}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+      raise JdlError(f"Checkpointer: keep must be an int >= 1, got {keep!r}")
     if best_mode not in ("min", "max"):
-      raise JdlError(f"monitor_mode must be 'min' or 'max', got {best_mode!r}")
+      raise JdlError(f"Checkpointer: best_mode must be 'min' or 'max', got {best_mode!r}")
     self.directory = Path(directory).resolve()
     check_directory_name(self.directory)
     policies: list[Any] = [ocm.LatestN(n=keep)]
@@ -789,3 +789,8 @@ def _validate_warning_counts(warnings: Any, step: int) -> None:
           and all(count(n) for n in ratios.values())):
     raise JdlError(f"checkpoint {step}: metadata 'warnings' is not a record of warning "
                    f"counts ({str(warnings)[:80]})")
+
+
+__all__ = ["Checkpointer", "CorruptCheckpoint", "StepRemoved", "restore_params",
+           "flatten_params", "step_numbers", "find_damaged", "require_undamaged",
+           "remove_unfinished", "quarantine"]

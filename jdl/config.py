@@ -355,6 +355,12 @@ def _article(word: str) -> str:
 
 
 def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
+  """The config file ``--config`` names: a ``.py``/``.json`` path, or an experiment name.
+
+  ``None`` or ``""`` is the default experiment. A name is looked up in
+  :data:`CONFIG_DIR` (the checkout's ``experiments/configs/``), and a name that is
+  not there is refused with the names that are.
+  """
   if path_or_name is None or str(path_or_name) == "":
     path_or_name = DEFAULT_EXPERIMENT
   path = Path(path_or_name)
@@ -380,6 +386,7 @@ def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
 
 
 def list_experiments() -> list[str]:
+  """The named experiments (``jdl list``): the configs in :data:`CONFIG_DIR`, sorted."""
   if not CONFIG_DIR.is_dir():
     return []
   return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
@@ -636,3 +643,8 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
 
 def _norm(v: Any) -> Any:
   return list(v) if isinstance(v, tuple) else v
+
+
+__all__ = ["CONFIG_DIR", "DEFAULT_EXPERIMENT", "STRUCTURAL_KEYS", "base_config", "load_config",
+           "apply_overrides", "unknown_keys", "resolve_config_path", "list_experiments",
+           "experiment_description", "to_json", "from_dict"]

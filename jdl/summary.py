@@ -119,3 +119,6 @@ def param_table(variables: Mapping[str, Any], *, frozen: Sequence[str] = ()) -> 
   lines.append(f"Total: {totals['trainable']:,} trainable, {frozen_total}"
                f"{totals['non-trainable']:,} non-trainable")
   return "\n".join(lines)
+
+
+__all__ = ["count_params", "param_table"]

@@ -71,12 +71,21 @@ def test_readme_example_runs(tmp_path):
 
 
 @pytest.mark.parametrize("module", sorted({*PUBLIC, "jdl.lr_finder", "jdl.regularizers",
-                                           "jdl.sanity"}))
+                                           "jdl.sanity", "jdl.checkpoint", "jdl.config",
+                                           "jdl.train.callbacks", "jdl.summary"}))
 def test_every_public_module_declares_its_surface(module):
+  import inspect
   mod = importlib.import_module(module)
   assert hasattr(mod, "__all__"), module
   assert [n for n in mod.__all__ if not hasattr(mod, n)] == []
   assert set(PUBLIC.get(module, ())) <= set(mod.__all__)
+  # Each exported function and class says what it is. Class docstrings are not inherited;
+  # a dataclass or NamedTuple without one gets its signature, "Name(field, ...)".
+  undocumented = [n for n in mod.__all__ if (inspect.isfunction(getattr(mod, n))
+                                             or inspect.isclass(getattr(mod, n)))
+                  and (not (getattr(mod, n).__doc__ or "").strip()
+                       or getattr(mod, n).__doc__.startswith(f"{n}("))]
+  assert undocumented == [], module
 
 
 def _modules_with_examples() -> list[str]:

@@ -619,6 +619,16 @@ def test_paths_orbax_cannot_use_and_empty_arguments(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"jdl: error: {args[1]} is empty"
 
 
+def test_checkpointer_names_its_own_arguments(tmp_path):
+  # Used directly, the Checkpointer's errors name its arguments, not config keys.
+  for keep in (0, 1.5, "3", True):
+    with pytest.raises(jdl.JdlError, match=r"^Checkpointer: keep must be an int >= 1"):
+      jdl.Checkpointer(tmp_path / "k", keep=keep)
+  with pytest.raises(jdl.JdlError, match=r"^Checkpointer: best_mode must be 'min' or 'max'"):
+    jdl.Checkpointer(tmp_path / "m", best_mode="mn")
+  assert not (tmp_path / "k").exists() and not (tmp_path / "m").exists()
+
+
 def test_out_paths_are_checked_before_the_work(finished, tmp_path, capsys):
   a_file = tmp_path / "file"
   a_file.write_text("x")

@@ -560,6 +560,16 @@ def test_update_plateau_is_a_noop_when_disabled():
   assert optim.update_plateau(config, state, 1.0) is state
 
 
+def test_plateau_functions_refuse_a_state_create_optimizer_did_not_make():
+  config = make_config({"name": "adam"}, plateau={"enabled": True})
+  plain = optax.adam(0.1).init({"kernel": jnp.zeros(2)})
+  with pytest.raises(JdlError, match="needs the state of create_optimizer with "
+                     "reduce_on_plateau enabled, got tuple"):
+    optim.update_plateau(config, plain, 1.0)
+  with pytest.raises(JdlError, match="not made by jdl.optim.create_optimizer"):
+    optim.update_count(plain)
+
+
 def test_current_learning_rate_with_accumulation():
   config = make_config({"name": "adam", "learning_rate": 1.0, "accumulate_steps": 2},
                        {"name": "step", "decay_every_epochs": 1.0, "factor": 0.5})

@@ -128,11 +128,9 @@ def update_plateau(
   plateau = plateau_transform(config)
   if plateau is None:
     return opt_state
-  if not isinstance(opt_state, PlateauState):
-    raise TypeError(
-        f"update_plateau needs the state of create_optimizer with"
-        f" reduce_on_plateau enabled, got {type(opt_state).__name__}"
-    )
+  require(isinstance(opt_state, PlateauState),
+          "update_plateau needs the state of create_optimizer with reduce_on_plateau "
+          f"enabled, got {type(opt_state).__name__}")
   value = jnp.asarray(value)
   if config.reduce_on_plateau.mode == "max":
     value = -value
@@ -151,8 +149,8 @@ def update_count(opt_state: optax.OptState) -> jax.Array:
       filtering=lambda path, _: getattr(path[-1], "tuple_name", None)
       == "ScaleByScheduleState",
   )
-  if count is None:
-    raise ValueError("opt_state was not made by jdl.optim.create_optimizer")
+  require(count is not None, "opt_state was not made by jdl.optim.create_optimizer (it has "
+          "no schedule count)")
   return count
 
 

@@ -422,3 +422,7 @@ def format_logs(logs: dict[str, float]) -> str:
     fixed = isinstance(v, float) and np.isfinite(v) and (v == 0 or 1e-3 <= abs(v) < 1e4)
     parts.append(f"{k} {v:.4f}" if fixed else f"{k} {v:.4g}")
   return "  ".join(parts)
+
+
+__all__ = ["Callback", "EarlyStopping", "ReduceLROnPlateau", "TerminateOnNaN", "MetricsLogger",
+           "TensorBoard", "ProgressBar"]
