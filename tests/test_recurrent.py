@@ -116,7 +116,7 @@ def test_lstm_forget_bias_init():
 @pytest.mark.parametrize("cell_type", ["simple", "lstm", "gru"])
 def test_rnn_matches_python_loop(cell_type):
   # unroll changes the loop's schedule, not its result.
-  rnn = recurrent.RNN(H, cell_type=cell_type, unroll=2 if cell_type == "gru" else 1)
+  rnn = recurrent.RNN(H, cell=cell_type, unroll=2 if cell_type == "gru" else 1)
   x = _random_like(jnp.zeros((B, T, F)), 1)
   variables = _random_variables(rnn, x)
   outputs, final_h = jax.jit(rnn.apply)(variables, x)
@@ -136,7 +136,7 @@ def test_rnn_matches_python_loop(cell_type):
   if cell_type != "lstm":
     return  # reverse=True checked once; the masking tests cover it for the GRU.
   # reverse=True is the forward scan of the time-reversed sequence, re-reversed.
-  back = recurrent.RNN(H, cell_type=cell_type, reverse=True)
+  back = recurrent.RNN(H, cell=cell_type, reverse=True)
   out_b, h_b = jax.jit(back.apply)(variables, x)
   out_f, h_f = jax.jit(rnn.apply)(variables, x[:, ::-1])
   chex.assert_trees_all_close(out_b, out_f[:, ::-1], rtol=RTOL, atol=ATOL)
@@ -154,9 +154,9 @@ def _padded_inputs():
 
 
 @pytest.mark.parametrize("layer", [
-    recurrent.RNN(H, cell_type="lstm"),
-    recurrent.RNN(H, cell_type="gru", reverse=True),
-    recurrent.Bidirectional(H, cell_type="lstm"),
+    recurrent.RNN(H, cell="lstm"),
+    recurrent.RNN(H, cell="gru", reverse=True),
+    recurrent.Bidirectional(H, cell="lstm"),
 ], ids=["lstm", "gru_reverse", "bi_lstm"])
 def test_padding_does_not_change_outputs(layer):
   x, mask = _padded_inputs()
@@ -180,7 +180,7 @@ def test_padding_does_not_change_outputs(layer):
 
 
 def test_one_compilation_for_all_lengths_in_a_bucket():
-  layer = recurrent.RNN(H, cell_type="gru")
+  layer = recurrent.RNN(H, cell="gru")
   x, _ = _padded_inputs()
   variables = _random_variables(layer, x)
 
@@ -199,10 +199,10 @@ def test_one_compilation_for_all_lengths_in_a_bucket():
     ("gru", 3 * (H * F + H * H + 2 * H)),
 ])
 def test_parameter_counts(cell_type, count):
-  shapes = jax.eval_shape(recurrent.RNN(H, cell_type=cell_type).init, _key(0),
+  shapes = jax.eval_shape(recurrent.RNN(H, cell=cell_type).init, _key(0),
                           jnp.zeros((1, T, F)))
   assert count_params(shapes["params"]) == count
-  bi = jax.eval_shape(recurrent.Bidirectional(H, cell_type=cell_type).init, _key(0),
+  bi = jax.eval_shape(recurrent.Bidirectional(H, cell=cell_type).init, _key(0),
                       jnp.zeros((1, T, F)))
   assert count_params(bi["params"]) == 2 * count
 
@@ -261,8 +261,8 @@ def test_tbptt_matches_truncated_python_loop(cell_type, reverse):
   x, mask = _padded_inputs()
   w_out = _random_like(jnp.zeros((B, T, H)), 4)
   w_h = _random_like(jnp.zeros((B, H)), 5)
-  full = recurrent.RNN(H, cell_type=cell_type, reverse=reverse)
-  trunc = recurrent.RNN(H, cell_type=cell_type, reverse=reverse, tbptt=K)
+  full = recurrent.RNN(H, cell=cell_type, reverse=reverse)
+  trunc = recurrent.RNN(H, cell=cell_type, reverse=reverse, tbptt=K)
   variables = _random_variables(full, x)
 
   @jax.jit
@@ -308,7 +308,7 @@ def test_tbptt_final_state_gradient_window(reverse):
   t_len, k = 11, 4  # Cuts before scan steps 4 and 8: the last window is 3 steps.
   x = _random_like(jnp.zeros((2, t_len, F)), 1)
   w_h = _random_like(jnp.zeros((2, H)), 5)
-  layers = [recurrent.RNN(H, cell_type="lstm", reverse=reverse, tbptt=tb)
+  layers = [recurrent.RNN(H, cell="lstm", reverse=reverse, tbptt=tb)
             for tb in (0, k)]
   variables = _random_variables(layers[0], x)
 
@@ -329,7 +329,7 @@ def test_tbptt_zero_is_full_bptt():
   # tbptt=0 is the full gradient (the loop without cuts); a window longer than the
   # sequence cuts nothing and gives the same gradients bit for bit.
   x = _random_like(jnp.zeros((B, T, F)), 1)
-  layers = [recurrent.RNN(H, cell_type="gru", tbptt=tb) for tb in (0, T)]
+  layers = [recurrent.RNN(H, cell="gru", tbptt=tb) for tb in (0, T)]
   variables = _random_variables(layers[0], x)
   cell = recurrent.make_cell("gru", H)
 
@@ -441,11 +441,11 @@ def test_sequence_regressor_mixed_precision():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"cell_type": "rnn"}, "unknown cell"),
+    ({"cell": "rnn"}, "unknown cell"),
     ({"recurrent_init": "eye"}, "unknown recurrent_init"),
     ({"gain": 0.0}, "gain"),
     # The simple cell's own list, not every activation jdl knows (gelu was offered).
-    ({"cell_type": "simple", "activation": "sigmoid"},
+    ({"cell": "simple", "activation": "sigmoid"},
      r"^unknown activation 'sigmoid'; valid names: relu, tanh$"),
     ({"forget_bias": "nan"}, r"^forget_bias must be a finite number, got 'nan'$"),
     ({"gain": float("inf")}, r"^gain must be a finite number, got inf$"),

@@ -96,7 +96,7 @@ class RNN(RecurrentOptions):
 
   Attributes:
     features: ``H``, the width of the hidden state.
-    cell_type: ``'lstm'``, ``'gru'`` or ``'simple'``.
+    cell: ``'lstm'``, ``'gru'`` or ``'simple'``.
     reverse: scan from the last step to the first (outputs stay in input order).
       With a mask, trailing padding is skipped, so the backward pass of a padded
       sequence starts at its last real token, and ``final_h`` is the state after
@@ -133,7 +133,7 @@ class RNN(RecurrentOptions):
   from window to window).
 
   The cell's parameters are under ``cell/`` (see :mod:`jdl.models.cells`).
-  ``features`` is the first field, as in the cells: ``RNN(128, cell_type='gru')``.
+  ``features`` is the first field, as in the cells: ``RNN(128, cell='gru')``.
 
   References:
     Williams & Peng, "An efficient gradient-based algorithm for on-line training of
@@ -142,7 +142,7 @@ class RNN(RecurrentOptions):
   """
 
   features: int
-  cell_type: str = "lstm"
+  cell: str = "lstm"
   reverse: bool = False
 
   def __post_init__(self):
@@ -150,7 +150,7 @@ class RNN(RecurrentOptions):
     check_common_fields(self)
     check_positive("unroll", self.unroll)
     # Validates the cell fields at construction, not at the first call.
-    make_cell(self.cell_type, self.features, **_options(self, CELL_OPTIONS), parent=None)
+    make_cell(self.cell, self.features, **_options(self, CELL_OPTIONS), parent=None)
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None
@@ -168,7 +168,7 @@ class RNN(RecurrentOptions):
     """
     errors.require(x.ndim == 3, f"RNN needs [batch, time, features], got {tuple(x.shape)}")
     mask = _as_mask(mask, x)
-    cell = make_cell(self.cell_type, self.features, **_options(self, CELL_OPTIONS),
+    cell = make_cell(self.cell, self.features, **_options(self, CELL_OPTIONS),
                      name="cell")
     x_proj = cell.project_inputs(x)  # One product for all steps, outside the loop.
     inputs = (x_proj, mask)
@@ -208,7 +208,7 @@ class Bidirectional(RecurrentOptions):
   """
 
   features: int
-  cell_type: str = "lstm"
+  cell: str = "lstm"
 
   def __post_init__(self):
     super().__post_init__()
@@ -216,7 +216,7 @@ class Bidirectional(RecurrentOptions):
     check_tbptt(self.tbptt)
 
   def _rnn(self, reverse: bool, name: str) -> RNN:
-    return RNN(self.features, cell_type=self.cell_type, reverse=reverse, **_options(self),
+    return RNN(self.features, cell=self.cell, reverse=reverse, **_options(self),
                name=name)
 
   @nn.compact
@@ -235,7 +235,7 @@ class StackedRNN(RecurrentOptions):
     hidden: units of each layer (per direction).
     bidirectional: :class:`Bidirectional` layers instead of :class:`RNN`.
     dropout_rate: dropout between layers (not after the last), in training.
-    cell_type, activation, recurrent_init, gain, forget_bias, kernel_init,
+    cell, activation, recurrent_init, gain, forget_bias, kernel_init,
       unroll, tbptt, dtype: as :class:`RNN`, for every layer.
 
   ``__call__(x, mask=None, train=False) -> (outputs, final_h)`` of the last layer;
@@ -246,7 +246,7 @@ class StackedRNN(RecurrentOptions):
   hidden: Sequence[int] = (128,)
   bidirectional: bool = False
   dropout_rate: float = 0.0
-  cell_type: str = "lstm"
+  cell: str = "lstm"
 
   def __post_init__(self):
     super().__post_init__()
@@ -262,7 +262,7 @@ class StackedRNN(RecurrentOptions):
     for i, width in enumerate(self.hidden):
       if i > 0 and self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x, final_h = layer_cls(width, cell_type=self.cell_type, **_options(self),
+      x, final_h = layer_cls(width, cell=self.cell, **_options(self),
                              name=f"layer_{i}")(x, mask)
       self.sow("intermediates", f"outputs_{i}", x)
     return x, final_h
@@ -342,7 +342,7 @@ class TextClassifier(RecurrentOptions):
       h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     outputs, final_h = StackedRNN(
         tuple(self.hidden), bidirectional=self.bidirectional,
-        dropout_rate=self.dropout_rate, cell_type=self.cell, **_options(self),
+        dropout_rate=self.dropout_rate, cell=self.cell, **_options(self),
         name="rnn")(h, mask, train=train)
     if self.pooling == "last":
       features = final_h.astype(self.dtype)
@@ -396,7 +396,7 @@ class SequenceRegressor(RecurrentOptions):
     del train  # No dropout or batch norm.
     errors.require(x.ndim == 3, f"SequenceRegressor needs [batch, time, features], "
                                 f"got {tuple(x.shape)}")
-    _, final_h = StackedRNN(tuple(self.hidden), cell_type=self.cell, **_options(self),
+    _, final_h = StackedRNN(tuple(self.hidden), cell=self.cell, **_options(self),
                             name="rnn")(x, mask)
     return nn.Dense(self.num_outputs, kernel_init=get_head_initializer(self.kernel_init),
                     dtype=self.dtype, name="head")(final_h.astype(self.dtype))

@@ -164,12 +164,12 @@ class Seq2Seq(nn.Module):
     self.src_embed = nn.Embed(self.src_vocab_size, self.embed_dim, dtype=self.dtype)
     self.tgt_embed = nn.Embed(self.tgt_vocab_size, self.embed_dim, dtype=self.dtype)
     if self.bidirectional_encoder:
-      self.encoder = Bidirectional(self.hidden // 2, cell_type=self.cell,
+      self.encoder = Bidirectional(self.hidden // 2, cell=self.cell,
                                    recurrent_init=self.recurrent_init,
                                    unroll=self.unroll, tbptt=self.tbptt,
                                    dtype=self.dtype)
     else:
-      self.encoder = RNN(self.hidden, cell_type=self.cell,
+      self.encoder = RNN(self.hidden, cell=self.cell,
                          recurrent_init=self.recurrent_init, unroll=self.unroll,
                          tbptt=self.tbptt, dtype=self.dtype)
     self.bridge = nn.Dense(self.hidden, dtype=self.dtype)
