@@ -246,17 +246,24 @@ def start_training(workdir, args, **popen_kwargs):
                            *args], env=cli_env(), **popen_kwargs)
 
 
-def assert_exports_equal(workdir_a, workdir_b):
-  """`jdl export` of two workdirs gives bitwise-equal parameters."""
+def assert_exports_equal(workdir_a, workdir_b, *, past: int | None = None):
+  """`jdl export` of the latest checkpoints of two workdirs gives bitwise-equal
+  parameters. The latest, not the best by the monitor (export's default), which
+  could be a step the interrupted run wrote before its interruption; ``past``: a
+  step the latest must be beyond (the last one written before it)."""
   import numpy as np
+  from jdl import checkpoint as ckpt_lib
   from jdl import cli
 
   def exported(workdir):
+    step = max(ckpt_lib.step_numbers(Path(workdir) / "checkpoints"))
     out = Path(workdir) / "params.npz"
-    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
-    return np.load(out)
+    assert cli.main(["export", "--workdir", str(workdir), "--step", str(step),
+                     "--out", str(out)]) == 0
+    return step, np.load(out)
 
-  a, b = exported(workdir_a), exported(workdir_b)
+  (step_a, a), (step_b, b) = exported(workdir_a), exported(workdir_b)
+  assert step_a == step_b and (past is None or step_b > past), (step_a, step_b, past)
   assert sorted(a.files) == sorted(b.files)
   for k in a.files:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -21,7 +19,7 @@ import pytest
 import jdl
 from jdl import cli
 
-from conftest import assert_exports_equal, cli_env, start_training
+from conftest import cli_env
 
 FAST = ["--config.num_epochs=1", "--config.tensorboard=false", "--config.plots=false",
         "--config.model.features=(8,)", "--config.model.dense=(16,)"]
@@ -50,7 +48,7 @@ def test_train_smoke_writes_the_workdir(trained):
   for name in ("config.json", "metrics.jsonl", "summary.txt", "checkpoints"):
     assert (trained / name).exists()
   last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
-  assert last["split"] == "test" and 0.0 <= last["accuracy"] <= 1.0
+  assert last["split"] == "test" and {"loss", "accuracy", "macro_f1"} <= set(last)
 
 
 def test_evaluate_prints_one_json_line(trained, capsys):
@@ -59,7 +57,11 @@ def test_evaluate_prints_one_json_line(trained, capsys):
   lines = out.strip().splitlines()
   assert len(lines) == 1
   metrics = json.loads(lines[0])
-  assert {"loss", "accuracy", "macro_f1"} <= set(metrics)
+  # The run's own test line: one epoch, so the scored checkpoint is the final state.
+  logged = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+  assert set(metrics) == {"loss", "accuracy", "macro_f1"}
+  for name, value in metrics.items():
+    assert value == pytest.approx(logged[name], rel=1e-6), name
 
 
 def test_evaluate_a_split(trained, capsys):
@@ -241,9 +243,14 @@ def test_export_writes_flat_npz(trained, tmp_path, capsys):
   out_file = tmp_path / "params.npz"
   code, _, _ = run_cli("export", "--workdir", trained, "--out", out_file, capsys=capsys)
   assert code == 0
+  # The checkpoint's parameters, every one, bit for bit, under '/'-joined names.
+  run = jdl.load_run(trained)
   with np.load(out_file, allow_pickle=False) as params:
-    assert "conv_0/kernel" in params.files
     assert params["conv_0/kernel"].shape == (3, 3, 1, 8)
+    flat = jdl.checkpoint.flatten_params(run.state.params)
+    assert set(flat) <= set(params.files)
+    for name, value in flat.items():
+      np.testing.assert_array_equal(params[name], value, err_msg=name)
 
 
 def test_list_names_every_experiment(capsys):
@@ -404,36 +411,6 @@ def test_cli_process_exit_code_for_bad_input(tmp_path):
   assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
   assert proc.stderr.startswith("jdl: error: unknown optimizer 'adamm'")
   assert not any(tmp_path.iterdir())
-
-
-def test_sigkill_mid_epoch_then_rerun_is_bitwise_equal(tmp_path):
-  """A real process killed with SIGKILL between checkpoints resumes exactly."""
-  # 20 steps an epoch, a checkpoint every 5: 16 saves a run, not 64 (CI time).
-  args = ["--config", "digits_mlp", "--quiet", "--config.num_epochs=4",
-          "--config.batch_size=64", "--config.checkpoint_every_steps=5",
-          "--config.tensorboard=false", "--config.plots=false"]
-
-  def train(workdir):
-    return start_training(workdir, args)
-
-  assert train(tmp_path / "full").wait(timeout=300) == 0
-  proc = train(tmp_path / "killed")
-  ckpts = tmp_path / "killed" / "checkpoints"
-  deadline = time.time() + 240
-  while time.time() < deadline and proc.poll() is None:
-    steps = [p for p in ckpts.glob("*") if p.name.isdigit()] if ckpts.exists() else []
-    if len(steps) >= 4:  # Past epoch 1 (20 steps an epoch: 5, 10, 15, 20, 25, ...).
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "training finished before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert train(tmp_path / "killed").wait(timeout=300) == 0
-
-  assert_exports_equal(tmp_path / "full", tmp_path / "killed")
-  # config.deterministic (default): the CLI process put XLA's flag into XLA_FLAGS.
-  runtime = json.loads((tmp_path / "full" / "config.json").read_text())["runtime"]
-  assert "--xla_gpu_deterministic_ops" in runtime["xla_flags"], runtime
 
 
 @pytest.mark.parametrize("args, words", [

@@ -41,6 +41,7 @@ def gan_config(task="gan", **over):
                      generative__latent_dim=8, monitor="", **over)
 
 
+@pytest.mark.full_opt
 def test_diagnostics_of_a_vae_run_and_train_it_bitwise_as_without(tmp_path):
   # The diagnostics' forward pass called the VAE without its sampling key: a
   # TypeError traceback at compile time.
