@@ -1449,7 +1449,7 @@ def test_blocks_of_one_step_give_the_bits_of_longer_blocks():
                           num_classes=2, task="classification", name="ids", input_shape=(20,))
 
   def run(chunk):
-    config = make_config(num_epochs=3, scan_chunk=chunk, epoch_mode="scan", normalize="none",
+    config = make_config(num_epochs=2, scan_chunk=chunk, epoch_mode="scan", normalize="none",
                          batch_size=32, validation_split=0.0, model__name="text_rnn",
                          model__vocab_size=200, model__cell="lstm")
     return jdl.fit(config, dataset=data, quiet=True)
