@@ -7,6 +7,8 @@ import functools
 import gzip
 import hashlib
 import http.server
+import importlib
+import inspect
 import pathlib
 import socket
 import struct
@@ -70,8 +72,20 @@ def isolated_home(tmp_path, monkeypatch):
 
 
 def test_public_names():
-  for name in jdl.data.__all__:
-    assert getattr(jdl.data, name) is not None
+  # Each exported name is the function or class of that name in the submodule that
+  # defines it (jdl.data re-exports; test_api checks that the names exist).
+  classes = {"Dataset", "NpyRows", "StreamDataset"}
+  for name in set(jdl.data.__all__) - {"DATASETS"}:
+    obj = getattr(jdl.data, name)
+    assert (inspect.isclass if name in classes else inspect.isfunction)(obj), name
+    assert obj.__name__ == name and obj.__module__.startswith("jdl.data."), name
+    assert getattr(importlib.import_module(obj.__module__), name) is obj
+  assert dataclasses.is_dataclass(jdl.data.Dataset)
+  # DATASETS is the names load_dataset takes: those its unknown-name error lists.
+  assert jdl.data.DATASETS == tuple(sorted(jdl.data.DATASETS))
+  with pytest.raises(JdlError) as e:
+    load_dataset("imagenet")
+  assert str(e.value).endswith("valid names: " + ", ".join(jdl.data.DATASETS))
   assert set(jdl.data.DATASETS) >= {"digits", "iris", "wine", "breast_cancer", "diabetes",
                                     "moons", "circles", "blobs", "xor", "linear", "mnist",
                                     "fashion_mnist", "npz"}
@@ -554,6 +568,38 @@ def test_synthetic_sets(name, num_classes):
   np.testing.assert_array_equal(ds.x_train, again.x_train)
   other = load_dataset(name, n_samples=100, test_split=0.3, seed=6)
   assert not np.array_equal(ds.x_train, other.x_train)
+
+
+def _sorted_rows(x, y):
+  """The examples of a split or set as rows ``[x..., y]``, in lexicographic order."""
+  rows = np.c_[np.asarray(x, np.float64), np.asarray(y, np.float64)]
+  return rows[np.lexsort(rows.T[::-1])]
+
+
+_SKLEARN_SYNTHETIC = {
+    # name: (scikit-learn's generator of the same set, the default noise)
+    "moons": (lambda n, noise, seed: skdata.make_moons(n, noise=noise, random_state=seed), 0.1),
+    "circles": (lambda n, noise, seed: skdata.make_circles(n, noise=noise, factor=0.5,
+                                                           random_state=seed), 0.1),
+    "blobs": (lambda n, noise, seed: skdata.make_blobs(n, centers=3, n_features=2,
+                                                       cluster_std=noise, random_state=seed),
+              1.0),
+}
+
+
+@pytest.mark.parametrize("noise", [None, 0.0, 0.3])
+@pytest.mark.parametrize("name", sorted(_SKLEARN_SYNTHETIC))
+def test_synthetic_sets_are_sklearns_with_the_same_noise_and_seed(name, noise):
+  make, default = _SKLEARN_SYNTHETIC[name]
+  ds = load_dataset(name, n_samples=120, test_split=0.25, seed=3, noise=noise)
+  x, y = make(120, default if noise is None else noise, 3)
+  assert (len(ds.x_train), len(ds.x_test)) == (90, 30)
+  # Train and test together are scikit-learn's examples, each exactly once (the
+  # split itself is checked against train_test_split for iris).
+  got = _sorted_rows(np.r_[ds.x_train, ds.x_test], np.r_[ds.y_train, ds.y_test])
+  np.testing.assert_array_equal(got, _sorted_rows(x.astype(np.float32), y))
+  # Stratified: each class's share of the test split is its share of the set.
+  np.testing.assert_array_equal(np.bincount(ds.y_test) * 4, np.bincount(y))
 
 
 def test_synthetic_defaults():

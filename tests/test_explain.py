@@ -428,7 +428,11 @@ def test_explain_mnist_driver_tiny_run(tmp_path):
   assert json.loads((tmp_path / "run" / "config.json").read_text())["num_epochs"] == 1
   assert summary["deletion_k"] == [0, 1, 2, 4, 8, 12]  # 10 ... 150 of 784, of 64.
   assert driver.deletion_ks(784) == list(driver.KS)
-  assert 0.0 <= summary["test_accuracy"] <= 1.0
+  # The accuracy it reports is the run's logged test line, not another split's or state's.
+  logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+  test_lines = [r for r in logged if r["split"] == "test"]
+  assert len(test_lines) == 1
+  assert summary["test_accuracy"] == pytest.approx(test_lines[0]["accuracy"], rel=0, abs=1e-6)
   assert set(summary["deletion"]) >= {"random", "saliency", "integrated_gradients", "lime"}
   assert all(len(v) == 6 for v in summary["deletion"].values())
 

@@ -285,29 +285,50 @@ def test_frechet_distance_diagonal_closed_form():
   np.testing.assert_allclose(evaluation.frechet_distance(a, b), expected, rtol=0.02)
 
 
-def test_frechet_distance_general_covariances_match_symmetric_form():
-  """Tr((S1 S2)^(1/2)) = Tr((S1^(1/2) S2 S1^(1/2))^(1/2)), computed with eigh."""
-  def psd_sqrt(s):
-    vals, vecs = np.linalg.eigh(s)
-    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-  a, b = _features(300, 6, 3), _features(400, 6, 4, shift=0.5)
+def _psd_sqrt(s):
+  vals, vecs = np.linalg.eigh(s)
+  return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+
+
+def _symmetric_frechet(a, b):
+  """The distance with Tr((S1 S2)^(1/2)) = Tr((S1^(1/2) S2 S1^(1/2))^(1/2)), by eigh:
+  defined for singular (positive semi-definite) covariances too."""
   mu1, mu2 = a.mean(0), b.mean(0)
   s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  r1 = psd_sqrt(s1)
-  expected = (np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
-              - 2 * np.trace(psd_sqrt(r1 @ s2 @ r1)))
+  r1 = _psd_sqrt(s1)
+  return (np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2)
+          - 2 * np.trace(_psd_sqrt(r1 @ s2 @ r1)))
+
+
+def test_frechet_distance_general_covariances_match_symmetric_form():
+  a, b = _features(300, 6, 3), _features(400, 6, 4, shift=0.5)
+  expected = _symmetric_frechet(a, b)
   np.testing.assert_allclose(evaluation.frechet_distance(a, b), expected, rtol=1e-8)
   np.testing.assert_allclose(evaluation.frechet_distance(b, a), expected, rtol=1e-8)
 
 
-def test_frechet_distance_singular_covariances_are_finite():
-  a, b = _features(5, 10, 5), _features(6, 10, 6)  # Fewer samples than dims: rank < D.
-  fd = evaluation.frechet_distance(a, b)
-  assert np.isfinite(fd) and fd >= 0.0
+@pytest.mark.parametrize("a, b", [
+    (_features(5, 10, 5), _features(6, 10, 6)),  # Fewer samples than dims: rank < D.
+    (_features(4, 10, 1), _features(3, 10, 2, shift=1.0)),
+    (_features(5, 10, 5), _features(5, 10, 6)),
+], ids=["ranks_4_5", "ranks_3_2_shifted", "ranks_4_4"])
+def test_frechet_distance_singular_covariances_match_symmetric_form(a, b):
+  expected = _symmetric_frechet(a, b)
+  assert expected > 1.0  # Far from 0, where the clamp at 0 would hide an error.
+  np.testing.assert_allclose(evaluation.frechet_distance(a, b), expected, rtol=1e-6)
+  np.testing.assert_allclose(evaluation.frechet_distance(b, a), expected, rtol=1e-6)
+
+
+def test_frechet_distance_with_constant_features():
+  rng = np.random.default_rng(7)
   zero = np.zeros((50, 3))
-  zero[:, 0] = np.random.default_rng(7).normal(size=50)  # Two constant features.
-  assert np.isfinite(evaluation.frechet_distance(zero, zero)) and evaluation.frechet_distance(
-      zero, zero) < 1e-6
+  zero[:, 0] = rng.normal(size=50)  # Two constant features: a rank-1 covariance.
+  assert 0.0 <= evaluation.frechet_distance(zero, zero) < 1e-6
+  other = np.zeros((40, 3))
+  other[:, 1] = 2.0 * rng.normal(size=40) + 0.5  # Rank 1 too, along another axis.
+  expected = _symmetric_frechet(zero, other)
+  assert expected > 1.0
+  np.testing.assert_allclose(evaluation.frechet_distance(zero, other), expected, rtol=1e-6)
 
 
 def test_frechet_distance_retries_with_regularised_covariances(monkeypatch):

@@ -29,6 +29,14 @@ def _tiny(driver, tmp_path):
   return records, tmp_path / "runs" / "results"
 
 
+def _logged_test_accuracy(workdir):
+  """The accuracy of the one test line a run wrote to its metrics.jsonl."""
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+  tests = [r for r in records if r["split"] == "test"]
+  assert len(tests) == 1, workdir
+  return tests[0]["accuracy"]
+
+
 def _softmax(z):
   e = np.exp(z - z.max(axis=1, keepdims=True))
   return e / e.sum(axis=1, keepdims=True)
@@ -54,11 +62,14 @@ def test_grad_norms_match_the_closed_form_gradient_of_the_output_layer():
 def test_vanishing_gradients_tiny_run(tmp_path):
   records, out = _tiny(vanishing_gradients, tmp_path)
   assert tuple(records) == vanishing_gradients.TINY_VARIANTS
-  for r in records.values():
+  for name, r in records.items():
     assert r["layers"] == ["hidden_0", "hidden_1", "hidden_2", "head"]
     assert np.all(np.isfinite(r["init"])) and np.all(np.asarray(r["init"]) > 0)
     assert len(r["epoch_end"]) == 1 and len(r["trace"]) >= 1
-    assert 0.0 <= r["test_accuracy"] <= 1.0
+    # The variant's own run (workdir "relu_bn" for "relu + BN"), its test line.
+    workdir = tmp_path / "runs" / name.replace(" + ", "_").lower()
+    assert r["test_accuracy"] == pytest.approx(_logged_test_accuracy(workdir), rel=0,
+                                               abs=1e-6)
   # Sigmoid shrinks the gradient on its way down (sigmoid' <= 1/4); batch norm does not.
   ratio = {k: r["init"][0] / r["init"][-1] for k, r in records.items()}
   assert ratio["sigmoid"] < 0.1 < ratio["relu + BN"]
@@ -161,7 +172,12 @@ def test_configs_train_alone_on_mnist_shaped_npz(name, tmp_path):
                                    "data_dir": str(tmp_path / "d.npz")})
   result = jdl.fit(config, quiet=True)
   assert int(result.state.step) == result.trainer.steps_per_epoch >= 1
-  assert 0.0 <= result.test_metrics["accuracy"] <= 1.0
+  # The reported accuracy is jdl.predict's on the raw test split of the file.
+  test = jdl.data.load_dataset("npz", data_dir=tmp_path / "d.npz",
+                               test_split=config.test_split, seed=config.seed)
+  logits = jdl.predict(result, test.x_test)
+  np.testing.assert_allclose(result.test_metrics["accuracy"],
+                             np.mean(logits.argmax(axis=1) == test.y_test), rtol=0, atol=1e-6)
 
 
 def test_only_a_drivers_full_run_writes_the_published_results(tmp_path, capsys):
@@ -233,8 +249,10 @@ def test_architectures_tiny_run_and_its_variants_argument(tmp_path, capsys):
   assert records["lenet5"]["parameters"] == 61_706  # LeNet-5 pads the 8x8 digits to 32x32.
   resnet = records["resnet20"]
   assert tuple(resnet["model"]["stage_sizes"]) == (1, 1)
-  for r in records.values():
-    assert len(r["val_accuracy"]) == 2 and 0.0 <= r["test_accuracy"] <= 1.0
+  for key, r in records.items():
+    assert len(r["val_accuracy"]) == 2
+    assert r["test_accuracy"] == pytest.approx(
+        _logged_test_accuracy(tmp_path / "runs" / key), rel=0, abs=1e-6)
     assert r["train_examples"] == 1437 - 300 and r["epoch_seconds"] > 0
   out = tmp_path / "runs" / "results"
   assert (out / "accuracy.png").stat().st_size > 0

@@ -191,13 +191,63 @@ def test_registry_returns_the_function(name):
   assert losses.get_loss(name) is losses.LOSSES[name]
 
 
-def test_losses_are_differentiable():
-  outputs, targets = labels((B, 5))(_rng(1))
-  loss_fn = losses.get_loss("sparse_categorical_crossentropy",
-                            label_smoothing=0.1)
-  grads = jax.grad(lambda o: loss_fn(o, targets).mean())(jnp.asarray(outputs))
-  chex.assert_shape(grads, (B, 5))
-  chex.assert_tree_all_finite(grads)
+def _softmax(x: np.ndarray) -> np.ndarray:
+  return np.exp(_log_softmax(x))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def grad_cce(o, t, label_smoothing=0.0):
+  # d/do of mean_b mean_trailing(-sum_c t_c log softmax(o)_c): the smoothed target
+  # is subtracted from the softmax, divided by the rows the mean runs over.
+  c = o.shape[-1]
+  t = (1 - label_smoothing) * t + label_smoothing / c
+  return (_softmax(o) - t) / (o.size // c)
+
+
+def grad_sparse_cce(o, t, label_smoothing=0.0):
+  return grad_cce(o, np.eye(o.shape[-1])[t.reshape(o.shape[:-1])], label_smoothing)
+
+
+def grad_bce(o, t):  # Of logits: sigmoid(o) - t, over every element's mean.
+  return (_sigmoid(o) - t.reshape(o.shape)) / o.size
+
+
+def grad_mse(o, t):
+  return 2.0 * (o - t.reshape(o.shape)) / o.size
+
+
+GRAD_CASES = [
+    # (id, name, kwargs, make_inputs, closed-form gradient of the batch mean)
+    ("sparse", "sparse_categorical_crossentropy", {}, labels((B, 5)), grad_sparse_cce),
+    ("sparse_smooth", "sparse_categorical_crossentropy", {"label_smoothing": 0.1},
+     labels((B, 5)), grad_sparse_cce),
+    ("sparse_smooth_sequence", "sparse_categorical_crossentropy",
+     {"label_smoothing": 0.3}, labels((B, 3, 5)), grad_sparse_cce),
+    ("cce", "categorical_crossentropy", {}, one_hot((B, 5)), grad_cce),
+    ("cce_probs", "categorical_crossentropy", {}, probabilities((B, 5)), grad_cce),
+    ("cce_smooth", "categorical_crossentropy", {"label_smoothing": 0.2},
+     one_hot((B, 5)), grad_cce),
+    ("bce_flat", "binary_crossentropy", {}, binary((B,), (B,)), grad_bce),
+    ("bce_col_flat_targets", "binary_crossentropy", {}, binary((B, 1), (B,)), grad_bce),
+    ("bce_multilabel", "binary_crossentropy", {}, binary((B, 3), (B, 3)), grad_bce),
+    ("mse", "mse", {}, regression((B,)), grad_mse),
+    ("mse_trailing", "mse", {}, regression((B, 3, 2)), grad_mse),
+]
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, make, ref", [c[1:] for c in GRAD_CASES],
+    ids=[c[0] for c in GRAD_CASES])
+def test_gradient_of_the_batch_mean_matches_the_closed_form(name, kwargs, make, ref):
+  outputs, targets = make(_rng(5))
+  loss_fn = losses.get_loss(name, **kwargs)
+  grads = jax.jit(jax.grad(lambda o: loss_fn(o, targets).mean()))(jnp.asarray(outputs))
+  chex.assert_shape(grads, outputs.shape)
+  want = ref(outputs.astype(np.float64), targets, **kwargs)
+  np.testing.assert_allclose(grads, want, rtol=RTOL, atol=ATOL)
 
 
 def test_sparse_smoothing_equals_categorical_smoothing():
