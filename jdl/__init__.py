@@ -52,8 +52,11 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # What the names are, for type checkers and IDEs.
+  from jdl import checkpoint
+  from jdl import config
   from jdl import data
   from jdl import diagnostics
+  from jdl import errors
   from jdl import explain
   from jdl import generative
   from jdl import losses
@@ -64,6 +67,8 @@ if TYPE_CHECKING:  # What the names are, for type checkers and IDEs.
   from jdl import regularizers
   from jdl import sanity
   from jdl import sequence
+  from jdl import summary
+  from jdl import train
   from jdl.checkpoint import Checkpointer
   from jdl.config import base_config
   from jdl.config import load_config
@@ -90,4 +95,4 @@ __all__ = ["fit", "evaluate", "predict", "load_run", "Trainer", "FitResult",
     "SupervisedTask", "Checkpointer", "base_config", "load_config", "count_params",
     "param_table", "JdlError", "NonFiniteError", "data", "diagnostics", "explain",
     "generative", "losses", "lr_finder", "metrics", "models", "optim", "regularizers",
-    "sanity", "sequence"]
+    "sanity", "sequence", "checkpoint", "config", "errors", "summary", "train"]
