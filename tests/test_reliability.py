@@ -640,6 +640,7 @@ def test_sigkill_mid_epoch_then_rerun_is_bitwise_equal(tmp_path, uninterrupted_s
   """A real process killed with SIGKILL between checkpoints resumes exactly."""
   proc = start_training(tmp_path / "killed", _SIGNAL_RUN)
   _wait_for_steps(tmp_path / "killed", 4, proc)  # Past epoch 1 (20 steps, one save every 5).
+  assert proc.poll() is None, "training finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   killed_after = max(_steps(tmp_path / "killed"))
