@@ -32,7 +32,8 @@ DEFAULT_EXPERIMENT = "digits_cnn"
 # changes which examples are test examples, or how inputs are scaled (evaluate refuses).
 STRUCTURAL_KEYS = ("dataset", "model", "seed", "batch_size", "task", "loss", "classes",
                    "examples_per_class", "test_split", "validation_split", "normalize",
-                   "n_samples", "noise", "generative.latent_dim", "sequence.maxlen",
+                   "n_samples", "noise", "generative.latent_dim", "generative.binarize",
+                   "sequence.maxlen",
                    "sequence.padding", "sequence.truncating", "sequence.level",
                    "sequence.lowercase", "sequence.min_freq", "sequence.max_vocab",
                    "sequence.seq_len")
@@ -45,7 +46,7 @@ EVALUATION_KEYS = tuple(k for k in STRUCTURAL_KEYS if k not in ("batch_size", "l
 def base_config() -> ml_collections.ConfigDict:
   """Returns the config every experiment starts from, with all keys declared."""
   c = ml_collections.ConfigDict()
-  c.description = ""
+  c.description = ""  # One line, shown in the run's summary.
   c.seed = 0
   # Bitwise reproducible GPU runs: --xla_gpu_deterministic_ops=true goes into XLA_FLAGS
   # before JAX starts (jdl/train/runtime.py). On an H200 that cost 8-15% on MNIST CNNs
@@ -58,7 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data.
   c.dataset = "digits"
-  c.data_dir = ""  # MNIST-family IDX files, the .npz file for 'npz', the folder for 'npy_dir'.
+  # MNIST-family IDX files, the .npz file for 'npz', the folder for 'npy_dir' or
+  # for 'sst2' (its GLUE TSVs).
+  c.data_dir = ""
   c.download = True  # Fetch missing MNIST-family files from the standard mirrors.
   c.test_split = 0.2  # For sources without their own test split.
   # Fraction of the train split held out for validation (unless the dataset has an
@@ -68,15 +71,17 @@ def base_config() -> ml_collections.ConfigDict:
   # scikit-learn's StandardScaler, not Keras' per channel), 'featurewise_center'
   # (mean only), 'global' (one mean/std over all train values: images), 'none'.
   c.normalize = "featurewise"
-  c.n_samples = 0  # Synthetic sources (moons, circles, blobs, xor): 0 = default.
+  # Generated sources (moons, circles, blobs, xor, linear, adding_problem, dates):
+  # how many examples; 0 = the source's default.
+  c.n_samples = 0
   c.classes = ()  # Keep only these classes, relabelled 0..k-1 in this order.
   # At most this many examples a class, taken before validation_split holds out its
   # share (so training sees about (1 - validation_split) times as many); 0 = all.
   c.examples_per_class = 0
-  c.noise = -1.0  # Synthetic sources: < 0 = default.
+  c.noise = -1.0  # Synthetic sources' noise (blobs: the clusters' std); < 0 = default.
   # dataset='npy_dir' (memory-mapped .npy files in data_dir, streamed from disk;
-  # jdl/data/stream.py): training blocks read this many blocks ahead of the loop
-  # by a background thread.
+  # jdl/data/stream.py): training and evaluation blocks read this many blocks ahead
+  # of the loop by a background thread.
   c.stream = ml_collections.ConfigDict({"prefetch": 2})
 
   # Transfer learning: parameters whose '/'-joined path matches `include` and not
@@ -90,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   # cross-entropy), or a generative task (see `generative` below).
   c.task = "classification"
   c.loss = "sparse_categorical_crossentropy"
-  c.label_smoothing = 0.0
+  c.label_smoothing = 0.0  # [0, 1); the two categorical cross-entropies only.
   # jdl.metrics' names (accuracy, macro_f1, top5_accuracy, mse, r2, ...) and your
   # own, registered with jdl.metrics.register_metric.
   c.metrics = ("accuracy",)
@@ -108,14 +113,15 @@ def base_config() -> ml_collections.ConfigDict:
       "crop_padding": 0,  # Pad by this many pixels, crop back at a random offset.
       "mixup_alpha": 0.0,  # lam ~ Beta(alpha, alpha), one per batch; 0 = off.
   })
-  # bfloat16 compute with float32 parameters, optimizer state and loss.
+  # bfloat16 compute with float32 parameters, optimizer state and loss, in jdl's
+  # models (not seq2seq's; a module given to fit sets its own dtype).
   c.mixed_precision = False
 
   # Optimisation: optimizer, schedule, reduce_on_plateau sections.
   c.update(optim.default_config())
 
   # Regularization (jdl.regularizers). Patterns are regexes over '/'-joined paths
-  # (fullmatch): parameters 'mlp/hidden_0/kernel', sown activations 'mlp/act_0'.
+  # (fullmatch): parameters 'hidden_0/kernel', sown activations 'act_0' (an MLP's).
   c.regularization = ml_collections.ConfigDict({
       # Loss penalty l1 * sum|w| + l2 * sum w^2 (no 1/2, as Keras) on parameters
       # matching `include` and not `exclude`; both > 0 is the elastic net.
@@ -154,7 +160,9 @@ def base_config() -> ml_collections.ConfigDict:
   })
 
   # Sequence data and models (jdl.sequence, jdl.data.text): datasets sst2 (text
-  # classification), adding_problem (regression), dates (task 'seq2seq').
+  # classification), adding_problem (regression), dates (task 'seq2seq'). The
+  # tokenizer keys (maxlen to max_vocab) apply to sst2: dates is always characters,
+  # lowercased, every character kept.
   c.sequence = ml_collections.ConfigDict({
       "maxlen": 0,  # Pad / truncate token ids to this length; 0 = the longest train text.
       "padding": "post",  # 'pre' or 'post': where <pad> (id 0) goes.
@@ -189,7 +197,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.print_every_epochs = 1  # Console lines; metrics.jsonl gets every epoch.
 
   # Devices (jdl/train/parallel.py). 'auto': 'data' on more than one device, else
-  # 'none' (one device); 'data': jit over a 1-D mesh, batches sharded P('data'),
+  # 'none'; 'none': one device; 'data': jit over a 1-D mesh, batches sharded P('data'),
   # state replicated; 'shard_map': a per-device step with explicit lax.pmean of
   # gradients and batch-norm statistics. batch_size is the global batch and must
   # be divisible by the number of devices. A checkpoint restores on any count.
@@ -212,16 +220,17 @@ def base_config() -> ml_collections.ConfigDict:
   # least this long after the last save, or after training (not compiling) began
   # (preemptible machines); 0 = none.
   c.checkpoint_every_seconds = 0.0
-  c.checkpoint_every_epochs = 1  # Epoch-end checkpoints (the last epoch always).
-  c.keep_checkpoints = 3
-  c.async_checkpoints = True
+  c.checkpoint_every_epochs = 1  # >= 1: epoch-end checkpoints (the last epoch always).
+  c.keep_checkpoints = 3  # The latest kept, besides the best by `monitor`.
+  c.async_checkpoints = True  # Written by a background thread while training goes on.
   c.checkpoint_compression = False  # zstd: ~8% smaller float weights, ~25% more save CPU.
 
   # Callbacks.
-  c.monitor = "val_loss"  # The metric that picks the best checkpoint.
+  # The metric that picks the best checkpoint (what evaluate scores); '' = the latest.
+  c.monitor = "val_loss"
   c.monitor_mode = "min"
   c.early_stopping = ml_collections.ConfigDict({
-      "enabled": False,
+      "enabled": False,  # Off unless set (reduce_on_plateau's too).
       "monitor": "val_loss",
       "mode": "min",
       "patience": 5,  # Epochs without improvement that stop the run (as Keras).
@@ -242,7 +251,7 @@ def base_config() -> ml_collections.ConfigDict:
   # block's input state alive (one more copy of it). A non-finite gradient that
   # never reaches the state (a frozen parameter's; an Inf cut by clip_value) stops
   # a 'step' run but not a 'block' one. 'auto': 'block' on CPU with
-  # nonfinite='stop' on one device, else 'step'.
+  # nonfinite='stop' on one device, else 'step' (a GAN's always).
   c.nonfinite_check = "auto"
   c.tensorboard = True
   c.plots = True

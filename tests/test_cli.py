@@ -308,6 +308,63 @@ def test_config_prints_every_key_that_training_would_use(capsys):
                  capsys=capsys)[0] == 0  # 0: the data's, as training takes it.
 
 
+# Settings training refused only once the data was read or the model built (or as
+# JAX started), which `jdl config` printed as if they were used.
+CONFIG_ONLY_REFUSALS = [
+    ("parallel=foo", "parallel must be one of auto, none, data, shard_map, got 'foo'"),
+    ("distributed.initialize=sometimes", "distributed.initialize must be one of"),
+    ("distributed.coordinator_address=nohostport",
+     "distributed.coordinator_address must be HOST:PORT"),
+    ("distributed.num_processes=-3", "distributed.num_processes must be >= 0"),
+    ("distributed.process_id=-7", "distributed.process_id must be >= -1"),
+    ("parallel=shard_map diagnostics.every_steps=10", "diagnostics.every_steps needs"),
+    ("parallel=shard_map task=gan model.name=mlp_gan normalize=none metrics=()",
+     "parallel='shard_map' does not support task 'gan'"),
+    ("optimizer.name=adamm", "unknown optimizer 'adamm': did you mean 'adam'?"),
+    ("optimizer.freeze=('(',)", "optimizer.freeze: invalid regex '('"),
+    ("regularization.l2=-1", "regularization.l2 must be"),
+    ("regularization.include=(", "regularization.include"),
+    ("microbatch_size=-1", "microbatch_size must be >= 0"),
+    ("loss=foo", "unknown loss 'foo'"),
+    ("loss=mse label_smoothing=0.1", "label_smoothing applies to categorical_crossentropy"),
+    ("sequence.min_freq=0", "sequence.min_freq must be >= 1"),
+    ("sequence.max_vocab=3", "sequence.max_vocab must be 0 (no limit) or > 4"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CONFIG_ONLY_REFUSALS,
+                         ids=[o.split("=")[0] for o, _ in CONFIG_ONLY_REFUSALS])
+def test_config_and_training_refuse_before_any_data(overrides, message, capsys, monkeypatch):
+  flags = [f"--config.{o}" for o in overrides.split()]
+  code, out, err = run_cli("config", "--config", "digits_mlp", *flags, capsys=capsys)
+  assert code == 2 and not out and len(err.strip().splitlines()) == 1, err
+  assert err.startswith("jdl: error: ") and message in err, err
+  # A run refuses it as it starts: before its data is read.
+  from jdl.train import run_data
+
+  def no_data(*args, **kwargs):
+    raise AssertionError("the data was read")
+
+  monkeypatch.setattr(run_data, "load_data", no_data)
+  config = jdl.load_config("digits_mlp")
+  jdl.config.apply_overrides(config, dict(o.split("=", 1) for o in overrides.split()))
+  with pytest.raises(jdl.JdlError) as e:
+    jdl.Trainer(config, None, quiet=True)
+  assert message in str(e.value)
+
+
+def test_mixed_precision_is_refused_where_it_would_be_ignored(capsys):
+  # seq2seq's model and a module given to fit computed in float32 with it set.
+  code, _, err = run_cli("config", "--config", "seq2seq_dates", "--config.mixed_precision=true",
+                         capsys=capsys)
+  assert code == 2 and "task 'seq2seq' does not support mixed_precision" in err, err
+  import flax.linen as nn
+  config = jdl.load_config("digits_mlp")
+  config.mixed_precision = True
+  with pytest.raises(jdl.JdlError, match="give it dtype=jnp.bfloat16"):
+    jdl.Trainer(config, None, model=nn.Dense(10), quiet=True)
+
+
 def _npz(path, **arrays):
   np.savez(path, **arrays)
   return path

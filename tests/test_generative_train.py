@@ -219,6 +219,10 @@ def test_cli_evaluate_and_sample_a_vae_run(tmp_path, capsys):
   assert cli.main(["evaluate", "--workdir", str(vae)]) == 0
   line = json.loads(capsys.readouterr().out)
   assert line["neg_elbo"] > 0 and line["neg_elbo"] == pytest.approx(line["recon"] + line["kl"])
+  # The binarisation decides the test inputs: another one is refused, not scored.
+  other = "none" if vae_config().generative.binarize != "none" else "threshold"
+  assert cli.main(["evaluate", "--workdir", str(vae), f"--config.generative.binarize={other}"]) == 2
+  assert "generative.binarize" in capsys.readouterr().err
   out = tmp_path / "grid.png"
   assert cli.main(["sample", "--workdir", str(vae), "--n", "16", "--out", str(out)]) == 0
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,15 +18,20 @@ import numpy as np
 
 from jdl import config as config_lib
 from jdl import diagnostics as diagnostics_lib
+from jdl import errors
+from jdl import losses as losses_lib
 from jdl import metrics as metrics_lib
 from jdl import models as models_lib
+from jdl import regularizers
 from jdl.data import augment as augment_lib
 from jdl.errors import JdlError
 from jdl.generative import tasks as gen_tasks
+from jdl.optim import masks
 from jdl.optim import plateau
 from jdl.optim import schedules
-from jdl.optim._chain import validate_optimizer
+from jdl.optim._chain import OPTIMIZERS, validate_optimizer
 from jdl.sequence import text as text_lib
+from jdl.train import parallel as parallel_lib
 
 NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
 # sequence.decode_max_len beyond this multiple of the longest target is refused: a
@@ -54,7 +59,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise JdlError(f"batch_size must be a positive integer, got {config.batch_size!r}")
   # The sections training builds only once it has the data: refused before it is
   # read (and by `jdl config`), so far as the config alone allows.
+  errors.lookup("optimizer", config.optimizer.name, OPTIMIZERS)
   validate_optimizer(config.optimizer)
+  masks.compile_patterns(config.optimizer.freeze)
+  regularizers.validate_config(config.regularization)
+  _check_loss(config)
+  _check_devices(config)
+  if int(config.microbatch_size) < 0:
+    raise JdlError(f"microbatch_size must be >= 0 (0 = auto), got {config.microbatch_size}")
   schedules.validate_schedule(config)
   plateau.validate_plateau(config)
   augment_lib.check_values(config.augment)
@@ -89,11 +101,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     # Its loss is the masked token cross-entropy, and its model takes two inputs.
     unsupported = [k for k, on in (
         ("loss", config.loss != "sparse_categorical_crossentropy"),
-        ("regularization.activity_l1", config.regularization.activity_l1)) if on]
+        ("regularization.activity_l1", config.regularization.activity_l1),
+        ("mixed_precision", config.mixed_precision)) if on]
     if unsupported:
-      raise JdlError(f"task 'seq2seq' does not support {' or '.join(unsupported)} (its "
-                     "loss is the token cross-entropy, with label_smoothing if set); "
-                     f"leave {'it' if len(unsupported) == 1 else 'them'} at the default")
+      raise JdlError(f"task 'seq2seq' does not support {' or '.join(unsupported)}; leave "
+                     f"{'it' if len(unsupported) == 1 else 'them'} at the default (its loss "
+                     "is the token cross-entropy, with label_smoothing if set, and its "
+                     "model computes in float32)")
   if not 0.0 <= float(config.label_smoothing) < 1.0:
     raise JdlError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
   if config.epoch_mode not in ("auto", "step", "scan"):
@@ -137,7 +151,56 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("maxlen", "max_vocab", "beam_size", "decode_max_len"):
     if int(seq[key]) < 0:
       raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
+  if int(seq.min_freq) < 1:
+    raise JdlError(f"sequence.min_freq must be >= 1, got {seq.min_freq}")
+  if 0 < int(seq.max_vocab) <= len(text_lib.SPECIALS):
+    raise JdlError(f"sequence.max_vocab must be 0 (no limit) or > {len(text_lib.SPECIALS)} "
+                   f"(the special tokens), got {seq.max_vocab}")
   _check_finite(config.to_dict())
+
+
+# The losses label smoothing applies to (it smooths a target distribution).
+CE_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+
+
+def _check_loss(config: ml_collections.ConfigDict) -> None:
+  """The loss by name (a registered one too) and label smoothing's pairing with it."""
+  if config.task in gen_tasks.TASKS or config.task == "seq2seq":
+    return  # Their tasks choose their losses (seq2seq's is checked below).
+  losses_lib.get_loss(config.loss)
+  if float(config.label_smoothing) and config.loss not in CE_LOSSES:
+    raise JdlError(f"label_smoothing applies to {' and '.join(CE_LOSSES)}, not "
+                   f"{config.loss!r}")
+
+
+def _check_devices(config: ml_collections.ConfigDict) -> None:
+  """``parallel`` and ``distributed`` values, before JAX starts or data is read."""
+  if config.parallel not in parallel_lib.MODES:
+    raise JdlError(f"parallel must be one of {', '.join(parallel_lib.MODES)}, got "
+                   f"{config.parallel!r}")
+  spec = config.distributed
+  if spec.initialize not in parallel_lib.INITIALIZE:
+    raise JdlError(f"distributed.initialize must be one of "
+                   f"{', '.join(parallel_lib.INITIALIZE)}, got {spec.initialize!r}")
+  if spec.coordinator_address:
+    parallel_lib.check_address(spec.coordinator_address, "distributed.coordinator_address")
+  if int(spec.num_processes) < 0:
+    raise JdlError(f"distributed.num_processes must be >= 0 (0: from the environment), got "
+                   f"{spec.num_processes}")
+  if int(spec.process_id) < -1:
+    raise JdlError(f"distributed.process_id must be >= -1 (-1: from the environment), got "
+                   f"{spec.process_id}")
+  check_parallel_mode(config.parallel, config)
+
+
+def check_parallel_mode(mode: str, config: ml_collections.ConfigDict) -> None:
+  """What ``shard_map`` cannot run: a GAN's two-player step, the diagnostics."""
+  if mode == "shard_map" and config.task in ("gan", "wgan_gp"):
+    raise JdlError(f"parallel='shard_map' does not support task {config.task!r} (its "
+                   "two-player step has no per-device form); use --config.parallel=data")
+  if mode == "shard_map" and config.diagnostics.every_steps:
+    raise JdlError("diagnostics.every_steps needs parallel='none' or 'data', not "
+                   "'shard_map'; use --config.parallel=data")
 
 
 _INT32_MAX = 2**31 - 1

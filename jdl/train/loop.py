@@ -64,7 +64,6 @@ from jdl.train.outputs import GenerativeOutputs, Predictions, SequenceOutputs
 from jdl.train.resume import ResumableRun
 from jdl.train.state import TrainState, create_train_state
 
-_CE_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 # Losses of one logit an example (the probability of class 1).
 _BINARY_LOSSES = ("binary_crossentropy", "squared_hinge")
 # (section, key) of the settings that may differ between the processes of one run:
@@ -138,6 +137,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.record_kept = False  # A re-run of a finished run keeps its config.json, summary.
     checks.validate_config(config)
     checks.check_fit_arguments(dataset, model, callbacks)
+    if model is not None and config.mixed_precision:  # It set jdl's models' dtype only.
+      raise JdlError("mixed_precision sets the compute dtype of jdl's own models; a module "
+                     "given to fit computes in its own: give it dtype=jnp.bfloat16 (its "
+                     "parameters stay float32) and leave mixed_precision False")
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
     runtime_lib.request_deterministic_ops(config.deterministic)
@@ -145,12 +148,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     parallel_lib.initialize_distributed(config.distributed)
     self.parallel = parallel_lib.resolve(parallel or config.parallel)
     self.primary = parallel_lib.is_primary()
-    if self.parallel.mode == "shard_map" and self.gan:
-      raise JdlError(f"parallel='shard_map' does not support task {config.task!r} (its "
-                     "two-player step has no per-device form); use --config.parallel=data")
-    if self.parallel.mode == "shard_map" and config.diagnostics.every_steps:
-      raise JdlError("diagnostics.every_steps needs parallel='none' or 'data', not "
-                     "'shard_map'; use --config.parallel=data")
+    checks.check_parallel_mode(self.parallel.mode, config)  # The argument's mode too.
     self.seq2seq = config.task == "seq2seq"
     if self.workdir is not None and not restart:  # Before the config's data and model.
       resume.check_given_in_config_json(self.workdir, data_given=dataset is not None,
@@ -432,10 +430,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     losses_lib.check_task(self.config.loss, self.data.task, self.data.name,
                           targets=None if streamed else self.data.train.y)
     kwargs = {}
-    if self.config.label_smoothing:
-      if self.config.loss not in _CE_LOSSES:
-        raise JdlError(f"label_smoothing applies to {' and '.join(_CE_LOSSES)}, not "
-                       f"{self.config.loss!r}")
+    if self.config.label_smoothing:  # A cross-entropy (checks.validate_config).
       kwargs["label_smoothing"] = float(self.config.label_smoothing)
     loss = losses_lib.get_loss(self.config.loss, **kwargs)
     if self.data.task == "classification" and self.config.loss in (
