@@ -329,6 +329,8 @@ CONFIG_ONLY_REFUSALS = [
     ("loss=mse label_smoothing=0.1", "label_smoothing applies to categorical_crossentropy"),
     ("sequence.min_freq=0", "sequence.min_freq must be >= 1"),
     ("sequence.max_vocab=3", "sequence.max_vocab must be 0 (no limit) or > 4"),
+    ("task=vae model.name=vae normalize=none metrics=('accuracy',)",
+     "'accuracy' is not a metric of task 'vae'"),
 ]
 
 
@@ -353,7 +355,11 @@ def test_config_and_training_refuse_before_any_data(overrides, message, capsys, 
   assert message in str(e.value)
 
 
-def test_mixed_precision_is_refused_where_it_would_be_ignored(capsys):
+def test_fixed_metrics_and_mixed_precision_are_refused_where_ignored(capsys):
+  # A task of fixed metrics (seq2seq here; a generative one above) names them.
+  code, _, err = run_cli("config", "--config", "seq2seq_dates", "--config.metrics=('accuracy',)",
+                         capsys=capsys)
+  assert code == 2 and "'accuracy' is not a metric of task 'seq2seq'" in err, err
   # seq2seq's model and a module given to fit computed in float32 with it set.
   code, _, err = run_cli("config", "--config", "seq2seq_dates", "--config.mixed_precision=true",
                          capsys=capsys)

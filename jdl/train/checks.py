@@ -97,7 +97,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise JdlError(f"task must be one of {', '.join(tasks)}, got {config.task!r}")
   if config.task in gen_tasks.TASKS:
     gen_tasks.validate_config(config)
+    gen_tasks.metric_names(config.task, tuple(config.metrics))  # Its fixed list.
   if config.task == "seq2seq":
+    from jdl.sequence import tasks as seq_tasks  # It imports jdl.train.steps.
+    seq_tasks.metric_names(tuple(config.metrics))  # Its fixed list.
     # Its loss is the masked token cross-entropy, and its model takes two inputs.
     unsupported = [k for k, on in (
         ("loss", config.loss != "sparse_categorical_crossentropy"),
