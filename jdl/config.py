@@ -155,7 +155,7 @@ def base_config() -> ml_collections.ConfigDict:
       # IS / Frechet distance of generated images in the feature space of a jdl
       # classifier: the workdir of its run (e.g. runs/mnist_fast); '' = not scored.
       "classifier_workdir": "",
-      "eval_samples": 10000,  # Generated images scored by IS / FD.
+      "eval_samples": 10000,  # Generated images scored by IS / FD (at most 100,000).
       "sample_every_epochs": 1,  # plots/samples_epoch_NNN.png from a fixed noise batch.
   })
 

@@ -239,6 +239,7 @@ def test_cli_evaluate_and_sample_a_vae_run(tmp_path, capsys):
     ({"metrics": ("accuracy",)}, "not a metric of task 'vae'"),
     ({"model__name": "mlp"}, "needs model.name in vae"),
     ({"generative__binarize": "coin"}, "generative.binarize"),
+    ({"generative__eval_samples": 10**7}, r"generative.eval_samples must be <= 100,000"),
     # inf passed the config's check and failed in GANTask, not naming the key.
     ({"task": "wgan_gp", "model__name": "mlp_gan", "generative__gp_weight": float("inf")},
      r"generative.gp_weight must be >= 0 and finite, got inf"),

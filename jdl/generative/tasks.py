@@ -147,6 +147,10 @@ def binarize_eval_inputs(x: np.ndarray, *, seed: int = 0) -> np.ndarray:
 
 
 # ------------------------------------------------------------ construction
+# The most generated images a run scores (generative.eval_samples).
+MAX_EVAL_SAMPLES = 100_000
+
+
 def validate_config(config) -> None:
   """Errors for settings a generative task cannot honour (before any work)."""
   g, task = config.generative, config.task
@@ -159,6 +163,10 @@ def validate_config(config) -> None:
   for key in ("latent_dim", "d_steps", "eval_samples", "sample_every_epochs"):
     if int(g[key]) < 1:
       raise JdlError(f"generative.{key} must be >= 1, got {g[key]}")
+  if int(g.eval_samples) > MAX_EVAL_SAMPLES:  # A typo (1e7) would generate for hours
+    # after training, and hold them all in memory.
+    raise JdlError(f"generative.eval_samples must be <= {MAX_EVAL_SAMPLES:,} (the usual "
+                   f"Inception Score / FID sample is 10,000-50,000), got {g.eval_samples}")
   for key in ("gp_weight", "d_learning_rate"):
     if not 0 <= float(g[key]) < math.inf:
       raise JdlError(f"generative.{key} must be >= 0 and finite, got {g[key]}")
