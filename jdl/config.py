@@ -445,11 +445,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
 
 
 def _parse_literal(raw: str) -> Any:
-  """A Python literal; ``true``/``false``/``none`` in any case as on the other keys; else the text."""
+  """A Python literal (``None`` too, or ``null``); ``true``/``false`` in any case, as on
+  the other keys; else the text. ``none`` is the text, as on a string key: a model
+  field set by the override alone (``model.pool=none``) reads as where the experiment
+  set it (the string was None there, and refused by ``pool``)."""
   low = raw.strip().lower()
   if low in ("true", "false"):
     return low == "true"  # Not the string "false", which is truthy.
-  if low in ("none", "null"):
+  if raw.strip() in ("None", "null"):
     return None
   try:
     return ast.literal_eval(raw)

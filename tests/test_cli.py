@@ -436,9 +436,11 @@ def test_bad_inputs_give_one_line_and_exit_2_and_keep_the_workdir(trained, tmp_p
 
 
 @pytest.mark.parametrize("raw, value", [("false", False), ("False", False), ("TRUE", True),
-                                        ("none", None), ("(32, 16)", (32, 16)), ("0.5", 0.5),
-                                        ("relu", "relu")])
+                                        ("None", None), ("null", None), ("none", "none"),
+                                        ("(32, 16)", (32, 16)), ("0.5", 0.5), ("relu", "relu")])
 def test_a_new_model_field_parses_like_the_other_keys(raw, value):
+  # 'none' is the text, as where the experiment sets the field (model.pool=none on a
+  # CNN config without pool was None, which pool refused); Python's None is spelt so.
   # A model field the config does not list yet: 'false' must not stay the (truthy) text.
   config = jdl.load_config("digits_mlp")
   jdl.config.apply_overrides(config, {"model.batch_norm": raw})
