@@ -992,20 +992,23 @@ def test_checkpoint_every_seconds_saves_mid_epoch_by_the_clock(tmp_path):
   assert steps(1e9)[0] == ends
 
 
+class _ShiftedClock:
+  """The ``time`` module, with the named clocks ``offset`` seconds ahead (a test moves
+  it to make work look long without sleeping)."""
+
+  def __init__(self, *clocks: str):
+    self.offset, self._clocks = 0.0, clocks
+
+  def __getattr__(self, name):
+    value = getattr(time, name)
+    return (lambda: value() + self.offset) if name in self._clocks else value
+
+
 def test_checkpoint_clock_starts_after_compilation(tmp_path, monkeypatch):
   # A compilation longer than the interval is no training to protect: the first
   # block after it is not saved (before the fix, step 5 was). The loop's clock is
   # made to jump 1000 s during the warm-up, against an interval of 100 s.
-  class Clock:
-    offset = 0.0
-
-    def __getattr__(self, name):
-      return getattr(time, name)
-
-    def monotonic(self):
-      return time.monotonic() + self.offset
-
-  clock = Clock()
+  clock = _ShiftedClock("monotonic")
   warm_up = loop.Trainer._warm_up
 
   def slow_warm_up(self):
@@ -1365,16 +1368,7 @@ def test_epoch_seconds_leave_out_mid_epoch_checkpoint_saves(tmp_path, monkeypatc
   # A save's time was counted as training: samples_per_sec fell 3x with
   # checkpoint_every_steps while the training was bitwise the same.
   # Each save takes 1000 s by the loop's clock (no real sleep).
-  class Clock:
-    offset = 0.0
-
-    def __getattr__(self, name):
-      return getattr(time, name)
-
-    def perf_counter(self):
-      return time.perf_counter() + self.offset
-
-  clock = Clock()
+  clock = _ShiftedClock("perf_counter")
   save = loop.Trainer._save
 
   def slow_save(self, *args, **kwargs):

@@ -273,10 +273,13 @@ def named_rng_streams():
                    "self.make_rng('dropout')") from None
 
 
-def check_fit_arguments(dataset, model, callbacks) -> None:
+def check_fit_arguments(dataset, model, callbacks,
+                        config: ml_collections.ConfigDict | None = None) -> None:
   """What ``fit`` (and ``load_run``) are given: a dataset, module instances and
   callback instances, each named when it is something else (a class instead of an
   instance, a tuple of arrays, a function); a traceback from deep inside before.
+  With ``config``: no ``mixed_precision`` for a given module (it sets the dtype of
+  jdl's own models only).
 
   Raises:
     JdlError: naming the argument and what it takes.
@@ -297,6 +300,10 @@ def check_fit_arguments(dataset, model, callbacks) -> None:
       raise JdlError(f"model must be a module instance, got the class {m.__name__}: pass "
                      f"{m.__name__}(...)")
     raise JdlError(f"model must be a flax.linen Module instance, got {type(m).__name__}")
+  if model is not None and config is not None and config.mixed_precision:
+    raise JdlError("mixed_precision sets the compute dtype of jdl's own models; a module "
+                   "given to fit computes in its own: give it dtype=jnp.bfloat16 (its "
+                   "parameters stay float32) and leave mixed_precision False")
   if isinstance(callbacks, cb.Callback) or not isinstance(callbacks, (list, tuple)):
     raise JdlError(f"callbacks must be a list of callbacks, got {type(callbacks).__name__}"
                    + (": pass [callback]" if isinstance(callbacks, cb.Callback) else ""))

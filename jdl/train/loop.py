@@ -136,11 +136,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.holds_run_state = False
     self.record_kept = False  # A re-run of a finished run keeps its config.json, summary.
     checks.validate_config(config)
-    checks.check_fit_arguments(dataset, model, callbacks)
-    if model is not None and config.mixed_precision:  # It set jdl's models' dtype only.
-      raise JdlError("mixed_precision sets the compute dtype of jdl's own models; a module "
-                     "given to fit computes in its own: give it dtype=jnp.bfloat16 (its "
-                     "parameters stay float32) and leave mixed_precision False")
+    checks.check_fit_arguments(dataset, model, callbacks, config)
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
     runtime_lib.request_deterministic_ops(config.deterministic)
