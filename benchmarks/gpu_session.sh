@@ -7,7 +7,8 @@
 #      stage to more epochs, scored after each stage, while the time budget lasts;
 #   4. benchmarks/peers.py --gpu at batch 128 and 512 (jdl, the hand-written Flax step
 #      and scan epoch, PyTorch eager and torch.compile; MLP, CNN, ResNet-20), then jdl alone with
-#      --jdl-deterministic false (XLA's default kernels, as the other peers have);
+#      --jdl-deterministic false (XLA's default kernels, as the other peers have), unless
+#      PEERS_ARGS already names --jdl-deterministic;
 #   5. mixed precision: mnist_cnn in float32 and with bfloat16 compute;
 #   6. the parallel modes (none, data, shard_map) on the machine's devices: mnist_cnn;
 #   7. bitwise reproducibility: benchmarks/gpu_determinism.sh (mnist_cnn, 3 epochs, four
@@ -89,12 +90,14 @@ echo "== [$(elapsed) s] peers (timeout ${PEERS_SECONDS} s): $PEERS_ARGS"
 timeout "$PEERS_SECONDS" python3 benchmarks/peers.py $PEERS_ARGS \
   --out "$W/peers_gpu.json" --md "$W/peers_gpu.md" 2>&1 | tee "$W/peers_gpu.log"
 snapshot
+if [[ "$PEERS_ARGS" != *--jdl-deterministic* ]]; then  # Else it ran as asked.
 echo "== [$(elapsed) s] jdl again with XLA's default kernels (the other peers' kind)"
 # shellcheck disable=SC2086
 timeout "$PEERS_SECONDS" python3 benchmarks/peers.py $PEERS_ARGS --peers jdl \
   --jdl-deterministic false --out "$W/peers_gpu_jdl_nondet.json" 2>&1 \
   | tee "$W/peers_gpu_jdl_nondet.log"
 snapshot
+fi
 fi
 
 # mnist_cnn for its 6 epochs under one setting: run NAME KEY VALUE.

@@ -10,7 +10,11 @@ on random data of MNIST's or CIFAR's shape, with each of these peers:
 * ``flax_scan``: a hand-written ``lax.scan`` over a whole epoch of on-device data;
 * ``keras``: Keras 3 ``model.fit`` with ``KERAS_BACKEND=jax``;
 * ``torch``: a PyTorch eager loop (2 threads, denormals flushed, as XLA does);
-* ``torch_compile``: the same loop on ``torch.compile(model)``.
+* ``torch_compile``: the same loop on ``torch.compile(model)``;
+* ``torch_graphs``: the same loop on ``torch.compile(model, mode='reduce-overhead')``
+  (CUDA graphs on a GPU) with the fused Adam kernel: PyTorch's fastest setup for small
+  steps without rewriting the loop (on the CPU, with no CUDA graphs to replay, it is
+  ``torch_compile`` with the usual Adam).
 
 Every measurement runs in its own subprocess (so peak RSS is per run and the
 frameworks cannot interfere), one after another. Reported per run: the median
@@ -91,13 +95,15 @@ PEERS = {
     "torch": Peer("bench_torch", "run_torch", ("torch",), kwargs=(("compile", False),)),
     "torch_compile": Peer("bench_torch", "run_torch", ("torch",),
                           kwargs=(("compile", True),)),
+    "torch_graphs": Peer("bench_torch", "run_torch", ("torch",),
+                         kwargs=(("compile", True), ("graphs", True))),
 }
 MATMUL = {"jax": Peer("bench_jax", "run_matmul", ("jax",)),
           "torch": Peer("bench_torch", "run_matmul", ("torch",))}
 # flax_scan is the like-for-like peer of jdl's on-device epochs (the step loop feeds
 # numpy batches from the host; PyTorch keeps its data on the GPU). It was missing
 # from the seventh session's GPU runs.
-GPU_PEERS = ("jdl", "flax_step", "flax_scan", "torch", "torch_compile")
+GPU_PEERS = ("jdl", "flax_step", "flax_scan", "torch", "torch_compile", "torch_graphs")
 # Counted on the CPU backend even for --gpu runs: XLA's GPU cost analysis gives no FLOPs
 # for the convolutions it hands to cuDNN (it put ResNet-20 at 4.6 M instead of 230 M).
 FLOPS = Peer("bench_jax", "run_flops", ("flax", "optax"), env=(("JAX_PLATFORMS", "cpu"),))
