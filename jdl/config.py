@@ -185,7 +185,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 0  # 0 = batch_size.
   c.num_epochs = 10
   c.epoch_mode = "auto"  # 'auto', 'step' (one jitted call a step), 'scan'.
-  c.scan_chunk = 0  # Steps fused into one compiled call in 'scan' mode; 0 = auto.
+  # Steps fused into one compiled call in 'scan' mode; 0 = auto: the epoch, the
+  # checkpoint cadence or 100 steps, the least; on a GPU, blocks of equal length
+  # (a GPU's block loops a known number of times, and a last, shorter block's
+  # padding rows cost a step each, so an explicit value should divide the epoch).
+  c.scan_chunk = 0
   # Each step's loss and gradients one microbatch of this many examples at a time (a
   # lax.scan inside the step; the same update within float rounding; dropout draws
   # per microbatch). Needs a classification or regression task, one device and no

@@ -27,6 +27,29 @@ def test_the_block_length(mode, scan_chunk, every_steps, steps_per_epoch, expect
   assert strategy.MAX_AUTO_CHUNK == 100
 
 
+@pytest.mark.parametrize("scan_chunk, every_steps, steps_per_epoch, expected", [
+    (0, 0, 469, 94),      # 5 blocks of 94 (one padding row), not 4 of 100 and one of 69.
+    (0, 0, 400, 100),     # Already equal.
+    (0, 0, 101, 51),
+    (0, 0, 50, 50),
+    (0, 250, 469, 84),    # Balanced within the checkpoint cadence (the loop aligns it).
+    (0, 8, 50, 8),
+    (30, 0, 469, 30),     # An explicit scan_chunk is kept.
+])
+def test_static_loops_balance_the_automatic_block_length(scan_chunk, every_steps,
+                                                         steps_per_epoch, expected):
+  # A GPU's blocks loop a known number of times, so a padding row costs a step.
+  config = make_config(scan_chunk=scan_chunk, checkpoint_every_steps=every_steps)
+  assert strategy.choose_chunk(config, "scan", steps_per_epoch, static=True) == expected
+  assert strategy.choose_chunk(config, "step", steps_per_epoch, static=True) == 1
+
+
+def test_static_loops_on_a_gpu_only():
+  assert strategy.static_loops("gpu")
+  assert not strategy.static_loops("cpu") and not strategy.static_loops("tpu")
+  assert not strategy.static_loops()  # This machine's CPU.
+
+
 def test_the_nonfinite_check():
   one = parallel.resolve("none")
   assert jax.default_backend() == "cpu"

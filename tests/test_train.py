@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import math
@@ -524,16 +525,44 @@ def test_the_loop_runs_at_most_one_block_ahead_of_the_device(tmp_path):
   assert watch.checked >= result.trainer.num_epochs * (result.trainer.steps_per_epoch // 2 - 2)
 
 
-def test_loop_steps_runs_the_rows_before_the_padding_and_no_more():
+@pytest.mark.parametrize("static", [False, True])
+def test_loop_steps_runs_the_rows_before_the_padding_and_no_more(static):
+  # static=True (a GPU's loop) runs the padding rows' steps too and discards them.
   from jdl.train import steps as steps_lib
+  loop = functools.partial(steps_lib.loop_steps, static=static)
   idx = jnp.array([[3, 1], [2, 2], [5, 0], [-1, -1], [-1, -1]], jnp.int32)
   body = lambda c, row: ((c[0] + row.sum(), c[1] + 1), None)  # noqa: E731
-  total, count = jax.jit(lambda i: steps_lib.loop_steps(body, (0, 0), i))(idx)
+  total, count = jax.jit(lambda i: loop(body, (0, 0), i))(idx)
   assert (int(total), int(count)) == (13, 3)
   tree = {"i": idx[:, 0], "w": jnp.arange(5.0)}  # A tree: the first leaf decides.
-  total, count = steps_lib.loop_steps(lambda c, r: ((c[0] + r["w"], c[1] + 1), None),
-                                      (0.0, 0), tree)
+  total, count = loop(lambda c, r: ((c[0] + r["w"], c[1] + 1), None), (0.0, 0), tree)
   assert (float(total), int(count)) == (3.0, 3)
+  # A typed PRNG key in the carry (the state's) advances by the steps alone; one row
+  # of steps is padded to two (the one-step block).
+  key = jax.random.key(3)
+  for rows, steps in ((idx, 3), (idx[:1], 1), (idx[3:], 0)):
+    out = loop(lambda k, r: (jax.random.fold_in(k, r[0]), None), key, rows)
+    expected = key
+    for r in np.asarray(rows[:steps, 0]):
+      expected = jax.random.fold_in(expected, r)
+    np.testing.assert_array_equal(jax.random.key_data(out), jax.random.key_data(expected))
+
+
+@pytest.mark.full_opt
+def test_static_loops_give_the_bits_of_the_while_loop(monkeypatch):
+  # On a GPU a block is a scan of known length whose padding rows' steps are discarded
+  # (strategy.static_loops); on the CPU here it must give the same bits, with dropout
+  # and a padded last block (20 steps an epoch in blocks of 7), as the while loop.
+  from jdl.train import strategy
+  config = make_config(checkpoint_every_steps=7, model__dropout_rate=0.3)
+  loop = jdl.fit(config, quiet=True)
+  monkeypatch.setattr(strategy, "static_loops", lambda backend=None: True)
+  scan = jdl.fit(config, quiet=True)
+  assert scan.trainer.static_loops and not loop.trainer.static_loops
+  assert scan.trainer.padded_blocks and list(scan.trainer._blocks) == [7]
+  assert int(scan.state.step) == 40
+  chex.assert_trees_all_equal(_params(scan), _params(loop))
+  assert scan.history == loop.history
 
 
 @pytest.mark.full_opt

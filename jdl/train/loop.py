@@ -287,6 +287,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           if isinstance(split := getattr(self.data, name), pipeline.Split)})
       self.state = rep(self.state)
     self.nonfinite_check = strategy.choose_nonfinite_check(config, self.parallel, self.gan)
+    self.static_loops = strategy.static_loops()
     self.microbatch_size = strategy.choose_microbatch_size(
         config, batch_size=bs, task=self.task, parallel=self.parallel,
         params=self.state.params, model_state=self.state.model_state,
@@ -299,7 +300,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     # an explicit scan_chunk is lowered to a divisor of them.
     ce = int(config.checkpoint_every_steps)
     self.chunk = diagnose.align_chunk(diagnose.align_chunk(
-        strategy.choose_chunk(config, self.epoch_mode, self.steps_per_epoch),
+        strategy.choose_chunk(config, self.epoch_mode, self.steps_per_epoch,
+                              self.static_loops),
         ce if ce < self.steps_per_epoch else 0), int(config.diagnostics.every_steps))
     self._diagnostics = diagnose.DiagnosticsHook(self) if config.diagnostics.every_steps else None
     # Where each block of steps gets its inputs: the device-resident split, or
@@ -482,8 +484,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           return body((state, acc), idx[0])[0]
         # A loop whose length XLA cannot see (steps_lib.loop_steps): rows of -1 after
         # the steps are padding, so one compiled block runs every shorter block, and
-        # a resume with another block size gives the uninterrupted run's bits.
-        return steps_lib.loop_steps(body, (state, acc), idx)
+        # a resume with another block size gives the uninterrupted run's bits. On a
+        # GPU a loop of known length with the padding rows' steps discarded.
+        return steps_lib.loop_steps(body, (state, acc), idx, static=self.static_loops)
       return run_block
 
     run_block = block_of(block_step)

@@ -408,7 +408,7 @@ def make_predict_fn(apply_fn):
   return predict
 
 
-def loop_steps(body: Callable, carry: Any, xs: Any) -> Any:
+def loop_steps(body: Callable, carry: Any, xs: Any, *, static: bool = False) -> Any:
   """The carry after ``body`` has run over the leading rows of ``xs`` that are steps.
 
   ``xs`` (one array, or a tree whose first leaf is the block's step index) holds
@@ -422,6 +422,14 @@ def loop_steps(body: Callable, carry: Any, xs: Any) -> Any:
   length, and a step gives the same bits however the steps are grouped into blocks
   (a resume with another block size). ``body(carry, x) -> (carry, _)``: as for
   ``jax.lax.scan``; its second output is dropped.
+
+  ``static=True`` (jdl's choice on a GPU, :func:`jdl.train.strategy.static_loops`):
+  a ``lax.scan`` over every row instead, each padding row's step computed and its
+  carry discarded (``where``). XLA:GPU checks a loop's condition on the host, a
+  device-to-host copy and a wait at every iteration, unless it knows the trip count:
+  for a small model that wait is a large part of a step (benchmarks/README.md, "One
+  GPU"). Padding then costs a step's work, so the blocks are balanced
+  (:func:`jdl.train.strategy.choose_chunk`).
   """
   first = jax.tree.leaves(xs)[0]
   if first.shape[0] == 1:  # A padding row: XLA slices a one-row block statically, and
@@ -430,6 +438,13 @@ def loop_steps(body: Callable, carry: Any, xs: Any) -> Any:
     xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.full_like(a, -1)]), xs)
     first = jax.tree.leaves(xs)[0]
   rows = first.reshape(first.shape[0], -1)[:, 0]
+  if static:
+    def masked(carry, row_x):
+      row, x = row_x
+      new = body(carry, x)[0]
+      return jax.tree.map(lambda n, o: jnp.where(row >= 0, n, o), new, carry), None
+
+    return jax.lax.scan(masked, carry, (rows, xs))[0]
   count = jnp.sum(rows >= 0, dtype=jnp.int32)  # Padding only trails the steps.
 
   def step(state):

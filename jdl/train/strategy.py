@@ -107,9 +107,26 @@ def choose_epoch_mode(config: ml_collections.ConfigDict, train_step, state, batc
   return "scan"
 
 
-def choose_chunk(config: ml_collections.ConfigDict, mode: str, steps_per_epoch: int) -> int:
+def static_loops(backend: str | None = None) -> bool:
+  """Whether blocks of steps loop a known number of times (padding rows masked), not
+  a data-dependent number (:func:`jdl.train.steps.loop_steps`): on a GPU, whose
+  loops of unknown length wait for the host at every step.
+
+  Args:
+    backend: ``jax.default_backend()``'s name (the default backend when None).
+  """
+  return (backend or jax.default_backend()) == "gpu"
+
+
+def choose_chunk(config: ml_collections.ConfigDict, mode: str, steps_per_epoch: int,
+                 static: bool = False) -> int:
   """The steps of one compiled block: 1 in ``'step'`` mode; else ``config.scan_chunk``,
-  or (0, auto) the epoch, the checkpoint cadence or :data:`MAX_AUTO_CHUNK`, the least."""
+  or (0, auto) the epoch, the checkpoint cadence or :data:`MAX_AUTO_CHUNK`, the least.
+
+  With ``static`` loops (:func:`static_loops`) a padding row costs a step, so the
+  automatic length is balanced: as many blocks as :data:`MAX_AUTO_CHUNK` gives, of
+  equal length (469 steps: 5 blocks of 94, one padding row, not 4 of 100 and 31).
+  """
   if mode == "step":
     return 1
   if config.scan_chunk:
@@ -117,7 +134,11 @@ def choose_chunk(config: ml_collections.ConfigDict, mode: str, steps_per_epoch: 
   n = steps_per_epoch
   if config.checkpoint_every_steps:
     n = min(n, int(config.checkpoint_every_steps))
-  return max(1, min(n, MAX_AUTO_CHUNK))
+  chunk = max(1, min(n, MAX_AUTO_CHUNK))
+  if static:
+    blocks = -(-n // chunk)
+    chunk = -(-n // blocks)
+  return chunk
 
 
 def has_loop_slow_conv(fn, *args) -> bool:
