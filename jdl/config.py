@@ -162,7 +162,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Sequence data and models (jdl.sequence, jdl.data.text): datasets sst2 (text
   # classification), adding_problem (regression), dates (task 'seq2seq'). The
   # tokenizer keys (maxlen to max_vocab) apply to sst2: dates is always characters,
-  # lowercased, every character kept.
+  # lowercased, every character kept. A resume or `jdl evaluate` refuses a change of
+  # a key the run's dataset reads (config.SEQUENCE_KEYS_READ), of no other.
   c.sequence = ml_collections.ConfigDict({
       "maxlen": 0,  # Pad / truncate token ids to this length; 0 = the longest train text.
       "padding": "post",  # 'pre' or 'post': where <pad> (id 0) goes.
@@ -581,11 +582,28 @@ def _tuples(value: Any) -> Any:
   return value
 
 
+# The structural sequence keys each dataset reads; the others ignore them (dates is
+# always characters), so that a change there refuses no resume or evaluation.
+SEQUENCE_KEYS_READ = {
+    "sst2": ("sequence.maxlen", "sequence.padding", "sequence.truncating", "sequence.level",
+             "sequence.lowercase", "sequence.min_freq", "sequence.max_vocab"),
+    "adding_problem": ("sequence.seq_len",),
+}
+
+
 def structural_diff(saved: dict, current: dict,
                     keys: tuple[str, ...] = STRUCTURAL_KEYS) -> list[str]:
-  """Keys among ``keys`` (:data:`STRUCTURAL_KEYS`) whose values differ (dotted paths)."""
+  """Keys among ``keys`` (:data:`STRUCTURAL_KEYS`) whose values differ (dotted paths).
+
+  A ``sequence.*`` key counts only where the saved run's or this run's dataset reads
+  it (:data:`SEQUENCE_KEYS_READ`).
+  """
+  read = {key for config in (saved, current)
+          for key in SEQUENCE_KEYS_READ.get(_get(config, "dataset"), ())}
   diffs = []
   for key in keys:
+    if key.startswith("sequence.") and key not in read:
+      continue
     _diff(_get(saved, key), _get(current, key), key, diffs)
   return diffs
 
@@ -661,6 +679,7 @@ def _norm(v: Any) -> Any:
   return list(v) if isinstance(v, tuple) else v
 
 
-__all__ = ["CONFIG_DIR", "DEFAULT_EXPERIMENT", "STRUCTURAL_KEYS", "base_config", "load_config",
-           "apply_overrides", "unknown_keys", "resolve_config_path", "list_experiments",
-           "experiment_description", "to_json", "from_dict"]
+__all__ = ["CONFIG_DIR", "DEFAULT_EXPERIMENT", "SEQUENCE_KEYS_READ", "STRUCTURAL_KEYS",
+           "base_config", "load_config", "apply_overrides", "unknown_keys",
+           "resolve_config_path", "list_experiments", "experiment_description", "to_json",
+           "from_dict"]

@@ -111,6 +111,46 @@ def test_sst2_loader_builds_vocab_on_train_and_pads(tmp_path):
   assert d2.vocab["text"] is other and d2.x_test[1].tolist() == [4, 1, 1, 0]
 
 
+# Each structural sequence key, another value of it, and the datasets (loaded with
+# both values) whose arrays it changes: the others ignore it.
+_SEQUENCE_CHANGES = {"maxlen": 3, "padding": "pre", "truncating": "pre", "level": "char",
+                     "lowercase": False, "min_freq": 20, "max_vocab": 6, "seq_len": 7}
+
+
+def test_a_sequence_key_is_structural_for_the_datasets_that_read_it(tmp_path):
+  # A resume (or evaluation) of a dates run with another sequence.level was refused,
+  # though dates is always characters. structural_diff now counts a sequence key
+  # where the dataset reads it; here each key's reach is measured by loading the
+  # datasets with and without the change.
+  from jdl import config as config_lib
+  assert {f"sequence.{k}" for k in _SEQUENCE_CHANGES} == {
+      k for k in config_lib.STRUCTURAL_KEYS if k.startswith("sequence.")}
+  upper = TRAIN.replace("a charming film", "A Charming film")  # For lowercase.
+  data_dir = {"sst2": str(_sst2(tmp_path, train=upper)), "adding_problem": "", "dates": ""}
+  for key, value in _SEQUENCE_CHANGES.items():
+    for name in data_dir:
+      def load(options, name=name):
+        d = sources.load_dataset(name, data_dir=data_dir[name], text=options,
+                                 n_samples=None if name == "sst2" else 60)
+        return d.x_train, d.x_test
+      # Truncation shows only where texts are cut: at maxlen 3 in both.
+      base = text_data.TextOptions(maxlen=3 if key == "truncating" else 0)
+      before = load(base)
+      after = load(dataclasses.replace(base, **{key: value}))
+      changes = any(a.shape != b.shape or not np.array_equal(a, b)
+                    for a, b in zip(before, after))
+      saved = json.loads(config_lib.to_json(base_config()))
+      saved["dataset"] = name
+      current = json.loads(json.dumps(saved))
+      current["sequence"][key] = value
+      diff = config_lib.structural_diff(saved, current)
+      assert diff == ([f"sequence.{key}"] if changes else []), (name, key, diff)
+  # Another dataset: the keys either one reads count.
+  saved["dataset"], current["dataset"] = "sst2", "dates"
+  current["sequence"]["level"] = "char"
+  assert config_lib.structural_diff(saved, current) == ["dataset", "sequence.level"]
+
+
 def test_a_runs_vocabulary_holds_no_word_seen_only_in_its_validation_rows(tmp_path):
   # Each of 20 train rows has a word of its own; validation_split holds out 5 rows,
   # whose own words must be <unk> (1) as a test word unseen in training is.
