@@ -148,6 +148,25 @@ def test_gan_resume_is_bitwise_exact(tmp_path):
   assert any(n.startswith("discriminator") for n in names)
 
 
+@pytest.mark.full_opt
+def test_a_gan_in_static_loops_gets_the_while_loops_bits(monkeypatch):
+  # A GPU's blocks loop a known number of times, padding rows' steps discarded
+  # (strategy.static_loops): both players, their optimizer states and the generator's
+  # skipped steps (n_critic 3) must come out as in the while loop, with a padded last
+  # block (20 steps in blocks of 6).
+  from jdl.train import strategy
+  config = gan_config("wgan_gp", num_epochs=1, epoch_mode="scan", scan_chunk=6,
+                      generative__d_steps=3)
+  loop = jdl.fit(config, quiet=True)
+  monkeypatch.setattr(strategy, "static_loops", lambda backend=None: True)
+  scan = jdl.fit(config, quiet=True)
+  assert scan.trainer.static_loops and scan.trainer.padded_blocks
+  assert int(scan.state.step) == int(loop.state.step) == 20
+  parts = lambda s: jax.device_get((s.params, s.opt_state, s.model_state))  # noqa: E731
+  chex.assert_trees_all_equal(parts(scan.state), parts(loop.state))
+  assert scan.history == loop.history
+
+
 def test_generator_updates_once_every_d_steps_and_the_critic_is_logged():
   result = jdl.fit(gan_config("wgan_gp", num_epochs=1, generative__d_steps=3), quiet=True)
   state = result.state

@@ -93,6 +93,19 @@ def test_streamed_training_is_bitwise_the_in_memory_training(digits_dir, in_memo
   assert not _prefetch_threads()
 
 
+@pytest.mark.full_opt
+def test_streamed_blocks_in_static_loops_are_bitwise_the_in_memory_training(
+    digits_dir, in_memory_run, monkeypatch):
+  # A GPU's blocks loop a known number of times (strategy.static_loops). Streamed
+  # blocks are compiled at their own lengths, 4 and a remainder of 1 (which
+  # loop_steps pads to 2 rows): the same bits as the in-memory run's while loop.
+  from jdl.train import strategy
+  monkeypatch.setattr(strategy, "static_loops", lambda backend=None: True)
+  streamed = jdl.fit(_streamed(digits_dir, **KW), quiet=True)
+  assert streamed.trainer.static_loops and not streamed.trainer.padded_blocks
+  _assert_same_run(in_memory_run, streamed)
+
+
 def _unix_times():
   """A feature with a large offset and a small spread (a Unix time in seconds): cast
   to float32 before normalising, 270 distinct times became 5 or 6 distinct values,
