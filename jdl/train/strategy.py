@@ -125,7 +125,8 @@ def choose_chunk(config: ml_collections.ConfigDict, mode: str, steps_per_epoch: 
 
   With ``static`` loops (:func:`static_loops`) a padding row costs a step, so the
   automatic length is balanced: as many blocks as :data:`MAX_AUTO_CHUNK` gives, of
-  equal length (469 steps: 5 blocks of 94, one padding row, not 4 of 100 and 31).
+  equal length (469 steps: 5 blocks of 94, one padding row; not 4 of 100 and a last
+  one of 69 padded with 31 rows).
   """
   if mode == "step":
     return 1
