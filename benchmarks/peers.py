@@ -42,6 +42,10 @@ runs with its default ``config.deterministic=True`` (XLA's deterministic GPU ker
 bitwise-reproducible runs); the other peers use their frameworks' default kernels,
 which are not. ``--jdl-deterministic=false`` compares like with like.
 
+``--jdl-set KEY=VALUE`` (repeatable) gives jdl's runs a config value, as
+``--config.KEY=VALUE`` does (e.g. ``nonfinite_check=block``), to time one setting.
+``--out`` is written after every run (marked ``"partial": true`` until the end).
+
 Usage:
   python benchmarks/peers.py [--quick | --gpu] [--batch-sizes 128,512]
       [--out results.json] [--md results.md] [--models mlp,cnn,resnet20]
@@ -256,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="jdl's config.deterministic (default true, jdl's default): "
                            "on a GPU, false gives jdl XLA's default kernels, as the "
                            "other peers have")
+  parser.add_argument("--jdl-set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config value of jdl's runs, as --config.KEY=VALUE (e.g. "
+                           "nonfinite_check=block, scan_chunk=1600); repeatable")
   parser.add_argument("--timeout", type=float, default=900.0,
                       help="seconds one run may take before it is reported failed")
   parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -268,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.error("--gpu and --quick exclude each other")
   if not args.timeout > 0:
     parser.error(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+  jdl_overrides = {}
+  for item in args.jdl_set:  # The keys and values are checked by jdl, in the jdl run.
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      parser.error(f"--jdl-set takes KEY=VALUE (e.g. nonfinite_check=block), got {item!r}")
+    jdl_overrides[key.strip()] = value
   mode = "gpu" if args.gpu else "quick" if args.quick else "default"
   sizes = SIZES[mode]
   models = _select(args.models, list(common.INPUT_SHAPES), "models")
@@ -295,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
   meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
           "jdl_commit": _git_commit(), "mode": mode,
-          "batch_sizes": batch_sizes, "load_at_start": os.getloadavg()}
+          "batch_sizes": batch_sizes, "load_at_start": os.getloadavg(),
+          "jdl_deterministic": args.jdl_deterministic == "true",
+          "jdl_overrides": jdl_overrides}
   versions: dict[str, str] = {}
   _log(f"{meta['cpu']}, {meta['cpu_count']} CPUs; load average "
        f"{' '.join(f'{v:.2f}' for v in meta['load_at_start'])}")
@@ -319,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         extra = {"device": "cuda"} if args.gpu and peer.module == "bench_torch" else {}
         if name == "jdl":
           extra["deterministic"] = args.jdl_deterministic == "true"
+          if jdl_overrides:
+            extra["overrides"] = jdl_overrides
         result = run_child(peer, args.timeout, model=model, n=n, epochs=epochs, seed=SEED,
                            batch_size=batch, **extra)
         versions.update(result.pop("versions", {}))
@@ -334,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
              f"other cores {row['other_cores']:.2f}")
       else:
         _log(f"{model:8s} {batch:5d} {name:13s} {row['status']}")
+      if args.out:  # So that a run stopped early (a lease's end) keeps its rows.
+        Path(args.out).write_text(json.dumps(
+            {"meta": meta, "matmul": matmul, "rows": rows, "partial": True}, indent=2) + "\n")
     if model not in flops and not _missing(FLOPS):
       r = run_child(FLOPS, args.timeout, model=model, seed=SEED)
       if r["status"] != "ok":

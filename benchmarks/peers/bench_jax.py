@@ -237,12 +237,19 @@ def jdl_inputs(model: str, n: int, epochs: int, seed: int,
 
 
 def run_jdl(model: str, n: int, epochs: int, seed: int,
-            batch_size: int = common.BATCH_SIZE, deterministic: bool = True
-            ) -> dict[str, Any]:
-  """jdl's public ``fit`` on in-memory random data; jdl measures its own epochs."""
+            batch_size: int = common.BATCH_SIZE, deterministic: bool = True,
+            overrides: dict[str, str] | None = None) -> dict[str, Any]:
+  """jdl's public ``fit`` on in-memory random data; jdl measures its own epochs.
+
+  ``overrides``: ``{"dotted.key": "value"}`` applied to the config last, as
+  ``--config.dotted.key=value`` is (``peers.py --jdl-set``).
+  """
   import jdl  # pylint: disable=g-import-not-at-top
   config, dataset = jdl_inputs(model, n, epochs, seed, batch_size,
                                deterministic=deterministic)
+  if overrides:
+    with config.unlocked():
+      jdl.config.apply_overrides(config, overrides)
   result = jdl.fit(config, dataset=dataset, quiet=True)
   trainer = result.trainer
   rates = list(trainer.epoch_rates)
@@ -252,7 +259,8 @@ def run_jdl(model: str, n: int, epochs: int, seed: int,
           "first_epoch_s": steps * batch_size / rates[0],
           "params": jdl.count_params(result.state.params),
           "note": f"epoch_mode={trainer.epoch_mode}"
-                  + ("" if deterministic else ", deterministic=false"),
+                  + ("" if deterministic else ", deterministic=false")
+                  + "".join(f", {k}={v}" for k, v in (overrides or {}).items()),
           "versions": {**_versions(), "jdl": jdl.__version__}}
 
 
