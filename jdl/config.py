@@ -481,6 +481,8 @@ def _parse_as(raw: str, current: Any, key: str) -> Any:
       raise JdlError(f"--config.{key} expects {kind}, got {raw!r}") from None
     return value
   if isinstance(current, (tuple, list)):
+    if not raw.strip():  # --config.metrics= : none, not the one name ''.
+      return ()
     value = _parse_literal(raw)
     if isinstance(value, str) and raw.strip()[:1] in "([" and "," in raw:
       # A tuple literal that does not parse, e.g. '(1,' ('(a|b)' is one regex).

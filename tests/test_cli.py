@@ -509,6 +509,9 @@ def test_a_regex_in_parentheses_is_one_pattern_and_a_broken_tuple_an_error():
   assert config.optimizer.freeze == ("(conv_0|conv_1)",)
   with pytest.raises(jdl.JdlError, match=r"--config.classes expects a tuple"):
     config_lib.apply_overrides(config, {"classes": "(1,"})
+  # An empty value is the empty tuple, as () is (it was ('',): "unknown metric ''").
+  config_lib.apply_overrides(config, {"metrics": "", "optimizer.freeze": " "})
+  assert config.metrics == () and config.optimizer.freeze == ()
 
 
 def test_a_resume_with_changed_settings_is_said_and_recorded(tmp_path, capsys):
