@@ -28,15 +28,20 @@ from jdl.errors import JdlError, did_you_mean
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
 DEFAULT_EXPERIMENT = "digits_cnn"
 
+# The structural sequence keys each dataset reads; the others ignore them (dates is
+# always characters), so that a change there refuses no resume or evaluation.
+SEQUENCE_KEYS_READ = {
+    "sst2": ("sequence.maxlen", "sequence.padding", "sequence.truncating", "sequence.level",
+             "sequence.lowercase", "sequence.min_freq", "sequence.max_vocab"),
+    "adding_problem": ("sequence.seq_len",),
+}
+
 # Keys whose change makes an existing checkpoint meaningless (resume refuses), or
 # changes which examples are test examples, or how inputs are scaled (evaluate refuses).
 STRUCTURAL_KEYS = ("dataset", "model", "seed", "batch_size", "task", "loss", "classes",
                    "examples_per_class", "test_split", "validation_split", "normalize",
                    "n_samples", "noise", "generative.latent_dim", "generative.binarize",
-                   "sequence.maxlen",
-                   "sequence.padding", "sequence.truncating", "sequence.level",
-                   "sequence.lowercase", "sequence.min_freq", "sequence.max_vocab",
-                   "sequence.seq_len")
+                   *(k for keys in SEQUENCE_KEYS_READ.values() for k in keys))
 # Those that decide a finished run's test examples, their scaling (the normalizer
 # is fitted on the train rows) and the model; evaluate refuses a change. Not
 # batch_size (training only) or loss (the reported loss only).
@@ -582,15 +587,6 @@ def _tuples(value: Any) -> Any:
   if isinstance(value, dict):
     return {k: _tuples(v) for k, v in value.items()}
   return value
-
-
-# The structural sequence keys each dataset reads; the others ignore them (dates is
-# always characters), so that a change there refuses no resume or evaluation.
-SEQUENCE_KEYS_READ = {
-    "sst2": ("sequence.maxlen", "sequence.padding", "sequence.truncating", "sequence.level",
-             "sequence.lowercase", "sequence.min_freq", "sequence.max_vocab"),
-    "adding_problem": ("sequence.seq_len",),
-}
 
 
 def structural_diff(saved: dict, current: dict,

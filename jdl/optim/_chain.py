@@ -76,7 +76,9 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate_optimizer(opt: ml_collections.ConfigDict) -> None:
-  """Raises ``JdlError`` for an ``optimizer`` section value out of its range."""
+  """Raises ``JdlError`` for an unknown ``optimizer.name`` or a value of the
+  ``optimizer`` section out of its range."""
+  lookup("optimizer", opt.name, OPTIMIZERS)
   check(0 < opt.learning_rate < math.inf, "optimizer.learning_rate", opt.learning_rate,
         "> 0 and finite")
   for key in ("momentum", "b1", "b2", "rho"):
@@ -209,8 +211,8 @@ def create_optimizer(
     <https://arxiv.org/abs/1711.05101>`_, 2019.
   """
   opt = config.optimizer
-  make = lookup("optimizer", opt.name, OPTIMIZERS)
   validate_optimizer(opt)
+  make = OPTIMIZERS[opt.name]
   if learning_rate_fn is None:
     learning_rate_fn = create_learning_rate_fn(
         config, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs

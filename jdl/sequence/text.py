@@ -48,6 +48,16 @@ def tokenize(text: str, *, level: str = "word", lowercase: bool = True) -> list[
   return list(_WS.sub(" ", text.strip()))
 
 
+def check_vocab_options(min_freq: int, max_size: int) -> None:
+  """Raises ``JdlError`` for a ``min_freq`` (``sequence.min_freq``) below 1, or a
+  ``max_size`` (``sequence.max_vocab``) that the special tokens alone would fill."""
+  if min_freq < 1:
+    raise JdlError(f"sequence.min_freq must be >= 1, got {min_freq}")
+  if max_size and max_size <= len(SPECIALS):
+    raise JdlError(f"sequence.max_vocab must be 0 (no limit) or > {len(SPECIALS)} (the "
+                   f"special tokens), got {max_size}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocabulary:
   """Tokens by id; ids 0-3 are ``<pad>``, ``<unk>``, ``<bos>``, ``<eos>``.
@@ -88,12 +98,7 @@ class Vocabulary:
       JdlError: a bad ``min_freq`` or ``max_size``, or no token (besides the
         specials) left to keep.
     """
-    if min_freq < 1:
-      raise JdlError(f"min_freq (sequence.min_freq) must be >= 1, got {min_freq}")
-    if max_size and max_size <= len(SPECIALS):
-      raise JdlError(f"max_size (sequence.max_vocab) must be 0 (no limit) or > "
-                     f"{len(SPECIALS)} (the special "
-                     f"tokens), got {max_size}")
+    check_vocab_options(min_freq, max_size)
     counts = collections.Counter(t for text in texts for t in text)
     for s in SPECIALS:
       counts.pop(s, None)

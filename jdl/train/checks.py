@@ -18,7 +18,6 @@ import numpy as np
 
 from jdl import config as config_lib
 from jdl import diagnostics as diagnostics_lib
-from jdl import errors
 from jdl import losses as losses_lib
 from jdl import metrics as metrics_lib
 from jdl import models as models_lib
@@ -29,7 +28,7 @@ from jdl.generative import tasks as gen_tasks
 from jdl.optim import masks
 from jdl.optim import plateau
 from jdl.optim import schedules
-from jdl.optim._chain import OPTIMIZERS, validate_optimizer
+from jdl.optim._chain import validate_optimizer
 from jdl.sequence import text as text_lib
 from jdl.train import parallel as parallel_lib
 
@@ -59,7 +58,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise JdlError(f"batch_size must be a positive integer, got {config.batch_size!r}")
   # The sections training builds only once it has the data: refused before it is
   # read (and by `jdl config`), so far as the config alone allows.
-  errors.lookup("optimizer", config.optimizer.name, OPTIMIZERS)
   validate_optimizer(config.optimizer)
   masks.compile_patterns(config.optimizer.freeze)
   regularizers.validate_config(config.regularization)
@@ -154,11 +152,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("maxlen", "max_vocab", "beam_size", "decode_max_len"):
     if int(seq[key]) < 0:
       raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
-  if int(seq.min_freq) < 1:
-    raise JdlError(f"sequence.min_freq must be >= 1, got {seq.min_freq}")
-  if 0 < int(seq.max_vocab) <= len(text_lib.SPECIALS):
-    raise JdlError(f"sequence.max_vocab must be 0 (no limit) or > {len(text_lib.SPECIALS)} "
-                   f"(the special tokens), got {seq.max_vocab}")
+  text_lib.check_vocab_options(int(seq.min_freq), int(seq.max_vocab))
   _check_finite(config.to_dict())
 
 
@@ -178,21 +172,8 @@ def _check_loss(config: ml_collections.ConfigDict) -> None:
 
 def _check_devices(config: ml_collections.ConfigDict) -> None:
   """``parallel`` and ``distributed`` values, before JAX starts or data is read."""
-  if config.parallel not in parallel_lib.MODES:
-    raise JdlError(f"parallel must be one of {', '.join(parallel_lib.MODES)}, got "
-                   f"{config.parallel!r}")
-  spec = config.distributed
-  if spec.initialize not in parallel_lib.INITIALIZE:
-    raise JdlError(f"distributed.initialize must be one of "
-                   f"{', '.join(parallel_lib.INITIALIZE)}, got {spec.initialize!r}")
-  if spec.coordinator_address:
-    parallel_lib.check_address(spec.coordinator_address, "distributed.coordinator_address")
-  if int(spec.num_processes) < 0:
-    raise JdlError(f"distributed.num_processes must be >= 0 (0: from the environment), got "
-                   f"{spec.num_processes}")
-  if int(spec.process_id) < -1:
-    raise JdlError(f"distributed.process_id must be >= -1 (-1: from the environment), got "
-                   f"{spec.process_id}")
+  parallel_lib.check_mode(config.parallel)
+  parallel_lib.check_distributed(config.distributed)
   check_parallel_mode(config.parallel, config)
 
 

@@ -90,14 +90,35 @@ class Parallel:
     return NamedSharding(self.mesh, P(None, AXIS))
 
 
+def check_mode(mode: str) -> None:
+  """Raises ``JdlError`` unless ``mode`` is one of :data:`MODES` (``config.parallel``)."""
+  if mode not in MODES:
+    raise JdlError(f"parallel must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def check_distributed(spec) -> None:
+  """Raises ``JdlError`` for a value of the ``distributed`` section out of its range (the
+  environment's ``$JAX_*`` are read, and checked, only when it starts)."""
+  if spec.initialize not in INITIALIZE:
+    raise JdlError(f"distributed.initialize must be one of {', '.join(INITIALIZE)}, got "
+                   f"{spec.initialize!r}")
+  if spec.coordinator_address:
+    check_address(spec.coordinator_address, "distributed.coordinator_address")
+  if int(spec.num_processes) < 0:
+    raise JdlError(f"distributed.num_processes must be >= 0 (0: from the environment), got "
+                   f"{spec.num_processes}")
+  if int(spec.process_id) < -1:
+    raise JdlError(f"distributed.process_id must be >= -1 (-1: from the environment), got "
+                   f"{spec.process_id}")
+
+
 def resolve(mode: str) -> Parallel:
   """The :class:`Parallel` of ``config.parallel`` on the devices JAX sees.
 
   Raises:
     JdlError: an unknown mode, or ``'none'`` in a multi-process run.
   """
-  if mode not in MODES:
-    raise JdlError(f"parallel must be one of {', '.join(MODES)}, got {mode!r}")
+  check_mode(mode)
   if mode == "auto":
     mode = "data" if jax.device_count() > 1 else "none"
   if mode == "none":
@@ -149,17 +170,14 @@ def initialize_distributed(spec) -> bool:
   Raises:
     JdlError: a bad setting, or JAX refused (e.g. it already ran a computation).
   """
-  if spec.initialize not in INITIALIZE:
-    raise JdlError(f"distributed.initialize must be one of {', '.join(INITIALIZE)}, got "
-                   f"{spec.initialize!r}")
+  check_distributed(spec)
   if jax.distributed.is_initialized():
     return jax.process_count() > 1
   address = spec.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
   if spec.initialize == "never" or (spec.initialize == "auto" and not address):
     return False
-  if address:
-    check_address(address, "distributed.coordinator_address" if spec.coordinator_address
-                  else "$JAX_COORDINATOR_ADDRESS")
+  if address and not spec.coordinator_address:  # The config's: check_distributed.
+    check_address(address, "$JAX_COORDINATOR_ADDRESS")
 
   def env_int(name: str, value: int) -> int | None:
     if value >= 0:
