@@ -13,7 +13,12 @@
 #   6. the parallel modes (none, data, shard_map) on the machine's devices: mnist_cnn;
 #   7. bitwise reproducibility: benchmarks/gpu_determinism.sh (mnist_cnn, 3 epochs, four
 #      runs: --config.deterministic=false twice, =true twice);
-#   8. optional extra command (GPU_EXTRA).
+#   8. the static loop's open questions (benchmarks/gpu_static_checks.py: a resume with
+#      another block size, the parallel modes, lax.cond in a loop), what costs jdl's MLP
+#      its gap to the hand-written scan epoch (jdl at batch 128 as it is and with
+#      nonfinite_check=block, scan_chunk=1600 and metrics=(), beside flax_scan), and
+#      ResNet-20 at batch 512 (jdl, flax_scan); GPU peak memory is in each peers row;
+#   9. optional extra command (GPU_EXTRA).
 #
 # Usage, from the repository root on the GPU machine:
 #   bash benchmarks/gpu_session.sh OUT_DIR MNIST_DIR [WGAN_SECONDS] [PEERS_SECONDS]
@@ -22,7 +27,7 @@
 # logs, results and figures of every stage are packed into OUT_DIR/session.tgz after
 # each stage, so a call cut short still returns what finished. WGAN_STAGES (epoch
 # counts) and PEERS_ARGS override the defaults (for a dry run on a CPU); PHASES picks
-# stages (default all: judge,wgan,mixed,peers,parallel,determinism,extra), so a
+# stages (default all: judge,wgan,mixed,peers,parallel,determinism,static,extra), so a
 # session can split them over two calls.
 set -u
 OUT=${1:?OUT_DIR}
@@ -31,7 +36,7 @@ WGAN_SECONDS=${3:-240}
 PEERS_SECONDS=${4:-280}
 WGAN_STAGES=${WGAN_STAGES:-50 100 150 200 300 400}
 PEERS_ARGS=${PEERS_ARGS:---gpu --batch-sizes 128,512 --timeout 150}
-PHASES=${PHASES:-judge,wgan,mixed,peers,parallel,determinism,extra}
+PHASES=${PHASES:-judge,wgan,mixed,peers,parallel,determinism,static,extra}
 want() { [[ ",$PHASES," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 W=$(mktemp -d)
@@ -126,6 +131,27 @@ fi
 if want determinism; then
 echo "== [$(elapsed) s] determinism: mnist_cnn, 3 epochs, deterministic=false x2, true x2"
 bash benchmarks/gpu_determinism.sh "$W/determinism" "$DATA" 3 2>&1 | tee "$W/determinism.log"
+snapshot
+fi
+
+if want static; then
+echo "== [$(elapsed) s] static loop: checks, the MLP's gap to flax_scan, ResNet-20 at 512"
+python3 benchmarks/gpu_static_checks.py --out "$W/static_checks.json" 2>&1 \
+  | tee "$W/static_checks.log"
+snapshot
+python3 benchmarks/peers.py --gpu --batch-sizes 128 --models mlp --peers jdl,flax_scan \
+  --jdl-deterministic false --timeout 90 --out "$W/static_mlp.json" 2>&1 \
+  | tee "$W/static_mlp.log"
+snapshot
+for s in nonfinite_check=block scan_chunk=1600 'metrics=()'; do
+  python3 benchmarks/peers.py --gpu --batch-sizes 128 --models mlp --peers jdl \
+    --jdl-deterministic false --jdl-set "$s" --timeout 90 \
+    --out "$W/static_mlp_${s//[^a-z0-9_]/_}.json" 2>&1 | tee -a "$W/static_mlp_sets.log"
+  snapshot
+done
+python3 benchmarks/peers.py --gpu --batch-sizes 512 --models resnet20 --peers jdl,flax_scan \
+  --jdl-deterministic false --timeout 150 --out "$W/static_resnet20_512.json" 2>&1 \
+  | tee "$W/static_resnet20_512.log"
 snapshot
 fi
 

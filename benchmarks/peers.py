@@ -21,7 +21,8 @@ frameworks cannot interfere), one after another. Reported per run: the median
 samples/s of the epochs after the first, compilation seconds (measured ahead of
 time for the JAX peers; ``~`` marks an estimate, first epoch minus a steady one,
 where compilation happens inside the first epoch), the first epoch's seconds, peak
-RSS, and "other cores": the CPU that other processes on the machine used during
+RSS, on a GPU the peak device memory (``peak_device_mib``, in the JSON and the
+console lines), and "other cores": the CPU that other processes on the machine used during
 the run (a machine busy with other work slows every peer). Training FLOPs per
 example come from XLA's cost analysis of the hand-written Flax step; "% peak" is
 the achieved FLOP rate over a jitted 2048x2048 float32 matmul in JAX.
@@ -202,11 +203,28 @@ def child_main(spec_json: str) -> None:
   try:
     function = getattr(importlib.import_module(spec["module"]), spec["function"])
     result = {"status": "ok", **function(**spec["kwargs"])}
+    peak = _device_peak_mib(spec["module"])
+    if peak is not None:
+      result["peak_device_mib"] = peak
   except Exception as e:  # pylint: disable=broad-except
     traceback.print_exc()
     message = (str(e).strip().splitlines() or [""])[0][:200]
     result = {"status": f"failed: {type(e).__name__}: {message}"}
   common.emit(result)
+
+
+def _device_peak_mib(module: str) -> float | None:
+  """The peak memory this child's run held on its GPU, MiB (None on a CPU): JAX's
+  allocator's ``peak_bytes_in_use``, or PyTorch's ``max_memory_allocated``."""
+  if module == "bench_jax":
+    import jax  # pylint: disable=g-import-not-at-top
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+  torch = sys.modules.get("torch")
+  if module == "bench_torch" and torch is not None and torch.cuda.is_initialized():
+    return torch.cuda.max_memory_allocated() / 2**20
+  return None
 
 
 def _log(message: str) -> None:
@@ -347,7 +365,10 @@ def main(argv: list[str] | None = None) -> int:
       if row["status"] == "ok":
         _log(f"{model:8s} {batch:5d} {name:13s} {row['samples_per_s']:10,.0f} samples/s  "
              f"epochs {', '.join(f'{r:,.0f}' for r in row['epoch_rates'])}  "
-             f"RSS {row['peak_rss_mib']:,.0f} MiB  wall {row['wall_s']:.0f} s  "
+             f"RSS {row['peak_rss_mib']:,.0f} MiB  "
+             + (f"GPU peak {row['peak_device_mib']:,.0f} MiB  " if "peak_device_mib" in row
+                else "")
+             + f"wall {row['wall_s']:.0f} s  "
              f"other cores {row['other_cores']:.2f}")
       else:
         _log(f"{model:8s} {batch:5d} {name:13s} {row['status']}")
