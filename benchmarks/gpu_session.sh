@@ -14,7 +14,8 @@
 #   7. bitwise reproducibility: benchmarks/gpu_determinism.sh (mnist_cnn, 3 epochs, four
 #      runs: --config.deterministic=false twice, =true twice);
 #   8. the static loop's open questions (benchmarks/gpu_static_checks.py: a resume with
-#      another block size, the parallel modes, lax.cond in a loop), what costs jdl's MLP
+#      another block size, the parallel modes, lax.cond in a loop; loop_body_ops.py: the
+#      kernels of one step in the loop, jdl's and flax_scan's), what costs jdl's MLP
 #      its gap to the hand-written scan epoch (jdl at batch 128 as it is and with
 #      nonfinite_check=block, scan_chunk=1600 and metrics=(), beside flax_scan), and
 #      ResNet-20 at batch 512 (jdl, flax_scan); GPU peak memory is in each peers row;
@@ -138,6 +139,8 @@ if want static; then
 echo "== [$(elapsed) s] static loop: checks, the MLP's gap to flax_scan, ResNet-20 at 512"
 python3 benchmarks/gpu_static_checks.py --out "$W/static_checks.json" 2>&1 \
   | tee "$W/static_checks.log"
+python3 benchmarks/loop_body_ops.py --by-source > "$W/loop_body_ops.txt" 2>&1
+head -4 "$W/loop_body_ops.txt"
 snapshot
 python3 benchmarks/peers.py --gpu --batch-sizes 128 --models mlp --peers jdl,flax_scan \
   --jdl-deterministic false --timeout 90 --out "$W/static_mlp.json" 2>&1 \
