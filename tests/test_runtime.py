@@ -122,3 +122,26 @@ def test_region_analysis_removes_loop_copies_and_trains_bitwise_alike(tmp_path):
   assert any(k.startswith("cnn") and "batch_stats" in k for k in on)
   for k in on:
     np.testing.assert_array_equal(on[k], off[k], err_msg=k)
+
+
+class _Device:
+  """A device whose allocator reports ``stats`` (or raises, like a backend without it)."""
+
+  def __init__(self, stats):
+    self.stats = stats
+
+  def memory_stats(self):
+    if isinstance(self.stats, Exception):
+      raise self.stats
+    return self.stats
+
+
+def test_peak_device_memory_is_the_largest_devices_in_mib():
+  devices = [_Device({"peak_bytes_in_use": 3 * 2**20, "bytes_in_use": 2**20}),
+             _Device({"peak_bytes_in_use": 5 * 2**20 + 2**19}), _Device(None),
+             _Device({"bytes_in_use": 7 * 2**30}), _Device(NotImplementedError("no stats"))]
+  assert runtime.peak_device_memory_mib(devices) == 5.5
+  assert runtime.peak_device_memory_mib(devices[2:]) is None
+  assert runtime.peak_device_memory_mib([]) is None
+  # XLA:CPU keeps no count: nothing is reported for this machine's devices.
+  assert runtime.peak_device_memory_mib(jax.local_devices()) is None

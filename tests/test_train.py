@@ -173,6 +173,26 @@ def test_workdir_layout_and_metrics_lines(tmp_path):
   assert "Total" in summary and "digits" in summary
 
 
+def test_a_devices_peak_memory_is_logged_but_neither_plotted_nor_in_the_history(
+    tmp_path, monkeypatch, capsys):
+  # XLA:CPU keeps no count (runtime.peak_device_memory_mib is None here); a GPU's
+  # allocator does, and the loop reads it through that function.
+  from jdl.train import runtime
+  seen = []
+  monkeypatch.setattr(runtime, "peak_device_memory_mib",
+                      lambda devices: seen.append(list(devices)) or 1234.5)
+  result = jdl.fit(make_config(plots=True, tensorboard=True), tmp_path)
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r.get("peak_memory_mib") for r in records] == [1234.5, None, 1234.5, None, None]
+  assert seen and all(devices == jax.local_devices() for devices in seen)
+  assert "peak_memory_mib" not in result.history
+  assert not (tmp_path / "plots" / "peak_memory_mib.png").exists()
+  assert (tmp_path / "plots" / "loss.png").exists()
+  epoch_lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch ")]
+  assert len(epoch_lines) == 2
+  assert all(l.endswith("samples/s, 1,234 MiB peak)") for l in epoch_lines), epoch_lines
+
+
 def test_nothing_compiles_inside_the_first_epochs_time(tmp_path):
   # epoch_seconds and samples/s must not hold compilation (compile_seconds does): the
   # epoch order's permutation, and a mid-epoch save's finiteness check and checksums,

@@ -1047,6 +1047,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.epoch_rates.append(record["samples_per_sec"])
     if compile_seconds is not None:
       record["compile_seconds"] = round(compile_seconds, 3)
+    peak = runtime_lib.peak_device_memory_mib(jax.local_devices())
+    if peak is not None:  # A GPU's or TPU's: XLA:CPU keeps no count.
+      record["peak_memory_mib"] = peak
     if epoch == 0:  # The first line says where the run ran (config.json: the latest session).
       record.update({k: v for k, v in self.runtime().items()
                      if k not in ("platform", "xla_flags")})
@@ -1064,8 +1067,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       values.extend([math.nan] * (epoch - len(values)))
       values.append(logs.get(k, math.nan))
     last = epoch + 1 == self.num_epochs
+    memory = (f", {record['peak_memory_mib']:,.0f} MiB peak" if "peak_memory_mib" in record
+              else "")
     line = (f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "
-            f"({seconds:.2f}s, {record['samples_per_sec']:.0f} samples/s)")
+            f"({seconds:.2f}s, {record['samples_per_sec']:.0f} samples/s{memory})")
     printed = last or (epoch + 1) % max(1, int(self.config.print_every_epochs)) == 0
     if printed:
       self.log(line)

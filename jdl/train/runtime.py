@@ -45,6 +45,21 @@ def usable_cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
+def peak_device_memory_mib(devices) -> float | None:
+  """The most memory any of ``devices`` has held since the process started, MiB:
+  its allocator's ``peak_bytes_in_use`` (GPUs, TPUs). ``None`` where the backend
+  keeps no such count (XLA:CPU)."""
+  peaks = []
+  for device in devices:
+    try:
+      stats = device.memory_stats()
+    except Exception:  # noqa: BLE001  (a backend without the call)
+      stats = None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return round(max(peaks) / 2**20, 1) if peaks else None
+
+
 def request_deterministic_ops(enabled: bool) -> bool:
   """Makes GPU reductions, scatters and cuDNN algorithm choices deterministic.
 
