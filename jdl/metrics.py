@@ -60,9 +60,8 @@ _MACRO = ("macro_precision", "macro_recall", "macro_f1")
 _RESERVED = frozenset((
     "binary", "confusion", "errors", "loss", "nonfinite", "learning_rate", "step", "epoch",
     "split", "epoch_seconds", "samples_per_sec", "compile_seconds", "peak_memory_mib",
-    "num_devices",
-    "num_processes", "parallel", "platform", "cpu_cores", "xla_flags", "grad_norm",
-    "histograms"))
+    "num_devices", "num_processes", "parallel", "platform", "cpu_cores", "xla_flags",
+    "grad_norm", "histograms"))
 
 
 def better_direction(name: str) -> str | None:
