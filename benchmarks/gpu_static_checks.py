@@ -7,8 +7,9 @@ on the machine it runs on:
 
 1. ``resume``: a run stopped inside an epoch with blocks of 7 steps, then resumed
    with blocks of 10, ends bitwise equal to an uninterrupted run with blocks of 10
-   (``digits_cnn``, dropout on; jdl's default deterministic kernels). The first block
-   after the resume holds padding rows.
+   (``digits_cnn``, dropout on; jdl's default deterministic kernels, requested before
+   JAX starts, as ``jdl train`` does). The first block after the resume holds padding
+   rows.
 2. ``parallel``: ``parallel='data'`` and ``'shard_map'`` on this machine's devices
    against ``'none'`` (dropout off): each trains, and its parameters and Adam moments
    after an epoch are within 1e-4 of ``'none'``'s.
@@ -36,6 +37,7 @@ import numpy as np
 
 import jdl
 from _cli import ArgumentParser, guarded
+from jdl.train import runtime
 from jdl.train import strategy
 from jdl.train.callbacks import Callback
 
@@ -145,6 +147,10 @@ def main(argv=None) -> int:
   if unknown or not chosen:
     parser.error(f"--checks: unknown {', '.join(unknown) or '(none given)'}; valid: "
                  f"{', '.join(CHECKS)}")
+  # What jdl's Trainer asks of XLA before its backends start (config.deterministic and
+  # xla_cpu_region_analysis, both on by default): the line below starts them.
+  runtime.request_deterministic_ops(True)
+  runtime.request_cpu_region_analysis(True)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}, "
         f"{jax.device_count()} device(s)); static loops: {strategy.static_loops()}", flush=True)
   results = []

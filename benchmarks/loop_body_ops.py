@@ -64,8 +64,11 @@ def body_ops(hlo: str) -> list[tuple[str, str]]:
 
 
 def jdl_body(model: str, batch_size: int, nonfinite_check: str) -> list[tuple[str, str]]:
+  # XLA's default kernels, as the hand-written loop gets them (and peers.py's
+  # --jdl-deterministic false): the deterministic ones are other kernels on a GPU.
   config, dataset = bench_jax.jdl_inputs(model, batch_size * _STEPS, 1, 0, batch_size,
-                                         nonfinite_check=nonfinite_check, scan_chunk=_STEPS)
+                                         nonfinite_check=nonfinite_check, scan_chunk=_STEPS,
+                                         deterministic=False)
   trainer = jdl.Trainer(config, dataset=dataset, quiet=True)
   block = trainer.fit_block  # The pure block fit runs; jitted as the loop jits it.
   compiled = jax.jit(block).lower(trainer.state, trainer.empty_acc(),
