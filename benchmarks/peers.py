@@ -216,11 +216,10 @@ def child_main(spec_json: str) -> None:
 def _device_peak_mib(module: str) -> float | None:
   """The peak memory this child's run held on its GPU, MiB (None on a CPU): JAX's
   allocator's ``peak_bytes_in_use``, or PyTorch's ``max_memory_allocated``."""
-  if module == "bench_jax":
+  if module == "bench_jax":  # jdl's own reading (its module imports nothing else).
     import jax  # pylint: disable=g-import-not-at-top
-    stats = jax.local_devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
-    return None if peak is None else peak / 2**20
+    from jdl.train import runtime  # pylint: disable=g-import-not-at-top
+    return runtime.peak_device_memory_mib(jax.local_devices())
   torch = sys.modules.get("torch")
   if module == "bench_torch" and torch is not None and torch.cuda.is_initialized():
     return torch.cuda.max_memory_allocated() / 2**20

@@ -434,7 +434,9 @@ def loop_steps(body: Callable, carry: Any, xs: Any, *, static: bool = False) -> 
   first = jax.tree.leaves(xs)[0]
   if first.shape[0] == 1:  # A padding row: XLA slices a one-row block statically, and
     # the step's body then compiled otherwise (a train loss sum 1 ulp apart, seen with
-    # scan_chunk=1 on an LSTM). With two rows it is the loop of every other block.
+    # scan_chunk=1 on an LSTM). With two rows it is the loop of every other block;
+    # in a static loop the padding row's step is then computed and discarded (one
+    # step more for a block of one: scan_chunk=1, a diagnostic block's diagnosed step).
     xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.full_like(a, -1)]), xs)
     first = jax.tree.leaves(xs)[0]
   rows = first.reshape(first.shape[0], -1)[:, 0]
