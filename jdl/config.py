@@ -449,9 +449,24 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
           node[leaf] = _parse_literal(raw)
         continue
       valid = ", ".join(sorted(node.keys()))
-      close = did_you_mean(leaf, node.keys())
+      nested = _nested_paths(node, leaf, prefix=parents)
+      close = (f": did you mean {' or '.join(repr(p) for p in nested)}?" if nested
+               else did_you_mean(leaf, node.keys()))
       raise JdlError(f"unknown config key {dotted!r}{close or ';'} valid keys here: {valid}")
     node[leaf] = _parse_as(raw, node[leaf], dotted)
+
+
+def _nested_paths(node: ml_collections.ConfigDict, leaf: str, prefix: list[str]) -> list[str]:
+  """Dotted paths of the keys named ``leaf`` in ``node``'s sections, at any depth
+  (``optimizer.learning_rate`` for ``learning_rate``)."""
+  found = []
+  for key, value in sorted(node.items()):
+    if isinstance(value, ml_collections.ConfigDict):
+      path = [*prefix, key]
+      if leaf in value:
+        found.append(".".join([*path, leaf]))
+      found.extend(_nested_paths(value, leaf, path))
+  return found
 
 
 def _parse_literal(raw: str) -> Any:

@@ -198,6 +198,12 @@ def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
     (["--config", "xor", "--config.optimzer.learning_rate=1"],
      "unknown config key 'optimzer' (in --config.optimzer.learning_rate): did you mean "
      "'optimizer'?"),
+    # A section's key set at the top level: the sections that hold it.
+    (["--config", "xor", "--config.learning_rate=0.1"],
+     "unknown config key 'learning_rate': did you mean 'optimizer.learning_rate'? "),
+    (["--config", "xor", "--config.patience=3"],
+     "unknown config key 'patience': did you mean 'early_stopping.patience' or "
+     "'reduce_on_plateau.patience'? "),
     (["--config", "xor", "--config.=3"], "--config.=3 names no key"),
     # Another case is the nearest name (difflib's ratio of 'SGD' to 'sgd' is 0).
     (["--config", "xor", "--config.optimizer.name=SGD"], "did you mean 'sgd'?"),
