@@ -603,6 +603,25 @@ class StopNow(cb.Callback):
   pass
 
 
+class NoTrainArgument(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(10)(x.reshape(len(x), -1))
+
+
+def test_a_dataset_needs_only_its_train_split_and_for_classification_its_classes(tmp_path):
+  x, y = X[:96].reshape(96, 64), Y[:96]
+  data = jdl.data.Dataset(x_train=x, y_train=y, num_classes=10)
+  assert (data.task, data.name, data.input_shape, data.x_test, data.y_test) == (
+      "classification", "custom", (64,), None, None)
+  result = jdl.fit(make_config(num_epochs=1), tmp_path, dataset=data, model=Tiny(),
+                   quiet=True)
+  assert result.test_metrics == {} and len(result.history["loss"]) == 1
+  targets = x[:, :2] @ np.array([[1.0], [-2.0]], np.float32)
+  reg = jdl.data.Dataset(x_train=x, y_train=targets, task="regression")
+  assert (reg.num_classes, reg.input_shape) == (0, (64,))
+
+
 class Noisy(nn.Module):
   """Draws noise from a stream of its own: flax's InvalidRngError from inside a step."""
 
@@ -643,6 +662,12 @@ class Noisy(nn.Module):
     (lambda: jdl.metrics.register_metric("two_args_t", statistics=lambda p, t: {},
                                          compute=lambda totals: 0.0),
      r"^metric 'two_args_t': statistics is called as statistics\(outputs, targets, mask\)"),
+    (lambda: jdl.data.Dataset(x_train=np.zeros((4, 3)), y_train=np.zeros(4, np.int32)),
+     r"^a classification dataset needs num_classes \(the number of classes: labels are "
+     r"0 \.\. num_classes - 1\)$"),
+    (lambda: jdl.fit(make_config(num_epochs=1), model=NoTrainArgument(), quiet=True),
+     r"got an unexpected keyword argument 'train'; jdl calls a model as "
+     r"model\.apply\(variables, x, train=\.\.\.\): give its __call__ a train: bool = False "),
     (lambda: jdl.fit(make_config(num_epochs=1), dataset=_dataset(
         y_train=np.arange(10, dtype=np.int32) % 3), quiet=True),
      r"labels outside \[0, 2\) \(e\.g\. 2\); remap the labels to 0\.\.1 or, if there are 3 "

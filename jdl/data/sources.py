@@ -64,12 +64,14 @@ class Dataset:
       text model are fed as they are with ``normalize='none'``).
     y_train: integer class ids ``[N]`` (classification) or float targets ``[N]`` or
       ``[N, ...]`` (regression; a run reads them as ``[N, k]``).
-    x_test: as ``x_train``, or ``None``: no test split.
+    x_test: as ``x_train``, or ``None`` (the default): no test split.
     y_test: as ``y_train``, or ``None`` with ``x_test``.
-    num_classes: the number of classes; 0 for regression.
-    task: ``"classification"`` or ``"regression"``.
-    name: the dataset's name.
-    input_shape: the shape of one example, e.g. ``(28, 28, 1)``.
+    num_classes: the number of classes (labels ``0 .. num_classes - 1``); required
+      for classification; 0 (the default) for regression.
+    task: ``"classification"`` (the default) or ``"regression"``.
+    name: the dataset's name (``"custom"`` by default).
+    input_shape: the shape of one example, e.g. ``(28, 28, 1)``; by default that of
+      ``x_train``'s rows.
     x_val: an explicit validation split (as ``x_train``), or ``None``: the trainer
       then holds out ``validation_split`` of the train split.
     y_val: its targets.
@@ -86,12 +88,12 @@ class Dataset:
 
   x_train: np.ndarray
   y_train: np.ndarray
-  x_test: np.ndarray
-  y_test: np.ndarray
-  num_classes: int
-  task: str
-  name: str
-  input_shape: tuple[int, ...]
+  x_test: np.ndarray | None = None
+  y_test: np.ndarray | None = None
+  num_classes: int | None = None
+  task: str = "classification"
+  name: str = "custom"
+  input_shape: tuple[int, ...] | None = None
   x_val: np.ndarray | None = None
   y_val: np.ndarray | None = None
   vocab: dict | None = None
@@ -105,6 +107,11 @@ class Dataset:
     are checked when a run reads them (:func:`jdl.data.validate_arrays`)."""
     from jdl.data.validate import TASKS
     lookup("task", self.task, {t: t for t in TASKS})
+    if self.num_classes is None:
+      if self.task != "regression":
+        raise JdlError(f"a {self.task} dataset needs num_classes (the number of classes: "
+                       "labels are 0 .. num_classes - 1)")
+      object.__setattr__(self, "num_classes", 0)
     classes = self.num_classes
     if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 0:
       raise JdlError(f"num_classes must be a non-negative integer, got {classes!r}")
@@ -122,6 +129,8 @@ class Dataset:
                  ("y_test", "x_test")):
       if getattr(self, a) is not None and getattr(self, b) is None:
         raise JdlError(f"{a} is given without {b}: a split needs its inputs and targets")
+    if self.input_shape is None:
+      object.__setattr__(self, "input_shape", tuple(int(d) for d in self.x_train.shape[1:]))
 
 
 _SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")

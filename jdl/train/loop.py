@@ -235,6 +235,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       hint = ("; the dataset's integer inputs were cast to float32 and normalised as "
               "numbers (no vocabulary): to feed them as token ids, set normalize='none'"
               if self.data.integers_as_numbers else "")
+      if "unexpected keyword argument 'train'" in str(e):
+        hint = ("; jdl calls a model as model.apply(variables, x, train=...): give its "
+                "__call__ a train: bool = False argument (it turns dropout and batch "
+                "norm's batch statistics on while training)")
       raise JdlError(f"{what} failed to initialise on inputs of shape "
                      f"{tuple(example.shape[1:])}: {e}{hint}") from None
     if config.task == "vae" and self.model_source["given"]:
