@@ -299,8 +299,10 @@ class Predictions:
     if len(shape) != len(want) or (self.normalizer is not None
                                    and not self.normalizer.is_identity
                                    and shape[1:] != tuple(self.data.input_shape)):
+      hint = ("; for one example, pass x[None]" if shape == tuple(self.data.input_shape)
+              else "")
       raise JdlError(f"predict needs inputs [n, {', '.join(map(str, self.data.input_shape))}] "
-                     f"(one example a row, as the dataset's); got shape {shape}")
+                     f"(one example a row, as the dataset's); got shape {shape}{hint}")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
       bad = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum()) if len(x) else 0
       raise JdlError(f"predict got NaN or Inf inputs (in {bad} of {len(x)} examples)")
