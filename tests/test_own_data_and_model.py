@@ -159,7 +159,8 @@ def test_predict_refuses_what_it_cannot_answer(own_run, tmp_path):
   workdir, result = own_run
   with pytest.raises(jdl.JdlError, match=r"predict needs inputs \[n, 8, 8, 1\]"):
     jdl.predict(result, X[500:].reshape(100, 64))
-  with pytest.raises(jdl.JdlError, match=r"got shape \(8, 8, 1\); for one example, pass x\[None\]$"):
+  with pytest.raises(jdl.JdlError,
+                     match=r"got shape \(8, 8, 1\); for one example, pass x\[None\]$"):
     jdl.predict(result, X[500])  # One example without its batch axis.
   # A Trainer of a trained workdir holds initial parameters until fit() or load_run().
   fresh = jdl.Trainer(make_config(num_epochs=1), workdir, dataset=MINE, quiet=True)
