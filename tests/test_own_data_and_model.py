@@ -666,6 +666,10 @@ class Noisy(nn.Module):
     (lambda: jdl.data.Dataset(x_train=np.zeros((4, 3)), y_train=np.zeros(4, np.int32)),
      r"^a classification dataset needs num_classes \(the number of classes: labels are "
      r"0 \.\. num_classes - 1\)$"),
+    (lambda: jdl.fit(make_config(num_epochs=1), dataset=_dataset(
+        task="regression", num_classes=0, y_train=np.zeros(10, np.float32)), quiet=True),
+     r"^dataset 'm' is a regression dataset but config\.task is 'classification'; set "
+     r"config\.task = 'regression' \(with a regression loss and metrics, e\.g\. "),
     (lambda: jdl.fit(make_config(num_epochs=1), model=NoTrainArgument(), quiet=True),
      r"got an unexpected keyword argument 'train'; jdl calls a model as "
      r"model\.apply\(variables, x, train=\.\.\.\): give its __call__ a train: bool = False "),

@@ -126,8 +126,11 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
   data_lib.check_example_shapes(dataset, f"dataset {dataset.name!r}")
   task = dataset.task
   if task != config.task and config.task not in gen_tasks.TASKS:
+    fix = (f"; set config.task = {task!r} (with a {task} loss and metrics, e.g. "
+           "config.loss = 'mse', config.metrics = ('mse', 'r2'))" if task == "regression"
+           else f"; set config.task = {task!r}")
     raise JdlError(f"dataset {dataset.name!r} is a {task} dataset but config.task is "
-                   f"{config.task!r}")
+                   f"{config.task!r}{fix}")
   if config.task in gen_tasks.TASKS:
     _check_pixels(dataset, config.task)
   if isinstance(dataset, npy_dir.StreamDataset):  # Stays on disk; read block by block.
