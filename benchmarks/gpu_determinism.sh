@@ -28,7 +28,8 @@ done
 python3 - "$OUT" <<'EOF'
 import json, statistics, sys
 out = sys.argv[1]
-TIMING = {"epoch_seconds", "samples_per_sec", "compile_seconds", "peak_memory_mib"}
+TIMING = {"epoch_seconds", "samples_per_sec", "compile_seconds", "checkpoint_seconds",
+          "peak_memory_mib"}
 def load(run):
   rows = [json.loads(l) for l in open(f"{out}/det_{run}.jsonl")]
   values = [{k: v for k, v in r.items() if k not in TIMING} for r in rows]

@@ -59,9 +59,9 @@ _MACRO = ("macro_precision", "macro_recall", "macro_f1")
 # metrics.jsonl line (jdl/train/loop.py writes them beside the metrics).
 _RESERVED = frozenset((
     "binary", "confusion", "errors", "loss", "nonfinite", "learning_rate", "step", "epoch",
-    "split", "epoch_seconds", "samples_per_sec", "compile_seconds", "peak_memory_mib",
-    "num_devices", "num_processes", "parallel", "platform", "cpu_cores", "xla_flags",
-    "grad_norm", "histograms"))
+    "split", "epoch_seconds", "samples_per_sec", "compile_seconds", "checkpoint_seconds",
+    "peak_memory_mib", "num_devices", "num_processes", "parallel", "platform", "cpu_cores",
+    "xla_flags", "grad_norm", "histograms"))
 
 
 def better_direction(name: str) -> str | None:

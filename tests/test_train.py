@@ -75,7 +75,7 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, mode):
                               jax.device_get(resumed.state.opt_state))
 
   def lines(run):
-    drop = {"epoch_seconds", "samples_per_sec", "compile_seconds"}
+    drop = {"epoch_seconds", "samples_per_sec", "compile_seconds", "checkpoint_seconds"}
     return [{k: v for k, v in json.loads(line).items() if k not in drop}
             for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
 
@@ -1434,7 +1434,14 @@ def test_epoch_seconds_leave_out_mid_epoch_checkpoint_saves(tmp_path, monkeypatc
   assert train["epoch_seconds"] < 1000, train  # Three mid-epoch saves took 3000 s.
   assert train["samples_per_sec"] == pytest.approx(
       20 * config.batch_size / train["epoch_seconds"], rel=0.01)
+  # What they held the loop is recorded apart (the epoch end's save in no line).
+  assert 3000 <= train["checkpoint_seconds"] < 3000 + 1, train
   assert result.trainer.step == 20
+  assert "checkpoint_seconds" not in result.history
+  # Without mid-epoch saves, no such key.
+  jdl.fit(make_config(num_epochs=1), tmp_path / "plain", quiet=True)
+  first = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[0])
+  assert first["split"] == "train" and "checkpoint_seconds" not in first
 
 
 def test_metrics_jsonl_is_strict_json_and_tensorboard_holds_only_curves(tmp_path, capfd):

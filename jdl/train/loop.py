@@ -744,6 +744,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self.progress.start_epoch(epoch, self.num_epochs, spe, pos)
       t0 = time.perf_counter()
       steps_run, last_save, stopping = 0, self.step, False
+      save_seconds = 0.0  # Held by mid-epoch saves: not training time.
       # The loop dispatches block k, then waits for block k - 1: the device always has
       # a block queued, and a stop request is acted on within two blocks (without the
       # wait the loop could run an epoch ahead, and a preemption's grace period end
@@ -774,7 +775,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
             jax.block_until_ready(self.state)  # The block in flight is training time;
             saved = time.perf_counter()  # the save's own work is not.
             self._save()
-            t0 += time.perf_counter() - saved  # Not training time: out of epoch_seconds.
+            save_seconds += time.perf_counter() - saved
         # A signal, or a callback's stop: all processes stop after the same block.
         stopping, self.stop_training = parallel_lib.any_process_each(stop.requested,
                                                                     self.stop_training)
@@ -786,10 +787,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         return self._stop_mid_epoch()
       self._check_finite()
       train_logs = self.compute_metrics(self.train_names, self._acc)  # Syncs the device.
-      seconds = time.perf_counter() - t0
+      seconds = time.perf_counter() - t0 - save_seconds
       self._acc = self.empty_acc()
       self._nonfinite_reported = 0
-      self._end_epoch(epoch, train_logs, seconds, steps_run, compile_seconds)
+      self._end_epoch(epoch, train_logs, seconds, steps_run, compile_seconds, save_seconds)
       compile_seconds = None
       epoch += 1
       if parallel_lib.any_process(stop.requested) and epoch < self.num_epochs:
@@ -1041,7 +1042,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       out.append(parallel_lib.global_rows(a, (n, self.batch_size, *a.shape[2:]), sharding))
     return tuple(out)
 
-  def _end_epoch(self, epoch, train_logs, seconds, steps_run, compile_seconds) -> None:
+  def _end_epoch(self, epoch, train_logs, seconds, steps_run, compile_seconds,
+                 save_seconds: float = 0.0) -> None:
     self.progress.close()  # Before the epoch's line is printed.
     step = self.step
     lr = float(self._current_lr(self.state.opt_state))
@@ -1051,6 +1053,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.epoch_rates.append(record["samples_per_sec"])
     if compile_seconds is not None:
       record["compile_seconds"] = round(compile_seconds, 3)
+    if save_seconds:  # What the epoch's mid-epoch saves held the loop (async: the call).
+      record["checkpoint_seconds"] = round(save_seconds, 4)
     peak = runtime_lib.peak_device_memory_mib(jax.local_devices())
     if peak is not None:  # A GPU's or TPU's: XLA:CPU keeps no count.
       record["peak_memory_mib"] = peak

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 _SKIP = {"step", "epoch", "split", "epoch_seconds", "samples_per_sec", "compile_seconds",
-         "peak_memory_mib", "num_devices", "num_processes", "cpu_cores"}
+         "checkpoint_seconds", "peak_memory_mib", "num_devices", "num_processes", "cpu_cores"}
 
 
 def read_metrics(path: str | Path) -> list[dict]:
