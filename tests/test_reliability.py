@@ -541,6 +541,34 @@ def test_a_step_half_deleted_by_orbax_is_removed_without_an_alarm(tmp_path, caps
                               jax.device_get(resumed.state.params))
 
 
+def test_old_steps_are_removed_beside_training_and_gone_after_wait(tmp_path, monkeypatch):
+  # Removing a deleted step's files took ~8 ms of every save() on the training
+  # thread; a thread does it now, and wait() (and close()) see it done.
+  import threading
+  from jdl import checkpoint as ckpt_lib
+  removing, release = threading.Event(), threading.Event()
+  rmtree = shutil.rmtree
+
+  def held_rmtree(path, *args, **kwargs):
+    removing.set()
+    assert release.wait(20)
+    return rmtree(path, *args, **kwargs)
+
+  monkeypatch.setattr(ckpt_lib.shutil, "rmtree", held_rmtree)
+  tree = {"w": jnp.arange(4.0)}
+  ckpt = ckpt_lib.Checkpointer(tmp_path, keep=1, async_save=False)
+  ckpt.save(1, tree)
+  ckpt.save(2, tree)  # orbax moves step 1 into the trash.
+  trash = tmp_path / ckpt_lib.TRASH
+  assert [p.name for p in trash.iterdir()] == ["1"]
+  ckpt.save(3, tree)  # Returns while step 1's removal is held.
+  assert removing.wait(20) and (trash / "1").exists()
+  release.set()
+  ckpt.wait()
+  assert not any(trash.iterdir()) and ckpt.steps() == [3]
+  ckpt.close()
+
+
 def test_no_readable_checkpoint_is_a_clear_error(tmp_path, capsys):
   config = make_config(num_epochs=1)
   jdl.fit(config, tmp_path, quiet=True)
