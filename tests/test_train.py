@@ -1413,7 +1413,7 @@ def test_the_console_shows_small_values_in_significant_digits():
       "loss 0.9333  learning_rate 3e-05  val_mse 4.2e-05  zero 0.0000  big 1.235e+04  steps 3")
 
 
-def test_epoch_seconds_leave_out_mid_epoch_checkpoint_saves(tmp_path, monkeypatch):
+def test_epoch_seconds_leave_out_mid_epoch_checkpoint_saves(tmp_path, monkeypatch, capsys):
   # A save's time was counted as training: samples_per_sec fell 3x with
   # checkpoint_every_steps while the training was bitwise the same.
   # Each save takes 1000 s by the loop's clock (no real sleep).
@@ -1427,7 +1427,7 @@ def test_epoch_seconds_leave_out_mid_epoch_checkpoint_saves(tmp_path, monkeypatc
   monkeypatch.setattr(loop, "time", clock)
   monkeypatch.setattr(loop.Trainer, "_save", slow_save)
   config = make_config(num_epochs=1, scan_chunk=5, checkpoint_every_steps=5)
-  result = jdl.fit(config, tmp_path, quiet=True)  # 20 steps: saves at 5, 10, 15 and 20.
+  result = jdl.fit(config, tmp_path)  # 20 steps: saves at 5, 10, 15 and 20.
   assert clock.offset == 4000.0
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   train = next(r for r in records if r["split"] == "train")
@@ -1436,6 +1436,9 @@ def test_epoch_seconds_leave_out_mid_epoch_checkpoint_saves(tmp_path, monkeypatc
       20 * config.batch_size / train["epoch_seconds"], rel=0.01)
   # What they held the loop is recorded apart (the epoch end's save in no line).
   assert 3000 <= train["checkpoint_seconds"] < 3000 + 1, train
+  epoch_line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch "))
+  assert re.search(r"\(\d+\.\d\ds \+ 300\d\.\d\ds saving, \d+ samples/s\)$",
+                   epoch_line), epoch_line
   assert result.trainer.step == 20
   assert "checkpoint_seconds" not in result.history
   # Without mid-epoch saves, no such key.

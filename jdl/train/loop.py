@@ -1077,8 +1077,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     last = epoch + 1 == self.num_epochs
     memory = (f", {record['peak_memory_mib']:,.0f} MiB peak" if "peak_memory_mib" in record
               else "")
+    saves = f" + {save_seconds:.2f}s saving" if save_seconds else ""
     line = (f"epoch {epoch + 1}/{self.num_epochs}  step {step}  {cb.format_logs(logs)}  "
-            f"({seconds:.2f}s, {record['samples_per_sec']:.0f} samples/s{memory})")
+            f"({seconds:.2f}s{saves}, {record['samples_per_sec']:.0f} samples/s{memory})")
     printed = last or (epoch + 1) % max(1, int(self.config.print_every_epochs)) == 0
     if printed:
       self.log(line)
