@@ -185,7 +185,7 @@ class Checkpointer:
     )
     self._async = bool(async_save)
     self._unconfirmed: list[int] = []  # Saved steps not yet known to be on disk.
-    self._purger: threading.Thread | None = None  # save()'s _purge_trash, when running.
+    self._purger: threading.Thread | None = None  # save()'s removal of the trash.
     try:  # orbax reads every step's metadata here.
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, item_names=("tree", "meta"),
