@@ -487,6 +487,15 @@ def _classify(
   return _Classified(outputs, preds, _labels(targets, batch, num_classes), score)
 
 
+def predicted_classes(outputs, targets, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(predictions, labels)``, int ``[B]`` each, as the classification metrics read a
+  model's outputs (logits ``[B, C]``, or one logit ``[B]``/``[B, 1]`` that is positive
+  for class 1; a row with a NaN predicts no class: the index ``num_classes``) and its
+  targets (int labels or one-hot)."""
+  c = _classify(jnp.asarray(outputs), jnp.asarray(targets), num_classes)
+  return np.asarray(c.preds), np.asarray(c.labels)
+
+
 def _hits(hit: jax.Array, mask: jax.Array) -> Group:
   return {"correct": jnp.sum(hit & mask, dtype=jnp.int32),
           "count": jnp.sum(mask, dtype=jnp.int32)}

@@ -161,7 +161,7 @@ def test_workdir_layout_and_metrics_lines(tmp_path):
   assert (tmp_path / "plots" / "loss.png").stat().st_size > 1000
   # One plot a quantity that was learned or scheduled; none of where the run ran.
   assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-      "accuracy.png", "learning_rate.png", "loss.png", "macro_f1.png"]
+      "accuracy.png", "confusion_test.png", "learning_rate.png", "loss.png", "macro_f1.png"]
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["split"] for r in records] == ["train", "val", "train", "val", "test"]
   for r in records:
@@ -1512,3 +1512,32 @@ def test_blocks_of_one_step_give_the_bits_of_longer_blocks():
   assert one.history["loss"] == two.history["loss"]
   assert one.test_metrics == two.test_metrics
   chex.assert_trees_all_equal(_params(one), _params(two))
+
+
+def test_confusion_matrix_counts_as_sklearn_and_its_diagonal_is_the_accuracy(tmp_path):
+  from sklearn import metrics as skm
+  result = jdl.fit(make_config(num_epochs=1, plots=True), tmp_path, quiet=True)
+  trainer, digits = result.trainer, jdl.data.load_dataset("digits")
+  test = trainer.data.test
+  matrix = trainer.confusion_matrix("test")
+  logits = jdl.predict(result, digits.x_test)  # The raw inputs, through predict.
+  expected = skm.confusion_matrix(digits.y_test, np.argmax(logits, axis=-1),
+                                  labels=range(10))
+  np.testing.assert_array_equal(matrix, expected)
+  assert matrix.sum() == test.size == 360
+  assert np.trace(matrix) / test.size == pytest.approx(result.test_metrics["accuracy"])
+  assert (tmp_path / "plots" / "confusion_test.png").stat().st_size > 5000
+  val = trainer.confusion_matrix("val")
+  assert val.sum() == trainer.data.val.size
+  # A single-logit binary model: class 1 where the logit is positive.
+  xor = jdl.fit(jdl.load_config("xor"), tmp_path / "xor", quiet=True)
+  out = xor.trainer.predict_normalized(xor.trainer.data.test.x)[:, 0]
+  np.testing.assert_array_equal(
+      xor.trainer.confusion_matrix("test"),
+      skm.confusion_matrix(np.asarray(xor.trainer.data.test.y), (out > 0).astype(int),
+                           labels=[0, 1]))
+  with pytest.raises(jdl.JdlError, match="no val split"):
+    xor.trainer.confusion_matrix("val")
+  with pytest.raises(jdl.JdlError, match="for classification runs"):
+    jdl.Trainer(make_config(task="regression", dataset="linear", loss="mse",
+                            metrics=("mse",)), quiet=True).confusion_matrix()

@@ -1130,6 +1130,13 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         self.tb.writer.close()
       if self.config.plots and self.primary:
         plots.plot_metrics(self.workdir / "metrics.jsonl", self.workdir / "plots")
+      if (self.config.plots and self.primary and test and self.config.task == "classification"
+          and 2 <= self.data.num_classes <= 100 and isinstance(self.data.test, pipeline.Split)
+          and jax.process_count() == 1):
+        matrix = self.confusion_matrix("test")  # Of the state scored just above.
+        share = np.trace(matrix) / max(self.data.test.size, 1)
+        plots.plot_confusion(matrix, self.workdir / "plots" / "confusion_test.png",
+                             title=f"test split, step {self.step}: accuracy {share:.2%}")
       if self.config.plots and self.config.task in ("autoencoder", "vae") and not self.nan_detected:
         self.save_reconstructions(self.workdir / "plots" / "reconstructions.png")
       if self.primary and not self.record_kept:

@@ -337,6 +337,30 @@ class Predictions:
                      "inputs (MNIST-family loaders give pixels / 255, in [0, 1]); give them "
                      "as the dataset's loader does")
 
+  def confusion_matrix(self, split: str = "test", state: TrainState | None = None
+                       ) -> np.ndarray:
+    """Counts ``[C, C]`` of a classification run's ``split`` ('train', 'val' or
+    'test'; in memory): row ``i``, column ``j`` counts the examples of class ``i`` the
+    model puts in class ``j``, as its accuracy reads them (the diagonal's sum over the
+    examples is the split's accuracy). An example whose outputs hold a NaN, which
+    predicts no class, is in no column."""
+    from jdl import metrics as metrics_lib
+    if self.config.task != "classification":
+      raise JdlError(f"a confusion matrix is for classification runs; this one is of task "
+                     f"{self.config.task!r}")
+    data = getattr(self.data, split, None) if split in ("train", "val", "test") else None
+    if data is None:
+      raise JdlError(f"this run has no {split} split in memory to score (splits: train, "
+                     "val, test)")
+    if not isinstance(data, pipeline.Split) or jax.process_count() > 1:
+      raise JdlError(f"the {split} split is read from disk or spread over processes; a "
+                     "confusion matrix needs it in this process's memory")
+    c = self.data.num_classes
+    preds, labels = metrics_lib.predicted_classes(self.predict_normalized(data.x, state),
+                                                  np.asarray(data.y), c)
+    kept = preds < c
+    return np.bincount(labels[kept] * c + preds[kept], minlength=c * c).reshape(c, c)
+
   def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
     state = self.state if state is None else state

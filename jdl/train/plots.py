@@ -96,3 +96,38 @@ def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path) -> Path | No
   fig.savefig(path)
   plt.close(fig)
   return path
+
+
+def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix") -> Path:
+  """Writes a confusion matrix (rows: true class, columns: predicted) as a PNG: each
+  cell coloured by its share of its row (the class's recall on the diagonal), with
+  its count written in when there are at most 20 classes."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  counts = np.asarray(matrix)
+  c = counts.shape[0]
+  shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+  size = min(max(4.0, 0.45 * c + 2.0), 14.0)
+  fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=100)
+  image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+  if c <= 20:
+    for i in range(c):
+      for j in range(c):
+        ax.text(j, i, f"{counts[i, j]:,}", ha="center", va="center", fontsize=8,
+                color="white" if shares[i, j] > 0.5 else "black")
+  ticks = np.arange(c) if c <= 30 else np.arange(0, c, max(1, c // 15))
+  ax.set_xticks(ticks)
+  ax.set_yticks(ticks)
+  ax.set_xlabel("predicted class")
+  ax.set_ylabel("true class")
+  ax.set_title(title)
+  fig.tight_layout()
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return path
