@@ -248,7 +248,6 @@ class Checkpointer:
       return
     if not (self.directory / TRASH).is_dir():
       return
-    self._purger = None
     thread = threading.Thread(target=self._remove_trash, name="jdl-checkpoint-trash",
                               daemon=True)
     thread.start()

@@ -487,15 +487,6 @@ def _classify(
   return _Classified(outputs, preds, _labels(targets, batch, num_classes), score)
 
 
-def predicted_classes(outputs, targets, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-  """``(predictions, labels)``, int ``[B]`` each, as the classification metrics read a
-  model's outputs (logits ``[B, C]``, or one logit ``[B]``/``[B, 1]`` that is positive
-  for class 1; a row with a NaN predicts no class: the index ``num_classes``) and its
-  targets (int labels or one-hot)."""
-  c = _classify(jnp.asarray(outputs), jnp.asarray(targets), num_classes)
-  return np.asarray(c.preds), np.asarray(c.labels)
-
-
 def _hits(hit: jax.Array, mask: jax.Array) -> Group:
   return {"correct": jnp.sum(hit & mask, dtype=jnp.int32),
           "count": jnp.sum(mask, dtype=jnp.int32)}
@@ -538,6 +529,16 @@ def _confusion(c: _Classified, mask: jax.Array, num_classes: int) -> jax.Array:
       mask.astype(jnp.int32), index, num_segments=num_classes * (num_classes + 1)
   )
   return counts.reshape(num_classes, num_classes + 1)
+
+
+def confusion_matrix(outputs, targets, num_classes: int) -> np.ndarray:
+  """``[C, C]`` counts of (true, predicted) class pairs, as the classification
+  metrics read a model's outputs (logits ``[B, C]``, or one logit ``[B]``/``[B, 1]``
+  that is positive for class 1) and targets (int labels or one-hot); a row whose
+  outputs hold a NaN predicts no class and is in no column."""
+  c = _classify(jnp.asarray(outputs), jnp.asarray(targets), num_classes)
+  counts = _confusion(c, jnp.ones(c.preds.shape, bool), num_classes)
+  return np.asarray(counts)[:, :num_classes]
 
 
 def _classification_group(

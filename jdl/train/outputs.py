@@ -355,11 +355,8 @@ class Predictions:
     if not isinstance(data, pipeline.Split) or jax.process_count() > 1:
       raise JdlError(f"the {split} split is read from disk or spread over processes; a "
                      "confusion matrix needs it in this process's memory")
-    c = self.data.num_classes
-    preds, labels = metrics_lib.predicted_classes(self.predict_normalized(data.x, state),
-                                                  np.asarray(data.y), c)
-    kept = preds < c
-    return np.bincount(labels[kept] * c + preds[kept], minlength=c * c).reshape(c, c)
+    return metrics_lib.confusion_matrix(self.predict_normalized(data.x, state),
+                                        np.asarray(data.y), self.data.num_classes)
 
   def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
     """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
