@@ -27,9 +27,8 @@ for run in default_a default_b det_a det_b; do
 done
 python3 - "$OUT" <<'EOF'
 import json, statistics, sys
+from jdl.train.workdir import RECORD_TIMINGS as TIMING
 out = sys.argv[1]
-TIMING = {"epoch_seconds", "samples_per_sec", "compile_seconds", "checkpoint_seconds",
-          "peak_memory_mib"}
 def load(run):
   rows = [json.loads(l) for l in open(f"{out}/det_{run}.jsonl")]
   values = [{k: v for k, v in r.items() if k not in TIMING} for r in rows]

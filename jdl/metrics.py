@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl import _registry, errors
+from jdl.train.workdir import RECORD_FACTS, RECORD_TIMINGS
 
 Group = dict[str, jax.Array]
 State = dict[str, Group]
@@ -58,10 +59,8 @@ _MACRO = ("macro_precision", "macro_recall", "macro_f1")
 # State groups of the built-in metrics, and the other keys of a state or of a
 # metrics.jsonl line (jdl/train/loop.py writes them beside the metrics).
 _RESERVED = frozenset((
-    "binary", "confusion", "errors", "loss", "nonfinite", "learning_rate", "step", "epoch",
-    "split", "epoch_seconds", "samples_per_sec", "compile_seconds", "checkpoint_seconds",
-    "peak_memory_mib", "num_devices", "num_processes", "parallel", "platform", "cpu_cores",
-    "xla_flags", "grad_norm", "histograms"))
+    "binary", "confusion", "errors", "loss", "nonfinite", "learning_rate", "grad_norm",
+    "histograms", *RECORD_FACTS, *RECORD_TIMINGS))
 
 
 def better_direction(name: str) -> str | None:

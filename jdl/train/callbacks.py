@@ -324,8 +324,8 @@ class TensorBoard(Callback):
   its lines past it.
   """
 
-  # Facts of the run, not curves (metrics.jsonl keeps them).
-  SKIP = ("split", "step", "epoch", "num_devices", "num_processes", "cpu_cores")
+  # Facts of the run, not curves (metrics.jsonl keeps them); timings are plotted.
+  SKIP = workdir_lib.RECORD_FACTS
 
   def __init__(self, logdir: str | Path, purge_step: int | None = None):
     import logging

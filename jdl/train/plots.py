@@ -7,8 +7,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-_SKIP = {"step", "epoch", "split", "epoch_seconds", "samples_per_sec", "compile_seconds",
-         "checkpoint_seconds", "peak_memory_mib", "num_devices", "num_processes", "cpu_cores"}
+from jdl.train.workdir import RECORD_FACTS, RECORD_TIMINGS
+
+_SKIP = frozenset(RECORD_FACTS + RECORD_TIMINGS)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
