@@ -27,7 +27,7 @@ for run in default_a default_b det_a det_b; do
 done
 python3 - "$OUT" <<'EOF'
 import json, statistics, sys
-from jdl.train.workdir import RECORD_TIMINGS as TIMING
+from jdl.metrics import RECORD_TIMINGS as TIMING
 out = sys.argv[1]
 def load(run):
   rows = [json.loads(l) for l in open(f"{out}/det_{run}.jsonl")]

@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl import _registry, errors
-from jdl.train.workdir import RECORD_FACTS, RECORD_TIMINGS
 
 Group = dict[str, jax.Array]
 State = dict[str, Group]
@@ -56,6 +55,13 @@ _TOP_K = re.compile(r"top([1-9][0-9]*)_accuracy")
 
 _BINARY = ("precision", "recall", "f1")
 _MACRO = ("macro_precision", "macro_recall", "macro_f1")
+# The keys of a metrics.jsonl line that are not metrics (jdl/train/loop.py writes them).
+# Facts: where a line sits and where the run ran; timings: how long its epoch took and
+# what it held. Plots leave out both, TensorBoard the facts only.
+RECORD_FACTS = ("step", "epoch", "split", "num_devices", "num_processes", "cpu_cores",
+                "parallel", "platform", "xla_flags")
+RECORD_TIMINGS = ("epoch_seconds", "samples_per_sec", "compile_seconds", "checkpoint_seconds",
+                  "peak_memory_mib")
 # State groups of the built-in metrics, and the other keys of a state or of a
 # metrics.jsonl line (jdl/train/loop.py writes them beside the metrics).
 _RESERVED = frozenset((

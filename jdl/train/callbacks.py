@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jdl import metrics as metrics_lib
 from jdl import optim
 from jdl.errors import JdlError
 from jdl.train import workdir as workdir_lib
@@ -325,7 +326,7 @@ class TensorBoard(Callback):
   """
 
   # Facts of the run, not curves (metrics.jsonl keeps them); timings are plotted.
-  SKIP = workdir_lib.RECORD_FACTS
+  SKIP = metrics_lib.RECORD_FACTS
 
   def __init__(self, logdir: str | Path, purge_step: int | None = None):
     import logging

@@ -7,7 +7,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from jdl.train.workdir import RECORD_FACTS, RECORD_TIMINGS
+from jdl.metrics import RECORD_FACTS, RECORD_TIMINGS
 
 _SKIP = frozenset(RECORD_FACTS + RECORD_TIMINGS)
 

@@ -30,13 +30,6 @@ RUN_FILES = ("checkpoints", "damaged-checkpoints", "metrics.jsonl", "summary.txt
              "plots")
 # A run's records, apart from its checkpoints.
 RECORD_FILES = tuple(n for n in RUN_FILES if n not in ("checkpoints", "damaged-checkpoints"))
-# The keys of a metrics.jsonl line that are not metrics (jdl/train/loop.py writes them).
-# Facts: where a line sits and where the run ran; timings: how long its epoch took and
-# what it held. Plots leave out both, TensorBoard the facts only.
-RECORD_FACTS = ("step", "epoch", "split", "num_devices", "num_processes", "cpu_cores",
-                "parallel", "platform", "xla_flags")
-RECORD_TIMINGS = ("epoch_seconds", "samples_per_sec", "compile_seconds", "checkpoint_seconds",
-                  "peak_memory_mib")
 
 
 def _alive(pid: int) -> bool:
