@@ -7,6 +7,8 @@ import importlib
 import numpy as np
 import pytest
 
+import conftest
+
 PUBLIC = {
     "jdl": ["fit", "evaluate", "predict", "Trainer", "FitResult", "TrainState",
             "create_train_state", "make_train_step", "make_eval_step", "SupervisedTask",
@@ -82,7 +84,6 @@ def test_readme_own_data_example_runs(tmp_path, monkeypatch):
   3-class set, with the loss it registers trained too."""
   import optax
 
-  import conftest
   import jdl
   readme = (conftest.REPO / "README.md").read_text()
   start = readme.index("```python", readme.index("Your own data, module and loss")) + 9
@@ -153,3 +154,57 @@ def test_docstring_examples_run(module):
   failed, attempted = doctest.testmod(importlib.import_module(module),
                                       optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
   assert attempted >= 1 and failed == 0
+
+
+def _jdl_imports(path) -> set[str]:
+  """The jdl modules a source file imports, at its top or inside a function (a lazy
+  import is a dependency too): ``from jdl import x`` counts as ``jdl.x``. jdl imports
+  absolutely; a relative import is returned as ``'.'`` + its module, which no rule
+  allows."""
+  import ast
+  from pathlib import Path
+  found: set[str] = set()
+  for node in ast.walk(ast.parse(Path(path).read_text(encoding="utf-8"))):
+    if isinstance(node, ast.Import):
+      found |= {a.name for a in node.names if a.name.split(".")[0] == "jdl"}
+    elif isinstance(node, ast.ImportFrom) and node.level:
+      found.add("." * node.level + (node.module or ""))
+    elif isinstance(node, ast.ImportFrom) and node.module.split(".")[0] == "jdl":
+      found |= {f"{node.module}.{a.name}" for a in node.names}
+  return found
+
+
+def _floor_violations() -> dict[str, list[str]]:
+  """ARCHITECTURE's floors (principle 5): models, losses, metrics and regularizers
+  import nothing of jdl but its errors and the shared registry helpers, their own
+  package aside; checkpoint.py nothing but errors (it saves any PyTree, knowing nothing
+  of training); and nothing imports the CLI, the top floor, but the package's lazy
+  name table."""
+  base = {"jdl.errors", "jdl._registry"}
+  rules = {"jdl.models": base, "jdl.losses": base, "jdl.metrics": base,
+           "jdl.regularizers": base, "jdl.checkpoint": {"jdl.errors"}}
+  bad = {}
+  for path in sorted((conftest.REPO / "jdl").rglob("*.py")):
+    parts = path.relative_to(conftest.REPO).with_suffix("").parts
+    module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    imports = _jdl_imports(path)
+    floor = next((f for f in rules if module == f or module.startswith(f + ".")), None)
+    wrong = [] if floor is None else sorted(
+        i for i in imports
+        if not (i == floor or i.startswith(floor + ".")
+                or any(i == a or i.startswith(a + ".") for a in rules[floor])))
+    if module != "jdl":
+      wrong += sorted(i for i in imports if i == "jdl.cli" or i.startswith("jdl.cli."))
+    wrong += sorted(i for i in imports if i.startswith(".") and i not in wrong)
+    if wrong:
+      bad[module] = wrong
+  return bad
+
+
+def test_lower_floors_import_no_upper_floor():
+  # The reading itself: imports at the top and inside functions (the CLI's are lazy).
+  jdl_dir = conftest.REPO / "jdl"
+  assert "jdl.errors.JdlError" in _jdl_imports(jdl_dir / "train" / "callbacks.py")
+  assert any(i.startswith("jdl.train.loop") for i in _jdl_imports(jdl_dir / "cli.py"))
+  assert any(i.startswith("jdl.models") for i in _jdl_imports(jdl_dir / "models" / "mlp.py"))
+  assert _floor_violations() == {}
