@@ -37,6 +37,15 @@ def test_fit_learns_digits_in_memory():
   assert result.history["loss"][-1] < result.history["loss"][0]
   # 1,797 digits: 360 test, 144 val, 1,293 train = 20 full batches of 64.
   assert int(result.state.step) == 4 * (1293 // 64)
+  # Its repr (a notebook cell's last line) sums the state up instead of printing it:
+  # 64-32-10 is 64*32 + 32 + 32*10 + 10 = 2,410 parameters.
+  text = repr(result)
+  assert text.startswith("FitResult(workdir=None, step=80, params=2410, epochs=4, ")
+  accuracy = float(f"{result.test_metrics['accuracy']:.4g}")
+  assert f"'accuracy': {accuracy}" in text
+  assert "'val_loss'" in text and "Array" not in text and len(text) < 400
+  result.state.step.delete()  # As a step given the state with donation leaves it.
+  assert "step=<deleted>" in repr(result)
 
 
 def test_same_seed_is_bitwise_identical_and_seed_matters():

@@ -93,6 +93,21 @@ class FitResult:
   workdir: Path | None
   trainer: Trainer = dataclasses.field(repr=False, default=None)
 
+  def __repr__(self) -> str:
+    # The state's arrays would fill a notebook cell: their count and the step instead.
+    step = getattr(self.state, "step", None)
+    if getattr(step, "is_deleted", lambda: False)():  # Donated to a step since.
+      step = "<deleted>"
+    elif step is not None:
+      step = int(jax.device_get(step))
+    params = summary_lib.count_params(getattr(self.state, "params", {}))
+    epochs = max((len(v) for v in self.history.values()), default=0)
+    metrics = {k: float(f"{v:.4g}") if isinstance(v, (int, float)) else v
+               for k, v in self.test_metrics.items()}
+    workdir = None if self.workdir is None else str(self.workdir)
+    return (f"FitResult(workdir={workdir!r}, step={step}, params={params}, epochs={epochs}, "
+            f"test_metrics={metrics}, history_keys={list(self.history)})")
+
 
 class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
   """Owns one run: config, data, state, workdir. See :func:`fit`.
