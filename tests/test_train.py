@@ -400,8 +400,14 @@ def test_early_stoppings_best_epoch_survives_pruning_with_min_delta(tmp_path):
   assert again.test_metrics == first.test_metrics
   # evaluate and load_run read the state the run ended with, not the lowest val_loss.
   assert jdl.evaluate(None, tmp_path) == pytest.approx(first.test_metrics)
-  chex.assert_trees_all_equal(jax.device_get(jdl.load_run(tmp_path).state.params),
+  run = jdl.load_run(tmp_path)
+  chex.assert_trees_all_equal(jax.device_get(run.state.params),
                               jax.device_get(first.state.params))
+  # A reopened run writes nowhere: its repr names the workdir it read.
+  assert repr(run) == (f"Trainer(dataset='digits', model='mlp', loaded_from='{tmp_path}', "
+                       f"step={int(first.state.step)})")
+  assert repr(first.trainer).startswith(f"Trainer(dataset='digits', model='mlp', "
+                                        f"workdir='{tmp_path}', step=")
 
 
 def test_zero_epochs_saves_the_initial_state_and_later_training_continues_it(tmp_path):

@@ -145,6 +145,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     # back: a second fit() without a workdir continues from the one reached.
     self._reached = None
     self.loaded_as: str | None = None  # Why jdl.load_run restored this state's step.
+    self.loaded_from: Path | None = None  # The workdir it read (it writes in none).
     self.nan_detected = False
     # False until fit() or load_run() has put the run's state in place: a Trainer
     # of a workdir with checkpoints holds initial parameters before then.
@@ -623,6 +624,15 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
             "parallel": self.parallel.mode, "platform": jax.devices()[0].platform,
             "cpu_cores": runtime_lib.usable_cpu_cores(),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+  def __repr__(self) -> str:
+    model = (self.model_source["class"] if self.model_source["given"]
+             else self.config.model.get("name"))
+    where = (f"workdir={str(self.workdir)!r}" if self.workdir is not None
+             else f"loaded_from={str(self.loaded_from)!r}" if self.loaded_from is not None
+             else "workdir=None")
+    step = "<deleted>" if self.state.step.is_deleted() else self.step
+    return f"Trainer(dataset={self.data.name!r}, model={model!r}, {where}, step={step})"
 
   def summary(self) -> str:
     d = self.data

@@ -137,6 +137,7 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
   trainer.state = tree["state"]
   trainer.holds_run_state = True
   trainer.loaded_as = why
+  trainer.loaded_from = workdir
   return trainer
 
 
