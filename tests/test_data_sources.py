@@ -21,6 +21,7 @@ from sklearn import model_selection
 
 import jdl.data
 from jdl.data import download
+from jdl.data import npy_dir
 from jdl.data import sources
 from jdl.data import load_dataset
 from jdl.data import read_idx
@@ -731,3 +732,23 @@ def test_real_mnist():
   assert abs(float(ds.x_train.mean()) - 0.1307) < 1e-4
   np.testing.assert_array_equal(np.bincount(ds.y_test), [980, 1135, 1032, 1010, 982, 892,
                                                          958, 1028, 974, 1009])
+
+
+def test_a_datasets_repr_gives_shapes_not_values(tmp_path):
+  # A notebook cell ending in a dataset printed every array (11,000 characters for the
+  # digits); in memory and on disk alike, the repr names each split's dtype and shape.
+  digits = load_dataset("digits")
+  assert repr(digits) == (
+      "Dataset(name='digits', task='classification', num_classes=10, input_shape=(8, 8, 1), "
+      f"x_train=float32[{len(digits.x_train)},8,8,1], y_train=int32[{len(digits.y_train)}], "
+      f"x_test=float32[{len(digits.x_test)},8,8,1], y_test=int32[{len(digits.y_test)}])")
+  mine = jdl.data.Dataset(x_train=np.zeros((6, 3)), y_train=np.zeros(6), task="regression",
+                          x_val=np.zeros((2, 3)), y_val=np.zeros(2))
+  assert repr(mine) == ("Dataset(name='custom', task='regression', num_classes=0, "
+                        "input_shape=(3,), x_train=float64[6,3], y_train=float64[6], "
+                        "x_val=float64[2,3], y_val=float64[2])")
+  np.save(tmp_path / "x_train.npy", np.zeros((5, 4), np.float32))
+  np.save(tmp_path / "y_train.npy", np.arange(5, dtype=np.int64) % 2)
+  assert repr(npy_dir.open_dir(tmp_path)) == (
+      f"StreamDataset(name='npy_dir:{tmp_path.name}', task='classification', num_classes=2, "
+      "input_shape=(4,), x_train=float32[5,4], y_train=int64[5])")

@@ -175,6 +175,10 @@ class StreamDataset:
   x_val: NpyRows | None = None
   y_val: NpyRows | None = None
 
+  def __repr__(self) -> str:
+    from jdl.data.sources import describe
+    return describe(self)
+
 
 def chunk_rows(rows: NpyRows) -> int:
   per_row = max(1, int(np.prod(rows.shape[1:], dtype=np.int64)) * 8)

@@ -132,6 +132,21 @@ class Dataset:
     if self.input_shape is None:
       object.__setattr__(self, "input_shape", tuple(int(d) for d in self.x_train.shape[1:]))
 
+  def __repr__(self) -> str:
+    return describe(self)
+
+
+def describe(dataset) -> str:
+  """A dataset's repr: its arrays by dtype and shape (``float32[1437,8,8,1]``), not
+  their values, which would fill a notebook cell; a missing split left out."""
+  arrays = [f"{name}={np.dtype(a.dtype).name}[{','.join(str(int(d)) for d in a.shape)}]"
+            for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+            if (a := getattr(dataset, name, None)) is not None]
+  vocab = getattr(dataset, "vocab", None)
+  return (f"{type(dataset).__name__}(name={dataset.name!r}, task={dataset.task!r}, "
+          f"num_classes={dataset.num_classes}, input_shape={tuple(dataset.input_shape)}, "
+          + ", ".join(arrays) + (f", vocab={sorted(vocab)}" if vocab else "") + ")")
+
 
 _SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 FINGERPRINT_ROWS = 256
