@@ -35,6 +35,7 @@ examples:
   jdl check --config digits_cnn                  # sanity checks; exit 1 if any fails
   jdl lr-find --config digits_cnn --out lr.png   # learning-rate range test
   jdl profile --config digits_cnn                # time per XLA operation of a step (CPU)
+  jdl compare runs/adam runs/sgd --out compare   # curves side by side, a table of results
 """
 
 
@@ -151,6 +152,12 @@ def _parser() -> argparse.ArgumentParser:
                  help="last learning rate (default: 10)")
   f.add_argument("--steps", type=int_at_least(2), default=100,
                  help="most steps to run (default: 100)")
+  cp = add("compare", "Compare finished or running runs: one PNG a quantity with every run's "
+           "validation (solid) and training (dashed) curve, and a table of each run's test "
+           "metrics and best validation values.", config=False, workdir=False)
+  cp.add_argument("runs", nargs="+", metavar="WORKDIR", help="a run's directory (repeatable)")
+  cp.add_argument("--out", default="compare", metavar="DIR",
+                  help="folder of the plots, <quantity>.png (default: compare)")
   pr = add("profile", "Time one block of training steps per XLA:CPU operation and per layer "
            "and pass (forward / backward), from the initial state; trains and writes nothing.",
            workdir=False)
@@ -697,6 +704,23 @@ def _fail(message: str) -> int:
   return 2
 
 
+def _compare(args, overrides) -> int:
+  from jdl.train import plots
+  if overrides:
+    raise JdlError("compare takes no --config overrides")
+  runs = [plots.read_run(run, label)
+          for run, label in zip(args.runs, plots.run_labels(args.runs))]
+  out = Path(args.out).resolve()
+  for run in args.runs:
+    if out == Path(run).resolve() or Path(run).resolve() in out.parents:
+      raise JdlError(f"--out {args.out} is inside the run {run}: its own files there would "
+                     "be overwritten; choose a folder outside the runs")
+  print(plots.comparison_table(runs))
+  written = plots.plot_comparison(runs, out)
+  print(f"plots: {len(written)} in {args.out} ({', '.join(p.name for p in written)})")
+  return 0
+
+
 def main(argv: list[str] | None = None) -> int:
   from jdl.train import workdir as workdir_lib  # No JAX: the package imports lazily.
   try:  # The command, wherever the --config.key=value overrides are.
@@ -740,7 +764,7 @@ def _main(argv: list[str] | None) -> int:
   command = {"train": _train, "evaluate": _evaluate, "export": _export, "sample": _sample,
              "predict": _predict,
              "list": _list, "config": _show_config,
-             "check": _check, "lr-find": _lr_find, "profile": _profile}
+             "check": _check, "lr-find": _lr_find, "profile": _profile, "compare": _compare}
   try:
     return command[args.command](args, overrides)
   except JdlError as e:

@@ -643,3 +643,66 @@ def test_export_holds_what_evaluation_needs_batch_norm_statistics_too(tmp_path, 
   with np.load(out, allow_pickle=False) as f:
     assert not [k for k in f.files if k.startswith("input_scaling")]
   assert not (tmp_path / "raw" / "normalizer.npz").exists()
+
+
+def _write_run(workdir: Path, records: list[dict], tail: str = "") -> Path:
+  workdir.mkdir(parents=True)
+  (workdir / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in records) + tail)
+  return workdir
+
+
+def test_compare_tabulates_and_plots_runs_side_by_side(trained, tmp_path, capsys):
+  a = _write_run(tmp_path / "x" / "run", [
+      *({"step": 10 * e, "epoch": e, "split": "train", "loss": loss, "learning_rate": 0.1,
+         "epoch_seconds": 1.5, "samples_per_sec": 99.0} for e, loss in ((1, 1.0), (2, 0.5),
+                                                                          (3, 0.3))),
+      *({"step": 10 * e, "epoch": e, "split": "val", "loss": loss, "accuracy": acc}
+        for e, loss, acc in ((1, 0.9, 0.5), (2, 0.4, 0.8), (3, 0.45, 0.7))),
+      {"step": 30, "epoch": 3, "split": "test", "loss": 0.5, "accuracy": 0.75}],
+      tail='{"step": 40, "epoch": 4, "spl')  # A run killed while writing a line.
+  b = _write_run(tmp_path / "y" / "run", [  # Train lines only, a NaN loss: no val, no test.
+      {"step": 5, "epoch": 1, "split": "train", "loss": None, "learning_rate": 0.01}])
+  out = tmp_path / "plots"
+  code, text, err = run_cli("compare", a, b, trained, "--out", out, capsys=capsys)
+  assert code == 0, err
+  lines = text.splitlines()
+  # Two runs named "run": each goes by its path below the common folder.
+  header, row_a, row_b, row_t = (line.split() for line in lines[:4])
+  assert header[:4] == ["run", "epochs", "train", "s"]
+  assert row_a[0] == "x/run" and row_b[0] == "y/run" and row_t[0] == trained.name
+  assert row_a[1:3] == ["3", "4.5"] and row_b[1:3] == ["1", "0.0"]
+  # Columns in the order the runs name them: test loss, test accuracy, test macro_f1
+  # (the real run's), then the best validation values with their epochs.
+  assert lines[0].split("train s")[1].split() == [
+      "test", "loss", "test", "accuracy", "test", "macro_f1", "best", "val", "loss", "(epoch)",
+      "best", "val", "accuracy", "(epoch)", "best", "val", "macro_f1", "(epoch)"]
+  assert row_a[3:] == ["0.5", "0.75", "-", "0.4", "(2)", "0.8", "(2)", "-"]
+  assert row_b[3:] == ["-"] * 6
+  real = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+  test = [r for r in real if r["split"] == "test"][-1]
+  val = [r for r in real if r["split"] == "val"]
+  assert row_t[3:6] == [f"{test[k]:.4g}" for k in ("loss", "accuracy", "macro_f1")]
+  assert row_t[6:] == [f"{min(r['loss'] for r in val):.4g}", "(1)",
+                       f"{max(r['accuracy'] for r in val):.4g}", "(1)",
+                       f"{max(r['macro_f1'] for r in val):.4g}", "(1)"]
+  assert lines[-1].startswith(f"plots: 4 in {out} ")
+  for name in ("loss", "accuracy", "macro_f1", "learning_rate"):
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+  assert not (out / "epoch_seconds.png").exists() and not (out / "step.png").exists()
+
+
+def test_compare_refuses_what_it_cannot_read_and_writes_nothing_into_a_run(trained, tmp_path,
+                                                                           capsys):
+  before = _snapshot(trained)
+  code, _, err = run_cli("compare", trained, "--out", trained / "plots", capsys=capsys)
+  assert code == 2 and err.startswith("jdl: error: --out ") and "inside the run" in err
+  assert _snapshot(trained) == before
+  code, _, err = run_cli("compare", trained, tmp_path, capsys=capsys)
+  assert code == 2 and f"{tmp_path} holds no metrics.jsonl" in err
+  code, _, err = run_cli("compare", tmp_path / "nowhere", capsys=capsys)
+  assert code == 2 and "nowhere is not a directory" in err
+  bad = _write_run(tmp_path / "bad", [], tail='{"step": 1, "spl\n{"step": 2}\n')
+  code, _, err = run_cli("compare", bad, "--out", tmp_path / "out", capsys=capsys)
+  assert code == 2 and "metrics.jsonl, line 1, is not a JSON record" in err
+  assert err.count("\n") == 1 and not (tmp_path / "out").exists()

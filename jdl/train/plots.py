@@ -1,7 +1,9 @@
-"""PNG plots of the curves in ``metrics.jsonl``: one figure per quantity."""
+"""PNG plots of the curves in ``metrics.jsonl``: one figure per quantity, of one run or
+of several side by side (``jdl compare``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import defaultdict
@@ -132,3 +134,171 @@ def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix") ->
   fig.savefig(path)
   plt.close(fig)
   return path
+
+
+def _run_records(workdir: Path) -> list[dict]:
+  """A run's ``metrics.jsonl`` records; a partial last line (a run killed while
+  writing it) is left out, any other unreadable line is an error naming it."""
+  from jdl.errors import JdlError
+  if not workdir.is_dir():
+    raise JdlError(f"{workdir} is not a directory")
+  path = workdir / "metrics.jsonl"
+  if not path.is_file():
+    raise JdlError(f"{workdir} holds no metrics.jsonl: not a jdl run, or one that has not "
+                   "finished an epoch")
+  lines = path.read_bytes().splitlines()
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      if i == len(lines) - 1:
+        continue
+      raise JdlError(f"{path}, line {i + 1}, is not a JSON record; fix or remove it") from None
+    if isinstance(record, dict):
+      records.append({k: math.nan if v is None else v for k, v in record.items()})
+  return records
+
+
+@dataclasses.dataclass
+class RunCurves:
+  """One run's curves, as :func:`read_run` reads them from its ``metrics.jsonl``.
+
+  Attributes:
+    label: the name the run goes by in plots and tables.
+    curves: ``{quantity: {'train' | 'val': (epochs, values)}}``; the last line of
+      each epoch wins.
+    test: the run's last test line's metrics (``{}`` without one).
+    epochs: the epochs its train lines reach.
+    train_seconds: the sum of its epochs' ``epoch_seconds`` (training steps only).
+  """
+  label: str
+  curves: dict[str, dict[str, tuple[list[int], list[float]]]]
+  test: dict[str, float]
+  epochs: int
+  train_seconds: float
+
+
+def read_run(workdir: str | Path, label: str | None = None) -> RunCurves:
+  """The curves of the run in ``workdir``, for :func:`plot_comparison`.
+
+  Raises:
+    JdlError: no such directory, no ``metrics.jsonl`` in it, or a damaged line.
+  """
+  workdir = Path(workdir)
+  by_epoch: dict[tuple[str, int], dict] = {}
+  test: dict[str, float] = {}
+  for rec in _run_records(workdir):
+    split, epoch = rec.get("split"), rec.get("epoch")
+    if split == "test":
+      test = {k: v for k, v in rec.items() if k not in _SKIP and isinstance(v, (int, float))}
+    elif split in ("train", "val") and isinstance(epoch, int):
+      by_epoch[(split, epoch)] = rec
+  curves: dict[str, dict[str, tuple[list, list]]] = defaultdict(lambda: defaultdict(lambda: ([], [])))
+  for (split, epoch), rec in sorted(by_epoch.items(), key=lambda item: item[0][1]):
+    for k, v in rec.items():
+      if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool):
+        xs, ys = curves[k][split]
+        xs.append(epoch)
+        ys.append(float(v))
+  train = [rec for (split, _), rec in by_epoch.items() if split == "train"]
+  return RunCurves(
+      label=label or workdir.name, curves={k: dict(v) for k, v in curves.items()}, test=test,
+      epochs=max((rec["epoch"] for rec in train), default=0),
+      train_seconds=sum(rec.get("epoch_seconds", 0.0) for rec in train))
+
+
+def run_labels(workdirs: list[str | Path]) -> list[str]:
+  """Names for runs side by side: each workdir's own name, lengthened by its parent
+  folders where two would share one (``x/run``, ``y/run``)."""
+  from collections import Counter
+  paths = [Path(w).resolve() for w in workdirs]
+  depth = [1] * len(paths)
+  while True:
+    labels = ["/".join(p.parts[-d:]) for p, d in zip(paths, depth)]
+    counts = Counter(labels)
+    clashing = [i for i, label in enumerate(labels)
+                if counts[label] > 1 and depth[i] < len(paths[i].parts) - 1]
+    if not clashing:  # (The same run given twice keeps one name.)
+      return labels
+    for i in clashing:
+      depth[i] += 1
+
+
+def plot_comparison(runs: list[RunCurves], out_dir: str | Path) -> list[Path]:
+  """Writes ``<quantity>.png`` for each quantity any run logged: one colour a run,
+  its validation curve solid and its training curve dashed, against epoch.
+
+  Returns:
+    The paths written.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+  names = list(dict.fromkeys(k for run in runs for k in run.curves))
+  written = []
+  for name in names:
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    values = []
+    both = any("val" in run.curves.get(name, {}) for run in runs)  # Else train alone, solid.
+    for i, run in enumerate(runs):
+      colour = colours(i % colours.N)
+      for split, style in (("val", "-"), ("train", "--" if both else "-")):
+        if split not in run.curves.get(name, {}):
+          continue
+        xs, ys = run.curves[name][split]
+        values += ys
+        ax.plot(xs, ys, style, color=colour, marker="o" if split == "val" else None,
+                markersize=3, linewidth=1.6 if split == "val" or not both else 1.0,
+                label=f"{run.label} ({split})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(name)
+    finite = [v for v in values if math.isfinite(v)]
+    if (name.endswith("loss") or name == "learning_rate") and finite and min(finite) > 0:
+      ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, ncol=1 + len(runs) // 8)
+    ax.set_title(f"{name}: validation solid, training dashed" if both else name)
+    fig.tight_layout()
+    path = out_dir / f"{name}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+  return written
+
+
+def comparison_table(runs: list[RunCurves]) -> str:
+  """One row a run: its epochs, training time, test metrics, and the best value of
+  each validation metric with its epoch (best by the metric's direction: accuracy
+  up, a loss down; a metric of unknown direction is left out)."""
+  from jdl.metrics import better_direction
+  tests = list(dict.fromkeys(k for run in runs for k in run.test))
+  vals = [k for k in dict.fromkeys(k for run in runs for k in run.curves
+                                   if "val" in run.curves[k]) if better_direction(k)]
+  header = ["run", "epochs", "train s", *(f"test {k}" for k in tests),
+            *(f"best val {k} (epoch)" for k in vals)]
+  rows = []
+  for run in runs:
+    row = [run.label, str(run.epochs), f"{run.train_seconds:.1f}"]
+    row += [_number(run.test[k]) if k in run.test else "-" for k in tests]
+    for k in vals:
+      xs, ys = run.curves.get(k, {}).get("val", ([], []))
+      scored = [(y, x) for x, y in zip(xs, ys) if math.isfinite(y)]
+      if not scored:
+        row.append("-")
+        continue
+      y, x = (max if better_direction(k) == "max" else min)(scored, key=lambda p: p[0])
+      row.append(f"{_number(y)} ({x})")
+    rows.append(row)
+  widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+  return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, widths)))
+                   for r in [header, *rows])
+
+
+def _number(x: float) -> str:
+  return f"{x:.4g}" if math.isfinite(x) else "nan"
