@@ -15,12 +15,29 @@ _SKIP = frozenset(RECORD_FACTS + RECORD_TIMINGS)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-  """The records of ``metrics.jsonl``; a ``null`` value (no finite number) reads as NaN."""
+  """The records of ``metrics.jsonl`` (``[]`` without the file); a ``null`` value (no
+  finite number) reads as NaN. A partial last line (a run killed while writing it) is
+  left out; any other unreadable line is an error naming it.
+
+  Raises:
+    JdlError: a line before the last is not a JSON record.
+  """
+  from jdl.errors import JdlError
   path = Path(path)
   if not path.exists():
     return []
-  return [{k: math.nan if v is None else v for k, v in json.loads(line).items()}
-          for line in path.read_text().splitlines() if line.strip()]
+  lines = path.read_bytes().splitlines()
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      if i == len(lines) - 1:
+        continue
+      raise JdlError(f"{path}, line {i + 1}, is not a JSON record; fix or remove it") from None
+    if isinstance(record, dict):
+      records.append({k: math.nan if v is None else v for k, v in record.items()})
+  return records
 
 
 def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
@@ -137,27 +154,14 @@ def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix") ->
 
 
 def _run_records(workdir: Path) -> list[dict]:
-  """A run's ``metrics.jsonl`` records; a partial last line (a run killed while
-  writing it) is left out, any other unreadable line is an error naming it."""
+  """:func:`read_metrics` of the run in ``workdir``, which must have the file."""
   from jdl.errors import JdlError
   if not workdir.is_dir():
     raise JdlError(f"{workdir} is not a directory")
-  path = workdir / "metrics.jsonl"
-  if not path.is_file():
+  if not (workdir / "metrics.jsonl").is_file():
     raise JdlError(f"{workdir} holds no metrics.jsonl: not a jdl run, or one that has not "
                    "finished an epoch")
-  lines = path.read_bytes().splitlines()
-  records = []
-  for i, line in enumerate(lines):
-    try:
-      record = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-      if i == len(lines) - 1:
-        continue
-      raise JdlError(f"{path}, line {i + 1}, is not a JSON record; fix or remove it") from None
-    if isinstance(record, dict):
-      records.append({k: math.nan if v is None else v for k, v in record.items()})
-  return records
+  return read_metrics(workdir / "metrics.jsonl")
 
 
 @dataclasses.dataclass
