@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import jdl
+from jdl.train import callbacks as cb
 from jdl.train import loop
 from jdl.train import resume
 
@@ -1556,3 +1557,39 @@ def test_confusion_matrix_counts_as_sklearn_and_its_diagonal_is_the_accuracy(tmp
   with pytest.raises(jdl.JdlError, match="for classification runs"):
     jdl.Trainer(make_config(task="regression", dataset="linear", loss="mse",
                             metrics=("mse",)), quiet=True).confusion_matrix()
+
+
+def test_the_progress_bar_draws_in_a_notebook_and_counts_the_epochs_steps(monkeypatch, capsys):
+  import sys
+  import types
+
+  import tqdm.auto
+  assert not cb.in_notebook()  # pytest: no kernel.
+  ipython = types.ModuleType("IPython")
+  monkeypatch.setitem(sys.modules, "IPython", ipython)
+  for config, kernel in (({"IPKernelApp": {"connection_file": "k.json"}}, True),
+                         ({}, False)):  # A kernel's shell; IPython in a terminal.
+    ipython.get_ipython = lambda config=config: types.SimpleNamespace(config=config)
+    assert cb.in_notebook() is kernel
+    assert cb.ProgressBar().enabled is kernel  # pytest's stderr is no terminal.
+  ipython.get_ipython = lambda: None  # IPython imported, no shell running.
+  assert not cb.in_notebook()
+
+  def no_widgets(*args, **kwargs):  # tqdm's notebook bar without ipywidgets.
+    raise ImportError("IProgress not found. Please update jupyter and ipywidgets.")
+  monkeypatch.setattr(tqdm.auto, "tqdm", no_widgets)
+  closed = []
+
+  class TextBar(tqdm.std.tqdm):
+    def close(self):
+      if not self.disable:
+        closed.append((self.desc, self.n, self.total))
+      super().close()
+  monkeypatch.setattr(tqdm.std, "tqdm", TextBar)
+  capsys.readouterr()
+  result = jdl.Trainer(make_config(num_epochs=2, scan_chunk=5), progress=True).fit()
+  err = capsys.readouterr().err
+  # 1,293 train examples: 20 steps of 64 an epoch, counted on tqdm's text bar.
+  assert int(result.state.step) == 40
+  assert closed == [("epoch 1/2", 20, 20), ("epoch 2/2", 20, 20)]
+  assert "epoch 1/2:   0%|" in err and "| 0/20 " in err

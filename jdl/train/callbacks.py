@@ -368,19 +368,33 @@ class TensorBoard(Callback):
         events._closed = True  # pylint: disable=protected-access
 
 
+def in_notebook() -> bool:
+  """Whether this process is a Jupyter (or Colab) kernel: its stderr is no terminal,
+  yet the notebook shows a progress bar."""
+  ipython = sys.modules.get("IPython")  # Imported by any kernel; never imported here.
+  shell = getattr(ipython, "get_ipython", lambda: None)() if ipython else None
+  return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
 class ProgressBar(Callback):
-  """A tqdm bar per epoch, on a terminal only."""
+  """A tqdm bar per epoch, on a terminal or in a notebook (a widget where ipywidgets
+  is installed, else tqdm's text bar)."""
 
   def __init__(self, enabled: bool | None = None):
-    self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    self.enabled = (sys.stderr.isatty() or in_notebook()) if enabled is None else enabled
     self._bar = None
 
   def start_epoch(self, epoch: int, num_epochs: int, total: int, initial: int) -> None:
     if not self.enabled:
       return
     from tqdm.auto import tqdm
-    self._bar = tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{num_epochs}",
-                     unit="step", leave=False, dynamic_ncols=True)
+    kwargs = dict(total=total, initial=initial, desc=f"epoch {epoch + 1}/{num_epochs}",
+                  unit="step", leave=False, dynamic_ncols=True)
+    try:
+      self._bar = tqdm(**kwargs)
+    except ImportError:  # tqdm's notebook widget without ipywidgets: its text bar.
+      from tqdm.std import tqdm as text_tqdm
+      self._bar = text_tqdm(**kwargs)
 
   def on_steps_end(self, trainer, step, num_steps):
     if self._bar is not None:

@@ -114,7 +114,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
 
   ``Trainer(config, workdir, dataset=, model=, callbacks=, quiet=, restart=)`` takes
   :func:`fit`'s arguments, and ``trainer.fit()`` trains; also ``progress`` (the
-  progress bar: ``None`` draws it on a terminal only, unless ``quiet``),
+  progress bar: ``None`` draws it on a terminal or in a notebook, unless ``quiet``),
   ``parallel`` (overrides ``config.parallel``) and ``vocab`` (a finished run's
   vocabularies, which :func:`jdl.load_run` passes).
 
