@@ -1587,7 +1587,7 @@ def test_the_progress_bar_draws_in_a_notebook_and_counts_the_epochs_steps(monkey
       super().close()
   monkeypatch.setattr(tqdm.std, "tqdm", TextBar)
   capsys.readouterr()
-  result = jdl.Trainer(make_config(num_epochs=2, scan_chunk=5), progress=True).fit()
+  result = jdl.fit(make_config(num_epochs=2, scan_chunk=5), progress=True)
   err = capsys.readouterr().err
   # 1,293 train examples: 20 steps of 64 an epoch, counted on tqdm's text bar.
   assert int(result.state.step) == 40

@@ -1201,7 +1201,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
 def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
         dataset: data_lib.Dataset | None = None, model=None,
         callbacks: Sequence[cb.Callback] = (), quiet: bool = False,
-        restart: bool = False) -> FitResult:
+        restart: bool = False, progress: bool | None = None) -> FitResult:
   """Trains ``config``'s experiment; resumes if ``workdir`` holds a checkpoint.
 
   Args:
@@ -1214,6 +1214,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
     callbacks: a list of extra :class:`jdl.train.callbacks.Callback` instances.
     quiet: print nothing but warnings.
     restart: move a previous run in ``workdir`` aside and start over.
+    progress: the bar of each epoch's steps: ``None`` draws it on a terminal and in
+      a notebook, ``False`` nowhere (the epoch lines stay); ``quiet`` leaves it out.
 
   Returns:
     A :class:`FitResult`.
@@ -1225,7 +1227,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
       ``nonfinite='stop'``, naming the step; the checkpoints on disk are from before.
   """
   trainer = Trainer(config, workdir, dataset=dataset, model=model, callbacks=callbacks,
-                    quiet=quiet, restart=restart)
+                    quiet=quiet, restart=restart, progress=progress)
   return trainer.fit()
 
 
