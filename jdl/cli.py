@@ -715,6 +715,9 @@ def _compare(args, overrides) -> int:
     if out == Path(run).resolve() or Path(run).resolve() in out.parents:
       raise JdlError(f"--out {args.out} is inside the run {run}: its own files there would "
                      "be overwritten; choose a folder outside the runs")
+  if out.exists() and not out.is_dir():
+    raise JdlError(f"--out {args.out} is a file; choose a folder for the plots")
+  out.mkdir(parents=True, exist_ok=True)  # Its failure before the table is printed.
   print(plots.comparison_table(runs))
   written = plots.plot_comparison(runs, out)
   print(f"plots: {len(written)} in {args.out} ({', '.join(p.name for p in written)})")

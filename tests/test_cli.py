@@ -702,6 +702,10 @@ def test_compare_refuses_what_it_cannot_read_and_writes_nothing_into_a_run(train
   assert code == 2 and f"{tmp_path} holds no metrics.jsonl" in err
   code, _, err = run_cli("compare", tmp_path / "nowhere", capsys=capsys)
   assert code == 2 and "nowhere is not a directory" in err
+  (tmp_path / "a_file").write_text("mine")
+  code, out, err = run_cli("compare", trained, "--out", tmp_path / "a_file", capsys=capsys)
+  assert code == 2 and out == "" and "a_file is a file; choose a folder" in err
+  assert (tmp_path / "a_file").read_text() == "mine"
   bad = _write_run(tmp_path / "bad", [], tail='{"step": 1, "spl\n{"step": 2}\n')
   code, _, err = run_cli("compare", bad, "--out", tmp_path / "out", capsys=capsys)
   assert code == 2 and "metrics.jsonl, line 1, is not a JSON record" in err
