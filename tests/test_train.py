@@ -1593,3 +1593,41 @@ def test_the_progress_bar_draws_in_a_notebook_and_counts_the_epochs_steps(monkey
   assert int(result.state.step) == 40
   assert closed == [("epoch 1/2", 20, 20), ("epoch 2/2", 20, 20)]
   assert "epoch 1/2:   0%|" in err and "| 0/20 " in err
+
+
+@pytest.mark.parametrize("overrides", [
+    {},  # The epoch as compiled blocks of scan_chunk steps.
+    {"epoch_mode": "step"},  # One jitted step a batch.
+    {"scan_chunk": 7, "model__dropout_rate": 0.3},  # Blocks of 7, 7 and 6 steps; keys.
+], ids=["scan", "step", "uneven blocks, dropout"])
+def test_later_epochs_compile_nothing(overrides):
+  # Every program a run needs is compiled in its first epoch (train blocks, the val
+  # evaluation); a later epoch that traced again (a Python value turned static, a
+  # shape that changes) would compile each epoch anew. JAX logs each compilation.
+  import logging
+  compiled = []
+
+  class Compiles(logging.Handler):
+    def emit(self, record):
+      if record.getMessage().startswith("Compiling "):
+        compiled.append(record.getMessage().split(" with ")[0])
+
+  class AtEpochEnd(cb.Callback):
+    def __init__(self):
+      self.counts = []
+
+    def on_epoch_end(self, trainer, epoch, logs):
+      self.counts.append(len(compiled))
+
+  handler, logger, epochs = Compiles(), logging.getLogger("jax"), AtEpochEnd()
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles(True):
+      jdl.fit(make_config(num_epochs=4, **overrides), quiet=True, callbacks=[epochs])
+  finally:
+    logger.removeHandler(handler)
+  first = epochs.counts[0]
+  assert first > 0 and "Compiling jit(eval_batch)" in compiled[:first]
+  assert epochs.counts == [first] * 4, compiled[first:]
+  # After the last epoch, only the test split's evaluation (360 rows, not val's 144).
+  assert compiled[first:] == ["Compiling jit(eval_batch)"]
