@@ -195,13 +195,13 @@ def read_run(workdir: str | Path, label: str | None = None) -> RunCurves:
   for rec in _run_records(workdir):
     split, epoch = rec.get("split"), rec.get("epoch")
     if split == "test":
-      test = {k: v for k, v in rec.items() if k not in _SKIP and isinstance(v, (int, float))}
+      test = {k: float(v) for k, v in rec.items() if _is_value(k, v)}
     elif split in ("train", "val") and isinstance(epoch, int):
       by_epoch[(split, epoch)] = rec
   curves: dict[str, dict[str, tuple[list, list]]] = defaultdict(lambda: defaultdict(lambda: ([], [])))
   for (split, epoch), rec in sorted(by_epoch.items(), key=lambda item: item[0][1]):
     for k, v in rec.items():
-      if k not in _SKIP and isinstance(v, (int, float)) and not isinstance(v, bool):
+      if _is_value(k, v):
         xs, ys = curves[k][split]
         xs.append(epoch)
         ys.append(float(v))
@@ -210,6 +210,13 @@ def read_run(workdir: str | Path, label: str | None = None) -> RunCurves:
       label=label or workdir.name, curves={k: dict(v) for k, v in curves.items()}, test=test,
       epochs=max((rec["epoch"] for rec in train), default=0),
       train_seconds=sum(rec.get("epoch_seconds", 0.0) for rec in train))
+
+
+def _is_value(key: str, value) -> bool:
+  """Whether a record's entry is a metric's value (not a fact of the run, a timing, a
+  string or a flag)."""
+  return (key not in _SKIP and isinstance(value, (int, float))
+          and not isinstance(value, bool))
 
 
 def run_labels(workdirs: list[str | Path]) -> list[str]:
