@@ -626,6 +626,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
   def __repr__(self) -> str:
+    if not hasattr(self, "state"):  # Its __init__ failed before it had one.
+      return object.__repr__(self)
     model = (self.model_source["class"] if self.model_source["given"]
              else self.config.model.get("name"))
     where = (f"workdir={str(self.workdir)!r}" if self.workdir is not None
