@@ -662,7 +662,8 @@ def test_compare_tabulates_and_plots_runs_side_by_side(trained, tmp_path, capsys
       {"step": 30, "epoch": 3, "split": "test", "loss": 0.5, "accuracy": 0.75}],
       tail='{"step": 40, "epoch": 4, "spl')  # A run killed while writing a line.
   b = _write_run(tmp_path / "y" / "run", [  # Train lines only, a NaN loss: no val, no test.
-      {"step": 5, "epoch": 1, "split": "train", "loss": None, "learning_rate": 0.01}])
+      {"step": 5, "epoch": 1, "split": "train", "loss": None, "learning_rate": 0.01}],
+      tail="\n")  # A blank line (an edit) is no damage.
   out = tmp_path / "plots"
   code, text, err = run_cli("compare", a, b, trained, "--out", out, capsys=capsys)
   assert code == 0, err

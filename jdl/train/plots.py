@@ -29,6 +29,8 @@ def read_metrics(path: str | Path) -> list[dict]:
   lines = path.read_bytes().splitlines()
   records = []
   for i, line in enumerate(lines):
+    if not line.strip():
+      continue
     try:
       record = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
