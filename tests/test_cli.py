@@ -663,7 +663,7 @@ def test_compare_tabulates_and_plots_runs_side_by_side(trained, tmp_path, capsys
       tail='{"step": 40, "epoch": 4, "spl')  # A run killed while writing a line.
   b = _write_run(tmp_path / "y" / "run", [  # Train lines only, a NaN loss: no val, no test.
       {"step": 5, "epoch": 1, "split": "train", "loss": None, "learning_rate": 0.01}],
-      tail="\n")  # A blank line (an edit) is no damage.
+      tail='\n{"step": 10, "epoch": 2, "split": "train", "loss": 2.0}\n')  # A blank line.
   out = tmp_path / "plots"
   code, text, err = run_cli("compare", a, b, trained, "--out", out, capsys=capsys)
   assert code == 0, err
@@ -672,7 +672,7 @@ def test_compare_tabulates_and_plots_runs_side_by_side(trained, tmp_path, capsys
   header, row_a, row_b, row_t = (line.split() for line in lines[:4])
   assert header[:4] == ["run", "epochs", "train", "s"]
   assert row_a[0] == "x/run" and row_b[0] == "y/run" and row_t[0] == trained.name
-  assert row_a[1:3] == ["3", "4.5"] and row_b[1:3] == ["1", "0.0"]
+  assert row_a[1:3] == ["3", "4.5"] and row_b[1:3] == ["2", "0.0"]
   # Columns in the order the runs name them: test loss, test accuracy, test macro_f1
   # (the real run's), then the best validation values with their epochs.
   assert lines[0].split("train s")[1].split() == [
