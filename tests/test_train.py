@@ -1530,12 +1530,28 @@ def test_blocks_of_one_step_give_the_bits_of_longer_blocks():
   chex.assert_trees_all_equal(_params(one), _params(two))
 
 
-def test_confusion_matrix_counts_as_sklearn_and_its_diagonal_is_the_accuracy(tmp_path):
+def test_confusion_matrix_counts_as_sklearn_and_its_diagonal_is_the_accuracy(tmp_path,
+                                                                           monkeypatch):
   from sklearn import metrics as skm
+  plotted, passes = [], []
+  real_plot, real_matrix = loop.plots.plot_confusion, loop.Trainer.confusion_matrix
+
+  def plot(matrix, *args, **kwargs):
+    plotted.append(matrix)
+    return real_plot(matrix, *args, **kwargs)
+
+  def confusion(self, *args, **kwargs):
+    passes.append(args)
+    return real_matrix(self, *args, **kwargs)
+  monkeypatch.setattr(loop.plots, "plot_confusion", plot)
+  monkeypatch.setattr(loop.Trainer, "confusion_matrix", confusion)
   result = jdl.fit(make_config(num_epochs=1, plots=True), tmp_path, quiet=True)
+  # Accuracy alone keeps no counts: the plot's matrix takes a pass of the model.
+  assert len(plotted) == 1 and passes == [("test",)]
   trainer, digits = result.trainer, jdl.data.load_dataset("digits")
   test = trainer.data.test
   matrix = trainer.confusion_matrix("test")
+  np.testing.assert_array_equal(plotted[0], matrix)
   logits = jdl.predict(result, digits.x_test)  # The raw inputs, through predict.
   expected = skm.confusion_matrix(digits.y_test, np.argmax(logits, axis=-1),
                                   labels=range(10))
@@ -1545,6 +1561,14 @@ def test_confusion_matrix_counts_as_sklearn_and_its_diagonal_is_the_accuracy(tmp
   assert (tmp_path / "plots" / "confusion_test.png").stat().st_size > 5000
   val = trainer.confusion_matrix("val")
   assert val.sum() == trainer.data.val.size
+  # With a macro metric the test evaluation's counts are the plot's: no second pass.
+  plotted.clear()
+  passes.clear()
+  macro = jdl.fit(make_config(num_epochs=1, plots=True, metrics=("accuracy", "macro_f1")),
+                  tmp_path / "macro", quiet=True)
+  assert len(plotted) == 1 and passes == []
+  np.testing.assert_array_equal(plotted[0], macro.trainer.confusion_matrix("test"))
+  assert plotted[0].shape == (10, 10) and plotted[0].sum() == 360
   # A single-logit binary model: class 1 where the logit is positive.
   xor = jdl.fit(jdl.load_config("xor"), tmp_path / "xor", quiet=True)
   out = xor.trainer.predict_normalized(xor.trainer.data.test.x)[:, 0]

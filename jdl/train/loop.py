@@ -1141,9 +1141,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     return now <= min(earlier) if mode == "min" else now >= max(earlier)
 
   def _finish(self) -> dict[str, float]:
-    test = {}
+    test, sums = {}, None
     if self.data.test is not None and not self.nan_detected:
-      test = self.evaluate_split(self.data.test)
+      sums = self.split_sums(self.data.test)
+      test = self.metrics_of(sums)
       test.update(self.sequence_scores(self.data.test))
       try:
         test.update(self.generative_scores(self.data.test))
@@ -1160,7 +1161,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       if (self.config.plots and self.primary and test and self.config.task == "classification"
           and 2 <= self.data.num_classes <= 100 and isinstance(self.data.test, pipeline.Split)
           and jax.process_count() == 1):
-        matrix = self.confusion_matrix("test")  # Of the state scored just above.
+        # Of the state scored just above: the macro metrics' counts, else a pass of
+        # the model over the split.
+        matrix = (np.asarray(jax.device_get(sums["confusion"]["matrix"]))[:, :-1]
+                  if "confusion" in sums else self.confusion_matrix("test"))
         share = np.trace(matrix) / max(self.data.test.size, 1)
         plots.plot_confusion(matrix, self.workdir / "plots" / "confusion_test.png",
                              title=f"test split, step {self.step}: accuracy {share:.2%}")
@@ -1177,6 +1181,15 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
   # ------------------------------------------------------------- evaluation
   def evaluate_split(self, split: pipeline.Split, state: TrainState | None = None) -> dict[str, float]:
     """Exact metrics of ``state`` (default: the current one) over a whole split."""
+    return self.metrics_of(self.split_sums(split, state))
+
+  def metrics_of(self, sums) -> dict[str, float]:
+    """The run's metrics (its task's, for a GAN) from :meth:`split_sums`."""
+    names = gen_tasks.EVAL_METRICS[self.config.task] if self.gan else self.metric_names
+    return self.compute_metrics([n for n in names if n in self.metric_names], sums)
+
+  def split_sums(self, split: pipeline.Split, state: TrainState | None = None):
+    """The metric sums (``jdl.metrics``' state) of ``state`` over a whole split."""
     state = self.state if state is None else state
     acc = None
     bs, prefetch = self.eval_batch_size, int(self.config.stream.prefetch)
@@ -1197,8 +1210,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
           idx, mask = (parallel_lib.batch_rows(self.parallel, a) for a in (idx, mask))
         m = self._eval_batch(state, x, y, idx, mask)
         acc = m if acc is None else metrics_lib.merge(acc, m)
-    names = gen_tasks.EVAL_METRICS[self.config.task] if self.gan else self.metric_names
-    return self.compute_metrics([n for n in names if n in self.metric_names], acc)
+    return acc
 
 def fit(config: ml_collections.ConfigDict, workdir: str | Path | None = None, *,
         dataset: data_lib.Dataset | None = None, model=None,
