@@ -1559,6 +1559,7 @@ def test_confusion_matrix_counts_as_sklearn_and_its_diagonal_is_the_accuracy(tmp
   assert matrix.sum() == test.size == 360
   assert np.trace(matrix) / test.size == pytest.approx(result.test_metrics["accuracy"])
   assert (tmp_path / "plots" / "confusion_test.png").stat().st_size > 5000
+  assert not (tmp_path / "plots" / "predictions_test.png").exists()  # Regression runs'.
   val = trainer.confusion_matrix("val")
   assert val.sum() == trainer.data.val.size
   # With a macro metric the test evaluation's counts are the plot's: no second pass.
@@ -1655,3 +1656,32 @@ def test_later_epochs_compile_nothing(overrides):
   assert epochs.counts == [first] * 4, compiled[first:]
   # After the last epoch, only the test split's evaluation (360 rows, not val's 144).
   assert compiled[first:] == ["Compiling jit(eval_batch)"]
+
+
+def test_a_regression_run_plots_its_test_predictions_with_sklearns_r2_and_mae(tmp_path):
+  from sklearn import metrics as skm
+  rng = np.random.default_rng(0)
+  y = rng.normal(size=(50, 3))
+  p = y + rng.normal(scale=[0.1, 1.0, 0.5], size=(50, 3))
+  p[:, 2] = y[:, 2] = 1.5  # A constant column: R2 undefined.
+  fits = jdl.train.plots.regression_fit(y, p)
+  np.testing.assert_allclose([f["r2"] for f in fits[:2]],
+                             skm.r2_score(y[:, :2], p[:, :2], multioutput="raw_values"))
+  np.testing.assert_allclose([f["mae"] for f in fits],
+                             skm.mean_absolute_error(y, p, multioutput="raw_values"))
+  assert math.isnan(fits[2]["r2"]) and fits[2]["mae"] == 0
+  # Ten outputs: eight panels, said in the title; it draws, whatever the count.
+  wide = jdl.train.plots.plot_predictions(rng.normal(size=(20, 10)), rng.normal(size=(20, 10)),
+                                          tmp_path / "wide.png")
+  assert wide.stat().st_size > 5000
+  config = make_config(task="regression", dataset="linear", loss="mse",
+                       metrics=("mse", "r2", "mae"), plots=True, num_epochs=20,
+                       optimizer__learning_rate=0.05)
+  result = jdl.fit(config, tmp_path / "run", quiet=True)
+  test = result.trainer.data.test
+  (fit,) = jdl.train.plots.regression_fit(test.y, result.trainer.predict_normalized(test.x))
+  # The figure's numbers are the run's own test metrics.
+  assert fit["r2"] == pytest.approx(result.test_metrics["r2"], rel=1e-5)
+  assert fit["mae"] == pytest.approx(result.test_metrics["mae"], rel=1e-5)
+  assert (tmp_path / "run" / "plots" / "predictions_test.png").stat().st_size > 5000
+  assert not (tmp_path / "run" / "plots" / "confusion_test.png").exists()

@@ -1168,6 +1168,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         share = np.trace(matrix) / max(self.data.test.size, 1)
         plots.plot_confusion(matrix, self.workdir / "plots" / "confusion_test.png",
                              title=f"test split, step {self.step}: accuracy {share:.2%}")
+      if (self.config.plots and self.primary and test and self.config.task == "regression"
+          and isinstance(self.data.test, pipeline.Split) and jax.process_count() == 1):
+        plots.plot_predictions(self.data.test.y, self.predict_normalized(self.data.test.x),
+                               self.workdir / "plots" / "predictions_test.png",
+                               title=f"test split, step {self.step}")
       if self.config.plots and self.config.task in ("autoencoder", "vae") and not self.nan_detected:
         self.save_reconstructions(self.workdir / "plots" / "reconstructions.png")
       if self.primary and not self.record_kept:

@@ -155,6 +155,66 @@ def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix") ->
   return path
 
 
+def regression_fit(targets, predictions) -> list[dict[str, float]]:
+  """Per output column of ``[N, k]`` targets and predictions: ``r2`` (1 - residual
+  over total sum of squares; NaN for a constant column) and ``mae``."""
+  import numpy as np
+  y, p = (np.asarray(a, np.float64).reshape(len(a), -1) for a in (targets, predictions))
+  residual = ((y - p) ** 2).sum(axis=0)
+  total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    r2 = np.where(total > 0, 1.0 - residual / np.where(total > 0, total, 1.0), np.nan)
+  return [{"r2": float(a), "mae": float(b)} for a, b in zip(r2, np.abs(y - p).mean(axis=0))]
+
+
+MAX_POINTS = 5000  # A scatter of more examples shows an evenly spaced 5,000 of them.
+
+
+def plot_predictions(targets, predictions, path: str | Path,
+                     title: str = "predictions") -> Path:
+  """Writes a regression run's predicted against true values as a PNG: one panel per
+  output column (at most 8), the line ``predicted = true``, and each column's R2 and
+  MAE (:func:`regression_fit`, over every example) in its title."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+
+  y = np.asarray(targets, np.float64).reshape(len(targets), -1)
+  p = np.asarray(predictions, np.float64).reshape(len(predictions), -1)
+  fits = regression_fit(y, p)
+  k = min(y.shape[1], 8)
+  shown = np.unique(np.linspace(0, len(y) - 1, min(len(y), MAX_POINTS)).astype(np.int64))
+  cols = min(k, 4)
+  rows = -(-k // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.6, 3.6 * rows + 0.6), dpi=100,
+                           squeeze=False)
+  for j, ax in enumerate(axes.flat):
+    if j >= k:
+      ax.set_visible(False)
+      continue
+    ax.scatter(y[shown, j], p[shown, j], s=6, alpha=0.5, linewidths=0)
+    finite = np.concatenate([y[:, j], p[:, j]])
+    finite = finite[np.isfinite(finite)]
+    if finite.size:
+      lo, hi = float(finite.min()), float(finite.max())
+      ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", linewidth=1)
+    name = f"output {j}: " if k > 1 else ""
+    ax.set_title(f"{name}R2 {fits[j]['r2']:.4f}, MAE {fits[j]['mae']:.4g}", fontsize=9)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.grid(True, alpha=0.3)
+  more = f" (first {k} of {y.shape[1]} outputs)" if y.shape[1] > k else ""
+  sample = f"; {len(shown):,} of {len(y):,} examples shown" if len(shown) < len(y) else ""
+  fig.suptitle(f"{title}{more}{sample}", fontsize=10)
+  fig.tight_layout()
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
 def _run_records(workdir: Path) -> list[dict]:
   """:func:`read_metrics` of the run in ``workdir``, which must have the file."""
   from jdl.errors import JdlError
