@@ -220,25 +220,7 @@ def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
     raise JdlError(f"--out must name a {suffix} file, got {raw!r}")
   if out.is_dir():
     raise JdlError(f"--out {raw!r} is a folder; name a {suffix} file")
-  from jdl.train import workdir as workdir_lib
-
-  def holds_run(folder: Path) -> bool:
-    return (folder / "config.json").is_file() or (folder / "checkpoints").is_dir()
-
-  try:
-    target = out.resolve()
-  except (OSError, RuntimeError) as e:  # A loop of links (RuntimeError on Python 3.11).
-    raise JdlError(f"--out {raw!r}: cannot follow its links ({e})") from None
-  # As named, and where its links lead (a link to a run's file or folder).
-  for path in dict.fromkeys((out.absolute(), target)):
-    parents = path.parents
-    if path.name in workdir_lib.RUN_FILES and holds_run(parents[0]):
-      raise JdlError(f"--out {raw!r} would overwrite the {path.name} of the run in "
-                     f"{parents[0]}; name another file")
-    for p in parents:  # Nothing a run wrote is lost to an --out: not in its folders either.
-      if p.name in workdir_lib.RUN_FILES and holds_run(p.parent):
-        raise JdlError(f"--out {raw!r} would write into the {p.name}/ of the run in "
-                       f"{p.parent}; name a file outside it")
+  _spare_runs(raw, out, folder=False)
   for parent in out.absolute().parents:
     if parent.exists():
       if not parent.is_dir():
@@ -246,6 +228,35 @@ def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
       _check_writable(parent, raw)
       break
   return out
+
+
+def _holds_run(folder: Path) -> bool:
+  return (folder / "config.json").is_file() or (folder / "checkpoints").is_dir()
+
+
+def _spare_runs(raw: str, out: Path, *, folder: bool) -> None:
+  """Refuses an ``--out`` (a file, or a ``folder`` of files) that would overwrite or
+  write among what a run wrote: a run's own file, anything in its folders (plots/,
+  tb/, ...), or, for a folder, a run's folder itself; as named, and where its links
+  lead."""
+  from jdl.train import workdir as workdir_lib
+  try:
+    target = out.resolve()
+  except (OSError, RuntimeError) as e:  # A loop of links (RuntimeError on Python 3.11).
+    raise JdlError(f"--out {raw!r}: cannot follow its links ({e})") from None
+  for path in dict.fromkeys((out.absolute(), target)):
+    parents = path.parents
+    if folder and _holds_run(path):
+      raise JdlError(f"--out {raw!r} is the folder of the run in {path}; name a folder "
+                     "outside it")
+    if not folder and path.name in workdir_lib.RUN_FILES and _holds_run(parents[0]):
+      raise JdlError(f"--out {raw!r} would overwrite the {path.name} of the run in "
+                     f"{parents[0]}; name another file")
+    # Nothing a run wrote is lost to an --out: not in its folders either.
+    for p in ((path, *parents) if folder else parents):
+      if p.name in workdir_lib.RUN_FILES and _holds_run(p.parent):
+        raise JdlError(f"--out {raw!r} would write into the {p.name}/ of the run in "
+                       f"{p.parent}; name a {'folder' if folder else 'file'} outside it")
 
 
 def _replacing(out: str | Path) -> str:
@@ -710,13 +721,10 @@ def _compare(args, overrides) -> int:
     raise JdlError("compare takes no --config overrides")
   runs = [plots.read_run(run, label)
           for run, label in zip(args.runs, plots.run_labels(args.runs))]
-  out = Path(args.out).resolve()
-  for run in args.runs:
-    if out == Path(run).resolve() or Path(run).resolve() in out.parents:
-      raise JdlError(f"--out {args.out} is inside the run {run}: its own files there would "
-                     "be overwritten; choose a folder outside the runs")
+  out = Path(args.out)
+  _spare_runs(args.out, out, folder=True)  # Not the plots/ of a run, compared or not.
   if out.exists() and not out.is_dir():
-    raise JdlError(f"--out {args.out} is a file; choose a folder for the plots")
+    raise JdlError(f"--out {args.out!r} is a file; name a folder for the plots")
   out.mkdir(parents=True, exist_ok=True)  # Its failure before the table is printed.
   print(plots.comparison_table(runs))
   written = plots.plot_comparison(runs, out)

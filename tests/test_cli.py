@@ -696,8 +696,15 @@ def test_compare_tabulates_and_plots_runs_side_by_side(trained, tmp_path, capsys
 def test_compare_refuses_what_it_cannot_read_and_writes_nothing_into_a_run(trained, tmp_path,
                                                                            capsys):
   before = _snapshot(trained)
-  code, _, err = run_cli("compare", trained, "--out", trained / "plots", capsys=capsys)
-  assert code == 2 and err.startswith("jdl: error: --out ") and "inside the run" in err
+  other = _write_run(tmp_path / "other", [{"step": 1, "epoch": 1, "split": "train",
+                                          "loss": 1.0}])
+  # Not into a run's plots/ (its loss.png would be replaced), compared or not; not
+  # into a run's folder either.
+  for runs, out, words in [([trained], trained / "plots", "would write into the plots/"),
+                           ([other], trained / "plots" / "more", "would write into the plots/"),
+                           ([other], trained, "is the folder of the run")]:
+    code, _, err = run_cli("compare", *runs, "--out", out, capsys=capsys)
+    assert code == 2 and err.startswith("jdl: error: --out ") and words in err, err
   assert _snapshot(trained) == before
   code, _, err = run_cli("compare", trained, tmp_path, capsys=capsys)
   assert code == 2 and f"{tmp_path} holds no metrics.jsonl" in err
@@ -705,7 +712,7 @@ def test_compare_refuses_what_it_cannot_read_and_writes_nothing_into_a_run(train
   assert code == 2 and "nowhere is not a directory" in err
   (tmp_path / "a_file").write_text("mine")
   code, out, err = run_cli("compare", trained, "--out", tmp_path / "a_file", capsys=capsys)
-  assert code == 2 and out == "" and "a_file is a file; choose a folder" in err
+  assert code == 2 and out == "" and "a_file' is a file; name a folder" in err
   assert (tmp_path / "a_file").read_text() == "mine"
   bad = _write_run(tmp_path / "bad", [], tail='{"step": 1, "spl\n{"step": 2}\n')
   code, _, err = run_cli("compare", bad, "--out", tmp_path / "out", capsys=capsys)
