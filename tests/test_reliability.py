@@ -483,7 +483,7 @@ def test_a_failed_rerun_keeps_the_finished_runs_test_line(tmp_path, monkeypatch)
   from jdl.train import loop
   def fail(self, *args, **kwargs):
     raise jdl.JdlError("evaluation failed")
-  monkeypatch.setattr(loop.Trainer, "evaluate_split", fail)
+  monkeypatch.setattr(loop.Trainer, "split_sums", fail)  # Every evaluation goes through it.
   with pytest.raises(jdl.JdlError, match="evaluation failed"):
     jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True)
   assert (tmp_path / "metrics.jsonl").read_text() == before
