@@ -1685,3 +1685,20 @@ def test_a_regression_run_plots_its_test_predictions_with_sklearns_r2_and_mae(tm
   assert fit["mae"] == pytest.approx(result.test_metrics["mae"], rel=1e-5)
   assert (tmp_path / "run" / "plots" / "predictions_test.png").stat().st_size > 5000
   assert not (tmp_path / "run" / "plots" / "confusion_test.png").exists()
+
+
+def test_an_empty_regression_test_split_is_no_test_split(tmp_path):
+  # Empty splits are no splits (as for classification); the regression targets'
+  # [N] -> [N, 1] reshape raised numpy's "cannot reshape array of size 0" before.
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(100, 3)).astype(np.float32)
+  y = x @ np.array([1.0, -2.0, 0.5], np.float32)
+  data = jdl.data.Dataset(x_train=x, y_train=y, x_test=x[:0], y_test=y[:0],
+                          task="regression")
+  config = make_config(task="regression", dataset="linear", loss="mse", metrics=("mse",),
+                       plots=True, num_epochs=1)
+  result = jdl.fit(config, tmp_path, dataset=data, quiet=True)
+  assert result.test_metrics == {} and result.trainer.data.test is None
+  assert int(result.state.step) == 90 // 64  # 10 of the 100 rows validate.
+  assert (tmp_path / "plots" / "loss.png").is_file()
+  assert not (tmp_path / "plots" / "predictions_test.png").exists()

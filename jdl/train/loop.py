@@ -1164,12 +1164,14 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         # Of the state scored just above: the macro metrics' counts, else a pass of
         # the model over the split.
         matrix = (np.asarray(jax.device_get(sums["confusion"]["matrix"]))[:, :-1]
-                  if "confusion" in sums else self.confusion_matrix("test"))
+                  if isinstance(sums, dict) and "confusion" in sums
+                  else self.confusion_matrix("test"))
         share = np.trace(matrix) / max(self.data.test.size, 1)
         plots.plot_confusion(matrix, self.workdir / "plots" / "confusion_test.png",
                              title=f"test split, step {self.step}: accuracy {share:.2%}")
       if (self.config.plots and self.primary and test and self.config.task == "regression"
-          and isinstance(self.data.test, pipeline.Split) and jax.process_count() == 1):
+          and isinstance(self.data.test, pipeline.Split) and self.data.test.size
+          and jax.process_count() == 1):
         plots.plot_predictions(self.data.test.y, self.predict_normalized(self.data.test.x),
                                self.workdir / "plots" / "predictions_test.png",
                                title=f"test split, step {self.step}")

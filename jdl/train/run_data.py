@@ -145,7 +145,9 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
       continue
     data_lib.validate_arrays(x, y, num_classes=dataset.num_classes, task=task, split=split)
   if task == "regression":
-    as_2d = lambda y: None if y is None else y.reshape(len(y), -1).astype(np.float32)  # noqa: E731
+    def as_2d(y):  # [N, k]; an empty split (no split, see put below) of its k columns.
+      return None if y is None else y.reshape(
+          len(y), int(np.prod(y.shape[1:], dtype=np.int64))).astype(np.float32)
     dataset = dataclasses.replace(dataset, y_train=as_2d(dataset.y_train),
                                   y_test=as_2d(dataset.y_test), y_val=as_2d(dataset.y_val))
   dataset = transfer.subset(dataset, classes=tuple(config.classes),
