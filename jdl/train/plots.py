@@ -14,6 +14,17 @@ from jdl.metrics import RECORD_FACTS, RECORD_TIMINGS
 _SKIP = frozenset(RECORD_FACTS + RECORD_TIMINGS)
 
 
+def _save(fig, path: str | Path) -> Path:
+  """Lays ``fig`` out, writes it to ``path`` (its folder made if missing) and closes it."""
+  import matplotlib.pyplot as plt
+  fig.tight_layout()
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
 def read_metrics(path: str | Path) -> list[dict]:
   """The records of ``metrics.jsonl`` (``[]`` without the file); a ``null`` value (no
   finite number) reads as NaN. A partial last line (a run killed while writing it) is
@@ -77,11 +88,7 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     ax.grid(True, alpha=0.3)
     ax.legend()
     ax.set_title(name)
-    fig.tight_layout()
-    path = out_dir / f"{name}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out_dir / f"{name}.png"))
   diagnostics = plot_diagnostics(metrics_path, out_dir)
   return written + ([diagnostics] if diagnostics else [])
 
@@ -113,11 +120,7 @@ def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path) -> Path | No
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
   bottom.legend(fontsize=7, ncol=2)
-  fig.tight_layout()
-  path = Path(out_dir) / "diagnostics.png"
-  fig.savefig(path)
-  plt.close(fig)
-  return path
+  return _save(fig, Path(out_dir) / "diagnostics.png")
 
 
 def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix") -> Path:
@@ -147,12 +150,7 @@ def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix") ->
   ax.set_xlabel("predicted class")
   ax.set_ylabel("true class")
   ax.set_title(title)
-  fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def regression_fit(targets, predictions) -> list[dict[str, float]]:
@@ -207,12 +205,7 @@ def plot_predictions(targets, predictions, path: str | Path,
   more = f" (first {k} of {y.shape[1]} outputs)" if y.shape[1] > k else ""
   sample = f"; {len(shown):,} of {len(y):,} examples shown" if len(shown) < len(y) else ""
   fig.suptitle(f"{title}{more}{sample}", fontsize=10)
-  fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def _run_records(workdir: Path) -> list[dict]:
@@ -336,11 +329,7 @@ def plot_comparison(runs: list[RunCurves], out_dir: str | Path) -> list[Path]:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, ncol=1 + len(runs) // 8)
     ax.set_title(f"{name}: validation solid, training dashed" if both else name)
-    fig.tight_layout()
-    path = out_dir / f"{name}.png"
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out_dir / f"{name}.png"))
   return written
 
 
