@@ -787,10 +787,17 @@ def _r2(g: dict[str, np.ndarray]) -> float:
   if int(g["count"]) < 2:
     return math.nan
   sse = np.asarray(g["sse"], np.float64).reshape(-1)
-  sst = np.broadcast_to(np.asarray(g["m2"], np.float64), sse.shape)
+  return float(np.mean(r2_columns(sse, np.asarray(g["m2"], np.float64))))
+
+
+def r2_columns(sse, sst) -> np.ndarray:
+  """Per output, ``1 - SSE / SST``; a target with no variance (``SST = 0``) scores 1
+  when predicted exactly and 0 otherwise, finite like scikit-learn's ``r2_score``."""
+  sse = np.asarray(sse, np.float64).reshape(-1)
+  sst = np.broadcast_to(np.asarray(sst, np.float64), sse.shape)
   constant = np.where(sse == 0, 1.0, 0.0)  # Targets with no variance.
   safe = np.where(sst > 0, sst, 1.0)
-  return float(np.mean(np.where(sst > 0, 1.0 - sse / safe, constant)))
+  return np.where(sst > 0, 1.0 - sse / safe, constant)
 
 
 def _compute_one(name: str, state: dict[str, dict[str, np.ndarray]]) -> float:
@@ -846,4 +853,5 @@ def compute(names: Sequence[str], state: State) -> dict[str, float]:
 
 __all__ = ["CLASSIFICATION", "REGRESSION", "CUSTOM", "register_metric", "validate_names",
     "check_padding_ignored",
-    "empty", "from_outputs", "merge", "compute", "better_direction", "two_class_logits"]
+    "empty", "from_outputs", "merge", "compute", "better_direction", "two_class_logits",
+    "r2_columns"]

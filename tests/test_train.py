@@ -1663,13 +1663,15 @@ def test_a_regression_run_plots_its_test_predictions_with_sklearns_r2_and_mae(tm
   rng = np.random.default_rng(0)
   y = rng.normal(size=(50, 3))
   p = y + rng.normal(scale=[0.1, 1.0, 0.5], size=(50, 3))
-  p[:, 2] = y[:, 2] = 1.5  # A constant column: R2 undefined.
+  p[:, 2] = y[:, 2] = 1.5  # A constant column, predicted exactly: R2 1, as sklearn's.
   fits = jdl.train.plots.regression_fit(y, p)
-  np.testing.assert_allclose([f["r2"] for f in fits[:2]],
-                             skm.r2_score(y[:, :2], p[:, :2], multioutput="raw_values"))
+  np.testing.assert_allclose([f["r2"] for f in fits],
+                             skm.r2_score(y, p, multioutput="raw_values"))
   np.testing.assert_allclose([f["mae"] for f in fits],
                              skm.mean_absolute_error(y, p, multioutput="raw_values"))
-  assert math.isnan(fits[2]["r2"]) and fits[2]["mae"] == 0
+  assert fits[2]["r2"] == 1.0 and fits[2]["mae"] == 0
+  p[0, 2] = 2.0  # A constant column missed: 0.
+  assert jdl.train.plots.regression_fit(y, p)[2]["r2"] == skm.r2_score(y[:, 2], p[:, 2]) == 0
   # Ten outputs: eight panels, said in the title; it draws, whatever the count.
   wide = jdl.train.plots.plot_predictions(rng.normal(size=(20, 10)), rng.normal(size=(20, 10)),
                                           tmp_path / "wide.png")

@@ -154,14 +154,13 @@ def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix") ->
 
 
 def regression_fit(targets, predictions) -> list[dict[str, float]]:
-  """Per output column of ``[N, k]`` targets and predictions: ``r2`` (1 - residual
-  over total sum of squares; NaN for a constant column) and ``mae``."""
+  """Per output column of ``[N, k]`` targets and predictions: ``r2`` (as the run's
+  ``r2`` metric scores each output: :func:`jdl.metrics.r2_columns`) and ``mae``."""
   import numpy as np
+
+  from jdl.metrics import r2_columns
   y, p = (np.asarray(a, np.float64).reshape(len(a), -1) for a in (targets, predictions))
-  residual = ((y - p) ** 2).sum(axis=0)
-  total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    r2 = np.where(total > 0, 1.0 - residual / np.where(total > 0, total, 1.0), np.nan)
+  r2 = r2_columns(((y - p) ** 2).sum(axis=0), ((y - y.mean(axis=0)) ** 2).sum(axis=0))
   return [{"r2": float(a), "mae": float(b)} for a, b in zip(r2, np.abs(y - p).mean(axis=0))]
 
 
