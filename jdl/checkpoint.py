@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -182,6 +183,11 @@ class Checkpointer:
         # rename, and removed by _purge_trash: a run killed while a step is removed
         # leaves no half-deleted step among the real ones.
         todelete_subdir=TRASH,
+        # The step's folders are made in save() itself. Made in orbax's background
+        # threads (its default), a folder that cannot be made (permission denied)
+        # leaves the threads writing into it waiting for a signal that never comes,
+        # for orbax's 300 s barrier timeout, and the process cannot exit meanwhile.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
     )
     self._async = bool(async_save)
     self._unconfirmed: list[int] = []  # Saved steps not yet known to be on disk.
@@ -269,6 +275,9 @@ class Checkpointer:
       # with a traceback when collected. This error reports the failure once.
       logging.getLogger("asyncio").setLevel(logging.CRITICAL)
       steps = " or ".join(map(str, self._unconfirmed[-2:]))
+      folder = os.path.basename(getattr(e, "filename", None) or "")
+      if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", folder):  # This step's own folder.
+        steps = folder.split(".", 1)[0]
       what = f"the checkpoint at step {steps}" if steps else "a checkpoint"
       reason = getattr(e, "strerror", None) or _write_failure_reason(e)
       raise JdlError(f"cannot write {what} in {self.directory}: {reason}; the steps "
@@ -498,6 +507,7 @@ def restore_params(directory: str | os.PathLike, *, step: int | None = None,
   if step not in steps:
     raise JdlError(f"no checkpoint at step {step} in {directory}; steps: {steps}")
   require_undamaged(directory, step)
+  _quiet_abandoned_reads()
   with _absl_quiet(), unreadable_as_error(directory, step):  # orbax warns of the step's
     return _restore_params(root / str(step) / "tree", model_state)  # metadata, read elsewhere.
 
@@ -574,19 +584,44 @@ class _AbandonedReads(logging.Filter):
     if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
       return True
     text = str(record.exc_info[1])
+    if text.startswith(_ORBAX_READ_FAILED):  # orbax's wrapper of such an error.
+      return False
     return not (_TS_STATUS.match(text) and ("tensorstore" in text or "OCDBT" in text
                                             or 'driver: ' in text))
 
 
 _ABANDONED_READS = _AbandonedReads()
+_ORBAX_READ_FAILED = "Encountered error while reading array index"
+
+
+def _is_abandoned_read(unraisable: Any) -> bool:
+  """Whether ``sys.unraisablehook``'s argument is one of orbax's array reads of a
+  damaged step, closed unfinished when collected: each printed "Exception ignored in:
+  <coroutine object _read_array_index_and_device_put>" and a traceback, after the one
+  line that reported the damage."""
+  code = getattr(unraisable.object, "cr_code", None)
+  return (getattr(code, "co_name", None) == "_read_array_index_and_device_put"
+          and str(unraisable.exc_value).startswith(_ORBAX_READ_FAILED))
+
+
+def _drop_abandoned_reads(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+  def hook(unraisable: Any) -> None:
+    if not _is_abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook.jdl_drops_abandoned_reads = True  # type: ignore[attr-defined]
+  return hook
 
 
 def _quiet_abandoned_reads() -> None:
-  """Installs :class:`_AbandonedReads` on asyncio's logger (once, for good: the
-  records come when the failed reads are collected, after the restore returns)."""
+  """Installs :class:`_AbandonedReads` on asyncio's logger and drops the abandoned
+  reads' "Exception ignored" reports (once, for good: both come when the failed reads
+  are collected, after the restore returns). Anything else passes as before."""
   asyncio_logger = logging.getLogger("asyncio")
   if _ABANDONED_READS not in asyncio_logger.filters:
     asyncio_logger.addFilter(_ABANDONED_READS)
+  if not getattr(sys.unraisablehook, "jdl_drops_abandoned_reads", False):
+    sys.unraisablehook = _drop_abandoned_reads(sys.unraisablehook)
 
 
 def require_undamaged(directory: str | os.PathLike, step: int | None = None) -> None:

@@ -351,6 +351,72 @@ def test_read_commands_on_a_mismatched_or_damaged_run(finished, tmp_path, capsys
   assert _snapshot(finished) == before
 
 
+_READ_A_DAMAGED_STEP = """
+import sys
+from jdl import cli
+for _ in range(3):
+  for args in (["evaluate"], ["export", "--out", sys.argv[2]]):
+    assert cli.main([*args, "--workdir", sys.argv[1]]) == 2
+"""
+
+
+def test_a_step_with_cut_data_files_is_one_line_per_command_without_orbax_tracebacks(
+    finished, tmp_path):
+  # Each of orbax's concurrent reads of the step fails; it raises the first, and the
+  # others printed "Exception ignored in: <coroutine object _read_array_index_and_
+  # device_put>" or "Task exception was never retrieved" tracebacks (hundreds of lines)
+  # when collected, after jdl's line: in most runs, so a few runs in one process.
+  import shutil
+  import subprocess
+  import sys
+
+  from conftest import cli_env
+
+  run = tmp_path / "run"
+  shutil.copytree(finished, run)
+  latest = max((run / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
+  for data in (latest / "tree").glob("ocdbt.process_*/d/*"):
+    with open(data, "r+b") as f:
+      f.truncate(data.stat().st_size // 2)
+  proc = subprocess.run([sys.executable, "-c", _READ_A_DAMAGED_STEP, str(run),
+                         str(tmp_path / "p.npz")], env=cli_env(), capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 6 and all(line.startswith(f"jdl: error: the checkpoint at step "
+                                                 f"{latest.name} ") for line in lines), \
+      "\n".join(lines[:30])
+
+
+def test_only_orbaxs_abandoned_reads_are_dropped_from_unraisable_reports(monkeypatch):
+  import sys
+  import types
+
+  from jdl import checkpoint as ckpt
+
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", seen.append)
+  ckpt._quiet_abandoned_reads()
+  ckpt._quiet_abandoned_reads()  # Once: not a hook around the hook.
+
+  async def _read_array_index_and_device_put():
+    pass
+
+  async def other():
+    pass
+
+  def report(coroutine, text):
+    sys.unraisablehook(types.SimpleNamespace(object=coroutine, exc_value=Exception(text)))
+    coroutine.close()
+
+  report(_read_array_index_and_device_put(), "Encountered error while reading array index: ()")
+  report(_read_array_index_and_device_put(), "something else")
+  report(other(), "Encountered error while reading array index: ()")
+  assert [str(r.exc_value) for r in seen] == [
+      "something else", "Encountered error while reading array index: ()"]
+  assert seen[1].object.cr_code.co_name == "other"
+
+
 def test_export_of_a_step_needs_only_that_step_undamaged(tmp_path, capsys):
   import shutil
 

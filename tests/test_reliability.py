@@ -794,6 +794,41 @@ def test_a_failed_checkpoint_write_is_a_clear_error_and_keeps_earlier_ones(tmp_p
                               jax.device_get(resumed.state.params))
 
 
+def test_a_step_folder_that_cannot_be_made_fails_the_save_and_leaves_no_thread_waiting(
+    tmp_path, monkeypatch):
+  # A checkpoints folder the run may not write into: the step's temporary folder is
+  # refused. Were it made in orbax's background threads, those writing into it would
+  # wait 300 s for its signal and hold the process at exit (jdl train hung after its
+  # error line).
+  import errno
+  import threading
+
+  from jdl.checkpoint import Checkpointer
+
+  real_mkdir = os.mkdir
+
+  def mkdir(path, *args, **kwargs):
+    if os.path.basename(os.fspath(path)).startswith("2.orbax-checkpoint-tmp"):
+      raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+    return real_mkdir(path, *args, **kwargs)
+
+  before = set(threading.enumerate())
+  checkpointer = Checkpointer(tmp_path / "c", async_save=True)
+  checkpointer.save(1, {"w": np.arange(3.0)}, meta={})
+  monkeypatch.setattr(os, "mkdir", mkdir)
+  with pytest.raises(jdl.JdlError, match=r"^cannot write the checkpoint at step 2 in .*: "
+                                         r"Permission denied; the steps saved before are intact$"):
+    checkpointer.save(2, {"w": np.arange(3.0) + 1}, meta={})
+  monkeypatch.setattr(os, "mkdir", real_mkdir)
+  checkpointer.close()
+  deadline = time.time() + 20
+  for thread in set(threading.enumerate()) - before:
+    if not thread.daemon:
+      thread.join(timeout=max(0.0, deadline - time.time()))
+      assert not thread.is_alive(), f"{thread.name} still waits, and holds the process at exit"
+  assert Checkpointer(tmp_path / "c", async_save=False).steps() == [1]
+
+
 @pytest.mark.parametrize("text, reason", [
     # As this machine's tensorstore writes it.
     ("OUT_OF_RANGE: Error writing \"w/0\" in OCDBT database at local file \"/c/\": Failed "
