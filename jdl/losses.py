@@ -210,6 +210,12 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
     "squared_hinge": squared_hinge,
     "kl_divergence": kl_divergence,
 }
+_BUILT_IN = dict(LOSSES)
+
+
+def is_built_in(name: str) -> bool:
+  """Whether ``name`` is one of jdl's own losses (not registered, nor replaced)."""
+  return name in _BUILT_IN and LOSSES.get(name) is _BUILT_IN[name]
 
 
 # The tasks each loss trains. Classification takes integer class labels (one-hot

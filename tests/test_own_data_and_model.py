@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -623,6 +624,22 @@ def test_a_dataset_needs_only_its_train_split_and_for_classification_its_classes
   assert (reg.num_classes, reg.input_shape) == (0, (64,))
 
 
+class Outputs(nn.Module):
+  """Returns ``make(Dense(width)(x))``: one logit a example, a tuple, a dict..."""
+  width: int
+  make: Any = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = nn.Dense(self.width)(x)
+    return y if self.make is None else self.make(y)
+
+
+def _fit_outputs(width, make=None, dataset=None, **config):
+  return jdl.fit(make_config(num_epochs=1, batch_size=4, **config), dataset=dataset or _dataset(),
+                 model=Outputs(width, make), quiet=True)
+
+
 class Noisy(nn.Module):
   """Draws noise from a stream of its own: flax's InvalidRngError from inside a step."""
 
@@ -677,11 +694,47 @@ class Noisy(nn.Module):
         y_train=np.arange(10, dtype=np.int32) % 3), quiet=True),
      r"labels outside \[0, 2\) \(e\.g\. 2\); remap the labels to 0\.\.1 or, if there are 3 "
      r"classes, set num_classes=3$"),
+    # One logit a example under the default softmax loss of 2 classes: NaN at step 1
+    # and advice about learning rates; as [batch]: "labels (32,) do not match logits".
+    (lambda: _fit_outputs(1),
+     r"^model Outputs returns outputs of shape \(1,\) an example, but loss "
+     r"'sparse_categorical_crossentropy' takes one logit per class: \[batch, 2\] for the 2 "
+     r"classes of dataset 'm'; for one logit an example, set config\.loss="
+     r"'binary_crossentropy'$"),
+    (lambda: _fit_outputs(1, lambda y: y[:, 0]), r"^model Outputs returns outputs of shape "
+     r"\(\) an example, but loss 'sparse_categorical_crossentropy' takes one logit per "),
+    (lambda: _fit_outputs(3), r"^model Outputs returns outputs of shape \(3,\) an example, "
+     r"but loss 'sparse_categorical_crossentropy' takes one logit per class: \[batch, 2\] "
+     r"for the 2 classes of dataset 'm'$"),
+    (lambda: _fit_outputs(2, loss="binary_crossentropy"), r"^model Outputs returns outputs of "
+     r"shape \(2,\) an example; loss 'binary_crossentropy' takes one logit an example "),
+    (lambda: _fit_outputs(2, dataset=_dataset(task="regression", num_classes=0,
+                                              y_train=np.zeros(10, np.float32)),
+                          task="regression", loss="mse", metrics=("mse",)),
+     r"^model Outputs returns outputs of shape \(2,\) an example, but the dataset's targets "
+     r"have 1 value an example \(loss 'mse' compares them one to one\)$"),
+    # An AttributeError from inside jdl's step.
+    (lambda: _fit_outputs(2, lambda y: (y, y)), r"^model Outputs returns a tuple \(2 arrays\); "
+     r"jdl's loss 'sparse_categorical_crossentropy' and metrics take one array, the logits"),
+    (lambda: _fit_outputs(2, lambda y: {"logits": y}), r"^model Outputs returns a dict \(1 "
+     r"array\); jdl's loss "),
 ])
 def test_a_users_mistake_is_one_error_naming_it(make, message):
   with pytest.raises(jdl.JdlError, match=message):
     make()
   assert "one_arg_t" not in jdl.losses.LOSSES and "two_args_t" not in jdl.metrics.CUSTOM
+
+
+def test_one_logit_an_example_trains_with_a_binary_loss_and_any_width_with_ones_own():
+  for make in (None, lambda y: y[:, 0]):  # [batch, 1] and [batch].
+    assert set(_fit_outputs(1, make, loss="binary_crossentropy").test_metrics) == {
+        "accuracy", "loss"}
+  jdl.losses.register_loss("first_logit_t", lambda out, y: (out[:, 0] - y) ** 2,
+                           replace=True)
+  try:  # A registered loss takes whatever shape it takes.
+    assert np.isfinite(_fit_outputs(5, loss="first_logit_t", metrics=()).test_metrics["loss"])
+  finally:
+    del jdl.losses.LOSSES["first_logit_t"], jdl.losses.TASKS["first_logit_t"]
 
 
 def test_a_refused_resume_warns_about_nothing_else(tmp_path, capfd):

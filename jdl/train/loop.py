@@ -259,6 +259,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
                      f"{tuple(example.shape[1:])}: {e}{hint}") from None
     if config.task == "vae" and self.model_source["given"]:
       gen_tasks.check_vae_model(self.model, self.state.variables, example)
+    if self.model_source["given"] and not (self.generative or self.seq2seq):
+      self._check_outputs(example)
     self.init_from_copied: list[str] = []  # What init_from copied (when the run started).
     if config.init_from.workdir:
       for key in ("include", "exclude"):  # Checked on a resume too (the copy is not).
@@ -428,6 +430,43 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.log(f"init_from {spec.workdir}: copied {len(self.init_from_copied)} arrays "
              f"({len(names) - len(left)} of {len(names)} parameters); kept their initial "
              f"values: {', '.join(left[:6]) + (', ...' if len(left) > 6 else '') or 'none'}")
+
+  def _check_outputs(self, example) -> None:
+    """A given model returns one array, of the width its loss takes: otherwise the
+    loss fails inside the compiled step with a message about shapes, or trains on
+    NaN (one logit a example under a softmax of 2 classes)."""
+    out = jax.eval_shape(lambda v, x: self.state.apply_fn(v, x, train=False),
+                         self.state.variables, example)
+    what = f"model {self.model_source['class']}"
+    if not isinstance(out, jax.ShapeDtypeStruct):
+      kind, n = type(out).__name__, len(jax.tree.leaves(out))
+      raise JdlError(f"{what} returns a {kind} ({n} array{'s' if n != 1 else ''}); jdl's "
+                     f"loss {self.config.loss!r} and metrics take one array, the logits (or "
+                     "a regression's outputs): return that from __call__, and anything else "
+                     "through self.sow or a method of its own")
+    width = out.shape[1:]
+    loss = self.config.loss
+    if not losses_lib.is_built_in(loss):  # A registered loss takes what it takes.
+      return
+    size = math.prod(width)
+    if self.data.task == "regression":
+      k = self._num_outputs()
+      if size != k:
+        raise JdlError(f"{what} returns outputs of shape {width} an example, but the "
+                       f"dataset's targets have {k} value{'s' if k > 1 else ''} an example "
+                       f"(loss {loss!r} compares them one to one)")
+      return
+    n = self.data.num_classes
+    if loss in _BINARY_LOSSES:
+      if size != 1:
+        raise JdlError(f"{what} returns outputs of shape {width} an example; loss {loss!r} "
+                       "takes one logit an example (outputs [batch] or [batch, 1])")
+    elif width != (n,):
+      hint = (f"; for one logit an example, set config.loss='binary_crossentropy'"
+              if n == 2 and size == 1 else "")
+      raise JdlError(f"{what} returns outputs of shape {width} an example, but loss "
+                     f"{loss!r} takes one logit per class: [batch, {n}] for the "
+                     f"{n} classes of dataset {self.data.name!r}{hint}")
 
   def _num_outputs(self) -> int:
     if self.data.task == "regression":
