@@ -462,7 +462,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         raise JdlError(f"{what} returns outputs of shape {width} an example; loss {loss!r} "
                        "takes one logit an example (outputs [batch] or [batch, 1])")
     elif width != (n,):
-      hint = (f"; for one logit an example, set config.loss='binary_crossentropy'"
+      hint = ("; for one logit an example, set config.loss='binary_crossentropy'"
               if n == 2 and size == 1 else "")
       raise JdlError(f"{what} returns outputs of shape {width} an example, but loss "
                      f"{loss!r} takes one logit per class: [batch, {n}] for the "
