@@ -35,10 +35,19 @@ MINE = jdl.data.Dataset(x_train=X[:500], y_train=Y[:500], x_test=X[500:], y_test
 
 class Tiny(nn.Module):
   """A module of the user's (not one jdl's config can build)."""
+  hidden: int = 16
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    return nn.Dense(10)(nn.relu(nn.Dense(16)(x.reshape(len(x), -1))))
+    return nn.Dense(10)(nn.relu(nn.Dense(self.hidden)(x.reshape(len(x), -1))))
+
+
+class TinyTanh(nn.Module):
+  """:class:`Tiny`'s parameters, another function."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(10)(jnp.tanh(nn.Dense(16)(x.reshape(len(x), -1))))
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +113,27 @@ def test_a_run_of_own_model_reopens_only_with_that_model(tmp_path):
   reopened = jdl.load_run(tmp_path, model=Tiny(), best=False)
   x = jdl.data.load_dataset("digits").x_test[:8]
   np.testing.assert_array_equal(jdl.predict(reopened, x), jdl.predict(result, x))
+  # Another module with the same parameters (tanh for relu) restored them silently,
+  # and computed something else.
+  refused = (r"^the checkpoint at step \d+ in .* was trained with the module Tiny, passed to "
+             r"fit\(model=\.\.\.\); this call passes TinyTanh\. Pass the module that trained "
+             r"it: {}\(\.\.\., model=Tiny\(\.\.\.\)\)")
+  with pytest.raises(jdl.JdlError, match=refused.format(r"jdl\.load_run") + "$"):
+    jdl.load_run(tmp_path, model=TinyTanh())
+  with pytest.raises(jdl.JdlError, match=refused.format(r"jdl\.load_run")):
+    jdl.evaluate(tmp_path, model=TinyTanh())
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  with pytest.raises(jdl.JdlError, match=refused.format("fit") + ", or use another workdir"):
+    jdl.fit(make_config(num_epochs=2), tmp_path, model=TinyTanh(), quiet=True)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+  # The same class, other parameters: the mismatch names the module, not only the config.
+  wider = (r"holds another model or optimizer state than this call's model Tiny and config "
+           r"build \(state/params/Dense_\d/.*\)\. Pass the module that trained it ")
+  with pytest.raises(jdl.JdlError, match=wider + r"\(model=\.\.\.\)\. Use the run's own config"):
+    jdl.load_run(tmp_path, model=Tiny(hidden=17))
+  with pytest.raises(jdl.JdlError, match=wider + r"\(fit\(model=\.\.\.\)\)\. Use the run's"):
+    jdl.fit(make_config(num_epochs=2), tmp_path, model=Tiny(hidden=17), quiet=True)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
 def test_the_cli_refuses_a_run_it_cannot_rebuild_and_touches_nothing(own_run, tmp_path,

@@ -128,10 +128,13 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
       if isinstance(saved, dict) and isinstance(saved.get("distributed"), dict):
         # Set to 'never' above, not by the caller: no difference to report.
         saved["distributed"]["initialize"] = config.distributed.initialize
+      remedy = ("Use the run's own config: leave out --config and the overrides (jdl "
+                "evaluate), or config=None (jdl.load_run), and config.json is used")
+      if model is not None:
+        remedy = f"Pass the module that trained it (model=...). {remedy}"
       raise JdlError(resume.mismatch_message(
-          workdir, step, diffs, saved, config,
-          remedy="Use the run's own config: leave out --config and the overrides (jdl "
-                 "evaluate), or config=None (jdl.load_run), and config.json is used"))
+          workdir, step, diffs, saved, config, remedy=remedy,
+          model=trainer.model_source["class"] if model is not None else None))
     with ckpt_lib.unreadable_as_error(ckdir, step):
       tree, _ = ck.restore(step, {"state": trainer.state}, partial=True)
   trainer.state = tree["state"]

@@ -50,8 +50,11 @@ RESUME_REMEDY = ("Use the run's own config, another --workdir, or --restart to s
 
 def mismatch_message(workdir, step: int, diffs: list[str], saved: dict | None,
                      config, remedy: str = RESUME_REMEDY,
-                     steps_per_epoch: int | None = None) -> str:
-  """One line: a checkpoint's arrays differ from the config's; which keys changed."""
+                     steps_per_epoch: int | None = None, model: str | None = None) -> str:
+  """One line: a checkpoint's arrays differ from the config's; which keys changed.
+
+  ``model``: the class of the module this call was given (``fit(model=...)``), which
+  builds the parameters instead of the config."""
   current = json.loads(config_lib.to_json(config))
   changed = config_lib.value_diff(saved, current) if isinstance(saved, dict) else []
   keys = f"; the config differs from the run's in {', '.join(changed)}" if changed else ""
@@ -67,8 +70,9 @@ def mismatch_message(workdir, step: int, diffs: list[str], saved: dict | None,
             "changed. A run can change its metrics where an epoch ends, not within one: "
             "keep the run's metrics until its next epoch-end checkpoint, or use --restart "
             "(or another workdir) to start over")
+  builds = f"this call's model {model} and config build" if model else "this config builds"
   return (f"the checkpoint at step {step} in {workdir} holds another model or optimizer "
-          f"state than this config builds ({'; '.join(diffs[:2])}{more}){keys}. {remedy}")
+          f"state than {builds} ({'; '.join(diffs[:2])}{more}){keys}. {remedy}")
 
 
 def final_step(config, ck: ckpt_lib.Checkpointer, latest: int) -> tuple[int, str]:
@@ -127,6 +131,16 @@ def check_provenance(meta: dict, step: int, workdir, data_source: dict, model_so
   where = f"the checkpoint at step {step} in {workdir}"
   check_given(meta, where, data_given=data_source["given"], model_given=model_source["given"],
               loads=data_source["name"], call=call)
+  saved_model = meta.get("model") if isinstance(meta, dict) else None
+  if (isinstance(saved_model, dict) and saved_model.get("given") and model_source["given"]
+      and saved_model.get("class") not in (None, model_source["class"])):
+    # The parameters may fit another module (the same layers, another activation):
+    # restored, they would compute something else, silently.
+    raise ResumeRefused(
+        f"{where} was trained with the module {saved_model['class']}, passed to "
+        f"fit(model=...); this call passes {model_source['class']}. Pass the module that "
+        f"trained it: {call}(..., model={saved_model['class']}(...))"
+        + (", or use another workdir, or start over (restart=True)" if call == "fit" else ""))
   saved = meta.get("data") if isinstance(meta, dict) else None
   if not isinstance(saved, dict):
     return
@@ -486,7 +500,12 @@ class ResumableRun:
     if acc_only and spe > 0 and step % spe == 0:
       return True
     saved = saved_config(self.workdir, self.checkpointer, step)
-    raise JdlError(mismatch_message(self.workdir, step, diffs, saved, self.config,
+    remedy = RESUME_REMEDY
+    if self.model_source["given"]:
+      remedy = f"Pass the module that trained it (fit(model=...)). {remedy}"
+    raise JdlError(mismatch_message(self.workdir, step, diffs, saved, self.config, remedy,
+                                    model=self.model_source["class"] if self.model_source[
+                                        "given"] else None,
                                     steps_per_epoch=spe if acc_only else None))
 
   def _check_vocabulary(self, meta: dict, step: int) -> None:
