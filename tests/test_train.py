@@ -1229,6 +1229,36 @@ def test_an_early_stopping_state_of_another_metric_is_not_loaded():
   assert (same.best, same.best_step) == (0.5, 40)
 
 
+def test_early_stopping_takes_the_monitored_metrics_direction_unless_told():
+  # EarlyStopping(monitor="val_accuracy") kept the lowest accuracy as the best ('min'
+  # was the default whatever the name), silently.
+  class Trainer:
+    step, stop_training, log = 0, False, staticmethod(lambda message: None)
+
+  def best_epoch(es, values):
+    for epoch, value in enumerate(values):
+      es.on_epoch_end(Trainer(), epoch, {es.monitor: value})
+    return es.best_epoch
+
+  accuracy = [0.5, 0.9, 0.7]
+  assert best_epoch(jdl.train.callbacks.EarlyStopping("val_accuracy", restore_best=False),
+                    accuracy) == 1
+  assert best_epoch(jdl.train.callbacks.EarlyStopping("val_accuracy", "min",
+                                                      restore_best=False), accuracy) == 0
+  modes = {m: jdl.train.callbacks.EarlyStopping(m).mode
+           for m in ("val_loss", "loss", "val_mse", "val_r2", "val_macro_f1", "val_top5_accuracy")}
+  assert modes == {"val_loss": "min", "loss": "min", "val_mse": "min", "val_r2": "max",
+                   "val_macro_f1": "max", "val_top5_accuracy": "max"}
+  with pytest.raises(jdl.JdlError, match=r"^EarlyStopping: whether 'val_brier_t' is better "
+                                         r"higher or lower is not known .* give mode='max' "):
+    jdl.train.callbacks.EarlyStopping("val_brier_t")
+  jdl.metrics.register_metric("brier_t", lambda out, y: jnp.zeros(len(y)), better="min")
+  try:
+    assert jdl.train.callbacks.EarlyStopping("val_brier_t").mode == "min"
+  finally:
+    del jdl.metrics.CUSTOM["brier_t"]
+
+
 @pytest.mark.parametrize("patience", [0, 1, 2])
 def test_early_stopping_counts_a_nan_first_epoch_as_keras_does(patience):
   # Keras' EarlyStopping starts from an infinite best, so a NaN first epoch is no

@@ -108,10 +108,21 @@ class EarlyStopping(Callback):
   as 1 does); ``reduce_on_plateau.patience`` counts the same way. As Keras', it
   never stops after the first epoch (whose value, unless NaN, is the first best).
   With ``restore_best`` the state of the best epoch is put back at the end.
+
+  ``mode``: ``'min'`` or ``'max'``; by default the monitored metric's own direction
+  (``val_accuracy`` is better higher, ``val_loss`` lower: ``jdl.metrics.better_direction``,
+  which knows registered metrics by their ``better``). A name of unknown direction
+  needs it given.
   """
 
-  def __init__(self, monitor: str = "val_loss", mode: str = "min", patience: int = 5,
+  def __init__(self, monitor: str = "val_loss", mode: str | None = None, patience: int = 5,
                min_delta: float = 0.0, restore_best: bool = True):
+    if mode is None:
+      mode = metrics_lib.better_direction(monitor.removeprefix("val_"))
+      if mode is None:
+        raise JdlError(f"EarlyStopping: whether {monitor!r} is better higher or lower is not "
+                       "known (not a built-in metric, nor one registered with better=); "
+                       "give mode='max' or mode='min'")
     if mode not in ("min", "max"):
       raise JdlError(f"early_stopping.mode must be 'min' or 'max', got {mode!r}")
     if patience < 0:
