@@ -265,6 +265,8 @@ def test_a_nan_validation_loss_stops_the_run_and_says_so_even_when_quiet(tmp_pat
     result = jdl.fit(config, workdir, dataset=ds, model=NanOnLarge(), quiet=True)
     err = capsys.readouterr().err
     assert result.trainer.nan_detected and result.test_metrics == {}
+    # Said on the result too (a script saw a FitResult like a finished run's).
+    assert result.stopped == "non-finite" and repr(result).endswith(", stopped='non-finite')")
     assert int(result.state.step) == 4
     assert "jdl: error: val_loss is nan at epoch 1 (step 4): training stopped" in err, err
     assert jdl.checkpoint.step_numbers(workdir / "checkpoints") == []
@@ -501,7 +503,8 @@ def test_a_stop_request_at_an_epochs_end_saves_between_checkpoint_epochs(tmp_pat
   config = make_config(num_epochs=6, checkpoint_every_epochs=3, validation_split=0.0)
   stopped = jdl.fit(config, tmp_path / "a", quiet=True, callbacks=[TermAt()])
   spe = stopped.trainer.steps_per_epoch
-  assert stopped.trainer.preempted == "SIGTERM" and stopped.trainer.step == 2 * spe
+  assert stopped.trainer.preempted == stopped.stopped == "SIGTERM"
+  assert stopped.trainer.step == 2 * spe
   assert jdl.checkpoint.Checkpointer(tmp_path / "a" / "checkpoints").steps() == [2 * spe]
   resumed = jdl.fit(config, tmp_path / "a", quiet=True)
   full = jdl.fit(config, tmp_path / "b", quiet=True)
@@ -528,7 +531,7 @@ def test_a_stop_request_after_the_last_step_lets_the_run_finish(tmp_path, capfd,
 
   result = jdl.fit(make_config(num_epochs=2), tmp_path, quiet=True, callbacks=[Term()])
   err = capfd.readouterr().err
-  assert result.trainer.preempted is None and "accuracy" in result.test_metrics
+  assert result.trainer.preempted is result.stopped is None and "accuracy" in result.test_metrics
   if when == "last step":  # The handler cannot know that the step was the last.
     assert err.index("stopping after the current step") < err.index(
         "jdl: SIGTERM came with the last step: finishing the run"), err

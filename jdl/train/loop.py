@@ -86,12 +86,24 @@ class FitResult:
       ``config.monitor``, which can differ from the final state.
     workdir: where checkpoints, logs and plots went (``None`` if nowhere).
     trainer: the :class:`Trainer` that produced it (its data, model, steps).
+    stopped: why the run ended before it finished, else ``None`` (early stopping
+      finishes a run): ``'non-finite'`` (``terminate_on_nan`` stopped it at a NaN or
+      Inf loss: no test line, no checkpoint of that state), or the signal that stopped
+      it (``'SIGTERM'``, ``'SIGINT'``: a checkpoint was saved; fit again to resume).
   """
   state: TrainState
   history: dict[str, list[float]]
   test_metrics: dict[str, float]
   workdir: Path | None
   trainer: Trainer = dataclasses.field(repr=False, default=None)
+
+  @property
+  def stopped(self) -> str | None:
+    if self.trainer is None:
+      return None
+    if self.trainer.preempted:
+      return str(self.trainer.preempted)
+    return "non-finite" if self.trainer.nan_detected else None
 
   def __repr__(self) -> str:
     # The state's arrays would fill a notebook cell: their count and the step instead.
@@ -105,8 +117,9 @@ class FitResult:
     metrics = {k: float(f"{v:.4g}") if isinstance(v, (int, float)) else v
                for k, v in self.test_metrics.items()}
     workdir = None if self.workdir is None else str(self.workdir)
+    stopped = f", stopped={self.stopped!r}" if self.stopped else ""
     return (f"FitResult(workdir={workdir!r}, step={step}, params={params}, epochs={epochs}, "
-            f"test_metrics={metrics}, history_keys={list(self.history)})")
+            f"test_metrics={metrics}, history_keys={list(self.history)}{stopped})")
 
 
 class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
