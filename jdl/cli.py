@@ -157,7 +157,9 @@ def _parser() -> argparse.ArgumentParser:
            "metrics and best validation values.", config=False, workdir=False)
   cp.add_argument("runs", nargs="+", metavar="WORKDIR", help="a run's directory (repeatable)")
   cp.add_argument("--out", default="compare", metavar="DIR",
-                  help="folder of the plots, <quantity>.png (default: compare)")
+                  help="folder of the plots, <quantity>.png (default: compare); the plots "
+                       "an earlier compare wrote there (listed in DIR/.jdl-compare.json) "
+                       "of quantities not plotted again are removed, unless changed since")
   pr = add("profile", "Time one block of training steps per XLA:CPU operation and per layer "
            "and pass (forward / backward), from the initial state; trains and writes nothing.",
            workdir=False)
@@ -214,7 +216,8 @@ def _config(args, overrides, *, workdir_run: bool = False, rebuilds: bool = True
 
 def _out_path(raw: str, suffix: str, *, exact: bool = False) -> Path:
   """``--out``, checked before any work: its suffix, not a folder, no file where a
-  folder of its path would be (missing folders are created when it is written)."""
+  folder of its path would be (missing folders are made when it is written, and the
+  line saying so names them: :func:`_out_note`)."""
   out = Path(raw)
   if (out.suffix if exact else out.suffix.lower()) != suffix:
     raise JdlError(f"--out must name a {suffix} file, got {raw!r}")
@@ -259,9 +262,14 @@ def _spare_runs(raw: str, out: Path, *, folder: bool) -> None:
                        f"{p.parent}; name a {'folder' if folder else 'file'} outside it")
 
 
-def _replacing(out: str | Path) -> str:
-  """What the line saying ``out`` was written adds when a file was there before."""
-  return " (it replaced the file there)" if Path(out).is_file() else ""
+def _out_note(out: str | Path) -> str:
+  """What the line saying ``out`` was written adds: that it replaced a file, or that
+  the folder it goes in was made for it (a mistyped folder is then seen, not silent).
+  Called before the write."""
+  out = Path(out)
+  if out.is_file():
+    return " (it replaced the file there)"
+  return "" if out.parent.exists() else f" (its folder {out.parent} was made for it)"
 
 
 def _check_writable(folder: Path, raw: str) -> None:
@@ -378,6 +386,7 @@ def _evaluate(args, overrides) -> int:
                      "from the run's config.json: the test split, the inputs or the model "
                      "would not be the ones it was trained with; leave them as the run "
                      "had them")
+  _start_jax()
   scores, trainer = reopen.evaluate_run(config, workdir, split=args.split)
   # Strict JSON: a metric without a value (r2 of one row, roc_auc of one class) is null.
   print(json.dumps({k: v if math.isfinite(v) else None for k, v in scores.items()}))
@@ -420,6 +429,7 @@ def _predict(args, overrides) -> int:
   config = _run_config("predict", args.workdir, overrides)
   if not args.text and not args.input:
     raise JdlError("predict needs --text TEXT (text classifier) or --input TEXT (seq2seq)")
+  _start_jax()
   trainer = reopen.load_run(args.workdir, config)
   if trainer.seq2seq:
     if args.text:
@@ -479,7 +489,8 @@ def _sample(args, overrides) -> int:
                    f"got {args.n}")
   if not 0 <= args.seed < 2**32:  # jax.random.key keeps 32 bits: 2**32 drew as 0.
     raise JdlError(f"--seed must be in [0, 2**32), as config.seed, got {args.seed}")
-  replacing = _replacing(_out_path(args.out, ".png"))
+  replacing = _out_note(_out_path(args.out, ".png"))
+  _start_jax()
   trainer = reopen.load_run(args.workdir, config)
   if trainer.config.task not in ("vae", "gan", "wgan_gp"):
     raise JdlError(f"{args.workdir} holds a run of task {trainer.config.task!r}; only VAE and GAN "
@@ -501,25 +512,29 @@ def _export(args, overrides) -> int:
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {args.workdir}")
   out = _out_path(args.out, ".npz", exact=True)  # numpy adds .npz to other names (.NPZ).
-  step, which = args.step, ""
+  _start_jax()
+  step, which, unchosen = args.step, "", None
   if step is None:  # The state `jdl evaluate` scores; only the step read must be intact,
     from jdl.train import reopen  # so a run whose other steps cannot rank exports its latest.
     try:
       step = reopen.scored_step(args.workdir)
       which = " (the step jdl evaluate scores; --step N for another)"
-    except JdlError as e:
+    except JdlError as e:  # Not the state asked for: a warning on stderr, once written.
       step = (checkpoint.step_numbers(ckdir) or [None])[-1]
-      which = f" (the latest: the step jdl evaluate scores cannot be chosen: {e})"
+      which, unchosen = " (the latest: see the warning)", e
   params = checkpoint.restore_params(ckdir, step=step, model_state=True)
   scaling = _input_scaling(Path(args.workdir))
   clash = sorted(set(scaling) & set(params))
   if clash:
     raise JdlError(f"the checkpoint has parameters named {', '.join(clash)}, the keys "
                    "export gives the inputs' scaling; rename that module")
-  replacing = _replacing(out)
+  replacing = _out_note(out)
   out.parent.mkdir(parents=True, exist_ok=True)
   np.savez(out, **params, **scaling)
   print(f"wrote {len(params)} arrays of step {step}{which} to {out}{replacing}")
+  if unchosen is not None:
+    print(f"jdl: warning: the step jdl evaluate scores cannot be chosen ({unchosen}); "
+          f"export wrote the latest, step {step} (--step N for another)", file=sys.stderr)
   if scaling:
     kind = "float64" if scaling[_SCALING_FLOAT64] else "float32"
     print(f"and {len(scaling)} arrays input_scaling/*: the model takes inputs scaled as in "
@@ -571,7 +586,7 @@ def _lr_find(args, overrides) -> int:
   if not args.min_lr < args.max_lr:
     raise JdlError(f"--min-lr ({args.min_lr:g}) must be below --max-lr ({args.max_lr:g})")
   result = lr_finder.find_lr(config, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
-  replacing = _replacing(out)
+  replacing = _out_note(out)
   path = lr_finder.plot_lr_finder(result, out)
   end = ("the smoothed loss diverged" if result.diverged
          else "the smoothed loss stayed below 4x its best")
@@ -602,7 +617,7 @@ def _profile(args, overrides) -> int:
   result = profile.profile_block(loop.Trainer(config, quiet=True), args.steps)
   print(profile.format_report(result, args.top))
   if args.out:
-    replacing = _replacing(args.out)
+    replacing = _out_note(args.out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote the profile to {args.out}{replacing}")
@@ -705,8 +720,24 @@ def _backend_message(e: BaseException) -> str:
   wanted = os.environ.get("JAX_PLATFORMS")
   hint = (f" JAX_PLATFORMS={wanted!r} asks for a platform it could not start: unset it "
           "or name one this machine has (cpu, cuda, tpu)" if wanted else "")
-  detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  # JAX skips a platform it finds no device of (cuda without a GPU) and then asserts
+  # that some backend started: a bare AssertionError.
+  detail = (str(e).strip().splitlines()[0] if str(e).strip()
+            else "no device of the platforms it was asked for" if wanted
+            else type(e).__name__)
   return f"JAX could not start a backend ({detail}).{hint}"
+
+
+def _start_jax() -> None:
+  """Starts JAX's backend before a command reads a run's checkpoints.
+
+  orbax starts it inside the read otherwise, where a backend that cannot start
+  (``JAX_PLATFORMS`` naming a platform this machine or jaxlib lacks) was reported as
+  a damaged checkpoint, with the advice to move it aside. Raised from here, it is
+  :func:`_backend_message`'s line, as for ``jdl train``.
+  """
+  import jax
+  jax.devices()
 
 
 def _fail(message: str) -> int:
@@ -719,17 +750,123 @@ def _compare(args, overrides) -> int:
   from jdl.train import plots
   if overrides:
     raise JdlError("compare takes no --config overrides")
-  runs = [plots.read_run(run, label)
-          for run, label in zip(args.runs, plots.run_labels(args.runs))]
+  runs = []
+  for run, label in zip(args.runs, plots.run_labels(args.runs)):
+    curves = plots.read_run(run, label)  # No folder, no file, a line that is not JSON.
+    _check_metrics(Path(run) / "metrics.jsonl", curves)
+    runs.append(curves)
   out = Path(args.out)
   _spare_runs(args.out, out, folder=True)  # Not the plots/ of a run, compared or not.
   if out.exists() and not out.is_dir():
     raise JdlError(f"--out {args.out!r} is a file; name a folder for the plots")
-  out.mkdir(parents=True, exist_ok=True)  # Its failure before the table is printed.
+  try:  # Its failure before the table is printed.
+    out.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise JdlError(f"--out {args.out!r}: cannot make the folder ({e.strerror or e})") from None
+  _check_writable(out, args.out)
+  previous = _compare_manifest(out)
   print(plots.comparison_table(runs))
   written = plots.plot_comparison(runs, out)
   print(f"plots: {len(written)} in {args.out} ({', '.join(p.name for p in written)})")
+  removed = _remove_stale_plots(out, previous, written)
+  if removed:
+    print(f"removed {len(removed)} plot{'' if len(removed) == 1 else 's'} of the previous "
+          f"compare there, of quantities these runs do not log: {', '.join(removed)}")
   return 0
+
+
+def _check_metrics(path: Path, run) -> None:
+  """What ``jdl compare`` needs of a run's ``metrics.jsonl`` beyond what
+  ``plots.read_run`` (which read ``run`` from it) refuses: every JSON line a record
+  as training's reader (``MetricsLogger``) takes one, a metric's value a number (or
+  null), and some metrics at all.
+
+  Raises:
+    JdlError: naming the file and the first such line.
+  """
+  from jdl import metrics as metrics_lib
+  from jdl.train import callbacks as cb
+  raw, records, _ = cb.MetricsLogger(path)._read() or (b"", [], False)
+  kept = iter(records)  # The lines it took, in order: a line it left out is damage.
+  expected = next(kept, None)
+
+  def fail(i: int, line: bytes, what: str):
+    text = line.decode("utf-8", "replace").strip()
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    raise JdlError(f"{path}, line {i + 1}, {what}: {shown}; fix or remove it")
+
+  for i, line in enumerate(raw.splitlines()):
+    try:
+      value = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      continue  # A blank line, a cut last one (read_run refused any other).
+    if expected is None or _json_key(value) != _json_key(expected):
+      fail(i, line, 'is not a record of a jdl run (a JSON object whose "step" is an integer)')
+    record, expected = expected, next(kept, None)
+    if record.get("split") not in ("train", "val", "test"):
+      continue  # Diagnostics lines: histograms, not curves.
+    epoch = record.get("epoch")
+    if record["split"] != "test" and (not isinstance(epoch, int) or isinstance(epoch, bool)):
+      fail(i, line, f'has no integer "epoch" ({epoch!r}): its values cannot be plotted')
+    for k, v in record.items():
+      if (k not in metrics_lib.RECORD_FACTS and v is not None
+          and (not isinstance(v, (int, float)) or isinstance(v, bool))):
+        fail(i, line, f"has {k} = {v!r}, not a number")
+  if not run.curves and not run.test:
+    raise JdlError(f"{path} holds no metrics (no train, val or test line with a value): "
+                   "empty, or a run that has not finished an epoch")
+
+
+def _json_key(value) -> str:
+  return json.dumps(value, sort_keys=True)
+
+
+# jdl compare's list of the plots it wrote in an --out folder, with their checksums:
+# the next compare there removes those of quantities it does not plot again, unless
+# they were changed since (then they are someone's file, left as they are).
+_COMPARE_MANIFEST = ".jdl-compare.json"
+
+
+def _compare_manifest(out: Path) -> dict[str, str]:
+  """``{file name: sha256}`` of the plots a previous compare wrote in ``out``."""
+  try:
+    listed = json.loads((out / _COMPARE_MANIFEST).read_text(encoding="utf-8"))["plots"]
+  except (OSError, ValueError, KeyError, TypeError):  # None, or not one of compare's.
+    return {}
+  if not isinstance(listed, dict):
+    return {}
+  return {name: digest for name, digest in listed.items()
+          if isinstance(name, str) and isinstance(digest, str)
+          and Path(name).name == name and name.endswith(".png")}
+
+
+def _sha256(path: Path) -> str:
+  import hashlib
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _remove_stale_plots(out: Path, previous: dict[str, str], written: list) -> list[str]:
+  """Removes the plots of ``previous`` (:func:`_compare_manifest`) that this compare
+  did not write again and that are as compare wrote them; records ``written``.
+
+  Returns:
+    The names removed.
+  """
+  names = {Path(p).name for p in written}
+  removed = []
+  for name, digest in sorted(previous.items()):
+    path = out / name
+    if name in names or path.is_symlink() or not path.is_file():
+      continue
+    try:
+      if _sha256(path) == digest:
+        path.unlink()
+        removed.append(name)
+    except OSError:  # Unreadable or not removable: left, as a file of someone else's.
+      continue
+  manifest = {"plots": {Path(p).name: _sha256(Path(p)) for p in written}}
+  (out / _COMPARE_MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+  return removed
 
 
 def main(argv: list[str] | None = None) -> int:

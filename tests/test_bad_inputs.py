@@ -445,11 +445,33 @@ def test_export_of_a_step_needs_only_that_step_undamaged(tmp_path, capsys):
     assert cli.main(["export", "--workdir", str(tmp_path / "copy"), "--out",
                      str(tmp_path / "again.npz"), *extra]) == 0, capsys.readouterr().err
     if not extra:  # The step evaluate scores cannot be ranked: the latest, and why.
-      assert "(the latest: the step jdl evaluate scores cannot be chosen: " in (
-          capsys.readouterr().out)
+      out, err = capsys.readouterr()
+      assert "(the latest: see the warning)" in out
+      assert err.startswith("jdl: warning: the step jdl evaluate scores cannot be chosen (")
     with np.load(tmp_path / "again.npz") as again, np.load(tmp_path / "last.npz") as last:
       assert sorted(again.files) == sorted(last.files)
       assert all(np.array_equal(again[k], last[k]) for k in last.files)
+
+
+def test_export_of_a_run_with_a_damaged_config_json_warns_on_stderr(finished, tmp_path,
+                                                                    capsys):
+  # It exported the latest step with exit 0, and said why only on stdout, among what
+  # it wrote: a pipeline reading stderr saw nothing.
+  import shutil
+  run = tmp_path / "run"
+  shutil.copytree(finished, run)
+  (run / "config.json").write_text('{"broken')
+  latest = max(int(p.name) for p in (run / "checkpoints").glob("[0-9]*"))
+  code = cli.main(["export", "--workdir", str(run), "--out", str(tmp_path / "p.npz")])
+  out, err = capsys.readouterr()
+  assert code == 0 and (tmp_path / "p.npz").is_file(), err
+  assert f"arrays of step {latest} (the latest: see the warning)" in out
+  assert "config.json" not in out, out
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      "jdl: warning: the step jdl evaluate scores cannot be chosen ("), err
+  assert f"{run / 'config.json'} is not valid JSON" in lines[0], err
+  assert lines[0].endswith(f"export wrote the latest, step {latest} (--step N for another)")
 
 
 def test_export_writes_the_state_evaluate_scores_by_default(tmp_path, capsys):

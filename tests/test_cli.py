@@ -225,6 +225,51 @@ def test_a_platform_jax_cannot_start_is_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+# Each reading command, under each JAX_PLATFORMS, in one process (JAX tries again to
+# start a backend after a failed try; jax_platforms is read at each try).
+_READ_UNDER_PLATFORMS = """
+import contextlib, io, json, os, sys
+import jax
+from jdl import cli
+results = []
+for platform in json.loads(sys.argv[1]):
+  os.environ["JAX_PLATFORMS"] = platform
+  jax.config.update("jax_platforms", platform)
+  for args in json.loads(sys.argv[2]):
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+      code = cli.main(args)
+    results.append([platform, args[0], code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def test_reading_commands_say_a_platform_jax_cannot_start_not_damaged_checkpoints(
+    trained, tmp_path):
+  # evaluate, export, predict and sample reported it as an unreadable checkpoint ("move
+  # it aside"): orbax started JAX inside the read. 'cuda' on a machine without an
+  # NVIDIA device is skipped by JAX, which then asserts (a bare AssertionError).
+  import glob
+  platforms = ["nosuchplatform", *([] if glob.glob("/dev/nvidia*") else ["cuda"])]
+  commands = [["evaluate", "--workdir", str(trained)],
+              ["export", "--workdir", str(trained), "--out", str(tmp_path / "p.npz")],
+              ["predict", "--workdir", str(trained), "--text", "hi"],
+              ["sample", "--workdir", str(trained), "--out", str(tmp_path / "s.png")]]
+  before = _snapshot(trained)
+  proc = subprocess.run([sys.executable, "-c", _READ_UNDER_PLATFORMS, json.dumps(platforms),
+                         json.dumps(commands)], capture_output=True, text=True,
+                        env=cli_env(), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout)
+  assert len(results) == len(platforms) * len(commands)
+  for platform, command, code, err in results:
+    assert code == 2 and len(err.strip().splitlines()) == 1, (platform, command, err)
+    assert err.startswith("jdl: error: JAX could not start a backend ("), (command, err)
+    assert f"JAX_PLATFORMS={platform!r} asks for a platform" in err, (command, err)
+    assert "AssertionError" not in err, err  # Said in words.
+  assert _snapshot(trained) == before and not list(tmp_path.iterdir())
+
+
 def test_train_without_config_continues_the_workdirs_own_run(tmp_path, capsys):
   # Not the default experiment (digits_cnn), which would be refused as another config.
   workdir = tmp_path / "xor"
@@ -718,3 +763,72 @@ def test_compare_refuses_what_it_cannot_read_and_writes_nothing_into_a_run(train
   code, _, err = run_cli("compare", bad, "--out", tmp_path / "out", capsys=capsys)
   assert code == 2 and "metrics.jsonl, line 1, is not a JSON record" in err
   assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_compare_refuses_lines_that_are_not_records_and_a_run_without_metrics(tmp_path,
+                                                                             capsys):
+  # Each was left out in silence (an empty file: exit 0 and an empty table). What is
+  # a record is training's reader's (MetricsLogger) word: a JSON object, an int step.
+  good = {"step": 1, "epoch": 1, "split": "train", "loss": 1.0}
+  cases = {"a list": ("[1, 2]", 'line 2, is not a record of a jdl run'),
+           "a string step": ('{"step": "2", "epoch": 2, "split": "train", "loss": 0.5}',
+                             'line 2, is not a record of a jdl run'),
+           "a string loss": ('{"step": 2, "epoch": 2, "split": "val", "loss": "low"}',
+                             "line 2, has loss = 'low', not a number"),
+           "a string epoch": ('{"step": 2, "epoch": "2", "split": "train", "loss": 0.5}',
+                              'line 2, has no integer "epoch"')}
+  for name, (line, words) in cases.items():
+    run = _write_run(tmp_path / name.replace(" ", "_"), [good], tail=line + "\n")
+    code, out, err = run_cli("compare", run, "--out", tmp_path / "out", capsys=capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, (name, err)
+    assert err.startswith(f"jdl: error: {run / 'metrics.jsonl'}, {words}"), (name, err)
+  for name, tail in (("empty", ""), ("a diagnostics line only",
+                                     '{"step": 1, "epoch": 1, "split": "diagnostics"}\n')):
+    run = _write_run(tmp_path / name.replace(" ", "_"), [], tail=tail)
+    code, out, err = run_cli("compare", run, "--out", tmp_path / "out", capsys=capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1, (name, err)
+    assert f"{run / 'metrics.jsonl'} holds no metrics" in err, (name, err)
+  assert not (tmp_path / "out").exists()
+
+
+def test_compare_out_that_cannot_be_made_is_named(tmp_path, capsys):
+  run = _write_run(tmp_path / "run", [{"step": 1, "epoch": 1, "split": "train", "loss": 1.0}])
+  (tmp_path / "a_file").write_text("mine")
+  code, out, err = run_cli("compare", run, "--out", tmp_path / "a_file" / "plots",
+                           capsys=capsys)
+  assert code == 2 and out == "" and err.count("\n") == 1, err
+  assert err.startswith(f"jdl: error: --out '{tmp_path / 'a_file' / 'plots'}': cannot make "
+                        "the folder"), err
+  assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_compare_removes_only_the_stale_plots_it_wrote_itself(tmp_path, capsys):
+  both = _write_run(tmp_path / "both", [
+      {"step": 1, "epoch": 1, "split": "train", "loss": 1.0, "learning_rate": 0.1},
+      {"step": 1, "epoch": 1, "split": "val", "loss": 1.0, "accuracy": 0.5}])
+  out = tmp_path / "plots"
+  code, text, err = run_cli("compare", both, "--out", out, capsys=capsys)
+  assert code == 0, err
+  assert sorted(p.name for p in out.glob("*.png")) == ["accuracy.png", "learning_rate.png",
+                                                       "loss.png"]
+  (out / "mine.png").write_bytes(b"the user's")  # Never compare's.
+  (out / "learning_rate.png").write_bytes(b"edited since")  # No longer compare's.
+  loss_only = _write_run(tmp_path / "loss_only", [
+      {"step": 1, "epoch": 1, "split": "train", "loss": 2.0}])
+  code, text, err = run_cli("compare", loss_only, "--out", out, capsys=capsys)
+  assert code == 0, err
+  # accuracy.png was the previous compare's, of a quantity no longer plotted: it went.
+  assert sorted(p.name for p in out.glob("*.png")) == ["learning_rate.png", "loss.png",
+                                                       "mine.png"]
+  assert (out / "mine.png").read_bytes() == b"the user's"
+  assert (out / "learning_rate.png").read_bytes() == b"edited since"
+  assert text.splitlines()[-1] == ("removed 1 plot of the previous compare there, of "
+                                   "quantities these runs do not log: accuracy.png")
+
+
+def test_export_says_it_made_the_folder_of_its_out(trained, tmp_path, capsys):
+  # A mistyped folder was made in silence; it is made (as every --out's is), and said.
+  out = tmp_path / "new" / "deeper" / "p.npz"
+  code, text, err = run_cli("export", "--workdir", trained, "--out", out, capsys=capsys)
+  assert code == 0 and out.is_file(), err
+  assert f" to {out} (its folder {out.parent} was made for it)\n" in text, text
