@@ -23,6 +23,8 @@ _ATTRIBUTES = {
     "NonFiniteError": "jdl.errors",
     "count_params": "jdl.summary",
     "param_table": "jdl.summary",
+    "Callback": "jdl.train.callbacks",
+    "EarlyStopping": "jdl.train.callbacks",
     "FitResult": "jdl.train.loop",
     "Trainer": "jdl.train.loop",
     "evaluate": "jdl.train.reopen",
@@ -76,6 +78,8 @@ if TYPE_CHECKING:  # What the names are, for type checkers and IDEs.
   from jdl.errors import NonFiniteError
   from jdl.summary import count_params
   from jdl.summary import param_table
+  from jdl.train.callbacks import Callback
+  from jdl.train.callbacks import EarlyStopping
   from jdl.train.loop import FitResult
   from jdl.train.loop import Trainer
   from jdl.train.loop import fit
@@ -92,7 +96,7 @@ __version__ = "0.1.0"
 
 __all__ = ["fit", "evaluate", "predict", "load_run", "Trainer", "FitResult",
     "TrainState", "create_train_state", "make_train_step", "make_eval_step",
-    "SupervisedTask", "Checkpointer", "base_config", "load_config", "count_params",
+    "SupervisedTask", "Callback", "EarlyStopping", "Checkpointer", "base_config", "load_config", "count_params",
     "param_table", "JdlError", "NonFiniteError", "data", "diagnostics", "explain",
     "generative", "losses", "lr_finder", "metrics", "models", "optim", "regularizers",
     "sanity", "sequence", "checkpoint", "config", "errors", "summary", "train"]

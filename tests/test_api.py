@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ PUBLIC = {
             "Checkpointer", "base_config", "load_config", "count_params", "param_table",
             "JdlError", "data", "losses", "metrics", "models", "optim", "regularizers",
             "diagnostics", "sanity", "lr_finder", "explain", "generative", "load_run", "sequence",
-            "checkpoint", "config", "errors", "summary", "train"],
+            "checkpoint", "config", "errors", "summary", "train", "Callback",
+            "EarlyStopping"],
     "jdl.models": ["MLP", "CNN", "LeNet5", "VGG", "InceptionBlock", "InceptionNet", "ResNet",
                    "ResNet20", "ResNet18", "create_model", "get_activation", "get_initializer",
                    "get_head_initializer", "DenseAutoencoder", "ConvAutoencoder", "VAE",
@@ -58,6 +61,22 @@ def test_public_names_import(module, names):
   assert not missing, f"{module} lacks {missing}"
 
 
+def test_jdl_trains_modules_are_reached_from_import_jdl_alone():
+  # `import jdl; jdl.train.callbacks.Callback` was an AttributeError until something
+  # had imported jdl.train.callbacks (jdl.fit, say).
+  code = ("import jdl, sys\n"
+          "assert 'jdl.train.callbacks' not in sys.modules\n"
+          "assert jdl.train.callbacks.Callback is jdl.Callback\n"
+          "assert jdl.train.callbacks.EarlyStopping is jdl.EarlyStopping\n"
+          "assert jdl.train.reopen.load_run is jdl.load_run\n"
+          "assert 'callbacks' in dir(jdl.train)\n"
+          "try:\n  jdl.train.nothing\nexcept AttributeError as e:\n"
+          "  assert str(e) == \"module 'jdl.train' has no attribute 'nothing'\"\n"
+          "else:\n  raise AssertionError\n")
+  subprocess.run([sys.executable, "-c", code], check=True, env=conftest.cli_env(),
+                 timeout=120)
+
+
 def test_jdl_errors_are_value_errors():
   import jdl
   assert issubclass(jdl.JdlError, ValueError)
@@ -95,7 +114,7 @@ def test_readme_own_data_example_runs(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   try:
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 (our own README)
-    assert namespace["probs"].shape == (200, 3)
+    assert namespace["logits"].shape == (200, 3)
     assert namespace["result"].test_metrics["accuracy"] > 0.5  # Chance: 1/3.
     assert (tmp_path / "runs" / "mine" / "checkpoints").is_dir()
     config = namespace["config"]
@@ -106,6 +125,31 @@ def test_readme_own_data_example_runs(tmp_path, monkeypatch):
   finally:  # The registry is the process's: later tests on this worker must not see it.
     jdl.losses.LOSSES.pop("focal", None)
     jdl.losses.TASKS.pop("focal", None)
+
+
+def test_readme_callback_example_runs(tmp_path, monkeypatch, capsys):
+  """The README's custom callback, as written, on two epochs of digits_mlp: it stops
+  the run at its target, and its state_dict is in the checkpoints a resume reads."""
+  import jdl
+  readme = (conftest.REPO / "README.md").read_text()
+  start = readme.index("```python", readme.index("Your own callbacks subclass")) + 9
+  block = readme[start:readme.index("```", start)]
+  config = jdl.load_config("digits_mlp")
+  config.num_epochs = 3
+  namespace = {"jdl": jdl, "config": config}
+  monkeypatch.chdir(tmp_path)
+  exec(compile(block.replace("StopAtAccuracy(0.95)", "StopAtAccuracy(0.5)"), "README.md",
+               "exec"), namespace)  # noqa: S102 (our own README)
+  result = namespace["result"]
+  assert result.stopped is None and len(result.history["loss"]) == 1  # 0.5 at epoch 1.
+  assert "None" in capsys.readouterr().out
+  meta = jdl.Checkpointer(tmp_path / "runs" / "callbacks" / "checkpoints").restore_meta(
+      result.trainer.step)
+  assert meta["callbacks"]["StopAtAccuracy"] == {"epochs": 1}
+  again = namespace["StopAtAccuracy"](0.999)
+  config.num_epochs = 2
+  jdl.fit(config, tmp_path / "runs" / "callbacks", callbacks=[again], quiet=True)
+  assert again.epochs == 2  # 1 restored from the checkpoint, then epoch 2.
 
 
 @pytest.mark.parametrize("module", sorted({*PUBLIC, "jdl.lr_finder", "jdl.regularizers",
