@@ -30,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from jdl import errors as errors_lib
 from jdl.errors import JdlError
 
 
@@ -439,7 +440,12 @@ _ENVIRONMENT_ERRNOS = (errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EACCES, e
 def machine_failure(which: str, directory: str | os.PathLike,
                     e: BaseException) -> JdlError | None:
   """The error for a read of ``which`` (e.g. "the checkpoint at step 40") that the
-  machine failed (:func:`environment_failure`), else ``None`` (damage)."""
+  machine failed (:func:`environment_failure`, or a JAX backend that cannot start:
+  orbax starts it inside the read), else ``None`` (damage)."""
+  try:
+    jax.devices()
+  except (RuntimeError, AssertionError) as backend:
+    return JdlError(errors_lib.backend_message(backend))
   reason = environment_failure(e)
   if reason is None:
     return None

@@ -17,6 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
+from jdl import errors
 from jdl.errors import JdlError
 
 _EPILOG = """\
@@ -714,18 +715,7 @@ def _backend_failed(e: BaseException) -> bool:
              for frame in traceback.extract_tb(e.__traceback__))
 
 
-def _backend_message(e: BaseException) -> str:
-  """One line for a backend JAX could not start (e.g. JAX_PLATFORMS naming a platform
-  this machine or this jaxlib lacks), instead of a traceback from deep inside."""
-  wanted = os.environ.get("JAX_PLATFORMS")
-  hint = (f" JAX_PLATFORMS={wanted!r} asks for a platform it could not start: unset it "
-          "or name one this machine has (cpu, cuda, tpu)" if wanted else "")
-  # JAX skips a platform it finds no device of (cuda without a GPU) and then asserts
-  # that some backend started: a bare AssertionError.
-  detail = (str(e).strip().splitlines()[0] if str(e).strip()
-            else "no device of the platforms it was asked for" if wanted
-            else type(e).__name__)
-  return f"JAX could not start a backend ({detail}).{hint}"
+_backend_message = errors.backend_message
 
 
 def _start_jax() -> None:

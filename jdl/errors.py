@@ -7,6 +7,7 @@ CLI prints such an error as one line and exits with status 2; anything else is a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
@@ -23,6 +24,20 @@ class NonFiniteError(JdlError):
   A :class:`JdlError` (the CLI reports it in one line), apart so that a study of
   divergence (a learning rate too large) can catch it and go on.
   """
+
+
+def backend_message(e: BaseException) -> str:
+  """One line for a backend JAX could not start (e.g. JAX_PLATFORMS naming a platform
+  this machine or this jaxlib lacks), instead of a traceback from deep inside."""
+  wanted = os.environ.get("JAX_PLATFORMS")
+  hint = (f" JAX_PLATFORMS={wanted!r} asks for a platform it could not start: unset it "
+          "or name one this machine has (cpu, cuda, tpu)" if wanted else "")
+  # JAX skips a platform it finds no device of (cuda without a GPU) and then asserts
+  # that some backend started: a bare AssertionError.
+  detail = (str(e).strip().splitlines()[0] if str(e).strip()
+            else "no device of the platforms it was asked for" if wanted
+            else type(e).__name__)
+  return f"JAX could not start a backend ({detail}).{hint}"
 
 
 def lookup(kind: str, name: str, table: Mapping[str, T]) -> T:

@@ -240,6 +240,13 @@ for platform in json.loads(sys.argv[1]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
       code = cli.main(args)
     results.append([platform, args[0], code, err.getvalue()])
+  import jdl  # The Python API's readers: the same message, as a JdlError.
+  for name in ("evaluate", "load_run"):
+    try:
+      getattr(jdl, name)(json.loads(sys.argv[2])[0][2])
+      results.append([platform, name, 0, ""])
+    except jdl.JdlError as e:
+      results.append([platform, name, 2, f"jdl: error: {e}"])
 print(json.dumps(results))
 """
 
@@ -261,7 +268,7 @@ def test_reading_commands_say_a_platform_jax_cannot_start_not_damaged_checkpoint
                         env=cli_env(), timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout)
-  assert len(results) == len(platforms) * len(commands)
+  assert len(results) == len(platforms) * (len(commands) + 2)
   for platform, command, code, err in results:
     assert code == 2 and len(err.strip().splitlines()) == 1, (platform, command, err)
     assert err.startswith("jdl: error: JAX could not start a backend ("), (command, err)
