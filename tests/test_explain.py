@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import json
 import importlib.util
+import re
 import struct
 import warnings
 
@@ -445,8 +446,27 @@ def test_predict_refuses_non_finite_and_integer_inputs_to_a_float_run(trained):
     jdl.predict(result, bad)
   # digits' loader gives floats: integer pixels would be taken 1:1 and silently misread.
   with pytest.raises(JdlError, match=r"predict got int64 inputs, but dataset 'digits' gives "
-                     r"float inputs"):
+                     r"float inputs \(taken 1:1 they would be misread\)"):  # Not "MNIST".
     jdl.predict(result, raw.astype(np.int64))
+
+
+def test_predict_says_when_inputs_lie_far_outside_the_train_range(trained, capfd):
+  # Floats on another scale (digits' 0..16 where the loader gives / 16) passed every
+  # check and were answered with confidence.
+  result, _, raw, _ = trained
+  capfd.readouterr()
+  jdl.predict(result, raw)
+  assert capfd.readouterr().err == ""
+  jdl.predict(result, raw * 16)
+  err = capfd.readouterr().err
+  assert re.fullmatch(r"jdl: warning: [\d.]+% of predict's input values lie further beyond "
+                      r"their feature's range in the train split than that range is wide "
+                      r"\(compared as normalised alike\): give them on the scale dataset "
+                      r"'digits' gives\n", err), err
+  odd = np.array(raw)
+  odd[0, 3, 3, 0] = 50.0  # One value of 256: no warning.
+  jdl.predict(result, odd)
+  assert capfd.readouterr().err == ""
 
 
 def test_explain_refuses_a_run_on_token_ids():

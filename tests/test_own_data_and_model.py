@@ -548,7 +548,25 @@ def test_token_ids_beyond_a_text_models_vocabulary_are_named_before_training():
   with pytest.raises(jdl.JdlError, match=r"the test inputs hold token ids in \[-2, \d+\] "
                      r"\(e.g. -2 in example 3\); token ids are >= 0 \(0 is padding\)$"):
     trainer(tokens[:100], negative, 50)
-  assert trainer(tokens[:100], tokens[100:], 50).model.vocab_size == 50
+  run = trainer(tokens[:100], tokens[100:], 50)
+  assert run.model.vocab_size == 50
+  # predict checked none of it: an id past the vocabulary gave NaN outputs, a negative
+  # one another row's, and float inputs were cast to int32 (3.7 read as id 3).
+  outputs = run.predict(tokens[100:])
+  np.testing.assert_array_equal(run.predict(tokens[100:].astype(np.float32)), outputs)
+  with pytest.raises(jdl.JdlError, match=r"^model.vocab_size=50, but the predict inputs hold "
+                     r"token ids in \[-2, \d+\] \(e.g. -2 in example 3\); token ids are >= 0"):
+    run.predict(negative)
+  beyond = tokens[100:].copy()
+  beyond[1, 0] = 50
+  with pytest.raises(jdl.JdlError, match=r"the predict inputs hold token ids in \[\d+, 50\] "
+                     r"\(e.g. 50 in example 1\); model.vocab_size must be at least 51$"):
+    run.predict(beyond)
+  fractional = tokens[100:].astype(np.float32)
+  fractional[4, 5] = 3.7
+  with pytest.raises(jdl.JdlError, match=r"^predict got inputs that are not whole numbers "
+                     r"\(e.g. 3.7 in example 4\), but this run's inputs are token ids"):
+    run.predict(fractional)
 
 
 class Dense(nn.Module):

@@ -10,6 +10,7 @@ generated images and decoded sequences.
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -267,7 +268,9 @@ class Predictions:
         return self.predict_normalized(jnp.asarray(np.asarray(x, np.int32)), state)
       # Not cast here: the normaliser computes as it did for the splits (in float64
       # when the train split was float64).
-      return self.predict_normalized(jnp.asarray(self.normalizer(x)), state)
+      normalized = self.normalizer(x)
+      self._warn_if_out_of_range(normalized)
+      return self.predict_normalized(jnp.asarray(normalized), state)
     except (TypeError, ValueError, flax.errors.ScopeParamShapeError) as e:
       if isinstance(e, JdlError) or x.shape[1:] == self.data.train.x.shape[1:]:
         raise
@@ -309,9 +312,46 @@ class Predictions:
     self.check_input_kind(x, "predict got")
     if self.normalizer is None and self.vocab and "text" in self.vocab:
       check_token_ids(x, self.vocab["text"], "text", "predict needs")
+    elif self.normalizer is None:  # Token ids of the user's own embedding model.
+      if x.dtype.kind == "f":  # Cast to int32 below: 3.7 would be read as id 3.
+        rows = x.reshape(len(x), -1)
+        fractional = rows != np.round(rows)
+        if fractional.any():
+          row = int(np.argmax(fractional.any(axis=1)))
+          raise JdlError(f"predict got inputs that are not whole numbers (e.g. "
+                         f"{rows[row][fractional[row]][0]:g} in example {row}), but this "
+                         "run's inputs are token ids (normalize='none'): give the ids")
+      from jdl.train import checks  # As training checks them.
+      checks.check_token_ids(self.model, [("predict", x.astype(np.int64))])
     if state is None:
       self.check_holds_run_state()
     return x
+
+  def _warn_if_out_of_range(self, normalized: np.ndarray) -> None:
+    """Says when over 1% of the inputs' values, normalised as the train split was,
+    lie more than their feature's train range beyond that range: floats on another
+    scale (pixels 0..255 where the loader gives / 255) pass every other check and are
+    answered with confidence. Features constant in the train split are not counted."""
+    train = self.data.train
+    if not isinstance(train, pipeline.Split) or jax.process_count() > 1 or not normalized.size:
+      return
+    if getattr(self, "_train_range", None) is None:  # Per feature, once.
+      self._train_range = (np.asarray(jnp.min(train.x, axis=0)),
+                           np.asarray(jnp.max(train.x, axis=0)))
+    lo, hi = self._train_range
+    if normalized.shape[1:] != lo.shape:  # A sequence of another length, say.
+      return
+    span = hi - lo
+    varies = np.broadcast_to(span > 0, normalized.shape)
+    beyond = ((normalized < lo - span) | (normalized > hi + span)) & varies
+    share = beyond.sum() / max(varies.sum(), 1)
+    if share > 0.01:
+      scale = ("; MNIST-family loaders give pixels / 255, in [0, 1]"
+               if "mnist" in self.data.name.lower() else "")
+      print(f"jdl: warning: {100 * share:.3g}% of predict's input values lie further "
+            "beyond their feature's range in the train split than that range is wide "
+            f"(compared as normalised alike): give them on the scale dataset "
+            f"{self.data.name!r} gives{scale}", file=sys.stderr, flush=True)
 
   def check_holds_run_state(self) -> None:
     """Refuses a Trainer of a trained workdir that holds its initial parameters
@@ -333,9 +373,10 @@ class Predictions:
     """Integer inputs to a run whose dataset gives floats are an error: taken 1:1
     they would be misread (MNIST-family loaders give pixels / 255)."""
     if x.dtype.kind in "iub" and self.normalizer is not None and self.data.float_inputs:
+      example = ("MNIST-family loaders give pixels / 255, in [0, 1]"
+                 if "mnist" in self.data.name.lower() else "taken 1:1 they would be misread")
       raise JdlError(f"{what} {x.dtype} inputs, but dataset {self.data.name!r} gives float "
-                     "inputs (MNIST-family loaders give pixels / 255, in [0, 1]); give them "
-                     "as the dataset's loader does")
+                     f"inputs ({example}); give them as the dataset's loader does")
 
   def confusion_matrix(self, split: str = "test", state: TrainState | None = None
                        ) -> np.ndarray:
