@@ -49,7 +49,8 @@ def _float(x: jax.Array) -> jax.Array:
   return x.astype(jnp.float32) if x.dtype.itemsize < 4 else x
 
 
-def _match(outputs: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _match(outputs: jax.Array, targets: jax.Array,
+           loss: str) -> tuple[jax.Array, jax.Array]:
   """Casts to float and reshapes ``targets`` like ``outputs`` ([B] vs [B, 1]).
 
   Reshaping rather than broadcasting avoids the silent ``[B] - [B, 1] -> [B, B]``
@@ -63,7 +64,7 @@ def _match(outputs: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array
   if targets.shape != outputs.shape:
     errors.require(
         targets.size == outputs.size,
-        f"targets of shape {targets.shape} do not match outputs of shape"
+        f"{loss}: targets of shape {targets.shape} do not match outputs of shape"
         f" {outputs.shape}",
     )
     targets = targets.reshape(outputs.shape)
@@ -72,13 +73,13 @@ def _match(outputs: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array
 
 def mse(outputs: jax.Array, targets: jax.Array) -> jax.Array:
   """Mean squared error. ``outputs, targets: [B, ...]``; returns ``[B]``."""
-  outputs, targets = _match(outputs, targets)
+  outputs, targets = _match(outputs, targets, "mse")
   return _per_example(optax.losses.squared_error(outputs, targets))
 
 
 def mae(outputs: jax.Array, targets: jax.Array) -> jax.Array:
   """Mean absolute error. ``outputs, targets: [B, ...]``; returns ``[B]``."""
-  outputs, targets = _match(outputs, targets)
+  outputs, targets = _match(outputs, targets, "mae")
   return _per_example(jnp.abs(outputs - targets))
 
 
@@ -94,7 +95,7 @@ def huber(outputs: jax.Array, targets: jax.Array, delta: float = 1.0) -> jax.Arr
     ``[B]``: ``0.5 e^2`` for ``|e| <= delta`` else ``delta (|e| - delta / 2)``,
     averaged over trailing dims.
   """
-  outputs, targets = _match(outputs, targets)
+  outputs, targets = _match(outputs, targets, "huber")
   return _per_example(optax.losses.huber_loss(outputs, targets, delta=delta))
 
 
@@ -108,7 +109,7 @@ def binary_crossentropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
   Returns:
     ``[B]``.
   """
-  outputs, targets = _match(outputs, targets)
+  outputs, targets = _match(outputs, targets, "binary_crossentropy")
   return _per_example(optax.losses.sigmoid_binary_cross_entropy(outputs, targets))
 
 
@@ -125,7 +126,7 @@ def categorical_crossentropy(
   Returns:
     ``[B]``.
   """
-  outputs, targets = _match(outputs, targets)
+  outputs, targets = _match(outputs, targets, "categorical_crossentropy")
   # At alpha == 0 smoothing is the identity, so it needs no Python branch and
   # `label_smoothing` may even be traced.
   targets = optax.losses.smooth_labels(targets, label_smoothing)
@@ -154,7 +155,8 @@ def sparse_categorical_crossentropy(
   targets = jnp.asarray(targets)
   errors.require(
       targets.size * outputs.shape[-1] == outputs.size,
-      f"int labels of shape {targets.shape} do not match logits of shape"
+      f"sparse_categorical_crossentropy: int labels of shape {targets.shape} do not "
+      f"match logits of shape"
       f" {outputs.shape}",
   )
   targets = targets.reshape(outputs.shape[:-1]).astype(jnp.int32)
@@ -178,7 +180,7 @@ def squared_hinge(outputs: jax.Array, targets: jax.Array) -> jax.Array:
   Returns:
     ``[B]``.
   """
-  outputs, targets = _match(outputs, targets)
+  outputs, targets = _match(outputs, targets, "squared_hinge")
   # Map 0 -> -1 element by element rather than by inspecting the whole batch
   # (as Keras does), so an example's loss never depends on its batch mates.
   targets = jnp.where(targets == 0, -1.0, targets).astype(outputs.dtype)
@@ -195,7 +197,7 @@ def kl_divergence(outputs: jax.Array, targets: jax.Array) -> jax.Array:
   Returns:
     ``[B]``.
   """
-  outputs, targets = _match(outputs, targets)
+  outputs, targets = _match(outputs, targets, "kl_divergence")
   log_probs = jax.nn.log_softmax(outputs, axis=-1)
   return _per_example(optax.losses.kl_divergence(log_probs, targets))
 

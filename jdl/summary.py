@@ -7,8 +7,11 @@ import math
 import re
 from typing import Any
 
+import flax.linen
 import jax
+import numpy as np
 
+from jdl.errors import JdlError
 from jdl.optim import masks
 
 _TRAINABLE = "params"
@@ -28,7 +31,15 @@ def count_params(params: Any) -> int:
     >>> count_params({"dense": {"kernel": np.zeros((3, 4)), "bias": np.zeros(4)}})
     16
   """
-  return sum(_size(leaf) for leaf in jax.tree_util.tree_leaves(params))
+  leaves = jax.tree_util.tree_leaves(params)
+  odd = next((leaf for leaf in leaves if not (hasattr(leaf, "shape") or isinstance(
+      leaf, (int, float, complex, np.number)))), None)
+  if odd is not None:  # A module counted as one scalar.
+    hint = (": initialise it and count its parameters, count_params(model.init(key, x)"
+            "['params'])" if isinstance(odd, flax.linen.Module) else "")
+    raise JdlError(f"count_params counts the arrays of a PyTree; it holds a "
+                   f"{type(odd).__name__}{hint}")
+  return sum(_size(leaf) for leaf in leaves)
 
 
 def _layers(tree: Mapping[str, Any], prefix: str = ""

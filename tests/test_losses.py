@@ -282,9 +282,14 @@ def test_get_loss_errors(name, kwargs, match):
     losses.get_loss(name, **kwargs)
 
 
-def test_mismatched_shapes_raise():
-  with pytest.raises(JdlError, match="do not match"):
+def test_mismatched_shapes_raise_naming_the_loss():
+  with pytest.raises(JdlError, match=r"^mse: targets of shape \(\d+, 3\) do not match"):
     losses.mse(jnp.zeros((B, 2)), jnp.zeros((B, 3)))
+  with pytest.raises(JdlError, match=r"^binary_crossentropy: targets of shape \(\d+,\) do not "
+                     r"match outputs of shape \(\d+, 2\)$"):
+    losses.binary_crossentropy(jnp.zeros((B, 2)), jnp.zeros((B,)))
+  with pytest.raises(JdlError, match=r"^sparse_categorical_crossentropy: int labels of shape"):
+    losses.sparse_categorical_crossentropy(jnp.zeros((B,)), jnp.zeros((B,), jnp.int32))
 
 
 def test_probability_losses_take_soft_targets_and_refuse_other_values():

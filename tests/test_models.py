@@ -160,6 +160,50 @@ def test_mlp_count():
   assert count_params(params["params"]) == expected
 
 
+@pytest.mark.parametrize("name, task", [("vae", "'vae'"), ("dcgan", "'gan' or 'wgan_gp'"),
+                                        ("conv_autoencoder", "'autoencoder'"),
+                                        ("seq2seq", "'seq2seq'")])
+def test_a_generative_or_seq2seq_model_in_a_classification_config_names_its_task(name, task):
+  # "unknown model 'vae'" (it is one, of another task), or seq2seq's missing vocabularies.
+  import jdl
+  from jdl.train import checks
+
+  config = jdl.load_config("digits_mlp")
+  config.model = ml_collections.ConfigDict({"name": name})
+  message = (rf"^model '{name}' is trained by task {task}, not 'classification': set "
+             r"config\.task \(--config\.task\) to that, or pick another model: cnn, .*mlp")
+  with pytest.raises(JdlError, match=message):
+    checks.check_model(config)  # jdl config
+  with pytest.raises(JdlError, match=message):
+    jdl.Trainer(config, None, quiet=True)
+
+
+def test_count_params_refuses_a_module_and_counts_python_scalars_as_one():
+  # count_params(model) counted the module as one scalar and returned 1.
+  with pytest.raises(JdlError, match=r"^count_params counts the arrays of a PyTree; it holds "
+                     r"a MLP: initialise it and count its parameters, count_params\(model\."
+                     r"init\(key, x\)\['params'\]\)$"):
+    count_params(models.MLP(10))
+  with pytest.raises(JdlError, match=r"it holds a str$"):
+    count_params({"a": np.zeros(3), "b": "3"})
+  assert count_params({"a": np.zeros((2, 3)), "b": 1.5, "c": np.float32(2)}) == 8
+
+
+def test_create_train_state_takes_a_key_or_an_int_seed_and_refuses_the_rest():
+  import optax
+
+  import jdl
+  x = np.zeros((1, 4), np.float32)
+  by_seed = jdl.create_train_state(models.MLP(3, hidden=(5,)), optax.sgd(0.1), x, key=7)
+  by_key = jdl.create_train_state(models.MLP(3, hidden=(5,)), optax.sgd(0.1), x,
+                                  key=jax.random.key(7))
+  chex.assert_trees_all_equal(by_seed.params, by_key.params)
+  for bad in ("7", True, np.zeros(3, np.float32)):  # A deep TypeError from jax before.
+    with pytest.raises(JdlError, match=r"^create_train_state: key must be a PRNG key "
+                       r"\(jax\.random\.key\(seed\)\) or an int seed, got "):
+      jdl.create_train_state(models.MLP(3), optax.sgd(0.1), x, key=bad)
+
+
 @pytest.mark.parametrize("size", [28, 32])
 def test_lenet5_count(size):
   params = _abstract_init(models.LeNet5(), (1, size, size, 1))["params"]

@@ -299,6 +299,19 @@ def check_fit_arguments(dataset, model, callbacks,
                    f"got {type(c).__name__}")
 
 
+def check_model_task(config: ml_collections.ConfigDict) -> None:
+  """A classification or regression config naming a generative or seq2seq model gets
+  the task that model trains, not "unknown model" (or the seq2seq model's missing
+  vocabulary sizes)."""
+  name = config.model.get("name")
+  tasks = {**{n: "'autoencoder'" for n in gen_tasks.AUTOENCODERS}, "vae": "'vae'",
+           **{n: "'gan' or 'wgan_gp'" for n in gen_tasks.GANS}, "seq2seq": "'seq2seq'"}
+  if config.task in ("classification", "regression") and name in tasks:
+    raise JdlError(f"model {name!r} is trained by task {tasks[name]}, not "
+                   f"{config.task!r}: set config.task (--config.task) to that, or pick another "
+                   f"model: {', '.join(sorted(set(models_lib.MODELS) - {'seq2seq'}))}")
+
+
 def check_model(config: ml_collections.ConfigDict) -> None:
   """Builds ``config.model`` as far as the config alone allows, for ``jdl config``:
   one JdlError for a field no model can take. The data sets ``num_outputs`` and a
@@ -308,6 +321,7 @@ def check_model(config: ml_collections.ConfigDict) -> None:
   """
   if config.task in gen_tasks.TASKS or config.task == "seq2seq":
     return
+  check_model_task(config)
   spec = config.model.to_dict()
   model = models_lib.MODELS.get(spec.get("name"))
   if model is not None and "vocab_size" in models_lib.model_fields(model) and not spec.get(

@@ -387,6 +387,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       return gen_tasks.create_models(self.config, self.data.input_shape)
     if self.seq2seq:
       return seq_models.create_seq2seq(self.config, self.vocab)
+    checks.check_model_task(self.config)
     model_config = self.config.model
     if self.vocab:
       model_config = seq_models.with_vocab_size(model_config, self.vocab)

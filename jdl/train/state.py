@@ -7,8 +7,11 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
+
+from jdl.errors import JdlError
 
 
 class TrainState(struct.PyTreeNode):
@@ -58,10 +61,17 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
     model: a flax.linen module following jdl's model contract.
     tx: the optax transformation.
     example_input: an input batch (only its shape and dtype matter).
-    key: a typed PRNG key; split here into init keys and the state's key.
+    key: a PRNG key (``jax.random.key(seed)``), or an int seed made into one; split
+      here into init keys and the state's key.
     init_kwargs: extra keyword arguments of the model's ``__call__`` at init; a
       value ``"key"`` is replaced by a PRNG key (e.g. a VAE's sampling key).
   """
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+    key = jax.random.key(int(key))
+  elif not (isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                            or (key.shape == (2,) and key.dtype == jnp.uint32))):
+    raise JdlError(f"create_train_state: key must be a PRNG key (jax.random.key(seed)) or an "
+                   f"int seed, got {type(key).__name__}")
   init_key, dropout_key, state_key = jax.random.split(key, 3)
   kwargs = dict(init_kwargs or {})
 
