@@ -112,6 +112,16 @@ def test_denoising_autoencoder_scores_noisy_inputs_against_clean_targets():
                              rtol=1e-5)
 
 
+def test_an_autoencoders_predict_is_the_logits_its_test_loss_scores():
+  # As the README says: sigmoid(predict(x)) is the reconstruction.
+  result = jdl.fit(ae_config(num_epochs=1), quiet=True)
+  x = np.asarray(result.trainer.data.test.x)
+  logits = jdl.predict(result, x)
+  assert logits.shape == x.shape and logits.min() < 0 < logits.max()  # Not probabilities.
+  np.testing.assert_allclose(np.mean(objectives.bernoulli_nll(jnp.asarray(logits), x)),
+                             result.test_metrics["loss"], rtol=1e-5)
+
+
 def test_sparse_autoencoder_penalises_the_sown_code():
   plain = jdl.Trainer(ae_config(), None, quiet=True)
   sparse = jdl.Trainer(ae_config(regularization__activity_l1=0.01), None, quiet=True)

@@ -254,10 +254,12 @@ class Predictions:
   """
 
   def predict(self, x: np.ndarray, state: TrainState | None = None) -> np.ndarray:
-    """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split).
+    """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split):
+    a classifier's logits, a regression's outputs, an autoencoder's reconstruction
+    logits (``jax.nn.sigmoid`` of them: the reconstruction in [0, 1]).
 
     Raises:
-      JdlError: a generative or seq2seq run (they sample or decode instead), inputs
+      JdlError: a VAE, GAN or seq2seq run (they sample or decode instead), inputs
         of the wrong shape, NaN or Inf, integers where the dataset gives floats, or a
         Trainer of a trained workdir that has not loaded its state (use
         :func:`load_run`, or ``fit()``, which resumes).
