@@ -730,6 +730,29 @@ def _start_jax() -> None:
   jax.devices()
 
 
+def _workdir_not_a_folder(args) -> str | None:
+  """The error when ``--workdir`` is a file, or lies under one; ``None`` else (a
+  folder, or a path not made yet). evaluate, export, predict and sample said a file
+  held no run (no config.json) or no checkpoints, or asked for other arguments."""
+  raw = getattr(args, "workdir", None)
+  if not raw:
+    return None
+  path = Path(raw)
+  remedy = ("use another --workdir" if args.command == "train"
+            else "give the run's folder as --workdir")
+  for p in (path, *path.parents):  # The nearest that exists.
+    try:
+      if not p.exists():
+        continue
+      if p.is_dir():
+        return None
+    except OSError:  # Not readable: the command says what it meets.
+      return None
+    where = f"workdir {path}" if p == path else f"workdir {path}: {p}"
+    return f"{where} is a file, not a folder; {remedy}"
+  return None
+
+
 def _fail(message: str) -> int:
   """Prints the one error line; returns the exit status 2."""
   print(f"jdl: error: {message}", file=sys.stderr)
@@ -899,6 +922,8 @@ def _main(argv: list[str] | None) -> int:
   if overrides and args.command == "list":
     print("jdl: error: list takes no --config overrides", file=sys.stderr)
     return 2
+  if (blocked := _workdir_not_a_folder(args)) is not None:
+    return _fail(blocked)
   command = {"train": _train, "evaluate": _evaluate, "export": _export, "sample": _sample,
              "predict": _predict,
              "list": _list, "config": _show_config,

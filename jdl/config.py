@@ -14,6 +14,7 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -453,7 +454,49 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
       close = (f": did you mean {' or '.join(repr(p) for p in nested)}?" if nested
                else did_you_mean(leaf, node.keys()))
       raise JdlError(f"unknown config key {dotted!r}{close or ';'} valid keys here: {valid}")
+    if dotted in REGEX_KEYS:
+      _refuse_several_patterns(raw, dotted)
     node[leaf] = _parse_as(raw, node[leaf], dotted)
+
+
+# The keys that take one regex (a string; fullmatch over '/'-joined paths).
+# optimizer.freeze is a tuple of regexes, and regularization.rules one of
+# (pattern, l1, l2) tuples: their tuples are parsed.
+REGEX_KEYS = ("regularization.include", "regularization.exclude",
+              "regularization.activity_include", "regularization.max_norm_include",
+              "init_from.include", "init_from.exclude")
+
+
+def _looks_like_tuple(raw: str) -> bool:
+  """Whether ``raw`` reads as a Python tuple or list: it opens a bracket and has a
+  comma that is not a regex's ``{m,n}`` (``(conv_[0-9]{1,2})`` is one regex)."""
+  text = raw.strip()
+  return text[:1] in "([" and "," in re.sub(r"\{\d*,\d*\}", "", text)
+
+
+def _refuse_several_patterns(raw: str, key: str) -> None:
+  """Refuses a tuple or list given to a key of one regex: taken as is it was one
+  pattern ``"('Dense_0', 'Dense_1')"``, which matches no path (a quote or a comma is
+  in none), silently when the key's coefficient is 0.
+
+  Raises:
+    JdlError: ``raw`` is a tuple, list or set literal, or looks like one.
+  """
+  try:
+    value = ast.literal_eval(raw.strip())
+  except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+    value = None
+  if not isinstance(value, (tuple, list, set)) and not _looks_like_tuple(raw):
+    return
+  if isinstance(value, (tuple, list, set)):
+    items = [v for v in value if isinstance(v, str)]
+  else:  # Unquoted: (Dense_0, Dense_1).
+    items = [v.strip(" '\"") for v in raw.strip()[1:].rstrip(")]").split(",")]
+  items = [v for v in items if v]
+  example = "|".join(items) if items else "Dense_0/kernel|Dense_1/kernel"
+  raise JdlError(f"--config.{key} takes one regex, not a tuple or list: got {raw!r}; "
+                 f"join the alternatives with | in one regex (each must match a whole path), "
+                 f"e.g. --config.{key}='{example}'")
 
 
 def _nested_paths(node: ml_collections.ConfigDict, leaf: str, prefix: list[str]) -> list[str]:
@@ -504,7 +547,7 @@ def _parse_as(raw: str, current: Any, key: str) -> Any:
     if not raw.strip():  # --config.metrics= : none, not the one name ''.
       return ()
     value = _parse_literal(raw)
-    if isinstance(value, str) and raw.strip()[:1] in "([" and "," in raw:
+    if isinstance(value, str) and _looks_like_tuple(raw):
       # A tuple literal that does not parse, e.g. '(1,' ('(a|b)' is one regex).
       raise JdlError(f"--config.{key} expects a tuple such as (32, 64) or ('conv_0',), "
                      f"got {raw!r} (not a Python literal)")

@@ -526,6 +526,62 @@ def test_evaluate_and_export_without_checkpoints(tmp_path, capsys):
   assert err[1].startswith("jdl: error: no checkpoints")
 
 
+def test_a_file_given_as_workdir_is_said_to_be_a_file(tmp_path, capsys):
+  # evaluate said the file held no jdl run (no config.json), export "no checkpoints
+  # in FILE", predict and sample what train one there first.
+  a_file = tmp_path / "run.txt"
+  a_file.write_text("notes\n")
+  for workdir, where in ((a_file, f"workdir {a_file}"),
+                         (a_file / "run", f"workdir {a_file / 'run'}: {a_file}")):
+    for args in (["evaluate"], ["export", "--out", tmp_path / "p.npz"],
+                 ["predict", "--text", "good"], ["sample", "--out", tmp_path / "s.png"]):
+      assert cli.main([str(a) for a in (*args, "--workdir", workdir)]) == 2
+      err = capsys.readouterr().err.strip().splitlines()
+      assert err == [f"jdl: error: {where} is a file, not a folder; give the run's folder "
+                     "as --workdir"], (args, err)
+    assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"jdl: error: {where} is a file, not a folder; use another --workdir"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["run.txt"]
+  assert a_file.read_text() == "notes\n"
+
+
+def test_a_resume_says_when_metrics_jsonl_lacks_the_earlier_epochs(finished, tmp_path, capsys):
+  # A missing or emptied metrics.jsonl was taken in silence: the resumed run's file
+  # (its plots, jdl compare) then began at the epoch it resumed at.
+  import shutil
+  for name, damage, args, state in (
+      ("missing", lambda p: p.unlink(), ["--config.num_epochs=2"], "is missing"),
+      ("empty", lambda p: p.write_text(""), [], "is empty"),
+      ("test line only", lambda p: p.write_text(
+          "".join(line + "\n" for line in p.read_text().splitlines() if '"test"' in line)),
+       [], "has gaps")):
+    workdir = tmp_path / name.replace(" ", "_")
+    shutil.copytree(finished, workdir)
+    path = workdir / "metrics.jsonl"
+    damage(path)
+    checkpoints = _snapshot(workdir / "checkpoints")
+    assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST, *args]) == 0
+    err = [line for line in capsys.readouterr().err.strip().splitlines()
+           if "metrics.jsonl" in line]
+    assert err == [f"jdl: warning: {path} {state}, but the run resumes after epoch 1: the "
+                   "earlier epochs' metrics (epoch 1) are missing from metrics.jsonl, and so "
+                   "from its plots and jdl compare; the run continues, nothing was "
+                   "deleted"], (name, err)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["split"] == "train"] == (
+        [2] if args else []), name
+    assert records[-1]["split"] == "test", name
+    if not args:  # Nothing trained: the checkpoints are as they were.
+      assert _snapshot(workdir / "checkpoints") == checkpoints, name
+  # A resume with every epoch's line says nothing of it.
+  workdir = tmp_path / "whole"
+  shutil.copytree(finished, workdir)
+  assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST,
+                   "--config.num_epochs=2"]) == 0
+  assert "metrics.jsonl" not in capsys.readouterr().err
+
+
 def test_python_api_raises_jdl_errors(tmp_path):
   with pytest.raises(jdl.JdlError, match="batch_size"):
     jdl.fit(make_config(batch_size=0), quiet=True)

@@ -572,6 +572,47 @@ def test_a_regex_in_parentheses_is_one_pattern_and_a_broken_tuple_an_error():
   assert config.metrics == () and config.optimizer.freeze == ()
 
 
+def test_a_key_of_one_regex_refuses_a_tuple_and_a_tuple_key_parses_one(capsys):
+  # A tuple or list given to a key that takes one regex (a string) was kept as one
+  # pattern "('Dense_0', 'Dense_1')", matching no path (silently with l1 = l2 = 0).
+  from jdl import config as config_lib
+  for key, value, alternation in (
+      ("regularization.include", "('Dense_0', 'Dense_1')", "Dense_0|Dense_1"),
+      ("regularization.exclude", "['Dense_0/bias']", "Dense_0/bias"),
+      ("regularization.activity_include", "('act_0',)", "act_0"),
+      ("regularization.max_norm_include", "[Dense_0/kernel, Dense_1/kernel]",
+       "Dense_0/kernel|Dense_1/kernel"),
+      ("init_from.include", "(Dense_0, Dense_1)", "Dense_0|Dense_1"),
+      ("init_from.exclude", "('head/.*', 'Dense_1/.*')", "head/.*|Dense_1/.*")):
+    code, out, err = run_cli("config", "--config", "digits_mlp", f"--config.{key}={value}",
+                             capsys=capsys)
+    assert code == 2 and out == "", (key, code, err)
+    assert err.strip().splitlines() == [
+        f"jdl: error: --config.{key} takes one regex, not a tuple or list: got {value!r}; "
+        "join the alternatives with | in one regex (each must match a whole path), "
+        f"e.g. --config.{key}='{alternation}'"], err
+  # One regex in brackets, or with a {m,n} count, is one pattern, as before.
+  code, out, err = run_cli("config", "--config", "digits_mlp",
+                           "--config.regularization.include=(Dense_0|Dense_1)/kernel",
+                           "--config.init_from.include=Dense_[0-9]{1,2}/.*", capsys=capsys)
+  assert code == 0, err
+  shown = json.loads(out)
+  assert shown["regularization"]["include"] == "(Dense_0|Dense_1)/kernel"
+  assert shown["init_from"]["include"] == "Dense_[0-9]{1,2}/.*"
+  # optimizer.freeze, a tuple of regexes, parses the tuple; a regex in brackets with
+  # a {m,n} count is one pattern (it was refused as a broken tuple literal).
+  config = config_lib.base_config()
+  config_lib.apply_overrides(config, {"optimizer.freeze": "('Dense_0', 'Dense_1')"})
+  assert config.optimizer.freeze == ("Dense_0", "Dense_1")
+  config_lib.apply_overrides(config, {"optimizer.freeze": "(Dense_[0-9]{1,2})"})
+  assert config.optimizer.freeze == ("(Dense_[0-9]{1,2})",)
+  with pytest.raises(jdl.JdlError, match=r"--config.optimizer.freeze expects a tuple"):
+    config_lib.apply_overrides(config, {"optimizer.freeze": "(Dense_0, Dense_1)"})
+  # The keys refused a tuple are those of one regex (strings in the base config).
+  assert all(isinstance(config[k.split(".")[0]][k.split(".")[1]], str)
+             for k in config_lib.REGEX_KEYS)
+
+
 def test_a_resume_with_changed_settings_is_said_and_recorded(tmp_path, capsys):
   import jdl.train.workdir  # noqa: F401 (RUN_FILES lists the record)
   from conftest import make_config
@@ -839,3 +880,22 @@ def test_export_says_it_made_the_folder_of_its_out(trained, tmp_path, capsys):
   code, text, err = run_cli("export", "--workdir", trained, "--out", out, capsys=capsys)
   assert code == 0 and out.is_file(), err
   assert f" to {out} (its folder {out.parent} was made for it)\n" in text, text
+
+
+def test_rerunning_a_finished_run_leaves_its_tensorboard_files_as_they_were(tmp_path, capsys):
+  # Each re-run with nothing to train added an events file to tb/ (a header and the
+  # purge step, no point: the test points are in the run's file already).
+  args = ["train", "--workdir", tmp_path, "--quiet", *FAST, "--config.tensorboard=true"]
+  code, _, err = run_cli(*args, capsys=capsys)
+  assert code == 0, err
+  files = {p.name: p.read_bytes() for p in (tmp_path / "tb").iterdir()}
+  assert len(files) == 1
+  for _ in range(2):
+    code, _, err = run_cli(*args, capsys=capsys)
+    assert code == 0, err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "tb").iterdir()} == files
+  # A run that trains further writes its points to a new file, as before.
+  code, _, err = run_cli(*args, "--config.num_epochs=2", capsys=capsys)
+  assert code == 0, err
+  new = [p for p in (tmp_path / "tb").iterdir() if p.name not in files]
+  assert len(new) == 1 and ".from_step_" in new[0].name and new[0].stat().st_size > 200

@@ -327,13 +327,44 @@ class MetricsLogger(Callback):
       raise JdlError(f"cannot append to {self.path}: {e.strerror or e}") from None
 
 
+class _LazyWriter:
+  """tensorboardX's ``SummaryWriter``, opened at its first use: its events file is
+  created only when something is written (a re-run of a finished run, with nothing
+  to train, added an events file to ``tb/`` each time). ``close`` and ``flush`` of a
+  writer never opened do nothing; anything else opens it."""
+
+  def __init__(self, writer_class, logdir: str, **kwargs):
+    self._class, self._kwargs = writer_class, kwargs
+    self._opened = None
+    self.logdir = logdir
+
+  def open(self):
+    if self._opened is None:
+      self._opened = self._class(self.logdir, **self._kwargs)
+    return self._opened
+
+  def flush(self) -> None:
+    if self._opened is not None:
+      self._opened.flush()
+
+  def close(self) -> None:
+    if self._opened is not None:
+      self._opened.close()
+
+  def __getattr__(self, name: str):
+    if name.startswith("_"):  # Not set yet (copy, pickle): no writer to open.
+      raise AttributeError(name)
+    return getattr(self.open(), name)
+
+
 class TensorBoard(Callback):
   """Scalars to TensorBoard event files under ``workdir/tb``.
 
   A resumed run passes ``purge_step``, the first step it will write again:
   TensorBoard then hides the points of earlier event files from that step on
   (those a killed run wrote past its last checkpoint), as ``metrics.jsonl`` drops
-  its lines past it.
+  its lines past it. The events file is created at the first point written: a run
+  that writes none (a finished run re-run) leaves ``tb/`` as it was.
   """
 
   # Facts of the run, not curves (metrics.jsonl keeps them); timings are plotted.
@@ -348,7 +379,8 @@ class TensorBoard(Callback):
     # Event files are named by the second they open in: a resume within the same
     # second would reopen (and truncate) the earlier one, but for the suffix.
     suffix = f".from_step_{purge_step - 1}" if purge_step else ""
-    self.writer = SummaryWriter(str(logdir), purge_step=purge_step, filename_suffix=suffix)
+    self.writer = _LazyWriter(SummaryWriter, str(logdir), purge_step=purge_step,
+                              filename_suffix=suffix)
     self.test_written = False  # True: a test record is not written again.
 
   def write(self, record: dict[str, Any]) -> None:
@@ -371,10 +403,13 @@ class TensorBoard(Callback):
     """Closes the writer after an error, saying nothing. When its last flush fails
     too (a full disk) the file writer is marked closed: tensorboardX would try the
     flush again at exit and print a traceback after jdl's one-line error."""
+    opened = self.writer._opened  # pylint: disable=protected-access
+    if opened is None:
+      return
     try:
-      self.writer.close()
+      opened.close()
     except Exception:  # noqa: BLE001
-      events = getattr(getattr(self.writer, "file_writer", None), "event_writer", None)
+      events = getattr(getattr(opened, "file_writer", None), "event_writer", None)
       if events is not None and hasattr(events, "_closed"):
         events._closed = True  # pylint: disable=protected-access
 

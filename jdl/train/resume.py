@@ -206,6 +206,18 @@ def _square_confusion(acc: dict) -> dict | None:
   return {**acc, "confusion": {**acc["confusion"], "matrix": matrix[:, :-1]}}
 
 
+def _epochs(numbers: list[int]) -> str:
+  """``[1, 2, 3, 5]`` as ``'epochs 1-3, 5'``; ``[4]`` as ``'epoch 4'``."""
+  spans: list[list[int]] = []
+  for n in sorted(numbers):
+    if spans and n == spans[-1][1] + 1:
+      spans[-1][1] = n
+    else:
+      spans.append([n, n])
+  text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+  return f"epoch{'s' if len(numbers) > 1 else ''} {text}"
+
+
 class VocabularyMismatch(ResumeRefused):
   """A checkpoint's vocabulary differs from the one the train split gives now."""
 
@@ -321,6 +333,8 @@ class ResumableRun:
     if backup:
       self.warn(f"jdl: warning: {self.logger.path} had unreadable lines, which were "
                 f"dropped; the file as it was is kept as {backup}")
+    elif start > 0:
+      self._warn_missing_epochs(start, truncation)
     if self.config.tensorboard:  # Points past the checkpoint are written again.
       self.tb = cb.TensorBoard(wd / "tb", purge_step=start + 1 if start else None)
       # A re-run with nothing to train scores the same state again: its test points
@@ -328,6 +342,29 @@ class ResumableRun:
       self.tb.test_written = complete and truncation is not None and any(
           json.loads(line).get("split") == "test" for line in truncation[1])
     return start
+
+  def _warn_missing_epochs(self, start: int, truncation) -> None:
+    """One warning when the resumed run's metrics.jsonl lacks the train line of an
+    epoch the checkpoint at ``start`` holds (the file removed, emptied or cut by
+    hand): the run continues, but its file, and the plots, ``jdl compare`` and
+    tables read from it, lack those epochs (the checkpoint's history has them)."""
+    done = start // self.steps_per_epoch
+    lines = truncation[1] if truncation is not None else []
+    recorded = set()
+    for line in lines:
+      record = json.loads(line)
+      if record.get("split") == "train" and isinstance(record.get("epoch"), int):
+        recorded.add(record["epoch"])
+    missing = [e for e in range(1, done + 1) if e not in recorded]
+    if not missing:
+      return
+    path = self.logger.path
+    state = ("is missing" if truncation is None
+             else "is empty" if not lines else "has gaps")
+    self.warn(f"jdl: warning: {path} {state}, but the run resumes after epoch {done}: "
+              f"the earlier epochs' metrics ({_epochs(missing)}) are missing from "
+              "metrics.jsonl, and so from its plots and jdl compare; the run continues, "
+              "nothing was deleted")
 
   def _write_normalizer(self) -> None:
     """``normalizer.npz``: the mean and std the inputs are scaled with before the
