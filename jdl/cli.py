@@ -799,7 +799,7 @@ def _check_metrics(path: Path, run) -> None:
   """
   from jdl import metrics as metrics_lib
   from jdl.train import callbacks as cb
-  raw, records, _ = cb.MetricsLogger(path)._read() or (b"", [], False)
+  raw, records, _ = cb.MetricsLogger(path).read() or (b"", [], False)
   kept = iter(records)  # The lines it took, in order: a line it left out is damage.
   expected = next(kept, None)
 

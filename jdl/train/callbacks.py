@@ -253,7 +253,7 @@ class MetricsLogger(Callback):
     """
     return self.commit_truncation(self.plan_truncation(step, keep_test=keep_test))
 
-  def _read(self) -> tuple[bytes, list[dict], bool] | None:
+  def read(self) -> tuple[bytes, list[dict], bool] | None:
     """``(the file, its readable records, whether it is damaged)``; ``None`` without
     a file.
 
@@ -289,7 +289,7 @@ class MetricsLogger(Callback):
     Raises:
       JdlError: the file cannot be read.
     """
-    read = self._read()
+    read = self.read()
     if read is None:
       return None
     raw, records, damaged = read
@@ -301,7 +301,7 @@ class MetricsLogger(Callback):
 
   def last_step(self) -> int:
     """The largest step of the file's readable records (0 without any)."""
-    read = self._read()
+    read = self.read()
     return max((r.get("step", 0) for r in read[1]), default=0) if read else 0
 
   def commit_truncation(self, plan: tuple[bytes, list[str], bool] | None) -> Path | None:
