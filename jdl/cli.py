@@ -387,7 +387,6 @@ def _evaluate(args, overrides) -> int:
                      "from the run's config.json: the test split, the inputs or the model "
                      "would not be the ones it was trained with; leave them as the run "
                      "had them")
-  _start_jax()
   scores, trainer = reopen.evaluate_run(config, workdir, split=args.split)
   # Strict JSON: a metric without a value (r2 of one row, roc_auc of one class) is null.
   print(json.dumps({k: v if math.isfinite(v) else None for k, v in scores.items()}))
@@ -430,7 +429,6 @@ def _predict(args, overrides) -> int:
   config = _run_config("predict", args.workdir, overrides)
   if not args.text and not args.input:
     raise JdlError("predict needs --text TEXT (text classifier) or --input TEXT (seq2seq)")
-  _start_jax()
   trainer = reopen.load_run(args.workdir, config)
   if trainer.seq2seq:
     if args.text:
@@ -491,7 +489,6 @@ def _sample(args, overrides) -> int:
   if not 0 <= args.seed < 2**32:  # jax.random.key keeps 32 bits: 2**32 drew as 0.
     raise JdlError(f"--seed must be in [0, 2**32), as config.seed, got {args.seed}")
   replacing = _out_note(_out_path(args.out, ".png"))
-  _start_jax()
   trainer = reopen.load_run(args.workdir, config)
   if trainer.config.task not in ("vae", "gan", "wgan_gp"):
     raise JdlError(f"{args.workdir} holds a run of task {trainer.config.task!r}; only VAE and GAN "
@@ -513,7 +510,6 @@ def _export(args, overrides) -> int:
   if not ckdir.is_dir():
     raise JdlError(f"no checkpoints in {args.workdir}")
   out = _out_path(args.out, ".npz", exact=True)  # numpy adds .npz to other names (.NPZ).
-  _start_jax()
   step, which, unchosen = args.step, "", None
   if step is None:  # The state `jdl evaluate` scores; only the step read must be intact,
     from jdl.train import reopen  # so a run whose other steps cannot rank exports its latest.
@@ -713,21 +709,6 @@ def _backend_failed(e: BaseException) -> bool:
   import traceback
   return any(frame.filename.endswith("xla_bridge.py")
              for frame in traceback.extract_tb(e.__traceback__))
-
-
-_backend_message = errors.backend_message
-
-
-def _start_jax() -> None:
-  """Starts JAX's backend before a command reads a run's checkpoints.
-
-  orbax starts it inside the read otherwise, where a backend that cannot start
-  (``JAX_PLATFORMS`` naming a platform this machine or jaxlib lacks) was reported as
-  a damaged checkpoint, with the advice to move it aside. Raised from here, it is
-  :func:`_backend_message`'s line, as for ``jdl train``.
-  """
-  import jax
-  jax.devices()
 
 
 def _workdir_not_a_folder(args) -> str | None:
@@ -935,7 +916,7 @@ def _main(argv: list[str] | None) -> int:
   except (RuntimeError, AssertionError) as e:
     if not _backend_failed(e):
       raise
-    return _fail(_backend_message(e))
+    return _fail(errors.backend_message(e))
   except BrokenPipeError:  # The reader of stdout went away (`jdl list | head`).
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # No error at exit.
     return 141  # 128 + SIGPIPE, as the shell reports a process killed by it.

@@ -445,12 +445,16 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
              f"({len(names) - len(left)} of {len(names)} parameters); kept their initial "
              f"values: {', '.join(left[:6]) + (', ...' if len(left) > 6 else '') or 'none'}")
 
+  def _output_shape(self, x):
+    """The model's outputs on ``x`` as shapes and dtypes (traced, not computed)."""
+    return jax.eval_shape(lambda v, x: self.state.apply_fn(v, x, train=False),
+                          self.state.variables, x)
+
   def _check_outputs(self, example) -> None:
     """A given model returns one array, of the width its loss takes: otherwise the
     loss fails inside the compiled step with a message about shapes, or trains on
     NaN (one logit a example under a softmax of 2 classes)."""
-    out = jax.eval_shape(lambda v, x: self.state.apply_fn(v, x, train=False),
-                         self.state.variables, example)
+    out = self._output_shape(example)
     what = f"model {self.model_source['class']}"
     if not isinstance(out, jax.ShapeDtypeStruct):
       kind, n = type(out).__name__, len(jax.tree.leaves(out))
@@ -656,9 +660,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     if not any(n in metrics_lib.CUSTOM for n in names) or self.data.train.size < 3:
       return
     x, y = self.data.train.x[:3], jnp.asarray(self.data.train.y[:3])
-    shape = jax.eval_shape(lambda v, x: self.state.apply_fn(v, x, train=False),
-                           self.state.variables, x)
-    outputs = jax.random.normal(jax.random.key(0), shape.shape, jnp.float32)
+    outputs = jax.random.normal(jax.random.key(0), self._output_shape(x).shape, jnp.float32)
     metrics_lib.check_padding_ignored(names, outputs, y)
 
   def _example_batch(self) -> steps_lib.Batch:
