@@ -668,12 +668,21 @@ def test_resume_refuses_a_run_whose_epochs_changed_length(tmp_path):
 
 
 def test_a_second_fit_without_a_workdir_continues_from_the_trainer_state():
-  trainer = jdl.Trainer(make_config(num_epochs=2), quiet=True)
+  config = make_config(num_epochs=2)
+  trainer = jdl.Trainer(config, quiet=True)
   first = trainer.fit()
   history = {k: list(v) for k, v in first.history.items()}
+  # The Trainer holds a read-only copy of the config it was built from: its schedule
+  # and optimizer were made from that one, so neither config's later edits reach it.
+  config.num_epochs = 3
+  with pytest.raises(AttributeError, match="immutable"):
+    trainer.config.num_epochs = 3
+  with pytest.raises(AttributeError, match="immutable"):
+    trainer.config.optimizer.learning_rate = 1.0
   again = trainer.fit()  # Already at num_epochs: nothing to train, no empty epoch.
   assert again.history == history and not trainer.nan_detected
   assert int(again.state.step) == 2 * trainer.steps_per_epoch
+  assert trainer.config.num_epochs == 2 and config.num_epochs == 3
 
 
 @pytest.mark.parametrize("mode", ["step", "scan"])

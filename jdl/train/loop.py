@@ -126,7 +126,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
   """Owns one run: config, data, state, workdir. See :func:`fit`.
 
   ``Trainer(config, workdir, dataset=, model=, callbacks=, quiet=, restart=)`` takes
-  :func:`fit`'s arguments, and ``trainer.fit()`` trains; also ``progress`` (the
+  :func:`fit`'s arguments, and ``trainer.fit()`` trains. ``trainer.config`` is a
+  read-only copy of ``config`` (an ``ml_collections.FrozenConfigDict``): the model,
+  optimizer and data are built from it at construction, so a changed setting needs a
+  new Trainer. Also ``progress`` (the
   progress bar: ``None`` draws it on a terminal or in a notebook, unless ``quiet``),
   ``parallel`` (overrides ``config.parallel``) and ``vocab`` (a finished run's
   vocabularies, which :func:`jdl.load_run` passes).
@@ -144,7 +147,6 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
                callbacks: Sequence[cb.Callback] = (), quiet: bool = False,
                progress: bool | None = None, restart: bool = False,
                parallel: str | None = None, vocab: dict | None = None):
-    self.config = config
     self.restart = restart
     self.preempted: str | None = None  # The signal that stopped training early.
     self.trained_to: int | None = None  # The last step trained (before a restore_best).
@@ -166,6 +168,11 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.record_kept = False  # A re-run of a finished run keeps its config.json, summary.
     checks.validate_config(config)
     checks.check_fit_arguments(dataset, model, callbacks, config)
+    # A read-only copy: the model, optimizer, schedule and data are built from it
+    # here, so a later edit (to the caller's config or to this one) could only half
+    # apply. Editing this one raises; the caller's stays theirs to change.
+    self.config = ml_collections.FrozenConfigDict(config)
+    config = self.config
     self.generative = config.task in gen_tasks.TASKS
     self.gan = config.task in ("gan", "wgan_gp")
     runtime_lib.request_deterministic_ops(config.deterministic)
