@@ -25,8 +25,12 @@ from jdl import optim
 from jdl import regularizers
 from jdl.errors import JdlError, did_you_mean
 
-# Where named experiments live: <repo>/experiments/configs/NAME.py.
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "experiments" / "configs"
+# Where named experiments live: jdl/_configs/NAME.py in an installed wheel (a copy of
+# experiments/configs, see pyproject.toml), else <checkout>/experiments/configs/NAME.py
+# (a checkout, or an editable install of one).
+_INSTALLED_CONFIGS = Path(__file__).resolve().parent / "_configs"
+CONFIG_DIR = (_INSTALLED_CONFIGS if _INSTALLED_CONFIGS.is_dir()
+              else Path(__file__).resolve().parent.parent / "experiments" / "configs")
 DEFAULT_EXPERIMENT = "digits_cnn"
 
 # The structural sequence keys each dataset reads; the others ignore them (dates is
@@ -378,7 +382,7 @@ def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
   """The config file ``--config`` names: a ``.py``/``.json`` path, or an experiment name.
 
   ``None`` or ``""`` is the default experiment. A name is looked up in
-  :data:`CONFIG_DIR` (the checkout's ``experiments/configs/``), and a name that is
+  :data:`CONFIG_DIR` (``experiments/configs/``, or the installed copy), and a name that is
   not there is refused with the names that are.
   """
   if path_or_name is None or str(path_or_name) == "":

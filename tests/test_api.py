@@ -252,3 +252,36 @@ def test_lower_floors_import_no_upper_floor():
   assert any(i.startswith("jdl.train.loop") for i in _jdl_imports(jdl_dir / "cli.py"))
   assert any(i.startswith("jdl.models") for i in _jdl_imports(jdl_dir / "models" / "mlp.py"))
   assert _floor_violations() == {}
+
+
+def test_an_installed_copy_of_jdl_finds_its_named_experiments(tmp_path):
+  """A wheel holds jdl/ with experiments/configs copied into jdl/_configs (pyproject's
+  package-dir), and no checkout beside it: the named experiments, and a config that
+  imports its sibling, load from the copy."""
+  import shutil
+  import tomllib
+  setuptools = tomllib.loads((conftest.REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+  packages = sorted("jdl" + "".join(f".{part}" for part in p.parent.relative_to(
+      conftest.REPO / "jdl").parts) for p in (conftest.REPO / "jdl").rglob("__init__.py"))
+  assert sorted(setuptools["packages"]) == sorted([*packages, "jdl._configs"])
+  assert setuptools["package-dir"] == {"jdl._configs": "experiments/configs"}
+  assert "py.typed" in setuptools["package-data"]["jdl"]
+
+  site = tmp_path / "site-packages"  # As pip lays the wheel out.
+  shutil.copytree(conftest.REPO / "jdl", site / "jdl",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  shutil.copytree(conftest.REPO / "experiments" / "configs", site / "jdl" / "_configs",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  probe = ("import jdl, jdl.config as c; "
+           "print(c.CONFIG_DIR); print(len(c.list_experiments())); "
+           "print(jdl.load_config('mnist_fast').model.name)")
+  out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                       text=True, env={**conftest.cli_env(), "PYTHONPATH": str(site)},
+                       timeout=120)
+  assert out.returncode == 0, out.stderr[-3000:]
+  where, count, model = out.stdout.split()
+  expected = sorted(p.stem for p in (conftest.REPO / "experiments" / "configs").glob("*.py")
+                    if not p.name.startswith("_"))
+  assert where == str(site / "jdl" / "_configs") and int(count) == len(expected) > 20
+  import jdl
+  assert model == jdl.load_config("mnist_fast").model.name
