@@ -591,6 +591,14 @@ def test_python_api_raises_jdl_errors(tmp_path):
     jdl.config.apply_overrides(make_config(), {"nope": "1"})
   with pytest.raises(jdl.JdlError, match="classification"):
     jdl.fit(make_config(dataset="linear", task="classification"), quiet=True)
+  # Not a config at all: said so, with the call that makes one.
+  with pytest.raises(jdl.JdlError, match=r"got str; .* jdl.load_config\('digits_cnn'\)"):
+    jdl.fit("digits_cnn", quiet=True)
+  with pytest.raises(jdl.JdlError, match=r"got dict; jdl.config.from_dict"):
+    jdl.Trainer(make_config().to_dict(), quiet=True)
+  with pytest.raises(jdl.JdlError, match=r"ConfigDict .*got NoneType$"):
+    jdl.fit(None, tmp_path / "run", quiet=True)
+  assert not (tmp_path / "run").exists()
 
 
 # Run as root with the capabilities that bypass permission bits dropped, so that

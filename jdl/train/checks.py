@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 from typing import Sequence
 
@@ -44,6 +45,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   Checked before any data is read or the workdir is touched. Settings that
   depend on the data or the model are checked as the run is built.
   """
+  if not isinstance(config, ml_collections.ConfigDict):
+    hint = (f"; load the experiment {config!r} with jdl.load_config({config!r}) first"
+            if isinstance(config, (str, os.PathLike)) else
+            "; jdl.config.from_dict(d) makes one from a dict" if isinstance(config, dict)
+            else "")
+    raise JdlError("config must be an ml_collections.ConfigDict (jdl.load_config(NAME) or "
+                   f"jdl.base_config()), got {type(config).__name__}{hint}")
   # load_config locks a config; one built in Python from base_config() is not, and
   # a misspelt key there would be a silently ignored setting.
   unknown = config_lib.unknown_keys(config)
