@@ -96,6 +96,9 @@ def test_readme_example_runs(tmp_path):
                              np.mean(logits.argmax(axis=1) == dataset.y_test), rtol=0, atol=1e-6)
   probs = jdl.predict(result, jdl.data.load_dataset("digits").x_test[:5])
   assert probs.shape == (5, 10)
+  # A workdir is a run too (its one epoch is its best state): the same outputs.
+  np.testing.assert_array_equal(jdl.predict(tmp_path, dataset.x_test), logits)
+  np.testing.assert_array_equal(jdl.predict(str(tmp_path), dataset.x_test[:3]), logits[:3])
 
 
 def test_readme_own_data_example_runs(tmp_path, monkeypatch):

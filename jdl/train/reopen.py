@@ -239,18 +239,23 @@ def evaluate_run(config: ml_collections.ConfigDict | str | Path | None,
           trainer)
 
 
-def predict(run: FitResult | Trainer, x: np.ndarray) -> np.ndarray:
+def predict(run: FitResult | Trainer | str | Path, x: np.ndarray) -> np.ndarray:
   """Model outputs (logits or predictions) for raw inputs ``x: [n, ...]``.
 
   Inputs are normalised with the train split's statistics, as in training.
 
   Args:
-    run: the result of :func:`jdl.train.loop.fit`, or a :class:`Trainer`.
+    run: the result of :func:`jdl.train.loop.fit`, a :class:`Trainer`, or a run's
+      workdir, which :func:`load_run` restores (its best state, as :func:`evaluate`
+      scores); for many calls, ``trainer = jdl.load_run(workdir)`` once and
+      ``jdl.predict(trainer, x)``.
     x: inputs shaped like the dataset's examples.
   """
+  if isinstance(run, (str, os.PathLike)):
+    run = load_run(run)
   if isinstance(run, FitResult):
     return run.trainer.predict(x, run.state)
   if not isinstance(run, Trainer):
-    raise JdlError(f"predict takes the result of jdl.fit or a Trainer (jdl.load_run(workdir)), "
-                   f"got {type(run).__name__}")
+    raise JdlError("predict takes the result of jdl.fit, a Trainer (jdl.load_run(workdir)) "
+                   f"or a run's workdir, got {type(run).__name__}")
   return run.predict(x)
