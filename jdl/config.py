@@ -11,6 +11,7 @@ loop.
 from __future__ import annotations
 
 import ast
+import copy
 import importlib.util
 import json
 import os
@@ -674,6 +675,14 @@ def structural_diff(saved: dict, current: dict,
 # one process would wait for the old job's peers); an explicit --config keeps them.
 LAUNCH_KEYS = ("distributed.coordinator_address", "distributed.num_processes",
                "distributed.process_id")
+
+
+def editable_copy(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose values can be set: a ``FrozenConfigDict`` (a
+  Trainer's ``config``) thawed, any other deep-copied."""
+  if isinstance(config, ml_collections.FrozenConfigDict):
+    return config.as_configdict()
+  return copy.deepcopy(config)
 
 
 def without_launch(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

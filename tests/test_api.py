@@ -99,6 +99,8 @@ def test_readme_example_runs(tmp_path):
   # A workdir is a run too (its one epoch is its best state): the same outputs.
   np.testing.assert_array_equal(jdl.predict(tmp_path, dataset.x_test), logits)
   np.testing.assert_array_equal(jdl.predict(str(tmp_path), dataset.x_test[:3]), logits[:3])
+  # The run's own (read-only) config reads it too: load_run edits a copy of it.
+  assert jdl.evaluate(result.trainer.config, tmp_path) == result.test_metrics
 
 
 def test_readme_own_data_example_runs(tmp_path, monkeypatch):

@@ -9,7 +9,6 @@ are the ones the checkpoints record, and restores the best (else latest) state.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 from pathlib import Path
 
@@ -71,13 +70,13 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
                      f"`jdl train --config NAME --workdir {workdir}`")
     config = config_lib.from_dict(workdir_lib.read_json(path, workdir_lib.READ_REMEDY))
   if config.init_from.workdir:  # The run's own checkpoint holds its parameters: the
-    config = copy.deepcopy(config)  # source run need not exist any more.
+    config = config_lib.editable_copy(config)  # source run need not exist any more.
     config.init_from.workdir = ""
   if "distributed" in config and config.distributed.initialize != "never":
     # Reading a run is one process's work: a multi-host run's coordinator and process
     # id (or $JAX_COORDINATOR_ADDRESS in a job script) do not describe this process,
     # and orbax below starts JAX before a Trainer could initialise it.
-    config = copy.deepcopy(config)
+    config = config_lib.editable_copy(config)
     config.distributed.initialize = "never"
   ckdir = workdir / "checkpoints"
   if not ckdir.is_dir():
