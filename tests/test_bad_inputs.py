@@ -599,6 +599,9 @@ def test_python_api_raises_jdl_errors(tmp_path):
   with pytest.raises(jdl.JdlError, match=r"ConfigDict .*got NoneType$"):
     jdl.fit(None, tmp_path / "run", quiet=True)
   assert not (tmp_path / "run").exists()
+  for workdir in (None, ""):
+    with pytest.raises(jdl.JdlError, match="load_run needs the run's workdir"):
+      jdl.load_run(workdir)
 
 
 # Run as root with the capabilities that bypass permission bits dropped, so that

@@ -52,6 +52,8 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
       another dataset or model than these arguments give (checked against the
       fingerprint its checkpoints record).
   """
+  if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
+    raise JdlError(f"load_run needs the run's workdir (a path), got {workdir!r}")
   for attempt in range(3):  # A run training there may prune the step chosen.
     try:
       return _load_run(workdir, config, best=best, dataset=dataset, model=model)
