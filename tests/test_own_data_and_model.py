@@ -248,7 +248,9 @@ def test_a_given_module_is_named_and_the_step_checks_its_batch(own_run):
   for bad, message in (([["a"] * 64] * 2, "numeric inputs"), ([[1.0], [1.0, 2.0]], "numeric")):
     with pytest.raises(jdl.JdlError, match=message):
       jdl.predict(result, bad)
-  with pytest.raises(jdl.JdlError, match="result of jdl.fit or a Trainer"):
+  with pytest.raises(jdl.JdlError, match="result of jdl.fit, a Trainer .* or a run's workdir"):
+    jdl.predict(result.state, X[:2])
+  with pytest.raises(jdl.JdlError, match="runs/x holds no jdl run"):  # A path is a workdir.
     jdl.predict("runs/x", X[:2])
 
 
