@@ -163,6 +163,8 @@ class Checkpointer:
       raise JdlError(f"Checkpointer: keep must be an int >= 1, got {keep!r}")
     if best_mode not in ("min", "max"):
       raise JdlError(f"Checkpointer: best_mode must be 'min' or 'max', got {best_mode!r}")
+    if not isinstance(directory, (str, os.PathLike)) or not str(directory):
+      raise JdlError(f"Checkpointer: directory must be a path, got {directory!r}")
     self.directory = Path(directory).resolve()
     check_directory_name(self.directory)
     policies: list[Any] = [ocm.LatestN(n=keep)]

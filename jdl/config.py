@@ -306,6 +306,9 @@ def load_config(path_or_name: str | os.PathLike | None = None) -> ml_collections
   Raises:
     JdlError: the file does not exist or does not define ``get_config()``.
   """
+  if path_or_name is not None and not isinstance(path_or_name, (str, os.PathLike)):
+    raise JdlError("load_config takes an experiment name or a config file's path, got "
+                   f"{type(path_or_name).__name__} {path_or_name!r}")
   path = resolve_config_path(path_or_name)
   if path.suffix == ".json":  # A run's saved config: data, never executed.
     import json

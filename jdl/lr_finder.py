@@ -164,7 +164,9 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
     JdlError: a bad config or argument.
   """
   from jdl.train import steps as steps_lib
+  from jdl.train import checks
   from jdl.train.loop import Trainer
+  checks.check_is_config(config)
   if config.task not in ("classification", "regression"):
     raise JdlError(f"the learning-rate finder supports classification and regression runs, not task "
                    f"{config.task!r}")

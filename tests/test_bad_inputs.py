@@ -602,6 +602,14 @@ def test_python_api_raises_jdl_errors(tmp_path):
   for workdir in (None, ""):
     with pytest.raises(jdl.JdlError, match="load_run needs the run's workdir"):
       jdl.load_run(workdir)
+  with pytest.raises(jdl.JdlError, match="workdir must be a path or None, got int 123"):
+    jdl.fit(make_config(), 123, quiet=True)
+  with pytest.raises(jdl.JdlError, match="Checkpointer: directory must be a path, got 5"):
+    jdl.Checkpointer(5)
+  with pytest.raises(jdl.JdlError, match="load_config takes an experiment name .* got int 5"):
+    jdl.load_config(5)
+  with pytest.raises(jdl.JdlError, match=r"got str; .*jdl.load_config\('digits_mlp'\)"):
+    jdl.lr_finder.find_lr("digits_mlp")
 
 
 # Run as root with the capabilities that bypass permission bits dropped, so that

@@ -39,12 +39,8 @@ NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
 MAX_DECODE_FACTOR = 8
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises one JdlError for the first setting of ``config`` that no run can honour.
-
-  Checked before any data is read or the workdir is touched. Settings that
-  depend on the data or the model are checked as the run is built.
-  """
+def check_is_config(config) -> None:
+  """Refuses anything but a ConfigDict, naming the call that makes one."""
   if not isinstance(config, ml_collections.ConfigDict):
     hint = (f"; load the experiment {config!r} with jdl.load_config({config!r}) first"
             if isinstance(config, (str, os.PathLike)) else
@@ -52,6 +48,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             else "")
     raise JdlError("config must be an ml_collections.ConfigDict (jdl.load_config(NAME) or "
                    f"jdl.base_config()), got {type(config).__name__}{hint}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises one JdlError for the first setting of ``config`` that no run can honour.
+
+  Checked before any data is read or the workdir is touched. Settings that
+  depend on the data or the model are checked as the run is built.
+  """
+  check_is_config(config)
   # load_config locks a config; one built in Python from base_config() is not, and
   # a misspelt key there would be a silently ignored setting.
   unknown = config_lib.unknown_keys(config)

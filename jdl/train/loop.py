@@ -150,6 +150,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.restart = restart
     self.preempted: str | None = None  # The signal that stopped training early.
     self.trained_to: int | None = None  # The last step trained (before a restore_best).
+    if workdir is not None and not isinstance(workdir, (str, os.PathLike)):
+      raise JdlError(f"workdir must be a path or None, got {type(workdir).__name__} {workdir!r}")
     self.workdir = Path(workdir) if workdir else None
     if self.workdir is not None:
       ckpt_lib.check_directory_name(self.workdir)
