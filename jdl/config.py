@@ -448,7 +448,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
         where = ".".join(parents[:i + 1])
         keys = node.keys() if isinstance(node, ml_collections.ConfigDict) else ()
         close = did_you_mean(part, keys)
-        raise JdlError(f"unknown config key {where!r} (in --config.{dotted}){close}")
+        valid = f"{close or ';'} valid keys here: {', '.join(sorted(keys))}" if keys else close
+        raise JdlError(f"unknown config key {where!r} (in --config.{dotted}){valid}")
       node = node[part]
     if not isinstance(node, ml_collections.ConfigDict):
       raise JdlError(f"unknown config key {dotted!r}")

@@ -65,8 +65,12 @@ def did_you_mean(word: object, choices: Iterable[object]) -> str:
   (``""`` if none is close)."""
   import difflib
   names = [str(c) for c in choices]
-  same_letters = [c for c in names if c.lower() == str(word).lower()]  # 'SGD' for 'sgd'.
-  close = same_letters or difflib.get_close_matches(str(word), names, n=1, cutoff=0.8)
+  typed = str(word).lower()
+  same_letters = [c for c in names if c.lower() == typed]  # 'SGD' for 'sgd'.
+  # A unique name the word begins, e.g. 'optim' for 'optimizer' (too short for difflib).
+  prefix = [c for c in names if len(typed) >= 3 and c.lower().startswith(typed)]
+  close = (same_letters or difflib.get_close_matches(str(word), names, n=1, cutoff=0.8)
+           or (prefix if len(prefix) == 1 else []))
   return f": did you mean {close[0]!r}?" if close else ""
 
 

@@ -197,7 +197,12 @@ def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
      "unknown config key 'num_epoch': did you mean 'num_epochs'? valid keys here: "),
     (["--config", "xor", "--config.optimzer.learning_rate=1"],
      "unknown config key 'optimzer' (in --config.optimzer.learning_rate): did you mean "
-     "'optimizer'?"),
+     "'optimizer'? valid keys here: "),
+    # A unique name the typed word begins (too short for difflib's ratio).
+    (["--config", "xor", "--config.optim.name=sgd"],
+     "unknown config key 'optim' (in --config.optim.name): did you mean 'optimizer'? "
+     "valid keys here: async_checkpoints, augment,"),
+    (["--config", "xor", "--config.sched.name=cosine"], "did you mean 'schedule'?"),
     # A section's key set at the top level: the sections that hold it.
     (["--config", "xor", "--config.learning_rate=0.1"],
      "unknown config key 'learning_rate': did you mean 'optimizer.learning_rate'? "),
