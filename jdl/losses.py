@@ -130,7 +130,9 @@ def categorical_crossentropy(
   # At alpha == 0 smoothing is the identity, so it needs no Python branch and
   # `label_smoothing` may even be traced.
   targets = optax.losses.smooth_labels(targets, label_smoothing)
-  return _per_example(optax.losses.softmax_cross_entropy(outputs, targets))
+  # The safe form takes 0 log 0 as 0: a class masked with a -inf logit and a target
+  # of 0 adds nothing (the plain form gives 0 * -inf = NaN; the sparse loss does not).
+  return _per_example(optax.losses.safe_softmax_cross_entropy(outputs, targets))
 
 
 def sparse_categorical_crossentropy(
@@ -199,7 +201,8 @@ def kl_divergence(outputs: jax.Array, targets: jax.Array) -> jax.Array:
   """
   outputs, targets = _match(outputs, targets, "kl_divergence")
   log_probs = jax.nn.log_softmax(outputs, axis=-1)
-  return _per_example(optax.losses.kl_divergence(log_probs, targets))
+  # Terms with a target of 0 are 0, also where a class is masked with a -inf logit.
+  return _per_example(optax.losses.kl_divergence(log_probs, targets, where=targets != 0))
 
 
 LOSSES: dict[str, Callable[..., jax.Array]] = {

@@ -488,7 +488,9 @@ def _classify(
                     jnp.argmax(outputs, axis=-1)).astype(jnp.int32)
   # The logit margin ranks examples like the softmax probability of class 1,
   # without the float32 saturation of the probability near 0 and 1.
-  score = outputs[:, 1] - outputs[:, 0] if num_classes == 2 else None
+  # In float32 at least: a bfloat16 difference ties distinct margins (float16 overflows).
+  wide = outputs.astype(_at_least_float32(outputs.dtype))
+  score = wide[:, 1] - wide[:, 0] if num_classes == 2 else None
   return _Classified(outputs, preds, _labels(targets, batch, num_classes), score)
 
 
@@ -570,9 +572,12 @@ def _regression_group(
   sq = jnp.where(keep, jnp.square(outputs - targets), 0.0)
   n = jnp.sum(mask, dtype=jnp.int32)
   if group == "errors":
+    # Sums of each example's mean over its D outputs, and a count of examples: the
+    # same means as sums over all n * D values, but an int32 count of values would
+    # wrap at 2**31 (some 14,000 targets of 224x224x3), the count of examples never.
     absolute = jnp.where(keep, jnp.abs(outputs - targets), 0.0)
-    return {"sq": jnp.sum(sq), "abs": jnp.sum(absolute),
-            "count": n * outputs.shape[1]}
+    return {"sq": jnp.sum(jnp.mean(sq, axis=1)), "abs": jnp.sum(jnp.mean(absolute, axis=1)),
+            "count": n}
   denom = jnp.maximum(n, 1).astype(targets.dtype)
   # About the batch's first real target: constant targets give m2 exactly 0 (about
   # their float32 mean, rounding left ~1e-16 for seven 0.1s, and r2 read -1.8e12).
@@ -580,7 +585,18 @@ def _regression_group(
            else jnp.zeros(targets.shape[1:], targets.dtype))
   offset = jnp.sum(jnp.where(keep, targets - shift, 0.0), axis=0) / denom
   m2 = jnp.sum(jnp.where(keep, jnp.square(targets - shift - offset), 0.0), axis=0)
-  return {"count": n, "mean": shift + offset, "m2": m2, "sse": jnp.sum(sq, axis=0)}
+  # A batch of padding alone has mean 0, not its first row's target: a NaN or inf
+  # there would turn `merge`'s zero-weighted delta into NaN.
+  mean = jnp.where(n > 0, shift + offset, 0.0)
+  return {"count": n, "mean": mean, "m2": m2, "sse": jnp.sum(sq, axis=0)}
+
+
+def _at_least_float32(dtype) -> jnp.dtype:
+  """float32, or ``dtype`` if it is a wider float (by width: strict dtype promotion
+  refuses ``promote_types(bfloat16, float32)``)."""
+  dtype = jnp.dtype(dtype)
+  wide = jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4
+  return dtype if wide else jnp.dtype(jnp.float32)
 
 
 def _as_regression(
@@ -592,7 +608,7 @@ def _as_regression(
       f"targets of shape {targets.shape} do not match outputs of shape"
       f" {outputs.shape}",
   )
-  dtype = jnp.promote_types(outputs.dtype, jnp.float32)
+  dtype = _at_least_float32(outputs.dtype)
   shape = (outputs.shape[0], math.prod(outputs.shape[1:]))
   return outputs.reshape(shape).astype(dtype), targets.reshape(shape).astype(dtype)
 

@@ -307,3 +307,25 @@ def test_probability_losses_take_soft_targets_and_refuse_other_values():
     losses.check_task("mse", "classification", "digits")
   with pytest.raises(JdlError, match="'squared_hinge' is a classification loss"):
     losses.check_task("squared_hinge", "regression", "linear")
+
+
+def test_a_class_masked_with_minus_inf_adds_nothing_to_the_probability_losses():
+  # 0 log 0 = 0: a target of 0 on a -inf logit. optax's plain forms gave 0 * -inf = NaN
+  # for the one-hot and KL losses (the sparse loss never multiplied).
+  logits = np.array([[2.0, -np.inf, 0.5], [-np.inf, 1.0, -1.0]], np.float32)
+  finite = np.where(np.isinf(logits), -1e30, logits).astype(np.float64)
+  y = np.array([0, 2])
+  want_ce = -_log_softmax(finite)[np.arange(2), y]
+  one_hot = np.eye(3, dtype=np.float32)[y]
+  soft = np.array([[0.7, 0.0, 0.3], [0.0, 0.4, 0.6]], np.float32)
+  log_soft = np.log(np.where(soft > 0, soft, 1.0))
+  want_kl = np.sum(np.where(soft > 0, soft * (log_soft - _log_softmax(finite)), 0.0), axis=-1)
+  for got, want in (
+      (losses.categorical_crossentropy(logits, one_hot), want_ce),
+      (losses.sparse_categorical_crossentropy(logits, y), want_ce),
+      (losses.kl_divergence(logits, soft), want_kl)):
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+  # The gradient is finite too, and 0 on the masked classes.
+  grad = jax.grad(lambda o: jnp.sum(losses.categorical_crossentropy(o, one_hot)))(
+      jnp.asarray(logits))
+  assert np.all(np.isfinite(grad)) and grad[0, 1] == grad[1, 0] == 0.0

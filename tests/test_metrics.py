@@ -604,3 +604,57 @@ def test_a_sums_form_that_counts_padding_is_refused(register):
   with pytest.raises(JdlError, match=r"metric 'err_t': the statistics' shapes change with the "
                                      r"batch size \(of 3 examples: \{'err': \(3, 1\)\}; of 2: "):
     metrics.check_padding_ignored(("err_t",), outputs, targets)
+
+
+def test_error_means_count_examples_not_values_so_large_targets_cannot_wrap():
+  # The count was examples x outputs in an int32: 150 batches of 100 images of
+  # 224x224x3 wrapped it past 2**31, and mse read negative. Now a state counts
+  # examples, and sums each example's mean over its outputs.
+  out, tgt = np.zeros((2, 3), np.float32), np.array([[1, 2, 3], [0, 0, 6]], np.float32)
+  state = metrics.from_outputs(("mse", "mae"), out, tgt, None, num_classes=None)
+  assert int(state["errors"]["count"]) == 2
+  assert metrics.compute(("mse", "mae"), state) == pytest.approx(
+      {"mse": skm.mean_squared_error(tgt, out), "mae": skm.mean_absolute_error(tgt, out)})
+  # 150 batches of 100 targets of 224x224x3, every error 0.5: 2.26e9 values.
+  batch = metrics.from_outputs(("mse", "mae"), np.zeros((100, 224 * 224 * 3), np.float32),
+                               np.full((100, 224 * 224 * 3), 0.5, np.float32), None,
+                               num_classes=None)
+  total = functools.reduce(metrics.merge, [batch] * 150)
+  assert metrics.compute(("mse", "mae"), total) == pytest.approx({"mse": 0.25, "mae": 0.5})
+
+
+@pytest.mark.parametrize("padding", [np.nan, np.inf, 1e20])
+def test_a_batch_of_padding_alone_leaves_r2_as_it_was(padding):
+  # A batch whose mask is all 0 took its first (padding) row's target as its mean, and
+  # merging multiplied that by a zero weight: NaN, inf or 1e20**2 made r2 0.0.
+  rng = np.random.default_rng(0)
+  y = rng.normal(size=(20, 2)).astype(np.float32)
+  guess = (y + 0.2 * rng.normal(size=y.shape)).astype(np.float32)
+  state = metrics.from_outputs(("r2", "mse"), guess, y, None, num_classes=None)
+  pad = np.full((4, 2), padding, np.float32)
+  empty = metrics.from_outputs(("r2", "mse"), pad, pad, np.zeros(4, bool), num_classes=None)
+  for merged in (metrics.merge(state, empty), metrics.merge(empty, state)):
+    got = metrics.compute(("r2", "mse"), merged)
+    assert got == pytest.approx({"r2": skm.r2_score(y, guess),
+                                 "mse": skm.mean_squared_error(y, guess)}, rel=1e-5)
+
+
+def test_roc_auc_of_half_precision_logits_ranks_their_exact_margins():
+  # The margin was taken in the logits' dtype: bfloat16 rounding tied distinct margins.
+  logits = np.array([[0.0, 1.0], [-0.00390625, 1.0]], np.float32)  # bf16-exact; 1 + 2**-8 is not
+  y = np.array([1, 0])
+  margin = logits[:, 1].astype(np.float64) - logits[:, 0]
+  assert margin[1] > margin[0]
+  for dtype in (jnp.bfloat16, jnp.float16, jnp.float32):
+    got = metrics.compute(("roc_auc",), metrics.from_outputs(
+        ("roc_auc",), jnp.asarray(logits, dtype), y, None, num_classes=2))
+    assert got["roc_auc"] == skm.roc_auc_score(y, margin) == 0.0, dtype
+
+
+def test_half_precision_regression_outputs_are_scored_in_float32_under_strict_promotion():
+  y = np.array([[0.5], [1.5], [-2.0]], np.float32)
+  guess = np.array([[0.25], [2.0], [-1.0]], np.float32)  # bfloat16-exact
+  want = {"mse": skm.mean_squared_error(y, guess), "r2": skm.r2_score(y, guess)}
+  got = metrics.compute(("mse", "r2"), metrics.from_outputs(
+      ("mse", "r2"), jnp.asarray(guess, jnp.bfloat16), y, None, num_classes=None))
+  assert got == pytest.approx(want, rel=1e-6)
