@@ -39,9 +39,19 @@ def _is_key(x: Any) -> bool:
 
 
 def to_savable(tree: Any) -> Any:
-  """A nested dict of plain arrays: typed keys become their uint32 key data."""
-  tree = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
-  return flax.serialization.to_state_dict(tree)
+  """A nested dict of plain arrays: typed keys become their uint32 key data, numpy
+  scalars 0-d arrays (orbax saves ``np.float32(1)`` but cannot restore into it)."""
+  def plain(x):
+    if _is_key(x):
+      return jax.random.key_data(x)
+    return np.asarray(x) if isinstance(x, np.generic) else x
+  return flax.serialization.to_state_dict(jax.tree.map(plain, tree))
+
+
+def _check_step(step: Any, call: str) -> int:
+  if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+    raise JdlError(f"Checkpointer.{call}: step must be an int >= 0, got {step!r}")
+  return int(step)
 
 
 def from_savable(target: Any, restored: Any) -> Any:
@@ -230,9 +240,19 @@ class Checkpointer:
     anything is written. ``metrics`` rank the step for ``best_metric`` (a step
     without that metric ranks last).
     """
+    step = _check_step(step, "save")
     meta = {} if meta is None else meta
     check_json(meta, "meta")
+    if metrics is not None:  # orbax writes them as JSON, in its background threads.
+      if not isinstance(metrics, dict):
+        raise JdlError(f"Checkpointer.save: metrics must be a dict of numbers, got "
+                       f"{type(metrics).__name__}")
+      check_json(metrics, "metrics")
     savable = to_savable(tree)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(savable):
+      if getattr(leaf, "size", 1) == 0:
+        raise JdlError(f"Checkpointer.save: {jax.tree_util.keystr(path)} is an empty array "
+                       f"(shape {leaf.shape}); orbax cannot save arrays of zero size")
     # Each array's checksum, so that a restore can tell a changed byte on disk
     # (tensorstore's files carry none) from the saved state.
     meta = {**meta, CHECKSUMS_KEY: checksums(savable)}
@@ -244,8 +264,13 @@ class Checkpointer:
     # A step without metrics (mid-epoch) ranks last, as documented; orbax would warn
     # of it on every such save.
     quiet = _absl_quiet() if metrics is None else contextlib.nullcontext()
-    with self._write_errors(), quiet:
-      self._manager.save(int(step), args=args, metrics=metrics, force=True)
+    try:
+      with self._write_errors(), quiet:
+        self._manager.save(step, args=args, metrics=metrics, force=True)
+    except ocp.checkpoint_manager.StepAlreadyExistsError:
+      self._unconfirmed.remove(step)
+      raise JdlError(f"Checkpointer.save: step {step} is already saved in "
+                     f"{self.directory}") from None
     if not self._async:
       self._unconfirmed.clear()
 
@@ -294,13 +319,25 @@ class Checkpointer:
     the state without the metric sums of a run reopened with other
     ``config.metrics``); the others are not read.
     """
+    step = _check_step(step, "restore")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, to_savable(target))
     _quiet_abandoned_reads()
-    restored = self._manager.restore(int(step), args=ocp.args.Composite(
-        tree=ocp.args.PyTreeRestore(
-            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-            partial_restore=partial),
-        meta=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          tree=ocp.args.PyTreeRestore(
+              abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+              partial_restore=partial),
+          meta=ocp.args.JsonRestore()))
+    except Exception:
+      self._missing(step, "restore")
+      diffs = self.layout_mismatch(step, target)
+      if partial and diffs:  # Entries it does not name are not read.
+        diffs = [d for d in diffs if not d.endswith(" is in the checkpoint only")]
+      if diffs:  # Another model or optimizer's state: no damage.
+        raise JdlError(f"Checkpointer.restore: the checkpoint at step {step} in "
+                       f"{self.directory} does not fit the target: {'; '.join(diffs[:5])}"
+                       f"{' ...' if len(diffs) > 5 else ''}") from None
+      raise
     meta = dict(restored["meta"])
     verify_checksums(restored["tree"], meta, f"the checkpoint at step {step} in "
                      f"{self.directory}")
@@ -331,10 +368,33 @@ class Checkpointer:
 
   def restore_meta(self, step: int) -> dict[str, Any]:
     """The JSON metadata saved with ``step`` (config, sources, callbacks' states)."""
-    restored = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    step = _check_step(step, "restore_meta")
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception:
+      self._missing(step, "restore_meta")
+      raise
     meta = dict(restored["meta"])
     meta.pop(CHECKSUMS_KEY, None)
     return meta
+
+  def _missing(self, step: int, call: str) -> None:
+    """After a failed read: raises if ``step``'s folder is not there.
+
+    Raises:
+      StepRemoved: it was there when this Checkpointer last looked (pruned since by
+        a run in progress).
+      JdlError: it never was.
+    """
+    if (self.directory / str(step)).exists():
+      return
+    if step in self._manager.all_steps():  # orbax's list as this manager last read it.
+      raise StepRemoved(f"the checkpoint at step {step} in {self.directory} was removed "
+                        "while it was read (a run in progress there keeps only its last "
+                        "keep_checkpoints steps); run the command again") from None
+    on_disk = ", ".join(map(str, step_numbers(self.directory))) or "none"
+    raise JdlError(f"Checkpointer.{call}: no checkpoint at step {step} in {self.directory} "
+                   f"(steps there: {on_disk})") from None
 
   def steps(self) -> list[int]:
     """The steps on disk, ascending."""
@@ -345,8 +405,9 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The step saved with the best ``best_metric`` (``best_mode``): orbax's
-    ``best_step``, the latest without a metric; ``None`` when none is saved."""
+    """The step saved with the best ``best_metric`` (``best_mode``), among the steps
+    saved with that metric; ``None`` when there is none (or no ``best_metric``:
+    then the latest, orbax's ``best_step``)."""
     return self._manager.best_step()
 
   def wait(self) -> None:

@@ -793,6 +793,45 @@ def test_checkpointer_names_its_own_arguments(tmp_path):
   assert not (tmp_path / "k").exists() and not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("async_save", [False, True])
+def test_checkpointer_refuses_bad_steps_trees_and_metrics_in_one_error_and_keeps_its_steps(
+    tmp_path, async_save):
+  tree = {"w": np.arange(3, dtype=np.float32), "n": np.int32(7)}  # A numpy scalar leaf.
+  with jdl.Checkpointer(tmp_path / "c", async_save=async_save, best_metric="loss") as ck:
+    ck.save(1, tree, metrics={"loss": 0.5})
+    for step in (-5, "2", 1.0, True):
+      with pytest.raises(jdl.JdlError, match=r"^Checkpointer.save: step must be an int >= 0"):
+        ck.save(step, tree)
+    with pytest.raises(jdl.JdlError, match=r"^metrics\['loss'\] is a numpy.float32"):
+      ck.save(2, tree, metrics={"loss": np.float32(0.4)})  # orbax failed it a save later.
+    with pytest.raises(jdl.JdlError, match=r"^Checkpointer.save: metrics must be a dict"):
+      ck.save(2, tree, metrics=[0.4])
+    with pytest.raises(jdl.JdlError, match=r"^Checkpointer.save: \['e'\] is an empty array"):
+      ck.save(2, {"e": np.zeros((0, 3), np.float32)})
+    ck.wait()
+    with pytest.raises(jdl.JdlError, match=r"^Checkpointer.save: step 1 is already saved"):
+      ck.save(1, tree)
+    ck.save(np.int64(2), tree, metrics={"loss": 0.25})
+    ck.wait()
+    restored, _ = ck.restore(1, tree)  # The numpy scalar leaf restores (it did not).
+    np.testing.assert_array_equal(restored["n"], 7)
+    with pytest.raises(jdl.JdlError, match=r"^Checkpointer.restore: no checkpoint at step 99 "
+                       r"in .* \(steps there: 1, 2\)$"):
+      ck.restore(99, tree)
+    with pytest.raises(jdl.JdlError, match=r"^Checkpointer.restore_meta: no checkpoint at "
+                       r"step 99"):
+      ck.restore_meta(99)
+    with pytest.raises(jdl.JdlError, match=r"^Checkpointer.restore: step must be an int"):
+      ck.restore("1", tree)
+    other = {"w": np.zeros(4, np.float32), "n": np.int32(0), "x": np.zeros(2, np.float32)}
+    with pytest.raises(jdl.JdlError, match=r"^Checkpointer.restore: the checkpoint at step 1 "
+                       r"in .* does not fit the target: w is \(3,\) float32 in the checkpoint, "
+                       r"\(4,\) float32 here; x is not in the checkpoint$"):
+      ck.restore(1, other)
+    assert ck.steps() == [1, 2] and ck.best_step() == 2
+  assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.name[0] != ".") == ["1", "2"]
+
+
 def test_out_paths_are_checked_before_the_work(finished, tmp_path, capsys):
   a_file = tmp_path / "file"
   a_file.write_text("x")

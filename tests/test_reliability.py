@@ -324,6 +324,34 @@ def test_a_damaged_best_step_is_moved_aside_and_the_test_line_kept_until_replace
   assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 0  # No longer blocked.
 
 
+def test_damaged_early_stopping_metadata_is_one_warning_not_a_traceback(tmp_path, capsys):
+  # Valid JSON of the wrong shape in the latest step's callback states: evaluate raised
+  # AttributeError ('callbacks': null), and a resume trained a whole epoch on a "wait"
+  # of "0" before a TypeError lost that epoch's checkpoint.
+  config = make_config(num_epochs=2, early_stopping__enabled=True,
+                       early_stopping__patience=5, early_stopping__restore_best=True)
+  jdl.fit(config, tmp_path, quiet=True)
+  first, last = _steps(tmp_path)
+  path = tmp_path / "checkpoints" / str(last) / "meta" / "metadata"
+  good = json.loads(path.read_text())
+  capsys.readouterr()
+  for callbacks in (None, [1], {"EarlyStopping": None}):
+    path.write_text(json.dumps({**good, "callbacks": callbacks}))
+    assert cli.main(["evaluate", "--workdir", str(tmp_path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+  state = good["callbacks"]["EarlyStopping"]
+  path.write_text(json.dumps({**good, "callbacks": {"EarlyStopping": {**state, "wait": "0"}}}))
+  more = make_config(num_epochs=3, early_stopping__enabled=True,
+                     early_stopping__patience=5, early_stopping__restore_best=True)
+  resumed = jdl.fit(more, tmp_path, quiet=True)
+  warnings = [x for x in capsys.readouterr().err.splitlines() if "unreadable" in x]
+  assert len(warnings) == 1, warnings
+  assert (f"the checkpoint at step {last} is unreadable (a damaged EarlyStopping state: the "
+          "saved early-stopping state has wait='0', not a number)") in warnings[0]
+  assert int(resumed.state.step) in _steps(tmp_path) and _steps(tmp_path)[0] == first
+  assert any(p.name.startswith(f"{last}-") for p in (tmp_path / "damaged-checkpoints").iterdir())
+
+
 def test_a_damaged_best_by_monitor_step_is_moved_aside_by_the_next_train(tmp_path, capsys):
   # evaluate / predict / sample read the best step by config.monitor, which orbax keeps
   # for good; train checked only the latest: its advice ("jdl train moves it aside")

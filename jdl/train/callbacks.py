@@ -178,13 +178,24 @@ class EarlyStopping(Callback):
             "wait": self.wait, "stopped_epoch": self.stopped_epoch,
             "monitor": self.monitor, "mode": self.mode}
 
+  # What state_dict() saves besides monitor and mode, with the JSON types it has.
+  _STATE_TYPES = {"best": (int, float, type(None)), "best_epoch": int, "best_step": int,
+                  "wait": int, "stopped_epoch": int}
+
   def load_state_dict(self, state):
+    if not isinstance(state, dict):
+      raise JdlError(f"the saved early-stopping state is not a JSON object ({state!r:.60})")
     state = dict(state)
     # The state of an early stopping that watched another metric (the callbacks
     # changed between runs) is not this one's: it starts afresh.
     if (state.pop("monitor", self.monitor), state.pop("mode", self.mode)) != (
         self.monitor, self.mode):
       return
+    for k, v in state.items():  # Checked first: a wrong type failed an epoch later.
+      kinds = self._STATE_TYPES.get(k)
+      if kinds is None or isinstance(v, bool) or not isinstance(v, kinds):
+        raise JdlError(f"the saved early-stopping state has {k}={v!r:.60}, not "
+                       + ("one of its fields" if kinds is None else "a number"))
     for k, v in state.items():
       setattr(self, k, v)
 

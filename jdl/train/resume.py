@@ -102,7 +102,8 @@ def _early_stopping_best(config, ck: ckpt_lib.Checkpointer, latest: int) -> int 
     return None
   with ckpt_lib.unreadable_as_error(ck.directory, latest):
     meta = ck.restore_meta(latest)
-  state = meta.get("callbacks", {}).get("EarlyStopping") if isinstance(meta, dict) else None
+  saved = meta.get("callbacks") if isinstance(meta, dict) else None
+  state = saved.get("EarlyStopping") if isinstance(saved, dict) else None
   if not isinstance(state, dict) or (state.get("monitor"), state.get("mode")) != (
       es.monitor, es.mode):  # Another early stopping's state (cf. its load_state_dict).
     return None
@@ -590,6 +591,10 @@ class ResumableRun:
         try:
           callback.load_state_dict(saved[key])
         except Exception as e:  # noqa: BLE001  (user code: its error, not damage)
+          if isinstance(e, JdlError) and type(callback).__module__.startswith("jdl."):
+            # One of jdl's own refuses the state it wrote: damaged metadata, which the
+            # caller sets aside as it does metadata that validate_meta refuses.
+            raise JdlError(f"a damaged {type(callback).__name__} state: {e}") from None
           raise ResumeRefused(
               f"callback {type(callback).__name__} could not load its state from the "
               f"checkpoint at step {step} ({type(e).__name__}: {e}); the checkpoint is "
