@@ -755,3 +755,25 @@ def test_shortest_run_is_the_fewest_epochs_a_warmup_cosine_schedule_accepts():
     optim.shortest_run(make_config(schedule={"name": "warmup_cosine",
                                              "warmup_epochs": float("nan")}),
                        steps_per_epoch=3)
+
+
+def test_frozen_parameters_keep_their_bits_negative_zeros_included():
+  # optax.apply_updates adds the frozen leaves' zero update, and -0.0 + 0.0 is +0.0:
+  # a pruned (w * 0) frozen kernel changed its bits at the first step.
+  from jdl.train.state import TrainState
+  params = jax.tree.map(lambda x: x.at[0].set(-0.0), FREEZE_PARAMS)
+  config = make_config({"name": "adam", "learning_rate": 0.1, "weight_decay": 0.1,
+                        "freeze": ("Conv_0",)})
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state={},
+                     opt_state=tx.init(params), key=jax.random.key(0), apply_fn=None, tx=tx)
+  for _ in range(2):
+    state = state.apply_gradients(grads=jax.tree.map(jnp.ones_like, params), model_state={})
+  bits = lambda x: np.asarray(x).view(np.uint32)  # noqa: E731
+  chex.assert_trees_all_equal(jax.tree.map(bits, state.params["Conv_0"]),
+                              jax.tree.map(bits, params["Conv_0"]))
+  assert not np.any(np.asarray(state.params["Dense_0"]["kernel"]) == params["Dense_0"]["kernel"])
+  # A live parameter's zero update keeps its bits too; others add as optax's do.
+  new = optim.apply_updates({"w": jnp.array([-0.0, 1.0, -1.0])},
+                            {"w": jnp.array([0.0, 0.5, 1.0])})
+  np.testing.assert_array_equal(bits(new["w"]), bits(jnp.array([-0.0, 1.5, 0.0])))

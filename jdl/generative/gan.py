@@ -22,6 +22,7 @@ import optax
 from flax import struct
 
 from jdl.errors import JdlError
+from jdl import optim
 from jdl.generative import objectives
 from jdl.generative.stats import example_keys
 from jdl.generative.stats import mean_group
@@ -206,7 +207,7 @@ class GANTask:
     (d_loss, (parts, d_state)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
         p["discriminator"])
     d_updates, d_opt = state.d_tx.update(d_grads, opt["discriminator"], p["discriminator"])
-    d_params = optax.apply_updates(p["discriminator"], d_updates)
+    d_params = optim.apply_updates(p["discriminator"], d_updates)
 
     def g_update(_):
       grad_fn = jax.value_and_grad(self._g_loss, argnums=1, has_aux=True)
@@ -214,7 +215,7 @@ class GANTask:
                                                   d_params, d_state, self.noise(k_z2, n), k_g,
                                                   mask)
       updates, g_opt = state.g_tx.update(g_grads, opt["generator"], p["generator"])
-      return (optax.apply_updates(p["generator"], updates), g_opt, g_state, g_grads, g_loss,
+      return (optim.apply_updates(p["generator"], updates), g_opt, g_state, g_grads, g_loss,
               per, jnp.ones((), bool))
 
     def g_skip(_):

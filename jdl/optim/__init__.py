@@ -18,6 +18,7 @@ Modules:
 
 from jdl.optim._chain import OPTIMIZERS
 from jdl.optim._chain import advice
+from jdl.optim._chain import apply_updates
 from jdl.optim._chain import create_optimizer
 from jdl.optim._chain import default_config
 from jdl.optim.masks import FROZEN
@@ -46,6 +47,7 @@ __all__ = [
     "SCHEDULES",
     "TRAINABLE",
     "advice",
+    "apply_updates",
     "check_freeze_patterns",
     "create_learning_rate_fn",
     "shortest_run",

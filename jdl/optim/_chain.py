@@ -20,6 +20,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -159,6 +161,19 @@ def _decoupled_weight_decay(
   return optax.add_decayed_weights(
       lambda count: -weight_decay * learning_rate_fn(count), mask=kernel_mask
   )
+
+
+def apply_updates(params: Any, updates: Any) -> Any:
+  """``optax.apply_updates``, except that an update of exactly 0 leaves the
+  parameter's bits as they are: ``p + 0.0`` turns ``-0.0`` into ``+0.0``, so a frozen
+  parameter (``optax.set_to_zero``) would not stay bit-identical. The select fuses
+  into the update's own loop."""
+  def apply(p, u):
+    if p is None:
+      return None
+    p = jnp.asarray(p)
+    return jnp.where(u == 0, p, (p + u).astype(p.dtype))
+  return jax.tree.map(apply, params, updates, is_leaf=lambda x: x is None)
 
 
 def create_optimizer(

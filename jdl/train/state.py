@@ -12,6 +12,7 @@ import optax
 from flax import struct
 
 from jdl.errors import JdlError
+from jdl import optim
 
 
 class TrainState(struct.PyTreeNode):
@@ -42,7 +43,7 @@ class TrainState(struct.PyTreeNode):
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     return self.replace(
         step=self.step + 1,
-        params=optax.apply_updates(self.params, updates),
+        params=optim.apply_updates(self.params, updates),
         model_state=model_state,
         opt_state=opt_state,
     )
