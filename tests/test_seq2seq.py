@@ -367,6 +367,33 @@ def test_float_target_ids_are_refused_like_float_source_ids():
                 method="decode_step")
 
 
+def test_source_and_target_of_different_batch_sizes_are_refused():
+  # Only the ranks were checked: the decoder's scan failed on a concatenate.
+  model, variables = _variant("none")
+  with pytest.raises(JdlError, match=r"src and tgt_in must have the same batch size, got "
+                                     r"src \(3, 5\) and tgt_in \(2, 4\)"):
+    model.apply(variables, SRC, TGT_IN[:2])
+
+
+def test_decoders_take_a_source_of_nested_lists_as_an_array():
+  # A list was an AttributeError (.ndim, .shape); a ragged one is one JdlError.
+  table = {"table": _table({BOS: {A: 0.6, B_: 0.4}, A: {EOS: 1.0}, B_: {EOS: 1.0}})}
+  kw = dict(max_len=3, bos_id=BOS, eos_id=EOS)
+  src = [[4, 5, 0], [6, 0, 0]]
+  chex.assert_trees_all_equal(sequence.greedy_decode(toy_apply, table, src, **kw),
+                              sequence.greedy_decode(toy_apply, table, jnp.asarray(src), **kw))
+  chex.assert_trees_all_equal(
+      sequence.beam_search(toy_apply, table, src, beam_size=2, **kw),
+      sequence.beam_search(toy_apply, table, jnp.asarray(src), beam_size=2, **kw))
+  for bad, message in (([[4, 5], [6]], r"src must be \[batch, S\] token ids \(an array or "
+                                       r"equal-length lists of ints\), got a list"),
+                       ([4, 5], r"src must be \[batch, S\] token ids, got \(2,\)")):
+    with pytest.raises(JdlError, match=message):
+      sequence.greedy_decode(toy_apply, table, bad, **kw)
+    with pytest.raises(JdlError, match=message):
+      sequence.beam_search(toy_apply, table, bad, beam_size=2, **kw)
+
+
 @pytest.mark.parametrize("name", ["bahdanau_lstm", "none"])
 def test_teacher_forced_exact_match_of_greedy_outputs_is_one(name):
   # Teacher-forced exact match (every argmax right given the true prefix) and greedy

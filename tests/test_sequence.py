@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 
 import chex
 import flax.linen as nn
@@ -47,6 +48,18 @@ def test_vocabulary_min_freq_max_size_unk_and_specials():
     text_lib.Vocabulary.build(texts, max_size=4)
   with pytest.raises(JdlError, match="min_freq"):
     text_lib.Vocabulary.build(texts, min_freq=0)
+  # Non-integers were a TypeError (a comparison with a str, a float slice index).
+  for bad in ("2", 1.5, True):
+    with pytest.raises(JdlError, match=rf"^sequence\.min_freq must be an integer >= 1, "
+                                       rf"got {re.escape(repr(bad))}$"):
+      text_lib.Vocabulary.build(texts, min_freq=bad)
+  for bad in (5.5, "6", True):
+    with pytest.raises(JdlError, match=rf"^sequence\.max_vocab must be an integer, 0 \(no "
+                                       rf"limit\) or > 4 \(the special tokens\), "
+                                       rf"got {re.escape(repr(bad))}$"):
+      text_lib.Vocabulary.build(texts, max_size=bad)
+  assert text_lib.Vocabulary.build(texts, min_freq=np.int64(2), max_size=np.int32(6)).tokens[4:] \
+      == ("a", "b")
 
 
 def test_vocabulary_json_round_trip():
@@ -81,6 +94,18 @@ def test_pad_sequences_defaults_and_errors():
   assert text_lib.pad_sequences([[1], [2, 3]]).tolist() == [[0, 1], [2, 3]]  # Keras: 'pre'.
   with pytest.raises(JdlError, match="padding"):
     text_lib.pad_sequences([[1]], 2, padding="middle")
+  # A non-integer maxlen was a TypeError; tokens instead of ids a ValueError of int().
+  for bad in (2.5, "3", True):
+    with pytest.raises(JdlError, match=rf"^maxlen must be an integer >= 1 \(or None or 0: "
+                                       rf"the longest sequence\), got {re.escape(repr(bad))}$"):
+      text_lib.pad_sequences([[1, 2, 3]], bad)
+  for bad in ([[4], ["a", "b"]], [[4], [1.5]], [[4], [[1], [2]]], [[4], 5]):
+    with pytest.raises(JdlError, match=r"^pad_sequences: sequences must hold integer token "
+                                       r"ids, but sequence 1 is .*; map words to ids through "
+                                       r"a Vocabulary first"):
+      text_lib.pad_sequences(bad, 3)
+  assert text_lib.pad_sequences([np.array([5, 6], np.int64), (), range(3)], 2).tolist() == [
+      [5, 6], [0, 0], [1, 2]]
 
 
 # ---------------------------------------------------------------- TSV loader

@@ -231,7 +231,10 @@ class Seq2Seq(nn.Module):
     """
     errors.require(tgt_in.ndim == 2,
                    f"tgt_in must be [batch, T] token ids, got {tuple(tgt_in.shape)}")
-    enc = self.encode(src, train=train)
+    enc = self.encode(src, train=train)  # Checks src is [batch, S].
+    errors.require(src.shape[0] == tgt_in.shape[0],
+                   f"src and tgt_in must have the same batch size, got src "
+                   f"{tuple(src.shape)} and tgt_in {tuple(tgt_in.shape)}")
     emb = self._dropout(self.tgt_embed(errors.token_ids(tgt_in, "Seq2Seq")), train)
 
     def body(decoder, carry, emb_t, enc):

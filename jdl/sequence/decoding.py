@@ -103,8 +103,22 @@ def _lengths(tokens: jax.Array, eos_id: int) -> jax.Array:
   return jnp.where(jnp.any(is_eos, axis=1), first + 1, tokens.shape[1]).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "max_len", "bos_id",
-                                             "eos_id", "pad_id"))
+def _source(src: Any) -> jax.Array:
+  """``src`` as a ``[batch, S]`` array: nested lists of ids are accepted as arrays are.
+
+  Raises:
+    JdlError: ``src`` is not a rectangular 2-D array of numbers.
+  """
+  try:
+    src = jnp.asarray(src)
+  except (TypeError, ValueError):
+    raise errors.JdlError(
+        f"src must be [batch, S] token ids (an array or equal-length lists of ints), got "
+        f"a {type(src).__name__} that is not a rectangular array of numbers") from None
+  errors.require(src.ndim == 2, f"src must be [batch, S] token ids, got {tuple(src.shape)}")
+  return src
+
+
 def greedy_decode(apply_fn: ApplyFn, variables: Any, src: jax.Array, *, max_len: int,
                   bos_id: int, eos_id: int, pad_id: int = 0) -> DecodeResult:
   """Decodes by taking the most likely token at every step.
@@ -112,7 +126,7 @@ def greedy_decode(apply_fn: ApplyFn, variables: Any, src: jax.Array, *, max_len:
   Args:
     apply_fn: ``model.apply`` of a model with ``encode`` and ``decode_step``.
     variables: the model's variables, ``{'params': ...}``.
-    src: ``[batch, S]`` source token ids.
+    src: ``[batch, S]`` source token ids (an array, or nested lists of ints).
     max_len: number of output steps (static).
     bos_id: the first decoder input.
     eos_id: ends a sequence.
@@ -120,7 +134,18 @@ def greedy_decode(apply_fn: ApplyFn, variables: Any, src: jax.Array, *, max_len:
 
   Returns:
     A :class:`DecodeResult`.
+
+  Raises:
+    JdlError: ``src`` is not ``[batch, S]`` numbers, a bad ``max_len`` or special id.
   """
+  return _greedy_decode(apply_fn, variables, _source(src), max_len=max_len, bos_id=bos_id,
+                        eos_id=eos_id, pad_id=pad_id)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "max_len", "bos_id",
+                                             "eos_id", "pad_id"))
+def _greedy_decode(apply_fn: ApplyFn, variables: Any, src: jax.Array, *, max_len: int,
+                   bos_id: int, eos_id: int, pad_id: int) -> DecodeResult:
   _check_max_len(max_len)
   enc = apply_fn(variables, src, method="encode")
   batch = src.shape[0]
@@ -147,9 +172,6 @@ def _gather_beams(x: jax.Array, beams: jax.Array) -> jax.Array:
   return jax.vmap(lambda xb, ib: xb[ib])(x, beams)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "beam_size", "max_len",
-                                             "bos_id", "eos_id", "pad_id",
-                                             "length_penalty"))
 def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
                 beam_size: int = 5, max_len: int, bos_id: int, eos_id: int,
                 pad_id: int = 0, length_penalty: float = 1.0) -> BeamResult:
@@ -163,12 +185,16 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
   live hypotheses compete on the same normalized score. The answer is the best of
   the hypotheses in the beam after ``max_len`` steps and of those that finished in
   the beam earlier (one pushed out by live hypotheses that later fell below it is
-  not lost). With ``beam_size=1`` this is exactly :func:`greedy_decode`.
+  not lost). With ``beam_size=1`` this is :func:`greedy_decode` except where two
+  tokens' scores are equal to float32 rounding: greedy decoding takes the largest
+  logit, while beam search ranks the float32 sum of the running log-probability
+  and the token's log-softmax, so two tokens whose log-probabilities differ by
+  less than that sum's float32 spacing tie, and ``top_k`` keeps the lower id.
 
   Args:
     apply_fn: ``model.apply`` of a model with ``encode`` and ``decode_step``.
     variables: the model's variables, ``{'params': ...}``.
-    src: ``[batch, S]`` source token ids.
+    src: ``[batch, S]`` source token ids (an array, or nested lists of ints).
     beam_size: ``k``, hypotheses kept per batch element (static).
     max_len: number of output steps (static).
     bos_id: the first decoder input.
@@ -184,7 +210,22 @@ def beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *,
     Wu et al., "Google's neural machine translation system", 2016 (length
     normalization); Graves, "Sequence transduction with recurrent neural
     networks", 2012 (beam search for RNN decoders).
+
+  Raises:
+    JdlError: ``src`` is not ``[batch, S]`` numbers, a bad ``beam_size``,
+      ``max_len``, special id or ``length_penalty``.
   """
+  return _beam_search(apply_fn, variables, _source(src), beam_size=beam_size,
+                      max_len=max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,
+                      length_penalty=length_penalty)
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "beam_size", "max_len",
+                                             "bos_id", "eos_id", "pad_id",
+                                             "length_penalty"))
+def _beam_search(apply_fn: ApplyFn, variables: Any, src: jax.Array, *, beam_size: int,
+                 max_len: int, bos_id: int, eos_id: int, pad_id: int,
+                 length_penalty: float) -> BeamResult:
   errors.require(isinstance(beam_size, numbers.Integral) and not isinstance(beam_size, bool)
                  and beam_size >= 1, f"beam_size must be an integer >= 1, got {beam_size!r}")
   _check_max_len(max_len)

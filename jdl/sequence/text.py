@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Sequence
 import dataclasses
+import numbers
 import re
 
 import numpy as np
@@ -48,9 +49,19 @@ def tokenize(text: str, *, level: str = "word", lowercase: bool = True) -> list[
   return list(_WS.sub(" ", text.strip()))
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_vocab_options(min_freq: int, max_size: int) -> None:
-  """Raises ``JdlError`` for a ``min_freq`` (``sequence.min_freq``) below 1, or a
-  ``max_size`` (``sequence.max_vocab``) that the special tokens alone would fill."""
+  """Raises ``JdlError`` for a ``min_freq`` (``sequence.min_freq``) that is not an
+  integer >= 1, or a ``max_size`` (``sequence.max_vocab``) that is not an integer or
+  that the special tokens alone would fill (``None`` is 0, no limit)."""
+  if not _is_int(min_freq):
+    raise JdlError(f"sequence.min_freq must be an integer >= 1, got {min_freq!r}")
+  if max_size is not None and not _is_int(max_size):
+    raise JdlError(f"sequence.max_vocab must be an integer, 0 (no limit) or > "
+                   f"{len(SPECIALS)} (the special tokens), got {max_size!r}")
   if min_freq < 1:
     raise JdlError(f"sequence.min_freq must be >= 1, got {min_freq}")
   if max_size and max_size <= len(SPECIALS):
@@ -180,6 +191,10 @@ def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int | None = None,
       ``'post'`` from the end.
     value: the fill id.
 
+  Raises:
+    JdlError: a bad ``padding``, ``truncating`` or ``maxlen``, or a sequence that is
+      not a flat sequence of integer ids (words not mapped through a vocabulary).
+
   Examples:
     >>> pad_sequences([[1, 2, 3], [4]], 2, padding="post", truncating="pre").tolist()
     [[2, 3], [4, 0]]
@@ -187,17 +202,44 @@ def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int | None = None,
   for name, v in (("padding", padding), ("truncating", truncating)):
     if v not in PADDING:
       raise JdlError(f"{name} must be 'pre' or 'post', got {v!r}")
+  if maxlen is not None and not _is_int(maxlen):
+    raise JdlError(f"maxlen must be an integer >= 1 (or None or 0: the longest sequence), "
+                   f"got {maxlen!r}")
+  rows = [_token_ids(s, i) for i, s in enumerate(sequences)]
   if not maxlen:
-    maxlen = max((len(s) for s in sequences), default=0)
+    maxlen = max((len(s) for s in rows), default=0)
   if maxlen < 1:
     raise JdlError(f"maxlen must be >= 1, got {maxlen}")
-  out = np.full((len(sequences), maxlen), value, dtype)
-  for i, s in enumerate(sequences):
-    s = list(s)
+  out = np.full((len(rows), maxlen), value, dtype)
+  for i, s in enumerate(rows):
     s = s[-maxlen:] if truncating == "pre" else s[:maxlen]
-    if s:
+    if len(s):
       if padding == "post":
         out[i, :len(s)] = s
       else:
         out[i, maxlen - len(s):] = s
   return out
+
+
+def _token_ids(sequence, index: int) -> np.ndarray:
+  """``sequence`` (``index``-th of :func:`pad_sequences`') as a 1-D integer array.
+
+  Raises:
+    JdlError: not a flat sequence of integer ids (tokens as strings, floats, nesting).
+  """
+  try:
+    ids = np.asarray(sequence if isinstance(sequence, np.ndarray) else list(sequence))
+  except (TypeError, ValueError):
+    ids = None
+  if ids is None or ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+    raise JdlError(
+        f"pad_sequences: sequences must hold integer token ids, but sequence {index} is "
+        f"{_preview(sequence)}; map words to ids through a Vocabulary first "
+        "(Vocabulary.encode or encode_text)")
+  return ids
+
+
+def _preview(sequence) -> str:
+  text = repr(sequence)
+  return text if len(text) <= 60 else text[:57] + "..."
+
