@@ -696,6 +696,12 @@ def test_sst2_min_freq_that_keeps_no_token_is_refused(tmp_path):
     (np.ones((2, 1)), np.array([0.0, np.nan]), dict(task="regression", num_classes=0),
      "y_train contains 1 NaN"),
     (np.ones((2, 1)), np.zeros(2), dict(task="ranking"), "unknown task 'ranking'"),
+    # float64 values that float32, which jdl trains in, reads as Inf.
+    (np.array([[1e39, 1.0], [np.inf, -4e38]]), np.zeros(2), {},
+     r"x_train contains 0 NaN and 1 Inf values and 2 beyond float32's range .* \(in 2 of 2 "
+     r"examples\)"),
+    (np.ones((2, 1)), np.array([1e300, 0.0]), dict(task="regression", num_classes=0),
+     "y_train contains 0 NaN and 0 Inf values and 1 beyond float32's range"),
 ])
 def test_validate_arrays_errors(x, y, kwargs, match):
   kwargs = dict(dict(num_classes=3, task="classification", split="train"), **kwargs)
@@ -752,3 +758,27 @@ def test_a_datasets_repr_gives_shapes_not_values(tmp_path):
   assert repr(npy_dir.open_dir(tmp_path)) == (
       f"StreamDataset(name='npy_dir:{tmp_path.name}', task='classification', num_classes=2, "
       "input_shape=(4,), x_train=float32[5,4], y_train=int64[5])")
+
+
+def test_float_class_ids_train_as_int_ids_mixup_and_class_selection_included():
+  # Whole-number float labels (2.0) are accepted: they were kept as floats, so mixup
+  # blended the labels themselves (0.7 * 2 + 0.3 * 0 = 1.4, read as class 1), and
+  # config.classes indexed with floats (IndexError).
+  import chex
+  import jax.numpy as jnp
+  from conftest import make_config
+  from jdl.train.run_data import load_data
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 4)).astype(np.float32)
+  y = np.arange(60) % 3
+  as_int = sources.Dataset(x_train=x, y_train=y.astype(np.int32), num_classes=3, name="ids")
+  as_float = sources.Dataset(x_train=x, y_train=y.astype(np.float32), num_classes=3,
+                             name="ids")
+  config = make_config(validation_split=0.0, augment__mixup_alpha=0.4, num_epochs=2,
+                       batch_size=20)
+  runs = [jdl.fit(config, dataset=d, quiet=True) for d in (as_int, as_float)]
+  assert runs[0].history == runs[1].history
+  chex.assert_trees_all_equal(runs[0].state.params, runs[1].state.params)
+  picked = make_config(classes=(0, 2), validation_split=0.0, batch_size=20)
+  data = load_data(picked, as_float)
+  assert data.train.y.dtype == jnp.int32 and set(np.unique(data.train.y)) == {0, 1}

@@ -335,6 +335,36 @@ def test_shards_read_as_one_array_in_any_order(digits_dir):
   np.testing.assert_array_equal(rows.take(idx), x[idx])
 
 
+def test_short_reads_are_continued_and_only_a_read_of_nothing_is_truncation(
+    digits_dir, monkeypatch):
+  # Linux reads at most 2,147,479,552 bytes a call: a run of rows over 2 GiB in an
+  # intact file was refused as "ended early". Here every read stops after 100 bytes.
+  x, _ = _digits()
+  rows = npy_dir.open_dir(digits_dir).x_train
+  preadv, calls = os.preadv, []
+
+  def short(fd, buffers, offset):
+    calls.append(offset)
+    return preadv(fd, [memoryview(buffers[0]).cast("B")[:100]], offset)
+
+  monkeypatch.setattr(npy_dir.os, "preadv", short)
+  np.testing.assert_array_equal(rows.slice(0, 1000), x[:1000])
+  assert len(calls) >= x[:1000].nbytes // 100
+  idx = np.random.default_rng(0).integers(0, 1500, 50)
+  np.testing.assert_array_equal(rows.take(idx), x[idx])
+  monkeypatch.setattr(npy_dir.os, "preadv", lambda fd, buffers, offset: 0)
+  with pytest.raises(JdlError, match=r"x_train\.0\.npy ended early: 0 of \d+ bytes at row 0"):
+    rows.slice(0, 10)
+
+
+def test_a_streamed_run_of_float_inputs_refuses_integer_inputs_to_predict(digits_dir):
+  # As a run of the same data in memory does: uint8 pixels taken 1:1 would be misread.
+  trainer = jdl.Trainer(_streamed(digits_dir, num_epochs=1), quiet=True)
+  assert trainer.data.float_inputs
+  with pytest.raises(JdlError, match=r"predict got uint8 inputs, but dataset .* gives float"):
+    trainer.predict(np.ones((2, 8, 8, 1), np.uint8))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mode", ["featurewise", "featurewise_center", "global"])
 def test_chunked_statistics_equal_numpy(tmp_path, monkeypatch, mode, dtype):

@@ -129,11 +129,14 @@ class NpyRows:
       fd = os.open(path, os.O_RDONLY)
       try:
         for a, b in zip(starts, ends):
-          view = out[d_l[a]:d_l[a] + b - a].reshape(-1)
-          got = os.preadv(fd, [view], self._offsets[s] + local_l[a] * rb)
-          if got != view.nbytes:
-            raise JdlError(f"{path} ended early: {got} of {view.nbytes} bytes at row "
-                           f"{local_l[a]}; was it changed or truncated during the run?")
+          view = out[d_l[a]:d_l[a] + b - a].reshape(-1).view(np.uint8)
+          start, done = self._offsets[s] + local_l[a] * rb, 0
+          while done < view.nbytes:  # Linux reads at most ~2 GiB a call.
+            got = os.preadv(fd, [view[done:]], start + done)
+            if got == 0:
+              raise JdlError(f"{path} ended early: {done} of {view.nbytes} bytes at row "
+                             f"{local_l[a]}; was it changed or truncated during the run?")
+            done += got
       finally:
         os.close(fd)
 

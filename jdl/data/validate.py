@@ -18,18 +18,26 @@ def _examples(values: np.ndarray, limit: int = 5) -> str:
 
 
 def require_finite(a: np.ndarray, what: str) -> None:
-  """One JdlError naming ``what`` when a float array holds NaN or Inf."""
+  """One JdlError naming ``what`` when a float array holds NaN or Inf, or (a wider
+  float) values beyond float32's range, which training in float32 reads as Inf."""
   if a.dtype.kind != "f":
     return
   finite = np.isfinite(a)
+  big = np.zeros((), bool)
+  if a.dtype.itemsize > 4:
+    with np.errstate(invalid="ignore"):
+      big = finite & (np.abs(a) > np.finfo(np.float32).max)
+    finite &= ~big
   if finite.all():
     return
-  n_nan = int(np.isnan(a).sum())
-  n_inf = a.size - int(finite.sum()) - n_nan
+  n_nan, n_big = int(np.isnan(a).sum()), int(big.sum())
+  n_inf = a.size - int(finite.sum()) - n_nan - n_big
   bad_rows = int((~finite.reshape(len(a), -1)).any(axis=1).sum())
+  beyond = (f" and {n_big} beyond float32's range (+-3.4e38: Inf in float32, as jdl "
+            "trains)" if n_big else "")
   raise JdlError(
-      f"{what} contains {n_nan} NaN and {n_inf} Inf values (in {bad_rows} of {len(a)} "
-      "examples); clean or impute them before training"
+      f"{what} contains {n_nan} NaN and {n_inf} Inf values{beyond} (in {bad_rows} of "
+      f"{len(a)} examples); clean or impute them before training"
   )
 
 

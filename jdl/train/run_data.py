@@ -137,7 +137,7 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
     train, val, test, norm = stream.build_splits(dataset, config)
     return RunData(train=train, val=val, test=test, num_classes=dataset.num_classes, task=task,
                    input_shape=dataset.input_shape, name=dataset.name, source=source,
-                   normalizer=norm)
+                   normalizer=norm, float_inputs=np.dtype(dataset.x_train.dtype).kind == "f")
   for split, x, y in (("train", dataset.x_train, dataset.y_train),
                       ("test", dataset.x_test, dataset.y_test),
                       ("val", dataset.x_val, dataset.y_val)):
@@ -150,6 +150,11 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
           len(y), int(np.prod(y.shape[1:], dtype=np.int64))).astype(np.float32)
     dataset = dataclasses.replace(dataset, y_train=as_2d(dataset.y_train),
                                   y_test=as_2d(dataset.y_test), y_val=as_2d(dataset.y_val))
+  elif task == "classification":
+    def as_ids(y):  # Checked above: whole numbers. Float ids (2.0) were kept as floats,
+      return None if y is None else np.asarray(y).astype(np.int32)  # which mixup blended.
+    dataset = dataclasses.replace(dataset, y_train=as_ids(dataset.y_train),
+                                  y_test=as_ids(dataset.y_test), y_val=as_ids(dataset.y_val))
   dataset = transfer.subset(dataset, classes=tuple(config.classes),
                             examples_per_class=int(config.examples_per_class),
                             seed=int(config.seed))
