@@ -60,6 +60,20 @@ def test_vocabulary_min_freq_max_size_unk_and_specials():
       text_lib.Vocabulary.build(texts, max_size=bad)
   assert text_lib.Vocabulary.build(texts, min_freq=np.int64(2), max_size=np.int32(6)).tokens[4:] \
       == ("a", "b")
+  # Texts that are not token lists: a TypeError, or worse, a vocabulary of characters.
+  for bad, match in ((None, r"texts must be token lists .* got None"),
+                     (["a b", "c"], r"text 0 is a string \('a b'\), not a token list; "
+                                    r"tokenize it first"),
+                     ([["a", ["b"]]], r"texts must be lists of string tokens"),
+                     ([1, 2], r"texts must be lists of string tokens")):
+    with pytest.raises(JdlError, match=rf"^Vocabulary\.build: {match}"):
+      text_lib.Vocabulary.build(bad)
+  with pytest.raises(JdlError, match=r"^token level must be one of word, char, got 'sentence'"):
+    text_lib.Vocabulary.build(texts, level="sentence")
+  assert text_lib.Vocabulary.build(["ab", "b"], level="char").tokens[4:] == ("b", "a")
+  with pytest.raises(JdlError, match=r"^pad_sequences: value \(the fill id\) must be an "
+                                     r"integer, got 'x'"):
+    text_lib.pad_sequences([[1, 2]], 3, value="x")
 
 
 def test_vocabulary_json_round_trip():

@@ -110,7 +110,20 @@ class Vocabulary:
         specials) left to keep.
     """
     check_vocab_options(min_freq, max_size)
-    counts = collections.Counter(t for text in texts for t in text)
+    if level not in LEVELS:
+      raise JdlError(f"token level must be one of {', '.join(LEVELS)}, got {level!r}")
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+      raise JdlError(f"Vocabulary.build: texts must be token lists (e.g. [tokenize(t) for t "
+                     f"in texts]), got {_preview(texts)}")
+    def tokens(text, i):
+      if isinstance(text, str) and level == "word":  # Its characters would be the tokens.
+        raise JdlError(f"Vocabulary.build: text {i} is a string ({_preview(text)}), not a "
+                       "token list; tokenize it first (tokenize(text))")
+      return text
+    try:
+      counts = collections.Counter(t for i, text in enumerate(texts) for t in tokens(text, i))
+    except TypeError as e:  # A text that is not iterable, or a token that is unhashable.
+      raise JdlError(f"Vocabulary.build: texts must be lists of string tokens ({e})") from None
     for s in SPECIALS:
       counts.pop(s, None)
     kept = sorted((t for t, c in counts.items() if c >= min_freq),
@@ -202,6 +215,8 @@ def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int | None = None,
   for name, v in (("padding", padding), ("truncating", truncating)):
     if v not in PADDING:
       raise JdlError(f"{name} must be 'pre' or 'post', got {v!r}")
+  if not _is_int(value):
+    raise JdlError(f"pad_sequences: value (the fill id) must be an integer, got {value!r}")
   if maxlen is not None and not _is_int(maxlen):
     raise JdlError(f"maxlen must be an integer >= 1 (or None or 0: the longest sequence), "
                    f"got {maxlen!r}")
