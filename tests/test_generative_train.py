@@ -112,6 +112,29 @@ def test_denoising_autoencoder_scores_noisy_inputs_against_clean_targets():
                              rtol=1e-5)
 
 
+def test_a_mixup_autoencoders_training_mse_scores_the_mixed_image_it_reconstructs():
+  # The training mse compared the reconstruction with the unmixed image, measuring the
+  # mixing; the loss (rightly) scored the mixed one.
+  config = ae_config(augment__mixup_alpha=1.0)
+  trainer = jdl.Trainer(config, None, quiet=True)
+  state = trainer.state
+  batch = {"x": trainer.data.train.x[:64], "y": trainer.data.train.y[:64],
+           "mask": jnp.ones((64,), jnp.float32)}
+  _, metrics = trainer.train_step(state, batch)
+  augment = augment_lib.make_train_augment(config.augment, trainer.data.input_shape)
+  mixed = augment(jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1), batch)
+  lam = float(mixed["y"].lam)
+  target = lam * np.asarray(mixed["y"].y_a) + (1 - lam) * np.asarray(mixed["y"].y_b)
+  recon = np.asarray(jax.nn.sigmoid(state.apply_fn(state.variables, mixed["x"], train=True)))
+  np.testing.assert_allclose(metrics["mse"]["sum"] / metrics["mse"]["count"],
+                             np.mean((recon - target) ** 2), rtol=1e-5)
+  assert abs(np.mean((recon - target) ** 2) - np.mean((recon - batch["x"]) ** 2)) > 1e-3
+  np.testing.assert_allclose(
+      metrics["loss"]["sum"] / metrics["loss"]["count"],
+      np.mean(objectives.bernoulli_nll(state.apply_fn(state.variables, mixed["x"], train=True),
+                                       jnp.asarray(target, jnp.float32))), rtol=1e-5)
+
+
 def test_an_autoencoders_predict_is_the_logits_its_test_loss_scores():
   # As the README says: sigmoid(predict(x)) is the reconstruction.
   result = jdl.fit(ae_config(num_epochs=1), quiet=True)
@@ -248,6 +271,17 @@ def test_cli_evaluate_and_sample_a_vae_run(tmp_path, capsys):
   assert cli.main(["evaluate", "--workdir", str(vae)]) == 0
   line = json.loads(capsys.readouterr().out)
   assert line["neg_elbo"] > 0 and line["neg_elbo"] == pytest.approx(line["recon"] + line["kl"])
+  # The train split is scored as val and test are: on one fixed binary draw of its grey
+  # images (they were scored grey, as no Bernoulli targets).
+  train = jdl.evaluate(vae, split="train")
+  trainer = jdl.load_run(vae)
+  images = np.asarray(trainer.data.train.x)
+  assert len(np.unique(images)) > 2
+  binary = jdl.data.pipeline.Split(jnp.asarray(gen_tasks.binarize_eval_inputs(images)),
+                                   trainer.data.train.y, images=images)
+  assert train["neg_elbo"] == pytest.approx(trainer.evaluate_split(binary)["neg_elbo"], rel=1e-6)
+  assert train["neg_elbo"] != pytest.approx(trainer.evaluate_split(trainer.data.train)["neg_elbo"],
+                                            rel=1e-6)
   # The binarisation decides the test inputs: another one is refused, not scored.
   other = "none" if vae_config().generative.binarize != "none" else "threshold"
   assert cli.main(["evaluate", "--workdir", str(vae), f"--config.generative.binarize={other}"]) == 2

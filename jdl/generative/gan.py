@@ -188,7 +188,12 @@ class GANTask:
     return _masked_mean(per, mask), (per, g_state)
 
   def train_step(self, state: GANState, batch):
-    """One discriminator update and, every ``d_steps`` steps, one generator update."""
+    """One discriminator update and, every ``d_steps`` steps, one generator update.
+
+    Rows with ``batch["mask"] == 0`` (padding) count in no loss and no metric; a
+    discriminator with batch norm still sees them in its batch statistics, as it sees
+    every row it is given (``fit`` never pads a training batch).
+    """
     key = jax.random.fold_in(state.key, state.step)
     k_z, k_d, k_z2, k_g = jax.random.split(key, 4)
     real, mask = batch["x"], batch["mask"]
@@ -202,7 +207,7 @@ class GANTask:
 
     def d_objective(d_params):
       per, aux = self._d_loss(state, d_params, ms["discriminator"], real, fake, k_d)
-      return _masked_mean(per, mask), aux  # Padding rows (a public caller's) count nowhere.
+      return _masked_mean(per, mask), aux  # Padding rows (a public caller's): no loss.
 
     (d_loss, (parts, d_state)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
         p["discriminator"])

@@ -74,11 +74,18 @@ class ReconstructionTask(steps_lib.SupervisedTask):
   error of the reconstructed pixels, ``sigmoid(logits)``, per pixel.
   """
 
+  scores_train_batch = True  # Under mixup the target is the mixed image.
+
   def metrics(self, names, outputs, batch, per_example_loss):
     mask = batch["mask"]
     out = {"loss": mean_group(per_example_loss, mask)}
     if "mse" in names:
-      err = jnp.square(jax.nn.sigmoid(outputs) - batch["y"])
+      target = batch["y"]
+      if isinstance(target, augment_lib.MixupTargets):  # The one the loss scores.
+        lam = target.lam.reshape((-1,) + (1,) * (target.y_a.ndim - 1)) if target.lam.ndim \
+            else target.lam
+        target = lam * target.y_a + (1.0 - lam) * target.y_b
+      err = jnp.square(jax.nn.sigmoid(outputs) - target)
       out["mse"] = mean_group(jnp.mean(err.reshape(err.shape[0], -1), axis=1), mask)
     return out
 

@@ -234,6 +234,15 @@ def evaluate_run(config: ml_collections.ConfigDict | str | Path | None,
   data = {"test": trainer.data.test, "val": trainer.data.val, "train": trainer.data.train}[split]
   if data is None:
     raise JdlError(f"the {split} split of {trainer.data.name!r} is empty")
+  generative = trainer.config.get("generative")
+  if (split == "train" and trainer.config.task == "vae" and generative is not None
+      and generative.binarize == "dynamic" and isinstance(data, data_lib.pipeline.Split)):
+    # Scored as the val and test splits are: on one fixed binary draw of its images
+    # (it trains on a fresh draw each step; its grey images are no Bernoulli targets).
+    from jdl.generative import tasks as gen_tasks
+    images = np.asarray(data.x)
+    data = data_lib.pipeline.Split(jax.numpy.asarray(gen_tasks.binarize_eval_inputs(images)),
+                                   data.y, images=images)
   results = trainer.evaluate_split(data)
   trainer.load_judge_or_warn()
   return ({**results, **trainer.sequence_scores(data), **trainer.generative_scores(data)},

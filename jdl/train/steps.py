@@ -51,6 +51,9 @@ class SupervisedTask:
   penalty_rules: tuple[regularizers.Rule, ...] = ()
   activity_l1: float = 0.0
   activity_include: str = ".*"
+  # Whether training metrics score the augmented batch's targets (mixup's pairs
+  # included) rather than the batch's: a reconstruction's target is what it was given.
+  scores_train_batch = False
 
   def forward(self, params, model_state, batch: Batch, key: jax.Array, train: bool):
     """Returns ``(per_example_loss, outputs, new_model_state, activity_penalty)``.
@@ -230,7 +233,8 @@ def make_train_step(task: SupervisedTask, augment=None, *, axis_name: str | None
       model_state = jax.tree.map(lambda new, old: jnp.where(bad, old, new), model_state,
                                  state.model_state)
     new_state = state.apply_gradients(grads=grads, model_state=model_state)
-    metrics = task.metrics(names, outputs, batch, per_example)
+    metrics = task.metrics(names, outputs, train_batch if task.scores_train_batch else batch,
+                           per_example)
     if axis_name is not None:
       metrics = parallel_lib.merge_over_devices(metrics, metrics_lib.merge, axis_name)
     if check_gradients:
