@@ -22,6 +22,7 @@ CASES = [  # input shape, window, strides, padding
     ((2, 12, 12, 3), (7, 7), 2, "SAME"),
     ((2, 11, 4), (3,), 1, "SAME"),
     ((2, 11, 4), (3,), 2, 2),
+    ((2, 11, 4), 3, 1, "SAME"),  # An int kernel_size: a 1-D window, as flax takes it.
     ((2, 6, 6, 1), (3, 3), 1, [(2, 0), (1, 1)]),
 ]
 

@@ -282,6 +282,14 @@ def test_conv1d_path():
      r"unknown pool 'min'"),
     (lambda: create_model({"name": "cnn", "padding": "FULL"}, num_outputs=2),
      r"padding must be"),
+    # An MLIR TypeError when applied, before.
+    (lambda: create_model({"name": "cnn", "padding": 2**31}, num_outputs=2),
+     r"^model\.padding must be .* \(at most 2\*\*31 - 1\), got 2147483648$"),
+    # True was taken as 1: pooling silently off, a gain of 1.0.
+    (lambda: create_model({"name": "cnn", "pool_size": True}, num_outputs=2),
+     r"^model\.pool_size must be a positive integer, got True$"),
+    (lambda: create_model({"name": "mlp", "init_scale": True}, num_outputs=2),
+     r"^model\.init_scale must be a positive number, got True$"),
     (lambda: create_model({"name": "resnet18", "block": "wide"}, num_outputs=2),
      r"unknown block 'wide'"),
     # The config key, as the CLI user typed it: "dropout_rate must be ..." before.

@@ -209,16 +209,16 @@ _window_max.defvjp(_window_max_fwd, _window_max_bwd)
 
 def _check_pool(kind: str, size: int) -> None:
   errors.lookup("pool", kind, {k: k for k in POOLS})
-  errors.require(isinstance(size, int) and size >= 1,
+  errors.require(isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= 2**31 - 1,
                  f"pool_size must be a positive integer, got {size!r}")
 
 
 def _check_padding(padding: str | int) -> None:
   ok = (padding.upper() in ("SAME", "VALID") if isinstance(padding, str)
         else isinstance(padding, int) and not isinstance(padding, bool)
-        and padding >= 0)
-  errors.require(ok, f"padding must be 'SAME', 'VALID' or a non-negative integer, "
-                     f"got {padding!r}")
+        and 0 <= padding <= 2**31 - 1)  # XLA's sizes are int32.
+  errors.require(ok, f"padding must be 'SAME', 'VALID' or a non-negative integer "
+                     f"(at most 2**31 - 1), got {padding!r}")
 
 
 def _dense_head(model: nn.Module, x: jax.Array, *, train: bool) -> jax.Array:

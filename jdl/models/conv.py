@@ -177,7 +177,7 @@ class Conv(nn.Module):
 
   Attributes:
     features: output channels.
-    kernel_size: the window, one size per spatial axis.
+    kernel_size: the window, one size per spatial axis (an int: a 1-D window).
     strides: an int or one per spatial axis.
     padding: ``'SAME'``, ``'VALID'``, an int, or (low, high) pairs.
     use_bias: add a bias.
@@ -191,7 +191,7 @@ class Conv(nn.Module):
       max pooling is a custom VJP too, :mod:`jdl.models.cnn`).
   """
   features: int
-  kernel_size: Sequence[int]
+  kernel_size: int | Sequence[int]
   strides: int | Sequence[int] = 1
   padding: PaddingLike = "SAME"
   use_bias: bool = True
@@ -202,7 +202,8 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    window = tuple(self.kernel_size)
+    # An int is a 1-D window, as flax.linen.Conv takes it.
+    window = (self.kernel_size,) if _int(self.kernel_size) else tuple(self.kernel_size)
     strides = ((self.strides,) * len(window) if _int(self.strides)
                else tuple(self.strides))
     _check_geometry(self.features, window, strides, self.padding, x.shape)

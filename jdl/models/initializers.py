@@ -74,7 +74,8 @@ def get_initializer(
     return name
   if scale is not None:
     errors.require(
-        isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0,
+        isinstance(scale, (int, float)) and not isinstance(scale, bool)
+        and math.isfinite(scale) and scale > 0,
         f"init_scale must be a positive number, got {scale!r}",
     )
   table = {n: n for n in INITIALIZERS}
