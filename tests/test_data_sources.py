@@ -633,6 +633,57 @@ def test_noise_must_be_finite(name, noise):
     load_dataset(name, noise=noise)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    # The review's cases: raw TypeErrors or scikit-learn errors before.
+    (dict(name="iris", test_split="0.2"),
+     r"test_split must be a fraction in \(0, 1\), a number, got '0.2' \(str\)"),
+    (dict(name="moons", noise="a"),
+     r"noise must be a non-negative finite number, or None .*, got 'a' \(str\)"),
+    (dict(name="moons", n_samples=10.5),
+     r"n_samples must be a positive integer, or None .*, got 10.5 \(float\)"),
+    (dict(name="moons", seed=1.5), r"seed must be an integer, got 1.5 \(float\)"),
+    (dict(name="npz", data_dir=3),
+     r"data_dir must be a path \(a str or os.PathLike.*got 3 \(int\)"),
+    # A bool is not a number; the other arguments the same way.
+    (dict(name="moons", n_samples=True),
+     r"n_samples must be a positive integer.*got True \(bool\)"),
+    (dict(name="moons", noise=True), r"noise must be a non-negative finite number.*got True"),
+    (dict(name="iris", test_split=True), r"test_split must be a fraction.*got True \(bool\)"),
+    (dict(name="iris", seed=np.bool_(True)), r"seed must be an integer, got"),
+    (dict(name="iris", seed="0"), r"seed must be an integer, got '0' \(str\)"),
+    (dict(name="npz", data_dir=None), r"data_dir must be a path.*got None \(NoneType\)"),
+    (dict(name="npz", data_dir=b"x.npz"), r"data_dir must be a path.*got b'x.npz' \(bytes\)"),
+    (dict(name="mnist", download="no"), r"download must be True or False, got 'no' \(str\)"),
+    (dict(name="adding_problem", text="x"), r"text must be a jdl.data.text.TextOptions.*got 'x'"),
+    (dict(name="dates", vocab="x"), r"vocab must be a dict \{name: Vocabulary\}.*got 'x' \(str\)"),
+    # A seed the source's generator refuses (raw numpy / scikit-learn errors before).
+    (dict(name="moons", seed=-1), r"seed must be an integer in \[0, 2\*\*32 - 1\] for moons"),
+    (dict(name="iris", seed=2**32), r"seed must be an integer in \[0, 2\*\*32 - 1\] for iris"),
+    (dict(name="linear", seed=-1), r"seed must be an integer in \[0, 2\*\*32 - 1\] for linear"),
+    (dict(name="xor", noise=0.1, seed=-1), r"seed must be a non-negative integer for xor, got -1"),
+    (dict(name="adding_problem", n_samples=5, seed=-1), r"non-negative integer for adding_problem"),
+    (dict(name="dates", n_samples=5, seed=-1), r"seed must be a non-negative integer for dates"),
+])
+def test_arguments_of_the_wrong_type_are_one_jdl_error(kwargs, match):
+  with pytest.raises(JdlError, match=match):
+    load_dataset(**kwargs)
+
+
+def test_numpy_numbers_and_paths_are_accepted_as_arguments(tmp_path):
+  base = load_dataset("moons", n_samples=40, noise=0.2, seed=3, test_split=0.25)
+  # scikit-learn refuses a numpy float32 test_size: load_dataset passes Python numbers.
+  ds = load_dataset("moons", n_samples=np.int64(40), noise=np.float64(0.2), seed=np.uint8(3),
+                    test_split=np.float32(0.25), download=np.bool_(False))
+  np.testing.assert_array_equal(ds.x_train, base.x_train)
+  np.testing.assert_array_equal(ds.y_test, base.y_test)
+  np.savez(tmp_path / "data.npz", x=np.random.rand(20, 2), y=np.arange(20) % 2)
+  assert load_dataset("npz", data_dir=tmp_path, test_split=1 / 4).y_test.shape == (5,)
+  assert load_dataset("npz", data_dir=str(tmp_path)).name == "npz"
+  # A seed a source does not use is not checked (xor without noise draws nothing).
+  assert load_dataset("xor", seed=-1).x_train.shape == (4, 2)
+  assert load_dataset("blobs", n_samples=30, noise=np.float32(0.5)).num_classes == 3
+
+
 # SST-2 TSV files.
 
 

@@ -12,7 +12,7 @@ import os
 import pathlib
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -241,6 +241,18 @@ def _validated(dataset: Dataset, where: str) -> Dataset:
   return dataset
 
 
+def _seed(req: _Request, *, sklearn: bool = False) -> int:
+  """``req.seed``, checked where a source uses it: numpy's generators take a
+  non-negative integer, scikit-learn's ``random_state`` one below 2**32. (Checked
+  here, not up front: a source that ignores the seed takes any integer.)"""
+  if sklearn and not 0 <= req.seed <= 2**32 - 1:
+    raise JdlError(f"seed must be an integer in [0, 2**32 - 1] for {req.name} (scikit-learn's "
+                   f"random_state), got {req.seed}")
+  if req.seed < 0:
+    raise JdlError(f"seed must be a non-negative integer for {req.name}, got {req.seed}")
+  return req.seed
+
+
 def _split(req: _Request, x, y, num_classes: int, *, where: str = "",
            keep_float64: bool = False) -> Dataset:
   """Splits ``x, y`` into train and test with scikit-learn (stratified if classifying)."""
@@ -249,6 +261,7 @@ def _split(req: _Request, x, y, num_classes: int, *, where: str = "",
         f"test_split must be a fraction in (0, 1), got {req.test_split}; "
         f"{req.name} has no test set of its own"
     )
+  _seed(req, sklearn=True)
   if num_classes:
     labels, counts = np.unique(np.asarray(y), return_counts=True)
     rare = labels[counts < 2]
@@ -290,30 +303,33 @@ def _tabular(loader: str, num_classes: int) -> Callable[[_Request], Dataset]:
 
 
 def _load_moons(req: _Request) -> Dataset:
+  seed = _seed(req, sklearn=True)
   x, y = _sklearn_datasets().make_moons(
       n_samples=req.n_samples or 1000,
       noise=0.1 if req.noise is None else req.noise,
-      random_state=req.seed)
+      random_state=seed)
   return _split(req, x, y, 2)
 
 
 def _load_circles(req: _Request) -> Dataset:
+  seed = _seed(req, sklearn=True)
   x, y = _sklearn_datasets().make_circles(
       n_samples=req.n_samples or 1000,
       noise=0.1 if req.noise is None else req.noise,
       factor=0.5,
-      random_state=req.seed)
+      random_state=seed)
   return _split(req, x, y, 2)
 
 
 def _load_blobs(req: _Request) -> Dataset:
   # ``noise`` is the clusters' standard deviation here.
+  seed = _seed(req, sklearn=True)
   x, y = _sklearn_datasets().make_blobs(
       n_samples=req.n_samples or 1000,
       centers=3,
       n_features=2,
       cluster_std=1.0 if req.noise is None else req.noise,
-      random_state=req.seed)
+      random_state=seed)
   return _split(req, x, y, 3)
 
 
@@ -325,13 +341,13 @@ def _load_xor(req: _Request) -> Dataset:
     raise JdlError(f"xor needs n_samples >= 4 (all four points), got {n}")
   x = np.resize(points, (n, 2))
   if req.noise:
-    x = x + np.random.default_rng(req.seed).normal(0.0, req.noise, x.shape)
+    x = x + np.random.default_rng(_seed(req)).normal(0.0, req.noise, x.shape)
   # The test set is the four clean points: the function itself.
   return _make(req.name, x, np.resize(labels, n), points, labels, 2)
 
 
 def _load_linear(req: _Request) -> Dataset:
-  rng = np.random.default_rng(req.seed)
+  rng = np.random.default_rng(_seed(req, sklearn=True))  # _split's random_state too.
   n = req.n_samples or 200
   x = rng.normal(size=(n, len(_LINEAR_W)))
   noise = 0.1 if req.noise is None else req.noise
@@ -567,15 +583,15 @@ def _load_sst2(req: _Request) -> Dataset:
 
 
 def _load_adding_problem(req: _Request) -> Dataset:
-  n, t = req.n_samples or 10000, int(req.text.seq_len)
-  x_tr, y_tr = text_data.adding_problem(n, t, seed=req.seed)
+  n, t, seed = req.n_samples or 10000, int(req.text.seq_len), _seed(req)
+  x_tr, y_tr = text_data.adding_problem(n, t, seed=seed)
   # The test set comes from its own stream: never a copy of a train sequence.
-  x_te, y_te = text_data.adding_problem(max(1, n // 10), t, seed=req.seed + 1_000_003)
+  x_te, y_te = text_data.adding_problem(max(1, n // 10), t, seed=seed + 1_000_003)
   return _make(req.name, x_tr, y_tr, x_te, y_te, 0)
 
 
 def _load_dates(req: _Request) -> Dataset:
-  *splits, rebuild = text_data.load_dates(req.n_samples or 20000, req.seed, req.vocab)
+  *splits, rebuild = text_data.load_dates(req.n_samples or 20000, _seed(req), req.vocab)
 
   def dataset(x_tr, y_tr, x_te, y_te, vocab, rebuild_vocab=None):
     return Dataset(x_tr, y_tr, x_te, y_te, num_classes=len(vocab["tgt"]), task="seq2seq",
@@ -608,6 +624,47 @@ _LOADERS: dict[str, Callable[[_Request], Dataset]] = {
 DATASETS: tuple[str, ...] = tuple(sorted(_LOADERS))
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+  return _is_int(value) or isinstance(value, (float, np.floating))
+
+
+def _check_types(**args) -> None:
+  """Refuses an argument of :func:`load_dataset` of the wrong type with one JdlError
+  (the CLI casts its config values; a Python caller's ``test_split='0.2'`` reached
+  scikit-learn or numpy as a TypeError). Values are checked where they are used."""
+  path = args["data_dir"]
+  good = {
+      "data_dir": isinstance(path, (str, os.PathLike))
+                  and isinstance(os.fspath(path), str),
+      "test_split": _is_number(args["test_split"]),
+      "seed": _is_int(args["seed"]),
+      "n_samples": args["n_samples"] is None or _is_int(args["n_samples"]),
+      "noise": args["noise"] is None or _is_number(args["noise"]),
+      "download": isinstance(args["download"], (bool, np.bool_)),
+      "text": args["text"] is None or isinstance(args["text"], text_data.TextOptions),
+      "vocab": args["vocab"] is None or isinstance(args["vocab"], Mapping),
+  }
+  wanted = {
+      "data_dir": 'a path (a str or os.PathLike; "" for the default)',
+      "test_split": "a fraction in (0, 1), a number",
+      "seed": "an integer",
+      "n_samples": "a positive integer, or None for the default",
+      "noise": "a non-negative finite number, or None for the default",
+      "download": "True or False",
+      "text": "a jdl.data.text.TextOptions, or None for the default",
+      "vocab": "a dict {name: Vocabulary} (a finished run's), or None",
+  }
+  for name, ok in good.items():
+    if not ok:
+      value = args[name]
+      raise JdlError(f"{name} must be {wanted[name]}, got {value!r} "
+                     f"({type(value).__name__})")
+
+
 def load_dataset(
     name: str,
     *,
@@ -630,7 +687,9 @@ def load_dataset(
       a directory holding ``data.npz``. Ignored by the other sources.
     test_split: the test fraction for sources without a test set of their own
       (scikit-learn sets, synthetic sets but ``xor``, npz without ``x_test``).
-    seed: the seed of the split and of the synthetic generators.
+    seed: the seed of the split and of the synthetic generators: an integer, ``>= 0``
+      where one is used, and below ``2**32`` where scikit-learn draws (the split, moons,
+      circles, blobs, linear).
     n_samples: the number of generated examples (synthetic sets, ``adding_problem``
       and ``dates`` only); defaults: moons, circles, blobs 1000; xor 4; linear 200;
       adding_problem 10000; dates 20000.
@@ -654,10 +713,14 @@ def load_dataset(
     max(y) + 1``.
 
   Raises:
-    JdlError: an unknown name, an option the source does not take, a missing or
-      corrupt file, a failed download, or arrays that fail :func:`validate_arrays`.
+    JdlError: an unknown name, an argument of the wrong type (a bool is not a number;
+      numpy integers and floats are), an option the source does not take, a seed
+      that the source's generator refuses, a missing or corrupt file, a failed
+      download, or arrays that fail :func:`validate_arrays`.
   """
   loader = lookup("dataset", name, _LOADERS)
+  _check_types(data_dir=data_dir, test_split=test_split, seed=seed, n_samples=n_samples,
+               noise=noise, download=download, text=text, vocab=vocab)
   if name not in _SYNTHETIC:
     for option, value in (("n_samples", None if name in _SIZED else n_samples),
                           ("noise", noise)):
@@ -670,8 +733,10 @@ def load_dataset(
     raise JdlError(f"n_samples must be positive, got {n_samples}")
   if noise is not None and not (np.isfinite(noise) and noise >= 0):
     raise JdlError(f"noise must be non-negative and finite, got {noise}")
-  req = _Request(name=name, data_dir=os.fspath(data_dir), test_split=test_split,
-                 seed=seed, n_samples=n_samples, noise=noise, download=download,
+  # Python numbers: scikit-learn refuses a numpy float32 test_size.
+  req = _Request(name=name, data_dir=os.fspath(data_dir), test_split=float(test_split),
+                 seed=int(seed), n_samples=None if n_samples is None else int(n_samples),
+                 noise=None if noise is None else float(noise), download=bool(download),
                  text=text or text_data.TextOptions(), vocab=vocab)
   dataset = loader(req)
   if not isinstance(dataset, Dataset):  # npy_dir: validated by its own chunked pass.
