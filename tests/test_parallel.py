@@ -82,6 +82,23 @@ def test_the_coordinator_address_is_checked_before_jax_sees_it(address, ok):
     parallel.initialize_distributed(spec)
 
 
+@pytest.mark.parametrize("mode", ["data", "shard_map"])
+def test_the_gpus_static_block_loops_run_in_every_parallel_mode(monkeypatch, mode):
+  # The scan of a GPU's blocks keeps or discards each row's step by the row's index,
+  # which inside shard_map is the device's own: the carry left the loop typed
+  # device-varying, and compiling the block raised a TypeError (only on a GPU, where
+  # static loops are chosen; forced here, where shard_map types a 1-device mesh alike).
+  from jdl.train import strategy
+  monkeypatch.setattr(strategy, "static_loops", lambda backend=None: True)
+  kw = dict(model__hidden=(32,), scan_chunk=3, num_epochs=1, model__dropout_rate=0.0)
+  runs = [jdl.fit(make_config(parallel=m, **kw), quiet=True) for m in ("none", mode)]
+  assert all(r.trainer.static_loops for r in runs)
+  assert runs[1].trainer.steps_per_epoch % 3  # A padded last block.
+  np.testing.assert_allclose(runs[1].history["loss"], runs[0].history["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(runs[1].state.params), jax.tree.leaves(runs[0].state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_batch_not_divisible_names_values_and_remedy():
   with pytest.raises(JdlError) as e:
     parallel.check_batch_size(100, 8)

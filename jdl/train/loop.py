@@ -544,6 +544,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       eval_step = steps_lib.make_eval_step(self.task)
     merge = steps_lib.merge_train_metrics
     constrain = parallel_lib.constrain_batch(par)
+    axis = parallel_lib.AXIS if par.mode == "shard_map" else None
 
     def block_of(step_fn):
       def run_block(state, acc, x, y, idx):
@@ -572,7 +573,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         # the steps are padding, so one compiled block runs every shorter block, and
         # a resume with another block size gives the uninterrupted run's bits. On a
         # GPU a loop of known length with the padding rows' steps discarded.
-        return steps_lib.loop_steps(body, (state, acc), idx, static=self.static_loops)
+        return steps_lib.loop_steps(body, (state, acc), idx, static=self.static_loops,
+                                    axis_name=axis)
       return run_block
 
     run_block = block_of(block_step)

@@ -412,7 +412,8 @@ def make_predict_fn(apply_fn):
   return predict
 
 
-def loop_steps(body: Callable, carry: Any, xs: Any, *, static: bool = False) -> Any:
+def loop_steps(body: Callable, carry: Any, xs: Any, *, static: bool = False,
+               axis_name: str | None = None) -> Any:
   """The carry after ``body`` has run over the leading rows of ``xs`` that are steps.
 
   ``xs`` (one array, or a tree whose first leaf is the block's step index) holds
@@ -433,7 +434,8 @@ def loop_steps(body: Callable, carry: Any, xs: Any, *, static: bool = False) -> 
   device-to-host copy and a wait at every iteration, unless it knows the trip count:
   for a small model that wait is a large part of a step (benchmarks/README.md, "One
   GPU"). Padding then costs a step's work, so the blocks are balanced
-  (:func:`jdl.train.strategy.choose_chunk`).
+  (:func:`jdl.train.strategy.choose_chunk`). ``axis_name``: the ``shard_map`` axis
+  the loop runs under, if any.
   """
   first = jax.tree.leaves(xs)[0]
   if first.shape[0] == 1:  # A padding row: XLA slices a one-row block statically, and
@@ -445,6 +447,11 @@ def loop_steps(body: Callable, carry: Any, xs: Any, *, static: bool = False) -> 
     first = jax.tree.leaves(xs)[0]
   rows = first.reshape(first.shape[0], -1)[:, 0]
   if static:
+    if axis_name is not None:
+      # Inside shard_map each device's rows are its own (typed device-varying): a
+      # carry kept or replaced by them would leave the loop typed otherwise than it
+      # came in. Every device has the same rows; their maximum is one value for all.
+      rows = jax.lax.pmax(rows, axis_name)
     def masked(carry, row_x):
       row, x = row_x
       new = body(carry, x)[0]
