@@ -179,6 +179,7 @@ class Checkpointer:
     check_directory_name(self.directory)
     policies: list[Any] = [ocm.LatestN(n=keep)]
     best_fn = None
+    self._best = (best_metric, math.inf if best_mode == "min" else -math.inf)
     if best_metric:
       worst = math.inf if best_mode == "min" else -math.inf
       best_fn = functools.partial(_rank, metric=best_metric, worst=worst)
@@ -408,7 +409,17 @@ class Checkpointer:
     """The step saved with the best ``best_metric`` (``best_mode``), among the steps
     saved with that metric; ``None`` when there is none (or no ``best_metric``:
     then the latest, orbax's ``best_step``)."""
-    return self._manager.best_step()
+    step = self._manager.best_step()
+    metric, worst = self._best
+    if not metric or step is None:
+      return step
+    # orbax ranks the steps without the metric (saved with others, e.g. a run trained
+    # with another monitor) last, but returns one of them when they all tie.
+    try:
+      recorded = json.loads((self.directory / str(step) / "metrics" / "metrics").read_text())
+    except (OSError, ValueError):
+      return step  # Unreadable here: orbax's answer.
+    return None if _rank(recorded, metric=metric, worst=worst) == worst else step
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""

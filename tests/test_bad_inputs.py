@@ -474,6 +474,22 @@ def test_export_of_a_run_with_a_damaged_config_json_warns_on_stderr(finished, tm
   assert lines[0].endswith(f"export wrote the latest, step {latest} (--step N for another)")
 
 
+def test_evaluate_with_a_monitor_its_checkpoints_do_not_record_scores_the_latest_and_says_so(
+    finished, capsys):
+  # Each step records the training's monitor only (val_accuracy): ranked by val_loss
+  # they all tied last, and orbax's latest was named "the best by val_loss (min)".
+  latest = max(int(p.name) for p in (Path(finished) / "checkpoints").glob("[0-9]*"))
+  capsys.readouterr()
+  for mode in ("min", "max"):
+    assert cli.main(["evaluate", "--workdir", str(finished), "--config.monitor=val_loss",
+                     f"--config.monitor_mode={mode}"]) == 0
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert f"scored at step {latest} (epoch " in line and line.endswith(
+        "): the latest (no checkpoint records a value of val_loss)"), line
+  assert cli.main(["evaluate", "--workdir", str(finished)]) == 0
+  assert ": the best by val_accuracy (max)" in capsys.readouterr().err
+
+
 def test_export_writes_the_state_evaluate_scores_by_default(tmp_path, capsys):
   # It wrote the latest step, while evaluate, predict and sample read the best one.
   run = tmp_path / "run"

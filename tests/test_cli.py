@@ -904,3 +904,14 @@ def test_rerunning_a_finished_run_leaves_its_tensorboard_files_as_they_were(tmp_
   assert code == 0, err
   new = [p for p in (tmp_path / "tb").iterdir() if p.name not in files]
   assert len(new) == 1 and ".from_step_" in new[0].name and new[0].stat().st_size > 200
+
+
+def test_compare_names_the_latest_of_tied_best_epochs_as_evaluate_scores_it():
+  # It named the first of epochs tied at the best value; the best checkpoint, which
+  # evaluate scores, is the latest of them (a tie counts as an improvement).
+  from jdl.train import plots
+  run = plots.RunCurves(label="r", test={}, epochs=4, train_seconds=1.0, curves={
+      "accuracy": {"val": ([1, 2, 3, 4], [0.5, 1.0, 1.0, 0.9])},
+      "loss": {"val": ([1, 2, 3, 4], [0.3, 0.2, 0.2, 0.25])}})
+  row = plots.comparison_table([run]).splitlines()[1].split()
+  assert row[3:] == ["1", "(3)", "0.2", "(3)"]

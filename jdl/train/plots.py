@@ -335,7 +335,8 @@ def plot_comparison(runs: list[RunCurves], out_dir: str | Path) -> list[Path]:
 def comparison_table(runs: list[RunCurves]) -> str:
   """One row a run: its epochs, training time, test metrics, and the best value of
   each validation metric with its epoch (best by the metric's direction: accuracy
-  up, a loss down; a metric of unknown direction is left out)."""
+  up, a loss down; of tied epochs the latest; a metric of unknown direction is left
+  out)."""
   from jdl.metrics import better_direction
   tests = list(dict.fromkeys(k for run in runs for k in run.test))
   vals = [k for k in dict.fromkeys(k for run in runs for k in run.curves
@@ -352,7 +353,9 @@ def comparison_table(runs: list[RunCurves]) -> str:
       if not scored:
         row.append("-")
         continue
-      y, x = (max if better_direction(k) == "max" else min)(scored, key=lambda p: p[0])
+      # Of tied epochs the latest, as the best checkpoint is (evaluate scores it).
+      sign = 1 if better_direction(k) == "max" else -1
+      y, x = max(scored, key=lambda p: (sign * p[0], p[1]))
       row.append(f"{_number(y)} ({x})")
     rows.append(row)
   widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

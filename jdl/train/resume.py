@@ -86,6 +86,7 @@ def final_step(config, ck: ckpt_lib.Checkpointer, latest: int) -> tuple[int, str
     step = ck.best_step()
     if step is not None:
       return step, f"the best by {config.monitor} ({config.monitor_mode})"
+    return latest, f"the latest (no checkpoint records a value of {config.monitor})"
   return latest, "the latest"
 
 
