@@ -99,6 +99,23 @@ def test_the_gpus_static_block_loops_run_in_every_parallel_mode(monkeypatch, mod
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_a_multi_process_setting_without_a_coordinator_is_an_error_in_the_cli(tmp_path,
+                                                                             monkeypatch,
+                                                                             capsys):
+  # It trained alone as process 0, silently (the others would wait for it).
+  monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+  for over in (["--config.distributed.num_processes=2", "--config.distributed.process_id=1"],
+               ["--config.distributed.num_processes=4"]):
+    assert cli.main(["train", "--config", "xor", "--workdir", str(tmp_path / "run"),
+                     *over]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ask for a multi-process run, but no coordinator is named" \
+        in err[0], err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+  spec = make_config(distributed__num_processes=1, distributed__process_id=0).distributed
+  assert parallel.initialize_distributed(spec) is False  # One process: nothing to start.
+
+
 def test_batch_not_divisible_names_values_and_remedy():
   with pytest.raises(JdlError) as e:
     parallel.check_batch_size(100, 8)

@@ -174,6 +174,15 @@ def initialize_distributed(spec) -> bool:
   if jax.distributed.is_initialized():
     return jax.process_count() > 1
   address = spec.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+  if spec.initialize == "auto" and not address and (
+      int(spec.num_processes) > 1 or int(spec.process_id) > 0):
+    # It would train alone as process 0, silently, while the others wait for it.
+    raise JdlError(
+        f"distributed.num_processes={spec.num_processes} and process_id={spec.process_id} "
+        "ask for a multi-process run, but no coordinator is named: set "
+        "distributed.coordinator_address (or $JAX_COORDINATOR_ADDRESS) to process 0's "
+        "HOST:PORT, or distributed.initialize='always' to let JAX find it (SLURM, Open MPI, "
+        "a Cloud TPU pod)")
   if spec.initialize == "never" or (spec.initialize == "auto" and not address):
     return False
   if address and not spec.coordinator_address:  # The config's: check_distributed.
