@@ -1746,3 +1746,18 @@ def test_an_empty_regression_test_split_is_no_test_split(tmp_path):
   assert int(result.state.step) == 90 // 64  # 10 of the 100 rows validate.
   assert (tmp_path / "plots" / "loss.png").is_file()
   assert not (tmp_path / "plots" / "predictions_test.png").exists()
+
+
+def test_a_run_stopped_past_fewer_epochs_says_so_when_asked_for_fewer(tmp_path, capsys):
+  # Stopped mid-epoch 2 and re-run with num_epochs=1: "training already complete", with
+  # nothing said of the steps past epoch 1 (whole epochs past it were said).
+  with pytest.raises(KeyboardInterrupt):
+    jdl.fit(make_config(num_epochs=2, checkpoint_every_steps=4), tmp_path, quiet=True,
+            callbacks=[_Crash(at_step=30)])
+  capsys.readouterr()
+  fewer = jdl.fit(make_config(num_epochs=1, checkpoint_every_steps=4), tmp_path)
+  spe = fewer.trainer.steps_per_epoch
+  step = int(fewer.state.step)
+  assert spe < step < 2 * spe
+  assert (f"training already complete in this workdir (1 epoch and {step - spe} steps, more "
+          "than num_epochs=1: nothing is undone)") in capsys.readouterr().out

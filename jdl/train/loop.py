@@ -822,8 +822,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       if epoch < self.num_epochs:
         why = (f" (early stopping ended it at epoch {epoch}; num_epochs={self.num_epochs} does "
                "not restart it: use --restart, or another workdir, to train longer)")
-      elif epoch > self.num_epochs:
-        why = f" ({epoch} epochs, more than num_epochs={self.num_epochs}: nothing is undone)"
+      elif epoch > self.num_epochs or start % spe:  # A run stopped mid-epoch counts too.
+        done = f"{epoch} epoch{'s' * (epoch != 1)}" + (
+            f" and {start % spe} steps" if start % spe else "")
+        why = f" ({done}, more than num_epochs={self.num_epochs}: nothing is undone)"
       self.log("training already complete" + (" in this workdir" if self.workdir else "")
                + why)
     else:
