@@ -211,6 +211,13 @@ class Checkpointer:
           self.directory, options=options, item_names=("tree", "meta"),
           item_handlers={"tree": ocp.PyTreeCheckpointHandler(use_compression=compression)})
     except Exception as e:  # noqa: BLE001 (what find_damaged cannot see: many types)
+      gone = getattr(e, "filename", None)
+      if (isinstance(e, FileNotFoundError) and gone and Path(gone).parent == self.directory
+          and not Path(gone).exists()):  # A step pruned while orbax listed the steps.
+        raise StepRemoved(f"the checkpoint at step {Path(gone).name} in {self.directory} was "
+                          "removed while the checkpoints were opened (a run in progress "
+                          "there keeps only its last keep_checkpoints steps); run the "
+                          "command again") from None
       failure = machine_failure("the checkpoints", self.directory, e)
       raise failure or JdlError(
           f"the checkpoints in {self.directory} could not be opened ({error_summary(e)}); "

@@ -954,3 +954,19 @@ def test_rerunning_a_finished_early_stopped_run_restores_the_same_best_state(tmp
   again = jdl.fit(config, tmp_path, quiet=True)
   chex.assert_trees_all_equal(first.state.params, again.state.params)
   assert first.test_metrics == again.test_metrics
+
+
+def test_a_step_pruned_while_the_checkpoints_are_opened_says_run_again(tmp_path, monkeypatch):
+  # A reader opening the checkpoints of a run in progress: orbax listed a step that the
+  # run then pruned, and the error advised moving folders aside or --restart.
+  from orbax import checkpoint as ocp
+  directory = (tmp_path / "checkpoints").resolve()
+  directory.mkdir()
+
+  def pruned(*args, **kwargs):
+    raise FileNotFoundError(2, "No such file or directory", str(directory / "9760"))
+
+  monkeypatch.setattr(ocp, "CheckpointManager", pruned)
+  with pytest.raises(jdl.checkpoint.StepRemoved, match=r"^the checkpoint at step 9760 in .* "
+                     r"was removed while the checkpoints were opened .* run the command again$"):
+    jdl.Checkpointer(directory)
