@@ -179,9 +179,9 @@ class Checkpointer:
     check_directory_name(self.directory)
     policies: list[Any] = [ocm.LatestN(n=keep)]
     best_fn = None
-    self._best = (best_metric, math.inf if best_mode == "min" else -math.inf)
+    worst = math.inf if best_mode == "min" else -math.inf  # Where a step without it ranks.
+    self._best = (best_metric, worst)
     if best_metric:
-      worst = math.inf if best_mode == "min" else -math.inf
       best_fn = functools.partial(_rank, metric=best_metric, worst=worst)
       policies.append(ocm.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1,
                                 keep_checkpoints_without_metrics=False))

@@ -7,9 +7,12 @@ CLI prints such an error as one line and exits with status 2; anything else is a
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
+
+import numpy as np
 
 T = TypeVar("T")
 
@@ -58,6 +61,11 @@ def lookup(kind: str, name: str, table: Mapping[str, T]) -> T:
         f"unknown {kind} {name!r}{did_you_mean(name, table) or ';'} valid names: "
         f"{', '.join(sorted(table))}"
     ) from None
+
+
+def is_integer(value: object) -> bool:
+  """Whether ``value`` is an integer, Python's or numpy's, and not a bool."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def did_you_mean(word: object, choices: Iterable[object]) -> str:

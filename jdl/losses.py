@@ -36,7 +36,7 @@ def _per_example(x: jax.Array) -> jax.Array:
   return jnp.mean(x, axis=tuple(range(1, x.ndim)))
 
 
-def _float(x: jax.Array) -> jax.Array:
+def widen(x: jax.Array) -> jax.Array:
   """``x`` as a float array of at least float32.
 
   Half-precision outputs (a bfloat16 or float16 model) are widened: a softmax's
@@ -59,7 +59,7 @@ def _match(outputs: jax.Array, targets: jax.Array,
   Raises:
     JdlError: the two hold different numbers of elements.
   """
-  outputs = _float(outputs)
+  outputs = widen(outputs)
   targets = jnp.asarray(targets)
   if targets.shape != outputs.shape:
     errors.require(
@@ -153,7 +153,7 @@ def sparse_categorical_crossentropy(
   Returns:
     ``[B]``.
   """
-  outputs = _float(outputs)
+  outputs = widen(outputs)
   targets = jnp.asarray(targets)
   errors.require(
       targets.size * outputs.shape[-1] == outputs.size,

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl import _registry, errors
+from jdl import losses as losses_lib
 
 Group = dict[str, jax.Array]
 State = dict[str, Group]
@@ -489,7 +490,7 @@ def _classify(
   # The logit margin ranks examples like the softmax probability of class 1,
   # without the float32 saturation of the probability near 0 and 1.
   # In float32 at least: a bfloat16 difference ties distinct margins (float16 overflows).
-  wide = outputs.astype(_at_least_float32(outputs.dtype))
+  wide = losses_lib.widen(outputs)
   score = wide[:, 1] - wide[:, 0] if num_classes == 2 else None
   return _Classified(outputs, preds, _labels(targets, batch, num_classes), score)
 
@@ -591,14 +592,6 @@ def _regression_group(
   return {"count": n, "mean": mean, "m2": m2, "sse": jnp.sum(sq, axis=0)}
 
 
-def _at_least_float32(dtype) -> jnp.dtype:
-  """float32, or ``dtype`` if it is a wider float (by width: strict dtype promotion
-  refuses ``promote_types(bfloat16, float32)``)."""
-  dtype = jnp.dtype(dtype)
-  wide = jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize >= 4
-  return dtype if wide else jnp.dtype(jnp.float32)
-
-
 def _as_regression(
     outputs: jax.Array, targets: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -608,9 +601,9 @@ def _as_regression(
       f"targets of shape {targets.shape} do not match outputs of shape"
       f" {outputs.shape}",
   )
-  dtype = _at_least_float32(outputs.dtype)
+  outputs = losses_lib.widen(outputs)
   shape = (outputs.shape[0], math.prod(outputs.shape[1:]))
-  return outputs.reshape(shape).astype(dtype), targets.reshape(shape).astype(dtype)
+  return outputs.reshape(shape), targets.reshape(shape).astype(outputs.dtype)
 
 
 def _mask(mask: jax.Array | None, batch: int) -> jax.Array:

@@ -213,6 +213,12 @@ class MixupTargets(NamedTuple):
   y_b: jax.Array
   lam: jax.Array
 
+  def mixed(self) -> jax.Array:
+    """The mixed targets ``lam y_a + (1 - lam) y_b`` (float targets: values, images,
+    one-hot or soft labels), in ``y_a``'s dtype."""
+    lam = self.lam.reshape((-1,) + (1,) * (self.y_a.ndim - 1)) if self.lam.ndim else self.lam
+    return (lam * self.y_a + (1.0 - lam) * self.y_b).astype(self.y_a.dtype)
+
 
 def mixup(key: Key, x: jax.Array, y: jax.Array, alpha: float, *,
           per_example: bool = False) -> tuple[jax.Array, MixupTargets]:
@@ -262,8 +268,7 @@ def mixup_loss(loss: Callable[[jax.Array, Any], jax.Array]) -> Callable[[jax.Arr
       return loss(outputs, targets)
     lam, y_a, y_b = targets.lam, targets.y_a, targets.y_b
     if jnp.issubdtype(y_a.dtype, jnp.floating):
-      lam_y = lam.reshape((-1,) + (1,) * (y_a.ndim - 1)) if lam.ndim else lam
-      return loss(outputs, (lam_y * y_a + (1.0 - lam_y) * y_b).astype(y_a.dtype))
+      return loss(outputs, targets.mixed())
     return lam * loss(outputs, y_a) + (1.0 - lam) * loss(outputs, y_b)
 
   return mixed

@@ -24,7 +24,7 @@ from jdl.data.validate import check_example_shapes
 from jdl.data.validate import check_stray_label
 from jdl.data.validate import require_finite
 from jdl.data.validate import validate_arrays
-from jdl.errors import JdlError, lookup
+from jdl.errors import JdlError, is_integer, lookup
 
 
 def _sklearn_datasets():
@@ -624,12 +624,8 @@ _LOADERS: dict[str, Callable[[_Request], Dataset]] = {
 DATASETS: tuple[str, ...] = tuple(sorted(_LOADERS))
 
 
-def _is_int(value) -> bool:
-  return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _is_number(value) -> bool:
-  return _is_int(value) or isinstance(value, (float, np.floating))
+  return is_integer(value) or isinstance(value, (float, np.floating))
 
 
 def _check_types(**args) -> None:
@@ -641,8 +637,8 @@ def _check_types(**args) -> None:
       "data_dir": isinstance(path, (str, os.PathLike))
                   and isinstance(os.fspath(path), str),
       "test_split": _is_number(args["test_split"]),
-      "seed": _is_int(args["seed"]),
-      "n_samples": args["n_samples"] is None or _is_int(args["n_samples"]),
+      "seed": is_integer(args["seed"]),
+      "n_samples": args["n_samples"] is None or is_integer(args["n_samples"]),
       "noise": args["noise"] is None or _is_number(args["noise"]),
       "download": isinstance(args["download"], (bool, np.bool_)),
       "text": args["text"] is None or isinstance(args["text"], text_data.TextOptions),

@@ -26,6 +26,7 @@ import numpy as np
 
 from jdl import regularizers
 from jdl.data import augment as augment_lib
+from jdl.data import pipeline
 from jdl.errors import JdlError
 from jdl.generative import objectives
 from jdl.generative.gan import GANState
@@ -82,9 +83,7 @@ class ReconstructionTask(steps_lib.SupervisedTask):
     if "mse" in names:
       target = batch["y"]
       if isinstance(target, augment_lib.MixupTargets):  # The one the loss scores.
-        lam = target.lam.reshape((-1,) + (1,) * (target.y_a.ndim - 1)) if target.lam.ndim \
-            else target.lam
-        target = lam * target.y_a + (1.0 - lam) * target.y_b
+        target = target.mixed()
       err = jnp.square(jax.nn.sigmoid(outputs) - target)
       out["mse"] = mean_group(jnp.mean(err.reshape(err.shape[0], -1), axis=1), mask)
     return out
@@ -151,6 +150,14 @@ def binarize_eval_inputs(x: np.ndarray, *, seed: int = 0) -> np.ndarray:
   """
   key = jax.random.key(seed)
   return np.asarray(jax.random.bernoulli(key, jnp.asarray(x))).astype(np.float32)
+
+
+def binarized_split(x: np.ndarray, y: Any) -> pipeline.Split:
+  """A dynamic-binarization VAE's evaluation split: :func:`binarize_eval_inputs` of
+  its images ``x`` as the inputs, the grey ``x`` kept as ``images`` (generated
+  images are compared with those)."""
+  x = np.asarray(x)
+  return pipeline.Split(jnp.asarray(binarize_eval_inputs(x)), jnp.asarray(y), images=x)
 
 
 # ------------------------------------------------------------ construction

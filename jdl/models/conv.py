@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-import numbers
 from collections.abc import Sequence
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jdl import errors
 
@@ -227,9 +225,7 @@ class Conv(nn.Module):
     return y
 
 
-def _int(v: Any) -> bool:
-  """An integer as flax.linen.Conv takes it: Python's or numpy's, not a bool."""
-  return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+_int = errors.is_integer  # An integer as flax.linen.Conv takes it.
 
 
 def _positive_ints(values: Sequence[Any]) -> bool:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterable, Sequence
 import dataclasses
-import numbers
 import re
 
 import numpy as np
 
-from jdl.errors import JdlError
+from jdl.errors import JdlError, is_integer
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIALS = (PAD, UNK, BOS, EOS)
@@ -49,17 +48,13 @@ def tokenize(text: str, *, level: str = "word", lowercase: bool = True) -> list[
   return list(_WS.sub(" ", text.strip()))
 
 
-def _is_int(value) -> bool:
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def check_vocab_options(min_freq: int, max_size: int) -> None:
   """Raises ``JdlError`` for a ``min_freq`` (``sequence.min_freq``) that is not an
   integer >= 1, or a ``max_size`` (``sequence.max_vocab``) that is not an integer or
   that the special tokens alone would fill (``None`` is 0, no limit)."""
-  if not _is_int(min_freq):
+  if not is_integer(min_freq):
     raise JdlError(f"sequence.min_freq must be an integer >= 1, got {min_freq!r}")
-  if max_size is not None and not _is_int(max_size):
+  if max_size is not None and not is_integer(max_size):
     raise JdlError(f"sequence.max_vocab must be an integer, 0 (no limit) or > "
                    f"{len(SPECIALS)} (the special tokens), got {max_size!r}")
   if min_freq < 1:
@@ -215,9 +210,9 @@ def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int | None = None,
   for name, v in (("padding", padding), ("truncating", truncating)):
     if v not in PADDING:
       raise JdlError(f"{name} must be 'pre' or 'post', got {v!r}")
-  if not _is_int(value):
+  if not is_integer(value):
     raise JdlError(f"pad_sequences: value (the fill id) must be an integer, got {value!r}")
-  if maxlen is not None and not _is_int(maxlen):
+  if maxlen is not None and not is_integer(maxlen):
     raise JdlError(f"maxlen must be an integer >= 1 (or None or 0: the longest sequence), "
                    f"got {maxlen!r}")
   rows = [_token_ids(s, i) for i, s in enumerate(sequences)]

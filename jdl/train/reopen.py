@@ -240,9 +240,7 @@ def evaluate_run(config: ml_collections.ConfigDict | str | Path | None,
     # Scored as the val and test splits are: on one fixed binary draw of its images
     # (it trains on a fresh draw each step; its grey images are no Bernoulli targets).
     from jdl.generative import tasks as gen_tasks
-    images = np.asarray(data.x)
-    data = data_lib.pipeline.Split(jax.numpy.asarray(gen_tasks.binarize_eval_inputs(images)),
-                                   data.y, images=images)
+    data = gen_tasks.binarized_split(data.x, data.y)
   results = trainer.evaluate_split(data)
   trainer.load_judge_or_warn()
   return ({**results, **trainer.sequence_scores(data), **trainer.generative_scores(data)},

@@ -202,8 +202,7 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
     elif (config.task == "vae" and config.generative.binarize == "dynamic"
           and split != "train"):
       # Scored as binary images; its grey decoder means are compared with the grey ones.
-      return pipeline.Split(jnp.asarray(gen_tasks.binarize_eval_inputs(x)), jnp.asarray(y),
-                            images=np.asarray(x))
+      return gen_tasks.binarized_split(x, y)
     return pipeline.Split(jnp.asarray(x), jnp.asarray(y))
 
   return RunData(train=put(x_tr, y_tr, "train"), val=put(x_val, y_val, "val"),
