@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdl import _registry, errors
-from jdl import losses as losses_lib
 
 Group = dict[str, jax.Array]
 State = dict[str, Group]
@@ -490,7 +489,7 @@ def _classify(
   # The logit margin ranks examples like the softmax probability of class 1,
   # without the float32 saturation of the probability near 0 and 1.
   # In float32 at least: a bfloat16 difference ties distinct margins (float16 overflows).
-  wide = losses_lib.widen(outputs)
+  wide = _widen(outputs)
   score = wide[:, 1] - wide[:, 0] if num_classes == 2 else None
   return _Classified(outputs, preds, _labels(targets, batch, num_classes), score)
 
@@ -592,6 +591,14 @@ def _regression_group(
   return {"count": n, "mean": mean, "m2": m2, "sse": jnp.sum(sq, axis=0)}
 
 
+def _widen(x: jax.Array) -> jax.Array:
+  """``x`` as floats of at least float32 (:func:`jdl.losses.widen`'s rule; a floor,
+  this module imports no other, ARCHITECTURE principle 5). By width: strict dtype
+  promotion refuses ``promote_types(bfloat16, float32)``."""
+  wide = jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize >= 4
+  return x if wide else x.astype(jnp.float32)
+
+
 def _as_regression(
     outputs: jax.Array, targets: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -601,7 +608,7 @@ def _as_regression(
       f"targets of shape {targets.shape} do not match outputs of shape"
       f" {outputs.shape}",
   )
-  outputs = losses_lib.widen(outputs)
+  outputs = _widen(outputs)
   shape = (outputs.shape[0], math.prod(outputs.shape[1:]))
   return outputs.reshape(shape), targets.reshape(shape).astype(outputs.dtype)
 
