@@ -392,6 +392,9 @@ CONFIG_ONLY_REFUSALS = [
     ("loss=mse label_smoothing=0.1", "label_smoothing applies to categorical_crossentropy"),
     ("sequence.min_freq=0", "sequence.min_freq must be >= 1"),
     ("sequence.max_vocab=3", "sequence.max_vocab must be 0 (no limit) or > 4"),
+    # Keys the digits run does not read are checked too: a bad value is a typo.
+    ("sequence.seq_len=1", "sequence.seq_len (the adding problem's length) must be an integer >= 2"),
+    ("sequence.padding=middle", "sequence.padding must be 'pre' or 'post', got 'middle'"),
     ("task=vae model.name=vae normalize=none metrics=('accuracy',)",
      "'accuracy' is not a metric of task 'vae'"),
 ]

@@ -150,6 +150,29 @@ def test_sst2_loader_builds_vocab_on_train_and_pads(tmp_path):
   assert d2.vocab["text"] is other and d2.x_test[1].tolist() == [4, 1, 1, 0]
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("padding", "middle", r"sequence\.padding must be 'pre' or 'post', got 'middle'"),
+    ("truncating", 1, r"sequence\.truncating must be 'pre' or 'post', got 1"),
+    ("level", "sentence", r"sequence\.level must be 'word' or 'char', got 'sentence'"),
+    ("lowercase", "yes", r"sequence\.lowercase must be True or False, got 'yes'"),
+    ("maxlen", -1, r"sequence\.maxlen must be an integer >= 0 .*got -1"),
+    ("maxlen", 2.5, r"sequence\.maxlen must be an integer >= 0 .*got 2\.5"),
+    ("maxlen", True, r"sequence\.maxlen must be an integer >= 0 .*got True"),
+    ("seq_len", 1, r"sequence\.seq_len \(the adding problem's length\) must be an integer >= 2"),
+    ("min_freq", 0, r"sequence\.min_freq must be >= 1, got 0"),
+    ("max_vocab", 2, r"sequence\.max_vocab must be 0 \(no limit\) or > 4"),
+])
+def test_text_options_refuse_a_bad_field_whichever_dataset_reads_it(field, value, message):
+  # Each was accepted by the datasets that do not read it, and lowercase='yes' by sst2
+  # too (as True); the Python API now refuses them as the CLI's config check does.
+  with pytest.raises(JdlError, match=rf"^{message}"):
+    text_data.TextOptions(**{field: value})
+  sequence = {**base_config().sequence.to_dict(), field: value}
+  with pytest.raises(JdlError, match=rf"^{message}"):
+    text_data.TextOptions.from_config(sequence)
+  assert text_data.TextOptions(lowercase=np.bool_(False), maxlen=np.int64(3)).maxlen == 3
+
+
 # Each structural sequence key, another value of it, and the datasets (loaded with
 # both values) whose arrays it changes: the others ignore it.
 _SEQUENCE_CHANGES = {"maxlen": 3, "padding": "pre", "truncating": "pre", "level": "char",

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jdl.data import download as download_lib
-from jdl.errors import JdlError
+from jdl.errors import JdlError, is_integer
 from jdl.sequence import text as text_lib
 
 
@@ -41,10 +41,27 @@ class TextOptions:
   min_freq: int = 1
   max_vocab: int = 0
   seq_len: int = 100
-  target_maxlen: int = 0
+
+  def __post_init__(self):
+    # Every field is checked, whichever dataset reads it: a bad value is a typo.
+    for key in ("padding", "truncating"):
+      if getattr(self, key) not in text_lib.PADDING:
+        raise JdlError(f"sequence.{key} must be 'pre' or 'post', got {getattr(self, key)!r}")
+    if self.level not in text_lib.LEVELS:
+      raise JdlError(f"sequence.level must be 'word' or 'char', got {self.level!r}")
+    if not isinstance(self.lowercase, (bool, np.bool_)):
+      raise JdlError(f"sequence.lowercase must be True or False, got {self.lowercase!r}")
+    if not is_integer(self.maxlen) or self.maxlen < 0:
+      raise JdlError(f"sequence.maxlen must be an integer >= 0 (0: the longest train "
+                     f"text), got {self.maxlen!r}")
+    if not is_integer(self.seq_len) or self.seq_len < 2:
+      raise JdlError(f"sequence.seq_len (the adding problem's length) must be an integer "
+                     f">= 2, got {self.seq_len!r}")
+    text_lib.check_vocab_options(self.min_freq, self.max_vocab)
 
   @classmethod
   def from_config(cls, seq) -> TextOptions:
+    """The options of ``config.sequence``; raises ``JdlError`` for a bad value."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: seq[k] for k in names if k in seq})
 

@@ -24,13 +24,13 @@ from jdl import metrics as metrics_lib
 from jdl import models as models_lib
 from jdl import regularizers
 from jdl.data import augment as augment_lib
+from jdl.data import text as text_data
 from jdl.errors import JdlError
 from jdl.generative import tasks as gen_tasks
 from jdl.optim import masks
 from jdl.optim import plateau
 from jdl.optim import schedules
 from jdl.optim._chain import validate_optimizer
-from jdl.sequence import text as text_lib
 from jdl.train import parallel as parallel_lib
 
 NORMALIZERS = ("featurewise", "featurewise_center", "global", "none")
@@ -157,15 +157,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise JdlError(f"checkpoint_every_epochs must be >= 1, got {config.checkpoint_every_epochs}")
   diagnostics_lib.validate_config(config)
   seq = config.sequence
-  for key in ("padding", "truncating"):
-    if seq[key] not in text_lib.PADDING:
-      raise JdlError(f"sequence.{key} must be 'pre' or 'post', got {seq[key]!r}")
-  if seq.level not in text_lib.LEVELS:
-    raise JdlError(f"sequence.level must be 'word' or 'char', got {seq.level!r}")
-  for key in ("maxlen", "max_vocab", "beam_size", "decode_max_len"):
+  text_data.TextOptions.from_config(seq)  # Raises for a bad tokenizer or data key.
+  for key in ("beam_size", "decode_max_len"):
     if int(seq[key]) < 0:
       raise JdlError(f"sequence.{key} must be >= 0, got {seq[key]}")
-  text_lib.check_vocab_options(int(seq.min_freq), int(seq.max_vocab))
   _check_finite(config.to_dict())
 
 
