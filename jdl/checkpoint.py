@@ -919,6 +919,13 @@ def validate_meta(meta: Any, step: int) -> None:
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
       raise JdlError(f"checkpoint {step}: history {name!r} is not a list of numbers")
   _validate_warning_counts(meta.get("warnings", {}), step)
+  stopped = meta.get("stopped")  # Optional: a callback ended the run at this epoch.
+  if stopped is not None and not (
+      isinstance(stopped, dict) and set(stopped) == {"epoch", "by"}
+      and isinstance(stopped["epoch"], int) and not isinstance(stopped["epoch"], bool)
+      and stopped["epoch"] >= 1 and isinstance(stopped["by"], str)):
+    raise JdlError(f"checkpoint {step}: metadata 'stopped' is not a record of the epoch "
+                   f"a callback stopped the run at ({str(stopped)[:80]})")
 
 
 def _validate_warning_counts(warnings: Any, step: int) -> None:

@@ -458,8 +458,10 @@ def _predict(args, overrides) -> int:
   else:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs = e / e.sum(axis=1, keepdims=True)
+  classes = tuple(trainer.config.classes)  # A run on a subset of classes: their ids.
   for text, p in zip(args.text, probs):
-    print(json.dumps({"text": text, "label": int(np.argmax(p)),
+    label = int(np.argmax(p))
+    print(json.dumps({"text": text, "label": int(classes[label]) if classes else label,
                       "probabilities": [round(float(v), 4) for v in p]}))
   return 0
 

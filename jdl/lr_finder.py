@@ -5,7 +5,11 @@ A short training run whose learning rate grows geometrically from ``min_lr`` to
 fed to the experiment's own optimizer), recording the training loss of every
 step. The loss is smoothed by an exponential moving average with bias correction
 (``beta = 0.98``, as in fastai); the run stops early once the smoothed loss
-exceeds ``diverge_factor`` (4) times its best value, or is not finite.
+exceeds ``diverge_factor`` (4) times its best value, or is not finite. A loss that
+can be negative (a log-likelihood of densities, a loss of your own) has no such
+ratio: at a best value ``<= 0`` the run stops once the smoothed loss rises above it
+by ``diverge_factor - 1`` times the larger of ``|best|`` and its descent from the
+first smoothed loss (:func:`divergence_limit`).
 
 The suggestion is the **smaller** of two rules of thumb, both printed:
 
@@ -46,6 +50,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jdl import _plotting
 from jdl import data as data_lib
 from jdl import optim
 from jdl.data import pipeline
@@ -131,6 +136,27 @@ def suggest_lr(learning_rates: np.ndarray, smoothed: np.ndarray, skip: int = 0) 
   return float(rates[int(np.argmin(slope))])
 
 
+def divergence_limit(best: float, first: float, diverge_factor: float) -> float:
+  """The smoothed loss above which the range test stops (the loss diverged).
+
+  ``diverge_factor * best`` for a positive ``best`` (fastai's test); for
+  ``best <= 0``, where a ratio means nothing (``4 * -2.7`` lies *below* ``-2.7``),
+  ``best + (diverge_factor - 1) * max(|best|, first - best)``: a rise measured on
+  the loss's own scale, its magnitude or how far it has fallen.
+
+  Args:
+    best: the smallest smoothed loss so far.
+    first: the first step's smoothed loss.
+    diverge_factor: > 1.
+
+  Returns:
+    The limit; the run has diverged once a smoothed loss exceeds it.
+  """
+  if best > 0:
+    return diverge_factor * best
+  return best + (diverge_factor - 1) * max(-best, first - best)
+
+
 def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | None = None,
             model: nn.Module | None = None, min_lr: float = 1e-7, max_lr: float = 10.0,
             steps: int = 100, beta: float = 0.98,
@@ -155,7 +181,8 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
     max_lr: the last step's learning rate.
     steps: the most steps to run (fewer if the loss diverges).
     beta: the moving average's decay.
-    diverge_factor: stop once the smoothed loss exceeds this times its best.
+    diverge_factor: stop once the smoothed loss exceeds this times its best (for a
+      best value <= 0, see :func:`divergence_limit`).
 
   Returns:
     An :class:`LRFinderResult`.
@@ -219,7 +246,7 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
     avg = beta * avg + (1 - beta) * loss
     s = avg / (1 - beta ** (t + 1))
     smoothed.append(s)
-    if not math.isfinite(s) or s > diverge_factor * best:
+    if not math.isfinite(s) or s > divergence_limit(best, smoothed[0], diverge_factor):
       diverged = True
       break
     best = min(best, s)
@@ -243,18 +270,19 @@ def find_lr(config: ml_collections.ConfigDict, *, dataset: data_lib.Dataset | No
 def plot_lr_finder(result: LRFinderResult, path: str | Path) -> Path:
   """Writes the smoothed (and raw) loss against the learning rate, log x axis, as PNG.
 
-  The suggested learning rate is marked with a vertical line and a dot.
+  The suggested learning rate is marked with a vertical line and a dot. The y axis
+  shows the descent up to the smallest smoothed loss (the divergence leaves the
+  top), or the whole finite curve where the loss rose from the first step. The
+  figure is drawn on its own Agg canvas: matplotlib's backend and pyplot's figures
+  (a notebook's) are left as they were.
 
   Returns:
     The path written.
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = _plotting.figure((6, 4))
+  ax = fig.add_subplot(1, 1, 1)
   ax.plot(result.learning_rates, result.losses, color="0.75", lw=0.8, label="loss")
   ax.plot(result.learning_rates, result.smoothed, color="C0", label="smoothed loss")
   k = int(np.argmin(np.abs(np.log(result.learning_rates) - math.log(result.suggestion))))
@@ -264,19 +292,20 @@ def plot_lr_finder(result: LRFinderResult, path: str | Path) -> Path:
   ax.set_xscale("log")
   finite = np.where(np.isfinite(result.smoothed), result.smoothed, np.inf)
   if np.isfinite(finite).any():
-    # Show the descent up to the smallest smoothed loss; the divergence leaves the top.
     k_min = int(np.argmin(finite))
-    lo, hi = float(finite[k_min]), float(np.max(finite[:k_min + 1]))
+    # The descent up to the smallest smoothed loss; a loss that rose from the first
+    # step has none (a range of one point): then the whole finite curve.
+    shown = finite[:k_min + 1] if k_min > 0 else finite[np.isfinite(finite)]
+    lo, hi = float(finite[k_min]), float(np.max(shown))
     pad = 0.1 * (hi - lo) + 1e-6 * max(abs(lo), 1.0)
-    ax.set_ylim(lo - pad, hi + 3 * pad)
+    ax.set_ylim(lo - pad, hi + (3 if k_min > 0 else 1) * pad)
   ax.set_xlabel("learning rate")
   ax.set_ylabel("training loss")
   ax.set_title("learning-rate range test")
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path
 
-__all__ = ["LRFinderResult", "lr_schedule", "smooth_losses", "suggest_lr", "find_lr",
-    "plot_lr_finder"]
+__all__ = ["LRFinderResult", "lr_schedule", "smooth_losses", "suggest_lr",
+    "divergence_limit", "find_lr", "plot_lr_finder"]

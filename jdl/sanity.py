@@ -178,13 +178,18 @@ def _first_fit(trainer, x, y, *, steps: int, rates: tuple[float, ...], key) -> C
 
 def _first_step_loss(model, loss, params, model_state, x, y):
   """The mean data loss as the first train step computes it, less its noise and
-  penalties: no dropout (``model`` has none: :func:`_without_dropout`), and batch
-  norm on the batch's statistics. A fresh model's running statistics (mean 0,
-  variance 1) normalise nothing: in eval mode ResNet-20's residual sums grow
-  unchecked (loss 7.0 where its first step's is 2.3)."""
+  penalties: no dropout (``model`` has none: :func:`_without_dropout`; a user's
+  ``nn.Dropout`` layers keep one fixed mask), and batch norm on the batch's
+  statistics. A fresh model's running statistics (mean 0, variance 1) normalise
+  nothing: in eval mode ResNet-20's residual sums grow unchecked (loss 7.0 where
+  its first step's is 2.3)."""
   variables = {"params": params, **model_state}
   if model_state:
-    outputs, _ = model.apply(variables, x, train=True, mutable=list(model_state))
+    # A user's model may hold dropout that no *dropout_rate field turns off (an
+    # nn.Dropout(deterministic=not train)): train mode needs its key. A fixed one, so
+    # that every call (gradcheck's shifted parameters) draws the same mask.
+    outputs, _ = model.apply(variables, x, train=True, mutable=list(model_state),
+                             rngs={"dropout": jax.random.key(0)})
   else:
     outputs = model.apply(variables, x, train=False)
   return jnp.mean(loss(outputs, y))
@@ -292,6 +297,7 @@ def check_overfit(trainer, x: jax.Array, y: jax.Array, *, steps: int, learning_r
     if done or i == steps:
       break
     params, model_state, opt_state = new[:3]
+  what = ""  # What else than the loss a FAIL reports: a classifier's accuracy.
   if classification:
     goal = "100% training accuracy and the loss " + (
         f"below 10% of its start ({first:.3g})" if floor == 0 else
@@ -304,7 +310,6 @@ def check_overfit(trainer, x: jax.Array, y: jax.Array, *, steps: int, learning_r
   else:
     goal = (f"loss < 1% of that of predicting the mean target ({floor:.3g})" if floor > 0
             else f"loss < 1% of its initial {first:.3g}")
-    what = ""
   if done:
     message = (f"{goal} on {n} examples after {i} Adam steps (lr {learning_rate:g}); "
                f"loss {value:.4g}")
@@ -445,10 +450,12 @@ def check_data(trainer) -> list[CheckResult]:
     share = counts / counts.sum()
     lo, hi = float(share.min()), float(share.max())
     ok = lo > 0 and lo >= 0.1 * hi
+    classes = tuple(trainer.config.classes)  # A subset's ids, as the dataset numbers them.
+    name = lambda i: int(classes[i]) if classes else int(i)  # noqa: E731
     results.append(CheckResult(
         "data_balance", PASS if ok else FAIL,
-        f"{data.num_classes} classes, class share min {lo:.3f} (class {int(share.argmin())}) "
-        f"max {hi:.3f} (class {int(share.argmax())}) over {counts.sum()} train examples"
+        f"{data.num_classes} classes, class share min {lo:.3f} (class {name(share.argmin())}) "
+        f"max {hi:.3f} (class {name(share.argmax())}) over {counts.sum()} train examples"
         + ("" if ok else "; a class is missing or 10x rarer than the most common"),
         {"min_share": lo, "max_share": hi, "counts": counts.tolist()}))
   else:

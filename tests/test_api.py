@@ -151,10 +151,12 @@ def test_readme_callback_example_runs(tmp_path, monkeypatch, capsys):
   meta = jdl.Checkpointer(tmp_path / "runs" / "callbacks" / "checkpoints").restore_meta(
       result.trainer.step)
   assert meta["callbacks"]["StopAtAccuracy"] == {"epochs": 1}
+  # The stop ended the run, as early stopping's does: a re-run trains nothing (it
+  # trained an epoch more each time), and the callback's state is restored.
   again = namespace["StopAtAccuracy"](0.999)
-  config.num_epochs = 2
-  jdl.fit(config, tmp_path / "runs" / "callbacks", callbacks=[again], quiet=True)
-  assert again.epochs == 2  # 1 restored from the checkpoint, then epoch 2.
+  rerun = jdl.fit(config, tmp_path / "runs" / "callbacks", callbacks=[again], quiet=True)
+  assert again.epochs == 1 and rerun.history == result.history
+  assert rerun.trainer.step == result.trainer.step
 
 
 @pytest.mark.parametrize("module", sorted({*PUBLIC, "jdl.lr_finder", "jdl.regularizers",

@@ -370,6 +370,31 @@ BAD_INPUTS = {
         [np.ones((8, 8))], [None], tmp / "x.png", ncols=-1), "ncols"),
     "overlay_dpi": (lambda m, xn, tmp: explain.save_overlay(
         np.ones((8, 8)), None, tmp / "x.png", dpi=0), "dpi"),
+    # A raw ValueError (0: "cannot convert float NaN", < 0: "must be positive"), or a
+    # MemoryError for a dpi of 1e6 (9e12 pixels).
+    "overlay_figsize_zero": (lambda m, xn, tmp: explain.save_overlay(
+        np.ones((8, 8)), None, tmp / "x.png", figsize=(0, 0)),
+        r"^figsize\[0\] must be a finite number > 0, got 0$"),
+    "overlay_figsize_negative": (lambda m, xn, tmp: explain.save_overlay(
+        np.ones((8, 8)), None, tmp / "x.png", figsize=(3, -3)), r"figsize\[1\]"),
+    "overlay_figsize_scalar": (lambda m, xn, tmp: explain.save_overlay(
+        np.ones((8, 8)), None, tmp / "x.png", figsize=3), r"figsize must be \(width, height\)"),
+    "overlay_huge_dpi": (lambda m, xn, tmp: explain.save_overlay(
+        np.ones((8, 8)), None, tmp / "x.png", dpi=1e6),
+        r"^the PNG would be 3e\+06 x 3e\+06 pixels \(figsize \* dpi\), more than 67108864; "
+        r"give a smaller figsize or dpi$"),
+    "overlay_alpha_nan": (lambda m, xn, tmp: explain.save_overlay(
+        np.ones((8, 8)), np.ones((8, 8)), tmp / "x.png", alpha=float("nan")),
+        r"alpha must be an opacity in \[0, 1\], got nan"),
+    "overlay_grid_panel_size_zero": (lambda m, xn, tmp: explain.save_overlay_grid(
+        [np.ones((8, 8))], [None], tmp / "x.png", panel_size=0), "panel_size"),
+    "overlay_grid_panel_size_negative": (lambda m, xn, tmp: explain.save_overlay_grid(
+        [np.ones((8, 8))], [None], tmp / "x.png", panel_size=-1), "panel_size"),
+    "overlay_grid_huge": (lambda m, xn, tmp: explain.save_overlay_grid(
+        [np.ones((8, 8))] * 4, [None] * 4, tmp / "x.png", panel_size=1e4, dpi=1e3),
+        r"^the PNG would be 4e\+07 x 1e\+07 pixels \(panel_size \* dpi\), more than"),
+    "overlay_grid_alpha": (lambda m, xn, tmp: explain.save_overlay_grid(
+        [np.ones((8, 8))], [None], tmp / "x.png", alpha=1.5), r"alpha .* got 1\.5"),
 }
 
 
@@ -382,7 +407,7 @@ def test_bad_inputs_raise_one_line_jdl_errors(case, trained, tmp_path):
     with pytest.raises(JdlError, match=match) as info:
       call(m, xn, tmp_path)
   assert "\n" not in str(info.value)
-  assert not (tmp_path / "x.jpg").exists()
+  assert not (tmp_path / "x.jpg").exists() and not (tmp_path / "x.png").exists()
 
 
 def test_probabilities_of_a_single_logit_are_the_sigmoid_pair():
@@ -481,6 +506,33 @@ def test_explain_refuses_a_run_on_token_ids():
                         quiet=True)
   with pytest.raises(JdlError, match=r"jdl.explain attributes numeric inputs; this run takes "
                      r"token ids"):
+    explain.from_run(trainer)
+
+
+GENERATIVE = {
+    "vae": dict(task="vae", model__name="vae", model__hidden=(8,), model__latent=2),
+    "gan": dict(task="gan", model__name="mlp_gan", model__generator={"hidden": (8,)},
+                model__discriminator={"hidden": (8,)}, generative__latent_dim=2,
+                monitor=""),
+    "autoencoder": dict(task="autoencoder", model__name="dense_autoencoder",
+                        model__hidden=(8,), model__latent=2),
+}
+
+
+@pytest.mark.parametrize("task", sorted(GENERATIVE))
+def test_from_run_refuses_generative_runs_but_autoencoders(task):
+  # A GAN's state has no apply_fn (a raw AttributeError); a VAE's model needs a
+  # sampling key (a raw TypeError at the first attribution).
+  trainer = jdl.Trainer(make_config(normalize="none", metrics=(), **GENERATIVE[task]), None,
+                        quiet=True)
+  if task == "autoencoder":  # One function of the inputs: its outputs are explained.
+    x = trainer.data.train.x[:2]
+    m = explain.from_run(trainer)
+    assert explain.saliency(m.apply_fn, m.variables, m.normalize(x)).shape == x.shape
+    return
+  with pytest.raises(JdlError, match=rf"^from_run explains classification, regression and "
+                     rf"autoencoder runs, not task '{task}' \(its model is not one "
+                     r"deterministic function of the inputs alone\)"):
     explain.from_run(trainer)
 
 

@@ -96,6 +96,36 @@ def test_suggestion_on_linear_regression_is_below_divergence():
                                   float(result.learning_rates[0]))
 
 
+def _mse_minus_20(outputs, targets):
+  """mse shifted below zero: the same gradients, so the same run, at losses < 0."""
+  return jdl.losses.mse(outputs, targets) - 20.0
+
+
+def test_a_negative_loss_is_swept_as_its_positive_shift():
+  # `smoothed > 4 * best` holds at once for best < 0 (4 * -19.9 < -19.9): a loss that
+  # can be negative "diverged" after two steps at the range's lowest rates.
+  jdl.losses.register_loss("mse_minus_20_test", _mse_minus_20, tasks=("regression",))
+  config, dataset, lam_max = _linear_problem()
+  config.loss = "mse_minus_20_test"
+  shifted = lr_finder.find_lr(config, dataset=dataset, min_lr=1e-4, max_lr=10.0, steps=60)
+  plain, _ = _linear_result()
+  assert shifted.diverged and shifted.learning_rates[-1] > 2 / lam_max
+  n = min(len(plain.losses), len(shifted.losses))
+  np.testing.assert_allclose(shifted.losses[:n], plain.losses[:n] - 20.0, rtol=0, atol=1e-3)
+  assert shifted.min_loss_lr == plain.min_loss_lr
+  assert shifted.suggestion < 2 / lam_max
+
+
+@pytest.mark.parametrize("best, first, limit", [
+    (0.5, 2.3, 2.0),      # Positive: fastai's 4 * best, whatever the start.
+    (-3.0, -1.0, 6.0),    # -3 + 3 * max(3, 2): on the loss's magnitude.
+    (-0.01, 2.3, 6.92),   # -0.01 + 3 * max(0.01, 2.31): on its descent, near 0.
+    (0.0, 0.0, 0.0),      # A loss at 0 from the start: any rise.
+])
+def test_divergence_limit(best, first, limit):
+  assert lr_finder.divergence_limit(best, first, 4.0) == pytest.approx(limit)
+
+
 def test_learning_rates_run_are_the_geometric_prefix():
   result, _ = _linear_result()
   n = len(result.learning_rates)
@@ -112,6 +142,42 @@ def test_full_sweep_without_divergence_and_png(tmp_path):
   # Far below 2 / lambda_max every step lowers the loss: the minimum is the last rate.
   assert np.all(np.diff(result.losses) < 0) and result.min_loss_lr == pytest.approx(1e-3)
   path = lr_finder.plot_lr_finder(result, tmp_path / "sub" / "lr.png")
+  assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _rising_result():
+  """A range test whose loss rose from its first step (smoothed minimum at step 0)."""
+  lrs = np.geomspace(1e-2, 1.0, 30).astype(np.float32)
+  losses = 2.3 + np.linspace(0.0, 3.0, 30) ** 2
+  smoothed = lr_finder.smooth_losses(losses)
+  return lr_finder.LRFinderResult(lrs, losses, smoothed, float(lrs[0]), float(lrs[0]),
+                                  float(lrs[0]), float(smoothed[0]), False)
+
+
+def test_the_plot_of_a_loss_rising_from_the_first_step_shows_the_curve(tmp_path,
+                                                                       monkeypatch):
+  # The y range was the descent's, here one point: 1e-5 wide, and the plot blank.
+  from matplotlib.figure import Figure
+  ylims, savefig = [], Figure.savefig
+  monkeypatch.setattr(Figure, "savefig", lambda fig, *args, **kwargs: (
+      ylims.append(fig.axes[0].get_ylim()), savefig(fig, *args, **kwargs))[1])
+  result = _rising_result()
+  lr_finder.plot_lr_finder(result, tmp_path / "rising.png")
+  (lo, hi), = ylims
+  assert lo < result.smoothed.min() < result.smoothed.max() < hi
+  assert hi - lo < 2 * (result.smoothed.max() - result.smoothed.min())
+
+
+def test_the_plot_leaves_matplotlibs_backend_alone(tmp_path):
+  # matplotlib.use("Agg") switched a notebook's (the caller's) backend.
+  import matplotlib
+  before = matplotlib.get_backend()
+  matplotlib.use("svg")
+  try:
+    path = lr_finder.plot_lr_finder(_rising_result(), tmp_path / "lr.png")
+    assert matplotlib.get_backend() == "svg"
+  finally:
+    matplotlib.use(before)
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

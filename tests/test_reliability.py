@@ -756,7 +756,11 @@ def test_checkpoint_metadata_is_validated_against_its_schema():
           "callbacks": {}, "config": {}, "best": None}
   validate_meta(good, 5)
   validate_meta({**good, "warnings": {"nonfinite_reported": 2, "update_ratio": {"Dense_0": 3}}}, 5)
+  validate_meta({**good, "stopped": {"epoch": 2, "by": "StopAtAccuracy"}}, 5)
   for bad, match in [({**good, "warnings": {"nonfinite_reported": -1}}, "not a record of warning"),
+                     ({**good, "stopped": {"epoch": True, "by": "X"}}, "'stopped' is not a record"),
+                     ({**good, "stopped": {"epoch": 0, "by": "X"}}, "'stopped' is not a record"),
+                     ({**good, "stopped": "yes"}, "'stopped' is not a record"),
                      ({**good, "warnings": {"update_ratio": {"Dense_0": "3"}}}, "warning counts"),
                      ({**good, "warnings": []}, "'warnings' is not a record"),
                      ({**good, "step": 6}, "says step 6"), ({**good, "history": {"loss": ["x"]}},

@@ -210,10 +210,17 @@ def test_cli_check_bad_input_is_one_error_line(argv, message, capsys):
   assert len(err) == 1 and err[0].startswith("jdl: error: ") and message in err[0], err
 
 
-def _fake_trainer(x, y, num_classes=3):
+def _fake_trainer(x, y, num_classes=3, classes=()):
   data = types.SimpleNamespace(train=pipeline.Split(jnp.asarray(x), jnp.asarray(y)), val=None,
                                test=None, task="classification", num_classes=num_classes)
-  return types.SimpleNamespace(data=data)
+  return types.SimpleNamespace(data=data, config=types.SimpleNamespace(classes=classes))
+
+
+def test_data_balance_names_a_subsets_classes_as_the_dataset_does():
+  # classes=(7, 8, 9) trains them as 0, 1, 2: the message named the rare class "2".
+  result = {r.name: r for r in sanity.check_data(_fake_trainer(
+      _X[:41], _Y[:41], classes=(7, 8, 9)))}["data_balance"]
+  assert "min 0.024 (class 9) max 0.488 (class 7)" in result.message, result.message
 
 
 _RNG = np.random.default_rng(0)
@@ -282,10 +289,9 @@ def test_regression_to_constant_targets_is_fitted_against_its_initial_loss():
   assert "1% of its initial" in results["overfit"].message
 
 
-@pytest.mark.parametrize("loss", ["categorical_crossentropy", "binary_crossentropy"])
-def test_soft_targets_are_fitted_down_to_their_entropy(loss):
-  # Their cross-entropy cannot go below the targets' entropy, yet the check asked for
-  # 1% of the initial loss: every soft-label run failed it, perfectly fitted.
+def _soft_targets(loss):
+  """Three classes' labels smoothed to probabilities (0.8 + 0.2 / 3) as regression
+  targets of ``loss``: the dataset and the config."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(200, 5)).astype(np.float32)
   labels = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0)
@@ -293,6 +299,15 @@ def test_soft_targets_are_fitted_down_to_their_entropy(loss):
   ds = jdl.data.Dataset(x[:160], y[:160], x[160:], y[160:], 0, "regression", "soft", (5,))
   config = make_config(task="regression", loss=loss, metrics=("mse",), monitor="",
                        validation_split=0.0, model__hidden=(64,))
+  return ds, config
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "binary_crossentropy"])
+def test_soft_targets_are_fitted_down_to_their_entropy(loss):
+  # Their cross-entropy cannot go below the targets' entropy, yet the check asked for
+  # 1% of the initial loss: every soft-label run failed it, perfectly fitted.
+  ds, config = _soft_targets(loss)
+  y = ds.y_train
   results = {r.name: r for r in sanity.run_checks(config, dataset=ds, overfit_steps=1000,
                                                   overfit_lr=1e-2)}
   overfit = results["overfit"]
@@ -328,3 +343,41 @@ def test_batch_norm_models_are_checked_as_their_first_train_step_runs_them():
   x, y = trainer.data.train.x[:512], trainer.data.train.y[:512]
   eval_loss = float(jnp.mean(trainer.loss(state.apply_fn(state.variables, x), y)))
   assert eval_loss > 2 * math.log(10) > results["initial_loss"].values["loss"]
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "binary_crossentropy"])
+def test_soft_targets_not_fitted_in_time_fail_with_their_goal(loss):
+  # The FAIL message of this branch read a variable only the others set: jdl check
+  # raised UnboundLocalError instead of reporting the run that did not fit.
+  ds, config = _soft_targets(loss)
+  results = {r.name: r for r in sanity.run_checks(config, dataset=ds, overfit_steps=2,
+                                                  overfit_lr=1e-3)}
+  overfit = results["overfit"]
+  assert overfit.failed and overfit.values["steps"] is None, overfit.line()
+  assert overfit.message.startswith("not fitted after 2 Adam steps (lr 0.001) on 32 "
+                                    "examples (wanted: loss within 1% of the way from its "
+                                    "start"), overfit.message
+  assert "the soft targets' entropy" in overfit.message
+
+
+class _BatchNormDropoutNet(nn.Module):
+  """A user's model: batch norm, and dropout that no ``*dropout_rate`` field sets."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False):
+    x = nn.Dense(32)(x.reshape(len(x), -1))
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.Dropout(0.5, deterministic=not train)(nn.relu(x))
+    return nn.Dense(10)(x)
+
+
+def test_a_users_model_with_batch_norm_and_dropout_is_checked():
+  # Its train-mode call (batch norm on the batch's statistics) ran without a dropout
+  # key: a raw flax InvalidRngError. One fixed mask keeps the finite differences of
+  # gradcheck on the same function as autodiff.
+  results = {r.name: r for r in sanity.run_checks(make_config(), model=_BatchNormDropoutNet(),
+                                                  overfit_steps=5)}
+  assert [*results] == ["initial_loss", "overfit", "gradcheck", "grad_nonzero",
+                        "data_balance", "data_inputs", "data_finite"]
+  for name in ("initial_loss", "gradcheck", "grad_nonzero"):
+    assert not results[name].failed, results[name].line()

@@ -394,6 +394,26 @@ def test_strip_ids():
 # ------------------------------------------------- end to end and resume
 
 
+def test_predict_text_of_a_run_on_swapped_classes_prints_the_datasets_label(tmp_path, capsys):
+  # classes=(1, 0) trains label 1 as class 0: the printed label was the column index.
+  config = base_config()
+  config.update({"dataset": "sst2", "data_dir": str(_sst2(tmp_path / "data")),
+                 "normalize": "none", "batch_size": 8, "num_epochs": 1, "classes": (1, 0),
+                 "tensorboard": False, "plots": False, "validation_split": 0.0})
+  config.sequence.maxlen = 6
+  config.model.name = "text_rnn"
+  with config.model.unlocked():
+    config.model.update({"hidden": (4,), "embed_dim": 4, "bidirectional": False})
+  jdl.fit(config, tmp_path / "run", quiet=True)
+  capsys.readouterr()
+  texts = ["a charming journey", "dull and bleak", "film"]
+  assert cli.main(["predict", "--workdir", str(tmp_path / "run"),
+                   *(a for t in texts for a in ("--text", t))]) == 0
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [p["label"] for p in lines] == [(1, 0)[int(np.argmax(p["probabilities"]))]
+                                         for p in lines]
+
+
 def test_text_run_resumes_exactly_with_its_vocabulary_then_evaluate_predict_cli(
     tmp_path, capsys):
   data = _sst2(tmp_path / "data")
@@ -571,6 +591,39 @@ def test_seq2seq_resumes_exactly_then_evaluate_predict_cli(tmp_path, capsys):
   assert cli.main(["predict", "--workdir", str(tmp_path / "full"), "--input",
                    "3 march 1998"]) == 0
   assert json.loads(capsys.readouterr().out) == out
+
+
+def test_texts_are_a_list_of_str_and_zero_sources_decode_to_empty_arrays():
+  config = jdl.load_config("seq2seq_dates")
+  config.update({"n_samples": 64, "batch_size": 16, "tensorboard": False, "plots": False,
+                 "async_checkpoints": False})
+  with config.model.unlocked():
+    config.model.update({"hidden": 8, "embed_dim": 4})
+  config.sequence.beam_size = 2
+  trainer = jdl.Trainer(config, None, quiet=True)
+  width = trainer.data.train.x.shape[1]
+  # One string was iterated: '3 march 1998' gave 12 sources of one character each.
+  for method in (trainer.encode_texts, trainer.text_problems):
+    name = method.__name__
+    with pytest.raises(JdlError, match=rf"^{name} takes a list of texts, got one str "
+                                       r"\('3 march 1998'\); pass \[text\]$"):
+      method("3 march 1998", vocab="src")
+    with pytest.raises(JdlError, match=rf"^{name} takes texts as str, but text 1 is a bytes "
+                                       r"\(b'4 may 2001'\); give each text as a str$"):
+      method(["3 march 1998", b"4 may 2001"], vocab="src")
+    with pytest.raises(JdlError, match=rf"^{name} takes a list of texts, got a value of "
+                                       r"type int$"):
+      method(3, vocab="src")
+  src = trainer.encode_texts(["3 march 1998"], vocab="src")
+  assert src.shape == (1, width)
+  assert trainer.encode_texts([], vocab="src").shape == (0, width)
+  # Zero sources raised a raw IndexError; they decode to arrays of the outputs' shapes.
+  for beam in (False, True):
+    tokens, attention = trainer.decode(src, beam=beam)
+    none, no_attention = trainer.decode(src[:0], beam=beam)
+    assert none.shape == (0, *tokens.shape[1:]) and none.dtype == tokens.dtype == np.int32
+    assert no_attention.shape == (0, *attention.shape[1:]) == (0, tokens.shape[1], width)
+    assert no_attention.dtype == attention.dtype == np.float32
 
 
 def test_sst2_without_data_dir_reads_the_default_folder(tmp_path, monkeypatch):

@@ -1208,6 +1208,22 @@ def test_mixed_precision_computes_in_bfloat16_with_float32_state():
   assert abs(result.test_metrics["accuracy"] - full.test_metrics["accuracy"]) < 0.05
 
 
+def test_predict_of_a_mixed_precision_model_returns_float32():
+  # It returned the model's bfloat16, which np.savetxt and np.linalg.norm refuse.
+  trainer = jdl.Trainer(make_config(mixed_precision=True), quiet=True)
+  x = jdl.data.load_dataset("digits").x_test[:5]
+  normalized = trainer.data.test.x[:5]
+  logits = trainer.model.apply(trainer.state.variables, normalized)
+  assert logits.dtype == jnp.bfloat16
+  for out in (trainer.predict(x), trainer.predict_normalized(normalized),
+              jdl.predict(trainer, x[:0])):
+    assert out.dtype == np.float32 and out.shape[1:] == (10,)
+  out = trainer.predict_normalized(normalized)  # The model's bfloat16 values, cast.
+  np.testing.assert_array_equal(out, out.astype(jnp.bfloat16).astype(np.float32))
+  np.testing.assert_allclose(out, np.asarray(logits, np.float32), rtol=1e-2, atol=1e-2)
+  assert np.isfinite(np.linalg.norm(trainer.predict(x)))
+
+
 @pytest.mark.parametrize("bad, where", [(np.inf, 1), (-np.inf, 2), (np.nan, 1), (None, -1)])
 def test_nonfinite_info_flags_inf_and_nan_but_not_huge_finite(bad, where):
   # Leaves of float32 values near the maximum: their plain sum overflows to inf, yet
@@ -1761,3 +1777,157 @@ def test_a_run_stopped_past_fewer_epochs_says_so_when_asked_for_fewer(tmp_path, 
   assert spe < step < 2 * spe
   assert (f"training already complete in this workdir (1 epoch and {step - spe} steps, more "
           "than num_epochs=1: nothing is undone)") in capsys.readouterr().out
+
+
+# --------------------------------------------------- a loop review (2026-12-02)
+def test_an_early_stopping_given_to_another_run_starts_afresh():
+  # A reused instance (a sweep) judged run 2 by run 1's best val_loss: it stopped run 2
+  # at its second epoch and restore_best handed back run 1's parameters.
+  es = cb.EarlyStopping("val_loss", patience=1)
+  first = jdl.fit(make_config(num_epochs=3), None, callbacks=[es], quiet=True)
+  assert es.best == min(first.history["val_loss"])
+  slow = jdl.fit(make_config(num_epochs=3, seed=1, optimizer__learning_rate=1e-4), None,
+                 callbacks=[es], quiet=True)
+  losses = slow.history["val_loss"]
+  assert len(losses) == 3 and min(losses) > max(first.history["val_loss"])
+  assert es.best == min(losses) and es.stopped_epoch == -1
+  assert es.best_step == 3 * slow.trainer.steps_per_epoch == int(slow.state.step)
+  # The same trainer's second fit() continues the run, early stopping's state too.
+  assert slow.trainer.fit().history == slow.history and es.best == min(losses)
+
+
+def test_a_restart_trainer_fitted_twice_moves_nothing_the_second_time(tmp_path):
+  # The second fit() moved its own finished run aside, then "trained" an empty epoch
+  # from the trained state: a NaN loss error and a record of step 40 with no loss.
+  jdl.fit(make_config(num_epochs=1), tmp_path, quiet=True)
+  trainer = loop.Trainer(make_config(num_epochs=2), tmp_path, quiet=True, restart=True)
+  first = trainer.fit()
+  second = trainer.fit()  # Resumes the run this trainer started: nothing to train.
+  assert second.history == first.history and trainer.step == 2 * trainer.steps_per_epoch
+  assert len([p for p in tmp_path.iterdir() if p.name.startswith("previous-")]) == 1
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [(r["epoch"], r["split"]) for r in records] == [
+      (1, "train"), (1, "val"), (2, "train"), (2, "val"), (2, "test")]
+  # Its checkpoints deleted since: said, not an epoch from the trained state.
+  shutil.rmtree(tmp_path / "checkpoints")
+  with pytest.raises(jdl.JdlError, match=r"holds no checkpoint of the run this trainer "
+                                         r"trained to step 40: make a new jdl.Trainer"):
+    trainer.fit()
+
+
+class _StopAtEpochEnd(cb.Callback):
+  """Stops the run at the end of epoch ``epoch`` (from 1), as the README's example."""
+
+  def __init__(self, epoch):
+    self.epoch = epoch
+
+  def on_epoch_end(self, trainer, epoch, logs):
+    if epoch + 1 >= self.epoch:
+      trainer.stop_training = True
+
+
+def test_a_callbacks_stop_at_an_epochs_end_ends_the_run_as_early_stopping_does(tmp_path,
+                                                                                capsys):
+  # Each re-run trained one more epoch (and wrote a new test line): only early
+  # stopping's own state recorded that the run had ended.
+  config = make_config(num_epochs=4)
+  stopped = jdl.fit(config, tmp_path, quiet=True, callbacks=[_StopAtEpochEnd(2)])
+  spe = stopped.trainer.steps_per_epoch
+  assert int(stopped.state.step) == 2 * spe and stopped.stopped is None
+  capsys.readouterr()
+  again = jdl.fit(config, tmp_path, callbacks=[_StopAtEpochEnd(2)])
+  assert int(again.state.step) == 2 * spe and again.history == stopped.history
+  assert again.test_metrics == stopped.test_metrics
+  assert ("training already complete in this workdir (callback _StopAtEpochEnd ended it at "
+          "epoch 2; num_epochs=4 does not restart it") in capsys.readouterr().out
+  tests = [line for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+           if '"test"' in line]
+  assert len(tests) == 1 and json.loads(tests[0])["step"] == 2 * spe
+  # Without a workdir: a second fit() of the trainer finds the run ended too.
+  trainer = loop.Trainer(config, None, quiet=True, callbacks=[_StopAtEpochEnd(2)])
+  assert trainer.fit().history == stopped.history
+  assert trainer.fit().history == stopped.history and trainer.step == 2 * spe
+
+
+def test_a_callbacks_own_stopped_epoch_attribute_does_not_end_training():
+  # Keras' callbacks start with stopped_epoch = 0: any such attribute >= 0 made fit()
+  # train nothing ("early stopping ended it at epoch 0") and score the initial state.
+  class KerasStyle(cb.Callback):
+    def __init__(self):
+      self.stopped_epoch = 0
+
+  result = jdl.fit(make_config(num_epochs=2), None, callbacks=[KerasStyle()], quiet=True)
+  assert len(result.history["loss"]) == 2
+  assert int(result.state.step) == 2 * result.trainer.steps_per_epoch
+
+
+@pytest.mark.parametrize("every, saved", [(10, [10, 20, 30, 40, 50, 60]), (30, [20, 40, 60])])
+def test_checkpoint_every_steps_leaves_no_gap_longer_than_it(tmp_path, every, saved):
+  # Counted from each epoch's start, mid-epoch only: with checkpoint_every_epochs=3 and
+  # 20-step epochs it saved 10, 30, 50, 60 (every 10) and 60 alone (every 30).
+  config = make_config(num_epochs=3, checkpoint_every_steps=every, checkpoint_every_epochs=3,
+                       keep_checkpoints=20, monitor="")
+  jdl.fit(config, tmp_path, quiet=True)
+  assert jdl.checkpoint.step_numbers(tmp_path / "checkpoints") == saved
+
+
+def test_an_early_stopping_callback_of_an_unlogged_name_is_refused_before_training(tmp_path):
+  # It failed at the first epoch's end, that epoch lost (no checkpoint).
+  with pytest.raises(jdl.JdlError, match=r"^the EarlyStopping callback's monitor='val_f1' is "
+                                         r"not logged by this run; it logs accuracy, "):
+    loop.Trainer(make_config(), tmp_path, quiet=True, callbacks=[cb.EarlyStopping(
+        "val_f1", mode="max")])
+  assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_an_error_closes_the_progress_bar_and_a_second_fit_forgets_the_first_ones_stop(
+    tmp_path):
+  import os
+  import signal
+
+  class Fail(cb.Callback):
+    def on_steps_end(self, trainer, step, num_steps):
+      raise RuntimeError("a callback's bug")
+
+  trainer = loop.Trainer(make_config(), None, quiet=True, callbacks=[Fail()])
+  trainer.progress.enabled = True  # A terminal's bar: left open, the error was glued to it.
+  with pytest.raises(RuntimeError):
+    trainer.fit()
+  assert trainer.progress._bar is None
+
+  class InterruptOnce(cb.Callback):  # As a notebook's "interrupt the kernel".
+    fired = False
+
+    def on_steps_end(self, trainer, step, num_steps):
+      if not self.fired:
+        self.fired = True
+        os.kill(os.getpid(), signal.SIGINT)
+
+  trainer = loop.Trainer(make_config(scan_chunk=4), tmp_path, quiet=True,
+                         callbacks=[InterruptOnce()])
+  assert trainer.fit().stopped == "SIGINT" and trainer.step == 4
+  resumed = trainer.fit()  # Reported "SIGINT" although it trained to the end.
+  assert resumed.stopped is None and trainer.step == 2 * trainer.steps_per_epoch
+  assert "accuracy" in resumed.test_metrics
+
+
+def test_a_run_with_plots_leaves_the_callers_matplotlib_alone(tmp_path):
+  # Each plot called matplotlib.use("Agg") and drew through pyplot: jdl.fit in a
+  # notebook switched its inline backend off (plt.show() then showed nothing).
+  import matplotlib
+  import matplotlib.pyplot as plt
+
+  from jdl.train import plots
+  before = matplotlib.get_backend()
+  matplotlib.use("svg")
+  try:
+    opened = plt.figure()  # The caller's own figure stays open, and the only one.
+    jdl.fit(make_config(num_epochs=1, plots=True), tmp_path / "a", quiet=True)
+    written = plots.plot_comparison([plots.read_run(tmp_path / "a")], tmp_path / "compare")
+    assert matplotlib.get_backend() == "svg" and plt.get_fignums() == [opened.number]
+    plt.close(opened)
+  finally:
+    matplotlib.use(before)
+  pngs = sorted((tmp_path / "a" / "plots").glob("*.png")) + written
+  assert {"loss.png", "confusion_test.png"} <= {p.name for p in pngs}
+  assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

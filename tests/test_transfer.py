@@ -110,3 +110,28 @@ def test_init_from_brings_batch_norm_statistics_and_refuses_uncopied_frozen_laye
                       **dict(CNN, model__features=(8, 16, 8)))
   with pytest.raises(jdl.JdlError, match=r"conv_2/bias, conv_2/kernel are frozen .* not in"):
     jdl.Trainer(wider, None, quiet=True)
+
+
+def test_a_class_subsets_confusion_plot_names_the_datasets_classes(tmp_path, monkeypatch):
+  # classes=(5, ..., 9) are relabelled 0..4 to train; the plot named them 0..4.
+  from pathlib import Path
+
+  import matplotlib.figure
+
+  from jdl.train import plots
+  ticks, real_savefig = {}, matplotlib.figure.Figure.savefig
+
+  def savefig(fig, path, *args, **kwargs):
+    ax = fig.axes[0]
+    ticks[Path(path).name] = ([t.get_text() for t in ax.get_xticklabels()],
+                              [t.get_text() for t in ax.get_yticklabels()])
+    return real_savefig(fig, path, *args, **kwargs)
+  monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+  jdl.fit(make_config(classes=(5, 6, 7, 8, 9), num_epochs=1, plots=True), tmp_path / "run",
+          quiet=True)
+  assert ticks["confusion_test.png"] == (["5", "6", "7", "8", "9"],) * 2
+  plots.plot_confusion(np.eye(3, dtype=np.int64), tmp_path / "default.png")
+  assert ticks["default.png"] == (["0", "1", "2"],) * 2
+  with pytest.raises(jdl.JdlError, match=r"^plot_confusion got 2 labels for a matrix of 3 "
+                                         r"classes; give one label a class"):
+    plots.plot_confusion(np.eye(3, dtype=np.int64), tmp_path / "bad.png", labels=(5, 6))

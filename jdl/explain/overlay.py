@@ -5,12 +5,17 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from jdl import _plotting
 from jdl import errors
 from jdl.explain import _checks
+
+# The most pixels a PNG may have (8192 x 8192; its RGBA buffer is 256 MiB): a dpi
+# of 1e6 asked Agg for ~9e12 pixels, a MemoryError.
+MAX_PIXELS = 2 ** 26
 
 
 def _to_2d(a: np.ndarray, what: str) -> np.ndarray:
@@ -61,12 +66,39 @@ def _draw(fig, ax, image, attribution, title, alpha) -> None:
   ax.set_yticks([])
 
 
-def _figure(figsize):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=figsize)
-  FigureCanvasAgg(fig)
-  return fig
+def _check_size(figsize: Any, dpi: Any, what: str) -> tuple[float, float]:
+  """``figsize`` (inches, ``(width, height)``) as floats, checked with ``dpi``.
+
+  Args:
+    figsize: the figure's size in inches.
+    dpi: dots per inch.
+    what: how the caller's argument gave ``figsize``, for the messages (e.g.
+      ``"figsize"``, ``"panel_size"``).
+
+  Raises:
+    JdlError: ``figsize`` is not two positive finite numbers, ``dpi`` not a positive
+      finite number, or the PNG would have a side under 1 pixel or more than
+      :data:`MAX_PIXELS` pixels.
+  """
+  _checks.require_number(dpi, "dpi", positive=True)
+  errors.require(isinstance(figsize, (tuple, list, np.ndarray)) and len(figsize) == 2,
+                 f"{what} must be (width, height) in inches, got {figsize!r}")
+  for i, side in enumerate(figsize):
+    _checks.require_number(side, f"{what}[{i}]" if what == "figsize" else what, positive=True)
+  width, height = (float(side) * float(dpi) for side in figsize)
+  size = f"the PNG would be {width:.4g} x {height:.4g} pixels ({what} * dpi)"
+  errors.require(min(width, height) >= 1,
+                 f"{size}, under 1 pixel a side; give a larger {what} or dpi")
+  errors.require(width * height <= MAX_PIXELS,
+                 f"{size}, more than {MAX_PIXELS}; give a smaller {what} or dpi")
+  return float(figsize[0]), float(figsize[1])
+
+
+def _check_alpha(alpha: Any) -> None:
+  """Requires an opacity: a real number in ``[0, 1]`` (not NaN, not a bool)."""
+  ok = (isinstance(alpha, (int, float, np.integer, np.floating))
+        and not isinstance(alpha, (bool, np.bool_)) and 0 <= alpha <= 1)
+  errors.require(ok, f"alpha must be an opacity in [0, 1], got {alpha!r}")
 
 
 def _png_path(path: str | Path) -> Path:
@@ -125,11 +157,14 @@ def save_overlay(image: np.ndarray, attribution: np.ndarray | None, path: str | 
     The path written.
 
   Raises:
-    JdlError: bad shapes, NaN or Inf values, or a ``path`` that is not a writable
-      ``.png`` file.
+    JdlError: bad shapes, NaN or Inf values, ``alpha`` outside ``[0, 1]``, a
+      ``figsize`` or ``dpi`` that is not positive or makes a PNG of more than
+      :data:`MAX_PIXELS` pixels, or a ``path`` that is not a writable ``.png`` file.
   """
   path = _png_path(path)
-  fig = _figure(figsize)
+  figsize = _check_size(figsize, dpi, "figsize")
+  _check_alpha(alpha)
+  fig = _plotting.figure(figsize)
   _draw(fig, fig.add_subplot(1, 1, 1), image, attribution, title, alpha)
   return _save(fig, path, dpi)
 
@@ -155,8 +190,10 @@ def save_overlay_grid(images: Sequence[np.ndarray], attributions: Sequence[np.nd
     The path written.
 
   Raises:
-    JdlError: the lists differ in length, or are empty; a ``path`` that is not a
-      writable ``.png`` file.
+    JdlError: the lists differ in length, or are empty; ``alpha`` outside
+      ``[0, 1]``; a ``panel_size`` or ``dpi`` that is not positive or makes a PNG of
+      more than :data:`MAX_PIXELS` pixels; a ``path`` that is not a writable
+      ``.png`` file.
   """
   path = _png_path(path)
   n = len(images)
@@ -165,9 +202,11 @@ def save_overlay_grid(images: Sequence[np.ndarray], attributions: Sequence[np.nd
                  f"got {n} images, {len(attributions)} attributions, "
                  f"{None if titles is None else len(titles)} titles")
   _checks.require_int(ncols, "ncols", allow_none=True)
+  _checks.require_number(panel_size, "panel_size", positive=True)
+  _check_alpha(alpha)
   ncols = min(ncols or n, n)
   nrows = math.ceil(n / ncols)
-  fig = _figure((ncols * panel_size, nrows * panel_size))
+  fig = _plotting.figure(_check_size((ncols * panel_size, nrows * panel_size), dpi, "panel_size"))
   for i in range(n):
     _draw(fig, fig.add_subplot(nrows, ncols, i + 1), images[i], attributions[i],
           titles[i] if titles else None, alpha)

@@ -15,6 +15,12 @@ from jdl.errors import JdlError
 from jdl.explain import _checks
 
 
+# The tasks whose model is one function of the inputs, ``apply(variables, x,
+# train=False)``, that :func:`from_run` can bundle: a VAE's needs a sampling key, a
+# GAN's state holds two models.
+TASKS = ("classification", "regression", "autoencoder")
+
+
 @dataclasses.dataclass(frozen=True)
 class RunModel:
   """A trained model as the attribution functions take it.
@@ -74,13 +80,20 @@ def from_run(run) -> RunModel:
   """The :class:`RunModel` of a :class:`jdl.FitResult` or :class:`jdl.Trainer`.
 
   Raises:
-    JdlError: ``run`` is neither, a run on token ids (text), or a Trainer of a
+    JdlError: ``run`` is neither, a run of a task other than :data:`TASKS` (a VAE
+      samples, a GAN is two models), a run on token ids (text), or a Trainer of a
       trained workdir that holds its initial parameters (neither fitted nor loaded).
   """
   trainer = getattr(run, "trainer", run)
   state = getattr(run, "state", None)
   if state is None or not hasattr(trainer, "normalizer"):
     raise JdlError(f"from_run takes a jdl.FitResult or jdl.Trainer, got {type(run).__name__}")
+  task = trainer.config.task
+  if task not in TASKS:
+    raise JdlError(f"from_run explains {', '.join(TASKS[:-1])} and {TASKS[-1]} runs, not "
+                   f"task {task!r} (its model is not one deterministic function of the "
+                   "inputs alone); give saliency or integrated_gradients an apply_fn of "
+                   "your own")
   if run is trainer:  # A FitResult holds the run's state; a bare Trainer may not yet.
     trainer.check_holds_run_state()
   if trainer.normalizer is None:  # Token ids: integers, no gradient or perturbation.

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jdl import _plotting
 from jdl import errors
 
 # The value of the padding between tiles (white: it separates dark MNIST tiles).
@@ -79,20 +80,9 @@ def image_grid(images: np.ndarray, *, nrow: int | None = None, pad: int = 2) -> 
   return grid
 
 
-def _figure(figsize: tuple[float, float]):
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
-  fig = Figure(figsize=figsize, dpi=100)
-  FigureCanvasAgg(fig)
-  return fig
-
-
 def _save(fig, path: str | Path) -> Path:
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, format="png", bbox_inches="tight", pad_inches=0.05)  # Titles stay whole.
-  fig.clear()  # Figures outside pyplot are freed with their last reference.
-  return path
+  # Titles stay whole.
+  return _plotting.save_png(fig, path, bbox_inches="tight", pad_inches=0.05)
 
 
 def _show(ax, grid: np.ndarray) -> None:
@@ -110,7 +100,7 @@ def _grid_figure(grid: np.ndarray, title: str | None):
   h, w = grid.shape[:2]
   width = max(float(np.clip(w * 0.03, 2.0, 12.0)), w / 100)
   lines = title.count("\n") + 1 if title else 0
-  fig = _figure((width, width * h / w + 0.3 * lines))
+  fig = _plotting.figure((width, width * h / w + 0.3 * lines))
   ax = fig.add_subplot()
   _show(ax, grid)
   if title:
@@ -201,7 +191,7 @@ def save_latent_scatter(z2: np.ndarray, labels: np.ndarray, path: str | Path, *,
   errors.require(y.shape == (z.shape[0],), f"labels must have shape ({z.shape[0]},), got"
                  f" {y.shape}")
   errors.require(bool(np.all(np.isfinite(z))), "z2 holds non-finite values")
-  fig = _figure((5.5, 4.5))
+  fig = _plotting.figure((5.5, 4.5))
   ax = fig.add_subplot()
   classes = np.unique(y)
   if np.issubdtype(y.dtype, np.integer) and len(classes) <= 20:
@@ -255,7 +245,7 @@ def save_roc_curve(scores: np.ndarray, labels: np.ndarray, path: str | Path, *,
   y = y.astype(np.int64)
   auc = float(roc_auc_score(y, s))
   fpr, tpr, _ = roc_curve(y, s)
-  fig = _figure((4.5, 4.5))
+  fig = _plotting.figure((4.5, 4.5))
   ax = fig.add_subplot()
   ax.plot(fpr, tpr, label=f"AUC = {auc:.4f}")
   ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance")
@@ -286,7 +276,7 @@ def save_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], p
     JdlError: no curves, or a curve whose ``xs`` and ``ys`` differ in length.
   """
   errors.require(len(curves) > 0, "curves is empty; pass at least one label -> (xs, ys)")
-  fig = _figure((6.0, 4.0))
+  fig = _plotting.figure((6.0, 4.0))
   ax = fig.add_subplot()
   for label, xy in curves.items():
     errors.require(len(xy) == 2, f"curve {label!r} must be a pair (xs, ys)")

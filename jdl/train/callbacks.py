@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,11 @@ class Callback:
   """Base class: every hook is optional.
 
   A hook may set ``trainer.stop_training = True``: training stops after the block of
-  steps in flight (``on_steps_end``) or at the epoch's end (``on_epoch_end``), as early
-  stopping does, and ``on_train_end`` runs. ``state_dict()`` and
+  steps in flight (``on_steps_end``) or at the epoch's end (``on_epoch_end``), and
+  ``on_train_end`` runs. A stop at an epoch's end ends the run, as early stopping
+  does: its checkpoint records it, and a re-run (or a second ``fit()``) finds the
+  run complete. A stop inside an epoch ends this ``fit()`` only: the partial epoch
+  is checkpointed and a re-run continues it. ``state_dict()`` and
   ``load_state_dict(state)`` carry what the callback must remember across a resume (JSON
   values, saved in each checkpoint).
   """
@@ -131,12 +135,25 @@ class EarlyStopping(Callback):
       raise JdlError(f"early_stopping.min_delta must be finite, got {min_delta}")
     self.monitor, self.mode, self.patience = monitor, mode, patience
     self.min_delta, self.restore_best = abs(float(min_delta)), restore_best  # As Keras.
+    self._trainer = None  # A weak reference to the Trainer that runs it.
+    self._reset()
+
+  def _reset(self) -> None:
     self.best: float | None = None
     self.best_epoch = -1
     self.best_step = -1
     self.wait = 0
     self.stopped_epoch = -1
     self._best_state = None
+
+  def bind(self, trainer) -> None:
+    """Called by each :class:`~jdl.train.loop.Trainer` given this callback, as it is
+    made. An instance given to another run (a sweep, a second ``jdl.fit``) starts
+    afresh there (a resume then loads its saved state); it watched another run's
+    values, and stopped or restored that run's best epoch on them."""
+    if self._trainer is None or self._trainer() is not trainer:
+      self._reset()
+      self._trainer = weakref.ref(trainer)
 
   def on_epoch_end(self, trainer, epoch, logs):
     value = _monitored(logs, self.monitor, "early stopping")

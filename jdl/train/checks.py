@@ -383,15 +383,18 @@ def check_decoding(seq: ml_collections.ConfigDict, vocab: dict | None, targets) 
 
 
 def check_monitors(config: ml_collections.ConfigDict, *, train_names: Sequence[str],
-                   metric_names: Sequence[str], has_val: bool, warn) -> None:
+                   metric_names: Sequence[str], has_val: bool, warn,
+                   callbacks: Sequence = ()) -> None:
   """Monitored names a run will not log are errors now, not after an epoch.
 
   Classification, regression and seq2seq runs log ``loss``, the train metrics,
   ``learning_rate`` and, with a validation split, ``val_`` and every metric's
   name. (Generative tasks' own names are checked at the first epoch's end, not
   here.) A ``val_`` ``config.monitor`` without a validation split is allowed: it
-  ranks no checkpoint, and the latest is used.
+  ranks no checkpoint, and the latest is used. ``callbacks``: those given to fit;
+  an :class:`~jdl.train.callbacks.EarlyStopping`'s monitor is checked too.
   """
+  from jdl.train import callbacks as cb
   logged = {"loss", "learning_rate", *train_names}
   if has_val:
     logged |= {"val_loss", *(f"val_{n}" for n in metric_names)}
@@ -412,6 +415,11 @@ def check_monitors(config: ml_collections.ConfigDict, *, train_names: Sequence[s
     monitors.append(("reduce_on_plateau.monitor", c.reduce_on_plateau.monitor))
   modes = {"monitor": c.monitor_mode, "early_stopping.monitor": c.early_stopping.mode,
            "reduce_on_plateau.monitor": c.reduce_on_plateau.mode}
+  for callback in callbacks:
+    if isinstance(callback, cb.EarlyStopping):
+      key = "the EarlyStopping callback's monitor"
+      monitors.append((key, callback.monitor))
+      modes[key] = callback.mode
   for key, name in monitors:
     if name not in logged:
       hint = (" (there is no validation split: set validation_split > 0)"

@@ -164,6 +164,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.loaded_as: str | None = None  # Why jdl.load_run restored this state's step.
     self.loaded_from: Path | None = None  # The workdir it read (it writes in none).
     self.nan_detected = False
+    # A callback's stop at an epoch's end, early stopping's too, ends the run (as its
+    # checkpoint records): {"epoch": epochs trained, "by": the callback's class}.
+    self.stopped_at: dict[str, Any] | None = None
     # False until fit() or load_run() has put the run's state in place: a Trainer
     # of a workdir with checkpoints holds initial parameters before then.
     self.holds_run_state = False
@@ -319,7 +322,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.train_names = steps_lib.train_metric_names(names)
     if not self.generative:
       checks.check_monitors(config, train_names=self.train_names, metric_names=names,
-                            has_val=self.data.val is not None, warn=self.warn)
+                            has_val=self.data.val is not None, warn=self.warn,
+                            callbacks=callbacks)
     # A streamed split on a mesh: each process reads only its columns of every batch,
     # and blocks arrive pre-gathered, [num_steps, batch, ...] sharded P(None, 'data').
     self.gathered = self.parallel.enabled and isinstance(self.data.train, stream.StreamSplit)
@@ -643,6 +647,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     self.progress = cb.ProgressBar(enabled=False if self.quiet or not self.primary else progress)
     callbacks.append(self.progress)
     callbacks.extend(extra)
+    for callback in callbacks:
+      if isinstance(callback, cb.EarlyStopping):
+        callback.bind(self)  # A reused instance forgets another run's best epoch.
     return callbacks
 
   # ------------------------------------------------------------------ helpers
@@ -753,6 +760,13 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
                              int(self.config.num_epochs)):
       self.warn(f"jdl: warning: {line}")
     self.load_judge_or_warn()  # Said now, not after training: it scores the finished run.
+    try:
+      return self._fit_here()
+    except BaseException:
+      self.progress.close()  # The error's line goes on a line of its own.
+      raise
+
+  def _fit_here(self) -> FitResult:
     with workdir_lib.StopRequests() as stop, contextlib.closing(self.feed):
       if self.workdir is None:
         return self._fit(stop)
@@ -773,6 +787,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
               moved = workdir_lib.move_aside(self.workdir)
               if moved is not None:
                 self.warn(f"jdl: --restart: moved the previous run to {moved}")
+              # Once: a second fit() of this trainer resumes the run it started.
+              self.restart = False
           except Exception as e:  # noqa: BLE001  (an OSError of the move too)
             error = e
         # The others learn of its failure here, not by waiting at the barrier until
@@ -801,12 +817,19 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     # that epoch's running sums (a workdir's checkpoint restores them).
     if self.workdir or self.step % self.steps_per_epoch == 0 or self._acc is None:
       self._acc = self.empty_acc()
-    self.stop_training = False  # A callback's stop ended the previous fit() only.
+    # A stop inside an epoch ended the previous fit() only (one at an epoch's end
+    # ended the run: stopped_at), as did a signal or a non-finite value.
+    self.stop_training = False
+    self.preempted, self.nan_detected = None, False
     self._nonfinite_reported = 0
     self._param_names = [jax.tree_util.keystr(path, simple=True, separator="/")
                          for path, _ in jax.tree_util.tree_leaves_with_path(self.state.params)]
     # Without a workdir a second fit() of the same trainer continues from its state.
     start = self._open_workdir() if self.workdir else self.step
+    if start != self.step:  # Its checkpoints were deleted since this trainer trained.
+      raise JdlError(f"workdir {self.workdir} holds no checkpoint of the run this trainer "
+                     f"trained to step {self.step}: make a new jdl.Trainer to train "
+                     "it from the start")
     self.log(self.summary())
     for callback in self.callbacks:
       callback.on_train_begin(self)
@@ -820,7 +843,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     elif epoch >= self.num_epochs or self._stopped_before():
       why = ""
       if epoch < self.num_epochs:
-        why = (f" (early stopping ended it at epoch {epoch}; num_epochs={self.num_epochs} does "
+        by = (self.stopped_at or {}).get("by", "EarlyStopping")
+        who = "early stopping" if by == "EarlyStopping" else f"callback {by}"
+        why = (f" ({who} ended it at epoch {epoch}; num_epochs={self.num_epochs} does "
                "not restart it: use --restart, or another workdir, to train longer)")
       elif epoch > self.num_epochs or start % spe:  # A run stopped mid-epoch counts too.
         done = f"{epoch} epoch{'s' * (epoch != 1)}" + (
@@ -880,6 +905,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         return self._stop_early(stop.signal_name or "a signal to another process")
       if self.stop_training and pos < spe:
         return self._stop_mid_epoch()
+      self.progress.close()  # Before a warning of skipped steps.
       self._check_finite()
       train_logs = self.compute_metrics(self.train_names, self._acc)  # Syncs the device.
       seconds = time.perf_counter() - t0 - save_seconds
@@ -1054,7 +1080,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       self._reached = (self.state, reached)
 
   def _stopped_before(self) -> bool:
-    return any(getattr(c, "stopped_epoch", -1) >= 0 for c in self.callbacks)
+    """Whether a callback's stop at an epoch's end ended the run (early stopping's
+    state alone records it in checkpoints written before ``stopped_at``)."""
+    return self.stopped_at is not None or any(
+        isinstance(c, cb.EarlyStopping) and c.stopped_epoch >= 0 for c in self.callbacks)
 
   def _warm_up(self) -> float:
     """Compiles the train block ahead of time; returns the seconds it took."""
@@ -1183,8 +1212,13 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         and (last or (epoch + 1) % int(self.config.generative.sample_every_epochs) == 0)):
       self.save_samples(self.workdir / "plots" / f"samples_epoch_{epoch + 1:03d}.png",
                         title=f"epoch {epoch + 1}")
+    by = "a callback's on_steps_end" if self.stop_training else None
     for callback in self.callbacks:
       callback.on_epoch_end(self, epoch, logs)
+      if self.stop_training and by is None:
+        by = type(callback).__name__
+    if self.stop_training and not self.nan_detected:  # Ends the run: a re-run finds it so.
+      self.stopped_at = {"epoch": epoch + 1, "by": by}
     if self.stop_training and not printed:  # The run's last epoch is always shown.
       self.log(line)
     monitor, mode = self.config.monitor, self.config.monitor_mode
@@ -1194,7 +1228,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     # checkpoint must find on disk later; so is a step a callback will read back
     # (early stopping's best epoch, for restore_best).
     new_best = bool(metrics) and self._is_new_best(monitor, mode)
+    # checkpoint_every_steps: every epoch's end too, so that no two saves are further
+    # apart than it (mid-epoch saves count from the epoch's start).
     if (last or self.stop_training or new_best or self.step in self.kept_steps()
+        or int(self.config.checkpoint_every_steps) > 0
         or (epoch + 1) % int(self.config.checkpoint_every_epochs) == 0):
       self._save(metrics or None)
 
@@ -1236,7 +1273,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
                   else self.confusion_matrix("test"))
         share = np.trace(matrix) / max(self.data.test.size, 1)
         plots.plot_confusion(matrix, self.workdir / "plots" / "confusion_test.png",
-                             title=f"test split, step {self.step}: accuracy {share:.2%}")
+                             title=f"test split, step {self.step}: accuracy {share:.2%}",
+                             labels=tuple(self.config.classes) or None)
       if (self.config.plots and self.primary and test and self.config.task == "regression"
           and isinstance(self.data.test, pipeline.Split) and self.data.test.size
           and jax.process_count() == 1):

@@ -138,13 +138,41 @@ class GenerativeOutputs:
 class SequenceOutputs:
   """Text encoding and greedy / beam-search decoding of the sequence tasks."""
 
-  def encode_texts(self, texts: Sequence[str], vocab: str = "text") -> np.ndarray:
-    """Token ids ``[n, maxlen]`` of ``texts``, padded as the run's train split."""
+  def _text_vocab(self, vocab: str, texts, what: str) -> tuple[text_lib.Vocabulary, list[str]]:
+    """The run's ``vocab`` vocabulary and ``texts`` as a list of strings.
+
+    Raises:
+      JdlError: the run has no such vocabulary, ``texts`` is one string (iterated,
+        it would be one text a character) or not a sequence of strings.
+    """
     if not self.vocab or vocab not in self.vocab:
       has = (f"its vocabularies are {', '.join(map(repr, sorted(self.vocab)))}" if self.vocab
              else "text input needs a text dataset such as sst2 or dates")
       raise JdlError(f"this run ({self.data.name!r}) has no {vocab!r} vocabulary; {has}")
-    v, seq = self.vocab[vocab], self.config.sequence
+    if isinstance(texts, (str, bytes)):  # Iterated, it would be one text a character.
+      raise JdlError(f"{what} takes a list of texts, got one {type(texts).__name__} "
+                     f"({texts!r:.40}); pass [text]")
+    try:
+      texts = list(texts)
+    except TypeError:
+      raise JdlError(f"{what} takes a list of texts, got a value of type "
+                     f"{type(texts).__name__}") from None
+    for i, text in enumerate(texts):
+      if not isinstance(text, str):
+        raise JdlError(f"{what} takes texts as str, but text {i} is a {type(text).__name__} "
+                       f"({text!r:.40}); give each text as a str")
+    return self.vocab[vocab], texts
+
+  def encode_texts(self, texts: Sequence[str], vocab: str = "text") -> np.ndarray:
+    """Token ids ``[n, maxlen]`` of ``texts`` (a list of strings: ``[text]`` for one),
+    padded as the run's train split.
+
+    Raises:
+      JdlError: the run has no ``vocab`` vocabulary, or ``texts`` is one string or
+        holds something other than strings.
+    """
+    v, texts = self._text_vocab(vocab, texts, "encode_texts")
+    seq = self.config.sequence
     width = int(self.data.train.x.shape[1])
     padding = seq.padding if vocab == "text" else "post"
     truncating = seq.truncating if vocab == "text" else "post"
@@ -152,11 +180,16 @@ class SequenceOutputs:
                                   padding=padding, truncating=truncating)
 
   def text_problems(self, texts: Sequence[str], vocab: str = "text") -> list[str | None]:
-    """Why each text may be answered poorly (``None`` if not): no tokens, tokens
-    outside the run's vocabulary (all or some: read as ``<unk>``), fewer tokens than a
-    convolutional model's window (no feature: answered as an empty text), or more
-    tokens than its sequences hold (cut)."""
-    v, width = self.vocab[vocab], int(self.data.train.x.shape[1])
+    """Why each text of ``texts`` (a list of strings) may be answered poorly
+    (``None`` if not): no tokens, tokens outside the run's vocabulary (all or some:
+    read as ``<unk>``), fewer tokens than a convolutional model's window (no feature:
+    answered as an empty text), or more tokens than its sequences hold (cut).
+
+    Raises:
+      JdlError: as :meth:`encode_texts`.
+    """
+    v, texts = self._text_vocab(vocab, texts, "text_problems")
+    width = int(self.data.train.x.shape[1])
     min_length = getattr(self.model, "min_length", None)
     shortest = min_length() if callable(min_length) else 1
     problems = []
@@ -190,8 +223,9 @@ class SequenceOutputs:
     """Greedy or beam-search decoding of source ids ``[n, S]`` (seq2seq runs).
 
     Returns:
-      ``(tokens, attention)``: ``[n, L]`` output ids and ``[n, L, S]`` attention
-      weights (the best beam's), as numpy arrays.
+      ``(tokens, attention)``: ``[n, L]`` int32 output ids and ``[n, L, S]`` float32
+      attention weights (the best beam's), as numpy arrays; for ``n = 0``, empty
+      arrays of those shapes.
     """
     from jdl.sequence import decoding
     state = self.state if state is None else state
@@ -214,8 +248,14 @@ class SequenceOutputs:
                      f"{src.shape} and dtype {src.dtype}")
     if self.vocab and "src" in self.vocab:
       check_token_ids(src, self.vocab["src"], "src", "decode needs")
-    idx, _ = pipeline.eval_batch_indices(len(src), self.eval_batch_size)
     src = np.asarray(src, np.int32)
+    if len(src) == 0:  # No sources: no outputs, of the outputs' shapes (nothing computed).
+      result = jax.eval_shape(fn, state.variables, jax.ShapeDtypeStruct((1, src.shape[1]),
+                                                                        jnp.int32))
+      att = getattr(result, "attention", None)
+      return (np.zeros((0, *result.tokens.shape[1:]), result.tokens.dtype),
+              None if att is None else np.zeros((0, *att.shape[1:]), np.float32))
+    idx, _ = pipeline.eval_batch_indices(len(src), self.eval_batch_size)
     tokens, attention = [], []
     for i in idx:
       result = fn(state.variables, jnp.asarray(src[i]))
@@ -257,6 +297,12 @@ class Predictions:
     """Model outputs for raw inputs ``x: [n, ...]`` (normalised as the train split):
     a classifier's logits, a regression's outputs, an autoencoder's reconstruction
     logits (``jax.nn.sigmoid`` of them: the reconstruction in [0, 1]).
+
+    Outputs a model computes in 16-bit floats (``mixed_precision=True``: bfloat16)
+    are returned as float32, which numpy and scipy take everywhere; other dtypes are
+    returned as the model gives them. A classifier trained on ``config.classes``
+    gives column ``j`` for class ``config.classes[j]`` (the classes are relabelled
+    ``0..k-1`` in that order).
 
     Raises:
       JdlError: a VAE, GAN or seq2seq run (they sample or decode instead), inputs
@@ -390,7 +436,8 @@ class Predictions:
     'test'; in memory): row ``i``, column ``j`` counts the examples of class ``i`` the
     model puts in class ``j``, as its accuracy reads them (the diagonal's sum over the
     examples is the split's accuracy). An example whose outputs hold a NaN, which
-    predicts no class, is in no column."""
+    predicts no class, is in no column. With ``config.classes``, index ``i`` is class
+    ``config.classes[i]``."""
     from jdl import metrics as metrics_lib
     if self.config.task != "classification":
       raise JdlError(f"a confusion matrix is for classification runs; this one is of task "
@@ -406,10 +453,15 @@ class Predictions:
                                         np.asarray(data.y), self.data.num_classes)
 
   def predict_normalized(self, x: jax.Array, state: TrainState | None = None) -> np.ndarray:
-    """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``)."""
+    """Model outputs for inputs already normalised (e.g. ``trainer.data.test.x``), as
+    :meth:`predict` returns them (16-bit floats as float32)."""
     state = self.state if state is None else state
     if len(x) == 0:  # No examples: no outputs, of the outputs' shape.
       return self.predict_normalized(jnp.zeros((1, *x.shape[1:]), x.dtype), state)[:0]
     idx, _ = pipeline.eval_batch_indices(len(x), self.eval_batch_size)
-    outs = [np.asarray(self._predict(state, x[i])) for i in idx]
-    return np.concatenate(outs)[: len(x)]
+    outs = np.concatenate([np.asarray(self._predict(state, x[i])) for i in idx])[: len(x)]
+    if jnp.issubdtype(outs.dtype, jnp.floating) and jnp.finfo(outs.dtype).bits < 32:
+      # A mixed-precision model's bfloat16 outputs: numpy and scipy take few functions
+      # of bfloat16 (savetxt, linalg, special fail on them).
+      return outs.astype(np.float32)
+    return outs

@@ -9,20 +9,16 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from jdl import _plotting
 from jdl.metrics import RECORD_FACTS, RECORD_TIMINGS
 
 _SKIP = frozenset(RECORD_FACTS + RECORD_TIMINGS)
 
 
 def _save(fig, path: str | Path) -> Path:
-  """Lays ``fig`` out, writes it to ``path`` (its folder made if missing) and closes it."""
-  import matplotlib.pyplot as plt
+  """Lays ``fig`` out and writes it to ``path`` (its folder made if missing)."""
   fig.tight_layout()
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
-  return path
+  return _plotting.save_png(fig, path)
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -59,9 +55,6 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
   Returns:
     The paths written.
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
 
   curves: dict[str, dict[str, tuple[list, list]]] = defaultdict(lambda: defaultdict(lambda: ([], [])))
   for rec in read_metrics(metrics_path):
@@ -77,7 +70,7 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
   out_dir.mkdir(parents=True, exist_ok=True)
   written = []
   for name, by_split in curves.items():
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = _plotting.subplots(figsize=(6, 4))
     for split, (xs, ys) in sorted(by_split.items()):
       ax.plot(xs, ys, marker="o", markersize=3, label=split)
     ax.set_xlabel("epoch")
@@ -102,12 +95,9 @@ def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path) -> Path | No
   records = [r for r in read_metrics(metrics_path) if r.get("split") == "diagnostics"]
   if not records:
     return None
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
 
   steps = [r["step"] for r in records]
-  fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), dpi=100, sharex=True)
+  fig, (top, bottom) = _plotting.subplots(2, 1, figsize=(7, 6), sharex=True)
   top.plot(steps, [r.get("grad_norm", float("nan")) for r in records], marker="o", markersize=2)
   top.set_ylabel("gradient norm")
   layers = sorted({k for r in records for k in r if k.startswith("update_ratio/")})
@@ -123,20 +113,35 @@ def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path) -> Path | No
   return _save(fig, Path(out_dir) / "diagnostics.png")
 
 
-def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix") -> Path:
+def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix", *,
+                   labels=None) -> Path:
   """Writes a confusion matrix (rows: true class, columns: predicted) as a PNG: each
   cell coloured by its share of its row (the class's recall on the diagonal), with
-  its count written in when there are at most 20 classes."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  its count written in when there are at most 20 classes.
+
+  Args:
+    matrix: ``[C, C]`` counts.
+    path: the PNG to write.
+    title: the figure's title.
+    labels: the ``C`` class labels of the rows and columns, in order (a run trained
+      on ``config.classes`` relabels them ``0..C-1``: pass those classes); default
+      ``0..C-1``.
+
+  Raises:
+    JdlError: ``labels`` does not hold one label a class.
+  """
   import numpy as np
 
+  from jdl.errors import JdlError
   counts = np.asarray(matrix)
   c = counts.shape[0]
+  labels = list(range(c)) if labels is None or not len(labels) else list(labels)
+  if len(labels) != c:
+    raise JdlError(f"plot_confusion got {len(labels)} labels for a matrix of {c} classes; "
+                   "give one label a class, in the matrix's order")
   shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
   size = min(max(4.0, 0.45 * c + 2.0), 14.0)
-  fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=100)
+  fig, ax = _plotting.subplots(figsize=(size + 1.0, size))
   image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
   if c <= 20:
@@ -145,8 +150,9 @@ def plot_confusion(matrix, path: str | Path, title: str = "confusion matrix") ->
         ax.text(j, i, f"{counts[i, j]:,}", ha="center", va="center", fontsize=8,
                 color="white" if shares[i, j] > 0.5 else "black")
   ticks = np.arange(c) if c <= 30 else np.arange(0, c, max(1, c // 15))
-  ax.set_xticks(ticks)
-  ax.set_yticks(ticks)
+  names = [str(labels[t]) for t in ticks]
+  ax.set_xticks(ticks, names)
+  ax.set_yticks(ticks, names)
   ax.set_xlabel("predicted class")
   ax.set_ylabel("true class")
   ax.set_title(title)
@@ -172,9 +178,6 @@ def plot_predictions(targets, predictions, path: str | Path,
   """Writes a regression run's predicted against true values as a PNG: one panel per
   output column (at most 8), the line ``predicted = true``, and each column's R2 and
   MAE (:func:`regression_fit`, over every example) in its title."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   import numpy as np
 
   y = np.asarray(targets, np.float64).reshape(len(targets), -1)
@@ -184,8 +187,8 @@ def plot_predictions(targets, predictions, path: str | Path,
   shown = np.unique(np.linspace(0, len(y) - 1, min(len(y), MAX_POINTS)).astype(np.int64))
   cols = min(k, 4)
   rows = -(-k // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.6, 3.6 * rows + 0.6), dpi=100,
-                           squeeze=False)
+  fig, axes = _plotting.subplots(rows, cols, figsize=(3.6 * cols + 0.6, 3.6 * rows + 0.6),
+                                 squeeze=False)
   for j, ax in enumerate(axes.flat):
     if j >= k:
       ax.set_visible(False)
@@ -297,17 +300,14 @@ def plot_comparison(runs: list[RunCurves], out_dir: str | Path) -> list[Path]:
   Returns:
     The paths written.
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
 
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+  colours = _plotting.colormap("tab10" if len(runs) <= 10 else "tab20")
   names = list(dict.fromkeys(k for run in runs for k in run.curves))
   written = []
   for name in names:
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig, ax = _plotting.subplots(figsize=(7, 4.5))
     values = []
     both = any("val" in run.curves.get(name, {}) for run in runs)  # Else train alone, solid.
     for i, run in enumerate(runs):

@@ -578,6 +578,7 @@ class ResumableRun:
           "run, or use --restart (or another --workdir) to start over")
     self.state, self._acc = tree["state"], self.empty_acc() if metrics_changed else tree["acc"]
     self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
+    self.stopped_at = meta.get("stopped")  # Checked by validate_meta.
     if metrics_changed:
       before, now = (meta.get("config") or {}).get("metrics"), list(self.config.metrics)
       what = (f"the metrics changed ({before} -> {now})" if before != now
@@ -664,6 +665,8 @@ class ResumableRun:
         "model": self.model_source,
         "config": json.loads(config_lib.to_json(self.config)),
     }
+    if self.stopped_at is not None:  # A callback ended the run at this epoch's end.
+      meta["stopped"] = self.stopped_at
     if self.vocab:  # Evaluation, prediction and resume encode text with these ids.
       meta["vocab"] = self.vocab_json()
     self.checkpointer.save(self.step, self.checkpoint_tree(), meta=meta,
