@@ -124,7 +124,8 @@ def out_dir(args: argparse.Namespace, name: str, *, partial: bool = False) -> Pa
   elif args.tiny or partial or (epochs and epochs != getattr(args, "full_epochs", None)):
     path = Path(args.workdir) / "results"
     if not args.tiny:
-      print(f"a partial run (--epochs or a subset): figures and tables go to {path}, not "
+      print(f"a partial run (--epochs, a subset or another setting): figures and tables go "
+            f"to {path}, not "
             f"experiments/results/{name} (--out to choose)", file=sys.stderr)
   else:
     path = RESULTS / name

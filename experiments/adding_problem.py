@@ -93,8 +93,10 @@ def main(argv=None) -> int:
   if args.grad_T not in args.lengths:
     parser.error(f"--grad_T {args.grad_T} is not one of --lengths "
                  f"{','.join(map(str, args.lengths))}: input_gradients.png would not be drawn")
+  # The published figures are of the default lengths and cells, the gradients at T = 100.
   out = _common.out_dir(args, NAME, partial=(sorted(args.lengths) != [50, 100, 200]
-                                              or sorted(args.cells) != sorted(CELLS)))
+                                              or sorted(args.cells) != sorted(CELLS)
+                                              or args.grad_T != 100))
   lengths, cells = args.lengths, args.cells
   import matplotlib
   matplotlib.use("Agg")

@@ -136,6 +136,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
   if unknown or not keys:
     parser.error(f"--variants: unknown {', '.join(unknown) or 'empty list'}; "
                  f"choose from {', '.join(VARIANTS)}")
+  twice = sorted({k for k in keys if keys.count(k) > 1})
+  if twice:  # The full set with one twice counted as the full run, its row twice.
+    parser.error(f"--variants lists {', '.join(twice)} more than once")
   epochs = args.epochs or (2 if args.tiny else EPOCHS)
   source = _common.load_source(args)
   dataset = _common.hold_out_validation(source, VAL_SIZE.get(source.name, 300))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import importlib.util
 import json
 import os
@@ -41,6 +42,11 @@ SEQUENCE_KEYS_READ = {
              "sequence.lowercase", "sequence.min_freq", "sequence.max_vocab"),
     "adding_problem": ("sequence.seq_len",),
 }
+
+# The structural generative keys and the tasks that read them (a VAE's latent size
+# is its model's): the other tasks ignore them.
+GENERATIVE_KEYS_READ = {"generative.binarize": ("vae",),
+                        "generative.latent_dim": ("gan", "wgan_gp")}
 
 # Keys whose change makes an existing checkpoint meaningless (resume refuses), or
 # changes which examples are test examples, or how inputs are scaled (evaluate refuses).
@@ -421,9 +427,15 @@ def list_experiments() -> list[str]:
 
 
 def experiment_description(name: str) -> str:
-  """The first line of an experiment config's module docstring."""
+  """The first line of an experiment config's module docstring; for a file that does
+  not parse, what is wrong with it (``jdl list`` lists the others)."""
   path = CONFIG_DIR / f"{name}.py"
-  doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+  try:
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+  except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as e:
+    line = getattr(e, "lineno", None)
+    return (f"(unreadable: {type(e).__name__}{f' at line {line}' if line else ''}; "
+            f"jdl config --config {name} says more)")
   return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
@@ -661,16 +673,55 @@ def structural_diff(saved: dict, current: dict,
   """Keys among ``keys`` (:data:`STRUCTURAL_KEYS`) whose values differ (dotted paths).
 
   A ``sequence.*`` key counts only where the saved run's or this run's dataset reads
-  it (:data:`SEQUENCE_KEYS_READ`).
+  it (:data:`SEQUENCE_KEYS_READ`), a ``generative.*`` key only where either run's
+  task does (:data:`GENERATIVE_KEYS_READ`). A key a config lacks (one written before
+  the key existed) reads as its default: :func:`base_config`'s, and for a model
+  field, the default of the registered model class's field.
   """
   read = {key for config in (saved, current)
           for key in SEQUENCE_KEYS_READ.get(_get(config, "dataset"), ())}
+  tasks = {_get(config, "task") for config in (saved, current)}
+  defaults = base_config().to_dict()
+  saved, current = _with_model_defaults(saved), _with_model_defaults(current)
   diffs = []
   for key in keys:
     if key.startswith("sequence.") and key not in read:
       continue
-    _diff(_get(saved, key), _get(current, key), key, diffs)
+    if key in GENERATIVE_KEYS_READ and not tasks & set(GENERATIVE_KEYS_READ[key]):
+      continue
+    _diff(_get_or_default(saved, key, defaults), _get_or_default(current, key, defaults),
+          key, diffs)
   return diffs
+
+
+def _get_or_default(tree: dict, dotted: str, defaults: dict) -> Any:
+  """``tree``'s value at ``dotted``, or ``defaults``' where ``tree`` lacks the key."""
+  node = tree
+  for part in dotted.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return _get(defaults, dotted)
+    node = node[part]
+  return node
+
+
+def _with_model_defaults(config: dict) -> dict:
+  """``config`` with its ``model`` section's missing fields set to the registered
+  model class's defaults: a field left out and the same field set to its default
+  build the same model."""
+  from jdl import models as models_lib
+  model = config.get("model") if isinstance(config, dict) else None
+  cls = models_lib.MODELS.get(model.get("name")) if isinstance(model, dict) else None
+  if cls is None:
+    return config
+  model = dict(model)
+  for name, field in models_lib.model_fields(cls).items():
+    if name not in model and field.default is not dataclasses.MISSING:
+      model[name] = _json_like(field.default)
+  return {**config, "model": model}
+
+
+def _json_like(value: Any) -> Any:
+  return [_json_like(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 # The settings of one launch of a multi-host run, not of the run: the coordinator's

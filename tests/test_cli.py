@@ -325,6 +325,22 @@ def test_list_names_every_experiment(capsys):
   assert "default" in out
 
 
+def test_list_lists_the_others_beside_a_broken_config_file(tmp_path, capsys, monkeypatch):
+  # A half-written or Latin-1 file in the configs folder failed `jdl list` with a
+  # SyntaxError / UnicodeDecodeError traceback.
+  from jdl import config as config_lib
+  (tmp_path / "good.py").write_text('"""A fine experiment."""\n')
+  (tmp_path / "half.py").write_text('"""Half written."""\ndef get_config(:\n')
+  (tmp_path / "latin.py").write_bytes('"""Caf\u00e9."""\n'.encode("latin-1"))
+  monkeypatch.setattr(config_lib, "CONFIG_DIR", tmp_path)
+  code, out, err = run_cli("list", capsys=capsys)
+  assert code == 0 and not err, err
+  assert out.splitlines() == [
+      "good   A fine experiment.",
+      "half   (unreadable: SyntaxError at line 2; jdl config --config half says more)",
+      "latin  (unreadable: UnicodeDecodeError; jdl config --config latin says more)"]
+
+
 def test_help_is_complete(capsys):
   for args in (["--help"], ["train", "--help"], ["evaluate", "--help"], ["export", "--help"],
                ["list", "--help"]):
@@ -918,3 +934,28 @@ def test_compare_names_the_latest_of_tied_best_epochs_as_evaluate_scores_it():
       "loss": {"val": ([1, 2, 3, 4], [0.3, 0.2, 0.2, 0.25])}})
   row = plots.comparison_table([run]).splitlines()[1].split()
   assert row[3:] == ["1", "(3)", "0.2", "(3)"]
+
+
+def test_structural_keys_count_for_the_runs_that_read_them():
+  # generative.* keys refused a classifier's resume or evaluation ("the test split or
+  # the model would differ"); a config.json from before the generative section
+  # refused a plain `jdl evaluate`; model.dropout_rate=0.0 against a config that
+  # left it at the MLP's default 0.0 was refused too.
+  from jdl import config as config_lib
+  saved = json.loads(config_lib.to_json(jdl.load_config("xor")))
+  diff = lambda **changes: config_lib.structural_diff(saved, {**saved, **changes})  # noqa: E731
+  generative = lambda **g: {**saved["generative"], **g}  # noqa: E731
+  assert diff(generative=generative(latent_dim=5, binarize="none")) == []
+  old = {k: v for k, v in saved.items() if k != "generative"}
+  assert config_lib.structural_diff(old, saved) == []
+  assert "dropout_rate" not in saved["model"]
+  assert diff(model={**saved["model"], "dropout_rate": 0.0}) == []
+  assert diff(model={**saved["model"], "dropout_rate": 0.5}) == ["model.dropout_rate"]
+  # A task that reads them: refused as before, each key by its own task.
+  for task, key, value in (("vae", "binarize", "none"), ("gan", "latent_dim", 5),
+                           ("wgan_gp", "latent_dim", 5)):
+    run = {**saved, "task": task}
+    assert config_lib.structural_diff(run, {**run, "generative": generative(**{key: value})}
+                                      ) == [f"generative.{key}"]
+  vae = {**saved, "task": "vae"}
+  assert config_lib.structural_diff(vae, {**vae, "generative": generative(latent_dim=5)}) == []

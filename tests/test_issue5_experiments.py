@@ -285,6 +285,9 @@ def test_architectures_tiny_run_and_its_variants_argument(tmp_path, capsys):
     ("explain_mnist", ["--deletion_lime_examples", "0"], "must be >= 1, got 0"),
     # --holdout was ignored when --digits was given.
     ("ae_anomaly", ["--holdout", "3", "--digits", "1,2"], "give --holdout or --digits, not both"),
+    # The full set with one twice counted as the full run (published table, a row twice).
+    ("architectures", ["--variants", "mlp,cnn,lenet5,vgg,inception,resnet20,mlp"],
+     "--variants lists mlp more than once"),
 ])
 def test_driver_arguments_are_refused_before_training(driver, argv, message, tmp_path, capsys):
   import importlib
@@ -294,3 +297,22 @@ def test_driver_arguments_are_refused_before_training(driver, argv, message, tmp
   err = capsys.readouterr().err
   assert e.value.code == 2 and message in err and err.count("\n") == 1, err
   assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv, partial", [([], False), (["--grad_T", "50"], True),
+                                           (["--cells", "lstm"], True)])
+def test_an_adding_problem_run_of_other_settings_leaves_the_published_figures(
+    argv, partial, monkeypatch):
+  # --grad_T 50 over the default lengths and cells wrote over input_gradients.png (T = 100).
+  import _common
+  import adding_problem
+  seen = []
+
+  def out_dir(args, name, *, partial=False):
+    seen.append(partial)
+    raise SystemExit(0)  # Before any training.
+
+  monkeypatch.setattr(_common, "out_dir", out_dir)
+  with pytest.raises(SystemExit):
+    adding_problem.main(argv)
+  assert seen == [partial]

@@ -198,10 +198,24 @@ def test_create_train_state_takes_a_key_or_an_int_seed_and_refuses_the_rest():
   by_key = jdl.create_train_state(models.MLP(3, hidden=(5,)), optax.sgd(0.1), x,
                                   key=jax.random.key(7))
   chex.assert_trees_all_equal(by_seed.params, by_key.params)
-  for bad in ("7", True, np.zeros(3, np.float32)):  # A deep TypeError from jax before.
-    with pytest.raises(JdlError, match=r"^create_train_state: key must be a PRNG key "
-                       r"\(jax\.random\.key\(seed\)\) or an int seed, got "):
+  # A deep TypeError from jax before; a batch of keys a ValueError, a seed past 2**64
+  # an OverflowError.
+  for bad in ("7", True, np.zeros(3, np.float32), jax.random.split(jax.random.key(0), 2),
+              2**64, -1):
+    with pytest.raises(JdlError, match=r"^create_train_state: key must be one PRNG key "
+                       r"\(jax\.random\.key\(seed\)\) or an int seed in \[0, 2\*\*64\), "
+                       r"got "):
       jdl.create_train_state(models.MLP(3), optax.sgd(0.1), x, key=bad)
+  # An init keyword argument of a numpy array (compared with "key": a ValueError).
+  state = jdl.create_train_state(_WithOffset(), optax.sgd(0.1), x, key=7,
+                                 init_kwargs={"offset": np.ones(4, np.float32)})
+  assert state.params["Dense_0"]["kernel"].shape == (4, 2)
+
+
+class _WithOffset(nn.Module):
+  @nn.compact
+  def __call__(self, x, offset=0.0, train=False):
+    return nn.Dense(2)(x + offset)
 
 
 @pytest.mark.parametrize("size", [28, 32])

@@ -1905,9 +1905,11 @@ def test_an_error_closes_the_progress_bar_and_a_second_fit_forgets_the_first_one
 
   trainer = loop.Trainer(make_config(scan_chunk=4), tmp_path, quiet=True,
                          callbacks=[InterruptOnce()])
-  assert trainer.fit().stopped == "SIGINT" and trainer.step == 4
+  interrupted = trainer.fit()
+  assert interrupted.stopped == "SIGINT" and trainer.step == 4
   resumed = trainer.fit()  # Reported "SIGINT" although it trained to the end.
   assert resumed.stopped is None and trainer.step == 2 * trainer.steps_per_epoch
+  assert interrupted.stopped == "SIGINT"  # Each result says how its own fit() ended.
   assert "accuracy" in resumed.test_metrics
 
 
@@ -1931,3 +1933,31 @@ def test_a_run_with_plots_leaves_the_callers_matplotlib_alone(tmp_path):
   pngs = sorted((tmp_path / "a" / "plots").glob("*.png")) + written
   assert {"loss.png", "confusion_test.png"} <= {p.name for p in pngs}
   assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_nonfinite_stop_with_every_gradient_tested_stops_within_two_blocks():
+  # nonfinite_check='step' (the GPU's and a parallel run's 'auto'): the error came at the
+  # epoch's end, every step after the NaN one training on NaN parameters.
+  import flax.linen as nn
+
+  class Poisoned(nn.Module):  # NaN outputs for the batch holding the marked example.
+    @nn.compact
+    def __call__(self, x, *, train=False):
+      out = nn.Dense(2)(x)
+      return out + jnp.where(jnp.max(x) > 100.0, jnp.nan, 0.0)
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(1024, 4)).astype(np.float32)
+  y = (x[:, 0] > 0).astype(np.int32)
+  x[[7, 300, 600, 900], 0] = 1000.0  # The first of them in step 13's batch.
+  data = jdl.data.Dataset(x_train=x, y_train=y, x_test=x[8:72], y_test=y[8:72],
+                          num_classes=2, task="classification", name="poisoned",
+                          input_shape=(4,))
+  config = make_config(nonfinite_check="step", normalize="none", batch_size=16,
+                       validation_split=0.0, monitor="", scan_chunk=4, num_epochs=1)
+  trainer = loop.Trainer(config, dataset=data, model=Poisoned(), quiet=True)
+  with pytest.raises(jdl.JdlError, match=r"^non-finite value at step (\d+) \(epoch 1\)") as e:
+    trainer.fit()
+  first = int(re.search(r"step (\d+)", str(e.value)).group(1))
+  block = -(-first // 4) * 4  # The end of the block of the first NaN step.
+  assert first < 40 and block <= trainer.step <= block + 8, (first, trainer.step)

@@ -97,13 +97,15 @@ class FitResult:
   workdir: Path | None
   trainer: Trainer = dataclasses.field(repr=False, default=None)
 
+  def __post_init__(self):
+    # Of this fit(): a later fit() of the trainer (a resume) clears the trainer's.
+    t = self.trainer
+    self._stopped = (None if t is None else str(t.preempted) if t.preempted
+                     else "non-finite" if t.nan_detected else None)
+
   @property
   def stopped(self) -> str | None:
-    if self.trainer is None:
-      return None
-    if self.trainer.preempted:
-      return str(self.trainer.preempted)
-    return "non-finite" if self.trainer.nan_detected else None
+    return self._stopped
 
   def __repr__(self) -> str:
     # The state's arrays would fill a notebook cell: their count and the step instead.
@@ -834,6 +836,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     for callback in self.callbacks:
       callback.on_train_begin(self)
     spe, ce = self.steps_per_epoch, int(self.config.checkpoint_every_steps)
+    # nonfinite='stop' with every gradient tested: a non-finite step's update is still
+    # applied, so the loop stops within two blocks of it, not at the epoch's end (the
+    # per-block check stops after its block by itself).
+    stop_at_nonfinite = self.nonfinite_check == "step" and self.config.nonfinite == "stop"
     every_seconds = float(self.config.checkpoint_every_seconds)
     epoch = start // spe
     if self.num_epochs == 0 and start == 0:
@@ -869,7 +875,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       # a block queued, and a stop request is acted on within two blocks (without the
       # wait the loop could run an epoch ahead, and a preemption's grace period end
       # before the checkpoint: the save waits for every block dispatched).
-      self._in_flight = previous = None
+      self._in_flight = previous = previous_bad = None
       while pos < spe:
         n = min(self.chunk - pos % self.chunk, spe - pos)
         size, pad = (self.chunk, (self.chunk,)) if self.padded_blocks else (n, ())
@@ -881,8 +887,12 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         pos, steps_run = pos + n, steps_run + n
         if previous is not None:
           previous.block_until_ready()
+        if previous_bad is not None and int(previous_bad):
+          self._check_finite()  # Raises, naming the first non-finite step.
         # Not donated: ready when this block is done.
         previous = self._in_flight = self.state.step + 0
+        if stop_at_nonfinite:  # The block's count, read once it is done (above).
+          previous_bad = self._acc[steps_lib.NONFINITE]["count"] + 0
         for callback in self.callbacks:
           callback.on_steps_end(self, epoch * spe + pos, n)
         if pos < spe:  # Mid-epoch checkpoints (the epoch's end saves in _end_epoch).

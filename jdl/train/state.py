@@ -67,17 +67,21 @@ def create_train_state(model: flax.linen.Module, tx: optax.GradientTransformatio
     init_kwargs: extra keyword arguments of the model's ``__call__`` at init; a
       value ``"key"`` is replaced by a PRNG key (e.g. a VAE's sampling key).
   """
-  if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+  if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= key < 2**64:
     key = jax.random.key(int(key))
-  elif not (isinstance(key, jax.Array) and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-                                            or (key.shape == (2,) and key.dtype == jnp.uint32))):
-    raise JdlError(f"create_train_state: key must be a PRNG key (jax.random.key(seed)) or an "
-                   f"int seed, got {type(key).__name__}")
+  elif not (isinstance(key, jax.Array) and (
+      (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ())
+      or (key.shape == (2,) and key.dtype == jnp.uint32))):
+    what = (f"{key!r:.40}" if isinstance(key, (int, np.integer))
+            else f"{type(key).__name__} of shape {key.shape}" if isinstance(key, jax.Array)
+            else type(key).__name__)
+    raise JdlError("create_train_state: key must be one PRNG key (jax.random.key(seed)) or an "
+                   f"int seed in [0, 2**64), got {what}")
   init_key, dropout_key, state_key = jax.random.split(key, 3)
   kwargs = dict(init_kwargs or {})
 
   def init(k1, k2, x):
-    extra = {k: (k2 if v == "key" else v) for k, v in kwargs.items()}
+    extra = {k: (k2 if isinstance(v, str) and v == "key" else v) for k, v in kwargs.items()}
     return model.init({"params": k1, "dropout": k2}, x, train=False, **extra)
 
   variables = jax.jit(init)(init_key, dropout_key, example_input)
