@@ -377,22 +377,13 @@ def _evaluate(args, overrides) -> int:
     config_lib.apply_overrides(config, overrides)
   else:
     config, workdir = _load(args, overrides)
-    saved = Path(workdir) / "config.json"  # The run evaluated, wherever it was named.
-    run = workdir_lib.read_json(saved, workdir_lib.READ_REMEDY) if saved.is_file() else None
-  if run is not None:
-    changed = config_lib.structural_diff(run, json.loads(config_lib.to_json(config)),
-                                         keys=config_lib.EVALUATION_KEYS)
-    if changed:  # Another split or scaling: the "test" rows could be training rows.
-      raise JdlError(f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} "
-                     "from the run's config.json: the test split, the inputs or the model "
-                     "would not be the ones it was trained with; leave them as the run "
-                     "had them")
+  # load_run refuses another split, classes or scaling than the run's.
   scores, trainer = reopen.evaluate_run(config, workdir, split=args.split)
   # Strict JSON: a metric without a value (r2 of one row, roc_auc of one class) is null.
   print(json.dumps({k: v if math.isfinite(v) else None for k, v in scores.items()}))
   # Which state: the run's own test line may score another (fit's final state).
   print(f"jdl evaluate: the {args.split} split, scored at step {trainer.step} (epoch "
-        f"{trainer.step / trainer.steps_per_epoch:g}): {trainer.loaded_as}", file=sys.stderr)
+        f"{trainer.loaded_epoch:g}): {trainer.loaded_as}", file=sys.stderr)
   return 0
 
 
@@ -761,6 +752,18 @@ def _compare(args, overrides) -> int:
     raise JdlError(f"--out {args.out!r}: cannot make the folder ({e.strerror or e})") from None
   _check_writable(out, args.out)
   previous = _compare_manifest(out)
+  # A file there that no compare wrote (or one changed since), or a link: a user's
+  # own figure, or a run's plot linked in; it is not replaced.
+  taken = [f"{q}.png" for q in plots.comparison_quantities(runs)
+           if (out / f"{q}.png").is_symlink() or ((out / f"{q}.png").exists() and (
+               not (out / f"{q}.png").is_file()
+               or previous.get(f"{q}.png") != _sha256(out / f"{q}.png")))]
+  if taken:
+    raise JdlError(f"--out {args.out!r} holds {', '.join(taken[:4])}"
+                   f"{', ...' if len(taken) > 4 else ''}, which jdl compare did not write "
+                   f"(or which changed since): the plots would replace "
+                   f"{'it; move it' if len(taken) == 1 else 'them; move them'} away or name "
+                   "another --out folder")
   print(plots.comparison_table(runs))
   written = plots.plot_comparison(runs, out)
   print(f"plots: {len(written)} in {args.out} ({', '.join(p.name for p in written)})")
@@ -805,8 +808,11 @@ def _check_metrics(path: Path, run) -> None:
     if record["split"] != "test" and (not isinstance(epoch, int) or isinstance(epoch, bool)):
       fail(i, line, f'has no integer "epoch" ({epoch!r}): its values cannot be plotted')
     for k, v in record.items():
-      if (k not in metrics_lib.RECORD_FACTS and v is not None
-          and (not isinstance(v, (int, float)) or isinstance(v, bool))):
+      if k in metrics_lib.RECORD_FACTS:
+        continue
+      if Path(k).name != k or k in ("", ".", "..") or "\\" in k:  # Plotted as <k>.png.
+        fail(i, line, f"has a metric named {k!r}, which cannot name a plot file")
+      if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
         fail(i, line, f"has {k} = {v!r}, not a number")
   if not run.curves and not run.test:
     raise JdlError(f"{path} holds no metrics (no train, val or test line with a value): "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import hashlib
+import shutil
 import struct
 from pathlib import Path
 
@@ -860,3 +861,39 @@ def test_out_paths_are_checked_before_the_work(finished, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert (f"{a_file} is a file, not a folder" in err[0] or "--seed" in err[0]), err
+
+
+def test_a_reopened_run_refuses_another_split_classes_or_scaling(finished, capsys):
+  # The CLI compared config.json alone; jdl.load_run / jdl.evaluate with a config of
+  # other classes scored another problem (0.108 where the run scores 0.892), with
+  # normalize='none' raw inputs, with another validation_split other rows: no error.
+  run = jdl.config.from_dict(json.loads((Path(finished) / "config.json").read_text()))
+  step = max(int(p.name) for p in (Path(finished) / "checkpoints").glob("[0-9]*"))
+  for key, value in (("classes", (3, 5)), ("normalize", "none"), ("validation_split", 0.5)):
+    config = jdl.config.editable_copy(run)
+    config[key] = value
+    with pytest.raises(jdl.JdlError, match=rf"^{key} differs from the run's config \(the "
+                       rf"config its checkpoint at step {step} records\): the test split"):
+      jdl.evaluate(config, finished)
+  config = jdl.config.editable_copy(run)
+  config.batch_size = 32  # Training only: allowed, and the epoch is the run's own.
+  assert jdl.load_run(finished, config).loaded_epoch == 1
+  with pytest.raises(jdl.JdlError, match=r"^load_run's config must be a config .* got str "
+                                         r"'digits_cnn'"):
+    jdl.load_run(finished, "digits_cnn")  # An AttributeError before.
+  capsys.readouterr()
+  assert cli.main(["evaluate", "--workdir", str(finished), "--config.batch_size=32"]) == 0
+  assert f"scored at step {step} (epoch 1): " in capsys.readouterr().err  # Was "epoch 0.25".
+
+
+def test_evaluate_says_when_early_stoppings_best_step_is_gone(tmp_path, capsys):
+  # It scored the latest and called it "early stopping's restored epoch".
+  config = make_config(num_epochs=3, early_stopping__enabled=True, keep_checkpoints=5,
+                       early_stopping__monitor="val_loss", early_stopping__mode="max",
+                       early_stopping__patience=10)  # The highest val_loss: epoch 1's.
+  result = jdl.fit(config, tmp_path, quiet=True)
+  spe = result.trainer.steps_per_epoch
+  assert result.trainer.step == spe  # Restored.
+  shutil.rmtree(tmp_path / "checkpoints" / str(spe))
+  assert jdl.load_run(tmp_path).loaded_as == (
+      f"the latest (early stopping's best step {spe} is gone)")

@@ -898,6 +898,37 @@ def test_compare_removes_only_the_stale_plots_it_wrote_itself(tmp_path, capsys):
                                    "quantities these runs do not log: accuracy.png")
 
 
+def test_compare_replaces_no_file_it_did_not_write_and_writes_only_into_out(tmp_path,
+                                                                              capsys):
+  # A user's own loss.png in --out was replaced in silence, a link written through
+  # (into a run's plots/), and a metric named "../escaped" plotted outside --out.
+  run = _write_run(tmp_path / "run", [{"step": 1, "epoch": 1, "split": "train", "loss": 1.0}])
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "loss.png").write_bytes(b"my own figure")
+  (tmp_path / "linked").mkdir()
+  (tmp_path / "linked" / "loss.png").symlink_to(tmp_path / "run" / "plots.png")
+  (tmp_path / "run" / "plots.png").write_bytes(b"a run's plot")
+  for out in (mine, tmp_path / "linked"):
+    code, text, err = run_cli("compare", run, "--out", out, capsys=capsys)
+    assert code == 2 and text == "" and err == (
+        f"jdl: error: --out '{out}' holds loss.png, which jdl compare did not write (or "
+        "which changed since): the plots would replace it; move it away or name another "
+        "--out folder\n"), err
+  assert (mine / "loss.png").read_bytes() == b"my own figure"
+  assert (tmp_path / "run" / "plots.png").read_bytes() == b"a run's plot"
+  # Its own plots, unchanged since, it replaces (compare again into the same folder).
+  code, _, err = run_cli("compare", run, "--out", tmp_path / "fresh", capsys=capsys)
+  assert code == 0, err
+  code, _, err = run_cli("compare", run, "--out", tmp_path / "fresh", capsys=capsys)
+  assert code == 0, err
+  bad = _write_run(tmp_path / "bad", [
+      {"step": 1, "epoch": 1, "split": "train", "loss": 1.0, "../escaped": 2.0}])
+  code, _, err = run_cli("compare", bad, "--out", tmp_path / "out2", capsys=capsys)
+  assert code == 2 and "has a metric named '../escaped', which cannot name a plot file" in err
+  assert not list(tmp_path.glob("*.png")) and not (tmp_path / "out2").exists()
+
+
 def test_export_says_it_made_the_folder_of_its_out(trained, tmp_path, capsys):
   # A mistyped folder was made in silence; it is made (as every --out's is), and said.
   out = tmp_path / "new" / "deeper" / "p.npz"

@@ -293,6 +293,11 @@ def run_labels(workdirs: list[str | Path]) -> list[str]:
       depth[i] += 1
 
 
+def comparison_quantities(runs: list[RunCurves]) -> list[str]:
+  """The quantities :func:`plot_comparison` plots (``<quantity>.png`` each)."""
+  return list(dict.fromkeys(k for run in runs for k in run.curves))
+
+
 def plot_comparison(runs: list[RunCurves], out_dir: str | Path) -> list[Path]:
   """Writes ``<quantity>.png`` for each quantity any run logged: one colour a run,
   its validation curve solid and its training curve dashed, against epoch.
@@ -304,9 +309,8 @@ def plot_comparison(runs: list[RunCurves], out_dir: str | Path) -> list[Path]:
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   colours = _plotting.colormap("tab10" if len(runs) <= 10 else "tab20")
-  names = list(dict.fromkeys(k for run in runs for k in run.curves))
   written = []
-  for name in names:
+  for name in comparison_quantities(runs):
     fig, ax = _plotting.subplots(figsize=(7, 4.5))
     values = []
     both = any("val" in run.curves.get(name, {}) for run in runs)  # Else train alone, solid.

@@ -9,6 +9,7 @@ are the ones the checkpoints record, and restores the best (else latest) state.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -54,6 +55,10 @@ def load_run(workdir: str | Path, config: ml_collections.ConfigDict | None = Non
   """
   if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
     raise JdlError(f"load_run needs the run's workdir (a path), got {workdir!r}")
+  if config is not None and not isinstance(config, ml_collections.ConfigDict):
+    raise JdlError(f"load_run's config must be a config (ml_collections.ConfigDict) or None "
+                   f"(the run's config.json), got {type(config).__name__} {config!r:.40}; "
+                   "jdl.load_config(name) makes one")
   for attempt in range(3):  # A run training there may prune the step chosen.
     try:
       return _load_run(workdir, config, best=best, dataset=dataset, model=model)
@@ -91,6 +96,7 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
     step, why = resume.final_step(config, ck, latest) if best else (latest, "the latest")
     with ckpt_lib.unreadable_as_error(ckdir, step):
       meta = ck.restore_meta(step)
+    _check_evaluation_keys(config, meta, workdir, step)
     vocab = None
     if isinstance(meta, dict) and meta.get("vocab"):  # Text: the run's own token ids.
       try:
@@ -141,8 +147,36 @@ def _load_run(workdir, config, *, best, dataset, model) -> Trainer:
   trainer.state = tree["state"]
   trainer.holds_run_state = True
   trainer.loaded_as = why
+  # The run's own epochs (a batch_size given here may count others).
+  spe = meta.get("steps_per_epoch") if isinstance(meta, dict) else None
+  trainer.loaded_epoch = step / (spe if isinstance(spe, int) and spe > 0
+                                 else trainer.steps_per_epoch)
   trainer.loaded_from = workdir
   return trainer
+
+
+def _check_evaluation_keys(config, meta, workdir: Path, step: int) -> None:
+  """Refuses a config whose split, classes, scaling or model (:data:`jdl.config.
+  EVALUATION_KEYS`) differ from the run's: the checkpoint's recorded config, else
+  its ``config.json``. Scored on another split, a "test" row could be a training
+  row; with other classes or scaling the scores are of another problem."""
+  run = meta.get("config") if isinstance(meta, dict) else None
+  where = f"the config its checkpoint at step {step} records"
+  if not isinstance(run, dict):
+    try:
+      run = workdir_lib.read_json(workdir / "config.json", workdir_lib.READ_REMEDY)
+    except JdlError:
+      return
+    where = "its config.json"
+  changed = config_lib.structural_diff(run, json.loads(config_lib.to_json(config)),
+                                       keys=config_lib.EVALUATION_KEYS)
+  if changed:
+    raise JdlError(f"{', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from "
+                   f"the run's config ({where}): the test split, the inputs or the model "
+                   "would not be the ones it was trained with; leave "
+                   f"{'it' if len(changed) == 1 else 'them'} as the run had "
+                   f"{'it' if len(changed) == 1 else 'them'} (without --config, or with "
+                   "config=None, the run's own config is used)")
 
 
 def scored_step(workdir: str | Path) -> int:

@@ -79,9 +79,9 @@ def final_step(config, ck: ckpt_lib.Checkpointer, latest: int) -> tuple[int, str
   """The state a run ends with, as ``jdl evaluate``, ``predict`` and ``sample`` read
   it, and why: early stopping's restored epoch, else the best checkpoint by
   ``config.monitor``, else ``latest``."""
-  step = _early_stopping_best(config, ck, latest)
-  if step is not None:
-    return step, "early stopping's restored epoch"
+  chosen = _early_stopping_best(config, ck, latest)
+  if chosen is not None:
+    return chosen
   if config.monitor:
     step = ck.best_step()
     if step is not None:
@@ -90,9 +90,10 @@ def final_step(config, ck: ckpt_lib.Checkpointer, latest: int) -> tuple[int, str
   return latest, "the latest"
 
 
-def _early_stopping_best(config, ck: ckpt_lib.Checkpointer, latest: int) -> int | None:
+def _early_stopping_best(config, ck: ckpt_lib.Checkpointer,
+                         latest: int) -> tuple[int, str] | None:
   """The step early stopping restores at the end of the run (``restore_best``), as
-  the latest checkpoint's callback state records it; ``None`` without one.
+  the latest checkpoint's callback state records it, and why; ``None`` without one.
 
   It ranks epochs by its own monitor and ``min_delta``, so it need not be the best
   checkpoint by ``config.monitor``: the run's test line scores this state, and so
@@ -111,8 +112,10 @@ def _early_stopping_best(config, ck: ckpt_lib.Checkpointer, latest: int) -> int 
   step = state.get("best_step")
   if not isinstance(step, int) or step < 0:
     return None
+  if step in ck.steps():
+    return step, "early stopping's restored epoch"
   # Its step gone (removed by hand: early stopping keeps it), fit kept the last state.
-  return step if step in ck.steps() else latest
+  return latest, f"the latest (early stopping's best step {step} is gone)"
 
 
 class ResumeRefused(JdlError):
