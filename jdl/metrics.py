@@ -340,7 +340,8 @@ def _group(name: str) -> str:
   if _task(name) is None:
     valid = ", ".join(_VALID["classification"] + REGRESSION + tuple(CUSTOM))
     raise errors.JdlError(f"unknown metric {name!r}; valid names: {valid} (your own: "
-                          "jdl.metrics.register_metric)")
+                          "jdl.metrics.register_metric, in each process that trains, "
+                          "resumes or evaluates the run)")
   if name in _BINARY:
     return "binary"
   if name in _MACRO:

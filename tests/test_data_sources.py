@@ -295,7 +295,8 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, mirror, monkeypatch
     load_dataset("mnist")
   target = tmp_path / "jdl_data" / "mnist"
   assert str(target) in str(e.value)
-  assert list(target.iterdir()) == []  # Neither the bad file nor a partial download.
+  # Neither the bad file nor a partial download, nor the folder made for them.
+  assert not target.exists()
 
 
 def test_download_all_mirrors_dead(tmp_path, monkeypatch):
@@ -306,6 +307,13 @@ def test_download_all_mirrors_dead(tmp_path, monkeypatch):
   message = str(e.value)
   assert f"in {target}" in message and "--config.data_dir" in message
   assert all(f"{f}.gz" in message for f in _MNIST_FILES)
+  # The folders made for the download went again: an empty data folder was left
+  # behind (outside the workdir: ../shared/data/mnist, ~/.cache/jdl/mnist).
+  assert not target.exists() and not (tmp_path / "jdl_data").exists()
+  (tmp_path / "mine").mkdir()  # A folder that was there stays.
+  with pytest.raises(JdlError):
+    load_dataset("mnist", data_dir=tmp_path / "mine")
+  assert (tmp_path / "mine").is_dir()
 
 
 def test_download_only_missing_files_into_data_dir(tmp_path, mirror, monkeypatch):
@@ -411,7 +419,9 @@ def _truncated_npz(path):
     (lambda p: write_npz(p, x=np.ones((4, 2))), "needs 'x' and 'y'"),
     (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.arange(4), x_test=np.ones((2, 2))),
      "both 'x_test' and 'y_test'"),
-    (lambda p: p.write_bytes(b"this is not a zip archive" * 10), "corrupt or not an npz"),
+    # numpy's own text said to unpickle it ("load it unsafely using allow_pickle=").
+    (lambda p: p.write_bytes(b"this is not a zip archive" * 10),
+     r"corrupt or not an npz file \(not a zip archive of \.npy arrays\)$"),
     (_truncated_npz, "corrupt or not an npz"),
     (lambda p: write_npz(p, x=np.ones((4, 2)), y=np.array([{}, 1, 2, 3], dtype=object)),
      "allow_pickle=False"),

@@ -471,7 +471,8 @@ def test_predict_refuses_non_finite_and_integer_inputs_to_a_float_run(trained):
     jdl.predict(result, bad)
   # digits' loader gives floats: integer pixels would be taken 1:1 and silently misread.
   with pytest.raises(JdlError, match=r"predict got int64 inputs, but dataset 'digits' gives "
-                     r"float inputs \(taken 1:1 they would be misread\)"):  # Not "MNIST".
+                     r"float inputs \(scikit-learn's 8x8 images / 16, in \[0, 1\]: taken "
+                     r"1:1 they would be misread\)"):  # Not "MNIST".
     jdl.predict(result, raw.astype(np.int64))
 
 
@@ -487,7 +488,8 @@ def test_predict_says_when_inputs_lie_far_outside_the_train_range(trained, capfd
   assert re.fullmatch(r"jdl: warning: [\d.]+% of predict's input values lie further beyond "
                       r"their feature's range in the train split than that range is wide "
                       r"\(compared as normalised alike\): give them on the scale dataset "
-                      r"'digits' gives\n", err), err
+                      r"'digits' gives \(scikit-learn's 8x8 images / 16, in \[0, 1\]\)\n",
+                      err), err  # The scale named: no doc said it.
   odd = np.array(raw)
   odd[0, 3, 3, 0] = 50.0  # One value of 256: no warning.
   jdl.predict(result, odd)

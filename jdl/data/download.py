@@ -6,6 +6,7 @@ mirror) can replace them; :func:`download_files` also takes both as arguments.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -153,6 +154,7 @@ def download_files(
         f"no known SHA-256 for {name} file(s) {', '.join(unknown)}; jdl downloads only "
         f"verified files, so put them in {target} yourself"
     )
+  made = [p for p in (target, *target.parents) if not p.exists()]  # Deepest first.
   try:
     target.mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -160,7 +162,20 @@ def download_files(
         f"cannot create the data directory {target} ({e.strerror or e}); set "
         "--config.data_dir or $JDL_DATA_DIR to a writable directory"
     ) from None
-  done = []
+  done: list[pathlib.Path] = []
+  try:
+    _download_each(name, files, target, urls, sums, timeout, progress, done)
+  except BaseException:
+    if not done:  # Nothing came: the folders made for it go again (if still empty).
+      for folder in made:
+        with contextlib.suppress(OSError):
+          folder.rmdir()
+    raise
+  return done
+
+
+def _download_each(name, files, target, urls, sums, timeout, progress, done) -> None:
+  """The loop of :func:`download_files`: appends each file's path to ``done``."""
   for i, file in enumerate(files):
     dest = target / file
     failures = []
@@ -183,4 +198,3 @@ def download_files(
           "them"
       )
     done.append(dest)
-  return done

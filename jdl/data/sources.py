@@ -466,7 +466,10 @@ def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
   except JdlError:
     raise
   except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-    raise JdlError(f"cannot read npz file {path}: it is corrupt or not an npz file ({e})"
+    # numpy takes a file that is neither a zip nor a .npy for a pickle, and says to
+    # unpickle it: no advice to give here (jdl loads no pickle).
+    why = ("not a zip archive of .npy arrays" if "pickle" in str(e) else str(e))
+    raise JdlError(f"cannot read npz file {path}: it is corrupt or not an npz file ({why})"
                    ) from None
   if ("x" not in arrays or "y" not in arrays or ("x_test" in arrays) != ("y_test" in arrays)
       or ("x_val" in arrays) != ("y_val" in arrays)):
@@ -622,6 +625,14 @@ _LOADERS: dict[str, Callable[[_Request], Dataset]] = {
 }
 
 DATASETS: tuple[str, ...] = tuple(sorted(_LOADERS))
+
+# The scale of the built-in image sources' float inputs, which predict's inputs must
+# be on too (their messages say it).
+INPUT_SCALES = {
+    "digits": "scikit-learn's 8x8 images / 16, in [0, 1]",
+    "mnist": "pixels / 255, in [0, 1]",
+    "fashion_mnist": "pixels / 255, in [0, 1]",
+}
 
 
 def _is_number(value) -> bool:

@@ -840,6 +840,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     # applied, so the loop stops within two blocks of it, not at the epoch's end (the
     # per-block check stops after its block by itself).
     stop_at_nonfinite = self.nonfinite_check == "step" and self.config.nonfinite == "stop"
+    stop.block_steps = self.chunk  # What a stop request's message says it waits for.
     every_seconds = float(self.config.checkpoint_every_seconds)
     epoch = start // spe
     if self.num_epochs == 0 and start == 0:
@@ -852,7 +853,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         by = (self.stopped_at or {}).get("by", "EarlyStopping")
         who = "early stopping" if by == "EarlyStopping" else f"callback {by}"
         why = (f" ({who} ended it at epoch {epoch}; num_epochs={self.num_epochs} does "
-               "not restart it: use --restart, or another workdir, to train longer)")
+               "not restart it: use --restart (restart=True in Python), or another "
+               "workdir, to train longer)")
       elif epoch > self.num_epochs or start % spe:  # A run stopped mid-epoch counts too.
         done = f"{epoch} epoch{'s' * (epoch != 1)}" + (
             f" and {start % spe} steps" if start % spe else "")
@@ -887,6 +889,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         pos, steps_run = pos + n, steps_run + n
         if previous is not None:
           previous.block_until_ready()
+          stop.step_seconds = (time.perf_counter() - t0 - save_seconds) / max(
+              steps_run - n, 1)  # The blocks done (this one is in flight).
         if previous_bad is not None and int(previous_bad):
           self._check_finite()  # Raises, naming the first non-finite step.
         # Not donated: ready when this block is done.

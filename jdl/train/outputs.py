@@ -376,10 +376,10 @@ class Predictions:
     return x
 
   @property
-  def _mnist_scale(self) -> str:
-    """What an MNIST-family run's inputs are, for its messages ('' for other data)."""
-    return ("MNIST-family loaders give pixels / 255, in [0, 1]"
-            if "mnist" in self.data.name.lower() else "")
+  def _input_scale(self) -> str:
+    """The scale of a built-in image source's inputs, for messages ('' for others)."""
+    from jdl.data import sources
+    return sources.INPUT_SCALES.get(self.data.name, "")
 
   def _warn_if_out_of_range(self, normalized: np.ndarray) -> None:
     """Says when over 1% of the inputs' values, normalised as the train split was,
@@ -400,7 +400,7 @@ class Predictions:
     beyond = ((normalized < lo - span) | (normalized > hi + span)) & varies
     share = beyond.sum() / max(varies.sum(), 1)
     if share > 0.01:
-      scale = f"; {self._mnist_scale}" if self._mnist_scale else ""
+      scale = f" ({self._input_scale})" if self._input_scale else ""
       print(f"jdl: warning: {100 * share:.3g}% of predict's input values lie further "
             "beyond their feature's range in the train split than that range is wide "
             f"(compared as normalised alike): give them on the scale dataset "
@@ -426,7 +426,8 @@ class Predictions:
     """Integer inputs to a run whose dataset gives floats are an error: taken 1:1
     they would be misread (MNIST-family loaders give pixels / 255)."""
     if x.dtype.kind in "iub" and self.normalizer is not None and self.data.float_inputs:
-      example = self._mnist_scale or "taken 1:1 they would be misread"
+      example = (f"{self._input_scale}: taken 1:1 they would be misread" if self._input_scale
+                 else "taken 1:1 they would be misread")
       raise JdlError(f"{what} {x.dtype} inputs, but dataset {self.data.name!r} gives float "
                      f"inputs ({example}); give them as the dataset's loader does")
 

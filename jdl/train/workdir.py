@@ -337,6 +337,10 @@ class StopRequests:
     # Set once the last step has run: a signal then lets the run finish (its last
     # checkpoint, the test evaluation), which is what a re-run would do.
     self.finishing = False
+    # Set by the loop: the steps of its compiled blocks, and the seconds a step has
+    # taken, so that the message says how long the blocks in flight still run.
+    self.block_steps = 1
+    self.step_seconds: float | None = None
     self._previous = {}
 
   def __enter__(self) -> StopRequests:
@@ -357,10 +361,19 @@ class StopRequests:
     # On a terminal the progress bar's line is cleared first (the bar redraws below).
     clear = "\r\x1b[K" if sys.stderr.isatty() else ""
     what = ("training is over: finishing the run (its last checkpoint, the test evaluation)"
-            if self.finishing else
-            "stopping after the current step and saving a checkpoint")
+            if self.finishing else self._stopping())
     print(f"{clear}jdl: {self.signal_name} received; {what} (Ctrl-C again to abort)",
           file=sys.stderr, flush=True)
+
+  def _stopping(self) -> str:
+    if self.block_steps <= 1:
+      return "stopping after the current step and saving a checkpoint"
+    # The loop keeps one block queued behind the one it waits for: two in flight.
+    most = 2 * self.block_steps
+    eta = (f", about {most * self.step_seconds:.0f} s" if self.step_seconds is not None
+           and most * self.step_seconds >= 2 else "")
+    return (f"stopping after the blocks of {self.block_steps} steps in flight (at most "
+            f"{most} steps{eta}), then saving a checkpoint")
 
   def __exit__(self, *exc) -> None:
     for sig, handler in self._previous.items():
