@@ -206,7 +206,8 @@ def save_overlay_grid(images: Sequence[np.ndarray], attributions: Sequence[np.nd
   _check_alpha(alpha)
   ncols = min(ncols or n, n)
   nrows = math.ceil(n / ncols)
-  fig = _plotting.figure(_check_size((ncols * panel_size, nrows * panel_size), dpi, "panel_size"))
+  fig = _plotting.figure(_check_size((ncols * panel_size, nrows * panel_size), dpi,
+                                     "panel_size"))
   for i in range(n):
     _draw(fig, fig.add_subplot(nrows, ncols, i + 1), images[i], attributions[i],
           titles[i] if titles else None, alpha)

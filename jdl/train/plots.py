@@ -55,7 +55,6 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
   Returns:
     The paths written.
   """
-
   curves: dict[str, dict[str, tuple[list, list]]] = defaultdict(lambda: defaultdict(lambda: ([], [])))
   for rec in read_metrics(metrics_path):
     if rec.get("split") not in ("train", "val"):
@@ -95,7 +94,6 @@ def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path) -> Path | No
   records = [r for r in read_metrics(metrics_path) if r.get("split") == "diagnostics"]
   if not records:
     return None
-
   steps = [r["step"] for r in records]
   fig, (top, bottom) = _plotting.subplots(2, 1, figsize=(7, 6), sharex=True)
   top.plot(steps, [r.get("grad_norm", float("nan")) for r in records], marker="o", markersize=2)
@@ -305,7 +303,6 @@ def plot_comparison(runs: list[RunCurves], out_dir: str | Path) -> list[Path]:
   Returns:
     The paths written.
   """
-
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   colours = _plotting.colormap("tab10" if len(runs) <= 10 else "tab20")
