@@ -415,6 +415,7 @@ def _run_config(command: str, workdir: str, overrides):
 def _predict(args, overrides) -> int:
   import numpy as np
   from jdl.train import reopen
+  from jdl.train import transfer
   if not args.workdir:
     raise JdlError("predict needs --workdir")
   config = _run_config("predict", args.workdir, overrides)
@@ -449,10 +450,9 @@ def _predict(args, overrides) -> int:
   else:
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs = e / e.sum(axis=1, keepdims=True)
-  classes = tuple(trainer.config.classes)  # A run on a subset of classes: their ids.
+  ids = transfer.class_ids(trainer.config.classes, probs.shape[1])  # A subset's own ids.
   for text, p in zip(args.text, probs):
-    label = int(np.argmax(p))
-    print(json.dumps({"text": text, "label": int(classes[label]) if classes else label,
+    print(json.dumps({"text": text, "label": ids[int(np.argmax(p))],
                       "probabilities": [round(float(v), 4) for v in p]}))
   return 0
 
@@ -754,10 +754,11 @@ def _compare(args, overrides) -> int:
   previous = _compare_manifest(out)
   # A file there that no compare wrote (or one changed since), or a link: a user's
   # own figure, or a run's plot linked in; it is not replaced.
-  taken = [f"{q}.png" for q in plots.comparison_quantities(runs)
-           if (out / f"{q}.png").is_symlink() or ((out / f"{q}.png").exists() and (
-               not (out / f"{q}.png").is_file()
-               or previous.get(f"{q}.png") != _sha256(out / f"{q}.png")))]
+  def foreign(path: Path) -> bool:
+    return path.is_symlink() or (path.exists() and (
+        not path.is_file() or previous.get(path.name) != _sha256(path)))
+
+  taken = [f"{q}.png" for q in plots.comparison_quantities(runs) if foreign(out / f"{q}.png")]
   if taken:
     raise JdlError(f"--out {args.out!r} holds {', '.join(taken[:4])}"
                    f"{', ...' if len(taken) > 4 else ''}, which jdl compare did not write "

@@ -450,12 +450,12 @@ def check_data(trainer) -> list[CheckResult]:
     share = counts / counts.sum()
     lo, hi = float(share.min()), float(share.max())
     ok = lo > 0 and lo >= 0.1 * hi
-    classes = tuple(trainer.config.classes)  # A subset's ids, as the dataset numbers them.
-    name = lambda i: int(classes[i]) if classes else int(i)  # noqa: E731
+    from jdl.train import transfer
+    ids = transfer.class_ids(trainer.config.classes, data.num_classes)  # A subset's own.
     results.append(CheckResult(
         "data_balance", PASS if ok else FAIL,
-        f"{data.num_classes} classes, class share min {lo:.3f} (class {name(share.argmin())}) "
-        f"max {hi:.3f} (class {name(share.argmax())}) over {counts.sum()} train examples"
+        f"{data.num_classes} classes, class share min {lo:.3f} (class {ids[share.argmin()]}) "
+        f"max {hi:.3f} (class {ids[share.argmax()]}) over {counts.sum()} train examples"
         + ("" if ok else "; a class is missing or 10x rarer than the most common"),
         {"min_share": lo, "max_share": hi, "counts": counts.tolist()}))
   else:

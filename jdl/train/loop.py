@@ -1288,7 +1288,7 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
         share = np.trace(matrix) / max(self.data.test.size, 1)
         plots.plot_confusion(matrix, self.workdir / "plots" / "confusion_test.png",
                              title=f"test split, step {self.step}: accuracy {share:.2%}",
-                             labels=tuple(self.config.classes) or None)
+                             labels=transfer.class_ids(self.config.classes, len(matrix)))
       if (self.config.plots and self.primary and test and self.config.task == "regression"
           and isinstance(self.data.test, pipeline.Split) and self.data.test.size
           and jax.process_count() == 1):

@@ -67,6 +67,13 @@ def init_params_from(params: Any, workdir: str | Path, *, include: str = ".*",
   return params, model_state, copied
 
 
+def class_ids(classes, num_classes: int) -> tuple[int, ...]:
+  """The dataset's class id of each of a run's ``num_classes`` classes: ``classes``
+  (``config.classes``, which :func:`subset` relabels ``0..k-1`` in that order), or
+  ``0..num_classes-1`` when the run kept every class."""
+  return tuple(int(c) for c in classes) or tuple(range(num_classes))
+
+
 def subset(dataset: Dataset, *, classes: tuple[int, ...] = (), examples_per_class: int = 0,
            seed: int = 0) -> Dataset:
   """Keeps ``classes`` (relabelled 0..k-1) and at most ``examples_per_class`` to train on.
