@@ -128,8 +128,12 @@ def _save_splits(root, x, y, n_train: int = 270):
   return npy
 
 
-def test_float64_inputs_keep_their_precision_on_every_path(tmp_path):
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+def test_float64_inputs_keep_their_precision_on_every_path(tmp_path, byte_order):
+  # Big-endian float64 ('>f8', e.g. written on another machine) was not "float64" to
+  # the check (dtype == np.float64) and was normalised in float32: 6 distinct times.
   x, y = _unix_times()
+  x = x.astype(f"{byte_order}f8")
   ref_mean, ref_std = x[:270].mean(0), x[:270].std(0)  # numpy, in float64.
   ref = ((x - ref_mean) / ref_std).astype(np.float32)
   npy = _save_splits(tmp_path, x, y)
@@ -433,7 +437,12 @@ BAD = {
     "no x_train": (dict(x_test=X, y_test=Y), "holds no x_train.npy and y_train.npy"),
     "x without y": (dict(x_train=X), "has x_train but no y_train.npy"),
     "pickled": (dict(x_train=np.array([{"a": 1}] * 8, object), y_train=Y),
-                "allow_pickle=False"),
+                r"is corrupt or not a \.npy file of numbers \(.*Python objects"),
+    # numpy's own text for a file without the .npy header said to unpickle it.
+    "a pickle": (dict(x_train=b"\x80\x04K\x01.", y_train=Y),
+                 r"x_train.npy: it is corrupt or not a \.npy file of numbers \(no \.npy "
+                 r"header\)$"),
+    "a CSV": (dict(x_train=b"1,2,3\n4,5,6\n", y_train=Y), r"\(no \.npy header\)$"),
     "corrupt": (dict(x_train=b"\x93NUMPY garbage", y_train=Y), "is corrupt or not a .npy"),
     "lengths": (dict(x_train=X, y_train=Y[:5]), "x_train.npy has 8 examples but"),
     "1-D x": (dict(x_train=X[:, 0], y_train=Y), "x needs one row per example"),
@@ -470,6 +479,16 @@ def test_bad_files_are_one_clear_error(tmp_path, case):
   d = _write(tmp_path / "d", **arrays)
   with pytest.raises(JdlError, match=message):
     npy_dir.open_dir(d)
+
+
+def test_a_single_class_is_refused_as_in_memory(tmp_path):
+  # The streamed path returned before the in-memory check and trained at loss 0.
+  for dataset, data_dir in (("npy_dir", _write(tmp_path / "d", x_train=X, y_train=0 * Y)),
+                            ("npz", tmp_path / "d.npz")):
+    if dataset == "npz":
+      np.savez(data_dir, x=X, y=0 * Y)
+    with pytest.raises(JdlError, match="classification needs at least 2 classes; .* has 1$"):
+      run_data.load_data(make_config(dataset=dataset, data_dir=str(data_dir)))
 
 
 def test_shards_must_agree_and_the_cli_exits_2_touching_nothing(tmp_path, capsys):
@@ -522,6 +541,14 @@ def test_split_views_read_only_the_rows_asked_for(digits_dir, monkeypatch):
   np.testing.assert_array_equal(np.asarray(split.x[5:9]), norm(x[1505:1509]))
   np.testing.assert_array_equal(np.asarray(split.y[[3, -1]]), y[[1503, -1]])
   assert max(read) <= 4, read  # Never the whole split (297 rows) for a few of them.
+  # The targets alone read no inputs (they read and normalised every x row).
+  files = []
+  monkeypatch.setattr(npy_dir.NpyRows, "take",
+                      lambda self, rows: files.append(self.paths[0].name) or take(self, rows))
+  np.testing.assert_array_equal(np.asarray(split.y), y[1500:])
+  assert files == ["y_test.npy"], files
+  monkeypatch.setattr(npy_dir.NpyRows, "take",
+                      lambda self, rows: read.append(len(rows)) or take(self, rows))
   np.testing.assert_array_equal(np.asarray(split.x), norm(x[1500:]))  # Whole, on request.
   batches = list(split.eval_batches(128))
   assert [int(np.asarray(m).sum()) for *_, m in batches] == [128, 128, 41]

@@ -59,8 +59,11 @@ class NpyRows:
       try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
       except (OSError, ValueError, EOFError) as e:
+        # numpy takes a file without the .npy header for a pickle, and says to unpickle
+        # it: no advice to give here (jdl loads no pickle).
+        why = "no .npy header" if "pickle" in str(e) else str(e)
         raise JdlError(f"cannot read {path}: it is corrupt or not a .npy file of numbers "
-                       f"(jdl loads .npy files with allow_pickle=False; {e})") from None
+                       f"({why})") from None
       if not isinstance(a, np.ndarray):
         raise JdlError(f"{path} is not a single .npy array")
       if a.dtype.kind not in "biuf":

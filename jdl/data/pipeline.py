@@ -154,8 +154,9 @@ def needs_float64(dtype) -> bool:
   """Whether inputs of ``dtype`` are normalised in float64: float64, and integers of
   32 bits or more (a Unix time in int64 seconds; float32 holds integers exactly
   only up to 2**24)."""
-  dtype = np.dtype(dtype)
-  return dtype == np.float64 or (dtype.kind in "iu" and dtype.itemsize >= 4)
+  dtype = np.dtype(dtype)  # By kind and size: a big-endian '>f8' is float64 too.
+  return ((dtype.kind == "f" and dtype.itemsize >= 8)
+          or (dtype.kind in "iu" and dtype.itemsize >= 4))
 
 
 def unit_where_constant(std: np.ndarray, mean: np.ndarray, n: int) -> np.ndarray:
@@ -242,7 +243,7 @@ def check_batch_size(batch_size: int, n_train: int) -> None:
     raise JdlError(f"batch_size must be a positive integer, got {batch_size!r}")
   if batch_size > n_train:
     raise JdlError(f"batch_size ({batch_size}) is larger than the training set "
-                   f"({n_train} examples); lower --config.batch_size")
+                   f"({n_train} examples); lower batch_size (--config.batch_size)")
 
 
 def select_classes(x: np.ndarray, y: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:

@@ -64,20 +64,28 @@ class StreamSplit:
 
   def gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and targets of the split's examples ``idx: [m]`` (host arrays, in order)."""
-    idx = np.asarray(idx, np.int64)
-    rows = idx if self.rows is None else self.rows[idx]
+    rows = self._rows(idx)
     raw = self.source_x.take(rows)
     if self.normalizer.float64:  # float64 (or wide integer) files, as in memory.
       x = self.normalizer(raw)
     else:
       x = _normalize(self.normalizer, np.asarray(raw, np.float32))
+    return x, (x if self.target_is_input else self._targets(rows))
+
+  def gather_y(self, idx: np.ndarray) -> np.ndarray:
+    """The targets of examples ``idx: [m]``, reading no inputs (but an autoencoder's)."""
     if self.target_is_input:
-      y = x
-    elif self.regression:
-      y = self.source_y.take(rows).reshape(len(rows), -1).astype(np.float32)
-    else:
-      y = self.source_y.take(rows).astype(np.int32)
-    return x, y
+      return self.gather(idx)[1]
+    return self._targets(self._rows(idx))
+
+  def _rows(self, idx) -> np.ndarray:
+    idx = np.asarray(idx, np.int64)
+    return idx if self.rows is None else self.rows[idx]
+
+  def _targets(self, rows: np.ndarray) -> np.ndarray:
+    if self.regression:
+      return self.source_y.take(rows).reshape(len(rows), -1).astype(np.float32)
+    return self.source_y.take(rows).astype(np.int32)
 
   @property
   def x(self) -> _RowsView:
@@ -151,12 +159,16 @@ class _RowsView:
       if idx.dtype == bool:
         idx = np.flatnonzero(idx)
       idx = np.where(idx < 0, idx + self.shape[0], idx)
-    return jnp.asarray(self._split.gather(idx)[self._which])
+    return jnp.asarray(self._read(idx))
 
   def __array__(self, dtype=None, copy=None):
     del copy  # Always a new array: the whole split, read from disk.
-    out = np.asarray(self._split.gather(np.arange(self.shape[0]))[self._which])
+    out = np.asarray(self._read(np.arange(self.shape[0])))
     return out if dtype is None else out.astype(dtype)
+
+  def _read(self, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` of this view: the targets read without the inputs."""
+    return self._split.gather_y(idx) if self._which else self._split.gather(idx)[0]
 
 
 _END, _ERROR = object(), object()

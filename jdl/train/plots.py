@@ -334,7 +334,8 @@ def plot_comparison(runs: list[RunCurves], out_dir: str | Path) -> list[Path]:
 
 
 def comparison_table(runs: list[RunCurves]) -> str:
-  """One row a run: its epochs, training time, test metrics, and the best value of
+  """One row a run: its epochs, training time, test metrics (its last test line: the
+  state ``fit`` ended with, not necessarily the best epoch's), and the best value of
   each validation metric with its epoch (best by the metric's direction: accuracy
   up, a loss down; of tied epochs the latest; a metric of unknown direction is left
   out)."""

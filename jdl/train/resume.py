@@ -470,8 +470,8 @@ class ResumableRun:
       moved = (f"steps {sorted(set(steps) | set(self._damaged_steps))} moved"
                if steps or self._damaged_steps else f"{', '.join(earlier)} moved earlier")
       raise JdlError(f"no readable checkpoint in {self.checkpointer.directory} ({moved} to "
-                     f"{damaged_dir}); use --restart to start over (the old run is moved "
-                     "aside, not deleted)")
+                     f"{damaged_dir}); use --restart (restart=True in Python) to start over (the old "
+                     "run is moved aside, not deleted)")
     return 0
 
   def _finished(self, step: int) -> bool:

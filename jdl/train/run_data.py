@@ -134,6 +134,9 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
   if config.task in gen_tasks.TASKS:
     _check_pixels(dataset, config.task)
   if isinstance(dataset, npy_dir.StreamDataset):  # Stays on disk; read block by block.
+    if config.task == "classification" and dataset.num_classes < 2:
+      raise JdlError(f"classification needs at least 2 classes; {dataset.name!r} has "
+                     f"{dataset.num_classes}")
     train, val, test, norm = stream.build_splits(dataset, config)
     return RunData(train=train, val=val, test=test, num_classes=dataset.num_classes, task=task,
                    input_shape=dataset.input_shape, name=dataset.name, source=source,
