@@ -7,8 +7,10 @@ Pure, jittable functions of parameters, gradients and activations. The loop call
 Definitions (thresholds are module constants):
 
 - ``grad_norm``: the global L2 norm of the raw gradients (before clipping),
-  ``sqrt(sum of squares over every leaf)``. Under gradient accumulation it is the
-  gradient the update applied: the mean of the ``k`` accumulated steps' gradients.
+  ``sqrt(sum of squares over every leaf)`` of the trainable parameters (those
+  ``optimizer.freeze`` leaves out are left out). Under gradient accumulation it is
+  the gradient the update applied: the mean of the ``k`` accumulated steps'
+  gradients.
 - ``update_ratio/<layer>``: ``||w_after - w_before|| / ||w_before||`` per *layer*,
   where a layer is a module: all parameter leaves under the same parent path
   (``hidden_0/kernel`` and ``hidden_0/bias`` form ``hidden_0``), so a zero-initialised
@@ -24,7 +26,13 @@ Definitions (thresholds are module constants):
   shapes; the range is computed in the step).
 
 Activations are those the model sows with
-``self.sow("intermediates", f"act_{i}", y)``.
+``self.sow("intermediates", f"act_{i}", y)``. A model class may say which of its
+sown values are not its ``activation``'s outputs in a class variable
+``sown_activations: ClassVar[dict[str, str | None]]``: sow name -> the name of the
+model field that holds that value's activation (``{"code": "code_activation"}``), or
+``None`` for a value that is no activation (attention weights); with
+``diagnostics.activation='auto'`` those get the shares of their own kind, or none.
+Parameters in metadata boxes (``nn.with_partitioning``) are read unboxed.
 """
 
 from __future__ import annotations
@@ -32,12 +40,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+from flax.core import meta
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
 from jdl import errors
+from jdl.optim import masks
 from jdl.train import steps as steps_lib
 
 TANH_SATURATION = 0.99  # |tanh(x)| above this is saturated.
@@ -60,7 +70,7 @@ def grad_norm(grads: Any) -> jax.Array:
 def layer_names(params: Any) -> list[str]:
   """The layer (module path) of each leaf of ``params``, in ``jax.tree.leaves`` order."""
   names = []
-  for path, _ in jax.tree_util.tree_leaves_with_path(params):
+  for path, _ in jax.tree_util.tree_leaves_with_path(meta.unbox(params)):
     parts = jax.tree_util.keystr(path, simple=True, separator="/").split("/")
     names.append("/".join(parts[:-1]) or parts[-1])
   return names
@@ -77,6 +87,7 @@ def update_ratios(old_params: Any, new_params: Any) -> dict[str, jax.Array]:
     ``{layer: ratio}``, a layer being the parent path of the leaves
     (:func:`layer_names`).
   """
+  old_params, new_params = meta.unbox(old_params), meta.unbox(new_params)
   names = layer_names(old_params)
   old, new = jax.tree.leaves(old_params), jax.tree.leaves(new_params)
   delta_sq: dict[str, jax.Array] = {}
@@ -176,20 +187,32 @@ def activation_leaves(intermediates: Any) -> dict[str, jax.Array]:
   """``{name: activation}`` from a sown ``intermediates`` collection.
 
   Names are the sow paths (``act_0``, ``block_1/act_0``); a value sown more than
-  once gets a ``#k`` suffix from its second occurrence on.
+  once gets a ``#k`` suffix from its second occurrence on, and the parts of a value
+  sown as a tuple or dict (an LSTM's ``(c, h)``) the position or key after it
+  (``cell/state/0``, ``cell/state#1/1``).
   """
-  out = {}
+  return {name: value for name, _, value in _sown_entries(intermediates)}
+
+
+def _sown_entries(intermediates: Any) -> list[tuple[str, str, jax.Array]]:
+  """``(name, sow name, value)`` of each sown array (see :func:`activation_leaves`):
+  the sow call's count is the first integer key of the path (``sow`` keeps a tuple
+  of the values), the module path before it, the parts of the value after it."""
+  out = []
   for path, value in jax.tree_util.tree_leaves_with_path(intermediates):
-    keys = [getattr(k, "key", getattr(k, "idx", None)) for k in path]
-    index = keys[-1] if isinstance(keys[-1], int) else 0
-    name = "/".join(str(k) for k in keys if not isinstance(k, int))
-    out[name if index == 0 else f"{name}#{index}"] = value
+    keys = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", None))) for k in path]
+    at = next((i for i, k in enumerate(keys) if isinstance(k, int)), len(keys))
+    sow = "/".join(str(k) for k in keys[:at])
+    name = sow if at == len(keys) or keys[at] == 0 else f"{sow}#{keys[at]}"
+    parts = [str(k) for k in keys[at + 1:]]
+    out.append(("/".join([name, *parts]), str(keys[at - 1]) if at else "", value))
   return out
 
 
 def compute_diagnostics(state_before, state_after, grads, intermediates, *,
                         bins: int = 30, activation: str = "relu",
-                        histograms: bool = True) -> dict[str, Any]:
+                        histograms: bool = True,
+                        kinds: dict[str, str] | None = None) -> dict[str, Any]:
   """All diagnostics of one step (jittable).
 
   Args:
@@ -201,23 +224,29 @@ def compute_diagnostics(state_before, state_after, grads, intermediates, *,
     activation: ``'relu'`` (dead-unit shares), ``'tanh'`` or ``'sigmoid'``
       (saturation shares) or ``'none'``.
     histograms: include histograms of activations and gradients.
+    kinds: ``{sow name: kind}`` for the sown values whose kind is not
+      ``activation`` (:func:`sown_kinds`).
 
   Returns:
-    ``grad_norm``, ``update_ratio: {layer: r}``, ``dead_relu: {act: f}`` or
-    ``saturated: {act: f}``, and ``histograms: {'act/<name>' | 'grad/<leaf>': ...}``
-    (see :func:`histogram`).
+    ``grad_norm``, ``update_ratio: {layer: r}``, ``dead_relu: {act: f}`` (values of
+    two or more axes: examples and units) and / or ``saturated: {act: f}``, and
+    ``histograms: {'act/<name>' | 'grad/<leaf>': ...}`` (see :func:`histogram`).
   """
-  acts = activation_leaves(intermediates)
+  entries = _sown_entries(intermediates)
+  grads = meta.unbox(grads)
   out: dict[str, Any] = {
       "grad_norm": grad_norm(grads),
       "update_ratio": update_ratios(state_before.params, state_after.params),
   }
-  if activation == "relu":
-    out["dead_relu"] = {k: dead_relu_fraction(a) for k, a in acts.items()}
-  elif activation in ("tanh", "sigmoid"):
-    out["saturated"] = {k: saturation_fraction(a, activation) for k, a in acts.items()}
+  kinds = kinds or {}
+  for name, sow, a in entries:
+    kind = kinds.get(sow, activation)
+    if kind == "relu" and jnp.ndim(a) >= 2:
+      out.setdefault("dead_relu", {})[name] = dead_relu_fraction(a)
+    elif kind in ("tanh", "sigmoid"):
+      out.setdefault("saturated", {})[name] = saturation_fraction(a, kind)
   if histograms:
-    hists = {f"act/{k}": histogram(a, bins) for k, a in acts.items()}
+    hists = {f"act/{k}": histogram(a, bins) for k, _, a in entries}
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
       hists[f"grad/{jax.tree_util.keystr(path, simple=True, separator='/')}"] = histogram(g, bins)
     out["histograms"] = hists
@@ -268,6 +297,22 @@ def activation_kind(config: ml_collections.ConfigDict, model: Any = None) -> str
   name = getattr(model, "activation", None)
   if name is None:
     name = config.model.get("activation", "relu")
+  return _kind_of(name)
+
+
+def sown_kinds(config: ml_collections.ConfigDict, model: Any = None) -> dict[str, str]:
+  """With ``diagnostics.activation='auto'``, ``{sow name: kind}`` of the values the
+  model's class says are not its ``activation``'s outputs (``sown_activations``, see
+  the module's docstring): the kind of the field it names, or ``'none'``."""
+  if config.diagnostics.activation != "auto":
+    return {}
+  declared = getattr(type(model), "sown_activations", None) or {}
+  return {sow: "none" if field is None else _kind_of(getattr(model, field, None))
+          for sow, field in declared.items()}
+
+
+def _kind_of(name: Any) -> str:
+  """The diagnostics kind of a model's activation (by name)."""
   if not isinstance(name, str):
     return "none"
   if name in _RELU_LIKE:
@@ -278,7 +323,8 @@ def activation_kind(config: ml_collections.ConfigDict, model: Any = None) -> str
 # ---------------------------------------------------------------------- step
 def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activation: str,
                   histograms: bool = True, augment: Callable | None = None,
-                  microbatch_size: int = 0) -> Callable:
+                  microbatch_size: int = 0, freeze: tuple[str, ...] = (),
+                  kinds: dict[str, str] | None = None) -> Callable:
   """``diagnose(state, new_state, batch) -> diagnostics`` of the step ``state -> new_state``.
 
   The gradients and the sown activations are recomputed in one forward and
@@ -295,9 +341,11 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
     task: the :class:`jdl.train.steps.SupervisedTask` of the train step.
     learning_rate_fn: ``opt_state -> lr`` (e.g. a partial of
       :func:`jdl.optim.current_learning_rate`), or ``None``.
-    bins, activation, histograms: as in :func:`compute_diagnostics`.
+    bins, activation, histograms, kinds: as in :func:`compute_diagnostics`.
     augment: the ``augment`` given to ``make_train_step``, or ``None``.
     microbatch_size: the ``microbatch_size`` given to ``make_train_step`` (0: none).
+    freeze: ``optimizer.freeze``'s patterns: those parameters' gradients are left
+      out (the update does not apply them).
   """
 
   def apply_sowing(variables, *inputs, **kwargs):  # A seq2seq model takes two inputs.
@@ -312,9 +360,11 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
     key = jax.random.fold_in(state.key, state.step)
     # The step's own (mixup) loss on the step's own augmented batch.
     loss_task, seen = steps_lib.augmented(sowing_task, augment, key, batch)
-    if microbatch_size:  # The step's gradient, microbatch by microbatch.
+    if 0 < microbatch_size < batch["mask"].shape[0]:
+      # The step's gradient, microbatch by microbatch, with the step's dropout keys.
+      dropout_key = jax.random.fold_in(key, 2) if augment is not None else key
       _, grads = steps_lib.microbatched_loss(loss_task, microbatch_size, state.params,
-                                             state.model_state, seen, key, True)
+                                             state.model_state, seen, dropout_key, True)
       collections = None
     else:
       grads, (_, _, collections) = jax.grad(loss_task.loss_fn, has_aux=True)(
@@ -324,8 +374,12 @@ def make_diagnose(task, *, learning_rate_fn: Callable | None, bins: int, activat
     else:
       sown = task.sown(state.params, state.model_state, seen, key)
     grads = applied_gradient(state.opt_state, grads)
+    if freeze:  # Left out, as the update leaves them (None: no leaf).
+      labels = masks.freeze_labels(meta.unbox(state.params), freeze)
+      grads = jax.tree.map(lambda g, label: None if label == masks.FROZEN else g,
+                           meta.unbox(grads), labels)
     diag = compute_diagnostics(state, new_state, grads, sown, bins=bins, activation=activation,
-                               histograms=histograms)
+                               histograms=histograms, kinds=kinds)
     if learning_rate_fn is not None:
       diag["learning_rate"] = jnp.asarray(learning_rate_fn(state.opt_state), jnp.float32)
     return diag
@@ -402,5 +456,5 @@ __all__ = [
     "grad_norm", "update_ratios", "histogram", "dead_relu_fraction", "saturation_fraction",
     "compute_diagnostics", "make_diagnose", "make_diagnostic_block", "applied_gradient",
     "validate_config",
-    "activation_kind", "layer_names", "activation_leaves",
+    "activation_kind", "sown_kinds", "layer_names", "activation_leaves",
 ]

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import flax.linen
+from flax.core import meta
 import jax
 import numpy as np
 
@@ -31,7 +32,7 @@ def count_params(params: Any) -> int:
     >>> count_params({"dense": {"kernel": np.zeros((3, 4)), "bias": np.zeros(4)}})
     16
   """
-  leaves = jax.tree_util.tree_leaves(params)
+  leaves = jax.tree_util.tree_leaves(meta.unbox(params))
   odd = next((leaf for leaf in leaves if not (hasattr(leaf, "shape") or isinstance(
       leaf, (int, float, complex, np.number)))), None)
   if odd is not None:  # A module counted as one scalar.
@@ -82,6 +83,7 @@ def param_table(variables: Mapping[str, Any], *, frozen: Sequence[str] = ()) -> 
       ``params`` (batch statistics) are listed as non-trainable.
     frozen: ``optimizer.freeze`` patterns (:func:`jdl.optim.freeze_labels`): the
       parameters they match are listed as ``params (frozen)`` and counted apart.
+      Parameters in metadata boxes (``nn.with_partitioning``) are read unboxed.
 
   Returns:
     One row per layer and collection, then a line
@@ -93,12 +95,18 @@ def param_table(variables: Mapping[str, Any], *, frozen: Sequence[str] = ()) -> 
       hidden_0    params      kernel (784, 512), bias (512,)  401,920
       ...
       Total: 669,706 trainable, 0 non-trainable
+
+  Raises:
+    JdlError: ``frozen`` is a single string, holds an invalid regex, or a pattern
+      that matches no parameter.
   """
+  variables = _unboxed(variables)
   if hasattr(variables, "unfreeze"):
     variables = variables.unfreeze()
   if _TRAINABLE not in variables:
     variables = {_TRAINABLE: variables}
-  patterns = tuple(re.compile(p) for p in frozen)
+  patterns = masks.compile_patterns(frozen)
+  used = set()
   rows = []
   totals = {"trainable": 0, "frozen": 0, "non-trainable": 0}
   for collection, tree in variables.items():
@@ -110,7 +118,9 @@ def param_table(variables: Mapping[str, Any], *, frozen: Sequence[str] = ()) -> 
         kind = "non-trainable"
         if collection == _TRAINABLE:
           path = name if layer == "(root)" else f"{layer}/{name}"
-          kind = "frozen" if any(masks.matches(p, path) for p in patterns) else "trainable"
+          hits = [p for p in patterns if masks.matches(p, path)]
+          used.update(p.pattern for p in hits)
+          kind = "frozen" if hits else "trainable"
         groups.setdefault(kind, []).append((name, shape))
       for kind, group in groups.items():
         count = sum(math.prod(shape) for _, shape in group)
@@ -118,6 +128,10 @@ def param_table(variables: Mapping[str, Any], *, frozen: Sequence[str] = ()) -> 
         shapes = ", ".join(f"{name} {shape}" for name, shape in group)
         label = f"{collection} (frozen)" if kind == "frozen" else collection
         rows.append((layer, label, shapes, f"{count:,}"))
+  unused = [p.pattern for p in patterns if p.pattern not in used]
+  if unused:
+    raise JdlError(f"frozen patterns {unused} match no parameter; parameter paths look like "
+                   f"{[name for name in _param_paths(variables[_TRAINABLE])][:4]}")
   header = ("layer", "collection", "shapes", "count")
   widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
 
@@ -130,6 +144,20 @@ def param_table(variables: Mapping[str, Any], *, frozen: Sequence[str] = ()) -> 
   lines.append(f"Total: {totals['trainable']:,} trainable, {frozen_total}"
                f"{totals['non-trainable']:,} non-trainable")
   return "\n".join(lines)
+
+
+def _unboxed(tree: Any) -> Any:
+  """``tree`` with metadata boxes (``nn.with_partitioning``) replaced by their values;
+  as given when it holds none (unboxing rebuilds dicts in sorted key order, and the
+  table keeps ``model.init``'s order)."""
+  boxed = lambda x: isinstance(x, meta.AxisMetadata)  # noqa: E731
+  if any(boxed(leaf) for leaf in jax.tree_util.tree_leaves(tree, is_leaf=boxed)):
+    return meta.unbox(tree)
+  return tree
+
+
+def _param_paths(tree: Any) -> list[str]:
+  return [masks.param_path(path) for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 __all__ = ["count_params", "param_table"]

@@ -349,6 +349,12 @@ def test_diagnostics_leave_a_cnns_training_bitwise_unchanged(tmp_path):
                                      {"augment__mixup_alpha": 0.4},
                                      # Each microbatch draws its own dropout masks.
                                      {"microbatch_size": 16, "dropout": 0.5},
+                                     # Beside augmentation the dropout key is fold_in(key,
+                                     # 2): other masks were drawn (9% off).
+                                     {"microbatch_size": 16, "dropout": 0.5,
+                                      "augment__noise_std": 0.5},
+                                     # A frozen layer's gradient is not applied.
+                                     {"optimizer__freeze": ("hidden_0",)},
                                      # The mean of steps 9 and 10's gradients (the
                                      # norm of step 10's alone was logged).
                                      {"optimizer__accumulate_steps": 2}])
@@ -374,6 +380,9 @@ def test_the_logged_gradient_is_the_one_the_update_applied(tmp_path, augment):
   applied = jax.tree.map(lambda a, b: (np.float64(a) - b) / lr, params[9], params[10])
   norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(applied)))
   np.testing.assert_allclose(record["grad_norm"], norm, rtol=2e-3)
+  if "optimizer__freeze" in augment:
+    assert not any(k.startswith("grad/hidden_0") for k in record["histograms"])
+    assert "grad/head/kernel" in record["histograms"]
 
 
 def test_a_diverged_diagnostic_step_gets_the_non_finite_error_not_a_traceback(tmp_path):
@@ -407,6 +416,108 @@ def test_diagnostic_blocks_under_the_per_block_check_train_and_stop_as_the_plain
            diagnostics__every_steps=every, optimizer__name="sgd", optimizer__learning_rate=1e6)
     messages.append(str(error.value))
   assert messages[0] == messages[1] and "non-finite value at step" in messages[0], messages
+
+
+@pytest.mark.parametrize("layers", [4, 15])
+def test_the_diagnostics_plot_stays_readable_for_many_layers(tmp_path, monkeypatch, layers):
+  # 43 ResNet-20 layers each had a legend entry over the curves, in 10 colours;
+  # layers that never moved (frozen) had one too, and the warning band was not drawn.
+  from jdl.train import plots
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+  with (tmp_path / "metrics.jsonl").open("w") as f:
+    for step in (10, 20, 30):
+      ratios = {f"update_ratio/l{i}": 0.0 if i < 2 else 0.05 if i in (3, 5, 7) else 1e-3
+                for i in range(layers)}
+      f.write(json.dumps({"step": step, "split": "diagnostics", "grad_norm": 1.0, **ratios})
+              + "\n")
+  plots.plot_diagnostics(tmp_path / "metrics.jsonl", tmp_path, ratio_bounds=(1e-4, 1e-2))
+  bottom = figures[0].axes[1]
+  names = [t.get_text() for t in bottom.get_legend().get_texts()]
+  if layers == 4:
+    assert names == ["[0.0001, 0.01]", "l2", "l3"]
+  else:
+    assert names == ["[0.0001, 0.01]", "lowest to highest of 13 layers", "median layer",
+                     "l3", "l5", "l7"]
+  assert bottom.get_title().endswith("(2 never moved: not drawn)")
+
+
+def test_sown_tuples_dicts_repeats_and_scalars_are_named_apart():
+  # The sow count was read from the last key: a tuple's position overwrote the
+  # count (8 values became 4 names), and a scalar sow crashed dead_relu_fraction.
+  class Cell(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for _ in range(2):
+        self.sow("intermediates", "state", (x[:, :3], x))
+        self.sow("intermediates", "gates", {"i": x, "f": -x})
+      self.sow("intermediates", "aux_loss", jnp.sum(x))
+      return nn.Dense(2)(x)
+
+  x = jnp.arange(8.0).reshape(2, 4) - 3
+  params = Cell().init(jax.random.key(0), x)["params"]
+  _, cols = Cell().apply({"params": params}, x, mutable=["intermediates"])
+  leaves = diag.activation_leaves(cols["intermediates"])
+  assert sorted(leaves) == sorted(["state/0", "state/1", "state#1/0", "state#1/1", "gates/i",
+                                   "gates/f", "gates#1/i", "gates#1/f", "aux_loss"])
+  np.testing.assert_array_equal(leaves["gates#1/f"], -x)
+  np.testing.assert_array_equal(leaves["state/0"], x[:, :3])
+  out = diag.compute_diagnostics(_Params(params), _Params(params), params, cols["intermediates"],
+                                 bins=4)
+  assert "aux_loss" not in out["dead_relu"] and "act/aux_loss" in out["histograms"]
+  # No column of x is 0 for both examples.
+  assert float(out["dead_relu"]["state/1"]) == 0.0
+
+
+def test_auto_kinds_follow_what_each_sown_value_is(tmp_path):
+  # An autoencoder's code (sigmoid) was scored as dead ReLUs; a seq2seq model's
+  # attention weights as dead ReLUs too (the share of padded positions).
+  ae = jdl.models.DenseAutoencoder(output_shape=(4,))
+  config = make_config()
+  assert diag.sown_kinds(config, ae) == {"code": "sigmoid"}
+  with config.unlocked():
+    config.diagnostics.activation = "relu"  # Asked for: every sow, as asked.
+  assert diag.sown_kinds(config, ae) == {}
+  assert diag.sown_kinds(make_config(), jdl.models.Seq2Seq(src_vocab_size=9, tgt_vocab_size=9)
+                         ) == {"attention": "none"}
+  x = jnp.full((4, 3), 0.5)
+  acts = {"encoder": {"code": (jax.nn.sigmoid(50 * x),)}, "act_0": (x * 0,)}
+  out = diag.compute_diagnostics(_Params({}), _Params({}), {}, acts, histograms=False,
+                                 kinds={"code": "sigmoid"})
+  assert out["saturated"] == {"encoder/code": 1.0} and out["dead_relu"] == {"act_0": 1.0}
+
+
+def test_boxed_parameters_are_read_unboxed():
+  # nn.with_partitioning's boxes: summary counted each kernel as 1 and the update
+  # ratios split off the bias as a layer of its own.
+  class Boxed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      init = nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))
+      return nn.Dense(4, kernel_init=init)(x)
+
+  variables = Boxed().init(jax.random.key(0), jnp.ones((1, 3)))
+  assert jdl.count_params(variables["params"]) == 16
+  assert jdl.param_table(variables).splitlines()[-1] == "Total: 16 trainable, 0 non-trainable"
+  assert diag.layer_names(variables["params"]) == ["Dense_0", "Dense_0"]
+  doubled = jax.tree.map(lambda a: 2 * a, variables["params"])
+  np.testing.assert_allclose(diag.update_ratios(variables["params"], doubled)["Dense_0"], 1.0,
+                             rtol=1e-6)
+  out = diag.compute_diagnostics(_Params(variables["params"]), _Params(doubled),
+                                 variables["params"], {}, bins=4)
+  assert sorted(out["histograms"]) == ["grad/Dense_0/bias", "grad/Dense_0/kernel"]
+
+
+def test_param_table_checks_its_frozen_patterns():
+  variables = jax.eval_shape(lambda: jdl.models.LeNet5().init(jax.random.key(0),
+                                                               jnp.zeros((1, 28, 28, 1))))
+  last = jdl.param_table(variables, frozen=("conv1",)).splitlines()[-1]
+  assert last == "Total: 61,550 trainable, 156 frozen, 0 non-trainable", last
+  for frozen, message in (("conv1", "must be a tuple of regexes, got 'conv1'"),
+                          (("conv[",), r"invalid regex 'conv\['"),
+                          (("Conv1",), r"frozen patterns \['Conv1'\] match no parameter")):
+    with pytest.raises(JdlError, match=message):
+      jdl.param_table(variables, frozen=frozen)
 
 
 def test_auto_activation_reads_the_models_own_default():

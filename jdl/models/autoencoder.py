@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -92,6 +93,9 @@ class DenseAutoencoder(nn.Module):
   Submodules are named ``encoder_{i}``, ``to_code``, ``decoder_{i}`` and ``output``.
   """
 
+  # The sown code is code_activation's output (diagnostics' shares of it).
+  sown_activations: ClassVar[dict[str, str | None]] = {"code": "code_activation"}
+
   output_shape: Sequence[int]
   hidden: Sequence[int] = (256,)
   latent: int = 64
@@ -157,6 +161,9 @@ class ConvAutoencoder(nn.Module):
     code_activation: the code's activation (``'linear'`` for none).
     dtype: compute dtype; parameters stay float32.
   """
+
+  # The sown code is code_activation's output (diagnostics' shares of it).
+  sown_activations: ClassVar[dict[str, str | None]] = {"code": "code_activation"}
 
   output_shape: Sequence[int]
   features: Sequence[int] = (32, 64)

@@ -21,7 +21,7 @@ for greedy decoding and beam search.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -124,6 +124,9 @@ class Seq2Seq(nn.Module):
   Submodules ``src_embed``, ``tgt_embed``, ``encoder``, ``bridge``, ``decoder``
   (``decoder/cell``, ``decoder/attend``, ``decoder/combine``) and ``output``.
   """
+
+  # The sown attention weights are no activation (no dead or saturated shares).
+  sown_activations: ClassVar[dict[str, str | None]] = {"attention": None}
 
   src_vocab_size: int
   tgt_vocab_size: int

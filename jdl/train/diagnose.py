@@ -123,7 +123,9 @@ class DiagnosticsHook:
         bins=int(c.histogram_bins),
         activation=diag_lib.activation_kind(trainer.config, trainer.model),
         histograms=bool(c.histograms), augment=trainer.augment,
-        microbatch_size=trainer.microbatch_size)
+        microbatch_size=trainer.microbatch_size,
+        freeze=tuple(trainer.config.optimizer.freeze),
+        kinds=diag_lib.sown_kinds(trainer.config, trainer.model))
     block = diag_lib.make_diagnostic_block(trainer.run_block, diagnose, trainer.batch_size,
                                            self.every)
     self._run_block = jax.jit(block, donate_argnums=(0, 1))

@@ -1276,7 +1276,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       if self.tb is not None:
         self.tb.writer.close()
       if self.config.plots and self.primary:
-        plots.plot_metrics(self.workdir / "metrics.jsonl", self.workdir / "plots")
+        d = self.config.diagnostics
+        plots.plot_metrics(self.workdir / "metrics.jsonl", self.workdir / "plots",
+                           ratio_bounds=(float(d.ratio_low), float(d.ratio_high)))
       if (self.config.plots and self.primary and test and self.config.task == "classification"
           and 2 <= self.data.num_classes <= 100 and isinstance(self.data.test, pipeline.Split)
           and jax.process_count() == 1):

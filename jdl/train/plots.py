@@ -8,11 +8,15 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+import warnings
+
+import numpy as np
 
 from jdl import _plotting
 from jdl.metrics import RECORD_FACTS, RECORD_TIMINGS
 
 _SKIP = frozenset(RECORD_FACTS + RECORD_TIMINGS)
+MAX_DIAGNOSTIC_LAYERS = 10  # More: their spread, and the worst of them by name.
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -49,8 +53,11 @@ def read_metrics(path: str | Path) -> list[dict]:
   return records
 
 
-def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
-  """Writes ``<quantity>.png`` (train and val against epoch) for each logged quantity.
+def plot_metrics(metrics_path: str | Path, out_dir: str | Path, *,
+                 ratio_bounds: tuple[float, float] = (1e-4, 1e-2)) -> list[Path]:
+  """Writes ``<quantity>.png`` (train and val against epoch) for each logged quantity,
+  and ``diagnostics.png`` (:func:`plot_diagnostics`, with ``ratio_bounds``) when the
+  run logged diagnostics.
 
   Returns:
     The paths written.
@@ -81,12 +88,21 @@ def plot_metrics(metrics_path: str | Path, out_dir: str | Path) -> list[Path]:
     ax.legend()
     ax.set_title(name)
     written.append(_save(fig, out_dir / f"{name}.png"))
-  diagnostics = plot_diagnostics(metrics_path, out_dir)
+  diagnostics = plot_diagnostics(metrics_path, out_dir, ratio_bounds=ratio_bounds)
   return written + ([diagnostics] if diagnostics else [])
 
 
-def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path) -> Path | None:
+def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path, *,
+                     ratio_bounds: tuple[float, float] = (1e-4, 1e-2)) -> Path | None:
   """Writes ``diagnostics.png``: grad norm and per-layer update ratios against step.
+
+  The ratio panel shades ``ratio_bounds`` (``diagnostics.ratio_low`` and
+  ``ratio_high``: outside them for long, the loop warns). Up to
+  :data:`MAX_DIAGNOSTIC_LAYERS` layers get a line each; with more, the median over
+  the layers with the band between the lowest and highest ratio of each step, and
+  the layers that spent the most steps outside the bounds (at most
+  :data:`MAX_DIAGNOSTIC_LAYERS`) by name. Layers whose parameters never moved (ratio 0
+  throughout: frozen) have no point on the log scale; the title counts them.
 
   Returns:
     Its path, or ``None`` when ``metrics.jsonl`` holds no ``diagnostics`` lines.
@@ -94,20 +110,47 @@ def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path) -> Path | No
   records = [r for r in read_metrics(metrics_path) if r.get("split") == "diagnostics"]
   if not records:
     return None
+  low, high = ratio_bounds
   steps = [r["step"] for r in records]
-  fig, (top, bottom) = _plotting.subplots(2, 1, figsize=(7, 6), sharex=True)
+  fig, (top, bottom) = _plotting.subplots(2, 1, figsize=(9, 6.5), sharex=True)
   top.plot(steps, [r.get("grad_norm", float("nan")) for r in records], marker="o", markersize=2)
   top.set_ylabel("gradient norm")
-  layers = sorted({k for r in records for k in r if k.startswith("update_ratio/")})
-  for key in layers:
-    bottom.plot(steps, [r.get(key, float("nan")) for r in records], label=key.split("/", 1)[1])
-  bottom.axhline(1e-3, color="gray", linestyle="--", linewidth=1, label="1e-3")
+  keys = sorted({k for r in records for k in r if k.startswith("update_ratio/")})
+  ratios = {k: np.array([float(r.get(k, float("nan"))) for r in records]) for k in keys}
+  still = [k for k, v in ratios.items() if np.nanmax(v, initial=0.0) <= 0.0]
+  moving = {k: np.where(v > 0, v, np.nan) for k, v in ratios.items() if k not in still}
+  bottom.axhspan(low, high, color="tab:green", alpha=0.08, label=f"[{low:g}, {high:g}]")
+  if len(moving) > MAX_DIAGNOSTIC_LAYERS:
+    table = np.stack(list(moving.values()))  # [layers, steps]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)  # A step no layer logged.
+      lo, mid, hi = np.nanmin(table, 0), np.nanmedian(table, 0), np.nanmax(table, 0)
+    bottom.fill_between(steps, lo, hi, color="gray", alpha=0.25,
+                        label=f"lowest to highest of {len(moving)} layers")
+    bottom.plot(steps, mid, color="black", linewidth=1.8, label="median layer")
+    outside = {k: int(np.sum((v < low) | (v > high))) for k, v in moving.items()}
+    shown = [k for k in sorted(outside, key=lambda k: -outside[k]) if outside[k]]
+    shown = shown[:MAX_DIAGNOSTIC_LAYERS]
+  else:
+    shown = list(moving)
+  for key in shown:
+    bottom.plot(steps, moving[key], linewidth=1.0, label=key.split("/", 1)[1])
   bottom.set_ylabel("||update|| / ||weights||")
   bottom.set_xlabel("step")
   for ax in (top, bottom):
     ax.set_yscale("log")
     ax.grid(True, alpha=0.3)
-  bottom.legend(fontsize=7, ncol=2)
+  if len(moving) > MAX_DIAGNOSTIC_LAYERS:
+    title = (f"update ratios: {len(moving)} layers; by name the {len(shown)} most often "
+             "outside the band" if shown else
+             f"update ratios: {len(moving)} layers, none outside the band")
+  else:
+    title = "update ratio of each layer"
+  if still:
+    title += f" ({len(still)} never moved: not drawn)"
+  bottom.set_title(title, fontsize=9)
+  # Beside the axes, not over the curves.
+  bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
   return _save(fig, Path(out_dir) / "diagnostics.png")
 
 
