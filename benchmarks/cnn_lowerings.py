@@ -39,7 +39,7 @@ import optax
 
 from jdl.models.conv import Conv, conv_hybrid, conv_patches
 
-from _cli import ArgumentParser
+from _cli import ArgumentParser, out_file
 from _provenance import provenance
 
 B, STEPS = 128, 20
@@ -206,7 +206,7 @@ PARTS = {"step": step_rows, "conv2": conv2_rows, "conv1": conv1_rows,
 
 def main() -> None:
   parser = ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=None)
+  parser.add_argument("--out", type=out_file, default=None)
   parser.add_argument("--parts", default=",".join(PARTS))
   args = parser.parse_args()
   names = args.parts.split(",")

@@ -20,7 +20,7 @@ import numpy as np
 import jdl
 from _data import mnist_shaped
 from _provenance import provenance
-from _cli import ArgumentParser, at_least, guarded
+from _cli import ArgumentParser, at_least, guarded, out_file
 from jdl.data import Dataset
 
 MODELS = {
@@ -45,7 +45,7 @@ def main() -> None:
   parser.add_argument("--examples", type=at_least(1), default=3_200)
   parser.add_argument("--epochs", type=at_least(2), default=3,
                       help="the first, with compilation, is dropped")
-  parser.add_argument("--out", default=None)
+  parser.add_argument("--out", type=out_file, default=None)
   args = parser.parse_args()
   n = args.examples
   dataset = mnist_shaped(n)

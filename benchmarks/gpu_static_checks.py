@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jdl
-from _cli import ArgumentParser, guarded
+from _cli import ArgumentParser, guarded, out_file
 from jdl.train import runtime
 from jdl.train import strategy
 from jdl.train.callbacks import Callback
@@ -138,7 +138,7 @@ def check_cond(root: Path) -> dict:
 
 def main(argv=None) -> int:
   parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", help="write the results as JSON here")
+  parser.add_argument("--out", type=out_file, help="write the results as JSON here")
   parser.add_argument("--checks", default=",".join(CHECKS),
                       help=f"comma-separated subset of {', '.join(CHECKS)}")
   args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ from jdl.train import loop  # noqa: E402
 from jdl.train import profile  # noqa: E402
 from jdl.train import steps as steps_lib  # noqa: E402
 from _provenance import provenance  # noqa: E402
-from _cli import ArgumentParser, at_least, guarded, int_list  # noqa: E402
+from _cli import ArgumentParser, at_least, guarded, int_list, out_file  # noqa: E402
 
 MNIST = (28, 28, 1)
 MODELS = {
@@ -89,7 +89,7 @@ def main() -> int:
   parser.add_argument("--batch-size", type=at_least(1), default=128)
   parser.add_argument("--steps", type=at_least(1), default=10)
   parser.add_argument("--rounds", type=at_least(1), default=3)
-  parser.add_argument("--out")
+  parser.add_argument("--out", type=out_file)
   args = parser.parse_args()
   models = [m for m in args.models.split(",") if m]
   unknown = sorted(set(models) - set(MODELS))

@@ -40,7 +40,7 @@ from jdl import optim
 from jdl.data import Dataset
 from jdl.train import steps as steps_lib
 
-from _cli import ArgumentParser
+from _cli import ArgumentParser, out_file
 from _provenance import provenance
 
 BATCH, STEPS, N = 128, 100, 128 * 800
@@ -144,7 +144,7 @@ def jdl_fit_rate(x: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> None:
   parser = ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=None)
+  parser.add_argument("--out", type=out_file, default=None)
   args = parser.parse_args()
   rng = np.random.default_rng(0)
   x_np = rng.random((N, 784), dtype=np.float32)

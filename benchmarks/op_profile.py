@@ -28,7 +28,7 @@ import bench_jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import jdl  # noqa: E402  pylint: disable=g-import-not-at-top
 from jdl.train import loop  # noqa: E402  pylint: disable=g-import-not-at-top
 from jdl.train import profile  # noqa: E402  pylint: disable=g-import-not-at-top
-from _cli import ArgumentParser  # noqa: E402
+from _cli import ArgumentParser, out_file  # noqa: E402
 from _provenance import provenance  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def main() -> None:
   parser.add_argument("--top", type=int, default=25, help="operations listed")
   parser.add_argument("--nonfinite-check", choices=("auto", "step", "block"), default="auto",
                       help="config.nonfinite_check of the profiled block")
-  parser.add_argument("--out", help="also write the result as JSON")
+  parser.add_argument("--out", type=out_file, help="also write the result as JSON")
   args = parser.parse_args()
   if min(args.steps, args.top, args.batch_size) < 1:
     parser.error("--steps, --top and --batch-size must be >= 1")

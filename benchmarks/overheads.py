@@ -8,9 +8,14 @@ block, and the train throughput with no mid-epoch checkpoints, with an async orb
 save every 200 and every 50 steps, and with a synchronous save every 50 steps. An
 epoch's time is its training time (``epoch_seconds``) plus the time its mid-epoch
 saves held the loop (``checkpoint_seconds``; for an async save, the call before the
-writing goes on in the background); the epoch end's save is in no epoch's time. The
-cost of checkpointing is the relative drop in samples/s; ``ms_per_save`` is the
-epoch time it adds divided by the saves in an epoch.
+writing goes on in the background); the call of the epoch end's save is in no
+epoch's time. The cost of checkpointing is the relative drop in samples/s;
+``ms_per_save`` is the epoch time it adds divided by the saves that cost a timed
+epoch (epochs 2 and 3): its mid-epoch saves and, for async runs, the previous epoch
+end's save too, whose background writing runs during the epoch (every epoch ends
+with a save when ``checkpoint_every_steps`` is set). With every step count here
+dividing the epoch, that is ``steps // every`` saves for an async run and
+``(steps - 1) // every`` for a synchronous one.
 
 ``--parts cadence`` measures the cost of checkpointing at the cadences a user would
 pick rather than at a fixed step count: on MNIST-sized epochs (469 steps of 128),
@@ -40,7 +45,7 @@ import numpy as np
 import jdl
 from jdl.data import Dataset
 
-from _cli import ArgumentParser
+from _cli import ArgumentParser, out_file
 from _provenance import provenance
 
 MODELS = {
@@ -82,6 +87,18 @@ def run(model: dict, n: int, every: int, async_save: bool) -> tuple[float, float
   rates = [n / (r["epoch_seconds"] + r.get("checkpoint_seconds", 0.0))
            for r in lines if r["split"] == "train"]
   return float(np.median(rates[1:])), trainer.compile_seconds
+
+
+def saves_per_epoch(steps: int, every: int, async_save: bool) -> int:
+  """The saves whose cost falls in one timed epoch (not the first) of ``steps`` steps,
+  with a save every ``every`` steps (counted from the epoch's start) and at its end.
+
+  The mid-epoch saves (their call is timed) and, when async, the previous epoch end's
+  save: its call is in no epoch's time, but its writing goes on in the background
+  during this epoch. A synchronous save does all its work in its call.
+  """
+  mid = (steps - 1) // every
+  return mid + 1 if async_save else mid
 
 
 LEAF_SHAPES = {
@@ -159,10 +176,11 @@ def fit_rows() -> list[dict]:
     steps = SIZES[name] // 128
     for label, every, async_save in RUNS:
       rate, _ = run(model, SIZES[name], every, async_save)
-      saves = (steps - 1) // every  # Mid-epoch saves; the epoch end's is not timed.
+      saves = saves_per_epoch(steps, every, async_save)
       row[label] = round(rate)
       row[label + "_cost_pct"] = round(100 * (1 - rate / base), 1)
-      row[label + "_ms_per_save"] = round(1e3 * SIZES[name] * (1 / rate - 1 / base) / saves, 1)
+      row[label + "_ms_per_save"] = (round(1e3 * SIZES[name] * (1 / rate - 1 / base) / saves, 1)
+                                     if saves else None)
     rows.append(row)
     print(json.dumps(row), flush=True)
   return rows
@@ -225,7 +243,7 @@ def cadence_rows() -> list[dict]:
 
 def main() -> None:
   parser = ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default=None)
+  parser.add_argument("--out", type=out_file, default=None)
   parser.add_argument("--parts", default="fit,orbax",
                       help="comma-separated: fit (throughput with saves), cadence (training "
                       "time with saves at epoch ends or every second), orbax (cost of a save)")

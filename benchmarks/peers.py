@@ -9,7 +9,8 @@ on random data of MNIST's or CIFAR's shape, with each of these peers:
   numpy batches of a per-epoch permutation (the Flax examples' loop);
 * ``flax_scan``: a hand-written ``lax.scan`` over a whole epoch of on-device data;
 * ``keras``: Keras 3 ``model.fit`` with ``KERAS_BACKEND=jax``;
-* ``torch``: a PyTorch eager loop (2 threads, denormals flushed, as XLA does);
+* ``torch``: a PyTorch eager loop (a thread per core this process may use, denormals
+  flushed, as XLA does);
 * ``torch_compile``: the same loop on ``torch.compile(model)``;
 * ``torch_graphs``: the same loop on ``torch.compile(model, mode='reduce-overhead')``
   (CUDA graphs on a GPU) with the fused Adam kernel: PyTorch's fastest setup for small
@@ -22,10 +23,19 @@ samples/s of the epochs after the first, compilation seconds (measured ahead of
 time for the JAX peers; ``~`` marks an estimate, first epoch minus a steady one,
 where compilation happens inside the first epoch), the first epoch's seconds, peak
 RSS, on a GPU the peak device memory (``peak_device_mib``, in the JSON and the
-console lines), and "other cores": the CPU that other processes on the machine used during
-the run (a machine busy with other work slows every peer). Training FLOPs per
-example come from XLA's cost analysis of the hand-written Flax step; "% peak" is
-the achieved FLOP rate over a jitted 2048x2048 float32 matmul in JAX.
+console lines), and "other cores": the CPU that other processes on the machine used
+during the run. A machine busy with other work slows the peers unequally, so a run
+whose other cores exceed 0.1 is marked ``*`` in the tables, a ``jdl-bench: warning``
+line names it, and the exit status is 1 unless ``--allow-load`` is given.
+
+Training FLOPs per example come from XLA's cost analysis of the hand-written Flax
+step; "% peak" is the achieved FLOP rate over a jitted 2048x2048 float32 matmul in
+JAX, timed 10 times at the start of the run and 10 times at its end: the best of
+the 20 times is the peak (both measurements are in the JSON, ``matmul`` and
+``matmul_end``; a percentage still above 100% is warned of). "% peak 3xfwd" counts
+3x XLA's forward count instead of its count of the training step (the issue's
+3x-forward convention uses an analytic count: the same for the MLP, ~6% higher for
+the CNN, whose zero-padding taps XLA does not count).
 
 The hand-written ``lax.scan`` epoch is pathologically slow on XLA:CPU for conv
 nets (the convolutions inside a loop take a slow path: about 100 samples/s for the
@@ -50,7 +60,7 @@ which are not. ``--jdl-deterministic=false`` compares like with like.
 Usage:
   python benchmarks/peers.py [--quick | --gpu] [--batch-sizes 128,512]
       [--out results.json] [--md results.md] [--models mlp,cnn,resnet20]
-      [--peers jdl,flax_step,...] [--jdl-deterministic true|false]
+      [--peers jdl,flax_step,...] [--jdl-deterministic true|false] [--allow-load]
 """
 
 from __future__ import annotations
@@ -76,7 +86,7 @@ sys.path.insert(0, str(HELPERS))
 
 import bench_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import bench_report as report  # pylint: disable=g-import-not-at-top,wrong-import-position
-from _cli import ArgumentParser  # pylint: disable=wrong-import-position
+from _cli import ArgumentParser, out_file  # pylint: disable=wrong-import-position
 from _provenance import cpu_name as _cpu_name  # pylint: disable=wrong-import-position
 from _provenance import git_commit as _git_commit  # pylint: disable=wrong-import-position
 
@@ -112,6 +122,9 @@ GPU_PEERS = ("jdl", "flax_step", "flax_scan", "torch", "torch_compile", "torch_g
 # Counted on the CPU backend even for --gpu runs: XLA's GPU cost analysis gives no FLOPs
 # for the convolutions it hands to cuDNN (it put ResNet-20 at 4.6 M instead of 230 M).
 FLOPS = Peer("bench_jax", "run_flops", ("flax", "optax"), env=(("JAX_PLATFORMS", "cpu"),))
+# --jdl-set checked before any run, in a child (this process imports no framework).
+CHECK_JDL = Peer("bench_jax", "check_jdl_config", ("jdl", "flax", "optax"),
+                 env=(("JAX_PLATFORMS", "cpu"),))
 
 # Examples per epoch and epochs, per model; the peers in `caps` run smaller epochs.
 # On a quiet 2-core machine the default run takes about 11 minutes, --quick 3.
@@ -230,36 +243,65 @@ def _log(message: str) -> None:
   print(message, flush=True)
 
 
-def _select(arg: str | None, valid: list[str], what: str) -> list[str]:
-  if not arg:
+def _warn(message: str) -> None:
+  print(f"jdl-bench: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _select(parser: argparse.ArgumentParser, arg: str | None, valid: list[str],
+            what: str) -> list[str]:
+  """The comma list ``arg`` (``None``: all of ``valid``); a parser error (one line,
+  exit status 2) for an unknown name or a list that names none."""
+  if arg is None:
     return valid
-  chosen = [s.strip() for s in arg.split(",") if s.strip()]
+  chosen = list(dict.fromkeys(s.strip() for s in arg.split(",") if s.strip()))
+  if not chosen:
+    parser.error(f"--{what} {arg!r} names no {what}; valid: {', '.join(valid)}")
   unknown = [c for c in chosen if c not in valid]
-  if unknown:  # As argparse's errors: one line, exit status 2.
-    print(f"peers.py: error: unknown {what} {', '.join(unknown)}; valid: {', '.join(valid)}",
-          file=sys.stderr)
-    raise SystemExit(2)
+  if unknown:
+    parser.error(f"unknown {what} {', '.join(unknown)}; valid: {', '.join(valid)}")
   return chosen
 
 
-def _run_matmuls(timeout: float, versions: dict[str, str], gpu: bool) -> dict[str, Any]:
+def _run_matmuls(timeout: float, versions: dict[str, str], gpu: bool,
+                 names: tuple[str, ...] = tuple(MATMUL), when: str = "start") -> dict[str, Any]:
   out = {}
   size = 8192 if gpu else 2048
-  for name, peer in MATMUL.items():
+  for name in names:
+    peer = MATMUL[name]
     missing = _missing(peer)
     if missing:
-      _log(f"matmul {name}: skipped: {', '.join(missing)} not installed")
+      _log(f"matmul {name} ({when}): skipped: {', '.join(missing)} not installed")
       continue
     kwargs = {"size": size, **({"device": "cuda"} if gpu and name == "torch" else {})}
     r = run_child(peer, timeout, **kwargs)
     versions.update(r.pop("versions", {}))
     out[name] = r
     if r["status"] == "ok":
-      _log(f"matmul {name}: {size}x{size} float32 {r['gflops']:.1f} GFLOP/s median "
-           f"({r['gflops_best']:.1f} best; other cores {r['other_cores']:.2f})")
+      _log(f"matmul {name} ({when}): {size}x{size} float32 {r['gflops']:.1f} GFLOP/s median "
+           f"({r['gflops_best']:.1f} best; other cores {r['other_cores']:.2f}"
+           f"{'*' if report.loaded(r) else ''})")
     else:
-      _log(f"matmul {name}: {r['status']}")
+      _log(f"matmul {name} ({when}): {r['status']}")
   return out
+
+
+def _check_jdl_set(parser: argparse.ArgumentParser, overrides: dict[str, str],
+                   runs: list[tuple[str, int, int]], deterministic: bool,
+                   timeout: float) -> None:
+  """Applies ``--jdl-set`` to the configs of jdl's runs (in a child) and checks them as
+  training would: a parser error now, not a failed run after the others."""
+  r = run_child(CHECK_JDL, timeout, runs=runs, overrides=overrides,
+                deterministic=deterministic)
+  if r["status"] != "ok":
+    parser.error(f"--jdl-set: the values could not be checked: {r['status']}")
+  if r["error"]:
+    parser.error(f"--jdl-set: {r['error']}")
+
+
+def _peak(*runs: dict[str, Any] | None) -> float | None:
+  """The matmul peak, GFLOP/s: of the JAX matmul runs that finished, the best time."""
+  best = [r["gflops_best"] for r in runs if r and r.get("status") == "ok"]
+  return max(best) if best else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,9 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="run on the first CUDA GPU (JAX default backend, torch on cuda)")
   parser.add_argument("--batch-sizes", default=str(common.BATCH_SIZE),
                       help="comma-separated batch sizes (default: %(default)s)")
-  parser.add_argument("--out", help="write the results as JSON here")
-  parser.add_argument("--md", help="write a Markdown table here")
-  parser.add_argument("--models", help=f"comma-separated subset of {', '.join(common.INPUT_SHAPES)}")
+  parser.add_argument("--out", type=out_file, help="write the results as JSON here")
+  parser.add_argument("--md", type=out_file, help="write a Markdown table here")
+  parser.add_argument("--models",
+                      help=f"comma-separated subset of {', '.join(common.INPUT_SHAPES)}")
   parser.add_argument("--peers", help=f"comma-separated subset of {', '.join(PEERS)}")
   parser.add_argument("--jdl-deterministic", choices=("true", "false"), default="true",
                       help="jdl's config.deterministic (default true, jdl's default): "
@@ -282,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
                            "nonfinite_check=block, scan_chunk=1600); repeatable")
   parser.add_argument("--timeout", type=float, default=900.0,
                       help="seconds one run may take before it is reported failed")
+  parser.add_argument("--allow-load", action="store_true",
+                      help="exit status 0 even when other processes used more than "
+                           f"{report.LOAD_LIMIT} cores during a run (such runs are "
+                           "marked * and warned of either way; without it the exit "
+                           "status is 1)")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:
@@ -293,16 +341,16 @@ def main(argv: list[str] | None = None) -> int:
   if not args.timeout > 0:
     parser.error(f"--timeout must be > 0 seconds, got {args.timeout:g}")
   jdl_overrides = {}
-  for item in args.jdl_set:  # The keys and values are checked by jdl, in the jdl run.
+  for item in args.jdl_set:  # The keys and values are checked by jdl, below.
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
       parser.error(f"--jdl-set takes KEY=VALUE (e.g. nonfinite_check=block), got {item!r}")
     jdl_overrides[key.strip()] = value
   mode = "gpu" if args.gpu else "quick" if args.quick else "default"
   sizes = SIZES[mode]
-  models = _select(args.models, list(common.INPUT_SHAPES), "models")
-  peers = _select(args.peers or (",".join(GPU_PEERS) if args.gpu else None), list(PEERS),
-                  "peers")
+  models = _select(parser, args.models, list(common.INPUT_SHAPES), "models")
+  peers = _select(parser, args.peers if args.peers is not None
+                  else ",".join(GPU_PEERS) if args.gpu else None, list(PEERS), "peers")
   try:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
   except ValueError:
@@ -315,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     if max(batch_sizes) > n:
       parser.error(f"--batch-sizes: {max(batch_sizes)} is larger than the {n} examples of a "
                    f"{model} epoch in this mode")
+  if jdl_overrides:
+    runs = []
+    for model in models:
+      size = sizes[model].get("caps", {}).get("jdl", sizes[model])
+      runs += [(model, size["epochs"], b) for b in batch_sizes] if size else []
+    _check_jdl_set(parser, jdl_overrides, runs, args.jdl_deterministic == "true",
+                   args.timeout)
   if args.gpu:  # A CPU run labelled a GPU run otherwise (in a child: JAX would hold the GPU).
     probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
                            capture_output=True, text=True)
@@ -327,12 +382,12 @@ def main(argv: list[str] | None = None) -> int:
           "jdl_commit": _git_commit(), "mode": mode,
           "batch_sizes": batch_sizes, "load_at_start": os.getloadavg(),
           "jdl_deterministic": args.jdl_deterministic == "true",
-          "jdl_overrides": jdl_overrides}
+          "jdl_overrides": jdl_overrides, "load_limit": report.LOAD_LIMIT,
+          "allow_load": args.allow_load}
   versions: dict[str, str] = {}
   _log(f"{meta['cpu']}, {meta['cpu_count']} CPUs; load average "
        f"{' '.join(f'{v:.2f}' for v in meta['load_at_start'])}")
   matmul = _run_matmuls(args.timeout, versions, args.gpu)
-  peak = matmul.get("jax", {}).get("gflops")
 
   rows, flops, flops_3x = [], {}, {}
   for model in models:
@@ -368,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
              + (f"GPU peak {row['peak_device_mib']:,.0f} MiB  " if "peak_device_mib" in row
                 else "")
              + f"wall {row['wall_s']:.0f} s  "
-             f"other cores {row['other_cores']:.2f}")
+             f"other cores {row['other_cores']:.2f}{'*' if report.loaded(row) else ''}")
       else:
         _log(f"{model:8s} {batch:5d} {name:13s} {row['status']}")
       if args.out:  # So that a run stopped early (a lease's end) keeps its rows.
@@ -384,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         flops[model] = r["flops_per_sample"]
         flops_3x[model] = 3 * r["forward_flops_per_sample"]
 
+  # The peak again: a machine whose speed changed during the run (load, clocks) has
+  # the faster of the two, so that no percentage divides by a peak measured low.
+  matmul_end = _run_matmuls(args.timeout, versions, args.gpu, names=("jax",), when="end")
+  peak = _peak(matmul.get("jax"), matmul_end.get("jax"))
   report.add_derived(rows, flops, peak, flops_3x)
   param_lines = report.check_params(rows)
   meta.update(load_at_end=os.getloadavg(), total_wall_s=round(time.perf_counter() - started),
@@ -398,34 +457,64 @@ def main(argv: list[str] | None = None) -> int:
       f"{meta['load_at_end'][0]:.2f} at end; {meta['total_wall_s']} s in all",
   ]
   if peak:
-    msize = matmul["jax"].get("size", 2048)
+    jax_runs = {when: m["jax"] for when, m in (("start", matmul), ("end", matmul_end))
+                if m.get("jax", {}).get("status") == "ok"}
+    msize = next(iter(jax_runs.values())).get("size", 2048)
     header.append(f"% peak: of a jitted {msize}x{msize} float32 matmul in JAX"
-                  f"{' (TF32)' if args.gpu else ''}, {peak:.1f} GFLOP/s"
-                  + (f" (PyTorch: {matmul['torch']['gflops']:.1f})"
-                     if matmul.get("torch", {}).get("status") == "ok" else ""))
+                  f"{' (TF32)' if args.gpu else ''}, {peak:.1f} GFLOP/s, the best time of "
+                  f"its runs at the {' and the '.join(jax_runs)} (medians "
+                  + ", ".join(f"{when} {r['gflops']:.1f}{'*' if report.loaded(r) else ''}"
+                              for when, r in jax_runs.items())
+                  + (f"; PyTorch: {matmul['torch']['gflops']:.1f}"
+                     if matmul.get("torch", {}).get("status") == "ok" else "") + ")")
   header.append("training FLOPs per example (XLA CPU cost analysis of the Flax step): "
                 + ", ".join(f"{m} {f / 1e6:.1f} M" for m, f in flops.items())
-                + "; \"% peak 3xfwd\" counts 3x the forward pass's instead (the issue's "
-                "convention): " + ", ".join(f"{m} {f / 1e6:.1f} M" for m, f in flops_3x.items()))
+                + "; \"% peak 3xfwd\" counts 3x XLA's forward count instead: "
+                + ", ".join(f"{m} {f / 1e6:.1f} M" for m, f in flops_3x.items()))
+  busy = [r for r in rows if r["status"] == "ok" and report.loaded(r)]
+  busy_peak = [m for m in (matmul.get("jax"), matmul_end.get("jax"))
+               if m and m["status"] == "ok" and report.loaded(m)]
+  notes = [report.LOAD_FOOTNOTE] if busy or busy_peak else []
   _log("\n" + "\n".join(header) + "\n")
   _log(report.console_table(rows))
-  _log("\n" + "\n".join(param_lines))
+  _log("\n".join(["", *notes, *param_lines]))
   if args.out:
     Path(args.out).write_text(json.dumps(
-        {"meta": meta, "matmul": matmul, "flops_per_sample": flops,
-         "flops_per_sample_3x_forward": flops_3x, "rows": rows},
+        {"meta": meta, "matmul": matmul, "matmul_end": matmul_end, "peak_gflops": peak,
+         "flops_per_sample": flops, "flops_per_sample_3x_forward": flops_3x, "rows": rows},
         indent=2) + "\n")
   if args.md:
+    escape = lambda text: text.replace("*", "\\*")  # noqa: E731  (a literal * in Markdown)
     Path(args.md).write_text("\n\n".join(
-        ["\n".join(f"- {line}" for line in header), report.markdown_table(rows),
+        ["\n".join(f"- {escape(line)}" for line in header),
+         # A note right under the table would be read as one more row of it.
+         report.markdown_table(rows), *map(escape, notes),
          "\n".join(f"- {line}" for line in param_lines)]) + "\n")
   failed = [f"{r['model']}/{r['batch']}/{r['peer']}" for r in rows
             if r["status"].startswith("failed")]
-  failed += [f"matmul {name}" for name, m in matmul.items()
-             if str(m.get("status", "ok")).startswith("failed")]
+  failed += [f"matmul {name} ({when})" for when, runs in (("start", matmul), ("end", matmul_end))
+             for name, m in runs.items() if str(m.get("status", "ok")).startswith("failed")]
   if failed:
     _log(f"\n{len(failed)} run(s) failed: {', '.join(failed)}")
-  return 1 if failed or any("MISMATCH" in line for line in param_lines) else 0
+  busy_runs = [f"{r['model']}/{r['batch']}/{r['peer']} {r['other_cores']:.2f}" for r in busy]
+  busy_runs += [f"matmul {name} ({when}) {m['other_cores']:.2f}"
+                for when, runs in (("start", matmul), ("end", matmul_end))
+                for name, m in runs.items() if m["status"] == "ok" and report.loaded(m)]
+  if busy_runs:
+    _warn(f"other processes used more than {report.LOAD_LIMIT} cores during "
+          f"{len(busy_runs)} run(s) (other cores: {', '.join(busy_runs)}): their figures "
+          "and ratios are not comparable (marked *); re-run on a quiet machine"
+          + (" (--allow-load: exit status 0)" if args.allow_load
+             else ", or pass --allow-load to accept them (exit status 1)"))
+  over = [f"{r['model']}/{r['batch']}/{r['peer']} {pct:.1f}%" for r in rows
+          for pct in [max(r.get("pct_matmul_peak") or 0, r.get("pct_matmul_peak_3x") or 0)]
+          if pct > 100]
+  if over:
+    _warn(f"% peak above 100% in {len(over)} row(s) ({', '.join(over)}): the matmul peak "
+          f"({peak:.1f} GFLOP/s) was measured below what training reached (a machine "
+          "whose load or clock changed during the run?)")
+  mismatch = any("MISMATCH" in line for line in param_lines)
+  return 1 if failed or mismatch or (busy_runs and not args.allow_load) else 0
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ import time
 
 T0 = time.perf_counter()  # Before jax is imported: start-up is part of the time.
 
+import argparse  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from _cli import ArgumentParser  # noqa: E402
+from _cli import ArgumentParser, out_file  # noqa: E402
 from _provenance import provenance  # noqa: E402  (imports jax only when called)
 
 
@@ -85,13 +86,25 @@ RECIPES = ("mnist_fast", "flax_example")
 PROG = "time_to_accuracy.py"
 
 
+def _accuracy(raw: str) -> float:
+  """An argparse ``type``: a test accuracy in (0, 1]."""
+  try:
+    value = float(raw)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+  if not 0 < value <= 1:  # NaN too.
+    raise argparse.ArgumentTypeError(f"must be in (0, 1] (0.99 is 99%), got {raw!r}")
+  return value
+
+
 def main() -> None:
   parser = ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default="../shared/data/mnist")
-  parser.add_argument("--target", type=float, default=0.99)
+  parser.add_argument("--target", type=_accuracy, default=0.99,
+                      help="the test accuracy to reach, in (0, 1] (default %(default)s)")
   parser.add_argument("--recipe", default=None, choices=RECIPES,
                       help="run one recipe in this process")
-  parser.add_argument("--out", default=None)
+  parser.add_argument("--out", type=out_file, default=None)
   args = parser.parse_args()
   if args.recipe:
     from jdl.errors import JdlError  # Light: the package imports its parts lazily.

@@ -214,21 +214,48 @@ def run_flops(model: str, seed: int, batch_size: int = common.BATCH_SIZE,
           "params": _count(state.params), "versions": _versions()}
 
 
-def jdl_inputs(model: str, n: int, epochs: int, seed: int,
-               batch_size: int = common.BATCH_SIZE, **settings):
-  """``(config, dataset)`` of jdl's run of ``model`` on ``n`` random examples.
-
-  ``settings`` are more top-level config values (e.g. ``scan_chunk``).
-  """
+def jdl_config(model: str, epochs: int, batch_size: int = common.BATCH_SIZE,
+               overrides: dict[str, str] | None = None, **settings):
+  """The config of jdl's run of ``model``: ``settings`` are more top-level config
+  values (e.g. ``scan_chunk``); ``overrides`` (``{"dotted.key": "value"}``) are
+  applied last, as ``--config.dotted.key=value`` is (``peers.py --jdl-set``)."""
   import jdl  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  x, y = common.make_data(model, n, seed)
-  x_test, y_test = common.make_data(model, 256, seed + 2)
   config = jdl.base_config()
   config.model = ml_collections.ConfigDict(common.JDL_MODELS[model])
   config.update(dict(validation_split=0.0, normalize="none", tensorboard=False,
                      plots=False, monitor="", batch_size=batch_size,
                      num_epochs=epochs, **settings))
+  if overrides:
+    with config.unlocked():
+      jdl.config.apply_overrides(config, overrides)
+  return config
+
+
+def check_jdl_config(runs: list[tuple[str, int, int]], overrides: dict[str, str],
+                     **settings) -> dict[str, Any]:
+  """``{"error": None}``, or the message of the jdl error (jdl.errors.JdlError) that
+  ``overrides`` raise in the config of one of the ``(model, epochs, batch_size)`` runs,
+  applied or checked as training checks a config before it reads any data."""
+  import jdl  # pylint: disable=g-import-not-at-top
+  from jdl.train import checks  # pylint: disable=g-import-not-at-top
+  try:
+    for model, epochs, batch_size in runs:
+      checks.validate_config(jdl_config(model, epochs, batch_size, overrides, **settings))
+  except jdl.errors.JdlError as e:
+    return {"error": str(e)}
+  return {"error": None}
+
+
+def jdl_inputs(model: str, n: int, epochs: int, seed: int,
+               batch_size: int = common.BATCH_SIZE,
+               overrides: dict[str, str] | None = None, **settings):
+  """``(config, dataset)`` of jdl's run of ``model`` on ``n`` random examples
+  (:func:`jdl_config`'s config)."""
+  import jdl  # pylint: disable=g-import-not-at-top
+  x, y = common.make_data(model, n, seed)
+  x_test, y_test = common.make_data(model, 256, seed + 2)
+  config = jdl_config(model, epochs, batch_size, overrides, **settings)
   dataset = jdl.data.Dataset(
       x_train=x, y_train=y, x_test=x_test, y_test=y_test,
       num_classes=common.NUM_CLASSES, task="classification", name="bench",
@@ -245,11 +272,8 @@ def run_jdl(model: str, n: int, epochs: int, seed: int,
   ``--config.dotted.key=value`` is (``peers.py --jdl-set``).
   """
   import jdl  # pylint: disable=g-import-not-at-top
-  config, dataset = jdl_inputs(model, n, epochs, seed, batch_size,
+  config, dataset = jdl_inputs(model, n, epochs, seed, batch_size, overrides,
                                deterministic=deterministic)
-  if overrides:
-    with config.unlocked():
-      jdl.config.apply_overrides(config, overrides)
   result = jdl.fit(config, dataset=dataset, quiet=True)
   trainer = result.trainer
   rates = list(trainer.epoch_rates)

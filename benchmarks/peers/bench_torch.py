@@ -1,16 +1,18 @@
 """The PyTorch peers: an eager training loop and the same loop on ``torch.compile``
 (default mode, or ``reduce-overhead`` with the fused Adam).
 
-On the CPU: two threads (the machine's cores) and denormals flushed to zero, as
-XLA does, so that neither framework is slowed by something the other skips. On a
-CUDA GPU (``device='cuda'``): the data lives on the GPU, and float32 matmuls may
-use TF32 (``torch.set_float32_matmul_precision('high')``), as JAX's default
-precision does there (cuDNN convolutions use TF32 in both by default). Images are
-NCHW, PyTorch's default layout, converted once before training.
+On the CPU: one thread per core this process may run on (its CPU affinity;
+``os.cpu_count()`` where that is unknown) and denormals flushed to zero, as XLA
+does, so that neither framework is slowed by something the other skips. On a CUDA
+GPU (``device='cuda'``): the data lives on the GPU, and float32 matmuls may use
+TF32 (``torch.set_float32_matmul_precision('high')``), as JAX's default precision
+does there (cuDNN convolutions use TF32 in both by default). Images are NCHW,
+PyTorch's default layout, converted once before training.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -21,7 +23,16 @@ import torch.nn.functional as F
 
 import bench_common as common
 
-NUM_THREADS = 2
+
+def _cores() -> int:
+  """The cores this process may run on (all of the machine's where that is unknown)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):  # No sched_getaffinity (macOS, Windows).
+    return os.cpu_count() or 1
+
+
+NUM_THREADS = _cores()
 
 
 def _mlp() -> nn.Module:
@@ -162,7 +173,7 @@ def run_torch(model: str, n: int, epochs: int, seed: int, compile: bool = False,
   return {"samples_per_s": common.steady_rate(rates), "epoch_rates": rates,
           "compile_s": None, "first_epoch_s": seconds[0],
           "params": int(sum(p.numel() for p in module.parameters())),
-          "versions": {"torch": torch.__version__}}
+          "torch_threads": torch.get_num_threads(), "versions": {"torch": torch.__version__}}
 
 
 def run_matmul(size: int = 2048, repeats: int = 10, device: str = "cpu",
@@ -182,4 +193,5 @@ def run_matmul(size: int = 2048, repeats: int = 10, device: str = "cpu",
     times.append(time.perf_counter() - t0)
   flop = 2.0 * size**3
   return {"gflops": flop / float(np.median(times)) / 1e9,
-          "gflops_best": flop / min(times) / 1e9, "versions": {"torch": torch.__version__}}
+          "gflops_best": flop / min(times) / 1e9, "torch_threads": torch.get_num_threads(),
+          "versions": {"torch": torch.__version__}}
