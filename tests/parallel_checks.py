@@ -305,6 +305,20 @@ def check_streamed(root: Path) -> None:
       np.testing.assert_allclose(result.test_metrics[k], v, rtol=RTOL, err_msg=k)
 
 
+def check_profile() -> None:
+  """jdl profile on 8 devices: an operation's time is one device's (it was the sum over
+  the devices), and the gradients' all-reduce is a layer of its own (it was booked as
+  'update and metrics')."""
+  from jdl.train import loop, profile
+  trainer = loop.Trainer(config("data", model__hidden=(32,)), quiet=True)
+  result = profile.profile_block(trainer, 2)
+  assert result["devices"] == 8, result["devices"]
+  layers = {r["layer"] for r in result["ops"]}
+  assert profile.COLLECTIVES_LAYER in layers, layers
+  dense = [r for r in result["ops"] if r["layer"] == "hidden_0 (forward)"]
+  assert dense and all(r["runs_per_step"] == 1.0 for r in dense), dense
+
+
 def main() -> None:
   # Simulated CPU devices run each program's per-device parts on a shared thread pool;
   # with asynchronous dispatch, two programs with collectives (an evaluation batch and
@@ -326,6 +340,7 @@ def main() -> None:
   check_streamed(root)
   check_data_mode_draws()
   check_seq2seq_of_varying_lengths()
+  check_profile()
   print("parallel checks passed")
 
 

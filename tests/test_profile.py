@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 
 import jax
 import pytest
 
 from jdl import cli
+from jdl.errors import JdlError
 from jdl.train import loop
 from jdl.train import profile
 
@@ -103,6 +105,67 @@ def test_profile_in_step_mode_times_one_step_blocks():
   # Each operation runs about once per step (the first call's compile aside).
   dense = [r for r in result["ops"] if r["layer"] == "hidden_0 (forward)"]
   assert all(r["runs_per_step"] == pytest.approx(1.0) for r in dense)
+
+
+def test_a_fusion_without_an_op_name_takes_its_fused_operations_one():
+  # Mixed precision's convert fusions carry no op_name: half a CNN's step was booked
+  # as "(no op_name: made by XLA)" though every operation fused in them names one.
+  text = """HloModule m
+
+%fused_computation.3 (param_0: f32[4]) -> bf16[4] {
+  %param_0 = f32[4]{0} parameter(0)
+  %divide.1 = f32[4]{0} divide(%param_0, %param_0), metadata={op_name="jit(b)/transpose(jvp(CNN))/conv_1/div"}
+  ROOT %convert.2 = bf16[4]{0} convert(%divide.1)
+}
+
+ENTRY %main (p: f32[4]) -> bf16[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %divide_convert_fusion = bf16[4]{0} fusion(%p), kind=kLoop, calls=%fused_computation.3
+}
+"""
+  ops = profile.hlo_ops(text)
+  assert ops["divide_convert_fusion"] == ("bf16[4]{0}", "fusion",
+                                          "jit(b)/transpose(jvp(CNN))/conv_1/div")
+  assert ops["convert.2"][2] == ""  # Not a fusion: as XLA wrote it.
+  assert profile.layer_of(ops["divide_convert_fusion"][2]) == "conv_1 (backward)"
+
+
+def test_the_source_column_keeps_the_path_of_a_call_inside_a_layer():
+  # Cut at the first closed_call, dropout's random bits read "add".
+  name = "jit(b)/while/body/jvp(MLP)/Dropout_0/jit(_bernoulli)/jit(_uniform)/closed_call/add"
+  assert profile.source_of(name) == name
+  assert profile.source_of("jit(b)/closed_call/jvp(MLP)/head/dot") == "jvp(MLP)/head/dot"
+  row = {"op": "add.1", "shape": "f32[2]", "op_name": name, "layer": "Dropout_0 (forward)",
+         "ms_per_step": 1.0}
+  report = profile.format_report({"wall_ms_per_step": 1.0, "steps": 1, "ops": [row],
+                                  "nonfinite_check": "step", "ops_ms_per_step": 1.0})
+  assert "jit(_uniform)/closed_call/add" in report
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("mode", ["scan", "step"])
+def test_a_gan_profile_holds_its_generator_updates(mode):
+  # d_steps=3: every call re-ran step 0 in step mode (no generator update at all),
+  # and --steps 2 of a block held none either.
+  from test_generative_train import gan_config
+  trainer = loop.Trainer(gan_config(generative__d_steps=3, epoch_mode=mode), quiet=True)
+  result = profile.profile_block(trainer, 2)
+  assert result["steps"] == (3 if mode == "scan" else 1)
+  layers = {r["layer"] for r in result["ops"]}
+  assert any(layer.startswith("MLPGenerator") and layer.endswith("(backward)")
+             for layer in layers), layers
+
+
+@CPU_ONLY
+def test_a_running_trace_is_one_clear_error():
+  trainer = loop.Trainer(make_config(model__hidden=(8,), batch_size=16), quiet=True)
+  with tempfile.TemporaryDirectory() as d:
+    jax.profiler.start_trace(d)
+    try:
+      with pytest.raises(JdlError, match="another jax.profiler trace is running"):
+        profile.profile_block(trainer, 1)
+    finally:
+      jax.profiler.stop_trace()
 
 
 @CPU_ONLY

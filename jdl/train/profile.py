@@ -33,18 +33,43 @@ import jax
 from jdl.errors import JdlError
 
 _HLO_LINE = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][\w\-]*)\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{\s*$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_CALLS = re.compile(r"calls=%([\w.\-]+)")
 _CONTAINERS = ("while", "conditional", "call")
+# Operations between devices; their time includes waiting for the other devices.
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
+                "collective-permute")
+COLLECTIVES_LAYER = "across devices (all-reduce etc., waiting included)"
 
 
 def hlo_ops(compiled_text: str) -> dict[str, tuple[str, str, str]]:
-  """``{instruction: (output shape, opcode, op_name)}`` of an optimized HLO module."""
-  ops = {}
+  """``{instruction: (output shape, opcode, op_name)}`` of an optimized HLO module.
+
+  A fusion XLA made without an ``op_name`` of its own (e.g. the bfloat16 converts of
+  mixed precision) takes the commonest ``op_name`` of the operations fused in it.
+  """
+  ops, calls = {}, {}
+  names_in: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  computation = ""
   for line in compiled_text.splitlines():
     m = _HLO_LINE.match(line)
     if m:
       op_name = _OP_NAME.search(line)
       ops[m.group(1)] = (m.group(2), m.group(3), op_name.group(1) if op_name else "")
+      if op_name:
+        names_in[computation][op_name.group(1)] += 1
+      called = _CALLS.search(line)
+      if called and not op_name:
+        calls[m.group(1)] = called.group(1)
+    else:
+      c = _COMPUTATION.match(line)
+      if c:
+        computation = c.group(1)
+  for name, computation in calls.items():
+    if names_in[computation] and ops[name][1] == "fusion":
+      shape, opcode, _ = ops[name]
+      ops[name] = (shape, opcode, names_in[computation].most_common(1)[0][0])
   return ops
 
 
@@ -91,11 +116,7 @@ def layer_of(op_name: str, models: frozenset[str] | set[str] = frozenset()) -> s
   """
   if not op_name:
     return "(no op_name: made by XLA)"
-  # The block's loop body is a closed_call; so are calls inside a layer (dropout's
-  # random bits: .../jvp(CNN)/Dropout_0/jit(_bernoulli)/.../closed_call/add), which
-  # stay the layer's.
-  head, sep, tail = op_name.partition("closed_call/")
-  path = (tail if sep and not re.search(r"(transpose|jvp)\(", head) else op_name).split("/")
+  path = source_of(op_name).split("/")
   passes = [p for p in path if p.startswith(("transpose(", "jvp("))]
   if passes:
     kind = "backward" if passes[0].startswith("transpose(") else "forward"
@@ -112,6 +133,14 @@ def layer_of(op_name: str, models: frozenset[str] | set[str] = frozenset()) -> s
   if len(models) > 1 and model and modules:
     layer = f"{model}/{layer}"
   return f"{layer} ({kind})"
+
+
+def source_of(op_name: str) -> str:
+  """``op_name`` inside the block's loop: the block's loop body is a closed_call, whose
+  path before it is dropped; calls inside a layer (dropout's random bits:
+  ``.../jvp(CNN)/Dropout_0/jit(_bernoulli)/.../closed_call/add``) keep their path."""
+  head, sep, tail = op_name.partition("closed_call/")
+  return tail if sep and not re.search(r"(transpose|jvp)\(", head) else op_name
 
 
 def compiled_first_block(trainer, steps: int):
@@ -136,7 +165,12 @@ def profile_block(trainer, steps: int, calls: int = 2) -> dict[str, Any]:
   that tests the state once), on the first ``steps`` steps of epoch 1, from the
   trainer's initial state; nothing is trained or written. With
   ``epoch_mode='step'`` (one call a step, as ``fit`` then runs) the block is one
-  step, called ``steps`` times.
+  step, called ``steps`` times. Each call starts from the state the previous one
+  ended with, so the steps are numbered on (a GAN's generator trains on its steps);
+  a GAN's ``steps`` are rounded up to a multiple of ``generative.d_steps`` (its
+  generator's share of the time). With several devices (``parallel``) an operation's
+  time is the mean over the devices, and the operations between them have a layer
+  of their own, :data:`COLLECTIVES_LAYER`.
 
   Returns:
     ``wall_ms_per_step`` (no profiler), ``compile_s``, ``steps``,
@@ -145,29 +179,43 @@ def profile_block(trainer, steps: int, calls: int = 2) -> dict[str, Any]:
     ``runs_per_step``), the slowest first.
 
   Raises:
-    JdlError: not the CPU backend, or the trace holds no operation events.
+    JdlError: not the CPU backend, another ``jax.profiler`` trace is running, or
+      the trace holds no operation events.
   """
   if jax.default_backend() != "cpu":
     raise JdlError(f"profile reads XLA:CPU's events; the backend is {jax.default_backend()}. "
                    "Use jax.profiler.trace with TensorBoard or XProf there")
   if steps < 1 or calls < 1:
     raise JdlError(f"steps and calls must be >= 1, got {steps} and {calls}")
+  if trainer.gan:  # The generator trains on every d_steps-th step.
+    d_steps = int(trainer.config.generative.d_steps)
+    steps = -(-steps // d_steps) * d_steps
   if trainer.epoch_mode == "step":  # One step a call: more calls instead.
     steps, calls = 1, calls * min(steps, trainer.steps_per_epoch)
   else:
     steps = min(steps, trainer.steps_per_epoch)
   compiled, args, compile_s = compiled_first_block(trainer, steps)
-  jax.block_until_ready(compiled(*args))
+  state = args[0]
+
+  def run():  # From the last call's state: the steps are numbered on.
+    nonlocal state
+    state = jax.block_until_ready(compiled(state, *args[1:]))[0]
+
+  run()
   t0 = time.perf_counter()
   for _ in range(calls):
-    jax.block_until_ready(compiled(*args))
+    run()
   wall_ms = 1e3 * (time.perf_counter() - t0) / (calls * steps)
   trace_dir = tempfile.mkdtemp(prefix="jdl-profile-")
   try:
-    jax.profiler.start_trace(trace_dir)
+    try:
+      jax.profiler.start_trace(trace_dir)
+    except RuntimeError as e:
+      raise JdlError(f"another jax.profiler trace is running in this process; stop it "
+                     f"first ({str(e).splitlines()[0][:160]})") from None
     try:
       for _ in range(calls):
-        jax.block_until_ready(compiled(*args))
+        run()
     finally:
       jax.profiler.stop_trace()
     traces = glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)
@@ -189,28 +237,33 @@ def profile_block(trainer, steps: int, calls: int = 2) -> dict[str, Any]:
   if not total_ns:
     raise JdlError("the trace holds no events of the block's operations on the host "
                    "threads; this jax version records them differently")
-  per_step = calls * steps
+  devices = len(getattr(getattr(args[2], "sharding", None), "device_set", ())) or 1
+  per_step = calls * steps * devices  # Each device runs each operation.
   models = model_names(op_name for _, _, op_name in ops.values())
   rows = []
   for name, ns in total_ns.most_common():
     shape, opcode, op_name = ops[name]
+    layer = (COLLECTIVES_LAYER if opcode.startswith(_COLLECTIVES)
+             else layer_of(op_name, models))
     rows.append({"op": name, "opcode": opcode, "shape": shape, "op_name": op_name,
-                 "layer": layer_of(op_name, models), "ms_per_step": ns / 1e6 / per_step,
+                 "layer": layer, "ms_per_step": ns / 1e6 / per_step,
                  "runs_per_step": count[name] / per_step})
   return {"wall_ms_per_step": wall_ms, "compile_s": compile_s, "steps": steps,
-          "nonfinite_check": trainer.nonfinite_check,
+          "devices": devices, "nonfinite_check": trainer.nonfinite_check,
           "ops_ms_per_step": sum(r["ms_per_step"] for r in rows), "ops": rows}
 
 
 def format_report(result: dict[str, Any], top: int = 25) -> str:
   """The slowest ``top`` operations, then the time by layer and pass, as text."""
   total = result["ops_ms_per_step"]
+  devices = result.get("devices", 1)
   lines = [f"wall {result['wall_ms_per_step']:.3f} ms/step (blocks of {result['steps']} "
            f"steps, NaN/Inf checked per {result['nonfinite_check']}, no profiler); "
-           f"operations {total:.3f} ms/step under the profiler", "",
+           f"operations {total:.3f} ms/step under the profiler"
+           + (f" (each device's: the mean over {devices} devices)" if devices > 1 else ""), "",
            f"{'ms/step':>8} {'share':>6}  {'operation':30} {'output':34} source"]
   for row in result["ops"][:top]:
-    source = row["op_name"].split("closed_call/", 1)[-1][-60:] or "-"
+    source = source_of(row["op_name"])[-60:] or "-"
     lines.append(f"{row['ms_per_step']:8.3f} {100 * row['ms_per_step'] / total:5.1f}%  "
                  f"{row['op'][:30]:30} {row['shape'][:34]:34} {source}")
   if len(result["ops"]) > top:
