@@ -232,7 +232,8 @@ def compute_diagnostics(state_before, state_after, grads, intermediates, *,
     two or more axes: examples and units) and / or ``saturated: {act: f}``, and
     ``histograms: {'act/<name>' | 'grad/<leaf>': ...}`` (see :func:`histogram`).
   """
-  entries = _sown_entries(intermediates)
+  # Empty values have no statistics (no min for a histogram, no units to be dead).
+  entries = [(k, sow, a) for k, sow, a in _sown_entries(intermediates) if jnp.size(a)]
   grads = meta.unbox(grads)
   out: dict[str, Any] = {
       "grad_norm": grad_norm(grads),
@@ -248,7 +249,9 @@ def compute_diagnostics(state_before, state_after, grads, intermediates, *,
   if histograms:
     hists = {f"act/{k}": histogram(a, bins) for k, _, a in entries}
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
-      hists[f"grad/{jax.tree_util.keystr(path, simple=True, separator='/')}"] = histogram(g, bins)
+      if jnp.size(g):
+        hists[f"grad/{jax.tree_util.keystr(path, simple=True, separator='/')}"] = histogram(
+            g, bins)
     out["histograms"] = hists
   return out
 

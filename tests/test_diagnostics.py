@@ -429,6 +429,7 @@ def test_the_diagnostics_plot_stays_readable_for_many_layers(tmp_path, monkeypat
     for step in (10, 20, 30):
       ratios = {f"update_ratio/l{i}": 0.0 if i < 2 else 0.05 if i in (3, 5, 7) else 1e-3
                 for i in range(layers)}
+      ratios["update_ratio/zz"] = None  # Never finite (null): not "never moved".
       f.write(json.dumps({"step": step, "split": "diagnostics", "grad_norm": 1.0, **ratios})
               + "\n")
   plots.plot_diagnostics(tmp_path / "metrics.jsonl", tmp_path, ratio_bounds=(1e-4, 1e-2))
@@ -439,7 +440,8 @@ def test_the_diagnostics_plot_stays_readable_for_many_layers(tmp_path, monkeypat
   else:
     assert names == ["[0.0001, 0.01]", "lowest to highest of 13 layers", "median layer",
                      "l3", "l5", "l7"]
-  assert bottom.get_title().endswith("(2 never moved: not drawn)")
+  assert bottom.get_title().endswith(
+      "(2 never moved: not drawn) (1 never finite: not drawn)"), bottom.get_title()
 
 
 def test_sown_tuples_dicts_repeats_and_scalars_are_named_apart():
@@ -452,6 +454,7 @@ def test_sown_tuples_dicts_repeats_and_scalars_are_named_apart():
         self.sow("intermediates", "state", (x[:, :3], x))
         self.sow("intermediates", "gates", {"i": x, "f": -x})
       self.sow("intermediates", "aux_loss", jnp.sum(x))
+      self.sow("intermediates", "empty", x[:, :0])  # No statistics: a ZeroDivisionError.
       return nn.Dense(2)(x)
 
   x = jnp.arange(8.0).reshape(2, 4) - 3
@@ -459,12 +462,15 @@ def test_sown_tuples_dicts_repeats_and_scalars_are_named_apart():
   _, cols = Cell().apply({"params": params}, x, mutable=["intermediates"])
   leaves = diag.activation_leaves(cols["intermediates"])
   assert sorted(leaves) == sorted(["state/0", "state/1", "state#1/0", "state#1/1", "gates/i",
-                                   "gates/f", "gates#1/i", "gates#1/f", "aux_loss"])
+                                   "gates/f", "gates#1/i", "gates#1/f", "aux_loss",
+                                   "empty"])
   np.testing.assert_array_equal(leaves["gates#1/f"], -x)
   np.testing.assert_array_equal(leaves["state/0"], x[:, :3])
-  out = diag.compute_diagnostics(_Params(params), _Params(params), params, cols["intermediates"],
+  grads = {**params, "empty": jnp.zeros((0, 3))}  # An empty leaf has no histogram.
+  out = diag.compute_diagnostics(_Params(params), _Params(params), grads, cols["intermediates"],
                                  bins=4)
   assert "aux_loss" not in out["dead_relu"] and "act/aux_loss" in out["histograms"]
+  assert not any("empty" in k for k in [*out["dead_relu"], *out["histograms"]])
   # No column of x is 0 for both examples.
   assert float(out["dead_relu"]["state/1"]) == 0.0
 

@@ -128,6 +128,23 @@ ENTRY %main (p: f32[4]) -> bf16[4] {
                                           "jit(b)/transpose(jvp(CNN))/conv_1/div")
   assert ops["convert.2"][2] == ""  # Not a fusion: as XLA wrote it.
   assert profile.layer_of(ops["divide_convert_fusion"][2]) == "conv_1 (backward)"
+  # A weight's cast to bfloat16, no op_name inside either: the layer that uses it.
+  text = """HloModule m
+
+%wrapped_convert_computation.4 (param_0.315: f32[64,10]) -> bf16[64,10] {
+  %param_0.315 = f32[64,10]{1,0} parameter(0)
+  ROOT %convert.2942 = bf16[64,10]{1,0} convert(%param_0.315)
+}
+
+ENTRY %main (p: f32[64,10], x: bf16[2,64]) -> bf16[2,10] {
+  %p = f32[64,10]{1,0} parameter(0)
+  %x = bf16[2,64]{1,0} parameter(1)
+  %wrapped_convert.4 = bf16[64,10]{1,0} fusion(%p), kind=kLoop, calls=%wrapped_convert_computation.4
+  ROOT %dot.7 = bf16[2,10]{1,0} dot(bf16[2,64]{1,0} %x, bf16[64,10]{1,0} %wrapped_convert.4), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(b)/jvp(CNN)/head/dot_general"}
+}
+"""
+  ops = profile.hlo_ops(text)
+  assert profile.layer_of(ops["wrapped_convert.4"][2]) == "head (forward)"
 
 
 def test_the_source_column_keeps_the_path_of_a_call_inside_a_layer():

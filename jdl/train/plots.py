@@ -117,8 +117,11 @@ def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path, *,
   top.set_ylabel("gradient norm")
   keys = sorted({k for r in records for k in r if k.startswith("update_ratio/")})
   ratios = {k: np.array([float(r.get(k, float("nan"))) for r in records]) for k in keys}
-  still = [k for k, v in ratios.items() if np.nanmax(v, initial=0.0) <= 0.0]
-  moving = {k: np.where(v > 0, v, np.nan) for k, v in ratios.items() if k not in still}
+  # Never moved (frozen): every logged ratio 0. Never finite (null: diverged) apart.
+  unknown = [k for k, v in ratios.items() if not np.isfinite(v).any()]
+  still = [k for k, v in ratios.items() if k not in unknown and np.nanmax(v) <= 0.0]
+  moving = {k: np.where(v > 0, v, np.nan) for k, v in ratios.items()
+            if k not in still and k not in unknown}
   bottom.axhspan(low, high, color="tab:green", alpha=0.08, label=f"[{low:g}, {high:g}]")
   if len(moving) > MAX_DIAGNOSTIC_LAYERS:
     table = np.stack(list(moving.values()))  # [layers, steps]
@@ -148,6 +151,8 @@ def plot_diagnostics(metrics_path: str | Path, out_dir: str | Path, *,
     title = "update ratio of each layer"
   if still:
     title += f" ({len(still)} never moved: not drawn)"
+  if unknown:
+    title += f" ({len(unknown)} never finite: not drawn)"
   bottom.set_title(title, fontsize=9)
   # Beside the axes, not over the curves.
   bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)

@@ -36,6 +36,7 @@ _HLO_LINE = re.compile(r"^\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][\w\-]*)\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%(\S+) .*\{\s*$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
+_OPERAND = re.compile(r"%([\w.\-]+)")
 _CONTAINERS = ("while", "conditional", "call")
 # Operations between devices; their time includes waiting for the other devices.
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
@@ -46,10 +47,14 @@ COLLECTIVES_LAYER = "across devices (all-reduce etc., waiting included)"
 def hlo_ops(compiled_text: str) -> dict[str, tuple[str, str, str]]:
   """``{instruction: (output shape, opcode, op_name)}`` of an optimized HLO module.
 
-  A fusion XLA made without an ``op_name`` of its own (e.g. the bfloat16 converts of
-  mixed precision) takes the commonest ``op_name`` of the operations fused in it.
+  A fusion XLA made without an ``op_name`` of its own takes the commonest ``op_name``
+  of the operations fused in it; one whose fused operations name none either (mixed
+  precision's casts of the weights to bfloat16) that of the first operation it feeds
+  that has one: a weight's cast is booked to the layer that uses it.
   """
-  ops, calls = {}, {}
+  ops: dict[str, tuple[str, str, str]] = {}
+  calls: dict[str, str] = {}
+  users: dict[str, list[str]] = collections.defaultdict(list)
   names_in: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   computation = ""
   for line in compiled_text.splitlines():
@@ -62,15 +67,33 @@ def hlo_ops(compiled_text: str) -> dict[str, tuple[str, str, str]]:
       called = _CALLS.search(line)
       if called and not op_name:
         calls[m.group(1)] = called.group(1)
+      for operand in _OPERAND.findall(_operands(line, m.end())):
+        users[operand].append(m.group(1))
     else:
       c = _COMPUTATION.match(line)
       if c:
         computation = c.group(1)
-  for name, computation in calls.items():
-    if names_in[computation] and ops[name][1] == "fusion":
+  unnamed = [name for name in calls if ops[name][1] == "fusion"]
+  for name in unnamed:
+    if names_in[calls[name]]:
       shape, opcode, _ = ops[name]
-      ops[name] = (shape, opcode, names_in[computation].most_common(1)[0][0])
+      ops[name] = (shape, opcode, names_in[calls[name]].most_common(1)[0][0])
+  for _ in range(3):  # A cast feeding a cast: the name comes back along the chain.
+    for name in unnamed:
+      fed = [ops[u][2] for u in users[name] if u in ops and ops[u][2]]
+      if not ops[name][2] and fed:
+        ops[name] = (*ops[name][:2], fed[0])
   return ops
+
+
+def _operands(line: str, start: int) -> str:
+  """The text of an instruction's operand list, from just after its ``(``."""
+  depth = 1
+  for i in range(start, len(line)):
+    depth += {"(": 1, ")": -1}.get(line[i], 0)
+    if depth == 0:
+      return line[start:i]
+  return line[start:]
 
 
 # Segments of an op_name that are the program's structure, not a layer: loops,
