@@ -138,6 +138,31 @@ def test_flip_probability_is_one_half_per_example(op):
   assert abs(flipped.sum() - 1000) < 112
 
 
+def test_crop_draws_every_offset_of_the_padding():
+  # An off-by-one (randint(0, 2p), never the last offset) passed every test.
+  p, n = 2, 400
+  x = np.random.default_rng(0).normal(size=(n, 8, 8, 1)).astype(np.float32)
+  out = np.asarray(augment.random_crop(KEY, jnp.asarray(x), p))
+  padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  hits = np.stack([np.all(out == padded[:, i:i + 8, j:j + 8], axis=(1, 2, 3))
+                   for i in range(2 * p + 1) for j in range(2 * p + 1)])
+  assert hits.any(0).all()  # Each output is one window of the padded image...
+  assert hits.any(1).all()  # ...and each of the (2p + 1)^2 windows is drawn.
+
+
+def test_rotation_angles_stay_within_the_range_in_degrees():
+  # Degrees read as radians (20 -> 20 rad) passed every test.
+  n, degrees = 256, 10.0
+  x = np.zeros((n, 21, 21, 1), np.float32)
+  x[:, 10, 18] = 1.0  # A bright pixel 8 px right of the centre.
+  out = np.asarray(augment.random_rotation(KEY, jnp.asarray(x), degrees))[..., 0]
+  rows, cols = np.meshgrid(np.arange(21) - 10.0, np.arange(21) - 10.0, indexing="ij")
+  mass = out.sum((1, 2))
+  angle = np.degrees(np.arctan2(-(out * rows).sum((1, 2)) / mass,
+                                (out * cols).sum((1, 2)) / mass))
+  assert 0.8 * degrees < np.abs(angle).max() <= degrees + 0.5, np.abs(angle).max()
+
+
 def test_shift_draws_integers_within_the_range():
   xs = _images(b=300, h=8, w=8, c=1)
   out = np.asarray(augment.random_shift(KEY, jnp.asarray(xs), height_shift=0.25,

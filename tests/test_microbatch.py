@@ -93,11 +93,14 @@ def test_microbatches_with_weight_and_activity_penalties():
   model = create_model({"name": "mlp", "hidden": (16, 8)}, num_outputs=5)
   batch = _batch(padded=0, shape=(6,))
   params = model.init(jax.random.key(0), batch["x"][:1], train=False)["params"]
-  rules = (("kernel", 1e-3, 1e-2),)
+  rules = ((".*/kernel", 1e-3, 1e-2),)  # ("kernel" matched no path: no weight penalty.)
   plain = _assert_same_as_whole_batch(_task(model), params, batch, 4)
   penalised = _assert_same_as_whole_batch(
       _task(model, penalty_rules=rules, activity_l1=0.01), params, batch, 4)
   weight = float(regularizers.penalty(params, rules))
+  assert weight > 0
+  weighted = _assert_same_as_whole_batch(_task(model, penalty_rules=rules), params, batch, 4)
+  np.testing.assert_allclose(weighted, plain + weight, rtol=1e-5)  # Once, not 4 times.
   assert penalised > plain + weight  # Both penalties are in the loss.
 
 

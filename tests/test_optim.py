@@ -140,15 +140,17 @@ OPTIMIZER_TABLE = [
     ("momentum", {"learning_rate": 0.05, "momentum": 0.8}, ref_momentum),
     ("nesterov", {"learning_rate": 0.05, "momentum": 0.8},
      functools.partial(ref_momentum, nesterov=True)),
-    ("adagrad", {"learning_rate": 0.1, "initial_accumulator_value": 0.1},
+    # Values far from optax's defaults (eps 1e-8 moves nothing): each must reach it.
+    ("adagrad", {"learning_rate": 0.1, "initial_accumulator_value": 0.5, "eps": 0.1},
      ref_adagrad),
     ("adadelta", {"learning_rate": 1.0, "rho": 0.9, "eps": 1e-6}, ref_adadelta),
-    ("rmsprop", {"learning_rate": 0.01, "rho": 0.9}, ref_rmsprop),
-    ("adam", {"learning_rate": 0.01}, ref_adam),
-    ("adamw", {"learning_rate": 0.01, "weight_decay": 0.1},
+    ("rmsprop", {"learning_rate": 0.01, "rho": 0.8, "eps": 0.5}, ref_rmsprop),
+    ("adam", {"learning_rate": 0.01, "b1": 0.8, "b2": 0.95, "eps": 0.1}, ref_adam),
+    ("adamw", {"learning_rate": 0.01, "weight_decay": 0.1, "b1": 0.8, "b2": 0.95, "eps": 0.1},
      functools.partial(ref_adam, weight_decay=0.1)),
-    ("adamax", {"learning_rate": 0.01}, ref_adamax),
-    ("nadam", {"learning_rate": 0.01}, functools.partial(ref_adam, nadam=True)),
+    ("adamax", {"learning_rate": 0.01, "b1": 0.8, "b2": 0.95, "eps": 0.1}, ref_adamax),
+    ("nadam", {"learning_rate": 0.01, "b1": 0.8, "b2": 0.95, "eps": 0.1},
+     functools.partial(ref_adam, nadam=True)),
 ]
 
 

@@ -230,11 +230,18 @@ def test_max_norm_projects_after_the_update():
 
 def test_max_norm_axis_and_include():
   w = jnp.asarray(_rng(5).normal(size=(3, 4)) * 3, jnp.float32)
-  # axis=0 (Keras' default for Dense) is the default; axis=1 bounds the rows.
+  # Units inside the ball stay as they are, those outside are scaled onto it (scaling
+  # every unit onto the sphere passed before): axis=0 (Keras' default for Dense, the
+  # default) bounds the columns, axis=1 the rows.
+  v = np.asarray(_rng(6).normal(size=(3, 4)) * [[0.1], [0.3], [4.0]], np.float32)
+  for axis, units in ((0, v), (1, v.T)):
+    n = np.linalg.norm(units, axis=0)
+    assert (n < 1).any() and (n > 1).any()
+    expected = np.where(n > 1, units / n, units)
+    got = np.asarray(regularizers.project_max_norm(jnp.asarray(v), 1.0, axis=axis))
+    np.testing.assert_allclose(got if axis == 0 else got.T, expected, rtol=1e-6)
   np.testing.assert_allclose(regularizers.project_max_norm(w, 1.0, axis=0),
                              regularizers.project_max_norm(w, 1.0), rtol=1e-6)
-  rows = np.linalg.norm(np.asarray(regularizers.project_max_norm(w, 1.0, axis=1)), axis=1)
-  np.testing.assert_allclose(rows, 1.0, rtol=1e-5)
   tx = regularizers.max_norm(1.0, include="a/kernel")
   params = {"a": {"kernel": w}, "b": {"kernel": w}}
   zeros = jax.tree.map(jnp.zeros_like, params)
