@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import math
@@ -9,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ import pytest
 
 import jdl
 from jdl import cli
-from jdl.errors import NonFiniteError
+from jdl.errors import JdlError, NonFiniteError
 from jdl.train import workdir as workdir_lib
 from jdl.train.callbacks import Callback
 
@@ -134,6 +136,50 @@ def test_without_kernel_locks_a_live_holders_claim_refuses(tmp_path, capsys, mon
   err = capsys.readouterr().err
   assert "the exclusive claim file" in err and "taking over the stale lock" in err, err
   assert not (tmp_path / ".jdl.lock.claim").exists()
+
+
+def test_without_kernel_locks_a_claim_naming_this_pid_is_a_dead_processes(tmp_path,
+                                                                         monkeypatch):
+  # A container restarted in place gets the same PIDs: the claim its killed run left
+  # named this very process, which counted as alive (in use by itself, for good).
+  patched = {}
+  exec(_NO_FLOCK.replace("fcntl.flock = _no_flock", ""), patched)
+  import fcntl
+  monkeypatch.setattr(fcntl, "flock", patched["_no_flock"])
+  claim = tmp_path / (workdir_lib.LOCK_NAME + ".claim")
+  claim.write_text(f"{os.getpid()} {socket.gethostname()}\n")
+  said = []
+  with workdir_lib.locked(tmp_path, said.append):
+    assert str(claim) in workdir_lib._CLAIMS_HELD  # Taken over: this process's now.
+    # Held by this process now: a second lock of it here is refused.
+    with pytest.raises(JdlError, match=f"in use by process {os.getpid()}"):
+      with workdir_lib.locked(tmp_path, said.append):
+        pass
+  assert not claim.exists()
+
+
+def test_a_workdir_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch):
+  # A read-only file system raised a bare OSError (only PermissionError was caught).
+  real_open = os.open
+
+  def read_only(path, *args, **kwargs):
+    if str(path).endswith(workdir_lib.LOCK_NAME):
+      raise OSError(errno.EROFS, "Read-only file system", str(path))
+    return real_open(path, *args, **kwargs)
+
+  monkeypatch.setattr(workdir_lib.os, "open", read_only)
+  with pytest.raises(JdlError, match=r"cannot write to workdir .*: Read-only file system$"):
+    with workdir_lib.locked(tmp_path, print):
+      pass
+
+
+def test_restart_moves_the_damaged_metrics_lines_aside_too(tmp_path):
+  for name in ("metrics.jsonl", "metrics.jsonl.damaged-1796289051", "notes.txt"):
+    (tmp_path / name).write_text("{}\n")
+  moved = workdir_lib.move_aside(tmp_path)
+  assert sorted(p.name for p in moved.iterdir()) == ["metrics.jsonl",
+                                                     "metrics.jsonl.damaged-1796289051"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted([moved.name, "notes.txt"])
 
 
 @pytest.mark.parametrize("check", ["block", "step"])

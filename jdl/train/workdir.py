@@ -89,8 +89,8 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
   for _ in range(100):  # Another process may release (unlink) the file between our steps.
     try:
       fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except PermissionError:
-      raise JdlError(f"cannot write to workdir {workdir}: permission denied") from None
+    except OSError as e:  # Permissions, a read-only file system.
+      raise JdlError(f"cannot write to workdir {workdir}: {e.strerror or e}") from None
     try:
       taken = _take(fd, workdir, path, warn, claim, me)
       if taken:
@@ -113,6 +113,7 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
     with contextlib.suppress(OSError):
       if claim.read_text() == me:  # Only without kernel locks.
         claim.unlink()
+    _CLAIMS_HELD.discard(str(claim))
     os.close(fd)
 
 
@@ -150,6 +151,10 @@ def _take(fd: int, workdir: Path, path: Path, warn: Callable[[str], None], claim
 
 # A claim younger than this that names no holder is being written by its creator.
 _CLAIM_WRITE_SECONDS = 10.0
+# The claims this process made and holds. One naming this process's PID that it does
+# not hold was left by a dead process whose PID this one got again (a container
+# restarted in place starts its processes at the same PIDs).
+_CLAIMS_HELD: set[str] = set()
 
 
 def _claim(workdir: Path, claim: Path, me: str) -> bool:
@@ -168,7 +173,8 @@ def _claim(workdir: Path, claim: Path, me: str) -> bool:
     except FileNotFoundError:
       return False  # Released meanwhile.
     age = time.time() - judged.st_mtime
-    if (pid > 0 and (host != socket.gethostname() or _alive(pid))) or (
+    mine_before = pid == os.getpid() and str(claim) not in _CLAIMS_HELD
+    if (pid > 0 and (host != socket.gethostname() or (_alive(pid) and not mine_before))) or (
         pid <= 0 and age < _CLAIM_WRITE_SECONDS):
       raise _in_use(workdir, claim, pid, host) from None
     # A dead process's claim (or one never written) is removed under a second
@@ -195,6 +201,7 @@ def _claim(workdir: Path, claim: Path, me: str) -> bool:
     return False
   with os.fdopen(cfd, "w") as f:
     f.write(me)
+  _CLAIMS_HELD.add(str(claim))
   return True
 
 
@@ -276,6 +283,8 @@ def move_aside(workdir: Path, names: tuple[str, ...] = RUN_FILES) -> Path | None
   """Moves a previous run's files (``names`` of them, if present) into
   ``workdir/previous-<time>/``; returns that path (``None``: nothing to move)."""
   present = [Path(workdir) / name for name in names if (Path(workdir) / name).exists()]
+  if names is RUN_FILES:  # The damaged metrics lines the run set aside are the run's too.
+    present += sorted(Path(workdir).glob("metrics.jsonl.damaged-*"))
   if not present:
     return None
   target = Path(workdir) / time.strftime("previous-%Y%m%d-%H%M%S")
