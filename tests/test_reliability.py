@@ -158,6 +158,25 @@ def test_without_kernel_locks_a_claim_naming_this_pid_is_a_dead_processes(tmp_pa
   assert not claim.exists()
 
 
+@pytest.mark.skipif(not workdir_lib._boot_id(), reason="no kernel boot id (not Linux)")
+def test_a_free_lock_of_another_hostname_on_this_kernel_is_taken_over(tmp_path):
+  # Each `docker run` has a new hostname: a killed run's lock file refused the next
+  # container for good, though the kernel's lock (this kernel's) was free.
+  lock = tmp_path / workdir_lib.LOCK_NAME
+  lock.write_text(f"999999999 ctr-aaaa {workdir_lib._boot_id()}\n")
+  said = []
+  with workdir_lib.locked(tmp_path, said.append):
+    assert lock.read_text().split()[:2] == [str(os.getpid()), socket.gethostname()]
+  assert any("taking over the stale lock" in m for m in said), said
+  # Another machine's (another boot id, or none: written before boot ids), refused.
+  for other in ("ctr-aaaa 0123-other-boot", "ctr-aaaa"):
+    lock.write_text(f"999999999 {other}\n")
+    with pytest.raises(JdlError, match="locked by process 999999999 on host ctr-aaaa"):
+      with workdir_lib.locked(tmp_path, said.append):
+        pass
+    assert lock.read_text() == f"999999999 {other}\n"  # Left as it was.
+
+
 def test_a_workdir_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch):
   # A read-only file system raised a bare OSError (only PermissionError was caught).
   real_open = os.open

@@ -45,10 +45,27 @@ def _alive(pid: int) -> bool:
 def _holder(path: Path) -> tuple[int, str]:
   """The ``(pid, host)`` a lock file names; ``(-1, "")`` if it names none."""
   try:
-    pid_text, _, host = path.read_text().partition(" ")
-    return int(pid_text), host.strip()
+    pid_text, host = path.read_text().split()[:2]
+    return int(pid_text), host
   except (OSError, ValueError):
     return -1, ""
+
+
+def _boot_id_of(path: Path) -> str:
+  """The kernel boot id a lock file names (its third word; ``""`` if none)."""
+  try:
+    words = path.read_text().split()
+  except OSError:
+    return ""
+  return words[2] if len(words) > 2 else ""
+
+
+def _boot_id() -> str:
+  """This kernel's boot id (Linux), shared by the containers that run on it."""
+  try:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+  except OSError:
+    return ""
 
 
 def _in_use(workdir: Path, path: Path, pid: int, host: str) -> JdlError:
@@ -68,10 +85,12 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
   The lock is an exclusive ``flock`` on ``WORKDIR/.jdl.lock``, held for the whole
   run: the kernel grants it to one process only and releases it when the process
   ends, however it ends, so a killed run of this host leaves no lock behind. The
-  file names the holder (pid and host) for the error message of the next
-  contender. A file that names another host's process refuses even when the lock
-  is free (a FUSE mount or an NFS mount with local locks does not share locks
-  between hosts): remove it once that run is gone. On a file system without locks
+  file names the holder (pid, host and the kernel's boot id) for the error message
+  of the next contender. A file that names another host's process refuses even when
+  the lock is free (a FUSE mount or an NFS mount with local locks does not share
+  locks between hosts): remove it once that run is gone; unless it names this
+  kernel's boot id (a container of this machine, whose hostname changes from one
+  start to the next): the kernel's lock covered it, and being free, is taken over. On a file system without locks
   (a warning says so) an exclusive create of ``WORKDIR/.jdl.lock.claim`` decides
   between contenders instead (atomic on local disks and NFS v3+); the claim names
   its holder and goes at release. A claim of a dead process of this host is taken
@@ -84,7 +103,8 @@ def locked(workdir: Path, warn: Callable[[str], None]) -> Iterator[None]:
   """
   workdir = Path(workdir)
   path = workdir / LOCK_NAME
-  me = f"{os.getpid()} {socket.gethostname()}\n"
+  boot = _boot_id()
+  me = f"{os.getpid()} {socket.gethostname()}{f' {boot}' if boot else ''}\n"
   claim = path.with_name(LOCK_NAME + ".claim")
   for _ in range(100):  # Another process may release (unlink) the file between our steps.
     try:
@@ -141,7 +161,9 @@ def _take(fd: int, workdir: Path, path: Path, warn: Callable[[str], None], claim
     except FileNotFoundError:
       return False
     pid, host = _holder(path)
-    if pid > 0 and host and host != socket.gethostname():
+    boot = _boot_id()
+    same_kernel = bool(boot) and _boot_id_of(path) == boot  # Its lock was this kernel's.
+    if pid > 0 and host and host != socket.gethostname() and not same_kernel:
       raise _in_use(workdir, path, pid, host)
   pid, _ = _holder(path)
   if pid > 0 and pid != os.getpid():
