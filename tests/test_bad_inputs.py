@@ -563,6 +563,17 @@ def test_a_file_given_as_workdir_is_said_to_be_a_file(tmp_path, capsys):
   assert a_file.read_text() == "notes\n"
 
 
+def test_a_broken_symlink_as_workdir_is_said_to_be_one(tmp_path, capsys):
+  # "cannot create workdir dang: File exists".
+  link = tmp_path / "dang"
+  link.symlink_to(tmp_path / "gone")
+  assert cli.main(["train", "--workdir", str(link), "--quiet", *FAST]) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"jdl: error: workdir {link} is a broken symbolic link (to {tmp_path / 'gone'}); "
+      "make its target or use another --workdir"]
+  assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
 def test_a_resume_says_when_metrics_jsonl_lacks_the_earlier_epochs(finished, tmp_path, capsys):
   # A missing or emptied metrics.jsonl was taken in silence: the resumed run's file
   # (its plots, jdl compare) then began at the epoch it resumed at.

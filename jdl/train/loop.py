@@ -775,6 +775,10 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
       if self.workdir.exists() and not self.workdir.is_dir():
         raise JdlError(f"workdir {self.workdir} is a file, not a folder; use another "
                        "--workdir")
+      if self.workdir.is_symlink() and not self.workdir.exists():
+        raise JdlError(f"workdir {self.workdir} is a broken symbolic link (to "
+                       f"{os.readlink(self.workdir)}); make its target or use another "
+                       "--workdir")
       workdir_lib.check_outside_runs(self.workdir)
       try:
         self.workdir.mkdir(parents=True, exist_ok=True)
