@@ -138,6 +138,17 @@ def test_flip_probability_is_one_half_per_example(op):
   assert abs(flipped.sum() - 1000) < 112
 
 
+def test_a_shift_as_large_as_the_image_is_refused():
+  # 0.99 of 28 pixels rounds to 28: 3.5% of the shifted images held no pixel.
+  cfg = base_config().augment
+  cfg.width_shift = 0.99
+  with pytest.raises(JdlError, match=r"augment.width_shift=0.99 of 28 pixels rounds to a "
+                     r"shift of 28 pixels: a shifted image could then hold no pixel"):
+    augment.validate(cfg, (28, 28, 1))
+  cfg.width_shift = 0.98  # 27 pixels: one column stays.
+  augment.validate(cfg, (28, 28, 1))
+
+
 def test_crop_draws_every_offset_of_the_padding():
   # An off-by-one (randint(0, 2p), never the last offset) passed every test.
   p, n = 2, 400

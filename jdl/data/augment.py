@@ -128,7 +128,9 @@ def rotate(x: jax.Array, angles: jax.Array, fill: str = "zero") -> jax.Array:
   Args:
     x: ``[B, H, W, C]``.
     angles: ``[B]`` angles in radians.
-    fill: ``'zero'`` (zeros outside the input) or ``'edge'`` (nearest edge pixel).
+    fill: ``'zero'`` (zeros outside the input: a sample point within a pixel of the
+      border interpolates between the edge pixel and 0, as scipy's ``grid-constant``
+      mode) or ``'edge'`` (nearest edge pixel).
 
   Returns:
     ``[B, H, W, C]``.
@@ -328,6 +330,11 @@ def validate(cfg, input_shape: tuple[int, ...]) -> None:
     if fraction and round(fraction * shape[axis]) == 0:
       raise JdlError(f"augment.{name}={fraction!r} of {shape[axis]} pixels rounds to a "
                      f"shift of 0 pixels; use at least {0.5 / shape[axis] + 1e-6:.4g}")
+    if fraction and round(fraction * shape[axis]) >= shape[axis]:  # As a crop as large.
+      raise JdlError(f"augment.{name}={fraction!r} of {shape[axis]} pixels rounds to a "
+                     f"shift of {round(fraction * shape[axis])} pixels: a shifted image "
+                     f"could then hold no pixel of the image; use less than "
+                     f"{(shape[axis] - 0.5) / shape[axis]:.4g}")
 
 
 def make_augment_fn(cfg, input_shape: tuple[int, ...]) -> AugmentFn:
