@@ -1509,9 +1509,10 @@ def test_epoch_seconds_leave_out_mid_epoch_checkpoint_saves(tmp_path, monkeypatc
   assert train["samples_per_sec"] == pytest.approx(
       20 * config.batch_size / train["epoch_seconds"], rel=0.01)
   # What they held the loop is recorded apart (the epoch end's save in no line).
-  assert 3000 <= train["checkpoint_seconds"] < 3000 + 1, train
+  # (Plus the saves' real time: seconds on a loaded 2-core CI machine, not 1000.)
+  assert 3000 <= train["checkpoint_seconds"] < 3000 + 100, train
   epoch_line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch "))
-  assert re.search(r"\(\d+\.\d\ds \+ 300\d\.\d\ds saving, \d+ samples/s\)$",
+  assert re.search(r"\(\d+\.\d\ds \+ 30\d\d\.\d\ds saving, \d+ samples/s\)$",
                    epoch_line), epoch_line
   assert result.trainer.step == 20
   assert "checkpoint_seconds" not in result.history
