@@ -96,6 +96,13 @@ def _check_pixels(dataset, task: str) -> None:
                      f"{low:g} to {high:g}; scale them to [0, 1]")
 
 
+def _check_two_classes(dataset, config: ml_collections.ConfigDict) -> None:
+  if config.task == "classification" and dataset.num_classes < 2:
+    kept = f" (classes={tuple(config.classes)} keeps one)" if config.classes else ""
+    raise JdlError(f"classification needs at least 2 classes; {dataset.name!r} has "
+                   f"{dataset.num_classes}{kept}")
+
+
 def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | None = None,
               vocab: dict | None = None) -> RunData:
   """The run's splits, from ``dataset`` or else ``config.dataset``.
@@ -134,9 +141,7 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
   if config.task in gen_tasks.TASKS:
     _check_pixels(dataset, config.task)
   if isinstance(dataset, npy_dir.StreamDataset):  # Stays on disk; read block by block.
-    if config.task == "classification" and dataset.num_classes < 2:
-      raise JdlError(f"classification needs at least 2 classes; {dataset.name!r} has "
-                     f"{dataset.num_classes}")
+    _check_two_classes(dataset, config)
     train, val, test, norm = stream.build_splits(dataset, config)
     return RunData(train=train, val=val, test=test, num_classes=dataset.num_classes, task=task,
                    input_shape=dataset.input_shape, name=dataset.name, source=source,
@@ -161,10 +166,7 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
   dataset = transfer.subset(dataset, classes=tuple(config.classes),
                             examples_per_class=int(config.examples_per_class),
                             seed=int(config.seed))
-  if config.task == "classification" and dataset.num_classes < 2:
-    kept = f" (classes={tuple(config.classes)} keeps one)" if config.classes else ""
-    raise JdlError(f"classification needs at least 2 classes; {dataset.name!r} has "
-                   f"{dataset.num_classes}{kept}")
+  _check_two_classes(dataset, config)
   if dataset.x_val is not None:  # An explicit validation set replaces validation_split.
     x_tr, y_tr, x_val, y_val = dataset.x_train, dataset.y_train, dataset.x_val, dataset.y_val
   else:
