@@ -715,6 +715,20 @@ def test_sst2_byte_order_mark_and_blank_lines(tmp_path):
   assert ds.x_train[1].tolist() == vocab.encode(["bad", "film"]) + [0]
 
 
+def test_sst2_a_lone_carriage_return_is_whitespace_and_cr_line_ends_are_refused(tmp_path):
+  # Read with universal newlines, a CR inside a sentence split its line in two: "line
+  # 2: 1 tab-separated fields" for a line that has two.
+  folder = write_sst2(tmp_path, "sentence\tlabel\ngood\rfilm \t1\nbad \t0\n")
+  ds = load_dataset("sst2", data_dir=folder)
+  assert ds.y_train.tolist() == [1, 0]
+  assert ds.x_train[0].tolist() == ds.vocab["text"].encode(["good", "film"])
+  # A file of CR line ends (classic Mac OS) was read as LF; now one clear error.
+  write_sst2(tmp_path, "sentence\tlabel\rgood film \t1\rbad \t0\r")
+  with pytest.raises(JdlError, match=r"train\.tsv ends its lines with CR alone \(classic Mac "
+                                     r"OS\); convert it to LF or CRLF line ends$"):
+    load_dataset("sst2", data_dir=tmp_path)
+
+
 @pytest.mark.parametrize("label", ["\u00b2", "1.0", "99999999999999999999"])
 def test_sst2_a_label_int_cannot_read_or_no_class_is_one_error(tmp_path, label):
   # '\u00b2' (superscript two) passes str.isdigit() but not int(): it escaped as StopIteration.

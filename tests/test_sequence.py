@@ -71,6 +71,17 @@ def test_vocabulary_min_freq_max_size_unk_and_specials():
   with pytest.raises(JdlError, match=r"^token level must be one of word, char, got 'sentence'"):
     text_lib.Vocabulary.build(texts, level="sentence")
   assert text_lib.Vocabulary.build(["ab", "b"], level="char").tokens[4:] == ("b", "a")
+  # Ties alphabetical whatever the order of first occurrence (or of a set's hashing).
+  tie = [["zeta", "mu", "alpha", "beta", "mu"], ["omega", "delta"]]
+  assert text_lib.Vocabulary.build(tie).tokens[4:] == (
+      "mu", "alpha", "beta", "delta", "omega", "zeta")
+  # Tokens that are not strings: a TypeError of the sort, or a vocabulary that its own
+  # JSON could not load ([[1, 2]] built ('<pad>', ..., 1, 2)).
+  for bad, shown in (([["a", 1]], "1 (int)"), ([[None, "a"]], "None (NoneType)"),
+                     ([[1, 2]], "1 (int)"), ([[b"a"]], "b'a' (bytes)")):
+    with pytest.raises(JdlError, match=rf"^Vocabulary\.build: texts must be lists of string "
+                                       rf"tokens, got the token {re.escape(shown)}$"):
+      text_lib.Vocabulary.build(bad)
   with pytest.raises(JdlError, match=r"^pad_sequences: value \(the fill id\) must be an "
                                      r"integer, got 'x'"):
     text_lib.pad_sequences([[1, 2]], 3, value="x")
@@ -84,12 +95,27 @@ def test_vocabulary_json_round_trip():
   for bad in ({}, {"tokens": "abc"}, {"tokens": ["a", "b", "c", "d"]}, [1]):
     with pytest.raises(JdlError):
       text_lib.Vocabulary.from_json(bad)
+  # A bad level or lowercase was taken as it came ('false' as True).
+  tokens = list(v.tokens)
+  for bad, match in (({"level": "sentence"}, r"'level' must be one of word, char, got 'sentence'"),
+                     ({"lowercase": "false"}, r"'lowercase' must be true or false, got 'false'"),
+                     ({"lowercase": 0}, r"'lowercase' must be true or false, got 0")):
+    with pytest.raises(JdlError, match=rf"^not a vocabulary: {match}$"):
+      text_lib.Vocabulary.from_json({"tokens": tokens, **bad})
+  assert text_lib.Vocabulary.from_json({"tokens": tokens}) == text_lib.Vocabulary(tuple(tokens))
+  # decode keeps <unk> (it stands for a word) and drops <pad> and <bos>.
+  assert v.decode([2, 4, 1, 0, 5, 3, 6]) == [v.tokens[4], "<unk>", v.tokens[5]]
 
 
 def test_tokenize_word_and_char():
   assert text_lib.tokenize("It 's  GOOD .") == ["it", "'s", "good", "."]
   assert text_lib.tokenize(" 3  May ", level="char") == list("3 may")
   assert text_lib.tokenize("A b", lowercase=False) == ["A", "b"]
+  # Not a str: an AttributeError of lower(), or bytes tokens.
+  for bad, match in ((None, r"got None \(NoneType\)$"), (["a b"], r"got \['a b'\] \(list\)$"),
+                     (b"good film", r"got b'good film' \(bytes\) \(decode bytes first")):
+    with pytest.raises(JdlError, match=rf"^tokenize: text must be a str, {match}"):
+      text_lib.tokenize(bad)
 
 
 @pytest.mark.parametrize("padding,truncating,expected", [
@@ -120,6 +146,22 @@ def test_pad_sequences_defaults_and_errors():
       text_lib.pad_sequences(bad, 3)
   assert text_lib.pad_sequences([np.array([5, 6], np.int64), (), range(3)], 2).tolist() == [
       [5, 6], [0, 0], [1, 2]]
+  # An id or fill value that int32 cannot hold wrapped (2**32 + 5 became 5) or raised
+  # numpy's OverflowError.
+  for seqs, value, shown in (([[2**32 + 5, 7]], 0, "0 to 4294967301"),
+                             ([[1]], 2**40, "1 to 1099511627776"),
+                             ([[-2**31 - 1]], 0, "-2147483649 to 0")):
+    with pytest.raises(JdlError, match=rf"^pad_sequences: ids and the fill value must fit "
+                                       rf"int32 \(-2147483648\.\.2147483647\), got values "
+                                       rf"from {shown}$"):
+      text_lib.pad_sequences(seqs, 3, value=value)
+  assert text_lib.pad_sequences([[2**31 - 1]], 2, value=-2**31).tolist() == [[-2**31, 2**31 - 1]]
+  assert text_lib.pad_sequences([[300]], 1, dtype=np.int64).dtype == np.int64
+  # No sequences and no maxlen: there is no longest one (it said "maxlen must be >= 1").
+  with pytest.raises(JdlError, match=r"^pad_sequences: no sequences to take the longest of; "
+                                     r"pass maxlen$"):
+    text_lib.pad_sequences([])
+  assert text_lib.pad_sequences([], 3).shape == (0, 3)
 
 
 # ---------------------------------------------------------------- TSV loader
@@ -148,6 +190,57 @@ def test_sst2_loader_builds_vocab_on_train_and_pads(tmp_path):
   other = text_lib.Vocabulary.build([["dull"]])
   d2 = sources.load_dataset("sst2", data_dir=tmp_path, text=opts, vocab={"text": other})
   assert d2.vocab["text"] is other and d2.x_test[1].tolist() == [4, 1, 1, 0]
+  # 'pre' padding and truncation apply to the dev split as to train.
+  pre = dataclasses.replace(opts, maxlen=2, padding="pre", truncating="pre")
+  d3 = sources.load_dataset("sst2", data_dir=tmp_path, text=pre)
+  v3 = d3.vocab["text"]
+  assert d3.x_train[2].tolist() == v3.encode(["charming", "film"])
+  assert d3.x_test.tolist() == [v3.encode(["charming", "journey"]), v3.encode(["and", "bleak"])]
+  d4 = sources.load_dataset("sst2", data_dir=tmp_path, text=dataclasses.replace(
+      opts, maxlen=5, padding="pre"))
+  assert d4.x_test[1].tolist() == [0, 0] + d4.vocab["text"].encode(["dull", "and", "bleak"])
+
+
+def test_a_given_vocabulary_must_be_the_datasets_and_tokenize_as_the_config(tmp_path):
+  # A vocabulary built without lower-casing, given with the default options, encoded
+  # every word as <unk>, silently; a char-level one, given to word-level text, too.
+  data_dir = _sst2(tmp_path, train=TRAIN.replace("a charming film", "A Charming film"))
+  cased = text_data.TextOptions(lowercase=False)
+  built = sources.load_dataset("sst2", data_dir=data_dir, text=cased)
+  v = built.vocab["text"]
+  assert not v.lowercase and "Charming" in v.tokens
+  again = sources.load_dataset("sst2", data_dir=data_dir, text=cased, vocab={"text": v})
+  np.testing.assert_array_equal(again.x_train, built.x_train)
+  chars = text_lib.Vocabulary.build([list("abc")], level="char")
+  for vocab, options, shown in (
+      (v, text_data.TextOptions(), "level='word', sequence.lowercase=False, but the config "
+                                   "tokenizes with level='word', lowercase=True"),
+      (chars, text_data.TextOptions(), "level='char', sequence.lowercase=True, but the config "
+                                       "tokenizes with level='word', lowercase=True")):
+    with pytest.raises(JdlError, match=rf"^the vocabulary given was built with sequence\."
+                                       rf"{re.escape(shown)}; set them to the vocabulary's"):
+      sources.load_dataset("sst2", data_dir=data_dir, text=options, vocab={"text": vocab})
+  # Keys and values: a KeyError, a TypeError of encode(), or a dates run's vocabularies
+  # silently ignored (a new one built).
+  dates = sources.load_dataset("dates", n_samples=40).vocab
+  for name, vocab, match in (
+      ("sst2", dates, r"dataset 'sst2' reads the vocabularies \['text'\], but vocab holds "
+                      r"\['src', 'tgt'\] \(another dataset's run\?\)"),
+      ("dates", {"text": v}, r"dataset 'dates' reads the vocabularies \['src', 'tgt'\], but "
+                             r"vocab holds \['text'\]"),
+      ("dates", {"src": dates["src"]}, r"dataset 'dates' reads the vocabularies \['src', 'tgt'\], "
+                                       r"but vocab holds \['src'\]$"),
+      ("dates", {**dates, "tgt": "x"}, r"vocab\['tgt'\] must be a "
+                                       r"jdl\.sequence\.text\.Vocabulary, got str"),
+      ("sst2", {"text": ["x"]}, r"vocab\['text'\] must be a jdl\.sequence\.text\.Vocabulary, "
+                                r"got list"),
+      ("digits", {"text": v}, r"vocab applies only to the text datasets \(sst2, dates\), "
+                              r"not to 'digits'; leave it unset")):
+    with pytest.raises(JdlError, match=rf"^{match}"):
+      sources.load_dataset(name, data_dir=data_dir if name == "sst2" else "",
+                           n_samples=40 if name == "dates" else None, vocab=vocab)
+  same = sources.load_dataset("dates", n_samples=40, vocab=dates)
+  assert same.vocab == dates
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -296,6 +389,16 @@ def test_dates_are_deterministic_correct_and_test_days_held_out():
   assert "3/3/98" in written and "3rd of march 1998" in written
   for _, iso in a_train:
     datetime.date.fromisoformat(iso)
+  # At the experiment's size: the day pools are disjoint, and no pair occurs twice in a
+  # split (58 of the 1,000 rows validation held out of train were copies of train rows;
+  # '3 may 1998' is written alike in two formats).
+  train, test = text_data.dates_pairs(20000, 2000, seed=0)
+  assert {t for _, t in train}.isdisjoint({t for _, t in test})
+  assert len(set(train)) == 20000 and len(set(test)) == 2000
+  assert len({t for _, t in test}) <= int(36525 * 0.1)
+  with pytest.raises(JdlError, match=r"^dates: 400000 train pairs asked, but its 32873 days in "
+                                     r"12 formats make only 391673 distinct ones; lower n_samples"):
+    text_data.dates_pairs(400_000, 10, seed=0)
 
 
 def test_adding_problem_markers_and_targets():
@@ -345,6 +448,9 @@ def test_masked_token_loss_ignores_padding():
   np.testing.assert_allclose(with_pad_row[0], base, rtol=1e-6)
   assert int(m["loss"]["count"]) == 5 and int(m["exact_match"]["count"]) == 2
   assert int(with_pad_row[1]["token_accuracy"]["count"]) == 5
+  # The padded row's tokens are all masked: it must not count as an exact match.
+  assert int(with_pad_row[1]["exact_match"]["count"]) == 2
+  assert float(with_pad_row[1]["exact_match"]["sum"]) == float(m["exact_match"]["sum"])
   # By hand: mean CE over the 5 real target tokens.
   logits = model.apply({"params": params}, src, tgt[:, :-1])
   logp, tgt = np.asarray(jax.nn.log_softmax(logits)), np.asarray(tgt)

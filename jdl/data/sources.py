@@ -25,6 +25,7 @@ from jdl.data.validate import check_stray_label
 from jdl.data.validate import require_finite
 from jdl.data.validate import validate_arrays
 from jdl.errors import JdlError, is_integer, lookup
+from jdl.sequence import text as text_lib
 
 
 def _sklearn_datasets():
@@ -48,6 +49,7 @@ IDX_FILES = {
 _SYNTHETIC = ("moons", "circles", "blobs", "xor", "linear")
 # Sources whose size n_samples sets (besides the synthetic ones above).
 _SIZED = ("adding_problem", "dates")
+_VOCABS = {"sst2": ("text",), "dates": ("src", "tgt")}  # The vocabularies a source reads.
 
 # The true coefficients of the ``linear`` regression set.
 _LINEAR_W = np.array([1.5, -2.0, 0.5])
@@ -672,6 +674,22 @@ def _check_types(**args) -> None:
                      f"({type(value).__name__})")
 
 
+def _check_vocab(name: str, vocab: Mapping) -> None:
+  """Raises ``JdlError`` unless ``vocab`` holds exactly the vocabularies ``name`` reads."""
+  wanted = _VOCABS.get(name)
+  if wanted is None:
+    raise JdlError(f"vocab applies only to the text datasets ({', '.join(_VOCABS)}), not "
+                   f"to {name!r}; leave it unset")
+  if set(vocab) != set(wanted):
+    other = " (another dataset's run?)" if set(vocab).isdisjoint(wanted) else ""
+    raise JdlError(f"dataset {name!r} reads the vocabularies {list(wanted)}, but vocab holds "
+                   f"{list(vocab)}{other}")
+  for key in wanted:
+    if not isinstance(vocab[key], text_lib.Vocabulary):
+      raise JdlError(f"vocab[{key!r}] must be a jdl.sequence.text.Vocabulary, got "
+                     f"{type(vocab[key]).__name__}")
+
+
 def load_dataset(
     name: str,
     *,
@@ -728,6 +746,8 @@ def load_dataset(
   loader = lookup("dataset", name, _LOADERS)
   _check_types(data_dir=data_dir, test_split=test_split, seed=seed, n_samples=n_samples,
                noise=noise, download=download, text=text, vocab=vocab)
+  if vocab:
+    _check_vocab(name, vocab)
   if name not in _SYNTHETIC:
     for option, value in (("n_samples", None if name in _SIZED else n_samples),
                           ("noise", noise)):

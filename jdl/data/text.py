@@ -13,7 +13,9 @@
 * ``dates``: dates written in many formats (``3 march 1998``, ``03/03/98``,
   ``tuesday, march 3, 1998``, ...) to translate into ISO ``1998-03-03``,
   character level on both sides. Test dates are held out: no calendar day of the
-  test split occurs in the train split, in any format.
+  test split occurs in the train split, in any format; no (day, format) pair occurs
+  twice in a split, so validation rows held out of train are not copies of train
+  rows (their days may occur in train in other formats).
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ def read_tsv(path: pathlib.Path, columns: Sequence[str], *,
              line_numbers: list[int] | None = None) -> dict[str, list[str]]:
   """The named columns of a TSV file with a header line (no quoting, as GLUE's).
 
-  The file is UTF-8, optionally with a byte-order mark; blank lines (only
-  whitespace, no tab), such as a trailing one, are skipped.
+  The file is UTF-8, optionally with a byte-order mark, with LF or CRLF line ends
+  (a CR inside a line is whitespace); blank lines (only whitespace, no tab), such as
+  a trailing one, are skipped.
 
   Args:
     path: the file.
@@ -87,10 +90,15 @@ def read_tsv(path: pathlib.Path, columns: Sequence[str], *,
     raise JdlError(f"TSV file {path} does not exist; set --config.data_dir to the folder "
                    "holding train.tsv and dev.tsv")
   try:
-    # utf-8-sig: spreadsheet tools often start the file with a byte-order mark.
-    text = path.read_text(encoding="utf-8-sig")
+    # utf-8-sig: spreadsheet tools often start the file with a byte-order mark. Lines
+    # end at LF (CRLF's CR is stripped below); a CR inside a line is whitespace.
+    text = path.read_bytes().decode("utf-8-sig")
   except UnicodeDecodeError as e:
     raise JdlError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+  body = text.rstrip("\r\n")
+  if "\r" in body and "\n" not in body:
+    raise JdlError(f"{path} ends its lines with CR alone (classic Mac OS); convert it to "
+                   "LF or CRLF line ends")
   # Blank lines (no tab, only whitespace), e.g. trailing ones, hold no row: skipped.
   numbered = [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1)
               if "\t" in line or line.strip()]
@@ -144,6 +152,10 @@ def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | 
   only (the rows a run trains on, once ``validation_split`` has held out its
   own). ``vocab`` (e.g. a run's saved one) replaces the built vocabulary, and
   ``rebuild`` is then ``None``.
+
+  Raises:
+    JdlError: a missing or bad file, or ``options`` that tokenize otherwise than
+      ``vocab`` was built (its ids would mean other tokens).
   """
   if not data_dir:  # $JDL_DATA_DIR/sst2, else ~/.cache/jdl/sst2, as for MNIST.
     folder = download_lib.default_data_dir("sst2")
@@ -160,6 +172,8 @@ def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | 
   # The files' own errors (bad labels) come before those of the vocabulary settings.
   y_train = _labels(train["label"], folder / "train.tsv", train_lines)
   y_test = _labels(test["label"], folder / "dev.tsv", test_lines)
+  if vocab is not None:  # Its ids mean the tokens of its own tokenizer.
+    _check_tokenizer(vocab, options)
   tok = lambda s: text_lib.tokenize(s, level=options.level, lowercase=options.lowercase)  # noqa: E731
   train_tokens = [tok(s) for s in train["sentence"]]
   test_tokens = [tok(s) for s in test["sentence"]]
@@ -179,6 +193,18 @@ def load_sst2(data_dir: str, options: TextOptions, vocab: text_lib.Vocabulary | 
   rebuild = None if vocab is not None else (lambda rows: encode(None, rows))
   x_train, x_test, vocab = encode(vocab)
   return x_train, y_train, x_test, y_test, vocab, rebuild
+
+
+def _check_tokenizer(vocab: text_lib.Vocabulary, options: TextOptions) -> None:
+  """Raises ``JdlError`` when ``options`` tokenize otherwise than ``vocab`` was built:
+  its ids would then mean other tokens (every word ``<unk>``, say)."""
+  given = (options.level, bool(options.lowercase))
+  built = (vocab.level, bool(vocab.lowercase))
+  if given != built:
+    raise JdlError(
+        f"the vocabulary given was built with sequence.level={built[0]!r}, "
+        f"sequence.lowercase={built[1]}, but the config tokenizes with level={given[0]!r}, "
+        f"lowercase={given[1]}; set them to the vocabulary's (its ids mean those tokens)")
 
 
 # ---------------------------------------------------------- adding problem
@@ -233,23 +259,39 @@ def format_date(date: datetime.date, style: int) -> str:
 
 
 def dates_pairs(n_train: int, n_test: int, *, seed: int, test_fraction: float = 0.1):
-  """``(train_pairs, test_pairs)`` of ``(source text, ISO date)``; test days held out."""
+  """``(train_pairs, test_pairs)`` of ``(source text, ISO date)``.
+
+  Test days are held out (no calendar day of the test pairs is in the train pairs),
+  and within each split no (day, format) pair occurs twice: rows a run holds out of
+  the train pairs for validation are never copies of rows it trains on.
+
+  Raises:
+    JdlError: more pairs asked of a split than its days have (day, format) pairs.
+  """
   rng = np.random.default_rng(seed)
   days = (LAST_DAY - FIRST_DAY).days + 1
   order = rng.permutation(days)
   n_test_days = int(days * test_fraction)
   test_days, train_days = order[:n_test_days], order[n_test_days:]
 
-  def draw(pool, n):
-    picks = rng.choice(pool, n)
-    styles = rng.integers(0, len(_FORMATS), n)
-    out = []
-    for d, s in zip(picks, styles):
-      date = FIRST_DAY + datetime.timedelta(days=int(d))
-      out.append((format_date(date, int(s)), date.isoformat()))
-    return out
+  def draw(pool, n, split):
+    out, seen = [], set()
+    # (day, format) pairs in random order; a text that two formats write alike
+    # ('3 may 1998' in full and abbreviated) is taken once.
+    for pick in rng.permutation(len(pool) * len(_FORMATS)):
+      day, style = divmod(int(pick), len(_FORMATS))
+      date = FIRST_DAY + datetime.timedelta(days=int(pool[day]))
+      text = format_date(date, style)
+      if text not in seen:
+        seen.add(text)
+        out.append((text, date.isoformat()))
+        if len(out) == n:
+          return out
+    raise JdlError(f"dates: {n} {split} pairs asked, but its {len(pool)} days in "
+                   f"{len(_FORMATS)} formats make only {len(out)} distinct ones; lower "
+                   "n_samples")
 
-  return draw(train_days, n_train), draw(test_days, n_test)
+  return draw(train_days, n_train, "train"), draw(test_days, n_test, "test")
 
 
 def encode_pairs(pairs, src_vocab, tgt_vocab, src_len: int, tgt_len: int):

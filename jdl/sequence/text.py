@@ -41,6 +41,10 @@ def tokenize(text: str, *, level: str = "word", lowercase: bool = True) -> list[
   """
   if level not in LEVELS:
     raise JdlError(f"token level must be one of {', '.join(LEVELS)}, got {level!r}")
+  if not isinstance(text, str):
+    hint = " (decode bytes first: data.decode('utf-8'))" if isinstance(text, bytes) else ""
+    raise JdlError(f"tokenize: text must be a str, got {_preview(text)} "
+                   f"({type(text).__name__}){hint}")
   if lowercase:
     text = text.lower()
   if level == "word":
@@ -119,6 +123,11 @@ class Vocabulary:
       counts = collections.Counter(t for i, text in enumerate(texts) for t in tokens(text, i))
     except TypeError as e:  # A text that is not iterable, or a token that is unhashable.
       raise JdlError(f"Vocabulary.build: texts must be lists of string tokens ({e})") from None
+    odd = [t for t in counts if not isinstance(t, str)][:1]
+    if odd:
+      odd = odd[0]
+      raise JdlError(f"Vocabulary.build: texts must be lists of string tokens, got the token "
+                     f"{odd!r} ({type(odd).__name__})")
     for s in SPECIALS:
       counts.pop(s, None)
     kept = sorted((t for t, c in counts.items() if c >= min_freq),
@@ -154,7 +163,8 @@ class Vocabulary:
     return self.encode(tokenize(text, level=self.level, lowercase=self.lowercase), **kwargs)
 
   def decode(self, ids: Iterable[int], *, strip: bool = True) -> list[str]:
-    """Tokens of ``ids``; with ``strip``, up to the first ``<eos>``, specials dropped."""
+    """Tokens of ``ids``; with ``strip``, up to the first ``<eos>``, with ``<pad>`` and
+    ``<bos>`` dropped (``<unk>`` is kept: it stands for a token)."""
     out = []
     for i in ids:
       i = int(i)
@@ -182,8 +192,13 @@ class Vocabulary:
     if (not isinstance(data, dict) or not isinstance(data.get("tokens"), list)
         or not all(isinstance(t, str) for t in data["tokens"])):
       raise JdlError("not a vocabulary: expected a JSON object with a list of string 'tokens'")
-    return cls(tuple(data["tokens"]), level=str(data.get("level", "word")),
-               lowercase=bool(data.get("lowercase", True)))
+    level, lowercase = data.get("level", "word"), data.get("lowercase", True)
+    if level not in LEVELS:
+      raise JdlError(f"not a vocabulary: 'level' must be one of {', '.join(LEVELS)}, got "
+                     f"{level!r}")
+    if not isinstance(lowercase, bool):
+      raise JdlError(f"not a vocabulary: 'lowercase' must be true or false, got {lowercase!r}")
+    return cls(tuple(data["tokens"]), level=level, lowercase=lowercase)
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int | None = None, *,
@@ -200,8 +215,9 @@ def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int | None = None,
     value: the fill id.
 
   Raises:
-    JdlError: a bad ``padding``, ``truncating`` or ``maxlen``, or a sequence that is
-      not a flat sequence of integer ids (words not mapped through a vocabulary).
+    JdlError: a bad ``padding``, ``truncating`` or ``maxlen`` (none, and no sequence to
+      take the longest of), a sequence that is not a flat sequence of integer ids (words
+      not mapped through a vocabulary), or an id or ``value`` that ``dtype`` cannot hold.
 
   Examples:
     >>> pad_sequences([[1, 2, 3], [4]], 2, padding="post", truncating="pre").tolist()
@@ -216,6 +232,16 @@ def pad_sequences(sequences: Sequence[Sequence[int]], maxlen: int | None = None,
     raise JdlError(f"maxlen must be an integer >= 1 (or None or 0: the longest sequence), "
                    f"got {maxlen!r}")
   rows = [_token_ids(s, i) for i, s in enumerate(sequences)]
+  if np.issubdtype(np.dtype(dtype), np.integer):  # Else numpy would wrap ids silently.
+    info = np.iinfo(dtype)
+    ids = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    low = min(int(value), ids.min() if ids.size else int(value))
+    high = max(int(value), ids.max() if ids.size else int(value))
+    if low < info.min or high > info.max:
+      raise JdlError(f"pad_sequences: ids and the fill value must fit {np.dtype(dtype).name} "
+                     f"({info.min}..{info.max}), got values from {low} to {high}")
+  if not maxlen and not rows:
+    raise JdlError("pad_sequences: no sequences to take the longest of; pass maxlen")
   if not maxlen:
     maxlen = max((len(s) for s in rows), default=0)
   if maxlen < 1:
