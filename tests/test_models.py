@@ -798,3 +798,122 @@ def test_forward_over_reverse_hessian_vector_product_through_lenet5():
   reverse = jax.jit(jax.grad(lambda p, v: sum(jnp.vdot(g, t) for g, t in zip(
       jax.tree.leaves(jax.grad(loss)(p)), jax.tree.leaves(v)))))(params, v)
   chex.assert_trees_all_close(forward, reverse, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------- values against formulas (not only shapes)
+# Each test below kills a plausible bug that the shape, count and finiteness checks
+# above let through (found by mutation: a swapped tanh, a dropped residual add, ...).
+
+
+def _masked_softmax_np(scores, mask):
+  scores = np.where(mask, scores, -np.inf)
+  e = np.where(mask, np.exp(scores - scores.max(-1, keepdims=True)), 0.0)
+  return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind", ["bahdanau", "luong_dot", "luong_general"])
+def test_attention_scores_weights_and_context_against_the_papers_formulas(kind):
+  # Bahdanau et al. 2015: v^T tanh(W_k m + b + W_q q); Luong et al. 2015: q.m and
+  # q^T W_a m; weights a softmax over the real positions; context sum_s w_s m_s.
+  rng = np.random.default_rng(1)
+  batch, steps, width, key_width = 3, 5, 6, 4
+  memory = rng.normal(size=(batch, steps, width)).astype(np.float32)
+  query = rng.normal(size=(batch, width)).astype(np.float32)
+  mask = np.arange(steps)[None] < np.array([5, 3, 1])[:, None]
+  att = attention.Attention(kind, key_width if kind == "bahdanau" else width)
+  call = lambda m, q, mem, mask: m(q, m.keys(mem), mem, mask)  # noqa: E731
+  variables = att.init(jax.random.key(0), query, memory, mask, method=call)
+  # Random biases too (a bias initialised at 0 would hide a dropped one).
+  params = jax.tree.map(lambda a: np.asarray(a) + rng.normal(size=a.shape).astype(np.float32),
+                        dict(variables.get("params", {})))
+  context, weights = att.apply({"params": params}, query, memory, mask, method=call)
+  m64, q64 = memory.astype(np.float64), query.astype(np.float64)
+  if kind == "bahdanau":
+    hidden = np.tanh(m64 @ params["key_proj"]["kernel"] + params["key_proj"]["bias"]
+                     + (q64 @ params["query_proj"]["kernel"])[:, None])
+    scores = (hidden @ params["energy"]["kernel"])[..., 0]
+  elif kind == "luong_general":
+    scores = np.einsum("bk,bsk->bs", q64, m64 @ params["key_proj"]["kernel"])
+  else:
+    scores = np.einsum("bm,bsm->bs", q64, m64)
+  expected = _masked_softmax_np(scores, mask)
+  np.testing.assert_allclose(weights, expected, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(context, np.einsum("bs,bsm->bm", expected, m64), rtol=1e-4,
+                             atol=1e-5)
+  # A row without a real position: zero weights and zero context (not uniform, not NaN).
+  context, weights = att.apply({"params": params}, query, memory, np.zeros_like(mask),
+                               method=call)
+  np.testing.assert_array_equal(weights, 0.0)
+  np.testing.assert_array_equal(context, 0.0)
+
+
+def _block_variables(block, x):
+  """Variables of a ResidualBlock whose residual branch outputs 0 (conv2 and bn2's bias 0)."""
+  variables = jax.tree.map(lambda a: np.array(a), block.init(jax.random.key(0), x))
+  variables["params"]["conv2"]["kernel"][:] = 0.0
+  variables["params"]["bn2"]["bias"][:] = 0.0
+  return variables
+
+
+def test_residual_block_adds_its_shortcut_before_the_relu():
+  # He et al. 2016: y = relu(F(x) + shortcut(x)). With F = 0, an identity shortcut gives
+  # relu(x) (negative inputs included); a stride-2 projection relu(BN(W x[::2, ::2])).
+  x = np.random.default_rng(2).normal(size=(2, 4, 4, 3)).astype(np.float32)
+  block = models.ResidualBlock(3)
+  np.testing.assert_allclose(block.apply(_block_variables(block, x), x), np.maximum(x, 0),
+                             rtol=1e-6, atol=1e-6)
+  block = models.ResidualBlock(5, strides=2)
+  variables = _block_variables(block, x)
+  p = variables["params"]
+  projected = (x[:, ::2, ::2] @ p["proj"]["kernel"][0, 0]) / np.sqrt(1 + 1e-5)  # Running var 1.
+  projected = projected * p["proj_bn"]["scale"] + p["proj_bn"]["bias"]
+  np.testing.assert_allclose(block.apply(variables, x), np.maximum(projected, 0), rtol=1e-5,
+                             atol=1e-5)
+
+
+def test_residual_block_running_mean_moves_by_the_momentum():
+  # flax's BatchNorm(momentum=0.9): running = 0.9 * running + 0.1 * batch mean, from 0.
+  x = np.random.default_rng(3).normal(size=(4, 4, 4, 3)).astype(np.float32)
+  block = models.ResidualBlock(3)
+  _, state = block.apply(block.init(jax.random.key(0), x), x, train=True,
+                         mutable=["batch_stats", "intermediates"], capture_intermediates=True)
+  conv1 = np.asarray(state["intermediates"]["conv1"]["__call__"][0], np.float64)
+  np.testing.assert_allclose(state["batch_stats"]["bn1"]["mean"], 0.1 * conv1.mean((0, 1, 2)),
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_lenet5_pads_28_to_32_on_every_side_alike_and_activates_its_dense_layers():
+  # LeCun et al. 1998 read 32x32 inputs: a 28x28 digit is padded by 2 on each side.
+  model = models.LeNet5()
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, 28, 28, 1)).astype(np.float32)
+  variables = model.init(jax.random.key(0), x)
+  np.testing.assert_allclose(model.apply(variables, x),
+                             model.apply(variables, np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))),
+                             rtol=1e-5, atol=1e-6)
+  _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  fc1 = np.asarray(state["intermediates"]["fc1"]["__call__"][0])
+  np.testing.assert_allclose(state["intermediates"]["act_0"][0], np.tanh(fc1), rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_cnn_global_pool_is_the_spatial_mean_of_the_last_feature_maps():
+  model = models.CNN(3, features=(4,), pool="none", global_pool=True, dense=())
+  x = np.random.default_rng(5).normal(size=(2, 6, 6, 2)).astype(np.float32)
+  variables = model.init(jax.random.key(0), x)
+  y, state = model.apply(variables, x, mutable=["intermediates"])
+  pooled = np.asarray(state["intermediates"]["conv_act_0"][0], np.float64).mean((1, 2))
+  head = variables["params"]["mlp"]["head"]
+  np.testing.assert_allclose(y, pooled @ np.asarray(head["kernel"]) + np.asarray(head["bias"]),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_he_normal_is_truncated_at_two_sigma_and_orthogonal_keeps_its_gain():
+  # He normal as Keras' he_normal: truncated at 2 sigma of the untruncated
+  # N(0, 2 / fan_in) scaled up by 1 / 0.8796 (the truncated normal's std).
+  std = math.sqrt(2 / 200)
+  w = np.asarray(get_initializer("he_normal")(jax.random.key(0), (200, 100)))
+  assert np.abs(w).max() <= 2 * std / 0.87962566 * (1 + 1e-5)
+  assert np.abs(w).max() > 1.9 * std / 0.87962566  # Truncated near 2 sigma, not far below.
+  o = np.asarray(get_initializer("orthogonal", 2.0)(jax.random.key(0), (20, 10)))
+  np.testing.assert_allclose(o.T @ o, 4 * np.eye(10), atol=1e-4)
