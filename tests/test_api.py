@@ -292,3 +292,25 @@ def test_an_installed_copy_of_jdl_finds_its_named_experiments(tmp_path):
   assert where == str(site / "jdl" / "_configs") and int(count) == len(expected) > 20
   import jdl
   assert model == jdl.load_config("mnist_fast").model.name
+
+
+def test_readme_explain_example_runs(tmp_path, monkeypatch):
+  """The README's attribution block, as written, on one epoch of digits_mlp: integrated
+  gradients from the black image (the default baseline, 0, is the mean image once
+  normalised) and the overlay PNG."""
+  import jdl
+  readme = (conftest.REPO / "README.md").read_text()
+  start = readme.index("```python", readme.index("Attributions for a trained run")) + 9
+  block = readme[start:readme.index("```", start)]
+  config = jdl.load_config("digits_mlp")
+  config.num_epochs = 1
+  result = jdl.fit(config, None, quiet=True)
+  x_new = jdl.data.load_dataset("digits").x_test[:3]
+  namespace = {"jdl": jdl, "np": np, "result": result, "x_new": x_new}
+  monkeypatch.chdir(tmp_path)
+  exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 (our own README)
+  ig, m = namespace["ig"], namespace["m"]
+  black = m.logits(m.normalize(np.zeros_like(x_new)))
+  np.testing.assert_allclose(ig.baseline_output,
+                             np.asarray(black)[np.arange(3), ig.target], rtol=1e-5, atol=1e-6)
+  assert (tmp_path / "ig.png").stat().st_size > 1000

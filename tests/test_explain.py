@@ -102,6 +102,29 @@ def test_completeness_on_a_nonlinear_mlp(rule, steps):
   np.testing.assert_allclose(one.attributions[0], res.attributions[2], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("rule", ["trapezoid", "midpoint", "left", "right"])
+def test_each_rule_is_its_quadrature_of_the_path_gradients(rule):
+  # (x - x') * sum_k w_k grad f(x' + a_k (x - x')), with each rule's points a_k and
+  # weights w_k written out; on a linear model every rule is exact, so only a
+  # nonlinear one tells them apart (right is Sundararajan et al.'s eq. 3).
+  m = 3
+  points = {"trapezoid": (np.arange(m + 1) / m, np.r_[0.5, np.ones(m - 1), 0.5] / m),
+            "midpoint": ((np.arange(m) + 0.5) / m, np.ones(m) / m),
+            "left": (np.arange(m) / m, np.ones(m) / m),
+            "right": (np.arange(1, m + 1) / m, np.ones(m) / m)}[rule]
+  model = TinyMLP()
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, D)) * 2, jnp.float32)
+  base = jnp.full_like(x, 0.3)
+  variables = model.init(jax.random.key(1), x)
+  res = explain.integrated_gradients(model.apply, variables, x, target=1, steps=m, rule=rule,
+                                     baseline=base, check="off")
+  grad = jax.grad(lambda z: model.apply(variables, z[None])[0, 1])
+  expected = [np.asarray(x[i] - base[i]) * sum(
+      w * np.asarray(grad(base[i] + a * (x[i] - base[i]))) for a, w in zip(*points))
+      for i in range(2)]
+  np.testing.assert_allclose(res.attributions, np.stack(expected), rtol=1e-4, atol=1e-6)
+
+
 def steep_apply(variables, x, train=False):
   """A sigmoid step at 0.3 along the path from 0 to 1: flat at a = 0, 1/2, 1."""
   del variables, train
@@ -164,6 +187,13 @@ def test_gradient_functions_compile_once_per_shape():
     # A NaN score ranked last, so its element was never removed.
     (lambda: explain.remove_top_k(X, np.where(X > 0, np.nan, X), 1), "scores must be finite"),
     (lambda: explain.remove_top_k(np.where(X > 0, np.inf, X), X, 1), "x must be finite"),
+    # A 1-D x was n examples of one element each: every element removed at k = 1.
+    (lambda: explain.remove_top_k(np.arange(1.0, 6.0), np.arange(5.0), 1),
+     r"x must be a batch \[n, \.\.\.\] with at least 2 axes, got shape \(5,\)"),
+    # Bools were taken as 1 (saliency refused them).
+    (lambda: explain.remove_top_k(X, X, True), r"k must be an integer in \[0, 6\], got True"),
+    (lambda: explain.lime_tabular(sum_scores, X4, key=KEY, std=1.0, target=True),
+     r"target must be an integer \(an output column\), got True"),
 ])
 def test_bad_arguments_raise_jdl_errors(call, match):
   with pytest.raises(JdlError, match=match):
@@ -243,6 +273,36 @@ def test_lime_is_a_function_of_the_key():
   np.testing.assert_array_equal(a.weights, b.weights)
   assert a.intercept == b.intercept and a.r2 == b.r2
   assert not np.array_equal(a.weights, c.weights)
+
+
+def test_mask_distance_is_the_cosine_distance_from_the_unperturbed_mask():
+  import importlib
+  from sklearn.metrics import pairwise_distances
+  lime_lib = importlib.import_module("jdl.explain.lime")  # jdl.explain.lime is the function.
+  masks = np.random.default_rng(5).integers(0, 2, (50, 9)).astype(np.float64)
+  masks[masks.sum(1) == 0, 0] = 1.0  # sklearn's cosine of an all-zero row is 1 too.
+  np.testing.assert_allclose(lime_lib._mask_distance(masks),
+                             pairwise_distances(masks, np.ones((1, 9)), metric="cosine")[:, 0],
+                             rtol=1e-12, atol=1e-12)
+
+
+def test_lime_tabular_centre_mean_samples_around_the_train_mean():
+  # center='mean' (the LIME package's way) draws z = mean + std * e; 'instance' x + std * e.
+  seen = []
+  def record(z):
+    seen.append(np.asarray(z))
+    return z @ LIME_W[:4, None]
+  mean, std = np.array([1.0, -1.0, 0.5, 2.0], np.float32), np.array([1.0, 2.0, 0.5, 1.0])
+  for center, centre in (("mean", mean), ("instance", X4)):
+    seen.clear()
+    res = explain.lime_tabular(record, X4, key=KEY, std=std, mean=mean, center=center,
+                               num_samples=4000, target=0)
+    z = np.concatenate(seen)
+    np.testing.assert_array_equal(z[0], X4)  # The input itself comes first.
+    np.testing.assert_allclose(z[1:].mean(0), centre, atol=0.1)
+    np.testing.assert_allclose(z[1:].std(0), std, rtol=0.05)
+    # A linear model: the surrogate is exact wherever it samples (weights per std).
+    np.testing.assert_allclose(res.weights, LIME_W[:4] * std, rtol=1e-3, atol=1e-4)
 
 
 def test_grid_cells_cover_uneven_edges():
@@ -429,6 +489,29 @@ def test_weighted_ridge_of_a_constant_target_explains_it_all():
   z = RNG.normal(size=(50, 3))
   _, intercept, r2 = explain.weighted_ridge(z, np.full(50, 0.3), np.linspace(0.1, 1, 50))
   assert r2 == 1.0 and intercept == pytest.approx(0.3)
+
+
+def test_lime_image_kernel_width_none_is_its_default():
+  # None (lime_tabular's "default") reached width**2: a TypeError.
+  image = np.random.default_rng(6).random((8, 8)).astype(np.float32)
+  run = lambda **kw: explain.lime(one_cell_classifier, image, key=KEY, cell_size=2,  # noqa: E731
+                                  num_samples=50, **kw)
+  np.testing.assert_array_equal(run(kernel_width=None).weights, run(kernel_width=0.25).weights)
+  assert not np.array_equal(run(kernel_width=0.5).weights, run().weights)
+
+
+def test_probabilities_are_refused_for_a_regression_run():
+  # A one-output regression got [1 - sigmoid(y), sigmoid(y)]: LIME explained column 0,
+  # weights of the opposite sign to the regression's.
+  trainer = jdl.Trainer(make_config(dataset="linear", task="regression", loss="mse",
+                                    metrics=("mae",), monitor=""), None, quiet=True)
+  m = explain.from_run(trainer)
+  x = m.normalize(jdl.data.load_dataset("linear").x_test[:3])
+  assert m.task == "regression" and m.logits(x).shape == (3, 1)
+  with pytest.raises(JdlError, match=r"^probabilities are a classifier's; this is a regression "
+                                     r"run, whose outputs are no class logits: give LIME "
+                                     r"m\.logits as its predict_fn"):
+    m.probabilities(x)
 
 
 def test_lime_takes_typed_and_raw_keys():

@@ -55,7 +55,9 @@ def remove_top_k(x: jax.Array, scores: jax.Array, k: int,
                  f"scores of shape {scores.shape} must have the inputs' shape {x.shape}")
   _checks.require_finite(x, "x")  # A NaN score ranks last: never removed.
   _checks.require_finite(scores, "scores")
-  errors.require(isinstance(k, (int, np.integer)) and 0 <= k <= size,
+  _checks.check_batch(x, "x")  # A 1-D x was n examples of one element: all removed.
+  errors.require(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_))
+                 and 0 <= k <= size,
                  f"k must be an integer in [0, {size}], got {k!r}")
   base = jnp.asarray(_checks.broadcast(baseline, x.shape, "baseline", "the inputs'"))
   return np.asarray(_remove_top_k(x, scores, base, jnp.int32(k)))

@@ -125,7 +125,11 @@ def saliency(apply_fn: ApplyFn, variables: Any, x: jax.Array,
     target: the output to explain (see :func:`resolve_targets`); default: the
       predicted class.
     variant: ``'gradient'`` (absolute gradient, Simonyan et al.) or
-      ``'gradient_x_input'`` (signed ``x * d f / d x``, Shrikumar et al.).
+      ``'gradient_x_input'`` (signed ``x * d f / d x``, Shrikumar et al.). Of
+      normalised inputs ``x = (raw - mean) / std`` that is ``(raw - mean) * d f /
+      d raw``: gradient x input relative to the mean input, so raw zeros (black
+      pixels) get attributions too; give raw inputs and an ``apply_fn`` that
+      normalises them for Shrikumar's own.
 
   Returns:
     ``[n, ...]`` attributions shaped like ``x``.

@@ -141,7 +141,10 @@ def _pick_target(outputs: np.ndarray, target: int | None) -> int:
   """The explained output column: ``target`` or the argmax at the input (row 0)."""
   if target is None:
     return int(np.argmax(outputs[0]))
-  errors.require(isinstance(target, (int, np.integer)) and 0 <= target < outputs.shape[1],
+  errors.require(isinstance(target, (int, np.integer))
+                 and not isinstance(target, (bool, np.bool_)),
+                 f"target must be an integer (an output column), got {target!r}")
+  errors.require(0 <= target < outputs.shape[1],
                  f"target {target!r} is out of range for a model with {outputs.shape[1]} "
                  "outputs")
   return int(target)
@@ -262,7 +265,7 @@ def grid_cells(height: int, width: int, cell_size: int | tuple[int, int]) -> np.
 
 def lime_image(predict_fn: PredictFn, image: np.ndarray, *, key: jax.Array,
                cell_size: int | tuple[int, int] = 4, baseline: float | np.ndarray = 0.0,
-               num_samples: int = 1000, kernel_width: float = 0.25, ridge: float = 1.0,
+               num_samples: int = 1000, kernel_width: float | None = 0.25, ridge: float = 1.0,
                target: int | None = None, batch_size: int = 256) -> LimeExplanation:
   """LIME for one image, with the cells of a regular grid as superpixels.
 
@@ -282,7 +285,7 @@ def lime_image(predict_fn: PredictFn, image: np.ndarray, *, key: jax.Array,
     baseline: the value of hidden cells: a scalar or an array like ``image`` (for
       a normalised image, the normalised black value).
     num_samples: perturbations, the image itself included.
-    kernel_width: sigma of the proximity kernel.
+    kernel_width: sigma of the proximity kernel (``None``: the default, 0.25).
     ridge: the ridge penalty, per unit of average sample weight
       (:func:`weighted_ridge`).
     target: the output column to explain; default: the predicted one.
@@ -315,7 +318,7 @@ def lime_image(predict_fn: PredictFn, image: np.ndarray, *, key: jax.Array,
   inputs = jnp.where(pixel_masks, jnp.asarray(image), base)
   features = masks.astype(np.float64)
   beta, intercept, r2, t, pred = _explain(predict_fn, inputs, features, _mask_distance(features),
-                                          kernel_width, target, ridge, batch_size)
+                                          kernel_width or 0.25, target, ridge, batch_size)
   grid = beta.reshape(-1, int(cells[0, -1]) + 1)  # [cells_h, cells_w]
   return LimeExplanation(grid, intercept, r2, t, pred, beta[cells])
 

@@ -31,6 +31,7 @@ class RunModel:
     normalize: raw inputs ``[n, ...]`` -> the normalised inputs the model was
       trained on (the train split's statistics, as :class:`jdl.Trainer` does).
     input_shape: the shape of one example (``None``: unknown, not checked).
+    task: the run's task (:data:`TASKS`); :meth:`probabilities` needs a classifier.
 
   Examples:
     >>> m = from_run(result)                                     # doctest: +SKIP
@@ -42,6 +43,7 @@ class RunModel:
   variables: Any
   normalize: Callable[[np.ndarray], np.ndarray]
   input_shape: tuple[int, ...] | None = None
+  task: str = "classification"
 
   def logits(self, x: jax.Array) -> jax.Array:
     """Model outputs for normalised inputs ``x: [n, ...]``.
@@ -59,7 +61,16 @@ class RunModel:
   def probabilities(self, x: jax.Array) -> jax.Array:
     """Class probabilities ``[n, classes]`` (for LIME, which explains them): the
     softmax of :meth:`logits`; for one logit ``z`` an example (a binary classifier
-    trained with ``binary_crossentropy``), ``[1 - sigmoid(z), sigmoid(z)]``."""
+    trained with ``binary_crossentropy``), ``[1 - sigmoid(z), sigmoid(z)]``.
+
+    Raises:
+      JdlError: the run is not a classifier (a regression's outputs are no logits:
+        explain :meth:`logits` itself), or a bad ``x``.
+    """
+    if self.task != "classification":
+      raise JdlError(f"probabilities are a classifier's; this is a {self.task} run, whose "
+                     "outputs are no class logits: give LIME m.logits as its predict_fn "
+                     "(it explains one output column, target=)")
     z = self.logits(x).astype(jnp.float32)
     if z.shape[-1] == 1:  # softmax((0, z)) = (1 - sigmoid(z), sigmoid(z)).
       z = metrics_lib.two_class_logits(z)
@@ -103,7 +114,7 @@ def from_run(run) -> RunModel:
   input_shape = getattr(getattr(trainer, "data", None), "input_shape", None)
   return RunModel(state.apply_fn, state.variables,
                   functools.partial(_normalize, trainer, input_shape),
-                  None if input_shape is None else tuple(input_shape))
+                  None if input_shape is None else tuple(input_shape), task=task)
 
 
 def _normalize(trainer, input_shape, x) -> np.ndarray:
