@@ -779,3 +779,70 @@ def test_frozen_parameters_keep_their_bits_negative_zeros_included():
   new = optim.apply_updates({"w": jnp.array([-0.0, 1.0, -1.0])},
                             {"w": jnp.array([0.0, 0.5, 1.0])})
   np.testing.assert_array_equal(bits(new["w"]), bits(jnp.array([-0.0, 1.5, 0.0])))
+
+
+# Found by a mutation audit: bugs these tests catch passed every earlier one.
+# ------------------------------------------------------------ optimizer chain
+
+@pytest.mark.parametrize("clip", [{"clip_norm": 1.0}, {"clip_value": 1.0}])
+@pytest.mark.parametrize("name", ["sgd", "momentum"])
+def test_clipping_acts_on_the_gradients_before_the_optimizer(name, clip):
+  # Clipping moved after the optimizer passed the other clip tests: they use sgd
+  # with lr=1, where clipping -g and clipping g are the same thing.
+  lr = 0.1
+  config = make_config({"name": name, "learning_rate": lr, "momentum": 0.9, **clip})
+  tx = optim.create_optimizer(config, steps_per_epoch=1, num_epochs=1)
+  clipper = (optax.clip_by_global_norm(1.0) if "clip_norm" in clip else optax.clip(1.0))
+  inner = optax.sgd(lr, momentum=0.9 if name == "momentum" else None)
+  ref = optax.chain(clipper, inner)
+  params = {"Dense_0": {"kernel": jnp.zeros(3), "bias": jnp.zeros(2)}}
+  state, ref_state = tx.init(params), ref.init(params)
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape) * 20, jnp.float32),
+                         params)
+    got, state = tx.update(grads, state, params)
+    want, ref_state = ref.update(grads, ref_state, params)
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_accumulation_averages_the_micro_gradients_without_clipping():
+  # MultiSteps summing instead of averaging: the other unit
+  # test clips to norm 1, which maps the sum and the mean to the same update.
+  config = make_config({"name": "sgd", "learning_rate": 0.1, "accumulate_steps": 3})
+  tx = optim.create_optimizer(config, steps_per_epoch=3, num_epochs=1)
+  params = {"kernel": jnp.zeros(3)}
+  gs = [np.array([1.0, -2.0, 0.5]), np.array([0.5, 0.5, 0.5]), np.array([3.0, 0.0, -1.0])]
+  state = tx.init(params)
+  for g in gs:
+    updates, state = tx.update({"kernel": jnp.asarray(g, jnp.float32)}, state, params)
+  np.testing.assert_allclose(updates["kernel"], -0.1 * np.mean(gs, axis=0), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------- masks
+
+def test_freeze_patterns_match_whole_names_not_prefixes():
+  # re.match instead of fullmatch: 'Dense_1' must not freeze 'Dense_10'.
+  params = {"Dense_1": {"kernel": jnp.ones(2)}, "Dense_10": {"kernel": jnp.ones(2)},
+            "Dense_1x": {"bias": jnp.ones(2)}}
+  labels = optim.freeze_labels(params, ("Dense_1",))
+  assert labels == {"Dense_1": {"kernel": "frozen"}, "Dense_10": {"kernel": "trainable"},
+                    "Dense_1x": {"bias": "trainable"}}
+  new = {"batch_stats": {"bn_1": {"mean": jnp.ones(2)}, "bn_10": {"mean": jnp.ones(2)}}}
+  old = jax.tree.map(jnp.zeros_like, new)
+  kept = optim.keep_frozen_state(new, old, ("bn_1",))
+  assert float(kept["batch_stats"]["bn_1"]["mean"][0]) == 0.0
+  assert float(kept["batch_stats"]["bn_10"]["mean"][0]) == 1.0
+
+
+# ---------------------------------------------------------------- plateau / lr
+
+def test_last_update_rate_before_any_update_is_the_first_updates():
+  # count - 1 not clamped at 0: documented as learning_rate_fn(0) "before
+  # any"; cosine over 4 updates has lr(-1) = 0.5 * (1 + cos(pi / 4)) * lr.
+  config = make_config({"name": "sgd", "learning_rate": 1.0}, {"name": "cosine"})
+  tx = optim.create_optimizer(config, steps_per_epoch=4, num_epochs=1)
+  lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch=4, num_epochs=1)
+  state = tx.init({"kernel": jnp.zeros(2)})
+  got = float(optim.current_learning_rate(state, lr_fn, last_update=True))
+  assert got == pytest.approx(1.0)
