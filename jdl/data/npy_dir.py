@@ -350,6 +350,7 @@ def fit_normalizer(x: NpyRows, rows: np.ndarray | None, mode: str):
     d = chunk.astype(read).astype(np.float64) - mean
     squares += (d * d).sum(axis=0)
   if mode == "global":
-    std = float(np.sqrt(squares.sum() / (n * max(1, int(np.prod(shape)))))) or 1.0
+    values = n * max(1, int(np.prod(shape)))
+    std = float(unit_where_constant(np.sqrt(squares.sum() / values), mean, values))
     return Normalizer(np.full(shape, mean), np.full(shape, std), wide)
   return Normalizer(mean, unit_where_constant(np.sqrt(squares / n), mean, n), wide)

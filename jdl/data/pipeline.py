@@ -121,9 +121,11 @@ class Normalizer:
 
   @classmethod
   def fit_global(cls, x: np.ndarray) -> Normalizer:
-    """One mean and std over all train values (the usual choice for images)."""
+    """One mean and std over all train values (the usual choice for images); a
+    constant input (up to rounding, see :func:`unit_where_constant`) is centred."""
     shape = x.shape[1:]
-    mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64)) or 1.0
+    mean = float(x.mean(dtype=np.float64))
+    std = float(unit_where_constant(x.std(dtype=np.float64), mean, max(1, x.size)))
     return cls(np.full(shape, mean), np.full(shape, std), needs_float64(x.dtype))
 
   @classmethod
