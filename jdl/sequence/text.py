@@ -123,11 +123,10 @@ class Vocabulary:
       counts = collections.Counter(t for i, text in enumerate(texts) for t in tokens(text, i))
     except TypeError as e:  # A text that is not iterable, or a token that is unhashable.
       raise JdlError(f"Vocabulary.build: texts must be lists of string tokens ({e})") from None
-    odd = [t for t in counts if not isinstance(t, str)][:1]
-    if odd:
-      odd = odd[0]
-      raise JdlError(f"Vocabulary.build: texts must be lists of string tokens, got the token "
-                     f"{odd!r} ({type(odd).__name__})")
+    for odd in counts:
+      if not isinstance(odd, str):
+        raise JdlError(f"Vocabulary.build: texts must be lists of string tokens, got the "
+                       f"token {odd!r} ({type(odd).__name__})")
     for s in SPECIALS:
       counts.pop(s, None)
     kept = sorted((t for t, c in counts.items() if c >= min_freq),
