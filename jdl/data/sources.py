@@ -50,6 +50,9 @@ _SYNTHETIC = ("moons", "circles", "blobs", "xor", "linear")
 # Sources whose size n_samples sets (besides the synthetic ones above).
 _SIZED = ("adding_problem", "dates")
 _VOCABS = {"sst2": ("text",), "dates": ("src", "tgt")}  # The vocabularies a source reads.
+# Sources that jdl's own code generates (from the seed and n_samples): another jdl
+# version may generate other data for the same settings.
+GENERATED = _SYNTHETIC + _SIZED
 
 # The true coefficients of the ``linear`` regression set.
 _LINEAR_W = np.array([1.5, -2.0, 0.5])
