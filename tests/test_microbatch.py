@@ -133,14 +133,14 @@ def test_training_in_microbatches_matches_whole_batches():
                                 jax.device_get(whole.state.params), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("size", [0, 4])
-def test_no_key_serves_two_purposes_in_an_augmented_step(size):
-  # The keys the step hands out: augmentation's, and the forward passes' (dropout):
-  # the whole batch's, or each microbatch's. Microbatch 1's fold_in(step_key, 1) was
-  # augmentation's key.
+def _key_recording_step(key, microbatch_size=0):
+  """A jitted augmented train step of a dropout MLP that records each key it hands
+  out, its first state, a batch, and the list of (purpose, key bits) it fills."""
   seen = []
-  record = lambda what, key: jax.debug.callback(  # noqa: E731
-      lambda k: seen.append((what, tuple(np.asarray(k).tolist()))), jax.random.key_data(key))
+
+  def record(what, key):
+    jax.debug.callback(lambda k: seen.append((what, tuple(np.asarray(k).ravel().tolist()))),
+                       jax.random.key_data(key))
 
   class Recording(steps.SupervisedTask):
     def forward(self, params, model_state, batch, key, train):
@@ -155,12 +155,39 @@ def test_no_key_serves_two_purposes_in_an_augmented_step(size):
   batch = _batch(padded=0, shape=(6,))
   task = Recording(apply_fn=model.apply, loss=optax.softmax_cross_entropy_with_integer_labels,
                    metric_names=("accuracy",), num_classes=5)
-  state = jdl.create_train_state(model, optax.sgd(0.1), batch["x"], key=jax.random.key(0))
-  step = jax.jit(steps.make_train_step(task, augment, microbatch_size=size))
+  state = jdl.create_train_state(model, optax.sgd(0.1), batch["x"], key=key)
+  step = jax.jit(steps.make_train_step(task, augment, microbatch_size=microbatch_size))
+  return step, state, batch, seen
+
+
+@pytest.mark.parametrize("size", [0, 4])
+def test_no_key_serves_two_purposes_in_an_augmented_step(size):
+  # The keys the step hands out: augmentation's, and the forward passes' (dropout):
+  # the whole batch's, or each microbatch's. Microbatch 1's fold_in(step_key, 1) was
+  # augmentation's key.
+  step, state, batch, seen = _key_recording_step(jax.random.key(0), size)
   jax.block_until_ready(step(state, batch))
   kinds = [what for what, _ in seen]
   assert kinds.count("augment") == 1 and kinds.count("forward") == (3 if size else 1)
   assert len({key for _, key in seen}) == len(seen), seen
+
+
+def test_each_step_draws_its_keys_from_fold_in_of_the_state_key_and_step():
+  # A step key not folded with state.step (in steps.py and in diagnostics' copy of
+  # the derivation) passed every test: the same dropout and augmentation every step.
+  # TrainState documents per-step keys fold_in(key, step); the augmentation key is
+  # fold_in(step_key, 1) and dropout's the step key.
+  step, state, batch, seen = _key_recording_step(jax.random.key(4))
+  data = lambda k: tuple(np.asarray(jax.random.key_data(k)).ravel().tolist())  # noqa: E731
+  want = []
+  for s in range(3):
+    k = jax.random.fold_in(state.key, s)
+    want += [("augment", data(jax.random.fold_in(k, 1))), ("forward", data(k))]
+  for _ in range(3):
+    state, _ = step(state, batch)
+  jax.effects_barrier()
+  assert sorted(seen) == sorted(want)
+  assert len({k for _, k in seen}) == 6  # Every step and purpose its own key.
 
 
 def test_microbatch_size_errors():

@@ -1,7 +1,7 @@
-"""The train step's contracts against references: per-step keys (fold_in of the
-state's key and step), the loss in float32 under bfloat16 compute, an all-padding
-batch adding nothing, a non-finite step leaving the state as it was. Found by a
-mutation audit: each test catches a bug that passed every earlier test."""
+"""The train step's contracts against references: the loss in float32 under bfloat16
+compute, an all-padding batch adding nothing, a non-finite step leaving the state as
+it was (its per-step keys: tests/test_microbatch.py). Found by a mutation audit: each
+test catches a bug that passed every earlier test."""
 
 from __future__ import annotations
 
@@ -28,44 +28,6 @@ def _batch(n=8, d=5, mask=None, seed=0):
   return {"x": jnp.asarray(rng.normal(size=(n, d)), jnp.float32),
           "y": jnp.asarray(rng.integers(0, 3, n)),
           "mask": jnp.ones(n) if mask is None else jnp.asarray(mask, jnp.float32)}
-
-
-def test_each_step_draws_its_keys_from_fold_in_of_the_state_key_and_step():
-  # A step key not folded with state.step (in steps.py and in diagnostics' copy of
-  # the derivation) passed every test: the same dropout and augmentation every step.
-  # TrainState documents per-step keys fold_in(key, step); the augmentation key is
-  # fold_in(step_key, 1) and dropout's the step key.
-  seen = []
-
-  def record(what, key):
-    jax.debug.callback(lambda k: seen.append((what, tuple(np.asarray(k).ravel().tolist()))),
-                       jax.random.key_data(key))
-
-  class Recording(steps.SupervisedTask):
-    def forward(self, params, model_state, batch, key, train):
-      record("forward", key)
-      return super().forward(params, model_state, batch, key, train)
-
-  def augment(key, batch):
-    record("augment", key)
-    return batch
-
-  model = create_model({"name": "mlp", "hidden": (8,), "dropout_rate": 0.5}, num_outputs=3)
-  batch = _batch()
-  task = Recording(apply_fn=model.apply, loss=optax.softmax_cross_entropy_with_integer_labels,
-                   metric_names=("accuracy",), num_classes=3)
-  state = jdl.create_train_state(model, optax.sgd(0.1), batch["x"], key=jax.random.key(4))
-  step = jax.jit(steps.make_train_step(task, augment))
-  data = lambda k: tuple(np.asarray(jax.random.key_data(k)).ravel().tolist())  # noqa: E731
-  want = []
-  for s in range(3):
-    k = jax.random.fold_in(state.key, s)
-    want += [("augment", data(jax.random.fold_in(k, 1))), ("forward", data(k))]
-  for _ in range(3):
-    state, _ = step(state, batch)
-  jax.effects_barrier()
-  assert sorted(seen) == sorted(want)
-  assert len({k for _, k in seen}) == 6  # Every step and purpose its own key.
 
 
 def test_the_loss_is_computed_in_float32_under_bfloat16_compute():
