@@ -158,6 +158,10 @@ def _explain(predict_fn, inputs, features, distance, width, target, ridge, batch
   return beta, intercept, r2, t, float(y[0])
 
 
+# The kernel width of binary masks at their cosine distance (the LIME package's).
+MASK_KERNEL_WIDTH = 0.25
+
+
 def _mask_distance(masks: np.ndarray) -> np.ndarray:
   """Cosine distance of each binary mask from the all-ones mask (LIME's choice)."""
   on = masks.sum(axis=1)
@@ -241,7 +245,7 @@ def lime_tabular(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array,
     inputs = np.where(masks, x, base).astype(np.float32)
     features = masks.astype(np.float64)
     distance = _mask_distance(features)
-    width = kernel_width or 0.25
+    width = kernel_width or MASK_KERNEL_WIDTH
   else:
     raise errors.JdlError(f"mode must be 'sample' or 'mask', got {mode!r}")
   beta, intercept, r2, t, pred = _explain(predict_fn, jnp.asarray(inputs), features, distance,
@@ -265,7 +269,8 @@ def grid_cells(height: int, width: int, cell_size: int | tuple[int, int]) -> np.
 
 def lime_image(predict_fn: PredictFn, image: np.ndarray, *, key: jax.Array,
                cell_size: int | tuple[int, int] = 4, baseline: float | np.ndarray = 0.0,
-               num_samples: int = 1000, kernel_width: float | None = 0.25, ridge: float = 1.0,
+               num_samples: int = 1000, kernel_width: float | None = MASK_KERNEL_WIDTH,
+               ridge: float = 1.0,
                target: int | None = None, batch_size: int = 256) -> LimeExplanation:
   """LIME for one image, with the cells of a regular grid as superpixels.
 
@@ -317,8 +322,9 @@ def lime_image(predict_fn: PredictFn, image: np.ndarray, *, key: jax.Array,
     pixel_masks = pixel_masks[..., None]
   inputs = jnp.where(pixel_masks, jnp.asarray(image), base)
   features = masks.astype(np.float64)
+  width = kernel_width or MASK_KERNEL_WIDTH
   beta, intercept, r2, t, pred = _explain(predict_fn, inputs, features, _mask_distance(features),
-                                          kernel_width or 0.25, target, ridge, batch_size)
+                                          width, target, ridge, batch_size)
   grid = beta.reshape(-1, int(cells[0, -1]) + 1)  # [cells_h, cells_w]
   return LimeExplanation(grid, intercept, r2, t, pred, beta[cells])
 
