@@ -194,8 +194,9 @@ def create_learning_rate_fn(
 
   Schedules (``schedule.name``), with ``lr = optimizer.learning_rate``, ``k`` the
   update count and ``E`` updates per epoch (``steps_per_epoch / accumulate_steps``,
-  a fraction when the two do not divide; ``tau`` and warm-ups round to whole
-  updates; ``step`` decays at the first update at or past each boundary):
+  a fraction when the two do not divide; ``tau`` and warm-ups round to the nearest
+  whole update, halves to even as Python's ``round`` (2.5 -> 2, 7.5 -> 8); ``step``
+  decays at the first update at or past each boundary):
 
   * ``constant``: ``lr``.
   * ``step``: ``lr * factor ** floor(k / (decay_every_epochs * E))``.
