@@ -170,6 +170,9 @@ class RNN(RecurrentOptions):
     mask = _as_mask(mask, x)
     cell = make_cell(self.cell, self.features, **_options(self, CELL_OPTIONS),
                      name="cell")
+    # Padding's values reach no output, and with zeros no gradient either: a NaN or inf
+    # pad times the zero gradient of a discarded step would be NaN in the kernel's.
+    x = jnp.where(mask[..., None], x, jnp.zeros_like(x))
     x_proj = cell.project_inputs(x)  # One product for all steps, outside the loop.
     inputs = (x_proj, mask)
     if self.tbptt:
