@@ -399,8 +399,10 @@ def resolve_config_path(path_or_name: str | os.PathLike | None) -> Path:
     path_or_name = DEFAULT_EXPERIMENT
   path = Path(path_or_name)
   named = CONFIG_DIR / f"{path_or_name}.py"
-  if path.is_dir() and not path.suffix and named.is_file():
-    return named  # `--config xor` beside a folder xor/ (e.g. the run's own workdir).
+  if not path.suffix and named.is_file():
+    # `--config xor` beside a folder xor/ (e.g. the run's own workdir) or a file xor
+    # (e.g. a log): a path without .py or .json is never a config file.
+    return named
   if path.suffix in (".py", ".json") or path.exists():
     if path.is_dir():
       raise JdlError(f"--config {str(path)!r} is a folder; give a config file (a .py "
@@ -465,11 +467,12 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]
       node = node[part]
     if not isinstance(node, ml_collections.ConfigDict):
       raise JdlError(f"unknown config key {dotted!r}")
+    if parents[:1] == ["model"] and (leaf not in node or node[leaf] is None):
+      # A model's field (a GAN player's too), new or untyped (None): a Python literal.
+      with node.unlocked():
+        node[leaf] = _parse_literal(raw)
+      continue
     if leaf not in node:
-      if parents[:1] == ["model"]:  # A model's field, or a GAN player's.
-        with node.unlocked():
-          node[leaf] = _parse_literal(raw)
-        continue
       valid = ", ".join(sorted(node.keys()))
       nested = _nested_paths(node, leaf, prefix=parents)
       close = (f": did you mean {' or '.join(repr(p) for p in nested)}?" if nested

@@ -136,6 +136,23 @@ def test_the_default_workdir_of_evaluate_and_of_a_runs_config_json(tmp_path, mon
   assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["xor"]
 
 
+def test_a_file_named_like_an_experiment_does_not_hide_it(tmp_path, monkeypatch, capsys):
+  # E.g. a log written with `jdl train --config xor | tee xor`.
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "xor").write_text("a log\n")
+  assert jdl.config.resolve_config_path("xor") == jdl.config.CONFIG_DIR / "xor.py"
+  code, out, _ = run_cli("config", "--config", "xor", capsys=capsys)
+  assert code == 0 and (tmp_path / "xor").read_text() == "a log\n"
+
+
+def test_an_override_of_a_model_field_set_to_none_is_a_literal():
+  config = jdl.load_config("digits_mlp")
+  with config.model.unlocked():
+    config.model.dropout_rate = None
+  jdl.config.apply_overrides(config, {"model.dropout_rate": "0.25", "seed": "3"})
+  assert config.model.dropout_rate == 0.25 and config.seed == 3
+
+
 def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   assert cli.main(["train", "--config", "xor", "--workdir", "xor", "--quiet",
