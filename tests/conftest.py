@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -267,3 +268,12 @@ def assert_exports_equal(workdir_a, workdir_b, *, past: int | None = None):
   assert sorted(a.files) == sorted(b.files)
   for k in a.files:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def snapshot(root: Path, folders: bool = False) -> dict[str, str]:
+  """Every file under ``root`` by its relative path with its content's SHA-256 (and
+  with ``folders`` every folder, as "/"): equal snapshots before and after a call
+  mean it wrote, moved and removed nothing there."""
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          if p.is_file() else "/" for p in sorted(root.rglob("*"))
+          if folders or p.is_file()}

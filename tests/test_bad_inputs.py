@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import hashlib
 import shutil
 import struct
 from pathlib import Path
@@ -19,16 +18,11 @@ import pytest
 import jdl
 from jdl import cli
 
-from conftest import make_config
+from conftest import make_config, snapshot
 
 FAST = ["--config.num_epochs=1", "--config.tensorboard=false", "--config.plots=false",
         "--config.model.features=(4,)", "--config.model.dense=(8,)"]
 IRIS = ["--config", "iris", "--config.num_epochs=1"]
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +290,7 @@ def cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def test_every_bad_input_gets_one_line_exit_2_and_the_workdir_is_kept(finished, tmp_path, capsys):
-  before = _snapshot(finished)
+  before = snapshot(finished)
   failures = []
   names_by_error = {}
   for name, (args, words) in cases(tmp_path).items():
@@ -309,7 +303,7 @@ def test_every_bad_input_gets_one_line_exit_2_and_the_workdir_is_kept(finished, 
       failures.append(f"{name}: code={code} err={err.strip()!r}")
     names_by_error.setdefault(err.strip(), []).append(name)
   assert not failures, "\n".join(failures)
-  assert _snapshot(finished) == before
+  assert snapshot(finished) == before
   # Each case is a problem of its own: no two cases got the same error line (a
   # duplicated case, or one check answering different problems with one message).
   assert [names for names in names_by_error.values() if len(names) > 1] == []
@@ -338,7 +332,7 @@ def test_read_commands_on_a_mismatched_or_damaged_run(finished, tmp_path, capsys
   cases["lr-find to an infinite rate"] = ["lr-find", "--config", "xor", "--steps", "3",
                                           "--max-lr", "inf", "--out", tmp_path / "lr.png"]
   cases["predict texts with an image run"] = ["predict", "--workdir", finished, "--text", "hi"]
-  before = _snapshot(finished)
+  before = snapshot(finished)
   failures = []
   for name, args in cases.items():
     try:
@@ -349,7 +343,7 @@ def test_read_commands_on_a_mismatched_or_damaged_run(finished, tmp_path, capsys
     if not (code == 2 and len(err) == 1 and err[0].startswith("jdl: error: ")):
       failures.append(f"{name}: code={code} err={err[:3]!r}")
   assert not failures, "\n".join(failures)
-  assert _snapshot(finished) == before
+  assert snapshot(finished) == before
 
 
 _READ_A_DAMAGED_STEP = """
@@ -524,7 +518,7 @@ def test_export_writes_the_state_evaluate_scores_by_default(tmp_path, capsys):
 
 
 def test_evaluate_refuses_overrides_that_change_the_test_split(finished, capsys):
-  before = _snapshot(finished)
+  before = snapshot(finished)
   for override in ("--config.seed=5", "--config.test_split=0.5", "--config.normalize=none"):
     assert cli.main(["evaluate", "--workdir", str(finished), override]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -532,7 +526,7 @@ def test_evaluate_refuses_overrides_that_change_the_test_split(finished, capsys)
     assert len(err) == 1 and err[0].startswith(f"jdl: error: {key} differs"), err
   for fine in ("--config.eval_batch_size=7", "--config.batch_size=64"):  # Evaluation only.
     assert cli.main(["evaluate", "--workdir", str(finished), fine]) == 0
-  assert _snapshot(finished) == before
+  assert snapshot(finished) == before
 
 
 def test_evaluate_and_export_without_checkpoints(tmp_path, capsys):
@@ -588,7 +582,7 @@ def test_a_resume_says_when_metrics_jsonl_lacks_the_earlier_epochs(finished, tmp
     shutil.copytree(finished, workdir)
     path = workdir / "metrics.jsonl"
     damage(path)
-    checkpoints = _snapshot(workdir / "checkpoints")
+    checkpoints = snapshot(workdir / "checkpoints")
     assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST, *args]) == 0
     err = [line for line in capsys.readouterr().err.strip().splitlines()
            if "metrics.jsonl" in line]
@@ -601,7 +595,7 @@ def test_a_resume_says_when_metrics_jsonl_lacks_the_earlier_epochs(finished, tmp
         [2] if args else []), name
     assert records[-1]["split"] == "test", name
     if not args:  # Nothing trained: the checkpoints are as they were.
-      assert _snapshot(workdir / "checkpoints") == checkpoints, name
+      assert snapshot(workdir / "checkpoints") == checkpoints, name
   # A resume with every epoch's line says nothing of it.
   workdir = tmp_path / "whole"
   shutil.copytree(finished, workdir)
@@ -679,7 +673,7 @@ def test_unreadable_workdir_files_get_one_line_and_nothing_is_lost(finished, tmp
                     ("metrics.jsonl", "metrics.jsonl"), ("checkpoints", "checkpoints")):
     workdir = tmp_path / name.replace(" ", "_")
     shutil.copytree(finished, workdir)
-    originals[name] = _snapshot(workdir)
+    originals[name] = snapshot(workdir)
     target = workdir / rel
     cases.append((name, str(workdir), str(target.resolve()), FAST))
   for _, _, target, _ in cases:
@@ -702,7 +696,7 @@ def test_unreadable_workdir_files_get_one_line_and_nothing_is_lost(finished, tmp
     assert "Traceback" not in r["err"] and "ermission denied" in lines[0], r
     assert os.path.basename(r["target"].rstrip("/")) in lines[0], r
   for name, workdir, _, _ in cases:
-    assert _snapshot(Path(workdir)) == originals[name], name
+    assert snapshot(Path(workdir)) == originals[name], name
 
 
 def test_corrupt_config_json_is_one_line_and_kept(finished, tmp_path, capsys):
@@ -710,7 +704,7 @@ def test_corrupt_config_json_is_one_line_and_kept(finished, tmp_path, capsys):
   workdir = tmp_path / "w"
   shutil.copytree(finished, workdir)
   (workdir / "config.json").write_text('{"dataset": ')
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "config.json is not valid JSON" in err[0] and "--restart" in err[0]
@@ -718,7 +712,7 @@ def test_corrupt_config_json_is_one_line_and_kept(finished, tmp_path, capsys):
   assert cli.main(["evaluate", "--workdir", str(workdir)]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "not valid JSON" in err[0] and "--restart" not in err[0], err
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
   # Nor does a refused run leave folders behind (an empty tb/ was made first).
   fresh = tmp_path / "fresh"
   fresh.mkdir()
@@ -741,14 +735,14 @@ def test_a_damaged_config_json_is_one_line_for_every_reader(finished, tmp_path, 
   saved = json.loads((workdir / "config.json").read_text())
   saved[field] = value
   (workdir / "config.json").write_text(json.dumps(saved))
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   for args in (["evaluate", "--workdir", workdir],
                ["train", "--config", workdir / "config.json", "--workdir", tmp_path / "new"]):
     assert cli.main([str(a) for a in args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jdl: error: saved config key"), err
     assert all(w in err[0] for w in words), err
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 def test_damaged_metrics_lines_are_backed_up_and_the_run_resumes(finished, tmp_path, capsys):
@@ -781,7 +775,7 @@ def test_a_failed_resume_keeps_the_runs_files(finished, tmp_path):
   shutil.copytree(finished, workdir)
   with (workdir / "config.json").open("a") as f:  # Rewriting it exceeds the limit.
     f.write(" " * 2500)
-  before = _snapshot(workdir)
+  before = snapshot(workdir)
   assert '"split": "test"' in (workdir / "metrics.jsonl").read_text()
   import shlex
   command = shlex.join([sys.executable, "-m", "jdl.cli", "train", "--workdir", str(workdir),
@@ -791,11 +785,11 @@ def test_a_failed_resume_keeps_the_runs_files(finished, tmp_path):
   assert proc.returncode == 2, proc.stderr
   last = proc.stderr.strip().splitlines()[-1]  # After the cosine schedule's warning.
   assert last.startswith(f"jdl: error: cannot write {workdir / 'config.json'}: File too large")
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
   # A refused resume (another optimizer state) writes no TensorBoard file either.
   assert cli.main(["train", "--workdir", str(workdir), "--quiet", *FAST,
                    "--config.tensorboard=true", "--config.optimizer.name=sgd"]) == 2
-  assert _snapshot(workdir) == before
+  assert snapshot(workdir) == before
 
 
 def test_paths_orbax_cannot_use_and_empty_arguments(tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 import jdl
 from jdl import checkpoint as ckpt_lib
 
-from conftest import Crash, make_config
+from conftest import Crash, make_config, snapshot
 
 TREE = {"w": jnp.arange(4.0)}
 
@@ -135,20 +135,15 @@ def test_a_step_missing_a_required_metadata_file_is_damaged(tmp_path, name):
     ckpt_lib.require_undamaged(tmp_path)
 
 
-def _snapshot(root):
-  return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else -1)
-                for p in root.rglob("*"))
-
-
 def test_a_structural_config_change_is_refused_before_the_workdir_is_touched(tmp_path):
   config = make_config(num_epochs=1, monitor="")
   jdl.fit(config, tmp_path, quiet=True)
   # What a run killed inside a save leaves; a resume would remove it.
   (tmp_path / "checkpoints" / "40.orbax-checkpoint-tmp-1234").mkdir()
-  before = _snapshot(tmp_path)
+  before = snapshot(tmp_path, folders=True)
   with pytest.raises(jdl.JdlError, match=r"seed differs") as refused:
     jdl.fit(make_config(num_epochs=2, monitor="", seed=1), tmp_path, quiet=True)
-  assert _snapshot(tmp_path) == before  # Refused, touching nothing.
+  assert snapshot(tmp_path, folders=True) == before  # Refused, touching nothing.
   assert re.search(r"holds a run with a different config \(seed differs\); use another "
                    r"--workdir, or --restart", str(refused.value))
 

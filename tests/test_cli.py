@@ -6,7 +6,6 @@ no traceback, and leave everything already in the workdir untouched.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import jdl
 from jdl import cli
 
-from conftest import cli_env
+from conftest import cli_env, snapshot
 
 FAST = ["--config.num_epochs=1", "--config.tensorboard=false", "--config.plots=false",
         "--config.model.features=(8,)", "--config.model.dense=(16,)"]
@@ -29,11 +28,6 @@ def run_cli(*args, capsys):
   code = cli.main([str(a) for a in args])
   out, err = capsys.readouterr()
   return code, out, err
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +151,7 @@ def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   assert cli.main(["train", "--config", "xor", "--workdir", "xor", "--quiet",
                    "--config.num_epochs=2"]) == 0
-  before = _snapshot(tmp_path / "xor")
+  before = snapshot(tmp_path / "xor")
   # A folder named like the experiment does not hide it.
   code, out, _ = run_cli("evaluate", "--config", "xor", "--workdir", "xor", capsys=capsys)
   assert code == 0 and "accuracy" in json.loads(out)
@@ -185,7 +179,7 @@ def test_first_user_traps_of_the_cli_audit(tmp_path, monkeypatch, capsys):
                         "plotlink/loss.png"], "would write into the plots/ of the run")]:
     code, _, err = run_cli(*args, capsys=capsys)
     assert code == 2 and words in err, err
-  assert _snapshot(tmp_path / "xor") == before
+  assert snapshot(tmp_path / "xor") == before
   # An --out that replaces a file says so (and one that does not, does not).
   for round_ in ("first", "second"):
     code, out, _ = run_cli("export", "--workdir", "xor", "--out", "p.npz", capsys=capsys)
@@ -284,7 +278,7 @@ def test_reading_commands_say_a_platform_jax_cannot_start_not_damaged_checkpoint
               ["export", "--workdir", str(trained), "--out", str(tmp_path / "p.npz")],
               ["predict", "--workdir", str(trained), "--text", "hi"],
               ["sample", "--workdir", str(trained), "--out", str(tmp_path / "s.png")]]
-  before = _snapshot(trained)
+  before = snapshot(trained)
   proc = subprocess.run([sys.executable, "-c", _READ_UNDER_PLATFORMS, json.dumps(platforms),
                          json.dumps(commands)], capture_output=True, text=True,
                         env=cli_env(), timeout=300)
@@ -296,7 +290,7 @@ def test_reading_commands_say_a_platform_jax_cannot_start_not_damaged_checkpoint
     assert err.startswith("jdl: error: JAX could not start a backend ("), (command, err)
     assert f"JAX_PLATFORMS={platform!r} asks for a platform" in err, (command, err)
     assert "AssertionError" not in err, err  # Said in words.
-  assert _snapshot(trained) == before and not list(tmp_path.iterdir())
+  assert snapshot(trained) == before and not list(tmp_path.iterdir())
 
 
 def test_train_without_config_continues_the_workdirs_own_run(tmp_path, capsys):
@@ -521,7 +515,7 @@ def _bad_inputs(tmp: Path):
 
 
 def test_bad_inputs_give_one_line_and_exit_2_and_keep_the_workdir(trained, tmp_path, capsys):
-  before = _snapshot(trained)
+  before = snapshot(trained)
   failures = []
   for name, (args, words) in _bad_inputs(tmp_path).items():
     code, out, err = run_cli("train", "--workdir", trained, "--quiet", *args, capsys=capsys)
@@ -531,7 +525,7 @@ def test_bad_inputs_give_one_line_and_exit_2_and_keep_the_workdir(trained, tmp_p
     if not ok:
       failures.append(f"{name}: code={code} err={err!r}")
   assert not failures, "\n".join(failures)
-  assert _snapshot(trained) == before
+  assert snapshot(trained) == before
 
 
 @pytest.mark.parametrize("raw, value", [("false", False), ("False", False), ("TRUE", True),
@@ -829,7 +823,7 @@ def test_compare_tabulates_and_plots_runs_side_by_side(trained, tmp_path, capsys
 
 def test_compare_refuses_what_it_cannot_read_and_writes_nothing_into_a_run(trained, tmp_path,
                                                                            capsys):
-  before = _snapshot(trained)
+  before = snapshot(trained)
   other = _write_run(tmp_path / "other", [{"step": 1, "epoch": 1, "split": "train",
                                           "loss": 1.0}])
   # Not into a run's plots/ (its loss.png would be replaced), compared or not; not
@@ -839,7 +833,7 @@ def test_compare_refuses_what_it_cannot_read_and_writes_nothing_into_a_run(train
                            ([other], trained, "is the folder of the run")]:
     code, _, err = run_cli("compare", *runs, "--out", out, capsys=capsys)
     assert code == 2 and err.startswith("jdl: error: --out ") and words in err, err
-  assert _snapshot(trained) == before
+  assert snapshot(trained) == before
   code, _, err = run_cli("compare", trained, tmp_path, capsys=capsys)
   assert code == 2 and f"{tmp_path} holds no metrics.jsonl" in err
   code, _, err = run_cli("compare", tmp_path / "nowhere", capsys=capsys)
