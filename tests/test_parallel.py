@@ -275,11 +275,19 @@ def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
 
 def test_two_processes_in_shard_map_mode_equal_one_process(tmp_path):
   """parallel='shard_map' across two processes (gloo): its explicit collectives span the
-  hosts, and the run equals one process's of the same global batch (rtol 1e-5)."""
-  mode = ("--config.parallel=shard_map", "--config.num_epochs=1")
+  hosts, and the run equals one process's of the same global batch (rtol 1e-5).
+
+  With an early stopping that restores epoch 1 at the end (val_loss watched as 'max'
+  falls): both processes restore it, and the test line's note on the step evaluate
+  scores reads no checkpoint metadata on process 0 alone (a collective read there hung
+  the run)."""
+  mode = ("--config.parallel=shard_map", "--config.num_epochs=2",
+          "--config.early_stopping.enabled=true", "--config.early_stopping.mode=max",
+          "--config.early_stopping.patience=5")
   procs = _launch_two(tmp_path / "two", extra=(mode, mode))
   outs = [p.communicate(timeout=300) for p in procs]
   assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
+  assert int(jdl.load_run(tmp_path / "two").state.step) == 20  # Epoch 1's.
   assert cli.main(["train", "--workdir", str(tmp_path / "one"), *_ARGS, *mode]) == 0
   two = ckpt_lib.restore_params(tmp_path / "two" / "checkpoints")
   one = ckpt_lib.restore_params(tmp_path / "one" / "checkpoints")

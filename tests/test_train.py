@@ -1119,6 +1119,28 @@ def test_evaluate_restores_the_best_checkpoint(tmp_path):
   assert metrics["loss"] != pytest.approx(result.test_metrics["loss"], rel=1e-3)
 
 
+def test_evaluate_reads_the_state_an_early_stopping_passed_to_fit_restored(tmp_path):
+  # val_loss falls every epoch; watched as 'max' its best is epoch 1's, while
+  # config.monitor's best checkpoint (val_loss, min) is the last: fit's test line
+  # scored the restored epoch, and evaluate and load_run scored the last.
+  config = make_config(num_epochs=3)
+  es = jdl.EarlyStopping("val_loss", "max", patience=10)
+  result = jdl.fit(config, tmp_path, callbacks=[es], quiet=True)
+  assert es.best_step == result.trainer.steps_per_epoch
+  assert int(result.state.step) == es.best_step
+  metrics = jdl.evaluate(config, tmp_path)
+  assert metrics["loss"] == pytest.approx(result.test_metrics["loss"], rel=1e-6)
+  assert int(jdl.load_run(tmp_path).state.step) == es.best_step
+  # Without restore_best, the run ends in its last state, and so does evaluate.
+  other = tmp_path / "other"
+  kept = jdl.fit(config, other, quiet=True,
+                 callbacks=[jdl.EarlyStopping("val_loss", "max", patience=10,
+                                              restore_best=False)])
+  assert int(kept.state.step) == 3 * kept.trainer.steps_per_epoch
+  assert jdl.evaluate(config, other)["loss"] == pytest.approx(kept.test_metrics["loss"],
+                                                              rel=1e-6)
+
+
 def test_reading_a_run_whose_step_is_pruned_meanwhile_reads_the_next(tmp_path, monkeypatch):
   # `jdl evaluate` beside a training run: keep_checkpoints removed the step it had
   # picked, and it said the healthy checkpoint was "unreadable".

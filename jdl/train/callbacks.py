@@ -193,7 +193,9 @@ class EarlyStopping(Callback):
   def state_dict(self):
     return {"best": self.best, "best_epoch": self.best_epoch, "best_step": self.best_step,
             "wait": self.wait, "stopped_epoch": self.stopped_epoch,
-            "monitor": self.monitor, "mode": self.mode}
+            "monitor": self.monitor, "mode": self.mode,
+            # Whether the run ends in best_step's state: evaluate reads that state too.
+            "restore_best": bool(self.restore_best)}
 
   # What state_dict() saves besides monitor and mode, with the JSON types it has.
   _STATE_TYPES = {"best": (int, float, type(None)), "best_epoch": int, "best_step": int,
@@ -203,6 +205,7 @@ class EarlyStopping(Callback):
     if not isinstance(state, dict):
       raise JdlError(f"the saved early-stopping state is not a JSON object ({state!r:.60})")
     state = dict(state)
+    state.pop("restore_best", None)  # A record for evaluate; this instance's own holds.
     # The state of an early stopping that watched another metric (the callbacks
     # changed between runs) is not this one's: it starts afresh.
     if (state.pop("monitor", self.monitor), state.pop("mode", self.mode)) != (

@@ -1083,7 +1083,9 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     latest = ck.latest_step() if ck is not None and self.primary else None
     if latest is None:
       return ""
-    step, why = resume.final_step(self.config, ck, latest)
+    # This run's callbacks hold what `latest` saved: no read of its metadata, which
+    # would be a collective restore on this (primary) process alone.
+    step, why = resume.final_step(self.config, ck, latest, self._callback_states())
     return "" if step == self.step else (
         f" (the state at step {self.step}; jdl evaluate scores step {step}: {why})")
 

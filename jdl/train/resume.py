@@ -76,11 +76,17 @@ def mismatch_message(workdir, step: int, diffs: list[str], saved: dict | None,
           f"state than {builds} ({'; '.join(diffs[:2])}{more}){keys}. {remedy}")
 
 
-def final_step(config, ck: ckpt_lib.Checkpointer, latest: int) -> tuple[int, str]:
+def final_step(config, ck: ckpt_lib.Checkpointer, latest: int,
+               callback_states: dict | None = None) -> tuple[int, str]:
   """The state a run ends with, as ``jdl evaluate``, ``predict`` and ``sample`` read
   it, and why: early stopping's restored epoch, else the best checkpoint by
-  ``config.monitor``, else ``latest``."""
-  chosen = _early_stopping_best(config, ck, latest)
+  ``config.monitor``, else ``latest``.
+
+  ``callback_states``: the callbacks' states as ``latest`` saved them, from a run
+  that holds them (fit); otherwise they are read from ``latest``'s metadata, a
+  collective read that every process of a multi-process run must make together.
+  """
+  chosen = _early_stopping_best(config, ck, latest, callback_states)
   if chosen is not None:
     return chosen
   if config.monitor:
@@ -91,32 +97,39 @@ def final_step(config, ck: ckpt_lib.Checkpointer, latest: int) -> tuple[int, str
   return latest, "the latest"
 
 
-def _early_stopping_best(config, ck: ckpt_lib.Checkpointer,
-                         latest: int) -> tuple[int, str] | None:
+def _early_stopping_best(config, ck: ckpt_lib.Checkpointer, latest: int,
+                         saved: dict | None = None) -> tuple[int, str] | None:
   """The step early stopping restores at the end of the run (``restore_best``), as
-  the latest checkpoint's callback state records it, and why; ``None`` without one.
+  the latest checkpoint's callback states record it, and why; ``None`` without one.
 
   It ranks epochs by its own monitor and ``min_delta``, so it need not be the best
   checkpoint by ``config.monitor``: the run's test line scores this state, and so
-  must ``evaluate``.
+  must ``evaluate``. The config's early stopping and one passed to ``fit`` alike
+  record ``restore_best``; of several, the last restores last (its state is kept).
+  Checkpoints written before the record: the config's, as it is now.
   """
+  if saved is None:
+    with ckpt_lib.unreadable_as_error(ck.directory, latest):
+      meta = ck.restore_meta(latest)
+    saved = meta.get("callbacks") if isinstance(meta, dict) else None
   es = config.early_stopping
-  if not (es.enabled and es.restore_best):
+  chosen = None
+  for key, state in (saved.items() if isinstance(saved, dict) else ()):
+    if not isinstance(state, dict) or not {"best_step", "monitor", "mode"} <= state.keys():
+      continue  # Not an early stopping's state.
+    restores = state.get("restore_best")
+    if restores is None:  # Saved before the record: the config's, if it still matches.
+      restores = (key == "EarlyStopping" and es.enabled and es.restore_best
+                  and (state["monitor"], state["mode"]) == (es.monitor, es.mode))
+    step = state["best_step"]
+    if restores is True and isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+      chosen = step
+  if chosen is None:
     return None
-  with ckpt_lib.unreadable_as_error(ck.directory, latest):
-    meta = ck.restore_meta(latest)
-  saved = meta.get("callbacks") if isinstance(meta, dict) else None
-  state = saved.get("EarlyStopping") if isinstance(saved, dict) else None
-  if not isinstance(state, dict) or (state.get("monitor"), state.get("mode")) != (
-      es.monitor, es.mode):  # Another early stopping's state (cf. its load_state_dict).
-    return None
-  step = state.get("best_step")
-  if not isinstance(step, int) or step < 0:
-    return None
-  if step in ck.steps():
-    return step, "early stopping's restored epoch"
+  if chosen in ck.steps():
+    return chosen, "early stopping's restored epoch"
   # Its step gone (removed by hand: early stopping keeps it), fit kept the last state.
-  return latest, f"the latest (early stopping's best step {step} is gone)"
+  return latest, f"the latest (early stopping's best step {chosen} is gone)"
 
 
 class ResumeRefused(JdlError):
