@@ -102,9 +102,10 @@ def test_a_runs_config_json_is_a_config(trained, capsys):
   assert json.loads(jdl.config.to_json(config)) == {
       k: v for k, v in saved.items()
       if k not in (jdl.config.RUNTIME_KEY, jdl.config.SOURCES_KEY)}
+  digits = jdl.data.load_dataset("digits")
   assert saved[jdl.config.SOURCES_KEY]["data"] == {
-      "name": "digits", "given": False, "fingerprint": jdl.data.fingerprint(
-          jdl.data.load_dataset("digits"))}
+      "name": "digits", "given": False, "fingerprint": jdl.data.fingerprint(digits),
+      "checksum": jdl.data.checksum(digits)}
   # evaluate with the run's own config file: the same metrics as without.
   code, out, _ = run_cli("evaluate", "--workdir", trained, capsys=capsys)
   code2, out2, _ = run_cli("evaluate", "--workdir", trained, "--config",

@@ -68,6 +68,62 @@ def test_fingerprint_tells_datasets_apart_and_is_stable():
   assert jdl.data.fingerprint(other) != jdl.data.fingerprint(MINE)
 
 
+def test_the_checksum_hashes_every_byte_the_fingerprint_samples_a_few_rows():
+  import hashlib
+  data = RNG.normal(size=(1000, 8)).astype(np.float32)
+  labels = np.arange(1000, dtype=np.int32) % 3
+  base = jdl.data.Dataset(x_train=data, y_train=labels, num_classes=3, name="rows")
+  edited = data.copy()
+  edited[1, 0] += 1  # Row 1: not among the 256 rows the fingerprint samples.
+  other = jdl.data.Dataset(x_train=edited, y_train=labels, num_classes=3, name="rows")
+  assert jdl.data.fingerprint(other) == jdl.data.fingerprint(base)
+  assert jdl.data.checksum(other) != jdl.data.checksum(base)
+  # Independent reference: sha256 over each split's shape, dtype and bytes, in order.
+  h = hashlib.sha256()
+  for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+    a = {"x_train": data, "y_train": labels}.get(name)
+    h.update(f"{name}:none;".encode() if a is None
+             else f"{name}:{a.shape}:{a.dtype.str};".encode() + a.tobytes())
+  assert jdl.data.checksum(base) == h.hexdigest()[:16]
+  # The same values as a strided view or a jax array: the same checksum.
+  strided = jdl.data.Dataset(x_train=np.repeat(data, 2, axis=0)[::2], y_train=jnp.asarray(labels),
+                             num_classes=3, name="rows")
+  assert jdl.data.checksum(strided) == jdl.data.checksum(base)
+
+
+def test_data_edited_outside_the_sampled_rows_is_refused(tmp_path):
+  # Edited in one row the fingerprint does not sample: resume and evaluate refuse it
+  # (both passed before checkpoints recorded the checksum), touching nothing.
+  edited_x = X[:500].copy()
+  sampled = np.linspace(0, 499, jdl.data.sources.FINGERPRINT_ROWS).astype(int)
+  edited_x[min(set(range(500)) - set(sampled)), 0, 0, 0] += 1  # A row not sampled.
+  edited = jdl.data.Dataset(**{**MINE.__dict__, "x_train": edited_x})
+  assert jdl.data.fingerprint(edited) == jdl.data.fingerprint(MINE)
+  workdir = tmp_path / "run"
+  jdl.fit(make_config(num_epochs=1), workdir, dataset=MINE, quiet=True)
+  before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  saved = json.loads((workdir / "config.json").read_text())["sources"]["data"]
+  assert saved["checksum"] == jdl.data.checksum(MINE)
+  message = (r"trained on other data: its arrays \('mine', checksum "
+             + jdl.data.checksum(MINE) + r"\) differ from this call's \('mine', "
+             + jdl.data.checksum(edited) + r"\)")
+  with pytest.raises(jdl.JdlError, match=message):
+    jdl.fit(make_config(num_epochs=2), workdir, dataset=edited, quiet=True)
+  with pytest.raises(jdl.JdlError, match=message):
+    jdl.evaluate(workdir, dataset=edited)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+  # A checkpoint written before the checksum (no record of it) still resumes.
+  from jdl.train import resume
+  source = {"name": "mine", "given": True, "fingerprint": jdl.data.fingerprint(edited),
+            "checksum": jdl.data.checksum(edited)}
+  resume.check_provenance({"data": {**saved, "checksum": None}}, 1, workdir, source,
+                          {"given": False}, call="fit")
+  resume.check_provenance({"data": {k: v for k, v in saved.items() if k != "checksum"}}, 1,
+                          workdir, source, {"given": False}, call="fit")
+  resumed = jdl.fit(make_config(num_epochs=2), workdir, dataset=MINE, quiet=True)
+  assert resumed.trainer.step == 2 * resumed.trainer.steps_per_epoch
+
+
 def test_a_run_on_own_data_reopens_only_with_that_data(own_run):
   workdir, result = own_run
   with pytest.raises(jdl.JdlError, match=r"passed to fit\(dataset=\.\.\.\) \('mine'\).*"

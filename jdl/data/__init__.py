@@ -12,6 +12,7 @@ from jdl.data.npy_dir import NpyRows
 from jdl.data.npy_dir import StreamDataset
 from jdl.data.sources import DATASETS
 from jdl.data.sources import Dataset
+from jdl.data.sources import checksum
 from jdl.data.sources import fingerprint
 from jdl.data.sources import load_dataset
 from jdl.data.validate import check_example_shapes
@@ -20,6 +21,7 @@ from jdl.data.validate import validate_arrays
 __all__ = (
     "DATASETS",
     "check_example_shapes",
+    "checksum",
     "Dataset",
     "NpyRows",
     "StreamDataset",

@@ -188,6 +188,29 @@ def fingerprint(dataset, *, float64_as_float32: bool = False) -> str:
   return h.hexdigest()[:16]
 
 
+def checksum(dataset) -> str | None:
+  """A hash of every byte of a dataset's arrays held in memory (with each one's shape
+  and dtype); ``None`` when a split streams from disk (``npy_dir``, whose sampled
+  :func:`fingerprint` stands alone: reading every file at each start would cost
+  what an epoch does).
+
+  Checkpoints record it beside the fingerprint, whose sampled rows miss an edit of
+  any other row. Hashing runs at about 2 GB/s (MNIST's train split in ~0.1 s).
+  """
+  h = hashlib.sha256()
+  for name in _SPLIT_ARRAYS:
+    a = getattr(dataset, name, None)
+    if a is None:
+      h.update(f"{name}:none;".encode())
+      continue
+    if hasattr(a, "paths"):
+      return None
+    a = np.ascontiguousarray(np.asarray(a))
+    h.update(f"{name}:{a.shape}:{a.dtype.str};".encode())
+    h.update(a.reshape(-1).view(np.uint8))
+  return h.hexdigest()[:16]
+
+
 @dataclasses.dataclass(frozen=True)
 class _Request:
   name: str

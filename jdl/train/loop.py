@@ -388,7 +388,8 @@ class Trainer(ResumableRun, Predictions, GenerativeOutputs, SequenceOutputs):
     tree = config_lib.launch_neutral(self.config)
     for section, key in _HOST_LOCAL:
       (tree.get(section) or {} if section else tree).pop(key, None)
-    text = json.dumps({"config": tree, "data": self.data_source["fingerprint"]},
+    data = [self.data_source["fingerprint"], self.data_source.get("checksum")]
+    text = json.dumps({"config": tree, "data": data},
                       sort_keys=True)
     differ = parallel_lib.processes_differing(text)
     if differ:

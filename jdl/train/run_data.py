@@ -130,6 +130,8 @@ def load_data(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | Non
   earlier = data_lib.fingerprint(dataset, float64_as_float32=True)
   if earlier != source["fingerprint"] and not given:  # A float64 npz or npy_dir source.
     source["float32_fingerprint"] = earlier  # What runs of it recorded before 2026-11-30.
+  if (every_byte := data_lib.checksum(dataset)) is not None:  # Not streamed from disk.
+    source["checksum"] = every_byte  # Rows the fingerprint does not sample (2026-12-03).
   data_lib.check_example_shapes(dataset, f"dataset {dataset.name!r}")
   task = dataset.task
   if task != config.task and config.task not in gen_tasks.TASKS:
