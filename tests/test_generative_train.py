@@ -545,6 +545,45 @@ def test_padding_rows_do_not_move_a_gan_step():
   chex.assert_trees_all_close(a.params, b.params, atol=0)
 
 
+def test_two_gan_steps_equal_a_hand_written_reference():
+  # Written from the formulas: the discriminator's step on the batch against fakes of
+  # noise z_d (-log sigmoid(D(real)) - log(1 - sigmoid(D(fake)))), then, every
+  # d_steps-th step, the generator's non-saturating step (-log sigmoid(D(G(z_g))))
+  # against the discriminator just updated, with its own noise z_g; the noise of
+  # step t from fold_in(state.key, t) split in four (z_d the first, z_g the third).
+  from jdl.generative.gan import GANTask, create_gan_state
+  from jdl.models.gan import MLPDiscriminator, MLPGenerator
+  x = jax.random.uniform(jax.random.key(5), (6, 4, 4, 1))
+  gen = MLPGenerator(output_shape=(4, 4, 1), hidden=(8,), batch_norm=False)
+  disc = MLPDiscriminator(hidden=(8,))
+  lr_g, lr_d = 0.3, 0.2
+  state = create_gan_state(gen, disc, optax.sgd(lr_g), optax.sgd(lr_d), x, 3,
+                           key=jax.random.key(0))
+  task = GANTask(kind="gan", latent_dim=3, d_steps=2, metric_names=("g_loss",))
+  G = lambda p, z: gen.apply({"params": p}, z, train=True)  # noqa: E731
+  D = lambda p, v: disc.apply({"params": p}, v, train=True)  # noqa: E731
+  g, d = state.params["generator"], state.params["discriminator"]
+  jdl_state = state
+  for t in range(2):
+    k_z, _, k_z2, _ = jax.random.split(jax.random.fold_in(state.key, t), 4)
+    z_d, z_g = (jax.random.normal(k, (6, 3)) for k in (k_z, k_z2))
+    fake = G(g, z_d)
+    d_loss = lambda p: jnp.mean(jax.nn.softplus(-D(p, x)) + jax.nn.softplus(D(p, fake)))  # noqa: E731
+    loss, grads = jax.value_and_grad(d_loss)(d)
+    d = jax.tree.map(lambda w, gr: w - lr_d * gr, d, grads)
+    g_loss = lambda p: jnp.mean(jax.nn.softplus(-D(d, G(p, z_g))))  # noqa: E731
+    if t == 1:  # (t + 1) % d_steps == 0
+      expected_g_loss, g_grads = jax.value_and_grad(g_loss)(g)
+      g = jax.tree.map(lambda w, gr: w - lr_g * gr, g, g_grads)
+    jdl_state, metrics = task.train_step(jdl_state, {"x": x, "mask": jnp.ones(6)})
+    np.testing.assert_allclose(metrics["loss"]["sum"] / metrics["loss"]["count"], loss,
+                               rtol=1e-6)
+    chex.assert_trees_all_close(jdl_state.params["discriminator"], d, rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(jdl_state.params["generator"], g, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(metrics["g_loss"]["sum"] / metrics["g_loss"]["count"],
+                             expected_g_loss, rtol=1e-6)
+
+
 class _OwnVAE(nn.Module):
   """A user's VAE; ``per_example_keys=False`` draws eps from one key only."""
   latent: int = 3
