@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -281,3 +283,84 @@ def test_cli_lr_find_says_when_the_suggestion_is_the_lowest_rate(tmp_path, capsy
     text, err = capsys.readouterr()
     assert "jdl: warning: the suggestion is the lowest rate tried (--min-lr)" in err, err
     assert ("(it replaced the file there)" in text) == (time == "second"), text
+
+
+
+class _ScriptedLoss(nn.Module):
+  """Outputs ``script[t]`` at the ``t``-th training call, whatever the parameters.
+
+  A counter in ``batch_stats`` counts the training calls; the Dense layer's output is
+  multiplied by 0, so the gradients are 0 and the learning rate changes nothing: with
+  targets 0 and the mse, step ``t``'s loss is ``script[t] ** 2``.
+  """
+  script: tuple[float, ...]
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    seen = self.variable("batch_stats", "seen", lambda: jnp.zeros((), jnp.int32))
+    out = 0.0 * nn.Dense(1)(x)[:, 0]
+    if not train:
+      return out
+    if not self.is_initializing():
+      seen.value = seen.value + 1
+    return out + jnp.asarray(self.script, jnp.float32)[seen.value - 1]
+
+
+def _scripted_find_lr(losses, **kwargs):
+  n = 16
+  x = np.random.default_rng(0).standard_normal((n, 3)).astype(np.float32)
+  y = np.zeros(n, np.float32)
+  dataset = data_lib.Dataset(x_train=x, y_train=y, x_test=x[:8], y_test=y[:8], num_classes=0,
+                             task="regression", name="toy_scripted", input_shape=(3,))
+  config = make_config(task="regression", loss="mse", metrics=("mse",), normalize="none",
+                       validation_split=0.0, batch_size=n, model__hidden=(),
+                       optimizer__name="sgd")
+  model = _ScriptedLoss(tuple(float(v) for v in np.sqrt(losses)))
+  return lr_finder.find_lr(config, dataset=dataset, model=model, min_lr=1e-4, max_lr=10.0,
+                           steps=len(losses), **kwargs)
+
+
+def _ema(losses, beta=0.98):
+  out, avg = [], 0.0
+  for t, v in enumerate(losses):
+    avg = beta * avg + (1 - beta) * v
+    out.append(avg / (1 - beta ** (t + 1)))
+  return np.array(out)
+
+
+def test_the_run_stops_at_the_first_rise_past_four_times_its_best_so_far():
+  # Losses fall from 1 to 0.5 over 20 steps, then rise by 8% a step: the smoothed loss
+  # climbs a little each step and crosses 4 x its best at a step found here from the
+  # definition (fastai's rule). Measured against the previous step instead of the best,
+  # no single step's rise reaches 4x and the run went on to the end.
+  losses = np.concatenate([np.linspace(1.0, 0.5, 20), 0.5 * 1.08 ** np.arange(1, 61)])
+  s = _ema(losses)
+  stop = next(t for t in range(1, len(s)) if s[t] > 4.0 * s[:t].min())
+  assert np.all(s[1:stop + 1] < 4.0 * s[:stop])  # No one-step rise past 4x.
+  result = _scripted_find_lr(losses)
+  assert result.diverged and len(result.losses) == stop + 1
+  np.testing.assert_allclose(result.losses, losses[:stop + 1], rtol=1e-5)
+  np.testing.assert_allclose(result.smoothed, s[:stop + 1], rtol=1e-5)
+  assert result.min_loss == pytest.approx(s[:stop].min(), rel=1e-5)
+
+
+def test_find_lr_leaves_the_first_tenth_of_the_steps_out_of_the_steepest_search():
+  # A first step whose loss is a spike (the noise of a first batch): the smoothed curve
+  # falls most between steps 0 and 1, at the range's lowest rates. fastai's start
+  # (search // 10 steps skipped) keeps that fall out: the steepest descent is the one a
+  # numpy slope finds from step search // 10 to the minimum.
+  losses = np.concatenate([[6.0], 2.0 - np.tanh(np.linspace(-3.0, 3.0, 39)), [9.0] * 20])
+  result = _scripted_find_lr(losses)
+  s, lrs = result.smoothed, result.learning_rates.astype(np.float64)
+  np.testing.assert_allclose(s, _ema(losses[:len(s)]), rtol=1e-5)
+  search = len(s) - 1 if result.diverged else len(s)
+  end = int(np.argmin(s[:search])) + 1
+  start = search // 10
+  assert start >= 2 and end > start + 2
+  slopes = np.diff(s[start:end]) / np.diff(np.log10(lrs[start:end]))
+  assert result.steepest == pytest.approx(lrs[start + int(np.argmin(slopes))], rel=1e-6)
+  # Searched from step 0, the spike's fall would have been the steepest: the range's
+  # lowest rate.
+  all_slopes = np.diff(s[:end]) / np.diff(np.log10(lrs[:end]))
+  assert int(np.argmin(all_slopes)) == 0
+  assert result.steepest > 10 * lrs[0], result.steepest
