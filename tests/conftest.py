@@ -156,6 +156,29 @@ def rbg_key(seed: int):
   return jax.random.key(seed, impl="rbg")
 
 
+def random_variables(module, *args, seed: int = 0, positive=(), **kwargs):
+  """Random variables of ``module``'s shapes, for tests of what a module computes.
+
+  Leaves are ``0.5 * N(0, 1)`` draws (biases too, so a test sees every bias), and
+  leaves named in ``positive`` (BN ``scale`` and ``var``, say) are drawn from
+  ``U(0.5, 1.5)``, all from ``numpy``'s generator seeded with ``seed``, in the tree's
+  order. The shapes come from an abstract ``init``: no initializer runs and nothing
+  compiles (the initializers have their own tests).
+  """
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  shapes = jax.eval_shape(lambda: module.init(rbg_key(0), *args, **kwargs))
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    if path[-1].key in positive:
+      return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
+    return jnp.asarray(0.5 * rng.standard_normal(leaf.shape), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 @pytest.fixture
 def strict_promotion():
   """JAX's strict dtype promotion for a test (implicit promotions are errors)."""

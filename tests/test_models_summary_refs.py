@@ -14,23 +14,18 @@ import pytest
 import jdl
 from jdl import models
 from jdl.errors import JdlError
+from conftest import random_variables
 
 KEY = jax.random.key(0)
 HI = lax.Precision.HIGHEST
 
 
 def _random_variables(model, x, seed):
-  """Variables of ``model`` for input ``x`` drawn at random (float32 numpy): biases and
-  BN shifts off zero, BN scales and variances positive, so no term of the forward
-  pass vanishes. Shapes from an abstract init (no initializer runs)."""
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    if path[-1].key in ("var", "scale"):
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    return (0.5 * rng.normal(size=leaf.shape)).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, jax.eval_shape(model.init, KEY, x))
+  """Random variables of ``model`` for input ``x``: biases and BN shifts off zero, BN
+  scales and variances positive, so no term of the forward pass vanishes. numpy
+  arrays: the numpy references compute in float64 from them."""
+  return jax.tree.map(np.asarray, random_variables(model, x, seed=seed,
+                                                    positive=("var", "scale")))
 
 
 def _shapes(tree):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jdl import models
-from conftest import rbg_key
+from conftest import random_variables, rbg_key
 from jdl.errors import JdlError
 from jdl.models import recurrent
 from jdl.summary import count_params
@@ -86,12 +86,6 @@ def _random_like(tree, seed, scale=1.0):
       lambda l: jnp.asarray(scale * rng.standard_normal(l.shape), jnp.float32), tree)
 
 
-def _random_variables(model, *args):
-  # Random parameters of the model's shapes: enough for tests of the computation,
-  # and it skips compiling `init` (the initializers have their own tests).
-  return _random_like(jax.eval_shape(model.init, _key(0), *args), 0, scale=0.5)
-
-
 @pytest.mark.parametrize("cell,ref", CELL_CASES.values(), ids=CELL_CASES.keys())
 def test_cell_step_matches_numpy_equations(cell, ref):
   x = _random_like(jnp.zeros((B, F)), 1)
@@ -118,7 +112,7 @@ def test_rnn_matches_python_loop(cell_type):
   # unroll changes the loop's schedule, not its result.
   rnn = recurrent.RNN(H, cell=cell_type, unroll=2 if cell_type == "gru" else 1)
   x = _random_like(jnp.zeros((B, T, F)), 1)
-  variables = _random_variables(rnn, x)
+  variables = random_variables(rnn, x)
   outputs, final_h = jax.jit(rnn.apply)(variables, x)
   chex.assert_shape(outputs, (B, T, H))
   chex.assert_shape(final_h, (B, H))
@@ -160,7 +154,7 @@ def _padded_inputs():
 ], ids=["lstm", "gru_reverse", "bi_lstm"])
 def test_padding_does_not_change_outputs(layer):
   x, mask = _padded_inputs()
-  variables = _random_variables(layer, x[:1])
+  variables = random_variables(layer, x[:1])
   apply = jax.jit(layer.apply)
   outputs, final_h = apply(variables, x, mask)
   np.testing.assert_array_equal(np.asarray(outputs)[~mask], 0.0)
@@ -182,7 +176,7 @@ def test_padding_does_not_change_outputs(layer):
 def test_one_compilation_for_all_lengths_in_a_bucket():
   layer = recurrent.RNN(H, cell="gru")
   x, _ = _padded_inputs()
-  variables = _random_variables(layer, x)
+  variables = random_variables(layer, x)
 
   @jax.jit
   @chex.assert_max_traces(n=1)
@@ -227,7 +221,7 @@ def test_gradient_reaches_early_inputs():
   # The vanishing-gradient figure needs |dL/dx_t| for every t.
   model = recurrent.SequenceRegressor(hidden=(H,), cell="simple")
   x = _random_like(jnp.zeros((2, 20, 2)), 1)
-  variables = _random_variables(model, x)
+  variables = random_variables(model, x)
   grads = jax.grad(lambda x: jnp.sum(model.apply(variables, x)))(x)
   per_step = np.abs(np.asarray(grads)).sum(axis=(0, 2))
   assert np.all(np.isfinite(per_step)) and per_step[0] > 0
@@ -263,7 +257,7 @@ def test_tbptt_matches_truncated_python_loop(cell_type, reverse):
   w_h = _random_like(jnp.zeros((B, H)), 5)
   full = recurrent.RNN(H, cell=cell_type, reverse=reverse)
   trunc = recurrent.RNN(H, cell=cell_type, reverse=reverse, tbptt=K)
-  variables = _random_variables(full, x)
+  variables = random_variables(full, x)
 
   @jax.jit
   def run(variables, x):
@@ -310,7 +304,7 @@ def test_tbptt_final_state_gradient_window(reverse):
   w_h = _random_like(jnp.zeros((2, H)), 5)
   layers = [recurrent.RNN(H, cell="lstm", reverse=reverse, tbptt=tb)
             for tb in (0, k)]
-  variables = _random_variables(layers[0], x)
+  variables = random_variables(layers[0], x)
 
   @jax.jit
   def grads(variables, x):
@@ -330,7 +324,7 @@ def test_tbptt_zero_is_full_bptt():
   # sequence cuts nothing and gives the same gradients bit for bit.
   x = _random_like(jnp.zeros((B, T, F)), 1)
   layers = [recurrent.RNN(H, cell="gru", tbptt=tb) for tb in (0, T)]
-  variables = _random_variables(layers[0], x)
+  variables = random_variables(layers[0], x)
   cell = recurrent.make_cell("gru", H)
 
   @jax.jit
@@ -357,7 +351,7 @@ def test_tbptt_reaches_the_models():
                                "tbptt": 5}, num_outputs=1)
   assert model.tbptt == 5
   x = _random_like(jnp.zeros((2, 20, 2)), 1)
-  variables = _random_variables(model, x)
+  variables = random_variables(model, x)
   grads = jax.jit(jax.grad(lambda x: jnp.sum(model.apply(variables, x))))(x)
   per_step = np.abs(np.asarray(grads)).sum(axis=(0, 2))
   np.testing.assert_array_equal(per_step[:15], 0.0)
@@ -398,7 +392,7 @@ def test_text_classifier_padding():
   x = np.array([[5, 6, 7, 8, 0, 0], [9, 4, 0, 0, 0, 0]], np.int32)
   model = models.create_model({"name": "text_rnn", "vocab_size": 12, "embed_dim": 4,
                                "hidden": [H], "cell": "gru"}, num_outputs=2)
-  variables = _random_variables(model, x)
+  variables = random_variables(model, x)
   apply = jax.jit(model.apply)
   logits = apply(variables, x)
   chex.assert_shape(logits, (2, 2))
@@ -414,7 +408,7 @@ def test_conv1d_text_padding_exact():
   lengths = np.array([16, 11])
   x = np.where(np.arange(16)[None, :] < lengths[:, None],
                np.arange(16)[None, :] % 9 + 1, 0).astype(np.int32)
-  variables = _random_variables(model, x)
+  variables = random_variables(model, x)
   apply = jax.jit(model.apply)
   logits = apply(variables, x)
   # Row 1 alone and unpadded (length 11: its last pool window is incomplete).
@@ -505,7 +499,7 @@ def test_each_layers_outputs_are_sown(spec):
   model = models.create_model(spec, num_outputs=2)
   x = (np.array([[5, 6, 7, 0], [9, 4, 0, 0]], np.int32) if spec["name"] == "text_rnn"
        else np.ones((2, 4, 2), np.float32))
-  variables = _random_variables(model, x)
+  variables = random_variables(model, x)
   _, sown = model.apply(variables, x, mutable=["intermediates"])
   outputs = sown["intermediates"]["rnn"]
   chex.assert_shape(outputs["outputs_0"][0], (2, 4, H))  # Each layer's [batch, time, width].

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import rbg_key
+from conftest import random_variables, rbg_key
 from jdl import sequence
 from jdl.models import Seq2Seq
 from jdl.models import recurrent
@@ -26,14 +26,6 @@ from jdl.sequence.tasks import Seq2SeqTask
 RTOL = ATOL = 1e-5
 B, T, F, H = 3, 6, 3, 4
 LENGTHS = np.array([6, 3, 1])
-
-
-def _random_variables(module, *args, seed=0, **kwargs):
-  """Random normal (0.5) variables of ``module``'s shapes: generic weights, biases too."""
-  shapes = jax.eval_shape(lambda: module.init(rbg_key(0), *args, **kwargs))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: jnp.asarray(0.5 * rng.standard_normal(s.shape), s.dtype),
-                      shapes)
 
 
 def _padded_inputs():
@@ -62,7 +54,7 @@ def test_bidirectional_is_a_forward_and_a_reversed_run_of_each_true_length(cell_
   # x[:n][::-1] with the backward ones. Outputs [fwd, bwd] aligned with the input.
   x, mask = _padded_inputs()
   layer = recurrent.Bidirectional(H, cell=cell_type)
-  variables = _random_variables(layer, x[:1])
+  variables = random_variables(layer, x[:1])
   outputs, final_h = jax.jit(layer.apply)(variables, x, mask)
   chex.assert_shape(outputs, (B, T, 2 * H))
   chex.assert_shape(final_h, (B, 2 * H))
@@ -80,7 +72,7 @@ def test_bidirectional_is_a_forward_and_a_reversed_run_of_each_true_length(cell_
 def test_stacked_rnn_masks_every_layer_and_returns_the_last_layers_state():
   x, mask = _padded_inputs()
   stack = recurrent.StackedRNN(hidden=(H, 3), cell="lstm", bidirectional=True)
-  variables = _random_variables(stack, x[:1])
+  variables = random_variables(stack, x[:1])
   apply = jax.jit(stack.apply)
   outputs, final_h = apply(variables, x, mask)
   chex.assert_shape(outputs, (B, T, 2 * 3))
@@ -96,7 +88,7 @@ def test_stacked_dropout_is_between_layers_and_in_training_only():
   x, mask = _padded_inputs()
   drop = recurrent.StackedRNN(hidden=(H, H), cell="gru", dropout_rate=0.5)
   plain = recurrent.StackedRNN(hidden=(H, H), cell="gru")
-  variables = _random_variables(plain, x[:1])
+  variables = random_variables(plain, x[:1])
 
   @jax.jit
   def run(variables, x, mask, key):
@@ -121,7 +113,7 @@ def test_non_finite_padding_changes_no_output_and_no_gradient(pad):
   # zero gradient times a NaN pad made every kernel gradient NaN).
   x, mask = _padded_inputs()
   layer = recurrent.Bidirectional(H, cell="lstm")
-  variables = _random_variables(layer, x[:1])
+  variables = random_variables(layer, x[:1])
 
   @jax.jit
   def run(variables, x):
@@ -144,7 +136,7 @@ def test_tbptt_gradients_of_post_padded_rows_are_those_of_the_unpadded_rows():
   x = np.where(mask[..., None], x, 7.0).astype(np.float32)
   w_h = rng.standard_normal((3, H)).astype(np.float32)
   layer = recurrent.RNN(H, cell="gru", tbptt=k)
-  variables = _random_variables(layer, x[:1])
+  variables = random_variables(layer, x[:1])
 
   def loss(variables, x, mask, w):
     return jnp.sum(w * layer.apply(variables, x, mask)[1])
@@ -205,7 +197,7 @@ PAD, BOS, EOS = 0, 2, 3
 def _seq2seq(**fields):
   model = Seq2Seq(**{"src_vocab_size": 10, "tgt_vocab_size": 11, "embed_dim": 6,
                      "hidden": 8, **fields})
-  return model, _random_variables(model, SRC, TGT_IN)
+  return model, random_variables(model, SRC, TGT_IN)
 
 
 def test_encoder_output_is_the_bridged_final_state_and_masked_memory():
