@@ -179,6 +179,21 @@ def random_variables(module, *args, seed: int = 0, positive=(), **kwargs):
   return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
+def fake_trainer(x, y, *, task="classification", num_classes=3, val=None, test=None,
+                 classes=(), **config):
+  """What ``jdl.sanity``'s checks read of a ``Trainer``: ``data`` (the train split from
+  ``x``, ``y``; ``val``, ``test``, ``task``, ``num_classes``) and ``config``
+  (``classes`` and the fields given as keywords). A test sets ``model``, ``loss`` and
+  ``state`` on it for the checks that run the model."""
+  import types
+  import jax.numpy as jnp
+  from jdl.data import pipeline
+  data = types.SimpleNamespace(train=pipeline.Split(jnp.asarray(x), jnp.asarray(y)),
+                               val=val, test=test, task=task, num_classes=num_classes)
+  return types.SimpleNamespace(data=data,
+                               config=types.SimpleNamespace(classes=classes, **config))
+
+
 @pytest.fixture
 def strict_promotion():
   """JAX's strict dtype promotion for a test (implicit promotions are errors)."""

@@ -33,7 +33,7 @@ from jdl import sanity
 from jdl.data import download
 from jdl.data import pipeline
 from jdl.errors import JdlError
-from conftest import make_config
+from conftest import fake_trainer, make_config
 
 # ------------------------------------------------------------ reduce on plateau
 
@@ -225,13 +225,11 @@ def _trainer(model, loss, *, task="classification", loss_name="sparse_categorica
              num_classes=10, params=None, n=8, label_smoothing=0.0, x=None, y=None):
   x = np.ones((n, 3), np.float32) if x is None else x
   y = np.zeros(n, np.int32) if y is None else y
-  data = types.SimpleNamespace(train=pipeline.Split(jnp.asarray(x), jnp.asarray(y)),
-                               val=None, test=None, task=task, num_classes=num_classes)
-  return types.SimpleNamespace(
-      data=data, model=model, loss=loss,
-      state=types.SimpleNamespace(params=params or {}, model_state={}),
-      config=types.SimpleNamespace(loss=loss_name, label_smoothing=label_smoothing,
-                                   classes=()))
+  trainer = fake_trainer(x, y, task=task, num_classes=num_classes, loss=loss_name,
+                         label_smoothing=label_smoothing)
+  trainer.model, trainer.loss = model, loss
+  trainer.state = types.SimpleNamespace(params=params or {}, model_state={})
+  return trainer
 
 
 def _loss_is_output(outputs, y):
@@ -371,11 +369,8 @@ def test_overfit_on_soft_targets_stops_within_1_percent_of_their_entropy():
   assert f"entropy ({entropy:.3g})" in result.message
 
 
-def _data_results(x, y, task="classification", num_classes=3, val=None, test=None):
-  data = types.SimpleNamespace(train=pipeline.Split(jnp.asarray(x), jnp.asarray(y)),
-                               val=val, test=test, task=task, num_classes=num_classes)
-  trainer = types.SimpleNamespace(data=data, config=types.SimpleNamespace(classes=()))
-  return {r.name: r for r in sanity.check_data(trainer)}
+def _data_results(x, y, **kwargs):
+  return {r.name: r for r in sanity.check_data(fake_trainer(x, y, **kwargs))}
 
 
 _X = np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import math
-import types
 
 import flax.linen as nn
 import jax
@@ -15,8 +14,7 @@ import pytest
 import jdl
 from jdl import cli
 from jdl import sanity
-from jdl.data import pipeline
-from conftest import make_config
+from conftest import fake_trainer, make_config
 
 CHECKS = ("initial_loss", "overfit", "gradcheck", "grad_nonzero", "data_balance",
           "data_inputs", "data_finite")
@@ -210,15 +208,9 @@ def test_cli_check_bad_input_is_one_error_line(argv, message, capsys):
   assert len(err) == 1 and err[0].startswith("jdl: error: ") and message in err[0], err
 
 
-def _fake_trainer(x, y, num_classes=3, classes=()):
-  data = types.SimpleNamespace(train=pipeline.Split(jnp.asarray(x), jnp.asarray(y)), val=None,
-                               test=None, task="classification", num_classes=num_classes)
-  return types.SimpleNamespace(data=data, config=types.SimpleNamespace(classes=classes))
-
-
 def test_data_balance_names_a_subsets_classes_as_the_dataset_does():
   # classes=(7, 8, 9) trains them as 0, 1, 2: the message named the rare class "2".
-  result = {r.name: r for r in sanity.check_data(_fake_trainer(
+  result = {r.name: r for r in sanity.check_data(fake_trainer(
       _X[:41], _Y[:41], classes=(7, 8, 9)))}["data_balance"]
   assert "min 0.024 (class 9) max 0.488 (class 7)" in result.message, result.message
 
@@ -239,7 +231,7 @@ _Y = np.repeat(np.arange(3), 20).astype(np.int32)
     (np.full_like(_X, np.nan), _Y, ("data_inputs", "data_finite")),  # Was a ValueError.
 ])
 def test_data_checks_against_numpy(x, y, failing):
-  results = {r.name: r for r in sanity.check_data(_fake_trainer(x, y))}
+  results = {r.name: r for r in sanity.check_data(fake_trainer(x, y))}
   got = tuple(name for name, r in results.items() if r.failed)
   share = np.bincount(y, minlength=3) / len(y)
   assert results["data_balance"].values["min_share"] == pytest.approx(share.min(), rel=1e-12)
