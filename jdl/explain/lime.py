@@ -75,10 +75,21 @@ def weighted_ridge(features: np.ndarray, y: np.ndarray, sample_weight: np.ndarra
 
   Returns:
     ``(beta [d], intercept, weighted R^2)``.
+
+  Raises:
+    JdlError: shapes that do not match, weights that are negative, not finite or
+      all zero, a negative or non-finite ``alpha``, or a singular fit with
+      ``alpha=0``.
   """
   z = np.asarray(features, np.float64)
   y = np.asarray(y, np.float64)
   w = np.asarray(sample_weight, np.float64)
+  errors.require(z.ndim == 2 and y.shape == w.shape == (len(z),),
+                 f"weighted_ridge needs features [m, d], y [m] and sample_weight [m], got "
+                 f"shapes {z.shape}, {y.shape} and {w.shape}")
+  errors.require(bool(np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0),
+                 "sample_weight must be finite, >= 0 and not all zero")
+  _checks.require_number(alpha, "alpha (the ridge penalty)")
   w = w / w.sum()
   z_bar, y_bar = w @ z, w @ y
   zc, yc = z - z_bar, y - y_bar
@@ -197,7 +208,9 @@ def lime_tabular(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array,
     x: ``[d]`` the input to explain.
     key: a PRNG key.
     mode: ``'sample'`` or ``'mask'``.
-    std: ``[d]`` (or scalar) train standard deviations; required by ``'sample'``.
+    std: ``[d]`` (or scalar) train standard deviations, >= 0; required by
+      ``'sample'``. A feature constant in the train split (std 0) is perturbed and
+      scaled with std 1, as scikit-learn's ``StandardScaler`` leaves it.
     mean: ``[d]`` train means; required by ``center='mean'``.
     center: ``'instance'`` or ``'mean'`` (``mode='sample'`` only).
     baseline: the value of masked features (``mode='mask'`` only).
@@ -213,8 +226,8 @@ def lime_tabular(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array,
 
   Raises:
     JdlError: bad arguments (a missing ``std``, an unknown ``mode``, a key that is
-      not a PRNG key, a ``std``, ``mean`` or ``baseline`` not of shape ``[d]``, NaN
-      inputs), or a ``predict_fn`` that does not return one finite row per input.
+      not a PRNG key, a ``std``, ``mean`` or ``baseline`` not of shape ``[d]``, a
+      negative ``std``, NaN inputs), or a ``predict_fn`` that does not return one finite row per input.
   """
   _check_common(num_samples, kernel_width, ridge, batch_size)
   _checks.require_key(key)
@@ -231,6 +244,8 @@ def lime_tabular(predict_fn: PredictFn, x: np.ndarray, *, key: jax.Array,
     errors.require(center == "instance" or mean is not None,
                    "center='mean' needs the train split's mean (mean=...)")
     scale = _checks.broadcast(std, (d,), "std", "the input's")
+    errors.require((scale >= 0).all(), "std must be >= 0 (standard deviations), got "
+                   f"{scale.min():g} for feature {int(np.argmin(scale))}")
     scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
     c = x if center == "instance" else _checks.broadcast(mean, (d,), "mean", "the input's")
     e = np.asarray(jax.random.normal(key, (num_samples - 1, d), jnp.float32))
