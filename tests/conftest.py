@@ -315,3 +315,13 @@ def snapshot(root: Path, folders: bool = False) -> dict[str, str]:
   return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
           if p.is_file() else "/" for p in sorted(root.rglob("*"))
           if folders or p.is_file()}
+
+
+def write_sst2(directory: Path, train: str, dev: str = "sentence\tlabel\nok\t1\n",
+               encoding: str = "utf-8") -> Path:
+  """An SST-2 folder: ``directory/train.tsv`` and ``dev.tsv`` holding ``train`` and
+  ``dev`` in ``encoding``."""
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "train.tsv").write_bytes(train.encode(encoding))
+  (directory / "dev.tsv").write_bytes(dev.encode(encoding))
+  return directory

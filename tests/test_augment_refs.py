@@ -22,37 +22,14 @@ from jdl.config import base_config
 from jdl.data import augment
 from jdl.errors import JdlError
 from conftest import rbg_key
+from test_augment import _augment_cfg as _cfg, _images, _shift_reference as np_shift
 
 KEY = rbg_key(7)
 # The op streams, as the module documents them: never renumbered.
 HFLIP, VFLIP, CROP, SHIFT, ROTATION, NOISE, MIXUP = range(7)
 
 
-def _cfg(**kw):
-  cfg = base_config().augment
-  for k, v in kw.items():
-    cfg[k] = v
-  return cfg
-
-
-def _images(b, h, w, c=1, seed=0):
-  return np.random.default_rng(seed).normal(size=(b, h, w, c)).astype(np.float32)
-
-
 # ------------------------------------------------------------ numpy references
-def np_shift(x, dy, dx, fill):
-  """``out[b, i, j] = x[b, i - dy[b], j - dx[b]]``; outside the image 0 or the nearest
-  edge pixel."""
-  out = np.empty_like(x)
-  h, w = x.shape[1:3]
-  for n in range(len(x)):
-    pad = max(h, w)
-    padded = np.pad(x[n], ((pad, pad), (pad, pad), (0, 0)),
-                    mode="constant" if fill == "zero" else "edge")
-    out[n] = padded[pad - dy[n]:pad - dy[n] + h, pad - dx[n]:pad - dx[n] + w]
-  return out
-
-
 def np_crop(x, oy, ox, p, fill):
   """The ``H x W`` window at ``(oy, ox)`` of the image padded by ``p`` on each side."""
   h, w = x.shape[1:3]
@@ -181,7 +158,7 @@ def test_each_op_draws_the_same_whichever_others_are_on():
   crop + shift batch is the reference's on the crop's own stream. Catches A42 (the
   crop drawing from the shift's stream), A43 (every op drawing from the step key:
   then a crop and a shift of equal range cancel), A44 (the shift before the crop)."""
-  x = _images(32, 8, 8)
+  x = _images(32, 8, 8, 1)
   crop = augment.make_augment_fn(_cfg(crop_padding=2), (8, 8, 1))
   crop_noise = augment.make_augment_fn(_cfg(crop_padding=2, noise_std=0.5), (8, 8, 1))
   noise = 0.5 * np.asarray(jax.random.normal(_stream(KEY, NOISE), x.shape, jnp.float32))
@@ -202,7 +179,7 @@ def test_hflip_mirrors_left_right_and_vflip_up_down():
   """Each output of hflip is its input or its left-right mirror (both occur), each of
   vflip its input or its up-down mirror. Catches A33 (hflip flipping rows: the existing
   test only counted changed examples)."""
-  x = _images(64, 5, 7)
+  x = _images(64, 5, 7, 1)
   for op, mirror in (("hflip", x[:, :, ::-1]), ("vflip", x[:, ::-1])):
     out = np.asarray(augment.make_augment_fn(_cfg(**{op: True}), (5, 7, 1))(KEY, jnp.asarray(x)))
     same = np.all(out == x, axis=(1, 2, 3))
@@ -214,7 +191,7 @@ def test_hflip_mirrors_left_right_and_vflip_up_down():
 def test_hflip_and_vflip_are_drawn_independently():
   """With both flips on, all four combinations occur (about a quarter each). Catches
   A43 (both ops drawing from the one key: the two flips always together)."""
-  x = _images(400, 4, 6)
+  x = _images(400, 4, 6, 1)
   out = np.asarray(augment.make_augment_fn(_cfg(hflip=True, vflip=True), (4, 6, 1))(
       KEY, jnp.asarray(x)))
   kinds = np.stack([np.all(out == v, axis=(1, 2, 3)) for v in
@@ -299,7 +276,7 @@ def test_train_augment_mixes_on_the_mixup_stream_after_the_other_ops():
   permutation) on the noisy batch; ``mask`` and other entries pass through. Catches
   A41 (mixup drawing from the step key itself)."""
   b = 16
-  x = _images(b, 3, 3)
+  x = _images(b, 3, 3, 1)
   batch = {"x": jnp.asarray(x), "y": jnp.arange(b), "mask": jnp.ones(b, bool)}
   fn = augment.make_train_augment(_cfg(mixup_alpha=0.4, noise_std=0.2), (3, 3, 1))
   out = fn(KEY, batch)

@@ -23,7 +23,7 @@ from jdl.data import pipeline
 from jdl.data import text as text_data
 from jdl.data import validate
 from jdl.errors import JdlError
-from conftest import rbg_key
+from conftest import rbg_key, write_sst2
 
 EPS = np.finfo(np.float64).eps
 
@@ -301,9 +301,7 @@ UNK = 1
 
 
 def _sst2_dir(tmp_path, train=TRAIN_TSV, dev=DEV_TSV):
-  (tmp_path / "train.tsv").write_text(train)
-  (tmp_path / "dev.tsv").write_text(dev)
-  return str(tmp_path)
+  return str(write_sst2(tmp_path, train, dev))
 
 
 def _load_sst2(tmp_path, train=TRAIN_TSV, dev=DEV_TSV, **options):

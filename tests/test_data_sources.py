@@ -29,6 +29,7 @@ from jdl.data import validate_arrays
 from jdl.data.text import TextOptions
 from jdl.errors import JdlError
 from jdl.sequence.text import Vocabulary
+from conftest import write_sst2
 
 _IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
               np.float32: 0x0D, np.float64: 0x0E}
@@ -695,14 +696,6 @@ def test_numpy_numbers_and_paths_are_accepted_as_arguments(tmp_path):
 
 
 # SST-2 TSV files.
-
-
-def write_sst2(directory: pathlib.Path, train: str, dev: str = "sentence\tlabel\nok\t1\n",
-               encoding: str = "utf-8") -> pathlib.Path:
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / "train.tsv").write_bytes(train.encode(encoding))
-  (directory / "dev.tsv").write_bytes(dev.encode(encoding))
-  return directory
 
 
 def test_sst2_byte_order_mark_and_blank_lines(tmp_path):

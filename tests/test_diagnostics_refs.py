@@ -20,17 +20,7 @@ from jdl import diagnostics as diag
 from jdl.errors import JdlError
 
 from conftest import make_config
-
-
-class _Params:
-  """Stands in for a TrainState: diagnostics only read ``.params``."""
-
-  def __init__(self, params):
-    self.params = params
-
-
-jax.tree_util.register_pytree_node(_Params, lambda s: ((s.params,), None),
-                                   lambda _, c: _Params(*c))
+from test_diagnostics import _Params
 
 
 def _dead_ref(acts) -> float:

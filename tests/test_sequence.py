@@ -26,7 +26,7 @@ from jdl.sequence import tasks as seq_tasks
 from jdl.sequence import text as text_lib
 from jdl.train import run_data
 
-from conftest import Crash
+from conftest import Crash, write_sst2
 
 # ------------------------------------------------------------------ vocabulary
 
@@ -172,10 +172,7 @@ DEV = "sentence\tlabel\na charming journey \t1\ndull and bleak \t0\n"
 
 
 def _sst2(tmp_path, train=TRAIN, dev=DEV):
-  tmp_path.mkdir(parents=True, exist_ok=True)
-  (tmp_path / "train.tsv").write_text(train)
-  (tmp_path / "dev.tsv").write_text(dev)
-  return tmp_path
+  return write_sst2(tmp_path, train, dev)
 
 
 def test_sst2_loader_builds_vocab_on_train_and_pads(tmp_path):
